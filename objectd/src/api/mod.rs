@@ -1,0 +1,3 @@
+//! The HTTP APIs objectd speaks.
+
+pub mod swift;

@@ -1,0 +1,3 @@
+//! The Swift API v1.
+
+pub mod path;
