@@ -8,4 +8,9 @@
 //! What exists today:
 //! - [`io`]: the io_uring engine that reads and writes a volume file at given offsets.
 
+pub mod client;
 pub mod io;
+pub mod metrics;
+pub mod qos;
+pub mod vhost;
+pub mod virtio;
