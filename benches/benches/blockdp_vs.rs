@@ -1,0 +1,288 @@
+//! blockdp against its anchors, side by side in one run, with one client.
+//!
+//! 4 KiB random reads and writes at queue depth 1 and 32 on the same 1 GiB file through:
+//! (a) io_uring directly on the file with O_DIRECT (the limit of this machine),
+//! (b) blockdp's vhost-user-blk export of the file,
+//! (c) qemu-storage-daemon's vhost-user-blk export of the file.
+//! All three are driven by libblkio's Rust core (`blockdp::client`). Cells run in
+//! rotation, several rounds, and the median round is reported, with ratios.
+//!
+//! `BENCH_SECS` (default 2) sets the length of one cell, `BENCH_ROUNDS` (default 3) the
+//! rounds, `BENCH_DIR` where the 1 GiB file lives (default `target/bench-data`).
+
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use benches::{Summary, ratio};
+use blockdp::client::{Client, Options, Target};
+use blockdp::vhost::backend::{BlockBackend, VolumeIo};
+use blockdp::vhost::export::Export;
+
+const FILE_SIZE: u64 = 1 << 30;
+const BLOCK: usize = 4096;
+
+#[derive(Clone, Copy, Debug)]
+struct Workload {
+    write: bool,
+    depth: usize,
+}
+
+impl Workload {
+    fn name(&self) -> String {
+        format!(
+            "rand{} qd{}",
+            if self.write { "write" } else { "read" },
+            self.depth
+        )
+    }
+}
+
+struct Cell {
+    iops: f64,
+    lat: Summary,
+}
+
+fn env_u64(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; `cargo test --benches` passes nothing: do a tiny run.
+    let quick = !std::env::args().any(|a| a == "--bench");
+    let secs = if quick {
+        0.2
+    } else {
+        env_u64("BENCH_SECS", 2) as f64
+    };
+    let rounds = if quick { 1 } else { env_u64("BENCH_ROUNDS", 3) };
+    let dir = std::env::var_os("BENCH_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench-data"));
+    std::fs::create_dir_all(&dir).expect("bench dir");
+    let file = dir.join("volume-1g.img");
+    prepare_file(&file);
+
+    // (b) blockdp, in this process on its own threads.
+    let io = Arc::new(
+        VolumeIo::open(&file, "bench", false, 1, Duration::from_micros(50)).expect("open volume"),
+    );
+    let blockdp_sock = dir.join("blockdp.sock");
+    let export = Export::start(
+        "bench",
+        &blockdp_sock,
+        Arc::new(BlockBackend::new(io).unwrap()),
+    )
+    .expect("export");
+
+    // (c) qemu-storage-daemon.
+    let qsd_sock = dir.join("qsd.sock");
+    let qsd = start_qsd(&file, &qsd_sock);
+
+    let mut targets: Vec<(&str, Target)> = vec![
+        (
+            "file (io_uring, O_DIRECT)",
+            Target::File {
+                path: file.to_string_lossy().into(),
+                direct: true,
+            },
+        ),
+        (
+            "blockdp (vhost-user)",
+            Target::VhostUser(blockdp_sock.to_string_lossy().into()),
+        ),
+    ];
+    if qsd.is_some() {
+        targets.push((
+            "qemu-storage-daemon",
+            Target::VhostUser(qsd_sock.to_string_lossy().into()),
+        ));
+    } else {
+        eprintln!("qemu-storage-daemon not available: comparing with the file only");
+    }
+
+    let workloads = [
+        Workload {
+            write: false,
+            depth: 1,
+        },
+        Workload {
+            write: false,
+            depth: 32,
+        },
+        Workload {
+            write: true,
+            depth: 1,
+        },
+        Workload {
+            write: true,
+            depth: 32,
+        },
+    ];
+    println!(
+        "4 KiB random I/O on a 1 GiB file, {secs} s per cell, {rounds} round(s), median round"
+    );
+    println!(
+        "{:<12} {:<27} {:>9} {:>10} {:>10}",
+        "workload", "target", "IOPS", "p50 us", "p99 us"
+    );
+    for w in workloads {
+        let mut cells: Vec<Vec<Cell>> = targets.iter().map(|_| Vec::new()).collect();
+        for _ in 0..rounds {
+            for (i, (_, t)) in targets.iter().enumerate() {
+                cells[i].push(run(t, w, secs));
+            }
+        }
+        let med: Vec<Cell> = cells
+            .into_iter()
+            .map(|mut v| {
+                v.sort_by(|a, b| a.iops.total_cmp(&b.iops));
+                v.swap_remove(v.len() / 2)
+            })
+            .collect();
+        for ((name, _), c) in targets.iter().zip(&med) {
+            println!(
+                "{:<12} {:<27} {:>9.0} {:>10.1} {:>10.1}",
+                w.name(),
+                name,
+                c.iops,
+                c.lat.p50.as_secs_f64() * 1e6,
+                c.lat.p99.as_secs_f64() * 1e6
+            );
+        }
+        let mut line = format!(
+            "{:<12} blockdp/file {:.2}x",
+            w.name(),
+            ratio(med[1].iops, med[0].iops)
+        );
+        if med.len() > 2 {
+            line += &format!(
+                ", blockdp/qsd {:.2}x IOPS, p99 {:.2}x of qsd's",
+                ratio(med[1].iops, med[2].iops),
+                med[1].lat.p99.as_secs_f64() / med[2].lat.p99.as_secs_f64()
+            );
+        }
+        println!("{line}");
+    }
+
+    if let Some(mut child) = qsd {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    export.stop();
+}
+
+/// Writes the 1 GiB file with non-zero data once (holes would read faster than a disk).
+fn prepare_file(path: &Path) {
+    if std::fs::metadata(path)
+        .map(|m| m.len() == FILE_SIZE)
+        .unwrap_or(false)
+    {
+        return;
+    }
+    let f = std::fs::File::create(path).expect("create bench file");
+    let chunk: Vec<u8> = (0..(1 << 20))
+        .map(|i: u32| (i.wrapping_mul(2654435761) >> 24) as u8)
+        .collect();
+    for i in 0..(FILE_SIZE >> 20) {
+        f.write_all_at(&chunk, i << 20).expect("fill bench file");
+    }
+    f.sync_all().expect("sync bench file");
+}
+
+fn start_qsd(file: &Path, sock: &Path) -> Option<Child> {
+    let _ = std::fs::remove_file(sock);
+    let child = Command::new("qemu-storage-daemon")
+        .arg("--blockdev")
+        .arg(format!(
+            "driver=file,node-name=file0,filename={},cache.direct=on,aio=io_uring",
+            file.display()
+        ))
+        .args(["--blockdev", "driver=raw,node-name=disk0,file=file0"])
+        .arg("--export")
+        .arg(format!(
+            "type=vhost-user-blk,id=exp0,node-name=disk0,addr.type=unix,addr.path={},writable=on,num-queues=1",
+            sock.display()
+        ))
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .ok()?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !sock.exists() {
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Some(child)
+}
+
+/// xorshift64*: cheap, deterministic offsets.
+struct Rng(u64);
+
+impl Rng {
+    fn block(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        (self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 16) % (FILE_SIZE / BLOCK as u64)
+    }
+}
+
+fn run(target: &Target, w: Workload, secs: f64) -> Cell {
+    let opts = Options {
+        queues: 1,
+        queue_size: 64,
+        buffer: w.depth * BLOCK,
+        ..Options::default()
+    };
+    let mut c = Client::connect(target, &opts).expect("connect");
+    c.buffer_mut(0).fill(0x5a);
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let mut started = vec![Instant::now(); w.depth];
+    let mut lat = Vec::with_capacity(200_000);
+    let submit = |c: &mut Client, rng: &mut Rng, tag: usize| {
+        let off = rng.block() * BLOCK as u64;
+        if w.write {
+            c.submit_write(0, off, tag * BLOCK, BLOCK, tag);
+        } else {
+            c.submit_read(0, off, tag * BLOCK, BLOCK, tag);
+        }
+    };
+    let t0 = Instant::now();
+    for tag in 0..w.depth {
+        started[tag] = Instant::now();
+        submit(&mut c, &mut rng, tag);
+    }
+    let mut done = Vec::with_capacity(w.depth);
+    let end = t0 + Duration::from_secs_f64(secs);
+    let mut completed = 0u64;
+    let mut outstanding = w.depth;
+    while outstanding > 0 {
+        done.clear();
+        c.complete(0, 1, &mut done).expect("complete");
+        let now = Instant::now();
+        for &(tag, ret) in &done {
+            assert_eq!(ret, 0, "I/O failed");
+            lat.push(now - started[tag]);
+            completed += 1;
+            if now < end {
+                started[tag] = now;
+                submit(&mut c, &mut rng, tag);
+            } else {
+                outstanding -= 1;
+            }
+        }
+    }
+    let elapsed = t0.elapsed().as_secs_f64();
+    Cell {
+        iops: completed as f64 / elapsed,
+        lat: Summary::of(&mut lat).expect("samples"),
+    }
+}
