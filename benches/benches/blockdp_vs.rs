@@ -256,8 +256,8 @@ fn run(target: &Target, w: Workload, secs: f64) -> Cell {
         }
     };
     let t0 = Instant::now();
-    for tag in 0..w.depth {
-        started[tag] = Instant::now();
+    for (tag, start) in started.iter_mut().enumerate() {
+        *start = Instant::now();
         submit(&mut c, &mut rng, tag);
     }
     let mut done = Vec::with_capacity(w.depth);
