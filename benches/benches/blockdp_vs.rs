@@ -8,7 +8,8 @@
 //! rotation, several rounds, and the median round is reported, with ratios.
 //!
 //! `BENCH_SECS` (default 2) sets the length of one cell, `BENCH_ROUNDS` (default 3) the
-//! rounds, `BENCH_DIR` where the 1 GiB file lives (default `target/bench-data`).
+//! rounds, `BENCH_DIR` where the 1 GiB file lives (default `target/bench-data`);
+//! `BENCH_ONLY` and `BENCH_WORKLOAD` (e.g. `randread qd32`) narrow the run for profiling.
 
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};

@@ -243,7 +243,7 @@ impl Worker {
         loop {
             let mut completed = self.take_requests(vring, mem, io, limits, stats)?;
             if self.inflight > 0 {
-                self.ring.submit_and_wait(1)?;
+                self.wait_for_progress(vring, mem, io.poll)?;
             }
             completed |= self.reap(vring, mem, stats)?;
             if completed && vring.needs_notification().map_err(queue_err)? {
@@ -269,6 +269,34 @@ impl Worker {
             vring.disable_notification().map_err(queue_err)?;
             idle_since = None;
         }
+    }
+
+    /// Waits until a completion is ready or (with a free slot) a new request is available:
+    /// spinning for up to `spin`, which spares the sleep and wake-up of a blocking wait at
+    /// the price of a busy core, then blocking in the kernel.
+    fn wait_for_progress(&mut self, vring: &VringMutex, mem: &GuestMemoryMmap, spin: Duration) -> io::Result<()> {
+        if !spin.is_zero() {
+            let start = Instant::now();
+            let mut n = 0u32;
+            loop {
+                if !self.ring.completion().is_empty() {
+                    return Ok(());
+                }
+                n = n.wrapping_add(1);
+                // Look at the clock and the avail ring only every few iterations.
+                if n % 16 == 0 {
+                    if !self.free.is_empty() && has_avail(vring, mem) {
+                        return Ok(());
+                    }
+                    if start.elapsed() >= spin {
+                        break;
+                    }
+                }
+                std::hint::spin_loop();
+            }
+        }
+        self.ring.submit_and_wait(1)?;
+        Ok(())
     }
 
     /// Takes every available request (while slots are free); returns whether any was
