@@ -333,6 +333,30 @@ fn flushed_writes_and_metadata_survive_kill_9() {
 }
 
 #[test]
+fn the_api_also_answers_on_tcp_when_configured() {
+    if !ready() {
+        return;
+    }
+    let dir = real_tempdir();
+    // Find a free loopback port, then hand it to the daemon.
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let d = Daemon::start_with(dir.path(), &["--listen", &addr]);
+    create(&d, r#"{"name": "over-unix", "size": 4096}"#);
+    let mut s = std::net::TcpStream::connect(&addr).expect("TCP API");
+    s.write_all(b"GET /volumes HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    assert!(resp.contains("\"name\":\"over-unix\""), "{resp}");
+}
+
+#[test]
 fn metrics_count_exactly_the_io_done() {
     if !ready() {
         return;

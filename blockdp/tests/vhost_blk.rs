@@ -350,6 +350,36 @@ fn qos_iops_limit_is_honoured_within_ten_percent() {
 }
 
 #[test]
+fn qos_bandwidth_limit_is_honoured_within_ten_percent() {
+    if !ready() {
+        return;
+    }
+    let fx = Fixture::new(1, false);
+    let mut c = fx.client(1);
+    let limit = 4u64 << 20; // 4 MiB/s
+    fx.io.throttle.set(QosLimits {
+        iops: None,
+        bytes_per_sec: Some(limit),
+    });
+    let chunk = 64 * 1024;
+    // Drain the burst (a tenth of a second's worth), then time 4 MiB of reads.
+    for i in 0..((limit / 10) / chunk as u64) {
+        c.read(0, i * chunk as u64, chunk).unwrap();
+    }
+    let start = Instant::now();
+    let total = 4u64 << 20;
+    for i in 0..(total / chunk as u64) {
+        c.read(0, (i % 512) * chunk as u64, chunk).unwrap();
+    }
+    let rate = total as f64 / start.elapsed().as_secs_f64();
+    assert!(
+        (rate - limit as f64).abs() <= limit as f64 * 0.10,
+        "measured {:.2} MiB/s against a limit of 4 MiB/s",
+        rate / (1 << 20) as f64
+    );
+}
+
+#[test]
 fn metrics_count_the_volume_io() {
     if !ready() {
         return;

@@ -274,7 +274,12 @@ impl Worker {
     /// Waits until a completion is ready or (with a free slot) a new request is available:
     /// spinning for up to `spin`, which spares the sleep and wake-up of a blocking wait at
     /// the price of a busy core, then blocking in the kernel.
-    fn wait_for_progress(&mut self, vring: &VringMutex, mem: &GuestMemoryMmap, spin: Duration) -> io::Result<()> {
+    fn wait_for_progress(
+        &mut self,
+        vring: &VringMutex,
+        mem: &GuestMemoryMmap,
+        spin: Duration,
+    ) -> io::Result<()> {
         if !spin.is_zero() {
             let start = Instant::now();
             let mut n = 0u32;

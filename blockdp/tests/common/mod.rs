@@ -23,6 +23,11 @@ pub struct Daemon {
 impl Daemon {
     /// Starts `blockdp` on `data_dir` and waits for its API to answer.
     pub fn start(data_dir: &Path) -> Daemon {
+        Self::start_with(data_dir, &[])
+    }
+
+    /// Starts `blockdp` with extra flags.
+    pub fn start_with(data_dir: &Path, extra: &[&str]) -> Daemon {
         let api = data_dir.join("api.sock");
         let _ = std::fs::remove_file(&api);
         let child = Command::new(env!("CARGO_BIN_EXE_blockdp"))
@@ -31,6 +36,7 @@ impl Daemon {
             .arg("--api-socket")
             .arg(&api)
             .args(["--poll-us", "20"])
+            .args(extra)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
