@@ -289,7 +289,7 @@ impl Worker {
                 }
                 n = n.wrapping_add(1);
                 // Look at the clock and the avail ring only every few iterations.
-                if n % 16 == 0 {
+                if n.is_multiple_of(16) {
                     if !self.free.is_empty() && has_avail(vring, mem) {
                         return Ok(());
                     }
