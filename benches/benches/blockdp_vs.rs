@@ -9,6 +9,7 @@
 //!
 //! `BENCH_SECS` (default 2) sets the length of one cell, `BENCH_ROUNDS` (default 3) the
 //! rounds, `BENCH_DIR` where the 1 GiB file lives (default `target/bench-data`);
+//! `BENCH_POLL_US` blockdp's poll time (default 50, as the daemon's);
 //! `BENCH_ONLY` and `BENCH_WORKLOAD` (e.g. `randread qd32`) narrow the run for profiling.
 
 use std::os::unix::fs::FileExt;
@@ -70,9 +71,8 @@ fn main() {
     prepare_file(&file);
 
     // (b) blockdp, in this process on its own threads.
-    let io = Arc::new(
-        VolumeIo::open(&file, "bench", false, 1, Duration::from_micros(50)).expect("open volume"),
-    );
+    let poll = Duration::from_micros(env_u64("BENCH_POLL_US", 50));
+    let io = Arc::new(VolumeIo::open(&file, "bench", false, 1, poll).expect("open volume"));
     let blockdp_sock = dir.join("blockdp.sock");
     let export = Export::start(
         "bench",
@@ -171,10 +171,7 @@ fn main() {
         println!("{line}");
     }
 
-    if let Some(mut child) = qsd {
-        let _ = child.kill();
-        let _ = child.wait();
-    }
+    drop(qsd);
     export.stop();
 }
 
@@ -196,7 +193,17 @@ fn prepare_file(path: &Path) {
     f.sync_all().expect("sync bench file");
 }
 
-fn start_qsd(file: &Path, sock: &Path) -> Option<Child> {
+/// A child process killed when dropped, also when the benchmark panics.
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_qsd(file: &Path, sock: &Path) -> Option<KillOnDrop> {
     let _ = std::fs::remove_file(sock);
     let child = Command::new("qemu-storage-daemon")
         .arg("--blockdev")
@@ -213,6 +220,7 @@ fn start_qsd(file: &Path, sock: &Path) -> Option<Child> {
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .spawn()
+        .map(KillOnDrop)
         .ok()?;
     let deadline = Instant::now() + Duration::from_secs(10);
     while !sock.exists() {
