@@ -362,7 +362,7 @@ impl Worker {
             let header = match mem.read_obj::<[u8; HEADER_LEN]>(GuestAddress(split.header)) {
                 Ok(b) => Header::from_bytes(b),
                 Err(_) => {
-                    self.finish_now(vring, mem, req, Status::IoErr, stats)?;
+                    self.finish(vring, mem, req, Status::IoErr, stats)?;
                     completed = true;
                     continue;
                 }
@@ -370,14 +370,14 @@ impl Worker {
             let op = match request::validate(header, &split.data, limits) {
                 Ok(op) => op,
                 Err(status) => {
-                    self.finish_now(vring, mem, req, status, stats)?;
+                    self.finish(vring, mem, req, status, stats)?;
                     completed = true;
                     continue;
                 }
             };
             match self.prepare(op, &split.data, mem, io, limits, &mut req, slot) {
                 Ok(0) => {
-                    self.finish_now(vring, mem, req, Status::Ok, stats)?;
+                    self.finish(vring, mem, req, Status::Ok, stats)?;
                     completed = true;
                 }
                 Ok(_) => {
@@ -386,7 +386,7 @@ impl Worker {
                     self.slots[slot] = Some(req);
                 }
                 Err(status) => {
-                    self.finish_now(vring, mem, req, status, stats)?;
+                    self.finish(vring, mem, req, status, stats)?;
                     completed = true;
                 }
             }
@@ -559,17 +559,6 @@ impl Worker {
             }
         }
         Ok(completed)
-    }
-
-    fn finish_now(
-        &mut self,
-        vring: &VringMutex,
-        mem: &GuestMemoryMmap,
-        req: Inflight,
-        status: Status,
-        stats: &crate::metrics::QueueStats,
-    ) -> io::Result<()> {
-        self.finish(vring, mem, req, status, stats)
     }
 
     fn finish(

@@ -295,6 +295,25 @@ impl Manager {
         Ok(())
     }
 
+    /// Gives a new id, has `fill` write the data file under `tmp/`, and moves it into place
+    /// durably; on failure nothing is left behind.
+    fn stage<T>(
+        &self,
+        kind: Kind,
+        fill: impl FnOnce(&Self, &Path) -> Result<T, ManagerError>,
+    ) -> Result<(String, T), ManagerError> {
+        let id = uuid::Uuid::new_v4().to_string();
+        let tmp = self.tmp_path(&id);
+        let filled = fill(self, &tmp).and_then(|v| self.install_data(&tmp, kind, &id).map(|()| v));
+        match filled {
+            Ok(v) => Ok((id, v)),
+            Err(e) => {
+                let _ = fs::remove_file(&tmp);
+                Err(e)
+            }
+        }
+    }
+
     /// Moves a complete temporary data file into place durably.
     fn install_data(&self, tmp: &Path, kind: Kind, id: &str) -> Result<(), ManagerError> {
         let dst = self.data_path(kind, id);
@@ -332,17 +351,8 @@ impl Manager {
         if let Some(size) = req.size {
             check_size(size)?;
         }
-        let id = uuid::Uuid::new_v4().to_string();
-        let tmp = self.tmp_path(&id);
-        let result = self.fill_new(&tmp, &req);
-        let (size, source_id, copy_method) = match result {
-            Ok(v) => v,
-            Err(e) => {
-                let _ = fs::remove_file(&tmp);
-                return Err(e);
-            }
-        };
-        self.install_data(&tmp, Kind::Volume, &id)?;
+        let (id, (size, source_id, copy_method)) =
+            self.stage(Kind::Volume, |m, tmp| m.fill_new(tmp, &req))?;
         let rec = Record {
             id: id.clone(),
             kind: Kind::Volume,
@@ -468,16 +478,8 @@ impl Manager {
     /// Takes a snapshot of a volume (reflink where the filesystem allows).
     pub fn snapshot(&mut self, volume: &str, name: Option<String>) -> Result<Record, ManagerError> {
         let vol = self.get(Kind::Volume, volume)?.clone();
-        let id = uuid::Uuid::new_v4().to_string();
-        let tmp = self.tmp_path(&id);
-        let method = match copy_file(&self.data_path(Kind::Volume, volume), &tmp) {
-            Ok(m) => m,
-            Err(e) => {
-                let _ = fs::remove_file(&tmp);
-                return Err(e);
-            }
-        };
-        self.install_data(&tmp, Kind::Snapshot, &id)?;
+        let src = self.data_path(Kind::Volume, volume);
+        let (id, method) = self.stage(Kind::Snapshot, |_, tmp| copy_file(&src, tmp))?;
         let rec = Record {
             id,
             kind: Kind::Snapshot,
