@@ -70,66 +70,68 @@ fn main() {
     let file = dir.join("volume-1g.img");
     prepare_file(&file);
 
-    // (b) blockdp, in this process on its own threads.
-    let poll = Duration::from_micros(env_u64("BENCH_POLL_US", 50));
-    let io = Arc::new(VolumeIo::open(&file, "bench", false, 1, poll).expect("open volume"));
-    let blockdp_sock = dir.join("blockdp.sock");
-    let export = Export::start(
-        "bench",
-        &blockdp_sock,
-        Arc::new(BlockBackend::new(io).unwrap()),
-    )
-    .expect("export");
+    // (b) blockdp, in this process on its own threads; BENCH_POLL_US may list several
+    // poll times (e.g. "50,0,200"): the first is the one compared, the others are extra
+    // rows for tuning.
+    let polls: Vec<u64> = std::env::var("BENCH_POLL_US")
+        .ok()
+        .map(|v| v.split(',').filter_map(|p| p.trim().parse().ok()).collect())
+        .filter(|v: &Vec<u64>| !v.is_empty())
+        .unwrap_or_else(|| vec![50]);
+    let mut exports = Vec::new();
+    for (i, poll) in polls.iter().enumerate() {
+        let io = VolumeIo::open(&file, "bench", false, 1, Duration::from_micros(*poll))
+            .expect("open volume");
+        let sock = dir.join(format!("blockdp-{i}.sock"));
+        let backend = Arc::new(BlockBackend::new(Arc::new(io)).expect("backend"));
+        exports.push((
+            Export::start("bench", &sock, backend).expect("export"),
+            sock,
+        ));
+    }
 
     // (c) qemu-storage-daemon.
     let qsd_sock = dir.join("qsd.sock");
     let qsd = start_qsd(&file, &qsd_sock);
 
-    let mut targets: Vec<(&str, Target)> = vec![
+    let vhost = |p: &Path| Target::VhostUser(p.to_string_lossy().into());
+    let mut targets: Vec<(String, Target)> = vec![
         (
-            "file (io_uring, O_DIRECT)",
+            "file (io_uring, O_DIRECT)".into(),
             Target::File {
                 path: file.to_string_lossy().into(),
                 direct: true,
             },
         ),
-        (
-            "blockdp (vhost-user)",
-            Target::VhostUser(blockdp_sock.to_string_lossy().into()),
-        ),
+        ("blockdp (vhost-user)".into(), vhost(&exports[0].1)),
     ];
     if qsd.is_some() {
-        targets.push((
-            "qemu-storage-daemon",
-            Target::VhostUser(qsd_sock.to_string_lossy().into()),
-        ));
+        targets.push(("qemu-storage-daemon".into(), vhost(&qsd_sock)));
     } else {
         eprintln!("qemu-storage-daemon not available: comparing with the file only");
     }
+    for (poll, (_, sock)) in polls.iter().zip(&exports).skip(1) {
+        targets.push((format!("blockdp poll={poll}us"), vhost(sock)));
+    }
+    let has_qsd = qsd.is_some();
 
-    let workloads = [
-        Workload {
-            write: false,
-            depth: 1,
-        },
-        Workload {
-            write: false,
-            depth: 32,
-        },
-        Workload {
-            write: true,
-            depth: 1,
-        },
-        Workload {
-            write: true,
-            depth: 32,
-        },
-    ];
+    // BENCH_ONLY keeps the targets whose name contains it (rows only: the ratios need the
+    // file, blockdp and qsd); BENCH_WORKLOAD keeps one workload, e.g. "randread qd32".
+    let only = std::env::var("BENCH_ONLY").ok();
+    if let Some(only) = &only {
+        targets.retain(|(name, _)| name.contains(only.as_str()));
+    }
+    let workload_filter = std::env::var("BENCH_WORKLOAD").ok();
+    let workloads: Vec<Workload> = [(false, 1), (false, 32), (true, 1), (true, 32)]
+        .into_iter()
+        .map(|(write, depth)| Workload { write, depth })
+        .filter(|w| workload_filter.as_ref().is_none_or(|f| w.name() == *f))
+        .collect();
     println!(
         "4 KiB random I/O on a 1 GiB file, {secs} s per cell, {rounds} round(s), median round"
     );
     println!(
-        "{:<12} {:<27} {:>9} {:>10} {:>10}",
+        "{:<14} {:<27} {:>9} {:>10} {:>10}",
         "workload", "target", "IOPS", "p50 us", "p99 us"
     );
     for w in workloads {
@@ -148,7 +150,7 @@ fn main() {
             .collect();
         for ((name, _), c) in targets.iter().zip(&med) {
             println!(
-                "{:<12} {:<27} {:>9.0} {:>10.1} {:>10.1}",
+                "{:<14} {:<27} {:>9.0} {:>10.1} {:>10.1}",
                 w.name(),
                 name,
                 c.iops,
@@ -156,12 +158,15 @@ fn main() {
                 c.lat.p99.as_secs_f64() * 1e6
             );
         }
+        if only.is_some() {
+            continue;
+        }
         let mut line = format!(
-            "{:<12} blockdp/file {:.2}x",
+            "{:<14} blockdp/file {:.2}x",
             w.name(),
             ratio(med[1].iops, med[0].iops)
         );
-        if med.len() > 2 {
+        if has_qsd {
             line += &format!(
                 ", blockdp/qsd {:.2}x IOPS, p99 {:.2}x of qsd's",
                 ratio(med[1].iops, med[2].iops),
@@ -172,7 +177,9 @@ fn main() {
     }
 
     drop(qsd);
-    export.stop();
+    for (e, _) in exports {
+        e.stop();
+    }
 }
 
 /// Writes the 1 GiB file with non-zero data once (holes would read faster than a disk).
@@ -278,7 +285,7 @@ fn run(target: &Target, w: Workload, secs: f64) -> Cell {
         c.complete(0, 1, &mut done).expect("complete");
         let now = Instant::now();
         for &(tag, ret) in &done {
-            assert_eq!(ret, 0, "I/O failed");
+            assert_eq!(ret, 0, "I/O failed on {target:?} ({})", w.name());
             lat.push(now - started[tag]);
             completed += 1;
             if now < end {

@@ -21,6 +21,10 @@ struct Fixture {
 
 impl Fixture {
     fn new(queues: u16, read_only: bool) -> Fixture {
+        Self::with_poll(queues, read_only, Duration::from_micros(50))
+    }
+
+    fn with_poll(queues: u16, read_only: bool, poll: Duration) -> Fixture {
         let dir = tempfile::tempdir_in(env_dir()).unwrap();
         let image = dir.path().join("vol.img");
         let f = std::fs::File::create(&image).unwrap();
@@ -135,6 +139,21 @@ fn writes_land_in_the_file_and_read_back() {
         assert_eq!(fx.on_disk(offset, len), data, "file bytes at {offset}");
     }
     c.flush(0).unwrap();
+}
+
+#[test]
+fn memory_mapped_while_the_worker_polls_is_seen() {
+    if !ready() {
+        return;
+    }
+    // A worker that polls for a long time must still see buffers the frontend maps after
+    // the queues started (blkio maps its buffer region after start).
+    let fx = Fixture::with_poll(1, false, Duration::from_millis(300));
+    for round in 0..3u8 {
+        let mut c = fx.client(1);
+        c.write(0, 0, &pattern(round, 4096)).unwrap();
+        assert_eq!(c.read(0, 0, 4096).unwrap(), pattern(round, 4096));
+    }
 }
 
 #[test]

@@ -9,7 +9,9 @@ use blockdp::vhost::backend::{BlockBackend, VolumeIo};
 use proptest::prelude::*;
 use vhost_user_backend::{VhostUserBackend, VringMutex, VringT};
 use virtio_queue::mock::MockSplitQueue;
-use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryAtomic, GuestMemoryMmap};
+use vm_memory::{
+    Address, Bytes, GuestAddress, GuestMemoryAtomic, GuestMemoryMmap, GuestRegionMmap,
+};
 use vmm_sys_util::epoll::EventSet;
 
 const MEM: usize = 4 << 20;
@@ -22,23 +24,28 @@ const VOL_SIZE: u64 = 1 << 20;
 struct Rig {
     _dir: tempfile::TempDir,
     mem: GuestMemoryMmap,
+    atomic: GuestMemoryAtomic<GuestMemoryMmap>,
     backend: BlockBackend,
     vring: VringMutex,
     desc_base: GuestAddress,
     avail_base: GuestAddress,
     used_base: GuestAddress,
-    next_desc: u16,
+    next_desc: std::sync::atomic::AtomicU16,
 }
 
 impl Rig {
     fn new(read_only: bool) -> Rig {
+        Self::with_poll(read_only, Duration::ZERO)
+    }
+
+    fn with_poll(read_only: bool, poll: Duration) -> Rig {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("v.img");
         std::fs::File::create(&path)
             .unwrap()
             .set_len(VOL_SIZE)
             .unwrap();
-        let io = VolumeIo::open(&path, ID, read_only, 1, Duration::ZERO).unwrap();
+        let io = VolumeIo::open(&path, ID, read_only, 1, poll).unwrap();
         let backend = BlockBackend::new(Arc::new(io)).unwrap();
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM)]).unwrap();
         let q = MockSplitQueue::new(&mem, QSIZE);
@@ -49,22 +56,23 @@ impl Rig {
         vring.set_queue_info(desc.0, avail.0, used.0).unwrap();
         vring.set_queue_ready(true);
         vring.set_enabled(true);
-        backend.update_memory(atomic).unwrap();
+        backend.update_memory(atomic.clone()).unwrap();
         Rig {
             _dir: dir,
             mem,
+            atomic,
             backend,
             vring,
             desc_base: desc,
             avail_base: avail,
             used_base: used,
-            next_desc: 0,
+            next_desc: std::sync::atomic::AtomicU16::new(0),
         }
     }
 
     /// Puts a chain in the descriptor table and the avail ring, as a driver would.
-    fn push(&mut self, descs: &[(u64, u32, u16)]) {
-        let start = self.next_desc;
+    fn push(&self, descs: &[(u64, u32, u16)]) {
+        let start = self.next_desc.load(std::sync::atomic::Ordering::Relaxed);
         for (i, &(addr, len, flags)) in descs.iter().enumerate() {
             let idx = (start + i as u16) % QSIZE;
             let last = i == descs.len() - 1;
@@ -89,7 +97,10 @@ impl Rig {
         self.mem
             .write_obj(avail_idx.wrapping_add(1), self.avail_base.unchecked_add(2))
             .unwrap();
-        self.next_desc = (start + descs.len() as u16) % QSIZE;
+        self.next_desc.store(
+            (start + descs.len() as u16) % QSIZE,
+            std::sync::atomic::Ordering::Relaxed,
+        );
     }
 
     fn run(&self) -> std::io::Result<()> {
@@ -137,7 +148,7 @@ fn get_id_answers_the_volume_id() {
     if !ready() {
         return;
     }
-    let mut rig = Rig::new(false);
+    let rig = Rig::new(false);
     rig.header(HDR, 8, 0);
     rig.mem.write_obj(0xffu8, GuestAddress(STATUS)).unwrap();
     rig.push(&[(HDR, 16, 0), (DATA, 20, F_WRITE), (STATUS, 1, F_WRITE)]);
@@ -155,7 +166,7 @@ fn malformed_and_invalid_requests_fail_one_by_one() {
     if !ready() {
         return;
     }
-    let mut rig = Rig::new(true);
+    let rig = Rig::new(true);
     let s = |n: u64| STATUS + n * 16;
     // 0: header only 8 bytes long.
     rig.push(&[(HDR, 8, 0), (s(0), 1, F_WRITE)]);
@@ -210,6 +221,42 @@ fn malformed_and_invalid_requests_fail_one_by_one() {
     assert_eq!(rig.used(6).1, 513);
 }
 
+#[test]
+fn memory_added_while_the_worker_polls_is_used() {
+    if !ready() {
+        return;
+    }
+    let rig = Rig::with_poll(false, Duration::from_millis(300));
+    // A first request gets the worker into its polling loop.
+    rig.header(HDR, 0, 0);
+    rig.push(&[(HDR, 16, 0), (DATA, 512, F_WRITE), (STATUS, 1, F_WRITE)]);
+    const NEW: u64 = 0x100_0000;
+    std::thread::scope(|scope| {
+        let worker = scope.spawn(|| rig.run());
+        std::thread::sleep(Duration::from_millis(50));
+        // The frontend adds a region (as ADD_MEM_REG does) and uses it at once.
+        let region = GuestRegionMmap::from_range(GuestAddress(NEW), 1 << 20, None).unwrap();
+        let grown = rig.mem.insert_region(Arc::new(region)).unwrap();
+        grown.write_slice(&[0xaa; 512], GuestAddress(NEW)).unwrap();
+        rig.atomic.lock().unwrap().replace(grown.clone());
+        rig.header(HDR + 0x100, 0, 0);
+        rig.mem
+            .write_obj(0xffu8, GuestAddress(STATUS + 16))
+            .unwrap();
+        rig.push(&[
+            (HDR + 0x100, 16, 0),
+            (NEW, 512, F_WRITE),
+            (STATUS + 16, 1, F_WRITE),
+        ]);
+        worker.join().unwrap().unwrap();
+        let mut buf = [0xffu8; 512];
+        grown.read_slice(&mut buf, GuestAddress(NEW)).unwrap();
+        assert_eq!(buf, [0u8; 512], "the read landed in the new region");
+    });
+    assert_eq!(rig.used_idx(), 2);
+    assert_eq!(rig.status(STATUS + 16), 0);
+}
+
 fn any_desc() -> impl Strategy<Value = (u64, u32, u16)> {
     let addr = prop_oneof![
         0x10_0000u64..0x3f_0000, // inside guest memory
@@ -248,7 +295,7 @@ proptest! {
         if !ready() {
             return Ok(());
         }
-        let mut rig = Rig::new(false);
+        let rig = Rig::new(false);
         for (i, ((kind, sector), descs)) in chains.iter().enumerate() {
             // Most chains start with a real header so they reach the I/O paths.
             let mut descs = descs.clone();

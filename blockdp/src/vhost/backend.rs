@@ -183,9 +183,8 @@ impl VhostUserBackend for BlockBackend {
                 "queue kicked before the memory table was set",
             ));
         };
-        let guard = mem.memory();
         let mut worker = worker.lock().unwrap_or_else(|e| e.into_inner());
-        worker.serve(vring, &guard, &self.io, &self.limits, q)
+        worker.serve(vring, &mem, &self.io, &self.limits, q)
     }
 }
 
@@ -229,18 +228,36 @@ impl Worker {
     }
 
     /// Serves the queue until it is empty, nothing is in flight and notifications are back on.
+    ///
+    /// The frontend may change the memory table while we serve (libblkio maps its buffers
+    /// after starting the queues; a VM may hot-plug memory), so the current table is loaded
+    /// on every pass. Tables replaced while requests were in flight are kept alive until
+    /// those requests complete, because io_uring still points into their mappings.
     fn serve(
         &mut self,
         vring: &VringMutex,
-        mem: &GuestMemoryMmap,
+        atomic: &Memory,
         io: &VolumeIo,
         limits: &Limits,
         q: usize,
     ) -> io::Result<()> {
         let stats = &io.stats.queues[q.min(io.stats.queues.len() - 1)];
         let mut idle_since: Option<Instant> = None;
+        let mut current: Arc<GuestMemoryMmap> = atomic.memory().into_inner();
+        let mut retired: Vec<Arc<GuestMemoryMmap>> = Vec::new();
         vring.disable_notification().map_err(queue_err)?;
         loop {
+            let latest = atomic.memory().into_inner();
+            if !Arc::ptr_eq(&latest, &current) {
+                let old = std::mem::replace(&mut current, latest);
+                if self.inflight > 0 {
+                    retired.push(old);
+                }
+            }
+            if self.inflight == 0 {
+                retired.clear();
+            }
+            let mem: &GuestMemoryMmap = &current;
             let mut completed = self.take_requests(vring, mem, io, limits, stats)?;
             if self.inflight > 0 {
                 self.wait_for_progress(vring, mem, io.poll)?;
