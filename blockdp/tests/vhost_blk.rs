@@ -32,14 +32,7 @@ impl Fixture {
         f.write_all_at(b"preexisting bytes", 1 << 20).unwrap();
         drop(f);
         let io = Arc::new(
-            VolumeIo::open(
-                &image,
-                "vol-0123456789abcdef-xyz",
-                read_only,
-                queues,
-                Duration::from_micros(50),
-            )
-            .unwrap(),
+            VolumeIo::open(&image, "vol-0123456789abcdef-xyz", read_only, queues, poll).unwrap(),
         );
         let backend = Arc::new(BlockBackend::new(io.clone()).unwrap());
         let export = Export::start("test", &dir.path().join("vhost.sock"), backend).unwrap();

@@ -230,9 +230,7 @@ impl Worker {
     /// Serves the queue until it is empty, nothing is in flight and notifications are back on.
     ///
     /// The frontend may change the memory table while we serve (libblkio maps its buffers
-    /// after starting the queues; a VM may hot-plug memory), so the current table is loaded
-    /// on every pass. Tables replaced while requests were in flight are kept alive until
-    /// those requests complete, because io_uring still points into their mappings.
+    /// after starting the queues; a VM may hot-plug memory): see [`MemView`].
     fn serve(
         &mut self,
         vring: &VringMutex,
@@ -243,22 +241,12 @@ impl Worker {
     ) -> io::Result<()> {
         let stats = &io.stats.queues[q.min(io.stats.queues.len() - 1)];
         let mut idle_since: Option<Instant> = None;
-        let mut current: Arc<GuestMemoryMmap> = atomic.memory().into_inner();
-        let mut retired: Vec<Arc<GuestMemoryMmap>> = Vec::new();
+        let mut view = MemView::new(atomic);
         vring.disable_notification().map_err(queue_err)?;
         loop {
-            let latest = atomic.memory().into_inner();
-            if !Arc::ptr_eq(&latest, &current) {
-                let old = std::mem::replace(&mut current, latest);
-                if self.inflight > 0 {
-                    retired.push(old);
-                }
-            }
-            if self.inflight == 0 {
-                retired.clear();
-            }
-            let mem: &GuestMemoryMmap = &current;
-            let mut completed = self.take_requests(vring, mem, io, limits, stats)?;
+            view.refresh(self.inflight);
+            let mut completed = self.take_requests(vring, &mut view, io, limits, stats)?;
+            let mem: &GuestMemoryMmap = &view.current;
             if self.inflight > 0 {
                 self.wait_for_progress(vring, mem, io.poll)?;
             }
@@ -326,29 +314,38 @@ impl Worker {
     fn take_requests(
         &mut self,
         vring: &VringMutex,
-        mem: &GuestMemoryMmap,
+        view: &mut MemView<'_>,
         io: &VolumeIo,
         limits: &Limits,
         stats: &crate::metrics::QueueStats,
     ) -> io::Result<bool> {
         let mut completed = false;
         while let Some(slot) = self.free.last().copied() {
-            let chain = {
+            let popped = {
                 let mut state = vring.get_mut();
-                match state.get_queue_mut().pop_descriptor_chain(mem) {
-                    Some(c) => c,
-                    None => break,
-                }
+                state
+                    .get_queue_mut()
+                    .pop_descriptor_chain(&*view.current)
+                    .map(|chain| {
+                        let head = chain.head_index();
+                        let segments: Vec<Segment> = chain
+                            .map(|d| Segment {
+                                addr: d.addr().0,
+                                len: d.len(),
+                                device_writable: d.is_write_only(),
+                            })
+                            .collect();
+                        (head, segments)
+                    })
             };
-            let head = chain.head_index();
+            let Some((head, segments)) = popped else {
+                break;
+            };
+            // The request may use memory the frontend added after our last look (it waits
+            // for our ack of ADD_MEM_REG before using it): look again now that we have it.
+            view.refresh(self.inflight);
+            let mem: &GuestMemoryMmap = &view.current;
             let started = Instant::now();
-            let segments: Vec<Segment> = chain
-                .map(|d| Segment {
-                    addr: d.addr().0,
-                    len: d.len(),
-                    device_writable: d.is_write_only(),
-                })
-                .collect();
             let split = match request::split(&segments) {
                 Ok(s) => s,
                 Err(_) => {
@@ -603,6 +600,42 @@ impl Worker {
             req.started.elapsed(),
         );
         Ok(())
+    }
+}
+
+/// The memory table a worker translates guest addresses with.
+///
+/// It is reloaded after every request taken off the queue, so buffers in regions the
+/// frontend just added resolve. Tables replaced while requests were in flight stay alive
+/// (in `retired`) until no request is in flight, because io_uring still points into their
+/// mappings.
+struct MemView<'a> {
+    atomic: &'a Memory,
+    current: Arc<GuestMemoryMmap>,
+    retired: Vec<Arc<GuestMemoryMmap>>,
+}
+
+impl<'a> MemView<'a> {
+    fn new(atomic: &'a Memory) -> Self {
+        MemView {
+            atomic,
+            current: atomic.memory().into_inner(),
+            retired: Vec::new(),
+        }
+    }
+
+    /// Switches to the latest table; `inflight` requests may still use the old one.
+    fn refresh(&mut self, inflight: usize) {
+        let latest = self.atomic.memory();
+        if !std::ptr::eq(&*latest, &*self.current) {
+            let old = std::mem::replace(&mut self.current, latest.into_inner());
+            if inflight > 0 {
+                self.retired.push(old);
+            }
+        }
+        if inflight == 0 {
+            self.retired.clear();
+        }
     }
 }
 
