@@ -1,0 +1,1243 @@
+//! The durable store: immutable blob files plus an SQLite index.
+//!
+//! A body is streamed into `tmp/<id>` while its MD5 is computed, fsync'd, renamed to
+//! `blobs/<id[..2]>/<id>`, and the directory fsync'd; only then does the index (SQLite,
+//! WAL, `synchronous=FULL`) learn about it, in one transaction. A crash before the commit
+//! leaves at most an unreferenced file, never a visible partial object; a crash after it
+//! loses nothing. Names never reach the filesystem (blob ids are random hex), so object
+//! names cannot traverse paths.
+//!
+//! Objects reference one blob (plain PUT), several (an S3 multipart upload), or a
+//! manifest (Swift SLO: the blob holds the manifest JSON; DLO: a container/prefix).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use md5::{Digest, Md5};
+use rusqlite::{Connection, OptionalExtension, params};
+use serde::{Deserialize, Serialize};
+use tokio::io::AsyncWriteExt;
+
+/// Errors of the store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A filesystem operation failed.
+    #[error("{op} failed")]
+    Io {
+        /// The operation.
+        op: &'static str,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The index failed.
+    #[error("index operation failed")]
+    Index(#[from] rusqlite::Error),
+    /// Stored JSON in the index is malformed.
+    #[error("index holds malformed json")]
+    Json(#[from] serde_json::Error),
+    /// The container does not exist.
+    #[error("no such container")]
+    NoContainer,
+    /// The container still holds objects.
+    #[error("container not empty")]
+    NotEmpty,
+    /// The multipart upload does not exist.
+    #[error("no such upload")]
+    NoUpload,
+    /// A blocking task panicked.
+    #[error("blocking task failed")]
+    Join(#[from] tokio::task::JoinError),
+}
+
+fn io(op: &'static str) -> impl FnOnce(std::io::Error) -> StoreError {
+    move |source| StoreError::Io { op, source }
+}
+
+/// One immutable body file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Blob {
+    /// Random hex id; the file is `blobs/<id[..2]>/<id>`.
+    pub id: String,
+    /// Length in bytes.
+    pub size: u64,
+    /// MD5 of the content, lowercase hex.
+    pub md5: String,
+}
+
+/// How an object's content is made.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    /// The blobs, concatenated.
+    Plain,
+    /// A Swift static large object: the single blob is the manifest JSON.
+    Slo,
+    /// A Swift dynamic large object: the segments are `container/prefix*`.
+    Dlo(String),
+}
+
+/// An object's record in the index.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectRecord {
+    /// Object name.
+    pub name: String,
+    /// Logical length in bytes (for SLO/DLO, as far as known at write time).
+    pub size: u64,
+    /// ETag without quotes.
+    pub etag: String,
+    /// Content-Type.
+    pub content_type: String,
+    /// Last modification, milliseconds since the epoch.
+    pub last_modified_ms: i64,
+    /// User metadata and stored headers, by lowercase header name.
+    pub meta: BTreeMap<String, String>,
+    /// Expiry (X-Delete-At), seconds since the epoch.
+    pub delete_at: Option<i64>,
+    /// The body files.
+    pub blobs: Vec<Blob>,
+    /// How the content is made.
+    pub kind: Kind,
+}
+
+/// A container's record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerRecord {
+    /// Name.
+    pub name: String,
+    /// Metadata headers by lowercase name.
+    pub meta: BTreeMap<String, String>,
+    /// Creation, milliseconds since the epoch.
+    pub created_ms: i64,
+    /// Number of live objects.
+    pub object_count: u64,
+    /// Sum of their sizes.
+    pub bytes_used: u64,
+}
+
+/// Totals for an account.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AccountStats {
+    /// Containers.
+    pub container_count: u64,
+    /// Objects.
+    pub object_count: u64,
+    /// Bytes.
+    pub bytes_used: u64,
+    /// Metadata headers by lowercase name.
+    pub meta: BTreeMap<String, String>,
+}
+
+/// One entry of a listing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Entry {
+    /// An object.
+    Object(ObjectRecord),
+    /// A common prefix ending in the delimiter.
+    Subdir(String),
+}
+
+/// Parameters of a listing.
+#[derive(Debug, Clone, Default)]
+pub struct ListQuery {
+    /// Only names starting with this.
+    pub prefix: String,
+    /// Roll names up to the first delimiter after the prefix.
+    pub delimiter: Option<String>,
+    /// Only names after this.
+    pub marker: String,
+    /// Only names before this.
+    pub end_marker: Option<String>,
+    /// At most this many entries.
+    pub limit: usize,
+}
+
+/// An in-progress S3 multipart upload.
+#[derive(Debug, Clone)]
+pub struct Upload {
+    /// Upload id.
+    pub id: String,
+    /// Target container.
+    pub container: String,
+    /// Target object name.
+    pub name: String,
+    /// Content-Type for the result.
+    pub content_type: String,
+    /// Metadata for the result.
+    pub meta: BTreeMap<String, String>,
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// A random lowercase hex id of `bytes` random bytes.
+pub fn random_hex(bytes: usize) -> String {
+    let mut buf = vec![0u8; bytes];
+    getrandom::fill(&mut buf).expect("the OS random source works");
+    hex::encode(buf)
+}
+
+/// The store. Cheap to clone (an `Arc` inside).
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    root: PathBuf,
+    db: Mutex<Connection>,
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS accounts (
+  account TEXT PRIMARY KEY, meta TEXT NOT NULL DEFAULT '{}');
+CREATE TABLE IF NOT EXISTS containers (
+  account TEXT NOT NULL, name TEXT NOT NULL, meta TEXT NOT NULL, created_ms INTEGER NOT NULL,
+  PRIMARY KEY (account, name)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS objects (
+  account TEXT NOT NULL, container TEXT NOT NULL, name TEXT NOT NULL,
+  size INTEGER NOT NULL, etag TEXT NOT NULL, content_type TEXT NOT NULL,
+  last_modified_ms INTEGER NOT NULL, meta TEXT NOT NULL, delete_at INTEGER,
+  blobs TEXT NOT NULL, kind TEXT NOT NULL,
+  PRIMARY KEY (account, container, name)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS objects_delete_at ON objects (delete_at) WHERE delete_at IS NOT NULL;
+CREATE TABLE IF NOT EXISTS uploads (
+  id TEXT PRIMARY KEY, account TEXT NOT NULL, container TEXT NOT NULL, name TEXT NOT NULL,
+  content_type TEXT NOT NULL, meta TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS parts (
+  upload_id TEXT NOT NULL, number INTEGER NOT NULL, blob TEXT NOT NULL,
+  PRIMARY KEY (upload_id, number)) WITHOUT ROWID;
+";
+
+fn fsync_dir(path: &Path) -> std::io::Result<()> {
+    std::fs::File::open(path)?.sync_all()
+}
+
+impl Store {
+    /// Opens (creating if needed) the store under `root`, and removes leftover temp files.
+    pub fn open(root: &Path) -> Result<Store, StoreError> {
+        std::fs::create_dir_all(root.join("tmp")).map_err(io("create data dir"))?;
+        std::fs::create_dir_all(root.join("quarantine")).map_err(io("create quarantine"))?;
+        for i in 0..=255u8 {
+            std::fs::create_dir_all(root.join("blobs").join(format!("{i:02x}")))
+                .map_err(io("create blob dir"))?;
+        }
+        fsync_dir(&root.join("blobs")).map_err(io("fsync blob dir"))?;
+        fsync_dir(root).map_err(io("fsync data dir"))?;
+        // Uploads cut short by a crash are not referenced by anything.
+        for e in std::fs::read_dir(root.join("tmp")).map_err(io("read tmp dir"))? {
+            let e = e.map_err(io("read tmp dir"))?;
+            let _ = std::fs::remove_file(e.path());
+        }
+        let conn = Connection::open(root.join("index.sqlite"))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.execute_batch(SCHEMA)?;
+        Ok(Store {
+            inner: Arc::new(Inner {
+                root: root.to_owned(),
+                db: Mutex::new(conn),
+            }),
+        })
+    }
+
+    /// The data directory.
+    pub fn root(&self) -> &Path {
+        &self.inner.root
+    }
+
+    /// Where a blob's file lives.
+    pub fn blob_path(&self, id: &str) -> PathBuf {
+        self.inner.root.join("blobs").join(&id[..2]).join(id)
+    }
+
+    /// Starts writing a new blob.
+    pub async fn blob_writer(&self) -> Result<BlobWriter, StoreError> {
+        let id = random_hex(16);
+        let tmp = self.inner.root.join("tmp").join(&id);
+        let file = tokio::fs::File::create(&tmp)
+            .await
+            .map_err(io("create temp file"))?;
+        Ok(BlobWriter {
+            store: self.clone(),
+            id,
+            tmp: Some(tmp),
+            file: Some(file),
+            md5: Md5::new(),
+            size: 0,
+        })
+    }
+
+    /// Deletes blob files (after the index no longer references them).
+    pub async fn remove_blobs(&self, blobs: Vec<Blob>) {
+        if blobs.is_empty() {
+            return;
+        }
+        let this = self.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            for b in blobs {
+                let _ = std::fs::remove_file(this.blob_path(&b.id));
+            }
+        })
+        .await;
+    }
+
+    /// Moves a corrupt blob to `quarantine/` and drops every object referencing it.
+    pub async fn quarantine(&self, blob_id: String) -> Result<(), StoreError> {
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let from = this.blob_path(&blob_id);
+            let to = this.inner.root.join("quarantine").join(&blob_id);
+            let _ = std::fs::rename(&from, &to);
+            let db = this.inner.db.lock().expect("index lock");
+            let pattern = format!("%\"{blob_id}\"%");
+            db.execute("DELETE FROM objects WHERE blobs LIKE ?1", params![pattern])?;
+            tracing::warn!(blob = %blob_id, "quarantined a corrupt blob");
+            Ok(())
+        })
+        .await?
+    }
+
+    async fn with_db<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut db = this.inner.db.lock().expect("index lock");
+            f(&mut db)
+        })
+        .await?
+    }
+
+    // ---- accounts ----
+
+    /// Totals and metadata of an account (zeros if it never stored anything).
+    pub async fn account_stats(&self, account: &str) -> Result<AccountStats, StoreError> {
+        let account = account.to_owned();
+        self.with_db(move |db| {
+            let meta: Option<String> = db
+                .query_row(
+                    "SELECT meta FROM accounts WHERE account = ?1",
+                    params![account],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            let container_count: i64 = db.query_row(
+                "SELECT COUNT(*) FROM containers WHERE account = ?1",
+                params![account],
+                |r| r.get(0),
+            )?;
+            let (object_count, bytes): (i64, i64) = db.query_row(
+                "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM objects WHERE account = ?1
+                 AND (delete_at IS NULL OR delete_at > ?2)",
+                params![account, now_ms() / 1000],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )?;
+            Ok(AccountStats {
+                container_count: container_count as u64,
+                object_count: object_count as u64,
+                bytes_used: bytes as u64,
+                meta: match meta {
+                    Some(m) => serde_json::from_str(&m)?,
+                    None => BTreeMap::new(),
+                },
+            })
+        })
+        .await
+    }
+
+    /// Merges metadata into an account (empty values remove keys).
+    pub async fn update_account_meta(
+        &self,
+        account: &str,
+        updates: BTreeMap<String, String>,
+    ) -> Result<(), StoreError> {
+        let account = account.to_owned();
+        self.with_db(move |db| {
+            let tx = db.transaction()?;
+            let meta: Option<String> = tx
+                .query_row(
+                    "SELECT meta FROM accounts WHERE account = ?1",
+                    params![account],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            let mut meta: BTreeMap<String, String> = match meta {
+                Some(m) => serde_json::from_str(&m)?,
+                None => BTreeMap::new(),
+            };
+            merge_meta(&mut meta, updates);
+            tx.execute(
+                "INSERT INTO accounts (account, meta) VALUES (?1, ?2)
+                 ON CONFLICT(account) DO UPDATE SET meta = excluded.meta",
+                params![account, serde_json::to_string(&meta)?],
+            )?;
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Lists containers of an account.
+    pub async fn list_containers(
+        &self,
+        account: &str,
+        q: ListQuery,
+    ) -> Result<Vec<ContainerRecord>, StoreError> {
+        let account = account.to_owned();
+        self.with_db(move |db| {
+            let mut stmt = db.prepare_cached(
+                "SELECT c.name, c.meta, c.created_ms,
+                   (SELECT COUNT(*) FROM objects o WHERE o.account = c.account AND o.container = c.name),
+                   (SELECT COALESCE(SUM(size),0) FROM objects o WHERE o.account = c.account AND o.container = c.name)
+                 FROM containers c WHERE c.account = ?1 AND c.name > ?2
+                   AND c.name >= ?3 AND substr(c.name, 1, length(?3)) = ?3
+                   AND (?4 IS NULL OR c.name < ?4)
+                 ORDER BY c.name LIMIT ?5",
+            )?;
+            let rows = stmt.query_map(
+                params![account, q.marker, q.prefix, q.end_marker, q.limit as i64],
+                |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, i64>(2)?,
+                        r.get::<_, i64>(3)?,
+                        r.get::<_, i64>(4)?,
+                    ))
+                },
+            )?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (name, meta, created_ms, count, bytes) = row?;
+                out.push(ContainerRecord {
+                    name,
+                    meta: serde_json::from_str(&meta)?,
+                    created_ms,
+                    object_count: count as u64,
+                    bytes_used: bytes as u64,
+                });
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    // ---- containers ----
+
+    /// Creates a container or merges metadata into an existing one; true if created.
+    pub async fn put_container(
+        &self,
+        account: &str,
+        name: &str,
+        meta: BTreeMap<String, String>,
+    ) -> Result<bool, StoreError> {
+        let (account, name) = (account.to_owned(), name.to_owned());
+        self.with_db(move |db| {
+            let tx = db.transaction()?;
+            let existing: Option<String> = tx
+                .query_row(
+                    "SELECT meta FROM containers WHERE account = ?1 AND name = ?2",
+                    params![account, name],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            let created = existing.is_none();
+            let mut current: BTreeMap<String, String> = match existing {
+                Some(m) => serde_json::from_str(&m)?,
+                None => BTreeMap::new(),
+            };
+            merge_meta(&mut current, meta);
+            tx.execute(
+                "INSERT INTO containers (account, name, meta, created_ms) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT(account, name) DO UPDATE SET meta = excluded.meta",
+                params![account, name, serde_json::to_string(&current)?, now_ms()],
+            )?;
+            tx.commit()?;
+            Ok(created)
+        })
+        .await
+    }
+
+    /// Merges metadata into an existing container.
+    pub async fn post_container(
+        &self,
+        account: &str,
+        name: &str,
+        meta: BTreeMap<String, String>,
+    ) -> Result<(), StoreError> {
+        if self.get_container(account, name).await?.is_none() {
+            return Err(StoreError::NoContainer);
+        }
+        self.put_container(account, name, meta).await.map(|_| ())
+    }
+
+    /// A container with its statistics, if it exists.
+    pub async fn get_container(
+        &self,
+        account: &str,
+        name: &str,
+    ) -> Result<Option<ContainerRecord>, StoreError> {
+        let (account, name) = (account.to_owned(), name.to_owned());
+        self.with_db(move |db| {
+            let row: Option<(String, i64)> = db
+                .query_row(
+                    "SELECT meta, created_ms FROM containers WHERE account = ?1 AND name = ?2",
+                    params![account, name],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()?;
+            let Some((meta, created_ms)) = row else {
+                return Ok(None);
+            };
+            let (count, bytes): (i64, i64) = db.query_row(
+                "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM objects
+                 WHERE account = ?1 AND container = ?2 AND (delete_at IS NULL OR delete_at > ?3)",
+                params![account, name, now_ms() / 1000],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )?;
+            Ok(Some(ContainerRecord {
+                name,
+                meta: serde_json::from_str(&meta)?,
+                created_ms,
+                object_count: count as u64,
+                bytes_used: bytes as u64,
+            }))
+        })
+        .await
+    }
+
+    /// Deletes an empty container; false if it did not exist.
+    pub async fn delete_container(&self, account: &str, name: &str) -> Result<bool, StoreError> {
+        let (account, name) = (account.to_owned(), name.to_owned());
+        self.with_db(move |db| {
+            let tx = db.transaction()?;
+            let live: i64 = tx.query_row(
+                "SELECT COUNT(*) FROM objects WHERE account = ?1 AND container = ?2
+                 AND (delete_at IS NULL OR delete_at > ?3)",
+                params![account, name, now_ms() / 1000],
+                |r| r.get(0),
+            )?;
+            if live > 0 {
+                return Err(StoreError::NotEmpty);
+            }
+            let n = tx.execute(
+                "DELETE FROM containers WHERE account = ?1 AND name = ?2",
+                params![account, name],
+            )?;
+            tx.commit()?;
+            Ok(n > 0)
+        })
+        .await
+    }
+
+    // ---- objects ----
+
+    /// Looks an object up; expired objects are reported absent.
+    pub async fn get_object(
+        &self,
+        account: &str,
+        container: &str,
+        name: &str,
+    ) -> Result<Option<ObjectRecord>, StoreError> {
+        let (account, container, name) =
+            (account.to_owned(), container.to_owned(), name.to_owned());
+        self.with_db(move |db| {
+            let mut stmt = db.prepare_cached(
+                "SELECT name, size, etag, content_type, last_modified_ms, meta, delete_at, blobs, kind
+                 FROM objects WHERE account = ?1 AND container = ?2 AND name = ?3",
+            )?;
+            let rec = stmt
+                .query_row(params![account, container, name], row_to_raw)
+                .optional()?;
+            match rec {
+                Some(raw) => {
+                    let rec = raw.into_record()?;
+                    if rec.delete_at.is_some_and(|t| t <= now_ms() / 1000) {
+                        return Ok(None);
+                    }
+                    Ok(Some(rec))
+                }
+                None => Ok(None),
+            }
+        })
+        .await
+    }
+
+    /// Stores an object record (its blobs already durable); returns the blobs it replaced.
+    pub async fn put_object(
+        &self,
+        account: &str,
+        container: &str,
+        rec: ObjectRecord,
+    ) -> Result<Vec<Blob>, StoreError> {
+        let (account, container) = (account.to_owned(), container.to_owned());
+        let old = self
+            .with_db(move |db| {
+                let tx = db.transaction()?;
+                let exists: Option<i64> = tx
+                    .query_row(
+                        "SELECT 1 FROM containers WHERE account = ?1 AND name = ?2",
+                        params![account, container],
+                        |r| r.get(0),
+                    )
+                    .optional()?;
+                if exists.is_none() {
+                    return Err(StoreError::NoContainer);
+                }
+                let old = take_blobs(&tx, &account, &container, &rec.name)?;
+                tx.execute(
+                    "INSERT INTO objects (account, container, name, size, etag, content_type,
+                       last_modified_ms, meta, delete_at, blobs, kind)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
+                     ON CONFLICT(account, container, name) DO UPDATE SET size = excluded.size,
+                       etag = excluded.etag, content_type = excluded.content_type,
+                       last_modified_ms = excluded.last_modified_ms, meta = excluded.meta,
+                       delete_at = excluded.delete_at, blobs = excluded.blobs, kind = excluded.kind",
+                    params![
+                        account,
+                        container,
+                        rec.name,
+                        rec.size as i64,
+                        rec.etag,
+                        rec.content_type,
+                        rec.last_modified_ms,
+                        serde_json::to_string(&rec.meta)?,
+                        rec.delete_at,
+                        serde_json::to_string(&rec.blobs)?,
+                        serde_json::to_string(&rec.kind)?,
+                    ],
+                )?;
+                tx.commit()?;
+                Ok(old)
+            })
+            .await?;
+        Ok(old)
+    }
+
+    /// Replaces an object's metadata (Swift POST); false if the object is absent.
+    pub async fn post_object(
+        &self,
+        account: &str,
+        container: &str,
+        name: &str,
+        meta: BTreeMap<String, String>,
+        content_type: Option<String>,
+        delete_at: Option<Option<i64>>,
+    ) -> Result<bool, StoreError> {
+        let Some(mut rec) = self.get_object(account, container, name).await? else {
+            return Ok(false);
+        };
+        rec.meta.retain(|k, _| !k.starts_with("x-object-meta-"));
+        rec.meta.extend(meta);
+        if let Some(ct) = content_type {
+            rec.content_type = ct;
+        }
+        if let Some(d) = delete_at {
+            rec.delete_at = d;
+        }
+        let (account, container) = (account.to_owned(), container.to_owned());
+        self.with_db(move |db| {
+            db.execute(
+                "UPDATE objects SET meta = ?4, content_type = ?5, delete_at = ?6
+                 WHERE account = ?1 AND container = ?2 AND name = ?3",
+                params![
+                    account,
+                    container,
+                    rec.name,
+                    serde_json::to_string(&rec.meta)?,
+                    rec.content_type,
+                    rec.delete_at
+                ],
+            )?;
+            Ok(true)
+        })
+        .await
+    }
+
+    /// Deletes an object and its blob files; returns its record if it existed.
+    pub async fn delete_object(
+        &self,
+        account: &str,
+        container: &str,
+        name: &str,
+    ) -> Result<Option<ObjectRecord>, StoreError> {
+        let (account, container, name) =
+            (account.to_owned(), container.to_owned(), name.to_owned());
+        let rec = self
+            .with_db(move |db| {
+                let tx = db.transaction()?;
+                let rec = tx
+                    .query_row(
+                        "SELECT name, size, etag, content_type, last_modified_ms, meta, delete_at, blobs, kind
+                         FROM objects WHERE account = ?1 AND container = ?2 AND name = ?3",
+                        params![account, container, name],
+                        row_to_raw,
+                    )
+                    .optional()?;
+                tx.execute(
+                    "DELETE FROM objects WHERE account = ?1 AND container = ?2 AND name = ?3",
+                    params![account, container, name],
+                )?;
+                tx.commit()?;
+                rec.map(RawRecord::into_record).transpose()
+            })
+            .await?;
+        if let Some(r) = &rec {
+            self.remove_blobs(r.blobs.clone()).await;
+            if r.delete_at.is_some_and(|t| t <= now_ms() / 1000) {
+                return Ok(None);
+            }
+        }
+        Ok(rec)
+    }
+
+    /// Lists a container's objects, with prefix/delimiter roll-up.
+    pub async fn list_objects(
+        &self,
+        account: &str,
+        container: &str,
+        q: ListQuery,
+    ) -> Result<Vec<Entry>, StoreError> {
+        let (account, container) = (account.to_owned(), container.to_owned());
+        self.with_db(move |db| {
+            let now = now_ms() / 1000;
+            let mut out = Vec::new();
+            let mut after = q.marker.clone();
+            let mut inclusive_from: Option<String> = None;
+            let batch = (q.limit.max(1) + 1).min(10_000) as i64;
+            let mut stmt = db.prepare_cached(
+                "SELECT name, size, etag, content_type, last_modified_ms, meta, delete_at, blobs, kind
+                 FROM objects WHERE account = ?1 AND container = ?2
+                   AND name > ?3 AND (?4 IS NULL OR name >= ?4)
+                   AND name >= ?5 AND substr(name, 1, length(?5)) = ?5
+                   AND (?6 IS NULL OR name < ?6)
+                   AND (delete_at IS NULL OR delete_at > ?7)
+                 ORDER BY name LIMIT ?8",
+            )?;
+            'outer: loop {
+                let rows: Vec<RawRecord> = stmt
+                    .query_map(
+                        params![
+                            account,
+                            container,
+                            after,
+                            inclusive_from,
+                            q.prefix,
+                            q.end_marker,
+                            now,
+                            batch
+                        ],
+                        row_to_raw,
+                    )?
+                    .collect::<Result<_, _>>()?;
+                if rows.is_empty() {
+                    break;
+                }
+                let n = rows.len();
+                for raw in rows {
+                    if out.len() >= q.limit {
+                        break 'outer;
+                    }
+                    let name = raw.name.clone();
+                    if let Some(d) = q.delimiter.as_deref().filter(|d| !d.is_empty())
+                        && let Some(pos) = name[q.prefix.len()..].find(d)
+                    {
+                        let sub = name[..q.prefix.len() + pos + d.len()].to_owned();
+                        if sub != q.marker {
+                            out.push(Entry::Subdir(sub.clone()));
+                        }
+                        // Skip every name under this subdir.
+                        after = sub.clone();
+                        inclusive_from = Some(successor(&sub));
+                        continue 'outer;
+                    }
+                    after = name;
+                    out.push(Entry::Object(raw.into_record()?));
+                }
+                if (n as i64) < batch {
+                    break;
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    /// Removes objects whose X-Delete-At has passed; returns how many.
+    pub async fn expire(&self) -> Result<usize, StoreError> {
+        let expired = self
+            .with_db(move |db| {
+                let tx = db.transaction()?;
+                let now = now_ms() / 1000;
+                let blobs: Vec<String> = {
+                    let mut stmt = tx.prepare(
+                        "SELECT blobs FROM objects WHERE delete_at IS NOT NULL AND delete_at <= ?1",
+                    )?;
+                    stmt.query_map(params![now], |r| r.get(0))?
+                        .collect::<Result<_, _>>()?
+                };
+                tx.execute(
+                    "DELETE FROM objects WHERE delete_at IS NOT NULL AND delete_at <= ?1",
+                    params![now],
+                )?;
+                tx.commit()?;
+                let mut out = Vec::new();
+                for b in blobs {
+                    out.push(serde_json::from_str::<Vec<Blob>>(&b)?);
+                }
+                Ok(out)
+            })
+            .await?;
+        let n = expired.len();
+        for b in expired {
+            self.remove_blobs(b).await;
+        }
+        Ok(n)
+    }
+
+    /// Every blob the index references (for the auditor).
+    pub async fn all_blobs(&self) -> Result<Vec<Blob>, StoreError> {
+        self.with_db(move |db| {
+            let mut stmt = db.prepare("SELECT blobs FROM objects")?;
+            let rows: Vec<String> = stmt
+                .query_map([], |r| r.get(0))?
+                .collect::<Result<_, _>>()?;
+            let mut out = Vec::new();
+            for r in rows {
+                out.extend(serde_json::from_str::<Vec<Blob>>(&r)?);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    // ---- multipart uploads ----
+
+    /// Records a new multipart upload.
+    pub async fn create_upload(&self, account: &str, up: Upload) -> Result<(), StoreError> {
+        let account = account.to_owned();
+        self.with_db(move |db| {
+            db.execute(
+                "INSERT INTO uploads (id, account, container, name, content_type, meta)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![
+                    up.id,
+                    account,
+                    up.container,
+                    up.name,
+                    up.content_type,
+                    serde_json::to_string(&up.meta)?
+                ],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Finds an upload of this account.
+    pub async fn get_upload(&self, account: &str, id: &str) -> Result<Upload, StoreError> {
+        let (account, id) = (account.to_owned(), id.to_owned());
+        self.with_db(move |db| {
+            let row = db
+                .query_row(
+                    "SELECT container, name, content_type, meta FROM uploads
+                     WHERE id = ?1 AND account = ?2",
+                    params![id, account],
+                    |r| {
+                        Ok((
+                            r.get::<_, String>(0)?,
+                            r.get::<_, String>(1)?,
+                            r.get::<_, String>(2)?,
+                            r.get::<_, String>(3)?,
+                        ))
+                    },
+                )
+                .optional()?;
+            let (container, name, content_type, meta) = row.ok_or(StoreError::NoUpload)?;
+            Ok(Upload {
+                id,
+                container,
+                name,
+                content_type,
+                meta: serde_json::from_str(&meta)?,
+            })
+        })
+        .await
+    }
+
+    /// Records a part (its blob durable); returns the blob it replaced, if any.
+    pub async fn put_part(
+        &self,
+        upload_id: &str,
+        number: u32,
+        blob: Blob,
+    ) -> Result<Option<Blob>, StoreError> {
+        let upload_id = upload_id.to_owned();
+        self.with_db(move |db| {
+            let tx = db.transaction()?;
+            let old: Option<String> = tx
+                .query_row(
+                    "SELECT blob FROM parts WHERE upload_id = ?1 AND number = ?2",
+                    params![upload_id, number],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            tx.execute(
+                "INSERT INTO parts (upload_id, number, blob) VALUES (?1, ?2, ?3)
+                 ON CONFLICT(upload_id, number) DO UPDATE SET blob = excluded.blob",
+                params![upload_id, number, serde_json::to_string(&blob)?],
+            )?;
+            tx.commit()?;
+            Ok(old.map(|o| serde_json::from_str(&o)).transpose()?)
+        })
+        .await
+    }
+
+    /// The parts of an upload, by number.
+    pub async fn parts(&self, upload_id: &str) -> Result<BTreeMap<u32, Blob>, StoreError> {
+        let upload_id = upload_id.to_owned();
+        self.with_db(move |db| {
+            let mut stmt = db.prepare("SELECT number, blob FROM parts WHERE upload_id = ?1")?;
+            let rows: Vec<(u32, String)> = stmt
+                .query_map(params![upload_id], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<Result<_, _>>()?;
+            let mut out = BTreeMap::new();
+            for (n, b) in rows {
+                out.insert(n, serde_json::from_str(&b)?);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    /// Completes an upload: stores the object and forgets the upload, atomically.
+    /// Returns blobs no longer referenced (unused parts and a replaced object's).
+    pub async fn complete_upload(
+        &self,
+        account: &str,
+        upload_id: &str,
+        rec: ObjectRecord,
+        container: &str,
+    ) -> Result<Vec<Blob>, StoreError> {
+        let (account, upload_id, container) = (
+            account.to_owned(),
+            upload_id.to_owned(),
+            container.to_owned(),
+        );
+        self.with_db(move |db| {
+            let tx = db.transaction()?;
+            let mut unused: Vec<Blob> = {
+                let mut stmt = tx.prepare("SELECT blob FROM parts WHERE upload_id = ?1")?;
+                let rows: Vec<String> = stmt
+                    .query_map(params![upload_id], |r| r.get(0))?
+                    .collect::<Result<_, _>>()?;
+                let mut v = Vec::new();
+                for r in rows {
+                    let b: Blob = serde_json::from_str(&r)?;
+                    if !rec.blobs.contains(&b) {
+                        v.push(b);
+                    }
+                }
+                v
+            };
+            unused.extend(take_blobs(&tx, &account, &container, &rec.name)?);
+            tx.execute(
+                "INSERT OR REPLACE INTO objects (account, container, name, size, etag, content_type,
+                   last_modified_ms, meta, delete_at, blobs, kind)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                params![
+                    account,
+                    container,
+                    rec.name,
+                    rec.size as i64,
+                    rec.etag,
+                    rec.content_type,
+                    rec.last_modified_ms,
+                    serde_json::to_string(&rec.meta)?,
+                    rec.delete_at,
+                    serde_json::to_string(&rec.blobs)?,
+                    serde_json::to_string(&rec.kind)?,
+                ],
+            )?;
+            tx.execute("DELETE FROM parts WHERE upload_id = ?1", params![upload_id])?;
+            tx.execute("DELETE FROM uploads WHERE id = ?1", params![upload_id])?;
+            tx.commit()?;
+            Ok(unused)
+        })
+        .await
+    }
+
+    /// Aborts an upload; returns its part blobs for removal.
+    pub async fn abort_upload(
+        &self,
+        account: &str,
+        upload_id: &str,
+    ) -> Result<Vec<Blob>, StoreError> {
+        self.get_upload(account, upload_id).await?;
+        let parts: Vec<Blob> = self.parts(upload_id).await?.into_values().collect();
+        let upload_id = upload_id.to_owned();
+        self.with_db(move |db| {
+            let tx = db.transaction()?;
+            tx.execute("DELETE FROM parts WHERE upload_id = ?1", params![upload_id])?;
+            tx.execute("DELETE FROM uploads WHERE id = ?1", params![upload_id])?;
+            tx.commit()?;
+            Ok(())
+        })
+        .await?;
+        Ok(parts)
+    }
+}
+
+/// The smallest string greater than every string starting with `s`.
+fn successor(s: &str) -> String {
+    let mut chars: Vec<char> = s.chars().collect();
+    while let Some(c) = chars.pop() {
+        if let Some(next) = char::from_u32(c as u32 + 1) {
+            chars.push(next);
+            return chars.into_iter().collect();
+        }
+    }
+    String::from(char::MAX)
+}
+
+fn take_blobs(
+    tx: &rusqlite::Transaction<'_>,
+    account: &str,
+    container: &str,
+    name: &str,
+) -> Result<Vec<Blob>, StoreError> {
+    let old: Option<String> = tx
+        .query_row(
+            "SELECT blobs FROM objects WHERE account = ?1 AND container = ?2 AND name = ?3",
+            params![account, container, name],
+            |r| r.get(0),
+        )
+        .optional()?;
+    Ok(match old {
+        Some(b) => serde_json::from_str(&b)?,
+        None => Vec::new(),
+    })
+}
+
+fn merge_meta(into: &mut BTreeMap<String, String>, updates: BTreeMap<String, String>) {
+    for (k, v) in updates {
+        if v.is_empty() {
+            into.remove(&k);
+        } else {
+            into.insert(k, v);
+        }
+    }
+}
+
+struct RawRecord {
+    name: String,
+    size: i64,
+    etag: String,
+    content_type: String,
+    last_modified_ms: i64,
+    meta: String,
+    delete_at: Option<i64>,
+    blobs: String,
+    kind: String,
+}
+
+fn row_to_raw(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawRecord> {
+    Ok(RawRecord {
+        name: r.get(0)?,
+        size: r.get(1)?,
+        etag: r.get(2)?,
+        content_type: r.get(3)?,
+        last_modified_ms: r.get(4)?,
+        meta: r.get(5)?,
+        delete_at: r.get(6)?,
+        blobs: r.get(7)?,
+        kind: r.get(8)?,
+    })
+}
+
+impl RawRecord {
+    fn into_record(self) -> Result<ObjectRecord, StoreError> {
+        Ok(ObjectRecord {
+            name: self.name,
+            size: self.size as u64,
+            etag: self.etag,
+            content_type: self.content_type,
+            last_modified_ms: self.last_modified_ms,
+            meta: serde_json::from_str(&self.meta)?,
+            delete_at: self.delete_at,
+            blobs: serde_json::from_str(&self.blobs)?,
+            kind: serde_json::from_str(&self.kind)?,
+        })
+    }
+}
+
+/// Streams one body into a temporary file, then makes it durable with [`BlobWriter::finish`].
+/// Dropped unfinished, it removes the temporary file.
+pub struct BlobWriter {
+    store: Store,
+    id: String,
+    tmp: Option<PathBuf>,
+    file: Option<tokio::fs::File>,
+    md5: Md5,
+    size: u64,
+}
+
+impl BlobWriter {
+    /// Appends bytes.
+    pub async fn write(&mut self, data: &[u8]) -> Result<(), StoreError> {
+        self.md5.update(data);
+        self.size += data.len() as u64;
+        self.file
+            .as_mut()
+            .expect("writer not finished")
+            .write_all(data)
+            .await
+            .map_err(io("write temp file"))
+    }
+
+    /// Bytes written so far.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// fsyncs, renames into place, fsyncs the directory; the blob is then durable.
+    pub async fn finish(mut self) -> Result<Blob, StoreError> {
+        let mut file = self.file.take().expect("writer not finished");
+        file.flush().await.map_err(io("flush temp file"))?;
+        file.sync_all().await.map_err(io("fsync temp file"))?;
+        drop(file);
+        let tmp = self.tmp.take().expect("writer not finished");
+        let dest = self.store.blob_path(&self.id);
+        let res = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+            std::fs::rename(&tmp, &dest)?;
+            fsync_dir(dest.parent().expect("blob path has a parent"))
+        })
+        .await?;
+        res.map_err(io("rename blob into place"))?;
+        Ok(Blob {
+            id: std::mem::take(&mut self.id),
+            size: self.size,
+            md5: hex::encode(self.md5.clone().finalize()),
+        })
+    }
+}
+
+impl Drop for BlobWriter {
+    fn drop(&mut self) {
+        if let Some(tmp) = self.tmp.take() {
+            let _ = std::fs::remove_file(tmp);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(name: &str, blob: Blob) -> ObjectRecord {
+        ObjectRecord {
+            name: name.into(),
+            size: blob.size,
+            etag: blob.md5.clone(),
+            content_type: "application/octet-stream".into(),
+            last_modified_ms: now_ms(),
+            meta: BTreeMap::new(),
+            delete_at: None,
+            blobs: vec![blob],
+            kind: Kind::Plain,
+        }
+    }
+
+    #[tokio::test]
+    async fn put_list_delete_with_delimiter() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        assert!(
+            store
+                .put_container("A", "c", BTreeMap::new())
+                .await
+                .unwrap()
+        );
+        assert!(
+            !store
+                .put_container("A", "c", BTreeMap::new())
+                .await
+                .unwrap()
+        );
+        for name in ["a/1", "a/2", "b", "c/x/y", "d"] {
+            let mut w = store.blob_writer().await.unwrap();
+            w.write(name.as_bytes()).await.unwrap();
+            let blob = w.finish().await.unwrap();
+            assert_eq!(blob.md5, hex::encode(Md5::digest(name.as_bytes())));
+            assert!(store.blob_path(&blob.id).exists());
+            store.put_object("A", "c", rec(name, blob)).await.unwrap();
+        }
+        let q = ListQuery {
+            delimiter: Some("/".into()),
+            limit: 100,
+            ..Default::default()
+        };
+        let names: Vec<String> = store
+            .list_objects("A", "c", q.clone())
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| match e {
+                Entry::Object(o) => o.name,
+                Entry::Subdir(s) => s,
+            })
+            .collect();
+        assert_eq!(names, ["a/", "b", "c/", "d"]);
+        let limited = store
+            .list_objects(
+                "A",
+                "c",
+                ListQuery {
+                    limit: 2,
+                    marker: "a/".into(),
+                    ..q
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(limited.len(), 2);
+        assert!(matches!(&limited[0], Entry::Object(o) if o.name == "b"));
+        let c = store.get_container("A", "c").await.unwrap().unwrap();
+        assert_eq!(c.object_count, 5);
+        assert!(matches!(
+            store.delete_container("A", "c").await,
+            Err(StoreError::NotEmpty)
+        ));
+        let gone = store.delete_object("A", "c", "b").await.unwrap().unwrap();
+        assert!(!store.blob_path(&gone.blobs[0].id).exists());
+        assert!(store.get_object("A", "c", "b").await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn unfinished_writer_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut w = store.blob_writer().await.unwrap();
+        w.write(b"partial").await.unwrap();
+        drop(w);
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("tmp")).unwrap().count(),
+            0
+        );
+    }
+
+    #[test]
+    fn successor_skips_a_prefix() {
+        assert_eq!(successor("a/"), "a0");
+        assert!(successor("a/") > "a/zzz".to_owned());
+    }
+}
