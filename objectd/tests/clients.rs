@@ -9,7 +9,14 @@ use common::*;
 
 fn swift(d: &Daemon) -> Command {
     let mut c = Command::new("swift");
-    c.args(["-A", &format!("{}/auth/v1.0", d.url()), "-U", USER, "-K", KEY]);
+    c.args([
+        "-A",
+        &format!("{}/auth/v1.0", d.url()),
+        "-U",
+        USER,
+        "-K",
+        KEY,
+    ]);
     c
 }
 
@@ -32,15 +39,26 @@ fn swift_cli_upload_download_list_stat_delete_with_dlo_and_slo() {
         .current_dir(w)
         .args(["upload", "c", "big.bin", "--segment-size", "1000000"]));
     // SLO.
-    run(swift(&d)
-        .current_dir(w)
-        .args(["upload", "s", "big.bin", "--segment-size", "1000000", "--use-slo"]));
+    run(swift(&d).current_dir(w).args([
+        "upload",
+        "s",
+        "big.bin",
+        "--segment-size",
+        "1000000",
+        "--use-slo",
+    ]));
 
     let list = run(swift(&d).args(["list"]));
-    assert_eq!(list.lines().collect::<Vec<_>>(), ["c", "c_segments", "s", "s_segments"]);
+    assert_eq!(
+        list.lines().collect::<Vec<_>>(),
+        ["c", "c_segments", "s", "s_segments"]
+    );
     let list = run(swift(&d).args(["list", "c"]));
     assert_eq!(list.lines().collect::<Vec<_>>(), ["big.bin", "small.bin"]);
-    assert_eq!(run(swift(&d).args(["list", "c_segments"])).lines().count(), 3);
+    assert_eq!(
+        run(swift(&d).args(["list", "c_segments"])).lines().count(),
+        3
+    );
 
     let stat = run(swift(&d).args(["stat", "c"]));
     assert!(stat.contains("Objects: 2"), "{stat}");
@@ -103,28 +121,49 @@ fn aws_cli_mb_cp_ls_rm_including_multipart() {
     std::fs::write(w.join("big"), &big).unwrap();
 
     run(aws(&d).args(["s3", "mb", "s3://bucket-one"]));
-    run(aws(&d).current_dir(w).args(["s3", "cp", "small", "s3://bucket-one/dir/small"]));
-    run(aws(&d).current_dir(w).args(["s3", "cp", "big", "s3://bucket-one/big"]));
+    run(aws(&d)
+        .current_dir(w)
+        .args(["s3", "cp", "small", "s3://bucket-one/dir/small"]));
+    run(aws(&d)
+        .current_dir(w)
+        .args(["s3", "cp", "big", "s3://bucket-one/big"]));
     let ls = run(aws(&d).args(["s3", "ls", "s3://bucket-one"]));
     assert!(ls.contains("PRE dir/"), "{ls}");
     assert!(ls.contains(&format!("{} big", big.len())), "{ls}");
     let ls = run(aws(&d).args(["s3", "ls", "s3://bucket-one/dir/"]));
     assert!(ls.contains("4096 small"), "{ls}");
 
-    run(aws(&d).current_dir(w).args(["s3", "cp", "s3://bucket-one/big", "big.back"]));
-    run(aws(&d).current_dir(w).args(["s3", "cp", "s3://bucket-one/dir/small", "small.back"]));
+    run(aws(&d)
+        .current_dir(w)
+        .args(["s3", "cp", "s3://bucket-one/big", "big.back"]));
+    run(aws(&d)
+        .current_dir(w)
+        .args(["s3", "cp", "s3://bucket-one/dir/small", "small.back"]));
     assert_eq!(std::fs::read(w.join("big.back")).unwrap(), big);
     assert_eq!(std::fs::read(w.join("small.back")).unwrap(), small);
 
     // The multipart object carries S3's "-N" ETag, visible through Swift too.
     let token = d.token();
-    let head = http(d.port, "HEAD", "/v1/AUTH_test/bucket-one/big", &[("X-Auth-Token", &token)], b"");
+    let head = http(
+        d.port,
+        "HEAD",
+        "/v1/AUTH_test/bucket-one/big",
+        &[("X-Auth-Token", &token)],
+        b"",
+    );
     assert_eq!(head.status, 200);
-    assert!(head.header("etag").unwrap().ends_with("-3"), "{:?}", head.headers);
+    assert!(
+        head.header("etag").unwrap().ends_with("-3"),
+        "{:?}",
+        head.headers
+    );
 
     run(aws(&d).args(["s3", "rm", "s3://bucket-one/big"]));
     run(aws(&d).args(["s3", "rm", "s3://bucket-one/dir/small"]));
-    assert_eq!(run(aws(&d).args(["s3", "ls", "s3://bucket-one"])).trim(), "");
+    assert_eq!(
+        run(aws(&d).args(["s3", "ls", "s3://bucket-one"])).trim(),
+        ""
+    );
     run(aws(&d).args(["s3", "rb", "s3://bucket-one"]));
     assert!(!run(aws(&d).args(["s3", "ls"])).contains("bucket-one"));
 
@@ -233,7 +272,10 @@ fn s3cmd_put_get_ls() {
     run(s3cmd().args(["put", "small", "s3://cmdbucket/small"]));
     run(s3cmd().args(["put", "big", "s3://cmdbucket/big"]));
     let ls = run(s3cmd().args(["ls", "s3://cmdbucket"]));
-    assert!(ls.contains("s3://cmdbucket/small") && ls.contains("s3://cmdbucket/big"), "{ls}");
+    assert!(
+        ls.contains("s3://cmdbucket/small") && ls.contains("s3://cmdbucket/big"),
+        "{ls}"
+    );
     run(s3cmd().args(["get", "--force", "s3://cmdbucket/big", "big.back"]));
     run(s3cmd().args(["get", "--force", "s3://cmdbucket/small", "small.back"]));
     assert_eq!(std::fs::read(w.join("big.back")).unwrap(), big);

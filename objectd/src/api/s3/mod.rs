@@ -420,9 +420,10 @@ fn make_source(
         None => {}
         Some("crc32") => src.0.digests.crc32 = Some(crc32fast::Hasher::new()),
         Some("sha256") => {
-            if src.0.digests.sha256.is_none() {
-                src.0.digests.sha256 = Some(sha2::Sha256::default());
-            }
+            src.0
+                .digests
+                .sha256
+                .get_or_insert_with(sha2::Sha256::default);
         }
         Some(other) => {
             return Err(ApiError::bad_request(
@@ -578,11 +579,7 @@ async fn list_objects(
         Entry::Object(o) => o.name.clone(),
         Entry::Subdir(s) => s.clone(),
     });
-    let root = if v2 {
-        "ListBucketResult"
-    } else {
-        "ListBucketResult"
-    };
+    let root = "ListBucketResult";
     let mut body = format!(
         "{XML_HEAD}<{root} xmlns=\"{NS}\"><Name>{}</Name><Prefix>{}</Prefix><MaxKeys>{max_keys}</MaxKeys><IsTruncated>{truncated}</IsTruncated>",
         xml::escape(bucket),
