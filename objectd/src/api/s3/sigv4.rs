@@ -508,6 +508,62 @@ mod tests {
         );
     }
 
+    /// AWS's documented streaming example: a 66560-byte body in signed chunks.
+    #[test]
+    fn aws_documented_signed_chunks() {
+        let secret = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY";
+        let seed = "4f232c4386841ef735655705268965c44a0e4690baa4adea153f7db9fa80a0a9";
+        let mut h = http::HeaderMap::new();
+        for (k, v) in [
+            ("host", "s3.amazonaws.com"),
+            ("x-amz-date", "20130524T000000Z"),
+            ("x-amz-storage-class", "REDUCED_REDUNDANCY"),
+            ("content-encoding", "aws-chunked"),
+            ("x-amz-decoded-content-length", "66560"),
+            ("content-length", "66824"),
+            ("x-amz-content-sha256", "STREAMING-AWS4-HMAC-SHA256-PAYLOAD"),
+        ] {
+            h.insert(k, v.parse().unwrap());
+        }
+        let auth = format!(
+            "AWS4-HMAC-SHA256 Credential=AKIAIOSFODNN7EXAMPLE/20130524/us-east-1/s3/aws4_request,SignedHeaders=content-encoding;content-length;host;x-amz-content-sha256;x-amz-date;x-amz-decoded-content-length;x-amz-storage-class,Signature={seed}"
+        );
+        h.insert("authorization", auth.parse().unwrap());
+        let uri: http::Uri = "/examplebucket/chunkObject.txt".parse().unwrap();
+        let now = crate::api::http::parse_amz_date("20130524T000000Z").unwrap();
+        let v = verify("PUT", &uri, &h, now, |_| Some(secret.to_owned())).unwrap();
+        let chunks: [(&str, usize); 3] = [
+            (
+                "ad80c730a21e5b8d04586a2213dd63b9a0e99e0e2307b0ade35a65485a288648",
+                65536,
+            ),
+            (
+                "0055627c9e194cb4542bae2aa5492e3c1575bbb81b612b7d234b86a503ef5497",
+                1024,
+            ),
+            (
+                "b6c6ea8a5354eaf15b3cb7646744f4275b71ea724fed81ceb9323e279d449df9",
+                0,
+            ),
+        ];
+        let mut c = ChunkVerifier::new(&v);
+        for (sig, len) in chunks {
+            c.header(Some(sig)).unwrap();
+            c.data(&vec![b'a'; len]);
+        }
+        c.finish().unwrap();
+        // One changed byte breaks the chain.
+        let mut c = ChunkVerifier::new(&v);
+        c.header(Some(chunks[0].0)).unwrap();
+        let mut data = vec![b'a'; 65536];
+        data[7] = b'b';
+        c.data(&data);
+        assert_eq!(
+            c.header(Some(chunks[1].0)).unwrap_err().code,
+            "SignatureDoesNotMatch"
+        );
+    }
+
     #[test]
     fn malformed_headers() {
         assert!(matches!(
