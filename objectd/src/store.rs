@@ -270,6 +270,7 @@ impl Store {
             id,
             tmp: Some(tmp),
             file: Some(file),
+            buf: Vec::new(),
             md5: Md5::new(),
             size: 0,
         })
@@ -1080,6 +1081,9 @@ impl RawRecord {
     }
 }
 
+/// Bytes gathered before one write to the temporary file.
+const WRITE_BUFFER: usize = 1 << 20;
+
 /// Streams one body into a temporary file, then makes it durable with [`BlobWriter::finish`].
 /// Dropped unfinished, it removes the temporary file.
 pub struct BlobWriter {
@@ -1087,21 +1091,27 @@ pub struct BlobWriter {
     id: String,
     tmp: Option<PathBuf>,
     file: Option<tokio::fs::File>,
+    buf: Vec<u8>,
     md5: Md5,
     size: u64,
 }
 
 impl BlobWriter {
-    /// Appends bytes.
+    /// Appends bytes (written out in 1 MiB pieces).
     pub async fn write(&mut self, data: &[u8]) -> Result<(), StoreError> {
         self.md5.update(data);
         self.size += data.len() as u64;
-        self.file
-            .as_mut()
-            .expect("writer not finished")
-            .write_all(data)
-            .await
-            .map_err(io("write temp file"))
+        self.buf.extend_from_slice(data);
+        if self.buf.len() >= WRITE_BUFFER {
+            self.file
+                .as_mut()
+                .expect("writer not finished")
+                .write_all(&self.buf)
+                .await
+                .map_err(io("write temp file"))?;
+            self.buf.clear();
+        }
+        Ok(())
     }
 
     /// Bytes written so far.
@@ -1109,20 +1119,26 @@ impl BlobWriter {
         self.size
     }
 
-    /// fsyncs, renames into place, fsyncs the directory; the blob is then durable.
+    /// Writes the rest, fsyncs, renames into place, fsyncs the directory (one blocking
+    /// task); the blob is then durable.
     pub async fn finish(mut self) -> Result<Blob, StoreError> {
         let mut file = self.file.take().expect("writer not finished");
         file.flush().await.map_err(io("flush temp file"))?;
-        file.sync_all().await.map_err(io("fsync temp file"))?;
-        drop(file);
-        let tmp = self.tmp.take().expect("writer not finished");
+        let mut file = file.into_std().await;
+        let tmp = self.tmp.clone().expect("writer not finished");
         let dest = self.store.blob_path(&self.id);
-        let res = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
-            std::fs::rename(&tmp, &dest)?;
-            fsync_dir(dest.parent().expect("blob path has a parent"))
+        let rest = std::mem::take(&mut self.buf);
+        let res = tokio::task::spawn_blocking(move || -> Result<(), StoreError> {
+            use std::io::Write;
+            file.write_all(&rest).map_err(io("write temp file"))?;
+            file.sync_all().map_err(io("fsync temp file"))?;
+            drop(file);
+            std::fs::rename(&tmp, &dest).map_err(io("rename blob into place"))?;
+            fsync_dir(dest.parent().expect("blob path has a parent")).map_err(io("fsync blob dir"))
         })
         .await?;
-        res.map_err(io("rename blob into place"))?;
+        res?;
+        self.tmp = None;
         Ok(Blob {
             id: std::mem::take(&mut self.id),
             size: self.size,
