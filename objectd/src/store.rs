@@ -240,12 +240,52 @@ impl Store {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.execute_batch(SCHEMA)?;
-        Ok(Store {
+        let store = Store {
             inner: Arc::new(Inner {
                 root: root.to_owned(),
                 db: Mutex::new(conn),
             }),
-        })
+        };
+        let swept = store.sweep_orphans()?;
+        if swept > 0 {
+            tracing::info!(
+                swept,
+                "removed blobs no index entry references (crash leftovers)"
+            );
+        }
+        Ok(store)
+    }
+
+    /// Removes blob files the index does not reference: bodies made durable by a writer
+    /// that crashed before its index commit. Only safe with no writer running (at open).
+    fn sweep_orphans(&self) -> Result<usize, StoreError> {
+        let mut referenced = std::collections::HashSet::new();
+        {
+            let db = self.inner.db.lock().expect("index lock");
+            let mut stmt = db.prepare("SELECT blobs FROM objects")?;
+            for row in stmt.query_map([], |r| r.get::<_, String>(0))? {
+                for b in serde_json::from_str::<Vec<Blob>>(&row?)? {
+                    referenced.insert(b.id);
+                }
+            }
+            let mut stmt = db.prepare("SELECT blob FROM parts")?;
+            for row in stmt.query_map([], |r| r.get::<_, String>(0))? {
+                referenced.insert(serde_json::from_str::<Blob>(&row?)?.id);
+            }
+        }
+        let mut swept = 0;
+        for dir in std::fs::read_dir(self.inner.root.join("blobs")).map_err(io("read blob dir"))? {
+            let dir = dir.map_err(io("read blob dir"))?;
+            for f in std::fs::read_dir(dir.path()).map_err(io("read blob dir"))? {
+                let f = f.map_err(io("read blob dir"))?;
+                let name = f.file_name().to_string_lossy().into_owned();
+                if !referenced.contains(&name) {
+                    let _ = std::fs::remove_file(f.path());
+                    swept += 1;
+                }
+            }
+        }
+        Ok(swept)
     }
 
     /// The data directory.
@@ -1249,6 +1289,34 @@ mod tests {
             std::fs::read_dir(dir.path().join("tmp")).unwrap().count(),
             0
         );
+    }
+
+    #[tokio::test]
+    async fn open_sweeps_durable_but_unindexed_blobs() {
+        let dir = tempfile::tempdir().unwrap();
+        let (kept, orphan) = {
+            let store = Store::open(dir.path()).unwrap();
+            store
+                .put_container("A", "c", BTreeMap::new())
+                .await
+                .unwrap();
+            let mut w = store.blob_writer().await.unwrap();
+            w.write(b"kept").await.unwrap();
+            let kept = w.finish().await.unwrap();
+            store
+                .put_object("A", "c", rec("k", kept.clone()))
+                .await
+                .unwrap();
+            // A writer that "crashed" after rename, before its index commit.
+            let mut w = store.blob_writer().await.unwrap();
+            w.write(b"orphan").await.unwrap();
+            let orphan = w.finish().await.unwrap();
+            (store.blob_path(&kept.id), store.blob_path(&orphan.id))
+        };
+        assert!(orphan.exists());
+        let _store = Store::open(dir.path()).unwrap();
+        assert!(kept.exists());
+        assert!(!orphan.exists());
     }
 
     #[test]

@@ -112,6 +112,37 @@ fn swift_bad_input_is_refused_and_nothing_is_stored() {
         .status,
         401
     );
+    // Server-side copy with X-Copy-From keeps the bytes and merges metadata.
+    let r = http(
+        d.port,
+        "PUT",
+        "/v1/AUTH_test/c/o.copy",
+        &[
+            ("X-Auth-Token", &t),
+            ("X-Copy-From", "c/o"),
+            ("X-Object-Meta-Copied", "yes"),
+        ],
+        b"",
+    );
+    assert_eq!(r.status, 201);
+    let r = http(d.port, "GET", "/v1/AUTH_test/c/o.copy", &auth, b"");
+    assert_eq!(
+        (r.body.as_slice(), r.header("x-object-meta-copied")),
+        (&b"hello"[..], Some("yes"))
+    );
+    let r = http(
+        d.port,
+        "PUT",
+        "/v1/AUTH_test/c/x",
+        &[("X-Auth-Token", &t), ("X-Copy-From", "c/missing")],
+        b"",
+    );
+    assert_eq!(r.status, 404);
+    // /info advertises the large-object middlewares swiftclient looks for.
+    let info: serde_json::Value =
+        serde_json::from_slice(&http(d.port, "GET", "/info", &[], b"").body).unwrap();
+    assert_eq!(info["swift"]["max_object_name_length"], 1024);
+    assert!(info["slo"].is_object());
     // A non-empty container cannot be deleted.
     assert_eq!(
         http(d.port, "DELETE", "/v1/AUTH_test/c", &auth, b"").status,

@@ -224,6 +224,26 @@ try:
 except ClientError as e:
     assert e.response["ResponseMetadata"]["HTTPStatusCode"] == 403
     assert e.response["Error"]["Code"] == "SignatureDoesNotMatch", e.response["Error"]
+for i in range(5):
+    s3.put_object(Bucket="multi", Key="page/%d" % i, Body=b"p")
+keys, token = [], None
+while True:
+    kw = {"ContinuationToken": token} if token else {}
+    page = s3.list_objects_v2(Bucket="multi", Prefix="page/", MaxKeys=2, **kw)
+    keys += [o["Key"] for o in page.get("Contents", [])]
+    if not page["IsTruncated"]:
+        break
+    token = page["NextContinuationToken"]
+assert keys == ["page/%d" % i for i in range(5)], keys
+s3.delete_objects(Bucket="multi", Delete={"Objects": [{"Key": k} for k in keys]})
+other = boto3.client("s3", endpoint_url=endpoint, aws_access_key_id="AKIDOTHER",
+                     aws_secret_access_key="other-secret", region_name="us-east-1",
+                     config=Config(signature_version="s3v4", s3={"addressing_style": "path"}))
+assert other.list_buckets()["Buckets"] == []
+try:
+    other.get_object(Bucket="multi", Key="small"); raise SystemExit("other account read our object")
+except ClientError as e:
+    assert e.response["ResponseMetadata"]["HTTPStatusCode"] == 404
 r = s3.delete_objects(Bucket="multi", Delete={"Objects": [{"Key": k} for k in ("small", "copy", "big")]})
 assert len(r["Deleted"]) == 3, r
 assert s3.list_objects_v2(Bucket="multi")["KeyCount"] == 0

@@ -217,6 +217,30 @@ async fn send_piece(
     Ok(())
 }
 
+/// Copies the concatenated content of `blobs` into a new durable blob (server-side copy;
+/// blobs are never shared between objects).
+pub async fn copy_into_blob(store: &Store, blobs: &[Blob]) -> Result<Blob, ApiError> {
+    let total: u64 = blobs.iter().map(|b| b.size).sum();
+    let mut w = store.blob_writer().await?;
+    let mut buf = vec![0u8; READ_CHUNK];
+    for b in blobs {
+        let mut f = tokio::fs::File::open(store.blob_path(&b.id))
+            .await
+            .map_err(ApiError::internal)?;
+        loop {
+            let n = f.read(&mut buf).await.map_err(ApiError::internal)?;
+            if n == 0 {
+                break;
+            }
+            w.write(&buf[..n]).await?;
+        }
+    }
+    if w.size() != total {
+        return Err(ApiError::internal("source changed size while copying"));
+    }
+    Ok(w.finish().await?)
+}
+
 /// Which extra digests to compute over a request body.
 #[derive(Default)]
 pub struct Digests {

@@ -43,7 +43,8 @@ impl Daemon {
             "listen = \"127.0.0.1:{port}\"\ndata-dir = \"{}\"\nexpirer-interval-secs = 1\nauditor-interval-secs = 0\n\
              [[users]]\naccount = \"test\"\nuser = \"tester\"\nkey = \"testing\"\n\
              s3-access-key = \"{ACCESS_KEY}\"\ns3-secret-key = \"{SECRET_KEY}\"\n\
-             [[users]]\naccount = \"other\"\nuser = \"bob\"\nkey = \"bobkey\"\n",
+             [[users]]\naccount = \"other\"\nuser = \"bob\"\nkey = \"bobkey\"\n\
+             s3-access-key = \"AKIDOTHER\"\ns3-secret-key = \"other-secret\"\n",
             dir.path().join("data").display()
         );
         std::fs::write(dir.path().join("objectd.toml"), config).unwrap();

@@ -777,30 +777,7 @@ async fn copy_object(
         .await?
         .ok_or_else(no_such_key)?;
     let (blobs, _, _) = crate::api::swift::resolve(state, account, &rec).await?;
-    let total: u64 = blobs.iter().map(|b| b.size).sum();
-    // Copy the bytes into a new blob (blobs are never shared between objects).
-    let mut w = state.store.blob_writer().await?;
-    for b in &blobs {
-        let mut f = tokio::fs::File::open(state.store.blob_path(&b.id))
-            .await
-            .map_err(ApiError::internal)?;
-        let mut buf = vec![0u8; 256 * 1024];
-        loop {
-            let n = tokio::io::AsyncReadExt::read(&mut f, &mut buf)
-                .await
-                .map_err(ApiError::internal)?;
-            if n == 0 {
-                break;
-            }
-            w.write(&buf[..n]).await?;
-        }
-    }
-    if w.size() != total {
-        return Err(ApiError::internal(
-            "source object changed size while copying",
-        ));
-    }
-    let blob = w.finish().await?;
+    let blob = super::body::copy_into_blob(&state.store, &blobs).await?;
     let replace = header(h, "x-amz-metadata-directive") == Some("REPLACE");
     let new = ObjectRecord {
         name: key.to_owned(),

@@ -655,6 +655,33 @@ async fn object_req(
                 Err(not_found())
             }
         }
+        ref m if m.as_str() == "COPY" => {
+            let h = req.headers();
+            let dest = header(h, "destination").ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::PRECONDITION_FAILED,
+                    "InvalidArgument",
+                    "Destination header required",
+                )
+            })?;
+            let (dc, dobj) = split_segment_path(dest).ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::PRECONDITION_FAILED,
+                    "InvalidArgument",
+                    "Destination header must be of the form <container name>/<object name>",
+                )
+            })?;
+            let mut meta = collect_meta(
+                h,
+                "x-object-meta-",
+                &["content-disposition", "content-encoding"],
+            )?;
+            meta.retain(|_, v| !v.is_empty());
+            let from = format!("{container}/{object}");
+            let mut rec = copy_from(state, account, &from, meta, header(h, "content-type")).await?;
+            rec.name = dobj;
+            store_record(state, account, &dc, rec, StatusCode::CREATED, false).await
+        }
         Method::DELETE => {
             let rec = state
                 .store
@@ -728,13 +755,6 @@ async fn put_object(
             "Your request is too large.",
         ));
     }
-    if h.contains_key("x-copy-from") {
-        return Err(ApiError::new(
-            StatusCode::NOT_IMPLEMENTED,
-            "NotImplemented",
-            "X-Copy-From is not implemented; use S3 CopyObject",
-        ));
-    }
     let client_etag = header(h, "etag").map(|e| e.trim().trim_matches('"').to_ascii_lowercase());
     let mut meta = collect_meta(
         h,
@@ -754,6 +774,12 @@ async fn put_object(
         .is_none()
     {
         return Err(not_found());
+    }
+    if let Some(from) = header(h, "x-copy-from") {
+        let mut rec = copy_from(state, account, from, meta, header(h, "content-type")).await?;
+        rec.name = object.to_owned();
+        rec.delete_at = delete_at;
+        return store_record(state, account, container, rec, StatusCode::CREATED, false).await;
     }
     let mut src = Source::plain(body);
 
@@ -809,6 +835,44 @@ async fn put_object(
         kind,
     };
     store_record(state, account, container, rec, StatusCode::CREATED, false).await
+}
+
+/// A new record holding a server-side copy of `from` (`container/object`), its metadata
+/// updated with `meta`.
+async fn copy_from(
+    state: &State,
+    account: &str,
+    from: &str,
+    meta: BTreeMap<String, String>,
+    content_type: Option<&str>,
+) -> Result<ObjectRecord, ApiError> {
+    let (c, o) = split_segment_path(from).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::PRECONDITION_FAILED,
+            "InvalidArgument",
+            "X-Copy-From header must be of the form <container name>/<object name>",
+        )
+    })?;
+    let src = state
+        .store
+        .get_object(account, &c, &o)
+        .await?
+        .ok_or_else(not_found)?;
+    let (blobs, _, _) = resolve(state, account, &src).await?;
+    let blob = super::body::copy_into_blob(&state.store, &blobs).await?;
+    let mut all_meta = src.meta.clone();
+    all_meta.extend(meta);
+    Ok(ObjectRecord {
+        name: String::new(),
+        size: blob.size,
+        etag: blob.md5.clone(),
+        content_type: content_type.map_or(src.content_type.clone(), str::to_owned),
+        last_modified_ms: now_ms(),
+        meta: all_meta,
+        delete_at: None,
+        blobs: vec![blob],
+        kind: Kind::Plain,
+    })
 }
 
 async fn store_record(
