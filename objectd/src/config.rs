@@ -47,6 +47,9 @@ pub struct Config {
     /// TCP address to listen on.
     #[serde(default = "default_listen")]
     pub listen: SocketAddr,
+    /// Also serve on this Unix socket (the suite's local convention), if set.
+    #[serde(default)]
+    pub unix_socket: Option<PathBuf>,
     /// Directory for bodies, temporary files, quarantine and the index.
     #[serde(default = "default_data_dir")]
     pub data_dir: PathBuf,
@@ -115,6 +118,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             listen: default_listen(),
+            unix_socket: None,
             data_dir: default_data_dir(),
             token_ttl_secs: DEFAULT_TOKEN_TTL_SECS,
             expirer_interval_secs: DEFAULT_EXPIRER_INTERVAL_SECS,

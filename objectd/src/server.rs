@@ -22,6 +22,15 @@ pub enum ServerError {
     /// The store could not be opened.
     #[error("cannot open the store")]
     Store(#[from] StoreError),
+    /// The Unix socket could not be bound.
+    #[error("cannot listen on {path}")]
+    BindUnix {
+        /// The socket path.
+        path: std::path::PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
     /// The listening socket could not be bound.
     #[error("cannot listen on {addr}")]
     Bind {
@@ -44,7 +53,7 @@ pub fn state(config: Config) -> Result<Arc<State>, ServerError> {
     }))
 }
 
-/// Serves until the process is stopped.
+/// Serves until the process is stopped: TCP always, plus a Unix socket when configured.
 pub async fn run(config: Config) -> Result<(), ServerError> {
     let addr = config.listen;
     let state = state(config)?;
@@ -52,28 +61,56 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
         .await
         .map_err(|source| ServerError::Bind { addr, source })?;
     tracing::info!(%addr, data_dir = %state.config.data_dir.display(), "objectd listening");
-    spawn_background(state.clone());
-    loop {
-        let (stream, _) = match listener.accept().await {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let _ = stream.set_nodelay(true);
+    if let Some(path) = state.config.unix_socket.clone() {
+        let _ = std::fs::remove_file(&path);
+        let unix =
+            tokio::net::UnixListener::bind(&path).map_err(|source| ServerError::BindUnix {
+                path: path.clone(),
+                source,
+            })?;
+        tracing::info!(path = %path.display(), "objectd listening on a unix socket");
         let state = state.clone();
         tokio::spawn(async move {
-            let svc = service_fn(move |req| api::handle(state.clone(), req));
-            if let Err(e) = http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), svc)
-                .await
-            {
-                tracing::debug!(error = %e, "connection ended with an error");
+            loop {
+                match unix.accept().await {
+                    Ok((stream, _)) => serve(state.clone(), stream),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "unix accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                }
             }
         });
     }
+    spawn_background(state.clone());
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                let _ = stream.set_nodelay(true);
+                serve(state.clone(), stream);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// Serves one connection on its own task.
+fn serve<S>(state: Arc<State>, stream: S)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    tokio::spawn(async move {
+        let svc = service_fn(move |req| api::handle(state.clone(), req));
+        if let Err(e) = http1::Builder::new()
+            .serve_connection(TokioIo::new(stream), svc)
+            .await
+        {
+            tracing::debug!(error = %e, "connection ended with an error");
+        }
+    });
 }
 
 fn spawn_background(state: Arc<State>) {

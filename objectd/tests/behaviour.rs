@@ -676,3 +676,25 @@ fn the_auditor_quarantines_without_any_read() {
         assert!(!path.exists());
     });
 }
+
+#[test]
+fn the_same_api_is_served_on_a_unix_socket() {
+    use std::io::Read;
+    use std::os::unix::net::UnixStream;
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("objectd.sock");
+    let d = Daemon::start_with(&format!("unix-socket = \"{}\"\n", sock.display()));
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !sock.exists() {
+        assert!(std::time::Instant::now() < deadline, "no unix socket");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut s = UnixStream::connect(&sock).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    assert!(out.contains("ferrostack_objectd_sent_bytes_total"));
+    drop(d);
+}

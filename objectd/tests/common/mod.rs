@@ -37,10 +37,15 @@ fn free_port() -> u16 {
 impl Daemon {
     /// Starts a daemon with a fresh data dir.
     pub fn start() -> Daemon {
+        Daemon::start_with("")
+    }
+
+    /// Starts a daemon whose config begins with `extra` top-level keys.
+    pub fn start_with(extra: &str) -> Daemon {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let config = format!(
-            "listen = \"127.0.0.1:{port}\"\ndata-dir = \"{}\"\nexpirer-interval-secs = 1\nauditor-interval-secs = 0\n\
+            "{extra}listen = \"127.0.0.1:{port}\"\ndata-dir = \"{}\"\nexpirer-interval-secs = 1\nauditor-interval-secs = 0\n\
              [[users]]\naccount = \"test\"\nuser = \"tester\"\nkey = \"testing\"\n\
              s3-access-key = \"{ACCESS_KEY}\"\ns3-secret-key = \"{SECRET_KEY}\"\n\
              [[users]]\naccount = \"other\"\nuser = \"bob\"\nkey = \"bobkey\"\n\
