@@ -56,16 +56,26 @@ fn io(op: &'static str) -> impl FnOnce(std::io::Error) -> StoreError {
     move |source| StoreError::Io { op, source }
 }
 
-/// One immutable body file.
+/// One immutable body: a file, or (up to [`INLINE_MAX`] bytes) a row of the index.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Blob {
-    /// Random hex id; the file is `blobs/<id[..2]>/<id>`.
+    /// Random hex id; a file blob lives in `blobs/<id[..2]>/<id>`.
     pub id: String,
     /// Length in bytes.
     pub size: u64,
     /// MD5 of the content, lowercase hex.
     pub md5: String,
+    /// Stored in the index (`inline_blobs`) rather than in a file.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub inline: bool,
+    /// The content of a new inline blob, until the index stores it with its object.
+    #[serde(skip)]
+    pub data: Option<bytes::Bytes>,
 }
+
+/// Bodies up to this size are stored inline in the index: one fsync (the index commit)
+/// makes them durable instead of three (file, directory, index).
+pub const INLINE_MAX: u64 = 64 * 1024;
 
 /// How an object's content is made.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -211,6 +221,7 @@ CREATE INDEX IF NOT EXISTS objects_delete_at ON objects (delete_at) WHERE delete
 CREATE TABLE IF NOT EXISTS uploads (
   id TEXT PRIMARY KEY, account TEXT NOT NULL, container TEXT NOT NULL, name TEXT NOT NULL,
   content_type TEXT NOT NULL, meta TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS inline_blobs (id TEXT PRIMARY KEY, data BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS parts (
   upload_id TEXT NOT NULL, number INTEGER NOT NULL, blob TEXT NOT NULL,
   PRIMARY KEY (upload_id, number)) WITHOUT ROWID;
@@ -274,6 +285,17 @@ impl Store {
             }
         }
         let mut swept = 0;
+        {
+            let db = self.inner.db.lock().expect("index lock");
+            let ids: Vec<String> = db
+                .prepare("SELECT id FROM inline_blobs")?
+                .query_map([], |r| r.get(0))?
+                .collect::<Result<_, _>>()?;
+            for id in ids.iter().filter(|id| !referenced.contains(*id)) {
+                db.execute("DELETE FROM inline_blobs WHERE id = ?1", params![id])?;
+                swept += 1;
+            }
+        }
         for dir in std::fs::read_dir(self.inner.root.join("blobs")).map_err(io("read blob dir"))? {
             let dir = dir.map_err(io("read blob dir"))?;
             for f in std::fs::read_dir(dir.path()).map_err(io("read blob dir"))? {
@@ -302,21 +324,18 @@ impl Store {
     pub async fn blob_writer(&self) -> Result<BlobWriter, StoreError> {
         let id = random_hex(16);
         let tmp = self.inner.root.join("tmp").join(&id);
-        let file = tokio::fs::File::create(&tmp)
-            .await
-            .map_err(io("create temp file"))?;
         Ok(BlobWriter {
             store: self.clone(),
             id,
             tmp: Some(tmp),
-            file: Some(file),
+            file: None,
             buf: Vec::new(),
             md5: Md5::new(),
             size: 0,
         })
     }
 
-    /// Deletes blob files (after the index no longer references them).
+    /// Deletes blobs (after the index no longer references them).
     pub async fn remove_blobs(&self, blobs: Vec<Blob>) {
         if blobs.is_empty() {
             return;
@@ -324,10 +343,56 @@ impl Store {
         let this = self.clone();
         let _ = tokio::task::spawn_blocking(move || {
             for b in blobs {
-                let _ = std::fs::remove_file(this.blob_path(&b.id));
+                if b.inline {
+                    let db = this.inner.db.lock().expect("index lock");
+                    let _ = db.execute("DELETE FROM inline_blobs WHERE id = ?1", params![b.id]);
+                } else {
+                    let _ = std::fs::remove_file(this.blob_path(&b.id));
+                }
             }
         })
         .await;
+    }
+
+    /// Reads `[start, end)` of a blob.
+    pub async fn read_range(
+        &self,
+        blob: &Blob,
+        start: u64,
+        end: u64,
+    ) -> std::io::Result<bytes::Bytes> {
+        if let Some(d) = &blob.data {
+            return Ok(d.slice(start as usize..end as usize));
+        }
+        let this = self.clone();
+        let (id, inline) = (blob.id.clone(), blob.inline);
+        tokio::task::spawn_blocking(move || {
+            if inline {
+                let db = this.inner.db.lock().expect("index lock");
+                let data: Option<Vec<u8>> = db
+                    .query_row(
+                        "SELECT data FROM inline_blobs WHERE id = ?1",
+                        params![id],
+                        |r| r.get(0),
+                    )
+                    .optional()
+                    .map_err(std::io::Error::other)?;
+                let data = data.ok_or_else(|| {
+                    std::io::Error::new(std::io::ErrorKind::NotFound, "inline blob missing")
+                })?;
+                let e = (end as usize).min(data.len());
+                let s = (start as usize).min(e);
+                return Ok(bytes::Bytes::copy_from_slice(&data[s..e]));
+            }
+            use std::io::{Read, Seek};
+            let mut f = std::fs::File::open(this.blob_path(&id))?;
+            f.seek(std::io::SeekFrom::Start(start))?;
+            let mut buf = Vec::with_capacity((end - start) as usize);
+            f.take(end - start).read_to_end(&mut buf)?;
+            Ok(bytes::Bytes::from(buf))
+        })
+        .await
+        .map_err(std::io::Error::other)?
     }
 
     /// Moves a corrupt blob to `quarantine/` and drops every object referencing it.
@@ -336,8 +401,23 @@ impl Store {
         tokio::task::spawn_blocking(move || {
             let from = this.blob_path(&blob_id);
             let to = this.inner.root.join("quarantine").join(&blob_id);
-            let _ = std::fs::rename(&from, &to);
             let db = this.inner.db.lock().expect("index lock");
+            let inline: Option<Vec<u8>> = db
+                .query_row(
+                    "SELECT data FROM inline_blobs WHERE id = ?1",
+                    params![blob_id],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            match inline {
+                Some(data) => {
+                    let _ = std::fs::write(&to, data);
+                    db.execute("DELETE FROM inline_blobs WHERE id = ?1", params![blob_id])?;
+                }
+                None => {
+                    let _ = std::fs::rename(&from, &to);
+                }
+            }
             let pattern = format!("%\"{blob_id}\"%");
             db.execute("DELETE FROM objects WHERE blobs LIKE ?1", params![pattern])?;
             tracing::warn!(blob = %blob_id, "quarantined a corrupt blob");
@@ -635,6 +715,7 @@ impl Store {
                     return Err(StoreError::NoContainer);
                 }
                 let old = take_blobs(&tx, &account, &container, &rec.name)?;
+                insert_inline(&tx, &rec.blobs)?;
                 tx.execute(
                     "INSERT INTO objects (account, container, name, size, etag, content_type,
                        last_modified_ms, meta, delete_at, blobs, kind)
@@ -932,6 +1013,7 @@ impl Store {
                     |r| r.get(0),
                 )
                 .optional()?;
+            insert_inline(&tx, std::slice::from_ref(&blob))?;
             tx.execute(
                 "INSERT INTO parts (upload_id, number, blob) VALUES (?1, ?2, ?3)
                  ON CONFLICT(upload_id, number) DO UPDATE SET blob = excluded.blob",
@@ -1069,6 +1151,19 @@ fn take_blobs(
     })
 }
 
+/// Stores the content of new inline blobs, in the caller's transaction.
+fn insert_inline(tx: &rusqlite::Transaction<'_>, blobs: &[Blob]) -> Result<(), StoreError> {
+    for b in blobs {
+        if let (true, Some(d)) = (b.inline, &b.data) {
+            tx.execute(
+                "INSERT OR REPLACE INTO inline_blobs (id, data) VALUES (?1, ?2)",
+                params![b.id, d.as_ref()],
+            )?;
+        }
+    }
+    Ok(())
+}
+
 fn merge_meta(into: &mut BTreeMap<String, String>, updates: BTreeMap<String, String>) {
     for (k, v) in updates {
         if v.is_empty() {
@@ -1124,8 +1219,9 @@ impl RawRecord {
 /// Bytes gathered before one write to the temporary file.
 const WRITE_BUFFER: usize = 1 << 20;
 
-/// Streams one body into a temporary file, then makes it durable with [`BlobWriter::finish`].
-/// Dropped unfinished, it removes the temporary file.
+/// Streams one body into a temporary file (created once the body outgrows the write
+/// buffer), then makes it durable with [`BlobWriter::finish`]. Dropped unfinished, it
+/// removes the temporary file.
 pub struct BlobWriter {
     store: Store,
     id: String,
@@ -1143,10 +1239,16 @@ impl BlobWriter {
         self.size += data.len() as u64;
         self.buf.extend_from_slice(data);
         if self.buf.len() >= WRITE_BUFFER {
-            self.file
-                .as_mut()
-                .expect("writer not finished")
-                .write_all(&self.buf)
+            if self.file.is_none() {
+                let tmp = self.tmp.as_ref().expect("writer not finished");
+                self.file = Some(
+                    tokio::fs::File::create(tmp)
+                        .await
+                        .map_err(io("create temp file"))?,
+                );
+            }
+            let file = self.file.as_mut().expect("file just created");
+            file.write_all(&self.buf)
                 .await
                 .map_err(io("write temp file"))?;
             self.buf.clear();
@@ -1159,17 +1261,38 @@ impl BlobWriter {
         self.size
     }
 
-    /// Writes the rest, fsyncs, renames into place, fsyncs the directory (one blocking
-    /// task); the blob is then durable.
+    /// Makes the body durable: a small one becomes an inline blob (stored by the index
+    /// commit that references it); a larger one is written out, fsync'd, renamed into place
+    /// and its directory fsync'd, in one blocking task.
     pub async fn finish(mut self) -> Result<Blob, StoreError> {
-        let mut file = self.file.take().expect("writer not finished");
-        file.flush().await.map_err(io("flush temp file"))?;
-        let mut file = file.into_std().await;
-        let tmp = self.tmp.clone().expect("writer not finished");
-        let dest = self.store.blob_path(&self.id);
+        let md5 = hex::encode(self.md5.clone().finalize());
+        let id = std::mem::take(&mut self.id);
         let rest = std::mem::take(&mut self.buf);
+        let file = match self.file.take() {
+            Some(mut f) => {
+                f.flush().await.map_err(io("flush temp file"))?;
+                Some(f.into_std().await)
+            }
+            None if self.size <= INLINE_MAX => {
+                self.tmp = None;
+                return Ok(Blob {
+                    id,
+                    size: self.size,
+                    md5,
+                    inline: true,
+                    data: Some(bytes::Bytes::from(rest)),
+                });
+            }
+            None => None,
+        };
+        let tmp = self.tmp.clone().expect("writer not finished");
+        let dest = self.store.blob_path(&id);
         let res = tokio::task::spawn_blocking(move || -> Result<(), StoreError> {
             use std::io::Write;
+            let mut file = match file {
+                Some(f) => f,
+                None => std::fs::File::create(&tmp).map_err(io("create temp file"))?,
+            };
             file.write_all(&rest).map_err(io("write temp file"))?;
             file.sync_all().map_err(io("fsync temp file"))?;
             drop(file);
@@ -1180,9 +1303,11 @@ impl BlobWriter {
         res?;
         self.tmp = None;
         Ok(Blob {
-            id: std::mem::take(&mut self.id),
+            id,
             size: self.size,
-            md5: hex::encode(self.md5.clone().finalize()),
+            md5,
+            inline: false,
+            data: None,
         })
     }
 }
@@ -1234,7 +1359,7 @@ mod tests {
             w.write(name.as_bytes()).await.unwrap();
             let blob = w.finish().await.unwrap();
             assert_eq!(blob.md5, hex::encode(Md5::digest(name.as_bytes())));
-            assert!(store.blob_path(&blob.id).exists());
+            assert!(blob.inline, "small bodies live in the index");
             store.put_object("A", "c", rec(name, blob)).await.unwrap();
         }
         let q = ListQuery {
@@ -1274,8 +1399,28 @@ mod tests {
             Err(StoreError::NotEmpty)
         ));
         let gone = store.delete_object("A", "c", "b").await.unwrap().unwrap();
-        assert!(!store.blob_path(&gone.blobs[0].id).exists());
+        assert!(store.read_range(&gone.blobs[0], 0, 1).await.is_err());
         assert!(store.get_object("A", "c", "b").await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn large_bodies_become_files_and_read_back_by_range() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let body: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+        let mut w = store.blob_writer().await.unwrap();
+        for c in body.chunks(70_000) {
+            w.write(c).await.unwrap();
+        }
+        let blob = w.finish().await.unwrap();
+        assert!(!blob.inline);
+        assert_eq!(std::fs::read(store.blob_path(&blob.id)).unwrap(), body);
+        let mid = store.read_range(&blob, 1_000_000, 1_000_010).await.unwrap();
+        assert_eq!(&mid[..], &body[1_000_000..1_000_010]);
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("tmp")).unwrap().count(),
+            0
+        );
     }
 
     #[tokio::test]
@@ -1283,7 +1428,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let mut w = store.blob_writer().await.unwrap();
-        w.write(b"partial").await.unwrap();
+        w.write(&[1u8; 3 << 20]).await.unwrap();
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("tmp")).unwrap().count(),
+            1
+        );
         drop(w);
         assert_eq!(
             std::fs::read_dir(dir.path().join("tmp")).unwrap().count(),
@@ -1301,15 +1450,16 @@ mod tests {
                 .await
                 .unwrap();
             let mut w = store.blob_writer().await.unwrap();
-            w.write(b"kept").await.unwrap();
+            w.write(&[7u8; 100_000]).await.unwrap();
             let kept = w.finish().await.unwrap();
+            assert!(!kept.inline);
             store
                 .put_object("A", "c", rec("k", kept.clone()))
                 .await
                 .unwrap();
             // A writer that "crashed" after rename, before its index commit.
             let mut w = store.blob_writer().await.unwrap();
-            w.write(b"orphan").await.unwrap();
+            w.write(&[8u8; 100_000]).await.unwrap();
             let orphan = w.finish().await.unwrap();
             (store.blob_path(&kept.id), store.blob_path(&orphan.id))
         };

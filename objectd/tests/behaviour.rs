@@ -604,17 +604,21 @@ fn a_flipped_byte_fails_the_read_and_the_blob_is_quarantined() {
     let t = d.token();
     let auth = [("X-Auth-Token", t.as_str())];
     swift_put(&d, &t, "/v1/AUTH_test/c", b"");
-    let small = data(1000, 21);
-    let big = data(1_000_000, 22);
+    let small = data(1000, 21); // inline in the index
+    let big = data(1_000_000, 22); // a blob file
     swift_put(&d, &t, "/v1/AUTH_test/c/small", &small);
     swift_put(&d, &t, "/v1/AUTH_test/c/big", &big);
     let blobs = files_under(&d.data().join("blobs"));
-    assert_eq!(blobs.len(), 2);
-    for b in &blobs {
-        let mut bytes = std::fs::read(b).unwrap();
-        bytes[500] ^= 0x01;
-        std::fs::write(b, bytes).unwrap();
-    }
+    assert_eq!(blobs.len(), 1);
+    let mut bytes = std::fs::read(&blobs[0]).unwrap();
+    bytes[500] ^= 0x01;
+    std::fs::write(&blobs[0], bytes).unwrap();
+    let db = rusqlite::Connection::open(d.data().join("index.sqlite")).unwrap();
+    let n = db
+        .execute("UPDATE inline_blobs SET data = ?1", [&data(1000, 99)])
+        .unwrap();
+    assert_eq!(n, 1);
+    drop(db);
     // Small: an error status. Big: the response is cut short (the ETag cannot match).
     let r = http(d.port, "GET", "/v1/AUTH_test/c/small", &auth, b"");
     assert_eq!(r.status, 500);
@@ -648,7 +652,7 @@ fn the_auditor_quarantines_without_any_read() {
             .await
             .unwrap();
         let mut w = store.blob_writer().await.unwrap();
-        w.write(b"some bytes").await.unwrap();
+        w.write(&[3u8; 100_000]).await.unwrap();
         let blob = w.finish().await.unwrap();
         let path = store.blob_path(&blob.id);
         store
@@ -670,7 +674,9 @@ fn the_auditor_quarantines_without_any_read() {
             .await
             .unwrap();
         assert_eq!(objectd::server::audit(&store).await.unwrap(), 0);
-        std::fs::write(&path, b"some bytez").unwrap();
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[99_999] = 4;
+        std::fs::write(&path, bytes).unwrap();
         assert_eq!(objectd::server::audit(&store).await.unwrap(), 1);
         assert!(store.get_object("A", "c", "o").await.unwrap().is_none());
         assert!(!path.exists());

@@ -9,7 +9,6 @@ use bytes::{Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 use md5::{Digest, Md5};
-use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio::sync::mpsc;
 
 use super::ApiError;
@@ -132,8 +131,8 @@ pub async fn stream_pieces(store: &Store, pieces: Vec<Piece>) -> Result<RespBody
     let total: u64 = pieces.iter().map(|p| p.end - p.start).sum();
     if pieces.len() == 1 && total <= SMALL_BODY {
         let p = pieces.into_iter().next().expect("one piece");
-        let path = store.blob_path(&p.blob.id);
-        let data = read_range(path, p.start, p.end)
+        let data = store
+            .read_range(&p.blob, p.start, p.end)
             .await
             .map_err(ApiError::internal)?;
         if p.start == 0 && p.end == p.blob.size && hex::encode(Md5::digest(&data)) != p.blob.md5 {
@@ -165,52 +164,32 @@ pub async fn stream_pieces(store: &Store, pieces: Vec<Piece>) -> Result<RespBody
     })
 }
 
-async fn read_range(path: std::path::PathBuf, start: u64, end: u64) -> std::io::Result<Bytes> {
-    tokio::task::spawn_blocking(move || {
-        use std::io::{Read, Seek};
-        let mut f = std::fs::File::open(path)?;
-        f.seek(std::io::SeekFrom::Start(start))?;
-        let mut buf = vec![0u8; (end - start) as usize];
-        f.read_exact(&mut buf)?;
-        Ok(Bytes::from(buf))
-    })
-    .await
-    .map_err(std::io::Error::other)?
-}
-
 async fn send_piece(
     store: &Store,
     p: &Piece,
     tx: &mpsc::Sender<Result<Bytes, std::io::Error>>,
 ) -> std::io::Result<()> {
-    let mut f = tokio::fs::File::open(store.blob_path(&p.blob.id)).await?;
-    f.seek(std::io::SeekFrom::Start(p.start)).await?;
     let verify = p.start == 0 && p.end == p.blob.size;
     let mut md5 = Md5::new();
-    let mut left = p.end - p.start;
-    while left > 0 {
-        let want = (READ_CHUNK as u64).min(left) as usize;
-        let mut buf = BytesMut::zeroed(want);
-        let mut got = 0;
-        while got < want {
-            let n = f.read(&mut buf[got..]).await?;
-            if n == 0 {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::InvalidData,
-                    "blob shorter than its record",
-                ));
-            }
-            got += n;
+    let mut off = p.start;
+    while off < p.end {
+        let end = (off + READ_CHUNK as u64).min(p.end);
+        let buf = store.read_range(&p.blob, off, end).await?;
+        if buf.len() as u64 != end - off {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "blob shorter than its record",
+            ));
         }
-        left -= want as u64;
+        off = end;
         if verify {
             md5.update(&buf);
         }
         // Hold back the last chunk until the checksum is known.
-        if left == 0 && verify && hex::encode(md5.clone().finalize()) != p.blob.md5 {
+        if off == p.end && verify && hex::encode(md5.clone().finalize()) != p.blob.md5 {
             return Err(corrupt(&p.blob.id));
         }
-        if tx.send(Ok(buf.freeze())).await.is_err() {
+        if tx.send(Ok(buf)).await.is_err() {
             return Ok(());
         }
     }
@@ -220,23 +199,21 @@ async fn send_piece(
 /// Copies the concatenated content of `blobs` into a new durable blob (server-side copy;
 /// blobs are never shared between objects).
 pub async fn copy_into_blob(store: &Store, blobs: &[Blob]) -> Result<Blob, ApiError> {
-    let total: u64 = blobs.iter().map(|b| b.size).sum();
     let mut w = store.blob_writer().await?;
-    let mut buf = vec![0u8; READ_CHUNK];
     for b in blobs {
-        let mut f = tokio::fs::File::open(store.blob_path(&b.id))
-            .await
-            .map_err(ApiError::internal)?;
-        loop {
-            let n = f.read(&mut buf).await.map_err(ApiError::internal)?;
-            if n == 0 {
-                break;
+        let mut off = 0;
+        while off < b.size {
+            let end = (off + READ_CHUNK as u64).min(b.size);
+            let data = store
+                .read_range(b, off, end)
+                .await
+                .map_err(ApiError::internal)?;
+            if data.len() as u64 != end - off {
+                return Err(ApiError::internal("source blob shorter than its record"));
             }
-            w.write(&buf[..n]).await?;
+            w.write(&data).await?;
+            off = end;
         }
-    }
-    if w.size() != total {
-        return Err(ApiError::internal("source changed size while copying"));
     }
     Ok(w.finish().await?)
 }
@@ -415,6 +392,8 @@ mod tests {
             id: id.into(),
             size,
             md5: String::new(),
+            inline: false,
+            data: None,
         }
     }
 

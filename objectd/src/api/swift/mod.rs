@@ -513,8 +513,10 @@ fn split_segment_path(p: &str) -> Option<(String, String)> {
     Some((c, o))
 }
 
-async fn read_blob(state: &State, blob: &Blob) -> Result<Vec<u8>, ApiError> {
-    let data = tokio::fs::read(state.store.blob_path(&blob.id))
+async fn read_blob(state: &State, blob: &Blob) -> Result<bytes::Bytes, ApiError> {
+    let data = state
+        .store
+        .read_range(blob, 0, blob.size)
         .await
         .map_err(ApiError::internal)?;
     if hex::encode(Md5::digest(&data)) != blob.md5 {
