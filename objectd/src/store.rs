@@ -203,6 +203,60 @@ pub struct Store {
 struct Inner {
     root: PathBuf,
     db: Mutex<Connection>,
+    read_db: Mutex<Connection>,
+    pending: Mutex<Vec<PutJob>>,
+}
+
+/// An object write waiting for the next group commit.
+struct PutJob {
+    account: String,
+    container: String,
+    rec: ObjectRecord,
+    reply: tokio::sync::oneshot::Sender<Result<Vec<Blob>, StoreError>>,
+}
+
+/// Writes one object record inside a transaction; returns the blobs it replaced.
+fn put_one(
+    tx: &Connection,
+    account: &str,
+    container: &str,
+    rec: &ObjectRecord,
+) -> Result<Vec<Blob>, StoreError> {
+    let exists: Option<i64> = tx
+        .query_row(
+            "SELECT 1 FROM containers WHERE account = ?1 AND name = ?2",
+            params![account, container],
+            |r| r.get(0),
+        )
+        .optional()?;
+    if exists.is_none() {
+        return Err(StoreError::NoContainer);
+    }
+    let old = take_blobs(tx, account, container, &rec.name)?;
+    insert_inline(tx, &rec.blobs)?;
+    tx.execute(
+        "INSERT INTO objects (account, container, name, size, etag, content_type,
+           last_modified_ms, meta, delete_at, blobs, kind)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
+         ON CONFLICT(account, container, name) DO UPDATE SET size = excluded.size,
+           etag = excluded.etag, content_type = excluded.content_type,
+           last_modified_ms = excluded.last_modified_ms, meta = excluded.meta,
+           delete_at = excluded.delete_at, blobs = excluded.blobs, kind = excluded.kind",
+        params![
+            account,
+            container,
+            rec.name,
+            rec.size as i64,
+            rec.etag,
+            rec.content_type,
+            rec.last_modified_ms,
+            serde_json::to_string(&rec.meta)?,
+            rec.delete_at,
+            serde_json::to_string(&rec.blobs)?,
+            serde_json::to_string(&rec.kind)?,
+        ],
+    )?;
+    Ok(old)
 }
 
 const SCHEMA: &str = "
@@ -251,10 +305,15 @@ impl Store {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.execute_batch(SCHEMA)?;
+        // Reads use their own connection so they never wait behind a commit's fsync.
+        let read_conn = Connection::open(root.join("index.sqlite"))?;
+        read_conn.pragma_update(None, "query_only", "ON")?;
         let store = Store {
             inner: Arc::new(Inner {
                 root: root.to_owned(),
                 db: Mutex::new(conn),
+                read_db: Mutex::new(read_conn),
+                pending: Mutex::new(Vec::new()),
             }),
         };
         let swept = store.sweep_orphans()?;
@@ -368,7 +427,7 @@ impl Store {
         let (id, inline) = (blob.id.clone(), blob.inline);
         tokio::task::spawn_blocking(move || {
             if inline {
-                let db = this.inner.db.lock().expect("index lock");
+                let db = this.inner.read_db.lock().expect("index lock");
                 let data: Option<Vec<u8>> = db
                     .query_row(
                         "SELECT data FROM inline_blobs WHERE id = ?1",
@@ -426,6 +485,18 @@ impl Store {
         .await?
     }
 
+    async fn with_read_db<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut db = this.inner.read_db.lock().expect("index lock");
+            f(&mut db)
+        })
+        .await?
+    }
+
     async fn with_db<T: Send + 'static>(
         &self,
         f: impl FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
@@ -443,7 +514,7 @@ impl Store {
     /// Totals and metadata of an account (zeros if it never stored anything).
     pub async fn account_stats(&self, account: &str) -> Result<AccountStats, StoreError> {
         let account = account.to_owned();
-        self.with_db(move |db| {
+        self.with_read_db(move |db| {
             let meta: Option<String> = db
                 .query_row(
                     "SELECT meta FROM accounts WHERE account = ?1",
@@ -514,7 +585,7 @@ impl Store {
         q: ListQuery,
     ) -> Result<Vec<ContainerRecord>, StoreError> {
         let account = account.to_owned();
-        self.with_db(move |db| {
+        self.with_read_db(move |db| {
             let mut stmt = db.prepare_cached(
                 "SELECT c.name, c.meta, c.created_ms,
                    (SELECT COUNT(*) FROM objects o WHERE o.account = c.account AND o.container = c.name),
@@ -608,7 +679,7 @@ impl Store {
         name: &str,
     ) -> Result<Option<ContainerRecord>, StoreError> {
         let (account, name) = (account.to_owned(), name.to_owned());
-        self.with_db(move |db| {
+        self.with_read_db(move |db| {
             let row: Option<(String, i64)> = db
                 .query_row(
                     "SELECT meta, created_ms FROM containers WHERE account = ?1 AND name = ?2",
@@ -671,7 +742,7 @@ impl Store {
     ) -> Result<Option<ObjectRecord>, StoreError> {
         let (account, container, name) =
             (account.to_owned(), container.to_owned(), name.to_owned());
-        self.with_db(move |db| {
+        self.with_read_db(move |db| {
             let mut stmt = db.prepare_cached(
                 "SELECT name, size, etag, content_type, last_modified_ms, meta, delete_at, blobs, kind
                  FROM objects WHERE account = ?1 AND container = ?2 AND name = ?3",
@@ -700,49 +771,60 @@ impl Store {
         container: &str,
         rec: ObjectRecord,
     ) -> Result<Vec<Blob>, StoreError> {
-        let (account, container) = (account.to_owned(), container.to_owned());
-        let old = self
-            .with_db(move |db| {
-                let tx = db.transaction()?;
-                let exists: Option<i64> = tx
-                    .query_row(
-                        "SELECT 1 FROM containers WHERE account = ?1 AND name = ?2",
-                        params![account, container],
-                        |r| r.get(0),
-                    )
-                    .optional()?;
-                if exists.is_none() {
-                    return Err(StoreError::NoContainer);
+        // Group commit: queue the write, then whoever next holds the index lock commits
+        // every queued write in one transaction (one fsync for the lot).
+        let (reply, done) = tokio::sync::oneshot::channel();
+        self.inner.pending.lock().expect("queue lock").push(PutJob {
+            account: account.to_owned(),
+            container: container.to_owned(),
+            rec,
+            reply,
+        });
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || this.commit_pending()).await?;
+        done.await.map_err(|_| StoreError::Io {
+            op: "group commit",
+            source: std::io::Error::other("the committing task went away"),
+        })?
+    }
+
+    fn commit_pending(&self) {
+        let mut db = self.inner.db.lock().expect("index lock");
+        let jobs = std::mem::take(&mut *self.inner.pending.lock().expect("queue lock"));
+        if jobs.is_empty() {
+            return; // an earlier committer took ours along
+        }
+        let mut results = Vec::with_capacity(jobs.len());
+        let outcome = (|| -> Result<(), rusqlite::Error> {
+            let mut tx = db.transaction()?;
+            for job in &jobs {
+                let mut sp = tx.savepoint()?;
+                let r = put_one(&sp, &job.account, &job.container, &job.rec);
+                if r.is_ok() {
+                    sp.commit()?;
+                } else {
+                    sp.rollback()?;
                 }
-                let old = take_blobs(&tx, &account, &container, &rec.name)?;
-                insert_inline(&tx, &rec.blobs)?;
-                tx.execute(
-                    "INSERT INTO objects (account, container, name, size, etag, content_type,
-                       last_modified_ms, meta, delete_at, blobs, kind)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
-                     ON CONFLICT(account, container, name) DO UPDATE SET size = excluded.size,
-                       etag = excluded.etag, content_type = excluded.content_type,
-                       last_modified_ms = excluded.last_modified_ms, meta = excluded.meta,
-                       delete_at = excluded.delete_at, blobs = excluded.blobs, kind = excluded.kind",
-                    params![
-                        account,
-                        container,
-                        rec.name,
-                        rec.size as i64,
-                        rec.etag,
-                        rec.content_type,
-                        rec.last_modified_ms,
-                        serde_json::to_string(&rec.meta)?,
-                        rec.delete_at,
-                        serde_json::to_string(&rec.blobs)?,
-                        serde_json::to_string(&rec.kind)?,
-                    ],
-                )?;
-                tx.commit()?;
-                Ok(old)
-            })
-            .await?;
-        Ok(old)
+                results.push(r);
+            }
+            tx.commit()
+        })();
+        for (job, r) in jobs.into_iter().zip(
+            results
+                .into_iter()
+                .map(Some)
+                .chain(std::iter::repeat_with(|| None)),
+        ) {
+            let r = match (&outcome, r) {
+                (Ok(()), Some(r)) => r,
+                (Err(e), _) => Err(StoreError::Io {
+                    op: "commit index transaction",
+                    source: std::io::Error::other(e.to_string()),
+                }),
+                (Ok(()), None) => unreachable!("one result per job"),
+            };
+            let _ = job.reply.send(r);
+        }
     }
 
     /// Replaces an object's metadata (Swift POST); false if the object is absent.
@@ -830,7 +912,7 @@ impl Store {
         q: ListQuery,
     ) -> Result<Vec<Entry>, StoreError> {
         let (account, container) = (account.to_owned(), container.to_owned());
-        self.with_db(move |db| {
+        self.with_read_db(move |db| {
             let now = now_ms() / 1000;
             let mut out = Vec::new();
             let mut after = q.marker.clone();
@@ -1133,7 +1215,7 @@ fn successor(s: &str) -> String {
 }
 
 fn take_blobs(
-    tx: &rusqlite::Transaction<'_>,
+    tx: &Connection,
     account: &str,
     container: &str,
     name: &str,
@@ -1152,7 +1234,7 @@ fn take_blobs(
 }
 
 /// Stores the content of new inline blobs, in the caller's transaction.
-fn insert_inline(tx: &rusqlite::Transaction<'_>, blobs: &[Blob]) -> Result<(), StoreError> {
+fn insert_inline(tx: &Connection, blobs: &[Blob]) -> Result<(), StoreError> {
     for b in blobs {
         if let (true, Some(d)) = (b.inline, &b.data) {
             tx.execute(
@@ -1421,6 +1503,57 @@ mod tests {
             std::fs::read_dir(dir.path().join("tmp")).unwrap().count(),
             0
         );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn group_commit_keeps_each_write_separate() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store
+            .put_container("A", "c", BTreeMap::new())
+            .await
+            .unwrap();
+        let mut tasks = Vec::new();
+        for i in 0..40 {
+            let store = store.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut w = store.blob_writer().await.unwrap();
+                w.write(format!("body {i}").as_bytes()).await.unwrap();
+                let blob = w.finish().await.unwrap();
+                // Every fifth write targets a container that does not exist.
+                let container = if i % 5 == 0 { "missing" } else { "c" };
+                store
+                    .put_object("A", container, rec(&format!("o{i:02}"), blob))
+                    .await
+            }));
+        }
+        let mut failed = 0;
+        for (i, t) in tasks.into_iter().enumerate() {
+            match t.await.unwrap() {
+                Ok(_) => assert_ne!(i % 5, 0),
+                Err(StoreError::NoContainer) => {
+                    assert_eq!(i % 5, 0);
+                    failed += 1;
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+        assert_eq!(failed, 8);
+        let listed = store
+            .list_objects(
+                "A",
+                "c",
+                ListQuery {
+                    limit: 100,
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(listed.len(), 32);
+        let o = store.get_object("A", "c", "o07").await.unwrap().unwrap();
+        let body = store.read_range(&o.blobs[0], 0, o.size).await.unwrap();
+        assert_eq!(&body[..], b"body 7");
     }
 
     #[tokio::test]
