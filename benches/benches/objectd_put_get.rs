@@ -220,14 +220,22 @@ struct Results {
 }
 
 fn run_all(ep: &Endpoint, conns: usize, ops: usize, large_body: &[u8]) -> Results {
-    let mut c = Conn::open(ep.port);
-    let (s, _, _) = c.req(
-        "PUT",
-        &format!("{}/bench", ep.account_path),
-        &[("X-Auth-Token", &ep.token)],
-        b"",
-    );
-    assert!(s < 300, "{}: container PUT {s}", ep.name);
+    // Swift's servers come up one by one: retry until a container and an object PUT work.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for path in [
+        format!("{}/bench", ep.account_path),
+        format!("{}/bench/probe", ep.account_path),
+    ] {
+        loop {
+            let mut c = Conn::open(ep.port);
+            let (s, _, _) = c.req("PUT", &path, &[("X-Auth-Token", &ep.token)], b"probe");
+            if s < 300 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{}: PUT {path} keeps failing: {s}", ep.name);
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
     let small = vec![0x5au8; 4096];
     // Warm up both the server and the connection pool a little.
     small_phase(ep, "PUT", conns, conns * 10, &small);
