@@ -232,7 +232,11 @@ fn run_all(ep: &Endpoint, conns: usize, ops: usize, large_body: &[u8]) -> Result
             if s < 300 {
                 break;
             }
-            assert!(Instant::now() < deadline, "{}: PUT {path} keeps failing: {s}", ep.name);
+            assert!(
+                Instant::now() < deadline,
+                "{}: PUT {path} keeps failing: {s}",
+                ep.name
+            );
             std::thread::sleep(Duration::from_millis(250));
         }
     }

@@ -60,8 +60,14 @@ fn swift_cli_upload_download_list_stat_delete_with_dlo_and_slo() {
         3
     );
 
+    run(swift(&d).args(["post", "c", "-m", "colour:blue"]));
+    run(swift(&d).args(["post", "c", "small.bin", "-m", "owner:me"]));
     let stat = run(swift(&d).args(["stat", "c"]));
     assert!(stat.contains("Objects: 2"), "{stat}");
+    assert!(stat.contains("Meta Colour: blue"), "{stat}");
+    let stat = run(swift(&d).args(["stat", "c", "small.bin"]));
+    assert!(stat.contains("Meta Owner: me"), "{stat}");
+    assert!(stat.contains("Content Length: 1000"), "{stat}");
     let stat = run(swift(&d).args(["stat", "s", "big.bin"]));
     assert!(stat.contains("Content Length: 2500000"), "{stat}");
     assert!(stat.contains("X-Static-Large-Object: True"), "{stat}");
