@@ -148,6 +148,14 @@ fn aws_cli_mb_cp_ls_rm_including_multipart() {
     assert_eq!(std::fs::read(w.join("big.back")).unwrap(), big);
     assert_eq!(std::fs::read(w.join("small.back")).unwrap(), small);
 
+    // A bucket-to-bucket copy of the large object goes through UploadPartCopy.
+    run(aws(&d).args(["s3", "mb", "s3://bucket-two"]));
+    run(aws(&d).args(["s3", "cp", "s3://bucket-one/big", "s3://bucket-two/big"]));
+    run(aws(&d)
+        .current_dir(w)
+        .args(["s3", "cp", "s3://bucket-two/big", "big.copy"]));
+    assert_eq!(std::fs::read(w.join("big.copy")).unwrap(), big);
+
     // The multipart object carries S3's "-N" ETag, visible through Swift too.
     let token = d.token();
     let head = http(

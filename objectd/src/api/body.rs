@@ -199,13 +199,19 @@ async fn send_piece(
 /// Copies the concatenated content of `blobs` into a new durable blob (server-side copy;
 /// blobs are never shared between objects).
 pub async fn copy_into_blob(store: &Store, blobs: &[Blob]) -> Result<Blob, ApiError> {
+    let total = blobs.iter().map(|b| b.size).sum();
+    copy_pieces(store, pieces(blobs, 0, total)).await
+}
+
+/// Copies byte ranges of blobs into a new durable blob.
+pub async fn copy_pieces(store: &Store, pieces: Vec<Piece>) -> Result<Blob, ApiError> {
     let mut w = store.blob_writer().await?;
-    for b in blobs {
-        let mut off = 0;
-        while off < b.size {
-            let end = (off + READ_CHUNK as u64).min(b.size);
+    for p in pieces {
+        let mut off = p.start;
+        while off < p.end {
+            let end = (off + READ_CHUNK as u64).min(p.end);
             let data = store
-                .read_range(b, off, end)
+                .read_range(&p.blob, off, end)
                 .await
                 .map_err(ApiError::internal)?;
             if data.len() as u64 != end - off {

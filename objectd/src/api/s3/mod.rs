@@ -241,15 +241,52 @@ pub async fn handle(state: &State, req: Request) -> Result<Response, ApiError> {
             if up.container != bucket || up.name != key {
                 return Err(ApiError::not_found("NoSuchUpload"));
             }
-            let (src, expected) = source()?;
-            let blob = receive(state, src, expected, h).await?;
+            let copy = h.contains_key("x-amz-copy-source");
+            let blob = if copy {
+                upload_part_copy(state, &account, h).await?
+            } else {
+                let (src, expected) = source()?;
+                receive(state, src, expected, h).await?
+            };
             let etag = blob.md5.clone();
             if let Some(old) = state.store.put_part(&upload_id, number, blob).await? {
                 state.store.remove_blobs(vec![old]).await;
             }
+            if copy {
+                return Ok(xml_response(
+                    StatusCode::OK,
+                    format!(
+                        "{XML_HEAD}<CopyPartResult xmlns=\"{NS}\"><LastModified>{}</LastModified><ETag>&quot;{etag}&quot;</ETag></CopyPartResult>",
+                        iso8601(now_ms())
+                    ),
+                ));
+            }
             let mut r = response(StatusCode::OK, "");
             set_header(&mut r, "etag", &format!("\"{etag}\""));
             Ok(r)
+        }
+        Method::GET if has("uploadId") => {
+            let upload_id = get("uploadId").unwrap_or_default();
+            let up = state.store.get_upload(&account, upload_id).await?;
+            if up.container != bucket || up.name != key {
+                return Err(ApiError::not_found("NoSuchUpload"));
+            }
+            let parts = state.store.parts(upload_id).await?;
+            let mut body = format!(
+                "{XML_HEAD}<ListPartsResult xmlns=\"{NS}\"><Bucket>{}</Bucket><Key>{}</Key><UploadId>{}</UploadId><MaxParts>{MAX_PARTS}</MaxParts><IsTruncated>false</IsTruncated>",
+                xml::escape(&bucket),
+                xml::escape(&key),
+                xml::escape(upload_id)
+            );
+            for (n, b) in parts {
+                let _ = write!(
+                    body,
+                    "<Part><PartNumber>{n}</PartNumber><ETag>&quot;{}&quot;</ETag><Size>{}</Size></Part>",
+                    b.md5, b.size
+                );
+            }
+            body.push_str("</ListPartsResult>");
+            Ok(xml_response(StatusCode::OK, body))
         }
         Method::PUT if h.contains_key("x-amz-copy-source") => {
             copy_object(state, &account, &bucket, &key, h).await
@@ -281,6 +318,38 @@ pub async fn handle(state: &State, req: Request) -> Result<Response, ApiError> {
             let mut r = response(StatusCode::OK, "");
             set_header(&mut r, "etag", &format!("\"{etag}\""));
             Ok(r)
+        }
+        Method::GET if has("tagging") => {
+            // No object tags are stored: an existing object has an empty tag set.
+            bucket_exists(state, &account, &bucket).await?;
+            state
+                .store
+                .get_object(&account, &bucket, &key)
+                .await?
+                .ok_or_else(no_such_key)?;
+            Ok(xml_response(
+                StatusCode::OK,
+                format!("{XML_HEAD}<Tagging xmlns=\"{NS}\"><TagSet></TagSet></Tagging>"),
+            ))
+        }
+        _ if [
+            "tagging",
+            "acl",
+            "retention",
+            "legal-hold",
+            "torrent",
+            "attributes",
+            "restore",
+            "select",
+        ]
+        .iter()
+        .any(|s| has(s)) =>
+        {
+            Err(ApiError::new(
+                StatusCode::NOT_IMPLEMENTED,
+                "NotImplemented",
+                "this object sub-resource is not implemented",
+            ))
         }
         Method::GET | Method::HEAD => {
             get_object(state, &account, &bucket, &key, h, *m == Method::HEAD).await
@@ -758,6 +827,35 @@ async fn complete_upload(
             k = xml::escape(key)
         ),
     ))
+}
+
+/// The blob of an UploadPartCopy: `x-amz-copy-source`, optionally ranged.
+async fn upload_part_copy(
+    state: &State,
+    account: &str,
+    h: &http::HeaderMap,
+) -> Result<Blob, ApiError> {
+    let src = header(h, "x-amz-copy-source").unwrap_or("");
+    let (sb, sk) = split_path(src.split('?').next().unwrap_or(""))?;
+    let rec = state
+        .store
+        .get_object(account, &sb, &sk)
+        .await?
+        .ok_or_else(no_such_key)?;
+    let (blobs, size, _) = crate::api::swift::resolve(state, account, &rec).await?;
+    let (start, end) = match header(h, "x-amz-copy-source-range") {
+        Some(r) => match parse_range(r, size) {
+            Ok(Some(r)) => r,
+            _ => {
+                return Err(ApiError::bad_request(
+                    "InvalidArgument",
+                    "the x-amz-copy-source-range value must be of the form bytes=first-last within the object",
+                ));
+            }
+        },
+        None => (0, size),
+    };
+    super::body::copy_pieces(&state.store, pieces(&blobs, start, end)).await
 }
 
 async fn copy_object(
