@@ -148,6 +148,7 @@ fn spawn_background(state: Arc<State>) {
 pub async fn audit(store: &Store) -> Result<u64, StoreError> {
     let mut bad = 0;
     for blob in store.all_blobs().await? {
+        // The auditor checks the MD5 (the ETag) itself, not only the cheaper CRC32.
         let mut h = Md5::new();
         let mut off = 0u64;
         let mut ok = true;

@@ -8,7 +8,6 @@ use std::task::{Context, Poll};
 use bytes::{Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
-use md5::{Digest, Md5};
 use tokio::sync::mpsc;
 
 use super::ApiError;
@@ -135,7 +134,9 @@ pub async fn stream_pieces(store: &Store, pieces: Vec<Piece>) -> Result<RespBody
             .read_range(&p.blob, p.start, p.end)
             .await
             .map_err(ApiError::internal)?;
-        if p.start == 0 && p.end == p.blob.size && hex::encode(Md5::digest(&data)) != p.blob.md5 {
+        let mut check = p.blob.verifier();
+        check.update(&data);
+        if p.start == 0 && p.end == p.blob.size && !check.matches() {
             let _ = store.quarantine(p.blob.id.clone()).await;
             return Err(ApiError::new(
                 ::http::StatusCode::INTERNAL_SERVER_ERROR,
@@ -170,7 +171,7 @@ async fn send_piece(
     tx: &mpsc::Sender<Result<Bytes, std::io::Error>>,
 ) -> std::io::Result<()> {
     let verify = p.start == 0 && p.end == p.blob.size;
-    let mut md5 = Md5::new();
+    let mut check = p.blob.verifier();
     let mut off = p.start;
     while off < p.end {
         let end = (off + READ_CHUNK as u64).min(p.end);
@@ -183,10 +184,10 @@ async fn send_piece(
         }
         off = end;
         if verify {
-            md5.update(&buf);
+            check.update(&buf);
         }
         // Hold back the last chunk until the checksum is known.
-        if off == p.end && verify && hex::encode(md5.clone().finalize()) != p.blob.md5 {
+        if off == p.end && verify && !check.matches() {
             return Err(corrupt(&p.blob.id));
         }
         if tx.send(Ok(buf)).await.is_err() {
@@ -398,6 +399,7 @@ mod tests {
             id: id.into(),
             size,
             md5: String::new(),
+            crc32: None,
             inline: false,
             data: None,
         }

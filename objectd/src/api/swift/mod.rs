@@ -519,7 +519,9 @@ async fn read_blob(state: &State, blob: &Blob) -> Result<bytes::Bytes, ApiError>
         .read_range(blob, 0, blob.size)
         .await
         .map_err(ApiError::internal)?;
-    if hex::encode(Md5::digest(&data)) != blob.md5 {
+    let mut check = blob.verifier();
+    check.update(&data);
+    if !check.matches() {
         let _ = state.store.quarantine(blob.id.clone()).await;
         return Err(ApiError::internal("manifest failed its checksum"));
     }
