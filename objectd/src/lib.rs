@@ -1,14 +1,28 @@
 //! objectd: Ferrostack's object store, and the image store behind control.
 //!
-//! This crate will hold a hyper daemon speaking the Swift API v1 (accounts, containers,
-//! objects, large objects, listings) and S3 (SigV4, multipart) over one store: bodies
-//! streamed to temporary files, fsync'd and renamed into place, an embedded index, and an
-//! auditor that verifies checksums.
+//! One hyper daemon speaks the Swift API v1 and S3 over one store.
 //!
-//! What exists today:
-//! - [`api::swift::path`]: parsing and validating Swift request paths
-//!   (`/v1/{account}/{container}/{object}`) with Swift's name limits.
+//! The parts:
+//! - [`config`]: kebab-case TOML config, validated before any side effect.
+//! - [`server`]: the accept loop (one tokio task per connection), the expirer and the
+//!   auditor tasks.
+//! - [`api`]: request routing and error rendering; [`api::swift`] (TempAuth, accounts,
+//!   containers, objects, SLO/DLO), [`api::s3`] (SigV4, buckets, objects, multipart,
+//!   aws-chunked), [`api::body`] (streaming bodies to and from disk), [`api::http`]
+//!   (ranges, conditional requests, dates).
+//! - [`store`]: blob files written tmp → fsync → rename → fsync dir, and the SQLite index
+//!   updated only after; checksums verified on full reads.
+//! - [`auth`]: TempAuth tokens and S3 keys from the config.
+//! - [`metrics`]: Prometheus text at `/metrics`.
+//!
+//! Threads: the tokio multi-threaded runtime serves HTTP; file and index operations run on
+//! its blocking pool (the index behind one mutex, never held across an await).
 
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod auth;
+pub mod config;
+pub mod metrics;
+pub mod server;
+pub mod store;

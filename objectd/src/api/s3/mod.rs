@@ -1,0 +1,1029 @@
+//! The S3 API over the same store: a bucket is a container of the access key's account.
+//!
+//! Path-style addressing (`/bucket/key`). Every request is SigV4-signed (header or
+//! presigned URL); bodies may be plain (signed SHA-256 or `UNSIGNED-PAYLOAD`) or
+//! `aws-chunked` (signed chunks, or unsigned with a trailing checksum).
+
+pub mod chunked;
+pub mod sigv4;
+pub mod xml;
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use http::{Method, StatusCode};
+use md5::{Digest, Md5};
+
+use super::body::{ChunkCheck, Source, pieces, stream_pieces};
+use super::http::{Condition, RangeError, evaluate, http_date, iso8601, parse_range};
+use super::{ApiError, Request, Response, State, header, query_pairs, response, set_header};
+use crate::store::{Blob, Entry, Kind, ListQuery, ObjectRecord, Upload, now_ms, random_hex};
+
+const NS: &str = "http://s3.amazonaws.com/doc/2006-03-01/";
+const XML_HEAD: &str = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n";
+/// Smallest part S3 accepts, except the last.
+pub const MIN_PART_SIZE: u64 = 5 * 1024 * 1024;
+/// Most parts in one upload.
+pub const MAX_PARTS: u32 = 10_000;
+/// Most keys listed per request.
+pub const MAX_KEYS: usize = 1000;
+/// Longest key, in bytes.
+pub const MAX_KEY_LEN: usize = 1024;
+
+fn xml_response(status: StatusCode, body: String) -> Response {
+    let mut r = response(status, body);
+    set_header(&mut r, "content-type", "application/xml");
+    r
+}
+
+fn no_such_key() -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "NoSuchKey",
+        "the specified key does not exist",
+    )
+}
+
+fn no_such_bucket() -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "NoSuchBucket",
+        "the specified bucket does not exist",
+    )
+}
+
+/// Whether a bucket name follows S3's rules.
+pub fn valid_bucket_name(b: &str) -> bool {
+    (3..=63).contains(&b.len())
+        && b.bytes()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'.' || c == b'-')
+        && b.as_bytes()[0].is_ascii_alphanumeric()
+        && b.as_bytes()[b.len() - 1].is_ascii_alphanumeric()
+}
+
+/// Splits `/bucket/key` (raw) into decoded parts.
+fn split_path(raw: &str) -> Result<(String, String), ApiError> {
+    let rest = raw.trim_start_matches('/');
+    let (b, k) = rest.split_once('/').unwrap_or((rest, ""));
+    let dec = |s: &str| {
+        crate::api::swift::path::percent_decode(s).map_err(|e| {
+            ApiError::bad_request(
+                "InvalidURI",
+                format!("couldn't parse the specified URI: {e}"),
+            )
+        })
+    };
+    let key = dec(k)?;
+    if key.contains('\0') {
+        return Err(ApiError::bad_request("InvalidURI", "key contains NUL"));
+    }
+    if key.len() > MAX_KEY_LEN {
+        return Err(ApiError::bad_request(
+            "KeyTooLongError",
+            "your key is too long",
+        ));
+    }
+    Ok((dec(b)?, key))
+}
+
+/// Handles one S3 request.
+pub async fn handle(state: &State, req: Request) -> Result<Response, ApiError> {
+    let (parts, body) = req.into_parts();
+    let has_auth = parts.headers.contains_key("authorization")
+        || parts
+            .uri
+            .query()
+            .is_some_and(|q| q.contains("X-Amz-Signature="));
+    if !has_auth {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "AccessDenied",
+            "anonymous access is not allowed",
+        ));
+    }
+    if header(&parts.headers, "authorization").is_some_and(|a| a.starts_with("AWS ")) {
+        return Err(ApiError::bad_request(
+            "InvalidRequest",
+            "signature version 2 is not supported; use AWS4-HMAC-SHA256",
+        ));
+    }
+    let verified = sigv4::verify(
+        parts.method.as_str(),
+        &parts.uri,
+        &parts.headers,
+        now_ms() / 1000,
+        |k| state.auth.s3_secret(k),
+    )?;
+    let account = state
+        .auth
+        .s3_account(&verified.access_key)
+        .ok_or(sigv4::SigError::UnknownKey)?;
+    let (bucket, key) = split_path(parts.uri.path())?;
+    let q = query_pairs(parts.uri.query());
+    let has = |k: &str| q.iter().any(|(n, _)| n == k);
+    let get = |k: &str| q.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+    let h = &parts.headers;
+
+    let source = || -> Result<(Source, Option<u64>), ApiError> { make_source(h, &verified, body) };
+
+    let m = &parts.method;
+    if bucket.is_empty() {
+        return match *m {
+            Method::GET => list_buckets(state, &account).await,
+            _ => Err(ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "MethodNotAllowed",
+                "the specified method is not allowed against this resource",
+            )),
+        };
+    }
+    if key.is_empty() {
+        return match *m {
+            Method::PUT => {
+                if !valid_bucket_name(&bucket) {
+                    return Err(ApiError::bad_request(
+                        "InvalidBucketName",
+                        "the specified bucket is not valid",
+                    ));
+                }
+                // A CreateBucketConfiguration body is accepted and ignored.
+                let (mut src, _) = source()?;
+                src.read_all(64 * 1024).await?;
+                state
+                    .store
+                    .put_container(&account, &bucket, BTreeMap::new())
+                    .await?;
+                let mut r = response(StatusCode::OK, "");
+                set_header(&mut r, "location", &format!("/{bucket}"));
+                Ok(r)
+            }
+            Method::HEAD => {
+                state
+                    .store
+                    .get_container(&account, &bucket)
+                    .await?
+                    .ok_or_else(no_such_bucket)?;
+                Ok(response(StatusCode::OK, ""))
+            }
+            Method::DELETE => {
+                if state.store.delete_container(&account, &bucket).await? {
+                    Ok(response(StatusCode::NO_CONTENT, ""))
+                } else {
+                    Err(no_such_bucket())
+                }
+            }
+            Method::GET if has("location") => {
+                bucket_exists(state, &account, &bucket).await?;
+                Ok(xml_response(
+                    StatusCode::OK,
+                    format!("{XML_HEAD}<LocationConstraint xmlns=\"{NS}\"></LocationConstraint>"),
+                ))
+            }
+            Method::GET if has("uploads") => {
+                bucket_exists(state, &account, &bucket).await?;
+                Ok(xml_response(
+                    StatusCode::OK,
+                    format!(
+                        "{XML_HEAD}<ListMultipartUploadsResult xmlns=\"{NS}\"><Bucket>{}</Bucket><IsTruncated>false</IsTruncated></ListMultipartUploadsResult>",
+                        xml::escape(&bucket)
+                    ),
+                ))
+            }
+            Method::GET
+                if [
+                    "versioning",
+                    "acl",
+                    "policy",
+                    "cors",
+                    "lifecycle",
+                    "tagging",
+                    "encryption",
+                ]
+                .iter()
+                .any(|s| has(s)) =>
+            {
+                Err(ApiError::new(
+                    StatusCode::NOT_IMPLEMENTED,
+                    "NotImplemented",
+                    "this bucket sub-resource is not implemented",
+                ))
+            }
+            Method::GET => list_objects(state, &account, &bucket, &q).await,
+            Method::POST if has("delete") => {
+                let (mut src, _) = source()?;
+                let doc = src.read_all(2 * 1024 * 1024).await?;
+                if let Some(md5) = header(h, "content-md5")
+                    && B64.encode(Md5::digest(&doc)) != md5.trim()
+                {
+                    return Err(bad_digest());
+                }
+                delete_objects(state, &account, &bucket, &doc).await
+            }
+            _ => Err(ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "MethodNotAllowed",
+                "the specified method is not allowed against this resource",
+            )),
+        };
+    }
+    match *m {
+        Method::PUT if has("uploadId") => {
+            let upload_id = get("uploadId").unwrap_or_default().to_owned();
+            let number: u32 = get("partNumber")
+                .and_then(|n| n.parse().ok())
+                .filter(|n| (1..=MAX_PARTS).contains(n))
+                .ok_or_else(|| {
+                    ApiError::bad_request("InvalidArgument", "part number must be 1..=10000")
+                })?;
+            let up = state.store.get_upload(&account, &upload_id).await?;
+            if up.container != bucket || up.name != key {
+                return Err(ApiError::not_found("NoSuchUpload"));
+            }
+            let copy = h.contains_key("x-amz-copy-source");
+            let blob = if copy {
+                upload_part_copy(state, &account, h).await?
+            } else {
+                let (src, expected) = source()?;
+                receive(state, src, expected, h).await?
+            };
+            let etag = blob.md5.clone();
+            if let Some(old) = state.store.put_part(&upload_id, number, blob).await? {
+                state.store.remove_blobs(vec![old]).await;
+            }
+            if copy {
+                return Ok(xml_response(
+                    StatusCode::OK,
+                    format!(
+                        "{XML_HEAD}<CopyPartResult xmlns=\"{NS}\"><LastModified>{}</LastModified><ETag>&quot;{etag}&quot;</ETag></CopyPartResult>",
+                        iso8601(now_ms())
+                    ),
+                ));
+            }
+            let mut r = response(StatusCode::OK, "");
+            set_header(&mut r, "etag", &format!("\"{etag}\""));
+            Ok(r)
+        }
+        Method::GET if has("uploadId") => {
+            let upload_id = get("uploadId").unwrap_or_default();
+            let up = state.store.get_upload(&account, upload_id).await?;
+            if up.container != bucket || up.name != key {
+                return Err(ApiError::not_found("NoSuchUpload"));
+            }
+            let parts = state.store.parts(upload_id).await?;
+            let mut body = format!(
+                "{XML_HEAD}<ListPartsResult xmlns=\"{NS}\"><Bucket>{}</Bucket><Key>{}</Key><UploadId>{}</UploadId><MaxParts>{MAX_PARTS}</MaxParts><IsTruncated>false</IsTruncated>",
+                xml::escape(&bucket),
+                xml::escape(&key),
+                xml::escape(upload_id)
+            );
+            for (n, b) in parts {
+                let _ = write!(
+                    body,
+                    "<Part><PartNumber>{n}</PartNumber><ETag>&quot;{}&quot;</ETag><Size>{}</Size></Part>",
+                    b.md5, b.size
+                );
+            }
+            body.push_str("</ListPartsResult>");
+            Ok(xml_response(StatusCode::OK, body))
+        }
+        Method::PUT if h.contains_key("x-amz-copy-source") => {
+            copy_object(state, &account, &bucket, &key, h).await
+        }
+        Method::PUT => {
+            bucket_exists(state, &account, &bucket).await?;
+            let (src, expected) = source()?;
+            let blob = receive(state, src, expected, h).await?;
+            let rec = ObjectRecord {
+                name: key.clone(),
+                size: blob.size,
+                etag: blob.md5.clone(),
+                content_type: content_type(h),
+                last_modified_ms: now_ms(),
+                meta: user_meta(h),
+                delete_at: None,
+                blobs: vec![blob],
+                kind: Kind::Plain,
+            };
+            let etag = rec.etag.clone();
+            let old = match state.store.put_object(&account, &bucket, rec.clone()).await {
+                Ok(old) => old,
+                Err(e) => {
+                    state.store.remove_blobs(rec.blobs).await;
+                    return Err(e.into());
+                }
+            };
+            state.store.remove_blobs(old).await;
+            let mut r = response(StatusCode::OK, "");
+            set_header(&mut r, "etag", &format!("\"{etag}\""));
+            Ok(r)
+        }
+        Method::GET if has("tagging") => {
+            // No object tags are stored: an existing object has an empty tag set.
+            bucket_exists(state, &account, &bucket).await?;
+            state
+                .store
+                .get_object(&account, &bucket, &key)
+                .await?
+                .ok_or_else(no_such_key)?;
+            Ok(xml_response(
+                StatusCode::OK,
+                format!("{XML_HEAD}<Tagging xmlns=\"{NS}\"><TagSet></TagSet></Tagging>"),
+            ))
+        }
+        _ if [
+            "tagging",
+            "acl",
+            "retention",
+            "legal-hold",
+            "torrent",
+            "attributes",
+            "restore",
+            "select",
+        ]
+        .iter()
+        .any(|s| has(s)) =>
+        {
+            Err(ApiError::new(
+                StatusCode::NOT_IMPLEMENTED,
+                "NotImplemented",
+                "this object sub-resource is not implemented",
+            ))
+        }
+        Method::GET | Method::HEAD => {
+            get_object(state, &account, &bucket, &key, h, *m == Method::HEAD).await
+        }
+        Method::DELETE if has("uploadId") => {
+            let blobs = state
+                .store
+                .abort_upload(&account, get("uploadId").unwrap_or_default())
+                .await?;
+            state.store.remove_blobs(blobs).await;
+            Ok(response(StatusCode::NO_CONTENT, ""))
+        }
+        Method::DELETE => {
+            bucket_exists(state, &account, &bucket).await?;
+            state.store.delete_object(&account, &bucket, &key).await?;
+            Ok(response(StatusCode::NO_CONTENT, ""))
+        }
+        Method::POST if has("uploads") => {
+            bucket_exists(state, &account, &bucket).await?;
+            let id = random_hex(16);
+            state
+                .store
+                .create_upload(
+                    &account,
+                    Upload {
+                        id: id.clone(),
+                        container: bucket.clone(),
+                        name: key.clone(),
+                        content_type: content_type(h),
+                        meta: user_meta(h),
+                    },
+                )
+                .await?;
+            Ok(xml_response(
+                StatusCode::OK,
+                format!(
+                    "{XML_HEAD}<InitiateMultipartUploadResult xmlns=\"{NS}\"><Bucket>{}</Bucket><Key>{}</Key><UploadId>{id}</UploadId></InitiateMultipartUploadResult>",
+                    xml::escape(&bucket),
+                    xml::escape(&key)
+                ),
+            ))
+        }
+        Method::POST if has("uploadId") => {
+            let (mut src, _) = source()?;
+            let doc = src.read_all(4 * 1024 * 1024).await?;
+            complete_upload(
+                state,
+                &account,
+                &bucket,
+                &key,
+                get("uploadId").unwrap_or_default(),
+                &doc,
+            )
+            .await
+        }
+        _ => Err(ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "MethodNotAllowed",
+            "the specified method is not allowed against this resource",
+        )),
+    }
+}
+
+fn bad_digest() -> ApiError {
+    ApiError::bad_request(
+        "BadDigest",
+        "the Content-MD5 or checksum you specified did not match what we received",
+    )
+}
+
+async fn bucket_exists(state: &State, account: &str, bucket: &str) -> Result<(), ApiError> {
+    state
+        .store
+        .get_container(account, bucket)
+        .await?
+        .ok_or_else(no_such_bucket)
+        .map(|_| ())
+}
+
+fn content_type(h: &http::HeaderMap) -> String {
+    header(h, "content-type")
+        .unwrap_or("binary/octet-stream")
+        .to_owned()
+}
+
+/// `x-amz-meta-*` headers, stored under Swift's `x-object-meta-*` names.
+fn user_meta(h: &http::HeaderMap) -> BTreeMap<String, String> {
+    h.iter()
+        .filter_map(|(k, v)| {
+            let name = k.as_str().strip_prefix("x-amz-meta-")?;
+            Some((format!("x-object-meta-{name}"), v.to_str().ok()?.to_owned()))
+        })
+        .collect()
+}
+
+/// Builds the body source the client's `x-amz-content-sha256` announces.
+fn make_source(
+    h: &http::HeaderMap,
+    v: &sigv4::Verified,
+    body: hyper::body::Incoming,
+) -> Result<(Source, Option<u64>), ApiError> {
+    let content_length = header(h, "content-length").and_then(|s| s.parse::<u64>().ok());
+    let decoded_length = header(h, "x-amz-decoded-content-length").and_then(|s| s.parse().ok());
+    let mut src = match v.payload_hash.as_str() {
+        "STREAMING-AWS4-HMAC-SHA256-PAYLOAD" | "STREAMING-AWS4-HMAC-SHA256-PAYLOAD-TRAILER" => (
+            Source::chunked(body, Some(ChunkCheck::new(v))),
+            decoded_length,
+        ),
+        "STREAMING-UNSIGNED-PAYLOAD-TRAILER" => (Source::chunked(body, None), decoded_length),
+        "UNSIGNED-PAYLOAD" => (Source::plain(body), content_length),
+        p if p.len() == 64 && p.bytes().all(|b| b.is_ascii_hexdigit()) => {
+            let mut s = Source::plain(body);
+            s.digests.sha256 = Some(sha2::Sha256::default());
+            (s, content_length)
+        }
+        _ => {
+            return Err(ApiError::bad_request(
+                "InvalidArgument",
+                "unsupported x-amz-content-sha256 value",
+            ));
+        }
+    };
+    let algo = header(h, "x-amz-sdk-checksum-algorithm")
+        .map(|s| s.to_ascii_lowercase())
+        .or_else(|| {
+            header(h, "x-amz-trailer")
+                .and_then(|t| t.strip_prefix("x-amz-checksum-"))
+                .map(str::to_owned)
+        })
+        .or_else(|| {
+            h.keys()
+                .find_map(|k| k.as_str().strip_prefix("x-amz-checksum-"))
+                .filter(|a| *a != "mode" && *a != "type")
+                .map(str::to_owned)
+        });
+    match algo.as_deref() {
+        None => {}
+        Some("crc32") => src.0.digests.crc32 = Some(crc32fast::Hasher::new()),
+        Some("sha256") => {
+            src.0
+                .digests
+                .sha256
+                .get_or_insert_with(sha2::Sha256::default);
+        }
+        Some(other) => {
+            return Err(ApiError::bad_request(
+                "InvalidRequest",
+                format!("checksum algorithm {other} is not supported; use crc32 or sha256"),
+            ));
+        }
+    }
+    Ok(src)
+}
+
+/// Streams a body into a durable blob and checks every digest the client gave.
+async fn receive(
+    state: &State,
+    mut src: Source,
+    expected: Option<u64>,
+    h: &http::HeaderMap,
+) -> Result<Blob, ApiError> {
+    let (writer, _) = src
+        .to_blob(&state.store, state.config.max_object_size, expected)
+        .await?;
+    let find = |name: &str| -> Option<String> {
+        header(h, name).map(str::to_owned).or_else(|| {
+            src.trailers
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.clone())
+        })
+    };
+    if let Some(crc) = src.digests.crc32.take() {
+        let got = B64.encode(crc.finalize().to_be_bytes());
+        match find("x-amz-checksum-crc32") {
+            Some(want) if want == got => {}
+            Some(_) => return Err(bad_digest()),
+            None => {
+                return Err(ApiError::bad_request(
+                    "InvalidRequest",
+                    "x-amz-checksum-crc32 was announced but not sent",
+                ));
+            }
+        }
+    }
+    if let Some(sha) = src.digests.sha256.take() {
+        let digest = sha2::Digest::finalize(sha);
+        let verified_hash = header(h, "x-amz-content-sha256").unwrap_or("");
+        if verified_hash.len() == 64 && !verified_hash.eq_ignore_ascii_case(&hex::encode(digest)) {
+            return Err(ApiError::bad_request(
+                "XAmzContentSHA256Mismatch",
+                "the provided 'x-amz-content-sha256' header does not match what was computed",
+            ));
+        }
+        if let Some(want) = find("x-amz-checksum-sha256")
+            && want != B64.encode(digest)
+        {
+            return Err(bad_digest());
+        }
+    }
+    let blob = writer.finish().await?;
+    if let Some(md5) = header(h, "content-md5")
+        && hex::decode(&blob.md5)
+            .map(|m| B64.encode(m))
+            .ok()
+            .as_deref()
+            != Some(md5.trim())
+    {
+        state.store.remove_blobs(vec![blob]).await;
+        return Err(bad_digest());
+    }
+    Ok(blob)
+}
+
+async fn list_buckets(state: &State, account: &str) -> Result<Response, ApiError> {
+    let cs = state
+        .store
+        .list_containers(
+            account,
+            ListQuery {
+                limit: 10_000,
+                ..Default::default()
+            },
+        )
+        .await?;
+    let mut body = format!(
+        "{XML_HEAD}<ListAllMyBucketsResult xmlns=\"{NS}\"><Owner><ID>{a}</ID><DisplayName>{a}</DisplayName></Owner><Buckets>",
+        a = xml::escape(account)
+    );
+    for c in cs {
+        let _ = write!(
+            body,
+            "<Bucket><Name>{}</Name><CreationDate>{}</CreationDate></Bucket>",
+            xml::escape(&c.name),
+            iso8601(c.created_ms)
+        );
+    }
+    body.push_str("</Buckets></ListAllMyBucketsResult>");
+    Ok(xml_response(StatusCode::OK, body))
+}
+
+async fn list_objects(
+    state: &State,
+    account: &str,
+    bucket: &str,
+    q: &[(String, String)],
+) -> Result<Response, ApiError> {
+    bucket_exists(state, account, bucket).await?;
+    let get = |k: &str| q.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+    let v2 = get("list-type").as_deref() == Some("2");
+    let prefix = get("prefix").unwrap_or_default();
+    let delimiter = get("delimiter").filter(|d| !d.is_empty());
+    let max_keys = match get("max-keys") {
+        Some(m) => m
+            .parse::<usize>()
+            .map_err(|_| ApiError::bad_request("InvalidArgument", "max-keys must be a number"))?
+            .min(MAX_KEYS),
+        None => MAX_KEYS,
+    };
+    let url_encode = get("encoding-type").as_deref() == Some("url");
+    let enc = |s: &str| {
+        if url_encode {
+            sigv4::uri_encode(s, false)
+        } else {
+            xml::escape(s)
+        }
+    };
+    let marker = if v2 {
+        match get("continuation-token") {
+            Some(t) => String::from_utf8(B64.decode(t.as_bytes()).map_err(|_| {
+                ApiError::bad_request("InvalidArgument", "the continuation token is not valid")
+            })?)
+            .map_err(|_| ApiError::bad_request("InvalidArgument", "bad continuation token"))?,
+            None => get("start-after").unwrap_or_default(),
+        }
+    } else {
+        get("marker").unwrap_or_default()
+    };
+    let entries = state
+        .store
+        .list_objects(
+            account,
+            bucket,
+            ListQuery {
+                prefix: prefix.clone(),
+                delimiter: delimiter.clone(),
+                marker: marker.clone(),
+                end_marker: None,
+                limit: max_keys + 1,
+            },
+        )
+        .await?;
+    let truncated = entries.len() > max_keys;
+    let entries = &entries[..entries.len().min(max_keys)];
+    let last = entries.last().map(|e| match e {
+        Entry::Object(o) => o.name.clone(),
+        Entry::Subdir(s) => s.clone(),
+    });
+    let root = "ListBucketResult";
+    let mut body = format!(
+        "{XML_HEAD}<{root} xmlns=\"{NS}\"><Name>{}</Name><Prefix>{}</Prefix><MaxKeys>{max_keys}</MaxKeys><IsTruncated>{truncated}</IsTruncated>",
+        xml::escape(bucket),
+        enc(&prefix)
+    );
+    if let Some(d) = &delimiter {
+        let _ = write!(body, "<Delimiter>{}</Delimiter>", enc(d));
+    }
+    if url_encode {
+        body.push_str("<EncodingType>url</EncodingType>");
+    }
+    if v2 {
+        let _ = write!(body, "<KeyCount>{}</KeyCount>", entries.len());
+        if let Some(t) = get("continuation-token") {
+            let _ = write!(
+                body,
+                "<ContinuationToken>{}</ContinuationToken>",
+                xml::escape(&t)
+            );
+        }
+        if let Some(s) = get("start-after") {
+            let _ = write!(body, "<StartAfter>{}</StartAfter>", enc(&s));
+        }
+        if truncated && let Some(l) = &last {
+            let _ = write!(
+                body,
+                "<NextContinuationToken>{}</NextContinuationToken>",
+                B64.encode(l.as_bytes())
+            );
+        }
+    } else {
+        let _ = write!(body, "<Marker>{}</Marker>", enc(&marker));
+        if truncated && let Some(l) = &last {
+            let _ = write!(body, "<NextMarker>{}</NextMarker>", enc(l));
+        }
+    }
+    for e in entries {
+        match e {
+            Entry::Object(o) => {
+                let _ = write!(
+                    body,
+                    "<Contents><Key>{}</Key><LastModified>{}</LastModified><ETag>&quot;{}&quot;</ETag><Size>{}</Size><StorageClass>STANDARD</StorageClass></Contents>",
+                    enc(&o.name),
+                    iso8601(o.last_modified_ms),
+                    xml::escape(&o.etag),
+                    o.size
+                );
+            }
+            Entry::Subdir(s) => {
+                let _ = write!(
+                    body,
+                    "<CommonPrefixes><Prefix>{}</Prefix></CommonPrefixes>",
+                    enc(s)
+                );
+            }
+        }
+    }
+    let _ = write!(body, "</{root}>");
+    Ok(xml_response(StatusCode::OK, body))
+}
+
+async fn delete_objects(
+    state: &State,
+    account: &str,
+    bucket: &str,
+    doc: &[u8],
+) -> Result<Response, ApiError> {
+    bucket_exists(state, account, bucket).await?;
+    let (objs, top) = xml::records(doc, "Delete", "Object")?;
+    if objs.len() > 1000 {
+        return Err(ApiError::bad_request(
+            "MalformedXML",
+            "at most 1000 keys per request",
+        ));
+    }
+    let quiet = xml::field(&top, "Quiet") == Some("true");
+    let mut body = format!("{XML_HEAD}<DeleteResult xmlns=\"{NS}\">");
+    for o in &objs {
+        let Some(key) = xml::field(o, "Key") else {
+            return Err(ApiError::bad_request(
+                "MalformedXML",
+                "an Object has no Key",
+            ));
+        };
+        state.store.delete_object(account, bucket, key).await?;
+        if !quiet {
+            let _ = write!(body, "<Deleted><Key>{}</Key></Deleted>", xml::escape(key));
+        }
+    }
+    body.push_str("</DeleteResult>");
+    Ok(xml_response(StatusCode::OK, body))
+}
+
+/// The S3 multipart ETag: MD5 of the parts' binary MD5s, `-N`.
+pub fn multipart_etag(md5s: &[&str]) -> String {
+    let mut h = Md5::new();
+    for m in md5s {
+        h.update(hex::decode(m).unwrap_or_default());
+    }
+    format!("{}-{}", hex::encode(h.finalize()), md5s.len())
+}
+
+async fn complete_upload(
+    state: &State,
+    account: &str,
+    bucket: &str,
+    key: &str,
+    upload_id: &str,
+    doc: &[u8],
+) -> Result<Response, ApiError> {
+    let up = state.store.get_upload(account, upload_id).await?;
+    if up.container != bucket || up.name != key {
+        return Err(ApiError::not_found("NoSuchUpload"));
+    }
+    let (listed, _) = xml::records(doc, "CompleteMultipartUpload", "Part")?;
+    if listed.is_empty() {
+        return Err(ApiError::bad_request("MalformedXML", "no parts listed"));
+    }
+    let stored = state.store.parts(upload_id).await?;
+    let invalid_part = || {
+        ApiError::bad_request(
+            "InvalidPart",
+            "one or more of the specified parts could not be found or its entity tag did not match",
+        )
+    };
+    let mut blobs = Vec::new();
+    let mut prev = 0u32;
+    for p in &listed {
+        let n: u32 = xml::field(p, "PartNumber")
+            .and_then(|n| n.trim().parse().ok())
+            .ok_or_else(|| ApiError::bad_request("MalformedXML", "bad PartNumber"))?;
+        if n <= prev {
+            return Err(ApiError::bad_request(
+                "InvalidPartOrder",
+                "the list of parts was not in ascending order",
+            ));
+        }
+        prev = n;
+        let blob = stored.get(&n).ok_or_else(invalid_part)?;
+        let etag = xml::field(p, "ETag").unwrap_or("").trim().trim_matches('"');
+        if etag != blob.md5 {
+            return Err(invalid_part());
+        }
+        blobs.push(blob.clone());
+    }
+    for b in &blobs[..blobs.len() - 1] {
+        if b.size < MIN_PART_SIZE {
+            return Err(ApiError::bad_request(
+                "EntityTooSmall",
+                "your proposed upload is smaller than the minimum allowed object size",
+            ));
+        }
+    }
+    let etag = multipart_etag(&blobs.iter().map(|b| b.md5.as_str()).collect::<Vec<_>>());
+    let rec = ObjectRecord {
+        name: key.to_owned(),
+        size: blobs.iter().map(|b| b.size).sum(),
+        etag: etag.clone(),
+        content_type: up.content_type,
+        last_modified_ms: now_ms(),
+        meta: up.meta,
+        delete_at: None,
+        blobs,
+        kind: Kind::Plain,
+    };
+    let unused = state
+        .store
+        .complete_upload(account, upload_id, rec, bucket)
+        .await?;
+    state.store.remove_blobs(unused).await;
+    Ok(xml_response(
+        StatusCode::OK,
+        format!(
+            "{XML_HEAD}<CompleteMultipartUploadResult xmlns=\"{NS}\"><Location>/{b}/{k}</Location><Bucket>{b}</Bucket><Key>{k}</Key><ETag>&quot;{etag}&quot;</ETag></CompleteMultipartUploadResult>",
+            b = xml::escape(bucket),
+            k = xml::escape(key)
+        ),
+    ))
+}
+
+/// The blob of an UploadPartCopy: `x-amz-copy-source`, optionally ranged.
+async fn upload_part_copy(
+    state: &State,
+    account: &str,
+    h: &http::HeaderMap,
+) -> Result<Blob, ApiError> {
+    let src = header(h, "x-amz-copy-source").unwrap_or("");
+    let (sb, sk) = split_path(src.split('?').next().unwrap_or(""))?;
+    let rec = state
+        .store
+        .get_object(account, &sb, &sk)
+        .await?
+        .ok_or_else(no_such_key)?;
+    let (blobs, size, _) = crate::api::swift::resolve(state, account, &rec).await?;
+    let (start, end) = match header(h, "x-amz-copy-source-range") {
+        Some(r) => match parse_range(r, size) {
+            Ok(Some(r)) => r,
+            _ => {
+                return Err(ApiError::bad_request(
+                    "InvalidArgument",
+                    "the x-amz-copy-source-range value must be of the form bytes=first-last within the object",
+                ));
+            }
+        },
+        None => (0, size),
+    };
+    super::body::copy_pieces(&state.store, pieces(&blobs, start, end)).await
+}
+
+async fn copy_object(
+    state: &State,
+    account: &str,
+    bucket: &str,
+    key: &str,
+    h: &http::HeaderMap,
+) -> Result<Response, ApiError> {
+    bucket_exists(state, account, bucket).await?;
+    let src = header(h, "x-amz-copy-source").unwrap_or("");
+    let src = src.split('?').next().unwrap_or("");
+    let (sb, sk) = split_path(src)?;
+    let rec = state
+        .store
+        .get_object(account, &sb, &sk)
+        .await?
+        .ok_or_else(no_such_key)?;
+    let (blobs, _, _) = crate::api::swift::resolve(state, account, &rec).await?;
+    let blob = super::body::copy_into_blob(&state.store, &blobs).await?;
+    let replace = header(h, "x-amz-metadata-directive") == Some("REPLACE");
+    let new = ObjectRecord {
+        name: key.to_owned(),
+        size: blob.size,
+        etag: blob.md5.clone(),
+        content_type: if replace {
+            content_type(h)
+        } else {
+            rec.content_type.clone()
+        },
+        last_modified_ms: now_ms(),
+        meta: if replace {
+            user_meta(h)
+        } else {
+            rec.meta.clone()
+        },
+        delete_at: None,
+        blobs: vec![blob],
+        kind: Kind::Plain,
+    };
+    let etag = new.etag.clone();
+    let ms = new.last_modified_ms;
+    let old = state.store.put_object(account, bucket, new).await?;
+    state.store.remove_blobs(old).await;
+    Ok(xml_response(
+        StatusCode::OK,
+        format!(
+            "{XML_HEAD}<CopyObjectResult xmlns=\"{NS}\"><LastModified>{}</LastModified><ETag>&quot;{etag}&quot;</ETag></CopyObjectResult>",
+            iso8601(ms)
+        ),
+    ))
+}
+
+async fn get_object(
+    state: &State,
+    account: &str,
+    bucket: &str,
+    key: &str,
+    h: &http::HeaderMap,
+    head: bool,
+) -> Result<Response, ApiError> {
+    bucket_exists(state, account, bucket).await?;
+    let rec = state
+        .store
+        .get_object(account, bucket, key)
+        .await?
+        .ok_or_else(no_such_key)?;
+    let (blobs, size, etag) = crate::api::swift::resolve(state, account, &rec).await?;
+    let mut status = StatusCode::OK;
+    let mut range = (0, size);
+    match evaluate(h, &etag, rec.last_modified_ms, true) {
+        Condition::Proceed => {}
+        Condition::NotModified => {
+            let mut r = response(StatusCode::NOT_MODIFIED, "");
+            set_header(&mut r, "etag", &format!("\"{etag}\""));
+            return Ok(r);
+        }
+        Condition::Failed => {
+            return Err(ApiError::new(
+                StatusCode::PRECONDITION_FAILED,
+                "PreconditionFailed",
+                "at least one of the preconditions you specified did not hold",
+            ));
+        }
+    }
+    if let Some(r) = header(h, "range") {
+        match parse_range(r, size) {
+            Ok(Some(r)) => {
+                range = r;
+                status = StatusCode::PARTIAL_CONTENT;
+            }
+            Ok(None) | Err(RangeError::Malformed) => {}
+            Err(RangeError::Unsatisfiable) => {
+                return Err(ApiError::new(
+                    StatusCode::RANGE_NOT_SATISFIABLE,
+                    "InvalidRange",
+                    "the requested range is not satisfiable",
+                ));
+            }
+        }
+    }
+    let body = if head {
+        super::RespBody::empty()
+    } else {
+        stream_pieces(&state.store, pieces(&blobs, range.0, range.1)).await?
+    };
+    let mut r = http::Response::new(body);
+    *r.status_mut() = status;
+    set_header(&mut r, "content-length", &(range.1 - range.0).to_string());
+    set_header(&mut r, "etag", &format!("\"{etag}\""));
+    set_header(&mut r, "content-type", &rec.content_type);
+    set_header(&mut r, "last-modified", &http_date(rec.last_modified_ms));
+    set_header(&mut r, "accept-ranges", "bytes");
+    if status == StatusCode::PARTIAL_CONTENT {
+        set_header(
+            &mut r,
+            "content-range",
+            &format!("bytes {}-{}/{size}", range.0, range.1 - 1),
+        );
+    }
+    for (k, v) in &rec.meta {
+        if let Some(name) = k.strip_prefix("x-object-meta-") {
+            set_header(&mut r, &format!("x-amz-meta-{name}"), v);
+        }
+    }
+    Ok(r)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bucket_names() {
+        assert!(valid_bucket_name("my-bucket.1"));
+        for bad in [
+            "ab",
+            "Upper",
+            "-start",
+            "end-",
+            "has_underscore",
+            &"x".repeat(64),
+        ] {
+            assert!(!valid_bucket_name(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn multipart_etag_follows_s3() {
+        // Two parts whose MD5s are those of "a" and "b".
+        let a = hex::encode(Md5::digest(b"a"));
+        let b = hex::encode(Md5::digest(b"b"));
+        let mut cat = Md5::digest(b"a").to_vec();
+        cat.extend_from_slice(&Md5::digest(b"b"));
+        assert_eq!(
+            multipart_etag(&[&a, &b]),
+            format!("{}-2", hex::encode(Md5::digest(&cat)))
+        );
+    }
+
+    #[test]
+    fn paths_split_and_reject_overlong_keys() {
+        assert_eq!(
+            split_path("/b/dir/a%20b").unwrap(),
+            ("b".to_owned(), "dir/a b".to_owned())
+        );
+        assert_eq!(split_path("/b").unwrap(), ("b".to_owned(), String::new()));
+        let long = format!("/b/{}", "k".repeat(MAX_KEY_LEN + 1));
+        assert_eq!(split_path(&long).unwrap_err().code, "KeyTooLongError");
+    }
+}

@@ -1,0 +1,94 @@
+//! Authentication: TempAuth tokens for Swift, access keys for S3, both from config.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use crate::config::User;
+
+/// Users, their tokens, and S3 keys.
+pub struct Auth {
+    users: Vec<User>,
+    ttl: Duration,
+    tokens: Mutex<HashMap<String, (String, Instant)>>,
+}
+
+impl Auth {
+    /// From the configured users.
+    pub fn new(users: Vec<User>, ttl_secs: u64) -> Auth {
+        Auth {
+            users,
+            ttl: Duration::from_secs(ttl_secs),
+            tokens: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Checks `account:user` and key; on success a fresh token, the account, and the TTL.
+    pub fn login(&self, user: &str, key: &str) -> Option<(String, String, u64)> {
+        let (account, name) = user.split_once(':')?;
+        let u = self
+            .users
+            .iter()
+            .find(|u| u.account == account && u.user == name && u.key == key)?;
+        let token = format!("AUTH_tk{}", crate::store::random_hex(16));
+        let mut tokens = self.tokens.lock().expect("token lock");
+        let now = Instant::now();
+        tokens.retain(|_, (_, exp)| *exp > now);
+        tokens.insert(token.clone(), (u.storage_account(), now + self.ttl));
+        Some((token, u.storage_account(), self.ttl.as_secs()))
+    }
+
+    /// The account a live token belongs to.
+    pub fn account_for_token(&self, token: &str) -> Option<String> {
+        let tokens = self.tokens.lock().expect("token lock");
+        let (account, exp) = tokens.get(token)?;
+        (*exp > Instant::now()).then(|| account.clone())
+    }
+
+    fn by_key(&self, access_key: &str) -> Option<&User> {
+        self.users
+            .iter()
+            .find(|u| u.s3_access_key.as_deref() == Some(access_key))
+    }
+
+    /// The secret of an S3 access key.
+    pub fn s3_secret(&self, access_key: &str) -> Option<String> {
+        self.by_key(access_key)?.s3_secret_key.clone()
+    }
+
+    /// The account of an S3 access key.
+    pub fn s3_account(&self, access_key: &str) -> Option<String> {
+        self.by_key(access_key).map(User::storage_account)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn auth() -> Auth {
+        Auth::new(
+            vec![User {
+                account: "test".into(),
+                user: "tester".into(),
+                key: "testing".into(),
+                s3_access_key: Some("AK".into()),
+                s3_secret_key: Some("SK".into()),
+            }],
+            60,
+        )
+    }
+
+    #[test]
+    fn tokens_and_keys() {
+        let a = auth();
+        assert!(a.login("test:tester", "wrong").is_none());
+        assert!(a.login("tester", "testing").is_none());
+        let (tok, acct, _) = a.login("test:tester", "testing").unwrap();
+        assert_eq!(acct, "AUTH_test");
+        assert_eq!(a.account_for_token(&tok).as_deref(), Some("AUTH_test"));
+        assert_eq!(a.account_for_token("AUTH_tkbogus"), None);
+        assert_eq!(a.s3_secret("AK").as_deref(), Some("SK"));
+        assert_eq!(a.s3_account("nope"), None);
+    }
+}

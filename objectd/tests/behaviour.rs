@@ -1,0 +1,706 @@
+//! Protocol behaviour over raw HTTP: bad input answered as the real services answer it
+//! (and nothing stored), listings, ranges, conditions, expiry, crash safety, corruption.
+
+mod common;
+
+use std::io::Write;
+use std::net::TcpStream;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use common::*;
+use objectd::api::s3::sigv4;
+
+fn swift_put(d: &Daemon, token: &str, path: &str, body: &[u8]) -> Resp {
+    http(d.port, "PUT", path, &[("X-Auth-Token", token)], body)
+}
+
+#[test]
+fn swift_bad_input_is_refused_and_nothing_is_stored() {
+    let d = Daemon::start();
+    let t = d.token();
+    let auth = [("X-Auth-Token", t.as_str())];
+    assert_eq!(swift_put(&d, &t, "/v1/AUTH_test/c", b"").status, 201);
+    assert_eq!(swift_put(&d, &t, "/v1/AUTH_test/c", b"").status, 202);
+
+    // Wrong ETag: 422, nothing stored.
+    let r = http(
+        d.port,
+        "PUT",
+        "/v1/AUTH_test/c/o",
+        &[
+            ("X-Auth-Token", &t),
+            ("ETag", "00000000000000000000000000000000"),
+        ],
+        b"hello",
+    );
+    assert_eq!(r.status, 422, "{}", r.text());
+    assert_eq!(
+        http(d.port, "HEAD", "/v1/AUTH_test/c/o", &auth, b"").status,
+        404
+    );
+    // Right ETag: 201 and the MD5 back.
+    let r = http(
+        d.port,
+        "PUT",
+        "/v1/AUTH_test/c/o",
+        &[
+            ("X-Auth-Token", &t),
+            ("ETag", "5d41402abc4b2a76b9719d911017c592"),
+        ],
+        b"hello",
+    );
+    assert_eq!(r.status, 201);
+    assert_eq!(r.header("etag"), Some("5d41402abc4b2a76b9719d911017c592"));
+
+    // Truncated body: the client announces 100 bytes, sends 10 and hangs up.
+    {
+        let mut s = TcpStream::connect(("127.0.0.1", d.port)).unwrap();
+        write!(
+            s,
+            "PUT /v1/AUTH_test/c/trunc HTTP/1.1\r\nHost: x\r\nX-Auth-Token: {t}\r\nContent-Length: 100\r\n\r\n0123456789"
+        )
+        .unwrap();
+        s.shutdown(std::net::Shutdown::Write).unwrap();
+        let _ = read_response_or_eof(&mut s);
+    }
+    assert_eq!(
+        http(d.port, "HEAD", "/v1/AUTH_test/c/trunc", &auth, b"").status,
+        404
+    );
+
+    // Names: NUL, over the limit, at the limit, path traversal stays a plain name.
+    assert_eq!(swift_put(&d, &t, "/v1/AUTH_test/c/a%00b", b"x").status, 412);
+    let long = "o".repeat(1025);
+    assert_eq!(
+        swift_put(&d, &t, &format!("/v1/AUTH_test/c/{long}"), b"x").status,
+        400
+    );
+    let max = "o".repeat(1024);
+    assert_eq!(
+        swift_put(&d, &t, &format!("/v1/AUTH_test/c/{max}"), b"x").status,
+        201
+    );
+    assert_eq!(
+        swift_put(&d, &t, "/v1/AUTH_test/c/../../etc/passwd", b"x").status,
+        201
+    );
+    let r = http(
+        d.port,
+        "GET",
+        "/v1/AUTH_test/c/../../etc/passwd",
+        &auth,
+        b"",
+    );
+    assert_eq!(r.body, b"x");
+    assert!(!d.data().join("etc").exists());
+
+    // No token: 401; another account: 403; missing container: 404.
+    assert_eq!(http(d.port, "GET", "/v1/AUTH_test/c", &[], b"").status, 401);
+    assert_eq!(
+        http(d.port, "GET", "/v1/AUTH_other/c", &auth, b"").status,
+        403
+    );
+    assert_eq!(swift_put(&d, &t, "/v1/AUTH_test/nope/o", b"x").status, 404);
+    assert_eq!(
+        http(
+            d.port,
+            "GET",
+            "/auth/v1.0",
+            &[("X-Auth-User", USER), ("X-Auth-Key", "bad")],
+            b""
+        )
+        .status,
+        401
+    );
+    // Server-side copy with X-Copy-From keeps the bytes and merges metadata.
+    let r = http(
+        d.port,
+        "PUT",
+        "/v1/AUTH_test/c/o.copy",
+        &[
+            ("X-Auth-Token", &t),
+            ("X-Copy-From", "c/o"),
+            ("X-Object-Meta-Copied", "yes"),
+        ],
+        b"",
+    );
+    assert_eq!(r.status, 201);
+    let r = http(d.port, "GET", "/v1/AUTH_test/c/o.copy", &auth, b"");
+    assert_eq!(
+        (r.body.as_slice(), r.header("x-object-meta-copied")),
+        (&b"hello"[..], Some("yes"))
+    );
+    let r = http(
+        d.port,
+        "PUT",
+        "/v1/AUTH_test/c/x",
+        &[("X-Auth-Token", &t), ("X-Copy-From", "c/missing")],
+        b"",
+    );
+    assert_eq!(r.status, 404);
+    // /info advertises the large-object middlewares swiftclient looks for.
+    let info: serde_json::Value =
+        serde_json::from_slice(&http(d.port, "GET", "/info", &[], b"").body).unwrap();
+    assert_eq!(info["swift"]["max_object_name_length"], 1024);
+    assert!(info["slo"].is_object());
+    // A non-empty container cannot be deleted.
+    assert_eq!(
+        http(d.port, "DELETE", "/v1/AUTH_test/c", &auth, b"").status,
+        409
+    );
+}
+
+/// Reads whatever comes back (the server may answer or just close).
+fn read_response_or_eof(s: &mut TcpStream) -> Vec<u8> {
+    use std::io::Read;
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut v = Vec::new();
+    let _ = s.read_to_end(&mut v);
+    v
+}
+
+#[test]
+fn swift_listings_ranges_conditions_metadata_and_expiry() {
+    let d = Daemon::start();
+    let t = d.token();
+    let auth = [("X-Auth-Token", t.as_str())];
+    swift_put(&d, &t, "/v1/AUTH_test/photos", b"");
+    for name in ["a/1.jpg", "a/2.jpg", "b.jpg", "c/x/y.jpg", "d.jpg"] {
+        assert_eq!(
+            swift_put(
+                &d,
+                &t,
+                &format!("/v1/AUTH_test/photos/{name}"),
+                name.as_bytes()
+            )
+            .status,
+            201
+        );
+    }
+    let r = http(
+        d.port,
+        "GET",
+        "/v1/AUTH_test/photos?delimiter=/",
+        &auth,
+        b"",
+    );
+    assert_eq!(r.text(), "a/\nb.jpg\nc/\nd.jpg\n");
+    assert_eq!(r.header("x-container-object-count"), Some("5"));
+    let r = http(
+        d.port,
+        "GET",
+        "/v1/AUTH_test/photos?prefix=a/&format=json",
+        &auth,
+        b"",
+    );
+    let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(v.as_array().unwrap().len(), 2);
+    assert_eq!(v[0]["name"], "a/1.jpg");
+    assert_eq!(v[0]["bytes"], 7);
+    assert_eq!(v[0]["hash"], format!("{:x}", md5_of(b"a/1.jpg")));
+    let r = http(
+        d.port,
+        "GET",
+        "/v1/AUTH_test/photos?limit=2&marker=a/2.jpg&format=xml",
+        &auth,
+        b"",
+    );
+    let x = r.text();
+    assert!(
+        x.contains("<name>b.jpg</name>")
+            && x.contains("<name>c/x/y.jpg</name>")
+            && !x.contains("d.jpg"),
+        "{x}"
+    );
+    let r = http(
+        d.port,
+        "GET",
+        "/v1/AUTH_test/photos?end_marker=b.jpg",
+        &auth,
+        b"",
+    );
+    assert_eq!(r.text(), "a/1.jpg\na/2.jpg\n");
+    let r = http(d.port, "GET", "/v1/AUTH_test/photos?marker=zzz", &auth, b"");
+    assert_eq!(r.status, 204);
+    let r = http(d.port, "GET", "/v1/AUTH_test?format=json", &auth, b"");
+    let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(v[0]["name"], "photos");
+    assert_eq!(v[0]["count"], 5);
+    assert_eq!(r.header("x-account-object-count"), Some("5"));
+
+    // Ranges.
+    let r = http(
+        d.port,
+        "GET",
+        "/v1/AUTH_test/photos/b.jpg",
+        &[("X-Auth-Token", &t), ("Range", "bytes=1-3")],
+        b"",
+    );
+    assert_eq!((r.status, r.body.as_slice()), (206, &b".jp"[..]));
+    assert_eq!(r.header("content-range"), Some("bytes 1-3/5"));
+    let r = http(
+        d.port,
+        "GET",
+        "/v1/AUTH_test/photos/b.jpg",
+        &[("X-Auth-Token", &t), ("Range", "bytes=9-")],
+        b"",
+    );
+    assert_eq!(r.status, 416);
+
+    // Conditions.
+    let etag = format!("{:x}", md5_of(b"b.jpg"));
+    let r = http(
+        d.port,
+        "GET",
+        "/v1/AUTH_test/photos/b.jpg",
+        &[("X-Auth-Token", &t), ("If-None-Match", &etag)],
+        b"",
+    );
+    assert_eq!(r.status, 304);
+    let r = http(
+        d.port,
+        "GET",
+        "/v1/AUTH_test/photos/b.jpg",
+        &[("X-Auth-Token", &t), ("If-Match", "\"nope\"")],
+        b"",
+    );
+    assert_eq!(r.status, 412);
+    let future = httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(3600));
+    let r = http(
+        d.port,
+        "GET",
+        "/v1/AUTH_test/photos/b.jpg",
+        &[("X-Auth-Token", &t), ("If-Modified-Since", &future)],
+        b"",
+    );
+    assert_eq!(r.status, 304);
+
+    // Metadata: PUT, POST replaces, HEAD shows.
+    let r = http(
+        d.port,
+        "POST",
+        "/v1/AUTH_test/photos/b.jpg",
+        &[("X-Auth-Token", &t), ("X-Object-Meta-Colour", "blue")],
+        b"",
+    );
+    assert_eq!(r.status, 202);
+    let r = http(d.port, "HEAD", "/v1/AUTH_test/photos/b.jpg", &auth, b"");
+    assert_eq!(r.header("x-object-meta-colour"), Some("blue"));
+    assert_eq!(r.header("content-length"), Some("5"));
+    http(
+        d.port,
+        "POST",
+        "/v1/AUTH_test/photos",
+        &[("X-Auth-Token", &t), ("X-Container-Meta-Owner", "me")],
+        b"",
+    );
+    let r = http(d.port, "HEAD", "/v1/AUTH_test/photos", &auth, b"");
+    assert_eq!(r.header("x-container-meta-owner"), Some("me"));
+    assert_eq!(r.header("x-container-bytes-used"), Some("33"));
+
+    // Expiry.
+    let r = http(
+        d.port,
+        "PUT",
+        "/v1/AUTH_test/photos/tmp",
+        &[("X-Auth-Token", &t), ("X-Delete-After", "1")],
+        b"soon gone",
+    );
+    assert_eq!(r.status, 201);
+    assert_eq!(
+        http(d.port, "GET", "/v1/AUTH_test/photos/tmp", &auth, b"").status,
+        200
+    );
+    let r = http(
+        d.port,
+        "PUT",
+        "/v1/AUTH_test/photos/past",
+        &[("X-Auth-Token", &t), ("X-Delete-At", "1000")],
+        b"x",
+    );
+    assert_eq!(r.status, 400);
+    std::thread::sleep(Duration::from_millis(2100));
+    assert_eq!(
+        http(d.port, "GET", "/v1/AUTH_test/photos/tmp", &auth, b"").status,
+        404
+    );
+
+    // Metrics count what happened.
+    let m = http(d.port, "GET", "/metrics", &[], b"").text();
+    assert!(
+        m.contains(
+            "ferrostack_objectd_requests_total{api=\"swift\",method=\"PUT\",status=\"201\"}"
+        ),
+        "{m}"
+    );
+    assert!(m.contains("ferrostack_objectd_request_duration_seconds_bucket{api=\"swift\""));
+}
+
+fn md5_of(b: &[u8]) -> impl std::fmt::LowerHex {
+    use md5::{Digest, Md5};
+    u128::from_be_bytes(Md5::digest(b).into())
+}
+
+fn amz_date(now: i64) -> String {
+    let (y, m, d) = objectd::api::http::civil_from_days(now.div_euclid(86_400));
+    let t = now.rem_euclid(86_400);
+    format!(
+        "{y:04}{m:02}{d:02}T{:02}{:02}{:02}Z",
+        t / 3600,
+        t % 3600 / 60,
+        t % 60
+    )
+}
+
+/// A SigV4-signed request (payload hash signed, or a given x-amz-content-sha256).
+fn s3(
+    d: &Daemon,
+    method: &str,
+    path_query: &str,
+    extra: &[(&str, &str)],
+    body: &[u8],
+    secret: &str,
+) -> Resp {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let date = amz_date(now);
+    let host = format!("127.0.0.1:{}", d.port);
+    let payload = extra
+        .iter()
+        .find(|(k, _)| *k == "x-amz-content-sha256")
+        .map(|(_, v)| v.to_string())
+        .unwrap_or_else(|| sigv4::sha256_hex(body));
+    let mut headers = http::HeaderMap::new();
+    headers.insert("host", host.parse().unwrap());
+    headers.insert("x-amz-date", date.parse().unwrap());
+    headers.insert("x-amz-content-sha256", payload.parse().unwrap());
+    for (k, v) in extra {
+        headers.insert(
+            http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+            v.parse().unwrap(),
+        );
+    }
+    let mut signed: Vec<String> = headers.keys().map(|k| k.as_str().to_owned()).collect();
+    signed.sort();
+    let (path, query) = match path_query.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (path_query, None),
+    };
+    let canonical =
+        sigv4::canonical_request(method, path, query, &headers, &signed, &payload).unwrap();
+    let scope = format!("{}/us-east-1/s3/aws4_request", &date[..8]);
+    let key = sigv4::signing_key(secret, &date[..8], "us-east-1", "s3");
+    let sig = sigv4::sign(&key, &sigv4::string_to_sign(&date, &scope, &canonical));
+    let auth = format!(
+        "AWS4-HMAC-SHA256 Credential={ACCESS_KEY}/{scope}, SignedHeaders={}, Signature={sig}",
+        signed.join(";")
+    );
+    let mut h: Vec<(String, String)> = vec![
+        ("x-amz-date".into(), date),
+        ("x-amz-content-sha256".into(), payload),
+        ("Authorization".into(), auth),
+    ];
+    for (k, v) in extra {
+        if *k != "x-amz-content-sha256" {
+            h.push((k.to_string(), v.to_string()));
+        }
+    }
+    let h: Vec<(&str, &str)> = h.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    http(d.port, method, path_query, &h, body)
+}
+
+#[test]
+fn s3_bad_input_is_refused_and_nothing_is_stored() {
+    let d = Daemon::start();
+    assert_eq!(s3(&d, "PUT", "/bkt", &[], b"", SECRET_KEY).status, 200);
+
+    // Bad signature.
+    let r = s3(&d, "PUT", "/bkt/k", &[], b"data", "not-the-secret");
+    assert_eq!(r.status, 403);
+    assert!(
+        r.text().contains("<Code>SignatureDoesNotMatch</Code>"),
+        "{}",
+        r.text()
+    );
+    // Payload differs from the signed hash.
+    let r = s3(
+        &d,
+        "PUT",
+        "/bkt/k",
+        &[("x-amz-content-sha256", &sigv4::sha256_hex(b"other"))],
+        b"data",
+        SECRET_KEY,
+    );
+    assert_eq!(r.status, 400);
+    assert!(r.text().contains("XAmzContentSHA256Mismatch"));
+    // Wrong CRC32.
+    let r = s3(
+        &d,
+        "PUT",
+        "/bkt/k",
+        &[("x-amz-checksum-crc32", "AAAAAA==")],
+        b"data",
+        SECRET_KEY,
+    );
+    assert_eq!(r.status, 400);
+    assert!(r.text().contains("<Code>BadDigest</Code>"), "{}", r.text());
+    // Wrong Content-MD5.
+    let r = s3(
+        &d,
+        "PUT",
+        "/bkt/k",
+        &[("content-md5", "AAAAAAAAAAAAAAAAAAAAAA==")],
+        b"data",
+        SECRET_KEY,
+    );
+    assert_eq!(r.status, 400);
+    assert_eq!(s3(&d, "HEAD", "/bkt/k", &[], b"", SECRET_KEY).status, 404);
+    // Malformed XML.
+    let r = s3(
+        &d,
+        "POST",
+        "/bkt?delete",
+        &[],
+        b"<Delete><Object><Key>k</Key>",
+        SECRET_KEY,
+    );
+    assert_eq!(r.status, 400);
+    assert!(r.text().contains("MalformedXML"));
+    // Overlong key, invalid bucket name, no auth.
+    let long = format!("/bkt/{}", "k".repeat(1025));
+    assert_eq!(s3(&d, "PUT", &long, &[], b"x", SECRET_KEY).status, 400);
+    assert_eq!(
+        s3(&d, "PUT", "/Bad_Bucket", &[], b"", SECRET_KEY).status,
+        400
+    );
+    assert_eq!(http(d.port, "GET", "/bkt/k", &[], b"").status, 403);
+
+    // A correct CRC32 ("data" -> 0xadf3f363) and an unsigned aws-chunked body with a
+    // trailing checksum, as SDKs send over HTTPS.
+    let r = s3(
+        &d,
+        "PUT",
+        "/bkt/k",
+        &[("x-amz-checksum-crc32", "rfPzYw==")],
+        b"data",
+        SECRET_KEY,
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let crc = base64_be(crc32fast::hash(b"datamor"));
+    let chunked = format!("4\r\ndata\r\n3\r\nmor\r\n0\r\nx-amz-checksum-crc32:{crc}\r\n\r\n");
+    let r = s3(
+        &d,
+        "PUT",
+        "/bkt/chunked",
+        &[
+            ("x-amz-content-sha256", "STREAMING-UNSIGNED-PAYLOAD-TRAILER"),
+            ("content-encoding", "aws-chunked"),
+            ("x-amz-decoded-content-length", "7"),
+            ("x-amz-trailer", "x-amz-checksum-crc32"),
+        ],
+        chunked.as_bytes(),
+        SECRET_KEY,
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = s3(&d, "GET", "/bkt/chunked", &[], b"", SECRET_KEY);
+    assert_eq!(r.body, b"datamor");
+    // The same body with a wrong trailer is refused and not stored.
+    let bad = b"4\r\ndata\r\n3\r\nmor\r\n0\r\nx-amz-checksum-crc32:AAAAAA==\r\n\r\n";
+    let r = s3(
+        &d,
+        "PUT",
+        "/bkt/chunked2",
+        &[
+            ("x-amz-content-sha256", "STREAMING-UNSIGNED-PAYLOAD-TRAILER"),
+            ("content-encoding", "aws-chunked"),
+            ("x-amz-decoded-content-length", "7"),
+            ("x-amz-trailer", "x-amz-checksum-crc32"),
+        ],
+        bad,
+        SECRET_KEY,
+    );
+    assert_eq!(r.status, 400);
+    assert_eq!(
+        s3(&d, "HEAD", "/bkt/chunked2", &[], b"", SECRET_KEY).status,
+        404
+    );
+    // The temp dir holds nothing after all those refusals.
+    assert!(files_under(&d.data().join("tmp")).is_empty());
+}
+
+fn base64_be(v: u32) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(v.to_be_bytes())
+}
+
+#[test]
+fn kill_9_mid_upload_leaves_no_partial_object_and_keeps_acknowledged_ones() {
+    let mut d = Daemon::start();
+    let t = d.token();
+    swift_put(&d, &t, "/v1/AUTH_test/c", b"");
+    let acked = data(300_000, 11);
+    assert_eq!(
+        swift_put(&d, &t, "/v1/AUTH_test/c/acked", &acked).status,
+        201
+    );
+
+    // Start a 20 MB upload, send half, then SIGKILL the daemon.
+    let mut s = TcpStream::connect(("127.0.0.1", d.port)).unwrap();
+    write!(
+        s,
+        "PUT /v1/AUTH_test/c/partial HTTP/1.1\r\nHost: x\r\nX-Auth-Token: {t}\r\nContent-Length: 20000000\r\n\r\n"
+    )
+    .unwrap();
+    s.write_all(&data(10_000_000, 12)).unwrap();
+    s.flush().unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        !files_under(&d.data().join("tmp")).is_empty(),
+        "the upload was in progress"
+    );
+    d.restart();
+    drop(s);
+
+    let t = d.token();
+    let r = http(
+        d.port,
+        "GET",
+        "/v1/AUTH_test/c/acked",
+        &[("X-Auth-Token", &t)],
+        b"",
+    );
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body, acked);
+    assert_eq!(
+        http(
+            d.port,
+            "HEAD",
+            "/v1/AUTH_test/c/partial",
+            &[("X-Auth-Token", &t)],
+            b""
+        )
+        .status,
+        404
+    );
+    let r = http(
+        d.port,
+        "GET",
+        "/v1/AUTH_test/c",
+        &[("X-Auth-Token", &t)],
+        b"",
+    );
+    assert_eq!(r.text(), "acked\n");
+    assert!(
+        files_under(&d.data().join("tmp")).is_empty(),
+        "leftovers were swept"
+    );
+}
+
+#[test]
+fn a_flipped_byte_fails_the_read_and_the_blob_is_quarantined() {
+    let d = Daemon::start();
+    let t = d.token();
+    let auth = [("X-Auth-Token", t.as_str())];
+    swift_put(&d, &t, "/v1/AUTH_test/c", b"");
+    let small = data(1000, 21); // inline in the index
+    let big = data(1_000_000, 22); // a blob file
+    swift_put(&d, &t, "/v1/AUTH_test/c/small", &small);
+    swift_put(&d, &t, "/v1/AUTH_test/c/big", &big);
+    let blobs = files_under(&d.data().join("blobs"));
+    assert_eq!(blobs.len(), 1);
+    let mut bytes = std::fs::read(&blobs[0]).unwrap();
+    bytes[500] ^= 0x01;
+    std::fs::write(&blobs[0], bytes).unwrap();
+    let db = rusqlite::Connection::open(d.data().join("index.sqlite")).unwrap();
+    let n = db
+        .execute("UPDATE inline_blobs SET data = ?1", [&data(1000, 99)])
+        .unwrap();
+    assert_eq!(n, 1);
+    drop(db);
+    // Small: an error status. Big: the response is cut short (the ETag cannot match).
+    let r = http(d.port, "GET", "/v1/AUTH_test/c/small", &auth, b"");
+    assert_eq!(r.status, 500);
+    let r = http(d.port, "GET", "/v1/AUTH_test/c/big", &auth, b"");
+    assert_eq!(r.status, 200);
+    assert!(r.body.len() < big.len(), "a corrupt body was served whole");
+    std::thread::sleep(Duration::from_millis(200));
+    // Both are quarantined and no longer listed.
+    assert_eq!(files_under(&d.data().join("quarantine")).len(), 2);
+    assert_eq!(
+        http(d.port, "HEAD", "/v1/AUTH_test/c/small", &auth, b"").status,
+        404
+    );
+    assert_eq!(
+        http(d.port, "GET", "/v1/AUTH_test/c", &auth, b"").status,
+        204
+    );
+}
+
+#[test]
+fn the_auditor_quarantines_without_any_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let store = objectd::store::Store::open(dir.path()).unwrap();
+        store
+            .put_container("A", "c", Default::default())
+            .await
+            .unwrap();
+        let mut w = store.blob_writer().await.unwrap();
+        w.write(&[3u8; 100_000]).await.unwrap();
+        let blob = w.finish().await.unwrap();
+        let path = store.blob_path(&blob.id);
+        store
+            .put_object(
+                "A",
+                "c",
+                objectd::store::ObjectRecord {
+                    name: "o".into(),
+                    size: blob.size,
+                    etag: blob.md5.clone(),
+                    content_type: "x".into(),
+                    last_modified_ms: 0,
+                    meta: Default::default(),
+                    delete_at: None,
+                    blobs: vec![blob],
+                    kind: objectd::store::Kind::Plain,
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(objectd::server::audit(&store).await.unwrap(), 0);
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[99_999] = 4;
+        std::fs::write(&path, bytes).unwrap();
+        assert_eq!(objectd::server::audit(&store).await.unwrap(), 1);
+        assert!(store.get_object("A", "c", "o").await.unwrap().is_none());
+        assert!(!path.exists());
+    });
+}
+
+#[test]
+fn the_same_api_is_served_on_a_unix_socket() {
+    use std::io::Read;
+    use std::os::unix::net::UnixStream;
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("objectd.sock");
+    let d = Daemon::start_with(&format!("unix-socket = \"{}\"\n", sock.display()));
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !sock.exists() {
+        assert!(std::time::Instant::now() < deadline, "no unix socket");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut s = UnixStream::connect(&sock).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    assert!(out.contains("ferrostack_objectd_sent_bytes_total"));
+    drop(d);
+}

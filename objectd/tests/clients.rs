@@ -1,0 +1,319 @@
+//! The real clients against the real daemon: python-swiftclient's `swift`, `aws s3`,
+//! boto3 and `s3cmd`. Contents are compared byte for byte.
+
+mod common;
+
+use std::process::Command;
+
+use common::*;
+
+fn swift(d: &Daemon) -> Command {
+    let mut c = Command::new("swift");
+    c.args([
+        "-A",
+        &format!("{}/auth/v1.0", d.url()),
+        "-U",
+        USER,
+        "-K",
+        KEY,
+    ]);
+    c
+}
+
+#[test]
+fn swift_cli_upload_download_list_stat_delete_with_dlo_and_slo() {
+    if !require_program("swift") {
+        return;
+    }
+    let d = Daemon::start();
+    let work = tempfile::tempdir().unwrap();
+    let small = data(1000, 1);
+    let big = data(2_500_000, 2);
+    std::fs::write(work.path().join("small.bin"), &small).unwrap();
+    std::fs::write(work.path().join("big.bin"), &big).unwrap();
+    let w = work.path();
+
+    run(swift(&d).current_dir(w).args(["upload", "c", "small.bin"]));
+    // DLO: three segments in c_segments and a manifest.
+    run(swift(&d)
+        .current_dir(w)
+        .args(["upload", "c", "big.bin", "--segment-size", "1000000"]));
+    // SLO.
+    run(swift(&d).current_dir(w).args([
+        "upload",
+        "s",
+        "big.bin",
+        "--segment-size",
+        "1000000",
+        "--use-slo",
+    ]));
+
+    let list = run(swift(&d).args(["list"]));
+    assert_eq!(
+        list.lines().collect::<Vec<_>>(),
+        ["c", "c_segments", "s", "s_segments"]
+    );
+    let list = run(swift(&d).args(["list", "c"]));
+    assert_eq!(list.lines().collect::<Vec<_>>(), ["big.bin", "small.bin"]);
+    assert_eq!(
+        run(swift(&d).args(["list", "c_segments"])).lines().count(),
+        3
+    );
+
+    run(swift(&d).args(["post", "c", "-m", "colour:blue"]));
+    run(swift(&d).args(["post", "c", "small.bin", "-m", "owner:me"]));
+    let stat = run(swift(&d).args(["stat", "c"]));
+    assert!(stat.contains("Objects: 2"), "{stat}");
+    assert!(stat.contains("Meta Colour: blue"), "{stat}");
+    let stat = run(swift(&d).args(["stat", "c", "small.bin"]));
+    assert!(stat.contains("Meta Owner: me"), "{stat}");
+    assert!(stat.contains("Content Length: 1000"), "{stat}");
+    let stat = run(swift(&d).args(["stat", "s", "big.bin"]));
+    assert!(stat.contains("Content Length: 2500000"), "{stat}");
+    assert!(stat.contains("X-Static-Large-Object: True"), "{stat}");
+    let stat = run(swift(&d).args(["stat"]));
+    assert!(stat.contains("Containers: 4"), "{stat}");
+
+    let out = tempfile::tempdir().unwrap();
+    run(swift(&d).current_dir(out.path()).args(["download", "c"]));
+    run(swift(&d)
+        .current_dir(out.path())
+        .args(["download", "s", "big.bin", "-o", "slo.bin"]));
+    assert_eq!(std::fs::read(out.path().join("small.bin")).unwrap(), small);
+    assert_eq!(std::fs::read(out.path().join("big.bin")).unwrap(), big);
+    assert_eq!(std::fs::read(out.path().join("slo.bin")).unwrap(), big);
+
+    // Deleting the SLO deletes its segments (multipart-manifest=delete).
+    run(swift(&d).args(["delete", "s", "big.bin"]));
+    assert_eq!(run(swift(&d).args(["list", "s_segments"])).trim(), "");
+    // Deleting the container removes the DLO's segments too, then the container.
+    run(swift(&d).args(["delete", "c"]));
+    let list = run(swift(&d).args(["list"]));
+    assert!(!list.lines().any(|l| l == "c"), "{list}");
+    assert_eq!(run(swift(&d).args(["list", "c_segments"])).trim(), "");
+}
+
+fn aws_program() -> &'static str {
+    // Debian's awscli (installed by scripts/setup); a pyenv shim may shadow it on PATH.
+    if std::path::Path::new("/usr/bin/aws").exists() {
+        "/usr/bin/aws"
+    } else {
+        "aws"
+    }
+}
+
+fn aws(d: &Daemon) -> Command {
+    let mut c = Command::new(aws_program());
+    c.args(["--endpoint-url", &d.url()])
+        .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+        .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+        .env("AWS_DEFAULT_REGION", "us-east-1")
+        .env("AWS_CONFIG_FILE", "/dev/null")
+        .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null");
+    c
+}
+
+#[test]
+fn aws_cli_mb_cp_ls_rm_including_multipart() {
+    if !require_program(aws_program()) {
+        return;
+    }
+    let d = Daemon::start();
+    let work = tempfile::tempdir().unwrap();
+    let w = work.path();
+    let small = data(4096, 3);
+    let big = data(17 * 1024 * 1024, 4); // above the CLI's 8 MiB multipart threshold
+    std::fs::write(w.join("small"), &small).unwrap();
+    std::fs::write(w.join("big"), &big).unwrap();
+
+    run(aws(&d).args(["s3", "mb", "s3://bucket-one"]));
+    run(aws(&d)
+        .current_dir(w)
+        .args(["s3", "cp", "small", "s3://bucket-one/dir/small"]));
+    run(aws(&d)
+        .current_dir(w)
+        .args(["s3", "cp", "big", "s3://bucket-one/big"]));
+    let ls = run(aws(&d).args(["s3", "ls", "s3://bucket-one"]));
+    assert!(ls.contains("PRE dir/"), "{ls}");
+    assert!(ls.contains(&format!("{} big", big.len())), "{ls}");
+    let ls = run(aws(&d).args(["s3", "ls", "s3://bucket-one/dir/"]));
+    assert!(ls.contains("4096 small"), "{ls}");
+
+    run(aws(&d)
+        .current_dir(w)
+        .args(["s3", "cp", "s3://bucket-one/big", "big.back"]));
+    run(aws(&d)
+        .current_dir(w)
+        .args(["s3", "cp", "s3://bucket-one/dir/small", "small.back"]));
+    assert_eq!(std::fs::read(w.join("big.back")).unwrap(), big);
+    assert_eq!(std::fs::read(w.join("small.back")).unwrap(), small);
+
+    // A bucket-to-bucket copy of the large object goes through UploadPartCopy.
+    run(aws(&d).args(["s3", "mb", "s3://bucket-two"]));
+    run(aws(&d).args(["s3", "cp", "s3://bucket-one/big", "s3://bucket-two/big"]));
+    run(aws(&d)
+        .current_dir(w)
+        .args(["s3", "cp", "s3://bucket-two/big", "big.copy"]));
+    assert_eq!(std::fs::read(w.join("big.copy")).unwrap(), big);
+
+    // The multipart object carries S3's "-N" ETag, visible through Swift too.
+    let token = d.token();
+    let head = http(
+        d.port,
+        "HEAD",
+        "/v1/AUTH_test/bucket-one/big",
+        &[("X-Auth-Token", &token)],
+        b"",
+    );
+    assert_eq!(head.status, 200);
+    assert!(
+        head.header("etag").unwrap().ends_with("-3"),
+        "{:?}",
+        head.headers
+    );
+
+    run(aws(&d).args(["s3", "rm", "s3://bucket-one/big"]));
+    run(aws(&d).args(["s3", "rm", "s3://bucket-one/dir/small"]));
+    assert_eq!(
+        run(aws(&d).args(["s3", "ls", "s3://bucket-one"])).trim(),
+        ""
+    );
+    run(aws(&d).args(["s3", "rb", "s3://bucket-one"]));
+    assert!(!run(aws(&d).args(["s3", "ls"])).contains("bucket-one"));
+
+    // A wrong secret is refused.
+    let out = aws(&d)
+        .env("AWS_SECRET_ACCESS_KEY", "wrong")
+        .args(["s3", "ls"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("SignatureDoesNotMatch"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+const BOTO3_SCRIPT: &str = r#"
+import sys, time, urllib.request, urllib.error
+import boto3
+from botocore.config import Config
+from botocore.exceptions import ClientError
+endpoint, path = sys.argv[1], sys.argv[2]
+def client(secret="ferrostack-test-secret-key"):
+    return boto3.client("s3", endpoint_url=endpoint, aws_access_key_id="AKIDFERROSTACKTEST",
+                        aws_secret_access_key=secret, region_name="us-east-1",
+                        config=Config(signature_version="s3v4", s3={"addressing_style": "path"}))
+s3 = client()
+s3.create_bucket(Bucket="multi")
+data = open(path, "rb").read()
+up = s3.create_multipart_upload(Bucket="multi", Key="big", Metadata={"colour": "blue"})
+parts, psz = [], 5 * 1024 * 1024
+for i, off in enumerate(range(0, len(data), psz)):
+    r = s3.upload_part(Bucket="multi", Key="big", PartNumber=i + 1, UploadId=up["UploadId"],
+                       Body=data[off:off + psz])
+    parts.append({"PartNumber": i + 1, "ETag": r["ETag"]})
+r = s3.complete_multipart_upload(Bucket="multi", Key="big", UploadId=up["UploadId"],
+                                 MultipartUpload={"Parts": parts})
+assert r["ETag"].endswith('-%d"' % len(parts)), r["ETag"]
+obj = s3.get_object(Bucket="multi", Key="big")
+assert obj["Body"].read() == data, "content differs"
+assert obj["Metadata"] == {"colour": "blue"}, obj["Metadata"]
+rng = s3.get_object(Bucket="multi", Key="big", Range="bytes=5242870-5242889")["Body"].read()
+assert rng == data[5242870:5242890]
+s3.put_object(Bucket="multi", Key="small", Body=b"hello")
+s3.copy_object(Bucket="multi", Key="copy", CopySource={"Bucket": "multi", "Key": "small"})
+assert s3.get_object(Bucket="multi", Key="copy")["Body"].read() == b"hello"
+url = s3.generate_presigned_url("get_object", Params={"Bucket": "multi", "Key": "small"}, ExpiresIn=60)
+assert urllib.request.urlopen(url).read() == b"hello"
+expired = s3.generate_presigned_url("get_object", Params={"Bucket": "multi", "Key": "small"}, ExpiresIn=1)
+time.sleep(2)
+try:
+    urllib.request.urlopen(expired); raise SystemExit("expired URL worked")
+except urllib.error.HTTPError as e:
+    assert e.code == 403 and b"AccessDenied" in e.read()
+try:
+    client("wrong").get_object(Bucket="multi", Key="small"); raise SystemExit("bad signature worked")
+except ClientError as e:
+    assert e.response["ResponseMetadata"]["HTTPStatusCode"] == 403
+    assert e.response["Error"]["Code"] == "SignatureDoesNotMatch", e.response["Error"]
+for i in range(5):
+    s3.put_object(Bucket="multi", Key="page/%d" % i, Body=b"p")
+keys, token = [], None
+while True:
+    kw = {"ContinuationToken": token} if token else {}
+    page = s3.list_objects_v2(Bucket="multi", Prefix="page/", MaxKeys=2, **kw)
+    keys += [o["Key"] for o in page.get("Contents", [])]
+    if not page["IsTruncated"]:
+        break
+    token = page["NextContinuationToken"]
+assert keys == ["page/%d" % i for i in range(5)], keys
+s3.delete_objects(Bucket="multi", Delete={"Objects": [{"Key": k} for k in keys]})
+other = boto3.client("s3", endpoint_url=endpoint, aws_access_key_id="AKIDOTHER",
+                     aws_secret_access_key="other-secret", region_name="us-east-1",
+                     config=Config(signature_version="s3v4", s3={"addressing_style": "path"}))
+assert other.list_buckets()["Buckets"] == []
+try:
+    other.get_object(Bucket="multi", Key="small"); raise SystemExit("other account read our object")
+except ClientError as e:
+    assert e.response["ResponseMetadata"]["HTTPStatusCode"] == 404
+r = s3.delete_objects(Bucket="multi", Delete={"Objects": [{"Key": k} for k in ("small", "copy", "big")]})
+assert len(r["Deleted"]) == 3, r
+assert s3.list_objects_v2(Bucket="multi")["KeyCount"] == 0
+print("BOTO3 OK")
+"#;
+
+#[test]
+fn boto3_multipart_copy_presign_and_delete_objects() {
+    if !require_program("python3") || !require_python_module("boto3") {
+        return;
+    }
+    let d = Daemon::start();
+    let work = tempfile::tempdir().unwrap();
+    let big = data(12 * 1024 * 1024 + 77, 5);
+    let path = work.path().join("big");
+    std::fs::write(&path, &big).unwrap();
+    let script = work.path().join("mp.py");
+    std::fs::write(&script, BOTO3_SCRIPT).unwrap();
+    let out = run(Command::new("python3").arg(&script).arg(d.url()).arg(&path));
+    assert!(out.contains("BOTO3 OK"), "{out}");
+}
+
+#[test]
+fn s3cmd_put_get_ls() {
+    if !require_program("s3cmd") {
+        return;
+    }
+    let d = Daemon::start();
+    let work = tempfile::tempdir().unwrap();
+    let w = work.path();
+    let cfg = format!(
+        "[default]\naccess_key = {ACCESS_KEY}\nsecret_key = {SECRET_KEY}\nhost_base = 127.0.0.1:{p}\nhost_bucket = 127.0.0.1:{p}\nuse_https = False\nsignature_v2 = False\nbucket_location = us-east-1\n",
+        p = d.port
+    );
+    std::fs::write(w.join("s3cfg"), cfg).unwrap();
+    let s3cmd = || {
+        let mut c = Command::new("s3cmd");
+        c.current_dir(w).args(["-c", "s3cfg", "--no-progress"]);
+        c
+    };
+    let small = data(3000, 6);
+    let big = data(16 * 1024 * 1024 + 5, 7); // above s3cmd's 15 MiB multipart chunk
+    std::fs::write(w.join("small"), &small).unwrap();
+    std::fs::write(w.join("big"), &big).unwrap();
+    run(s3cmd().args(["mb", "s3://cmdbucket"]));
+    run(s3cmd().args(["put", "small", "s3://cmdbucket/small"]));
+    run(s3cmd().args(["put", "big", "s3://cmdbucket/big"]));
+    let ls = run(s3cmd().args(["ls", "s3://cmdbucket"]));
+    assert!(
+        ls.contains("s3://cmdbucket/small") && ls.contains("s3://cmdbucket/big"),
+        "{ls}"
+    );
+    run(s3cmd().args(["get", "--force", "s3://cmdbucket/big", "big.back"]));
+    run(s3cmd().args(["get", "--force", "s3://cmdbucket/small", "small.back"]));
+    assert_eq!(std::fs::read(w.join("big.back")).unwrap(), big);
+    assert_eq!(std::fs::read(w.join("small.back")).unwrap(), small);
+    let buckets = run(s3cmd().args(["ls"]));
+    assert!(buckets.contains("s3://cmdbucket"), "{buckets}");
+}
