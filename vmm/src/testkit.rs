@@ -1,0 +1,131 @@
+//! Builds the freestanding test guests in `tests/guests/` with the stable toolchain.
+//!
+//! Each guest is one `#![no_std] #![no_main]` Rust file sharing `tests/guests/kit.rs`. It is
+//! compiled for the host target with a static relocation model and linked with
+//! `-nostartfiles -nostdlib -static` and `tests/guests/link.ld`, which places `.text` at
+//! 1 MiB. The result is an ELF whose entry is a 64-bit Linux-boot-protocol entry point
+//! (long mode, zero page in RSI), loaded by the same path as a vmlinux.
+//!
+//! Builds are cached in the output directory and redone when any guest source is newer;
+//! concurrent test processes build to private temporary names and rename into place.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::SystemTime;
+
+/// Errors from building a guest.
+#[derive(Debug, thiserror::Error)]
+pub enum TestkitError {
+    /// Reading sources or writing the output failed.
+    #[error("guest build i/o on {path}")]
+    Io {
+        /// The path involved.
+        path: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// rustc failed.
+    #[error("rustc failed building guest {name}:\n{stderr}")]
+    Rustc {
+        /// The guest.
+        name: String,
+        /// What rustc said.
+        stderr: String,
+    },
+}
+
+/// Where the guest sources live.
+pub fn guests_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/guests")
+}
+
+fn newest_source(dir: &Path) -> Result<SystemTime, TestkitError> {
+    let io = |source| TestkitError::Io {
+        path: dir.display().to_string(),
+        source,
+    };
+    let mut newest = SystemTime::UNIX_EPOCH;
+    for entry in std::fs::read_dir(dir).map_err(io)? {
+        let modified = entry
+            .map_err(io)?
+            .metadata()
+            .map_err(io)?
+            .modified()
+            .map_err(io)?;
+        newest = newest.max(modified);
+    }
+    Ok(newest)
+}
+
+/// Builds guest `name` (`tests/guests/<name>.rs`) into `out_dir`, returning the ELF's path.
+pub fn build_guest(name: &str, out_dir: &Path) -> Result<PathBuf, TestkitError> {
+    let dir = guests_dir();
+    let src = dir.join(format!("{name}.rs"));
+    let mut args: Vec<String> = [
+        "--edition=2021",
+        "--crate-type=bin",
+        "-C",
+        "opt-level=2",
+        "-C",
+        "panic=abort",
+        "-C",
+        "debuginfo=0",
+        "-C",
+        "relocation-model=static",
+        // This KVM emulates guest instructions in software and has no SSE emulation: the
+        // guests' own code must not use SSE (core's integer formatting does; the kit avoids it).
+        "-C",
+        "target-feature=-sse,-sse2,-sse3,-ssse3,-sse4.1,-sse4.2,-avx,-avx2",
+        "-C",
+        "link-arg=-nostartfiles",
+        "-C",
+        "link-arg=-nostdlib",
+        "-C",
+        "link-arg=-static",
+        "-C",
+        "link-arg=-Wl,--build-id=none",
+    ]
+    .map(String::from)
+    .to_vec();
+    args.push("-C".into());
+    args.push(format!("link-arg=-T{}", dir.join("link.ld").display()));
+    // The output name carries a hash of the flags, so changing them rebuilds.
+    let flags_hash = args
+        .iter()
+        .flat_map(|a| a.bytes())
+        .fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+        });
+    let out = out_dir.join(format!("guest-{name}-{flags_hash:016x}"));
+    let io = |path: &Path| {
+        let path = path.display().to_string();
+        move |source| TestkitError::Io { path, source }
+    };
+    if let Ok(meta) = std::fs::metadata(&out)
+        && meta.modified().map_err(io(&out))? >= newest_source(&dir)?
+    {
+        return Ok(out);
+    }
+    std::fs::create_dir_all(out_dir).map_err(io(out_dir))?;
+    let tmp = out_dir.join(format!("guest-{name}.{}.tmp", std::process::id()));
+    let rustc = std::env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());
+    let output = Command::new(rustc)
+        .args(&args)
+        .arg("--crate-name")
+        .arg(format!("guest_{name}"))
+        .arg("-o")
+        .arg(&tmp)
+        .arg(&src)
+        .output()
+        .map_err(io(&src))?;
+    if !output.status.success() {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(TestkitError::Rustc {
+            name: name.into(),
+            stderr: String::from_utf8_lossy(&output.stderr).into(),
+        });
+    }
+    std::fs::rename(&tmp, &out).map_err(io(&out))?;
+    Ok(out)
+}

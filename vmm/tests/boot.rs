@@ -1,0 +1,58 @@
+//! Booting test guests through the Linux boot path from a `--config-file`, checking what the
+//! guest reports on its serial port and how the VMM exits.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Vmm, guest, kvm_available};
+use serde_json::json;
+
+#[test]
+fn guest_sees_cmdline_e820_mptable_and_initrd_then_resets_cleanly() {
+    if !kvm_available() {
+        return;
+    }
+    let kernel = guest("boot_info");
+    let dir = tempfile::tempdir().unwrap();
+    let initrd = dir.path().join("initrd.img");
+    let initrd_bytes: Vec<u8> = (0..10_000u32).map(|i| (i * 7 + 3) as u8).collect();
+    std::fs::write(&initrd, &initrd_bytes).unwrap();
+    let mut vmm = Vmm::from_config(&json!({
+        "boot-source": {
+            "kernel_image_path": kernel,
+            "boot_args": "console=ttyS0 ferrostack.test=1",
+            "initrd_path": initrd,
+        },
+        "machine-config": {"vcpu_count": 3, "mem_size_mib": 64},
+    }));
+    let status = vmm.wait_exit(Duration::from_secs(30));
+    let serial = vmm.serial();
+    assert_eq!(status.code(), Some(0), "reset exits 0; serial {serial:?}");
+    assert!(
+        serial.contains("cmdline=console=ttyS0 ferrostack.test=1\n"),
+        "{serial:?}"
+    );
+    // 64 MiB minus the 384 KiB between the EBDA and 1 MiB.
+    let ram_kib = 64 * 1024 - (0x100000 - 0x9fc00) / 1024;
+    assert!(
+        serial.contains(&format!("e820_ram_kib={ram_kib}\n")),
+        "{serial:?}"
+    );
+    assert!(serial.contains("mp_cpus=3\n"), "{serial:?}");
+    assert!(
+        serial.contains(&format!("initrd_fnv={:016x}\n", fnv1a(&initrd_bytes))),
+        "{serial:?}"
+    );
+    assert!(serial.ends_with("bye\n"), "{serial:?}");
+    assert!(vmm.log().contains("guest boot complete"), "{}", vmm.log());
+}
+
+fn fnv1a(data: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in data {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
