@@ -108,7 +108,11 @@ pub fn build_guest(name: &str, out_dir: &Path) -> Result<PathBuf, TestkitError> 
         return Ok(out);
     }
     std::fs::create_dir_all(out_dir).map_err(io(out_dir))?;
-    let tmp = out_dir.join(format!("guest-{name}.{}.tmp", std::process::id()));
+    // rustc writes intermediate objects next to its output: each build gets its own directory
+    // so concurrent test processes never share them.
+    let work = out_dir.join(format!("build-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&work).map_err(io(&work))?;
+    let tmp = work.join(format!("guest-{name}"));
     let rustc = std::env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());
     let output = Command::new(rustc)
         .args(&args)
@@ -119,13 +123,14 @@ pub fn build_guest(name: &str, out_dir: &Path) -> Result<PathBuf, TestkitError> 
         .arg(&src)
         .output()
         .map_err(io(&src))?;
-    if !output.status.success() {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(TestkitError::Rustc {
+    let result = if output.status.success() {
+        std::fs::rename(&tmp, &out).map_err(io(&out))
+    } else {
+        Err(TestkitError::Rustc {
             name: name.into(),
             stderr: String::from_utf8_lossy(&output.stderr).into(),
-        });
-    }
-    std::fs::rename(&tmp, &out).map_err(io(&out))?;
-    Ok(out)
+        })
+    };
+    let _ = std::fs::remove_dir_all(&work);
+    result.map(|()| out)
 }

@@ -56,3 +56,34 @@ fn fnv1a(data: &[u8]) -> u64 {
     }
     h
 }
+
+#[test]
+fn a_crashing_guest_ends_the_vmm_with_the_guest_crash_code() {
+    if !kvm_available() {
+        return;
+    }
+    let mut vmm = Vmm::from_config(&json!({
+        "boot-source": {"kernel_image_path": guest("crash")},
+        "machine-config": {"vcpu_count": 1, "mem_size_mib": 16},
+    }));
+    let status = vmm.wait_exit(Duration::from_secs(30));
+    assert_eq!(vmm.serial(), "crashing\n");
+    assert_eq!(status.code(), Some(2), "log: {}", vmm.log());
+    assert!(vmm.log().contains("guest crashed"), "{}", vmm.log());
+}
+
+#[test]
+fn a_bad_config_file_exits_152_and_a_bad_flag_153() {
+    let mut vmm = Vmm::from_config(&json!({
+        "boot-source": {"kernel_image_path": "/nonexistent/vmlinux"},
+    }));
+    assert_eq!(vmm.wait_exit(Duration::from_secs(10)).code(), Some(152));
+    let mut vmm = Vmm::from_config(&json!({"machine-config": {"vcpu_count": 1}}));
+    assert_eq!(vmm.wait_exit(Duration::from_secs(10)).code(), Some(152));
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_vmm"))
+        .arg("--no-such-flag")
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert_eq!(status.code(), Some(153));
+}

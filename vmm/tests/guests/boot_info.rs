@@ -33,7 +33,7 @@ fn mp_processors() -> u32 {
     cpus
 }
 
-#[no_mangle]
+#[unsafe(no_mangle)]
 extern "C" fn guest_main(zero_page: u64) -> ! {
     let zp = ZeroPage(zero_page);
     kit::boot_done();

@@ -12,7 +12,7 @@ const STACK_SIZE: usize = 64 * 1024;
 #[repr(C, align(16))]
 struct Stack([u8; STACK_SIZE]);
 
-#[no_mangle]
+#[unsafe(no_mangle)]
 static mut KIT_STACK: Stack = Stack([0; STACK_SIZE]);
 
 global_asm!(
@@ -187,7 +187,7 @@ fn panic(_info: &core::panic::PanicInfo) -> ! {
     reset()
 }
 
-#[no_mangle]
+#[unsafe(no_mangle)]
 unsafe extern "C" fn memcpy(dst: *mut u8, src: *const u8, n: usize) -> *mut u8 {
     // SAFETY: the caller's contract for memcpy.
     unsafe {
@@ -196,7 +196,7 @@ unsafe extern "C" fn memcpy(dst: *mut u8, src: *const u8, n: usize) -> *mut u8 {
     dst
 }
 
-#[no_mangle]
+#[unsafe(no_mangle)]
 unsafe extern "C" fn memmove(dst: *mut u8, src: *const u8, n: usize) -> *mut u8 {
     if (dst as usize) <= (src as usize) || (dst as usize) >= (src as usize + n) {
         // SAFETY: forward copy is safe for these overlaps.
@@ -211,7 +211,7 @@ unsafe extern "C" fn memmove(dst: *mut u8, src: *const u8, n: usize) -> *mut u8 
     dst
 }
 
-#[no_mangle]
+#[unsafe(no_mangle)]
 unsafe extern "C" fn memset(dst: *mut u8, c: i32, n: usize) -> *mut u8 {
     // SAFETY: the caller's contract for memset.
     unsafe {
@@ -220,7 +220,7 @@ unsafe extern "C" fn memset(dst: *mut u8, c: i32, n: usize) -> *mut u8 {
     dst
 }
 
-#[no_mangle]
+#[unsafe(no_mangle)]
 unsafe extern "C" fn memcmp(a: *const u8, b: *const u8, n: usize) -> i32 {
     for i in 0..n {
         // SAFETY: the caller's contract for memcmp.
@@ -232,12 +232,12 @@ unsafe extern "C" fn memcmp(a: *const u8, b: *const u8, n: usize) -> i32 {
     0
 }
 
-#[no_mangle]
+#[unsafe(no_mangle)]
 unsafe extern "C" fn bcmp(a: *const u8, b: *const u8, n: usize) -> i32 {
     // SAFETY: same contract as memcmp.
     unsafe { memcmp(a, b, n) }
 }
 
 /// Referenced by the precompiled `core` (built with unwinding); never called with panic=abort.
-#[no_mangle]
+#[unsafe(no_mangle)]
 extern "C" fn rust_eh_personality() {}
