@@ -423,6 +423,7 @@ impl VmConfig {
             .as_ref()
             .ok_or(ConfigError::MissingBootSource)?;
         if !self.network_interfaces.is_empty() {
+            // Accepted and reported by the API; the device itself is not built yet.
             return Err(ConfigError::Unsupported("virtio-net"));
         }
         Ok(VmSpec {

@@ -165,7 +165,8 @@ fn install_kick_handler() -> Result<(), MachineError> {
     result
 }
 
-fn irq_line(vm: &Vm, gsi: u32) -> Result<IrqLine, MachineError> {
+/// Creates an eventfd for `gsi` and registers it with KVM as an irqfd.
+pub fn irq_line(vm: &Vm, gsi: u32) -> Result<IrqLine, MachineError> {
     let line = IrqLine::new().map_err(|source| MachineError::Irq { gsi, source })?;
     vm.fd()
         .register_irqfd(line.eventfd(), gsi)

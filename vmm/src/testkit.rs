@@ -11,6 +11,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
 
 /// Errors from building a guest.
@@ -110,7 +111,9 @@ pub fn build_guest(name: &str, out_dir: &Path) -> Result<PathBuf, TestkitError> 
     std::fs::create_dir_all(out_dir).map_err(io(out_dir))?;
     // rustc writes intermediate objects next to its output: each build gets its own directory
     // so concurrent test processes never share them.
-    let work = out_dir.join(format!("build-{name}-{}", std::process::id()));
+    static BUILDS: AtomicU64 = AtomicU64::new(0);
+    let build = BUILDS.fetch_add(1, Ordering::Relaxed);
+    let work = out_dir.join(format!("build-{name}-{}-{build}", std::process::id()));
     std::fs::create_dir_all(&work).map_err(io(&work))?;
     let tmp = work.join(format!("guest-{name}"));
     let rustc = std::env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());
