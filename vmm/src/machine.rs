@@ -7,7 +7,7 @@
 //! vCPU enters the guest is never lost.
 
 use std::path::PathBuf;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, Condvar, Mutex, Once};
 use std::thread::JoinHandle;
@@ -124,6 +124,8 @@ struct RunState {
 /// State the VMM thread and vCPU threads share.
 #[derive(Default)]
 struct VcpuControl {
+    /// Set while a pause or stop is requested: the only thing vCPUs check on every exit.
+    attention: AtomicBool,
     state: Mutex<RunState>,
     changed: Condvar,
 }
@@ -307,13 +309,17 @@ impl Machine {
     /// Pauses every vCPU; returns once all are parked outside the guest.
     pub fn pause(&self) {
         self.control.lock().paused = true;
+        self.control.attention.store(true, Ordering::SeqCst);
         let count = self.count;
         self.kick_until(|s| s.parked + s.exited >= count);
     }
 
     /// Resumes paused vCPUs.
     pub fn resume(&self) {
-        self.control.lock().paused = false;
+        let mut state = self.control.lock();
+        state.paused = false;
+        self.control.attention.store(state.stop, Ordering::SeqCst);
+        drop(state);
         self.control.changed.notify_all();
     }
 
@@ -332,6 +338,7 @@ impl Machine {
 
     fn stop_vcpus(&mut self) {
         self.control.lock().stop = true;
+        self.control.attention.store(true, Ordering::SeqCst);
         self.control.changed.notify_all();
         let count = self.count;
         self.kick_until(|s| s.exited >= count);
@@ -351,6 +358,9 @@ impl Drop for Machine {
 
 /// Parks while paused; false when the vCPU must stop.
 fn wait_while_paused(control: &VcpuControl) -> bool {
+    if !control.attention.load(Ordering::Acquire) {
+        return true;
+    }
     let mut state = control.lock();
     if state.paused && !state.stop {
         state.parked += 1;

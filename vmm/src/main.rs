@@ -12,10 +12,11 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use clap::Parser;
+use tracing_subscriber::filter::{LevelFilter, Targets};
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::reload;
 use tracing_subscriber::util::SubscriberInitExt;
-use tracing_subscriber::{EnvFilter, reload};
 use vmm::config::{LoggerConfig, VmConfig};
 use vmm::controller::{Controller, ExitCode};
 
@@ -90,6 +91,13 @@ fn firecracker_level(level: &str) -> Result<&'static str, String> {
     })
 }
 
+fn level_filter(level: &str) -> LevelFilter {
+    firecracker_level(level)
+        .ok()
+        .and_then(|l| l.parse().ok())
+        .unwrap_or(LevelFilter::WARN)
+}
+
 fn open_log(path: &str) -> Result<std::fs::File, String> {
     OpenOptions::new()
         .append(true)
@@ -116,8 +124,11 @@ fn main() {
 
 fn run(args: Args) -> ExitCode {
     let target = LogTarget::default();
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new(firecracker_level(&args.level).unwrap_or("warn")));
+    // A `Targets` filter (no regex engine, so a smaller resident binary than `EnvFilter`).
+    let filter = std::env::var("RUST_LOG")
+        .ok()
+        .and_then(|v| v.parse::<Targets>().ok())
+        .unwrap_or_else(|| Targets::new().with_default(level_filter(&args.level)));
     let (filter, reload_handle) = reload::Layer::new(filter);
     tracing_subscriber::registry()
         .with(filter)
@@ -171,13 +182,12 @@ fn run(args: Args) -> ExitCode {
     let logger_target = target.clone();
     let logger = Box::new(move |l: &LoggerConfig| -> Result<(), String> {
         if let Some(level) = &l.level {
-            let mut directive = firecracker_level(level)?.to_string();
-            if let Some(module) = &l.module {
-                directive = format!("{module}={directive}");
-            }
-            reload_handle
-                .reload(EnvFilter::new(directive))
-                .map_err(|e| e.to_string())?;
+            let level = level_filter(firecracker_level(level)?);
+            let targets = match &l.module {
+                Some(module) => Targets::new().with_target(module.clone(), level),
+                None => Targets::new().with_default(level),
+            };
+            reload_handle.reload(targets).map_err(|e| e.to_string())?;
         }
         if let Some(path) = &l.log_path {
             let f = open_log(path)?;

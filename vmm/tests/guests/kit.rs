@@ -36,6 +36,95 @@ global_asm!(
     size = const STACK_SIZE,
 );
 
+/// Identity page tables for the PVH entry: PML4, PDPT and four page directories (4 GiB).
+#[repr(C, align(4096))]
+struct PageTables([u64; 512 * 6]);
+
+#[unsafe(no_mangle)]
+static mut KIT_PVH_PAGES: PageTables = PageTables([0; 512 * 6]);
+
+// The PVH entry (`XEN_ELFNOTE_PHYS32_ENTRY`), used by loaders that boot an ELF through PVH
+// (QEMU's `-kernel`): 32-bit protected mode, paging off, EBX = hvm_start_info. It builds
+// identity page tables for the first 4 GiB, enters long mode, and joins `_start` with no
+// zero page (RSI = 0).
+global_asm!(
+    ".pushsection .note.Xen,\"a\",@note",
+    ".balign 4",
+    ".long 4",
+    ".long 4",
+    ".long 18",
+    ".asciz \"Xen\"",
+    ".balign 4",
+    ".long kit_pvh_start32",
+    ".popsection",
+    ".pushsection .rodata.kit_gdt,\"a\"",
+    ".balign 16",
+    "kit_gdt64:",
+    ".quad 0",
+    ".quad 0x00af9a000000ffff",
+    ".quad 0x00cf92000000ffff",
+    "kit_gdt64_ptr:",
+    ".word 23",
+    ".long kit_gdt64",
+    ".popsection",
+    ".pushsection .text.kit_pvh,\"ax\"",
+    ".code32",
+    ".global kit_pvh_start32",
+    "kit_pvh_start32:",
+    "cld",
+    "movl ${pages}, %edi",
+    // PML4[0] -> PDPT (pages + 0x1000)
+    "leal 0x1003(%edi), %eax",
+    "movl %eax, (%edi)",
+    // PDPT[i] -> PD i (pages + 0x2000 + i * 0x1000)
+    "xorl %ecx, %ecx",
+    "1:",
+    "movl %ecx, %eax",
+    "shll $12, %eax",
+    "leal 0x2003(%edi,%eax), %eax",
+    "movl %eax, 0x1000(%edi,%ecx,8)",
+    "incl %ecx",
+    "cmpl $4, %ecx",
+    "jne 1b",
+    // 2048 PD entries, 2 MiB each: entry n maps n << 21; the high dword holds n >> 11.
+    "xorl %ecx, %ecx",
+    "2:",
+    "movl %ecx, %eax",
+    "shll $21, %eax",
+    "orl $0x83, %eax",
+    "movl %eax, 0x2000(%edi,%ecx,8)",
+    "movl %ecx, %eax",
+    "shrl $11, %eax",
+    "movl %eax, 0x2004(%edi,%ecx,8)",
+    "incl %ecx",
+    "cmpl $2048, %ecx",
+    "jne 2b",
+    "movl %cr4, %eax",
+    "orl $0x20, %eax",
+    "movl %eax, %cr4",
+    "movl %edi, %cr3",
+    "movl $0xc0000080, %ecx",
+    "rdmsr",
+    "orl $0x100, %eax",
+    "wrmsr",
+    "movl %cr0, %eax",
+    "orl $0x80000001, %eax",
+    "movl %eax, %cr0",
+    "lgdt kit_gdt64_ptr",
+    "ljmp $0x08, $kit_pvh_start64",
+    ".code64",
+    "kit_pvh_start64:",
+    "movw $0x10, %ax",
+    "movw %ax, %ds",
+    "movw %ax, %es",
+    "movw %ax, %ss",
+    "xorl %esi, %esi",
+    "jmp _start",
+    ".popsection",
+    pages = sym KIT_PVH_PAGES,
+    options(att_syntax),
+);
+
 /// COM1.
 pub const COM1: u16 = 0x3f8;
 /// The boot-time device.
