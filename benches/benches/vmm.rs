@@ -80,6 +80,7 @@ fn vmm_exit(kernel: &Path) -> Duration {
         initrd: None,
         boot_args: "console=ttyS0".into(),
         drives: vec![],
+        nets: vec![],
     };
     let (tx, rx) = channel();
     let machine = Machine::start(&spec, Box::new(std::io::sink()), tx).unwrap();

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::arch::cpuid::CpuTemplate;
 use crate::arch::layout;
-use crate::machine::{DriveSpec, VmSpec};
+use crate::machine::{DriveSpec, NetSpec, VmSpec};
 
 /// Errors in a configuration request: each becomes a 400 with this message.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -47,6 +47,9 @@ pub enum ConfigError {
     /// Configuration after the VM started.
     #[error("The requested operation is not supported after starting the microVM.")]
     AfterStart,
+    /// A tap name that cannot be a Linux interface name.
+    #[error("Invalid host device name: {0:?}")]
+    TapName(String),
     /// A guest MAC address that does not parse.
     #[error("Invalid guest MAC address: {0}")]
     Mac(String),
@@ -311,11 +314,7 @@ fn check_file(what: &'static str, path: &str, write: bool) -> Result<(), ConfigE
 }
 
 fn check_mac(mac: &str) -> Result<(), ConfigError> {
-    let parts: Vec<_> = mac.split(':').collect();
-    let ok = parts.len() == 6
-        && parts
-            .iter()
-            .all(|p| p.len() == 2 && u8::from_str_radix(p, 16).is_ok());
+    let ok = mac.len() == 17 && crate::devices::virtio::net::parse_mac(mac).is_some();
     ok.then_some(()).ok_or_else(|| ConfigError::Mac(mac.into()))
 }
 
@@ -382,6 +381,9 @@ impl VmConfig {
         if let Some(mac) = &n.guest_mac {
             check_mac(mac)?;
         }
+        if n.host_dev_name.is_empty() || n.host_dev_name.len() >= 16 {
+            return Err(ConfigError::TapName(n.host_dev_name.clone()));
+        }
         match self
             .network_interfaces
             .iter_mut()
@@ -422,10 +424,6 @@ impl VmConfig {
             .boot_source
             .as_ref()
             .ok_or(ConfigError::MissingBootSource)?;
-        if !self.network_interfaces.is_empty() {
-            // Accepted and reported by the API; the device itself is not built yet.
-            return Err(ConfigError::Unsupported("virtio-net"));
-        }
         Ok(VmSpec {
             vcpus: self.machine_config.vcpu_count,
             mem_mib: self.machine_config.mem_size_mib,
@@ -443,6 +441,18 @@ impl VmConfig {
                     id: d.drive_id.clone(),
                     path: Path::new(d.path_on_host.as_deref().unwrap_or_default()).to_path_buf(),
                     read_only: d.is_read_only,
+                })
+                .collect(),
+            nets: self
+                .network_interfaces
+                .iter()
+                .map(|n| NetSpec {
+                    id: n.iface_id.clone(),
+                    tap: n.host_dev_name.clone(),
+                    mac: n
+                        .guest_mac
+                        .as_deref()
+                        .and_then(crate::devices::virtio::net::parse_mac),
                 })
                 .collect(),
         })

@@ -84,6 +84,19 @@ pub struct VmSpec {
     pub boot_args: String,
     /// Block devices, in attachment order.
     pub drives: Vec<DriveSpec>,
+    /// Network devices, attached after the drives.
+    pub nets: Vec<NetSpec>,
+}
+
+/// A network interface to attach.
+#[derive(Debug, Clone)]
+pub struct NetSpec {
+    /// The interface id (from the API).
+    pub id: String,
+    /// The host tap device.
+    pub tap: String,
+    /// The guest's MAC address, if configured.
+    pub mac: Option<[u8; 6]>,
 }
 
 /// A block device to attach.
@@ -226,7 +239,13 @@ impl Machine {
             0x1000,
             Arc::new(Mutex::new(BootTimer::new(started, events.clone()))),
         )?;
-        crate::devices::virtio::attach_drives(&vm, &mut mmio, &mut cmdline, &spec.drives)?;
+        crate::devices::virtio::attach_devices(
+            &vm,
+            &mut mmio,
+            &mut cmdline,
+            &spec.drives,
+            &spec.nets,
+        )?;
 
         arch::boot::write_boot_params(mem, &kernel, &cmdline, initrd)?;
         arch::regs::write_boot_tables(mem)?;

@@ -53,6 +53,12 @@ metrics! {
     block_requests,
     /// Virtio-blk requests that failed.
     block_errors,
+    /// Frames the guest sent through virtio-net.
+    net_tx_frames,
+    /// Frames delivered to the guest through virtio-net.
+    net_rx_frames,
+    /// Frames dropped: malformed chains, oversize frames, tap errors, short buffers.
+    net_errors,
     /// Times the metrics were flushed.
     flushes,
 }

@@ -4,9 +4,12 @@
 //!   queue notifications arrive through an ioeventfd and are served on the device's own
 //!   thread, interrupts leave through an irqfd.
 //! - [`block`]: virtio-blk on a local file.
+//! - [`net`]: virtio-net on a tap ([`tap`]), served in userspace.
 
 pub mod block;
 pub mod mmio;
+pub mod net;
+pub mod tap;
 
 use std::sync::{Arc, Mutex};
 
@@ -16,7 +19,7 @@ use vm_memory::{GuestAddress, GuestMemoryMmap};
 
 use crate::arch::layout;
 use crate::devices::bus::Bus;
-use crate::machine::{DriveSpec, MachineError};
+use crate::machine::{DriveSpec, MachineError, NetSpec};
 use crate::vstate::Vm;
 
 /// `VIRTIO_F_VERSION_1`: the device speaks virtio 1.x.
@@ -38,36 +41,62 @@ pub trait VirtioDevice: Send {
     fn process_queue(&mut self, mem: &GuestMemoryMmap, index: usize, queue: &mut Queue) -> bool;
 }
 
-/// Attaches one virtio-blk device per drive on the MMIO bus, each with its own IRQ and
-/// worker thread, and announces them on the kernel command line (`virtio_mmio.device=`).
-pub fn attach_drives(
+/// Attaches one virtio-blk device per drive, then one virtio-net device per interface, on
+/// the MMIO bus, each with its own IRQ and threads, and announces them on the kernel command
+/// line (`virtio_mmio.device=`).
+pub fn attach_devices(
     vm: &Vm,
     mmio_bus: &mut Bus,
     cmdline: &mut Cmdline,
     drives: &[DriveSpec],
+    nets: &[NetSpec],
 ) -> Result<(), MachineError> {
-    for (i, drive) in drives.iter().enumerate() {
+    let mut slot = 0u32;
+    let mut place = |id: &str,
+                     device: Box<dyn VirtioDevice>,
+                     rx_fd: Option<std::os::fd::RawFd>|
+     -> Result<(), MachineError> {
         let err = |source: Box<dyn std::error::Error + Send + Sync>| MachineError::Virtio {
-            id: drive.id.clone(),
+            id: id.to_string(),
             source,
         };
-        let irq = layout::VIRTIO_IRQ_BASE + i as u32;
-        let base = layout::VIRTIO_MMIO_START + i as u64 * layout::VIRTIO_MMIO_SIZE;
+        let irq = layout::VIRTIO_IRQ_BASE + slot;
+        let base = layout::VIRTIO_MMIO_START + u64::from(slot) * layout::VIRTIO_MMIO_SIZE;
         if irq > layout::IRQ_MAX {
             return Err(err("too many virtio devices".into()));
         }
-        let device = block::Block::open(&drive.path, drive.read_only).map_err(|e| err(e.into()))?;
+        slot += 1;
         let transport = mmio::MmioTransport::new(
-            Box::new(device),
+            device,
             vm.memory().clone(),
             crate::machine::irq_line(vm, irq)?,
         );
         let transport = Arc::new(Mutex::new(transport));
-        mmio::spawn_notifier(vm, base, &drive.id, transport.clone()).map_err(|e| err(e.into()))?;
+        mmio::spawn_notifier(vm, base, id, transport.clone()).map_err(|e| err(e.into()))?;
+        if let Some(fd) = rx_fd {
+            net::spawn_rx_poller(id, fd, transport.clone()).map_err(|e| err(e.into()))?;
+        }
         mmio_bus.insert(base, layout::VIRTIO_MMIO_SIZE, transport)?;
         cmdline
             .add_virtio_mmio_device(layout::VIRTIO_MMIO_SIZE, GuestAddress(base), irq, None)
-            .map_err(|e| err(e.to_string().into()))?;
+            .map_err(|e| err(e.to_string().into()))
+    };
+    for drive in drives {
+        let device =
+            block::Block::open(&drive.path, drive.read_only).map_err(|e| MachineError::Virtio {
+                id: drive.id.clone(),
+                source: e.into(),
+            })?;
+        place(&drive.id, Box::new(device), None)?;
+    }
+    for n in nets {
+        let tap = tap::Tap::open(&n.tap).map_err(|e| MachineError::Virtio {
+            id: n.id.clone(),
+            source: e.into(),
+        })?;
+        let device = net::Net::new(tap, n.mac);
+        let fd = device.tap_fd();
+        place(&n.id, Box::new(device), Some(fd))?;
     }
     Ok(())
 }
