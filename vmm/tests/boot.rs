@@ -87,3 +87,26 @@ fn a_bad_config_file_exits_152_and_a_bad_flag_153() {
         .unwrap();
     assert_eq!(status.code(), Some(153));
 }
+
+#[test]
+fn application_processors_start_and_run_on_their_own_vcpus() {
+    if !kvm_available() {
+        return;
+    }
+    for vcpus in [2u64, 8, 32] {
+        let mut vmm = Vmm::from_config(&json!({
+            "boot-source": {"kernel_image_path": guest("smp")},
+            "machine-config": {"vcpu_count": vcpus, "mem_size_mib": 32},
+        }));
+        let status = vmm.wait_exit(Duration::from_secs(60));
+        let serial = vmm.serial();
+        assert_eq!(status.code(), Some(0), "{serial}\n{}", vmm.log());
+        assert!(serial.contains(&format!("cpus={vcpus}\n")), "{serial}");
+        assert!(
+            serial.contains(&format!("aps_up={}\n", vcpus - 1)),
+            "{serial}"
+        );
+        let a_count = serial.matches('A').count() as u64;
+        assert_eq!(a_count, vcpus - 1, "one 'A' per AP: {serial:?}");
+    }
+}
