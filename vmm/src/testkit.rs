@@ -61,6 +61,71 @@ fn newest_source(dir: &Path) -> Result<SystemTime, TestkitError> {
 
 /// Builds guest `name` (`tests/guests/<name>.rs`) into `out_dir`, returning the ELF's path.
 pub fn build_guest(name: &str, out_dir: &Path) -> Result<PathBuf, TestkitError> {
+    build_guest_at(name, out_dir, None)
+}
+
+/// Where a bzImage's protected-mode code is loaded (`code32_start`).
+pub const BZIMAGE_LOAD: u64 = 0x10_0000;
+
+/// Builds guest `name` as a bzImage: the guest linked with `_start` at 0x200 past
+/// [`BZIMAGE_LOAD`] (the 64-bit entry of the boot protocol), flattened from its ELF load
+/// segments, behind a one-sector setup header (`HdrS`, version 2.15, loaded high).
+pub fn build_bzimage(name: &str, out_dir: &Path) -> Result<PathBuf, TestkitError> {
+    let elf_path = build_guest_at(name, out_dir, Some(BZIMAGE_LOAD + 0x200))?;
+    let out = elf_path.with_extension("bzimage");
+    let io = |path: &Path| {
+        let path = path.display().to_string();
+        move |source| TestkitError::Io { path, source }
+    };
+    let elf = std::fs::read(&elf_path).map_err(io(&elf_path))?;
+    let payload = flatten(&elf, BZIMAGE_LOAD).ok_or_else(|| TestkitError::Io {
+        path: elf_path.display().to_string(),
+        source: std::io::Error::other("not a loadable ELF64 above the bzImage load address"),
+    })?;
+    let mut image = vec![0u8; 1024];
+    image[0x1f1] = 1; // setup_sects: one sector after the boot sector
+    image[0x1fe..0x200].copy_from_slice(&0xaa55u16.to_le_bytes());
+    image[0x202..0x206].copy_from_slice(b"HdrS");
+    image[0x206..0x208].copy_from_slice(&0x020fu16.to_le_bytes());
+    image[0x211] = 1; // loadflags: LOADED_HIGH
+    image[0x214..0x218].copy_from_slice(&(BZIMAGE_LOAD as u32).to_le_bytes());
+    image.extend_from_slice(&payload);
+    let tmp = out.with_extension(format!("bzimage.{}.tmp", std::process::id()));
+    std::fs::write(&tmp, &image).map_err(io(&tmp))?;
+    std::fs::rename(&tmp, &out).map_err(io(&out))?;
+    Ok(out)
+}
+
+/// The memory image of an ELF64's load segments from `base` up (file bytes, zero-filled).
+fn flatten(elf: &[u8], base: u64) -> Option<Vec<u8>> {
+    let u16_at = |o: usize| Some(u16::from_le_bytes(elf.get(o..o + 2)?.try_into().ok()?));
+    let u32_at = |o: usize| Some(u32::from_le_bytes(elf.get(o..o + 4)?.try_into().ok()?));
+    let u64_at = |o: usize| Some(u64::from_le_bytes(elf.get(o..o + 8)?.try_into().ok()?));
+    if elf.get(..5)? != b"\x7fELF\x02" {
+        return None;
+    }
+    let phoff = usize::try_from(u64_at(0x20)?).ok()?;
+    let phentsize = usize::from(u16_at(0x36)?);
+    let phnum = usize::from(u16_at(0x38)?);
+    let mut image = Vec::new();
+    for i in 0..phnum {
+        let ph = phoff + i * phentsize;
+        if u32_at(ph)? != 1 {
+            continue; // not PT_LOAD
+        }
+        let offset = usize::try_from(u64_at(ph + 8)?).ok()?;
+        let paddr = u64_at(ph + 0x18)?;
+        let filesz = usize::try_from(u64_at(ph + 0x20)?).ok()?;
+        let at = usize::try_from(paddr.checked_sub(base)?).ok()?;
+        if image.len() < at + filesz {
+            image.resize(at + filesz, 0);
+        }
+        image[at..at + filesz].copy_from_slice(elf.get(offset..offset + filesz)?);
+    }
+    Some(image)
+}
+
+fn build_guest_at(name: &str, out_dir: &Path, base: Option<u64>) -> Result<PathBuf, TestkitError> {
     let dir = guests_dir();
     let src = dir.join(format!("{name}.rs"));
     let mut args: Vec<String> = [
@@ -91,6 +156,10 @@ pub fn build_guest(name: &str, out_dir: &Path) -> Result<PathBuf, TestkitError> 
     .to_vec();
     args.push("-C".into());
     args.push(format!("link-arg=-T{}", dir.join("link.ld").display()));
+    if let Some(base) = base {
+        args.push("-C".into());
+        args.push(format!("link-arg=-Wl,--defsym=KIT_BASE={base:#x}"));
+    }
     // The output name carries a hash of the flags, so changing them rebuilds.
     let flags_hash = args
         .iter()

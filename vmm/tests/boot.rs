@@ -13,7 +13,18 @@ fn guest_sees_cmdline_e820_mptable_and_initrd_then_resets_cleanly() {
     if !kvm_available() {
         return;
     }
-    let kernel = guest("boot_info");
+    boots_and_reports(guest("boot_info"), false);
+}
+
+#[test]
+fn a_bzimage_boots_through_the_same_path() {
+    if !kvm_available() {
+        return;
+    }
+    boots_and_reports(common::bzimage("boot_info"), true);
+}
+
+fn boots_and_reports(kernel: std::path::PathBuf, bzimage: bool) {
     let dir = tempfile::tempdir().unwrap();
     let initrd = dir.path().join("initrd.img");
     let initrd_bytes: Vec<u8> = (0..10_000u32).map(|i| (i * 7 + 3) as u8).collect();
@@ -46,6 +57,11 @@ fn guest_sees_cmdline_e820_mptable_and_initrd_then_resets_cleanly() {
     );
     assert!(serial.ends_with("bye\n"), "{serial:?}");
     assert!(vmm.log().contains("guest boot complete"), "{}", vmm.log());
+    assert!(
+        vmm.log().contains(&format!("bzimage={bzimage}")),
+        "{}",
+        vmm.log()
+    );
 }
 
 fn fnv1a(data: &[u8]) -> u64 {

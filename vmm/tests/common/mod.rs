@@ -176,3 +176,9 @@ pub fn http(sock: &Path, method: &str, path: &str, body: Option<&str>) -> (u16, 
         .to_string();
     (status, body)
 }
+
+/// Builds test guest `name` as a bzImage.
+pub fn bzimage(name: &str) -> PathBuf {
+    let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("guests");
+    vmm::testkit::build_bzimage(name, &out).unwrap_or_else(|e| panic!("{e}"))
+}
