@@ -47,6 +47,7 @@ fn raw_kvm_exit(kernel: &Path) -> Duration {
         count: 1,
         template: Default::default(),
         entry: loaded.entry.0,
+        pvh: false,
     };
     vcpu.configure(&vm.supported_cpuid().unwrap(), boot)
         .unwrap();
@@ -81,6 +82,7 @@ fn vmm_exit(kernel: &Path) -> Duration {
         boot_args: "console=ttyS0".into(),
         drives: vec![],
         nets: vec![],
+        protocol: Default::default(),
     };
     let (tx, rx) = channel();
     let machine = Machine::start(&spec, Box::new(std::io::sink()), tx).unwrap();

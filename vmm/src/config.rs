@@ -455,6 +455,7 @@ impl VmConfig {
                         .and_then(crate::devices::virtio::net::parse_mac),
                 })
                 .collect(),
+            protocol: Default::default(),
         })
     }
 }

@@ -54,6 +54,7 @@ pub struct Controller {
     serial: SerialFactory,
     logger: Option<LoggerHook>,
     events: Sender<Event>,
+    protocol: crate::arch::boot::BootProtocol,
 }
 
 impl Controller {
@@ -68,12 +69,19 @@ impl Controller {
             serial,
             logger: None,
             events,
+            protocol: Default::default(),
         }
     }
 
     /// Installs what `PUT /logger` calls.
     pub fn with_logger(mut self, hook: LoggerHook) -> Self {
         self.logger = Some(hook);
+        self
+    }
+
+    /// Boots kernels with `protocol` (the 64-bit Linux boot protocol by default).
+    pub fn with_boot_protocol(mut self, protocol: crate::arch::boot::BootProtocol) -> Self {
+        self.protocol = protocol;
         self
     }
 
@@ -87,7 +95,8 @@ impl Controller {
         if self.machine.is_some() {
             return Err(ConfigError::AfterStart.to_string());
         }
-        let spec = self.config.vm_spec().map_err(|e| e.to_string())?;
+        let mut spec = self.config.vm_spec().map_err(|e| e.to_string())?;
+        spec.protocol = self.protocol;
         let serial = (self.serial)().map_err(|e| format!("Cannot open serial output: {e}"))?;
         let (vm_tx, vm_rx) = std::sync::mpsc::channel();
         let forward = self.events.clone();

@@ -62,6 +62,9 @@ pub enum MachineError {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    /// PVH boot was asked for but the kernel has no PVH entry note.
+    #[error("the kernel has no pvh entry point (XEN_ELFNOTE_PHYS32_ENTRY)")]
+    NoPvhEntry,
     /// The requested vCPU count is out of range.
     #[error("vcpu count {0} is not between 1 and {max}", max = layout::MAX_VCPUS)]
     VcpuCount(u8),
@@ -86,6 +89,8 @@ pub struct VmSpec {
     pub drives: Vec<DriveSpec>,
     /// Network devices, attached after the drives.
     pub nets: Vec<NetSpec>,
+    /// How to enter the kernel.
+    pub protocol: arch::boot::BootProtocol,
 }
 
 /// A network interface to attach.
@@ -247,8 +252,17 @@ impl Machine {
             &spec.nets,
         )?;
 
-        arch::boot::write_boot_params(mem, &kernel, &cmdline, initrd)?;
+        let pvh_entry = match spec.protocol {
+            arch::boot::BootProtocol::Linux64 => None,
+            arch::boot::BootProtocol::Pvh => {
+                Some(kernel.pvh_entry.ok_or(MachineError::NoPvhEntry)?)
+            }
+        };
         arch::regs::write_boot_tables(mem)?;
+        match pvh_entry {
+            None => arch::boot::write_boot_params(mem, &kernel, &cmdline, initrd)?,
+            Some(_) => arch::boot::write_pvh_start_info(mem, &cmdline, initrd)?,
+        }
         arch::mptable::write(mem, spec.vcpus)?;
 
         let supported = vm.supported_cpuid()?;
@@ -260,11 +274,13 @@ impl Machine {
             let vcpu = vm.create_vcpu(u64::from(index))?;
             vcpu.configure(
                 &supported,
+                mem,
                 VcpuBoot {
                     index,
                     count: spec.vcpus,
                     template: spec.template,
-                    entry: kernel.entry.0,
+                    entry: pvh_entry.unwrap_or(kernel.entry).0,
+                    pvh: pvh_entry.is_some(),
                 },
             )?;
             prepared.push(vcpu);
@@ -283,6 +299,7 @@ impl Machine {
             mem_mib = spec.mem_mib,
             entry = format_args!("{:#x}", kernel.entry.0),
             bzimage = kernel.bzimage,
+            pvh = pvh_entry.is_some(),
             "vm started"
         );
         Ok(Machine {

@@ -46,6 +46,10 @@ struct Args {
     /// Log level (error, warn, info, debug, trace); `RUST_LOG` overrides.
     #[arg(long, default_value = "warn")]
     level: String,
+    /// Enter ELF kernels through their PVH entry (32-bit, `hvm_start_info`) instead of the
+    /// 64-bit Linux boot protocol.
+    #[arg(long)]
+    pvh: bool,
     /// Log file (default: stderr).
     #[arg(long)]
     log_path: Option<PathBuf>,
@@ -197,6 +201,9 @@ fn run(args: Args) -> ExitCode {
     });
     let mut controller =
         Controller::new(args.id.clone(), config, serial, tx.clone()).with_logger(logger);
+    if args.pvh {
+        controller = controller.with_boot_protocol(vmm::arch::boot::BootProtocol::Pvh);
+    }
 
     if !args.no_api {
         let _ = std::fs::remove_file(&args.api_sock);

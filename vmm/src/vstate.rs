@@ -229,8 +229,10 @@ pub struct VcpuBoot {
     pub count: u8,
     /// The CPUID template.
     pub template: arch::cpuid::CpuTemplate,
-    /// The 64-bit entry point.
+    /// The entry point: 64-bit entry, or the PVH entry when `pvh` is set.
     pub entry: u64,
+    /// Enter through PVH (32-bit protected mode) instead of the 64-bit Linux boot protocol.
+    pub pvh: bool,
 }
 
 impl Vcpu {
@@ -242,12 +244,20 @@ impl Vcpu {
     /// Sets CPUID, MSRs, FPU, LAPIC LINTs and, on the boot vCPU, long-mode registers at the
     /// kernel entry. Application processors keep their reset state: they wait for INIT/SIPI
     /// from the boot vCPU, as on hardware.
-    pub fn configure(&self, supported: &CpuId, boot: VcpuBoot) -> Result<(), VstateError> {
+    pub fn configure(
+        &self,
+        supported: &CpuId,
+        mem: &GuestMemoryMmap,
+        boot: VcpuBoot,
+    ) -> Result<(), VstateError> {
         let cpuid = arch::cpuid::for_vcpu(supported, boot.index, boot.count, boot.template);
         self.fd.set_cpuid2(&cpuid).map_err(VstateError::SetCpuid)?;
         arch::regs::setup_msrs(&self.fd).map_err(VstateError::BootRegs)?;
         arch::regs::setup_lints(&self.fd).map_err(VstateError::BootRegs)?;
-        if boot.index == 0 {
+        if boot.index == 0 && boot.pvh {
+            arch::regs::setup_fpu(&self.fd).map_err(VstateError::BootRegs)?;
+            arch::regs::setup_pvh(&self.fd, mem, boot.entry).map_err(VstateError::BootRegs)?;
+        } else if boot.index == 0 {
             arch::regs::setup_fpu(&self.fd).map_err(VstateError::BootRegs)?;
             arch::regs::setup_sregs(&self.fd).map_err(VstateError::BootRegs)?;
             arch::regs::setup_regs(&self.fd, boot.entry).map_err(VstateError::BootRegs)?;

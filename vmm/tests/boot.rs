@@ -13,7 +13,15 @@ fn guest_sees_cmdline_e820_mptable_and_initrd_then_resets_cleanly() {
     if !kvm_available() {
         return;
     }
-    boots_and_reports(guest("boot_info"), false);
+    boots_and_reports(guest("boot_info"), false, false);
+}
+
+#[test]
+fn an_elf_with_a_pvh_note_boots_through_pvh_when_asked() {
+    if !kvm_available() {
+        return;
+    }
+    boots_and_reports(guest("boot_info"), false, true);
 }
 
 #[test]
@@ -21,22 +29,27 @@ fn a_bzimage_boots_through_the_same_path() {
     if !kvm_available() {
         return;
     }
-    boots_and_reports(common::bzimage("boot_info"), true);
+    boots_and_reports(common::bzimage("boot_info"), true, false);
 }
 
-fn boots_and_reports(kernel: std::path::PathBuf, bzimage: bool) {
+fn boots_and_reports(kernel: std::path::PathBuf, bzimage: bool, pvh: bool) {
     let dir = tempfile::tempdir().unwrap();
     let initrd = dir.path().join("initrd.img");
     let initrd_bytes: Vec<u8> = (0..10_000u32).map(|i| (i * 7 + 3) as u8).collect();
     std::fs::write(&initrd, &initrd_bytes).unwrap();
-    let mut vmm = Vmm::from_config(&json!({
+    let config = json!({
         "boot-source": {
             "kernel_image_path": kernel,
             "boot_args": "console=ttyS0 ferrostack.test=1",
             "initrd_path": initrd,
         },
         "machine-config": {"vcpu_count": 3, "mem_size_mib": 64},
-    }));
+    });
+    let mut vmm = if pvh {
+        Vmm::from_config_with(&config, &["--pvh"])
+    } else {
+        Vmm::from_config(&config)
+    };
     let status = vmm.wait_exit(Duration::from_secs(30));
     let serial = vmm.serial();
     assert_eq!(status.code(), Some(0), "reset exits 0; serial {serial:?}");
@@ -56,6 +69,11 @@ fn boots_and_reports(kernel: std::path::PathBuf, bzimage: bool) {
         "{serial:?}"
     );
     assert!(serial.ends_with("bye\n"), "{serial:?}");
+    let protocol = if pvh { "pvh" } else { "linux64" };
+    assert!(
+        serial.starts_with(&format!("protocol={protocol}\n")),
+        "{serial:?}"
+    );
     assert!(vmm.log().contains("guest boot complete"), "{}", vmm.log());
     assert!(
         vmm.log().contains(&format!("bzimage={bzimage}")),

@@ -169,6 +169,67 @@ pub fn e820_map(mem: &GuestMemoryMmap) -> Vec<(u64, u64, u32)> {
     map
 }
 
+/// Which boot protocol the VMM uses to enter the kernel.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum BootProtocol {
+    /// Linux's 64-bit boot protocol: long mode, zero page in RSI (ELF vmlinux or bzImage).
+    #[default]
+    Linux64,
+    /// PVH: 32-bit protected mode at the ELF's `XEN_ELFNOTE_PHYS32_ENTRY`, `hvm_start_info`
+    /// in EBX. Only for ELF kernels carrying the note.
+    Pvh,
+}
+
+/// Writes the command line and PVH's `hvm_start_info`, memory map and module list.
+pub fn write_pvh_start_info(
+    mem: &GuestMemoryMmap,
+    cmdline: &Cmdline,
+    initrd: Option<Initrd>,
+) -> Result<(), BootError> {
+    use linux_loader::configurator::pvh::PvhBootConfigurator;
+    use linux_loader::loader::elf::start_info::{
+        hvm_memmap_table_entry, hvm_modlist_entry, hvm_start_info,
+    };
+    linux_loader::loader::load_cmdline(mem, GuestAddress(layout::CMDLINE_ADDR), cmdline)
+        .map_err(BootError::WriteCmdline)?;
+    let memmap: Vec<hvm_memmap_table_entry> = e820_map(mem)
+        .into_iter()
+        .map(|(addr, size, kind)| hvm_memmap_table_entry {
+            addr,
+            size,
+            type_: kind,
+            reserved: 0,
+        })
+        .collect();
+    let mut info = hvm_start_info {
+        magic: 0x336e_c578,
+        version: 1,
+        cmdline_paddr: layout::CMDLINE_ADDR,
+        memmap_paddr: layout::PVH_MEMMAP_ADDR,
+        memmap_entries: memmap.len() as u32,
+        ..Default::default()
+    };
+    let modules: Vec<hvm_modlist_entry> = initrd
+        .iter()
+        .map(|i| hvm_modlist_entry {
+            paddr: i.addr.raw_value(),
+            size: i.size,
+            ..Default::default()
+        })
+        .collect();
+    if !modules.is_empty() {
+        info.nr_modules = modules.len() as u32;
+        info.modlist_paddr = layout::PVH_MODLIST_ADDR;
+    }
+    let mut params = BootParams::new(&info, GuestAddress(layout::PVH_INFO_ADDR));
+    params.set_sections(&memmap, GuestAddress(layout::PVH_MEMMAP_ADDR));
+    if !modules.is_empty() {
+        params.set_modules(&modules, GuestAddress(layout::PVH_MODLIST_ADDR));
+    }
+    PvhBootConfigurator::write_bootparams::<GuestMemoryMmap>(&params, mem)
+        .map_err(BootError::ZeroPage)
+}
+
 /// Writes the command line and the zero page.
 pub fn write_boot_params(
     mem: &GuestMemoryMmap,

@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! 0x0000_0500  GDT (4 entries)             0x0000_0520  IDT (empty)
+//! 0x0000_6000  PVH hvm_start_info, module list (0x6040), memory map (0x6080)
 //! 0x0000_7000  zero page (boot_params)     0x0000_8ff0  boot stack top
 //! 0x0000_9000  PML4, 0xa000 PDPT, 0xb000..0xf000 four page directories (4 GiB identity map)
 //! 0x0002_0000  kernel command line (2 KiB)
@@ -16,6 +17,12 @@
 pub const GDT_ADDR: u64 = 0x500;
 /// The (empty) IDT.
 pub const IDT_ADDR: u64 = 0x520;
+/// PVH boot: `struct hvm_start_info`, whose address the kernel gets in EBX.
+pub const PVH_INFO_ADDR: u64 = 0x6000;
+/// PVH boot: the module list (the initrd).
+pub const PVH_MODLIST_ADDR: u64 = 0x6040;
+/// PVH boot: the memory map.
+pub const PVH_MEMMAP_ADDR: u64 = 0x6080;
 /// The zero page (`struct boot_params`) whose address the kernel gets in RSI.
 pub const ZERO_PAGE_ADDR: u64 = 0x7000;
 /// Initial stack pointer.

@@ -85,6 +85,46 @@ pub const BOOT_GDT: [u64; 4] = [
     gdt_entry(0x808b, 0, 0xfffff),
 ];
 
+/// The PVH GDT: null, flat 32-bit code, data, TSS.
+pub const PVH_GDT: [u64; 4] = [
+    0,
+    gdt_entry(0xc09b, 0, 0xfffff),
+    gdt_entry(0xc093, 0, 0xfffff),
+    gdt_entry(0x808b, 0, 0xfffff),
+];
+
+/// Puts `vcpu` in PVH's entry state: 32-bit protected mode, flat segments, paging off, at
+/// `entry` with EBX pointing at `hvm_start_info`. Writes the PVH GDT.
+pub fn setup_pvh(vcpu: &VcpuFd, mem: &GuestMemoryMmap, entry: u64) -> Result<(), RegsError> {
+    for (i, e) in PVH_GDT.iter().enumerate() {
+        mem.write_obj(*e, GuestAddress(layout::GDT_ADDR + i as u64 * 8))
+            .map_err(RegsError::WriteTables)?;
+    }
+    let mut sregs: kvm_sregs = vcpu.get_sregs().map_err(ioctl("get sregs"))?;
+    let code = segment_from_gdt(PVH_GDT[1], 1);
+    let data = segment_from_gdt(PVH_GDT[2], 2);
+    sregs.gdt.base = layout::GDT_ADDR;
+    sregs.gdt.limit = (PVH_GDT.len() * 8 - 1) as u16;
+    sregs.cs = code;
+    sregs.ds = data;
+    sregs.es = data;
+    sregs.fs = data;
+    sregs.gs = data;
+    sregs.ss = data;
+    sregs.tr = segment_from_gdt(PVH_GDT[3], 3);
+    sregs.cr0 = CR0_PE | CR0_ET;
+    sregs.cr4 = 0;
+    sregs.efer = 0;
+    vcpu.set_sregs(&sregs).map_err(ioctl("set sregs"))?;
+    let regs = kvm_regs {
+        rflags: 0x2,
+        rip: entry,
+        rbx: layout::PVH_INFO_ADDR,
+        ..Default::default()
+    };
+    vcpu.set_regs(&regs).map_err(ioctl("set regs"))
+}
+
 const CR0_PE: u64 = 1;
 const CR0_ET: u64 = 1 << 4;
 const CR0_PG: u64 = 1 << 31;

@@ -75,11 +75,18 @@ impl Vmm {
 
     /// Boots `config` (a Firecracker JSON document) with `--no-api`.
     pub fn from_config(config: &serde_json::Value) -> Vmm {
+        Vmm::from_config_with(config, &[])
+    }
+
+    /// Boots `config` with `--no-api` and `extra` flags.
+    pub fn from_config_with(config: &serde_json::Value, extra: &[&str]) -> Vmm {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("vm.json");
         std::fs::write(&path, config.to_string()).unwrap();
         let path = path.to_str().unwrap().to_string();
-        Vmm::spawn(dir, &["--config-file", &path, "--no-api"])
+        let mut args = vec!["--config-file", &path, "--no-api"];
+        args.extend_from_slice(extra);
+        Vmm::spawn(dir, &args)
     }
 
     /// What the guest has written to its serial port so far.

@@ -43,6 +43,17 @@ struct PageTables([u64; 512 * 6]);
 #[unsafe(no_mangle)]
 static mut KIT_PVH_PAGES: PageTables = PageTables([0; 512 * 6]);
 
+/// The `hvm_start_info` address the PVH entry received in EBX (0 when booted otherwise).
+#[unsafe(no_mangle)]
+static mut KIT_PVH_INFO: u32 = 0;
+
+/// The PVH `hvm_start_info` address, if the guest was entered through PVH.
+pub fn pvh_start_info() -> Option<u64> {
+    // SAFETY: written once by the PVH entry before any Rust code runs.
+    let info = unsafe { core::ptr::read_volatile(core::ptr::addr_of!(KIT_PVH_INFO)) };
+    (info != 0).then_some(u64::from(info))
+}
+
 // The PVH entry (`XEN_ELFNOTE_PHYS32_ENTRY`), used by loaders that boot an ELF through PVH
 // (QEMU's `-kernel`): 32-bit protected mode, paging off, EBX = hvm_start_info. It builds
 // identity page tables for the first 4 GiB, enters long mode, and joins `_start` with no
@@ -72,6 +83,7 @@ global_asm!(
     ".global kit_pvh_start32",
     "kit_pvh_start32:",
     "cld",
+    "movl %ebx, {info}",
     "movl ${pages}, %edi",
     // PML4[0] -> PDPT (pages + 0x1000)
     "leal 0x1003(%edi), %eax",
@@ -122,6 +134,7 @@ global_asm!(
     "jmp _start",
     ".popsection",
     pages = sym KIT_PVH_PAGES,
+    info = sym KIT_PVH_INFO,
     options(att_syntax),
 );
 
