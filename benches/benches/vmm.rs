@@ -49,7 +49,7 @@ fn raw_kvm_exit(kernel: &Path) -> Duration {
         entry: loaded.entry.0,
         pvh: false,
     };
-    vcpu.configure(&vm.supported_cpuid().unwrap(), boot)
+    vcpu.configure(&vm.supported_cpuid().unwrap(), mem, boot)
         .unwrap();
     let fd = vcpu.fd_mut();
     let mut n = 0u32;
