@@ -168,7 +168,7 @@ impl MachineConfig {
     }
 }
 
-/// A token bucket as Firecracker describes it (accepted and reported; not yet enforced).
+/// A token bucket as Firecracker describes it (see [`crate::devices::rate_limiter`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TokenBucket {
@@ -441,6 +441,7 @@ impl VmConfig {
                     id: d.drive_id.clone(),
                     path: Path::new(d.path_on_host.as_deref().unwrap_or_default()).to_path_buf(),
                     read_only: d.is_read_only,
+                    rate_limiter: d.rate_limiter.clone(),
                 })
                 .collect(),
             nets: self
@@ -453,6 +454,8 @@ impl VmConfig {
                         .guest_mac
                         .as_deref()
                         .and_then(crate::devices::virtio::net::parse_mac),
+                    rx_rate_limiter: n.rx_rate_limiter.clone(),
+                    tx_rate_limiter: n.tx_rate_limiter.clone(),
                 })
                 .collect(),
             protocol: Default::default(),

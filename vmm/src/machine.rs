@@ -102,6 +102,10 @@ pub struct NetSpec {
     pub tap: String,
     /// The guest's MAC address, if configured.
     pub mac: Option<[u8; 6]>,
+    /// Receive rate limiter.
+    pub rx_rate_limiter: Option<crate::config::RateLimiter>,
+    /// Transmit rate limiter.
+    pub tx_rate_limiter: Option<crate::config::RateLimiter>,
 }
 
 /// A block device to attach.
@@ -113,6 +117,8 @@ pub struct DriveSpec {
     pub path: PathBuf,
     /// Refuse guest writes.
     pub read_only: bool,
+    /// Rate limiter.
+    pub rate_limiter: Option<crate::config::RateLimiter>,
 }
 
 /// Something a vCPU or device reports to the VMM thread.

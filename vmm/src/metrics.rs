@@ -53,6 +53,8 @@ metrics! {
     block_requests,
     /// Virtio-blk requests that failed.
     block_errors,
+    /// Times a drive's rate limiter held requests back.
+    block_throttled,
     /// Frames the guest sent through virtio-net.
     net_tx_frames,
     /// Frames delivered to the guest through virtio-net.

@@ -103,3 +103,41 @@ fn a_read_only_drive_refuses_guest_writes() {
         "a read-only disk is unchanged"
     );
 }
+
+#[test]
+fn a_bandwidth_limited_drive_is_slowed_to_its_rate_and_still_correct() {
+    if !kvm_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let disk = dir.path().join("slow.img");
+    let image = disk_image(64 * 1024);
+    std::fs::write(&disk, &image).unwrap();
+    // 4 KiB per 100 ms. The guest moves 12 KiB (read, write, read back) and starts with a
+    // full bucket, so it must wait for at least 8 KiB of refill: 200 ms.
+    let start = std::time::Instant::now();
+    let mut vmm = Vmm::from_config(&json!({
+        "boot-source": {"kernel_image_path": guest("blk")},
+        "machine-config": {"vcpu_count": 1, "mem_size_mib": 32},
+        "drives": [{
+            "drive_id": "slow", "path_on_host": disk, "is_root_device": true,
+            "rate_limiter": {"bandwidth": {"size": 4096, "refill_time": 100}},
+        }],
+    }));
+    let status = vmm.wait_exit(Duration::from_secs(30));
+    let elapsed = start.elapsed();
+    let serial = vmm.serial();
+    assert_eq!(status.code(), Some(0), "{serial}");
+    assert!(
+        serial.contains(&format!("readback_fnv={:016x}\n", fnv1a(&pattern()))),
+        "{serial}"
+    );
+    assert!(
+        elapsed >= Duration::from_millis(200),
+        "rate limit not applied: {elapsed:?}"
+    );
+    assert!(
+        elapsed < Duration::from_secs(5),
+        "throttled far below the rate: {elapsed:?}"
+    );
+}

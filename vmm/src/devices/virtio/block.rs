@@ -6,11 +6,13 @@ use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::{TYPE_BLOCK, VirtioDevice};
+use crate::devices::rate_limiter::RateLimiter;
 use crate::metrics::METRICS;
 
 /// Sector size of the virtio-blk protocol.
@@ -68,6 +70,8 @@ pub struct Block {
     read_only: bool,
     id: [u8; ID_BYTES],
     queue_sizes: [u16; 1],
+    limiter: RateLimiter,
+    retry: Option<Duration>,
 }
 
 /// One descriptor of a request, copied out of the chain.
@@ -104,7 +108,15 @@ impl Block {
             read_only,
             id,
             queue_sizes: [QUEUE_SIZE],
+            limiter: RateLimiter::default(),
+            retry: None,
         })
+    }
+
+    /// Limits the drive's requests and bytes.
+    pub fn with_rate_limiter(mut self, cfg: Option<&crate::config::RateLimiter>) -> Self {
+        self.limiter = RateLimiter::new(cfg, Instant::now());
+        self
     }
 
     /// The disk size in sectors.
@@ -240,6 +252,10 @@ impl VirtioDevice for Block {
         }
     }
 
+    fn take_retry(&mut self) -> Option<Duration> {
+        self.retry.take()
+    }
+
     fn process_queue(&mut self, mem: &GuestMemoryMmap, _index: usize, queue: &mut Queue) -> bool {
         let mut used_any = false;
         let mut descs = Vec::with_capacity(4);
@@ -252,6 +268,19 @@ impl VirtioDevice for Block {
                 len: d.len(),
                 write_only: d.is_write_only(),
             }));
+            // Data bytes: everything between the header and the status byte.
+            let bytes: u64 = descs
+                .iter()
+                .skip(1)
+                .take(descs.len().saturating_sub(2))
+                .map(|d| u64::from(d.len))
+                .sum();
+            if let Err(wait) = self.limiter.try_consume(bytes, Instant::now()) {
+                queue.go_to_previous_position();
+                self.retry = Some(wait);
+                METRICS.block_throttled.fetch_add(1, Ordering::Relaxed);
+                break;
+            }
             let (status_addr, status, written) = self.execute(mem, &descs);
             let mut used_len = written;
             if let Some(addr) = status_addr

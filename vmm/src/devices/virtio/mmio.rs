@@ -59,6 +59,7 @@ pub struct MmioTransport {
     driver_features: u64,
     status: u32,
     interrupt_status: u32,
+    retry: Option<std::sync::mpsc::Sender<(u32, std::time::Duration)>>,
 }
 
 impl MmioTransport {
@@ -80,6 +81,7 @@ impl MmioTransport {
             driver_features: 0,
             status: 0,
             interrupt_status: 0,
+            retry: None,
         }
     }
 
@@ -115,6 +117,9 @@ impl MmioTransport {
         if self.device.process_queue(&self.mem, index as usize, queue) {
             self.interrupt_status |= INT_USED_RING;
             let _ = self.irq.trigger();
+        }
+        if let (Some(wait), Some(retry)) = (self.device.take_retry(), &self.retry) {
+            let _ = retry.send((index, wait));
         }
     }
 
@@ -239,6 +244,30 @@ pub fn spawn_notifier(
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .notify(0);
+            }
+        })?;
+    Ok(())
+}
+
+/// Serves queues again once a rate limiter's wait is over: a thread that sleeps for the
+/// wait a device reported and then notifies the queue.
+pub fn spawn_retry_timer(id: &str, transport: Arc<Mutex<MmioTransport>>) -> std::io::Result<()> {
+    let (tx, rx) = std::sync::mpsc::channel::<(u32, std::time::Duration)>();
+    transport.lock().unwrap_or_else(|e| e.into_inner()).retry = Some(tx);
+    let weak = Arc::downgrade(&transport);
+    drop(transport);
+    std::thread::Builder::new()
+        .name(format!("virtio-{id}-rl"))
+        .spawn(move || {
+            while let Ok((mut queue, mut wait)) = rx.recv() {
+                // Coalesce retries queued meanwhile; serve the longest wait.
+                while let Ok((q, w)) = rx.try_recv() {
+                    queue = q;
+                    wait = wait.max(w);
+                }
+                std::thread::sleep(wait);
+                let Some(t) = weak.upgrade() else { return };
+                t.lock().unwrap_or_else(|e| e.into_inner()).notify(queue);
             }
         })?;
     Ok(())

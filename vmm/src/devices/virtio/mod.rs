@@ -39,6 +39,11 @@ pub trait VirtioDevice: Send {
     fn read_config(&self, offset: u64, data: &mut [u8]);
     /// Serves queue `index`; returns true when used buffers were added (interrupt needed).
     fn process_queue(&mut self, mem: &GuestMemoryMmap, index: usize, queue: &mut Queue) -> bool;
+    /// After `process_queue`: if a rate limiter held requests back, how long until the queue
+    /// should be served again (taken: the next call returns `None` until throttled again).
+    fn take_retry(&mut self) -> Option<std::time::Duration> {
+        None
+    }
 }
 
 /// Attaches one virtio-blk device per drive, then one virtio-net device per interface, on
@@ -73,6 +78,7 @@ pub fn attach_devices(
         );
         let transport = Arc::new(Mutex::new(transport));
         mmio::spawn_notifier(vm, base, id, transport.clone()).map_err(|e| err(e.into()))?;
+        mmio::spawn_retry_timer(id, transport.clone()).map_err(|e| err(e.into()))?;
         if let Some(fd) = rx_fd {
             net::spawn_rx_poller(id, fd, transport.clone()).map_err(|e| err(e.into()))?;
         }
@@ -82,11 +88,12 @@ pub fn attach_devices(
             .map_err(|e| err(e.to_string().into()))
     };
     for drive in drives {
-        let device =
-            block::Block::open(&drive.path, drive.read_only).map_err(|e| MachineError::Virtio {
+        let device = block::Block::open(&drive.path, drive.read_only)
+            .map_err(|e| MachineError::Virtio {
                 id: drive.id.clone(),
                 source: e.into(),
-            })?;
+            })?
+            .with_rate_limiter(drive.rate_limiter.as_ref());
         place(&drive.id, Box::new(device), None)?;
     }
     for n in nets {
@@ -94,7 +101,8 @@ pub fn attach_devices(
             id: n.id.clone(),
             source: e.into(),
         })?;
-        let device = net::Net::new(tap, n.mac);
+        let device = net::Net::new(tap, n.mac)
+            .with_rate_limiters(n.rx_rate_limiter.as_ref(), n.tx_rate_limiter.as_ref());
         let fd = device.tap_fd();
         place(&n.id, Box::new(device), Some(fd))?;
     }

@@ -4,6 +4,7 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::{Bytes, GuestMemoryMmap};
@@ -11,6 +12,7 @@ use vm_memory::{Bytes, GuestMemoryMmap};
 use super::VirtioDevice;
 use super::mmio::MmioTransport;
 use super::tap::{Tap, VNET_HDR_LEN};
+use crate::devices::rate_limiter::RateLimiter;
 use crate::metrics::METRICS;
 
 /// Device id of a network device.
@@ -29,6 +31,12 @@ pub struct Net {
     mac: Option<[u8; 6]>,
     queue_sizes: [u16; 2],
     buf: Vec<u8>,
+    rx_buf: Vec<u8>,
+    /// Length of a frame read from the tap into `rx_buf` but not yet delivered.
+    rx_pending: Option<usize>,
+    rx_limiter: RateLimiter,
+    tx_limiter: RateLimiter,
+    retry: Option<Duration>,
 }
 
 /// Parses `aa:bb:cc:dd:ee:ff`.
@@ -49,7 +57,23 @@ impl Net {
             mac,
             queue_sizes: [QUEUE_SIZE, QUEUE_SIZE],
             buf: vec![0; MAX_FRAME],
+            rx_buf: vec![0; MAX_FRAME],
+            rx_pending: None,
+            rx_limiter: RateLimiter::default(),
+            tx_limiter: RateLimiter::default(),
+            retry: None,
         }
+    }
+
+    /// Limits received and transmitted frames and bytes.
+    pub fn with_rate_limiters(
+        mut self,
+        rx: Option<&crate::config::RateLimiter>,
+        tx: Option<&crate::config::RateLimiter>,
+    ) -> Self {
+        self.rx_limiter = RateLimiter::new(rx, Instant::now());
+        self.tx_limiter = RateLimiter::new(tx, Instant::now());
+        self
     }
 
     /// The tap's fd, for the receive poller.
@@ -78,6 +102,11 @@ impl Net {
                 }
                 len += n;
             }
+            if ok && let Err(wait) = self.tx_limiter.try_consume(len as u64, Instant::now()) {
+                queue.go_to_previous_position();
+                self.retry = Some(wait);
+                break;
+            }
             if ok && len > VNET_HDR_LEN {
                 match self.tap.write_frame(&self.buf[..len]) {
                     Ok(_) => METRICS.net_tx_frames.fetch_add(1, Ordering::Relaxed),
@@ -98,30 +127,37 @@ impl Net {
         let mut used = false;
         while let Some(chain) = queue.pop_descriptor_chain(mem) {
             let head = chain.head_index();
-            let len = match self.tap.read_frame(&mut self.buf) {
-                Ok(n) => n,
-                Err(_) => {
-                    // Nothing queued (or the tap failed): give the buffer back.
-                    queue.go_to_previous_position();
-                    break;
-                }
+            let len = match self.rx_pending {
+                Some(len) => len,
+                None => match self.tap.read_frame(&mut self.rx_buf) {
+                    Ok(n) => n,
+                    Err(_) => {
+                        // Nothing queued (or the tap failed): give the buffer back.
+                        queue.go_to_previous_position();
+                        break;
+                    }
+                },
             };
+            self.rx_pending = Some(len);
+            if let Err(wait) = self.rx_limiter.try_consume(len as u64, Instant::now()) {
+                queue.go_to_previous_position();
+                self.retry = Some(wait);
+                break;
+            }
+            self.rx_pending = None;
             if len >= VNET_HDR_LEN {
                 // One buffer per frame: num_buffers = 1.
-                self.buf[10] = 1;
-                self.buf[11] = 0;
+                self.rx_buf[10] = 1;
+                self.rx_buf[11] = 0;
             }
             let mut written = 0usize;
             for d in chain {
-                if written == len {
-                    break;
-                }
-                if !d.is_write_only() {
+                if written == len || !d.is_write_only() {
                     break;
                 }
                 let n = (d.len() as usize).min(len - written);
                 if mem
-                    .write_slice(&self.buf[written..written + n], d.addr())
+                    .write_slice(&self.rx_buf[written..written + n], d.addr())
                     .is_err()
                 {
                     break;
@@ -169,6 +205,10 @@ impl VirtioDevice for Net {
                 .copied()
                 .unwrap_or(0);
         }
+    }
+
+    fn take_retry(&mut self) -> Option<Duration> {
+        self.retry.take()
     }
 
     fn process_queue(&mut self, mem: &GuestMemoryMmap, index: usize, queue: &mut Queue) -> bool {
