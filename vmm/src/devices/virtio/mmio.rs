@@ -183,6 +183,9 @@ impl MmioTransport {
                     // A legacy driver: refuse FEATURES_OK, as the spec says.
                     self.status = v & !STATUS_FEATURES_OK;
                 } else {
+                    if v & STATUS_DRIVER_OK != 0 && self.status & STATUS_DRIVER_OK == 0 {
+                        self.device.activate(self.driver_features);
+                    }
                     self.status = v;
                 }
             }

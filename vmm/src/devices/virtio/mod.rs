@@ -39,6 +39,10 @@ pub trait VirtioDevice: Send {
     fn read_config(&self, offset: u64, data: &mut [u8]);
     /// Serves queue `index`; returns true when used buffers were added (interrupt needed).
     fn process_queue(&mut self, mem: &GuestMemoryMmap, index: usize, queue: &mut Queue) -> bool;
+    /// The driver set DRIVER_OK having acknowledged `features` (a subset of [`features`]).
+    ///
+    /// [`features`]: VirtioDevice::features
+    fn activate(&mut self, _features: u64) {}
     /// After `process_queue`: if a rate limiter held requests back, how long until the queue
     /// should be served again (taken: the next call returns `None` until throttled again).
     fn take_retry(&mut self) -> Option<std::time::Duration> {

@@ -19,7 +19,39 @@ use crate::metrics::METRICS;
 pub const TYPE_NET: u32 = 1;
 /// Queue size offered.
 pub const QUEUE_SIZE: u16 = 256;
+const VIRTIO_NET_F_CSUM: u64 = 1 << 0;
+const VIRTIO_NET_F_GUEST_CSUM: u64 = 1 << 1;
 const VIRTIO_NET_F_MAC: u64 = 1 << 5;
+const VIRTIO_NET_F_GUEST_TSO4: u64 = 1 << 7;
+const VIRTIO_NET_F_GUEST_TSO6: u64 = 1 << 8;
+const VIRTIO_NET_F_HOST_TSO4: u64 = 1 << 11;
+const VIRTIO_NET_F_HOST_TSO6: u64 = 1 << 12;
+/// Offloads offered: checksum and TSO in both directions. Frames keep their vnet header
+/// end to end, so whatever the guest or the host kernel left undone travels with the frame.
+const OFFLOADS: u64 = VIRTIO_NET_F_CSUM
+    | VIRTIO_NET_F_GUEST_CSUM
+    | VIRTIO_NET_F_GUEST_TSO4
+    | VIRTIO_NET_F_GUEST_TSO6
+    | VIRTIO_NET_F_HOST_TSO4
+    | VIRTIO_NET_F_HOST_TSO6;
+
+/// The tap offloads matching the features a driver acknowledged: what the host kernel may
+/// leave undone in frames the guest receives.
+pub fn tap_offloads(features: u64) -> u32 {
+    use super::tap::{TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6};
+    let mut flags = 0;
+    if features & VIRTIO_NET_F_GUEST_CSUM != 0 {
+        flags |= TUN_F_CSUM;
+        // TSO without checksum offload is not allowed by the tap.
+        if features & VIRTIO_NET_F_GUEST_TSO4 != 0 {
+            flags |= TUN_F_TSO4;
+        }
+        if features & VIRTIO_NET_F_GUEST_TSO6 != 0 {
+            flags |= TUN_F_TSO6;
+        }
+    }
+    flags
+}
 /// Largest frame plus header handled (no TSO: one MTU-sized frame).
 const MAX_FRAME: usize = 65562;
 const RX: usize = 0;
@@ -256,6 +288,21 @@ pub fn spawn_rx_poller(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn acknowledged_features_map_to_tap_offloads() {
+        use crate::devices::virtio::tap::{TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6};
+        assert_eq!(tap_offloads(0), 0);
+        assert_eq!(tap_offloads(VIRTIO_NET_F_GUEST_CSUM), TUN_F_CSUM);
+        assert_eq!(
+            tap_offloads(
+                VIRTIO_NET_F_GUEST_CSUM | VIRTIO_NET_F_GUEST_TSO4 | VIRTIO_NET_F_GUEST_TSO6
+            ),
+            TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6
+        );
+        assert_eq!(tap_offloads(VIRTIO_NET_F_GUEST_TSO4), 0, "tso needs csum");
+        assert_eq!(tap_offloads(VIRTIO_NET_F_HOST_TSO4 | VIRTIO_NET_F_CSUM), 0);
+    }
 
     #[test]
     fn macs_parse() {

@@ -8,6 +8,14 @@ use std::os::unix::fs::OpenOptionsExt;
 
 /// `TUNSETIFF`.
 const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
+/// `TUNSETOFFLOAD`.
+const TUNSETOFFLOAD: libc::c_ulong = 0x4004_54d0;
+/// The tap may hand us frames with partial checksums.
+pub const TUN_F_CSUM: u32 = 0x01;
+/// ... TCP segments up to 64 KiB over IPv4.
+pub const TUN_F_TSO4: u32 = 0x02;
+/// ... and over IPv6.
+pub const TUN_F_TSO6: u32 = 0x04;
 /// `TUNSETVNETHDRSZ`.
 const TUNSETVNETHDRSZ: libc::c_ulong = 0x4004_54d8;
 const IFF_TAP: libc::c_short = 0x0002;
@@ -94,6 +102,22 @@ impl Tap {
     /// Writes one frame (with its vnet header).
     pub fn write_frame(&mut self, frame: &[u8]) -> std::io::Result<usize> {
         self.file.write(frame)
+    }
+
+    /// Tells the kernel which offloads the guest accepts on frames it receives.
+    pub fn set_offload(&self, flags: u32) -> std::io::Result<()> {
+        // SAFETY: TUNSETOFFLOAD takes its argument by value.
+        if unsafe {
+            libc::ioctl(
+                self.file.as_raw_fd(),
+                TUNSETOFFLOAD,
+                libc::c_ulong::from(flags),
+            )
+        } < 0
+        {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
     }
 
     /// The file descriptor, for polling.
