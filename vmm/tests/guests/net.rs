@@ -1,4 +1,4 @@
-//! A minimal polling virtio-net driver: negotiates VERSION_1, MAC and GUEST_CSUM, posts receive buffers,
+//! A minimal polling virtio-net driver: negotiates VERSION_1, MAC, GUEST_CSUM and GUEST_TSO4, posts receive buffers,
 //! sends one broadcast frame (ethertype 0x88b5) with a greeting, then waits for a 0x88b5
 //! frame from the host, reports its payload, and resets.
 #![no_std]
@@ -122,9 +122,10 @@ extern "C" fn guest_main(_zero_page: u64) -> ! {
     set(0x70, 0);
     set(0x70, 1 | 2);
     set(0x14, 0);
-    // MAC, and receive checksum offload (GUEST_CSUM) when offered: the frames this driver
-    // sends are complete, and it ignores the header flags on what it receives.
-    let acked = reg(0x10) & ((1 << 5) | (1 << 1));
+    // MAC, and receive checksum and TCPv4 segmentation offload (GUEST_CSUM, GUEST_TSO4)
+    // when offered: the frames this driver sends are complete, and the only frames it
+    // receives here are small raw ones.
+    let acked = reg(0x10) & ((1 << 5) | (1 << 1) | (1 << 7));
     set(0x24, 0);
     set(0x20, acked);
     set(0x24, 1);

@@ -216,10 +216,19 @@ impl VirtioDevice for Net {
     }
 
     fn features(&self) -> u64 {
-        if self.mac.is_some() {
-            VIRTIO_NET_F_MAC
-        } else {
-            0
+        OFFLOADS
+            | if self.mac.is_some() {
+                VIRTIO_NET_F_MAC
+            } else {
+                0
+            }
+    }
+
+    fn activate(&mut self, features: u64) {
+        let flags = tap_offloads(features);
+        if let Err(e) = self.tap.set_offload(flags) {
+            METRICS.net_errors.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(error = %e, flags, "TUNSETOFFLOAD");
         }
     }
 
