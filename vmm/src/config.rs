@@ -243,6 +243,34 @@ pub struct NetworkInterface {
     pub tx_rate_limiter: Option<RateLimiter>,
 }
 
+/// `PATCH /drives/{drive_id}`: a new backing file and/or rate limiter for a running drive.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DriveUpdate {
+    /// The drive id.
+    pub drive_id: String,
+    /// New host path of the backing file.
+    #[serde(default)]
+    pub path_on_host: Option<String>,
+    /// New rate limiter.
+    #[serde(default)]
+    pub rate_limiter: Option<RateLimiter>,
+}
+
+/// `PATCH /network-interfaces/{iface_id}`: new rate limiters for a running interface.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkInterfaceUpdate {
+    /// The interface id.
+    pub iface_id: String,
+    /// New receive rate limiter.
+    #[serde(default)]
+    pub rx_rate_limiter: Option<RateLimiter>,
+    /// New transmit rate limiter.
+    #[serde(default)]
+    pub tx_rate_limiter: Option<RateLimiter>,
+}
+
 /// `PUT /logger`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

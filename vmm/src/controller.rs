@@ -179,6 +179,73 @@ impl Controller {
             .map_err(|e| format!("Cannot write metrics to {metrics_path}: {e}"))
     }
 
+    fn running(&self) -> Result<&Machine, ApiResponse> {
+        self.machine.as_ref().ok_or_else(|| {
+            ApiResponse::bad_request(
+                "The requested operation is not supported before starting the microVM.",
+            )
+        })
+    }
+
+    fn patch_drive(&mut self, id: &str, u: crate::config::DriveUpdate) -> ApiResponse {
+        use crate::devices::virtio::DeviceUpdate;
+        let machine = match self.running() {
+            Ok(m) => m,
+            Err(e) => return e,
+        };
+        if u.drive_id != id {
+            return ApiResponse::bad_request(ConfigError::IdMismatch.to_string());
+        }
+        let update = DeviceUpdate::Drive {
+            path: u.path_on_host.as_ref().map(Into::into),
+            rate_limiter: u.rate_limiter.clone(),
+        };
+        if let Err(e) = machine.update_device(id, &update) {
+            return ApiResponse::bad_request(format!("Unable to patch the block device: {e}"));
+        }
+        if let Some(d) = self.config.drives.iter_mut().find(|d| d.drive_id == id) {
+            if u.path_on_host.is_some() {
+                d.path_on_host = u.path_on_host;
+            }
+            if u.rate_limiter.is_some() {
+                d.rate_limiter = u.rate_limiter;
+            }
+        }
+        ApiResponse::NoContent
+    }
+
+    fn patch_net(&mut self, id: &str, u: crate::config::NetworkInterfaceUpdate) -> ApiResponse {
+        use crate::devices::virtio::DeviceUpdate;
+        let machine = match self.running() {
+            Ok(m) => m,
+            Err(e) => return e,
+        };
+        if u.iface_id != id {
+            return ApiResponse::bad_request(ConfigError::IdMismatch.to_string());
+        }
+        let update = DeviceUpdate::Net {
+            rx: u.rx_rate_limiter.clone(),
+            tx: u.tx_rate_limiter.clone(),
+        };
+        if let Err(e) = machine.update_device(id, &update) {
+            return ApiResponse::bad_request(format!("Unable to patch the network interface: {e}"));
+        }
+        if let Some(n) = self
+            .config
+            .network_interfaces
+            .iter_mut()
+            .find(|n| n.iface_id == id)
+        {
+            if u.rx_rate_limiter.is_some() {
+                n.rx_rate_limiter = u.rx_rate_limiter;
+            }
+            if u.tx_rate_limiter.is_some() {
+                n.tx_rate_limiter = u.tx_rate_limiter;
+            }
+        }
+        ApiResponse::NoContent
+    }
+
     fn state(&self) -> &'static str {
         match (&self.machine, self.paused) {
             (None, _) => "Not started",
@@ -236,6 +303,8 @@ impl Controller {
                 before_start!();
                 done(self.config.put_network_interface(&id, n))
             }
+            ApiRequest::PatchDrive(id, u) => self.patch_drive(&id, u),
+            ApiRequest::PatchNetworkInterface(id, u) => self.patch_net(&id, u),
             ApiRequest::PutLogger(l) => {
                 let result = match &mut self.logger {
                     Some(hook) => hook(&l),

@@ -177,6 +177,7 @@ pub struct Machine {
     i8042: Arc<Mutex<I8042>>,
     started: Instant,
     count: u8,
+    devices: crate::devices::virtio::Devices,
 }
 
 extern "C" fn kick_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
@@ -250,7 +251,7 @@ impl Machine {
             0x1000,
             Arc::new(Mutex::new(BootTimer::new(started, events.clone()))),
         )?;
-        crate::devices::virtio::attach_devices(
+        let devices = crate::devices::virtio::attach_devices(
             &vm,
             &mut mmio,
             &mut cmdline,
@@ -315,6 +316,7 @@ impl Machine {
             i8042,
             started,
             count: spec.vcpus,
+            devices,
         })
     }
 
@@ -363,6 +365,23 @@ impl Machine {
         self.control.attention.store(state.stop, Ordering::SeqCst);
         drop(state);
         self.control.changed.notify_all();
+    }
+
+    /// Applies `update` to the virtio device `id`.
+    pub fn update_device(
+        &self,
+        id: &str,
+        update: &crate::devices::virtio::DeviceUpdate,
+    ) -> Result<(), String> {
+        let (_, transport) = self
+            .devices
+            .iter()
+            .find(|(d, _)| d == id)
+            .ok_or_else(|| format!("No device with id {id}."))?;
+        transport
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .update(update)
     }
 
     /// Queues Ctrl+Alt+Del on the i8042.

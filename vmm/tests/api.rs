@@ -316,3 +316,82 @@ fn curl_drives_the_api_like_firecracker_tooling_does() {
         vmm.serial()
     );
 }
+
+#[test]
+fn a_running_drive_gets_a_new_backing_file_and_rate_limiter_through_patch() {
+    if !kvm_available() {
+        return;
+    }
+    let kernel = guest("waiter");
+    let mut vmm = Vmm::with_api();
+    let disk = vmm.dir.path().join("a.img");
+    let bigger = vmm.dir.path().join("b.img");
+    std::fs::write(&disk, vec![1u8; 8192]).unwrap();
+    std::fs::write(&bigger, vec![2u8; 16384]).unwrap();
+    let m = fault(&vmm, "PATCH", "/drives/rootfs", r#"{"drive_id": "rootfs"}"#);
+    assert!(m.contains("before starting"), "{m}");
+    ok(
+        &vmm,
+        "PUT",
+        "/boot-source",
+        json!({"kernel_image_path": kernel}),
+    );
+    ok(
+        &vmm,
+        "PUT",
+        "/drives/rootfs",
+        json!({"drive_id": "rootfs", "path_on_host": disk, "is_root_device": true}),
+    );
+    ok(
+        &vmm,
+        "PUT",
+        "/actions",
+        json!({"action_type": "InstanceStart"}),
+    );
+    vmm.wait_serial("ready\n", Duration::from_secs(20));
+
+    ok(
+        &vmm,
+        "PATCH",
+        "/drives/rootfs",
+        json!({"drive_id": "rootfs", "path_on_host": bigger}),
+    );
+    ok(
+        &vmm,
+        "PATCH",
+        "/drives/rootfs",
+        json!({"drive_id": "rootfs", "rate_limiter": {"ops": {"size": 100, "refill_time": 1000}}}),
+    );
+    let cfg = get(&vmm, "/vm/config");
+    assert_eq!(cfg["drives"][0]["path_on_host"], json!(bigger));
+    assert_eq!(cfg["drives"][0]["rate_limiter"]["ops"]["size"], 100);
+
+    let m = fault(
+        &vmm,
+        "PATCH",
+        "/drives/rootfs",
+        r#"{"drive_id": "rootfs", "path_on_host": "/nonexistent/disk"}"#,
+    );
+    assert!(m.contains("/nonexistent/disk"), "{m}");
+    let m = fault(&vmm, "PATCH", "/drives/other", r#"{"drive_id": "other"}"#);
+    assert!(m.contains("No device with id other"), "{m}");
+    let m = fault(
+        &vmm,
+        "PATCH",
+        "/network-interfaces/eth0",
+        r#"{"iface_id": "eth0"}"#,
+    );
+    assert!(m.contains("No device with id eth0"), "{m}");
+    let m = fault(
+        &vmm,
+        "PATCH",
+        "/drives/rootfs",
+        r#"{"drive_id": "rootfs", "is_read_only": true}"#,
+    );
+    assert!(m.contains("unknown field"), "{m}");
+    assert_eq!(get(&vmm, "/")["state"], "Running");
+    assert_eq!(
+        get(&vmm, "/vm/config")["drives"][0]["path_on_host"],
+        json!(bigger)
+    );
+}

@@ -13,8 +13,8 @@ pub mod server;
 use serde::{Deserialize, Serialize};
 
 use crate::config::{
-    BootSource, Drive, LoggerConfig, MachineConfig, MachineConfigUpdate, MetricsConfig,
-    NetworkInterface,
+    BootSource, Drive, DriveUpdate, LoggerConfig, MachineConfig, MachineConfigUpdate,
+    MetricsConfig, NetworkInterface, NetworkInterfaceUpdate,
 };
 
 /// `PUT /actions` action types.
@@ -74,6 +74,10 @@ pub enum ApiRequest {
     PutDrive(String, Drive),
     /// `PUT /network-interfaces/{id}`.
     PutNetworkInterface(String, NetworkInterface),
+    /// `PATCH /drives/{id}`.
+    PatchDrive(String, DriveUpdate),
+    /// `PATCH /network-interfaces/{id}`.
+    PatchNetworkInterface(String, NetworkInterfaceUpdate),
     /// `PUT /actions`.
     Action(ActionType),
     /// `PATCH /vm`.

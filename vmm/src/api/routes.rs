@@ -59,6 +59,13 @@ pub fn route(req: &Request) -> Result<ApiRequest, ApiResponse> {
         ("PUT", p) if p.starts_with("/drives/") => {
             ApiRequest::PutDrive(id_segment(&p["/drives/".len()..])?, json(body)?)
         }
+        ("PATCH", p) if p.starts_with("/drives/") => {
+            ApiRequest::PatchDrive(id_segment(&p["/drives/".len()..])?, json(body)?)
+        }
+        ("PATCH", p) if p.starts_with("/network-interfaces/") => ApiRequest::PatchNetworkInterface(
+            id_segment(&p["/network-interfaces/".len()..])?,
+            json(body)?,
+        ),
         ("PUT", p) if p.starts_with("/network-interfaces/") => ApiRequest::PutNetworkInterface(
             id_segment(&p["/network-interfaces/".len()..])?,
             json(body)?,

@@ -256,6 +256,27 @@ impl VirtioDevice for Block {
         self.retry.take()
     }
 
+    fn update(&mut self, update: &super::DeviceUpdate) -> Result<bool, String> {
+        let super::DeviceUpdate::Drive { path, rate_limiter } = update else {
+            return Err("not a drive update".into());
+        };
+        let mut changed = false;
+        if let Some(path) = path {
+            let new = Block::open(path, self.read_only).map_err(|e| {
+                let cause = std::error::Error::source(&e).map(|s| s.to_string());
+                format!("{e}: {}", cause.unwrap_or_default())
+            })?;
+            changed = new.capacity_sectors != self.capacity_sectors;
+            self.file = new.file;
+            self.capacity_sectors = new.capacity_sectors;
+            self.id = new.id;
+        }
+        if let Some(cfg) = rate_limiter {
+            self.limiter = RateLimiter::new(Some(cfg), Instant::now());
+        }
+        Ok(changed)
+    }
+
     fn process_queue(&mut self, mem: &GuestMemoryMmap, _index: usize, queue: &mut Queue) -> bool {
         let mut used_any = false;
         let mut descs = Vec::with_capacity(4);
@@ -416,6 +437,34 @@ mod tests {
             8192,
             "never extended"
         );
+    }
+
+    #[test]
+    fn a_new_backing_file_changes_capacity_and_contents() {
+        let m = mem();
+        let (_f, mut b) = disk(4096, false);
+        let bigger = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(bigger.path(), vec![7u8; 8192]).unwrap();
+        let update = super::super::DeviceUpdate::Drive {
+            path: Some(bigger.path().to_path_buf()),
+            rate_limiter: None,
+        };
+        assert_eq!(b.update(&update), Ok(true), "capacity changed");
+        assert_eq!(b.capacity_sectors(), 16);
+        let mut cap = [0u8; 8];
+        b.read_config(0, &mut cap);
+        assert_eq!(u64::from_le_bytes(cap), 16);
+        let mut q = queue(8, DESC, AVAIL, USED);
+        post(&m, REQ_IN, 15, 512, true, 0);
+        b.process_queue(&m, 0, &mut q);
+        assert_eq!(status(&m), STATUS_OK);
+        assert_eq!(m.read_obj::<u8>(GuestAddress(0x5000)).unwrap(), 7);
+        let missing = super::super::DeviceUpdate::Drive {
+            path: Some("/nonexistent/disk".into()),
+            rate_limiter: None,
+        };
+        assert!(b.update(&missing).is_err());
+        assert_eq!(b.capacity_sectors(), 16, "a failed update changes nothing");
     }
 
     #[test]

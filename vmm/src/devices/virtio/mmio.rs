@@ -46,6 +46,7 @@ const STATUS_DRIVER_OK: u32 = 4;
 const STATUS_FEATURES_OK: u32 = 8;
 const STATUS_FAILED: u32 = 0x80;
 const INT_USED_RING: u32 = 1;
+const INT_CONFIG_CHANGE: u32 = 2;
 
 /// A virtio device behind its MMIO registers.
 pub struct MmioTransport {
@@ -60,6 +61,7 @@ pub struct MmioTransport {
     status: u32,
     interrupt_status: u32,
     retry: Option<std::sync::mpsc::Sender<(u32, std::time::Duration)>>,
+    config_generation: u32,
 }
 
 impl MmioTransport {
@@ -82,6 +84,7 @@ impl MmioTransport {
             status: 0,
             interrupt_status: 0,
             retry: None,
+            config_generation: 0,
         }
     }
 
@@ -101,6 +104,19 @@ impl MmioTransport {
             return None;
         }
         self.queues.get_mut(self.queue_sel as usize)
+    }
+
+    /// Applies a runtime update to the device; a configuration change is announced to the
+    /// driver (new generation, configuration-change interrupt).
+    pub fn update(&mut self, update: &super::DeviceUpdate) -> Result<(), String> {
+        if self.device.update(update)? {
+            self.config_generation = self.config_generation.wrapping_add(1);
+            if self.status & STATUS_DRIVER_OK != 0 {
+                self.interrupt_status |= INT_CONFIG_CHANGE;
+                let _ = self.irq.trigger();
+            }
+        }
+        Ok(())
     }
 
     /// Serves a notification for queue `index` (from the ioeventfd or a trapped write).
@@ -142,7 +158,7 @@ impl MmioTransport {
             REG_QUEUE_READY => q.map_or(0, |q| u32::from(q.ready())),
             REG_INTERRUPT_STATUS => self.interrupt_status,
             REG_STATUS => self.status,
-            REG_CONFIG_GENERATION => 0,
+            REG_CONFIG_GENERATION => self.config_generation,
             _ => 0,
         }
     }

@@ -27,6 +27,28 @@ pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
 /// Device id of a block device.
 pub const TYPE_BLOCK: u32 = 2;
 
+/// A change to a running device.
+#[derive(Debug, Clone)]
+pub enum DeviceUpdate {
+    /// A drive: a new backing file and/or rate limiter.
+    Drive {
+        /// New backing file.
+        path: Option<std::path::PathBuf>,
+        /// New rate limiter.
+        rate_limiter: Option<crate::config::RateLimiter>,
+    },
+    /// An interface: new rate limiters.
+    Net {
+        /// New receive limiter.
+        rx: Option<crate::config::RateLimiter>,
+        /// New transmit limiter.
+        tx: Option<crate::config::RateLimiter>,
+    },
+}
+
+/// The running virtio devices by id, for runtime updates.
+pub type Devices = Vec<(String, Arc<Mutex<mmio::MmioTransport>>)>;
+
 /// What a device behind the transport implements.
 pub trait VirtioDevice: Send {
     /// The virtio device id.
@@ -39,6 +61,11 @@ pub trait VirtioDevice: Send {
     fn read_config(&self, offset: u64, data: &mut [u8]);
     /// Serves queue `index`; returns true when used buffers were added (interrupt needed).
     fn process_queue(&mut self, mem: &GuestMemoryMmap, index: usize, queue: &mut Queue) -> bool;
+    /// Applies a runtime update (`PATCH /drives`, `PATCH /network-interfaces`); true when the
+    /// device's configuration space changed.
+    fn update(&mut self, _update: &DeviceUpdate) -> Result<bool, String> {
+        Err("this device cannot be updated".into())
+    }
     /// The driver set DRIVER_OK having acknowledged `features` (a subset of [`features`]).
     ///
     /// [`features`]: VirtioDevice::features
@@ -59,8 +86,9 @@ pub fn attach_devices(
     cmdline: &mut Cmdline,
     drives: &[DriveSpec],
     nets: &[NetSpec],
-) -> Result<(), MachineError> {
+) -> Result<Devices, MachineError> {
     let mut slot = 0u32;
+    let mut devices = Devices::new();
     let mut place = |id: &str,
                      device: Box<dyn VirtioDevice>,
                      rx_fd: Option<std::os::fd::RawFd>|
@@ -86,7 +114,8 @@ pub fn attach_devices(
         if let Some(fd) = rx_fd {
             net::spawn_rx_poller(id, fd, transport.clone()).map_err(|e| err(e.into()))?;
         }
-        mmio_bus.insert(base, layout::VIRTIO_MMIO_SIZE, transport)?;
+        mmio_bus.insert(base, layout::VIRTIO_MMIO_SIZE, transport.clone())?;
+        devices.push((id.to_string(), transport));
         cmdline
             .add_virtio_mmio_device(layout::VIRTIO_MMIO_SIZE, GuestAddress(base), irq, None)
             .map_err(|e| err(e.to_string().into()))
@@ -110,5 +139,5 @@ pub fn attach_devices(
         let fd = device.tap_fd();
         place(&n.id, Box::new(device), Some(fd))?;
     }
-    Ok(())
+    Ok(devices)
 }

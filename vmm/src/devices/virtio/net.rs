@@ -252,6 +252,19 @@ impl VirtioDevice for Net {
         self.retry.take()
     }
 
+    fn update(&mut self, update: &super::DeviceUpdate) -> Result<bool, String> {
+        let super::DeviceUpdate::Net { rx, tx } = update else {
+            return Err("not a network interface update".into());
+        };
+        if let Some(rx) = rx {
+            self.rx_limiter = RateLimiter::new(Some(rx), Instant::now());
+        }
+        if let Some(tx) = tx {
+            self.tx_limiter = RateLimiter::new(Some(tx), Instant::now());
+        }
+        Ok(false)
+    }
+
     fn process_queue(&mut self, mem: &GuestMemoryMmap, index: usize, queue: &mut Queue) -> bool {
         match index {
             RX => self.receive(mem, queue),
