@@ -512,6 +512,28 @@ mod tests {
     }
 
     #[test]
+    fn the_example_config_parses_and_validates_its_machine() {
+        // `etc/vm-config.json`: the documented example of a `--config-file`.
+        let c: VmConfig = serde_json::from_str(include_str!("../etc/vm-config.json")).unwrap();
+        assert_eq!(c.machine_config.validate(), Ok(()));
+        assert_eq!(c.machine_config.vcpu_count, 2);
+        assert_eq!(
+            c.drives[0]
+                .rate_limiter
+                .as_ref()
+                .unwrap()
+                .ops
+                .as_ref()
+                .unwrap()
+                .one_time_burst,
+            Some(5000)
+        );
+        assert_eq!(c.network_interfaces[0].host_dev_name, "tap-vm1");
+        assert!(check_mac(c.network_interfaces[0].guest_mac.as_deref().unwrap()).is_ok());
+        assert!(c.metrics.is_some() && c.logger.is_some());
+    }
+
+    #[test]
     fn machine_config_validation_and_patch() {
         let m = MachineConfig::default();
         assert_eq!(m.validate(), Ok(()));

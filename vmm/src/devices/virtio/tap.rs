@@ -94,6 +94,12 @@ impl Tap {
         Ok(Tap { file })
     }
 
+    /// A stand-in tap over any file (a datagram socket in tests).
+    #[cfg(test)]
+    pub fn from_file(file: File) -> Tap {
+        Tap { file }
+    }
+
     /// Reads one frame (with its vnet header); `WouldBlock` when none is queued.
     pub fn read_frame(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         self.file.read(buf)
