@@ -369,17 +369,28 @@ impl VmConfig {
         if d.drive_id != id {
             return Err(ConfigError::IdMismatch);
         }
-        if d.socket.is_some() {
-            return Err(ConfigError::Unsupported("vhost-user drives (socket)"));
+        match (&d.path_on_host, &d.socket) {
+            (Some(path), None) => check_file("drive", path, !d.is_read_only)?,
+            (None, Some(socket)) => {
+                use std::os::unix::fs::FileTypeExt;
+                // Only looked at, not connected to: backends serve one frontend at a time.
+                let is_socket = std::fs::metadata(socket).map(|m| m.file_type().is_socket());
+                if !matches!(is_socket, Ok(true)) {
+                    return Err(ConfigError::MissingFile {
+                        what: "vhost-user socket",
+                        path: socket.clone(),
+                        reason: "not a unix socket".into(),
+                    });
+                }
+            }
+            _ => {
+                return Err(ConfigError::MissingFile {
+                    what: "drive",
+                    path: String::new(),
+                    reason: "exactly one of path_on_host and socket is required".into(),
+                });
+            }
         }
-        let Some(path) = &d.path_on_host else {
-            return Err(ConfigError::MissingFile {
-                what: "drive",
-                path: String::new(),
-                reason: "path_on_host is required".into(),
-            });
-        };
-        check_file("drive", path, !d.is_read_only)?;
         if d.is_root_device
             && self
                 .drives
@@ -470,6 +481,7 @@ impl VmConfig {
                     path: Path::new(d.path_on_host.as_deref().unwrap_or_default()).to_path_buf(),
                     read_only: d.is_read_only,
                     rate_limiter: d.rate_limiter.clone(),
+                    socket: d.socket.as_deref().map(PathBuf::from),
                 })
                 .collect(),
             nets: self

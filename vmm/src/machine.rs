@@ -119,6 +119,8 @@ pub struct DriveSpec {
     pub read_only: bool,
     /// Rate limiter.
     pub rate_limiter: Option<crate::config::RateLimiter>,
+    /// A vhost-user-blk backend's socket, used instead of `path`.
+    pub socket: Option<PathBuf>,
 }
 
 /// Something a vCPU or device reports to the VMM thread.

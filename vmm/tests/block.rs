@@ -141,3 +141,82 @@ fn a_bandwidth_limited_drive_is_slowed_to_its_rate_and_still_correct() {
         "throttled far below the rate: {elapsed:?}"
     );
 }
+
+/// qemu-storage-daemon exporting a file as vhost-user-blk; killed on drop.
+struct StorageDaemon(std::process::Child);
+
+impl Drop for StorageDaemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn a_vhost_user_blk_drive_is_served_by_another_process() {
+    if !kvm_available() {
+        return;
+    }
+    if std::process::Command::new("qemu-storage-daemon")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        // The backend comes from Debian's qemu-system-common; blockdp will replace it.
+        if std::env::var_os("CI").is_some() {
+            panic!("qemu-storage-daemon is not installed");
+        }
+        eprintln!("SKIP: qemu-storage-daemon is not installed");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let disk = dir.path().join("vu.img");
+    let sock = dir.path().join("vu.sock");
+    let image = disk_image(64 * 1024);
+    std::fs::write(&disk, &image).unwrap();
+    let _daemon = StorageDaemon(
+        std::process::Command::new("qemu-storage-daemon")
+            .arg("--blockdev")
+            .arg(format!(
+                "driver=file,node-name=disk,filename={}",
+                disk.display()
+            ))
+            .arg("--export")
+            .arg(format!(
+                "type=vhost-user-blk,id=vu,node-name=disk,addr.type=unix,addr.path={},writable=on",
+                sock.display()
+            ))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start qemu-storage-daemon"),
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !sock.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "backend socket never appeared"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let mut vmm = Vmm::from_config(&json!({
+        "boot-source": {"kernel_image_path": guest("blk")},
+        "machine-config": {"vcpu_count": 1, "mem_size_mib": 32},
+        "drives": [{"drive_id": "vu", "socket": sock, "is_root_device": true}],
+    }));
+    let status = vmm.wait_exit(Duration::from_secs(30));
+    let serial = vmm.serial();
+    assert_eq!(status.code(), Some(0), "{serial}\n{}", vmm.log());
+    let expect = |line: String| assert!(serial.contains(&line), "no {line:?} in {serial:?}");
+    expect("capacity=128\n".into());
+    expect("read_status=0\n".into());
+    expect(format!("read_fnv={:016x}\n", fnv1a(&image[..4096])));
+    expect("write_status=0\n".into());
+    expect(format!("readback_fnv={:016x}\n", fnv1a(&pattern())));
+    let after = std::fs::read(&disk).unwrap();
+    assert_eq!(
+        &after[4096..8192],
+        &pattern()[..],
+        "the backend wrote the guest's data"
+    );
+}

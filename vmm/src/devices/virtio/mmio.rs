@@ -156,6 +156,11 @@ impl MmioTransport {
             }
             REG_QUEUE_NUM_MAX => q.map_or(0, |q| u32::from(q.max_size())),
             REG_QUEUE_READY => q.map_or(0, |q| u32::from(q.ready())),
+            // A backend signals used buffers straight through the irqfd, without setting our
+            // status: report the used-ring bit so drivers look at their queues.
+            REG_INTERRUPT_STATUS if self.device.uses_backend_eventfds() => {
+                self.interrupt_status | INT_USED_RING
+            }
             REG_INTERRUPT_STATUS => self.interrupt_status,
             REG_STATUS => self.status,
             REG_CONFIG_GENERATION => self.config_generation,
@@ -201,6 +206,8 @@ impl MmioTransport {
                 } else {
                     if v & STATUS_DRIVER_OK != 0 && self.status & STATUS_DRIVER_OK == 0 {
                         self.device.activate(self.driver_features);
+                        self.device
+                            .activate_queues(self.driver_features, &self.mem, &self.queues);
                     }
                     self.status = v;
                 }
@@ -290,4 +297,14 @@ pub fn spawn_retry_timer(id: &str, transport: Arc<Mutex<MmioTransport>>) -> std:
             }
         })?;
     Ok(())
+}
+
+/// Registers an ioeventfd on a device's `QueueNotify` (queue 0) and returns it, for a backend
+/// to use as its kick.
+pub fn register_kick(vm: &Vm, base: u64) -> std::io::Result<EventFd> {
+    let evt = EventFd::new(libc::EFD_NONBLOCK)?;
+    vm.fd()
+        .register_ioevent(&evt, &IoEventAddress::Mmio(base + REG_QUEUE_NOTIFY), 0u32)
+        .map_err(|e| std::io::Error::from_raw_os_error(e.errno()))?;
+    Ok(evt)
 }

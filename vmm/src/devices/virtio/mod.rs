@@ -5,11 +5,13 @@
 //!   thread, interrupts leave through an irqfd.
 //! - [`block`]: virtio-blk on a local file.
 //! - [`net`]: virtio-net on a tap ([`tap`]), served in userspace.
+//! - [`vhost_user_block`]: virtio-blk served by a vhost-user backend in another process.
 
 pub mod block;
 pub mod mmio;
 pub mod net;
 pub mod tap;
+pub mod vhost_user_block;
 
 use std::sync::{Arc, Mutex};
 
@@ -70,6 +72,21 @@ pub trait VirtioDevice: Send {
     ///
     /// [`features`]: VirtioDevice::features
     fn activate(&mut self, _features: u64) {}
+    /// Like [`activate`](VirtioDevice::activate), with the queues as the driver set them up
+    /// (for devices whose queues are served elsewhere).
+    fn activate_queues(&mut self, _features: u64, _mem: &GuestMemoryMmap, _queues: &[Queue]) {}
+    /// True for devices whose queues a backend serves directly: they take the kick and call
+    /// eventfds instead of the VMM serving notifications.
+    fn uses_backend_eventfds(&self) -> bool {
+        false
+    }
+    /// Hands such a device its kick (the `QueueNotify` ioeventfd) and call (the irqfd).
+    fn backend_eventfds(
+        &mut self,
+        _kick: vmm_sys_util::eventfd::EventFd,
+        _call: vmm_sys_util::eventfd::EventFd,
+    ) {
+    }
     /// After `process_queue`: if a rate limiter held requests back, how long until the queue
     /// should be served again (taken: the next call returns `None` until throttled again).
     fn take_retry(&mut self) -> Option<std::time::Duration> {
@@ -103,13 +120,19 @@ pub fn attach_devices(
             return Err(err("too many virtio devices".into()));
         }
         slot += 1;
-        let transport = mmio::MmioTransport::new(
-            device,
-            vm.memory().clone(),
-            crate::machine::irq_line(vm, irq)?,
-        );
+        let mut device = device;
+        let irq_line = crate::machine::irq_line(vm, irq)?;
+        let backend = device.uses_backend_eventfds();
+        if backend {
+            let kick = mmio::register_kick(vm, base).map_err(|e| err(e.into()))?;
+            let call = irq_line.eventfd().try_clone().map_err(|e| err(e.into()))?;
+            device.backend_eventfds(kick, call);
+        }
+        let transport = mmio::MmioTransport::new(device, vm.memory().clone(), irq_line);
         let transport = Arc::new(Mutex::new(transport));
-        mmio::spawn_notifier(vm, base, id, transport.clone()).map_err(|e| err(e.into()))?;
+        if !backend {
+            mmio::spawn_notifier(vm, base, id, transport.clone()).map_err(|e| err(e.into()))?;
+        }
         mmio::spawn_retry_timer(id, transport.clone()).map_err(|e| err(e.into()))?;
         if let Some(fd) = rx_fd {
             net::spawn_rx_poller(id, fd, transport.clone()).map_err(|e| err(e.into()))?;
@@ -121,13 +144,22 @@ pub fn attach_devices(
             .map_err(|e| err(e.to_string().into()))
     };
     for drive in drives {
-        let device = block::Block::open(&drive.path, drive.read_only)
-            .map_err(|e| MachineError::Virtio {
-                id: drive.id.clone(),
-                source: e.into(),
-            })?
-            .with_rate_limiter(drive.rate_limiter.as_ref());
-        place(&drive.id, Box::new(device), None)?;
+        let virtio_err = |source: Box<dyn std::error::Error + Send + Sync>| MachineError::Virtio {
+            id: drive.id.clone(),
+            source,
+        };
+        let device: Box<dyn VirtioDevice> = match &drive.socket {
+            Some(socket) => Box::new(
+                vhost_user_block::VhostUserBlock::connect(socket)
+                    .map_err(|e| virtio_err(e.into()))?,
+            ),
+            None => Box::new(
+                block::Block::open(&drive.path, drive.read_only)
+                    .map_err(|e| virtio_err(e.into()))?
+                    .with_rate_limiter(drive.rate_limiter.as_ref()),
+            ),
+        };
+        place(&drive.id, device, None)?;
     }
     for n in nets {
         let tap = tap::Tap::open(&n.tap).map_err(|e| MachineError::Virtio {
