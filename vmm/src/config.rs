@@ -47,6 +47,9 @@ pub enum ConfigError {
     /// Configuration after the VM started.
     #[error("The requested operation is not supported after starting the microVM.")]
     AfterStart,
+    /// An `io_engine` other than `Sync` or `Async`.
+    #[error("Invalid io_engine {0:?}: expected \"Sync\" or \"Async\".")]
+    IoEngine(String),
     /// A tap name that cannot be a Linux interface name.
     #[error("Invalid host device name: {0:?}")]
     TapName(String),
@@ -213,7 +216,7 @@ pub struct Drive {
     /// `Unsafe` or `Writeback`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cache_type: Option<String>,
-    /// `Sync` or `Async`.
+    /// `Sync` (positioned I/O, the default) or `Async` (io_uring).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub io_engine: Option<String>,
     /// Rate limiter.
@@ -369,6 +372,11 @@ impl VmConfig {
         if d.drive_id != id {
             return Err(ConfigError::IdMismatch);
         }
+        if !matches!(d.io_engine.as_deref(), None | Some("Sync") | Some("Async")) {
+            return Err(ConfigError::IoEngine(
+                d.io_engine.clone().unwrap_or_default(),
+            ));
+        }
         match (&d.path_on_host, &d.socket) {
             (Some(path), None) => check_file("drive", path, !d.is_read_only)?,
             (None, Some(socket)) => {
@@ -482,6 +490,7 @@ impl VmConfig {
                     read_only: d.is_read_only,
                     rate_limiter: d.rate_limiter.clone(),
                     socket: d.socket.as_deref().map(PathBuf::from),
+                    io_uring: d.io_engine.as_deref() == Some("Async"),
                 })
                 .collect(),
             nets: self

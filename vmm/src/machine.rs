@@ -121,6 +121,8 @@ pub struct DriveSpec {
     pub rate_limiter: Option<crate::config::RateLimiter>,
     /// A vhost-user-blk backend's socket, used instead of `path`.
     pub socket: Option<PathBuf>,
+    /// Serve the file with io_uring (`io_engine: "Async"`).
+    pub io_uring: bool,
 }
 
 /// Something a vCPU or device reports to the VMM thread.

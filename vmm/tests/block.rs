@@ -220,3 +220,35 @@ fn a_vhost_user_blk_drive_is_served_by_another_process() {
         "the backend wrote the guest's data"
     );
 }
+
+#[test]
+fn the_io_uring_engine_serves_the_same_requests() {
+    if !kvm_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let disk = dir.path().join("uring.img");
+    let image = disk_image(64 * 1024);
+    std::fs::write(&disk, &image).unwrap();
+    let mut vmm = Vmm::from_config(&json!({
+        "boot-source": {"kernel_image_path": guest("blk")},
+        "machine-config": {"vcpu_count": 1, "mem_size_mib": 32},
+        "drives": [{"drive_id": "rootfs", "path_on_host": disk, "is_root_device": true, "io_engine": "Async"}],
+    }));
+    let status = vmm.wait_exit(Duration::from_secs(30));
+    let serial = vmm.serial();
+    assert_eq!(status.code(), Some(0), "{serial}\n{}", vmm.log());
+    for line in [
+        "capacity=128\n".to_string(),
+        format!("read_fnv={:016x}\n", fnv1a(&image[..4096])),
+        "write_status=0\n".into(),
+        "flush_status=0\n".into(),
+        format!("readback_fnv={:016x}\n", fnv1a(&pattern())),
+        "oob_status=1\n".into(),
+    ] {
+        assert!(serial.contains(&line), "no {line:?} in {serial:?}");
+    }
+    let after = std::fs::read(&disk).unwrap();
+    assert_eq!(&after[4096..8192], &pattern()[..]);
+    assert_eq!(&after[8192..], &image[8192..]);
+}

@@ -153,11 +153,16 @@ pub fn attach_devices(
                 vhost_user_block::VhostUserBlock::connect(socket)
                     .map_err(|e| virtio_err(e.into()))?,
             ),
-            None => Box::new(
-                block::Block::open(&drive.path, drive.read_only)
+            None => {
+                let device = block::Block::open(&drive.path, drive.read_only)
                     .map_err(|e| virtio_err(e.into()))?
-                    .with_rate_limiter(drive.rate_limiter.as_ref()),
-            ),
+                    .with_rate_limiter(drive.rate_limiter.as_ref());
+                Box::new(if drive.io_uring {
+                    device.with_io_uring().map_err(|e| virtio_err(e.into()))?
+                } else {
+                    device
+                })
+            }
         };
         place(&drive.id, device, None)?;
     }
