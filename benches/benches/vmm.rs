@@ -83,6 +83,7 @@ fn vmm_exit(kernel: &Path) -> Duration {
         drives: vec![],
         nets: vec![],
         protocol: Default::default(),
+        serial_stdin: false,
     };
     let (tx, rx) = channel();
     let machine = Machine::start(&spec, Box::new(std::io::sink()), tx).unwrap();
@@ -169,6 +170,7 @@ fn vmm_api_boot(bin: &Path, kernel: &Path, dir: &Path) -> (Duration, Duration, u
     let start = Instant::now();
     let mut child = Killed(
         Command::new(bin)
+            .stdin(Stdio::null())
             .arg("--api-sock")
             .arg(&sock)
             .stdout(Stdio::piped())
@@ -210,6 +212,7 @@ fn vmm_cold_boot(bin: &Path, kernel: &Path, dir: &Path) -> Duration {
     let start = Instant::now();
     let mut child = Killed(
         Command::new(bin)
+            .stdin(Stdio::null())
             .args(["--no-api", "--config-file"])
             .arg(&cfg)
             .arg("--api-sock")

@@ -508,6 +508,7 @@ impl VmConfig {
                 })
                 .collect(),
             protocol: Default::default(),
+            serial_stdin: false,
         })
     }
 }

@@ -55,6 +55,7 @@ pub struct Controller {
     logger: Option<LoggerHook>,
     events: Sender<Event>,
     protocol: crate::arch::boot::BootProtocol,
+    serial_stdin: bool,
 }
 
 impl Controller {
@@ -70,6 +71,7 @@ impl Controller {
             logger: None,
             events,
             protocol: Default::default(),
+            serial_stdin: false,
         }
     }
 
@@ -85,6 +87,12 @@ impl Controller {
         self
     }
 
+    /// Feeds stdin to the guest's serial console.
+    pub fn with_serial_stdin(mut self) -> Self {
+        self.serial_stdin = true;
+        self
+    }
+
     /// Whether a VM is running (or paused).
     pub fn started(&self) -> bool {
         self.machine.is_some()
@@ -97,6 +105,7 @@ impl Controller {
         }
         let mut spec = self.config.vm_spec().map_err(|e| e.to_string())?;
         spec.protocol = self.protocol;
+        spec.serial_stdin = self.serial_stdin;
         let serial = (self.serial)().map_err(|e| format!("Cannot open serial output: {e}"))?;
         let (vm_tx, vm_rx) = std::sync::mpsc::channel();
         let forward = self.events.clone();

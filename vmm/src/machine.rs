@@ -91,6 +91,8 @@ pub struct VmSpec {
     pub nets: Vec<NetSpec>,
     /// How to enter the kernel.
     pub protocol: arch::boot::BootProtocol,
+    /// Feed the process's stdin to the serial console's receiver.
+    pub serial_stdin: bool,
 }
 
 /// A network interface to attach.
@@ -235,12 +237,14 @@ impl Machine {
 
         let mut pio = Bus::new();
         let mut mmio = Bus::new();
-        let serial_dev = SerialDevice::new(irq_line(&vm, layout::COM1_IRQ)?, serial);
-        pio.insert(
-            u64::from(layout::COM1_PORT),
-            8,
-            Arc::new(Mutex::new(serial_dev)),
-        )?;
+        let serial_dev = Arc::new(Mutex::new(SerialDevice::new(
+            irq_line(&vm, layout::COM1_IRQ)?,
+            serial,
+        )));
+        pio.insert(u64::from(layout::COM1_PORT), 8, serial_dev.clone())?;
+        if spec.serial_stdin {
+            spawn_stdin_reader(serial_dev).map_err(MachineError::Thread)?;
+        }
         let i8042 = Arc::new(Mutex::new(I8042::new(
             irq_line(&vm, layout::I8042_IRQ)?,
             events.clone(),
@@ -419,6 +423,33 @@ impl Drop for Machine {
             self.stop_vcpus();
         }
     }
+}
+
+/// Copies stdin into the UART's receive FIFO, waiting while the FIFO is full; ends at EOF.
+fn spawn_stdin_reader(serial: Arc<Mutex<SerialDevice>>) -> std::io::Result<()> {
+    use std::io::Read;
+    std::thread::Builder::new()
+        .name("fc_serial_in".into())
+        .spawn(move || {
+            let mut buf = [0u8; 64];
+            while let Ok(n) = std::io::stdin().read(&mut buf) {
+                if n == 0 {
+                    return;
+                }
+                let mut rest = &buf[..n];
+                while !rest.is_empty() {
+                    let taken = serial
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .enqueue_input(rest);
+                    rest = &rest[taken..];
+                    if !rest.is_empty() {
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                }
+            }
+        })?;
+    Ok(())
 }
 
 /// Parks while paused; false when the vCPU must stop.

@@ -46,6 +46,9 @@ struct Args {
     /// Log level (error, warn, info, debug, trace); `RUST_LOG` overrides.
     #[arg(long, default_value = "warn")]
     level: String,
+    /// Do not feed stdin to the guest's serial console.
+    #[arg(long)]
+    no_serial_input: bool,
     /// Enter ELF kernels through their PVH entry (32-bit, `hvm_start_info`) instead of the
     /// 64-bit Linux boot protocol.
     #[arg(long)]
@@ -201,6 +204,9 @@ fn run(args: Args) -> ExitCode {
     });
     let mut controller =
         Controller::new(args.id.clone(), config, serial, tx.clone()).with_logger(logger);
+    if !args.no_serial_input {
+        controller = controller.with_serial_stdin();
+    }
     if args.pvh {
         controller = controller.with_boot_protocol(vmm::arch::boot::BootProtocol::Pvh);
     }

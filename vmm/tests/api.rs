@@ -77,6 +77,7 @@ fn configure_boot_pause_resume_and_ctrl_alt_del_through_the_api() {
     );
     vmm.wait_serial("ready\n", Duration::from_secs(20));
     assert_eq!(get(&vmm, "/")["state"], "Running");
+    vmm.assert_memory_overhead();
 
     // Paused: the guest's dots stop; resumed: they come back.
     vmm.wait_serial("..", Duration::from_secs(20));

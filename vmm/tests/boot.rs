@@ -144,3 +144,36 @@ fn application_processors_start_and_run_on_their_own_vcpus() {
         assert_eq!(a_count, vcpus - 1, "one 'A' per AP: {serial:?}");
     }
 }
+
+#[test]
+fn stdin_reaches_the_guest_through_the_serial_console() {
+    if !kvm_available() {
+        return;
+    }
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("vm.json");
+    let config = json!({
+        "boot-source": {"kernel_image_path": guest("echo")},
+        "machine-config": {"vcpu_count": 1, "mem_size_mib": 16},
+    });
+    std::fs::write(&path, config.to_string()).unwrap();
+    let path = path.to_str().unwrap().to_string();
+    let mut vmm = Vmm::spawn_with_stdin(
+        dir,
+        &["--config-file", &path, "--no-api"],
+        std::process::Stdio::piped(),
+    );
+    vmm.wait_serial("type a line\n", Duration::from_secs(20));
+    vmm.stdin()
+        .unwrap()
+        .write_all(b"ping from the host\n")
+        .unwrap();
+    let status = vmm.wait_exit(Duration::from_secs(20));
+    assert_eq!(status.code(), Some(0));
+    assert!(
+        vmm.serial().ends_with("echo=ping from the host\n"),
+        "{}",
+        vmm.serial()
+    );
+}

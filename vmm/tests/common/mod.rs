@@ -43,6 +43,11 @@ impl Vmm {
 
     /// Starts `vmm` with `args` (the socket, serial and log options are added).
     pub fn spawn(dir: tempfile::TempDir, args: &[&str]) -> Vmm {
+        Vmm::spawn_with_stdin(dir, args, Stdio::null())
+    }
+
+    /// Like [`Vmm::spawn`], with the given stdin (the guest's serial input).
+    pub fn spawn_with_stdin(dir: tempfile::TempDir, args: &[&str], stdin: Stdio) -> Vmm {
         let mut vmm = Vmm { child: None, dir };
         let child = Command::new(env!("CARGO_BIN_EXE_vmm"))
             .arg("--api-sock")
@@ -53,7 +58,7 @@ impl Vmm {
             .arg(vmm.log_path())
             .args(["--level", "info"])
             .args(args)
-            .stdin(Stdio::null())
+            .stdin(stdin)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -136,6 +141,28 @@ impl Vmm {
             }
             std::thread::sleep(Duration::from_millis(5));
         }
+    }
+
+    /// The child's stdin, if it was piped.
+    pub fn stdin(&mut self) -> Option<&mut std::process::ChildStdin> {
+        self.child.as_mut().unwrap().stdin.as_mut()
+    }
+
+    /// Asserts the VMM's own memory (resident, minus guest RAM which is shared memfd memory)
+    /// stays under 5 MiB of private anonymous memory, Firecracker's overhead promise.
+    pub fn assert_memory_overhead(&self) {
+        let pid = self.child.as_ref().unwrap().id();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let kib = |name: &str| -> u64 {
+            status
+                .lines()
+                .find(|l| l.starts_with(name))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| panic!("no {name} in {status}"))
+        };
+        let anon = kib("RssAnon:");
+        assert!(anon < 5 * 1024, "vmm private memory {anon} KiB >= 5 MiB");
     }
 
     /// Whether the process is still running.
