@@ -2,7 +2,7 @@
 //! /boot-source`, `/machine-config`, `/drives/{id}`, `/network-interfaces/{id}`, `/logger`,
 //! `/metrics`, and the whole-VM document of `--config-file` and `GET /vm/config`.
 //!
-//! Unknown fields are refused. [`VmResources`] holds what has been configured so far and
+//! Unknown fields are refused. [`VmConfig`] holds what has been configured so far and
 //! checks each update before taking it.
 
 use std::path::{Path, PathBuf};

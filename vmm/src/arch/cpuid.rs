@@ -2,9 +2,9 @@
 //! optionally narrowed by a template.
 //!
 //! The filter always:
-//! - leaf 0x1: puts the vCPU's APIC id in EBX[31:24], the logical CPU count in EBX[23:16],
-//!   a 64-byte CLFLUSH line in EBX[15:8], sets HTT when there is more than one vCPU, and sets
-//!   the hypervisor bit (ECX[31]);
+//! - leaf 0x1: puts the vCPU's APIC id in EBX bits 31..24, the logical CPU count in EBX bits
+//!   23..16, a 64-byte CLFLUSH line in EBX bits 15..8, sets HTT when there is more than one
+//!   vCPU, and sets the hypervisor bit (ECX bit 31);
 //! - leaves 0xb and 0x1f: put the vCPU's x2APIC id in EDX;
 //! - leaf 0xa: reports no architectural PMU (the VMM exposes none).
 //!

@@ -3,6 +3,8 @@
 //! - [`bus`]: an address-range map from port-I/O or MMIO addresses to devices.
 //! - [`legacy`]: the 8250 UART (vm-superio), the i8042 controller (reset and
 //!   Ctrl+Alt+Del) and the boot-time device.
+//! - [`rate_limiter`]: token buckets for drives and interfaces.
+//! - [`virtio`]: the virtio-mmio transport, virtio-blk, vhost-user-blk and virtio-net.
 
 pub mod bus;
 pub mod legacy;
