@@ -315,6 +315,7 @@ impl Machine {
             entry = format_args!("{:#x}", kernel.entry.0),
             bzimage = kernel.bzimage,
             pvh = pvh_entry.is_some(),
+            template = ?spec.template,
             "vm started"
         );
         Ok(Machine {
