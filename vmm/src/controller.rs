@@ -291,6 +291,9 @@ impl Controller {
                     .unwrap_or(serde_json::Value::Null),
             ),
             ApiRequest::GetMetrics => ApiResponse::Text(prometheus_text()),
+            ApiRequest::GetVersion => ApiResponse::Json(serde_json::json!({
+                "firecracker_version": env!("CARGO_PKG_VERSION"),
+            })),
             ApiRequest::PutBootSource(b) => {
                 before_start!();
                 done(self.config.set_boot_source(b))

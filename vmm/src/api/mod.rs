@@ -64,6 +64,8 @@ pub enum ApiRequest {
     GetMachineConfig,
     /// `GET /metrics`: Prometheus text.
     GetMetrics,
+    /// `GET /version`.
+    GetVersion,
     /// `PUT /boot-source`.
     PutBootSource(BootSource),
     /// `PUT /machine-config`.

@@ -49,6 +49,7 @@ pub fn route(req: &Request) -> Result<ApiRequest, ApiResponse> {
         ("GET", "/vm/config") => ApiRequest::GetVmConfig,
         ("GET", "/machine-config") => ApiRequest::GetMachineConfig,
         ("GET", "/metrics") => ApiRequest::GetMetrics,
+        ("GET", "/version") => ApiRequest::GetVersion,
         ("PUT", "/boot-source") => ApiRequest::PutBootSource(json(body)?),
         ("PUT", "/machine-config") => ApiRequest::PutMachineConfig(json(body)?),
         ("PATCH", "/machine-config") => ApiRequest::PatchMachineConfig(json(body)?),
