@@ -50,6 +50,9 @@ pub enum ConfigError {
     /// An `io_engine` other than `Sync` or `Async`.
     #[error("Invalid io_engine {0:?}: expected \"Sync\" or \"Async\".")]
     IoEngine(String),
+    /// A queue pair count out of range.
+    #[error("Invalid queue_pairs {0}: it should be between 1 and 8.")]
+    QueuePairs(u16),
     /// A tap name that cannot be a Linux interface name.
     #[error("Invalid host device name: {0:?}")]
     TapName(String),
@@ -244,6 +247,10 @@ pub struct NetworkInterface {
     /// Transmit rate limiter.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tx_rate_limiter: Option<RateLimiter>,
+    /// Queue pairs, 1 to 8 (an extension to Firecracker's schema; more than one needs a
+    /// multi-queue tap, `ip tuntap add ... multi_queue`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue_pairs: Option<u16>,
 }
 
 /// `PATCH /drives/{drive_id}`: a new backing file and/or rate limiter for a running drive.
@@ -428,6 +435,9 @@ impl VmConfig {
         if let Some(mac) = &n.guest_mac {
             check_mac(mac)?;
         }
+        if !(1..=8).contains(&n.queue_pairs.unwrap_or(1)) {
+            return Err(ConfigError::QueuePairs(n.queue_pairs.unwrap_or(0)));
+        }
         if n.host_dev_name.is_empty() || n.host_dev_name.len() >= 16 {
             return Err(ConfigError::TapName(n.host_dev_name.clone()));
         }
@@ -505,6 +515,7 @@ impl VmConfig {
                         .and_then(crate::devices::virtio::net::parse_mac),
                     rx_rate_limiter: n.rx_rate_limiter.clone(),
                     tx_rate_limiter: n.tx_rate_limiter.clone(),
+                    queue_pairs: n.queue_pairs.unwrap_or(1),
                 })
                 .collect(),
             protocol: Default::default(),

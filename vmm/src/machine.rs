@@ -108,6 +108,8 @@ pub struct NetSpec {
     pub rx_rate_limiter: Option<crate::config::RateLimiter>,
     /// Transmit rate limiter.
     pub tx_rate_limiter: Option<crate::config::RateLimiter>,
+    /// Queue pairs (tap queues); more than one needs a multi-queue tap.
+    pub queue_pairs: u16,
 }
 
 /// A block device to attach.

@@ -16,12 +16,18 @@ struct TapGuard(String);
 
 impl TapGuard {
     fn create() -> TapGuard {
-        let name = format!("fsvm{}", std::process::id() % 100_000);
+        TapGuard::create_with("fsvm", &[])
+    }
+
+    fn create_with(prefix: &str, extra: &[&str]) -> TapGuard {
+        let name = format!("{prefix}{}", std::process::id() % 100_000);
         let ip = |args: &[&str]| {
             let ok = Command::new("ip").args(args).status().unwrap().success();
             assert!(ok, "ip {args:?}");
         };
-        ip(&["tuntap", "add", "dev", &name, "mode", "tap"]);
+        let mut add = vec!["tuntap", "add", "dev", &name, "mode", "tap"];
+        add.extend_from_slice(extra);
+        ip(&add);
         let guard = TapGuard(name.clone());
         // No IPv6 chatter (router solicitations, MLD) towards the guest.
         let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{name}/disable_ipv6"), "1");
@@ -184,6 +190,58 @@ fn guest_sends_and_receives_frames_through_a_tap() {
     assert!(serial.contains("rx_len=60\n"), "{serial}");
     assert!(
         serial.contains("rx_payload=hello from the host\n"),
+        "{serial}"
+    );
+}
+
+#[test]
+fn a_multi_queue_interface_carries_frames_on_both_queue_pairs() {
+    if !kvm_available() {
+        return;
+    }
+    let tap = TapGuard::create_with("fsmq", &["multi_queue"]);
+    let sock = PacketSocket::open(&tap.0);
+    let guest_mac = [0x06, 0x00, 0xac, 0x10, 0x00, 0x03];
+    let mut vmm = Vmm::from_config(&json!({
+        "boot-source": {"kernel_image_path": guest("net_mq")},
+        "machine-config": {"vcpu_count": 2, "mem_size_mib": 32},
+        "network-interfaces": [{
+            "iface_id": "eth0", "host_dev_name": tap.0,
+            "guest_mac": "06:00:ac:10:00:03", "queue_pairs": 2,
+        }],
+    }));
+    vmm.wait_serial("sent\n", Duration::from_secs(30));
+    let serial = vmm.serial();
+    assert!(serial.contains("max_pairs=2\n"), "{serial}");
+    assert!(serial.contains("ctrl_ack=0\n"), "{serial}");
+
+    let mut payloads = Vec::new();
+    for _ in 0..2 {
+        let frame = sock
+            .recv(Duration::from_secs(10))
+            .expect("a guest frame on the tap");
+        assert_eq!(&frame[6..12], &guest_mac);
+        let end = frame[14..]
+            .iter()
+            .position(|b| *b == 0)
+            .unwrap_or(frame.len() - 14);
+        payloads.push(String::from_utf8_lossy(&frame[14..14 + end]).into_owned());
+    }
+    payloads.sort();
+    assert_eq!(payloads, ["from queue pair 0", "from queue pair 1"]);
+
+    let mut reply = Vec::new();
+    reply.extend_from_slice(&guest_mac);
+    reply.extend_from_slice(&[0x02, 0, 0, 0, 0, 0x01]);
+    reply.extend_from_slice(&ETHERTYPE.to_be_bytes());
+    reply.extend_from_slice(b"hello to some queue");
+    reply.resize(60, 0);
+    sock.send(&reply);
+    let status = vmm.wait_exit(Duration::from_secs(30));
+    let serial = vmm.serial();
+    assert_eq!(status.code(), Some(0), "{serial}\n{}", vmm.log());
+    assert!(
+        serial.contains("rx_payload=hello to some queue\n"),
         "{serial}"
     );
 }

@@ -108,7 +108,7 @@ pub fn attach_devices(
     let mut devices = Devices::new();
     let mut place = |id: &str,
                      device: Box<dyn VirtioDevice>,
-                     rx_fd: Option<std::os::fd::RawFd>|
+                     rx_fds: Vec<std::os::fd::RawFd>|
      -> Result<(), MachineError> {
         let err = |source: Box<dyn std::error::Error + Send + Sync>| MachineError::Virtio {
             id: id.to_string(),
@@ -134,8 +134,9 @@ pub fn attach_devices(
             mmio::spawn_notifier(vm, base, id, transport.clone()).map_err(|e| err(e.into()))?;
         }
         mmio::spawn_retry_timer(id, transport.clone()).map_err(|e| err(e.into()))?;
-        if let Some(fd) = rx_fd {
-            net::spawn_rx_poller(id, fd, transport.clone()).map_err(|e| err(e.into()))?;
+        for (pair, fd) in rx_fds.into_iter().enumerate() {
+            net::spawn_rx_poller(id, fd, pair as u32 * 2, transport.clone())
+                .map_err(|e| err(e.into()))?;
         }
         mmio_bus.insert(base, layout::VIRTIO_MMIO_SIZE, transport.clone())?;
         devices.push((id.to_string(), transport));
@@ -164,17 +165,18 @@ pub fn attach_devices(
                 })
             }
         };
-        place(&drive.id, device, None)?;
+        place(&drive.id, device, Vec::new())?;
     }
     for n in nets {
-        let tap = tap::Tap::open(&n.tap).map_err(|e| MachineError::Virtio {
-            id: n.id.clone(),
-            source: e.into(),
-        })?;
-        let device = net::Net::new(tap, n.mac)
+        let taps =
+            tap::Tap::open_queues(&n.tap, n.queue_pairs).map_err(|e| MachineError::Virtio {
+                id: n.id.clone(),
+                source: e.into(),
+            })?;
+        let device = net::Net::multi_queue(taps, n.mac)
             .with_rate_limiters(n.rx_rate_limiter.as_ref(), n.tx_rate_limiter.as_ref());
-        let fd = device.tap_fd();
-        place(&n.id, Box::new(device), Some(fd))?;
+        let fds = device.tap_fds();
+        place(&n.id, Box::new(device), fds)?;
     }
     Ok(devices)
 }

@@ -55,20 +55,35 @@ pub fn tap_offloads(features: u64) -> u32 {
 /// Largest frame plus header handled (no TSO: one MTU-sized frame).
 const MAX_FRAME: usize = 65562;
 const RX: usize = 0;
+#[cfg(test)]
 const TX: usize = 1;
+const VIRTIO_NET_F_CTRL_VQ: u64 = 1 << 17;
+const VIRTIO_NET_F_MQ: u64 = 1 << 22;
+const CTRL_QUEUE_SIZE: u16 = 64;
+const CTRL_CLASS_MQ: u8 = 4;
+const CTRL_MQ_VQ_PAIRS_SET: u8 = 0;
+const CTRL_OK: u8 = 0;
+const CTRL_ERR: u8 = 1;
 
 /// A virtio-net device.
 pub struct Net {
-    tap: Tap,
+    pairs: Vec<Pair>,
     mac: Option<[u8; 6]>,
-    queue_sizes: [u16; 2],
+    queue_sizes: Vec<u16>,
     buf: Vec<u8>,
-    rx_buf: Vec<u8>,
-    /// Length of a frame read from the tap into `rx_buf` but not yet delivered.
-    rx_pending: Option<usize>,
     rx_limiter: RateLimiter,
     tx_limiter: RateLimiter,
     retry: Option<Duration>,
+    /// Queue pairs the driver enabled through the control queue.
+    active_pairs: u16,
+}
+
+/// One receive/transmit queue pair and its tap queue.
+struct Pair {
+    tap: Tap,
+    rx_buf: Vec<u8>,
+    /// Length of a frame read from the tap into `rx_buf` but not yet delivered.
+    rx_pending: Option<usize>,
 }
 
 /// Parses `aa:bb:cc:dd:ee:ff`.
@@ -84,16 +99,34 @@ pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
 impl Net {
     /// A device on `tap`, with `mac` offered to the guest if given.
     pub fn new(tap: Tap, mac: Option<[u8; 6]>) -> Net {
+        Net::multi_queue(vec![tap], mac)
+    }
+
+    /// A device with one queue pair per tap queue (`taps` opened with `IFF_MULTI_QUEUE` when
+    /// there are several). With more than one pair it offers `VIRTIO_NET_F_MQ` and a control
+    /// queue, which comes after the pairs.
+    pub fn multi_queue(taps: Vec<Tap>, mac: Option<[u8; 6]>) -> Net {
+        let pairs: Vec<Pair> = taps
+            .into_iter()
+            .map(|tap| Pair {
+                tap,
+                rx_buf: vec![0; MAX_FRAME],
+                rx_pending: None,
+            })
+            .collect();
+        let mut queue_sizes = vec![QUEUE_SIZE; pairs.len() * 2];
+        if pairs.len() > 1 {
+            queue_sizes.push(CTRL_QUEUE_SIZE);
+        }
         Net {
-            tap,
+            pairs,
             mac,
-            queue_sizes: [QUEUE_SIZE, QUEUE_SIZE],
+            queue_sizes,
             buf: vec![0; MAX_FRAME],
-            rx_buf: vec![0; MAX_FRAME],
-            rx_pending: None,
             rx_limiter: RateLimiter::default(),
             tx_limiter: RateLimiter::default(),
             retry: None,
+            active_pairs: 1,
         }
     }
 
@@ -108,12 +141,54 @@ impl Net {
         self
     }
 
-    /// The tap's fd, for the receive poller.
-    pub fn tap_fd(&self) -> std::os::fd::RawFd {
-        self.tap.raw_fd()
+    /// Each tap queue's fd, for the receive pollers (pair `i` is queues `2i` and `2i + 1`).
+    pub fn tap_fds(&self) -> Vec<std::os::fd::RawFd> {
+        self.pairs.iter().map(|p| p.tap.raw_fd()).collect()
     }
 
-    fn transmit(&mut self, mem: &GuestMemoryMmap, queue: &mut Queue) -> bool {
+    /// Serves the control queue: `VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET` is acknowledged when the
+    /// count is between 1 and the pairs offered; every other command is refused.
+    fn control(&mut self, mem: &GuestMemoryMmap, queue: &mut Queue) -> bool {
+        let mut used = false;
+        while let Some(chain) = queue.pop_descriptor_chain(mem) {
+            let head = chain.head_index();
+            let descs: Vec<_> = chain.collect();
+            let mut ack = CTRL_ERR;
+            let mut readable = Vec::new();
+            for d in descs.iter().filter(|d| !d.is_write_only()) {
+                let n = (d.len() as usize).min(64);
+                let mut part = vec![0u8; n];
+                if mem.read_slice(&mut part, d.addr()).is_err() {
+                    break;
+                }
+                readable.extend_from_slice(&part);
+            }
+            if let [CTRL_CLASS_MQ, CTRL_MQ_VQ_PAIRS_SET, lo, hi, ..] = readable[..] {
+                let n = u16::from_le_bytes([lo, hi]);
+                if n >= 1 && usize::from(n) <= self.pairs.len() {
+                    self.active_pairs = n;
+                    ack = CTRL_OK;
+                }
+            }
+            let status = descs
+                .iter()
+                .rev()
+                .find(|d| d.is_write_only() && d.len() >= 1);
+            let mut len = 0;
+            if let Some(d) = status
+                && mem.write_obj(ack, d.addr()).is_ok()
+            {
+                len = 1;
+            }
+            if queue.add_used(mem, head, len).is_err() {
+                break;
+            }
+            used = true;
+        }
+        used
+    }
+
+    fn transmit(&mut self, mem: &GuestMemoryMmap, pair: usize, queue: &mut Queue) -> bool {
         let mut used = false;
         while let Some(chain) = queue.pop_descriptor_chain(mem) {
             let head = chain.head_index();
@@ -140,7 +215,7 @@ impl Net {
                 break;
             }
             if ok && len > VNET_HDR_LEN {
-                match self.tap.write_frame(&self.buf[..len]) {
+                match self.pairs[pair].tap.write_frame(&self.buf[..len]) {
                     Ok(_) => METRICS.net_tx_frames.fetch_add(1, Ordering::Relaxed),
                     Err(_) => METRICS.net_errors.fetch_add(1, Ordering::Relaxed),
                 };
@@ -155,13 +230,21 @@ impl Net {
         used
     }
 
-    fn receive(&mut self, mem: &GuestMemoryMmap, queue: &mut Queue) -> bool {
+    fn receive(&mut self, mem: &GuestMemoryMmap, pair: usize, queue: &mut Queue) -> bool {
         let mut used = false;
+        let Self {
+            pairs, rx_limiter, ..
+        } = self;
+        let Pair {
+            tap,
+            rx_buf,
+            rx_pending,
+        } = &mut pairs[pair];
         while let Some(chain) = queue.pop_descriptor_chain(mem) {
             let head = chain.head_index();
-            let len = match self.rx_pending {
+            let len = match *rx_pending {
                 Some(len) => len,
-                None => match self.tap.read_frame(&mut self.rx_buf) {
+                None => match tap.read_frame(rx_buf) {
                     Ok(n) => n,
                     Err(_) => {
                         // Nothing queued (or the tap failed): give the buffer back.
@@ -170,17 +253,17 @@ impl Net {
                     }
                 },
             };
-            self.rx_pending = Some(len);
-            if let Err(wait) = self.rx_limiter.try_consume(len as u64, Instant::now()) {
+            *rx_pending = Some(len);
+            if let Err(wait) = rx_limiter.try_consume(len as u64, Instant::now()) {
                 queue.go_to_previous_position();
                 self.retry = Some(wait);
                 break;
             }
-            self.rx_pending = None;
+            *rx_pending = None;
             if len >= VNET_HDR_LEN {
                 // One buffer per frame: num_buffers = 1.
-                self.rx_buf[10] = 1;
-                self.rx_buf[11] = 0;
+                rx_buf[10] = 1;
+                rx_buf[11] = 0;
             }
             let mut written = 0usize;
             for d in chain {
@@ -189,7 +272,7 @@ impl Net {
                 }
                 let n = (d.len() as usize).min(len - written);
                 if mem
-                    .write_slice(&self.rx_buf[written..written + n], d.addr())
+                    .write_slice(&rx_buf[written..written + n], d.addr())
                     .is_err()
                 {
                     break;
@@ -216,20 +299,24 @@ impl VirtioDevice for Net {
     }
 
     fn features(&self) -> u64 {
-        OFFLOADS
-            | if self.mac.is_some() {
-                VIRTIO_NET_F_MAC
-            } else {
-                0
-            }
+        let mut f = OFFLOADS;
+        if self.mac.is_some() {
+            f |= VIRTIO_NET_F_MAC;
+        }
+        if self.pairs.len() > 1 {
+            f |= VIRTIO_NET_F_MQ | VIRTIO_NET_F_CTRL_VQ;
+        }
+        f
     }
 
     fn activate(&mut self, features: u64) {
         let flags = tap_offloads(features);
-        if let Err(e) = self.tap.set_offload(flags) {
-            // Guest-triggered (each activation): counted, logged only at debug level.
-            METRICS.net_errors.fetch_add(1, Ordering::Relaxed);
-            tracing::debug!(error = %e, flags, "TUNSETOFFLOAD");
+        for pair in &self.pairs {
+            if let Err(e) = pair.tap.set_offload(flags) {
+                // Guest-triggered (each activation): counted, logged only at debug level.
+                METRICS.net_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(error = %e, flags, "TUNSETOFFLOAD");
+            }
         }
     }
 
@@ -238,12 +325,15 @@ impl VirtioDevice for Net {
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        let mac = self.mac.unwrap_or_default();
+        // mac[6], status (le16, not offered), max_virtqueue_pairs (le16).
+        let mut config = [0u8; 10];
+        config[..6].copy_from_slice(&self.mac.unwrap_or_default());
+        config[8..10].copy_from_slice(&(self.pairs.len() as u16).to_le_bytes());
         for (i, b) in data.iter_mut().enumerate() {
             *b = usize::try_from(offset)
                 .ok()
                 .and_then(|o| o.checked_add(i))
-                .and_then(|o| mac.get(o))
+                .and_then(|o| config.get(o))
                 .copied()
                 .unwrap_or(0);
         }
@@ -267,10 +357,17 @@ impl VirtioDevice for Net {
     }
 
     fn process_queue(&mut self, mem: &GuestMemoryMmap, index: usize, queue: &mut Queue) -> bool {
-        match index {
-            RX => self.receive(mem, queue),
-            TX => self.transmit(mem, queue),
-            _ => false,
+        let pair = index / 2;
+        if pair < self.pairs.len() {
+            if index % 2 == RX {
+                self.receive(mem, pair, queue)
+            } else {
+                self.transmit(mem, pair, queue)
+            }
+        } else if self.pairs.len() > 1 && index == self.pairs.len() * 2 {
+            self.control(mem, queue)
+        } else {
+            false
         }
     }
 }
@@ -279,10 +376,11 @@ impl VirtioDevice for Net {
 pub fn spawn_rx_poller(
     id: &str,
     tap_fd: std::os::fd::RawFd,
+    rx_queue: u32,
     transport: Arc<Mutex<MmioTransport>>,
 ) -> std::io::Result<()> {
     std::thread::Builder::new()
-        .name(format!("virtio-{id}-rx"))
+        .name(format!("virtio-{id}-rx{}", rx_queue / 2))
         .spawn(move || {
             loop {
                 let mut pfd = libc::pollfd {
@@ -299,7 +397,7 @@ pub fn spawn_rx_poller(
                 transport
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
-                    .notify(RX as u32);
+                    .notify(rx_queue);
                 // If the guest had no buffers, the frame stays queued on the tap: back off a
                 // little instead of spinning until the guest posts some.
                 std::thread::sleep(std::time::Duration::from_micros(200));

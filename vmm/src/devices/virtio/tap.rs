@@ -21,6 +21,7 @@ const TUNSETVNETHDRSZ: libc::c_ulong = 0x4004_54d8;
 const IFF_TAP: libc::c_short = 0x0002;
 const IFF_NO_PI: libc::c_short = 0x1000;
 const IFF_VNET_HDR: libc::c_short = 0x4000;
+const IFF_MULTI_QUEUE: libc::c_short = 0x0100;
 /// Size of the vnet header on the tap and in guest buffers.
 pub const VNET_HDR_LEN: usize = 12;
 
@@ -62,6 +63,18 @@ pub struct Tap {
 impl Tap {
     /// Opens (or creates, if it does not exist) tap `name`.
     pub fn open(name: &str) -> Result<Tap, TapError> {
+        Tap::open_with(name, false)
+    }
+
+    /// Opens `queues` queues of multi-queue tap `name` (one plain open when `queues` is 1).
+    pub fn open_queues(name: &str, queues: u16) -> Result<Vec<Tap>, TapError> {
+        if queues <= 1 {
+            return Ok(vec![Tap::open(name)?]);
+        }
+        (0..queues).map(|_| Tap::open_with(name, true)).collect()
+    }
+
+    fn open_with(name: &str, multi_queue: bool) -> Result<Tap, TapError> {
         if name.is_empty() || name.len() >= 16 || name.contains('\0') {
             return Err(TapError::Name(name.into()));
         }
@@ -73,7 +86,10 @@ impl Tap {
             .map_err(TapError::Open)?;
         let mut req = IfReq {
             name: [0; 16],
-            flags: IFF_TAP | IFF_NO_PI | IFF_VNET_HDR,
+            flags: IFF_TAP
+                | IFF_NO_PI
+                | IFF_VNET_HDR
+                | if multi_queue { IFF_MULTI_QUEUE } else { 0 },
             _pad: [0; 22],
         };
         req.name[..name.len()].copy_from_slice(name.as_bytes());
