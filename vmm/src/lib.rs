@@ -1,12 +1,45 @@
-//! Ferrostack's VMM: one KVM virtual machine per process.
+//! Ferrostack's VMM: one KVM virtual machine per process, Firecracker-compatible.
 //!
-//! This crate will hold a Firecracker-class VMM built on the rust-vmm crates: guest
-//! memory shared through memfd, one thread per vCPU, the in-kernel irqchip, the x86 Linux
-//! boot path (ELF vmlinux, PVH, bzImage), serial console, virtio-mmio block and net
-//! devices, and a Firecracker-compatible REST API on a Unix socket.
+//! The parts:
+//! - [`vstate`]: the VM (KVM fd, memfd-backed guest memory, in-kernel irqchip and PIT) and
+//!   its vCPUs (CPUID filtered from `KVM_GET_SUPPORTED_CPUID` through a template, MSRs, FPU,
+//!   LAPIC LINTs, long-mode or PVH entry registers).
+//! - [`arch`]: the x86-64 layout and boot path: ELF vmlinux or bzImage through the 64-bit
+//!   Linux boot protocol (zero page with e820), or PVH (`hvm_start_info`) with `--pvh`;
+//!   initrd, command line, MP table, identity page tables.
+//! - [`devices`]: the port-I/O and MMIO buses; the 8250 UART (output to stdout or a file,
+//!   input from stdin), the i8042 (guest reset, Ctrl+Alt+Del), the boot-time device; token
+//!   bucket rate limiters; virtio-mmio with virtio-blk on a file (positioned I/O or io_uring),
+//!   vhost-user-blk (another process serves the queues), and virtio-net on a tap (checksum and
+//!   TSO offloads negotiated onto the tap). Queue notifications arrive through ioeventfds and
+//!   interrupts leave through irqfds.
+//! - [`machine`]: a running VM: one thread per vCPU (1 to 32) routing exits to the buses
+//!   without locks on the hot path, pause, resume, stop, runtime device updates.
+//! - [`config`]: Firecracker's configuration objects (`boot-source`, `machine-config`,
+//!   `drives`, `network-interfaces`, `logger`, `metrics`), shared by `--config-file` and the
+//!   API; `etc/vm-config.json` is a complete example.
+//! - [`api`]: the HTTP/1.1 API on a Unix socket; it parses requests into
+//!   [`api::ApiRequest`]s and hands them to the VMM thread ([`controller`]) over a channel.
+//! - [`metrics`]: process-wide counters, flushed as JSON (`FlushMetrics`) or served as
+//!   Prometheus text (`GET /metrics`).
+//! - [`testkit`]: builds the freestanding test guests in `tests/guests/` with the stable
+//!   toolchain (ELF with a PVH note, or bzImage).
 //!
-//! What exists today:
-//! - [`vstate`]: a VM (KVM fd plus guest memory) and its vCPUs, with the run loop turned
-//!   into typed exits. It already runs real guest code, which the crate's KVM test proves.
+//! Threads: the main (VMM) thread runs [`controller::Controller`]; one thread accepts on the
+//! API socket (plus one per connection); one thread per vCPU; per virtio device one thread
+//! serving its ioeventfd and one re-serving queues after rate-limit waits (plus one polling
+//! the tap for virtio-net); one reading stdin for the serial console.
+//!
+//! Exit codes of the `vmm` binary are in [`controller::ExitCode`]: 0 when the guest resets
+//! (i8042), 1 when the VMM fails, 2 when the guest crashes (triple fault, failed entry,
+//! unemulated instruction), 152 for a bad `--config-file`, 153 for bad arguments.
 
+pub mod api;
+pub mod arch;
+pub mod config;
+pub mod controller;
+pub mod devices;
+pub mod machine;
+pub mod metrics;
+pub mod testkit;
 pub mod vstate;

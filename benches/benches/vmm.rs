@@ -1,0 +1,380 @@
+//! The VMM side by side with its lower bound and its reference, in one run:
+//!
+//! (a) port-I/O exit round trip: a bare `KVM_RUN` loop written with kvm-ioctls alone vs the
+//!     VMM's vCPU thread (bus dispatch, metrics) running a guest doing 20000 `out`s;
+//! (b) process start to API socket ready, API `InstanceStart` to the guest's first serial
+//!     byte, and process start to first serial byte vs QEMU `-M microvm` booting the same
+//!     test guest through its PVH note;
+//! (c) VMM RSS excluding guest memory (guest RAM is a memfd, so it shows up as RssShmem).
+//!
+//! Run: `cargo bench -p benches --bench vmm` (as root, with /dev/kvm; QEMU optional).
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::channel;
+use std::time::{Duration, Instant};
+
+use benches::Summary;
+use kvm_ioctls::VcpuExit;
+use vmm::machine::{Machine, VmEvent, VmSpec};
+
+const EXITS: u32 = 20_000;
+const ROUNDS: usize = 7;
+
+fn guest(name: &str) -> PathBuf {
+    vmm::testkit::build_guest(name, &Path::new(env!("CARGO_TARGET_TMPDIR")).join("guests"))
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Per-exit time of a bare KVM_RUN loop running the same `pio_loop` guest: the VM, memory
+/// and boot state are set up with the VMM's own functions, then a loop written with
+/// kvm-ioctls alone counts the `out`s. Only the exit path differs from [`vmm_exit`].
+fn raw_kvm_exit(kernel: &Path) -> Duration {
+    use vmm::arch;
+    let vm = vmm::vstate::Vm::new(32 << 20).unwrap();
+    vm.setup_irqchip().unwrap();
+    let mem = vm.memory();
+    let loaded = arch::boot::load_kernel(mem, kernel).unwrap();
+    let cmdline = arch::boot::cmdline("console=ttyS0").unwrap();
+    arch::boot::write_boot_params(mem, &loaded, &cmdline, None).unwrap();
+    arch::regs::write_boot_tables(mem).unwrap();
+    arch::mptable::write(mem, 1).unwrap();
+    let mut vcpu = vm.create_vcpu(0).unwrap();
+    let boot = vmm::vstate::VcpuBoot {
+        index: 0,
+        count: 1,
+        template: Default::default(),
+        entry: loaded.entry.0,
+        pvh: false,
+    };
+    vcpu.configure(&vm.supported_cpuid().unwrap(), mem, boot)
+        .unwrap();
+    let fd = vcpu.fd_mut();
+    let mut n = 0u32;
+    let mut start = None;
+    loop {
+        match fd.run().unwrap() {
+            VcpuExit::IoOut(0x80, _) => {
+                n += 1;
+                if n == 1 {
+                    start = Some(Instant::now());
+                }
+            }
+            VcpuExit::IoOut(0x64, _) => break,
+            _ => {}
+        }
+    }
+    assert_eq!(n, EXITS);
+    start.unwrap().elapsed() / (EXITS - 1)
+}
+
+/// Per-exit time of the VMM's vCPU loop: the `pio_loop` guest booted through the VMM's
+/// boot path, timed from its boot-time write to its reset.
+fn vmm_exit(kernel: &Path) -> Duration {
+    let spec = VmSpec {
+        vcpus: 1,
+        mem_mib: 32,
+        template: Default::default(),
+        kernel: kernel.to_path_buf(),
+        initrd: None,
+        boot_args: "console=ttyS0".into(),
+        drives: vec![],
+        nets: vec![],
+        protocol: Default::default(),
+        serial_stdin: false,
+    };
+    let (tx, rx) = channel();
+    let machine = Machine::start(&spec, Box::new(std::io::sink()), tx).unwrap();
+    let mut booted = None;
+    let elapsed = loop {
+        match rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("guest event")
+        {
+            VmEvent::Booted(_) => booted = Some(Instant::now()),
+            VmEvent::Reset => break booted.expect("boot before reset").elapsed(),
+            VmEvent::Crashed { reason, .. } => panic!("guest crashed: {reason}"),
+        }
+    };
+    machine.stop();
+    elapsed / EXITS
+}
+
+/// The release `vmm` binary, built if needed.
+fn vmm_binary() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().unwrap().parent().unwrap().to_path_buf();
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let profile = dir.file_name().unwrap().to_string_lossy().into_owned();
+    let mut cmd = Command::new(cargo);
+    cmd.args(["build", "-q", "-p", "vmm", "--bin", "vmm"]);
+    if profile == "release" {
+        cmd.arg("--release");
+    }
+    assert!(cmd.status().unwrap().success(), "cargo build of vmm failed");
+    dir.join("vmm")
+}
+
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Reads the child's stdout until `byte`; the time it arrived.
+fn wait_byte(child: &mut Child, byte: u8) -> Instant {
+    let out = child.stdout.as_mut().unwrap();
+    let mut b = [0u8];
+    loop {
+        assert_eq!(out.read(&mut b).unwrap(), 1, "stdout closed before {byte}");
+        if b[0] == byte {
+            return Instant::now();
+        }
+    }
+}
+
+fn http(sock: &Path, method: &str, path: &str, body: &str) -> u16 {
+    let mut s = UnixStream::connect(sock).unwrap();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    resp.split(' ').nth(1).unwrap().parse().unwrap()
+}
+
+fn wait_socket(sock: &Path, start: Instant) -> Duration {
+    loop {
+        if UnixStream::connect(sock).is_ok() {
+            return start.elapsed();
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "socket never came up"
+        );
+        std::thread::sleep(Duration::from_micros(50));
+    }
+}
+
+/// (process start -> API ready, InstanceStart -> first guest byte, RSS without guest RAM).
+fn vmm_api_boot(bin: &Path, kernel: &Path, dir: &Path) -> (Duration, Duration, u64) {
+    let sock = dir.join("vmm.sock");
+    let start = Instant::now();
+    let mut child = Killed(
+        Command::new(bin)
+            .stdin(Stdio::null())
+            .arg("--api-sock")
+            .arg(&sock)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let ready = wait_socket(&sock, start);
+    let boot = format!(r#"{{"kernel_image_path": "{}"}}"#, kernel.display());
+    assert_eq!(http(&sock, "PUT", "/boot-source", &boot), 204);
+    let mc = r#"{"vcpu_count": 1, "mem_size_mib": 32}"#;
+    assert_eq!(http(&sock, "PUT", "/machine-config", mc), 204);
+    let t0 = Instant::now();
+    assert_eq!(
+        http(
+            &sock,
+            "PUT",
+            "/actions",
+            r#"{"action_type": "InstanceStart"}"#
+        ),
+        204
+    );
+    let first = wait_byte(&mut child.0, b'X') - t0;
+    let rss = rss_without_guest(child.0.id()).unwrap_or(0);
+    (ready, first, rss)
+}
+
+/// Process start -> first guest byte, our VMM from a config file.
+fn vmm_cold_boot(bin: &Path, kernel: &Path, dir: &Path) -> Duration {
+    let cfg = dir.join("vm.json");
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"{{"boot-source": {{"kernel_image_path": "{}"}}, "machine-config": {{"vcpu_count": 1, "mem_size_mib": 32}}}}"#,
+            kernel.display()
+        ),
+    )
+    .unwrap();
+    let start = Instant::now();
+    let mut child = Killed(
+        Command::new(bin)
+            .stdin(Stdio::null())
+            .args(["--no-api", "--config-file"])
+            .arg(&cfg)
+            .arg("--api-sock")
+            .arg(dir.join("unused.sock"))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_byte(&mut child.0, b'X') - start
+}
+
+fn qemu_args(kernel: &Path) -> Vec<String> {
+    [
+        "-M",
+        "microvm,x-option-roms=off,rtc=off,pit=off,isa-serial=on",
+        "-enable-kvm",
+        "-m",
+        "32",
+        "-nodefaults",
+        "-no-user-config",
+        "-nographic",
+        "-serial",
+        "stdio",
+        "-device",
+        "isa-debug-exit,iobase=0xf4",
+        "-kernel",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .chain([kernel.display().to_string()])
+    .collect()
+}
+
+/// Process start -> first guest byte, QEMU microvm booting the same guest through PVH.
+fn qemu_cold_boot(kernel: &Path) -> Duration {
+    let start = Instant::now();
+    let mut child = Killed(
+        Command::new("qemu-system-x86_64")
+            .args(qemu_args(kernel))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_byte(&mut child.0, b'X') - start
+}
+
+/// Process start -> QMP socket accepting: QEMU's "API ready".
+fn qemu_api_ready(kernel: &Path, dir: &Path) -> Duration {
+    let sock = dir.join("qmp.sock");
+    let start = Instant::now();
+    let _child = Killed(
+        Command::new("qemu-system-x86_64")
+            .args(qemu_args(kernel))
+            .args(["-S", "-qmp"])
+            .arg(format!("unix:{},server=on,wait=off", sock.display()))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let ready = wait_socket(&sock, start);
+    let _ = std::fs::remove_file(&sock);
+    ready
+}
+
+/// VmRSS minus RssShmem (guest RAM) of `pid`, in KiB.
+fn rss_without_guest(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<u64>().ok())
+    };
+    Some(field("VmRSS:")? - field("RssShmem:")?)
+}
+
+fn summary(mut samples: Vec<Duration>) -> Summary {
+    Summary::of(&mut samples).expect("samples")
+}
+
+fn us(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
+}
+
+fn main() {
+    if !caps::require_all(&[caps::Capability::Root, caps::Capability::Kvm]) {
+        return;
+    }
+    // `cargo bench` passes --bench; a filter argument that is not ours skips this harness.
+    if std::env::args()
+        .skip(1)
+        .any(|a| !a.starts_with('-') && !"vmm".contains(a.as_str()))
+    {
+        return;
+    }
+    let pio = guest("pio_loop");
+    let first = guest("first_out");
+    let bin = vmm_binary();
+    let dir = tempfile::tempdir().unwrap();
+
+    println!("(a) port-I/O exit round trip, {EXITS} exits per round, {ROUNDS} rounds");
+    let (mut raw, mut ours) = (vec![], vec![]);
+    for _ in 0..ROUNDS {
+        raw.push(raw_kvm_exit(&pio));
+        ours.push(vmm_exit(&pio));
+    }
+    let (raw, ours) = (summary(raw), summary(ours));
+    println!("  bare KVM_RUN loop (kvm-ioctls): {raw}");
+    println!("  vmm vCPU thread:                {ours}");
+    println!(
+        "  vmm / bare = {:.3}x (target <= 1.05x)",
+        us(ours.p50) / us(raw.p50)
+    );
+
+    println!("(b) start-up, {ROUNDS} rounds");
+    let (mut ready, mut start_to_out, mut cold, mut rss) = (vec![], vec![], vec![], vec![]);
+    for _ in 0..ROUNDS {
+        let (r, s, m) = vmm_api_boot(&bin, &first, dir.path());
+        ready.push(r);
+        start_to_out.push(s);
+        rss.push(m);
+        cold.push(vmm_cold_boot(&bin, &first, dir.path()));
+    }
+    let ready = summary(ready);
+    let cold = summary(cold);
+    println!("  vmm process start -> API ready:            {ready}");
+    println!(
+        "  vmm InstanceStart -> guest first output:    {}",
+        summary(start_to_out)
+    );
+    println!("  vmm process start -> guest first output:    {cold}");
+    let have_qemu = Command::new("qemu-system-x86_64")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if have_qemu {
+        let (mut q_ready, mut q_cold) = (vec![], vec![]);
+        for _ in 0..ROUNDS {
+            q_ready.push(qemu_api_ready(&first, dir.path()));
+            q_cold.push(qemu_cold_boot(&first));
+        }
+        let (q_ready, q_cold) = (summary(q_ready), summary(q_cold));
+        println!("  qemu microvm start -> QMP ready:           {q_ready}");
+        println!("  qemu microvm start -> guest first output:  {q_cold}");
+        println!(
+            "  qemu / vmm: API ready {:.1}x, first output {:.1}x (target >= 2x)",
+            us(q_ready.p50) / us(ready.p50),
+            us(q_cold.p50) / us(cold.p50)
+        );
+    } else {
+        println!("  qemu-system-x86_64 not installed: no QEMU comparison");
+    }
+    rss.sort_unstable();
+    println!(
+        "(c) vmm RSS without guest memory (VmRSS - RssShmem), median: {} KiB (target < 3072 KiB)",
+        rss[rss.len() / 2]
+    );
+}

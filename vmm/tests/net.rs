@@ -1,0 +1,247 @@
+//! virtio-net on a tap: a guest with its own polling virtio-net driver sends a frame the host
+//! captures on the tap, and receives a frame the host sends into the tap.
+
+mod common;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{Vmm, guest, kvm_available};
+use serde_json::json;
+
+const ETHERTYPE: u16 = 0x88b5;
+
+/// A tap created for one test, deleted on drop.
+struct TapGuard(String);
+
+impl TapGuard {
+    fn create() -> TapGuard {
+        TapGuard::create_with("fsvm", &[])
+    }
+
+    fn create_with(prefix: &str, extra: &[&str]) -> TapGuard {
+        let name = format!("{prefix}{}", std::process::id() % 100_000);
+        let ip = |args: &[&str]| {
+            let ok = Command::new("ip").args(args).status().unwrap().success();
+            assert!(ok, "ip {args:?}");
+        };
+        let mut add = vec!["tuntap", "add", "dev", &name, "mode", "tap"];
+        add.extend_from_slice(extra);
+        ip(&add);
+        let guard = TapGuard(name.clone());
+        // No IPv6 chatter (router solicitations, MLD) towards the guest.
+        let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{name}/disable_ipv6"), "1");
+        ip(&["link", "set", &name, "up"]);
+        guard
+    }
+}
+
+impl Drop for TapGuard {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["link", "del", &self.0]).status();
+    }
+}
+
+/// An AF_PACKET socket on one interface, for one ethertype.
+struct PacketSocket {
+    fd: i32,
+    ifindex: i32,
+}
+
+impl PacketSocket {
+    fn open(ifname: &str) -> PacketSocket {
+        let proto = ETHERTYPE.to_be() as i32;
+        // SAFETY: plain socket(2) call.
+        let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, proto) };
+        assert!(
+            fd >= 0,
+            "packet socket: {}",
+            std::io::Error::last_os_error()
+        );
+        let cname = std::ffi::CString::new(ifname).unwrap();
+        // SAFETY: a NUL-terminated name.
+        let ifindex = unsafe { libc::if_nametoindex(cname.as_ptr()) } as i32;
+        assert!(ifindex > 0);
+        let addr = Self::addr(ifindex, [0; 6]);
+        // SAFETY: a valid sockaddr_ll of the size given.
+        let rc = unsafe {
+            libc::bind(
+                fd,
+                &addr as *const libc::sockaddr_ll as *const libc::sockaddr,
+                std::mem::size_of::<libc::sockaddr_ll>() as u32,
+            )
+        };
+        assert_eq!(rc, 0, "bind: {}", std::io::Error::last_os_error());
+        let tv = libc::timeval {
+            tv_sec: 0,
+            tv_usec: 100_000,
+        };
+        // SAFETY: a valid timeval of the size given.
+        unsafe {
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                &tv as *const libc::timeval as *const libc::c_void,
+                std::mem::size_of::<libc::timeval>() as u32,
+            )
+        };
+        PacketSocket { fd, ifindex }
+    }
+
+    fn addr(ifindex: i32, mac: [u8; 6]) -> libc::sockaddr_ll {
+        // SAFETY: sockaddr_ll is plain data for which all-zero bytes are valid.
+        let mut a: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        a.sll_family = libc::AF_PACKET as u16;
+        a.sll_protocol = ETHERTYPE.to_be();
+        a.sll_ifindex = ifindex;
+        a.sll_halen = 6;
+        a.sll_addr[..6].copy_from_slice(&mac);
+        a
+    }
+
+    fn recv(&self, timeout: Duration) -> Option<Vec<u8>> {
+        let deadline = Instant::now() + timeout;
+        let mut buf = vec![0u8; 2048];
+        while Instant::now() < deadline {
+            // SAFETY: `buf` is writable for its length.
+            let n = unsafe { libc::recv(self.fd, buf.as_mut_ptr().cast(), buf.len(), 0) };
+            if n > 0 {
+                buf.truncate(n as usize);
+                return Some(buf);
+            }
+        }
+        None
+    }
+
+    fn send(&self, frame: &[u8]) {
+        let mut dst = [0u8; 6];
+        dst.copy_from_slice(&frame[..6]);
+        let addr = Self::addr(self.ifindex, dst);
+        // SAFETY: `frame` and `addr` are valid for the sizes given.
+        let n = unsafe {
+            libc::sendto(
+                self.fd,
+                frame.as_ptr().cast(),
+                frame.len(),
+                0,
+                &addr as *const libc::sockaddr_ll as *const libc::sockaddr,
+                std::mem::size_of::<libc::sockaddr_ll>() as u32,
+            )
+        };
+        assert_eq!(
+            n,
+            frame.len() as isize,
+            "send: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
+impl Drop for PacketSocket {
+    fn drop(&mut self) {
+        // SAFETY: closing our own fd once.
+        unsafe { libc::close(self.fd) };
+    }
+}
+
+#[test]
+fn guest_sends_and_receives_frames_through_a_tap() {
+    if !kvm_available() {
+        return;
+    }
+    let tap = TapGuard::create();
+    let sock = PacketSocket::open(&tap.0);
+    let guest_mac = [0x06, 0x00, 0xac, 0x10, 0x00, 0x02];
+    let mut vmm = Vmm::from_config(&json!({
+        "boot-source": {"kernel_image_path": guest("net")},
+        "machine-config": {"vcpu_count": 1, "mem_size_mib": 32},
+        "network-interfaces": [{"iface_id": "eth0", "host_dev_name": tap.0, "guest_mac": "06:00:ac:10:00:02"}],
+    }));
+    vmm.wait_serial("sent\n", Duration::from_secs(30));
+    assert!(
+        vmm.serial().contains("mac=06:00:ac:10:00:02\n"),
+        "{}",
+        vmm.serial()
+    );
+
+    let frame = sock
+        .recv(Duration::from_secs(10))
+        .expect("the guest's frame on the tap");
+    assert_eq!(&frame[..6], &[0xff; 6], "broadcast");
+    assert_eq!(&frame[6..12], &guest_mac);
+    assert_eq!(&frame[12..14], &ETHERTYPE.to_be_bytes());
+    assert!(
+        frame[14..].starts_with(b"ferrostack guest says hello"),
+        "{frame:?}"
+    );
+
+    let mut reply = Vec::new();
+    reply.extend_from_slice(&guest_mac);
+    reply.extend_from_slice(&[0x02, 0, 0, 0, 0, 0x01]);
+    reply.extend_from_slice(&ETHERTYPE.to_be_bytes());
+    reply.extend_from_slice(b"hello from the host");
+    reply.resize(60, 0);
+    sock.send(&reply);
+
+    let status = vmm.wait_exit(Duration::from_secs(30));
+    let serial = vmm.serial();
+    assert_eq!(status.code(), Some(0), "{serial}\n{}", vmm.log());
+    assert!(serial.contains("rx_len=60\n"), "{serial}");
+    assert!(
+        serial.contains("rx_payload=hello from the host\n"),
+        "{serial}"
+    );
+}
+
+#[test]
+fn a_multi_queue_interface_carries_frames_on_both_queue_pairs() {
+    if !kvm_available() {
+        return;
+    }
+    let tap = TapGuard::create_with("fsmq", &["multi_queue"]);
+    let sock = PacketSocket::open(&tap.0);
+    let guest_mac = [0x06, 0x00, 0xac, 0x10, 0x00, 0x03];
+    let mut vmm = Vmm::from_config(&json!({
+        "boot-source": {"kernel_image_path": guest("net_mq")},
+        "machine-config": {"vcpu_count": 2, "mem_size_mib": 32},
+        "network-interfaces": [{
+            "iface_id": "eth0", "host_dev_name": tap.0,
+            "guest_mac": "06:00:ac:10:00:03", "queue_pairs": 2,
+        }],
+    }));
+    vmm.wait_serial("sent\n", Duration::from_secs(30));
+    let serial = vmm.serial();
+    assert!(serial.contains("max_pairs=2\n"), "{serial}");
+    assert!(serial.contains("ctrl_ack=0\n"), "{serial}");
+
+    let mut payloads = Vec::new();
+    for _ in 0..2 {
+        let frame = sock
+            .recv(Duration::from_secs(10))
+            .expect("a guest frame on the tap");
+        assert_eq!(&frame[6..12], &guest_mac);
+        let end = frame[14..]
+            .iter()
+            .position(|b| *b == 0)
+            .unwrap_or(frame.len() - 14);
+        payloads.push(String::from_utf8_lossy(&frame[14..14 + end]).into_owned());
+    }
+    payloads.sort();
+    assert_eq!(payloads, ["from queue pair 0", "from queue pair 1"]);
+
+    let mut reply = Vec::new();
+    reply.extend_from_slice(&guest_mac);
+    reply.extend_from_slice(&[0x02, 0, 0, 0, 0, 0x01]);
+    reply.extend_from_slice(&ETHERTYPE.to_be_bytes());
+    reply.extend_from_slice(b"hello to some queue");
+    reply.resize(60, 0);
+    sock.send(&reply);
+    let status = vmm.wait_exit(Duration::from_secs(30));
+    let serial = vmm.serial();
+    assert_eq!(status.code(), Some(0), "{serial}\n{}", vmm.log());
+    assert!(
+        serial.contains("rx_payload=hello to some queue\n"),
+        "{serial}"
+    );
+}
