@@ -520,12 +520,16 @@ mod tests {
             for chunk in 0..(MEM / bytes.len()) {
                 mem.write_slice(&bytes, GuestAddress((chunk * bytes.len()) as u64)).unwrap();
             }
-            let (mut dev, peer) = net();
+            // Two queue pairs, so the control queue (index 4) is exercised too.
+            let (a, peer) = net();
+            let (b, _peer_b) = net();
+            let taps = [a, b].map(|n| n.pairs.into_iter().next().unwrap().tap).into();
+            let mut dev = Net::multi_queue(taps, None);
             for _ in 0..frames {
                 peer.send(&bytes[..200]).unwrap();
             }
             let size = 1u16 << size_log2;
-            for index in [RX, TX] {
+            for index in 0..5 {
                 let mut q = queue(size, desc & !15, avail & !1, used & !3);
                 if q.is_valid(&mem) {
                     let avail_idx: u16 = mem.read_obj(GuestAddress((avail & !1) + 2)).unwrap();
