@@ -3,8 +3,9 @@
 //! (a) port-I/O exit round trip: a bare `KVM_RUN` loop written with kvm-ioctls alone vs the
 //!     VMM's vCPU thread (bus dispatch, metrics) running a guest doing 20000 `out`s;
 //! (b) process start to API socket ready, API `InstanceStart` to the guest's first serial
-//!     byte, and process start to first serial byte vs QEMU `-M microvm` booting the same
-//!     test guest through its PVH note;
+//!     byte, and process start to first serial byte, vs QEMU `-M microvm` booting the same
+//!     test guest through its PVH note (QMP ready; QMP `cont` of a VM made with `-S`, whose
+//!     kernel is already loaded; process start to first byte);
 //! (c) VMM RSS excluding guest memory (guest RAM is a memfd, so it shows up as RssShmem).
 //!
 //! Run: `cargo bench -p benches --bench vmm` (as root, with /dev/kvm; QEMU optional).
@@ -264,24 +265,38 @@ fn qemu_cold_boot(kernel: &Path) -> Duration {
     wait_byte(&mut child.0, b'X') - start
 }
 
-/// Process start -> QMP socket accepting: QEMU's "API ready".
-fn qemu_api_ready(kernel: &Path, dir: &Path) -> Duration {
+/// QEMU's side of the API figures: process start -> QMP socket accepting, and QMP `cont` (of
+/// a VM created stopped with `-S`, kernel already loaded) -> the guest's first serial byte.
+fn qemu_api_boot(kernel: &Path, dir: &Path) -> (Duration, Duration) {
+    use std::io::{BufRead, BufReader};
     let sock = dir.join("qmp.sock");
     let start = Instant::now();
-    let _child = Killed(
+    let mut child = Killed(
         Command::new("qemu-system-x86_64")
             .args(qemu_args(kernel))
             .args(["-S", "-qmp"])
             .arg(format!("unix:{},server=on,wait=off", sock.display()))
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
             .unwrap(),
     );
     let ready = wait_socket(&sock, start);
+    let qmp = UnixStream::connect(&sock).unwrap();
+    let mut lines = BufReader::new(qmp.try_clone().unwrap());
+    let mut line = String::new();
+    lines.read_line(&mut line).unwrap(); // greeting
+    (&qmp)
+        .write_all(b"{\"execute\": \"qmp_capabilities\"}\n")
+        .unwrap();
+    line.clear();
+    lines.read_line(&mut line).unwrap();
+    let t0 = Instant::now();
+    (&qmp).write_all(b"{\"execute\": \"cont\"}\n").unwrap();
+    let first = wait_byte(&mut child.0, b'X') - t0;
     let _ = std::fs::remove_file(&sock);
-    ready
+    (ready, first)
 }
 
 /// VmRSS minus RssShmem (guest RAM) of `pid`, in KiB.
@@ -364,11 +379,9 @@ fn main() {
     }
     let ready = summary(ready);
     let cold = summary(cold);
+    let start_to_out = summary(start_to_out);
     println!("  vmm process start -> API ready:            {ready}");
-    println!(
-        "  vmm InstanceStart -> guest first output:    {}",
-        summary(start_to_out)
-    );
+    println!("  vmm InstanceStart -> guest first output:    {start_to_out}");
     println!("  vmm process start -> guest first output:    {cold}");
     let have_qemu = Command::new("qemu-system-x86_64")
         .arg("--version")
@@ -376,18 +389,23 @@ fn main() {
         .status()
         .is_ok_and(|s| s.success());
     if have_qemu {
-        let (mut q_ready, mut q_cold) = (vec![], vec![]);
+        let (mut q_ready, mut q_cont, mut q_cold) = (vec![], vec![], vec![]);
         for _ in 0..ROUNDS {
-            q_ready.push(qemu_api_ready(&first, dir.path()));
+            let (r, c) = qemu_api_boot(&first, dir.path());
+            q_ready.push(r);
+            q_cont.push(c);
             q_cold.push(qemu_cold_boot(&first));
         }
-        let (q_ready, q_cold) = (summary(q_ready), summary(q_cold));
+        let (q_ready, q_cont, q_cold) = (summary(q_ready), summary(q_cont), summary(q_cold));
         println!("  qemu microvm start -> QMP ready:           {q_ready}");
+        println!("  qemu QMP cont (-S, loaded) -> first output: {q_cont}");
         println!("  qemu microvm start -> guest first output:  {q_cold}");
         println!(
-            "  qemu / vmm: API ready {:.1}x, first output {:.1}x (target >= 2x)",
+            "  qemu / vmm: API ready {:.1}x, start -> first output {:.1}x, \
+             InstanceStart vs cont -> first output {:.1}x (target >= 2x)",
             us(q_ready.p50) / us(ready.p50),
-            us(q_cold.p50) / us(cold.p50)
+            us(q_cold.p50) / us(cold.p50),
+            us(q_cont.p50) / us(start_to_out.p50)
         );
     } else {
         println!("  qemu-system-x86_64 not installed: no QEMU comparison");
