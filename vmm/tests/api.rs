@@ -396,3 +396,27 @@ fn a_running_drive_gets_a_new_backing_file_and_rate_limiter_through_patch() {
         json!(bigger)
     );
 }
+
+#[test]
+fn expect_100_continue_is_answered_before_the_body_is_sent() {
+    use std::io::{Read, Write};
+    // Needs no KVM: the API serves configuration before any VM exists.
+    let vmm = Vmm::with_api();
+    let body = r#"{"vcpu_count": 2, "mem_size_mib": 64}"#;
+    let mut s = std::os::unix::net::UnixStream::connect(vmm.sock()).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(
+        s,
+        "PUT /machine-config HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .unwrap();
+    let mut interim = [0u8; 25];
+    s.read_exact(&mut interim).unwrap();
+    assert_eq!(&interim, b"HTTP/1.1 100 Continue\r\n\r\n");
+    s.write_all(body.as_bytes()).unwrap();
+    let mut resp = [0u8; 12];
+    s.read_exact(&mut resp).unwrap();
+    assert_eq!(&resp, b"HTTP/1.1 204");
+    assert_eq!(get(&vmm, "/machine-config")["vcpu_count"], 2);
+}
