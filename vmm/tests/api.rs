@@ -224,7 +224,7 @@ fn metrics_and_logger_are_configured_and_flushed() {
         &vmm,
         "PUT",
         "/logger",
-        json!({"log_path": log, "level": "Info", "show_level": true}),
+        json!({"log_path": log, "level": "Info", "show_level": false, "show_log_origin": true}),
     );
     ok(&vmm, "PUT", "/metrics", json!({"metrics_path": metrics}));
     fault(
@@ -260,11 +260,13 @@ fn metrics_and_logger_are_configured_and_flushed() {
     let (status, prom) = vmm.api("GET", "/metrics", None);
     assert_eq!(status, 200);
     assert!(prom.contains("ferrostack_vmm_boot_time_us "), "{prom}");
-    assert!(
-        std::fs::read_to_string(&log)
-            .unwrap()
-            .contains("guest boot complete")
-    );
+    let logged = std::fs::read_to_string(&log).unwrap();
+    let line = logged
+        .lines()
+        .find(|l| l.contains("guest boot complete"))
+        .unwrap_or_else(|| panic!("{logged}"));
+    assert!(line.contains("legacy.rs:"), "show_log_origin: {line}");
+    assert!(!line.contains(" INFO "), "show_level false: {line}");
 }
 
 #[test]
