@@ -10,9 +10,9 @@
 //! - [`devices`]: the port-I/O and MMIO buses; the 8250 UART (output to stdout or a file,
 //!   input from stdin), the i8042 (guest reset, Ctrl+Alt+Del), the boot-time device; token
 //!   bucket rate limiters; virtio-mmio with virtio-blk on a file (positioned I/O or io_uring),
-//!   vhost-user-blk (another process serves the queues), and virtio-net on a tap (checksum and
-//!   TSO offloads negotiated onto the tap). Queue notifications arrive through ioeventfds and
-//!   interrupts leave through irqfds.
+//!   vhost-user-blk (another process serves the queues), and virtio-net on a tap
+//!   (multi-queue; checksum and TSO offloads negotiated onto the tap). Queue notifications
+//!   arrive through ioeventfds and interrupts leave through irqfds.
 //! - [`machine`]: a running VM: one thread per vCPU (1 to 32) routing exits to the buses
 //!   without locks on the hot path, pause, resume, stop, runtime device updates.
 //! - [`config`]: Firecracker's configuration objects (`boot-source`, `machine-config`,

@@ -98,6 +98,28 @@ fn firecracker_level(level: &str) -> Result<&'static str, String> {
     })
 }
 
+/// The log line format: the level shown or not, the source location (`show_log_origin`) or not.
+fn log_format<S>(
+    target: &LogTarget,
+    show_level: bool,
+    show_origin: bool,
+) -> tracing_subscriber::fmt::Layer<
+    S,
+    tracing_subscriber::fmt::format::DefaultFields,
+    tracing_subscriber::fmt::format::Format,
+    LogTarget,
+>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    tracing_subscriber::fmt::layer()
+        .with_writer(target.clone())
+        .with_ansi(false)
+        .with_level(show_level)
+        .with_file(show_origin)
+        .with_line_number(show_origin)
+}
+
 fn level_filter(level: &str) -> LevelFilter {
     firecracker_level(level)
         .ok()
@@ -137,13 +159,10 @@ fn run(args: Args) -> ExitCode {
         .and_then(|v| v.parse::<Targets>().ok())
         .unwrap_or_else(|| Targets::new().with_default(level_filter(&args.level)));
     let (filter, reload_handle) = reload::Layer::new(filter);
+    let (format, format_handle) = reload::Layer::new(log_format(&target, true, false));
     tracing_subscriber::registry()
         .with(filter)
-        .with(
-            tracing_subscriber::fmt::layer()
-                .with_writer(target.clone())
-                .with_ansi(false),
-        )
+        .with(format)
         .init();
     if let Some(path) = &args.log_path {
         match open_log(&path.display().to_string()) {
@@ -200,6 +219,13 @@ fn run(args: Args) -> ExitCode {
             let f = open_log(path)?;
             *logger_target.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(f);
         }
+        let (level, origin) = (
+            l.show_level.unwrap_or(true),
+            l.show_log_origin.unwrap_or(false),
+        );
+        format_handle
+            .reload(log_format(&logger_target, level, origin))
+            .map_err(|e| e.to_string())?;
         Ok(())
     });
     let mut controller =

@@ -224,7 +224,7 @@ fn metrics_and_logger_are_configured_and_flushed() {
         &vmm,
         "PUT",
         "/logger",
-        json!({"log_path": log, "level": "Info", "show_level": true}),
+        json!({"log_path": log, "level": "Info", "show_level": false, "show_log_origin": true}),
     );
     ok(&vmm, "PUT", "/metrics", json!({"metrics_path": metrics}));
     fault(
@@ -260,11 +260,13 @@ fn metrics_and_logger_are_configured_and_flushed() {
     let (status, prom) = vmm.api("GET", "/metrics", None);
     assert_eq!(status, 200);
     assert!(prom.contains("ferrostack_vmm_boot_time_us "), "{prom}");
-    assert!(
-        std::fs::read_to_string(&log)
-            .unwrap()
-            .contains("guest boot complete")
-    );
+    let logged = std::fs::read_to_string(&log).unwrap();
+    let line = logged
+        .lines()
+        .find(|l| l.contains("guest boot complete"))
+        .unwrap_or_else(|| panic!("{logged}"));
+    assert!(line.contains("legacy.rs:"), "show_log_origin: {line}");
+    assert!(!line.contains(" INFO "), "show_level false: {line}");
 }
 
 #[test]
@@ -395,4 +397,28 @@ fn a_running_drive_gets_a_new_backing_file_and_rate_limiter_through_patch() {
         get(&vmm, "/vm/config")["drives"][0]["path_on_host"],
         json!(bigger)
     );
+}
+
+#[test]
+fn expect_100_continue_is_answered_before_the_body_is_sent() {
+    use std::io::{Read, Write};
+    // Needs no KVM: the API serves configuration before any VM exists.
+    let vmm = Vmm::with_api();
+    let body = r#"{"vcpu_count": 2, "mem_size_mib": 64}"#;
+    let mut s = std::os::unix::net::UnixStream::connect(vmm.sock()).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(
+        s,
+        "PUT /machine-config HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .unwrap();
+    let mut interim = [0u8; 25];
+    s.read_exact(&mut interim).unwrap();
+    assert_eq!(&interim, b"HTTP/1.1 100 Continue\r\n\r\n");
+    s.write_all(body.as_bytes()).unwrap();
+    let mut resp = [0u8; 12];
+    s.read_exact(&mut resp).unwrap();
+    assert_eq!(&resp, b"HTTP/1.1 204");
+    assert_eq!(get(&vmm, "/machine-config")["vcpu_count"], 2);
 }

@@ -117,6 +117,33 @@ pub fn parse_request(buf: &[u8]) -> Result<Option<(Request, usize)>, HttpError> 
     )))
 }
 
+/// Whether the request at the front of `buf` has all its headers, asks for
+/// `Expect: 100-continue` (curl does for bodies over 1 KiB), and still lacks its body: the
+/// server should then answer `100 Continue` so the client sends the body at once.
+pub fn wants_continue(buf: &[u8]) -> bool {
+    let Some(end) = find_header_end(buf) else {
+        return false;
+    };
+    let Ok(head) = std::str::from_utf8(&buf[..end]) else {
+        return false;
+    };
+    let mut expect = false;
+    let mut length = 0usize;
+    for line in head.split("\r\n").skip(1) {
+        if let Some((name, value)) = line.split_once(':') {
+            if name.eq_ignore_ascii_case("expect") {
+                expect = value.trim().eq_ignore_ascii_case("100-continue");
+            } else if name.eq_ignore_ascii_case("content-length") {
+                length = value.trim().parse().unwrap_or(0);
+            }
+        }
+    }
+    expect && buf.len() < end + 4 + length
+}
+
+/// The interim response to `Expect: 100-continue`.
+pub const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+
 fn reason(status: u16) -> &'static str {
     match status {
         200 => "OK",
@@ -190,6 +217,21 @@ mod tests {
             parse_request(&[b'a'; MAX_HEADER_BYTES + 1]),
             Err(HttpError::TooLarge)
         );
+    }
+
+    #[test]
+    fn expect_continue_is_seen_until_the_body_arrives() {
+        let head = b"PUT /x HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n";
+        assert!(wants_continue(head));
+        let mut full = head.to_vec();
+        full.extend_from_slice(b"abc");
+        assert!(!wants_continue(&full));
+        assert!(!wants_continue(
+            b"PUT /x HTTP/1.1\r\nContent-Length: 3\r\n\r\n"
+        ));
+        assert!(!wants_continue(
+            b"PUT /x HTTP/1.1\r\nExpect: 100-continue\r\n"
+        ));
     }
 
     #[test]

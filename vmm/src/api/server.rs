@@ -78,10 +78,13 @@ fn dispatch(tx: &Sender<Event>, req: ApiRequest) -> ApiResponse {
 fn serve_connection(mut stream: UnixStream, tx: &Sender<Event>) {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
+    // Whether this request's `100 Continue` was sent.
+    let mut continued = false;
     loop {
         match parse_request(&buf) {
             Ok(Some((req, used))) => {
                 buf.drain(..used);
+                continued = false;
                 METRICS.api_requests.fetch_add(1, Ordering::Relaxed);
                 let resp = match routes::route(&req) {
                     Ok(api) => dispatch(tx, api),
@@ -92,7 +95,14 @@ fn serve_connection(mut stream: UnixStream, tx: &Sender<Event>) {
                 }
                 continue;
             }
-            Ok(None) => {}
+            Ok(None) => {
+                if !continued && http::wants_continue(&buf) {
+                    continued = true;
+                    if stream.write_all(http::CONTINUE).is_err() {
+                        return;
+                    }
+                }
+            }
             Err(e) => {
                 let _ = write_response(&mut stream, &ApiResponse::Error(e.status(), e.to_string()));
                 return;

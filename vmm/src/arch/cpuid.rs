@@ -5,7 +5,10 @@
 //! - leaf 0x1: puts the vCPU's APIC id in EBX bits 31..24, the logical CPU count in EBX bits
 //!   23..16, a 64-byte CLFLUSH line in EBX bits 15..8, sets HTT when there is more than one
 //!   vCPU, and sets the hypervisor bit (ECX bit 31);
-//! - leaves 0xb and 0x1f: put the vCPU's x2APIC id in EDX;
+//! - leaf 0x4: reports `count` cores per package (EAX bits 31..26);
+//! - leaves 0xb and 0x1f: describe a flat topology, one thread per core and `count` cores
+//!   (subleaf 0 the SMT level, subleaf 1 the core level, the rest invalid), with the vCPU's
+//!   x2APIC id in EDX;
 //! - leaf 0xa: reports no architectural PMU (the VMM exposes none).
 //!
 //! Templates (`cpu_template` in `/machine-config`):
@@ -78,7 +81,23 @@ pub fn filter_entry(entry: &mut kvm_cpuid_entry2, cpu: u8, cpu_count: u8, templa
             entry.ecx = 0;
             entry.edx = 0;
         }
-        0xb | 0x1f => entry.edx = u32::from(cpu),
+        0x4 => {
+            let cores = u32::from(cpu_count.max(1)) - 1;
+            entry.eax = (entry.eax & 0x03ff_ffff) | (cores.min(63) << 26);
+        }
+        0xb | 0x1f => {
+            // Bits of x2APIC id that select a core: enough for `cpu_count`.
+            let core_bits = u32::BITS - (u32::from(cpu_count.max(1)) - 1).leading_zeros();
+            let (eax, ebx, ecx) = match entry.index {
+                0 => (0, 1, 1 << 8),
+                1 => (core_bits, u32::from(cpu_count), (2 << 8) | 1),
+                n => (0, 0, n & 0xff),
+            };
+            entry.eax = eax;
+            entry.ebx = ebx;
+            entry.ecx = ecx;
+            entry.edx = u32::from(cpu);
+        }
         0xd if minimal => {
             entry.eax = 0;
             entry.ebx = 0;
@@ -139,9 +158,33 @@ mod tests {
     }
 
     #[test]
-    fn topology_leaves_get_the_x2apic_id() {
-        let mut e = leaf(0xb, 1);
-        filter_entry(&mut e, 7, 8, CpuTemplate::None);
-        assert_eq!(e.edx, 7);
+    fn topology_leaves_describe_count_cores_and_the_x2apic_id() {
+        let mut smt = leaf(0xb, 0);
+        filter_entry(&mut smt, 7, 8, CpuTemplate::None);
+        assert_eq!((smt.eax, smt.ebx, smt.ecx >> 8, smt.edx), (0, 1, 1, 7));
+        let mut core = leaf(0xb, 1);
+        filter_entry(&mut core, 7, 8, CpuTemplate::None);
+        assert_eq!((core.eax, core.ebx, core.ecx >> 8, core.edx), (3, 8, 2, 7));
+        let mut end = leaf(0x1f, 2);
+        filter_entry(&mut end, 0, 8, CpuTemplate::None);
+        assert_eq!(
+            (end.ebx, end.ecx >> 8 & 0xff),
+            (0, 0),
+            "invalid level ends the list"
+        );
+        let mut one = leaf(0xb, 1);
+        filter_entry(&mut one, 0, 1, CpuTemplate::None);
+        assert_eq!((one.eax, one.ebx), (0, 1));
+        let mut five = leaf(0xb, 1);
+        filter_entry(&mut five, 0, 5, CpuTemplate::None);
+        assert_eq!(five.eax, 3, "5 cores need 3 id bits");
+    }
+
+    #[test]
+    fn cache_leaf_counts_the_cores() {
+        let mut e = leaf(4, 0);
+        filter_entry(&mut e, 0, 4, CpuTemplate::None);
+        assert_eq!(e.eax >> 26, 3);
+        assert_eq!(e.eax & 0x03ff_ffff, 0x03ff_ffff, "cache fields kept");
     }
 }

@@ -82,7 +82,7 @@ extern "C" fn guest_main(_zero_page: u64) -> ! {
     // SAFETY: the APs increment this counter with a locked instruction.
     while u64::from(unsafe { core::ptr::read_volatile(COUNTER as *const u16) }) < aps {
         waited += 1;
-        if waited > 50_000_000 {
+        if waited > 2_000_000_000 {
             break;
         }
         core::hint::spin_loop();
