@@ -314,7 +314,7 @@ CREATE TABLE IF NOT EXISTS objects (
 CREATE INDEX IF NOT EXISTS objects_delete_at ON objects (delete_at) WHERE delete_at IS NOT NULL;
 CREATE TABLE IF NOT EXISTS uploads (
   id TEXT PRIMARY KEY, account TEXT NOT NULL, container TEXT NOT NULL, name TEXT NOT NULL,
-  content_type TEXT NOT NULL, meta TEXT NOT NULL);
+  content_type TEXT NOT NULL, meta TEXT NOT NULL, created_ms INTEGER NOT NULL DEFAULT 0);
 CREATE TABLE IF NOT EXISTS inline_blobs (id TEXT PRIMARY KEY, data BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS parts (
   upload_id TEXT NOT NULL, number INTEGER NOT NULL, blob TEXT NOT NULL,
@@ -1072,18 +1072,41 @@ impl Store {
         let account = account.to_owned();
         self.with_db(move |db| {
             db.execute(
-                "INSERT INTO uploads (id, account, container, name, content_type, meta)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                "INSERT INTO uploads (id, account, container, name, content_type, meta, created_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
                 params![
                     up.id,
                     account,
                     up.container,
                     up.name,
                     up.content_type,
-                    serde_json::to_string(&up.meta)?
+                    serde_json::to_string(&up.meta)?,
+                    now_ms()
                 ],
             )?;
             Ok(())
+        })
+        .await
+    }
+
+    /// In-progress uploads into a container: (key, upload id, initiated ms), by key.
+    pub async fn list_uploads(
+        &self,
+        account: &str,
+        container: &str,
+    ) -> Result<Vec<(String, String, i64)>, StoreError> {
+        let (account, container) = (account.to_owned(), container.to_owned());
+        self.with_read_db(move |db| {
+            let mut stmt = db.prepare(
+                "SELECT name, id, created_ms FROM uploads WHERE account = ?1 AND container = ?2
+                 ORDER BY name, created_ms LIMIT 1000",
+            )?;
+            let rows = stmt
+                .query_map(params![account, container], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                })?
+                .collect::<Result<_, _>>()?;
+            Ok(rows)
         })
         .await
     }

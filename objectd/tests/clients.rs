@@ -222,6 +222,14 @@ assert obj["Body"].read() == data, "content differs"
 assert obj["Metadata"] == {"colour": "blue"}, obj["Metadata"]
 rng = s3.get_object(Bucket="multi", Key="big", Range="bytes=5242870-5242889")["Body"].read()
 assert rng == data[5242870:5242890]
+pending = s3.create_multipart_upload(Bucket="multi", Key="pending")
+listed = s3.list_multipart_uploads(Bucket="multi").get("Uploads", [])
+assert [(u["Key"], u["UploadId"]) for u in listed] == [("pending", pending["UploadId"])], listed
+s3.upload_part(Bucket="multi", Key="pending", PartNumber=1, UploadId=pending["UploadId"], Body=b"x")
+parts = s3.list_parts(Bucket="multi", Key="pending", UploadId=pending["UploadId"])["Parts"]
+assert [(p["PartNumber"], p["Size"]) for p in parts] == [(1, 1)], parts
+s3.abort_multipart_upload(Bucket="multi", Key="pending", UploadId=pending["UploadId"])
+assert s3.list_multipart_uploads(Bucket="multi").get("Uploads", []) == []
 s3.put_object(Bucket="multi", Key="small", Body=b"hello")
 s3.copy_object(Bucket="multi", Key="copy", CopySource={"Bucket": "multi", "Key": "small"})
 assert s3.get_object(Bucket="multi", Key="copy")["Body"].read() == b"hello"

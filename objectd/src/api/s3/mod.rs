@@ -183,13 +183,20 @@ pub async fn handle(state: &State, req: Request) -> Result<Response, ApiError> {
             }
             Method::GET if has("uploads") => {
                 bucket_exists(state, &account, &bucket).await?;
-                Ok(xml_response(
-                    StatusCode::OK,
-                    format!(
-                        "{XML_HEAD}<ListMultipartUploadsResult xmlns=\"{NS}\"><Bucket>{}</Bucket><IsTruncated>false</IsTruncated></ListMultipartUploadsResult>",
-                        xml::escape(&bucket)
-                    ),
-                ))
+                let mut body = format!(
+                    "{XML_HEAD}<ListMultipartUploadsResult xmlns=\"{NS}\"><Bucket>{}</Bucket><KeyMarker></KeyMarker><UploadIdMarker></UploadIdMarker><MaxUploads>1000</MaxUploads><IsTruncated>false</IsTruncated>",
+                    xml::escape(&bucket)
+                );
+                for (key, id, ms) in state.store.list_uploads(&account, &bucket).await? {
+                    let _ = write!(
+                        body,
+                        "<Upload><Key>{}</Key><UploadId>{id}</UploadId><StorageClass>STANDARD</StorageClass><Initiated>{}</Initiated></Upload>",
+                        xml::escape(&key),
+                        iso8601(ms)
+                    );
+                }
+                body.push_str("</ListMultipartUploadsResult>");
+                Ok(xml_response(StatusCode::OK, body))
             }
             Method::GET
                 if [
