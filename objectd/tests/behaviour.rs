@@ -52,6 +52,13 @@ fn swift_bad_input_is_refused_and_nothing_is_stored() {
     assert_eq!(r.status, 201);
     assert_eq!(r.header("etag"), Some("5d41402abc4b2a76b9719d911017c592"));
 
+    // An empty object is an object.
+    let r = swift_put(&d, &t, "/v1/AUTH_test/c/empty", b"");
+    assert_eq!(r.header("etag"), Some("d41d8cd98f00b204e9800998ecf8427e"));
+    let r = http(d.port, "GET", "/v1/AUTH_test/c/empty", &auth, b"");
+    assert_eq!((r.status, r.body.len()), (200, 0));
+    assert_eq!(r.header("content-length"), Some("0"));
+
     // Truncated body: the client announces 100 bytes, sends 10 and hangs up.
     {
         let mut s = TcpStream::connect(("127.0.0.1", d.port)).unwrap();
