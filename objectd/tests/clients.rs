@@ -91,6 +91,18 @@ fn swift_cli_upload_download_list_stat_delete_with_dlo_and_slo() {
     let list = run(swift(&d).args(["list"]));
     assert!(!list.lines().any(|l| l == "c"), "{list}");
     assert_eq!(run(swift(&d).args(["list", "c_segments"])).trim(), "");
+
+    // Names with spaces, '+', '%' and non-ASCII survive the round trip.
+    std::fs::create_dir_all(w.join("sp ace")).unwrap();
+    let odd = "sp ace/\u{fc}n+%20\u{ef}.bin";
+    std::fs::write(w.join(odd), &small).unwrap();
+    run(swift(&d).current_dir(w).args(["upload", "u", odd]));
+    assert_eq!(run(swift(&d).args(["list", "u"])).trim(), odd);
+    let back = tempfile::tempdir().unwrap();
+    run(swift(&d)
+        .current_dir(back.path())
+        .args(["download", "u", odd]));
+    assert_eq!(std::fs::read(back.path().join(odd)).unwrap(), small);
 }
 
 fn aws_program() -> &'static str {
@@ -246,6 +258,15 @@ try:
 except ClientError as e:
     assert e.response["ResponseMetadata"]["HTTPStatusCode"] == 403
     assert e.response["Error"]["Code"] == "SignatureDoesNotMatch", e.response["Error"]
+odd = ["dir/a b+c=d.txt", "\u00fcn\u00ef/\u00e7\u00f8d\u00e9", "x&y<z>'\"", "100%/~tilde!*()"]
+for k in odd:
+    s3.put_object(Bucket="multi", Key=k, Body=k.encode())
+    assert s3.get_object(Bucket="multi", Key=k)["Body"].read() == k.encode(), k
+listed = [o["Key"] for o in s3.list_objects_v2(Bucket="multi", Prefix="")["Contents"]]
+assert all(k in listed for k in odd), listed
+listed = [o["Key"] for o in s3.list_objects(Bucket="multi")["Contents"]]
+assert all(k in listed for k in odd), listed
+s3.delete_objects(Bucket="multi", Delete={"Objects": [{"Key": k} for k in odd]})
 for i in range(5):
     s3.put_object(Bucket="multi", Key="page/%d" % i, Body=b"p")
 keys, token = [], None
