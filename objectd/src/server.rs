@@ -83,6 +83,7 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
         });
     }
     spawn_background(state.clone());
+    notify_ready();
     loop {
         match listener.accept().await {
             Ok((stream, _)) => {
@@ -94,6 +95,31 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
+    }
+}
+
+/// Tells systemd (`Type=notify`) the daemon is serving, when `NOTIFY_SOCKET` is set.
+pub fn notify_ready() {
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let sock = match std::os::unix::net::UnixDatagram::unbound() {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot create the notify socket");
+            return;
+        }
+    };
+    let bytes = path.as_encoded_bytes();
+    let sent = if let Some(name) = bytes.strip_prefix(b"@") {
+        use std::os::linux::net::SocketAddrExt;
+        std::os::unix::net::SocketAddr::from_abstract_name(name)
+            .and_then(|addr| sock.send_to_addr(b"READY=1", &addr))
+    } else {
+        sock.send_to(b"READY=1", &path)
+    };
+    if let Err(e) = sent {
+        tracing::warn!(error = %e, "cannot notify systemd");
     }
 }
 

@@ -711,3 +711,18 @@ fn the_same_api_is_served_on_a_unix_socket() {
     assert!(out.contains("ferrostack_objectd_sent_bytes_total"));
     drop(d);
 }
+
+#[test]
+fn systemd_is_told_when_the_daemon_is_ready() {
+    use std::os::unix::net::UnixDatagram;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("notify.sock");
+    let sock = UnixDatagram::bind(&path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let d = Daemon::start_env(&[("NOTIFY_SOCKET", path.to_str().unwrap())]);
+    let mut buf = [0u8; 64];
+    let n = sock.recv(&mut buf).expect("a READY notification");
+    assert_eq!(&buf[..n], b"READY=1");
+    drop(d);
+}
