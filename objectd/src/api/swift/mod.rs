@@ -494,8 +494,10 @@ pub struct SloSegment {
     pub content_type: String,
 }
 
-/// A segment as clients send it in `?multipart-manifest=put`.
+/// A segment as clients send it in `?multipart-manifest=put`. Unknown keys (such as a
+/// segment `range`, which is not supported) are refused rather than ignored.
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct SloPut {
     path: String,
     etag: Option<String>,
