@@ -12,7 +12,8 @@
 //!   (ranges, conditional requests, dates).
 //! - [`store`]: blob files written tmp → fsync → rename → fsync dir, and the SQLite index
 //!   updated only after; checksums verified on full reads.
-//! - [`auth`]: TempAuth tokens and S3 keys from the config.
+//! - [`auth`]: TempAuth tokens and S3 keys from the config; [`keystone`]: Keystone tokens
+//!   validated against `control` when configured.
 //! - [`metrics`]: Prometheus text at `/metrics`.
 //!
 //! Threads: the tokio multi-threaded runtime serves HTTP; file and index operations run on
@@ -23,6 +24,7 @@
 pub mod api;
 pub mod auth;
 pub mod config;
+pub mod keystone;
 pub mod metrics;
 pub mod server;
 pub mod store;

@@ -19,6 +19,9 @@ use crate::store::{Store, StoreError};
 /// Why the daemon stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
+    /// The Keystone settings are unusable.
+    #[error("bad keystone settings")]
+    Keystone(#[from] crate::keystone::KeystoneError),
     /// The store could not be opened.
     #[error("cannot open the store")]
     Store(#[from] StoreError),
@@ -45,8 +48,14 @@ pub enum ServerError {
 /// Opens the store and builds the shared state.
 pub fn state(config: Config) -> Result<Arc<State>, ServerError> {
     let store = Store::open(&config.data_dir)?;
+    let keystone = config
+        .keystone
+        .as_ref()
+        .map(|k| crate::keystone::Keystone::new(&k.url, k.cache_secs))
+        .transpose()?;
     Ok(Arc::new(State {
         store,
+        keystone,
         auth: Auth::new(config.users.clone(), config.token_ttl_secs),
         metrics: Metrics::default(),
         config,

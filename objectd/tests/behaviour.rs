@@ -777,3 +777,85 @@ fn systemd_is_told_when_the_daemon_is_ready() {
     assert_eq!(&buf[..n], b"READY=1");
     drop(d);
 }
+
+/// A stand-in Keystone: `good-token` is scoped to project `p1`; anything else is unknown.
+fn fake_keystone() -> (u16, std::thread::JoinHandle<()>) {
+    use std::io::{BufRead, BufReader};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let handle = std::thread::spawn(move || {
+        // Serve a few validations, then stop (the daemon caches answers).
+        for stream in listener.incoming().take(2) {
+            let mut stream = stream.unwrap();
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut subject = String::new();
+            let mut path = String::new();
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap() == 0 || line == "\r\n" {
+                    break;
+                }
+                if path.is_empty() {
+                    path = line.split(' ').nth(1).unwrap_or("").to_owned();
+                }
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("x-subject-token:") {
+                    subject = v.trim().to_owned();
+                }
+            }
+            let (status, body) = if path == "/v3/auth/tokens" && subject == "good-token" {
+                (
+                    "200 OK",
+                    r#"{"token": {"project": {"id": "p1"}, "expires_at": "2999-01-01T00:00:00.000000Z"}}"#,
+                )
+            } else {
+                ("404 Not Found", r#"{"error": {"code": 404}}"#)
+            };
+            write!(
+                stream,
+                "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            )
+            .unwrap();
+        }
+    });
+    (port, handle)
+}
+
+#[test]
+fn keystone_tokens_are_validated_and_scoped_to_their_project() {
+    let (ks_port, ks) = fake_keystone();
+    let d = Daemon::start_with(&format!(
+        "[keystone]\nurl = \"http://127.0.0.1:{ks_port}\"\ncache-secs = 60\n"
+    ));
+    let good = [("X-Auth-Token", "good-token")];
+    assert_eq!(http(d.port, "PUT", "/v1/AUTH_p1/c", &good, b"").status, 201);
+    assert_eq!(
+        http(d.port, "PUT", "/v1/AUTH_p1/c/o", &good, b"ks").status,
+        201
+    );
+    // Cached: no further validation needed for the same token.
+    assert_eq!(
+        http(d.port, "GET", "/v1/AUTH_p1/c/o", &good, b"").body,
+        b"ks"
+    );
+    assert_eq!(
+        http(d.port, "GET", "/v1/AUTH_test/c", &good, b"").status,
+        403
+    );
+    let bad = [("X-Auth-Token", "bad-token")];
+    assert_eq!(http(d.port, "GET", "/v1/AUTH_p1/c", &bad, b"").status, 401);
+    ks.join().unwrap();
+    // TempAuth still works next to Keystone.
+    let t = d.token();
+    assert_eq!(
+        http(
+            d.port,
+            "HEAD",
+            "/v1/AUTH_test",
+            &[("X-Auth-Token", &t)],
+            b""
+        )
+        .status,
+        204
+    );
+}

@@ -30,6 +30,8 @@ pub struct State {
     pub auth: Auth,
     /// Counters for `/metrics`.
     pub metrics: Metrics,
+    /// Keystone token validation, when configured.
+    pub keystone: Option<crate::keystone::Keystone>,
 }
 
 /// An incoming request.

@@ -41,7 +41,7 @@ impl Daemon {
         Daemon::start_with("")
     }
 
-    /// Starts a daemon whose config begins with `extra` top-level keys.
+    /// Starts a daemon with `extra` config (top-level keys or tables) before the users.
     pub fn start_with(extra: &str) -> Daemon {
         Daemon::start_with_env(extra, &[])
     }
@@ -50,8 +50,8 @@ impl Daemon {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let config = format!(
-            "{extra}listen = \"127.0.0.1:{port}\"\ndata-dir = \"{}\"\nexpirer-interval-secs = 1\nauditor-interval-secs = 0\n\
-             [[users]]\naccount = \"test\"\nuser = \"tester\"\nkey = \"testing\"\n\
+            "listen = \"127.0.0.1:{port}\"\ndata-dir = \"{}\"\nexpirer-interval-secs = 1\nauditor-interval-secs = 0\n\
+             {extra}[[users]]\naccount = \"test\"\nuser = \"tester\"\nkey = \"testing\"\n\
              s3-access-key = \"{ACCESS_KEY}\"\ns3-secret-key = \"{SECRET_KEY}\"\n\
              [[users]]\naccount = \"other\"\nuser = \"bob\"\nkey = \"bobkey\"\n\
              s3-access-key = \"AKIDOTHER\"\ns3-secret-key = \"other-secret\"\n",
