@@ -133,6 +133,15 @@ fn swift_bad_input_is_refused_and_nothing_is_stored() {
         swift_put(&d, &t, &format!("/v1/AUTH_test/c/{long}"), b"x").status,
         400
     );
+    let long_container = "c".repeat(257);
+    assert_eq!(
+        swift_put(&d, &t, &format!("/v1/AUTH_test/{long_container}"), b"").status,
+        400
+    );
+    assert_eq!(
+        swift_put(&d, &t, &format!("/v1/AUTH_test/{}", "c".repeat(256)), b"").status,
+        201
+    );
     let max = "o".repeat(1024);
     assert_eq!(
         swift_put(&d, &t, &format!("/v1/AUTH_test/c/{max}"), b"x").status,
@@ -528,7 +537,16 @@ fn s3_bad_input_is_refused_and_nothing_is_stored() {
     assert!(r.text().contains("MalformedXML"));
     // Overlong key, invalid bucket name, no auth.
     let long = format!("/bkt/{}", "k".repeat(1025));
-    assert_eq!(s3(&d, "PUT", &long, &[], b"x", SECRET_KEY).status, 400);
+    let r = s3(&d, "PUT", &long, &[], b"x", SECRET_KEY);
+    assert_eq!(r.status, 400);
+    assert!(
+        r.text().contains("<Code>KeyTooLongError</Code>"),
+        "{}",
+        r.text()
+    );
+    let at_limit = format!("/bkt/{}", "k".repeat(1024));
+    assert_eq!(s3(&d, "PUT", &at_limit, &[], b"x", SECRET_KEY).status, 200);
+    assert_eq!(s3(&d, "GET", &at_limit, &[], b"", SECRET_KEY).body, b"x");
     assert_eq!(
         s3(&d, "PUT", "/Bad_Bucket", &[], b"", SECRET_KEY).status,
         400
