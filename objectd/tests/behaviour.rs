@@ -877,3 +877,70 @@ fn keystone_tokens_are_validated_and_scoped_to_their_project() {
         204
     );
 }
+
+/// A PUT that reports transport failures as `None` instead of panicking.
+fn try_put(port: u16, path: &str, token: &str, body: &[u8]) -> Option<u16> {
+    use std::io::Read;
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    write!(
+        s,
+        "PUT {path} HTTP/1.1\r\nHost: x\r\nX-Auth-Token: {token}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )
+    .ok()?;
+    s.write_all(body).ok()?;
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).ok()?;
+    let head = String::from_utf8_lossy(&out);
+    head.split(' ').nth(1)?.parse().ok()
+}
+
+#[test]
+fn kill_9_under_concurrent_small_writes_loses_nothing_acknowledged() {
+    let mut d = Daemon::start();
+    let t = d.token();
+    swift_put(&d, &t, "/v1/AUTH_test/c", b"");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let port = d.port;
+    let writers: Vec<_> = (0..4)
+        .map(|w| {
+            let (t, stop) = (t.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut acked = Vec::new();
+                let mut i = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let name = format!("w{w}-{i}");
+                    let body = data(100 + (i as usize * 37) % 5000, w * 1_000_000 + i);
+                    // A connection that dies mid-request is simply not acknowledged.
+                    if try_put(port, &format!("/v1/AUTH_test/c/{name}"), &t, &body) == Some(201) {
+                        acked.push((name, body));
+                    }
+                    i += 1;
+                }
+                acked
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(700));
+    d.kill9();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let acked: Vec<(String, Vec<u8>)> = writers
+        .into_iter()
+        .flat_map(|w| w.join().unwrap())
+        .collect();
+    assert!(acked.len() > 20, "only {} writes acknowledged", acked.len());
+    d.restart();
+    let t = d.token();
+    for (name, body) in &acked {
+        let r = http(
+            d.port,
+            "GET",
+            &format!("/v1/AUTH_test/c/{name}"),
+            &[("X-Auth-Token", &t)],
+            b"",
+        );
+        assert_eq!(r.status, 200, "{name} was acknowledged but is gone");
+        assert_eq!(&r.body, body, "{name} changed");
+    }
+}
