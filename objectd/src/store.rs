@@ -1048,7 +1048,7 @@ impl Store {
 
     /// Every blob the index references (for the auditor).
     pub async fn all_blobs(&self) -> Result<Vec<Blob>, StoreError> {
-        self.with_db(move |db| {
+        self.with_read_db(move |db| {
             let mut stmt = db.prepare("SELECT blobs FROM objects")?;
             let rows: Vec<String> = stmt
                 .query_map([], |r| r.get(0))?
