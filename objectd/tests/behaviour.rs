@@ -553,6 +553,34 @@ fn s3_bad_input_is_refused_and_nothing_is_stored() {
     );
     assert_eq!(http(d.port, "GET", "/bkt/k", &[], b"").status, 403);
 
+    // CRC32C and CRC64/NVME, as newer SDKs send them: right values stored, wrong refused.
+    let c32c = base64_bytes(&crc32c::crc32c(b"data").to_be_bytes());
+    let mut c64 = crc64fast_nvme::Digest::new();
+    c64.write(b"data");
+    let c64 = base64_bytes(&c64.sum64().to_be_bytes());
+    for (name, good) in [
+        ("x-amz-checksum-crc32c", &c32c),
+        ("x-amz-checksum-crc64nvme", &c64),
+    ] {
+        let r = s3(
+            &d,
+            "PUT",
+            "/bkt/crc",
+            &[(name, "AAAAAAAAAAA=")],
+            b"data",
+            SECRET_KEY,
+        );
+        assert_eq!(r.status, 400, "{name}");
+        let r = s3(
+            &d,
+            "PUT",
+            "/bkt/crc",
+            &[(name, good.as_str())],
+            b"data",
+            SECRET_KEY,
+        );
+        assert_eq!(r.status, 200, "{name}: {}", r.text());
+    }
     // A correct CRC32 ("data" -> 0xadf3f363) and an unsigned aws-chunked body with a
     // trailing checksum, as SDKs send over HTTPS.
     let r = s3(
@@ -604,6 +632,11 @@ fn s3_bad_input_is_refused_and_nothing_is_stored() {
     );
     // The temp dir holds nothing after all those refusals.
     assert!(files_under(&d.data().join("tmp")).is_empty());
+}
+
+fn base64_bytes(v: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(v)
 }
 
 fn base64_be(v: u32) -> String {
