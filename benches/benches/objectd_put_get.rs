@@ -9,7 +9,8 @@
 //! Swift rows are skipped and said so.
 //!
 //! Knobs (environment): `OBJECTD_BENCH_OPS` (small ops per phase, default 2000),
-//! `OBJECTD_BENCH_CONNS` (default 4), `OBJECTD_BENCH_LARGE_MIB` (default 256).
+//! `OBJECTD_BENCH_CONNS` (default 4), `OBJECTD_BENCH_LARGE_MIB` (default 256),
+//! `OBJECTD_BENCH_LARGE_REPS` (large PUT+GET rounds, median reported; default 3).
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -193,23 +194,31 @@ fn small_phase(
     }
 }
 
-/// MB/s of one PUT and one GET of `body`.
-fn large(ep: &Endpoint, body: &[u8]) -> (f64, f64) {
+/// Median MB/s of `reps` PUTs and GETs of `body`.
+fn large(ep: &Endpoint, body: &[u8], reps: usize) -> (f64, f64) {
     let mut c = Conn::open(ep.port);
-    let path = format!("{}/bench/large", ep.account_path);
-    let t = Instant::now();
-    let (s, _, _) = c.req("PUT", &path, &[("X-Auth-Token", &ep.token)], body);
-    assert!(s < 300, "{} large PUT: {s}", ep.name);
-    let put = body.len() as f64 / 1e6 / t.elapsed().as_secs_f64();
-    let t = Instant::now();
-    let (s, _, n) = c.req("GET", &path, &[("X-Auth-Token", &ep.token)], b"");
-    assert!(
-        s < 300 && n == body.len() as u64,
-        "{} large GET: {s}",
-        ep.name
-    );
-    let get = body.len() as f64 / 1e6 / t.elapsed().as_secs_f64();
-    (put, get)
+    let (mut puts, mut gets) = (Vec::new(), Vec::new());
+    for i in 0..reps.max(1) {
+        let path = format!("{}/bench/large-{i}", ep.account_path);
+        let t = Instant::now();
+        let (s, _, _) = c.req("PUT", &path, &[("X-Auth-Token", &ep.token)], body);
+        assert!(s < 300, "{} large PUT: {s}", ep.name);
+        puts.push(body.len() as f64 / 1e6 / t.elapsed().as_secs_f64());
+        let t = Instant::now();
+        let (s, _, n) = c.req("GET", &path, &[("X-Auth-Token", &ep.token)], b"");
+        assert!(
+            s < 300 && n == body.len() as u64,
+            "{} large GET: {s}",
+            ep.name
+        );
+        gets.push(body.len() as f64 / 1e6 / t.elapsed().as_secs_f64());
+    }
+    (median(&mut puts), median(&mut gets))
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
 }
 
 struct Results {
@@ -219,7 +228,7 @@ struct Results {
     large_get: f64,
 }
 
-fn run_all(ep: &Endpoint, conns: usize, ops: usize, large_body: &[u8]) -> Results {
+fn run_all(ep: &Endpoint, conns: usize, ops: usize, large_body: &[u8], reps: usize) -> Results {
     // Swift's servers come up one by one: retry until a container and an object PUT work.
     let deadline = Instant::now() + Duration::from_secs(60);
     for path in [
@@ -245,7 +254,7 @@ fn run_all(ep: &Endpoint, conns: usize, ops: usize, large_body: &[u8]) -> Result
     small_phase(ep, "PUT", conns, conns * 10, &small);
     let put = small_phase(ep, "PUT", conns, ops, &small);
     let get = small_phase(ep, "GET", conns, ops, &small);
-    let (large_put, large_get) = large(ep, large_body);
+    let (large_put, large_get) = large(ep, large_body, reps);
     Results {
         put,
         get,
@@ -443,12 +452,13 @@ fn main() {
     let ops = env_or("OBJECTD_BENCH_OPS", 2000);
     let conns = env_or("OBJECTD_BENCH_CONNS", 4);
     let large_mib = env_or("OBJECTD_BENCH_LARGE_MIB", 256);
+    let reps = env_or("OBJECTD_BENCH_LARGE_REPS", 3);
     let tmp = tempfile::tempdir_in(std::env::temp_dir()).unwrap();
     let large_body: Vec<u8> = (0..large_mib << 20)
         .map(|i| (i * 131 % 251) as u8)
         .collect();
     println!(
-        "objectd vs OpenStack Swift: {conns} connections, {ops} ops per 4 KiB phase, {large_mib} MiB large object"
+        "objectd vs OpenStack Swift: {conns} connections, {ops} ops per 4 KiB phase, {large_mib} MiB large objects (median of {reps})"
     );
 
     let disk = disk_limit(tmp.path(), &large_body);
@@ -456,7 +466,7 @@ fn main() {
 
     let od_dir = tmp.path().join("objectd");
     let od = wait_login("objectd", start_objectd(&od_dir));
-    let ours = run_all(&od, conns, ops, &large_body);
+    let ours = run_all(&od, conns, ops, &large_body, reps);
     print(&ours, "objectd");
 
     let swift_dir = tmp.path().join("swift");
@@ -468,7 +478,7 @@ fn main() {
         return;
     };
     let sw = wait_login("swift", port);
-    let theirs = run_all(&sw, conns, ops, &large_body);
+    let theirs = run_all(&sw, conns, ops, &large_body, reps);
     print(&theirs, "swift");
     println!(
         " ratios: 4KiB PUT {:.1}x swift, 4KiB GET {:.1}x swift, large PUT {:.2}x swift and {:.2}x the disk limit, large GET {:.2}x swift",

@@ -68,6 +68,24 @@ pub struct Config {
     /// Accounts and their users.
     #[serde(default)]
     pub users: Vec<User>,
+    /// Validate non-TempAuth Swift tokens against this Keystone, if set.
+    #[serde(default)]
+    pub keystone: Option<KeystoneConfig>,
+}
+
+/// Where Keystone (Ferrostack's `control`) is.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct KeystoneConfig {
+    /// Base URL, `http://host:port[/prefix]` (`/v3/auth/tokens` is appended).
+    pub url: String,
+    /// Longest time a validation is reused, in seconds.
+    #[serde(default = "default_keystone_cache")]
+    pub cache_secs: u64,
+}
+
+fn default_keystone_cache() -> u64 {
+    60
 }
 
 /// One TempAuth user, which owns one account, with optional S3 credentials.
@@ -125,6 +143,7 @@ impl Default for Config {
             auditor_interval_secs: DEFAULT_AUDITOR_INTERVAL_SECS,
             max_object_size: DEFAULT_MAX_OBJECT_SIZE,
             users: Vec::new(),
+            keystone: None,
         }
     }
 }

@@ -19,6 +19,9 @@ use crate::store::{Store, StoreError};
 /// Why the daemon stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
+    /// The Keystone settings are unusable.
+    #[error("bad keystone settings")]
+    Keystone(#[from] crate::keystone::KeystoneError),
     /// The store could not be opened.
     #[error("cannot open the store")]
     Store(#[from] StoreError),
@@ -45,8 +48,14 @@ pub enum ServerError {
 /// Opens the store and builds the shared state.
 pub fn state(config: Config) -> Result<Arc<State>, ServerError> {
     let store = Store::open(&config.data_dir)?;
+    let keystone = config
+        .keystone
+        .as_ref()
+        .map(|k| crate::keystone::Keystone::new(&k.url, k.cache_secs))
+        .transpose()?;
     Ok(Arc::new(State {
         store,
+        keystone,
         auth: Auth::new(config.users.clone(), config.token_ttl_secs),
         metrics: Metrics::default(),
         config,
@@ -83,6 +92,7 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
         });
     }
     spawn_background(state.clone());
+    notify_ready();
     loop {
         match listener.accept().await {
             Ok((stream, _)) => {
@@ -94,6 +104,31 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
+    }
+}
+
+/// Tells systemd (`Type=notify`) the daemon is serving, when `NOTIFY_SOCKET` is set.
+pub fn notify_ready() {
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let sock = match std::os::unix::net::UnixDatagram::unbound() {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot create the notify socket");
+            return;
+        }
+    };
+    let bytes = path.as_encoded_bytes();
+    let sent = if let Some(name) = bytes.strip_prefix(b"@") {
+        use std::os::linux::net::SocketAddrExt;
+        std::os::unix::net::SocketAddr::from_abstract_name(name)
+            .and_then(|addr| sock.send_to_addr(b"READY=1", &addr))
+    } else {
+        sock.send_to(b"READY=1", &path)
+    };
+    if let Err(e) = sent {
+        tracing::warn!(error = %e, "cannot notify systemd");
     }
 }
 

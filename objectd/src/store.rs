@@ -18,7 +18,6 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use md5::{Digest, Md5};
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::{Deserialize, Serialize};
-use tokio::io::AsyncWriteExt;
 
 /// Errors of the store.
 #[derive(Debug, thiserror::Error)]
@@ -314,7 +313,7 @@ CREATE TABLE IF NOT EXISTS objects (
 CREATE INDEX IF NOT EXISTS objects_delete_at ON objects (delete_at) WHERE delete_at IS NOT NULL;
 CREATE TABLE IF NOT EXISTS uploads (
   id TEXT PRIMARY KEY, account TEXT NOT NULL, container TEXT NOT NULL, name TEXT NOT NULL,
-  content_type TEXT NOT NULL, meta TEXT NOT NULL);
+  content_type TEXT NOT NULL, meta TEXT NOT NULL, created_ms INTEGER NOT NULL DEFAULT 0);
 CREATE TABLE IF NOT EXISTS inline_blobs (id TEXT PRIMARY KEY, data BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS parts (
   upload_id TEXT NOT NULL, number INTEGER NOT NULL, blob TEXT NOT NULL,
@@ -427,10 +426,8 @@ impl Store {
             store: self.clone(),
             id,
             tmp: Some(tmp),
-            file: None,
+            inflight: None,
             buf: Vec::new(),
-            md5: Md5::new(),
-            crc32: crc32fast::Hasher::new(),
             size: 0,
         })
     }
@@ -1051,7 +1048,7 @@ impl Store {
 
     /// Every blob the index references (for the auditor).
     pub async fn all_blobs(&self) -> Result<Vec<Blob>, StoreError> {
-        self.with_db(move |db| {
+        self.with_read_db(move |db| {
             let mut stmt = db.prepare("SELECT blobs FROM objects")?;
             let rows: Vec<String> = stmt
                 .query_map([], |r| r.get(0))?
@@ -1072,18 +1069,41 @@ impl Store {
         let account = account.to_owned();
         self.with_db(move |db| {
             db.execute(
-                "INSERT INTO uploads (id, account, container, name, content_type, meta)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                "INSERT INTO uploads (id, account, container, name, content_type, meta, created_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
                 params![
                     up.id,
                     account,
                     up.container,
                     up.name,
                     up.content_type,
-                    serde_json::to_string(&up.meta)?
+                    serde_json::to_string(&up.meta)?,
+                    now_ms()
                 ],
             )?;
             Ok(())
+        })
+        .await
+    }
+
+    /// In-progress uploads into a container: (key, upload id, initiated ms), by key.
+    pub async fn list_uploads(
+        &self,
+        account: &str,
+        container: &str,
+    ) -> Result<Vec<(String, String, i64)>, StoreError> {
+        let (account, container) = (account.to_owned(), container.to_owned());
+        self.with_read_db(move |db| {
+            let mut stmt = db.prepare(
+                "SELECT name, id, created_ms FROM uploads WHERE account = ?1 AND container = ?2
+                 ORDER BY name, created_ms LIMIT 1000",
+            )?;
+            let rows = stmt
+                .query_map(params![account, container], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                })?
+                .collect::<Result<_, _>>()?;
+            Ok(rows)
         })
         .await
     }
@@ -1342,43 +1362,69 @@ impl RawRecord {
 /// Bytes gathered before one write to the temporary file.
 const WRITE_BUFFER: usize = 1 << 20;
 
-/// Streams one body into a temporary file (created once the body outgrows the write
-/// buffer), then makes it durable with [`BlobWriter::finish`]. Dropped unfinished, it
-/// removes the temporary file.
+/// The temporary file and the digests of what was written to it so far; owned by the
+/// blocking task that hashes and writes the current piece.
+struct Sink {
+    file: std::fs::File,
+    md5: Md5,
+    crc32: crc32fast::Hasher,
+}
+
+impl Sink {
+    fn absorb(&mut self, data: &[u8]) -> Result<(), StoreError> {
+        use std::io::Write;
+        self.md5.update(data);
+        self.crc32.update(data);
+        self.file.write_all(data).map_err(io("write temp file"))
+    }
+}
+
+/// Streams one body to disk: bytes are gathered in 1 MiB pieces, and each piece is hashed
+/// (MD5 and CRC32) and written by a blocking task while the next one arrives, so receiving
+/// and hashing run on different cores. A body that ends within [`INLINE_MAX`] never touches
+/// the filesystem. [`BlobWriter::finish`] makes it durable; dropped unfinished, the writer
+/// removes its temporary file.
 pub struct BlobWriter {
     store: Store,
     id: String,
     tmp: Option<PathBuf>,
-    file: Option<tokio::fs::File>,
+    inflight: Option<tokio::task::JoinHandle<Result<Sink, StoreError>>>,
     buf: Vec<u8>,
-    md5: Md5,
-    crc32: crc32fast::Hasher,
     size: u64,
 }
 
 impl BlobWriter {
-    /// Appends bytes (written out in 1 MiB pieces).
+    /// Appends bytes.
     pub async fn write(&mut self, data: &[u8]) -> Result<(), StoreError> {
-        self.md5.update(data);
-        self.crc32.update(data);
         self.size += data.len() as u64;
         self.buf.extend_from_slice(data);
         if self.buf.len() >= WRITE_BUFFER {
-            if self.file.is_none() {
-                let tmp = self.tmp.as_ref().expect("writer not finished");
-                self.file = Some(
-                    tokio::fs::File::create(tmp)
-                        .await
-                        .map_err(io("create temp file"))?,
-                );
-            }
-            let file = self.file.as_mut().expect("file just created");
-            file.write_all(&self.buf)
-                .await
-                .map_err(io("write temp file"))?;
-            self.buf.clear();
+            let mut sink = self.take_sink().await?;
+            let piece = std::mem::replace(&mut self.buf, Vec::with_capacity(WRITE_BUFFER));
+            self.inflight = Some(tokio::task::spawn_blocking(move || {
+                sink.absorb(&piece)?;
+                Ok(sink)
+            }));
         }
         Ok(())
+    }
+
+    /// The sink once the piece in flight is written, or a new one on a new temp file.
+    async fn take_sink(&mut self) -> Result<Sink, StoreError> {
+        if let Some(h) = self.inflight.take() {
+            return h.await?;
+        }
+        let tmp = self.tmp.as_ref().expect("writer not finished");
+        let file = tokio::fs::File::create(tmp)
+            .await
+            .map_err(io("create temp file"))?
+            .into_std()
+            .await;
+        Ok(Sink {
+            file,
+            md5: Md5::new(),
+            crc32: crc32fast::Hasher::new(),
+        })
     }
 
     /// Bytes written so far.
@@ -1390,50 +1436,40 @@ impl BlobWriter {
     /// commit that references it); a larger one is written out, fsync'd, renamed into place
     /// and its directory fsync'd, in one blocking task.
     pub async fn finish(mut self) -> Result<Blob, StoreError> {
-        let md5 = hex::encode(self.md5.clone().finalize());
-        let crc32 = Some(self.crc32.clone().finalize());
         let id = std::mem::take(&mut self.id);
         let rest = std::mem::take(&mut self.buf);
-        let file = match self.file.take() {
-            Some(mut f) => {
-                f.flush().await.map_err(io("flush temp file"))?;
-                Some(f.into_std().await)
-            }
-            None if self.size <= INLINE_MAX => {
-                self.tmp = None;
-                return Ok(Blob {
-                    id,
-                    size: self.size,
-                    md5,
-                    crc32,
-                    inline: true,
-                    data: Some(bytes::Bytes::from(rest)),
-                });
-            }
-            None => None,
-        };
+        if self.inflight.is_none() && self.size <= INLINE_MAX {
+            self.tmp = None;
+            return Ok(Blob {
+                id,
+                size: self.size,
+                md5: hex::encode(Md5::digest(&rest)),
+                crc32: Some(crc32fast::hash(&rest)),
+                inline: true,
+                data: Some(bytes::Bytes::from(rest)),
+            });
+        }
+        let mut sink = self.take_sink().await?;
         let tmp = self.tmp.clone().expect("writer not finished");
         let dest = self.store.blob_path(&id);
-        let res = tokio::task::spawn_blocking(move || -> Result<(), StoreError> {
-            use std::io::Write;
-            let mut file = match file {
-                Some(f) => f,
-                None => std::fs::File::create(&tmp).map_err(io("create temp file"))?,
-            };
-            file.write_all(&rest).map_err(io("write temp file"))?;
-            file.sync_all().map_err(io("fsync temp file"))?;
-            drop(file);
-            std::fs::rename(&tmp, &dest).map_err(io("rename blob into place"))?;
-            fsync_dir(dest.parent().expect("blob path has a parent")).map_err(io("fsync blob dir"))
-        })
-        .await?;
-        res?;
+        let (md5, crc32) =
+            tokio::task::spawn_blocking(move || -> Result<(String, u32), StoreError> {
+                sink.absorb(&rest)?;
+                sink.file.sync_all().map_err(io("fsync temp file"))?;
+                let Sink { file, md5, crc32 } = sink;
+                drop(file);
+                std::fs::rename(&tmp, &dest).map_err(io("rename blob into place"))?;
+                fsync_dir(dest.parent().expect("blob path has a parent"))
+                    .map_err(io("fsync blob dir"))?;
+                Ok((hex::encode(md5.finalize()), crc32.finalize()))
+            })
+            .await??;
         self.tmp = None;
         Ok(Blob {
             id,
             size: self.size,
             md5,
-            crc32,
+            crc32: Some(crc32),
             inline: false,
             data: None,
         })

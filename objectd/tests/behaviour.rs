@@ -52,6 +52,64 @@ fn swift_bad_input_is_refused_and_nothing_is_stored() {
     assert_eq!(r.status, 201);
     assert_eq!(r.header("etag"), Some("5d41402abc4b2a76b9719d911017c592"));
 
+    // A static large object manifest: a bad etag, a missing segment and an unsupported
+    // key are refused; a good one serves the segments' bytes.
+    let o_etag = "5d41402abc4b2a76b9719d911017c592";
+    let manifest = |body: &str| {
+        http(
+            d.port,
+            "PUT",
+            "/v1/AUTH_test/c/slo?multipart-manifest=put",
+            &auth,
+            body.as_bytes(),
+        )
+    };
+    let bad = manifest(
+        r#"[{"path": "/c/o", "etag": "00000000000000000000000000000000", "size_bytes": 5}]"#,
+    );
+    assert_eq!(bad.status, 400, "{}", bad.text());
+    assert_eq!(
+        manifest(r#"[{"path": "/c/none", "etag": null, "size_bytes": null}]"#).status,
+        400
+    );
+    assert_eq!(
+        manifest(r#"[{"path": "/c/o", "range": "0-1"}]"#).status,
+        400
+    );
+    assert_eq!(
+        http(d.port, "HEAD", "/v1/AUTH_test/c/slo", &auth, b"").status,
+        404
+    );
+    let ok = manifest(&format!(
+        r#"[{{"path": "/c/o", "etag": "{o_etag}", "size_bytes": 5}}, {{"path": "/c/o"}}]"#
+    ));
+    assert_eq!(ok.status, 201, "{}", ok.text());
+    let r = http(d.port, "GET", "/v1/AUTH_test/c/slo", &auth, b"");
+    assert_eq!(r.body, b"hellohello");
+    assert_eq!(r.header("x-static-large-object"), Some("True"));
+    // Swift's rule: the MD5 of the concatenated segment ETags, quoted.
+    let slo_etag = format!("\"{:x}\"", md5_of(format!("{o_etag}{o_etag}").as_bytes()));
+    assert_eq!(r.header("etag"), Some(slo_etag.as_str()));
+    let r = http(
+        d.port,
+        "GET",
+        "/v1/AUTH_test/c/slo",
+        &[("X-Auth-Token", &t), ("Range", "bytes=3-6")],
+        b"",
+    );
+    assert_eq!((r.status, r.body.as_slice()), (206, &b"lohe"[..]));
+    assert_eq!(
+        http(d.port, "DELETE", "/v1/AUTH_test/c/slo", &auth, b"").status,
+        204
+    );
+
+    // An empty object is an object.
+    let r = swift_put(&d, &t, "/v1/AUTH_test/c/empty", b"");
+    assert_eq!(r.header("etag"), Some("d41d8cd98f00b204e9800998ecf8427e"));
+    let r = http(d.port, "GET", "/v1/AUTH_test/c/empty", &auth, b"");
+    assert_eq!((r.status, r.body.len()), (200, 0));
+    assert_eq!(r.header("content-length"), Some("0"));
+
     // Truncated body: the client announces 100 bytes, sends 10 and hangs up.
     {
         let mut s = TcpStream::connect(("127.0.0.1", d.port)).unwrap();
@@ -74,6 +132,15 @@ fn swift_bad_input_is_refused_and_nothing_is_stored() {
     assert_eq!(
         swift_put(&d, &t, &format!("/v1/AUTH_test/c/{long}"), b"x").status,
         400
+    );
+    let long_container = "c".repeat(257);
+    assert_eq!(
+        swift_put(&d, &t, &format!("/v1/AUTH_test/{long_container}"), b"").status,
+        400
+    );
+    assert_eq!(
+        swift_put(&d, &t, &format!("/v1/AUTH_test/{}", "c".repeat(256)), b"").status,
+        201
     );
     let max = "o".repeat(1024);
     assert_eq!(
@@ -470,13 +537,50 @@ fn s3_bad_input_is_refused_and_nothing_is_stored() {
     assert!(r.text().contains("MalformedXML"));
     // Overlong key, invalid bucket name, no auth.
     let long = format!("/bkt/{}", "k".repeat(1025));
-    assert_eq!(s3(&d, "PUT", &long, &[], b"x", SECRET_KEY).status, 400);
+    let r = s3(&d, "PUT", &long, &[], b"x", SECRET_KEY);
+    assert_eq!(r.status, 400);
+    assert!(
+        r.text().contains("<Code>KeyTooLongError</Code>"),
+        "{}",
+        r.text()
+    );
+    let at_limit = format!("/bkt/{}", "k".repeat(1024));
+    assert_eq!(s3(&d, "PUT", &at_limit, &[], b"x", SECRET_KEY).status, 200);
+    assert_eq!(s3(&d, "GET", &at_limit, &[], b"", SECRET_KEY).body, b"x");
     assert_eq!(
         s3(&d, "PUT", "/Bad_Bucket", &[], b"", SECRET_KEY).status,
         400
     );
     assert_eq!(http(d.port, "GET", "/bkt/k", &[], b"").status, 403);
 
+    // CRC32C and CRC64/NVME, as newer SDKs send them: right values stored, wrong refused.
+    let c32c = base64_bytes(&crc32c::crc32c(b"data").to_be_bytes());
+    let mut c64 = crc64fast_nvme::Digest::new();
+    c64.write(b"data");
+    let c64 = base64_bytes(&c64.sum64().to_be_bytes());
+    for (name, good) in [
+        ("x-amz-checksum-crc32c", &c32c),
+        ("x-amz-checksum-crc64nvme", &c64),
+    ] {
+        let r = s3(
+            &d,
+            "PUT",
+            "/bkt/crc",
+            &[(name, "AAAAAAAAAAA=")],
+            b"data",
+            SECRET_KEY,
+        );
+        assert_eq!(r.status, 400, "{name}");
+        let r = s3(
+            &d,
+            "PUT",
+            "/bkt/crc",
+            &[(name, good.as_str())],
+            b"data",
+            SECRET_KEY,
+        );
+        assert_eq!(r.status, 200, "{name}: {}", r.text());
+    }
     // A correct CRC32 ("data" -> 0xadf3f363) and an unsigned aws-chunked body with a
     // trailing checksum, as SDKs send over HTTPS.
     let r = s3(
@@ -528,6 +632,11 @@ fn s3_bad_input_is_refused_and_nothing_is_stored() {
     );
     // The temp dir holds nothing after all those refusals.
     assert!(files_under(&d.data().join("tmp")).is_empty());
+}
+
+fn base64_bytes(v: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(v)
 }
 
 fn base64_be(v: u32) -> String {
@@ -703,4 +812,168 @@ fn the_same_api_is_served_on_a_unix_socket() {
     assert!(out.starts_with("HTTP/1.1 200"), "{out}");
     assert!(out.contains("ferrostack_objectd_sent_bytes_total"));
     drop(d);
+}
+
+#[test]
+fn systemd_is_told_when_the_daemon_is_ready() {
+    use std::os::unix::net::UnixDatagram;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("notify.sock");
+    let sock = UnixDatagram::bind(&path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let d = Daemon::start_env(&[("NOTIFY_SOCKET", path.to_str().unwrap())]);
+    let mut buf = [0u8; 64];
+    let n = sock.recv(&mut buf).expect("a READY notification");
+    assert_eq!(&buf[..n], b"READY=1");
+    drop(d);
+}
+
+/// A stand-in Keystone: `good-token` is scoped to project `p1`; anything else is unknown.
+fn fake_keystone() -> (u16, std::thread::JoinHandle<()>) {
+    use std::io::{BufRead, BufReader};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let handle = std::thread::spawn(move || {
+        // Serve a few validations, then stop (the daemon caches answers).
+        for stream in listener.incoming().take(2) {
+            let mut stream = stream.unwrap();
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut subject = String::new();
+            let mut path = String::new();
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap() == 0 || line == "\r\n" {
+                    break;
+                }
+                if path.is_empty() {
+                    path = line.split(' ').nth(1).unwrap_or("").to_owned();
+                }
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("x-subject-token:") {
+                    subject = v.trim().to_owned();
+                }
+            }
+            let (status, body) = if path == "/v3/auth/tokens" && subject == "good-token" {
+                (
+                    "200 OK",
+                    r#"{"token": {"project": {"id": "p1"}, "expires_at": "2999-01-01T00:00:00.000000Z"}}"#,
+                )
+            } else {
+                ("404 Not Found", r#"{"error": {"code": 404}}"#)
+            };
+            write!(
+                stream,
+                "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            )
+            .unwrap();
+        }
+    });
+    (port, handle)
+}
+
+#[test]
+fn keystone_tokens_are_validated_and_scoped_to_their_project() {
+    let (ks_port, ks) = fake_keystone();
+    let d = Daemon::start_with(&format!(
+        "[keystone]\nurl = \"http://127.0.0.1:{ks_port}\"\ncache-secs = 60\n"
+    ));
+    let good = [("X-Auth-Token", "good-token")];
+    assert_eq!(http(d.port, "PUT", "/v1/AUTH_p1/c", &good, b"").status, 201);
+    assert_eq!(
+        http(d.port, "PUT", "/v1/AUTH_p1/c/o", &good, b"ks").status,
+        201
+    );
+    // Cached: no further validation needed for the same token.
+    assert_eq!(
+        http(d.port, "GET", "/v1/AUTH_p1/c/o", &good, b"").body,
+        b"ks"
+    );
+    assert_eq!(
+        http(d.port, "GET", "/v1/AUTH_test/c", &good, b"").status,
+        403
+    );
+    let bad = [("X-Auth-Token", "bad-token")];
+    assert_eq!(http(d.port, "GET", "/v1/AUTH_p1/c", &bad, b"").status, 401);
+    ks.join().unwrap();
+    // TempAuth still works next to Keystone.
+    let t = d.token();
+    assert_eq!(
+        http(
+            d.port,
+            "HEAD",
+            "/v1/AUTH_test",
+            &[("X-Auth-Token", &t)],
+            b""
+        )
+        .status,
+        204
+    );
+}
+
+/// A PUT that reports transport failures as `None` instead of panicking.
+fn try_put(port: u16, path: &str, token: &str, body: &[u8]) -> Option<u16> {
+    use std::io::Read;
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    write!(
+        s,
+        "PUT {path} HTTP/1.1\r\nHost: x\r\nX-Auth-Token: {token}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )
+    .ok()?;
+    s.write_all(body).ok()?;
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).ok()?;
+    let head = String::from_utf8_lossy(&out);
+    head.split(' ').nth(1)?.parse().ok()
+}
+
+#[test]
+fn kill_9_under_concurrent_small_writes_loses_nothing_acknowledged() {
+    let mut d = Daemon::start();
+    let t = d.token();
+    swift_put(&d, &t, "/v1/AUTH_test/c", b"");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let port = d.port;
+    let writers: Vec<_> = (0..4)
+        .map(|w| {
+            let (t, stop) = (t.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut acked = Vec::new();
+                let mut i = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let name = format!("w{w}-{i}");
+                    let body = data(100 + (i as usize * 37) % 5000, w * 1_000_000 + i);
+                    // A connection that dies mid-request is simply not acknowledged.
+                    if try_put(port, &format!("/v1/AUTH_test/c/{name}"), &t, &body) == Some(201) {
+                        acked.push((name, body));
+                    }
+                    i += 1;
+                }
+                acked
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(700));
+    d.kill9();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let acked: Vec<(String, Vec<u8>)> = writers
+        .into_iter()
+        .flat_map(|w| w.join().unwrap())
+        .collect();
+    assert!(acked.len() > 20, "only {} writes acknowledged", acked.len());
+    d.restart();
+    let t = d.token();
+    for (name, body) in &acked {
+        let r = http(
+            d.port,
+            "GET",
+            &format!("/v1/AUTH_test/c/{name}"),
+            &[("X-Auth-Token", &t)],
+            b"",
+        );
+        assert_eq!(r.status, 200, "{name} was acknowledged but is gone");
+        assert_eq!(&r.body, body, "{name} changed");
+    }
 }

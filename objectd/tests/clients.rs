@@ -91,6 +91,18 @@ fn swift_cli_upload_download_list_stat_delete_with_dlo_and_slo() {
     let list = run(swift(&d).args(["list"]));
     assert!(!list.lines().any(|l| l == "c"), "{list}");
     assert_eq!(run(swift(&d).args(["list", "c_segments"])).trim(), "");
+
+    // Names with spaces, '+', '%' and non-ASCII survive the round trip.
+    std::fs::create_dir_all(w.join("sp ace")).unwrap();
+    let odd = "sp ace/\u{fc}n+%20\u{ef}.bin";
+    std::fs::write(w.join(odd), &small).unwrap();
+    run(swift(&d).current_dir(w).args(["upload", "u", odd]));
+    assert_eq!(run(swift(&d).args(["list", "u"])).trim(), odd);
+    let back = tempfile::tempdir().unwrap();
+    run(swift(&d)
+        .current_dir(back.path())
+        .args(["download", "u", odd]));
+    assert_eq!(std::fs::read(back.path().join(odd)).unwrap(), small);
 }
 
 fn aws_program() -> &'static str {
@@ -222,6 +234,14 @@ assert obj["Body"].read() == data, "content differs"
 assert obj["Metadata"] == {"colour": "blue"}, obj["Metadata"]
 rng = s3.get_object(Bucket="multi", Key="big", Range="bytes=5242870-5242889")["Body"].read()
 assert rng == data[5242870:5242890]
+pending = s3.create_multipart_upload(Bucket="multi", Key="pending")
+listed = s3.list_multipart_uploads(Bucket="multi").get("Uploads", [])
+assert [(u["Key"], u["UploadId"]) for u in listed] == [("pending", pending["UploadId"])], listed
+s3.upload_part(Bucket="multi", Key="pending", PartNumber=1, UploadId=pending["UploadId"], Body=b"x")
+parts = s3.list_parts(Bucket="multi", Key="pending", UploadId=pending["UploadId"])["Parts"]
+assert [(p["PartNumber"], p["Size"]) for p in parts] == [(1, 1)], parts
+s3.abort_multipart_upload(Bucket="multi", Key="pending", UploadId=pending["UploadId"])
+assert s3.list_multipart_uploads(Bucket="multi").get("Uploads", []) == []
 s3.put_object(Bucket="multi", Key="small", Body=b"hello")
 s3.copy_object(Bucket="multi", Key="copy", CopySource={"Bucket": "multi", "Key": "small"})
 assert s3.get_object(Bucket="multi", Key="copy")["Body"].read() == b"hello"
@@ -238,6 +258,15 @@ try:
 except ClientError as e:
     assert e.response["ResponseMetadata"]["HTTPStatusCode"] == 403
     assert e.response["Error"]["Code"] == "SignatureDoesNotMatch", e.response["Error"]
+odd = ["dir/a b+c=d.txt", "\u00fcn\u00ef/\u00e7\u00f8d\u00e9", "x&y<z>'\"", "100%/~tilde!*()"]
+for k in odd:
+    s3.put_object(Bucket="multi", Key=k, Body=k.encode())
+    assert s3.get_object(Bucket="multi", Key=k)["Body"].read() == k.encode(), k
+listed = [o["Key"] for o in s3.list_objects_v2(Bucket="multi", Prefix="")["Contents"]]
+assert all(k in listed for k in odd), listed
+listed = [o["Key"] for o in s3.list_objects(Bucket="multi")["Contents"]]
+assert all(k in listed for k in odd), listed
+s3.delete_objects(Bucket="multi", Delete={"Objects": [{"Key": k} for k in odd]})
 for i in range(5):
     s3.put_object(Bucket="multi", Key="page/%d" % i, Body=b"p")
 keys, token = [], None

@@ -232,6 +232,10 @@ pub struct Digests {
     pub crc32: Option<crc32fast::Hasher>,
     /// SHA-256 (for a signed `x-amz-content-sha256` or `x-amz-checksum-sha256`).
     pub sha256: Option<sha2::Sha256>,
+    /// CRC32C (for `x-amz-checksum-crc32c`), running value.
+    pub crc32c: Option<u32>,
+    /// CRC64/NVME (for `x-amz-checksum-crc64nvme`).
+    pub crc64nvme: Option<crc64fast_nvme::Digest>,
 }
 
 /// Verifies signed `aws-chunked` chunks (see [`super::s3::sigv4::ChunkVerifier`]).
@@ -278,6 +282,12 @@ impl Source {
                 }
                 if let Some(s) = &mut self.digests.sha256 {
                     sha2::Digest::update(s, &b);
+                }
+                if let Some(c) = &mut self.digests.crc32c {
+                    *c = crc32c::crc32c_append(*c, &b);
+                }
+                if let Some(c) = &mut self.digests.crc64nvme {
+                    c.write(&b);
                 }
                 return Ok(Some(b));
             }

@@ -30,6 +30,8 @@ pub struct State {
     pub auth: Auth,
     /// Counters for `/metrics`.
     pub metrics: Metrics,
+    /// Keystone token validation, when configured.
+    pub keystone: Option<crate::keystone::Keystone>,
 }
 
 /// An incoming request.
@@ -158,14 +160,17 @@ impl From<StoreError> for ApiError {
 
 /// Decides which API a request is for.
 pub fn classify(req: &Request) -> Api {
-    let path = req.uri().path();
-    let s3_auth = req
-        .headers()
+    classify_head(req.uri(), req.headers())
+}
+
+/// [`classify`] on the parts it looks at.
+pub fn classify_head(uri: &::http::Uri, headers: &::http::HeaderMap) -> Api {
+    let path = uri.path();
+    let s3_auth = headers
         .get("authorization")
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("AWS4-") || v.starts_with("AWS "))
-        || req
-            .uri()
+        || uri
             .query()
             .is_some_and(|q| q.contains("X-Amz-Signature=") || q.contains("X-Amz-Credential="));
     if path == "/metrics" && !s3_auth {
@@ -265,4 +270,37 @@ pub fn query_pairs(query: Option<&str>) -> Vec<(String, String)> {
     form_urlencoded::parse(query.unwrap_or("").as_bytes())
         .map(|(k, v)| (k.into_owned(), v.into_owned()))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn classify_parts(method: &str, uri: &str, auth: Option<&str>) -> Api {
+        // `classify` takes a hyper request; its logic only reads the URI and headers,
+        // so it is exercised through the same rules on an `http::Request<()>`.
+        let mut b = ::http::Request::builder().method(method).uri(uri);
+        if let Some(a) = auth {
+            b = b.header("authorization", a);
+        }
+        let req = b.body(()).unwrap();
+        classify_head(req.uri(), req.headers())
+    }
+
+    #[test]
+    fn requests_go_to_the_right_api() {
+        assert_eq!(classify_parts("GET", "/metrics", None), Api::Internal);
+        assert_eq!(classify_parts("GET", "/info", None), Api::Swift);
+        assert_eq!(classify_parts("GET", "/auth/v1.0", None), Api::Swift);
+        assert_eq!(classify_parts("PUT", "/v1/AUTH_a/c/o", None), Api::Swift);
+        assert_eq!(classify_parts("GET", "/bucket/key", None), Api::S3);
+        assert_eq!(
+            classify_parts("GET", "/v1/key", Some("AWS4-HMAC-SHA256 Credential=x")),
+            Api::S3
+        );
+        assert_eq!(
+            classify_parts("GET", "/b/k?X-Amz-Signature=ab&X-Amz-Credential=x", None),
+            Api::S3
+        );
+    }
 }

@@ -20,6 +20,7 @@ pub const SECRET_KEY: &str = "ferrostack-test-secret-key";
 /// A running `objectd`, killed (and reaped) on drop, even when the test fails.
 pub struct Daemon {
     child: Option<Child>,
+    env: Vec<(String, String)>,
     /// Its port on 127.0.0.1.
     pub port: u16,
     /// Temp dir holding config and data.
@@ -40,13 +41,17 @@ impl Daemon {
         Daemon::start_with("")
     }
 
-    /// Starts a daemon whose config begins with `extra` top-level keys.
+    /// Starts a daemon with `extra` config (top-level keys or tables) before the users.
     pub fn start_with(extra: &str) -> Daemon {
+        Daemon::start_with_env(extra, &[])
+    }
+
+    fn start_with_env(extra: &str, env: &[(&str, &str)]) -> Daemon {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let config = format!(
-            "{extra}listen = \"127.0.0.1:{port}\"\ndata-dir = \"{}\"\nexpirer-interval-secs = 1\nauditor-interval-secs = 0\n\
-             [[users]]\naccount = \"test\"\nuser = \"tester\"\nkey = \"testing\"\n\
+            "listen = \"127.0.0.1:{port}\"\ndata-dir = \"{}\"\nexpirer-interval-secs = 1\nauditor-interval-secs = 0\n\
+             {extra}[[users]]\naccount = \"test\"\nuser = \"tester\"\nkey = \"testing\"\n\
              s3-access-key = \"{ACCESS_KEY}\"\ns3-secret-key = \"{SECRET_KEY}\"\n\
              [[users]]\naccount = \"other\"\nuser = \"bob\"\nkey = \"bobkey\"\n\
              s3-access-key = \"AKIDOTHER\"\ns3-secret-key = \"other-secret\"\n",
@@ -55,11 +60,20 @@ impl Daemon {
         std::fs::write(dir.path().join("objectd.toml"), config).unwrap();
         let mut d = Daemon {
             child: None,
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             port,
             dir,
         };
         d.spawn();
         d
+    }
+
+    /// Starts a daemon with extra environment variables.
+    pub fn start_env(env: &[(&str, &str)]) -> Daemon {
+        Daemon::start_with_env("", env)
     }
 
     /// The data directory.
@@ -72,6 +86,7 @@ impl Daemon {
             .arg("--config")
             .arg(self.dir.path().join("objectd.toml"))
             .env("RUST_LOG", "warn")
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()

@@ -183,13 +183,20 @@ pub async fn handle(state: &State, req: Request) -> Result<Response, ApiError> {
             }
             Method::GET if has("uploads") => {
                 bucket_exists(state, &account, &bucket).await?;
-                Ok(xml_response(
-                    StatusCode::OK,
-                    format!(
-                        "{XML_HEAD}<ListMultipartUploadsResult xmlns=\"{NS}\"><Bucket>{}</Bucket><IsTruncated>false</IsTruncated></ListMultipartUploadsResult>",
-                        xml::escape(&bucket)
-                    ),
-                ))
+                let mut body = format!(
+                    "{XML_HEAD}<ListMultipartUploadsResult xmlns=\"{NS}\"><Bucket>{}</Bucket><KeyMarker></KeyMarker><UploadIdMarker></UploadIdMarker><MaxUploads>1000</MaxUploads><IsTruncated>false</IsTruncated>",
+                    xml::escape(&bucket)
+                );
+                for (key, id, ms) in state.store.list_uploads(&account, &bucket).await? {
+                    let _ = write!(
+                        body,
+                        "<Upload><Key>{}</Key><UploadId>{id}</UploadId><StorageClass>STANDARD</StorageClass><Initiated>{}</Initiated></Upload>",
+                        xml::escape(&key),
+                        iso8601(ms)
+                    );
+                }
+                body.push_str("</ListMultipartUploadsResult>");
+                Ok(xml_response(StatusCode::OK, body))
             }
             Method::GET
                 if [
@@ -494,10 +501,14 @@ fn make_source(
                 .sha256
                 .get_or_insert_with(sha2::Sha256::default);
         }
+        Some("crc32c") => src.0.digests.crc32c = Some(0),
+        Some("crc64nvme") => src.0.digests.crc64nvme = Some(crc64fast_nvme::Digest::new()),
         Some(other) => {
             return Err(ApiError::bad_request(
                 "InvalidRequest",
-                format!("checksum algorithm {other} is not supported; use crc32 or sha256"),
+                format!(
+                    "checksum algorithm {other} is not supported; use crc32, crc32c, crc64nvme or sha256"
+                ),
             ));
         }
     }
@@ -532,6 +543,33 @@ async fn receive(
                     "InvalidRequest",
                     "x-amz-checksum-crc32 was announced but not sent",
                 ));
+            }
+        }
+    }
+    let checks: [(&str, Option<Vec<u8>>); 2] = [
+        (
+            "x-amz-checksum-crc32c",
+            src.digests.crc32c.take().map(|c| c.to_be_bytes().to_vec()),
+        ),
+        (
+            "x-amz-checksum-crc64nvme",
+            src.digests
+                .crc64nvme
+                .take()
+                .map(|c| c.sum64().to_be_bytes().to_vec()),
+        ),
+    ];
+    for (name, got) in checks {
+        if let Some(got) = got {
+            match find(name) {
+                Some(want) if want == B64.encode(&got) => {}
+                Some(_) => return Err(bad_digest()),
+                None => {
+                    return Err(ApiError::bad_request(
+                        "InvalidRequest",
+                        format!("{name} was announced but not sent"),
+                    ));
+                }
             }
         }
     }
@@ -987,6 +1025,16 @@ async fn get_object(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn checksum_crates_match_the_catalogued_check_values() {
+        // The standard "check" inputs of the CRC catalogue.
+        assert_eq!(crc32c::crc32c(b"123456789"), 0xE306_9283);
+        let mut d = crc64fast_nvme::Digest::new();
+        d.write(b"123456789");
+        assert_eq!(d.sum64(), 0xAE8B_1486_0A79_9888);
+        assert_eq!(crc32fast::hash(b"123456789"), 0xCBF4_3926);
+    }
 
     #[test]
     fn bucket_names() {

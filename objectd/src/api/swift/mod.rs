@@ -56,7 +56,20 @@ pub async fn handle(state: &State, req: Request) -> Result<Response, ApiError> {
     })?;
     let token =
         header(req.headers(), "x-auth-token").or_else(|| header(req.headers(), "x-storage-token"));
-    let Some(owner) = token.and_then(|t| state.auth.account_for_token(t)) else {
+    let mut owner = token.and_then(|t| state.auth.account_for_token(t));
+    if owner.is_none()
+        && let (Some(t), Some(ks)) = (token, &state.keystone)
+    {
+        owner = ks.account_for_token(t).await.map_err(|e| {
+            tracing::warn!(error = %e, source = ?std::error::Error::source(&e), "keystone validation failed");
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "ServiceUnavailable",
+                "The token could not be validated: the identity service is unavailable.",
+            )
+        })?;
+    }
+    let Some(owner) = owner else {
         return Err(ApiError::new(
             StatusCode::UNAUTHORIZED,
             "Unauthorized",
@@ -494,8 +507,10 @@ pub struct SloSegment {
     pub content_type: String,
 }
 
-/// A segment as clients send it in `?multipart-manifest=put`.
+/// A segment as clients send it in `?multipart-manifest=put`. Unknown keys (such as a
+/// segment `range`, which is not supported) are refused rather than ignored.
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct SloPut {
     path: String,
     etag: Option<String>,

@@ -1,0 +1,170 @@
+//! Keystone tokens: when a Keystone (Ferrostack's `control`) is configured, a Swift token
+//! that is not a TempAuth token is validated with `GET /v3/auth/tokens` (the token
+//! validating itself, which Keystone's default policy allows its subject to do). The
+//! token's project owns the account `AUTH_<project id>`, as with Swift's keystoneauth.
+//! Answers are cached until the token expires or `cache-secs` pass, whichever is first.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::TokioIo;
+
+/// Errors talking to Keystone.
+#[derive(Debug, thiserror::Error)]
+pub enum KeystoneError {
+    /// The configured URL is not `http://host:port[/prefix]`.
+    #[error("keystone url must be http://host:port[/prefix]")]
+    BadUrl,
+    /// Keystone could not be reached.
+    #[error("cannot reach keystone")]
+    Connect(#[source] std::io::Error),
+    /// The HTTP exchange failed.
+    #[error("keystone request failed")]
+    Http(#[source] hyper::Error),
+    /// Keystone answered something that is not a token document.
+    #[error("keystone answered a malformed token")]
+    Malformed,
+    /// The request to Keystone could not be built.
+    #[error("cannot build the keystone request")]
+    Request(#[source] http::Error),
+}
+
+/// A Keystone token validator with a cache.
+pub struct Keystone {
+    authority: String,
+    prefix: String,
+    cache_for: Duration,
+    cache: Mutex<HashMap<String, (Option<String>, Instant)>>,
+}
+
+impl Keystone {
+    /// For a Keystone at `url` (e.g. `http://127.0.0.1:5000` or `.../identity`).
+    pub fn new(url: &str, cache_secs: u64) -> Result<Keystone, KeystoneError> {
+        let uri: http::Uri = url.parse().map_err(|_| KeystoneError::BadUrl)?;
+        if uri.scheme_str() != Some("http") {
+            return Err(KeystoneError::BadUrl);
+        }
+        let authority = uri.authority().ok_or(KeystoneError::BadUrl)?.to_string();
+        Ok(Keystone {
+            authority,
+            prefix: uri.path().trim_end_matches('/').to_owned(),
+            cache_for: Duration::from_secs(cache_secs),
+            cache: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The account a token may use, or `None` if Keystone does not accept the token.
+    pub async fn account_for_token(&self, token: &str) -> Result<Option<String>, KeystoneError> {
+        let now = Instant::now();
+        if let Some((account, until)) = self.cache.lock().expect("cache lock").get(token)
+            && *until > now
+        {
+            return Ok(account.clone());
+        }
+        let (account, ttl) = self.validate(token).await?;
+        let until = now + ttl.unwrap_or(self.cache_for).min(self.cache_for);
+        let mut cache = self.cache.lock().expect("cache lock");
+        cache.retain(|_, (_, u)| *u > now);
+        cache.insert(token.to_owned(), (account.clone(), until));
+        Ok(account)
+    }
+
+    async fn validate(
+        &self,
+        token: &str,
+    ) -> Result<(Option<String>, Option<Duration>), KeystoneError> {
+        let stream = tokio::net::TcpStream::connect(&self.authority)
+            .await
+            .map_err(KeystoneError::Connect)?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(KeystoneError::Http)?;
+        tokio::spawn(conn);
+        let req = http::Request::get(format!("{}/v3/auth/tokens", self.prefix))
+            .header("host", &self.authority)
+            .header("x-auth-token", token)
+            .header("x-subject-token", token)
+            .header("accept", "application/json")
+            .body(Empty::<Bytes>::new())
+            .map_err(KeystoneError::Request)?;
+        let resp = sender
+            .send_request(req)
+            .await
+            .map_err(KeystoneError::Http)?;
+        let status = resp.status();
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(KeystoneError::Http)?
+            .to_bytes();
+        if status == http::StatusCode::UNAUTHORIZED || status == http::StatusCode::NOT_FOUND {
+            return Ok((None, None));
+        }
+        if !status.is_success() {
+            return Err(KeystoneError::Malformed);
+        }
+        parse_token(&body)
+    }
+}
+
+/// The account and remaining lifetime in a Keystone v3 token document.
+pub fn parse_token(body: &[u8]) -> Result<(Option<String>, Option<Duration>), KeystoneError> {
+    let v: serde_json::Value =
+        serde_json::from_slice(body).map_err(|_| KeystoneError::Malformed)?;
+    let token = v.get("token").ok_or(KeystoneError::Malformed)?;
+    let Some(project) = token
+        .get("project")
+        .and_then(|p| p.get("id"))
+        .and_then(|i| i.as_str())
+    else {
+        // An unscoped token owns no account.
+        return Ok((None, None));
+    };
+    if project.is_empty() || project.contains('/') {
+        return Err(KeystoneError::Malformed);
+    }
+    let ttl = token
+        .get("expires_at")
+        .and_then(|e| e.as_str())
+        .and_then(parse_iso8601)
+        .map(|exp| {
+            let now = crate::store::now_ms() / 1000;
+            Duration::from_secs(exp.saturating_sub(now).max(0) as u64)
+        });
+    Ok((Some(format!("AUTH_{project}")), ttl))
+}
+
+/// Parses `2026-11-22T04:30:00[.ffffff]Z` into seconds since the epoch.
+fn parse_iso8601(s: &str) -> Option<i64> {
+    let b = s.as_bytes();
+    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || b[10] != b'T' {
+        return None;
+    }
+    let num = |r: std::ops::Range<usize>| s.get(r)?.parse::<i64>().ok();
+    let days = crate::api::http::days_from_civil(num(0..4)?, num(5..7)? as u32, num(8..10)? as u32);
+    Some(days * 86_400 + num(11..13)? * 3600 + num(14..16)? * 60 + num(17..19)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_documents() {
+        let doc = br#"{"token": {"project": {"id": "p1", "name": "demo"}, "expires_at": "2999-01-01T00:00:00.000000Z"}}"#;
+        let (account, ttl) = parse_token(doc).unwrap();
+        assert_eq!(account.as_deref(), Some("AUTH_p1"));
+        assert!(ttl.unwrap() > Duration::from_secs(86_400));
+        let unscoped = br#"{"token": {"user": {"id": "u"}}}"#;
+        assert_eq!(parse_token(unscoped).unwrap().0, None);
+        assert!(parse_token(b"[]").is_err());
+        assert!(parse_token(br#"{"token": {"project": {"id": "a/b"}}}"#).is_err());
+        assert_eq!(parse_iso8601("1970-01-02T00:00:01Z"), Some(86_401));
+        assert!(Keystone::new("https://x", 1).is_err());
+        assert!(Keystone::new("http://127.0.0.1:5000/identity", 1).is_ok());
+    }
+}
