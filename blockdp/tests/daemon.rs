@@ -333,6 +333,25 @@ fn flushed_writes_and_metadata_survive_kill_9() {
 }
 
 #[test]
+fn systemd_is_told_when_the_daemon_is_ready() {
+    if !ready() {
+        return;
+    }
+    // The unit file says Type=notify: the daemon must send READY=1 to $NOTIFY_SOCKET.
+    let dir = real_tempdir();
+    let notify = dir.path().join("notify.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&notify).unwrap();
+    sock.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    let unit = include_str!("../etc/blockdp.service");
+    assert!(unit.contains("Type=notify"), "{unit}");
+    let _d = Daemon::start_env(dir.path(), &[("NOTIFY_SOCKET", notify.to_str().unwrap())]);
+    let mut buf = [0u8; 64];
+    let n = sock.recv(&mut buf).expect("READY=1 within 10 s");
+    assert_eq!(&buf[..n], b"READY=1");
+}
+
+#[test]
 fn the_api_also_answers_on_tcp_when_configured() {
     if !ready() {
         return;

@@ -26,8 +26,17 @@ impl Daemon {
         Self::start_with(data_dir, &[])
     }
 
+    /// Starts `blockdp` with extra environment variables.
+    pub fn start_env(data_dir: &Path, env: &[(&str, &str)]) -> Daemon {
+        Self::spawn(data_dir, &[], env)
+    }
+
     /// Starts `blockdp` with extra flags.
     pub fn start_with(data_dir: &Path, extra: &[&str]) -> Daemon {
+        Self::spawn(data_dir, extra, &[])
+    }
+
+    fn spawn(data_dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Daemon {
         let api = data_dir.join("api.sock");
         let _ = std::fs::remove_file(&api);
         let child = Command::new(env!("CARGO_BIN_EXE_blockdp"))
@@ -37,6 +46,7 @@ impl Daemon {
             .arg(&api)
             .args(["--poll-us", "20"])
             .args(extra)
+            .envs(env.iter().copied())
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
