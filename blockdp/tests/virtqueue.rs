@@ -162,6 +162,39 @@ fn get_id_answers_the_volume_id() {
 }
 
 #[test]
+fn the_driver_can_switch_to_write_through_and_writes_still_land() {
+    if !ready() {
+        return;
+    }
+    let rig = Rig::new(false);
+    assert_eq!(
+        rig.backend.get_config(32, 1),
+        vec![1],
+        "writeback by default"
+    );
+    rig.backend.set_config(32, &[0]).unwrap();
+    assert_eq!(rig.backend.get_config(32, 1), vec![0]);
+    assert!(rig.backend.set_config(58, &[0; 4]).is_err(), "past the end");
+    // Writes go out with RWF_DSYNC now; through both the O_DIRECT and the buffered path.
+    rig.mem
+        .write_slice(&[0x5a; 1024], GuestAddress(DATA))
+        .unwrap();
+    rig.header(HDR, 1, 2);
+    rig.push(&[(HDR, 16, 0), (DATA, 512, 0), (STATUS, 1, F_WRITE)]);
+    rig.header(HDR + 0x100, 1, 4);
+    rig.push(&[
+        (HDR + 0x100, 16, 0),
+        (DATA + 3, 512, 0),
+        (STATUS + 16, 1, F_WRITE),
+    ]);
+    rig.run().unwrap();
+    assert_eq!((rig.status(STATUS), rig.status(STATUS + 16)), (0, 0));
+    let on_disk = std::fs::read(rig._dir.path().join("v.img")).unwrap();
+    assert_eq!(&on_disk[1024..1536], &[0x5a; 512][..]);
+    assert_eq!(&on_disk[2048..2560], &[0x5a; 512][..]);
+}
+
+#[test]
 fn malformed_and_invalid_requests_fail_one_by_one() {
     if !ready() {
         return;

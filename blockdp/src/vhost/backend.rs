@@ -71,6 +71,9 @@ pub struct VolumeIo {
     pub throttle: Arc<Throttle>,
     /// Per-queue counters.
     pub stats: Arc<VolumeStats>,
+    /// The driver's cache mode: `false` (write-through) makes every write durable before
+    /// it completes (`RWF_DSYNC`).
+    pub writeback: std::sync::atomic::AtomicBool,
 }
 
 impl VolumeIo {
@@ -139,7 +142,26 @@ impl VhostUserBackend for BlockBackend {
     }
 
     fn get_config(&self, offset: u32, size: u32) -> Vec<u8> {
-        self.io.config.read(offset, size)
+        self.io
+            .config
+            .read(offset, size, self.io.writeback.load(Ordering::Relaxed))
+    }
+
+    fn set_config(&self, offset: u32, buf: &[u8]) -> io::Result<()> {
+        match crate::virtio::config::writeback_from_set_config(offset, buf) {
+            Ok(Some(wb)) => {
+                self.io.writeback.store(wb, Ordering::Relaxed);
+                Ok(())
+            }
+            Ok(None) => Ok(()),
+            Err(_) => Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "config write of {} bytes at {offset} is out of range",
+                    buf.len()
+                ),
+            )),
+        }
     }
 
     fn update_memory(&self, mem: Memory) -> io::Result<()> {
@@ -455,18 +477,26 @@ impl Worker {
                     std::thread::sleep(wait);
                 }
                 let n = req.iovecs.len() as u32;
+                // Write-through mode: each write is durable when it completes.
+                let sync = if io.writeback.load(Ordering::Relaxed) {
+                    0
+                } else {
+                    libc::RWF_DSYNC
+                };
                 let e = match (is_read, n) {
                     (true, 1) => opcode::Read::new(fd, req.iovecs[0].iov_base.cast(), len as u32)
                         .offset(offset)
                         .build(),
                     (false, 1) => opcode::Write::new(fd, req.iovecs[0].iov_base.cast(), len as u32)
                         .offset(offset)
+                        .rw_flags(sync)
                         .build(),
                     (true, _) => opcode::Readv::new(fd, req.iovecs.as_ptr(), n)
                         .offset(offset)
                         .build(),
                     (false, _) => opcode::Writev::new(fd, req.iovecs.as_ptr(), n)
                         .offset(offset)
+                        .rw_flags(sync)
                         .build(),
                 };
                 vec![e]
@@ -725,6 +755,7 @@ impl VolumeIo {
             poll,
             throttle: Arc::new(Throttle::default()),
             stats: Arc::new(VolumeStats::new(usize::from(num_queues))),
+            writeback: std::sync::atomic::AtomicBool::new(true),
         })
     }
 }

@@ -31,6 +31,32 @@ pub const F_PROTOCOL_FEATURES: u64 = 1 << 30;
 /// `VIRTIO_F_VERSION_1`.
 pub const F_VERSION_1: u64 = 1 << 32;
 
+/// Offset of `writeback`, the one field a driver may write (`VIRTIO_BLK_F_CONFIG_WCE`).
+pub const WRITEBACK_OFFSET: usize = 32;
+
+/// A config-space write past the end of the config space.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("config space write out of range")]
+pub struct ConfigWriteError;
+
+/// What a driver's `SET_CONFIG` changes: the cache mode, if the write covers it.
+///
+/// Writes elsewhere in the config space are ignored, as the specification says fields
+/// other than `writeback` are read-only; a write past the end is refused.
+pub fn writeback_from_set_config(
+    offset: u32,
+    buf: &[u8],
+) -> Result<Option<bool>, ConfigWriteError> {
+    let start = offset as usize;
+    let end = start.checked_add(buf.len()).ok_or(ConfigWriteError)?;
+    if end > CONFIG_LEN {
+        return Err(ConfigWriteError);
+    }
+    Ok((start..end)
+        .contains(&WRITEBACK_OFFSET)
+        .then(|| buf[WRITEBACK_OFFSET - start] != 0))
+}
+
 /// Size of the config space we expose (through `write_zeroes_may_unmap` and padding).
 pub const CONFIG_LEN: usize = 60;
 
@@ -97,7 +123,7 @@ impl DeviceConfig {
         // alignment_offset (25) = 0; min_io_size (26..28) in logical blocks
         b[26..28].copy_from_slice(&1u16.to_le_bytes());
         // opt_io_size (28..32) = 0: no preference
-        b[32] = 1; // writeback: the volume has a volatile cache, flush makes it durable
+        b[WRITEBACK_OFFSET] = 1; // writeback: a volatile cache, made durable by flush
         b[34..36].copy_from_slice(&self.num_queues.to_le_bytes());
         b[36..40].copy_from_slice(&self.max_discard_sectors.to_le_bytes());
         b[40..44].copy_from_slice(&self.max_discard_seg.to_le_bytes());
@@ -108,10 +134,11 @@ impl DeviceConfig {
         b
     }
 
-    /// The slice of the config space a `GET_CONFIG` at `offset` of `size` bytes asks for;
-    /// empty when out of range.
-    pub fn read(&self, offset: u32, size: u32) -> Vec<u8> {
-        let bytes = self.to_bytes();
+    /// The slice of the config space a `GET_CONFIG` at `offset` of `size` bytes asks for,
+    /// with the driver's current cache mode; empty when out of range.
+    pub fn read(&self, offset: u32, size: u32, writeback: bool) -> Vec<u8> {
+        let mut bytes = self.to_bytes();
+        bytes[WRITEBACK_OFFSET] = u8::from(writeback);
         let start = offset as usize;
         match start.checked_add(size as usize) {
             Some(end) if end <= bytes.len() => bytes[start..end].to_vec(),
@@ -165,8 +192,28 @@ mod tests {
 
     #[test]
     fn config_reads_are_bounded() {
-        assert_eq!(cfg(false).read(0, 8), cfg(false).to_bytes()[..8].to_vec());
-        assert!(cfg(false).read(56, 8).is_empty());
-        assert!(cfg(false).read(u32::MAX, 2).is_empty());
+        assert_eq!(
+            cfg(false).read(0, 8, true),
+            cfg(false).to_bytes()[..8].to_vec()
+        );
+        assert!(cfg(false).read(56, 8, true).is_empty());
+        assert!(cfg(false).read(u32::MAX, 2, true).is_empty());
+    }
+
+    #[test]
+    fn only_the_cache_mode_is_writable() {
+        assert_eq!(cfg(false).read(32, 1, false), vec![0]);
+        assert_eq!(cfg(false).read(32, 1, true), vec![1]);
+        assert_eq!(writeback_from_set_config(32, &[0]), Ok(Some(false)));
+        assert_eq!(writeback_from_set_config(30, &[9, 9, 1, 0]), Ok(Some(true)));
+        assert_eq!(writeback_from_set_config(0, &[0; 8]), Ok(None));
+        assert_eq!(
+            writeback_from_set_config(58, &[0; 8]),
+            Err(ConfigWriteError)
+        );
+        assert_eq!(
+            writeback_from_set_config(u32::MAX, &[0; 2]),
+            Err(ConfigWriteError)
+        );
     }
 }
