@@ -232,6 +232,7 @@ impl Manager {
             opener,
         };
         m.remove_orphans();
+        m.reconcile_sizes();
         let to_export: Vec<(String, ExportRecord)> = m
             .records
             .values()
@@ -243,6 +244,25 @@ impl Manager {
             }
         }
         Ok(m)
+    }
+
+    /// Makes each data file as long as its record says. Sizes change only through `extend`
+    /// (never while exported), which a crash can interrupt between resizing the file and
+    /// writing the record; the record is what was acknowledged.
+    fn reconcile_sizes(&self) {
+        for r in self.records.values() {
+            let path = self.data_path(r.kind, &r.id);
+            let Ok(f) = OpenOptions::new().write(true).open(&path) else {
+                warn!(path = %path.display(), "data file of a record is missing");
+                continue;
+            };
+            if f.metadata().is_ok_and(|m| m.len() != r.size) {
+                info!(volume = %r.id, size = r.size, "restoring the recorded size after a crash");
+                if let Err(e) = f.set_len(r.size).and_then(|()| f.sync_all()) {
+                    warn!(volume = %r.id, error = %e, "could not restore the recorded size");
+                }
+            }
+        }
     }
 
     fn remove_orphans(&self) {
@@ -758,6 +778,29 @@ mod tests {
         assert_eq!(vols[0].name, "a");
         assert!(!dir.path().join("volumes/ghost.img").exists());
         assert!(!dir.path().join("tmp/half.json").exists());
+    }
+
+    #[test]
+    fn an_interrupted_extend_is_rolled_back_to_the_recorded_size() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = manager(dir.path())
+            .create(CreateVolume {
+                size: Some(1 << 20),
+                ..Default::default()
+            })
+            .unwrap()
+            .id;
+        // The file grew but the record was never written (crash inside extend).
+        let path = dir.path().join(format!("volumes/{id}.img"));
+        File::options()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(4 << 20)
+            .unwrap();
+        let m = manager(dir.path());
+        assert_eq!(m.get(Kind::Volume, &id).unwrap().size, 1 << 20);
+        assert_eq!(fs::metadata(&path).unwrap().len(), 1 << 20);
     }
 
     #[test]
