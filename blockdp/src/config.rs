@@ -14,7 +14,7 @@ pub const DEFAULT_API_SOCKET: &str = "/run/ferrostack/blockdp.sock";
 /// Default queues per export.
 pub const DEFAULT_NUM_QUEUES: u16 = 1;
 /// Default idle-queue poll time.
-pub const DEFAULT_POLL_US: u64 = 50;
+pub const DEFAULT_POLL_US: u64 = 200;
 /// Longest idle poll allowed: 10 ms.
 pub const MAX_POLL_US: u64 = 10_000;
 
