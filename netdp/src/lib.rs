@@ -16,6 +16,8 @@
 //!   attaches it (tcx, XDP), and fills its maps from typed specs (ports, router interfaces,
 //!   routes, security-group rules); reads counters.
 //! - [`guard`]: the ingress guard program (drops runt frames and group source MACs).
+//! - [`pktgen`]: an XDP packet generator (live-frame test runs) and sink, for benchmarks.
 
 pub mod datapath;
 pub mod guard;
+pub mod pktgen;
