@@ -12,12 +12,16 @@
 //!   through the per-network FDB (unknown MACs dropped), routing through router interfaces
 //!   (LPM routes, MAC rewrite, TTL-1, IP checksum), stateful security groups (per-port
 //!   conntrack in an LRU hash), per-port and per-rule counters with drop reasons.
+//! - [`api`]: the control plane: Neutron resources (networks, subnets, ports, routers,
+//!   security groups and rules), persisted, synchronised into the maps; served over HTTP on
+//!   a Unix socket by the `netdp` binary (`src/main.rs`) with `/metrics`.
 //! - [`datapath`]: loads an object (optionally with maps pinned on bpffs and reused),
 //!   attaches it (tcx, XDP), and fills its maps from typed specs (ports, router interfaces,
 //!   routes, security-group rules); reads counters.
 //! - [`guard`]: the ingress guard program (drops runt frames and group source MACs).
 //! - [`pktgen`]: an XDP packet generator (live-frame test runs) and sink, for benchmarks.
 
+pub mod api;
 pub mod datapath;
 pub mod guard;
 pub mod pktgen;
