@@ -54,6 +54,11 @@ static __always_inline int hook_redirect(CTX *ctx, __u32 ifindex, __u32 in_port)
 }
 
 static __always_inline __u64 hook_len(CTX *ctx) { return ctx->len; }
+
+static __always_inline int hook_resize(CTX *ctx, __u32 len)
+{
+	return bpf_skb_change_tail(ctx, len, 0);
+}
 #else
 #define CTX struct xdp_md
 #define VERDICT_DROP XDP_DROP
@@ -74,6 +79,11 @@ static __always_inline int hook_redirect(CTX *ctx, __u32 ifindex, __u32 in_port)
 static __always_inline __u64 hook_len(CTX *ctx)
 {
 	return (long)ctx->data_end - (long)ctx->data;
+}
+
+static __always_inline int hook_resize(CTX *ctx, __u32 len)
+{
+	return bpf_xdp_adjust_tail(ctx, (int)len - (int)hook_len(ctx));
 }
 #endif
 
@@ -355,6 +365,80 @@ static __always_inline int arp_reply(CTX *ctx, struct ethhdr *eth, struct arp_et
 	return hook_redirect(ctx, in_port, in_port);
 }
 
+static __always_inline __u16 csum_fold(__s64 csum)
+{
+	__u32 sum = (__u32)csum;
+	sum = (sum & 0xffff) + (sum >> 16);
+	sum = (sum & 0xffff) + (sum >> 16);
+	return ~sum;
+}
+
+#define ICMP_DEST_UNREACH 3
+#define ICMP_TIME_EXCEEDED 11
+#define ICMP_ERROR_LEN (14 + 20 + 8 + 28)
+
+/// Turns the frame into the ICMP error a Linux router would send back to its source (from
+/// the router's address on the ingress network, quoting the IP header and 8 bytes), and
+/// sends it back out of the ingress port. Never answers ICMP other than echo requests,
+/// nor packets with IP options.
+static __always_inline int icmp_error(CTX *ctx, __u32 in_port, __u8 type, __u8 code,
+				      __u32 router_ip, __u32 reason)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct ethhdr *eth = data;
+	struct iphdr *ip = (void *)(eth + 1);
+	__u8 quote[28];
+	__u8 peer[6], router_mac[6];
+
+	drop(in_port, reason);
+	if ((void *)ip + sizeof(quote) > data_end || ip->ihl != 5 || !router_ip)
+		return VERDICT_DROP;
+	if (ip->protocol == IPPROTO_ICMP && ((__u8 *)ip)[20] != ICMP_ECHO)
+		return VERDICT_DROP;
+	__builtin_memcpy(quote, ip, sizeof(quote));
+	mac_copy(peer, eth->h_source);
+	mac_copy(router_mac, eth->h_dest);
+	__u32 dst_ip = ip->saddr;
+	if (hook_resize(ctx, ICMP_ERROR_LEN) < 0)
+		return VERDICT_DROP;
+
+	data = (void *)(long)ctx->data;
+	data_end = (void *)(long)ctx->data_end;
+	eth = data;
+	if ((void *)eth + ICMP_ERROR_LEN > data_end)
+		return VERDICT_DROP;
+	mac_copy(eth->h_dest, peer);
+	mac_copy(eth->h_source, router_mac);
+	eth->h_proto = ETH_P_IP_BE;
+	ip = (void *)(eth + 1);
+	ip->version = 4;
+	ip->ihl = 5;
+	ip->tos = 0xc0;
+	ip->tot_len = bpf_htons(ICMP_ERROR_LEN - 14);
+	ip->id = 0;
+	ip->frag_off = 0;
+	ip->ttl = 64;
+	ip->protocol = IPPROTO_ICMP;
+	ip->check = 0;
+	ip->saddr = router_ip;
+	ip->daddr = dst_ip;
+	ip->check = csum_fold(bpf_csum_diff(0, 0, (__be32 *)ip, 20, 0));
+	struct icmp_echo *ic = (void *)(ip + 1);
+	ic->type = type;
+	ic->code = code;
+	ic->checksum = 0;
+	ic->id = 0;
+	ic->seq = 0;
+	__builtin_memcpy((void *)(ic + 1), quote, sizeof(quote));
+	ic->checksum = csum_fold(bpf_csum_diff(0, 0, (__be32 *)ic, 8 + sizeof(quote), 0));
+	struct port_stats *s = stats_of(in_port);
+	if (s)
+		s->icmp_errors += 1;
+	count_tx(in_port, ICMP_ERROR_LEN);
+	return hook_redirect(ctx, in_port, in_port);
+}
+
 #ifdef NETDP_TC
 /// Floods a broadcast frame to every other port of the network, then drops the original.
 static __always_inline int flood(CTX *ctx, __u32 net_id, __u32 in_port)
@@ -472,6 +556,7 @@ static __always_inline int netdp_forward(CTX *ctx)
 		return drop(in_port, DROP_UNKNOWN_DST);
 	__u32 out_port = fe->ifindex;
 	__u32 router_id = fe->router_id;
+	__u32 router_ip = fe->ip;
 
 	if (eth->h_proto != ETH_P_IP_BE) {
 		if (router_id)
@@ -493,14 +578,16 @@ static __always_inline int netdp_forward(CTX *ctx)
 		struct route_key rk = { .prefixlen = 64, .router_id = router_id, .addr = f.daddr };
 		struct route *rt = bpf_map_lookup_elem(&routes, &rk);
 		if (!rt)
-			return drop(in_port, DROP_NO_ROUTE);
+			return icmp_error(ctx, in_port, ICMP_DEST_UNREACH, 0, router_ip,
+					  DROP_NO_ROUTE);
 		if (ip->ttl <= 1)
-			return drop(in_port, DROP_TTL);
+			return icmp_error(ctx, in_port, ICMP_TIME_EXCEEDED, 0, router_ip, DROP_TTL);
 		struct neigh_key nk = { .net_id = rt->net_id,
 					.ip = rt->nexthop ? rt->nexthop : f.daddr };
 		struct neigh *nb = bpf_map_lookup_elem(&neighbors, &nk);
 		if (!nb)
-			return drop(in_port, DROP_NO_NEIGH);
+			return icmp_error(ctx, in_port, ICMP_DEST_UNREACH, 1, router_ip,
+					  DROP_NO_NEIGH);
 		struct l2_key ok = { .net_id = rt->net_id };
 		mac_copy(ok.mac, nb->mac);
 		struct fdb_entry *oe = bpf_map_lookup_elem(&fdb, &ok);

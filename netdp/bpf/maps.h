@@ -61,10 +61,12 @@ struct l2_key {
 	__u16 pad;
 };
 
-/// Where a MAC lives: a port, or a router interface (router_id != 0, ifindex unused).
+/// Where a MAC lives: a port, or a router interface (router_id != 0, ifindex unused, ip the
+/// interface address).
 struct fdb_entry {
 	__u32 ifindex;
 	__u32 router_id;
+	__u32 ip; // the router interface's address (source of ICMP errors)
 };
 
 struct neigh_key {
@@ -145,6 +147,7 @@ struct port_stats {
 	__u64 routed;
 	__u64 flooded;
 	__u64 arp_replies;
+	__u64 icmp_errors;
 	__u64 drops[DROP_NREASONS];
 };
 

@@ -463,16 +463,80 @@ fn routing_rewrites_macs_decrements_ttl_and_keeps_the_checksum_valid() {
     assert_eq!((&out[0..6], &out[6..12]), (&MAC_A[..], &MAC_R1[..]));
     assert_eq!(checksum(&out[14..34]), 0);
 
-    // TTL 1 cannot be forwarded; no route; no neighbour.
+    // TTL 1 cannot be forwarded; no route; no neighbour: dropped and counted.
     let dying = ipv4(MAC_R1, MAC_A, IP_A, IP_C, ICMP, 1, &icmp_echo(8, 7, 2));
-    assert_eq!(dp.test_run(&dying, A).unwrap().0, TC_ACT_SHOT);
-    assert_eq!(drops(&dp, A, DropReason::Ttl), 1);
     let far = ping(MAC_A, MAC_R1, IP_A, Ipv4Addr::new(192, 168, 9, 9));
-    assert_eq!(dp.test_run(&far, A).unwrap().0, TC_ACT_SHOT);
-    assert_eq!(drops(&dp, A, DropReason::NoRoute), 1);
     let nobody = ping(MAC_A, MAC_R1, IP_A, Ipv4Addr::new(10, 0, 1, 99));
-    assert_eq!(dp.test_run(&nobody, A).unwrap().0, TC_ACT_SHOT);
-    assert_eq!(drops(&dp, A, DropReason::NoNeighbor), 1);
+    for (frame, reason) in [
+        (&dying, DropReason::Ttl),
+        (&far, DropReason::NoRoute),
+        (&nobody, DropReason::NoNeighbor),
+    ] {
+        dp.test_run(frame, A).unwrap();
+        assert_eq!(drops(&dp, A, reason), 1, "{reason:?}");
+    }
+    assert_eq!(dp.port_counters(A).unwrap().0.icmp_errors, 3);
+    dp.set_port_rules(C, &[]).unwrap();
+}
+
+/// Checks `out` is the ICMP error a Linux router sends back to A about `orig`.
+fn assert_icmp_error(out: &[u8], orig: &[u8], kind: u8, code: u8) {
+    assert_eq!(out.len(), 14 + 20 + 8 + 28);
+    assert_eq!(&out[0..6], &MAC_A, "back to the sender");
+    assert_eq!(&out[6..12], &MAC_R1, "from the router's MAC");
+    assert_eq!(&out[12..14], &[0x08, 0x00]);
+    assert_eq!(checksum(&out[14..34]), 0, "IP checksum valid");
+    assert_eq!(out[14 + 9], ICMP);
+    assert_eq!(&out[26..30], &GW1.octets(), "from the router's address");
+    assert_eq!(&out[30..34], &IP_A.octets(), "to the sender");
+    assert_eq!((out[34], out[35]), (kind, code));
+    assert_eq!(checksum(&out[34..]), 0, "ICMP checksum valid");
+    assert_eq!(
+        &out[42..70],
+        &orig[14..42],
+        "quotes the IP header and 8 bytes"
+    );
+}
+
+#[test]
+fn routers_answer_with_icmp_errors_where_linux_would() {
+    if !privileged() {
+        return;
+    }
+    let dp = topology(Hook::Tc);
+    let dying = ipv4(MAC_R1, MAC_A, IP_A, IP_C, ICMP, 1, &icmp_echo(8, 7, 2));
+    let (verdict, out) = dp.test_run(&dying, A).unwrap();
+    assert_eq!(verdict, TC_ACT_REDIRECT, "back out of A");
+    assert_icmp_error(&out, &dying, 11, 0);
+
+    let dying_tcp = pad(ipv4(MAC_R1, MAC_A, IP_A, IP_C, TCP, 1, &tcp(1000, 80, SYN)));
+    let (_, out) = dp.test_run(&dying_tcp, A).unwrap();
+    assert_icmp_error(&out, &dying_tcp, 11, 0);
+
+    let far = ping(MAC_A, MAC_R1, IP_A, Ipv4Addr::new(192, 168, 9, 9));
+    let (_, out) = dp.test_run(&far, A).unwrap();
+    assert_icmp_error(&out, &far, 3, 0);
+
+    let nobody = ping(MAC_A, MAC_R1, IP_A, Ipv4Addr::new(10, 0, 1, 99));
+    let (_, out) = dp.test_run(&nobody, A).unwrap();
+    assert_icmp_error(&out, &nobody, 3, 1);
+
+    // No errors about errors (nor about echo replies).
+    let err = ipv4(MAC_R1, MAC_A, IP_A, IP_C, ICMP, 1, &icmp_echo(3, 0, 0));
+    assert_eq!(dp.test_run(&err, A).unwrap().0, TC_ACT_SHOT);
+    assert_eq!(dp.port_counters(A).unwrap().0.icmp_errors, 4);
+    assert_eq!(drops(&dp, A, DropReason::Ttl), 3);
+
+    // The XDP build sends the same error with XDP_TX.
+    let mut x = Datapath::load(Hook::Xdp).unwrap();
+    x.set_port(&port(1, 1, MAC_A, IP_A)).unwrap();
+    x.add_router_interface(1, 1, MAC_R1, GW1, (Ipv4Addr::new(10, 0, 0, 0), 24))
+        .unwrap();
+    // Linux looks the route up before it checks the TTL: use a routable destination.
+    let dying = ipv4(MAC_R1, MAC_A, IP_A, IP_B, ICMP, 1, &icmp_echo(8, 7, 3));
+    let (verdict, out) = x.test_run(&dying, 1).unwrap();
+    assert_eq!(verdict, XDP_TX);
+    assert_icmp_error(&out, &dying, 11, 0);
 }
 
 #[test]

@@ -250,6 +250,23 @@ fn traffic_is_routed_between_subnets() {
     assert!(ping(&w.a, "10.0.1.20"), "A reaches C through router 1");
     assert!(w.dp.port_counters(w.a.ifindex).unwrap().0.routed >= 1);
     assert!(w.dp.port_counters(w.c.ifindex).unwrap().0.routed >= 1);
+    // With TTL 1 the router answers "time to live exceeded", as Linux would.
+    let out =
+        w.a.ns
+            .exec(&["ping", "-c", "1", "-W", "1", "-t", "1", "10.0.1.20"])
+            .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("From 10.0.0.1") && text.contains("Time to live exceeded"),
+        "{text}"
+    );
+    // And "unreachable" for a neighbour that does not exist.
+    let out =
+        w.a.ns
+            .exec(&["ping", "-c", "1", "-W", "1", "10.0.1.99"])
+            .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("Destination Host Unreachable"), "{text}");
     // TCP across the router, replies included.
     let addr: SocketAddr = "10.0.1.20:9000".parse().unwrap();
     let tcp = rule(3, Direction::Ingress, Some(6), Some((9000, 9000)));

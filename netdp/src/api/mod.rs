@@ -867,6 +867,7 @@ impl Controller {
                     c.0.routed,
                     c.0.flooded,
                     c.0.arp_replies,
+                    c.0.icmp_errors,
                 ][i];
                 out.push_str(&format!(
                     "ferrostack_netdp_port_{name}{{port=\"{id}\"}} {v}\n"

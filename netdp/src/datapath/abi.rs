@@ -62,6 +62,8 @@ pub struct FdbEntry {
     pub ifindex: u32,
     /// Non-zero: the MAC is this router's interface, frames to it are routed.
     pub router_id: u32,
+    /// The router interface's address, network byte order (source of ICMP errors).
+    pub ip: u32,
 }
 
 /// A neighbour key: an IPv4 address inside a network (`struct neigh_key`).
@@ -216,6 +218,8 @@ pub struct PortStats {
     pub flooded: u64,
     /// ARP requests from the port answered by the datapath.
     pub arp_replies: u64,
+    /// ICMP errors (TTL exceeded, unreachable) sent back to the port by a router.
+    pub icmp_errors: u64,
     /// Frames from the port dropped, by [`crate::datapath::DropReason`].
     pub drops: [u64; DROP_NREASONS],
 }
@@ -255,11 +259,12 @@ mod tests {
         assert_eq!(size_of::<AddrKey>(), 16);
         assert_eq!(size_of::<L2Key>(), 12);
         assert_eq!(size_of::<RouteKey>(), 8);
+        assert_eq!(size_of::<FdbEntry>(), 12);
         assert_eq!(size_of::<Route>(), 16);
         assert_eq!(size_of::<SgRule>(), 16);
         assert_eq!(size_of::<SgRules>(), 4 + 16 * SG_MAX_RULES);
         assert_eq!(size_of::<CtKey>(), 20);
         assert_eq!(size_of::<CtVal>(), 16);
-        assert_eq!(size_of::<PortStats>(), 8 * (7 + DROP_NREASONS));
+        assert_eq!(size_of::<PortStats>(), 8 * (8 + DROP_NREASONS));
     }
 }

@@ -114,11 +114,11 @@ pub enum DropReason {
     SecurityGroupIngress = 8,
     /// Not part of a tracked connection and cannot start one (a stray TCP ACK).
     ConntrackInvalid = 9,
-    /// The router has no route to the destination.
+    /// The router has no route to the destination (a net-unreachable error goes back).
     NoRoute = 10,
-    /// The next hop's MAC or port is unknown.
+    /// The next hop's MAC or port is unknown (a host-unreachable error goes back).
     NoNeighbor = 11,
-    /// TTL would reach zero.
+    /// TTL would reach zero (a time-exceeded error goes back).
     Ttl = 12,
     /// A non-first IPv4 fragment.
     Fragment = 13,
@@ -497,6 +497,7 @@ impl Datapath {
             let v = FdbEntry {
                 ifindex: spec.ifindex,
                 router_id: 0,
+                ip: 0,
             };
             m.insert(k, v, 0)
                 .map_err(|e| DatapathError::Map("fdb", e))?;
@@ -622,6 +623,7 @@ impl Datapath {
                 FdbEntry {
                     ifindex: 0,
                     router_id,
+                    ip: ip_be(ip),
                 },
                 0,
             )
@@ -781,6 +783,7 @@ impl Datapath {
             sum.routed += s.routed;
             sum.flooded += s.flooded;
             sum.arp_replies += s.arp_replies;
+            sum.icmp_errors += s.icmp_errors;
             for (a, b) in sum.drops.iter_mut().zip(s.drops.iter()) {
                 *a += b;
             }
