@@ -59,6 +59,15 @@ static __always_inline int hook_resize(CTX *ctx, __u32 len)
 {
 	return bpf_skb_change_tail(ctx, len, 0);
 }
+
+/// Fixes the L4 checksum at `off` for an address change (keeps checksum offload right).
+static __always_inline void hook_l4_csum(CTX *ctx, __u32 off, __u32 old, __u32 new, int udp)
+{
+	__u64 flags = BPF_F_PSEUDO_HDR | sizeof(new);
+	if (udp)
+		flags |= BPF_F_MARK_MANGLED_0;
+	bpf_l4_csum_replace(ctx, off, old, new, flags);
+}
 #else
 #define CTX struct xdp_md
 #define VERDICT_DROP XDP_DROP
@@ -84,6 +93,25 @@ static __always_inline __u64 hook_len(CTX *ctx)
 static __always_inline int hook_resize(CTX *ctx, __u32 len)
 {
 	return bpf_xdp_adjust_tail(ctx, (int)len - (int)hook_len(ctx));
+}
+
+static __always_inline __u16 csum_replace4(__u16 csum, __u32 old, __u32 new);
+
+static __always_inline void hook_l4_csum(CTX *ctx, __u32 off, __u32 old, __u32 new, int udp)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	if (off > 128)
+		return;
+	__u16 *c = data + off;
+	if ((void *)(c + 1) > data_end)
+		return;
+	if (udp && *c == 0)
+		return; // no checksum
+	__u16 n = csum_replace4(*c, old, new);
+	if (udp && n == 0)
+		n = 0xffff;
+	*c = n;
 }
 #endif
 
@@ -181,6 +209,17 @@ static __always_inline int addr_allowed(__u32 ifindex, const __u8 *mac, __u32 ip
 static __always_inline __u16 csum_replace2(__u16 csum, __u16 old, __u16 new)
 {
 	__u32 sum = (__u16)~csum + (__u16)~old + new;
+	sum = (sum & 0xffff) + (sum >> 16);
+	sum = (sum & 0xffff) + (sum >> 16);
+	return ~sum;
+}
+
+/// RFC 1624 incremental update for a 32-bit field (an address).
+static __always_inline __u16 csum_replace4(__u16 csum, __u32 old, __u32 new)
+{
+	__u32 sum = (__u16)~csum;
+	sum += (__u16)~(old & 0xffff) + (__u16)~(old >> 16);
+	sum += (new & 0xffff) + (new >> 16);
 	sum = (sum & 0xffff) + (sum >> 16);
 	sum = (sum & 0xffff) + (sum >> 16);
 	return ~sum;
@@ -574,16 +613,31 @@ static __always_inline int netdp_forward(CTX *ctx)
 	if ((void *)(ip + 1) > data_end)
 		return drop(in_port, DROP_MALFORMED);
 
+	// The flow as the destination port sees it (after floating-IP NAT).
+	struct flow out_f = f;
+	__u32 l4_off = 0;
 	if (router_id) {
-		struct route_key rk = { .prefixlen = 64, .router_id = router_id, .addr = f.daddr };
+		// Floating IP inbound: DNAT to the fixed IP before routing.
+		struct nat_key dk = { .router_id = router_id, .ip = f.daddr };
+		__u32 *fixed = bpf_map_lookup_elem(&fip_dnat, &dk);
+		if (fixed)
+			out_f.daddr = *fixed;
+		struct route_key rk = { .prefixlen = 64, .router_id = router_id, .addr = out_f.daddr };
 		struct route *rt = bpf_map_lookup_elem(&routes, &rk);
 		if (!rt)
 			return icmp_error(ctx, in_port, ICMP_DEST_UNREACH, 0, router_ip,
 					  DROP_NO_ROUTE);
 		if (ip->ttl <= 1)
 			return icmp_error(ctx, in_port, ICMP_TIME_EXCEEDED, 0, router_ip, DROP_TTL);
+		if (rt->flags & ROUTE_EXTERNAL) {
+			// Out of the gateway: SNAT to the port's floating IP.
+			struct nat_key sk = { .router_id = router_id, .ip = f.saddr };
+			__u32 *fip = bpf_map_lookup_elem(&fip_snat, &sk);
+			if (fip)
+				out_f.saddr = *fip;
+		}
 		struct neigh_key nk = { .net_id = rt->net_id,
-					.ip = rt->nexthop ? rt->nexthop : f.daddr };
+					.ip = rt->nexthop ? rt->nexthop : out_f.daddr };
 		struct neigh *nb = bpf_map_lookup_elem(&neighbors, &nk);
 		if (!nb)
 			return icmp_error(ctx, in_port, ICMP_DEST_UNREACH, 1, router_ip,
@@ -600,6 +654,18 @@ static __always_inline int netdp_forward(CTX *ctx)
 		ip->ttl -= 1;
 		__u16 new = *(__u16 *)&ip->ttl;
 		ip->check = csum_replace2(ip->check, old, new);
+		if (out_f.saddr != f.saddr) {
+			ip->saddr = out_f.saddr;
+			ip->check = csum_replace4(ip->check, f.saddr, out_f.saddr);
+		}
+		if (out_f.daddr != f.daddr) {
+			ip->daddr = out_f.daddr;
+			ip->check = csum_replace4(ip->check, f.daddr, out_f.daddr);
+		}
+		if (f.proto == IPPROTO_TCP)
+			l4_off = 14 + ip->ihl * 4 + 16;
+		else if (f.proto == IPPROTO_UDP)
+			l4_off = 14 + ip->ihl * 4 + 6;
 		struct port_stats *rs = stats_of(in_port);
 		if (rs)
 			rs->routed += 1;
@@ -614,11 +680,19 @@ static __always_inline int netdp_forward(CTX *ctx)
 	}
 	struct port *dst = bpf_map_lookup_elem(&ports, &out_port);
 	if (dst && dst->port_security) {
-		int fw = firewall(out_port, &f, DIR_INGRESS, len);
+		int fw = firewall(out_port, &out_f, DIR_INGRESS, len);
 		if (fw == FW_INVALID)
 			return drop(in_port, DROP_CT_INVALID);
 		if (fw == FW_DENY)
 			return drop(in_port, DROP_SG_INGRESS);
+	}
+	// L4 checksums last: the tc helper invalidates packet pointers.
+	if (l4_off) {
+		int udp = f.proto == IPPROTO_UDP;
+		if (out_f.saddr != f.saddr)
+			hook_l4_csum(ctx, l4_off, f.saddr, out_f.saddr, udp);
+		if (out_f.daddr != f.daddr)
+			hook_l4_csum(ctx, l4_off, f.daddr, out_f.daddr, udp);
 	}
 	count_tx(out_port, len);
 	return hook_redirect(ctx, out_port, in_port);

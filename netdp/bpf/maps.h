@@ -86,13 +86,21 @@ struct route_key {
 	__u32 addr;
 };
 
+#define ROUTE_EXTERNAL 1
+
 /// Out of a router: the network, the router's MAC on it, the next hop (0: directly
-/// connected).
+/// connected); ROUTE_EXTERNAL marks routes out of the router's gateway (SNAT applies).
 struct route {
 	__u32 net_id;
 	__u32 nexthop;
 	__u8 mac[6];
-	__u16 pad;
+	__u16 flags;
+};
+
+/// A floating-IP translation key: an address as one router sees it.
+struct nat_key {
+	__u32 router_id;
+	__u32 ip;
 };
 
 struct network {
@@ -198,6 +206,22 @@ struct {
 	__type(key, __u32);
 	__type(value, struct network);
 } networks SEC(".maps");
+
+/// Floating IP -> fixed IP (DNAT inbound).
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, struct nat_key);
+	__type(value, __u32);
+} fip_dnat SEC(".maps");
+
+/// Fixed IP -> floating IP (SNAT outbound through the gateway).
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, struct nat_key);
+	__type(value, __u32);
+} fip_snat SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);

@@ -540,6 +540,103 @@ fn routers_answer_with_icmp_errors_where_linux_would() {
 }
 
 #[test]
+fn floating_ips_translate_both_ways_with_valid_checksums() {
+    if !privileged() {
+        return;
+    }
+    const X: u32 = 30;
+    let mac_x = [0x02, 0, 0, 0, 0, 0x1e];
+    let mac_rx = [0x02, 0, 0, 0, 0x01, 0x03];
+    let ip_x = Ipv4Addr::new(172, 24, 4, 100);
+    let gw_x = Ipv4Addr::new(172, 24, 4, 1);
+    let fip = Ipv4Addr::new(172, 24, 4, 10);
+    let mut dp = topology(Hook::Tc);
+    // The external network 3 with a host on it (no port security, like a provider uplink).
+    let mut x = port(X, 3, mac_x, ip_x);
+    x.port_security = false;
+    dp.set_port(&x).unwrap();
+    dp.set_router_gateway(1, 3, mac_rx, gw_x, (Ipv4Addr::new(172, 24, 4, 0), 24), None)
+        .unwrap();
+    dp.set_floating_ip(1, fip, IP_A, 3, mac_rx).unwrap();
+    let ssh = RuleSpec {
+        id: 5,
+        direction: Direction::Ingress,
+        protocol: Some(TCP),
+        port_range: Some((22, 22)),
+        remote: None,
+    };
+    dp.set_port_rules(A, &[allow_all(1, Direction::Egress), ssh])
+        .unwrap();
+
+    // ARP for the floating IP is answered with the router's gateway MAC.
+    let (verdict, out) = dp.test_run(&arp_request(mac_x, ip_x, fip), X).unwrap();
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    assert_eq!(&out[22..28], &mac_rx);
+
+    // Inbound: DNAT to A's fixed IP.
+    let syn = with_tcp_checksum(ipv4(mac_rx, mac_x, ip_x, fip, TCP, 64, &tcp(5555, 22, SYN)));
+    assert!(l4_checksum_ok(&syn));
+    let (verdict, out) = dp.test_run(&syn, X).unwrap();
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    assert_eq!((&out[0..6], &out[6..12]), (&MAC_A[..], &MAC_R1[..]));
+    assert_eq!(&out[26..30], &ip_x.octets(), "source kept");
+    assert_eq!(&out[30..34], &IP_A.octets(), "destination translated");
+    assert_eq!(checksum(&out[14..34]), 0, "IP checksum valid");
+    assert!(l4_checksum_ok(&out), "TCP checksum valid");
+    assert_eq!(dp.port_counters(A).unwrap().0.tx_packets, 1);
+
+    // Outbound reply: SNAT to the floating IP.
+    let synack = with_tcp_checksum(ipv4(
+        MAC_R1,
+        MAC_A,
+        IP_A,
+        ip_x,
+        TCP,
+        64,
+        &tcp(22, 5555, SYN | ACK),
+    ));
+    let (verdict, out) = dp.test_run(&synack, A).unwrap();
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    assert_eq!((&out[0..6], &out[6..12]), (&mac_x[..], &mac_rx[..]));
+    assert_eq!(&out[26..30], &fip.octets(), "source translated");
+    assert_eq!(&out[30..34], &ip_x.octets());
+    assert_eq!(checksum(&out[14..34]), 0);
+    assert!(l4_checksum_ok(&out));
+    assert_eq!(
+        dp.port_counters(X).unwrap().0.tx_packets,
+        2,
+        "ARP reply + SYN-ACK"
+    );
+
+    // The security group still applies to the fixed IP: port 80 is refused.
+    let web = with_tcp_checksum(ipv4(mac_rx, mac_x, ip_x, fip, TCP, 64, &tcp(5556, 80, SYN)));
+    assert_eq!(dp.test_run(&web, X).unwrap().0, TC_ACT_SHOT);
+    assert_eq!(drops(&dp, X, DropReason::SecurityGroupIngress), 1);
+
+    // B has no floating IP: its traffic leaves untranslated.
+    let b_out = with_tcp_checksum(ipv4(
+        MAC_R1,
+        MAC_B,
+        IP_B,
+        ip_x,
+        TCP,
+        64,
+        &tcp(4000, 80, SYN),
+    ));
+    let (_, out) = dp.test_run(&b_out, B).unwrap();
+    assert_eq!(&out[26..30], &IP_B.octets());
+
+    // Removed: the floating IP is no longer reachable.
+    dp.remove_floating_ip(1, fip, IP_A, 3).unwrap();
+    assert_eq!(
+        dp.test_run(&syn, X).unwrap().0,
+        TC_ACT_REDIRECT,
+        "ICMP unreachable back"
+    );
+    assert_eq!(dp.port_counters(A).unwrap().0.tx_packets, 1);
+}
+
+#[test]
 fn malformed_and_truncated_frames_are_dropped_and_foreign_interfaces_pass() {
     if !privileged() {
         return;

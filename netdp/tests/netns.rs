@@ -327,3 +327,61 @@ fn traffic_keeps_flowing_across_a_daemon_restart() {
     assert!(dp.port_counters(b.ifindex).unwrap().0.tx_packets >= 3);
     drop((a, b, c, node));
 }
+
+#[test]
+fn a_floating_ip_reaches_a_vm_from_the_external_network() {
+    if !privileged() {
+        return;
+    }
+    let mut w = world(Datapath::load(Hook::Tc).expect("load"));
+    // The external network 3: a host outside, and router 1's gateway.
+    let ext = vm(
+        &w.node,
+        "netdp-ext",
+        "tap-x",
+        "02:00:00:00:00:1e",
+        "172.24.4.100/24",
+        "172.24.4.1",
+    );
+    let mut x = spec(&ext, 3, "02:00:00:00:00:1e", [172, 24, 4, 100]);
+    x.port_security = false;
+    w.dp.set_port(&x).unwrap();
+    let mac_rx = [0x02, 0, 0, 0, 1, 3];
+    w.dp.set_router_gateway(
+        1,
+        3,
+        mac_rx,
+        Ipv4Addr::new(172, 24, 4, 1),
+        (Ipv4Addr::new(172, 24, 4, 0), 24),
+        None,
+    )
+    .unwrap();
+    let fip = Ipv4Addr::new(172, 24, 4, 10);
+    w.dp.set_floating_ip(1, fip, Ipv4Addr::new(10, 0, 0, 10), 3, mac_rx)
+        .unwrap();
+    let icmp = rule(1, Direction::Ingress, Some(1), None);
+    let tcp = rule(3, Direction::Ingress, Some(6), Some((8080, 8080)));
+    w.dp.set_port_rules(w.a.ifindex, &[egress_all(2), icmp, tcp])
+        .unwrap();
+    let tap = ext.tap.clone();
+    w.dp = in_netns(w.node.name(), move || {
+        let mut dp = w.dp;
+        dp.attach_tc(&tap).expect("attach");
+        dp
+    });
+
+    let ext_vm = ext;
+    assert!(ping(&ext_vm, "172.24.4.10"), "the floating IP answers");
+    // TCP through the floating IP; the VM sees the real client, the client the FIP.
+    let server = echo_server(w.a.ns.name().to_string(), "10.0.0.10:8080".parse().unwrap());
+    let mut s = connect(ext_vm.ns.name(), "172.24.4.10:8080".parse().unwrap())
+        .expect("tcp through the floating IP");
+    assert!(echoes(&mut s, &[42u8; 1000]), "payload intact both ways");
+    drop(s);
+    let _ = server.join();
+    // Without the floating IP, nothing gets in.
+    w.dp.remove_floating_ip(1, fip, Ipv4Addr::new(10, 0, 0, 10), 3)
+        .unwrap();
+    assert!(!ping(&ext_vm, "172.24.4.10"));
+    drop((ext_vm, w));
+}

@@ -107,8 +107,21 @@ pub struct Route {
     pub nexthop: u32,
     /// The router's MAC on that network (the new source MAC).
     pub mac: [u8; 6],
-    /// Padding.
-    pub pad: u16,
+    /// [`ROUTE_EXTERNAL`] for routes out of the router's gateway (floating-IP SNAT).
+    pub flags: u16,
+}
+
+/// `ROUTE_EXTERNAL`: the route leaves through the router's external gateway.
+pub const ROUTE_EXTERNAL: u16 = 1;
+
+/// A floating-IP translation key (`struct nat_key`).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct NatKey {
+    /// The router.
+    pub router_id: u32,
+    /// The address, network byte order.
+    pub ip: u32,
 }
 
 /// A network's ports, for flooding broadcasts (`struct network`).
@@ -245,7 +258,7 @@ macro_rules! pod {
 
 pod!(
     Port, AddrKey, L2Key, FdbEntry, NeighKey, Neigh, RouteKey, Route, Network, SgKey, SgRule,
-    SgRules, CtKey, CtVal, PortStats, RuleStats
+    SgRules, CtKey, CtVal, PortStats, RuleStats, NatKey
 );
 
 #[cfg(test)]

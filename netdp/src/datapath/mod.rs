@@ -37,6 +37,8 @@ pub const MAPS: &[&str] = &[
     "neighbors",
     "routes",
     "networks",
+    "fip_dnat",
+    "fip_snat",
     "sg_rules",
     "conntrack",
     "port_stats",
@@ -637,9 +639,98 @@ impl Datapath {
                 net_id,
                 nexthop: 0,
                 mac,
-                pad: 0,
+                flags: 0,
             },
         )
+    }
+
+    /// Gives router `router_id` its external gateway on `net_id` (address `ip` in `subnet`,
+    /// MAC `mac`), with a default route via `upstream` if given. Routes out of the gateway
+    /// apply floating-IP SNAT.
+    pub fn set_router_gateway(
+        &mut self,
+        router_id: u32,
+        net_id: u32,
+        mac: [u8; 6],
+        ip: Ipv4Addr,
+        subnet: (Ipv4Addr, u8),
+        upstream: Option<Ipv4Addr>,
+    ) -> Result<(), DatapathError> {
+        self.add_router_interface(router_id, net_id, mac, ip, subnet)?;
+        let external = |nexthop| Route {
+            net_id,
+            nexthop,
+            mac,
+            flags: abi::ROUTE_EXTERNAL,
+        };
+        self.add_route(router_id, subnet, external(0))?;
+        if let Some(gw) = upstream {
+            self.add_route(router_id, (Ipv4Addr::UNSPECIFIED, 0), external(ip_be(gw)))?;
+        }
+        Ok(())
+    }
+
+    /// Maps floating IP `fip` on router `router_id` to `fixed` (1:1 DNAT in, SNAT out) and
+    /// answers ARP for it on the external network with the router's gateway MAC.
+    pub fn set_floating_ip(
+        &mut self,
+        router_id: u32,
+        fip: Ipv4Addr,
+        fixed: Ipv4Addr,
+        external_net: u32,
+        gateway_mac: [u8; 6],
+    ) -> Result<(), DatapathError> {
+        {
+            let mut m = self.hash::<abi::NatKey, u32>("fip_dnat")?;
+            m.insert(
+                abi::NatKey {
+                    router_id,
+                    ip: ip_be(fip),
+                },
+                ip_be(fixed),
+                0,
+            )
+            .map_err(|e| DatapathError::Map("fip_dnat", e))?;
+        }
+        {
+            let mut m = self.hash::<abi::NatKey, u32>("fip_snat")?;
+            m.insert(
+                abi::NatKey {
+                    router_id,
+                    ip: ip_be(fixed),
+                },
+                ip_be(fip),
+                0,
+            )
+            .map_err(|e| DatapathError::Map("fip_snat", e))?;
+        }
+        self.set_neighbor(external_net, fip, gateway_mac)
+    }
+
+    /// Removes a floating IP's translations and ARP entry.
+    pub fn remove_floating_ip(
+        &mut self,
+        router_id: u32,
+        fip: Ipv4Addr,
+        fixed: Ipv4Addr,
+        external_net: u32,
+    ) -> Result<(), DatapathError> {
+        let mut m = self.hash::<abi::NatKey, u32>("fip_dnat")?;
+        let _ = m.remove(&abi::NatKey {
+            router_id,
+            ip: ip_be(fip),
+        });
+        let mut m = self.hash::<abi::NatKey, u32>("fip_snat")?;
+        let _ = m.remove(&abi::NatKey {
+            router_id,
+            ip: ip_be(fixed),
+        });
+        let mut m = self.hash::<NeighKey, Neigh>("neighbors")?;
+        let _ = m.remove(&NeighKey {
+            net_id: external_net,
+            ip: ip_be(fip),
+        });
+        Ok(())
     }
 
     /// Adds (or replaces) a route of `router_id` to `dest`.

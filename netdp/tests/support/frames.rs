@@ -109,3 +109,31 @@ pub fn pad(mut f: Vec<u8>) -> Vec<u8> {
     }
     f
 }
+
+/// The sum of the IPv4 pseudo-header and the L4 segment of an Ethernet+IPv4 frame.
+fn l4_sum(frame: &[u8]) -> u16 {
+    let ihl = usize::from(frame[14] & 0x0f) * 4;
+    let total = usize::from(u16::from_be_bytes([frame[16], frame[17]]));
+    let l4 = &frame[14 + ihl..14 + total];
+    let mut pseudo = Vec::new();
+    pseudo.extend_from_slice(&frame[26..34]);
+    pseudo.extend_from_slice(&[0, frame[23]]);
+    pseudo.extend_from_slice(&(l4.len() as u16).to_be_bytes());
+    pseudo.extend_from_slice(l4);
+    checksum(&pseudo)
+}
+
+/// Fills in the TCP checksum of a frame.
+pub fn with_tcp_checksum(mut frame: Vec<u8>) -> Vec<u8> {
+    let off = 14 + usize::from(frame[14] & 0x0f) * 4 + 16;
+    frame[off] = 0;
+    frame[off + 1] = 0;
+    let c = l4_sum(&frame);
+    frame[off..off + 2].copy_from_slice(&c.to_be_bytes());
+    frame
+}
+
+/// Whether the frame's TCP or UDP checksum verifies.
+pub fn l4_checksum_ok(frame: &[u8]) -> bool {
+    l4_sum(frame) == 0
+}
