@@ -637,6 +637,64 @@ fn floating_ips_translate_both_ways_with_valid_checksums() {
 }
 
 #[test]
+fn overlapping_subnets_of_two_tenants_stay_separate() {
+    if !privileged() {
+        return;
+    }
+    let mut dp = topology(Hook::Tc);
+    // Tenant 2's network 4 reuses 10.0.0.0/24: D has B's address, E has A's.
+    let (d, e) = (40, 41);
+    let mac_d = [0x02, 0, 0, 0, 0, 0x28];
+    let mac_e = [0x02, 0, 0, 0, 0, 0x29];
+    dp.set_port(&port(d, 4, mac_d, IP_B)).unwrap();
+    dp.set_port(&port(e, 4, mac_e, IP_A)).unwrap();
+    let mac_r4 = [0x02, 0, 0, 0, 0x02, 0x04];
+    dp.add_router_interface(2, 4, mac_r4, GW1, (Ipv4Addr::new(10, 0, 0, 0), 24))
+        .unwrap();
+    for p in [A, B, d, e] {
+        dp.set_port_rules(
+            p,
+            &[
+                allow_all(1, Direction::Egress),
+                allow_all(2, Direction::Ingress),
+            ],
+        )
+        .unwrap();
+    }
+    // ARP in each network answers with that network's owner.
+    let (_, out) = dp.test_run(&arp_request(MAC_A, IP_A, IP_B), A).unwrap();
+    assert_eq!(&out[22..28], &MAC_B);
+    let (_, out) = dp.test_run(&arp_request(mac_d, IP_B, IP_A), d).unwrap();
+    assert_eq!(&out[22..28], &mac_e);
+    let (_, out) = dp.test_run(&arp_request(mac_d, IP_B, GW1), d).unwrap();
+    assert_eq!(&out[22..28], &mac_r4, "tenant 2's own router");
+    // Frames reach only their own network's ports.
+    assert_eq!(
+        dp.test_run(&ping(mac_d, mac_e, IP_B, IP_A), d).unwrap().0,
+        TC_ACT_REDIRECT
+    );
+    assert_eq!(
+        dp.port_counters(e).unwrap().0.tx_packets,
+        1,
+        "E got the ping"
+    );
+    assert_eq!(
+        dp.port_counters(A).unwrap().0.tx_packets,
+        1,
+        "A got only its ARP reply"
+    );
+    assert_eq!(
+        dp.test_run(&ping(mac_d, MAC_A, IP_B, IP_A), d).unwrap().0,
+        TC_ACT_SHOT,
+        "A's MAC is unknown in network 4"
+    );
+    assert_eq!(drops(&dp, d, DropReason::UnknownDestination), 1);
+    // Tenant 2's router has no route to tenant 1's other subnet.
+    let (_, out) = dp.test_run(&ping(mac_d, mac_r4, IP_B, IP_C), d).unwrap();
+    assert_eq!((out[34], out[35]), (3, 0), "net unreachable");
+}
+
+#[test]
 fn malformed_and_truncated_frames_are_dropped_and_foreign_interfaces_pass() {
     if !privileged() {
         return;
