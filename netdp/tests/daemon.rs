@@ -265,6 +265,85 @@ fn the_daemon_connects_neutron_ports_and_survives_a_restart() {
     );
     assert!(port.contains("\"status\":\"ACTIVE\""), "{port}");
 
+    // An external network, the router's gateway on it, and a floating IP for A.
+    let ext = post(
+        d_path,
+        "/v2.0/networks",
+        json!({"network": {"name": "public", "router:external": true}}),
+    );
+    let ext_id = ext["network"]["id"].as_str().unwrap().to_string();
+    post(
+        d_path,
+        "/v2.0/subnets",
+        json!({"subnet": {"network_id": ext_id, "ip_version": 4, "cidr": "172.24.4.0/24"}}),
+    );
+    let (st, body) = call(
+        d_path,
+        "PUT",
+        &format!("/v2.0/routers/{rid}"),
+        Some(json!({"router": {"external_gateway_info": {"network_id": ext_id}}})),
+    );
+    assert_eq!(st, 200, "{body}");
+    assert!(body.contains("external_fixed_ips"), "{body}");
+    // A host outside: a port without port security on the external network.
+    let outside = post(
+        d_path,
+        "/v2.0/ports",
+        json!({"port": {"network_id": ext_id, "port_security_enabled": false}}),
+    );
+    let vm_x = plug(&node, "netdpd-x", &outside, 24, "172.24.4.1");
+    let fip = post(
+        d_path,
+        "/v2.0/floatingips",
+        json!({"floatingip": {"floating_network_id": ext_id, "port_id": a["port"]["id"]}}),
+    );
+    assert_eq!(fip["floatingip"]["status"], "ACTIVE");
+    assert_eq!(fip["floatingip"]["router_id"], rid.as_str());
+    let fip_addr = fip["floatingip"]["floating_ip_address"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // The default group admits only members: open ICMP from anywhere for A via a new group.
+    let open = post(
+        d_path,
+        "/v2.0/security-groups",
+        json!({"security_group": {"name": "open", "project_id": "p"}}),
+    );
+    let open_id = open["security_group"]["id"].as_str().unwrap().to_string();
+    post(
+        d_path,
+        "/v2.0/security-group-rules",
+        json!({"security_group_rule": {"security_group_id": open_id, "direction": "ingress",
+            "protocol": "icmp", "remote_ip_prefix": "0.0.0.0/0"}}),
+    );
+    let default_id = a["port"]["security_groups"][0]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (st, body) = call(
+        d_path,
+        "PUT",
+        &format!("/v2.0/ports/{}", a["port"]["id"].as_str().unwrap()),
+        Some(json!({"port": {"security_groups": [default_id, open_id]}})),
+    );
+    assert_eq!(st, 200, "{body}");
+    assert!(
+        ping_soon(&vm_x, &fip_addr, 3),
+        "the floating IP reaches A from outside"
+    );
+    // Disassociated, it stops.
+    let (st, _) = call(
+        d_path,
+        "PUT",
+        &format!(
+            "/v2.0/floatingips/{}",
+            fip["floatingip"]["id"].as_str().unwrap()
+        ),
+        Some(json!({"floatingip": {"port_id": null}})),
+    );
+    assert_eq!(st, 200);
+    assert!(!ping(&vm_x, &fip_addr));
+
     let (s, metrics) = call(d_path, "GET", "/metrics", None);
     assert_eq!(s, 200);
     assert!(metrics.contains("ferrostack_netdp_port_tx_packets_total{port="));
@@ -280,5 +359,5 @@ fn the_daemon_connects_neutron_ports_and_survives_a_restart() {
     let (_, nets) = call(d_path, "GET", "/v2.0/networks", None);
     assert!(nets.contains("blue") && nets.contains("green"));
     drop(d);
-    drop((vm_a, vm_b, vm_c, node));
+    drop((vm_a, vm_b, vm_c, vm_x, node));
 }

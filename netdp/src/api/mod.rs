@@ -74,6 +74,9 @@ pub struct State {
     pub security_groups: BTreeMap<String, SecurityGroup>,
     /// Rules by id.
     pub security_group_rules: BTreeMap<String, SecurityGroupRule>,
+    /// Floating IPs by id.
+    #[serde(default)]
+    pub floatingips: BTreeMap<String, FloatingIp>,
     /// The datapath's numeric ids for networks, routers and rules, by UUID.
     pub numbers: BTreeMap<String, u32>,
     /// The next numeric id.
@@ -117,6 +120,8 @@ pub struct Controller {
     dp: Option<Datapath>,
     attached: HashSet<String>,
     programmed: HashMap<String, u32>,
+    /// Floating IPs in the datapath: (router, fip, fixed, external network).
+    fips: HashSet<(u32, Ipv4Addr, Ipv4Addr, u32)>,
 }
 
 impl std::fmt::Debug for Controller {
@@ -144,6 +149,7 @@ impl Controller {
             dp,
             attached: HashSet::new(),
             programmed: HashMap::new(),
+            fips: HashSet::new(),
         };
         c.sync()?;
         Ok(c)
@@ -187,6 +193,8 @@ impl Controller {
             ("GET", ["v2.0", coll, id]) => (200, self.show(coll, id)?, false),
             ("POST", ["v2.0", coll]) => (201, self.create(coll, body)?, true),
             ("PUT", ["v2.0", "ports", id]) => (200, self.update_port(id, body)?, true),
+            ("PUT", ["v2.0", "routers", id]) => (200, self.update_router(id, body)?, true),
+            ("PUT", ["v2.0", "floatingips", id]) => (200, self.update_fip(id, body)?, true),
             ("PUT", ["v2.0", "routers", id, "add_router_interface"]) => {
                 (200, self.add_router_interface(id, body)?, true)
             }
@@ -221,6 +229,7 @@ impl Controller {
                 .security_group_rules
                 .values()
                 .collect::<Vec<_>>() }),
+            "floatingips" => json!({ "floatingips": s.floatingips.values().collect::<Vec<_>>() }),
             _ => return Err(ApiError::NoRoute),
         })
     }
@@ -237,6 +246,9 @@ impl Controller {
                 self.group_view(s.security_groups.get(id).ok_or(nf("security_group"))?) }),
             "security-group-rules" => json!({ "security_group_rule":
                 s.security_group_rules.get(id).ok_or(nf("security_group_rule"))? }),
+            "floatingips" => {
+                json!({ "floatingip": s.floatingips.get(id).ok_or(nf("floatingip"))? })
+            }
             _ => return Err(ApiError::NoRoute),
         })
     }
@@ -275,6 +287,7 @@ impl Controller {
                     mtu: req.mtu.unwrap_or(1500),
                     subnets: vec![],
                     status: "ACTIVE".into(),
+                    router_external: req.router_external.unwrap_or(false),
                 };
                 self.state.number(&n.id);
                 self.state.networks.insert(n.id.clone(), n.clone());
@@ -321,12 +334,15 @@ impl Controller {
                     name: req.name,
                     project_id: req.project_id,
                     admin_state_up: req.admin_state_up.unwrap_or(true),
-                    external_gateway_info: req.external_gateway_info,
+                    external_gateway_info: None,
                     status: "ACTIVE".into(),
                 };
                 self.state.number(&r.id);
                 self.state.routers.insert(r.id.clone(), r.clone());
-                Ok(json!({ "router": r }))
+                if let Some(info) = req.external_gateway_info {
+                    self.set_gateway(&r.id, info)?;
+                }
+                Ok(json!({ "router": self.state.routers[&r.id] }))
             }
             "security-groups" => {
                 let req: SecurityGroupCreate = unwrap_body(body, "security_group")?;
@@ -338,8 +354,177 @@ impl Controller {
                 let r = self.new_rule(req)?;
                 Ok(json!({ "security_group_rule": r }))
             }
+            "floatingips" => {
+                let req: FloatingIpCreate = unwrap_body(body, "floatingip")?;
+                let net_id = req.floating_network_id.clone().ok_or_else(|| {
+                    ApiError::BadRequest("floating_network_id is required".into())
+                })?;
+                let net = self
+                    .state
+                    .networks
+                    .get(&net_id)
+                    .filter(|n| n.router_external)
+                    .ok_or_else(|| {
+                        ApiError::BadRequest(format!("{net_id} is not an external network"))
+                    })?;
+                let subnet = net
+                    .subnets
+                    .first()
+                    .and_then(|s| self.state.subnets.get(s))
+                    .ok_or_else(|| ApiError::Conflict("external network has no subnet".into()))?
+                    .clone();
+                let taken: HashSet<Ipv4Addr> = self
+                    .state
+                    .floatingips
+                    .values()
+                    .map(|f| f.floating_ip_address)
+                    .collect();
+                let address = match req.floating_ip_address {
+                    Some(a) if taken.contains(&a) => {
+                        return Err(ApiError::Conflict(format!("{a} is already allocated")));
+                    }
+                    Some(a) => a,
+                    None => self.allocate_ip_excluding(&subnet, &taken)?,
+                };
+                let fip = FloatingIp {
+                    id: new_id(),
+                    floating_network_id: net_id,
+                    floating_ip_address: address,
+                    port_id: None,
+                    fixed_ip_address: None,
+                    router_id: None,
+                    project_id: req.project_id,
+                    status: "DOWN".into(),
+                };
+                self.state.floatingips.insert(fip.id.clone(), fip.clone());
+                if let Some(Some(port)) = req.port_id {
+                    self.associate(&fip.id, Some(port), req.fixed_ip_address)?;
+                }
+                Ok(json!({ "floatingip": self.state.floatingips[&fip.id] }))
+            }
             _ => Err(ApiError::NoRoute),
         }
+    }
+
+    fn update_router(&mut self, id: &str, body: &[u8]) -> Result<Value, ApiError> {
+        let req: RouterUpdate = unwrap_body(body, "router")?;
+        if !self.state.routers.contains_key(id) {
+            return Err(ApiError::NotFound("router", id.into()));
+        }
+        if let Some(name) = req.name {
+            self.state.routers.get_mut(id).expect("checked").name = name;
+        }
+        if let Some(info) = req.external_gateway_info {
+            self.set_gateway(id, info)?;
+        }
+        Ok(json!({ "router": self.state.routers[id] }))
+    }
+
+    /// Gives a router its gateway port on an external network (`{"network_id": ...}`).
+    fn set_gateway(&mut self, router_id: &str, info: Value) -> Result<(), ApiError> {
+        let has_gw = self
+            .state
+            .ports
+            .values()
+            .any(|p| p.device_owner == "network:router_gateway" && p.device_id == router_id);
+        if has_gw {
+            return Err(ApiError::Conflict("router already has a gateway".into()));
+        }
+        let net_id = info
+            .get("network_id")
+            .and_then(Value::as_str)
+            .ok_or_else(|| ApiError::BadRequest("external_gateway_info needs network_id".into()))?
+            .to_string();
+        if !self
+            .state
+            .networks
+            .get(&net_id)
+            .is_some_and(|n| n.router_external)
+        {
+            return Err(ApiError::BadRequest(format!(
+                "{net_id} is not an external network"
+            )));
+        }
+        let p = self.new_port(PortCreate {
+            network_id: Some(net_id.clone()),
+            security_groups: Some(vec![]),
+            port_security_enabled: Some(false),
+            device_owner: Some("network:router_gateway".into()),
+            device_id: Some(router_id.into()),
+            ..Default::default()
+        })?;
+        let r = self.state.routers.get_mut(router_id).expect("checked");
+        r.external_gateway_info = Some(json!({
+            "network_id": net_id,
+            "enable_snat": false,
+            "external_fixed_ips": p.fixed_ips,
+        }));
+        Ok(())
+    }
+
+    fn update_fip(&mut self, id: &str, body: &[u8]) -> Result<Value, ApiError> {
+        let req: FloatingIpCreate = unwrap_body(body, "floatingip")?;
+        if !self.state.floatingips.contains_key(id) {
+            return Err(ApiError::NotFound("floatingip", id.into()));
+        }
+        if let Some(port) = req.port_id {
+            self.associate(id, port, req.fixed_ip_address)?;
+        }
+        Ok(json!({ "floatingip": self.state.floatingips[id] }))
+    }
+
+    /// Maps a floating IP to a port (through the router that has a gateway on the FIP's
+    /// network and an interface on the port's subnet), or unmaps it.
+    fn associate(
+        &mut self,
+        fip_id: &str,
+        port_id: Option<String>,
+        fixed: Option<Ipv4Addr>,
+    ) -> Result<(), ApiError> {
+        let Some(port_id) = port_id else {
+            let f = self.state.floatingips.get_mut(fip_id).expect("checked");
+            f.port_id = None;
+            f.fixed_ip_address = None;
+            f.router_id = None;
+            f.status = "DOWN".into();
+            return Ok(());
+        };
+        let port = self
+            .state
+            .ports
+            .get(&port_id)
+            .ok_or_else(|| ApiError::NotFound("port", port_id.clone()))?;
+        let fixed_ip = port
+            .fixed_ips
+            .iter()
+            .find(|f| fixed.is_none() || f.ip_address == fixed)
+            .ok_or_else(|| ApiError::BadRequest("the port has no such fixed IP".into()))?;
+        let (subnet_id, address) = (fixed_ip.subnet_id.clone(), fixed_ip.ip_address);
+        let ext_net = self.state.floatingips[fip_id].floating_network_id.clone();
+        let router = self
+            .state
+            .ports
+            .values()
+            .filter(|p| p.device_owner == "network:router_gateway" && p.network_id == ext_net)
+            .map(|p| p.device_id.clone())
+            .find(|r| {
+                self.state.ports.values().any(|p| {
+                    p.device_owner == "network:router_interface"
+                        && &p.device_id == r
+                        && p.fixed_ips.iter().any(|f| f.subnet_id == subnet_id)
+                })
+            })
+            .ok_or_else(|| {
+                ApiError::BadRequest(
+                    "no router connects the port's subnet to the external network".into(),
+                )
+            })?;
+        let f = self.state.floatingips.get_mut(fip_id).expect("checked");
+        f.port_id = Some(port_id);
+        f.fixed_ip_address = address;
+        f.router_id = Some(router);
+        f.status = "ACTIVE".into();
+        Ok(())
     }
 
     /// Creates a group; Neutron's `default` group gets its two standard rules (all egress,
@@ -459,6 +644,20 @@ impl Controller {
     }
 
     fn allocate_ip(&self, subnet: &Subnet) -> Result<Ipv4Addr, ApiError> {
+        let fips: HashSet<Ipv4Addr> = self
+            .state
+            .floatingips
+            .values()
+            .map(|f| f.floating_ip_address)
+            .collect();
+        self.allocate_ip_excluding(subnet, &fips)
+    }
+
+    fn allocate_ip_excluding(
+        &self,
+        subnet: &Subnet,
+        also: &HashSet<Ipv4Addr>,
+    ) -> Result<Ipv4Addr, ApiError> {
         let (base, len) = parse_cidr(&subnet.cidr).expect("validated at creation");
         let used: HashSet<Ipv4Addr> = self
             .state
@@ -466,6 +665,7 @@ impl Controller {
             .values()
             .flat_map(|p| p.fixed_ips.iter().filter_map(|f| f.ip_address))
             .chain(subnet.gateway_ip)
+            .chain(also.iter().copied())
             .collect();
         let first = u32::from(base) + 1;
         let last = u32::from(base) | !mask(len);
@@ -656,14 +856,31 @@ impl Controller {
                 }
             }
             "ports" => {
+                if s.floatingips
+                    .values()
+                    .any(|f| f.port_id.as_deref() == Some(id))
+                {
+                    return Err(in_use("port"));
+                }
                 s.ports
                     .remove(id)
                     .ok_or_else(|| ApiError::NotFound("port", id.into()))?;
             }
+            "floatingips" => {
+                s.floatingips
+                    .remove(id)
+                    .ok_or_else(|| ApiError::NotFound("floatingip", id.into()))?;
+            }
             "routers" => {
-                if s.ports.values().any(|p| p.device_id == id) {
+                if s.ports
+                    .values()
+                    .any(|p| p.device_id == id && p.device_owner == "network:router_interface")
+                {
                     return Err(in_use("router"));
                 }
+                s.ports.retain(|_, p| {
+                    !(p.device_id == id && p.device_owner == "network:router_gateway")
+                });
                 s.routers
                     .remove(id)
                     .ok_or_else(|| ApiError::NotFound("router", id.into()))?;
@@ -757,14 +974,18 @@ impl Controller {
             let net = self.state.number(&p.network_id);
             let ips: Vec<Ipv4Addr> = p.fixed_ips.iter().filter_map(|f| f.ip_address).collect();
             let mac = parse_mac(&p.mac_address).unwrap_or_default();
-            if p.device_owner == "network:router_interface" {
+            if p.device_owner == "network:router_interface"
+                || p.device_owner == "network:router_gateway"
+            {
                 let router = self.state.number(&p.device_id);
                 for f in &p.fixed_ips {
                     if let (Some(ip), Some(sub)) =
                         (f.ip_address, self.state.subnets.get(&f.subnet_id))
                     {
                         let cidr = parse_cidr(&sub.cidr).expect("validated");
-                        work.push((None, Some((router, net, mac, ip, cidr)), vec![]));
+                        let upstream = (p.device_owner == "network:router_gateway")
+                            .then(|| sub.gateway_ip.filter(|g| *g != ip));
+                        work.push((None, Some((router, net, mac, ip, cidr, upstream)), vec![]));
                     }
                 }
                 continue;
@@ -792,11 +1013,39 @@ impl Controller {
             live.insert(p.id.clone(), ifindex);
             work.push((Some((spec, tap)), None, rules));
         }
+        // Floating IPs: (router, fip, fixed, external network) and the gateway MAC.
+        let mut fips = HashMap::new();
+        let fip_list: Vec<FloatingIp> = self.state.floatingips.values().cloned().collect();
+        for f in fip_list {
+            let (Some(r), Some(fixed)) = (&f.router_id, f.fixed_ip_address) else {
+                continue;
+            };
+            let gw_mac = self
+                .state
+                .ports
+                .values()
+                .find(|p| p.device_owner == "network:router_gateway" && &p.device_id == r)
+                .and_then(|p| parse_mac(&p.mac_address));
+            if let Some(gw_mac) = gw_mac {
+                let key = (
+                    self.state.number(r),
+                    f.floating_ip_address,
+                    fixed,
+                    self.state.number(&f.floating_network_id),
+                );
+                fips.insert(key, gw_mac);
+            }
+        }
         let dp = self.dp.as_mut().expect("checked above");
         for (port, router, rules) in work {
-            if let Some((router, net, mac, ip, cidr)) = router {
-                dp.add_router_interface(router, net, mac, ip, cidr)
-                    .map_err(ApiError::Datapath)?;
+            match router {
+                Some((router, net, mac, ip, cidr, Some(upstream))) => dp
+                    .set_router_gateway(router, net, mac, ip, cidr, upstream)
+                    .map_err(ApiError::Datapath)?,
+                Some((router, net, mac, ip, cidr, None)) => dp
+                    .add_router_interface(router, net, mac, ip, cidr)
+                    .map_err(ApiError::Datapath)?,
+                None => {}
             }
             if let Some((spec, tap)) = port {
                 dp.set_port(&spec).map_err(ApiError::Datapath)?;
@@ -814,6 +1063,17 @@ impl Controller {
             }
         }
         self.programmed = live;
+        for (key, gw_mac) in &fips {
+            let (router, fip, fixed, net) = *key;
+            dp.set_floating_ip(router, fip, fixed, net, *gw_mac)
+                .map_err(ApiError::Datapath)?;
+        }
+        for key in self.fips.iter().filter(|k| !fips.contains_key(*k)) {
+            let (router, fip, fixed, net) = *key;
+            dp.remove_floating_ip(router, fip, fixed, net)
+                .map_err(ApiError::Datapath)?;
+        }
+        self.fips = fips.into_keys().collect();
         Ok(())
     }
 

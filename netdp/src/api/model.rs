@@ -26,6 +26,9 @@ pub struct Network {
     pub subnets: Vec<String>,
     /// `ACTIVE`.
     pub status: String,
+    /// An external (provider) network: routers' gateways and floating IPs live on it.
+    #[serde(rename = "router:external", default)]
+    pub router_external: bool,
 }
 
 /// Body of `POST /v2.0/networks`.
@@ -42,6 +45,9 @@ pub struct NetworkCreate {
     pub admin_state_up: Option<bool>,
     /// MTU (default 1500).
     pub mtu: Option<u32>,
+    /// External network.
+    #[serde(rename = "router:external")]
+    pub router_external: Option<bool>,
 }
 
 /// An IPv4 subnet (`subnet`).
@@ -212,6 +218,70 @@ pub struct RouterCreate {
     pub admin_state_up: Option<bool>,
     /// External gateway.
     pub external_gateway_info: Option<serde_json::Value>,
+}
+
+/// Body of `PUT /v2.0/routers/{id}`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouterUpdate {
+    /// Name.
+    pub name: Option<String>,
+    /// External gateway: `{"network_id": ...}`, or null to clear (clearing is refused
+    /// while floating IPs use it).
+    pub external_gateway_info: Option<serde_json::Value>,
+}
+
+/// A floating IP (`floatingip`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct FloatingIp {
+    /// UUID.
+    pub id: String,
+    /// The external network it is allocated on.
+    pub floating_network_id: String,
+    /// The address.
+    pub floating_ip_address: Ipv4Addr,
+    /// The port it maps to.
+    pub port_id: Option<String>,
+    /// The port's address it maps to.
+    pub fixed_ip_address: Option<Ipv4Addr>,
+    /// The router doing the translation.
+    pub router_id: Option<String>,
+    /// Owning project.
+    #[serde(default)]
+    pub project_id: String,
+    /// `ACTIVE` when associated, else `DOWN`.
+    pub status: String,
+}
+
+/// Body of `POST /v2.0/floatingips` (and `PUT` with `port_id` only).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FloatingIpCreate {
+    /// The external network.
+    pub floating_network_id: Option<String>,
+    /// A specific address.
+    pub floating_ip_address: Option<Ipv4Addr>,
+    /// The port to map to (null to disassociate).
+    #[serde(default, with = "double_option")]
+    pub port_id: Option<Option<String>>,
+    /// Which of the port's addresses (its first when absent).
+    pub fixed_ip_address: Option<Ipv4Addr>,
+    /// Owning project.
+    #[serde(default, alias = "tenant_id")]
+    pub project_id: String,
+}
+
+/// Distinguishes an absent field from an explicit null.
+mod double_option {
+    use serde::{Deserialize, Deserializer};
+
+    pub fn deserialize<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
+    where
+        D: Deserializer<'de>,
+        T: Deserialize<'de>,
+    {
+        Option::<T>::deserialize(d).map(Some)
+    }
 }
 
 /// Body of `PUT /v2.0/routers/{id}/add_router_interface`.
