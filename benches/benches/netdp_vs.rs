@@ -128,6 +128,49 @@ fn topology() -> Topology {
     }
 }
 
+/// TCP throughput from the generator VM to the sink VM with iperf3, in Gbit/s.
+fn tcp_gbps(t: &Topology) -> f64 {
+    let mut server = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            t.sink_ns.name(),
+            "iperf3",
+            "-s",
+            "-1",
+            "-B",
+            "10.0.0.11",
+        ])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("start iperf3 server");
+    std::thread::sleep(Duration::from_millis(300));
+    let out = t
+        .gen_ns
+        .exec(&["iperf3", "-c", "10.0.0.11", "-t", "3", "-J"])
+        .expect("run iperf3 client");
+    let _ = server.wait();
+    let text = String::from_utf8_lossy(&out.stdout);
+    // "sum_received": { ... "bits_per_second": N ... }
+    text.split("\"sum_received\"")
+        .nth(1)
+        .and_then(|rest| rest.split("\"bits_per_second\":").nth(1))
+        .and_then(|v| v.split([',', '}']).next())
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .map(|bps| bps / 1e9)
+        .unwrap_or(0.0)
+}
+
+/// Packet rate with a fresh sink on the sink VM, then TCP throughput without it.
+fn measure_both(t: &Topology, frame: &[u8]) -> (f64, f64, f64) {
+    let sink = in_netns(t.sink_ns.name(), || {
+        Sink::attach("eth0").expect("attach sink")
+    });
+    let (pps, delivered) = measure(t, &sink, frame);
+    drop(sink);
+    (pps, delivered, tcp_gbps(t))
+}
+
 /// Sends FRAMES frames `ROUNDS` times; returns the best received rate in packets/s and the
 /// delivered fraction of that round.
 fn measure(t: &Topology, sink: &Sink, frame: &[u8]) -> (f64, f64) {
@@ -167,6 +210,7 @@ iptables -A neutron-i-tap-s -m state --state INVALID -j DROP
 iptables -A neutron-i-tap-s -p tcp --dport 22 -j RETURN
 iptables -A neutron-i-tap-s -p icmp -j RETURN
 iptables -A neutron-i-tap-s -p udp --dport 9 -j RETURN
+iptables -A neutron-i-tap-s -p tcp --dport 5201 -j RETURN
 iptables -A neutron-i-tap-s -j neutron-sg-fallback
 iptables -A neutron-o-tap-g -s 0.0.0.0/32 -d 255.255.255.255/32 -p udp --sport 68 --dport 67 -j RETURN
 iptables -A neutron-o-tap-g -j neutron-s-tap-g
@@ -207,9 +251,6 @@ fn rule(
 
 fn packet_rates() {
     let t = topology();
-    let sink = in_netns(t.sink_ns.name(), || {
-        Sink::attach("eth0").expect("attach sink")
-    });
     let frame = udp_frame(
         MAC_S,
         MAC_G,
@@ -224,14 +265,14 @@ fn packet_rates() {
          ip link set tap-s master br0 && ip link set br0 up && \
          bridge fdb add 02:00:00:00:00:0b dev tap-s master static",
     );
-    let bridge = measure(&t, &sink, &frame);
+    let bridge = measure_both(&t, &frame);
 
     // (b) the bridge plus br_netfilter and Neutron's iptables firewall.
     sh(&t.node, "sysctl -qw net.bridge.bridge-nf-call-iptables=1");
     for line in NEUTRON_RULES.lines().filter(|l| !l.trim().is_empty()) {
         sh(&t.node, line);
     }
-    let iptables = measure(&t, &sink, &frame);
+    let iptables = measure_both(&t, &frame);
     sh(&t.node, "iptables -F && iptables -X && ip link del br0");
 
     // (c) netdp on tc ingress of both taps, security groups and conntrack on.
@@ -247,6 +288,7 @@ fn packet_rates() {
             rule(3, Direction::Ingress, Some(6), Some((22, 22))),
             rule(4, Direction::Ingress, Some(1), None),
             rule(5, Direction::Ingress, Some(17), Some((9, 9))),
+            rule(6, Direction::Ingress, Some(6), Some((5201, 5201))),
         ],
     )
     .unwrap();
@@ -256,26 +298,32 @@ fn packet_rates() {
         dp.attach_tc("tap-s").expect("attach");
         dp
     });
-    let netdp = measure(&t, &sink, &frame);
+    let netdp = measure_both(&t, &frame);
     drop(dp);
 
-    println!("64-byte frames, {FRAMES} per round, best of {ROUNDS}:");
-    for (name, (pps, delivered)) in [
+    println!("64-byte frames, {FRAMES} per round, best of {ROUNDS}; then iperf3 TCP for 3 s:");
+    for (name, (pps, delivered, gbps)) in [
         ("(a) linux bridge", bridge),
         ("(b) bridge + neutron iptables", iptables),
         ("(c) netdp (tc, SG + conntrack)", netdp),
     ] {
         println!(
-            "  {name:32} {:>8.3} Mpps  delivered {:>5.1}%",
+            "  {name:32} {:>8.3} Mpps  delivered {:>5.1}%  TCP {:>6.2} Gbit/s",
             pps / 1e6,
-            delivered * 100.0
+            delivered * 100.0,
+            gbps
         );
     }
     println!(
-        "  netdp / bridge = {:.2}x, netdp / bridge+iptables = {:.2}x, bridge+iptables / bridge = {:.2}x",
+        "  packet rate: netdp / bridge = {:.2}x, netdp / bridge+iptables = {:.2}x, bridge+iptables / bridge = {:.2}x",
         netdp.0 / bridge.0,
         netdp.0 / iptables.0,
         iptables.0 / bridge.0
+    );
+    println!(
+        "  TCP: netdp / bridge = {:.2}x, netdp / bridge+iptables = {:.2}x",
+        netdp.2 / bridge.2,
+        netdp.2 / iptables.2
     );
 }
 
@@ -333,6 +381,7 @@ fn per_packet_costs() {
     ] {
         // One run first so the connection is tracked.
         dp.test_run(frame, a).unwrap();
+        dp.bench_run(frame, a, 100_000).unwrap();
         let d = dp.bench_run(frame, a, 1_000_000).unwrap();
         println!("  {name:32} {:>6} ns", d.as_nanos());
     }
