@@ -176,13 +176,8 @@ static __always_inline void count_rule(__u32 rule_id, __u64 len)
 	if (!rule_id)
 		return;
 	struct rule_stats *r = bpf_map_lookup_elem(&rule_stats, &rule_id);
-	if (!r) {
-		struct rule_stats zero = {};
-		bpf_map_update_elem(&rule_stats, &rule_id, &zero, BPF_NOEXIST);
-		r = bpf_map_lookup_elem(&rule_stats, &rule_id);
-		if (!r)
-			return;
-	}
+	if (!r)
+		return;
 	r->packets += 1;
 	r->bytes += len;
 }
@@ -307,7 +302,7 @@ static __always_inline int firewall(__u32 port, const struct flow *f, __u8 dir, 
 		.dport = f->dport,
 		.proto = f->proto,
 	};
-	__u64 now = bpf_ktime_get_ns();
+	__u64 now = bpf_ktime_get_coarse_ns();
 	struct ct_val *v = bpf_map_lookup_elem(&conntrack, &k);
 	if (v && v->dir == dir) {
 		v->last_seen = now;

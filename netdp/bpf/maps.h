@@ -12,6 +12,7 @@
 #define SG_MAX_RULES 32
 #define NET_MAX_PORTS 32
 #define SG_ANY 0xffff
+#define RULE_STATS_MAX 65536
 
 #define DIR_INGRESS 1
 #define DIR_EGRESS 2
@@ -244,9 +245,10 @@ struct {
 	__type(value, struct port_stats);
 } port_stats SEC(".maps");
 
+/// Indexed by rule id (ids past the end are not counted).
 struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
-	__uint(max_entries, 16384);
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, RULE_STATS_MAX);
 	__type(key, __u32);
 	__type(value, struct rule_stats);
 } rule_stats SEC(".maps");

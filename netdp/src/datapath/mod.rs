@@ -12,7 +12,7 @@ use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
 use aya::maps::lpm_trie::{Key, LpmTrie};
-use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuHashMap};
+use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuHashMap};
 use aya::programs::links::{FdLink, PinnedLink};
 use aya::programs::tc::TcAttachOptions;
 use aya::programs::{
@@ -887,15 +887,15 @@ impl Datapath {
         Ok(PortCounters(sum))
     }
 
-    /// A rule's counters summed over CPUs.
+    /// A rule's counters summed over CPUs (zero for ids past the counter array).
     pub fn rule_counters(&self, rule_id: u32) -> Result<RuleStats, DatapathError> {
         let name = "rule_stats";
         let map = self.ebpf.map(name).ok_or(DatapathError::Map(
             name,
             aya::maps::MapError::InvalidName { name: name.into() },
         ))?;
-        let m: PerCpuHashMap<&MapData, u32, RuleStats> =
-            PerCpuHashMap::try_from(map).map_err(|e| DatapathError::Map(name, e))?;
+        let m: PerCpuArray<&MapData, RuleStats> =
+            PerCpuArray::try_from(map).map_err(|e| DatapathError::Map(name, e))?;
         let mut sum = RuleStats::default();
         if let Ok(per_cpu) = m.get(&rule_id, 0) {
             for s in per_cpu.iter() {
