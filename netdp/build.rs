@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::Command;
 
 /// The programs to build, by file stem.
-const PROGRAMS: &[&str] = &["guard"];
+const PROGRAMS: &[&str] = &["guard", "switch_tc", "switch_xdp", "pktgen"];
 
 fn main() {
     let out = PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));

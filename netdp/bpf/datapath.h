@@ -1,0 +1,697 @@
+// SPDX-License-Identifier: GPL-2.0
+// netdp's forwarding logic, shared by the tc (skb) and XDP builds.
+//
+// The including file defines NETDP_TC or NETDP_XDP before including this header; the hook
+// specific parts (context type, verdicts, redirect, flooding) are the `hook_*` functions
+// below, everything else is plain packet parsing and map lookups.
+//
+// Per frame entering the switch from a port:
+//   1. port lookup by ingress ifindex (frames from unknown interfaces pass to the stack);
+//   2. port security: source MAC (and IP / ARP sender) must be one of the port's addresses;
+//   3. ARP requests for known addresses are answered in place, other broadcasts flooded to
+//      the network's ports (tc) or handed to the slow path (XDP);
+//   4. unicast: FDB lookup (network, destination MAC); unknown destinations are dropped;
+//      a router MAC means L3: LPM route, neighbour, MAC rewrite, TTL-1, checksum;
+//   5. security groups (egress of the source port, ingress of the destination port) with
+//      conntrack in an LRU hash keyed per port;
+//   6. redirect to the destination port.
+
+#ifndef NETDP_DATAPATH_H
+#define NETDP_DATAPATH_H
+
+#include <linux/bpf.h>
+#include <linux/if_ether.h>
+#include <linux/ip.h>
+#include <linux/in.h>
+#include <linux/tcp.h>
+#include <linux/udp.h>
+#include <linux/pkt_cls.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+
+#include "maps.h"
+
+#ifdef NETDP_TC
+#define CTX struct __sk_buff
+#define VERDICT_DROP TC_ACT_SHOT
+#define VERDICT_PASS TC_ACT_OK
+
+static __always_inline __u32 hook_in_port(CTX *ctx) { return ctx->ingress_ifindex; }
+
+static __always_inline void hook_pull(CTX *ctx)
+{
+	// Make the headers we parse (Ethernet, IPv4 without options, TCP) linear when they are
+	// not. Pulling more would copy on every GSO packet, whose linear part is its headers.
+	__u32 want = ctx->len < 54 ? ctx->len : 54;
+	if ((long)ctx->data_end - (long)ctx->data < want)
+		bpf_skb_pull_data(ctx, want);
+}
+
+static __always_inline int hook_redirect(CTX *ctx, __u32 ifindex, __u32 in_port)
+{
+	(void)ctx;
+	(void)in_port;
+	return bpf_redirect(ifindex, 0);
+}
+
+static __always_inline __u64 hook_len(CTX *ctx) { return ctx->len; }
+
+static __always_inline int hook_resize(CTX *ctx, __u32 len)
+{
+	return bpf_skb_change_tail(ctx, len, 0);
+}
+
+/// Fixes the L4 checksum at `off` for an address change (keeps checksum offload right).
+static __always_inline void hook_l4_csum(CTX *ctx, __u32 off, __u32 old, __u32 new, int udp)
+{
+	__u64 flags = BPF_F_PSEUDO_HDR | sizeof(new);
+	if (udp)
+		flags |= BPF_F_MARK_MANGLED_0;
+	bpf_l4_csum_replace(ctx, off, old, new, flags);
+}
+#else
+#define CTX struct xdp_md
+#define VERDICT_DROP XDP_DROP
+#define VERDICT_PASS XDP_PASS
+
+static __always_inline __u32 hook_in_port(CTX *ctx) { return ctx->ingress_ifindex; }
+
+static __always_inline void hook_pull(CTX *ctx) { (void)ctx; }
+
+static __always_inline int hook_redirect(CTX *ctx, __u32 ifindex, __u32 in_port)
+{
+	(void)ctx;
+	if (ifindex == in_port)
+		return XDP_TX;
+	return bpf_redirect(ifindex, 0);
+}
+
+static __always_inline __u64 hook_len(CTX *ctx)
+{
+	return (long)ctx->data_end - (long)ctx->data;
+}
+
+static __always_inline int hook_resize(CTX *ctx, __u32 len)
+{
+	return bpf_xdp_adjust_tail(ctx, (int)len - (int)hook_len(ctx));
+}
+
+static __always_inline __u16 csum_replace4(__u16 csum, __u32 old, __u32 new);
+
+static __always_inline void hook_l4_csum(CTX *ctx, __u32 off, __u32 old, __u32 new, int udp)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	if (off > 128)
+		return;
+	__u16 *c = data + off;
+	if ((void *)(c + 1) > data_end)
+		return;
+	if (udp && *c == 0)
+		return; // no checksum
+	__u16 n = csum_replace4(*c, old, new);
+	if (udp && n == 0)
+		n = 0xffff;
+	*c = n;
+}
+#endif
+
+#define ETH_P_ARP_BE bpf_htons(ETH_P_ARP)
+#define ETH_P_IP_BE bpf_htons(ETH_P_IP)
+
+#define ICMP_ECHOREPLY 0
+#define ICMP_ECHO 8
+
+/// The first 8 bytes of an ICMP message (echo id/sequence in the second half).
+struct icmp_echo {
+	__u8 type;
+	__u8 code;
+	__be16 checksum;
+	__be16 id;
+	__be16 seq;
+};
+
+/// An ARP packet for IPv4 over Ethernet.
+struct arp_eth {
+	__be16 htype;
+	__be16 ptype;
+	__u8 hlen;
+	__u8 plen;
+	__be16 oper;
+	__u8 sha[6];
+	__u8 spa[4];
+	__u8 tha[6];
+	__u8 tpa[4];
+} __attribute__((packed));
+
+static __always_inline struct port_stats *stats_of(__u32 ifindex)
+{
+	struct port_stats *s = bpf_map_lookup_elem(&port_stats, &ifindex);
+	if (s)
+		return s;
+	struct port_stats zero = {};
+	bpf_map_update_elem(&port_stats, &ifindex, &zero, BPF_NOEXIST);
+	return bpf_map_lookup_elem(&port_stats, &ifindex);
+}
+
+static __always_inline int drop(__u32 in_port, __u32 reason)
+{
+	struct port_stats *s = stats_of(in_port);
+	if (s && reason < DROP_NREASONS)
+		s->drops[reason] += 1;
+	return VERDICT_DROP;
+}
+
+static __always_inline void count_tx(__u32 ifindex, __u64 len)
+{
+	struct port_stats *s = stats_of(ifindex);
+	if (s) {
+		s->tx_packets += 1;
+		s->tx_bytes += len;
+	}
+}
+
+static __always_inline void count_rule(__u32 rule_id, __u64 len)
+{
+	if (!rule_id)
+		return;
+	struct rule_stats *r = bpf_map_lookup_elem(&rule_stats, &rule_id);
+	if (!r)
+		return;
+	r->packets += 1;
+	r->bytes += len;
+}
+
+static __always_inline int mac_eq(const __u8 *a, const __u8 *b)
+{
+	return a[0] == b[0] && a[1] == b[1] && a[2] == b[2] && a[3] == b[3] && a[4] == b[4] &&
+	       a[5] == b[5];
+}
+
+static __always_inline void mac_copy(__u8 *dst, const __u8 *src)
+{
+	__builtin_memcpy(dst, src, 6);
+}
+
+/// Whether (mac, ip) is one of the port's addresses (fixed IPs or allowed address pairs).
+static __always_inline int addr_allowed(__u32 ifindex, const __u8 *mac, __u32 ip)
+{
+	struct addr_key k = { .ifindex = ifindex, .ip = ip };
+	mac_copy(k.mac, mac);
+	return bpf_map_lookup_elem(&port_addrs, &k) != NULL;
+}
+
+/// RFC 1624 incremental update of a ones-complement checksum for one 16-bit word.
+static __always_inline __u16 csum_replace2(__u16 csum, __u16 old, __u16 new)
+{
+	__u32 sum = (__u16)~csum + (__u16)~old + new;
+	sum = (sum & 0xffff) + (sum >> 16);
+	sum = (sum & 0xffff) + (sum >> 16);
+	return ~sum;
+}
+
+/// RFC 1624 incremental update for a 32-bit field (an address).
+static __always_inline __u16 csum_replace4(__u16 csum, __u32 old, __u32 new)
+{
+	__u32 sum = (__u16)~csum;
+	sum += (__u16)~(old & 0xffff) + (__u16)~(old >> 16);
+	sum += (new & 0xffff) + (new >> 16);
+	sum = (sum & 0xffff) + (sum >> 16);
+	sum = (sum & 0xffff) + (sum >> 16);
+	return ~sum;
+}
+
+/// The 5-tuple of an IPv4 packet, in wire byte order, plus the ICMP type/code.
+struct flow {
+	__u32 saddr;
+	__u32 daddr;
+	__u16 sport;
+	__u16 dport;
+	__u8 proto;
+	__u8 tcp_flags;
+	__u8 icmp_type;
+	__u8 icmp_code;
+};
+
+/// Whether one of `rules` allows the flow seen from a port in direction `dir`; returns the
+/// matching rule id or 0.
+static __always_inline __u32 rules_match(const struct sg_rules *rules, const struct flow *f,
+					 __u8 dir, int any_proto)
+{
+	// The remote end: the destination for egress, the source for ingress.
+	__u32 remote = dir == DIR_EGRESS ? f->daddr : f->saddr;
+	__u16 lo, hi;
+	if (f->proto == IPPROTO_ICMP) {
+		lo = f->icmp_type;
+		hi = f->icmp_code;
+	} else {
+		lo = bpf_ntohs(f->dport);
+		hi = lo;
+	}
+	__u32 n = rules->n;
+	for (__u32 i = 0; i < SG_MAX_RULES; i++) {
+		if (i >= n)
+			break;
+		const struct sg_rule *r = &rules->r[i];
+		if ((remote & r->remote_mask) != r->remote)
+			continue;
+		if (any_proto) {
+			// Port ranges need a protocol (Neutron refuses them otherwise).
+		} else if (f->proto == IPPROTO_ICMP) {
+			// Neutron: port_range_min is the ICMP type, port_range_max the code.
+			if (r->port_min != SG_ANY && r->port_min != lo)
+				continue;
+			if (r->port_max != SG_ANY && r->port_max != hi)
+				continue;
+		} else if (f->proto == IPPROTO_TCP || f->proto == IPPROTO_UDP) {
+			if (lo < r->port_min || hi > r->port_max)
+				continue;
+		}
+		return r->rule_id;
+	}
+	return 0;
+}
+
+/// The id of a rule of `port`'s groups allowing a new flow in `dir`, or 0.
+static __always_inline __u32 sg_allows(__u32 port, const struct flow *f, __u8 dir)
+{
+	struct sg_key k = { .ifindex = port, .direction = dir, .proto = f->proto };
+	struct sg_rules *rules = bpf_map_lookup_elem(&sg_rules, &k);
+	__u32 id = 0;
+	if (rules)
+		id = rules_match(rules, f, dir, 0);
+	if (id)
+		return id;
+	k.proto = 0; // rules for any protocol
+	rules = bpf_map_lookup_elem(&sg_rules, &k);
+	if (rules)
+		id = rules_match(rules, f, dir, 1);
+	return id;
+}
+
+enum fw_result { FW_ALLOW = 0, FW_DENY = 1, FW_INVALID = 2 };
+
+/// Stateful firewall of one port for a flow crossing it in `dir`.
+static __always_inline int firewall(__u32 port, const struct flow *f, __u8 dir, __u64 len)
+{
+	struct ct_key k = {
+		.ifindex = port,
+		.saddr = f->saddr,
+		.daddr = f->daddr,
+		.sport = f->sport,
+		.dport = f->dport,
+		.proto = f->proto,
+	};
+	__u64 now = bpf_ktime_get_coarse_ns();
+	struct ct_val *v = bpf_map_lookup_elem(&conntrack, &k);
+	if (v && v->dir == dir) {
+		v->last_seen = now;
+		count_rule(v->rule_id, len);
+		return FW_ALLOW;
+	}
+	struct ct_key r = {
+		.ifindex = port,
+		.saddr = f->daddr,
+		.daddr = f->saddr,
+		.sport = f->dport,
+		.dport = f->sport,
+		.proto = f->proto,
+	};
+	v = bpf_map_lookup_elem(&conntrack, &r);
+	if (v && v->dir != dir) {
+		v->last_seen = now;
+		v->replied = 1;
+		count_rule(v->rule_id, len);
+		return FW_ALLOW;
+	}
+	// A new connection: TCP must open with a SYN; ICMP only with requests.
+	if (f->proto == IPPROTO_TCP && (f->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK | TCP_FLAG_RST)) != TCP_FLAG_SYN)
+		return FW_INVALID;
+	if (f->proto == IPPROTO_ICMP && f->icmp_type == ICMP_ECHOREPLY)
+		return FW_INVALID;
+	__u32 rule = sg_allows(port, f, dir);
+	if (!rule)
+		return FW_DENY;
+	struct ct_val nv = { .rule_id = rule, .dir = dir, .last_seen = now };
+	bpf_map_update_elem(&conntrack, &k, &nv, BPF_ANY);
+	count_rule(rule, len);
+	return FW_ALLOW;
+}
+
+#define PARSE_OK -1
+
+/// Parses the IPv4 header at `ip` into `f`; returns PARSE_OK, or a drop reason.
+static __always_inline int parse_ipv4(struct iphdr *ip, void *data_end, struct flow *f)
+{
+	if ((void *)(ip + 1) > data_end)
+		return DROP_MALFORMED;
+	if (ip->ihl < 5 || ip->version != 4)
+		return DROP_MALFORMED;
+	f->saddr = ip->saddr;
+	f->daddr = ip->daddr;
+	f->proto = ip->protocol;
+	if (ip->frag_off & bpf_htons(0x1fff))
+		return DROP_FRAGMENT;
+	void *l4 = (void *)ip + ip->ihl * 4;
+	if (f->proto == IPPROTO_TCP) {
+		struct tcphdr *t = l4;
+		if ((void *)(t + 1) > data_end)
+			return DROP_MALFORMED;
+		f->sport = t->source;
+		f->dport = t->dest;
+		f->tcp_flags = ((__u8 *)t)[13];
+	} else if (f->proto == IPPROTO_UDP) {
+		struct udphdr *u = l4;
+		if ((void *)(u + 1) > data_end)
+			return DROP_MALFORMED;
+		f->sport = u->source;
+		f->dport = u->dest;
+	} else if (f->proto == IPPROTO_ICMP) {
+		struct icmp_echo *c = l4;
+		if ((void *)(c + 1) > data_end)
+			return DROP_MALFORMED;
+		f->icmp_type = c->type;
+		f->icmp_code = c->code;
+		if (c->type == ICMP_ECHO || c->type == ICMP_ECHOREPLY) {
+			f->sport = c->id;
+			f->dport = c->id;
+		}
+	}
+	return PARSE_OK;
+}
+
+/// Answers an ARP request in place: the frame becomes the reply, sent back out of the port.
+static __always_inline int arp_reply(CTX *ctx, struct ethhdr *eth, struct arp_eth *arp,
+				     const __u8 *mac, __u32 in_port)
+{
+	__u8 spa[4];
+	__builtin_memcpy(spa, arp->spa, 4);
+	mac_copy(eth->h_dest, eth->h_source);
+	mac_copy(eth->h_source, mac);
+	arp->oper = bpf_htons(2);
+	mac_copy(arp->tha, arp->sha);
+	__builtin_memcpy(arp->spa, arp->tpa, 4);
+	__builtin_memcpy(arp->tpa, spa, 4);
+	mac_copy(arp->sha, mac);
+	struct port_stats *s = stats_of(in_port);
+	if (s)
+		s->arp_replies += 1;
+	count_tx(in_port, hook_len(ctx));
+	return hook_redirect(ctx, in_port, in_port);
+}
+
+static __always_inline __u16 csum_fold(__s64 csum)
+{
+	__u32 sum = (__u32)csum;
+	sum = (sum & 0xffff) + (sum >> 16);
+	sum = (sum & 0xffff) + (sum >> 16);
+	return ~sum;
+}
+
+#define ICMP_DEST_UNREACH 3
+#define ICMP_TIME_EXCEEDED 11
+#define ICMP_ERROR_LEN (14 + 20 + 8 + 28)
+
+/// Turns the frame into the ICMP error a Linux router would send back to its source (from
+/// the router's address on the ingress network, quoting the IP header and 8 bytes), and
+/// sends it back out of the ingress port. Never answers ICMP other than echo requests,
+/// nor packets with IP options.
+static __always_inline int icmp_error(CTX *ctx, __u32 in_port, __u8 type, __u8 code,
+				      __u32 router_ip, __u32 reason)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct ethhdr *eth = data;
+	struct iphdr *ip = (void *)(eth + 1);
+	__u8 quote[28];
+	__u8 peer[6], router_mac[6];
+
+	drop(in_port, reason);
+	if ((void *)ip + sizeof(quote) > data_end || ip->ihl != 5 || !router_ip)
+		return VERDICT_DROP;
+	if (ip->protocol == IPPROTO_ICMP && ((__u8 *)ip)[20] != ICMP_ECHO)
+		return VERDICT_DROP;
+	__builtin_memcpy(quote, ip, sizeof(quote));
+	mac_copy(peer, eth->h_source);
+	mac_copy(router_mac, eth->h_dest);
+	__u32 dst_ip = ip->saddr;
+	if (hook_resize(ctx, ICMP_ERROR_LEN) < 0)
+		return VERDICT_DROP;
+
+	data = (void *)(long)ctx->data;
+	data_end = (void *)(long)ctx->data_end;
+	eth = data;
+	if ((void *)eth + ICMP_ERROR_LEN > data_end)
+		return VERDICT_DROP;
+	mac_copy(eth->h_dest, peer);
+	mac_copy(eth->h_source, router_mac);
+	eth->h_proto = ETH_P_IP_BE;
+	ip = (void *)(eth + 1);
+	ip->version = 4;
+	ip->ihl = 5;
+	ip->tos = 0xc0;
+	ip->tot_len = bpf_htons(ICMP_ERROR_LEN - 14);
+	ip->id = 0;
+	ip->frag_off = 0;
+	ip->ttl = 64;
+	ip->protocol = IPPROTO_ICMP;
+	ip->check = 0;
+	ip->saddr = router_ip;
+	ip->daddr = dst_ip;
+	ip->check = csum_fold(bpf_csum_diff(0, 0, (__be32 *)ip, 20, 0));
+	struct icmp_echo *ic = (void *)(ip + 1);
+	ic->type = type;
+	ic->code = code;
+	ic->checksum = 0;
+	ic->id = 0;
+	ic->seq = 0;
+	__builtin_memcpy((void *)(ic + 1), quote, sizeof(quote));
+	ic->checksum = csum_fold(bpf_csum_diff(0, 0, (__be32 *)ic, 8 + sizeof(quote), 0));
+	struct port_stats *s = stats_of(in_port);
+	if (s)
+		s->icmp_errors += 1;
+	count_tx(in_port, ICMP_ERROR_LEN);
+	return hook_redirect(ctx, in_port, in_port);
+}
+
+#ifdef NETDP_TC
+/// Floods a broadcast frame to every other port of the network, then drops the original.
+static __always_inline int flood(CTX *ctx, __u32 net_id, __u32 in_port)
+{
+	struct network *net = bpf_map_lookup_elem(&networks, &net_id);
+	if (!net)
+		return drop(in_port, DROP_NO_NETWORK);
+	__u32 n = net->nports;
+	for (__u32 i = 0; i < NET_MAX_PORTS; i++) {
+		if (i >= n)
+			break;
+		__u32 ifindex = net->ports[i];
+		if (!ifindex || ifindex == in_port)
+			continue;
+		if (bpf_clone_redirect(ctx, ifindex, 0) == 0)
+			count_tx(ifindex, ctx->len);
+	}
+	struct port_stats *s = stats_of(in_port);
+	if (s)
+		s->flooded += 1;
+	return TC_ACT_SHOT;
+}
+#else
+/// XDP cannot clone: broadcasts other than answered ARP go to the slow path.
+static __always_inline int flood(CTX *ctx, __u32 net_id, __u32 in_port)
+{
+	(void)ctx;
+	(void)net_id;
+	struct port_stats *s = stats_of(in_port);
+	if (s)
+		s->flooded += 1;
+	return XDP_PASS;
+}
+#endif
+
+/// The whole datapath for one frame.
+static __always_inline int netdp_forward(CTX *ctx)
+{
+	hook_pull(ctx);
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	__u32 in_port = hook_in_port(ctx);
+	__u64 len = hook_len(ctx);
+
+	struct port *port = bpf_map_lookup_elem(&ports, &in_port);
+	if (!port)
+		return VERDICT_PASS; // not one of ours (uplink, host interface)
+	__u32 net_id = port->net_id;
+	__u8 secure = port->port_security;
+
+	struct port_stats *st = stats_of(in_port);
+	if (st) {
+		st->rx_packets += 1;
+		st->rx_bytes += len;
+	}
+
+	struct ethhdr *eth = data;
+	if ((void *)(eth + 1) > data_end)
+		return drop(in_port, DROP_MALFORMED);
+	if (eth->h_source[0] & 1)
+		return drop(in_port, DROP_SPOOF_MAC);
+
+	if (eth->h_proto == ETH_P_ARP_BE) {
+		struct arp_eth *arp = (void *)(eth + 1);
+		if ((void *)(arp + 1) > data_end)
+			return drop(in_port, DROP_MALFORMED);
+		if (arp->htype != bpf_htons(1) || arp->ptype != ETH_P_IP_BE || arp->hlen != 6 ||
+		    arp->plen != 4)
+			return drop(in_port, DROP_MALFORMED);
+		__u32 spa, tpa;
+		__builtin_memcpy(&spa, arp->spa, 4);
+		__builtin_memcpy(&tpa, arp->tpa, 4);
+		if (secure) {
+			if (!mac_eq(arp->sha, eth->h_source) ||
+			    !addr_allowed(in_port, arp->sha, spa))
+				return drop(in_port, DROP_SPOOF_ARP);
+		}
+		if (arp->oper == bpf_htons(1)) {
+			struct neigh_key nk = { .net_id = net_id, .ip = tpa };
+			struct neigh *nb = bpf_map_lookup_elem(&neighbors, &nk);
+			if (nb)
+				return arp_reply(ctx, eth, arp, nb->mac, in_port);
+			if (eth->h_dest[0] & 1)
+				return flood(ctx, net_id, in_port);
+		}
+		// ARP replies and unicast requests go through the FDB like any unicast.
+	} else if (eth->h_proto != ETH_P_IP_BE) {
+		if (secure)
+			return drop(in_port, DROP_ETHERTYPE);
+	}
+
+	if (secure && eth->h_proto != ETH_P_ARP_BE) {
+		__u32 src_ip = 0;
+		if (eth->h_proto == ETH_P_IP_BE) {
+			struct iphdr *ip = (void *)(eth + 1);
+			if ((void *)(ip + 1) > data_end)
+				return drop(in_port, DROP_MALFORMED);
+			src_ip = ip->saddr;
+		}
+		if (!addr_allowed(in_port, eth->h_source, src_ip))
+			return drop(in_port, src_ip && addr_allowed(in_port, eth->h_source, 0) ?
+						      DROP_SPOOF_IP :
+						      DROP_SPOOF_MAC);
+	}
+
+	if (eth->h_dest[0] & 1) {
+		// Broadcast/multicast other than ARP requests (DHCP, for example).
+		return flood(ctx, net_id, in_port);
+	}
+
+	struct l2_key fk = { .net_id = net_id };
+	mac_copy(fk.mac, eth->h_dest);
+	struct fdb_entry *fe = bpf_map_lookup_elem(&fdb, &fk);
+	if (!fe)
+		return drop(in_port, DROP_UNKNOWN_DST);
+	__u32 out_port = fe->ifindex;
+	__u32 router_id = fe->router_id;
+	__u32 router_ip = fe->ip;
+
+	if (eth->h_proto != ETH_P_IP_BE) {
+		if (router_id)
+			return drop(in_port, DROP_ETHERTYPE);
+		count_tx(out_port, len);
+		return hook_redirect(ctx, out_port, in_port);
+	}
+
+	struct iphdr *ip = (void *)(eth + 1);
+	struct flow f = {};
+	int bad = parse_ipv4(ip, data_end, &f);
+	if (bad != PARSE_OK)
+		return drop(in_port, bad);
+	// The parse above re-derived pointers; re-check for the verifier.
+	if ((void *)(ip + 1) > data_end)
+		return drop(in_port, DROP_MALFORMED);
+
+	// The flow as the destination port sees it (after floating-IP NAT).
+	struct flow out_f = f;
+	__u32 l4_off = 0;
+	if (router_id) {
+		// Floating IP inbound: DNAT to the fixed IP before routing.
+		struct nat_key dk = { .router_id = router_id, .ip = f.daddr };
+		__u32 *fixed = bpf_map_lookup_elem(&fip_dnat, &dk);
+		if (fixed)
+			out_f.daddr = *fixed;
+		struct route_key rk = { .prefixlen = 64, .router_id = router_id, .addr = out_f.daddr };
+		struct route *rt = bpf_map_lookup_elem(&routes, &rk);
+		if (!rt)
+			return icmp_error(ctx, in_port, ICMP_DEST_UNREACH, 0, router_ip,
+					  DROP_NO_ROUTE);
+		if (ip->ttl <= 1)
+			return icmp_error(ctx, in_port, ICMP_TIME_EXCEEDED, 0, router_ip, DROP_TTL);
+		if (rt->flags & ROUTE_EXTERNAL) {
+			// Out of the gateway: SNAT to the port's floating IP.
+			struct nat_key sk = { .router_id = router_id, .ip = f.saddr };
+			__u32 *fip = bpf_map_lookup_elem(&fip_snat, &sk);
+			if (fip)
+				out_f.saddr = *fip;
+		}
+		struct neigh_key nk = { .net_id = rt->net_id,
+					.ip = rt->nexthop ? rt->nexthop : out_f.daddr };
+		struct neigh *nb = bpf_map_lookup_elem(&neighbors, &nk);
+		if (!nb)
+			return icmp_error(ctx, in_port, ICMP_DEST_UNREACH, 1, router_ip,
+					  DROP_NO_NEIGH);
+		struct l2_key ok = { .net_id = rt->net_id };
+		mac_copy(ok.mac, nb->mac);
+		struct fdb_entry *oe = bpf_map_lookup_elem(&fdb, &ok);
+		if (!oe || oe->router_id)
+			return drop(in_port, DROP_NO_NEIGH);
+		out_port = oe->ifindex;
+		mac_copy(eth->h_dest, nb->mac);
+		mac_copy(eth->h_source, rt->mac);
+		__u16 old = *(__u16 *)&ip->ttl;
+		ip->ttl -= 1;
+		__u16 new = *(__u16 *)&ip->ttl;
+		ip->check = csum_replace2(ip->check, old, new);
+		if (out_f.saddr != f.saddr) {
+			ip->saddr = out_f.saddr;
+			ip->check = csum_replace4(ip->check, f.saddr, out_f.saddr);
+		}
+		if (out_f.daddr != f.daddr) {
+			ip->daddr = out_f.daddr;
+			ip->check = csum_replace4(ip->check, f.daddr, out_f.daddr);
+		}
+		if (f.proto == IPPROTO_TCP)
+			l4_off = 14 + ip->ihl * 4 + 16;
+		else if (f.proto == IPPROTO_UDP)
+			l4_off = 14 + ip->ihl * 4 + 6;
+		struct port_stats *rs = stats_of(in_port);
+		if (rs)
+			rs->routed += 1;
+	}
+
+	if (secure) {
+		int fw = firewall(in_port, &f, DIR_EGRESS, len);
+		if (fw == FW_INVALID)
+			return drop(in_port, DROP_CT_INVALID);
+		if (fw == FW_DENY)
+			return drop(in_port, DROP_SG_EGRESS);
+	}
+	struct port *dst = bpf_map_lookup_elem(&ports, &out_port);
+	if (dst && dst->port_security) {
+		int fw = firewall(out_port, &out_f, DIR_INGRESS, len);
+		if (fw == FW_INVALID)
+			return drop(in_port, DROP_CT_INVALID);
+		if (fw == FW_DENY)
+			return drop(in_port, DROP_SG_INGRESS);
+	}
+	// L4 checksums last: the tc helper invalidates packet pointers.
+	if (l4_off) {
+		int udp = f.proto == IPPROTO_UDP;
+		if (out_f.saddr != f.saddr)
+			hook_l4_csum(ctx, l4_off, f.saddr, out_f.saddr, udp);
+		if (out_f.daddr != f.daddr)
+			hook_l4_csum(ctx, l4_off, f.daddr, out_f.daddr, udp);
+	}
+	count_tx(out_port, len);
+	return hook_redirect(ctx, out_port, in_port);
+}
+
+#endif

@@ -1,0 +1,1189 @@
+//! The control plane: Neutron's resources, persisted, translated into datapath maps.
+//!
+//! [`Controller`] owns the state (networks, subnets, ports, routers, security groups and
+//! rules), persists it after every change (write a temporary file, fsync, rename), and
+//! re-synchronises the datapath: every port whose interface exists (`tap` + the first 11
+//! characters of its id, as Neutron names taps) is programmed and its tc program attached;
+//! router interfaces become router MACs and connected routes; security-group rules are
+//! summed over a port's groups, with remote groups expanded to their ports' addresses.
+//! [`Controller::handle`] is the whole API as a synchronous function; [`http`] serves it.
+
+pub mod http;
+pub mod model;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::ffi::CString;
+use std::io::Write;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use crate::datapath::{Datapath, DatapathError, Direction, DropReason, PortSpec, RuleSpec};
+use model::*;
+
+/// Errors of the API, each mapped to an HTTP status and a stable code in one place.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// No such resource.
+    #[error("{0} {1} not found")]
+    NotFound(&'static str, String),
+    /// The request is malformed or inconsistent.
+    #[error("{0}")]
+    BadRequest(String),
+    /// The request conflicts with the current state.
+    #[error("{0}")]
+    Conflict(String),
+    /// No such route or method.
+    #[error("no such resource")]
+    NoRoute,
+    /// The state could not be persisted.
+    #[error("persist state to {0}")]
+    Persist(PathBuf, #[source] std::io::Error),
+    /// The datapath refused an update.
+    #[error("program the datapath")]
+    Datapath(#[source] DatapathError),
+}
+
+impl ApiError {
+    /// The HTTP status and stable error code.
+    pub fn status_and_code(&self) -> (u16, &'static str) {
+        match self {
+            ApiError::NotFound(..) => (404, "ItemNotFound"),
+            ApiError::BadRequest(_) => (400, "BadRequest"),
+            ApiError::Conflict(_) => (409, "Conflict"),
+            ApiError::NoRoute => (404, "ResourceNotFound"),
+            ApiError::Persist(..) | ApiError::Datapath(_) => (500, "InternalError"),
+        }
+    }
+}
+
+/// Everything persisted.
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+pub struct State {
+    /// Networks by id.
+    pub networks: BTreeMap<String, Network>,
+    /// Subnets by id.
+    pub subnets: BTreeMap<String, Subnet>,
+    /// Ports by id.
+    pub ports: BTreeMap<String, Port>,
+    /// Routers by id.
+    pub routers: BTreeMap<String, Router>,
+    /// Security groups by id (rules kept separately).
+    pub security_groups: BTreeMap<String, SecurityGroup>,
+    /// Rules by id.
+    pub security_group_rules: BTreeMap<String, SecurityGroupRule>,
+    /// Floating IPs by id.
+    #[serde(default)]
+    pub floatingips: BTreeMap<String, FloatingIp>,
+    /// The datapath's numeric ids for networks, routers and rules, by UUID.
+    pub numbers: BTreeMap<String, u32>,
+    /// The next numeric id.
+    pub next_number: u32,
+}
+
+impl State {
+    fn number(&mut self, uuid: &str) -> u32 {
+        if let Some(n) = self.numbers.get(uuid) {
+            return *n;
+        }
+        self.next_number = self.next_number.max(1);
+        let n = self.next_number;
+        self.next_number += 1;
+        self.numbers.insert(uuid.to_string(), n);
+        n
+    }
+}
+
+/// The ifindex of `name` in this process's namespace, if it exists.
+fn ifindex(name: &str) -> Option<u32> {
+    let c = CString::new(name).ok()?;
+    // SAFETY: `c` is a valid NUL-terminated string for the duration of the call.
+    let i = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    (i != 0).then_some(i)
+}
+
+fn new_id() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
+fn new_mac() -> String {
+    let b = uuid::Uuid::new_v4().into_bytes();
+    format!("fa:16:3e:{:02x}:{:02x}:{:02x}", b[0], b[1], b[2])
+}
+
+/// Neutron's state, its persistence, and the datapath it drives.
+pub struct Controller {
+    state: State,
+    path: Option<PathBuf>,
+    dp: Option<Datapath>,
+    attached: HashSet<String>,
+    programmed: HashMap<String, u32>,
+    /// Floating IPs in the datapath: (router, fip, fixed, external network).
+    fips: HashSet<(u32, Ipv4Addr, Ipv4Addr, u32)>,
+}
+
+impl std::fmt::Debug for Controller {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Controller")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Controller {
+    /// Opens the state at `path` (empty if absent) and drives `dp` (none: state only).
+    pub fn open(path: Option<PathBuf>, dp: Option<Datapath>) -> Result<Self, ApiError> {
+        let state = match &path {
+            Some(p) if p.exists() => {
+                let bytes = std::fs::read(p).map_err(|e| ApiError::Persist(p.clone(), e))?;
+                serde_json::from_slice(&bytes)
+                    .map_err(|e| ApiError::Persist(p.clone(), std::io::Error::other(e)))?
+            }
+            _ => State::default(),
+        };
+        let mut c = Controller {
+            state,
+            path,
+            dp,
+            attached: HashSet::new(),
+            programmed: HashMap::new(),
+            fips: HashSet::new(),
+        };
+        c.sync()?;
+        Ok(c)
+    }
+
+    /// The current state.
+    pub fn state(&self) -> &State {
+        &self.state
+    }
+
+    fn persist(&self) -> Result<(), ApiError> {
+        let Some(path) = &self.path else {
+            return Ok(());
+        };
+        let err = |e| ApiError::Persist(path.clone(), e);
+        let tmp = path.with_extension("tmp");
+        let bytes = serde_json::to_vec_pretty(&self.state).map_err(|e| err(e.into()))?;
+        let mut f = std::fs::File::create(&tmp).map_err(err)?;
+        f.write_all(&bytes).map_err(err)?;
+        f.sync_all().map_err(err)?;
+        std::fs::rename(&tmp, path).map_err(err)?;
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(err)?;
+        }
+        Ok(())
+    }
+
+    /// Handles one API request; returns the status and the JSON body.
+    pub fn handle(
+        &mut self,
+        method: &str,
+        path: &str,
+        body: &[u8],
+    ) -> Result<(u16, Value), ApiError> {
+        let path = path.split('?').next().unwrap_or(path);
+        let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+        let (status, value, changed) = match (method, parts.as_slice()) {
+            ("GET", ["v2.0", coll]) => (200, self.list(coll)?, false),
+            ("GET", ["v2.0", coll, id]) => (200, self.show(coll, id)?, false),
+            ("POST", ["v2.0", coll]) => (201, self.create(coll, body)?, true),
+            ("PUT", ["v2.0", "ports", id]) => (200, self.update_port(id, body)?, true),
+            ("PUT", ["v2.0", "routers", id]) => (200, self.update_router(id, body)?, true),
+            ("PUT", ["v2.0", "floatingips", id]) => (200, self.update_fip(id, body)?, true),
+            ("PUT", ["v2.0", "routers", id, "add_router_interface"]) => {
+                (200, self.add_router_interface(id, body)?, true)
+            }
+            ("DELETE", ["v2.0", coll, id]) => {
+                self.delete(coll, id)?;
+                (204, Value::Null, true)
+            }
+            _ => return Err(ApiError::NoRoute),
+        };
+        if changed {
+            self.persist()?;
+            self.sync()?;
+        }
+        Ok((status, value))
+    }
+
+    fn list(&self, coll: &str) -> Result<Value, ApiError> {
+        let s = &self.state;
+        Ok(match coll {
+            "networks" => json!({ "networks": s.networks.values().collect::<Vec<_>>() }),
+            "subnets" => json!({ "subnets": s.subnets.values().collect::<Vec<_>>() }),
+            "ports" => {
+                json!({ "ports": s.ports.values().map(|p| self.port_view(p)).collect::<Vec<_>>() })
+            }
+            "routers" => json!({ "routers": s.routers.values().collect::<Vec<_>>() }),
+            "security-groups" => json!({ "security_groups": s
+                .security_groups
+                .values()
+                .map(|g| self.group_view(g))
+                .collect::<Vec<_>>() }),
+            "security-group-rules" => json!({ "security_group_rules": s
+                .security_group_rules
+                .values()
+                .collect::<Vec<_>>() }),
+            "floatingips" => json!({ "floatingips": s.floatingips.values().collect::<Vec<_>>() }),
+            _ => return Err(ApiError::NoRoute),
+        })
+    }
+
+    fn show(&self, coll: &str, id: &str) -> Result<Value, ApiError> {
+        let s = &self.state;
+        let nf = |what| ApiError::NotFound(what, id.to_string());
+        Ok(match coll {
+            "networks" => json!({ "network": s.networks.get(id).ok_or(nf("network"))? }),
+            "subnets" => json!({ "subnet": s.subnets.get(id).ok_or(nf("subnet"))? }),
+            "ports" => json!({ "port": self.port_view(s.ports.get(id).ok_or(nf("port"))?) }),
+            "routers" => json!({ "router": s.routers.get(id).ok_or(nf("router"))? }),
+            "security-groups" => json!({ "security_group":
+                self.group_view(s.security_groups.get(id).ok_or(nf("security_group"))?) }),
+            "security-group-rules" => json!({ "security_group_rule":
+                s.security_group_rules.get(id).ok_or(nf("security_group_rule"))? }),
+            "floatingips" => {
+                json!({ "floatingip": s.floatingips.get(id).ok_or(nf("floatingip"))? })
+            }
+            _ => return Err(ApiError::NoRoute),
+        })
+    }
+
+    fn port_view(&self, p: &Port) -> Port {
+        let mut p = p.clone();
+        p.status = if self.programmed.contains_key(&p.id) {
+            "ACTIVE".into()
+        } else {
+            "DOWN".into()
+        };
+        p
+    }
+
+    fn group_view(&self, g: &SecurityGroup) -> SecurityGroup {
+        let mut g = g.clone();
+        g.security_group_rules = self
+            .state
+            .security_group_rules
+            .values()
+            .filter(|r| r.security_group_id == g.id)
+            .cloned()
+            .collect();
+        g
+    }
+
+    fn create(&mut self, coll: &str, body: &[u8]) -> Result<Value, ApiError> {
+        match coll {
+            "networks" => {
+                let req: NetworkCreate = unwrap_body(body, "network")?;
+                let n = Network {
+                    id: new_id(),
+                    name: req.name,
+                    project_id: req.project_id,
+                    admin_state_up: req.admin_state_up.unwrap_or(true),
+                    mtu: req.mtu.unwrap_or(1500),
+                    subnets: vec![],
+                    status: "ACTIVE".into(),
+                    router_external: req.router_external.unwrap_or(false),
+                };
+                self.state.number(&n.id);
+                self.state.networks.insert(n.id.clone(), n.clone());
+                Ok(json!({ "network": n }))
+            }
+            "subnets" => {
+                let req: SubnetCreate = unwrap_body(body, "subnet")?;
+                if req.ip_version != 4 {
+                    return Err(ApiError::BadRequest(
+                        "only ip_version 4 is supported".into(),
+                    ));
+                }
+                let (addr, len) = parse_cidr(&req.cidr)
+                    .ok_or_else(|| ApiError::BadRequest(format!("invalid cidr {}", req.cidr)))?;
+                let base = u32::from(addr) & mask(len);
+                let net = self
+                    .state
+                    .networks
+                    .get_mut(&req.network_id)
+                    .ok_or_else(|| ApiError::NotFound("network", req.network_id.clone()))?;
+                let s = Subnet {
+                    id: new_id(),
+                    name: req.name,
+                    network_id: req.network_id,
+                    project_id: req.project_id,
+                    ip_version: 4,
+                    cidr: format!("{}/{len}", Ipv4Addr::from(base)),
+                    gateway_ip: Some(req.gateway_ip.unwrap_or(Ipv4Addr::from(base + 1))),
+                    enable_dhcp: req.enable_dhcp.unwrap_or(true),
+                };
+                net.subnets.push(s.id.clone());
+                self.state.subnets.insert(s.id.clone(), s.clone());
+                Ok(json!({ "subnet": s }))
+            }
+            "ports" => {
+                let req: PortCreate = unwrap_body(body, "port")?;
+                let p = self.new_port(req)?;
+                Ok(json!({ "port": self.port_view(&p) }))
+            }
+            "routers" => {
+                let req: RouterCreate = unwrap_body(body, "router")?;
+                let r = Router {
+                    id: new_id(),
+                    name: req.name,
+                    project_id: req.project_id,
+                    admin_state_up: req.admin_state_up.unwrap_or(true),
+                    external_gateway_info: None,
+                    status: "ACTIVE".into(),
+                };
+                self.state.number(&r.id);
+                self.state.routers.insert(r.id.clone(), r.clone());
+                if let Some(info) = req.external_gateway_info {
+                    self.set_gateway(&r.id, info)?;
+                }
+                Ok(json!({ "router": self.state.routers[&r.id] }))
+            }
+            "security-groups" => {
+                let req: SecurityGroupCreate = unwrap_body(body, "security_group")?;
+                let g = self.new_group(req.name, req.description, req.project_id, false);
+                Ok(json!({ "security_group": self.group_view(&g) }))
+            }
+            "security-group-rules" => {
+                let req: SecurityGroupRuleCreate = unwrap_body(body, "security_group_rule")?;
+                let r = self.new_rule(req)?;
+                Ok(json!({ "security_group_rule": r }))
+            }
+            "floatingips" => {
+                let req: FloatingIpCreate = unwrap_body(body, "floatingip")?;
+                let net_id = req.floating_network_id.clone().ok_or_else(|| {
+                    ApiError::BadRequest("floating_network_id is required".into())
+                })?;
+                let net = self
+                    .state
+                    .networks
+                    .get(&net_id)
+                    .filter(|n| n.router_external)
+                    .ok_or_else(|| {
+                        ApiError::BadRequest(format!("{net_id} is not an external network"))
+                    })?;
+                let subnet = net
+                    .subnets
+                    .first()
+                    .and_then(|s| self.state.subnets.get(s))
+                    .ok_or_else(|| ApiError::Conflict("external network has no subnet".into()))?
+                    .clone();
+                let taken: HashSet<Ipv4Addr> = self
+                    .state
+                    .floatingips
+                    .values()
+                    .map(|f| f.floating_ip_address)
+                    .collect();
+                let address = match req.floating_ip_address {
+                    Some(a) if taken.contains(&a) => {
+                        return Err(ApiError::Conflict(format!("{a} is already allocated")));
+                    }
+                    Some(a) => a,
+                    None => self.allocate_ip_excluding(&subnet, &taken)?,
+                };
+                let fip = FloatingIp {
+                    id: new_id(),
+                    floating_network_id: net_id,
+                    floating_ip_address: address,
+                    port_id: None,
+                    fixed_ip_address: None,
+                    router_id: None,
+                    project_id: req.project_id,
+                    status: "DOWN".into(),
+                };
+                self.state.floatingips.insert(fip.id.clone(), fip.clone());
+                if let Some(Some(port)) = req.port_id {
+                    self.associate(&fip.id, Some(port), req.fixed_ip_address)?;
+                }
+                Ok(json!({ "floatingip": self.state.floatingips[&fip.id] }))
+            }
+            _ => Err(ApiError::NoRoute),
+        }
+    }
+
+    fn update_router(&mut self, id: &str, body: &[u8]) -> Result<Value, ApiError> {
+        let req: RouterUpdate = unwrap_body(body, "router")?;
+        if !self.state.routers.contains_key(id) {
+            return Err(ApiError::NotFound("router", id.into()));
+        }
+        if let Some(name) = req.name {
+            self.state.routers.get_mut(id).expect("checked").name = name;
+        }
+        if let Some(info) = req.external_gateway_info {
+            self.set_gateway(id, info)?;
+        }
+        Ok(json!({ "router": self.state.routers[id] }))
+    }
+
+    /// Gives a router its gateway port on an external network (`{"network_id": ...}`).
+    fn set_gateway(&mut self, router_id: &str, info: Value) -> Result<(), ApiError> {
+        let has_gw = self
+            .state
+            .ports
+            .values()
+            .any(|p| p.device_owner == "network:router_gateway" && p.device_id == router_id);
+        if has_gw {
+            return Err(ApiError::Conflict("router already has a gateway".into()));
+        }
+        let net_id = info
+            .get("network_id")
+            .and_then(Value::as_str)
+            .ok_or_else(|| ApiError::BadRequest("external_gateway_info needs network_id".into()))?
+            .to_string();
+        if !self
+            .state
+            .networks
+            .get(&net_id)
+            .is_some_and(|n| n.router_external)
+        {
+            return Err(ApiError::BadRequest(format!(
+                "{net_id} is not an external network"
+            )));
+        }
+        let p = self.new_port(PortCreate {
+            network_id: Some(net_id.clone()),
+            security_groups: Some(vec![]),
+            port_security_enabled: Some(false),
+            device_owner: Some("network:router_gateway".into()),
+            device_id: Some(router_id.into()),
+            ..Default::default()
+        })?;
+        let r = self.state.routers.get_mut(router_id).expect("checked");
+        r.external_gateway_info = Some(json!({
+            "network_id": net_id,
+            "enable_snat": false,
+            "external_fixed_ips": p.fixed_ips,
+        }));
+        Ok(())
+    }
+
+    fn update_fip(&mut self, id: &str, body: &[u8]) -> Result<Value, ApiError> {
+        let req: FloatingIpCreate = unwrap_body(body, "floatingip")?;
+        if !self.state.floatingips.contains_key(id) {
+            return Err(ApiError::NotFound("floatingip", id.into()));
+        }
+        if let Some(port) = req.port_id {
+            self.associate(id, port, req.fixed_ip_address)?;
+        }
+        Ok(json!({ "floatingip": self.state.floatingips[id] }))
+    }
+
+    /// Maps a floating IP to a port (through the router that has a gateway on the FIP's
+    /// network and an interface on the port's subnet), or unmaps it.
+    fn associate(
+        &mut self,
+        fip_id: &str,
+        port_id: Option<String>,
+        fixed: Option<Ipv4Addr>,
+    ) -> Result<(), ApiError> {
+        let Some(port_id) = port_id else {
+            let f = self.state.floatingips.get_mut(fip_id).expect("checked");
+            f.port_id = None;
+            f.fixed_ip_address = None;
+            f.router_id = None;
+            f.status = "DOWN".into();
+            return Ok(());
+        };
+        let port = self
+            .state
+            .ports
+            .get(&port_id)
+            .ok_or_else(|| ApiError::NotFound("port", port_id.clone()))?;
+        let fixed_ip = port
+            .fixed_ips
+            .iter()
+            .find(|f| fixed.is_none() || f.ip_address == fixed)
+            .ok_or_else(|| ApiError::BadRequest("the port has no such fixed IP".into()))?;
+        let (subnet_id, address) = (fixed_ip.subnet_id.clone(), fixed_ip.ip_address);
+        let ext_net = self.state.floatingips[fip_id].floating_network_id.clone();
+        let router = self
+            .state
+            .ports
+            .values()
+            .filter(|p| p.device_owner == "network:router_gateway" && p.network_id == ext_net)
+            .map(|p| p.device_id.clone())
+            .find(|r| {
+                self.state.ports.values().any(|p| {
+                    p.device_owner == "network:router_interface"
+                        && &p.device_id == r
+                        && p.fixed_ips.iter().any(|f| f.subnet_id == subnet_id)
+                })
+            })
+            .ok_or_else(|| {
+                ApiError::BadRequest(
+                    "no router connects the port's subnet to the external network".into(),
+                )
+            })?;
+        let f = self.state.floatingips.get_mut(fip_id).expect("checked");
+        f.port_id = Some(port_id);
+        f.fixed_ip_address = address;
+        f.router_id = Some(router);
+        f.status = "ACTIVE".into();
+        Ok(())
+    }
+
+    /// Creates a group; Neutron's `default` group gets its two standard rules (all egress,
+    /// ingress from members of the group).
+    fn new_group(
+        &mut self,
+        name: String,
+        description: String,
+        project_id: String,
+        default: bool,
+    ) -> SecurityGroup {
+        let g = SecurityGroup {
+            id: new_id(),
+            name,
+            description,
+            project_id: project_id.clone(),
+            security_group_rules: vec![],
+        };
+        self.state.security_groups.insert(g.id.clone(), g.clone());
+        let mut rules = vec![("egress", None)];
+        if default {
+            rules.push(("ingress", Some(g.id.clone())));
+        }
+        for (direction, remote_group_id) in rules {
+            let r = SecurityGroupRule {
+                id: new_id(),
+                security_group_id: g.id.clone(),
+                direction: direction.into(),
+                ethertype: "IPv4".into(),
+                protocol: None,
+                port_range_min: None,
+                port_range_max: None,
+                remote_ip_prefix: None,
+                remote_group_id,
+                project_id: project_id.clone(),
+            };
+            self.state.number(&r.id);
+            self.state.security_group_rules.insert(r.id.clone(), r);
+        }
+        g
+    }
+
+    fn new_rule(&mut self, req: SecurityGroupRuleCreate) -> Result<SecurityGroupRule, ApiError> {
+        if !self
+            .state
+            .security_groups
+            .contains_key(&req.security_group_id)
+        {
+            return Err(ApiError::NotFound("security_group", req.security_group_id));
+        }
+        if req.direction != "ingress" && req.direction != "egress" {
+            return Err(ApiError::BadRequest(format!(
+                "invalid direction {}",
+                req.direction
+            )));
+        }
+        if let Some(p) = &req.protocol
+            && protocol_number(p).is_none()
+        {
+            return Err(ApiError::BadRequest(format!("invalid protocol {p}")));
+        }
+        if let Some(c) = &req.remote_ip_prefix
+            && parse_cidr(c).is_none()
+        {
+            return Err(ApiError::BadRequest(format!(
+                "invalid remote_ip_prefix {c}"
+            )));
+        }
+        if req.remote_ip_prefix.is_some() && req.remote_group_id.is_some() {
+            return Err(ApiError::BadRequest(
+                "remote_ip_prefix and remote_group_id are exclusive".into(),
+            ));
+        }
+        if let (Some(lo), Some(hi)) = (req.port_range_min, req.port_range_max)
+            && lo > hi
+            && req.protocol.as_deref() != Some("icmp")
+        {
+            return Err(ApiError::BadRequest(
+                "port_range_min > port_range_max".into(),
+            ));
+        }
+        let r = SecurityGroupRule {
+            id: new_id(),
+            security_group_id: req.security_group_id,
+            direction: req.direction,
+            ethertype: req.ethertype.unwrap_or_else(|| "IPv4".into()),
+            protocol: req.protocol,
+            port_range_min: req.port_range_min,
+            port_range_max: req.port_range_max,
+            remote_ip_prefix: req.remote_ip_prefix,
+            remote_group_id: req.remote_group_id,
+            project_id: req.project_id,
+        };
+        self.state.number(&r.id);
+        self.state
+            .security_group_rules
+            .insert(r.id.clone(), r.clone());
+        Ok(r)
+    }
+
+    fn default_group(&mut self, project_id: &str) -> String {
+        if let Some(g) = self
+            .state
+            .security_groups
+            .values()
+            .find(|g| g.name == "default" && g.project_id == project_id)
+        {
+            return g.id.clone();
+        }
+        self.new_group(
+            "default".into(),
+            "Default security group".into(),
+            project_id.into(),
+            true,
+        )
+        .id
+    }
+
+    fn allocate_ip(&self, subnet: &Subnet) -> Result<Ipv4Addr, ApiError> {
+        let fips: HashSet<Ipv4Addr> = self
+            .state
+            .floatingips
+            .values()
+            .map(|f| f.floating_ip_address)
+            .collect();
+        self.allocate_ip_excluding(subnet, &fips)
+    }
+
+    fn allocate_ip_excluding(
+        &self,
+        subnet: &Subnet,
+        also: &HashSet<Ipv4Addr>,
+    ) -> Result<Ipv4Addr, ApiError> {
+        let (base, len) = parse_cidr(&subnet.cidr).expect("validated at creation");
+        let used: HashSet<Ipv4Addr> = self
+            .state
+            .ports
+            .values()
+            .flat_map(|p| p.fixed_ips.iter().filter_map(|f| f.ip_address))
+            .chain(subnet.gateway_ip)
+            .chain(also.iter().copied())
+            .collect();
+        let first = u32::from(base) + 1;
+        let last = u32::from(base) | !mask(len);
+        (first..last)
+            .map(Ipv4Addr::from)
+            .find(|ip| !used.contains(ip))
+            .ok_or_else(|| ApiError::Conflict(format!("subnet {} is full", subnet.id)))
+    }
+
+    fn new_port(&mut self, req: PortCreate) -> Result<Port, ApiError> {
+        let network_id = req
+            .network_id
+            .ok_or_else(|| ApiError::BadRequest("network_id is required".into()))?;
+        let net = self
+            .state
+            .networks
+            .get(&network_id)
+            .ok_or_else(|| ApiError::NotFound("network", network_id.clone()))?
+            .clone();
+        let mac = req.mac_address.unwrap_or_else(new_mac);
+        if parse_mac(&mac).is_none() {
+            return Err(ApiError::BadRequest(format!("invalid mac_address {mac}")));
+        }
+        let wanted = match req.fixed_ips {
+            Some(f) => f,
+            None => net
+                .subnets
+                .first()
+                .map(|s| {
+                    vec![FixedIp {
+                        subnet_id: s.clone(),
+                        ip_address: None,
+                    }]
+                })
+                .unwrap_or_default(),
+        };
+        let mut fixed_ips = vec![];
+        for f in wanted {
+            let subnet = self
+                .state
+                .subnets
+                .get(&f.subnet_id)
+                .filter(|s| s.network_id == network_id)
+                .ok_or_else(|| {
+                    ApiError::BadRequest(format!("subnet {} not on network", f.subnet_id))
+                })?
+                .clone();
+            let ip = match f.ip_address {
+                Some(ip) => ip,
+                None => self.allocate_ip(&subnet)?,
+            };
+            fixed_ips.push(FixedIp {
+                subnet_id: f.subnet_id,
+                ip_address: Some(ip),
+            });
+        }
+        let project_id = req.project_id.unwrap_or(net.project_id);
+        let port_security_enabled = req.port_security_enabled.unwrap_or(true);
+        let security_groups = match req.security_groups {
+            Some(g) => g,
+            None if port_security_enabled => vec![self.default_group(&project_id)],
+            None => vec![],
+        };
+        for g in &security_groups {
+            if !self.state.security_groups.contains_key(g) {
+                return Err(ApiError::NotFound("security_group", g.clone()));
+            }
+        }
+        let p = Port {
+            id: new_id(),
+            name: req.name.unwrap_or_default(),
+            network_id,
+            project_id,
+            mac_address: mac,
+            fixed_ips,
+            security_groups,
+            port_security_enabled,
+            allowed_address_pairs: req.allowed_address_pairs.unwrap_or_default(),
+            device_owner: req.device_owner.unwrap_or_default(),
+            device_id: req.device_id.unwrap_or_default(),
+            status: "DOWN".into(),
+        };
+        self.state.ports.insert(p.id.clone(), p.clone());
+        Ok(p)
+    }
+
+    fn update_port(&mut self, id: &str, body: &[u8]) -> Result<Value, ApiError> {
+        let req: PortCreate = unwrap_body(body, "port")?;
+        for g in req.security_groups.iter().flatten() {
+            if !self.state.security_groups.contains_key(g) {
+                return Err(ApiError::NotFound("security_group", g.clone()));
+            }
+        }
+        let p = self
+            .state
+            .ports
+            .get_mut(id)
+            .ok_or_else(|| ApiError::NotFound("port", id.to_string()))?;
+        if req.network_id.is_some() || req.fixed_ips.is_some() || req.mac_address.is_some() {
+            return Err(ApiError::BadRequest(
+                "network_id, fixed_ips and mac_address cannot be updated here".into(),
+            ));
+        }
+        if let Some(v) = req.name {
+            p.name = v;
+        }
+        if let Some(v) = req.security_groups {
+            p.security_groups = v;
+        }
+        if let Some(v) = req.port_security_enabled {
+            p.port_security_enabled = v;
+        }
+        if let Some(v) = req.allowed_address_pairs {
+            p.allowed_address_pairs = v;
+        }
+        let p = p.clone();
+        Ok(json!({ "port": self.port_view(&p) }))
+    }
+
+    fn add_router_interface(&mut self, router_id: &str, body: &[u8]) -> Result<Value, ApiError> {
+        let req: RouterInterface = serde_json::from_slice(body)
+            .map_err(|e| ApiError::BadRequest(format!("invalid body: {e}")))?;
+        if !self.state.routers.contains_key(router_id) {
+            return Err(ApiError::NotFound("router", router_id.to_string()));
+        }
+        let subnet = self
+            .state
+            .subnets
+            .get(&req.subnet_id)
+            .ok_or_else(|| ApiError::NotFound("subnet", req.subnet_id.clone()))?
+            .clone();
+        if self.state.ports.values().any(|p| {
+            p.device_owner == "network:router_interface"
+                && p.device_id == router_id
+                && p.fixed_ips.iter().any(|f| f.subnet_id == subnet.id)
+        }) {
+            return Err(ApiError::Conflict(
+                "router already has an interface on the subnet".into(),
+            ));
+        }
+        let p = self.new_port(PortCreate {
+            network_id: Some(subnet.network_id.clone()),
+            fixed_ips: Some(vec![FixedIp {
+                subnet_id: subnet.id.clone(),
+                ip_address: subnet.gateway_ip,
+            }]),
+            security_groups: Some(vec![]),
+            port_security_enabled: Some(false),
+            device_owner: Some("network:router_interface".into()),
+            device_id: Some(router_id.into()),
+            ..Default::default()
+        })?;
+        Ok(json!({
+            "id": router_id,
+            "subnet_id": subnet.id,
+            "subnet_ids": [subnet.id],
+            "port_id": p.id,
+            "network_id": subnet.network_id,
+        }))
+    }
+
+    fn delete(&mut self, coll: &str, id: &str) -> Result<(), ApiError> {
+        let s = &mut self.state;
+        let in_use = |what: &str| ApiError::Conflict(format!("{what} {id} is in use"));
+        match coll {
+            "networks" => {
+                if s.ports.values().any(|p| p.network_id == id) {
+                    return Err(in_use("network"));
+                }
+                s.networks
+                    .remove(id)
+                    .ok_or_else(|| ApiError::NotFound("network", id.into()))?;
+                s.subnets.retain(|_, sub| sub.network_id != id);
+            }
+            "subnets" => {
+                if s.ports
+                    .values()
+                    .any(|p| p.fixed_ips.iter().any(|f| f.subnet_id == id))
+                {
+                    return Err(in_use("subnet"));
+                }
+                let sub = s
+                    .subnets
+                    .remove(id)
+                    .ok_or_else(|| ApiError::NotFound("subnet", id.into()))?;
+                if let Some(n) = s.networks.get_mut(&sub.network_id) {
+                    n.subnets.retain(|x| x != id);
+                }
+            }
+            "ports" => {
+                if s.floatingips
+                    .values()
+                    .any(|f| f.port_id.as_deref() == Some(id))
+                {
+                    return Err(in_use("port"));
+                }
+                s.ports
+                    .remove(id)
+                    .ok_or_else(|| ApiError::NotFound("port", id.into()))?;
+            }
+            "floatingips" => {
+                s.floatingips
+                    .remove(id)
+                    .ok_or_else(|| ApiError::NotFound("floatingip", id.into()))?;
+            }
+            "routers" => {
+                if s.ports
+                    .values()
+                    .any(|p| p.device_id == id && p.device_owner == "network:router_interface")
+                {
+                    return Err(in_use("router"));
+                }
+                s.ports.retain(|_, p| {
+                    !(p.device_id == id && p.device_owner == "network:router_gateway")
+                });
+                s.routers
+                    .remove(id)
+                    .ok_or_else(|| ApiError::NotFound("router", id.into()))?;
+            }
+            "security-groups" => {
+                if s.ports
+                    .values()
+                    .any(|p| p.security_groups.iter().any(|g| g == id))
+                {
+                    return Err(in_use("security_group"));
+                }
+                s.security_groups
+                    .remove(id)
+                    .ok_or_else(|| ApiError::NotFound("security_group", id.into()))?;
+                s.security_group_rules
+                    .retain(|_, r| r.security_group_id != id);
+            }
+            "security-group-rules" => {
+                s.security_group_rules
+                    .remove(id)
+                    .ok_or_else(|| ApiError::NotFound("security_group_rule", id.into()))?;
+            }
+            _ => return Err(ApiError::NoRoute),
+        }
+        Ok(())
+    }
+
+    /// The datapath rules of a port: its groups' rules, remote groups expanded.
+    fn port_rules(&mut self, port: &Port) -> Vec<RuleSpec> {
+        let mut out = vec![];
+        let rules: Vec<SecurityGroupRule> = self
+            .state
+            .security_group_rules
+            .values()
+            .filter(|r| port.security_groups.contains(&r.security_group_id))
+            .filter(|r| r.ethertype == "IPv4")
+            .cloned()
+            .collect();
+        for r in rules {
+            let id = self.state.number(&r.id);
+            let direction = if r.direction == "ingress" {
+                Direction::Ingress
+            } else {
+                Direction::Egress
+            };
+            let protocol = r
+                .protocol
+                .as_deref()
+                .and_then(protocol_number)
+                .filter(|p| *p != 0);
+            let port_range = match (protocol, r.port_range_min, r.port_range_max) {
+                (Some(1), lo, hi) => Some((lo.unwrap_or(0xffff), hi.unwrap_or(0xffff))),
+                (Some(_), Some(lo), hi) => Some((lo, hi.unwrap_or(lo))),
+                _ => None,
+            };
+            let remotes: Vec<Option<(Ipv4Addr, u8)>> =
+                match (&r.remote_ip_prefix, &r.remote_group_id) {
+                    (Some(c), _) => vec![parse_cidr(c)],
+                    (None, Some(g)) => self
+                        .state
+                        .ports
+                        .values()
+                        .filter(|p| p.security_groups.contains(g))
+                        .flat_map(|p| p.fixed_ips.iter().filter_map(|f| f.ip_address))
+                        .map(|ip| Some((ip, 32)))
+                        .collect(),
+                    (None, None) => vec![None],
+                };
+            for remote in remotes {
+                out.push(RuleSpec {
+                    id,
+                    direction,
+                    protocol,
+                    port_range,
+                    remote,
+                });
+            }
+        }
+        out
+    }
+
+    /// Brings the datapath in line with the state.
+    pub fn sync(&mut self) -> Result<(), ApiError> {
+        if self.dp.is_none() {
+            return Ok(());
+        }
+        let ports: Vec<Port> = self.state.ports.values().cloned().collect();
+        let mut live = HashMap::new();
+        let mut work = vec![];
+        for p in &ports {
+            let net = self.state.number(&p.network_id);
+            let ips: Vec<Ipv4Addr> = p.fixed_ips.iter().filter_map(|f| f.ip_address).collect();
+            let mac = parse_mac(&p.mac_address).unwrap_or_default();
+            if p.device_owner == "network:router_interface"
+                || p.device_owner == "network:router_gateway"
+            {
+                let router = self.state.number(&p.device_id);
+                for f in &p.fixed_ips {
+                    if let (Some(ip), Some(sub)) =
+                        (f.ip_address, self.state.subnets.get(&f.subnet_id))
+                    {
+                        let cidr = parse_cidr(&sub.cidr).expect("validated");
+                        let upstream = (p.device_owner == "network:router_gateway")
+                            .then(|| sub.gateway_ip.filter(|g| *g != ip));
+                        work.push((None, Some((router, net, mac, ip, cidr, upstream)), vec![]));
+                    }
+                }
+                continue;
+            }
+            let tap = p.tap_name();
+            let Some(ifindex) = ifindex(&tap) else {
+                continue;
+            };
+            let rules = self.port_rules(p);
+            let spec = PortSpec {
+                ifindex,
+                net_id: net,
+                mac,
+                ips,
+                port_security: p.port_security_enabled,
+                allowed_address_pairs: p
+                    .allowed_address_pairs
+                    .iter()
+                    .map(|a| {
+                        let m = a.mac_address.as_deref().and_then(parse_mac).unwrap_or(mac);
+                        (m, a.ip_address)
+                    })
+                    .collect(),
+            };
+            live.insert(p.id.clone(), ifindex);
+            work.push((Some((spec, tap)), None, rules));
+        }
+        // Floating IPs: (router, fip, fixed, external network) and the gateway MAC.
+        let mut fips = HashMap::new();
+        let fip_list: Vec<FloatingIp> = self.state.floatingips.values().cloned().collect();
+        for f in fip_list {
+            let (Some(r), Some(fixed)) = (&f.router_id, f.fixed_ip_address) else {
+                continue;
+            };
+            let gw_mac = self
+                .state
+                .ports
+                .values()
+                .find(|p| p.device_owner == "network:router_gateway" && &p.device_id == r)
+                .and_then(|p| parse_mac(&p.mac_address));
+            if let Some(gw_mac) = gw_mac {
+                let key = (
+                    self.state.number(r),
+                    f.floating_ip_address,
+                    fixed,
+                    self.state.number(&f.floating_network_id),
+                );
+                fips.insert(key, gw_mac);
+            }
+        }
+        let dp = self.dp.as_mut().expect("checked above");
+        for (port, router, rules) in work {
+            match router {
+                Some((router, net, mac, ip, cidr, Some(upstream))) => dp
+                    .set_router_gateway(router, net, mac, ip, cidr, upstream)
+                    .map_err(ApiError::Datapath)?,
+                Some((router, net, mac, ip, cidr, None)) => dp
+                    .add_router_interface(router, net, mac, ip, cidr)
+                    .map_err(ApiError::Datapath)?,
+                None => {}
+            }
+            if let Some((spec, tap)) = port {
+                dp.set_port(&spec).map_err(ApiError::Datapath)?;
+                dp.set_port_rules(spec.ifindex, &rules)
+                    .map_err(ApiError::Datapath)?;
+                if !self.attached.contains(&tap) {
+                    dp.attach_tc(&tap).map_err(ApiError::Datapath)?;
+                    self.attached.insert(tap);
+                }
+            }
+        }
+        for (id, ifindex) in &self.programmed {
+            if !live.contains_key(id) {
+                dp.remove_port(*ifindex).map_err(ApiError::Datapath)?;
+            }
+        }
+        self.programmed = live;
+        for (key, gw_mac) in &fips {
+            let (router, fip, fixed, net) = *key;
+            dp.set_floating_ip(router, fip, fixed, net, *gw_mac)
+                .map_err(ApiError::Datapath)?;
+        }
+        for key in self.fips.iter().filter(|k| !fips.contains_key(*k)) {
+            let (router, fip, fixed, net) = *key;
+            dp.remove_floating_ip(router, fip, fixed, net)
+                .map_err(ApiError::Datapath)?;
+        }
+        self.fips = fips.into_keys().collect();
+        Ok(())
+    }
+
+    /// Prometheus text for `/metrics`.
+    pub fn metrics(&self) -> String {
+        let mut out = String::new();
+        let s = &self.state;
+        out.push_str("# HELP ferrostack_netdp_ports Ports known to netdp.\n# TYPE ferrostack_netdp_ports gauge\n");
+        out.push_str(&format!("ferrostack_netdp_ports {}\n", s.ports.len()));
+        out.push_str(&format!(
+            "# TYPE ferrostack_netdp_ports_active gauge\nferrostack_netdp_ports_active {}\n",
+            self.programmed.len()
+        ));
+        let Some(dp) = &self.dp else {
+            return out;
+        };
+        let mut ports: Vec<_> = self.programmed.iter().collect();
+        ports.sort();
+        let series = [
+            ("rx_packets_total", "Frames received from the port."),
+            ("rx_bytes_total", "Bytes received from the port."),
+            ("tx_packets_total", "Frames delivered to the port."),
+            ("tx_bytes_total", "Bytes delivered to the port."),
+            (
+                "routed_packets_total",
+                "Frames from the port that were routed.",
+            ),
+            (
+                "flooded_packets_total",
+                "Broadcasts from the port that were flooded.",
+            ),
+            (
+                "arp_replies_total",
+                "ARP requests from the port answered by the datapath.",
+            ),
+        ];
+        let counters: Vec<_> = ports
+            .iter()
+            .map(|(id, ifx)| (id, dp.port_counters(**ifx).unwrap_or_default()))
+            .collect();
+        for (i, (name, help)) in series.iter().enumerate() {
+            out.push_str(&format!(
+                "# HELP ferrostack_netdp_port_{name} {help}\n# TYPE ferrostack_netdp_port_{name} counter\n"
+            ));
+            for (id, c) in &counters {
+                let v = [
+                    c.0.rx_packets,
+                    c.0.rx_bytes,
+                    c.0.tx_packets,
+                    c.0.tx_bytes,
+                    c.0.routed,
+                    c.0.flooded,
+                    c.0.arp_replies,
+                    c.0.icmp_errors,
+                ][i];
+                out.push_str(&format!(
+                    "ferrostack_netdp_port_{name}{{port=\"{id}\"}} {v}\n"
+                ));
+            }
+        }
+        out.push_str("# HELP ferrostack_netdp_port_drops_total Frames from the port dropped, by reason.\n# TYPE ferrostack_netdp_port_drops_total counter\n");
+        for (id, c) in &counters {
+            for r in DropReason::ALL {
+                out.push_str(&format!(
+                    "ferrostack_netdp_port_drops_total{{port=\"{id}\",reason=\"{}\"}} {}\n",
+                    r.label(),
+                    c.drops(r)
+                ));
+            }
+        }
+        out.push_str("# HELP ferrostack_netdp_rule_packets_total Packets of connections a security-group rule admitted.\n# TYPE ferrostack_netdp_rule_packets_total counter\n");
+        for r in s.security_group_rules.values() {
+            if let Some(n) = s.numbers.get(&r.id) {
+                let c = dp.rule_counters(*n).unwrap_or_default();
+                out.push_str(&format!(
+                    "ferrostack_netdp_rule_packets_total{{rule=\"{}\"}} {}\nferrostack_netdp_rule_bytes_total{{rule=\"{}\"}} {}\n",
+                    r.id, c.packets, r.id, c.bytes
+                ));
+            }
+        }
+        out
+    }
+}
+
+fn mask(len: u8) -> u32 {
+    if len == 0 {
+        0
+    } else {
+        u32::MAX << (32 - u32::from(len))
+    }
+}
+
+/// Parses `{"<key>": {...}}` into the request type (unknown fields refused).
+fn unwrap_body<T: serde::de::DeserializeOwned>(body: &[u8], key: &str) -> Result<T, ApiError> {
+    #[derive(Deserialize)]
+    struct Envelope(BTreeMap<String, Value>);
+    let Envelope(mut map) = serde_json::from_slice(body)
+        .map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))?;
+    let inner = map
+        .remove(key)
+        .ok_or_else(|| ApiError::BadRequest(format!("body must be {{\"{key}\": {{...}}}}")))?;
+    if !map.is_empty() {
+        return Err(ApiError::BadRequest(format!(
+            "unexpected keys besides {key}"
+        )));
+    }
+    serde_json::from_value(inner).map_err(|e| ApiError::BadRequest(format!("invalid {key}: {e}")))
+}
+
+/// Where the state lives by default.
+pub fn default_state_path() -> &'static Path {
+    Path::new("/var/lib/ferrostack/netdp/state.json")
+}

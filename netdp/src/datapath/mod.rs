@@ -1,0 +1,908 @@
+//! The forwarding datapath: the clang-built tc and XDP objects, their maps, and typed
+//! operations that the control plane uses to fill them.
+//!
+//! One [`Datapath`] is one loaded object (tc or XDP build of `bpf/datapath.h`). With a pin
+//! directory its maps live on bpffs: a second load with the same directory (a restarted
+//! daemon, or the other hook) reuses them, so state and traffic survive restarts.
+
+pub mod abi;
+
+use std::collections::{HashMap, HashSet};
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+
+use aya::maps::lpm_trie::{Key, LpmTrie};
+use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuHashMap};
+use aya::programs::links::{FdLink, PinnedLink};
+use aya::programs::tc::TcAttachOptions;
+use aya::programs::{
+    LinkOrder, Program, SchedClassifier, TcAttachType, TestRun, TestRunOptions, Xdp, XdpMode,
+};
+use aya::{Ebpf, EbpfLoader, include_bytes_aligned};
+
+use abi::{
+    AddrKey, CtKey, CtVal, DIR_EGRESS, DIR_INGRESS, FdbEntry, L2Key, NET_MAX_PORTS, Neigh,
+    NeighKey, Network, PortStats, Route, RouteKey, RuleStats, SG_ANY, SG_MAX_RULES, SgKey, SgRule,
+    SgRules,
+};
+
+static TC_OBJECT: &[u8] = include_bytes_aligned!(concat!(env!("OUT_DIR"), "/switch_tc.o"));
+static XDP_OBJECT: &[u8] = include_bytes_aligned!(concat!(env!("OUT_DIR"), "/switch_xdp.o"));
+
+/// Every map in the object, for pinning.
+pub const MAPS: &[&str] = &[
+    "ports",
+    "port_addrs",
+    "fdb",
+    "neighbors",
+    "routes",
+    "networks",
+    "fip_dnat",
+    "fip_snat",
+    "sg_rules",
+    "conntrack",
+    "port_stats",
+    "rule_stats",
+];
+
+/// Where the daemon pins its maps and links by default.
+pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/ferrostack/netdp";
+
+/// Errors from loading, attaching or updating the datapath.
+#[derive(Debug, thiserror::Error)]
+pub enum DatapathError {
+    /// The object failed to load (the verifier log is in the cause).
+    #[error("load datapath object")]
+    Load(#[source] aya::EbpfError),
+    /// A program could not be found, loaded, attached or test-run.
+    #[error("program {0}")]
+    Program(&'static str, #[source] aya::programs::ProgramError),
+    /// A map could not be opened or updated.
+    #[error("map {0}")]
+    Map(&'static str, #[source] aya::maps::MapError),
+    /// The pin directory could not be created.
+    #[error("create pin directory {0}")]
+    PinDir(PathBuf, #[source] std::io::Error),
+    /// A link could not be pinned or reopened.
+    #[error("pin link {0}")]
+    PinLink(PathBuf, #[source] Box<dyn std::error::Error + Send + Sync>),
+    /// A network already floods to as many ports as it can hold.
+    #[error("network {0} has more than {NET_MAX_PORTS} ports")]
+    NetworkFull(u32),
+    /// A port has more rules in one direction and protocol than a slot holds.
+    #[error("port {0} has more than {SG_MAX_RULES} rules for one direction and protocol")]
+    TooManyRules(u32),
+}
+
+/// Which hook an object is built for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hook {
+    /// tc (tcx) ingress of VM-port host interfaces: `netdp_tc`.
+    Tc,
+    /// XDP: `netdp_xdp`.
+    Xdp,
+}
+
+impl Hook {
+    fn program_name(self) -> &'static str {
+        match self {
+            Hook::Tc => "netdp_tc",
+            Hook::Xdp => "netdp_xdp",
+        }
+    }
+}
+
+/// Why the datapath dropped a frame (`enum drop_reason`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u32)]
+pub enum DropReason {
+    /// Truncated or malformed headers.
+    Malformed = 0,
+    /// Source MAC not the port's (or a group address).
+    SpoofMac = 1,
+    /// Source IPv4 not one of the port's addresses.
+    SpoofIp = 2,
+    /// ARP sender not one of the port's addresses.
+    SpoofArp = 3,
+    /// An ethertype the port may not send (IPv6 and others under port security).
+    Ethertype = 4,
+    /// Unicast to a MAC the network does not know.
+    UnknownDestination = 5,
+    /// The port's network has no flood list.
+    NoNetwork = 6,
+    /// No security-group rule of the source port allows the flow out.
+    SecurityGroupEgress = 7,
+    /// No security-group rule of the destination port allows the flow in.
+    SecurityGroupIngress = 8,
+    /// Not part of a tracked connection and cannot start one (a stray TCP ACK).
+    ConntrackInvalid = 9,
+    /// The router has no route to the destination (a net-unreachable error goes back).
+    NoRoute = 10,
+    /// The next hop's MAC or port is unknown (a host-unreachable error goes back).
+    NoNeighbor = 11,
+    /// TTL would reach zero (a time-exceeded error goes back).
+    Ttl = 12,
+    /// A non-first IPv4 fragment.
+    Fragment = 13,
+}
+
+impl DropReason {
+    /// All reasons, in counter order.
+    pub const ALL: [DropReason; abi::DROP_NREASONS] = [
+        DropReason::Malformed,
+        DropReason::SpoofMac,
+        DropReason::SpoofIp,
+        DropReason::SpoofArp,
+        DropReason::Ethertype,
+        DropReason::UnknownDestination,
+        DropReason::NoNetwork,
+        DropReason::SecurityGroupEgress,
+        DropReason::SecurityGroupIngress,
+        DropReason::ConntrackInvalid,
+        DropReason::NoRoute,
+        DropReason::NoNeighbor,
+        DropReason::Ttl,
+        DropReason::Fragment,
+    ];
+
+    /// The label used in metrics.
+    pub fn label(self) -> &'static str {
+        match self {
+            DropReason::Malformed => "malformed",
+            DropReason::SpoofMac => "spoof_mac",
+            DropReason::SpoofIp => "spoof_ip",
+            DropReason::SpoofArp => "spoof_arp",
+            DropReason::Ethertype => "ethertype",
+            DropReason::UnknownDestination => "unknown_destination",
+            DropReason::NoNetwork => "no_network",
+            DropReason::SecurityGroupEgress => "security_group_egress",
+            DropReason::SecurityGroupIngress => "security_group_ingress",
+            DropReason::ConntrackInvalid => "conntrack_invalid",
+            DropReason::NoRoute => "no_route",
+            DropReason::NoNeighbor => "no_neighbor",
+            DropReason::Ttl => "ttl",
+            DropReason::Fragment => "fragment",
+        }
+    }
+}
+
+/// Summed per-port counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PortCounters(pub PortStats);
+
+impl PortCounters {
+    /// Frames dropped for `reason`.
+    pub fn drops(&self, reason: DropReason) -> u64 {
+        self.0.drops[reason as usize]
+    }
+
+    /// Frames dropped for any reason.
+    pub fn total_drops(&self) -> u64 {
+        self.0.drops.iter().sum()
+    }
+}
+
+/// A VM port as the datapath sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PortSpec {
+    /// ifindex of the host-side interface.
+    pub ifindex: u32,
+    /// The network.
+    pub net_id: u32,
+    /// The port's MAC.
+    pub mac: [u8; 6],
+    /// The port's fixed IPs.
+    pub ips: Vec<Ipv4Addr>,
+    /// Anti-spoofing and security groups on.
+    pub port_security: bool,
+    /// Neutron's allowed address pairs: extra (MAC, IP) the port may send from.
+    pub allowed_address_pairs: Vec<([u8; 6], Ipv4Addr)>,
+}
+
+/// Traffic direction of a security-group rule, as Neutron names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Direction {
+    /// Towards the VM.
+    Ingress,
+    /// From the VM.
+    Egress,
+}
+
+/// One allow rule of a port's security groups, already resolved (remote groups expanded to
+/// prefixes by the control plane).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RuleSpec {
+    /// Non-zero id, for counters and cutting connections when the rule goes.
+    pub id: u32,
+    /// Direction.
+    pub direction: Direction,
+    /// IP protocol; `None` for any.
+    pub protocol: Option<u8>,
+    /// TCP/UDP port range, or ICMP (type, code); `None` for any.
+    pub port_range: Option<(u16, u16)>,
+    /// Remote prefix; `None` for any.
+    pub remote: Option<(Ipv4Addr, u8)>,
+}
+
+fn ip_be(ip: Ipv4Addr) -> u32 {
+    u32::from_ne_bytes(ip.octets())
+}
+
+fn mask_be(len: u8) -> u32 {
+    let host = if len == 0 {
+        0
+    } else {
+        u32::MAX << (32 - u32::from(len.min(32)))
+    };
+    u32::from_ne_bytes(host.to_be_bytes())
+}
+
+/// A loaded datapath object with its maps.
+pub struct Datapath {
+    ebpf: Ebpf,
+    hook: Hook,
+    pin_dir: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for Datapath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Datapath")
+            .field("hook", &self.hook)
+            .field("pin_dir", &self.pin_dir)
+            .finish()
+    }
+}
+
+impl Datapath {
+    /// Loads a fresh instance with private maps.
+    pub fn load(hook: Hook) -> Result<Self, DatapathError> {
+        Self::load_with(hook, None)
+    }
+
+    /// Loads an instance whose maps are pinned in `dir`, reusing maps already pinned there.
+    pub fn load_pinned(hook: Hook, dir: &Path) -> Result<Self, DatapathError> {
+        std::fs::create_dir_all(dir).map_err(|e| DatapathError::PinDir(dir.into(), e))?;
+        Self::load_with(hook, Some(dir))
+    }
+
+    fn load_with(hook: Hook, dir: Option<&Path>) -> Result<Self, DatapathError> {
+        let object = match hook {
+            Hook::Tc => TC_OBJECT,
+            Hook::Xdp => XDP_OBJECT,
+        };
+        let mut loader = EbpfLoader::new();
+        if let Some(dir) = dir {
+            for name in MAPS {
+                loader.map_pin_path(name, dir.join(name));
+            }
+        }
+        let mut ebpf = loader.load(object).map_err(DatapathError::Load)?;
+        let name = hook.program_name();
+        let prog = ebpf.program_mut(name).ok_or(DatapathError::Program(
+            name,
+            aya::programs::ProgramError::UnexpectedProgramType,
+        ))?;
+        match (hook, prog) {
+            (Hook::Tc, Program::SchedClassifier(p)) => p.load(),
+            (Hook::Xdp, Program::Xdp(p)) => p.load(),
+            _ => Err(aya::programs::ProgramError::UnexpectedProgramType),
+        }
+        .map_err(|e| DatapathError::Program(name, e))?;
+        tracing::debug!(?hook, pinned = dir.is_some(), "datapath loaded");
+        Ok(Datapath {
+            ebpf,
+            hook,
+            pin_dir: dir.map(Path::to_path_buf),
+        })
+    }
+
+    /// The hook this instance was built for.
+    pub fn hook(&self) -> Hook {
+        self.hook
+    }
+
+    /// Runs the program once on `frame` entering from `in_port` with `BPF_PROG_TEST_RUN`;
+    /// returns the verdict and the frame as the program left it. XDP test runs need
+    /// `in_port` to be a real interface of the caller's namespace (1, loopback, always is).
+    pub fn test_run(&self, frame: &[u8], in_port: u32) -> Result<(u32, Vec<u8>), DatapathError> {
+        let name = self.hook.program_name();
+        let mut out = vec![0u8; frame.len() + 256];
+        let mut ctx = [0u8; 48];
+        // __sk_buff.ingress_ifindex is at offset 36; xdp_md.ingress_ifindex at 12.
+        let off = match self.hook {
+            Hook::Tc => 36,
+            Hook::Xdp => 12,
+        };
+        ctx[off..off + 4].copy_from_slice(&in_port.to_ne_bytes());
+        if self.hook == Hook::Xdp {
+            // xdp_md.data_end must be the frame's length.
+            ctx[4..8].copy_from_slice(&(frame.len() as u32).to_ne_bytes());
+        }
+        let ctx_len = match self.hook {
+            Hook::Tc => 48,
+            Hook::Xdp => 24,
+        };
+        let opts = TestRunOptions {
+            data_in: Some(frame),
+            data_out: Some(&mut out),
+            ctx_in: Some(&ctx[..ctx_len]),
+            ..Default::default()
+        };
+        let prog = self.ebpf.program(name).expect("checked at load");
+        let res = match prog {
+            Program::SchedClassifier(p) => p.test_run(opts),
+            Program::Xdp(p) => p.test_run(opts),
+            _ => unreachable!("checked at load"),
+        }
+        .map_err(|e| DatapathError::Program(name, e))?;
+        out.truncate(res.data_size_out as usize);
+        Ok((res.return_value, out))
+    }
+
+    /// Times `runs` runs of the program on `frame` under test-run; returns the mean cost as
+    /// the kernel measured it. Each run starts from the original frame (the kernel's own
+    /// `repeat` would feed a rewritten frame, say a routed one, back into the program).
+    pub fn bench_run(
+        &self,
+        frame: &[u8],
+        in_port: u32,
+        runs: u32,
+    ) -> Result<std::time::Duration, DatapathError> {
+        let name = self.hook.program_name();
+        let mut ctx = [0u8; 48];
+        let (off, ctx_len) = match self.hook {
+            Hook::Tc => (36, 48),
+            Hook::Xdp => (12, 24),
+        };
+        ctx[off..off + 4].copy_from_slice(&in_port.to_ne_bytes());
+        if self.hook == Hook::Xdp {
+            ctx[4..8].copy_from_slice(&(frame.len() as u32).to_ne_bytes());
+        }
+        let prog = self.ebpf.program(name).expect("checked at load");
+        let mut total = std::time::Duration::ZERO;
+        for _ in 0..runs.max(1) {
+            let opts = TestRunOptions {
+                data_in: Some(frame),
+                ctx_in: Some(&ctx[..ctx_len]),
+                ..Default::default()
+            };
+            let res = match prog {
+                Program::SchedClassifier(p) => p.test_run(opts),
+                Program::Xdp(p) => p.test_run(opts),
+                _ => unreachable!("checked at load"),
+            }
+            .map_err(|e| DatapathError::Program(name, e))?;
+            total += res.duration;
+        }
+        Ok(total / runs.max(1))
+    }
+
+    /// Attaches the tc build to the ingress of `ifname` (tcx); with a pin directory the
+    /// link is pinned as `link-tc-<ifname>` and an existing pinned link is reused, so the
+    /// attachment outlives this process.
+    pub fn attach_tc(&mut self, ifname: &str) -> Result<(), DatapathError> {
+        let name = "netdp_tc";
+        let pin_dir = self.pin_dir.clone();
+        let prog: &mut SchedClassifier = self
+            .ebpf
+            .program_mut(name)
+            .expect("checked at load")
+            .try_into()
+            .map_err(|e| DatapathError::Program(name, e))?;
+        let Some(dir) = pin_dir else {
+            let id = prog
+                .attach(ifname, TcAttachType::Ingress)
+                .map_err(|e| DatapathError::Program(name, e))?;
+            // Keep the link alive for as long as this Datapath lives (dropping the id would
+            // not detach; the program owns its links).
+            let _ = id;
+            return Ok(());
+        };
+        let path = dir.join(format!("link-tc-{ifname}"));
+        let id = match PinnedLink::from_pin(&path) {
+            Ok(old) => {
+                let link = FdLink::from(old)
+                    .try_into()
+                    .map_err(|e| DatapathError::PinLink(path.clone(), Box::new(e)))?;
+                prog.attach_to_link(link)
+                    .map_err(|e| DatapathError::Program(name, e))?
+            }
+            Err(_) => prog
+                .attach_with_options(
+                    ifname,
+                    TcAttachType::Ingress,
+                    TcAttachOptions::TcxOrder(LinkOrder::default()),
+                )
+                .map_err(|e| DatapathError::Program(name, e))?,
+        };
+        let link = prog
+            .take_link(id)
+            .map_err(|e| DatapathError::Program(name, e))?;
+        let fd: FdLink = link
+            .try_into()
+            .map_err(|e: aya::programs::links::LinkError| {
+                DatapathError::PinLink(path.clone(), Box::new(e))
+            })?;
+        let _ = std::fs::remove_file(&path);
+        fd.pin(&path)
+            .map_err(|e| DatapathError::PinLink(path.clone(), Box::new(e)))?;
+        Ok(())
+    }
+
+    /// Attaches the XDP build to `ifname` in driver mode.
+    pub fn attach_xdp(&mut self, ifname: &str) -> Result<(), DatapathError> {
+        let name = "netdp_xdp";
+        let prog: &mut Xdp = self
+            .ebpf
+            .program_mut(name)
+            .expect("checked at load")
+            .try_into()
+            .map_err(|e| DatapathError::Program(name, e))?;
+        prog.attach(ifname, XdpMode::Driver)
+            .map_err(|e| DatapathError::Program(name, e))?;
+        Ok(())
+    }
+
+    fn hash<K: aya::Pod, V: aya::Pod>(
+        &mut self,
+        name: &'static str,
+    ) -> Result<BpfHashMap<&mut MapData, K, V>, DatapathError> {
+        let map = self.ebpf.map_mut(name).ok_or(DatapathError::Map(
+            name,
+            aya::maps::MapError::InvalidName { name: name.into() },
+        ))?;
+        BpfHashMap::try_from(map).map_err(|e| DatapathError::Map(name, e))
+    }
+
+    fn hash_ro<K: aya::Pod, V: aya::Pod>(
+        &self,
+        name: &'static str,
+    ) -> Result<BpfHashMap<&MapData, K, V>, DatapathError> {
+        let map = self.ebpf.map(name).ok_or(DatapathError::Map(
+            name,
+            aya::maps::MapError::InvalidName { name: name.into() },
+        ))?;
+        BpfHashMap::try_from(map).map_err(|e| DatapathError::Map(name, e))
+    }
+
+    /// Installs or replaces a port: its record, its addresses, its FDB and ARP entries, and
+    /// its place in the network's flood list.
+    pub fn set_port(&mut self, spec: &PortSpec) -> Result<(), DatapathError> {
+        self.remove_port_addrs(spec.ifindex)?;
+        let port = abi::Port {
+            net_id: spec.net_id,
+            mac: spec.mac,
+            port_security: u8::from(spec.port_security),
+            pad: 0,
+        };
+        let mut addrs: Vec<([u8; 6], u32)> = vec![(spec.mac, 0)];
+        addrs.extend(spec.ips.iter().map(|ip| (spec.mac, ip_be(*ip))));
+        for (mac, ip) in &spec.allowed_address_pairs {
+            addrs.push((*mac, 0));
+            addrs.push((*mac, ip_be(*ip)));
+        }
+        {
+            let mut m = self.hash::<AddrKey, u32>("port_addrs")?;
+            for (mac, ip) in &addrs {
+                let k = AddrKey {
+                    ifindex: spec.ifindex,
+                    ip: *ip,
+                    mac: *mac,
+                    pad: 0,
+                };
+                m.insert(k, 1, 0)
+                    .map_err(|e| DatapathError::Map("port_addrs", e))?;
+            }
+        }
+        {
+            let mut m = self.hash::<L2Key, FdbEntry>("fdb")?;
+            let k = L2Key {
+                net_id: spec.net_id,
+                mac: spec.mac,
+                pad: 0,
+            };
+            let v = FdbEntry {
+                ifindex: spec.ifindex,
+                router_id: 0,
+                ip: 0,
+            };
+            m.insert(k, v, 0)
+                .map_err(|e| DatapathError::Map("fdb", e))?;
+        }
+        for ip in &spec.ips {
+            self.set_neighbor(spec.net_id, *ip, spec.mac)?;
+        }
+        {
+            let mut m = self.hash::<u32, Network>("networks")?;
+            let mut net = m.get(&spec.net_id, 0).unwrap_or_default();
+            let used = &net.ports[..net.nports as usize];
+            if !used.contains(&spec.ifindex) {
+                if net.nports as usize >= NET_MAX_PORTS {
+                    return Err(DatapathError::NetworkFull(spec.net_id));
+                }
+                net.ports[net.nports as usize] = spec.ifindex;
+                net.nports += 1;
+            }
+            m.insert(spec.net_id, net, 0)
+                .map_err(|e| DatapathError::Map("networks", e))?;
+        }
+        let mut m = self.hash::<u32, abi::Port>("ports")?;
+        m.insert(spec.ifindex, port, 0)
+            .map_err(|e| DatapathError::Map("ports", e))?;
+        Ok(())
+    }
+
+    fn remove_port_addrs(&mut self, ifindex: u32) -> Result<(), DatapathError> {
+        let mut m = self.hash::<AddrKey, u32>("port_addrs")?;
+        let keys: Vec<AddrKey> = m
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| k.ifindex == ifindex)
+            .collect();
+        for k in keys {
+            let _ = m.remove(&k);
+        }
+        Ok(())
+    }
+
+    /// Removes a port and everything the datapath keeps for it.
+    pub fn remove_port(&mut self, ifindex: u32) -> Result<(), DatapathError> {
+        let port = {
+            let m = self.hash_ro::<u32, abi::Port>("ports")?;
+            m.get(&ifindex, 0).ok()
+        };
+        self.remove_port_addrs(ifindex)?;
+        self.set_port_rules(ifindex, &[])?;
+        if let Some(port) = port {
+            let mut fdb = self.hash::<L2Key, FdbEntry>("fdb")?;
+            let _ = fdb.remove(&L2Key {
+                net_id: port.net_id,
+                mac: port.mac,
+                pad: 0,
+            });
+            let mut neigh = self.hash::<NeighKey, Neigh>("neighbors")?;
+            let stale: Vec<NeighKey> = neigh
+                .iter()
+                .filter_map(Result::ok)
+                .filter(|(k, v)| k.net_id == port.net_id && v.mac == port.mac)
+                .map(|(k, _)| k)
+                .collect();
+            for k in stale {
+                let _ = neigh.remove(&k);
+            }
+            let mut nets = self.hash::<u32, Network>("networks")?;
+            if let Ok(mut net) = nets.get(&port.net_id, 0) {
+                let kept: Vec<u32> = net.ports[..net.nports as usize]
+                    .iter()
+                    .copied()
+                    .filter(|p| *p != ifindex)
+                    .collect();
+                net.ports = [0; NET_MAX_PORTS];
+                net.ports[..kept.len()].copy_from_slice(&kept);
+                net.nports = kept.len() as u32;
+                nets.insert(port.net_id, net, 0)
+                    .map_err(|e| DatapathError::Map("networks", e))?;
+            }
+        }
+        let mut m = self.hash::<u32, abi::Port>("ports")?;
+        let _ = m.remove(&ifindex);
+        Ok(())
+    }
+
+    /// Records that `ip` in `net_id` is at `mac` (ARP answers and routed next hops).
+    pub fn set_neighbor(
+        &mut self,
+        net_id: u32,
+        ip: Ipv4Addr,
+        mac: [u8; 6],
+    ) -> Result<(), DatapathError> {
+        let mut m = self.hash::<NeighKey, Neigh>("neighbors")?;
+        m.insert(
+            NeighKey {
+                net_id,
+                ip: ip_be(ip),
+            },
+            Neigh { mac, pad: 0 },
+            0,
+        )
+        .map_err(|e| DatapathError::Map("neighbors", e))
+    }
+
+    /// Gives router `router_id` an interface on `net_id` with `mac` and `ip` in `subnet`:
+    /// frames to the MAC are routed, ARP for the IP is answered, and the subnet becomes a
+    /// connected route of the router.
+    pub fn add_router_interface(
+        &mut self,
+        router_id: u32,
+        net_id: u32,
+        mac: [u8; 6],
+        ip: Ipv4Addr,
+        subnet: (Ipv4Addr, u8),
+    ) -> Result<(), DatapathError> {
+        {
+            let mut m = self.hash::<L2Key, FdbEntry>("fdb")?;
+            m.insert(
+                L2Key {
+                    net_id,
+                    mac,
+                    pad: 0,
+                },
+                FdbEntry {
+                    ifindex: 0,
+                    router_id,
+                    ip: ip_be(ip),
+                },
+                0,
+            )
+            .map_err(|e| DatapathError::Map("fdb", e))?;
+        }
+        self.set_neighbor(net_id, ip, mac)?;
+        self.add_route(
+            router_id,
+            subnet,
+            Route {
+                net_id,
+                nexthop: 0,
+                mac,
+                flags: 0,
+            },
+        )
+    }
+
+    /// Gives router `router_id` its external gateway on `net_id` (address `ip` in `subnet`,
+    /// MAC `mac`), with a default route via `upstream` if given. Routes out of the gateway
+    /// apply floating-IP SNAT.
+    pub fn set_router_gateway(
+        &mut self,
+        router_id: u32,
+        net_id: u32,
+        mac: [u8; 6],
+        ip: Ipv4Addr,
+        subnet: (Ipv4Addr, u8),
+        upstream: Option<Ipv4Addr>,
+    ) -> Result<(), DatapathError> {
+        self.add_router_interface(router_id, net_id, mac, ip, subnet)?;
+        let external = |nexthop| Route {
+            net_id,
+            nexthop,
+            mac,
+            flags: abi::ROUTE_EXTERNAL,
+        };
+        self.add_route(router_id, subnet, external(0))?;
+        if let Some(gw) = upstream {
+            self.add_route(router_id, (Ipv4Addr::UNSPECIFIED, 0), external(ip_be(gw)))?;
+        }
+        Ok(())
+    }
+
+    /// Maps floating IP `fip` on router `router_id` to `fixed` (1:1 DNAT in, SNAT out) and
+    /// answers ARP for it on the external network with the router's gateway MAC.
+    pub fn set_floating_ip(
+        &mut self,
+        router_id: u32,
+        fip: Ipv4Addr,
+        fixed: Ipv4Addr,
+        external_net: u32,
+        gateway_mac: [u8; 6],
+    ) -> Result<(), DatapathError> {
+        {
+            let mut m = self.hash::<abi::NatKey, u32>("fip_dnat")?;
+            m.insert(
+                abi::NatKey {
+                    router_id,
+                    ip: ip_be(fip),
+                },
+                ip_be(fixed),
+                0,
+            )
+            .map_err(|e| DatapathError::Map("fip_dnat", e))?;
+        }
+        {
+            let mut m = self.hash::<abi::NatKey, u32>("fip_snat")?;
+            m.insert(
+                abi::NatKey {
+                    router_id,
+                    ip: ip_be(fixed),
+                },
+                ip_be(fip),
+                0,
+            )
+            .map_err(|e| DatapathError::Map("fip_snat", e))?;
+        }
+        self.set_neighbor(external_net, fip, gateway_mac)
+    }
+
+    /// Removes a floating IP's translations and ARP entry.
+    pub fn remove_floating_ip(
+        &mut self,
+        router_id: u32,
+        fip: Ipv4Addr,
+        fixed: Ipv4Addr,
+        external_net: u32,
+    ) -> Result<(), DatapathError> {
+        let mut m = self.hash::<abi::NatKey, u32>("fip_dnat")?;
+        let _ = m.remove(&abi::NatKey {
+            router_id,
+            ip: ip_be(fip),
+        });
+        let mut m = self.hash::<abi::NatKey, u32>("fip_snat")?;
+        let _ = m.remove(&abi::NatKey {
+            router_id,
+            ip: ip_be(fixed),
+        });
+        let mut m = self.hash::<NeighKey, Neigh>("neighbors")?;
+        let _ = m.remove(&NeighKey {
+            net_id: external_net,
+            ip: ip_be(fip),
+        });
+        Ok(())
+    }
+
+    /// Adds (or replaces) a route of `router_id` to `dest`.
+    pub fn add_route(
+        &mut self,
+        router_id: u32,
+        dest: (Ipv4Addr, u8),
+        route: Route,
+    ) -> Result<(), DatapathError> {
+        let name = "routes";
+        let map = self.ebpf.map_mut(name).ok_or(DatapathError::Map(
+            name,
+            aya::maps::MapError::InvalidName { name: name.into() },
+        ))?;
+        let mut trie: LpmTrie<&mut MapData, RouteKey, Route> =
+            LpmTrie::try_from(map).map_err(|e| DatapathError::Map(name, e))?;
+        let masked = ip_be(dest.0) & mask_be(dest.1);
+        let key = Key::new(
+            32 + u32::from(dest.1.min(32)),
+            RouteKey {
+                router_id,
+                addr: masked,
+            },
+        );
+        trie.insert(&key, route, 0)
+            .map_err(|e| DatapathError::Map(name, e))
+    }
+
+    /// Replaces the security-group rules of a port (the union of its groups' rules). Tracked
+    /// connections admitted by a rule that is gone are cut.
+    pub fn set_port_rules(
+        &mut self,
+        ifindex: u32,
+        rules: &[RuleSpec],
+    ) -> Result<(), DatapathError> {
+        let mut slots: HashMap<SgKey, SgRules> = HashMap::new();
+        for r in rules {
+            let key = SgKey {
+                ifindex,
+                direction: match r.direction {
+                    Direction::Ingress => DIR_INGRESS,
+                    Direction::Egress => DIR_EGRESS,
+                },
+                proto: r.protocol.unwrap_or(0),
+                pad: 0,
+            };
+            let (remote, mask) = match r.remote {
+                Some((ip, len)) => (ip_be(ip) & mask_be(len), mask_be(len)),
+                None => (0, 0),
+            };
+            let icmp = r.protocol == Some(1);
+            let (port_min, port_max) = match (r.port_range, icmp) {
+                (Some(range), _) => range,
+                (None, true) => (SG_ANY, SG_ANY),
+                (None, false) => (0, u16::MAX),
+            };
+            let slot = slots.entry(key).or_default();
+            if slot.n as usize >= SG_MAX_RULES {
+                return Err(DatapathError::TooManyRules(ifindex));
+            }
+            slot.r[slot.n as usize] = SgRule {
+                rule_id: r.id,
+                remote,
+                remote_mask: mask,
+                port_min,
+                port_max,
+            };
+            slot.n += 1;
+        }
+        {
+            let mut m = self.hash::<SgKey, SgRules>("sg_rules")?;
+            let old: Vec<SgKey> = m
+                .keys()
+                .filter_map(Result::ok)
+                .filter(|k| k.ifindex == ifindex && !slots.contains_key(k))
+                .collect();
+            for (k, v) in &slots {
+                m.insert(*k, *v, 0)
+                    .map_err(|e| DatapathError::Map("sg_rules", e))?;
+            }
+            for k in old {
+                let _ = m.remove(&k);
+            }
+        }
+        let kept: HashSet<u32> = rules.iter().map(|r| r.id).collect();
+        let name = "conntrack";
+        let map = self.ebpf.map_mut(name).ok_or(DatapathError::Map(
+            name,
+            aya::maps::MapError::InvalidName { name: name.into() },
+        ))?;
+        let mut ct: BpfHashMap<&mut MapData, CtKey, CtVal> =
+            BpfHashMap::try_from(map).map_err(|e| DatapathError::Map(name, e))?;
+        let cut: Vec<CtKey> = ct
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(k, v)| k.ifindex == ifindex && !kept.contains(&v.rule_id))
+            .map(|(k, _)| k)
+            .collect();
+        for k in &cut {
+            let _ = ct.remove(k);
+        }
+        tracing::debug!(
+            ifindex,
+            rules = rules.len(),
+            cut = cut.len(),
+            "port rules set"
+        );
+        Ok(())
+    }
+
+    /// Number of tracked connections.
+    pub fn conntrack_len(&self) -> Result<usize, DatapathError> {
+        let name = "conntrack";
+        let map = self.ebpf.map(name).ok_or(DatapathError::Map(
+            name,
+            aya::maps::MapError::InvalidName { name: name.into() },
+        ))?;
+        let ct: BpfHashMap<&MapData, CtKey, CtVal> =
+            BpfHashMap::try_from(map).map_err(|e| DatapathError::Map(name, e))?;
+        Ok(ct.keys().filter_map(Result::ok).count())
+    }
+
+    /// A port's counters summed over CPUs (zero if it never saw a frame).
+    pub fn port_counters(&self, ifindex: u32) -> Result<PortCounters, DatapathError> {
+        let name = "port_stats";
+        let map = self.ebpf.map(name).ok_or(DatapathError::Map(
+            name,
+            aya::maps::MapError::InvalidName { name: name.into() },
+        ))?;
+        let m: PerCpuHashMap<&MapData, u32, PortStats> =
+            PerCpuHashMap::try_from(map).map_err(|e| DatapathError::Map(name, e))?;
+        let mut sum = PortStats::default();
+        let Ok(per_cpu) = m.get(&ifindex, 0) else {
+            return Ok(PortCounters(sum));
+        };
+        for s in per_cpu.iter() {
+            sum.rx_packets += s.rx_packets;
+            sum.rx_bytes += s.rx_bytes;
+            sum.tx_packets += s.tx_packets;
+            sum.tx_bytes += s.tx_bytes;
+            sum.routed += s.routed;
+            sum.flooded += s.flooded;
+            sum.arp_replies += s.arp_replies;
+            sum.icmp_errors += s.icmp_errors;
+            for (a, b) in sum.drops.iter_mut().zip(s.drops.iter()) {
+                *a += b;
+            }
+        }
+        Ok(PortCounters(sum))
+    }
+
+    /// A rule's counters summed over CPUs (zero for ids past the counter array).
+    pub fn rule_counters(&self, rule_id: u32) -> Result<RuleStats, DatapathError> {
+        let name = "rule_stats";
+        let map = self.ebpf.map(name).ok_or(DatapathError::Map(
+            name,
+            aya::maps::MapError::InvalidName { name: name.into() },
+        ))?;
+        let m: PerCpuArray<&MapData, RuleStats> =
+            PerCpuArray::try_from(map).map_err(|e| DatapathError::Map(name, e))?;
+        let mut sum = RuleStats::default();
+        if let Ok(per_cpu) = m.get(&rule_id, 0) {
+            for s in per_cpu.iter() {
+                sum.packets += s.packets;
+                sum.bytes += s.bytes;
+            }
+        }
+        Ok(sum)
+    }
+}

@@ -1,0 +1,187 @@
+//! The API's semantics without a datapath: Neutron shapes, validation, defaults, and
+//! persistence.
+
+use netdp::api::{ApiError, Controller};
+use serde_json::{Value, json};
+
+fn call(c: &mut Controller, method: &str, path: &str, body: Value) -> (u16, Value) {
+    let body = if body.is_null() {
+        vec![]
+    } else {
+        body.to_string().into_bytes()
+    };
+    match c.handle(method, path, &body) {
+        Ok(r) => r,
+        Err(e) => (e.status_and_code().0, json!({"error": e.to_string()})),
+    }
+}
+
+#[test]
+fn networks_subnets_ports_and_groups_behave_like_neutron() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state.json");
+    let mut c = Controller::open(Some(state.clone()), None).unwrap();
+
+    let (s, net) = call(
+        &mut c,
+        "POST",
+        "/v2.0/networks",
+        json!({"network": {"name": "blue", "project_id": "p1"}}),
+    );
+    assert_eq!(s, 201);
+    let net_id = net["network"]["id"].as_str().unwrap().to_string();
+    assert_eq!(net["network"]["mtu"], 1500);
+    assert_eq!(net["network"]["status"], "ACTIVE");
+
+    let (s, sub) = call(
+        &mut c,
+        "POST",
+        "/v2.0/subnets",
+        json!({"subnet": {"network_id": net_id, "ip_version": 4, "cidr": "10.0.0.0/24"}}),
+    );
+    assert_eq!(s, 201);
+    assert_eq!(sub["subnet"]["gateway_ip"], "10.0.0.1");
+    let sub_id = sub["subnet"]["id"].as_str().unwrap().to_string();
+
+    // A port without addresses or groups gets the next free IP and the default group.
+    let (s, port) = call(
+        &mut c,
+        "POST",
+        "/v2.0/ports",
+        json!({"port": {"network_id": net_id}}),
+    );
+    assert_eq!(s, 201, "{port}");
+    let p = &port["port"];
+    assert_eq!(p["fixed_ips"][0]["ip_address"], "10.0.0.2");
+    assert_eq!(p["fixed_ips"][0]["subnet_id"], sub_id.as_str());
+    assert!(p["mac_address"].as_str().unwrap().starts_with("fa:16:3e:"));
+    assert_eq!(p["port_security_enabled"], true);
+    assert_eq!(p["status"], "DOWN");
+    let default_sg = p["security_groups"][0].as_str().unwrap().to_string();
+    let (_, sg) = call(
+        &mut c,
+        "GET",
+        &format!("/v2.0/security-groups/{default_sg}"),
+        Value::Null,
+    );
+    assert_eq!(sg["security_group"]["name"], "default");
+    let rules = sg["security_group"]["security_group_rules"]
+        .as_array()
+        .unwrap();
+    assert_eq!(rules.len(), 2, "egress to anywhere, ingress from the group");
+    let (_, port2) = call(
+        &mut c,
+        "POST",
+        "/v2.0/ports",
+        json!({"port": {"network_id": net_id}}),
+    );
+    assert_eq!(port2["port"]["fixed_ips"][0]["ip_address"], "10.0.0.3");
+    assert_eq!(port2["port"]["security_groups"][0], default_sg.as_str());
+
+    // Groups and rules.
+    let (s, web) = call(
+        &mut c,
+        "POST",
+        "/v2.0/security-groups",
+        json!({"security_group": {"name": "web"}}),
+    );
+    assert_eq!(s, 201);
+    let web_id = web["security_group"]["id"].as_str().unwrap().to_string();
+    let (s, _) = call(
+        &mut c,
+        "POST",
+        "/v2.0/security-group-rules",
+        json!({"security_group_rule": {"security_group_id": web_id, "direction": "ingress",
+            "protocol": "tcp", "port_range_min": 80, "port_range_max": 80,
+            "remote_ip_prefix": "0.0.0.0/0"}}),
+    );
+    assert_eq!(s, 201);
+    let (s, _) = call(
+        &mut c,
+        "POST",
+        "/v2.0/security-group-rules",
+        json!({"security_group_rule": {"security_group_id": web_id, "direction": "sideways"}}),
+    );
+    assert_eq!(s, 400);
+    let pid = port["port"]["id"].as_str().unwrap().to_string();
+    let (s, upd) = call(
+        &mut c,
+        "PUT",
+        &format!("/v2.0/ports/{pid}"),
+        json!({"port": {"security_groups": [default_sg, web_id]}}),
+    );
+    assert_eq!(s, 200);
+    assert_eq!(upd["port"]["security_groups"].as_array().unwrap().len(), 2);
+
+    // Unknown fields, wrong envelopes and unknown ids are refused.
+    let (s, _) = call(
+        &mut c,
+        "POST",
+        "/v2.0/networks",
+        json!({"network": {"name": "x", "colour": "red"}}),
+    );
+    assert_eq!(s, 400);
+    let (s, _) = call(&mut c, "POST", "/v2.0/networks", json!({"name": "x"}));
+    assert_eq!(s, 400);
+    let (s, _) = call(&mut c, "GET", "/v2.0/ports/nope", Value::Null);
+    assert_eq!(s, 404);
+    let (s, _) = call(&mut c, "GET", "/v2.0/flavors", Value::Null);
+    assert_eq!(s, 404);
+    // A network with ports cannot go; a group in use cannot go.
+    let (s, _) = call(
+        &mut c,
+        "DELETE",
+        &format!("/v2.0/networks/{net_id}"),
+        Value::Null,
+    );
+    assert_eq!(s, 409);
+    let (s, _) = call(
+        &mut c,
+        "DELETE",
+        &format!("/v2.0/security-groups/{web_id}"),
+        Value::Null,
+    );
+    assert_eq!(s, 409);
+
+    // Routers take the gateway address of the subnet on an interface port.
+    let (_, r) = call(
+        &mut c,
+        "POST",
+        "/v2.0/routers",
+        json!({"router": {"name": "r1"}}),
+    );
+    let rid = r["router"]["id"].as_str().unwrap().to_string();
+    let (s, ri) = call(
+        &mut c,
+        "PUT",
+        &format!("/v2.0/routers/{rid}/add_router_interface"),
+        json!({"subnet_id": sub_id}),
+    );
+    assert_eq!(s, 200, "{ri}");
+    let rport = ri["port_id"].as_str().unwrap().to_string();
+    let (_, rp) = call(&mut c, "GET", &format!("/v2.0/ports/{rport}"), Value::Null);
+    assert_eq!(rp["port"]["fixed_ips"][0]["ip_address"], "10.0.0.1");
+    assert_eq!(rp["port"]["device_owner"], "network:router_interface");
+    let (s, _) = call(
+        &mut c,
+        "PUT",
+        &format!("/v2.0/routers/{rid}/add_router_interface"),
+        json!({"subnet_id": sub_id}),
+    );
+    assert_eq!(s, 409);
+
+    // Everything survives a restart.
+    drop(c);
+    let mut c = Controller::open(Some(state), None).unwrap();
+    let (_, ports) = call(&mut c, "GET", "/v2.0/ports", Value::Null);
+    assert_eq!(ports["ports"].as_array().unwrap().len(), 3);
+    let (_, nets) = call(&mut c, "GET", "/v2.0/networks", Value::Null);
+    assert_eq!(nets["networks"][0]["subnets"][0], sub_id.as_str());
+    assert!(c.metrics().contains("ferrostack_netdp_ports 3"));
+    let (s, _) = call(&mut c, "DELETE", &format!("/v2.0/ports/{pid}"), Value::Null);
+    assert_eq!(s, 204);
+    let e = c
+        .handle("DELETE", &format!("/v2.0/ports/{pid}"), b"")
+        .unwrap_err();
+    assert!(matches!(e, ApiError::NotFound(..)));
+}

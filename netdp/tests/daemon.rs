@@ -1,0 +1,363 @@
+//! The `netdp` daemon end to end: started in a node namespace, driven through its Unix
+//! socket API with Neutron's requests, with VMs (namespaces) plugged into taps named as
+//! Neutron names them; then stopped and restarted while traffic flows.
+
+#[path = "support/topo.rs"]
+#[allow(dead_code)]
+mod topo;
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use tests::netns::{Netns, ip};
+
+fn privileged() -> bool {
+    caps::require_all(&[
+        caps::Capability::Root,
+        caps::Capability::Bpf,
+        caps::Capability::Netns,
+    ])
+}
+
+/// The daemon process, killed on drop.
+struct Daemon(Child);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start(node: &Netns, dir: &Path, pins: &Path) -> Daemon {
+    let sock = dir.join("netdp.sock");
+    let _ = std::fs::remove_file(&sock);
+    // nsenter, not `ip netns exec`: the latter remounts /sys, hiding bpffs.
+    let child = Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{}", node.name()))
+        .arg(env!("CARGO_BIN_EXE_netdp"))
+        .arg("--socket")
+        .arg(&sock)
+        .arg("--state")
+        .arg(dir.join("state.json"))
+        .arg("--pin-dir")
+        .arg(pins)
+        .env("RUST_LOG", "warn")
+        .spawn()
+        .expect("start netdp");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while UnixStream::connect(&sock).is_err() {
+        assert!(Instant::now() < deadline, "netdp did not come up");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Daemon(child)
+}
+
+fn stop(d: Daemon) {
+    let pid = d.0.id() as i32;
+    // SAFETY: signalling a child process we started and still own.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    let mut d = d;
+    let _ = d.0.wait();
+}
+
+/// One HTTP/1.1 request over the socket; returns the status and the body.
+fn call(dir: &Path, method: &str, path: &str, body: Option<Value>) -> (u16, String) {
+    let mut s = UnixStream::connect(dir.join("netdp.sock")).expect("connect");
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nhost: netdp\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let status = out[9..12].parse().unwrap();
+    let body = out
+        .split_once("\r\n\r\n")
+        .map(|x| x.1)
+        .unwrap_or("")
+        .to_string();
+    (status, body)
+}
+
+fn post(dir: &Path, path: &str, body: Value) -> Value {
+    let (s, b) = call(dir, "POST", path, Some(body));
+    assert_eq!(s, 201, "{path}: {b}");
+    serde_json::from_str(&b).unwrap()
+}
+
+/// Plugs a VM into the tap of `port` (the JSON of a created port).
+fn plug(node: &Netns, tag: &str, port: &Value, prefix: u8, gw: &str) -> Netns {
+    let p = &port["port"];
+    let id = p["id"].as_str().unwrap();
+    let tap = format!("tap{}", &id[..11]);
+    let vm = Netns::new(tag).unwrap();
+    let n = vm.name();
+    ip(&[
+        "-n",
+        node.name(),
+        "link",
+        "add",
+        &tap,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "eth0",
+        "netns",
+        n,
+    ])
+    .unwrap();
+    ip(&[
+        "-n",
+        n,
+        "link",
+        "set",
+        "eth0",
+        "address",
+        p["mac_address"].as_str().unwrap(),
+    ])
+    .unwrap();
+    let addr = format!(
+        "{}/{prefix}",
+        p["fixed_ips"][0]["ip_address"].as_str().unwrap()
+    );
+    ip(&["-n", n, "addr", "add", &addr, "dev", "eth0"]).unwrap();
+    ip(&["-n", n, "link", "set", "eth0", "up"]).unwrap();
+    ip(&["-n", n, "route", "add", "default", "via", gw]).unwrap();
+    ip(&["-n", node.name(), "link", "set", &tap, "up"]).unwrap();
+    vm
+}
+
+fn ping(vm: &Netns, dst: &str) -> bool {
+    vm.exec(&["ping", "-c", "1", "-W", "1", dst])
+        .map(|o| o.status.success())
+        .unwrap_or(false)
+}
+
+/// Pings until an answer comes or `secs` pass (the daemon programs new taps within 0.5 s).
+fn ping_soon(vm: &Netns, dst: &str, secs: u64) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while Instant::now() < deadline {
+        if ping(vm, dst) {
+            return true;
+        }
+    }
+    false
+}
+
+#[test]
+fn the_daemon_connects_neutron_ports_and_survives_a_restart() {
+    if !privileged() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let pins = PathBuf::from(format!(
+        "/sys/fs/bpf/ferrostack-test-netdp-daemon-{}",
+        std::process::id()
+    ));
+    struct Unpin(PathBuf);
+    impl Drop for Unpin {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let _unpin = Unpin(pins.clone());
+    let node = Netns::new("netdpd-node").unwrap();
+    let d = start(&node, dir.path(), &pins);
+    let d_path = dir.path();
+
+    let net = post(
+        d_path,
+        "/v2.0/networks",
+        json!({"network": {"name": "blue", "project_id": "p"}}),
+    );
+    let net_id = net["network"]["id"].as_str().unwrap().to_string();
+    post(
+        d_path,
+        "/v2.0/subnets",
+        json!({"subnet": {"network_id": net_id, "ip_version": 4, "cidr": "10.1.0.0/24"}}),
+    );
+    let net2 = post(
+        d_path,
+        "/v2.0/networks",
+        json!({"network": {"name": "green", "project_id": "p"}}),
+    );
+    let net2_id = net2["network"]["id"].as_str().unwrap().to_string();
+    let sub2 = post(
+        d_path,
+        "/v2.0/subnets",
+        json!({"subnet": {"network_id": net2_id, "ip_version": 4, "cidr": "10.2.0.0/24"}}),
+    );
+    // A and B in the default group (ingress from the group), C in an egress-only group.
+    let a = post(
+        d_path,
+        "/v2.0/ports",
+        json!({"port": {"network_id": net_id}}),
+    );
+    let b = post(
+        d_path,
+        "/v2.0/ports",
+        json!({"port": {"network_id": net_id}}),
+    );
+    let lonely = post(
+        d_path,
+        "/v2.0/security-groups",
+        json!({"security_group": {"name": "lonely", "project_id": "p"}}),
+    );
+    let lonely_id = lonely["security_group"]["id"].as_str().unwrap().to_string();
+    let c = post(
+        d_path,
+        "/v2.0/ports",
+        json!({"port": {"network_id": net2_id, "security_groups": [lonely_id]}}),
+    );
+    let router = post(d_path, "/v2.0/routers", json!({"router": {"name": "r"}}));
+    let rid = router["router"]["id"].as_str().unwrap().to_string();
+    let subnets: Value =
+        serde_json::from_str(&call(d_path, "GET", "/v2.0/subnets", None).1).unwrap();
+    for s in subnets["subnets"].as_array().unwrap() {
+        let (st, body) = call(
+            d_path,
+            "PUT",
+            &format!("/v2.0/routers/{rid}/add_router_interface"),
+            Some(json!({"subnet_id": s["id"]})),
+        );
+        assert_eq!(st, 200, "{body}");
+    }
+    let _ = sub2;
+
+    let vm_a = plug(&node, "netdpd-a", &a, 24, "10.1.0.1");
+    let vm_b = plug(&node, "netdpd-b", &b, 24, "10.1.0.1");
+    let vm_c = plug(&node, "netdpd-c", &c, 24, "10.2.0.1");
+    let ip_b = b["port"]["fixed_ips"][0]["ip_address"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let ip_c = c["port"]["fixed_ips"][0]["ip_address"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    // The default group admits its own members.
+    assert!(ping_soon(&vm_a, &ip_b, 5), "A reaches B through the daemon");
+    // C's group admits nothing; a rule added through the API opens it, across the router.
+    assert!(!ping(&vm_a, &ip_c));
+    post(
+        d_path,
+        "/v2.0/security-group-rules",
+        json!({"security_group_rule": {"security_group_id": lonely_id, "direction": "ingress", "protocol": "icmp"}}),
+    );
+    assert!(
+        ping_soon(&vm_a, &ip_c, 3),
+        "A reaches C once the rule exists"
+    );
+    let (_, port) = call(
+        d_path,
+        "GET",
+        &format!("/v2.0/ports/{}", a["port"]["id"].as_str().unwrap()),
+        None,
+    );
+    assert!(port.contains("\"status\":\"ACTIVE\""), "{port}");
+
+    // An external network, the router's gateway on it, and a floating IP for A.
+    let ext = post(
+        d_path,
+        "/v2.0/networks",
+        json!({"network": {"name": "public", "router:external": true}}),
+    );
+    let ext_id = ext["network"]["id"].as_str().unwrap().to_string();
+    post(
+        d_path,
+        "/v2.0/subnets",
+        json!({"subnet": {"network_id": ext_id, "ip_version": 4, "cidr": "172.24.4.0/24"}}),
+    );
+    let (st, body) = call(
+        d_path,
+        "PUT",
+        &format!("/v2.0/routers/{rid}"),
+        Some(json!({"router": {"external_gateway_info": {"network_id": ext_id}}})),
+    );
+    assert_eq!(st, 200, "{body}");
+    assert!(body.contains("external_fixed_ips"), "{body}");
+    // A host outside: a port without port security on the external network.
+    let outside = post(
+        d_path,
+        "/v2.0/ports",
+        json!({"port": {"network_id": ext_id, "port_security_enabled": false}}),
+    );
+    let vm_x = plug(&node, "netdpd-x", &outside, 24, "172.24.4.1");
+    let fip = post(
+        d_path,
+        "/v2.0/floatingips",
+        json!({"floatingip": {"floating_network_id": ext_id, "port_id": a["port"]["id"]}}),
+    );
+    assert_eq!(fip["floatingip"]["status"], "ACTIVE");
+    assert_eq!(fip["floatingip"]["router_id"], rid.as_str());
+    let fip_addr = fip["floatingip"]["floating_ip_address"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // The default group admits only members: open ICMP from anywhere for A via a new group.
+    let open = post(
+        d_path,
+        "/v2.0/security-groups",
+        json!({"security_group": {"name": "open", "project_id": "p"}}),
+    );
+    let open_id = open["security_group"]["id"].as_str().unwrap().to_string();
+    post(
+        d_path,
+        "/v2.0/security-group-rules",
+        json!({"security_group_rule": {"security_group_id": open_id, "direction": "ingress",
+            "protocol": "icmp", "remote_ip_prefix": "0.0.0.0/0"}}),
+    );
+    let default_id = a["port"]["security_groups"][0]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (st, body) = call(
+        d_path,
+        "PUT",
+        &format!("/v2.0/ports/{}", a["port"]["id"].as_str().unwrap()),
+        Some(json!({"port": {"security_groups": [default_id, open_id]}})),
+    );
+    assert_eq!(st, 200, "{body}");
+    assert!(
+        ping_soon(&vm_x, &fip_addr, 3),
+        "the floating IP reaches A from outside"
+    );
+    // Disassociated, it stops.
+    let (st, _) = call(
+        d_path,
+        "PUT",
+        &format!(
+            "/v2.0/floatingips/{}",
+            fip["floatingip"]["id"].as_str().unwrap()
+        ),
+        Some(json!({"floatingip": {"port_id": null}})),
+    );
+    assert_eq!(st, 200);
+    assert!(!ping(&vm_x, &fip_addr));
+
+    let (s, metrics) = call(d_path, "GET", "/metrics", None);
+    assert_eq!(s, 200);
+    assert!(metrics.contains("ferrostack_netdp_port_tx_packets_total{port="));
+    assert!(metrics.contains("reason=\"security_group_ingress\""));
+
+    // Stop the daemon: pinned maps and links keep forwarding.
+    stop(d);
+    assert!(ping(&vm_a, &ip_b), "traffic flows while netdp is down");
+    // Start it again: state restored, maps and links re-taken.
+    let d = start(&node, d_path, &pins);
+    assert!(ping(&vm_a, &ip_b));
+    assert!(ping(&vm_a, &ip_c));
+    let (_, nets) = call(d_path, "GET", "/v2.0/networks", None);
+    assert!(nets.contains("blue") && nets.contains("green"));
+    drop(d);
+    drop((vm_a, vm_b, vm_c, vm_x, node));
+}

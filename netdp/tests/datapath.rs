@@ -1,0 +1,803 @@
+//! Every datapath decision, run in the kernel with `BPF_PROG_TEST_RUN` on crafted frames.
+//! Each test loads its own instance (test runs mutate the real maps).
+
+#[path = "support/frames.rs"]
+#[allow(dead_code)]
+mod frames;
+
+use std::net::Ipv4Addr;
+
+use frames::*;
+use netdp::datapath::{Datapath, Direction, DropReason, Hook, PortSpec, RuleSpec};
+
+const TC_ACT_SHOT: u32 = 2;
+const TC_ACT_OK: u32 = 0;
+const TC_ACT_REDIRECT: u32 = 7;
+const XDP_PASS: u32 = 2;
+const XDP_TX: u32 = 3;
+const XDP_REDIRECT: u32 = 4;
+
+const A: u32 = 10;
+const B: u32 = 11;
+const C: u32 = 20;
+const MAC_A: [u8; 6] = [0x02, 0, 0, 0, 0, 0x0a];
+const MAC_B: [u8; 6] = [0x02, 0, 0, 0, 0, 0x0b];
+const MAC_C: [u8; 6] = [0x02, 0, 0, 0, 0, 0x14];
+const MAC_R1: [u8; 6] = [0x02, 0, 0, 0, 0x01, 0x01];
+const MAC_R2: [u8; 6] = [0x02, 0, 0, 0, 0x01, 0x02];
+const IP_A: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 10);
+const IP_B: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 11);
+const IP_C: Ipv4Addr = Ipv4Addr::new(10, 0, 1, 20);
+const GW1: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
+const GW2: Ipv4Addr = Ipv4Addr::new(10, 0, 1, 1);
+
+fn privileged() -> bool {
+    caps::require_all(&[caps::Capability::Root, caps::Capability::Bpf])
+}
+
+fn port(ifindex: u32, net_id: u32, mac: [u8; 6], ip: Ipv4Addr) -> PortSpec {
+    PortSpec {
+        ifindex,
+        net_id,
+        mac,
+        ips: vec![ip],
+        port_security: true,
+        allowed_address_pairs: vec![],
+    }
+}
+
+fn allow_all(id: u32, direction: Direction) -> RuleSpec {
+    RuleSpec {
+        id,
+        direction,
+        protocol: None,
+        port_range: None,
+        remote: None,
+    }
+}
+
+/// Network 1 holds A and B, network 2 holds C; router 1 joins them. Every port may send
+/// anything out; nothing is allowed in unless a test adds it.
+fn topology(hook: Hook) -> Datapath {
+    let mut dp = Datapath::load(hook).expect("load datapath");
+    dp.set_port(&port(A, 1, MAC_A, IP_A)).unwrap();
+    dp.set_port(&port(B, 1, MAC_B, IP_B)).unwrap();
+    dp.set_port(&port(C, 2, MAC_C, IP_C)).unwrap();
+    dp.add_router_interface(1, 1, MAC_R1, GW1, (Ipv4Addr::new(10, 0, 0, 0), 24))
+        .unwrap();
+    dp.add_router_interface(1, 2, MAC_R2, GW2, (Ipv4Addr::new(10, 0, 1, 0), 24))
+        .unwrap();
+    for (i, p) in [A, B, C].into_iter().enumerate() {
+        dp.set_port_rules(p, &[allow_all(100 + i as u32, Direction::Egress)])
+            .unwrap();
+    }
+    dp
+}
+
+fn ping(src_mac: [u8; 6], dst_mac: [u8; 6], src: Ipv4Addr, dst: Ipv4Addr) -> Vec<u8> {
+    ipv4(dst_mac, src_mac, src, dst, ICMP, 64, &icmp_echo(8, 7, 1))
+}
+
+fn drops(dp: &Datapath, port: u32, reason: DropReason) -> u64 {
+    dp.port_counters(port).unwrap().drops(reason)
+}
+
+#[test]
+fn l2_unicast_is_redirected_to_the_port_owning_the_mac() {
+    if !privileged() {
+        return;
+    }
+    let mut dp = topology(Hook::Tc);
+    dp.set_port_rules(
+        B,
+        &[
+            allow_all(1, Direction::Egress),
+            allow_all(2, Direction::Ingress),
+        ],
+    )
+    .unwrap();
+    let frame = ping(MAC_A, MAC_B, IP_A, IP_B);
+    let (verdict, out) = dp.test_run(&frame, A).unwrap();
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    assert_eq!(out, frame, "switching must not touch the frame");
+    let b = dp.port_counters(B).unwrap();
+    assert_eq!(b.0.tx_packets, 1);
+    assert_eq!(dp.port_counters(A).unwrap().0.rx_packets, 1);
+    assert_eq!(dp.port_counters(C).unwrap().0.tx_packets, 0);
+}
+
+#[test]
+fn unknown_unicast_is_dropped_not_flooded() {
+    if !privileged() {
+        return;
+    }
+    let dp = topology(Hook::Tc);
+    let frame = ping(MAC_A, [0x02, 0, 0, 0, 0, 0x99], IP_A, IP_B);
+    assert_eq!(dp.test_run(&frame, A).unwrap().0, TC_ACT_SHOT);
+    assert_eq!(drops(&dp, A, DropReason::UnknownDestination), 1);
+    assert_eq!(dp.port_counters(A).unwrap().0.flooded, 0);
+    // A MAC of another network is unknown here too.
+    let frame = ping(MAC_A, MAC_C, IP_A, IP_C);
+    assert_eq!(dp.test_run(&frame, A).unwrap().0, TC_ACT_SHOT);
+    assert_eq!(drops(&dp, A, DropReason::UnknownDestination), 2);
+}
+
+#[test]
+fn spoofed_sources_are_dropped_and_allowed_address_pairs_pass() {
+    if !privileged() {
+        return;
+    }
+    let mut dp = topology(Hook::Tc);
+    dp.set_port_rules(B, &[allow_all(2, Direction::Ingress)])
+        .unwrap();
+    let evil_mac = [0x02, 0, 0, 0, 0, 0x66];
+    let vip = Ipv4Addr::new(10, 0, 0, 200);
+    assert_eq!(
+        dp.test_run(&ping(evil_mac, MAC_B, IP_A, IP_B), A)
+            .unwrap()
+            .0,
+        TC_ACT_SHOT
+    );
+    assert_eq!(drops(&dp, A, DropReason::SpoofMac), 1);
+    assert_eq!(
+        dp.test_run(&ping(MAC_A, MAC_B, vip, IP_B), A).unwrap().0,
+        TC_ACT_SHOT
+    );
+    assert_eq!(drops(&dp, A, DropReason::SpoofIp), 1);
+    // A group source MAC is never legitimate.
+    assert_eq!(
+        dp.test_run(&ping([0x01, 0, 0x5e, 0, 0, 1], MAC_B, IP_A, IP_B), A)
+            .unwrap()
+            .0,
+        TC_ACT_SHOT
+    );
+    assert_eq!(drops(&dp, A, DropReason::SpoofMac), 2);
+    // IPv6 and other ethertypes are not allowed under port security.
+    let v6 = pad(eth(MAC_B, MAC_A, 0x86dd));
+    assert_eq!(dp.test_run(&v6, A).unwrap().0, TC_ACT_SHOT);
+    assert_eq!(drops(&dp, A, DropReason::Ethertype), 1);
+
+    // The VIP becomes an allowed address pair of A: now it passes.
+    let mut a = port(A, 1, MAC_A, IP_A);
+    a.allowed_address_pairs.push((MAC_A, vip));
+    dp.set_port(&a).unwrap();
+    assert_eq!(
+        dp.test_run(&ping(MAC_A, MAC_B, vip, IP_B), A).unwrap().0,
+        TC_ACT_REDIRECT
+    );
+    // Without port security anything goes.
+    a.port_security = false;
+    a.allowed_address_pairs.clear();
+    dp.set_port(&a).unwrap();
+    assert_eq!(
+        dp.test_run(&ping(MAC_A, MAC_B, Ipv4Addr::new(1, 2, 3, 4), IP_B), A)
+            .unwrap()
+            .0,
+        TC_ACT_REDIRECT
+    );
+}
+
+#[test]
+fn arp_requests_for_known_addresses_are_answered_in_place() {
+    if !privileged() {
+        return;
+    }
+    let dp = topology(Hook::Tc);
+    let (verdict, out) = dp.test_run(&arp_request(MAC_A, IP_A, IP_B), A).unwrap();
+    assert_eq!(verdict, TC_ACT_REDIRECT, "the reply goes back out of A");
+    assert_eq!(&out[0..6], &MAC_A, "to the asker");
+    assert_eq!(&out[6..12], &MAC_B, "from the owner");
+    assert_eq!(&out[20..22], &[0, 2], "an ARP reply");
+    assert_eq!(&out[22..28], &MAC_B, "sender hardware address");
+    assert_eq!(&out[28..32], &IP_B.octets(), "sender protocol address");
+    assert_eq!(&out[32..38], &MAC_A, "target hardware address");
+    assert_eq!(&out[38..42], &IP_A.octets(), "target protocol address");
+    let a = dp.port_counters(A).unwrap();
+    assert_eq!((a.0.arp_replies, a.0.tx_packets), (1, 1));
+
+    // The router's address is answered with the router's MAC.
+    let (_, out) = dp.test_run(&arp_request(MAC_A, IP_A, GW1), A).unwrap();
+    assert_eq!(&out[22..28], &MAC_R1);
+
+    // An ARP claiming someone else's address is dropped.
+    assert_eq!(
+        dp.test_run(&arp_request(MAC_A, IP_B, GW1), A).unwrap().0,
+        TC_ACT_SHOT
+    );
+    assert_eq!(drops(&dp, A, DropReason::SpoofArp), 1);
+
+    // ARP for an address nobody has is flooded to the network, not answered.
+    let (verdict, _) = dp
+        .test_run(&arp_request(MAC_A, IP_A, Ipv4Addr::new(10, 0, 0, 77)), A)
+        .unwrap();
+    assert_eq!(
+        verdict, TC_ACT_SHOT,
+        "the original is consumed by the flood"
+    );
+    assert_eq!(dp.port_counters(A).unwrap().0.flooded, 1);
+}
+
+#[test]
+fn security_groups_deny_by_default_and_rules_add_up() {
+    if !privileged() {
+        return;
+    }
+    let mut dp = topology(Hook::Tc);
+    let ssh = pad(ipv4(
+        MAC_B,
+        MAC_A,
+        IP_A,
+        IP_B,
+        TCP,
+        64,
+        &tcp(40000, 22, SYN),
+    ));
+    let http = pad(ipv4(
+        MAC_B,
+        MAC_A,
+        IP_A,
+        IP_B,
+        TCP,
+        64,
+        &tcp(40001, 80, SYN),
+    ));
+    let dns = pad(ipv4(MAC_B, MAC_A, IP_A, IP_B, UDP, 64, &udp(40002, 53)));
+    assert_eq!(dp.test_run(&ssh, A).unwrap().0, TC_ACT_SHOT);
+    assert_eq!(drops(&dp, A, DropReason::SecurityGroupIngress), 1);
+
+    // Two groups: one allows SSH from the subnet, the other DNS from anywhere.
+    let ssh_rule = RuleSpec {
+        id: 7,
+        direction: Direction::Ingress,
+        protocol: Some(TCP),
+        port_range: Some((22, 22)),
+        remote: Some((Ipv4Addr::new(10, 0, 0, 0), 24)),
+    };
+    let dns_rule = RuleSpec {
+        id: 8,
+        direction: Direction::Ingress,
+        protocol: Some(UDP),
+        port_range: Some((53, 53)),
+        remote: None,
+    };
+    dp.set_port_rules(B, &[allow_all(1, Direction::Egress), ssh_rule, dns_rule])
+        .unwrap();
+    assert_eq!(dp.test_run(&ssh, A).unwrap().0, TC_ACT_REDIRECT);
+    assert_eq!(dp.test_run(&dns, A).unwrap().0, TC_ACT_REDIRECT);
+    assert_eq!(dp.test_run(&http, A).unwrap().0, TC_ACT_SHOT);
+    assert_eq!(drops(&dp, A, DropReason::SecurityGroupIngress), 2);
+    assert_eq!(dp.rule_counters(7).unwrap().packets, 1);
+    assert_eq!(dp.rule_counters(8).unwrap().packets, 1);
+
+    // The remote prefix matters: SSH from C (another subnet, routed) is refused.
+    let from_c = pad(ipv4(
+        MAC_R2,
+        MAC_C,
+        IP_C,
+        IP_B,
+        TCP,
+        64,
+        &tcp(40003, 22, SYN),
+    ));
+    assert_eq!(dp.test_run(&from_c, C).unwrap().0, TC_ACT_SHOT);
+    assert_eq!(drops(&dp, C, DropReason::SecurityGroupIngress), 1);
+
+    // Egress is denied by default too.
+    dp.set_port_rules(A, &[]).unwrap();
+    assert_eq!(dp.test_run(&dns, A).unwrap().0, TC_ACT_SHOT);
+    assert_eq!(drops(&dp, A, DropReason::SecurityGroupEgress), 1);
+}
+
+#[test]
+fn conntrack_lets_replies_back_and_drops_invalid() {
+    if !privileged() {
+        return;
+    }
+    let mut dp = topology(Hook::Tc);
+    let web = RuleSpec {
+        id: 9,
+        direction: Direction::Ingress,
+        protocol: Some(TCP),
+        port_range: Some((80, 80)),
+        remote: None,
+    };
+    dp.set_port_rules(B, &[allow_all(1, Direction::Egress), web])
+        .unwrap();
+    let syn = pad(ipv4(
+        MAC_B,
+        MAC_A,
+        IP_A,
+        IP_B,
+        TCP,
+        64,
+        &tcp(40000, 80, SYN),
+    ));
+    let synack = pad(ipv4(
+        MAC_A,
+        MAC_B,
+        IP_B,
+        IP_A,
+        TCP,
+        64,
+        &tcp(80, 40000, SYN | ACK),
+    ));
+    let ack = pad(ipv4(
+        MAC_B,
+        MAC_A,
+        IP_A,
+        IP_B,
+        TCP,
+        64,
+        &tcp(40000, 80, ACK),
+    ));
+    // A has no ingress rule: the SYN-ACK is only allowed as a reply.
+    assert_eq!(dp.test_run(&synack, B).unwrap().0, TC_ACT_SHOT);
+    assert_eq!(drops(&dp, B, DropReason::ConntrackInvalid), 1);
+    assert_eq!(dp.test_run(&syn, A).unwrap().0, TC_ACT_REDIRECT);
+    assert_eq!(dp.test_run(&synack, B).unwrap().0, TC_ACT_REDIRECT);
+    assert_eq!(dp.test_run(&ack, A).unwrap().0, TC_ACT_REDIRECT);
+    // A stray ACK for a connection nobody opened is INVALID.
+    let stray = pad(ipv4(
+        MAC_B,
+        MAC_A,
+        IP_A,
+        IP_B,
+        TCP,
+        64,
+        &tcp(40009, 80, ACK),
+    ));
+    assert_eq!(dp.test_run(&stray, A).unwrap().0, TC_ACT_SHOT);
+    assert_eq!(drops(&dp, A, DropReason::ConntrackInvalid), 1);
+    // A new connection from B to A is still refused by A's (empty) ingress rules.
+    let back = pad(ipv4(
+        MAC_A,
+        MAC_B,
+        IP_B,
+        IP_A,
+        TCP,
+        64,
+        &tcp(50000, 22, SYN),
+    ));
+    assert_eq!(dp.test_run(&back, B).unwrap().0, TC_ACT_SHOT);
+    assert_eq!(drops(&dp, B, DropReason::SecurityGroupIngress), 1);
+    assert_eq!(dp.rule_counters(9).unwrap().packets, 3, "syn, syn-ack, ack");
+
+    // Ping: replies pass, unsolicited echo replies do not.
+    let reply = ipv4(MAC_A, MAC_B, IP_B, IP_A, ICMP, 64, &icmp_echo(0, 7, 1));
+    assert_eq!(dp.test_run(&reply, B).unwrap().0, TC_ACT_SHOT);
+    dp.set_port_rules(
+        B,
+        &[
+            allow_all(1, Direction::Egress),
+            web,
+            RuleSpec {
+                id: 10,
+                direction: Direction::Ingress,
+                protocol: Some(ICMP),
+                port_range: None,
+                remote: None,
+            },
+        ],
+    )
+    .unwrap();
+    assert_eq!(
+        dp.test_run(&ping(MAC_A, MAC_B, IP_A, IP_B), A).unwrap().0,
+        TC_ACT_REDIRECT
+    );
+    assert_eq!(dp.test_run(&reply, B).unwrap().0, TC_ACT_REDIRECT);
+}
+
+#[test]
+fn removing_a_rule_cuts_the_connections_it_admitted() {
+    if !privileged() {
+        return;
+    }
+    let mut dp = topology(Hook::Tc);
+    let web = RuleSpec {
+        id: 9,
+        direction: Direction::Ingress,
+        protocol: Some(TCP),
+        port_range: Some((80, 80)),
+        remote: None,
+    };
+    dp.set_port_rules(B, &[allow_all(1, Direction::Egress), web])
+        .unwrap();
+    let syn = pad(ipv4(
+        MAC_B,
+        MAC_A,
+        IP_A,
+        IP_B,
+        TCP,
+        64,
+        &tcp(40000, 80, SYN),
+    ));
+    let ack = pad(ipv4(
+        MAC_B,
+        MAC_A,
+        IP_A,
+        IP_B,
+        TCP,
+        64,
+        &tcp(40000, 80, ACK),
+    ));
+    assert_eq!(dp.test_run(&syn, A).unwrap().0, TC_ACT_REDIRECT);
+    assert_eq!(dp.test_run(&ack, A).unwrap().0, TC_ACT_REDIRECT);
+    let tracked = dp.conntrack_len().unwrap();
+    dp.set_port_rules(B, &[allow_all(1, Direction::Egress)])
+        .unwrap();
+    assert_eq!(dp.conntrack_len().unwrap(), tracked - 1, "B's entry is cut");
+    assert_eq!(dp.test_run(&ack, A).unwrap().0, TC_ACT_SHOT);
+    assert_eq!(drops(&dp, A, DropReason::ConntrackInvalid), 1);
+}
+
+#[test]
+fn routing_rewrites_macs_decrements_ttl_and_keeps_the_checksum_valid() {
+    if !privileged() {
+        return;
+    }
+    let mut dp = topology(Hook::Tc);
+    dp.set_port_rules(
+        C,
+        &[
+            allow_all(1, Direction::Egress),
+            allow_all(2, Direction::Ingress),
+        ],
+    )
+    .unwrap();
+    let frame = ping(MAC_A, MAC_R1, IP_A, IP_C);
+    let (verdict, out) = dp.test_run(&frame, A).unwrap();
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    assert_eq!(&out[0..6], &MAC_C, "next hop's MAC");
+    assert_eq!(&out[6..12], &MAC_R2, "router's MAC on the egress network");
+    assert_eq!(out[22], 63, "TTL decremented");
+    assert_eq!(checksum(&out[14..34]), 0, "IP header checksum valid");
+    assert_eq!(&out[26..34], &frame[26..34], "addresses untouched");
+    assert_eq!(&out[34..], &frame[34..], "payload untouched");
+    assert_eq!(dp.port_counters(C).unwrap().0.tx_packets, 1);
+    assert_eq!(dp.port_counters(A).unwrap().0.routed, 1);
+
+    // The reply comes back the other way.
+    let reply = ipv4(MAC_R2, MAC_C, IP_C, IP_A, ICMP, 64, &icmp_echo(0, 7, 1));
+    let (verdict, out) = dp.test_run(&reply, C).unwrap();
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    assert_eq!((&out[0..6], &out[6..12]), (&MAC_A[..], &MAC_R1[..]));
+    assert_eq!(checksum(&out[14..34]), 0);
+
+    // TTL 1 cannot be forwarded; no route; no neighbour: dropped and counted.
+    let dying = ipv4(MAC_R1, MAC_A, IP_A, IP_C, ICMP, 1, &icmp_echo(8, 7, 2));
+    let far = ping(MAC_A, MAC_R1, IP_A, Ipv4Addr::new(192, 168, 9, 9));
+    let nobody = ping(MAC_A, MAC_R1, IP_A, Ipv4Addr::new(10, 0, 1, 99));
+    for (frame, reason) in [
+        (&dying, DropReason::Ttl),
+        (&far, DropReason::NoRoute),
+        (&nobody, DropReason::NoNeighbor),
+    ] {
+        dp.test_run(frame, A).unwrap();
+        assert_eq!(drops(&dp, A, reason), 1, "{reason:?}");
+    }
+    assert_eq!(dp.port_counters(A).unwrap().0.icmp_errors, 3);
+    dp.set_port_rules(C, &[]).unwrap();
+}
+
+/// Checks `out` is the ICMP error a Linux router sends back to A about `orig`.
+fn assert_icmp_error(out: &[u8], orig: &[u8], kind: u8, code: u8) {
+    assert_eq!(out.len(), 14 + 20 + 8 + 28);
+    assert_eq!(&out[0..6], &MAC_A, "back to the sender");
+    assert_eq!(&out[6..12], &MAC_R1, "from the router's MAC");
+    assert_eq!(&out[12..14], &[0x08, 0x00]);
+    assert_eq!(checksum(&out[14..34]), 0, "IP checksum valid");
+    assert_eq!(out[14 + 9], ICMP);
+    assert_eq!(&out[26..30], &GW1.octets(), "from the router's address");
+    assert_eq!(&out[30..34], &IP_A.octets(), "to the sender");
+    assert_eq!((out[34], out[35]), (kind, code));
+    assert_eq!(checksum(&out[34..]), 0, "ICMP checksum valid");
+    assert_eq!(
+        &out[42..70],
+        &orig[14..42],
+        "quotes the IP header and 8 bytes"
+    );
+}
+
+#[test]
+fn routers_answer_with_icmp_errors_where_linux_would() {
+    if !privileged() {
+        return;
+    }
+    let dp = topology(Hook::Tc);
+    let dying = ipv4(MAC_R1, MAC_A, IP_A, IP_C, ICMP, 1, &icmp_echo(8, 7, 2));
+    let (verdict, out) = dp.test_run(&dying, A).unwrap();
+    assert_eq!(verdict, TC_ACT_REDIRECT, "back out of A");
+    assert_icmp_error(&out, &dying, 11, 0);
+
+    let dying_tcp = pad(ipv4(MAC_R1, MAC_A, IP_A, IP_C, TCP, 1, &tcp(1000, 80, SYN)));
+    let (_, out) = dp.test_run(&dying_tcp, A).unwrap();
+    assert_icmp_error(&out, &dying_tcp, 11, 0);
+
+    let far = ping(MAC_A, MAC_R1, IP_A, Ipv4Addr::new(192, 168, 9, 9));
+    let (_, out) = dp.test_run(&far, A).unwrap();
+    assert_icmp_error(&out, &far, 3, 0);
+
+    let nobody = ping(MAC_A, MAC_R1, IP_A, Ipv4Addr::new(10, 0, 1, 99));
+    let (_, out) = dp.test_run(&nobody, A).unwrap();
+    assert_icmp_error(&out, &nobody, 3, 1);
+
+    // No errors about errors (nor about echo replies).
+    let err = ipv4(MAC_R1, MAC_A, IP_A, IP_C, ICMP, 1, &icmp_echo(3, 0, 0));
+    assert_eq!(dp.test_run(&err, A).unwrap().0, TC_ACT_SHOT);
+    assert_eq!(dp.port_counters(A).unwrap().0.icmp_errors, 4);
+    assert_eq!(drops(&dp, A, DropReason::Ttl), 3);
+
+    // The XDP build sends the same error with XDP_TX.
+    let mut x = Datapath::load(Hook::Xdp).unwrap();
+    x.set_port(&port(1, 1, MAC_A, IP_A)).unwrap();
+    x.add_router_interface(1, 1, MAC_R1, GW1, (Ipv4Addr::new(10, 0, 0, 0), 24))
+        .unwrap();
+    // Linux looks the route up before it checks the TTL: use a routable destination.
+    let dying = ipv4(MAC_R1, MAC_A, IP_A, IP_B, ICMP, 1, &icmp_echo(8, 7, 3));
+    let (verdict, out) = x.test_run(&dying, 1).unwrap();
+    assert_eq!(verdict, XDP_TX);
+    assert_icmp_error(&out, &dying, 11, 0);
+}
+
+#[test]
+fn floating_ips_translate_both_ways_with_valid_checksums() {
+    if !privileged() {
+        return;
+    }
+    const X: u32 = 30;
+    let mac_x = [0x02, 0, 0, 0, 0, 0x1e];
+    let mac_rx = [0x02, 0, 0, 0, 0x01, 0x03];
+    let ip_x = Ipv4Addr::new(172, 24, 4, 100);
+    let gw_x = Ipv4Addr::new(172, 24, 4, 1);
+    let fip = Ipv4Addr::new(172, 24, 4, 10);
+    let mut dp = topology(Hook::Tc);
+    // The external network 3 with a host on it (no port security, like a provider uplink).
+    let mut x = port(X, 3, mac_x, ip_x);
+    x.port_security = false;
+    dp.set_port(&x).unwrap();
+    dp.set_router_gateway(1, 3, mac_rx, gw_x, (Ipv4Addr::new(172, 24, 4, 0), 24), None)
+        .unwrap();
+    dp.set_floating_ip(1, fip, IP_A, 3, mac_rx).unwrap();
+    let ssh = RuleSpec {
+        id: 5,
+        direction: Direction::Ingress,
+        protocol: Some(TCP),
+        port_range: Some((22, 22)),
+        remote: None,
+    };
+    dp.set_port_rules(A, &[allow_all(1, Direction::Egress), ssh])
+        .unwrap();
+
+    // ARP for the floating IP is answered with the router's gateway MAC.
+    let (verdict, out) = dp.test_run(&arp_request(mac_x, ip_x, fip), X).unwrap();
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    assert_eq!(&out[22..28], &mac_rx);
+
+    // Inbound: DNAT to A's fixed IP.
+    let syn = with_tcp_checksum(ipv4(mac_rx, mac_x, ip_x, fip, TCP, 64, &tcp(5555, 22, SYN)));
+    assert!(l4_checksum_ok(&syn));
+    let (verdict, out) = dp.test_run(&syn, X).unwrap();
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    assert_eq!((&out[0..6], &out[6..12]), (&MAC_A[..], &MAC_R1[..]));
+    assert_eq!(&out[26..30], &ip_x.octets(), "source kept");
+    assert_eq!(&out[30..34], &IP_A.octets(), "destination translated");
+    assert_eq!(checksum(&out[14..34]), 0, "IP checksum valid");
+    assert!(l4_checksum_ok(&out), "TCP checksum valid");
+    assert_eq!(dp.port_counters(A).unwrap().0.tx_packets, 1);
+
+    // Outbound reply: SNAT to the floating IP.
+    let synack = with_tcp_checksum(ipv4(
+        MAC_R1,
+        MAC_A,
+        IP_A,
+        ip_x,
+        TCP,
+        64,
+        &tcp(22, 5555, SYN | ACK),
+    ));
+    let (verdict, out) = dp.test_run(&synack, A).unwrap();
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    assert_eq!((&out[0..6], &out[6..12]), (&mac_x[..], &mac_rx[..]));
+    assert_eq!(&out[26..30], &fip.octets(), "source translated");
+    assert_eq!(&out[30..34], &ip_x.octets());
+    assert_eq!(checksum(&out[14..34]), 0);
+    assert!(l4_checksum_ok(&out));
+    assert_eq!(
+        dp.port_counters(X).unwrap().0.tx_packets,
+        2,
+        "ARP reply + SYN-ACK"
+    );
+
+    // The security group still applies to the fixed IP: port 80 is refused.
+    let web = with_tcp_checksum(ipv4(mac_rx, mac_x, ip_x, fip, TCP, 64, &tcp(5556, 80, SYN)));
+    assert_eq!(dp.test_run(&web, X).unwrap().0, TC_ACT_SHOT);
+    assert_eq!(drops(&dp, X, DropReason::SecurityGroupIngress), 1);
+
+    // B has no floating IP: its traffic leaves untranslated.
+    let b_out = with_tcp_checksum(ipv4(
+        MAC_R1,
+        MAC_B,
+        IP_B,
+        ip_x,
+        TCP,
+        64,
+        &tcp(4000, 80, SYN),
+    ));
+    let (_, out) = dp.test_run(&b_out, B).unwrap();
+    assert_eq!(&out[26..30], &IP_B.octets());
+
+    // Removed: the floating IP is no longer reachable.
+    dp.remove_floating_ip(1, fip, IP_A, 3).unwrap();
+    assert_eq!(
+        dp.test_run(&syn, X).unwrap().0,
+        TC_ACT_REDIRECT,
+        "ICMP unreachable back"
+    );
+    assert_eq!(dp.port_counters(A).unwrap().0.tx_packets, 1);
+}
+
+#[test]
+fn overlapping_subnets_of_two_tenants_stay_separate() {
+    if !privileged() {
+        return;
+    }
+    let mut dp = topology(Hook::Tc);
+    // Tenant 2's network 4 reuses 10.0.0.0/24: D has B's address, E has A's.
+    let (d, e) = (40, 41);
+    let mac_d = [0x02, 0, 0, 0, 0, 0x28];
+    let mac_e = [0x02, 0, 0, 0, 0, 0x29];
+    dp.set_port(&port(d, 4, mac_d, IP_B)).unwrap();
+    dp.set_port(&port(e, 4, mac_e, IP_A)).unwrap();
+    let mac_r4 = [0x02, 0, 0, 0, 0x02, 0x04];
+    dp.add_router_interface(2, 4, mac_r4, GW1, (Ipv4Addr::new(10, 0, 0, 0), 24))
+        .unwrap();
+    for p in [A, B, d, e] {
+        dp.set_port_rules(
+            p,
+            &[
+                allow_all(1, Direction::Egress),
+                allow_all(2, Direction::Ingress),
+            ],
+        )
+        .unwrap();
+    }
+    // ARP in each network answers with that network's owner.
+    let (_, out) = dp.test_run(&arp_request(MAC_A, IP_A, IP_B), A).unwrap();
+    assert_eq!(&out[22..28], &MAC_B);
+    let (_, out) = dp.test_run(&arp_request(mac_d, IP_B, IP_A), d).unwrap();
+    assert_eq!(&out[22..28], &mac_e);
+    let (_, out) = dp.test_run(&arp_request(mac_d, IP_B, GW1), d).unwrap();
+    assert_eq!(&out[22..28], &mac_r4, "tenant 2's own router");
+    // Frames reach only their own network's ports.
+    assert_eq!(
+        dp.test_run(&ping(mac_d, mac_e, IP_B, IP_A), d).unwrap().0,
+        TC_ACT_REDIRECT
+    );
+    assert_eq!(
+        dp.port_counters(e).unwrap().0.tx_packets,
+        1,
+        "E got the ping"
+    );
+    assert_eq!(
+        dp.port_counters(A).unwrap().0.tx_packets,
+        1,
+        "A got only its ARP reply"
+    );
+    assert_eq!(
+        dp.test_run(&ping(mac_d, MAC_A, IP_B, IP_A), d).unwrap().0,
+        TC_ACT_SHOT,
+        "A's MAC is unknown in network 4"
+    );
+    assert_eq!(drops(&dp, d, DropReason::UnknownDestination), 1);
+    // Tenant 2's router has no route to tenant 1's other subnet.
+    let (_, out) = dp.test_run(&ping(mac_d, mac_r4, IP_B, IP_C), d).unwrap();
+    assert_eq!((out[34], out[35]), (3, 0), "net unreachable");
+}
+
+#[test]
+fn malformed_and_truncated_frames_are_dropped_and_foreign_interfaces_pass() {
+    if !privileged() {
+        return;
+    }
+    let dp = topology(Hook::Tc);
+    let full = pad(ipv4(MAC_B, MAC_A, IP_A, IP_B, TCP, 64, &tcp(1, 2, SYN)));
+    // Every truncation of a TCP frame, from a bare Ethernet header up. The kernel itself
+    // refuses tc test runs of IPv4 frames shorter than an IP header; past that, every
+    // truncation reaches the program and must be dropped as malformed.
+    let mut malformed = 0;
+    for len in 14..54 {
+        match dp.test_run(&full[..len], A) {
+            Ok((verdict, _)) => {
+                assert_eq!(verdict, TC_ACT_SHOT, "truncated to {len}");
+                malformed += 1;
+            }
+            Err(e) => assert!(len < 34, "len {len}: {e:?}"),
+        }
+    }
+    assert!(malformed >= 20);
+    assert_eq!(
+        drops(&dp, A, DropReason::Malformed),
+        malformed,
+        "{:?}",
+        dp.port_counters(A).unwrap()
+    );
+    let mut bad_ihl = full.clone();
+    bad_ihl[14] = 0x43;
+    assert_eq!(dp.test_run(&bad_ihl, A).unwrap().0, TC_ACT_SHOT);
+    let mut fragment = full.clone();
+    fragment[20] = 0x00;
+    fragment[21] = 0x10;
+    assert_eq!(dp.test_run(&fragment, A).unwrap().0, TC_ACT_SHOT);
+    assert_eq!(drops(&dp, A, DropReason::Fragment), 1);
+    // Not a port: the stack gets it.
+    assert_eq!(dp.test_run(&full, 999).unwrap().0, TC_ACT_OK);
+}
+
+#[test]
+fn the_xdp_build_makes_the_same_decisions() {
+    if !privileged() {
+        return;
+    }
+    // XDP test runs need a real ingress interface: loopback (ifindex 1) plays port A.
+    let mut dp = Datapath::load(Hook::Xdp).expect("load xdp datapath");
+    dp.set_port(&port(1, 1, MAC_A, IP_A)).unwrap();
+    dp.set_port(&port(B, 1, MAC_B, IP_B)).unwrap();
+    dp.set_port_rules(1, &[allow_all(1, Direction::Egress)])
+        .unwrap();
+    dp.set_port_rules(B, &[allow_all(2, Direction::Ingress)])
+        .unwrap();
+    let (verdict, out) = dp.test_run(&ping(MAC_A, MAC_B, IP_A, IP_B), 1).unwrap();
+    assert_eq!(verdict, XDP_REDIRECT, "{:?}", dp.port_counters(1).unwrap());
+    assert_eq!(out, ping(MAC_A, MAC_B, IP_A, IP_B));
+    let (verdict, out) = dp.test_run(&arp_request(MAC_A, IP_A, IP_B), 1).unwrap();
+    assert_eq!(verdict, XDP_TX, "ARP replies bounce back out of the port");
+    assert_eq!(&out[22..28], &MAC_B);
+    // Broadcasts other than answerable ARP go to the slow path.
+    let dhcp = pad(ipv4(
+        [0xff; 6],
+        MAC_A,
+        Ipv4Addr::UNSPECIFIED,
+        Ipv4Addr::BROADCAST,
+        UDP,
+        64,
+        &udp(68, 67),
+    ));
+    assert_eq!(dp.test_run(&dhcp, 1).unwrap().0, XDP_PASS);
+    let spoof = ping(MAC_A, MAC_B, Ipv4Addr::new(6, 6, 6, 6), IP_B);
+    assert_eq!(dp.test_run(&spoof, 1).unwrap().0, 1);
+    assert_eq!(drops(&dp, 1, DropReason::SpoofIp), 1);
+}
+
+#[test]
+fn pinned_maps_are_reused_by_a_second_load() {
+    if !privileged() {
+        return;
+    }
+    let dir = std::path::PathBuf::from(format!(
+        "/sys/fs/bpf/ferrostack-test-netdp-{}",
+        std::process::id()
+    ));
+    struct Cleanup(std::path::PathBuf);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let _cleanup = Cleanup(dir.clone());
+    {
+        let mut dp = Datapath::load_pinned(Hook::Tc, &dir).unwrap();
+        dp.set_port(&port(A, 1, MAC_A, IP_A)).unwrap();
+        dp.set_port(&port(B, 1, MAC_B, IP_B)).unwrap();
+        dp.set_port_rules(A, &[allow_all(1, Direction::Egress)])
+            .unwrap();
+        dp.set_port_rules(B, &[allow_all(2, Direction::Ingress)])
+            .unwrap();
+    }
+    // A "restarted" daemon loads again and finds all state in place.
+    let dp = Datapath::load_pinned(Hook::Tc, &dir).unwrap();
+    assert_eq!(
+        dp.test_run(&ping(MAC_A, MAC_B, IP_A, IP_B), A).unwrap().0,
+        TC_ACT_REDIRECT
+    );
+    assert_eq!(dp.port_counters(B).unwrap().0.tx_packets, 1);
+}

@@ -1,0 +1,387 @@
+//! netdp attached to veths in namespaces, with the real Linux stack on both ends: VMs are
+//! namespaces, their host-side interfaces live in a "node" namespace where the tc build of
+//! the datapath is attached (tcx ingress).
+
+#[path = "support/topo.rs"]
+#[allow(dead_code)]
+mod topo;
+
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::time::Duration;
+
+use netdp::datapath::{Datapath, Direction, DropReason, Hook, PortSpec, RuleSpec};
+use tests::netns::Netns;
+use topo::{Vm, in_netns, mac, ping, vm};
+
+const MAC_A: &str = "02:00:00:00:00:0a";
+const MAC_B: &str = "02:00:00:00:00:0b";
+const MAC_C: &str = "02:00:00:00:00:14";
+const MAC_R1: [u8; 6] = [0x02, 0, 0, 0, 0x01, 0x01];
+const MAC_R2: [u8; 6] = [0x02, 0, 0, 0, 0x01, 0x02];
+
+fn privileged() -> bool {
+    caps::require_all(&[
+        caps::Capability::Root,
+        caps::Capability::Bpf,
+        caps::Capability::Netns,
+    ])
+}
+
+fn spec(vm: &Vm, net_id: u32, mac_s: &str, ip: [u8; 4]) -> PortSpec {
+    PortSpec {
+        ifindex: vm.ifindex,
+        net_id,
+        mac: mac(mac_s),
+        ips: vec![Ipv4Addr::from(ip)],
+        port_security: true,
+        allowed_address_pairs: vec![],
+    }
+}
+
+fn rule(
+    id: u32,
+    direction: Direction,
+    protocol: Option<u8>,
+    ports: Option<(u16, u16)>,
+) -> RuleSpec {
+    RuleSpec {
+        id,
+        direction,
+        protocol,
+        port_range: ports,
+        remote: None,
+    }
+}
+
+fn egress_all(id: u32) -> RuleSpec {
+    rule(id, Direction::Egress, None, None)
+}
+
+/// Two VMs on network 1, one on network 2, router 1 between them; the datapath attached to
+/// every tap. Nothing is allowed in by default.
+struct World {
+    node: Netns,
+    a: Vm,
+    b: Vm,
+    c: Vm,
+    dp: Datapath,
+}
+
+fn world(dp: Datapath) -> World {
+    let node = Netns::new("netdp-node").expect("create node netns");
+    let a = vm(&node, "netdp-a", "tap-a", MAC_A, "10.0.0.10/24", "10.0.0.1");
+    let b = vm(&node, "netdp-b", "tap-b", MAC_B, "10.0.0.11/24", "10.0.0.1");
+    let c = vm(&node, "netdp-c", "tap-c", MAC_C, "10.0.1.20/24", "10.0.1.1");
+    let mut dp = dp;
+    dp.set_port(&spec(&a, 1, MAC_A, [10, 0, 0, 10])).unwrap();
+    dp.set_port(&spec(&b, 1, MAC_B, [10, 0, 0, 11])).unwrap();
+    dp.set_port(&spec(&c, 2, MAC_C, [10, 0, 1, 20])).unwrap();
+    dp.add_router_interface(
+        1,
+        1,
+        MAC_R1,
+        Ipv4Addr::new(10, 0, 0, 1),
+        (Ipv4Addr::new(10, 0, 0, 0), 24),
+    )
+    .unwrap();
+    dp.add_router_interface(
+        1,
+        2,
+        MAC_R2,
+        Ipv4Addr::new(10, 0, 1, 1),
+        (Ipv4Addr::new(10, 0, 1, 0), 24),
+    )
+    .unwrap();
+    for (i, v) in [&a, &b, &c].into_iter().enumerate() {
+        dp.set_port_rules(v.ifindex, &[egress_all(100 + i as u32)])
+            .unwrap();
+    }
+    let taps = [a.tap.clone(), b.tap.clone(), c.tap.clone()];
+    let dp = in_netns(node.name(), move || {
+        for t in &taps {
+            dp.attach_tc(t).expect("attach tc");
+        }
+        dp
+    });
+    World { node, a, b, c, dp }
+}
+
+/// A TCP echo server in `vm` on `addr`, serving one connection.
+fn echo_server(ns: String, addr: SocketAddr) -> std::thread::JoinHandle<()> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let h = std::thread::spawn(move || {
+        topo::enter(&ns);
+        let l = TcpListener::bind(addr).expect("bind");
+        tx.send(()).unwrap();
+        if let Ok((mut s, _)) = l.accept() {
+            // A cut connection never closes: give up after a quiet while.
+            s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+            let mut buf = [0u8; 64];
+            while let Ok(n) = s.read(&mut buf) {
+                if n == 0 || s.write_all(&buf[..n]).is_err() {
+                    break;
+                }
+            }
+        }
+    });
+    rx.recv().unwrap();
+    h
+}
+
+/// Connects from `ns` to `addr`; `None` if no connection within a second.
+fn connect(ns: &str, addr: SocketAddr) -> Option<TcpStream> {
+    in_netns(ns, || {
+        let s = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+        Some(s)
+    })
+}
+
+fn echoes(s: &mut TcpStream, msg: &[u8]) -> bool {
+    if s.write_all(msg).is_err() {
+        return false;
+    }
+    let mut buf = vec![0u8; msg.len()];
+    s.read_exact(&mut buf).is_ok() && buf == msg
+}
+
+#[test]
+fn ping_and_tcp_in_one_network_follow_security_groups() {
+    if !privileged() {
+        return;
+    }
+    let mut w = world(Datapath::load(Hook::Tc).expect("load"));
+    // Deny by default: B accepts nothing.
+    assert!(
+        !ping(&w.a, "10.0.0.11"),
+        "ping must be blocked without a rule"
+    );
+    assert!(
+        w.dp.port_counters(w.a.ifindex)
+            .unwrap()
+            .drops(DropReason::SecurityGroupIngress)
+            >= 1
+    );
+    // Allow ICMP in: ping works, ARP answered by the datapath.
+    let icmp = rule(1, Direction::Ingress, Some(1), None);
+    w.dp.set_port_rules(w.b.ifindex, &[egress_all(2), icmp])
+        .unwrap();
+    assert!(ping(&w.a, "10.0.0.11"), "ping must pass after the rule");
+    assert!(w.dp.port_counters(w.a.ifindex).unwrap().0.arp_replies >= 1);
+
+    // TCP to port 8080 is refused until a rule allows it; then replies come back.
+    let addr: SocketAddr = "10.0.0.11:8080".parse().unwrap();
+    let server = echo_server(w.b.ns.name().to_string(), addr);
+    assert!(
+        connect(w.a.ns.name(), addr).is_none(),
+        "tcp must be blocked"
+    );
+    let tcp = rule(3, Direction::Ingress, Some(6), Some((8080, 8080)));
+    w.dp.set_port_rules(w.b.ifindex, &[egress_all(2), icmp, tcp])
+        .unwrap();
+    let mut s = connect(w.a.ns.name(), addr).expect("tcp must pass after the rule");
+    assert!(echoes(&mut s, b"hello"));
+    assert!(w.dp.rule_counters(3).unwrap().packets >= 3);
+
+    // Removing the rule cuts the live connection.
+    w.dp.set_port_rules(w.b.ifindex, &[egress_all(2), icmp])
+        .unwrap();
+    assert!(!echoes(&mut s, b"again"), "the connection must be cut");
+    assert!(
+        w.dp.port_counters(w.a.ifindex)
+            .unwrap()
+            .drops(DropReason::ConntrackInvalid)
+            >= 1
+    );
+    drop(s);
+    let _ = server.join();
+    drop(w);
+}
+
+#[test]
+fn spoofed_sources_do_not_get_through() {
+    if !privileged() {
+        return;
+    }
+    let mut w = world(Datapath::load(Hook::Tc).expect("load"));
+    let icmp = rule(1, Direction::Ingress, Some(1), None);
+    w.dp.set_port_rules(w.b.ifindex, &[egress_all(2), icmp])
+        .unwrap();
+    assert!(ping(&w.a, "10.0.0.11"));
+    // A takes an address that is not its own.
+    w.a.ns
+        .exec(&["ip", "addr", "add", "10.0.0.99/24", "dev", "eth0"])
+        .unwrap();
+    let out =
+        w.a.ns
+            .exec(&["ping", "-c", "1", "-W", "1", "-I", "10.0.0.99", "10.0.0.11"])
+            .unwrap();
+    assert!(!out.status.success(), "a spoofed source must be dropped");
+    let drops = w.dp.port_counters(w.a.ifindex).unwrap();
+    assert!(drops.drops(DropReason::SpoofIp) + drops.drops(DropReason::SpoofArp) >= 1);
+    // And A takes another MAC.
+    w.a.ns
+        .exec(&["ip", "link", "set", "eth0", "address", "02:00:00:00:00:66"])
+        .unwrap();
+    assert!(!ping(&w.a, "10.0.0.11"));
+    assert!(
+        w.dp.port_counters(w.a.ifindex)
+            .unwrap()
+            .drops(DropReason::SpoofMac)
+            + w.dp
+                .port_counters(w.a.ifindex)
+                .unwrap()
+                .drops(DropReason::SpoofArp)
+            >= 1
+    );
+    drop(w);
+}
+
+#[test]
+fn traffic_is_routed_between_subnets() {
+    if !privileged() {
+        return;
+    }
+    let mut w = world(Datapath::load(Hook::Tc).expect("load"));
+    let icmp = rule(1, Direction::Ingress, Some(1), None);
+    w.dp.set_port_rules(w.c.ifindex, &[egress_all(2), icmp])
+        .unwrap();
+    assert!(ping(&w.a, "10.0.1.20"), "A reaches C through router 1");
+    assert!(w.dp.port_counters(w.a.ifindex).unwrap().0.routed >= 1);
+    assert!(w.dp.port_counters(w.c.ifindex).unwrap().0.routed >= 1);
+    // With TTL 1 the router answers "time to live exceeded", as Linux would.
+    let out =
+        w.a.ns
+            .exec(&["ping", "-c", "1", "-W", "1", "-t", "1", "10.0.1.20"])
+            .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("From 10.0.0.1") && text.contains("Time to live exceeded"),
+        "{text}"
+    );
+    // And "unreachable" for a neighbour that does not exist.
+    let out =
+        w.a.ns
+            .exec(&["ping", "-c", "1", "-W", "1", "10.0.1.99"])
+            .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("Destination Host Unreachable"), "{text}");
+    // TCP across the router, replies included.
+    let addr: SocketAddr = "10.0.1.20:9000".parse().unwrap();
+    let tcp = rule(3, Direction::Ingress, Some(6), Some((9000, 9000)));
+    w.dp.set_port_rules(w.c.ifindex, &[egress_all(2), icmp, tcp])
+        .unwrap();
+    let server = echo_server(w.c.ns.name().to_string(), addr);
+    let mut s = connect(w.a.ns.name(), addr).expect("tcp across the router");
+    assert!(echoes(&mut s, &[7u8; 40]));
+    drop(s);
+    let _ = server.join();
+    let _ = &w.node;
+    drop(w);
+}
+
+#[test]
+fn traffic_keeps_flowing_across_a_daemon_restart() {
+    if !privileged() {
+        return;
+    }
+    let dir = std::path::PathBuf::from(format!(
+        "/sys/fs/bpf/ferrostack-test-netdp-restart-{}",
+        std::process::id()
+    ));
+    struct Cleanup(std::path::PathBuf);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let _cleanup = Cleanup(dir.clone());
+    let w = world(Datapath::load_pinned(Hook::Tc, &dir).expect("load pinned"));
+    let World {
+        node,
+        a,
+        b,
+        c,
+        mut dp,
+    } = w;
+    let icmp = rule(1, Direction::Ingress, Some(1), None);
+    dp.set_port_rules(b.ifindex, &[egress_all(2), icmp])
+        .unwrap();
+    assert!(ping(&a, "10.0.0.11"));
+    // The "daemon" goes away: maps and links stay pinned, traffic keeps flowing.
+    drop(dp);
+    assert!(
+        ping(&a, "10.0.0.11"),
+        "traffic flows while the daemon is down"
+    );
+    // It comes back, reuses the maps and re-takes the links.
+    let dp = Datapath::load_pinned(Hook::Tc, &dir).expect("reload");
+    let tap = b.tap.clone();
+    let dp = in_netns(node.name(), move || {
+        let mut dp = dp;
+        dp.attach_tc(&tap).expect("reattach");
+        dp
+    });
+    assert!(ping(&a, "10.0.0.11"));
+    assert!(dp.port_counters(b.ifindex).unwrap().0.tx_packets >= 3);
+    drop((a, b, c, node));
+}
+
+#[test]
+fn a_floating_ip_reaches_a_vm_from_the_external_network() {
+    if !privileged() {
+        return;
+    }
+    let mut w = world(Datapath::load(Hook::Tc).expect("load"));
+    // The external network 3: a host outside, and router 1's gateway.
+    let ext = vm(
+        &w.node,
+        "netdp-ext",
+        "tap-x",
+        "02:00:00:00:00:1e",
+        "172.24.4.100/24",
+        "172.24.4.1",
+    );
+    let mut x = spec(&ext, 3, "02:00:00:00:00:1e", [172, 24, 4, 100]);
+    x.port_security = false;
+    w.dp.set_port(&x).unwrap();
+    let mac_rx = [0x02, 0, 0, 0, 1, 3];
+    w.dp.set_router_gateway(
+        1,
+        3,
+        mac_rx,
+        Ipv4Addr::new(172, 24, 4, 1),
+        (Ipv4Addr::new(172, 24, 4, 0), 24),
+        None,
+    )
+    .unwrap();
+    let fip = Ipv4Addr::new(172, 24, 4, 10);
+    w.dp.set_floating_ip(1, fip, Ipv4Addr::new(10, 0, 0, 10), 3, mac_rx)
+        .unwrap();
+    let icmp = rule(1, Direction::Ingress, Some(1), None);
+    let tcp = rule(3, Direction::Ingress, Some(6), Some((8080, 8080)));
+    w.dp.set_port_rules(w.a.ifindex, &[egress_all(2), icmp, tcp])
+        .unwrap();
+    let tap = ext.tap.clone();
+    w.dp = in_netns(w.node.name(), move || {
+        let mut dp = w.dp;
+        dp.attach_tc(&tap).expect("attach");
+        dp
+    });
+
+    let ext_vm = ext;
+    assert!(ping(&ext_vm, "172.24.4.10"), "the floating IP answers");
+    // TCP through the floating IP; the VM sees the real client, the client the FIP.
+    let server = echo_server(w.a.ns.name().to_string(), "10.0.0.10:8080".parse().unwrap());
+    let mut s = connect(ext_vm.ns.name(), "172.24.4.10:8080".parse().unwrap())
+        .expect("tcp through the floating IP");
+    assert!(echoes(&mut s, &[42u8; 1000]), "payload intact both ways");
+    drop(s);
+    let _ = server.join();
+    // Without the floating IP, nothing gets in.
+    w.dp.remove_floating_ip(1, fip, Ipv4Addr::new(10, 0, 0, 10), 3)
+        .unwrap();
+    assert!(!ping(&ext_vm, "172.24.4.10"));
+    drop((ext_vm, w));
+}
