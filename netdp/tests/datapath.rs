@@ -801,3 +801,21 @@ fn pinned_maps_are_reused_by_a_second_load() {
     );
     assert_eq!(dp.port_counters(B).unwrap().0.tx_packets, 1);
 }
+
+#[test]
+fn a_restarted_controller_removes_ports_its_state_no_longer_has() {
+    if !privileged() {
+        return;
+    }
+    // Maps from before the restart still hold a port the state does not know.
+    let dp = topology(Hook::Tc);
+    assert!(dp.port_ifindexes().unwrap().contains(&A));
+    let ctl = netdp::api::Controller::open(None, Some(dp)).unwrap();
+    let dp = ctl.datapath().unwrap();
+    assert!(dp.port_ifindexes().unwrap().is_empty());
+    assert_eq!(
+        dp.test_run(&ping(MAC_B, MAC_A, IP_B, IP_A), B).unwrap().0,
+        TC_ACT_OK,
+        "B is no longer a port: its frames go to the stack"
+    );
+}

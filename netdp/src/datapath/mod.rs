@@ -589,6 +589,13 @@ impl Datapath {
         Ok(())
     }
 
+    /// The ifindexes of every port in the maps (pinned maps may hold ports from before a
+    /// restart).
+    pub fn port_ifindexes(&self) -> Result<Vec<u32>, DatapathError> {
+        let m = self.hash_ro::<u32, abi::Port>("ports")?;
+        Ok(m.keys().filter_map(Result::ok).collect())
+    }
+
     /// Records that `ip` in `net_id` is at `mac` (ARP answers and routed next hops).
     pub fn set_neighbor(
         &mut self,
