@@ -120,7 +120,10 @@ static __always_inline void hook_l4_csum(CTX *ctx, __u32 off, __u32 old, __u32 n
 #define ETH_P_IP_BE bpf_htons(ETH_P_IP)
 
 #define ICMP_ECHOREPLY 0
+#define ICMP_DEST_UNREACH 3
 #define ICMP_ECHO 8
+#define ICMP_TIME_EXCEEDED 11
+#define ICMP_PARAMETERPROB 12
 
 /// The first 8 bytes of an ICMP message (echo id/sequence in the second half).
 struct icmp_echo {
@@ -231,6 +234,13 @@ struct flow {
 	__u8 tcp_flags;
 	__u8 icmp_type;
 	__u8 icmp_code;
+	// ICMP errors: the connection they are about (as quoted, so in its original direction).
+	__u8 related;
+	__u8 inner_proto;
+	__u16 inner_sport;
+	__u16 inner_dport;
+	__u32 inner_saddr;
+	__u32 inner_daddr;
 };
 
 /// Whether one of `rules` allows the flow seen from a port in direction `dir`; returns the
@@ -294,6 +304,24 @@ enum fw_result { FW_ALLOW = 0, FW_DENY = 1, FW_INVALID = 2 };
 /// Stateful firewall of one port for a flow crossing it in `dir`.
 static __always_inline int firewall(__u32 port, const struct flow *f, __u8 dir, __u64 len)
 {
+	if (f->related) {
+		// An ICMP error is allowed only about a connection this port tracks, coming back
+		// the other way (RELATED); otherwise it is INVALID.
+		struct ct_key q = {
+			.ifindex = port,
+			.saddr = f->inner_saddr,
+			.daddr = f->inner_daddr,
+			.sport = f->inner_sport,
+			.dport = f->inner_dport,
+			.proto = f->inner_proto,
+		};
+		struct ct_val *rv = bpf_map_lookup_elem(&conntrack, &q);
+		if (rv && rv->dir != dir) {
+			count_rule(rv->rule_id, len);
+			return FW_ALLOW;
+		}
+		return FW_INVALID;
+	}
 	struct ct_key k = {
 		.ifindex = port,
 		.saddr = f->saddr,
@@ -375,6 +403,25 @@ static __always_inline int parse_ipv4(struct iphdr *ip, void *data_end, struct f
 		if (c->type == ICMP_ECHO || c->type == ICMP_ECHOREPLY) {
 			f->sport = c->id;
 			f->dport = c->id;
+		} else if (c->type == ICMP_DEST_UNREACH || c->type == ICMP_TIME_EXCEEDED ||
+			   c->type == ICMP_PARAMETERPROB) {
+			// The quoted header: IPv4 without options plus 8 bytes of L4.
+			struct iphdr *in = (void *)(c + 1);
+			if ((void *)(in + 1) + 8 > data_end || in->ihl != 5)
+				return DROP_MALFORMED;
+			__u16 *ports = (void *)(in + 1);
+			f->related = 1;
+			f->inner_proto = in->protocol;
+			f->inner_saddr = in->saddr;
+			f->inner_daddr = in->daddr;
+			if (in->protocol == IPPROTO_ICMP) {
+				// An error about an echo: the id is the "port" both ways.
+				f->inner_sport = ports[2];
+				f->inner_dport = ports[2];
+			} else {
+				f->inner_sport = ports[0];
+				f->inner_dport = ports[1];
+			}
 		}
 	}
 	return PARSE_OK;
@@ -408,8 +455,6 @@ static __always_inline __u16 csum_fold(__s64 csum)
 	return ~sum;
 }
 
-#define ICMP_DEST_UNREACH 3
-#define ICMP_TIME_EXCEEDED 11
 #define ICMP_ERROR_LEN (14 + 20 + 8 + 28)
 
 /// Turns the frame into the ICMP error a Linux router would send back to its source (from
