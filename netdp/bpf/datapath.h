@@ -120,7 +120,10 @@ static __always_inline void hook_l4_csum(CTX *ctx, __u32 off, __u32 old, __u32 n
 #define ETH_P_IP_BE bpf_htons(ETH_P_IP)
 
 #define ICMP_ECHOREPLY 0
+#define ICMP_DEST_UNREACH 3
 #define ICMP_ECHO 8
+#define ICMP_TIME_EXCEEDED 11
+#define ICMP_PARAMETERPROB 12
 
 /// The first 8 bytes of an ICMP message (echo id/sequence in the second half).
 struct icmp_echo {
@@ -144,27 +147,29 @@ struct arp_eth {
 	__u8 tpa[4];
 } __attribute__((packed));
 
-static __always_inline struct port_stats *stats_of(__u32 ifindex)
+static __always_inline struct port_stats *stats_of(__u32 slot)
 {
-	struct port_stats *s = bpf_map_lookup_elem(&port_stats, &ifindex);
-	if (s)
-		return s;
-	struct port_stats zero = {};
-	bpf_map_update_elem(&port_stats, &ifindex, &zero, BPF_NOEXIST);
-	return bpf_map_lookup_elem(&port_stats, &ifindex);
+	return bpf_map_lookup_elem(&port_stats, &slot);
 }
 
-static __always_inline int drop(__u32 in_port, __u32 reason)
+/// The counter slot of a port, or PORT_SLOTS (nothing is counted) for other interfaces.
+static __always_inline __u32 slot_of(__u32 ifindex)
 {
-	struct port_stats *s = stats_of(in_port);
+	struct port *p = bpf_map_lookup_elem(&ports, &ifindex);
+	return p ? p->slot : PORT_SLOTS;
+}
+
+static __always_inline int drop(__u32 in_slot, __u32 reason)
+{
+	struct port_stats *s = stats_of(in_slot);
 	if (s && reason < DROP_NREASONS)
 		s->drops[reason] += 1;
 	return VERDICT_DROP;
 }
 
-static __always_inline void count_tx(__u32 ifindex, __u64 len)
+static __always_inline void count_tx(__u32 slot, __u64 len)
 {
-	struct port_stats *s = stats_of(ifindex);
+	struct port_stats *s = stats_of(slot);
 	if (s) {
 		s->tx_packets += 1;
 		s->tx_bytes += len;
@@ -231,6 +236,13 @@ struct flow {
 	__u8 tcp_flags;
 	__u8 icmp_type;
 	__u8 icmp_code;
+	// ICMP errors: the connection they are about (as quoted, so in its original direction).
+	__u8 related;
+	__u8 inner_proto;
+	__u16 inner_sport;
+	__u16 inner_dport;
+	__u32 inner_saddr;
+	__u32 inner_daddr;
 };
 
 /// Whether one of `rules` allows the flow seen from a port in direction `dir`; returns the
@@ -294,6 +306,24 @@ enum fw_result { FW_ALLOW = 0, FW_DENY = 1, FW_INVALID = 2 };
 /// Stateful firewall of one port for a flow crossing it in `dir`.
 static __always_inline int firewall(__u32 port, const struct flow *f, __u8 dir, __u64 len)
 {
+	if (f->related) {
+		// An ICMP error is allowed only about a connection this port tracks, coming back
+		// the other way (RELATED); otherwise it is INVALID.
+		struct ct_key q = {
+			.ifindex = port,
+			.saddr = f->inner_saddr,
+			.daddr = f->inner_daddr,
+			.sport = f->inner_sport,
+			.dport = f->inner_dport,
+			.proto = f->inner_proto,
+		};
+		struct ct_val *rv = bpf_map_lookup_elem(&conntrack, &q);
+		if (rv && rv->dir != dir) {
+			count_rule(rv->rule_id, len);
+			return FW_ALLOW;
+		}
+		return FW_INVALID;
+	}
 	struct ct_key k = {
 		.ifindex = port,
 		.saddr = f->saddr,
@@ -375,6 +405,25 @@ static __always_inline int parse_ipv4(struct iphdr *ip, void *data_end, struct f
 		if (c->type == ICMP_ECHO || c->type == ICMP_ECHOREPLY) {
 			f->sport = c->id;
 			f->dport = c->id;
+		} else if (c->type == ICMP_DEST_UNREACH || c->type == ICMP_TIME_EXCEEDED ||
+			   c->type == ICMP_PARAMETERPROB) {
+			// The quoted header: IPv4 without options plus 8 bytes of L4.
+			struct iphdr *in = (void *)(c + 1);
+			if ((void *)(in + 1) + 8 > data_end || in->ihl != 5)
+				return DROP_MALFORMED;
+			__u16 *ports = (void *)(in + 1);
+			f->related = 1;
+			f->inner_proto = in->protocol;
+			f->inner_saddr = in->saddr;
+			f->inner_daddr = in->daddr;
+			if (in->protocol == IPPROTO_ICMP) {
+				// An error about an echo: the id is the "port" both ways.
+				f->inner_sport = ports[2];
+				f->inner_dport = ports[2];
+			} else {
+				f->inner_sport = ports[0];
+				f->inner_dport = ports[1];
+			}
 		}
 	}
 	return PARSE_OK;
@@ -382,7 +431,7 @@ static __always_inline int parse_ipv4(struct iphdr *ip, void *data_end, struct f
 
 /// Answers an ARP request in place: the frame becomes the reply, sent back out of the port.
 static __always_inline int arp_reply(CTX *ctx, struct ethhdr *eth, struct arp_eth *arp,
-				     const __u8 *mac, __u32 in_port)
+				     const __u8 *mac, __u32 in_port, __u32 in_slot)
 {
 	__u8 spa[4];
 	__builtin_memcpy(spa, arp->spa, 4);
@@ -393,10 +442,10 @@ static __always_inline int arp_reply(CTX *ctx, struct ethhdr *eth, struct arp_et
 	__builtin_memcpy(arp->spa, arp->tpa, 4);
 	__builtin_memcpy(arp->tpa, spa, 4);
 	mac_copy(arp->sha, mac);
-	struct port_stats *s = stats_of(in_port);
+	struct port_stats *s = stats_of(in_slot);
 	if (s)
 		s->arp_replies += 1;
-	count_tx(in_port, hook_len(ctx));
+	count_tx(in_slot, hook_len(ctx));
 	return hook_redirect(ctx, in_port, in_port);
 }
 
@@ -408,16 +457,14 @@ static __always_inline __u16 csum_fold(__s64 csum)
 	return ~sum;
 }
 
-#define ICMP_DEST_UNREACH 3
-#define ICMP_TIME_EXCEEDED 11
 #define ICMP_ERROR_LEN (14 + 20 + 8 + 28)
 
 /// Turns the frame into the ICMP error a Linux router would send back to its source (from
 /// the router's address on the ingress network, quoting the IP header and 8 bytes), and
 /// sends it back out of the ingress port. Never answers ICMP other than echo requests,
 /// nor packets with IP options.
-static __always_inline int icmp_error(CTX *ctx, __u32 in_port, __u8 type, __u8 code,
-				      __u32 router_ip, __u32 reason)
+static __always_inline int icmp_error(CTX *ctx, __u32 in_port, __u32 in_slot, __u8 type,
+				      __u8 code, __u32 router_ip, __u32 reason)
 {
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
@@ -426,7 +473,7 @@ static __always_inline int icmp_error(CTX *ctx, __u32 in_port, __u8 type, __u8 c
 	__u8 quote[28];
 	__u8 peer[6], router_mac[6];
 
-	drop(in_port, reason);
+	drop(in_slot, reason);
 	if ((void *)ip + sizeof(quote) > data_end || ip->ihl != 5 || !router_ip)
 		return VERDICT_DROP;
 	if (ip->protocol == IPPROTO_ICMP && ((__u8 *)ip)[20] != ICMP_ECHO)
@@ -467,20 +514,20 @@ static __always_inline int icmp_error(CTX *ctx, __u32 in_port, __u8 type, __u8 c
 	ic->seq = 0;
 	__builtin_memcpy((void *)(ic + 1), quote, sizeof(quote));
 	ic->checksum = csum_fold(bpf_csum_diff(0, 0, (__be32 *)ic, 8 + sizeof(quote), 0));
-	struct port_stats *s = stats_of(in_port);
+	struct port_stats *s = stats_of(in_slot);
 	if (s)
 		s->icmp_errors += 1;
-	count_tx(in_port, ICMP_ERROR_LEN);
+	count_tx(in_slot, ICMP_ERROR_LEN);
 	return hook_redirect(ctx, in_port, in_port);
 }
 
 #ifdef NETDP_TC
 /// Floods a broadcast frame to every other port of the network, then drops the original.
-static __always_inline int flood(CTX *ctx, __u32 net_id, __u32 in_port)
+static __always_inline int flood(CTX *ctx, __u32 net_id, __u32 in_port, __u32 in_slot)
 {
 	struct network *net = bpf_map_lookup_elem(&networks, &net_id);
 	if (!net)
-		return drop(in_port, DROP_NO_NETWORK);
+		return drop(in_slot, DROP_NO_NETWORK);
 	__u32 n = net->nports;
 	for (__u32 i = 0; i < NET_MAX_PORTS; i++) {
 		if (i >= n)
@@ -489,20 +536,21 @@ static __always_inline int flood(CTX *ctx, __u32 net_id, __u32 in_port)
 		if (!ifindex || ifindex == in_port)
 			continue;
 		if (bpf_clone_redirect(ctx, ifindex, 0) == 0)
-			count_tx(ifindex, ctx->len);
+			count_tx(slot_of(ifindex), ctx->len);
 	}
-	struct port_stats *s = stats_of(in_port);
+	struct port_stats *s = stats_of(in_slot);
 	if (s)
 		s->flooded += 1;
 	return TC_ACT_SHOT;
 }
 #else
 /// XDP cannot clone: broadcasts other than answered ARP go to the slow path.
-static __always_inline int flood(CTX *ctx, __u32 net_id, __u32 in_port)
+static __always_inline int flood(CTX *ctx, __u32 net_id, __u32 in_port, __u32 in_slot)
 {
 	(void)ctx;
 	(void)net_id;
-	struct port_stats *s = stats_of(in_port);
+	(void)in_port;
+	struct port_stats *s = stats_of(in_slot);
 	if (s)
 		s->flooded += 1;
 	return XDP_PASS;
@@ -523,8 +571,9 @@ static __always_inline int netdp_forward(CTX *ctx)
 		return VERDICT_PASS; // not one of ours (uplink, host interface)
 	__u32 net_id = port->net_id;
 	__u8 secure = port->port_security;
+	__u32 in_slot = port->slot;
 
-	struct port_stats *st = stats_of(in_port);
+	struct port_stats *st = stats_of(in_slot);
 	if (st) {
 		st->rx_packets += 1;
 		st->rx_bytes += len;
@@ -532,37 +581,37 @@ static __always_inline int netdp_forward(CTX *ctx)
 
 	struct ethhdr *eth = data;
 	if ((void *)(eth + 1) > data_end)
-		return drop(in_port, DROP_MALFORMED);
+		return drop(in_slot, DROP_MALFORMED);
 	if (eth->h_source[0] & 1)
-		return drop(in_port, DROP_SPOOF_MAC);
+		return drop(in_slot, DROP_SPOOF_MAC);
 
 	if (eth->h_proto == ETH_P_ARP_BE) {
 		struct arp_eth *arp = (void *)(eth + 1);
 		if ((void *)(arp + 1) > data_end)
-			return drop(in_port, DROP_MALFORMED);
+			return drop(in_slot, DROP_MALFORMED);
 		if (arp->htype != bpf_htons(1) || arp->ptype != ETH_P_IP_BE || arp->hlen != 6 ||
 		    arp->plen != 4)
-			return drop(in_port, DROP_MALFORMED);
+			return drop(in_slot, DROP_MALFORMED);
 		__u32 spa, tpa;
 		__builtin_memcpy(&spa, arp->spa, 4);
 		__builtin_memcpy(&tpa, arp->tpa, 4);
 		if (secure) {
 			if (!mac_eq(arp->sha, eth->h_source) ||
 			    !addr_allowed(in_port, arp->sha, spa))
-				return drop(in_port, DROP_SPOOF_ARP);
+				return drop(in_slot, DROP_SPOOF_ARP);
 		}
 		if (arp->oper == bpf_htons(1)) {
 			struct neigh_key nk = { .net_id = net_id, .ip = tpa };
 			struct neigh *nb = bpf_map_lookup_elem(&neighbors, &nk);
 			if (nb)
-				return arp_reply(ctx, eth, arp, nb->mac, in_port);
+				return arp_reply(ctx, eth, arp, nb->mac, in_port, in_slot);
 			if (eth->h_dest[0] & 1)
-				return flood(ctx, net_id, in_port);
+				return flood(ctx, net_id, in_port, in_slot);
 		}
 		// ARP replies and unicast requests go through the FDB like any unicast.
 	} else if (eth->h_proto != ETH_P_IP_BE) {
 		if (secure)
-			return drop(in_port, DROP_ETHERTYPE);
+			return drop(in_slot, DROP_ETHERTYPE);
 	}
 
 	if (secure && eth->h_proto != ETH_P_ARP_BE) {
@@ -570,33 +619,33 @@ static __always_inline int netdp_forward(CTX *ctx)
 		if (eth->h_proto == ETH_P_IP_BE) {
 			struct iphdr *ip = (void *)(eth + 1);
 			if ((void *)(ip + 1) > data_end)
-				return drop(in_port, DROP_MALFORMED);
+				return drop(in_slot, DROP_MALFORMED);
 			src_ip = ip->saddr;
 		}
 		if (!addr_allowed(in_port, eth->h_source, src_ip))
-			return drop(in_port, src_ip && addr_allowed(in_port, eth->h_source, 0) ?
+			return drop(in_slot, src_ip && addr_allowed(in_port, eth->h_source, 0) ?
 						      DROP_SPOOF_IP :
 						      DROP_SPOOF_MAC);
 	}
 
 	if (eth->h_dest[0] & 1) {
 		// Broadcast/multicast other than ARP requests (DHCP, for example).
-		return flood(ctx, net_id, in_port);
+		return flood(ctx, net_id, in_port, in_slot);
 	}
 
 	struct l2_key fk = { .net_id = net_id };
 	mac_copy(fk.mac, eth->h_dest);
 	struct fdb_entry *fe = bpf_map_lookup_elem(&fdb, &fk);
 	if (!fe)
-		return drop(in_port, DROP_UNKNOWN_DST);
+		return drop(in_slot, DROP_UNKNOWN_DST);
 	__u32 out_port = fe->ifindex;
 	__u32 router_id = fe->router_id;
 	__u32 router_ip = fe->ip;
 
 	if (eth->h_proto != ETH_P_IP_BE) {
 		if (router_id)
-			return drop(in_port, DROP_ETHERTYPE);
-		count_tx(out_port, len);
+			return drop(in_slot, DROP_ETHERTYPE);
+		count_tx(slot_of(out_port), len);
 		return hook_redirect(ctx, out_port, in_port);
 	}
 
@@ -604,10 +653,10 @@ static __always_inline int netdp_forward(CTX *ctx)
 	struct flow f = {};
 	int bad = parse_ipv4(ip, data_end, &f);
 	if (bad != PARSE_OK)
-		return drop(in_port, bad);
+		return drop(in_slot, bad);
 	// The parse above re-derived pointers; re-check for the verifier.
 	if ((void *)(ip + 1) > data_end)
-		return drop(in_port, DROP_MALFORMED);
+		return drop(in_slot, DROP_MALFORMED);
 
 	// The flow as the destination port sees it (after floating-IP NAT).
 	struct flow out_f = f;
@@ -621,10 +670,10 @@ static __always_inline int netdp_forward(CTX *ctx)
 		struct route_key rk = { .prefixlen = 64, .router_id = router_id, .addr = out_f.daddr };
 		struct route *rt = bpf_map_lookup_elem(&routes, &rk);
 		if (!rt)
-			return icmp_error(ctx, in_port, ICMP_DEST_UNREACH, 0, router_ip,
+			return icmp_error(ctx, in_port, in_slot, ICMP_DEST_UNREACH, 0, router_ip,
 					  DROP_NO_ROUTE);
 		if (ip->ttl <= 1)
-			return icmp_error(ctx, in_port, ICMP_TIME_EXCEEDED, 0, router_ip, DROP_TTL);
+			return icmp_error(ctx, in_port, in_slot, ICMP_TIME_EXCEEDED, 0, router_ip, DROP_TTL);
 		if (rt->flags & ROUTE_EXTERNAL) {
 			// Out of the gateway: SNAT to the port's floating IP.
 			struct nat_key sk = { .router_id = router_id, .ip = f.saddr };
@@ -636,13 +685,13 @@ static __always_inline int netdp_forward(CTX *ctx)
 					.ip = rt->nexthop ? rt->nexthop : out_f.daddr };
 		struct neigh *nb = bpf_map_lookup_elem(&neighbors, &nk);
 		if (!nb)
-			return icmp_error(ctx, in_port, ICMP_DEST_UNREACH, 1, router_ip,
+			return icmp_error(ctx, in_port, in_slot, ICMP_DEST_UNREACH, 1, router_ip,
 					  DROP_NO_NEIGH);
 		struct l2_key ok = { .net_id = rt->net_id };
 		mac_copy(ok.mac, nb->mac);
 		struct fdb_entry *oe = bpf_map_lookup_elem(&fdb, &ok);
 		if (!oe || oe->router_id)
-			return drop(in_port, DROP_NO_NEIGH);
+			return drop(in_slot, DROP_NO_NEIGH);
 		out_port = oe->ifindex;
 		mac_copy(eth->h_dest, nb->mac);
 		mac_copy(eth->h_source, rt->mac);
@@ -662,7 +711,7 @@ static __always_inline int netdp_forward(CTX *ctx)
 			l4_off = 14 + ip->ihl * 4 + 16;
 		else if (f.proto == IPPROTO_UDP)
 			l4_off = 14 + ip->ihl * 4 + 6;
-		struct port_stats *rs = stats_of(in_port);
+		struct port_stats *rs = stats_of(in_slot);
 		if (rs)
 			rs->routed += 1;
 	}
@@ -670,17 +719,17 @@ static __always_inline int netdp_forward(CTX *ctx)
 	if (secure) {
 		int fw = firewall(in_port, &f, DIR_EGRESS, len);
 		if (fw == FW_INVALID)
-			return drop(in_port, DROP_CT_INVALID);
+			return drop(in_slot, DROP_CT_INVALID);
 		if (fw == FW_DENY)
-			return drop(in_port, DROP_SG_EGRESS);
+			return drop(in_slot, DROP_SG_EGRESS);
 	}
 	struct port *dst = bpf_map_lookup_elem(&ports, &out_port);
 	if (dst && dst->port_security) {
 		int fw = firewall(out_port, &out_f, DIR_INGRESS, len);
 		if (fw == FW_INVALID)
-			return drop(in_port, DROP_CT_INVALID);
+			return drop(in_slot, DROP_CT_INVALID);
 		if (fw == FW_DENY)
-			return drop(in_port, DROP_SG_INGRESS);
+			return drop(in_slot, DROP_SG_INGRESS);
 	}
 	// L4 checksums last: the tc helper invalidates packet pointers.
 	if (l4_off) {
@@ -690,7 +739,7 @@ static __always_inline int netdp_forward(CTX *ctx)
 		if (out_f.daddr != f.daddr)
 			hook_l4_csum(ctx, l4_off, f.daddr, out_f.daddr, udp);
 	}
-	count_tx(out_port, len);
+	count_tx(dst ? dst->slot : PORT_SLOTS, len);
 	return hook_redirect(ctx, out_port, in_port);
 }
 

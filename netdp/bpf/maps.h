@@ -13,6 +13,7 @@
 #define NET_MAX_PORTS 32
 #define SG_ANY 0xffff
 #define RULE_STATS_MAX 65536
+#define PORT_SLOTS 4096
 
 #define DIR_INGRESS 1
 #define DIR_EGRESS 2
@@ -46,6 +47,7 @@ struct port {
 	__u8 mac[6];
 	__u8 port_security;
 	__u8 pad;
+	__u32 slot; // index of the port's counters in port_stats
 };
 
 /// One (MAC, IPv4) a port may send from; ip 0 allows the MAC alone (DHCP, ARP probes).
@@ -238,9 +240,10 @@ struct {
 	__type(value, struct ct_val);
 } conntrack SEC(".maps");
 
+/// Indexed by the port's slot (assigned by userspace, below PORT_SLOTS).
 struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
-	__uint(max_entries, 4096);
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, PORT_SLOTS);
 	__type(key, __u32);
 	__type(value, struct port_stats);
 } port_stats SEC(".maps");

@@ -8,18 +8,26 @@
 //! - `bpf/datapath.h` + `bpf/maps.h`: the forwarding logic, built twice, for tc
 //!   (`switch_tc.c`, VM ports: keeps checksum offload) and XDP (`switch_xdp.c`). Per frame:
 //!   port lookup, port security (MAC/IP/ARP anti-spoofing, allowed address pairs), ARP
-//!   answered from the neighbour table, broadcasts flooded to the network (tc), unicast
-//!   through the per-network FDB (unknown MACs dropped), routing through router interfaces
-//!   (LPM routes, MAC rewrite, TTL-1, IP checksum), stateful security groups (per-port
-//!   conntrack in an LRU hash), per-port and per-rule counters with drop reasons.
-//! - [`api`]: the control plane: Neutron resources (networks, subnets, ports, routers,
-//!   security groups and rules), persisted, synchronised into the maps; served over HTTP on
-//!   a Unix socket by the `netdp` binary (`src/main.rs`) with `/metrics`.
-//! - [`datapath`]: loads an object (optionally with maps pinned on bpffs and reused),
-//!   attaches it (tcx, XDP), and fills its maps from typed specs (ports, router interfaces,
-//!   routes, security-group rules); reads counters.
-//! - [`guard`]: the ingress guard program (drops runt frames and group source MACs).
+//!   answered from the neighbour table (ports, router interfaces, floating IPs), broadcasts
+//!   flooded to the network (tc) or passed to the slow path (XDP), unicast through the
+//!   per-network FDB (unknown MACs dropped), routing through router interfaces (LPM routes,
+//!   MAC rewrite, TTL-1, IP checksum; ICMP time-exceeded and unreachable sent back like
+//!   Linux), floating IPs (1:1 DNAT in, SNAT out through the router gateway, IP and L4
+//!   checksums fixed up), stateful security groups (per-port conntrack in an LRU hash,
+//!   replies allowed, INVALID dropped), per-port and per-rule counters with drop reasons.
+//! - [`datapath`]: loads an object (maps optionally pinned on bpffs and reused), attaches
+//!   it (tcx links pinned and re-taken after a restart, XDP), fills its maps from typed specs
+//!   (ports, router interfaces and gateways, routes, floating IPs, security-group rules;
+//!   removing a rule cuts the connections it admitted), reads counters, runs test-runs.
+//! - [`api`]: the control plane: Neutron resources (networks, subnets, ports, routers with
+//!   interfaces and gateways, security groups and rules, floating IPs), persisted
+//!   atomically, synchronised into the maps; served over HTTP on a Unix socket with
+//!   `/metrics` by the `netdp` binary (`src/main.rs`).
 //! - [`pktgen`]: an XDP packet generator (live-frame test runs) and sink, for benchmarks.
+//! - [`guard`]: the ingress guard program (drops runt frames and group source MACs).
+//!
+//! Threads: the daemon runs one tokio thread serving the API and a 0.5 s re-sync (taps
+//! created after their port get programmed); the datapath itself runs in the kernel.
 
 pub mod api;
 pub mod datapath;

@@ -522,7 +522,9 @@ fn routers_answer_with_icmp_errors_where_linux_would() {
     assert_icmp_error(&out, &nobody, 3, 1);
 
     // No errors about errors (nor about echo replies).
-    let err = ipv4(MAC_R1, MAC_A, IP_A, IP_C, ICMP, 1, &icmp_echo(3, 0, 0));
+    let mut quote = vec![3, 1, 0, 0, 0, 0, 0, 0];
+    quote.extend_from_slice(&dying[14..42]);
+    let err = ipv4(MAC_R1, MAC_A, IP_A, IP_C, ICMP, 1, &quote);
     assert_eq!(dp.test_run(&err, A).unwrap().0, TC_ACT_SHOT);
     assert_eq!(dp.port_counters(A).unwrap().0.icmp_errors, 4);
     assert_eq!(drops(&dp, A, DropReason::Ttl), 3);
@@ -800,4 +802,123 @@ fn pinned_maps_are_reused_by_a_second_load() {
         TC_ACT_REDIRECT
     );
     assert_eq!(dp.port_counters(B).unwrap().0.tx_packets, 1);
+}
+
+#[test]
+fn a_restarted_controller_removes_ports_its_state_no_longer_has() {
+    if !privileged() {
+        return;
+    }
+    // Maps from before the restart still hold a port the state does not know.
+    let dp = topology(Hook::Tc);
+    assert!(dp.port_ifindexes().unwrap().contains(&A));
+    let ctl = netdp::api::Controller::open(None, Some(dp)).unwrap();
+    let dp = ctl.datapath().unwrap();
+    assert!(dp.port_ifindexes().unwrap().is_empty());
+    assert_eq!(
+        dp.test_run(&ping(MAC_B, MAC_A, IP_B, IP_A), B).unwrap().0,
+        TC_ACT_OK,
+        "B is no longer a port: its frames go to the stack"
+    );
+}
+
+#[test]
+fn icmp_errors_about_tracked_connections_pass_as_related() {
+    if !privileged() {
+        return;
+    }
+    let mut dp = topology(Hook::Tc);
+    let dns = RuleSpec {
+        id: 9,
+        direction: Direction::Ingress,
+        protocol: Some(UDP),
+        port_range: Some((53, 53)),
+        remote: None,
+    };
+    dp.set_port_rules(B, &[allow_all(1, Direction::Egress), dns])
+        .unwrap();
+    let query = pad(ipv4(MAC_B, MAC_A, IP_A, IP_B, UDP, 64, &udp(40000, 53)));
+    // B answers "port unreachable", quoting the query's IP header and 8 bytes.
+    let unreachable = |quoted: &[u8]| {
+        let mut m = vec![3, 3, 0, 0, 0, 0, 0, 0];
+        m.extend_from_slice(&quoted[14..42]);
+        let c = checksum(&m);
+        m[2..4].copy_from_slice(&c.to_be_bytes());
+        ipv4(MAC_A, MAC_B, IP_B, IP_A, ICMP, 64, &m)
+    };
+    // Before the query, the error is about nothing: INVALID.
+    assert_eq!(dp.test_run(&unreachable(&query), B).unwrap().0, TC_ACT_SHOT);
+    assert_eq!(drops(&dp, B, DropReason::ConntrackInvalid), 1);
+    assert_eq!(dp.test_run(&query, A).unwrap().0, TC_ACT_REDIRECT);
+    // After it, the error is RELATED: it passes B's egress and A's ingress (A has no
+    // ingress rule at all).
+    assert_eq!(
+        dp.test_run(&unreachable(&query), B).unwrap().0,
+        TC_ACT_REDIRECT
+    );
+    // An error quoting another flow is still INVALID.
+    let other = pad(ipv4(MAC_B, MAC_A, IP_A, IP_B, UDP, 64, &udp(40001, 53)));
+    assert_eq!(dp.test_run(&unreachable(&other), B).unwrap().0, TC_ACT_SHOT);
+    assert_eq!(drops(&dp, B, DropReason::ConntrackInvalid), 2);
+    // A truncated quote is malformed.
+    let mut short = unreachable(&query);
+    short.truncate(14 + 20 + 8 + 20);
+    short[16..18].copy_from_slice(&48u16.to_be_bytes());
+    assert_eq!(dp.test_run(&short, B).unwrap().0, TC_ACT_SHOT);
+    assert_eq!(drops(&dp, B, DropReason::Malformed), 1);
+}
+
+#[test]
+fn random_frames_get_a_verdict_and_are_all_counted() {
+    if !privileged() {
+        return;
+    }
+    let mut dp = topology(Hook::Tc);
+    dp.set_port_rules(B, &[allow_all(2, Direction::Ingress)])
+        .unwrap();
+    // Deterministic xorshift: frames that start like real ones and end in noise.
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let templates = [
+        pad(ipv4(MAC_B, MAC_A, IP_A, IP_B, TCP, 64, &tcp(1, 2, SYN))),
+        pad(ipv4(MAC_R1, MAC_A, IP_A, IP_C, UDP, 2, &udp(1, 2))),
+        arp_request(MAC_A, IP_A, IP_B),
+        ping(MAC_A, MAC_R1, IP_A, IP_C),
+    ];
+    let runs = 3000;
+    let mut ran = 0;
+    for i in 0..runs {
+        let mut f = templates[i % templates.len()].clone();
+        let len = 14 + (next() % 120) as usize;
+        f.resize(len, 0);
+        // Keep the Ethernet source (so the port is the sender) and scramble the rest.
+        let flips = 1 + next() % 6;
+        for _ in 0..flips {
+            let at = 12 + (next() as usize % (len - 12));
+            f[at] = next() as u8;
+        }
+        match dp.test_run(&f, A) {
+            Ok((verdict, _)) => {
+                assert!(
+                    [TC_ACT_OK, TC_ACT_SHOT, TC_ACT_REDIRECT].contains(&verdict),
+                    "verdict {verdict} for {f:02x?}"
+                );
+                ran += 1;
+            }
+            // The kernel itself refuses some short frames (an IPv4 ethertype without room
+            // for an IP header); those never reach the program.
+            Err(_) => assert!(len < 34, "len {len}"),
+        }
+    }
+    let a = dp.port_counters(A).unwrap();
+    assert_eq!(
+        a.0.rx_packets, ran,
+        "every frame the program saw was counted"
+    );
+    assert!(ran > runs as u64 / 2);
 }

@@ -152,7 +152,29 @@ impl Controller {
             fips: HashSet::new(),
         };
         c.sync()?;
+        c.remove_stale_ports()?;
         Ok(c)
+    }
+
+    /// The datapath this controller drives, if any.
+    pub fn datapath(&self) -> Option<&Datapath> {
+        self.dp.as_ref()
+    }
+
+    /// Reconciliation after a restart: ports left in pinned maps that the state no longer
+    /// has (deleted while the daemon was down, or their interface gone) are removed.
+    fn remove_stale_ports(&mut self) -> Result<(), ApiError> {
+        let Some(dp) = self.dp.as_mut() else {
+            return Ok(());
+        };
+        let live: HashSet<u32> = self.programmed.values().copied().collect();
+        for ifindex in dp.port_ifindexes().map_err(ApiError::Datapath)? {
+            if !live.contains(&ifindex) {
+                tracing::info!(ifindex, "removing a stale port from the datapath");
+                dp.remove_port(ifindex).map_err(ApiError::Datapath)?;
+            }
+        }
+        Ok(())
     }
 
     /// The current state.

@@ -26,7 +26,12 @@ pub struct Port {
     pub port_security: u8,
     /// Padding.
     pub pad: u8,
+    /// Index of the port's counters in `port_stats` (below [`PORT_SLOTS`]).
+    pub slot: u32,
 }
+
+/// Number of counter slots for ports (`PORT_SLOTS`).
+pub const PORT_SLOTS: u32 = 4096;
 
 /// One (MAC, IPv4) a port may send from (`struct addr_key`).
 #[repr(C)]
@@ -268,7 +273,7 @@ mod tests {
 
     #[test]
     fn sizes_match_the_c_structs() {
-        assert_eq!(size_of::<Port>(), 12);
+        assert_eq!(size_of::<Port>(), 16);
         assert_eq!(size_of::<AddrKey>(), 16);
         assert_eq!(size_of::<L2Key>(), 12);
         assert_eq!(size_of::<RouteKey>(), 8);

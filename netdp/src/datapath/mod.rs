@@ -12,7 +12,7 @@ use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
 use aya::maps::lpm_trie::{Key, LpmTrie};
-use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuHashMap};
+use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray};
 use aya::programs::links::{FdLink, PinnedLink};
 use aya::programs::tc::TcAttachOptions;
 use aya::programs::{
@@ -69,6 +69,9 @@ pub enum DatapathError {
     /// A network already floods to as many ports as it can hold.
     #[error("network {0} has more than {NET_MAX_PORTS} ports")]
     NetworkFull(u32),
+    /// Every port counter slot is taken.
+    #[error("more than {} ports", abi::PORT_SLOTS)]
+    TooManyPorts,
     /// A port has more rules in one direction and protocol than a slot holds.
     #[error("port {0} has more than {SG_MAX_RULES} rules for one direction and protocol")]
     TooManyRules(u32),
@@ -469,11 +472,13 @@ impl Datapath {
     /// its place in the network's flood list.
     pub fn set_port(&mut self, spec: &PortSpec) -> Result<(), DatapathError> {
         self.remove_port_addrs(spec.ifindex)?;
+        let slot = self.port_slot(spec.ifindex)?;
         let port = abi::Port {
             net_id: spec.net_id,
             mac: spec.mac,
             port_security: u8::from(spec.port_security),
             pad: 0,
+            slot,
         };
         let mut addrs: Vec<([u8; 6], u32)> = vec![(spec.mac, 0)];
         addrs.extend(spec.ips.iter().map(|ip| (spec.mac, ip_be(*ip))));
@@ -532,6 +537,44 @@ impl Datapath {
         Ok(())
     }
 
+    /// The counter slot of port `ifindex`: its own if it has one, else the lowest free one,
+    /// zeroed.
+    fn port_slot(&mut self, ifindex: u32) -> Result<u32, DatapathError> {
+        let (own, used) = {
+            let m = self.hash_ro::<u32, abi::Port>("ports")?;
+            let mut own = None;
+            let mut used = HashSet::new();
+            for (k, v) in m.iter().filter_map(Result::ok) {
+                if k == ifindex {
+                    own = Some(v.slot);
+                }
+                used.insert(v.slot);
+            }
+            (own, used)
+        };
+        if let Some(slot) = own {
+            return Ok(slot);
+        }
+        let slot = (0..abi::PORT_SLOTS)
+            .find(|s| !used.contains(s))
+            .ok_or(DatapathError::TooManyPorts)?;
+        let name = "port_stats";
+        let map = self.ebpf.map_mut(name).ok_or(DatapathError::Map(
+            name,
+            aya::maps::MapError::InvalidName { name: name.into() },
+        ))?;
+        let mut stats: PerCpuArray<&mut MapData, PortStats> =
+            PerCpuArray::try_from(map).map_err(|e| DatapathError::Map(name, e))?;
+        let cpus = aya::util::nr_cpus()
+            .map_err(|(_, e)| DatapathError::Map(name, aya::maps::MapError::IoError(e)))?;
+        let zero = aya::maps::PerCpuValues::try_from(vec![PortStats::default(); cpus])
+            .map_err(|e| DatapathError::Map(name, aya::maps::MapError::IoError(e)))?;
+        stats
+            .set(slot, zero, 0)
+            .map_err(|e| DatapathError::Map(name, e))?;
+        Ok(slot)
+    }
+
     fn remove_port_addrs(&mut self, ifindex: u32) -> Result<(), DatapathError> {
         let mut m = self.hash::<AddrKey, u32>("port_addrs")?;
         let keys: Vec<AddrKey> = m
@@ -587,6 +630,13 @@ impl Datapath {
         let mut m = self.hash::<u32, abi::Port>("ports")?;
         let _ = m.remove(&ifindex);
         Ok(())
+    }
+
+    /// The ifindexes of every port in the maps (pinned maps may hold ports from before a
+    /// restart).
+    pub fn port_ifindexes(&self) -> Result<Vec<u32>, DatapathError> {
+        let m = self.hash_ro::<u32, abi::Port>("ports")?;
+        Ok(m.keys().filter_map(Result::ok).collect())
     }
 
     /// Records that `ip` in `net_id` is at `mac` (ARP answers and routed next hops).
@@ -858,17 +908,24 @@ impl Datapath {
         Ok(ct.keys().filter_map(Result::ok).count())
     }
 
-    /// A port's counters summed over CPUs (zero if it never saw a frame).
+    /// A port's counters summed over CPUs (zero for interfaces that are not ports).
     pub fn port_counters(&self, ifindex: u32) -> Result<PortCounters, DatapathError> {
+        let mut sum = PortStats::default();
+        let slot = {
+            let m = self.hash_ro::<u32, abi::Port>("ports")?;
+            match m.get(&ifindex, 0) {
+                Ok(p) => p.slot,
+                Err(_) => return Ok(PortCounters(sum)),
+            }
+        };
         let name = "port_stats";
         let map = self.ebpf.map(name).ok_or(DatapathError::Map(
             name,
             aya::maps::MapError::InvalidName { name: name.into() },
         ))?;
-        let m: PerCpuHashMap<&MapData, u32, PortStats> =
-            PerCpuHashMap::try_from(map).map_err(|e| DatapathError::Map(name, e))?;
-        let mut sum = PortStats::default();
-        let Ok(per_cpu) = m.get(&ifindex, 0) else {
+        let m: PerCpuArray<&MapData, PortStats> =
+            PerCpuArray::try_from(map).map_err(|e| DatapathError::Map(name, e))?;
+        let Ok(per_cpu) = m.get(&slot, 0) else {
             return Ok(PortCounters(sum));
         };
         for s in per_cpu.iter() {
