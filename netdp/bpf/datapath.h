@@ -56,6 +56,14 @@ static __always_inline int hook_redirect(CTX *ctx, __u32 ifindex, __u32 in_port)
 
 static __always_inline __u64 hook_len(CTX *ctx) { return ctx->len; }
 
+/// A frame for the slow path: its packet socket (a tap, which runs before tc ingress) has
+/// its copy already, so the switch just consumes it.
+static __always_inline int hook_punt(CTX *ctx)
+{
+	(void)ctx;
+	return TC_ACT_SHOT;
+}
+
 static __always_inline int hook_resize(CTX *ctx, __u32 len)
 {
 	return bpf_skb_change_tail(ctx, len, 0);
@@ -89,6 +97,13 @@ static __always_inline int hook_redirect(CTX *ctx, __u32 ifindex, __u32 in_port)
 static __always_inline __u64 hook_len(CTX *ctx)
 {
 	return (long)ctx->data_end - (long)ctx->data;
+}
+
+/// A frame for the slow path: passed up to the stack, where its packet socket sees it.
+static __always_inline int hook_punt(CTX *ctx)
+{
+	(void)ctx;
+	return XDP_PASS;
 }
 
 static __always_inline int hook_resize(CTX *ctx, __u32 len)
@@ -370,6 +385,16 @@ static __always_inline int firewall(__u32 port, const struct flow *f, __u8 dir, 
 
 #define PARSE_OK -1
 
+#define DHCP_SERVER_PORT_BE bpf_htons(67)
+#define DHCP_CLIENT_PORT_BE bpf_htons(68)
+
+/// A DHCP client message (to a server), which the slow path answers for DHCP ports.
+static __always_inline int is_dhcp_request(const struct flow *f)
+{
+	return f->proto == IPPROTO_UDP && f->dport == DHCP_SERVER_PORT_BE &&
+	       f->sport == DHCP_CLIENT_PORT_BE;
+}
+
 /// Parses the IPv4 header at `ip` into `f`; returns PARSE_OK, or a drop reason.
 static __always_inline int parse_ipv4(struct iphdr *ip, void *data_end, struct flow *f)
 {
@@ -571,6 +596,7 @@ static __always_inline int netdp_forward(CTX *ctx)
 		return VERDICT_PASS; // not one of ours (uplink, host interface)
 	__u32 net_id = port->net_id;
 	__u8 secure = port->port_security;
+	__u8 dhcp = port->flags & PORT_F_DHCP;
 	__u32 in_slot = port->slot;
 
 	struct port_stats *st = stats_of(in_slot);
@@ -629,7 +655,14 @@ static __always_inline int netdp_forward(CTX *ctx)
 	}
 
 	if (eth->h_dest[0] & 1) {
-		// Broadcast/multicast other than ARP requests (DHCP, for example).
+		// Broadcast/multicast other than ARP requests: DHCP discovers and requests of DHCP
+		// ports go to the slow path, the rest is flooded.
+		if (dhcp && eth->h_proto == ETH_P_IP_BE) {
+			struct flow bf = {};
+			if (parse_ipv4((void *)(eth + 1), data_end, &bf) == PARSE_OK &&
+			    is_dhcp_request(&bf))
+				return hook_punt(ctx);
+		}
 		return flood(ctx, net_id, in_port, in_slot);
 	}
 
@@ -657,6 +690,9 @@ static __always_inline int netdp_forward(CTX *ctx)
 	// The parse above re-derived pointers; re-check for the verifier.
 	if ((void *)(ip + 1) > data_end)
 		return drop(in_slot, DROP_MALFORMED);
+	// Unicast DHCP (renewals to the server's address) goes to the slow path too.
+	if (dhcp && is_dhcp_request(&f))
+		return hook_punt(ctx);
 
 	// The flow as the destination port sees it (after floating-IP NAT).
 	struct flow out_f = f;

@@ -46,9 +46,12 @@ struct port {
 	__u32 net_id;
 	__u8 mac[6];
 	__u8 port_security;
-	__u8 pad;
+	__u8 flags; // PORT_F_*
 	__u32 slot; // index of the port's counters in port_stats
 };
+
+/// The slow path answers the port's DHCP: its requests are not switched.
+#define PORT_F_DHCP 1
 
 /// One (MAC, IPv4) a port may send from; ip 0 allows the MAC alone (DHCP, ARP probes).
 struct addr_key {

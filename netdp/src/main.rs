@@ -9,6 +9,7 @@ use anyhow::Context;
 use clap::Parser;
 use netdp::api::{Controller, http};
 use netdp::datapath::{DEFAULT_PIN_DIR, Datapath, Hook};
+use netdp::dhcp::{self, Leases};
 
 /// netdp: eBPF virtual switch with Neutron's API.
 #[derive(Debug, Parser)]
@@ -31,6 +32,9 @@ struct Args {
     /// The bpffs directory for pinned maps and links.
     #[arg(long, env = "NETDP_PIN_DIR", default_value = DEFAULT_PIN_DIR)]
     pin_dir: PathBuf,
+    /// DHCP lease time handed to guests, in seconds.
+    #[arg(long, env = "NETDP_DHCP_LEASE_SECS", default_value_t = netdp::dhcp::DEFAULT_LEASE_SECS)]
+    dhcp_lease_secs: u32,
     /// Log as JSON.
     #[arg(long, env = "NETDP_LOG_JSON")]
     log_json: bool,
@@ -54,7 +58,12 @@ fn main() -> anyhow::Result<()> {
         }
     }
     let dp = Datapath::load_pinned(Hook::Tc, &args.pin_dir).context("load the datapath")?;
-    let ctl = Controller::open(Some(args.state.clone()), Some(dp)).context("restore state")?;
+    let mut ctl = Controller::open(Some(args.state.clone()), Some(dp)).context("restore state")?;
+    // The DHCP slow path: its own thread and packet socket, fed leases by every sync.
+    let leases = Leases::default();
+    let _dhcp = dhcp::Server::start(leases.clone()).context("start the DHCP server")?;
+    ctl.serve_dhcp(leases, args.dhcp_lease_secs)
+        .context("program DHCP ports")?;
     let ctl = Arc::new(Mutex::new(ctl));
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

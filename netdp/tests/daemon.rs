@@ -361,3 +361,166 @@ fn the_daemon_connects_neutron_ports_and_survives_a_restart() {
     drop(d);
     drop((vm_a, vm_b, vm_c, vm_x, node));
 }
+
+/// A dhclient in a VM namespace, killed on drop; its resolv.conf is the namespace's own
+/// (`/etc/netns/<ns>/resolv.conf`, bind-mounted by `ip netns exec`), removed on drop.
+struct Dhclient {
+    child: Child,
+    etc: PathBuf,
+}
+
+impl Drop for Dhclient {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.etc);
+    }
+}
+
+fn dhclient(vm: &Netns, dir: &Path) -> Dhclient {
+    let etc = PathBuf::from(format!("/etc/netns/{}", vm.name()));
+    std::fs::create_dir_all(&etc).unwrap();
+    // Without this file dhclient-script would rewrite the host's resolv.conf.
+    std::fs::write(etc.join("resolv.conf"), "").unwrap();
+    let conf = dir.join(format!("{}.conf", vm.name()));
+    std::fs::write(
+        &conf,
+        "timeout 60;\nretry 1;\n\
+         request subnet-mask, broadcast-address, routers, domain-name-servers, interface-mtu;\n",
+    )
+    .unwrap();
+    let child = Command::new("ip")
+        .args(["netns", "exec", vm.name(), "dhclient", "-d", "-1", "-v"])
+        .arg("-cf")
+        .arg(&conf)
+        .arg("-lf")
+        .arg(dir.join(format!("{}.leases", vm.name())))
+        .arg("-pf")
+        .arg(dir.join(format!("{}.pid", vm.name())))
+        .arg("eth0")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("run dhclient (isc-dhcp-client; ./scripts/setup installs it)");
+    Dhclient { child, etc }
+}
+
+/// Runs `argv` in `vm` until its output contains `want` or `secs` pass; returns the output.
+fn wait_for(vm: &Netns, argv: &[&str], want: &str, secs: u64) -> String {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let out = vm.exec(argv).unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        if text.contains(want) || Instant::now() > deadline {
+            return text;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn a_guest_gets_its_fixed_ip_gateway_dns_and_mtu_by_dhcp() {
+    if !privileged() {
+        return;
+    }
+    if std::process::Command::new("dhclient")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "dhclient is missing: run ./scripts/setup"
+        );
+        eprintln!("SKIP: dhclient is missing (isc-dhcp-client); run ./scripts/setup");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let pins = PathBuf::from(format!(
+        "/sys/fs/bpf/ferrostack-test-netdp-dhcp-{}",
+        std::process::id()
+    ));
+    struct Unpin(PathBuf);
+    impl Drop for Unpin {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let _unpin = Unpin(pins.clone());
+    let node = Netns::new("netdph-node").unwrap();
+    let d = start(&node, dir.path(), &pins);
+    let dp = dir.path();
+    let net = post(
+        dp,
+        "/v2.0/networks",
+        json!({"network": {"name": "dhcp", "project_id": "p", "mtu": 1400}}),
+    );
+    let net_id = net["network"]["id"].as_str().unwrap().to_string();
+    let sub = post(
+        dp,
+        "/v2.0/subnets",
+        json!({"subnet": {"network_id": net_id, "ip_version": 4, "cidr": "10.3.0.0/24",
+            "dns_nameservers": ["10.3.0.53", "192.0.2.53"]}}),
+    );
+    assert_eq!(sub["subnet"]["dns_nameservers"][1], "192.0.2.53");
+    let router = post(dp, "/v2.0/routers", json!({"router": {"name": "r"}}));
+    let rid = router["router"]["id"].as_str().unwrap().to_string();
+    let (st, body) = call(
+        dp,
+        "PUT",
+        &format!("/v2.0/routers/{rid}/add_router_interface"),
+        Some(json!({"subnet_id": sub["subnet"]["id"]})),
+    );
+    assert_eq!(st, 200, "{body}");
+    // A gets everything by DHCP; B is configured by hand.
+    let a = post(dp, "/v2.0/ports", json!({"port": {"network_id": net_id}}));
+    let b = post(dp, "/v2.0/ports", json!({"port": {"network_id": net_id}}));
+    let ip_a = a["port"]["fixed_ips"][0]["ip_address"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let ip_b = b["port"]["fixed_ips"][0]["ip_address"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let vm_b = plug(&node, "netdph-b", &b, 24, "10.3.0.1");
+    let vm_a = plug(&node, "netdph-a", &a, 24, "10.3.0.1");
+    ip(&["-n", vm_a.name(), "addr", "flush", "dev", "eth0"]).unwrap();
+    // Wait for the daemon to program A's tap (0.5 s re-sync) before the client starts.
+    let port_path = format!("/v2.0/ports/{}", a["port"]["id"].as_str().unwrap());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !call(dp, "GET", &port_path, None).1.contains("ACTIVE") {
+        assert!(Instant::now() < deadline, "port A never became ACTIVE");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    let client = dhclient(&vm_a, dp);
+    let addr = wait_for(
+        &vm_a,
+        &["ip", "-4", "-o", "addr", "show", "dev", "eth0"],
+        &format!("inet {ip_a}/24"),
+        60,
+    );
+    assert!(
+        addr.contains(&format!("inet {ip_a}/24")),
+        "A got its fixed IP and mask: {addr}"
+    );
+    let routes = wait_for(&vm_a, &["ip", "-4", "route"], "default via 10.3.0.1", 10);
+    assert!(routes.contains("default via 10.3.0.1 dev eth0"), "{routes}");
+    let link = vm_a.exec(&["ip", "link", "show", "eth0"]).unwrap();
+    let link = String::from_utf8_lossy(&link.stdout);
+    assert!(link.contains("mtu 1400"), "the network's MTU: {link}");
+    let resolv = std::fs::read_to_string(client.etc.join("resolv.conf")).unwrap();
+    assert!(
+        resolv.contains("nameserver 10.3.0.53") && resolv.contains("nameserver 192.0.2.53"),
+        "{resolv}"
+    );
+    // The configuration works: A reaches B (same default group) through the switch.
+    assert!(
+        ping_soon(&vm_a, &ip_b, 5),
+        "A, configured by DHCP, reaches B"
+    );
+    drop(client);
+    drop(d);
+    drop((vm_a, vm_b, node));
+}

@@ -43,6 +43,7 @@ fn port(ifindex: u32, net_id: u32, mac: [u8; 6], ip: Ipv4Addr) -> PortSpec {
         ips: vec![ip],
         port_security: true,
         allowed_address_pairs: vec![],
+        dhcp: false,
     }
 }
 
@@ -921,4 +922,75 @@ fn random_frames_get_a_verdict_and_are_all_counted() {
         "every frame the program saw was counted"
     );
     assert!(ran > runs as u64 / 2);
+}
+
+#[test]
+fn dhcp_requests_of_dhcp_ports_go_to_the_slow_path_not_the_network() {
+    if !privileged() {
+        return;
+    }
+    let mut dp = topology(Hook::Tc);
+    let bcast = [0xff; 6];
+    let discover = pad(ipv4(
+        bcast,
+        MAC_A,
+        Ipv4Addr::UNSPECIFIED,
+        Ipv4Addr::BROADCAST,
+        UDP,
+        64,
+        &udp(68, 67),
+    ));
+    // Without the DHCP flag the discover is flooded to the network (another DHCP server may
+    // live there).
+    assert_eq!(dp.test_run(&discover, A).unwrap().0, TC_ACT_SHOT);
+    assert_eq!(dp.port_counters(A).unwrap().0.flooded, 1);
+    // With it, the switch consumes it (the slow path's packet tap has its copy): no flood.
+    let mut a = port(A, 1, MAC_A, IP_A);
+    a.dhcp = true;
+    dp.set_port(&a).unwrap();
+    assert_eq!(dp.test_run(&discover, A).unwrap().0, TC_ACT_SHOT);
+    assert_eq!(dp.port_counters(A).unwrap().0.flooded, 1, "not flooded");
+    assert_eq!(dp.port_counters(A).unwrap().total_drops(), 0, "not a drop");
+    // A unicast renewal to the server's address (the router) is consumed as well, not routed.
+    let renew = pad(ipv4(MAC_R1, MAC_A, IP_A, GW1, UDP, 64, &udp(68, 67)));
+    assert_eq!(dp.test_run(&renew, A).unwrap().0, TC_ACT_SHOT);
+    assert_eq!(dp.port_counters(A).unwrap().0.routed, 0);
+    // Other broadcasts and UDP still flow: a broadcast to port 68 (a rogue server's offer
+    // shape) is flooded, unicast UDP to B is switched.
+    let other = pad(ipv4(
+        bcast,
+        MAC_A,
+        IP_A,
+        Ipv4Addr::BROADCAST,
+        UDP,
+        64,
+        &udp(67, 68),
+    ));
+    dp.test_run(&other, A).unwrap();
+    assert_eq!(dp.port_counters(A).unwrap().0.flooded, 2);
+    dp.set_port_rules(
+        B,
+        &[
+            allow_all(1, Direction::Egress),
+            allow_all(2, Direction::Ingress),
+        ],
+    )
+    .unwrap();
+    let to_b = pad(ipv4(MAC_B, MAC_A, IP_A, IP_B, UDP, 64, &udp(68, 67)));
+    assert_eq!(
+        dp.test_run(&to_b, A).unwrap().0,
+        TC_ACT_SHOT,
+        "even to B: DHCP is punted"
+    );
+    let to_b = pad(ipv4(MAC_B, MAC_A, IP_A, IP_B, UDP, 64, &udp(5000, 53)));
+    assert_eq!(dp.test_run(&to_b, A).unwrap().0, TC_ACT_REDIRECT);
+    // On XDP the request goes up to the stack, where the packet socket gets it.
+    let mut xdp = Datapath::load(Hook::Xdp).unwrap();
+    xdp.set_port(&PortSpec { ifindex: 1, ..a }).unwrap();
+    assert_eq!(xdp.test_run(&discover, 1).unwrap().0, XDP_PASS);
+    assert_eq!(
+        xdp.port_counters(1).unwrap().0.flooded,
+        0,
+        "passed up, not flooded"
+    );
 }

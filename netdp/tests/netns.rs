@@ -36,6 +36,7 @@ fn spec(vm: &Vm, net_id: u32, mac_s: &str, ip: [u8; 4]) -> PortSpec {
         ips: vec![Ipv4Addr::from(ip)],
         port_security: true,
         allowed_address_pairs: vec![],
+        dhcp: false,
     }
 }
 

@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::datapath::{Datapath, DatapathError, Direction, DropReason, PortSpec, RuleSpec};
+use crate::dhcp::{Lease, Leases};
 use model::*;
 
 /// Errors of the API, each mapped to an HTTP status and a stable code in one place.
@@ -122,6 +123,8 @@ pub struct Controller {
     programmed: HashMap<String, u32>,
     /// Floating IPs in the datapath: (router, fip, fixed, external network).
     fips: HashSet<(u32, Ipv4Addr, Ipv4Addr, u32)>,
+    /// The DHCP server's lease table and lease time, when the slow path serves DHCP.
+    dhcp: Option<(Leases, u32)>,
 }
 
 impl std::fmt::Debug for Controller {
@@ -150,10 +153,52 @@ impl Controller {
             attached: HashSet::new(),
             programmed: HashMap::new(),
             fips: HashSet::new(),
+            dhcp: None,
         };
         c.sync()?;
         c.remove_stale_ports()?;
         Ok(c)
+    }
+
+    /// Serves DHCP for ports on DHCP-enabled subnets from now on: fills `leases` (read by a
+    /// [`crate::dhcp::Server`]) on every sync and marks those ports so that the datapath
+    /// hands their DHCP requests to the slow path.
+    pub fn serve_dhcp(&mut self, leases: Leases, lease_secs: u32) -> Result<(), ApiError> {
+        self.dhcp = Some((leases, lease_secs));
+        self.sync()
+    }
+
+    /// The DHCP lease of a port, if it has a fixed IP on a DHCP-enabled subnet.
+    fn lease_of(&self, p: &Port, mac: [u8; 6], lease_secs: u32) -> Option<Lease> {
+        let s = &self.state;
+        let (ip, sub) = p.fixed_ips.iter().find_map(|f| {
+            let sub = s.subnets.get(&f.subnet_id).filter(|x| x.enable_dhcp)?;
+            Some((f.ip_address?, sub))
+        })?;
+        let (_, prefix_len) = parse_cidr(&sub.cidr)?;
+        let mtu = s.networks.get(&p.network_id).map_or(1500, |n| n.mtu);
+        // The server answers from the subnet's gateway: the router's MAC when a router has
+        // an interface there (unicast renewals reach it through the datapath's ARP).
+        let server_mac = s
+            .ports
+            .values()
+            .find(|r| {
+                r.device_owner == "network:router_interface"
+                    && r.fixed_ips.iter().any(|f| f.subnet_id == sub.id)
+            })
+            .and_then(|r| parse_mac(&r.mac_address))
+            .unwrap_or(DHCP_SERVER_MAC);
+        Some(Lease {
+            mac,
+            ip,
+            prefix_len,
+            gateway: sub.gateway_ip,
+            dns: sub.dns_nameservers.clone(),
+            mtu: u16::try_from(mtu).unwrap_or(u16::MAX),
+            lease_secs,
+            server_ip: sub.gateway_ip.unwrap_or(ip),
+            server_mac,
+        })
     }
 
     /// The datapath this controller drives, if any.
@@ -339,6 +384,7 @@ impl Controller {
                     cidr: format!("{}/{len}", Ipv4Addr::from(base)),
                     gateway_ip: Some(req.gateway_ip.unwrap_or(Ipv4Addr::from(base + 1))),
                     enable_dhcp: req.enable_dhcp.unwrap_or(true),
+                    dns_nameservers: req.dns_nameservers.unwrap_or_default(),
                 };
                 net.subnets.push(s.id.clone());
                 self.state.subnets.insert(s.id.clone(), s.clone());
@@ -991,6 +1037,7 @@ impl Controller {
         }
         let ports: Vec<Port> = self.state.ports.values().cloned().collect();
         let mut live = HashMap::new();
+        let mut leases = HashMap::new();
         let mut work = vec![];
         for p in &ports {
             let net = self.state.number(&p.network_id);
@@ -1017,6 +1064,10 @@ impl Controller {
                 continue;
             };
             let rules = self.port_rules(p);
+            let lease = self
+                .dhcp
+                .as_ref()
+                .and_then(|(_, secs)| self.lease_of(p, mac, *secs));
             let spec = PortSpec {
                 ifindex,
                 net_id: net,
@@ -1031,7 +1082,11 @@ impl Controller {
                         (m, a.ip_address)
                     })
                     .collect(),
+                dhcp: lease.is_some(),
             };
+            if let Some(l) = lease {
+                leases.insert(ifindex, l);
+            }
             live.insert(p.id.clone(), ifindex);
             work.push((Some((spec, tap)), None, rules));
         }
@@ -1096,6 +1151,9 @@ impl Controller {
                 .map_err(ApiError::Datapath)?;
         }
         self.fips = fips.into_keys().collect();
+        if let Some((table, _)) = &self.dhcp {
+            table.replace(leases);
+        }
         Ok(())
     }
 
@@ -1179,6 +1237,9 @@ impl Controller {
         out
     }
 }
+
+/// The MAC DHCP replies come from on subnets without a router interface.
+const DHCP_SERVER_MAC: [u8; 6] = [0x02, 0xfd, 0, 0, 0, 0x01];
 
 fn mask(len: u8) -> u32 {
     if len == 0 {

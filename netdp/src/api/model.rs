@@ -71,6 +71,9 @@ pub struct Subnet {
     pub gateway_ip: Option<Ipv4Addr>,
     /// Whether ports get their address by DHCP.
     pub enable_dhcp: bool,
+    /// DNS servers handed out by DHCP.
+    #[serde(default)]
+    pub dns_nameservers: Vec<Ipv4Addr>,
 }
 
 /// Body of `POST /v2.0/subnets`.
@@ -93,6 +96,8 @@ pub struct SubnetCreate {
     pub gateway_ip: Option<Ipv4Addr>,
     /// Default true.
     pub enable_dhcp: Option<bool>,
+    /// DNS servers for DHCP (none by default).
+    pub dns_nameservers: Option<Vec<Ipv4Addr>>,
 }
 
 /// One fixed IP of a port.

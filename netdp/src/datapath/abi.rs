@@ -24,11 +24,14 @@ pub struct Port {
     pub mac: [u8; 6],
     /// 1 if anti-spoofing and security groups apply.
     pub port_security: u8,
-    /// Padding.
-    pub pad: u8,
+    /// `PORT_F_*` flags.
+    pub flags: u8,
     /// Index of the port's counters in `port_stats` (below [`PORT_SLOTS`]).
     pub slot: u32,
 }
+
+/// `PORT_F_DHCP`: the slow path answers the port's DHCP; its requests are not switched.
+pub const PORT_F_DHCP: u8 = 1;
 
 /// Number of counter slots for ports (`PORT_SLOTS`).
 pub const PORT_SLOTS: u32 = 4096;

@@ -200,6 +200,9 @@ pub struct PortSpec {
     pub port_security: bool,
     /// Neutron's allowed address pairs: extra (MAC, IP) the port may send from.
     pub allowed_address_pairs: Vec<([u8; 6], Ipv4Addr)>,
+    /// The slow path answers this port's DHCP ([`crate::dhcp`]): its DHCP requests are
+    /// handed to it instead of being switched.
+    pub dhcp: bool,
 }
 
 /// Traffic direction of a security-group rule, as Neutron names it.
@@ -477,7 +480,7 @@ impl Datapath {
             net_id: spec.net_id,
             mac: spec.mac,
             port_security: u8::from(spec.port_security),
-            pad: 0,
+            flags: if spec.dhcp { abi::PORT_F_DHCP } else { 0 },
             slot,
         };
         let mut addrs: Vec<([u8; 6], u32)> = vec![(spec.mac, 0)];
