@@ -374,6 +374,8 @@ impl Drop for Dhclient {
         let _ = self.child.kill();
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.etc);
+        // /etc/netns itself, if this test created it (only removed when empty).
+        let _ = std::fs::remove_dir("/etc/netns");
     }
 }
 
@@ -523,4 +525,191 @@ fn a_guest_gets_its_fixed_ip_gateway_dns_and_mtu_by_dhcp() {
     drop(client);
     drop(d);
     drop((vm_a, vm_b, node));
+}
+
+#[test]
+fn gateway_snat_interface_removal_and_gateway_clearing_through_the_api() {
+    if !privileged() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let pins = PathBuf::from(format!(
+        "/sys/fs/bpf/ferrostack-test-netdp-snat-{}",
+        std::process::id()
+    ));
+    struct Unpin(PathBuf);
+    impl Drop for Unpin {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let _unpin = Unpin(pins.clone());
+    let node = Netns::new("netdps-node").unwrap();
+    let d = start(&node, dir.path(), &pins);
+    let dp = dir.path();
+    let put = |path: &str, body: Value| call(dp, "PUT", path, Some(body));
+
+    let net = post(dp, "/v2.0/networks", json!({"network": {"name": "priv"}}));
+    let net_id = net["network"]["id"].as_str().unwrap().to_string();
+    let sub = post(
+        dp,
+        "/v2.0/subnets",
+        json!({"subnet": {"network_id": net_id, "ip_version": 4, "cidr": "10.4.0.0/24"}}),
+    );
+    let sub_id = sub["subnet"]["id"].as_str().unwrap().to_string();
+    let ext = post(
+        dp,
+        "/v2.0/networks",
+        json!({"network": {"name": "public", "router:external": true}}),
+    );
+    let ext_id = ext["network"]["id"].as_str().unwrap().to_string();
+    post(
+        dp,
+        "/v2.0/subnets",
+        json!({"subnet": {"network_id": ext_id, "ip_version": 4, "cidr": "172.24.5.0/24"}}),
+    );
+    let router = post(
+        dp,
+        "/v2.0/routers",
+        json!({"router": {"name": "r", "external_gateway_info": {"network_id": ext_id}}}),
+    );
+    let rid = router["router"]["id"].as_str().unwrap().to_string();
+    let info = &router["router"]["external_gateway_info"];
+    assert_eq!(info["enable_snat"], true, "SNAT on by default: {info}");
+    let gw_ip = info["external_fixed_ips"][0]["ip_address"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let rpath = format!("/v2.0/routers/{rid}");
+    let (st, body) = put(
+        &format!("{rpath}/add_router_interface"),
+        json!({"subnet_id": sub_id}),
+    );
+    assert_eq!(st, 200, "{body}");
+
+    let a = post(dp, "/v2.0/ports", json!({"port": {"network_id": net_id}}));
+    let vm_a = plug(&node, "netdps-a", &a, 24, "10.4.0.1");
+    let x = post(
+        dp,
+        "/v2.0/ports",
+        json!({"port": {"network_id": ext_id, "port_security_enabled": false}}),
+    );
+    let vm_x = plug(&node, "netdps-x", &x, 24, "172.24.5.1");
+    // The outside has no route to private subnets: only SNAT lets it answer.
+    ip(&["-n", vm_x.name(), "route", "del", "default"]).unwrap();
+    let ip_x = x["port"]["fixed_ips"][0]["ip_address"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(ping_soon(&vm_a, &ip_x, 5), "A reaches the outside via SNAT");
+    // The outside sees the gateway address.
+    let seen = vm_x
+        .exec(&["sh", "-c", "ip -4 neigh show dev eth0"])
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&seen.stdout).contains(&gw_ip),
+        "the outside talked to the gateway {gw_ip}"
+    );
+
+    // enable_snat false: A's private address leaves as is and gets no answer.
+    let (st, body) = put(
+        &rpath,
+        json!({"router": {"external_gateway_info": {"network_id": ext_id, "enable_snat": false}}}),
+    );
+    assert_eq!(st, 200, "{body}");
+    assert!(body.contains("\"enable_snat\":false"), "{body}");
+    assert!(!ping(&vm_a, &ip_x), "no SNAT, no answer");
+    let (st, _) = put(
+        &rpath,
+        json!({"router": {"external_gateway_info": {"network_id": ext_id, "enable_snat": "yes"}}}),
+    );
+    assert_eq!(st, 400);
+    let (st, _) = put(
+        &rpath,
+        json!({"router": {"external_gateway_info": {"network_id": ext_id}}}),
+    );
+    assert_eq!(st, 200);
+    assert!(ping_soon(&vm_a, &ip_x, 3), "SNAT back on");
+
+    // A floating IP through the router pins both the interface and the gateway.
+    let fip = post(
+        dp,
+        "/v2.0/floatingips",
+        json!({"floatingip": {"floating_network_id": ext_id, "port_id": a["port"]["id"]}}),
+    );
+    let fip_path = format!(
+        "/v2.0/floatingips/{}",
+        fip["floatingip"]["id"].as_str().unwrap()
+    );
+    let (st, body) = put(&rpath, json!({"router": {"external_gateway_info": null}}));
+    assert_eq!(st, 409, "{body}");
+    let (st, body) = put(
+        &format!("{rpath}/remove_router_interface"),
+        json!({"subnet_id": sub_id}),
+    );
+    assert_eq!(st, 409, "{body}");
+    assert_eq!(call(dp, "DELETE", &fip_path, None).0, 204);
+
+    // Bad removal requests.
+    let (st, _) = put(&format!("{rpath}/remove_router_interface"), json!({}));
+    assert_eq!(st, 400);
+    let (st, _) = put(
+        &format!("{rpath}/remove_router_interface"),
+        json!({"subnet_id": "nope"}),
+    );
+    assert_eq!(st, 404);
+
+    // Removing the interface: the router no longer routes for the subnet.
+    let (st, body) = put(
+        &format!("{rpath}/remove_router_interface"),
+        json!({"subnet_id": sub_id}),
+    );
+    assert_eq!(st, 200, "{body}");
+    assert!(body.contains(&sub_id), "{body}");
+    assert!(!ping(&vm_a, &ip_x), "no interface, no route out");
+    let (_, ports) = call(dp, "GET", "/v2.0/ports", None);
+    assert!(!ports.contains("network:router_interface"), "{ports}");
+    // Back again, and working.
+    let (st, _) = put(
+        &format!("{rpath}/add_router_interface"),
+        json!({"subnet_id": sub_id}),
+    );
+    assert_eq!(st, 200);
+    // The new interface has a new MAC: forget the old one as a guest would, in time.
+    ip(&["-n", vm_a.name(), "neigh", "flush", "dev", "eth0"]).unwrap();
+    assert!(ping_soon(&vm_a, &ip_x, 3), "the interface is back");
+
+    // Clearing the gateway: no way out any more.
+    let (st, body) = put(&rpath, json!({"router": {"external_gateway_info": null}}));
+    assert_eq!(st, 200, "{body}");
+    assert!(body.contains("\"external_gateway_info\":null"), "{body}");
+    assert!(!ping(&vm_a, &ip_x), "no gateway, no way out");
+    let (_, ports) = call(dp, "GET", "/v2.0/ports", None);
+    assert!(!ports.contains("network:router_gateway"), "{ports}");
+
+    // A gateway again, then removed behind the daemon's back while it is down: the
+    // restarted daemon prunes the stale interface from the pinned maps.
+    let (st, _) = put(
+        &rpath,
+        json!({"router": {"external_gateway_info": {"network_id": ext_id}}}),
+    );
+    assert_eq!(st, 200);
+    ip(&["-n", vm_x.name(), "neigh", "flush", "dev", "eth0"]).unwrap();
+    assert!(ping_soon(&vm_a, &ip_x, 3), "gateway back");
+    stop(d);
+    assert!(ping(&vm_a, &ip_x), "pinned maps keep forwarding while down");
+    let state_path = dp.join("state.json");
+    let mut state: Value = serde_json::from_slice(&std::fs::read(&state_path).unwrap()).unwrap();
+    state["ports"]
+        .as_object_mut()
+        .unwrap()
+        .retain(|_, p| p["device_owner"] != "network:router_interface");
+    std::fs::write(&state_path, serde_json::to_vec(&state).unwrap()).unwrap();
+    let d = start(&node, dp, &pins);
+    assert!(
+        !ping(&vm_a, &ip_x),
+        "the stale interface was pruned at start-up"
+    );
+    drop(d);
+    drop((vm_a, vm_x, node));
 }

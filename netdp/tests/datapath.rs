@@ -994,3 +994,165 @@ fn dhcp_requests_of_dhcp_ports_go_to_the_slow_path_not_the_network() {
         "passed up, not flooded"
     );
 }
+
+#[test]
+fn gateway_snat_translates_ports_without_a_floating_ip_both_ways() {
+    if !privileged() {
+        return;
+    }
+    const X: u32 = 30;
+    let mac_x = [0x02, 0, 0, 0, 0, 0x1e];
+    let mac_rx = [0x02, 0, 0, 0, 0x01, 0x03];
+    let ip_x = Ipv4Addr::new(172, 24, 4, 100);
+    let gw_x = Ipv4Addr::new(172, 24, 4, 1);
+    let mut dp = topology(Hook::Tc);
+    let mut x = port(X, 3, mac_x, ip_x);
+    x.port_security = false;
+    dp.set_port(&x).unwrap();
+    dp.set_router_gateway(1, 3, mac_rx, gw_x, (Ipv4Addr::new(172, 24, 4, 0), 24), None)
+        .unwrap();
+    dp.set_gateway_snat(1, Some(gw_x)).unwrap();
+
+    // A opens a connection out: it leaves from the gateway address, its port kept.
+    let syn = with_tcp_checksum(ipv4(
+        MAC_R1,
+        MAC_A,
+        IP_A,
+        ip_x,
+        TCP,
+        64,
+        &tcp(40000, 80, SYN),
+    ));
+    let (verdict, out) = dp.test_run(&syn, A).unwrap();
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    assert_eq!((&out[0..6], &out[6..12]), (&mac_x[..], &mac_rx[..]));
+    assert_eq!(&out[26..30], &gw_x.octets(), "source is the gateway");
+    assert_eq!(&out[30..34], &ip_x.octets());
+    assert_eq!(u16::from_be_bytes([out[34], out[35]]), 40000, "port kept");
+    assert_eq!(checksum(&out[14..34]), 0, "IP checksum valid");
+    assert!(l4_checksum_ok(&out), "TCP checksum valid");
+    assert_eq!(dp.snat_len().unwrap(), 1);
+    // The same packet again maps the same way.
+    let (_, again) = dp.test_run(&syn, A).unwrap();
+    assert_eq!(again, out);
+
+    // C (another subnet behind the same router) uses the same port towards the same
+    // server: it gets another one.
+    dp.add_route(
+        1,
+        (Ipv4Addr::new(172, 24, 4, 0), 24),
+        netdp::datapath::abi::Route {
+            net_id: 3,
+            nexthop: 0,
+            mac: mac_rx,
+            flags: netdp::datapath::abi::ROUTE_EXTERNAL,
+        },
+    )
+    .unwrap();
+    let syn_c = with_tcp_checksum(ipv4(
+        MAC_R2,
+        MAC_C,
+        IP_C,
+        ip_x,
+        TCP,
+        64,
+        &tcp(40000, 80, SYN),
+    ));
+    let (verdict, out_c) = dp.test_run(&syn_c, C).unwrap();
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    assert_eq!(&out_c[26..30], &gw_x.octets());
+    let port_c = u16::from_be_bytes([out_c[34], out_c[35]]);
+    assert_ne!(port_c, 40000, "a port of its own");
+    assert!(port_c >= 1024);
+    assert!(l4_checksum_ok(&out_c));
+
+    // Replies to each port go back to the connection that owns it, translated back.
+    let synack = with_tcp_checksum(ipv4(
+        mac_rx,
+        mac_x,
+        ip_x,
+        gw_x,
+        TCP,
+        64,
+        &tcp(80, 40000, SYN | ACK),
+    ));
+    let (verdict, back) = dp.test_run(&synack, X).unwrap();
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    assert_eq!((&back[0..6], &back[6..12]), (&MAC_A[..], &MAC_R1[..]));
+    assert_eq!(&back[26..30], &ip_x.octets());
+    assert_eq!(&back[30..34], &IP_A.octets(), "back to A");
+    assert_eq!(u16::from_be_bytes([back[36], back[37]]), 40000);
+    assert_eq!(checksum(&back[14..34]), 0);
+    assert!(l4_checksum_ok(&back));
+    let synack_c = with_tcp_checksum(ipv4(
+        mac_rx,
+        mac_x,
+        ip_x,
+        gw_x,
+        TCP,
+        64,
+        &tcp(80, port_c, SYN | ACK),
+    ));
+    let (verdict, back_c) = dp.test_run(&synack_c, X).unwrap();
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    assert_eq!(&back_c[0..6], &MAC_C[..]);
+    assert_eq!(&back_c[30..34], &IP_C.octets(), "back to C");
+    assert_eq!(
+        u16::from_be_bytes([back_c[36], back_c[37]]),
+        40000,
+        "C's own port"
+    );
+    assert!(l4_checksum_ok(&back_c));
+    // A port nobody was given does not get in.
+    let stray = with_tcp_checksum(ipv4(
+        mac_rx,
+        mac_x,
+        ip_x,
+        gw_x,
+        TCP,
+        64,
+        &tcp(80, 40001, SYN | ACK),
+    ));
+    assert_eq!(dp.test_run(&stray, X).unwrap().0, TC_ACT_SHOT);
+
+    // Ping: the echo id plays the port; the ICMP checksum stays valid both ways.
+    let echo = ipv4(
+        MAC_R1,
+        MAC_A,
+        IP_A,
+        ip_x,
+        ICMP,
+        64,
+        &icmp_echo(8, 0x4242, 1),
+    );
+    let (verdict, out) = dp.test_run(&echo, A).unwrap();
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    assert_eq!(&out[26..30], &gw_x.octets());
+    assert_eq!(checksum(&out[34..58]), 0, "ICMP checksum valid");
+    let id = [out[38], out[39]];
+    let reply = ipv4(
+        mac_rx,
+        mac_x,
+        ip_x,
+        gw_x,
+        ICMP,
+        64,
+        &icmp_echo(0, u16::from_be_bytes(id), 1),
+    );
+    let (verdict, back) = dp.test_run(&reply, X).unwrap();
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    assert_eq!(&back[30..34], &IP_A.octets());
+    assert_eq!(
+        u16::from_be_bytes([back[38], back[39]]),
+        0x4242,
+        "A's echo id"
+    );
+    assert_eq!(checksum(&back[34..58]), 0);
+
+    // SNAT off: translations flushed, traffic leaves untranslated, replies stop.
+    dp.set_gateway_snat(1, None).unwrap();
+    assert_eq!(dp.snat_len().unwrap(), 0);
+    assert_eq!(dp.test_run(&synack, X).unwrap().0, TC_ACT_SHOT);
+    let (_, raw) = dp.test_run(&syn, A).unwrap();
+    assert_eq!(&raw[26..30], &IP_A.octets());
+}

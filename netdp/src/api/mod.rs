@@ -125,7 +125,22 @@ pub struct Controller {
     fips: HashSet<(u32, Ipv4Addr, Ipv4Addr, u32)>,
     /// The DHCP server's lease table and lease time, when the slow path serves DHCP.
     dhcp: Option<(Leases, u32)>,
+    /// Router interfaces and gateways in the datapath.
+    router_ifaces: HashSet<RouterIface>,
+    /// Routers doing gateway SNAT in the datapath, with their gateway address.
+    snat: HashMap<u32, Ipv4Addr>,
 }
+
+/// A router interface as programmed: (router, network, MAC, address, subnet, and for a
+/// gateway `Some(upstream next hop)`).
+type RouterIface = (
+    u32,
+    u32,
+    [u8; 6],
+    Ipv4Addr,
+    (Ipv4Addr, u8),
+    Option<Option<Ipv4Addr>>,
+);
 
 impl std::fmt::Debug for Controller {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -154,6 +169,8 @@ impl Controller {
             programmed: HashMap::new(),
             fips: HashSet::new(),
             dhcp: None,
+            router_ifaces: HashSet::new(),
+            snat: HashMap::new(),
         };
         c.sync()?;
         c.remove_stale_ports()?;
@@ -219,6 +236,23 @@ impl Controller {
                 dp.remove_port(ifindex).map_err(ApiError::Datapath)?;
             }
         }
+        // Router interfaces and gateways removed while the daemon was down.
+        let ifaces = self
+            .router_ifaces
+            .iter()
+            .map(|(r, net, mac, ..)| (*r, *net, *mac))
+            .collect();
+        let mut routes = HashSet::new();
+        for (r, _, _, _, (addr, len), gateway) in &self.router_ifaces {
+            let masked = Ipv4Addr::from(u32::from(*addr) & mask(*len));
+            routes.insert((*r, masked, *len));
+            if let Some(Some(_)) = gateway {
+                routes.insert((*r, Ipv4Addr::UNSPECIFIED, 0));
+            }
+        }
+        let snat = self.snat.keys().copied().collect();
+        dp.prune_routers(&ifaces, &routes, &snat)
+            .map_err(ApiError::Datapath)?;
         Ok(())
     }
 
@@ -264,6 +298,9 @@ impl Controller {
             ("PUT", ["v2.0", "floatingips", id]) => (200, self.update_fip(id, body)?, true),
             ("PUT", ["v2.0", "routers", id, "add_router_interface"]) => {
                 (200, self.add_router_interface(id, body)?, true)
+            }
+            ("PUT", ["v2.0", "routers", id, "remove_router_interface"]) => {
+                (200, self.remove_router_interface(id, body)?, true)
             }
             ("DELETE", ["v2.0", coll, id]) => {
                 self.delete(coll, id)?;
@@ -482,27 +519,134 @@ impl Controller {
         if let Some(name) = req.name {
             self.state.routers.get_mut(id).expect("checked").name = name;
         }
-        if let Some(info) = req.external_gateway_info {
-            self.set_gateway(id, info)?;
+        match req.external_gateway_info {
+            None => {}
+            Some(None) => self.clear_gateway(id)?,
+            Some(Some(v)) if v.as_object().is_some_and(|o| o.is_empty()) => {
+                self.clear_gateway(id)?
+            }
+            Some(Some(info)) => self.set_gateway(id, info)?,
         }
         Ok(json!({ "router": self.state.routers[id] }))
     }
 
-    /// Gives a router its gateway port on an external network (`{"network_id": ...}`).
-    fn set_gateway(&mut self, router_id: &str, info: Value) -> Result<(), ApiError> {
-        let has_gw = self
+    /// Removes a router's gateway port; refused while floating IPs go through the router.
+    fn clear_gateway(&mut self, router_id: &str) -> Result<(), ApiError> {
+        if self
+            .state
+            .floatingips
+            .values()
+            .any(|f| f.router_id.as_deref() == Some(router_id))
+        {
+            return Err(ApiError::Conflict(format!(
+                "router {router_id}'s gateway is in use by floating IPs"
+            )));
+        }
+        self.state.ports.retain(|_, p| {
+            !(p.device_owner == "network:router_gateway" && p.device_id == router_id)
+        });
+        self.state
+            .routers
+            .get_mut(router_id)
+            .expect("checked")
+            .external_gateway_info = None;
+        Ok(())
+    }
+
+    /// Neutron's `remove_router_interface`: by subnet or by port. Refused while floating
+    /// IPs use the router for a port on that subnet.
+    fn remove_router_interface(&mut self, router_id: &str, body: &[u8]) -> Result<Value, ApiError> {
+        let req: RouterInterface = serde_json::from_slice(body)
+            .map_err(|e| ApiError::BadRequest(format!("invalid body: {e}")))?;
+        if !self.state.routers.contains_key(router_id) {
+            return Err(ApiError::NotFound("router", router_id.to_string()));
+        }
+        if req.subnet_id.is_none() && req.port_id.is_none() {
+            return Err(ApiError::BadRequest(
+                "subnet_id or port_id is required".into(),
+            ));
+        }
+        let port = self
             .state
             .ports
             .values()
-            .any(|p| p.device_owner == "network:router_gateway" && p.device_id == router_id);
-        if has_gw {
-            return Err(ApiError::Conflict("router already has a gateway".into()));
+            .find(|p| {
+                p.device_owner == "network:router_interface"
+                    && p.device_id == router_id
+                    && req.port_id.as_ref().is_none_or(|id| &p.id == id)
+                    && req
+                        .subnet_id
+                        .as_ref()
+                        .is_none_or(|s| p.fixed_ips.iter().any(|f| &f.subnet_id == s))
+            })
+            .cloned()
+            .ok_or_else(|| {
+                ApiError::NotFound(
+                    "router interface",
+                    req.port_id.or(req.subnet_id).unwrap_or_default(),
+                )
+            })?;
+        let subnets: Vec<String> = port.fixed_ips.iter().map(|f| f.subnet_id.clone()).collect();
+        let in_use = self.state.floatingips.values().any(|f| {
+            f.router_id.as_deref() == Some(router_id)
+                && f.port_id
+                    .as_ref()
+                    .and_then(|p| self.state.ports.get(p))
+                    .is_some_and(|p| p.fixed_ips.iter().any(|x| subnets.contains(&x.subnet_id)))
+        });
+        if in_use {
+            return Err(ApiError::Conflict(format!(
+                "router interface {} is in use by floating IPs",
+                port.id
+            )));
         }
+        self.state.ports.remove(&port.id);
+        Ok(json!({
+            "id": router_id,
+            "subnet_id": subnets.first(),
+            "subnet_ids": subnets,
+            "port_id": port.id,
+            "network_id": port.network_id,
+        }))
+    }
+
+    /// Gives a router its gateway port on an external network (`{"network_id": ...}`).
+    fn set_gateway(&mut self, router_id: &str, info: Value) -> Result<(), ApiError> {
         let net_id = info
             .get("network_id")
             .and_then(Value::as_str)
             .ok_or_else(|| ApiError::BadRequest("external_gateway_info needs network_id".into()))?
             .to_string();
+        let enable_snat = match info.get("enable_snat") {
+            None | Some(Value::Null) => true,
+            Some(Value::Bool(b)) => *b,
+            Some(other) => {
+                return Err(ApiError::BadRequest(format!(
+                    "enable_snat must be a boolean, not {other}"
+                )));
+            }
+        };
+        let gw = self
+            .state
+            .ports
+            .values()
+            .find(|p| p.device_owner == "network:router_gateway" && p.device_id == router_id)
+            .cloned();
+        if let Some(gw) = gw {
+            if gw.network_id != net_id {
+                return Err(ApiError::Conflict(
+                    "router already has a gateway on another network; clear it first".into(),
+                ));
+            }
+            // Same network: only enable_snat changes.
+            let r = self.state.routers.get_mut(router_id).expect("checked");
+            r.external_gateway_info = Some(json!({
+                "network_id": net_id,
+                "enable_snat": enable_snat,
+                "external_fixed_ips": gw.fixed_ips,
+            }));
+            return Ok(());
+        }
         if !self
             .state
             .networks
@@ -524,7 +668,7 @@ impl Controller {
         let r = self.state.routers.get_mut(router_id).expect("checked");
         r.external_gateway_info = Some(json!({
             "network_id": net_id,
-            "enable_snat": false,
+            "enable_snat": enable_snat,
             "external_fixed_ips": p.fixed_ips,
         }));
         Ok(())
@@ -859,11 +1003,19 @@ impl Controller {
         if !self.state.routers.contains_key(router_id) {
             return Err(ApiError::NotFound("router", router_id.to_string()));
         }
+        if req.port_id.is_some() {
+            return Err(ApiError::BadRequest(
+                "add_router_interface takes a subnet_id (port_id is not supported)".into(),
+            ));
+        }
+        let subnet_id = req
+            .subnet_id
+            .ok_or_else(|| ApiError::BadRequest("subnet_id is required".into()))?;
         let subnet = self
             .state
             .subnets
-            .get(&req.subnet_id)
-            .ok_or_else(|| ApiError::NotFound("subnet", req.subnet_id.clone()))?
+            .get(&subnet_id)
+            .ok_or_else(|| ApiError::NotFound("subnet", subnet_id.clone()))?
             .clone();
         if self.state.ports.values().any(|p| {
             p.device_owner == "network:router_interface"
@@ -1038,6 +1190,8 @@ impl Controller {
         let ports: Vec<Port> = self.state.ports.values().cloned().collect();
         let mut live = HashMap::new();
         let mut leases = HashMap::new();
+        let mut ifaces: HashSet<RouterIface> = HashSet::new();
+        let mut snat = HashMap::new();
         let mut work = vec![];
         for p in &ports {
             let net = self.state.number(&p.network_id);
@@ -1052,8 +1206,20 @@ impl Controller {
                         (f.ip_address, self.state.subnets.get(&f.subnet_id))
                     {
                         let cidr = parse_cidr(&sub.cidr).expect("validated");
-                        let upstream = (p.device_owner == "network:router_gateway")
-                            .then(|| sub.gateway_ip.filter(|g| *g != ip));
+                        let gateway = p.device_owner == "network:router_gateway";
+                        let upstream = gateway.then(|| sub.gateway_ip.filter(|g| *g != ip));
+                        let snat_on = self
+                            .state
+                            .routers
+                            .get(&p.device_id)
+                            .and_then(|r| r.external_gateway_info.as_ref())
+                            .and_then(|i| i.get("enable_snat"))
+                            .and_then(Value::as_bool)
+                            .unwrap_or(true);
+                        if gateway && snat_on {
+                            snat.entry(router).or_insert(ip);
+                        }
+                        ifaces.insert((router, net, mac, ip, cidr, upstream));
                         work.push((None, Some((router, net, mac, ip, cidr, upstream)), vec![]));
                     }
                 }
@@ -1114,6 +1280,28 @@ impl Controller {
             }
         }
         let dp = self.dp.as_mut().expect("checked above");
+        // Interfaces and gateways gone from the state leave the datapath first (a new one
+        // may reuse their subnet's route).
+        for old in self.router_ifaces.difference(&ifaces) {
+            let (router, net, mac, ip, cidr, gateway) = *old;
+            match gateway {
+                Some(_) => dp.clear_router_gateway(router, net, mac, ip, cidr),
+                None => dp.remove_router_interface(router, net, mac, ip, cidr),
+            }
+            .map_err(ApiError::Datapath)?;
+        }
+        self.router_ifaces = ifaces;
+        for (router, gw) in &self.snat {
+            if snat.get(router) != Some(gw) {
+                dp.set_gateway_snat(*router, None)
+                    .map_err(ApiError::Datapath)?;
+            }
+        }
+        for (router, gw) in &snat {
+            dp.set_gateway_snat(*router, Some(*gw))
+                .map_err(ApiError::Datapath)?;
+        }
+        self.snat = snat;
         for (port, router, rules) in work {
             match router {
                 Some((router, net, mac, ip, cidr, Some(upstream))) => dp
