@@ -27,6 +27,7 @@
 //!   before tc ingress) receives ports' DHCP requests, which the switch then consumes; a
 //!   thread answers each from the port's lease (fixed IP, mask, gateway, DNS, MTU, lease
 //!   time), built with smoltcp's wire types, straight back out of the port's interface.
+//! - [`config`]: the daemon's TOML configuration (`etc/netdp.toml` is the commented example).
 //! - [`pktgen`]: an XDP packet generator (live-frame test runs) and sink, for benchmarks.
 //! - [`guard`]: the ingress guard program (drops runt frames and group source MACs).
 //!
@@ -35,6 +36,7 @@
 //! in the kernel.
 
 pub mod api;
+pub mod config;
 pub mod datapath;
 pub mod dhcp;
 pub mod guard;

@@ -34,6 +34,10 @@ impl Drop for Daemon {
 }
 
 fn start(node: &Netns, dir: &Path, pins: &Path) -> Daemon {
+    start_with(node, dir, pins, &[])
+}
+
+fn start_with(node: &Netns, dir: &Path, pins: &Path, extra: &[&str]) -> Daemon {
     let sock = dir.join("netdp.sock");
     let _ = std::fs::remove_file(&sock);
     // nsenter, not `ip netns exec`: the latter remounts /sys, hiding bpffs.
@@ -46,6 +50,7 @@ fn start(node: &Netns, dir: &Path, pins: &Path) -> Daemon {
         .arg(dir.join("state.json"))
         .arg("--pin-dir")
         .arg(pins)
+        .args(extra)
         .env("RUST_LOG", "warn")
         .spawn()
         .expect("start netdp");
@@ -450,7 +455,15 @@ fn a_guest_gets_its_fixed_ip_gateway_dns_and_mtu_by_dhcp() {
     }
     let _unpin = Unpin(pins.clone());
     let node = Netns::new("netdph-node").unwrap();
-    let d = start(&node, dir.path(), &pins);
+    // The lease time comes from a config file (flags give the paths).
+    let conf = dir.path().join("netdp.toml");
+    std::fs::write(&conf, "[dhcp]\nlease-time = \"2h\"\n").unwrap();
+    let d = start_with(
+        &node,
+        dir.path(),
+        &pins,
+        &["--config", conf.to_str().unwrap()],
+    );
     let dp = dir.path();
     let net = post(
         dp,
@@ -516,6 +529,12 @@ fn a_guest_gets_its_fixed_ip_gateway_dns_and_mtu_by_dhcp() {
     assert!(
         resolv.contains("nameserver 10.3.0.53") && resolv.contains("nameserver 192.0.2.53"),
         "{resolv}"
+    );
+    let leases =
+        std::fs::read_to_string(dp.join(format!("{}.leases", vm_a.name()))).unwrap_or_default();
+    assert!(
+        leases.contains("option dhcp-lease-time 7200;"),
+        "the configured lease time: {leases}"
     );
     // The configuration works: A reaches B (same default group) through the switch.
     assert!(
@@ -712,4 +731,30 @@ fn gateway_snat_interface_removal_and_gateway_clearing_through_the_api() {
     );
     drop(d);
     drop((vm_a, vm_x, node));
+}
+
+#[test]
+fn a_bad_config_file_stops_the_daemon_with_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    for (text, want) in [
+        ("resync-interval = \"1ms\"\n", "resync-interval"),
+        ("[dhcp]\nlease = \"1h\"\n", "unknown field"),
+    ] {
+        let conf = dir.path().join("bad.toml");
+        std::fs::write(&conf, text).unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_netdp"))
+            .arg("--config")
+            .arg(&conf)
+            .arg("--socket")
+            .arg(dir.path().join("never.sock"))
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(want), "{err}");
+        assert!(
+            !dir.path().join("never.sock").exists(),
+            "nothing was started"
+        );
+    }
 }
