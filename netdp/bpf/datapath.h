@@ -365,6 +365,21 @@ static __always_inline int firewall(__u32 port, const struct flow *f, __u8 dir, 
 			count_rule(rv->rule_id, len);
 			return FW_ALLOW;
 		}
+		// Or about a reply of a connection this port tracks: the quote is the tracked
+		// tuple reversed, and the error travels the way the connection was opened.
+		struct ct_key qr = {
+			.ifindex = port,
+			.saddr = f->inner_daddr,
+			.daddr = f->inner_saddr,
+			.sport = f->inner_dport,
+			.dport = f->inner_sport,
+			.proto = f->inner_proto,
+		};
+		rv = bpf_map_lookup_elem(&conntrack, &qr);
+		if (rv && rv->dir == dir) {
+			count_rule(rv->rule_id, len);
+			return FW_ALLOW;
+		}
 		return FW_INVALID;
 	}
 	struct ct_key k = {

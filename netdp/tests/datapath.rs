@@ -857,6 +857,15 @@ fn icmp_errors_about_tracked_connections_pass_as_related() {
         dp.test_run(&unreachable(&query), B).unwrap().0,
         TC_ACT_REDIRECT
     );
+    // A late reply finds A's socket closed: A's "port unreachable" about the reply (the
+    // tracked tuple reversed) is RELATED too, through A's egress and B's ingress.
+    let reply = pad(ipv4(MAC_A, MAC_B, IP_B, IP_A, UDP, 64, &udp(53, 40000)));
+    let mut m = vec![3, 3, 0, 0, 0, 0, 0, 0];
+    m.extend_from_slice(&reply[14..42]);
+    let c = checksum(&m);
+    m[2..4].copy_from_slice(&c.to_be_bytes());
+    let late = ipv4(MAC_B, MAC_A, IP_A, IP_B, ICMP, 64, &m);
+    assert_eq!(dp.test_run(&late, A).unwrap().0, TC_ACT_REDIRECT);
     // An error quoting another flow is still INVALID.
     let other = pad(ipv4(MAC_B, MAC_A, IP_A, IP_B, UDP, 64, &udp(40001, 53)));
     assert_eq!(dp.test_run(&unreachable(&other), B).unwrap().0, TC_ACT_SHOT);
