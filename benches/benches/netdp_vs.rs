@@ -264,7 +264,7 @@ fn packet_rates() {
         &t.node,
         "ip link add br0 type bridge && ip link set tap-g master br0 && \
          ip link set tap-s master br0 && ip link set br0 up && \
-         bridge fdb add 02:00:00:00:00:0b dev tap-s master static",
+         bridge fdb replace 02:00:00:00:00:0b dev tap-s master static",
     );
     let bridge = measure_both(&t, &frame);
 

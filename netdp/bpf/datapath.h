@@ -865,10 +865,14 @@ static __always_inline int netdp_forward(CTX *ctx)
 			// An ICMP error quoting a packet that left from the floating IP.
 			if (f.related && f.inner_saddr == f.daddr)
 				out_f.inner_saddr = *fixed;
-		} else if (f.related) {
-			snat_inbound_related(router_id, &f, &out_f);
-		} else {
-			snat_inbound(router_id, &f, &out_f);
+		} else if (f.daddr == router_ip) {
+			// Addressed to the router's own interface: on its gateway, that is a reply
+			// (or an ICMP error) for a gateway-SNATed connection. Other routed traffic
+			// never pays for the lookup.
+			if (f.related)
+				snat_inbound_related(router_id, &f, &out_f);
+			else
+				snat_inbound(router_id, &f, &out_f);
 		}
 		struct route_key rk = { .prefixlen = 64, .router_id = router_id, .addr = out_f.daddr };
 		struct route *rt = bpf_map_lookup_elem(&routes, &rk);
