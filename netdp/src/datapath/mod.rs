@@ -237,6 +237,17 @@ pub struct RuleSpec {
     pub remote: Option<(Ipv4Addr, u8)>,
 }
 
+/// The kernel's view of one of our maps (the kinds the object declares).
+fn map_info(map: &aya::maps::Map) -> Option<aya::maps::MapInfo> {
+    use aya::maps::Map;
+    match map {
+        Map::HashMap(m) | Map::LpmTrie(m) | Map::LruHashMap(m) | Map::PerCpuArray(m) => {
+            m.info().ok()
+        }
+        _ => None,
+    }
+}
+
 fn ip_be(ip: Ipv4Addr) -> u32 {
     u32::from_ne_bytes(ip.octets())
 }
@@ -275,7 +286,44 @@ impl Datapath {
     /// Loads an instance whose maps are pinned in `dir`, reusing maps already pinned there.
     pub fn load_pinned(hook: Hook, dir: &Path) -> Result<Self, DatapathError> {
         std::fs::create_dir_all(dir).map_err(|e| DatapathError::PinDir(dir.into(), e))?;
+        Self::drop_incompatible_pins(hook, dir)?;
         Self::load_with(hook, Some(dir))
+    }
+
+    /// Removes pinned maps whose type, key or value size or capacity differ from this
+    /// build's (left by an older build whose structs were smaller): the program could not
+    /// load against them. Their entries are lost; the control plane re-syncs the maps from
+    /// its state, tracked connections start over.
+    fn drop_incompatible_pins(hook: Hook, dir: &Path) -> Result<(), DatapathError> {
+        let object = match hook {
+            Hook::Tc => TC_OBJECT,
+            Hook::Xdp => XDP_OBJECT,
+        };
+        // Maps only: the program is not loaded (nor verified) here.
+        let fresh = EbpfLoader::new()
+            .load(object)
+            .map_err(DatapathError::Load)?;
+        for name in MAPS {
+            let path = dir.join(name);
+            let Ok(old) = aya::maps::MapInfo::from_pin(&path) else {
+                continue;
+            };
+            let Some(new) = fresh.map(name).and_then(map_info) else {
+                continue;
+            };
+            let same = old.key_size() == new.key_size()
+                && old.value_size() == new.value_size()
+                && old.max_entries() == new.max_entries()
+                && old.map_type().ok() == new.map_type().ok();
+            if !same {
+                tracing::warn!(
+                    map = name,
+                    "pinned map has another layout (an older build): replaced, its entries are lost"
+                );
+                std::fs::remove_file(&path).map_err(|e| DatapathError::PinDir(path, e))?;
+            }
+        }
+        Ok(())
     }
 
     fn load_with(hook: Hook, dir: Option<&Path>) -> Result<Self, DatapathError> {
