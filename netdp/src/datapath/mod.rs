@@ -299,6 +299,9 @@ impl Datapath {
             Hook::Tc => TC_OBJECT,
             Hook::Xdp => XDP_OBJECT,
         };
+        if !MAPS.iter().any(|n| dir.join(n).exists()) {
+            return Ok(()); // nothing pinned yet
+        }
         // Maps only: the program is not loaded (nor verified) here.
         let fresh = EbpfLoader::new()
             .load(object)
