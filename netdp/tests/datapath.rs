@@ -44,6 +44,7 @@ fn port(ifindex: u32, net_id: u32, mac: [u8; 6], ip: Ipv4Addr) -> PortSpec {
         port_security: true,
         allowed_address_pairs: vec![],
         dhcp: false,
+        peer: false,
     }
 }
 

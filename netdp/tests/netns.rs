@@ -37,6 +37,7 @@ fn spec(vm: &Vm, net_id: u32, mac_s: &str, ip: [u8; 4]) -> PortSpec {
         port_security: true,
         allowed_address_pairs: vec![],
         dhcp: false,
+        peer: true,
     }
 }
 
@@ -558,4 +559,35 @@ fn the_xdp_build_on_an_uplink_shares_maps_with_tc_and_forwards_live() {
     );
     drop(xdp);
     drop((ext, w));
+}
+
+#[test]
+fn veth_ports_are_told_from_taps() {
+    if !privileged() {
+        return;
+    }
+    let node = Netns::new("netdp-peer-node").expect("create node netns");
+    let a = vm(
+        &node,
+        "netdp-peer-a",
+        "tap-a",
+        MAC_A,
+        "10.0.0.10/24",
+        "10.0.0.1",
+    );
+    tests::netns::ip(&["-n", node.name(), "tuntap", "add", "tap-t", "mode", "tap"]).unwrap();
+    let (veth, tap, lo, none) = in_netns(node.name(), || {
+        (
+            netdp::datapath::has_peer("tap-a"),
+            netdp::datapath::has_peer("tap-t"),
+            netdp::datapath::has_peer("lo"),
+            netdp::datapath::has_peer("nonexistent0"),
+        )
+    });
+    assert!(veth, "a veth has a peer to deliver to");
+    assert!(
+        !tap && !lo && !none,
+        "taps, loopback and missing interfaces do not"
+    );
+    drop((a, node));
 }

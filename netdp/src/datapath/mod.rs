@@ -210,6 +210,48 @@ pub struct PortSpec {
     /// The slow path answers this port's DHCP ([`crate::dhcp`]): its DHCP requests are
     /// handed to it instead of being switched.
     pub dhcp: bool,
+    /// The interface is a veth (see [`has_peer`]): on tc, frames for the port are
+    /// delivered straight into its peer's ingress (`bpf_redirect_peer`). Must be false for
+    /// taps, which have no peer.
+    pub peer: bool,
+}
+
+/// Whether interface `ifname` (in the caller's namespace) is a veth, whose peer
+/// `bpf_redirect_peer` can deliver to. Taps and everything else: false.
+pub fn has_peer(ifname: &str) -> bool {
+    // ETHTOOL_GDRVINFO through SIOCETHTOOL names the driver.
+    const ETHTOOL_GDRVINFO: u32 = 0x3;
+    #[repr(C)]
+    struct DrvInfo {
+        cmd: u32,
+        driver: [u8; 32],
+        rest: [u8; 160],
+    }
+    let name = ifname.as_bytes();
+    if name.is_empty() || name.len() >= libc::IFNAMSIZ {
+        return false;
+    }
+    let mut info = DrvInfo {
+        cmd: ETHTOOL_GDRVINFO,
+        driver: [0; 32],
+        rest: [0; 160],
+    };
+    // SAFETY: ifreq is plain old data; all zeroes is a valid value.
+    let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (d, s) in ifr.ifr_name.iter_mut().zip(name) {
+        *d = *s as libc::c_char;
+    }
+    ifr.ifr_ifru.ifru_data = (&mut info as *mut DrvInfo).cast();
+    // SAFETY: a plain datagram socket, closed below; checked before use.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return false;
+    }
+    // SAFETY: `ifr` points at `info`, both alive and large enough for ETHTOOL_GDRVINFO.
+    let rc = unsafe { libc::ioctl(fd, libc::SIOCETHTOOL, &mut ifr) };
+    // SAFETY: `fd` is ours and closed once.
+    unsafe { libc::close(fd) };
+    rc == 0 && info.driver.starts_with(b"veth\0")
 }
 
 /// Traffic direction of a security-group rule, as Neutron names it.
@@ -538,7 +580,8 @@ impl Datapath {
             net_id: spec.net_id,
             mac: spec.mac,
             port_security: u8::from(spec.port_security),
-            flags: if spec.dhcp { abi::PORT_F_DHCP } else { 0 },
+            flags: if spec.dhcp { abi::PORT_F_DHCP } else { 0 }
+                | if spec.peer { abi::PORT_F_PEER } else { 0 },
             slot,
         };
         let mut addrs: Vec<([u8; 6], u32)> = vec![(spec.mac, 0)];
