@@ -591,3 +591,49 @@ fn veth_ports_are_told_from_taps() {
     );
     drop((a, node));
 }
+
+#[test]
+fn the_dhcp_tap_only_wakes_up_for_dhcp_requests() {
+    if !privileged() {
+        return;
+    }
+    use netdp::dhcp::sys::PacketSocket;
+    let node = Netns::new("netdp-tap-node").expect("create node netns");
+    let a = vm(
+        &node,
+        "netdp-tap-a",
+        "tap-a",
+        MAC_A,
+        "10.0.0.10/24",
+        "10.0.0.1",
+    );
+    let sock = in_netns(node.name(), || {
+        PacketSocket::open(Duration::from_millis(300)).expect("open the tap")
+    });
+    let send_udp = |port: u16| {
+        in_netns(a.ns.name(), move || {
+            let s = std::net::UdpSocket::bind(("10.0.0.10", 0)).unwrap();
+            s.set_broadcast(true).unwrap();
+            for _ in 0..5 {
+                let _ = s.send_to(b"x", ("10.0.0.255", port));
+            }
+        })
+    };
+    let mut buf = vec![0u8; 2048];
+    // Drain whatever the interfaces sent while coming up.
+    while sock.recv(&mut buf).unwrap().is_some() {}
+    send_udp(9);
+    assert_eq!(
+        sock.recv(&mut buf).unwrap(),
+        None,
+        "UDP to port 9 is filtered out"
+    );
+    send_udp(67);
+    let got = sock
+        .recv(&mut buf)
+        .unwrap()
+        .expect("UDP to port 67 gets through");
+    assert_eq!(got.1, a.ifindex, "from the port's interface");
+    assert_eq!(u16::from_be_bytes([buf[36], buf[37]]), 67);
+    drop((a, node));
+}
