@@ -67,17 +67,17 @@ pub struct Cloud {
 impl Cloud {
     /// Starts objectd and control with default settings and bootstraps.
     pub fn start() -> Cloud {
-        Cloud::start_with("", "")
+        Cloud::start_with("", "", "")
     }
 
-    /// With extra top-level config keys and extra `[tokens]`/`[images]` lines.
-    pub fn start_with(top: &str, tables: &str) -> Cloud {
+    /// With extra top-level config keys and extra `[tokens]` and `[images]` lines.
+    pub fn start_with(top: &str, tokens: &str, images: &str) -> Cloud {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let objectd_port = start_objectd(dir.path(), &format!("http://127.0.0.1:{port}"));
         let config = format!(
             "listen = \"127.0.0.1:{port}\"\n{top}\n[store]\nlocation = \"{}\"\n\
-             [tokens]\nkey-dir = \"{}\"\n[images]\nstore-url = \"http://127.0.0.1:{objectd_port}\"\n{tables}\n",
+             [tokens]\nkey-dir = \"{}\"\n{tokens}\n[images]\nstore-url = \"http://127.0.0.1:{objectd_port}\"\n{images}\n",
             dir.path().join("control.db").display(),
             dir.path().join("keys").display(),
         );
@@ -121,6 +121,50 @@ impl Cloud {
             let _ = c.wait();
         }
         self.spawn();
+    }
+
+    /// Runs `control ARGS` against this cloud's config (e.g. `rotate-keys`).
+    pub fn control(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_control"))
+            .arg("--config")
+            .arg(self.dir.path().join("control.toml"))
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .output()
+            .unwrap()
+    }
+
+    /// An HTTP request to control.
+    pub fn req(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> Answer {
+        let mut h: Vec<(&str, &str)> = headers.to_vec();
+        if let Some(t) = token {
+            h.push(("x-auth-token", t));
+        }
+        http(self.port, method, path, &h, body)
+    }
+
+    /// A JSON request to control.
+    pub fn json(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: &serde_json::Value,
+    ) -> Answer {
+        self.req(
+            method,
+            path,
+            token,
+            &[("content-type", "application/json")],
+            body.to_string().as_bytes(),
+        )
     }
 
     /// `http://127.0.0.1:PORT`.
