@@ -1,7 +1,8 @@
 //! A "server" guest for the node agent's tests: it finds its virtio-mmio devices by probing
 //! the slots, reads its whole root disk (up to 1 MiB) and reports the FNV-1a of the bytes,
 //! and, when it has a network card and the command line carries `ip=<addr>:...` (Linux's
-//! syntax) and `probe=<addr>`, it asks for `probe`'s MAC with ARP and reports the answer.
+//! syntax) and `probe=<addr>`, it asks for `probe`'s MAC with ARP, then pings it, and
+//! reports both answers.
 //! Then it stays up, polling the keyboard controller, until Ctrl+Alt+Del arrives: it prints
 //! `shutdown` and resets, as a Linux guest with `reboot=k` would.
 #![no_std]
@@ -267,22 +268,13 @@ fn print_mac(mac: &[u8]) {
     }
 }
 
-fn send_arp_request(dev: Dev, mac: &[u8; 6], ip: [u8; 4], target: [u8; 4], sent: &mut u16) {
+/// Transmits `len` bytes of frame (after the vnet header) from buffer QSIZE and waits for
+/// the device to take them.
+fn transmit(dev: Dev, len: usize, sent: &mut u16) {
     let tx = addr_of_mut!(TX);
-    let len = NET_HDR + 60;
-    // SAFETY: buffer QSIZE is ours while the previous transmission has completed (below).
+    // SAFETY: buffer QSIZE is ours: the previous transmission has completed.
     unsafe {
-        let f = core::slice::from_raw_parts_mut(net_buf(QSIZE), NET_BUF);
-        f[..len].fill(0);
-        let e = &mut f[NET_HDR..];
-        e[0..6].fill(0xff);
-        e[6..12].copy_from_slice(mac);
-        e[12..14].copy_from_slice(&[0x08, 0x06]);
-        e[14..22].copy_from_slice(&[0, 1, 8, 0, 6, 4, 0, 1]);
-        e[22..28].copy_from_slice(mac);
-        e[28..32].copy_from_slice(&ip);
-        e[38..42].copy_from_slice(&target);
-        write_volatile(addr_of_mut!((*tx).desc[0]), Desc { addr: net_buf(QSIZE) as u64, len: len as u32, flags: 0, next: 0 });
+        write_volatile(addr_of_mut!((*tx).desc[0]), Desc { addr: net_buf(QSIZE) as u64, len: (NET_HDR + len) as u32, flags: 0, next: 0 });
         write_volatile(addr_of_mut!((*tx).avail_ring[usize::from(*sent) % QSIZE]), 0);
         fence(Ordering::SeqCst);
         *sent = sent.wrapping_add(1);
@@ -295,8 +287,108 @@ fn send_arp_request(dev: Dev, mac: &[u8; 6], ip: [u8; 4], target: [u8; 4], sent:
     }
 }
 
-/// Asks for `probe`'s MAC with ARP (resending now and then) and reports the answer.
-fn arp_probe(dev: Dev, ip: [u8; 4], probe: [u8; 4]) {
+/// The frame being built in buffer QSIZE (after the vnet header), zeroed.
+fn tx_frame() -> &'static mut [u8] {
+    // SAFETY: buffer QSIZE is only used for transmission, one frame at a time.
+    let f = unsafe { core::slice::from_raw_parts_mut(net_buf(QSIZE).add(NET_HDR), NET_BUF - NET_HDR) };
+    f[..NET_HDR + 128].fill(0);
+    f
+}
+
+fn checksum(data: &[u8]) -> u16 {
+    let mut sum: u32 = 0;
+    for pair in data.chunks(2) {
+        let word = u16::from_be_bytes([pair[0], *pair.get(1).unwrap_or(&0)]);
+        sum += u32::from(word);
+    }
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+fn arp_request(mac: &[u8; 6], ip: [u8; 4], target: [u8; 4]) -> usize {
+    let e = tx_frame();
+    e[0..6].fill(0xff);
+    e[6..12].copy_from_slice(mac);
+    e[12..14].copy_from_slice(&[0x08, 0x06]);
+    e[14..22].copy_from_slice(&[0, 1, 8, 0, 6, 4, 0, 1]);
+    e[22..28].copy_from_slice(mac);
+    e[28..32].copy_from_slice(&ip);
+    e[38..42].copy_from_slice(&target);
+    60
+}
+
+fn echo_request(mac: &[u8; 6], dst_mac: &[u8; 6], ip: [u8; 4], dst: [u8; 4], seq: u16) -> usize {
+    let e = tx_frame();
+    e[0..6].copy_from_slice(dst_mac);
+    e[6..12].copy_from_slice(mac);
+    e[12..14].copy_from_slice(&[0x08, 0x00]);
+    let payload = b"ferrostack server guest";
+    let icmp_len = 8 + payload.len();
+    let total = 20 + icmp_len;
+    let ipv4 = &mut e[14..14 + 20];
+    ipv4[0] = 0x45;
+    ipv4[2..4].copy_from_slice(&(total as u16).to_be_bytes());
+    ipv4[4..6].copy_from_slice(&seq.to_be_bytes());
+    ipv4[8] = 64;
+    ipv4[9] = 1;
+    ipv4[12..16].copy_from_slice(&ip);
+    ipv4[16..20].copy_from_slice(&dst);
+    let c = checksum(ipv4);
+    ipv4[10..12].copy_from_slice(&c.to_be_bytes());
+    let icmp = &mut e[34..34 + icmp_len];
+    icmp[0] = 8;
+    icmp[4..6].copy_from_slice(&0x4653u16.to_be_bytes());
+    icmp[6..8].copy_from_slice(&seq.to_be_bytes());
+    icmp[8..].copy_from_slice(payload);
+    let c = checksum(icmp);
+    icmp[2..4].copy_from_slice(&c.to_be_bytes());
+    (14 + total).max(60)
+}
+
+/// Ctrl+Alt+Del pressed: report and reset.
+fn check_keyboard() {
+    if kit::inb(0x64) & 1 != 0 {
+        kit::print("shutdown\n");
+        kit::reset();
+    }
+}
+
+/// Sends `frame()` now and then until `matches` accepts a received frame; returns its
+/// result, or `None` after `attempts` sends.
+fn exchange<T>(dev: Dev, seen: &mut u16, sent: &mut u16, attempts: u32, frame: &dyn Fn() -> usize, matches: &dyn Fn(&[u8]) -> Option<T>) -> Option<T> {
+    let rx = addr_of_mut!(RX);
+    for _ in 0..attempts {
+        transmit(dev, frame(), sent);
+        // Each keyboard-controller read is a VM exit: a crude clock (a fraction of a second
+        // per attempt).
+        for _ in 0..20_000 {
+            check_keyboard();
+            // SAFETY: reading device-written ring entries after the used index covers them.
+            while unsafe { read_volatile(addr_of!((*rx).used_idx)) } != *seen {
+                let (id, len) = unsafe {
+                    fence(Ordering::SeqCst);
+                    let e = read_volatile(addr_of!((*rx).used_ring[usize::from(*seen) % QSIZE]));
+                    (e[0] as usize % QSIZE, e[1] as usize)
+                };
+                *seen = seen.wrapping_add(1);
+                // SAFETY: the device wrote `len` bytes into buffer `id`, back in our hands.
+                let f = unsafe { core::slice::from_raw_parts(net_buf(id), len.min(NET_BUF)) };
+                let found = if f.len() > NET_HDR { matches(&f[NET_HDR..]) } else { None };
+                post(rx, id, NET_BUF as u32, F_WRITE);
+                dev.set(0x50, 0);
+                if found.is_some() {
+                    return found;
+                }
+            }
+        }
+    }
+    None
+}
+
+/// Learns `probe`'s MAC with ARP, then pings it, reporting both answers.
+fn net_probe(dev: Dev, ip: [u8; 4], probe: [u8; 4]) {
     // MAC only: the frames here are small and complete.
     if !dev.negotiate(1 << 5) || !dev.queue(0, addr_of_mut!(RX)) || !dev.queue(1, addr_of_mut!(TX)) {
         kit::print("virtio-net setup failed\n");
@@ -314,37 +406,34 @@ fn arp_probe(dev: Dev, ip: [u8; 4], probe: [u8; 4]) {
         post(rx, i, NET_BUF as u32, F_WRITE);
     }
     dev.set(0x50, 0);
-    let mut sent = 0u16;
-    let mut seen = 0u16;
-    for _attempt in 0..60 {
-        send_arp_request(dev, &mac, ip, probe, &mut sent);
-        // Each keyboard-controller read is a VM exit: a crude clock (~0.2-1 s per attempt).
-        for _ in 0..20_000 {
-            kit::inb(0x64);
-            // SAFETY: reading device-written ring entries after the used index covers them.
-            while unsafe { read_volatile(addr_of!((*rx).used_idx)) } != seen {
-                let (id, len) = unsafe {
-                    fence(Ordering::SeqCst);
-                    let e = read_volatile(addr_of!((*rx).used_ring[usize::from(seen) % QSIZE]));
-                    (e[0] as usize % QSIZE, e[1] as usize)
-                };
-                seen = seen.wrapping_add(1);
-                // SAFETY: the device wrote `len` bytes into buffer `id`, back in our hands.
-                let f = unsafe { core::slice::from_raw_parts(net_buf(id), len.min(NET_BUF)) };
-                let e = if f.len() >= NET_HDR + 42 { &f[NET_HDR..] } else { &f[..0] };
-                let is_reply = e.len() >= 42 && e[12..14] == [0x08, 0x06] && e[20..22] == [0, 2] && e[28..32] == probe;
-                if is_reply {
-                    kit::print("arp_reply=");
-                    print_mac(&e[22..28]);
-                    kit::print("\n");
-                    return;
-                }
-                post(rx, id, NET_BUF as u32, F_WRITE);
-                dev.set(0x50, 0);
-            }
-        }
+    let (mut seen, mut sent) = (0u16, 0u16);
+    let peer = exchange(dev, &mut seen, &mut sent, 300, &|| arp_request(&mac, ip, probe), &|e| {
+        let reply = e.len() >= 42 && e[12..14] == [0x08, 0x06] && e[20..22] == [0, 2] && e[28..32] == probe;
+        reply.then(|| {
+            let mut m = [0u8; 6];
+            m.copy_from_slice(&e[22..28]);
+            m
+        })
+    });
+    let Some(peer) = peer else {
+        kit::print("arp_timeout\n");
+        return;
+    };
+    kit::print("arp_reply=");
+    print_mac(&peer);
+    kit::print("\n");
+    let seq = core::cell::Cell::new(0u16);
+    let pong = exchange(dev, &mut seen, &mut sent, 100, &|| {
+        seq.set(seq.get() + 1);
+        echo_request(&mac, &peer, ip, probe, seq.get())
+    }, &|e| {
+        let reply = e.len() >= 42 && e[12..14] == [0x08, 0x00] && e[23] == 1 && e[26..30] == probe && e[34] == 0;
+        reply.then(|| u16::from_be_bytes([e[40], e[41]]))
+    });
+    match pong {
+        Some(s) => kit::report_dec("ping_reply_seq", u64::from(s)),
+        None => kit::print("ping_timeout\n"),
     }
-    kit::print("arp_timeout\n");
 }
 
 #[unsafe(no_mangle)]
@@ -359,16 +448,10 @@ extern "C" fn guest_main(zero_page: u64) -> ! {
     let ip = cmdline_value(cmdline, b"ip").and_then(parse_ip);
     let probe = cmdline_value(cmdline, b"probe").and_then(parse_ip);
     if let (Some(dev), Some(ip), Some(probe)) = (find(1), ip, probe) {
-        arp_probe(dev, ip, probe);
+        net_probe(dev, ip, probe);
     }
     kit::print("ready\n");
     loop {
-        if kit::inb(0x64) & 1 != 0 {
-            while kit::inb(0x64) & 1 != 0 {
-                kit::inb(0x60);
-            }
-            kit::print("shutdown\n");
-            kit::reset();
-        }
+        check_keyboard();
     }
 }
