@@ -45,9 +45,15 @@ fn ip(args: &[&str]) -> Result<(), TapError> {
     }
 }
 
-/// Whether interface `name` exists in this network namespace.
+/// Whether interface `name` exists in this network namespace (asked over netlink: `/sys`
+/// shows the namespace it was mounted in, not necessarily ours).
 pub fn exists(name: &str) -> bool {
-    std::path::Path::new("/sys/class/net").join(name).exists()
+    Command::new("ip")
+        .args(["-o", "link", "show", "dev", name])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 /// Creates tap `name` (if absent) and brings it up.
