@@ -3,7 +3,8 @@
 //! `vmm` runs the vmm kit's `server` guest, which reads its whole disk, reports the
 //! checksum on its serial console, and pings a namespace plugged into the same network.
 //! Then: pause, unpause, stop, start, an agent killed and restarted (the VM keeps running
-//! and stays manageable), a soft reboot, a VMM killed (ERROR), and a delete that leaves no
+//! and stays manageable), a soft reboot, a guest shutting down by itself (SHUTOFF), a VMM
+//! killed (ERROR) while the agent runs and while it is away, and a delete that leaves no
 //! volume, port, tap or process behind.
 
 mod support;
@@ -294,6 +295,23 @@ fn a_placement_becomes_a_running_vm_and_everything_is_released_on_delete() {
         "{v}"
     );
 
+    // The guest shuts down on its own (Ctrl+Alt+Del sent straight to the VMM, as if from
+    // inside): a clean exit is SHUTOFF, with no fault.
+    let srv = agent.server(id);
+    let vmm_sock = PathBuf::from(srv["vmm"]["api_socket"].as_str().unwrap());
+    let (s, v) = http(
+        &vmm_sock,
+        "PUT",
+        "/actions",
+        Some(r#"{"action_type": "SendCtrlAltDel"}"#),
+    );
+    assert_eq!(s, 204, "{v}");
+    let srv = agent.wait_status(id, "SHUTOFF", Duration::from_secs(30));
+    assert!(srv["fault"].is_null(), "{srv}");
+    action(&agent, id, json!({"os-start": null}));
+    agent.wait_status(id, "ACTIVE", Duration::from_secs(60));
+    agent.wait_console(id, &expected, 4, Duration::from_secs(60));
+
     // A VMM killed behind the agent's back: ERROR with the reason.
     let vmm_pid = agent.server(id)["vmm"]["pid"].as_i64().unwrap() as i32;
     kill9(vmm_pid);
@@ -301,6 +319,23 @@ fn a_placement_becomes_a_running_vm_and_everything_is_released_on_delete() {
     let fault = srv["fault"]["message"].as_str().unwrap();
     assert!(fault.contains("signal 9"), "{fault}");
     assert!(srv["vmm"].is_null(), "{srv}");
+
+    // A VMM that dies while the agent is away: the restarted agent learns how it ended.
+    action(&agent, id, json!({"reboot": {"type": "HARD"}}));
+    agent.wait_status(id, "ACTIVE", Duration::from_secs(60));
+    agent.wait_console(id, &expected, 5, Duration::from_secs(60));
+    let vmm_pid = agent.server(id)["vmm"]["pid"].as_i64().unwrap() as i32;
+    drop(agent);
+    kill9(vmm_pid);
+    let agent = AgentProc::start(&setup);
+    let srv = agent.wait_status(id, "ERROR", Duration::from_secs(30));
+    assert!(
+        srv["fault"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("signal 9"),
+        "{srv}"
+    );
 
     // Delete releases everything.
     let (s, v) = agent.api("DELETE", &format!("/v1/servers/{id}"), None);
