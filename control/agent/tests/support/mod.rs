@@ -289,3 +289,103 @@ pub fn fnv1a(data: &[u8]) -> u64 {
     }
     h
 }
+
+/// One request an [`HttpPeer`] received.
+#[derive(Debug, Clone)]
+pub struct Received {
+    /// Method.
+    pub method: String,
+    /// Path (with query).
+    pub path: String,
+    /// Headers, names lowercased.
+    pub headers: Vec<(String, String)>,
+    /// Body.
+    pub body: Vec<u8>,
+}
+
+/// Answers a request: status and body.
+pub type Handler = dyn Fn(&Received) -> (u16, Vec<u8>) + Send + Sync;
+
+/// A minimal HTTP/1.1 server on loopback for what a test needs from the other side (an image
+/// store, control's node endpoints): records every request, answers with `handler`.
+pub struct HttpPeer {
+    /// `http://127.0.0.1:<port>`.
+    pub url: String,
+    /// What it received.
+    pub received: std::sync::Arc<std::sync::Mutex<Vec<Received>>>,
+}
+
+impl HttpPeer {
+    /// Starts serving (a thread per connection; the threads end with the test process).
+    pub fn start(
+        handler: impl Fn(&Received) -> (u16, Vec<u8>) + Send + Sync + 'static,
+    ) -> HttpPeer {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let received = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let handler: std::sync::Arc<Handler> = std::sync::Arc::new(handler);
+        let rec = received.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(conn) = conn else { continue };
+                let (rec, handler) = (rec.clone(), handler.clone());
+                std::thread::spawn(move || serve_one(conn, &rec, &*handler));
+            }
+        });
+        HttpPeer { url, received }
+    }
+
+    /// What it received so far.
+    pub fn requests(&self) -> Vec<Received> {
+        self.received.lock().unwrap().clone()
+    }
+}
+
+fn serve_one(
+    mut conn: std::net::TcpStream,
+    rec: &std::sync::Mutex<Vec<Received>>,
+    handler: &Handler,
+) {
+    use std::io::BufRead;
+    let mut reader = std::io::BufReader::new(conn.try_clone().unwrap());
+    let mut line = String::new();
+    if reader.read_line(&mut line).is_err() {
+        return;
+    }
+    let mut parts = line.split_whitespace();
+    let method = parts.next().unwrap_or("").to_string();
+    let path = parts.next().unwrap_or("").to_string();
+    let mut headers = Vec::new();
+    loop {
+        let mut h = String::new();
+        if reader.read_line(&mut h).is_err() || h.trim().is_empty() {
+            break;
+        }
+        if let Some((k, v)) = h.split_once(':') {
+            headers.push((k.trim().to_ascii_lowercase(), v.trim().to_string()));
+        }
+    }
+    let len: usize = headers
+        .iter()
+        .find(|(k, _)| k == "content-length")
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0);
+    let mut body = vec![0u8; len];
+    if reader.read_exact(&mut body).is_err() {
+        return;
+    }
+    let req = Received {
+        method,
+        path,
+        headers,
+        body,
+    };
+    let (status, out) = handler(&req);
+    rec.lock().unwrap().push(req);
+    let _ = write!(
+        conn,
+        "HTTP/1.1 {status} X\r\nContent-Length: {}\r\nContent-Type: application/octet-stream\r\nConnection: close\r\n\r\n",
+        out.len()
+    );
+    let _ = conn.write_all(&out);
+}
