@@ -1096,10 +1096,11 @@ impl Agent {
         Ok(())
     }
 
-    /// The last `lines` lines of the server's console (all of it when `None`).
+    /// The last `lines` lines of the server's console (all of it when `None`), from at
+    /// most its last [`MAX_CONSOLE`] bytes.
     pub fn console(&self, id: &str, lines: Option<usize>) -> Result<String, AgentError> {
         self.get(id)?;
-        let bytes = std::fs::read(self.console_path(id)).unwrap_or_default();
+        let bytes = read_tail(&self.console_path(id), MAX_CONSOLE).unwrap_or_default();
         let text = String::from_utf8_lossy(&bytes);
         Ok(match lines {
             None => text.into_owned(),
@@ -1191,6 +1192,20 @@ fn describe_exit(exit: Option<ExitRecord>) -> String {
         }) => format!("the VMM was killed by signal {s}"),
         _ => "the VMM vanished (exit status unknown)".into(),
     }
+}
+
+/// Most console bytes returned at once (the end of the log).
+pub const MAX_CONSOLE: u64 = 1 << 20;
+
+/// The last `max` bytes of a file.
+fn read_tail(path: &Path, max: u64) -> std::io::Result<Vec<u8>> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = std::fs::File::open(path)?;
+    let len = f.metadata()?.len();
+    f.seek(SeekFrom::Start(len.saturating_sub(max)))?;
+    let mut out = Vec::new();
+    f.take(max).read_to_end(&mut out)?;
+    Ok(out)
 }
 
 /// The last non-empty line of a log file.

@@ -221,6 +221,7 @@ async fn serve(cfg: Config, agent_exe: PathBuf, vmm_binary: PathBuf) -> anyhow::
         )
     };
     tracing::info!(socket = %cfg.socket.display(), tcp = %cfg.listen, "agent serving");
+    notify_ready();
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     loop {
         let accept_tcp = async {
@@ -257,4 +258,25 @@ where
             tracing::debug!(error = %e, "API connection ended with an error");
         }
     });
+}
+
+/// Tells systemd (`Type=notify`) the agent serves, when `NOTIFY_SOCKET` is set (a path, or
+/// `@name` for an abstract socket).
+fn notify_ready() {
+    let Some(target) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let result = std::os::unix::net::UnixDatagram::unbound().and_then(|sock| {
+        match target.as_encoded_bytes().strip_prefix(b"@") {
+            Some(name) => {
+                use std::os::linux::net::SocketAddrExt;
+                let addr = std::os::unix::net::SocketAddr::from_abstract_name(name)?;
+                sock.send_to_addr(b"READY=1", &addr)
+            }
+            None => sock.send_to(b"READY=1", &target),
+        }
+    });
+    if let Err(e) = result {
+        tracing::warn!(error = %e, "cannot notify systemd");
+    }
 }

@@ -159,3 +159,44 @@ fn a_failed_build_is_error_with_a_fault_and_can_be_deleted() {
     assert_eq!(s, 404);
     assert!(!dir.path().join("servers/srv-bad").exists());
 }
+
+#[test]
+fn the_daemon_notifies_systemd_and_serves_tcp_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let notify_path = dir.path().join("notify.sock");
+    let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).unwrap();
+    notify
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_ferrostack-agent"))
+        .arg("--state-dir")
+        .arg(dir.path())
+        .arg("--socket")
+        .arg(dir.path().join("agent.sock"))
+        .arg("--listen")
+        .arg(format!("127.0.0.1:{port}"))
+        .env("NOTIFY_SOCKET", &notify_path)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let _agent = support::Proc(Some(child));
+    let mut buf = [0u8; 64];
+    let n = notify.recv(&mut buf).expect("READY=1 within 30 s");
+    assert_eq!(&buf[..n], b"READY=1");
+    // Ready means serving, on both sockets.
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.write_all(b"GET /v1/servers HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    assert!(resp.contains(r#"{"servers":[]}"#), "{resp}");
+    let (s, _) = support::http(&dir.path().join("agent.sock"), "GET", "/", None);
+    assert_eq!(s, 200);
+}

@@ -189,7 +189,7 @@ impl AgentProc {
             .arg(s.state_dir)
             .args(["--shutdown-timeout-secs", "20", "--port-timeout-secs", "30"])
             .args(s.extra)
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
