@@ -22,7 +22,7 @@ use crate::clients::vmm::{self, Vmm};
 use crate::http::{Client, HttpError};
 use crate::model::{
     Fault, ImageRef, Placement, PlacementError, PortResource, PortSpec, Process, Resources, Server,
-    Status, VolumeResource, now, parse_cidr,
+    Status, StepTime, VolumeResource, now, parse_cidr,
 };
 use crate::process::{self as proc, ExitRecord, ShimFiles};
 use crate::store::{self, State, StoreError};
@@ -395,6 +395,7 @@ impl Agent {
                 resources: Resources::default(),
                 process: None,
                 stop_requested: false,
+                build_steps: Vec::new(),
                 created: t,
                 updated: t,
             };
@@ -458,6 +459,16 @@ impl Agent {
             .placement;
         let dir = self.server_dir(id);
         std::fs::create_dir_all(&dir).map_err(|e| StepError::Dir(dir.clone(), e))?;
+        let started = Instant::now();
+        let mut step = Instant::now();
+        let mut lap = |name: &str, steps: &mut Vec<StepTime>| {
+            steps.push(StepTime {
+                step: name.into(),
+                seconds: step.elapsed().as_secs_f64(),
+            });
+            step = Instant::now();
+        };
+        let mut steps = Vec::new();
 
         let kernel = self.image(&placement.kernel, &dir, "kernel").await?;
         let initrd = match &placement.initrd {
@@ -468,14 +479,31 @@ impl Agent {
             s.resources.kernel_path = Some(kernel);
             s.resources.initrd_path = initrd;
         })?;
+        lap("images", &mut steps);
 
         self.build_volume(&placement).await?;
+        lap("volume", &mut steps);
         for (i, spec) in placement.ports.iter().enumerate() {
             self.build_port(&placement, i, spec).await?;
         }
+        lap("ports", &mut steps);
         let cmdline = self.cmdline(&placement);
         self.update(id, |s| s.resources.cmdline = Some(cmdline))?;
-        self.boot(id).await
+        let (start, boot) = self.boot(id).await?;
+        steps.push(StepTime {
+            step: "vmm_start".into(),
+            seconds: start.as_secs_f64(),
+        });
+        steps.push(StepTime {
+            step: "vmm_boot".into(),
+            seconds: boot.as_secs_f64(),
+        });
+        steps.push(StepTime {
+            step: "total".into(),
+            seconds: started.elapsed().as_secs_f64(),
+        });
+        self.update(id, |s| s.build_steps = steps)?;
+        Ok(())
     }
 
     /// A kernel or initrd as a host path: checked, or downloaded into `dir`.
@@ -706,7 +734,13 @@ impl Agent {
                 r.tap_created = res.tap_created;
             }
         })?;
-        // Like Nova waiting for vif-plugged: the guest starts once netdp forwards its frames.
+        // Bind the plugged port to the server (netdp programs the tap right away rather than
+        // at its next periodic sync), then, like Nova waiting for vif-plugged, start the
+        // guest once netdp forwards its frames.
+        self.netdp
+            .bind_port(&port.id, &p.id)
+            .await
+            .map_err(nd("bind the port"))?;
         let deadline = Instant::now() + self.cfg.port_timeout;
         loop {
             let status = self
@@ -743,8 +777,10 @@ impl Agent {
         c
     }
 
-    /// Starts the server's VMM under a shim and configures it through its API.
-    async fn boot(&self, id: &str) -> Result<(), StepError> {
+    /// Starts the server's VMM under a shim and configures it through its API; returns how
+    /// long the process took to serve its API, and the configuration and start.
+    async fn boot(&self, id: &str) -> Result<(Duration, Duration), StepError> {
+        let spawned = Instant::now();
         let s = self.get(id).map_err(|_| StepError::Gone(id.into()))?;
         let dir = self.server_dir(id);
         std::fs::create_dir_all(&dir).map_err(|e| StepError::Dir(dir.clone(), e))?;
@@ -811,6 +847,8 @@ impl Agent {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
 
+        let api_ready = spawned.elapsed();
+        let configuring = Instant::now();
         let vm = Vmm(Client::unix(&sock, Duration::from_secs(30)));
         let r = &s.resources;
         let configure = async {
@@ -854,7 +892,7 @@ impl Agent {
             self.kill(id, process).await;
             return Err(e);
         }
-        Ok(())
+        Ok((api_ready, configuring.elapsed()))
     }
 
     fn early_exit(&self, id: &str, exit: Option<ExitRecord>) -> StepError {
@@ -990,10 +1028,10 @@ impl Agent {
         let v = |what| move |source| StepError::Vmm { what, source };
         match action {
             Action::Stop => (self.stop_vmm(id, true).await, Status::Shutoff),
-            Action::Start => (self.boot(id).await, Status::Active),
+            Action::Start => (self.boot(id).await.map(drop), Status::Active),
             Action::Reboot { hard } => {
                 let r = match self.stop_vmm(id, !hard).await {
-                    Ok(()) => self.boot(id).await,
+                    Ok(()) => self.boot(id).await.map(drop),
                     Err(e) => Err(e),
                 };
                 (r, Status::Active)

@@ -400,7 +400,7 @@ pub struct Process {
 }
 
 /// A server as the agent keeps it (persisted) and reports it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Server {
     /// The placement it was built from.
     pub placement: Placement,
@@ -422,10 +422,23 @@ pub struct Server {
     /// The next VMM exit was asked for (a stop or reboot), so it means SHUTOFF whatever the code.
     #[serde(default)]
     pub stop_requested: bool,
+    /// How long each step of the build took, in order.
+    #[serde(default)]
+    pub build_steps: Vec<StepTime>,
     /// Created (seconds since the epoch).
     pub created: u64,
     /// Last changed (seconds since the epoch).
     pub updated: u64,
+}
+
+/// The duration of one build step.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepTime {
+    /// `images`, `volume`, `ports`, `vmm_start` (process to API socket), `vmm_boot`
+    /// (configuration and InstanceStart), `total`.
+    pub step: String,
+    /// Seconds.
+    pub seconds: f64,
 }
 
 /// Seconds since the epoch.

@@ -155,6 +155,24 @@ fn a_placement_becomes_a_running_vm_and_everything_is_released_on_delete() {
     assert_eq!(v["server"]["status"], "BUILD");
 
     let srv = agent.wait_status(id, "ACTIVE", Duration::from_secs(90));
+    let steps: Vec<&str> = srv["build_steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["step"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        steps,
+        [
+            "images",
+            "volume",
+            "ports",
+            "vmm_start",
+            "vmm_boot",
+            "total"
+        ]
+    );
+    eprintln!("build steps: {}", srv["build_steps"]);
     let expected = format!("disk_fnv={:016x}\n", fnv1a(&image));
     let console = agent.wait_console(id, &expected, 1, Duration::from_secs(60));
     assert!(console.contains("disk_capacity=512\n"), "{console}");

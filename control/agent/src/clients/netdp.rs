@@ -235,6 +235,21 @@ impl Netdp {
         }
     }
 
+    /// Binds a port to a server (`device_owner`, `device_id`); netdp programs its tap at
+    /// once if the tap exists.
+    pub async fn bind_port(&self, id: &str, device_id: &str) -> Result<Port, HttpError> {
+        #[derive(Deserialize)]
+        struct One {
+            port: Port,
+        }
+        let body = json!({"port": {"device_owner": "compute:nova", "device_id": device_id}});
+        let one: One = self
+            .0
+            .json(Method::PUT, &format!("/v2.0/ports/{id}"), Some(&body))
+            .await?;
+        Ok(one.port)
+    }
+
     /// Deletes a port.
     pub async fn delete_port(&self, id: &str) -> Result<(), HttpError> {
         self.0
