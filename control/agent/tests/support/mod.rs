@@ -389,3 +389,109 @@ fn serve_one(
     );
     let _ = conn.write_all(&out);
 }
+
+/// A compute node for tests and benchmarks: blockdp on the host, netdp in a node network
+/// namespace with its own bpffs pin directory. On drop: VMMs named in the agent's state
+/// killed, daemons killed, pins and namespace removed.
+pub struct Node {
+    /// blockdp's API socket.
+    pub blockdp_sock: PathBuf,
+    /// netdp's API socket.
+    pub netdp_sock: PathBuf,
+    /// The agent's state directory.
+    pub state_dir: PathBuf,
+    /// The vmm binary.
+    pub vmm_bin: PathBuf,
+    /// The node namespace (netdp, the agent, the taps and VMMs live in it).
+    pub netns: tests::netns::Netns,
+    pins: PathBuf,
+    blockdp: Proc,
+    netdp: Proc,
+    /// Scratch directory.
+    pub root: tempfile::TempDir,
+}
+
+impl Node {
+    /// Starts blockdp and netdp.
+    pub fn start() -> Node {
+        let (vmm_bin, blockdp_bin, netdp_bin) = daemon_binaries().clone();
+        let root = tempfile::tempdir().unwrap();
+        let blockdp_dir = root.path().join("blockdp");
+        std::fs::create_dir_all(&blockdp_dir).unwrap();
+        let blockdp_sock = blockdp_dir.join("api.sock");
+        let mut child = Command::new(&blockdp_bin)
+            .arg("--data-dir")
+            .arg(&blockdp_dir)
+            .arg("--api-socket")
+            .arg(&blockdp_sock)
+            .args(["--poll-us", "20"])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("spawn blockdp");
+        wait_socket(&blockdp_sock, &mut child, "blockdp");
+        let blockdp = Proc(Some(child));
+
+        let netns = tests::netns::Netns::new("agent-node").unwrap();
+        let pins = PathBuf::from(format!(
+            "/sys/fs/bpf/ferrostack-test-agent-{}-{}",
+            std::process::id(),
+            netns.name()
+        ));
+        let netdp_sock = root.path().join("netdp.sock");
+        // nsenter, not `ip netns exec` (which remounts /sys and hides bpffs).
+        let child = Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", netns.name()))
+            .arg(&netdp_bin)
+            .arg("--socket")
+            .arg(&netdp_sock)
+            .arg("--state")
+            .arg(root.path().join("netdp-state.json"))
+            .arg("--pin-dir")
+            .arg(&pins)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("spawn netdp");
+        let netdp = Proc(Some(child));
+        let mut node = Node {
+            blockdp_sock,
+            netdp_sock,
+            state_dir: root.path().join("agent"),
+            vmm_bin,
+            netns,
+            pins,
+            blockdp,
+            netdp,
+            root,
+        };
+        wait_socket(
+            &node.netdp_sock.clone(),
+            node.netdp.0.as_mut().unwrap(),
+            "netdp",
+        );
+        std::fs::create_dir_all(&node.state_dir).unwrap();
+        node
+    }
+
+    /// How to start the agent on this node (in its namespace).
+    pub fn agent_setup(&self) -> AgentSetup<'_> {
+        AgentSetup {
+            state_dir: &self.state_dir,
+            blockdp: &self.blockdp_sock,
+            netdp: &self.netdp_sock,
+            vmm: &self.vmm_bin,
+            netns: Some(self.netns.name()),
+            extra: &[],
+        }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        AgentProc::kill_vmms(&self.state_dir);
+        self.netdp.kill();
+        self.blockdp.kill();
+        let _ = std::fs::remove_dir_all(&self.pins);
+    }
+}
