@@ -325,10 +325,33 @@ impl Agent {
             }
             if running {
                 tracing::info!(server = %s.placement.id, "re-adopted a running VMM");
+            } else if s.process.is_none() && matches!(s.status, Status::Active | Status::Paused) {
+                // A start or reboot cut short between stopping one VMM and starting the next.
+                s.status = Status::Shutoff;
             }
             s.updated = now();
         }
         self.save(&st).map_err(AgentError::Store)
+    }
+
+    /// After [`Agent::open`]: asks each re-adopted VMM whether it runs or is paused (a pause
+    /// or unpause may have been cut short by the restart).
+    pub async fn reconcile(&self) {
+        let running: Vec<String> = lock(&self.state)
+            .servers
+            .values()
+            .filter(|s| s.process.is_some() && s.status != Status::Build)
+            .map(|s| s.placement.id.clone())
+            .collect();
+        for id in running {
+            let vm = Vmm(Client::unix(self.vmm_socket(&id), Duration::from_secs(5)));
+            let status = match vm.info().await.map(|i| i.state) {
+                Ok(state) if state == "Paused" => Status::Paused,
+                Ok(state) if state == "Running" => Status::Active,
+                _ => continue, // gone or not started: the supervisor decides
+            };
+            let _ = self.update(&id, |s| s.status = status);
+        }
     }
 
     /// Every server.
@@ -758,7 +781,7 @@ impl Agent {
                     timeout: self.cfg.port_timeout,
                 });
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 

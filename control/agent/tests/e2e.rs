@@ -220,15 +220,20 @@ fn a_placement_becomes_a_running_vm_and_everything_is_released_on_delete() {
     agent.wait_console(id, &expected, 2, Duration::from_secs(60));
     agent.wait_console(id, "ping_reply_seq=", 2, Duration::from_secs(120));
 
-    // Kill the agent outright; the VM keeps running; a new agent adopts it.
+    // Kill the agent outright with the VM paused; the VM keeps running (paused); a new
+    // agent adopts it as it is.
+    action(&agent, id, json!({"pause": null}));
+    agent.wait_status(id, "PAUSED", Duration::from_secs(30));
     let vmm_pid = agent.server(id)["vmm"]["pid"].as_i64().unwrap() as i32;
     drop(agent);
     std::thread::sleep(Duration::from_millis(500));
     assert!(running(vmm_pid), "the VMM outlives the agent");
     let agent = AgentProc::start(&setup);
     let srv = agent.server(id);
-    assert_eq!(srv["status"], "ACTIVE", "{srv}");
+    assert_eq!(srv["status"], "PAUSED", "{srv}");
     assert_eq!(srv["vmm"]["pid"].as_i64(), Some(i64::from(vmm_pid)));
+    action(&agent, id, json!({"unpause": null}));
+    agent.wait_status(id, "ACTIVE", Duration::from_secs(30));
     // ... and manages it: a soft reboot boots the guest a third time.
     action(&agent, id, json!({"reboot": {"type": "SOFT"}}));
     agent.wait_status(id, "ACTIVE", Duration::from_secs(90));
