@@ -579,6 +579,7 @@ impl Agent {
                         id: v.id.clone(),
                         socket: None,
                         delete_on_termination: delete,
+                        size: v.size,
                     })
                 })?;
                 v
@@ -595,6 +596,7 @@ impl Agent {
                         id: v.id.clone(),
                         socket: None,
                         delete_on_termination: delete,
+                        size: v.size,
                     })
                 })?;
                 v

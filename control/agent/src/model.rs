@@ -335,6 +335,9 @@ pub struct VolumeResource {
     pub socket: Option<PathBuf>,
     /// Delete the volume with the server.
     pub delete_on_termination: bool,
+    /// Its size in bytes.
+    #[serde(default)]
+    pub size: u64,
 }
 
 /// A port the server holds.

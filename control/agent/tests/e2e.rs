@@ -127,6 +127,14 @@ fn a_placement_becomes_a_running_vm_and_everything_is_released_on_delete() {
     assert_eq!(s, 200, "{vol}");
     assert!(vol["volume"]["export"]["socket"].is_string(), "{vol}");
     assert_eq!(vol["volume"]["size"], 256 * 1024);
+    let (_, node_doc) = agent.api("GET", "/v1/node", None);
+    let usage = &node_doc["node"]["usage"];
+    assert_eq!(
+        (usage["vcpus"].as_u64(), usage["memory_mib"].as_u64()),
+        (Some(1), Some(32)),
+        "{node_doc}"
+    );
+    assert_eq!(usage["disk_bytes"], 256 * 1024, "{node_doc}");
     let port = srv["ports"][0].clone();
     let port_id = port["id"].as_str().unwrap().to_string();
     let tap = port["tap"].as_str().unwrap().to_string();
