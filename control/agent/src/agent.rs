@@ -564,6 +564,7 @@ impl Agent {
                     ImageRef::Path(p) => blockdp::Source::Path(p.clone()),
                     ImageRef::Url(u) => blockdp::Source::Url(u.clone()),
                 };
+                self.update(&p.id, |s| s.resources.volume_requested = true)?;
                 let v = self
                     .blockdp
                     .create(&blockdp::CreateVolume {
@@ -704,6 +705,7 @@ impl Agent {
                 (port, false)
             }
             None => {
+                self.update(&p.id, |s| s.resources.ports_requested = true)?;
                 let network_id = self.network_for(p, spec).await?;
                 let subnets = self.netdp.subnets().await.map_err(nd("list subnets"))?;
                 let fixed_ips = spec.fixed_ip.map(|ip| {
@@ -1122,6 +1124,8 @@ impl Agent {
                 return Err(StepError::Unkillable(p.vmm_pid));
             }
         }
+        self.adopt_orphans(&s).await?;
+        let s = self.get(id).map_err(|_| StepError::Gone(id.into()))?;
         if let Some(v) = &s.resources.volume {
             let bd = |what| move |source| StepError::Blockdp { what, source };
             match self.blockdp.unexport(&v.id).await {
@@ -1155,6 +1159,68 @@ impl Agent {
                 }
             }
             self.update(id, |s| s.resources.ports.retain(|p| p.id != port.id))?;
+        }
+        Ok(())
+    }
+
+    /// A build cut short (an agent crash) may have left a volume or ports the state does
+    /// not name: blockdp and netdp were asked, the answer never recorded. They carry the
+    /// server's names (`server-<id>-root`, `server-<id>-<n>` on device `<id>`): find them
+    /// and record them, so the release that follows frees them too.
+    async fn adopt_orphans(&self, s: &Server) -> Result<(), StepError> {
+        let id = s.placement.id.clone();
+        if s.resources.volume.is_none() && s.resources.volume_requested {
+            let name = format!("server-{id}-root");
+            let vols = self
+                .blockdp
+                .list()
+                .await
+                .map_err(|source| StepError::Blockdp {
+                    what: "list volumes",
+                    source,
+                })?;
+            if let Some(v) = vols.into_iter().find(|v| v.name == name) {
+                tracing::info!(server = %id, volume = %v.id, "found an unrecorded root volume");
+                self.update(&id, |s| {
+                    s.resources.volume = Some(VolumeResource {
+                        id: v.id.clone(),
+                        socket: v.export.as_ref().map(|e| e.socket.clone()),
+                        delete_on_termination: true,
+                        size: v.size,
+                    })
+                })?;
+            }
+        }
+        if s.resources.ports_requested {
+            let prefix = format!("server-{id}-");
+            let ports = self
+                .netdp
+                .ports()
+                .await
+                .map_err(|source| StepError::Netdp {
+                    what: "list ports".into(),
+                    source,
+                })?;
+            for port in ports {
+                let known = s.resources.ports.iter().any(|r| r.id == port.id);
+                if known || port.device_id != id || !port.name.starts_with(&prefix) {
+                    continue;
+                }
+                tracing::info!(server = %id, port = %port.id, "found an unrecorded port");
+                let tap = port.tap_name();
+                let res = PortResource {
+                    id: port.id.clone(),
+                    network_id: port.network_id.clone(),
+                    tap_created: tap::exists(&tap),
+                    tap,
+                    mac_address: port.mac_address.clone(),
+                    ip_address: None,
+                    prefix_len: None,
+                    gateway_ip: None,
+                    created: true,
+                };
+                self.update(&id, |s| s.resources.ports.push(res))?;
+            }
         }
         Ok(())
     }

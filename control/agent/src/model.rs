@@ -386,6 +386,13 @@ pub struct Resources {
     /// The full command line given to the guest.
     #[serde(default)]
     pub cmdline: Option<String>,
+    /// blockdp was asked for the root volume (recorded before asking, so a crash before
+    /// the answer is recorded leaves a trace).
+    #[serde(default)]
+    pub volume_requested: bool,
+    /// netdp was asked for ports (likewise).
+    #[serde(default)]
+    pub ports_requested: bool,
 }
 
 /// The running VMM: the shim process supervising it and the VMM itself, each identified by

@@ -65,6 +65,12 @@ pub struct Port {
     pub security_groups: Vec<String>,
     /// `ACTIVE` once netdp has programmed its tap.
     pub status: String,
+    /// The server using it.
+    #[serde(default)]
+    pub device_id: String,
+    /// Name.
+    #[serde(default)]
+    pub name: String,
 }
 
 impl Port {
@@ -216,6 +222,16 @@ impl Netdp {
             .json(Method::POST, "/v2.0/ports", Some(&json!({ "port": req })))
             .await?;
         Ok(one.port)
+    }
+
+    /// Every port.
+    pub async fn ports(&self) -> Result<Vec<Port>, HttpError> {
+        #[derive(Deserialize)]
+        struct Many {
+            ports: Vec<Port>,
+        }
+        let m: Many = self.0.json(Method::GET, "/v2.0/ports", NO_BODY).await?;
+        Ok(m.ports)
     }
 
     /// One port; `None` if netdp has no such port.

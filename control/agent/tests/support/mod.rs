@@ -380,8 +380,8 @@ fn serve_one(
         headers,
         body,
     };
+    rec.lock().unwrap().push(req.clone());
     let (status, out) = handler(&req);
-    rec.lock().unwrap().push(req);
     let _ = write!(
         conn,
         "HTTP/1.1 {status} X\r\nContent-Length: {}\r\nContent-Type: application/octet-stream\r\nConnection: close\r\n\r\n",
