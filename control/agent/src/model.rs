@@ -479,6 +479,40 @@ mod tests {
         p.validate().map_err(|e| e.to_string())
     }
 
+    proptest::proptest! {
+        /// Whatever bytes arrive, parsing and validation answer without panicking, and
+        /// what validates has a usable id and sizes in range.
+        #[test]
+        fn arbitrary_bodies_never_panic(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..512)) {
+            if let Ok(p) = serde_json::from_slice::<Placement>(&bytes)
+                && p.validate().is_ok()
+            {
+                proptest::prop_assert!(valid_id(&p.id));
+                proptest::prop_assert!(p.vcpus >= 1 && p.vcpus <= MAX_VCPUS);
+            }
+        }
+
+        /// Placements with arbitrary field values validate or are refused, never panic.
+        #[test]
+        fn arbitrary_fields_never_panic(
+            id in ".{0,70}",
+            vcpus in proptest::num::u8::ANY,
+            ram in proptest::num::u64::ANY,
+            cidr in ".{0,24}",
+            mac in ".{0,20}",
+            size in proptest::option::of(proptest::num::u64::ANY),
+        ) {
+            let mut v = placement();
+            v["id"] = id.into();
+            v["vcpus"] = vcpus.into();
+            v["ram_mib"] = ram.into();
+            v["ports"][0]["network"]["subnet"]["cidr"] = cidr.into();
+            v["ports"][0]["mac_address"] = mac.into();
+            v["root_disk"]["size_bytes"] = size.into();
+            let _ = check(v);
+        }
+    }
+
     #[test]
     fn a_good_placement_passes_and_each_bad_field_is_named() {
         check(placement()).unwrap();
