@@ -202,3 +202,66 @@ fn an_agent_killed_mid_build_leaves_nothing_behind_once_the_server_is_deleted() 
     let (_, vols) = http(&bsock, "GET", "/volumes", None);
     assert_eq!(vols["volumes"].as_array().map(Vec::len), Some(0), "{vols}");
 }
+
+#[test]
+fn a_guest_that_crashes_puts_its_server_in_error() {
+    if !caps::require_all(&[
+        caps::Capability::Root,
+        caps::Capability::Kvm,
+        caps::Capability::IoUring,
+    ]) {
+        return;
+    }
+    let (vmm_bin, blockdp_bin, _) = daemon_binaries().clone();
+    let out = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("guests");
+    // The kit's `crash` guest prints `crashing`, then triple-faults: the VMM exits with 2.
+    let kernel = vmm::testkit::build_guest("crash", &out).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let disk = dir.path().join("disk.img");
+    std::fs::write(&disk, vec![0u8; 4096]).unwrap();
+    let bdir = dir.path().join("blockdp");
+    std::fs::create_dir_all(&bdir).unwrap();
+    let bsock = bdir.join("api.sock");
+    let mut child = Command::new(&blockdp_bin)
+        .arg("--data-dir")
+        .arg(&bdir)
+        .arg("--api-socket")
+        .arg(&bsock)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    support::wait_socket(&bsock, &mut child, "blockdp");
+    let _blockdp = Proc(Some(child));
+    let state = dir.path().join("agent");
+    std::fs::create_dir_all(&state).unwrap();
+    let a = AgentProc::start(&AgentSetup {
+        state_dir: &state,
+        blockdp: &bsock,
+        netdp: &dir.path().join("no-netdp.sock"),
+        vmm: &vmm_bin,
+        netns: None,
+        extra: &[],
+    });
+    let p = json!({"server": {
+        "id": "crasher", "vcpus": 1, "ram_mib": 32,
+        "kernel": {"path": kernel},
+        "root_disk": {"image": {"path": disk}},
+    }});
+    let (s, v) = a.api("POST", "/v1/servers", Some(&p.to_string()));
+    assert_eq!(s, 202, "{v}");
+    let srv = a.wait_status("crasher", "ERROR", Duration::from_secs(60));
+    let fault = srv["fault"]["message"].as_str().unwrap();
+    assert!(fault.contains("the guest crashed"), "{fault}");
+    assert!(a.console("crasher").contains("crashing\n"));
+    let (s, text) = a.api("GET", "/metrics", None);
+    assert_eq!(s, 200);
+    assert!(
+        text.as_str()
+            .unwrap()
+            .contains("ferrostack_agent_vmm_exits_total{state=\"error\"} 1"),
+        "{text}"
+    );
+    let (s, _) = a.api("DELETE", "/v1/servers/crasher", None);
+    assert_eq!(s, 204);
+}
