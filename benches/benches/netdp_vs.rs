@@ -231,6 +231,7 @@ fn port(ifindex: u32, mac: [u8; 6], ip4: [u8; 4]) -> PortSpec {
         ips: vec![Ipv4Addr::from(ip4)],
         port_security: true,
         allowed_address_pairs: vec![],
+        dhcp: false,
     }
 }
 

@@ -56,6 +56,14 @@ static __always_inline int hook_redirect(CTX *ctx, __u32 ifindex, __u32 in_port)
 
 static __always_inline __u64 hook_len(CTX *ctx) { return ctx->len; }
 
+/// A frame for the slow path: its packet socket (a tap, which runs before tc ingress) has
+/// its copy already, so the switch just consumes it.
+static __always_inline int hook_punt(CTX *ctx)
+{
+	(void)ctx;
+	return TC_ACT_SHOT;
+}
+
 static __always_inline int hook_resize(CTX *ctx, __u32 len)
 {
 	return bpf_skb_change_tail(ctx, len, 0);
@@ -65,6 +73,15 @@ static __always_inline int hook_resize(CTX *ctx, __u32 len)
 static __always_inline void hook_l4_csum(CTX *ctx, __u32 off, __u32 old, __u32 new, int udp)
 {
 	__u64 flags = BPF_F_PSEUDO_HDR | sizeof(new);
+	if (udp)
+		flags |= BPF_F_MARK_MANGLED_0;
+	bpf_l4_csum_replace(ctx, off, old, new, flags);
+}
+
+/// Fixes the L4 checksum at `off` for a port change (not part of the pseudo-header).
+static __always_inline void hook_l4_csum_port(CTX *ctx, __u32 off, __u16 old, __u16 new, int udp)
+{
+	__u64 flags = sizeof(new);
 	if (udp)
 		flags |= BPF_F_MARK_MANGLED_0;
 	bpf_l4_csum_replace(ctx, off, old, new, flags);
@@ -91,6 +108,13 @@ static __always_inline __u64 hook_len(CTX *ctx)
 	return (long)ctx->data_end - (long)ctx->data;
 }
 
+/// A frame for the slow path: passed up to the stack, where its packet socket sees it.
+static __always_inline int hook_punt(CTX *ctx)
+{
+	(void)ctx;
+	return XDP_PASS;
+}
+
 static __always_inline int hook_resize(CTX *ctx, __u32 len)
 {
 	return bpf_xdp_adjust_tail(ctx, (int)len - (int)hook_len(ctx));
@@ -110,6 +134,25 @@ static __always_inline void hook_l4_csum(CTX *ctx, __u32 off, __u32 old, __u32 n
 	if (udp && *c == 0)
 		return; // no checksum
 	__u16 n = csum_replace4(*c, old, new);
+	if (udp && n == 0)
+		n = 0xffff;
+	*c = n;
+}
+
+static __always_inline __u16 csum_replace2(__u16 csum, __u16 old, __u16 new);
+
+static __always_inline void hook_l4_csum_port(CTX *ctx, __u32 off, __u16 old, __u16 new, int udp)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	if (off > 128)
+		return;
+	__u16 *c = data + off;
+	if ((void *)(c + 1) > data_end)
+		return;
+	if (udp && *c == 0)
+		return;
+	__u16 n = csum_replace2(*c, old, new);
 	if (udp && n == 0)
 		n = 0xffff;
 	*c = n;
@@ -147,9 +190,15 @@ struct arp_eth {
 	__u8 tpa[4];
 } __attribute__((packed));
 
+/// A port's counters. Built with NETDP_NO_COUNTERS (the benchmark's uncounted twin only),
+/// there are none and every counting branch compiles away.
 static __always_inline struct port_stats *stats_of(__u32 slot)
 {
+#ifdef NETDP_NO_COUNTERS
+	return 0;
+#else
 	return bpf_map_lookup_elem(&port_stats, &slot);
+#endif
 }
 
 /// The counter slot of a port, or PORT_SLOTS (nothing is counted) for other interfaces.
@@ -178,6 +227,9 @@ static __always_inline void count_tx(__u32 slot, __u64 len)
 
 static __always_inline void count_rule(__u32 rule_id, __u64 len)
 {
+#ifdef NETDP_NO_COUNTERS
+	return;
+#endif
 	if (!rule_id)
 		return;
 	struct rule_stats *r = bpf_map_lookup_elem(&rule_stats, &rule_id);
@@ -370,6 +422,16 @@ static __always_inline int firewall(__u32 port, const struct flow *f, __u8 dir, 
 
 #define PARSE_OK -1
 
+#define DHCP_SERVER_PORT_BE bpf_htons(67)
+#define DHCP_CLIENT_PORT_BE bpf_htons(68)
+
+/// A DHCP client message (to a server), which the slow path answers for DHCP ports.
+static __always_inline int is_dhcp_request(const struct flow *f)
+{
+	return f->proto == IPPROTO_UDP && f->dport == DHCP_SERVER_PORT_BE &&
+	       f->sport == DHCP_CLIENT_PORT_BE;
+}
+
 /// Parses the IPv4 header at `ip` into `f`; returns PARSE_OK, or a drop reason.
 static __always_inline int parse_ipv4(struct iphdr *ip, void *data_end, struct flow *f)
 {
@@ -427,6 +489,93 @@ static __always_inline int parse_ipv4(struct iphdr *ip, void *data_end, struct f
 		}
 	}
 	return PARSE_OK;
+}
+
+/// Whether gateway SNAT may translate a flow leaving through the gateway: TCP, UDP and
+/// ICMP echo requests (the echo id plays the port).
+static __always_inline int snat_outbound_ok(const struct flow *f)
+{
+	return f->proto == IPPROTO_TCP || f->proto == IPPROTO_UDP ||
+	       (f->proto == IPPROTO_ICMP && f->icmp_type == ICMP_ECHO);
+}
+
+/// Outbound gateway SNAT: the flow leaves from the router's gateway address `gw` and a
+/// port that no other connection to the same remote end uses on it (its own port when
+/// free, else a random one from 1024 up). Returns 0, or -1 when no port could be had.
+static __always_inline int snat_outbound(__u32 router_id, __u32 gw, const struct flow *f,
+					 struct flow *out)
+{
+	int icmp = f->proto == IPPROTO_ICMP;
+	__u16 rport = icmp ? 0 : f->dport;
+	struct snat_key ok = { .router_id = router_id,
+			       .local_ip = f->saddr,
+			       .remote_ip = f->daddr,
+			       .local_port = f->sport,
+			       .remote_port = rport,
+			       .proto = f->proto };
+	struct snat_key ik = { .router_id = router_id,
+			       .local_ip = gw,
+			       .remote_ip = f->daddr,
+			       .remote_port = rport,
+			       .proto = f->proto };
+	struct snat_val back = { .ip = f->saddr, .port = f->sport };
+	__u16 port = 0;
+	struct snat_val *v = bpf_map_lookup_elem(&snat_out, &ok);
+	if (v && v->ip == gw) {
+		// Known connection: its inbound half must still point back at it (the LRU may
+		// have evicted it, and another connection may have taken the port since).
+		ik.local_port = v->port;
+		struct snat_val *b = bpf_map_lookup_elem(&snat_in, &ik);
+		if (b && b->ip == back.ip && b->port == back.port)
+			port = v->port;
+		else if (!b && bpf_map_update_elem(&snat_in, &ik, &back, BPF_NOEXIST) == 0)
+			port = v->port;
+	}
+	if (!port) {
+		__u16 want = f->sport;
+		for (int i = 0; i < 8; i++) {
+			if (i > 0 || !want)
+				want = bpf_htons(1024 + bpf_get_prandom_u32() % (65536 - 1024));
+			ik.local_port = want;
+			if (bpf_map_update_elem(&snat_in, &ik, &back, BPF_NOEXIST) == 0) {
+				port = want;
+				break;
+			}
+		}
+		if (!port)
+			return -1;
+		struct snat_val nv = { .ip = gw, .port = port };
+		bpf_map_update_elem(&snat_out, &ok, &nv, BPF_ANY);
+	}
+	out->saddr = gw;
+	out->sport = port;
+	if (icmp)
+		out->dport = port;
+	return 0;
+}
+
+/// Inbound gateway SNAT: a reply to the router's gateway address and a NAT port goes back
+/// to the fixed IP and port that opened the connection. Returns whether it matched.
+static __always_inline int snat_inbound(__u32 router_id, const struct flow *f, struct flow *out)
+{
+	int icmp = f->proto == IPPROTO_ICMP;
+	if (!(f->proto == IPPROTO_TCP || f->proto == IPPROTO_UDP ||
+	      (icmp && f->icmp_type == ICMP_ECHOREPLY)))
+		return 0;
+	struct snat_key ik = { .router_id = router_id,
+			       .local_ip = f->daddr,
+			       .remote_ip = f->saddr,
+			       .local_port = f->dport,
+			       .remote_port = icmp ? 0 : f->sport,
+			       .proto = f->proto };
+	struct snat_val *v = bpf_map_lookup_elem(&snat_in, &ik);
+	if (!v)
+		return 0;
+	out->daddr = v->ip;
+	out->dport = v->port;
+	if (icmp)
+		out->sport = v->port;
+	return 1;
 }
 
 /// Answers an ARP request in place: the frame becomes the reply, sent back out of the port.
@@ -571,6 +720,7 @@ static __always_inline int netdp_forward(CTX *ctx)
 		return VERDICT_PASS; // not one of ours (uplink, host interface)
 	__u32 net_id = port->net_id;
 	__u8 secure = port->port_security;
+	__u8 dhcp = port->flags & PORT_F_DHCP;
 	__u32 in_slot = port->slot;
 
 	struct port_stats *st = stats_of(in_slot);
@@ -629,7 +779,14 @@ static __always_inline int netdp_forward(CTX *ctx)
 	}
 
 	if (eth->h_dest[0] & 1) {
-		// Broadcast/multicast other than ARP requests (DHCP, for example).
+		// Broadcast/multicast other than ARP requests: DHCP discovers and requests of DHCP
+		// ports go to the slow path, the rest is flooded.
+		if (dhcp && eth->h_proto == ETH_P_IP_BE) {
+			struct flow bf = {};
+			if (parse_ipv4((void *)(eth + 1), data_end, &bf) == PARSE_OK &&
+			    is_dhcp_request(&bf))
+				return hook_punt(ctx);
+		}
 		return flood(ctx, net_id, in_port, in_slot);
 	}
 
@@ -657,6 +814,9 @@ static __always_inline int netdp_forward(CTX *ctx)
 	// The parse above re-derived pointers; re-check for the verifier.
 	if ((void *)(ip + 1) > data_end)
 		return drop(in_slot, DROP_MALFORMED);
+	// Unicast DHCP (renewals to the server's address) goes to the slow path too.
+	if (dhcp && is_dhcp_request(&f))
+		return hook_punt(ctx);
 
 	// The flow as the destination port sees it (after floating-IP NAT).
 	struct flow out_f = f;
@@ -667,6 +827,8 @@ static __always_inline int netdp_forward(CTX *ctx)
 		__u32 *fixed = bpf_map_lookup_elem(&fip_dnat, &dk);
 		if (fixed)
 			out_f.daddr = *fixed;
+		else
+			snat_inbound(router_id, &f, &out_f);
 		struct route_key rk = { .prefixlen = 64, .router_id = router_id, .addr = out_f.daddr };
 		struct route *rt = bpf_map_lookup_elem(&routes, &rk);
 		if (!rt)
@@ -678,8 +840,15 @@ static __always_inline int netdp_forward(CTX *ctx)
 			// Out of the gateway: SNAT to the port's floating IP.
 			struct nat_key sk = { .router_id = router_id, .ip = f.saddr };
 			__u32 *fip = bpf_map_lookup_elem(&fip_snat, &sk);
-			if (fip)
+			if (fip) {
 				out_f.saddr = *fip;
+			} else {
+				// No floating IP: the router's gateway SNAT, if it does SNAT.
+				__u32 *gw = bpf_map_lookup_elem(&router_snat, &router_id);
+				if (gw && f.saddr != *gw && snat_outbound_ok(&f) &&
+				    snat_outbound(router_id, *gw, &f, &out_f) < 0)
+					return drop(in_slot, DROP_NAT_EXHAUSTED);
+			}
 		}
 		struct neigh_key nk = { .net_id = rt->net_id,
 					.ip = rt->nexthop ? rt->nexthop : out_f.daddr };
@@ -706,6 +875,19 @@ static __always_inline int netdp_forward(CTX *ctx)
 		if (out_f.daddr != f.daddr) {
 			ip->daddr = out_f.daddr;
 			ip->check = csum_replace4(ip->check, f.daddr, out_f.daddr);
+		}
+		if (out_f.sport != f.sport || out_f.dport != f.dport) {
+			// Gateway SNAT changed a port (TCP/UDP) or the echo id (ICMP).
+			__u16 *l4p = (void *)ip + ip->ihl * 4;
+			if ((void *)(l4p + 4) > data_end)
+				return drop(in_slot, DROP_MALFORMED);
+			if (f.proto == IPPROTO_ICMP) {
+				l4p[1] = csum_replace2(l4p[1], l4p[2], out_f.sport);
+				l4p[2] = out_f.sport;
+			} else {
+				l4p[0] = out_f.sport;
+				l4p[1] = out_f.dport;
+			}
 		}
 		if (f.proto == IPPROTO_TCP)
 			l4_off = 14 + ip->ihl * 4 + 16;
@@ -738,6 +920,10 @@ static __always_inline int netdp_forward(CTX *ctx)
 			hook_l4_csum(ctx, l4_off, f.saddr, out_f.saddr, udp);
 		if (out_f.daddr != f.daddr)
 			hook_l4_csum(ctx, l4_off, f.daddr, out_f.daddr, udp);
+		if (out_f.sport != f.sport)
+			hook_l4_csum_port(ctx, l4_off, f.sport, out_f.sport, udp);
+		if (out_f.dport != f.dport)
+			hook_l4_csum_port(ctx, l4_off, f.dport, out_f.dport, udp);
 	}
 	count_tx(dst ? dst->slot : PORT_SLOTS, len);
 	return hook_redirect(ctx, out_port, in_port);

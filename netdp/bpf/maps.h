@@ -38,7 +38,8 @@ enum drop_reason {
 	DROP_NO_NEIGH = 11,
 	DROP_TTL = 12,
 	DROP_FRAGMENT = 13,
-	DROP_NREASONS = 14,
+	DROP_NAT_EXHAUSTED = 14,
+	DROP_NREASONS = 15,
 };
 
 /// A VM port, keyed by the ifindex of its host-side interface.
@@ -46,9 +47,12 @@ struct port {
 	__u32 net_id;
 	__u8 mac[6];
 	__u8 port_security;
-	__u8 pad;
+	__u8 flags; // PORT_F_*
 	__u32 slot; // index of the port's counters in port_stats
 };
+
+/// The slow path answers the port's DHCP: its requests are not switched.
+#define PORT_F_DHCP 1
 
 /// One (MAC, IPv4) a port may send from; ip 0 allows the MAC alone (DHCP, ARP probes).
 struct addr_key {
@@ -104,6 +108,25 @@ struct route {
 struct nat_key {
 	__u32 router_id;
 	__u32 ip;
+};
+
+/// One side of a gateway SNAT translation: an address and port as seen by `router_id`
+/// towards one remote end. ICMP echo: the port is the echo id and remote_port is 0.
+struct snat_key {
+	__u32 router_id;
+	__u32 local_ip;
+	__u32 remote_ip;
+	__u16 local_port;
+	__u16 remote_port;
+	__u8 proto;
+	__u8 pad[3];
+};
+
+/// The other side of the translation.
+struct snat_val {
+	__u32 ip;
+	__u16 port;
+	__u16 pad;
 };
 
 struct network {
@@ -225,6 +248,30 @@ struct {
 	__type(key, struct nat_key);
 	__type(value, __u32);
 } fip_snat SEC(".maps");
+
+/// Routers doing gateway SNAT: router id -> its gateway address.
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1024);
+	__type(key, __u32);
+	__type(value, __u32);
+} router_snat SEC(".maps");
+
+/// Gateway SNAT outbound: (router, fixed IP, remote, ports) -> (gateway IP, NAT port).
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct snat_key);
+	__type(value, struct snat_val);
+} snat_out SEC(".maps");
+
+/// Gateway SNAT inbound: (router, gateway IP, remote, NAT port) -> (fixed IP, port).
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct snat_key);
+	__type(value, struct snat_val);
+} snat_in SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);

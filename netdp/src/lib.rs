@@ -23,13 +23,21 @@
 //!   interfaces and gateways, security groups and rules, floating IPs), persisted
 //!   atomically, synchronised into the maps; served over HTTP on a Unix socket with
 //!   `/metrics` by the `netdp` binary (`src/main.rs`).
+//! - [`dhcp`]: the DHCP slow path: a filtered `AF_PACKET` socket (a packet tap, served
+//!   before tc ingress) receives ports' DHCP requests, which the switch then consumes; a
+//!   thread answers each from the port's lease (fixed IP, mask, gateway, DNS, MTU, lease
+//!   time), built with smoltcp's wire types, straight back out of the port's interface.
+//! - [`config`]: the daemon's TOML configuration (`etc/netdp.toml` is the commented example).
 //! - [`pktgen`]: an XDP packet generator (live-frame test runs) and sink, for benchmarks.
 //! - [`guard`]: the ingress guard program (drops runt frames and group source MACs).
 //!
 //! Threads: the daemon runs one tokio thread serving the API and a 0.5 s re-sync (taps
-//! created after their port get programmed); the datapath itself runs in the kernel.
+//! created after their port get programmed), and the DHCP thread; the datapath itself runs
+//! in the kernel.
 
 pub mod api;
+pub mod config;
 pub mod datapath;
+pub mod dhcp;
 pub mod guard;
 pub mod pktgen;

@@ -1,6 +1,6 @@
 //! `netdp`: the node's virtual switch daemon. Loads the datapath (maps and links pinned on
-//! bpffs, reused across restarts), restores its state, and serves Neutron's networking API
-//! and `/metrics` on a Unix socket.
+//! bpffs, reused across restarts), restores its state, answers DHCP for VM ports, and
+//! serves Neutron's networking API and `/metrics` on a Unix socket.
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -8,39 +8,71 @@ use std::sync::{Arc, Mutex};
 use anyhow::Context;
 use clap::Parser;
 use netdp::api::{Controller, http};
-use netdp::datapath::{DEFAULT_PIN_DIR, Datapath, Hook};
+use netdp::config::{Config, parse_duration};
+use netdp::datapath::{Datapath, Hook};
+use netdp::dhcp::{self, Leases};
 
-/// netdp: eBPF virtual switch with Neutron's API.
+/// netdp: eBPF virtual switch with Neutron's API. Flags override the config file.
 #[derive(Debug, Parser)]
 #[command(version)]
 struct Args {
-    /// The API socket.
-    #[arg(
-        long,
-        env = "NETDP_SOCKET",
-        default_value = "/run/ferrostack/netdp.sock"
-    )]
-    socket: PathBuf,
-    /// The state file.
-    #[arg(
-        long,
-        env = "NETDP_STATE",
-        default_value = "/var/lib/ferrostack/netdp/state.json"
-    )]
-    state: PathBuf,
-    /// The bpffs directory for pinned maps and links.
-    #[arg(long, env = "NETDP_PIN_DIR", default_value = DEFAULT_PIN_DIR)]
-    pin_dir: PathBuf,
+    /// TOML configuration file (see etc/netdp.toml).
+    #[arg(long, env = "NETDP_CONFIG")]
+    config: Option<PathBuf>,
+    /// The API socket [default: /run/ferrostack/netdp.sock].
+    #[arg(long, env = "NETDP_SOCKET")]
+    socket: Option<PathBuf>,
+    /// The state file [default: /var/lib/ferrostack/netdp/state.json].
+    #[arg(long, env = "NETDP_STATE")]
+    state: Option<PathBuf>,
+    /// The bpffs directory for pinned maps and links [default: /sys/fs/bpf/ferrostack/netdp].
+    #[arg(long, env = "NETDP_PIN_DIR")]
+    pin_dir: Option<PathBuf>,
+    /// DHCP lease time handed to guests, like "24h" or "3600s".
+    #[arg(long, env = "NETDP_DHCP_LEASE_TIME", value_parser = parse_duration)]
+    dhcp_lease_time: Option<std::time::Duration>,
+    /// Do not answer DHCP.
+    #[arg(long, env = "NETDP_NO_DHCP")]
+    no_dhcp: bool,
     /// Log as JSON.
     #[arg(long, env = "NETDP_LOG_JSON")]
     log_json: bool,
 }
 
+impl Args {
+    /// The configuration: the file (or the defaults), then the flags over it, validated.
+    fn config(&self) -> anyhow::Result<Config> {
+        let mut cfg = match &self.config {
+            Some(path) => Config::load(path).with_context(|| format!("{}", path.display()))?,
+            None => Config::default(),
+        };
+        if let Some(v) = &self.socket {
+            cfg.socket = v.clone();
+        }
+        if let Some(v) = &self.state {
+            cfg.state = v.clone();
+        }
+        if let Some(v) = &self.pin_dir {
+            cfg.pin_dir = v.clone();
+        }
+        if let Some(v) = self.dhcp_lease_time {
+            cfg.dhcp.lease_time = v;
+        }
+        if self.no_dhcp {
+            cfg.dhcp.enabled = false;
+        }
+        cfg.log_json |= self.log_json;
+        cfg.validate().context("invalid configuration")?;
+        Ok(cfg)
+    }
+}
+
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    let cfg = args.config()?;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    if args.log_json {
+    if cfg.log_json {
         tracing_subscriber::fmt()
             .json()
             .with_env_filter(filter)
@@ -48,24 +80,35 @@ fn main() -> anyhow::Result<()> {
     } else {
         tracing_subscriber::fmt().with_env_filter(filter).init();
     }
-    for p in [&args.socket, &args.state] {
+    for p in [&cfg.socket, &cfg.state] {
         if let Some(dir) = p.parent() {
             std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
         }
     }
-    let dp = Datapath::load_pinned(Hook::Tc, &args.pin_dir).context("load the datapath")?;
-    let ctl = Controller::open(Some(args.state.clone()), Some(dp)).context("restore state")?;
+    let dp = Datapath::load_pinned(Hook::Tc, &cfg.pin_dir).context("load the datapath")?;
+    let mut ctl = Controller::open(Some(cfg.state.clone()), Some(dp)).context("restore state")?;
+    // The DHCP slow path: its own thread and packet socket, fed leases by every sync.
+    let _dhcp = if cfg.dhcp.enabled {
+        let leases = Leases::default();
+        let server = dhcp::Server::start(leases.clone()).context("start the DHCP server")?;
+        let secs = u32::try_from(cfg.dhcp.lease_time.as_secs()).context("validated")?;
+        ctl.serve_dhcp(leases, secs).context("program DHCP ports")?;
+        Some(server)
+    } else {
+        None
+    };
     let ctl = Arc::new(Mutex::new(ctl));
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    tracing::info!(socket = %args.socket.display(), "netdp serving");
+    tracing::info!(socket = %cfg.socket.display(), dhcp = cfg.dhcp.enabled, "netdp serving");
     // Re-sync now and then: taps created after their port show up without an API call.
     let resync = ctl.clone();
+    let interval = cfg.resync_interval;
     rt.block_on(async move {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         let ticker = tokio::spawn(async move {
-            let mut t = tokio::time::interval(std::time::Duration::from_millis(500));
+            let mut t = tokio::time::interval(interval);
             loop {
                 t.tick().await;
                 let mut c = resync.lock().unwrap_or_else(|e| e.into_inner());
@@ -80,7 +123,7 @@ fn main() -> anyhow::Result<()> {
                 _ = term.recv() => {},
             }
         };
-        let r = http::serve(ctl, &args.socket, shutdown).await;
+        let r = http::serve(ctl, &cfg.socket, shutdown).await;
         ticker.abort();
         r
     })

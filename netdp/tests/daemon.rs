@@ -34,6 +34,10 @@ impl Drop for Daemon {
 }
 
 fn start(node: &Netns, dir: &Path, pins: &Path) -> Daemon {
+    start_with(node, dir, pins, &[])
+}
+
+fn start_with(node: &Netns, dir: &Path, pins: &Path, extra: &[&str]) -> Daemon {
     let sock = dir.join("netdp.sock");
     let _ = std::fs::remove_file(&sock);
     // nsenter, not `ip netns exec`: the latter remounts /sys, hiding bpffs.
@@ -46,6 +50,7 @@ fn start(node: &Netns, dir: &Path, pins: &Path) -> Daemon {
         .arg(dir.join("state.json"))
         .arg("--pin-dir")
         .arg(pins)
+        .args(extra)
         .env("RUST_LOG", "warn")
         .spawn()
         .expect("start netdp");
@@ -360,4 +365,396 @@ fn the_daemon_connects_neutron_ports_and_survives_a_restart() {
     assert!(nets.contains("blue") && nets.contains("green"));
     drop(d);
     drop((vm_a, vm_b, vm_c, vm_x, node));
+}
+
+/// A dhclient in a VM namespace, killed on drop; its resolv.conf is the namespace's own
+/// (`/etc/netns/<ns>/resolv.conf`, bind-mounted by `ip netns exec`), removed on drop.
+struct Dhclient {
+    child: Child,
+    etc: PathBuf,
+}
+
+impl Drop for Dhclient {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.etc);
+        // /etc/netns itself, if this test created it (only removed when empty).
+        let _ = std::fs::remove_dir("/etc/netns");
+    }
+}
+
+fn dhclient(vm: &Netns, dir: &Path) -> Dhclient {
+    let etc = PathBuf::from(format!("/etc/netns/{}", vm.name()));
+    std::fs::create_dir_all(&etc).unwrap();
+    // Without this file dhclient-script would rewrite the host's resolv.conf.
+    std::fs::write(etc.join("resolv.conf"), "").unwrap();
+    let conf = dir.join(format!("{}.conf", vm.name()));
+    std::fs::write(
+        &conf,
+        "timeout 60;\nretry 1;\n\
+         request subnet-mask, broadcast-address, routers, domain-name-servers, interface-mtu;\n",
+    )
+    .unwrap();
+    let child = Command::new("ip")
+        .args(["netns", "exec", vm.name(), "dhclient", "-d", "-1", "-v"])
+        .arg("-cf")
+        .arg(&conf)
+        .arg("-lf")
+        .arg(dir.join(format!("{}.leases", vm.name())))
+        .arg("-pf")
+        .arg(dir.join(format!("{}.pid", vm.name())))
+        .arg("eth0")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("run dhclient (isc-dhcp-client; ./scripts/setup installs it)");
+    Dhclient { child, etc }
+}
+
+/// Runs `argv` in `vm` until its output contains `want` or `secs` pass; returns the output.
+fn wait_for(vm: &Netns, argv: &[&str], want: &str, secs: u64) -> String {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let out = vm.exec(argv).unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        if text.contains(want) || Instant::now() > deadline {
+            return text;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn a_guest_gets_its_fixed_ip_gateway_dns_and_mtu_by_dhcp() {
+    if !privileged() {
+        return;
+    }
+    if std::process::Command::new("dhclient")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "dhclient is missing: run ./scripts/setup"
+        );
+        eprintln!("SKIP: dhclient is missing (isc-dhcp-client); run ./scripts/setup");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let pins = PathBuf::from(format!(
+        "/sys/fs/bpf/ferrostack-test-netdp-dhcp-{}",
+        std::process::id()
+    ));
+    struct Unpin(PathBuf);
+    impl Drop for Unpin {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let _unpin = Unpin(pins.clone());
+    let node = Netns::new("netdph-node").unwrap();
+    // The lease time comes from a config file (flags give the paths).
+    let conf = dir.path().join("netdp.toml");
+    std::fs::write(&conf, "[dhcp]\nlease-time = \"2h\"\n").unwrap();
+    let d = start_with(
+        &node,
+        dir.path(),
+        &pins,
+        &["--config", conf.to_str().unwrap()],
+    );
+    let dp = dir.path();
+    let net = post(
+        dp,
+        "/v2.0/networks",
+        json!({"network": {"name": "dhcp", "project_id": "p", "mtu": 1400}}),
+    );
+    let net_id = net["network"]["id"].as_str().unwrap().to_string();
+    let sub = post(
+        dp,
+        "/v2.0/subnets",
+        json!({"subnet": {"network_id": net_id, "ip_version": 4, "cidr": "10.3.0.0/24",
+            "dns_nameservers": ["10.3.0.53", "192.0.2.53"]}}),
+    );
+    assert_eq!(sub["subnet"]["dns_nameservers"][1], "192.0.2.53");
+    let router = post(dp, "/v2.0/routers", json!({"router": {"name": "r"}}));
+    let rid = router["router"]["id"].as_str().unwrap().to_string();
+    let (st, body) = call(
+        dp,
+        "PUT",
+        &format!("/v2.0/routers/{rid}/add_router_interface"),
+        Some(json!({"subnet_id": sub["subnet"]["id"]})),
+    );
+    assert_eq!(st, 200, "{body}");
+    // A gets everything by DHCP; B is configured by hand.
+    let a = post(dp, "/v2.0/ports", json!({"port": {"network_id": net_id}}));
+    let b = post(dp, "/v2.0/ports", json!({"port": {"network_id": net_id}}));
+    let ip_a = a["port"]["fixed_ips"][0]["ip_address"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let ip_b = b["port"]["fixed_ips"][0]["ip_address"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let vm_b = plug(&node, "netdph-b", &b, 24, "10.3.0.1");
+    let vm_a = plug(&node, "netdph-a", &a, 24, "10.3.0.1");
+    ip(&["-n", vm_a.name(), "addr", "flush", "dev", "eth0"]).unwrap();
+    // Wait for the daemon to program A's tap (0.5 s re-sync) before the client starts.
+    let port_path = format!("/v2.0/ports/{}", a["port"]["id"].as_str().unwrap());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !call(dp, "GET", &port_path, None).1.contains("ACTIVE") {
+        assert!(Instant::now() < deadline, "port A never became ACTIVE");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    let client = dhclient(&vm_a, dp);
+    let addr = wait_for(
+        &vm_a,
+        &["ip", "-4", "-o", "addr", "show", "dev", "eth0"],
+        &format!("inet {ip_a}/24"),
+        60,
+    );
+    assert!(
+        addr.contains(&format!("inet {ip_a}/24")),
+        "A got its fixed IP and mask: {addr}"
+    );
+    let routes = wait_for(&vm_a, &["ip", "-4", "route"], "default via 10.3.0.1", 10);
+    assert!(routes.contains("default via 10.3.0.1 dev eth0"), "{routes}");
+    let link = vm_a.exec(&["ip", "link", "show", "eth0"]).unwrap();
+    let link = String::from_utf8_lossy(&link.stdout);
+    assert!(link.contains("mtu 1400"), "the network's MTU: {link}");
+    let resolv = std::fs::read_to_string(client.etc.join("resolv.conf")).unwrap();
+    assert!(
+        resolv.contains("nameserver 10.3.0.53") && resolv.contains("nameserver 192.0.2.53"),
+        "{resolv}"
+    );
+    let leases =
+        std::fs::read_to_string(dp.join(format!("{}.leases", vm_a.name()))).unwrap_or_default();
+    assert!(
+        leases.contains("option dhcp-lease-time 7200;"),
+        "the configured lease time: {leases}"
+    );
+    // The configuration works: A reaches B (same default group) through the switch.
+    assert!(
+        ping_soon(&vm_a, &ip_b, 5),
+        "A, configured by DHCP, reaches B"
+    );
+    drop(client);
+    drop(d);
+    drop((vm_a, vm_b, node));
+}
+
+#[test]
+fn gateway_snat_interface_removal_and_gateway_clearing_through_the_api() {
+    if !privileged() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let pins = PathBuf::from(format!(
+        "/sys/fs/bpf/ferrostack-test-netdp-snat-{}",
+        std::process::id()
+    ));
+    struct Unpin(PathBuf);
+    impl Drop for Unpin {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let _unpin = Unpin(pins.clone());
+    let node = Netns::new("netdps-node").unwrap();
+    let d = start(&node, dir.path(), &pins);
+    let dp = dir.path();
+    let put = |path: &str, body: Value| call(dp, "PUT", path, Some(body));
+
+    let net = post(dp, "/v2.0/networks", json!({"network": {"name": "priv"}}));
+    let net_id = net["network"]["id"].as_str().unwrap().to_string();
+    let sub = post(
+        dp,
+        "/v2.0/subnets",
+        json!({"subnet": {"network_id": net_id, "ip_version": 4, "cidr": "10.4.0.0/24"}}),
+    );
+    let sub_id = sub["subnet"]["id"].as_str().unwrap().to_string();
+    let ext = post(
+        dp,
+        "/v2.0/networks",
+        json!({"network": {"name": "public", "router:external": true}}),
+    );
+    let ext_id = ext["network"]["id"].as_str().unwrap().to_string();
+    post(
+        dp,
+        "/v2.0/subnets",
+        json!({"subnet": {"network_id": ext_id, "ip_version": 4, "cidr": "172.24.5.0/24"}}),
+    );
+    let router = post(
+        dp,
+        "/v2.0/routers",
+        json!({"router": {"name": "r", "external_gateway_info": {"network_id": ext_id}}}),
+    );
+    let rid = router["router"]["id"].as_str().unwrap().to_string();
+    let info = &router["router"]["external_gateway_info"];
+    assert_eq!(info["enable_snat"], true, "SNAT on by default: {info}");
+    let gw_ip = info["external_fixed_ips"][0]["ip_address"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let rpath = format!("/v2.0/routers/{rid}");
+    let (st, body) = put(
+        &format!("{rpath}/add_router_interface"),
+        json!({"subnet_id": sub_id}),
+    );
+    assert_eq!(st, 200, "{body}");
+
+    let a = post(dp, "/v2.0/ports", json!({"port": {"network_id": net_id}}));
+    let vm_a = plug(&node, "netdps-a", &a, 24, "10.4.0.1");
+    let x = post(
+        dp,
+        "/v2.0/ports",
+        json!({"port": {"network_id": ext_id, "port_security_enabled": false}}),
+    );
+    let vm_x = plug(&node, "netdps-x", &x, 24, "172.24.5.1");
+    // The outside has no route to private subnets: only SNAT lets it answer.
+    ip(&["-n", vm_x.name(), "route", "del", "default"]).unwrap();
+    let ip_x = x["port"]["fixed_ips"][0]["ip_address"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(ping_soon(&vm_a, &ip_x, 5), "A reaches the outside via SNAT");
+    // The outside sees the gateway address.
+    let seen = vm_x
+        .exec(&["sh", "-c", "ip -4 neigh show dev eth0"])
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&seen.stdout).contains(&gw_ip),
+        "the outside talked to the gateway {gw_ip}"
+    );
+
+    // enable_snat false: A's private address leaves as is and gets no answer.
+    let (st, body) = put(
+        &rpath,
+        json!({"router": {"external_gateway_info": {"network_id": ext_id, "enable_snat": false}}}),
+    );
+    assert_eq!(st, 200, "{body}");
+    assert!(body.contains("\"enable_snat\":false"), "{body}");
+    assert!(!ping(&vm_a, &ip_x), "no SNAT, no answer");
+    let (st, _) = put(
+        &rpath,
+        json!({"router": {"external_gateway_info": {"network_id": ext_id, "enable_snat": "yes"}}}),
+    );
+    assert_eq!(st, 400);
+    let (st, _) = put(
+        &rpath,
+        json!({"router": {"external_gateway_info": {"network_id": ext_id}}}),
+    );
+    assert_eq!(st, 200);
+    assert!(ping_soon(&vm_a, &ip_x, 3), "SNAT back on");
+
+    // A floating IP through the router pins both the interface and the gateway.
+    let fip = post(
+        dp,
+        "/v2.0/floatingips",
+        json!({"floatingip": {"floating_network_id": ext_id, "port_id": a["port"]["id"]}}),
+    );
+    let fip_path = format!(
+        "/v2.0/floatingips/{}",
+        fip["floatingip"]["id"].as_str().unwrap()
+    );
+    let (st, body) = put(&rpath, json!({"router": {"external_gateway_info": null}}));
+    assert_eq!(st, 409, "{body}");
+    let (st, body) = put(
+        &format!("{rpath}/remove_router_interface"),
+        json!({"subnet_id": sub_id}),
+    );
+    assert_eq!(st, 409, "{body}");
+    assert_eq!(call(dp, "DELETE", &fip_path, None).0, 204);
+
+    // Bad removal requests.
+    let (st, _) = put(&format!("{rpath}/remove_router_interface"), json!({}));
+    assert_eq!(st, 400);
+    let (st, _) = put(
+        &format!("{rpath}/remove_router_interface"),
+        json!({"subnet_id": "nope"}),
+    );
+    assert_eq!(st, 404);
+
+    // Removing the interface: the router no longer routes for the subnet.
+    let (st, body) = put(
+        &format!("{rpath}/remove_router_interface"),
+        json!({"subnet_id": sub_id}),
+    );
+    assert_eq!(st, 200, "{body}");
+    assert!(body.contains(&sub_id), "{body}");
+    assert!(!ping(&vm_a, &ip_x), "no interface, no route out");
+    let (_, ports) = call(dp, "GET", "/v2.0/ports", None);
+    assert!(!ports.contains("network:router_interface"), "{ports}");
+    // Back again, and working.
+    let (st, _) = put(
+        &format!("{rpath}/add_router_interface"),
+        json!({"subnet_id": sub_id}),
+    );
+    assert_eq!(st, 200);
+    // The new interface has a new MAC: forget the old one as a guest would, in time.
+    ip(&["-n", vm_a.name(), "neigh", "flush", "dev", "eth0"]).unwrap();
+    assert!(ping_soon(&vm_a, &ip_x, 3), "the interface is back");
+
+    // Clearing the gateway: no way out any more.
+    let (st, body) = put(&rpath, json!({"router": {"external_gateway_info": null}}));
+    assert_eq!(st, 200, "{body}");
+    assert!(body.contains("\"external_gateway_info\":null"), "{body}");
+    assert!(!ping(&vm_a, &ip_x), "no gateway, no way out");
+    let (_, ports) = call(dp, "GET", "/v2.0/ports", None);
+    assert!(!ports.contains("network:router_gateway"), "{ports}");
+
+    // A gateway again, then removed behind the daemon's back while it is down: the
+    // restarted daemon prunes the stale interface from the pinned maps.
+    let (st, _) = put(
+        &rpath,
+        json!({"router": {"external_gateway_info": {"network_id": ext_id}}}),
+    );
+    assert_eq!(st, 200);
+    ip(&["-n", vm_x.name(), "neigh", "flush", "dev", "eth0"]).unwrap();
+    assert!(ping_soon(&vm_a, &ip_x, 3), "gateway back");
+    stop(d);
+    assert!(ping(&vm_a, &ip_x), "pinned maps keep forwarding while down");
+    let state_path = dp.join("state.json");
+    let mut state: Value = serde_json::from_slice(&std::fs::read(&state_path).unwrap()).unwrap();
+    state["ports"]
+        .as_object_mut()
+        .unwrap()
+        .retain(|_, p| p["device_owner"] != "network:router_interface");
+    std::fs::write(&state_path, serde_json::to_vec(&state).unwrap()).unwrap();
+    let d = start(&node, dp, &pins);
+    assert!(
+        !ping(&vm_a, &ip_x),
+        "the stale interface was pruned at start-up"
+    );
+    drop(d);
+    drop((vm_a, vm_x, node));
+}
+
+#[test]
+fn a_bad_config_file_stops_the_daemon_with_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    for (text, want) in [
+        ("resync-interval = \"1ms\"\n", "resync-interval"),
+        ("[dhcp]\nlease = \"1h\"\n", "unknown field"),
+    ] {
+        let conf = dir.path().join("bad.toml");
+        std::fs::write(&conf, text).unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_netdp"))
+            .arg("--config")
+            .arg(&conf)
+            .arg("--socket")
+            .arg(dir.path().join("never.sock"))
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(want), "{err}");
+        assert!(
+            !dir.path().join("never.sock").exists(),
+            "nothing was started"
+        );
+    }
 }

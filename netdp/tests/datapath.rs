@@ -43,6 +43,7 @@ fn port(ifindex: u32, net_id: u32, mac: [u8; 6], ip: Ipv4Addr) -> PortSpec {
         ips: vec![ip],
         port_security: true,
         allowed_address_pairs: vec![],
+        dhcp: false,
     }
 }
 
@@ -921,4 +922,237 @@ fn random_frames_get_a_verdict_and_are_all_counted() {
         "every frame the program saw was counted"
     );
     assert!(ran > runs as u64 / 2);
+}
+
+#[test]
+fn dhcp_requests_of_dhcp_ports_go_to_the_slow_path_not_the_network() {
+    if !privileged() {
+        return;
+    }
+    let mut dp = topology(Hook::Tc);
+    let bcast = [0xff; 6];
+    let discover = pad(ipv4(
+        bcast,
+        MAC_A,
+        Ipv4Addr::UNSPECIFIED,
+        Ipv4Addr::BROADCAST,
+        UDP,
+        64,
+        &udp(68, 67),
+    ));
+    // Without the DHCP flag the discover is flooded to the network (another DHCP server may
+    // live there).
+    assert_eq!(dp.test_run(&discover, A).unwrap().0, TC_ACT_SHOT);
+    assert_eq!(dp.port_counters(A).unwrap().0.flooded, 1);
+    // With it, the switch consumes it (the slow path's packet tap has its copy): no flood.
+    let mut a = port(A, 1, MAC_A, IP_A);
+    a.dhcp = true;
+    dp.set_port(&a).unwrap();
+    assert_eq!(dp.test_run(&discover, A).unwrap().0, TC_ACT_SHOT);
+    assert_eq!(dp.port_counters(A).unwrap().0.flooded, 1, "not flooded");
+    assert_eq!(dp.port_counters(A).unwrap().total_drops(), 0, "not a drop");
+    // A unicast renewal to the server's address (the router) is consumed as well, not routed.
+    let renew = pad(ipv4(MAC_R1, MAC_A, IP_A, GW1, UDP, 64, &udp(68, 67)));
+    assert_eq!(dp.test_run(&renew, A).unwrap().0, TC_ACT_SHOT);
+    assert_eq!(dp.port_counters(A).unwrap().0.routed, 0);
+    // Other broadcasts and UDP still flow: a broadcast to port 68 (a rogue server's offer
+    // shape) is flooded, unicast UDP to B is switched.
+    let other = pad(ipv4(
+        bcast,
+        MAC_A,
+        IP_A,
+        Ipv4Addr::BROADCAST,
+        UDP,
+        64,
+        &udp(67, 68),
+    ));
+    dp.test_run(&other, A).unwrap();
+    assert_eq!(dp.port_counters(A).unwrap().0.flooded, 2);
+    dp.set_port_rules(
+        B,
+        &[
+            allow_all(1, Direction::Egress),
+            allow_all(2, Direction::Ingress),
+        ],
+    )
+    .unwrap();
+    let to_b = pad(ipv4(MAC_B, MAC_A, IP_A, IP_B, UDP, 64, &udp(68, 67)));
+    assert_eq!(
+        dp.test_run(&to_b, A).unwrap().0,
+        TC_ACT_SHOT,
+        "even to B: DHCP is punted"
+    );
+    let to_b = pad(ipv4(MAC_B, MAC_A, IP_A, IP_B, UDP, 64, &udp(5000, 53)));
+    assert_eq!(dp.test_run(&to_b, A).unwrap().0, TC_ACT_REDIRECT);
+    // On XDP the request goes up to the stack, where the packet socket gets it.
+    let mut xdp = Datapath::load(Hook::Xdp).unwrap();
+    xdp.set_port(&PortSpec { ifindex: 1, ..a }).unwrap();
+    assert_eq!(xdp.test_run(&discover, 1).unwrap().0, XDP_PASS);
+    assert_eq!(
+        xdp.port_counters(1).unwrap().0.flooded,
+        0,
+        "passed up, not flooded"
+    );
+}
+
+#[test]
+fn gateway_snat_translates_ports_without_a_floating_ip_both_ways() {
+    if !privileged() {
+        return;
+    }
+    const X: u32 = 30;
+    let mac_x = [0x02, 0, 0, 0, 0, 0x1e];
+    let mac_rx = [0x02, 0, 0, 0, 0x01, 0x03];
+    let ip_x = Ipv4Addr::new(172, 24, 4, 100);
+    let gw_x = Ipv4Addr::new(172, 24, 4, 1);
+    let mut dp = topology(Hook::Tc);
+    let mut x = port(X, 3, mac_x, ip_x);
+    x.port_security = false;
+    dp.set_port(&x).unwrap();
+    dp.set_router_gateway(1, 3, mac_rx, gw_x, (Ipv4Addr::new(172, 24, 4, 0), 24), None)
+        .unwrap();
+    dp.set_gateway_snat(1, Some(gw_x)).unwrap();
+
+    // A opens a connection out: it leaves from the gateway address, its port kept.
+    let syn = with_tcp_checksum(ipv4(
+        MAC_R1,
+        MAC_A,
+        IP_A,
+        ip_x,
+        TCP,
+        64,
+        &tcp(40000, 80, SYN),
+    ));
+    let (verdict, out) = dp.test_run(&syn, A).unwrap();
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    assert_eq!((&out[0..6], &out[6..12]), (&mac_x[..], &mac_rx[..]));
+    assert_eq!(&out[26..30], &gw_x.octets(), "source is the gateway");
+    assert_eq!(&out[30..34], &ip_x.octets());
+    assert_eq!(u16::from_be_bytes([out[34], out[35]]), 40000, "port kept");
+    assert_eq!(checksum(&out[14..34]), 0, "IP checksum valid");
+    assert!(l4_checksum_ok(&out), "TCP checksum valid");
+    assert_eq!(dp.snat_len().unwrap(), 1);
+    // The same packet again maps the same way.
+    let (_, again) = dp.test_run(&syn, A).unwrap();
+    assert_eq!(again, out);
+
+    // C (another subnet behind the same router) uses the same port towards the same
+    // server: it gets another one.
+    dp.add_route(
+        1,
+        (Ipv4Addr::new(172, 24, 4, 0), 24),
+        netdp::datapath::abi::Route {
+            net_id: 3,
+            nexthop: 0,
+            mac: mac_rx,
+            flags: netdp::datapath::abi::ROUTE_EXTERNAL,
+        },
+    )
+    .unwrap();
+    let syn_c = with_tcp_checksum(ipv4(
+        MAC_R2,
+        MAC_C,
+        IP_C,
+        ip_x,
+        TCP,
+        64,
+        &tcp(40000, 80, SYN),
+    ));
+    let (verdict, out_c) = dp.test_run(&syn_c, C).unwrap();
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    assert_eq!(&out_c[26..30], &gw_x.octets());
+    let port_c = u16::from_be_bytes([out_c[34], out_c[35]]);
+    assert_ne!(port_c, 40000, "a port of its own");
+    assert!(port_c >= 1024);
+    assert!(l4_checksum_ok(&out_c));
+
+    // Replies to each port go back to the connection that owns it, translated back.
+    let synack = with_tcp_checksum(ipv4(
+        mac_rx,
+        mac_x,
+        ip_x,
+        gw_x,
+        TCP,
+        64,
+        &tcp(80, 40000, SYN | ACK),
+    ));
+    let (verdict, back) = dp.test_run(&synack, X).unwrap();
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    assert_eq!((&back[0..6], &back[6..12]), (&MAC_A[..], &MAC_R1[..]));
+    assert_eq!(&back[26..30], &ip_x.octets());
+    assert_eq!(&back[30..34], &IP_A.octets(), "back to A");
+    assert_eq!(u16::from_be_bytes([back[36], back[37]]), 40000);
+    assert_eq!(checksum(&back[14..34]), 0);
+    assert!(l4_checksum_ok(&back));
+    let synack_c = with_tcp_checksum(ipv4(
+        mac_rx,
+        mac_x,
+        ip_x,
+        gw_x,
+        TCP,
+        64,
+        &tcp(80, port_c, SYN | ACK),
+    ));
+    let (verdict, back_c) = dp.test_run(&synack_c, X).unwrap();
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    assert_eq!(&back_c[0..6], &MAC_C[..]);
+    assert_eq!(&back_c[30..34], &IP_C.octets(), "back to C");
+    assert_eq!(
+        u16::from_be_bytes([back_c[36], back_c[37]]),
+        40000,
+        "C's own port"
+    );
+    assert!(l4_checksum_ok(&back_c));
+    // A port nobody was given does not get in.
+    let stray = with_tcp_checksum(ipv4(
+        mac_rx,
+        mac_x,
+        ip_x,
+        gw_x,
+        TCP,
+        64,
+        &tcp(80, 40001, SYN | ACK),
+    ));
+    assert_eq!(dp.test_run(&stray, X).unwrap().0, TC_ACT_SHOT);
+
+    // Ping: the echo id plays the port; the ICMP checksum stays valid both ways.
+    let echo = ipv4(
+        MAC_R1,
+        MAC_A,
+        IP_A,
+        ip_x,
+        ICMP,
+        64,
+        &icmp_echo(8, 0x4242, 1),
+    );
+    let (verdict, out) = dp.test_run(&echo, A).unwrap();
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    assert_eq!(&out[26..30], &gw_x.octets());
+    assert_eq!(checksum(&out[34..58]), 0, "ICMP checksum valid");
+    let id = [out[38], out[39]];
+    let reply = ipv4(
+        mac_rx,
+        mac_x,
+        ip_x,
+        gw_x,
+        ICMP,
+        64,
+        &icmp_echo(0, u16::from_be_bytes(id), 1),
+    );
+    let (verdict, back) = dp.test_run(&reply, X).unwrap();
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    assert_eq!(&back[30..34], &IP_A.octets());
+    assert_eq!(
+        u16::from_be_bytes([back[38], back[39]]),
+        0x4242,
+        "A's echo id"
+    );
+    assert_eq!(checksum(&back[34..58]), 0);
+
+    // SNAT off: translations flushed, traffic leaves untranslated, replies stop.
+    dp.set_gateway_snat(1, None).unwrap();
+    assert_eq!(dp.snat_len().unwrap(), 0);
+    assert_eq!(dp.test_run(&synack, X).unwrap().0, TC_ACT_SHOT);
+    let (_, raw) = dp.test_run(&syn, A).unwrap();
+    assert_eq!(&raw[26..30], &IP_A.octets());
 }

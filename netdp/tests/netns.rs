@@ -36,6 +36,7 @@ fn spec(vm: &Vm, net_id: u32, mac_s: &str, ip: [u8; 4]) -> PortSpec {
         ips: vec![Ipv4Addr::from(ip)],
         port_security: true,
         allowed_address_pairs: vec![],
+        dhcp: false,
     }
 }
 
@@ -384,4 +385,80 @@ fn a_floating_ip_reaches_a_vm_from_the_external_network() {
         .unwrap();
     assert!(!ping(&ext_vm, "172.24.4.10"));
     drop((ext_vm, w));
+}
+
+#[test]
+fn ports_without_a_floating_ip_reach_the_outside_through_gateway_snat() {
+    if !privileged() {
+        return;
+    }
+    let mut w = world(Datapath::load(Hook::Tc).expect("load"));
+    let ext = vm(
+        &w.node,
+        "netdp-snat-ext",
+        "tap-x",
+        "02:00:00:00:00:1e",
+        "172.24.4.100/24",
+        "172.24.4.1",
+    );
+    let mut x = spec(&ext, 3, "02:00:00:00:00:1e", [172, 24, 4, 100]);
+    x.port_security = false;
+    w.dp.set_port(&x).unwrap();
+    let gw = Ipv4Addr::new(172, 24, 4, 1);
+    w.dp.set_router_gateway(
+        1,
+        3,
+        [0x02, 0, 0, 0, 1, 3],
+        gw,
+        (Ipv4Addr::new(172, 24, 4, 0), 24),
+        None,
+    )
+    .unwrap();
+    let tap = ext.tap.clone();
+    w.dp = in_netns(w.node.name(), move || {
+        let mut dp = w.dp;
+        dp.attach_tc(&tap).expect("attach");
+        dp
+    });
+    // The outside knows no route to private subnets: without SNAT it cannot answer.
+    ext.ns
+        .exec(&["ip", "route", "del", "default"])
+        .expect("drop the outside's default route");
+    assert!(!ping(&w.a, "172.24.4.100"), "no SNAT yet");
+    w.dp.set_gateway_snat(1, Some(gw)).unwrap();
+    assert!(ping(&w.a, "172.24.4.100"), "ping out through the gateway");
+    assert!(ping(&w.c, "172.24.4.100"), "from the other subnet too");
+
+    // A server outside sees the gateway address as its peer; replies reach both VMs.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let ns = ext.ns.name().to_string();
+    let server = std::thread::spawn(move || {
+        topo::enter(&ns);
+        let l = TcpListener::bind("172.24.4.100:7070").expect("bind");
+        tx.send(()).unwrap();
+        for _ in 0..2 {
+            let Ok((mut s, peer)) = l.accept() else {
+                return;
+            };
+            let _ = s.write_all(peer.to_string().as_bytes());
+        }
+    });
+    rx.recv().unwrap();
+    let addr: SocketAddr = "172.24.4.100:7070".parse().unwrap();
+    for (vm, who) in [(&w.a, "A"), (&w.c, "C")] {
+        let mut s = connect(vm.ns.name(), addr).unwrap_or_else(|| panic!("{who} connects out"));
+        let mut peer = String::new();
+        s.read_to_string(&mut peer).unwrap();
+        assert!(
+            peer.starts_with("172.24.4.1:"),
+            "the server sees the gateway, not {who}'s fixed IP: {peer}"
+        );
+    }
+    let _ = server.join();
+    assert!(w.dp.snat_len().unwrap() >= 2);
+
+    // SNAT off: the outside is unreachable again.
+    w.dp.set_gateway_snat(1, None).unwrap();
+    assert!(!ping(&w.a, "172.24.4.100"));
+    drop((ext, w));
 }

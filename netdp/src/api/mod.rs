@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::datapath::{Datapath, DatapathError, Direction, DropReason, PortSpec, RuleSpec};
+use crate::dhcp::{Lease, Leases};
 use model::*;
 
 /// Errors of the API, each mapped to an HTTP status and a stable code in one place.
@@ -122,7 +123,24 @@ pub struct Controller {
     programmed: HashMap<String, u32>,
     /// Floating IPs in the datapath: (router, fip, fixed, external network).
     fips: HashSet<(u32, Ipv4Addr, Ipv4Addr, u32)>,
+    /// The DHCP server's lease table and lease time, when the slow path serves DHCP.
+    dhcp: Option<(Leases, u32)>,
+    /// Router interfaces and gateways in the datapath.
+    router_ifaces: HashSet<RouterIface>,
+    /// Routers doing gateway SNAT in the datapath, with their gateway address.
+    snat: HashMap<u32, Ipv4Addr>,
 }
+
+/// A router interface as programmed: (router, network, MAC, address, subnet, and for a
+/// gateway `Some(upstream next hop)`).
+type RouterIface = (
+    u32,
+    u32,
+    [u8; 6],
+    Ipv4Addr,
+    (Ipv4Addr, u8),
+    Option<Option<Ipv4Addr>>,
+);
 
 impl std::fmt::Debug for Controller {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -150,10 +168,54 @@ impl Controller {
             attached: HashSet::new(),
             programmed: HashMap::new(),
             fips: HashSet::new(),
+            dhcp: None,
+            router_ifaces: HashSet::new(),
+            snat: HashMap::new(),
         };
         c.sync()?;
         c.remove_stale_ports()?;
         Ok(c)
+    }
+
+    /// Serves DHCP for ports on DHCP-enabled subnets from now on: fills `leases` (read by a
+    /// [`crate::dhcp::Server`]) on every sync and marks those ports so that the datapath
+    /// hands their DHCP requests to the slow path.
+    pub fn serve_dhcp(&mut self, leases: Leases, lease_secs: u32) -> Result<(), ApiError> {
+        self.dhcp = Some((leases, lease_secs));
+        self.sync()
+    }
+
+    /// The DHCP lease of a port, if it has a fixed IP on a DHCP-enabled subnet.
+    fn lease_of(&self, p: &Port, mac: [u8; 6], lease_secs: u32) -> Option<Lease> {
+        let s = &self.state;
+        let (ip, sub) = p.fixed_ips.iter().find_map(|f| {
+            let sub = s.subnets.get(&f.subnet_id).filter(|x| x.enable_dhcp)?;
+            Some((f.ip_address?, sub))
+        })?;
+        let (_, prefix_len) = parse_cidr(&sub.cidr)?;
+        let mtu = s.networks.get(&p.network_id).map_or(1500, |n| n.mtu);
+        // The server answers from the subnet's gateway: the router's MAC when a router has
+        // an interface there (unicast renewals reach it through the datapath's ARP).
+        let server_mac = s
+            .ports
+            .values()
+            .find(|r| {
+                r.device_owner == "network:router_interface"
+                    && r.fixed_ips.iter().any(|f| f.subnet_id == sub.id)
+            })
+            .and_then(|r| parse_mac(&r.mac_address))
+            .unwrap_or(DHCP_SERVER_MAC);
+        Some(Lease {
+            mac,
+            ip,
+            prefix_len,
+            gateway: sub.gateway_ip,
+            dns: sub.dns_nameservers.clone(),
+            mtu: u16::try_from(mtu).unwrap_or(u16::MAX),
+            lease_secs,
+            server_ip: sub.gateway_ip.unwrap_or(ip),
+            server_mac,
+        })
     }
 
     /// The datapath this controller drives, if any.
@@ -174,6 +236,23 @@ impl Controller {
                 dp.remove_port(ifindex).map_err(ApiError::Datapath)?;
             }
         }
+        // Router interfaces and gateways removed while the daemon was down.
+        let ifaces = self
+            .router_ifaces
+            .iter()
+            .map(|(r, net, mac, ..)| (*r, *net, *mac))
+            .collect();
+        let mut routes = HashSet::new();
+        for (r, _, _, _, (addr, len), gateway) in &self.router_ifaces {
+            let masked = Ipv4Addr::from(u32::from(*addr) & mask(*len));
+            routes.insert((*r, masked, *len));
+            if let Some(Some(_)) = gateway {
+                routes.insert((*r, Ipv4Addr::UNSPECIFIED, 0));
+            }
+        }
+        let snat = self.snat.keys().copied().collect();
+        dp.prune_routers(&ifaces, &routes, &snat)
+            .map_err(ApiError::Datapath)?;
         Ok(())
     }
 
@@ -219,6 +298,9 @@ impl Controller {
             ("PUT", ["v2.0", "floatingips", id]) => (200, self.update_fip(id, body)?, true),
             ("PUT", ["v2.0", "routers", id, "add_router_interface"]) => {
                 (200, self.add_router_interface(id, body)?, true)
+            }
+            ("PUT", ["v2.0", "routers", id, "remove_router_interface"]) => {
+                (200, self.remove_router_interface(id, body)?, true)
             }
             ("DELETE", ["v2.0", coll, id]) => {
                 self.delete(coll, id)?;
@@ -339,6 +421,7 @@ impl Controller {
                     cidr: format!("{}/{len}", Ipv4Addr::from(base)),
                     gateway_ip: Some(req.gateway_ip.unwrap_or(Ipv4Addr::from(base + 1))),
                     enable_dhcp: req.enable_dhcp.unwrap_or(true),
+                    dns_nameservers: req.dns_nameservers.unwrap_or_default(),
                 };
                 net.subnets.push(s.id.clone());
                 self.state.subnets.insert(s.id.clone(), s.clone());
@@ -436,27 +519,134 @@ impl Controller {
         if let Some(name) = req.name {
             self.state.routers.get_mut(id).expect("checked").name = name;
         }
-        if let Some(info) = req.external_gateway_info {
-            self.set_gateway(id, info)?;
+        match req.external_gateway_info {
+            None => {}
+            Some(None) => self.clear_gateway(id)?,
+            Some(Some(v)) if v.as_object().is_some_and(|o| o.is_empty()) => {
+                self.clear_gateway(id)?
+            }
+            Some(Some(info)) => self.set_gateway(id, info)?,
         }
         Ok(json!({ "router": self.state.routers[id] }))
     }
 
-    /// Gives a router its gateway port on an external network (`{"network_id": ...}`).
-    fn set_gateway(&mut self, router_id: &str, info: Value) -> Result<(), ApiError> {
-        let has_gw = self
+    /// Removes a router's gateway port; refused while floating IPs go through the router.
+    fn clear_gateway(&mut self, router_id: &str) -> Result<(), ApiError> {
+        if self
+            .state
+            .floatingips
+            .values()
+            .any(|f| f.router_id.as_deref() == Some(router_id))
+        {
+            return Err(ApiError::Conflict(format!(
+                "router {router_id}'s gateway is in use by floating IPs"
+            )));
+        }
+        self.state.ports.retain(|_, p| {
+            !(p.device_owner == "network:router_gateway" && p.device_id == router_id)
+        });
+        self.state
+            .routers
+            .get_mut(router_id)
+            .expect("checked")
+            .external_gateway_info = None;
+        Ok(())
+    }
+
+    /// Neutron's `remove_router_interface`: by subnet or by port. Refused while floating
+    /// IPs use the router for a port on that subnet.
+    fn remove_router_interface(&mut self, router_id: &str, body: &[u8]) -> Result<Value, ApiError> {
+        let req: RouterInterface = serde_json::from_slice(body)
+            .map_err(|e| ApiError::BadRequest(format!("invalid body: {e}")))?;
+        if !self.state.routers.contains_key(router_id) {
+            return Err(ApiError::NotFound("router", router_id.to_string()));
+        }
+        if req.subnet_id.is_none() && req.port_id.is_none() {
+            return Err(ApiError::BadRequest(
+                "subnet_id or port_id is required".into(),
+            ));
+        }
+        let port = self
             .state
             .ports
             .values()
-            .any(|p| p.device_owner == "network:router_gateway" && p.device_id == router_id);
-        if has_gw {
-            return Err(ApiError::Conflict("router already has a gateway".into()));
+            .find(|p| {
+                p.device_owner == "network:router_interface"
+                    && p.device_id == router_id
+                    && req.port_id.as_ref().is_none_or(|id| &p.id == id)
+                    && req
+                        .subnet_id
+                        .as_ref()
+                        .is_none_or(|s| p.fixed_ips.iter().any(|f| &f.subnet_id == s))
+            })
+            .cloned()
+            .ok_or_else(|| {
+                ApiError::NotFound(
+                    "router interface",
+                    req.port_id.or(req.subnet_id).unwrap_or_default(),
+                )
+            })?;
+        let subnets: Vec<String> = port.fixed_ips.iter().map(|f| f.subnet_id.clone()).collect();
+        let in_use = self.state.floatingips.values().any(|f| {
+            f.router_id.as_deref() == Some(router_id)
+                && f.port_id
+                    .as_ref()
+                    .and_then(|p| self.state.ports.get(p))
+                    .is_some_and(|p| p.fixed_ips.iter().any(|x| subnets.contains(&x.subnet_id)))
+        });
+        if in_use {
+            return Err(ApiError::Conflict(format!(
+                "router interface {} is in use by floating IPs",
+                port.id
+            )));
         }
+        self.state.ports.remove(&port.id);
+        Ok(json!({
+            "id": router_id,
+            "subnet_id": subnets.first(),
+            "subnet_ids": subnets,
+            "port_id": port.id,
+            "network_id": port.network_id,
+        }))
+    }
+
+    /// Gives a router its gateway port on an external network (`{"network_id": ...}`).
+    fn set_gateway(&mut self, router_id: &str, info: Value) -> Result<(), ApiError> {
         let net_id = info
             .get("network_id")
             .and_then(Value::as_str)
             .ok_or_else(|| ApiError::BadRequest("external_gateway_info needs network_id".into()))?
             .to_string();
+        let enable_snat = match info.get("enable_snat") {
+            None | Some(Value::Null) => true,
+            Some(Value::Bool(b)) => *b,
+            Some(other) => {
+                return Err(ApiError::BadRequest(format!(
+                    "enable_snat must be a boolean, not {other}"
+                )));
+            }
+        };
+        let gw = self
+            .state
+            .ports
+            .values()
+            .find(|p| p.device_owner == "network:router_gateway" && p.device_id == router_id)
+            .cloned();
+        if let Some(gw) = gw {
+            if gw.network_id != net_id {
+                return Err(ApiError::Conflict(
+                    "router already has a gateway on another network; clear it first".into(),
+                ));
+            }
+            // Same network: only enable_snat changes.
+            let r = self.state.routers.get_mut(router_id).expect("checked");
+            r.external_gateway_info = Some(json!({
+                "network_id": net_id,
+                "enable_snat": enable_snat,
+                "external_fixed_ips": gw.fixed_ips,
+            }));
+            return Ok(());
+        }
         if !self
             .state
             .networks
@@ -478,7 +668,7 @@ impl Controller {
         let r = self.state.routers.get_mut(router_id).expect("checked");
         r.external_gateway_info = Some(json!({
             "network_id": net_id,
-            "enable_snat": false,
+            "enable_snat": enable_snat,
             "external_fixed_ips": p.fixed_ips,
         }));
         Ok(())
@@ -819,11 +1009,19 @@ impl Controller {
         if !self.state.routers.contains_key(router_id) {
             return Err(ApiError::NotFound("router", router_id.to_string()));
         }
+        if req.port_id.is_some() {
+            return Err(ApiError::BadRequest(
+                "add_router_interface takes a subnet_id (port_id is not supported)".into(),
+            ));
+        }
+        let subnet_id = req
+            .subnet_id
+            .ok_or_else(|| ApiError::BadRequest("subnet_id is required".into()))?;
         let subnet = self
             .state
             .subnets
-            .get(&req.subnet_id)
-            .ok_or_else(|| ApiError::NotFound("subnet", req.subnet_id.clone()))?
+            .get(&subnet_id)
+            .ok_or_else(|| ApiError::NotFound("subnet", subnet_id.clone()))?
             .clone();
         if self.state.ports.values().any(|p| {
             p.device_owner == "network:router_interface"
@@ -997,6 +1195,9 @@ impl Controller {
         }
         let ports: Vec<Port> = self.state.ports.values().cloned().collect();
         let mut live = HashMap::new();
+        let mut leases = HashMap::new();
+        let mut ifaces: HashSet<RouterIface> = HashSet::new();
+        let mut snat = HashMap::new();
         let mut work = vec![];
         for p in &ports {
             let net = self.state.number(&p.network_id);
@@ -1011,8 +1212,20 @@ impl Controller {
                         (f.ip_address, self.state.subnets.get(&f.subnet_id))
                     {
                         let cidr = parse_cidr(&sub.cidr).expect("validated");
-                        let upstream = (p.device_owner == "network:router_gateway")
-                            .then(|| sub.gateway_ip.filter(|g| *g != ip));
+                        let gateway = p.device_owner == "network:router_gateway";
+                        let upstream = gateway.then(|| sub.gateway_ip.filter(|g| *g != ip));
+                        let snat_on = self
+                            .state
+                            .routers
+                            .get(&p.device_id)
+                            .and_then(|r| r.external_gateway_info.as_ref())
+                            .and_then(|i| i.get("enable_snat"))
+                            .and_then(Value::as_bool)
+                            .unwrap_or(true);
+                        if gateway && snat_on {
+                            snat.entry(router).or_insert(ip);
+                        }
+                        ifaces.insert((router, net, mac, ip, cidr, upstream));
                         work.push((None, Some((router, net, mac, ip, cidr, upstream)), vec![]));
                     }
                 }
@@ -1023,6 +1236,10 @@ impl Controller {
                 continue;
             };
             let rules = self.port_rules(p);
+            let lease = self
+                .dhcp
+                .as_ref()
+                .and_then(|(_, secs)| self.lease_of(p, mac, *secs));
             let spec = PortSpec {
                 ifindex,
                 net_id: net,
@@ -1037,7 +1254,11 @@ impl Controller {
                         (m, a.ip_address)
                     })
                     .collect(),
+                dhcp: lease.is_some(),
             };
+            if let Some(l) = lease {
+                leases.insert(ifindex, l);
+            }
             live.insert(p.id.clone(), ifindex);
             work.push((Some((spec, tap)), None, rules));
         }
@@ -1065,6 +1286,28 @@ impl Controller {
             }
         }
         let dp = self.dp.as_mut().expect("checked above");
+        // Interfaces and gateways gone from the state leave the datapath first (a new one
+        // may reuse their subnet's route).
+        for old in self.router_ifaces.difference(&ifaces) {
+            let (router, net, mac, ip, cidr, gateway) = *old;
+            match gateway {
+                Some(_) => dp.clear_router_gateway(router, net, mac, ip, cidr),
+                None => dp.remove_router_interface(router, net, mac, ip, cidr),
+            }
+            .map_err(ApiError::Datapath)?;
+        }
+        self.router_ifaces = ifaces;
+        for (router, gw) in &self.snat {
+            if snat.get(router) != Some(gw) {
+                dp.set_gateway_snat(*router, None)
+                    .map_err(ApiError::Datapath)?;
+            }
+        }
+        for (router, gw) in &snat {
+            dp.set_gateway_snat(*router, Some(*gw))
+                .map_err(ApiError::Datapath)?;
+        }
+        self.snat = snat;
         for (port, router, rules) in work {
             match router {
                 Some((router, net, mac, ip, cidr, Some(upstream))) => dp
@@ -1102,6 +1345,9 @@ impl Controller {
                 .map_err(ApiError::Datapath)?;
         }
         self.fips = fips.into_keys().collect();
+        if let Some((table, _)) = &self.dhcp {
+            table.replace(leases);
+        }
         Ok(())
     }
 
@@ -1112,7 +1358,7 @@ impl Controller {
         out.push_str("# HELP ferrostack_netdp_ports Ports known to netdp.\n# TYPE ferrostack_netdp_ports gauge\n");
         out.push_str(&format!("ferrostack_netdp_ports {}\n", s.ports.len()));
         out.push_str(&format!(
-            "# TYPE ferrostack_netdp_ports_active gauge\nferrostack_netdp_ports_active {}\n",
+            "# HELP ferrostack_netdp_ports_active Ports programmed into the datapath.\n# TYPE ferrostack_netdp_ports_active gauge\nferrostack_netdp_ports_active {}\n",
             self.programmed.len()
         ));
         let Some(dp) = &self.dp else {
@@ -1136,6 +1382,10 @@ impl Controller {
             (
                 "arp_replies_total",
                 "ARP requests from the port answered by the datapath.",
+            ),
+            (
+                "icmp_errors_total",
+                "ICMP errors the datapath sent back to the port (TTL exceeded, unreachable).",
             ),
         ];
         let counters: Vec<_> = ports
@@ -1172,19 +1422,34 @@ impl Controller {
                 ));
             }
         }
+        let rules: Vec<_> = s
+            .security_group_rules
+            .values()
+            .filter_map(|r| {
+                let n = s.numbers.get(&r.id)?;
+                Some((&r.id, dp.rule_counters(*n).unwrap_or_default()))
+            })
+            .collect();
         out.push_str("# HELP ferrostack_netdp_rule_packets_total Packets of connections a security-group rule admitted.\n# TYPE ferrostack_netdp_rule_packets_total counter\n");
-        for r in s.security_group_rules.values() {
-            if let Some(n) = s.numbers.get(&r.id) {
-                let c = dp.rule_counters(*n).unwrap_or_default();
-                out.push_str(&format!(
-                    "ferrostack_netdp_rule_packets_total{{rule=\"{}\"}} {}\nferrostack_netdp_rule_bytes_total{{rule=\"{}\"}} {}\n",
-                    r.id, c.packets, r.id, c.bytes
-                ));
-            }
+        for (id, c) in &rules {
+            out.push_str(&format!(
+                "ferrostack_netdp_rule_packets_total{{rule=\"{id}\"}} {}\n",
+                c.packets
+            ));
+        }
+        out.push_str("# HELP ferrostack_netdp_rule_bytes_total Bytes of connections a security-group rule admitted.\n# TYPE ferrostack_netdp_rule_bytes_total counter\n");
+        for (id, c) in &rules {
+            out.push_str(&format!(
+                "ferrostack_netdp_rule_bytes_total{{rule=\"{id}\"}} {}\n",
+                c.bytes
+            ));
         }
         out
     }
 }
+
+/// The MAC DHCP replies come from on subnets without a router interface.
+const DHCP_SERVER_MAC: [u8; 6] = [0x02, 0xfd, 0, 0, 0, 0x01];
 
 fn mask(len: u8) -> u32 {
     if len == 0 {

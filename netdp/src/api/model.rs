@@ -71,6 +71,9 @@ pub struct Subnet {
     pub gateway_ip: Option<Ipv4Addr>,
     /// Whether ports get their address by DHCP.
     pub enable_dhcp: bool,
+    /// DNS servers handed out by DHCP.
+    #[serde(default)]
+    pub dns_nameservers: Vec<Ipv4Addr>,
 }
 
 /// Body of `POST /v2.0/subnets`.
@@ -93,6 +96,8 @@ pub struct SubnetCreate {
     pub gateway_ip: Option<Ipv4Addr>,
     /// Default true.
     pub enable_dhcp: Option<bool>,
+    /// DNS servers for DHCP (none by default).
+    pub dns_nameservers: Option<Vec<Ipv4Addr>>,
 }
 
 /// One fixed IP of a port.
@@ -198,7 +203,8 @@ pub struct Router {
     pub project_id: String,
     /// Administrative state.
     pub admin_state_up: bool,
-    /// External gateway (recorded; gateway SNAT is not implemented yet).
+    /// External gateway: `network_id`, `enable_snat` (gateway SNAT for ports without a
+    /// floating IP, on by default) and `external_fixed_ips`.
     pub external_gateway_info: Option<serde_json::Value>,
     /// `ACTIVE`.
     pub status: String,
@@ -226,9 +232,10 @@ pub struct RouterCreate {
 pub struct RouterUpdate {
     /// Name.
     pub name: Option<String>,
-    /// External gateway: `{"network_id": ...}`, or null to clear (clearing is refused
-    /// while floating IPs use it).
-    pub external_gateway_info: Option<serde_json::Value>,
+    /// External gateway: `{"network_id": ..., "enable_snat": ...}`, or null (or `{}`) to
+    /// clear (clearing is refused while floating IPs use it).
+    #[serde(default, with = "double_option")]
+    pub external_gateway_info: Option<Option<serde_json::Value>>,
 }
 
 /// A floating IP (`floatingip`).
@@ -284,12 +291,15 @@ mod double_option {
     }
 }
 
-/// Body of `PUT /v2.0/routers/{id}/add_router_interface`.
+/// Body of `PUT /v2.0/routers/{id}/add_router_interface` (a subnet) and
+/// `remove_router_interface` (a subnet or the interface's port).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RouterInterface {
-    /// The subnet whose gateway address the router takes.
-    pub subnet_id: String,
+    /// The subnet whose gateway address the router takes (or gives back).
+    pub subnet_id: Option<String>,
+    /// The interface's port (removal only).
+    pub port_id: Option<String>,
 }
 
 /// A security group (`security_group`).

@@ -24,11 +24,14 @@ pub struct Port {
     pub mac: [u8; 6],
     /// 1 if anti-spoofing and security groups apply.
     pub port_security: u8,
-    /// Padding.
-    pub pad: u8,
+    /// `PORT_F_*` flags.
+    pub flags: u8,
     /// Index of the port's counters in `port_stats` (below [`PORT_SLOTS`]).
     pub slot: u32,
 }
+
+/// `PORT_F_DHCP`: the slow path answers the port's DHCP; its requests are not switched.
+pub const PORT_F_DHCP: u8 = 1;
 
 /// Number of counter slots for ports (`PORT_SLOTS`).
 pub const PORT_SLOTS: u32 = 4096;
@@ -129,6 +132,38 @@ pub struct NatKey {
     pub ip: u32,
 }
 
+/// One side of a gateway SNAT translation (`struct snat_key`).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct SnatKey {
+    /// The router.
+    pub router_id: u32,
+    /// The fixed IP (outbound map) or the gateway address (inbound map), network order.
+    pub local_ip: u32,
+    /// The remote end's address, network order.
+    pub remote_ip: u32,
+    /// The local port (ICMP: the echo id), network order.
+    pub local_port: u16,
+    /// The remote port (ICMP: 0), network order.
+    pub remote_port: u16,
+    /// IP protocol.
+    pub proto: u8,
+    /// Padding.
+    pub pad: [u8; 3],
+}
+
+/// The other side of a gateway SNAT translation (`struct snat_val`).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SnatVal {
+    /// Address, network order.
+    pub ip: u32,
+    /// Port (ICMP: echo id), network order.
+    pub port: u16,
+    /// Padding.
+    pub pad: u16,
+}
+
 /// A network's ports, for flooding broadcasts (`struct network`).
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -216,7 +251,7 @@ pub struct CtVal {
 }
 
 /// Number of drop reasons (`DROP_NREASONS`).
-pub const DROP_NREASONS: usize = 14;
+pub const DROP_NREASONS: usize = 15;
 
 /// Per-port counters, per CPU in the map (`struct port_stats`).
 #[repr(C)]
@@ -263,7 +298,7 @@ macro_rules! pod {
 
 pod!(
     Port, AddrKey, L2Key, FdbEntry, NeighKey, Neigh, RouteKey, Route, Network, SgKey, SgRule,
-    SgRules, CtKey, CtVal, PortStats, RuleStats, NatKey
+    SgRules, CtKey, CtVal, PortStats, RuleStats, NatKey, SnatKey, SnatVal
 );
 
 #[cfg(test)]
@@ -283,6 +318,8 @@ mod tests {
         assert_eq!(size_of::<SgRules>(), 4 + 16 * SG_MAX_RULES);
         assert_eq!(size_of::<CtKey>(), 20);
         assert_eq!(size_of::<CtVal>(), 16);
+        assert_eq!(size_of::<SnatKey>(), 20);
+        assert_eq!(size_of::<SnatVal>(), 8);
         assert_eq!(size_of::<PortStats>(), 8 * (8 + DROP_NREASONS));
     }
 }

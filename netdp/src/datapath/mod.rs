@@ -28,6 +28,10 @@ use abi::{
 
 static TC_OBJECT: &[u8] = include_bytes_aligned!(concat!(env!("OUT_DIR"), "/switch_tc.o"));
 static XDP_OBJECT: &[u8] = include_bytes_aligned!(concat!(env!("OUT_DIR"), "/switch_xdp.o"));
+static TC_UNCOUNTED: &[u8] =
+    include_bytes_aligned!(concat!(env!("OUT_DIR"), "/switch_tc_uncounted.o"));
+static XDP_UNCOUNTED: &[u8] =
+    include_bytes_aligned!(concat!(env!("OUT_DIR"), "/switch_xdp_uncounted.o"));
 
 /// Every map in the object, for pinning.
 pub const MAPS: &[&str] = &[
@@ -39,6 +43,9 @@ pub const MAPS: &[&str] = &[
     "networks",
     "fip_dnat",
     "fip_snat",
+    "router_snat",
+    "snat_out",
+    "snat_in",
     "sg_rules",
     "conntrack",
     "port_stats",
@@ -127,6 +134,8 @@ pub enum DropReason {
     Ttl = 12,
     /// A non-first IPv4 fragment.
     Fragment = 13,
+    /// Gateway SNAT found no free port towards the remote end.
+    NatExhausted = 14,
 }
 
 impl DropReason {
@@ -146,6 +155,7 @@ impl DropReason {
         DropReason::NoNeighbor,
         DropReason::Ttl,
         DropReason::Fragment,
+        DropReason::NatExhausted,
     ];
 
     /// The label used in metrics.
@@ -165,6 +175,7 @@ impl DropReason {
             DropReason::NoNeighbor => "no_neighbor",
             DropReason::Ttl => "ttl",
             DropReason::Fragment => "fragment",
+            DropReason::NatExhausted => "nat_exhausted",
         }
     }
 }
@@ -200,6 +211,9 @@ pub struct PortSpec {
     pub port_security: bool,
     /// Neutron's allowed address pairs: extra (MAC, IP) the port may send from.
     pub allowed_address_pairs: Vec<([u8; 6], Ipv4Addr)>,
+    /// The slow path answers this port's DHCP ([`crate::dhcp`]): its DHCP requests are
+    /// handed to it instead of being switched.
+    pub dhcp: bool,
 }
 
 /// Traffic direction of a security-group rule, as Neutron names it.
@@ -262,6 +276,16 @@ impl Datapath {
         Self::load_with(hook, None)
     }
 
+    /// Loads a fresh instance of the same program built with its counters compiled out
+    /// (`NETDP_NO_COUNTERS`). For `benches/` only, to measure what counting costs.
+    pub fn load_uncounted(hook: Hook) -> Result<Self, DatapathError> {
+        let object = match hook {
+            Hook::Tc => TC_UNCOUNTED,
+            Hook::Xdp => XDP_UNCOUNTED,
+        };
+        Self::load_object(hook, object, None)
+    }
+
     /// Loads an instance whose maps are pinned in `dir`, reusing maps already pinned there.
     pub fn load_pinned(hook: Hook, dir: &Path) -> Result<Self, DatapathError> {
         std::fs::create_dir_all(dir).map_err(|e| DatapathError::PinDir(dir.into(), e))?;
@@ -273,6 +297,10 @@ impl Datapath {
             Hook::Tc => TC_OBJECT,
             Hook::Xdp => XDP_OBJECT,
         };
+        Self::load_object(hook, object, dir)
+    }
+
+    fn load_object(hook: Hook, object: &[u8], dir: Option<&Path>) -> Result<Self, DatapathError> {
         let mut loader = EbpfLoader::new();
         if let Some(dir) = dir {
             for name in MAPS {
@@ -477,7 +505,7 @@ impl Datapath {
             net_id: spec.net_id,
             mac: spec.mac,
             port_security: u8::from(spec.port_security),
-            pad: 0,
+            flags: if spec.dhcp { abi::PORT_F_DHCP } else { 0 },
             slot,
         };
         let mut addrs: Vec<([u8; 6], u32)> = vec![(spec.mac, 0)];
@@ -786,6 +814,195 @@ impl Datapath {
             ip: ip_be(fip),
         });
         Ok(())
+    }
+
+    /// Turns gateway SNAT of `router_id` on (`Some(gateway address)`: ports without a
+    /// floating IP leave from it) or off (`None`: its translations are flushed too).
+    pub fn set_gateway_snat(
+        &mut self,
+        router_id: u32,
+        gateway: Option<Ipv4Addr>,
+    ) -> Result<(), DatapathError> {
+        {
+            let mut m = self.hash::<u32, u32>("router_snat")?;
+            match gateway {
+                Some(ip) => m
+                    .insert(router_id, ip_be(ip), 0)
+                    .map_err(|e| DatapathError::Map("router_snat", e))?,
+                None => {
+                    let _ = m.remove(&router_id);
+                }
+            }
+        }
+        if gateway.is_none() {
+            for name in ["snat_out", "snat_in"] {
+                let mut m = self.hash::<abi::SnatKey, abi::SnatVal>(name)?;
+                let keys: Vec<abi::SnatKey> = m
+                    .keys()
+                    .filter_map(Result::ok)
+                    .filter(|k| k.router_id == router_id)
+                    .collect();
+                for k in keys {
+                    let _ = m.remove(&k);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Number of gateway SNAT translations in force (inbound halves).
+    pub fn snat_len(&self) -> Result<usize, DatapathError> {
+        let m = self.hash_ro::<abi::SnatKey, abi::SnatVal>("snat_in")?;
+        Ok(m.keys().filter_map(Result::ok).count())
+    }
+
+    /// Removes router `router_id`'s interface on `net_id` (MAC `mac`, address `ip` in
+    /// `subnet`): frames to the MAC are no longer routed, ARP for the address is no longer
+    /// answered, and the connected route is gone.
+    pub fn remove_router_interface(
+        &mut self,
+        router_id: u32,
+        net_id: u32,
+        mac: [u8; 6],
+        ip: Ipv4Addr,
+        subnet: (Ipv4Addr, u8),
+    ) -> Result<(), DatapathError> {
+        {
+            let mut m = self.hash::<L2Key, FdbEntry>("fdb")?;
+            let k = L2Key {
+                net_id,
+                mac,
+                pad: 0,
+            };
+            if m.get(&k, 0).is_ok_and(|e| e.router_id == router_id) {
+                let _ = m.remove(&k);
+            }
+        }
+        {
+            let mut m = self.hash::<NeighKey, Neigh>("neighbors")?;
+            let k = NeighKey {
+                net_id,
+                ip: ip_be(ip),
+            };
+            if m.get(&k, 0).is_ok_and(|n| n.mac == mac) {
+                let _ = m.remove(&k);
+            }
+        }
+        self.remove_route(router_id, subnet)
+    }
+
+    /// Removes router `router_id`'s external gateway (see [`Self::set_router_gateway`]):
+    /// the interface, its routes (the default one included) and gateway SNAT.
+    pub fn clear_router_gateway(
+        &mut self,
+        router_id: u32,
+        net_id: u32,
+        mac: [u8; 6],
+        ip: Ipv4Addr,
+        subnet: (Ipv4Addr, u8),
+    ) -> Result<(), DatapathError> {
+        self.remove_router_interface(router_id, net_id, mac, ip, subnet)?;
+        self.remove_route(router_id, (Ipv4Addr::UNSPECIFIED, 0))?;
+        self.set_gateway_snat(router_id, None)
+    }
+
+    /// Reconciliation after a restart: removes router state the caller no longer has
+    /// (interfaces removed or gateways cleared while the daemon was down). `ifaces` are
+    /// the router interfaces to keep as (router, network, MAC), `routes` the routes as
+    /// (router, destination, prefix length), `snat` the routers doing gateway SNAT.
+    /// Neighbours whose MAC no longer lives in their network go too.
+    pub fn prune_routers(
+        &mut self,
+        ifaces: &HashSet<(u32, u32, [u8; 6])>,
+        routes: &HashSet<(u32, Ipv4Addr, u8)>,
+        snat: &HashSet<u32>,
+    ) -> Result<(), DatapathError> {
+        let fdb_keys: HashSet<(u32, [u8; 6])> = {
+            let mut m = self.hash::<L2Key, FdbEntry>("fdb")?;
+            let entries: Vec<(L2Key, FdbEntry)> = m.iter().filter_map(Result::ok).collect();
+            let mut kept = HashSet::new();
+            for (k, v) in entries {
+                if v.router_id != 0 && !ifaces.contains(&(v.router_id, k.net_id, k.mac)) {
+                    let _ = m.remove(&k);
+                } else {
+                    kept.insert((k.net_id, k.mac));
+                }
+            }
+            kept
+        };
+        {
+            let mut m = self.hash::<NeighKey, Neigh>("neighbors")?;
+            let stale: Vec<NeighKey> = m
+                .iter()
+                .filter_map(Result::ok)
+                .filter(|(k, v)| !fdb_keys.contains(&(k.net_id, v.mac)))
+                .map(|(k, _)| k)
+                .collect();
+            for k in stale {
+                let _ = m.remove(&k);
+            }
+        }
+        let stale_routes: Vec<(u32, Ipv4Addr, u8)> = {
+            let name = "routes";
+            let map = self.ebpf.map(name).ok_or(DatapathError::Map(
+                name,
+                aya::maps::MapError::InvalidName { name: name.into() },
+            ))?;
+            let trie: LpmTrie<&MapData, RouteKey, Route> =
+                LpmTrie::try_from(map).map_err(|e| DatapathError::Map(name, e))?;
+            trie.keys()
+                .filter_map(Result::ok)
+                .map(|k| {
+                    let d = k.data();
+                    let len = k.prefix_len().saturating_sub(32).min(32) as u8;
+                    (d.router_id, Ipv4Addr::from(d.addr.to_ne_bytes()), len)
+                })
+                .filter(|r| !routes.contains(r))
+                .collect()
+        };
+        for (router, dest, len) in stale_routes {
+            self.remove_route(router, (dest, len))?;
+        }
+        let routers: Vec<u32> = self
+            .hash_ro::<u32, u32>("router_snat")?
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|r| !snat.contains(r))
+            .collect();
+        for r in routers {
+            self.set_gateway_snat(r, None)?;
+        }
+        Ok(())
+    }
+
+    /// Removes the route of `router_id` to `dest`, if there is one.
+    pub fn remove_route(
+        &mut self,
+        router_id: u32,
+        dest: (Ipv4Addr, u8),
+    ) -> Result<(), DatapathError> {
+        let name = "routes";
+        let map = self.ebpf.map_mut(name).ok_or(DatapathError::Map(
+            name,
+            aya::maps::MapError::InvalidName { name: name.into() },
+        ))?;
+        let mut trie: LpmTrie<&mut MapData, RouteKey, Route> =
+            LpmTrie::try_from(map).map_err(|e| DatapathError::Map(name, e))?;
+        let key = Key::new(
+            32 + u32::from(dest.1.min(32)),
+            RouteKey {
+                router_id,
+                addr: ip_be(dest.0) & mask_be(dest.1),
+            },
+        );
+        match trie.remove(&key) {
+            Err(aya::maps::MapError::SyscallError(e))
+                if e.io_error.raw_os_error() == Some(libc::ENOENT) =>
+            {
+                Ok(())
+            }
+            r => r.map_err(|e| DatapathError::Map(name, e)),
+        }
     }
 
     /// Adds (or replaces) a route of `router_id` to `dest`.
