@@ -22,36 +22,63 @@ fn profile_dir() -> PathBuf {
         .to_path_buf()
 }
 
-/// Paths of the other crates' daemons, built once per test process with the same cargo and
-/// profile (`cargo build -p vmm -p blockdp -p netdp`; a no-op when the workspace is built).
+/// The newest modification time under `path` (files and directories, recursively).
+fn newest(path: &Path) -> std::time::SystemTime {
+    let mut t = std::fs::metadata(path)
+        .and_then(|m| m.modified())
+        .unwrap_or(std::time::UNIX_EPOCH);
+    if let Ok(entries) = std::fs::read_dir(path) {
+        for e in entries.flatten() {
+            t = t.max(newest(&e.path()));
+        }
+    }
+    t
+}
+
+/// Paths of the other crates' daemons (`vmm`, `blockdp`, `netdp`) in this test's target
+/// profile directory. A workspace test run has built them already; when one is missing or
+/// older than its crate's sources (a run of this package alone), they are built with the
+/// same cargo and profile (`cargo build --bins -p vmm -p blockdp -p netdp`), once per
+/// process.
 pub fn daemon_binaries() -> &'static (PathBuf, PathBuf, PathBuf) {
     static BINS: OnceLock<(PathBuf, PathBuf, PathBuf)> = OnceLock::new();
     BINS.get_or_init(|| {
         let dir = profile_dir();
-        let target = dir.parent().expect("target dir").to_path_buf();
-        let profile = match dir.file_name().and_then(|n| n.to_str()) {
-            Some("debug") => "dev".to_string(),
-            Some(other) => other.to_string(),
-            None => "dev".to_string(),
-        };
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| env!("CARGO").into());
-        let out = Command::new(cargo)
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .args([
-                "build", "--locked", "--bins", "-p", "vmm", "-p", "blockdp", "-p", "netdp",
-            ])
-            .arg("--profile")
-            .arg(&profile)
-            .arg("--target-dir")
-            .arg(&target)
-            .stdout(Stdio::null())
-            .output()
-            .expect("run cargo build");
-        assert!(
-            out.status.success(),
-            "cargo build of the daemons failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let stale = ["vmm", "blockdp", "netdp"].iter().any(|name| {
+            let built = std::fs::metadata(dir.join(name))
+                .and_then(|m| m.modified())
+                .ok();
+            let sources = newest(&workspace.join(name).join("src"))
+                .max(newest(&workspace.join(name).join("bpf")))
+                .max(newest(&workspace.join(name).join("Cargo.toml")));
+            built.is_none_or(|b| b < sources)
+        });
+        if stale {
+            let target = dir.parent().expect("target dir").to_path_buf();
+            let profile = match dir.file_name().and_then(|n| n.to_str()) {
+                Some("debug") | None => "dev".to_string(),
+                Some(other) => other.to_string(),
+            };
+            let cargo = std::env::var_os("CARGO").unwrap_or_else(|| env!("CARGO").into());
+            let out = Command::new(cargo)
+                .current_dir(env!("CARGO_MANIFEST_DIR"))
+                .args([
+                    "build", "--locked", "--bins", "-p", "vmm", "-p", "blockdp", "-p", "netdp",
+                ])
+                .arg("--profile")
+                .arg(&profile)
+                .arg("--target-dir")
+                .arg(&target)
+                .stdout(Stdio::null())
+                .output()
+                .expect("run cargo build");
+            assert!(
+                out.status.success(),
+                "cargo build of the daemons failed:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
         (dir.join("vmm"), dir.join("blockdp"), dir.join("netdp"))
     })
 }
