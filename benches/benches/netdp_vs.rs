@@ -7,7 +7,8 @@
 //!   (a) a Linux bridge,
 //!   (b) the bridge plus br_netfilter and an iptables ruleset shaped like Neutron's
 //!       iptables firewall (per-port chains, physdev matches, conntrack state, anti-spoofing),
-//!   (c) netdp's tc program (port security, security groups, conntrack on).
+//!   (c) netdp's tc program (port security, security groups, conntrack on), then again with
+//!       the DHCP slow path's packet tap open, as the daemon runs.
 //! Then the per-packet cost of the datapath under plain test-run for its main paths.
 //!
 //! Run as root: `cargo bench -p benches --bench netdp_vs`.
@@ -264,7 +265,7 @@ fn packet_rates() {
         &t.node,
         "ip link add br0 type bridge && ip link set tap-g master br0 && \
          ip link set tap-s master br0 && ip link set br0 up && \
-         bridge fdb add 02:00:00:00:00:0b dev tap-s master static",
+         bridge fdb replace 02:00:00:00:00:0b dev tap-s master static",
     );
     let bridge = measure_both(&t, &frame);
 
@@ -300,6 +301,13 @@ fn packet_rates() {
         dp
     });
     let netdp = measure_both(&t, &frame);
+    // (c) again as the daemon runs it: with the DHCP slow path's packet tap open in the
+    // node namespace (every received frame passes its filter).
+    let dhcp = in_netns(t.node.name(), || {
+        netdp::dhcp::Server::start(netdp::dhcp::Leases::default()).expect("start DHCP")
+    });
+    let netdp_dhcp = measure_both(&t, &frame);
+    drop(dhcp);
     drop(dp);
 
     println!("64-byte frames, {FRAMES} per round, best of {ROUNDS}; then iperf3 TCP for 3 s:");
@@ -307,6 +315,7 @@ fn packet_rates() {
         ("(a) linux bridge", bridge),
         ("(b) bridge + neutron iptables", iptables),
         ("(c) netdp (tc, SG + conntrack)", netdp),
+        ("(c) + the DHCP packet tap", netdp_dhcp),
     ] {
         println!(
             "  {name:32} {:>8.3} Mpps  delivered {:>5.1}%  TCP {:>6.2} Gbit/s",

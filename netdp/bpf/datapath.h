@@ -374,6 +374,21 @@ static __always_inline int firewall(__u32 port, const struct flow *f, __u8 dir, 
 			count_rule(rv->rule_id, len);
 			return FW_ALLOW;
 		}
+		// Or about a reply of a connection this port tracks: the quote is the tracked
+		// tuple reversed, and the error travels the way the connection was opened.
+		struct ct_key qr = {
+			.ifindex = port,
+			.saddr = f->inner_daddr,
+			.daddr = f->inner_saddr,
+			.sport = f->inner_dport,
+			.dport = f->inner_sport,
+			.proto = f->inner_proto,
+		};
+		rv = bpf_map_lookup_elem(&conntrack, &qr);
+		if (rv && rv->dir == dir) {
+			count_rule(rv->rule_id, len);
+			return FW_ALLOW;
+		}
 		return FW_INVALID;
 	}
 	struct ct_key k = {
@@ -575,6 +590,35 @@ static __always_inline int snat_inbound(__u32 router_id, const struct flow *f, s
 	out->dport = v->port;
 	if (icmp)
 		out->sport = v->port;
+	return 1;
+}
+
+/// Inbound gateway SNAT for an ICMP error about a translated connection (a
+/// fragmentation-needed on the way out, say): the quoted header names the gateway address
+/// and NAT port; the error goes to the fixed IP and the quote is translated back. Returns
+/// whether it matched.
+static __always_inline int snat_inbound_related(__u32 router_id, const struct flow *f,
+						struct flow *out)
+{
+	int icmp = f->inner_proto == IPPROTO_ICMP;
+	if (!(f->inner_proto == IPPROTO_TCP || f->inner_proto == IPPROTO_UDP || icmp))
+		return 0;
+	if (f->daddr != f->inner_saddr)
+		return 0;
+	struct snat_key ik = { .router_id = router_id,
+			       .local_ip = f->inner_saddr,
+			       .remote_ip = f->inner_daddr,
+			       .local_port = f->inner_sport,
+			       .remote_port = icmp ? 0 : f->inner_dport,
+			       .proto = f->inner_proto };
+	struct snat_val *v = bpf_map_lookup_elem(&snat_in, &ik);
+	if (!v)
+		return 0;
+	out->daddr = v->ip;
+	out->inner_saddr = v->ip;
+	out->inner_sport = v->port;
+	if (icmp)
+		out->inner_dport = v->port;
 	return 1;
 }
 
@@ -825,10 +869,20 @@ static __always_inline int netdp_forward(CTX *ctx)
 		// Floating IP inbound: DNAT to the fixed IP before routing.
 		struct nat_key dk = { .router_id = router_id, .ip = f.daddr };
 		__u32 *fixed = bpf_map_lookup_elem(&fip_dnat, &dk);
-		if (fixed)
+		if (fixed) {
 			out_f.daddr = *fixed;
-		else
-			snat_inbound(router_id, &f, &out_f);
+			// An ICMP error quoting a packet that left from the floating IP.
+			if (f.related && f.inner_saddr == f.daddr)
+				out_f.inner_saddr = *fixed;
+		} else if (f.daddr == router_ip) {
+			// Addressed to the router's own interface: on its gateway, that is a reply
+			// (or an ICMP error) for a gateway-SNATed connection. Other routed traffic
+			// never pays for the lookup.
+			if (f.related)
+				snat_inbound_related(router_id, &f, &out_f);
+			else
+				snat_inbound(router_id, &f, &out_f);
+		}
 		struct route_key rk = { .prefixlen = 64, .router_id = router_id, .addr = out_f.daddr };
 		struct route *rt = bpf_map_lookup_elem(&routes, &rk);
 		if (!rt)
@@ -887,6 +941,33 @@ static __always_inline int netdp_forward(CTX *ctx)
 			} else {
 				l4p[0] = out_f.sport;
 				l4p[1] = out_f.dport;
+			}
+		}
+		if (f.related && (out_f.inner_saddr != f.inner_saddr ||
+				  out_f.inner_sport != f.inner_sport)) {
+			// Translate the quoted header back; the ICMP checksum covers it. One base
+			// pointer, constant offsets: ICMP checksum at 2, quoted IP checksum at 18,
+			// its source at 20, the quoted source port at 28 (ICMP echo id at 32).
+			__u8 *l4b = (void *)ip + ip->ihl * 4;
+			asm volatile("" : "+r"(l4b));
+			if ((void *)(l4b + 36) > data_end)
+				return drop(in_slot, DROP_MALFORMED);
+			__u16 *icsum = (__u16 *)(l4b + 2);
+			__u16 *qcheck = (__u16 *)(l4b + 18);
+			if (out_f.inner_saddr != f.inner_saddr) {
+				__u16 old = *qcheck;
+				__u16 new = csum_replace4(old, f.inner_saddr, out_f.inner_saddr);
+				*qcheck = new;
+				*(__u32 *)(l4b + 20) = out_f.inner_saddr;
+				__u16 c = csum_replace4(*icsum, f.inner_saddr, out_f.inner_saddr);
+				*icsum = csum_replace2(c, old, new);
+			}
+			if (out_f.inner_sport != f.inner_sport) {
+				__u16 *qp = (__u16 *)(l4b + (f.inner_proto == IPPROTO_ICMP ? 32 : 28));
+				if ((void *)(qp + 1) > data_end)
+					return drop(in_slot, DROP_MALFORMED);
+				*icsum = csum_replace2(*icsum, *qp, out_f.inner_sport);
+				*qp = out_f.inner_sport;
 			}
 		}
 		if (f.proto == IPPROTO_TCP)

@@ -19,6 +19,9 @@ pub enum GuardError {
     /// The program failed verification or loading.
     #[error("load program xdp_guard")]
     LoadProgram(#[source] aya::programs::ProgramError),
+    /// The program could not be attached to an interface.
+    #[error("attach xdp_guard to {0}")]
+    Attach(String, #[source] aya::programs::ProgramError),
     /// The counters map is missing or malformed.
     #[error("open map guard_stats")]
     Map(#[source] aya::maps::MapError),
@@ -54,6 +57,15 @@ impl Guard {
     pub fn program(&self) -> &Xdp {
         let prog = self.ebpf.program("xdp_guard").expect("checked at load");
         prog.try_into().expect("checked at load")
+    }
+
+    /// Attaches the guard (native XDP) to `ifname` in the calling thread's namespace, for
+    /// as long as this instance lives.
+    pub fn attach(&mut self, ifname: &str) -> Result<(), GuardError> {
+        let prog = program_mut(&mut self.ebpf)?;
+        prog.attach(ifname, aya::programs::XdpMode::Driver)
+            .map_err(|e| GuardError::Attach(ifname.into(), e))?;
+        Ok(())
     }
 
     /// How many frames were counted for `verdict`, summed over CPUs.

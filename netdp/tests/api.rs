@@ -196,3 +196,101 @@ fn networks_subnets_ports_and_groups_behave_like_neutron() {
         .unwrap_err();
     assert!(matches!(e, ApiError::NotFound(..)));
 }
+
+#[test]
+fn router_interfaces_and_gateways_are_added_and_removed_like_neutron() {
+    let mut c = Controller::open(None, None).unwrap();
+    let id = |v: &Value, k: &str| v[k]["id"].as_str().unwrap().to_string();
+    let (_, net) = call(&mut c, "POST", "/v2.0/networks", json!({"network": {}}));
+    let (_, sub) = call(
+        &mut c,
+        "POST",
+        "/v2.0/subnets",
+        json!({"subnet": {"network_id": id(&net, "network"), "ip_version": 4,
+            "cidr": "10.9.0.0/24", "dns_nameservers": ["10.9.0.53"]}}),
+    );
+    assert_eq!(sub["subnet"]["dns_nameservers"][0], "10.9.0.53");
+    assert_eq!(sub["subnet"]["enable_dhcp"], true);
+    let sub_id = id(&sub, "subnet");
+    let (_, ext) = call(
+        &mut c,
+        "POST",
+        "/v2.0/networks",
+        json!({"network": {"router:external": true}}),
+    );
+    call(
+        &mut c,
+        "POST",
+        "/v2.0/subnets",
+        json!({"subnet": {"network_id": id(&ext, "network"), "ip_version": 4, "cidr": "172.24.9.0/24"}}),
+    );
+    let (_, r) = call(&mut c, "POST", "/v2.0/routers", json!({"router": {}}));
+    let rp = format!("/v2.0/routers/{}", id(&r, "router"));
+    assert!(r["router"]["external_gateway_info"].is_null());
+
+    // Interfaces: by subnet only; removed by port or by subnet.
+    let add = format!("{rp}/add_router_interface");
+    let remove = format!("{rp}/remove_router_interface");
+    let (s, _) = call(&mut c, "PUT", &add, json!({"port_id": "x"}));
+    assert_eq!(s, 400);
+    let (s, iface) = call(&mut c, "PUT", &add, json!({"subnet_id": sub_id}));
+    assert_eq!(s, 200, "{iface}");
+    let port_id = iface["port_id"].as_str().unwrap().to_string();
+    let (s, _) = call(&mut c, "PUT", &add, json!({"subnet_id": sub_id}));
+    assert_eq!(s, 409, "one interface per subnet");
+    let (s, body) = call(&mut c, "PUT", &remove, json!({"port_id": port_id}));
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(body["subnet_id"], sub_id.as_str());
+    assert!(!c.state().ports.contains_key(&port_id));
+    let (s, _) = call(&mut c, "PUT", &remove, json!({"port_id": port_id}));
+    assert_eq!(s, 404, "already gone");
+    let (s, _) = call(
+        &mut c,
+        "PUT",
+        &remove,
+        json!({"subnet_id": sub_id, "bogus": 1}),
+    );
+    assert_eq!(s, 400, "unknown fields refused");
+
+    // Gateways: SNAT on by default, switched off in place, cleared with {} or null.
+    let gw = |c: &mut Controller, info: Value| {
+        call(
+            c,
+            "PUT",
+            &rp,
+            json!({"router": {"external_gateway_info": info}}),
+        )
+    };
+    let ext_id = id(&ext, "network");
+    let (s, body) = gw(&mut c, json!({"network_id": ext_id}));
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(body["router"]["external_gateway_info"]["enable_snat"], true);
+    let ip = body["router"]["external_gateway_info"]["external_fixed_ips"][0]["ip_address"].clone();
+    let (s, body) = gw(&mut c, json!({"network_id": ext_id, "enable_snat": false}));
+    assert_eq!(s, 200);
+    assert_eq!(
+        body["router"]["external_gateway_info"]["enable_snat"],
+        false
+    );
+    assert_eq!(
+        body["router"]["external_gateway_info"]["external_fixed_ips"][0]["ip_address"], ip,
+        "same gateway port"
+    );
+    let (s, _) = gw(&mut c, json!({"network_id": id(&net, "network")}));
+    assert_eq!(s, 409, "another network while one is set");
+    let (s, body) = gw(&mut c, json!({}));
+    assert_eq!(s, 200);
+    assert!(body["router"]["external_gateway_info"].is_null());
+    assert!(
+        !c.state()
+            .ports
+            .values()
+            .any(|p| p.device_owner == "network:router_gateway")
+    );
+    let (s, _) = gw(&mut c, json!({"network_id": ext_id}));
+    assert_eq!(s, 200);
+    let (s, _) = gw(&mut c, Value::Null);
+    assert_eq!(s, 200, "null clears too");
+    let (s, _) = gw(&mut c, json!({"enable_snat": true}));
+    assert_eq!(s, 400, "network_id is required");
+}

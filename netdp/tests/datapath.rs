@@ -857,6 +857,15 @@ fn icmp_errors_about_tracked_connections_pass_as_related() {
         dp.test_run(&unreachable(&query), B).unwrap().0,
         TC_ACT_REDIRECT
     );
+    // A late reply finds A's socket closed: A's "port unreachable" about the reply (the
+    // tracked tuple reversed) is RELATED too, through A's egress and B's ingress.
+    let reply = pad(ipv4(MAC_A, MAC_B, IP_B, IP_A, UDP, 64, &udp(53, 40000)));
+    let mut m = vec![3, 3, 0, 0, 0, 0, 0, 0];
+    m.extend_from_slice(&reply[14..42]);
+    let c = checksum(&m);
+    m[2..4].copy_from_slice(&c.to_be_bytes());
+    let late = ipv4(MAC_B, MAC_A, IP_A, IP_B, ICMP, 64, &m);
+    assert_eq!(dp.test_run(&late, A).unwrap().0, TC_ACT_REDIRECT);
     // An error quoting another flow is still INVALID.
     let other = pad(ipv4(MAC_B, MAC_A, IP_A, IP_B, UDP, 64, &udp(40001, 53)));
     assert_eq!(dp.test_run(&unreachable(&other), B).unwrap().0, TC_ACT_SHOT);
@@ -1103,6 +1112,43 @@ fn gateway_snat_translates_ports_without_a_floating_ip_both_ways() {
         "C's own port"
     );
     assert!(l4_checksum_ok(&back_c));
+    // An ICMP error about C's translated connection (fragmentation needed on the way out)
+    // reaches C with the quoted header translated back, every checksum valid.
+    let mut icmp = vec![3, 4, 0, 0, 0, 0, 0x05, 0x78];
+    icmp.extend_from_slice(&out_c[14..42]);
+    let c = checksum(&icmp);
+    icmp[2..4].copy_from_slice(&c.to_be_bytes());
+    let err = ipv4(mac_rx, mac_x, ip_x, gw_x, ICMP, 64, &icmp);
+    let (verdict, back) = dp.test_run(&err, X).unwrap();
+    assert_eq!(
+        verdict, TC_ACT_REDIRECT,
+        "the error is RELATED to C's connection"
+    );
+    assert_eq!(&back[0..6], &MAC_C[..]);
+    assert_eq!(&back[30..34], &IP_C.octets(), "to C");
+    assert_eq!(checksum(&back[14..34]), 0, "outer IP checksum");
+    assert_eq!(checksum(&back[34..]), 0, "ICMP checksum");
+    assert_eq!(
+        &back[54..58],
+        &IP_C.octets(),
+        "quoted source translated back"
+    );
+    assert_eq!(checksum(&back[42..62]), 0, "quoted IP checksum");
+    assert_eq!(
+        u16::from_be_bytes([back[62], back[63]]),
+        40000,
+        "quoted port"
+    );
+    // An error quoting a connection nobody has is not let in.
+    let mut stray_q = out_c[14..42].to_vec();
+    stray_q[20..22].copy_from_slice(&1u16.to_be_bytes());
+    let mut icmp = vec![3, 4, 0, 0, 0, 0, 0x05, 0x78];
+    icmp.extend_from_slice(&stray_q);
+    let c = checksum(&icmp);
+    icmp[2..4].copy_from_slice(&c.to_be_bytes());
+    let err = ipv4(mac_rx, mac_x, ip_x, gw_x, ICMP, 64, &icmp);
+    assert_eq!(dp.test_run(&err, X).unwrap().0, TC_ACT_SHOT);
+
     // A port nobody was given does not get in.
     let stray = with_tcp_checksum(ipv4(
         mac_rx,

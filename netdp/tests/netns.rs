@@ -462,3 +462,100 @@ fn ports_without_a_floating_ip_reach_the_outside_through_gateway_snat() {
     assert!(!ping(&w.a, "172.24.4.100"));
     drop((ext, w));
 }
+
+#[test]
+fn the_xdp_build_on_an_uplink_shares_maps_with_tc_and_forwards_live() {
+    if !privileged() {
+        return;
+    }
+    let dir = std::path::PathBuf::from(format!(
+        "/sys/fs/bpf/ferrostack-test-netdp-xdp-{}",
+        std::process::id()
+    ));
+    struct Cleanup(std::path::PathBuf);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let _cleanup = Cleanup(dir.clone());
+    // VM ports on tc, as always; the uplink (the external network's port) on XDP, with the
+    // same pinned maps.
+    let mut w = world(Datapath::load_pinned(Hook::Tc, &dir).expect("load tc"));
+    let ext = vm(
+        &w.node,
+        "netdp-xdp-ext",
+        "tap-up",
+        "02:00:00:00:00:1e",
+        "172.24.4.100/24",
+        "172.24.4.1",
+    );
+    let mut x = spec(&ext, 3, "02:00:00:00:00:1e", [172, 24, 4, 100]);
+    x.port_security = false;
+    w.dp.set_port(&x).unwrap();
+    let mac_rx = [0x02, 0, 0, 0, 1, 3];
+    w.dp.set_router_gateway(
+        1,
+        3,
+        mac_rx,
+        Ipv4Addr::new(172, 24, 4, 1),
+        (Ipv4Addr::new(172, 24, 4, 0), 24),
+        None,
+    )
+    .unwrap();
+    let fip = Ipv4Addr::new(172, 24, 4, 10);
+    w.dp.set_floating_ip(1, fip, Ipv4Addr::new(10, 0, 0, 10), 3, mac_rx)
+        .unwrap();
+    let icmp = rule(1, Direction::Ingress, Some(1), None);
+    let tcp = rule(3, Direction::Ingress, Some(6), Some((8080, 8080)));
+    w.dp.set_port_rules(w.a.ifindex, &[egress_all(2), icmp, tcp])
+        .unwrap();
+    // A physical uplink delivers frames with complete checksums (XDP has no offload state
+    // to carry); XDP redirects and XDP_TX into a veth need NAPI on the receiving end (GRO).
+    // (GRO is listed as on by default but NAPI only starts when it is switched on.)
+    for ns in [&ext.ns, &w.a.ns] {
+        ns.exec(&["ethtool", "-K", "eth0", "tx", "off", "gro", "off"])
+            .expect("ethtool");
+        ns.exec(&["ethtool", "-K", "eth0", "gro", "on"]).unwrap();
+    }
+    // veth quirk: XDP_TX frames (the ARP answers) wake the peer only if it runs XDP too;
+    // the pass-through guard on the outside host's end does (a real NIC sends on the wire).
+    let ns_x = ext.ns.name().to_string();
+    let _peer_xdp = in_netns(&ns_x, || {
+        let mut g = netdp::guard::Guard::load().expect("load guard");
+        g.attach("eth0").expect("attach guard");
+        g
+    });
+    let xdp = Datapath::load_pinned(Hook::Xdp, &dir).expect("load xdp on the same maps");
+    let xdp = in_netns(w.node.name(), move || {
+        let mut xdp = xdp;
+        xdp.attach_xdp("tap-up").expect("attach xdp to the uplink");
+        xdp
+    });
+
+    // ARP for the floating IP answered by XDP_TX, echo DNATed and redirected into A's tap.
+    assert!(
+        ping(&ext, "172.24.4.10"),
+        "the floating IP answers through XDP"
+    );
+    let up = xdp.port_counters(ext.ifindex).unwrap();
+    assert!(up.0.rx_packets >= 2 && up.0.arp_replies >= 1, "{up:?}");
+    assert!(up.0.routed >= 1, "routed by the XDP build");
+    // TCP, payload intact both ways (in by XDP, out by tc).
+    let server = echo_server(w.a.ns.name().to_string(), "10.0.0.10:8080".parse().unwrap());
+    let mut s = connect(ext.ns.name(), "172.24.4.10:8080".parse().unwrap())
+        .expect("tcp through the XDP uplink");
+    assert!(echoes(&mut s, &[42u8; 1200]), "payload intact both ways");
+    drop(s);
+    let _ = server.join();
+    // Security groups apply on the XDP path too: port 8081 is not allowed in.
+    assert!(connect(ext.ns.name(), "172.24.4.10:8081".parse().unwrap()).is_none());
+    assert!(
+        xdp.port_counters(ext.ifindex)
+            .unwrap()
+            .drops(DropReason::SecurityGroupIngress)
+            >= 1
+    );
+    drop(xdp);
+    drop((ext, w));
+}

@@ -3,7 +3,9 @@
 //!
 //! The socket is bound to `ETH_P_ALL` on purpose: such sockets are packet taps, which the
 //! kernel serves before tc ingress (a socket for `ETH_P_IP` would be served after it, and
-//! never see the requests the switch consumes).
+//! never see the requests the switch consumes). What a tap costs: on receive, a reference
+//! and one run of the (JIT-compiled) filter per frame; transmitted frames are not tapped
+//! at all (`PACKET_IGNORE_OUTGOING`), so the switch's redirects are never cloned.
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -13,6 +15,9 @@ use std::time::Duration;
 const ETH_P_ALL_BE: u16 = (libc::ETH_P_ALL as u16).to_be();
 /// `ETH_P_IP` in network byte order.
 const ETH_P_IP_BE: u16 = (libc::ETH_P_IP as u16).to_be();
+
+/// `PACKET_IGNORE_OUTGOING` (linux/if_packet.h, Linux 4.20).
+const PACKET_IGNORE_OUTGOING: libc::c_int = 23;
 
 /// One classic BPF instruction.
 const fn insn(code: u16, jt: u8, jf: u8, k: u32) -> libc::sock_filter {
@@ -104,6 +109,20 @@ impl PacketSocket {
             )
         };
         check(rc, "setsockopt(SO_RCVTIMEO)")?;
+        // A tap on every interface would otherwise get a clone of every frame the host
+        // transmits (the switch's redirects included) before its filter could refuse it.
+        let one: libc::c_int = 1;
+        // SAFETY: `one` is a valid int for the duration of the call.
+        let rc = unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_PACKET,
+                PACKET_IGNORE_OUTGOING,
+                (&one as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        check(rc, "setsockopt(PACKET_IGNORE_OUTGOING)")?;
         let sock = PacketSocket { fd };
         // Frames that arrived before the filter was attached are not filtered: drop them.
         let mut scratch = [0u8; 64];
