@@ -22,7 +22,7 @@ use crate::clients::vmm::{self, Vmm};
 use crate::http::{Client, HttpError};
 use crate::model::{
     Fault, ImageRef, Placement, PlacementError, PortResource, PortSpec, Process, Resources, Server,
-    Status, VolumeResource, now, parse_cidr,
+    Status, StepTime, VolumeResource, now, parse_cidr,
 };
 use crate::process::{self as proc, ExitRecord, ShimFiles};
 use crate::store::{self, State, StoreError};
@@ -325,10 +325,33 @@ impl Agent {
             }
             if running {
                 tracing::info!(server = %s.placement.id, "re-adopted a running VMM");
+            } else if s.process.is_none() && matches!(s.status, Status::Active | Status::Paused) {
+                // A start or reboot cut short between stopping one VMM and starting the next.
+                s.status = Status::Shutoff;
             }
             s.updated = now();
         }
         self.save(&st).map_err(AgentError::Store)
+    }
+
+    /// After [`Agent::open`]: asks each re-adopted VMM whether it runs or is paused (a pause
+    /// or unpause may have been cut short by the restart).
+    pub async fn reconcile(&self) {
+        let running: Vec<String> = lock(&self.state)
+            .servers
+            .values()
+            .filter(|s| s.process.is_some() && s.status != Status::Build)
+            .map(|s| s.placement.id.clone())
+            .collect();
+        for id in running {
+            let vm = Vmm(Client::unix(self.vmm_socket(&id), Duration::from_secs(5)));
+            let status = match vm.info().await.map(|i| i.state) {
+                Ok(state) if state == "Paused" => Status::Paused,
+                Ok(state) if state == "Running" => Status::Active,
+                _ => continue, // gone or not started: the supervisor decides
+            };
+            let _ = self.update(&id, |s| s.status = status);
+        }
     }
 
     /// Every server.
@@ -395,6 +418,7 @@ impl Agent {
                 resources: Resources::default(),
                 process: None,
                 stop_requested: false,
+                build_steps: Vec::new(),
                 created: t,
                 updated: t,
             };
@@ -458,6 +482,16 @@ impl Agent {
             .placement;
         let dir = self.server_dir(id);
         std::fs::create_dir_all(&dir).map_err(|e| StepError::Dir(dir.clone(), e))?;
+        let started = Instant::now();
+        let mut step = Instant::now();
+        let mut lap = |name: &str, steps: &mut Vec<StepTime>| {
+            steps.push(StepTime {
+                step: name.into(),
+                seconds: step.elapsed().as_secs_f64(),
+            });
+            step = Instant::now();
+        };
+        let mut steps = Vec::new();
 
         let kernel = self.image(&placement.kernel, &dir, "kernel").await?;
         let initrd = match &placement.initrd {
@@ -468,14 +502,31 @@ impl Agent {
             s.resources.kernel_path = Some(kernel);
             s.resources.initrd_path = initrd;
         })?;
+        lap("images", &mut steps);
 
         self.build_volume(&placement).await?;
+        lap("volume", &mut steps);
         for (i, spec) in placement.ports.iter().enumerate() {
             self.build_port(&placement, i, spec).await?;
         }
+        lap("ports", &mut steps);
         let cmdline = self.cmdline(&placement);
         self.update(id, |s| s.resources.cmdline = Some(cmdline))?;
-        self.boot(id).await
+        let (start, boot) = self.boot(id).await?;
+        steps.push(StepTime {
+            step: "vmm_start".into(),
+            seconds: start.as_secs_f64(),
+        });
+        steps.push(StepTime {
+            step: "vmm_boot".into(),
+            seconds: boot.as_secs_f64(),
+        });
+        steps.push(StepTime {
+            step: "total".into(),
+            seconds: started.elapsed().as_secs_f64(),
+        });
+        self.update(id, |s| s.build_steps = steps)?;
+        Ok(())
     }
 
     /// A kernel or initrd as a host path: checked, or downloaded into `dir`.
@@ -513,6 +564,7 @@ impl Agent {
                     ImageRef::Path(p) => blockdp::Source::Path(p.clone()),
                     ImageRef::Url(u) => blockdp::Source::Url(u.clone()),
                 };
+                self.update(&p.id, |s| s.resources.volume_requested = true)?;
                 let v = self
                     .blockdp
                     .create(&blockdp::CreateVolume {
@@ -528,6 +580,7 @@ impl Agent {
                         id: v.id.clone(),
                         socket: None,
                         delete_on_termination: delete,
+                        size: v.size,
                     })
                 })?;
                 v
@@ -544,6 +597,7 @@ impl Agent {
                         id: v.id.clone(),
                         socket: None,
                         delete_on_termination: delete,
+                        size: v.size,
                     })
                 })?;
                 v
@@ -651,6 +705,7 @@ impl Agent {
                 (port, false)
             }
             None => {
+                self.update(&p.id, |s| s.resources.ports_requested = true)?;
                 let network_id = self.network_for(p, spec).await?;
                 let subnets = self.netdp.subnets().await.map_err(nd("list subnets"))?;
                 let fixed_ips = spec.fixed_ip.map(|ip| {
@@ -706,7 +761,13 @@ impl Agent {
                 r.tap_created = res.tap_created;
             }
         })?;
-        // Like Nova waiting for vif-plugged: the guest starts once netdp forwards its frames.
+        // Bind the plugged port to the server (netdp programs the tap right away rather than
+        // at its next periodic sync), then, like Nova waiting for vif-plugged, start the
+        // guest once netdp forwards its frames.
+        self.netdp
+            .bind_port(&port.id, &p.id)
+            .await
+            .map_err(nd("bind the port"))?;
         let deadline = Instant::now() + self.cfg.port_timeout;
         loop {
             let status = self
@@ -724,7 +785,7 @@ impl Agent {
                     timeout: self.cfg.port_timeout,
                 });
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 
@@ -743,8 +804,10 @@ impl Agent {
         c
     }
 
-    /// Starts the server's VMM under a shim and configures it through its API.
-    async fn boot(&self, id: &str) -> Result<(), StepError> {
+    /// Starts the server's VMM under a shim and configures it through its API; returns how
+    /// long the process took to serve its API, and the configuration and start.
+    async fn boot(&self, id: &str) -> Result<(Duration, Duration), StepError> {
+        let spawned = Instant::now();
         let s = self.get(id).map_err(|_| StepError::Gone(id.into()))?;
         let dir = self.server_dir(id);
         std::fs::create_dir_all(&dir).map_err(|e| StepError::Dir(dir.clone(), e))?;
@@ -811,6 +874,8 @@ impl Agent {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
 
+        let api_ready = spawned.elapsed();
+        let configuring = Instant::now();
         let vm = Vmm(Client::unix(&sock, Duration::from_secs(30)));
         let r = &s.resources;
         let configure = async {
@@ -854,7 +919,7 @@ impl Agent {
             self.kill(id, process).await;
             return Err(e);
         }
-        Ok(())
+        Ok((api_ready, configuring.elapsed()))
     }
 
     fn early_exit(&self, id: &str, exit: Option<ExitRecord>) -> StepError {
@@ -990,10 +1055,10 @@ impl Agent {
         let v = |what| move |source| StepError::Vmm { what, source };
         match action {
             Action::Stop => (self.stop_vmm(id, true).await, Status::Shutoff),
-            Action::Start => (self.boot(id).await, Status::Active),
+            Action::Start => (self.boot(id).await.map(drop), Status::Active),
             Action::Reboot { hard } => {
                 let r = match self.stop_vmm(id, !hard).await {
-                    Ok(()) => self.boot(id).await,
+                    Ok(()) => self.boot(id).await.map(drop),
                     Err(e) => Err(e),
                 };
                 (r, Status::Active)
@@ -1059,6 +1124,8 @@ impl Agent {
                 return Err(StepError::Unkillable(p.vmm_pid));
             }
         }
+        self.adopt_orphans(&s).await?;
+        let s = self.get(id).map_err(|_| StepError::Gone(id.into()))?;
         if let Some(v) = &s.resources.volume {
             let bd = |what| move |source| StepError::Blockdp { what, source };
             match self.blockdp.unexport(&v.id).await {
@@ -1092,6 +1159,68 @@ impl Agent {
                 }
             }
             self.update(id, |s| s.resources.ports.retain(|p| p.id != port.id))?;
+        }
+        Ok(())
+    }
+
+    /// A build cut short (an agent crash) may have left a volume or ports the state does
+    /// not name: blockdp and netdp were asked, the answer never recorded. They carry the
+    /// server's names (`server-<id>-root`, `server-<id>-<n>` on device `<id>`): find them
+    /// and record them, so the release that follows frees them too.
+    async fn adopt_orphans(&self, s: &Server) -> Result<(), StepError> {
+        let id = s.placement.id.clone();
+        if s.resources.volume.is_none() && s.resources.volume_requested {
+            let name = format!("server-{id}-root");
+            let vols = self
+                .blockdp
+                .list()
+                .await
+                .map_err(|source| StepError::Blockdp {
+                    what: "list volumes",
+                    source,
+                })?;
+            if let Some(v) = vols.into_iter().find(|v| v.name == name) {
+                tracing::info!(server = %id, volume = %v.id, "found an unrecorded root volume");
+                self.update(&id, |s| {
+                    s.resources.volume = Some(VolumeResource {
+                        id: v.id.clone(),
+                        socket: v.export.as_ref().map(|e| e.socket.clone()),
+                        delete_on_termination: true,
+                        size: v.size,
+                    })
+                })?;
+            }
+        }
+        if s.resources.ports_requested {
+            let prefix = format!("server-{id}-");
+            let ports = self
+                .netdp
+                .ports()
+                .await
+                .map_err(|source| StepError::Netdp {
+                    what: "list ports".into(),
+                    source,
+                })?;
+            for port in ports {
+                let known = s.resources.ports.iter().any(|r| r.id == port.id);
+                if known || port.device_id != id || !port.name.starts_with(&prefix) {
+                    continue;
+                }
+                tracing::info!(server = %id, port = %port.id, "found an unrecorded port");
+                let tap = port.tap_name();
+                let res = PortResource {
+                    id: port.id.clone(),
+                    network_id: port.network_id.clone(),
+                    tap_created: tap::exists(&tap),
+                    tap,
+                    mac_address: port.mac_address.clone(),
+                    ip_address: None,
+                    prefix_len: None,
+                    gateway_ip: None,
+                    created: true,
+                };
+                self.update(&id, |s| s.resources.ports.push(res))?;
+            }
         }
         Ok(())
     }

@@ -88,7 +88,7 @@ pub fn server_view(agent: &Agent, s: &Server) -> Value {
         "ram_mib": p.ram_mib,
         "created": s.created,
         "updated": s.updated,
-        "volume": r.volume.as_ref().map(|v| json!({"id": v.id, "socket": v.socket})),
+        "volume": r.volume.as_ref().map(|v| json!({"id": v.id, "socket": v.socket, "size": v.size})),
         "ports": r.ports.iter().map(|x| json!({
             "id": x.id,
             "network_id": x.network_id,
@@ -103,6 +103,7 @@ pub fn server_view(agent: &Agent, s: &Server) -> Value {
             "api_socket": agent.vmm_socket(&p.id),
         })),
         "console_log": agent.console_path(&p.id),
+        "build_steps": s.build_steps,
         "placement": p,
     })
 }
@@ -111,18 +112,19 @@ pub fn server_view(agent: &Agent, s: &Server) -> Value {
 pub fn node_view(agent: &Agent) -> Value {
     let inv = crate::inventory::read(&agent.config().disk_path);
     let servers = agent.list();
-    let (mut vcpus, mut ram) = (0u64, 0u64);
+    let (mut vcpus, mut ram, mut disk) = (0u64, 0u64, 0u64);
     let mut by_status: BTreeMap<&str, u64> = BTreeMap::new();
     for s in &servers {
         vcpus += u64::from(s.placement.vcpus);
         ram += s.placement.ram_mib;
+        disk += s.resources.volume.as_ref().map_or(0, |v| v.size);
         *by_status.entry(s.status.as_str()).or_default() += 1;
     }
     json!({
         "id": agent.node_id(),
         "hostname": hostname(),
         "inventory": inv,
-        "usage": {"vcpus": vcpus, "memory_mib": ram, "servers": servers.len()},
+        "usage": {"vcpus": vcpus, "memory_mib": ram, "disk_bytes": disk, "servers": servers.len()},
         "servers_by_status": by_status,
     })
 }

@@ -181,6 +181,7 @@ async fn serve(cfg: Config, agent_exe: PathBuf, vmm_binary: PathBuf) -> anyhow::
         disk_path: cfg.disk_path.clone(),
     })
     .context("open the agent state")?;
+    agent.reconcile().await;
 
     let sup = agent.clone();
     tokio::spawn(async move {

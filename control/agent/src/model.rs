@@ -335,6 +335,9 @@ pub struct VolumeResource {
     pub socket: Option<PathBuf>,
     /// Delete the volume with the server.
     pub delete_on_termination: bool,
+    /// Its size in bytes.
+    #[serde(default)]
+    pub size: u64,
 }
 
 /// A port the server holds.
@@ -383,6 +386,13 @@ pub struct Resources {
     /// The full command line given to the guest.
     #[serde(default)]
     pub cmdline: Option<String>,
+    /// blockdp was asked for the root volume (recorded before asking, so a crash before
+    /// the answer is recorded leaves a trace).
+    #[serde(default)]
+    pub volume_requested: bool,
+    /// netdp was asked for ports (likewise).
+    #[serde(default)]
+    pub ports_requested: bool,
 }
 
 /// The running VMM: the shim process supervising it and the VMM itself, each identified by
@@ -400,7 +410,7 @@ pub struct Process {
 }
 
 /// A server as the agent keeps it (persisted) and reports it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Server {
     /// The placement it was built from.
     pub placement: Placement,
@@ -422,10 +432,23 @@ pub struct Server {
     /// The next VMM exit was asked for (a stop or reboot), so it means SHUTOFF whatever the code.
     #[serde(default)]
     pub stop_requested: bool,
+    /// How long each step of the build took, in order.
+    #[serde(default)]
+    pub build_steps: Vec<StepTime>,
     /// Created (seconds since the epoch).
     pub created: u64,
     /// Last changed (seconds since the epoch).
     pub updated: u64,
+}
+
+/// The duration of one build step.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepTime {
+    /// `images`, `volume`, `ports`, `vmm_start` (process to API socket), `vmm_boot`
+    /// (configuration and InstanceStart), `total`.
+    pub step: String,
+    /// Seconds.
+    pub seconds: f64,
 }
 
 /// Seconds since the epoch.
@@ -454,6 +477,40 @@ mod tests {
     fn check(v: serde_json::Value) -> Result<(), String> {
         let p: Placement = serde_json::from_value(v).map_err(|e| e.to_string())?;
         p.validate().map_err(|e| e.to_string())
+    }
+
+    proptest::proptest! {
+        /// Whatever bytes arrive, parsing and validation answer without panicking, and
+        /// what validates has a usable id and sizes in range.
+        #[test]
+        fn arbitrary_bodies_never_panic(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..512)) {
+            if let Ok(p) = serde_json::from_slice::<Placement>(&bytes)
+                && p.validate().is_ok()
+            {
+                proptest::prop_assert!(valid_id(&p.id));
+                proptest::prop_assert!(p.vcpus >= 1 && p.vcpus <= MAX_VCPUS);
+            }
+        }
+
+        /// Placements with arbitrary field values validate or are refused, never panic.
+        #[test]
+        fn arbitrary_fields_never_panic(
+            id in ".{0,70}",
+            vcpus in proptest::num::u8::ANY,
+            ram in proptest::num::u64::ANY,
+            cidr in ".{0,24}",
+            mac in ".{0,20}",
+            size in proptest::option::of(proptest::num::u64::ANY),
+        ) {
+            let mut v = placement();
+            v["id"] = id.into();
+            v["vcpus"] = vcpus.into();
+            v["ram_mib"] = ram.into();
+            v["ports"][0]["network"]["subnet"]["cidr"] = cidr.into();
+            v["ports"][0]["mac_address"] = mac.into();
+            v["root_disk"]["size_bytes"] = size.into();
+            let _ = check(v);
+        }
     }
 
     #[test]

@@ -10,11 +10,11 @@
 mod support;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use support::{AgentProc, AgentSetup, Proc, daemon_binaries, fnv1a, http, kill9, running};
+use support::{AgentProc, Node, fnv1a, http, kill9, running};
 use tests::netns::{Netns, ip};
 
 fn privileged() -> bool {
@@ -25,24 +25,6 @@ fn privileged() -> bool {
         caps::Capability::Netns,
         caps::Capability::IoUring,
     ])
-}
-
-/// Removes the netdp pin directory on drop.
-struct Unpin(PathBuf);
-
-impl Drop for Unpin {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// Kills whatever VMMs the agent's state names, on drop (a failed test leaves none).
-struct VmmReaper(PathBuf);
-
-impl Drop for VmmReaper {
-    fn drop(&mut self) {
-        AgentProc::kill_vmms(&self.0);
-    }
 }
 
 fn guest() -> PathBuf {
@@ -68,10 +50,9 @@ fn a_placement_becomes_a_running_vm_and_everything_is_released_on_delete() {
     if !privileged() {
         return;
     }
-    let (vmm_bin, blockdp_bin, netdp_bin) = daemon_binaries().clone();
     let kernel = guest();
-    let dir = tempfile::tempdir().unwrap();
-    let root = dir.path();
+    let node = Node::start();
+    let root = node.root.path();
 
     // The root disk image: 256 KiB of a pattern the guest checksums in full.
     let image: Vec<u8> = (0..256 * 1024usize)
@@ -79,60 +60,12 @@ fn a_placement_becomes_a_running_vm_and_everything_is_released_on_delete() {
         .collect();
     let image_path = root.join("disk.img");
     std::fs::write(&image_path, &image).unwrap();
+    let blockdp_sock = node.blockdp_sock.clone();
+    let netdp_sock = node.netdp_sock.clone();
+    let state_dir = node.state_dir.clone();
 
-    // blockdp on the host.
-    let blockdp_dir = root.join("blockdp");
-    std::fs::create_dir_all(&blockdp_dir).unwrap();
-    let blockdp_sock = blockdp_dir.join("api.sock");
-    let mut child = Command::new(&blockdp_bin)
-        .arg("--data-dir")
-        .arg(&blockdp_dir)
-        .arg("--api-socket")
-        .arg(&blockdp_sock)
-        .args(["--poll-us", "20"])
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("spawn blockdp");
-    support::wait_socket(&blockdp_sock, &mut child, "blockdp");
-    let _blockdp = Proc(Some(child));
-
-    // netdp in the node namespace (nsenter keeps bpffs visible).
-    let node = Netns::new("agent-node").unwrap();
-    let pins = PathBuf::from(format!(
-        "/sys/fs/bpf/ferrostack-test-agent-{}",
-        std::process::id()
-    ));
-    let _unpin = Unpin(pins.clone());
-    let netdp_sock = root.join("netdp.sock");
-    let mut child = Command::new("nsenter")
-        .arg(format!("--net=/run/netns/{}", node.name()))
-        .arg(&netdp_bin)
-        .arg("--socket")
-        .arg(&netdp_sock)
-        .arg("--state")
-        .arg(root.join("netdp-state.json"))
-        .arg("--pin-dir")
-        .arg(&pins)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("spawn netdp");
-    support::wait_socket(&netdp_sock, &mut child, "netdp");
-    let _netdp = Proc(Some(child));
-
-    // The agent, in the node namespace too (it makes the taps the VMM opens).
-    let state_dir = root.join("agent");
-    std::fs::create_dir_all(&state_dir).unwrap();
-    let _reaper = VmmReaper(state_dir.clone());
-    let setup = AgentSetup {
-        state_dir: &state_dir,
-        blockdp: &blockdp_sock,
-        netdp: &netdp_sock,
-        vmm: &vmm_bin,
-        netns: Some(node.name()),
-        extra: &[],
-    };
+    // The agent runs in the node namespace too (it makes the taps the VMM opens).
+    let setup = node.agent_setup();
     let agent = AgentProc::start(&setup);
 
     let id = "vm-e2e-1";
@@ -155,6 +88,24 @@ fn a_placement_becomes_a_running_vm_and_everything_is_released_on_delete() {
     assert_eq!(v["server"]["status"], "BUILD");
 
     let srv = agent.wait_status(id, "ACTIVE", Duration::from_secs(90));
+    let steps: Vec<&str> = srv["build_steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["step"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        steps,
+        [
+            "images",
+            "volume",
+            "ports",
+            "vmm_start",
+            "vmm_boot",
+            "total"
+        ]
+    );
+    eprintln!("build steps: {}", srv["build_steps"]);
     let expected = format!("disk_fnv={:016x}\n", fnv1a(&image));
     let console = agent.wait_console(id, &expected, 1, Duration::from_secs(60));
     assert!(console.contains("disk_capacity=512\n"), "{console}");
@@ -176,6 +127,14 @@ fn a_placement_becomes_a_running_vm_and_everything_is_released_on_delete() {
     assert_eq!(s, 200, "{vol}");
     assert!(vol["volume"]["export"]["socket"].is_string(), "{vol}");
     assert_eq!(vol["volume"]["size"], 256 * 1024);
+    let (_, node_doc) = agent.api("GET", "/v1/node", None);
+    let usage = &node_doc["node"]["usage"];
+    assert_eq!(
+        (usage["vcpus"].as_u64(), usage["memory_mib"].as_u64()),
+        (Some(1), Some(32)),
+        "{node_doc}"
+    );
+    assert_eq!(usage["disk_bytes"], 256 * 1024, "{node_doc}");
     let port = srv["ports"][0].clone();
     let port_id = port["id"].as_str().unwrap().to_string();
     let tap = port["tap"].as_str().unwrap().to_string();
@@ -207,7 +166,7 @@ fn a_placement_becomes_a_running_vm_and_everything_is_released_on_delete() {
     let pn = peer_ns.name();
     ip(&[
         "-n",
-        node.name(),
+        node.netns.name(),
         "link",
         "add",
         &peer_tap,
@@ -223,7 +182,7 @@ fn a_placement_becomes_a_running_vm_and_everything_is_released_on_delete() {
     ip(&["-n", pn, "link", "set", "eth0", "address", &peer_mac]).unwrap();
     ip(&["-n", pn, "addr", "add", "10.9.0.20/24", "dev", "eth0"]).unwrap();
     ip(&["-n", pn, "link", "set", "eth0", "up"]).unwrap();
-    ip(&["-n", node.name(), "link", "set", &peer_tap, "up"]).unwrap();
+    ip(&["-n", node.netns.name(), "link", "set", &peer_tap, "up"]).unwrap();
     let console = agent.wait_console(id, "ping_reply_seq=", 1, Duration::from_secs(120));
     assert!(
         console.contains(&format!("arp_reply={peer_mac}\n")),
@@ -269,15 +228,20 @@ fn a_placement_becomes_a_running_vm_and_everything_is_released_on_delete() {
     agent.wait_console(id, &expected, 2, Duration::from_secs(60));
     agent.wait_console(id, "ping_reply_seq=", 2, Duration::from_secs(120));
 
-    // Kill the agent outright; the VM keeps running; a new agent adopts it.
+    // Kill the agent outright with the VM paused; the VM keeps running (paused); a new
+    // agent adopts it as it is.
+    action(&agent, id, json!({"pause": null}));
+    agent.wait_status(id, "PAUSED", Duration::from_secs(30));
     let vmm_pid = agent.server(id)["vmm"]["pid"].as_i64().unwrap() as i32;
     drop(agent);
     std::thread::sleep(Duration::from_millis(500));
     assert!(running(vmm_pid), "the VMM outlives the agent");
     let agent = AgentProc::start(&setup);
     let srv = agent.server(id);
-    assert_eq!(srv["status"], "ACTIVE", "{srv}");
+    assert_eq!(srv["status"], "PAUSED", "{srv}");
     assert_eq!(srv["vmm"]["pid"].as_i64(), Some(i64::from(vmm_pid)));
+    action(&agent, id, json!({"unpause": null}));
+    agent.wait_status(id, "ACTIVE", Duration::from_secs(30));
     // ... and manages it: a soft reboot boots the guest a third time.
     action(&agent, id, json!({"reboot": {"type": "SOFT"}}));
     agent.wait_status(id, "ACTIVE", Duration::from_secs(90));
@@ -346,7 +310,7 @@ fn a_placement_becomes_a_running_vm_and_everything_is_released_on_delete() {
     assert_eq!(s, 404, "volume deleted: {v}");
     let (s, v) = netdp_call(&netdp_sock, "GET", &format!("/v2.0/ports/{port_id}"), None);
     assert_eq!(s, 404, "port deleted: {v}");
-    let links = node.exec(&["ip", "-o", "link"]).unwrap();
+    let links = node.netns.exec(&["ip", "-o", "link"]).unwrap();
     assert!(
         !String::from_utf8_lossy(&links.stdout).contains(&tap),
         "tap {tap} deleted"

@@ -993,6 +993,12 @@ impl Controller {
         if let Some(v) = req.allowed_address_pairs {
             p.allowed_address_pairs = v;
         }
+        if let Some(v) = req.device_owner {
+            p.device_owner = v;
+        }
+        if let Some(v) = req.device_id {
+            p.device_id = v;
+        }
         let p = p.clone();
         Ok(json!({ "port": self.port_view(&p) }))
     }

@@ -65,6 +65,12 @@ pub struct Port {
     pub security_groups: Vec<String>,
     /// `ACTIVE` once netdp has programmed its tap.
     pub status: String,
+    /// The server using it.
+    #[serde(default)]
+    pub device_id: String,
+    /// Name.
+    #[serde(default)]
+    pub name: String,
 }
 
 impl Port {
@@ -218,6 +224,16 @@ impl Netdp {
         Ok(one.port)
     }
 
+    /// Every port.
+    pub async fn ports(&self) -> Result<Vec<Port>, HttpError> {
+        #[derive(Deserialize)]
+        struct Many {
+            ports: Vec<Port>,
+        }
+        let m: Many = self.0.json(Method::GET, "/v2.0/ports", NO_BODY).await?;
+        Ok(m.ports)
+    }
+
     /// One port; `None` if netdp has no such port.
     pub async fn port(&self, id: &str) -> Result<Option<Port>, HttpError> {
         #[derive(Deserialize)]
@@ -233,6 +249,21 @@ impl Netdp {
             Err(e) if e.status() == Some(404) => Ok(None),
             Err(e) => Err(e),
         }
+    }
+
+    /// Binds a port to a server (`device_owner`, `device_id`); netdp programs its tap at
+    /// once if the tap exists.
+    pub async fn bind_port(&self, id: &str, device_id: &str) -> Result<Port, HttpError> {
+        #[derive(Deserialize)]
+        struct One {
+            port: Port,
+        }
+        let body = json!({"port": {"device_owner": "compute:nova", "device_id": device_id}});
+        let one: One = self
+            .0
+            .json(Method::PUT, &format!("/v2.0/ports/{id}"), Some(&body))
+            .await?;
+        Ok(one.port)
     }
 
     /// Deletes a port.

@@ -22,36 +22,63 @@ fn profile_dir() -> PathBuf {
         .to_path_buf()
 }
 
-/// Paths of the other crates' daemons, built once per test process with the same cargo and
-/// profile (`cargo build -p vmm -p blockdp -p netdp`; a no-op when the workspace is built).
+/// The newest modification time under `path` (files and directories, recursively).
+fn newest(path: &Path) -> std::time::SystemTime {
+    let mut t = std::fs::metadata(path)
+        .and_then(|m| m.modified())
+        .unwrap_or(std::time::UNIX_EPOCH);
+    if let Ok(entries) = std::fs::read_dir(path) {
+        for e in entries.flatten() {
+            t = t.max(newest(&e.path()));
+        }
+    }
+    t
+}
+
+/// Paths of the other crates' daemons (`vmm`, `blockdp`, `netdp`) in this test's target
+/// profile directory. A workspace test run has built them already; when one is missing or
+/// older than its crate's sources (a run of this package alone), they are built with the
+/// same cargo and profile (`cargo build --bins -p vmm -p blockdp -p netdp`), once per
+/// process.
 pub fn daemon_binaries() -> &'static (PathBuf, PathBuf, PathBuf) {
     static BINS: OnceLock<(PathBuf, PathBuf, PathBuf)> = OnceLock::new();
     BINS.get_or_init(|| {
         let dir = profile_dir();
-        let target = dir.parent().expect("target dir").to_path_buf();
-        let profile = match dir.file_name().and_then(|n| n.to_str()) {
-            Some("debug") => "dev".to_string(),
-            Some(other) => other.to_string(),
-            None => "dev".to_string(),
-        };
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| env!("CARGO").into());
-        let out = Command::new(cargo)
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .args([
-                "build", "--locked", "--bins", "-p", "vmm", "-p", "blockdp", "-p", "netdp",
-            ])
-            .arg("--profile")
-            .arg(&profile)
-            .arg("--target-dir")
-            .arg(&target)
-            .stdout(Stdio::null())
-            .output()
-            .expect("run cargo build");
-        assert!(
-            out.status.success(),
-            "cargo build of the daemons failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let stale = ["vmm", "blockdp", "netdp"].iter().any(|name| {
+            let built = std::fs::metadata(dir.join(name))
+                .and_then(|m| m.modified())
+                .ok();
+            let sources = newest(&workspace.join(name).join("src"))
+                .max(newest(&workspace.join(name).join("bpf")))
+                .max(newest(&workspace.join(name).join("Cargo.toml")));
+            built.is_none_or(|b| b < sources)
+        });
+        if stale {
+            let target = dir.parent().expect("target dir").to_path_buf();
+            let profile = match dir.file_name().and_then(|n| n.to_str()) {
+                Some("debug") | None => "dev".to_string(),
+                Some(other) => other.to_string(),
+            };
+            let cargo = std::env::var_os("CARGO").unwrap_or_else(|| env!("CARGO").into());
+            let out = Command::new(cargo)
+                .current_dir(env!("CARGO_MANIFEST_DIR"))
+                .args([
+                    "build", "--locked", "--bins", "-p", "vmm", "-p", "blockdp", "-p", "netdp",
+                ])
+                .arg("--profile")
+                .arg(&profile)
+                .arg("--target-dir")
+                .arg(&target)
+                .stdout(Stdio::null())
+                .output()
+                .expect("run cargo build");
+            assert!(
+                out.status.success(),
+                "cargo build of the daemons failed:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
         (dir.join("vmm"), dir.join("blockdp"), dir.join("netdp"))
     })
 }
@@ -380,12 +407,118 @@ fn serve_one(
         headers,
         body,
     };
+    rec.lock().unwrap().push(req.clone());
     let (status, out) = handler(&req);
-    rec.lock().unwrap().push(req);
     let _ = write!(
         conn,
         "HTTP/1.1 {status} X\r\nContent-Length: {}\r\nContent-Type: application/octet-stream\r\nConnection: close\r\n\r\n",
         out.len()
     );
     let _ = conn.write_all(&out);
+}
+
+/// A compute node for tests and benchmarks: blockdp on the host, netdp in a node network
+/// namespace with its own bpffs pin directory. On drop: VMMs named in the agent's state
+/// killed, daemons killed, pins and namespace removed.
+pub struct Node {
+    /// blockdp's API socket.
+    pub blockdp_sock: PathBuf,
+    /// netdp's API socket.
+    pub netdp_sock: PathBuf,
+    /// The agent's state directory.
+    pub state_dir: PathBuf,
+    /// The vmm binary.
+    pub vmm_bin: PathBuf,
+    /// The node namespace (netdp, the agent, the taps and VMMs live in it).
+    pub netns: tests::netns::Netns,
+    pins: PathBuf,
+    blockdp: Proc,
+    netdp: Proc,
+    /// Scratch directory.
+    pub root: tempfile::TempDir,
+}
+
+impl Node {
+    /// Starts blockdp and netdp.
+    pub fn start() -> Node {
+        let (vmm_bin, blockdp_bin, netdp_bin) = daemon_binaries().clone();
+        let root = tempfile::tempdir().unwrap();
+        let blockdp_dir = root.path().join("blockdp");
+        std::fs::create_dir_all(&blockdp_dir).unwrap();
+        let blockdp_sock = blockdp_dir.join("api.sock");
+        let mut child = Command::new(&blockdp_bin)
+            .arg("--data-dir")
+            .arg(&blockdp_dir)
+            .arg("--api-socket")
+            .arg(&blockdp_sock)
+            .args(["--poll-us", "20"])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("spawn blockdp");
+        wait_socket(&blockdp_sock, &mut child, "blockdp");
+        let blockdp = Proc(Some(child));
+
+        let netns = tests::netns::Netns::new("agent-node").unwrap();
+        let pins = PathBuf::from(format!(
+            "/sys/fs/bpf/ferrostack-test-agent-{}-{}",
+            std::process::id(),
+            netns.name()
+        ));
+        let netdp_sock = root.path().join("netdp.sock");
+        // nsenter, not `ip netns exec` (which remounts /sys and hides bpffs).
+        let child = Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", netns.name()))
+            .arg(&netdp_bin)
+            .arg("--socket")
+            .arg(&netdp_sock)
+            .arg("--state")
+            .arg(root.path().join("netdp-state.json"))
+            .arg("--pin-dir")
+            .arg(&pins)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("spawn netdp");
+        let netdp = Proc(Some(child));
+        let mut node = Node {
+            blockdp_sock,
+            netdp_sock,
+            state_dir: root.path().join("agent"),
+            vmm_bin,
+            netns,
+            pins,
+            blockdp,
+            netdp,
+            root,
+        };
+        wait_socket(
+            &node.netdp_sock.clone(),
+            node.netdp.0.as_mut().unwrap(),
+            "netdp",
+        );
+        std::fs::create_dir_all(&node.state_dir).unwrap();
+        node
+    }
+
+    /// How to start the agent on this node (in its namespace).
+    pub fn agent_setup(&self) -> AgentSetup<'_> {
+        AgentSetup {
+            state_dir: &self.state_dir,
+            blockdp: &self.blockdp_sock,
+            netdp: &self.netdp_sock,
+            vmm: &self.vmm_bin,
+            netns: Some(self.netns.name()),
+            extra: &[],
+        }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        AgentProc::kill_vmms(&self.state_dir);
+        self.netdp.kill();
+        self.blockdp.kill();
+        let _ = std::fs::remove_dir_all(&self.pins);
+    }
 }
