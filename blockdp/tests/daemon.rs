@@ -385,6 +385,12 @@ fn metrics_count_exactly_the_io_done() {
     let vol = create(&d, r#"{"size": 4194304}"#);
     let id = vol["id"].as_str().unwrap().to_string();
     let sock = export(&d, &id, 1);
+    let scrape = || {
+        let (status, text) = d.http_raw("GET", "/metrics", b"");
+        assert_eq!(status, 200);
+        caps::prom::must_scrape("blockdp", &text)
+    };
+    let before = scrape();
     {
         let mut c = connect(&sock);
         for i in 0..5u64 {
@@ -395,21 +401,32 @@ fn metrics_count_exactly_the_io_done() {
         }
         c.flush(0).unwrap();
     }
-    let (status, text) = d.http_raw("GET", "/metrics", b"");
-    assert_eq!(status, 200);
-    let l = format!("volume=\"{id}\",queue=\"0\"");
-    for want in [
-        format!("ferrostack_blockdp_requests_total{{{l},op=\"write\"}} 5"),
-        format!("ferrostack_blockdp_requests_total{{{l},op=\"read\"}} 3"),
-        format!("ferrostack_blockdp_requests_total{{{l},op=\"flush\"}} 1"),
-        format!("ferrostack_blockdp_written_bytes_total{{{l}}} 20480"),
-        format!("ferrostack_blockdp_read_bytes_total{{{l}}} 24576"),
-        format!("ferrostack_blockdp_request_latency_seconds_count{{{l}}} 9"),
-        "ferrostack_blockdp_exports 1".to_string(),
-    ] {
-        assert!(
-            text.lines().any(|line| line == want),
-            "missing {want:?} in:\n{text}"
-        );
-    }
+    let after = scrape();
+    let vol = ("volume", id.as_str());
+    let delta = |name: &str, op: Option<&str>| {
+        let mut l = vec![vol];
+        l.extend(op.map(|o| ("op", o)));
+        after.sum(name, &l) - before.sum(name, &l)
+    };
+    let req = "ferrostack_blockdp_io_requests_total";
+    let bytes = "ferrostack_blockdp_io_bytes_total";
+    assert_eq!(delta(req, Some("write")), 5.0);
+    assert_eq!(delta(req, Some("read")), 3.0);
+    assert_eq!(delta(req, Some("flush")), 1.0);
+    assert_eq!(delta(req, Some("discard")) + delta(req, Some("other")), 0.0);
+    assert_eq!(delta(bytes, Some("write")), 20480.0);
+    assert_eq!(delta(bytes, Some("read")), 24576.0);
+    assert_eq!(delta("ferrostack_blockdp_io_errors_total", None), 0.0);
+    assert_eq!(
+        delta("ferrostack_blockdp_io_latency_seconds_count", None),
+        9.0
+    );
+    let inf = [vol, ("queue", "0"), ("le", "+Inf")];
+    assert_eq!(
+        after.get("ferrostack_blockdp_io_latency_seconds_bucket", &inf),
+        9.0
+    );
+    assert!(delta("ferrostack_blockdp_io_latency_seconds_sum", None) > 0.0);
+    assert_eq!(after.get("ferrostack_blockdp_exports", &[]), 1.0);
+    assert_eq!(after.get("ferrostack_blockdp_volumes", &[]), 1.0);
 }

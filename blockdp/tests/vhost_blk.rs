@@ -401,7 +401,29 @@ fn metrics_count_the_volume_io() {
     c.write(0, 0, &pattern(1, 8192)).unwrap();
     c.read(0, 0, 4096).unwrap();
     let mut text = String::new();
-    fx.io.stats.render(&fx.io.id, &mut text);
-    assert!(text.contains("op=\"write\"} 1"), "{text}");
-    assert!(text.contains("ferrostack_blockdp_written_bytes_total{volume=\"vol-0123456789abcdef-xyz\",queue=\"0\"} 8192"), "{text}");
+    blockdp::metrics::render(&mut text, &[(&fx.io.id, &fx.io.stats)]);
+    let m = caps::prom::must_scrape("blockdp", &text);
+    let l = |op| {
+        [
+            ("volume", "vol-0123456789abcdef-xyz"),
+            ("queue", "0"),
+            ("op", op),
+        ]
+    };
+    assert_eq!(
+        m.get("ferrostack_blockdp_io_requests_total", &l("write")),
+        1.0
+    );
+    assert_eq!(
+        m.get("ferrostack_blockdp_io_requests_total", &l("read")),
+        1.0
+    );
+    assert_eq!(
+        m.get("ferrostack_blockdp_io_bytes_total", &l("write")),
+        8192.0
+    );
+    assert_eq!(
+        m.get("ferrostack_blockdp_io_bytes_total", &l("read")),
+        4096.0
+    );
 }

@@ -20,9 +20,13 @@
 //! The probes themselves live in [`sys`]: each makes the smallest real use of the
 //! capability (create a VM, load a two-instruction BPF program, enter a fresh network
 //! namespace on a throwaway thread, set up an io_uring) and reports the first failure.
+//!
+//! [`prom`] checks a daemon's `/metrics` with the Prometheus project's own text parser, for
+//! the tests that assert how far a counter moved.
 
 #![deny(missing_docs)]
 
+pub mod prom;
 pub mod sys;
 
 use std::fmt;

@@ -1,6 +1,7 @@
 //! control's configuration: kebab-case TOML, named defaults, `validate()` before use.
 
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -13,10 +14,29 @@ pub const DEFAULT_REGION: &str = "RegionOne";
 pub const DEFAULT_SQLITE_PATH: &str = "/var/lib/ferrostack/control.db";
 /// Default token lifetime.
 pub const DEFAULT_TOKEN_EXPIRY: &str = "1h";
+/// Default directory of token signing keys.
+pub const DEFAULT_KEY_DIR: &str = "/var/lib/ferrostack/control/token-keys";
+/// Default age after which the primary signing key is replaced.
+pub const DEFAULT_KEY_ROTATION: &str = "24h";
+/// Default number of signing keys kept (the primary and older ones that still validate).
+pub const DEFAULT_MAX_KEYS: usize = 3;
+/// Default largest JSON request body, in bytes.
+pub const DEFAULT_MAX_REQUEST_BODY: usize = 1 << 20;
+/// Default objectd (Swift API) URL that stores image data.
+pub const DEFAULT_IMAGE_STORE_URL: &str = "http://127.0.0.1:8080";
+/// Default Swift container holding image data.
+pub const DEFAULT_IMAGE_CONTAINER: &str = "images";
+/// Default directory of staged image data (image import).
+pub const DEFAULT_STAGING_DIR: &str = "/var/lib/ferrostack/control/staging";
+/// Default largest image, in bytes.
+pub const DEFAULT_MAX_IMAGE_SIZE: u64 = 1 << 40;
 
 /// Errors reading or validating the configuration.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    /// The file could not be read.
+    #[error("read configuration file")]
+    Read(#[source] std::io::Error),
     /// The TOML did not parse or had unknown keys.
     #[error("parse configuration")]
     Parse(#[source] toml::de::Error),
@@ -32,6 +52,21 @@ pub enum ConfigError {
     /// The store location is empty.
     #[error("store.location must not be empty")]
     EmptyStoreLocation,
+    /// Fewer than two signing keys would break rotation.
+    #[error("tokens.max-keys must be at least 2")]
+    TooFewKeys,
+    /// A URL is not `http://host:port[/path]`.
+    #[error("{0} must be an http:// URL, got {1:?}")]
+    Url(&'static str, String),
+    /// TempAuth image-store credentials are incomplete.
+    #[error("images.store-auth = \"tempauth\" needs images.store-user and images.store-key")]
+    TempAuthCredentials,
+    /// Import can only convert to raw.
+    #[error("images.import-convert-to must be \"raw\" or \"\", got {0:?}")]
+    ConvertTo(String),
+    /// The container name is empty or has a slash.
+    #[error("images.container must be a non-empty name without '/'")]
+    Container,
 }
 
 /// Which store backs control's state.
@@ -69,12 +104,69 @@ impl Default for StoreConfig {
 pub struct TokenConfig {
     /// Token lifetime, with a unit (`"90s"`, `"30m"`, `"1h"`).
     pub expiry: String,
+    /// Directory of signing keys (created if missing; share it between controllers).
+    pub key_dir: PathBuf,
+    /// Age of the primary key after which a new one is made, with a unit.
+    pub key_rotation: String,
+    /// Keys kept: the primary plus older ones that still validate tokens.
+    pub max_keys: usize,
 }
 
 impl Default for TokenConfig {
     fn default() -> Self {
         TokenConfig {
             expiry: DEFAULT_TOKEN_EXPIRY.into(),
+            key_dir: DEFAULT_KEY_DIR.into(),
+            key_rotation: DEFAULT_KEY_ROTATION.into(),
+            max_keys: DEFAULT_MAX_KEYS,
+        }
+    }
+}
+
+/// How control authenticates to objectd to store image data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StoreAuth {
+    /// control issues itself a token for the `service` project; objectd validates it
+    /// against control (objectd's `[keystone] url`). Data goes to `AUTH_<service project>`.
+    Keystone,
+    /// A TempAuth user of objectd (`store-user`, `store-key`).
+    Tempauth,
+}
+
+/// The `[images]` table.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
+pub struct ImageConfig {
+    /// objectd's URL (Swift API).
+    pub store_url: String,
+    /// How control authenticates to objectd.
+    pub store_auth: StoreAuth,
+    /// TempAuth user (`account:user`), with `store-auth = "tempauth"`.
+    pub store_user: String,
+    /// TempAuth key, with `store-auth = "tempauth"`.
+    pub store_key: String,
+    /// Container holding image data.
+    pub container: String,
+    /// Largest image accepted, in bytes.
+    pub max_image_size: u64,
+    /// Where image import stages data before converting and storing it.
+    pub staging_dir: PathBuf,
+    /// Disk format images are converted to on import (`"raw"`), or `""` to keep them.
+    pub import_convert_to: String,
+}
+
+impl Default for ImageConfig {
+    fn default() -> Self {
+        ImageConfig {
+            store_url: DEFAULT_IMAGE_STORE_URL.into(),
+            store_auth: StoreAuth::Keystone,
+            store_user: String::new(),
+            store_key: String::new(),
+            container: DEFAULT_IMAGE_CONTAINER.into(),
+            max_image_size: DEFAULT_MAX_IMAGE_SIZE,
+            staging_dir: DEFAULT_STAGING_DIR.into(),
+            import_convert_to: "raw".into(),
         }
     }
 }
@@ -87,10 +179,16 @@ pub struct Config {
     pub listen: String,
     /// Region published in the catalog.
     pub region: String,
+    /// URL clients reach this API at, published in the catalog (default: `http://<listen>`).
+    pub public_url: String,
+    /// Largest JSON request body, in bytes.
+    pub max_request_body: usize,
     /// State store.
     pub store: StoreConfig,
     /// Token settings.
     pub tokens: TokenConfig,
+    /// Image service settings.
+    pub images: ImageConfig,
 }
 
 impl Default for Config {
@@ -98,8 +196,11 @@ impl Default for Config {
         Config {
             listen: DEFAULT_LISTEN.into(),
             region: DEFAULT_REGION.into(),
+            public_url: String::new(),
+            max_request_body: DEFAULT_MAX_REQUEST_BODY,
             store: StoreConfig::default(),
             tokens: TokenConfig::default(),
+            images: ImageConfig::default(),
         }
     }
 }
@@ -111,11 +212,21 @@ pub struct Validated {
     pub listen: SocketAddr,
     /// Token lifetime.
     pub token_expiry: Duration,
+    /// Age at which the primary signing key is replaced.
+    pub key_rotation: Duration,
+    /// URL published in the catalog for this API, without a trailing slash.
+    pub public_url: String,
     /// The raw configuration.
     pub raw: Config,
 }
 
 impl Config {
+    /// Reads and parses a TOML file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(ConfigError::Read)?;
+        Config::from_toml(&text)
+    }
+
     /// Parses TOML text.
     pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
         toml::from_str(text).map_err(ConfigError::Parse)
@@ -134,11 +245,48 @@ impl Config {
         if self.store.location.trim().is_empty() {
             return Err(ConfigError::EmptyStoreLocation);
         }
+        let key_rotation = parse_duration(&self.tokens.key_rotation)?;
+        if self.tokens.max_keys < 2 {
+            return Err(ConfigError::TooFewKeys);
+        }
+        let public_url = if self.public_url.is_empty() {
+            format!("http://{listen}")
+        } else {
+            check_url("public-url", &self.public_url)?;
+            self.public_url.trim_end_matches('/').to_string()
+        };
+        check_url("images.store-url", &self.images.store_url)?;
+        if self.images.store_auth == StoreAuth::Tempauth
+            && (self.images.store_user.is_empty() || self.images.store_key.is_empty())
+        {
+            return Err(ConfigError::TempAuthCredentials);
+        }
+        if self.images.container.is_empty() || self.images.container.contains('/') {
+            return Err(ConfigError::Container);
+        }
+        if !["", "raw"].contains(&self.images.import_convert_to.as_str()) {
+            return Err(ConfigError::ConvertTo(
+                self.images.import_convert_to.clone(),
+            ));
+        }
         Ok(Validated {
             listen,
             token_expiry,
+            key_rotation,
+            public_url,
             raw: self,
         })
+    }
+}
+
+fn check_url(what: &'static str, url: &str) -> Result<(), ConfigError> {
+    let ok = url
+        .parse::<http::Uri>()
+        .is_ok_and(|u| u.scheme_str() == Some("http") && u.authority().is_some());
+    if ok {
+        Ok(())
+    } else {
+        Err(ConfigError::Url(what, url.to_string()))
     }
 }
 

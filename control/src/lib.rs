@@ -1,14 +1,31 @@
-//! control: Ferrostack's thin control API and node agent.
+//! control: Ferrostack's thin control API.
 //!
-//! This crate will hold the public HTTP API, compatible with the stock OpenStack clients
-//! where it implements an OpenStack API (Keystone v3 identity, Glance v2 images, Nova
-//! v2.1 compute with Placement-style scheduling, Neutron and Cinder passed through to the
-//! data planes, Ceilometer-style meters), its store (SQLite embedded, PostgreSQL shared),
-//! and the node agent that turns a placement into a running VM.
-//!
-//! What exists today:
+//! A tour of the parts:
 //! - [`config`]: the daemon's TOML configuration with defaults and validation.
+//! - [`store`]: state behind the [`store::Store`] trait (SQLite embedded; PostgreSQL for
+//!   several controllers), schema migrations at start-up, atomic compare-and-swap writes.
+//! - [`identity`]: Keystone v3 semantics: documents, authentication (Argon2id passwords,
+//!   application credentials, token rescoping), signed expiring tokens with rotating keys
+//!   and revocations ([`identity::token`]), effective roles and the catalog;
+//!   [`identity::bootstrap`] creates the first admin and the catalog.
+//! - [`image`]: Glance v2 semantics: image documents, visibility, JSON patch, sorting.
+//! - [`objectstore`]: objectd (Swift API) as the image store, bodies streamed with their
+//!   digests computed on the way.
+//! - [`api`]: the HTTP layer (hyper): parses requests, answers in Keystone's or Glance's
+//!   shapes; store work and hashing run on tokio's blocking pool.
+//! - [`server`]: accept loop, housekeeping (revocation refresh, key rotation), sd_notify.
+//!
+//! Threads: tokio's multi-threaded runtime for connections and streaming, its blocking
+//! pool for the store and password hashing.
 
 #![forbid(unsafe_code)]
 
+pub mod api;
 pub mod config;
+pub mod identity;
+pub mod image;
+pub mod objectstore;
+pub mod server;
+pub mod service;
+pub mod store;
+pub mod time;

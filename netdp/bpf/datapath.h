@@ -205,9 +205,15 @@ struct arp_eth {
 	__u8 tpa[4];
 } __attribute__((packed));
 
+/// A port's counters. Built with NETDP_NO_COUNTERS (the benchmark's uncounted twin only),
+/// there are none and every counting branch compiles away.
 static __always_inline struct port_stats *stats_of(__u32 slot)
 {
+#ifdef NETDP_NO_COUNTERS
+	return 0;
+#else
 	return bpf_map_lookup_elem(&port_stats, &slot);
+#endif
 }
 
 /// The counter slot of a port, or PORT_SLOTS (nothing is counted) for other interfaces.
@@ -236,6 +242,9 @@ static __always_inline void count_tx(__u32 slot, __u64 len)
 
 static __always_inline void count_rule(__u32 rule_id, __u64 len)
 {
+#ifdef NETDP_NO_COUNTERS
+	return;
+#endif
 	if (!rule_id)
 		return;
 	struct rule_stats *r = bpf_map_lookup_elem(&rule_stats, &rule_id);

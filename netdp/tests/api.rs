@@ -112,6 +112,16 @@ fn networks_subnets_ports_and_groups_behave_like_neutron() {
     );
     assert_eq!(s, 200);
     assert_eq!(upd["port"]["security_groups"].as_array().unwrap().len(), 2);
+    // Binding a port to a server (as Nova does when it plugs one).
+    let (s, upd) = call(
+        &mut c,
+        "PUT",
+        &format!("/v2.0/ports/{pid}"),
+        json!({"port": {"device_owner": "compute:nova", "device_id": "vm-1"}}),
+    );
+    assert_eq!(s, 200);
+    assert_eq!(upd["port"]["device_owner"], "compute:nova");
+    assert_eq!(upd["port"]["device_id"], "vm-1");
 
     // Unknown fields, wrong envelopes and unknown ids are refused.
     let (s, _) = call(
@@ -177,7 +187,8 @@ fn networks_subnets_ports_and_groups_behave_like_neutron() {
     assert_eq!(ports["ports"].as_array().unwrap().len(), 3);
     let (_, nets) = call(&mut c, "GET", "/v2.0/networks", Value::Null);
     assert_eq!(nets["networks"][0]["subnets"][0], sub_id.as_str());
-    assert!(c.metrics().contains("ferrostack_netdp_ports 3"));
+    let m = caps::prom::must_scrape("netdp", &c.metrics());
+    assert_eq!(m.get("ferrostack_netdp_ports", &[]), 3.0);
     let (s, _) = call(&mut c, "DELETE", &format!("/v2.0/ports/{pid}"), Value::Null);
     assert_eq!(s, 204);
     let e = c

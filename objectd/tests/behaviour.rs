@@ -393,14 +393,102 @@ fn swift_listings_ranges_conditions_metadata_and_expiry() {
     );
 
     // Metrics count what happened.
-    let m = http(d.port, "GET", "/metrics", &[], b"").text();
+    let m = scrape(&d);
     assert!(
-        m.contains(
-            "ferrostack_objectd_requests_total{api=\"swift\",method=\"PUT\",status=\"201\"}"
-        ),
-        "{m}"
+        m.sum(
+            "ferrostack_objectd_requests_total",
+            &[("method", "PUT"), ("status", "201")]
+        ) >= 6.0
     );
-    assert!(m.contains("ferrostack_objectd_request_duration_seconds_bucket{api=\"swift\""));
+}
+
+/// Scrapes `/metrics` and checks it with the Prometheus parser.
+fn scrape(d: &Daemon) -> caps::prom::Scrape {
+    let r = http(d.port, "GET", "/metrics", &[], b"");
+    assert_eq!(r.status, 200);
+    caps::prom::must_scrape("objectd", &r.text())
+}
+
+#[test]
+fn metrics_count_exactly_the_objects_written_and_read() {
+    let d = Daemon::start();
+    let t = d.token();
+    assert_eq!(swift_put(&d, &t, "/v1/AUTH_test/m", b"").status, 201);
+    assert_eq!(s3(&d, "PUT", "/mbkt", &[], b"", SECRET_KEY).status, 200);
+    let before = scrape(&d);
+
+    let sizes = [1usize, 4096, 70_000];
+    for (i, n) in sizes.iter().enumerate() {
+        let body = vec![b'a' + i as u8; *n];
+        assert_eq!(
+            swift_put(&d, &t, &format!("/v1/AUTH_test/m/o{i}"), &body).status,
+            201
+        );
+    }
+    for i in 0..2 {
+        assert_eq!(
+            s3(
+                &d,
+                "PUT",
+                &format!("/mbkt/k{i}"),
+                &[],
+                b"s3-bytes",
+                SECRET_KEY
+            )
+            .status,
+            200
+        );
+    }
+    let got = http(
+        d.port,
+        "GET",
+        "/v1/AUTH_test/m/o1",
+        &[("X-Auth-Token", &t)],
+        b"",
+    );
+    assert_eq!((got.status, got.body.len()), (200, 4096));
+    let missing = http(
+        d.port,
+        "GET",
+        "/v1/AUTH_test/m/none",
+        &[("X-Auth-Token", &t)],
+        b"",
+    );
+    assert_eq!(missing.status, 404);
+
+    let after = scrape(&d);
+    let d_req = |api, method, status| {
+        let l = [("api", api), ("method", method), ("status", status)];
+        after.sum("ferrostack_objectd_requests_total", &l)
+            - before.sum("ferrostack_objectd_requests_total", &l)
+    };
+    let d_sum =
+        |name: &str, api| after.sum(name, &[("api", api)]) - before.sum(name, &[("api", api)]);
+    assert_eq!(d_req("swift", "PUT", "201"), 3.0);
+    assert_eq!(d_req("s3", "PUT", "200"), 2.0);
+    assert_eq!(d_req("swift", "GET", "200"), 1.0);
+    assert_eq!(d_req("swift", "GET", "404"), 1.0);
+    // Exactly the 7 requests above, and the first scrape (the second is counted after
+    // its response is rendered).
+    assert_eq!(d_sum("ferrostack_objectd_requests_total", "swift"), 5.0);
+    assert_eq!(d_sum("ferrostack_objectd_requests_total", "s3"), 2.0);
+    assert_eq!(d_sum("ferrostack_objectd_requests_total", "internal"), 1.0);
+    let total: usize = sizes.iter().sum();
+    assert_eq!(
+        d_sum("ferrostack_objectd_received_bytes_total", "swift"),
+        total as f64
+    );
+    assert_eq!(d_sum("ferrostack_objectd_received_bytes_total", "s3"), 16.0);
+    let put = [("api", "swift"), ("method", "PUT")];
+    assert_eq!(
+        after.sum("ferrostack_objectd_request_latency_seconds_count", &put)
+            - before.sum("ferrostack_objectd_request_latency_seconds_count", &put),
+        3.0
+    );
+    assert_eq!(
+        after.get("ferrostack_objectd_quarantined_blobs_total", &[]),
+        0.0
+    );
 }
 
 fn md5_of(b: &[u8]) -> impl std::fmt::LowerHex {
@@ -810,7 +898,10 @@ fn the_same_api_is_served_on_a_unix_socket() {
     let mut out = String::new();
     s.read_to_string(&mut out).unwrap();
     assert!(out.starts_with("HTTP/1.1 200"), "{out}");
-    assert!(out.contains("ferrostack_objectd_sent_bytes_total"));
+    assert!(
+        out.contains("\r\n\r\n# HELP ferrostack_objectd_requests_total "),
+        "{out}"
+    );
     drop(d);
 }
 

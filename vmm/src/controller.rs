@@ -383,15 +383,7 @@ impl Controller {
     }
 }
 
-/// The metrics as Prometheus text, named `ferrostack_vmm_<counter>`.
+/// The metrics as Prometheus text (`ferrostack_vmm_*`).
 pub fn prometheus_text() -> String {
-    let mut out = String::new();
-    if let serde_json::Value::Object(m) = METRICS.to_json() {
-        for (k, v) in m {
-            out.push_str(&format!(
-                "# TYPE ferrostack_vmm_{k} counter\nferrostack_vmm_{k} {v}\n"
-            ));
-        }
-    }
-    out
+    METRICS.prometheus()
 }

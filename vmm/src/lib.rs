@@ -20,8 +20,9 @@
 //!   API; `etc/vm-config.json` is a complete example.
 //! - [`api`]: the HTTP/1.1 API on a Unix socket; it parses requests into
 //!   [`api::ApiRequest`]s and hands them to the VMM thread ([`controller`]) over a channel.
-//! - [`metrics`]: process-wide counters, flushed as JSON (`FlushMetrics`) or served as
-//!   Prometheus text (`GET /metrics`).
+//! - [`metrics`]: per-vCPU (exits by kind, CPU time), per-drive and per-interface counters
+//!   plus process-wide ones, served as Prometheus text (`GET /metrics`, our extension) and
+//!   flushed as Firecracker-style JSON totals (`FlushMetrics`).
 //! - [`testkit`]: builds the freestanding test guests in `tests/guests/` with the stable
 //!   toolchain (ELF with a PVH note, or bzImage).
 //!

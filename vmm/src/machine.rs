@@ -20,7 +20,7 @@ use crate::arch::{self, cpuid::CpuTemplate, layout};
 use crate::devices::IrqLine;
 use crate::devices::bus::{Bus, BusError, SharedDevice};
 use crate::devices::legacy::{BootTimer, I8042, SerialDevice, SerialSink};
-use crate::metrics::METRICS;
+use crate::metrics::{ExitKind, METRICS, VcpuStats};
 use crate::vstate::{Vcpu, VcpuBoot, Vm, VstateError};
 
 /// Errors from building or starting a machine.
@@ -307,7 +307,10 @@ impl Machine {
             let (control, buses, events) = (control.clone(), buses.clone(), events.clone());
             let handle = std::thread::Builder::new()
                 .name(format!("fc_vcpu {index}"))
-                .spawn(move || run_vcpu(index, vcpu, &buses, &control, &events))
+                .spawn(move || {
+                    let stats = METRICS.vcpu(index);
+                    run_vcpu(index, vcpu, &buses, &control, &events, &stats);
+                })
                 .map_err(MachineError::Thread)?;
             vcpus.push(handle);
         }
@@ -481,7 +484,9 @@ fn run_vcpu(
     buses: &Buses,
     control: &VcpuControl,
     events: &Sender<VmEvent>,
+    stats: &VcpuStats,
 ) {
+    stats.thread_started();
     let crash = |reason: String| {
         tracing::error!(vcpu = index, %reason, "guest crashed");
         let _ = events.send(VmEvent::Crashed {
@@ -492,49 +497,54 @@ fn run_vcpu(
     while wait_while_paused(control) {
         match vcpu.fd_mut().run() {
             Ok(VcpuExit::IoIn(port, data)) => {
-                METRICS.pio_reads.fetch_add(1, Ordering::Relaxed);
+                stats.exit(ExitKind::IoIn);
                 if !buses.pio.read(u64::from(port), data) {
                     data.fill(0xff);
-                    METRICS.unhandled_accesses.fetch_add(1, Ordering::Relaxed);
+                    stats.unhandled();
                 }
             }
             Ok(VcpuExit::IoOut(port, data)) => {
-                METRICS.pio_writes.fetch_add(1, Ordering::Relaxed);
+                stats.exit(ExitKind::IoOut);
                 if !buses.pio.write(u64::from(port), data) {
-                    METRICS.unhandled_accesses.fetch_add(1, Ordering::Relaxed);
+                    stats.unhandled();
                 }
             }
             Ok(VcpuExit::MmioRead(addr, data)) => {
-                METRICS.mmio_reads.fetch_add(1, Ordering::Relaxed);
+                stats.exit(ExitKind::MmioRead);
                 if !buses.mmio.read(addr, data) {
-                    METRICS.unhandled_accesses.fetch_add(1, Ordering::Relaxed);
+                    stats.unhandled();
                 }
             }
             Ok(VcpuExit::MmioWrite(addr, data)) => {
-                METRICS.mmio_writes.fetch_add(1, Ordering::Relaxed);
+                stats.exit(ExitKind::MmioWrite);
                 if !buses.mmio.write(addr, data) {
-                    METRICS.unhandled_accesses.fetch_add(1, Ordering::Relaxed);
+                    stats.unhandled();
                 }
             }
             Ok(VcpuExit::Hlt) => {
+                stats.exit(ExitKind::Hlt);
                 // Only without the in-kernel irqchip; nothing will wake the vCPU.
                 crash("halted with no irqchip to wake it".into());
                 break;
             }
             Ok(VcpuExit::Shutdown) => {
+                stats.exit(ExitKind::Shutdown);
                 crash("triple fault (KVM_EXIT_SHUTDOWN)".into());
                 break;
             }
             Ok(VcpuExit::SystemEvent(kind, _)) => {
+                stats.exit(ExitKind::SystemEvent);
                 tracing::info!(vcpu = index, kind, "guest system event");
                 let _ = events.send(VmEvent::Reset);
                 break;
             }
             Ok(VcpuExit::FailEntry(reason, cpu)) => {
+                stats.exit(ExitKind::FailEntry);
                 crash(format!("entry failed: reason {reason:#x} on cpu {cpu}"));
                 break;
             }
             Ok(VcpuExit::InternalError) => {
+                stats.exit(ExitKind::InternalError);
                 let fd = vcpu.fd_mut();
                 // SAFETY: after KVM_EXIT_INTERNAL_ERROR the run area's union holds `internal`.
                 let suberror = unsafe { fd.get_kvm_run().__bindgen_anon_1.internal.suberror };
@@ -545,10 +555,12 @@ fn run_vcpu(
                 break;
             }
             Ok(other) => {
+                stats.exit(ExitKind::Other);
                 crash(format!("unexpected exit {other:?}"));
                 break;
             }
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                stats.exit(ExitKind::Interrupted);
                 vcpu.fd_mut().set_kvm_immediate_exit(0);
             }
             Err(e) => {
@@ -557,6 +569,8 @@ fn run_vcpu(
             }
         }
     }
+    // Bank this thread's CPU time before the VMM may start a successor for this vCPU.
+    stats.thread_finished();
     let mut state = control.lock();
     state.exited += 1;
     control.changed.notify_all();

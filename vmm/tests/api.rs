@@ -259,7 +259,9 @@ fn metrics_and_logger_are_configured_and_flushed() {
     assert!(m["api_requests"].as_u64().unwrap() >= 6, "{m}");
     let (status, prom) = vmm.api("GET", "/metrics", None);
     assert_eq!(status, 200);
-    assert!(prom.contains("ferrostack_vmm_boot_time_us "), "{prom}");
+    let prom = caps::prom::must_scrape("vmm", &prom);
+    assert!(prom.get("ferrostack_vmm_boot_time_seconds", &[]) > 0.0);
+    assert_eq!(prom.get("ferrostack_vmm_metrics_flushes_total", &[]), 1.0);
     let logged = std::fs::read_to_string(&log).unwrap();
     let line = logged
         .lines()

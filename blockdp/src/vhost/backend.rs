@@ -221,7 +221,8 @@ struct Inflight {
     failed: bool,
     kind: IoKind,
     bytes: u64,
-    started: Instant,
+    /// When it was taken off the queue (`None` when counting is off).
+    started: Option<Instant>,
     /// The iovecs io_uring reads; heap-allocated, so stable while the slot moves.
     iovecs: Vec<libc::iovec>,
 }
@@ -375,7 +376,7 @@ impl Worker {
             // for our ack of ADD_MEM_REG before using it): look again now that we have it.
             view.refresh(self.inflight);
             let mem: &GuestMemoryMmap = &view.current;
-            let started = Instant::now();
+            let started = crate::metrics::clock();
             let split = match request::split(&segments) {
                 Ok(s) => s,
                 Err(_) => {
@@ -387,7 +388,7 @@ impl Worker {
                         );
                     }
                     vring.add_used(head, 0).map_err(queue_err)?;
-                    stats.record(IoKind::Other, 0, false, started.elapsed());
+                    stats.record(IoKind::Other, 0, false, started);
                     completed = true;
                     continue;
                 }
@@ -631,12 +632,7 @@ impl Worker {
         } else {
             vring.add_used(req.head, used_len).map_err(queue_err)?;
         }
-        stats.record(
-            req.kind,
-            if ok { req.bytes } else { 0 },
-            ok,
-            req.started.elapsed(),
-        );
+        stats.record(req.kind, if ok { req.bytes } else { 0 }, ok, req.started);
         Ok(())
     }
 }

@@ -603,22 +603,25 @@ impl Manager {
 
     /// Prometheus text for every running export.
     pub fn render_metrics(&self, out: &mut String) {
-        out.push_str(crate::metrics::PREAMBLE);
-        out.push_str("# HELP ferrostack_blockdp_volumes Volumes known to this daemon.\n");
-        out.push_str("# TYPE ferrostack_blockdp_volumes gauge\n");
-        out.push_str(&format!(
-            "ferrostack_blockdp_volumes {}\n",
-            self.list(Kind::Volume).len()
-        ));
-        out.push_str("# HELP ferrostack_blockdp_exports Volumes being served.\n");
-        out.push_str("# TYPE ferrostack_blockdp_exports gauge\n");
-        out.push_str(&format!(
-            "ferrostack_blockdp_exports {}\n",
-            self.exports.len()
-        ));
-        for (id, r) in &self.exports {
-            r.stats.render(id, out);
-        }
+        use crate::metrics::{render, render_gauge};
+        render_gauge(
+            out,
+            "ferrostack_blockdp_volumes",
+            "Volumes known to this daemon.",
+            self.list(Kind::Volume).len() as u64,
+        );
+        render_gauge(
+            out,
+            "ferrostack_blockdp_exports",
+            "Volumes being served.",
+            self.exports.len() as u64,
+        );
+        let exports: Vec<(&str, &VolumeStats)> = self
+            .exports
+            .iter()
+            .map(|(id, r)| (id.as_str(), &*r.stats))
+            .collect();
+        render(out, &exports);
     }
 
     /// Stops every export (daemon shutdown); records keep saying they are exported, so a

@@ -993,6 +993,12 @@ impl Controller {
         if let Some(v) = req.allowed_address_pairs {
             p.allowed_address_pairs = v;
         }
+        if let Some(v) = req.device_owner {
+            p.device_owner = v;
+        }
+        if let Some(v) = req.device_id {
+            p.device_id = v;
+        }
         let p = p.clone();
         Ok(json!({ "port": self.port_view(&p) }))
     }
@@ -1353,7 +1359,7 @@ impl Controller {
         out.push_str("# HELP ferrostack_netdp_ports Ports known to netdp.\n# TYPE ferrostack_netdp_ports gauge\n");
         out.push_str(&format!("ferrostack_netdp_ports {}\n", s.ports.len()));
         out.push_str(&format!(
-            "# TYPE ferrostack_netdp_ports_active gauge\nferrostack_netdp_ports_active {}\n",
+            "# HELP ferrostack_netdp_ports_active Ports programmed into the datapath.\n# TYPE ferrostack_netdp_ports_active gauge\nferrostack_netdp_ports_active {}\n",
             self.programmed.len()
         ));
         let Some(dp) = &self.dp else {
@@ -1377,6 +1383,10 @@ impl Controller {
             (
                 "arp_replies_total",
                 "ARP requests from the port answered by the datapath.",
+            ),
+            (
+                "icmp_errors_total",
+                "ICMP errors the datapath sent back to the port (TTL exceeded, unreachable).",
             ),
         ];
         let counters: Vec<_> = ports
@@ -1413,15 +1423,27 @@ impl Controller {
                 ));
             }
         }
+        let rules: Vec<_> = s
+            .security_group_rules
+            .values()
+            .filter_map(|r| {
+                let n = s.numbers.get(&r.id)?;
+                Some((&r.id, dp.rule_counters(*n).unwrap_or_default()))
+            })
+            .collect();
         out.push_str("# HELP ferrostack_netdp_rule_packets_total Packets of connections a security-group rule admitted.\n# TYPE ferrostack_netdp_rule_packets_total counter\n");
-        for r in s.security_group_rules.values() {
-            if let Some(n) = s.numbers.get(&r.id) {
-                let c = dp.rule_counters(*n).unwrap_or_default();
-                out.push_str(&format!(
-                    "ferrostack_netdp_rule_packets_total{{rule=\"{}\"}} {}\nferrostack_netdp_rule_bytes_total{{rule=\"{}\"}} {}\n",
-                    r.id, c.packets, r.id, c.bytes
-                ));
-            }
+        for (id, c) in &rules {
+            out.push_str(&format!(
+                "ferrostack_netdp_rule_packets_total{{rule=\"{id}\"}} {}\n",
+                c.packets
+            ));
+        }
+        out.push_str("# HELP ferrostack_netdp_rule_bytes_total Bytes of connections a security-group rule admitted.\n# TYPE ferrostack_netdp_rule_bytes_total counter\n");
+        for (id, c) in &rules {
+            out.push_str(&format!(
+                "ferrostack_netdp_rule_bytes_total{{rule=\"{id}\"}} {}\n",
+                c.bytes
+            ));
         }
         out
     }

@@ -28,6 +28,10 @@ use abi::{
 
 static TC_OBJECT: &[u8] = include_bytes_aligned!(concat!(env!("OUT_DIR"), "/switch_tc.o"));
 static XDP_OBJECT: &[u8] = include_bytes_aligned!(concat!(env!("OUT_DIR"), "/switch_xdp.o"));
+static TC_UNCOUNTED: &[u8] =
+    include_bytes_aligned!(concat!(env!("OUT_DIR"), "/switch_tc_uncounted.o"));
+static XDP_UNCOUNTED: &[u8] =
+    include_bytes_aligned!(concat!(env!("OUT_DIR"), "/switch_xdp_uncounted.o"));
 
 /// Every map in the object, for pinning.
 pub const MAPS: &[&str] = &[
@@ -325,6 +329,16 @@ impl Datapath {
         Self::load_with(hook, None)
     }
 
+    /// Loads a fresh instance of the same program built with its counters compiled out
+    /// (`NETDP_NO_COUNTERS`). For `benches/` only, to measure what counting costs.
+    pub fn load_uncounted(hook: Hook) -> Result<Self, DatapathError> {
+        let object = match hook {
+            Hook::Tc => TC_UNCOUNTED,
+            Hook::Xdp => XDP_UNCOUNTED,
+        };
+        Self::load_object(hook, object, None)
+    }
+
     /// Loads an instance whose maps are pinned in `dir`, reusing maps already pinned there.
     pub fn load_pinned(hook: Hook, dir: &Path) -> Result<Self, DatapathError> {
         std::fs::create_dir_all(dir).map_err(|e| DatapathError::PinDir(dir.into(), e))?;
@@ -376,6 +390,10 @@ impl Datapath {
             Hook::Tc => TC_OBJECT,
             Hook::Xdp => XDP_OBJECT,
         };
+        Self::load_object(hook, object, dir)
+    }
+
+    fn load_object(hook: Hook, object: &[u8], dir: Option<&Path>) -> Result<Self, DatapathError> {
         let mut loader = EbpfLoader::new();
         if let Some(dir) = dir {
             for name in MAPS {

@@ -9,7 +9,6 @@ pub mod swift;
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::Instant;
 
 use ::http::{HeaderValue, StatusCode};
 use bytes::Bytes;
@@ -189,7 +188,7 @@ pub fn classify_head(uri: &::http::Uri, headers: &::http::HeaderMap) -> Api {
 
 /// The service: routes, renders errors, counts.
 pub async fn handle(state: Arc<State>, req: Request) -> Result<Response, Infallible> {
-    let start = Instant::now();
+    let start = crate::metrics::clock();
     let api = classify(&req);
     let method = req.method().clone();
     let bytes_in = req
@@ -219,7 +218,7 @@ pub async fn handle(state: Arc<State>, req: Request) -> Result<Response, Infalli
         api,
         method.as_str(),
         resp.status().as_u16(),
-        start.elapsed(),
+        start,
         bytes_in,
         if method == ::http::Method::HEAD {
             0

@@ -1,6 +1,7 @@
 //! A minimal polling virtio-mmio block driver: negotiates VERSION_1, sets up one queue of 8,
 //! reads 4 KiB at sector 0 and reports its checksum, writes a pattern at sector 8, flushes,
-//! reads it back, tries a read past the end, and resets.
+//! reads it back, tries a read past the end, and resets (or, with `halt` on the command
+//! line, halts with interrupts off so the VMM stays up for its metrics to be read).
 #![no_std]
 #![no_main]
 
@@ -153,8 +154,12 @@ fn buf() -> &'static mut [u8; 4096] {
 }
 
 #[unsafe(no_mangle)]
-extern "C" fn guest_main(_zero_page: u64) -> ! {
+extern "C" fn guest_main(zero_page: u64) -> ! {
     kit::boot_done();
+    let halt = kit::ZeroPage(zero_page)
+        .cmdline()
+        .split(|b| *b == b' ')
+        .any(|w| w == b"halt");
     if !init() {
         kit::print("no virtio-blk device\n");
         kit::reset();
@@ -175,5 +180,11 @@ extern "C" fn guest_main(_zero_page: u64) -> ! {
     kit::report_hex("readback_fnv", kit::fnv1a(buf()));
     kit::report_dec("oob_status", u64::from(request(REQ_IN, cap, 512)));
     kit::print("done\n");
+    if halt {
+        loop {
+            // SAFETY: halting in our own guest.
+            unsafe { core::arch::asm!("cli; hlt") }
+        }
+    }
     kit::reset()
 }

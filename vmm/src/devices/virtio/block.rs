@@ -6,7 +6,7 @@
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
-use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
@@ -14,7 +14,7 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::{TYPE_BLOCK, VirtioDevice};
 use crate::devices::rate_limiter::RateLimiter;
-use crate::metrics::METRICS;
+use crate::metrics::{BlockOp, BlockStats};
 
 /// Sector size of the virtio-blk protocol.
 pub const SECTOR_SIZE: u64 = 512;
@@ -74,6 +74,9 @@ pub struct Block {
     limiter: RateLimiter,
     retry: Option<Duration>,
     ring: Option<io_uring::IoUring>,
+    stats: Arc<BlockStats>,
+    /// The operation of the request being executed, for the counters.
+    op: BlockOp,
 }
 
 /// One descriptor of a request, copied out of the chain.
@@ -113,7 +116,15 @@ impl Block {
             limiter: RateLimiter::default(),
             retry: None,
             ring: None,
+            stats: Arc::default(),
+            op: BlockOp::Other,
         })
+    }
+
+    /// Counts this drive's requests in `stats` (the drive's entry in the VMM's metrics).
+    pub fn with_stats(mut self, stats: Arc<BlockStats>) -> Self {
+        self.stats = stats;
+        self
     }
 
     /// Serves data transfers with io_uring (Firecracker's `Async` engine).
@@ -246,6 +257,12 @@ impl Block {
                     .and_then(|start| start.checked_add(total))
                     .is_some_and(|end| end <= self.capacity_sectors * SECTOR_SIZE)
         };
+        self.op = match kind {
+            REQ_IN => BlockOp::Read,
+            REQ_OUT => BlockOp::Write,
+            REQ_FLUSH => BlockOp::Flush,
+            _ => BlockOp::Other,
+        };
         match kind {
             REQ_IN => {
                 if data.iter().any(|d| !d.write_only) {
@@ -364,9 +381,11 @@ impl VirtioDevice for Block {
             if let Err(wait) = self.limiter.try_consume(bytes, Instant::now()) {
                 queue.go_to_previous_position();
                 self.retry = Some(wait);
-                METRICS.block_throttled.fetch_add(1, Ordering::Relaxed);
+                self.stats.throttled();
                 break;
             }
+            let started = BlockStats::clock();
+            self.op = BlockOp::Other;
             let (status_addr, status, written) = self.execute(mem, &descs);
             let mut used_len = written;
             if let Some(addr) = status_addr
@@ -374,15 +393,12 @@ impl VirtioDevice for Block {
             {
                 used_len = written.saturating_add(1);
             }
-            if status == STATUS_OK {
-                METRICS.block_requests.fetch_add(1, Ordering::Relaxed);
-            } else {
-                METRICS.block_errors.fetch_add(1, Ordering::Relaxed);
-            }
+            let ok = status == STATUS_OK;
             if queue.add_used(mem, head, used_len).is_err() {
-                METRICS.block_errors.fetch_add(1, Ordering::Relaxed);
+                self.stats.request(self.op, 0, false, started);
                 break;
             }
+            self.stats.request(self.op, bytes, ok, started);
             used_any = true;
         }
         used_any

@@ -157,7 +157,8 @@ pub fn attach_devices(
             None => {
                 let device = block::Block::open(&drive.path, drive.read_only)
                     .map_err(|e| virtio_err(e.into()))?
-                    .with_rate_limiter(drive.rate_limiter.as_ref());
+                    .with_rate_limiter(drive.rate_limiter.as_ref())
+                    .with_stats(crate::metrics::METRICS.drive(&drive.id));
                 Box::new(if drive.io_uring {
                     device.with_io_uring().map_err(|e| virtio_err(e.into()))?
                 } else {
@@ -174,7 +175,8 @@ pub fn attach_devices(
                 source: e.into(),
             })?;
         let device = net::Net::multi_queue(taps, n.mac)
-            .with_rate_limiters(n.rx_rate_limiter.as_ref(), n.tx_rate_limiter.as_ref());
+            .with_rate_limiters(n.rx_rate_limiter.as_ref(), n.tx_rate_limiter.as_ref())
+            .with_stats(crate::metrics::METRICS.net(&n.id));
         let fds = device.tap_fds();
         place(&n.id, Box::new(device), fds)?;
     }

@@ -4,7 +4,6 @@
 //! buffers and the tap. Checksum and TSO offloads are offered; what the driver acknowledges
 //! for its receive side is passed to the tap with `TUNSETOFFLOAD`.
 
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -15,7 +14,7 @@ use super::VirtioDevice;
 use super::mmio::MmioTransport;
 use super::tap::{Tap, VNET_HDR_LEN};
 use crate::devices::rate_limiter::RateLimiter;
-use crate::metrics::METRICS;
+use crate::metrics::{Direction, NetStats};
 
 /// Device id of a network device.
 pub const TYPE_NET: u32 = 1;
@@ -78,6 +77,7 @@ pub struct Net {
     retry: Option<Duration>,
     /// Queue pairs the driver enabled through the control queue.
     active_pairs: u16,
+    stats: Arc<NetStats>,
 }
 
 /// One receive/transmit queue pair and its tap queue.
@@ -129,7 +129,14 @@ impl Net {
             tx_limiter: RateLimiter::default(),
             retry: None,
             active_pairs: 1,
+            stats: Arc::default(),
         }
+    }
+
+    /// Counts this interface's frames in `stats` (its entry in the VMM's metrics).
+    pub fn with_stats(mut self, stats: Arc<NetStats>) -> Self {
+        self.stats = stats;
+        self
     }
 
     /// Limits received and transmitted frames and bytes.
@@ -214,15 +221,16 @@ impl Net {
             if ok && let Err(wait) = self.tx_limiter.try_consume(len as u64, Instant::now()) {
                 queue.go_to_previous_position();
                 self.retry = Some(wait);
+                self.stats.throttled(Direction::Tx);
                 break;
             }
             if ok && len > VNET_HDR_LEN {
                 match self.pairs[pair].tap.write_frame(&self.buf[..len]) {
-                    Ok(_) => METRICS.net_tx_frames.fetch_add(1, Ordering::Relaxed),
-                    Err(_) => METRICS.net_errors.fetch_add(1, Ordering::Relaxed),
+                    Ok(_) => self.stats.frame(Direction::Tx, len as u64),
+                    Err(_) => self.stats.error(),
                 };
             } else {
-                METRICS.net_errors.fetch_add(1, Ordering::Relaxed);
+                self.stats.error();
             }
             if queue.add_used(mem, head, 0).is_err() {
                 break;
@@ -235,7 +243,10 @@ impl Net {
     fn receive(&mut self, mem: &GuestMemoryMmap, pair: usize, queue: &mut Queue) -> bool {
         let mut used = false;
         let Self {
-            pairs, rx_limiter, ..
+            pairs,
+            rx_limiter,
+            stats,
+            ..
         } = self;
         let Pair {
             tap,
@@ -259,6 +270,7 @@ impl Net {
             if let Err(wait) = rx_limiter.try_consume(len as u64, Instant::now()) {
                 queue.go_to_previous_position();
                 self.retry = Some(wait);
+                stats.throttled(Direction::Rx);
                 break;
             }
             *rx_pending = None;
@@ -282,9 +294,9 @@ impl Net {
                 written += n;
             }
             if written < len {
-                METRICS.net_errors.fetch_add(1, Ordering::Relaxed);
+                stats.error();
             } else {
-                METRICS.net_rx_frames.fetch_add(1, Ordering::Relaxed);
+                stats.frame(Direction::Rx, len as u64);
             }
             if queue.add_used(mem, head, written as u32).is_err() {
                 break;
@@ -316,7 +328,7 @@ impl VirtioDevice for Net {
         for pair in &self.pairs {
             if let Err(e) = pair.tap.set_offload(flags) {
                 // Guest-triggered (each activation): counted, logged only at debug level.
-                METRICS.net_errors.fetch_add(1, Ordering::Relaxed);
+                self.stats.error();
                 tracing::debug!(error = %e, flags, "TUNSETOFFLOAD");
             }
         }

@@ -1,0 +1,1785 @@
+//! Keystone v3 over HTTP: version discovery, tokens, domains, projects, users, groups,
+//! roles and assignments, the catalog (services, endpoints, regions) and application
+//! credentials. Handlers run on the blocking pool (store and Argon2 block).
+
+use http::{HeaderValue, Method, StatusCode};
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+
+use super::{ApiError, Request, Response, empty, json as json_resp};
+use crate::identity::token::{Claims, now_secs};
+use crate::identity::{
+    AppCredDoc, AssignmentDoc, AuthBody, Ctx, DomainDoc, EndpointDoc, GroupDoc, MembershipDoc,
+    ProjectDoc, RegionDoc, RoleDoc, ServiceDoc, UserDoc, new_id, password,
+};
+use crate::service::{Service, ServiceError};
+use crate::store::{Kind, Record, StoreError, Write};
+
+type Res = Result<Response, ServiceError>;
+
+const MAX_NAME: usize = 255;
+
+/// Answers one Keystone request.
+pub fn handle(svc: &Service, req: &Request) -> Result<Response, ApiError> {
+    route(svc, req).map_err(ApiError::from)
+}
+
+fn segs(req: &Request) -> Vec<&str> {
+    req.segs.iter().map(String::as_str).collect()
+}
+
+fn route(svc: &Service, req: &Request) -> Res {
+    let s = segs(req);
+    let m = &req.method;
+    let get = m == Method::GET || m == Method::HEAD;
+    match s.as_slice() {
+        [] if get => Ok(json_resp(
+            StatusCode::MULTIPLE_CHOICES,
+            &json!({"versions": {"values": [version(svc)]}}),
+        )),
+        ["v3"] if get => Ok(json_resp(StatusCode::OK, &json!({"version": version(svc)}))),
+        ["v3", "auth", "tokens"] => tokens(svc, req),
+        ["v3", rest @ ..] => {
+            let ctx = caller(svc, req)?;
+            resources(svc, req, &ctx, rest)
+        }
+        _ => Err(ApiError::not_found(format!("no such resource: /{}", req.segs.join("/"))).into()),
+    }
+}
+
+fn version(svc: &Service) -> Value {
+    json!({
+        "id": "v3.14", "status": "stable", "updated": "2020-04-07T00:00:00Z",
+        "links": [{"rel": "self", "href": format!("{}/v3/", svc.config.public_url)}],
+        "media-types": [{"base": "application/json",
+                          "type": "application/vnd.openstack.identity-v3+json"}]
+    })
+}
+
+/// The context of the request's `X-Auth-Token`, or 401.
+pub fn caller(svc: &Service, req: &Request) -> Result<Ctx, ServiceError> {
+    let token = req.header("x-auth-token").ok_or_else(|| {
+        ApiError::unauthorized("The request you have made requires authentication.")
+    })?;
+    svc.context(token)
+}
+
+fn denied(action: &str) -> ServiceError {
+    ApiError::forbidden(format!(
+        "You are not authorized to perform the requested action: identity:{action}."
+    ))
+    .into()
+}
+
+fn admin(ctx: &Ctx, action: &str) -> Result<(), ServiceError> {
+    if ctx.is_admin() {
+        Ok(())
+    } else {
+        Err(denied(action))
+    }
+}
+
+fn not_found(what: &str, id: &str) -> ServiceError {
+    ApiError::not_found(format!("Could not find {what}: {id}.")).into()
+}
+
+fn conflict(e: StoreError, what: &str) -> ServiceError {
+    match e {
+        StoreError::Conflict { .. } => ApiError::conflict(format!(
+            "Conflict occurred attempting to store {what} - Duplicate entry."
+        ))
+        .into(),
+        StoreError::Stale { .. } => {
+            ApiError::conflict(format!("The {what} was changed by another request; retry.")).into()
+        }
+        other => other.into(),
+    }
+}
+
+fn link(svc: &Service, path: &str) -> Value {
+    json!({"self": format!("{}/v3/{path}", svc.config.public_url)})
+}
+
+fn collection(svc: &Service, key: &str, path: &str, items: Vec<Value>) -> Response {
+    json_resp(
+        StatusCode::OK,
+        &json!({key: items, "links": {"self": format!("{}/v3/{path}", svc.config.public_url),
+                                       "previous": null, "next": null}}),
+    )
+}
+
+/// Parses `{"<key>": {...}}` into T, rejecting other top-level keys.
+fn wrapped<T: serde::de::DeserializeOwned>(req: &Request, key: &str) -> Result<T, ServiceError> {
+    let v: Value = req.json()?;
+    let Value::Object(mut o) = v else {
+        return Err(ApiError::bad_request("the body must be a JSON object").into());
+    };
+    let inner = o
+        .remove(key)
+        .ok_or_else(|| ApiError::bad_request(format!("'{key}' is a required property")))?;
+    if let Some(k) = o.keys().next() {
+        return Err(ApiError::bad_request(format!(
+            "Additional properties are not allowed ('{k}' was unexpected)"
+        ))
+        .into());
+    }
+    serde_json::from_value(inner)
+        .map_err(|e| ApiError::bad_request(format!("invalid '{key}': {e}")).into())
+}
+
+fn check_name(name: &str) -> Result<(), ServiceError> {
+    if name.trim().is_empty() || name.len() > MAX_NAME {
+        return Err(
+            ApiError::bad_request(format!("name must be 1 to {MAX_NAME} characters")).into(),
+        );
+    }
+    Ok(())
+}
+
+fn reserved_extra(extra: &Map<String, Value>, reserved: &[&str]) -> Result<(), ServiceError> {
+    if let Some(k) = extra.keys().find(|k| reserved.contains(&k.as_str())) {
+        return Err(ApiError::bad_request(format!("'{k}' cannot be set")).into());
+    }
+    Ok(())
+}
+
+fn bool_filter(req: &Request, key: &str) -> Option<bool> {
+    req.q(key).map(|v| {
+        !matches!(
+            v.to_ascii_lowercase().as_str(),
+            "0" | "false" | "no" | "off"
+        )
+    })
+}
+
+// ---------------------------------------------------------------- tokens
+
+fn tokens(svc: &Service, req: &Request) -> Res {
+    let with_catalog = req.q("nocatalog").is_none();
+    match req.method {
+        Method::POST => {
+            let auth: AuthBody = req.json()?;
+            let claims = svc.authenticate(&auth, req.header("x-auth-token"))?;
+            let token = svc.keys.seal(&claims)?;
+            let ctx = svc.context_for(claims)?;
+            let mut r = json_resp(StatusCode::CREATED, &svc.token_body(&ctx, with_catalog)?);
+            r.headers_mut().insert(
+                "x-subject-token",
+                HeaderValue::from_str(&token).expect("base64 is a valid header"),
+            );
+            Ok(r)
+        }
+        Method::GET | Method::HEAD | Method::DELETE => {
+            let ctx = caller(svc, req)?;
+            let subject = req
+                .header("x-subject-token")
+                .ok_or_else(|| ApiError::bad_request("X-Subject-Token header is required"))?;
+            let claims = subject_claims(svc, subject)?;
+            // A user may check or revoke their own tokens; admins anyone's.
+            if !ctx.is_admin() && claims.user_id != ctx.user_id() {
+                return Err(denied("validate_token"));
+            }
+            match req.method {
+                Method::DELETE => {
+                    svc.revoke_token(&claims)?;
+                    Ok(empty(StatusCode::NO_CONTENT))
+                }
+                _ => {
+                    let sctx = svc.context_for(claims).map_err(|_| {
+                        ApiError::not_found("Could not find token: the subject token is not valid.")
+                    })?;
+                    let mut r = json_resp(StatusCode::OK, &svc.token_body(&sctx, with_catalog)?);
+                    r.headers_mut().insert(
+                        "x-subject-token",
+                        HeaderValue::from_str(subject)
+                            .map_err(|_| ApiError::bad_request("bad token"))?,
+                    );
+                    Ok(r)
+                }
+            }
+        }
+        _ => Err(ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method not allowed").into()),
+    }
+}
+
+fn subject_claims(svc: &Service, subject: &str) -> Result<Claims, ServiceError> {
+    svc.check_token(subject).map_err(|_| {
+        ApiError::not_found("Could not find token: the subject token is not valid.").into()
+    })
+}
+
+// ---------------------------------------------------------------- dispatch
+
+fn resources(svc: &Service, req: &Request, ctx: &Ctx, s: &[&str]) -> Res {
+    let m = req.method.clone();
+    let get = m == Method::GET || m == Method::HEAD;
+    match (s, m) {
+        (["auth", "catalog"], _) if get => {
+            let c = svc.catalog(ctx.project_id.as_deref())?;
+            Ok(json_resp(
+                StatusCode::OK,
+                &json!({"catalog": c, "links": link(svc, "auth/catalog")}),
+            ))
+        }
+        (["auth", "projects"], _) if get => {
+            let items = user_projects(svc, ctx.user_id())?;
+            Ok(collection(svc, "projects", "auth/projects", items))
+        }
+        (["auth", "domains"], _) if get => {
+            let mut items = Vec::new();
+            for r in svc.store.list(Kind::Domain, None)? {
+                if !svc
+                    .effective_roles(ctx.user_id(), "domain", &r.id)?
+                    .is_empty()
+                {
+                    items.push(domain_view(svc, &r)?);
+                }
+            }
+            Ok(collection(svc, "domains", "auth/domains", items))
+        }
+        (["domains"], Method::POST) => create_domain(svc, req, ctx),
+        (["domains"], _) if get => list_simple(svc, req, ctx, Kind::Domain, "domains", domain_view),
+        (["domains", id], m) => one_domain(svc, req, ctx, id, m),
+        (["projects"], Method::POST) => create_project(svc, req, ctx),
+        (["projects"], _) if get => list_projects(svc, req, ctx),
+        (["projects", id], m) => one_project(svc, req, ctx, id, m),
+        (["users"], Method::POST) => create_user(svc, req, ctx),
+        (["users"], _) if get => list_users(svc, req, ctx),
+        (["users", id], m) => one_user(svc, req, ctx, id, m),
+        (["users", id, "projects"], _) if get => {
+            if !ctx.is_admin() && *id != ctx.user_id() {
+                return Err(denied("list_user_projects"));
+            }
+            let items = user_projects(svc, id)?;
+            Ok(collection(
+                svc,
+                "projects",
+                &format!("users/{id}/projects"),
+                items,
+            ))
+        }
+        (["users", id, "groups"], _) if get => {
+            if !ctx.is_admin() && *id != ctx.user_id() {
+                return Err(denied("list_groups_for_user"));
+            }
+            let mut items = Vec::new();
+            for m in svc.store.list(Kind::Membership, Some(id))? {
+                let m: MembershipDoc = m.parse()?;
+                if let Some(g) = svc.store.get(Kind::Group, &m.group_id)? {
+                    items.push(group_view(svc, &g)?);
+                }
+            }
+            Ok(collection(
+                svc,
+                "groups",
+                &format!("users/{id}/groups"),
+                items,
+            ))
+        }
+        (["users", id, "password"], Method::POST) => change_password(svc, req, ctx, id),
+        (["users", uid, "application_credentials"], Method::POST) => {
+            create_app_cred(svc, req, ctx, uid)
+        }
+        (["users", uid, "application_credentials"], _) if get => {
+            own_user(ctx, uid, "list_application_credentials")?;
+            let mut items = Vec::new();
+            for r in svc.store.list(Kind::AppCredential, Some(uid))? {
+                if req.q("name").is_none_or(|n| r.name.as_deref() == Some(n)) {
+                    items.push(app_cred_view(svc, &r)?);
+                }
+            }
+            Ok(collection(
+                svc,
+                "application_credentials",
+                &format!("users/{uid}/application_credentials"),
+                items,
+            ))
+        }
+        (["users", uid, "application_credentials", cid], m) => {
+            own_user(ctx, uid, "get_application_credential")?;
+            let rec = svc
+                .store
+                .get(Kind::AppCredential, cid)?
+                .filter(|r| r.scope == *uid)
+                .ok_or_else(|| not_found("application credential", cid))?;
+            match m {
+                Method::GET | Method::HEAD => Ok(json_resp(
+                    StatusCode::OK,
+                    &json!({"application_credential": app_cred_view(svc, &rec)?}),
+                )),
+                Method::DELETE => {
+                    if ctx.claims.app_cred_id.is_some() {
+                        return Err(denied("delete_application_credential"));
+                    }
+                    svc.store.delete(Kind::AppCredential, cid)?;
+                    Ok(empty(StatusCode::NO_CONTENT))
+                }
+                _ => Err(method_not_allowed()),
+            }
+        }
+        (["roles"], Method::POST) => create_role(svc, req, ctx),
+        (["roles"], _) if get => list_simple(svc, req, ctx, Kind::Role, "roles", role_view),
+        (["roles", id], m) => one_role(svc, req, ctx, id, m),
+        (["groups"], Method::POST) => create_group(svc, req, ctx),
+        (["groups"], _) if get => list_simple(svc, req, ctx, Kind::Group, "groups", group_view),
+        (["groups", id], m) => one_group(svc, req, ctx, id, m),
+        (["groups", gid, "users"], _) if get => {
+            admin(ctx, "list_users_in_group")?;
+            svc.store
+                .get(Kind::Group, gid)?
+                .ok_or_else(|| not_found("group", gid))?;
+            let mut items = Vec::new();
+            for m in svc.store.list(Kind::Membership, None)? {
+                let d: MembershipDoc = m.parse()?;
+                if d.group_id == *gid
+                    && let Some(u) = svc.store.get(Kind::User, &d.user_id)?
+                {
+                    items.push(user_view(svc, &u)?);
+                }
+            }
+            Ok(collection(
+                svc,
+                "users",
+                &format!("groups/{gid}/users"),
+                items,
+            ))
+        }
+        (["groups", gid, "users", uid], m) => membership(svc, ctx, gid, uid, m),
+        (
+            [
+                t @ ("projects" | "domains"),
+                tid,
+                a @ ("users" | "groups"),
+                aid,
+                "roles",
+            ],
+            _,
+        ) if get => list_target_roles(svc, ctx, t, tid, a, aid),
+        (
+            [
+                t @ ("projects" | "domains"),
+                tid,
+                a @ ("users" | "groups"),
+                aid,
+                "roles",
+                rid,
+            ],
+            m,
+        ) => grant(svc, ctx, t, tid, a, aid, rid, m),
+        (["role_assignments"], _) if get => role_assignments(svc, req, ctx),
+        (["services"], Method::POST) => create_service(svc, req, ctx),
+        (["services"], _) if get => list_services(svc, req, ctx),
+        (["services", id], m) => one_service(svc, req, ctx, id, m),
+        (["endpoints"], Method::POST) => create_endpoint(svc, req, ctx),
+        (["endpoints"], _) if get => list_endpoints(svc, req, ctx),
+        (["endpoints", id], m) => one_endpoint(svc, req, ctx, id, m),
+        (["regions"], _) if get => {
+            let items = svc
+                .store
+                .list(Kind::Region, None)?
+                .iter()
+                .map(|r| region_view(svc, r))
+                .collect::<Result<_, _>>()?;
+            Ok(collection(svc, "regions", "regions", items))
+        }
+        (["regions", id], _) if get => {
+            let r = svc
+                .store
+                .get(Kind::Region, id)?
+                .ok_or_else(|| not_found("region", id))?;
+            Ok(json_resp(
+                StatusCode::OK,
+                &json!({"region": region_view(svc, &r)?}),
+            ))
+        }
+        _ => Err(ApiError::not_found(format!("no such resource: /v3/{}", s.join("/"))).into()),
+    }
+}
+
+fn method_not_allowed() -> ServiceError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method not allowed on this resource",
+    )
+    .into()
+}
+
+fn own_user(ctx: &Ctx, uid: &str, action: &str) -> Result<(), ServiceError> {
+    if uid == ctx.user_id() || ctx.is_admin() {
+        Ok(())
+    } else {
+        Err(denied(action))
+    }
+}
+
+type View = fn(&Service, &Record) -> Result<Value, ServiceError>;
+
+fn list_simple(svc: &Service, req: &Request, ctx: &Ctx, kind: Kind, key: &str, view: View) -> Res {
+    admin(ctx, &format!("list_{key}"))?;
+    let mut items = Vec::new();
+    for r in svc.store.list(kind, None)? {
+        if req.q("name").is_some_and(|n| r.name.as_deref() != Some(n)) {
+            continue;
+        }
+        if let Some(d) = req.q("domain_id")
+            && r.scope != d
+        {
+            continue;
+        }
+        items.push(view(svc, &r)?);
+    }
+    Ok(collection(svc, key, key, items))
+}
+
+fn merge(mut base: Value, extra: &Map<String, Value>) -> Value {
+    if let Value::Object(o) = &mut base {
+        for (k, v) in extra {
+            o.entry(k.clone()).or_insert_with(|| v.clone());
+        }
+    }
+    base
+}
+
+// ---------------------------------------------------------------- domains
+
+#[derive(Deserialize)]
+struct DomainIn {
+    name: Option<String>,
+    description: Option<String>,
+    enabled: Option<bool>,
+    #[serde(default)]
+    tags: Vec<String>,
+    #[serde(flatten)]
+    extra: Map<String, Value>,
+}
+
+fn domain_view(svc: &Service, r: &Record) -> Result<Value, ServiceError> {
+    let d: DomainDoc = r.parse()?;
+    Ok(merge(
+        json!({"id": r.id, "name": d.name, "description": d.description, "enabled": d.enabled,
+               "tags": [], "options": {}, "links": link(svc, &format!("domains/{}", r.id))}),
+        &d.extra,
+    ))
+}
+
+fn create_domain(svc: &Service, req: &Request, ctx: &Ctx) -> Res {
+    admin(ctx, "create_domain")?;
+    let d: DomainIn = wrapped(req, "domain")?;
+    let _ = d.tags;
+    let name = d
+        .name
+        .ok_or_else(|| ApiError::bad_request("'name' is a required property"))?;
+    check_name(&name)?;
+    reserved_extra(&d.extra, &["id", "links"])?;
+    let id = new_id();
+    let doc = DomainDoc {
+        name: name.clone(),
+        description: d.description.unwrap_or_default(),
+        enabled: d.enabled.unwrap_or(true),
+        extra: d.extra,
+    };
+    let rec = Record::new(Kind::Domain, &id, "", Some(&name), &doc);
+    svc.store
+        .insert(rec.clone())
+        .map_err(|e| conflict(e, "domain"))?;
+    Ok(json_resp(
+        StatusCode::CREATED,
+        &json!({"domain": domain_view(svc, &rec)?}),
+    ))
+}
+
+fn one_domain(svc: &Service, req: &Request, ctx: &Ctx, id: &str, m: Method) -> Res {
+    let rec = svc.store.get(Kind::Domain, id)?;
+    match m {
+        Method::GET | Method::HEAD => {
+            if !ctx.is_admin() && ctx.domain_id.as_deref() != Some(id) && ctx.user_domain_id != id {
+                return Err(denied("get_domain"));
+            }
+            let rec = rec.ok_or_else(|| not_found("domain", id))?;
+            Ok(json_resp(
+                StatusCode::OK,
+                &json!({"domain": domain_view(svc, &rec)?}),
+            ))
+        }
+        Method::PATCH => {
+            admin(ctx, "update_domain")?;
+            let rec = rec.ok_or_else(|| not_found("domain", id))?;
+            let p: DomainIn = wrapped(req, "domain")?;
+            reserved_extra(&p.extra, &["id", "links"])?;
+            let mut d: DomainDoc = rec.parse()?;
+            if let Some(n) = p.name {
+                check_name(&n)?;
+                d.name = n;
+            }
+            if let Some(x) = p.description {
+                d.description = x;
+            }
+            if let Some(e) = p.enabled {
+                d.enabled = e;
+            }
+            d.extra.extend(p.extra);
+            let next = rec.with_doc(Some(&d.name.clone()), &d);
+            svc.store
+                .update(next.clone())
+                .map_err(|e| conflict(e, "domain"))?;
+            Ok(json_resp(
+                StatusCode::OK,
+                &json!({"domain": domain_view(svc, &next)?}),
+            ))
+        }
+        Method::DELETE => {
+            admin(ctx, "delete_domain")?;
+            let rec = rec.ok_or_else(|| not_found("domain", id))?;
+            if rec.parse::<DomainDoc>()?.enabled {
+                return Err(ApiError::forbidden(
+                    "Cannot delete a domain that is enabled, please disable it first.",
+                )
+                .into());
+            }
+            for k in [Kind::Project, Kind::User, Kind::Group] {
+                if !svc.store.list(k, Some(id))?.is_empty() {
+                    return Err(ApiError::conflict(
+                        "the domain still owns projects, users or groups; delete them first",
+                    )
+                    .into());
+                }
+            }
+            let mut writes = vec![Write::Delete(Kind::Domain, id.into())];
+            for a in svc
+                .store
+                .list(Kind::Assignment, Some(&format!("domain:{id}")))?
+            {
+                writes.push(Write::Delete(Kind::Assignment, a.id));
+            }
+            svc.store.apply(&writes)?;
+            Ok(empty(StatusCode::NO_CONTENT))
+        }
+        _ => Err(method_not_allowed()),
+    }
+}
+
+// ---------------------------------------------------------------- projects
+
+#[derive(Deserialize)]
+struct ProjectIn {
+    name: Option<String>,
+    domain_id: Option<String>,
+    description: Option<String>,
+    enabled: Option<bool>,
+    parent_id: Option<String>,
+    is_domain: Option<bool>,
+    tags: Option<Vec<String>>,
+    options: Option<Value>,
+    #[serde(flatten)]
+    extra: Map<String, Value>,
+}
+
+fn project_view(svc: &Service, r: &Record) -> Result<Value, ServiceError> {
+    let p: ProjectDoc = r.parse()?;
+    Ok(merge(
+        json!({"id": r.id, "name": p.name, "domain_id": p.domain_id, "description": p.description,
+               "enabled": p.enabled, "parent_id": p.parent_id, "is_domain": false, "tags": p.tags,
+               "options": {}, "links": link(svc, &format!("projects/{}", r.id))}),
+        &p.extra,
+    ))
+}
+
+fn create_project(svc: &Service, req: &Request, ctx: &Ctx) -> Res {
+    admin(ctx, "create_project")?;
+    let p: ProjectIn = wrapped(req, "project")?;
+    let _ = p.options;
+    if p.is_domain == Some(true) {
+        return Err(ApiError::bad_request("projects acting as domains are not supported").into());
+    }
+    reserved_extra(&p.extra, &["id", "links"])?;
+    let name = p
+        .name
+        .ok_or_else(|| ApiError::bad_request("'name' is a required property"))?;
+    check_name(&name)?;
+    let mut domain_id = p.domain_id.unwrap_or_else(|| ctx.user_domain_id.clone());
+    let mut parent_id = domain_id.clone();
+    if let Some(parent) = p.parent_id.filter(|x| *x != domain_id) {
+        let pr = svc.store.get(Kind::Project, &parent)?.ok_or_else(|| {
+            ApiError::bad_request(format!("parent project {parent} does not exist"))
+        })?;
+        domain_id = pr.scope.clone();
+        parent_id = parent;
+    }
+    if svc.store.get(Kind::Domain, &domain_id)?.is_none() {
+        return Err(ApiError::bad_request(format!("domain {domain_id} does not exist")).into());
+    }
+    let id = new_id();
+    let doc = ProjectDoc {
+        name: name.clone(),
+        domain_id: domain_id.clone(),
+        description: p.description.unwrap_or_default(),
+        enabled: p.enabled.unwrap_or(true),
+        parent_id,
+        tags: p.tags.unwrap_or_default(),
+        extra: p.extra,
+    };
+    let rec = Record::new(Kind::Project, &id, &domain_id, Some(&name), &doc);
+    svc.store
+        .insert(rec.clone())
+        .map_err(|e| conflict(e, "project"))?;
+    Ok(json_resp(
+        StatusCode::CREATED,
+        &json!({"project": project_view(svc, &rec)?}),
+    ))
+}
+
+fn list_projects(svc: &Service, req: &Request, ctx: &Ctx) -> Res {
+    // Domain-scoped admins of a domain and cloud admins list; others use /auth/projects.
+    admin(ctx, "list_projects")?;
+    let mut items = Vec::new();
+    for r in svc.store.list(Kind::Project, req.q("domain_id"))? {
+        let p: ProjectDoc = r.parse()?;
+        if req.q("name").is_some_and(|n| p.name != n)
+            || req.q("parent_id").is_some_and(|x| p.parent_id != x)
+            || bool_filter(req, "enabled").is_some_and(|e| p.enabled != e)
+        {
+            continue;
+        }
+        items.push(project_view(svc, &r)?);
+    }
+    Ok(collection(svc, "projects", "projects", items))
+}
+
+fn user_projects(svc: &Service, uid: &str) -> Result<Vec<Value>, ServiceError> {
+    let mut out = Vec::new();
+    for r in svc.store.list(Kind::Project, None)? {
+        if !svc.effective_roles(uid, "project", &r.id)?.is_empty() {
+            out.push(project_view(svc, &r)?);
+        }
+    }
+    Ok(out)
+}
+
+fn one_project(svc: &Service, req: &Request, ctx: &Ctx, id: &str, m: Method) -> Res {
+    let rec = svc.store.get(Kind::Project, id)?;
+    match m {
+        Method::GET | Method::HEAD => {
+            if !ctx.is_admin() && ctx.project_id.as_deref() != Some(id) {
+                return Err(denied("get_project"));
+            }
+            let rec = rec.ok_or_else(|| not_found("project", id))?;
+            Ok(json_resp(
+                StatusCode::OK,
+                &json!({"project": project_view(svc, &rec)?}),
+            ))
+        }
+        Method::PATCH => {
+            admin(ctx, "update_project")?;
+            let rec = rec.ok_or_else(|| not_found("project", id))?;
+            let p: ProjectIn = wrapped(req, "project")?;
+            reserved_extra(&p.extra, &["id", "links"])?;
+            let mut d: ProjectDoc = rec.parse()?;
+            if p.domain_id.as_ref().is_some_and(|x| *x != d.domain_id) {
+                return Err(
+                    ApiError::bad_request("a project cannot move to another domain").into(),
+                );
+            }
+            if let Some(n) = p.name {
+                check_name(&n)?;
+                d.name = n;
+            }
+            if let Some(x) = p.description {
+                d.description = x;
+            }
+            if let Some(e) = p.enabled {
+                d.enabled = e;
+            }
+            if let Some(t) = p.tags {
+                d.tags = t;
+            }
+            d.extra.extend(p.extra);
+            let next = rec.with_doc(Some(&d.name.clone()), &d);
+            svc.store
+                .update(next.clone())
+                .map_err(|e| conflict(e, "project"))?;
+            Ok(json_resp(
+                StatusCode::OK,
+                &json!({"project": project_view(svc, &next)?}),
+            ))
+        }
+        Method::DELETE => {
+            admin(ctx, "delete_project")?;
+            rec.ok_or_else(|| not_found("project", id))?;
+            let mut writes = vec![Write::Delete(Kind::Project, id.into())];
+            for a in svc
+                .store
+                .list(Kind::Assignment, Some(&format!("project:{id}")))?
+            {
+                writes.push(Write::Delete(Kind::Assignment, a.id));
+            }
+            svc.store.apply(&writes)?;
+            Ok(empty(StatusCode::NO_CONTENT))
+        }
+        _ => Err(method_not_allowed()),
+    }
+}
+
+// ---------------------------------------------------------------- users
+
+#[derive(Deserialize)]
+struct UserIn {
+    name: Option<String>,
+    domain_id: Option<String>,
+    enabled: Option<bool>,
+    password: Option<String>,
+    default_project_id: Option<String>,
+    description: Option<String>,
+    options: Option<Value>,
+    #[serde(flatten)]
+    extra: Map<String, Value>,
+}
+
+fn user_view(svc: &Service, r: &Record) -> Result<Value, ServiceError> {
+    let u: UserDoc = r.parse()?;
+    let mut v = json!({"id": r.id, "name": u.name, "domain_id": u.domain_id, "enabled": u.enabled,
+        "password_expires_at": null, "options": {}, "links": link(svc, &format!("users/{}", r.id))});
+    if let Some(p) = &u.default_project_id {
+        v["default_project_id"] = json!(p);
+    }
+    if !u.description.is_empty() {
+        v["description"] = json!(u.description);
+    }
+    Ok(merge(v, &u.extra))
+}
+
+fn create_user(svc: &Service, req: &Request, ctx: &Ctx) -> Res {
+    admin(ctx, "create_user")?;
+    let u: UserIn = wrapped(req, "user")?;
+    let _ = u.options;
+    reserved_extra(&u.extra, &["id", "links", "password_hash"])?;
+    let name = u
+        .name
+        .ok_or_else(|| ApiError::bad_request("'name' is a required property"))?;
+    check_name(&name)?;
+    let domain_id = u.domain_id.unwrap_or_else(|| ctx.user_domain_id.clone());
+    if svc.store.get(Kind::Domain, &domain_id)?.is_none() {
+        return Err(ApiError::bad_request(format!("domain {domain_id} does not exist")).into());
+    }
+    let password_hash = u.password.as_deref().map(password::hash).transpose()?;
+    let id = new_id();
+    let doc = UserDoc {
+        name: name.clone(),
+        domain_id: domain_id.clone(),
+        enabled: u.enabled.unwrap_or(true),
+        password_hash,
+        default_project_id: u.default_project_id,
+        description: u.description.unwrap_or_default(),
+        extra: u.extra,
+    };
+    let rec = Record::new(Kind::User, &id, &domain_id, Some(&name), &doc);
+    svc.store
+        .insert(rec.clone())
+        .map_err(|e| conflict(e, "user"))?;
+    Ok(json_resp(
+        StatusCode::CREATED,
+        &json!({"user": user_view(svc, &rec)?}),
+    ))
+}
+
+fn list_users(svc: &Service, req: &Request, ctx: &Ctx) -> Res {
+    admin(ctx, "list_users")?;
+    let mut items = Vec::new();
+    for r in svc.store.list(Kind::User, req.q("domain_id"))? {
+        let u: UserDoc = r.parse()?;
+        if req.q("name").is_some_and(|n| u.name != n)
+            || bool_filter(req, "enabled").is_some_and(|e| u.enabled != e)
+        {
+            continue;
+        }
+        items.push(user_view(svc, &r)?);
+    }
+    Ok(collection(svc, "users", "users", items))
+}
+
+fn one_user(svc: &Service, req: &Request, ctx: &Ctx, id: &str, m: Method) -> Res {
+    let rec = svc.store.get(Kind::User, id)?;
+    match m {
+        Method::GET | Method::HEAD => {
+            own_user(ctx, id, "get_user")?;
+            let rec = rec.ok_or_else(|| not_found("user", id))?;
+            Ok(json_resp(
+                StatusCode::OK,
+                &json!({"user": user_view(svc, &rec)?}),
+            ))
+        }
+        Method::PATCH => {
+            admin(ctx, "update_user")?;
+            let rec = rec.ok_or_else(|| not_found("user", id))?;
+            let p: UserIn = wrapped(req, "user")?;
+            reserved_extra(&p.extra, &["id", "links", "password_hash"])?;
+            let mut u: UserDoc = rec.parse()?;
+            let mut revoke = false;
+            if let Some(n) = p.name {
+                check_name(&n)?;
+                u.name = n;
+            }
+            if let Some(e) = p.enabled {
+                revoke |= !e && u.enabled;
+                u.enabled = e;
+            }
+            if let Some(pw) = p.password {
+                u.password_hash = Some(password::hash(&pw)?);
+                revoke = true;
+            }
+            if let Some(dp) = p.default_project_id {
+                u.default_project_id = Some(dp);
+            }
+            if let Some(x) = p.description {
+                u.description = x;
+            }
+            u.extra.extend(p.extra);
+            let next = rec.with_doc(Some(&u.name.clone()), &u);
+            svc.store
+                .update(next.clone())
+                .map_err(|e| conflict(e, "user"))?;
+            if revoke {
+                svc.revoke_user(id)?;
+            }
+            Ok(json_resp(
+                StatusCode::OK,
+                &json!({"user": user_view(svc, &next)?}),
+            ))
+        }
+        Method::DELETE => {
+            admin(ctx, "delete_user")?;
+            rec.ok_or_else(|| not_found("user", id))?;
+            let mut writes = vec![Write::Delete(Kind::User, id.into())];
+            for a in svc.store.list(Kind::Assignment, None)? {
+                let d: AssignmentDoc = a.parse()?;
+                if d.actor_type == "user" && d.actor_id == id {
+                    writes.push(Write::Delete(Kind::Assignment, a.id));
+                }
+            }
+            for m in svc.store.list(Kind::Membership, Some(id))? {
+                writes.push(Write::Delete(Kind::Membership, m.id));
+            }
+            for c in svc.store.list(Kind::AppCredential, Some(id))? {
+                writes.push(Write::Delete(Kind::AppCredential, c.id));
+            }
+            svc.store.apply(&writes)?;
+            svc.revoke_user(id)?;
+            Ok(empty(StatusCode::NO_CONTENT))
+        }
+        _ => Err(method_not_allowed()),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PasswordChange {
+    password: String,
+    original_password: String,
+}
+
+fn change_password(svc: &Service, req: &Request, ctx: &Ctx, id: &str) -> Res {
+    if ctx.user_id() != id {
+        return Err(denied("change_password"));
+    }
+    let p: PasswordChange = wrapped(req, "user")?;
+    let rec = svc
+        .store
+        .get(Kind::User, id)?
+        .ok_or_else(|| not_found("user", id))?;
+    let mut u: UserDoc = rec.parse()?;
+    if !password::verify(&p.original_password, u.password_hash.as_deref()) {
+        return Err(ApiError::unauthorized("The original password is not correct.").into());
+    }
+    u.password_hash = Some(password::hash(&p.password)?);
+    svc.store
+        .update(rec.with_doc(rec.name.as_deref(), &u))
+        .map_err(|e| conflict(e, "user"))?;
+    svc.revoke_user(id)?;
+    Ok(empty(StatusCode::NO_CONTENT))
+}
+
+// ---------------------------------------------------------------- application credentials
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AppCredIn {
+    name: String,
+    description: Option<String>,
+    secret: Option<String>,
+    expires_at: Option<String>,
+    roles: Option<Vec<RoleRefIn>>,
+    #[serde(default)]
+    unrestricted: bool,
+    access_rules: Option<Vec<Value>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RoleRefIn {
+    id: Option<String>,
+    name: Option<String>,
+}
+
+fn app_cred_view(svc: &Service, r: &Record) -> Result<Value, ServiceError> {
+    let d: AppCredDoc = r.parse()?;
+    let roles: Vec<Value> = svc
+        .expand_roles(d.roles.clone())?
+        .into_iter()
+        .filter(|(id, _)| d.roles.contains(id))
+        .map(|(id, name)| json!({"id": id, "name": name, "domain_id": null}))
+        .collect();
+    Ok(
+        json!({"id": r.id, "name": d.name, "description": d.description, "user_id": d.user_id,
+        "project_id": d.project_id, "roles": roles, "unrestricted": d.unrestricted,
+        "expires_at": d.expires_at.map(crate::time::keystone), "access_rules": [],
+        "links": link(svc, &format!("users/{}/application_credentials/{}", d.user_id, r.id))}),
+    )
+}
+
+fn create_app_cred(svc: &Service, req: &Request, ctx: &Ctx, uid: &str) -> Res {
+    if uid != ctx.user_id() {
+        return Err(denied("create_application_credential"));
+    }
+    if ctx.claims.app_cred_id.is_some() {
+        return Err(ApiError::forbidden("an application credential cannot create another").into());
+    }
+    let project = ctx.project_id.clone().ok_or_else(|| {
+        ApiError::bad_request("application credentials need a project-scoped token")
+    })?;
+    let a: AppCredIn = wrapped(req, "application_credential")?;
+    if a.access_rules.is_some_and(|r| !r.is_empty()) {
+        return Err(ApiError::bad_request("access rules are not supported").into());
+    }
+    check_name(&a.name)?;
+    let expires_at = a
+        .expires_at
+        .as_deref()
+        .map(|t| {
+            crate::time::parse(t).ok_or_else(|| {
+                ApiError::bad_request(format!("expires_at {t:?} is not a timestamp"))
+            })
+        })
+        .transpose()?;
+    if expires_at.is_some_and(|e| e <= now_secs()) {
+        return Err(ApiError::bad_request("expires_at is in the past").into());
+    }
+    let held: Vec<(String, String)> = ctx.roles.clone();
+    let roles = match a.roles {
+        None => held.iter().map(|(id, _)| id.clone()).collect(),
+        Some(list) => {
+            let mut out = Vec::new();
+            for r in list {
+                let found = held.iter().find(|(id, name)| {
+                    r.id.as_deref() == Some(id.as_str()) || r.name.as_deref() == Some(name.as_str())
+                });
+                match found {
+                    Some((id, _)) => out.push(id.clone()),
+                    None => {
+                        return Err(ApiError::forbidden(
+                            "the user does not hold a requested role on the project",
+                        )
+                        .into());
+                    }
+                }
+            }
+            out
+        }
+    };
+    let secret = match a.secret {
+        Some(s) if !s.is_empty() => s,
+        _ => {
+            let mut b = [0u8; 32];
+            getrandom::fill(&mut b).map_err(|_| crate::identity::token::TokenError::Random)?;
+            base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, b)
+        }
+    };
+    let doc = AppCredDoc {
+        name: a.name.clone(),
+        description: a.description.unwrap_or_default(),
+        user_id: uid.into(),
+        project_id: project,
+        secret_hash: password::hash(&secret)?,
+        roles,
+        expires_at,
+        unrestricted: a.unrestricted,
+    };
+    let id = new_id();
+    let rec = Record::new(Kind::AppCredential, &id, uid, Some(&a.name), &doc);
+    svc.store
+        .insert(rec.clone())
+        .map_err(|e| conflict(e, "application credential"))?;
+    let mut v = app_cred_view(svc, &rec)?;
+    v["secret"] = json!(secret);
+    Ok(json_resp(
+        StatusCode::CREATED,
+        &json!({"application_credential": v}),
+    ))
+}
+
+// ---------------------------------------------------------------- roles
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RoleIn {
+    name: Option<String>,
+    description: Option<String>,
+    domain_id: Option<Value>,
+    options: Option<Value>,
+}
+
+fn role_view(svc: &Service, r: &Record) -> Result<Value, ServiceError> {
+    let d: RoleDoc = r.parse()?;
+    Ok(
+        json!({"id": r.id, "name": d.name, "description": d.description, "domain_id": null,
+              "options": {}, "links": link(svc, &format!("roles/{}", r.id))}),
+    )
+}
+
+fn create_role(svc: &Service, req: &Request, ctx: &Ctx) -> Res {
+    admin(ctx, "create_role")?;
+    let r: RoleIn = wrapped(req, "role")?;
+    let _ = r.options;
+    if r.domain_id.is_some_and(|d| !d.is_null()) {
+        return Err(ApiError::bad_request("domain-specific roles are not supported").into());
+    }
+    let name = r
+        .name
+        .ok_or_else(|| ApiError::bad_request("'name' is a required property"))?;
+    check_name(&name)?;
+    let id = new_id();
+    let rec = Record::new(
+        Kind::Role,
+        &id,
+        "",
+        Some(&name),
+        &RoleDoc {
+            name: name.clone(),
+            description: r.description.unwrap_or_default(),
+            implies: vec![],
+        },
+    );
+    svc.store
+        .insert(rec.clone())
+        .map_err(|e| conflict(e, "role"))?;
+    Ok(json_resp(
+        StatusCode::CREATED,
+        &json!({"role": role_view(svc, &rec)?}),
+    ))
+}
+
+fn one_role(svc: &Service, req: &Request, ctx: &Ctx, id: &str, m: Method) -> Res {
+    let rec = svc.store.get(Kind::Role, id)?;
+    match m {
+        Method::GET | Method::HEAD => {
+            admin(ctx, "get_role")?;
+            let rec = rec.ok_or_else(|| not_found("role", id))?;
+            Ok(json_resp(
+                StatusCode::OK,
+                &json!({"role": role_view(svc, &rec)?}),
+            ))
+        }
+        Method::PATCH => {
+            admin(ctx, "update_role")?;
+            let rec = rec.ok_or_else(|| not_found("role", id))?;
+            let p: RoleIn = wrapped(req, "role")?;
+            let mut d: RoleDoc = rec.parse()?;
+            if let Some(n) = p.name {
+                check_name(&n)?;
+                d.name = n;
+            }
+            if let Some(x) = p.description {
+                d.description = x;
+            }
+            let next = rec.with_doc(Some(&d.name.clone()), &d);
+            svc.store
+                .update(next.clone())
+                .map_err(|e| conflict(e, "role"))?;
+            Ok(json_resp(
+                StatusCode::OK,
+                &json!({"role": role_view(svc, &next)?}),
+            ))
+        }
+        Method::DELETE => {
+            admin(ctx, "delete_role")?;
+            rec.ok_or_else(|| not_found("role", id))?;
+            let mut writes = vec![Write::Delete(Kind::Role, id.into())];
+            for a in svc.store.list(Kind::Assignment, None)? {
+                if a.parse::<AssignmentDoc>()?.role_id == id {
+                    writes.push(Write::Delete(Kind::Assignment, a.id));
+                }
+            }
+            for r in svc.store.list(Kind::Role, None)? {
+                let mut d: RoleDoc = r.parse()?;
+                if d.implies.iter().any(|x| x == id) {
+                    d.implies.retain(|x| x != id);
+                    writes.push(Write::Update(r.with_doc(r.name.as_deref(), &d)));
+                }
+            }
+            svc.store.apply(&writes).map_err(|e| conflict(e, "role"))?;
+            Ok(empty(StatusCode::NO_CONTENT))
+        }
+        _ => Err(method_not_allowed()),
+    }
+}
+
+// ---------------------------------------------------------------- groups
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GroupIn {
+    name: Option<String>,
+    domain_id: Option<String>,
+    description: Option<String>,
+}
+
+fn group_view(svc: &Service, r: &Record) -> Result<Value, ServiceError> {
+    let d: GroupDoc = r.parse()?;
+    Ok(
+        json!({"id": r.id, "name": d.name, "domain_id": d.domain_id, "description": d.description,
+              "links": link(svc, &format!("groups/{}", r.id))}),
+    )
+}
+
+fn create_group(svc: &Service, req: &Request, ctx: &Ctx) -> Res {
+    admin(ctx, "create_group")?;
+    let g: GroupIn = wrapped(req, "group")?;
+    let name = g
+        .name
+        .ok_or_else(|| ApiError::bad_request("'name' is a required property"))?;
+    check_name(&name)?;
+    let domain_id = g.domain_id.unwrap_or_else(|| ctx.user_domain_id.clone());
+    if svc.store.get(Kind::Domain, &domain_id)?.is_none() {
+        return Err(ApiError::bad_request(format!("domain {domain_id} does not exist")).into());
+    }
+    let id = new_id();
+    let rec = Record::new(
+        Kind::Group,
+        &id,
+        &domain_id,
+        Some(&name),
+        &GroupDoc {
+            name: name.clone(),
+            domain_id: domain_id.clone(),
+            description: g.description.unwrap_or_default(),
+        },
+    );
+    svc.store
+        .insert(rec.clone())
+        .map_err(|e| conflict(e, "group"))?;
+    Ok(json_resp(
+        StatusCode::CREATED,
+        &json!({"group": group_view(svc, &rec)?}),
+    ))
+}
+
+fn one_group(svc: &Service, req: &Request, ctx: &Ctx, id: &str, m: Method) -> Res {
+    let rec = svc.store.get(Kind::Group, id)?;
+    match m {
+        Method::GET | Method::HEAD => {
+            admin(ctx, "get_group")?;
+            let rec = rec.ok_or_else(|| not_found("group", id))?;
+            Ok(json_resp(
+                StatusCode::OK,
+                &json!({"group": group_view(svc, &rec)?}),
+            ))
+        }
+        Method::PATCH => {
+            admin(ctx, "update_group")?;
+            let rec = rec.ok_or_else(|| not_found("group", id))?;
+            let p: GroupIn = wrapped(req, "group")?;
+            let mut d: GroupDoc = rec.parse()?;
+            if let Some(n) = p.name {
+                check_name(&n)?;
+                d.name = n;
+            }
+            if let Some(x) = p.description {
+                d.description = x;
+            }
+            let next = rec.with_doc(Some(&d.name.clone()), &d);
+            svc.store
+                .update(next.clone())
+                .map_err(|e| conflict(e, "group"))?;
+            Ok(json_resp(
+                StatusCode::OK,
+                &json!({"group": group_view(svc, &next)?}),
+            ))
+        }
+        Method::DELETE => {
+            admin(ctx, "delete_group")?;
+            rec.ok_or_else(|| not_found("group", id))?;
+            let mut writes = vec![Write::Delete(Kind::Group, id.into())];
+            for a in svc.store.list(Kind::Assignment, None)? {
+                let d: AssignmentDoc = a.parse()?;
+                if d.actor_type == "group" && d.actor_id == id {
+                    writes.push(Write::Delete(Kind::Assignment, a.id));
+                }
+            }
+            for m in svc.store.list(Kind::Membership, None)? {
+                if m.parse::<MembershipDoc>()?.group_id == id {
+                    writes.push(Write::Delete(Kind::Membership, m.id));
+                }
+            }
+            svc.store.apply(&writes)?;
+            Ok(empty(StatusCode::NO_CONTENT))
+        }
+        _ => Err(method_not_allowed()),
+    }
+}
+
+fn membership(svc: &Service, ctx: &Ctx, gid: &str, uid: &str, m: Method) -> Res {
+    svc.store
+        .get(Kind::Group, gid)?
+        .ok_or_else(|| not_found("group", gid))?;
+    svc.store
+        .get(Kind::User, uid)?
+        .ok_or_else(|| not_found("user", uid))?;
+    let id = format!("{gid}:{uid}");
+    let exists = svc.store.get(Kind::Membership, &id)?.is_some();
+    match m {
+        Method::HEAD | Method::GET => {
+            admin(ctx, "check_user_in_group")?;
+            if exists {
+                Ok(empty(StatusCode::NO_CONTENT))
+            } else {
+                Err(not_found("membership", &id))
+            }
+        }
+        Method::PUT => {
+            admin(ctx, "add_user_to_group")?;
+            if !exists {
+                let doc = MembershipDoc {
+                    group_id: gid.into(),
+                    user_id: uid.into(),
+                };
+                match svc
+                    .store
+                    .insert(Record::new(Kind::Membership, &id, uid, None, &doc))
+                {
+                    Ok(()) | Err(StoreError::Conflict { .. }) => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            Ok(empty(StatusCode::NO_CONTENT))
+        }
+        Method::DELETE => {
+            admin(ctx, "remove_user_from_group")?;
+            if !exists {
+                return Err(not_found("membership", &id));
+            }
+            svc.store.delete(Kind::Membership, &id)?;
+            svc.revoke_user(uid)?;
+            Ok(empty(StatusCode::NO_CONTENT))
+        }
+        _ => Err(method_not_allowed()),
+    }
+}
+
+// ---------------------------------------------------------------- assignments
+
+fn singular(plural: &str) -> &'static str {
+    match plural {
+        "projects" => "project",
+        "domains" => "domain",
+        "users" => "user",
+        _ => "group",
+    }
+}
+
+fn check_exists(svc: &Service, kind_plural: &str, id: &str) -> Result<(), ServiceError> {
+    let kind = match kind_plural {
+        "projects" => Kind::Project,
+        "domains" => Kind::Domain,
+        "users" => Kind::User,
+        "groups" => Kind::Group,
+        _ => Kind::Role,
+    };
+    svc.store
+        .get(kind, id)?
+        .ok_or_else(|| not_found(singular(kind_plural), id))?;
+    Ok(())
+}
+
+fn list_target_roles(svc: &Service, ctx: &Ctx, t: &str, tid: &str, a: &str, aid: &str) -> Res {
+    let own = t == "projects" && ctx.project_id.as_deref() == Some(tid);
+    if !(ctx.is_admin() || own) {
+        return Err(denied("list_grants"));
+    }
+    check_exists(svc, t, tid)?;
+    check_exists(svc, a, aid)?;
+    let mut items = Vec::new();
+    for r in svc
+        .store
+        .list(Kind::Assignment, Some(&format!("{}:{tid}", singular(t))))?
+    {
+        let d: AssignmentDoc = r.parse()?;
+        if d.actor_type == singular(a)
+            && d.actor_id == aid
+            && let Some(role) = svc.store.get(Kind::Role, &d.role_id)?
+        {
+            items.push(role_view(svc, &role)?);
+        }
+    }
+    Ok(collection(
+        svc,
+        "roles",
+        &format!("{t}/{tid}/{a}/{aid}/roles"),
+        items,
+    ))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn grant(
+    svc: &Service,
+    ctx: &Ctx,
+    t: &str,
+    tid: &str,
+    a: &str,
+    aid: &str,
+    rid: &str,
+    m: Method,
+) -> Res {
+    admin(ctx, "create_grant")?;
+    check_exists(svc, t, tid)?;
+    check_exists(svc, a, aid)?;
+    check_exists(svc, "roles", rid)?;
+    let (tt, at) = (singular(t), singular(a));
+    let id = format!("{at}:{aid}:{tt}:{tid}:{rid}");
+    let exists = svc.store.get(Kind::Assignment, &id)?.is_some();
+    match m {
+        Method::PUT => {
+            if !exists {
+                let doc = AssignmentDoc {
+                    actor_type: at.into(),
+                    actor_id: aid.into(),
+                    target_type: tt.into(),
+                    target_id: tid.into(),
+                    role_id: rid.into(),
+                };
+                match svc.store.insert(Record::new(
+                    Kind::Assignment,
+                    &id,
+                    &format!("{tt}:{tid}"),
+                    None,
+                    &doc,
+                )) {
+                    Ok(()) | Err(StoreError::Conflict { .. }) => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            Ok(empty(StatusCode::NO_CONTENT))
+        }
+        Method::HEAD | Method::GET => {
+            if exists {
+                Ok(empty(StatusCode::NO_CONTENT))
+            } else {
+                Err(not_found("role assignment", &id))
+            }
+        }
+        Method::DELETE => {
+            if !exists {
+                return Err(not_found("role assignment", &id));
+            }
+            svc.store.delete(Kind::Assignment, &id)?;
+            if at == "user" {
+                svc.revoke_user(aid)?;
+            }
+            Ok(empty(StatusCode::NO_CONTENT))
+        }
+        _ => Err(method_not_allowed()),
+    }
+}
+
+fn role_assignments(svc: &Service, req: &Request, ctx: &Ctx) -> Res {
+    let project_filter = req.q("scope.project.id");
+    let own_project = project_filter.is_some() && project_filter == ctx.project_id.as_deref();
+    if !ctx.is_admin() && !own_project && req.q("user.id") != Some(ctx.user_id()) {
+        return Err(denied("list_role_assignments"));
+    }
+    let effective = req.q("effective").is_some();
+    let names = bool_filter(req, "include_names").unwrap_or(false);
+    let mut rows: Vec<AssignmentDoc> = Vec::new();
+    for r in svc.store.list(Kind::Assignment, None)? {
+        let d: AssignmentDoc = r.parse()?;
+        if effective && d.actor_type == "group" {
+            for m in svc.store.list(Kind::Membership, None)? {
+                let m: MembershipDoc = m.parse()?;
+                if m.group_id == d.actor_id {
+                    rows.push(AssignmentDoc {
+                        actor_type: "user".into(),
+                        actor_id: m.user_id,
+                        ..d.clone()
+                    });
+                }
+            }
+        } else {
+            rows.push(d);
+        }
+    }
+    let roles: Vec<(String, RoleDoc)> = svc
+        .store
+        .list(Kind::Role, None)?
+        .iter()
+        .map(|r| Ok((r.id.clone(), r.parse::<RoleDoc>()?)))
+        .collect::<Result<_, ServiceError>>()?;
+    if effective {
+        // Add implied roles as their own rows.
+        let mut i = 0;
+        while i < rows.len() {
+            let d = rows[i].clone();
+            if let Some((_, role)) = roles.iter().find(|(id, _)| *id == d.role_id) {
+                for imp in &role.implies {
+                    let exists = rows.iter().any(|x| {
+                        x.role_id == *imp
+                            && x.actor_id == d.actor_id
+                            && x.target_id == d.target_id
+                            && x.actor_type == d.actor_type
+                    });
+                    if !exists {
+                        rows.push(AssignmentDoc {
+                            role_id: imp.clone(),
+                            ..d.clone()
+                        });
+                    }
+                }
+            }
+            i += 1;
+        }
+    }
+    let mut items = Vec::new();
+    for d in rows {
+        let keep = req
+            .q("user.id")
+            .is_none_or(|u| d.actor_type == "user" && d.actor_id == u)
+            && req
+                .q("group.id")
+                .is_none_or(|g| d.actor_type == "group" && d.actor_id == g)
+            && req.q("role.id").is_none_or(|r| d.role_id == r)
+            && project_filter.is_none_or(|p| d.target_type == "project" && d.target_id == p)
+            && req
+                .q("scope.domain.id")
+                .is_none_or(|p| d.target_type == "domain" && d.target_id == p);
+        if !keep {
+            continue;
+        }
+        let named = |kind: Kind, id: &str| -> Result<Value, ServiceError> {
+            let mut v = json!({"id": id});
+            if names && let Some(r) = svc.store.get(kind, id)? {
+                v["name"] = json!(r.name);
+                if matches!(kind, Kind::User | Kind::Group | Kind::Project) {
+                    let dname = svc.store.get(Kind::Domain, &r.scope)?.and_then(|d| d.name);
+                    v["domain"] = json!({"id": r.scope, "name": dname});
+                }
+            }
+            Ok(v)
+        };
+        let mut v = json!({
+            "role": named(Kind::Role, &d.role_id)?,
+            "links": {"assignment": format!("{}/v3/{}s/{}/{}s/{}/roles/{}", svc.config.public_url, d.target_type, d.target_id, d.actor_type, d.actor_id, d.role_id)},
+        });
+        let (akind, tkind) = (
+            if d.actor_type == "user" {
+                Kind::User
+            } else {
+                Kind::Group
+            },
+            if d.target_type == "project" {
+                Kind::Project
+            } else {
+                Kind::Domain
+            },
+        );
+        v[d.actor_type.as_str()] = named(akind, &d.actor_id)?;
+        v["scope"] = json!({ d.target_type.clone(): named(tkind, &d.target_id)? });
+        items.push(v);
+    }
+    Ok(collection(
+        svc,
+        "role_assignments",
+        "role_assignments",
+        items,
+    ))
+}
+
+// ---------------------------------------------------------------- catalog
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ServiceIn {
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    name: Option<String>,
+    description: Option<String>,
+    enabled: Option<bool>,
+}
+
+fn service_view(svc: &Service, r: &Record) -> Result<Value, ServiceError> {
+    let d: ServiceDoc = r.parse()?;
+    Ok(
+        json!({"id": r.id, "type": d.kind, "name": d.name, "description": d.description,
+              "enabled": d.enabled, "links": link(svc, &format!("services/{}", r.id))}),
+    )
+}
+
+fn create_service(svc: &Service, req: &Request, ctx: &Ctx) -> Res {
+    admin(ctx, "create_service")?;
+    let s: ServiceIn = wrapped(req, "service")?;
+    let kind = s
+        .kind
+        .ok_or_else(|| ApiError::bad_request("'type' is a required property"))?;
+    check_name(&kind)?;
+    let name = s.name.unwrap_or_default();
+    let id = new_id();
+    let rec = Record::new(
+        Kind::Service,
+        &id,
+        "",
+        (!name.is_empty()).then_some(name.as_str()),
+        &ServiceDoc {
+            kind,
+            name: name.clone(),
+            description: s.description.unwrap_or_default(),
+            enabled: s.enabled.unwrap_or(true),
+        },
+    );
+    svc.store
+        .insert(rec.clone())
+        .map_err(|e| conflict(e, "service"))?;
+    Ok(json_resp(
+        StatusCode::CREATED,
+        &json!({"service": service_view(svc, &rec)?}),
+    ))
+}
+
+fn list_services(svc: &Service, req: &Request, ctx: &Ctx) -> Res {
+    admin(ctx, "list_services")?;
+    let mut items = Vec::new();
+    for r in svc.store.list(Kind::Service, None)? {
+        let d: ServiceDoc = r.parse()?;
+        if req.q("type").is_some_and(|t| d.kind != t) || req.q("name").is_some_and(|n| d.name != n)
+        {
+            continue;
+        }
+        items.push(service_view(svc, &r)?);
+    }
+    Ok(collection(svc, "services", "services", items))
+}
+
+fn one_service(svc: &Service, req: &Request, ctx: &Ctx, id: &str, m: Method) -> Res {
+    let rec = svc.store.get(Kind::Service, id)?;
+    match m {
+        Method::GET | Method::HEAD => {
+            admin(ctx, "get_service")?;
+            let rec = rec.ok_or_else(|| not_found("service", id))?;
+            Ok(json_resp(
+                StatusCode::OK,
+                &json!({"service": service_view(svc, &rec)?}),
+            ))
+        }
+        Method::PATCH => {
+            admin(ctx, "update_service")?;
+            let rec = rec.ok_or_else(|| not_found("service", id))?;
+            let p: ServiceIn = wrapped(req, "service")?;
+            let mut d: ServiceDoc = rec.parse()?;
+            if let Some(k) = p.kind {
+                d.kind = k;
+            }
+            if let Some(n) = p.name {
+                d.name = n;
+            }
+            if let Some(x) = p.description {
+                d.description = x;
+            }
+            if let Some(e) = p.enabled {
+                d.enabled = e;
+            }
+            let name = (!d.name.is_empty()).then(|| d.name.clone());
+            let next = rec.with_doc(name.as_deref(), &d);
+            svc.store
+                .update(next.clone())
+                .map_err(|e| conflict(e, "service"))?;
+            Ok(json_resp(
+                StatusCode::OK,
+                &json!({"service": service_view(svc, &next)?}),
+            ))
+        }
+        Method::DELETE => {
+            admin(ctx, "delete_service")?;
+            rec.ok_or_else(|| not_found("service", id))?;
+            let mut writes = vec![Write::Delete(Kind::Service, id.into())];
+            for e in svc.store.list(Kind::Endpoint, Some(id))? {
+                writes.push(Write::Delete(Kind::Endpoint, e.id));
+            }
+            svc.store.apply(&writes)?;
+            Ok(empty(StatusCode::NO_CONTENT))
+        }
+        _ => Err(method_not_allowed()),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EndpointIn {
+    service_id: Option<String>,
+    interface: Option<String>,
+    url: Option<String>,
+    region_id: Option<String>,
+    region: Option<String>,
+    enabled: Option<bool>,
+}
+
+fn endpoint_view(svc: &Service, r: &Record) -> Result<Value, ServiceError> {
+    let d: EndpointDoc = r.parse()?;
+    Ok(
+        json!({"id": r.id, "service_id": d.service_id, "interface": d.interface, "url": d.url,
+              "region_id": d.region_id, "region": d.region_id, "enabled": d.enabled,
+              "links": link(svc, &format!("endpoints/{}", r.id))}),
+    )
+}
+
+fn check_interface(i: &str) -> Result<(), ServiceError> {
+    if matches!(i, "public" | "internal" | "admin") {
+        Ok(())
+    } else {
+        Err(ApiError::bad_request(format!(
+            "interface {i:?} is not one of public, internal, admin"
+        ))
+        .into())
+    }
+}
+
+fn create_endpoint(svc: &Service, req: &Request, ctx: &Ctx) -> Res {
+    admin(ctx, "create_endpoint")?;
+    let e: EndpointIn = wrapped(req, "endpoint")?;
+    let service_id = e
+        .service_id
+        .ok_or_else(|| ApiError::bad_request("'service_id' is a required property"))?;
+    let interface = e
+        .interface
+        .ok_or_else(|| ApiError::bad_request("'interface' is a required property"))?;
+    let url = e
+        .url
+        .ok_or_else(|| ApiError::bad_request("'url' is a required property"))?;
+    check_interface(&interface)?;
+    if svc.store.get(Kind::Service, &service_id)?.is_none() {
+        return Err(ApiError::bad_request(format!("service {service_id} does not exist")).into());
+    }
+    let region = e.region_id.or(e.region);
+    if let Some(r) = &region
+        && svc.store.get(Kind::Region, r)?.is_none()
+    {
+        svc.store
+            .insert(Record::new(
+                Kind::Region,
+                r,
+                "",
+                None,
+                &RegionDoc {
+                    description: String::new(),
+                    parent_region_id: None,
+                },
+            ))
+            .or_else(|e| {
+                if matches!(e, StoreError::Conflict { .. }) {
+                    Ok(())
+                } else {
+                    Err(e)
+                }
+            })?;
+    }
+    let id = new_id();
+    let rec = Record::new(
+        Kind::Endpoint,
+        &id,
+        &service_id,
+        None,
+        &EndpointDoc {
+            service_id: service_id.clone(),
+            interface,
+            url,
+            region_id: region,
+            enabled: e.enabled.unwrap_or(true),
+        },
+    );
+    svc.store.insert(rec.clone())?;
+    Ok(json_resp(
+        StatusCode::CREATED,
+        &json!({"endpoint": endpoint_view(svc, &rec)?}),
+    ))
+}
+
+fn list_endpoints(svc: &Service, req: &Request, ctx: &Ctx) -> Res {
+    admin(ctx, "list_endpoints")?;
+    let mut items = Vec::new();
+    for r in svc.store.list(Kind::Endpoint, None)? {
+        let d: EndpointDoc = r.parse()?;
+        if req.q("service_id").is_some_and(|s| d.service_id != s)
+            || req.q("interface").is_some_and(|i| d.interface != i)
+            || req
+                .q("region_id")
+                .is_some_and(|x| d.region_id.as_deref() != Some(x))
+        {
+            continue;
+        }
+        items.push(endpoint_view(svc, &r)?);
+    }
+    Ok(collection(svc, "endpoints", "endpoints", items))
+}
+
+fn one_endpoint(svc: &Service, req: &Request, ctx: &Ctx, id: &str, m: Method) -> Res {
+    let rec = svc.store.get(Kind::Endpoint, id)?;
+    match m {
+        Method::GET | Method::HEAD => {
+            admin(ctx, "get_endpoint")?;
+            let rec = rec.ok_or_else(|| not_found("endpoint", id))?;
+            Ok(json_resp(
+                StatusCode::OK,
+                &json!({"endpoint": endpoint_view(svc, &rec)?}),
+            ))
+        }
+        Method::PATCH => {
+            admin(ctx, "update_endpoint")?;
+            let rec = rec.ok_or_else(|| not_found("endpoint", id))?;
+            let p: EndpointIn = wrapped(req, "endpoint")?;
+            let mut d: EndpointDoc = rec.parse()?;
+            if let Some(i) = p.interface {
+                check_interface(&i)?;
+                d.interface = i;
+            }
+            if let Some(u) = p.url {
+                d.url = u;
+            }
+            if let Some(r) = p.region_id.or(p.region) {
+                d.region_id = Some(r);
+            }
+            if let Some(e) = p.enabled {
+                d.enabled = e;
+            }
+            if let Some(s) = p.service_id {
+                d.service_id = s;
+            }
+            let mut next = rec.with_doc(None, &d);
+            next.scope = d.service_id.clone();
+            svc.store
+                .update(next.clone())
+                .map_err(|e| conflict(e, "endpoint"))?;
+            Ok(json_resp(
+                StatusCode::OK,
+                &json!({"endpoint": endpoint_view(svc, &next)?}),
+            ))
+        }
+        Method::DELETE => {
+            admin(ctx, "delete_endpoint")?;
+            rec.ok_or_else(|| not_found("endpoint", id))?;
+            svc.store.delete(Kind::Endpoint, id)?;
+            Ok(empty(StatusCode::NO_CONTENT))
+        }
+        _ => Err(method_not_allowed()),
+    }
+}
+
+fn region_view(svc: &Service, r: &Record) -> Result<Value, ServiceError> {
+    let d: RegionDoc = r.parse()?;
+    Ok(
+        json!({"id": r.id, "description": d.description, "parent_region_id": d.parent_region_id,
+              "links": link(svc, &format!("regions/{}", r.id))}),
+    )
+}

@@ -1,0 +1,309 @@
+//! The public HTTP API: one hyper server, routes by path prefix.
+//!
+//! `/` and `/v3/...` are Keystone v3 ([`identity`]), `/image/...` is Glance v2 ([`image`]).
+//! JSON requests are read whole up to `max-request-body` (413 beyond) and handled on the
+//! blocking pool, since the store and password hashing block; image data is streamed.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Method, StatusCode};
+use http_body_util::{BodyExt, Full, combinators::BoxBody};
+use serde_json::Value;
+
+use crate::service::{Service, ServiceError};
+
+pub mod identity;
+pub mod image;
+
+/// A response body: whole JSON or a stream of image bytes.
+pub type Body = BoxBody<Bytes, BoxError>;
+/// Errors a streamed body can end with.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// A response.
+pub type Response = http::Response<Body>;
+
+/// Which API's error shape to answer with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flavor {
+    /// `{"error": {"code", "title", "message"}}`.
+    Keystone,
+    /// `{"code", "title", "message"}` in Glance's (webob's) shape.
+    Glance,
+}
+
+/// An error answer: status, and what was wrong.
+#[derive(Debug)]
+pub struct ApiError {
+    /// HTTP status.
+    pub status: StatusCode,
+    /// Human-readable reason.
+    pub message: String,
+}
+
+impl ApiError {
+    /// An error with a status and message.
+    pub fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            message: message.into(),
+        }
+    }
+    /// 400.
+    pub fn bad_request(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, message)
+    }
+    /// 401.
+    pub fn unauthorized(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::UNAUTHORIZED, message)
+    }
+    /// 403.
+    pub fn forbidden(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::FORBIDDEN, message)
+    }
+    /// 404.
+    pub fn not_found(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::NOT_FOUND, message)
+    }
+    /// 409.
+    pub fn conflict(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::CONFLICT, message)
+    }
+
+    /// The response in the given API's shape.
+    pub fn into_response(self, flavor: Flavor) -> Response {
+        let title = self.status.canonical_reason().unwrap_or("Error");
+        let body = match flavor {
+            Flavor::Keystone => serde_json::json!({"error": {
+                "code": self.status.as_u16(), "title": title, "message": self.message}}),
+            Flavor::Glance => serde_json::json!({
+                "code": format!("{} {}", self.status.as_u16(), title),
+                "title": title, "message": self.message}),
+        };
+        let mut r = json(self.status, &body);
+        if self.status == StatusCode::UNAUTHORIZED && flavor == Flavor::Keystone {
+            r.headers_mut().insert(
+                "www-authenticate",
+                HeaderValue::from_static("Keystone uri=\"/v3\""),
+            );
+        }
+        r
+    }
+}
+
+impl From<ServiceError> for ApiError {
+    fn from(e: ServiceError) -> ApiError {
+        match e {
+            ServiceError::Api(a) => a,
+            other => {
+                tracing::error!(error = %other, source = ?std::error::Error::source(&other), "internal error");
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal error; see the control log",
+                )
+            }
+        }
+    }
+}
+
+/// A whole-body response.
+pub fn full(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Response {
+    let mut r = http::Response::new(
+        Full::new(body.into())
+            .map_err(|never: Infallible| match never {})
+            .boxed(),
+    );
+    *r.status_mut() = status;
+    if !content_type.is_empty() {
+        r.headers_mut()
+            .insert("content-type", HeaderValue::from_static(content_type));
+    }
+    r
+}
+
+/// A JSON response.
+pub fn json(status: StatusCode, body: &Value) -> Response {
+    full(status, "application/json", body.to_string())
+}
+
+/// An empty response.
+pub fn empty(status: StatusCode) -> Response {
+    full(status, "", Bytes::new())
+}
+
+/// A parsed request with its body read.
+#[derive(Debug)]
+pub struct Request {
+    /// Method.
+    pub method: Method,
+    /// Path segments after the API prefix, percent-decoded.
+    pub segs: Vec<String>,
+    /// Query pairs in order.
+    pub query: Vec<(String, String)>,
+    /// Headers.
+    pub headers: HeaderMap,
+    /// Body bytes.
+    pub body: Bytes,
+}
+
+impl Request {
+    /// The first value of a query parameter.
+    pub fn q(&self, key: &str) -> Option<&str> {
+        self.query
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+    /// A header as text.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+    /// The body as JSON of type `T`, or 400 saying why not.
+    pub fn json<T: serde::de::DeserializeOwned>(&self) -> Result<T, ApiError> {
+        if self.body.is_empty() {
+            return Err(ApiError::bad_request("the request needs a JSON body"));
+        }
+        serde_json::from_slice(&self.body)
+            .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
+    }
+}
+
+fn hex_val(c: u8) -> Option<u8> {
+    (c as char).to_digit(16).map(|d| d as u8)
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%'
+            && i + 2 < b.len()
+            && let (Some(h), Some(l)) = (hex_val(b[i + 1]), hex_val(b[i + 2]))
+        {
+            out.push(h << 4 | l);
+            i += 3;
+            continue;
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Splits a path into decoded segments (no empty ones).
+pub fn segments(path: &str) -> Vec<String> {
+    path.split('/')
+        .filter(|s| !s.is_empty())
+        .map(percent_decode)
+        .collect()
+}
+
+/// Reads a body up to `limit` bytes; beyond that, 413.
+pub async fn read_limited(body: hyper::body::Incoming, limit: usize) -> Result<Bytes, ApiError> {
+    let limited = http_body_util::Limited::new(body, limit);
+    match limited.collect().await {
+        Ok(c) => Ok(c.to_bytes()),
+        Err(e)
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some() =>
+        {
+            Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("request body is larger than the {limit}-byte limit"),
+            ))
+        }
+        Err(e) => Err(ApiError::bad_request(format!(
+            "reading the body failed: {e}"
+        ))),
+    }
+}
+
+/// Answers one request.
+pub async fn handle(svc: Arc<Service>, req: http::Request<hyper::body::Incoming>) -> Response {
+    let path = req.uri().path().to_string();
+    let segs = segments(&path);
+    let flavor = if segs.first().map(String::as_str) == Some("image") {
+        Flavor::Glance
+    } else {
+        Flavor::Keystone
+    };
+    let result = if flavor == Flavor::Glance {
+        image::route(svc, req, segs[1..].to_vec()).await
+    } else {
+        identity_route(svc, req, segs).await
+    };
+    result.unwrap_or_else(|e| e.into_response(flavor))
+}
+
+async fn identity_route(
+    svc: Arc<Service>,
+    req: http::Request<hyper::body::Incoming>,
+    segs: Vec<String>,
+) -> Result<Response, ApiError> {
+    let (parts, body) = req.into_parts();
+    if let Some(len) = parts
+        .headers
+        .get("content-length")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        && len > svc.config.raw.max_request_body as u64
+    {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "request body is larger than the {}-byte limit",
+                svc.config.raw.max_request_body
+            ),
+        ));
+    }
+    let body = read_limited(body, svc.config.raw.max_request_body).await?;
+    let request = Request {
+        method: parts.method,
+        segs,
+        query: parts
+            .uri
+            .query()
+            .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
+            .unwrap_or_default(),
+        headers: parts.headers,
+        body,
+    };
+    let head = request.method == Method::HEAD;
+    let mut resp = blocking(svc, move |svc| identity::handle(svc, &request)).await?;
+    if head {
+        // HEAD answers carry no body (hyper strips it; keep the length honest).
+        *resp.body_mut() = Full::new(Bytes::new())
+            .map_err(|never: Infallible| match never {})
+            .boxed();
+    }
+    Ok(resp)
+}
+
+/// Runs blocking work (store, hashing) on the blocking pool.
+pub async fn blocking<T: Send + 'static>(
+    svc: Arc<Service>,
+    f: impl FnOnce(&Service) -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(move || f(&svc))
+        .await
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("handler failed: {e}"),
+            )
+        })?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn segments_decode() {
+        assert_eq!(segments("/v3//users/a%20b/"), ["v3", "users", "a b"]);
+        assert_eq!(segments("/x/%zz%4"), ["x", "%zz%4"]);
+        assert!(segments("/").is_empty());
+    }
+}

@@ -1,0 +1,74 @@
+//! The state every handler shares: configuration, store, token keys, revocations and the
+//! image store client.
+
+use std::sync::{Arc, RwLock};
+
+use crate::api::ApiError;
+use crate::config::Validated;
+use crate::identity::password::PasswordError;
+use crate::identity::token::{KeyRing, Revocations, TokenError};
+use crate::objectstore::{ObjectStore, ObjectStoreError};
+use crate::store::{SharedStore, StoreError};
+
+/// Errors below the API layer.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    /// An answer for the client (4xx).
+    #[error("{}", .0.message)]
+    Api(ApiError),
+    /// The store failed.
+    #[error("store")]
+    Store(#[from] StoreError),
+    /// Token keys failed.
+    #[error("token keys")]
+    Token(#[from] TokenError),
+    /// Hashing failed.
+    #[error("password hashing")]
+    Password(#[from] PasswordError),
+    /// objectd failed.
+    #[error("image store")]
+    ObjectStore(#[from] ObjectStoreError),
+}
+
+impl From<ApiError> for ServiceError {
+    fn from(e: ApiError) -> ServiceError {
+        ServiceError::Api(e)
+    }
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.status, self.message)
+    }
+}
+
+/// Shared state of the daemon.
+pub struct Service {
+    /// Validated configuration.
+    pub config: Validated,
+    /// The state store.
+    pub store: SharedStore,
+    /// Token signing keys.
+    pub keys: KeyRing,
+    /// Revoked tokens (mirrored in the store).
+    pub revocations: RwLock<Revocations>,
+    /// objectd client for image data.
+    pub objects: ObjectStore,
+}
+
+impl Service {
+    /// Builds the service from its parts and loads revocations from the store.
+    pub fn new(config: Validated, store: SharedStore) -> Result<Arc<Service>, ServiceError> {
+        let keys = KeyRing::open(&config.raw.tokens.key_dir, config.raw.tokens.max_keys)?;
+        let objects = ObjectStore::new(&config.raw.images)?;
+        let svc = Arc::new(Service {
+            config,
+            store,
+            keys,
+            revocations: RwLock::new(Revocations::default()),
+            objects,
+        });
+        svc.reload_revocations()?;
+        Ok(svc)
+    }
+}

@@ -1,0 +1,268 @@
+//! control's state store: records of every kind behind one trait, with an embedded SQLite
+//! backend (the default) and a PostgreSQL backend for several controllers.
+//!
+//! A record is a JSON document with an id, a scope (the domain, project or parent it
+//! belongs to; `""` for none) and an optional name unique within its kind and scope. Writes
+//! are applied in atomic batches, updates are compare-and-swap on a version number, so two
+//! controllers sharing a database never overwrite each other's changes unseen. The typed
+//! layers above (identity, images) own the document shapes.
+
+use std::sync::Arc;
+
+use serde::{Serialize, de::DeserializeOwned};
+
+pub mod conformance;
+pub mod postgres;
+pub mod sqlite;
+
+/// Errors from the store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// An insert collided with an existing id or name.
+    #[error("a {kind} with that id or name already exists")]
+    Conflict {
+        /// The record kind.
+        kind: &'static str,
+    },
+    /// A compare-and-swap update found another version (or no record).
+    #[error("the {kind} {id} changed or vanished since it was read")]
+    Stale {
+        /// The record kind.
+        kind: &'static str,
+        /// The record id.
+        id: String,
+    },
+    /// The SQLite engine failed.
+    #[error("sqlite")]
+    Sqlite(#[source] rusqlite::Error),
+    /// The PostgreSQL engine failed.
+    #[error("postgres: {0}")]
+    Postgres(String),
+    /// A stored document does not parse as the expected type.
+    #[error("stored {kind} {id} is malformed")]
+    Malformed {
+        /// The record kind.
+        kind: &'static str,
+        /// The record id.
+        id: String,
+        /// The parse error.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// A schema migration failed.
+    #[error("schema migration {0} failed")]
+    Migration(u32, #[source] Box<StoreError>),
+    /// The database has a schema newer than this program knows.
+    #[error("database schema version {0} is newer than this control ({1})")]
+    TooNew(u32, u32),
+}
+
+/// The kinds of record control keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Kind {
+    /// Identity domains.
+    Domain,
+    /// Projects (scope: domain id).
+    Project,
+    /// Users (scope: domain id).
+    User,
+    /// Groups (scope: domain id).
+    Group,
+    /// Roles (global scope).
+    Role,
+    /// Role assignments (scope: the target `project:<id>` or `domain:<id>`).
+    Assignment,
+    /// Group memberships (scope: group id).
+    Membership,
+    /// Catalog services.
+    Service,
+    /// Catalog endpoints (scope: service id).
+    Endpoint,
+    /// Catalog regions.
+    Region,
+    /// Application credentials (scope: user id).
+    AppCredential,
+    /// Token revocations.
+    Revocation,
+    /// Images (scope: owner project id).
+    Image,
+    /// Image members (scope: image id).
+    ImageMember,
+    /// Settings of the deployment (the bootstrap record).
+    Setting,
+}
+
+impl Kind {
+    /// Every kind.
+    pub const ALL: [Kind; 15] = [
+        Kind::Domain,
+        Kind::Project,
+        Kind::User,
+        Kind::Group,
+        Kind::Role,
+        Kind::Assignment,
+        Kind::Membership,
+        Kind::Service,
+        Kind::Endpoint,
+        Kind::Region,
+        Kind::AppCredential,
+        Kind::Revocation,
+        Kind::Image,
+        Kind::ImageMember,
+        Kind::Setting,
+    ];
+
+    /// The name stored in the `kind` column.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Domain => "domain",
+            Kind::Project => "project",
+            Kind::User => "user",
+            Kind::Group => "group",
+            Kind::Role => "role",
+            Kind::Assignment => "assignment",
+            Kind::Membership => "membership",
+            Kind::Service => "service",
+            Kind::Endpoint => "endpoint",
+            Kind::Region => "region",
+            Kind::AppCredential => "application_credential",
+            Kind::Revocation => "revocation",
+            Kind::Image => "image",
+            Kind::ImageMember => "image_member",
+            Kind::Setting => "setting",
+        }
+    }
+}
+
+/// One stored record.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Record {
+    /// The record's kind.
+    pub kind: Kind,
+    /// Unique within the kind.
+    pub id: String,
+    /// What it belongs to (`""` for nothing).
+    pub scope: String,
+    /// Unique within kind and scope when set.
+    pub name: Option<String>,
+    /// The JSON document.
+    pub doc: String,
+    /// Incremented by every update; 1 after insert.
+    pub version: i64,
+}
+
+impl Record {
+    /// A new record (version 1) from a serializable document.
+    pub fn new<T: Serialize>(
+        kind: Kind,
+        id: &str,
+        scope: &str,
+        name: Option<&str>,
+        doc: &T,
+    ) -> Record {
+        Record {
+            kind,
+            id: id.to_string(),
+            scope: scope.to_string(),
+            name: name.map(str::to_string),
+            doc: serde_json::to_string(doc).expect("documents serialize"),
+            version: 1,
+        }
+    }
+
+    /// The document parsed as `T`.
+    pub fn parse<T: DeserializeOwned>(&self) -> Result<T, StoreError> {
+        serde_json::from_str(&self.doc).map_err(|source| StoreError::Malformed {
+            kind: self.kind.as_str(),
+            id: self.id.clone(),
+            source,
+        })
+    }
+
+    /// The same record with a new document (and name), for an update.
+    pub fn with_doc<T: Serialize>(&self, name: Option<&str>, doc: &T) -> Record {
+        Record {
+            name: name.map(str::to_string),
+            doc: serde_json::to_string(doc).expect("documents serialize"),
+            ..self.clone()
+        }
+    }
+}
+
+/// One write of an atomic batch.
+#[derive(Debug, Clone)]
+pub enum Write {
+    /// Create a record; fails with [`StoreError::Conflict`] if the id or name is taken.
+    Insert(Record),
+    /// Replace a record whose stored version is still `record.version`; it becomes
+    /// `record.version + 1`. Fails with [`StoreError::Stale`] otherwise.
+    Update(Record),
+    /// Remove a record if present.
+    Delete(Kind, String),
+}
+
+/// control's state. Every method is blocking: call from `spawn_blocking` in async code.
+pub trait Store: Send + Sync {
+    /// The engine's name, for logs.
+    fn engine(&self) -> &'static str;
+    /// One record by id.
+    fn get(&self, kind: Kind, id: &str) -> Result<Option<Record>, StoreError>;
+    /// One record by scope and name.
+    fn get_by_name(
+        &self,
+        kind: Kind,
+        scope: &str,
+        name: &str,
+    ) -> Result<Option<Record>, StoreError>;
+    /// Every record of a kind, or of a kind within one scope, ordered by id.
+    fn list(&self, kind: Kind, scope: Option<&str>) -> Result<Vec<Record>, StoreError>;
+    /// Applies every write or none.
+    fn apply(&self, writes: &[Write]) -> Result<(), StoreError>;
+    /// The schema version in the database.
+    fn schema_version(&self) -> Result<u32, StoreError>;
+
+    /// Inserts one record.
+    fn insert(&self, record: Record) -> Result<(), StoreError> {
+        self.apply(&[Write::Insert(record)])
+    }
+    /// Compare-and-swap update of one record.
+    fn update(&self, record: Record) -> Result<(), StoreError> {
+        self.apply(&[Write::Update(record)])
+    }
+    /// Deletes one record.
+    fn delete(&self, kind: Kind, id: &str) -> Result<(), StoreError> {
+        self.apply(&[Write::Delete(kind, id.to_string())])
+    }
+}
+
+/// A shared store.
+pub type SharedStore = Arc<dyn Store>;
+
+/// The schema, one migration per entry, applied in order at start-up. Both engines take
+/// the same SQL; never edit an entry once released, append a new one.
+pub const MIGRATIONS: &[&str] = &[
+    // 1: records of every kind.
+    "CREATE TABLE records (
+        kind TEXT NOT NULL,
+        id TEXT NOT NULL,
+        scope TEXT NOT NULL,
+        name TEXT,
+        doc TEXT NOT NULL,
+        version BIGINT NOT NULL,
+        PRIMARY KEY (kind, id)
+    );
+    CREATE UNIQUE INDEX records_by_name ON records (kind, scope, name);
+    CREATE INDEX records_by_scope ON records (kind, scope, id);",
+];
+
+/// Opens the configured store and brings its schema up to date.
+pub fn open(config: &crate::config::StoreConfig) -> Result<SharedStore, StoreError> {
+    match config.kind {
+        crate::config::StoreKind::Sqlite => Ok(Arc::new(sqlite::SqliteStore::open(
+            config.location.as_ref(),
+        )?)),
+        crate::config::StoreKind::Postgres => {
+            Ok(Arc::new(postgres::PostgresStore::open(&config.location)?))
+        }
+    }
+}

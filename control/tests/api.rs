@@ -1,0 +1,726 @@
+//! control's HTTP API on bad input, tokens over their life, restarts, and isolation
+//! between projects, with raw HTTP (what a client sees byte for byte).
+
+mod common;
+
+use common::*;
+use serde_json::json;
+
+fn auth_body(user: &str, password: &str) -> serde_json::Value {
+    json!({"auth": {"identity": {"methods": ["password"],
+        "password": {"user": {"name": user, "domain": {"id": "default"}, "password": password}}},
+        "scope": {"project": {"name": "admin", "domain": {"id": "default"}}}}})
+}
+
+#[test]
+fn bad_requests_are_refused_and_change_nothing() {
+    let cloud = Cloud::start_with("max-request-body = 4096", "", "");
+    let (admin, _) = cloud.token("admin", ADMIN_PASSWORD, "admin");
+
+    // Version discovery.
+    let r = cloud.req("GET", "/", None, &[], b"");
+    assert_eq!(r.status, 300);
+    assert_eq!(r.json()["versions"]["values"][0]["id"], "v3.14");
+    assert_eq!(
+        cloud.req("GET", "/v3", None, &[], b"").json()["version"]["status"],
+        "stable"
+    );
+    let r = cloud.req("GET", "/image", None, &[], b"");
+    assert_eq!(r.status, 300);
+    assert!(
+        r.json()["versions"][0]["links"][0]["href"]
+            .as_str()
+            .unwrap()
+            .ends_with("/image/v2/")
+    );
+
+    // Malformed JSON, unknown fields, wrong shapes: 400 with a reason.
+    let r = cloud.req(
+        "POST",
+        "/v3/auth/tokens",
+        None,
+        &[("content-type", "application/json")],
+        b"{\"auth\": ",
+    );
+    assert_eq!(r.status, 400);
+    assert_eq!(r.json()["error"]["code"], 400);
+    assert!(
+        r.json()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("invalid JSON")
+    );
+    let mut b = auth_body("admin", ADMIN_PASSWORD);
+    b["auth"]["identiti"] = json!({});
+    let r = cloud.json("POST", "/v3/auth/tokens", None, &b);
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(r.text().contains("identiti"));
+    let r = cloud.json(
+        "POST",
+        "/v3/projects",
+        Some(&admin),
+        &json!({"project": {"name": "p"}, "extra": 1}),
+    );
+    assert_eq!(r.status, 400);
+    let r = cloud.json(
+        "POST",
+        "/v3/projects",
+        Some(&admin),
+        &json!({"projects": {"name": "p"}}),
+    );
+    assert_eq!(r.status, 400);
+    let r = cloud.json(
+        "POST",
+        "/v3/projects",
+        Some(&admin),
+        &json!({"project": {"name": 7}}),
+    );
+    assert_eq!(r.status, 400);
+    let r = cloud.json(
+        "POST",
+        "/v3/roles",
+        Some(&admin),
+        &json!({"role": {"name": "r", "colour": "red"}}),
+    );
+    assert_eq!(r.status, 400);
+    let r = cloud.json(
+        "POST",
+        "/v3/projects",
+        Some(&admin),
+        &json!({"project": {"name": ""}}),
+    );
+    assert_eq!(r.status, 400);
+
+    // Oversize body: 413, by header and by streamed length.
+    let big = vec![b' '; 10_000];
+    let r = cloud.req(
+        "POST",
+        "/v3/projects",
+        Some(&admin),
+        &[("content-type", "application/json")],
+        &big,
+    );
+    assert_eq!(r.status, 413);
+    assert_eq!(r.json()["error"]["code"], 413);
+    let mut chunked = format!("{:x}\r\n", big.len()).into_bytes();
+    chunked.extend_from_slice(&big);
+    chunked.extend_from_slice(b"\r\n0\r\n\r\n");
+    let r = cloud.req(
+        "POST",
+        "/v3/projects",
+        Some(&admin),
+        &[
+            ("content-type", "application/json"),
+            ("transfer-encoding", "chunked"),
+        ],
+        &chunked,
+    );
+    assert_eq!(r.status, 413);
+
+    // Nothing was created by any of that.
+    let r = cloud.req("GET", "/v3/projects", Some(&admin), &[], b"");
+    let j = r.json();
+    let mut names: Vec<&str> = j["projects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["admin", "service"]);
+
+    // No token, garbage token: 401 with Keystone's shape.
+    let r = cloud.req("GET", "/v3/users", None, &[], b"");
+    assert_eq!(r.status, 401);
+    assert!(r.header("www-authenticate").is_some());
+    let r = cloud.req("GET", "/v3/users", Some("gAAAAAbogus"), &[], b"");
+    assert_eq!(r.status, 401);
+    assert_eq!(r.json()["error"]["title"], "Unauthorized");
+    // Unknown resource: 404.
+    assert_eq!(
+        cloud
+            .req("GET", "/v3/nothing", Some(&admin), &[], b"")
+            .status,
+        404
+    );
+    assert_eq!(
+        cloud
+            .req("GET", "/v3/projects/nope", Some(&admin), &[], b"")
+            .status,
+        404
+    );
+}
+
+#[test]
+fn unknown_user_and_wrong_password_look_the_same() {
+    let cloud = Cloud::start();
+    let a = cloud.json(
+        "POST",
+        "/v3/auth/tokens",
+        None,
+        &auth_body("admin", "wrong"),
+    );
+    let b = cloud.json(
+        "POST",
+        "/v3/auth/tokens",
+        None,
+        &auth_body("nobody", "wrong"),
+    );
+    assert_eq!(a.status, 401);
+    assert_eq!(b.status, 401);
+    assert_eq!(a.body, b.body);
+    assert!(a.header("x-subject-token").is_none());
+}
+
+#[test]
+fn tokens_validate_revoke_expire_and_survive_restarts() {
+    let mut cloud = Cloud::start_with("", "expiry = \"3s\"\nmax-keys = 3", "");
+    let (admin, body) = cloud.token("admin", ADMIN_PASSWORD, "admin");
+    let t = &body["token"];
+    assert_eq!(t["methods"], json!(["password"]));
+    assert_eq!(t["user"]["name"], "admin");
+    assert_eq!(t["project"]["name"], "admin");
+    assert_eq!(t["project"]["domain"]["id"], "default");
+    let roles: Vec<&str> = t["roles"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        roles,
+        ["admin", "member", "reader"],
+        "implied roles included"
+    );
+    assert!(t["catalog"].as_array().unwrap().len() >= 3);
+    assert_eq!(t["audit_ids"].as_array().unwrap().len(), 1);
+
+    // Validate (GET and HEAD) and rescope with the token method.
+    let r = cloud.req(
+        "GET",
+        "/v3/auth/tokens",
+        Some(&admin),
+        &[("x-subject-token", &admin)],
+        b"",
+    );
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["token"]["user"]["id"], t["user"]["id"]);
+    assert_eq!(r.header("x-subject-token"), Some(admin.as_str()));
+    let r = cloud.req(
+        "HEAD",
+        "/v3/auth/tokens",
+        Some(&admin),
+        &[("x-subject-token", &admin)],
+        b"",
+    );
+    assert_eq!(r.status, 200);
+    let r = cloud.req(
+        "GET",
+        "/v3/auth/tokens?nocatalog",
+        Some(&admin),
+        &[("x-subject-token", &admin)],
+        b"",
+    );
+    assert!(r.json()["token"].get("catalog").is_none());
+    let rescope = json!({"auth": {"identity": {"methods": ["token"], "token": {"id": admin}},
+        "scope": {"project": {"name": "service", "domain": {"name": "Default"}}}}});
+    let r = cloud.json("POST", "/v3/auth/tokens", None, &rescope);
+    assert_eq!(r.status, 401, "admin has no role on service: {}", r.text());
+    let rescope = json!({"auth": {"identity": {"methods": ["token"], "token": {"id": admin}},
+        "scope": {"domain": {"id": "default"}}}});
+    let r = cloud.json("POST", "/v3/auth/tokens", None, &rescope);
+    assert_eq!(r.status, 401, "no domain role either");
+
+    // Revoke: subject 404, use 401; survives a SIGKILL restart.
+    let (victim, _) = cloud.token("admin", ADMIN_PASSWORD, "admin");
+    let (keeper, _) = cloud.token("admin", ADMIN_PASSWORD, "admin");
+    assert_eq!(
+        cloud
+            .req(
+                "DELETE",
+                "/v3/auth/tokens",
+                Some(&admin),
+                &[("x-subject-token", &victim)],
+                b""
+            )
+            .status,
+        204
+    );
+    assert_eq!(
+        cloud
+            .req(
+                "GET",
+                "/v3/auth/tokens",
+                Some(&admin),
+                &[("x-subject-token", &victim)],
+                b""
+            )
+            .status,
+        404
+    );
+    assert_eq!(
+        cloud
+            .req("GET", "/v3/users", Some(&victim), &[], b"")
+            .status,
+        401
+    );
+    cloud.restart();
+    assert_eq!(
+        cloud
+            .req("GET", "/v3/users", Some(&victim), &[], b"")
+            .status,
+        401
+    );
+    assert_eq!(
+        cloud
+            .req("GET", "/v3/users", Some(&keeper), &[], b"")
+            .status,
+        200,
+        "unrevoked token outlives a restart"
+    );
+
+    // Expiry.
+    std::thread::sleep(std::time::Duration::from_secs(4));
+    assert_eq!(
+        cloud
+            .req("GET", "/v3/users", Some(&keeper), &[], b"")
+            .status,
+        401
+    );
+
+    // Key rotation: a token stays valid while its key is kept (max-keys = 3).
+    let (old, _) = cloud.token("admin", ADMIN_PASSWORD, "admin");
+    assert!(cloud.control(&["rotate-keys"]).status.success());
+    cloud.restart();
+    assert_eq!(
+        cloud.req("GET", "/v3/users", Some(&old), &[], b"").status,
+        200
+    );
+    assert!(cloud.control(&["rotate-keys"]).status.success());
+    assert!(cloud.control(&["rotate-keys"]).status.success());
+    cloud.restart();
+    assert_eq!(
+        cloud.req("GET", "/v3/users", Some(&old), &[], b"").status,
+        401,
+        "its key was dropped"
+    );
+    let (fresh, _) = cloud.token("admin", ADMIN_PASSWORD, "admin");
+    assert_eq!(
+        cloud.req("GET", "/v3/users", Some(&fresh), &[], b"").status,
+        200
+    );
+}
+
+#[test]
+fn password_change_revokes_and_disabled_users_cannot_log_in() {
+    let cloud = Cloud::start();
+    let (admin, _) = cloud.token("admin", ADMIN_PASSWORD, "admin");
+    let r = cloud.json(
+        "POST",
+        "/v3/users",
+        Some(&admin),
+        &json!({"user": {"name": "carol", "password": "c1"}}),
+    );
+    assert_eq!(r.status, 201);
+    let uid = r.json()["user"]["id"].as_str().unwrap().to_string();
+    let pid = cloud
+        .req("GET", "/v3/projects?name=admin", Some(&admin), &[], b"")
+        .json()["projects"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let roles = cloud
+        .req("GET", "/v3/roles?name=reader", Some(&admin), &[], b"")
+        .json();
+    let rid = roles["roles"][0]["id"].as_str().unwrap().to_string();
+    assert_eq!(
+        cloud
+            .req(
+                "PUT",
+                &format!("/v3/projects/{pid}/users/{uid}/roles/{rid}"),
+                Some(&admin),
+                &[],
+                b""
+            )
+            .status,
+        204
+    );
+    let (carol, body) = cloud.token("carol", "c1", "admin");
+    assert_eq!(body["token"]["roles"][0]["name"], "reader");
+    // A reader cannot write identity.
+    assert_eq!(
+        cloud
+            .json(
+                "POST",
+                "/v3/projects",
+                Some(&carol),
+                &json!({"project": {"name": "x"}})
+            )
+            .status,
+        403
+    );
+    // Changing her password revokes her tokens.
+    let r = cloud.json(
+        "POST",
+        &format!("/v3/users/{uid}/password"),
+        Some(&carol),
+        &json!({"user": {"password": "c2", "original_password": "c1"}}),
+    );
+    assert_eq!(r.status, 204, "{}", r.text());
+    assert_eq!(
+        cloud
+            .req("GET", &format!("/v3/users/{uid}"), Some(&carol), &[], b"")
+            .status,
+        401
+    );
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let (carol2, _) = cloud.token("carol", "c2", "admin");
+    assert_eq!(
+        cloud
+            .req("GET", &format!("/v3/users/{uid}"), Some(&carol2), &[], b"")
+            .status,
+        200
+    );
+    // Disabled: no tokens.
+    let r = cloud.json(
+        "PATCH",
+        &format!("/v3/users/{uid}"),
+        Some(&admin),
+        &json!({"user": {"enabled": false}}),
+    );
+    assert_eq!(r.status, 200);
+    let r = cloud.json("POST", "/v3/auth/tokens", None, &json!({"auth": {"identity": {"methods": ["password"], "password": {"user": {"id": uid, "password": "c2"}}}}}));
+    assert_eq!(r.status, 401);
+}
+
+#[test]
+fn images_are_isolated_and_bad_image_requests_refused() {
+    let cloud = Cloud::start_with("", "", "max-image-size = 100000");
+    let (admin, _) = cloud.token("admin", ADMIN_PASSWORD, "admin");
+    let r = cloud.json(
+        "POST",
+        "/v3/projects",
+        Some(&admin),
+        &json!({"project": {"name": "demo"}}),
+    );
+    let demo = r.json()["project"]["id"].as_str().unwrap().to_string();
+    let r = cloud.json(
+        "POST",
+        "/v3/users",
+        Some(&admin),
+        &json!({"user": {"name": "dave", "password": "d"}}),
+    );
+    let dave = r.json()["user"]["id"].as_str().unwrap().to_string();
+    let member = cloud
+        .req("GET", "/v3/roles?name=member", Some(&admin), &[], b"")
+        .json()["roles"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    cloud.req(
+        "PUT",
+        &format!("/v3/projects/{demo}/users/{dave}/roles/{member}"),
+        Some(&admin),
+        &[],
+        b"",
+    );
+    let (dave_t, _) = cloud.token("dave", "d", "demo");
+
+    // Create: read-only attributes 403, bad formats 400, non-string property 400.
+    assert_eq!(
+        cloud
+            .json(
+                "POST",
+                "/image/v2/images",
+                Some(&admin),
+                &json!({"name": "x", "status": "active"})
+            )
+            .status,
+        403
+    );
+    assert_eq!(
+        cloud
+            .json(
+                "POST",
+                "/image/v2/images",
+                Some(&admin),
+                &json!({"disk_format": "floppy"})
+            )
+            .status,
+        400
+    );
+    assert_eq!(
+        cloud
+            .json("POST", "/image/v2/images", Some(&admin), &json!({"x": 1}))
+            .status,
+        400
+    );
+    assert_eq!(
+        cloud
+            .json(
+                "POST",
+                "/image/v2/images",
+                Some(&dave_t),
+                &json!({"visibility": "public"})
+            )
+            .status,
+        403
+    );
+    let r = cloud.json(
+        "POST",
+        "/image/v2/images",
+        Some(&admin),
+        &json!({"name": "a", "disk_format": "raw", "container_format": "bare"}),
+    );
+    assert_eq!(r.status, 201);
+    assert_eq!(r.json()["status"], "queued");
+    let id = r.json()["id"].as_str().unwrap().to_string();
+    let path = format!("/image/v2/images/{id}");
+
+    // Too large: 413, and the image is still queued (and can be uploaded after).
+    let big = vec![7u8; 100_001];
+    let r = cloud.req(
+        "PUT",
+        &format!("{path}/file"),
+        Some(&admin),
+        &[("content-type", "application/octet-stream")],
+        &big,
+    );
+    assert_eq!(r.status, 413);
+    let mut chunked = format!("{:x}\r\n", big.len()).into_bytes();
+    chunked.extend_from_slice(&big);
+    chunked.extend_from_slice(b"\r\n0\r\n\r\n");
+    let r = cloud.req(
+        "PUT",
+        &format!("{path}/file"),
+        Some(&admin),
+        &[
+            ("content-type", "application/octet-stream"),
+            ("transfer-encoding", "chunked"),
+        ],
+        &chunked,
+    );
+    assert_eq!(r.status, 413, "{}", r.text());
+    assert_eq!(
+        cloud.req("GET", &path, Some(&admin), &[], b"").json()["status"],
+        "queued"
+    );
+    let data: Vec<u8> = (0..50_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    let r = cloud.req(
+        "PUT",
+        &format!("{path}/file"),
+        Some(&admin),
+        &[("content-type", "application/octet-stream")],
+        &data,
+    );
+    assert_eq!(r.status, 204, "{}", r.text());
+    let img = cloud.req("GET", &path, Some(&admin), &[], b"").json();
+    assert_eq!(img["status"], "active");
+    assert_eq!(img["size"], 50_000);
+    assert_eq!(img["virtual_size"], 50_000);
+    // A second upload: 409.
+    let r = cloud.req(
+        "PUT",
+        &format!("{path}/file"),
+        Some(&admin),
+        &[("content-type", "application/octet-stream")],
+        &data,
+    );
+    assert_eq!(r.status, 409);
+    // Download with Content-MD5.
+    let r = cloud.req("GET", &format!("{path}/file"), Some(&admin), &[], b"");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body, data);
+    assert_eq!(r.header("content-md5"), img["checksum"].as_str());
+
+    // Another project: 404 everywhere, and not listed.
+    for (m, p) in [
+        ("GET", path.clone()),
+        ("DELETE", path.clone()),
+        ("GET", format!("{path}/file")),
+        ("PUT", format!("{path}/tags/x")),
+    ] {
+        assert_eq!(
+            cloud.req(m, &p, Some(&dave_t), &[], b"").status,
+            404,
+            "{m} {p}"
+        );
+    }
+    let r = cloud.req(
+        "PATCH",
+        &path,
+        Some(&dave_t),
+        &[(
+            "content-type",
+            "application/openstack-images-v2.1-json-patch",
+        )],
+        br#"[{"op":"add","path":"/a","value":"b"}]"#,
+    );
+    assert_eq!(r.status, 404);
+    assert!(
+        cloud
+            .req("GET", "/image/v2/images", Some(&dave_t), &[], b"")
+            .json()["images"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+
+    // PATCH: wrong media type 415; bad op 400; read-only 403; replace missing 409.
+    let patch = |body: &[u8], ct: &str| {
+        cloud.req("PATCH", &path, Some(&admin), &[("content-type", ct)], body)
+    };
+    let jp = "application/openstack-images-v2.1-json-patch";
+    assert_eq!(
+        patch(
+            br#"[{"op":"add","path":"/a","value":"b"}]"#,
+            "application/json"
+        )
+        .status,
+        415
+    );
+    assert_eq!(
+        patch(br#"[{"op":"copy","path":"/a","from":"/b"}]"#, jp).status,
+        400
+    );
+    assert_eq!(
+        patch(br#"[{"op":"replace","path":"/size","value":1}]"#, jp).status,
+        403
+    );
+    assert_eq!(
+        patch(br#"[{"op":"replace","path":"/nope","value":"1"}]"#, jp).status,
+        409
+    );
+    assert_eq!(patch(br#"not json"#, jp).status, 400);
+    let r = patch(br#"[{"op":"add","path":"/kernel_id","value":"k"},{"op":"replace","path":"/name","value":"b"},{"op":"add","path":"/protected","value":true}]"#, jp);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["kernel_id"], "k");
+    assert_eq!(r.json()["name"], "b");
+    // Protected: delete refused.
+    assert_eq!(
+        cloud.req("DELETE", &path, Some(&admin), &[], b"").status,
+        403
+    );
+
+    // Sharing: visible to a member project once it is added.
+    patch(
+        br#"[{"op":"replace","path":"/visibility","value":"shared"}]"#,
+        jp,
+    );
+    let r = cloud.json(
+        "POST",
+        &format!("{path}/members"),
+        Some(&admin),
+        &json!({"member": demo}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(cloud.req("GET", &path, Some(&dave_t), &[], b"").status, 200);
+    assert!(
+        cloud
+            .req("GET", "/image/v2/images", Some(&dave_t), &[], b"")
+            .json()["images"]
+            .as_array()
+            .unwrap()
+            .is_empty(),
+        "pending members do not list it"
+    );
+    let r = cloud.json(
+        "PUT",
+        &format!("{path}/members/{demo}"),
+        Some(&dave_t),
+        &json!({"status": "accepted"}),
+    );
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        cloud
+            .req("GET", "/image/v2/images", Some(&dave_t), &[], b"")
+            .json()["images"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    // A member may read but not change it.
+    assert_eq!(
+        cloud
+            .req("PUT", &format!("{path}/tags/t"), Some(&dave_t), &[], b"")
+            .status,
+        403
+    );
+}
+
+#[test]
+fn image_list_filters_sorts_and_pages() {
+    let cloud = Cloud::start();
+    let (admin, _) = cloud.token("admin", ADMIN_PASSWORD, "admin");
+    for (i, name) in ["c", "a", "b", "d", "e"].iter().enumerate() {
+        let fmt = if i % 2 == 0 { "raw" } else { "qcow2" };
+        let r = cloud.json("POST", "/image/v2/images", Some(&admin), &json!({"name": name, "disk_format": fmt, "min_ram": i, "tags": [format!("t{}", i % 2)], "os_distro": if i == 4 { "cirros" } else { "debian" }}));
+        assert_eq!(r.status, 201, "{}", r.text());
+    }
+    let names = |q: &str| -> (Vec<String>, Option<String>) {
+        let r = cloud.req(
+            "GET",
+            &format!("/image/v2/images{q}"),
+            Some(&admin),
+            &[],
+            b"",
+        );
+        assert_eq!(r.status, 200, "{q}: {}", r.text());
+        let j = r.json();
+        (
+            j["images"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|i| i["name"].as_str().unwrap().to_string())
+                .collect(),
+            j["next"].as_str().map(str::to_string),
+        )
+    };
+    assert_eq!(names("?sort=name:asc").0, ["a", "b", "c", "d", "e"]);
+    assert_eq!(
+        names("?sort_key=name&sort_dir=desc").0,
+        ["e", "d", "c", "b", "a"]
+    );
+    assert_eq!(names("?sort=min_ram:desc").0, ["e", "d", "b", "a", "c"]);
+    assert_eq!(names("?disk_format=qcow2&sort=name:asc").0, ["a", "d"]);
+    assert_eq!(names("?tag=t0&sort=name:asc").0, ["b", "c", "e"]);
+    assert_eq!(names("?os_distro=cirros").0, ["e"]);
+    assert_eq!(names("?name=b").0, ["b"]);
+    let (page1, next) = names("?sort=name:asc&limit=2");
+    assert_eq!(page1, ["a", "b"]);
+    let next = next.expect("a next link");
+    let (page2, _) = names(next.strip_prefix("/v2/images").unwrap());
+    assert_eq!(page2, ["c", "d"]);
+    assert_eq!(
+        cloud
+            .req(
+                "GET",
+                "/image/v2/images?sort=bogus:asc",
+                Some(&admin),
+                &[],
+                b""
+            )
+            .status,
+        400
+    );
+    assert_eq!(
+        cloud
+            .req("GET", "/image/v2/images?limit=x", Some(&admin), &[], b"")
+            .status,
+        400
+    );
+    assert_eq!(
+        cloud
+            .req(
+                "GET",
+                "/image/v2/images?marker=nope",
+                Some(&admin),
+                &[],
+                b""
+            )
+            .status,
+        400
+    );
+}

@@ -1,0 +1,439 @@
+//! The stock `openstack` CLI against a real control and objectd.
+
+mod common;
+
+use common::*;
+
+#[test]
+fn identity_with_the_openstack_cli() {
+    if !have_cli() {
+        return;
+    }
+    let cloud = Cloud::start();
+    let admin = cloud.admin();
+
+    let t = ok_json(&admin, &["token", "issue"]);
+    assert_eq!(t["project_id"].as_str().unwrap().len(), 32);
+    assert!(t["id"].as_str().unwrap().len() > 40);
+
+    let catalog = ok_json(&admin, &["catalog", "list"]);
+    let types: Vec<&str> = catalog
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["Type"].as_str().unwrap())
+        .collect();
+    for ty in ["identity", "image", "object-store"] {
+        assert!(types.contains(&ty), "{ty} missing from {types:?}");
+    }
+
+    let demo = ok_json(
+        &admin,
+        &["project", "create", "--description", "demo project", "demo"],
+    );
+    let demo_id = demo["id"].as_str().unwrap().to_string();
+    ok_json(&admin, &["project", "create", "other"]);
+    let projects = ok_json(&admin, &["project", "list"]);
+    let names: Vec<&str> = projects
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["Name"].as_str().unwrap())
+        .collect();
+    assert!(names.contains(&"demo") && names.contains(&"other") && names.contains(&"admin"));
+    assert_eq!(
+        ok_json(&admin, &["project", "show", "demo"])["description"],
+        "demo project"
+    );
+    let dup = fails(&admin, &["project", "create", "demo"]);
+    assert!(dup.contains("409") || dup.contains("Conflict"), "{dup}");
+
+    let alice = ok_json(
+        &admin,
+        &[
+            "user",
+            "create",
+            "--password",
+            "alice-pw",
+            "--email",
+            "alice@example.com",
+            "alice",
+        ],
+    );
+    assert_eq!(alice["email"], "alice@example.com");
+    ok(&admin, &["user", "create", "--password", "bob-pw", "bob"]);
+    let users = ok_json(&admin, &["user", "list"]);
+    assert!(
+        users
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|u| u["Name"] == "alice")
+    );
+    ok(
+        &admin,
+        &[
+            "role",
+            "add",
+            "--project",
+            "demo",
+            "--user",
+            "alice",
+            "member",
+        ],
+    );
+    ok(
+        &admin,
+        &[
+            "role",
+            "add",
+            "--project",
+            "other",
+            "--user",
+            "bob",
+            "reader",
+        ],
+    );
+    let ra = ok_json(
+        &admin,
+        &["role", "assignment", "list", "--user", "alice", "--names"],
+    );
+    assert_eq!(ra[0]["Role"], "member");
+    assert_eq!(ra[0]["Project"], "demo@Default");
+
+    // alice works in demo with her own token; her roles include the implied reader.
+    let alice_env = cloud.env("alice", "alice-pw", "demo");
+    let at = ok_json(&alice_env, &["token", "issue"]);
+    assert_eq!(at["project_id"], demo_id.as_str());
+    // Non-admins may not list users or create projects.
+    let e = fails(&alice_env, &["user", "list"]);
+    assert!(e.contains("403") || e.contains("not authorized"), "{e}");
+    fails(&alice_env, &["project", "create", "mine"]);
+    // Her own projects only.
+    let mine = ok_json(&alice_env, &["project", "list"]);
+    assert_eq!(mine.as_array().unwrap().len(), 1, "{mine}");
+
+    // Wrong password and unknown user: both 401.
+    let e = fails(&cloud.env("alice", "wrong", "demo"), &["token", "issue"]);
+    assert!(e.contains("401"), "{e}");
+    let e = fails(
+        &cloud.env("nobody", "alice-pw", "demo"),
+        &["token", "issue"],
+    );
+    assert!(e.contains("401"), "{e}");
+    // No role on the project: 401.
+    let e = fails(
+        &cloud.env("alice", "alice-pw", "other"),
+        &["token", "issue"],
+    );
+    assert!(e.contains("401"), "{e}");
+
+    // Application credential: create as alice, authenticate with it.
+    let ac = ok_json(&alice_env, &["application", "credential", "create", "ci"]);
+    let ac_env: Vec<(String, String)> = [
+        ("OS_AUTH_URL", format!("{}/v3", cloud.url())),
+        ("OS_AUTH_TYPE", "v3applicationcredential".into()),
+        (
+            "OS_APPLICATION_CREDENTIAL_ID",
+            ac["id"].as_str().unwrap().into(),
+        ),
+        (
+            "OS_APPLICATION_CREDENTIAL_SECRET",
+            ac["secret"].as_str().unwrap().into(),
+        ),
+        ("OS_IDENTITY_API_VERSION", "3".into()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    let t = ok_json(&ac_env, &["token", "issue"]);
+    assert_eq!(t["project_id"], demo_id.as_str());
+    let mut bad = ac_env.clone();
+    bad[3].1 = "not-the-secret".into();
+    assert!(fails(&bad, &["token", "issue"]).contains("401"));
+    ok(&alice_env, &["application", "credential", "delete", "ci"]);
+    assert!(fails(&ac_env, &["token", "issue"]).contains("401"));
+
+    // Token revoke: the revoked token no longer authenticates.
+    let t = ok_json(&alice_env, &["token", "issue"]);
+    let tok = t["id"].as_str().unwrap().to_string();
+    let token_env: Vec<(String, String)> = [
+        ("OS_AUTH_URL", format!("{}/v3", cloud.url())),
+        ("OS_AUTH_TYPE", "v3token".into()),
+        ("OS_TOKEN", tok.clone()),
+        ("OS_PROJECT_ID", demo_id.clone()),
+        ("OS_IDENTITY_API_VERSION", "3".into()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    ok_json(&token_env, &["token", "issue"]);
+    ok(&alice_env, &["token", "revoke", &tok]);
+    assert!(fails(&token_env, &["token", "issue"]).contains("401"));
+
+    // Removing the role ends alice's access.
+    ok(
+        &admin,
+        &[
+            "role",
+            "remove",
+            "--project",
+            "demo",
+            "--user",
+            "alice",
+            "member",
+        ],
+    );
+    assert!(fails(&alice_env, &["token", "issue"]).contains("401"));
+    ok(&admin, &["user", "delete", "bob"]);
+    assert!(fails(&admin, &["user", "show", "bob"]).contains("No user"));
+}
+
+#[test]
+fn images_with_the_openstack_cli() {
+    if !have_cli() {
+        return;
+    }
+    let cloud = Cloud::start();
+    let admin = cloud.admin();
+    ok(&admin, &["project", "create", "demo"]);
+    ok(
+        &admin,
+        &["user", "create", "--password", "alice-pw", "alice"],
+    );
+    ok(
+        &admin,
+        &[
+            "role",
+            "add",
+            "--project",
+            "demo",
+            "--user",
+            "alice",
+            "member",
+        ],
+    );
+    let alice = cloud.env("alice", "alice-pw", "demo");
+
+    let file = random_file(cloud.dir.path(), "disk.raw", 3 * 1024 * 1024 + 17);
+    let img = ok_json(
+        &admin,
+        &[
+            "image",
+            "create",
+            "--file",
+            file.to_str().unwrap(),
+            "--disk-format",
+            "raw",
+            "--container-format",
+            "bare",
+            "--property",
+            "kernel_id=k-123",
+            "--tag",
+            "boot",
+            "guest",
+        ],
+    );
+    let id = img["id"].as_str().unwrap().to_string();
+    let shown = ok_json(&admin, &["image", "show", "guest"]);
+    assert_eq!(shown["status"], "active");
+    assert_eq!(shown["size"], 3 * 1024 * 1024 + 17);
+    let md5 = shown["checksum"].as_str().unwrap();
+    assert_eq!(md5.len(), 32);
+    let props = &shown["properties"];
+    assert_eq!(props["os_hash_algo"], "sha512");
+    assert_eq!(props["os_hash_value"].as_str().unwrap().len(), 128);
+    assert_eq!(props["kernel_id"], "k-123");
+
+    let list = ok_json(&admin, &["image", "list"]);
+    assert_eq!(list.as_array().unwrap().len(), 1);
+    assert_eq!(list[0]["ID"], id.as_str());
+
+    // Download: bytes equal (the client also checks the recorded hashes).
+    let out = cloud.dir.path().join("saved.raw");
+    ok(
+        &admin,
+        &["image", "save", "--file", out.to_str().unwrap(), "guest"],
+    );
+    assert_eq!(std::fs::read(&out).unwrap(), std::fs::read(&file).unwrap());
+
+    ok(
+        &admin,
+        &[
+            "image",
+            "set",
+            "--property",
+            "ramdisk_id=r-456",
+            "--min-ram",
+            "64",
+            "guest",
+        ],
+    );
+    let shown = ok_json(&admin, &["image", "show", "guest"]);
+    assert_eq!(shown["properties"]["ramdisk_id"], "r-456");
+    assert_eq!(shown["min_ram"], 64);
+    ok(
+        &admin,
+        &["image", "unset", "--property", "ramdisk_id", "guest"],
+    );
+    let shown = ok_json(&admin, &["image", "show", "guest"]);
+    assert!(shown["properties"].get("ramdisk_id").is_none(), "{shown}");
+
+    // Another project's member sees none of it.
+    assert_eq!(
+        ok_json(&alice, &["image", "list"])
+            .as_array()
+            .unwrap()
+            .len(),
+        0
+    );
+    let e = fails(&alice, &["image", "show", &id]);
+    assert!(e.contains("No Image found") || e.contains("404"), "{e}");
+    let e = fails(&alice, &["image", "delete", &id]);
+    assert!(e.contains("Failed") || e.contains("404"), "{e}");
+    // alice's own image: visible to her, invisible to no one with admin.
+    let small = random_file(cloud.dir.path(), "small.raw", 1000);
+    ok(
+        &alice,
+        &[
+            "image",
+            "create",
+            "--file",
+            small.to_str().unwrap(),
+            "--disk-format",
+            "raw",
+            "--container-format",
+            "bare",
+            "mine",
+        ],
+    );
+    assert_eq!(
+        ok_json(&alice, &["image", "list"])
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    // A public image is visible to everyone, but only its owner may change it.
+    ok(&admin, &["image", "set", "--public", "guest"]);
+    let names: Vec<String> = ok_json(&alice, &["image", "list"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["Name"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(names.len(), 2, "{names:?}");
+    fails(&alice, &["image", "set", "--property", "x=y", "guest"]);
+    fails(&alice, &["image", "set", "--public", "mine"]);
+
+    ok(&admin, &["image", "delete", "guest"]);
+    assert!(fails(&admin, &["image", "show", &id]).contains("No Image found"));
+    // The data is gone from objectd too: nothing but alice's image remains stored.
+    let stored = count_files(&cloud.dir.path().join("objectd"));
+    assert!(
+        stored < 3 * 1024 * 1024,
+        "objectd still holds {stored} bytes"
+    );
+}
+
+fn count_files(dir: &std::path::Path) -> u64 {
+    let mut total = 0;
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            let m = e.metadata().unwrap();
+            if m.is_dir() {
+                total += count_files(&e.path());
+            } else if !e.file_name().to_string_lossy().contains("index") {
+                total += m.len();
+            }
+        }
+    }
+    total
+}
+
+#[test]
+fn image_import_converts_qcow2_to_raw() {
+    if !have_cli() {
+        return;
+    }
+    let cloud = Cloud::start();
+    let admin = cloud.admin();
+    let raw = random_file(cloud.dir.path(), "src.raw", 1024 * 1024);
+    // Make the disk larger than its data so the qcow2 is sparse.
+    let f = std::fs::OpenOptions::new().write(true).open(&raw).unwrap();
+    f.set_len(3 * 1024 * 1024).unwrap();
+    drop(f);
+    let qcow = cloud.dir.path().join("src.qcow2");
+    let st = std::process::Command::new("qemu-img")
+        .args(["convert", "-f", "raw", "-O", "qcow2"])
+        .arg(&raw)
+        .arg(&qcow)
+        .status()
+        .expect("qemu-img (scripts/setup installs qemu-utils)");
+    assert!(st.success());
+    ok(
+        &admin,
+        &[
+            "image",
+            "create",
+            "--import",
+            "--file",
+            qcow.to_str().unwrap(),
+            "--disk-format",
+            "qcow2",
+            "--container-format",
+            "bare",
+            "imported",
+        ],
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let shown = loop {
+        let s = ok_json(&admin, &["image", "show", "imported"]);
+        if s["status"] == "active" || std::time::Instant::now() > deadline {
+            break s;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    };
+    assert_eq!(shown["status"], "active", "{shown}");
+    assert_eq!(shown["disk_format"], "raw");
+    assert_eq!(shown["size"], 3 * 1024 * 1024);
+    assert_eq!(shown["virtual_size"], 3 * 1024 * 1024);
+    let out = cloud.dir.path().join("saved.raw");
+    ok(
+        &admin,
+        &["image", "save", "--file", out.to_str().unwrap(), "imported"],
+    );
+    assert_eq!(std::fs::read(&out).unwrap(), std::fs::read(&raw).unwrap());
+
+    // Data that is not what the image claims: the import fails and the image is queued.
+    ok(
+        &admin,
+        &[
+            "image",
+            "create",
+            "--import",
+            "--file",
+            raw.to_str().unwrap(),
+            "--disk-format",
+            "qcow2",
+            "--container-format",
+            "bare",
+            "liar",
+        ],
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let shown = loop {
+        let s = ok_json(&admin, &["image", "show", "liar"]);
+        if s["properties"].get("os_glance_failed_import").is_some()
+            || std::time::Instant::now() > deadline
+        {
+            break s;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    };
+    assert_eq!(shown["status"], "queued", "{shown}");
+    assert_eq!(
+        shown["properties"]["os_glance_failed_import"],
+        "glance-direct"
+    );
+}

@@ -1,0 +1,457 @@
+//! A "server" guest for the node agent's tests: it finds its virtio-mmio devices by probing
+//! the slots, reads its whole root disk (up to 1 MiB) and reports the FNV-1a of the bytes,
+//! and, when it has a network card and the command line carries `ip=<addr>:...` (Linux's
+//! syntax) and `probe=<addr>`, it asks for `probe`'s MAC with ARP, then pings it, and
+//! reports both answers.
+//! Then it stays up, polling the keyboard controller, until Ctrl+Alt+Del arrives: it prints
+//! `shutdown` and resets, as a Linux guest with `reboot=k` would.
+#![no_std]
+#![no_main]
+
+mod kit;
+
+use core::ptr::{addr_of, addr_of_mut, read_volatile, write_volatile};
+use core::sync::atomic::{fence, Ordering};
+
+const SLOTS: u64 = 8;
+const FIRST_SLOT: u64 = 0xd000_1000;
+const QSIZE: usize = 8;
+const F_NEXT: u16 = 1;
+const F_WRITE: u16 = 2;
+const NET_BUF: usize = 2048;
+const NET_HDR: usize = 12;
+const MAX_DISK_SECTORS: u64 = 2048;
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Desc {
+    addr: u64,
+    len: u32,
+    flags: u16,
+    next: u16,
+}
+
+#[repr(C, align(4096))]
+struct Rings {
+    desc: [Desc; QSIZE],
+    avail_flags: u16,
+    avail_idx: u16,
+    avail_ring: [u16; QSIZE],
+    avail_event: u16,
+    _pad: [u8; 4096 - 16 * QSIZE - 6 - 2 * QSIZE],
+    used_flags: u16,
+    used_idx: u16,
+    used_ring: [[u32; 2]; QSIZE],
+    used_event: u16,
+}
+
+const EMPTY: Rings = Rings {
+    desc: [Desc { addr: 0, len: 0, flags: 0, next: 0 }; QSIZE],
+    avail_flags: 0,
+    avail_idx: 0,
+    avail_ring: [0; QSIZE],
+    avail_event: 0,
+    _pad: [0; 4096 - 16 * QSIZE - 6 - 2 * QSIZE],
+    used_flags: 0,
+    used_idx: 0,
+    used_ring: [[0; 2]; QSIZE],
+    used_event: 0,
+};
+
+static mut BLK_RING: Rings = EMPTY;
+static mut RX: Rings = EMPTY;
+static mut TX: Rings = EMPTY;
+
+#[repr(C)]
+struct Header {
+    kind: u32,
+    reserved: u32,
+    sector: u64,
+}
+static mut HEADER: Header = Header { kind: 0, reserved: 0, sector: 0 };
+static mut STATUS: u8 = 0xff;
+
+#[repr(C, align(4096))]
+struct Buf([u8; 4096]);
+static mut DISK_BUF: Buf = Buf([0; 4096]);
+
+#[repr(C, align(4096))]
+struct NetBufs([[u8; NET_BUF]; QSIZE + 1]);
+static mut NET_BUFS: NetBufs = NetBufs([[0; NET_BUF]; QSIZE + 1]);
+
+#[derive(Clone, Copy)]
+struct Dev(u64);
+
+impl Dev {
+    fn reg(self, off: u64) -> u32 {
+        kit::mmio_read32(self.0 + off)
+    }
+
+    fn set(self, off: u64, v: u32) {
+        kit::mmio_write32(self.0 + off, v)
+    }
+
+    /// Resets and negotiates `features` (low word) plus VERSION_1; false if refused.
+    fn negotiate(self, features: u32) -> bool {
+        self.set(0x70, 0);
+        self.set(0x70, 1 | 2);
+        self.set(0x14, 0);
+        let acked = self.reg(0x10) & features;
+        self.set(0x24, 0);
+        self.set(0x20, acked);
+        self.set(0x14, 1);
+        if self.reg(0x10) & 1 == 0 {
+            return false;
+        }
+        self.set(0x24, 1);
+        self.set(0x20, 1);
+        self.set(0x70, 1 | 2 | 8);
+        self.reg(0x70) & 8 != 0
+    }
+
+    fn queue(self, index: u32, rings: *mut Rings) -> bool {
+        self.set(0x30, index);
+        if (self.reg(0x34) as usize) < QSIZE {
+            return false;
+        }
+        self.set(0x38, QSIZE as u32);
+        // SAFETY: only addresses are taken.
+        let (d, a, u) = unsafe {
+            (
+                addr_of!((*rings).desc) as u64,
+                addr_of!((*rings).avail_flags) as u64,
+                addr_of!((*rings).used_flags) as u64,
+            )
+        };
+        self.set(0x80, d as u32);
+        self.set(0x84, (d >> 32) as u32);
+        self.set(0x90, a as u32);
+        self.set(0x94, (a >> 32) as u32);
+        self.set(0xa0, u as u32);
+        self.set(0xa4, (u >> 32) as u32);
+        self.set(0x44, 1);
+        true
+    }
+
+    fn driver_ok(self) {
+        self.set(0x70, 1 | 2 | 8 | 4);
+    }
+}
+
+/// The first virtio-mmio device of `device_id` (2 block, 1 net).
+fn find(device_id: u32) -> Option<Dev> {
+    (0..SLOTS)
+        .map(|i| Dev(FIRST_SLOT + i * 0x1000))
+        .find(|d| d.reg(0) == 0x7472_6976 && d.reg(4) == 2 && d.reg(8) == device_id)
+}
+
+/// Reads one 4 KiB block at `sector` into DISK_BUF; returns the status byte.
+fn read_block(dev: Dev, sector: u64) -> u8 {
+    // SAFETY: single-threaded guest; the device touches these only while the request is in
+    // flight, and we wait for it to complete.
+    unsafe {
+        let r = addr_of_mut!(BLK_RING);
+        write_volatile(addr_of_mut!(HEADER), Header { kind: 0, reserved: 0, sector });
+        write_volatile(addr_of_mut!(STATUS), 0xff);
+        write_volatile(addr_of_mut!((*r).desc[0]), Desc { addr: addr_of!(HEADER) as u64, len: 16, flags: F_NEXT, next: 1 });
+        write_volatile(addr_of_mut!((*r).desc[1]), Desc { addr: addr_of!(DISK_BUF) as u64, len: 4096, flags: F_NEXT | F_WRITE, next: 2 });
+        write_volatile(addr_of_mut!((*r).desc[2]), Desc { addr: addr_of!(STATUS) as u64, len: 1, flags: F_WRITE, next: 0 });
+        let idx = read_volatile(addr_of!((*r).avail_idx));
+        write_volatile(addr_of_mut!((*r).avail_ring[usize::from(idx) % QSIZE]), 0);
+        fence(Ordering::SeqCst);
+        write_volatile(addr_of_mut!((*r).avail_idx), idx.wrapping_add(1));
+        fence(Ordering::SeqCst);
+        dev.set(0x50, 0);
+        while read_volatile(addr_of!((*r).used_idx)) != idx.wrapping_add(1) {
+            core::hint::spin_loop();
+        }
+        fence(Ordering::SeqCst);
+        read_volatile(addr_of!(STATUS))
+    }
+}
+
+/// Reads the disk from sector 0 (whole 4 KiB blocks, up to 1 MiB) and reports its checksum.
+fn report_disk(dev: Dev) {
+    if !dev.negotiate(0) || !dev.queue(0, addr_of_mut!(BLK_RING)) {
+        kit::print("virtio-blk setup failed\n");
+        return;
+    }
+    dev.driver_ok();
+    let capacity = u64::from(dev.reg(0x100)) | (u64::from(dev.reg(0x104)) << 32);
+    kit::report_dec("disk_capacity", capacity);
+    let sectors = (capacity & !7).min(MAX_DISK_SECTORS);
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut sector = 0;
+    while sector < sectors {
+        let status = read_block(dev, sector);
+        if status != 0 {
+            kit::report_dec("disk_read_error", u64::from(status));
+            return;
+        }
+        // SAFETY: no request in flight.
+        for b in unsafe { &(*addr_of!(DISK_BUF)).0 } {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        sector += 8;
+    }
+    kit::report_dec("disk_read_sectors", sectors);
+    kit::report_hex("disk_fnv", h);
+}
+
+fn net_buf(i: usize) -> *mut u8 {
+    // SAFETY: only the address is taken.
+    unsafe { addr_of_mut!(NET_BUFS.0[i]) as *mut u8 }
+}
+
+fn post(rings: *mut Rings, i: usize, len: u32, flags: u16) {
+    // SAFETY: single-threaded guest; the device reads these only after the index update.
+    unsafe {
+        write_volatile(addr_of_mut!((*rings).desc[i]), Desc { addr: net_buf(i) as u64, len, flags, next: 0 });
+        let idx = read_volatile(addr_of!((*rings).avail_idx));
+        write_volatile(addr_of_mut!((*rings).avail_ring[usize::from(idx) % QSIZE]), i as u16);
+        fence(Ordering::SeqCst);
+        write_volatile(addr_of_mut!((*rings).avail_idx), idx.wrapping_add(1));
+        fence(Ordering::SeqCst);
+    }
+}
+
+/// The value of `key=` in the command line, if present.
+fn cmdline_value<'a>(cmdline: &'a [u8], key: &[u8]) -> Option<&'a [u8]> {
+    cmdline
+        .split(|b| *b == b' ')
+        .find_map(|w| (w.len() > key.len() && &w[..key.len()] == key && w[key.len()] == b'=').then(|| &w[key.len() + 1..]))
+}
+
+/// Parses a dotted IPv4 address (stops at the first byte that is neither digit nor dot).
+fn parse_ip(s: &[u8]) -> Option<[u8; 4]> {
+    let mut out = [0u8; 4];
+    let mut part = 0;
+    let mut val: u32 = 0;
+    let mut digits = 0;
+    for b in s {
+        match b {
+            b'0'..=b'9' => {
+                val = val * 10 + u32::from(b - b'0');
+                digits += 1;
+                if val > 255 {
+                    return None;
+                }
+            }
+            b'.' if digits > 0 && part < 3 => {
+                out[part] = val as u8;
+                part += 1;
+                val = 0;
+                digits = 0;
+            }
+            _ => break,
+        }
+    }
+    if part != 3 || digits == 0 {
+        return None;
+    }
+    out[3] = val as u8;
+    Some(out)
+}
+
+fn hex(b: u8) -> [u8; 2] {
+    let h = b"0123456789abcdef";
+    [h[usize::from(b >> 4)], h[usize::from(b & 0xf)]]
+}
+
+fn print_mac(mac: &[u8]) {
+    for (i, b) in mac.iter().enumerate() {
+        kit::print_bytes(&hex(*b));
+        if i < 5 {
+            kit::print(":");
+        }
+    }
+}
+
+/// Transmits `len` bytes of frame (after the vnet header) from buffer QSIZE and waits for
+/// the device to take them.
+fn transmit(dev: Dev, len: usize, sent: &mut u16) {
+    let tx = addr_of_mut!(TX);
+    // SAFETY: buffer QSIZE is ours: the previous transmission has completed.
+    unsafe {
+        write_volatile(addr_of_mut!((*tx).desc[0]), Desc { addr: net_buf(QSIZE) as u64, len: (NET_HDR + len) as u32, flags: 0, next: 0 });
+        write_volatile(addr_of_mut!((*tx).avail_ring[usize::from(*sent) % QSIZE]), 0);
+        fence(Ordering::SeqCst);
+        *sent = sent.wrapping_add(1);
+        write_volatile(addr_of_mut!((*tx).avail_idx), *sent);
+        fence(Ordering::SeqCst);
+        dev.set(0x50, 1);
+        while read_volatile(addr_of!((*tx).used_idx)) != *sent {
+            core::hint::spin_loop();
+        }
+    }
+}
+
+/// The frame being built in buffer QSIZE (after the vnet header), zeroed.
+fn tx_frame() -> &'static mut [u8] {
+    // SAFETY: buffer QSIZE is only used for transmission, one frame at a time.
+    let f = unsafe { core::slice::from_raw_parts_mut(net_buf(QSIZE).add(NET_HDR), NET_BUF - NET_HDR) };
+    f[..NET_HDR + 128].fill(0);
+    f
+}
+
+fn checksum(data: &[u8]) -> u16 {
+    let mut sum: u32 = 0;
+    for pair in data.chunks(2) {
+        let word = u16::from_be_bytes([pair[0], *pair.get(1).unwrap_or(&0)]);
+        sum += u32::from(word);
+    }
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+fn arp_request(mac: &[u8; 6], ip: [u8; 4], target: [u8; 4]) -> usize {
+    let e = tx_frame();
+    e[0..6].fill(0xff);
+    e[6..12].copy_from_slice(mac);
+    e[12..14].copy_from_slice(&[0x08, 0x06]);
+    e[14..22].copy_from_slice(&[0, 1, 8, 0, 6, 4, 0, 1]);
+    e[22..28].copy_from_slice(mac);
+    e[28..32].copy_from_slice(&ip);
+    e[38..42].copy_from_slice(&target);
+    60
+}
+
+fn echo_request(mac: &[u8; 6], dst_mac: &[u8; 6], ip: [u8; 4], dst: [u8; 4], seq: u16) -> usize {
+    let e = tx_frame();
+    e[0..6].copy_from_slice(dst_mac);
+    e[6..12].copy_from_slice(mac);
+    e[12..14].copy_from_slice(&[0x08, 0x00]);
+    let payload = b"ferrostack server guest";
+    let icmp_len = 8 + payload.len();
+    let total = 20 + icmp_len;
+    let ipv4 = &mut e[14..14 + 20];
+    ipv4[0] = 0x45;
+    ipv4[2..4].copy_from_slice(&(total as u16).to_be_bytes());
+    ipv4[4..6].copy_from_slice(&seq.to_be_bytes());
+    ipv4[8] = 64;
+    ipv4[9] = 1;
+    ipv4[12..16].copy_from_slice(&ip);
+    ipv4[16..20].copy_from_slice(&dst);
+    let c = checksum(ipv4);
+    ipv4[10..12].copy_from_slice(&c.to_be_bytes());
+    let icmp = &mut e[34..34 + icmp_len];
+    icmp[0] = 8;
+    icmp[4..6].copy_from_slice(&0x4653u16.to_be_bytes());
+    icmp[6..8].copy_from_slice(&seq.to_be_bytes());
+    icmp[8..].copy_from_slice(payload);
+    let c = checksum(icmp);
+    icmp[2..4].copy_from_slice(&c.to_be_bytes());
+    (14 + total).max(60)
+}
+
+/// Ctrl+Alt+Del pressed: report and reset.
+fn check_keyboard() {
+    if kit::inb(0x64) & 1 != 0 {
+        kit::print("shutdown\n");
+        kit::reset();
+    }
+}
+
+/// Sends `frame()` now and then until `matches` accepts a received frame; returns its
+/// result, or `None` after `attempts` sends.
+fn exchange<T>(dev: Dev, seen: &mut u16, sent: &mut u16, attempts: u32, frame: &dyn Fn() -> usize, matches: &dyn Fn(&[u8]) -> Option<T>) -> Option<T> {
+    let rx = addr_of_mut!(RX);
+    for _ in 0..attempts {
+        transmit(dev, frame(), sent);
+        // Each keyboard-controller read is a VM exit: a crude clock (a fraction of a second
+        // per attempt).
+        for _ in 0..20_000 {
+            check_keyboard();
+            // SAFETY: reading device-written ring entries after the used index covers them.
+            while unsafe { read_volatile(addr_of!((*rx).used_idx)) } != *seen {
+                let (id, len) = unsafe {
+                    fence(Ordering::SeqCst);
+                    let e = read_volatile(addr_of!((*rx).used_ring[usize::from(*seen) % QSIZE]));
+                    (e[0] as usize % QSIZE, e[1] as usize)
+                };
+                *seen = seen.wrapping_add(1);
+                // SAFETY: the device wrote `len` bytes into buffer `id`, back in our hands.
+                let f = unsafe { core::slice::from_raw_parts(net_buf(id), len.min(NET_BUF)) };
+                let found = if f.len() > NET_HDR { matches(&f[NET_HDR..]) } else { None };
+                post(rx, id, NET_BUF as u32, F_WRITE);
+                dev.set(0x50, 0);
+                if found.is_some() {
+                    return found;
+                }
+            }
+        }
+    }
+    None
+}
+
+/// Learns `probe`'s MAC with ARP, then pings it, reporting both answers.
+fn net_probe(dev: Dev, ip: [u8; 4], probe: [u8; 4]) {
+    // MAC only: the frames here are small and complete.
+    if !dev.negotiate(1 << 5) || !dev.queue(0, addr_of_mut!(RX)) || !dev.queue(1, addr_of_mut!(TX)) {
+        kit::print("virtio-net setup failed\n");
+        return;
+    }
+    dev.driver_ok();
+    let lo = dev.reg(0x100).to_le_bytes();
+    let hi = dev.reg(0x104).to_le_bytes();
+    let mac = [lo[0], lo[1], lo[2], lo[3], hi[0], hi[1]];
+    kit::print("net_mac=");
+    print_mac(&mac);
+    kit::print("\n");
+    let rx = addr_of_mut!(RX);
+    for i in 0..QSIZE {
+        post(rx, i, NET_BUF as u32, F_WRITE);
+    }
+    dev.set(0x50, 0);
+    let (mut seen, mut sent) = (0u16, 0u16);
+    let peer = exchange(dev, &mut seen, &mut sent, 300, &|| arp_request(&mac, ip, probe), &|e| {
+        let reply = e.len() >= 42 && e[12..14] == [0x08, 0x06] && e[20..22] == [0, 2] && e[28..32] == probe;
+        reply.then(|| {
+            let mut m = [0u8; 6];
+            m.copy_from_slice(&e[22..28]);
+            m
+        })
+    });
+    let Some(peer) = peer else {
+        kit::print("arp_timeout\n");
+        return;
+    };
+    kit::print("arp_reply=");
+    print_mac(&peer);
+    kit::print("\n");
+    let seq = core::cell::Cell::new(0u16);
+    let pong = exchange(dev, &mut seen, &mut sent, 100, &|| {
+        seq.set(seq.get() + 1);
+        echo_request(&mac, &peer, ip, probe, seq.get())
+    }, &|e| {
+        let reply = e.len() >= 42 && e[12..14] == [0x08, 0x00] && e[23] == 1 && e[26..30] == probe && e[34] == 0;
+        reply.then(|| u16::from_be_bytes([e[40], e[41]]))
+    });
+    match pong {
+        Some(s) => kit::report_dec("ping_reply_seq", u64::from(s)),
+        None => kit::print("ping_timeout\n"),
+    }
+}
+
+#[unsafe(no_mangle)]
+extern "C" fn guest_main(zero_page: u64) -> ! {
+    kit::boot_done();
+    kit::print("server guest up\n");
+    match find(2) {
+        Some(dev) => report_disk(dev),
+        None => kit::print("no disk\n"),
+    }
+    let cmdline = kit::ZeroPage(zero_page).cmdline();
+    let ip = cmdline_value(cmdline, b"ip").and_then(parse_ip);
+    let probe = cmdline_value(cmdline, b"probe").and_then(parse_ip);
+    if let (Some(dev), Some(ip), Some(probe)) = (find(1), ip, probe) {
+        net_probe(dev, ip, probe);
+    }
+    kit::print("ready\n");
+    loop {
+        check_keyboard();
+    }
+}
