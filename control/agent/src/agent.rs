@@ -1146,16 +1146,22 @@ impl Agent {
             if port.tap_created {
                 tap::delete(&port.tap).map_err(StepError::Tap)?;
             }
-            if port.created {
-                match self.netdp.delete_port(&port.id).await {
-                    Ok(()) => {}
-                    Err(e) if e.status() == Some(404) => {}
-                    Err(source) => {
-                        return Err(StepError::Netdp {
-                            what: "delete the port".into(),
-                            source,
-                        });
-                    }
+            let (what, result) = if port.created {
+                ("delete the port", self.netdp.delete_port(&port.id).await)
+            } else {
+                (
+                    "unbind the port",
+                    self.netdp.unbind_port(&port.id).await.map(drop),
+                )
+            };
+            match result {
+                Ok(()) => {}
+                Err(e) if e.status() == Some(404) => {}
+                Err(source) => {
+                    return Err(StepError::Netdp {
+                        what: what.into(),
+                        source,
+                    });
                 }
             }
             self.update(id, |s| s.resources.ports.retain(|p| p.id != port.id))?;
