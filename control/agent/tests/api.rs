@@ -137,14 +137,23 @@ fn a_failed_build_is_error_with_a_fault_and_can_be_deleted() {
     assert!(v["node"]["inventory"]["memory_mib"].as_u64().unwrap() > 0);
     let (s, text) = a.api("GET", "/metrics", None);
     assert_eq!(s, 200);
-    let text = text.as_str().unwrap().to_string();
-    assert!(
-        text.contains("ferrostack_agent_servers{status=\"ERROR\"} 1"),
-        "{text}"
+    // Checked with Prometheus' own parser and the house naming rules.
+    let m = caps::prom::must_scrape("agent", text.as_str().unwrap());
+    assert_eq!(
+        m.get("ferrostack_agent_servers", &[("status", "ERROR")]),
+        1.0
     );
-    assert!(
-        text.contains("ferrostack_agent_builds_total{result=\"error\"} 1"),
-        "{text}"
+    assert_eq!(
+        m.get("ferrostack_agent_servers", &[("status", "ACTIVE")]),
+        0.0
+    );
+    assert_eq!(
+        m.get("ferrostack_agent_builds_total", &[("result", "error")]),
+        1.0
+    );
+    assert_eq!(
+        m.get("ferrostack_agent_builds_total", &[("result", "active")]),
+        0.0
     );
 
     // Survives a restart as it was.

@@ -256,11 +256,14 @@ fn a_guest_that_crashes_puts_its_server_in_error() {
     assert!(a.console("crasher").contains("crashing\n"));
     let (s, text) = a.api("GET", "/metrics", None);
     assert_eq!(s, 200);
-    assert!(
-        text.as_str()
-            .unwrap()
-            .contains("ferrostack_agent_vmm_exits_total{state=\"error\"} 1"),
-        "{text}"
+    let m = caps::prom::must_scrape("agent", text.as_str().unwrap());
+    assert_eq!(
+        m.get("ferrostack_agent_vmm_exits_total", &[("state", "error")]),
+        1.0
+    );
+    assert_eq!(
+        m.get("ferrostack_agent_builds_total", &[("result", "active")]),
+        1.0
     );
     let (s, _) = a.api("DELETE", "/v1/servers/crasher", None);
     assert_eq!(s, 204);
