@@ -493,9 +493,9 @@ impl Agent {
         };
         let mut steps = Vec::new();
 
-        let kernel = self.image(&placement.kernel, &dir, "kernel").await?;
+        let kernel = self.image(&placement.kernel, "kernel").await?;
         let initrd = match &placement.initrd {
-            Some(i) => Some(self.image(i, &dir, "initrd").await?),
+            Some(i) => Some(self.image(i, "initrd").await?),
             None => None,
         };
         self.update(id, |s| {
@@ -529,13 +529,8 @@ impl Agent {
         Ok(())
     }
 
-    /// A kernel or initrd as a host path: checked, or downloaded into `dir`.
-    async fn image(
-        &self,
-        r: &ImageRef,
-        dir: &Path,
-        what: &'static str,
-    ) -> Result<PathBuf, StepError> {
+    /// A kernel or initrd as a host path: checked, or downloaded into the image cache.
+    async fn image(&self, r: &ImageRef, what: &'static str) -> Result<PathBuf, StepError> {
         match r {
             ImageRef::Path(p) => {
                 std::fs::File::open(p).map_err(|source| StepError::ImagePath {
@@ -545,13 +540,13 @@ impl Agent {
                 })?;
                 Ok(p.clone())
             }
-            ImageRef::Url(u) => {
-                let dest = dir.join(what);
-                crate::fetch::download(u, &dest, self.cfg.image_timeout)
-                    .await
-                    .map_err(|source| StepError::Download { what, source })?;
-                Ok(dest)
-            }
+            ImageRef::Url(u) => crate::fetch::cached(
+                u,
+                &self.cfg.state_dir.join("images"),
+                self.cfg.image_timeout,
+            )
+            .await
+            .map_err(|source| StepError::Download { what, source }),
         }
     }
 

@@ -109,6 +109,13 @@ fn kernel_and_disk_image_from_http_urls() {
     );
     let (s, _) = a.api("DELETE", "/v1/servers/no-initrd", None);
     assert_eq!(s, 204);
+    // The second server's kernel came from the agent's image cache.
+    let kernel_gets = peer
+        .requests()
+        .iter()
+        .filter(|r| r.path == "/v2/images/k/file")
+        .count();
+    assert_eq!(kernel_gets, 1);
     let (_, vols) = http(&bsock, "GET", "/volumes", None);
     assert_eq!(vols["volumes"].as_array().map(Vec::len), Some(0), "{vols}");
 }
