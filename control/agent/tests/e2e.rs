@@ -375,3 +375,69 @@ fn a_placement_becomes_a_running_vm_and_everything_is_released_on_delete() {
     let links = node.netns.exec(&["ip", "-o", "link"]).unwrap();
     assert!(!String::from_utf8_lossy(&links.stdout).contains(&tap));
 }
+
+#[test]
+fn concurrent_builds_share_one_network_and_a_failed_vmm_start_releases_cleanly() {
+    if !caps::require_all(&[
+        caps::Capability::Root,
+        caps::Capability::Bpf,
+        caps::Capability::Netns,
+        caps::Capability::IoUring,
+    ]) {
+        return;
+    }
+    let node = Node::start();
+    let image = node.root.path().join("disk.img");
+    std::fs::write(&image, vec![1u8; 4096]).unwrap();
+    let kernel = node.root.path().join("kernel");
+    std::fs::write(&kernel, b"never booted").unwrap();
+    // A VMM binary that does not exist: builds get as far as starting it.
+    let mut setup = node.agent_setup();
+    let missing = node.root.path().join("no-such-vmm");
+    setup.vmm = &missing;
+    let agent = AgentProc::start(&setup);
+    let ids = ["c-1", "c-2", "c-3"];
+    for id in ids {
+        let p = json!({"server": {
+            "id": id, "project_id": "p2", "vcpus": 1, "ram_mib": 32,
+            "kernel": {"path": kernel},
+            "root_disk": {"image": {"path": image}},
+            "ports": [{"network": {"name": "green", "subnet": {"cidr": "10.8.0.0/24"}}}],
+        }});
+        let (s, v) = agent.api("POST", "/v1/servers", Some(&p.to_string()));
+        assert_eq!(s, 202, "{v}");
+    }
+    let mut taps = Vec::new();
+    for id in ids {
+        let srv = agent.wait_status(id, "ERROR", Duration::from_secs(60));
+        let fault = srv["fault"]["message"].as_str().unwrap();
+        assert!(fault.contains("exited during start-up"), "{fault}");
+        assert!(fault.contains("no-such-vmm"), "{fault}");
+        taps.push(srv["ports"][0]["tap"].as_str().unwrap().to_string());
+    }
+    let (_, nets) = netdp_call(&node.netdp_sock, "GET", "/v2.0/networks", None);
+    let green: Vec<&Value> = nets["networks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|n| n["name"] == "green")
+        .collect();
+    assert_eq!(green.len(), 1, "one network for all three: {nets}");
+    assert_eq!(green[0]["subnets"].as_array().map(Vec::len), Some(1));
+    let (_, ports) = netdp_call(&node.netdp_sock, "GET", "/v2.0/ports", None);
+    assert_eq!(ports["ports"].as_array().map(Vec::len), Some(3), "{ports}");
+
+    for id in ids {
+        let (s, v) = agent.api("DELETE", &format!("/v1/servers/{id}"), None);
+        assert_eq!(s, 204, "{v}");
+    }
+    let (_, ports) = netdp_call(&node.netdp_sock, "GET", "/v2.0/ports", None);
+    assert_eq!(ports["ports"].as_array().map(Vec::len), Some(0), "{ports}");
+    let (_, vols) = http(&node.blockdp_sock, "GET", "/volumes", None);
+    assert_eq!(vols["volumes"].as_array().map(Vec::len), Some(0), "{vols}");
+    let links = node.netns.exec(&["ip", "-o", "link"]).unwrap();
+    let links = String::from_utf8_lossy(&links.stdout).to_string();
+    for tap in taps {
+        assert!(!links.contains(&tap), "{tap} left in {links}");
+    }
+}
