@@ -599,6 +599,12 @@ impl Agent {
             }
             (None, None) => unreachable!("validated"),
         };
+        if let Some(q) = d.qos {
+            self.blockdp
+                .set_qos(&volume.id, q.iops, q.bytes_per_sec)
+                .await
+                .map_err(bd("set the root volume's limits"))?;
+        }
         let exported = match volume.export {
             Some(_) => volume,
             None => self

@@ -75,6 +75,7 @@ fn kernel_and_disk_image_from_http_urls() {
         "root_disk": {
             "image": {"url": format!("{}/v2/images/d/file", peer.url)},
             "size_bytes": size,
+            "qos": {"iops": 5000},
         },
     }});
     let (s, v) = a.api("POST", "/v1/servers", Some(&p.to_string()));
@@ -91,6 +92,8 @@ fn kernel_and_disk_image_from_http_urls() {
     assert!(console.contains("disk_read_sectors=2048\n"), "{console}");
     assert!(srv["ports"].as_array().unwrap().is_empty());
     let vol = srv["volume"]["id"].as_str().unwrap().to_string();
+    let (_, v) = http(&bsock, "GET", &format!("/volumes/{vol}"), None);
+    assert_eq!(v["volume"]["qos"]["iops"], 5000, "{v}");
     let (s, _) = a.api("DELETE", "/v1/servers/from-urls", None);
     assert_eq!(s, 204);
     assert_eq!(http(&bsock, "GET", &format!("/volumes/{vol}"), None).0, 404);
