@@ -26,6 +26,8 @@ pub const DEFAULT_MAX_REQUEST_BODY: usize = 1 << 20;
 pub const DEFAULT_IMAGE_STORE_URL: &str = "http://127.0.0.1:8080";
 /// Default Swift container holding image data.
 pub const DEFAULT_IMAGE_CONTAINER: &str = "images";
+/// Default directory of staged image data (image import).
+pub const DEFAULT_STAGING_DIR: &str = "/var/lib/ferrostack/control/staging";
 /// Default largest image, in bytes.
 pub const DEFAULT_MAX_IMAGE_SIZE: u64 = 1 << 40;
 
@@ -59,6 +61,9 @@ pub enum ConfigError {
     /// TempAuth image-store credentials are incomplete.
     #[error("images.store-auth = \"tempauth\" needs images.store-user and images.store-key")]
     TempAuthCredentials,
+    /// Import can only convert to raw.
+    #[error("images.import-convert-to must be \"raw\" or \"\", got {0:?}")]
+    ConvertTo(String),
     /// The container name is empty or has a slash.
     #[error("images.container must be a non-empty name without '/'")]
     Container,
@@ -145,6 +150,10 @@ pub struct ImageConfig {
     pub container: String,
     /// Largest image accepted, in bytes.
     pub max_image_size: u64,
+    /// Where image import stages data before converting and storing it.
+    pub staging_dir: PathBuf,
+    /// Disk format images are converted to on import (`"raw"`), or `""` to keep them.
+    pub import_convert_to: String,
 }
 
 impl Default for ImageConfig {
@@ -156,6 +165,8 @@ impl Default for ImageConfig {
             store_key: String::new(),
             container: DEFAULT_IMAGE_CONTAINER.into(),
             max_image_size: DEFAULT_MAX_IMAGE_SIZE,
+            staging_dir: DEFAULT_STAGING_DIR.into(),
+            import_convert_to: "raw".into(),
         }
     }
 }
@@ -252,6 +263,11 @@ impl Config {
         }
         if self.images.container.is_empty() || self.images.container.contains('/') {
             return Err(ConfigError::Container);
+        }
+        if !["", "raw"].contains(&self.images.import_convert_to.as_str()) {
+            return Err(ConfigError::ConvertTo(
+                self.images.import_convert_to.clone(),
+            ));
         }
         Ok(Validated {
             listen,

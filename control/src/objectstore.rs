@@ -273,6 +273,61 @@ impl ObjectStore {
     }
 }
 
+/// A file streamed as a body: a blocking reader feeds chunks through a small channel.
+pub struct FileBody {
+    rx: tokio::sync::mpsc::Receiver<Result<Bytes, std::io::Error>>,
+    len: u64,
+}
+
+impl FileBody {
+    /// Chunk size read at a time.
+    pub const CHUNK: usize = 256 * 1024;
+
+    /// Opens `path` and starts reading it.
+    pub async fn open(path: &std::path::Path) -> std::io::Result<FileBody> {
+        let file = std::fs::File::open(path)?;
+        let len = file.metadata()?.len();
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tokio::task::spawn_blocking(move || {
+            use std::io::Read;
+            let mut file = file;
+            loop {
+                let mut buf = vec![0u8; FileBody::CHUNK];
+                match file.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => {
+                        buf.truncate(n);
+                        if tx.blocking_send(Ok(Bytes::from(buf))).is_err() {
+                            break;
+                        }
+                    }
+                    Err(e) => {
+                        let _ = tx.blocking_send(Err(e));
+                        break;
+                    }
+                }
+            }
+        });
+        Ok(FileBody { rx, len })
+    }
+}
+
+impl Body for FileBody {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+        self.rx.poll_recv(cx).map(|o| o.map(|r| r.map(Frame::data)))
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::with_exact(self.len)
+    }
+}
+
 /// Digests of a stream that went through a [`Hashing`] body.
 #[derive(Debug, Clone, Default)]
 pub struct Digests {

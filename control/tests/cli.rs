@@ -350,3 +350,90 @@ fn count_files(dir: &std::path::Path) -> u64 {
     }
     total
 }
+
+#[test]
+fn image_import_converts_qcow2_to_raw() {
+    if !have_cli() {
+        return;
+    }
+    let cloud = Cloud::start();
+    let admin = cloud.admin();
+    let raw = random_file(cloud.dir.path(), "src.raw", 1024 * 1024);
+    // Make the disk larger than its data so the qcow2 is sparse.
+    let f = std::fs::OpenOptions::new().write(true).open(&raw).unwrap();
+    f.set_len(3 * 1024 * 1024).unwrap();
+    drop(f);
+    let qcow = cloud.dir.path().join("src.qcow2");
+    let st = std::process::Command::new("qemu-img")
+        .args(["convert", "-f", "raw", "-O", "qcow2"])
+        .arg(&raw)
+        .arg(&qcow)
+        .status()
+        .expect("qemu-img (scripts/setup installs qemu-utils)");
+    assert!(st.success());
+    ok(
+        &admin,
+        &[
+            "image",
+            "create",
+            "--import",
+            "--file",
+            qcow.to_str().unwrap(),
+            "--disk-format",
+            "qcow2",
+            "--container-format",
+            "bare",
+            "imported",
+        ],
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let shown = loop {
+        let s = ok_json(&admin, &["image", "show", "imported"]);
+        if s["status"] == "active" || std::time::Instant::now() > deadline {
+            break s;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    };
+    assert_eq!(shown["status"], "active", "{shown}");
+    assert_eq!(shown["disk_format"], "raw");
+    assert_eq!(shown["size"], 3 * 1024 * 1024);
+    assert_eq!(shown["virtual_size"], 3 * 1024 * 1024);
+    let out = cloud.dir.path().join("saved.raw");
+    ok(
+        &admin,
+        &["image", "save", "--file", out.to_str().unwrap(), "imported"],
+    );
+    assert_eq!(std::fs::read(&out).unwrap(), std::fs::read(&raw).unwrap());
+
+    // Data that is not what the image claims: the import fails and the image is queued.
+    ok(
+        &admin,
+        &[
+            "image",
+            "create",
+            "--import",
+            "--file",
+            raw.to_str().unwrap(),
+            "--disk-format",
+            "qcow2",
+            "--container-format",
+            "bare",
+            "liar",
+        ],
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let shown = loop {
+        let s = ok_json(&admin, &["image", "show", "liar"]);
+        if s["properties"].get("os_glance_failed_import").is_some()
+            || std::time::Instant::now() > deadline
+        {
+            break s;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    };
+    assert_eq!(shown["status"], "queued", "{shown}");
+    assert_eq!(
+        shown["properties"]["os_glance_failed_import"],
+        "glance-direct"
+    );
+}

@@ -43,6 +43,14 @@ pub async fn route(
             let id = id.to_string();
             return download(svc, req, id).await;
         }
+        (["v2", "images", id, "stage"], &Method::PUT) => {
+            let id = id.to_string();
+            return stage(svc, req, id).await;
+        }
+        (["v2", "images", id, "import"], &Method::POST) => {
+            let id = id.to_string();
+            return import(svc, req, id).await;
+        }
         _ => {}
     }
     let (parts, body) = req.into_parts();
@@ -193,7 +201,7 @@ fn handle(svc: &Service, req: &Request) -> Result<Response, ServiceError> {
         (["v2", "info", "import"], &Method::GET) => {
             return Ok(json_resp(
                 StatusCode::OK,
-                &json!({"import-methods": {"description": "Import methods available.", "type": "array", "value": []}}),
+                &json!({"import-methods": {"description": "Import methods available.", "type": "array", "value": ["glance-direct"]}}),
             ));
         }
         _ => {}
@@ -411,6 +419,10 @@ fn create(svc: &Service, req: &Request, ctx: &Ctx) -> Result<Response, ServiceEr
     svc.store.insert(rec).map_err(stale)?;
     let mut r = json_resp(StatusCode::CREATED, &doc.view(&id));
     r.headers_mut().insert(
+        "openstack-image-import-methods",
+        HeaderValue::from_static("glance-direct"),
+    );
+    r.headers_mut().insert(
         "location",
         HeaderValue::from_str(&format!("{}/image/v2/images/{id}", svc.config.public_url))
             .expect("ascii url"),
@@ -464,6 +476,9 @@ fn delete_record(svc: &Service, ctx: &Ctx, id: &str) -> Result<Response, Service
         writes.push(Write::Delete(Kind::ImageMember, m.id));
     }
     svc.store.apply(&writes)?;
+    let staged = staged_path(svc, id);
+    let _ = std::fs::remove_file(staged.with_extension("part"));
+    let _ = std::fs::remove_file(&staged);
     // The data is removed by the async caller (see `delete_data`); mark with a header.
     let mut r = empty(StatusCode::NO_CONTENT);
     if doc.size.is_some() || doc.status == "saving" {
@@ -940,4 +955,220 @@ pub async fn delete_data(svc: &Arc<Service>, id: &str) {
         }
         Err(e) => tracing::warn!(image = id, error = %e, "image data left in objectd"),
     }
+}
+
+fn staged_path(svc: &Service, id: &str) -> std::path::PathBuf {
+    svc.config.raw.images.staging_dir.join(id)
+}
+
+/// Sets an image's status from `from` to `to` (compare-and-swap), checking access.
+async fn transition(
+    svc: &Arc<Service>,
+    headers: http::HeaderMap,
+    id: &str,
+    from: &'static str,
+    to: &'static str,
+) -> Result<ImageDoc, ApiError> {
+    let id = id.to_string();
+    blocking(svc.clone(), move |svc| {
+        let ctx = ctx_of(svc, &headers)?;
+        let (rec, mut doc, a) = load(svc, &ctx, &id)?;
+        writable(a)?;
+        if doc.status != from {
+            return Err(ApiError::conflict(format!(
+                "Image status transition from {} to {to} is not allowed",
+                doc.status
+            )));
+        }
+        doc.status = to.into();
+        doc.updated_at = now_secs();
+        svc.store
+            .update(rec.with_doc(None, &doc))
+            .map_err(|e| ApiError::from(stale(e)))?;
+        Ok(doc)
+    })
+    .await
+}
+
+/// Puts an image back to queued after a failed stage or import, noting why.
+async fn requeue(svc: &Arc<Service>, id: &str, failed_import: bool) {
+    let id = id.to_string();
+    let _ = blocking(svc.clone(), move |svc| {
+        if let Some(rec) = svc.store.get(Kind::Image, &id).map_err(se)? {
+            let mut doc: ImageDoc = rec.parse().map_err(se)?;
+            doc.status = "queued".into();
+            if failed_import {
+                doc.properties
+                    .insert("os_glance_failed_import".into(), "glance-direct".into());
+            }
+            let _ = svc.store.update(rec.with_doc(None, &doc));
+        }
+        Ok(())
+    })
+    .await;
+}
+
+/// `PUT /v2/images/{id}/stage`: the data goes to a local staging file.
+async fn stage(
+    svc: Arc<Service>,
+    req: http::Request<hyper::body::Incoming>,
+    id: String,
+) -> Result<Response, ApiError> {
+    use tokio::io::AsyncWriteExt;
+    let (parts, mut body) = req.into_parts();
+    let max = svc.config.raw.images.max_image_size;
+    transition(&svc, parts.headers, &id, "queued", "uploading").await?;
+    let path = staged_path(&svc, &id);
+    let part = path.with_extension("part");
+    let result: Result<(), ApiError> = async {
+        let io = |e: std::io::Error| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("staging failed: {e}"),
+            )
+        };
+        tokio::fs::create_dir_all(&svc.config.raw.images.staging_dir)
+            .await
+            .map_err(io)?;
+        let mut f = tokio::fs::File::create(&part).await.map_err(io)?;
+        let mut size = 0u64;
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|_| {
+                ApiError::bad_request("the image data could not be read to its end")
+            })?;
+            if let Some(d) = frame.data_ref() {
+                size += d.len() as u64;
+                if size > max {
+                    return Err(ApiError::new(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        format!("Image exceeds the storage quota of {max} bytes"),
+                    ));
+                }
+                f.write_all(d).await.map_err(io)?;
+            }
+        }
+        f.sync_all().await.map_err(io)?;
+        tokio::fs::rename(&part, &path).await.map_err(io)?;
+        Ok(())
+    }
+    .await;
+    if let Err(e) = result {
+        let _ = tokio::fs::remove_file(&part).await;
+        requeue(&svc, &id, false).await;
+        return Err(e);
+    }
+    Ok(empty(StatusCode::NO_CONTENT))
+}
+
+/// `POST /v2/images/{id}/import` with `glance-direct`: 202, then inspect, convert and
+/// store in the background.
+async fn import(
+    svc: Arc<Service>,
+    req: http::Request<hyper::body::Incoming>,
+    id: String,
+) -> Result<Response, ApiError> {
+    let (parts, body) = req.into_parts();
+    let body = read_limited(body, svc.config.raw.max_request_body).await?;
+    let v: Value = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?;
+    let o = v
+        .as_object()
+        .ok_or_else(|| ApiError::bad_request("the body must be a JSON object"))?;
+    if let Some(k) = o.keys().find(|k| {
+        !["method", "stores", "all_stores", "all_stores_must_succeed"].contains(&k.as_str())
+    }) {
+        return Err(ApiError::bad_request(format!("unexpected key {k:?}")));
+    }
+    match o
+        .get("method")
+        .and_then(|m| m.get("name"))
+        .and_then(Value::as_str)
+    {
+        Some("glance-direct") => {}
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "Import method {other} is not supported; use glance-direct"
+            )));
+        }
+        None => return Err(ApiError::bad_request("method.name is required")),
+    }
+    if !staged_path(&svc, &id).exists() {
+        // Check visibility first so others' images stay 404.
+        load_async(&svc, parts.headers.clone(), id.clone()).await?;
+        return Err(ApiError::conflict(
+            "Image has no staged data; PUT it to /stage first",
+        ));
+    }
+    let doc = transition(&svc, parts.headers, &id, "uploading", "importing").await?;
+    let svc2 = svc.clone();
+    tokio::spawn(async move {
+        if let Err(e) = run_import(&svc2, &id, doc.disk_format.clone()).await {
+            tracing::warn!(image = %id, error = %e.message, "image import failed");
+            requeue(&svc2, &id, true).await;
+        }
+        let staged = staged_path(&svc2, &id);
+        let _ = tokio::fs::remove_file(staged.with_extension("raw")).await;
+        let _ = tokio::fs::remove_file(&staged).await;
+    });
+    Ok(empty(StatusCode::ACCEPTED))
+}
+
+async fn run_import(
+    svc: &Arc<Service>,
+    id: &str,
+    declared: Option<String>,
+) -> Result<(), ApiError> {
+    let staged = staged_path(svc, id);
+    let convert = svc.config.raw.images.import_convert_to.clone();
+    let (path, format, vsize) = tokio::task::spawn_blocking(move || {
+        crate::image::import::prepare(&staged, declared.as_deref(), &convert)
+    })
+    .await
+    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+    .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let s = session(svc).await.map_err(object_error)?;
+    let body = crate::objectstore::FileBody::open(&path)
+        .await
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("read staged data: {e}"),
+            )
+        })?;
+    let hashing = Hashing::new(body, svc.config.raw.images.max_image_size);
+    let digests = hashing.result.clone();
+    svc.objects
+        .put(&s, id, hashing)
+        .await
+        .map_err(|e| object_error(e.into()))?;
+    let d = digests
+        .lock()
+        .expect("digests")
+        .clone()
+        .ok_or_else(|| ApiError::bad_request("staged data ended early"))?;
+    let id2 = id.to_string();
+    let stored = blocking(svc.clone(), move |svc| {
+        let Some(rec) = svc.store.get(Kind::Image, &id2).map_err(se)? else {
+            return Ok(false);
+        };
+        let mut doc: ImageDoc = rec.parse().map_err(se)?;
+        doc.status = "active".into();
+        doc.disk_format = Some(format);
+        doc.virtual_size = Some(vsize);
+        doc.size = Some(d.size);
+        doc.checksum = Some(d.md5);
+        doc.os_hash_algo = Some("sha512".into());
+        doc.os_hash_value = Some(d.sha512);
+        doc.properties.remove("os_glance_failed_import");
+        doc.updated_at = now_secs();
+        svc.store
+            .update(rec.with_doc(None, &doc))
+            .map_err(|e| ApiError::from(stale(e)))?;
+        Ok(true)
+    })
+    .await?;
+    if !stored {
+        let _ = svc.objects.delete(&s, id).await;
+    }
+    Ok(())
 }

@@ -9,6 +9,8 @@ use serde_json::{Map, Value, json};
 use crate::api::ApiError;
 use crate::identity::Ctx;
 
+pub mod import;
+
 /// Disk formats Glance accepts.
 pub const DISK_FORMATS: &[&str] = &[
     "ami", "ari", "aki", "vhd", "vhdx", "vmdk", "raw", "qcow2", "vdi", "iso", "ploop",

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use serde::{Serialize, de::DeserializeOwned};
 
 pub mod conformance;
+pub mod postgres;
 pub mod sqlite;
 
 /// Errors from the store.
@@ -260,8 +261,8 @@ pub fn open(config: &crate::config::StoreConfig) -> Result<SharedStore, StoreErr
         crate::config::StoreKind::Sqlite => Ok(Arc::new(sqlite::SqliteStore::open(
             config.location.as_ref(),
         )?)),
-        crate::config::StoreKind::Postgres => Err(StoreError::Postgres(
-            "this build has no PostgreSQL backend yet".into(),
-        )),
+        crate::config::StoreKind::Postgres => {
+            Ok(Arc::new(postgres::PostgresStore::open(&config.location)?))
+        }
     }
 }

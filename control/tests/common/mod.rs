@@ -72,14 +72,29 @@ impl Cloud {
 
     /// With extra top-level config keys and extra `[tokens]` and `[images]` lines.
     pub fn start_with(top: &str, tokens: &str, images: &str) -> Cloud {
+        Cloud::start_full(top, tokens, images, None)
+    }
+
+    /// On another store (`kind`, `location`).
+    pub fn start_with_store(kind: &str, location: &str) -> Cloud {
+        Cloud::start_full("", "", "", Some((kind, location)))
+    }
+
+    fn start_full(top: &str, tokens: &str, images: &str, store: Option<(&str, &str)>) -> Cloud {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let objectd_port = start_objectd(dir.path(), &format!("http://127.0.0.1:{port}"));
         let config = format!(
-            "listen = \"127.0.0.1:{port}\"\n{top}\n[store]\nlocation = \"{}\"\n\
-             [tokens]\nkey-dir = \"{}\"\n{tokens}\n[images]\nstore-url = \"http://127.0.0.1:{objectd_port}\"\n{images}\n",
-            dir.path().join("control.db").display(),
+            "listen = \"127.0.0.1:{port}\"\n{top}\n[store]\nkind = \"{}\"\nlocation = \"{}\"\n\
+             [tokens]\nkey-dir = \"{}\"\n{tokens}\n[images]\nstore-url = \"http://127.0.0.1:{objectd_port}\"\n\
+             staging-dir = \"{}\"\n{images}\n",
+            store.map_or("sqlite", |s| s.0),
+            store.map_or_else(
+                || dir.path().join("control.db").display().to_string(),
+                |s| s.1.to_string()
+            ),
             dir.path().join("keys").display(),
+            dir.path().join("staging").display(),
         );
         std::fs::write(dir.path().join("control.toml"), config).unwrap();
         let out = Command::new(env!("CARGO_BIN_EXE_control"))

@@ -1,0 +1,218 @@
+//! The PostgreSQL backend, for several controllers sharing state. One connection per
+//! store, reconnected when it drops; batches run in one transaction, compare-and-swap
+//! updates rely on row locks (a concurrent update waits, then finds a new version).
+//! Migrations take an advisory lock so controllers starting together migrate once.
+
+use std::sync::Mutex;
+
+use postgres::{Client, NoTls, error::SqlState};
+
+use super::{Kind, MIGRATIONS, Record, Store, StoreError, Write};
+
+/// Advisory lock key for migrations ("ferrostk" in ASCII).
+const MIGRATION_LOCK: i64 = 0x6665_7272_6f73_746b;
+
+/// A PostgreSQL database.
+pub struct PostgresStore {
+    url: String,
+    client: Mutex<Client>,
+}
+
+fn pg(e: postgres::Error) -> StoreError {
+    StoreError::Postgres(match e.as_db_error() {
+        Some(db) => format!("{}: {}", db.code().code(), db.message()),
+        None => e.to_string(),
+    })
+}
+
+fn kind_from(s: &str) -> Kind {
+    Kind::ALL
+        .into_iter()
+        .find(|k| k.as_str() == s)
+        .unwrap_or(Kind::Setting)
+}
+
+fn row_to_record(row: &postgres::Row) -> Record {
+    let kind: String = row.get(0);
+    Record {
+        kind: kind_from(&kind),
+        id: row.get(1),
+        scope: row.get(2),
+        name: row.get(3),
+        doc: row.get(4),
+        version: row.get(5),
+    }
+}
+
+impl PostgresStore {
+    /// Connects to `url` (`postgresql://user@host:port/db` or key=value form) and
+    /// migrates the schema.
+    pub fn open(url: &str) -> Result<PostgresStore, StoreError> {
+        let client = Client::connect(url, NoTls).map_err(pg)?;
+        let store = PostgresStore {
+            url: url.to_string(),
+            client: Mutex::new(client),
+        };
+        store.migrate()?;
+        Ok(store)
+    }
+
+    fn client(&self) -> Result<std::sync::MutexGuard<'_, Client>, StoreError> {
+        let mut c = self.client.lock().expect("store lock");
+        if c.is_closed() {
+            *c = Client::connect(&self.url, NoTls).map_err(pg)?;
+        }
+        Ok(c)
+    }
+
+    fn migrate(&self) -> Result<(), StoreError> {
+        let mut c = self.client()?;
+        let mut tx = c.transaction().map_err(pg)?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+            .map_err(pg)?;
+        tx.batch_execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY)",
+        )
+        .map_err(pg)?;
+        let current: i32 = tx
+            .query_one(
+                "SELECT COALESCE(MAX(version), 0) FROM schema_migrations",
+                &[],
+            )
+            .map_err(pg)?
+            .get(0);
+        let current = current as u32;
+        let known = MIGRATIONS.len() as u32;
+        if current > known {
+            return Err(StoreError::TooNew(current, known));
+        }
+        for (i, step) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+            let version = i as i32 + 1;
+            tx.batch_execute(step)
+                .and_then(|_| {
+                    tx.execute(
+                        "INSERT INTO schema_migrations (version) VALUES ($1)",
+                        &[&version],
+                    )
+                })
+                .map_err(|e| StoreError::Migration(version as u32, Box::new(pg(e))))?;
+            tracing::info!(version, "applied schema migration");
+        }
+        tx.commit().map_err(pg)
+    }
+}
+
+impl Store for PostgresStore {
+    fn engine(&self) -> &'static str {
+        "postgres"
+    }
+
+    fn get(&self, kind: Kind, id: &str) -> Result<Option<Record>, StoreError> {
+        let mut c = self.client()?;
+        let rows = c
+            .query(
+                "SELECT kind, id, scope, name, doc, version FROM records WHERE kind = $1 AND id = $2",
+                &[&kind.as_str(), &id],
+            )
+            .map_err(pg)?;
+        Ok(rows.first().map(row_to_record))
+    }
+
+    fn get_by_name(
+        &self,
+        kind: Kind,
+        scope: &str,
+        name: &str,
+    ) -> Result<Option<Record>, StoreError> {
+        let mut c = self.client()?;
+        let rows = c
+            .query(
+                "SELECT kind, id, scope, name, doc, version FROM records
+                 WHERE kind = $1 AND scope = $2 AND name = $3",
+                &[&kind.as_str(), &scope, &name],
+            )
+            .map_err(pg)?;
+        Ok(rows.first().map(row_to_record))
+    }
+
+    fn list(&self, kind: Kind, scope: Option<&str>) -> Result<Vec<Record>, StoreError> {
+        let mut c = self.client()?;
+        let rows = match scope {
+            Some(s) => c.query(
+                "SELECT kind, id, scope, name, doc, version FROM records
+                 WHERE kind = $1 AND scope = $2 ORDER BY id COLLATE \"C\"",
+                &[&kind.as_str(), &s],
+            ),
+            None => c.query(
+                "SELECT kind, id, scope, name, doc, version FROM records
+                 WHERE kind = $1 ORDER BY id COLLATE \"C\"",
+                &[&kind.as_str()],
+            ),
+        }
+        .map_err(pg)?;
+        Ok(rows.iter().map(row_to_record).collect())
+    }
+
+    fn apply(&self, writes: &[Write]) -> Result<(), StoreError> {
+        let mut c = self.client()?;
+        let mut tx = c.transaction().map_err(pg)?;
+        let conflict = |kind: Kind| {
+            move |e: postgres::Error| {
+                if e.code() == Some(&SqlState::UNIQUE_VIOLATION) {
+                    StoreError::Conflict {
+                        kind: kind.as_str(),
+                    }
+                } else {
+                    pg(e)
+                }
+            }
+        };
+        for w in writes {
+            match w {
+                Write::Insert(r) => {
+                    tx.execute(
+                        "INSERT INTO records (kind, id, scope, name, doc, version)
+                         VALUES ($1, $2, $3, $4, $5, 1)",
+                        &[&r.kind.as_str(), &r.id, &r.scope, &r.name, &r.doc],
+                    )
+                    .map_err(conflict(r.kind))?;
+                }
+                Write::Update(r) => {
+                    let n = tx
+                        .execute(
+                            "UPDATE records SET scope = $3, name = $4, doc = $5, version = version + 1
+                             WHERE kind = $1 AND id = $2 AND version = $6",
+                            &[&r.kind.as_str(), &r.id, &r.scope, &r.name, &r.doc, &r.version],
+                        )
+                        .map_err(conflict(r.kind))?;
+                    if n != 1 {
+                        return Err(StoreError::Stale {
+                            kind: r.kind.as_str(),
+                            id: r.id.clone(),
+                        });
+                    }
+                }
+                Write::Delete(kind, id) => {
+                    tx.execute(
+                        "DELETE FROM records WHERE kind = $1 AND id = $2",
+                        &[&kind.as_str(), id],
+                    )
+                    .map_err(pg)?;
+                }
+            }
+        }
+        tx.commit().map_err(pg)
+    }
+
+    fn schema_version(&self) -> Result<u32, StoreError> {
+        let mut c = self.client()?;
+        let v: i32 = c
+            .query_one(
+                "SELECT COALESCE(MAX(version), 0) FROM schema_migrations",
+                &[],
+            )
+            .map_err(pg)?
+            .get(0);
+        Ok(v as u32)
+    }
+}
