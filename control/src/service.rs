@@ -5,10 +5,11 @@ use std::sync::{Arc, RwLock};
 
 use crate::api::ApiError;
 use crate::config::Validated;
+use crate::identity::cache::IdentityCache;
 use crate::identity::password::PasswordError;
 use crate::identity::token::{KeyRing, Revocations, TokenError};
 use crate::objectstore::{ObjectStore, ObjectStoreError};
-use crate::store::{SharedStore, StoreError};
+use crate::store::{SharedStore, StoreError, Versioned};
 
 /// Errors below the API layer.
 #[derive(Debug, thiserror::Error)]
@@ -46,8 +47,12 @@ impl std::fmt::Display for ApiError {
 pub struct Service {
     /// Validated configuration.
     pub config: Validated,
-    /// The state store.
+    /// The state store (through [`Versioned`], so caches see local writes).
     pub store: SharedStore,
+    /// The same store, for its write generation.
+    pub versioned: Arc<Versioned>,
+    /// Derived identity data (roles, token bodies), valid for a generation and a moment.
+    pub cache: IdentityCache,
     /// Token signing keys.
     pub keys: KeyRing,
     /// Revoked tokens (mirrored in the store).
@@ -61,9 +66,12 @@ impl Service {
     pub fn new(config: Validated, store: SharedStore) -> Result<Arc<Service>, ServiceError> {
         let keys = KeyRing::open(&config.raw.tokens.key_dir, config.raw.tokens.max_keys)?;
         let objects = ObjectStore::new(&config.raw.images)?;
+        let versioned = Arc::new(Versioned::new(store));
         let svc = Arc::new(Service {
             config,
-            store,
+            store: versioned.clone(),
+            versioned,
+            cache: IdentityCache::default(),
             keys,
             revocations: RwLock::new(Revocations::default()),
             objects,

@@ -590,9 +590,19 @@ fn list(svc: &Service, req: &Request, ctx: &Ctx) -> Result<Response, ServiceErro
     }
     let hidden = req.q("os_hidden").map(|v| v == "true");
     let member_filter = req.q("member_status").unwrap_or("accepted");
+    // One read of the memberships instead of one per image.
+    let mut memberships = std::collections::HashMap::new();
+    if let Some(p) = project {
+        for m in svc.store.list(Kind::ImageMember, None)? {
+            let m: MemberDoc = m.parse()?;
+            if m.member_id == p {
+                memberships.insert(m.image_id, m.status);
+            }
+        }
+    }
     for r in svc.store.list(Kind::Image, None)? {
         let d: ImageDoc = r.parse()?;
-        let ms = member_status(svc, &r.id, project)?;
+        let ms = memberships.get(&r.id).cloned();
         if access(ctx, &d, ms.as_deref()) == Access::None {
             continue;
         }

@@ -15,6 +15,7 @@ use crate::store::{Kind, Record, Write};
 use token::{Claims, Scope, method, now_secs};
 
 pub mod bootstrap;
+pub mod cache;
 pub mod password;
 pub mod token;
 
@@ -400,6 +401,32 @@ impl Service {
 
     /// The context of verified claims.
     pub fn context_for(&self, claims: Claims) -> Result<Ctx, ServiceError> {
+        let generation = self.versioned.generation();
+        let key = cache_key(&claims);
+        if let Some(s) = self.cache.scope(&key, generation) {
+            return Ok(Ctx {
+                claims,
+                user_domain_id: s.user_domain_id,
+                project_id: s.project_id,
+                domain_id: s.domain_id,
+                roles: s.roles,
+            });
+        }
+        let ctx = self.context_uncached(claims)?;
+        self.cache.put_scope(
+            key,
+            generation,
+            cache::ScopeInfo {
+                user_domain_id: ctx.user_domain_id.clone(),
+                project_id: ctx.project_id.clone(),
+                domain_id: ctx.domain_id.clone(),
+                roles: ctx.roles.clone(),
+            },
+        );
+        Ok(ctx)
+    }
+
+    fn context_uncached(&self, claims: Claims) -> Result<Ctx, ServiceError> {
         let user = self
             .store
             .get(Kind::User, &claims.user_id)?
@@ -504,6 +531,28 @@ impl Service {
 
     /// The `{"token": ...}` body for claims.
     pub fn token_body(&self, ctx: &Ctx, with_catalog: bool) -> Result<Value, ServiceError> {
+        let generation = self.versioned.generation();
+        let key = cache_key(&ctx.claims);
+        let mut body = match self.cache.body(&key, with_catalog, generation) {
+            Some(b) => b,
+            None => {
+                let b = self.token_template(ctx, with_catalog)?;
+                self.cache
+                    .put_body(key, with_catalog, generation, b.clone());
+                b
+            }
+        };
+        let c = &ctx.claims;
+        let t = &mut body["token"];
+        t["methods"] = json!(c.method_names());
+        t["audit_ids"] = json!(c.audit_ids());
+        t["issued_at"] = json!(crate::time::keystone(c.issued_at));
+        t["expires_at"] = json!(crate::time::keystone(c.expires_at));
+        Ok(body)
+    }
+
+    /// The token body without its per-token fields (methods, audit ids, times).
+    fn token_template(&self, ctx: &Ctx, with_catalog: bool) -> Result<Value, ServiceError> {
         let c = &ctx.claims;
         let user = self
             .store
@@ -789,6 +838,10 @@ impl Service {
         }
         Ok(scope)
     }
+}
+
+fn cache_key(c: &Claims) -> String {
+    format!("{}|{:?}|{:?}", c.user_id, c.scope, c.app_cred_id)
 }
 
 /// `{"auth": {...}}`.
