@@ -736,7 +736,7 @@ fn service_token(svc: &Service) -> Result<Session, ServiceError> {
         methods: method::PASSWORD,
         user_id: user.id,
         scope: Scope::Project(project.id.clone()),
-        issued_at: now,
+        issued_at_ms: crate::identity::token::now_ms(),
         expires_at: now + expiry.as_secs(),
         audit_id: random_audit_id()?,
         parent_audit_id: None,

@@ -197,7 +197,7 @@ pub struct AppCredDoc {
 pub struct RevocationDoc {
     /// Revoked token's audit id.
     pub audit_id: Option<String>,
-    /// Revoked user (all tokens issued up to `issued_before`).
+    /// Revoked user (all tokens issued up to `issued_before`, milliseconds).
     pub user_id: Option<String>,
     /// For a user revocation.
     pub issued_before: u64,
@@ -302,10 +302,11 @@ impl Service {
     /// Revokes every token a user holds now (password change, disable, delete).
     pub fn revoke_user(&self, user_id: &str) -> Result<(), ServiceError> {
         let now = now_secs();
+        let now_ms = token::now_ms();
         let doc = RevocationDoc {
             audit_id: None,
             user_id: Some(user_id.to_string()),
-            issued_before: now,
+            issued_before: now_ms,
             until: now + self.config.token_expiry.as_secs() + 1,
         };
         self.store
@@ -313,7 +314,7 @@ impl Service {
         self.revocations
             .write()
             .expect("revocations")
-            .revoke_user(user_id.to_string(), now);
+            .revoke_user(user_id.to_string(), now_ms);
         Ok(())
     }
 
@@ -546,7 +547,7 @@ impl Service {
         let t = &mut body["token"];
         t["methods"] = json!(c.method_names());
         t["audit_ids"] = json!(c.audit_ids());
-        t["issued_at"] = json!(crate::time::keystone(c.issued_at));
+        t["issued_at"] = json!(crate::time::keystone_ms(c.issued_at_ms));
         t["expires_at"] = json!(crate::time::keystone(c.expires_at));
         Ok(body)
     }
@@ -564,7 +565,7 @@ impl Service {
                      "domain": self.named_ref(Kind::Domain, &ctx.user_domain_id)?,
                      "password_expires_at": null},
             "audit_ids": c.audit_ids(),
-            "issued_at": crate::time::keystone(c.issued_at),
+            "issued_at": crate::time::keystone_ms(c.issued_at_ms),
             "expires_at": crate::time::keystone(c.expires_at),
         });
         if let Some(p) = &ctx.project_id {
@@ -711,7 +712,7 @@ impl Service {
             methods,
             user_id,
             scope,
-            issued_at: now,
+            issued_at_ms: token::now_ms(),
             expires_at,
             audit_id: token::random_audit_id()?,
             parent_audit_id: parent,

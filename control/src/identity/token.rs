@@ -79,8 +79,9 @@ pub struct Claims {
     pub user_id: String,
     /// The scope.
     pub scope: Scope,
-    /// Seconds since the epoch.
-    pub issued_at: u64,
+    /// Milliseconds since the epoch (revocations of a user compare against it, so a token
+    /// issued right after a password change is not caught by it).
+    pub issued_at_ms: u64,
     /// Seconds since the epoch.
     pub expires_at: u64,
     /// Unique per token.
@@ -122,6 +123,14 @@ pub fn now_secs() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Milliseconds since the epoch now.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
 }
 
@@ -182,7 +191,7 @@ fn encode_claims(c: &Claims) -> Result<Vec<u8>, TokenError> {
             put_str(&mut out, id)?;
         }
     }
-    out.extend_from_slice(&c.issued_at.to_be_bytes());
+    out.extend_from_slice(&c.issued_at_ms.to_be_bytes());
     out.extend_from_slice(&c.expires_at.to_be_bytes());
     out.extend_from_slice(&c.audit_id);
     match c.parent_audit_id {
@@ -206,7 +215,7 @@ fn decode_claims(b: &[u8]) -> Result<Claims, TokenError> {
         2 => Scope::Domain(r.str()?),
         _ => return Err(TokenError::Invalid),
     };
-    let issued_at = r.u64()?;
+    let issued_at_ms = r.u64()?;
     let expires_at = r.u64()?;
     let audit_id = r.id16()?;
     let parent_audit_id = match r.u8()? {
@@ -222,7 +231,7 @@ fn decode_claims(b: &[u8]) -> Result<Claims, TokenError> {
         methods,
         user_id,
         scope,
-        issued_at,
+        issued_at_ms,
         expires_at,
         audit_id,
         parent_audit_id,
@@ -381,8 +390,9 @@ impl Revocations {
         self.by_audit.insert(audit_id, until);
     }
 
-    /// Revokes every token of a user issued up to `issued_before`.
-    pub fn revoke_user(&mut self, user_id: String, issued_before: u64) {
+    /// Revokes every token of a user issued up to `issued_before_ms`.
+    pub fn revoke_user(&mut self, user_id: String, issued_before_ms: u64) {
+        let issued_before = issued_before_ms;
         let e = self.by_user.entry(user_id).or_insert(0);
         *e = (*e).max(issued_before);
     }
@@ -390,7 +400,7 @@ impl Revocations {
     /// Whether the claims fall under a revocation.
     pub fn is_revoked(&self, c: &Claims) -> bool {
         if let Some(&t) = self.by_user.get(&c.user_id)
-            && c.issued_at <= t
+            && c.issued_at_ms <= t
         {
             return true;
         }
@@ -404,7 +414,7 @@ impl Revocations {
     pub fn prune(&mut self, now: u64, max_lifetime: u64) {
         self.by_audit.retain(|_, until| *until > now);
         self.by_user
-            .retain(|_, t| t.saturating_add(max_lifetime) > now);
+            .retain(|_, t| (*t / 1000).saturating_add(max_lifetime) > now);
     }
 }
 
@@ -417,7 +427,7 @@ mod tests {
             methods: method::PASSWORD,
             user_id: "0123456789abcdef0123456789abcdef".into(),
             scope: Scope::Project("fedcba9876543210fedcba9876543210".into()),
-            issued_at: now,
+            issued_at_ms: now * 1000,
             expires_at: now + 3600,
             audit_id: random_audit_id().unwrap(),
             parent_audit_id: None,
@@ -555,9 +565,10 @@ mod tests {
         let other = claims(now);
         assert!(!r.is_revoked(&other));
         // User-wide revocation covers tokens issued up to that second, not later ones.
-        r.revoke_user(other.user_id.clone(), now);
+        r.revoke_user(other.user_id.clone(), now * 1000);
         assert!(r.is_revoked(&other));
-        let mut later = claims(now + 1);
+        let mut later = claims(now);
+        later.issued_at_ms += 1;
         later.user_id = other.user_id.clone();
         assert!(!r.is_revoked(&later));
         r.prune(c.expires_at, 3600);
