@@ -1,7 +1,7 @@
 //! The state every handler shares: configuration, store, token keys, revocations and the
 //! image store client.
 
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use crate::api::ApiError;
 use crate::config::Validated;
@@ -59,9 +59,40 @@ pub struct Service {
     pub revocations: RwLock<Revocations>,
     /// objectd client for image data.
     pub objects: ObjectStore,
+    /// Every image record parsed, for listing: (generation, when, images).
+    pub image_list: Mutex<Option<ImageList>>,
 }
 
+/// A parsed snapshot of all images at a store generation.
+pub type ImageList = (
+    u64,
+    std::time::Instant,
+    Arc<Vec<(String, crate::image::ImageDoc)>>,
+);
+
 impl Service {
+    /// All images, parsed; reused while the store generation is unchanged and for at most
+    /// [`crate::identity::cache::CACHE_TTL`].
+    pub fn all_images(&self) -> Result<Arc<Vec<(String, crate::image::ImageDoc)>>, ServiceError> {
+        let generation = self.versioned.generation();
+        if let Some((g, at, list)) = self.image_list.lock().expect("image list").as_ref()
+            && *g == generation
+            && at.elapsed() < crate::identity::cache::CACHE_TTL
+        {
+            return Ok(list.clone());
+        }
+        let list: Vec<(String, crate::image::ImageDoc)> = self
+            .store
+            .list(crate::store::Kind::Image, None)?
+            .iter()
+            .map(|r| Ok((r.id.clone(), r.parse()?)))
+            .collect::<Result<_, ServiceError>>()?;
+        let list = Arc::new(list);
+        *self.image_list.lock().expect("image list") =
+            Some((generation, std::time::Instant::now(), list.clone()));
+        Ok(list)
+    }
+
     /// Builds the service from its parts and loads revocations from the store.
     pub fn new(config: Validated, store: SharedStore) -> Result<Arc<Service>, ServiceError> {
         let keys = KeyRing::open(&config.raw.tokens.key_dir, config.raw.tokens.max_keys)?;
@@ -75,6 +106,7 @@ impl Service {
             keys,
             revocations: RwLock::new(Revocations::default()),
             objects,
+            image_list: Mutex::new(None),
         });
         svc.reload_revocations()?;
         Ok(svc)

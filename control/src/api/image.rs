@@ -600,10 +600,9 @@ fn list(svc: &Service, req: &Request, ctx: &Ctx) -> Result<Response, ServiceErro
             }
         }
     }
-    for r in svc.store.list(Kind::Image, None)? {
-        let d: ImageDoc = r.parse()?;
-        let ms = memberships.get(&r.id).cloned();
-        if access(ctx, &d, ms.as_deref()) == Access::None {
+    for (rid, d) in svc.all_images()?.iter() {
+        let ms = memberships.get(rid).cloned();
+        if access(ctx, d, ms.as_deref()) == Access::None {
             continue;
         }
         let owned = project == Some(d.owner.as_str());
@@ -638,7 +637,7 @@ fn list(svc: &Service, req: &Request, ctx: &Ctx) -> Result<Response, ServiceErro
                 i.strip_prefix("in:")
                     .unwrap_or(i)
                     .split(',')
-                    .any(|x| x == r.id)
+                    .any(|x| x == rid)
             })
             && size_min.is_none_or(|m| d.size.is_some_and(|s| s >= m))
             && size_max.is_none_or(|m| d.size.is_some_and(|s| s <= m))
@@ -649,7 +648,7 @@ fn list(svc: &Service, req: &Request, ctx: &Ctx) -> Result<Response, ServiceErro
                 .filter(|(k, _)| !known.contains(&k.as_str()))
                 .all(|(k, v)| d.properties.get(k) == Some(v));
         if keep {
-            images.push((r.id.clone(), d));
+            images.push((rid.clone(), d.clone()));
         }
     }
     images.sort_by(|a, b| {
