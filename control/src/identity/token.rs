@@ -141,8 +141,22 @@ pub fn random_audit_id() -> Result<[u8; 16], TokenError> {
     Ok(b)
 }
 
+/// Length byte marking a 32-digit lowercase hex id packed into 16 bytes.
+const PACKED_HEX: u8 = 0xff;
+
 fn put_str(out: &mut Vec<u8>, s: &str) -> Result<(), TokenError> {
-    let len = u8::try_from(s.len()).map_err(|_| TokenError::Invalid)?;
+    let hexid = s.len() == 32
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    if hexid {
+        out.push(PACKED_HEX);
+        out.extend_from_slice(&hex::decode(s).map_err(|_| TokenError::Invalid)?);
+        return Ok(());
+    }
+    let len = u8::try_from(s.len())
+        .ok()
+        .filter(|l| *l != PACKED_HEX)
+        .ok_or(TokenError::Invalid)?;
     out.push(len);
     out.extend_from_slice(s.as_bytes());
     Ok(())
@@ -171,7 +185,11 @@ impl Reader<'_> {
         Ok(self.take(16)?.try_into().expect("16 bytes"))
     }
     fn str(&mut self) -> Result<String, TokenError> {
-        let n = self.u8()? as usize;
+        let n = self.u8()?;
+        if n == PACKED_HEX {
+            return Ok(hex::encode(self.take(16)?));
+        }
+        let n = n as usize;
         String::from_utf8(self.take(n)?.to_vec()).map_err(|_| TokenError::Invalid)
     }
 }
@@ -451,10 +469,25 @@ mod tests {
             c.app_cred_id = Some("ac".into());
             c.methods = method::TOKEN | method::APP_CREDENTIAL;
             let t = ring.seal(&c).unwrap();
-            assert!(t.len() < 250, "token is compact: {}", t.len());
+            assert!(t.len() < 170, "token is compact: {}", t.len());
             assert_eq!(ring.open_token(&t, now).unwrap(), c);
         }
         assert_eq!(c.method_names(), ["token", "application_credential"]);
+        // Ids that are not 32 lowercase hex digits are kept as they are.
+        for odd in [
+            "ABCDEF0123456789ABCDEF0123456789",
+            "x",
+            "0123456789abcdef0123456789abcdeg",
+        ] {
+            c.user_id = odd.into();
+            let t = ring.seal(&c).unwrap();
+            assert_eq!(ring.open_token(&t, now).unwrap().user_id, odd);
+        }
+        c.user_id = "u".repeat(255);
+        assert!(
+            ring.seal(&c).is_err(),
+            "a 255-byte id would read as a packed one"
+        );
         assert_eq!(c.audit_ids().len(), 2);
     }
 
