@@ -964,3 +964,37 @@ fn groups_grant_roles_and_domain_scope_works() {
         404
     );
 }
+
+#[test]
+fn the_daemon_tells_systemd_it_is_ready() {
+    // Type=notify: READY=1 arrives on NOTIFY_SOCKET once the API listens.
+    let cloud = Cloud::start();
+    let sock_path = cloud.dir.path().join("notify.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .unwrap();
+    let port = free_port();
+    let config = std::fs::read_to_string(cloud.dir.path().join("control.toml"))
+        .unwrap()
+        .replace(
+            &format!("127.0.0.1:{}", cloud.port),
+            &format!("127.0.0.1:{port}"),
+        );
+    let cfg_path = cloud.dir.path().join("second.toml");
+    std::fs::write(&cfg_path, config).unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_control"))
+        .arg("--config")
+        .arg(&cfg_path)
+        .env("NOTIFY_SOCKET", &sock_path)
+        .env("RUST_LOG", "warn")
+        .spawn()
+        .unwrap();
+    let mut buf = [0u8; 64];
+    let got = sock.recv(&mut buf);
+    let listening = std::net::TcpStream::connect(("127.0.0.1", port)).is_ok();
+    let _ = child.kill();
+    let _ = child.wait();
+    let n = got.expect("READY=1 within 30 s");
+    assert_eq!(&buf[..n], b"READY=1");
+    assert!(listening, "ready was sent before the port listened");
+}
