@@ -90,11 +90,23 @@ pub enum Kind {
     ImageMember,
     /// Settings of the deployment (the bootstrap record).
     Setting,
+    /// Compute nodes with their inventory and allocations.
+    Node,
+    /// Compute flavors.
+    ComputeFlavor,
+    /// Servers (scope: project id).
+    Server,
+    /// Keypairs (scope: user id).
+    Keypair,
+    /// Server groups (scope: project id).
+    ServerGroup,
+    /// Per-project compute quotas (id: project id).
+    Quota,
 }
 
 impl Kind {
     /// Every kind.
-    pub const ALL: [Kind; 15] = [
+    pub const ALL: [Kind; 21] = [
         Kind::Domain,
         Kind::Project,
         Kind::User,
@@ -110,6 +122,12 @@ impl Kind {
         Kind::Image,
         Kind::ImageMember,
         Kind::Setting,
+        Kind::Node,
+        Kind::ComputeFlavor,
+        Kind::Server,
+        Kind::Keypair,
+        Kind::ServerGroup,
+        Kind::Quota,
     ];
 
     /// The name stored in the `kind` column.
@@ -130,6 +148,12 @@ impl Kind {
             Kind::Image => "image",
             Kind::ImageMember => "image_member",
             Kind::Setting => "setting",
+            Kind::Node => "node",
+            Kind::ComputeFlavor => "flavor",
+            Kind::Server => "server",
+            Kind::Keypair => "keypair",
+            Kind::ServerGroup => "server_group",
+            Kind::Quota => "quota",
         }
     }
 }
