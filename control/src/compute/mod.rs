@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::store::{Kind, Record, Store, StoreError};
 
+pub mod agent;
 pub mod scheduler;
 
 /// Errors of the compute layer.
@@ -266,6 +267,197 @@ pub fn heartbeat(store: &dyn Store, id: &str, now: u64) -> Result<Option<NodeDoc
         }
     }
     Err(ComputeError::Contended(id.to_string()))
+}
+
+/// A flavor.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FlavorDoc {
+    /// Unique name.
+    pub name: String,
+    /// vCPUs.
+    pub vcpus: u64,
+    /// Memory in MiB.
+    pub ram: u64,
+    /// Root disk in GiB (0: the image's size).
+    pub disk: u64,
+    /// Ephemeral disk in GiB.
+    #[serde(default)]
+    pub ephemeral: u64,
+    /// Swap in MiB.
+    #[serde(default)]
+    pub swap: u64,
+    /// rxtx factor.
+    #[serde(default = "one")]
+    pub rxtx_factor: f64,
+    /// Visible to every project.
+    #[serde(default = "yes")]
+    pub is_public: bool,
+    /// Description.
+    #[serde(default)]
+    pub description: Option<String>,
+}
+
+fn one() -> f64 {
+    1.0
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// A fault recorded on a server in ERROR.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Fault {
+    /// HTTP-like code (500 for build failures).
+    pub code: u16,
+    /// What went wrong.
+    pub message: String,
+    /// Epoch seconds.
+    pub created: u64,
+}
+
+/// A port of a server as the agent reported it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ServerPort {
+    /// Port id on netdp.
+    pub id: String,
+    /// Network id on netdp.
+    pub network_id: String,
+    /// MAC.
+    pub mac_address: String,
+    /// Fixed IP.
+    pub ip_address: String,
+}
+
+/// A server.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ServerDoc {
+    /// Display name.
+    pub name: String,
+    /// Owner.
+    pub project_id: String,
+    /// Creator.
+    pub user_id: String,
+    /// Flavor id at creation.
+    pub flavor_id: String,
+    /// Flavor at creation (later flavor changes do not resize it).
+    pub flavor: FlavorDoc,
+    /// Image id.
+    pub image_id: String,
+    /// Requested networks: `("network"|"port", id)`.
+    #[serde(default)]
+    pub networks: Vec<(String, String)>,
+    /// Keypair name.
+    #[serde(default)]
+    pub key_name: Option<String>,
+    /// Its public key (passed to the guest as metadata).
+    #[serde(default)]
+    pub public_key: Option<String>,
+    /// Metadata.
+    #[serde(default)]
+    pub metadata: BTreeMap<String, String>,
+    /// Availability zone requested or placed in.
+    #[serde(default)]
+    pub availability_zone: Option<String>,
+    /// Server group id.
+    #[serde(default)]
+    pub group_id: Option<String>,
+    /// BUILD, ACTIVE, SHUTOFF, PAUSED, ERROR (Nova's status).
+    pub status: String,
+    /// Nova's task state (`scheduling`, `spawning`, `powering-off`, ...).
+    #[serde(default)]
+    pub task_state: Option<String>,
+    /// The node holding the allocation.
+    #[serde(default)]
+    pub node_id: Option<String>,
+    /// That node's host name.
+    #[serde(default)]
+    pub host: Option<String>,
+    /// Nodes tried for this build.
+    #[serde(default)]
+    pub tried: Vec<String>,
+    /// Fault when in ERROR.
+    #[serde(default)]
+    pub fault: Option<Fault>,
+    /// Ports as the agent made them.
+    #[serde(default)]
+    pub ports: Vec<ServerPort>,
+    /// Epoch seconds.
+    pub created: u64,
+    /// Epoch seconds.
+    pub updated: u64,
+    /// Epoch seconds of the first ACTIVE.
+    #[serde(default)]
+    pub launched_at: Option<u64>,
+}
+
+impl ServerDoc {
+    /// Nova's `OS-EXT-STS:vm_state`.
+    pub fn vm_state(&self) -> &'static str {
+        match self.status.as_str() {
+            "BUILD" => "building",
+            "ACTIVE" => "active",
+            "SHUTOFF" => "stopped",
+            "PAUSED" => "paused",
+            "DELETED" => "deleted",
+            _ => "error",
+        }
+    }
+    /// Nova's `OS-EXT-STS:power_state` (0 nostate, 1 running, 3 paused, 4 shutdown).
+    pub fn power_state(&self) -> u8 {
+        match self.status.as_str() {
+            "ACTIVE" => 1,
+            "PAUSED" => 3,
+            "SHUTOFF" => 4,
+            _ => 0,
+        }
+    }
+}
+
+/// A keypair.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct KeypairDoc {
+    /// Name (unique per user).
+    pub name: String,
+    /// OpenSSH public key.
+    pub public_key: String,
+    /// Its fingerprint (MD5 of the key blob, colon-separated hex).
+    pub fingerprint: String,
+    /// `ssh`.
+    pub kind: String,
+    /// Epoch seconds.
+    pub created: u64,
+}
+
+/// Per-project quotas (absent: the defaults).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct QuotaDoc {
+    /// Servers.
+    pub instances: i64,
+    /// vCPUs.
+    pub cores: i64,
+    /// Memory in MiB.
+    pub ram: i64,
+    /// Keypairs per user.
+    pub key_pairs: i64,
+    /// Server groups.
+    pub server_groups: i64,
+    /// Members per server group.
+    pub server_group_members: i64,
+}
+
+impl Default for QuotaDoc {
+    fn default() -> Self {
+        QuotaDoc {
+            instances: 10,
+            cores: 20,
+            ram: 51200,
+            key_pairs: 100,
+            server_groups: 10,
+            server_group_members: 10,
+        }
+    }
 }
 
 #[cfg(test)]
