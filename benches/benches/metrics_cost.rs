@@ -449,6 +449,7 @@ fn section_netdp(rounds: u64, runs: u32) {
         ips: vec![Ipv4Addr::from(ip)],
         port_security: true,
         allowed_address_pairs: vec![],
+        dhcp: false,
     };
     let rule = |id, direction, protocol, port_range| RuleSpec {
         id,
@@ -593,6 +594,7 @@ fn section_netdp_live(rounds: u64, frames: u32) {
         ips: vec![Ipv4Addr::from(ip)],
         port_security: true,
         allowed_address_pairs: vec![],
+        dhcp: false,
     };
     let rule = |id, direction, protocol, port_range| RuleSpec {
         id,
