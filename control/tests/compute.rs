@@ -275,12 +275,75 @@ fn nodes_flavors_servers_reschedule_and_down_nodes() {
     );
     assert!(nokernel.contains("kernel_id"), "{nokernel}");
 
+    // Neutron: a network with its subnet, as `--network NAME` resolves it.
+    let net = ok_json(&admin, &["network", "create", "blue"]);
+    assert_eq!(net["name"], "blue");
+    assert_eq!(net["status"], "ACTIVE");
+    let sub = ok_json(
+        &admin,
+        &[
+            "subnet",
+            "create",
+            "--network",
+            "blue",
+            "--subnet-range",
+            "10.9.0.0/24",
+            "blue-v4",
+        ],
+    );
+    assert_eq!(sub["cidr"], "10.9.0.0/24");
+    assert_eq!(sub["gateway_ip"], "10.9.0.1");
+    assert_eq!(sub["network_id"], net["id"]);
+    let bad = common::fails(
+        &admin,
+        &[
+            "subnet",
+            "create",
+            "--network",
+            "blue",
+            "--subnet-range",
+            "10.9.0.1/24",
+            "x",
+        ],
+    );
+    assert!(bad.contains("not a valid IPv4 CIDR"), "{bad}");
+    let nets = ok(&admin, &["network", "list"]);
+    assert!(
+        nets.contains("blue") && nets.contains(sub["id"].as_str().unwrap()),
+        "{nets}"
+    );
+    ok(&admin, &["network", "create", "red"]);
+    let nosub = common::fails(
+        &admin,
+        &[
+            "server",
+            "create",
+            "--image",
+            "disk",
+            "--flavor",
+            "tiny",
+            "--network",
+            "red",
+            "x",
+        ],
+    );
+    assert!(nosub.contains("requires a subnet"), "{nosub}");
+    ok(&admin, &["network", "delete", "red"]);
+
     // A server: every node fails the build (no data planes), so it is tried on both
     // nodes and ends in ERROR with a fault; allocations are released.
     let s = ok_json(
         &admin,
         &[
-            "server", "create", "--image", "disk", "--flavor", "tiny", "vm1",
+            "server",
+            "create",
+            "--image",
+            "disk",
+            "--flavor",
+            "tiny",
+            "--network",
+            "blue",
+            "vm1",
         ],
     );
     assert_eq!(s["name"], "vm1");
@@ -374,4 +437,7 @@ fn nodes_flavors_servers_reschedule_and_down_nodes() {
         "{shown}"
     );
     ok(&admin, &["server", "delete", "vm2"]);
+    ok(&admin, &["subnet", "delete", "blue-v4"]);
+    ok(&admin, &["network", "delete", "blue"]);
+    assert!(!ok(&admin, &["network", "list"]).contains("blue"));
 }

@@ -1073,10 +1073,18 @@ fn server_view(svc: &Service, id: &str, d: &ServerDoc, detail: bool) -> Value {
         return json!({"id": id, "name": d.name, "links": link(svc, "servers", id)});
     }
     let mut addresses = serde_json::Map::new();
-    for p in &d.ports {
-        let net = addresses
-            .entry(p.network_id.clone())
-            .or_insert_with(|| json!([]));
+    for (i, p) in d.ports.iter().enumerate() {
+        // Nova keys addresses by network name.
+        let label = d
+            .networks
+            .get(i)
+            .filter(|(k, _)| k == "network")
+            .and_then(|(_, id)| svc.store.get(Kind::Network, id).ok().flatten())
+            .and_then(|r| r.parse::<super::network::NetworkDoc>().ok())
+            .map(|n| n.name)
+            .filter(|n| !n.is_empty())
+            .unwrap_or_else(|| p.network_id.clone());
+        let net = addresses.entry(label).or_insert_with(|| json!([]));
         if let Some(a) = net.as_array_mut() {
             a.push(
                 json!({"version": 4, "addr": p.ip_address, "OS-EXT-IPS:type": "fixed",
@@ -1235,6 +1243,16 @@ fn create_server(svc: &Service, ctx: &Ctx, req: &Request) -> Result<(Value, Stri
                 if let Some(p) = n.get("port").and_then(Value::as_str) {
                     networks.push(("port".to_string(), p.to_string()));
                 } else if let Some(u) = n.get("uuid").and_then(Value::as_str) {
+                    // A network of control's Neutron must be visible to the caller and
+                    // have its subnet; other ids are passed to the node's netdp as they are.
+                    if svc.store.get(Kind::Network, u).map_err(se)?.is_some() {
+                        super::network::network(svc, ctx, u)?;
+                        if super::network::subnet_of(svc, u)?.is_none() {
+                            return Err(ApiError::bad_request(format!(
+                                "Network {u} requires a subnet in order to boot instances on."
+                            )));
+                        }
+                    }
                     networks.push(("network".to_string(), u.to_string()));
                 } else {
                     return Err(ApiError::bad_request(
@@ -1475,14 +1493,28 @@ fn schedule(svc: &Service, id: &str) -> Result<Option<(String, String, Value)>, 
     if let Some(cmd) = img.properties.get("os_command_line") {
         placement["cmdline"] = json!(cmd);
     }
-    let ports: Vec<Value> = d
-        .networks
-        .iter()
-        .map(|(kind, v)| match kind.as_str() {
+    let mut ports: Vec<Value> = Vec::new();
+    for (kind, v) in &d.networks {
+        let spec = match kind.as_str() {
             "port" => json!({"port_id": v}),
-            _ => json!({"network_id": v}),
-        })
-        .collect();
+            _ => match svc.store.get(Kind::Network, v).map_err(se)? {
+                Some(r) => {
+                    let net: super::network::NetworkDoc = r.parse().map_err(se)?;
+                    let (_, sub) = super::network::subnet_of(svc, v)?.ok_or_else(|| {
+                        ApiError::bad_request(format!("network {v} has no subnet"))
+                    })?;
+                    let mut subnet = json!({"cidr": sub.cidr, "enable_dhcp": sub.enable_dhcp});
+                    if let Some(g) = &sub.gateway_ip {
+                        subnet["gateway_ip"] = json!(g);
+                    }
+                    json!({"network": {"id": v, "name": if net.name.is_empty() { v.clone() } else { net.name },
+                                       "mtu": net.mtu, "subnet": subnet}})
+                }
+                None => json!({"network_id": v}),
+            },
+        };
+        ports.push(spec);
+    }
     placement["ports"] = json!(ports);
     Ok(Some((node_id, node.agent_url, placement)))
 }

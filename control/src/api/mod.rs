@@ -17,6 +17,7 @@ use crate::service::{Service, ServiceError};
 pub mod compute;
 pub mod identity;
 pub mod image;
+pub mod network;
 
 /// A response body: whole JSON or a stream of image bytes.
 pub type Body = BoxBody<Bytes, BoxError>;
@@ -247,6 +248,7 @@ pub async fn handle(svc: Arc<Service>, req: http::Request<hyper::body::Incoming>
     };
     match segs.first().map(String::as_str) {
         Some("compute") => return compute::route(svc, req, segs[1..].to_vec()).await,
+        Some("network") => return network::route(svc, req, segs[1..].to_vec()).await,
         Some("v1")
             if matches!(
                 segs.get(1).map(String::as_str),

@@ -102,11 +102,15 @@ pub enum Kind {
     ServerGroup,
     /// Per-project compute quotas (id: project id).
     Quota,
+    /// Neutron networks (scope: project id).
+    Network,
+    /// Neutron subnets (scope: network id).
+    Subnet,
 }
 
 impl Kind {
     /// Every kind.
-    pub const ALL: [Kind; 21] = [
+    pub const ALL: [Kind; 23] = [
         Kind::Domain,
         Kind::Project,
         Kind::User,
@@ -128,6 +132,8 @@ impl Kind {
         Kind::Keypair,
         Kind::ServerGroup,
         Kind::Quota,
+        Kind::Network,
+        Kind::Subnet,
     ];
 
     /// The name stored in the `kind` column.
@@ -154,6 +160,8 @@ impl Kind {
             Kind::Keypair => "keypair",
             Kind::ServerGroup => "server_group",
             Kind::Quota => "quota",
+            Kind::Network => "network",
+            Kind::Subnet => "subnet",
         }
     }
 }
