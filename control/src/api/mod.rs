@@ -14,8 +14,10 @@ use serde_json::Value;
 
 use crate::service::{Service, ServiceError};
 
+pub mod compute;
 pub mod identity;
 pub mod image;
+pub mod network;
 
 /// A response body: whole JSON or a stream of image bytes.
 pub type Body = BoxBody<Bytes, BoxError>;
@@ -31,6 +33,8 @@ pub enum Flavor {
     Keystone,
     /// `{"code", "title", "message"}` in Glance's (webob's) shape.
     Glance,
+    /// `{"<kind>": {"code", "message"}}` in Nova's shape (`itemNotFound`, `badRequest`...).
+    Nova,
 }
 
 /// An error answer: status, and what was wrong.
@@ -80,6 +84,19 @@ impl ApiError {
             Flavor::Glance => serde_json::json!({
                 "code": format!("{} {}", self.status.as_u16(), title),
                 "title": title, "message": self.message}),
+            Flavor::Nova => {
+                let kind = match self.status.as_u16() {
+                    400 => "badRequest",
+                    401 => "unauthorized",
+                    403 => "forbidden",
+                    404 => "itemNotFound",
+                    405 => "badMethod",
+                    409 => "conflictingRequest",
+                    413 => "overLimit",
+                    _ => "computeFault",
+                };
+                serde_json::json!({kind: {"code": self.status.as_u16(), "message": self.message}})
+            }
         };
         let mut r = json(self.status, &body);
         if self.status == StatusCode::UNAUTHORIZED && flavor == Flavor::Keystone {
@@ -229,6 +246,21 @@ pub async fn handle(svc: Arc<Service>, req: http::Request<hyper::body::Incoming>
     } else {
         Flavor::Keystone
     };
+    match segs.first().map(String::as_str) {
+        Some("compute") => return compute::route(svc, req, segs[1..].to_vec()).await,
+        Some("network") => return network::route(svc, req, segs[1..].to_vec()).await,
+        Some("v1")
+            if matches!(
+                segs.get(1).map(String::as_str),
+                Some("nodes" | "image-data")
+            ) =>
+        {
+            return compute::route_v1(svc, req, segs[1..].to_vec())
+                .await
+                .unwrap_or_else(|e| e.into_response(Flavor::Keystone));
+        }
+        _ => {}
+    }
     let result = if flavor == Flavor::Glance {
         image::route(svc, req, segs[1..].to_vec()).await
     } else {

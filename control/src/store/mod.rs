@@ -90,11 +90,27 @@ pub enum Kind {
     ImageMember,
     /// Settings of the deployment (the bootstrap record).
     Setting,
+    /// Compute nodes with their inventory and allocations.
+    Node,
+    /// Compute flavors.
+    ComputeFlavor,
+    /// Servers (scope: project id).
+    Server,
+    /// Keypairs (scope: user id).
+    Keypair,
+    /// Server groups (scope: project id).
+    ServerGroup,
+    /// Per-project compute quotas (id: project id).
+    Quota,
+    /// Neutron networks (scope: project id).
+    Network,
+    /// Neutron subnets (scope: network id).
+    Subnet,
 }
 
 impl Kind {
     /// Every kind.
-    pub const ALL: [Kind; 15] = [
+    pub const ALL: [Kind; 23] = [
         Kind::Domain,
         Kind::Project,
         Kind::User,
@@ -110,6 +126,14 @@ impl Kind {
         Kind::Image,
         Kind::ImageMember,
         Kind::Setting,
+        Kind::Node,
+        Kind::ComputeFlavor,
+        Kind::Server,
+        Kind::Keypair,
+        Kind::ServerGroup,
+        Kind::Quota,
+        Kind::Network,
+        Kind::Subnet,
     ];
 
     /// The name stored in the `kind` column.
@@ -130,6 +154,14 @@ impl Kind {
             Kind::Image => "image",
             Kind::ImageMember => "image_member",
             Kind::Setting => "setting",
+            Kind::Node => "node",
+            Kind::ComputeFlavor => "flavor",
+            Kind::Server => "server",
+            Kind::Keypair => "keypair",
+            Kind::ServerGroup => "server_group",
+            Kind::Quota => "quota",
+            Kind::Network => "network",
+            Kind::Subnet => "subnet",
         }
     }
 }
