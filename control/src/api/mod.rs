@@ -16,6 +16,7 @@ use crate::service::{Service, ServiceError};
 
 pub mod identity;
 pub mod image;
+pub mod telemetry;
 
 /// A response body: whole JSON or a stream of image bytes.
 pub type Body = BoxBody<Bytes, BoxError>;
@@ -229,18 +230,46 @@ pub async fn handle(svc: Arc<Service>, req: http::Request<hyper::body::Incoming>
     } else {
         Flavor::Keystone
     };
-    let result = if flavor == Flavor::Glance {
-        image::route(svc, req, segs[1..].to_vec()).await
-    } else {
-        identity_route(svc, req, segs).await
+    let started = std::time::Instant::now();
+    let method = req.method().clone();
+    let first = segs.first().map(String::as_str);
+    let api = match first {
+        Some("image") => 1,
+        Some("telemetry") => 2,
+        Some("metrics") if segs.len() == 1 => 3,
+        _ => 0,
     };
-    result.unwrap_or_else(|e| e.into_response(flavor))
+    let result = match api {
+        1 => image::route(svc, req, segs[1..].to_vec()).await,
+        2 => {
+            let segs = segs[1..].to_vec();
+            json_route(svc, req, segs, |svc, r| {
+                telemetry::handle(svc, r).map_err(ApiError::from)
+            })
+            .await
+        }
+        3 => Ok(full(
+            StatusCode::OK,
+            "text/plain; version=0.0.4",
+            crate::telemetry::metrics::METRICS.render(),
+        )),
+        _ => json_route(svc, req, segs, identity::handle).await,
+    };
+    let resp = result.unwrap_or_else(|e| e.into_response(flavor));
+    crate::telemetry::metrics::METRICS.request(
+        api,
+        &method,
+        resp.status().as_u16(),
+        started.elapsed(),
+    );
+    resp
 }
 
-async fn identity_route(
+async fn json_route(
     svc: Arc<Service>,
     req: http::Request<hyper::body::Incoming>,
     segs: Vec<String>,
+    handler: fn(&Service, &Request) -> Result<Response, ApiError>,
 ) -> Result<Response, ApiError> {
     let (parts, body) = req.into_parts();
     if let Some(len) = parts
@@ -271,7 +300,7 @@ async fn identity_route(
         body,
     };
     let head = request.method == Method::HEAD;
-    let mut resp = blocking(svc, move |svc| identity::handle(svc, &request)).await?;
+    let mut resp = blocking(svc, move |svc| handler(svc, &request)).await?;
     if head {
         // HEAD answers carry no body (hyper strips it; keep the length honest).
         *resp.body_mut() = Full::new(Bytes::new())
