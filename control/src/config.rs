@@ -232,6 +232,73 @@ pub struct Config {
     pub compute: ComputeConfig,
     /// Image service settings.
     pub images: ImageConfig,
+    /// Telemetry (meters, events, alarms) settings.
+    pub telemetry: TelemetryConfig,
+}
+
+/// Telemetry settings (durations with a unit: s, m, h).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
+pub struct TelemetryConfig {
+    /// Raw samples are kept this long, then rolled into per-minute aggregates.
+    pub raw_retention: String,
+    /// Per-minute aggregates are kept this long, then rolled into per-hour ones.
+    pub minute_retention: String,
+    /// Per-hour aggregates are kept this long, then dropped.
+    pub hour_retention: String,
+    /// How often retention runs.
+    pub retention_interval: String,
+    /// How often alarms are evaluated.
+    pub evaluation_interval: String,
+    /// Most samples in one ingestion request.
+    pub max_batch: usize,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        TelemetryConfig {
+            raw_retention: "6h".into(),
+            minute_retention: "168h".into(),
+            hour_retention: "2160h".into(),
+            retention_interval: "60s".into(),
+            evaluation_interval: "60s".into(),
+            max_batch: 10_000,
+        }
+    }
+}
+
+/// Parsed telemetry settings.
+#[derive(Debug, Clone, Copy)]
+pub struct TelemetrySettings {
+    /// Retention of each granularity.
+    pub retention: crate::telemetry::Retention,
+    /// Retention period.
+    pub retention_interval: Duration,
+    /// Alarm evaluation period.
+    pub evaluation_interval: Duration,
+}
+
+impl TelemetryConfig {
+    /// Parses the durations; intervals must be non-zero.
+    pub fn settings(&self) -> Result<TelemetrySettings, ConfigError> {
+        let ms = |d: Duration| d.as_millis().min(i64::MAX as u128 / 4) as i64;
+        let retention_interval = parse_duration(&self.retention_interval)?;
+        let evaluation_interval = parse_duration(&self.evaluation_interval)?;
+        if retention_interval.is_zero() || evaluation_interval.is_zero() {
+            return Err(ConfigError::Duration(
+                "telemetry intervals must be longer than zero".into(),
+            ));
+        }
+        Ok(TelemetrySettings {
+            retention: crate::telemetry::Retention {
+                raw_ms: ms(parse_duration(&self.raw_retention)?),
+                minute_ms: ms(parse_duration(&self.minute_retention)?),
+                hour_ms: ms(parse_duration(&self.hour_retention)?),
+            },
+            retention_interval,
+            evaluation_interval,
+        })
+    }
 }
 
 impl Default for Config {
@@ -245,6 +312,7 @@ impl Default for Config {
             tokens: TokenConfig::default(),
             compute: ComputeConfig::default(),
             images: ImageConfig::default(),
+            telemetry: TelemetryConfig::default(),
         }
     }
 }
@@ -260,6 +328,8 @@ pub struct Validated {
     pub key_rotation: Duration,
     /// URL published in the catalog for this API, without a trailing slash.
     pub public_url: String,
+    /// Telemetry settings.
+    pub telemetry: TelemetrySettings,
     /// The raw configuration.
     pub raw: Config,
 }
@@ -313,7 +383,9 @@ impl Config {
                 self.images.import_convert_to.clone(),
             ));
         }
+        let telemetry = self.telemetry.settings()?;
         Ok(Validated {
+            telemetry,
             listen,
             token_expiry,
             key_rotation,

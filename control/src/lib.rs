@@ -13,6 +13,8 @@
 //!   digests computed on the way.
 //! - [`api`]: the HTTP layer (hyper): parses requests, answers in Keystone's or Glance's
 //!   shapes; store work and hashing run on tokio's blocking pool.
+//! - [`telemetry`]: meters (time series with retention and downsampling), lifecycle
+//!   events and threshold alarms with webhooks; control's own `/metrics`.
 //! - [`server`]: accept loop, housekeeping (revocation refresh, key rotation), sd_notify.
 //!
 //! Threads: tokio's multi-threaded runtime for connections and streaming, its blocking
@@ -29,4 +31,5 @@ pub mod objectstore;
 pub mod server;
 pub mod service;
 pub mod store;
+pub mod telemetry;
 pub mod time;

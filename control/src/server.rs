@@ -71,6 +71,7 @@ pub async fn serve(
     tracing::info!(addr = %svc.config.listen, store = svc.store.engine(), "control listening");
     notify_ready();
     let housekeeping = tokio::spawn(housekeeping(svc.clone()));
+    let telemetry = tokio::spawn(telemetry_tasks(svc.clone()));
     tokio::pin!(stop);
     loop {
         let (stream, _) = tokio::select! {
@@ -100,6 +101,7 @@ pub async fn serve(
         });
     }
     housekeeping.abort();
+    telemetry.abort();
     tracing::info!("control stopped");
 }
 
@@ -123,6 +125,44 @@ async fn housekeeping(svc: Arc<Service>) {
             }
         })
         .await;
+    }
+}
+
+/// Alarm evaluation and meter retention.
+async fn telemetry_tasks(svc: Arc<Service>) {
+    let t = svc.config.telemetry;
+    struct AbortOnDrop(tokio::task::JoinHandle<()>);
+    impl Drop for AbortOnDrop {
+        fn drop(&mut self) {
+            self.0.abort();
+        }
+    }
+    let alarms = AbortOnDrop(tokio::spawn(crate::telemetry::alarm::run(
+        svc.store.clone(),
+        t.evaluation_interval,
+    )));
+    let mut tick = tokio::time::interval(t.retention_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let s = svc.store.clone();
+        let done = tokio::task::spawn_blocking(move || {
+            crate::telemetry::retention_pass(&*s, t.retention, crate::telemetry::now_ms())
+        })
+        .await;
+        match done {
+            Ok(Ok(r)) => {
+                let n = (r.raw_rolled + r.minute_rolled + r.hour_dropped) as u64;
+                crate::telemetry::metrics::METRICS
+                    .rows_compacted
+                    .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+            }
+            Ok(Err(e)) => tracing::warn!(error = %e, "meter retention failed"),
+            Err(e) => tracing::warn!(error = %e, "meter retention panicked"),
+        }
+        if alarms.0.is_finished() {
+            break;
+        }
     }
 }
 

@@ -62,6 +62,8 @@ pub struct Config {
     pub heartbeat_interval_secs: u64,
     /// The URL control should call this agent at (reported at registration).
     pub agent_url: String,
+    /// Seconds between meter samples sent to control's telemetry (0: none).
+    pub sample_interval_secs: u64,
 }
 
 impl Default for Config {
@@ -81,6 +83,7 @@ impl Default for Config {
             control_token: String::new(),
             heartbeat_interval_secs: 10,
             agent_url: String::new(),
+            sample_interval_secs: 30,
         }
     }
 }

@@ -15,6 +15,7 @@
 //! - [`clients`]: typed clients of blockdp, netdp and vmm, over [`http`] (a small HTTP/1.1
 //!   client for Unix sockets and TCP).
 //! - [`tap`], [`fetch`], [`inventory`], [`control`] (registration and heartbeat).
+//! - [`sampler`]: meter samples and lifecycle events sent to control's telemetry.
 //! - [`client`]: a typed client of this API, for control.
 //!
 //! Threads: one tokio runtime serves the API and runs builds and actions as tasks; a
@@ -35,5 +36,6 @@ pub mod http;
 pub mod inventory;
 pub mod model;
 pub mod process;
+pub mod sampler;
 pub mod store;
 pub mod tap;

@@ -68,6 +68,9 @@ struct Args {
     /// Seconds between heartbeats.
     #[arg(long)]
     heartbeat_interval_secs: Option<u64>,
+    /// Seconds between meter samples sent to control (0: none).
+    #[arg(long)]
+    sample_interval_secs: Option<u64>,
     /// The URL control should call this agent at.
     #[arg(long)]
     agent_url: Option<String>,
@@ -165,7 +168,8 @@ fn merge(a: &Args) -> anyhow::Result<Config> {
         control_url,
         control_token,
         heartbeat_interval_secs,
-        agent_url
+        agent_url,
+        sample_interval_secs
     );
     Ok(c)
 }
@@ -200,6 +204,19 @@ async fn serve(cfg: Config, agent_exe: PathBuf, vmm_binary: PathBuf) -> anyhow::
             interval: Duration::from_secs(cfg.heartbeat_interval_secs),
             agent_url: (!cfg.agent_url.is_empty()).then(|| cfg.agent_url.clone()),
         };
+        if cfg.sample_interval_secs > 0 {
+            let sc = ferrostack_agent::sampler::SamplerConfig {
+                url: cfg.control_url.clone(),
+                token: c.token.clone(),
+                interval: Duration::from_secs(cfg.sample_interval_secs),
+            };
+            let a = agent.clone();
+            tokio::spawn(async move {
+                if let Err(e) = ferrostack_agent::sampler::run(a, sc).await {
+                    tracing::error!(error = %ferrostack_agent::agent::error_chain(&e), "telemetry sampling stopped");
+                }
+            });
+        }
         let a = agent.clone();
         tokio::spawn(async move {
             if let Err(e) = control::run(a, c).await {

@@ -38,6 +38,8 @@ fn the_agent_registers_heartbeats_and_registers_again_when_forgotten() {
             "1",
             "--agent-url",
             "http://node1:8775",
+            "--sample-interval-secs",
+            "0",
         ],
     });
     let (_, node) = a.api("GET", "/v1/node", None);

@@ -18,6 +18,7 @@ pub mod compute;
 pub mod identity;
 pub mod image;
 pub mod network;
+pub mod telemetry;
 
 /// A response body: whole JSON or a stream of image bytes.
 pub type Body = BoxBody<Bytes, BoxError>;
@@ -246,33 +247,65 @@ pub async fn handle(svc: Arc<Service>, req: http::Request<hyper::body::Incoming>
     } else {
         Flavor::Keystone
     };
-    match segs.first().map(String::as_str) {
-        Some("compute") => return compute::route(svc, req, segs[1..].to_vec()).await,
-        Some("network") => return network::route(svc, req, segs[1..].to_vec()).await,
+    let started = std::time::Instant::now();
+    let method = req.method().clone();
+    let first = segs.first().map(String::as_str);
+    let api = match first {
+        Some("image") => 1,
+        Some("telemetry") => 2,
+        Some("compute") => 3,
         Some("v1")
             if matches!(
                 segs.get(1).map(String::as_str),
                 Some("nodes" | "image-data")
             ) =>
         {
-            return compute::route_v1(svc, req, segs[1..].to_vec())
-                .await
-                .unwrap_or_else(|e| e.into_response(Flavor::Keystone));
+            3
         }
-        _ => {}
-    }
-    let result = if flavor == Flavor::Glance {
-        image::route(svc, req, segs[1..].to_vec()).await
-    } else {
-        identity_route(svc, req, segs).await
+        Some("network") => 4,
+        Some("metrics") if segs.len() == 1 => 5,
+        _ => 0,
     };
-    result.unwrap_or_else(|e| e.into_response(flavor))
+    let resp = match api {
+        1 => image::route(svc, req, segs[1..].to_vec())
+            .await
+            .unwrap_or_else(|e| e.into_response(flavor)),
+        2 => {
+            let segs = segs[1..].to_vec();
+            json_route(svc, req, segs, |svc, r| {
+                telemetry::handle(svc, r).map_err(ApiError::from)
+            })
+            .await
+            .unwrap_or_else(|e| e.into_response(flavor))
+        }
+        3 if first == Some("compute") => compute::route(svc, req, segs[1..].to_vec()).await,
+        3 => compute::route_v1(svc, req, segs[1..].to_vec())
+            .await
+            .unwrap_or_else(|e| e.into_response(Flavor::Keystone)),
+        4 => network::route(svc, req, segs[1..].to_vec()).await,
+        5 => full(
+            StatusCode::OK,
+            "text/plain; version=0.0.4",
+            crate::telemetry::metrics::METRICS.render(),
+        ),
+        _ => json_route(svc, req, segs, identity::handle)
+            .await
+            .unwrap_or_else(|e| e.into_response(flavor)),
+    };
+    crate::telemetry::metrics::METRICS.request(
+        api,
+        &method,
+        resp.status().as_u16(),
+        started.elapsed(),
+    );
+    resp
 }
 
-async fn identity_route(
+async fn json_route(
     svc: Arc<Service>,
     req: http::Request<hyper::body::Incoming>,
     segs: Vec<String>,
+    handler: fn(&Service, &Request) -> Result<Response, ApiError>,
 ) -> Result<Response, ApiError> {
     let (parts, body) = req.into_parts();
     if let Some(len) = parts
@@ -303,7 +336,7 @@ async fn identity_route(
         body,
     };
     let head = request.method == Method::HEAD;
-    let mut resp = blocking(svc, move |svc| identity::handle(svc, &request)).await?;
+    let mut resp = blocking(svc, move |svc| handler(svc, &request)).await?;
     if head {
         // HEAD answers carry no body (hyper strips it; keep the length honest).
         *resp.body_mut() = Full::new(Bytes::new())

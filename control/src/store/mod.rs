@@ -11,6 +11,8 @@ use std::sync::Arc;
 
 use serde::{Serialize, de::DeserializeOwned};
 
+pub use crate::telemetry::{SampleFilter, SampleRow};
+
 pub mod conformance;
 pub mod postgres;
 pub mod sqlite;
@@ -106,11 +108,15 @@ pub enum Kind {
     Network,
     /// Neutron subnets (scope: network id).
     Subnet,
+    /// Telemetry events: lifecycle changes (scope: project id).
+    Event,
+    /// Telemetry alarms (scope: project id).
+    Alarm,
 }
 
 impl Kind {
     /// Every kind.
-    pub const ALL: [Kind; 23] = [
+    pub const ALL: [Kind; 25] = [
         Kind::Domain,
         Kind::Project,
         Kind::User,
@@ -134,6 +140,8 @@ impl Kind {
         Kind::Quota,
         Kind::Network,
         Kind::Subnet,
+        Kind::Event,
+        Kind::Alarm,
     ];
 
     /// The name stored in the `kind` column.
@@ -162,6 +170,8 @@ impl Kind {
             Kind::Quota => "quota",
             Kind::Network => "network",
             Kind::Subnet => "subnet",
+            Kind::Event => "event",
+            Kind::Alarm => "alarm",
         }
     }
 }
@@ -252,6 +262,18 @@ pub trait Store: Send + Sync {
     fn apply(&self, writes: &[Write]) -> Result<(), StoreError>;
     /// The schema version in the database.
     fn schema_version(&self) -> Result<u32, StoreError>;
+    /// Appends meter rows (time series; see [`crate::telemetry`]) in one transaction.
+    fn append_samples(&self, rows: &[SampleRow]) -> Result<(), StoreError>;
+    /// Meter rows matching a filter, ordered by time.
+    fn query_samples(&self, filter: &SampleFilter) -> Result<Vec<SampleRow>, StoreError>;
+    /// Atomically deletes the rows of `granularity` older than `before_ms` and appends
+    /// `rows` (a retention pass: raw rows replaced by their aggregates).
+    fn replace_samples(
+        &self,
+        granularity: i64,
+        before_ms: i64,
+        rows: &[SampleRow],
+    ) -> Result<(), StoreError>;
 
     /// Inserts one record.
     fn insert(&self, record: Record) -> Result<(), StoreError> {
@@ -321,6 +343,21 @@ impl Store for Versioned {
     fn schema_version(&self) -> Result<u32, StoreError> {
         self.inner.schema_version()
     }
+    // Meter rows are not records: no generation bump.
+    fn append_samples(&self, rows: &[SampleRow]) -> Result<(), StoreError> {
+        self.inner.append_samples(rows)
+    }
+    fn query_samples(&self, filter: &SampleFilter) -> Result<Vec<SampleRow>, StoreError> {
+        self.inner.query_samples(filter)
+    }
+    fn replace_samples(
+        &self,
+        granularity: i64,
+        before_ms: i64,
+        rows: &[SampleRow],
+    ) -> Result<(), StoreError> {
+        self.inner.replace_samples(granularity, before_ms, rows)
+    }
 }
 
 /// The schema, one migration per entry, applied in order at start-up. Both engines take
@@ -338,7 +375,47 @@ pub const MIGRATIONS: &[&str] = &[
     );
     CREATE UNIQUE INDEX records_by_name ON records (kind, scope, name);
     CREATE INDEX records_by_scope ON records (kind, scope, id);",
+    // 2: telemetry meters, append-only time series. `granularity` is 0 for raw samples
+    // (count 1, every value = the volume) and the bucket width in seconds for aggregates
+    // made by the retention pass; `ts` is milliseconds since the epoch.
+    "CREATE TABLE meter_samples (
+        meter TEXT NOT NULL,
+        resource_id TEXT NOT NULL,
+        project_id TEXT NOT NULL,
+        user_id TEXT NOT NULL,
+        mtype TEXT NOT NULL,
+        unit TEXT NOT NULL,
+        granularity BIGINT NOT NULL,
+        ts BIGINT NOT NULL,
+        n BIGINT NOT NULL,
+        vsum DOUBLE PRECISION NOT NULL,
+        vmin DOUBLE PRECISION NOT NULL,
+        vmax DOUBLE PRECISION NOT NULL,
+        vlast DOUBLE PRECISION NOT NULL
+    );
+    CREATE INDEX meter_samples_by_resource ON meter_samples (meter, resource_id, granularity, ts);
+    CREATE INDEX meter_samples_by_project ON meter_samples (project_id, meter, granularity, ts);
+    CREATE INDEX meter_samples_by_age ON meter_samples (granularity, ts);",
 ];
+
+/// The query shared by both engines for [`Store::query_samples`]: parameters are bound
+/// in order of first appearance (granularity range, start, end, meter, resource, project,
+/// limit).
+pub(crate) const SAMPLE_QUERY: &str = "SELECT meter, resource_id, project_id, user_id, mtype, unit,
+        granularity, ts, n, vsum, vmin, vmax, vlast FROM meter_samples
+    WHERE granularity >= $1 AND granularity <= $2 AND ts >= $3 AND ts < $4
+      AND ($5 = '' OR meter = $5) AND ($6 = '' OR resource_id = $6)
+      AND ($7 = '' OR project_id = $7)
+    ORDER BY ts, resource_id LIMIT $8";
+
+/// The insert shared by both engines.
+pub(crate) const SAMPLE_INSERT: &str = "INSERT INTO meter_samples (meter, resource_id,
+        project_id, user_id, mtype, unit, granularity, ts, n, vsum, vmin, vmax, vlast)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)";
+
+/// The retention delete shared by both engines.
+pub(crate) const SAMPLE_PRUNE: &str =
+    "DELETE FROM meter_samples WHERE granularity = $1 AND ts < $2";
 
 /// Opens the configured store and brings its schema up to date.
 pub fn open(config: &crate::config::StoreConfig) -> Result<SharedStore, StoreError> {

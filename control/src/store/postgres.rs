@@ -7,7 +7,10 @@ use std::sync::Mutex;
 
 use postgres::{Client, NoTls, error::SqlState};
 
-use super::{Kind, MIGRATIONS, Record, Store, StoreError, Write};
+use super::{
+    Kind, MIGRATIONS, Record, SAMPLE_INSERT, SAMPLE_PRUNE, SAMPLE_QUERY, SampleFilter, SampleRow,
+    Store, StoreError, Write,
+};
 
 /// Advisory lock key for migrations ("ferrostk" in ASCII).
 const MIGRATION_LOCK: i64 = 0x6665_7272_6f73_746b;
@@ -215,4 +218,92 @@ impl Store for PostgresStore {
             .get(0);
         Ok(v as u32)
     }
+
+    fn append_samples(&self, rows: &[SampleRow]) -> Result<(), StoreError> {
+        let mut c = self.client()?;
+        let mut tx = c.transaction().map_err(pg)?;
+        insert_samples(&mut tx, rows)?;
+        tx.commit().map_err(pg)
+    }
+
+    fn query_samples(&self, f: &SampleFilter) -> Result<Vec<SampleRow>, StoreError> {
+        let mut c = self.client()?;
+        let limit = f.limit;
+        let rows = c
+            .query(
+                SAMPLE_QUERY,
+                &[
+                    &f.min_granularity,
+                    &f.max_granularity,
+                    &f.start_ms,
+                    &f.end_ms,
+                    &f.meter,
+                    &f.resource_id,
+                    &f.project_id,
+                    &limit,
+                ],
+            )
+            .map_err(pg)?;
+        Ok(rows
+            .iter()
+            .map(|r| SampleRow {
+                meter: r.get(0),
+                resource_id: r.get(1),
+                project_id: r.get(2),
+                user_id: r.get(3),
+                mtype: r.get(4),
+                unit: r.get(5),
+                granularity: r.get(6),
+                ts: r.get(7),
+                count: r.get(8),
+                sum: r.get(9),
+                min: r.get(10),
+                max: r.get(11),
+                last: r.get(12),
+            })
+            .collect())
+    }
+
+    fn replace_samples(
+        &self,
+        granularity: i64,
+        before_ms: i64,
+        rows: &[SampleRow],
+    ) -> Result<(), StoreError> {
+        let mut c = self.client()?;
+        let mut tx = c.transaction().map_err(pg)?;
+        tx.execute(SAMPLE_PRUNE, &[&granularity, &before_ms])
+            .map_err(pg)?;
+        insert_samples(&mut tx, rows)?;
+        tx.commit().map_err(pg)
+    }
+}
+
+fn insert_samples(
+    tx: &mut postgres::Transaction<'_>,
+    rows: &[SampleRow],
+) -> Result<(), StoreError> {
+    let stmt = tx.prepare(SAMPLE_INSERT).map_err(pg)?;
+    for r in rows {
+        tx.execute(
+            &stmt,
+            &[
+                &r.meter,
+                &r.resource_id,
+                &r.project_id,
+                &r.user_id,
+                &r.mtype,
+                &r.unit,
+                &r.granularity,
+                &r.ts,
+                &r.count,
+                &r.sum,
+                &r.min,
+                &r.max,
+                &r.last,
+            ],
+        )
+        .map_err(pg)?;
+    }
+    Ok(())
 }

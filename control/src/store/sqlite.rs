@@ -6,7 +6,10 @@ use std::sync::Mutex;
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::{Kind, MIGRATIONS, Record, Store, StoreError, Write};
+use super::{
+    Kind, MIGRATIONS, Record, SAMPLE_INSERT, SAMPLE_PRUNE, SAMPLE_QUERY, SampleFilter, SampleRow,
+    Store, StoreError, Write,
+};
 
 /// A SQLite database file.
 pub struct SqliteStore {
@@ -241,6 +244,91 @@ impl Store for SqliteStore {
         )
         .map_err(sql)
     }
+
+    fn append_samples(&self, rows: &[SampleRow]) -> Result<(), StoreError> {
+        let mut conn = self.conn.lock().expect("store lock");
+        let tx = conn.transaction().map_err(sql)?;
+        insert_samples(&tx, rows)?;
+        tx.commit().map_err(sql)
+    }
+
+    fn query_samples(&self, f: &SampleFilter) -> Result<Vec<SampleRow>, StoreError> {
+        let conn = self.conn.lock().expect("store lock");
+        let mut stmt = conn.prepare_cached(SAMPLE_QUERY).map_err(sql)?;
+        let rows = stmt
+            .query_map(
+                params![
+                    f.min_granularity,
+                    f.max_granularity,
+                    f.start_ms,
+                    f.end_ms,
+                    f.meter,
+                    f.resource_id,
+                    f.project_id,
+                    f.limit
+                ],
+                |r| {
+                    Ok(SampleRow {
+                        meter: r.get(0)?,
+                        resource_id: r.get(1)?,
+                        project_id: r.get(2)?,
+                        user_id: r.get(3)?,
+                        mtype: r.get(4)?,
+                        unit: r.get(5)?,
+                        granularity: r.get(6)?,
+                        ts: r.get(7)?,
+                        count: r.get(8)?,
+                        sum: r.get(9)?,
+                        min: r.get(10)?,
+                        max: r.get(11)?,
+                        last: r.get(12)?,
+                    })
+                },
+            )
+            .map_err(sql)?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(sql)
+    }
+
+    fn replace_samples(
+        &self,
+        granularity: i64,
+        before_ms: i64,
+        rows: &[SampleRow],
+    ) -> Result<(), StoreError> {
+        let mut conn = self.conn.lock().expect("store lock");
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(sql)?;
+        tx.prepare_cached(SAMPLE_PRUNE)
+            .map_err(sql)?
+            .execute(params![granularity, before_ms])
+            .map_err(sql)?;
+        insert_samples(&tx, rows)?;
+        tx.commit().map_err(sql)
+    }
+}
+
+fn insert_samples(tx: &rusqlite::Transaction<'_>, rows: &[SampleRow]) -> Result<(), StoreError> {
+    let mut stmt = tx.prepare_cached(SAMPLE_INSERT).map_err(sql)?;
+    for r in rows {
+        stmt.execute(params![
+            r.meter,
+            r.resource_id,
+            r.project_id,
+            r.user_id,
+            r.mtype,
+            r.unit,
+            r.granularity,
+            r.ts,
+            r.count,
+            r.sum,
+            r.min,
+            r.max,
+            r.last
+        ])
+        .map_err(sql)?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -347,7 +347,15 @@ impl HttpPeer {
     pub fn start(
         handler: impl Fn(&Received) -> (u16, Vec<u8>) + Send + Sync + 'static,
     ) -> HttpPeer {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        HttpPeer::start_on("127.0.0.1:0", handler)
+    }
+
+    /// Like [`HttpPeer::start`], listening on `addr`.
+    pub fn start_on(
+        addr: &str,
+        handler: impl Fn(&Received) -> (u16, Vec<u8>) + Send + Sync + 'static,
+    ) -> HttpPeer {
+        let listener = std::net::TcpListener::bind(addr).unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let received = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let handler: std::sync::Arc<Handler> = std::sync::Arc::new(handler);
