@@ -587,6 +587,22 @@ fn nova(svc: &Service, ctx: &Ctx, req: &Request) -> Result<(Response, Option<Str
                 .collect();
             ok(json!({"hypervisors": list}))
         }
+        (["os-hypervisors", pattern, "search"], &Method::GET) => {
+            admin(ctx)?;
+            let now = now_secs();
+            let list: Vec<Value> = list_nodes(&*svc.store)
+                .map_err(se)?
+                .iter()
+                .filter(|(_, d)| d.hostname.contains(pattern))
+                .map(|(r, d)| hypervisor_view(svc, &r.id, d, now, false))
+                .collect();
+            if list.is_empty() {
+                return Err(ApiError::not_found(format!(
+                    "No hypervisor matching '{pattern}' could be found."
+                )));
+            }
+            ok(json!({"hypervisors": list}))
+        }
         (["os-hypervisors", id], &Method::GET) => {
             admin(ctx)?;
             let nodes = list_nodes(&*svc.store).map_err(se)?;
