@@ -2,12 +2,14 @@
 //!
 //! One veth topology in namespaces: a generator VM and a sink VM, their host-side veths in a
 //! node namespace. The generator transmits 64-byte UDP frames (60 bytes plus FCS) with an
-//! XDP_TX program run in live-frame test-run mode; the sink counts arrivals with XDP on its
-//! eth0. The node forwards them through
+//! XDP_TX program run in live-frame test-run mode; the sink counts arrivals with generic
+//! (skb-mode) XDP on its eth0, which every delivery path below reaches (native XDP would
+//! miss netdp's `bpf_redirect_peer` deliveries to veth ports). The node forwards them through
 //!   (a) a Linux bridge,
 //!   (b) the bridge plus br_netfilter and an iptables ruleset shaped like Neutron's
 //!       iptables firewall (per-port chains, physdev matches, conntrack state, anti-spoofing),
-//!   (c) netdp's tc program (port security, security groups, conntrack on), then again with
+//!   (c) netdp's tc program (port security, security groups, conntrack on; veth ports, so
+//!       frames go straight to the sink's ingress with `bpf_redirect_peer`), then again with
 //!       the DHCP slow path's packet tap open, as the daemon runs.
 //! Then the per-packet cost of the datapath under plain test-run for its main paths.
 //!
@@ -233,6 +235,7 @@ fn port(ifindex: u32, mac: [u8; 6], ip4: [u8; 4]) -> PortSpec {
         port_security: true,
         allowed_address_pairs: vec![],
         dhcp: false,
+        peer: true,
     }
 }
 

@@ -74,6 +74,7 @@ fn main() -> anyhow::Result<()> {
         Command::Serve => {
             let svc = control::service::Service::new(config, store)?;
             control::server::maybe_rotate(&svc);
+            control::server::recover_interrupted(&svc)?;
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?;

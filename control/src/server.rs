@@ -38,6 +38,30 @@ async fn shutdown_signal() {
     }
 }
 
+/// After a crash, images caught in `saving` or `importing` go back to `queued` (their
+/// partial data is overwritten by the next upload). Only for the embedded store: with a
+/// shared store another controller may be uploading right now.
+pub fn recover_interrupted(svc: &Service) -> Result<usize, crate::service::ServiceError> {
+    use crate::store::Kind;
+    if svc.store.engine() != "sqlite" {
+        return Ok(0);
+    }
+    let mut n = 0;
+    for rec in svc.store.list(Kind::Image, None)? {
+        let mut doc: crate::image::ImageDoc = rec.parse()?;
+        if doc.status == "saving" || doc.status == "importing" || doc.status == "uploading" {
+            doc.status = "queued".into();
+            svc.store.update(rec.with_doc(None, &doc))?;
+            let _ = std::fs::remove_file(svc.config.raw.images.staging_dir.join(&rec.id));
+            n += 1;
+        }
+    }
+    if n > 0 {
+        tracing::warn!(images = n, "interrupted uploads put back to queued");
+    }
+    Ok(n)
+}
+
 /// Serves on a bound listener until `stop` completes.
 pub async fn serve(
     svc: Arc<Service>,

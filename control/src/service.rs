@@ -1,14 +1,15 @@
 //! The state every handler shares: configuration, store, token keys, revocations and the
 //! image store client.
 
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use crate::api::ApiError;
 use crate::config::Validated;
+use crate::identity::cache::IdentityCache;
 use crate::identity::password::PasswordError;
 use crate::identity::token::{KeyRing, Revocations, TokenError};
 use crate::objectstore::{ObjectStore, ObjectStoreError};
-use crate::store::{SharedStore, StoreError};
+use crate::store::{SharedStore, StoreError, Versioned};
 
 /// Errors below the API layer.
 #[derive(Debug, thiserror::Error)]
@@ -46,27 +47,66 @@ impl std::fmt::Display for ApiError {
 pub struct Service {
     /// Validated configuration.
     pub config: Validated,
-    /// The state store.
+    /// The state store (through [`Versioned`], so caches see local writes).
     pub store: SharedStore,
+    /// The same store, for its write generation.
+    pub versioned: Arc<Versioned>,
+    /// Derived identity data (roles, token bodies), valid for a generation and a moment.
+    pub cache: IdentityCache,
     /// Token signing keys.
     pub keys: KeyRing,
     /// Revoked tokens (mirrored in the store).
     pub revocations: RwLock<Revocations>,
     /// objectd client for image data.
     pub objects: ObjectStore,
+    /// Every image record parsed, for listing: (generation, when, images).
+    pub image_list: Mutex<Option<ImageList>>,
 }
 
+/// A parsed snapshot of all images at a store generation.
+pub type ImageList = (
+    u64,
+    std::time::Instant,
+    Arc<Vec<(String, crate::image::ImageDoc)>>,
+);
+
 impl Service {
+    /// All images, parsed; reused while the store generation is unchanged and for at most
+    /// [`crate::identity::cache::CACHE_TTL`].
+    pub fn all_images(&self) -> Result<Arc<Vec<(String, crate::image::ImageDoc)>>, ServiceError> {
+        let generation = self.versioned.generation();
+        if let Some((g, at, list)) = self.image_list.lock().expect("image list").as_ref()
+            && *g == generation
+            && at.elapsed() < crate::identity::cache::CACHE_TTL
+        {
+            return Ok(list.clone());
+        }
+        let list: Vec<(String, crate::image::ImageDoc)> = self
+            .store
+            .list(crate::store::Kind::Image, None)?
+            .iter()
+            .map(|r| Ok((r.id.clone(), r.parse()?)))
+            .collect::<Result<_, ServiceError>>()?;
+        let list = Arc::new(list);
+        *self.image_list.lock().expect("image list") =
+            Some((generation, std::time::Instant::now(), list.clone()));
+        Ok(list)
+    }
+
     /// Builds the service from its parts and loads revocations from the store.
     pub fn new(config: Validated, store: SharedStore) -> Result<Arc<Service>, ServiceError> {
         let keys = KeyRing::open(&config.raw.tokens.key_dir, config.raw.tokens.max_keys)?;
         let objects = ObjectStore::new(&config.raw.images)?;
+        let versioned = Arc::new(Versioned::new(store));
         let svc = Arc::new(Service {
             config,
-            store,
+            store: versioned.clone(),
+            versioned,
+            cache: IdentityCache::default(),
             keys,
             revocations: RwLock::new(Revocations::default()),
             objects,
+            image_list: Mutex::new(None),
         });
         svc.reload_revocations()?;
         Ok(svc)

@@ -6,6 +6,15 @@ pub fn keystone(secs: u64) -> String {
     format!("{y:04}-{m:02}-{d:02}T{hh:02}:{mm:02}:{ss:02}.000000Z")
 }
 
+/// Milliseconds since the epoch as `2026-12-04T17:29:05.123000Z`.
+pub fn keystone_ms(ms: u64) -> String {
+    let (y, m, d, hh, mm, ss) = civil(ms / 1000);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{hh:02}:{mm:02}:{ss:02}.{:03}000Z",
+        ms % 1000
+    )
+}
+
 /// `secs` since the epoch as `2026-12-04T17:29:05Z` (Glance's form).
 pub fn glance(secs: u64) -> String {
     let (y, m, d, hh, mm, ss) = civil(secs);
@@ -66,6 +75,7 @@ mod tests {
     #[test]
     fn formats_and_parses() {
         assert_eq!(keystone(0), "1970-01-01T00:00:00.000000Z");
+        assert_eq!(keystone_ms(1_500), "1970-01-01T00:00:01.500000Z");
         assert_eq!(glance(1_780_000_000), "2026-05-28T20:26:40Z");
         for t in [0, 951_782_400, 1_780_000_000, 4_102_444_799] {
             assert_eq!(parse(&keystone(t)), Some(t));

@@ -373,7 +373,7 @@ fn password_change_revokes_and_disabled_users_cannot_log_in() {
             .status,
         401
     );
-    std::thread::sleep(std::time::Duration::from_millis(1100));
+    // A login right after the change is not caught by the revocation.
     let (carol2, _) = cloud.token("carol", "c2", "admin");
     assert_eq!(
         cloud
@@ -723,4 +723,278 @@ fn image_list_filters_sorts_and_pages() {
             .status,
         400
     );
+}
+
+#[test]
+fn an_upload_cut_by_a_crash_leaves_a_queued_image() {
+    use std::io::Write;
+    let mut cloud = Cloud::start();
+    let (admin, _) = cloud.token("admin", ADMIN_PASSWORD, "admin");
+    let r = cloud.json(
+        "POST",
+        "/image/v2/images",
+        Some(&admin),
+        &json!({"name": "cut", "disk_format": "raw", "container_format": "bare"}),
+    );
+    let id = r.json()["id"].as_str().unwrap().to_string();
+    let path = format!("/image/v2/images/{id}");
+    // Half an upload, then SIGKILL while it is in flight.
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", cloud.port)).unwrap();
+    write!(s, "PUT {path}/file HTTP/1.1\r\nhost: x\r\nx-auth-token: {admin}\r\ncontent-type: application/octet-stream\r\ncontent-length: 1000000\r\n\r\n").unwrap();
+    s.write_all(&[1u8; 300_000]).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while cloud.req("GET", &path, Some(&admin), &[], b"").json()["status"] != "saving" {
+        assert!(std::time::Instant::now() < deadline, "upload never started");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    cloud.restart();
+    drop(s);
+    let img = cloud.req("GET", &path, Some(&admin), &[], b"").json();
+    assert_eq!(img["status"], "queued");
+    assert!(img["size"].is_null());
+    let r = cloud.req(
+        "PUT",
+        &format!("{path}/file"),
+        Some(&admin),
+        &[("content-type", "application/octet-stream")],
+        b"whole",
+    );
+    assert_eq!(r.status, 204, "{}", r.text());
+    assert_eq!(
+        cloud
+            .req("GET", &format!("{path}/file"), Some(&admin), &[], b"")
+            .body,
+        b"whole"
+    );
+}
+
+#[test]
+fn groups_grant_roles_and_domain_scope_works() {
+    let cloud = Cloud::start();
+    let (admin, _) = cloud.token("admin", ADMIN_PASSWORD, "admin");
+    let uid = cloud
+        .json(
+            "POST",
+            "/v3/users",
+            Some(&admin),
+            &json!({"user": {"name": "erin", "password": "e"}}),
+        )
+        .json()["user"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let gid = cloud
+        .json(
+            "POST",
+            "/v3/groups",
+            Some(&admin),
+            &json!({"group": {"name": "ops"}}),
+        )
+        .json()["group"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let pid = cloud
+        .req("GET", "/v3/projects?name=admin", Some(&admin), &[], b"")
+        .json()["projects"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let rid = cloud
+        .req("GET", "/v3/roles?name=member", Some(&admin), &[], b"")
+        .json()["roles"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        cloud
+            .req(
+                "PUT",
+                &format!("/v3/groups/{gid}/users/{uid}"),
+                Some(&admin),
+                &[],
+                b""
+            )
+            .status,
+        204
+    );
+    assert_eq!(
+        cloud
+            .req(
+                "HEAD",
+                &format!("/v3/groups/{gid}/users/{uid}"),
+                Some(&admin),
+                &[],
+                b""
+            )
+            .status,
+        204
+    );
+    // No role yet: no project token.
+    let scoped = json!({"auth": {"identity": {"methods": ["password"], "password": {"user": {"id": uid, "password": "e"}}},
+        "scope": {"project": {"id": pid}}}});
+    assert_eq!(
+        cloud.json("POST", "/v3/auth/tokens", None, &scoped).status,
+        401
+    );
+    assert_eq!(
+        cloud
+            .req(
+                "PUT",
+                &format!("/v3/projects/{pid}/groups/{gid}/roles/{rid}"),
+                Some(&admin),
+                &[],
+                b""
+            )
+            .status,
+        204
+    );
+    let r = cloud.json("POST", "/v3/auth/tokens", None, &scoped);
+    assert_eq!(r.status, 201, "{}", r.text());
+    let body = r.json();
+    let roles: Vec<&str> = body["token"]["roles"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(roles, ["member", "reader"]);
+    let ra = cloud
+        .req(
+            "GET",
+            &format!("/v3/role_assignments?effective&user.id={uid}"),
+            Some(&admin),
+            &[],
+            b"",
+        )
+        .json();
+    assert_eq!(ra["role_assignments"].as_array().unwrap().len(), 2, "{ra}");
+    // Leaving the group ends it.
+    assert_eq!(
+        cloud
+            .req(
+                "DELETE",
+                &format!("/v3/groups/{gid}/users/{uid}"),
+                Some(&admin),
+                &[],
+                b""
+            )
+            .status,
+        204
+    );
+    assert_eq!(
+        cloud.json("POST", "/v3/auth/tokens", None, &scoped).status,
+        401
+    );
+
+    // Domain scope: a role on the domain gives a domain-scoped token.
+    let admin_role = cloud
+        .req("GET", "/v3/roles?name=admin", Some(&admin), &[], b"")
+        .json()["roles"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        cloud
+            .req(
+                "PUT",
+                &format!("/v3/domains/default/users/{uid}/roles/{admin_role}"),
+                Some(&admin),
+                &[],
+                b""
+            )
+            .status,
+        204
+    );
+    let r = cloud.json("POST", "/v3/auth/tokens", None, &json!({"auth": {"identity": {"methods": ["password"], "password": {"user": {"id": uid, "password": "e"}}}, "scope": {"domain": {"name": "Default"}}}}));
+    assert_eq!(r.status, 201, "{}", r.text());
+    assert_eq!(r.json()["token"]["domain"]["id"], "default");
+    assert!(r.json()["token"].get("project").is_none());
+    // A new domain: created, must be disabled before delete.
+    let did = cloud
+        .json(
+            "POST",
+            "/v3/domains",
+            Some(&admin),
+            &json!({"domain": {"name": "d2"}}),
+        )
+        .json()["domain"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        cloud
+            .req(
+                "DELETE",
+                &format!("/v3/domains/{did}"),
+                Some(&admin),
+                &[],
+                b""
+            )
+            .status,
+        403
+    );
+    assert_eq!(
+        cloud
+            .json(
+                "PATCH",
+                &format!("/v3/domains/{did}"),
+                Some(&admin),
+                &json!({"domain": {"enabled": false}})
+            )
+            .status,
+        200
+    );
+    assert_eq!(
+        cloud
+            .req(
+                "DELETE",
+                &format!("/v3/domains/{did}"),
+                Some(&admin),
+                &[],
+                b""
+            )
+            .status,
+        204
+    );
+    assert_eq!(
+        cloud
+            .req("GET", &format!("/v3/domains/{did}"), Some(&admin), &[], b"")
+            .status,
+        404
+    );
+}
+
+#[test]
+fn the_daemon_tells_systemd_it_is_ready() {
+    // Type=notify: READY=1 arrives on NOTIFY_SOCKET once the API listens.
+    let cloud = Cloud::start();
+    let sock_path = cloud.dir.path().join("notify.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .unwrap();
+    let port = free_port();
+    let config = std::fs::read_to_string(cloud.dir.path().join("control.toml"))
+        .unwrap()
+        .replace(
+            &format!("127.0.0.1:{}", cloud.port),
+            &format!("127.0.0.1:{port}"),
+        );
+    let cfg_path = cloud.dir.path().join("second.toml");
+    std::fs::write(&cfg_path, config).unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_control"))
+        .arg("--config")
+        .arg(&cfg_path)
+        .env("NOTIFY_SOCKET", &sock_path)
+        .env("RUST_LOG", "warn")
+        .spawn()
+        .unwrap();
+    let mut buf = [0u8; 64];
+    let got = sock.recv(&mut buf);
+    let listening = std::net::TcpStream::connect(("127.0.0.1", port)).is_ok();
+    let _ = child.kill();
+    let _ = child.wait();
+    let n = got.expect("READY=1 within 30 s");
+    assert_eq!(&buf[..n], b"READY=1");
+    assert!(listening, "ready was sent before the port listened");
 }

@@ -27,6 +27,15 @@ fn identity_with_the_openstack_cli() {
         assert!(types.contains(&ty), "{ty} missing from {types:?}");
     }
 
+    let endpoints = ok_json(&admin, &["endpoint", "list", "--service", "image"]);
+    assert_eq!(endpoints.as_array().unwrap().len(), 3, "{endpoints}");
+    assert!(endpoints[0]["URL"].as_str().unwrap().ends_with("/image"));
+    let domain = ok_json(
+        &admin,
+        &["domain", "create", "--description", "second", "dom2"],
+    );
+    assert_eq!(domain["name"], "dom2");
+
     let demo = ok_json(
         &admin,
         &["project", "create", "--description", "demo project", "demo"],
@@ -130,17 +139,21 @@ fn identity_with_the_openstack_cli() {
 
     // Application credential: create as alice, authenticate with it.
     let ac = ok_json(&alice_env, &["application", "credential", "create", "ci"]);
+    // Newer clients print "ID"/"Secret", older ones "id"/"secret".
+    let field = |k: &str| -> String {
+        let cap = format!("{}{}", k[..1].to_uppercase(), &k[1..]);
+        ac.get(k)
+            .or(ac.get(cap.as_str()).or(ac.get(k.to_uppercase().as_str())))
+            .and_then(|v| v.as_str())
+            .unwrap_or_else(|| panic!("{k} missing from {ac}"))
+            .to_string()
+    };
+    let (ac_id, ac_secret) = (field("id"), field("secret"));
     let ac_env: Vec<(String, String)> = [
         ("OS_AUTH_URL", format!("{}/v3", cloud.url())),
         ("OS_AUTH_TYPE", "v3applicationcredential".into()),
-        (
-            "OS_APPLICATION_CREDENTIAL_ID",
-            ac["id"].as_str().unwrap().into(),
-        ),
-        (
-            "OS_APPLICATION_CREDENTIAL_SECRET",
-            ac["secret"].as_str().unwrap().into(),
-        ),
+        ("OS_APPLICATION_CREDENTIAL_ID", ac_id.clone()),
+        ("OS_APPLICATION_CREDENTIAL_SECRET", ac_secret.clone()),
         ("OS_IDENTITY_API_VERSION", "3".into()),
     ]
     .into_iter()
@@ -186,7 +199,8 @@ fn identity_with_the_openstack_cli() {
     );
     assert!(fails(&alice_env, &["token", "issue"]).contains("401"));
     ok(&admin, &["user", "delete", "bob"]);
-    assert!(fails(&admin, &["user", "show", "bob"]).contains("No user"));
+    let e = fails(&admin, &["user", "show", "bob"]);
+    assert!(e.to_lowercase().contains("no user"), "{e}");
 }
 
 #[test]
@@ -289,8 +303,10 @@ fn images_with_the_openstack_cli() {
     );
     let e = fails(&alice, &["image", "show", &id]);
     assert!(e.contains("No Image found") || e.contains("404"), "{e}");
-    let e = fails(&alice, &["image", "delete", &id]);
-    assert!(e.contains("Failed") || e.contains("404"), "{e}");
+    // (The wording differs between client versions: newer ones say "Multi Backend support
+    // not enabled." for any 404 on delete.)
+    fails(&alice, &["image", "delete", &id]);
+    assert_eq!(ok_json(&admin, &["image", "show", &id])["status"], "active");
     // alice's own image: visible to her, invisible to no one with admin.
     let small = random_file(cloud.dir.path(), "small.raw", 1000);
     ok(

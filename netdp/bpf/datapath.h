@@ -56,6 +56,15 @@ static __always_inline int hook_redirect(CTX *ctx, __u32 ifindex, __u32 in_port)
 
 static __always_inline __u64 hook_len(CTX *ctx) { return ctx->len; }
 
+/// Delivers to a port: a veth port's frames go straight into its peer's ingress (in the
+/// VM's namespace), skipping the veth's transmit and the peer's receive queue.
+static __always_inline int hook_deliver(CTX *ctx, __u32 ifindex, __u32 in_port, __u8 flags)
+{
+	if (flags & PORT_F_PEER)
+		return bpf_redirect_peer(ifindex, 0);
+	return hook_redirect(ctx, ifindex, in_port);
+}
+
 /// A frame for the slow path: its packet socket (a tap, which runs before tc ingress) has
 /// its copy already, so the switch just consumes it.
 static __always_inline int hook_punt(CTX *ctx)
@@ -113,6 +122,12 @@ static __always_inline int hook_punt(CTX *ctx)
 {
 	(void)ctx;
 	return XDP_PASS;
+}
+
+static __always_inline int hook_deliver(CTX *ctx, __u32 ifindex, __u32 in_port, __u8 flags)
+{
+	(void)flags;
+	return hook_redirect(ctx, ifindex, in_port);
 }
 
 static __always_inline int hook_resize(CTX *ctx, __u32 len)
@@ -1007,7 +1022,7 @@ static __always_inline int netdp_forward(CTX *ctx)
 			hook_l4_csum_port(ctx, l4_off, f.dport, out_f.dport, udp);
 	}
 	count_tx(dst ? dst->slot : PORT_SLOTS, len);
-	return hook_redirect(ctx, out_port, in_port);
+	return hook_deliver(ctx, out_port, in_port, dst ? dst->flags : 0);
 }
 
 #endif

@@ -53,6 +53,9 @@ struct port {
 
 /// The slow path answers the port's DHCP: its requests are not switched.
 #define PORT_F_DHCP 1
+/// The port's interface is a veth: frames for it go straight to its peer's ingress
+/// (bpf_redirect_peer on tc), skipping the veth's transmit queue.
+#define PORT_F_PEER 2
 
 /// One (MAC, IPv4) a port may send from; ip 0 allows the MAC alone (DHCP, ARP probes).
 struct addr_key {

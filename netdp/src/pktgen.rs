@@ -85,8 +85,10 @@ pub struct Sink {
 }
 
 impl Sink {
-    /// Loads the counter and attaches it (native XDP) to `ifname` in the calling thread's
-    /// namespace.
+    /// Loads the counter and attaches it to `ifname` in the calling thread's namespace, as
+    /// generic (skb-mode) XDP: it sees every way a frame can arrive, frames a tc program
+    /// hands straight to the interface's ingress (`bpf_redirect_peer`) included, which
+    /// native XDP on a veth does not.
     pub fn attach(ifname: &str) -> Result<Self, PktgenError> {
         let mut ebpf = load("xdp_count")?;
         let prog: &mut Xdp = ebpf
@@ -94,7 +96,7 @@ impl Sink {
             .expect("checked at load")
             .try_into()
             .map_err(|e| PktgenError::Program("xdp_count", e))?;
-        prog.attach(ifname, XdpMode::Driver)
+        prog.attach(ifname, XdpMode::Skb)
             .map_err(|e| PktgenError::Program("xdp_count", e))?;
         Ok(Sink { ebpf })
     }

@@ -44,6 +44,7 @@ fn port(ifindex: u32, net_id: u32, mac: [u8; 6], ip: Ipv4Addr) -> PortSpec {
         port_security: true,
         allowed_address_pairs: vec![],
         dhcp: false,
+        peer: false,
     }
 }
 
@@ -803,6 +804,71 @@ fn pinned_maps_are_reused_by_a_second_load() {
         TC_ACT_REDIRECT
     );
     assert_eq!(dp.port_counters(B).unwrap().0.tx_packets, 1);
+}
+
+#[test]
+fn pinned_maps_of_an_older_layout_are_replaced_and_the_rest_kept() {
+    if !privileged() {
+        return;
+    }
+    let dir = std::path::PathBuf::from(format!(
+        "/sys/fs/bpf/ferrostack-test-netdp-old-{}",
+        std::process::id()
+    ));
+    struct Cleanup(std::path::PathBuf);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let _cleanup = Cleanup(dir.clone());
+    {
+        let mut dp = Datapath::load_pinned(Hook::Tc, &dir).unwrap();
+        dp.set_port(&port(A, 1, MAC_A, IP_A)).unwrap();
+        dp.set_port(&port(B, 1, MAC_B, IP_B)).unwrap();
+        dp.set_port_rules(A, &[allow_all(1, Direction::Egress)])
+            .unwrap();
+        dp.set_port_rules(B, &[allow_all(2, Direction::Ingress)])
+            .unwrap();
+    }
+    // An older build pinned port_stats with smaller counters.
+    let stats = dir.join("port_stats");
+    std::fs::remove_file(&stats).unwrap();
+    let out = std::process::Command::new("bpftool")
+        .args(["map", "create"])
+        .arg(&stats)
+        .args([
+            "type",
+            "percpu_array",
+            "key",
+            "4",
+            "value",
+            "8",
+            "entries",
+            "4096",
+            "name",
+            "port_stats",
+        ])
+        .output()
+        .expect("bpftool (scripts/setup installs it)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The new build loads anyway: that map is replaced, the others (ports, FDB, rules)
+    // are reused.
+    let dp = Datapath::load_pinned(Hook::Tc, &dir).expect("load over an older pin");
+    assert_eq!(
+        dp.test_run(&ping(MAC_A, MAC_B, IP_A, IP_B), A).unwrap().0,
+        TC_ACT_REDIRECT,
+        "ports, FDB and rules kept"
+    );
+    assert_eq!(
+        dp.port_counters(B).unwrap().0.tx_packets,
+        1,
+        "fresh counters"
+    );
 }
 
 #[test]

@@ -37,6 +37,7 @@ fn spec(vm: &Vm, net_id: u32, mac_s: &str, ip: [u8; 4]) -> PortSpec {
         port_security: true,
         allowed_address_pairs: vec![],
         dhcp: false,
+        peer: true,
     }
 }
 
@@ -558,4 +559,81 @@ fn the_xdp_build_on_an_uplink_shares_maps_with_tc_and_forwards_live() {
     );
     drop(xdp);
     drop((ext, w));
+}
+
+#[test]
+fn veth_ports_are_told_from_taps() {
+    if !privileged() {
+        return;
+    }
+    let node = Netns::new("netdp-peer-node").expect("create node netns");
+    let a = vm(
+        &node,
+        "netdp-peer-a",
+        "tap-a",
+        MAC_A,
+        "10.0.0.10/24",
+        "10.0.0.1",
+    );
+    tests::netns::ip(&["-n", node.name(), "tuntap", "add", "tap-t", "mode", "tap"]).unwrap();
+    let (veth, tap, lo, none) = in_netns(node.name(), || {
+        (
+            netdp::datapath::has_peer("tap-a"),
+            netdp::datapath::has_peer("tap-t"),
+            netdp::datapath::has_peer("lo"),
+            netdp::datapath::has_peer("nonexistent0"),
+        )
+    });
+    assert!(veth, "a veth has a peer to deliver to");
+    assert!(
+        !tap && !lo && !none,
+        "taps, loopback and missing interfaces do not"
+    );
+    drop((a, node));
+}
+
+#[test]
+fn the_dhcp_tap_only_wakes_up_for_dhcp_requests() {
+    if !privileged() {
+        return;
+    }
+    use netdp::dhcp::sys::PacketSocket;
+    let node = Netns::new("netdp-tap-node").expect("create node netns");
+    let a = vm(
+        &node,
+        "netdp-tap-a",
+        "tap-a",
+        MAC_A,
+        "10.0.0.10/24",
+        "10.0.0.1",
+    );
+    let sock = in_netns(node.name(), || {
+        PacketSocket::open(Duration::from_millis(300)).expect("open the tap")
+    });
+    let send_udp = |port: u16| {
+        in_netns(a.ns.name(), move || {
+            let s = std::net::UdpSocket::bind(("10.0.0.10", 0)).unwrap();
+            s.set_broadcast(true).unwrap();
+            for _ in 0..5 {
+                let _ = s.send_to(b"x", ("10.0.0.255", port));
+            }
+        })
+    };
+    let mut buf = vec![0u8; 2048];
+    // Drain whatever the interfaces sent while coming up.
+    while sock.recv(&mut buf).unwrap().is_some() {}
+    send_udp(9);
+    assert_eq!(
+        sock.recv(&mut buf).unwrap(),
+        None,
+        "UDP to port 9 is filtered out"
+    );
+    send_udp(67);
+    let got = sock
+        .recv(&mut buf)
+        .unwrap()
+        .expect("UDP to port 67 gets through");
+    assert_eq!(got.1, a.ifindex, "from the port's interface");
+    assert_eq!(u16::from_be_bytes([buf[36], buf[37]]), 67);
+    drop((a, node));
 }

@@ -493,9 +493,9 @@ impl Agent {
         };
         let mut steps = Vec::new();
 
-        let kernel = self.image(&placement.kernel, &dir, "kernel").await?;
+        let kernel = self.image(&placement.kernel, "kernel").await?;
         let initrd = match &placement.initrd {
-            Some(i) => Some(self.image(i, &dir, "initrd").await?),
+            Some(i) => Some(self.image(i, "initrd").await?),
             None => None,
         };
         self.update(id, |s| {
@@ -529,13 +529,8 @@ impl Agent {
         Ok(())
     }
 
-    /// A kernel or initrd as a host path: checked, or downloaded into `dir`.
-    async fn image(
-        &self,
-        r: &ImageRef,
-        dir: &Path,
-        what: &'static str,
-    ) -> Result<PathBuf, StepError> {
+    /// A kernel or initrd as a host path: checked, or downloaded into the image cache.
+    async fn image(&self, r: &ImageRef, what: &'static str) -> Result<PathBuf, StepError> {
         match r {
             ImageRef::Path(p) => {
                 std::fs::File::open(p).map_err(|source| StepError::ImagePath {
@@ -545,13 +540,13 @@ impl Agent {
                 })?;
                 Ok(p.clone())
             }
-            ImageRef::Url(u) => {
-                let dest = dir.join(what);
-                crate::fetch::download(u, &dest, self.cfg.image_timeout)
-                    .await
-                    .map_err(|source| StepError::Download { what, source })?;
-                Ok(dest)
-            }
+            ImageRef::Url(u) => crate::fetch::cached(
+                u,
+                &self.cfg.state_dir.join("images"),
+                self.cfg.image_timeout,
+            )
+            .await
+            .map_err(|source| StepError::Download { what, source }),
         }
     }
 
@@ -604,6 +599,12 @@ impl Agent {
             }
             (None, None) => unreachable!("validated"),
         };
+        if let Some(q) = d.qos {
+            self.blockdp
+                .set_qos(&volume.id, q.iops, q.bytes_per_sec)
+                .await
+                .map_err(bd("set the root volume's limits"))?;
+        }
         let exported = match volume.export {
             Some(_) => volume,
             None => self
@@ -1146,16 +1147,22 @@ impl Agent {
             if port.tap_created {
                 tap::delete(&port.tap).map_err(StepError::Tap)?;
             }
-            if port.created {
-                match self.netdp.delete_port(&port.id).await {
-                    Ok(()) => {}
-                    Err(e) if e.status() == Some(404) => {}
-                    Err(source) => {
-                        return Err(StepError::Netdp {
-                            what: "delete the port".into(),
-                            source,
-                        });
-                    }
+            let (what, result) = if port.created {
+                ("delete the port", self.netdp.delete_port(&port.id).await)
+            } else {
+                (
+                    "unbind the port",
+                    self.netdp.unbind_port(&port.id).await.map(drop),
+                )
+            };
+            match result {
+                Ok(()) => {}
+                Err(e) if e.status() == Some(404) => {}
+                Err(source) => {
+                    return Err(StepError::Netdp {
+                        what: what.into(),
+                        source,
+                    });
                 }
             }
             self.update(id, |s| s.resources.ports.retain(|p| p.id != port.id))?;

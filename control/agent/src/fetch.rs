@@ -1,5 +1,6 @@
-//! Kernels and initrds given by URL are downloaded into the server's directory (streamed to
-//! a temporary file, fsynced, renamed), since the VMM loads them from a host path.
+//! Kernels and initrds given by URL are downloaded (streamed to a temporary file, fsynced,
+//! renamed), since the VMM loads them from a host path. [`cached`] keeps one copy per URL
+//! (Glance's image data never changes under an id), so the servers of one image share it.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -57,6 +58,22 @@ pub enum FetchError {
     },
 }
 
+/// The cached copy of `url` in `cache_dir`, downloaded first if absent.
+pub async fn cached(url: &str, cache_dir: &Path, timeout: Duration) -> Result<PathBuf, FetchError> {
+    use sha2::Digest;
+    let name = hex::encode(sha2::Sha256::digest(url.as_bytes()));
+    let path = cache_dir.join(name);
+    if path.exists() {
+        return Ok(path);
+    }
+    std::fs::create_dir_all(cache_dir).map_err(|source| FetchError::Write {
+        path: cache_dir.to_path_buf(),
+        source,
+    })?;
+    download(url, &path, timeout).await?;
+    Ok(path)
+}
+
 /// Downloads `url` to `dest`; returns the number of bytes.
 pub async fn download(url: &str, dest: &Path, timeout: Duration) -> Result<u64, FetchError> {
     tokio::time::timeout(timeout, fetch(url, dest))
@@ -110,17 +127,25 @@ async fn fetch(url: &str, dest: &Path) -> Result<u64, FetchError> {
         path: dest.to_path_buf(),
         source,
     };
-    let tmp = dest.with_extension("part");
+    // A private temporary name: concurrent downloads of one URL each finish their own file
+    // and the last rename wins with identical bytes.
+    let tmp = dest.with_extension(format!("part-{}", uuid::Uuid::new_v4()));
     let mut file = std::fs::File::create(&tmp).map_err(write)?;
     let mut total = 0u64;
-    while let Some(frame) = resp.body_mut().frame().await {
-        let frame = frame.map_err(|e| transfer(e.to_string()))?;
-        if let Ok(data) = frame.into_data() {
-            file.write_all(&data).map_err(write)?;
-            total += data.len() as u64;
+    let body = async {
+        while let Some(frame) = resp.body_mut().frame().await {
+            let frame = frame.map_err(|e| transfer(e.to_string()))?;
+            if let Ok(data) = frame.into_data() {
+                file.write_all(&data).map_err(write)?;
+                total += data.len() as u64;
+            }
         }
+        file.sync_all().map_err(write)?;
+        std::fs::rename(&tmp, dest).map_err(write)
+    };
+    if let Err(e) = body.await {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
     }
-    file.sync_all().map_err(write)?;
-    std::fs::rename(&tmp, dest).map_err(write)?;
     Ok(total)
 }

@@ -15,6 +15,7 @@
 //! - [`clients`]: typed clients of blockdp, netdp and vmm, over [`http`] (a small HTTP/1.1
 //!   client for Unix sockets and TCP).
 //! - [`tap`], [`fetch`], [`inventory`], [`control`] (registration and heartbeat).
+//! - [`client`]: a typed client of this API, for control.
 //!
 //! Threads: one tokio runtime serves the API and runs builds and actions as tasks; a
 //! supervisor task polls the VMMs every half second; the heartbeat is another task.
@@ -25,6 +26,7 @@
 
 pub mod agent;
 pub mod api;
+pub mod client;
 pub mod clients;
 pub mod config;
 pub mod control;

@@ -117,8 +117,10 @@ fn main() -> anyhow::Result<()> {
             .with_env_filter(filter)
             .init();
     } else {
+        use std::io::IsTerminal;
         tracing_subscriber::fmt()
             .with_writer(std::io::stderr)
+            .with_ansi(std::io::stderr().is_terminal())
             .with_env_filter(filter)
             .init();
     }
@@ -232,14 +234,14 @@ async fn serve(cfg: Config, agent_exe: PathBuf, vmm_binary: PathBuf) -> anyhow::
             }
         };
         tokio::select! {
-            c = unix.accept() => {
-                let (s, _) = c?;
-                spawn_conn(agent.clone(), TokioIo::new(s));
-            }
-            c = accept_tcp => {
-                let s = c?;
-                spawn_conn(agent.clone(), TokioIo::new(s));
-            }
+            c = unix.accept() => match c {
+                Ok((s, _)) => spawn_conn(agent.clone(), TokioIo::new(s)),
+                Err(e) => accept_failed(e).await,
+            },
+            c = accept_tcp => match c {
+                Ok(s) => spawn_conn(agent.clone(), TokioIo::new(s)),
+                Err(e) => accept_failed(e).await,
+            },
             _ = tokio::signal::ctrl_c() => break,
             _ = term.recv() => break,
         }
@@ -247,6 +249,13 @@ async fn serve(cfg: Config, agent_exe: PathBuf, vmm_binary: PathBuf) -> anyhow::
     let _ = std::fs::remove_file(&cfg.socket);
     tracing::info!("agent stopped; VMMs keep running");
     Ok(())
+}
+
+/// An accept that failed (out of descriptors, say): logged, and a short pause so a
+/// persistent failure does not spin.
+async fn accept_failed(e: std::io::Error) {
+    tracing::warn!(error = %e, "accept failed");
+    tokio::time::sleep(Duration::from_millis(100)).await;
 }
 
 fn spawn_conn<I>(agent: Arc<Agent>, io: I)

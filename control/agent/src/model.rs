@@ -73,6 +73,22 @@ pub struct RootDisk {
     /// false for an existing one).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delete_on_termination: Option<bool>,
+    /// I/O limits of the volume (a flavor's `quota:disk_total_iops_sec` and
+    /// `quota:disk_total_bytes_sec`), enforced by blockdp.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub qos: Option<DiskQos>,
+}
+
+/// Volume I/O limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiskQos {
+    /// I/O operations per second.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iops: Option<u64>,
+    /// Bytes per second.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes_per_sec: Option<u64>,
 }
 
 /// A subnet described in a placement.
@@ -227,6 +243,11 @@ impl Placement {
                 "root_disk.size_bytes",
                 "must be a positive multiple of 512",
             ));
+        }
+        if let Some(q) = d.qos
+            && (q.iops == Some(0) || q.bytes_per_sec == Some(0))
+        {
+            return Err(invalid("root_disk.qos", "limits must be positive"));
         }
         if d.num_queues.is_some_and(|q| q == 0 || q > 16) {
             return Err(invalid("root_disk.num_queues", "must be 1 to 16"));
@@ -529,6 +550,7 @@ mod tests {
             ),
             ("/root_disk", serde_json::json!({}), "root_disk"),
             ("/root_disk/size_bytes", 1000.into(), "size_bytes"),
+            ("/root_disk/qos", serde_json::json!({"iops": 0}), "qos"),
             ("/ports/0/network/subnet/cidr", "10.0.0.0/33".into(), "cidr"),
             (
                 "/ports/0/mac_address",

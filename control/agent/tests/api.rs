@@ -137,14 +137,23 @@ fn a_failed_build_is_error_with_a_fault_and_can_be_deleted() {
     assert!(v["node"]["inventory"]["memory_mib"].as_u64().unwrap() > 0);
     let (s, text) = a.api("GET", "/metrics", None);
     assert_eq!(s, 200);
-    let text = text.as_str().unwrap().to_string();
-    assert!(
-        text.contains("ferrostack_agent_servers{status=\"ERROR\"} 1"),
-        "{text}"
+    // Checked with Prometheus' own parser and the house naming rules.
+    let m = caps::prom::must_scrape("agent", text.as_str().unwrap());
+    assert_eq!(
+        m.get("ferrostack_agent_servers", &[("status", "ERROR")]),
+        1.0
     );
-    assert!(
-        text.contains("ferrostack_agent_builds_total{result=\"error\"} 1"),
-        "{text}"
+    assert_eq!(
+        m.get("ferrostack_agent_servers", &[("status", "ACTIVE")]),
+        0.0
+    );
+    assert_eq!(
+        m.get("ferrostack_agent_builds_total", &[("result", "error")]),
+        1.0
+    );
+    assert_eq!(
+        m.get("ferrostack_agent_builds_total", &[("result", "active")]),
+        0.0
     );
 
     // Survives a restart as it was.
@@ -199,4 +208,46 @@ fn the_daemon_notifies_systemd_and_serves_tcp_too() {
     assert!(resp.contains(r#"{"servers":[]}"#), "{resp}");
     let (s, _) = support::http(&dir.path().join("agent.sock"), "GET", "/", None);
     assert_eq!(s, 200);
+}
+
+#[test]
+fn the_typed_client_drives_the_api() {
+    use ferrostack_agent::client::{AgentClient, ServerAction};
+    use ferrostack_agent::http::Endpoint;
+    let dir = tempfile::tempdir().unwrap();
+    let a = agent(dir.path());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let c = AgentClient::new(Endpoint::Unix(a.sock.clone()), Duration::from_secs(10));
+        let placement = serde_json::from_value(placement("typed")["server"].clone()).unwrap();
+        let s = c.create(&placement).await.unwrap();
+        assert_eq!((s.id.as_str(), s.status.as_str()), ("typed", "BUILD"));
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let s = loop {
+            let s = c.get("typed").await.unwrap();
+            if s.status == "ERROR" {
+                break s;
+            }
+            assert!(std::time::Instant::now() < deadline, "{s:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        assert!(s.fault.unwrap().message.contains("not readable"));
+        assert_eq!(s.raw["vcpus"], 1);
+        assert_eq!(c.list().await.unwrap().len(), 1);
+        let e = c.action("typed", ServerAction::Start).await.unwrap_err();
+        assert_eq!(e.status(), Some(409), "{e}");
+        assert!(e.to_string().contains("ERROR"), "{e}");
+        assert_eq!(c.console("typed", Some(5)).await.unwrap(), "");
+        assert!(
+            c.node().await.unwrap()["inventory"]["vcpus"]
+                .as_u64()
+                .unwrap()
+                >= 1
+        );
+        c.delete("typed").await.unwrap();
+        assert_eq!(c.get("typed").await.unwrap_err().status(), Some(404));
+    });
 }

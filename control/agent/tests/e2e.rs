@@ -325,4 +325,119 @@ fn a_placement_becomes_a_running_vm_and_everything_is_released_on_delete() {
     );
     let (_, list) = agent.api("GET", "/v1/servers", None);
     assert_eq!(list["servers"].as_array().map(Vec::len), Some(0));
+
+    // The usual path from control: a port it made through the Neutron API, and a volume it
+    // made on blockdp (boot from volume). The agent plugs and binds the port, serves the
+    // volume; on delete both stay (unbound, unexported), only the tap and VMM go.
+    let (s, port) = netdp_call(
+        &netdp_sock,
+        "POST",
+        "/v2.0/ports",
+        Some(json!({"port": {"network_id": network_id, "project_id": "p1"}})),
+    );
+    assert_eq!(s, 201, "{port}");
+    let port_id = port["port"]["id"].as_str().unwrap().to_string();
+    let (s, vol) = http(
+        &blockdp_sock,
+        "POST",
+        "/volumes",
+        Some(&json!({"name": "boot-vol", "source": {"path": image_path}}).to_string()),
+    );
+    assert_eq!(s, 201, "{vol}");
+    let vol_id = vol["volume"]["id"].as_str().unwrap().to_string();
+    let placement = json!({"server": {
+        "id": "vm-e2e-2", "project_id": "p1", "vcpus": 1, "ram_mib": 32,
+        "kernel": {"path": kernel},
+        "root_disk": {"volume_id": vol_id},
+        "ports": [{"port_id": port_id}],
+    }});
+    let (s, v) = agent.api("POST", "/v1/servers", Some(&placement.to_string()));
+    assert_eq!(s, 202, "{v}");
+    let srv = agent.wait_status("vm-e2e-2", "ACTIVE", Duration::from_secs(90));
+    agent.wait_console("vm-e2e-2", &expected, 1, Duration::from_secs(60));
+    let (_, p) = netdp_call(&netdp_sock, "GET", &format!("/v2.0/ports/{port_id}"), None);
+    assert_eq!(
+        (
+            p["port"]["device_id"].as_str(),
+            p["port"]["status"].as_str()
+        ),
+        (Some("vm-e2e-2"), Some("ACTIVE")),
+        "{p}"
+    );
+    let tap = srv["ports"][0]["tap"].as_str().unwrap().to_string();
+    let (s, _) = agent.api("DELETE", "/v1/servers/vm-e2e-2", None);
+    assert_eq!(s, 204);
+    let (s, p) = netdp_call(&netdp_sock, "GET", &format!("/v2.0/ports/{port_id}"), None);
+    assert_eq!((s, p["port"]["device_id"].as_str()), (200, Some("")), "{p}");
+    let (s, v) = http(&blockdp_sock, "GET", &format!("/volumes/{vol_id}"), None);
+    assert_eq!(s, 200, "{v}");
+    assert!(v["volume"]["export"].is_null(), "unexported: {v}");
+    let links = node.netns.exec(&["ip", "-o", "link"]).unwrap();
+    assert!(!String::from_utf8_lossy(&links.stdout).contains(&tap));
+}
+
+#[test]
+fn concurrent_builds_share_one_network_and_a_failed_vmm_start_releases_cleanly() {
+    if !caps::require_all(&[
+        caps::Capability::Root,
+        caps::Capability::Bpf,
+        caps::Capability::Netns,
+        caps::Capability::IoUring,
+    ]) {
+        return;
+    }
+    let node = Node::start();
+    let image = node.root.path().join("disk.img");
+    std::fs::write(&image, vec![1u8; 4096]).unwrap();
+    let kernel = node.root.path().join("kernel");
+    std::fs::write(&kernel, b"never booted").unwrap();
+    // A VMM binary that does not exist: builds get as far as starting it.
+    let mut setup = node.agent_setup();
+    let missing = node.root.path().join("no-such-vmm");
+    setup.vmm = &missing;
+    let agent = AgentProc::start(&setup);
+    let ids = ["c-1", "c-2", "c-3"];
+    for id in ids {
+        let p = json!({"server": {
+            "id": id, "project_id": "p2", "vcpus": 1, "ram_mib": 32,
+            "kernel": {"path": kernel},
+            "root_disk": {"image": {"path": image}},
+            "ports": [{"network": {"name": "green", "subnet": {"cidr": "10.8.0.0/24"}}}],
+        }});
+        let (s, v) = agent.api("POST", "/v1/servers", Some(&p.to_string()));
+        assert_eq!(s, 202, "{v}");
+    }
+    let mut taps = Vec::new();
+    for id in ids {
+        let srv = agent.wait_status(id, "ERROR", Duration::from_secs(60));
+        let fault = srv["fault"]["message"].as_str().unwrap();
+        assert!(fault.contains("exited during start-up"), "{fault}");
+        assert!(fault.contains("no-such-vmm"), "{fault}");
+        taps.push(srv["ports"][0]["tap"].as_str().unwrap().to_string());
+    }
+    let (_, nets) = netdp_call(&node.netdp_sock, "GET", "/v2.0/networks", None);
+    let green: Vec<&Value> = nets["networks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|n| n["name"] == "green")
+        .collect();
+    assert_eq!(green.len(), 1, "one network for all three: {nets}");
+    assert_eq!(green[0]["subnets"].as_array().map(Vec::len), Some(1));
+    let (_, ports) = netdp_call(&node.netdp_sock, "GET", "/v2.0/ports", None);
+    assert_eq!(ports["ports"].as_array().map(Vec::len), Some(3), "{ports}");
+
+    for id in ids {
+        let (s, v) = agent.api("DELETE", &format!("/v1/servers/{id}"), None);
+        assert_eq!(s, 204, "{v}");
+    }
+    let (_, ports) = netdp_call(&node.netdp_sock, "GET", "/v2.0/ports", None);
+    assert_eq!(ports["ports"].as_array().map(Vec::len), Some(0), "{ports}");
+    let (_, vols) = http(&node.blockdp_sock, "GET", "/volumes", None);
+    assert_eq!(vols["volumes"].as_array().map(Vec::len), Some(0), "{vols}");
+    let links = node.netns.exec(&["ip", "-o", "link"]).unwrap();
+    let links = String::from_utf8_lossy(&links.stdout).to_string();
+    for tap in taps {
+        assert!(!links.contains(&tap), "{tap} left in {links}");
+    }
 }

@@ -75,6 +75,7 @@ fn kernel_and_disk_image_from_http_urls() {
         "root_disk": {
             "image": {"url": format!("{}/v2/images/d/file", peer.url)},
             "size_bytes": size,
+            "qos": {"iops": 5000},
         },
     }});
     let (s, v) = a.api("POST", "/v1/servers", Some(&p.to_string()));
@@ -91,6 +92,8 @@ fn kernel_and_disk_image_from_http_urls() {
     assert!(console.contains("disk_read_sectors=2048\n"), "{console}");
     assert!(srv["ports"].as_array().unwrap().is_empty());
     let vol = srv["volume"]["id"].as_str().unwrap().to_string();
+    let (_, v) = http(&bsock, "GET", &format!("/volumes/{vol}"), None);
+    assert_eq!(v["volume"]["qos"]["iops"], 5000, "{v}");
     let (s, _) = a.api("DELETE", "/v1/servers/from-urls", None);
     assert_eq!(s, 204);
     assert_eq!(http(&bsock, "GET", &format!("/volumes/{vol}"), None).0, 404);
@@ -109,6 +112,13 @@ fn kernel_and_disk_image_from_http_urls() {
     );
     let (s, _) = a.api("DELETE", "/v1/servers/no-initrd", None);
     assert_eq!(s, 204);
+    // The second server's kernel came from the agent's image cache.
+    let kernel_gets = peer
+        .requests()
+        .iter()
+        .filter(|r| r.path == "/v2/images/k/file")
+        .count();
+    assert_eq!(kernel_gets, 1);
     let (_, vols) = http(&bsock, "GET", "/volumes", None);
     assert_eq!(vols["volumes"].as_array().map(Vec::len), Some(0), "{vols}");
 }
@@ -256,11 +266,14 @@ fn a_guest_that_crashes_puts_its_server_in_error() {
     assert!(a.console("crasher").contains("crashing\n"));
     let (s, text) = a.api("GET", "/metrics", None);
     assert_eq!(s, 200);
-    assert!(
-        text.as_str()
-            .unwrap()
-            .contains("ferrostack_agent_vmm_exits_total{state=\"error\"} 1"),
-        "{text}"
+    let m = caps::prom::must_scrape("agent", text.as_str().unwrap());
+    assert_eq!(
+        m.get("ferrostack_agent_vmm_exits_total", &[("state", "error")]),
+        1.0
+    );
+    assert_eq!(
+        m.get("ferrostack_agent_builds_total", &[("result", "active")]),
+        1.0
     );
     let (s, _) = a.api("DELETE", "/v1/servers/crasher", None);
     assert_eq!(s, 204);

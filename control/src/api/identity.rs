@@ -964,7 +964,9 @@ fn create_app_cred(svc: &Service, req: &Request, ctx: &Ctx, uid: &str) -> Res {
     }
     let held: Vec<(String, String)> = ctx.roles.clone();
     let roles = match a.roles {
+        // Keystone delegates every role the token carries when none are named.
         None => held.iter().map(|(id, _)| id.clone()).collect(),
+        Some(list) if list.is_empty() => held.iter().map(|(id, _)| id.clone()).collect(),
         Some(list) => {
             let mut out = Vec::new();
             for r in list {

@@ -590,10 +590,19 @@ fn list(svc: &Service, req: &Request, ctx: &Ctx) -> Result<Response, ServiceErro
     }
     let hidden = req.q("os_hidden").map(|v| v == "true");
     let member_filter = req.q("member_status").unwrap_or("accepted");
-    for r in svc.store.list(Kind::Image, None)? {
-        let d: ImageDoc = r.parse()?;
-        let ms = member_status(svc, &r.id, project)?;
-        if access(ctx, &d, ms.as_deref()) == Access::None {
+    // One read of the memberships instead of one per image.
+    let mut memberships = std::collections::HashMap::new();
+    if let Some(p) = project {
+        for m in svc.store.list(Kind::ImageMember, None)? {
+            let m: MemberDoc = m.parse()?;
+            if m.member_id == p {
+                memberships.insert(m.image_id, m.status);
+            }
+        }
+    }
+    for (rid, d) in svc.all_images()?.iter() {
+        let ms = memberships.get(rid).cloned();
+        if access(ctx, d, ms.as_deref()) == Access::None {
             continue;
         }
         let owned = project == Some(d.owner.as_str());
@@ -628,7 +637,7 @@ fn list(svc: &Service, req: &Request, ctx: &Ctx) -> Result<Response, ServiceErro
                 i.strip_prefix("in:")
                     .unwrap_or(i)
                     .split(',')
-                    .any(|x| x == r.id)
+                    .any(|x| x == rid)
             })
             && size_min.is_none_or(|m| d.size.is_some_and(|s| s >= m))
             && size_max.is_none_or(|m| d.size.is_some_and(|s| s <= m))
@@ -639,7 +648,7 @@ fn list(svc: &Service, req: &Request, ctx: &Ctx) -> Result<Response, ServiceErro
                 .filter(|(k, _)| !known.contains(&k.as_str()))
                 .all(|(k, v)| d.properties.get(k) == Some(v));
         if keep {
-            images.push((r.id.clone(), d));
+            images.push((rid.clone(), d.clone()));
         }
     }
     images.sort_by(|a, b| {
@@ -726,7 +735,7 @@ fn service_token(svc: &Service) -> Result<Session, ServiceError> {
         methods: method::PASSWORD,
         user_id: user.id,
         scope: Scope::Project(project.id.clone()),
-        issued_at: now,
+        issued_at_ms: crate::identity::token::now_ms(),
         expires_at: now + expiry.as_secs(),
         audit_id: random_audit_id()?,
         parent_audit_id: None,

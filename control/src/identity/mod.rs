@@ -15,6 +15,7 @@ use crate::store::{Kind, Record, Write};
 use token::{Claims, Scope, method, now_secs};
 
 pub mod bootstrap;
+pub mod cache;
 pub mod password;
 pub mod token;
 
@@ -196,7 +197,7 @@ pub struct AppCredDoc {
 pub struct RevocationDoc {
     /// Revoked token's audit id.
     pub audit_id: Option<String>,
-    /// Revoked user (all tokens issued up to `issued_before`).
+    /// Revoked user (all tokens issued up to `issued_before`, milliseconds).
     pub user_id: Option<String>,
     /// For a user revocation.
     pub issued_before: u64,
@@ -301,10 +302,11 @@ impl Service {
     /// Revokes every token a user holds now (password change, disable, delete).
     pub fn revoke_user(&self, user_id: &str) -> Result<(), ServiceError> {
         let now = now_secs();
+        let now_ms = token::now_ms();
         let doc = RevocationDoc {
             audit_id: None,
             user_id: Some(user_id.to_string()),
-            issued_before: now,
+            issued_before: now_ms,
             until: now + self.config.token_expiry.as_secs() + 1,
         };
         self.store
@@ -312,7 +314,7 @@ impl Service {
         self.revocations
             .write()
             .expect("revocations")
-            .revoke_user(user_id.to_string(), now);
+            .revoke_user(user_id.to_string(), now_ms);
         Ok(())
     }
 
@@ -400,6 +402,32 @@ impl Service {
 
     /// The context of verified claims.
     pub fn context_for(&self, claims: Claims) -> Result<Ctx, ServiceError> {
+        let generation = self.versioned.generation();
+        let key = cache_key(&claims);
+        if let Some(s) = self.cache.scope(&key, generation) {
+            return Ok(Ctx {
+                claims,
+                user_domain_id: s.user_domain_id,
+                project_id: s.project_id,
+                domain_id: s.domain_id,
+                roles: s.roles,
+            });
+        }
+        let ctx = self.context_uncached(claims)?;
+        self.cache.put_scope(
+            key,
+            generation,
+            cache::ScopeInfo {
+                user_domain_id: ctx.user_domain_id.clone(),
+                project_id: ctx.project_id.clone(),
+                domain_id: ctx.domain_id.clone(),
+                roles: ctx.roles.clone(),
+            },
+        );
+        Ok(ctx)
+    }
+
+    fn context_uncached(&self, claims: Claims) -> Result<Ctx, ServiceError> {
         let user = self
             .store
             .get(Kind::User, &claims.user_id)?
@@ -504,6 +532,28 @@ impl Service {
 
     /// The `{"token": ...}` body for claims.
     pub fn token_body(&self, ctx: &Ctx, with_catalog: bool) -> Result<Value, ServiceError> {
+        let generation = self.versioned.generation();
+        let key = cache_key(&ctx.claims);
+        let mut body = match self.cache.body(&key, with_catalog, generation) {
+            Some(b) => b,
+            None => {
+                let b = self.token_template(ctx, with_catalog)?;
+                self.cache
+                    .put_body(key, with_catalog, generation, b.clone());
+                b
+            }
+        };
+        let c = &ctx.claims;
+        let t = &mut body["token"];
+        t["methods"] = json!(c.method_names());
+        t["audit_ids"] = json!(c.audit_ids());
+        t["issued_at"] = json!(crate::time::keystone_ms(c.issued_at_ms));
+        t["expires_at"] = json!(crate::time::keystone(c.expires_at));
+        Ok(body)
+    }
+
+    /// The token body without its per-token fields (methods, audit ids, times).
+    fn token_template(&self, ctx: &Ctx, with_catalog: bool) -> Result<Value, ServiceError> {
         let c = &ctx.claims;
         let user = self
             .store
@@ -515,7 +565,7 @@ impl Service {
                      "domain": self.named_ref(Kind::Domain, &ctx.user_domain_id)?,
                      "password_expires_at": null},
             "audit_ids": c.audit_ids(),
-            "issued_at": crate::time::keystone(c.issued_at),
+            "issued_at": crate::time::keystone_ms(c.issued_at_ms),
             "expires_at": crate::time::keystone(c.expires_at),
         });
         if let Some(p) = &ctx.project_id {
@@ -662,7 +712,7 @@ impl Service {
             methods,
             user_id,
             scope,
-            issued_at: now,
+            issued_at_ms: token::now_ms(),
             expires_at,
             audit_id: token::random_audit_id()?,
             parent_audit_id: parent,
@@ -789,6 +839,10 @@ impl Service {
         }
         Ok(scope)
     }
+}
+
+fn cache_key(c: &Claims) -> String {
+    format!("{}|{:?}|{:?}", c.user_id, c.scope, c.app_cred_id)
 }
 
 /// `{"auth": {...}}`.

@@ -79,8 +79,9 @@ pub struct Claims {
     pub user_id: String,
     /// The scope.
     pub scope: Scope,
-    /// Seconds since the epoch.
-    pub issued_at: u64,
+    /// Milliseconds since the epoch (revocations of a user compare against it, so a token
+    /// issued right after a password change is not caught by it).
+    pub issued_at_ms: u64,
     /// Seconds since the epoch.
     pub expires_at: u64,
     /// Unique per token.
@@ -125,6 +126,14 @@ pub fn now_secs() -> u64 {
         .unwrap_or(0)
 }
 
+/// Milliseconds since the epoch now.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
 /// A fresh random 16-byte id.
 pub fn random_audit_id() -> Result<[u8; 16], TokenError> {
     let mut b = [0u8; 16];
@@ -132,8 +141,22 @@ pub fn random_audit_id() -> Result<[u8; 16], TokenError> {
     Ok(b)
 }
 
+/// Length byte marking a 32-digit lowercase hex id packed into 16 bytes.
+const PACKED_HEX: u8 = 0xff;
+
 fn put_str(out: &mut Vec<u8>, s: &str) -> Result<(), TokenError> {
-    let len = u8::try_from(s.len()).map_err(|_| TokenError::Invalid)?;
+    let hexid = s.len() == 32
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    if hexid {
+        out.push(PACKED_HEX);
+        out.extend_from_slice(&hex::decode(s).map_err(|_| TokenError::Invalid)?);
+        return Ok(());
+    }
+    let len = u8::try_from(s.len())
+        .ok()
+        .filter(|l| *l != PACKED_HEX)
+        .ok_or(TokenError::Invalid)?;
     out.push(len);
     out.extend_from_slice(s.as_bytes());
     Ok(())
@@ -162,7 +185,11 @@ impl Reader<'_> {
         Ok(self.take(16)?.try_into().expect("16 bytes"))
     }
     fn str(&mut self) -> Result<String, TokenError> {
-        let n = self.u8()? as usize;
+        let n = self.u8()?;
+        if n == PACKED_HEX {
+            return Ok(hex::encode(self.take(16)?));
+        }
+        let n = n as usize;
         String::from_utf8(self.take(n)?.to_vec()).map_err(|_| TokenError::Invalid)
     }
 }
@@ -182,7 +209,7 @@ fn encode_claims(c: &Claims) -> Result<Vec<u8>, TokenError> {
             put_str(&mut out, id)?;
         }
     }
-    out.extend_from_slice(&c.issued_at.to_be_bytes());
+    out.extend_from_slice(&c.issued_at_ms.to_be_bytes());
     out.extend_from_slice(&c.expires_at.to_be_bytes());
     out.extend_from_slice(&c.audit_id);
     match c.parent_audit_id {
@@ -206,7 +233,7 @@ fn decode_claims(b: &[u8]) -> Result<Claims, TokenError> {
         2 => Scope::Domain(r.str()?),
         _ => return Err(TokenError::Invalid),
     };
-    let issued_at = r.u64()?;
+    let issued_at_ms = r.u64()?;
     let expires_at = r.u64()?;
     let audit_id = r.id16()?;
     let parent_audit_id = match r.u8()? {
@@ -222,7 +249,7 @@ fn decode_claims(b: &[u8]) -> Result<Claims, TokenError> {
         methods,
         user_id,
         scope,
-        issued_at,
+        issued_at_ms,
         expires_at,
         audit_id,
         parent_audit_id,
@@ -381,8 +408,9 @@ impl Revocations {
         self.by_audit.insert(audit_id, until);
     }
 
-    /// Revokes every token of a user issued up to `issued_before`.
-    pub fn revoke_user(&mut self, user_id: String, issued_before: u64) {
+    /// Revokes every token of a user issued up to `issued_before_ms`.
+    pub fn revoke_user(&mut self, user_id: String, issued_before_ms: u64) {
+        let issued_before = issued_before_ms;
         let e = self.by_user.entry(user_id).or_insert(0);
         *e = (*e).max(issued_before);
     }
@@ -390,7 +418,7 @@ impl Revocations {
     /// Whether the claims fall under a revocation.
     pub fn is_revoked(&self, c: &Claims) -> bool {
         if let Some(&t) = self.by_user.get(&c.user_id)
-            && c.issued_at <= t
+            && c.issued_at_ms <= t
         {
             return true;
         }
@@ -404,7 +432,7 @@ impl Revocations {
     pub fn prune(&mut self, now: u64, max_lifetime: u64) {
         self.by_audit.retain(|_, until| *until > now);
         self.by_user
-            .retain(|_, t| t.saturating_add(max_lifetime) > now);
+            .retain(|_, t| (*t / 1000).saturating_add(max_lifetime) > now);
     }
 }
 
@@ -417,7 +445,7 @@ mod tests {
             methods: method::PASSWORD,
             user_id: "0123456789abcdef0123456789abcdef".into(),
             scope: Scope::Project("fedcba9876543210fedcba9876543210".into()),
-            issued_at: now,
+            issued_at_ms: now * 1000,
             expires_at: now + 3600,
             audit_id: random_audit_id().unwrap(),
             parent_audit_id: None,
@@ -441,10 +469,25 @@ mod tests {
             c.app_cred_id = Some("ac".into());
             c.methods = method::TOKEN | method::APP_CREDENTIAL;
             let t = ring.seal(&c).unwrap();
-            assert!(t.len() < 250, "token is compact: {}", t.len());
+            assert!(t.len() < 170, "token is compact: {}", t.len());
             assert_eq!(ring.open_token(&t, now).unwrap(), c);
         }
         assert_eq!(c.method_names(), ["token", "application_credential"]);
+        // Ids that are not 32 lowercase hex digits are kept as they are.
+        for odd in [
+            "ABCDEF0123456789ABCDEF0123456789",
+            "x",
+            "0123456789abcdef0123456789abcdeg",
+        ] {
+            c.user_id = odd.into();
+            let t = ring.seal(&c).unwrap();
+            assert_eq!(ring.open_token(&t, now).unwrap().user_id, odd);
+        }
+        c.user_id = "u".repeat(255);
+        assert!(
+            ring.seal(&c).is_err(),
+            "a 255-byte id would read as a packed one"
+        );
         assert_eq!(c.audit_ids().len(), 2);
     }
 
@@ -555,9 +598,10 @@ mod tests {
         let other = claims(now);
         assert!(!r.is_revoked(&other));
         // User-wide revocation covers tokens issued up to that second, not later ones.
-        r.revoke_user(other.user_id.clone(), now);
+        r.revoke_user(other.user_id.clone(), now * 1000);
         assert!(r.is_revoked(&other));
-        let mut later = claims(now + 1);
+        let mut later = claims(now);
+        later.issued_at_ms += 1;
         later.user_id = other.user_id.clone();
         assert!(!r.is_revoked(&later));
         r.prune(c.expires_at, 3600);

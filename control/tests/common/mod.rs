@@ -236,9 +236,15 @@ impl Drop for Cloud {
     }
 }
 
+/// The CLI to run: `$OPENSTACK_CLI` (e.g. a venv with the newest client from PyPI) or
+/// Debian's `openstack`.
+pub fn cli() -> String {
+    std::env::var("OPENSTACK_CLI").unwrap_or_else(|_| "openstack".into())
+}
+
 /// Whether the stock CLI is installed; prints a SKIP line (or fails under CI=true) if not.
 pub fn have_cli() -> bool {
-    let ok = Command::new("openstack")
+    let ok = Command::new(cli())
         .arg("--version")
         .output()
         .is_ok_and(|o| o.status.success());
@@ -254,7 +260,7 @@ pub fn have_cli() -> bool {
 
 /// Runs `openstack ARGS` with an environment; returns the output.
 pub fn openstack(env: &[(String, String)], args: &[&str]) -> Output {
-    let mut cmd = Command::new("openstack");
+    let mut cmd = Command::new(cli());
     for (k, _) in std::env::vars() {
         if k.starts_with("OS_") {
             cmd.env_remove(k);

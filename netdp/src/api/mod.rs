@@ -1255,6 +1255,7 @@ impl Controller {
                     })
                     .collect(),
                 dhcp: lease.is_some(),
+                peer: crate::datapath::has_peer(&tap),
             };
             if let Some(l) = lease {
                 leases.insert(ifindex, l);

@@ -32,6 +32,8 @@ pub struct Port {
 
 /// `PORT_F_DHCP`: the slow path answers the port's DHCP; its requests are not switched.
 pub const PORT_F_DHCP: u8 = 1;
+/// `PORT_F_PEER`: the port is a veth; frames for it go straight to its peer's ingress.
+pub const PORT_F_PEER: u8 = 2;
 
 /// Number of counter slots for ports (`PORT_SLOTS`).
 pub const PORT_SLOTS: u32 = 4096;

@@ -214,6 +214,48 @@ pub struct PortSpec {
     /// The slow path answers this port's DHCP ([`crate::dhcp`]): its DHCP requests are
     /// handed to it instead of being switched.
     pub dhcp: bool,
+    /// The interface is a veth (see [`has_peer`]): on tc, frames for the port are
+    /// delivered straight into its peer's ingress (`bpf_redirect_peer`). Must be false for
+    /// taps, which have no peer.
+    pub peer: bool,
+}
+
+/// Whether interface `ifname` (in the caller's namespace) is a veth, whose peer
+/// `bpf_redirect_peer` can deliver to. Taps and everything else: false.
+pub fn has_peer(ifname: &str) -> bool {
+    // ETHTOOL_GDRVINFO through SIOCETHTOOL names the driver.
+    const ETHTOOL_GDRVINFO: u32 = 0x3;
+    #[repr(C)]
+    struct DrvInfo {
+        cmd: u32,
+        driver: [u8; 32],
+        rest: [u8; 160],
+    }
+    let name = ifname.as_bytes();
+    if name.is_empty() || name.len() >= libc::IFNAMSIZ {
+        return false;
+    }
+    let mut info = DrvInfo {
+        cmd: ETHTOOL_GDRVINFO,
+        driver: [0; 32],
+        rest: [0; 160],
+    };
+    // SAFETY: ifreq is plain old data; all zeroes is a valid value.
+    let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (d, s) in ifr.ifr_name.iter_mut().zip(name) {
+        *d = *s as libc::c_char;
+    }
+    ifr.ifr_ifru.ifru_data = (&mut info as *mut DrvInfo).cast();
+    // SAFETY: a plain datagram socket, closed below; checked before use.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return false;
+    }
+    // SAFETY: `ifr` points at `info`, both alive and large enough for ETHTOOL_GDRVINFO.
+    let rc = unsafe { libc::ioctl(fd, libc::SIOCETHTOOL, &mut ifr) };
+    // SAFETY: `fd` is ours and closed once.
+    unsafe { libc::close(fd) };
+    rc == 0 && info.driver.starts_with(b"veth\0")
 }
 
 /// Traffic direction of a security-group rule, as Neutron names it.
@@ -239,6 +281,17 @@ pub struct RuleSpec {
     pub port_range: Option<(u16, u16)>,
     /// Remote prefix; `None` for any.
     pub remote: Option<(Ipv4Addr, u8)>,
+}
+
+/// The kernel's view of one of our maps (the kinds the object declares).
+fn map_info(map: &aya::maps::Map) -> Option<aya::maps::MapInfo> {
+    use aya::maps::Map;
+    match map {
+        Map::HashMap(m) | Map::LpmTrie(m) | Map::LruHashMap(m) | Map::PerCpuArray(m) => {
+            m.info().ok()
+        }
+        _ => None,
+    }
 }
 
 fn ip_be(ip: Ipv4Addr) -> u32 {
@@ -289,7 +342,47 @@ impl Datapath {
     /// Loads an instance whose maps are pinned in `dir`, reusing maps already pinned there.
     pub fn load_pinned(hook: Hook, dir: &Path) -> Result<Self, DatapathError> {
         std::fs::create_dir_all(dir).map_err(|e| DatapathError::PinDir(dir.into(), e))?;
+        Self::drop_incompatible_pins(hook, dir)?;
         Self::load_with(hook, Some(dir))
+    }
+
+    /// Removes pinned maps whose type, key or value size or capacity differ from this
+    /// build's (left by an older build whose structs were smaller): the program could not
+    /// load against them. Their entries are lost; the control plane re-syncs the maps from
+    /// its state, tracked connections start over.
+    fn drop_incompatible_pins(hook: Hook, dir: &Path) -> Result<(), DatapathError> {
+        let object = match hook {
+            Hook::Tc => TC_OBJECT,
+            Hook::Xdp => XDP_OBJECT,
+        };
+        if !MAPS.iter().any(|n| dir.join(n).exists()) {
+            return Ok(()); // nothing pinned yet
+        }
+        // Maps only: the program is not loaded (nor verified) here.
+        let fresh = EbpfLoader::new()
+            .load(object)
+            .map_err(DatapathError::Load)?;
+        for name in MAPS {
+            let path = dir.join(name);
+            let Ok(old) = aya::maps::MapInfo::from_pin(&path) else {
+                continue;
+            };
+            let Some(new) = fresh.map(name).and_then(map_info) else {
+                continue;
+            };
+            let same = old.key_size() == new.key_size()
+                && old.value_size() == new.value_size()
+                && old.max_entries() == new.max_entries()
+                && old.map_type().ok() == new.map_type().ok();
+            if !same {
+                tracing::warn!(
+                    map = name,
+                    "pinned map has another layout (an older build): replaced, its entries are lost"
+                );
+                std::fs::remove_file(&path).map_err(|e| DatapathError::PinDir(path, e))?;
+            }
+        }
+        Ok(())
     }
 
     fn load_with(hook: Hook, dir: Option<&Path>) -> Result<Self, DatapathError> {
@@ -505,7 +598,8 @@ impl Datapath {
             net_id: spec.net_id,
             mac: spec.mac,
             port_security: u8::from(spec.port_security),
-            flags: if spec.dhcp { abi::PORT_F_DHCP } else { 0 },
+            flags: if spec.dhcp { abi::PORT_F_DHCP } else { 0 }
+                | if spec.peer { abi::PORT_F_PEER } else { 0 },
             slot,
         };
         let mut addrs: Vec<([u8; 6], u32)> = vec![(spec.mac, 0)];

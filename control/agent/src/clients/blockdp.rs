@@ -111,6 +111,21 @@ impl Blockdp {
         Ok(one.volume)
     }
 
+    /// Sets a volume's I/O limits.
+    pub async fn set_qos(
+        &self,
+        id: &str,
+        iops: Option<u64>,
+        bytes_per_sec: Option<u64>,
+    ) -> Result<Volume, HttpError> {
+        let body = serde_json::json!({"iops": iops, "bytes_per_sec": bytes_per_sec});
+        let one: One = self
+            .0
+            .json(Method::PUT, &format!("/volumes/{id}/qos"), Some(&body))
+            .await?;
+        Ok(one.volume)
+    }
+
     /// Stops serving a volume.
     pub async fn unexport(&self, id: &str) -> Result<Volume, HttpError> {
         let one: One = self

@@ -254,11 +254,20 @@ impl Netdp {
     /// Binds a port to a server (`device_owner`, `device_id`); netdp programs its tap at
     /// once if the tap exists.
     pub async fn bind_port(&self, id: &str, device_id: &str) -> Result<Port, HttpError> {
+        self.set_device(id, "compute:nova", device_id).await
+    }
+
+    /// Unbinds a port from its server (a port the agent did not create outlives the server).
+    pub async fn unbind_port(&self, id: &str) -> Result<Port, HttpError> {
+        self.set_device(id, "", "").await
+    }
+
+    async fn set_device(&self, id: &str, owner: &str, device_id: &str) -> Result<Port, HttpError> {
         #[derive(Deserialize)]
         struct One {
             port: Port,
         }
-        let body = json!({"port": {"device_owner": "compute:nova", "device_id": device_id}});
+        let body = json!({"port": {"device_owner": owner, "device_id": device_id}});
         let one: One = self
             .0
             .json(Method::PUT, &format!("/v2.0/ports/{id}"), Some(&body))
