@@ -287,7 +287,7 @@ fn image_url(svc: &Service, image_id: &str) -> Result<String, ApiError> {
         methods: 0,
         user_id: format!("{IMAGE_DATA_SUBJECT}{image_id}"),
         scope: Scope::Unscoped,
-        issued_at: now,
+        issued_at_ms: crate::identity::token::now_ms(),
         expires_at: now + IMAGE_URL_LIFETIME,
         audit_id: random_audit_id().map_err(|e| ApiError::from(ServiceError::from(e)))?,
         parent_audit_id: None,
