@@ -287,7 +287,7 @@ fn image_url(svc: &Service, image_id: &str) -> Result<String, ApiError> {
         methods: 0,
         user_id: format!("{IMAGE_DATA_SUBJECT}{image_id}"),
         scope: Scope::Unscoped,
-        issued_at_ms: now * 1000,
+        issued_at_ms: crate::identity::token::now_ms(),
         expires_at: now + IMAGE_URL_LIFETIME,
         audit_id: random_audit_id().map_err(|e| ApiError::from(ServiceError::from(e)))?,
         parent_audit_id: None,
@@ -585,6 +585,22 @@ fn nova(svc: &Service, ctx: &Ctx, req: &Request) -> Result<(Response, Option<Str
                 .iter()
                 .map(|(r, d)| hypervisor_view(svc, &r.id, d, now, detail))
                 .collect();
+            ok(json!({"hypervisors": list}))
+        }
+        (["os-hypervisors", pattern, "search"], &Method::GET) => {
+            admin(ctx)?;
+            let now = now_secs();
+            let list: Vec<Value> = list_nodes(&*svc.store)
+                .map_err(se)?
+                .iter()
+                .filter(|(_, d)| d.hostname.contains(pattern))
+                .map(|(r, d)| hypervisor_view(svc, &r.id, d, now, false))
+                .collect();
+            if list.is_empty() {
+                return Err(ApiError::not_found(format!(
+                    "No hypervisor matching '{pattern}' could be found."
+                )));
+            }
             ok(json!({"hypervisors": list}))
         }
         (["os-hypervisors", id], &Method::GET) => {
