@@ -89,6 +89,9 @@ impl MmioTransport {
     }
 
     fn reset(&mut self) {
+        if self.status != 0 {
+            self.device.reset();
+        }
         for q in &mut self.queues {
             q.reset();
         }

@@ -75,6 +75,9 @@ pub trait VirtioDevice: Send {
     /// Like [`activate`](VirtioDevice::activate), with the queues as the driver set them up
     /// (for devices whose queues are served elsewhere).
     fn activate_queues(&mut self, _features: u64, _mem: &GuestMemoryMmap, _queues: &[Queue]) {}
+    /// The driver reset the device (wrote 0 to the status register): forget the queues; a
+    /// later DRIVER_OK activates the device again.
+    fn reset(&mut self) {}
     /// True for devices whose queues a backend serves directly: they take the kick and call
     /// eventfds instead of the VMM serving notifications.
     fn uses_backend_eventfds(&self) -> bool {
