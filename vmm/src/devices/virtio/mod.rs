@@ -106,6 +106,7 @@ pub fn attach_devices(
     cmdline: &mut Cmdline,
     drives: &[DriveSpec],
     nets: &[NetSpec],
+    workers: &mut crate::devices::workers::Workers,
 ) -> Result<Devices, MachineError> {
     let mut slot = 0u32;
     let mut devices = Devices::new();
@@ -134,11 +135,13 @@ pub fn attach_devices(
         let transport = mmio::MmioTransport::new(device, vm.memory().clone(), irq_line);
         let transport = Arc::new(Mutex::new(transport));
         if !backend {
-            mmio::spawn_notifier(vm, base, id, transport.clone()).map_err(|e| err(e.into()))?;
+            mmio::spawn_notifier(vm, base, id, transport.clone(), workers)
+                .map_err(|e| err(e.into()))?;
+            // Only devices served here are rate limited (a backend limits its own queues).
+            mmio::spawn_retry_timer(id, transport.clone(), workers).map_err(|e| err(e.into()))?;
         }
-        mmio::spawn_retry_timer(id, transport.clone()).map_err(|e| err(e.into()))?;
         for (pair, fd) in rx_fds.into_iter().enumerate() {
-            net::spawn_rx_poller(id, fd, pair as u32 * 2, transport.clone())
+            net::spawn_rx_poller(id, fd, pair as u32 * 2, transport.clone(), workers)
                 .map_err(|e| err(e.into()))?;
         }
         mmio_bus.insert(base, layout::VIRTIO_MMIO_SIZE, transport.clone())?;
