@@ -65,12 +65,9 @@ static __always_inline int hook_deliver(CTX *ctx, __u32 ifindex, __u32 in_port, 
 	return hook_redirect(ctx, ifindex, in_port);
 }
 
-/// A frame for the slow path: its packet socket (a tap, which runs before tc ingress) has
-/// its copy already, so the switch just consumes it.
-static __always_inline int hook_punt(CTX *ctx)
+static __always_inline long hook_load(CTX *ctx, void *to, __u32 len)
 {
-	(void)ctx;
-	return TC_ACT_SHOT;
+	return bpf_skb_load_bytes(ctx, 0, to, len);
 }
 
 static __always_inline int hook_resize(CTX *ctx, __u32 len)
@@ -117,11 +114,9 @@ static __always_inline __u64 hook_len(CTX *ctx)
 	return (long)ctx->data_end - (long)ctx->data;
 }
 
-/// A frame for the slow path: passed up to the stack, where its packet socket sees it.
-static __always_inline int hook_punt(CTX *ctx)
+static __always_inline long hook_load(CTX *ctx, void *to, __u32 len)
 {
-	(void)ctx;
-	return XDP_PASS;
+	return bpf_xdp_load_bytes(ctx, 0, to, len);
 }
 
 static __always_inline int hook_deliver(CTX *ctx, __u32 ifindex, __u32 in_port, __u8 flags)
@@ -228,6 +223,31 @@ static __always_inline int drop(__u32 in_slot, __u32 reason)
 	struct port_stats *s = stats_of(in_slot);
 	if (s && reason < DROP_NREASONS)
 		s->drops[reason] += 1;
+	return VERDICT_DROP;
+}
+
+/// A DHCP request for the slow path: copied with its port into the `dhcp_punt` ring
+/// buffer, then consumed. Nothing else is ever punted, so userspace never sees ordinary
+/// frames; a full ring (or a frame too long to be a request) drops it, and the client
+/// retries.
+static __always_inline int hook_punt(CTX *ctx, __u32 in_port)
+{
+	__u32 len = hook_len(ctx);
+	if (len < 1 || len > DHCP_PUNT_MAX)
+		return VERDICT_DROP;
+	struct dhcp_punt *e = bpf_ringbuf_reserve(&dhcp_punt, sizeof(*e), 0);
+	if (!e)
+		return VERDICT_DROP;
+	e->ifindex = in_port;
+	e->len = len;
+	// len is 1..DHCP_PUNT_MAX already; the mask makes that 1..DHCP_PUNT_ROOM for the
+	// verifier without changing it.
+	__u32 n = ((len - 1) & (DHCP_PUNT_ROOM - 1)) + 1;
+	if (hook_load(ctx, e->frame, n) < 0) {
+		bpf_ringbuf_discard(e, 0);
+		return VERDICT_DROP;
+	}
+	bpf_ringbuf_submit(e, 0);
 	return VERDICT_DROP;
 }
 
@@ -844,7 +864,7 @@ static __always_inline int netdp_forward(CTX *ctx)
 			struct flow bf = {};
 			if (parse_ipv4((void *)(eth + 1), data_end, &bf) == PARSE_OK &&
 			    is_dhcp_request(&bf))
-				return hook_punt(ctx);
+				return hook_punt(ctx, in_port);
 		}
 		return flood(ctx, net_id, in_port, in_slot);
 	}
@@ -875,7 +895,7 @@ static __always_inline int netdp_forward(CTX *ctx)
 		return drop(in_slot, DROP_MALFORMED);
 	// Unicast DHCP (renewals to the server's address) goes to the slow path too.
 	if (dhcp && is_dhcp_request(&f))
-		return hook_punt(ctx);
+		return hook_punt(ctx, in_port);
 
 	// The flow as the destination port sees it (after floating-IP NAT).
 	struct flow out_f = f;

@@ -35,6 +35,12 @@ pub const PORT_F_DHCP: u8 = 1;
 /// `PORT_F_PEER`: the port is a veth; frames for it go straight to its peer's ingress.
 pub const PORT_F_PEER: u8 = 2;
 
+/// Bytes of a DHCP request the datapath carries to the slow path (`DHCP_PUNT_MAX`).
+pub const DHCP_PUNT_MAX: usize = 1500;
+/// Bytes before the frame in a `struct dhcp_punt` record: the ifindex and the frame's
+/// length, both `u32` in host order.
+pub const DHCP_PUNT_HEADER: usize = 8;
+
 /// Number of counter slots for ports (`PORT_SLOTS`).
 pub const PORT_SLOTS: u32 = 4096;
 
