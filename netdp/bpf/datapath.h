@@ -260,7 +260,8 @@ static __always_inline void count_tx(__u32 slot, __u64 len)
 	}
 }
 
-static __always_inline void count_rule(__u32 rule_id, __u64 len)
+/// Counts a connection the rule admits (called once, when its conntrack entry is created).
+static __always_inline void count_rule(__u32 rule_id)
 {
 #ifdef NETDP_NO_COUNTERS
 	return;
@@ -270,8 +271,7 @@ static __always_inline void count_rule(__u32 rule_id, __u64 len)
 	struct rule_stats *r = bpf_map_lookup_elem(&rule_stats, &rule_id);
 	if (!r)
 		return;
-	r->packets += 1;
-	r->bytes += len;
+	r->connections += 1;
 }
 
 static __always_inline int mac_eq(const __u8 *a, const __u8 *b)
@@ -391,7 +391,7 @@ static __always_inline __u32 sg_allows(__u32 port, const struct flow *f, __u8 di
 enum fw_result { FW_ALLOW = 0, FW_DENY = 1, FW_INVALID = 2 };
 
 /// Stateful firewall of one port for a flow crossing it in `dir`.
-static __always_inline int firewall(__u32 port, const struct flow *f, __u8 dir, __u64 len)
+static __always_inline int firewall(__u32 port, const struct flow *f, __u8 dir)
 {
 	if (f->related) {
 		// An ICMP error is allowed only about a connection this port tracks, coming back
@@ -405,10 +405,8 @@ static __always_inline int firewall(__u32 port, const struct flow *f, __u8 dir, 
 			.proto = f->inner_proto,
 		};
 		struct ct_val *rv = bpf_map_lookup_elem(&conntrack, &q);
-		if (rv && rv->dir != dir) {
-			count_rule(rv->rule_id, len);
+		if (rv && rv->dir != dir)
 			return FW_ALLOW;
-		}
 		// Or about a reply of a connection this port tracks: the quote is the tracked
 		// tuple reversed, and the error travels the way the connection was opened.
 		struct ct_key qr = {
@@ -420,10 +418,8 @@ static __always_inline int firewall(__u32 port, const struct flow *f, __u8 dir, 
 			.proto = f->inner_proto,
 		};
 		rv = bpf_map_lookup_elem(&conntrack, &qr);
-		if (rv && rv->dir == dir) {
-			count_rule(rv->rule_id, len);
+		if (rv && rv->dir == dir)
 			return FW_ALLOW;
-		}
 		return FW_INVALID;
 	}
 	struct ct_key k = {
@@ -438,7 +434,6 @@ static __always_inline int firewall(__u32 port, const struct flow *f, __u8 dir, 
 	struct ct_val *v = bpf_map_lookup_elem(&conntrack, &k);
 	if (v && v->dir == dir) {
 		v->last_seen = now;
-		count_rule(v->rule_id, len);
 		return FW_ALLOW;
 	}
 	struct ct_key r = {
@@ -453,7 +448,6 @@ static __always_inline int firewall(__u32 port, const struct flow *f, __u8 dir, 
 	if (v && v->dir != dir) {
 		v->last_seen = now;
 		v->replied = 1;
-		count_rule(v->rule_id, len);
 		return FW_ALLOW;
 	}
 	// A new connection: TCP must open with a SYN; ICMP only with requests.
@@ -466,7 +460,7 @@ static __always_inline int firewall(__u32 port, const struct flow *f, __u8 dir, 
 		return FW_DENY;
 	struct ct_val nv = { .rule_id = rule, .dir = dir, .last_seen = now };
 	bpf_map_update_elem(&conntrack, &k, &nv, BPF_ANY);
-	count_rule(rule, len);
+	count_rule(rule);
 	return FW_ALLOW;
 }
 
@@ -1009,13 +1003,12 @@ static __always_inline int netdp_forward(CTX *ctx)
 			l4_off = 14 + ip->ihl * 4 + 16;
 		else if (f.proto == IPPROTO_UDP)
 			l4_off = 14 + ip->ihl * 4 + 6;
-		struct port_stats *rs = stats_of(in_slot);
-		if (rs)
-			rs->routed += 1;
+		if (st) // the port's counters, looked up once per frame
+			st->routed += 1;
 	}
 
 	if (secure) {
-		int fw = firewall(in_port, &f, DIR_EGRESS, len);
+		int fw = firewall(in_port, &f, DIR_EGRESS);
 		if (fw == FW_INVALID)
 			return drop(in_slot, DROP_CT_INVALID);
 		if (fw == FW_DENY)
@@ -1023,7 +1016,7 @@ static __always_inline int netdp_forward(CTX *ctx)
 	}
 	struct port *dst = bpf_map_lookup_elem(&ports, &out_port);
 	if (dst && dst->port_security) {
-		int fw = firewall(out_port, &out_f, DIR_INGRESS, len);
+		int fw = firewall(out_port, &out_f, DIR_INGRESS);
 		if (fw == FW_INVALID)
 			return drop(in_slot, DROP_CT_INVALID);
 		if (fw == FW_DENY)

@@ -200,9 +200,10 @@ struct port_stats {
 	__u64 drops[DROP_NREASONS];
 };
 
+/// Per security-group rule: connections it admitted (counted once per admission, not per
+/// packet: the hot path of an established connection touches no rule counter).
 struct rule_stats {
-	__u64 packets;
-	__u64 bytes;
+	__u64 connections;
 };
 
 struct {

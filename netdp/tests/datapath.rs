@@ -269,8 +269,8 @@ fn security_groups_deny_by_default_and_rules_add_up() {
     assert_eq!(dp.test_run(&dns, A).unwrap().0, TC_ACT_REDIRECT);
     assert_eq!(dp.test_run(&http, A).unwrap().0, TC_ACT_SHOT);
     assert_eq!(drops(&dp, A, DropReason::SecurityGroupIngress), 2);
-    assert_eq!(dp.rule_counters(7).unwrap().packets, 1);
-    assert_eq!(dp.rule_counters(8).unwrap().packets, 1);
+    assert_eq!(dp.rule_counters(7).unwrap().connections, 1);
+    assert_eq!(dp.rule_counters(8).unwrap().connections, 1);
 
     // The remote prefix matters: SSH from C (another subnet, routed) is refused.
     let from_c = pad(ipv4(
@@ -363,7 +363,11 @@ fn conntrack_lets_replies_back_and_drops_invalid() {
     ));
     assert_eq!(dp.test_run(&back, B).unwrap().0, TC_ACT_SHOT);
     assert_eq!(drops(&dp, B, DropReason::SecurityGroupIngress), 1);
-    assert_eq!(dp.rule_counters(9).unwrap().packets, 3, "syn, syn-ack, ack");
+    assert_eq!(
+        dp.rule_counters(9).unwrap().connections,
+        1,
+        "one connection (syn, syn-ack, ack): counted once, at its admission"
+    );
 
     // Ping: replies pass, unsolicited echo replies do not.
     let reply = ipv4(MAC_A, MAC_B, IP_B, IP_A, ICMP, 64, &icmp_echo(0, 7, 1));

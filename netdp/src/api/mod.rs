@@ -1462,18 +1462,11 @@ impl Controller {
                 Some((&r.id, dp.rule_counters(*n).unwrap_or_default()))
             })
             .collect();
-        out.push_str("# HELP ferrostack_netdp_rule_packets_total Packets of connections a security-group rule admitted.\n# TYPE ferrostack_netdp_rule_packets_total counter\n");
+        out.push_str("# HELP ferrostack_netdp_rule_connections_total Connections a security-group rule admitted: counted once per connection, when its first packet passes the port's firewall in the rule's direction because of this rule (packets of established connections and their replies are not counted per rule; see the port counters).\n# TYPE ferrostack_netdp_rule_connections_total counter\n");
         for (id, c) in &rules {
             out.push_str(&format!(
-                "ferrostack_netdp_rule_packets_total{{rule=\"{id}\"}} {}\n",
-                c.packets
-            ));
-        }
-        out.push_str("# HELP ferrostack_netdp_rule_bytes_total Bytes of connections a security-group rule admitted.\n# TYPE ferrostack_netdp_rule_bytes_total counter\n");
-        for (id, c) in &rules {
-            out.push_str(&format!(
-                "ferrostack_netdp_rule_bytes_total{{rule=\"{id}\"}} {}\n",
-                c.bytes
+                "ferrostack_netdp_rule_connections_total{{rule=\"{id}\"}} {}\n",
+                c.connections
             ));
         }
         out

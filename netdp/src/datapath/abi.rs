@@ -289,10 +289,9 @@ pub struct PortStats {
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct RuleStats {
-    /// Packets of connections the rule admitted.
-    pub packets: u64,
-    /// Bytes of connections the rule admitted.
-    pub bytes: u64,
+    /// Connections the rule admitted: counted once, when the first packet of a new
+    /// connection passes a port's firewall in the rule's direction because of this rule.
+    pub connections: u64,
 }
 
 macro_rules! pod {

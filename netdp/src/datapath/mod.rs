@@ -1300,8 +1300,7 @@ impl Datapath {
         let mut sum = RuleStats::default();
         if let Ok(per_cpu) = m.get(&rule_id, 0) {
             for s in per_cpu.iter() {
-                sum.packets += s.packets;
-                sum.bytes += s.bytes;
+                sum.connections += s.connections;
             }
         }
         Ok(sum)
