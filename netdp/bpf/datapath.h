@@ -65,12 +65,9 @@ static __always_inline int hook_deliver(CTX *ctx, __u32 ifindex, __u32 in_port, 
 	return hook_redirect(ctx, ifindex, in_port);
 }
 
-/// A frame for the slow path: its packet socket (a tap, which runs before tc ingress) has
-/// its copy already, so the switch just consumes it.
-static __always_inline int hook_punt(CTX *ctx)
+static __always_inline long hook_load(CTX *ctx, void *to, __u32 len)
 {
-	(void)ctx;
-	return TC_ACT_SHOT;
+	return bpf_skb_load_bytes(ctx, 0, to, len);
 }
 
 static __always_inline int hook_resize(CTX *ctx, __u32 len)
@@ -117,11 +114,9 @@ static __always_inline __u64 hook_len(CTX *ctx)
 	return (long)ctx->data_end - (long)ctx->data;
 }
 
-/// A frame for the slow path: passed up to the stack, where its packet socket sees it.
-static __always_inline int hook_punt(CTX *ctx)
+static __always_inline long hook_load(CTX *ctx, void *to, __u32 len)
 {
-	(void)ctx;
-	return XDP_PASS;
+	return bpf_xdp_load_bytes(ctx, 0, to, len);
 }
 
 static __always_inline int hook_deliver(CTX *ctx, __u32 ifindex, __u32 in_port, __u8 flags)
@@ -231,6 +226,31 @@ static __always_inline int drop(__u32 in_slot, __u32 reason)
 	return VERDICT_DROP;
 }
 
+/// A DHCP request for the slow path: copied with its port into the `dhcp_punt` ring
+/// buffer, then consumed. Nothing else is ever punted, so userspace never sees ordinary
+/// frames; a full ring (or a frame too long to be a request) drops it, and the client
+/// retries.
+static __always_inline int hook_punt(CTX *ctx, __u32 in_port)
+{
+	__u32 len = hook_len(ctx);
+	if (len < 1 || len > DHCP_PUNT_MAX)
+		return VERDICT_DROP;
+	struct dhcp_punt *e = bpf_ringbuf_reserve(&dhcp_punt, sizeof(*e), 0);
+	if (!e)
+		return VERDICT_DROP;
+	e->ifindex = in_port;
+	e->len = len;
+	// len is 1..DHCP_PUNT_MAX already; the mask makes that 1..DHCP_PUNT_ROOM for the
+	// verifier without changing it.
+	__u32 n = ((len - 1) & (DHCP_PUNT_ROOM - 1)) + 1;
+	if (hook_load(ctx, e->frame, n) < 0) {
+		bpf_ringbuf_discard(e, 0);
+		return VERDICT_DROP;
+	}
+	bpf_ringbuf_submit(e, 0);
+	return VERDICT_DROP;
+}
+
 static __always_inline void count_tx(__u32 slot, __u64 len)
 {
 	struct port_stats *s = stats_of(slot);
@@ -240,7 +260,8 @@ static __always_inline void count_tx(__u32 slot, __u64 len)
 	}
 }
 
-static __always_inline void count_rule(__u32 rule_id, __u64 len)
+/// Counts a connection the rule admits (called once, when its conntrack entry is created).
+static __always_inline void count_rule(__u32 rule_id)
 {
 #ifdef NETDP_NO_COUNTERS
 	return;
@@ -250,8 +271,7 @@ static __always_inline void count_rule(__u32 rule_id, __u64 len)
 	struct rule_stats *r = bpf_map_lookup_elem(&rule_stats, &rule_id);
 	if (!r)
 		return;
-	r->packets += 1;
-	r->bytes += len;
+	r->connections += 1;
 }
 
 static __always_inline int mac_eq(const __u8 *a, const __u8 *b)
@@ -371,7 +391,7 @@ static __always_inline __u32 sg_allows(__u32 port, const struct flow *f, __u8 di
 enum fw_result { FW_ALLOW = 0, FW_DENY = 1, FW_INVALID = 2 };
 
 /// Stateful firewall of one port for a flow crossing it in `dir`.
-static __always_inline int firewall(__u32 port, const struct flow *f, __u8 dir, __u64 len)
+static __always_inline int firewall(__u32 port, const struct flow *f, __u8 dir)
 {
 	if (f->related) {
 		// An ICMP error is allowed only about a connection this port tracks, coming back
@@ -385,10 +405,8 @@ static __always_inline int firewall(__u32 port, const struct flow *f, __u8 dir, 
 			.proto = f->inner_proto,
 		};
 		struct ct_val *rv = bpf_map_lookup_elem(&conntrack, &q);
-		if (rv && rv->dir != dir) {
-			count_rule(rv->rule_id, len);
+		if (rv && rv->dir != dir)
 			return FW_ALLOW;
-		}
 		// Or about a reply of a connection this port tracks: the quote is the tracked
 		// tuple reversed, and the error travels the way the connection was opened.
 		struct ct_key qr = {
@@ -400,10 +418,8 @@ static __always_inline int firewall(__u32 port, const struct flow *f, __u8 dir, 
 			.proto = f->inner_proto,
 		};
 		rv = bpf_map_lookup_elem(&conntrack, &qr);
-		if (rv && rv->dir == dir) {
-			count_rule(rv->rule_id, len);
+		if (rv && rv->dir == dir)
 			return FW_ALLOW;
-		}
 		return FW_INVALID;
 	}
 	struct ct_key k = {
@@ -418,7 +434,6 @@ static __always_inline int firewall(__u32 port, const struct flow *f, __u8 dir, 
 	struct ct_val *v = bpf_map_lookup_elem(&conntrack, &k);
 	if (v && v->dir == dir) {
 		v->last_seen = now;
-		count_rule(v->rule_id, len);
 		return FW_ALLOW;
 	}
 	struct ct_key r = {
@@ -433,7 +448,6 @@ static __always_inline int firewall(__u32 port, const struct flow *f, __u8 dir, 
 	if (v && v->dir != dir) {
 		v->last_seen = now;
 		v->replied = 1;
-		count_rule(v->rule_id, len);
 		return FW_ALLOW;
 	}
 	// A new connection: TCP must open with a SYN; ICMP only with requests.
@@ -446,7 +460,7 @@ static __always_inline int firewall(__u32 port, const struct flow *f, __u8 dir, 
 		return FW_DENY;
 	struct ct_val nv = { .rule_id = rule, .dir = dir, .last_seen = now };
 	bpf_map_update_elem(&conntrack, &k, &nv, BPF_ANY);
-	count_rule(rule, len);
+	count_rule(rule);
 	return FW_ALLOW;
 }
 
@@ -844,7 +858,7 @@ static __always_inline int netdp_forward(CTX *ctx)
 			struct flow bf = {};
 			if (parse_ipv4((void *)(eth + 1), data_end, &bf) == PARSE_OK &&
 			    is_dhcp_request(&bf))
-				return hook_punt(ctx);
+				return hook_punt(ctx, in_port);
 		}
 		return flood(ctx, net_id, in_port, in_slot);
 	}
@@ -875,7 +889,7 @@ static __always_inline int netdp_forward(CTX *ctx)
 		return drop(in_slot, DROP_MALFORMED);
 	// Unicast DHCP (renewals to the server's address) goes to the slow path too.
 	if (dhcp && is_dhcp_request(&f))
-		return hook_punt(ctx);
+		return hook_punt(ctx, in_port);
 
 	// The flow as the destination port sees it (after floating-IP NAT).
 	struct flow out_f = f;
@@ -989,13 +1003,12 @@ static __always_inline int netdp_forward(CTX *ctx)
 			l4_off = 14 + ip->ihl * 4 + 16;
 		else if (f.proto == IPPROTO_UDP)
 			l4_off = 14 + ip->ihl * 4 + 6;
-		struct port_stats *rs = stats_of(in_slot);
-		if (rs)
-			rs->routed += 1;
+		if (st) // the port's counters, looked up once per frame
+			st->routed += 1;
 	}
 
 	if (secure) {
-		int fw = firewall(in_port, &f, DIR_EGRESS, len);
+		int fw = firewall(in_port, &f, DIR_EGRESS);
 		if (fw == FW_INVALID)
 			return drop(in_slot, DROP_CT_INVALID);
 		if (fw == FW_DENY)
@@ -1003,7 +1016,7 @@ static __always_inline int netdp_forward(CTX *ctx)
 	}
 	struct port *dst = bpf_map_lookup_elem(&ports, &out_port);
 	if (dst && dst->port_security) {
-		int fw = firewall(out_port, &out_f, DIR_INGRESS, len);
+		int fw = firewall(out_port, &out_f, DIR_INGRESS);
 		if (fw == FW_INVALID)
 			return drop(in_slot, DROP_CT_INVALID);
 		if (fw == FW_DENY)

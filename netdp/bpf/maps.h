@@ -14,6 +14,11 @@
 #define SG_ANY 0xffff
 #define RULE_STATS_MAX 65536
 #define PORT_SLOTS 4096
+/// Bytes of a DHCP request carried to the slow path (a request is 300-576 bytes).
+#define DHCP_PUNT_MAX 1500
+/// Room for the frame in a record: a power of two above DHCP_PUNT_MAX, so that a mask
+/// proves the copy's bound to the verifier.
+#define DHCP_PUNT_ROOM 2048
 
 #define DIR_INGRESS 1
 #define DIR_EGRESS 2
@@ -176,6 +181,13 @@ struct ct_val {
 	__u16 pad;
 };
 
+/// A DHCP request on its way to the slow path, with the port it came from.
+struct dhcp_punt {
+	__u32 ifindex; // the port's interface (the key of `ports`)
+	__u32 len; // bytes of `frame` used
+	__u8 frame[DHCP_PUNT_ROOM];
+};
+
 struct port_stats {
 	__u64 rx_packets;
 	__u64 rx_bytes;
@@ -188,9 +200,10 @@ struct port_stats {
 	__u64 drops[DROP_NREASONS];
 };
 
+/// Per security-group rule: connections it admitted (counted once per admission, not per
+/// packet: the hot path of an established connection touches no rule counter).
 struct rule_stats {
-	__u64 packets;
-	__u64 bytes;
+	__u64 connections;
 };
 
 struct {
@@ -305,5 +318,12 @@ struct {
 	__type(key, __u32);
 	__type(value, struct rule_stats);
 } rule_stats SEC(".maps");
+
+/// DHCP requests of DHCP ports, for the slow path (`struct dhcp_punt` records). Only these
+/// frames ever reach userspace: no packet socket sees the switch's traffic.
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 256 * 1024);
+} dhcp_punt SEC(".maps");
 
 #endif

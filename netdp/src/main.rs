@@ -86,13 +86,20 @@ fn main() -> anyhow::Result<()> {
         }
     }
     let dp = Datapath::load_pinned(Hook::Tc, &cfg.pin_dir).context("load the datapath")?;
+    // The ring the datapath punts DHCP requests into (pinned: a restart reads the same one).
+    let ring = if cfg.dhcp.enabled {
+        Some(dp.dhcp_ring().context("open the DHCP ring")?)
+    } else {
+        None
+    };
     let mut ctl = Controller::open(Some(cfg.state.clone()), Some(dp)).context("restore state")?;
     // The DHCP slow path: its own thread and packet socket, fed leases by every sync.
-    let _dhcp = if cfg.dhcp.enabled {
+    let _dhcp = if let Some(ring) = ring {
         let leases = Leases::default();
-        let server = dhcp::Server::start(leases.clone()).context("start the DHCP server")?;
+        let server = dhcp::Server::start(leases.clone(), ring).context("start the DHCP server")?;
         let secs = u32::try_from(cfg.dhcp.lease_time.as_secs()).context("validated")?;
-        ctl.serve_dhcp(leases, secs).context("program DHCP ports")?;
+        ctl.serve_dhcp(leases, secs, server.stats())
+            .context("program DHCP ports")?;
         Some(server)
     } else {
         None

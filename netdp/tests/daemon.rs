@@ -541,9 +541,65 @@ fn a_guest_gets_its_fixed_ip_gateway_dns_and_mtu_by_dhcp() {
         ping_soon(&vm_a, &ip_b, 5),
         "A, configured by DHCP, reaches B"
     );
+    // The server's counters at /metrics: a DISCOVER and a REQUEST (at least; the client may
+    // retry on a loaded machine), each answered.
+    let dhcp_counts = |dp: &Path| {
+        let (st, text) = call(dp, "GET", "/metrics", None);
+        assert_eq!(st, 200);
+        let m = caps::prom::must_scrape("netdp", &text);
+        (
+            m.get("ferrostack_netdp_dhcp_requests_total", &[]),
+            m.get("ferrostack_netdp_dhcp_replies_total", &[]),
+            m.get("ferrostack_netdp_dhcp_ignored_total", &[]),
+        )
+    };
+    let (req, rep, ign) = dhcp_counts(dp);
+    assert!(rep >= 2.0 && req >= rep, "requests {req}, replies {rep}");
+    assert_eq!(req, rep + ign, "every request answered or ignored");
+    drop(client);
+
+    // Across a restart (same pinned maps and ring), a port created afterwards gets its
+    // lease too.
+    stop(d);
+    let d = start_with(
+        &node,
+        dir.path(),
+        &pins,
+        &["--config", conf.to_str().unwrap()],
+    );
+    let c = post(dp, "/v2.0/ports", json!({"port": {"network_id": net_id}}));
+    let ip_c = c["port"]["fixed_ips"][0]["ip_address"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let vm_c = plug(&node, "netdph-c", &c, 24, "10.3.0.1");
+    ip(&["-n", vm_c.name(), "addr", "flush", "dev", "eth0"]).unwrap();
+    let port_path = format!("/v2.0/ports/{}", c["port"]["id"].as_str().unwrap());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !call(dp, "GET", &port_path, None).1.contains("ACTIVE") {
+        assert!(Instant::now() < deadline, "port C never became ACTIVE");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let client = dhclient(&vm_c, dp);
+    let addr = wait_for(
+        &vm_c,
+        &["ip", "-4", "-o", "addr", "show", "dev", "eth0"],
+        &format!("inet {ip_c}/24"),
+        60,
+    );
+    assert!(
+        addr.contains(&format!("inet {ip_c}/24")),
+        "C, created after the restart, got its fixed IP: {addr}"
+    );
+    let (req, rep, _) = dhcp_counts(dp);
+    assert!(
+        rep >= 2.0 && req >= rep,
+        "after the restart: requests {req}, replies {rep}"
+    );
+    assert!(ping_soon(&vm_c, &ip_b, 5), "C reaches B");
     drop(client);
     drop(d);
-    drop((vm_a, vm_b, node));
+    drop((vm_a, vm_b, vm_c, node));
 }
 
 #[test]

@@ -13,6 +13,7 @@ use netdp::datapath::{Datapath, Direction, DropReason, Hook, PortSpec, RuleSpec}
 const TC_ACT_SHOT: u32 = 2;
 const TC_ACT_OK: u32 = 0;
 const TC_ACT_REDIRECT: u32 = 7;
+const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
 const XDP_TX: u32 = 3;
 const XDP_REDIRECT: u32 = 4;
@@ -268,8 +269,8 @@ fn security_groups_deny_by_default_and_rules_add_up() {
     assert_eq!(dp.test_run(&dns, A).unwrap().0, TC_ACT_REDIRECT);
     assert_eq!(dp.test_run(&http, A).unwrap().0, TC_ACT_SHOT);
     assert_eq!(drops(&dp, A, DropReason::SecurityGroupIngress), 2);
-    assert_eq!(dp.rule_counters(7).unwrap().packets, 1);
-    assert_eq!(dp.rule_counters(8).unwrap().packets, 1);
+    assert_eq!(dp.rule_counters(7).unwrap().connections, 1);
+    assert_eq!(dp.rule_counters(8).unwrap().connections, 1);
 
     // The remote prefix matters: SSH from C (another subnet, routed) is refused.
     let from_c = pad(ipv4(
@@ -362,7 +363,11 @@ fn conntrack_lets_replies_back_and_drops_invalid() {
     ));
     assert_eq!(dp.test_run(&back, B).unwrap().0, TC_ACT_SHOT);
     assert_eq!(drops(&dp, B, DropReason::SecurityGroupIngress), 1);
-    assert_eq!(dp.rule_counters(9).unwrap().packets, 3, "syn, syn-ack, ack");
+    assert_eq!(
+        dp.rule_counters(9).unwrap().connections,
+        1,
+        "one connection (syn, syn-ack, ack): counted once, at its admission"
+    );
 
     // Ping: replies pass, unsolicited echo replies do not.
     let reply = ipv4(MAC_A, MAC_B, IP_B, IP_A, ICMP, 64, &icmp_echo(0, 7, 1));
@@ -1019,17 +1024,28 @@ fn dhcp_requests_of_dhcp_ports_go_to_the_slow_path_not_the_network() {
     // live there).
     assert_eq!(dp.test_run(&discover, A).unwrap().0, TC_ACT_SHOT);
     assert_eq!(dp.port_counters(A).unwrap().0.flooded, 1);
-    // With it, the switch consumes it (the slow path's packet tap has its copy): no flood.
+    let mut ring = dp.dhcp_ring().unwrap();
+    assert!(ring.next().is_none(), "a flooded discover is not punted");
+    // With it, the switch punts it into the ring (with the port) and consumes it: no flood.
     let mut a = port(A, 1, MAC_A, IP_A);
     a.dhcp = true;
     dp.set_port(&a).unwrap();
     assert_eq!(dp.test_run(&discover, A).unwrap().0, TC_ACT_SHOT);
+    {
+        let item = ring.next().expect("the discover is punted");
+        assert_eq!(netdp::dhcp::punted(&item), Some((A, &discover[..])));
+    }
+    assert!(ring.next().is_none(), "once");
     assert_eq!(dp.port_counters(A).unwrap().0.flooded, 1, "not flooded");
     assert_eq!(dp.port_counters(A).unwrap().total_drops(), 0, "not a drop");
     // A unicast renewal to the server's address (the router) is consumed as well, not routed.
     let renew = pad(ipv4(MAC_R1, MAC_A, IP_A, GW1, UDP, 64, &udp(68, 67)));
     assert_eq!(dp.test_run(&renew, A).unwrap().0, TC_ACT_SHOT);
     assert_eq!(dp.port_counters(A).unwrap().0.routed, 0);
+    {
+        let item = ring.next().expect("the renewal is punted");
+        assert_eq!(netdp::dhcp::punted(&item), Some((A, &renew[..])));
+    }
     // Other broadcasts and UDP still flow: a broadcast to port 68 (a rogue server's offer
     // shape) is flooded, unicast UDP to B is switched.
     let other = pad(ipv4(
@@ -1043,6 +1059,7 @@ fn dhcp_requests_of_dhcp_ports_go_to_the_slow_path_not_the_network() {
     ));
     dp.test_run(&other, A).unwrap();
     assert_eq!(dp.port_counters(A).unwrap().0.flooded, 2);
+    assert!(ring.next().is_none(), "a flooded broadcast is not punted");
     dp.set_port_rules(
         B,
         &[
@@ -1057,12 +1074,20 @@ fn dhcp_requests_of_dhcp_ports_go_to_the_slow_path_not_the_network() {
         TC_ACT_SHOT,
         "even to B: DHCP is punted"
     );
+    {
+        let item = ring.next().expect("the request to B is punted");
+        assert_eq!(netdp::dhcp::punted(&item), Some((A, &to_b[..])));
+    }
     let to_b = pad(ipv4(MAC_B, MAC_A, IP_A, IP_B, UDP, 64, &udp(5000, 53)));
     assert_eq!(dp.test_run(&to_b, A).unwrap().0, TC_ACT_REDIRECT);
-    // On XDP the request goes up to the stack, where the packet socket gets it.
+    assert!(ring.next().is_none(), "other UDP is not punted");
+    // The XDP build punts into its ring the same way.
     let mut xdp = Datapath::load(Hook::Xdp).unwrap();
     xdp.set_port(&PortSpec { ifindex: 1, ..a }).unwrap();
-    assert_eq!(xdp.test_run(&discover, 1).unwrap().0, XDP_PASS);
+    assert_eq!(xdp.test_run(&discover, 1).unwrap().0, XDP_DROP);
+    let mut xring = xdp.dhcp_ring().unwrap();
+    let item = xring.next().expect("punted by XDP");
+    assert_eq!(netdp::dhcp::punted(&item), Some((1, &discover[..])));
     assert_eq!(
         xdp.port_counters(1).unwrap().0.flooded,
         0,

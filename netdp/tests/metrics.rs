@@ -259,6 +259,11 @@ fn port_counters_move_by_exactly_the_frames_sent() {
     ] {
         assert_eq!(delta(&format!("{port}{kind}"), id_a), 0.0, "{kind}");
     }
+    // Rule counters count admissions: the 5 pings are one ICMP echo connection (one id),
+    // admitted once by an egress rule of A's group and once by an ingress rule of B's; the
+    // spoofed requests never reach the firewall.
+    let conns = "ferrostack_netdp_rule_connections_total";
+    assert_eq!(after.sum(conns, &[]) - before.sum(conns, &[]), 2.0);
     assert_eq!(after.get("ferrostack_netdp_ports", &[]), 2.0);
     assert_eq!(after.get("ferrostack_netdp_ports_active", &[]), 2.0);
 }

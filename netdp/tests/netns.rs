@@ -184,7 +184,11 @@ fn ping_and_tcp_in_one_network_follow_security_groups() {
         .unwrap();
     let mut s = connect(w.a.ns.name(), addr).expect("tcp must pass after the rule");
     assert!(echoes(&mut s, b"hello"));
-    assert!(w.dp.rule_counters(3).unwrap().packets >= 3);
+    assert_eq!(
+        w.dp.rule_counters(3).unwrap().connections,
+        1,
+        "one connection admitted by the rule"
+    );
 
     // Removing the rule cuts the live connection.
     w.dp.set_port_rules(w.b.ifindex, &[egress_all(2), icmp])
@@ -592,48 +596,76 @@ fn veth_ports_are_told_from_taps() {
     drop((a, node));
 }
 
+/// Every record in the DHCP ring within `wait` (ifindex, frame), as the server reads them.
+fn punted(
+    ring: &mut aya::maps::RingBuf<aya::maps::MapData>,
+    wait: Duration,
+) -> Vec<(u32, Vec<u8>)> {
+    let end = std::time::Instant::now() + wait;
+    let mut got = Vec::new();
+    loop {
+        while let Some(item) = ring.next() {
+            let (ifx, frame) = netdp::dhcp::punted(&item).expect("a well-formed record");
+            got.push((ifx, frame.to_vec()));
+        }
+        if std::time::Instant::now() >= end {
+            return got;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 #[test]
-fn the_dhcp_tap_only_wakes_up_for_dhcp_requests() {
+fn only_dhcp_requests_of_dhcp_ports_reach_userspace() {
     if !privileged() {
         return;
     }
-    use netdp::dhcp::sys::PacketSocket;
-    let node = Netns::new("netdp-tap-node").expect("create node netns");
-    let a = vm(
-        &node,
-        "netdp-tap-a",
-        "tap-a",
-        MAC_A,
-        "10.0.0.10/24",
-        "10.0.0.1",
-    );
-    let sock = in_netns(node.name(), || {
-        PacketSocket::open(Duration::from_millis(300)).expect("open the tap")
-    });
-    let send_udp = |port: u16| {
-        in_netns(a.ns.name(), move || {
-            let s = std::net::UdpSocket::bind(("10.0.0.10", 0)).unwrap();
+    let mut w = world(Datapath::load(Hook::Tc).unwrap());
+    let mut a = spec(&w.a, 1, MAC_A, [10, 0, 0, 10]);
+    a.dhcp = true;
+    w.dp.set_port(&a).unwrap();
+    w.dp.set_port_rules(
+        w.b.ifindex,
+        &[egress_all(101), rule(7, Direction::Ingress, None, None)],
+    )
+    .unwrap();
+    let mut ring = w.dp.dhcp_ring().expect("open the ring");
+    let send_udp = |ns: String, src: (&'static str, u16), dst: (&'static str, u16)| {
+        in_netns(&ns, move || {
+            let s = std::net::UdpSocket::bind(src).unwrap();
             s.set_broadcast(true).unwrap();
             for _ in 0..5 {
-                let _ = s.send_to(b"x", ("10.0.0.255", port));
+                let _ = s.send_to(b"not-dhcp", dst);
             }
         })
     };
-    let mut buf = vec![0u8; 2048];
-    // Drain whatever the interfaces sent while coming up.
-    while sock.recv(&mut buf).unwrap().is_some() {}
-    send_udp(9);
+    // Ordinary traffic from the DHCP port: unicast (ping, UDP to B, even to port 67 from
+    // another source port) and broadcasts; and DHCP-shaped requests from B, which has no
+    // DHCP flag. None of it is punted.
+    assert!(ping(&w.a, "10.0.0.11"), "A still reaches B");
+    let (na, nb) = (w.a.ns.name().to_string(), w.b.ns.name().to_string());
+    send_udp(na.clone(), ("10.0.0.10", 0), ("10.0.0.11", 9));
+    send_udp(na.clone(), ("10.0.0.10", 0), ("10.0.0.11", 67));
+    send_udp(na.clone(), ("10.0.0.10", 0), ("10.0.0.255", 9));
+    send_udp(nb.clone(), ("0.0.0.0", 68), ("255.255.255.255", 67));
     assert_eq!(
-        sock.recv(&mut buf).unwrap(),
-        None,
-        "UDP to port 9 is filtered out"
+        punted(&mut ring, Duration::from_secs(1)),
+        vec![],
+        "nothing but DHCP requests of DHCP ports reaches userspace"
     );
-    send_udp(67);
-    let got = sock
-        .recv(&mut buf)
-        .unwrap()
-        .expect("UDP to port 67 gets through");
-    assert_eq!(got.1, a.ifindex, "from the port's interface");
-    assert_eq!(u16::from_be_bytes([buf[36], buf[37]]), 67);
-    drop((a, node));
+    // A's DHCP-shaped broadcast (68 -> 67) is punted, each one once, with A's ifindex and
+    // the frame as sent.
+    send_udp(na, ("0.0.0.0", 68), ("255.255.255.255", 67));
+    let got = punted(&mut ring, Duration::from_secs(2));
+    assert_eq!(got.len(), 5, "five requests, five records");
+    for (ifx, frame) in &got {
+        assert_eq!(*ifx, w.a.ifindex, "from A's interface");
+        assert_eq!(&frame[6..12], &mac(MAC_A), "A's frame");
+        assert_eq!(u16::from_be_bytes([frame[36], frame[37]]), 67);
+        assert_eq!(&frame[frame.len() - 8..], b"not-dhcp");
+    }
+    let c = w.dp.port_counters(w.a.ifindex).unwrap();
+    assert_eq!(c.total_drops(), 0, "punted requests are not drops: {c:?}");
+    drop(ring);
+    drop(w);
 }

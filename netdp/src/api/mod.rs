@@ -16,12 +16,13 @@ use std::ffi::CString;
 use std::io::Write;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::datapath::{Datapath, DatapathError, Direction, DropReason, PortSpec, RuleSpec};
-use crate::dhcp::{Lease, Leases};
+use crate::dhcp::{Lease, Leases, Stats as DhcpStats};
 use model::*;
 
 /// Errors of the API, each mapped to an HTTP status and a stable code in one place.
@@ -125,6 +126,8 @@ pub struct Controller {
     fips: HashSet<(u32, Ipv4Addr, Ipv4Addr, u32)>,
     /// The DHCP server's lease table and lease time, when the slow path serves DHCP.
     dhcp: Option<(Leases, u32)>,
+    /// The DHCP server's counters, exported at `/metrics`.
+    dhcp_stats: Option<Arc<DhcpStats>>,
     /// Router interfaces and gateways in the datapath.
     router_ifaces: HashSet<RouterIface>,
     /// Routers doing gateway SNAT in the datapath, with their gateway address.
@@ -169,6 +172,7 @@ impl Controller {
             programmed: HashMap::new(),
             fips: HashSet::new(),
             dhcp: None,
+            dhcp_stats: None,
             router_ifaces: HashSet::new(),
             snat: HashMap::new(),
         };
@@ -180,8 +184,15 @@ impl Controller {
     /// Serves DHCP for ports on DHCP-enabled subnets from now on: fills `leases` (read by a
     /// [`crate::dhcp::Server`]) on every sync and marks those ports so that the datapath
     /// hands their DHCP requests to the slow path.
-    pub fn serve_dhcp(&mut self, leases: Leases, lease_secs: u32) -> Result<(), ApiError> {
+    /// `stats` are the server's counters, exported at `/metrics`.
+    pub fn serve_dhcp(
+        &mut self,
+        leases: Leases,
+        lease_secs: u32,
+        stats: Arc<DhcpStats>,
+    ) -> Result<(), ApiError> {
         self.dhcp = Some((leases, lease_secs));
+        self.dhcp_stats = Some(stats);
         self.sync()
     }
 
@@ -1362,6 +1373,26 @@ impl Controller {
             "# HELP ferrostack_netdp_ports_active Ports programmed into the datapath.\n# TYPE ferrostack_netdp_ports_active gauge\nferrostack_netdp_ports_active {}\n",
             self.programmed.len()
         ));
+        if let Some(d) = &self.dhcp_stats {
+            for (name, help, v) in [
+                (
+                    "requests_total",
+                    "DHCP requests the datapath punted to the DHCP server (from ports on DHCP-enabled subnets).",
+                    &d.requests,
+                ),
+                ("replies_total", "DHCP replies the server sent.", &d.replies),
+                (
+                    "ignored_total",
+                    "DHCP requests not answered: malformed, from another MAC than the port's, for a port without a lease, needing no reply, or whose reply could not be sent.",
+                    &d.ignored,
+                ),
+            ] {
+                out.push_str(&format!(
+                    "# HELP ferrostack_netdp_dhcp_{name} {help}\n# TYPE ferrostack_netdp_dhcp_{name} counter\nferrostack_netdp_dhcp_{name} {}\n",
+                    v.load(std::sync::atomic::Ordering::Relaxed)
+                ));
+            }
+        }
         let Some(dp) = &self.dp else {
             return out;
         };
@@ -1431,18 +1462,11 @@ impl Controller {
                 Some((&r.id, dp.rule_counters(*n).unwrap_or_default()))
             })
             .collect();
-        out.push_str("# HELP ferrostack_netdp_rule_packets_total Packets of connections a security-group rule admitted.\n# TYPE ferrostack_netdp_rule_packets_total counter\n");
+        out.push_str("# HELP ferrostack_netdp_rule_connections_total Connections a security-group rule admitted: counted once per connection, when its first packet passes the port's firewall in the rule's direction because of this rule (packets of established connections and their replies are not counted per rule; see the port counters).\n# TYPE ferrostack_netdp_rule_connections_total counter\n");
         for (id, c) in &rules {
             out.push_str(&format!(
-                "ferrostack_netdp_rule_packets_total{{rule=\"{id}\"}} {}\n",
-                c.packets
-            ));
-        }
-        out.push_str("# HELP ferrostack_netdp_rule_bytes_total Bytes of connections a security-group rule admitted.\n# TYPE ferrostack_netdp_rule_bytes_total counter\n");
-        for (id, c) in &rules {
-            out.push_str(&format!(
-                "ferrostack_netdp_rule_bytes_total{{rule=\"{id}\"}} {}\n",
-                c.bytes
+                "ferrostack_netdp_rule_connections_total{{rule=\"{id}\"}} {}\n",
+                c.connections
             ));
         }
         out

@@ -35,6 +35,12 @@ pub const PORT_F_DHCP: u8 = 1;
 /// `PORT_F_PEER`: the port is a veth; frames for it go straight to its peer's ingress.
 pub const PORT_F_PEER: u8 = 2;
 
+/// Bytes of a DHCP request the datapath carries to the slow path (`DHCP_PUNT_MAX`).
+pub const DHCP_PUNT_MAX: usize = 1500;
+/// Bytes before the frame in a `struct dhcp_punt` record: the ifindex and the frame's
+/// length, both `u32` in host order.
+pub const DHCP_PUNT_HEADER: usize = 8;
+
 /// Number of counter slots for ports (`PORT_SLOTS`).
 pub const PORT_SLOTS: u32 = 4096;
 
@@ -283,10 +289,9 @@ pub struct PortStats {
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct RuleStats {
-    /// Packets of connections the rule admitted.
-    pub packets: u64,
-    /// Bytes of connections the rule admitted.
-    pub bytes: u64,
+    /// Connections the rule admitted: counted once, when the first packet of a new
+    /// connection passes a port's firewall in the rule's direction because of this rule.
+    pub connections: u64,
 }
 
 macro_rules! pod {

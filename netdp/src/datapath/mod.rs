@@ -50,6 +50,7 @@ pub const MAPS: &[&str] = &[
     "conntrack",
     "port_stats",
     "rule_stats",
+    "dhcp_punt",
 ];
 
 /// Where the daemon pins its maps and links by default.
@@ -418,6 +419,38 @@ impl Datapath {
             hook,
             pin_dir: dir.map(Path::to_path_buf),
         })
+    }
+
+    /// The ring buffer the datapath punts DHCP requests of DHCP ports into (records of
+    /// [`abi::DHCP_PUNT_HEADER`] bytes: ifindex and length, then the frame), opened on a
+    /// duplicate of the map's descriptor: it stays usable after this instance is dropped,
+    /// and with pinned maps a restarted daemon reads the same ring.
+    pub fn dhcp_ring(&self) -> Result<aya::maps::RingBuf<MapData>, DatapathError> {
+        const NAME: &str = "dhcp_punt";
+        let map = self.ebpf.map(NAME).ok_or(DatapathError::Map(
+            NAME,
+            aya::maps::MapError::InvalidName { name: NAME.into() },
+        ))?;
+        let aya::maps::Map::RingBuf(data) = map else {
+            return Err(DatapathError::Map(
+                NAME,
+                aya::maps::MapError::InvalidName { name: NAME.into() },
+            ));
+        };
+        let fd = std::os::fd::AsFd::as_fd(data.fd())
+            .try_clone_to_owned()
+            .map_err(|e| {
+                DatapathError::Map(
+                    NAME,
+                    aya::maps::MapError::SyscallError(aya::sys::SyscallError {
+                        call: "dup",
+                        io_error: e,
+                    }),
+                )
+            })?;
+        let data = MapData::from_fd(fd).map_err(|e| DatapathError::Map(NAME, e))?;
+        aya::maps::RingBuf::try_from(aya::maps::Map::RingBuf(data))
+            .map_err(|e| DatapathError::Map(NAME, e))
     }
 
     /// The hook this instance was built for.
@@ -1267,8 +1300,7 @@ impl Datapath {
         let mut sum = RuleStats::default();
         if let Ok(per_cpu) = m.get(&rule_id, 0) {
             for s in per_cpu.iter() {
-                sum.packets += s.packets;
-                sum.bytes += s.bytes;
+                sum.connections += s.connections;
             }
         }
         Ok(sum)
