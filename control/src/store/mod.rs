@@ -311,6 +311,21 @@ impl Store for Versioned {
     fn schema_version(&self) -> Result<u32, StoreError> {
         self.inner.schema_version()
     }
+    // Meter rows are not records: no generation bump.
+    fn append_samples(&self, rows: &[SampleRow]) -> Result<(), StoreError> {
+        self.inner.append_samples(rows)
+    }
+    fn query_samples(&self, filter: &SampleFilter) -> Result<Vec<SampleRow>, StoreError> {
+        self.inner.query_samples(filter)
+    }
+    fn replace_samples(
+        &self,
+        granularity: i64,
+        before_ms: i64,
+        rows: &[SampleRow],
+    ) -> Result<(), StoreError> {
+        self.inner.replace_samples(granularity, before_ms, rows)
+    }
 }
 
 /// The schema, one migration per entry, applied in order at start-up. Both engines take
