@@ -10,11 +10,14 @@ use control::store::Store;
 use control::store::sqlite::SqliteStore;
 use control::telemetry::{Aggregation, Sample, SampleFilter, aggregate};
 
+const METERS: [&str; 4] = ["cpu", "disk.read.bytes", "network.incoming.bytes", "memory"];
+
 fn batch(n: usize, round: usize) -> Vec<Sample> {
     (0..n)
         .map(|i| {
+            let meter = METERS[i % METERS.len()];
             serde_json::from_value(serde_json::json!({
-                "meter": ["cpu", "disk.read.bytes", "network.incoming.bytes", "memory"][i % 4],
+                "meter": meter,
                 "type": "cumulative", "unit": "B", "volume": (round * n + i) as f64,
                 "resource_id": format!("server-{}", i % 50), "project_id": format!("p{}", i % 5),
                 "timestamp": 1_800_000_000.0 + round as f64 + i as f64 / n as f64,
