@@ -171,6 +171,47 @@ impl Default for ImageConfig {
     }
 }
 
+/// The `[compute]` table.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
+pub struct ComputeConfig {
+    /// Seconds between node agents' heartbeats (their `--heartbeat-interval-secs`).
+    pub heartbeat_interval_secs: u64,
+    /// Heartbeats a node may miss before it is down (gets nothing new).
+    pub missed_heartbeats: u64,
+    /// Shared secret node agents send as `X-Auth-Token` (`--control-token`); empty: only
+    /// tokens with the admin role may register nodes.
+    pub node_token: String,
+    /// vCPU overcommit of new nodes.
+    pub cpu_allocation_ratio: f64,
+    /// Memory overcommit of new nodes.
+    pub ram_allocation_ratio: f64,
+    /// Disk overcommit of new nodes.
+    pub disk_allocation_ratio: f64,
+    /// `spread` or `pack`.
+    pub weigher: crate::compute::scheduler::Weigher,
+    /// Nodes a build is tried on before the server goes to ERROR.
+    pub max_build_attempts: u32,
+    /// Seconds a build may take on a node before it counts as failed.
+    pub build_timeout_secs: u64,
+}
+
+impl Default for ComputeConfig {
+    fn default() -> Self {
+        ComputeConfig {
+            heartbeat_interval_secs: 10,
+            missed_heartbeats: 3,
+            node_token: String::new(),
+            cpu_allocation_ratio: 4.0,
+            ram_allocation_ratio: 1.0,
+            disk_allocation_ratio: 1.0,
+            weigher: crate::compute::scheduler::Weigher::Spread,
+            max_build_attempts: 3,
+            build_timeout_secs: 600,
+        }
+    }
+}
+
 /// The whole configuration file.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
@@ -187,6 +228,8 @@ pub struct Config {
     pub store: StoreConfig,
     /// Token settings.
     pub tokens: TokenConfig,
+    /// Compute (nodes, scheduling).
+    pub compute: ComputeConfig,
     /// Image service settings.
     pub images: ImageConfig,
     /// Telemetry (meters, events, alarms) settings.
@@ -267,6 +310,7 @@ impl Default for Config {
             max_request_body: DEFAULT_MAX_REQUEST_BODY,
             store: StoreConfig::default(),
             tokens: TokenConfig::default(),
+            compute: ComputeConfig::default(),
             images: ImageConfig::default(),
             telemetry: TelemetryConfig::default(),
         }

@@ -23,6 +23,7 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod compute;
 pub mod config;
 pub mod identity;
 pub mod image;

@@ -27,6 +27,15 @@ fn identity_with_the_openstack_cli() {
         assert!(types.contains(&ty), "{ty} missing from {types:?}");
     }
 
+    let endpoints = ok_json(&admin, &["endpoint", "list", "--service", "image"]);
+    assert_eq!(endpoints.as_array().unwrap().len(), 3, "{endpoints}");
+    assert!(endpoints[0]["URL"].as_str().unwrap().ends_with("/image"));
+    let domain = ok_json(
+        &admin,
+        &["domain", "create", "--description", "second", "dom2"],
+    );
+    assert_eq!(domain["name"], "dom2");
+
     let demo = ok_json(
         &admin,
         &["project", "create", "--description", "demo project", "demo"],

@@ -56,6 +56,8 @@ pub struct Controller {
     events: Sender<Event>,
     protocol: crate::arch::boot::BootProtocol,
     serial_stdin: bool,
+    /// Forwards the machine's events into the controller's channel; ends with the machine.
+    forwarder: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Controller {
@@ -72,6 +74,7 @@ impl Controller {
             events,
             protocol: Default::default(),
             serial_stdin: false,
+            forwarder: None,
         }
     }
 
@@ -107,9 +110,13 @@ impl Controller {
         spec.protocol = self.protocol;
         spec.serial_stdin = self.serial_stdin;
         let serial = (self.serial)().map_err(|e| format!("Cannot open serial output: {e}"))?;
+        if let Some(previous) = self.forwarder.take() {
+            // From a start that failed: its senders are gone, it has ended or is ending.
+            let _ = previous.join();
+        }
         let (vm_tx, vm_rx) = std::sync::mpsc::channel();
         let forward = self.events.clone();
-        std::thread::Builder::new()
+        let forwarder = std::thread::Builder::new()
             .name("fc_events".into())
             .spawn(move || {
                 while let Ok(ev) = vm_rx.recv() {
@@ -119,6 +126,7 @@ impl Controller {
                 }
             })
             .map_err(|e| e.to_string())?;
+        self.forwarder = Some(forwarder);
         let machine = Machine::start(&spec, serial, vm_tx).map_err(|e| {
             let mut msg = format!("Failed to start microVM: {e}");
             let mut src = std::error::Error::source(&e);
@@ -160,6 +168,10 @@ impl Controller {
     fn shutdown(&mut self) {
         if let Some(m) = self.machine.take() {
             m.stop();
+        }
+        // Every sender went with the machine (or with its failed start): the forwarder ends.
+        if let Some(forwarder) = self.forwarder.take() {
+            let _ = forwarder.join();
         }
         self.flush_metrics().ok();
     }

@@ -27,9 +27,12 @@
 //!   toolchain (ELF with a PVH note, or bzImage).
 //!
 //! Threads: the main (VMM) thread runs [`controller::Controller`]; one thread accepts on the
-//! API socket (plus one per connection); one thread per vCPU; per virtio device one thread
-//! serving its ioeventfd and one re-serving queues after rate-limit waits (plus one polling
-//! the tap for virtio-net); one reading stdin for the serial console.
+//! API socket (plus one per connection); one thread per vCPU; per virtio device served here
+//! one worker serving its ioeventfd and one re-serving queues after rate-limit waits (plus
+//! one polling the tap for virtio-net; none for vhost-user-blk, whose backend serves the
+//! queues); one reading stdin for the serial console. vCPU threads and device workers
+//! ([`devices::workers`]) belong to the [`machine::Machine`]: dropping it stops and joins them
+//! all, so an embedded VMM leaves no thread behind.
 //!
 //! Exit codes of the `vmm` binary are in [`controller::ExitCode`]: 0 when the guest resets
 //! (i8042), 1 when the VMM fails, 2 when the guest crashes (triple fault, failed entry,

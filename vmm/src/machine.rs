@@ -20,6 +20,7 @@ use crate::arch::{self, cpuid::CpuTemplate, layout};
 use crate::devices::IrqLine;
 use crate::devices::bus::{Bus, BusError, SharedDevice};
 use crate::devices::legacy::{BootTimer, I8042, SerialDevice, SerialSink};
+use crate::devices::workers::{Wake, Workers};
 use crate::metrics::{ExitKind, METRICS, VcpuStats};
 use crate::vstate::{Vcpu, VcpuBoot, Vm, VstateError};
 
@@ -186,6 +187,7 @@ pub struct Machine {
     started: Instant,
     count: u8,
     devices: crate::devices::virtio::Devices,
+    workers: Workers,
 }
 
 extern "C" fn kick_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
@@ -237,6 +239,7 @@ impl Machine {
             .transpose()?;
         let mut cmdline = arch::boot::cmdline(&spec.boot_args)?;
 
+        let mut workers = Workers::new().map_err(MachineError::Thread)?;
         let mut pio = Bus::new();
         let mut mmio = Bus::new();
         let serial_dev = Arc::new(Mutex::new(SerialDevice::new(
@@ -245,7 +248,7 @@ impl Machine {
         )));
         pio.insert(u64::from(layout::COM1_PORT), 8, serial_dev.clone())?;
         if spec.serial_stdin {
-            spawn_stdin_reader(serial_dev).map_err(MachineError::Thread)?;
+            spawn_stdin_reader(serial_dev, &mut workers).map_err(MachineError::Thread)?;
         }
         let i8042 = Arc::new(Mutex::new(I8042::new(
             irq_line(&vm, layout::I8042_IRQ)?,
@@ -267,6 +270,7 @@ impl Machine {
             &mut cmdline,
             &spec.drives,
             &spec.nets,
+            &mut workers,
         )?;
 
         let pvh_entry = match spec.protocol {
@@ -331,6 +335,7 @@ impl Machine {
             started,
             count: spec.vcpus,
             devices,
+            workers,
         })
     }
 
@@ -406,9 +411,15 @@ impl Machine {
             .send_ctrl_alt_del()
     }
 
-    /// Stops every vCPU and waits for their threads.
-    pub fn stop(mut self) {
-        self.stop_vcpus();
+    /// Stops every vCPU and device worker and waits for their threads.
+    pub fn stop(self) {
+        drop(self);
+    }
+
+    /// Number of device worker threads running (notification servers, retry timers, tap
+    /// pollers, serial input).
+    pub fn worker_threads(&self) -> usize {
+        self.workers.len()
     }
 
     fn stop_vcpus(&mut self) {
@@ -428,34 +439,52 @@ impl Drop for Machine {
         if !self.vcpus.is_empty() {
             self.stop_vcpus();
         }
+        // After the vCPUs: a vCPU may be inside a device a worker also serves.
+        self.workers.stop();
     }
 }
 
-/// Copies stdin into the UART's receive FIFO, waiting while the FIFO is full; ends at EOF.
-fn spawn_stdin_reader(serial: Arc<Mutex<SerialDevice>>) -> std::io::Result<()> {
-    use std::io::Read;
-    std::thread::Builder::new()
-        .name("fc_serial_in".into())
-        .spawn(move || {
-            let mut buf = [0u8; 64];
-            while let Ok(n) = std::io::stdin().read(&mut buf) {
-                if n == 0 {
+/// Copies stdin into the UART's receive FIFO, waiting while the FIFO is full; ends at EOF
+/// or when the VM stops.
+fn spawn_stdin_reader(
+    serial: Arc<Mutex<SerialDevice>>,
+    workers: &mut Workers,
+) -> std::io::Result<()> {
+    workers.spawn("fc_serial_in".into(), move |stop| {
+        let mut buf = [0u8; 64];
+        loop {
+            // Read only once stdin has data, so a stop is never stuck behind a read.
+            if stop.wait(Some(libc::STDIN_FILENO), None) == Wake::Stop {
+                return;
+            }
+            // Unbuffered (std's stdin buffers ahead, which poll would not see).
+            // SAFETY: reads into a live buffer of the given length.
+            let n = unsafe { libc::read(libc::STDIN_FILENO, buf.as_mut_ptr().cast(), buf.len()) };
+            let n = match usize::try_from(n) {
+                Ok(0) => return,
+                Ok(n) => n,
+                Err(_)
+                    if std::io::Error::last_os_error().kind()
+                        == std::io::ErrorKind::Interrupted =>
+                {
+                    continue;
+                }
+                Err(_) => return,
+            };
+            let mut rest = &buf[..n];
+            while !rest.is_empty() {
+                let taken = serial
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .enqueue_input(rest);
+                rest = &rest[taken..];
+                if !rest.is_empty() && stop.wait(None, Some(Duration::from_millis(1))) == Wake::Stop
+                {
                     return;
                 }
-                let mut rest = &buf[..n];
-                while !rest.is_empty() {
-                    let taken = serial
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .enqueue_input(rest);
-                    rest = &rest[taken..];
-                    if !rest.is_empty() {
-                        std::thread::sleep(Duration::from_millis(1));
-                    }
-                }
             }
-        })?;
-    Ok(())
+        }
+    })
 }
 
 /// Parks while paused; false when the vCPU must stop.

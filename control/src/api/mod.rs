@@ -14,8 +14,10 @@ use serde_json::Value;
 
 use crate::service::{Service, ServiceError};
 
+pub mod compute;
 pub mod identity;
 pub mod image;
+pub mod network;
 pub mod telemetry;
 
 /// A response body: whole JSON or a stream of image bytes.
@@ -32,6 +34,8 @@ pub enum Flavor {
     Keystone,
     /// `{"code", "title", "message"}` in Glance's (webob's) shape.
     Glance,
+    /// `{"<kind>": {"code", "message"}}` in Nova's shape (`itemNotFound`, `badRequest`...).
+    Nova,
 }
 
 /// An error answer: status, and what was wrong.
@@ -81,6 +85,19 @@ impl ApiError {
             Flavor::Glance => serde_json::json!({
                 "code": format!("{} {}", self.status.as_u16(), title),
                 "title": title, "message": self.message}),
+            Flavor::Nova => {
+                let kind = match self.status.as_u16() {
+                    400 => "badRequest",
+                    401 => "unauthorized",
+                    403 => "forbidden",
+                    404 => "itemNotFound",
+                    405 => "badMethod",
+                    409 => "conflictingRequest",
+                    413 => "overLimit",
+                    _ => "computeFault",
+                };
+                serde_json::json!({kind: {"code": self.status.as_u16(), "message": self.message}})
+            }
         };
         let mut r = json(self.status, &body);
         if self.status == StatusCode::UNAUTHORIZED && flavor == Flavor::Keystone {
@@ -236,26 +253,45 @@ pub async fn handle(svc: Arc<Service>, req: http::Request<hyper::body::Incoming>
     let api = match first {
         Some("image") => 1,
         Some("telemetry") => 2,
-        Some("metrics") if segs.len() == 1 => 3,
+        Some("compute") => 3,
+        Some("v1")
+            if matches!(
+                segs.get(1).map(String::as_str),
+                Some("nodes" | "image-data")
+            ) =>
+        {
+            3
+        }
+        Some("network") => 4,
+        Some("metrics") if segs.len() == 1 => 5,
         _ => 0,
     };
-    let result = match api {
-        1 => image::route(svc, req, segs[1..].to_vec()).await,
+    let resp = match api {
+        1 => image::route(svc, req, segs[1..].to_vec())
+            .await
+            .unwrap_or_else(|e| e.into_response(flavor)),
         2 => {
             let segs = segs[1..].to_vec();
             json_route(svc, req, segs, |svc, r| {
                 telemetry::handle(svc, r).map_err(ApiError::from)
             })
             .await
+            .unwrap_or_else(|e| e.into_response(flavor))
         }
-        3 => Ok(full(
+        3 if first == Some("compute") => compute::route(svc, req, segs[1..].to_vec()).await,
+        3 => compute::route_v1(svc, req, segs[1..].to_vec())
+            .await
+            .unwrap_or_else(|e| e.into_response(Flavor::Keystone)),
+        4 => network::route(svc, req, segs[1..].to_vec()).await,
+        5 => full(
             StatusCode::OK,
             "text/plain; version=0.0.4",
             crate::telemetry::metrics::METRICS.render(),
-        )),
-        _ => json_route(svc, req, segs, identity::handle).await,
+        ),
+        _ => json_route(svc, req, segs, identity::handle)
+            .await
+            .unwrap_or_else(|e| e.into_response(flavor)),
     };
-    let resp = result.unwrap_or_else(|e| e.into_response(flavor));
     crate::telemetry::metrics::METRICS.request(
         api,
         &method,

@@ -1,6 +1,6 @@
 //! `control bootstrap`: the default domain, the admin/member/reader roles (admin implies
 //! member implies reader), the admin project and user, the service project and its image
-//! service user, and catalog entries for identity, image and object-store. Running it
+//! service user, and catalog entries for identity, image, compute, network and object-store. Running it
 //! again updates the admin password and the endpoints and keeps everything else.
 
 use serde_json::Map;
@@ -245,6 +245,20 @@ pub fn run(store: &dyn Store, b: &Bootstrap) -> Result<Bootstrapped, ServiceErro
         "image",
         "glance",
         &format!("{base}/image"),
+        &b.region,
+    )?;
+    service_with_endpoint(
+        store,
+        "compute",
+        "nova",
+        &format!("{base}/compute/v2.1"),
+        &b.region,
+    )?;
+    service_with_endpoint(
+        store,
+        "network",
+        "neutron",
+        &format!("{base}/network"),
         &b.region,
     )?;
     if let Some(o) = &b.object_store_url {

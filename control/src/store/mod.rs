@@ -92,6 +92,22 @@ pub enum Kind {
     ImageMember,
     /// Settings of the deployment (the bootstrap record).
     Setting,
+    /// Compute nodes with their inventory and allocations.
+    Node,
+    /// Compute flavors.
+    ComputeFlavor,
+    /// Servers (scope: project id).
+    Server,
+    /// Keypairs (scope: user id).
+    Keypair,
+    /// Server groups (scope: project id).
+    ServerGroup,
+    /// Per-project compute quotas (id: project id).
+    Quota,
+    /// Neutron networks (scope: project id).
+    Network,
+    /// Neutron subnets (scope: network id).
+    Subnet,
     /// Telemetry events: lifecycle changes (scope: project id).
     Event,
     /// Telemetry alarms (scope: project id).
@@ -100,7 +116,7 @@ pub enum Kind {
 
 impl Kind {
     /// Every kind.
-    pub const ALL: [Kind; 17] = [
+    pub const ALL: [Kind; 25] = [
         Kind::Domain,
         Kind::Project,
         Kind::User,
@@ -116,6 +132,14 @@ impl Kind {
         Kind::Image,
         Kind::ImageMember,
         Kind::Setting,
+        Kind::Node,
+        Kind::ComputeFlavor,
+        Kind::Server,
+        Kind::Keypair,
+        Kind::ServerGroup,
+        Kind::Quota,
+        Kind::Network,
+        Kind::Subnet,
         Kind::Event,
         Kind::Alarm,
     ];
@@ -138,6 +162,14 @@ impl Kind {
             Kind::Image => "image",
             Kind::ImageMember => "image_member",
             Kind::Setting => "setting",
+            Kind::Node => "node",
+            Kind::ComputeFlavor => "flavor",
+            Kind::Server => "server",
+            Kind::Keypair => "keypair",
+            Kind::ServerGroup => "server_group",
+            Kind::Quota => "quota",
+            Kind::Network => "network",
+            Kind::Subnet => "subnet",
             Kind::Event => "event",
             Kind::Alarm => "alarm",
         }

@@ -7,7 +7,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 /// The APIs requests are counted under.
-pub const APIS: [&str; 4] = ["identity", "image", "telemetry", "other"];
+pub const APIS: [&str; 6] = [
+    "identity",
+    "image",
+    "telemetry",
+    "compute",
+    "network",
+    "other",
+];
 const METHODS: [&str; 6] = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"];
 const METHOD_OTHER: usize = METHODS.len();
 const STATUS: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];

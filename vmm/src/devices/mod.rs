@@ -5,11 +5,13 @@
 //!   Ctrl+Alt+Del) and the boot-time device.
 //! - [`rate_limiter`]: token buckets for drives and interfaces.
 //! - [`virtio`]: the virtio-mmio transport, virtio-blk, vhost-user-blk and virtio-net.
+//! - [`workers`]: a VM's device threads, stopped and joined with the VM.
 
 pub mod bus;
 pub mod legacy;
 pub mod rate_limiter;
 pub mod virtio;
+pub mod workers;
 
 use vmm_sys_util::eventfd::EventFd;
 

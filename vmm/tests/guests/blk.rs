@@ -2,6 +2,9 @@
 //! reads 4 KiB at sector 0 and reports its checksum, writes a pattern at sector 8, flushes,
 //! reads it back, tries a read past the end, and resets (or, with `halt` on the command
 //! line, halts with interrupts off so the VMM stays up for its metrics to be read).
+//! With `reinit` on the command line it then resets the device and initialises its driver
+//! again with rings at other addresses (as a rebooted guest's driver would), and reads the
+//! pattern back once more.
 #![no_std]
 #![no_main]
 
@@ -48,7 +51,7 @@ struct Header {
     sector: u64,
 }
 
-static mut RINGS: Rings = Rings {
+const EMPTY_RINGS: Rings = Rings {
     desc: [Desc { addr: 0, len: 0, flags: 0, next: 0 }; QSIZE],
     avail_flags: 0,
     avail_idx: 0,
@@ -60,6 +63,11 @@ static mut RINGS: Rings = Rings {
     used_ring: [[0; 2]; QSIZE],
     used_event: 0,
 };
+static mut RINGS: Rings = EMPTY_RINGS;
+/// The rings of the second initialisation (`reinit`).
+static mut RINGS2: Rings = EMPTY_RINGS;
+/// The rings in use.
+static mut CURRENT: *mut Rings = core::ptr::null_mut();
 static mut HEADER: Header = Header { kind: 0, reserved: 0, sector: 0 };
 static mut STATUS: u8 = 0xff;
 #[repr(C, align(4096))]
@@ -74,7 +82,14 @@ fn set(off: u64, v: u32) {
     kit::mmio_write32(BASE + off, v)
 }
 
-fn init() -> bool {
+fn rings() -> *mut Rings {
+    // SAFETY: single-threaded guest; CURRENT is set by `init` before any request.
+    unsafe { read_volatile(addr_of!(CURRENT)) }
+}
+
+fn init(r: *mut Rings) -> bool {
+    // SAFETY: single-threaded guest.
+    unsafe { write_volatile(addr_of_mut!(CURRENT), r) };
     if reg(0) != 0x7472_6976 || reg(4) != 2 || reg(8) != 2 {
         return false;
     }
@@ -97,9 +112,9 @@ fn init() -> bool {
         return false;
     }
     set(0x38, QSIZE as u32);
-    let rings = addr_of!(RINGS) as u64;
-    // SAFETY: only the addresses of the statics are taken.
-    let (avail, used) = unsafe { (addr_of!(RINGS.avail_flags) as u64, addr_of!(RINGS.used_flags) as u64) };
+    let rings = r as u64;
+    // SAFETY: only addresses inside the static are taken.
+    let (avail, used) = unsafe { (addr_of!((*r).avail_flags) as u64, addr_of!((*r).used_flags) as u64) };
     set(0x80, rings as u32);
     set(0x84, (rings >> 32) as u32);
     set(0x90, avail as u32);
@@ -120,7 +135,7 @@ fn request(kind: u32, sector: u64, len: u32) -> u8 {
     // SAFETY: single-threaded guest; the device only touches these while the request is
     // in flight, and we wait for it to complete.
     unsafe {
-        let r = addr_of_mut!(RINGS);
+        let r = rings();
         write_volatile(addr_of_mut!(HEADER), Header { kind, reserved: 0, sector });
         write_volatile(addr_of_mut!(STATUS), 0xff);
         let hdr = Desc { addr: addr_of!(HEADER) as u64, len: 16, flags: F_NEXT, next: 1 };
@@ -160,7 +175,10 @@ extern "C" fn guest_main(zero_page: u64) -> ! {
         .cmdline()
         .split(|b| *b == b' ')
         .any(|w| w == b"halt");
-    if !init() {
+    let words = || kit::ZeroPage(zero_page).cmdline().split(|b| *b == b' ');
+    let reinit = words().any(|w| w == b"reinit");
+    // SAFETY: only the address of the static is taken.
+    if !init(unsafe { addr_of_mut!(RINGS) }) {
         kit::print("no virtio-blk device\n");
         kit::reset();
     }
@@ -179,6 +197,18 @@ extern "C" fn guest_main(zero_page: u64) -> ! {
     kit::report_dec("readback_status", u64::from(request(REQ_IN, 8, 4096)));
     kit::report_hex("readback_fnv", kit::fnv1a(buf()));
     kit::report_dec("oob_status", u64::from(request(REQ_IN, cap, 512)));
+    if reinit {
+        // SAFETY: only the address of the static is taken.
+        if !init(unsafe { addr_of_mut!(RINGS2) }) {
+            kit::print("reinit failed\n");
+            kit::reset();
+        }
+        for b in buf().iter_mut() {
+            *b = 0;
+        }
+        kit::report_dec("reinit_status", u64::from(request(REQ_IN, 8, 4096)));
+        kit::report_hex("reinit_fnv", kit::fnv1a(buf()));
+    }
     kit::print("done\n");
     if halt {
         loop {

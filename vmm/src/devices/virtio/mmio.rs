@@ -1,5 +1,6 @@
 //! The virtio-mmio transport (virtio 1.x register layout, version 2).
 
+use std::os::fd::AsRawFd;
 use std::sync::{Arc, Mutex};
 
 use kvm_ioctls::IoEventAddress;
@@ -10,6 +11,7 @@ use vmm_sys_util::eventfd::EventFd;
 use super::{VIRTIO_F_VERSION_1, VirtioDevice};
 use crate::devices::IrqLine;
 use crate::devices::bus::BusDevice;
+use crate::devices::workers::{Wake, Workers};
 use crate::vstate::Vm;
 
 const MAGIC: u32 = 0x7472_6976; // "virt"
@@ -89,6 +91,9 @@ impl MmioTransport {
     }
 
     fn reset(&mut self) {
+        if self.status != 0 {
+            self.device.reset();
+        }
         for q in &mut self.queues {
             q.reset();
         }
@@ -249,54 +254,64 @@ impl BusDevice for MmioTransport {
 }
 
 /// Registers an ioeventfd on the device's `QueueNotify` register and serves it on a new
-/// thread, so notifications do not exit to userspace on the vCPU thread.
+/// worker, so notifications do not exit to userspace on the vCPU thread.
 pub fn spawn_notifier(
     vm: &Vm,
     base: u64,
     id: &str,
     transport: Arc<Mutex<MmioTransport>>,
+    workers: &mut Workers,
 ) -> std::io::Result<()> {
-    let evt = EventFd::new(0)?;
+    let evt = EventFd::new(libc::EFD_NONBLOCK)?;
     let addr = IoEventAddress::Mmio(base + REG_QUEUE_NOTIFY);
     // Queue 0 only: the devices here have one queue; other queues' writes still trap.
     vm.fd()
         .register_ioevent(&evt, &addr, 0u32)
         .map_err(|e| std::io::Error::from_raw_os_error(e.errno()))?;
-    std::thread::Builder::new()
-        .name(format!("virtio-{id}"))
-        .spawn(move || {
-            while evt.read().is_ok() {
+    workers.spawn(format!("virtio-{id}"), move |stop| {
+        while stop.wait(Some(evt.as_raw_fd()), None) != Wake::Stop {
+            if evt.read().is_ok() {
                 transport
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .notify(0);
             }
-        })?;
-    Ok(())
+        }
+    })
 }
 
-/// Serves queues again once a rate limiter's wait is over: a thread that sleeps for the
+/// Serves queues again once a rate limiter's wait is over: a worker that sleeps for the
 /// wait a device reported and then notifies the queue.
-pub fn spawn_retry_timer(id: &str, transport: Arc<Mutex<MmioTransport>>) -> std::io::Result<()> {
+pub fn spawn_retry_timer(
+    id: &str,
+    transport: Arc<Mutex<MmioTransport>>,
+    workers: &mut Workers,
+) -> std::io::Result<()> {
     let (tx, rx) = std::sync::mpsc::channel::<(u32, std::time::Duration)>();
     transport.lock().unwrap_or_else(|e| e.into_inner()).retry = Some(tx);
     let weak = Arc::downgrade(&transport);
+    // Closing the channel ends the worker's wait for the next retry.
+    let closer = weak.clone();
+    workers.on_stop(move || {
+        if let Some(t) = closer.upgrade() {
+            t.lock().unwrap_or_else(|e| e.into_inner()).retry = None;
+        }
+    });
     drop(transport);
-    std::thread::Builder::new()
-        .name(format!("virtio-{id}-rl"))
-        .spawn(move || {
-            while let Ok((mut queue, mut wait)) = rx.recv() {
-                // Coalesce retries queued meanwhile; serve the longest wait.
-                while let Ok((q, w)) = rx.try_recv() {
-                    queue = q;
-                    wait = wait.max(w);
-                }
-                std::thread::sleep(wait);
-                let Some(t) = weak.upgrade() else { return };
-                t.lock().unwrap_or_else(|e| e.into_inner()).notify(queue);
+    workers.spawn(format!("virtio-{id}-rl"), move |stop| {
+        while let Ok((mut queue, mut wait)) = rx.recv() {
+            // Coalesce retries queued meanwhile; serve the longest wait.
+            while let Ok((q, w)) = rx.try_recv() {
+                queue = q;
+                wait = wait.max(w);
             }
-        })?;
-    Ok(())
+            if stop.wait(None, Some(wait)) == Wake::Stop {
+                return;
+            }
+            let Some(t) = weak.upgrade() else { return };
+            t.lock().unwrap_or_else(|e| e.into_inner()).notify(queue);
+        }
+    })
 }
 
 /// Registers an ioeventfd on a device's `QueueNotify` (queue 0) and returns it, for a backend

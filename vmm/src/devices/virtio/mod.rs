@@ -75,6 +75,9 @@ pub trait VirtioDevice: Send {
     /// Like [`activate`](VirtioDevice::activate), with the queues as the driver set them up
     /// (for devices whose queues are served elsewhere).
     fn activate_queues(&mut self, _features: u64, _mem: &GuestMemoryMmap, _queues: &[Queue]) {}
+    /// The driver reset the device (wrote 0 to the status register): forget the queues; a
+    /// later DRIVER_OK activates the device again.
+    fn reset(&mut self) {}
     /// True for devices whose queues a backend serves directly: they take the kick and call
     /// eventfds instead of the VMM serving notifications.
     fn uses_backend_eventfds(&self) -> bool {
@@ -103,6 +106,7 @@ pub fn attach_devices(
     cmdline: &mut Cmdline,
     drives: &[DriveSpec],
     nets: &[NetSpec],
+    workers: &mut crate::devices::workers::Workers,
 ) -> Result<Devices, MachineError> {
     let mut slot = 0u32;
     let mut devices = Devices::new();
@@ -131,11 +135,13 @@ pub fn attach_devices(
         let transport = mmio::MmioTransport::new(device, vm.memory().clone(), irq_line);
         let transport = Arc::new(Mutex::new(transport));
         if !backend {
-            mmio::spawn_notifier(vm, base, id, transport.clone()).map_err(|e| err(e.into()))?;
+            mmio::spawn_notifier(vm, base, id, transport.clone(), workers)
+                .map_err(|e| err(e.into()))?;
+            // Only devices served here are rate limited (a backend limits its own queues).
+            mmio::spawn_retry_timer(id, transport.clone(), workers).map_err(|e| err(e.into()))?;
         }
-        mmio::spawn_retry_timer(id, transport.clone()).map_err(|e| err(e.into()))?;
         for (pair, fd) in rx_fds.into_iter().enumerate() {
-            net::spawn_rx_poller(id, fd, pair as u32 * 2, transport.clone())
+            net::spawn_rx_poller(id, fd, pair as u32 * 2, transport.clone(), workers)
                 .map_err(|e| err(e.into()))?;
         }
         mmio_bus.insert(base, layout::VIRTIO_MMIO_SIZE, transport.clone())?;

@@ -392,32 +392,28 @@ pub fn spawn_rx_poller(
     tap_fd: std::os::fd::RawFd,
     rx_queue: u32,
     transport: Arc<Mutex<MmioTransport>>,
+    workers: &mut crate::devices::workers::Workers,
 ) -> std::io::Result<()> {
-    std::thread::Builder::new()
-        .name(format!("virtio-{id}-rx{}", rx_queue / 2))
-        .spawn(move || {
-            loop {
-                let mut pfd = libc::pollfd {
-                    fd: tap_fd,
-                    events: libc::POLLIN,
-                    revents: 0,
-                };
-                // SAFETY: one valid pollfd; the tap fd lives as long as the transport, which
-                // this thread keeps alive.
-                let n = unsafe { libc::poll(&mut pfd, 1, 100) };
-                if n <= 0 {
-                    continue;
-                }
-                transport
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .notify(rx_queue);
-                // If the guest had no buffers, the frame stays queued on the tap: back off a
-                // little instead of spinning until the guest posts some.
-                std::thread::sleep(std::time::Duration::from_micros(200));
+    use crate::devices::workers::Wake;
+    // The tap fd lives as long as the transport, which this worker keeps alive.
+    workers.spawn(format!("virtio-{id}-rx{}", rx_queue / 2), move |stop| {
+        loop {
+            match stop.wait(Some(tap_fd), Some(std::time::Duration::from_millis(100))) {
+                Wake::Stop => return,
+                Wake::Timeout => continue,
+                Wake::Ready => {}
             }
-        })?;
-    Ok(())
+            transport
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .notify(rx_queue);
+            // If the guest had no buffers, the frame stays queued on the tap: back off a
+            // little instead of spinning until the guest posts some.
+            if stop.wait(None, Some(std::time::Duration::from_micros(200))) == Wake::Stop {
+                return;
+            }
+        }
+    })
 }
 
 #[cfg(test)]

@@ -48,7 +48,9 @@ pub struct VhostUserBlock {
     queue_sizes: [u16; 1],
     kick: Option<EventFd>,
     call: Option<EventFd>,
-    active: bool,
+    /// Queues handed to the backend since the driver last set DRIVER_OK (empty when the
+    /// device is not active).
+    started: Vec<usize>,
 }
 
 impl VhostUserBlock {
@@ -96,7 +98,7 @@ impl VhostUserBlock {
             queue_sizes: [QUEUE_SIZE],
             kick: None,
             call: None,
-            active: false,
+            started: Vec::new(),
         })
     }
 
@@ -104,6 +106,34 @@ impl VhostUserBlock {
     pub fn set_eventfds(&mut self, kick: EventFd, call: EventFd) {
         self.kick = Some(kick);
         self.call = Some(call);
+    }
+
+    /// Takes the queues back from the backend after the driver reset the device (status 0,
+    /// as a guest does when it reboots or re-initialises its driver): `GET_VRING_BASE` stops
+    /// each ring, so the backend no longer reads rings at addresses the guest has given up.
+    /// The next DRIVER_OK sets the backend up again from scratch (features, memory table,
+    /// rings at their new addresses, indices from 0).
+    fn stop(&mut self) -> Result<(), VhostUserBlockError> {
+        let socket = self.socket.clone();
+        let err = |what| {
+            let socket = socket.clone();
+            move |source| VhostUserBlockError::Request {
+                what,
+                socket,
+                source,
+            }
+        };
+        for index in std::mem::take(&mut self.started) {
+            if self.protocol {
+                self.frontend
+                    .set_vring_enable(index, false)
+                    .map_err(err("SET_VRING_ENABLE"))?;
+            }
+            self.frontend
+                .get_vring_base(index)
+                .map_err(err("GET_VRING_BASE"))?;
+        }
+        Ok(())
     }
 
     fn start(
@@ -178,8 +208,8 @@ impl VhostUserBlock {
                     .set_vring_enable(index, true)
                     .map_err(err("SET_VRING_ENABLE"))?;
             }
+            self.started.push(index);
         }
-        self.active = true;
         Ok(())
     }
 }
@@ -217,12 +247,24 @@ impl VirtioDevice for VhostUserBlock {
     }
 
     fn activate_queues(&mut self, features: u64, mem: &GuestMemoryMmap, queues: &[Queue]) {
-        if self.active {
+        // A DRIVER_OK without a reset in between (the transport only reports the first).
+        if !self.started.is_empty() {
             return;
         }
         if let Err(e) = self.start(features, mem, queues) {
             let cause = std::error::Error::source(&e).map(|s| s.to_string());
             tracing::error!(error = %e, cause = cause.unwrap_or_default(), "vhost-user-blk start");
+        }
+    }
+
+    fn reset(&mut self) {
+        if self.started.is_empty() {
+            return;
+        }
+        tracing::info!(socket = %self.socket, "driver reset: taking the queues back from the backend");
+        if let Err(e) = self.stop() {
+            let cause = std::error::Error::source(&e).map(|s| s.to_string());
+            tracing::error!(error = %e, cause = cause.unwrap_or_default(), "vhost-user-blk reset");
         }
     }
 

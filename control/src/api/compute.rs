@@ -1,0 +1,1891 @@
+//! Nova v2.1 (microversion 2.1) under `/compute`, the node agents' registration and
+//! heartbeat under `/v1/nodes`, and signed image-data URLs under `/v1/image-data` that
+//! agents fetch kernels, initrds and root disks from.
+//!
+//! Server create records the server (BUILD, task `scheduling`) and answers 202; a task then
+//! claims a node ([`crate::compute::scheduler::claim`]), sends the placement to the node's
+//! agent and polls the agent until the build ends. A build that fails on a node is deleted
+//! there, its allocation released, and rescheduled on another node up to
+//! `compute.max-build-attempts` times; then the server is ERROR with the fault. Later state
+//! changes (a VMM that exits) arrive with the agent's heartbeats.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderValue, Method, StatusCode};
+use http_body_util::BodyExt;
+use serde_json::{Value, json};
+
+use super::{
+    ApiError, Flavor, Request, Response, blocking, empty, json as json_resp, read_limited,
+};
+use crate::compute::agent::{self, AgentError};
+use crate::compute::scheduler::{self, GroupPolicy, Settings};
+use crate::compute::{
+    ComputeError, Fault, FlavorDoc, KeypairDoc, NodeDoc, QuotaDoc, Ratios, Registration, Resources,
+    ServerDoc, ServerPort, list_nodes, load_node,
+};
+use crate::identity::Ctx;
+use crate::identity::token::{Claims, Scope, now_secs, random_audit_id};
+use crate::image::{Access, ImageDoc, access};
+use crate::service::{Service, ServiceError};
+use crate::store::{Kind, Record, StoreError};
+
+/// How long an image-data URL handed to an agent stays valid.
+const IMAGE_URL_LIFETIME: u64 = 900;
+/// Deadline of one call to an agent (builds are asynchronous on the agent).
+const AGENT_CALL: Duration = Duration::from_secs(60);
+/// Prefix of the pseudo user id in image-data tokens.
+const IMAGE_DATA_SUBJECT: &str = "image-data:";
+
+fn se(e: StoreError) -> ApiError {
+    ServiceError::from(e).into()
+}
+
+fn ce(e: ComputeError) -> ApiError {
+    match e {
+        ComputeError::Store(s) => se(s),
+        other => ApiError::new(StatusCode::CONFLICT, other.to_string()),
+    }
+}
+
+async fn read(
+    svc: &Arc<Service>,
+    req: http::Request<hyper::body::Incoming>,
+    segs: Vec<String>,
+) -> Result<Request, ApiError> {
+    let (parts, body) = req.into_parts();
+    let body = read_limited(body, svc.config.raw.max_request_body).await?;
+    Ok(Request {
+        method: parts.method,
+        segs,
+        query: parts
+            .uri
+            .query()
+            .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
+            .unwrap_or_default(),
+        headers: parts.headers,
+        body,
+    })
+}
+
+fn down_after(svc: &Service) -> u64 {
+    let c = &svc.config.raw.compute;
+    c.heartbeat_interval_secs * c.missed_heartbeats
+}
+
+fn settings(svc: &Service) -> Settings {
+    Settings {
+        down_after: down_after(svc),
+        weigher: svc.config.raw.compute.weigher,
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Nodes: the agent contract.
+
+/// Routes `/v1/nodes/...` and `/v1/image-data/...` (segments after `v1`).
+pub async fn route_v1(
+    svc: Arc<Service>,
+    req: http::Request<hyper::body::Incoming>,
+    segs: Vec<String>,
+) -> Result<Response, ApiError> {
+    if segs.first().map(String::as_str) == Some("image-data") {
+        return image_data(svc, req, &segs[1..]).await;
+    }
+    let req = read(&svc, req, segs).await?;
+    blocking(svc, move |svc| nodes(svc, &req)).await
+}
+
+fn node_auth(svc: &Service, req: &Request) -> Result<(), ApiError> {
+    let token = req.header("x-auth-token").unwrap_or("");
+    let shared = &svc.config.raw.compute.node_token;
+    if !shared.is_empty() && !token.is_empty() {
+        use hmac::{KeyInit, Mac};
+        // Constant-time comparison through an HMAC verify of both values.
+        let mut a = hmac::Hmac::<sha2::Sha256>::new_from_slice(b"node-token").expect("key");
+        a.update(shared.as_bytes());
+        let mut b = hmac::Hmac::<sha2::Sha256>::new_from_slice(b"node-token").expect("key");
+        b.update(token.as_bytes());
+        if a.verify(&b.finalize().into_bytes()).is_ok() {
+            return Ok(());
+        }
+    }
+    if token.is_empty() {
+        return Err(ApiError::unauthorized(
+            "The request you have made requires authentication.",
+        ));
+    }
+    let ctx = svc.context(token).map_err(ApiError::from)?;
+    if ctx.is_admin() {
+        Ok(())
+    } else {
+        Err(ApiError::forbidden(
+            "registering nodes needs the admin role",
+        ))
+    }
+}
+
+fn nodes(svc: &Service, req: &Request) -> Result<Response, ApiError> {
+    node_auth(svc, req)?;
+    let s: Vec<&str> = req.segs.iter().map(String::as_str).collect();
+    let now = now_secs();
+    match (s.as_slice(), &req.method) {
+        (["nodes"], &Method::GET) => {
+            let list: Vec<Value> = list_nodes(&*svc.store)
+                .map_err(se)?
+                .iter()
+                .map(|(r, d)| node_view(svc, &r.id, d, now))
+                .collect();
+            Ok(json_resp(StatusCode::OK, &json!({"nodes": list})))
+        }
+        (["nodes", id], &Method::GET) => {
+            let (_, d) = load_node(&*svc.store, id)
+                .map_err(se)?
+                .ok_or_else(|| ApiError::not_found(format!("node {id} not found")))?;
+            Ok(json_resp(
+                StatusCode::OK,
+                &json!({"node": node_view(svc, id, &d, now)}),
+            ))
+        }
+        (["nodes", id], &Method::PUT) => {
+            if !valid_id(id) {
+                return Err(ApiError::bad_request(
+                    "a node id is 1 to 64 of [A-Za-z0-9_-]",
+                ));
+            }
+            #[derive(serde::Deserialize)]
+            struct Body {
+                node: Registration,
+            }
+            let b: Body = req.json()?;
+            if let Some(u) = &b.node.agent_url
+                && !u.starts_with("http://")
+            {
+                return Err(ApiError::bad_request(format!(
+                    "agent_url must be an http:// URL, got {u:?}"
+                )));
+            }
+            let c = &svc.config.raw.compute;
+            let ratios = Ratios {
+                cpu: c.cpu_allocation_ratio,
+                ram: c.ram_allocation_ratio,
+                disk: c.disk_allocation_ratio,
+            };
+            let d = crate::compute::register(&*svc.store, id, &b.node, ratios, now).map_err(ce)?;
+            tracing::info!(node = id, host = %d.hostname, url = %d.agent_url, "node registered");
+            Ok(json_resp(
+                StatusCode::OK,
+                &json!({"node": node_view(svc, id, &d, now)}),
+            ))
+        }
+        (["nodes", id, "heartbeat"], &Method::POST) => {
+            let b: Value = req.json()?;
+            let hb = b
+                .get("heartbeat")
+                .ok_or_else(|| ApiError::bad_request("the body needs a \"heartbeat\" object"))?;
+            let servers = hb
+                .get("servers")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default();
+            match crate::compute::heartbeat(&*svc.store, id, now).map_err(ce)? {
+                None => Err(ApiError::not_found(format!(
+                    "node {id} is not registered; register it first"
+                ))),
+                Some(_) => {
+                    for s in &servers {
+                        if let Err(e) = apply_report(svc, id, s) {
+                            tracing::warn!(node = id, error = %e, "applying a server report failed");
+                        }
+                    }
+                    Ok(empty(StatusCode::NO_CONTENT))
+                }
+            }
+        }
+        (["nodes", id], &Method::DELETE) => {
+            let (_, d) = load_node(&*svc.store, id)
+                .map_err(se)?
+                .ok_or_else(|| ApiError::not_found(format!("node {id} not found")))?;
+            if !d.allocations.is_empty() {
+                return Err(ApiError::conflict(format!(
+                    "node {id} still holds {} servers",
+                    d.allocations.len()
+                )));
+            }
+            svc.store.delete(Kind::Node, id).map_err(se)?;
+            Ok(empty(StatusCode::NO_CONTENT))
+        }
+        _ => Err(ApiError::not_found("no such node resource")),
+    }
+}
+
+fn valid_id(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// Applies one server status from a heartbeat (servers not building and with no action
+/// in flight follow what their node reports).
+fn apply_report(svc: &Service, node: &str, s: &Value) -> Result<(), ApiError> {
+    let Some(id) = s.get("id").and_then(Value::as_str) else {
+        return Ok(());
+    };
+    let Some(status) = s.get("status").and_then(Value::as_str) else {
+        return Ok(());
+    };
+    if s.get("task_state").is_some_and(|t| !t.is_null()) {
+        return Ok(());
+    }
+    let fault = s
+        .pointer("/fault/message")
+        .and_then(Value::as_str)
+        .map(str::to_string);
+    update_server(svc, id, |d| {
+        if d.node_id.as_deref() != Some(node)
+            || d.status == "BUILD"
+            || d.task_state.is_some()
+            || d.status == status
+        {
+            return false;
+        }
+        d.status = status.to_string();
+        d.fault = (status == "ERROR").then(|| Fault {
+            code: 500,
+            message: fault
+                .clone()
+                .unwrap_or_else(|| "the node reported an error".into()),
+            created: now_secs(),
+        });
+        true
+    })
+    .map(|_| ())
+}
+
+fn node_view(svc: &Service, id: &str, d: &NodeDoc, now: u64) -> Value {
+    let used = d.used();
+    json!({
+        "id": id, "hostname": d.hostname, "agent_url": d.agent_url,
+        "availability_zone": d.availability_zone,
+        "state": if d.is_up(now, down_after(svc)) { "up" } else { "down" },
+        "disabled": d.disabled, "inventory": d.inventory, "ratios": d.ratios,
+        "capacity": d.capacity(), "used": used, "servers": d.allocations.len(),
+        "last_heartbeat": d.last_heartbeat,
+    })
+}
+
+// ---------------------------------------------------------------------------------------
+// Image data for agents.
+
+/// A URL the agent can fetch an image's bytes from for a while.
+fn image_url(svc: &Service, image_id: &str) -> Result<String, ApiError> {
+    let now = now_secs();
+    let claims = Claims {
+        methods: 0,
+        user_id: format!("{IMAGE_DATA_SUBJECT}{image_id}"),
+        scope: Scope::Unscoped,
+        issued_at_ms: crate::identity::token::now_ms(),
+        expires_at: now + IMAGE_URL_LIFETIME,
+        audit_id: random_audit_id().map_err(|e| ApiError::from(ServiceError::from(e)))?,
+        parent_audit_id: None,
+        app_cred_id: None,
+    };
+    let token = svc
+        .keys
+        .seal(&claims)
+        .map_err(|e| ApiError::from(ServiceError::from(e)))?;
+    Ok(format!(
+        "{}/v1/image-data/{image_id}/{token}",
+        svc.config.public_url
+    ))
+}
+
+async fn image_data(
+    svc: Arc<Service>,
+    req: http::Request<hyper::body::Incoming>,
+    segs: &[String],
+) -> Result<Response, ApiError> {
+    let [id, token] = segs else {
+        return Err(ApiError::not_found("no such image-data URL"));
+    };
+    if req.method() != Method::GET {
+        return Err(ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "only GET"));
+    }
+    let claims = svc
+        .keys
+        .open_token(token, now_secs())
+        .map_err(|_| ApiError::unauthorized("the image-data URL is invalid or expired"))?;
+    if claims.user_id != format!("{IMAGE_DATA_SUBJECT}{id}") {
+        return Err(ApiError::unauthorized(
+            "the image-data URL is for another image",
+        ));
+    }
+    let id2 = id.clone();
+    let doc: ImageDoc = blocking(svc.clone(), move |svc| {
+        let r = svc
+            .store
+            .get(Kind::Image, &id2)
+            .map_err(se)?
+            .ok_or_else(|| ApiError::not_found(format!("image {id2} not found")))?;
+        r.parse().map_err(se)
+    })
+    .await?;
+    if doc.status != "active" {
+        return Err(ApiError::conflict(format!("image {id} is {}", doc.status)));
+    }
+    let s = super::image::session(&svc).await.map_err(|e| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("the image store failed: {e}"),
+        )
+    })?;
+    let resp = svc.objects.get(&s, id).await.map_err(|e| {
+        svc.objects.clear_session();
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("the image store failed: {e}"),
+        )
+    })?;
+    let len = resp.headers().get("content-length").cloned();
+    let body = resp
+        .into_body()
+        .map_err(|e| -> super::BoxError { Box::new(e) })
+        .boxed();
+    let mut r = http::Response::new(body);
+    r.headers_mut().insert(
+        "content-type",
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    if let Some(l) = len {
+        r.headers_mut().insert("content-length", l);
+    }
+    Ok(r)
+}
+
+// ---------------------------------------------------------------------------------------
+// Nova.
+
+fn nova_headers(mut r: Response) -> Response {
+    let h = r.headers_mut();
+    h.insert(
+        "openstack-api-version",
+        HeaderValue::from_static("compute 2.1"),
+    );
+    h.insert(
+        "x-openstack-nova-api-version",
+        HeaderValue::from_static("2.1"),
+    );
+    h.insert(
+        "vary",
+        HeaderValue::from_static("OpenStack-API-Version, X-OpenStack-Nova-API-Version"),
+    );
+    r
+}
+
+fn version_doc(svc: &Service) -> Value {
+    json!({
+        "id": "v2.1", "status": "CURRENT", "version": "2.1", "min_version": "2.1",
+        "updated": "2013-07-23T11:33:21Z",
+        "links": [{"rel": "self", "href": format!("{}/compute/v2.1/", svc.config.public_url)}],
+        "media-types": [{"base": "application/json",
+                         "type": "application/vnd.openstack.compute+json;version=2.1"}],
+    })
+}
+
+/// Routes `/compute/...` (segments after `compute`).
+pub async fn route(
+    svc: Arc<Service>,
+    req: http::Request<hyper::body::Incoming>,
+    segs: Vec<String>,
+) -> Response {
+    nova_headers(match route_inner(svc, req, segs).await {
+        Ok(r) => r,
+        Err(e) => e.into_response(Flavor::Nova),
+    })
+}
+
+async fn route_inner(
+    svc: Arc<Service>,
+    req: http::Request<hyper::body::Incoming>,
+    segs: Vec<String>,
+) -> Result<Response, ApiError> {
+    let s: Vec<&str> = segs.iter().map(String::as_str).collect();
+    match s.as_slice() {
+        [] => {
+            return Ok(json_resp(
+                StatusCode::OK,
+                &json!({"versions": [version_doc(&svc)]}),
+            ));
+        }
+        ["v2.1"] => {
+            return Ok(json_resp(
+                StatusCode::OK,
+                &json!({"version": version_doc(&svc)}),
+            ));
+        }
+        ["v2.1", ..] => {}
+        _ => return Err(ApiError::not_found("no such compute API version")),
+    }
+    // Paths may carry the project id after the version (`/v2.1/{project_id}/servers`).
+    let mut rest: Vec<String> = segs[1..].to_vec();
+    if rest.len() > 1 && rest[0].len() == 32 && rest[0].bytes().all(|b| b.is_ascii_hexdigit()) {
+        rest.remove(0);
+    }
+    let req = read(&svc, req, rest).await?;
+    let r2 = Request {
+        method: req.method.clone(),
+        segs: vec![],
+        query: vec![],
+        headers: req.headers.clone(),
+        body: Bytes::new(),
+    };
+    let ctx = blocking(svc.clone(), move |svc| {
+        super::identity::caller(svc, &r2).map_err(ApiError::from)
+    })
+    .await?;
+    if ctx.project_id.is_none() {
+        return Err(ApiError::forbidden("compute needs a project-scoped token"));
+    }
+    let segs: Vec<&str> = req.segs.iter().map(String::as_str).collect();
+    // Async routes: those that talk to agents.
+    match (segs.as_slice(), &req.method) {
+        (["servers", id], &Method::DELETE) => {
+            return delete_server(svc, ctx, id.to_string()).await;
+        }
+        (["servers", id, "action"], &Method::POST) => {
+            return action(svc, ctx, id.to_string(), req.json()?).await;
+        }
+        _ => {}
+    }
+    let req = Arc::new(req);
+    let r2 = req.clone();
+    let (resp, build) = blocking(svc.clone(), move |svc| nova(svc, &ctx, &r2)).await?;
+    if let Some(id) = build {
+        tokio::spawn(build_server(svc, id));
+    }
+    Ok(resp)
+}
+
+fn owned(ctx: &Ctx, d: &ServerDoc) -> bool {
+    ctx.is_admin() || ctx.project_id.as_deref() == Some(d.project_id.as_str())
+}
+
+fn load_server(svc: &Service, ctx: &Ctx, id: &str) -> Result<(Record, ServerDoc), ApiError> {
+    let nf = || ApiError::not_found(format!("Instance {id} could not be found."));
+    let r = svc
+        .store
+        .get(Kind::Server, id)
+        .map_err(se)?
+        .ok_or_else(nf)?;
+    let d: ServerDoc = r.parse().map_err(se)?;
+    if !owned(ctx, &d) {
+        return Err(nf());
+    }
+    Ok((r, d))
+}
+
+/// Compare-and-swap edit of a server; `f` returns whether it changed anything. `None`
+/// when the server is gone.
+fn update_server(
+    svc: &Service,
+    id: &str,
+    mut f: impl FnMut(&mut ServerDoc) -> bool,
+) -> Result<Option<ServerDoc>, ApiError> {
+    for _ in 0..32 {
+        let Some(r) = svc.store.get(Kind::Server, id).map_err(se)? else {
+            return Ok(None);
+        };
+        let mut d: ServerDoc = r.parse().map_err(se)?;
+        if !f(&mut d) {
+            return Ok(Some(d));
+        }
+        d.updated = now_secs();
+        match svc.store.update(r.with_doc(None, &d)) {
+            Ok(()) => return Ok(Some(d)),
+            Err(StoreError::Stale { .. }) => continue,
+            Err(e) => return Err(se(e)),
+        }
+    }
+    Err(ApiError::conflict(format!(
+        "server {id} is changing too often; try again"
+    )))
+}
+
+fn nova(svc: &Service, ctx: &Ctx, req: &Request) -> Result<(Response, Option<String>), ApiError> {
+    let s: Vec<&str> = req.segs.iter().map(String::as_str).collect();
+    let ok = |v: Value| Ok((json_resp(StatusCode::OK, &v), None));
+    match (s.as_slice(), &req.method) {
+        (["flavors"], &Method::GET) => ok(json!({"flavors": flavors(svc, ctx, false)?})),
+        (["flavors", "detail"], &Method::GET) => ok(json!({"flavors": flavors(svc, ctx, true)?})),
+        (["flavors"], &Method::POST) => {
+            let v = create_flavor(svc, ctx, req)?;
+            ok(json!({"flavor": v}))
+        }
+        (["flavors", id], &Method::GET) => {
+            let r = svc
+                .store
+                .get(Kind::ComputeFlavor, id)
+                .map_err(se)?
+                .ok_or_else(|| ApiError::not_found(format!("Flavor {id} could not be found.")))?;
+            ok(json!({"flavor": flavor_view(svc, &r.id, &r.parse().map_err(se)?)}))
+        }
+        (["flavors", id], &Method::DELETE) => {
+            admin(ctx)?;
+            if svc
+                .store
+                .get(Kind::ComputeFlavor, id)
+                .map_err(se)?
+                .is_none()
+            {
+                return Err(ApiError::not_found(format!(
+                    "Flavor {id} could not be found."
+                )));
+            }
+            svc.store.delete(Kind::ComputeFlavor, id).map_err(se)?;
+            Ok((empty(StatusCode::ACCEPTED), None))
+        }
+        (["flavors", _, "os-extra_specs"], &Method::GET) => ok(json!({"extra_specs": {}})),
+        (["servers"], &Method::GET) => ok(json!({"servers": servers(svc, ctx, req, false)?})),
+        (["servers", "detail"], &Method::GET) => {
+            ok(json!({"servers": servers(svc, ctx, req, true)?}))
+        }
+        (["servers"], &Method::POST) => {
+            let (v, id) = create_server(svc, ctx, req)?;
+            Ok((
+                json_resp(StatusCode::ACCEPTED, &json!({"server": v})),
+                Some(id),
+            ))
+        }
+        (["servers", id], &Method::GET) => {
+            let (_, d) = load_server(svc, ctx, id)?;
+            ok(json!({"server": server_view(svc, id, &d, true)}))
+        }
+        (["servers", id, "os-interface"], &Method::GET) => {
+            let (_, d) = load_server(svc, ctx, id)?;
+            let list: Vec<Value> = d
+                .ports
+                .iter()
+                .map(|p| {
+                    json!({"port_id": p.id, "net_id": p.network_id, "mac_addr": p.mac_address,
+                    "port_state": "ACTIVE",
+                    "fixed_ips": [{"ip_address": p.ip_address}]})
+                })
+                .collect();
+            ok(json!({"interfaceAttachments": list}))
+        }
+        (["os-hypervisors"] | ["os-hypervisors", "detail"], &Method::GET) => {
+            admin(ctx)?;
+            let detail = s.len() == 2;
+            let now = now_secs();
+            let list: Vec<Value> = list_nodes(&*svc.store)
+                .map_err(se)?
+                .iter()
+                .map(|(r, d)| hypervisor_view(svc, &r.id, d, now, detail))
+                .collect();
+            ok(json!({"hypervisors": list}))
+        }
+        (["os-hypervisors", pattern, "search"], &Method::GET) => {
+            admin(ctx)?;
+            let now = now_secs();
+            let list: Vec<Value> = list_nodes(&*svc.store)
+                .map_err(se)?
+                .iter()
+                .filter(|(_, d)| d.hostname.contains(pattern))
+                .map(|(r, d)| hypervisor_view(svc, &r.id, d, now, false))
+                .collect();
+            if list.is_empty() {
+                return Err(ApiError::not_found(format!(
+                    "No hypervisor matching '{pattern}' could be found."
+                )));
+            }
+            ok(json!({"hypervisors": list}))
+        }
+        (["os-hypervisors", id], &Method::GET) => {
+            admin(ctx)?;
+            let nodes = list_nodes(&*svc.store).map_err(se)?;
+            let (r, d) = nodes
+                .iter()
+                .find(|(r, d)| r.id == *id || d.hostname == *id)
+                .ok_or_else(|| {
+                    ApiError::not_found(format!("Hypervisor {id} could not be found."))
+                })?;
+            ok(json!({"hypervisor": hypervisor_view(svc, &r.id, d, now_secs(), true)}))
+        }
+        (["os-availability-zone"] | ["os-availability-zone", "detail"], &Method::GET) => {
+            let now = now_secs();
+            let mut zones: std::collections::BTreeMap<String, bool> = Default::default();
+            for (_, d) in list_nodes(&*svc.store).map_err(se)? {
+                let up = d.is_up(now, down_after(svc)) && !d.disabled;
+                *zones.entry(d.availability_zone.clone()).or_default() |= up;
+            }
+            let list: Vec<Value> = zones
+                .iter()
+                .map(
+                    |(z, up)| json!({"zoneName": z, "zoneState": {"available": up}, "hosts": null}),
+                )
+                .collect();
+            ok(json!({"availabilityZoneInfo": list}))
+        }
+        (["os-keypairs"], &Method::GET) => {
+            let list: Vec<Value> = svc
+                .store
+                .list(Kind::Keypair, Some(ctx.user_id()))
+                .map_err(se)?
+                .iter()
+                .filter_map(|r| r.parse::<KeypairDoc>().ok())
+                .map(|k| {
+                    json!({"keypair": {"name": k.name, "public_key": k.public_key,
+                                            "fingerprint": k.fingerprint}})
+                })
+                .collect();
+            ok(json!({"keypairs": list}))
+        }
+        (["os-keypairs"], &Method::POST) => {
+            let v = create_keypair(svc, ctx, req)?;
+            ok(json!({"keypair": v}))
+        }
+        (["os-keypairs", name], &Method::GET) => {
+            let k = keypair(svc, ctx, name)?;
+            ok(
+                json!({"keypair": {"name": k.name, "public_key": k.public_key,
+                "fingerprint": k.fingerprint, "user_id": ctx.user_id(), "deleted": false,
+                "created_at": crate::time::keystone(k.created), "id": 0}}),
+            )
+        }
+        (["os-keypairs", name], &Method::DELETE) => {
+            keypair(svc, ctx, name)?;
+            let r = svc
+                .store
+                .get_by_name(Kind::Keypair, ctx.user_id(), name)
+                .map_err(se)?
+                .ok_or_else(|| ApiError::not_found("keypair vanished"))?;
+            svc.store.delete(Kind::Keypair, &r.id).map_err(se)?;
+            Ok((empty(StatusCode::ACCEPTED), None))
+        }
+        (["os-quota-sets", pid], &Method::GET) => {
+            if !ctx.is_admin() && ctx.project_id.as_deref() != Some(*pid) {
+                return Err(ApiError::forbidden(
+                    "another project's quotas need the admin role",
+                ));
+            }
+            ok(json!({"quota_set": quota_view(pid, &quota(svc, pid)?)}))
+        }
+        (["os-quota-sets", pid, "defaults"], &Method::GET) => {
+            ok(json!({"quota_set": quota_view(pid, &QuotaDoc::default())}))
+        }
+        (["os-quota-sets", pid], &Method::PUT) => {
+            admin(ctx)?;
+            let b: Value = req.json()?;
+            let set = b
+                .get("quota_set")
+                .and_then(Value::as_object)
+                .ok_or_else(|| ApiError::bad_request("the body needs a \"quota_set\" object"))?;
+            let mut q = quota(svc, pid)?;
+            for (k, v) in set {
+                let n = v.as_i64().filter(|n| *n >= -1);
+                let slot = match k.as_str() {
+                    "instances" => &mut q.instances,
+                    "cores" => &mut q.cores,
+                    "ram" => &mut q.ram,
+                    "key_pairs" => &mut q.key_pairs,
+                    "server_groups" => &mut q.server_groups,
+                    "server_group_members" => &mut q.server_group_members,
+                    "force" => continue,
+                    other => {
+                        return Err(ApiError::bad_request(format!("unknown quota {other:?}")));
+                    }
+                };
+                *slot = n.ok_or_else(|| {
+                    ApiError::bad_request(format!("quota {k} must be an integer >= -1"))
+                })?;
+            }
+            match svc.store.get(Kind::Quota, pid).map_err(se)? {
+                Some(r) => svc.store.update(r.with_doc(None, &q)).map_err(se)?,
+                None => svc
+                    .store
+                    .insert(Record::new(Kind::Quota, pid, "", None, &q))
+                    .map_err(se)?,
+            }
+            ok(json!({"quota_set": quota_view(pid, &q)}))
+        }
+        (["os-server-groups"], &Method::GET) => {
+            let list: Vec<Value> = svc
+                .store
+                .list(Kind::ServerGroup, ctx.project_id.as_deref())
+                .map_err(se)?
+                .iter()
+                .map(|r| group_view(svc, r))
+                .collect::<Result<_, _>>()?;
+            ok(json!({"server_groups": list}))
+        }
+        (["os-server-groups"], &Method::POST) => {
+            let b: Value = req.json()?;
+            let g = b
+                .get("server_group")
+                .ok_or_else(|| ApiError::bad_request("the body needs a \"server_group\" object"))?;
+            let name = g
+                .get("name")
+                .and_then(Value::as_str)
+                .filter(|n| !n.is_empty() && n.len() <= 255)
+                .ok_or_else(|| {
+                    ApiError::bad_request("server_group.name must be 1 to 255 characters")
+                })?;
+            let policy = match g
+                .get("policies")
+                .and_then(Value::as_array)
+                .map(Vec::as_slice)
+            {
+                Some([p]) => match p.as_str() {
+                    Some("affinity") => "affinity",
+                    Some("anti-affinity") => "anti-affinity",
+                    _ => {
+                        return Err(ApiError::bad_request(
+                            "policies must be [\"affinity\"] or [\"anti-affinity\"]",
+                        ));
+                    }
+                },
+                _ => {
+                    return Err(ApiError::bad_request(
+                        "policies must be [\"affinity\"] or [\"anti-affinity\"]",
+                    ));
+                }
+            };
+            let id = uuid::Uuid::new_v4().to_string();
+            let pid = ctx.project_id.clone().unwrap_or_default();
+            let doc = json!({"name": name, "policy": policy, "project_id": pid, "user_id": ctx.user_id()});
+            let rec = Record::new(Kind::ServerGroup, &id, &pid, None, &doc);
+            svc.store.insert(rec.clone()).map_err(se)?;
+            ok(json!({"server_group": group_view(svc, &rec)?}))
+        }
+        (["os-server-groups", id], &Method::GET | &Method::DELETE) => {
+            let r = svc
+                .store
+                .get(Kind::ServerGroup, id)
+                .map_err(se)?
+                .filter(|r| ctx.is_admin() || Some(r.scope.as_str()) == ctx.project_id.as_deref())
+                .ok_or_else(|| {
+                    ApiError::not_found(format!("Instance group {id} could not be found."))
+                })?;
+            if req.method == Method::DELETE {
+                svc.store.delete(Kind::ServerGroup, id).map_err(se)?;
+                return Ok((empty(StatusCode::NO_CONTENT), None));
+            }
+            ok(json!({"server_group": group_view(svc, &r)?}))
+        }
+        (["limits"], &Method::GET) => {
+            let pid = ctx.project_id.clone().unwrap_or_default();
+            let q = quota(svc, &pid)?;
+            let (n, cores, ram) = usage(svc, &pid)?;
+            ok(json!({"limits": {"rate": [], "absolute": {
+                "maxTotalInstances": q.instances, "maxTotalCores": q.cores, "maxTotalRAMSize": q.ram,
+                "maxTotalKeypairs": q.key_pairs, "maxServerGroups": q.server_groups,
+                "maxServerGroupMembers": q.server_group_members, "maxServerMeta": 128,
+                "maxImageMeta": 128, "maxPersonality": 5, "maxPersonalitySize": 10240,
+                "totalInstancesUsed": n, "totalCoresUsed": cores, "totalRAMUsed": ram,
+                "totalServerGroupsUsed": 0}}}))
+        }
+        _ => Err(ApiError::not_found("The resource could not be found.")),
+    }
+}
+
+fn admin(ctx: &Ctx) -> Result<(), ApiError> {
+    if ctx.is_admin() {
+        Ok(())
+    } else {
+        Err(ApiError::forbidden(
+            "Policy doesn't allow this operation (admin only).",
+        ))
+    }
+}
+
+fn group_view(svc: &Service, r: &Record) -> Result<Value, ApiError> {
+    let d: Value = r.parse().map_err(se)?;
+    let members: Vec<String> = svc
+        .store
+        .list(Kind::Server, None)
+        .map_err(se)?
+        .iter()
+        .filter_map(|s| {
+            let sd: ServerDoc = s.parse().ok()?;
+            (sd.group_id.as_deref() == Some(r.id.as_str())).then(|| s.id.clone())
+        })
+        .collect();
+    Ok(
+        json!({"id": r.id, "name": d["name"], "policies": [d["policy"]], "members": members,
+              "metadata": {}, "project_id": d["project_id"], "user_id": d["user_id"]}),
+    )
+}
+
+fn quota(svc: &Service, pid: &str) -> Result<QuotaDoc, ApiError> {
+    match svc.store.get(Kind::Quota, pid).map_err(se)? {
+        Some(r) => r.parse().map_err(se),
+        None => Ok(QuotaDoc::default()),
+    }
+}
+
+fn quota_view(pid: &str, q: &QuotaDoc) -> Value {
+    json!({"id": pid, "instances": q.instances, "cores": q.cores, "ram": q.ram,
+           "key_pairs": q.key_pairs, "server_groups": q.server_groups,
+           "server_group_members": q.server_group_members, "metadata_items": 128,
+           "injected_files": 5, "injected_file_content_bytes": 10240,
+           "injected_file_path_bytes": 255, "fixed_ips": -1, "floating_ips": -1,
+           "security_groups": -1, "security_group_rules": -1})
+}
+
+/// Servers, vCPUs and MiB a project uses.
+fn usage(svc: &Service, pid: &str) -> Result<(i64, i64, i64), ApiError> {
+    let mut t = (0, 0, 0);
+    for r in svc.store.list(Kind::Server, Some(pid)).map_err(se)? {
+        let d: ServerDoc = r.parse().map_err(se)?;
+        t.0 += 1;
+        t.1 += d.flavor.vcpus as i64;
+        t.2 += d.flavor.ram as i64;
+    }
+    Ok(t)
+}
+
+fn link(svc: &Service, what: &str, id: &str) -> Value {
+    json!([{"rel": "self", "href": format!("{}/compute/v2.1/{what}/{id}", svc.config.public_url)},
+           {"rel": "bookmark", "href": format!("{}/compute/{what}/{id}", svc.config.public_url)}])
+}
+
+fn flavor_view(svc: &Service, id: &str, f: &FlavorDoc) -> Value {
+    json!({"id": id, "name": f.name, "vcpus": f.vcpus, "ram": f.ram, "disk": f.disk,
+           "OS-FLV-EXT-DATA:ephemeral": f.ephemeral,
+           "swap": if f.swap == 0 { json!("") } else { json!(f.swap) },
+           "rxtx_factor": f.rxtx_factor, "os-flavor-access:is_public": f.is_public,
+           "OS-FLV-DISABLED:disabled": false, "links": link(svc, "flavors", id)})
+}
+
+fn flavors(svc: &Service, ctx: &Ctx, detail: bool) -> Result<Vec<Value>, ApiError> {
+    let mut out = Vec::new();
+    for r in svc.store.list(Kind::ComputeFlavor, None).map_err(se)? {
+        let f: FlavorDoc = r.parse().map_err(se)?;
+        if !f.is_public && !ctx.is_admin() {
+            continue;
+        }
+        out.push(if detail {
+            flavor_view(svc, &r.id, &f)
+        } else {
+            json!({"id": r.id, "name": f.name, "links": link(svc, "flavors", &r.id)})
+        });
+    }
+    Ok(out)
+}
+
+fn uint(v: &Value, key: &str, required: bool) -> Result<u64, ApiError> {
+    match v.get(key) {
+        None | Some(Value::Null) if !required => Ok(0),
+        None | Some(Value::Null) => Err(ApiError::bad_request(format!("flavor.{key} is required"))),
+        Some(x) => x
+            .as_u64()
+            .or_else(|| x.as_str().and_then(|s| s.parse().ok()))
+            .ok_or_else(|| {
+                ApiError::bad_request(format!("flavor.{key} must be a non-negative integer"))
+            }),
+    }
+}
+
+fn create_flavor(svc: &Service, ctx: &Ctx, req: &Request) -> Result<Value, ApiError> {
+    admin(ctx)?;
+    let b: Value = req.json()?;
+    let f = b
+        .get("flavor")
+        .filter(|f| f.is_object())
+        .ok_or_else(|| ApiError::bad_request("the body needs a \"flavor\" object"))?;
+    let name = f
+        .get("name")
+        .and_then(Value::as_str)
+        .map(str::trim)
+        .filter(|n| !n.is_empty() && n.len() <= 255)
+        .ok_or_else(|| ApiError::bad_request("flavor.name must be 1 to 255 characters"))?;
+    let vcpus = uint(f, "vcpus", true)?;
+    let ram = uint(f, "ram", true)?;
+    if vcpus == 0 || ram == 0 {
+        return Err(ApiError::bad_request(
+            "flavor.vcpus and flavor.ram must be at least 1",
+        ));
+    }
+    let doc = FlavorDoc {
+        name: name.to_string(),
+        vcpus,
+        ram,
+        disk: uint(f, "disk", true)?,
+        ephemeral: uint(f, "OS-FLV-EXT-DATA:ephemeral", false)?,
+        swap: uint(f, "swap", false).or_else(|_| {
+            if f.get("swap") == Some(&json!("")) {
+                Ok(0)
+            } else {
+                Err(ApiError::bad_request("flavor.swap must be an integer"))
+            }
+        })?,
+        rxtx_factor: f.get("rxtx_factor").and_then(Value::as_f64).unwrap_or(1.0),
+        is_public: match f.get("os-flavor-access:is_public") {
+            None | Some(Value::Null) => true,
+            Some(Value::Bool(b)) => *b,
+            Some(_) => {
+                return Err(ApiError::bad_request(
+                    "os-flavor-access:is_public must be a boolean",
+                ));
+            }
+        },
+        description: f
+            .get("description")
+            .and_then(Value::as_str)
+            .map(str::to_string),
+    };
+    let id = match f.get("id") {
+        None | Some(Value::Null) => uuid::Uuid::new_v4().to_string(),
+        Some(Value::String(s)) if s == "auto" => uuid::Uuid::new_v4().to_string(),
+        Some(Value::String(s)) if valid_id(s) || s.contains('.') => s.clone(),
+        Some(Value::Number(n)) => n.to_string(),
+        Some(_) => {
+            return Err(ApiError::bad_request(
+                "flavor.id must be a string of [A-Za-z0-9_.-]",
+            ));
+        }
+    };
+    if svc
+        .store
+        .list(Kind::ComputeFlavor, None)
+        .map_err(se)?
+        .iter()
+        .any(|r| r.parse::<FlavorDoc>().is_ok_and(|d| d.name == doc.name))
+    {
+        return Err(ApiError::conflict(format!(
+            "Flavor with name {name} already exists."
+        )));
+    }
+    match svc
+        .store
+        .insert(Record::new(Kind::ComputeFlavor, &id, "", Some(name), &doc))
+    {
+        Err(StoreError::Conflict { .. }) => {
+            return Err(ApiError::conflict(format!(
+                "Flavor with ID {id} already exists."
+            )));
+        }
+        r => r.map_err(se)?,
+    }
+    Ok(flavor_view(svc, &id, &doc))
+}
+
+fn fingerprint(public_key: &str) -> Result<String, ApiError> {
+    use base64::Engine;
+    use md5::Digest;
+    let mut parts = public_key.split_whitespace();
+    let kind = parts.next().unwrap_or("");
+    let blob = parts.next().unwrap_or("");
+    if !kind.starts_with("ssh-") && !kind.starts_with("ecdsa-") {
+        return Err(ApiError::bad_request(
+            "public_key must be an OpenSSH public key",
+        ));
+    }
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(blob)
+        .map_err(|_| ApiError::bad_request("public_key's key data is not base64"))?;
+    let d = md5::Md5::digest(&raw);
+    Ok(d.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":"))
+}
+
+fn create_keypair(svc: &Service, ctx: &Ctx, req: &Request) -> Result<Value, ApiError> {
+    let b: Value = req.json()?;
+    let k = b
+        .get("keypair")
+        .ok_or_else(|| ApiError::bad_request("the body needs a \"keypair\" object"))?;
+    let name = k
+        .get("name")
+        .and_then(Value::as_str)
+        .filter(|n| !n.is_empty() && n.len() <= 255)
+        .ok_or_else(|| ApiError::bad_request("keypair.name must be 1 to 255 characters"))?;
+    let public_key = k.get("public_key").and_then(Value::as_str).ok_or_else(|| {
+        ApiError::bad_request(
+            "keypair.public_key is required: this cloud does not generate keys (use --public-key)",
+        )
+    })?;
+    let doc = KeypairDoc {
+        name: name.into(),
+        public_key: public_key.trim().into(),
+        fingerprint: fingerprint(public_key)?,
+        kind: "ssh".into(),
+        created: now_secs(),
+    };
+    let rec = Record::new(
+        Kind::Keypair,
+        &uuid::Uuid::new_v4().to_string(),
+        ctx.user_id(),
+        Some(name),
+        &doc,
+    );
+    match svc.store.insert(rec) {
+        Err(StoreError::Conflict { .. }) => {
+            return Err(ApiError::conflict(format!(
+                "Key pair '{name}' already exists."
+            )));
+        }
+        r => r.map_err(se)?,
+    }
+    Ok(
+        json!({"name": doc.name, "public_key": doc.public_key, "fingerprint": doc.fingerprint,
+              "user_id": ctx.user_id()}),
+    )
+}
+
+fn keypair(svc: &Service, ctx: &Ctx, name: &str) -> Result<KeypairDoc, ApiError> {
+    svc.store
+        .get_by_name(Kind::Keypair, ctx.user_id(), name)
+        .map_err(se)?
+        .ok_or_else(|| {
+            ApiError::not_found(format!(
+                "Keypair {name} not found for user {}",
+                ctx.user_id()
+            ))
+        })?
+        .parse()
+        .map_err(se)
+}
+
+fn hypervisor_view(svc: &Service, id: &str, d: &NodeDoc, now: u64, detail: bool) -> Value {
+    let up = d.is_up(now, down_after(svc));
+    let mut v = json!({"id": id, "hypervisor_hostname": d.hostname,
+        "state": if up { "up" } else { "down" },
+        "status": if d.disabled { "disabled" } else { "enabled" }});
+    if detail {
+        let used = d.used();
+        let cap = d.capacity();
+        let extra = json!({"vcpus": d.inventory.vcpus, "memory_mb": d.inventory.memory_mib,
+            "local_gb": d.inventory.disk_gb, "vcpus_used": used.vcpus,
+            "memory_mb_used": used.memory_mib, "local_gb_used": used.disk_gb,
+            "free_ram_mb": cap.memory_mib as i64 - used.memory_mib as i64,
+            "free_disk_gb": cap.disk_gb as i64 - used.disk_gb as i64,
+            "hypervisor_type": "ferrostack-vmm", "hypervisor_version": 1,
+            "running_vms": d.allocations.len(), "current_workload": 0,
+            "disk_available_least": cap.disk_gb as i64 - used.disk_gb as i64,
+            "host_ip": host_of(&d.agent_url), "cpu_info": "{}",
+            "service": {"host": d.hostname, "id": id, "disabled_reason": null}});
+        for (k, x) in extra.as_object().expect("object") {
+            v[k] = x.clone();
+        }
+    }
+    v
+}
+
+fn host_of(url: &str) -> String {
+    url.trim_start_matches("http://")
+        .split(['/', ':'])
+        .next()
+        .unwrap_or("")
+        .to_string()
+}
+
+fn server_view(svc: &Service, id: &str, d: &ServerDoc, detail: bool) -> Value {
+    if !detail {
+        return json!({"id": id, "name": d.name, "links": link(svc, "servers", id)});
+    }
+    let mut addresses = serde_json::Map::new();
+    for (i, p) in d.ports.iter().enumerate() {
+        // Nova keys addresses by network name.
+        let label = d
+            .networks
+            .get(i)
+            .filter(|(k, _)| k == "network")
+            .and_then(|(_, id)| svc.store.get(Kind::Network, id).ok().flatten())
+            .and_then(|r| r.parse::<super::network::NetworkDoc>().ok())
+            .map(|n| n.name)
+            .filter(|n| !n.is_empty())
+            .unwrap_or_else(|| p.network_id.clone());
+        let net = addresses.entry(label).or_insert_with(|| json!([]));
+        if let Some(a) = net.as_array_mut() {
+            a.push(
+                json!({"version": 4, "addr": p.ip_address, "OS-EXT-IPS:type": "fixed",
+                          "OS-EXT-IPS-MAC:mac_addr": p.mac_address}),
+            );
+        }
+    }
+    let host_id = d.node_id.as_ref().map(|n| {
+        use sha2::Digest;
+        hex::encode(sha2::Sha224::digest(
+            format!("{}{n}", d.project_id).as_bytes(),
+        ))
+    });
+    let mut v = json!({
+        "id": id, "name": d.name, "status": d.status, "tenant_id": d.project_id,
+        "user_id": d.user_id, "metadata": d.metadata, "hostId": host_id.unwrap_or_default(),
+        "image": {"id": d.image_id, "links": link(svc, "images", &d.image_id)},
+        "flavor": {"id": d.flavor_id, "links": link(svc, "flavors", &d.flavor_id)},
+        "created": crate::time::keystone(d.created), "updated": crate::time::keystone(d.updated),
+        "addresses": addresses, "accessIPv4": "", "accessIPv6": "",
+        "links": link(svc, "servers", id), "OS-DCF:diskConfig": "MANUAL",
+        "progress": 0, "OS-EXT-AZ:availability_zone": d.availability_zone.clone().unwrap_or_default(),
+        "config_drive": "", "key_name": d.key_name,
+        "OS-SRV-USG:launched_at": d.launched_at.map(crate::time::keystone),
+        "OS-SRV-USG:terminated_at": null,
+        "OS-EXT-SRV-ATTR:host": d.host, "OS-EXT-SRV-ATTR:hypervisor_hostname": d.host,
+        "OS-EXT-SRV-ATTR:instance_name": format!("instance-{}", &id[..8.min(id.len())]),
+        "OS-EXT-STS:task_state": d.task_state, "OS-EXT-STS:vm_state": d.vm_state(),
+        "OS-EXT-STS:power_state": d.power_state(),
+        "os-extended-volumes:volumes_attached": [],
+        "security_groups": [{"name": "default"}],
+    });
+    if let Some(f) = &d.fault {
+        v["fault"] = json!({"code": f.code, "message": f.message,
+                            "created": crate::time::keystone(f.created)});
+    }
+    v
+}
+
+fn servers(svc: &Service, ctx: &Ctx, req: &Request, detail: bool) -> Result<Vec<Value>, ApiError> {
+    let all = ctx.is_admin()
+        && req
+            .q("all_tenants")
+            .is_some_and(|v| v != "0" && v != "false");
+    let scope = if all { None } else { ctx.project_id.as_deref() };
+    let mut out = Vec::new();
+    for r in svc.store.list(Kind::Server, scope).map_err(se)? {
+        let d: ServerDoc = r.parse().map_err(se)?;
+        if let Some(n) = req.q("name")
+            && !d.name.contains(n)
+        {
+            continue;
+        }
+        if let Some(st) = req.q("status")
+            && !d.status.eq_ignore_ascii_case(st)
+        {
+            continue;
+        }
+        out.push((d.created, server_view(svc, &r.id, &d, detail)));
+    }
+    // Newest first, as Nova lists.
+    out.sort_by_key(|a| std::cmp::Reverse(a.0));
+    Ok(out.into_iter().map(|(_, v)| v).collect())
+}
+
+/// The last path segment of an id or a link.
+fn ref_id(v: &str) -> &str {
+    v.trim_end_matches('/').rsplit('/').next().unwrap_or(v)
+}
+
+fn create_server(svc: &Service, ctx: &Ctx, req: &Request) -> Result<(Value, String), ApiError> {
+    let b: Value = req.json()?;
+    let s = b
+        .get("server")
+        .filter(|s| s.is_object())
+        .ok_or_else(|| ApiError::bad_request("the body needs a \"server\" object"))?;
+    let name = s
+        .get("name")
+        .and_then(Value::as_str)
+        .map(str::trim)
+        .filter(|n| !n.is_empty() && n.len() <= 255)
+        .ok_or_else(|| ApiError::bad_request("server.name must be 1 to 255 characters"))?;
+    for k in ["min_count", "max_count"] {
+        if let Some(v) = s.get(k)
+            && v.as_u64()
+                .or_else(|| v.as_str().and_then(|x| x.parse().ok()))
+                != Some(1)
+        {
+            return Err(ApiError::bad_request(format!(
+                "{k} other than 1 is not supported: create servers one at a time"
+            )));
+        }
+    }
+    if s.get("block_device_mapping_v2")
+        .is_some_and(|v| v.as_array().is_some_and(|a| !a.is_empty()))
+    {
+        return Err(ApiError::bad_request(
+            "block_device_mapping_v2 (boot from volume) is not supported by this cloud yet",
+        ));
+    }
+    let image_id = s
+        .get("imageRef")
+        .and_then(Value::as_str)
+        .map(ref_id)
+        .filter(|i| !i.is_empty())
+        .ok_or_else(|| ApiError::bad_request("server.imageRef is required"))?
+        .to_string();
+    let flavor_id = s
+        .get("flavorRef")
+        .and_then(|v| {
+            v.as_str()
+                .map(str::to_string)
+                .or_else(|| v.as_u64().map(|n| n.to_string()))
+        })
+        .map(|v| ref_id(&v).to_string())
+        .ok_or_else(|| ApiError::bad_request("server.flavorRef is required"))?;
+    let flavor: FlavorDoc = svc
+        .store
+        .get(Kind::ComputeFlavor, &flavor_id)
+        .map_err(se)?
+        .ok_or_else(|| ApiError::bad_request(format!("Flavor {flavor_id} could not be found.")))?
+        .parse()
+        .map_err(se)?;
+    if flavor.vcpus > 32 {
+        return Err(ApiError::bad_request(
+            "flavors of more than 32 vCPUs cannot boot here",
+        ));
+    }
+    let img = image_for(svc, ctx, &image_id)?;
+    let kernel = img.properties.get("kernel_id").ok_or_else(|| {
+        ApiError::bad_request(format!(
+            "image {image_id} has no kernel_id property: boot images need a kernel image (kernel_id) and optionally a ramdisk (ramdisk_id)"
+        ))
+    })?;
+    image_for(svc, ctx, kernel)?;
+    if let Some(rd) = img.properties.get("ramdisk_id") {
+        image_for(svc, ctx, rd)?;
+    }
+    if img.min_ram > flavor.ram {
+        return Err(ApiError::bad_request(format!(
+            "Flavor's memory is too small for requested image ({} MiB < {} MiB).",
+            flavor.ram, img.min_ram
+        )));
+    }
+    if flavor.disk > 0 && img.size.unwrap_or(0) > flavor.disk << 30 {
+        return Err(ApiError::bad_request(
+            "Flavor's disk is too small for requested image.",
+        ));
+    }
+    let mut networks = Vec::new();
+    match s.get("networks") {
+        None | Some(Value::Null) => {}
+        Some(Value::String(x)) if x == "none" || x == "auto" => {}
+        Some(Value::Array(a)) => {
+            for n in a {
+                if let Some(p) = n.get("port").and_then(Value::as_str) {
+                    networks.push(("port".to_string(), p.to_string()));
+                } else if let Some(u) = n.get("uuid").and_then(Value::as_str) {
+                    // A network of control's Neutron must be visible to the caller and
+                    // have its subnet; other ids are passed to the node's netdp as they are.
+                    if svc.store.get(Kind::Network, u).map_err(se)?.is_some() {
+                        super::network::network(svc, ctx, u)?;
+                        if super::network::subnet_of(svc, u)?.is_none() {
+                            return Err(ApiError::bad_request(format!(
+                                "Network {u} requires a subnet in order to boot instances on."
+                            )));
+                        }
+                    }
+                    networks.push(("network".to_string(), u.to_string()));
+                } else {
+                    return Err(ApiError::bad_request(
+                        "each networks entry needs a uuid or a port",
+                    ));
+                }
+            }
+        }
+        Some(_) => {
+            return Err(ApiError::bad_request(
+                "server.networks must be a list of {uuid|port}, \"auto\" or \"none\"",
+            ));
+        }
+    }
+    let (key_name, public_key) = match s.get("key_name").and_then(Value::as_str) {
+        Some(k) => {
+            let kp = keypair(svc, ctx, k)
+                .map_err(|_| ApiError::bad_request(format!("Invalid key_name provided: {k}")))?;
+            (Some(k.to_string()), Some(kp.public_key))
+        }
+        None => (None, None),
+    };
+    let mut metadata = std::collections::BTreeMap::new();
+    if let Some(m) = s.get("metadata").and_then(Value::as_object) {
+        for (k, v) in m {
+            let v = v
+                .as_str()
+                .ok_or_else(|| ApiError::bad_request("metadata values must be strings"))?;
+            metadata.insert(k.clone(), v.to_string());
+        }
+    }
+    let az = s
+        .get("availability_zone")
+        .and_then(Value::as_str)
+        .map(|z| z.split(':').next().unwrap_or(z).to_string())
+        .filter(|z| !z.is_empty());
+    let group_id = b
+        .pointer("/os:scheduler_hints/group")
+        .and_then(Value::as_str)
+        .map(str::to_string);
+    if let Some(g) = &group_id {
+        svc.store
+            .get(Kind::ServerGroup, g)
+            .map_err(se)?
+            .filter(|r| ctx.is_admin() || Some(r.scope.as_str()) == ctx.project_id.as_deref())
+            .ok_or_else(|| ApiError::bad_request(format!("Invalid server group {g}")))?;
+    }
+    let pid = ctx.project_id.clone().unwrap_or_default();
+    let q = quota(svc, &pid)?;
+    let (n, cores, ram) = usage(svc, &pid)?;
+    let over = |limit: i64, used: i64, add: i64| limit >= 0 && used + add > limit;
+    for (what, limit, used, add) in [
+        ("instances", q.instances, n, 1),
+        ("cores", q.cores, cores, flavor.vcpus as i64),
+        ("ram", q.ram, ram, flavor.ram as i64),
+    ] {
+        if over(limit, used, add) {
+            return Err(ApiError::forbidden(format!(
+                "Quota exceeded for {what}: Requested {add}, but already used {used} of {limit} {what}"
+            )));
+        }
+    }
+    let id = uuid::Uuid::new_v4().to_string();
+    let now = now_secs();
+    let doc = ServerDoc {
+        name: name.to_string(),
+        project_id: pid.clone(),
+        user_id: ctx.user_id().to_string(),
+        flavor_id,
+        flavor,
+        image_id,
+        networks,
+        key_name,
+        public_key,
+        metadata,
+        availability_zone: az,
+        group_id,
+        status: "BUILD".into(),
+        task_state: Some("scheduling".into()),
+        node_id: None,
+        host: None,
+        tried: vec![],
+        fault: None,
+        ports: vec![],
+        created: now,
+        updated: now,
+        launched_at: None,
+    };
+    svc.store
+        .insert(Record::new(Kind::Server, &id, &pid, None, &doc))
+        .map_err(se)?;
+    let mut v = server_view(svc, &id, &doc, false);
+    v["OS-DCF:diskConfig"] = json!("MANUAL");
+    v["security_groups"] = json!([{"name": "default"}]);
+    v["adminPass"] = json!("");
+    Ok((v, id))
+}
+
+fn image_for(svc: &Service, ctx: &Ctx, id: &str) -> Result<ImageDoc, ApiError> {
+    let nf = || ApiError::bad_request(format!("Image {id} could not be found."));
+    let r = svc.store.get(Kind::Image, id).map_err(se)?.ok_or_else(nf)?;
+    let img: ImageDoc = r.parse().map_err(se)?;
+    let member = svc
+        .store
+        .get_by_name(
+            Kind::ImageMember,
+            id,
+            ctx.project_id.as_deref().unwrap_or(""),
+        )
+        .ok()
+        .flatten()
+        .and_then(|m| m.parse::<crate::image::MemberDoc>().ok())
+        .map(|m| m.status);
+    if access(ctx, &img, member.as_deref()) == Access::None {
+        return Err(nf());
+    }
+    if img.status != "active" {
+        return Err(ApiError::bad_request(format!("Image {id} is not active.")));
+    }
+    Ok(img)
+}
+
+// ---------------------------------------------------------------------------------------
+// Builds.
+
+fn fail(svc: &Service, id: &str, message: String) {
+    tracing::warn!(server = id, %message, "build failed");
+    let _ = update_server(svc, id, |d| {
+        d.status = "ERROR".into();
+        d.task_state = None;
+        d.fault = Some(Fault {
+            code: 500,
+            message: message.clone(),
+            created: now_secs(),
+        });
+        true
+    });
+}
+
+/// Claims a node and builds the placement for the agent.
+fn schedule(svc: &Service, id: &str) -> Result<Option<(String, String, Value)>, ApiError> {
+    let Some(r) = svc.store.get(Kind::Server, id).map_err(se)? else {
+        return Ok(None);
+    };
+    let d: ServerDoc = r.parse().map_err(se)?;
+    let img: ImageDoc = svc
+        .store
+        .get(Kind::Image, &d.image_id)
+        .map_err(se)?
+        .ok_or_else(|| ApiError::bad_request(format!("image {} vanished", d.image_id)))?
+        .parse()
+        .map_err(se)?;
+    let group = match &d.group_id {
+        Some(g) => {
+            let gr = svc.store.get(Kind::ServerGroup, g).map_err(se)?;
+            match gr {
+                Some(gr) => {
+                    let gd: Value = gr.parse().map_err(se)?;
+                    let policy = if gd["policy"] == "affinity" {
+                        GroupPolicy::Affinity
+                    } else {
+                        GroupPolicy::AntiAffinity
+                    };
+                    let hosts: Vec<String> = svc
+                        .store
+                        .list(Kind::Server, None)
+                        .map_err(se)?
+                        .iter()
+                        .filter(|s| s.id != id)
+                        .filter_map(|s| s.parse::<ServerDoc>().ok())
+                        .filter(|s| s.group_id.as_deref() == Some(g.as_str()))
+                        .filter_map(|s| s.node_id)
+                        .collect();
+                    Some((policy, hosts))
+                }
+                None => None,
+            }
+        }
+        None => None,
+    };
+    let disk_gb = if d.flavor.disk > 0 {
+        d.flavor.disk
+    } else {
+        img.size.unwrap_or(0).div_ceil(1 << 30)
+    };
+    let request = scheduler::Request {
+        server_id: id.to_string(),
+        project_id: d.project_id.clone(),
+        resources: Resources {
+            vcpus: d.flavor.vcpus,
+            memory_mib: d.flavor.ram,
+            disk_gb,
+        },
+        availability_zone: d.availability_zone.clone(),
+        image_properties: img.properties.clone(),
+        group,
+        exclude: d.tried.clone(),
+    };
+    let node_id = match scheduler::claim(&*svc.store, &request, &settings(svc), now_secs()) {
+        Ok(n) => n,
+        Err(ComputeError::NoValidHost(why)) => {
+            let tried = if d.tried.is_empty() {
+                String::new()
+            } else {
+                format!(" (after failed builds on {} node(s))", d.tried.len())
+            };
+            fail(svc, id, format!("No valid host was found. {why}{tried}"));
+            return Ok(None);
+        }
+        Err(e) => return Err(ce(e)),
+    };
+    let (_, node) = load_node(&*svc.store, &node_id)
+        .map_err(se)?
+        .ok_or_else(|| ApiError::conflict("the node vanished"))?;
+    let updated = update_server(svc, id, |d| {
+        d.node_id = Some(node_id.clone());
+        d.host = Some(node.hostname.clone());
+        d.availability_zone = Some(node.availability_zone.clone());
+        d.task_state = Some("spawning".into());
+        true
+    })?;
+    if updated.is_none() {
+        scheduler::release(&*svc.store, &node_id, id).map_err(ce)?;
+        return Ok(None);
+    }
+    let mut placement = json!({
+        "id": id, "name": d.name, "project_id": d.project_id,
+        "vcpus": d.flavor.vcpus, "ram_mib": d.flavor.ram,
+        "kernel": {"url": image_url(svc, &img.properties["kernel_id"])?},
+        "root_disk": {"image": {"url": image_url(svc, &d.image_id)?}},
+    });
+    if d.flavor.disk > 0 {
+        placement["root_disk"]["size_bytes"] = json!(d.flavor.disk << 30);
+    }
+    if let Some(rd) = img.properties.get("ramdisk_id") {
+        placement["initrd"] = json!({"url": image_url(svc, rd)?});
+    }
+    if let Some(cmd) = img.properties.get("os_command_line") {
+        placement["cmdline"] = json!(cmd);
+    }
+    let mut ports: Vec<Value> = Vec::new();
+    for (kind, v) in &d.networks {
+        let spec = match kind.as_str() {
+            "port" => json!({"port_id": v}),
+            _ => match svc.store.get(Kind::Network, v).map_err(se)? {
+                Some(r) => {
+                    let net: super::network::NetworkDoc = r.parse().map_err(se)?;
+                    let (_, sub) = super::network::subnet_of(svc, v)?.ok_or_else(|| {
+                        ApiError::bad_request(format!("network {v} has no subnet"))
+                    })?;
+                    let mut subnet = json!({"cidr": sub.cidr, "enable_dhcp": sub.enable_dhcp});
+                    if let Some(g) = &sub.gateway_ip {
+                        subnet["gateway_ip"] = json!(g);
+                    }
+                    json!({"network": {"id": v, "name": if net.name.is_empty() { v.clone() } else { net.name },
+                                       "mtu": net.mtu, "subnet": subnet}})
+                }
+                None => json!({"network_id": v}),
+            },
+        };
+        ports.push(spec);
+    }
+    placement["ports"] = json!(ports);
+    Ok(Some((node_id, node.agent_url, placement)))
+}
+
+/// Drives a build: schedule, place, watch, reschedule on failure.
+pub async fn build_server(svc: Arc<Service>, id: String) {
+    let max = svc.config.raw.compute.max_build_attempts.max(1);
+    let mut last_error = String::new();
+    for attempt in 1..=max {
+        let id2 = id.clone();
+        let scheduled = blocking(svc.clone(), move |svc| schedule(svc, &id2)).await;
+        let (node, url, placement) = match scheduled {
+            Ok(Some(x)) => x,
+            Ok(None) => return,
+            Err(e) => {
+                let id2 = id.clone();
+                let _ = blocking(svc.clone(), move |svc| {
+                    fail(svc, &id2, format!("scheduling failed: {}", e.message));
+                    Ok(())
+                })
+                .await;
+                return;
+            }
+        };
+        tracing::info!(server = %id, node = %node, attempt, "placing server");
+        let outcome = place_and_watch(&svc, &id, &url, &placement).await;
+        match outcome {
+            Ok(()) => return,
+            Err(msg) => {
+                last_error = msg;
+                tracing::warn!(server = %id, node = %node, error = %last_error, "build failed on node");
+                let _ = agent::call(
+                    &url,
+                    Method::DELETE,
+                    &format!("/v1/servers/{id}"),
+                    None,
+                    AGENT_CALL,
+                )
+                .await;
+                let (id2, node2) = (id.clone(), node.clone());
+                let gone = blocking(svc.clone(), move |svc| {
+                    scheduler::release(&*svc.store, &node2, &id2).map_err(ce)?;
+                    Ok(update_server(svc, &id2, |d| {
+                        d.tried.push(node2.clone());
+                        d.node_id = None;
+                        d.host = None;
+                        d.ports.clear();
+                        d.task_state = Some("scheduling".into());
+                        true
+                    })?
+                    .is_none())
+                })
+                .await;
+                if !matches!(gone, Ok(false)) {
+                    return;
+                }
+            }
+        }
+    }
+    let id2 = id.clone();
+    let _ = blocking(svc, move |svc| {
+        fail(
+            svc,
+            &id2,
+            format!(
+                "Build of instance {id2} was re-scheduled {max} time(s) and failed: {last_error}"
+            ),
+        );
+        Ok(())
+    })
+    .await;
+}
+
+/// Sends the placement and polls the agent until the server leaves BUILD. `Err` is a
+/// failed build (to reschedule).
+async fn place_and_watch(
+    svc: &Arc<Service>,
+    id: &str,
+    url: &str,
+    placement: &Value,
+) -> Result<(), String> {
+    agent::call(
+        url,
+        Method::POST,
+        "/v1/servers",
+        Some(&json!({"server": placement})),
+        AGENT_CALL,
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    let deadline = tokio::time::Instant::now()
+        + Duration::from_secs(svc.config.raw.compute.build_timeout_secs);
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        if tokio::time::Instant::now() > deadline {
+            return Err("the build timed out".into());
+        }
+        let view = match agent::call(
+            url,
+            Method::GET,
+            &format!("/v1/servers/{id}"),
+            None,
+            AGENT_CALL,
+        )
+        .await
+        {
+            Ok((_, v)) => v,
+            Err(AgentError::Status(StatusCode::NOT_FOUND, m)) => {
+                return Err(format!("the agent lost the server: {m}"));
+            }
+            Err(e) => {
+                tracing::debug!(server = id, error = %e, "polling the agent failed");
+                continue;
+            }
+        };
+        let v = view.get("server").cloned().unwrap_or(view);
+        let status = v
+            .get("status")
+            .and_then(Value::as_str)
+            .unwrap_or("BUILD")
+            .to_string();
+        match status.as_str() {
+            "BUILD" => {
+                // Still building on the node; has the server been deleted meanwhile?
+                let id2 = id.to_string();
+                let exists = blocking(svc.clone(), move |svc| {
+                    Ok(svc.store.get(Kind::Server, &id2).map_err(se)?.is_some())
+                })
+                .await
+                .unwrap_or(true);
+                if !exists {
+                    return Err("the server was deleted during its build".into());
+                }
+            }
+            "ERROR" => {
+                return Err(v
+                    .pointer("/fault/message")
+                    .and_then(Value::as_str)
+                    .unwrap_or("the build failed on the node")
+                    .to_string());
+            }
+            _ => {
+                let ports = agent_ports(&v);
+                let id2 = id.to_string();
+                let res = blocking(svc.clone(), move |svc| {
+                    update_server(svc, &id2, |d| {
+                        d.status = status.clone();
+                        d.task_state = None;
+                        d.fault = None;
+                        d.ports = ports.clone();
+                        d.launched_at.get_or_insert(now_secs());
+                        true
+                    })
+                })
+                .await;
+                return match res {
+                    Ok(Some(_)) => Ok(()),
+                    _ => Err("the server was deleted during its build".into()),
+                };
+            }
+        }
+    }
+}
+
+fn agent_ports(v: &Value) -> Vec<ServerPort> {
+    v.get("ports")
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .map(|p| ServerPort {
+                    id: p["id"].as_str().unwrap_or("").into(),
+                    network_id: p["network_id"].as_str().unwrap_or("").into(),
+                    mac_address: p["mac_address"].as_str().unwrap_or("").into(),
+                    ip_address: p["ip_address"].as_str().unwrap_or("").into(),
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+async fn node_url(svc: &Arc<Service>, d: &ServerDoc) -> Option<String> {
+    let node = d.node_id.clone()?;
+    blocking(svc.clone(), move |svc| {
+        Ok(load_node(&*svc.store, &node)
+            .map_err(se)?
+            .map(|(_, n)| n.agent_url))
+    })
+    .await
+    .ok()
+    .flatten()
+}
+
+async fn delete_server(svc: Arc<Service>, ctx: Ctx, id: String) -> Result<Response, ApiError> {
+    let (id2, ctx2) = (id.clone(), ctx.clone());
+    let (_, d) = blocking(svc.clone(), move |svc| load_server(svc, &ctx2, &id2)).await?;
+    if let Some(url) = node_url(&svc, &d).await {
+        match agent::call(
+            &url,
+            Method::DELETE,
+            &format!("/v1/servers/{id}"),
+            None,
+            AGENT_CALL,
+        )
+        .await
+        {
+            Ok(_) | Err(AgentError::Status(StatusCode::NOT_FOUND, _)) => {}
+            Err(e) => {
+                return Err(ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("deleting the server on its node failed: {e}"),
+                ));
+            }
+        }
+    }
+    blocking(svc, move |svc| {
+        if let Some(n) = &d.node_id {
+            scheduler::release(&*svc.store, n, &id).map_err(ce)?;
+        }
+        svc.store.delete(Kind::Server, &id).map_err(se)?;
+        Ok(empty(StatusCode::NO_CONTENT))
+    })
+    .await
+}
+
+async fn action(
+    svc: Arc<Service>,
+    ctx: Ctx,
+    id: String,
+    body: Value,
+) -> Result<Response, ApiError> {
+    let (id2, ctx2) = (id.clone(), ctx.clone());
+    let (_, d) = blocking(svc.clone(), move |svc| load_server(svc, &ctx2, &id2)).await?;
+    let name = body
+        .as_object()
+        .filter(|o| o.len() == 1)
+        .and_then(|o| o.keys().next().cloned())
+        .ok_or_else(|| ApiError::bad_request("an action body has exactly one key"))?;
+    let (needs, task) = match name.as_str() {
+        "os-stop" => (&["ACTIVE", "ERROR"][..], "powering-off"),
+        "os-start" => (&["SHUTOFF"][..], "powering-on"),
+        "reboot" => (&["ACTIVE", "SHUTOFF", "ERROR"][..], "rebooting"),
+        "pause" => (&["ACTIVE"][..], "pausing"),
+        "unpause" => (&["PAUSED"][..], "unpausing"),
+        "os-getConsoleOutput" => (&["ACTIVE", "SHUTOFF", "PAUSED", "ERROR"][..], ""),
+        other => {
+            return Err(ApiError::bad_request(format!(
+                "unsupported action {other:?}"
+            )));
+        }
+    };
+    if name == "reboot" {
+        let t = body.pointer("/reboot/type").and_then(Value::as_str);
+        if !matches!(t, Some("SOFT" | "HARD")) {
+            return Err(ApiError::bad_request("reboot.type must be SOFT or HARD"));
+        }
+    }
+    if !needs.contains(&d.status.as_str()) || d.task_state.is_some() {
+        return Err(ApiError::conflict(format!(
+            "Cannot '{name}' instance {id} while it is in vm_state {}{}",
+            d.vm_state(),
+            d.task_state
+                .as_ref()
+                .map(|t| format!(", task_state {t}"))
+                .unwrap_or_default()
+        )));
+    }
+    let url = node_url(&svc, &d)
+        .await
+        .ok_or_else(|| ApiError::conflict(format!("Instance {id} is not on any node")))?;
+    let path = format!("/v1/servers/{id}/action");
+    if name == "os-getConsoleOutput" {
+        let (_, v) = agent::call(&url, Method::POST, &path, Some(&body), AGENT_CALL)
+            .await
+            .map_err(|e| ApiError::new(StatusCode::CONFLICT, e.to_string()))?;
+        return Ok(json_resp(StatusCode::OK, &json!({"output": v["output"]})));
+    }
+    let id2 = id.clone();
+    let task2 = task.to_string();
+    blocking(svc.clone(), move |svc| {
+        update_server(svc, &id2, |d| {
+            d.task_state = Some(task2.clone());
+            true
+        })
+    })
+    .await?;
+    if let Err(e) = agent::call(&url, Method::POST, &path, Some(&body), AGENT_CALL).await {
+        let id2 = id.clone();
+        let _ = blocking(svc.clone(), move |svc| {
+            update_server(svc, &id2, |d| {
+                d.task_state = None;
+                true
+            })
+        })
+        .await;
+        return Err(match e {
+            AgentError::Status(s, m) if s.is_client_error() => {
+                ApiError::new(StatusCode::CONFLICT, m)
+            }
+            e => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        });
+    }
+    tokio::spawn(watch_action(svc, id, url));
+    Ok(empty(StatusCode::ACCEPTED))
+}
+
+/// Polls the agent until the action ends, then records the new status.
+async fn watch_action(svc: Arc<Service>, id: String, url: String) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(300);
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let done = match agent::call(
+            &url,
+            Method::GET,
+            &format!("/v1/servers/{id}"),
+            None,
+            AGENT_CALL,
+        )
+        .await
+        {
+            Ok((_, v)) => {
+                let v = v.get("server").cloned().unwrap_or(v);
+                if v.get("task_state").is_some_and(|t| !t.is_null())
+                    && tokio::time::Instant::now() < deadline
+                {
+                    None
+                } else {
+                    Some(v)
+                }
+            }
+            Err(_) if tokio::time::Instant::now() < deadline => None,
+            Err(e) => Some(json!({"status": "ERROR", "fault": {"message": e.to_string()}})),
+        };
+        let Some(v) = done else { continue };
+        let status = v["status"].as_str().unwrap_or("ERROR").to_string();
+        let fault = v
+            .pointer("/fault/message")
+            .and_then(Value::as_str)
+            .map(str::to_string);
+        let ports = agent_ports(&v);
+        let _ = blocking(svc, move |svc| {
+            update_server(svc, &id, |d| {
+                d.status = status.clone();
+                d.task_state = None;
+                if !ports.is_empty() {
+                    d.ports = ports.clone();
+                }
+                d.fault = (status == "ERROR").then(|| Fault {
+                    code: 500,
+                    message: fault.clone().unwrap_or_else(|| "the action failed".into()),
+                    created: now_secs(),
+                });
+                true
+            })
+        })
+        .await;
+        return;
+    }
+}

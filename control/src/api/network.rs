@@ -1,0 +1,488 @@
+//! Neutron v2.0 core under `/network`: networks and subnets stored in control, ports as
+//! the servers' agents made them.
+//!
+//! Design: control is the source of truth for networks and subnets; nothing is created on a
+//! node until a server needs it. A server placed with `--network` carries the network's
+//! description (control's id, name, CIDR, gateway, DHCP) to its node's agent, which finds
+//! the network on that node's netdp (by id, else name and project) or creates it there,
+//! then creates the port with `device_id` = the server. Ports are therefore listed from
+//! the servers' records (what the agents reported). Routers, security groups, floating IPs
+//! are not served.
+
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+
+use http::{Method, StatusCode};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use super::{ApiError, Request, Response, blocking, empty, json as json_resp, read_limited};
+use crate::compute::ServerDoc;
+use crate::identity::Ctx;
+use crate::identity::token::now_secs;
+use crate::service::{Service, ServiceError};
+use crate::store::{Kind, Record, StoreError};
+
+/// A network.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NetworkDoc {
+    /// Name (not unique, as in Neutron).
+    pub name: String,
+    /// Owner.
+    pub project_id: String,
+    /// Admin state.
+    pub admin_state_up: bool,
+    /// Shared with every project.
+    pub shared: bool,
+    /// MTU.
+    pub mtu: u32,
+    /// Epoch seconds.
+    pub created: u64,
+}
+
+/// A subnet (IPv4).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SubnetDoc {
+    /// Name.
+    pub name: String,
+    /// Its network.
+    pub network_id: String,
+    /// Owner.
+    pub project_id: String,
+    /// Prefix, `10.0.0.0/24`.
+    pub cidr: String,
+    /// Gateway.
+    pub gateway_ip: Option<String>,
+    /// DHCP on.
+    pub enable_dhcp: bool,
+    /// Epoch seconds.
+    pub created: u64,
+}
+
+fn se(e: StoreError) -> ApiError {
+    ServiceError::from(e).into()
+}
+
+/// Parses an IPv4 CIDR into its network address and prefix length.
+pub fn parse_cidr(s: &str) -> Result<(Ipv4Addr, u8), ApiError> {
+    let bad = || {
+        ApiError::bad_request(format!(
+            "Invalid input for cidr. Reason: '{s}' is not a valid IPv4 CIDR."
+        ))
+    };
+    let (ip, len) = s.split_once('/').ok_or_else(bad)?;
+    let ip: Ipv4Addr = ip.parse().map_err(|_| bad())?;
+    let len: u8 = len.parse().map_err(|_| bad())?;
+    if !(8..=30).contains(&len) {
+        return Err(ApiError::bad_request("the prefix length must be 8 to 30"));
+    }
+    let mask = u32::MAX << (32 - len);
+    if u32::from(ip) & !mask != 0 {
+        return Err(bad());
+    }
+    Ok((ip, len))
+}
+
+/// Routes `/network/...` (the segments after `network`).
+pub async fn route(
+    svc: Arc<Service>,
+    req: http::Request<hyper::body::Incoming>,
+    segs: Vec<String>,
+) -> Response {
+    let r = async {
+        let s: Vec<&str> = segs.iter().map(String::as_str).collect();
+        if s.is_empty() && req.method() == Method::GET {
+            let href = format!("{}/network/v2.0/", svc.config.public_url);
+            return Ok(json_resp(
+                StatusCode::OK,
+                &json!({"versions": [{"id": "v2.0", "status": "CURRENT",
+                                       "links": [{"rel": "self", "href": href}]}]}),
+            ));
+        }
+        if s.first() != Some(&"v2.0") {
+            return Err(ApiError::not_found("no such network API version"));
+        }
+        let (parts, body) = req.into_parts();
+        let body = read_limited(body, svc.config.raw.max_request_body).await?;
+        let mut rest: Vec<String> = segs[1..].to_vec();
+        // openstacksdk may add `.json`.
+        if let Some(last) = rest.last_mut()
+            && let Some(x) = last.strip_suffix(".json")
+        {
+            *last = x.to_string();
+        }
+        let request = Request {
+            method: parts.method,
+            segs: rest,
+            query: parts
+                .uri
+                .query()
+                .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
+                .unwrap_or_default(),
+            headers: parts.headers,
+            body,
+        };
+        blocking(svc, move |svc| {
+            let ctx = super::identity::caller(svc, &request).map_err(ApiError::from)?;
+            handle(svc, &ctx, &request)
+        })
+        .await
+    }
+    .await;
+    r.unwrap_or_else(|e| {
+        let body =
+            json!({"NeutronError": {"type": "HTTPError", "message": e.message, "detail": ""}});
+        json_resp(e.status, &body)
+    })
+}
+
+fn visible(ctx: &Ctx, project: &str, shared: bool) -> bool {
+    shared || ctx.is_admin() || ctx.project_id.as_deref() == Some(project)
+}
+
+fn matches(q: &[(String, String)], v: &Value) -> bool {
+    q.iter().all(|(k, want)| {
+        if ["fields", "limit", "marker", "sort_key", "sort_dir"].contains(&k.as_str()) {
+            return true;
+        }
+        match v.get(k) {
+            Some(Value::String(s)) => s == want,
+            Some(Value::Bool(b)) => want.eq_ignore_ascii_case(&b.to_string()),
+            Some(Value::Number(n)) => n.to_string() == *want,
+            _ => true,
+        }
+    })
+}
+
+fn handle(svc: &Service, ctx: &Ctx, req: &Request) -> Result<Response, ApiError> {
+    let s: Vec<&str> = req.segs.iter().map(String::as_str).collect();
+    let pid = ctx.project_id.clone().unwrap_or_default();
+    match (s.as_slice(), &req.method) {
+        (["networks"], &Method::GET) => {
+            let list: Vec<Value> = networks(svc, ctx)?
+                .into_iter()
+                .filter(|v| matches(&req.query, v))
+                .collect();
+            Ok(json_resp(StatusCode::OK, &json!({"networks": list})))
+        }
+        (["networks"], &Method::POST) => {
+            let b: Value = req.json()?;
+            let n = b
+                .get("network")
+                .filter(|n| n.is_object())
+                .ok_or_else(|| ApiError::bad_request("the body needs a \"network\" object"))?;
+            let name = n
+                .get("name")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_string();
+            if name.len() > 255 {
+                return Err(ApiError::bad_request("name is longer than 255 characters"));
+            }
+            let mtu = match n.get("mtu") {
+                None | Some(Value::Null) => 1500,
+                Some(v) => v
+                    .as_u64()
+                    .filter(|m| (576..=9000).contains(m))
+                    .ok_or_else(|| ApiError::bad_request("mtu must be 576 to 9000"))?
+                    as u32,
+            };
+            let doc = NetworkDoc {
+                name,
+                project_id: pid.clone(),
+                admin_state_up: n
+                    .get("admin_state_up")
+                    .and_then(Value::as_bool)
+                    .unwrap_or(true),
+                shared: n.get("shared").and_then(Value::as_bool).unwrap_or(false),
+                mtu,
+                created: now_secs(),
+            };
+            if doc.shared && !ctx.is_admin() {
+                return Err(ApiError::forbidden("shared networks need the admin role"));
+            }
+            let id = uuid::Uuid::new_v4().to_string();
+            svc.store
+                .insert(Record::new(Kind::Network, &id, &pid, None, &doc))
+                .map_err(se)?;
+            Ok(json_resp(
+                StatusCode::CREATED,
+                &json!({"network": network_view(svc, &id, &doc)?}),
+            ))
+        }
+        (["networks", id], &Method::GET) => {
+            let (_, d) = network(svc, ctx, id)?;
+            Ok(json_resp(
+                StatusCode::OK,
+                &json!({"network": network_view(svc, id, &d)?}),
+            ))
+        }
+        (["networks", id], &Method::DELETE) => {
+            let (_, d) = network(svc, ctx, id)?;
+            if !ctx.is_admin() && ctx.project_id.as_deref() != Some(d.project_id.as_str()) {
+                return Err(ApiError::forbidden("only the owner deletes a network"));
+            }
+            if ports(svc, ctx)?.iter().any(|p| p["network_id"] == *id) {
+                return Err(ApiError::conflict(format!(
+                    "Unable to complete operation on network {id}. There are one or more ports still in use on the network."
+                )));
+            }
+            for sub in svc.store.list(Kind::Subnet, Some(id)).map_err(se)? {
+                svc.store.delete(Kind::Subnet, &sub.id).map_err(se)?;
+            }
+            svc.store.delete(Kind::Network, id).map_err(se)?;
+            Ok(empty(StatusCode::NO_CONTENT))
+        }
+        (["subnets"], &Method::GET) => {
+            let mut list = Vec::new();
+            for (id, d) in subnets(svc)? {
+                let v = subnet_view(&id, &d);
+                if visible(ctx, &d.project_id, false) && matches(&req.query, &v) {
+                    list.push(v);
+                }
+            }
+            Ok(json_resp(StatusCode::OK, &json!({"subnets": list})))
+        }
+        (["subnets"], &Method::POST) => {
+            let b: Value = req.json()?;
+            let n = b
+                .get("subnet")
+                .filter(|n| n.is_object())
+                .ok_or_else(|| ApiError::bad_request("the body needs a \"subnet\" object"))?;
+            let net_id = n
+                .get("network_id")
+                .and_then(Value::as_str)
+                .ok_or_else(|| ApiError::bad_request("subnet.network_id is required"))?;
+            let (_, net) = network(svc, ctx, net_id)?;
+            if !ctx.is_admin() && ctx.project_id.as_deref() != Some(net.project_id.as_str()) {
+                return Err(ApiError::forbidden("only the network's owner adds subnets"));
+            }
+            if n.get("ip_version")
+                .and_then(Value::as_u64)
+                .is_some_and(|v| v != 4)
+            {
+                return Err(ApiError::bad_request("only IPv4 subnets are supported"));
+            }
+            let cidr = n
+                .get("cidr")
+                .and_then(Value::as_str)
+                .ok_or_else(|| ApiError::bad_request("subnet.cidr is required"))?;
+            let (base, len) = parse_cidr(cidr)?;
+            if !svc
+                .store
+                .list(Kind::Subnet, Some(net_id))
+                .map_err(se)?
+                .is_empty()
+            {
+                return Err(ApiError::conflict(
+                    "this cloud supports one subnet per network; the network already has one",
+                ));
+            }
+            let gateway_ip = match n.get("gateway_ip") {
+                None => Some(Ipv4Addr::from(u32::from(base) + 1).to_string()),
+                Some(Value::Null) => None,
+                Some(Value::String(g)) => {
+                    let ip: Ipv4Addr = g.parse().map_err(|_| {
+                        ApiError::bad_request(format!("gateway_ip {g:?} is not IPv4"))
+                    })?;
+                    let mask = u32::MAX << (32 - len);
+                    if u32::from(ip) & mask != u32::from(base) {
+                        return Err(ApiError::bad_request(format!(
+                            "gateway_ip {g} is outside {cidr}"
+                        )));
+                    }
+                    Some(g.clone())
+                }
+                Some(_) => return Err(ApiError::bad_request("gateway_ip must be a string")),
+            };
+            let doc = SubnetDoc {
+                name: n
+                    .get("name")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_string(),
+                network_id: net_id.to_string(),
+                project_id: net.project_id.clone(),
+                cidr: cidr.to_string(),
+                gateway_ip,
+                enable_dhcp: n
+                    .get("enable_dhcp")
+                    .and_then(Value::as_bool)
+                    .unwrap_or(true),
+                created: now_secs(),
+            };
+            let id = uuid::Uuid::new_v4().to_string();
+            svc.store
+                .insert(Record::new(Kind::Subnet, &id, net_id, None, &doc))
+                .map_err(se)?;
+            Ok(json_resp(
+                StatusCode::CREATED,
+                &json!({"subnet": subnet_view(&id, &doc)}),
+            ))
+        }
+        (["subnets", id], &Method::GET | &Method::DELETE) => {
+            let r = svc
+                .store
+                .get(Kind::Subnet, id)
+                .map_err(se)?
+                .ok_or_else(|| ApiError::not_found(format!("Subnet {id} could not be found.")))?;
+            let d: SubnetDoc = r.parse().map_err(se)?;
+            if !visible(ctx, &d.project_id, false) {
+                return Err(ApiError::not_found(format!(
+                    "Subnet {id} could not be found."
+                )));
+            }
+            if req.method == Method::DELETE {
+                if ports(svc, ctx)?
+                    .iter()
+                    .any(|p| p["network_id"] == d.network_id.as_str())
+                {
+                    return Err(ApiError::conflict(format!(
+                        "Unable to complete operation on subnet {id}: one or more ports have an IP allocation from this subnet."
+                    )));
+                }
+                svc.store.delete(Kind::Subnet, id).map_err(se)?;
+                return Ok(empty(StatusCode::NO_CONTENT));
+            }
+            Ok(json_resp(
+                StatusCode::OK,
+                &json!({"subnet": subnet_view(id, &d)}),
+            ))
+        }
+        (["ports"], &Method::GET) => {
+            let list: Vec<Value> = ports(svc, ctx)?
+                .into_iter()
+                .filter(|v| matches(&req.query, v))
+                .collect();
+            Ok(json_resp(StatusCode::OK, &json!({"ports": list})))
+        }
+        (["ports", id], &Method::GET) => {
+            let p = ports(svc, ctx)?
+                .into_iter()
+                .find(|p| p["id"] == *id)
+                .ok_or_else(|| ApiError::not_found(format!("Port {id} could not be found.")))?;
+            Ok(json_resp(StatusCode::OK, &json!({"port": p})))
+        }
+        (["extensions"], &Method::GET) => Ok(json_resp(StatusCode::OK, &json!({"extensions": []}))),
+        (["security-groups"], &Method::GET) => {
+            Ok(json_resp(StatusCode::OK, &json!({"security_groups": []})))
+        }
+        (["floatingips"], &Method::GET) => {
+            Ok(json_resp(StatusCode::OK, &json!({"floatingips": []})))
+        }
+        _ => Err(ApiError::not_found("The resource could not be found.")),
+    }
+}
+
+/// A network by id, visible to the caller.
+pub fn network(svc: &Service, ctx: &Ctx, id: &str) -> Result<(Record, NetworkDoc), ApiError> {
+    let nf = || ApiError::not_found(format!("Network {id} could not be found."));
+    let r = svc
+        .store
+        .get(Kind::Network, id)
+        .map_err(se)?
+        .ok_or_else(nf)?;
+    let d: NetworkDoc = r.parse().map_err(se)?;
+    if !visible(ctx, &d.project_id, d.shared) {
+        return Err(nf());
+    }
+    Ok((r, d))
+}
+
+/// The one subnet of a network, if any.
+pub fn subnet_of(svc: &Service, net_id: &str) -> Result<Option<(String, SubnetDoc)>, ApiError> {
+    match svc
+        .store
+        .list(Kind::Subnet, Some(net_id))
+        .map_err(se)?
+        .into_iter()
+        .next()
+    {
+        Some(r) => Ok(Some((r.id.clone(), r.parse().map_err(se)?))),
+        None => Ok(None),
+    }
+}
+
+fn networks(svc: &Service, ctx: &Ctx) -> Result<Vec<Value>, ApiError> {
+    let mut out = Vec::new();
+    for r in svc.store.list(Kind::Network, None).map_err(se)? {
+        let d: NetworkDoc = r.parse().map_err(se)?;
+        if visible(ctx, &d.project_id, d.shared) {
+            out.push(network_view(svc, &r.id, &d)?);
+        }
+    }
+    Ok(out)
+}
+
+fn subnets(svc: &Service) -> Result<Vec<(String, SubnetDoc)>, ApiError> {
+    svc.store
+        .list(Kind::Subnet, None)
+        .map_err(se)?
+        .into_iter()
+        .map(|r| Ok((r.id.clone(), r.parse().map_err(se)?)))
+        .collect()
+}
+
+fn network_view(svc: &Service, id: &str, d: &NetworkDoc) -> Result<Value, ApiError> {
+    let subs: Vec<String> = svc
+        .store
+        .list(Kind::Subnet, Some(id))
+        .map_err(se)?
+        .into_iter()
+        .map(|r| r.id)
+        .collect();
+    let t = crate::time::keystone(d.created);
+    Ok(
+        json!({"id": id, "name": d.name, "status": "ACTIVE", "admin_state_up": d.admin_state_up,
+        "shared": d.shared, "tenant_id": d.project_id, "project_id": d.project_id, "mtu": d.mtu,
+        "subnets": subs, "router:external": false, "port_security_enabled": true,
+        "availability_zones": ["nova"], "availability_zone_hints": [], "ipv4_address_scope": null,
+        "ipv6_address_scope": null, "description": "", "tags": [], "is_default": false,
+        "created_at": t, "updated_at": t, "revision_number": 1}),
+    )
+}
+
+fn subnet_view(id: &str, d: &SubnetDoc) -> Value {
+    let (base, len) = parse_cidr(&d.cidr).unwrap_or((Ipv4Addr::UNSPECIFIED, 24));
+    let first = u32::from(base) + 2;
+    let last = (u32::from(base) | !(u32::MAX << (32 - len))) - 1;
+    let t = crate::time::keystone(d.created);
+    json!({"id": id, "name": d.name, "network_id": d.network_id, "tenant_id": d.project_id,
+        "project_id": d.project_id, "cidr": d.cidr, "ip_version": 4, "gateway_ip": d.gateway_ip,
+        "enable_dhcp": d.enable_dhcp, "dns_nameservers": [], "host_routes": [],
+        "allocation_pools": [{"start": Ipv4Addr::from(first).to_string(),
+                              "end": Ipv4Addr::from(last).to_string()}],
+        "ipv6_ra_mode": null, "ipv6_address_mode": null, "subnetpool_id": null,
+        "description": "", "tags": [], "service_types": [], "created_at": t, "updated_at": t,
+        "revision_number": 1})
+}
+
+/// Ports of the caller's servers as their agents reported them.
+fn ports(svc: &Service, ctx: &Ctx) -> Result<Vec<Value>, ApiError> {
+    let scope = if ctx.is_admin() {
+        None
+    } else {
+        ctx.project_id.as_deref()
+    };
+    let mut out = Vec::new();
+    for r in svc.store.list(Kind::Server, scope).map_err(se)? {
+        let d: ServerDoc = r.parse().map_err(se)?;
+        for (i, p) in d.ports.iter().enumerate() {
+            // The agent reports netdp's ids; name the network by control's id when the
+            // server asked for one.
+            let net = d
+                .networks
+                .get(i)
+                .filter(|(k, _)| k == "network")
+                .map(|(_, v)| v.clone())
+                .unwrap_or_else(|| p.network_id.clone());
+            out.push(json!({"id": p.id, "name": "", "network_id": net,
+                "mac_address": p.mac_address, "status": "ACTIVE", "admin_state_up": true,
+                "device_id": r.id, "device_owner": "compute:nova", "tenant_id": d.project_id,
+                "project_id": d.project_id,
+                "fixed_ips": [{"ip_address": p.ip_address}],
+                "binding:host_id": d.host, "security_groups": []}));
+        }
+    }
+    Ok(out)
+}

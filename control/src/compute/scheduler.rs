@@ -1,0 +1,456 @@
+//! Placement-style scheduling: filter the nodes, weigh the survivors, claim room on the
+//! best one with a compare-and-swap of its record. A lost race re-reads the nodes and
+//! schedules again, so the claim never overbooks a node whoever else writes.
+//!
+//! Filters: the node is up (heartbeat within `down_after`) and enabled, not already tried
+//! for this build, in the requested availability zone, offers the image's required
+//! properties, has room for the flavor after overcommit, and satisfies the server group's
+//! affinity or anti-affinity. Weighers: spread (most free memory and vCPUs first) or pack
+//! (least free first).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::{Allocation, ComputeError, NodeDoc, Resources, list_nodes, load_node};
+use crate::store::{Store, StoreError};
+
+/// Image properties the filter matches against node properties.
+pub const MATCHED_IMAGE_PROPERTIES: [&str; 2] = ["architecture", "hypervisor_type"];
+
+/// How nodes are ranked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Weigher {
+    /// Spread servers over nodes: most free room first.
+    #[default]
+    Spread,
+    /// Fill nodes one after the other: least free room first.
+    Pack,
+}
+
+/// A server group's policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum GroupPolicy {
+    /// All members on one node.
+    Affinity,
+    /// Every member on a different node.
+    AntiAffinity,
+}
+
+/// What to place.
+#[derive(Debug, Clone, Default)]
+pub struct Request {
+    /// The server being placed.
+    pub server_id: String,
+    /// Its project.
+    pub project_id: String,
+    /// What it needs.
+    pub resources: Resources,
+    /// Required availability zone.
+    pub availability_zone: Option<String>,
+    /// The image's properties.
+    pub image_properties: BTreeMap<String, String>,
+    /// The server group's policy and the nodes its other members are on.
+    pub group: Option<(GroupPolicy, Vec<String>)>,
+    /// Nodes already tried for this build (reschedules).
+    pub exclude: Vec<String>,
+}
+
+/// Scheduling settings.
+#[derive(Debug, Clone, Copy)]
+pub struct Settings {
+    /// Seconds without heartbeat after which a node is down.
+    pub down_after: u64,
+    /// Ranking.
+    pub weigher: Weigher,
+}
+
+/// Why a node was filtered out (the first filter that refused it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Refusal {
+    /// Heartbeat too old, or disabled.
+    Down,
+    /// Already tried for this build.
+    Tried,
+    /// Other availability zone.
+    Zone,
+    /// Image property mismatch.
+    ImageProperties,
+    /// Not enough vCPU, RAM or disk.
+    Capacity,
+    /// Server group policy.
+    Group,
+}
+
+impl Refusal {
+    fn name(self) -> &'static str {
+        match self {
+            Refusal::Down => "ComputeFilter",
+            Refusal::Tried => "RetryFilter",
+            Refusal::Zone => "AvailabilityZoneFilter",
+            Refusal::ImageProperties => "ImagePropertiesFilter",
+            Refusal::Capacity => "ResourceFilter",
+            Refusal::Group => "ServerGroupFilter",
+        }
+    }
+}
+
+/// Runs every filter on one node; `None` passes.
+pub fn filter(id: &str, node: &NodeDoc, req: &Request, s: &Settings, now: u64) -> Option<Refusal> {
+    if node.disabled || !node.is_up(now, s.down_after) {
+        return Some(Refusal::Down);
+    }
+    if req.exclude.iter().any(|x| x == id) {
+        return Some(Refusal::Tried);
+    }
+    if let Some(az) = &req.availability_zone
+        && *az != node.availability_zone
+    {
+        return Some(Refusal::Zone);
+    }
+    for key in MATCHED_IMAGE_PROPERTIES {
+        if let Some(want) = req.image_properties.get(key)
+            && node.properties.get(key) != Some(want)
+        {
+            return Some(Refusal::ImageProperties);
+        }
+    }
+    let free = node.free();
+    if node.allocations.contains_key(&req.server_id) {
+        // Already claimed here (a retried claim): it fits by definition.
+    } else if free.vcpus < req.resources.vcpus
+        || free.memory_mib < req.resources.memory_mib
+        || free.disk_gb < req.resources.disk_gb
+    {
+        return Some(Refusal::Capacity);
+    }
+    match &req.group {
+        Some((GroupPolicy::Affinity, hosts))
+            if !hosts.is_empty() && !hosts.iter().any(|h| h == id) =>
+        {
+            Some(Refusal::Group)
+        }
+        Some((GroupPolicy::AntiAffinity, hosts)) if hosts.iter().any(|h| h == id) => {
+            Some(Refusal::Group)
+        }
+        _ => None,
+    }
+}
+
+/// A node's weight: higher is better. Free memory and vCPUs as fractions of capacity
+/// (memory counts twice as much), negated for packing.
+pub fn weigh(node: &NodeDoc, w: Weigher) -> f64 {
+    let cap = node.capacity();
+    let free = node.free();
+    let frac = |f: u64, c: u64| if c == 0 { 0.0 } else { f as f64 / c as f64 };
+    let score = 2.0 * frac(free.memory_mib, cap.memory_mib) + frac(free.vcpus, cap.vcpus);
+    match w {
+        Weigher::Spread => score,
+        Weigher::Pack => -score,
+    }
+}
+
+/// Filters and ranks nodes: ids best first, or why none fits.
+pub fn rank(
+    nodes: &[(String, NodeDoc)],
+    req: &Request,
+    s: &Settings,
+    now: u64,
+) -> Result<Vec<String>, String> {
+    let mut refused: BTreeMap<Refusal, usize> = BTreeMap::new();
+    let mut ok: Vec<(f64, &str)> = Vec::new();
+    for (id, n) in nodes {
+        match filter(id, n, req, s, now) {
+            None => ok.push((weigh(n, s.weigher), id)),
+            Some(r) => *refused.entry(r).or_default() += 1,
+        }
+    }
+    if ok.is_empty() {
+        let why: Vec<String> = refused
+            .iter()
+            .map(|(r, n)| format!("{} refused {n}", r.name()))
+            .collect();
+        return Err(if why.is_empty() {
+            "There are no compute nodes.".into()
+        } else {
+            format!(
+                "{} of {} nodes: {}.",
+                nodes.len(),
+                nodes.len(),
+                why.join(", ")
+            )
+        });
+    }
+    ok.sort_by(|a, b| b.0.total_cmp(&a.0).then_with(|| a.1.cmp(b.1)));
+    Ok(ok.into_iter().map(|(_, id)| id.to_string()).collect())
+}
+
+/// Schedules and claims: returns the node id now holding the server's allocation.
+pub fn claim(
+    store: &dyn Store,
+    req: &Request,
+    s: &Settings,
+    now: u64,
+) -> Result<String, ComputeError> {
+    // Every lost race means another claim succeeded, so this loop is bounded by the
+    // number of concurrent claims; cap it anyway.
+    for _ in 0..64 {
+        let nodes: Vec<(String, NodeDoc)> = list_nodes(store)?
+            .into_iter()
+            .map(|(r, d)| (r.id, d))
+            .collect();
+        let ranked = rank(&nodes, req, s, now).map_err(ComputeError::NoValidHost)?;
+        let best = &ranked[0];
+        let Some((record, mut doc)) = load_node(store, best)? else {
+            continue;
+        };
+        if filter(best, &doc, req, s, now).is_some() {
+            continue;
+        }
+        doc.allocations.insert(
+            req.server_id.clone(),
+            Allocation {
+                project_id: req.project_id.clone(),
+                resources: req.resources,
+            },
+        );
+        match store.update(record.with_doc(None, &doc)) {
+            Ok(()) => return Ok(best.clone()),
+            Err(StoreError::Stale { .. }) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(ComputeError::Contended(req.server_id.clone()))
+}
+
+/// Removes a server's allocation from a node (no-op if absent).
+pub fn release(store: &dyn Store, node_id: &str, server_id: &str) -> Result<(), ComputeError> {
+    for _ in 0..64 {
+        let Some((record, mut doc)) = load_node(store, node_id)? else {
+            return Ok(());
+        };
+        if doc.allocations.remove(server_id).is_none() {
+            return Ok(());
+        }
+        match store.update(record.with_doc(None, &doc)) {
+            Ok(()) => return Ok(()),
+            Err(StoreError::Stale { .. }) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(ComputeError::Contended(node_id.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::compute::{Ratios, Resources};
+    use crate::store::sqlite::SqliteStore;
+    use crate::store::{Kind, Record};
+
+    fn node(vcpus: u64, mem: u64, hb: u64) -> NodeDoc {
+        let mut properties = BTreeMap::new();
+        properties.insert("architecture".into(), "x86_64".into());
+        NodeDoc {
+            hostname: "h".into(),
+            agent_url: String::new(),
+            availability_zone: "nova".into(),
+            inventory: Resources {
+                vcpus,
+                memory_mib: mem,
+                disk_gb: 100,
+            },
+            ratios: Ratios {
+                cpu: 1.0,
+                ram: 1.0,
+                disk: 1.0,
+            },
+            properties,
+            allocations: BTreeMap::new(),
+            registered_at: 0,
+            last_heartbeat: hb,
+            disabled: false,
+        }
+    }
+
+    fn req(vcpus: u64, mem: u64) -> Request {
+        Request {
+            server_id: "s".into(),
+            project_id: "p".into(),
+            resources: Resources {
+                vcpus,
+                memory_mib: mem,
+                disk_gb: 1,
+            },
+            ..Request::default()
+        }
+    }
+
+    const S: Settings = Settings {
+        down_after: 30,
+        weigher: Weigher::Spread,
+    };
+
+    #[test]
+    fn filters_refuse_for_the_right_reason() {
+        let n = node(2, 1024, 100);
+        assert_eq!(filter("a", &n, &req(2, 1024), &S, 110), None);
+        assert_eq!(
+            filter("a", &n, &req(3, 512), &S, 110),
+            Some(Refusal::Capacity)
+        );
+        assert_eq!(
+            filter("a", &n, &req(1, 2048), &S, 110),
+            Some(Refusal::Capacity)
+        );
+        let mut big_disk = req(1, 1);
+        big_disk.resources.disk_gb = 101;
+        assert_eq!(filter("a", &n, &big_disk, &S, 110), Some(Refusal::Capacity));
+        assert_eq!(filter("a", &n, &req(1, 1), &S, 131), Some(Refusal::Down));
+        let mut dis = n.clone();
+        dis.disabled = true;
+        assert_eq!(filter("a", &dis, &req(1, 1), &S, 110), Some(Refusal::Down));
+        let mut r = req(1, 1);
+        r.exclude = vec!["a".into()];
+        assert_eq!(filter("a", &n, &r, &S, 110), Some(Refusal::Tried));
+        let mut r = req(1, 1);
+        r.availability_zone = Some("other".into());
+        assert_eq!(filter("a", &n, &r, &S, 110), Some(Refusal::Zone));
+        r.availability_zone = Some("nova".into());
+        assert_eq!(filter("a", &n, &r, &S, 110), None);
+        let mut r = req(1, 1);
+        r.image_properties
+            .insert("architecture".into(), "aarch64".into());
+        assert_eq!(filter("a", &n, &r, &S, 110), Some(Refusal::ImageProperties));
+        r.image_properties
+            .insert("architecture".into(), "x86_64".into());
+        r.image_properties
+            .insert("os_distro".into(), "anything".into());
+        assert_eq!(filter("a", &n, &r, &S, 110), None);
+        // Overcommit: 2 cores at ratio 4 hold 8 vCPUs.
+        let mut oc = n.clone();
+        oc.ratios.cpu = 4.0;
+        assert_eq!(filter("a", &oc, &req(8, 1), &S, 110), None);
+        assert_eq!(
+            filter("a", &oc, &req(9, 1), &S, 110),
+            Some(Refusal::Capacity)
+        );
+    }
+
+    #[test]
+    fn group_policies() {
+        let n = node(2, 1024, 100);
+        let mut r = req(1, 1);
+        r.group = Some((GroupPolicy::AntiAffinity, vec!["a".into()]));
+        assert_eq!(filter("a", &n, &r, &S, 100), Some(Refusal::Group));
+        assert_eq!(filter("b", &n, &r, &S, 100), None);
+        r.group = Some((GroupPolicy::Affinity, vec!["a".into()]));
+        assert_eq!(filter("a", &n, &r, &S, 100), None);
+        assert_eq!(filter("b", &n, &r, &S, 100), Some(Refusal::Group));
+        // The first member of an affinity group goes anywhere.
+        r.group = Some((GroupPolicy::Affinity, vec![]));
+        assert_eq!(filter("b", &n, &r, &S, 100), None);
+    }
+
+    #[test]
+    fn weighers_spread_and_pack() {
+        let mut busy = node(4, 4096, 100);
+        busy.allocations.insert(
+            "x".into(),
+            Allocation {
+                project_id: "p".into(),
+                resources: Resources {
+                    vcpus: 2,
+                    memory_mib: 2048,
+                    disk_gb: 1,
+                },
+            },
+        );
+        let idle = node(4, 4096, 100);
+        let nodes = vec![("busy".to_string(), busy), ("idle".to_string(), idle)];
+        assert_eq!(rank(&nodes, &req(1, 1), &S, 100).unwrap()[0], "idle");
+        let pack = Settings {
+            weigher: Weigher::Pack,
+            ..S
+        };
+        assert_eq!(rank(&nodes, &req(1, 1), &pack, 100).unwrap()[0], "busy");
+        let err = rank(&nodes, &req(1, 1), &S, 1000).unwrap_err();
+        assert!(err.contains("ComputeFilter refused 2"), "{err}");
+        assert_eq!(
+            rank(&[], &req(1, 1), &S, 0).unwrap_err(),
+            "There are no compute nodes."
+        );
+    }
+
+    fn put(store: &dyn Store, id: &str, n: &NodeDoc) {
+        store
+            .insert(Record::new(Kind::Node, id, "", None, n))
+            .unwrap();
+    }
+
+    #[test]
+    fn claim_and_release_hundreds_of_nodes() {
+        let store = SqliteStore::in_memory().unwrap();
+        for i in 0..300 {
+            put(&store, &format!("n{i:03}"), &node(2, 2048, 100));
+        }
+        // Spread: 300 servers of 1 vCPU land on 300 different nodes.
+        let mut used = std::collections::BTreeSet::new();
+        for i in 0..300 {
+            let mut r = req(1, 1024);
+            r.server_id = format!("s{i}");
+            used.insert(claim(&store, &r, &S, 100).unwrap());
+        }
+        assert_eq!(used.len(), 300);
+        let (_, d) = load_node(&store, "n000").unwrap().unwrap();
+        assert_eq!(d.used().vcpus, 1);
+        release(&store, "n000", "s0").unwrap();
+        release(&store, "n000", "s0").unwrap();
+        let (_, d) = load_node(&store, "n000").unwrap().unwrap();
+        assert!(d.allocations.is_empty());
+    }
+
+    #[test]
+    fn concurrent_claims_from_two_controllers_never_overbook() {
+        // Two "controllers" (separate connections to one database file) claim 1-vCPU
+        // servers on 5 nodes of 4 vCPUs each: exactly 20 fit, the rest get NoValidHost.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        let a = std::sync::Arc::new(SqliteStore::open(&path).unwrap());
+        let b = std::sync::Arc::new(SqliteStore::open(&path).unwrap());
+        for i in 0..5 {
+            put(&*a, &format!("n{i}"), &node(4, 4096, 100));
+        }
+        let mut threads = Vec::new();
+        for t in 0..4 {
+            let store = if t % 2 == 0 { a.clone() } else { b.clone() };
+            threads.push(std::thread::spawn(move || {
+                let mut placed = 0;
+                let mut refused = 0;
+                for i in 0..10 {
+                    let mut r = req(1, 100);
+                    r.server_id = format!("t{t}-{i}");
+                    match claim(&*store, &r, &S, 100) {
+                        Ok(_) => placed += 1,
+                        Err(ComputeError::NoValidHost(_)) => refused += 1,
+                        Err(e) => panic!("{e}"),
+                    }
+                }
+                (placed, refused)
+            }));
+        }
+        let (mut placed, mut refused) = (0, 0);
+        for t in threads {
+            let (p, r) = t.join().unwrap();
+            placed += p;
+            refused += r;
+        }
+        assert_eq!((placed, refused), (20, 20));
+        for (_, d) in list_nodes(&*a).unwrap() {
+            assert_eq!(d.used().vcpus, 4, "{d:?}");
+            assert_eq!(d.allocations.len(), 4);
+        }
+    }
+}

@@ -1,0 +1,452 @@
+//! A one-node cloud end to end with the stock `openstack` CLI and a real KVM guest:
+//! objectd and control on the host, blockdp on the host, netdp and the node agent in a
+//! node namespace joined to the host by a veth pair (control calls the agent and the agent
+//! heartbeats and fetches images over it). The vmm kit's `server` guest is uploaded as a
+//! kernel image, a 256 KiB disk image names it by `kernel_id`; `server create --network
+//! --wait` boots it; its console shows the disk's checksum; stop, start and delete.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{ADMIN_PASSWORD, fails, free_port, ok, ok_json};
+use serde_json::Value;
+
+const NODE_TOKEN: &str = "e2e-node-token";
+
+fn privileged() -> bool {
+    caps::require_all(&[
+        caps::Capability::Root,
+        caps::Capability::Kvm,
+        caps::Capability::Bpf,
+        caps::Capability::Netns,
+        caps::Capability::IoUring,
+    ])
+}
+
+/// vmm, blockdp, netdp and ferrostack-agent in this test's profile directory (built with
+/// the same cargo and profile; a no-op when they are up to date).
+fn binaries() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().unwrap().parent().unwrap().to_path_buf();
+    let profile = match dir.file_name().and_then(|n| n.to_str()) {
+        Some("debug") | None => "dev".to_string(),
+        Some(p) => p.to_string(),
+    };
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| env!("CARGO").into());
+    let out = Command::new(cargo)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args([
+            "build", "--locked", "--bins", "-p", "vmm", "-p", "blockdp", "-p", "netdp",
+        ])
+        .args([
+            "-p",
+            "ferrostack-agent",
+            "--profile",
+            &profile,
+            "--target-dir",
+        ])
+        .arg(dir.parent().unwrap())
+        .stdout(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "building the daemons failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    dir
+}
+
+/// Child processes killed (and reaped) on drop, VMMs named in the agent's state too.
+struct Procs {
+    children: Vec<Child>,
+    agent_state: PathBuf,
+    veth: String,
+    pins: PathBuf,
+}
+
+impl Drop for Procs {
+    fn drop(&mut self) {
+        for c in self.children.iter_mut().rev() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        if let Ok(bytes) = std::fs::read(self.agent_state.join("state.json"))
+            && let Ok(v) = serde_json::from_slice::<Value>(&bytes)
+            && let Some(servers) = v["servers"].as_object()
+        {
+            for s in servers.values() {
+                for key in ["vmm_pid", "shim_pid"] {
+                    if let Some(pid) = s["process"][key].as_i64() {
+                        let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+                    }
+                }
+            }
+        }
+        let _ = tests::netns::ip(&["link", "del", &self.veth]);
+        let _ = std::fs::remove_dir_all(&self.pins);
+    }
+}
+
+fn wait_socket(path: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while std::os::unix::net::UnixStream::connect(path).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "{} never appeared",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn fnv1a(data: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in data {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+fn wait_status(env: &[(String, String)], name: &str, status: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let v = ok_json(env, &["server", "show", name]);
+        if v["status"] == status && v["OS-EXT-STS:task_state"].is_null() {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline && v["status"] != "ERROR",
+            "{name} never became {status}: {v}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+fn wait_console(env: &[(String, String)], name: &str, needle: &str, count: usize) -> String {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let text = ok(env, &["console", "log", "show", name]);
+        if text.matches(needle).count() >= count {
+            return text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "console never showed {needle:?} x{count}:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+#[test]
+fn openstack_cli_boots_a_guest_on_a_one_node_cloud() {
+    if !privileged() || !common::have_cli() {
+        return;
+    }
+    let bins = binaries();
+    let kernel = vmm::testkit::build_guest(
+        "server",
+        &Path::new(env!("CARGO_TARGET_TMPDIR")).join("guests"),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+
+    // The node namespace, joined to the host by a veth pair on a /30.
+    let ns = tests::netns::Netns::new("ctl-e2e").unwrap();
+    let tag = std::process::id() % 100_000;
+    let veth = format!("fsc{tag}");
+    let mut procs = Procs {
+        children: vec![],
+        agent_state: d.join("agent"),
+        veth: veth.clone(),
+        pins: PathBuf::from(format!("/sys/fs/bpf/ferrostack-test-control-{}", ns.name())),
+    };
+    let octet = 4 + (tag % 60) * 4;
+    let host_ip = format!("10.254.{}.{}", tag % 200, octet + 1);
+    let node_ip = format!("10.254.{}.{}", tag % 200, octet + 2);
+    tests::netns::ip(&[
+        "link",
+        "add",
+        &veth,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "eth-ctl",
+        "netns",
+        ns.name(),
+    ])
+    .unwrap();
+    tests::netns::ip(&["addr", "add", &format!("{host_ip}/30"), "dev", &veth]).unwrap();
+    tests::netns::ip(&["link", "set", &veth, "up"]).unwrap();
+    let node_cidr = format!("{node_ip}/30");
+    for args in [
+        ["ip", "addr", "add", node_cidr.as_str(), "dev", "eth-ctl"].as_slice(),
+        ["ip", "link", "set", "eth-ctl", "up"].as_slice(),
+        ["ip", "link", "set", "lo", "up"].as_slice(),
+    ] {
+        let o = ns.exec(args).unwrap();
+        assert!(o.status.success(), "{args:?}: {o:?}");
+    }
+
+    // objectd and control on the host.
+    let port = free_port();
+    let url = format!("http://{host_ip}:{port}");
+    let objectd_port = common::start_objectd(d, &url);
+    let config = format!(
+        "listen = \"{host_ip}:{port}\"\npublic-url = \"{url}\"\n\
+         [compute]\nheartbeat-interval-secs = 1\nnode-token = \"{NODE_TOKEN}\"\n\
+         [store]\nlocation = \"{}\"\n[tokens]\nkey-dir = \"{}\"\n\
+         [images]\nstore-url = \"http://127.0.0.1:{objectd_port}\"\nstaging-dir = \"{}\"\n",
+        d.join("control.db").display(),
+        d.join("keys").display(),
+        d.join("staging").display()
+    );
+    std::fs::write(d.join("control.toml"), config).unwrap();
+    let control_bin = env!("CARGO_BIN_EXE_control");
+    let out = Command::new(control_bin)
+        .arg("--config")
+        .arg(d.join("control.toml"))
+        .args(["bootstrap", "--password", ADMIN_PASSWORD, "--out-dir"])
+        .arg(d)
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "bootstrap: {out:?}");
+    procs.children.push(
+        Command::new(control_bin)
+            .arg("--config")
+            .arg(d.join("control.toml"))
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+
+    // blockdp on the host, netdp and the agent in the node namespace.
+    let blockdp_sock = d.join("blockdp/api.sock");
+    std::fs::create_dir_all(d.join("blockdp")).unwrap();
+    procs.children.push(
+        Command::new(bins.join("blockdp"))
+            .arg("--data-dir")
+            .arg(d.join("blockdp"))
+            .arg("--api-socket")
+            .arg(&blockdp_sock)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_socket(&blockdp_sock);
+    let netdp_sock = d.join("netdp.sock");
+    procs.children.push(
+        Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", ns.name()))
+            .arg(bins.join("netdp"))
+            .arg("--socket")
+            .arg(&netdp_sock)
+            .arg("--state")
+            .arg(d.join("netdp-state.json"))
+            .arg("--pin-dir")
+            .arg(&procs.pins)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_socket(&netdp_sock);
+    std::fs::create_dir_all(d.join("agent")).unwrap();
+    let agent_port = free_port();
+    procs.children.push(
+        Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", ns.name()))
+            .arg(bins.join("ferrostack-agent"))
+            .arg("--state-dir")
+            .arg(d.join("agent"))
+            .arg("--socket")
+            .arg(d.join("agent/agent.sock"))
+            .arg("--blockdp-socket")
+            .arg(&blockdp_sock)
+            .arg("--netdp-socket")
+            .arg(&netdp_sock)
+            .arg("--vmm-binary")
+            .arg(bins.join("vmm"))
+            .arg("--disk-path")
+            .arg(d.join("agent"))
+            .arg("--listen")
+            .arg(format!("{node_ip}:{agent_port}"))
+            .arg("--agent-url")
+            .arg(format!("http://{node_ip}:{agent_port}"))
+            .arg("--control-url")
+            .arg(&url)
+            .arg("--control-token")
+            .arg(NODE_TOKEN)
+            .args([
+                "--heartbeat-interval-secs",
+                "1",
+                "--shutdown-timeout-secs",
+                "20",
+            ])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+
+    let env: Vec<(String, String)> = [
+        ("OS_AUTH_URL", format!("{url}/v3")),
+        ("OS_IDENTITY_API_VERSION", "3".into()),
+        ("OS_USERNAME", "admin".into()),
+        ("OS_PASSWORD", ADMIN_PASSWORD.into()),
+        ("OS_PROJECT_NAME", "admin".into()),
+        ("OS_USER_DOMAIN_NAME", "Default".into()),
+        ("OS_PROJECT_DOMAIN_NAME", "Default".into()),
+        ("OS_REGION_NAME", "RegionOne".into()),
+        ("OS_INTERFACE", "public".into()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+
+    // The node registers and is up.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let out = common::openstack(&env, &["hypervisor", "list", "-f", "json"]);
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        if out.status.success() && text.contains("\"up\"") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the node never came up: {out:?}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+
+    ok(
+        &env,
+        &[
+            "flavor", "create", "--vcpus", "1", "--ram", "32", "--disk", "1", "m1.tiny",
+        ],
+    );
+    let image: Vec<u8> = (0..256 * 1024usize)
+        .map(|i| (i.wrapping_mul(31) ^ (i >> 9)) as u8)
+        .collect();
+    std::fs::write(d.join("disk.img"), &image).unwrap();
+    let k = ok_json(
+        &env,
+        &[
+            "image",
+            "create",
+            "--file",
+            kernel.to_str().unwrap(),
+            "--disk-format",
+            "aki",
+            "--container-format",
+            "aki",
+            "server-kernel",
+        ],
+    );
+    let kid = k["id"].as_str().unwrap().to_string();
+    ok(
+        &env,
+        &[
+            "image",
+            "create",
+            "--file",
+            d.join("disk.img").to_str().unwrap(),
+            "--disk-format",
+            "raw",
+            "--container-format",
+            "bare",
+            "--property",
+            &format!("kernel_id={kid}"),
+            "--property",
+            "os_command_line=console=ttyS0 reboot=k panic=1 pci=off",
+            "server-disk",
+        ],
+    );
+    ok(&env, &["network", "create", "blue"]);
+    ok(
+        &env,
+        &[
+            "subnet",
+            "create",
+            "--network",
+            "blue",
+            "--subnet-range",
+            "10.9.0.0/24",
+            "blue-v4",
+        ],
+    );
+
+    let created = ok_json(
+        &env,
+        &[
+            "server",
+            "create",
+            "--image",
+            "server-disk",
+            "--flavor",
+            "m1.tiny",
+            "--network",
+            "blue",
+            "--wait",
+            "vm1",
+        ],
+    );
+    assert_eq!(created["status"], "ACTIVE", "{created}");
+    let shown = ok_json(&env, &["server", "show", "vm1"]);
+    assert_eq!(shown["status"], "ACTIVE");
+    assert_eq!(shown["OS-EXT-STS:vm_state"], "active");
+    assert_eq!(shown["OS-EXT-STS:power_state"], 1, "{shown}");
+    assert!(
+        shown["addresses"].to_string().contains("blue")
+            && shown["addresses"].to_string().contains("10.9.0."),
+        "{shown}"
+    );
+    let list = ok(&env, &["server", "list", "--long"]);
+    assert!(
+        list.contains("vm1") && list.contains("ACTIVE") && list.contains("Running"),
+        "{list}"
+    );
+
+    // The guest booted the image's kernel and read the whole root volume.
+    // The flavor's 1 GiB volume holds the image then zeros; the guest reads its first MiB.
+    let mut first_mib = image.clone();
+    first_mib.resize(1 << 20, 0);
+    let expected = format!("disk_fnv={:016x}", fnv1a(&first_mib));
+    let console = wait_console(&env, "vm1", &expected, 1);
+    assert!(console.contains("disk_read_sectors=2048"), "{console}");
+
+    ok(&env, &["server", "stop", "vm1"]);
+    let stopped = wait_status(&env, "vm1", "SHUTOFF");
+    assert_eq!(stopped["OS-EXT-STS:vm_state"], "stopped");
+    let again = fails(&env, &["server", "stop", "vm1"]);
+    assert!(again.contains("Cannot"), "{again}");
+    ok(&env, &["server", "start", "vm1"]);
+    wait_status(&env, "vm1", "ACTIVE");
+    wait_console(&env, "vm1", &expected, 2);
+    ok(&env, &["server", "pause", "vm1"]);
+    wait_status(&env, "vm1", "PAUSED");
+    ok(&env, &["server", "unpause", "vm1"]);
+    wait_status(&env, "vm1", "ACTIVE");
+
+    ok(&env, &["server", "delete", "--wait", "vm1"]);
+    assert!(!ok(&env, &["server", "list"]).contains("vm1"));
+    // The agent released everything: no server, no VMM.
+    let hv = ok(&env, &["hypervisor", "list", "--long"]);
+    assert!(hv.contains("up"), "{hv}");
+    let state = std::fs::read_to_string(d.join("agent/state.json")).unwrap();
+    let v: Value = serde_json::from_str(&state).unwrap();
+    assert!(
+        v["servers"].as_object().is_none_or(|m| m.is_empty()),
+        "{state}"
+    );
+    ok(&env, &["subnet", "delete", "blue-v4"]);
+    ok(&env, &["network", "delete", "blue"]);
+    drop(procs);
+    drop(ns);
+}
