@@ -72,7 +72,7 @@ fn scrape(cloud: &Cloud) -> caps::prom::Scrape {
 
 #[test]
 fn meters_are_stored_aggregated_and_scoped_by_project() {
-    let cloud = Cloud::start();
+    let cloud = Cloud::start_with("[compute]\nnode-token = \"node-secret\"", "", "");
     let (admin, _) = cloud.token("admin", ADMIN_PASSWORD, "admin");
     let (blue, bob) = project_user(&cloud, &admin, "blue", "bob");
     let (_red, rita) = project_user(&cloud, &admin, "red", "rita");
@@ -134,16 +134,11 @@ fn meters_are_stored_aggregated_and_scoped_by_project() {
     );
     assert_eq!(r.status, 202, "{}", r.text());
     assert_eq!(r.json(), json!({"samples": 6, "events": 2}));
+    // Agents post with the node token.
     let other = sample("cpu_util", "srv-b", "someone-else", 99.0, t0);
-    assert_eq!(
-        post(
-            &cloud,
-            &admin,
-            &json!({"node_id": "n1", "samples": [other]})
-        )
-        .status,
-        202
-    );
+    let body = json!({"node_id": "n1", "samples": [other]});
+    assert_eq!(post(&cloud, "wrong-secret", &body).status, 401);
+    assert_eq!(post(&cloud, "node-secret", &body).status, 202);
 
     // Raw samples: bob sees srv-a's six, in time order.
     let r = cloud.req(

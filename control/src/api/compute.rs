@@ -98,7 +98,7 @@ pub async fn route_v1(
     blocking(svc, move |svc| nodes(svc, &req)).await
 }
 
-fn node_auth(svc: &Service, req: &Request) -> Result<(), ApiError> {
+pub(crate) fn node_auth(svc: &Service, req: &Request) -> Result<(), ApiError> {
     let token = req.header("x-auth-token").unwrap_or("");
     let shared = &svc.config.raw.compute.node_token;
     if !shared.is_empty() && !token.is_empty() {

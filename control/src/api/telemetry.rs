@@ -1,7 +1,8 @@
 //! The telemetry API at `/telemetry/v1` (Ceilometer/Gnocchi/Aodh-like), every call with
 //! `X-Auth-Token`. Errors are Keystone-shaped `{"error": {"code", "title", "message"}}`.
 //!
-//! Ingestion (node agents; needs the `admin` or `service` role):
+//! Ingestion (node agents: `[compute] node-token`, or a token with the `admin` or `service`
+//! role):
 //! - `POST /telemetry/v1/samples` `{"node_id": "...", "samples": [{"meter", "type"
 //!   (cumulative|gauge|delta), "unit", "volume", "resource_id", "project_id", "user_id"?,
 //!   "timestamp" (epoch seconds or ISO 8601)}], "events": [{"event_type", "resource_id",
@@ -135,9 +136,16 @@ pub fn handle(svc: &Service, req: &Request) -> Result<Response, ServiceError> {
 }
 
 fn ingest(svc: &Service, req: &Request) -> Result<Response, ServiceError> {
-    let ctx = ctx(svc, req)?;
-    if !(ctx.is_admin() || ctx.has_role("service")) {
-        return Err(ApiError::forbidden("only the admin or service role may post samples").into());
+    // Node agents authenticate as they do for registration: `[compute] node-token` or an
+    // admin token; a project-scoped token with the service role works too.
+    if super::compute::node_auth(svc, req).is_err() {
+        let ctx = ctx(svc, req)?;
+        if !(ctx.is_admin() || ctx.has_role("service")) {
+            return Err(ApiError::forbidden(
+                "only nodes, the admin or service role may post samples",
+            )
+            .into());
+        }
     }
     let batch: Batch = req.json()?;
     let max = svc.config.raw.telemetry.max_batch;

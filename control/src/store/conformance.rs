@@ -6,6 +6,7 @@ use super::{Kind, Record, Store, StoreError, Write};
 /// Runs every check against an empty store; panics on the first failure.
 pub fn run(store: &dyn Store) {
     assert!(store.schema_version().unwrap() >= 1);
+    meters(store);
 
     // Insert, get by id and name, list in id order, scoped list.
     let a = Record::new(
@@ -151,4 +152,62 @@ pub fn run(store: &dyn Store) {
     r.doc = text.into();
     store.insert(r).unwrap();
     assert_eq!(store.get(Kind::Setting, "s1").unwrap().unwrap().doc, text);
+}
+
+/// Meter rows: append, filtered query in time order, atomic replace (retention).
+fn meters(store: &dyn Store) {
+    use crate::telemetry::{SampleFilter, SampleRow};
+    let row = |res: &str, project: &str, g: i64, ts: i64, v: f64| SampleRow {
+        meter: "conf.m".into(),
+        resource_id: res.into(),
+        project_id: project.into(),
+        user_id: String::new(),
+        mtype: "gauge".into(),
+        unit: "B".into(),
+        granularity: g,
+        ts,
+        count: 1,
+        sum: v,
+        min: v,
+        max: v,
+        last: v,
+    };
+    store
+        .append_samples(&[
+            row("r2", "p1", 0, 2_000, 2.5),
+            row("r1", "p1", 0, 1_000, 1.0),
+            row("r3", "p2", 0, 1_500, 3.0),
+            row("r1", "p1", 60, 0, 9.0),
+        ])
+        .unwrap();
+    let q = |f: &dyn Fn(&mut SampleFilter)| {
+        let mut filter = SampleFilter::all();
+        filter.meter = "conf.m".into();
+        f(&mut filter);
+        store.query_samples(&filter).unwrap()
+    };
+    let ts = |rows: Vec<SampleRow>| rows.iter().map(|r| r.ts).collect::<Vec<_>>();
+    assert_eq!(ts(q(&|_| {})), [0, 1_000, 1_500, 2_000]);
+    assert_eq!(ts(q(&|f| f.max_granularity = 0)), [1_000, 1_500, 2_000]);
+    assert_eq!(ts(q(&|f| f.project_id = "p1".into())), [0, 1_000, 2_000]);
+    assert_eq!(ts(q(&|f| f.resource_id = "r1".into())), [0, 1_000]);
+    assert_eq!(
+        ts(q(&|f| {
+            f.start_ms = 1_000;
+            f.end_ms = 2_000;
+        })),
+        [1_000, 1_500]
+    );
+    assert_eq!(ts(q(&|f| f.limit = 2)), [0, 1_000]);
+    let got = q(&|f| f.resource_id = "r2".into());
+    assert_eq!(got, [row("r2", "p1", 0, 2_000, 2.5)]);
+    // Replace raw rows before 1.6 s by one aggregate.
+    let mut agg = row("r1", "p1", 60, 60_000, 4.0);
+    agg.count = 2;
+    store.replace_samples(0, 1_600, &[agg.clone()]).unwrap();
+    assert_eq!(ts(q(&|_| {})), [0, 2_000, 60_000]);
+    assert_eq!(q(&|f| f.start_ms = 60_000), [agg]);
+    store.replace_samples(60, i64::MAX, &[]).unwrap();
+    store.replace_samples(0, i64::MAX, &[]).unwrap();
+    assert!(q(&|_| {}).is_empty());
 }
