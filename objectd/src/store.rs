@@ -426,7 +426,7 @@ impl Store {
             store: self.clone(),
             id,
             tmp: Some(tmp),
-            inflight: None,
+            pipeline: None,
             buf: Vec::new(),
             size: 0,
         })
@@ -1359,36 +1359,91 @@ impl RawRecord {
     }
 }
 
-/// Bytes gathered before one write to the temporary file.
+/// Bytes gathered before a piece is handed to the hashing and writing threads.
 const WRITE_BUFFER: usize = 1 << 20;
 
-/// The temporary file and the digests of what was written to it so far; owned by the
-/// blocking task that hashes and writes the current piece.
-struct Sink {
-    file: std::fs::File,
-    md5: Md5,
-    crc32: crc32fast::Hasher,
+/// Pieces queued for each of the two threads of one upload (bounds its memory).
+const PIPELINE_DEPTH: usize = 8;
+
+/// Bytes written between `fdatasync`s of the temporary file, so that the final fsync has
+/// little left to flush and the disk works while the body is still arriving.
+const SYNC_EVERY: u64 = 32 << 20;
+
+/// The two threads of an upload that outgrew [`WRITE_BUFFER`]: one computes the MD5, the
+/// other the CRC32 and writes the temporary file. Each piece is shared (`Bytes`), not copied.
+struct Pipeline {
+    to_hasher: tokio::sync::mpsc::Sender<bytes::Bytes>,
+    to_writer: tokio::sync::mpsc::Sender<bytes::Bytes>,
+    hasher: tokio::task::JoinHandle<Md5>,
+    writer: tokio::task::JoinHandle<Result<(std::fs::File, u32), StoreError>>,
 }
 
-impl Sink {
-    fn absorb(&mut self, data: &[u8]) -> Result<(), StoreError> {
-        use std::io::Write;
-        self.md5.update(data);
-        self.crc32.update(data);
-        self.file.write_all(data).map_err(io("write temp file"))
+impl Pipeline {
+    fn start(file: std::fs::File) -> Pipeline {
+        let (to_hasher, mut hasher_rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(PIPELINE_DEPTH);
+        let (to_writer, mut writer_rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(PIPELINE_DEPTH);
+        let hasher = tokio::task::spawn_blocking(move || {
+            let mut md5 = Md5::new();
+            while let Some(piece) = hasher_rx.blocking_recv() {
+                md5.update(&piece);
+            }
+            md5
+        });
+        let writer = tokio::task::spawn_blocking(move || {
+            use std::io::Write;
+            let mut file = file;
+            let mut crc32 = crc32fast::Hasher::new();
+            let mut unsynced = 0u64;
+            while let Some(piece) = writer_rx.blocking_recv() {
+                crc32.update(&piece);
+                file.write_all(&piece).map_err(io("write temp file"))?;
+                unsynced += piece.len() as u64;
+                if unsynced >= SYNC_EVERY {
+                    file.sync_data().map_err(io("fsync temp file"))?;
+                    unsynced = 0;
+                }
+            }
+            Ok((file, crc32.finalize()))
+        });
+        Pipeline {
+            to_hasher,
+            to_writer,
+            hasher,
+            writer,
+        }
+    }
+
+    /// Hands a piece to both threads; false if one of them has stopped (a write failed).
+    async fn send(&mut self, piece: bytes::Bytes) -> bool {
+        let hashed = self.to_hasher.send(piece.clone()).await.is_ok();
+        hashed && self.to_writer.send(piece).await.is_ok()
+    }
+
+    /// Waits for both threads to finish the pieces sent: the file, MD5 and CRC32.
+    async fn stop(self) -> Result<(std::fs::File, String, u32), StoreError> {
+        let Pipeline {
+            to_hasher,
+            to_writer,
+            hasher,
+            writer,
+        } = self;
+        drop((to_hasher, to_writer));
+        let (file, crc32) = writer.await??;
+        let md5 = hasher.await?;
+        Ok((file, hex::encode(md5.finalize()), crc32))
     }
 }
 
-/// Streams one body to disk: bytes are gathered in 1 MiB pieces, and each piece is hashed
-/// (MD5 and CRC32) and written by a blocking task while the next one arrives, so receiving
-/// and hashing run on different cores. A body that ends within [`INLINE_MAX`] never touches
-/// the filesystem. [`BlobWriter::finish`] makes it durable; dropped unfinished, the writer
-/// removes its temporary file.
+/// Streams one body to disk: bytes are gathered in 1 MiB pieces, and each piece goes to a
+/// [`Pipeline`] (MD5 on one thread, CRC32 and the file write on another) while the next
+/// one arrives, so receiving, hashing and writing overlap. A body that ends within
+/// [`INLINE_MAX`] never touches the filesystem. [`BlobWriter::finish`] makes it durable;
+/// dropped unfinished, the writer removes its temporary file.
 pub struct BlobWriter {
     store: Store,
     id: String,
     tmp: Option<PathBuf>,
-    inflight: Option<tokio::task::JoinHandle<Result<Sink, StoreError>>>,
+    pipeline: Option<Pipeline>,
     buf: Vec<u8>,
     size: u64,
 }
@@ -1399,32 +1454,32 @@ impl BlobWriter {
         self.size += data.len() as u64;
         self.buf.extend_from_slice(data);
         if self.buf.len() >= WRITE_BUFFER {
-            let mut sink = self.take_sink().await?;
             let piece = std::mem::replace(&mut self.buf, Vec::with_capacity(WRITE_BUFFER));
-            self.inflight = Some(tokio::task::spawn_blocking(move || {
-                sink.absorb(&piece)?;
-                Ok(sink)
-            }));
+            self.send(bytes::Bytes::from(piece)).await?;
         }
         Ok(())
     }
 
-    /// The sink once the piece in flight is written, or a new one on a new temp file.
-    async fn take_sink(&mut self) -> Result<Sink, StoreError> {
-        if let Some(h) = self.inflight.take() {
-            return h.await?;
+    /// Sends a piece down the pipeline, starting it (on a new temp file) first if needed.
+    async fn send(&mut self, piece: bytes::Bytes) -> Result<(), StoreError> {
+        if self.pipeline.is_none() {
+            let tmp = self.tmp.as_ref().expect("writer not finished");
+            let file = tokio::fs::File::create(tmp)
+                .await
+                .map_err(io("create temp file"))?
+                .into_std()
+                .await;
+            self.pipeline = Some(Pipeline::start(file));
         }
-        let tmp = self.tmp.as_ref().expect("writer not finished");
-        let file = tokio::fs::File::create(tmp)
-            .await
-            .map_err(io("create temp file"))?
-            .into_std()
-            .await;
-        Ok(Sink {
-            file,
-            md5: Md5::new(),
-            crc32: crc32fast::Hasher::new(),
-        })
+        let p = self.pipeline.as_mut().expect("pipeline started");
+        if p.send(piece).await {
+            return Ok(());
+        }
+        let p = self.pipeline.take().expect("pipeline started");
+        Err(p.stop().await.err().unwrap_or(StoreError::Io {
+            op: "hash temp file",
+            source: std::io::Error::other("the hashing thread stopped"),
+        }))
     }
 
     /// Bytes written so far.
@@ -1434,11 +1489,11 @@ impl BlobWriter {
 
     /// Makes the body durable: a small one becomes an inline blob (stored by the index
     /// commit that references it); a larger one is written out, fsync'd, renamed into place
-    /// and its directory fsync'd, in one blocking task.
+    /// and its directory fsync'd.
     pub async fn finish(mut self) -> Result<Blob, StoreError> {
         let id = std::mem::take(&mut self.id);
         let rest = std::mem::take(&mut self.buf);
-        if self.inflight.is_none() && self.size <= INLINE_MAX {
+        if self.pipeline.is_none() && self.size <= INLINE_MAX {
             self.tmp = None;
             return Ok(Blob {
                 id,
@@ -1449,21 +1504,23 @@ impl BlobWriter {
                 data: Some(bytes::Bytes::from(rest)),
             });
         }
-        let mut sink = self.take_sink().await?;
+        if !rest.is_empty() {
+            self.send(bytes::Bytes::from(rest)).await?;
+        }
+        let pipeline = self
+            .pipeline
+            .take()
+            .expect("a body over INLINE_MAX has a pipeline");
+        let (file, md5, crc32) = pipeline.stop().await?;
         let tmp = self.tmp.clone().expect("writer not finished");
         let dest = self.store.blob_path(&id);
-        let (md5, crc32) =
-            tokio::task::spawn_blocking(move || -> Result<(String, u32), StoreError> {
-                sink.absorb(&rest)?;
-                sink.file.sync_all().map_err(io("fsync temp file"))?;
-                let Sink { file, md5, crc32 } = sink;
-                drop(file);
-                std::fs::rename(&tmp, &dest).map_err(io("rename blob into place"))?;
-                fsync_dir(dest.parent().expect("blob path has a parent"))
-                    .map_err(io("fsync blob dir"))?;
-                Ok((hex::encode(md5.finalize()), crc32.finalize()))
-            })
-            .await??;
+        tokio::task::spawn_blocking(move || -> Result<(), StoreError> {
+            file.sync_all().map_err(io("fsync temp file"))?;
+            drop(file);
+            std::fs::rename(&tmp, &dest).map_err(io("rename blob into place"))?;
+            fsync_dir(dest.parent().expect("blob path has a parent")).map_err(io("fsync blob dir"))
+        })
+        .await??;
         self.tmp = None;
         Ok(Blob {
             id,
