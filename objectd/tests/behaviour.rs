@@ -718,6 +718,76 @@ fn s3_bad_input_is_refused_and_nothing_is_stored() {
         s3(&d, "HEAD", "/bkt/chunked2", &[], b"", SECRET_KEY).status,
         404
     );
+    // x-amz-decoded-content-length is checked against the decoded bytes: fewer, more, a
+    // missing or a malformed count are each refused, and nothing is stored.
+    let body = format!("4\r\ndata\r\n3\r\nmor\r\n0\r\nx-amz-checksum-crc32:{crc}\r\n\r\n");
+    for (i, (decoded, status, code)) in [
+        (Some("8"), 400, "IncompleteBody"),
+        (Some("6"), 400, "IncompleteBody"),
+        (Some("5"), 400, "IncompleteBody"),
+        (None, 411, "MissingContentLength"),
+        (Some("seven"), 400, "InvalidArgument"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut hs = vec![
+            ("x-amz-content-sha256", "STREAMING-UNSIGNED-PAYLOAD-TRAILER"),
+            ("content-encoding", "aws-chunked"),
+            ("x-amz-trailer", "x-amz-checksum-crc32"),
+        ];
+        if let Some(n) = decoded {
+            hs.push(("x-amz-decoded-content-length", n));
+        }
+        let key = format!("/bkt/counted{i}");
+        let r = s3(&d, "PUT", &key, &hs, body.as_bytes(), SECRET_KEY);
+        assert_eq!(r.status, status, "{decoded:?}: {}", r.text());
+        assert!(r.text().contains(code), "{decoded:?}: {}", r.text());
+        assert_eq!(s3(&d, "HEAD", &key, &[], b"", SECRET_KEY).status, 404);
+    }
+    // A large aws-chunked body (several pieces) whose count is one byte short is refused
+    // as soon as it overflows, and leaves no temporary file behind.
+    let big = data(3 << 20, 7);
+    let mut chunked = Vec::new();
+    for c in big.chunks(64 << 10) {
+        chunked.extend_from_slice(format!("{:x}\r\n", c.len()).as_bytes());
+        chunked.extend_from_slice(c);
+        chunked.extend_from_slice(b"\r\n");
+    }
+    chunked.extend_from_slice(b"0\r\n\r\n");
+    let short = (big.len() - 1).to_string();
+    let r = s3(
+        &d,
+        "PUT",
+        "/bkt/big-counted",
+        &[
+            ("x-amz-content-sha256", "STREAMING-UNSIGNED-PAYLOAD-TRAILER"),
+            ("content-encoding", "aws-chunked"),
+            ("x-amz-decoded-content-length", &short),
+        ],
+        &chunked,
+        SECRET_KEY,
+    );
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(r.text().contains("IncompleteBody"), "{}", r.text());
+    let exact = big.len().to_string();
+    let r = s3(
+        &d,
+        "PUT",
+        "/bkt/big-counted",
+        &[
+            ("x-amz-content-sha256", "STREAMING-UNSIGNED-PAYLOAD-TRAILER"),
+            ("content-encoding", "aws-chunked"),
+            ("x-amz-decoded-content-length", &exact),
+        ],
+        &chunked,
+        SECRET_KEY,
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        s3(&d, "GET", "/bkt/big-counted", &[], b"", SECRET_KEY).body,
+        big
+    );
     // The temp dir holds nothing after all those refusals.
     assert!(files_under(&d.data().join("tmp")).is_empty());
 }

@@ -378,11 +378,20 @@ impl Source {
     ) -> Result<(BlobWriter, u64), ApiError> {
         let mut w = store.blob_writer().await?;
         while let Some(b) = self.next().await? {
-            if w.size() + b.len() as u64 > max {
+            let after = w.size() + b.len() as u64;
+            if after > max {
                 return Err(ApiError::new(
                     ::http::StatusCode::PAYLOAD_TOO_LARGE,
                     "EntityTooLarge",
                     format!("your proposed upload exceeds the maximum allowed size of {max} bytes"),
+                ));
+            }
+            if let Some(n) = expected_len
+                && after > n
+            {
+                return Err(ApiError::bad_request(
+                    "IncompleteBody",
+                    format!("the body holds more than the {n} bytes announced"),
                 ));
             }
             w.write(&b).await?;

@@ -459,13 +459,29 @@ fn make_source(
     body: hyper::body::Incoming,
 ) -> Result<(Source, Option<u64>), ApiError> {
     let content_length = header(h, "content-length").and_then(|s| s.parse::<u64>().ok());
-    let decoded_length = header(h, "x-amz-decoded-content-length").and_then(|s| s.parse().ok());
+    // An aws-chunked body says how many bytes it decodes to; S3 refuses it without that
+    // count, and the body must then hold exactly that many (checked as it streams in).
+    let decoded_length = || -> Result<Option<u64>, ApiError> {
+        match header(h, "x-amz-decoded-content-length") {
+            None => Err(ApiError::new(
+                http::StatusCode::LENGTH_REQUIRED,
+                "MissingContentLength",
+                "an aws-chunked body needs the x-amz-decoded-content-length header",
+            )),
+            Some(s) => s.trim().parse().map(Some).map_err(|_| {
+                ApiError::bad_request(
+                    "InvalidArgument",
+                    format!("x-amz-decoded-content-length is not a byte count: {s:?}"),
+                )
+            }),
+        }
+    };
     let mut src = match v.payload_hash.as_str() {
         "STREAMING-AWS4-HMAC-SHA256-PAYLOAD" | "STREAMING-AWS4-HMAC-SHA256-PAYLOAD-TRAILER" => (
             Source::chunked(body, Some(ChunkCheck::new(v))),
-            decoded_length,
+            decoded_length()?,
         ),
-        "STREAMING-UNSIGNED-PAYLOAD-TRAILER" => (Source::chunked(body, None), decoded_length),
+        "STREAMING-UNSIGNED-PAYLOAD-TRAILER" => (Source::chunked(body, None), decoded_length()?),
         "UNSIGNED-PAYLOAD" => (Source::plain(body), content_length),
         p if p.len() == 64 && p.bytes().all(|b| b.is_ascii_hexdigit()) => {
             let mut s = Source::plain(body);
