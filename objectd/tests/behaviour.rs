@@ -1138,3 +1138,128 @@ fn kill_9_under_concurrent_small_writes_loses_nothing_acknowledged() {
         assert_eq!(&r.body, body, "{name} changed");
     }
 }
+
+/// Splits a `multipart/byteranges` body into (part headers, part body) pairs.
+fn byteranges(content_type: &str, body: &[u8]) -> Vec<(String, Vec<u8>)> {
+    let boundary = content_type
+        .strip_prefix("multipart/byteranges;boundary=")
+        .unwrap_or_else(|| panic!("not multipart/byteranges: {content_type}"));
+    let delim = format!("--{boundary}");
+    let end = format!("\r\n--{boundary}--");
+    assert!(body.ends_with(end.as_bytes()), "body not closed by {end}");
+    let body = &body[..body.len() - end.len()];
+    let mut parts = Vec::new();
+    let sep = format!("\r\n{delim}\r\n");
+    let first = format!("{delim}\r\n");
+    assert!(body.starts_with(first.as_bytes()));
+    let mut rest = &body[first.len()..];
+    loop {
+        let head_end = rest
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .expect("part head");
+        let head = String::from_utf8(rest[..head_end].to_vec()).unwrap();
+        rest = &rest[head_end + 4..];
+        // Part bodies here never contain the separator (checked by the caller's data).
+        match rest.windows(sep.len()).position(|w| w == sep.as_bytes()) {
+            Some(i) => {
+                parts.push((head, rest[..i].to_vec()));
+                rest = &rest[i + sep.len()..];
+            }
+            None => {
+                parts.push((head, rest.to_vec()));
+                return parts;
+            }
+        }
+    }
+}
+
+#[test]
+fn swift_multi_range_gets_answer_multipart_byteranges() {
+    let d = Daemon::start();
+    let t = d.token();
+    let auth = [("X-Auth-Token", t.as_str())];
+    assert_eq!(swift_put(&d, &t, "/v1/AUTH_test/c", b"").status, 201);
+    // A file-backed object (over the inline limit) and a small inline one.
+    let big = data(300_000, 11);
+    let r = http(
+        d.port,
+        "PUT",
+        "/v1/AUTH_test/c/big",
+        &[("X-Auth-Token", &t), ("Content-Type", "image/x-test")],
+        &big,
+    );
+    assert_eq!(r.status, 201);
+    let get = |path: &str, range: &str| {
+        http(
+            d.port,
+            "GET",
+            path,
+            &[("X-Auth-Token", &t), ("Range", range)],
+            b"",
+        )
+    };
+    let r = get("/v1/AUTH_test/c/big", "bytes=0-9, 150000-150099,-5");
+    assert_eq!(r.status, 206, "{}", r.text());
+    assert_eq!(
+        r.header("content-length").unwrap(),
+        r.body.len().to_string()
+    );
+    let parts = byteranges(r.header("content-type").unwrap(), &r.body);
+    let want: [(usize, usize); 3] = [(0, 10), (150_000, 150_100), (299_995, 300_000)];
+    assert_eq!(parts.len(), 3);
+    for ((head, body), (s, e)) in parts.iter().zip(want) {
+        assert!(head.contains("Content-Type: image/x-test"), "{head}");
+        assert!(
+            head.contains(&format!("Content-Range: bytes {s}-{}/300000", e - 1)),
+            "{head}"
+        );
+        assert_eq!(body, &big[s..e]);
+    }
+    // Ranges past the end are dropped: one left is an ordinary single-range answer.
+    let r = get("/v1/AUTH_test/c/big", "bytes=10-19,400000-");
+    assert_eq!(r.status, 206);
+    assert_eq!(r.header("content-range"), Some("bytes 10-19/300000"));
+    assert_eq!(r.body, &big[10..20]);
+    // None left: 416 with the size.
+    let r = get("/v1/AUTH_test/c/big", "bytes=300000-,400000-400001");
+    assert_eq!(r.status, 416);
+    assert_eq!(r.header("content-range"), Some("bytes */300000"));
+    // A malformed set, or more than 50 ranges, is ignored: the whole object.
+    let r = get("/v1/AUTH_test/c/big", "bytes=0-1,x-2");
+    assert_eq!((r.status, r.body.len()), (200, big.len()));
+    let many = format!("bytes={}", vec!["0-0"; 51].join(","));
+    let r = get("/v1/AUTH_test/c/big", &many);
+    assert_eq!((r.status, r.body.len()), (200, big.len()));
+    // An inline object, and a static large object whose ranges cross segments.
+    assert_eq!(
+        swift_put(&d, &t, "/v1/AUTH_test/c/small", b"0123456789").status,
+        201
+    );
+    let r = get("/v1/AUTH_test/c/small", "bytes=1-2,8-");
+    let parts = byteranges(r.header("content-type").unwrap(), &r.body);
+    let bodies: Vec<&[u8]> = parts.iter().map(|(_, b)| b.as_slice()).collect();
+    assert_eq!(bodies, [&b"12"[..], b"89"]);
+    let seg = data(100_000, 12);
+    assert_eq!(swift_put(&d, &t, "/v1/AUTH_test/c/s1", &seg).status, 201);
+    let manifest = r#"[{"path":"/c/big"},{"path":"/c/s1"}]"#;
+    let r = http(
+        d.port,
+        "PUT",
+        "/v1/AUTH_test/c/slo?multipart-manifest=put",
+        &auth,
+        manifest.as_bytes(),
+    );
+    assert_eq!(r.status, 201, "{}", r.text());
+    let whole: Vec<u8> = big.iter().chain(seg.iter()).copied().collect();
+    let r = get("/v1/AUTH_test/c/slo", "bytes=299990-300009,0-3");
+    assert_eq!(r.status, 206);
+    let parts = byteranges(r.header("content-type").unwrap(), &r.body);
+    assert_eq!(parts[0].1, &whole[299_990..300_010]);
+    assert_eq!(parts[1].1, &whole[0..4]);
+    assert!(
+        parts[0]
+            .0
+            .contains("Content-Range: bytes 299990-300009/400000")
+    );
+}

@@ -146,10 +146,44 @@ pub async fn stream_pieces(store: &Store, pieces: Vec<Piece>) -> Result<RespBody
         }
         return Ok(RespBody::full(data));
     }
+    Ok(stream_parts(
+        store,
+        pieces.into_iter().map(Part::Piece).collect(),
+    ))
+}
+
+/// A part of a streamed response body.
+#[derive(Debug, Clone)]
+pub enum Part {
+    /// Bytes sent as they are (such as a multipart boundary and part headers).
+    Literal(Bytes),
+    /// A range of a blob.
+    Piece(Piece),
+}
+
+/// Streams the parts from a reader task. A piece covering its whole blob is checked as in
+/// [`stream_pieces`].
+pub fn stream_parts(store: &Store, parts: Vec<Part>) -> RespBody {
+    let total: u64 = parts
+        .iter()
+        .map(|p| match p {
+            Part::Literal(b) => b.len() as u64,
+            Part::Piece(p) => p.end - p.start,
+        })
+        .sum();
     let (tx, rx) = mpsc::channel(4);
     let store = store.clone();
     tokio::spawn(async move {
-        for p in pieces {
+        for part in parts {
+            let p = match part {
+                Part::Literal(b) => {
+                    if tx.send(Ok(b)).await.is_err() {
+                        return;
+                    }
+                    continue;
+                }
+                Part::Piece(p) => p,
+            };
             if let Err(e) = send_piece(&store, &p, &tx).await {
                 if e.kind() == std::io::ErrorKind::InvalidData {
                     let _ = store.quarantine(p.blob.id.clone()).await;
@@ -159,10 +193,10 @@ pub async fn stream_pieces(store: &Store, pieces: Vec<Piece>) -> Result<RespBody
             }
         }
     });
-    Ok(RespBody::Stream {
+    RespBody::Stream {
         rx,
         remaining: total,
-    })
+    }
 }
 
 async fn send_piece(

@@ -14,8 +14,8 @@ pub enum RangeError {
 }
 
 /// Parses a single `Range: bytes=...` against an object of `len` bytes into `(start, end)`
-/// with `end` exclusive. Multiple ranges are not supported and answer `Ok(None)` (whole
-/// object), as Swift does for unparseable range sets.
+/// with `end` exclusive. Multiple ranges are not supported here (S3 serves the whole object
+/// for them) and answer `Ok(None)`; Swift's multi-range GETs use [`parse_ranges`].
 pub fn parse_range(header: &str, len: u64) -> Result<Option<(u64, u64)>, RangeError> {
     let spec = header
         .trim()
@@ -24,6 +24,57 @@ pub fn parse_range(header: &str, len: u64) -> Result<Option<(u64, u64)>, RangeEr
     if spec.contains(',') {
         return Ok(None);
     }
+    parse_spec(spec, len)?
+        .map(Some)
+        .ok_or(RangeError::Unsatisfiable)
+}
+
+/// Most ranges honoured in one request; more and the header is ignored (as Swift does).
+pub const MAX_RANGES: usize = 50;
+/// Most pairwise overlaps among the ranges of one request before the header is ignored.
+pub const MAX_RANGE_OVERLAPS: usize = 2;
+/// Most ranges starting before their predecessor before the header is ignored.
+pub const MAX_NONASCENDING_RANGES: usize = 8;
+
+/// Parses `Range: bytes=a-b,c-d,...` as Swift does: `Ok(None)` means the header is ignored
+/// (malformed, or more than [`MAX_RANGES`] ranges, or a range set shaped to amplify the
+/// response) and the whole object is served; ranges past the end are dropped, and
+/// [`RangeError::Unsatisfiable`] (416) means none is left.
+pub fn parse_ranges(header: &str, len: u64) -> Result<Option<Vec<(u64, u64)>>, RangeError> {
+    let Some(specs) = header.trim().strip_prefix("bytes=") else {
+        return Ok(None);
+    };
+    let specs: Vec<&str> = specs.split(',').map(str::trim).collect();
+    if specs.len() > MAX_RANGES {
+        return Ok(None);
+    }
+    let mut out = Vec::new();
+    for spec in specs {
+        match parse_spec(spec, len) {
+            Ok(Some(r)) => out.push(r),
+            Ok(None) => {}
+            Err(_) => return Ok(None),
+        }
+    }
+    if out.is_empty() {
+        return Err(RangeError::Unsatisfiable);
+    }
+    let mut overlaps = 0;
+    for (i, a) in out.iter().enumerate() {
+        overlaps += out[i + 1..]
+            .iter()
+            .filter(|b| a.0 < b.1 && b.0 < a.1)
+            .count();
+    }
+    let nonascending = out.windows(2).filter(|w| w[1].0 < w[0].0).count();
+    if overlaps > MAX_RANGE_OVERLAPS || nonascending > MAX_NONASCENDING_RANGES {
+        return Ok(None);
+    }
+    Ok(Some(out))
+}
+
+/// One `a-b`, `a-` or `-n`: `Ok(None)` when it lies wholly past the end of `len` bytes.
+fn parse_spec(spec: &str, len: u64) -> Result<Option<(u64, u64)>, RangeError> {
     let (a, b) = spec.split_once('-').ok_or(RangeError::Malformed)?;
     let (a, b) = (a.trim(), b.trim());
     let num = |s: &str| -> Result<u64, RangeError> {
@@ -35,7 +86,7 @@ pub fn parse_range(header: &str, len: u64) -> Result<Option<(u64, u64)>, RangeEr
     if a.is_empty() {
         let suffix = num(b)?;
         if suffix == 0 || len == 0 {
-            return Err(RangeError::Unsatisfiable);
+            return Ok(None);
         }
         return Ok(Some((len.saturating_sub(suffix), len)));
     }
@@ -50,7 +101,7 @@ pub fn parse_range(header: &str, len: u64) -> Result<Option<(u64, u64)>, RangeEr
         e.saturating_add(1).min(len)
     };
     if start >= len {
-        return Err(RangeError::Unsatisfiable);
+        return Ok(None);
     }
     Ok(Some((start, end)))
 }
@@ -212,6 +263,33 @@ mod tests {
     }
 
     #[test]
+    fn range_sets() {
+        assert_eq!(
+            parse_ranges("bytes=0-1, 5-6,-3", 100),
+            Ok(Some(vec![(0, 2), (5, 7), (97, 100)]))
+        );
+        // Ranges past the end are dropped; none left is 416.
+        assert_eq!(
+            parse_ranges("bytes=0-1,200-300", 100),
+            Ok(Some(vec![(0, 2)]))
+        );
+        assert_eq!(
+            parse_ranges("bytes=200-,300-400", 100),
+            Err(RangeError::Unsatisfiable)
+        );
+        // Malformed, too many, or too overlapping: ignored (the whole object).
+        assert_eq!(parse_ranges("bytes=0-1,x-2", 100), Ok(None));
+        assert_eq!(parse_ranges("items=0-1", 100), Ok(None));
+        let many = vec!["0-0"; MAX_RANGES + 1].join(",");
+        assert_eq!(parse_ranges(&format!("bytes={many}"), 100), Ok(None));
+        assert_eq!(parse_ranges("bytes=0-9,0-9,0-9", 100), Ok(None));
+        assert_eq!(
+            parse_ranges("bytes=0-9,5-14", 100),
+            Ok(Some(vec![(0, 10), (5, 15)]))
+        );
+    }
+
+    #[test]
     fn dates() {
         assert_eq!(iso8601(0), "1970-01-01T00:00:00.000Z");
         assert_eq!(parse_amz_date("20130524T000000Z"), Some(1_369_353_600));
@@ -246,6 +324,20 @@ mod tests {
         #[test]
         fn range_never_panics(h in "\\PC*", len in any::<u64>()) {
             let _ = parse_range(&h, len);
+            let _ = parse_ranges(&h, len);
+        }
+
+        #[test]
+        fn range_sets_are_within_the_object(
+            h in "bytes=([0-9]{0,4}-[0-9]{0,4},){0,5}[0-9]{0,4}-[0-9]{0,4}",
+            len in 0u64..20_000,
+        ) {
+            if let Ok(Some(v)) = parse_ranges(&h, len) {
+                prop_assert!(!v.is_empty() && v.len() <= MAX_RANGES);
+                for (s, e) in v {
+                    prop_assert!(s < e && e <= len);
+                }
+            }
         }
 
         #[test]

@@ -12,8 +12,8 @@ use http::{Method, StatusCode};
 use md5::{Digest, Md5};
 use serde::{Deserialize, Serialize};
 
-use super::body::{Source, pieces, stream_pieces};
-use super::http::{Condition, RangeError, evaluate, http_date, parse_range, swift_listing_date};
+use super::body::{Part, Source, pieces, stream_parts, stream_pieces};
+use super::http::{Condition, evaluate, http_date, parse_ranges, swift_listing_date};
 use super::{ApiError, Request, Response, State, header, query_pairs, response, set_header};
 use crate::store::{Blob, Entry, Kind, ListQuery, ObjectRecord, now_ms};
 use path::Target;
@@ -1070,16 +1070,11 @@ async fn get_object(
             ));
         }
     }
-    let mut range = (0, size);
-    let mut status = StatusCode::OK;
+    let mut ranges = None;
     if let Some(rh) = header(h, "range") {
-        match parse_range(rh, size) {
-            Ok(Some(r)) => {
-                range = r;
-                status = StatusCode::PARTIAL_CONTENT;
-            }
-            Ok(None) | Err(RangeError::Malformed) => {}
-            Err(RangeError::Unsatisfiable) => {
+        match parse_ranges(rh, size) {
+            Ok(r) => ranges = r,
+            Err(_) => {
                 let mut r = ApiError::new(
                     StatusCode::RANGE_NOT_SATISFIABLE,
                     "InvalidRange",
@@ -1091,23 +1086,80 @@ async fn get_object(
             }
         }
     }
-    let body = if head {
-        super::RespBody::empty()
-    } else {
-        stream_pieces(&state.store, pieces(&blobs, range.0, range.1)).await?
-    };
-    let mut r = http::Response::new(body);
-    *r.status_mut() = status;
-    common(&mut r);
-    set_header(&mut r, "content-length", &(range.1 - range.0).to_string());
-    if status == StatusCode::PARTIAL_CONTENT {
-        set_header(
-            &mut r,
-            "content-range",
-            &format!("bytes {}-{}/{size}", range.0, range.1 - 1),
-        );
+    match ranges.as_deref() {
+        None => {
+            let body = if head {
+                super::RespBody::empty()
+            } else {
+                stream_pieces(&state.store, pieces(&blobs, 0, size)).await?
+            };
+            let mut r = http::Response::new(body);
+            common(&mut r);
+            set_header(&mut r, "content-length", &size.to_string());
+            Ok(r)
+        }
+        Some(&[(start, end)]) => {
+            let body = if head {
+                super::RespBody::empty()
+            } else {
+                stream_pieces(&state.store, pieces(&blobs, start, end)).await?
+            };
+            let mut r = http::Response::new(body);
+            *r.status_mut() = StatusCode::PARTIAL_CONTENT;
+            common(&mut r);
+            set_header(&mut r, "content-length", &(end - start).to_string());
+            set_header(
+                &mut r,
+                "content-range",
+                &format!("bytes {start}-{}/{size}", end - 1),
+            );
+            Ok(r)
+        }
+        Some(many) => {
+            // multipart/byteranges: each range behind a boundary line and its own
+            // Content-Type and Content-Range, the body closed by `--boundary--`.
+            let boundary = crate::store::random_hex(16);
+            let content_type = if raw_manifest {
+                "application/json; charset=utf-8"
+            } else {
+                rec.content_type.as_str()
+            };
+            let mut parts = Vec::new();
+            for (i, &(start, end)) in many.iter().enumerate() {
+                let lead = if i == 0 { "" } else { "\r\n" };
+                parts.push(Part::Literal(bytes::Bytes::from(format!(
+                    "{lead}--{boundary}\r\nContent-Type: {content_type}\r\nContent-Range: bytes {start}-{}/{size}\r\n\r\n",
+                    end - 1
+                ))));
+                parts.extend(pieces(&blobs, start, end).into_iter().map(Part::Piece));
+            }
+            parts.push(Part::Literal(bytes::Bytes::from(format!(
+                "\r\n--{boundary}--"
+            ))));
+            let len: u64 = parts
+                .iter()
+                .map(|p| match p {
+                    Part::Literal(b) => b.len() as u64,
+                    Part::Piece(p) => p.end - p.start,
+                })
+                .sum();
+            let body = if head {
+                super::RespBody::empty()
+            } else {
+                stream_parts(&state.store, parts)
+            };
+            let mut r = http::Response::new(body);
+            *r.status_mut() = StatusCode::PARTIAL_CONTENT;
+            common(&mut r);
+            set_header(
+                &mut r,
+                "content-type",
+                &format!("multipart/byteranges;boundary={boundary}"),
+            );
+            set_header(&mut r, "content-length", &len.to_string());
+            Ok(r)
+        }
     }
-    Ok(r)
 }
 
 #[cfg(test)]
