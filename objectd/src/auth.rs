@@ -10,7 +10,8 @@ use crate::config::User;
 pub struct Auth {
     users: Vec<User>,
     ttl: Duration,
-    tokens: Mutex<HashMap<String, (String, Instant)>>,
+    /// Token -> (storage account, `account:user`, expiry).
+    tokens: Mutex<HashMap<String, (String, String, Instant)>>,
 }
 
 impl Auth {
@@ -33,16 +34,24 @@ impl Auth {
         let token = format!("AUTH_tk{}", crate::store::random_hex(16));
         let mut tokens = self.tokens.lock().expect("token lock");
         let now = Instant::now();
-        tokens.retain(|_, (_, exp)| *exp > now);
-        tokens.insert(token.clone(), (u.storage_account(), now + self.ttl));
+        tokens.retain(|_, (_, _, exp)| *exp > now);
+        tokens.insert(
+            token.clone(),
+            (u.storage_account(), user.to_owned(), now + self.ttl),
+        );
         Some((token, u.storage_account(), self.ttl.as_secs()))
     }
 
     /// The account a live token belongs to.
     pub fn account_for_token(&self, token: &str) -> Option<String> {
+        self.user_for_token(token).map(|(account, _)| account)
+    }
+
+    /// The account and the `account:user` name of a live token (for container ACLs).
+    pub fn user_for_token(&self, token: &str) -> Option<(String, String)> {
         let tokens = self.tokens.lock().expect("token lock");
-        let (account, exp) = tokens.get(token)?;
-        (*exp > Instant::now()).then(|| account.clone())
+        let (account, user, exp) = tokens.get(token)?;
+        (*exp > Instant::now()).then(|| (account.clone(), user.clone()))
     }
 
     fn by_key(&self, access_key: &str) -> Option<&User> {
@@ -87,6 +96,10 @@ mod tests {
         let (tok, acct, _) = a.login("test:tester", "testing").unwrap();
         assert_eq!(acct, "AUTH_test");
         assert_eq!(a.account_for_token(&tok).as_deref(), Some("AUTH_test"));
+        assert_eq!(
+            a.user_for_token(&tok),
+            Some(("AUTH_test".into(), "test:tester".into()))
+        );
         assert_eq!(a.account_for_token("AUTH_tkbogus"), None);
         assert_eq!(a.s3_secret("AK").as_deref(), Some("SK"));
         assert_eq!(a.s3_account("nope"), None);

@@ -710,6 +710,26 @@ impl Store {
         self.put_container(account, name, meta).await.map(|_| ())
     }
 
+    /// A container's metadata (no statistics: one index lookup), if it exists.
+    pub async fn container_meta(
+        &self,
+        account: &str,
+        name: &str,
+    ) -> Result<Option<BTreeMap<String, String>>, StoreError> {
+        let (account, name) = (account.to_owned(), name.to_owned());
+        self.with_read_db(move |db| {
+            let meta: Option<String> = db
+                .query_row(
+                    "SELECT meta FROM containers WHERE account = ?1 AND name = ?2",
+                    params![account, name],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            Ok(meta.map(|m| serde_json::from_str(&m)).transpose()?)
+        })
+        .await
+    }
+
     /// A container with its statistics, if it exists.
     pub async fn get_container(
         &self,

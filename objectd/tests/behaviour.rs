@@ -1263,3 +1263,362 @@ fn swift_multi_range_gets_answer_multipart_byteranges() {
             .contains("Content-Range: bytes 299990-300009/400000")
     );
 }
+
+fn bob_token(d: &Daemon) -> String {
+    let r = http(
+        d.port,
+        "GET",
+        "/auth/v1.0",
+        &[("X-Auth-User", "other:bob"), ("X-Auth-Key", "bobkey")],
+        b"",
+    );
+    assert_eq!(r.status, 200);
+    assert!(
+        r.header("x-storage-url")
+            .unwrap()
+            .ends_with("/v1/AUTH_other")
+    );
+    r.header("x-auth-token").unwrap().to_owned()
+}
+
+#[test]
+fn swift_container_acls_are_the_only_way_into_another_account() {
+    let d = Daemon::start();
+    let t = d.token();
+    let bob = bob_token(&d);
+    let req = |tok: Option<&str>, method: &str, path: &str, extra: &[(&str, &str)], body: &[u8]| {
+        let mut h: Vec<(&str, &str)> = extra.to_vec();
+        if let Some(tok) = tok {
+            h.push(("X-Auth-Token", tok));
+        }
+        http(d.port, method, path, &h, body)
+    };
+    let owner = Some(t.as_str());
+    let bob = Some(bob.as_str());
+    assert_eq!(req(owner, "PUT", "/v1/AUTH_test/c", &[], b"").status, 201);
+    assert_eq!(
+        req(owner, "PUT", "/v1/AUTH_test/secret", &[], b"").status,
+        201
+    );
+    assert_eq!(
+        req(owner, "PUT", "/v1/AUTH_test/c/o", &[], b"shared").status,
+        201
+    );
+    assert_eq!(
+        req(owner, "PUT", "/v1/AUTH_test/secret/s", &[], b"private").status,
+        201
+    );
+    assert_eq!(req(bob, "PUT", "/v1/AUTH_other/mine", &[], b"").status, 201);
+
+    // Without ACLs: bob gets 403 everywhere, an anonymous request 401, and nothing changes.
+    for (method, path, body) in [
+        ("GET", "/v1/AUTH_test", &b""[..]),
+        ("GET", "/v1/AUTH_test/c", b""),
+        ("HEAD", "/v1/AUTH_test/c", b""),
+        ("GET", "/v1/AUTH_test/c/o", b""),
+        ("PUT", "/v1/AUTH_test/c/o", b"bob was here"),
+        ("POST", "/v1/AUTH_test/c/o", b""),
+        ("DELETE", "/v1/AUTH_test/c/o", b""),
+        ("PUT", "/v1/AUTH_test/c/new", b"x"),
+        ("GET", "/v1/AUTH_test/nonexistent/o", b""),
+    ] {
+        let r = req(bob, method, path, &[], body);
+        assert_eq!(r.status, 403, "bob {method} {path}: {}", r.text());
+        let r = req(None, method, path, &[], body);
+        assert_eq!(r.status, 401, "anonymous {method} {path}");
+        let r = req(Some("AUTH_tkforged"), method, path, &[], body);
+        assert_eq!(r.status, 401, "bad token {method} {path}");
+    }
+    // The owner is refused from bob's account in the same way.
+    assert_eq!(
+        req(owner, "GET", "/v1/AUTH_other/mine", &[], b"").status,
+        403
+    );
+    assert_eq!(
+        req(owner, "GET", "/v1/AUTH_test/c/o", &[], b"").body,
+        b"shared"
+    );
+
+    // Malformed ACLs are refused (referrers in a write ACL, empty referrer, unknown
+    // designator), and only the owner may set ACLs at all.
+    for (name, value) in [
+        ("X-Container-Write", ".r:*"),
+        ("X-Container-Write", ".rlistings"),
+        ("X-Container-Read", ".r:"),
+        ("X-Container-Read", ".admin"),
+    ] {
+        let r = req(owner, "POST", "/v1/AUTH_test/c", &[(name, value)], b"");
+        assert_eq!(r.status, 400, "{name}: {value}");
+        assert!(r.text().contains(value), "{}", r.text());
+    }
+    let r = req(
+        bob,
+        "POST",
+        "/v1/AUTH_test/c",
+        &[("X-Container-Read", "other")],
+        b"",
+    );
+    assert_eq!(r.status, 403);
+
+    // A read grant to bob's user: reads and listings, no writes, no ACL headers shown.
+    let r = req(
+        owner,
+        "POST",
+        "/v1/AUTH_test/c",
+        &[("X-Container-Read", "other:bob")],
+        b"",
+    );
+    assert_eq!(r.status, 204);
+    assert_eq!(
+        req(bob, "GET", "/v1/AUTH_test/c/o", &[], b"").body,
+        b"shared"
+    );
+    let r = req(bob, "GET", "/v1/AUTH_test/c", &[], b"");
+    assert_eq!((r.status, r.text().as_str()), (200, "o\n"));
+    assert_eq!(r.header("x-container-read"), None);
+    let r = req(owner, "HEAD", "/v1/AUTH_test/c", &[], b"");
+    assert_eq!(r.header("x-container-read"), Some("other:bob"));
+    assert_eq!(
+        req(bob, "PUT", "/v1/AUTH_test/c/o", &[], b"bob").status,
+        403
+    );
+    assert_eq!(
+        req(bob, "DELETE", "/v1/AUTH_test/c/o", &[], b"").status,
+        403
+    );
+    assert_eq!(req(bob, "DELETE", "/v1/AUTH_test/c", &[], b"").status, 403);
+    assert_eq!(
+        req(bob, "GET", "/v1/AUTH_test/secret/s", &[], b"").status,
+        403
+    );
+    assert_eq!(req(None, "GET", "/v1/AUTH_test/c/o", &[], b"").status, 401);
+    // A large object in the readable container does not open the segments' container.
+    let r = req(
+        owner,
+        "PUT",
+        "/v1/AUTH_test/c/slo?multipart-manifest=put",
+        &[],
+        br#"[{"path":"/secret/s"}]"#,
+    );
+    assert_eq!(r.status, 201, "{}", r.text());
+    assert_eq!(
+        req(owner, "GET", "/v1/AUTH_test/c/slo", &[], b"").body,
+        b"private"
+    );
+    assert_eq!(req(bob, "GET", "/v1/AUTH_test/c/slo", &[], b"").status, 403);
+    let r = req(
+        owner,
+        "PUT",
+        "/v1/AUTH_test/c/dlo",
+        &[("X-Object-Manifest", "secret/s")],
+        b"",
+    );
+    assert_eq!(r.status, 201);
+    assert_eq!(req(bob, "GET", "/v1/AUTH_test/c/dlo", &[], b"").status, 403);
+
+    // A write grant to bob's whole account: bob writes and deletes, the owner reads
+    // bob's bytes; a copy still needs reads on its source and writes on its destination.
+    let r = req(
+        owner,
+        "POST",
+        "/v1/AUTH_test/c",
+        &[("X-Container-Write", "other")],
+        b"",
+    );
+    assert_eq!(r.status, 204);
+    assert_eq!(
+        req(bob, "PUT", "/v1/AUTH_test/c/from-bob", &[], b"bob's").status,
+        201
+    );
+    assert_eq!(
+        req(owner, "GET", "/v1/AUTH_test/c/from-bob", &[], b"").body,
+        b"bob's"
+    );
+    let r = req(
+        bob,
+        "PUT",
+        "/v1/AUTH_test/c/stolen",
+        &[("X-Copy-From", "secret/s")],
+        b"",
+    );
+    assert_eq!(r.status, 403);
+    let r = req(
+        bob,
+        "PUT",
+        "/v1/AUTH_test/c/o2",
+        &[("X-Copy-From", "c/o")],
+        b"",
+    );
+    assert_eq!(r.status, 201);
+    let r = req(
+        bob,
+        "COPY",
+        "/v1/AUTH_test/c/o",
+        &[("Destination", "secret/o")],
+        b"",
+    );
+    assert_eq!(r.status, 403);
+    let r = req(
+        bob,
+        "PUT",
+        "/v1/AUTH_test/c/m?multipart-manifest=put",
+        &[],
+        br#"[{"path":"/secret/s"}]"#,
+    );
+    assert_eq!(r.status, 403);
+    assert_eq!(
+        req(owner, "HEAD", "/v1/AUTH_test/c/m", &[], b"").status,
+        404
+    );
+    assert_eq!(
+        req(owner, "HEAD", "/v1/AUTH_test/c/stolen", &[], b"").status,
+        404
+    );
+    assert_eq!(
+        req(bob, "DELETE", "/v1/AUTH_test/c/from-bob", &[], b"").status,
+        204
+    );
+    assert_eq!(
+        req(owner, "HEAD", "/v1/AUTH_test/c/from-bob", &[], b"").status,
+        404
+    );
+    // Container changes stay the owner's, and bob's S3 keys only see bob's account.
+    let r = req(
+        bob,
+        "PUT",
+        "/v1/AUTH_test/c",
+        &[("X-Container-Read", ".r:*")],
+        b"",
+    );
+    assert_eq!(r.status, 403);
+    let r = s3_as(&d, "GET", "/c/o", "AKIDOTHER", "other-secret");
+    assert_eq!(r.status, 404, "{}", r.text());
+
+    // Public reads by referrer: objects without a token, listings only with .rlistings.
+    let r = req(
+        owner,
+        "POST",
+        "/v1/AUTH_test/c",
+        &[("X-Container-Read", ".r:*")],
+        b"",
+    );
+    assert_eq!(r.status, 204);
+    assert_eq!(
+        req(None, "GET", "/v1/AUTH_test/c/o", &[], b"").body,
+        b"shared"
+    );
+    assert_eq!(
+        req(Some("AUTH_tkforged"), "GET", "/v1/AUTH_test/c/o", &[], b"").status,
+        200
+    );
+    assert_eq!(req(None, "GET", "/v1/AUTH_test/c", &[], b"").status, 401);
+    assert_eq!(
+        req(None, "PUT", "/v1/AUTH_test/c/o", &[], b"anon").status,
+        401
+    );
+    assert_eq!(
+        req(bob, "GET", "/v1/AUTH_test/secret/s", &[], b"").status,
+        403
+    );
+    let r = req(
+        owner,
+        "POST",
+        "/v1/AUTH_test/c",
+        &[("X-Container-Read", ".r:*,.rlistings")],
+        b"",
+    );
+    assert_eq!(r.status, 204);
+    assert_eq!(
+        req(None, "GET", "/v1/AUTH_test/c?format=json", &[], b"").status,
+        200
+    );
+    let r = req(
+        owner,
+        "POST",
+        "/v1/AUTH_test/c",
+        &[("X-Container-Read", ".r:.example.com,.r:-bad.example.com")],
+        b"",
+    );
+    assert_eq!(r.status, 204);
+    let with_ref = |referer: &str| {
+        req(
+            None,
+            "GET",
+            "/v1/AUTH_test/c/o",
+            &[("Referer", referer)],
+            b"",
+        )
+        .status
+    };
+    assert_eq!(with_ref("http://www.example.com/page"), 200);
+    assert_eq!(with_ref("http://bad.example.com/page"), 401);
+    assert_eq!(with_ref("http://example.org/"), 401);
+
+    // Removing the grants closes the container again.
+    let r = req(
+        owner,
+        "POST",
+        "/v1/AUTH_test/c",
+        &[("X-Remove-Container-Read", "x"), ("X-Container-Write", "")],
+        b"",
+    );
+    assert_eq!(r.status, 204);
+    assert_eq!(
+        req(
+            None,
+            "GET",
+            "/v1/AUTH_test/c/o",
+            &[("Referer", "http://www.example.com/")],
+            b""
+        )
+        .status,
+        401
+    );
+    assert_eq!(
+        req(bob, "PUT", "/v1/AUTH_test/c/again", &[], b"x").status,
+        403
+    );
+    assert_eq!(
+        req(owner, "GET", "/v1/AUTH_test/c/o", &[], b"").body,
+        b"shared"
+    );
+}
+
+/// A signed S3 request with another key pair.
+fn s3_as(d: &Daemon, method: &str, path: &str, access: &str, secret: &str) -> Resp {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let date = amz_date(now);
+    let payload = sigv4::sha256_hex(b"");
+    let mut headers = http::HeaderMap::new();
+    headers.insert("host", format!("127.0.0.1:{}", d.port).parse().unwrap());
+    headers.insert("x-amz-date", date.parse().unwrap());
+    headers.insert("x-amz-content-sha256", payload.parse().unwrap());
+    let signed = [
+        "host".to_owned(),
+        "x-amz-content-sha256".into(),
+        "x-amz-date".into(),
+    ];
+    let canonical =
+        sigv4::canonical_request(method, path, None, &headers, &signed, &payload).unwrap();
+    let scope = format!("{}/us-east-1/s3/aws4_request", &date[..8]);
+    let key = sigv4::signing_key(secret, &date[..8], "us-east-1", "s3");
+    let sig = sigv4::sign(&key, &sigv4::string_to_sign(&date, &scope, &canonical));
+    let auth = format!(
+        "AWS4-HMAC-SHA256 Credential={access}/{scope}, SignedHeaders={}, Signature={sig}",
+        signed.join(";")
+    );
+    http(
+        d.port,
+        method,
+        path,
+        &[
+            ("x-amz-date", &date),
+            ("x-amz-content-sha256", &payload),
+            ("Authorization", &auth),
+        ],
+        b"",
+    )
+}

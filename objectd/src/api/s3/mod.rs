@@ -896,7 +896,7 @@ async fn upload_part_copy(
         .get_object(account, &sb, &sk)
         .await?
         .ok_or_else(no_such_key)?;
-    let (blobs, size, _) = crate::api::swift::resolve(state, account, &rec).await?;
+    let (blobs, size, _) = crate::api::swift::resolve(state, account, &rec, None).await?;
     let (start, end) = match header(h, "x-amz-copy-source-range") {
         Some(r) => match parse_range(r, size) {
             Ok(Some(r)) => r,
@@ -928,7 +928,7 @@ async fn copy_object(
         .get_object(account, &sb, &sk)
         .await?
         .ok_or_else(no_such_key)?;
-    let (blobs, _, _) = crate::api::swift::resolve(state, account, &rec).await?;
+    let (blobs, _, _) = crate::api::swift::resolve(state, account, &rec, None).await?;
     let blob = super::body::copy_into_blob(&state.store, &blobs).await?;
     let replace = header(h, "x-amz-metadata-directive") == Some("REPLACE");
     let new = ObjectRecord {
@@ -977,7 +977,7 @@ async fn get_object(
         .get_object(account, bucket, key)
         .await?
         .ok_or_else(no_such_key)?;
-    let (blobs, size, etag) = crate::api::swift::resolve(state, account, &rec).await?;
+    let (blobs, size, etag) = crate::api::swift::resolve(state, account, &rec, None).await?;
     let mut status = StatusCode::OK;
     let mut range = (0, size);
     match evaluate(h, &etag, rec.last_modified_ms, true) {

@@ -3,6 +3,7 @@
 //! large objects (static manifests, `?multipart-manifest=put`, and dynamic
 //! `X-Object-Manifest` prefixes).
 
+pub mod acl;
 pub mod path;
 
 use std::collections::BTreeMap;
@@ -16,6 +17,7 @@ use super::body::{Part, Source, pieces, stream_parts, stream_pieces};
 use super::http::{Condition, evaluate, http_date, parse_ranges, swift_listing_date};
 use super::{ApiError, Request, Response, State, header, query_pairs, response, set_header};
 use crate::store::{Blob, Entry, Kind, ListQuery, ObjectRecord, now_ms};
+use acl::{Acl, Requester};
 use path::Target;
 
 /// Most entries in one listing (Swift's `container_listing_limit`).
@@ -56,49 +58,136 @@ pub async fn handle(state: &State, req: Request) -> Result<Response, ApiError> {
     })?;
     let token =
         header(req.headers(), "x-auth-token").or_else(|| header(req.headers(), "x-storage-token"));
-    let mut owner = token.and_then(|t| state.auth.account_for_token(t));
-    if owner.is_none()
+    // The requester: the storage account its token owns and the groups ACLs may name.
+    let mut identity = token
+        .and_then(|t| state.auth.user_for_token(t))
+        .map(|(account, user)| {
+            let groups = acl::tempauth_groups(&account, &user);
+            (account, groups)
+        });
+    if identity.is_none()
         && let (Some(t), Some(ks)) = (token, &state.keystone)
     {
-        owner = ks.account_for_token(t).await.map_err(|e| {
-            tracing::warn!(error = %e, source = ?std::error::Error::source(&e), "keystone validation failed");
-            ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "ServiceUnavailable",
-                "The token could not be validated: the identity service is unavailable.",
-            )
-        })?;
+        identity = ks
+            .account_for_token(t)
+            .await
+            .map_err(|e| {
+                tracing::warn!(error = %e, source = ?std::error::Error::source(&e), "keystone validation failed");
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "ServiceUnavailable",
+                    "The token could not be validated: the identity service is unavailable.",
+                )
+            })?
+            .map(|account| {
+                let groups = acl::keystone_groups(&account);
+                (account, groups)
+            });
     }
-    let Some(owner) = owner else {
-        return Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "Unauthorized",
-            "This server could not verify that you are authorized to access the document you requested.",
-        ));
-    };
     let account = match &target {
         Target::Account { account } => account,
         Target::Container { account, .. } => account,
         Target::Object { account, .. } => account,
     };
-    if *account != owner {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "Forbidden",
-            "Access was denied to this resource.",
-        ));
-    }
+    // Anyone but the owner goes through the container's ACLs (a missing or invalid token
+    // makes an anonymous request, which only referrer grants can let in).
+    let who = match identity {
+        Some((owner, _)) if owner == *account => None,
+        other => {
+            let who = Requester {
+                groups: other.map(|(_, g)| g).unwrap_or_default(),
+                referer: header(req.headers(), "referer").map(str::to_owned),
+            };
+            authorize(state, &req, &target, &who).await?;
+            Some(who)
+        }
+    };
+    let who = who.as_ref();
     match target {
         Target::Account { account } => account_req(state, req, &account).await,
         Target::Container { account, container } => {
-            container_req(state, req, &account, &container).await
+            container_req(state, req, &account, &container, who).await
         }
         Target::Object {
             account,
             container,
             object,
-        } => object_req(state, req, &account, &container, &object).await,
+        } => object_req(state, req, &account, &container, &object, who).await,
     }
+}
+
+/// The refusal for a requester without access: 401 when anonymous (a token may help),
+/// 403 otherwise.
+fn denied(who: &Requester) -> ApiError {
+    if who.authenticated() {
+        ApiError::new(
+            StatusCode::FORBIDDEN,
+            "Forbidden",
+            "Access was denied to this resource.",
+        )
+    } else {
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "Unauthorized",
+            "This server could not verify that you are authorized to access the document you requested.",
+        )
+    }
+}
+
+/// Whether `who` (`None`: the owner) may read (or, with `write`, write) objects in
+/// `account/container`. A missing container grants a non-owner nothing.
+async fn may_access(
+    state: &State,
+    account: &str,
+    container: &str,
+    who: Option<&Requester>,
+    write: bool,
+) -> Result<bool, ApiError> {
+    let Some(who) = who else {
+        return Ok(true);
+    };
+    let Some(meta) = state.store.container_meta(account, container).await? else {
+        return Ok(false);
+    };
+    Ok(if write {
+        Acl::stored(meta.get("x-container-write"), true).names_any(&who.groups)
+    } else {
+        Acl::stored(meta.get("x-container-read"), false).may_read(who)
+    })
+}
+
+/// Checks a non-owner's request against the target container's ACLs: reads and listings
+/// by `X-Container-Read`, object writes and deletes by `X-Container-Write`; the account
+/// itself and container changes stay the owner's. (Copies and large-object segments in
+/// other containers are checked where they are read.)
+async fn authorize(
+    state: &State,
+    req: &Request,
+    target: &Target,
+    who: &Requester,
+) -> Result<(), ApiError> {
+    let (account, container, object) = match target {
+        Target::Account { .. } => return Err(denied(who)),
+        Target::Container { account, container } => (account, container, false),
+        Target::Object {
+            account, container, ..
+        } => (account, container, true),
+    };
+    let Some(meta) = state.store.container_meta(account, container).await? else {
+        return Err(denied(who));
+    };
+    let read = Acl::stored(meta.get("x-container-read"), false);
+    let write = Acl::stored(meta.get("x-container-write"), true);
+    let m = req.method();
+    let ok = match (object, m) {
+        (false, &Method::GET | &Method::HEAD) => read.may_list(who),
+        (true, &Method::GET | &Method::HEAD) => read.may_read(who),
+        // COPY reads its target; the destination's write ACL is checked with it.
+        (true, m) if m.as_str() == "COPY" => read.may_read(who),
+        (true, &Method::PUT | &Method::POST | &Method::DELETE) => write.names_any(&who.groups),
+        _ => false,
+    };
+    if ok { Ok(()) } else { Err(denied(who)) }
 }
 
 fn info(state: &State) -> Response {
@@ -365,15 +454,30 @@ async fn container_req(
     req: Request,
     account: &str,
     container: &str,
+    who: Option<&Requester>,
 ) -> Result<Response, ApiError> {
     const EXTRA: &[&str] = &[
         "x-container-read",
         "x-container-write",
         "x-versions-location",
     ];
+    // ACLs are checked when set, and removed by `X-Remove-Container-Read/Write` as by an
+    // empty value.
+    let container_meta = |h: &http::HeaderMap| -> Result<BTreeMap<String, String>, ApiError> {
+        let mut meta = collect_meta(h, "x-container-meta-", EXTRA)?;
+        for (name, write) in [("read", false), ("write", true)] {
+            if h.contains_key(format!("x-remove-container-{name}").as_str()) {
+                meta.insert(format!("x-container-{name}"), String::new());
+            }
+            if let Some(v) = meta.get(&format!("x-container-{name}")) {
+                Acl::parse(v, write)?;
+            }
+        }
+        Ok(meta)
+    };
     match *req.method() {
         Method::PUT => {
-            let meta = collect_meta(req.headers(), "x-container-meta-", EXTRA)?;
+            let meta = container_meta(req.headers())?;
             let created = state.store.put_container(account, container, meta).await?;
             Ok(status_only(if created {
                 StatusCode::CREATED
@@ -382,7 +486,7 @@ async fn container_req(
             }))
         }
         Method::POST => {
-            let meta = collect_meta(req.headers(), "x-container-meta-", EXTRA)?;
+            let meta = container_meta(req.headers())?;
             match state.store.post_container(account, container, meta).await {
                 Ok(()) => Ok(status_only(StatusCode::NO_CONTENT)),
                 Err(crate::store::StoreError::NoContainer) => Err(not_found()),
@@ -426,7 +530,13 @@ async fn container_req(
                 &format!("{:.5}", c.created_ms as f64 / 1000.0),
             );
             set_header(&mut r, "x-storage-policy", "Policy-0");
-            add_meta_headers(&mut r, &c.meta);
+            let mut meta = c.meta;
+            if who.is_some() {
+                // Only the owner sees who else has access.
+                meta.remove("x-container-read");
+                meta.remove("x-container-write");
+            }
+            add_meta_headers(&mut r, &meta);
             Ok(r)
         }
         _ => Err(ApiError::new(
@@ -544,10 +654,14 @@ async fn read_blob(state: &State, blob: &Blob) -> Result<bytes::Bytes, ApiError>
 }
 
 /// The blobs making up an object's content (segments resolved), its size and ETag.
+///
+/// `who` is a non-owner reading through ACLs (`None`: the owner): each container the
+/// segments come from must grant it reads too.
 pub async fn resolve(
     state: &State,
     account: &str,
     rec: &ObjectRecord,
+    who: Option<&Requester>,
 ) -> Result<(Vec<Blob>, u64, String), ApiError> {
     match &rec.kind {
         Kind::Plain => Ok((rec.blobs.clone(), rec.size, rec.etag.clone())),
@@ -556,9 +670,18 @@ pub async fn resolve(
             let segs: Vec<SloSegment> =
                 serde_json::from_slice(&manifest).map_err(ApiError::internal)?;
             let mut blobs = Vec::new();
+            let mut readable = std::collections::BTreeSet::new();
             for s in segs {
                 let (c, o) = split_segment_path(&s.name)
                     .ok_or_else(|| ApiError::internal("bad segment path in manifest"))?;
+                if let Some(w) = who
+                    && !readable.contains(&c)
+                {
+                    if !may_access(state, account, &c, who, false).await? {
+                        return Err(denied(w));
+                    }
+                    readable.insert(c.clone());
+                }
                 let seg = state.store.get_object(account, &c, &o).await?;
                 let seg = seg
                     .filter(|g| g.etag == s.hash && g.kind == Kind::Plain)
@@ -578,6 +701,11 @@ pub async fn resolve(
             let (c, p) = prefix.split_once('/').unwrap_or((prefix.as_str(), ""));
             let c = path::percent_decode(c).map_err(ApiError::internal)?;
             let p = path::percent_decode(p).map_err(ApiError::internal)?;
+            if let Some(w) = who
+                && !may_access(state, account, &c, who, false).await?
+            {
+                return Err(denied(w));
+            }
             let entries = state
                 .store
                 .list_objects(
@@ -639,6 +767,7 @@ async fn object_req(
     account: &str,
     container: &str,
     object: &str,
+    who: Option<&Requester>,
 ) -> Result<Response, ApiError> {
     let q = query_pairs(req.uri().query());
     let mm = q
@@ -646,9 +775,9 @@ async fn object_req(
         .find(|(k, _)| k == "multipart-manifest")
         .map(|(_, v)| v.clone());
     match req.method().clone() {
-        Method::PUT => put_object(state, req, account, container, object, mm.as_deref()).await,
+        Method::PUT => put_object(state, req, account, container, object, mm.as_deref(), who).await,
         Method::GET | Method::HEAD => {
-            get_object(state, &req, account, container, object, mm.as_deref()).await
+            get_object(state, &req, account, container, object, mm.as_deref(), who).await
         }
         Method::POST => {
             let h = req.headers();
@@ -696,8 +825,14 @@ async fn object_req(
                 &["content-disposition", "content-encoding"],
             )?;
             meta.retain(|_, v| !v.is_empty());
+            if let Some(w) = who
+                && !may_access(state, account, &dc, who, true).await?
+            {
+                return Err(denied(w));
+            }
             let from = format!("{container}/{object}");
-            let mut rec = copy_from(state, account, &from, meta, header(h, "content-type")).await?;
+            let mut rec =
+                copy_from(state, account, &from, meta, header(h, "content-type"), who).await?;
             rec.name = dobj;
             store_record(state, account, &dc, rec, StatusCode::CREATED, false).await
         }
@@ -713,6 +848,15 @@ async fn object_req(
                     serde_json::from_slice(&manifest).map_err(ApiError::internal)?;
                 let mut deleted = 0;
                 let mut missing = 0;
+                // A non-owner deletes segments only where it may write.
+                for s in &segs {
+                    if let Some((c, _)) = split_segment_path(&s.name)
+                        && let Some(w) = who
+                        && !may_access(state, account, &c, who, true).await?
+                    {
+                        return Err(denied(w));
+                    }
+                }
                 for s in &segs {
                     if let Some((c, o)) = split_segment_path(&s.name)
                         && state.store.delete_object(account, &c, &o).await?.is_some()
@@ -755,6 +899,7 @@ async fn put_object(
     container: &str,
     object: &str,
     mm: Option<&str>,
+    who: Option<&Requester>,
 ) -> Result<Response, ApiError> {
     let (parts, body) = req.into_parts();
     let h = &parts.headers;
@@ -788,14 +933,14 @@ async fn put_object(
         .to_owned();
     if state
         .store
-        .get_container(account, container)
+        .container_meta(account, container)
         .await?
         .is_none()
     {
         return Err(not_found());
     }
     if let Some(from) = header(h, "x-copy-from") {
-        let mut rec = copy_from(state, account, from, meta, header(h, "content-type")).await?;
+        let mut rec = copy_from(state, account, from, meta, header(h, "content-type"), who).await?;
         rec.name = object.to_owned();
         rec.delete_at = delete_at;
         return store_record(state, account, container, rec, StatusCode::CREATED, false).await;
@@ -813,6 +958,7 @@ async fn put_object(
             meta,
             content_type,
             delete_at,
+            who,
         )
         .await;
     }
@@ -857,13 +1003,14 @@ async fn put_object(
 }
 
 /// A new record holding a server-side copy of `from` (`container/object`), its metadata
-/// updated with `meta`.
+/// updated with `meta`. A non-owner `who` must be granted reads on the source.
 async fn copy_from(
     state: &State,
     account: &str,
     from: &str,
     meta: BTreeMap<String, String>,
     content_type: Option<&str>,
+    who: Option<&Requester>,
 ) -> Result<ObjectRecord, ApiError> {
     let (c, o) = split_segment_path(from).ok_or_else(|| {
         ApiError::new(
@@ -872,12 +1019,17 @@ async fn copy_from(
             "X-Copy-From header must be of the form <container name>/<object name>",
         )
     })?;
+    if let Some(w) = who
+        && !may_access(state, account, &c, who, false).await?
+    {
+        return Err(denied(w));
+    }
     let src = state
         .store
         .get_object(account, &c, &o)
         .await?
         .ok_or_else(not_found)?;
-    let (blobs, _, _) = resolve(state, account, &src).await?;
+    let (blobs, _, _) = resolve(state, account, &src, who).await?;
     let blob = super::body::copy_into_blob(&state.store, &blobs).await?;
     let mut all_meta = src.meta.clone();
     all_meta.extend(meta);
@@ -937,6 +1089,7 @@ async fn put_slo(
     meta: BTreeMap<String, String>,
     content_type: String,
     delete_at: Option<i64>,
+    who: Option<&Requester>,
 ) -> Result<Response, ApiError> {
     let bad = |m: String| ApiError::bad_request("InvalidManifest", m);
     let segs: Vec<SloPut> = serde_json::from_slice(doc)
@@ -952,6 +1105,11 @@ async fn put_slo(
     for (i, s) in segs.iter().enumerate() {
         let (c, o) = split_segment_path(&s.path)
             .ok_or_else(|| bad(format!("Index {i}: bad path {}", s.path)))?;
+        if let Some(w) = who
+            && !may_access(state, account, &c, who, false).await?
+        {
+            return Err(denied(w));
+        }
         let seg = state
             .store
             .get_object(account, &c, &o)
@@ -1002,6 +1160,7 @@ async fn get_object(
     container: &str,
     object: &str,
     mm: Option<&str>,
+    who: Option<&Requester>,
 ) -> Result<Response, ApiError> {
     let head = req.method() == Method::HEAD;
     let h = req.headers();
@@ -1018,7 +1177,7 @@ async fn get_object(
             rec.blobs[0].md5.clone(),
         )
     } else {
-        resolve(state, account, &rec).await?
+        resolve(state, account, &rec, who).await?
     };
     let quoted = !raw_manifest && rec.kind != Kind::Plain;
     let etag_header = if quoted {
