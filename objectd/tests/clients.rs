@@ -346,3 +346,113 @@ fn s3cmd_put_get_ls() {
     let buckets = run(s3cmd().args(["ls"]));
     assert!(buckets.contains("s3://cmdbucket"), "{buckets}");
 }
+
+/// `swift` as the second TempAuth user (`other:bob`), aimed at the first user's account.
+fn swift_bob_on_test(d: &Daemon) -> Command {
+    let mut c = Command::new("swift");
+    c.args([
+        "-A",
+        &format!("{}/auth/v1.0", d.url()),
+        "-U",
+        "other:bob",
+        "-K",
+        "bobkey",
+        "--os-storage-url",
+        &format!("{}/v1/AUTH_test", d.url()),
+    ]);
+    c
+}
+
+/// Runs a command expected to fail; its stderr.
+fn run_fails(cmd: &mut Command) -> String {
+    let out = cmd.output().expect("command runs");
+    assert!(
+        !out.status.success(),
+        "{cmd:?} succeeded: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn swift_cli_container_acls_grant_another_account_and_public_reads() {
+    if !require_program("swift") {
+        return;
+    }
+    let d = Daemon::start();
+    let work = tempfile::tempdir().unwrap();
+    let w = work.path();
+    let body = data(200_000, 5);
+    std::fs::write(w.join("shared.bin"), &body).unwrap();
+    run(swift(&d).current_dir(w).args(["upload", "c", "shared.bin"]));
+
+    // Before any grant bob can neither list nor download nor upload.
+    let err = run_fails(swift_bob_on_test(&d).args(["list", "c"]));
+    assert!(err.contains("403"), "{err}");
+    let out = tempfile::tempdir().unwrap();
+    let err = run_fails(swift_bob_on_test(&d).current_dir(out.path()).args([
+        "download",
+        "c",
+        "shared.bin",
+    ]));
+    assert!(err.contains("403"), "{err}");
+
+    // `swift post -r/-w` sets the ACLs; `swift stat` shows them to the owner.
+    run(swift(&d).args(["post", "c", "-r", "other:bob", "-w", "other"]));
+    let stat = run(swift(&d).args(["stat", "c"]));
+    assert!(stat.contains("Read ACL: other:bob"), "{stat}");
+    assert!(stat.contains("Write ACL: other"), "{stat}");
+    assert_eq!(
+        run(swift_bob_on_test(&d).args(["list", "c"])).trim(),
+        "shared.bin"
+    );
+    run(swift_bob_on_test(&d)
+        .current_dir(out.path())
+        .args(["download", "c", "shared.bin"]));
+    assert_eq!(std::fs::read(out.path().join("shared.bin")).unwrap(), body);
+    let mine = data(300_000, 6);
+    std::fs::write(w.join("from-bob.bin"), &mine).unwrap();
+    run(swift_bob_on_test(&d)
+        .current_dir(w)
+        .args(["upload", "c", "from-bob.bin"]));
+    let back = tempfile::tempdir().unwrap();
+    run(swift(&d)
+        .current_dir(back.path())
+        .args(["download", "c", "from-bob.bin"]));
+    assert_eq!(
+        std::fs::read(back.path().join("from-bob.bin")).unwrap(),
+        mine
+    );
+    // Bob cannot change the container's ACLs, nor reach a container without a grant.
+    run(swift(&d).args(["post", "private"]));
+    let err = run_fails(swift_bob_on_test(&d).args(["post", "c", "-r", ".r:*"]));
+    assert!(err.contains("403"), "{err}");
+    let err = run_fails(swift_bob_on_test(&d).args(["list", "private"]));
+    assert!(err.contains("403"), "{err}");
+
+    // Public read: an unauthenticated GET (Python's urllib, no token) gets the bytes.
+    run(swift(&d).args(["post", "c", "-r", ".r:*"]));
+    let fetch = |url: &str| {
+        Command::new("/usr/bin/python3")
+            .args([
+                "-c",
+                "import sys, urllib.request, urllib.error\n\
+                 try:\n    sys.stdout.buffer.write(urllib.request.urlopen(sys.argv[1]).read())\n\
+                 except urllib.error.HTTPError as e:\n    print(e.code); sys.exit(3)",
+                url,
+            ])
+            .output()
+            .unwrap()
+    };
+    let o = fetch(&format!("{}/v1/AUTH_test/c/shared.bin", d.url()));
+    assert!(o.status.success());
+    assert_eq!(o.stdout, body);
+    let o = fetch(&format!("{}/v1/AUTH_test/c", d.url()));
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "401");
+    let o = fetch(&format!("{}/v1/AUTH_test/private", d.url()));
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "401");
+    // The new read ACL no longer names bob, and `.r:*` without `.rlistings` opens objects,
+    // not listings: bob's listing is refused again.
+    let err = run_fails(swift_bob_on_test(&d).args(["list", "c"]));
+    assert!(err.contains("403"), "{err}");
+}
