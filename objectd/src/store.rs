@@ -46,6 +46,9 @@ pub enum StoreError {
     /// The multipart upload does not exist.
     #[error("no such upload")]
     NoUpload,
+    /// A versioned container's archive container does not exist.
+    #[error("versions container {0} does not exist")]
+    NoArchive(String),
     /// A blocking task panicked.
     #[error("blocking task failed")]
     Join(#[from] tokio::task::JoinError),
@@ -251,15 +254,102 @@ struct PutJob {
     account: String,
     container: String,
     rec: ObjectRecord,
+    archive: Option<String>,
     reply: tokio::sync::oneshot::Sender<Result<Vec<Blob>, StoreError>>,
 }
 
-/// Writes one object record inside a transaction; returns the blobs it replaced.
+/// The name under which a versioned object's older content is kept in its archive
+/// container (Swift's: the name's length as three hex digits, the name, `/`, the time the
+/// content was written as `%016.5f` seconds), so versions of a name sort by age.
+pub fn version_name(name: &str, last_modified_ms: i64) -> String {
+    let secs = format!(
+        "{}.{:03}00",
+        last_modified_ms.div_euclid(1000),
+        last_modified_ms.rem_euclid(1000)
+    );
+    format!("{:03x}{name}/{secs:0>16}", name.len())
+}
+
+/// The prefix of every archived version of `name`.
+pub fn version_prefix(name: &str) -> String {
+    format!("{:03x}{name}/", name.len())
+}
+
+/// Errs with `NoArchive` unless the container `account/name` exists.
+fn require_archive(tx: &Connection, account: &str, name: &str) -> Result<(), StoreError> {
+    let exists: Option<i64> = tx
+        .query_row(
+            "SELECT 1 FROM containers WHERE account = ?1 AND name = ?2",
+            params![account, name],
+            |r| r.get(0),
+        )
+        .optional()?;
+    match exists {
+        Some(_) => Ok(()),
+        None => Err(StoreError::NoArchive(name.to_owned())),
+    }
+}
+
+/// Moves the record `account/from/name` to `account/to/to_name` in one transaction (the
+/// blobs go with it); returns the blobs of a record it displaced there. Errs with
+/// `NoArchive` when `to` does not exist; `None` when there is no record to move.
+fn move_record(
+    tx: &Connection,
+    account: &str,
+    (from, name): (&str, &str),
+    (to, to_name): (&str, &str),
+) -> Result<Option<Vec<Blob>>, StoreError> {
+    require_archive(tx, account, to)?;
+    let displaced = take_blobs(tx, account, to, to_name)?;
+    tx.execute(
+        "DELETE FROM objects WHERE account = ?1 AND container = ?2 AND name = ?3",
+        params![account, to, to_name],
+    )?;
+    let moved = tx.execute(
+        "UPDATE objects SET container = ?4, name = ?5
+         WHERE account = ?1 AND container = ?2 AND name = ?3",
+        params![account, from, name, to, to_name],
+    )?;
+    Ok((moved > 0).then_some(displaced))
+}
+
+/// Moves the current record of `account/container/name`, if any, to its version name in
+/// `archive`; the blobs it displaced (a version with the same time), if it moved one.
+fn archive_current(
+    tx: &Connection,
+    account: &str,
+    container: &str,
+    name: &str,
+    archive: &str,
+) -> Result<Option<Vec<Blob>>, StoreError> {
+    let written: Option<i64> = tx
+        .query_row(
+            "SELECT last_modified_ms FROM objects WHERE account = ?1 AND container = ?2 AND name = ?3",
+            params![account, container, name],
+            |r| r.get(0),
+        )
+        .optional()?;
+    let Some(written) = written else {
+        // Still check the archive exists, so a misconfigured container fails every write.
+        require_archive(tx, account, archive)?;
+        return Ok(None);
+    };
+    move_record(
+        tx,
+        account,
+        (container, name),
+        (archive, &version_name(name, written)),
+    )
+}
+
+/// Writes one object record inside a transaction; returns the blobs it replaced. With an
+/// `archive` (a versioned container), the record it replaces moves there instead.
 fn put_one(
     tx: &Connection,
     account: &str,
     container: &str,
     rec: &ObjectRecord,
+    archive: Option<&str>,
 ) -> Result<Vec<Blob>, StoreError> {
     let exists: Option<i64> = tx
         .query_row(
@@ -271,7 +361,14 @@ fn put_one(
     if exists.is_none() {
         return Err(StoreError::NoContainer);
     }
-    let old = take_blobs(tx, account, container, &rec.name)?;
+    let archived = match archive {
+        Some(a) => archive_current(tx, account, container, &rec.name, a)?,
+        None => None,
+    };
+    let old = match archived {
+        Some(displaced) => displaced,
+        None => take_blobs(tx, account, container, &rec.name)?,
+    };
     insert_inline(tx, &rec.blobs)?;
     tx.execute(
         "INSERT INTO objects (account, container, name, size, etag, content_type,
@@ -829,6 +926,19 @@ impl Store {
         container: &str,
         rec: ObjectRecord,
     ) -> Result<Vec<Blob>, StoreError> {
+        self.put_object_versioned(account, container, rec, None)
+            .await
+    }
+
+    /// [`put_object`](Store::put_object) into a versioned container: the content it
+    /// replaces moves to `archive` (see [`version_name`]) in the same transaction.
+    pub async fn put_object_versioned(
+        &self,
+        account: &str,
+        container: &str,
+        rec: ObjectRecord,
+        archive: Option<String>,
+    ) -> Result<Vec<Blob>, StoreError> {
         // Group commit: queue the write, then whoever next holds the index lock commits
         // every queued write in one transaction (one fsync for the lot).
         let (reply, done) = tokio::sync::oneshot::channel();
@@ -836,6 +946,7 @@ impl Store {
             account: account.to_owned(),
             container: container.to_owned(),
             rec,
+            archive,
             reply,
         });
         let this = self.clone();
@@ -857,7 +968,13 @@ impl Store {
             let mut tx = db.transaction()?;
             for job in &jobs {
                 let mut sp = tx.savepoint()?;
-                let r = put_one(&sp, &job.account, &job.container, &job.rec);
+                let r = put_one(
+                    &sp,
+                    &job.account,
+                    &job.container,
+                    &job.rec,
+                    job.archive.as_deref(),
+                );
                 if r.is_ok() {
                     sp.commit()?;
                 } else {
@@ -960,6 +1077,63 @@ impl Store {
             }
         }
         Ok(rec)
+    }
+
+    /// Deletes an object of a versioned container, in one transaction. `history`
+    /// (`X-History-Location`): the current content moves to `archive`; true if there was
+    /// one. Otherwise (`X-Versions-Location`, a stack): the current content is deleted and
+    /// the newest archived version, if any, moves back in its place; true if either existed.
+    pub async fn delete_object_versioned(
+        &self,
+        account: &str,
+        container: &str,
+        name: &str,
+        archive: &str,
+        history: bool,
+    ) -> Result<bool, StoreError> {
+        let (account, container, name, archive) = (
+            account.to_owned(),
+            container.to_owned(),
+            name.to_owned(),
+            archive.to_owned(),
+        );
+        let (found, freed) = self
+            .with_db(move |db| {
+                let tx = db.transaction()?;
+                let (found, freed) = if history {
+                    match archive_current(&tx, &account, &container, &name, &archive)? {
+                        Some(displaced) => (true, displaced),
+                        None => (false, Vec::new()),
+                    }
+                } else {
+                    let current = take_blobs(&tx, &account, &container, &name)?;
+                    let existed = tx.execute(
+                        "DELETE FROM objects WHERE account = ?1 AND container = ?2 AND name = ?3",
+                        params![account, container, name],
+                    )? > 0;
+                    let prefix = version_prefix(&name);
+                    let newest: Option<String> = tx
+                        .query_row(
+                            "SELECT name FROM objects WHERE account = ?1 AND container = ?2
+                               AND name > ?3 AND substr(name, 1, length(?3)) = ?3
+                             ORDER BY name DESC LIMIT 1",
+                            params![account, archive, prefix],
+                            |r| r.get(0),
+                        )
+                        .optional()?;
+                    let restored = match newest {
+                        Some(v) => move_record(&tx, &account, (&archive, &v), (&container, &name))?
+                            .is_some(),
+                        None => false,
+                    };
+                    (existed || restored, current)
+                };
+                tx.commit()?;
+                Ok((found, freed))
+            })
+            .await?;
+        self.remove_blobs(freed).await;
+        Ok(found)
     }
 
     /// Lists a container's objects, with prefix/delimiter roll-up.

@@ -149,6 +149,11 @@ impl From<StoreError> for ApiError {
                 "there was a conflict when trying to complete your request: the container is not empty",
             ),
             StoreError::NoUpload => ApiError::not_found("NoSuchUpload"),
+            StoreError::NoArchive(c) => ApiError::new(
+                StatusCode::PRECONDITION_FAILED,
+                "VersionsContainerMissing",
+                format!("the container's versions container {c} does not exist"),
+            ),
             other => {
                 tracing::error!(error = %other, source = ?std::error::Error::source(&other), "store failure");
                 ApiError::internal(other)

@@ -156,6 +156,46 @@ async fn may_access(
     })
 }
 
+/// A versioned container's archive container and whether it keeps history
+/// (`X-History-Location`) rather than a stack (`X-Versions-Location`).
+fn versioning(meta: &BTreeMap<String, String>) -> Option<(String, bool)> {
+    let get = |k: &str| {
+        meta.get(k)
+            .filter(|v| !v.is_empty())
+            .and_then(|v| path::percent_decode(v.trim()).ok())
+    };
+    get("x-history-location")
+        .map(|a| (a, true))
+        .or_else(|| get("x-versions-location").map(|a| (a, false)))
+}
+
+/// The archive a write into `account/container` must move the replaced content to, if the
+/// container is versioned; a non-owner must be granted writes there too (and, with
+/// `restore`, reads: a stack delete brings a version back).
+async fn archive_for(
+    state: &State,
+    account: &str,
+    container: &str,
+    who: Option<&Requester>,
+    restore: bool,
+) -> Result<Option<(String, bool)>, ApiError> {
+    let meta = state
+        .store
+        .container_meta(account, container)
+        .await?
+        .ok_or_else(not_found)?;
+    let Some((archive, history)) = versioning(&meta) else {
+        return Ok(None);
+    };
+    if let Some(w) = who
+        && (!may_access(state, account, &archive, who, true).await?
+            || (restore && !history && !may_access(state, account, &archive, who, false).await?))
+    {
+        return Err(denied(w));
+    }
+    Ok(Some((archive, history)))
+}
+
 /// Checks a non-owner's request against the target container's ACLs: reads and listings
 /// by `X-Container-Read`, object writes and deletes by `X-Container-Write`; the account
 /// itself and container changes stay the owner's. (Copies and large-object segments in
@@ -460,6 +500,7 @@ async fn container_req(
         "x-container-read",
         "x-container-write",
         "x-versions-location",
+        "x-history-location",
     ];
     // ACLs are checked when set, and removed by `X-Remove-Container-Read/Write` as by an
     // empty value.
@@ -471,6 +512,41 @@ async fn container_req(
             }
             if let Some(v) = meta.get(&format!("x-container-{name}")) {
                 Acl::parse(v, write)?;
+            }
+        }
+        // Versioning: one mode at a time; setting one clears the other.
+        for name in ["versions", "history"] {
+            if h.contains_key(format!("x-remove-{name}-location").as_str()) {
+                meta.insert(format!("x-{name}-location"), String::new());
+            }
+        }
+        let set = |k: &str| meta.get(k).is_some_and(|v| !v.is_empty());
+        match (set("x-versions-location"), set("x-history-location")) {
+            (true, true) => {
+                return Err(ApiError::bad_request(
+                    "BadVersioning",
+                    "Only one of X-Versions-Location or X-History-Location may be specified",
+                ));
+            }
+            (true, false) => {
+                meta.insert("x-history-location".into(), String::new());
+            }
+            (false, true) => {
+                meta.insert("x-versions-location".into(), String::new());
+            }
+            (false, false) => {}
+        }
+        for k in ["x-versions-location", "x-history-location"] {
+            if let Some(v) = meta.get(k).filter(|v| !v.is_empty()) {
+                let name = path::percent_decode(v.trim()).ok();
+                if name.as_deref().is_none_or(|n| {
+                    n.is_empty() || n.contains('/') || n.len() > path::MAX_CONTAINER_NAME
+                }) {
+                    return Err(ApiError::bad_request(
+                        "BadVersioning",
+                        format!("{k} must name a container in this account: {v:?}"),
+                    ));
+                }
             }
         }
         Ok(meta)
@@ -834,9 +910,33 @@ async fn object_req(
             let mut rec =
                 copy_from(state, account, &from, meta, header(h, "content-type"), who).await?;
             rec.name = dobj;
-            store_record(state, account, &dc, rec, StatusCode::CREATED, false).await
+            let archive = archive_for(state, account, &dc, who, false).await?;
+            store_record(
+                state,
+                account,
+                &dc,
+                rec,
+                StatusCode::CREATED,
+                false,
+                archive.map(|a| a.0),
+            )
+            .await
         }
         Method::DELETE => {
+            if mm.as_deref() != Some("delete")
+                && let Some((archive, history)) =
+                    archive_for(state, account, container, who, true).await?
+            {
+                return if state
+                    .store
+                    .delete_object_versioned(account, container, object, &archive, history)
+                    .await?
+                {
+                    Ok(status_only(StatusCode::NO_CONTENT))
+                } else {
+                    Err(not_found())
+                };
+            }
             let rec = state
                 .store
                 .get_object(account, container, object)
@@ -931,19 +1031,23 @@ async fn put_object(
         .filter(|c| !c.is_empty())
         .unwrap_or("application/octet-stream")
         .to_owned();
-    if state
-        .store
-        .container_meta(account, container)
+    let archive = archive_for(state, account, container, who, false)
         .await?
-        .is_none()
-    {
-        return Err(not_found());
-    }
+        .map(|a| a.0);
     if let Some(from) = header(h, "x-copy-from") {
         let mut rec = copy_from(state, account, from, meta, header(h, "content-type"), who).await?;
         rec.name = object.to_owned();
         rec.delete_at = delete_at;
-        return store_record(state, account, container, rec, StatusCode::CREATED, false).await;
+        return store_record(
+            state,
+            account,
+            container,
+            rec,
+            StatusCode::CREATED,
+            false,
+            archive,
+        )
+        .await;
     }
     let mut src = Source::plain(body);
 
@@ -959,6 +1063,7 @@ async fn put_object(
             content_type,
             delete_at,
             who,
+            archive,
         )
         .await;
     }
@@ -999,7 +1104,16 @@ async fn put_object(
         blobs: vec![blob],
         kind,
     };
-    store_record(state, account, container, rec, StatusCode::CREATED, false).await
+    store_record(
+        state,
+        account,
+        container,
+        rec,
+        StatusCode::CREATED,
+        false,
+        archive,
+    )
+    .await
 }
 
 /// A new record holding a server-side copy of `from` (`container/object`), its metadata
@@ -1046,6 +1160,8 @@ async fn copy_from(
     })
 }
 
+/// Indexes `rec` (moving the content it replaces to `archive` in a versioned container).
+#[allow(clippy::too_many_arguments)]
 async fn store_record(
     state: &State,
     account: &str,
@@ -1053,11 +1169,15 @@ async fn store_record(
     rec: ObjectRecord,
     status: StatusCode,
     quote: bool,
+    archive: Option<String>,
 ) -> Result<Response, ApiError> {
     let etag = rec.etag.clone();
     let ms = rec.last_modified_ms;
     let blobs = rec.blobs.clone();
-    let old = match state.store.put_object(account, container, rec).await {
+    let put = state
+        .store
+        .put_object_versioned(account, container, rec, archive);
+    let old = match put.await {
         Ok(old) => old,
         Err(e) => {
             state.store.remove_blobs(blobs).await;
@@ -1090,6 +1210,7 @@ async fn put_slo(
     content_type: String,
     delete_at: Option<i64>,
     who: Option<&Requester>,
+    archive: Option<String>,
 ) -> Result<Response, ApiError> {
     let bad = |m: String| ApiError::bad_request("InvalidManifest", m);
     let segs: Vec<SloPut> = serde_json::from_slice(doc)
@@ -1150,7 +1271,16 @@ async fn put_slo(
         blobs: vec![blob],
         kind: Kind::Slo,
     };
-    store_record(state, account, container, rec, StatusCode::CREATED, true).await
+    store_record(
+        state,
+        account,
+        container,
+        rec,
+        StatusCode::CREATED,
+        true,
+        archive,
+    )
+    .await
 }
 
 async fn get_object(
