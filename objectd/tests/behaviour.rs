@@ -1824,3 +1824,59 @@ fn swift_versioned_containers_keep_a_stack_or_a_history() {
     );
     assert_eq!(r.body, b"before");
 }
+
+#[test]
+fn kill_9_mid_overwrite_of_a_versioned_object_keeps_the_old_version_current() {
+    let mut d = Daemon::start();
+    let t = d.token();
+    let auth = [("X-Auth-Token", t.as_str())];
+    assert_eq!(swift_put(&d, &t, "/v1/AUTH_test/arch", b"").status, 201);
+    let r = http(
+        d.port,
+        "PUT",
+        "/v1/AUTH_test/v",
+        &[("X-Auth-Token", &t), ("X-Versions-Location", "arch")],
+        b"",
+    );
+    assert_eq!(r.status, 201);
+    let first = data(2_000_000, 21);
+    assert_eq!(swift_put(&d, &t, "/v1/AUTH_test/v/o", &first).status, 201);
+    let second = data(2_000_000, 22);
+    assert_eq!(swift_put(&d, &t, "/v1/AUTH_test/v/o", &second).status, 201);
+    assert_eq!(
+        http(d.port, "GET", "/v1/AUTH_test/arch", &auth, b"")
+            .text()
+            .lines()
+            .count(),
+        1
+    );
+
+    // A third version is cut off by SIGKILL half-way through its body.
+    let mut s = TcpStream::connect(("127.0.0.1", d.port)).unwrap();
+    write!(
+        s,
+        "PUT /v1/AUTH_test/v/o HTTP/1.1\r\nHost: x\r\nX-Auth-Token: {t}\r\nContent-Length: 8000000\r\n\r\n"
+    )
+    .unwrap();
+    s.write_all(&data(4_000_000, 23)).unwrap();
+    s.flush().unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    d.restart();
+    drop(s);
+
+    // The acknowledged versions are intact: the second current, the first archived, and
+    // deleting brings the first back.
+    let t = d.token();
+    let auth = [("X-Auth-Token", t.as_str())];
+    let r = http(d.port, "GET", "/v1/AUTH_test/v/o", &auth, b"");
+    assert_eq!((r.status, r.body == second), (200, true));
+    let arch = http(d.port, "GET", "/v1/AUTH_test/arch", &auth, b"").text();
+    assert_eq!(arch.lines().count(), 1, "{arch}");
+    assert_eq!(
+        http(d.port, "DELETE", "/v1/AUTH_test/v/o", &auth, b"").status,
+        204
+    );
+    let r = http(d.port, "GET", "/v1/AUTH_test/v/o", &auth, b"");
+    assert_eq!((r.status, r.body == first), (200, true));
+    assert!(files_under(&d.data().join("tmp")).is_empty());
+}
