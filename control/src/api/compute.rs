@@ -24,7 +24,7 @@ use crate::compute::agent::{self, AgentError};
 use crate::compute::scheduler::{self, GroupPolicy, Settings};
 use crate::compute::{
     ComputeError, Fault, FlavorDoc, KeypairDoc, NodeDoc, QuotaDoc, Ratios, Registration, Resources,
-    ServerDoc, ServerPort, list_nodes, load_node,
+    ServerDoc, ServerGroupDoc, ServerPort, list_nodes, load_node,
 };
 use crate::identity::Ctx;
 use crate::identity::token::{Claims, Scope, now_secs, random_audit_id};
@@ -739,8 +739,8 @@ fn nova(svc: &Service, ctx: &Ctx, req: &Request) -> Result<(Response, Option<Str
                 .map(Vec::as_slice)
             {
                 Some([p]) => match p.as_str() {
-                    Some("affinity") => "affinity",
-                    Some("anti-affinity") => "anti-affinity",
+                    Some("affinity") => GroupPolicy::Affinity,
+                    Some("anti-affinity") => GroupPolicy::AntiAffinity,
                     _ => {
                         return Err(ApiError::bad_request(
                             "policies must be [\"affinity\"] or [\"anti-affinity\"]",
@@ -755,7 +755,13 @@ fn nova(svc: &Service, ctx: &Ctx, req: &Request) -> Result<(Response, Option<Str
             };
             let id = uuid::Uuid::new_v4().to_string();
             let pid = ctx.project_id.clone().unwrap_or_default();
-            let doc = json!({"name": name, "policy": policy, "project_id": pid, "user_id": ctx.user_id()});
+            let doc = ServerGroupDoc {
+                name: name.to_string(),
+                policy,
+                project_id: pid.clone(),
+                user_id: ctx.user_id().to_string(),
+                hosts: Default::default(),
+            };
             let rec = Record::new(Kind::ServerGroup, &id, &pid, None, &doc);
             svc.store.insert(rec.clone()).map_err(se)?;
             ok(json!({"server_group": group_view(svc, &rec)?}))
@@ -802,7 +808,7 @@ fn admin(ctx: &Ctx) -> Result<(), ApiError> {
 }
 
 fn group_view(svc: &Service, r: &Record) -> Result<Value, ApiError> {
-    let d: Value = r.parse().map_err(se)?;
+    let d: ServerGroupDoc = r.parse().map_err(se)?;
     let members: Vec<String> = svc
         .store
         .list(Kind::Server, None)
@@ -814,8 +820,8 @@ fn group_view(svc: &Service, r: &Record) -> Result<Value, ApiError> {
         })
         .collect();
     Ok(
-        json!({"id": r.id, "name": d["name"], "policies": [d["policy"]], "members": members,
-              "metadata": {}, "project_id": d["project_id"], "user_id": d["user_id"]}),
+        json!({"id": r.id, "name": d.name, "policies": [d.policy], "members": members,
+              "metadata": {}, "project_id": d.project_id, "user_id": d.user_id}),
     )
 }
 
@@ -1421,34 +1427,6 @@ fn schedule(svc: &Service, id: &str) -> Result<Option<(String, String, Value)>, 
         .ok_or_else(|| ApiError::bad_request(format!("image {} vanished", d.image_id)))?
         .parse()
         .map_err(se)?;
-    let group = match &d.group_id {
-        Some(g) => {
-            let gr = svc.store.get(Kind::ServerGroup, g).map_err(se)?;
-            match gr {
-                Some(gr) => {
-                    let gd: Value = gr.parse().map_err(se)?;
-                    let policy = if gd["policy"] == "affinity" {
-                        GroupPolicy::Affinity
-                    } else {
-                        GroupPolicy::AntiAffinity
-                    };
-                    let hosts: Vec<String> = svc
-                        .store
-                        .list(Kind::Server, None)
-                        .map_err(se)?
-                        .iter()
-                        .filter(|s| s.id != id)
-                        .filter_map(|s| s.parse::<ServerDoc>().ok())
-                        .filter(|s| s.group_id.as_deref() == Some(g.as_str()))
-                        .filter_map(|s| s.node_id)
-                        .collect();
-                    Some((policy, hosts))
-                }
-                None => None,
-            }
-        }
-        None => None,
-    };
     let disk_gb = if d.flavor.disk > 0 {
         d.flavor.disk
     } else {
@@ -1464,7 +1442,8 @@ fn schedule(svc: &Service, id: &str) -> Result<Option<(String, String, Value)>, 
         },
         availability_zone: d.availability_zone.clone(),
         image_properties: img.properties.clone(),
-        group,
+        group: None,
+        group_id: d.group_id.clone(),
         exclude: d.tried.clone(),
     };
     let node_id = match scheduler::claim(&*svc.store, &request, &settings(svc), now_secs()) {
@@ -1491,7 +1470,7 @@ fn schedule(svc: &Service, id: &str) -> Result<Option<(String, String, Value)>, 
         true
     })?;
     if updated.is_none() {
-        scheduler::release(&*svc.store, &node_id, id).map_err(ce)?;
+        scheduler::release(&*svc.store, &node_id, id, d.group_id.as_deref()).map_err(ce)?;
         return Ok(None);
     }
     let mut placement = json!({
@@ -1572,7 +1551,13 @@ pub async fn build_server(svc: Arc<Service>, id: String) {
                 .await;
                 let (id2, node2) = (id.clone(), node.clone());
                 let gone = blocking(svc.clone(), move |svc| {
-                    scheduler::release(&*svc.store, &node2, &id2).map_err(ce)?;
+                    let group = svc
+                        .store
+                        .get(Kind::Server, &id2)
+                        .map_err(se)?
+                        .and_then(|r| r.parse::<ServerDoc>().ok())
+                        .and_then(|d| d.group_id);
+                    scheduler::release(&*svc.store, &node2, &id2, group.as_deref()).map_err(ce)?;
                     Ok(update_server(svc, &id2, |d| {
                         d.tried.push(node2.clone());
                         d.node_id = None;
@@ -1747,7 +1732,7 @@ async fn delete_server(svc: Arc<Service>, ctx: Ctx, id: String) -> Result<Respon
     }
     blocking(svc, move |svc| {
         if let Some(n) = &d.node_id {
-            scheduler::release(&*svc.store, n, &id).map_err(ce)?;
+            scheduler::release(&*svc.store, n, &id, d.group_id.as_deref()).map_err(ce)?;
         }
         svc.store.delete(Kind::Server, &id).map_err(se)?;
         Ok(empty(StatusCode::NO_CONTENT))
