@@ -227,7 +227,58 @@ fn filters_on_300_nodes() {
         assert_eq!(nodes[n]["servers"], 4);
     }
     assert_placed_once(&agents, &fill_views);
+    // A node that stops heartbeating: its server keeps its last status and shows
+    // host_status UNKNOWN, as Nova shows servers of a compute service that stopped
+    // reporting; servers on live nodes show UP, refused ones (no host) "".
+    let lost_id = ids[batch.iter().position(|s| s.name == "lost-0").unwrap()].clone();
+    assert_eq!(host(&views[&lost_id]), "z-lost");
+    assert_eq!(views[&lost_id]["host_status"], "UP");
     drop(lost_beating);
+    wait_for("z-lost to go down", || {
+        sim::nodes(port)["z-lost"]["state"] == "down"
+    });
+    let r = sim::json_req(
+        port,
+        "GET",
+        &format!("/compute/v2.1/servers/{lost_id}"),
+        &t.token,
+        &Value::Null,
+    );
+    let v = &r.json()["server"];
+    assert_eq!(v["status"], "ACTIVE", "{v}");
+    assert_eq!(v["OS-EXT-STS:vm_state"], "active", "{v}");
+    assert_eq!(v["host_status"], "UNKNOWN", "{v}");
+    let views = t.settle(port, &ids);
+    for v in views.values() {
+        let want = match (host(v), v["status"].as_str().unwrap()) {
+            ("z-lost", _) => "UNKNOWN",
+            (_, "ACTIVE") => "UP",
+            _ => "",
+        };
+        assert_eq!(v["host_status"], want, "{v}");
+    }
+
+    // The stock CLI: `hypervisor show` by name, `server show` of the stranded server.
+    if common::have_cli() {
+        let admin = cloud.admin();
+        let hv = common::ok_json(&admin, &["hypervisor", "show", "n150"]);
+        assert_eq!(hv["hypervisor_hostname"], "n150", "{hv}");
+        assert_eq!(hv["state"], "up", "{hv}");
+        assert_eq!(hv["vcpus"], 4, "{hv}");
+        assert_eq!(hv["memory_mb"], 4096, "{hv}");
+        assert_eq!(hv["aggregates"], serde_json::json!([]), "{hv}");
+        let hv = common::ok_json(&admin, &["hypervisor", "show", "z-lost"]);
+        assert_eq!(hv["state"], "down", "{hv}");
+        assert_eq!(hv["running_vms"], 1, "{hv}");
+        let missing = common::fails(&admin, &["hypervisor", "show", "no-such-node"]);
+        assert!(
+            missing.contains("No hypervisor with a name or ID"),
+            "{missing}"
+        );
+        let shown = common::ok_json(&admin, &["server", "show", &lost_id]);
+        assert_eq!(shown["status"], "ACTIVE", "{shown}");
+        assert_eq!(shown["host_status"], "UNKNOWN", "{shown}");
+    }
 }
 
 /// Places 200 one-vCPU servers on 200 nodes of 4 vCPUs (no overcommit) with `weigher`;

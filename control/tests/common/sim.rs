@@ -26,6 +26,8 @@ pub struct Placements {
     pub received: Vec<(String, String)>,
     /// Servers currently held, by id: node id.
     pub held: BTreeMap<String, String>,
+    /// When each server's placement arrived.
+    pub arrived: BTreeMap<String, Instant>,
 }
 
 /// The stand-in agents' HTTP server (a thread; lives as long as the test process).
@@ -90,6 +92,7 @@ fn serve(stream: std::net::TcpStream, p: &Mutex<Placements>) -> std::io::Result<
             let id = v["server"]["id"].as_str().unwrap_or("").to_string();
             let mut p = p.lock().unwrap();
             p.received.push((id.clone(), node.to_string()));
+            p.arrived.insert(id.clone(), Instant::now());
             p.held.insert(id.clone(), node.to_string());
             (202, json!({"server": {"id": id, "status": "BUILD"}}))
         }
