@@ -4,131 +4,8 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
-
+use common::pg::Pg;
 use control::store::Store;
-
-/// A throwaway PostgreSQL server, stopped and deleted on drop.
-struct Pg {
-    bin: PathBuf,
-    dir: tempfile::TempDir,
-    port: u16,
-}
-
-fn pg_bin() -> Option<PathBuf> {
-    let mut dirs: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
-        .ok()?
-        .flatten()
-        .map(|e| e.path().join("bin"))
-        .filter(|p| p.join("initdb").exists())
-        .collect();
-    dirs.sort();
-    dirs.pop()
-}
-
-fn as_postgres(bin: &Path, tool: &str, args: &[&str]) -> std::process::Output {
-    Command::new("runuser")
-        .args(["-u", "postgres", "--"])
-        .arg(bin.join(tool))
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-impl Pg {
-    /// Starts a server, or says why it cannot (SKIP, or a failure under CI=true).
-    fn start() -> Option<Pg> {
-        if !caps::require(caps::Capability::Root) {
-            return None;
-        }
-        let Some(bin) = pg_bin() else {
-            assert!(
-                std::env::var("CI").as_deref() != Ok("true"),
-                "PostgreSQL is not installed (scripts/setup installs postgresql)"
-            );
-            eprintln!("SKIP: PostgreSQL is not installed");
-            return None;
-        };
-        let dir = tempfile::tempdir().unwrap();
-        let st = Command::new("chown")
-            .args(["-R", "postgres:postgres"])
-            .arg(dir.path())
-            .status()
-            .unwrap();
-        assert!(st.success());
-        let data = dir.path().join("data");
-        let out = as_postgres(
-            &bin,
-            "initdb",
-            &[
-                "-D",
-                data.to_str().unwrap(),
-                "-A",
-                "trust",
-                "-U",
-                "postgres",
-                "-E",
-                "UTF8",
-                "--no-sync",
-            ],
-        );
-        assert!(out.status.success(), "initdb: {out:?}");
-        let port = common::free_port();
-        let opts = format!(
-            "-p {port} -k {} -c listen_addresses=127.0.0.1 -F",
-            dir.path().display()
-        );
-        let out = as_postgres(
-            &bin,
-            "pg_ctl",
-            &[
-                "-D",
-                data.to_str().unwrap(),
-                "-o",
-                &opts,
-                "-w",
-                "-t",
-                "60",
-                "-l",
-                dir.path().join("log").to_str().unwrap(),
-                "start",
-            ],
-        );
-        assert!(out.status.success(), "pg_ctl start: {out:?}");
-        Some(Pg { bin, dir, port })
-    }
-
-    fn url(&self, db: &str) -> String {
-        format!(
-            "host=127.0.0.1 port={} user=postgres dbname={db}",
-            self.port
-        )
-    }
-
-    fn create_db(&self, name: &str) {
-        let mut c = postgres::Client::connect(&self.url("postgres"), postgres::NoTls).unwrap();
-        c.batch_execute(&format!("CREATE DATABASE {name}")).unwrap();
-    }
-}
-
-impl Drop for Pg {
-    fn drop(&mut self) {
-        let data = self.dir.path().join("data");
-        let _ = as_postgres(
-            &self.bin,
-            "pg_ctl",
-            &[
-                "-D",
-                data.to_str().unwrap(),
-                "-m",
-                "immediate",
-                "-w",
-                "stop",
-            ],
-        );
-    }
-}
 
 #[test]
 fn store_conformance_on_postgres_and_two_controllers_share_it() {
@@ -206,4 +83,140 @@ fn control_runs_on_postgres() {
         .unwrap()
         .get(0);
     assert!(doc.contains("\"status\":\"active\""), "{doc}");
+}
+
+/// Two control processes on one PostgreSQL database, 200 simulated nodes registered
+/// through both, servers created through both from 16 client threads with the pack
+/// weigher (every claim wants the same node): members of an anti-affinity group land on
+/// distinct nodes, no node's allocations ever exceed its inventory x ratio, every
+/// accepted server holds exactly one allocation (on the node it reports) and was sent to
+/// exactly one node, and exactly the servers that did not fit are refused.
+#[test]
+fn two_controllers_on_postgres_never_overbook() {
+    use common::sim::{self, Agents, NODE_TOKEN, Node, ServerSpec, Tenant};
+    use serde_json::Value;
+    use std::collections::{BTreeMap, BTreeSet};
+
+    let Some(pg) = Pg::start() else { return };
+    pg.create_db("sched");
+    let url = pg.url("sched");
+    let cloud = common::Cloud::start_with_store_and(
+        &format!(
+            "[compute]\nheartbeat-interval-secs = 600\nnode-token = \"{NODE_TOKEN}\"\n\
+             cpu-allocation-ratio = 1.0\nram-allocation-ratio = 1.0\nweigher = \"pack\"\n"
+        ),
+        "postgres",
+        &url,
+    );
+    let second = cloud.another_controller();
+    let ports = [cloud.port, second.port];
+    let agents = Agents::start();
+    for i in 0..200 {
+        let n = Node {
+            id: format!("n{i:03}"),
+            az: "nova".into(),
+            arch: "x86_64".into(),
+            vcpus: 2,
+            memory_mib: 2048,
+            disk_gb: 100,
+        };
+        sim::register(ports[i % 2], &agents, &n);
+    }
+    let t = Tenant::setup(&cloud, &[""], &[("one", 1, 512, 1)]);
+
+    // Anti-affinity across controllers: 40 members at once, half through each.
+    let anti = t.group(cloud.port, "anti", "anti-affinity");
+    let mut members = ServerSpec::many("anti", "one", 40);
+    members
+        .iter_mut()
+        .for_each(|s| s.group = Some(anti.clone()));
+    let anti_ids = t.create_many(&ports, &members, 16);
+    let anti_views = t.settle(second.port, &anti_ids);
+    assert!(anti_views.values().all(|v| v["status"] == "ACTIVE"));
+    let hosts: BTreeSet<&str> = anti_views.values().map(sim::host).collect();
+    assert_eq!(
+        hosts.len(),
+        40,
+        "anti-affinity members share nodes: {hosts:?}"
+    );
+
+    // 440 more servers for the 360 slots left (200 nodes x 2 vCPUs - 40).
+    let fill = ServerSpec::many("fill", "one", 440);
+    let fill_ids = t.create_many(&ports, &fill, 16);
+    let views = t.settle(cloud.port, &fill_ids);
+    let active: Vec<&String> = views
+        .iter()
+        .filter(|(_, v)| v["status"] == "ACTIVE")
+        .map(|(id, _)| id)
+        .collect();
+    assert_eq!(active.len(), 360);
+    for v in views.values().filter(|v| v["status"] != "ACTIVE") {
+        let f = v["fault"]["message"].as_str().unwrap_or("");
+        assert!(
+            v["status"] == "ERROR" && f.contains("ResourceFilter refused 200"),
+            "{v}"
+        );
+    }
+
+    // Straight from the database: every node within inventory x ratio, and every
+    // server's allocation exactly where it says it is.
+    let mut c = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+    let mut alloc: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for row in c
+        .query("SELECT id, doc FROM records WHERE kind = 'node'", &[])
+        .unwrap()
+    {
+        let id: String = row.get(0);
+        let doc: String = row.get(1);
+        let n: control::compute::NodeDoc = serde_json::from_str(&doc).unwrap();
+        let (used, cap) = (n.used(), n.capacity());
+        assert!(
+            used.vcpus <= cap.vcpus && used.memory_mib <= cap.memory_mib,
+            "node {id} overbooked: {used:?} > {cap:?}"
+        );
+        assert_eq!(cap.vcpus, 2);
+        for s in n.allocations.keys() {
+            alloc.entry(s.clone()).or_default().push(id.clone());
+        }
+    }
+    assert_eq!(alloc.len(), 400);
+    let all: Vec<(&String, &Value)> = views.iter().chain(anti_views.iter()).collect();
+    for (id, v) in &all {
+        let held = alloc.get(*id).cloned().unwrap_or_default();
+        if v["status"] == "ACTIVE" {
+            assert_eq!(held, vec![sim::host(v).to_string()], "{v}");
+        } else {
+            assert!(held.is_empty(), "{v} holds {held:?}");
+        }
+    }
+    let p = agents.placements.lock().unwrap();
+    assert_eq!(p.received.len(), 400);
+    let sent: BTreeSet<&String> = p.received.iter().map(|(s, _)| s).collect();
+    assert_eq!(sent.len(), 400, "a server was sent to two nodes");
+    for (id, v) in &all {
+        let to: Vec<&String> = p
+            .received
+            .iter()
+            .filter(|(s, _)| s == *id)
+            .map(|(_, n)| n)
+            .collect();
+        if v["status"] == "ACTIVE" {
+            assert_eq!(to, vec![sim::host(v)], "{v}");
+        } else {
+            assert!(to.is_empty(), "{v}");
+        }
+    }
+    // The group record names each member's node.
+    let doc: String = c
+        .query_one(
+            "SELECT doc FROM records WHERE kind = 'server_group' AND id = $1",
+            &[&anti],
+        )
+        .unwrap()
+        .get(0);
+    let g: control::compute::ServerGroupDoc = serde_json::from_str(&doc).unwrap();
+    assert_eq!(g.hosts.len(), 40);
+    for (s, n) in &g.hosts {
+        assert_eq!(alloc[s], vec![n.clone()]);
+    }
 }

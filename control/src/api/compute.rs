@@ -24,7 +24,7 @@ use crate::compute::agent::{self, AgentError};
 use crate::compute::scheduler::{self, GroupPolicy, Settings};
 use crate::compute::{
     ComputeError, Fault, FlavorDoc, KeypairDoc, NodeDoc, QuotaDoc, Ratios, Registration, Resources,
-    ServerDoc, ServerPort, list_nodes, load_node,
+    ServerDoc, ServerGroupDoc, ServerPort, list_nodes, load_node,
 };
 use crate::identity::Ctx;
 use crate::identity::token::{Claims, Scope, now_secs, random_audit_id};
@@ -603,6 +603,27 @@ fn nova(svc: &Service, ctx: &Ctx, req: &Request) -> Result<(Response, Option<Str
             }
             ok(json!({"hypervisors": list}))
         }
+        (["os-hypervisors", id, "uptime"], &Method::GET) => {
+            admin(ctx)?;
+            // Nova answers 501 when the driver cannot tell a host's uptime; clients
+            // (`openstack hypervisor show`) then show the hypervisor without it.
+            let nodes = list_nodes(&*svc.store).map_err(se)?;
+            if !nodes.iter().any(|(r, d)| r.id == *id || d.hostname == *id) {
+                return Err(ApiError::not_found(format!(
+                    "Hypervisor {id} could not be found."
+                )));
+            }
+            Err(ApiError::new(
+                StatusCode::NOT_IMPLEMENTED,
+                "node agents do not report their host's uptime",
+            ))
+        }
+        // No host aggregates here: an empty list, so clients listing them (`openstack
+        // hypervisor show` does) carry on.
+        (["os-aggregates"], &Method::GET) => {
+            admin(ctx)?;
+            ok(json!({"aggregates": []}))
+        }
         (["os-hypervisors", id], &Method::GET) => {
             admin(ctx)?;
             let nodes = list_nodes(&*svc.store).map_err(se)?;
@@ -739,8 +760,8 @@ fn nova(svc: &Service, ctx: &Ctx, req: &Request) -> Result<(Response, Option<Str
                 .map(Vec::as_slice)
             {
                 Some([p]) => match p.as_str() {
-                    Some("affinity") => "affinity",
-                    Some("anti-affinity") => "anti-affinity",
+                    Some("affinity") => GroupPolicy::Affinity,
+                    Some("anti-affinity") => GroupPolicy::AntiAffinity,
                     _ => {
                         return Err(ApiError::bad_request(
                             "policies must be [\"affinity\"] or [\"anti-affinity\"]",
@@ -755,7 +776,13 @@ fn nova(svc: &Service, ctx: &Ctx, req: &Request) -> Result<(Response, Option<Str
             };
             let id = uuid::Uuid::new_v4().to_string();
             let pid = ctx.project_id.clone().unwrap_or_default();
-            let doc = json!({"name": name, "policy": policy, "project_id": pid, "user_id": ctx.user_id()});
+            let doc = ServerGroupDoc {
+                name: name.to_string(),
+                policy,
+                project_id: pid.clone(),
+                user_id: ctx.user_id().to_string(),
+                hosts: Default::default(),
+            };
             let rec = Record::new(Kind::ServerGroup, &id, &pid, None, &doc);
             svc.store.insert(rec.clone()).map_err(se)?;
             ok(json!({"server_group": group_view(svc, &rec)?}))
@@ -802,7 +829,7 @@ fn admin(ctx: &Ctx) -> Result<(), ApiError> {
 }
 
 fn group_view(svc: &Service, r: &Record) -> Result<Value, ApiError> {
-    let d: Value = r.parse().map_err(se)?;
+    let d: ServerGroupDoc = r.parse().map_err(se)?;
     let members: Vec<String> = svc
         .store
         .list(Kind::Server, None)
@@ -814,8 +841,8 @@ fn group_view(svc: &Service, r: &Record) -> Result<Value, ApiError> {
         })
         .collect();
     Ok(
-        json!({"id": r.id, "name": d["name"], "policies": [d["policy"]], "members": members,
-              "metadata": {}, "project_id": d["project_id"], "user_id": d["user_id"]}),
+        json!({"id": r.id, "name": d.name, "policies": [d.policy], "members": members,
+              "metadata": {}, "project_id": d.project_id, "user_id": d.user_id}),
     )
 }
 
@@ -1133,11 +1160,25 @@ fn server_view(svc: &Service, id: &str, d: &ServerDoc, detail: bool) -> Value {
         "os-extended-volumes:volumes_attached": [],
         "security_groups": [{"name": "default"}],
     });
+    v["host_status"] = json!(host_status(svc, d));
     if let Some(f) = &d.fault {
         v["fault"] = json!({"code": f.code, "message": f.message,
                             "created": crate::time::keystone(f.created)});
     }
     v
+}
+
+/// Nova's `host_status` (microversion 2.16, shown here at 2.1): `UP`, `MAINTENANCE` for
+/// a disabled node, `UNKNOWN` for a node that stopped heartbeating (its servers keep the
+/// last status they had, as Nova keeps their `vm_state`), `""` without a node.
+fn host_status(svc: &Service, d: &ServerDoc) -> &'static str {
+    let Some(node) = &d.node_id else { return "" };
+    match load_node(&*svc.store, node) {
+        Ok(Some((_, n))) if !n.is_up(now_secs(), down_after(svc)) => "UNKNOWN",
+        Ok(Some((_, n))) if n.disabled => "MAINTENANCE",
+        Ok(Some(_)) => "UP",
+        _ => "UNKNOWN",
+    }
 }
 
 fn servers(svc: &Service, ctx: &Ctx, req: &Request, detail: bool) -> Result<Vec<Value>, ApiError> {
@@ -1421,34 +1462,6 @@ fn schedule(svc: &Service, id: &str) -> Result<Option<(String, String, Value)>, 
         .ok_or_else(|| ApiError::bad_request(format!("image {} vanished", d.image_id)))?
         .parse()
         .map_err(se)?;
-    let group = match &d.group_id {
-        Some(g) => {
-            let gr = svc.store.get(Kind::ServerGroup, g).map_err(se)?;
-            match gr {
-                Some(gr) => {
-                    let gd: Value = gr.parse().map_err(se)?;
-                    let policy = if gd["policy"] == "affinity" {
-                        GroupPolicy::Affinity
-                    } else {
-                        GroupPolicy::AntiAffinity
-                    };
-                    let hosts: Vec<String> = svc
-                        .store
-                        .list(Kind::Server, None)
-                        .map_err(se)?
-                        .iter()
-                        .filter(|s| s.id != id)
-                        .filter_map(|s| s.parse::<ServerDoc>().ok())
-                        .filter(|s| s.group_id.as_deref() == Some(g.as_str()))
-                        .filter_map(|s| s.node_id)
-                        .collect();
-                    Some((policy, hosts))
-                }
-                None => None,
-            }
-        }
-        None => None,
-    };
     let disk_gb = if d.flavor.disk > 0 {
         d.flavor.disk
     } else {
@@ -1464,7 +1477,8 @@ fn schedule(svc: &Service, id: &str) -> Result<Option<(String, String, Value)>, 
         },
         availability_zone: d.availability_zone.clone(),
         image_properties: img.properties.clone(),
-        group,
+        group: None,
+        group_id: d.group_id.clone(),
         exclude: d.tried.clone(),
     };
     let node_id = match scheduler::claim(&*svc.store, &request, &settings(svc), now_secs()) {
@@ -1491,7 +1505,7 @@ fn schedule(svc: &Service, id: &str) -> Result<Option<(String, String, Value)>, 
         true
     })?;
     if updated.is_none() {
-        scheduler::release(&*svc.store, &node_id, id).map_err(ce)?;
+        scheduler::release(&*svc.store, &node_id, id, d.group_id.as_deref()).map_err(ce)?;
         return Ok(None);
     }
     let mut placement = json!({
@@ -1572,7 +1586,13 @@ pub async fn build_server(svc: Arc<Service>, id: String) {
                 .await;
                 let (id2, node2) = (id.clone(), node.clone());
                 let gone = blocking(svc.clone(), move |svc| {
-                    scheduler::release(&*svc.store, &node2, &id2).map_err(ce)?;
+                    let group = svc
+                        .store
+                        .get(Kind::Server, &id2)
+                        .map_err(se)?
+                        .and_then(|r| r.parse::<ServerDoc>().ok())
+                        .and_then(|d| d.group_id);
+                    scheduler::release(&*svc.store, &node2, &id2, group.as_deref()).map_err(ce)?;
                     Ok(update_server(svc, &id2, |d| {
                         d.tried.push(node2.clone());
                         d.node_id = None;
@@ -1623,8 +1643,11 @@ async fn place_and_watch(
     .map_err(|e| e.to_string())?;
     let deadline = tokio::time::Instant::now()
         + Duration::from_secs(svc.config.raw.compute.build_timeout_secs);
+    // Builds take about 70-200 ms on an agent: poll soon, then back off to 500 ms.
+    let mut wait = Duration::from_millis(20);
     loop {
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(Duration::from_millis(500));
         if tokio::time::Instant::now() > deadline {
             return Err("the build timed out".into());
         }
@@ -1747,7 +1770,7 @@ async fn delete_server(svc: Arc<Service>, ctx: Ctx, id: String) -> Result<Respon
     }
     blocking(svc, move |svc| {
         if let Some(n) = &d.node_id {
-            scheduler::release(&*svc.store, n, &id).map_err(ce)?;
+            scheduler::release(&*svc.store, n, &id, d.group_id.as_deref()).map_err(ce)?;
         }
         svc.store.delete(Kind::Server, &id).map_err(se)?;
         Ok(empty(StatusCode::NO_CONTENT))

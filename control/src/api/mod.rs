@@ -94,6 +94,7 @@ impl ApiError {
                     405 => "badMethod",
                     409 => "conflictingRequest",
                     413 => "overLimit",
+                    501 => "notImplemented",
                     _ => "computeFault",
                 };
                 serde_json::json!({kind: {"code": self.status.as_u16(), "message": self.message}})

@@ -169,6 +169,51 @@ pub fn list_nodes(store: &dyn Store) -> Result<Vec<(Record, NodeDoc)>, StoreErro
         .collect()
 }
 
+/// A server group: its policy and, by server id, the node each placed member is on.
+/// Members' claims update `hosts` in the same atomic batch as their allocation (see
+/// [`scheduler::claim`]), so the group filter never works from a stale picture.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ServerGroupDoc {
+    /// Display name.
+    pub name: String,
+    /// `affinity` or `anti-affinity`.
+    pub policy: scheduler::GroupPolicy,
+    /// Owner.
+    #[serde(default)]
+    pub project_id: String,
+    /// Creator.
+    #[serde(default)]
+    pub user_id: String,
+    /// Node id of each placed member, by server id.
+    #[serde(default)]
+    pub hosts: BTreeMap<String, String>,
+}
+
+impl ServerGroupDoc {
+    /// The nodes of every member but `server_id`.
+    pub fn hosts_except(&self, server_id: &str) -> Vec<String> {
+        self.hosts
+            .iter()
+            .filter(|(s, _)| s.as_str() != server_id)
+            .map(|(_, n)| n.clone())
+            .collect()
+    }
+}
+
+/// Loads a server group.
+pub fn load_group(
+    store: &dyn Store,
+    id: &str,
+) -> Result<Option<(Record, ServerGroupDoc)>, StoreError> {
+    match store.get(Kind::ServerGroup, id)? {
+        Some(r) => {
+            let d = r.parse()?;
+            Ok(Some((r, d)))
+        }
+        None => Ok(None),
+    }
+}
+
 /// What an agent reports when it registers (`PUT /v1/nodes/{id}`): its `GET /v1/node`
 /// document plus `agent_url`.
 #[derive(Debug, Clone, Deserialize)]
@@ -184,6 +229,10 @@ pub struct Registration {
     /// Availability zone (`nova` when absent).
     #[serde(default)]
     pub availability_zone: Option<String>,
+    /// CPU architecture, matched against images' `architecture` (control's own when
+    /// absent).
+    #[serde(default)]
+    pub architecture: Option<String>,
 }
 
 /// The agent's inventory shape.
@@ -209,7 +258,12 @@ pub fn register(
     for _ in 0..16 {
         let existing = load_node(store, id)?;
         let mut properties = BTreeMap::new();
-        properties.insert("architecture".to_string(), std::env::consts::ARCH.into());
+        properties.insert(
+            "architecture".to_string(),
+            reg.architecture
+                .clone()
+                .unwrap_or_else(|| std::env::consts::ARCH.into()),
+        );
         properties.insert("hypervisor_type".to_string(), "ferrostack-vmm".into());
         let doc = NodeDoc {
             hostname: if reg.hostname.is_empty() {
@@ -475,6 +529,7 @@ mod tests {
                 disk_bytes: 100 << 30,
             },
             availability_zone: None,
+            architecture: None,
         }
     }
 

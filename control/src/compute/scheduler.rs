@@ -7,13 +7,19 @@
 //! properties, has room for the flavor after overcommit, and satisfies the server group's
 //! affinity or anti-affinity. Weighers: spread (most free memory and vCPUs first) or pack
 //! (least free first).
+//!
+//! Server groups are claimed atomically too: the group's record holds the node of every
+//! placed member, and a member's claim writes its node's allocation and its entry in the
+//! group in one batch, each a compare-and-swap. Two members claimed at once (by one
+//! controller or two) cannot both pass the group filter against the same picture of the
+//! group: the second write finds a new group version and schedules again.
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::{Allocation, ComputeError, NodeDoc, Resources, list_nodes, load_node};
-use crate::store::{Store, StoreError};
+use super::{Allocation, ComputeError, NodeDoc, Resources, list_nodes, load_group, load_node};
+use crate::store::{Record, Store, StoreError, Write};
 
 /// Image properties the filter matches against node properties.
 pub const MATCHED_IMAGE_PROPERTIES: [&str; 2] = ["architecture", "hypervisor_type"];
@@ -52,8 +58,11 @@ pub struct Request {
     pub availability_zone: Option<String>,
     /// The image's properties.
     pub image_properties: BTreeMap<String, String>,
-    /// The server group's policy and the nodes its other members are on.
+    /// The server group's policy and the nodes its other members are on. [`claim`] fills
+    /// it from the group's record when `group_id` is set.
     pub group: Option<(GroupPolicy, Vec<String>)>,
+    /// The server group the server is a member of ([`super::ServerGroupDoc`]).
+    pub group_id: Option<String>,
     /// Nodes already tried for this build (reschedules).
     pub exclude: Vec<String>,
 }
@@ -187,28 +196,50 @@ pub fn rank(
     Ok(ok.into_iter().map(|(_, id)| id.to_string()).collect())
 }
 
-/// Schedules and claims: returns the node id now holding the server's allocation.
+/// Attempts of one claim before giving up. Every lost race means another claim won, so
+/// only a storm of concurrent claims on the same nodes gets near it.
+const CLAIM_ATTEMPTS: usize = 256;
+
+/// Schedules and claims: returns the node id now holding the server's allocation (and,
+/// for a group member, the group's entry for it, written in the same atomic batch).
 pub fn claim(
     store: &dyn Store,
     req: &Request,
     s: &Settings,
     now: u64,
 ) -> Result<String, ComputeError> {
-    // Every lost race means another claim succeeded, so this loop is bounded by the
-    // number of concurrent claims; cap it anyway.
-    for _ in 0..64 {
-        let nodes: Vec<(String, NodeDoc)> = list_nodes(store)?
+    for _ in 0..CLAIM_ATTEMPTS {
+        let group = match &req.group_id {
+            Some(g) => load_group(store, g)?,
+            None => None,
+        };
+        let with_group;
+        let req = match &group {
+            Some((_, g)) => {
+                let mut r = req.clone();
+                r.group = Some((g.policy, g.hosts_except(&req.server_id)));
+                with_group = r;
+                &with_group
+            }
+            None => req,
+        };
+        // The claim is a compare-and-swap against the version that was ranked: if the
+        // best node changed since (another claim landed on it), it may no longer be the
+        // best, so schedule again rather than claim it anyway.
+        let (records, nodes): (Vec<Record>, Vec<(String, NodeDoc)>) = list_nodes(store)?
             .into_iter()
-            .map(|(r, d)| (r.id, d))
-            .collect();
+            .map(|(r, d)| {
+                let id = r.id.clone();
+                (r, (id, d))
+            })
+            .unzip();
         let ranked = rank(&nodes, req, s, now).map_err(ComputeError::NoValidHost)?;
         let best = &ranked[0];
-        let Some((record, mut doc)) = load_node(store, best)? else {
+        let Some(i) = nodes.iter().position(|(id, _)| id == best) else {
             continue;
         };
-        if filter(best, &doc, req, s, now).is_some() {
-            continue;
-        }
+        let record = &records[i];
+        let mut doc = nodes[i].1.clone();
         doc.allocations.insert(
             req.server_id.clone(),
             Allocation {
@@ -216,7 +247,12 @@ pub fn claim(
                 resources: req.resources,
             },
         );
-        match store.update(record.with_doc(None, &doc)) {
+        let mut writes = vec![Write::Update(record.with_doc(None, &doc))];
+        if let Some((grec, mut g)) = group {
+            g.hosts.insert(req.server_id.clone(), best.clone());
+            writes.push(Write::Update(grec.with_doc(grec.name.as_deref(), &g)));
+        }
+        match store.apply(&writes) {
             Ok(()) => return Ok(best.clone()),
             Err(StoreError::Stale { .. }) => continue,
             Err(e) => return Err(e.into()),
@@ -225,16 +261,31 @@ pub fn claim(
     Err(ComputeError::Contended(req.server_id.clone()))
 }
 
-/// Removes a server's allocation from a node (no-op if absent).
-pub fn release(store: &dyn Store, node_id: &str, server_id: &str) -> Result<(), ComputeError> {
-    for _ in 0..64 {
-        let Some((record, mut doc)) = load_node(store, node_id)? else {
-            return Ok(());
-        };
-        if doc.allocations.remove(server_id).is_none() {
+/// Removes a server's allocation from a node and its entry from its server group, in
+/// one batch (no-op for what is already gone).
+pub fn release(
+    store: &dyn Store,
+    node_id: &str,
+    server_id: &str,
+    group_id: Option<&str>,
+) -> Result<(), ComputeError> {
+    for _ in 0..CLAIM_ATTEMPTS {
+        let mut writes = Vec::new();
+        if let Some((record, mut doc)) = load_node(store, node_id)?
+            && doc.allocations.remove(server_id).is_some()
+        {
+            writes.push(Write::Update(record.with_doc(None, &doc)));
+        }
+        if let Some(g) = group_id
+            && let Some((grec, mut gd)) = load_group(store, g)?
+            && gd.hosts.remove(server_id).is_some()
+        {
+            writes.push(Write::Update(grec.with_doc(grec.name.as_deref(), &gd)));
+        }
+        if writes.is_empty() {
             return Ok(());
         }
-        match store.update(record.with_doc(None, &doc)) {
+        match store.apply(&writes) {
             Ok(()) => return Ok(()),
             Err(StoreError::Stale { .. }) => continue,
             Err(e) => return Err(e.into()),
@@ -406,8 +457,8 @@ mod tests {
         assert_eq!(used.len(), 300);
         let (_, d) = load_node(&store, "n000").unwrap().unwrap();
         assert_eq!(d.used().vcpus, 1);
-        release(&store, "n000", "s0").unwrap();
-        release(&store, "n000", "s0").unwrap();
+        release(&store, "n000", "s0", None).unwrap();
+        release(&store, "n000", "s0", None).unwrap();
         let (_, d) = load_node(&store, "n000").unwrap().unwrap();
         assert!(d.allocations.is_empty());
     }
@@ -451,6 +502,101 @@ mod tests {
         for (_, d) in list_nodes(&*a).unwrap() {
             assert_eq!(d.used().vcpus, 4, "{d:?}");
             assert_eq!(d.allocations.len(), 4);
+        }
+    }
+
+    /// Members of one group claimed at once from two store connections (two
+    /// controllers), with the pack weigher so that every claim wants the same node: the
+    /// anti-affinity members still land on distinct nodes, the affinity ones on one node,
+    /// and the group record names exactly the node of each allocation.
+    #[test]
+    fn group_claims_are_atomic_across_connections() {
+        use crate::compute::{ServerGroupDoc, load_group};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        let a = std::sync::Arc::new(SqliteStore::open(&path).unwrap());
+        let b = std::sync::Arc::new(SqliteStore::open(&path).unwrap());
+        for i in 0..20 {
+            put(&*a, &format!("n{i:02}"), &node(32, 32768, 100));
+        }
+        for (g, policy) in [
+            ("anti", GroupPolicy::AntiAffinity),
+            ("aff", GroupPolicy::Affinity),
+        ] {
+            let doc = ServerGroupDoc {
+                name: g.into(),
+                policy,
+                project_id: "p".into(),
+                user_id: "u".into(),
+                hosts: BTreeMap::new(),
+            };
+            a.insert(Record::new(Kind::ServerGroup, g, "p", None, &doc))
+                .unwrap();
+        }
+        let pack = Settings {
+            weigher: Weigher::Pack,
+            ..S
+        };
+        let mut threads = Vec::new();
+        for t in 0..6 {
+            let store = if t % 2 == 0 { a.clone() } else { b.clone() };
+            threads.push(std::thread::spawn(move || {
+                for i in 0..3 {
+                    for g in ["anti", "aff"] {
+                        let mut r = req(1, 100);
+                        r.server_id = format!("{g}-{t}-{i}");
+                        r.group_id = Some(g.into());
+                        claim(&*store, &r, &pack, 100).unwrap();
+                    }
+                }
+            }));
+        }
+        for t in threads {
+            t.join().unwrap();
+        }
+        let nodes = list_nodes(&*a).unwrap();
+        let node_of = |server: &str| -> Vec<String> {
+            nodes
+                .iter()
+                .filter(|(_, d)| d.allocations.contains_key(server))
+                .map(|(r, _)| r.id.clone())
+                .collect()
+        };
+        let (_, anti) = load_group(&*a, "anti").unwrap().unwrap();
+        assert_eq!(anti.hosts.len(), 18);
+        let distinct: std::collections::BTreeSet<_> = anti.hosts.values().collect();
+        assert_eq!(distinct.len(), 18, "{anti:?}");
+        let (_, aff) = load_group(&*a, "aff").unwrap().unwrap();
+        assert_eq!(aff.hosts.len(), 18);
+        let distinct: std::collections::BTreeSet<_> = aff.hosts.values().collect();
+        assert_eq!(distinct.len(), 1, "{aff:?}");
+        for g in [&anti, &aff] {
+            for (server, host) in &g.hosts {
+                assert_eq!(node_of(server), vec![host.clone()]);
+            }
+        }
+        // Releasing takes the member out of its group too.
+        let (s, n) = aff.hosts.iter().next().unwrap();
+        release(&*b, n, s, Some("aff")).unwrap();
+        let (_, aff2) = load_group(&*a, "aff").unwrap().unwrap();
+        assert_eq!(aff2.hosts.len(), 17);
+        assert!(!aff2.hosts.contains_key(s));
+        let (_, nd) = load_node(&*a, n).unwrap().unwrap();
+        assert!(!nd.allocations.contains_key(s));
+        // An anti-affinity group with a member on every node has no room for one more.
+        let mut r = req(1, 100);
+        r.server_id = "one-too-many".into();
+        r.group_id = Some("anti".into());
+        for i in 0..2 {
+            let mut r = r.clone();
+            r.server_id = format!("fill-{i}");
+            claim(&*a, &r, &pack, 100).unwrap();
+        }
+        match claim(&*a, &r, &pack, 100) {
+            Err(ComputeError::NoValidHost(why)) => {
+                assert!(why.contains("ServerGroupFilter refused 20"), "{why}")
+            }
+            other => panic!("{other:?}"),
         }
     }
 }

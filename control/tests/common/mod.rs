@@ -4,6 +4,9 @@
 
 #![allow(dead_code)]
 
+pub mod pg;
+pub mod sim;
+
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -80,6 +83,11 @@ impl Cloud {
         Cloud::start_full("", "", "", Some((kind, location)))
     }
 
+    /// With extra top-level config and another store (`kind`, `location`).
+    pub fn start_with_store_and(top: &str, kind: &str, location: &str) -> Cloud {
+        Cloud::start_full(top, "", "", Some((kind, location)))
+    }
+
     fn start_full(top: &str, tokens: &str, images: &str, store: Option<(&str, &str)>) -> Cloud {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
@@ -127,6 +135,29 @@ impl Cloud {
             .unwrap();
         self.child = Some(child);
         wait_listening(self.port, "control");
+    }
+
+    /// Starts another control process on the same config (store, token keys), listening
+    /// on its own port: a second controller.
+    pub fn another_controller(&self) -> Controller {
+        let port = free_port();
+        let text = std::fs::read_to_string(self.dir.path().join("control.toml")).unwrap();
+        let text = text.replace(
+            &format!("listen = \"127.0.0.1:{}\"", self.port),
+            &format!("listen = \"127.0.0.1:{port}\""),
+        );
+        let path = self.dir.path().join(format!("control-{port}.toml"));
+        std::fs::write(&path, text).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_control"))
+            .arg("--config")
+            .arg(&path)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        wait_listening(port, "the second control");
+        Controller { child, port }
     }
 
     /// SIGKILLs control and starts it again on the same store and keys.
@@ -233,6 +264,20 @@ impl Drop for Cloud {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+}
+
+/// Another control process (see [`Cloud::another_controller`]), killed on drop.
+pub struct Controller {
+    child: Child,
+    /// Its port.
+    pub port: u16,
+}
+
+impl Drop for Controller {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 

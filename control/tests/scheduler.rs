@@ -1,0 +1,333 @@
+//! The scheduler with hundreds of simulated nodes: nodes registered and heartbeating
+//! through control's real node API, servers created through Nova's API from several
+//! client threads at once, placements received by stand-in agents (`common::sim`).
+//! Filters (down nodes, availability zone, image properties, capacity, affinity and
+//! anti-affinity groups) and weighers (spread vs pack: the distribution) are checked on
+//! where the servers end up, on the nodes' allocations and on the faults of the refused.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use common::Cloud;
+use common::sim::{self, Agents, Heartbeats, NODE_TOKEN, Node, ServerSpec, Tenant, host};
+use serde_json::Value;
+
+fn config(weigher: &str, cpu_ratio: f64, heartbeat: u64) -> String {
+    format!(
+        "[compute]\nheartbeat-interval-secs = {heartbeat}\nmissed-heartbeats = 3\n\
+         node-token = \"{NODE_TOKEN}\"\ncpu-allocation-ratio = {cpu_ratio:.1}\n\
+         ram-allocation-ratio = 1.0\ndisk-allocation-ratio = 1.0\nweigher = \"{weigher}\"\n"
+    )
+}
+
+fn node(id: &str, az: &str, arch: &str, vcpus: u64, memory_mib: u64) -> Node {
+    Node {
+        id: id.into(),
+        az: az.into(),
+        arch: arch.into(),
+        vcpus,
+        memory_mib,
+        disk_gb: 100,
+    }
+}
+
+fn specs(prefix: &str, flavor: &str, n: usize, f: impl Fn(&mut ServerSpec)) -> Vec<ServerSpec> {
+    let mut v = ServerSpec::many(prefix, flavor, n);
+    v.iter_mut().for_each(f);
+    v
+}
+
+fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+/// Every ACTIVE server was sent to exactly one node, the one it is on; refused ones to
+/// none.
+fn assert_placed_once(agents: &Agents, views: &BTreeMap<String, Value>) {
+    let p = agents.placements.lock().unwrap();
+    for (id, v) in views {
+        let sent: Vec<&String> = p
+            .received
+            .iter()
+            .filter(|(s, _)| s == id)
+            .map(|(_, n)| n)
+            .collect();
+        match v["status"].as_str().unwrap() {
+            "ACTIVE" => assert_eq!(sent, vec![host(v)], "{v}"),
+            _ => assert!(sent.is_empty(), "{v} was sent to {sent:?}"),
+        }
+    }
+}
+
+fn fault(v: &Value) -> String {
+    assert_eq!(v["status"], "ERROR", "{v}");
+    v["fault"]["message"].as_str().unwrap().to_string()
+}
+
+#[test]
+fn filters_on_300_nodes() {
+    let cloud = Cloud::start_with(&config("spread", 2.0, 5), "", "");
+    let port = cloud.port;
+    let agents = Agents::start();
+    // 20 big nodes that never heartbeat (spread would pick them first if they counted),
+    // 260 x86_64 nodes in az1/az2/az3, 20 aarch64 nodes in az2, and one node that goes
+    // down later with a server on it.
+    let mut all = Vec::new();
+    for i in 0..300 {
+        let id = format!("n{i:03}");
+        all.push(match i {
+            0..20 => node(&id, "az1", "x86_64", 64, 65536),
+            20..150 => node(&id, "az1", "x86_64", 4, 4096),
+            150..277 => node(&id, "az2", "x86_64", 4, 4096),
+            277..280 => node(&id, "az3", "x86_64", 4, 4096),
+            _ => node(&id, "az2", "aarch64", 8, 8192),
+        });
+    }
+    all.push(node("z-lost", "az-lost", "x86_64", 1, 512));
+    for n in &all {
+        sim::register(port, &agents, n);
+    }
+    let up: Vec<String> = all[20..300].iter().map(|n| n.id.clone()).collect();
+    let _beating = Heartbeats::start(port, up);
+    let lost_beating = Heartbeats::start(port, vec!["z-lost".into()]);
+    wait_for("the 20 silent nodes to go down", || {
+        let n = sim::nodes(port);
+        n.values().filter(|n| n["state"] == "down").count() == 20
+    });
+    let nodes = sim::nodes(port);
+    assert_eq!(nodes.len(), 301);
+    for i in 0..20 {
+        assert_eq!(nodes[&format!("n{i:03}")]["state"], "down");
+    }
+
+    let t = Tenant::setup(
+        &cloud,
+        &["", "aarch64", "sparc"],
+        &[
+            ("small", 1, 512, 1),
+            ("fill", 1, 1024, 1),
+            ("huge", 16, 16384, 1),
+        ],
+    );
+    let aff = t.group(port, "aff", "affinity");
+    let anti = t.group(port, "anti", "anti-affinity");
+    let anti3 = t.group(port, "anti3", "anti-affinity");
+    let mut batch = Vec::new();
+    batch.extend(specs("az2", "small", 40, |s| s.az = Some("az2".into())));
+    batch.extend(specs("arm", "small", 10, |s| s.arch = "aarch64".into()));
+    batch.extend(specs("sparc", "small", 1, |s| s.arch = "sparc".into()));
+    batch.extend(specs("aff", "small", 6, |s| s.group = Some(aff.clone())));
+    batch.extend(specs("anti", "small", 30, |s| s.group = Some(anti.clone())));
+    batch.extend(specs("anti3", "small", 4, |s| {
+        s.group = Some(anti3.clone());
+        s.az = Some("az3".into());
+    }));
+    batch.extend(specs("huge", "huge", 1, |_| {}));
+    batch.extend(specs("lost", "small", 1, |s| s.az = Some("az-lost".into())));
+    let ids = t.create_many(&[port], &batch, 8);
+    let views = t.settle(port, &ids);
+    let by_prefix = |p: &str| -> Vec<&Value> {
+        ids.iter()
+            .zip(&batch)
+            .filter(|(_, s)| s.name.rsplit_once('-').unwrap().0 == p)
+            .map(|(id, _)| &views[id])
+            .collect()
+    };
+    let nodes = sim::nodes(port);
+    let az_of = |v: &Value| nodes[host(v)]["availability_zone"].as_str().unwrap();
+
+    // Availability zone, spread over distinct nodes.
+    let az2 = by_prefix("az2");
+    assert!(az2.iter().all(|v| v["status"] == "ACTIVE"), "{az2:?}");
+    assert!(az2.iter().all(|v| az_of(v) == "az2"));
+    assert!(
+        az2.iter()
+            .all(|v| v["OS-EXT-AZ:availability_zone"] == "az2")
+    );
+    let hosts: BTreeSet<&str> = az2.iter().map(|v| host(v)).collect();
+    assert_eq!(hosts.len(), 40);
+    // Image properties: aarch64 images only on aarch64 nodes; no node is sparc.
+    for v in by_prefix("arm") {
+        assert_eq!(v["status"], "ACTIVE", "{v}");
+        let n: u32 = host(v)[1..].parse().unwrap();
+        assert!((280..300).contains(&n), "{v}");
+    }
+    let f = fault(by_prefix("sparc")[0]);
+    assert!(f.contains("No valid host was found"), "{f}");
+    assert!(f.contains("ComputeFilter refused 20"), "{f}");
+    assert!(f.contains("ImagePropertiesFilter refused 281"), "{f}");
+    // Affinity: one node; anti-affinity: as many nodes as members.
+    let aff_hosts: BTreeSet<&str> = by_prefix("aff").iter().map(|v| host(v)).collect();
+    assert_eq!(aff_hosts.len(), 1, "{aff_hosts:?}");
+    assert!(by_prefix("aff").iter().all(|v| v["status"] == "ACTIVE"));
+    let anti_hosts: BTreeSet<&str> = by_prefix("anti").iter().map(|v| host(v)).collect();
+    assert_eq!(anti_hosts.len(), 30);
+    // Anti-affinity in a zone of 3 nodes: 3 members fit, the 4th is refused.
+    let anti3v = by_prefix("anti3");
+    let placed: BTreeSet<&str> = anti3v
+        .iter()
+        .filter(|v| v["status"] == "ACTIVE")
+        .map(|v| host(v))
+        .collect();
+    assert_eq!(placed, BTreeSet::from(["n277", "n278", "n279"]));
+    let refused: Vec<String> = anti3v
+        .iter()
+        .filter(|v| v["status"] != "ACTIVE")
+        .map(|v| fault(v))
+        .collect();
+    assert_eq!(refused.len(), 1);
+    assert!(
+        refused[0].contains("ServerGroupFilter refused 3"),
+        "{refused:?}"
+    );
+    // Too big for every node that is up (only the down ones would hold it).
+    let f = fault(by_prefix("huge")[0]);
+    assert!(f.contains("ComputeFilter refused 20"), "{f}");
+    assert!(f.contains("ResourceFilter refused 281"), "{f}");
+    // Down nodes got nothing.
+    for i in 0..20 {
+        assert_eq!(nodes[&format!("n{i:03}")]["servers"], 0);
+    }
+    assert!(
+        views
+            .values()
+            .all(|v| !host(v).starts_with("n00") && !host(v).starts_with("n01"))
+    );
+    assert_placed_once(&agents, &views);
+
+    // Capacity: az3's nodes each hold a 512 MiB member; 1024 MiB servers fill the rest
+    // (3 per node), the next ones are refused for capacity.
+    let fill = specs("fill", "fill", 12, |s| s.az = Some("az3".into()));
+    let fill_ids = t.create_many(&[port], &fill, 4);
+    let fill_views = t.settle(port, &fill_ids);
+    let active = fill_views
+        .values()
+        .filter(|v| v["status"] == "ACTIVE")
+        .count();
+    assert_eq!(active, 9);
+    for v in fill_views.values().filter(|v| v["status"] != "ACTIVE") {
+        let f = fault(v);
+        assert!(f.contains("ResourceFilter refused 3"), "{f}");
+    }
+    let nodes = sim::nodes(port);
+    sim::assert_within_capacity(&nodes);
+    for n in ["n277", "n278", "n279"] {
+        assert_eq!(
+            nodes[n]["used"]["memory_mib"],
+            512 + 3 * 1024,
+            "{}",
+            nodes[n]
+        );
+        assert_eq!(nodes[n]["servers"], 4);
+    }
+    assert_placed_once(&agents, &fill_views);
+    // A node that stops heartbeating: its server keeps its last status and shows
+    // host_status UNKNOWN, as Nova shows servers of a compute service that stopped
+    // reporting; servers on live nodes show UP, refused ones (no host) "".
+    let lost_id = ids[batch.iter().position(|s| s.name == "lost-0").unwrap()].clone();
+    assert_eq!(host(&views[&lost_id]), "z-lost");
+    assert_eq!(views[&lost_id]["host_status"], "UP");
+    drop(lost_beating);
+    wait_for("z-lost to go down", || {
+        sim::nodes(port)["z-lost"]["state"] == "down"
+    });
+    let r = sim::json_req(
+        port,
+        "GET",
+        &format!("/compute/v2.1/servers/{lost_id}"),
+        &t.token,
+        &Value::Null,
+    );
+    let v = &r.json()["server"];
+    assert_eq!(v["status"], "ACTIVE", "{v}");
+    assert_eq!(v["OS-EXT-STS:vm_state"], "active", "{v}");
+    assert_eq!(v["host_status"], "UNKNOWN", "{v}");
+    let views = t.settle(port, &ids);
+    for v in views.values() {
+        let want = match (host(v), v["status"].as_str().unwrap()) {
+            ("z-lost", _) => "UNKNOWN",
+            (_, "ACTIVE") => "UP",
+            _ => "",
+        };
+        assert_eq!(v["host_status"], want, "{v}");
+    }
+
+    // The stock CLI: `hypervisor show` by name, `server show` of the stranded server.
+    if common::have_cli() {
+        let admin = cloud.admin();
+        let hv = common::ok_json(&admin, &["hypervisor", "show", "n150"]);
+        assert_eq!(hv["hypervisor_hostname"], "n150", "{hv}");
+        assert_eq!(hv["state"], "up", "{hv}");
+        assert_eq!(hv["vcpus"], 4, "{hv}");
+        assert_eq!(hv["memory_mb"], 4096, "{hv}");
+        assert_eq!(hv["aggregates"], serde_json::json!([]), "{hv}");
+        let hv = common::ok_json(&admin, &["hypervisor", "show", "z-lost"]);
+        assert_eq!(hv["state"], "down", "{hv}");
+        assert_eq!(hv["running_vms"], 1, "{hv}");
+        let missing = common::fails(&admin, &["hypervisor", "show", "no-such-node"]);
+        assert!(
+            missing.contains("No hypervisor with a name or ID"),
+            "{missing}"
+        );
+        let shown = common::ok_json(&admin, &["server", "show", &lost_id]);
+        assert_eq!(shown["status"], "ACTIVE", "{shown}");
+        assert_eq!(shown["host_status"], "UNKNOWN", "{shown}");
+    }
+}
+
+/// Places 200 one-vCPU servers on 200 nodes of 4 vCPUs (no overcommit) with `weigher`;
+/// returns the number of servers on each node, by node id.
+fn distribution(weigher: &str) -> BTreeMap<String, u64> {
+    let cloud = Cloud::start_with(&config(weigher, 1.0, 60), "", "");
+    let agents = Agents::start();
+    for i in 0..200 {
+        sim::register(
+            cloud.port,
+            &agents,
+            &node(&format!("n{i:03}"), "nova", "x86_64", 4, 4096),
+        );
+    }
+    let t = Tenant::setup(&cloud, &[""], &[("one", 1, 1024, 1)]);
+    let ids = t.create_many(&[cloud.port], &ServerSpec::many("s", "one", 200), 8);
+    let views = t.settle(cloud.port, &ids);
+    assert!(
+        views.values().all(|v| v["status"] == "ACTIVE"),
+        "{:?}",
+        views.values().find(|v| v["status"] != "ACTIVE")
+    );
+    assert_placed_once(&agents, &views);
+    let nodes = sim::nodes(cloud.port);
+    sim::assert_within_capacity(&nodes);
+    nodes
+        .iter()
+        .map(|(id, n)| (id.clone(), n["servers"].as_u64().unwrap()))
+        .collect()
+}
+
+#[test]
+fn spread_puts_one_server_on_each_of_200_nodes() {
+    let d = distribution("spread");
+    assert_eq!(d.len(), 200);
+    assert!(d.values().all(|&n| n == 1), "{d:?}");
+}
+
+#[test]
+fn pack_fills_50_of_200_nodes() {
+    let d = distribution("pack");
+    let full: Vec<&String> = d
+        .iter()
+        .filter(|(_, n)| **n == 4)
+        .map(|(id, _)| id)
+        .collect();
+    let empty = d.values().filter(|&&n| n == 0).count();
+    assert_eq!((full.len(), empty), (50, 150), "{d:?}");
+    // Ties break by node id, so packing fills the first 50 nodes.
+    let first: Vec<String> = (0..50).map(|i| format!("n{i:03}")).collect();
+    assert_eq!(full, first.iter().collect::<Vec<_>>());
+}
