@@ -100,6 +100,7 @@ fn a_placement_becomes_a_running_vm_and_everything_is_released_on_delete() {
             "images",
             "volume",
             "ports",
+            "config_drive",
             "vmm_start",
             "vmm_boot",
             "total"
