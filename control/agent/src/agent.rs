@@ -389,6 +389,11 @@ impl Agent {
         self.server_dir(id).join("console.log")
     }
 
+    /// The server's config drive image.
+    pub fn config_drive_path(&self, id: &str) -> PathBuf {
+        self.server_dir(id).join(crate::configdrive::FILE_NAME)
+    }
+
     /// The server's VMM API socket.
     pub fn vmm_socket(&self, id: &str) -> PathBuf {
         self.server_dir(id).join("vmm.sock")
@@ -522,7 +527,7 @@ impl Agent {
         }
         lap("ports", &mut steps);
         let built = self.get(id).map_err(|_| StepError::Gone(id.into()))?;
-        let _ = std::fs::remove_file(self.server_dir(id).join(crate::configdrive::FILE_NAME));
+        let _ = std::fs::remove_file(self.config_drive_path(id));
         self.config_drive(&built)?;
         lap("config_drive", &mut steps);
         let cmdline = self.cmdline(&placement);
@@ -826,9 +831,7 @@ impl Agent {
     /// The server's config drive as a read-only VMM drive; the image is built into the
     /// server's directory when missing.
     fn config_drive(&self, s: &Server) -> Result<vmm::FileDrive, StepError> {
-        let path = self
-            .server_dir(&s.placement.id)
-            .join(crate::configdrive::FILE_NAME);
+        let path = self.config_drive_path(&s.placement.id);
         if !path.exists() {
             let dir = self.server_dir(&s.placement.id);
             std::fs::create_dir_all(&dir).map_err(|e| StepError::Dir(dir.clone(), e))?;
