@@ -18,7 +18,8 @@ use serde_json::{Value, json};
 use support::{AgentProc, Node, fnv1a, http, kill9, running};
 use tests::netns::{Netns, ip};
 
-const KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAgentE2eTestKeyNotSecret agent@e2e";
+const KEY: &str =
+    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGZlcnJvc3RhY2stYWdlbnQtZTJlLWtleS0wMDAwMSEh agent@e2e";
 const USER_DATA: &[u8] = b"#!/bin/sh\n# ferrostack-user-data agent-e2e\nexit 0\n";
 
 fn privileged() -> bool {
