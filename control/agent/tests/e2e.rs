@@ -144,6 +144,35 @@ fn a_placement_becomes_a_running_vm_and_everything_is_released_on_delete() {
     );
     let config_drive = PathBuf::from(srv["config_drive"].as_str().unwrap());
     assert!(config_drive.starts_with(&state_dir), "{srv}");
+    // Its network data names the port the agent plugged: MAC, fixed IP, gateway.
+    let fs = fatfs::FileSystem::new(
+        std::fs::File::open(&config_drive).unwrap(),
+        fatfs::FsOptions::new(),
+    )
+    .unwrap();
+    let read = |path: &str| {
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut fs.root_dir().open_file(path).unwrap(), &mut bytes)
+            .unwrap();
+        serde_json::from_slice::<Value>(&bytes).unwrap()
+    };
+    let meta = read("openstack/latest/meta_data.json");
+    assert_eq!(
+        (&meta["uuid"], &meta["hostname"], &meta["meta"]["role"]),
+        (&json!(id), &json!("e2e"), &json!("e2e")),
+        "{meta}"
+    );
+    let net = read("openstack/latest/network_data.json");
+    assert_eq!(
+        net["links"][0]["ethernet_mac_address"], srv["ports"][0]["mac_address"],
+        "{net}"
+    );
+    assert_eq!(net["networks"][0]["ip_address"], "10.9.0.10", "{net}");
+    assert_eq!(
+        net["networks"][0]["routes"][0]["gateway"], "10.9.0.1",
+        "{net}"
+    );
+    drop(fs);
     // The console file the agent exposes is the same text.
     let on_disk = std::fs::read_to_string(srv["console_log"].as_str().unwrap()).unwrap();
     assert!(on_disk.contains(&expected));
