@@ -762,6 +762,11 @@ impl Agent {
         let first = port.fixed_ips.first();
         let subnet = first.and_then(|f| subnets.iter().find(|s| s.id == f.subnet_id));
         let tap_name = port.tap_name();
+        // For the config drive's network data; a port works without it.
+        let mtu = match self.netdp.network(&port.network_id).await {
+            Ok(n) => n.map(|n| n.mtu),
+            Err(_) => None,
+        };
         let mut res = PortResource {
             id: port.id.clone(),
             network_id: port.network_id.clone(),
@@ -774,6 +779,7 @@ impl Agent {
             dns_nameservers: subnet
                 .map(|s| s.dns_nameservers.clone())
                 .unwrap_or_default(),
+            mtu,
             created,
         };
         self.update(&p.id, |s| s.resources.ports.push(res.clone()))?;
@@ -1270,6 +1276,7 @@ impl Agent {
                     prefix_len: None,
                     gateway_ip: None,
                     dns_nameservers: Vec::new(),
+                    mtu: None,
                     created: true,
                 };
                 self.update(&id, |s| s.resources.ports.push(res))?;

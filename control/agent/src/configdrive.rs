@@ -2,9 +2,9 @@
 //! every server, since it has no metadata service. A FAT filesystem labelled `config-2`
 //! holds, for each version directory (`openstack/2018-08-27/` and `openstack/latest/`):
 //! `meta_data.json` (uuid, name, hostname, project, availability zone, keys, user
-//! metadata, launch index, a random seed), `network_data.json` (links, networks and DNS
-//! services from the server's ports), `vendor_data.json`, `vendor_data2.json` and, when
-//! given, `user_data` (the decoded bytes).
+//! metadata, launch index, a random seed), `network_data.json` (links with MAC and MTU,
+//! networks and DNS services from the server's ports), `vendor_data.json`,
+//! `vendor_data2.json` and, when given, `user_data` (the decoded bytes).
 //!
 //! [`contents`] lays out the files, [`image`] formats them into a volume in memory (the
 //! `fatfs` crate: no external mkfs), [`build`] writes it durably (temporary file, fsync,
@@ -75,7 +75,7 @@ pub fn meta_data(s: &Server, random_seed: &[u8]) -> Value {
     v
 }
 
-/// `network_data.json` for the server's ports: one link per port (its tap, MAC), one
+/// `network_data.json` for the server's ports: one link per port (its tap, MAC, MTU), one
 /// network per link (static IPv4 with the gateway as default route, or DHCP when the
 /// port has no fixed IP) and the DNS servers as services.
 pub fn network_data(ports: &[PortResource]) -> Value {
@@ -85,7 +85,7 @@ pub fn network_data(ports: &[PortResource]) -> Value {
     for (i, port) in ports.iter().enumerate() {
         links.push(json!({
             "id": port.tap, "vif_id": port.id, "type": "tap",
-            "ethernet_mac_address": port.mac_address, "mtu": null,
+            "ethernet_mac_address": port.mac_address, "mtu": port.mtu,
         }));
         let services: Vec<Value> = port
             .dns_nameservers
@@ -255,6 +255,7 @@ mod tests {
                 prefix_len: Some(24),
                 gateway_ip: Some(Ipv4Addr::new(10, 9, 0, 1)),
                 dns_nameservers: vec![Ipv4Addr::new(10, 9, 0, 2), Ipv4Addr::new(9, 9, 9, 9)],
+                mtu: Some(1450),
                 created: true,
             },
             PortResource {
@@ -267,6 +268,7 @@ mod tests {
                 prefix_len: None,
                 gateway_ip: None,
                 dns_nameservers: vec![Ipv4Addr::new(9, 9, 9, 9)],
+                mtu: None,
                 created: true,
             },
         ];
@@ -372,7 +374,7 @@ mod tests {
             net["links"],
             json!([
                 {"id": "tapport-a", "vif_id": "port-a", "type": "tap",
-                 "ethernet_mac_address": "fa:16:3e:00:00:01", "mtu": null},
+                 "ethernet_mac_address": "fa:16:3e:00:00:01", "mtu": 1450},
                 {"id": "tapport-b", "vif_id": "port-b", "type": "tap",
                  "ethernet_mac_address": "fa:16:3e:00:00:02", "mtu": null},
             ])

@@ -541,6 +541,9 @@ pub struct PortResource {
     /// The subnet's DNS servers.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub dns_nameservers: Vec<Ipv4Addr>,
+    /// The network's MTU.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtu: Option<u32>,
     /// Whether the agent created the port (and deletes it).
     pub created: bool,
 }

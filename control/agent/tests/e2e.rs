@@ -168,6 +168,10 @@ fn a_placement_becomes_a_running_vm_and_everything_is_released_on_delete() {
         "{net}"
     );
     assert_eq!(net["networks"][0]["ip_address"], "10.9.0.10", "{net}");
+    assert!(
+        net["links"][0]["mtu"].as_u64().is_some_and(|m| m >= 576),
+        "{net}"
+    );
     assert_eq!(
         net["networks"][0]["routes"][0]["gateway"], "10.9.0.1",
         "{net}"
