@@ -3,7 +3,9 @@
 //! node namespace joined to the host by a veth pair (control calls the agent and the agent
 //! heartbeats and fetches images over it). The vmm kit's `server` guest is uploaded as a
 //! kernel image, a 256 KiB disk image names it by `kernel_id`; `server create --network
-//! --wait` boots it; its console shows the disk's checksum; stop, start and delete.
+//! --wait --key-name --property --user-data` boots it; its console shows the disk's
+//! checksum, and the key and user data it read from its config drive; stop, start and
+//! delete.
 
 mod common;
 
@@ -15,6 +17,7 @@ use common::{ADMIN_PASSWORD, fails, free_port, ok, ok_json};
 use serde_json::Value;
 
 const NODE_TOKEN: &str = "e2e-node-token";
+const KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGZlcnJvc3RhY2stY29udHJvbC1lMmUta2V5LTAwMDEh e2e@ferrostack";
 
 fn privileged() -> bool {
     caps::require_all(&[
@@ -382,6 +385,24 @@ fn openstack_cli_boots_a_guest_on_a_one_node_cloud() {
         ],
     );
 
+    // A keypair, user data and properties: the guest reads them from its config drive.
+    std::fs::write(d.join("key.pub"), format!("{KEY}\n")).unwrap();
+    ok(
+        &env,
+        &[
+            "keypair",
+            "create",
+            "--public-key",
+            d.join("key.pub").to_str().unwrap(),
+            "e2e-key",
+        ],
+    );
+    std::fs::write(
+        d.join("user-data"),
+        "#!/bin/sh\n# ferrostack-user-data control-e2e\nexit 0\n",
+    )
+    .unwrap();
+
     let created = ok_json(
         &env,
         &[
@@ -393,6 +414,12 @@ fn openstack_cli_boots_a_guest_on_a_one_node_cloud() {
             "m1.tiny",
             "--network",
             "blue",
+            "--key-name",
+            "e2e-key",
+            "--property",
+            "role=e2e",
+            "--user-data",
+            d.join("user-data").to_str().unwrap(),
             "--wait",
             "vm1",
         ],
@@ -420,6 +447,22 @@ fn openstack_cli_boots_a_guest_on_a_one_node_cloud() {
     let expected = format!("disk_fnv={:016x}", fnv1a(&first_mib));
     let console = wait_console(&env, "vm1", &expected, 1);
     assert!(console.contains("disk_read_sectors=2048"), "{console}");
+    // ... and found its config drive with the key and the user data on it.
+    let console = wait_console(&env, "vm1", "config_user_data=", 1);
+    assert!(
+        console.contains("config_drive_label=config-2\n"),
+        "{console}"
+    );
+    assert!(
+        console.contains(&format!("config_key={KEY}\n")),
+        "{console}"
+    );
+    assert!(
+        console.contains("config_user_data=# ferrostack-user-data control-e2e\n"),
+        "{console}"
+    );
+    assert_eq!(shown["key_name"], "e2e-key", "{shown}");
+    assert_eq!(shown["config_drive"], "True", "{shown}");
 
     ok(&env, &["server", "stop", "vm1"]);
     let stopped = wait_status(&env, "vm1", "SHUTOFF");

@@ -111,6 +111,7 @@ fn main() {
         "images",
         "volume",
         "ports",
+        "config_drive",
         "vmm_start",
         "vmm_boot",
         "total",

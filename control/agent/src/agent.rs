@@ -164,6 +164,9 @@ pub enum StepError {
     /// The state could not be saved.
     #[error("save the agent state")]
     Store(#[source] StoreError),
+    /// The config drive could not be built.
+    #[error("config drive")]
+    ConfigDrive(#[source] crate::configdrive::ConfigDriveError),
     /// The server was deleted meanwhile.
     #[error("server {0} is gone")]
     Gone(String),
@@ -288,6 +291,14 @@ impl Agent {
             counters: Mutex::new(Counters::default()),
         };
         agent.adopt()?;
+        for s in agent.list() {
+            // A built server's config drive, rebuilt if it went missing while we were away.
+            if s.resources.cmdline.is_some()
+                && let Err(e) = agent.config_drive(&s)
+            {
+                tracing::warn!(server = %s.placement.id, error = %error_chain(&e), "cannot rebuild the config drive");
+            }
+        }
         Ok(Arc::new(agent))
     }
 
@@ -376,6 +387,11 @@ impl Agent {
     /// The server's console log.
     pub fn console_path(&self, id: &str) -> PathBuf {
         self.server_dir(id).join("console.log")
+    }
+
+    /// The server's config drive image.
+    pub fn config_drive_path(&self, id: &str) -> PathBuf {
+        self.server_dir(id).join(crate::configdrive::FILE_NAME)
     }
 
     /// The server's VMM API socket.
@@ -510,6 +526,10 @@ impl Agent {
             self.build_port(&placement, i, spec).await?;
         }
         lap("ports", &mut steps);
+        let built = self.get(id).map_err(|_| StepError::Gone(id.into()))?;
+        let _ = std::fs::remove_file(self.config_drive_path(id));
+        self.config_drive(&built)?;
+        lap("config_drive", &mut steps);
         let cmdline = self.cmdline(&placement);
         self.update(id, |s| s.resources.cmdline = Some(cmdline))?;
         let (start, boot) = self.boot(id).await?;
@@ -742,6 +762,11 @@ impl Agent {
         let first = port.fixed_ips.first();
         let subnet = first.and_then(|f| subnets.iter().find(|s| s.id == f.subnet_id));
         let tap_name = port.tap_name();
+        // For the config drive's network data; a port works without it.
+        let mtu = match self.netdp.network(&port.network_id).await {
+            Ok(n) => n.map(|n| n.mtu),
+            Err(_) => None,
+        };
         let mut res = PortResource {
             id: port.id.clone(),
             network_id: port.network_id.clone(),
@@ -751,6 +776,10 @@ impl Agent {
             ip_address: first.and_then(|f| f.ip_address),
             prefix_len: subnet.and_then(|s| parse_cidr(&s.cidr)).map(|c| c.1),
             gateway_ip: subnet.and_then(|s| s.gateway_ip),
+            dns_nameservers: subnet
+                .map(|s| s.dns_nameservers.clone())
+                .unwrap_or_default(),
+            mtu,
             created,
         };
         self.update(&p.id, |s| s.resources.ports.push(res.clone()))?;
@@ -805,6 +834,23 @@ impl Agent {
         c
     }
 
+    /// The server's config drive as a read-only VMM drive; the image is built into the
+    /// server's directory when missing.
+    fn config_drive(&self, s: &Server) -> Result<vmm::FileDrive, StepError> {
+        let path = self.config_drive_path(&s.placement.id);
+        if !path.exists() {
+            let dir = self.server_dir(&s.placement.id);
+            std::fs::create_dir_all(&dir).map_err(|e| StepError::Dir(dir.clone(), e))?;
+            crate::configdrive::build(s, &path).map_err(StepError::ConfigDrive)?;
+        }
+        Ok(vmm::FileDrive {
+            drive_id: crate::configdrive::DRIVE_ID.into(),
+            is_root_device: false,
+            path_on_host: path.display().to_string(),
+            is_read_only: true,
+        })
+    }
+
     /// Starts the server's VMM under a shim and configures it through its API; returns how
     /// long the process took to serve its API, and the configuration and start.
     async fn boot(&self, id: &str) -> Result<(Duration, Duration), StepError> {
@@ -812,6 +858,7 @@ impl Agent {
         let s = self.get(id).map_err(|_| StepError::Gone(id.into()))?;
         let dir = self.server_dir(id);
         std::fs::create_dir_all(&dir).map_err(|e| StepError::Dir(dir.clone(), e))?;
+        let config_drive = self.config_drive(&s)?;
         let files = ShimFiles::in_dir(&dir);
         let sock = self.vmm_socket(id);
         let _ = std::fs::remove_file(&sock);
@@ -877,6 +924,7 @@ impl Agent {
 
         let api_ready = spawned.elapsed();
         let configuring = Instant::now();
+
         let vm = Vmm(Client::unix(&sock, Duration::from_secs(30)));
         let r = &s.resources;
         let configure = async {
@@ -903,6 +951,9 @@ impl Agent {
                 .await
                 .map_err(v("PUT /drives/rootfs"))?;
             }
+            vm.file_drive(&config_drive)
+                .await
+                .map_err(v("PUT /drives/config-drive"))?;
             for (i, port) in r.ports.iter().enumerate() {
                 vm.network_interface(&vmm::NetworkInterface {
                     iface_id: format!("eth{i}"),
@@ -1224,6 +1275,8 @@ impl Agent {
                     ip_address: None,
                     prefix_len: None,
                     gateway_ip: None,
+                    dns_nameservers: Vec::new(),
+                    mtu: None,
                     created: true,
                 };
                 self.update(&id, |s| s.resources.ports.push(res))?;

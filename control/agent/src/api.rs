@@ -103,6 +103,7 @@ pub fn server_view(agent: &Agent, s: &Server) -> Value {
             "api_socket": agent.vmm_socket(&p.id),
         })),
         "console_log": agent.console_path(&p.id),
+        "config_drive": r.cmdline.as_ref().map(|_| agent.config_drive_path(&p.id)),
         "build_steps": s.build_steps,
         "placement": p,
     })

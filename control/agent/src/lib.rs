@@ -8,6 +8,8 @@
 //!   over vhost-user-blk, netdp ports and their taps, a `vmm` configured through its API),
 //!   runs actions (stop, start, reboot, pause, unpause), deletes (releases everything), and
 //!   supervises VMMs (an exit makes the server SHUTOFF or ERROR).
+//! - [`configdrive`]: each server's config drive (a FAT image labelled `config-2` with
+//!   its metadata, keys, user data and network data), attached read-only.
 //! - [`process`]: VMMs run under a small shim in their own process group, so they outlive
 //!   the agent; pid and start time identify them again after an agent restart, and the shim
 //!   records how each one ended.
@@ -30,6 +32,7 @@ pub mod api;
 pub mod client;
 pub mod clients;
 pub mod config;
+pub mod configdrive;
 pub mod control;
 pub mod fetch;
 pub mod http;

@@ -3,6 +3,7 @@
 //! running it). Requests refuse unknown fields; [`Placement::validate`] runs before any side
 //! effect.
 
+use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
@@ -176,6 +177,156 @@ pub struct Placement {
     /// Network ports, in guest order (eth0 first).
     #[serde(default)]
     pub ports: Vec<PortSpec>,
+    /// What the guest reads from its config drive (keys, user data, properties).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<InstanceMetadata>,
+}
+
+/// Nova's limit on `user_data`: 65535 bytes of base64.
+pub const MAX_USER_DATA: usize = 65535;
+/// Nova's default `metadata_items` quota.
+pub const MAX_PROPERTIES: usize = 128;
+/// The longest public key accepted.
+pub const MAX_PUBLIC_KEY: usize = 16 * 1024;
+
+/// The server's metadata, written to its config drive (`openstack/latest/meta_data.json`,
+/// `user_data`); the uuid, name and project are the placement's own fields.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InstanceMetadata {
+    /// The guest's host name (derived from the name when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+    /// The availability zone the server was placed in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub availability_zone: Option<String>,
+    /// The keypair's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_name: Option<String>,
+    /// The keypair's public key (`ssh-ed25519 AAAA... comment`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_key: Option<String>,
+    /// User metadata (`server create --property k=v`): Nova's `meta`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub properties: BTreeMap<String, String>,
+    /// User data, base64 as in Nova's request (at most [`MAX_USER_DATA`] bytes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_data: Option<String>,
+    /// The server's index in a multi-create request.
+    #[serde(default)]
+    pub launch_index: u32,
+}
+
+impl InstanceMetadata {
+    /// The user data's bytes (base64 checked by [`Placement::validate`]).
+    pub fn user_data_bytes(&self) -> Result<Option<Vec<u8>>, base64::DecodeError> {
+        use base64::Engine;
+        self.user_data
+            .as_deref()
+            .map(|u| {
+                let compact: String = u.chars().filter(|c| !c.is_ascii_whitespace()).collect();
+                base64::engine::general_purpose::STANDARD.decode(compact)
+            })
+            .transpose()
+    }
+
+    fn validate(&self) -> Result<(), PlacementError> {
+        let f = |name: &str| format!("metadata.{name}");
+        if let Some(h) = &self.hostname
+            && !valid_hostname(h)
+        {
+            return Err(invalid(
+                f("hostname"),
+                "must be 1 to 63 characters of [a-z0-9-], not starting or ending with '-'",
+            ));
+        }
+        for (name, v) in [
+            ("availability_zone", &self.availability_zone),
+            ("key_name", &self.key_name),
+        ] {
+            if v.as_deref()
+                .is_some_and(|v| v.is_empty() || v.len() > 255 || v.chars().any(char::is_control))
+            {
+                return Err(invalid(f(name), "must be 1 to 255 printable characters"));
+            }
+        }
+        if let Some(k) = &self.public_key
+            && (k.is_empty()
+                || k.len() > MAX_PUBLIC_KEY
+                || k.bytes().any(|b| !(0x20..0x7f).contains(&b) && b != b'\n'))
+        {
+            return Err(invalid(
+                f("public_key"),
+                format!("must be 1 to {MAX_PUBLIC_KEY} printable ASCII characters"),
+            ));
+        }
+        if self.properties.len() > MAX_PROPERTIES {
+            return Err(invalid(
+                f("properties"),
+                format!("at most {MAX_PROPERTIES} items"),
+            ));
+        }
+        if self
+            .properties
+            .iter()
+            .any(|(k, v)| k.is_empty() || k.len() > 255 || v.len() > 255)
+        {
+            return Err(invalid(
+                f("properties"),
+                "keys must be 1 to 255 bytes and values at most 255",
+            ));
+        }
+        if self
+            .user_data
+            .as_ref()
+            .is_some_and(|u| u.len() > MAX_USER_DATA)
+        {
+            return Err(invalid(
+                f("user_data"),
+                format!("at most {MAX_USER_DATA} bytes of base64"),
+            ));
+        }
+        if let Err(e) = self.user_data_bytes() {
+            return Err(invalid(f("user_data"), format!("not base64: {e}")));
+        }
+        Ok(())
+    }
+}
+
+/// Whether `h` is a host name as Nova makes them: 1 to 63 of `[a-z0-9-]`, no '-' at
+/// either end.
+pub fn valid_hostname(h: &str) -> bool {
+    !h.is_empty()
+        && h.len() <= 63
+        && !h.starts_with('-')
+        && !h.ends_with('-')
+        && h.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
+/// Nova's host name for a display name: lowercased, each run of other characters made one
+/// '-', trimmed of '-', at most 63 characters; `server-<id>` when nothing is left.
+pub fn hostname_for(name: &str, id: &str) -> String {
+    let mut out = String::new();
+    for c in name.chars() {
+        let c = c.to_ascii_lowercase();
+        if c.is_ascii_lowercase() || c.is_ascii_digit() {
+            out.push(c);
+        } else if !out.ends_with('-') {
+            out.push('-');
+        }
+    }
+    let mut h = out.trim_matches('-').to_string();
+    h.truncate(63);
+    let h = h.trim_end_matches('-').to_string();
+    if h.is_empty() {
+        let mut fallback = format!("server-{}", id.to_ascii_lowercase());
+        fallback.retain(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+        fallback.truncate(63);
+        fallback.trim_end_matches('-').to_string()
+    } else {
+        h
+    }
 }
 
 /// Whether `s` is a usable id: 1 to 64 of `[A-Za-z0-9_-]` (also safe in paths).
@@ -304,6 +455,9 @@ impl Placement {
                 return Err(invalid(f("security_groups"), "not a list of ids"));
             }
         }
+        if let Some(m) = &self.metadata {
+            m.validate()?;
+        }
         Ok(())
     }
 }
@@ -384,6 +538,12 @@ pub struct PortResource {
     /// The subnet's gateway.
     #[serde(default)]
     pub gateway_ip: Option<Ipv4Addr>,
+    /// The subnet's DNS servers.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dns_nameservers: Vec<Ipv4Addr>,
+    /// The network's MTU.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtu: Option<u32>,
     /// Whether the agent created the port (and deletes it).
     pub created: bool,
 }
@@ -465,7 +625,7 @@ pub struct Server {
 /// The duration of one build step.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StepTime {
-    /// `images`, `volume`, `ports`, `vmm_start` (process to API socket), `vmm_boot`
+    /// `images`, `volume`, `ports`, `config_drive`, `vmm_start` (process to API socket), `vmm_boot`
     /// (configuration and InstanceStart), `total`.
     pub step: String,
     /// Seconds.
@@ -570,5 +730,58 @@ mod tests {
         let mut v = placement();
         v["surprise"] = 1.into();
         assert!(check(v).unwrap_err().contains("unknown field"));
+    }
+
+    #[test]
+    fn metadata_is_checked_field_by_field() {
+        let good = serde_json::json!({
+            "availability_zone": "nova", "key_name": "k1",
+            "public_key": "ssh-ed25519 AAAA test@host\n",
+            "properties": {"role": "web"}, "user_data": "I2Nsb3VkLWNvbmZpZwo=",
+            "launch_index": 0,
+        });
+        let mut v = placement();
+        v["metadata"] = good.clone();
+        check(v.clone()).unwrap();
+        let p: Placement = serde_json::from_value(v).unwrap();
+        let m = p.metadata.unwrap();
+        assert_eq!(m.user_data_bytes().unwrap().unwrap(), b"#cloud-config\n");
+        let big = "A".repeat(MAX_USER_DATA + 1);
+        let many: serde_json::Map<String, serde_json::Value> = (0..=MAX_PROPERTIES)
+            .map(|i| (format!("k{i}"), "v".into()))
+            .collect();
+        let cases: Vec<(&str, serde_json::Value, &str)> = vec![
+            ("user_data", "not base64!".into(), "metadata.user_data"),
+            ("user_data", big.into(), "at most 65535"),
+            ("public_key", "ssh-rsa \u{7}".into(), "metadata.public_key"),
+            ("key_name", "".into(), "metadata.key_name"),
+            ("hostname", "Bad_Host".into(), "metadata.hostname"),
+            (
+                "properties",
+                serde_json::json!({"": "x"}),
+                "metadata.properties",
+            ),
+            ("properties", many.into(), "at most 128"),
+            ("surprise", 1.into(), "unknown field"),
+        ];
+        for (key, value, needle) in cases {
+            let mut v = placement();
+            v["metadata"] = good.clone();
+            v["metadata"][key] = value;
+            let err = check(v).expect_err(key);
+            assert!(err.contains(needle), "{key}: {err}");
+        }
+    }
+
+    #[test]
+    fn host_names_follow_nova() {
+        assert_eq!(hostname_for("Web Server_1", "x"), "web-server-1");
+        assert_eq!(hostname_for("--a..b--", "x"), "a-b");
+        assert_eq!(hostname_for("日本", "ID-1"), "server-id-1");
+        let long = hostname_for(&"a".repeat(100), "x");
+        assert_eq!(long.len(), 63);
+        for name in ["Web Server_1", "--a..b--", "日本", "x y z"] {
+            assert!(valid_hostname(&hostname_for(name, "abc")), "{name}");
+        }
     }
 }

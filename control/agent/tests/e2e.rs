@@ -13,9 +13,14 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use base64::Engine;
 use serde_json::{Value, json};
 use support::{AgentProc, Node, fnv1a, http, kill9, running};
 use tests::netns::{Netns, ip};
+
+const KEY: &str =
+    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGZlcnJvc3RhY2stYWdlbnQtZTJlLWtleS0wMDAwMSEh agent@e2e";
+const USER_DATA: &[u8] = b"#!/bin/sh\n# ferrostack-user-data agent-e2e\nexit 0\n";
 
 fn privileged() -> bool {
     caps::require_all(&[
@@ -82,6 +87,12 @@ fn a_placement_becomes_a_running_vm_and_everything_is_released_on_delete() {
             "network": {"name": "blue", "subnet": {"cidr": "10.9.0.0/24"}},
             "fixed_ip": "10.9.0.10",
         }],
+        "metadata": {
+            "key_name": "e2e-key",
+            "public_key": KEY,
+            "properties": {"role": "e2e"},
+            "user_data": base64::engine::general_purpose::STANDARD.encode(USER_DATA),
+        },
     }});
     let (s, v) = agent.api("POST", "/v1/servers", Some(&placement.to_string()));
     assert_eq!(s, 202, "{v}");
@@ -100,6 +111,7 @@ fn a_placement_becomes_a_running_vm_and_everything_is_released_on_delete() {
             "images",
             "volume",
             "ports",
+            "config_drive",
             "vmm_start",
             "vmm_boot",
             "total"
@@ -116,6 +128,55 @@ fn a_placement_becomes_a_running_vm_and_everything_is_released_on_delete() {
             .ends_with(" ip=10.9.0.10::10.9.0.1:255.255.255.0::eth0:off"),
         "{srv}"
     );
+    // The guest found its config drive and read the key and the user data from it.
+    let console = agent.wait_console(id, "config_user_data=", 1, Duration::from_secs(60));
+    assert!(
+        console.contains("config_drive_label=config-2\n"),
+        "{console}"
+    );
+    assert!(
+        console.contains(&format!("config_key={KEY}\n")),
+        "{console}"
+    );
+    assert!(
+        console.contains("config_user_data=# ferrostack-user-data agent-e2e\n"),
+        "{console}"
+    );
+    let config_drive = PathBuf::from(srv["config_drive"].as_str().unwrap());
+    assert!(config_drive.starts_with(&state_dir), "{srv}");
+    // Its network data names the port the agent plugged: MAC, fixed IP, gateway.
+    let fs = fatfs::FileSystem::new(
+        std::fs::File::open(&config_drive).unwrap(),
+        fatfs::FsOptions::new(),
+    )
+    .unwrap();
+    let read = |path: &str| {
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut fs.root_dir().open_file(path).unwrap(), &mut bytes)
+            .unwrap();
+        serde_json::from_slice::<Value>(&bytes).unwrap()
+    };
+    let meta = read("openstack/latest/meta_data.json");
+    assert_eq!(
+        (&meta["uuid"], &meta["hostname"], &meta["meta"]["role"]),
+        (&json!(id), &json!("e2e"), &json!("e2e")),
+        "{meta}"
+    );
+    let net = read("openstack/latest/network_data.json");
+    assert_eq!(
+        net["links"][0]["ethernet_mac_address"], srv["ports"][0]["mac_address"],
+        "{net}"
+    );
+    assert_eq!(net["networks"][0]["ip_address"], "10.9.0.10", "{net}");
+    assert!(
+        net["links"][0]["mtu"].as_u64().is_some_and(|m| m >= 576),
+        "{net}"
+    );
+    assert_eq!(
+        net["networks"][0]["routes"][0]["gateway"], "10.9.0.1",
+        "{net}"
+    );
+    drop(fs);
     // The console file the agent exposes is the same text.
     let on_disk = std::fs::read_to_string(srv["console_log"].as_str().unwrap()).unwrap();
     assert!(on_disk.contains(&expected));
@@ -291,7 +352,10 @@ fn a_placement_becomes_a_running_vm_and_everything_is_released_on_delete() {
     let vmm_pid = agent.server(id)["vmm"]["pid"].as_i64().unwrap() as i32;
     drop(agent);
     kill9(vmm_pid);
+    // ... and whose config drive went missing: rebuilt when the agent starts.
+    std::fs::remove_file(&config_drive).unwrap();
     let agent = AgentProc::start(&setup);
+    assert!(config_drive.exists(), "config drive rebuilt");
     let srv = agent.wait_status(id, "ERROR", Duration::from_secs(30));
     assert!(
         srv["fault"]["message"]
@@ -308,6 +372,7 @@ fn a_placement_becomes_a_running_vm_and_everything_is_released_on_delete() {
     assert_eq!(s, 404);
     let (s, v) = http(&blockdp_sock, "GET", &format!("/volumes/{vol_id}"), None);
     assert_eq!(s, 404, "volume deleted: {v}");
+    assert!(!config_drive.exists(), "config drive deleted");
     let (s, v) = netdp_call(&netdp_sock, "GET", &format!("/v2.0/ports/{port_id}"), None);
     assert_eq!(s, 404, "port deleted: {v}");
     let links = node.netns.exec(&["ip", "-o", "link"]).unwrap();

@@ -1029,13 +1029,22 @@ fn create_keypair(svc: &Service, ctx: &Ctx, req: &Request) -> Result<Value, ApiE
     let name = k
         .get("name")
         .and_then(Value::as_str)
-        .filter(|n| !n.is_empty() && n.len() <= 255)
-        .ok_or_else(|| ApiError::bad_request("keypair.name must be 1 to 255 characters"))?;
+        .filter(|n| !n.is_empty() && n.len() <= 255 && !n.chars().any(char::is_control))
+        .ok_or_else(|| {
+            ApiError::bad_request("keypair.name must be 1 to 255 printable characters")
+        })?;
     let public_key = k.get("public_key").and_then(Value::as_str).ok_or_else(|| {
         ApiError::bad_request(
             "keypair.public_key is required: this cloud does not generate keys (use --public-key)",
         )
     })?;
+    // It travels to the guest's config drive: one line of printable ASCII.
+    let trimmed = public_key.trim();
+    if trimmed.len() > MAX_PUBLIC_KEY || trimmed.bytes().any(|b| !(0x20..0x7f).contains(&b)) {
+        return Err(ApiError::bad_request(format!(
+            "public_key must be an OpenSSH public key: one line of at most {MAX_PUBLIC_KEY} printable ASCII characters"
+        )));
+    }
     let doc = KeypairDoc {
         name: name.into(),
         public_key: public_key.trim().into(),
@@ -1150,7 +1159,7 @@ fn server_view(svc: &Service, id: &str, d: &ServerDoc, detail: bool) -> Value {
         "addresses": addresses, "accessIPv4": "", "accessIPv6": "",
         "links": link(svc, "servers", id), "OS-DCF:diskConfig": "MANUAL",
         "progress": 0, "OS-EXT-AZ:availability_zone": d.availability_zone.clone().unwrap_or_default(),
-        "config_drive": "", "key_name": d.key_name,
+        "config_drive": "True", "key_name": d.key_name,
         "OS-SRV-USG:launched_at": d.launched_at.map(crate::time::keystone),
         "OS-SRV-USG:terminated_at": null,
         "OS-EXT-SRV-ATTR:host": d.host, "OS-EXT-SRV-ATTR:hypervisor_hostname": d.host,
@@ -1338,9 +1347,21 @@ fn create_server(svc: &Service, ctx: &Ctx, req: &Request) -> Result<(Value, Stri
             let v = v
                 .as_str()
                 .ok_or_else(|| ApiError::bad_request("metadata values must be strings"))?;
+            if k.is_empty() || k.len() > 255 || v.len() > 255 {
+                return Err(ApiError::bad_request(
+                    "Invalid input for field/attribute metadata: keys must be 1 to 255 characters and values at most 255",
+                ));
+            }
             metadata.insert(k.clone(), v.to_string());
         }
     }
+    if metadata.len() > MAX_METADATA_ITEMS {
+        return Err(ApiError::forbidden(format!(
+            "Quota exceeded for metadata_items: Requested {}, but the limit is {MAX_METADATA_ITEMS}",
+            metadata.len()
+        )));
+    }
+    let user_data = user_data(s)?;
     let az = s
         .get("availability_zone")
         .and_then(Value::as_str)
@@ -1385,6 +1406,7 @@ fn create_server(svc: &Service, ctx: &Ctx, req: &Request) -> Result<(Value, Stri
         key_name,
         public_key,
         metadata,
+        user_data,
         availability_zone: az,
         group_id,
         status: "BUILD".into(),
@@ -1406,6 +1428,40 @@ fn create_server(svc: &Service, ctx: &Ctx, req: &Request) -> Result<(Value, Stri
     v["security_groups"] = json!([{"name": "default"}]);
     v["adminPass"] = json!("");
     Ok((v, id))
+}
+
+/// The longest public key accepted (the agent's limit).
+const MAX_PUBLIC_KEY: usize = 16 * 1024;
+/// Nova's default `metadata_items` quota.
+const MAX_METADATA_ITEMS: usize = 128;
+/// Nova's limit on `user_data`: 65535 bytes of base64.
+const MAX_USER_DATA: usize = 65535;
+
+/// The request's `user_data`: base64 of at most [`MAX_USER_DATA`] bytes, as Nova checks it.
+fn user_data(s: &Value) -> Result<Option<String>, ApiError> {
+    use base64::Engine;
+    let bad = |why: &str| {
+        ApiError::bad_request(format!(
+            "Invalid input for field/attribute user_data. {why}"
+        ))
+    };
+    match s.get("user_data") {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(u)) => {
+            if u.len() > MAX_USER_DATA {
+                return Err(bad(&format!(
+                    "User data is {} bytes of base64; the limit is {MAX_USER_DATA}",
+                    u.len()
+                )));
+            }
+            let compact: String = u.chars().filter(|c| !c.is_ascii_whitespace()).collect();
+            base64::engine::general_purpose::STANDARD
+                .decode(&compact)
+                .map_err(|e| bad(&format!("User data is not valid base64: {e}")))?;
+            Ok(Some(u.clone()))
+        }
+        Some(_) => Err(bad("User data must be a base64 string")),
+    }
 }
 
 fn image_for(svc: &Service, ctx: &Ctx, id: &str) -> Result<ImageDoc, ApiError> {
@@ -1546,6 +1602,19 @@ fn schedule(svc: &Service, id: &str) -> Result<Option<(String, String, Value)>, 
         ports.push(spec);
     }
     placement["ports"] = json!(ports);
+    // What the guest reads from its config drive.
+    let mut metadata = json!({"properties": d.metadata, "launch_index": 0});
+    if !node.availability_zone.is_empty() {
+        metadata["availability_zone"] = json!(node.availability_zone);
+    }
+    if let (Some(k), Some(pk)) = (&d.key_name, &d.public_key) {
+        metadata["key_name"] = json!(k);
+        metadata["public_key"] = json!(pk);
+    }
+    if let Some(u) = &d.user_data {
+        metadata["user_data"] = json!(u);
+    }
+    placement["metadata"] = metadata;
     Ok(Some((node_id, node.agent_url, placement)))
 }
 

@@ -410,6 +410,9 @@ pub struct ServerDoc {
     /// Metadata.
     #[serde(default)]
     pub metadata: BTreeMap<String, String>,
+    /// User data, base64 as in the request (written to the config drive).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_data: Option<String>,
     /// Availability zone requested or placed in.
     #[serde(default)]
     pub availability_zone: Option<String>,

@@ -3,6 +3,10 @@
 //! and, when it has a network card and the command line carries `ip=<addr>:...` (Linux's
 //! syntax) and `probe=<addr>`, it asks for `probe`'s MAC with ARP, then pings it, and
 //! reports both answers.
+//! Every further virtio-blk disk is scanned as a config drive (up to 4 MiB): it reports the
+//! FAT volume label when it is `config-2`, and the first text line holding an SSH public key
+//! (`ssh-`) and the first holding `ferrostack-user-data`, as `config_key=` and
+//! `config_user_data=` lines.
 //! Then it stays up, polling the keyboard controller, until Ctrl+Alt+Del arrives: it prints
 //! `shutdown` and resets, as a Linux guest with `reboot=k` would.
 #![no_std]
@@ -21,6 +25,8 @@ const F_WRITE: u16 = 2;
 const NET_BUF: usize = 2048;
 const NET_HDR: usize = 12;
 const MAX_DISK_SECTORS: u64 = 2048;
+const MAX_SCAN_SECTORS: u64 = 8192;
+const LINE: usize = 200;
 
 #[repr(C)]
 #[derive(Clone, Copy)]
@@ -59,6 +65,7 @@ const EMPTY: Rings = Rings {
 };
 
 static mut BLK_RING: Rings = EMPTY;
+static mut SCAN_RING: Rings = EMPTY;
 static mut RX: Rings = EMPTY;
 static mut TX: Rings = EMPTY;
 
@@ -140,17 +147,23 @@ impl Dev {
 
 /// The first virtio-mmio device of `device_id` (2 block, 1 net).
 fn find(device_id: u32) -> Option<Dev> {
-    (0..SLOTS)
-        .map(|i| Dev(FIRST_SLOT + i * 0x1000))
-        .find(|d| d.reg(0) == 0x7472_6976 && d.reg(4) == 2 && d.reg(8) == device_id)
+    find_nth(device_id, 0)
 }
 
-/// Reads one 4 KiB block at `sector` into DISK_BUF; returns the status byte.
-fn read_block(dev: Dev, sector: u64) -> u8 {
+/// The `n`th (from 0) virtio-mmio device of `device_id`.
+fn find_nth(device_id: u32, n: usize) -> Option<Dev> {
+    (0..SLOTS)
+        .map(|i| Dev(FIRST_SLOT + i * 0x1000))
+        .filter(|d| d.reg(0) == 0x7472_6976 && d.reg(4) == 2 && d.reg(8) == device_id)
+        .nth(n)
+}
+
+/// Reads one 4 KiB block at `sector` into DISK_BUF through the queue at `r`; returns the
+/// status byte.
+fn read_block(dev: Dev, r: *mut Rings, sector: u64) -> u8 {
     // SAFETY: single-threaded guest; the device touches these only while the request is in
     // flight, and we wait for it to complete.
     unsafe {
-        let r = addr_of_mut!(BLK_RING);
         write_volatile(addr_of_mut!(HEADER), Header { kind: 0, reserved: 0, sector });
         write_volatile(addr_of_mut!(STATUS), 0xff);
         write_volatile(addr_of_mut!((*r).desc[0]), Desc { addr: addr_of!(HEADER) as u64, len: 16, flags: F_NEXT, next: 1 });
@@ -183,7 +196,7 @@ fn report_disk(dev: Dev) {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     let mut sector = 0;
     while sector < sectors {
-        let status = read_block(dev, sector);
+        let status = read_block(dev, addr_of_mut!(BLK_RING), sector);
         if status != 0 {
             kit::report_dec("disk_read_error", u64::from(status));
             return;
@@ -197,6 +210,70 @@ fn report_disk(dev: Dev) {
     }
     kit::report_dec("disk_read_sectors", sectors);
     kit::report_hex("disk_fnv", h);
+}
+
+/// Whether `hay` contains `needle`.
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+/// Scans a further disk as a config drive: its label, the first line with an SSH key and
+/// the first with the user-data marker. Text runs end at any byte that is not printable
+/// ASCII, and at `"` (JSON strings), so a key inside `meta_data.json` is a run of its own.
+fn scan_config_drive(dev: Dev, index: usize) {
+    // SAFETY: no request is in flight on the ring (a previous disk, if any, was reset).
+    unsafe { write_volatile(addr_of_mut!(SCAN_RING), EMPTY) };
+    if !dev.negotiate(0) || !dev.queue(0, addr_of_mut!(SCAN_RING)) {
+        kit::print("virtio-blk setup failed\n");
+        return;
+    }
+    dev.driver_ok();
+    let capacity = u64::from(dev.reg(0x100)) | (u64::from(dev.reg(0x104)) << 32);
+    kit::print("disk");
+    kit::print_dec(index as u64);
+    kit::report_dec("_capacity", capacity);
+    let sectors = (capacity & !7).min(MAX_SCAN_SECTORS);
+    let mut line = [0u8; LINE];
+    let mut len = 0;
+    let (mut key, mut user_data) = (false, false);
+    let mut sector = 0;
+    while sector < sectors && !(key && user_data) {
+        if read_block(dev, addr_of_mut!(SCAN_RING), sector) != 0 {
+            kit::print("config_drive_read_error\n");
+            break;
+        }
+        // SAFETY: no request in flight.
+        let block = unsafe { &(*addr_of!(DISK_BUF)).0 };
+        if sector == 0 && (&block[43..54] == b"config-2   " || &block[71..82] == b"config-2   ") {
+            kit::print("config_drive_label=config-2\n");
+        }
+        for b in block {
+            if (0x20..0x7f).contains(b) && *b != b'"' {
+                if len < LINE {
+                    line[len] = *b;
+                    len += 1;
+                }
+                continue;
+            }
+            let text = &line[..len];
+            if !key && contains(text, b"ssh-") {
+                key = true;
+                kit::print("config_key=");
+                kit::print_bytes(text);
+                kit::print("\n");
+            }
+            if !user_data && contains(text, b"ferrostack-user-data") {
+                user_data = true;
+                kit::print("config_user_data=");
+                kit::print_bytes(text);
+                kit::print("\n");
+            }
+            len = 0;
+        }
+        sector += 8;
+    }
+    // Done with it: reset, so the ring can serve the next disk.
+    dev.set(0x70, 0);
 }
 
 fn net_buf(i: usize) -> *mut u8 {
@@ -443,6 +520,11 @@ extern "C" fn guest_main(zero_page: u64) -> ! {
     match find(2) {
         Some(dev) => report_disk(dev),
         None => kit::print("no disk\n"),
+    }
+    let mut n = 1;
+    while let Some(dev) = find_nth(2, n) {
+        scan_config_drive(dev, n);
+        n += 1;
     }
     let cmdline = kit::ZeroPage(zero_page).cmdline();
     let ip = cmdline_value(cmdline, b"ip").and_then(parse_ip);

@@ -37,6 +37,9 @@ pub struct Subnet {
     pub cidr: String,
     /// The gateway.
     pub gateway_ip: Option<Ipv4Addr>,
+    /// DNS servers.
+    #[serde(default)]
+    pub dns_nameservers: Vec<Ipv4Addr>,
 }
 
 /// One address of a port.

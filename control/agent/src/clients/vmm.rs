@@ -38,6 +38,19 @@ pub struct Drive {
     pub socket: String,
 }
 
+/// `PUT /drives/{id}` for a drive backed by a host file (the config drive).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FileDrive {
+    /// Drive id.
+    pub drive_id: String,
+    /// Root device.
+    pub is_root_device: bool,
+    /// The backing file.
+    pub path_on_host: String,
+    /// Refuse guest writes.
+    pub is_read_only: bool,
+}
+
 /// `PUT /network-interfaces/{id}`.
 #[derive(Debug, Clone, Serialize)]
 pub struct NetworkInterface {
@@ -79,6 +92,12 @@ impl Vmm {
 
     /// Attaches a drive.
     pub async fn drive(&self, d: &Drive) -> Result<(), HttpError> {
+        let path = format!("/drives/{}", d.drive_id);
+        self.0.call(Method::PUT, &path, Some(d)).await.map(drop)
+    }
+
+    /// Attaches a drive backed by a host file.
+    pub async fn file_drive(&self, d: &FileDrive) -> Result<(), HttpError> {
         let path = format!("/drives/{}", d.drive_id);
         self.0.call(Method::PUT, &path, Some(d)).await.map(drop)
     }
