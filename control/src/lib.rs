@@ -9,6 +9,8 @@
 //!   and revocations ([`identity::token`]), effective roles and the catalog;
 //!   [`identity::bootstrap`] creates the first admin and the catalog.
 //! - [`image`]: Glance v2 semantics: image documents, visibility, JSON patch, sorting.
+//! - [`network`]: Neutron's resources (ports, routers, security groups, floating IPs),
+//!   control's address management, and the per-node state pushed to the agents.
 //! - [`objectstore`]: objectd (Swift API) as the image store, bodies streamed with their
 //!   digests computed on the way.
 //! - [`api`]: the HTTP layer (hyper): parses requests, answers in Keystone's or Glance's
@@ -27,6 +29,7 @@ pub mod compute;
 pub mod config;
 pub mod identity;
 pub mod image;
+pub mod network;
 pub mod objectstore;
 pub mod server;
 pub mod service;

@@ -61,6 +61,8 @@ pub struct Service {
     pub objects: ObjectStore,
     /// Every image record parsed, for listing: (generation, when, images).
     pub image_list: Mutex<Option<ImageList>>,
+    /// Serialises this controller's pushes of network state to the nodes.
+    pub net_sync: tokio::sync::Mutex<()>,
 }
 
 /// A parsed snapshot of all images at a store generation.
@@ -107,6 +109,7 @@ impl Service {
             revocations: RwLock::new(Revocations::default()),
             objects,
             image_list: Mutex::new(None),
+            net_sync: tokio::sync::Mutex::new(()),
         });
         svc.reload_revocations()?;
         Ok(svc)

@@ -294,3 +294,107 @@ fn router_interfaces_and_gateways_are_added_and_removed_like_neutron() {
     let (s, _) = gw(&mut c, json!({"enable_snat": true}));
     assert_eq!(s, 400, "network_id is required");
 }
+
+#[test]
+fn resources_take_the_ids_and_gateway_address_control_gives() {
+    let mut c = Controller::open(None, None).unwrap();
+    let (s, n) = call(
+        &mut c,
+        "POST",
+        "/v2.0/networks",
+        json!({"network": {"id": "net-1", "name": "ext", "router:external": true}}),
+    );
+    assert_eq!(
+        (s, n["network"]["id"].as_str()),
+        (201, Some("net-1")),
+        "{n}"
+    );
+    // The same id again is a conflict; a malformed one is refused.
+    let (s, _) = call(
+        &mut c,
+        "POST",
+        "/v2.0/networks",
+        json!({"network": {"id": "net-1"}}),
+    );
+    assert_eq!(s, 409);
+    let (s, e) = call(
+        &mut c,
+        "POST",
+        "/v2.0/networks",
+        json!({"network": {"id": "../x"}}),
+    );
+    assert_eq!(s, 400, "{e}");
+    let (s, sub) = call(
+        &mut c,
+        "POST",
+        "/v2.0/subnets",
+        json!({"subnet": {"id": "sub-1", "network_id": "net-1", "ip_version": 4,
+                          "cidr": "172.24.4.0/24", "enable_dhcp": false}}),
+    );
+    assert_eq!((s, sub["subnet"]["id"].as_str()), (201, Some("sub-1")));
+    let (s, g) = call(
+        &mut c,
+        "POST",
+        "/v2.0/security-groups",
+        json!({"security_group": {"id": "sg-1", "name": "web"}}),
+    );
+    assert_eq!((s, g["security_group"]["id"].as_str()), (201, Some("sg-1")));
+    let (s, r) = call(
+        &mut c,
+        "POST",
+        "/v2.0/security-group-rules",
+        json!({"security_group_rule": {"id": "rule-1", "security_group_id": "sg-1",
+               "direction": "ingress", "protocol": "icmp"}}),
+    );
+    assert_eq!(
+        (s, r["security_group_rule"]["id"].as_str()),
+        (201, Some("rule-1"))
+    );
+    let (s, p) = call(
+        &mut c,
+        "POST",
+        "/v2.0/ports",
+        json!({"port": {"id": "port-1", "network_id": "net-1"}}),
+    );
+    assert_eq!((s, p["port"]["id"].as_str()), (201, Some("port-1")));
+    let (s, e) = call(
+        &mut c,
+        "PUT",
+        "/v2.0/ports/port-1",
+        json!({"port": {"id": "port-2"}}),
+    );
+    assert_eq!(s, 400, "{e}");
+    // The router's gateway takes the address asked for, not the next free one.
+    let (s, r) = call(
+        &mut c,
+        "POST",
+        "/v2.0/routers",
+        json!({"router": {"id": "r-1", "external_gateway_info": {"network_id": "net-1",
+               "external_fixed_ips": [{"ip_address": "172.24.4.77"}]}}}),
+    );
+    assert_eq!(s, 201, "{r}");
+    assert_eq!(r["router"]["id"], "r-1");
+    let gw = &r["router"]["external_gateway_info"]["external_fixed_ips"][0];
+    assert_eq!(gw["ip_address"], "172.24.4.77", "{r}");
+    assert_eq!(gw["subnet_id"], "sub-1", "{r}");
+    let (s, e) = call(
+        &mut c,
+        "POST",
+        "/v2.0/routers",
+        json!({"router": {"external_gateway_info": {"network_id": "net-1",
+               "external_fixed_ips": [{"ip_address": "10.1.1.1"}]}}}),
+    );
+    assert_eq!(s, 400, "{e}");
+    let (s, f) = call(
+        &mut c,
+        "POST",
+        "/v2.0/floatingips",
+        json!({"floatingip": {"id": "fip-1", "floating_network_id": "net-1",
+               "floating_ip_address": "172.24.4.10"}}),
+    );
+    assert_eq!(
+        (s, f["floatingip"]["id"].as_str()),
+        (201, Some("fip-1")),
+        "{f}"
+    );
+}

@@ -248,12 +248,12 @@ pub struct Counters {
 /// The node agent.
 pub struct Agent {
     cfg: AgentConfig,
-    state: Mutex<State>,
+    pub(crate) state: Mutex<State>,
     children: Mutex<HashMap<String, Child>>,
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
-    net_lock: tokio::sync::Mutex<()>,
+    pub(crate) net_lock: tokio::sync::Mutex<()>,
     blockdp: Blockdp,
-    netdp: Netdp,
+    pub(crate) netdp: Netdp,
     /// Counters for `/metrics`.
     pub counters: Mutex<Counters>,
 }
@@ -266,7 +266,7 @@ impl std::fmt::Debug for Agent {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
@@ -312,7 +312,7 @@ impl Agent {
         lock(&self.state).node_id.clone()
     }
 
-    fn save(&self, state: &State) -> Result<(), StoreError> {
+    pub(crate) fn save(&self, state: &State) -> Result<(), StoreError> {
         store::save(&self.cfg.state_dir.join("state.json"), state)
     }
 

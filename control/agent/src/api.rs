@@ -190,6 +190,15 @@ async fn route(agent: Arc<Agent>, req: Request<Incoming>) -> Result<Resp, ApiErr
                 json!({"server": server_view(&agent, &s)}),
             ))
         }
+        (&Method::PUT, ["v1", "network"]) => {
+            let want: crate::netsync::Desired = read_json(req).await?;
+            let report = agent.apply_network(want).await?;
+            Ok(json_resp(StatusCode::OK, report))
+        }
+        (&Method::GET, ["v1", "network"]) => Ok(json_resp(
+            StatusCode::OK,
+            json!({"network": agent.network_applied()}),
+        )),
         (&Method::GET, ["v1", "servers", id]) => {
             let s = agent.get(id)?;
             Ok(json_resp(

@@ -8,6 +8,8 @@
 //! - `POST {control}/v1/nodes/{node_id}/heartbeat` with `{"heartbeat": {seq, time, servers:
 //!   [{id, status, task_state, fault}]}}` every interval (default 10 s); control answers 2xx.
 //!   A node whose last heartbeat is older than three intervals is down: no new placements.
+//!   `network_generation` is the generation of the network state applied last
+//!   (`PUT /v1/network`); control pushes the state again to a node that is behind.
 //! - Both carry `X-Auth-Token` when `--control-token` is set.
 
 use std::sync::Arc;
@@ -53,7 +55,8 @@ pub fn heartbeat(agent: &Agent, seq: u64) -> serde_json::Value {
             })
         })
         .collect();
-    json!({"heartbeat": {"seq": seq, "time": crate::model::now(), "servers": servers}})
+    json!({"heartbeat": {"seq": seq, "time": crate::model::now(), "servers": servers,
+                         "network_generation": agent.network_generation()}})
 }
 
 /// Registers, then heartbeats forever.

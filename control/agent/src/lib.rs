@@ -16,6 +16,7 @@
 //! - [`store`]: the state file, replaced atomically after every change.
 //! - [`clients`]: typed clients of blockdp, netdp and vmm, over [`http`] (a small HTTP/1.1
 //!   client for Unix sockets and TCP).
+//! - [`netsync`]: the network state control pushes (`PUT /v1/network`), applied to netdp.
 //! - [`tap`], [`fetch`], [`inventory`], [`control`] (registration and heartbeat).
 //! - [`sampler`]: meter samples and lifecycle events sent to control's telemetry.
 //! - [`client`]: a typed client of this API, for control.
@@ -38,6 +39,7 @@ pub mod fetch;
 pub mod http;
 pub mod inventory;
 pub mod model;
+pub mod netsync;
 pub mod process;
 pub mod sampler;
 pub mod store;

@@ -42,6 +42,9 @@ pub struct State {
     pub node_id: String,
     /// Servers by id.
     pub servers: BTreeMap<String, Server>,
+    /// The network state control pushed last (see [`crate::netsync`]).
+    #[serde(default)]
+    pub network: crate::netsync::Applied,
 }
 
 /// Writes `bytes` to `path` atomically and durably.
@@ -75,6 +78,7 @@ pub fn load(path: &Path) -> Result<State, StoreError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(State {
             node_id: uuid::Uuid::new_v4().to_string(),
             servers: BTreeMap::new(),
+            network: Default::default(),
         }),
         Err(source) => Err(StoreError::Io {
             what: "read",

@@ -95,7 +95,8 @@ pub async fn route_v1(
         return image_data(svc, req, &segs[1..]).await;
     }
     let req = read(&svc, req, segs).await?;
-    blocking(svc, move |svc| nodes(svc, &req)).await
+    let shared = svc.clone();
+    blocking(svc, move |svc| nodes(svc, &req, &shared)).await
 }
 
 pub(crate) fn node_auth(svc: &Service, req: &Request) -> Result<(), ApiError> {
@@ -127,7 +128,7 @@ pub(crate) fn node_auth(svc: &Service, req: &Request) -> Result<(), ApiError> {
     }
 }
 
-fn nodes(svc: &Service, req: &Request) -> Result<Response, ApiError> {
+fn nodes(svc: &Service, req: &Request, shared: &Arc<Service>) -> Result<Response, ApiError> {
     node_auth(svc, req)?;
     let s: Vec<&str> = req.segs.iter().map(String::as_str).collect();
     let now = now_secs();
@@ -194,7 +195,13 @@ fn nodes(svc: &Service, req: &Request) -> Result<Response, ApiError> {
                 None => Err(ApiError::not_found(format!(
                     "node {id} is not registered; register it first"
                 ))),
-                Some(_) => {
+                Some(node) => {
+                    crate::network::on_heartbeat(
+                        shared,
+                        id,
+                        &node.agent_url,
+                        hb.get("network_generation").and_then(Value::as_u64),
+                    );
                     for s in &servers {
                         if let Err(e) = apply_report(svc, id, s) {
                             tracing::warn!(node = id, error = %e, "applying a server report failed");
@@ -1127,11 +1134,17 @@ fn server_view(svc: &Service, id: &str, d: &ServerDoc, detail: bool) -> Value {
     let mut addresses = serde_json::Map::new();
     for (i, p) in d.ports.iter().enumerate() {
         // Nova keys addresses by network name.
-        let label = d
-            .networks
-            .get(i)
-            .filter(|(k, _)| k == "network")
-            .and_then(|(_, id)| svc.store.get(Kind::Network, id).ok().flatten())
+        let label = svc
+            .store
+            .get(Kind::Network, &p.network_id)
+            .ok()
+            .flatten()
+            .or_else(|| {
+                d.networks
+                    .get(i)
+                    .filter(|(k, _)| k == "network")
+                    .and_then(|(_, id)| svc.store.get(Kind::Network, id).ok().flatten())
+            })
             .and_then(|r| r.parse::<super::network::NetworkDoc>().ok())
             .map(|n| n.name)
             .filter(|n| !n.is_empty())
@@ -1142,6 +1155,12 @@ fn server_view(svc: &Service, id: &str, d: &ServerDoc, detail: bool) -> Value {
                 json!({"version": 4, "addr": p.ip_address, "OS-EXT-IPS:type": "fixed",
                           "OS-EXT-IPS-MAC:mac_addr": p.mac_address}),
             );
+            for f in super::neutron::fips_of_port(svc, &p.id) {
+                a.push(
+                    json!({"version": 4, "addr": f, "OS-EXT-IPS:type": "floating",
+                              "OS-EXT-IPS-MAC:mac_addr": p.mac_address}),
+                );
+            }
         }
     }
     let host_id = d.node_id.as_ref().map(|n| {
@@ -1167,7 +1186,7 @@ fn server_view(svc: &Service, id: &str, d: &ServerDoc, detail: bool) -> Value {
         "OS-EXT-STS:task_state": d.task_state, "OS-EXT-STS:vm_state": d.vm_state(),
         "OS-EXT-STS:power_state": d.power_state(),
         "os-extended-volumes:volumes_attached": [],
-        "security_groups": [{"name": "default"}],
+        "security_groups": security_groups_view(d),
     });
     v["host_status"] = json!(host_status(svc, d));
     if let Some(f) = &d.fault {
@@ -1393,8 +1412,28 @@ fn create_server(svc: &Service, ctx: &Ctx, req: &Request) -> Result<(Value, Stri
             )));
         }
     }
+    // Security groups by name or id (Nova's `security_groups: [{"name": ...}]`).
+    let mut sg_names = vec![];
+    if let Some(a) = s.get("security_groups").and_then(Value::as_array) {
+        for g in a {
+            let n = g
+                .get("name")
+                .and_then(Value::as_str)
+                .ok_or_else(|| ApiError::bad_request("security_groups entries need a \"name\""))?;
+            sg_names.push(n.to_string());
+        }
+    }
+    let sg_ids = if sg_names.is_empty() {
+        None
+    } else {
+        Some(
+            super::neutron::resolve_groups(svc, ctx, &pid, &sg_names)
+                .map_err(|e| ApiError::bad_request(e.message))?,
+        )
+    };
     let id = uuid::Uuid::new_v4().to_string();
     let now = now_secs();
+    let (networks, created_ports) = server_ports(svc, ctx, &pid, &id, networks, sg_ids)?;
     let doc = ServerDoc {
         name: name.to_string(),
         project_id: pid.clone(),
@@ -1416,16 +1455,22 @@ fn create_server(svc: &Service, ctx: &Ctx, req: &Request) -> Result<(Value, Stri
         tried: vec![],
         fault: None,
         ports: vec![],
+        created_ports: created_ports.clone(),
+        security_groups: sg_names,
         created: now,
         updated: now,
         launched_at: None,
     };
-    svc.store
+    if let Err(e) = svc
+        .store
         .insert(Record::new(Kind::Server, &id, &pid, None, &doc))
-        .map_err(se)?;
+    {
+        release_ports(svc, &id, &doc);
+        return Err(se(e));
+    }
     let mut v = server_view(svc, &id, &doc, false);
     v["OS-DCF:diskConfig"] = json!("MANUAL");
-    v["security_groups"] = json!([{"name": "default"}]);
+    v["security_groups"] = security_groups_view(&doc);
     v["adminPass"] = json!("");
     Ok((v, id))
 }
@@ -1461,6 +1506,142 @@ fn user_data(s: &Value) -> Result<Option<String>, ApiError> {
             Ok(Some(u.clone()))
         }
         Some(_) => Err(bad("User data must be a base64 string")),
+    }
+}
+
+/// Nova's `security_groups` of a server.
+fn security_groups_view(d: &ServerDoc) -> Value {
+    if d.security_groups.is_empty() {
+        json!([{"name": "default"}])
+    } else {
+        Value::Array(
+            d.security_groups
+                .iter()
+                .map(|n| json!({ "name": n }))
+                .collect(),
+        )
+    }
+}
+
+/// A server's requested networks: `("network"|"port", id)`.
+type Requested = Vec<(String, String)>;
+
+/// Makes the server's ports in control's Neutron: a new port (with the groups asked for)
+/// for each network of control's, the given port bound to the server for each `--port`.
+/// Returns the requested networks with control's networks replaced by their new ports,
+/// and the ports created. Ids control does not know go to the node as they are.
+fn server_ports(
+    svc: &Service,
+    ctx: &Ctx,
+    project: &str,
+    server: &str,
+    networks: Vec<(String, String)>,
+    groups: Option<Vec<String>>,
+) -> Result<(Requested, Vec<String>), ApiError> {
+    let mut out = vec![];
+    let mut created: Vec<String> = vec![];
+    let mut bound: Vec<String> = vec![];
+    let undo = |created: &[String], bound: &[String]| {
+        for p in created {
+            if let Ok(Some(r)) = svc.store.get(Kind::Port, p)
+                && let Ok(d) = r.parse::<crate::network::PortDoc>()
+            {
+                let _ = super::neutron::remove_port(svc, p, &d);
+            }
+        }
+        for p in bound {
+            let _ = unbind_port(svc, p);
+        }
+    };
+    for (kind, v) in networks {
+        let r = match kind.as_str() {
+            "network" if svc.store.get(Kind::Network, &v).map_err(se)?.is_some() => {
+                super::neutron::insert_port(
+                    svc,
+                    ctx,
+                    project,
+                    super::neutron::NewPort {
+                        network_id: v.clone(),
+                        security_groups: groups.clone(),
+                        device_owner: "compute:nova".into(),
+                        device_id: server.into(),
+                        admin_state_up: true,
+                        ..Default::default()
+                    },
+                )
+                .map(|(pid, _)| {
+                    created.push(pid.clone());
+                    ("port".to_string(), pid)
+                })
+            }
+            "port" if svc.store.get(Kind::Port, &v).map_err(se)?.is_some() => (|| {
+                let (r, mut d) = super::neutron::port(svc, ctx, &v)
+                    .map_err(|e| ApiError::bad_request(e.message))?;
+                if !d.device_id.is_empty() {
+                    return Err(ApiError::conflict(format!("Port {v} is still in use.")));
+                }
+                d.device_id = server.into();
+                d.device_owner = "compute:nova".into();
+                d.updated = now_secs();
+                svc.store.update(r.with_doc(None, &d)).map_err(se)?;
+                bound.push(v.clone());
+                Ok(("port".to_string(), v.clone()))
+            })(),
+            _ => Ok((kind.clone(), v.clone())),
+        };
+        match r {
+            Ok(x) => out.push(x),
+            Err(e) => {
+                undo(&created, &bound);
+                return Err(e);
+            }
+        }
+    }
+    Ok((out, created))
+}
+
+/// Unbinds a port from its server and node.
+fn unbind_port(svc: &Service, id: &str) -> Result<(), ApiError> {
+    if let Some(r) = svc.store.get(Kind::Port, id).map_err(se)? {
+        let mut d: crate::network::PortDoc = r.parse().map_err(se)?;
+        d.device_id.clear();
+        d.device_owner.clear();
+        d.host.clear();
+        d.updated = now_secs();
+        svc.store.update(r.with_doc(None, &d)).map_err(se)?;
+    }
+    Ok(())
+}
+
+/// Deletes the ports control made for a server and unbinds the ones it was given.
+fn release_ports(svc: &Service, id: &str, d: &ServerDoc) {
+    for (kind, p) in &d.networks {
+        if kind != "port" {
+            continue;
+        }
+        let r = if d.created_ports.contains(p) {
+            match svc.store.get(Kind::Port, p) {
+                Ok(Some(r)) => match r.parse::<crate::network::PortDoc>() {
+                    Ok(doc) => super::neutron::remove_port(svc, p, &doc),
+                    Err(e) => Err(se(e)),
+                },
+                Ok(None) => Ok(()),
+                Err(e) => Err(se(e)),
+            }
+        } else {
+            match svc.store.get(Kind::Port, p) {
+                Ok(Some(r))
+                    if r.parse::<crate::network::PortDoc>()
+                        .is_ok_and(|x| x.device_id == id) =>
+                {
+                    unbind_port(svc, p)
+                }
+                _ => Ok(()),
+            }
+        };
+        if let Err(e) = r {
+            tracing::warn!(server = id, port = %p, error = %e.message, "releasing a port failed");
+        }
     }
 }
 
@@ -1582,7 +1763,19 @@ fn schedule(svc: &Service, id: &str) -> Result<Option<(String, String, Value)>, 
     let mut ports: Vec<Value> = Vec::new();
     for (kind, v) in &d.networks {
         let spec = match kind.as_str() {
-            "port" => json!({"port_id": v}),
+            "port" => {
+                // A port of control's Neutron is bound to the node; the push before the
+                // placement puts it on the node's netdp.
+                if let Some(r) = svc.store.get(Kind::Port, v).map_err(se)? {
+                    let mut p: crate::network::PortDoc = r.parse().map_err(se)?;
+                    if p.host != node_id {
+                        p.host = node_id.clone();
+                        p.updated = now_secs();
+                        svc.store.update(r.with_doc(None, &p)).map_err(se)?;
+                    }
+                }
+                json!({"port_id": v})
+            }
             _ => match svc.store.get(Kind::Network, v).map_err(se)? {
                 Some(r) => {
                     let net: super::network::NetworkDoc = r.parse().map_err(se)?;
@@ -1639,7 +1832,15 @@ pub async fn build_server(svc: Arc<Service>, id: String) {
             }
         };
         tracing::info!(server = %id, node = %node, attempt, "placing server");
-        let outcome = place_and_watch(&svc, &id, &url, &placement).await;
+        let outcome = match crate::network::push(&svc, &node, &url).await {
+            Ok(()) => place_and_watch(&svc, &id, &url, &placement).await,
+            Err(e) => Err(format!(
+                "{e}: {}",
+                std::error::Error::source(&e)
+                    .map(|s| s.to_string())
+                    .unwrap_or_default()
+            )),
+        };
         match outcome {
             Ok(()) => return,
             Err(msg) => {
@@ -1837,14 +2038,20 @@ async fn delete_server(svc: Arc<Service>, ctx: Ctx, id: String) -> Result<Respon
             }
         }
     }
-    blocking(svc, move |svc| {
+    let r = blocking(svc.clone(), move |svc| {
         if let Some(n) = &d.node_id {
             scheduler::release(&*svc.store, n, &id, d.group_id.as_deref()).map_err(ce)?;
         }
         svc.store.delete(Kind::Server, &id).map_err(se)?;
+        release_ports(svc, &id, &d);
+        crate::network::bump(&*svc.store).map_err(se)?;
         Ok(empty(StatusCode::NO_CONTENT))
     })
-    .await
+    .await;
+    if r.is_ok() {
+        tokio::spawn(crate::network::push_all(svc));
+    }
+    r
 }
 
 async fn action(

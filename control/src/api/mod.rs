@@ -18,6 +18,7 @@ pub mod compute;
 pub mod identity;
 pub mod image;
 pub mod network;
+pub mod neutron;
 pub mod telemetry;
 
 /// A response body: whole JSON or a stream of image bytes.

@@ -1,13 +1,11 @@
-//! Neutron v2.0 core under `/network`: networks and subnets stored in control, ports as
-//! the servers' agents made them.
+//! Neutron v2.0 under `/network`: networks (`router:external` for gateways and floating
+//! IPs) and subnets here; ports, routers, security groups and rules, floating IPs in
+//! [`super::neutron`].
 //!
-//! Design: control is the source of truth for networks and subnets; nothing is created on a
-//! node until a server needs it. A server placed with `--network` carries the network's
-//! description (control's id, name, CIDR, gateway, DHCP) to its node's agent, which finds
-//! the network on that node's netdp (by id, else name and project) or creates it there,
-//! then creates the port with `device_id` = the server. Ports are therefore listed from
-//! the servers' records (what the agents reported). Routers, security groups, floating IPs
-//! are not served.
+//! Design (see [`crate::network`]): control is the source of truth for every resource and
+//! does the address management; nothing is created on a node until a port is bound to
+//! it. Every change made through this API bumps the state's generation and is pushed, in
+//! the background, to the node agents, which make their netdp match (with control's ids).
 
 use std::net::Ipv4Addr;
 use std::sync::Arc;
@@ -17,7 +15,6 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::{ApiError, Request, Response, blocking, empty, json as json_resp, read_limited};
-use crate::compute::ServerDoc;
 use crate::identity::Ctx;
 use crate::identity::token::now_secs;
 use crate::service::{Service, ServiceError};
@@ -36,6 +33,9 @@ pub struct NetworkDoc {
     pub shared: bool,
     /// MTU.
     pub mtu: u32,
+    /// An external network (`router:external`): routers' gateways and floating IPs.
+    #[serde(default)]
+    pub external: bool,
     /// Epoch seconds.
     pub created: u64,
 }
@@ -122,11 +122,21 @@ pub async fn route(
             headers: parts.headers,
             body,
         };
-        blocking(svc, move |svc| {
+        let changes = request.method != Method::GET;
+        let r = blocking(svc.clone(), move |svc| {
             let ctx = super::identity::caller(svc, &request).map_err(ApiError::from)?;
-            handle(svc, &ctx, &request)
+            let r = handle(svc, &ctx, &request)?;
+            if changes && r.status().is_success() {
+                crate::network::bump(&*svc.store)
+                    .map_err(|e| ApiError::from(ServiceError::from(e)))?;
+            }
+            Ok(r)
         })
-        .await
+        .await;
+        if changes && r.as_ref().is_ok_and(|r| r.status().is_success()) {
+            tokio::spawn(crate::network::push_all(svc));
+        }
+        r
     }
     .await;
     r.unwrap_or_else(|e| {
@@ -140,7 +150,8 @@ fn visible(ctx: &Ctx, project: &str, shared: bool) -> bool {
     shared || ctx.is_admin() || ctx.project_id.as_deref() == Some(project)
 }
 
-fn matches(q: &[(String, String)], v: &Value) -> bool {
+/// Whether a resource view passes Neutron's list filters (`?name=x&router:external=True`).
+pub fn matches(q: &[(String, String)], v: &Value) -> bool {
     q.iter().all(|(k, want)| {
         if ["fields", "limit", "marker", "sort_key", "sort_dir"].contains(&k.as_str()) {
             return true;
@@ -187,7 +198,22 @@ fn handle(svc: &Service, ctx: &Ctx, req: &Request) -> Result<Response, ApiError>
                     .ok_or_else(|| ApiError::bad_request("mtu must be 576 to 9000"))?
                     as u32,
             };
+            let external = match n.get("router:external") {
+                None | Some(Value::Null) => false,
+                Some(Value::Bool(b)) => *b,
+                Some(_) => {
+                    return Err(ApiError::bad_request(
+                        "Invalid input for router:external: a boolean",
+                    ));
+                }
+            };
+            if external && !ctx.is_admin() {
+                return Err(ApiError::forbidden(
+                    "creating an external network needs the admin role",
+                ));
+            }
             let doc = NetworkDoc {
+                external,
                 name,
                 project_id: pid.clone(),
                 admin_state_up: n
@@ -222,7 +248,15 @@ fn handle(svc: &Service, ctx: &Ctx, req: &Request) -> Result<Response, ApiError>
             if !ctx.is_admin() && ctx.project_id.as_deref() != Some(d.project_id.as_str()) {
                 return Err(ApiError::forbidden("only the owner deletes a network"));
             }
-            if ports(svc, ctx)?.iter().any(|p| p["network_id"] == *id) {
+            if !svc.store.list(Kind::Port, Some(id)).map_err(se)?.is_empty()
+                || svc
+                    .store
+                    .list(Kind::FloatingIp, None)
+                    .map_err(se)?
+                    .iter()
+                    .filter_map(|r| r.parse::<crate::network::FloatingIpDoc>().ok())
+                    .any(|f| f.floating_network_id == *id)
+            {
                 return Err(ApiError::conflict(format!(
                     "Unable to complete operation on network {id}. There are one or more ports still in use on the network."
                 )));
@@ -333,9 +367,11 @@ fn handle(svc: &Service, ctx: &Ctx, req: &Request) -> Result<Response, ApiError>
                 )));
             }
             if req.method == Method::DELETE {
-                if ports(svc, ctx)?
-                    .iter()
-                    .any(|p| p["network_id"] == d.network_id.as_str())
+                if !svc
+                    .store
+                    .list(Kind::IpAllocation, Some(id))
+                    .map_err(se)?
+                    .is_empty()
                 {
                     return Err(ApiError::conflict(format!(
                         "Unable to complete operation on subnet {id}: one or more ports have an IP allocation from this subnet."
@@ -349,28 +385,30 @@ fn handle(svc: &Service, ctx: &Ctx, req: &Request) -> Result<Response, ApiError>
                 &json!({"subnet": subnet_view(id, &d)}),
             ))
         }
-        (["ports"], &Method::GET) => {
-            let list: Vec<Value> = ports(svc, ctx)?
-                .into_iter()
-                .filter(|v| matches(&req.query, v))
-                .collect();
-            Ok(json_resp(StatusCode::OK, &json!({"ports": list})))
+        (["extensions"], &Method::GET) => {
+            let ext: Vec<Value> = [
+                ("router", "Neutron L3 Router"),
+                ("external-net", "Neutron external network"),
+                (
+                    "ext-gw-mode",
+                    "Neutron L3 Configurable external gateway mode",
+                ),
+                ("security-group", "security-group"),
+                ("port-security", "Port Security"),
+                ("binding", "Port Binding"),
+            ]
+            .iter()
+            .map(|(alias, name)| {
+                json!({"alias": alias, "name": name, "description": name,
+                       "updated": "2013-01-01T00:00:00-00:00", "links": []})
+            })
+            .collect();
+            Ok(json_resp(StatusCode::OK, &json!({"extensions": ext})))
         }
-        (["ports", id], &Method::GET) => {
-            let p = ports(svc, ctx)?
-                .into_iter()
-                .find(|p| p["id"] == *id)
-                .ok_or_else(|| ApiError::not_found(format!("Port {id} could not be found.")))?;
-            Ok(json_resp(StatusCode::OK, &json!({"port": p})))
-        }
-        (["extensions"], &Method::GET) => Ok(json_resp(StatusCode::OK, &json!({"extensions": []}))),
-        (["security-groups"], &Method::GET) => {
-            Ok(json_resp(StatusCode::OK, &json!({"security_groups": []})))
-        }
-        (["floatingips"], &Method::GET) => {
-            Ok(json_resp(StatusCode::OK, &json!({"floatingips": []})))
-        }
-        _ => Err(ApiError::not_found("The resource could not be found.")),
+        _ => match super::neutron::handle(svc, ctx, req) {
+            Some(r) => r,
+            None => Err(ApiError::not_found("The resource could not be found.")),
+        },
     }
 }
 
@@ -435,7 +473,7 @@ fn network_view(svc: &Service, id: &str, d: &NetworkDoc) -> Result<Value, ApiErr
     Ok(
         json!({"id": id, "name": d.name, "status": "ACTIVE", "admin_state_up": d.admin_state_up,
         "shared": d.shared, "tenant_id": d.project_id, "project_id": d.project_id, "mtu": d.mtu,
-        "subnets": subs, "router:external": false, "port_security_enabled": true,
+        "subnets": subs, "router:external": d.external, "port_security_enabled": true,
         "availability_zones": ["nova"], "availability_zone_hints": [], "ipv4_address_scope": null,
         "ipv6_address_scope": null, "description": "", "tags": [], "is_default": false,
         "created_at": t, "updated_at": t, "revision_number": 1}),
@@ -455,34 +493,4 @@ fn subnet_view(id: &str, d: &SubnetDoc) -> Value {
         "ipv6_ra_mode": null, "ipv6_address_mode": null, "subnetpool_id": null,
         "description": "", "tags": [], "service_types": [], "created_at": t, "updated_at": t,
         "revision_number": 1})
-}
-
-/// Ports of the caller's servers as their agents reported them.
-fn ports(svc: &Service, ctx: &Ctx) -> Result<Vec<Value>, ApiError> {
-    let scope = if ctx.is_admin() {
-        None
-    } else {
-        ctx.project_id.as_deref()
-    };
-    let mut out = Vec::new();
-    for r in svc.store.list(Kind::Server, scope).map_err(se)? {
-        let d: ServerDoc = r.parse().map_err(se)?;
-        for (i, p) in d.ports.iter().enumerate() {
-            // The agent reports netdp's ids; name the network by control's id when the
-            // server asked for one.
-            let net = d
-                .networks
-                .get(i)
-                .filter(|(k, _)| k == "network")
-                .map(|(_, v)| v.clone())
-                .unwrap_or_else(|| p.network_id.clone());
-            out.push(json!({"id": p.id, "name": "", "network_id": net,
-                "mac_address": p.mac_address, "status": "ACTIVE", "admin_state_up": true,
-                "device_id": r.id, "device_owner": "compute:nova", "tenant_id": d.project_id,
-                "project_id": d.project_id,
-                "fixed_ips": [{"ip_address": p.ip_address}],
-                "binding:host_id": d.host, "security_groups": []}));
-        }
-    }
-    Ok(out)
 }

@@ -439,6 +439,12 @@ pub struct ServerDoc {
     /// Ports as the agent made them.
     #[serde(default)]
     pub ports: Vec<ServerPort>,
+    /// Ports control created for the server's `--network` entries (deleted with it).
+    #[serde(default)]
+    pub created_ports: Vec<String>,
+    /// Security group names asked for (the project's `default` when empty).
+    #[serde(default)]
+    pub security_groups: Vec<String>,
     /// Epoch seconds.
     pub created: u64,
     /// Epoch seconds.

@@ -108,6 +108,19 @@ pub enum Kind {
     Network,
     /// Neutron subnets (scope: network id).
     Subnet,
+    /// Neutron ports (scope: network id).
+    Port,
+    /// Neutron routers (scope: project id).
+    Router,
+    /// Neutron security groups (scope: project id; the `default` group is named).
+    SecurityGroup,
+    /// Neutron security-group rules (scope: group id).
+    SecurityGroupRule,
+    /// Neutron floating IPs (scope: project id).
+    FloatingIp,
+    /// IP addresses in use (scope: subnet id, name: the address), so that two
+    /// controllers never hand out one address twice.
+    IpAllocation,
     /// Telemetry events: lifecycle changes (scope: project id).
     Event,
     /// Telemetry alarms (scope: project id).
@@ -116,7 +129,7 @@ pub enum Kind {
 
 impl Kind {
     /// Every kind.
-    pub const ALL: [Kind; 25] = [
+    pub const ALL: [Kind; 31] = [
         Kind::Domain,
         Kind::Project,
         Kind::User,
@@ -140,6 +153,12 @@ impl Kind {
         Kind::Quota,
         Kind::Network,
         Kind::Subnet,
+        Kind::Port,
+        Kind::Router,
+        Kind::SecurityGroup,
+        Kind::SecurityGroupRule,
+        Kind::FloatingIp,
+        Kind::IpAllocation,
         Kind::Event,
         Kind::Alarm,
     ];
@@ -170,6 +189,12 @@ impl Kind {
             Kind::Quota => "quota",
             Kind::Network => "network",
             Kind::Subnet => "subnet",
+            Kind::Port => "port",
+            Kind::Router => "router",
+            Kind::SecurityGroup => "security_group",
+            Kind::SecurityGroupRule => "security_group_rule",
+            Kind::FloatingIp => "floatingip",
+            Kind::IpAllocation => "ip_allocation",
             Kind::Event => "event",
             Kind::Alarm => "alarm",
         }

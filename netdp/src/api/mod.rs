@@ -110,6 +110,27 @@ fn new_id() -> String {
     uuid::Uuid::new_v4().to_string()
 }
 
+/// The id a create request asks for, or a new UUID. A given id must be 1 to 64 of
+/// `[A-Za-z0-9_-]` and not taken.
+fn chosen_id(id: Option<String>, taken: impl Fn(&str) -> bool) -> Result<String, ApiError> {
+    match id {
+        None => Ok(new_id()),
+        Some(id)
+            if id.is_empty()
+                || id.len() > 64
+                || !id
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') =>
+        {
+            Err(ApiError::BadRequest(format!(
+                "invalid id {id:?}: 1 to 64 of [A-Za-z0-9_-]"
+            )))
+        }
+        Some(id) if taken(&id) => Err(ApiError::Conflict(format!("{id} already exists"))),
+        Some(id) => Ok(id),
+    }
+}
+
 fn new_mac() -> String {
     let b = uuid::Uuid::new_v4().into_bytes();
     format!("fa:16:3e:{:02x}:{:02x}:{:02x}", b[0], b[1], b[2])
@@ -395,7 +416,7 @@ impl Controller {
             "networks" => {
                 let req: NetworkCreate = unwrap_body(body, "network")?;
                 let n = Network {
-                    id: new_id(),
+                    id: chosen_id(req.id, |i| self.state.networks.contains_key(i))?,
                     name: req.name,
                     project_id: req.project_id,
                     admin_state_up: req.admin_state_up.unwrap_or(true),
@@ -418,13 +439,14 @@ impl Controller {
                 let (addr, len) = parse_cidr(&req.cidr)
                     .ok_or_else(|| ApiError::BadRequest(format!("invalid cidr {}", req.cidr)))?;
                 let base = u32::from(addr) & mask(len);
+                let id = chosen_id(req.id, |i| self.state.subnets.contains_key(i))?;
                 let net = self
                     .state
                     .networks
                     .get_mut(&req.network_id)
                     .ok_or_else(|| ApiError::NotFound("network", req.network_id.clone()))?;
                 let s = Subnet {
-                    id: new_id(),
+                    id,
                     name: req.name,
                     network_id: req.network_id,
                     project_id: req.project_id,
@@ -446,7 +468,7 @@ impl Controller {
             "routers" => {
                 let req: RouterCreate = unwrap_body(body, "router")?;
                 let r = Router {
-                    id: new_id(),
+                    id: chosen_id(req.id, |i| self.state.routers.contains_key(i))?,
                     name: req.name,
                     project_id: req.project_id,
                     admin_state_up: req.admin_state_up.unwrap_or(true),
@@ -462,7 +484,8 @@ impl Controller {
             }
             "security-groups" => {
                 let req: SecurityGroupCreate = unwrap_body(body, "security_group")?;
-                let g = self.new_group(req.name, req.description, req.project_id, false);
+                let id = chosen_id(req.id, |i| self.state.security_groups.contains_key(i))?;
+                let g = self.new_group(id, req.name, req.description, req.project_id, false);
                 Ok(json!({ "security_group": self.group_view(&g) }))
             }
             "security-group-rules" => {
@@ -483,6 +506,7 @@ impl Controller {
                     .ok_or_else(|| {
                         ApiError::BadRequest(format!("{net_id} is not an external network"))
                     })?;
+                let id = chosen_id(req.id.clone(), |i| self.state.floatingips.contains_key(i))?;
                 let subnet = net
                     .subnets
                     .first()
@@ -503,7 +527,7 @@ impl Controller {
                     None => self.allocate_ip_excluding(&subnet, &taken)?,
                 };
                 let fip = FloatingIp {
-                    id: new_id(),
+                    id,
                     floating_network_id: net_id,
                     floating_ip_address: address,
                     port_id: None,
@@ -668,8 +692,52 @@ impl Controller {
                 "{net_id} is not an external network"
             )));
         }
+        // A given gateway address (`external_fixed_ips: [{"ip_address": ...}]`, as control
+        // sends it so that every node's router has the same one), else one allocated here.
+        let mut fixed_ips = None;
+        if let Some(want) = info
+            .get("external_fixed_ips")
+            .and_then(Value::as_array)
+            .and_then(|a| a.first())
+        {
+            let ip: Option<Ipv4Addr> = match want.get("ip_address") {
+                None | Some(Value::Null) => None,
+                Some(v) => Some(
+                    v.as_str()
+                        .and_then(|s| s.parse().ok())
+                        .ok_or_else(|| ApiError::BadRequest(format!("invalid ip_address {v}")))?,
+                ),
+            };
+            let subnet = match want.get("subnet_id").and_then(Value::as_str) {
+                Some(sid) => Some(sid.to_string()),
+                None => self
+                    .state
+                    .subnets
+                    .values()
+                    .filter(|s| s.network_id == net_id)
+                    .find(|s| {
+                        ip.is_some_and(|ip| {
+                            parse_cidr(&s.cidr).is_some_and(|(b, l)| {
+                                u32::from(ip) & mask(l) == u32::from(b) & mask(l)
+                            })
+                        })
+                    })
+                    .map(|s| s.id.clone()),
+            };
+            if let Some(subnet_id) = subnet {
+                fixed_ips = Some(vec![FixedIp {
+                    subnet_id,
+                    ip_address: ip,
+                }]);
+            } else if ip.is_some() {
+                return Err(ApiError::BadRequest(format!(
+                    "no subnet of {net_id} holds the requested gateway address"
+                )));
+            }
+        }
         let p = self.new_port(PortCreate {
             network_id: Some(net_id.clone()),
+            fixed_ips,
             security_groups: Some(vec![]),
             port_security_enabled: Some(false),
             device_owner: Some("network:router_gateway".into()),
@@ -754,13 +822,14 @@ impl Controller {
     /// ingress from members of the group).
     fn new_group(
         &mut self,
+        id: String,
         name: String,
         description: String,
         project_id: String,
         default: bool,
     ) -> SecurityGroup {
         let g = SecurityGroup {
-            id: new_id(),
+            id,
             name,
             description,
             project_id: project_id.clone(),
@@ -830,7 +899,7 @@ impl Controller {
             ));
         }
         let r = SecurityGroupRule {
-            id: new_id(),
+            id: chosen_id(req.id, |i| self.state.security_group_rules.contains_key(i))?,
             security_group_id: req.security_group_id,
             direction: req.direction,
             ethertype: req.ethertype.unwrap_or_else(|| "IPv4".into()),
@@ -858,6 +927,7 @@ impl Controller {
             return g.id.clone();
         }
         self.new_group(
+            new_id(),
             "default".into(),
             "Default security group".into(),
             project_id.into(),
@@ -958,7 +1028,7 @@ impl Controller {
             }
         }
         let p = Port {
-            id: new_id(),
+            id: chosen_id(req.id, |i| self.state.ports.contains_key(i))?,
             name: req.name.unwrap_or_default(),
             network_id,
             project_id,
@@ -987,9 +1057,13 @@ impl Controller {
             .ports
             .get_mut(id)
             .ok_or_else(|| ApiError::NotFound("port", id.to_string()))?;
-        if req.network_id.is_some() || req.fixed_ips.is_some() || req.mac_address.is_some() {
+        if req.id.is_some()
+            || req.network_id.is_some()
+            || req.fixed_ips.is_some()
+            || req.mac_address.is_some()
+        {
             return Err(ApiError::BadRequest(
-                "network_id, fixed_ips and mac_address cannot be updated here".into(),
+                "id, network_id, fixed_ips and mac_address cannot be updated here".into(),
             ));
         }
         if let Some(v) = req.name {

@@ -35,6 +35,10 @@ pub struct Network {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NetworkCreate {
+    /// The id to give the resource (a new UUID when absent): control keeps one id for a
+    /// resource on every node. Create only.
+    #[serde(default)]
+    pub id: Option<String>,
     /// Name.
     #[serde(default)]
     pub name: String,
@@ -80,6 +84,10 @@ pub struct Subnet {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SubnetCreate {
+    /// The id to give the resource (a new UUID when absent): control keeps one id for a
+    /// resource on every node. Create only.
+    #[serde(default)]
+    pub id: Option<String>,
     /// Name.
     #[serde(default)]
     pub name: String,
@@ -166,6 +174,10 @@ impl Port {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PortCreate {
+    /// The id to give the resource (a new UUID when absent): control keeps one id for a
+    /// resource on every node. Create only.
+    #[serde(default)]
+    pub id: Option<String>,
     /// Name.
     #[serde(default)]
     pub name: Option<String>,
@@ -214,6 +226,10 @@ pub struct Router {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RouterCreate {
+    /// The id to give the resource (a new UUID when absent): control keeps one id for a
+    /// resource on every node. Create only.
+    #[serde(default)]
+    pub id: Option<String>,
     /// Name.
     #[serde(default)]
     pub name: String,
@@ -264,6 +280,10 @@ pub struct FloatingIp {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FloatingIpCreate {
+    /// The id to give the resource (a new UUID when absent): control keeps one id for a
+    /// resource on every node. Create only.
+    #[serde(default)]
+    pub id: Option<String>,
     /// The external network.
     pub floating_network_id: Option<String>,
     /// A specific address.
@@ -324,6 +344,10 @@ pub struct SecurityGroup {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SecurityGroupCreate {
+    /// The id to give the resource (a new UUID when absent): control keeps one id for a
+    /// resource on every node. Create only.
+    #[serde(default)]
+    pub id: Option<String>,
     /// Name.
     pub name: String,
     /// Description.
@@ -364,6 +388,10 @@ pub struct SecurityGroupRule {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SecurityGroupRuleCreate {
+    /// The id to give the resource (a new UUID when absent): control keeps one id for a
+    /// resource on every node. Create only.
+    #[serde(default)]
+    pub id: Option<String>,
     /// The group.
     pub security_group_id: String,
     /// `ingress` or `egress`.

@@ -1,0 +1,1567 @@
+//! Neutron v2.0 beyond networks and subnets: ports, routers (gateways and interfaces),
+//! security groups and their rules, floating IPs. Stored in control (see [`crate::network`]
+//! for the design and how nodes get them); errors in Neutron's statuses (404 for what does
+//! not exist or is not the caller's, 409 for conflicts such as a group in use, 400 for
+//! malformed requests).
+
+use std::net::Ipv4Addr;
+
+use http::{Method, StatusCode};
+use serde_json::{Map, Value, json};
+
+use super::network::{NetworkDoc, SubnetDoc, network, subnet_of};
+use super::{ApiError, Request, Response, empty, json as json_resp};
+use crate::identity::Ctx;
+use crate::identity::token::now_secs;
+use crate::network::{
+    FixedIp, FloatingIpDoc, GatewayDoc, OWNER_GATEWAY, OWNER_INTERFACE, PortDoc, RouterDoc,
+    RuleDoc, SecurityGroupDoc, all, default_group, new_mac, pick_address, release, reserve,
+};
+use crate::service::{Service, ServiceError};
+use crate::store::{Kind, Record, StoreError, Write};
+
+fn se(e: StoreError) -> ApiError {
+    match e {
+        StoreError::Conflict { .. } => {
+            ApiError::conflict("the resource changed meanwhile (an address or name was taken)")
+        }
+        StoreError::Stale { .. } => ApiError::conflict("the resource changed meanwhile; retry"),
+        e => ServiceError::from(e).into(),
+    }
+}
+
+fn visible(ctx: &Ctx, project: &str) -> bool {
+    ctx.is_admin() || ctx.project_id.as_deref() == Some(project)
+}
+
+fn t(secs: u64) -> String {
+    crate::time::keystone(secs)
+}
+
+/// The object under `key` in the body, or 400.
+fn body<'a>(v: &'a Value, key: &str) -> Result<&'a Map<String, Value>, ApiError> {
+    v.get(key)
+        .and_then(Value::as_object)
+        .ok_or_else(|| ApiError::bad_request(format!("Resource body required: {key}")))
+}
+
+fn opt_str(o: &Map<String, Value>, key: &str) -> Result<Option<String>, ApiError> {
+    match o.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(v) => Err(ApiError::bad_request(format!(
+            "Invalid input for {key}. Reason: '{v}' is not a valid string."
+        ))),
+    }
+}
+
+fn opt_bool(o: &Map<String, Value>, key: &str) -> Result<Option<bool>, ApiError> {
+    match o.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Bool(b)) => Ok(Some(*b)),
+        Some(Value::String(s)) if s.eq_ignore_ascii_case("true") => Ok(Some(true)),
+        Some(Value::String(s)) if s.eq_ignore_ascii_case("false") => Ok(Some(false)),
+        Some(v) => Err(ApiError::bad_request(format!(
+            "Invalid input for {key}. Reason: '{v}' is not a valid boolean value."
+        ))),
+    }
+}
+
+fn name_of(o: &Map<String, Value>) -> Result<Option<String>, ApiError> {
+    let n = opt_str(o, "name")?;
+    if n.as_ref().is_some_and(|n| n.len() > 255) {
+        return Err(ApiError::bad_request(
+            "Invalid input for name. Reason: longer than 255 characters.",
+        ));
+    }
+    Ok(n)
+}
+
+fn load<T: serde::de::DeserializeOwned>(
+    svc: &Service,
+    kind: Kind,
+    id: &str,
+    what: &str,
+) -> Result<(Record, T), ApiError> {
+    let r = svc
+        .store
+        .get(kind, id)
+        .map_err(se)?
+        .ok_or_else(|| ApiError::not_found(format!("{what} {id} could not be found.")))?;
+    let d = r.parse().map_err(se)?;
+    Ok((r, d))
+}
+
+fn filtered(list: Vec<Value>, req: &Request) -> Vec<Value> {
+    list.into_iter()
+        .filter(|v| super::network::matches(&req.query, v))
+        .collect()
+}
+
+/// Handles the resources of this module; `None` when the path is not one of them.
+pub fn handle(svc: &Service, ctx: &Ctx, req: &Request) -> Option<Result<Response, ApiError>> {
+    let s: Vec<&str> = req.segs.iter().map(String::as_str).collect();
+    let ok = |key: &str, v: Value| Ok(json_resp(StatusCode::OK, &json!({ key: v })));
+    let created = |key: &str, v: Value| Ok(json_resp(StatusCode::CREATED, &json!({ key: v })));
+    let r = match (s.as_slice(), &req.method) {
+        (["ports"], &Method::GET) => {
+            ports(svc, ctx).map(|l| json_resp(StatusCode::OK, &json!({"ports": filtered(l, req)})))
+        }
+        (["ports"], &Method::POST) => create_port(svc, ctx, req).and_then(|v| created("port", v)),
+        (["ports", id], &Method::GET) => {
+            port(svc, ctx, id).and_then(|(_, d)| ok("port", port_view(id, &d)))
+        }
+        (["ports", id], &Method::PUT) => update_port(svc, ctx, id, req).and_then(|v| ok("port", v)),
+        (["ports", id], &Method::DELETE) => {
+            delete_port(svc, ctx, id).map(|()| empty(StatusCode::NO_CONTENT))
+        }
+        (["routers"], &Method::GET) => routers(svc, ctx)
+            .map(|l| json_resp(StatusCode::OK, &json!({"routers": filtered(l, req)}))),
+        (["routers"], &Method::POST) => {
+            create_router(svc, ctx, req).and_then(|v| created("router", v))
+        }
+        (["routers", id], &Method::GET) => {
+            router(svc, ctx, id).and_then(|(_, d)| ok("router", router_view(id, &d)))
+        }
+        (["routers", id], &Method::PUT) => {
+            update_router(svc, ctx, id, req).and_then(|v| ok("router", v))
+        }
+        (["routers", id], &Method::DELETE) => {
+            delete_router(svc, ctx, id).map(|()| empty(StatusCode::NO_CONTENT))
+        }
+        (["routers", id, "add_router_interface"], &Method::PUT) => {
+            add_interface(svc, ctx, id, req).map(|v| json_resp(StatusCode::OK, &v))
+        }
+        (["routers", id, "remove_router_interface"], &Method::PUT) => {
+            remove_interface(svc, ctx, id, req).map(|v| json_resp(StatusCode::OK, &v))
+        }
+        (["security-groups"], &Method::GET) => groups(svc, ctx).map(|l| {
+            json_resp(
+                StatusCode::OK,
+                &json!({"security_groups": filtered(l, req)}),
+            )
+        }),
+        (["security-groups"], &Method::POST) => {
+            create_group(svc, ctx, req).and_then(|v| created("security_group", v))
+        }
+        (["security-groups", id], &Method::GET) => group(svc, ctx, id)
+            .and_then(|(_, d)| group_view(svc, id, &d))
+            .and_then(|v| ok("security_group", v)),
+        (["security-groups", id], &Method::PUT) => {
+            update_group(svc, ctx, id, req).and_then(|v| ok("security_group", v))
+        }
+        (["security-groups", id], &Method::DELETE) => {
+            delete_group(svc, ctx, id).map(|()| empty(StatusCode::NO_CONTENT))
+        }
+        (["security-group-rules"], &Method::GET) => rules(svc, ctx).map(|l| {
+            json_resp(
+                StatusCode::OK,
+                &json!({"security_group_rules": filtered(l, req)}),
+            )
+        }),
+        (["security-group-rules"], &Method::POST) => {
+            create_rule(svc, ctx, req).and_then(|v| created("security_group_rule", v))
+        }
+        (["security-group-rules", id], &Method::GET) => {
+            rule(svc, ctx, id).and_then(|d| ok("security_group_rule", rule_view(id, &d)))
+        }
+        (["security-group-rules", id], &Method::DELETE) => {
+            delete_rule(svc, ctx, id).map(|()| empty(StatusCode::NO_CONTENT))
+        }
+        (["floatingips"], &Method::GET) => fips(svc, ctx)
+            .map(|l| json_resp(StatusCode::OK, &json!({"floatingips": filtered(l, req)}))),
+        (["floatingips"], &Method::POST) => {
+            create_fip(svc, ctx, req).and_then(|v| created("floatingip", v))
+        }
+        (["floatingips", id], &Method::GET) => {
+            fip(svc, ctx, id).and_then(|(_, d)| ok("floatingip", fip_view(id, &d)))
+        }
+        (["floatingips", id], &Method::PUT) => {
+            update_fip(svc, ctx, id, req).and_then(|v| ok("floatingip", v))
+        }
+        (["floatingips", id], &Method::DELETE) => {
+            delete_fip(svc, ctx, id).map(|()| empty(StatusCode::NO_CONTENT))
+        }
+        _ => return None,
+    };
+    Some(r)
+}
+
+// ---------------------------------------------------------------------------------------
+// Ports.
+
+/// A port's Neutron view.
+pub fn port_view(id: &str, d: &PortDoc) -> Value {
+    let bound = !d.host.is_empty() || d.device_owner.starts_with("network:");
+    let status = if bound && !d.device_id.is_empty() && d.admin_state_up {
+        "ACTIVE"
+    } else {
+        "DOWN"
+    };
+    json!({"id": id, "name": d.name, "network_id": d.network_id, "tenant_id": d.project_id,
+        "project_id": d.project_id, "mac_address": d.mac_address, "admin_state_up": d.admin_state_up,
+        "status": status, "device_id": d.device_id, "device_owner": d.device_owner,
+        "fixed_ips": d.fixed_ips, "security_groups": d.security_groups,
+        "port_security_enabled": d.port_security_enabled, "binding:host_id": d.host,
+        "binding:vif_type": if d.host.is_empty() { "unbound" } else { "tap" },
+        "binding:vnic_type": "normal", "binding:profile": {}, "binding:vif_details": {},
+        "allowed_address_pairs": [], "extra_dhcp_opts": [], "description": d.description,
+        "dns_name": "", "dns_assignment": [], "qos_policy_id": null, "tags": [],
+        "created_at": t(d.created), "updated_at": t(d.updated), "revision_number": 1})
+}
+
+fn ports(svc: &Service, ctx: &Ctx) -> Result<Vec<Value>, ApiError> {
+    Ok(all::<PortDoc>(&*svc.store, Kind::Port, None)
+        .map_err(se)?
+        .iter()
+        .filter(|(_, d)| visible(ctx, &d.project_id))
+        .map(|(id, d)| port_view(id, d))
+        .collect())
+}
+
+/// A port visible to the caller.
+pub fn port(svc: &Service, ctx: &Ctx, id: &str) -> Result<(Record, PortDoc), ApiError> {
+    let (r, d): (Record, PortDoc) = load(svc, Kind::Port, id, "Port")?;
+    if !visible(ctx, &d.project_id) {
+        return Err(ApiError::not_found(format!(
+            "Port {id} could not be found."
+        )));
+    }
+    Ok((r, d))
+}
+
+/// Resolves security groups given by id (or, for Nova's `--security-group`, by name) in
+/// the caller's view; 404 for unknown ones.
+pub fn resolve_groups(
+    svc: &Service,
+    ctx: &Ctx,
+    project: &str,
+    wanted: &[String],
+) -> Result<Vec<String>, ApiError> {
+    let mut out = vec![];
+    for w in wanted {
+        let id = if let Some((_, d)) = svc
+            .store
+            .get(Kind::SecurityGroup, w)
+            .map_err(se)?
+            .map(|r| Ok::<_, ApiError>((r.id.clone(), r.parse::<SecurityGroupDoc>().map_err(se)?)))
+            .transpose()?
+            .filter(|(_, d)| visible(ctx, &d.project_id))
+        {
+            let _ = d;
+            w.clone()
+        } else if w == "default" {
+            default_group(&*svc.store, project)?
+        } else {
+            let found: Vec<String> =
+                all::<SecurityGroupDoc>(&*svc.store, Kind::SecurityGroup, Some(project))
+                    .map_err(se)?
+                    .into_iter()
+                    .filter(|(_, d)| &d.name == w)
+                    .map(|(id, _)| id)
+                    .collect();
+            match found.as_slice() {
+                [one] => one.clone(),
+                [] => {
+                    return Err(ApiError::not_found(format!(
+                        "Security group {w} does not exist"
+                    )));
+                }
+                _ => {
+                    return Err(ApiError::conflict(format!(
+                        "Multiple security groups are named {w}; use an id"
+                    )));
+                }
+            }
+        };
+        if !out.contains(&id) {
+            out.push(id);
+        }
+    }
+    Ok(out)
+}
+
+/// What a new port is made of (from the API or from a server's `--network`).
+#[derive(Debug, Default)]
+pub struct NewPort {
+    /// Name.
+    pub name: String,
+    /// Network (visible to the caller).
+    pub network_id: String,
+    /// A subnet and/or address asked for.
+    pub fixed_ip: Option<(Option<String>, Option<String>)>,
+    /// MAC asked for.
+    pub mac_address: Option<String>,
+    /// Groups (resolved ids); `None` for the project's default.
+    pub security_groups: Option<Vec<String>>,
+    /// Default true.
+    pub port_security_enabled: Option<bool>,
+    /// Device.
+    pub device_owner: String,
+    /// Device id.
+    pub device_id: String,
+    /// Node id.
+    pub host: String,
+    /// Admin state.
+    pub admin_state_up: bool,
+    /// Description.
+    pub description: String,
+}
+
+/// Creates a port record with its address reserved, in one batch; returns its id.
+pub fn insert_port(
+    svc: &Service,
+    ctx: &Ctx,
+    project: &str,
+    p: NewPort,
+) -> Result<(String, PortDoc), ApiError> {
+    let (_, net) = network(svc, ctx, &p.network_id)?;
+    let sub = subnet_of(svc, &p.network_id)?;
+    if let Some(m) = &p.mac_address
+        && !valid_mac(m)
+    {
+        return Err(ApiError::bad_request(format!(
+            "Invalid input for mac_address. Reason: '{m}' is not a valid MAC address."
+        )));
+    }
+    let security = p.port_security_enabled.unwrap_or(true);
+    let groups = match p.security_groups {
+        Some(g) if !security && !g.is_empty() => {
+            return Err(ApiError::bad_request(
+                "Port security must be enabled and port must have an IP address in order to use security groups.",
+            ));
+        }
+        Some(g) => g,
+        None if security => vec![default_group(&*svc.store, project)?],
+        None => vec![],
+    };
+    let _ = net;
+    for attempt in 0..5 {
+        let mut writes = vec![];
+        let id = uuid::Uuid::new_v4().to_string();
+        let mut fixed_ips = vec![];
+        match (&sub, &p.fixed_ip) {
+            (None, Some(_)) => {
+                return Err(ApiError::bad_request(format!(
+                    "network {} has no subnet to take an address from",
+                    p.network_id
+                )));
+            }
+            (None, None) => {}
+            (Some((sid, s)), want) => {
+                let (want_subnet, want_ip) = want.clone().unwrap_or((None, None));
+                if let Some(ws) = &want_subnet
+                    && ws != sid
+                {
+                    return Err(ApiError::bad_request(format!(
+                        "Invalid input for operation: subnet {ws} is not on network {}.",
+                        p.network_id
+                    )));
+                }
+                let ip = pick_address(&*svc.store, sid, s, want_ip.as_deref())?;
+                writes.push(reserve(sid, &ip, &id));
+                fixed_ips.push(FixedIp {
+                    subnet_id: sid.clone(),
+                    ip_address: ip,
+                });
+            }
+        }
+        let now = now_secs();
+        let doc = PortDoc {
+            name: p.name.clone(),
+            network_id: p.network_id.clone(),
+            project_id: project.to_string(),
+            mac_address: p.mac_address.clone().unwrap_or_else(new_mac),
+            fixed_ips,
+            security_groups: groups.clone(),
+            port_security_enabled: security,
+            device_owner: p.device_owner.clone(),
+            device_id: p.device_id.clone(),
+            host: p.host.clone(),
+            admin_state_up: p.admin_state_up,
+            description: p.description.clone(),
+            created: now,
+            updated: now,
+        };
+        writes.push(Write::Insert(Record::new(
+            Kind::Port,
+            &id,
+            &p.network_id,
+            None,
+            &doc,
+        )));
+        match svc.store.apply(&writes) {
+            Ok(()) => return Ok((id, doc)),
+            // Someone took the address meanwhile: pick again (unless it was asked for).
+            Err(StoreError::Conflict { .. })
+                if attempt < 4 && p.fixed_ip.as_ref().is_none_or(|f| f.1.is_none()) =>
+            {
+                continue;
+            }
+            Err(StoreError::Conflict { .. }) => {
+                return Err(ApiError::conflict("the IP address is already allocated"));
+            }
+            Err(e) => return Err(se(e)),
+        }
+    }
+    Err(ApiError::conflict("no address could be reserved; retry"))
+}
+
+fn valid_mac(m: &str) -> bool {
+    let parts: Vec<&str> = m.split(':').collect();
+    parts.len() == 6
+        && parts
+            .iter()
+            .all(|p| p.len() == 2 && p.bytes().all(|b| b.is_ascii_hexdigit()))
+        && u8::from_str_radix(parts[0], 16).is_ok_and(|b| b & 1 == 0)
+}
+
+/// A node by id or host name, for `binding:host_id`.
+fn node_id_of(svc: &Service, host: &str) -> Result<String, ApiError> {
+    if host.is_empty() {
+        return Ok(String::new());
+    }
+    for (r, d) in crate::compute::list_nodes(&*svc.store).map_err(se)? {
+        if r.id == host || d.hostname == host {
+            return Ok(r.id);
+        }
+    }
+    Err(ApiError::bad_request(format!(
+        "binding:host_id {host} is not a registered node"
+    )))
+}
+
+fn groups_field(o: &Map<String, Value>) -> Result<Option<Vec<String>>, ApiError> {
+    match o.get("security_groups") {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Array(a)) => a
+            .iter()
+            .map(|g| {
+                g.as_str().map(str::to_string).ok_or_else(|| {
+                    ApiError::bad_request("Invalid input for security_groups: a list of ids")
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map(Some),
+        Some(_) => Err(ApiError::bad_request(
+            "Invalid input for security_groups: a list of ids",
+        )),
+    }
+}
+
+fn create_port(svc: &Service, ctx: &Ctx, req: &Request) -> Result<Value, ApiError> {
+    let b: Value = req.json()?;
+    let o = body(&b, "port")?;
+    let network_id = opt_str(o, "network_id")?.ok_or_else(|| {
+        ApiError::bad_request(
+            "Failed to parse request. Required attribute 'network_id' not specified",
+        )
+    })?;
+    let (_, net) = network(svc, ctx, &network_id)?;
+    let project = match opt_str(o, "project_id")?.or(opt_str(o, "tenant_id")?) {
+        Some(p) if ctx.is_admin() => p,
+        _ => ctx.project_id.clone().unwrap_or(net.project_id),
+    };
+    let fixed_ip = match o.get("fixed_ips") {
+        None | Some(Value::Null) => None,
+        Some(Value::Array(a)) if a.is_empty() => None,
+        Some(Value::Array(a)) if a.len() == 1 && a[0].is_object() => {
+            let f = a[0].as_object().expect("checked");
+            Some((opt_str(f, "subnet_id")?, opt_str(f, "ip_address")?))
+        }
+        Some(_) => {
+            return Err(ApiError::bad_request(
+                "Invalid input for fixed_ips: one {subnet_id, ip_address} is supported",
+            ));
+        }
+    };
+    let groups = match groups_field(o)? {
+        Some(g) => Some(resolve_groups(svc, ctx, &project, &g)?),
+        None => None,
+    };
+    let host = match opt_str(o, "binding:host_id")? {
+        Some(h) if !h.is_empty() => {
+            if !ctx.is_admin() {
+                return Err(ApiError::forbidden(
+                    "binding:host_id can be set by an admin only",
+                ));
+            }
+            node_id_of(svc, &h)?
+        }
+        _ => String::new(),
+    };
+    let device_owner = opt_str(o, "device_owner")?.unwrap_or_default();
+    if device_owner.starts_with("network:") {
+        return Err(ApiError::bad_request(format!(
+            "device_owner {device_owner} is reserved for the network service"
+        )));
+    }
+    let (id, d) = insert_port(
+        svc,
+        ctx,
+        &project,
+        NewPort {
+            name: name_of(o)?.unwrap_or_default(),
+            network_id,
+            fixed_ip,
+            mac_address: opt_str(o, "mac_address")?,
+            security_groups: groups,
+            port_security_enabled: opt_bool(o, "port_security_enabled")?,
+            device_owner,
+            device_id: opt_str(o, "device_id")?.unwrap_or_default(),
+            host,
+            admin_state_up: opt_bool(o, "admin_state_up")?.unwrap_or(true),
+            description: opt_str(o, "description")?.unwrap_or_default(),
+        },
+    )?;
+    Ok(port_view(&id, &d))
+}
+
+fn update_port(svc: &Service, ctx: &Ctx, id: &str, req: &Request) -> Result<Value, ApiError> {
+    let b: Value = req.json()?;
+    let o = body(&b, "port")?;
+    let (r, mut d) = port(svc, ctx, id)?;
+    for k in ["fixed_ips", "mac_address", "network_id"] {
+        if o.get(k).is_some() {
+            return Err(ApiError::bad_request(format!(
+                "Cannot update read-only attribute {k} here"
+            )));
+        }
+    }
+    if let Some(n) = name_of(o)? {
+        d.name = n;
+    }
+    if let Some(v) = opt_str(o, "description")? {
+        d.description = v;
+    }
+    if let Some(v) = opt_bool(o, "admin_state_up")? {
+        d.admin_state_up = v;
+    }
+    if let Some(v) = opt_bool(o, "port_security_enabled")? {
+        d.port_security_enabled = v;
+    }
+    if let Some(g) = groups_field(o)? {
+        d.security_groups = resolve_groups(svc, ctx, &d.project_id, &g)?;
+    }
+    if !d.port_security_enabled && !d.security_groups.is_empty() {
+        return Err(ApiError::conflict(
+            "Port has security group associated. Cannot disable port security or ip address until security group is removed",
+        ));
+    }
+    if let Some(v) = opt_str(o, "device_id")? {
+        d.device_id = v;
+    }
+    if let Some(v) = opt_str(o, "device_owner")? {
+        d.device_owner = v;
+    }
+    if let Some(h) = opt_str(o, "binding:host_id")? {
+        if !ctx.is_admin() {
+            return Err(ApiError::forbidden(
+                "binding:host_id can be set by an admin only",
+            ));
+        }
+        d.host = node_id_of(svc, &h)?;
+    }
+    d.updated = now_secs();
+    svc.store.update(r.with_doc(None, &d)).map_err(se)?;
+    Ok(port_view(id, &d))
+}
+
+/// Deletes a port record, frees its addresses and disassociates its floating IPs.
+pub fn remove_port(svc: &Service, id: &str, d: &PortDoc) -> Result<(), ApiError> {
+    let mut writes = vec![Write::Delete(Kind::Port, id.to_string())];
+    for f in &d.fixed_ips {
+        writes.push(release(&f.subnet_id, &f.ip_address));
+    }
+    for r in svc.store.list(Kind::FloatingIp, None).map_err(se)? {
+        let mut f: FloatingIpDoc = r.parse().map_err(se)?;
+        if f.port_id.as_deref() == Some(id) {
+            f.port_id = None;
+            f.fixed_ip_address = None;
+            f.router_id = None;
+            f.updated = now_secs();
+            writes.push(Write::Update(r.with_doc(None, &f)));
+        }
+    }
+    svc.store.apply(&writes).map_err(se)
+}
+
+fn delete_port(svc: &Service, ctx: &Ctx, id: &str) -> Result<(), ApiError> {
+    let (_, d) = port(svc, ctx, id)?;
+    if d.device_owner.starts_with("network:") {
+        return Err(ApiError::conflict(format!(
+            "Port {id} cannot be deleted directly via the port API: has device owner {}.",
+            d.device_owner
+        )));
+    }
+    if d.device_owner.starts_with("compute:")
+        && !d.device_id.is_empty()
+        && svc
+            .store
+            .get(Kind::Server, &d.device_id)
+            .map_err(se)?
+            .is_some()
+    {
+        return Err(ApiError::conflict(format!(
+            "Port {id} is in use by server {}; delete the server first.",
+            d.device_id
+        )));
+    }
+    remove_port(svc, id, &d)
+}
+
+// ---------------------------------------------------------------------------------------
+// Routers.
+
+fn router_view(id: &str, d: &RouterDoc) -> Value {
+    let gw = d.gateway.as_ref().map(|g| {
+        json!({"network_id": g.network_id, "enable_snat": g.enable_snat,
+               "external_fixed_ips": [{"subnet_id": g.subnet_id, "ip_address": g.ip_address}]})
+    });
+    json!({"id": id, "name": d.name, "tenant_id": d.project_id, "project_id": d.project_id,
+        "admin_state_up": d.admin_state_up, "status": "ACTIVE", "external_gateway_info": gw,
+        "routes": [], "distributed": true, "ha": false, "flavor_id": null,
+        "availability_zones": ["nova"], "availability_zone_hints": [],
+        "description": d.description, "tags": [], "created_at": t(d.created),
+        "updated_at": t(d.updated), "revision_number": 1})
+}
+
+fn routers(svc: &Service, ctx: &Ctx) -> Result<Vec<Value>, ApiError> {
+    Ok(all::<RouterDoc>(&*svc.store, Kind::Router, None)
+        .map_err(se)?
+        .iter()
+        .filter(|(_, d)| visible(ctx, &d.project_id))
+        .map(|(id, d)| router_view(id, d))
+        .collect())
+}
+
+fn router(svc: &Service, ctx: &Ctx, id: &str) -> Result<(Record, RouterDoc), ApiError> {
+    let (r, d): (Record, RouterDoc) = load(svc, Kind::Router, id, "Router")?;
+    if !visible(ctx, &d.project_id) {
+        return Err(ApiError::not_found(format!(
+            "Router {id} could not be found."
+        )));
+    }
+    Ok((r, d))
+}
+
+/// Makes the gateway port for `router` on external network `info.network_id`; returns
+/// the gateway and the writes (port and address).
+fn gateway_writes(
+    svc: &Service,
+    ctx: &Ctx,
+    router: &str,
+    info: &Map<String, Value>,
+) -> Result<(GatewayDoc, Vec<Write>), ApiError> {
+    let net_id = opt_str(info, "network_id")?.ok_or_else(|| {
+        ApiError::bad_request("Invalid input for external_gateway_info: network_id is required")
+    })?;
+    let (_, net) = network(svc, ctx, &net_id)?;
+    if !net.external {
+        return Err(ApiError::bad_request(format!(
+            "Bad router request: Network {net_id} is not a valid external network."
+        )));
+    }
+    let (sid, sub) = subnet_of(svc, &net_id)?.ok_or_else(|| {
+        ApiError::bad_request(format!(
+            "Bad router request: external network {net_id} has no subnet."
+        ))
+    })?;
+    let want = info
+        .get("external_fixed_ips")
+        .and_then(Value::as_array)
+        .and_then(|a| a.first())
+        .and_then(|f| f.get("ip_address"))
+        .and_then(Value::as_str);
+    let ip = pick_address(&*svc.store, &sid, &sub, want)?;
+    let port_id = uuid::Uuid::new_v4().to_string();
+    let now = now_secs();
+    let port = PortDoc {
+        name: String::new(),
+        network_id: net_id.clone(),
+        project_id: String::new(),
+        mac_address: new_mac(),
+        fixed_ips: vec![FixedIp {
+            subnet_id: sid.clone(),
+            ip_address: ip.clone(),
+        }],
+        security_groups: vec![],
+        port_security_enabled: false,
+        device_owner: OWNER_GATEWAY.into(),
+        device_id: router.into(),
+        host: String::new(),
+        admin_state_up: true,
+        description: String::new(),
+        created: now,
+        updated: now,
+    };
+    let gw = GatewayDoc {
+        network_id: net_id.clone(),
+        enable_snat: opt_bool(info, "enable_snat")?.unwrap_or(true),
+        port_id: port_id.clone(),
+        subnet_id: sid.clone(),
+        ip_address: ip.clone(),
+    };
+    Ok((
+        gw,
+        vec![
+            reserve(&sid, &ip, &port_id),
+            Write::Insert(Record::new(Kind::Port, &port_id, &net_id, None, &port)),
+        ],
+    ))
+}
+
+fn gateway_info(o: &Map<String, Value>) -> Result<Option<Option<&Map<String, Value>>>, ApiError> {
+    match o.get("external_gateway_info") {
+        None => Ok(None),
+        Some(Value::Null) => Ok(Some(None)),
+        Some(Value::Object(m)) if m.is_empty() => Ok(Some(None)),
+        Some(Value::Object(m)) => Ok(Some(Some(m))),
+        Some(_) => Err(ApiError::bad_request(
+            "Invalid input for external_gateway_info: an object or null",
+        )),
+    }
+}
+
+fn create_router(svc: &Service, ctx: &Ctx, req: &Request) -> Result<Value, ApiError> {
+    let b: Value = req.json()?;
+    let o = body(&b, "router")?;
+    let project = ctx.project_id.clone().unwrap_or_default();
+    let id = uuid::Uuid::new_v4().to_string();
+    let now = now_secs();
+    let mut writes = vec![];
+    let gateway = match gateway_info(o)?.flatten() {
+        Some(info) => {
+            let (gw, w) = gateway_writes(svc, ctx, &id, info)?;
+            writes.extend(w);
+            Some(gw)
+        }
+        None => None,
+    };
+    let d = RouterDoc {
+        name: name_of(o)?.unwrap_or_default(),
+        project_id: project.clone(),
+        admin_state_up: opt_bool(o, "admin_state_up")?.unwrap_or(true),
+        gateway,
+        description: opt_str(o, "description")?.unwrap_or_default(),
+        created: now,
+        updated: now,
+    };
+    writes.push(Write::Insert(Record::new(
+        Kind::Router,
+        &id,
+        &project,
+        None,
+        &d,
+    )));
+    svc.store.apply(&writes).map_err(se)?;
+    Ok(router_view(&id, &d))
+}
+
+/// Floating IPs translated by `router`.
+fn router_fips(svc: &Service, router: &str) -> Result<Vec<(String, FloatingIpDoc)>, ApiError> {
+    Ok(all::<FloatingIpDoc>(&*svc.store, Kind::FloatingIp, None)
+        .map_err(se)?
+        .into_iter()
+        .filter(|(_, f)| f.router_id.as_deref() == Some(router))
+        .collect())
+}
+
+fn clear_gateway_writes(
+    svc: &Service,
+    router: &str,
+    gw: &GatewayDoc,
+) -> Result<Vec<Write>, ApiError> {
+    if !router_fips(svc, router)?.is_empty() {
+        return Err(ApiError::conflict(format!(
+            "Gateway cannot be updated for router {router}, since a gateway to external network {} is required by one or more floating IPs.",
+            gw.network_id
+        )));
+    }
+    Ok(vec![
+        Write::Delete(Kind::Port, gw.port_id.clone()),
+        release(&gw.subnet_id, &gw.ip_address),
+    ])
+}
+
+fn update_router(svc: &Service, ctx: &Ctx, id: &str, req: &Request) -> Result<Value, ApiError> {
+    let b: Value = req.json()?;
+    let o = body(&b, "router")?;
+    let (r, mut d) = router(svc, ctx, id)?;
+    if let Some(n) = name_of(o)? {
+        d.name = n;
+    }
+    if let Some(v) = opt_str(o, "description")? {
+        d.description = v;
+    }
+    if let Some(v) = opt_bool(o, "admin_state_up")? {
+        d.admin_state_up = v;
+    }
+    let mut writes = vec![];
+    match gateway_info(o)? {
+        None => {}
+        Some(None) => {
+            if let Some(gw) = d.gateway.take() {
+                writes.extend(clear_gateway_writes(svc, id, &gw)?);
+            }
+        }
+        Some(Some(info)) => {
+            let same = d.gateway.as_ref().is_some_and(|g| {
+                info.get("network_id").and_then(Value::as_str) == Some(g.network_id.as_str())
+                    && info.get("external_fixed_ips").is_none()
+            });
+            if same {
+                let g = d.gateway.as_mut().expect("checked");
+                if let Some(s) = opt_bool(info, "enable_snat")? {
+                    g.enable_snat = s;
+                }
+            } else {
+                if let Some(gw) = d.gateway.take() {
+                    writes.extend(clear_gateway_writes(svc, id, &gw)?);
+                }
+                let (gw, w) = gateway_writes(svc, ctx, id, info)?;
+                writes.extend(w);
+                d.gateway = Some(gw);
+            }
+        }
+    }
+    d.updated = now_secs();
+    writes.push(Write::Update(r.with_doc(None, &d)));
+    svc.store.apply(&writes).map_err(se)?;
+    Ok(router_view(id, &d))
+}
+
+/// A router's interface ports.
+fn interfaces(svc: &Service, router: &str) -> Result<Vec<(String, PortDoc)>, ApiError> {
+    Ok(all::<PortDoc>(&*svc.store, Kind::Port, None)
+        .map_err(se)?
+        .into_iter()
+        .filter(|(_, p)| p.device_owner == OWNER_INTERFACE && p.device_id == router)
+        .collect())
+}
+
+fn delete_router(svc: &Service, ctx: &Ctx, id: &str) -> Result<(), ApiError> {
+    let (_, d) = router(svc, ctx, id)?;
+    let ifaces = interfaces(svc, id)?;
+    if !ifaces.is_empty() {
+        return Err(ApiError::conflict(format!(
+            "Router {id} still has ports: {}",
+            ifaces
+                .iter()
+                .map(|(i, _)| i.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )));
+    }
+    let mut writes = vec![Write::Delete(Kind::Router, id.to_string())];
+    if let Some(gw) = &d.gateway {
+        writes.extend(clear_gateway_writes(svc, id, gw)?);
+    }
+    svc.store.apply(&writes).map_err(se)
+}
+
+fn interface_body(o: &Map<String, Value>) -> Result<(Option<String>, Option<String>), ApiError> {
+    let sub = opt_str(o, "subnet_id")?;
+    let port = opt_str(o, "port_id")?;
+    if sub.is_none() && port.is_none() {
+        return Err(ApiError::bad_request(
+            "Bad router request: Either subnet_id or port_id must be specified.",
+        ));
+    }
+    if sub.is_some() && port.is_some() {
+        return Err(ApiError::bad_request(
+            "Bad router request: Cannot specify both subnet-id and port-id.",
+        ));
+    }
+    Ok((sub, port))
+}
+
+fn add_interface(svc: &Service, ctx: &Ctx, id: &str, req: &Request) -> Result<Value, ApiError> {
+    let b: Value = req.json()?;
+    let o = b
+        .as_object()
+        .ok_or_else(|| ApiError::bad_request("the body must be a JSON object"))?;
+    let (r, d) = router(svc, ctx, id)?;
+    let (sub_id, port_id) = interface_body(o)?;
+    let Some(sub_id) = sub_id else {
+        return Err(ApiError::bad_request(format!(
+            "Bad router request: adding an interface by port ({}) is not supported here; give the subnet_id.",
+            port_id.unwrap_or_default()
+        )));
+    };
+    let (_, sub): (Record, SubnetDoc) = load(svc, Kind::Subnet, &sub_id, "Subnet")?;
+    let (_, net): (Record, NetworkDoc) = load(svc, Kind::Network, &sub.network_id, "Network")?;
+    if !visible(ctx, &sub.project_id) && !net.shared {
+        return Err(ApiError::not_found(format!(
+            "Subnet {sub_id} could not be found."
+        )));
+    }
+    if net.external {
+        return Err(ApiError::bad_request(format!(
+            "Bad router request: subnet {sub_id} is on an external network; set it as the router's gateway instead."
+        )));
+    }
+    let gw_ip = sub.gateway_ip.clone().ok_or_else(|| {
+        ApiError::bad_request(
+            "Bad router request: Subnet for router interface must have a gateway IP.",
+        )
+    })?;
+    for (_, p) in all::<PortDoc>(&*svc.store, Kind::Port, Some(&sub.network_id)).map_err(se)? {
+        if p.device_owner == OWNER_INTERFACE && p.fixed_ips.iter().any(|f| f.subnet_id == sub_id) {
+            return Err(if p.device_id == id {
+                ApiError::bad_request(format!(
+                    "Bad router request: Router already has a port on subnet {sub_id}."
+                ))
+            } else {
+                ApiError::conflict(format!(
+                    "IP address {gw_ip} already allocated in subnet {sub_id}: router {} has it.",
+                    p.device_id
+                ))
+            });
+        }
+    }
+    let port_id = uuid::Uuid::new_v4().to_string();
+    let now = now_secs();
+    let port = PortDoc {
+        name: String::new(),
+        network_id: sub.network_id.clone(),
+        project_id: d.project_id.clone(),
+        mac_address: new_mac(),
+        fixed_ips: vec![FixedIp {
+            subnet_id: sub_id.clone(),
+            ip_address: gw_ip.clone(),
+        }],
+        security_groups: vec![],
+        port_security_enabled: false,
+        device_owner: OWNER_INTERFACE.into(),
+        device_id: id.into(),
+        host: String::new(),
+        admin_state_up: true,
+        description: String::new(),
+        created: now,
+        updated: now,
+    };
+    // The router's version moves too, so that concurrent changes serialise on it.
+    let mut d2 = d.clone();
+    d2.updated = now;
+    svc.store
+        .apply(&[
+            reserve(&sub_id, &gw_ip, &port_id),
+            Write::Insert(Record::new(
+                Kind::Port,
+                &port_id,
+                &sub.network_id,
+                None,
+                &port,
+            )),
+            Write::Update(r.with_doc(None, &d2)),
+        ])
+        .map_err(se)?;
+    Ok(
+        json!({"id": id, "subnet_id": sub_id, "subnet_ids": [sub_id], "port_id": port_id,
+              "network_id": sub.network_id, "tenant_id": d.project_id, "project_id": d.project_id}),
+    )
+}
+
+fn remove_interface(svc: &Service, ctx: &Ctx, id: &str, req: &Request) -> Result<Value, ApiError> {
+    let b: Value = req.json()?;
+    let o = b
+        .as_object()
+        .ok_or_else(|| ApiError::bad_request("the body must be a JSON object"))?;
+    let (r, d) = router(svc, ctx, id)?;
+    let (sub_id, port_id) = interface_body(o)?;
+    let (pid, port) = interfaces(svc, id)?
+        .into_iter()
+        .find(|(pid, p)| {
+            port_id.as_deref().is_none_or(|x| x == pid)
+                && sub_id
+                    .as_deref()
+                    .is_none_or(|s| p.fixed_ips.iter().any(|f| f.subnet_id == s))
+        })
+        .ok_or_else(|| match (&sub_id, &port_id) {
+            (Some(s), _) => {
+                ApiError::not_found(format!("Router {id} has no interface on subnet {s}"))
+            }
+            (_, p) => ApiError::not_found(format!(
+                "Router {id} does not have an interface with id {}",
+                p.clone().unwrap_or_default()
+            )),
+        })?;
+    let subnets: Vec<String> = port.fixed_ips.iter().map(|f| f.subnet_id.clone()).collect();
+    for (fid, f) in router_fips(svc, id)? {
+        let on_subnet = f
+            .port_id
+            .as_ref()
+            .and_then(|p| svc.store.get(Kind::Port, p).ok().flatten())
+            .and_then(|r| r.parse::<PortDoc>().ok())
+            .is_some_and(|p| p.fixed_ips.iter().any(|x| subnets.contains(&x.subnet_id)));
+        if on_subnet {
+            return Err(ApiError::conflict(format!(
+                "Router interface for subnet {} on router {id} cannot be deleted, as it is required by one or more floating IPs ({fid}).",
+                subnets.first().cloned().unwrap_or_default()
+            )));
+        }
+    }
+    let mut writes = vec![Write::Delete(Kind::Port, pid.clone())];
+    for f in &port.fixed_ips {
+        writes.push(release(&f.subnet_id, &f.ip_address));
+    }
+    let mut d2 = d.clone();
+    d2.updated = now_secs();
+    writes.push(Write::Update(r.with_doc(None, &d2)));
+    svc.store.apply(&writes).map_err(se)?;
+    Ok(
+        json!({"id": id, "subnet_id": subnets.first(), "subnet_ids": subnets, "port_id": pid,
+              "network_id": port.network_id, "tenant_id": d.project_id, "project_id": d.project_id}),
+    )
+}
+
+// ---------------------------------------------------------------------------------------
+// Security groups and rules.
+
+fn rule_view(id: &str, r: &RuleDoc) -> Value {
+    json!({"id": id, "security_group_id": r.security_group_id, "direction": r.direction,
+        "ethertype": r.ethertype, "protocol": r.protocol, "port_range_min": r.port_range_min,
+        "port_range_max": r.port_range_max, "remote_ip_prefix": r.remote_ip_prefix,
+        "remote_group_id": r.remote_group_id, "remote_address_group_id": null,
+        "normalized_cidr": r.remote_ip_prefix, "tenant_id": r.project_id,
+        "project_id": r.project_id, "description": r.description, "tags": [],
+        "created_at": t(r.created), "updated_at": t(r.created), "revision_number": 0})
+}
+
+fn group_view(svc: &Service, id: &str, d: &SecurityGroupDoc) -> Result<Value, ApiError> {
+    let rules: Vec<Value> = all::<RuleDoc>(&*svc.store, Kind::SecurityGroupRule, Some(id))
+        .map_err(se)?
+        .iter()
+        .map(|(rid, r)| rule_view(rid, r))
+        .collect();
+    Ok(
+        json!({"id": id, "name": d.name, "description": d.description,
+        "tenant_id": d.project_id, "project_id": d.project_id, "security_group_rules": rules,
+        "stateful": true, "shared": false, "tags": [], "created_at": t(d.created),
+        "updated_at": t(d.updated), "revision_number": 1}),
+    )
+}
+
+fn groups(svc: &Service, ctx: &Ctx) -> Result<Vec<Value>, ApiError> {
+    if let Some(p) = &ctx.project_id {
+        default_group(&*svc.store, p)?;
+    }
+    let mut out = vec![];
+    for (id, d) in all::<SecurityGroupDoc>(&*svc.store, Kind::SecurityGroup, None).map_err(se)? {
+        if visible(ctx, &d.project_id) {
+            out.push(group_view(svc, &id, &d)?);
+        }
+    }
+    Ok(out)
+}
+
+fn group(svc: &Service, ctx: &Ctx, id: &str) -> Result<(Record, SecurityGroupDoc), ApiError> {
+    let (r, d): (Record, SecurityGroupDoc) = load(svc, Kind::SecurityGroup, id, "Security group")?;
+    if !visible(ctx, &d.project_id) {
+        return Err(ApiError::not_found(format!(
+            "Security group {id} does not exist"
+        )));
+    }
+    Ok((r, d))
+}
+
+fn new_rule(group: &str, project: &str, direction: &str, ethertype: &str) -> RuleDoc {
+    RuleDoc {
+        security_group_id: group.into(),
+        direction: direction.into(),
+        ethertype: ethertype.into(),
+        protocol: None,
+        port_range_min: None,
+        port_range_max: None,
+        remote_ip_prefix: None,
+        remote_group_id: None,
+        project_id: project.into(),
+        description: String::new(),
+        created: now_secs(),
+    }
+}
+
+fn create_group(svc: &Service, ctx: &Ctx, req: &Request) -> Result<Value, ApiError> {
+    let b: Value = req.json()?;
+    let o = body(&b, "security_group")?;
+    let name = name_of(o)?.unwrap_or_default();
+    let project = ctx.project_id.clone().unwrap_or_default();
+    if name == "default" {
+        default_group(&*svc.store, &project)?;
+        return Err(ApiError::conflict("Default security group already exists."));
+    }
+    let id = uuid::Uuid::new_v4().to_string();
+    let now = now_secs();
+    let d = SecurityGroupDoc {
+        name,
+        description: opt_str(o, "description")?.unwrap_or_default(),
+        project_id: project.clone(),
+        created: now,
+        updated: now,
+    };
+    // As in Neutron, a new group lets everything out (IPv4 and IPv6) and nothing in.
+    let mut writes = vec![Write::Insert(Record::new(
+        Kind::SecurityGroup,
+        &id,
+        &project,
+        None,
+        &d,
+    ))];
+    for e in ["IPv4", "IPv6"] {
+        writes.push(Write::Insert(Record::new(
+            Kind::SecurityGroupRule,
+            &uuid::Uuid::new_v4().to_string(),
+            &id,
+            None,
+            &new_rule(&id, &project, "egress", e),
+        )));
+    }
+    svc.store.apply(&writes).map_err(se)?;
+    group_view(svc, &id, &d)
+}
+
+fn update_group(svc: &Service, ctx: &Ctx, id: &str, req: &Request) -> Result<Value, ApiError> {
+    let b: Value = req.json()?;
+    let o = body(&b, "security_group")?;
+    let (r, mut d) = group(svc, ctx, id)?;
+    if let Some(n) = name_of(o)? {
+        if d.name == "default" && n != "default" {
+            return Err(ApiError::conflict(
+                "Insufficient rights for renaming the default security group.",
+            ));
+        }
+        if n == "default" && d.name != "default" {
+            return Err(ApiError::conflict("Default security group already exists."));
+        }
+        d.name = n;
+    }
+    if let Some(v) = opt_str(o, "description")? {
+        d.description = v;
+    }
+    d.updated = now_secs();
+    let name = (d.name == "default").then_some("default");
+    svc.store.update(r.with_doc(name, &d)).map_err(se)?;
+    group_view(svc, id, &d)
+}
+
+fn delete_group(svc: &Service, ctx: &Ctx, id: &str) -> Result<(), ApiError> {
+    let (_, d) = group(svc, ctx, id)?;
+    if d.name == "default" && !ctx.is_admin() {
+        return Err(ApiError::conflict(
+            "Insufficient rights for removing default security group.",
+        ));
+    }
+    let users: Vec<String> = all::<PortDoc>(&*svc.store, Kind::Port, None)
+        .map_err(se)?
+        .into_iter()
+        .filter(|(_, p)| p.security_groups.iter().any(|g| g == id))
+        .map(|(pid, _)| pid)
+        .collect();
+    if !users.is_empty() {
+        return Err(ApiError::conflict(format!(
+            "Security Group {id} in use (by port {}).",
+            users.join(", ")
+        )));
+    }
+    let mut writes = vec![Write::Delete(Kind::SecurityGroup, id.to_string())];
+    // Its rules, and other groups' rules naming it as their remote group.
+    for (rid, r) in all::<RuleDoc>(&*svc.store, Kind::SecurityGroupRule, None).map_err(se)? {
+        if r.security_group_id == id || r.remote_group_id.as_deref() == Some(id) {
+            writes.push(Write::Delete(Kind::SecurityGroupRule, rid));
+        }
+    }
+    svc.store.apply(&writes).map_err(se)
+}
+
+fn rules(svc: &Service, ctx: &Ctx) -> Result<Vec<Value>, ApiError> {
+    Ok(all::<RuleDoc>(&*svc.store, Kind::SecurityGroupRule, None)
+        .map_err(se)?
+        .iter()
+        .filter(|(_, r)| visible(ctx, &r.project_id))
+        .map(|(id, r)| rule_view(id, r))
+        .collect())
+}
+
+fn rule(svc: &Service, ctx: &Ctx, id: &str) -> Result<RuleDoc, ApiError> {
+    let (_, d): (Record, RuleDoc) = load(svc, Kind::SecurityGroupRule, id, "Security group rule")?;
+    if !visible(ctx, &d.project_id) {
+        return Err(ApiError::not_found(format!(
+            "Security group rule {id} could not be found."
+        )));
+    }
+    Ok(d)
+}
+
+/// Parses an IPv4 prefix of any length (`0.0.0.0/0` to `/32`, a bare address is a /32),
+/// normalised to its network address.
+fn parse_prefix(s: &str) -> Option<String> {
+    let (ip, len) = match s.split_once('/') {
+        Some((ip, len)) => (ip, len.parse::<u8>().ok()?),
+        None => (s, 32),
+    };
+    let ip: Ipv4Addr = ip.parse().ok()?;
+    if len > 32 {
+        return None;
+    }
+    let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
+    Some(format!("{}/{len}", Ipv4Addr::from(u32::from(ip) & mask)))
+}
+
+fn port_number(o: &Map<String, Value>, key: &str) -> Result<Option<u16>, ApiError> {
+    match o.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => v
+            .as_u64()
+            .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
+            .filter(|n| *n <= 65535)
+            .map(|n| Some(n as u16))
+            .ok_or_else(|| {
+                ApiError::bad_request(format!(
+                    "Invalid value for port {v}: must be an integer 0 to 65535"
+                ))
+            }),
+    }
+}
+
+fn create_rule(svc: &Service, ctx: &Ctx, req: &Request) -> Result<Value, ApiError> {
+    let b: Value = req.json()?;
+    let o = body(&b, "security_group_rule")?;
+    let gid = opt_str(o, "security_group_id")?.ok_or_else(|| {
+        ApiError::bad_request(
+            "Failed to parse request. Required attribute 'security_group_id' not specified",
+        )
+    })?;
+    let (_, g) = group(svc, ctx, &gid)?;
+    let direction = opt_str(o, "direction")?.unwrap_or_default();
+    if direction != "ingress" && direction != "egress" {
+        return Err(ApiError::bad_request(format!(
+            "Invalid input for direction. Reason: '{direction}' is not in ['ingress', 'egress']."
+        )));
+    }
+    let ethertype = opt_str(o, "ethertype")?.unwrap_or_else(|| "IPv4".into());
+    if ethertype != "IPv4" && ethertype != "IPv6" {
+        return Err(ApiError::bad_request(format!(
+            "Invalid input for ethertype. Reason: '{ethertype}' is not in ['IPv4', 'IPv6']."
+        )));
+    }
+    let protocol = match opt_str(o, "protocol")?.or_else(|| {
+        o.get("protocol")
+            .and_then(Value::as_u64)
+            .map(|n| n.to_string())
+    }) {
+        None => None,
+        Some(p) if p == "any" || p.is_empty() => None,
+        Some(p) => {
+            let known = ["tcp", "udp", "icmp", "icmpv6", "sctp", "gre", "esp", "ah"];
+            if !known.contains(&p.as_str()) && p.parse::<u8>().is_err() {
+                return Err(ApiError::bad_request(format!(
+                    "Security group rule protocol {p} not supported. Only protocol values {known:?} and integer representations [0 to 255] are supported."
+                )));
+            }
+            Some(p)
+        }
+    };
+    let (lo, hi) = (
+        port_number(o, "port_range_min")?,
+        port_number(o, "port_range_max")?,
+    );
+    match protocol.as_deref() {
+        None if lo.is_some() || hi.is_some() => {
+            return Err(ApiError::bad_request(
+                "Must also specify protocol if port range is given.",
+            ));
+        }
+        Some("tcp" | "udp" | "sctp" | "6" | "17" | "132") => {
+            if let (Some(l), Some(h)) = (lo, hi)
+                && (l == 0 || l > h)
+            {
+                return Err(ApiError::bad_request(format!(
+                    "For TCP/UDP protocols, port_range_min must be <= port_range_max and at least 1 ({l} > {h})"
+                )));
+            }
+            if lo.is_none() != hi.is_none() {
+                return Err(ApiError::bad_request(
+                    "For TCP/UDP protocols, give both port_range_min and port_range_max",
+                ));
+            }
+        }
+        Some("icmp" | "1") => {
+            if lo.is_some_and(|v| v > 255) || hi.is_some_and(|v| v > 255) {
+                return Err(ApiError::bad_request(
+                    "Invalid value for ICMP type or code: must be 0 to 255",
+                ));
+            }
+            if lo.is_none() && hi.is_some() {
+                return Err(ApiError::bad_request(
+                    "ICMP code (port-range-max) is given without an ICMP type (port-range-min).",
+                ));
+            }
+        }
+        _ => {}
+    }
+    let remote_ip_prefix = match opt_str(o, "remote_ip_prefix")? {
+        None => None,
+        Some(p) => Some(parse_prefix(&p).ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "Invalid input for remote_ip_prefix. Reason: '{p}' is not a valid IPv4 prefix."
+            ))
+        })?),
+    };
+    let remote_group_id = opt_str(o, "remote_group_id")?;
+    if remote_ip_prefix.is_some() && remote_group_id.is_some() {
+        return Err(ApiError::bad_request(
+            "Only remote_ip_prefix or remote_group_id may be provided.",
+        ));
+    }
+    if let Some(rg) = &remote_group_id {
+        group(svc, ctx, rg)?;
+    }
+    let d = RuleDoc {
+        security_group_id: gid.clone(),
+        direction,
+        ethertype,
+        protocol,
+        port_range_min: lo,
+        port_range_max: hi,
+        // `0.0.0.0/0` is what "any" means: store it as none, as Neutron compares it.
+        remote_ip_prefix: remote_ip_prefix.filter(|p| p != "0.0.0.0/0"),
+        remote_group_id,
+        project_id: g.project_id.clone(),
+        description: opt_str(o, "description")?.unwrap_or_default(),
+        created: now_secs(),
+    };
+    for (rid, r) in all::<RuleDoc>(&*svc.store, Kind::SecurityGroupRule, Some(&gid)).map_err(se)? {
+        let same = RuleDoc {
+            description: d.description.clone(),
+            created: d.created,
+            ..r.clone()
+        };
+        if same == d {
+            return Err(ApiError::conflict(format!(
+                "Security group rule already exists. Rule id is {rid}."
+            )));
+        }
+    }
+    let id = uuid::Uuid::new_v4().to_string();
+    svc.store
+        .insert(Record::new(Kind::SecurityGroupRule, &id, &gid, None, &d))
+        .map_err(se)?;
+    Ok(rule_view(&id, &d))
+}
+
+fn delete_rule(svc: &Service, ctx: &Ctx, id: &str) -> Result<(), ApiError> {
+    rule(svc, ctx, id)?;
+    svc.store.delete(Kind::SecurityGroupRule, id).map_err(se)
+}
+
+// ---------------------------------------------------------------------------------------
+// Floating IPs.
+
+fn fip_view(id: &str, f: &FloatingIpDoc) -> Value {
+    json!({"id": id, "floating_ip_address": f.floating_ip_address,
+        "floating_network_id": f.floating_network_id, "router_id": f.router_id,
+        "port_id": f.port_id, "fixed_ip_address": f.fixed_ip_address,
+        "status": if f.port_id.is_some() { "ACTIVE" } else { "DOWN" },
+        "tenant_id": f.project_id, "project_id": f.project_id, "description": f.description,
+        "port_details": null, "port_forwardings": [], "qos_policy_id": null,
+        "dns_domain": "", "dns_name": "", "tags": [], "created_at": t(f.created),
+        "updated_at": t(f.updated), "revision_number": 1})
+}
+
+fn fips(svc: &Service, ctx: &Ctx) -> Result<Vec<Value>, ApiError> {
+    Ok(all::<FloatingIpDoc>(&*svc.store, Kind::FloatingIp, None)
+        .map_err(se)?
+        .iter()
+        .filter(|(_, f)| visible(ctx, &f.project_id))
+        .map(|(id, f)| fip_view(id, f))
+        .collect())
+}
+
+fn fip(svc: &Service, ctx: &Ctx, id: &str) -> Result<(Record, FloatingIpDoc), ApiError> {
+    let (r, d): (Record, FloatingIpDoc) = load(svc, Kind::FloatingIp, id, "Floating IP")?;
+    if !visible(ctx, &d.project_id) {
+        return Err(ApiError::not_found(format!(
+            "Floating IP {id} could not be found."
+        )));
+    }
+    Ok((r, d))
+}
+
+/// Points `f` at `port_id` (through the router joining the port's subnet to the floating
+/// IP's network), or at nothing.
+fn associate(
+    svc: &Service,
+    ctx: &Ctx,
+    fip_id: &str,
+    f: &mut FloatingIpDoc,
+    port_id: Option<String>,
+    fixed: Option<String>,
+) -> Result<(), ApiError> {
+    let Some(port_id) = port_id else {
+        f.port_id = None;
+        f.fixed_ip_address = None;
+        f.router_id = None;
+        return Ok(());
+    };
+    let (_, p) = port(svc, ctx, &port_id)?;
+    let ip = p
+        .fixed_ips
+        .iter()
+        .find(|x| fixed.as_deref().is_none_or(|w| w == x.ip_address))
+        .ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "Bad floatingip request: Port {port_id} does not have fixed ip {}.",
+                fixed.clone().unwrap_or_default()
+            ))
+        })?
+        .clone();
+    for (other, o) in all::<FloatingIpDoc>(&*svc.store, Kind::FloatingIp, None).map_err(se)? {
+        if other != fip_id
+            && o.port_id.as_deref() == Some(&port_id)
+            && o.fixed_ip_address.as_deref() == Some(&ip.ip_address)
+        {
+            return Err(ApiError::conflict(format!(
+                "Cannot associate floating IP {} ({fip_id}) with port {port_id} using fixed IP {}, as that fixed IP already has a floating IP on external network {}.",
+                f.floating_ip_address, ip.ip_address, o.floating_network_id
+            )));
+        }
+    }
+    let router = all::<RouterDoc>(&*svc.store, Kind::Router, None)
+        .map_err(se)?
+        .into_iter()
+        .filter(|(_, r)| {
+            r.gateway
+                .as_ref()
+                .is_some_and(|g| g.network_id == f.floating_network_id)
+        })
+        .map(|(rid, _)| rid)
+        .find(|rid| {
+            interfaces(svc, rid)
+                .map(|l| {
+                    l.iter()
+                        .any(|(_, x)| x.fixed_ips.iter().any(|y| y.subnet_id == ip.subnet_id))
+                })
+                .unwrap_or(false)
+        })
+        .ok_or_else(|| {
+            ApiError::not_found(format!(
+                "External network {} is not reachable from subnet {}.  Therefore, cannot associate Port {port_id} with a Floating IP.",
+                f.floating_network_id, ip.subnet_id
+            ))
+        })?;
+    f.port_id = Some(port_id);
+    f.fixed_ip_address = Some(ip.ip_address);
+    f.router_id = Some(router);
+    Ok(())
+}
+
+fn port_field(o: &Map<String, Value>) -> Result<Option<Option<String>>, ApiError> {
+    match o.get("port_id") {
+        None => Ok(None),
+        Some(Value::Null) => Ok(Some(None)),
+        Some(Value::String(s)) => Ok(Some(Some(s.clone()))),
+        Some(_) => Err(ApiError::bad_request(
+            "Invalid input for port_id: a port id or null",
+        )),
+    }
+}
+
+fn create_fip(svc: &Service, ctx: &Ctx, req: &Request) -> Result<Value, ApiError> {
+    let b: Value = req.json()?;
+    let o = body(&b, "floatingip")?;
+    let net_id = opt_str(o, "floating_network_id")?.ok_or_else(|| {
+        ApiError::bad_request(
+            "Failed to parse request. Required attribute 'floating_network_id' not specified",
+        )
+    })?;
+    let (_, net) = network(svc, ctx, &net_id)?;
+    if !net.external {
+        return Err(ApiError::bad_request(format!(
+            "Bad floatingip request: Network {net_id} is not a valid external network."
+        )));
+    }
+    let (sid, sub) = subnet_of(svc, &net_id)?.ok_or_else(|| {
+        ApiError::bad_request(format!(
+            "Bad floatingip request: external network {net_id} has no subnet."
+        ))
+    })?;
+    let project = ctx.project_id.clone().unwrap_or_default();
+    let want = opt_str(o, "floating_ip_address")?;
+    for attempt in 0..5 {
+        let ip = pick_address(&*svc.store, &sid, &sub, want.as_deref())?;
+        let id = uuid::Uuid::new_v4().to_string();
+        let now = now_secs();
+        let mut f = FloatingIpDoc {
+            floating_network_id: net_id.clone(),
+            subnet_id: sid.clone(),
+            floating_ip_address: ip.clone(),
+            port_id: None,
+            fixed_ip_address: None,
+            router_id: None,
+            project_id: project.clone(),
+            description: opt_str(o, "description")?.unwrap_or_default(),
+            created: now,
+            updated: now,
+        };
+        if let Some(Some(p)) = port_field(o)? {
+            associate(
+                svc,
+                ctx,
+                &id,
+                &mut f,
+                Some(p),
+                opt_str(o, "fixed_ip_address")?,
+            )?;
+        }
+        match svc.store.apply(&[
+            reserve(&sid, &ip, &id),
+            Write::Insert(Record::new(Kind::FloatingIp, &id, &project, None, &f)),
+        ]) {
+            Ok(()) => return Ok(fip_view(&id, &f)),
+            Err(StoreError::Conflict { .. }) if want.is_none() && attempt < 4 => continue,
+            Err(StoreError::Conflict { .. }) => {
+                return Err(ApiError::conflict(format!(
+                    "IP address {ip} already allocated in subnet {sid}"
+                )));
+            }
+            Err(e) => return Err(se(e)),
+        }
+    }
+    Err(ApiError::conflict("no address could be reserved; retry"))
+}
+
+fn update_fip(svc: &Service, ctx: &Ctx, id: &str, req: &Request) -> Result<Value, ApiError> {
+    let b: Value = req.json()?;
+    let o = body(&b, "floatingip")?;
+    let (r, mut f) = fip(svc, ctx, id)?;
+    if let Some(v) = opt_str(o, "description")? {
+        f.description = v;
+    }
+    if let Some(p) = port_field(o)? {
+        associate(svc, ctx, id, &mut f, p, opt_str(o, "fixed_ip_address")?)?;
+    }
+    f.updated = now_secs();
+    svc.store.update(r.with_doc(None, &f)).map_err(se)?;
+    Ok(fip_view(id, &f))
+}
+
+fn delete_fip(svc: &Service, ctx: &Ctx, id: &str) -> Result<(), ApiError> {
+    let (_, f) = fip(svc, ctx, id)?;
+    svc.store
+        .apply(&[
+            Write::Delete(Kind::FloatingIp, id.to_string()),
+            release(&f.subnet_id, &f.floating_ip_address),
+        ])
+        .map_err(se)
+}
+
+/// Floating IPs of a port (for Nova's addresses).
+pub fn fips_of_port(svc: &Service, port_id: &str) -> Vec<String> {
+    all::<FloatingIpDoc>(&*svc.store, Kind::FloatingIp, None)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|(_, f)| f.port_id.as_deref() == Some(port_id))
+        .map(|(_, f)| f.floating_ip_address)
+        .collect()
+}

@@ -1,0 +1,466 @@
+//! Neutron through control with the stock `openstack` CLI and raw HTTP: external networks,
+//! routers (gateway, interfaces), security groups and rules, floating IPs and ports, with
+//! Neutron's error statuses and bodies. No nodes: this is the API and control's store.
+
+mod common;
+
+use common::*;
+use serde_json::{Value, json};
+
+fn id(v: &Value) -> String {
+    v["id"].as_str().unwrap().to_string()
+}
+
+#[test]
+fn routers_groups_floating_ips_and_ports_with_the_openstack_cli() {
+    if !have_cli() {
+        return;
+    }
+    let cloud = Cloud::start();
+    let admin = cloud.admin();
+
+    // An external network and a tenant network, each with a subnet.
+    let ext = ok_json(&admin, &["network", "create", "--external", "public"]);
+    assert_eq!(ext["router:external"], true, "{ext}");
+    ok(
+        &admin,
+        &[
+            "subnet",
+            "create",
+            "--network",
+            "public",
+            "--subnet-range",
+            "172.24.4.0/24",
+            "--no-dhcp",
+            "public-v4",
+        ],
+    );
+    ok(&admin, &["network", "create", "blue"]);
+    let blue_sub = ok_json(
+        &admin,
+        &[
+            "subnet",
+            "create",
+            "--network",
+            "blue",
+            "--subnet-range",
+            "10.9.0.0/24",
+            "blue-v4",
+        ],
+    );
+    let externals = ok(
+        &admin,
+        &["network", "list", "--external", "-f", "value", "-c", "Name"],
+    );
+    assert_eq!(externals.trim(), "public", "{externals}");
+
+    // A router with the gateway and an interface on the tenant subnet.
+    let r = ok_json(&admin, &["router", "create", "r1"]);
+    assert_eq!(r["name"], "r1");
+    assert_eq!(r["status"], "ACTIVE");
+    ok(
+        &admin,
+        &["router", "set", "--external-gateway", "public", "r1"],
+    );
+    let r = ok_json(&admin, &["router", "show", "r1"]);
+    let gw = &r["external_gateway_info"];
+    assert_eq!(gw["network_id"], ext["id"], "{r}");
+    assert_eq!(gw["enable_snat"], true, "{r}");
+    let gw_ip = gw["external_fixed_ips"][0]["ip_address"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        gw_ip, "172.24.4.2",
+        "the first free address after the gateway: {r}"
+    );
+    ok(&admin, &["router", "add", "subnet", "r1", "blue-v4"]);
+    let again = fails(&admin, &["router", "add", "subnet", "r1", "blue-v4"]);
+    assert!(again.contains("already has a port"), "{again}");
+    let ports = ok_json(&admin, &["port", "list", "--router", "r1"]);
+    let iface = ports
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["Fixed IP Addresses"].to_string().contains("10.9.0.1"))
+        .unwrap_or_else(|| panic!("no interface port on 10.9.0.1: {ports}"));
+    assert!(!iface["ID"].as_str().unwrap().is_empty());
+    // The interface port cannot be deleted through the port API.
+    let busy = fails(&admin, &["port", "delete", iface["ID"].as_str().unwrap()]);
+    assert!(busy.contains("router_interface"), "{busy}");
+
+    // Security groups: the project's default exists, a new one with rules.
+    let groups = ok(
+        &admin,
+        &["security", "group", "list", "-f", "value", "-c", "Name"],
+    );
+    assert!(groups.lines().any(|l| l == "default"), "{groups}");
+    let sg = ok_json(
+        &admin,
+        &["security", "group", "create", "--description", "web", "web"],
+    );
+    assert_eq!(sg["description"], "web");
+    let egress = sg["rules"].to_string();
+    assert!(
+        egress.contains("egress"),
+        "a new group lets everything out: {sg}"
+    );
+    let icmp = ok_json(
+        &admin,
+        &[
+            "security",
+            "group",
+            "rule",
+            "create",
+            "--protocol",
+            "icmp",
+            "web",
+        ],
+    );
+    assert_eq!(icmp["protocol"], "icmp");
+    assert_eq!(icmp["direction"], "ingress");
+    let ssh = ok_json(
+        &admin,
+        &[
+            "security",
+            "group",
+            "rule",
+            "create",
+            "--protocol",
+            "tcp",
+            "--dst-port",
+            "22",
+            "web",
+        ],
+    );
+    assert_eq!(
+        (
+            ssh["port_range_min"].as_u64(),
+            ssh["port_range_max"].as_u64()
+        ),
+        (Some(22), Some(22))
+    );
+    let dup = fails(
+        &admin,
+        &[
+            "security",
+            "group",
+            "rule",
+            "create",
+            "--protocol",
+            "tcp",
+            "--dst-port",
+            "22",
+            "web",
+        ],
+    );
+    assert!(dup.contains("already exists"), "{dup}");
+    let shown = ok_json(&admin, &["security", "group", "show", "web"]);
+    assert_eq!(shown["rules"].as_array().map(Vec::len), Some(4), "{shown}");
+    let rules = ok(
+        &admin,
+        &[
+            "security", "group", "rule", "list", "web", "-f", "value", "-c", "ID",
+        ],
+    );
+    assert_eq!(rules.lines().count(), 4, "{rules}");
+
+    // Ports: created on the network with the group; a given address; list, show.
+    let p1 = ok_json(
+        &admin,
+        &[
+            "port",
+            "create",
+            "--network",
+            "blue",
+            "--security-group",
+            "web",
+            "p1",
+        ],
+    );
+    assert_eq!(p1["status"], "DOWN");
+    assert!(
+        p1["mac_address"].as_str().unwrap().starts_with("fa:16:3e:"),
+        "{p1}"
+    );
+    assert!(p1["fixed_ips"].to_string().contains("10.9.0.2"), "{p1}");
+    assert_eq!(p1["security_group_ids"], json!([id(&sg)]), "{p1}");
+    let p2 = ok_json(
+        &admin,
+        &[
+            "port",
+            "create",
+            "--network",
+            "blue",
+            "--fixed-ip",
+            "subnet=blue-v4,ip-address=10.9.0.50",
+            "p2",
+        ],
+    );
+    assert!(p2["fixed_ips"].to_string().contains("10.9.0.50"), "{p2}");
+    let taken = fails(
+        &admin,
+        &[
+            "port",
+            "create",
+            "--network",
+            "blue",
+            "--fixed-ip",
+            "subnet=blue-v4,ip-address=10.9.0.50",
+            "p3",
+        ],
+    );
+    assert!(taken.contains("already allocated"), "{taken}");
+    let list = ok(&admin, &["port", "list", "--network", "blue"]);
+    assert!(list.contains("p1") && list.contains("p2"), "{list}");
+    assert_eq!(ok_json(&admin, &["port", "show", "p2"])["name"], "p2");
+    // The group is in use by p1.
+    let inuse = fails(&admin, &["security", "group", "delete", "web"]);
+    assert!(inuse.contains("in use"), "{inuse}");
+
+    // Floating IPs: on the external network, mapped to p1 through r1.
+    let fip = ok_json(&admin, &["floating", "ip", "create", "public"]);
+    let fip_ip = fip["floating_ip_address"].as_str().unwrap().to_string();
+    assert_eq!(fip_ip, "172.24.4.3", "{fip}");
+    assert_eq!(fip["status"], "DOWN");
+    ok(&admin, &["floating", "ip", "set", "--port", "p1", &fip_ip]);
+    let shown = ok_json(&admin, &["floating", "ip", "show", &fip_ip]);
+    assert_eq!(shown["port_id"], p1["id"], "{shown}");
+    assert_eq!(shown["fixed_ip_address"], "10.9.0.2", "{shown}");
+    assert_eq!(shown["router_id"], r["id"], "{shown}");
+    assert_eq!(shown["status"], "ACTIVE");
+    let listed = ok(&admin, &["floating", "ip", "list"]);
+    assert!(
+        listed.contains(&fip_ip) && listed.contains("10.9.0.2"),
+        "{listed}"
+    );
+    // The interface is needed by the floating IP; the gateway too.
+    let needed = fails(&admin, &["router", "remove", "subnet", "r1", "blue-v4"]);
+    assert!(needed.contains("floating IP"), "{needed}");
+    let needed = fails(&admin, &["router", "unset", "--external-gateway", "r1"]);
+    assert!(needed.contains("floating IP"), "{needed}");
+    // A floating IP on a tenant network is refused.
+    let bad = fails(&admin, &["floating", "ip", "create", "blue"]);
+    assert!(bad.contains("not a valid external network"), "{bad}");
+
+    // Deleting the port disassociates its floating IP.
+    ok(&admin, &["port", "delete", "p1"]);
+    let shown = ok_json(&admin, &["floating", "ip", "show", &fip_ip]);
+    assert!(shown["port_id"].is_null(), "{shown}");
+    ok(&admin, &["floating", "ip", "delete", &fip_ip]);
+    assert!(!ok(&admin, &["floating", "ip", "list"]).contains(&fip_ip));
+    ok(&admin, &["port", "delete", "p2"]);
+
+    // Networks in use cannot go; after the interface and gateway are gone they can.
+    let used = fails(&admin, &["network", "delete", "blue"]);
+    assert!(used.contains("in use"), "{used}");
+    let router_busy = fails(&admin, &["router", "delete", "r1"]);
+    assert!(router_busy.contains("still has ports"), "{router_busy}");
+    ok(&admin, &["router", "remove", "subnet", "r1", "blue-v4"]);
+    ok(&admin, &["router", "unset", "--external-gateway", "r1"]);
+    assert!(ok_json(&admin, &["router", "show", "r1"])["external_gateway_info"].is_null());
+    ok(&admin, &["router", "delete", "r1"]);
+    ok(&admin, &["security", "group", "delete", "web"]);
+    let groups = ok(
+        &admin,
+        &["security", "group", "list", "-f", "value", "-c", "Name"],
+    );
+    assert!(!groups.lines().any(|l| l == "web"), "{groups}");
+    ok(&admin, &["network", "delete", "blue"]);
+    ok(&admin, &["network", "delete", "public"]);
+    let _ = blue_sub;
+}
+
+#[test]
+fn neutron_errors_have_neutron_statuses_and_bodies() {
+    let cloud = Cloud::start();
+    let (token, _) = cloud.token("admin", ADMIN_PASSWORD, "admin");
+    let t = Some(token.as_str());
+    let err = |r: &Answer| -> String {
+        r.json()["NeutronError"]["message"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no NeutronError body: {}", r.text()))
+            .to_string()
+    };
+    let post = |path: &str, body: Value| cloud.json("POST", path, t, &body);
+
+    // 404s.
+    for path in [
+        "/network/v2.0/routers/nope",
+        "/network/v2.0/security-groups/nope",
+        "/network/v2.0/security-group-rules/nope",
+        "/network/v2.0/floatingips/nope",
+        "/network/v2.0/ports/nope",
+    ] {
+        let r = cloud.req("GET", path, t, &[], b"");
+        assert_eq!(r.status, 404, "{path}: {}", r.text());
+        assert!(err(&r).contains("nope"), "{}", r.text());
+        let r = cloud.req("DELETE", path, t, &[], b"");
+        assert_eq!(r.status, 404, "{path}: {}", r.text());
+    }
+    let r = post(
+        "/network/v2.0/ports",
+        json!({"port": {"network_id": "nope"}}),
+    );
+    assert_eq!(r.status, 404, "{}", r.text());
+
+    let net = post("/network/v2.0/networks", json!({"network": {"name": "n"}}));
+    assert_eq!(net.status, 201, "{}", net.text());
+    let net_id = net.json()["network"]["id"].as_str().unwrap().to_string();
+    let sub = post(
+        "/network/v2.0/subnets",
+        json!({"subnet": {"network_id": net_id, "ip_version": 4, "cidr": "10.1.0.0/29"}}),
+    );
+    assert_eq!(sub.status, 201, "{}", sub.text());
+    let sub_id = sub.json()["subnet"]["id"].as_str().unwrap().to_string();
+
+    // 400s: missing bodies and fields, bad values.
+    let cases = [
+        ("/network/v2.0/routers", json!({"nope": {}}), "router"),
+        ("/network/v2.0/ports", json!({"port": {}}), "network_id"),
+        (
+            "/network/v2.0/ports",
+            json!({"port": {"network_id": net_id, "mac_address": "zz"}}),
+            "mac_address",
+        ),
+        (
+            "/network/v2.0/ports",
+            json!({"port": {"network_id": net_id, "fixed_ips": [{"ip_address": "10.2.0.5"}]}}),
+            "not a valid IP for the specified subnet",
+        ),
+        (
+            "/network/v2.0/floatingips",
+            json!({"floatingip": {"floating_network_id": net_id}}),
+            "not a valid external network",
+        ),
+        (
+            "/network/v2.0/routers",
+            json!({"router": {"external_gateway_info": {"network_id": net_id}}}),
+            "not a valid external network",
+        ),
+        (
+            "/network/v2.0/security-group-rules",
+            json!({"security_group_rule": {}}),
+            "security_group_id",
+        ),
+    ];
+    for (path, body, needle) in cases {
+        let r = post(path, body.clone());
+        assert_eq!(r.status, 400, "{path} {body}: {}", r.text());
+        assert!(err(&r).contains(needle), "{path} {body}: {}", r.text());
+    }
+    let sg = post(
+        "/network/v2.0/security-groups",
+        json!({"security_group": {"name": "g"}}),
+    );
+    assert_eq!(sg.status, 201, "{}", sg.text());
+    let sg_id = sg.json()["security_group"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    for (rule, needle) in [
+        (json!({"direction": "sideways"}), "direction"),
+        (
+            json!({"direction": "ingress", "protocol": "bogus"}),
+            "not supported",
+        ),
+        (
+            json!({"direction": "ingress", "port_range_min": 22}),
+            "protocol",
+        ),
+        (
+            json!({"direction": "ingress", "protocol": "tcp", "port_range_min": 90, "port_range_max": 80}),
+            "port_range_min",
+        ),
+        (
+            json!({"direction": "ingress", "remote_ip_prefix": "10.0.0.0/99"}),
+            "remote_ip_prefix",
+        ),
+        (
+            json!({"direction": "ingress", "remote_ip_prefix": "10.0.0.0/8", "remote_group_id": sg_id}),
+            "Only remote_ip_prefix or remote_group_id",
+        ),
+    ] {
+        let mut body = rule.clone();
+        body["security_group_id"] = json!(sg_id);
+        let r = post(
+            "/network/v2.0/security-group-rules",
+            json!({ "security_group_rule": body }),
+        );
+        assert_eq!(r.status, 400, "{rule}: {}", r.text());
+        assert!(err(&r).contains(needle), "{rule}: {}", r.text());
+    }
+    // A rule naming a group that does not exist: 404.
+    let r = post(
+        "/network/v2.0/security-group-rules",
+        json!({"security_group_rule": {"security_group_id": "nope", "direction": "ingress"}}),
+    );
+    assert_eq!(r.status, 404, "{}", r.text());
+
+    // 409s: a second `default` group; the subnet full; a group in use.
+    let r = post(
+        "/network/v2.0/security-groups",
+        json!({"security_group": {"name": "default"}}),
+    );
+    assert_eq!(r.status, 409, "{}", r.text());
+    let mut made = vec![];
+    loop {
+        let r = post(
+            "/network/v2.0/ports",
+            json!({"port": {"network_id": net_id, "security_groups": [sg_id]}}),
+        );
+        if r.status != 201 {
+            assert_eq!(r.status, 409, "{}", r.text());
+            assert!(err(&r).contains("No more IP addresses"), "{}", r.text());
+            break;
+        }
+        made.push(r.json()["port"]["id"].as_str().unwrap().to_string());
+        assert!(made.len() < 10, "a /29 has 5 addresses for ports");
+    }
+    assert_eq!(made.len(), 5, "10.1.0.2 to .6 (.1 is the gateway)");
+    let r = cloud.req(
+        "DELETE",
+        &format!("/network/v2.0/security-groups/{sg_id}"),
+        t,
+        &[],
+        b"",
+    );
+    assert_eq!(r.status, 409, "{}", r.text());
+    assert!(err(&r).contains("in use"), "{}", r.text());
+    let r = cloud.req(
+        "DELETE",
+        &format!("/network/v2.0/subnets/{sub_id}"),
+        t,
+        &[],
+        b"",
+    );
+    assert_eq!(r.status, 409, "{}", r.text());
+    // A port update of a read-only field: 400; of the groups: applied.
+    let r = cloud.json(
+        "PUT",
+        &format!("/network/v2.0/ports/{}", made[0]),
+        t,
+        &json!({"port": {"mac_address": "fa:16:3e:00:00:01"}}),
+    );
+    assert_eq!(r.status, 400, "{}", r.text());
+    let r = cloud.json(
+        "PUT",
+        &format!("/network/v2.0/ports/{}", made[0]),
+        t,
+        &json!({"port": {"security_groups": [], "name": "renamed"}}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["port"]["security_groups"], json!([]));
+    assert_eq!(r.json()["port"]["name"], "renamed");
+    for p in &made {
+        let r = cloud.req("DELETE", &format!("/network/v2.0/ports/{p}"), t, &[], b"");
+        assert_eq!(r.status, 204, "{}", r.text());
+    }
+    // Freed addresses are handed out again.
+    let r = post(
+        "/network/v2.0/ports",
+        json!({"port": {"network_id": net_id}}),
+    );
+    assert_eq!(r.status, 201, "{}", r.text());
+    assert_eq!(r.json()["port"]["fixed_ips"][0]["ip_address"], "10.1.0.2");
+}
