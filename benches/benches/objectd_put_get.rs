@@ -5,8 +5,9 @@
 //! PUTs and GETs a large object (MB/s). The reference is a single-node Swift (proxy,
 //! account, container and object servers from Debian's packages, one replica, tempauth,
 //! memcached) set up in a temporary directory on loopback; the disk's own sequential
-//! write+fsync rate is printed as the limit for large PUTs. Without the Swift packages the
-//! Swift rows are skipped and said so.
+//! write+fsync rate is printed as the limit for large PUTs, and the rate of MD5 over the
+//! same body on one core as the ceiling of any PUT that answers with its MD5 ETag. Without
+//! the Swift packages the Swift rows are skipped and said so.
 //!
 //! Knobs (environment): `OBJECTD_BENCH_OPS` (small ops per phase, default 2000),
 //! `OBJECTD_BENCH_CONNS` (default 4), `OBJECTD_BENCH_LARGE_MIB` (default 256),
@@ -435,6 +436,19 @@ fn disk_limit(dir: &Path, body: &[u8]) -> f64 {
     rate
 }
 
+/// MD5 of `body` in 1 MiB updates on this thread: the ceiling of any store that answers a
+/// PUT with the body's MD5 (a single stream cannot be hashed in parallel).
+fn md5_rate(body: &[u8]) -> f64 {
+    use md5::Digest;
+    let t = Instant::now();
+    let mut h = md5::Md5::new();
+    for c in body.chunks(1 << 20) {
+        h.update(c);
+    }
+    std::hint::black_box(h.finalize());
+    body.len() as f64 / 1e6 / t.elapsed().as_secs_f64()
+}
+
 fn print(r: &Results, name: &str) {
     println!(
         "{name:>8}: 4KiB PUT {:>8.0} op/s ({}) | 4KiB GET {:>8.0} op/s ({}) | large PUT {:>7.1} MB/s | large GET {:>7.1} MB/s",
@@ -458,11 +472,19 @@ fn main() {
         .map(|i| (i * 131 % 251) as u8)
         .collect();
     println!(
-        "objectd vs OpenStack Swift: {conns} connections, {ops} ops per 4 KiB phase, {large_mib} MiB large objects (median of {reps})"
+        "objectd vs OpenStack Swift: {conns} connections, {ops} ops per 4 KiB phase, {large_mib} MiB large objects (median of {reps}); load average {}",
+        std::fs::read_to_string("/proc/loadavg")
+            .unwrap_or_default()
+            .split(' ')
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" ")
     );
 
     let disk = disk_limit(tmp.path(), &large_body);
     println!("    disk: sequential write+fsync {disk:.1} MB/s");
+    let md5 = md5_rate(&large_body);
+    println!("     md5: one stream on one core {md5:.1} MB/s (a PUT's ETag needs it)");
 
     let od_dir = tmp.path().join("objectd");
     let od = wait_login("objectd", start_objectd(&od_dir));
@@ -472,8 +494,9 @@ fn main() {
     let swift_dir = tmp.path().join("swift");
     let Some((port, _procs)) = start_swift(&swift_dir) else {
         println!(
-            " ratios: large PUT {:.2}x the disk limit",
-            ratio(ours.large_put, disk)
+            " ratios: large PUT {:.2}x the disk limit, {:.2}x the MD5 rate",
+            ratio(ours.large_put, disk),
+            ratio(ours.large_put, md5)
         );
         return;
     };
@@ -481,11 +504,12 @@ fn main() {
     let theirs = run_all(&sw, conns, ops, &large_body, reps);
     print(&theirs, "swift");
     println!(
-        " ratios: 4KiB PUT {:.1}x swift, 4KiB GET {:.1}x swift, large PUT {:.2}x swift and {:.2}x the disk limit, large GET {:.2}x swift",
+        " ratios: 4KiB PUT {:.1}x swift, 4KiB GET {:.1}x swift, large PUT {:.2}x swift, {:.2}x the disk limit and {:.2}x the MD5 rate, large GET {:.2}x swift",
         ratio(ours.put.ops_per_sec, theirs.put.ops_per_sec),
         ratio(ours.get.ops_per_sec, theirs.get.ops_per_sec),
         ratio(ours.large_put, theirs.large_put),
         ratio(ours.large_put, disk),
+        ratio(ours.large_put, md5),
         ratio(ours.large_get, theirs.large_get),
     );
 }
