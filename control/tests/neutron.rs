@@ -464,3 +464,148 @@ fn neutron_errors_have_neutron_statuses_and_bodies() {
     assert_eq!(r.status, 201, "{}", r.text());
     assert_eq!(r.json()["port"]["fixed_ips"][0]["ip_address"], "10.1.0.2");
 }
+
+#[test]
+fn servers_take_ports_and_security_groups_from_neutron() {
+    if !have_cli() {
+        return;
+    }
+    let cloud = Cloud::start();
+    let admin = cloud.admin();
+    ok(
+        &admin,
+        &[
+            "flavor", "create", "--vcpus", "1", "--ram", "32", "--disk", "1", "tiny",
+        ],
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let kernel = random_file(dir.path(), "kernel", 4096);
+    let disk = random_file(dir.path(), "disk", 8192);
+    let k = ok_json(
+        &admin,
+        &[
+            "image",
+            "create",
+            "--file",
+            kernel.to_str().unwrap(),
+            "--disk-format",
+            "raw",
+            "--container-format",
+            "bare",
+            "kernel",
+        ],
+    );
+    let kid = format!("kernel_id={}", k["id"].as_str().unwrap());
+    ok(
+        &admin,
+        &[
+            "image",
+            "create",
+            "--file",
+            disk.to_str().unwrap(),
+            "--disk-format",
+            "raw",
+            "--container-format",
+            "bare",
+            "--property",
+            &kid,
+            "disk",
+        ],
+    );
+    ok(&admin, &["network", "create", "blue"]);
+    ok(
+        &admin,
+        &[
+            "subnet",
+            "create",
+            "--network",
+            "blue",
+            "--subnet-range",
+            "10.9.0.0/24",
+            "blue-v4",
+        ],
+    );
+    let web = ok_json(&admin, &["security", "group", "create", "web"]);
+
+    // `--port`: the server takes the port (no node here: the build ends in ERROR, the
+    // port stays bound to the server until it is deleted).
+    let p1 = ok_json(&admin, &["port", "create", "--network", "blue", "p1"]);
+    let s1 = ok_json(
+        &admin,
+        &[
+            "server", "create", "--image", "disk", "--flavor", "tiny", "--port", "p1", "vm1",
+        ],
+    );
+    let bound = ok_json(&admin, &["port", "show", "p1"]);
+    assert_eq!(bound["device_id"], s1["id"], "{bound}");
+    assert_eq!(bound["device_owner"], "compute:nova");
+    let taken = fails(
+        &admin,
+        &[
+            "server", "create", "--image", "disk", "--flavor", "tiny", "--port", "p1", "vm2",
+        ],
+    );
+    assert!(taken.contains("still in use"), "{taken}");
+    let busy = fails(&admin, &["port", "delete", "p1"]);
+    assert!(busy.contains("in use by server"), "{busy}");
+
+    // `--network` with `--security-group`: control makes the port, with that group.
+    let s3 = ok_json(
+        &admin,
+        &[
+            "server",
+            "create",
+            "--image",
+            "disk",
+            "--flavor",
+            "tiny",
+            "--network",
+            "blue",
+            "--security-group",
+            "web",
+            "vm3",
+        ],
+    );
+    let ports = ok_json(&admin, &["port", "list", "--server", "vm3", "--long"]);
+    assert_eq!(ports.as_array().unwrap().len(), 1, "{ports}");
+    let made = ports[0]["ID"].as_str().unwrap().to_string();
+    let shown = ok_json(&admin, &["port", "show", &made]);
+    assert_eq!(shown["security_group_ids"], json!([id(&web)]), "{shown}");
+    assert_eq!(shown["device_id"], s3["id"]);
+    let server = ok_json(&admin, &["server", "show", "vm3"]);
+    assert!(
+        server["security_groups"].to_string().contains("web"),
+        "{server}"
+    );
+    // An unknown group is refused before anything is made.
+    let nogroup = fails(
+        &admin,
+        &[
+            "server",
+            "create",
+            "--image",
+            "disk",
+            "--flavor",
+            "tiny",
+            "--network",
+            "blue",
+            "--security-group",
+            "nope",
+            "vm4",
+        ],
+    );
+    assert!(nogroup.contains("nope"), "{nogroup}");
+
+    // Deleting the servers: the given port is unbound and stays, the made one goes.
+    ok(&admin, &["server", "delete", "--wait", "vm1"]);
+    ok(&admin, &["server", "delete", "--wait", "vm3"]);
+    let freed = ok_json(&admin, &["port", "show", "p1"]);
+    assert_eq!(freed["device_id"], "", "{freed}");
+    assert_eq!(freed["id"], p1["id"]);
+    let left = ok(&admin, &["port", "list", "-f", "value", "-c", "ID"]);
+    assert_eq!(left.trim(), p1["id"].as_str().unwrap(), "{left}");
+    ok(&admin, &["port", "delete", "p1"]);
+    ok(&admin, &["security", "group", "delete", "web"]);
+    ok(&admin, &["subnet", "delete", "blue-v4"]);
+    ok(&admin, &["network", "delete", "blue"]);
+}
