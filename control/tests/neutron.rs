@@ -609,3 +609,202 @@ fn servers_take_ports_and_security_groups_from_neutron() {
     ok(&admin, &["subnet", "delete", "blue-v4"]);
     ok(&admin, &["network", "delete", "blue"]);
 }
+
+/// A stand-in node agent: records each `PUT /v1/network` body and answers with the
+/// generation applied, or with an error while `fail` is set.
+struct FakeAgent {
+    port: u16,
+    pushes: std::sync::Arc<std::sync::Mutex<Vec<Value>>>,
+    fail: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl FakeAgent {
+    fn start() -> FakeAgent {
+        use std::io::{BufRead, BufReader, Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let pushes = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let fail = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (p2, f2) = (pushes.clone(), fail.clone());
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { return };
+                let mut r = BufReader::new(conn.try_clone().unwrap());
+                let mut line = String::new();
+                r.read_line(&mut line).unwrap();
+                let mut len = 0usize;
+                loop {
+                    let mut h = String::new();
+                    r.read_line(&mut h).unwrap();
+                    if h.trim().is_empty() {
+                        break;
+                    }
+                    if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
+                        len = v.trim().parse().unwrap();
+                    }
+                }
+                let mut body = vec![0; len];
+                r.read_exact(&mut body).unwrap();
+                let answer = if line.starts_with("PUT /v1/network ") {
+                    let v: Value = serde_json::from_slice(&body).unwrap();
+                    let generation = v["generation"].clone();
+                    p2.lock().unwrap().push(v);
+                    if f2.load(std::sync::atomic::Ordering::SeqCst) {
+                        json!({"generation": 0, "errors": ["simulated netdp failure"]})
+                    } else {
+                        json!({"generation": generation, "errors": []})
+                    }
+                } else {
+                    json!({})
+                };
+                let text = answer.to_string();
+                let _ = write!(
+                    conn,
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{text}",
+                    text.len()
+                );
+            }
+        });
+        FakeAgent { port, pushes, fail }
+    }
+
+    fn count(&self) -> usize {
+        self.pushes.lock().unwrap().len()
+    }
+
+    /// Waits for a push after the first `after` that satisfies `f`.
+    fn wait_push(&self, after: usize, f: impl Fn(&Value) -> bool) -> Value {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            if let Some(v) = self
+                .pushes
+                .lock()
+                .unwrap()
+                .iter()
+                .skip(after)
+                .find(|v| f(v))
+            {
+                return v.clone();
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no such push: {:?}",
+                self.pushes.lock().unwrap()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
+}
+
+#[test]
+fn nodes_get_their_network_state_and_a_node_behind_gets_it_again_at_its_heartbeat() {
+    let cloud = Cloud::start_with(
+        "[compute]\nnode-token = \"nt\"\nheartbeat-interval-secs = 10",
+        "",
+        "",
+    );
+    let agent = FakeAgent::start();
+    let node = [("x-auth-token", "nt"), ("content-type", "application/json")];
+    let register = json!({"node": {"hostname": "n1-host", "agent_url": format!("http://127.0.0.1:{}", agent.port),
+                          "inventory": {"vcpus": 4, "memory_mib": 4096, "disk_bytes": 1u64 << 34}}});
+    let r = cloud.req(
+        "PUT",
+        "/v1/nodes/n1",
+        None,
+        &node,
+        register.to_string().as_bytes(),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let heartbeat = |generation: u64| {
+        let b = json!({"heartbeat": {"seq": 1, "servers": [], "network_generation": generation}});
+        let r = cloud.req(
+            "POST",
+            "/v1/nodes/n1/heartbeat",
+            None,
+            &node,
+            b.to_string().as_bytes(),
+        );
+        assert_eq!(r.status, 204, "{}", r.text());
+    };
+    let (token, _) = cloud.token("admin", ADMIN_PASSWORD, "admin");
+    let t = Some(token.as_str());
+    let net = cloud.json(
+        "POST",
+        "/network/v2.0/networks",
+        t,
+        &json!({"network": {"name": "n"}}),
+    );
+    let net_id = net.json()["network"]["id"].as_str().unwrap().to_string();
+    let r = cloud.json(
+        "POST",
+        "/network/v2.0/subnets",
+        t,
+        &json!({"subnet": {"network_id": net_id, "ip_version": 4, "cidr": "10.3.0.0/24"}}),
+    );
+    assert_eq!(r.status, 201, "{}", r.text());
+
+    // A port bound to the node (by host name) reaches it with its network, subnet and group.
+    let r = cloud.json(
+        "POST",
+        "/network/v2.0/ports",
+        t,
+        &json!({"port": {"network_id": net_id, "name": "a", "binding:host_id": "n1-host"}}),
+    );
+    assert_eq!(r.status, 201, "{}", r.text());
+    let port = r.json()["port"].clone();
+    assert_eq!(port["binding:host_id"], "n1");
+    let pid = port["id"].as_str().unwrap().to_string();
+    let has_port = |v: &Value, name: &str| {
+        v["ports"].as_array().is_some_and(|a| {
+            a.iter()
+                .any(|p| p["id"] == pid.as_str() && p["name"] == name)
+        })
+    };
+    let first = agent.wait_push(0, |v| has_port(v, "a"));
+    assert_eq!(first["networks"][0]["id"], net_id.as_str(), "{first}");
+    assert_eq!(first["subnets"][0]["cidr"], "10.3.0.0/24", "{first}");
+    assert_eq!(first["security_groups"][0]["name"], "default", "{first}");
+    assert_eq!(
+        first["security_group_rules"].as_array().unwrap().len(),
+        2,
+        "the default group's IPv4 rules: {first}"
+    );
+    let applied = first["generation"].as_u64().unwrap();
+
+    // The node fails to apply a change: a heartbeat showing it behind brings a new push.
+    agent.fail.store(true, std::sync::atomic::Ordering::SeqCst);
+    let before = agent.count();
+    let r = cloud.json(
+        "PUT",
+        &format!("/network/v2.0/ports/{pid}"),
+        t,
+        &json!({"port": {"name": "b"}}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let failed = agent.wait_push(before, |v| has_port(v, "b"));
+    let latest = failed["generation"].as_u64().unwrap();
+    assert!(latest > applied);
+    agent.fail.store(false, std::sync::atomic::Ordering::SeqCst);
+    let before = agent.count();
+    heartbeat(applied);
+    let again = agent.wait_push(before, |v| has_port(v, "b"));
+    assert_eq!(again["generation"].as_u64(), Some(latest), "{again}");
+    // Up to date: heartbeats bring nothing more.
+    let before = agent.count();
+    heartbeat(latest);
+    heartbeat(latest);
+    std::thread::sleep(std::time::Duration::from_millis(800));
+    assert_eq!(agent.count(), before, "a node up to date gets no push");
+
+    // Unbinding the port withdraws it (and its network) from the node.
+    let before = agent.count();
+    let r = cloud.json(
+        "PUT",
+        &format!("/network/v2.0/ports/{pid}"),
+        t,
+        &json!({"port": {"binding:host_id": ""}}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let empty = agent.wait_push(before, |v| v["ports"] == json!([]));
+    assert_eq!(empty["networks"], json!([]), "{empty}");
+}
