@@ -808,3 +808,57 @@ fn nodes_get_their_network_state_and_a_node_behind_gets_it_again_at_its_heartbea
     let empty = agent.wait_push(before, |v| v["ports"] == json!([]));
     assert_eq!(empty["networks"], json!([]), "{empty}");
 }
+
+#[test]
+fn projects_see_only_their_own_neutron_resources() {
+    if !have_cli() {
+        return;
+    }
+    let cloud = Cloud::start();
+    let admin = cloud.admin();
+    ok(&admin, &["project", "create", "demo"]);
+    ok(&admin, &["user", "create", "--password", "bob-pw", "bob"]);
+    ok(
+        &admin,
+        &[
+            "role",
+            "add",
+            "--project",
+            "demo",
+            "--user",
+            "bob",
+            "member",
+        ],
+    );
+    let bob = cloud.env("bob", "bob-pw", "demo");
+    ok(&admin, &["router", "create", "admins-router"]);
+    let admin_sg = ok_json(&admin, &["security", "group", "create", "admins-group"]);
+
+    // Members cannot make external networks.
+    let refused = fails(&bob, &["network", "create", "--external", "mine"]);
+    assert!(refused.contains("admin"), "{refused}");
+    // Their own default group, not the admin's groups or routers.
+    let groups = ok_json(&bob, &["security", "group", "list"]);
+    let names: Vec<&str> = groups
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| g["Name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["default"], "{groups}");
+    let missing = fails(&bob, &["security", "group", "show", &id(&admin_sg)]);
+    assert!(
+        missing.contains("No SecurityGroup found") || missing.contains("404"),
+        "{missing}"
+    );
+    assert!(!ok(&bob, &["router", "list"]).contains("admins-router"));
+    let r = ok_json(&bob, &["router", "create", "bobs-router"]);
+    assert_eq!(r["project_id"].as_str().map(str::len), Some(32), "{r}");
+    assert!(
+        ok(&admin, &["router", "list"]).contains("bobs-router"),
+        "admins see all"
+    );
+    // The default group cannot be deleted by its project.
+    let kept = fails(&bob, &["security", "group", "delete", "default"]);
+    assert!(kept.contains("default security group"), "{kept}");
+}
