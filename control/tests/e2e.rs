@@ -6,6 +6,11 @@
 //! --wait --key-name --property --user-data` boots it; its console shows the disk's
 //! checksum, and the key and user data it read from its config drive; stop, start and
 //! delete.
+//! Neutron on the way: an external network whose uplink is a port bound to the node (a veth
+//! into an "outside" namespace), a router with its gateway there and an interface on the
+//! tenant subnet, the server in a security group; a floating IP pings the guest from
+//! outside once a rule lets ICMP in (and not before); deleting the server removes its
+//! port, the floating IP's association and the tap.
 
 mod common;
 
@@ -372,6 +377,8 @@ fn openstack_cli_boots_a_guest_on_a_one_node_cloud() {
         ],
     );
     ok(&env, &["network", "create", "blue"]);
+    // A group without rules for ICMP yet: the floating IP will not answer until one is added.
+    ok(&env, &["security", "group", "create", "pingable"]);
     ok(
         &env,
         &[
@@ -420,6 +427,8 @@ fn openstack_cli_boots_a_guest_on_a_one_node_cloud() {
             "role=e2e",
             "--user-data",
             d.join("user-data").to_str().unwrap(),
+            "--security-group",
+            "pingable",
             "--wait",
             "vm1",
         ],
@@ -463,6 +472,138 @@ fn openstack_cli_boots_a_guest_on_a_one_node_cloud() {
     );
     assert_eq!(shown["key_name"], "e2e-key", "{shown}");
     assert_eq!(shown["config_drive"], "True", "{shown}");
+    assert_eq!(
+        shown["security_groups"],
+        serde_json::json!([{"name": "pingable"}]),
+        "{shown}"
+    );
+
+    // The outside: an external network whose uplink is a port bound to the node; its tap
+    // is a veth into a namespace standing for the world beyond the router.
+    ok(&env, &["network", "create", "--external", "public"]);
+    ok(
+        &env,
+        &[
+            "subnet",
+            "create",
+            "--network",
+            "public",
+            "--subnet-range",
+            "172.24.4.0/24",
+            "--no-dhcp",
+            "public-v4",
+        ],
+    );
+    let hv = ok_json(&env, &["hypervisor", "list"]);
+    let host = hv[0]["Hypervisor Hostname"].as_str().unwrap().to_string();
+    let uplink = ok_json(
+        &env,
+        &[
+            "port",
+            "create",
+            "--network",
+            "public",
+            "--host",
+            &host,
+            "--disable-port-security",
+            "--no-security-group",
+            "--fixed-ip",
+            "subnet=public-v4,ip-address=172.24.4.100",
+            "uplink",
+        ],
+    );
+    let uplink_id = uplink["id"].as_str().unwrap().to_string();
+    let uplink_mac = uplink["mac_address"].as_str().unwrap().to_string();
+    let outside = tests::netns::Netns::new("ctl-out").unwrap();
+    let on = outside.name().to_string();
+    let uplink_tap = format!("tap{}", &uplink_id[..11]);
+    let node_ns = ns.name().to_string();
+    tests::netns::ip(&[
+        "-n",
+        &node_ns,
+        "link",
+        "add",
+        &uplink_tap,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "eth0",
+        "netns",
+        &on,
+    ])
+    .unwrap();
+    tests::netns::ip(&["-n", &on, "link", "set", "eth0", "address", &uplink_mac]).unwrap();
+    tests::netns::ip(&["-n", &on, "addr", "add", "172.24.4.100/24", "dev", "eth0"]).unwrap();
+    tests::netns::ip(&["-n", &on, "link", "set", "eth0", "up"]).unwrap();
+    tests::netns::ip(&["-n", &on, "link", "set", "lo", "up"]).unwrap();
+    tests::netns::ip(&["-n", &node_ns, "link", "set", &uplink_tap, "up"]).unwrap();
+
+    // A router joins the tenant subnet to the outside; a floating IP for the server.
+    ok(&env, &["router", "create", "r1"]);
+    ok(
+        &env,
+        &["router", "set", "--external-gateway", "public", "r1"],
+    );
+    ok(&env, &["router", "add", "subnet", "r1", "blue-v4"]);
+    let fip = ok_json(&env, &["floating", "ip", "create", "public"]);
+    let fip_ip = fip["floating_ip_address"].as_str().unwrap().to_string();
+    ok(&env, &["server", "add", "floating", "ip", "vm1", &fip_ip]);
+    let shown = ok_json(&env, &["server", "show", "vm1"]);
+    assert!(shown["addresses"].to_string().contains(&fip_ip), "{shown}");
+    let vm_port = ok_json(&env, &["port", "list", "--server", "vm1"]);
+    let vm_port_id = vm_port[0]["ID"].as_str().unwrap().to_string();
+    let fip_shown = ok_json(&env, &["floating", "ip", "show", &fip_ip]);
+    assert_eq!(fip_shown["port_id"], vm_port_id.as_str(), "{fip_shown}");
+    // The node's netdp has it all, under control's ids.
+    let netdp = |path: &str| -> (u16, Value) { netdp_get(&netdp_sock, path) };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (s, f) = netdp(&format!(
+            "/v2.0/floatingips/{}",
+            fip_shown["id"].as_str().unwrap()
+        ));
+        let (_, up) = netdp(&format!("/v2.0/ports/{uplink_id}"));
+        if s == 200 && f["floatingip"]["status"] == "ACTIVE" && up["port"]["status"] == "ACTIVE" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "netdp never got the floating IP: {f} {up}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let ping = |count: &str, wait: &str| -> bool {
+        outside
+            .exec(&["ping", "-c", count, "-W", wait, "-i", "0.5", &fip_ip])
+            .unwrap()
+            .status
+            .success()
+    };
+    // The group lets nothing in yet.
+    assert!(!ping("2", "1"), "ICMP got in without a rule");
+    ok(
+        &env,
+        &[
+            "security",
+            "group",
+            "rule",
+            "create",
+            "--protocol",
+            "icmp",
+            "pingable",
+        ],
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !ping("1", "2") {
+        assert!(
+            Instant::now() < deadline,
+            "the floating IP never answered; console:\n{}",
+            ok(&env, &["console", "log", "show", "vm1"])
+        );
+    }
+    let console = wait_console(&env, "vm1", "echo_replied=1", 1);
+    assert!(console.contains("ready\n"), "{console}");
 
     ok(&env, &["server", "stop", "vm1"]);
     let stopped = wait_status(&env, "vm1", "SHUTOFF");
@@ -479,6 +620,38 @@ fn openstack_cli_boots_a_guest_on_a_one_node_cloud() {
 
     ok(&env, &["server", "delete", "--wait", "vm1"]);
     assert!(!ok(&env, &["server", "list"]).contains("vm1"));
+    // Its port is gone, the floating IP kept but unmapped, the tap and netdp's port gone.
+    assert!(!ok(&env, &["port", "list"]).contains(&vm_port_id));
+    let fip_shown = ok_json(&env, &["floating", "ip", "show", &fip_ip]);
+    assert!(fip_shown["port_id"].is_null(), "{fip_shown}");
+    let vm_tap = format!("tap{}", &vm_port_id[..11]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (s, _) = netdp_get(&netdp_sock, &format!("/v2.0/ports/{vm_port_id}"));
+        let tap = ns.exec(&["ip", "link", "show", &vm_tap]).unwrap();
+        if s == 404 && !tap.status.success() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the port or tap stayed on the node"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert!(
+        !outside
+            .exec(&["ping", "-c", "1", "-W", "1", &fip_ip])
+            .unwrap()
+            .status
+            .success()
+    );
+    ok(&env, &["floating", "ip", "delete", &fip_ip]);
+    ok(&env, &["router", "remove", "subnet", "r1", "blue-v4"]);
+    ok(&env, &["router", "delete", "r1"]);
+    ok(&env, &["port", "delete", "uplink"]);
+    ok(&env, &["subnet", "delete", "public-v4"]);
+    ok(&env, &["network", "delete", "public"]);
+    ok(&env, &["security", "group", "delete", "pingable"]);
     // The agent released everything: no server, no VMM.
     let hv = ok(&env, &["hypervisor", "list", "--long"]);
     assert!(hv.contains("up"), "{hv}");
@@ -491,5 +664,26 @@ fn openstack_cli_boots_a_guest_on_a_one_node_cloud() {
     ok(&env, &["subnet", "delete", "blue-v4"]);
     ok(&env, &["network", "delete", "blue"]);
     drop(procs);
+    drop(outside);
     drop(ns);
+}
+
+/// A GET on netdp's API socket: (status, JSON body).
+fn netdp_get(sock: &Path, path: &str) -> (u16, Value) {
+    use std::io::{Read, Write};
+    let mut s = std::os::unix::net::UnixStream::connect(sock).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: netdp\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let status: u16 = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map(|x| x.1).unwrap_or("");
+    (status, serde_json::from_str(body).unwrap_or(Value::Null))
 }

@@ -464,3 +464,401 @@ fn neutron_errors_have_neutron_statuses_and_bodies() {
     assert_eq!(r.status, 201, "{}", r.text());
     assert_eq!(r.json()["port"]["fixed_ips"][0]["ip_address"], "10.1.0.2");
 }
+
+#[test]
+fn servers_take_ports_and_security_groups_from_neutron() {
+    if !have_cli() {
+        return;
+    }
+    let cloud = Cloud::start();
+    let admin = cloud.admin();
+    ok(
+        &admin,
+        &[
+            "flavor", "create", "--vcpus", "1", "--ram", "32", "--disk", "1", "tiny",
+        ],
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let kernel = random_file(dir.path(), "kernel", 4096);
+    let disk = random_file(dir.path(), "disk", 8192);
+    let k = ok_json(
+        &admin,
+        &[
+            "image",
+            "create",
+            "--file",
+            kernel.to_str().unwrap(),
+            "--disk-format",
+            "raw",
+            "--container-format",
+            "bare",
+            "kernel",
+        ],
+    );
+    let kid = format!("kernel_id={}", k["id"].as_str().unwrap());
+    ok(
+        &admin,
+        &[
+            "image",
+            "create",
+            "--file",
+            disk.to_str().unwrap(),
+            "--disk-format",
+            "raw",
+            "--container-format",
+            "bare",
+            "--property",
+            &kid,
+            "disk",
+        ],
+    );
+    ok(&admin, &["network", "create", "blue"]);
+    ok(
+        &admin,
+        &[
+            "subnet",
+            "create",
+            "--network",
+            "blue",
+            "--subnet-range",
+            "10.9.0.0/24",
+            "blue-v4",
+        ],
+    );
+    let web = ok_json(&admin, &["security", "group", "create", "web"]);
+
+    // `--port`: the server takes the port (no node here: the build ends in ERROR, the
+    // port stays bound to the server until it is deleted).
+    let p1 = ok_json(&admin, &["port", "create", "--network", "blue", "p1"]);
+    let s1 = ok_json(
+        &admin,
+        &[
+            "server", "create", "--image", "disk", "--flavor", "tiny", "--port", "p1", "vm1",
+        ],
+    );
+    let bound = ok_json(&admin, &["port", "show", "p1"]);
+    assert_eq!(bound["device_id"], s1["id"], "{bound}");
+    assert_eq!(bound["device_owner"], "compute:nova");
+    let taken = fails(
+        &admin,
+        &[
+            "server", "create", "--image", "disk", "--flavor", "tiny", "--port", "p1", "vm2",
+        ],
+    );
+    assert!(taken.contains("still in use"), "{taken}");
+    let busy = fails(&admin, &["port", "delete", "p1"]);
+    assert!(busy.contains("in use by server"), "{busy}");
+
+    // `--network` with `--security-group`: control makes the port, with that group.
+    let s3 = ok_json(
+        &admin,
+        &[
+            "server",
+            "create",
+            "--image",
+            "disk",
+            "--flavor",
+            "tiny",
+            "--network",
+            "blue",
+            "--security-group",
+            "web",
+            "vm3",
+        ],
+    );
+    let ports = ok_json(&admin, &["port", "list", "--server", "vm3", "--long"]);
+    assert_eq!(ports.as_array().unwrap().len(), 1, "{ports}");
+    let made = ports[0]["ID"].as_str().unwrap().to_string();
+    let shown = ok_json(&admin, &["port", "show", &made]);
+    assert_eq!(shown["security_group_ids"], json!([id(&web)]), "{shown}");
+    assert_eq!(shown["device_id"], s3["id"]);
+    let server = ok_json(&admin, &["server", "show", "vm3"]);
+    assert!(
+        server["security_groups"].to_string().contains("web"),
+        "{server}"
+    );
+    // An unknown group is refused before anything is made.
+    let nogroup = fails(
+        &admin,
+        &[
+            "server",
+            "create",
+            "--image",
+            "disk",
+            "--flavor",
+            "tiny",
+            "--network",
+            "blue",
+            "--security-group",
+            "nope",
+            "vm4",
+        ],
+    );
+    assert!(nogroup.contains("nope"), "{nogroup}");
+
+    // Deleting the servers: the given port is unbound and stays, the made one goes.
+    ok(&admin, &["server", "delete", "--wait", "vm1"]);
+    ok(&admin, &["server", "delete", "--wait", "vm3"]);
+    let freed = ok_json(&admin, &["port", "show", "p1"]);
+    assert_eq!(freed["device_id"], "", "{freed}");
+    assert_eq!(freed["id"], p1["id"]);
+    let left = ok(&admin, &["port", "list", "-f", "value", "-c", "ID"]);
+    assert_eq!(left.trim(), p1["id"].as_str().unwrap(), "{left}");
+    ok(&admin, &["port", "delete", "p1"]);
+    ok(&admin, &["security", "group", "delete", "web"]);
+    ok(&admin, &["subnet", "delete", "blue-v4"]);
+    ok(&admin, &["network", "delete", "blue"]);
+}
+
+/// A stand-in node agent: records each `PUT /v1/network` body and answers with the
+/// generation applied, or with an error while `fail` is set.
+struct FakeAgent {
+    port: u16,
+    pushes: std::sync::Arc<std::sync::Mutex<Vec<Value>>>,
+    fail: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl FakeAgent {
+    fn start() -> FakeAgent {
+        use std::io::{BufRead, BufReader, Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let pushes = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let fail = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (p2, f2) = (pushes.clone(), fail.clone());
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { return };
+                let mut r = BufReader::new(conn.try_clone().unwrap());
+                let mut line = String::new();
+                r.read_line(&mut line).unwrap();
+                let mut len = 0usize;
+                loop {
+                    let mut h = String::new();
+                    r.read_line(&mut h).unwrap();
+                    if h.trim().is_empty() {
+                        break;
+                    }
+                    if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
+                        len = v.trim().parse().unwrap();
+                    }
+                }
+                let mut body = vec![0; len];
+                r.read_exact(&mut body).unwrap();
+                let answer = if line.starts_with("PUT /v1/network ") {
+                    let v: Value = serde_json::from_slice(&body).unwrap();
+                    let generation = v["generation"].clone();
+                    p2.lock().unwrap().push(v);
+                    if f2.load(std::sync::atomic::Ordering::SeqCst) {
+                        json!({"generation": 0, "errors": ["simulated netdp failure"]})
+                    } else {
+                        json!({"generation": generation, "errors": []})
+                    }
+                } else {
+                    json!({})
+                };
+                let text = answer.to_string();
+                let _ = write!(
+                    conn,
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{text}",
+                    text.len()
+                );
+            }
+        });
+        FakeAgent { port, pushes, fail }
+    }
+
+    fn count(&self) -> usize {
+        self.pushes.lock().unwrap().len()
+    }
+
+    /// Waits for a push after the first `after` that satisfies `f`.
+    fn wait_push(&self, after: usize, f: impl Fn(&Value) -> bool) -> Value {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            if let Some(v) = self
+                .pushes
+                .lock()
+                .unwrap()
+                .iter()
+                .skip(after)
+                .find(|v| f(v))
+            {
+                return v.clone();
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no such push: {:?}",
+                self.pushes.lock().unwrap()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
+}
+
+#[test]
+fn nodes_get_their_network_state_and_a_node_behind_gets_it_again_at_its_heartbeat() {
+    let cloud = Cloud::start_with(
+        "[compute]\nnode-token = \"nt\"\nheartbeat-interval-secs = 10",
+        "",
+        "",
+    );
+    let agent = FakeAgent::start();
+    let node = [("x-auth-token", "nt"), ("content-type", "application/json")];
+    let register = json!({"node": {"hostname": "n1-host", "agent_url": format!("http://127.0.0.1:{}", agent.port),
+                          "inventory": {"vcpus": 4, "memory_mib": 4096, "disk_bytes": 1u64 << 34}}});
+    let r = cloud.req(
+        "PUT",
+        "/v1/nodes/n1",
+        None,
+        &node,
+        register.to_string().as_bytes(),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let heartbeat = |generation: u64| {
+        let b = json!({"heartbeat": {"seq": 1, "servers": [], "network_generation": generation}});
+        let r = cloud.req(
+            "POST",
+            "/v1/nodes/n1/heartbeat",
+            None,
+            &node,
+            b.to_string().as_bytes(),
+        );
+        assert_eq!(r.status, 204, "{}", r.text());
+    };
+    let (token, _) = cloud.token("admin", ADMIN_PASSWORD, "admin");
+    let t = Some(token.as_str());
+    let net = cloud.json(
+        "POST",
+        "/network/v2.0/networks",
+        t,
+        &json!({"network": {"name": "n"}}),
+    );
+    let net_id = net.json()["network"]["id"].as_str().unwrap().to_string();
+    let r = cloud.json(
+        "POST",
+        "/network/v2.0/subnets",
+        t,
+        &json!({"subnet": {"network_id": net_id, "ip_version": 4, "cidr": "10.3.0.0/24"}}),
+    );
+    assert_eq!(r.status, 201, "{}", r.text());
+
+    // A port bound to the node (by host name) reaches it with its network, subnet and group.
+    let r = cloud.json(
+        "POST",
+        "/network/v2.0/ports",
+        t,
+        &json!({"port": {"network_id": net_id, "name": "a", "binding:host_id": "n1-host"}}),
+    );
+    assert_eq!(r.status, 201, "{}", r.text());
+    let port = r.json()["port"].clone();
+    assert_eq!(port["binding:host_id"], "n1");
+    let pid = port["id"].as_str().unwrap().to_string();
+    let has_port = |v: &Value, name: &str| {
+        v["ports"].as_array().is_some_and(|a| {
+            a.iter()
+                .any(|p| p["id"] == pid.as_str() && p["name"] == name)
+        })
+    };
+    let first = agent.wait_push(0, |v| has_port(v, "a"));
+    assert_eq!(first["networks"][0]["id"], net_id.as_str(), "{first}");
+    assert_eq!(first["subnets"][0]["cidr"], "10.3.0.0/24", "{first}");
+    assert_eq!(first["security_groups"][0]["name"], "default", "{first}");
+    assert_eq!(
+        first["security_group_rules"].as_array().unwrap().len(),
+        2,
+        "the default group's IPv4 rules: {first}"
+    );
+    let applied = first["generation"].as_u64().unwrap();
+
+    // The node fails to apply a change: a heartbeat showing it behind brings a new push.
+    agent.fail.store(true, std::sync::atomic::Ordering::SeqCst);
+    let before = agent.count();
+    let r = cloud.json(
+        "PUT",
+        &format!("/network/v2.0/ports/{pid}"),
+        t,
+        &json!({"port": {"name": "b"}}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let failed = agent.wait_push(before, |v| has_port(v, "b"));
+    let latest = failed["generation"].as_u64().unwrap();
+    assert!(latest > applied);
+    agent.fail.store(false, std::sync::atomic::Ordering::SeqCst);
+    let before = agent.count();
+    heartbeat(applied);
+    let again = agent.wait_push(before, |v| has_port(v, "b"));
+    assert_eq!(again["generation"].as_u64(), Some(latest), "{again}");
+    // Up to date: heartbeats bring nothing more.
+    let before = agent.count();
+    heartbeat(latest);
+    heartbeat(latest);
+    std::thread::sleep(std::time::Duration::from_millis(800));
+    assert_eq!(agent.count(), before, "a node up to date gets no push");
+
+    // Unbinding the port withdraws it (and its network) from the node.
+    let before = agent.count();
+    let r = cloud.json(
+        "PUT",
+        &format!("/network/v2.0/ports/{pid}"),
+        t,
+        &json!({"port": {"binding:host_id": ""}}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let empty = agent.wait_push(before, |v| v["ports"] == json!([]));
+    assert_eq!(empty["networks"], json!([]), "{empty}");
+}
+
+#[test]
+fn projects_see_only_their_own_neutron_resources() {
+    if !have_cli() {
+        return;
+    }
+    let cloud = Cloud::start();
+    let admin = cloud.admin();
+    ok(&admin, &["project", "create", "demo"]);
+    ok(&admin, &["user", "create", "--password", "bob-pw", "bob"]);
+    ok(
+        &admin,
+        &[
+            "role",
+            "add",
+            "--project",
+            "demo",
+            "--user",
+            "bob",
+            "member",
+        ],
+    );
+    let bob = cloud.env("bob", "bob-pw", "demo");
+    ok(&admin, &["router", "create", "admins-router"]);
+    let admin_sg = ok_json(&admin, &["security", "group", "create", "admins-group"]);
+
+    // Members cannot make external networks.
+    let refused = fails(&bob, &["network", "create", "--external", "mine"]);
+    assert!(refused.contains("admin"), "{refused}");
+    // Their own default group, not the admin's groups or routers.
+    let groups = ok_json(&bob, &["security", "group", "list"]);
+    let names: Vec<&str> = groups
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| g["Name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["default"], "{groups}");
+    let missing = fails(&bob, &["security", "group", "show", &id(&admin_sg)]);
+    assert!(
+        missing.contains("No SecurityGroup found") || missing.contains("404"),
+        "{missing}"
+    );
+    assert!(!ok(&bob, &["router", "list"]).contains("admins-router"));
+    let r = ok_json(&bob, &["router", "create", "bobs-router"]);
+    assert_eq!(r["project_id"].as_str().map(str::len), Some(32), "{r}");
+    assert!(
+        ok(&admin, &["router", "list"]).contains("bobs-router"),
+        "admins see all"
+    );
+    // The default group cannot be deleted by its project.
+    let kept = fails(&bob, &["security", "group", "delete", "default"]);
+    assert!(kept.contains("default security group"), "{kept}");
+}

@@ -1431,6 +1431,20 @@ fn create_server(svc: &Service, ctx: &Ctx, req: &Request) -> Result<(Value, Stri
                 .map_err(|e| ApiError::bad_request(e.message))?,
         )
     };
+    // Nova shows groups by name (the CLI sends ids when it has Neutron).
+    let sg_names: Vec<String> = sg_ids
+        .iter()
+        .flatten()
+        .map(|g| {
+            svc.store
+                .get(Kind::SecurityGroup, g)
+                .ok()
+                .flatten()
+                .and_then(|r| r.parse::<crate::network::SecurityGroupDoc>().ok())
+                .map(|d| d.name)
+                .unwrap_or_else(|| g.clone())
+        })
+        .collect();
     let id = uuid::Uuid::new_v4().to_string();
     let now = now_secs();
     let (networks, created_ports) = server_ports(svc, ctx, &pid, &id, networks, sg_ids)?;

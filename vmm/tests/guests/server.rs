@@ -8,7 +8,9 @@
 //! (`ssh-`) and the first holding `ferrostack-user-data`, as `config_key=` and
 //! `config_user_data=` lines.
 //! Then it stays up, polling the keyboard controller, until Ctrl+Alt+Del arrives: it prints
-//! `shutdown` and resets, as a Linux guest with `reboot=k` would.
+//! `shutdown` and resets, as a Linux guest with `reboot=k` would. With a network card and
+//! an `ip=`, it meanwhile answers ARP requests for its address and ICMP echo requests to
+//! it (so it can be pinged, e.g. through a floating IP), reporting the first few echoes.
 #![no_std]
 #![no_main]
 
@@ -464,12 +466,12 @@ fn exchange<T>(dev: Dev, seen: &mut u16, sent: &mut u16, attempts: u32, frame: &
     None
 }
 
-/// Learns `probe`'s MAC with ARP, then pings it, reporting both answers.
-fn net_probe(dev: Dev, ip: [u8; 4], probe: [u8; 4]) {
-    // MAC only: the frames here are small and complete.
+/// Sets the network card up (MAC only: the frames here are small and complete), with
+/// every receive buffer posted; returns its MAC.
+fn net_setup(dev: Dev) -> Option<[u8; 6]> {
     if !dev.negotiate(1 << 5) || !dev.queue(0, addr_of_mut!(RX)) || !dev.queue(1, addr_of_mut!(TX)) {
         kit::print("virtio-net setup failed\n");
-        return;
+        return None;
     }
     dev.driver_ok();
     let lo = dev.reg(0x100).to_le_bytes();
@@ -483,8 +485,85 @@ fn net_probe(dev: Dev, ip: [u8; 4], probe: [u8; 4]) {
         post(rx, i, NET_BUF as u32, F_WRITE);
     }
     dev.set(0x50, 0);
-    let (mut seen, mut sent) = (0u16, 0u16);
-    let peer = exchange(dev, &mut seen, &mut sent, 300, &|| arp_request(&mac, ip, probe), &|e| {
+    Some(mac)
+}
+
+/// The answer to a received frame, built in the transmit buffer: an ARP reply when asked
+/// for `ip`, an echo reply to an echo request for `ip`. Returns its length.
+fn answer(f: &[u8], mac: &[u8; 6], ip: [u8; 4]) -> Option<usize> {
+    if f.len() >= 42 && f[12..14] == [0x08, 0x06] && f[20..22] == [0, 1] && f[38..42] == ip {
+        let e = tx_frame();
+        e[0..6].copy_from_slice(&f[6..12]);
+        e[6..12].copy_from_slice(mac);
+        e[12..14].copy_from_slice(&[0x08, 0x06]);
+        e[14..22].copy_from_slice(&[0, 1, 8, 0, 6, 4, 0, 2]);
+        e[22..28].copy_from_slice(mac);
+        e[28..32].copy_from_slice(&ip);
+        e[32..42].copy_from_slice(&f[22..32]);
+        return Some(60);
+    }
+    let is_echo = f.len() >= 42 && f[12..14] == [0x08, 0x00] && f[14] == 0x45 && f[23] == 1 && f[30..34] == ip && f[34] == 8;
+    if !is_echo {
+        return None;
+    }
+    let total = usize::from(u16::from_be_bytes([f[16], f[17]]));
+    if total < 28 || 14 + total > f.len() || 14 + total > NET_BUF - NET_HDR {
+        return None;
+    }
+    let e = tx_frame();
+    e[..14 + total].copy_from_slice(&f[..14 + total]);
+    e[0..6].copy_from_slice(&f[6..12]);
+    e[6..12].copy_from_slice(mac);
+    e[26..30].copy_from_slice(&ip);
+    e[30..34].copy_from_slice(&f[26..30]);
+    e[22] = 64;
+    e[24..26].fill(0);
+    let c = checksum(&e[14..34]);
+    e[24..26].copy_from_slice(&c.to_be_bytes());
+    e[34] = 0;
+    e[36..38].fill(0);
+    let c = checksum(&e[34..14 + total]);
+    e[36..38].copy_from_slice(&c.to_be_bytes());
+    Some((14 + total).max(60))
+}
+
+/// Answers ARP and pings for `ip` until Ctrl+Alt+Del.
+fn serve(dev: Dev, mac: [u8; 6], ip: [u8; 4], seen: &mut u16, sent: &mut u16) -> ! {
+    let rx = addr_of_mut!(RX);
+    let mut echoes = 0u64;
+    loop {
+        check_keyboard();
+        // SAFETY: reading device-written ring entries after the used index covers them.
+        while unsafe { read_volatile(addr_of!((*rx).used_idx)) } != *seen {
+            let (id, len) = unsafe {
+                fence(Ordering::SeqCst);
+                let e = read_volatile(addr_of!((*rx).used_ring[usize::from(*seen) % QSIZE]));
+                (e[0] as usize % QSIZE, e[1] as usize)
+            };
+            *seen = seen.wrapping_add(1);
+            // SAFETY: the device wrote `len` bytes into buffer `id`, back in our hands until
+            // it is posted again (after the answer is built from it).
+            let f = unsafe { core::slice::from_raw_parts(net_buf(id), len.min(NET_BUF)) };
+            let reply = if f.len() > NET_HDR { answer(&f[NET_HDR..], &mac, ip) } else { None };
+            let echo = reply.is_some() && f.len() > NET_HDR + 14 && f[NET_HDR + 12..NET_HDR + 14] == [0x08, 0x00];
+            post(rx, id, NET_BUF as u32, F_WRITE);
+            dev.set(0x50, 0);
+            if let Some(n) = reply {
+                transmit(dev, n, sent);
+                if echo {
+                    echoes += 1;
+                    if echoes <= 3 {
+                        kit::report_dec("echo_replied", echoes);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Learns `probe`'s MAC with ARP, then pings it, reporting both answers.
+fn net_probe(dev: Dev, mac: [u8; 6], ip: [u8; 4], probe: [u8; 4], seen: &mut u16, sent: &mut u16) {
+    let peer = exchange(dev, seen, sent, 300, &|| arp_request(&mac, ip, probe), &|e| {
         let reply = e.len() >= 42 && e[12..14] == [0x08, 0x06] && e[20..22] == [0, 2] && e[28..32] == probe;
         reply.then(|| {
             let mut m = [0u8; 6];
@@ -500,7 +579,7 @@ fn net_probe(dev: Dev, ip: [u8; 4], probe: [u8; 4]) {
     print_mac(&peer);
     kit::print("\n");
     let seq = core::cell::Cell::new(0u16);
-    let pong = exchange(dev, &mut seen, &mut sent, 100, &|| {
+    let pong = exchange(dev, seen, sent, 100, &|| {
         seq.set(seq.get() + 1);
         echo_request(&mac, &peer, ip, probe, seq.get())
     }, &|e| {
@@ -529,8 +608,15 @@ extern "C" fn guest_main(zero_page: u64) -> ! {
     let cmdline = kit::ZeroPage(zero_page).cmdline();
     let ip = cmdline_value(cmdline, b"ip").and_then(parse_ip);
     let probe = cmdline_value(cmdline, b"probe").and_then(parse_ip);
-    if let (Some(dev), Some(ip), Some(probe)) = (find(1), ip, probe) {
-        net_probe(dev, ip, probe);
+    if let (Some(dev), Some(ip)) = (find(1), ip) {
+        if let Some(mac) = net_setup(dev) {
+            let (mut seen, mut sent) = (0u16, 0u16);
+            if let Some(probe) = probe {
+                net_probe(dev, mac, ip, probe, &mut seen, &mut sent);
+            }
+            kit::print("ready\n");
+            serve(dev, mac, ip, &mut seen, &mut sent);
+        }
     }
     kit::print("ready\n");
     loop {
