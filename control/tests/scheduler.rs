@@ -173,6 +173,16 @@ fn filters_on_300_nodes() {
     assert!(by_prefix("aff").iter().all(|v| v["status"] == "ACTIVE"));
     let anti_hosts: BTreeSet<&str> = by_prefix("anti").iter().map(|v| host(v)).collect();
     assert_eq!(anti_hosts.len(), 30);
+    let r = sim::json_req(
+        port,
+        "GET",
+        &format!("/compute/v2.1/os-server-groups/{anti}"),
+        &t.token,
+        &Value::Null,
+    );
+    let g = &r.json()["server_group"];
+    assert_eq!(g["policies"], serde_json::json!(["anti-affinity"]), "{g}");
+    assert_eq!(g["members"].as_array().unwrap().len(), 30, "{g}");
     // Anti-affinity in a zone of 3 nodes: 3 members fit, the 4th is refused.
     let anti3v = by_prefix("anti3");
     let placed: BTreeSet<&str> = anti3v
