@@ -192,8 +192,23 @@ pub fn rank(
             )
         });
     }
-    ok.sort_by(|a, b| b.0.total_cmp(&a.0).then_with(|| a.1.cmp(b.1)));
+    // Equal weights (identical nodes, equally full) are ordered by a hash of the server
+    // and node ids: concurrent claims for different servers then mostly pick different
+    // nodes of the tie instead of all racing for the same one, and a server's order is
+    // still the same at every attempt.
+    ok.sort_by(|a, b| {
+        b.0.total_cmp(&a.0)
+            .then_with(|| tie(&req.server_id, a.1).cmp(&tie(&req.server_id, b.1)))
+            .then_with(|| a.1.cmp(b.1))
+    });
     Ok(ok.into_iter().map(|(_, id)| id.to_string()).collect())
+}
+
+fn tie(server: &str, node: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (server, node).hash(&mut h);
+    h.finish()
 }
 
 /// Attempts of one claim before giving up. Every lost race means another claim won, so
@@ -448,17 +463,19 @@ mod tests {
             put(&store, &format!("n{i:03}"), &node(2, 2048, 100));
         }
         // Spread: 300 servers of 1 vCPU land on 300 different nodes.
-        let mut used = std::collections::BTreeSet::new();
+        let mut used = BTreeMap::new();
         for i in 0..300 {
             let mut r = req(1, 1024);
             r.server_id = format!("s{i}");
-            used.insert(claim(&store, &r, &S, 100).unwrap());
+            used.insert(claim(&store, &r, &S, 100).unwrap(), r.server_id);
         }
         assert_eq!(used.len(), 300);
         let (_, d) = load_node(&store, "n000").unwrap().unwrap();
         assert_eq!(d.used().vcpus, 1);
-        release(&store, "n000", "s0", None).unwrap();
-        release(&store, "n000", "s0", None).unwrap();
+        let s = &used["n000"];
+        assert!(d.allocations.contains_key(s));
+        release(&store, "n000", s, None).unwrap();
+        release(&store, "n000", s, None).unwrap();
         let (_, d) = load_node(&store, "n000").unwrap().unwrap();
         assert!(d.allocations.is_empty());
     }
