@@ -923,7 +923,10 @@ static __always_inline int netdp_forward(CTX *ctx)
 	__u8 secure = inp->port_security;
 	__u8 dhcp = inp->flags & PORT_F_DHCP;
 
-	// This CPU's counters of the port came with its lookup.
+	// This CPU's counters of the port came with its lookup. Past this point the pointer
+	// is not kept: paths that count again (drops, ARP, ICMP errors, floods; all off the
+	// forwarding path) look the port up again, so the forwarding path holds one register
+	// less across its helper calls.
 	struct port_stats *st = stats_of(inp);
 	if (st) {
 		st->rx_packets += 1;
@@ -932,37 +935,37 @@ static __always_inline int netdp_forward(CTX *ctx)
 
 	struct ethhdr *eth = data;
 	if ((void *)(eth + 1) > data_end)
-		return drop(inp, DROP_MALFORMED);
+		return drop(port_of(in_port), DROP_MALFORMED);
 	if (eth->h_source[0] & 1)
-		return drop(inp, DROP_SPOOF_MAC);
+		return drop(port_of(in_port), DROP_SPOOF_MAC);
 
 	if (eth->h_proto == ETH_P_ARP_BE) {
 		struct arp_eth *arp = (void *)(eth + 1);
 		if ((void *)(arp + 1) > data_end)
-			return drop(inp, DROP_MALFORMED);
+			return drop(port_of(in_port), DROP_MALFORMED);
 		if (arp->htype != bpf_htons(1) || arp->ptype != ETH_P_IP_BE || arp->hlen != 6 ||
 		    arp->plen != 4)
-			return drop(inp, DROP_MALFORMED);
+			return drop(port_of(in_port), DROP_MALFORMED);
 		__u32 spa, tpa;
 		__builtin_memcpy(&spa, arp->spa, 4);
 		__builtin_memcpy(&tpa, arp->tpa, 4);
 		if (secure) {
 			if (!mac_eq(arp->sha, eth->h_source) ||
 			    !addr_allowed(in_port, arp->sha, spa))
-				return drop(inp, DROP_SPOOF_ARP);
+				return drop(port_of(in_port), DROP_SPOOF_ARP);
 		}
 		if (arp->oper == bpf_htons(1)) {
 			struct neigh_key nk = { .net_id = net_id, .ip = tpa };
 			struct neigh *nb = bpf_map_lookup_elem(&neighbors, &nk);
 			if (nb)
-				return arp_reply(ctx, eth, arp, nb->mac, in_port, inp);
+				return arp_reply(ctx, eth, arp, nb->mac, in_port, port_of(in_port));
 			if (eth->h_dest[0] & 1)
-				return flood(ctx, net_id, in_port, inp);
+				return flood(ctx, net_id, in_port, port_of(in_port));
 		}
 		// ARP replies and unicast requests go through the FDB like any unicast.
 	} else if (eth->h_proto != ETH_P_IP_BE) {
 		if (secure)
-			return drop(inp, DROP_ETHERTYPE);
+			return drop(port_of(in_port), DROP_ETHERTYPE);
 	}
 
 	if (secure && eth->h_proto != ETH_P_ARP_BE) {
@@ -970,11 +973,11 @@ static __always_inline int netdp_forward(CTX *ctx)
 		if (eth->h_proto == ETH_P_IP_BE) {
 			struct iphdr *ip = (void *)(eth + 1);
 			if ((void *)(ip + 1) > data_end)
-				return drop(inp, DROP_MALFORMED);
+				return drop(port_of(in_port), DROP_MALFORMED);
 			src_ip = ip->saddr;
 		}
 		if (!addr_allowed(in_port, eth->h_source, src_ip))
-			return drop(inp, src_ip && addr_allowed(in_port, eth->h_source, 0) ?
+			return drop(port_of(in_port), src_ip && addr_allowed(in_port, eth->h_source, 0) ?
 						      DROP_SPOOF_IP :
 						      DROP_SPOOF_MAC);
 	}
@@ -986,23 +989,23 @@ static __always_inline int netdp_forward(CTX *ctx)
 			struct flow bf = {};
 			if (parse_ipv4((void *)(eth + 1), data_end, &bf) == PARSE_OK &&
 			    is_dhcp_request(&bf))
-				return hook_punt(ctx, in_port, inp);
+				return hook_punt(ctx, in_port, port_of(in_port));
 		}
-		return flood(ctx, net_id, in_port, inp);
+		return flood(ctx, net_id, in_port, port_of(in_port));
 	}
 
 	struct l2_key fk = { .net_id = net_id };
 	mac_copy(fk.mac, eth->h_dest);
 	struct fdb_entry *fe = bpf_map_lookup_elem(&fdb, &fk);
 	if (!fe)
-		return drop(inp, DROP_UNKNOWN_DST);
+		return drop(port_of(in_port), DROP_UNKNOWN_DST);
 	__u32 out_port = fe->ifindex;
 	__u32 router_id = fe->router_id;
 	__u32 router_ip = fe->ip;
 
 	if (eth->h_proto != ETH_P_IP_BE) {
 		if (router_id)
-			return drop(inp, DROP_ETHERTYPE);
+			return drop(port_of(in_port), DROP_ETHERTYPE);
 		count_tx(port_of(out_port), len);
 		return hook_redirect(ctx, out_port, in_port);
 	}
@@ -1011,13 +1014,15 @@ static __always_inline int netdp_forward(CTX *ctx)
 	struct flow f = {};
 	int bad = parse_ipv4(ip, data_end, &f);
 	if (bad != PARSE_OK)
-		return drop(inp, bad);
+		return drop(port_of(in_port), bad);
 	// The parse above re-derived pointers; re-check for the verifier.
 	if ((void *)(ip + 1) > data_end)
-		return drop(inp, DROP_MALFORMED);
+		return drop(port_of(in_port), DROP_MALFORMED);
 	// Unicast DHCP (renewals to the server's address) goes to the slow path too.
 	if (dhcp && is_dhcp_request(&f))
-		return hook_punt(ctx, in_port, inp);
+		return hook_punt(ctx, in_port, port_of(in_port));
+	if (router_id && st)
+		st->routed += 1; // IPv4 to a router: routed, or answered or dropped by it
 
 	// The flow as the destination port sees it (after floating-IP NAT).
 	struct flow out_f = f;
@@ -1043,10 +1048,10 @@ static __always_inline int netdp_forward(CTX *ctx)
 		struct route_key rk = { .prefixlen = 64, .router_id = router_id, .addr = out_f.daddr };
 		struct route *rt = bpf_map_lookup_elem(&routes, &rk);
 		if (!rt)
-			return icmp_error(ctx, in_port, inp, ICMP_DEST_UNREACH, 0, router_ip,
+			return icmp_error(ctx, in_port, port_of(in_port), ICMP_DEST_UNREACH, 0, router_ip,
 					  DROP_NO_ROUTE);
 		if (ip->ttl <= 1)
-			return icmp_error(ctx, in_port, inp, ICMP_TIME_EXCEEDED, 0, router_ip, DROP_TTL);
+			return icmp_error(ctx, in_port, port_of(in_port), ICMP_TIME_EXCEEDED, 0, router_ip, DROP_TTL);
 		if (rt->flags & ROUTE_EXTERNAL) {
 			// Out of the gateway: SNAT to the port's floating IP.
 			struct nat_key sk = { .router_id = router_id, .ip = f.saddr };
@@ -1067,7 +1072,7 @@ static __always_inline int netdp_forward(CTX *ctx)
 					   snat_outbound(router_id, *gw, &f, &out_f) < 0) {
 					// Traffic to the gateway address itself is never translated
 					// (above): an unmatched reply to it opens no translation.
-					return drop(inp, DROP_NAT_EXHAUSTED);
+					return drop(port_of(in_port), DROP_NAT_EXHAUSTED);
 				}
 			}
 		}
@@ -1075,13 +1080,13 @@ static __always_inline int netdp_forward(CTX *ctx)
 					.ip = rt->nexthop ? rt->nexthop : out_f.daddr };
 		struct neigh *nb = bpf_map_lookup_elem(&neighbors, &nk);
 		if (!nb)
-			return icmp_error(ctx, in_port, inp, ICMP_DEST_UNREACH, 1, router_ip,
+			return icmp_error(ctx, in_port, port_of(in_port), ICMP_DEST_UNREACH, 1, router_ip,
 					  DROP_NO_NEIGH);
 		struct l2_key ok = { .net_id = rt->net_id };
 		mac_copy(ok.mac, nb->mac);
 		struct fdb_entry *oe = bpf_map_lookup_elem(&fdb, &ok);
 		if (!oe || oe->router_id)
-			return drop(inp, DROP_NO_NEIGH);
+			return drop(port_of(in_port), DROP_NO_NEIGH);
 		out_port = oe->ifindex;
 		mac_copy(eth->h_dest, nb->mac);
 		mac_copy(eth->h_source, rt->mac);
@@ -1101,7 +1106,7 @@ static __always_inline int netdp_forward(CTX *ctx)
 			// Gateway SNAT changed a port (TCP/UDP) or the echo id (ICMP).
 			__u16 *l4p = (void *)ip + ip->ihl * 4;
 			if ((void *)(l4p + 4) > data_end)
-				return drop(inp, DROP_MALFORMED);
+				return drop(port_of(in_port), DROP_MALFORMED);
 			if (f.proto == IPPROTO_ICMP) {
 				l4p[1] = csum_replace2(l4p[1], l4p[2], out_f.sport);
 				l4p[2] = out_f.sport;
@@ -1121,7 +1126,7 @@ static __always_inline int netdp_forward(CTX *ctx)
 			__u8 *l4b = (void *)ip + ip->ihl * 4;
 			asm volatile("" : "+r"(l4b));
 			if ((void *)(l4b + 36) > data_end)
-				return drop(inp, DROP_MALFORMED);
+				return drop(port_of(in_port), DROP_MALFORMED);
 			__u16 *icsum = (__u16 *)(l4b + 2);
 			__u16 *qcheck = (__u16 *)(l4b + 18);
 			if (out_f.inner_saddr != f.inner_saddr) {
@@ -1143,14 +1148,14 @@ static __always_inline int netdp_forward(CTX *ctx)
 			if (out_f.inner_sport != f.inner_sport) {
 				__u16 *qp = (__u16 *)(l4b + (f.inner_proto == IPPROTO_ICMP ? 32 : 28));
 				if ((void *)(qp + 1) > data_end)
-					return drop(inp, DROP_MALFORMED);
+					return drop(port_of(in_port), DROP_MALFORMED);
 				*icsum = csum_replace2(*icsum, *qp, out_f.inner_sport);
 				*qp = out_f.inner_sport;
 			}
 			if (out_f.inner_dport != f.inner_dport) {
 				__u16 *qp = (__u16 *)(l4b + (f.inner_proto == IPPROTO_ICMP ? 32 : 30));
 				if ((void *)(qp + 1) > data_end)
-					return drop(inp, DROP_MALFORMED);
+					return drop(port_of(in_port), DROP_MALFORMED);
 				*icsum = csum_replace2(*icsum, *qp, out_f.inner_dport);
 				*qp = out_f.inner_dport;
 			}
@@ -1159,24 +1164,22 @@ static __always_inline int netdp_forward(CTX *ctx)
 			l4_off = 14 + ip->ihl * 4 + 16;
 		else if (f.proto == IPPROTO_UDP)
 			l4_off = 14 + ip->ihl * 4 + 6;
-		if (st) // the port's counters, looked up once per frame
-			st->routed += 1;
 	}
 
 	if (secure) {
 		int fw = firewall(in_port, &f, DIR_EGRESS);
 		if (fw == FW_INVALID)
-			return drop(inp, DROP_CT_INVALID);
+			return drop(port_of(in_port), DROP_CT_INVALID);
 		if (fw == FW_DENY)
-			return drop(inp, DROP_SG_EGRESS);
+			return drop(port_of(in_port), DROP_SG_EGRESS);
 	}
 	struct port *dst = port_of(out_port);
 	if (dst && dst->port_security) {
 		int fw = firewall(out_port, &out_f, DIR_INGRESS);
 		if (fw == FW_INVALID)
-			return drop(inp, DROP_CT_INVALID);
+			return drop(port_of(in_port), DROP_CT_INVALID);
 		if (fw == FW_DENY)
-			return drop(inp, DROP_SG_INGRESS);
+			return drop(port_of(in_port), DROP_SG_INGRESS);
 	}
 	// L4 checksums last: the tc helper invalidates packet pointers.
 	if (l4_off) {

@@ -1497,7 +1497,7 @@ impl Controller {
             ("tx_bytes_total", "Bytes delivered to the port."),
             (
                 "routed_packets_total",
-                "Frames from the port that were routed.",
+                "IPv4 frames from the port addressed to a router (routed, or answered with an ICMP error or dropped by it).",
             ),
             (
                 "flooded_packets_total",

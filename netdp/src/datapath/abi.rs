@@ -295,7 +295,8 @@ pub struct PortStats {
     pub tx_packets: u64,
     /// Bytes sent to the port.
     pub tx_bytes: u64,
-    /// Frames from the port that were routed.
+    /// IPv4 frames from the port addressed to a router (routed, or answered with an ICMP
+    /// error or dropped by the router).
     pub routed: u64,
     /// Broadcasts from the port that were flooded (or passed to the slow path).
     pub flooded: u64,
