@@ -200,27 +200,27 @@ struct arp_eth {
 	__u8 tpa[4];
 } __attribute__((packed));
 
-/// A port's counters. Built with NETDP_NO_COUNTERS (the benchmark's uncounted twin only),
-/// there are none and every counting branch compiles away.
-static __always_inline struct port_stats *stats_of(__u32 slot)
+/// This CPU's counters of a port (`p` from a `ports` lookup, or NULL). Built with
+/// NETDP_NO_COUNTERS (the benchmark's uncounted twin only) there are none and every
+/// counting branch compiles away.
+static __always_inline struct port_stats *stats_of(struct port *p)
 {
 #ifdef NETDP_NO_COUNTERS
+	(void)p;
 	return 0;
 #else
-	return bpf_map_lookup_elem(&port_stats, &slot);
+	return p ? &p->stats : 0;
 #endif
 }
 
-/// The counter slot of a port, or PORT_SLOTS (nothing is counted) for other interfaces.
-static __always_inline __u32 slot_of(__u32 ifindex)
+static __always_inline struct port *port_of(__u32 ifindex)
 {
-	struct port *p = bpf_map_lookup_elem(&ports, &ifindex);
-	return p ? p->slot : PORT_SLOTS;
+	return bpf_map_lookup_elem(&ports, &ifindex);
 }
 
-static __always_inline int drop(__u32 in_slot, __u32 reason)
+static __always_inline int drop(struct port *inp, __u32 reason)
 {
-	struct port_stats *s = stats_of(in_slot);
+	struct port_stats *s = stats_of(inp);
 	if (s && reason < DROP_NREASONS)
 		s->drops[reason] += 1;
 	return VERDICT_DROP;
@@ -228,16 +228,16 @@ static __always_inline int drop(__u32 in_slot, __u32 reason)
 
 /// A DHCP request for the slow path: copied with its port into the `dhcp_punt` ring
 /// buffer, then consumed. Nothing else is ever punted, so userspace never sees ordinary
-/// frames; a full ring (or a frame too long to be a request) drops it, and the client
-/// retries.
-static __always_inline int hook_punt(CTX *ctx, __u32 in_port)
+/// frames. A full ring drops the request (counted as DROP_DHCP_RING_FULL; the client
+/// retries), and so does a frame too long to be a request (DROP_MALFORMED).
+static __always_inline int hook_punt(CTX *ctx, __u32 in_port, struct port *inp)
 {
 	__u32 len = hook_len(ctx);
 	if (len < 1 || len > DHCP_PUNT_MAX)
-		return VERDICT_DROP;
+		return drop(inp, DROP_MALFORMED);
 	struct dhcp_punt *e = bpf_ringbuf_reserve(&dhcp_punt, sizeof(*e), 0);
 	if (!e)
-		return VERDICT_DROP;
+		return drop(inp, DROP_DHCP_RING_FULL);
 	e->ifindex = in_port;
 	e->len = len;
 	// len is 1..DHCP_PUNT_MAX already; the mask makes that 1..DHCP_PUNT_ROOM for the
@@ -245,15 +245,15 @@ static __always_inline int hook_punt(CTX *ctx, __u32 in_port)
 	__u32 n = ((len - 1) & (DHCP_PUNT_ROOM - 1)) + 1;
 	if (hook_load(ctx, e->frame, n) < 0) {
 		bpf_ringbuf_discard(e, 0);
-		return VERDICT_DROP;
+		return drop(inp, DROP_MALFORMED);
 	}
 	bpf_ringbuf_submit(e, 0);
 	return VERDICT_DROP;
 }
 
-static __always_inline void count_tx(__u32 slot, __u64 len)
+static __always_inline void count_tx(struct port *p, __u64 len)
 {
-	struct port_stats *s = stats_of(slot);
+	struct port_stats *s = stats_of(p);
 	if (s) {
 		s->tx_packets += 1;
 		s->tx_bytes += len;
@@ -388,11 +388,68 @@ static __always_inline __u32 sg_allows(__u32 port, const struct flow *f, __u8 di
 	return id;
 }
 
+#define NS_PER_SEC 1000000000ULL
+
+// Idle timeouts of tracked connections and SNAT translations in ns, as Linux conntrack
+// has them by default; the loader sets them (EbpfLoader::set_global) before the program
+// is verified, so they are constants to it.
+/// TCP once the other side answered, no FIN or RST seen (nf_conntrack_tcp_timeout_established).
+const volatile __u64 ct_tcp_established = 432000 * NS_PER_SEC;
+/// TCP opening (not answered yet) or closing (FIN seen).
+const volatile __u64 ct_tcp_transient = 120 * NS_PER_SEC;
+/// TCP after a RST.
+const volatile __u64 ct_tcp_close = 10 * NS_PER_SEC;
+/// UDP not answered.
+const volatile __u64 ct_udp = 30 * NS_PER_SEC;
+/// UDP answered.
+const volatile __u64 ct_udp_stream = 120 * NS_PER_SEC;
+/// ICMP (echo).
+const volatile __u64 ct_icmp = 30 * NS_PER_SEC;
+/// Any other protocol.
+const volatile __u64 ct_other = 600 * NS_PER_SEC;
+
+/// How long a connection of `proto` in state (`replied`, `tcp`) may stay idle.
+static __always_inline __u64 ct_timeout(__u8 proto, __u8 replied, __u8 tcp)
+{
+	if (proto == IPPROTO_TCP) {
+		if (tcp & CT_TCP_RST)
+			return ct_tcp_close;
+		if (tcp & CT_TCP_FIN)
+			return ct_tcp_transient;
+		return replied ? ct_tcp_established : ct_tcp_transient;
+	}
+	if (proto == IPPROTO_UDP)
+		return replied ? ct_udp_stream : ct_udp;
+	if (proto == IPPROTO_ICMP)
+		return ct_icmp;
+	return ct_other;
+}
+
+/// Whether an entry last seen at `last` has been idle past its timeout at `now` (another
+/// CPU may have refreshed it after `now` was read: then it is not).
+static __always_inline int ct_stale(__u64 now, __u64 last, __u8 proto, __u8 replied, __u8 tcp)
+{
+	return now > last && now - last > ct_timeout(proto, replied, tcp);
+}
+
+/// The CT_TCP_* flags a TCP segment adds to its connection's state (0 for others).
+static __always_inline __u8 ct_tcp_flags(const struct flow *f)
+{
+	if (f->proto != IPPROTO_TCP)
+		return 0;
+	if (f->tcp_flags & TCP_FLAG_RST)
+		return CT_TCP_RST;
+	if (f->tcp_flags & TCP_FLAG_FIN)
+		return CT_TCP_FIN;
+	return 0;
+}
+
 enum fw_result { FW_ALLOW = 0, FW_DENY = 1, FW_INVALID = 2 };
 
 /// Stateful firewall of one port for a flow crossing it in `dir`.
 static __always_inline int firewall(__u32 port, const struct flow *f, __u8 dir)
 {
+	__u64 now = bpf_ktime_get_coarse_ns();
 	if (f->related) {
 		// An ICMP error is allowed only about a connection this port tracks, coming back
 		// the other way (RELATED); otherwise it is INVALID.
@@ -405,7 +462,8 @@ static __always_inline int firewall(__u32 port, const struct flow *f, __u8 dir)
 			.proto = f->inner_proto,
 		};
 		struct ct_val *rv = bpf_map_lookup_elem(&conntrack, &q);
-		if (rv && rv->dir != dir)
+		if (rv && rv->dir != dir &&
+		    !ct_stale(now, rv->last_seen, f->inner_proto, rv->replied, rv->tcp))
 			return FW_ALLOW;
 		// Or about a reply of a connection this port tracks: the quote is the tracked
 		// tuple reversed, and the error travels the way the connection was opened.
@@ -418,7 +476,8 @@ static __always_inline int firewall(__u32 port, const struct flow *f, __u8 dir)
 			.proto = f->inner_proto,
 		};
 		rv = bpf_map_lookup_elem(&conntrack, &qr);
-		if (rv && rv->dir == dir)
+		if (rv && rv->dir == dir &&
+		    !ct_stale(now, rv->last_seen, f->inner_proto, rv->replied, rv->tcp))
 			return FW_ALLOW;
 		return FW_INVALID;
 	}
@@ -430,10 +489,16 @@ static __always_inline int firewall(__u32 port, const struct flow *f, __u8 dir)
 		.dport = f->dport,
 		.proto = f->proto,
 	};
-	__u64 now = bpf_ktime_get_coarse_ns();
+	__u8 teardown = ct_tcp_flags(f);
+	// A connection idle past its timeout is forgotten: its packets must start a new one.
 	struct ct_val *v = bpf_map_lookup_elem(&conntrack, &k);
-	if (v && v->dir == dir) {
+	if (v && v->dir == dir && !ct_stale(now, v->last_seen, f->proto, v->replied, v->tcp)) {
 		v->last_seen = now;
+		if (teardown)
+			v->tcp |= teardown;
+		else if (v->tcp && (f->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN &&
+			 f->proto == IPPROTO_TCP)
+			v->tcp = v->replied = 0; // the tuple opens again after a teardown
 		return FW_ALLOW;
 	}
 	struct ct_key r = {
@@ -445,9 +510,12 @@ static __always_inline int firewall(__u32 port, const struct flow *f, __u8 dir)
 		.proto = f->proto,
 	};
 	v = bpf_map_lookup_elem(&conntrack, &r);
-	if (v && v->dir != dir) {
+	if (v && v->dir != dir && !ct_stale(now, v->last_seen, f->proto, v->replied, v->tcp)) {
 		v->last_seen = now;
-		v->replied = 1;
+		if (!v->replied)
+			v->replied = 1;
+		if (teardown)
+			v->tcp |= teardown;
 		return FW_ALLOW;
 	}
 	// A new connection: TCP must open with a SYN; ICMP only with requests.
@@ -458,7 +526,7 @@ static __always_inline int firewall(__u32 port, const struct flow *f, __u8 dir)
 	__u32 rule = sg_allows(port, f, dir);
 	if (!rule)
 		return FW_DENY;
-	struct ct_val nv = { .rule_id = rule, .dir = dir, .last_seen = now };
+	struct ct_val nv = { .rule_id = rule, .dir = dir, .last_seen = now, .tcp = teardown };
 	bpf_map_update_elem(&conntrack, &k, &nv, BPF_ANY);
 	count_rule(rule);
 	return FW_ALLOW;
@@ -562,7 +630,9 @@ static __always_inline int snat_outbound(__u32 router_id, __u32 gw, const struct
 			       .remote_ip = f->daddr,
 			       .remote_port = rport,
 			       .proto = f->proto };
-	struct snat_val back = { .ip = f->saddr, .port = f->sport };
+	__u64 now = bpf_ktime_get_coarse_ns();
+	__u8 teardown = ct_tcp_flags(f);
+	struct snat_val back = { .ip = f->saddr, .port = f->sport, .tcp = teardown, .last_seen = now };
 	__u16 port = 0;
 	struct snat_val *v = bpf_map_lookup_elem(&snat_out, &ok);
 	if (v && v->ip == gw) {
@@ -570,10 +640,20 @@ static __always_inline int snat_outbound(__u32 router_id, __u32 gw, const struct
 		// have evicted it, and another connection may have taken the port since).
 		ik.local_port = v->port;
 		struct snat_val *b = bpf_map_lookup_elem(&snat_in, &ik);
-		if (b && b->ip == back.ip && b->port == back.port)
+		if (b && b->ip == back.ip && b->port == back.port) {
+			// Still ours. Timed out, it starts over as a new connection (replies to it
+			// were refused meanwhile).
+			if (ct_stale(now, b->last_seen, f->proto, b->replied, b->tcp)) {
+				b->replied = 0;
+				b->tcp = 0;
+			}
+			b->last_seen = now;
+			if (teardown)
+				b->tcp |= teardown;
 			port = v->port;
-		else if (!b && bpf_map_update_elem(&snat_in, &ik, &back, BPF_NOEXIST) == 0)
+		} else if (!b && bpf_map_update_elem(&snat_in, &ik, &back, BPF_NOEXIST) == 0) {
 			port = v->port;
+		}
 	}
 	if (!port) {
 		__u16 want = f->sport;
@@ -588,7 +668,7 @@ static __always_inline int snat_outbound(__u32 router_id, __u32 gw, const struct
 		}
 		if (!port)
 			return -1;
-		struct snat_val nv = { .ip = gw, .port = port };
+		struct snat_val nv = { .ip = gw, .port = port, .last_seen = now };
 		bpf_map_update_elem(&snat_out, &ok, &nv, BPF_ANY);
 	}
 	out->saddr = gw;
@@ -615,6 +695,16 @@ static __always_inline int snat_inbound(__u32 router_id, const struct flow *f, s
 	struct snat_val *v = bpf_map_lookup_elem(&snat_in, &ik);
 	if (!v)
 		return 0;
+	// A translation idle past its timeout lets nothing in.
+	__u64 now = bpf_ktime_get_coarse_ns();
+	if (ct_stale(now, v->last_seen, f->proto, v->replied, v->tcp))
+		return 0;
+	v->last_seen = now;
+	if (!v->replied)
+		v->replied = 1;
+	__u8 teardown = ct_tcp_flags(f);
+	if (teardown)
+		v->tcp |= teardown;
 	out->daddr = v->ip;
 	out->dport = v->port;
 	if (icmp)
@@ -641,7 +731,8 @@ static __always_inline int snat_inbound_related(__u32 router_id, const struct fl
 			       .remote_port = icmp ? 0 : f->inner_dport,
 			       .proto = f->inner_proto };
 	struct snat_val *v = bpf_map_lookup_elem(&snat_in, &ik);
-	if (!v)
+	if (!v || ct_stale(bpf_ktime_get_coarse_ns(), v->last_seen, f->inner_proto, v->replied,
+			   v->tcp))
 		return 0;
 	out->daddr = v->ip;
 	out->inner_saddr = v->ip;
@@ -651,9 +742,46 @@ static __always_inline int snat_inbound_related(__u32 router_id, const struct fl
 	return 1;
 }
 
+/// Outbound gateway SNAT for an ICMP error a port sends about a packet that reached it
+/// through a translation (a port-unreachable for a reply to its own connection, say): the
+/// quote names the fixed IP and port the reply was translated to; the error leaves from the
+/// gateway address and its quote names the gateway address and NAT port the remote end
+/// sent to. Errors about untranslated traffic are left alone. Returns whether it matched.
+static __always_inline int snat_outbound_related(__u32 router_id, __u32 gw, const struct flow *f,
+						 struct flow *out)
+{
+	if (!(f->inner_proto == IPPROTO_TCP || f->inner_proto == IPPROTO_UDP))
+		return 0;
+	if (f->saddr != f->inner_daddr)
+		return 0;
+	// The quoted packet travelled remote -> fixed IP: the connection's outbound key is
+	// the quote reversed.
+	struct snat_key ok = { .router_id = router_id,
+			       .local_ip = f->inner_daddr,
+			       .remote_ip = f->inner_saddr,
+			       .local_port = f->inner_dport,
+			       .remote_port = f->inner_sport,
+			       .proto = f->inner_proto };
+	struct snat_val *v = bpf_map_lookup_elem(&snat_out, &ok);
+	if (!v || v->ip != gw)
+		return 0;
+	// Only while the translation is live (the inbound half still points back here).
+	struct snat_key ik = ok;
+	ik.local_ip = gw;
+	ik.local_port = v->port;
+	struct snat_val *b = bpf_map_lookup_elem(&snat_in, &ik);
+	if (!b || b->ip != f->inner_daddr || b->port != f->inner_dport ||
+	    ct_stale(bpf_ktime_get_coarse_ns(), b->last_seen, f->inner_proto, b->replied, b->tcp))
+		return 0;
+	out->saddr = gw;
+	out->inner_daddr = gw;
+	out->inner_dport = v->port;
+	return 1;
+}
+
 /// Answers an ARP request in place: the frame becomes the reply, sent back out of the port.
 static __always_inline int arp_reply(CTX *ctx, struct ethhdr *eth, struct arp_eth *arp,
-				     const __u8 *mac, __u32 in_port, __u32 in_slot)
+				     const __u8 *mac, __u32 in_port, struct port *inp)
 {
 	__u8 spa[4];
 	__builtin_memcpy(spa, arp->spa, 4);
@@ -664,10 +792,10 @@ static __always_inline int arp_reply(CTX *ctx, struct ethhdr *eth, struct arp_et
 	__builtin_memcpy(arp->spa, arp->tpa, 4);
 	__builtin_memcpy(arp->tpa, spa, 4);
 	mac_copy(arp->sha, mac);
-	struct port_stats *s = stats_of(in_slot);
+	struct port_stats *s = stats_of(inp);
 	if (s)
 		s->arp_replies += 1;
-	count_tx(in_slot, hook_len(ctx));
+	count_tx(inp, hook_len(ctx));
 	return hook_redirect(ctx, in_port, in_port);
 }
 
@@ -685,7 +813,7 @@ static __always_inline __u16 csum_fold(__s64 csum)
 /// the router's address on the ingress network, quoting the IP header and 8 bytes), and
 /// sends it back out of the ingress port. Never answers ICMP other than echo requests,
 /// nor packets with IP options.
-static __always_inline int icmp_error(CTX *ctx, __u32 in_port, __u32 in_slot, __u8 type,
+static __always_inline int icmp_error(CTX *ctx, __u32 in_port, struct port *inp, __u8 type,
 				      __u8 code, __u32 router_ip, __u32 reason)
 {
 	void *data = (void *)(long)ctx->data;
@@ -695,7 +823,7 @@ static __always_inline int icmp_error(CTX *ctx, __u32 in_port, __u32 in_slot, __
 	__u8 quote[28];
 	__u8 peer[6], router_mac[6];
 
-	drop(in_slot, reason);
+	drop(inp, reason);
 	if ((void *)ip + sizeof(quote) > data_end || ip->ihl != 5 || !router_ip)
 		return VERDICT_DROP;
 	if (ip->protocol == IPPROTO_ICMP && ((__u8 *)ip)[20] != ICMP_ECHO)
@@ -736,20 +864,20 @@ static __always_inline int icmp_error(CTX *ctx, __u32 in_port, __u32 in_slot, __
 	ic->seq = 0;
 	__builtin_memcpy((void *)(ic + 1), quote, sizeof(quote));
 	ic->checksum = csum_fold(bpf_csum_diff(0, 0, (__be32 *)ic, 8 + sizeof(quote), 0));
-	struct port_stats *s = stats_of(in_slot);
+	struct port_stats *s = stats_of(inp);
 	if (s)
 		s->icmp_errors += 1;
-	count_tx(in_slot, ICMP_ERROR_LEN);
+	count_tx(inp, ICMP_ERROR_LEN);
 	return hook_redirect(ctx, in_port, in_port);
 }
 
 #ifdef NETDP_TC
 /// Floods a broadcast frame to every other port of the network, then drops the original.
-static __always_inline int flood(CTX *ctx, __u32 net_id, __u32 in_port, __u32 in_slot)
+static __always_inline int flood(CTX *ctx, __u32 net_id, __u32 in_port, struct port *inp)
 {
 	struct network *net = bpf_map_lookup_elem(&networks, &net_id);
 	if (!net)
-		return drop(in_slot, DROP_NO_NETWORK);
+		return drop(inp, DROP_NO_NETWORK);
 	__u32 n = net->nports;
 	for (__u32 i = 0; i < NET_MAX_PORTS; i++) {
 		if (i >= n)
@@ -758,21 +886,21 @@ static __always_inline int flood(CTX *ctx, __u32 net_id, __u32 in_port, __u32 in
 		if (!ifindex || ifindex == in_port)
 			continue;
 		if (bpf_clone_redirect(ctx, ifindex, 0) == 0)
-			count_tx(slot_of(ifindex), ctx->len);
+			count_tx(port_of(ifindex), ctx->len);
 	}
-	struct port_stats *s = stats_of(in_slot);
+	struct port_stats *s = stats_of(inp);
 	if (s)
 		s->flooded += 1;
 	return TC_ACT_SHOT;
 }
 #else
 /// XDP cannot clone: broadcasts other than answered ARP go to the slow path.
-static __always_inline int flood(CTX *ctx, __u32 net_id, __u32 in_port, __u32 in_slot)
+static __always_inline int flood(CTX *ctx, __u32 net_id, __u32 in_port, struct port *inp)
 {
 	(void)ctx;
 	(void)net_id;
 	(void)in_port;
-	struct port_stats *s = stats_of(in_slot);
+	struct port_stats *s = stats_of(inp);
 	if (s)
 		s->flooded += 1;
 	return XDP_PASS;
@@ -788,15 +916,18 @@ static __always_inline int netdp_forward(CTX *ctx)
 	__u32 in_port = hook_in_port(ctx);
 	__u64 len = hook_len(ctx);
 
-	struct port *port = bpf_map_lookup_elem(&ports, &in_port);
-	if (!port)
+	struct port *inp = port_of(in_port);
+	if (!inp)
 		return VERDICT_PASS; // not one of ours (uplink, host interface)
-	__u32 net_id = port->net_id;
-	__u8 secure = port->port_security;
-	__u8 dhcp = port->flags & PORT_F_DHCP;
-	__u32 in_slot = port->slot;
+	__u32 net_id = inp->net_id;
+	__u8 secure = inp->port_security;
+	__u8 dhcp = inp->flags & PORT_F_DHCP;
 
-	struct port_stats *st = stats_of(in_slot);
+	// This CPU's counters of the port came with its lookup. Past this point the pointer
+	// is not kept: paths that count again (drops, ARP, ICMP errors, floods; all off the
+	// forwarding path) look the port up again, so the forwarding path holds one register
+	// less across its helper calls.
+	struct port_stats *st = stats_of(inp);
 	if (st) {
 		st->rx_packets += 1;
 		st->rx_bytes += len;
@@ -804,37 +935,37 @@ static __always_inline int netdp_forward(CTX *ctx)
 
 	struct ethhdr *eth = data;
 	if ((void *)(eth + 1) > data_end)
-		return drop(in_slot, DROP_MALFORMED);
+		return drop(port_of(in_port), DROP_MALFORMED);
 	if (eth->h_source[0] & 1)
-		return drop(in_slot, DROP_SPOOF_MAC);
+		return drop(port_of(in_port), DROP_SPOOF_MAC);
 
 	if (eth->h_proto == ETH_P_ARP_BE) {
 		struct arp_eth *arp = (void *)(eth + 1);
 		if ((void *)(arp + 1) > data_end)
-			return drop(in_slot, DROP_MALFORMED);
+			return drop(port_of(in_port), DROP_MALFORMED);
 		if (arp->htype != bpf_htons(1) || arp->ptype != ETH_P_IP_BE || arp->hlen != 6 ||
 		    arp->plen != 4)
-			return drop(in_slot, DROP_MALFORMED);
+			return drop(port_of(in_port), DROP_MALFORMED);
 		__u32 spa, tpa;
 		__builtin_memcpy(&spa, arp->spa, 4);
 		__builtin_memcpy(&tpa, arp->tpa, 4);
 		if (secure) {
 			if (!mac_eq(arp->sha, eth->h_source) ||
 			    !addr_allowed(in_port, arp->sha, spa))
-				return drop(in_slot, DROP_SPOOF_ARP);
+				return drop(port_of(in_port), DROP_SPOOF_ARP);
 		}
 		if (arp->oper == bpf_htons(1)) {
 			struct neigh_key nk = { .net_id = net_id, .ip = tpa };
 			struct neigh *nb = bpf_map_lookup_elem(&neighbors, &nk);
 			if (nb)
-				return arp_reply(ctx, eth, arp, nb->mac, in_port, in_slot);
+				return arp_reply(ctx, eth, arp, nb->mac, in_port, port_of(in_port));
 			if (eth->h_dest[0] & 1)
-				return flood(ctx, net_id, in_port, in_slot);
+				return flood(ctx, net_id, in_port, port_of(in_port));
 		}
 		// ARP replies and unicast requests go through the FDB like any unicast.
 	} else if (eth->h_proto != ETH_P_IP_BE) {
 		if (secure)
-			return drop(in_slot, DROP_ETHERTYPE);
+			return drop(port_of(in_port), DROP_ETHERTYPE);
 	}
 
 	if (secure && eth->h_proto != ETH_P_ARP_BE) {
@@ -842,11 +973,11 @@ static __always_inline int netdp_forward(CTX *ctx)
 		if (eth->h_proto == ETH_P_IP_BE) {
 			struct iphdr *ip = (void *)(eth + 1);
 			if ((void *)(ip + 1) > data_end)
-				return drop(in_slot, DROP_MALFORMED);
+				return drop(port_of(in_port), DROP_MALFORMED);
 			src_ip = ip->saddr;
 		}
 		if (!addr_allowed(in_port, eth->h_source, src_ip))
-			return drop(in_slot, src_ip && addr_allowed(in_port, eth->h_source, 0) ?
+			return drop(port_of(in_port), src_ip && addr_allowed(in_port, eth->h_source, 0) ?
 						      DROP_SPOOF_IP :
 						      DROP_SPOOF_MAC);
 	}
@@ -858,24 +989,24 @@ static __always_inline int netdp_forward(CTX *ctx)
 			struct flow bf = {};
 			if (parse_ipv4((void *)(eth + 1), data_end, &bf) == PARSE_OK &&
 			    is_dhcp_request(&bf))
-				return hook_punt(ctx, in_port);
+				return hook_punt(ctx, in_port, port_of(in_port));
 		}
-		return flood(ctx, net_id, in_port, in_slot);
+		return flood(ctx, net_id, in_port, port_of(in_port));
 	}
 
 	struct l2_key fk = { .net_id = net_id };
 	mac_copy(fk.mac, eth->h_dest);
 	struct fdb_entry *fe = bpf_map_lookup_elem(&fdb, &fk);
 	if (!fe)
-		return drop(in_slot, DROP_UNKNOWN_DST);
+		return drop(port_of(in_port), DROP_UNKNOWN_DST);
 	__u32 out_port = fe->ifindex;
 	__u32 router_id = fe->router_id;
 	__u32 router_ip = fe->ip;
 
 	if (eth->h_proto != ETH_P_IP_BE) {
 		if (router_id)
-			return drop(in_slot, DROP_ETHERTYPE);
-		count_tx(slot_of(out_port), len);
+			return drop(port_of(in_port), DROP_ETHERTYPE);
+		count_tx(port_of(out_port), len);
 		return hook_redirect(ctx, out_port, in_port);
 	}
 
@@ -883,13 +1014,15 @@ static __always_inline int netdp_forward(CTX *ctx)
 	struct flow f = {};
 	int bad = parse_ipv4(ip, data_end, &f);
 	if (bad != PARSE_OK)
-		return drop(in_slot, bad);
+		return drop(port_of(in_port), bad);
 	// The parse above re-derived pointers; re-check for the verifier.
 	if ((void *)(ip + 1) > data_end)
-		return drop(in_slot, DROP_MALFORMED);
+		return drop(port_of(in_port), DROP_MALFORMED);
 	// Unicast DHCP (renewals to the server's address) goes to the slow path too.
 	if (dhcp && is_dhcp_request(&f))
-		return hook_punt(ctx, in_port);
+		return hook_punt(ctx, in_port, port_of(in_port));
+	if (router_id && st)
+		st->routed += 1; // IPv4 to a router: routed, or answered or dropped by it
 
 	// The flow as the destination port sees it (after floating-IP NAT).
 	struct flow out_f = f;
@@ -915,35 +1048,45 @@ static __always_inline int netdp_forward(CTX *ctx)
 		struct route_key rk = { .prefixlen = 64, .router_id = router_id, .addr = out_f.daddr };
 		struct route *rt = bpf_map_lookup_elem(&routes, &rk);
 		if (!rt)
-			return icmp_error(ctx, in_port, in_slot, ICMP_DEST_UNREACH, 0, router_ip,
+			return icmp_error(ctx, in_port, port_of(in_port), ICMP_DEST_UNREACH, 0, router_ip,
 					  DROP_NO_ROUTE);
 		if (ip->ttl <= 1)
-			return icmp_error(ctx, in_port, in_slot, ICMP_TIME_EXCEEDED, 0, router_ip, DROP_TTL);
+			return icmp_error(ctx, in_port, port_of(in_port), ICMP_TIME_EXCEEDED, 0, router_ip, DROP_TTL);
 		if (rt->flags & ROUTE_EXTERNAL) {
 			// Out of the gateway: SNAT to the port's floating IP.
 			struct nat_key sk = { .router_id = router_id, .ip = f.saddr };
 			__u32 *fip = bpf_map_lookup_elem(&fip_snat, &sk);
 			if (fip) {
 				out_f.saddr = *fip;
+				// An ICMP error the port sends about a packet that came in through
+				// its floating IP: the quote names the floating IP again.
+				if (f.related && f.inner_daddr == f.saddr)
+					out_f.inner_daddr = *fip;
 			} else {
 				// No floating IP: the router's gateway SNAT, if it does SNAT.
 				__u32 *gw = bpf_map_lookup_elem(&router_snat, &router_id);
-				if (gw && f.saddr != *gw && snat_outbound_ok(&f) &&
-				    snat_outbound(router_id, *gw, &f, &out_f) < 0)
-					return drop(in_slot, DROP_NAT_EXHAUSTED);
+				if (gw && f.related) {
+					snat_outbound_related(router_id, *gw, &f, &out_f);
+				} else if (gw && f.saddr != *gw && out_f.daddr != *gw &&
+					   snat_outbound_ok(&f) &&
+					   snat_outbound(router_id, *gw, &f, &out_f) < 0) {
+					// Traffic to the gateway address itself is never translated
+					// (above): an unmatched reply to it opens no translation.
+					return drop(port_of(in_port), DROP_NAT_EXHAUSTED);
+				}
 			}
 		}
 		struct neigh_key nk = { .net_id = rt->net_id,
 					.ip = rt->nexthop ? rt->nexthop : out_f.daddr };
 		struct neigh *nb = bpf_map_lookup_elem(&neighbors, &nk);
 		if (!nb)
-			return icmp_error(ctx, in_port, in_slot, ICMP_DEST_UNREACH, 1, router_ip,
+			return icmp_error(ctx, in_port, port_of(in_port), ICMP_DEST_UNREACH, 1, router_ip,
 					  DROP_NO_NEIGH);
 		struct l2_key ok = { .net_id = rt->net_id };
 		mac_copy(ok.mac, nb->mac);
 		struct fdb_entry *oe = bpf_map_lookup_elem(&fdb, &ok);
 		if (!oe || oe->router_id)
-			return drop(in_slot, DROP_NO_NEIGH);
+			return drop(port_of(in_port), DROP_NO_NEIGH);
 		out_port = oe->ifindex;
 		mac_copy(eth->h_dest, nb->mac);
 		mac_copy(eth->h_source, rt->mac);
@@ -963,7 +1106,7 @@ static __always_inline int netdp_forward(CTX *ctx)
 			// Gateway SNAT changed a port (TCP/UDP) or the echo id (ICMP).
 			__u16 *l4p = (void *)ip + ip->ihl * 4;
 			if ((void *)(l4p + 4) > data_end)
-				return drop(in_slot, DROP_MALFORMED);
+				return drop(port_of(in_port), DROP_MALFORMED);
 			if (f.proto == IPPROTO_ICMP) {
 				l4p[1] = csum_replace2(l4p[1], l4p[2], out_f.sport);
 				l4p[2] = out_f.sport;
@@ -973,14 +1116,17 @@ static __always_inline int netdp_forward(CTX *ctx)
 			}
 		}
 		if (f.related && (out_f.inner_saddr != f.inner_saddr ||
-				  out_f.inner_sport != f.inner_sport)) {
-			// Translate the quoted header back; the ICMP checksum covers it. One base
+				  out_f.inner_sport != f.inner_sport ||
+				  out_f.inner_daddr != f.inner_daddr ||
+				  out_f.inner_dport != f.inner_dport)) {
+			// Translate the quoted header; the ICMP checksum covers it. One base
 			// pointer, constant offsets: ICMP checksum at 2, quoted IP checksum at 18,
-			// its source at 20, the quoted source port at 28 (ICMP echo id at 32).
+			// its source at 20, destination at 24, the quoted ports at 28 and 30 (ICMP
+			// echo id at 32).
 			__u8 *l4b = (void *)ip + ip->ihl * 4;
 			asm volatile("" : "+r"(l4b));
 			if ((void *)(l4b + 36) > data_end)
-				return drop(in_slot, DROP_MALFORMED);
+				return drop(port_of(in_port), DROP_MALFORMED);
 			__u16 *icsum = (__u16 *)(l4b + 2);
 			__u16 *qcheck = (__u16 *)(l4b + 18);
 			if (out_f.inner_saddr != f.inner_saddr) {
@@ -991,36 +1137,49 @@ static __always_inline int netdp_forward(CTX *ctx)
 				__u16 c = csum_replace4(*icsum, f.inner_saddr, out_f.inner_saddr);
 				*icsum = csum_replace2(c, old, new);
 			}
+			if (out_f.inner_daddr != f.inner_daddr) {
+				__u16 old = *qcheck;
+				__u16 new = csum_replace4(old, f.inner_daddr, out_f.inner_daddr);
+				*qcheck = new;
+				*(__u32 *)(l4b + 24) = out_f.inner_daddr;
+				__u16 c = csum_replace4(*icsum, f.inner_daddr, out_f.inner_daddr);
+				*icsum = csum_replace2(c, old, new);
+			}
 			if (out_f.inner_sport != f.inner_sport) {
 				__u16 *qp = (__u16 *)(l4b + (f.inner_proto == IPPROTO_ICMP ? 32 : 28));
 				if ((void *)(qp + 1) > data_end)
-					return drop(in_slot, DROP_MALFORMED);
+					return drop(port_of(in_port), DROP_MALFORMED);
 				*icsum = csum_replace2(*icsum, *qp, out_f.inner_sport);
 				*qp = out_f.inner_sport;
+			}
+			if (out_f.inner_dport != f.inner_dport) {
+				__u16 *qp = (__u16 *)(l4b + (f.inner_proto == IPPROTO_ICMP ? 32 : 30));
+				if ((void *)(qp + 1) > data_end)
+					return drop(port_of(in_port), DROP_MALFORMED);
+				*icsum = csum_replace2(*icsum, *qp, out_f.inner_dport);
+				*qp = out_f.inner_dport;
 			}
 		}
 		if (f.proto == IPPROTO_TCP)
 			l4_off = 14 + ip->ihl * 4 + 16;
 		else if (f.proto == IPPROTO_UDP)
 			l4_off = 14 + ip->ihl * 4 + 6;
-		if (st) // the port's counters, looked up once per frame
-			st->routed += 1;
 	}
 
 	if (secure) {
 		int fw = firewall(in_port, &f, DIR_EGRESS);
 		if (fw == FW_INVALID)
-			return drop(in_slot, DROP_CT_INVALID);
+			return drop(port_of(in_port), DROP_CT_INVALID);
 		if (fw == FW_DENY)
-			return drop(in_slot, DROP_SG_EGRESS);
+			return drop(port_of(in_port), DROP_SG_EGRESS);
 	}
-	struct port *dst = bpf_map_lookup_elem(&ports, &out_port);
+	struct port *dst = port_of(out_port);
 	if (dst && dst->port_security) {
 		int fw = firewall(out_port, &out_f, DIR_INGRESS);
 		if (fw == FW_INVALID)
-			return drop(in_slot, DROP_CT_INVALID);
+			return drop(port_of(in_port), DROP_CT_INVALID);
 		if (fw == FW_DENY)
-			return drop(in_slot, DROP_SG_INGRESS);
+			return drop(port_of(in_port), DROP_SG_INGRESS);
 	}
 	// L4 checksums last: the tc helper invalidates packet pointers.
 	if (l4_off) {
@@ -1034,7 +1193,7 @@ static __always_inline int netdp_forward(CTX *ctx)
 		if (out_f.dport != f.dport)
 			hook_l4_csum_port(ctx, l4_off, f.dport, out_f.dport, udp);
 	}
-	count_tx(dst ? dst->slot : PORT_SLOTS, len);
+	count_tx(dst, len);
 	return hook_deliver(ctx, out_port, in_port, dst ? dst->flags : 0);
 }
 

@@ -13,7 +13,7 @@
 #define NET_MAX_PORTS 32
 #define SG_ANY 0xffff
 #define RULE_STATS_MAX 65536
-#define PORT_SLOTS 4096
+#define MAX_PORTS 4096
 /// Bytes of a DHCP request carried to the slow path (a request is 300-576 bytes).
 #define DHCP_PUNT_MAX 1500
 /// Room for the frame in a record: a power of two above DHCP_PUNT_MAX, so that a mask
@@ -23,6 +23,7 @@
 #define DIR_INGRESS 1
 #define DIR_EGRESS 2
 
+#define TCP_FLAG_FIN 0x01
 #define TCP_FLAG_SYN 0x02
 #define TCP_FLAG_RST 0x04
 #define TCP_FLAG_ACK 0x10
@@ -44,16 +45,33 @@ enum drop_reason {
 	DROP_TTL = 12,
 	DROP_FRAGMENT = 13,
 	DROP_NAT_EXHAUSTED = 14,
-	DROP_NREASONS = 15,
+	DROP_DHCP_RING_FULL = 15,
+	DROP_NREASONS = 16,
 };
 
-/// A VM port, keyed by the ifindex of its host-side interface.
+struct port_stats {
+	__u64 rx_packets;
+	__u64 rx_bytes;
+	__u64 tx_packets;
+	__u64 tx_bytes;
+	__u64 routed;
+	__u64 flooded;
+	__u64 arp_replies;
+	__u64 icmp_errors;
+	__u64 drops[DROP_NREASONS];
+};
+
+/// A VM port, keyed by the ifindex of its host-side interface, with its counters: the
+/// `ports` map is per CPU, so the lookup that finds a port also finds this CPU's counters
+/// and counting costs no lookup of its own. Userspace writes the same configuration to
+/// every CPU's copy and sums the counters.
 struct port {
 	__u32 net_id;
 	__u8 mac[6];
 	__u8 port_security;
 	__u8 flags; // PORT_F_*
-	__u32 slot; // index of the port's counters in port_stats
+	__u32 pad;
+	struct port_stats stats;
 };
 
 /// The slow path answers the port's DHCP: its requests are not switched.
@@ -130,11 +148,15 @@ struct snat_key {
 	__u8 pad[3];
 };
 
-/// The other side of the translation.
+/// The other side of the translation. In `snat_in` the entry also keeps the connection's
+/// idle time and state (the same rules as conntrack's, CT_TCP_* flags): a translation idle
+/// for longer than its timeout no longer lets replies in, and the daemon's GC removes it.
 struct snat_val {
 	__u32 ip;
 	__u16 port;
-	__u16 pad;
+	__u8 replied; // a reply came back through the translation
+	__u8 tcp; // CT_TCP_* seen
+	__u64 last_seen; // bpf_ktime_get_coarse_ns of the last packet (snat_in only)
 };
 
 struct network {
@@ -173,12 +195,18 @@ struct ct_key {
 	__u8 pad[3];
 };
 
+/// TCP teardown seen on a connection (ct_val.tcp, snat_val.tcp): its idle timeout
+/// shortens.
+#define CT_TCP_FIN 1
+#define CT_TCP_RST 2
+
 struct ct_val {
-	__u64 last_seen;
+	__u64 last_seen; // bpf_ktime_get_coarse_ns of the last packet
 	__u32 rule_id;
 	__u8 dir;
 	__u8 replied;
-	__u16 pad;
+	__u8 tcp; // CT_TCP_* seen
+	__u8 pad;
 };
 
 /// A DHCP request on its way to the slow path, with the port it came from.
@@ -188,27 +216,21 @@ struct dhcp_punt {
 	__u8 frame[DHCP_PUNT_ROOM];
 };
 
-struct port_stats {
-	__u64 rx_packets;
-	__u64 rx_bytes;
-	__u64 tx_packets;
-	__u64 tx_bytes;
-	__u64 routed;
-	__u64 flooded;
-	__u64 arp_replies;
-	__u64 icmp_errors;
-	__u64 drops[DROP_NREASONS];
-};
-
 /// Per security-group rule: connections it admitted (counted once per admission, not per
 /// packet: the hot path of an established connection touches no rule counter).
 struct rule_stats {
 	__u64 connections;
 };
 
+/// The ports. The uncounted twin (NETDP_NO_COUNTERS, benchmarks only) keeps them in a
+/// plain hash: without counters nothing needs a per-CPU copy.
 struct {
+#ifdef NETDP_NO_COUNTERS
 	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 4096);
+#else
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+#endif
+	__uint(max_entries, MAX_PORTS);
 	__type(key, __u32);
 	__type(value, struct port);
 } ports SEC(".maps");
@@ -302,14 +324,6 @@ struct {
 	__type(key, struct ct_key);
 	__type(value, struct ct_val);
 } conntrack SEC(".maps");
-
-/// Indexed by the port's slot (assigned by userspace, below PORT_SLOTS).
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, PORT_SLOTS);
-	__type(key, __u32);
-	__type(value, struct port_stats);
-} port_stats SEC(".maps");
 
 /// Indexed by rule id (ids past the end are not counted).
 struct {

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
 
-use crate::datapath::DEFAULT_PIN_DIR;
+use crate::datapath::{DEFAULT_PIN_DIR, Timeouts};
 
 /// Default API socket.
 pub const DEFAULT_SOCKET: &str = "/run/ferrostack/netdp.sock";
@@ -53,6 +53,73 @@ pub struct Config {
     pub log_json: bool,
     /// The DHCP slow path.
     pub dhcp: DhcpConfig,
+    /// Connection tracking and gateway SNAT timeouts.
+    pub conntrack: ConntrackConfig,
+}
+
+/// The `[conntrack]` table: idle timeouts of tracked connections and gateway SNAT
+/// translations (Linux conntrack's defaults), and how often expired entries are removed.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
+pub struct ConntrackConfig {
+    /// TCP once answered, before FIN or RST.
+    #[serde(deserialize_with = "duration")]
+    pub tcp_established: Duration,
+    /// TCP not answered yet, or after a FIN.
+    #[serde(deserialize_with = "duration")]
+    pub tcp_transient: Duration,
+    /// TCP after a RST.
+    #[serde(deserialize_with = "duration")]
+    pub tcp_close: Duration,
+    /// UDP not answered.
+    #[serde(deserialize_with = "duration")]
+    pub udp: Duration,
+    /// UDP answered.
+    #[serde(deserialize_with = "duration")]
+    pub udp_stream: Duration,
+    /// ICMP echo.
+    #[serde(deserialize_with = "duration")]
+    pub icmp: Duration,
+    /// Other protocols.
+    #[serde(deserialize_with = "duration")]
+    pub other: Duration,
+    /// How often expired entries are removed from the maps.
+    #[serde(deserialize_with = "duration")]
+    pub gc_interval: Duration,
+}
+
+/// Default interval of the conntrack GC.
+pub const DEFAULT_GC_INTERVAL: Duration = Duration::from_secs(10);
+
+impl Default for ConntrackConfig {
+    fn default() -> Self {
+        let t = Timeouts::default();
+        ConntrackConfig {
+            tcp_established: t.tcp_established,
+            tcp_transient: t.tcp_transient,
+            tcp_close: t.tcp_close,
+            udp: t.udp,
+            udp_stream: t.udp_stream,
+            icmp: t.icmp,
+            other: t.other,
+            gc_interval: DEFAULT_GC_INTERVAL,
+        }
+    }
+}
+
+impl ConntrackConfig {
+    /// The timeouts the datapath is loaded with.
+    pub fn timeouts(&self) -> Timeouts {
+        Timeouts {
+            tcp_established: self.tcp_established,
+            tcp_transient: self.tcp_transient,
+            tcp_close: self.tcp_close,
+            udp: self.udp,
+            udp_stream: self.udp_stream,
+            icmp: self.icmp,
+            other: self.other,
+        }
+    }
 }
 
 /// The `[dhcp]` table.
@@ -75,6 +142,7 @@ impl Default for Config {
             resync_interval: DEFAULT_RESYNC_INTERVAL,
             log_json: false,
             dhcp: DhcpConfig::default(),
+            conntrack: ConntrackConfig::default(),
         }
     }
 }
@@ -123,6 +191,23 @@ impl Config {
                 "dhcp.lease-time must be between {MIN_DHCP_LEASE_TIME:?} and {}s",
                 u32::MAX
             )));
+        }
+        let c = &self.conntrack;
+        for (key, d) in [
+            ("tcp-established", c.tcp_established),
+            ("tcp-transient", c.tcp_transient),
+            ("tcp-close", c.tcp_close),
+            ("udp", c.udp),
+            ("udp-stream", c.udp_stream),
+            ("icmp", c.icmp),
+            ("other", c.other),
+            ("gc-interval", c.gc_interval),
+        ] {
+            if d < Duration::from_secs(1) {
+                return Err(ConfigError::Invalid(format!(
+                    "conntrack.{key} must be at least 1s"
+                )));
+            }
         }
         Ok(())
     }
@@ -180,6 +265,14 @@ mod tests {
         assert_eq!(c.state, PathBuf::from(DEFAULT_STATE), "the rest defaults");
         assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
         assert_eq!(parse_duration("2d").unwrap(), Duration::from_secs(172_800));
+        let c = Config::from_toml("[conntrack]\nudp = \"5s\"\ngc-interval = \"1m\"\n").unwrap();
+        assert_eq!(c.conntrack.timeouts().udp, Duration::from_secs(5));
+        assert_eq!(c.conntrack.gc_interval, Duration::from_secs(60));
+        assert_eq!(
+            c.conntrack.tcp_established,
+            Duration::from_secs(432_000),
+            "the rest defaults"
+        );
     }
 
     #[test]
@@ -192,6 +285,7 @@ mod tests {
             "resync-interval = \"5 weeks\"",
             "[dhcp]\nlease-time = \"x1h\"",
             "[dhcp]\nfoo = true",
+            "[conntrack]\ntcp = \"1h\"",
         ] {
             assert!(Config::from_toml(text).is_err(), "{text:?} accepted");
         }
@@ -200,6 +294,7 @@ mod tests {
             "resync-interval = \"1ms\"",
             "[dhcp]\nlease-time = \"10s\"",
             "[dhcp]\nlease-time = \"100000d\"",
+            "[conntrack]\nudp = \"500ms\"",
         ] {
             let c = Config::from_toml(text).unwrap();
             assert!(c.validate().is_err(), "{text:?} validated");

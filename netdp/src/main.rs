@@ -85,7 +85,8 @@ fn main() -> anyhow::Result<()> {
             std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
         }
     }
-    let dp = Datapath::load_pinned(Hook::Tc, &cfg.pin_dir).context("load the datapath")?;
+    let dp = Datapath::load_configured(Hook::Tc, Some(&cfg.pin_dir), cfg.conntrack.timeouts())
+        .context("load the datapath")?;
     // The ring the datapath punts DHCP requests into (pinned: a restart reads the same one).
     let ring = if cfg.dhcp.enabled {
         Some(dp.dhcp_ring().context("open the DHCP ring")?)
@@ -110,17 +111,31 @@ fn main() -> anyhow::Result<()> {
         .build()?;
     tracing::info!(socket = %cfg.socket.display(), dhcp = cfg.dhcp.enabled, "netdp serving");
     // Re-sync now and then: taps created after their port show up without an API call.
+    // And remove tracked connections and SNAT translations idle past their timeouts.
     let resync = ctl.clone();
     let interval = cfg.resync_interval;
+    let gc_interval = cfg.conntrack.gc_interval;
     rt.block_on(async move {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         let ticker = tokio::spawn(async move {
             let mut t = tokio::time::interval(interval);
+            let mut last_gc = tokio::time::Instant::now();
             loop {
                 t.tick().await;
                 let mut c = resync.lock().unwrap_or_else(|e| e.into_inner());
                 if let Err(e) = c.sync() {
                     tracing::warn!(error = %http::chain(&e), "resync failed");
+                }
+                if last_gc.elapsed() >= gc_interval {
+                    last_gc = tokio::time::Instant::now();
+                    match c.expire() {
+                        Ok(e) => tracing::debug!(
+                            connections = e.connections,
+                            translations = e.translations,
+                            "expired"
+                        ),
+                        Err(e) => tracing::warn!(error = %http::chain(&e), "conntrack GC failed"),
+                    }
                 }
             }
         });

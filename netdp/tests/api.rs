@@ -228,11 +228,13 @@ fn router_interfaces_and_gateways_are_added_and_removed_like_neutron() {
     let rp = format!("/v2.0/routers/{}", id(&r, "router"));
     assert!(r["router"]["external_gateway_info"].is_null());
 
-    // Interfaces: by subnet only; removed by port or by subnet.
+    // Interfaces: by subnet or by port; removed by port or by subnet.
     let add = format!("{rp}/add_router_interface");
     let remove = format!("{rp}/remove_router_interface");
     let (s, _) = call(&mut c, "PUT", &add, json!({"port_id": "x"}));
-    assert_eq!(s, 400);
+    assert_eq!(s, 404, "no such port");
+    let (s, _) = call(&mut c, "PUT", &add, json!({}));
+    assert_eq!(s, 400, "a subnet or a port is required");
     let (s, iface) = call(&mut c, "PUT", &add, json!({"subnet_id": sub_id}));
     assert_eq!(s, 200, "{iface}");
     let port_id = iface["port_id"].as_str().unwrap().to_string();
@@ -251,6 +253,73 @@ fn router_interfaces_and_gateways_are_added_and_removed_like_neutron() {
         json!({"subnet_id": sub_id, "bogus": 1}),
     );
     assert_eq!(s, 400, "unknown fields refused");
+
+    // By port: the router takes the port's address and MAC, whatever the address.
+    let net_id = id(&net, "network");
+    let (s, port) = call(
+        &mut c,
+        "POST",
+        "/v2.0/ports",
+        json!({"port": {"network_id": net_id,
+            "fixed_ips": [{"subnet_id": sub_id, "ip_address": "10.9.0.254"}]}}),
+    );
+    assert_eq!(s, 201, "{port}");
+    let pid = id(&port, "port");
+    let (s, _) = call(
+        &mut c,
+        "PUT",
+        &add,
+        json!({"port_id": pid, "subnet_id": sub_id}),
+    );
+    assert_eq!(s, 400, "not both");
+    let (s, body) = call(&mut c, "PUT", &add, json!({"port_id": pid}));
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(body["port_id"], pid.as_str());
+    assert_eq!(body["subnet_id"], sub_id.as_str());
+    assert_eq!(body["subnet_ids"][0], sub_id.as_str());
+    assert_eq!(body["network_id"], net_id.as_str());
+    let (_, shown) = call(&mut c, "GET", &format!("/v2.0/ports/{pid}"), Value::Null);
+    let p = &shown["port"];
+    assert_eq!(p["device_owner"], "network:router_interface");
+    assert_eq!(p["device_id"], id(&r, "router").as_str());
+    assert_eq!(p["fixed_ips"][0]["ip_address"], "10.9.0.254");
+    assert_eq!(p["mac_address"], port["port"]["mac_address"]);
+    assert_eq!(p["security_groups"], json!([]));
+    let (s, _) = call(&mut c, "PUT", &add, json!({"port_id": pid}));
+    assert_eq!(s, 409, "the port is taken");
+    let (s, _) = call(&mut c, "PUT", &add, json!({"subnet_id": sub_id}));
+    assert_eq!(s, 409, "one interface per subnet, whichever way it came");
+    // A port some VM uses, or one without an address, cannot be a router's.
+    let (_, vm_port) = call(
+        &mut c,
+        "POST",
+        "/v2.0/ports",
+        json!({"port": {"network_id": net_id, "device_owner": "compute:nova", "device_id": "vm1"}}),
+    );
+    let (s, body) = call(
+        &mut c,
+        "PUT",
+        &add,
+        json!({"port_id": id(&vm_port, "port")}),
+    );
+    assert_eq!(s, 409, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("compute:nova"),
+        "{body}"
+    );
+    let (_, bare) = call(
+        &mut c,
+        "POST",
+        "/v2.0/ports",
+        json!({"port": {"network_id": net_id, "fixed_ips": []}}),
+    );
+    let (s, body) = call(&mut c, "PUT", &add, json!({"port_id": id(&bare, "port")}));
+    assert_eq!(s, 400, "{body}");
+    // Removed like any interface (the port goes with it, as in Neutron).
+    let (s, body) = call(&mut c, "PUT", &remove, json!({"subnet_id": sub_id}));
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(body["port_id"], pid.as_str());
+    assert!(!c.state().ports.contains_key(&pid));
 
     // Gateways: SNAT on by default, switched off in place, cleared with {} or null.
     let gw = |c: &mut Controller, info: Value| {

@@ -184,7 +184,7 @@ fn the_daemon_connects_neutron_ports_and_survives_a_restart() {
         json!({"network": {"name": "blue", "project_id": "p"}}),
     );
     let net_id = net["network"]["id"].as_str().unwrap().to_string();
-    post(
+    let sub = post(
         d_path,
         "/v2.0/subnets",
         json!({"subnet": {"network_id": net_id, "ip_version": 4, "cidr": "10.1.0.0/24"}}),
@@ -224,18 +224,33 @@ fn the_daemon_connects_neutron_ports_and_survives_a_restart() {
     );
     let router = post(d_path, "/v2.0/routers", json!({"router": {"name": "r"}}));
     let rid = router["router"]["id"].as_str().unwrap().to_string();
-    let subnets: Value =
-        serde_json::from_str(&call(d_path, "GET", "/v2.0/subnets", None).1).unwrap();
-    for s in subnets["subnets"].as_array().unwrap() {
-        let (st, body) = call(
-            d_path,
-            "PUT",
-            &format!("/v2.0/routers/{rid}/add_router_interface"),
-            Some(json!({"subnet_id": s["id"]})),
-        );
-        assert_eq!(st, 200, "{body}");
-    }
-    let _ = sub2;
+    // The first subnet by subnet_id; the second by a port made for it (Neutron allows
+    // both): the router takes the port's address and MAC.
+    let sub1_id = sub["subnet"]["id"].clone();
+    let (st, body) = call(
+        d_path,
+        "PUT",
+        &format!("/v2.0/routers/{rid}/add_router_interface"),
+        Some(json!({"subnet_id": sub1_id})),
+    );
+    assert_eq!(st, 200, "{body}");
+    let rport = post(
+        d_path,
+        "/v2.0/ports",
+        json!({"port": {"network_id": net2_id,
+            "fixed_ips": [{"subnet_id": sub2["subnet"]["id"], "ip_address": "10.2.0.1"}]}}),
+    );
+    let rport_id = rport["port"]["id"].as_str().unwrap().to_string();
+    let (st, body) = call(
+        d_path,
+        "PUT",
+        &format!("/v2.0/routers/{rid}/add_router_interface"),
+        Some(json!({"port_id": rport_id})),
+    );
+    assert_eq!(st, 200, "{body}");
+    let iface: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(iface["port_id"], rport_id.as_str());
+    assert_eq!(iface["subnet_id"], sub2["subnet"]["id"]);
 
     let vm_a = plug(&node, "netdpd-a", &a, 24, "10.1.0.1");
     let vm_b = plug(&node, "netdpd-b", &b, 24, "10.1.0.1");

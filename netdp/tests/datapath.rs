@@ -8,7 +8,7 @@ mod frames;
 use std::net::Ipv4Addr;
 
 use frames::*;
-use netdp::datapath::{Datapath, Direction, DropReason, Hook, PortSpec, RuleSpec};
+use netdp::datapath::{Datapath, Direction, DropReason, Hook, PortSpec, RuleSpec, Timeouts};
 
 const TC_ACT_SHOT: u32 = 2;
 const TC_ACT_OK: u32 = 0;
@@ -62,7 +62,12 @@ fn allow_all(id: u32, direction: Direction) -> RuleSpec {
 /// Network 1 holds A and B, network 2 holds C; router 1 joins them. Every port may send
 /// anything out; nothing is allowed in unless a test adds it.
 fn topology(hook: Hook) -> Datapath {
-    let mut dp = Datapath::load(hook).expect("load datapath");
+    topology_with(hook, Timeouts::default())
+}
+
+/// [`topology`] with other connection timeouts.
+fn topology_with(hook: Hook, timeouts: Timeouts) -> Datapath {
+    let mut dp = Datapath::load_configured(hook, None, timeouts).expect("load datapath");
     dp.set_port(&port(A, 1, MAC_A, IP_A)).unwrap();
     dp.set_port(&port(B, 1, MAC_B, IP_B)).unwrap();
     dp.set_port(&port(C, 2, MAC_C, IP_C)).unwrap();
@@ -835,9 +840,11 @@ fn pinned_maps_of_an_older_layout_are_replaced_and_the_rest_kept() {
             .unwrap();
         dp.set_port_rules(B, &[allow_all(2, Direction::Ingress)])
             .unwrap();
+        dp.test_run(&ping(MAC_A, MAC_B, IP_A, IP_B), A).unwrap();
+        assert_eq!(dp.rule_counters(1).unwrap().connections, 1);
     }
-    // An older build pinned port_stats with smaller counters.
-    let stats = dir.join("port_stats");
+    // An older build pinned rule_stats with other counters.
+    let stats = dir.join("rule_stats");
     std::fs::remove_file(&stats).unwrap();
     let out = std::process::Command::new("bpftool")
         .args(["map", "create"])
@@ -848,11 +855,11 @@ fn pinned_maps_of_an_older_layout_are_replaced_and_the_rest_kept() {
             "key",
             "4",
             "value",
-            "8",
+            "16",
             "entries",
-            "4096",
+            "65536",
             "name",
-            "port_stats",
+            "rule_stats",
         ])
         .output()
         .expect("bpftool (scripts/setup installs it)");
@@ -871,8 +878,13 @@ fn pinned_maps_of_an_older_layout_are_replaced_and_the_rest_kept() {
     );
     assert_eq!(
         dp.port_counters(B).unwrap().0.tx_packets,
-        1,
-        "fresh counters"
+        2,
+        "port counters kept with their ports"
+    );
+    assert_eq!(
+        dp.rule_counters(1).unwrap().connections,
+        0,
+        "fresh rule counters (the connection was tracked before: not counted again)"
     );
 }
 
@@ -1096,6 +1108,49 @@ fn dhcp_requests_of_dhcp_ports_go_to_the_slow_path_not_the_network() {
 }
 
 #[test]
+fn dhcp_requests_dropped_because_the_ring_is_full_are_counted() {
+    if !privileged() {
+        return;
+    }
+    let mut dp = topology(Hook::Tc);
+    let mut a = port(A, 1, MAC_A, IP_A);
+    a.dhcp = true;
+    dp.set_port(&a).unwrap();
+    let discover = pad(ipv4(
+        [0xff; 6],
+        MAC_A,
+        Ipv4Addr::UNSPECIFIED,
+        Ipv4Addr::BROADCAST,
+        UDP,
+        64,
+        &udp(68, 67),
+    ));
+    // Nobody reads the ring: it holds about 127 records of 2 KiB, the rest must be counted.
+    const SENT: u64 = 300;
+    for _ in 0..SENT {
+        assert_eq!(dp.test_run(&discover, A).unwrap().0, TC_ACT_SHOT);
+    }
+    let mut ring = dp.dhcp_ring().unwrap();
+    let mut queued = 0u64;
+    while let Some(item) = ring.next() {
+        assert_eq!(netdp::dhcp::punted(&item), Some((A, &discover[..])));
+        queued += 1;
+    }
+    let full = drops(&dp, A, DropReason::DhcpRingFull);
+    assert!(queued > 100 && queued < SENT, "{queued} queued");
+    assert_eq!(
+        full,
+        SENT - queued,
+        "every request the ring refused is counted"
+    );
+    assert_eq!(dp.port_counters(A).unwrap().total_drops(), full);
+    // Once drained, the ring takes requests again and the counter stays put.
+    assert_eq!(dp.test_run(&discover, A).unwrap().0, TC_ACT_SHOT);
+    assert!(ring.next().is_some());
+    assert_eq!(drops(&dp, A, DropReason::DhcpRingFull), full);
+}
+
+#[test]
 fn gateway_snat_translates_ports_without_a_floating_ip_both_ways() {
     if !privileged() {
         return;
@@ -1292,4 +1347,251 @@ fn gateway_snat_translates_ports_without_a_floating_ip_both_ways() {
     assert_eq!(dp.test_run(&synack, X).unwrap().0, TC_ACT_SHOT);
     let (_, raw) = dp.test_run(&syn, A).unwrap();
     assert_eq!(&raw[26..30], &IP_A.octets());
+}
+
+/// Short timeouts for the expiry tests: a second for everything but established TCP.
+fn short_timeouts() -> Timeouts {
+    let s = std::time::Duration::from_secs(1);
+    Timeouts {
+        tcp_established: std::time::Duration::from_secs(3600),
+        tcp_transient: s,
+        tcp_close: s,
+        udp: s,
+        udp_stream: s,
+        icmp: s,
+        other: s,
+    }
+}
+
+/// Sleeps past the short timeouts (the program's clock is coarse: a jiffy or so late).
+fn idle() {
+    std::thread::sleep(std::time::Duration::from_millis(1300));
+}
+
+#[test]
+fn tracked_connections_expire_after_their_idle_timeout() {
+    if !privileged() {
+        return;
+    }
+    let mut dp = topology_with(Hook::Tc, short_timeouts());
+    // B takes anything in; A takes nothing in but replies.
+    dp.set_port_rules(
+        B,
+        &[
+            allow_all(1, Direction::Egress),
+            allow_all(2, Direction::Ingress),
+        ],
+    )
+    .unwrap();
+    let frame = |from: bool, l4: &[u8], proto: u8| {
+        let (sm, dm, si, di) = if from {
+            (MAC_A, MAC_B, IP_A, IP_B)
+        } else {
+            (MAC_B, MAC_A, IP_B, IP_A)
+        };
+        pad(ipv4(dm, sm, si, di, proto, 64, l4))
+    };
+    let (a_to_b, b_to_a) = (true, false);
+
+    // UDP: the reply passes while the flow is fresh, not once it was idle past 1 s.
+    let out = frame(a_to_b, &udp(5000, 53), UDP);
+    let reply = frame(b_to_a, &udp(53, 5000), UDP);
+    assert_eq!(dp.test_run(&out, A).unwrap().0, TC_ACT_REDIRECT);
+    assert_eq!(dp.test_run(&reply, B).unwrap().0, TC_ACT_REDIRECT);
+    idle();
+    assert_eq!(
+        dp.test_run(&reply, B).unwrap().0,
+        TC_ACT_SHOT,
+        "a stale flow is forgotten: the 'reply' is a new flow A does not let in"
+    );
+    assert_eq!(drops(&dp, B, DropReason::SecurityGroupIngress), 1);
+
+    // TCP: established, it outlives the short timeouts; after a FIN it does not.
+    let syn = frame(a_to_b, &tcp(40000, 80, SYN), TCP);
+    let synack = frame(b_to_a, &tcp(80, 40000, SYN | ACK), TCP);
+    let ack = frame(a_to_b, &tcp(40000, 80, ACK), TCP);
+    let ack_back = frame(b_to_a, &tcp(80, 40000, ACK), TCP);
+    for (f, port) in [(&syn, A), (&synack, B), (&ack, A)] {
+        assert_eq!(dp.test_run(f, port).unwrap().0, TC_ACT_REDIRECT);
+    }
+    idle();
+    assert_eq!(dp.test_run(&ack, A).unwrap().0, TC_ACT_REDIRECT);
+    assert_eq!(
+        dp.test_run(&ack_back, B).unwrap().0,
+        TC_ACT_REDIRECT,
+        "established: idle 1.3 s is nothing"
+    );
+    let fin = frame(a_to_b, &tcp(40000, 80, FIN | ACK), TCP);
+    assert_eq!(dp.test_run(&fin, A).unwrap().0, TC_ACT_REDIRECT);
+    idle();
+    assert_eq!(
+        dp.test_run(&ack_back, B).unwrap().0,
+        TC_ACT_SHOT,
+        "closing: 1 s idle and the connection is gone"
+    );
+    assert_eq!(drops(&dp, B, DropReason::ConntrackInvalid), 1);
+
+    // A TCP connection still opening (SYN unanswered) expires as quickly.
+    let syn2 = frame(a_to_b, &tcp(40001, 80, SYN), TCP);
+    let synack2 = frame(b_to_a, &tcp(80, 40001, SYN | ACK), TCP);
+    assert_eq!(dp.test_run(&syn2, A).unwrap().0, TC_ACT_REDIRECT);
+    idle();
+    assert_eq!(dp.test_run(&synack2, B).unwrap().0, TC_ACT_SHOT);
+
+    // The GC removes every stale entry and keeps a live connection (both its ports').
+    let syn3 = frame(a_to_b, &tcp(40002, 80, SYN), TCP);
+    let synack3 = frame(b_to_a, &tcp(80, 40002, SYN | ACK), TCP);
+    assert_eq!(dp.test_run(&syn3, A).unwrap().0, TC_ACT_REDIRECT);
+    assert_eq!(dp.test_run(&synack3, B).unwrap().0, TC_ACT_REDIRECT);
+    let before = dp.conntrack_len().unwrap();
+    let gone = dp.expire().unwrap();
+    assert_eq!(
+        dp.conntrack_len().unwrap(),
+        2,
+        "the live connection, at A and at B"
+    );
+    assert_eq!(gone.connections, before - 2);
+    assert!(gone.connections >= 6, "{gone:?}");
+    let ack3 = frame(a_to_b, &tcp(40002, 80, ACK), TCP);
+    assert_eq!(dp.test_run(&ack3, A).unwrap().0, TC_ACT_REDIRECT);
+}
+
+#[test]
+fn gateway_snat_translations_expire_after_their_idle_timeout() {
+    if !privileged() {
+        return;
+    }
+    const X: u32 = 30;
+    let mac_x = [0x02, 0, 0, 0, 0, 0x1e];
+    let mac_rx = [0x02, 0, 0, 0, 0x01, 0x03];
+    let ip_x = Ipv4Addr::new(172, 24, 4, 100);
+    let gw_x = Ipv4Addr::new(172, 24, 4, 1);
+    let mut dp = topology_with(Hook::Tc, short_timeouts());
+    let mut x = port(X, 3, mac_x, ip_x);
+    x.port_security = false;
+    dp.set_port(&x).unwrap();
+    dp.set_router_gateway(1, 3, mac_rx, gw_x, (Ipv4Addr::new(172, 24, 4, 0), 24), None)
+        .unwrap();
+    dp.set_gateway_snat(1, Some(gw_x)).unwrap();
+    // A's firewall must not be what refuses the late reply: A takes UDP in from anyone.
+    dp.set_port_rules(
+        A,
+        &[
+            allow_all(1, Direction::Egress),
+            allow_all(2, Direction::Ingress),
+        ],
+    )
+    .unwrap();
+
+    let out = pad(ipv4(MAC_R1, MAC_A, IP_A, ip_x, UDP, 64, &udp(5000, 53)));
+    let (verdict, sent) = dp.test_run(&out, A).unwrap();
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    assert_eq!(&sent[26..30], &gw_x.octets(), "translated");
+    let nat_port = u16::from_be_bytes([sent[34], sent[35]]);
+    let reply = pad(ipv4(mac_rx, mac_x, ip_x, gw_x, UDP, 64, &udp(53, nat_port)));
+    let (verdict, back) = dp.test_run(&reply, X).unwrap();
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    assert_eq!(
+        &back[30..34],
+        &IP_A.octets(),
+        "replies come back while it is fresh"
+    );
+    assert_eq!(dp.snat_len().unwrap(), 1);
+
+    idle();
+    assert_eq!(
+        dp.test_run(&reply, X).unwrap().0,
+        TC_ACT_SHOT,
+        "a stale translation lets nothing in"
+    );
+    let gone = dp.expire().unwrap();
+    assert_eq!(gone.translations, 1);
+    assert_eq!(dp.snat_len().unwrap(), 0, "the GC removed it");
+    assert_eq!(dp.test_run(&reply, X).unwrap().0, TC_ACT_SHOT);
+
+    // The connection sending again gets a translation again, and its replies pass.
+    let (verdict, sent) = dp.test_run(&out, A).unwrap();
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    let nat_port = u16::from_be_bytes([sent[34], sent[35]]);
+    let reply = pad(ipv4(mac_rx, mac_x, ip_x, gw_x, UDP, 64, &udp(53, nat_port)));
+    assert_eq!(dp.test_run(&reply, X).unwrap().0, TC_ACT_REDIRECT);
+    assert_eq!(dp.expire().unwrap(), Default::default(), "nothing stale");
+    assert_eq!(dp.snat_len().unwrap(), 1);
+}
+
+#[test]
+fn icmp_errors_a_port_sends_about_translated_traffic_leave_translated() {
+    if !privileged() {
+        return;
+    }
+    const X: u32 = 30;
+    let mac_x = [0x02, 0, 0, 0, 0, 0x1e];
+    let mac_rx = [0x02, 0, 0, 0, 0x01, 0x03];
+    let ip_x = Ipv4Addr::new(172, 24, 4, 100);
+    let gw_x = Ipv4Addr::new(172, 24, 4, 1);
+    let fip = Ipv4Addr::new(172, 24, 4, 20);
+    let mut dp = topology(Hook::Tc);
+    let mut x = port(X, 3, mac_x, ip_x);
+    x.port_security = false;
+    dp.set_port(&x).unwrap();
+    dp.set_router_gateway(1, 3, mac_rx, gw_x, (Ipv4Addr::new(172, 24, 4, 0), 24), None)
+        .unwrap();
+    dp.set_gateway_snat(1, Some(gw_x)).unwrap();
+    dp.set_floating_ip(1, fip, IP_C, 3, mac_rx).unwrap();
+    for p in [A, C] {
+        dp.set_port_rules(
+            p,
+            &[
+                allow_all(1, Direction::Egress),
+                allow_all(2, Direction::Ingress),
+            ],
+        )
+        .unwrap();
+    }
+    // A port-unreachable from `src` (port `mac`, router MAC `rmac`) quoting `quoted` (an
+    // IP packet as it reached the port).
+    let unreachable = |mac, rmac, src, quoted: &[u8]| {
+        let mut icmp = vec![3, 3, 0, 0, 0, 0, 0, 0];
+        icmp.extend_from_slice(&quoted[..28]);
+        let c = checksum(&icmp);
+        icmp[2..4].copy_from_slice(&c.to_be_bytes());
+        ipv4(rmac, mac, src, ip_x, ICMP, 64, &icmp)
+    };
+    let check = |out: &[u8], from: Ipv4Addr, port: u16| {
+        assert_eq!(&out[0..6], &mac_x[..], "to X");
+        assert_eq!(&out[26..30], &from.octets(), "outer source translated");
+        assert_eq!(checksum(&out[14..34]), 0, "outer IP checksum");
+        assert_eq!(checksum(&out[34..]), 0, "ICMP checksum");
+        assert_eq!(&out[54..58], &ip_x.octets(), "quoted source: X");
+        assert_eq!(
+            &out[58..62],
+            &from.octets(),
+            "quoted destination translated"
+        );
+        assert_eq!(checksum(&out[42..62]), 0, "quoted IP checksum");
+        assert_eq!(u16::from_be_bytes([out[64], out[65]]), port, "quoted port");
+    };
+
+    // Gateway SNAT: A's UDP goes out, the reply comes back to A (whose port is closed).
+    let out = pad(ipv4(MAC_R1, MAC_A, IP_A, ip_x, UDP, 64, &udp(5000, 53)));
+    let (verdict, sent) = dp.test_run(&out, A).unwrap();
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    let nat_port = u16::from_be_bytes([sent[34], sent[35]]);
+    let reply = pad(ipv4(mac_rx, mac_x, ip_x, gw_x, UDP, 64, &udp(53, nat_port)));
+    let (verdict, at_a) = dp.test_run(&reply, X).unwrap();
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    let err = unreachable(MAC_A, MAC_R1, IP_A, &at_a[14..]);
+    let (verdict, out) = dp.test_run(&err, A).unwrap();
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    check(&out, gw_x, nat_port);
+
+    // Floating IP: X reaches C through it; C's error names the floating IP again.
+    let inbound = pad(ipv4(mac_rx, mac_x, ip_x, fip, UDP, 64, &udp(53, 7000)));
+    let (verdict, at_c) = dp.test_run(&inbound, X).unwrap();
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    assert_eq!(&at_c[30..34], &IP_C.octets());
+    let err = unreachable(MAC_C, MAC_R2, IP_C, &at_c[14..]);
+    let (verdict, out) = dp.test_run(&err, C).unwrap();
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    check(&out, fip, 7000);
 }

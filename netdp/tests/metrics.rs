@@ -264,6 +264,15 @@ fn port_counters_move_by_exactly_the_frames_sent() {
     // spoofed requests never reach the firewall.
     let conns = "ferrostack_netdp_rule_connections_total";
     assert_eq!(after.sum(conns, &[]) - before.sum(conns, &[]), 2.0);
+    // DHCP requests the punt ring had no room for are a drop reason of their own; the
+    // conntrack GC's removals are counted too (nothing expired in these seconds).
+    let ring_full = [("port", id_a), ("reason", "dhcp_ring_full")];
+    assert_eq!(after.get(drops, &ring_full), 0.0);
+    assert_eq!(
+        after.get("ferrostack_netdp_conntrack_expired_total", &[]),
+        0.0
+    );
+    assert_eq!(after.get("ferrostack_netdp_snat_expired_total", &[]), 0.0);
     assert_eq!(after.get("ferrostack_netdp_ports", &[]), 2.0);
     assert_eq!(after.get("ferrostack_netdp_ports_active", &[]), 2.0);
 }

@@ -6,8 +6,8 @@
 #[allow(dead_code)]
 mod topo;
 
-use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::io::{ErrorKind, Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::time::Duration;
 
 use netdp::datapath::{Datapath, Direction, DropReason, Hook, PortSpec, RuleSpec};
@@ -461,6 +461,30 @@ fn ports_without_a_floating_ip_reach_the_outside_through_gateway_snat() {
     }
     let _ = server.join();
     assert!(w.dp.snat_len().unwrap() >= 2);
+
+    // A's kernel answers a reply that reached it through SNAT after its socket closed with
+    // a port unreachable; it leaves translated (from the gateway, quoting the gateway
+    // address and NAT port), so the outside's connected socket sees the refusal. Untranslated
+    // it would quote A's fixed IP, which no socket outside matches.
+    let a_ns = w.a.ns.name().to_string();
+    in_netns(&a_ns, || {
+        let u = UdpSocket::bind("0.0.0.0:40123").expect("bind in A");
+        u.send_to(b"out", "172.24.4.100:40124").expect("send out");
+    });
+    let refused = in_netns(ext.ns.name(), || {
+        let u = UdpSocket::bind("172.24.4.100:40124").expect("bind outside");
+        // Port-preserving SNAT: A's port is the NAT port.
+        u.connect("172.24.4.1:40123").expect("connect");
+        u.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        u.send(b"back").expect("send back");
+        let mut buf = [0u8; 16];
+        u.recv(&mut buf).map_err(|e| e.kind())
+    });
+    assert_eq!(
+        refused,
+        Err(ErrorKind::ConnectionRefused),
+        "A's port unreachable reached the outside translated"
+    );
 
     // SNAT off: the outside is unreachable again.
     w.dp.set_gateway_snat(1, None).unwrap();

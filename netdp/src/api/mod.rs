@@ -21,7 +21,9 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use crate::datapath::{Datapath, DatapathError, Direction, DropReason, PortSpec, RuleSpec};
+use crate::datapath::{
+    Datapath, DatapathError, Direction, DropReason, Expired, PortSpec, RuleSpec,
+};
 use crate::dhcp::{Lease, Leases, Stats as DhcpStats};
 use model::*;
 
@@ -153,6 +155,8 @@ pub struct Controller {
     router_ifaces: HashSet<RouterIface>,
     /// Routers doing gateway SNAT in the datapath, with their gateway address.
     snat: HashMap<u32, Ipv4Addr>,
+    /// Entries the conntrack GC removed so far.
+    expired: Expired,
 }
 
 /// A router interface as programmed: (router, network, MAC, address, subnet, and for a
@@ -196,6 +200,7 @@ impl Controller {
             dhcp_stats: None,
             router_ifaces: HashSet::new(),
             snat: HashMap::new(),
+            expired: Expired::default(),
         };
         c.sync()?;
         c.remove_stale_ports()?;
@@ -286,6 +291,18 @@ impl Controller {
         dp.prune_routers(&ifaces, &routes, &snat)
             .map_err(ApiError::Datapath)?;
         Ok(())
+    }
+
+    /// The conntrack GC: removes tracked connections and gateway SNAT translations idle
+    /// past their timeouts (see [`Datapath::expire`]); returns what went.
+    pub fn expire(&mut self) -> Result<Expired, ApiError> {
+        let Some(dp) = self.dp.as_mut() else {
+            return Ok(Expired::default());
+        };
+        let e = dp.expire().map_err(ApiError::Datapath)?;
+        self.expired.connections += e.connections;
+        self.expired.translations += e.translations;
+        Ok(e)
     }
 
     /// The current state.
@@ -1088,26 +1105,77 @@ impl Controller {
         Ok(json!({ "port": self.port_view(&p) }))
     }
 
+    /// Neutron's `add_router_interface`: by subnet (the router takes the subnet's gateway
+    /// address on a new port) or by an existing port (the router takes the port's address
+    /// and MAC; the port must be unused and have exactly one fixed IP).
     fn add_router_interface(&mut self, router_id: &str, body: &[u8]) -> Result<Value, ApiError> {
         let req: RouterInterface = serde_json::from_slice(body)
             .map_err(|e| ApiError::BadRequest(format!("invalid body: {e}")))?;
         if !self.state.routers.contains_key(router_id) {
             return Err(ApiError::NotFound("router", router_id.to_string()));
         }
-        if req.port_id.is_some() {
-            return Err(ApiError::BadRequest(
-                "add_router_interface takes a subnet_id (port_id is not supported)".into(),
-            ));
-        }
-        let subnet_id = req
-            .subnet_id
-            .ok_or_else(|| ApiError::BadRequest("subnet_id is required".into()))?;
-        let subnet = self
-            .state
-            .subnets
-            .get(&subnet_id)
-            .ok_or_else(|| ApiError::NotFound("subnet", subnet_id.clone()))?
-            .clone();
+        let (port_id, subnet) = match (req.subnet_id, req.port_id) {
+            (Some(_), Some(_)) => {
+                return Err(ApiError::BadRequest(
+                    "give subnet_id or port_id, not both".into(),
+                ));
+            }
+            (None, None) => {
+                return Err(ApiError::BadRequest(
+                    "subnet_id or port_id is required".into(),
+                ));
+            }
+            (Some(subnet_id), None) => {
+                let subnet = self
+                    .state
+                    .subnets
+                    .get(&subnet_id)
+                    .ok_or_else(|| ApiError::NotFound("subnet", subnet_id.clone()))?
+                    .clone();
+                (None, subnet)
+            }
+            (None, Some(port_id)) => {
+                let port = self
+                    .state
+                    .ports
+                    .get(&port_id)
+                    .ok_or_else(|| ApiError::NotFound("port", port_id.clone()))?;
+                if !port.device_owner.is_empty() || !port.device_id.is_empty() {
+                    return Err(ApiError::Conflict(format!(
+                        "port {port_id} is in use by {} {}",
+                        if port.device_owner.is_empty() {
+                            "device"
+                        } else {
+                            &port.device_owner
+                        },
+                        port.device_id
+                    )));
+                }
+                if self
+                    .state
+                    .floatingips
+                    .values()
+                    .any(|f| f.port_id.as_deref() == Some(&port_id))
+                {
+                    return Err(ApiError::Conflict(format!(
+                        "port {port_id} has a floating IP"
+                    )));
+                }
+                let [fixed] = port.fixed_ips.as_slice() else {
+                    return Err(ApiError::BadRequest(format!(
+                        "a router port needs exactly one fixed IP; port {port_id} has {}",
+                        port.fixed_ips.len()
+                    )));
+                };
+                let subnet = self
+                    .state
+                    .subnets
+                    .get(&fixed.subnet_id)
+                    .ok_or_else(|| ApiError::NotFound("subnet", fixed.subnet_id.clone()))?
+                    .clone();
+                (Some(port_id), subnet)
+            }
+        };
         if self.state.ports.values().any(|p| {
             p.device_owner == "network:router_interface"
                 && p.device_id == router_id
@@ -1117,24 +1185,43 @@ impl Controller {
                 "router already has an interface on the subnet".into(),
             ));
         }
-        let p = self.new_port(PortCreate {
-            network_id: Some(subnet.network_id.clone()),
-            fixed_ips: Some(vec![FixedIp {
-                subnet_id: subnet.id.clone(),
-                ip_address: subnet.gateway_ip,
-            }]),
-            security_groups: Some(vec![]),
-            port_security_enabled: Some(false),
-            device_owner: Some("network:router_interface".into()),
-            device_id: Some(router_id.into()),
-            ..Default::default()
-        })?;
+        let port_id = match port_id {
+            Some(id) => {
+                // The port becomes the router's: the switch stops treating it as a VM
+                // port (no security groups, no tap) and routes frames to its MAC.
+                let p = self.state.ports.get_mut(&id).expect("checked above");
+                p.device_owner = "network:router_interface".into();
+                p.device_id = router_id.into();
+                p.security_groups.clear();
+                p.port_security_enabled = false;
+                p.allowed_address_pairs.clear();
+                id
+            }
+            None => {
+                self.new_port(PortCreate {
+                    network_id: Some(subnet.network_id.clone()),
+                    fixed_ips: Some(vec![FixedIp {
+                        subnet_id: subnet.id.clone(),
+                        ip_address: subnet.gateway_ip,
+                    }]),
+                    security_groups: Some(vec![]),
+                    port_security_enabled: Some(false),
+                    device_owner: Some("network:router_interface".into()),
+                    device_id: Some(router_id.into()),
+                    ..Default::default()
+                })?
+                .id
+            }
+        };
+        let project_id = self.state.routers[router_id].project_id.clone();
         Ok(json!({
             "id": router_id,
             "subnet_id": subnet.id,
             "subnet_ids": [subnet.id],
-            "port_id": p.id,
+            "port_id": port_id,
             "network_id": subnet.network_id,
+            "project_id": project_id,
+            "tenant_id": project_id,
         }))
     }
 
@@ -1470,6 +1557,11 @@ impl Controller {
         let Some(dp) = &self.dp else {
             return out;
         };
+        out.push_str(&format!(
+            "# HELP ferrostack_netdp_conntrack_expired_total Tracked connections the GC removed after their idle timeout (one per port that tracked them).\n# TYPE ferrostack_netdp_conntrack_expired_total counter\nferrostack_netdp_conntrack_expired_total {}\n\
+             # HELP ferrostack_netdp_snat_expired_total Gateway SNAT translations the GC removed after their idle timeout.\n# TYPE ferrostack_netdp_snat_expired_total counter\nferrostack_netdp_snat_expired_total {}\n",
+            self.expired.connections, self.expired.translations
+        ));
         let mut ports: Vec<_> = self.programmed.iter().collect();
         ports.sort();
         let series = [
@@ -1479,7 +1571,7 @@ impl Controller {
             ("tx_bytes_total", "Bytes delivered to the port."),
             (
                 "routed_packets_total",
-                "Frames from the port that were routed.",
+                "IPv4 frames from the port addressed to a router (routed, or answered with an ICMP error or dropped by it).",
             ),
             (
                 "flooded_packets_total",

@@ -311,14 +311,14 @@ mod double_option {
     }
 }
 
-/// Body of `PUT /v2.0/routers/{id}/add_router_interface` (a subnet) and
-/// `remove_router_interface` (a subnet or the interface's port).
+/// Body of `PUT /v2.0/routers/{id}/add_router_interface` and `remove_router_interface`:
+/// a subnet or a port (one of them).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RouterInterface {
     /// The subnet whose gateway address the router takes (or gives back).
     pub subnet_id: Option<String>,
-    /// The interface's port (removal only).
+    /// The port whose address and MAC the router takes (or the interface to remove).
     pub port_id: Option<String>,
 }
 

@@ -14,7 +14,8 @@ pub const DIR_INGRESS: u8 = 1;
 /// `DIR_EGRESS`: traffic from the VM.
 pub const DIR_EGRESS: u8 = 2;
 
-/// A VM port, keyed by the ifindex of its host-side interface (`struct port`).
+/// A VM port, keyed by the ifindex of its host-side interface (`struct port`): its
+/// configuration, the same in every CPU's copy, and that CPU's counters.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Port {
@@ -26,8 +27,18 @@ pub struct Port {
     pub port_security: u8,
     /// `PORT_F_*` flags.
     pub flags: u8,
-    /// Index of the port's counters in `port_stats` (below [`PORT_SLOTS`]).
-    pub slot: u32,
+    /// Padding.
+    pub pad: u32,
+    /// The counters (one CPU's share).
+    pub stats: PortStats,
+}
+
+impl Port {
+    /// Whether two ports are configured alike (counters aside).
+    pub fn same_config(&self, other: &Port) -> bool {
+        (self.net_id, self.mac, self.port_security, self.flags)
+            == (other.net_id, other.mac, other.port_security, other.flags)
+    }
 }
 
 /// `PORT_F_DHCP`: the slow path answers the port's DHCP; its requests are not switched.
@@ -41,8 +52,8 @@ pub const DHCP_PUNT_MAX: usize = 1500;
 /// length, both `u32` in host order.
 pub const DHCP_PUNT_HEADER: usize = 8;
 
-/// Number of counter slots for ports (`PORT_SLOTS`).
-pub const PORT_SLOTS: u32 = 4096;
+/// Most ports a datapath holds (`MAX_PORTS`).
+pub const MAX_PORTS: u32 = 4096;
 
 /// One (MAC, IPv4) a port may send from (`struct addr_key`).
 #[repr(C)]
@@ -168,8 +179,12 @@ pub struct SnatVal {
     pub ip: u32,
     /// Port (ICMP: echo id), network order.
     pub port: u16,
-    /// Padding.
-    pub pad: u16,
+    /// 1 once a reply came back through the translation (`snat_in` only).
+    pub replied: u8,
+    /// [`CT_TCP_FIN`] / [`CT_TCP_RST`] once seen (`snat_in` only).
+    pub tcp: u8,
+    /// `bpf_ktime_get_coarse_ns` of the last packet (`snat_in` only).
+    pub last_seen: u64,
 }
 
 /// A network's ports, for flooding broadcasts (`struct network`).
@@ -254,12 +269,19 @@ pub struct CtVal {
     pub dir: u8,
     /// 1 once a reply was seen.
     pub replied: u8,
+    /// [`CT_TCP_FIN`] / [`CT_TCP_RST`] once seen.
+    pub tcp: u8,
     /// Padding.
-    pub pad: u16,
+    pub pad: u8,
 }
 
+/// `CT_TCP_FIN`: a FIN was seen on the connection (its idle timeout shortens).
+pub const CT_TCP_FIN: u8 = 1;
+/// `CT_TCP_RST`: a RST was seen on the connection.
+pub const CT_TCP_RST: u8 = 2;
+
 /// Number of drop reasons (`DROP_NREASONS`).
-pub const DROP_NREASONS: usize = 15;
+pub const DROP_NREASONS: usize = 16;
 
 /// Per-port counters, per CPU in the map (`struct port_stats`).
 #[repr(C)]
@@ -273,7 +295,8 @@ pub struct PortStats {
     pub tx_packets: u64,
     /// Bytes sent to the port.
     pub tx_bytes: u64,
-    /// Frames from the port that were routed.
+    /// IPv4 frames from the port addressed to a router (routed, or answered with an ICMP
+    /// error or dropped by the router).
     pub routed: u64,
     /// Broadcasts from the port that were flooded (or passed to the slow path).
     pub flooded: u64,
@@ -283,6 +306,23 @@ pub struct PortStats {
     pub icmp_errors: u64,
     /// Frames from the port dropped, by [`crate::datapath::DropReason`].
     pub drops: [u64; DROP_NREASONS],
+}
+
+impl PortStats {
+    /// Adds `other` (another CPU's share) to these counters.
+    pub fn add(&mut self, other: &PortStats) {
+        self.rx_packets += other.rx_packets;
+        self.rx_bytes += other.rx_bytes;
+        self.tx_packets += other.tx_packets;
+        self.tx_bytes += other.tx_bytes;
+        self.routed += other.routed;
+        self.flooded += other.flooded;
+        self.arp_replies += other.arp_replies;
+        self.icmp_errors += other.icmp_errors;
+        for (a, b) in self.drops.iter_mut().zip(other.drops.iter()) {
+            *a += b;
+        }
+    }
 }
 
 /// Per-rule counters (`struct rule_stats`).
@@ -315,7 +355,7 @@ mod tests {
 
     #[test]
     fn sizes_match_the_c_structs() {
-        assert_eq!(size_of::<Port>(), 16);
+        assert_eq!(size_of::<Port>(), 16 + size_of::<PortStats>());
         assert_eq!(size_of::<AddrKey>(), 16);
         assert_eq!(size_of::<L2Key>(), 12);
         assert_eq!(size_of::<RouteKey>(), 8);
@@ -326,7 +366,7 @@ mod tests {
         assert_eq!(size_of::<CtKey>(), 20);
         assert_eq!(size_of::<CtVal>(), 16);
         assert_eq!(size_of::<SnatKey>(), 20);
-        assert_eq!(size_of::<SnatVal>(), 8);
+        assert_eq!(size_of::<SnatVal>(), 16);
         assert_eq!(size_of::<PortStats>(), 8 * (8 + DROP_NREASONS));
     }
 }

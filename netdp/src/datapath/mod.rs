@@ -10,9 +10,10 @@ pub mod abi;
 use std::collections::{HashMap, HashSet};
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use aya::maps::lpm_trie::{Key, LpmTrie};
-use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray};
+use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuHashMap};
 use aya::programs::links::{FdLink, PinnedLink};
 use aya::programs::tc::TcAttachOptions;
 use aya::programs::{
@@ -48,7 +49,6 @@ pub const MAPS: &[&str] = &[
     "snat_in",
     "sg_rules",
     "conntrack",
-    "port_stats",
     "rule_stats",
     "dhcp_punt",
 ];
@@ -77,9 +77,6 @@ pub enum DatapathError {
     /// A network already floods to as many ports as it can hold.
     #[error("network {0} has more than {NET_MAX_PORTS} ports")]
     NetworkFull(u32),
-    /// Every port counter slot is taken.
-    #[error("more than {} ports", abi::PORT_SLOTS)]
-    TooManyPorts,
     /// A port has more rules in one direction and protocol than a slot holds.
     #[error("port {0} has more than {SG_MAX_RULES} rules for one direction and protocol")]
     TooManyRules(u32),
@@ -137,6 +134,8 @@ pub enum DropReason {
     Fragment = 13,
     /// Gateway SNAT found no free port towards the remote end.
     NatExhausted = 14,
+    /// A DHCP request found the slow path's ring buffer full (the client retries).
+    DhcpRingFull = 15,
 }
 
 impl DropReason {
@@ -157,6 +156,7 @@ impl DropReason {
         DropReason::Ttl,
         DropReason::Fragment,
         DropReason::NatExhausted,
+        DropReason::DhcpRingFull,
     ];
 
     /// The label used in metrics.
@@ -177,6 +177,7 @@ impl DropReason {
             DropReason::Ttl => "ttl",
             DropReason::Fragment => "fragment",
             DropReason::NatExhausted => "nat_exhausted",
+            DropReason::DhcpRingFull => "dhcp_ring_full",
         }
     }
 }
@@ -284,13 +285,103 @@ pub struct RuleSpec {
     pub remote: Option<(Ipv4Addr, u8)>,
 }
 
+/// Idle timeouts of tracked connections and gateway SNAT translations, by protocol and
+/// state; the defaults are Linux conntrack's. The program checks them on every lookup (an
+/// entry idle past its timeout admits nothing: the next packet must open a new
+/// connection), and [`Datapath::expire`] removes such entries from the maps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// TCP once the other side answered, before any FIN or RST (5 days).
+    pub tcp_established: Duration,
+    /// TCP not answered yet, or closing after a FIN (120 s).
+    pub tcp_transient: Duration,
+    /// TCP after a RST (10 s).
+    pub tcp_close: Duration,
+    /// UDP not answered (30 s).
+    pub udp: Duration,
+    /// UDP answered (120 s).
+    pub udp_stream: Duration,
+    /// ICMP echo (30 s).
+    pub icmp: Duration,
+    /// Any other protocol (600 s).
+    pub other: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            tcp_established: Duration::from_secs(432_000),
+            tcp_transient: Duration::from_secs(120),
+            tcp_close: Duration::from_secs(10),
+            udp: Duration::from_secs(30),
+            udp_stream: Duration::from_secs(120),
+            icmp: Duration::from_secs(30),
+            other: Duration::from_secs(600),
+        }
+    }
+}
+
+impl Timeouts {
+    /// How long a connection of `proto` may stay idle, once `replied` and with the
+    /// `CT_TCP_*` flags `tcp` seen (the program's `ct_timeout`).
+    pub fn of(&self, proto: u8, replied: bool, tcp: u8) -> Duration {
+        match proto {
+            6 if tcp & abi::CT_TCP_RST != 0 => self.tcp_close,
+            6 if tcp & abi::CT_TCP_FIN != 0 => self.tcp_transient,
+            6 if replied => self.tcp_established,
+            6 => self.tcp_transient,
+            17 if replied => self.udp_stream,
+            17 => self.udp,
+            1 => self.icmp,
+            _ => self.other,
+        }
+    }
+
+    /// The program's globals and their values in ns.
+    fn globals(&self) -> [(&'static str, u64); 7] {
+        let ns = |d: Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        [
+            ("ct_tcp_established", ns(self.tcp_established)),
+            ("ct_tcp_transient", ns(self.tcp_transient)),
+            ("ct_tcp_close", ns(self.tcp_close)),
+            ("ct_udp", ns(self.udp)),
+            ("ct_udp_stream", ns(self.udp_stream)),
+            ("ct_icmp", ns(self.icmp)),
+            ("ct_other", ns(self.other)),
+        ]
+    }
+}
+
+/// Entries [`Datapath::expire`] removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Expired {
+    /// Tracked connections (one per port that tracked them).
+    pub connections: usize,
+    /// Gateway SNAT translations.
+    pub translations: usize,
+}
+
+/// `bpf_ktime_get_coarse_ns`'s clock, seen from userspace.
+fn monotonic_coarse_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid timespec to write into; CLOCK_MONOTONIC_COARSE always exists
+    // on Linux.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
+    (ts.tv_sec as u64) * 1_000_000_000 + ts.tv_nsec as u64
+}
+
 /// The kernel's view of one of our maps (the kinds the object declares).
 fn map_info(map: &aya::maps::Map) -> Option<aya::maps::MapInfo> {
     use aya::maps::Map;
     match map {
-        Map::HashMap(m) | Map::LpmTrie(m) | Map::LruHashMap(m) | Map::PerCpuArray(m) => {
-            m.info().ok()
-        }
+        Map::HashMap(m)
+        | Map::LpmTrie(m)
+        | Map::LruHashMap(m)
+        | Map::PerCpuArray(m)
+        | Map::PerCpuHashMap(m) => m.info().ok(),
         _ => None,
     }
 }
@@ -313,6 +404,7 @@ pub struct Datapath {
     ebpf: Ebpf,
     hook: Hook,
     pin_dir: Option<PathBuf>,
+    timeouts: Timeouts,
 }
 
 impl std::fmt::Debug for Datapath {
@@ -327,7 +419,25 @@ impl std::fmt::Debug for Datapath {
 impl Datapath {
     /// Loads a fresh instance with private maps.
     pub fn load(hook: Hook) -> Result<Self, DatapathError> {
-        Self::load_with(hook, None)
+        Self::load_configured(hook, None, Timeouts::default())
+    }
+
+    /// Loads an instance with its maps pinned in `dir` (if given, as
+    /// [`Self::load_pinned`]) and the given connection timeouts.
+    pub fn load_configured(
+        hook: Hook,
+        dir: Option<&Path>,
+        timeouts: Timeouts,
+    ) -> Result<Self, DatapathError> {
+        if let Some(dir) = dir {
+            std::fs::create_dir_all(dir).map_err(|e| DatapathError::PinDir(dir.into(), e))?;
+            Self::drop_incompatible_pins(hook, dir)?;
+        }
+        let object = match hook {
+            Hook::Tc => TC_OBJECT,
+            Hook::Xdp => XDP_OBJECT,
+        };
+        Self::load_object(hook, object, dir, timeouts)
     }
 
     /// Loads a fresh instance of the same program built with its counters compiled out
@@ -337,14 +447,12 @@ impl Datapath {
             Hook::Tc => TC_UNCOUNTED,
             Hook::Xdp => XDP_UNCOUNTED,
         };
-        Self::load_object(hook, object, None)
+        Self::load_object(hook, object, None, Timeouts::default())
     }
 
     /// Loads an instance whose maps are pinned in `dir`, reusing maps already pinned there.
     pub fn load_pinned(hook: Hook, dir: &Path) -> Result<Self, DatapathError> {
-        std::fs::create_dir_all(dir).map_err(|e| DatapathError::PinDir(dir.into(), e))?;
-        Self::drop_incompatible_pins(hook, dir)?;
-        Self::load_with(hook, Some(dir))
+        Self::load_configured(hook, Some(dir), Timeouts::default())
     }
 
     /// Removes pinned maps whose type, key or value size or capacity differ from this
@@ -386,20 +494,21 @@ impl Datapath {
         Ok(())
     }
 
-    fn load_with(hook: Hook, dir: Option<&Path>) -> Result<Self, DatapathError> {
-        let object = match hook {
-            Hook::Tc => TC_OBJECT,
-            Hook::Xdp => XDP_OBJECT,
-        };
-        Self::load_object(hook, object, dir)
-    }
-
-    fn load_object(hook: Hook, object: &[u8], dir: Option<&Path>) -> Result<Self, DatapathError> {
+    fn load_object(
+        hook: Hook,
+        object: &[u8],
+        dir: Option<&Path>,
+        timeouts: Timeouts,
+    ) -> Result<Self, DatapathError> {
         let mut loader = EbpfLoader::new();
         if let Some(dir) = dir {
             for name in MAPS {
                 loader.map_pin_path(name, dir.join(name));
             }
+        }
+        let globals = timeouts.globals();
+        for (name, value) in &globals {
+            loader.override_global(name, value, true);
         }
         let mut ebpf = loader.load(object).map_err(DatapathError::Load)?;
         let name = hook.program_name();
@@ -418,6 +527,7 @@ impl Datapath {
             ebpf,
             hook,
             pin_dir: dir.map(Path::to_path_buf),
+            timeouts,
         })
     }
 
@@ -534,6 +644,42 @@ impl Datapath {
         Ok(total / runs.max(1))
     }
 
+    /// Runs the program `repeat` times on `frame` in one test-run (the kernel's own loop:
+    /// no system call between runs, so caches stay warm and the clock is read once); returns
+    /// the mean cost per run. Only for frames the program does not rewrite (an L2 forward):
+    /// each run sees the frame the previous one left.
+    pub fn bench_repeat(
+        &self,
+        frame: &[u8],
+        in_port: u32,
+        repeat: u32,
+    ) -> Result<std::time::Duration, DatapathError> {
+        let name = self.hook.program_name();
+        let mut ctx = [0u8; 48];
+        let (off, ctx_len) = match self.hook {
+            Hook::Tc => (36, 48),
+            Hook::Xdp => (12, 24),
+        };
+        ctx[off..off + 4].copy_from_slice(&in_port.to_ne_bytes());
+        if self.hook == Hook::Xdp {
+            ctx[4..8].copy_from_slice(&(frame.len() as u32).to_ne_bytes());
+        }
+        let opts = TestRunOptions {
+            data_in: Some(frame),
+            ctx_in: Some(&ctx[..ctx_len]),
+            repeat: repeat.max(1),
+            ..Default::default()
+        };
+        let prog = self.ebpf.program(name).expect("checked at load");
+        let res = match prog {
+            Program::SchedClassifier(p) => p.test_run(opts),
+            Program::Xdp(p) => p.test_run(opts),
+            _ => unreachable!("checked at load"),
+        }
+        .map_err(|e| DatapathError::Program(name, e))?;
+        Ok(res.duration)
+    }
+
     /// Attaches the tc build to the ingress of `ifname` (tcx); with a pin directory the
     /// link is pinned as `link-tc-<ifname>` and an existing pinned link is reused, so the
     /// attachment outlives this process.
@@ -626,14 +772,13 @@ impl Datapath {
     /// its place in the network's flood list.
     pub fn set_port(&mut self, spec: &PortSpec) -> Result<(), DatapathError> {
         self.remove_port_addrs(spec.ifindex)?;
-        let slot = self.port_slot(spec.ifindex)?;
         let port = abi::Port {
             net_id: spec.net_id,
             mac: spec.mac,
             port_security: u8::from(spec.port_security),
             flags: if spec.dhcp { abi::PORT_F_DHCP } else { 0 }
                 | if spec.peer { abi::PORT_F_PEER } else { 0 },
-            slot,
+            ..Default::default()
         };
         let mut addrs: Vec<([u8; 6], u32)> = vec![(spec.mac, 0)];
         addrs.extend(spec.ips.iter().map(|ip| (spec.mac, ip_be(*ip))));
@@ -686,48 +831,75 @@ impl Datapath {
             m.insert(spec.net_id, net, 0)
                 .map_err(|e| DatapathError::Map("networks", e))?;
         }
-        let mut m = self.hash::<u32, abi::Port>("ports")?;
-        m.insert(spec.ifindex, port, 0)
-            .map_err(|e| DatapathError::Map("ports", e))?;
-        Ok(())
+        self.put_port(spec.ifindex, port)
     }
 
-    /// The counter slot of port `ifindex`: its own if it has one, else the lowest free one,
-    /// zeroed.
-    fn port_slot(&mut self, ifindex: u32) -> Result<u32, DatapathError> {
-        let (own, used) = {
-            let m = self.hash_ro::<u32, abi::Port>("ports")?;
-            let mut own = None;
-            let mut used = HashSet::new();
-            for (k, v) in m.iter().filter_map(Result::ok) {
-                if k == ifindex {
-                    own = Some(v.slot);
-                }
-                used.insert(v.slot);
-            }
-            (own, used)
-        };
-        if let Some(slot) = own {
-            return Ok(slot);
-        }
-        let slot = (0..abi::PORT_SLOTS)
-            .find(|s| !used.contains(s))
-            .ok_or(DatapathError::TooManyPorts)?;
-        let name = "port_stats";
-        let map = self.ebpf.map_mut(name).ok_or(DatapathError::Map(
-            name,
-            aya::maps::MapError::InvalidName { name: name.into() },
+    /// Port `ifindex`'s record: its configuration and its counters summed over CPUs.
+    fn get_port(&self, ifindex: u32) -> Result<Option<abi::Port>, DatapathError> {
+        const NAME: &str = "ports";
+        let err = |e| DatapathError::Map(NAME, e);
+        let map = self.ebpf.map(NAME).ok_or(DatapathError::Map(
+            NAME,
+            aya::maps::MapError::InvalidName { name: NAME.into() },
         ))?;
-        let mut stats: PerCpuArray<&mut MapData, PortStats> =
-            PerCpuArray::try_from(map).map_err(|e| DatapathError::Map(name, e))?;
-        let cpus = aya::util::nr_cpus()
-            .map_err(|(_, e)| DatapathError::Map(name, aya::maps::MapError::IoError(e)))?;
-        let zero = aya::maps::PerCpuValues::try_from(vec![PortStats::default(); cpus])
-            .map_err(|e| DatapathError::Map(name, aya::maps::MapError::IoError(e)))?;
-        stats
-            .set(slot, zero, 0)
-            .map_err(|e| DatapathError::Map(name, e))?;
-        Ok(slot)
+        let found = if let aya::maps::Map::PerCpuHashMap(_) = map {
+            let m: PerCpuHashMap<&MapData, u32, abi::Port> =
+                PerCpuHashMap::try_from(map).map_err(err)?;
+            m.get(&ifindex, 0).ok().map(|per_cpu| {
+                let mut port = per_cpu[0];
+                port.stats = PortStats::default();
+                for p in per_cpu.iter() {
+                    port.stats.add(&p.stats);
+                }
+                port
+            })
+        } else {
+            let m: BpfHashMap<&MapData, u32, abi::Port> = BpfHashMap::try_from(map).map_err(err)?;
+            m.get(&ifindex, 0).ok()
+        };
+        Ok(found)
+    }
+
+    /// Writes port `ifindex`'s configuration into every CPU's copy, keeping the counters.
+    /// Nothing is written when the configuration is unchanged (the daemon re-syncs every
+    /// port twice a second), so counting loses nothing then; a real change loses the
+    /// increments other CPUs make between the read and the write.
+    fn put_port(&mut self, ifindex: u32, config: abi::Port) -> Result<(), DatapathError> {
+        const NAME: &str = "ports";
+        let err = |e| DatapathError::Map(NAME, e);
+        let map = self.ebpf.map_mut(NAME).ok_or(DatapathError::Map(
+            NAME,
+            aya::maps::MapError::InvalidName { name: NAME.into() },
+        ))?;
+        let with_config = |old: abi::Port| abi::Port {
+            stats: old.stats,
+            ..config
+        };
+        if let aya::maps::Map::PerCpuHashMap(_) = map {
+            let mut m: PerCpuHashMap<&mut MapData, u32, abi::Port> =
+                PerCpuHashMap::try_from(map).map_err(err)?;
+            let values: Vec<abi::Port> = match m.get(&ifindex, 0) {
+                Ok(old) if old[0].same_config(&config) => return Ok(()),
+                Ok(old) => old.iter().map(|p| with_config(*p)).collect(),
+                Err(_) => {
+                    let cpus = aya::util::nr_cpus()
+                        .map_err(|(_, e)| err(aya::maps::MapError::IoError(e)))?;
+                    vec![config; cpus]
+                }
+            };
+            let values = aya::maps::PerCpuValues::try_from(values)
+                .map_err(|e| err(aya::maps::MapError::IoError(e)))?;
+            m.insert(ifindex, values, 0).map_err(err)
+        } else {
+            let mut m: BpfHashMap<&mut MapData, u32, abi::Port> =
+                BpfHashMap::try_from(map).map_err(err)?;
+            let value = match m.get(&ifindex, 0) {
+                Ok(old) if old.same_config(&config) => return Ok(()),
+                Ok(old) => with_config(old),
+                Err(_) => config,
+            };
+            m.insert(ifindex, value, 0).map_err(err)
+        }
     }
 
     fn remove_port_addrs(&mut self, ifindex: u32) -> Result<(), DatapathError> {
@@ -745,10 +917,7 @@ impl Datapath {
 
     /// Removes a port and everything the datapath keeps for it.
     pub fn remove_port(&mut self, ifindex: u32) -> Result<(), DatapathError> {
-        let port = {
-            let m = self.hash_ro::<u32, abi::Port>("ports")?;
-            m.get(&ifindex, 0).ok()
-        };
+        let port = self.get_port(ifindex)?;
         self.remove_port_addrs(ifindex)?;
         self.set_port_rules(ifindex, &[])?;
         if let Some(port) = port {
@@ -782,16 +951,41 @@ impl Datapath {
                     .map_err(|e| DatapathError::Map("networks", e))?;
             }
         }
-        let mut m = self.hash::<u32, abi::Port>("ports")?;
-        let _ = m.remove(&ifindex);
+        const NAME: &str = "ports";
+        let map = self.ebpf.map_mut(NAME).ok_or(DatapathError::Map(
+            NAME,
+            aya::maps::MapError::InvalidName { name: NAME.into() },
+        ))?;
+        if let aya::maps::Map::PerCpuHashMap(_) = map {
+            let mut m: PerCpuHashMap<&mut MapData, u32, abi::Port> =
+                PerCpuHashMap::try_from(map).map_err(|e| DatapathError::Map(NAME, e))?;
+            let _ = m.remove(&ifindex);
+        } else {
+            let mut m: BpfHashMap<&mut MapData, u32, abi::Port> =
+                BpfHashMap::try_from(map).map_err(|e| DatapathError::Map(NAME, e))?;
+            let _ = m.remove(&ifindex);
+        }
         Ok(())
     }
 
     /// The ifindexes of every port in the maps (pinned maps may hold ports from before a
     /// restart).
     pub fn port_ifindexes(&self) -> Result<Vec<u32>, DatapathError> {
-        let m = self.hash_ro::<u32, abi::Port>("ports")?;
-        Ok(m.keys().filter_map(Result::ok).collect())
+        const NAME: &str = "ports";
+        let map = self.ebpf.map(NAME).ok_or(DatapathError::Map(
+            NAME,
+            aya::maps::MapError::InvalidName { name: NAME.into() },
+        ))?;
+        let keys = if let aya::maps::Map::PerCpuHashMap(_) = map {
+            let m: PerCpuHashMap<&MapData, u32, abi::Port> =
+                PerCpuHashMap::try_from(map).map_err(|e| DatapathError::Map(NAME, e))?;
+            m.keys().filter_map(Result::ok).collect()
+        } else {
+            let m: BpfHashMap<&MapData, u32, abi::Port> =
+                BpfHashMap::try_from(map).map_err(|e| DatapathError::Map(NAME, e))?;
+            m.keys().filter_map(Result::ok).collect()
+        };
+        Ok(keys)
     }
 
     /// Records that `ip` in `net_id` is at `mac` (ARP answers and routed next hops).
@@ -1240,6 +1434,87 @@ impl Datapath {
         Ok(())
     }
 
+    /// The connection timeouts the program was loaded with.
+    pub fn timeouts(&self) -> Timeouts {
+        self.timeouts
+    }
+
+    /// Removes tracked connections and gateway SNAT translations idle past their timeouts
+    /// (the program already ignores them, this gives their room back); SNAT outbound
+    /// halves go with their inbound halves.
+    pub fn expire(&mut self) -> Result<Expired, DatapathError> {
+        let now = monotonic_coarse_ns();
+        let t = self.timeouts;
+        let stale = move |last: u64, proto: u8, replied: u8, tcp: u8| {
+            now > last && u128::from(now - last) > t.of(proto, replied != 0, tcp).as_nanos()
+        };
+        let mut expired = Expired::default();
+        {
+            let name = "conntrack";
+            let map = self.ebpf.map_mut(name).ok_or(DatapathError::Map(
+                name,
+                aya::maps::MapError::InvalidName { name: name.into() },
+            ))?;
+            let mut ct: BpfHashMap<&mut MapData, CtKey, CtVal> =
+                BpfHashMap::try_from(map).map_err(|e| DatapathError::Map(name, e))?;
+            let old: Vec<CtKey> = ct
+                .iter()
+                .filter_map(Result::ok)
+                .filter(|(k, v)| stale(v.last_seen, k.proto, v.replied, v.tcp))
+                .map(|(k, _)| k)
+                .collect();
+            for k in old {
+                // Looked at again: the program may have replaced it with a new connection.
+                if ct
+                    .get(&k, 0)
+                    .is_ok_and(|v| stale(v.last_seen, k.proto, v.replied, v.tcp))
+                    && ct.remove(&k).is_ok()
+                {
+                    expired.connections += 1;
+                }
+            }
+        }
+        {
+            let mut inbound = self.hash::<abi::SnatKey, abi::SnatVal>("snat_in")?;
+            let old: Vec<abi::SnatKey> = inbound
+                .iter()
+                .filter_map(Result::ok)
+                .filter(|(k, v)| stale(v.last_seen, k.proto, v.replied, v.tcp))
+                .map(|(k, _)| k)
+                .collect();
+            for k in old {
+                if inbound
+                    .get(&k, 0)
+                    .is_ok_and(|v| stale(v.last_seen, k.proto, v.replied, v.tcp))
+                    && inbound.remove(&k).is_ok()
+                {
+                    expired.translations += 1;
+                }
+            }
+        }
+        let live: HashSet<abi::SnatKey> = self
+            .hash_ro::<abi::SnatKey, abi::SnatVal>("snat_in")?
+            .iter()
+            .filter_map(Result::ok)
+            .map(|(k, v)| abi::SnatKey {
+                local_ip: v.ip,
+                local_port: v.port,
+                ..k
+            })
+            .collect();
+        let mut outbound = self.hash::<abi::SnatKey, abi::SnatVal>("snat_out")?;
+        let orphans: Vec<abi::SnatKey> = outbound
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(k, v)| v.last_seen < now && !live.contains(k))
+            .map(|(k, _)| k)
+            .collect();
+        for k in orphans {
+            let _ = outbound.remove(&k);
+        }
+        Ok(expired)
+    }
+
     /// Number of tracked connections.
     pub fn conntrack_len(&self) -> Result<usize, DatapathError> {
         let name = "conntrack";
@@ -1254,38 +1529,9 @@ impl Datapath {
 
     /// A port's counters summed over CPUs (zero for interfaces that are not ports).
     pub fn port_counters(&self, ifindex: u32) -> Result<PortCounters, DatapathError> {
-        let mut sum = PortStats::default();
-        let slot = {
-            let m = self.hash_ro::<u32, abi::Port>("ports")?;
-            match m.get(&ifindex, 0) {
-                Ok(p) => p.slot,
-                Err(_) => return Ok(PortCounters(sum)),
-            }
-        };
-        let name = "port_stats";
-        let map = self.ebpf.map(name).ok_or(DatapathError::Map(
-            name,
-            aya::maps::MapError::InvalidName { name: name.into() },
-        ))?;
-        let m: PerCpuArray<&MapData, PortStats> =
-            PerCpuArray::try_from(map).map_err(|e| DatapathError::Map(name, e))?;
-        let Ok(per_cpu) = m.get(&slot, 0) else {
-            return Ok(PortCounters(sum));
-        };
-        for s in per_cpu.iter() {
-            sum.rx_packets += s.rx_packets;
-            sum.rx_bytes += s.rx_bytes;
-            sum.tx_packets += s.tx_packets;
-            sum.tx_bytes += s.tx_bytes;
-            sum.routed += s.routed;
-            sum.flooded += s.flooded;
-            sum.arp_replies += s.arp_replies;
-            sum.icmp_errors += s.icmp_errors;
-            for (a, b) in sum.drops.iter_mut().zip(s.drops.iter()) {
-                *a += b;
-            }
-        }
-        Ok(PortCounters(sum))
+        Ok(PortCounters(
+            self.get_port(ifindex)?.map(|p| p.stats).unwrap_or_default(),
+        ))
     }
 
     /// A rule's counters summed over CPUs (zero for ids past the counter array).

@@ -17,7 +17,8 @@
 //! keep, works from both hooks (XDP cannot redirect into a dummy device), the port comes
 //! with the record, ports created later need nothing, and the ring is pinned with the
 //! other maps, so the pinned program keeps consuming requests while the daemon restarts
-//! and the restarted daemon reads the same ring (a full ring drops; guests retry).
+//! and the restarted daemon reads the same ring (a full ring drops, counted per port as
+//! `ferrostack_netdp_port_drops_total{reason="dhcp_ring_full"}`; guests retry).
 //!
 //! The parts: [`Lease`] (what a port gets), [`answer`] (a request frame in, a reply frame
 //! out: pure, so unit- and property-tested), [`Leases`] (the table the control plane fills

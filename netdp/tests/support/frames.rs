@@ -8,6 +8,7 @@ pub const TCP: u8 = 6;
 pub const UDP: u8 = 17;
 
 /// TCP flags.
+pub const FIN: u8 = 0x01;
 pub const SYN: u8 = 0x02;
 pub const ACK: u8 = 0x10;
 
