@@ -112,11 +112,17 @@ pub enum Kind {
     Event,
     /// Telemetry alarms (scope: project id).
     Alarm,
+    /// Cinder volumes (scope: project id).
+    Volume,
+    /// Cinder volume snapshots (scope: project id).
+    VolumeSnapshot,
+    /// Per-project block-storage quotas (id: project id).
+    VolumeQuota,
 }
 
 impl Kind {
     /// Every kind.
-    pub const ALL: [Kind; 25] = [
+    pub const ALL: [Kind; 28] = [
         Kind::Domain,
         Kind::Project,
         Kind::User,
@@ -142,6 +148,9 @@ impl Kind {
         Kind::Subnet,
         Kind::Event,
         Kind::Alarm,
+        Kind::Volume,
+        Kind::VolumeSnapshot,
+        Kind::VolumeQuota,
     ];
 
     /// The name stored in the `kind` column.
@@ -172,6 +181,9 @@ impl Kind {
             Kind::Subnet => "subnet",
             Kind::Event => "event",
             Kind::Alarm => "alarm",
+            Kind::Volume => "volume",
+            Kind::VolumeSnapshot => "volume_snapshot",
+            Kind::VolumeQuota => "volume_quota",
         }
     }
 }
