@@ -566,6 +566,41 @@ mod tests {
         );
     }
 
+    #[test]
+    fn volume_claims_take_the_roomiest_node_and_never_overbook() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("s.db")).unwrap();
+        let mut small = node(4, 4096, 100);
+        small.inventory.disk_gb = 10;
+        put(&store, "small", &small);
+        put(&store, "big", &node(4, 4096, 100)); // 100 GiB
+        let n = claim_volume(&store, None, "v1", "p", 60, &S, 110).unwrap();
+        assert_eq!(n, "big");
+        // 40 GiB left on big, 10 on small: 30 goes to big, then 20 fits nowhere.
+        assert_eq!(
+            claim_volume(&store, None, "v2", "p", 30, &S, 110).unwrap(),
+            "big"
+        );
+        let e = claim_volume(&store, None, "v3", "p", 20, &S, 110).unwrap_err();
+        assert!(matches!(e, ComputeError::NoValidHost(_)), "{e}");
+        // Pinned to a node (a snapshot's): refused there when full, never moved.
+        let e = claim_volume(&store, Some("small"), "v4", "p", 11, &S, 110).unwrap_err();
+        assert!(e.to_string().contains("small"), "{e}");
+        assert_eq!(
+            claim_volume(&store, Some("small"), "v4", "p", 10, &S, 110).unwrap(),
+            "small"
+        );
+        // Growing needs room; releasing gives it back.
+        assert!(resize_volume(&store, "big", "v2", "p", 41).is_err());
+        resize_volume(&store, "big", "v2", "p", 40).unwrap();
+        release_volume(&store, "big", "v1").unwrap();
+        let (_, d) = load_node(&store, "big").unwrap().unwrap();
+        assert_eq!(d.used().disk_gb, 40);
+        assert_eq!(d.volume_allocations.len(), 1);
+        // Down nodes get no volume.
+        assert!(claim_volume(&store, None, "v5", "p", 1, &S, 1000).is_err());
+    }
+
     fn put(store: &dyn Store, id: &str, n: &NodeDoc) {
         store
             .insert(Record::new(Kind::Node, id, "", None, n))
