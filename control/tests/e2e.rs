@@ -670,6 +670,39 @@ fn openstack_cli_boots_from_volumes_and_attaches_one_to_a_stopped_server() {
     wait_volume(&env, &vid, "available");
     ok(&env, &["volume", "delete", &vid]);
 
+    // The same with delete_on_termination: the volume goes with the server.
+    let image_id = ok_json(&env, &["image", "show", "server-disk"])["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let created = ok_json(
+        &env,
+        &[
+            "server",
+            "create",
+            "--image",
+            "server-disk",
+            "--block-device",
+            &format!(
+                "uuid={image_id},source_type=image,destination_type=volume,volume_size=1,\
+                 boot_index=0,delete_on_termination=true"
+            ),
+            "--flavor",
+            "m1.tiny",
+            "--network",
+            "blue",
+            "--wait",
+            "vm3",
+        ],
+    );
+    assert_eq!(created["status"], "ACTIVE", "{created}");
+    wait_console(&env, "vm3", &root_fnv, 1);
+    assert_eq!(
+        ok_json(&env, &["volume", "list"]).as_array().unwrap().len(),
+        1
+    );
+    ok(&env, &["server", "delete", "--wait", "vm3"]);
+
     // Everything released: no volume on blockdp, no server on the agent.
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {

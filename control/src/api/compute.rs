@@ -1538,6 +1538,18 @@ fn parse_bdm(s: &Value) -> Result<Boot, ApiError> {
             ));
         }
     };
+    // With both an image and mappings, novaclient adds the image itself as a local boot
+    // mapping: a volume mapping with boot_index 0 overrides it.
+    let list: Vec<&Value> = if list.len() > 1 {
+        list.iter()
+            .filter(|m| {
+                !(m.get("source_type").and_then(Value::as_str) == Some("image")
+                    && m.get("destination_type").and_then(Value::as_str) == Some("local"))
+            })
+            .collect()
+    } else {
+        list.iter().collect()
+    };
     let [m] = list.as_slice() else {
         return Err(ApiError::bad_request(
             "Block Device Mapping is Invalid: this cloud supports one mapping, the boot volume (boot_index 0); attach more volumes with os-volume_attachments",
@@ -1874,7 +1886,19 @@ pub async fn build_server(svc: Arc<Service>, id: String) {
                     return;
                 }
                 if pinned {
-                    break;
+                    let id2 = id.clone();
+                    let _ = blocking(svc, move |svc| {
+                        fail(
+                            svc,
+                            &id2,
+                            format!(
+                                "Build of instance {id2} failed on the node of its boot volume (not rescheduled: the volume lives there): {last_error}"
+                            ),
+                        );
+                        Ok(())
+                    })
+                    .await;
+                    return;
                 }
             }
         }
