@@ -150,11 +150,22 @@ fn wait_console(env: &[(String, String)], name: &str, needle: &str, count: usize
     }
 }
 
-#[test]
-fn openstack_cli_boots_a_guest_on_a_one_node_cloud() {
-    if !privileged() || !common::have_cli() {
-        return;
-    }
+/// A one-node cloud: objectd and control on the host, blockdp on the host, netdp and the
+/// agent in a node namespace; a flavor `m1.tiny`, the `server` guest as `server-kernel`, a
+/// 256 KiB disk image `server-disk` naming it, a network `blue` with a subnet. `salt` keeps
+/// the interface names and addresses of tests in one process apart.
+struct OneNode {
+    procs: Procs,
+    ns: tests::netns::Netns,
+    env: Vec<(String, String)>,
+    image: Vec<u8>,
+    blockdp_sock: PathBuf,
+    netdp_sock: PathBuf,
+    d: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+fn one_node_cloud(salt: u32) -> OneNode {
     let bins = binaries();
     let kernel = vmm::testkit::build_guest(
         "server",
@@ -166,7 +177,7 @@ fn openstack_cli_boots_a_guest_on_a_one_node_cloud() {
 
     // The node namespace, joined to the host by a veth pair on a /30.
     let ns = tests::netns::Netns::new("ctl-e2e").unwrap();
-    let tag = std::process::id() % 100_000;
+    let tag = (std::process::id() + salt) % 100_000;
     let veth = format!("fsc{tag}");
     let mut procs = Procs {
         children: vec![],
@@ -392,6 +403,35 @@ fn openstack_cli_boots_a_guest_on_a_one_node_cloud() {
         ],
     );
 
+    OneNode {
+        procs,
+        ns,
+        env,
+        image,
+        blockdp_sock,
+        netdp_sock,
+        d: d.to_path_buf(),
+        _dir: dir,
+    }
+}
+
+#[test]
+fn openstack_cli_boots_a_guest_on_a_one_node_cloud() {
+    if !privileged() || !common::have_cli() {
+        return;
+    }
+    let OneNode {
+        procs,
+        ns,
+        env,
+        image,
+        d,
+        netdp_sock,
+        _dir: _dir_kept,
+        ..
+    } = one_node_cloud(0);
+    let d = d.as_path();
+
     // A keypair, user data and properties: the guest reads them from its config drive.
     std::fs::write(d.join("key.pub"), format!("{KEY}\n")).unwrap();
     ok(
@@ -556,7 +596,7 @@ fn openstack_cli_boots_a_guest_on_a_one_node_cloud() {
     let fip_shown = ok_json(&env, &["floating", "ip", "show", &fip_ip]);
     assert_eq!(fip_shown["port_id"], vm_port_id.as_str(), "{fip_shown}");
     // The node's netdp has it all, under control's ids.
-    let netdp = |path: &str| -> (u16, Value) { netdp_get(&netdp_sock, path) };
+    let netdp = |path: &str| -> (u16, Value) { api_get(&netdp_sock, path) };
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let (s, f) = netdp(&format!(
@@ -627,7 +667,7 @@ fn openstack_cli_boots_a_guest_on_a_one_node_cloud() {
     let vm_tap = format!("tap{}", &vm_port_id[..11]);
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let (s, _) = netdp_get(&netdp_sock, &format!("/v2.0/ports/{vm_port_id}"));
+        let (s, _) = api_get(&netdp_sock, &format!("/v2.0/ports/{vm_port_id}"));
         let tap = ns.exec(&["ip", "link", "show", &vm_tap]).unwrap();
         if s == 404 && !tap.status.success() {
             break;
@@ -668,13 +708,13 @@ fn openstack_cli_boots_a_guest_on_a_one_node_cloud() {
     drop(ns);
 }
 
-/// A GET on netdp's API socket: (status, JSON body).
-fn netdp_get(sock: &Path, path: &str) -> (u16, Value) {
+/// `GET path` on a daemon's API socket (netdp, blockdp): the status and the JSON body.
+fn api_get(sock: &Path, path: &str) -> (u16, Value) {
     use std::io::{Read, Write};
     let mut s = std::os::unix::net::UnixStream::connect(sock).unwrap();
     write!(
         s,
-        "GET {path} HTTP/1.1\r\nHost: netdp\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n"
     )
     .unwrap();
     let mut text = String::new();
@@ -685,5 +725,234 @@ fn netdp_get(sock: &Path, path: &str) -> (u16, Value) {
         .and_then(|c| c.parse().ok())
         .unwrap_or(0);
     let body = text.split_once("\r\n\r\n").map(|x| x.1).unwrap_or("");
-    (status, serde_json::from_str(body).unwrap_or(Value::Null))
+    // Bodies may come chunked: the JSON is from the first brace to the last.
+    let json = match (body.find(['{', '[']), body.rfind(['}', ']'])) {
+        (Some(a), Some(b)) if a <= b => serde_json::from_str(&body[a..=b]).unwrap_or(Value::Null),
+        _ => Value::Null,
+    };
+    (status, json)
+}
+
+fn wait_volume(env: &[(String, String)], name: &str, status: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let v = ok_json(env, &["volume", "show", name]);
+        if v["status"] == status {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline && v["status"] != "error",
+            "{name} never became {status}: {v}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+#[test]
+fn openstack_cli_boots_from_volumes_and_attaches_one_to_a_stopped_server() {
+    if !privileged() || !common::have_cli() {
+        return;
+    }
+    let OneNode {
+        procs,
+        ns,
+        env,
+        image,
+        blockdp_sock,
+        d,
+        _dir: _dir_kept,
+        ..
+    } = one_node_cloud(7);
+    let mut first_mib = image.clone();
+    first_mib.resize(1 << 20, 0);
+    let root_fnv = format!("disk_fnv={:016x}", fnv1a(&first_mib));
+
+    // Boot from an existing volume made from the image: the guest reads the volume.
+    ok(
+        &env,
+        &[
+            "volume",
+            "create",
+            "--image",
+            "server-disk",
+            "--size",
+            "1",
+            "bootvol",
+        ],
+    );
+    let bootvol = wait_volume(&env, "bootvol", "available");
+    assert_eq!(bootvol["bootable"], "true", "{bootvol}");
+    let created = ok_json(
+        &env,
+        &[
+            "server",
+            "create",
+            "--volume",
+            "bootvol",
+            "--flavor",
+            "m1.tiny",
+            "--network",
+            "blue",
+            "--wait",
+            "vm1",
+        ],
+    );
+    assert_eq!(created["status"], "ACTIVE", "{created}");
+    let server_id = created["id"].as_str().unwrap().to_string();
+    let shown = wait_volume(&env, "bootvol", "in-use");
+    assert_eq!(shown["attachments"][0]["server_id"], server_id.as_str());
+    wait_console(&env, "vm1", &root_fnv, 1);
+
+    // A data volume with known bytes, written on blockdp's file.
+    let data = ok_json(&env, &["volume", "create", "--size", "1", "data"]);
+    let data_id = data["id"].as_str().unwrap().to_string();
+    wait_volume(&env, "data", "available");
+    let vols = api_get(&blockdp_sock, "/volumes").1;
+    let backend = vols["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == format!("volume-{data_id}"))
+        .unwrap_or_else(|| panic!("blockdp has no data volume: {vols}"))
+        .clone();
+    let bytes: Vec<u8> = (0..96 * 1024u32)
+        .map(|i| (i.wrapping_mul(131) >> 3) as u8)
+        .collect();
+    {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(d.join(format!(
+                "blockdp/volumes/{}.img",
+                backend["id"].as_str().unwrap()
+            )))
+            .unwrap();
+        f.write_all_at(&bytes, 0).unwrap();
+        f.sync_all().unwrap();
+    }
+    let mut data_mib = bytes.clone();
+    data_mib.resize(1 << 20, 0);
+    let data_fnv = format!("disk1_fnv={:016x}", fnv1a(&data_mib));
+
+    // No hot-plug: refused while ACTIVE, with the reason.
+    let err = fails(&env, &["server", "add", "volume", "vm1", "data"]);
+    assert!(err.contains("hot-plug"), "{err}");
+    assert_eq!(
+        wait_volume(&env, "data", "available")["attachments"],
+        serde_json::json!([])
+    );
+    // Stopped: attached; the guest reads it after its next start as its second disk.
+    ok(&env, &["server", "stop", "vm1"]);
+    wait_status(&env, "vm1", "SHUTOFF");
+    ok(&env, &["server", "add", "volume", "vm1", "data"]);
+    let data = wait_volume(&env, "data", "in-use");
+    assert_eq!(data["attachments"][0]["device"], "/dev/vdb", "{data}");
+    let listed = ok(&env, &["server", "volume", "list", "vm1"]);
+    assert!(
+        listed.contains(&data_id) && listed.contains("/dev/vdb"),
+        "{listed}"
+    );
+    let err = fails(&env, &["volume", "delete", "data"]);
+    assert!(err.contains("attached"), "{err}");
+    ok(&env, &["server", "start", "vm1"]);
+    wait_status(&env, "vm1", "ACTIVE");
+    let console = wait_console(&env, "vm1", &data_fnv, 1);
+    assert!(console.contains("disk1_read_sectors=2048"), "{console}");
+    assert_eq!(console.matches(&root_fnv).count(), 2, "{console}");
+
+    // Detach (stopped again), delete the server: the boot volume stays (not
+    // delete_on_termination), both become available, then go.
+    ok(&env, &["server", "stop", "vm1"]);
+    wait_status(&env, "vm1", "SHUTOFF");
+    ok(&env, &["server", "remove", "volume", "vm1", "data"]);
+    wait_volume(&env, "data", "available");
+    ok(&env, &["server", "delete", "--wait", "vm1"]);
+    wait_volume(&env, "bootvol", "available");
+    ok(&env, &["volume", "delete", "bootvol", "data"]);
+
+    // Boot from a new volume made from the image on the chosen node, kept after the server.
+    let created = ok_json(
+        &env,
+        &[
+            "server",
+            "create",
+            "--image",
+            "server-disk",
+            "--boot-from-volume",
+            "1",
+            "--flavor",
+            "m1.tiny",
+            "--network",
+            "blue",
+            "--wait",
+            "vm2",
+        ],
+    );
+    assert_eq!(created["status"], "ACTIVE", "{created}");
+    wait_console(&env, "vm2", &root_fnv, 1);
+    let vols = ok_json(&env, &["volume", "list", "--long"]);
+    let row = &vols.as_array().unwrap()[0];
+    assert_eq!(row["Status"], "in-use", "{vols}");
+    let vid = row["ID"].as_str().unwrap().to_string();
+    ok(&env, &["server", "delete", "--wait", "vm2"]);
+    wait_volume(&env, &vid, "available");
+    ok(&env, &["volume", "delete", &vid]);
+
+    // The same with delete_on_termination: the volume goes with the server.
+    let image_id = ok_json(&env, &["image", "show", "server-disk"])["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let created = ok_json(
+        &env,
+        &[
+            "server",
+            "create",
+            "--image",
+            "server-disk",
+            "--block-device",
+            &format!(
+                "uuid={image_id},source_type=image,destination_type=volume,volume_size=1,\
+                 boot_index=0,delete_on_termination=true"
+            ),
+            "--flavor",
+            "m1.tiny",
+            "--network",
+            "blue",
+            "--wait",
+            "vm3",
+        ],
+    );
+    assert_eq!(created["status"], "ACTIVE", "{created}");
+    wait_console(&env, "vm3", &root_fnv, 1);
+    assert_eq!(
+        ok_json(&env, &["volume", "list"]).as_array().unwrap().len(),
+        1
+    );
+    ok(&env, &["server", "delete", "--wait", "vm3"]);
+
+    // Everything released: no volume on blockdp, no server on the agent.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let left = api_get(&blockdp_sock, "/volumes").1;
+        if left["volumes"].as_array().unwrap().is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "blockdp still holds {left}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert!(
+        ok_json(&env, &["volume", "list"])
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+    let state = std::fs::read_to_string(d.join("agent/state.json")).unwrap();
+    let v: Value = serde_json::from_str(&state).unwrap();
+    assert!(
+        v["servers"].as_object().is_none_or(|m| m.is_empty()),
+        "{state}"
+    );
+    drop(procs);
+    drop(ns);
 }

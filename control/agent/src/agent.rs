@@ -16,13 +16,16 @@ use std::time::{Duration, Instant};
 
 use rustix::process::Signal;
 
+mod volumes;
+pub use volumes::VolumeCreate;
+
 use crate::clients::blockdp::{self, Blockdp};
 use crate::clients::netdp::{self, Netdp};
 use crate::clients::vmm::{self, Vmm};
 use crate::http::{Client, HttpError};
 use crate::model::{
-    Fault, ImageRef, Placement, PlacementError, PortResource, PortSpec, Process, Resources, Server,
-    Status, StepTime, VolumeResource, now, parse_cidr,
+    AttachedVolume, Fault, ImageRef, Placement, PlacementError, PortResource, PortSpec, Process,
+    Resources, Server, Status, StepTime, VolumeResource, now, parse_cidr,
 };
 use crate::process::{self as proc, ExitRecord, ShimFiles};
 use crate::store::{self, State, StoreError};
@@ -73,6 +76,9 @@ pub enum AgentError {
     /// A step against a data plane or the VMM failed.
     #[error(transparent)]
     Step(#[from] StepError),
+    /// A data plane refused a volume request (its 4xx status and what it said).
+    #[error("{1}")]
+    Refused(u16, String),
 }
 
 /// A failed step of a build, action or delete: becomes the server's fault message.
@@ -924,7 +930,13 @@ impl Agent {
 
         let api_ready = spawned.elapsed();
         let configuring = Instant::now();
-
+        let extra = match self.extra_drives(id).await {
+            Ok(x) => x,
+            Err(e) => {
+                self.kill(id, process).await;
+                return Err(e);
+            }
+        };
         let vm = Vmm(Client::unix(&sock, Duration::from_secs(30)));
         let r = &s.resources;
         let configure = async {
@@ -950,6 +962,9 @@ impl Agent {
                 })
                 .await
                 .map_err(v("PUT /drives/rootfs"))?;
+            }
+            for d in &extra {
+                vm.drive(d).await.map_err(v("PUT /drives (extra)"))?;
             }
             vm.file_drive(&config_drive)
                 .await
@@ -1194,6 +1209,7 @@ impl Agent {
             }
             self.update(id, |s| s.resources.volume = None)?;
         }
+        self.release_attached(id).await?;
         for port in &s.resources.ports {
             if port.tap_created {
                 tap::delete(&port.tap).map_err(StepError::Tap)?;

@@ -9,6 +9,13 @@
 //!   `{"os-start": null}`, `{"reboot": {"type": "SOFT"|"HARD"}}`, `{"pause": null}`,
 //!   `{"unpause": null}` (202), `{"os-getConsoleOutput": {"length": N}}` (200 `{"output"}`)
 //! - `GET /v1/servers/{id}/console?length=N`: the serial console log, `{"output": ...}`
+//! - `POST /v1/servers/{id}/volumes` `{"volume_id", "device"}` (200), `DELETE
+//!   /v1/servers/{id}/volumes/{volume_id}` (204): attach and detach a blockdp volume while
+//!   the server is SHUTOFF (409 otherwise: no drive hot-plug)
+//! - `GET /v1/volumes`, `POST /v1/volumes` `{"volume": VolumeCreate}` (201), `GET|DELETE
+//!   /v1/volumes/{id}` (409 while a server holds it), `POST /v1/volumes/{id}/extend`
+//!   `{"size_bytes"}`, `POST /v1/volumes/{id}/snapshots` `{"name"}` (201), `GET|DELETE
+//!   /v1/snapshots/{id}`: the node's blockdp, for control's Cinder
 //! - `GET /metrics`: Prometheus text
 //!
 //! Errors answer `{"error": {"code": ..., "message": ...}}` with a 4xx or 5xx status.
@@ -22,7 +29,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::agent::{Action, Agent, AgentError, error_chain};
+use crate::agent::{Action, Agent, AgentError, VolumeCreate, error_chain};
 use crate::model::{Placement, Server, Status};
 
 /// Largest request body accepted.
@@ -60,6 +67,10 @@ impl From<AgentError> for ApiError {
             AgentError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             AgentError::Store(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
             AgentError::Step(_) => (StatusCode::BAD_GATEWAY, "data_plane"),
+            AgentError::Refused(s, _) => (
+                StatusCode::from_u16(*s).unwrap_or(StatusCode::BAD_REQUEST),
+                "refused",
+            ),
         };
         ApiError::new(status, code, error_chain(&e))
     }
@@ -89,6 +100,9 @@ pub fn server_view(agent: &Agent, s: &Server) -> Value {
         "created": s.created,
         "updated": s.updated,
         "volume": r.volume.as_ref().map(|v| json!({"id": v.id, "socket": v.socket, "size": v.size})),
+        "attached_volumes": r.attached_volumes.iter().map(|a| json!({
+            "id": a.id, "device": a.device, "socket": a.socket,
+        })).collect::<Vec<_>>(),
         "ports": r.ports.iter().map(|x| json!({
             "id": x.id,
             "network_id": x.network_id,
@@ -239,11 +253,104 @@ async fn route(agent: Arc<Agent>, req: Request<Incoming>) -> Result<Resp, ApiErr
                 }
             }
         }
+        (&Method::POST, ["v1", "servers", id, "volumes"]) => {
+            #[derive(Deserialize)]
+            #[serde(deny_unknown_fields)]
+            struct Body {
+                volume_id: String,
+                device: String,
+            }
+            let b: Body = read_json(req).await?;
+            let s = agent.attach_volume(id, &b.volume_id, &b.device).await?;
+            Ok(json_resp(
+                StatusCode::OK,
+                json!({"server": server_view(&agent, &s)}),
+            ))
+        }
+        (&Method::DELETE, ["v1", "servers", id, "volumes", vid]) => {
+            agent.detach_volume(id, vid).await?;
+            Ok(no_content())
+        }
+        (&Method::GET, ["v1", "volumes"]) => {
+            let list: Vec<Value> = agent
+                .list_volumes()
+                .await?
+                .iter()
+                .map(|v| volume_view(&agent, v))
+                .collect();
+            Ok(json_resp(StatusCode::OK, json!({"volumes": list})))
+        }
+        (&Method::POST, ["v1", "volumes"]) => {
+            #[derive(Deserialize)]
+            #[serde(deny_unknown_fields)]
+            struct Body {
+                volume: VolumeCreate,
+            }
+            let b: Body = read_json(req).await?;
+            let v = agent.create_volume(&b.volume).await?;
+            Ok(json_resp(
+                StatusCode::CREATED,
+                json!({"volume": volume_view(&agent, &v)}),
+            ))
+        }
+        (&Method::GET, ["v1", "volumes", id]) => {
+            let v = agent.get_volume(id).await?;
+            Ok(json_resp(
+                StatusCode::OK,
+                json!({"volume": volume_view(&agent, &v)}),
+            ))
+        }
+        (&Method::DELETE, ["v1", "volumes", id]) => {
+            agent.delete_volume(id).await?;
+            Ok(no_content())
+        }
+        (&Method::POST, ["v1", "volumes", id, "extend"]) => {
+            #[derive(Deserialize)]
+            #[serde(deny_unknown_fields)]
+            struct Body {
+                size_bytes: u64,
+            }
+            let b: Body = read_json(req).await?;
+            let v = agent.extend_volume(id, b.size_bytes).await?;
+            Ok(json_resp(
+                StatusCode::OK,
+                json!({"volume": volume_view(&agent, &v)}),
+            ))
+        }
+        (&Method::POST, ["v1", "volumes", id, "snapshots"]) => {
+            #[derive(Deserialize)]
+            #[serde(deny_unknown_fields)]
+            struct Body {
+                name: String,
+            }
+            let b: Body = read_json(req).await?;
+            let s = agent.snapshot_volume(id, &b.name).await?;
+            Ok(json_resp(
+                StatusCode::CREATED,
+                json!({"snapshot": snapshot_view(&s)}),
+            ))
+        }
+        (&Method::GET, ["v1", "snapshots", id]) => {
+            let s = agent.get_snapshot(id).await?;
+            Ok(json_resp(
+                StatusCode::OK,
+                json!({"snapshot": snapshot_view(&s)}),
+            ))
+        }
+        (&Method::DELETE, ["v1", "snapshots", id]) => {
+            agent.delete_snapshot(id).await?;
+            Ok(no_content())
+        }
         (
             _,
             ["v1", "servers"]
             | ["v1", "servers", _]
-            | ["v1", "servers", _, "action" | "console"]
+            | ["v1", "servers", _, "action" | "console" | "volumes"]
+            | ["v1", "servers", _, "volumes", _]
+            | ["v1", "volumes"]
+            | ["v1", "volumes", _]
+            | ["v1", "volumes", _, "extend" | "snapshots"]
+            | ["v1", "snapshots", _]
             | ["v1", "node"]
             | ["metrics"],
         ) => Err(ApiError::new(
@@ -257,6 +364,29 @@ async fn route(agent: Arc<Agent>, req: Request<Incoming>) -> Result<Resp, ApiErr
             format!("no route for {path}"),
         )),
     }
+}
+
+fn no_content() -> Resp {
+    Response::builder()
+        .status(StatusCode::NO_CONTENT)
+        .body(Full::new(Bytes::new()))
+        .expect("static response parts are valid")
+}
+
+/// The JSON view of a blockdp volume: id, name, size, whether exported, which servers of
+/// this node hold it.
+pub fn volume_view(agent: &Agent, v: &crate::clients::blockdp::Volume) -> Value {
+    json!({
+        "id": v.id,
+        "name": v.name,
+        "size": v.size,
+        "exported": v.export.is_some(),
+        "servers": agent.volume_holders(&v.id),
+    })
+}
+
+fn snapshot_view(s: &crate::clients::blockdp::Snapshot) -> Value {
+    json!({"id": s.id, "name": s.name, "size": s.size, "volume_id": s.source_id})
 }
 
 fn query_param<'a>(query: &'a str, key: &str) -> Option<&'a str> {

@@ -515,6 +515,19 @@ pub struct VolumeResource {
     pub size: u64,
 }
 
+/// A volume attached to the server besides its root disk (`os-volume_attachments`): given
+/// to the VMM as an extra drive at each start, in attachment order (vdb, vdc, ...).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttachedVolume {
+    /// blockdp's volume id.
+    pub id: String,
+    /// The guest device name control chose (`vdb`, ...), for reports.
+    pub device: String,
+    /// The vhost-user-blk socket of its export, once exported.
+    #[serde(default)]
+    pub socket: Option<PathBuf>,
+}
+
 /// A port the server holds.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PortResource {
@@ -564,6 +577,9 @@ pub struct Resources {
     /// The ports.
     #[serde(default)]
     pub ports: Vec<PortResource>,
+    /// Volumes attached besides the root disk.
+    #[serde(default)]
+    pub attached_volumes: Vec<AttachedVolume>,
     /// The full command line given to the guest.
     #[serde(default)]
     pub cmdline: Option<String>,

@@ -24,7 +24,7 @@ use crate::compute::agent::{self, AgentError};
 use crate::compute::scheduler::{self, GroupPolicy, Settings};
 use crate::compute::{
     ComputeError, Fault, FlavorDoc, KeypairDoc, NodeDoc, QuotaDoc, Ratios, Registration, Resources,
-    ServerDoc, ServerGroupDoc, ServerPort, list_nodes, load_node,
+    ServerDoc, ServerGroupDoc, ServerPort, ServerVolume, list_nodes, load_node,
 };
 use crate::identity::Ctx;
 use crate::identity::token::{Claims, Scope, now_secs, random_audit_id};
@@ -50,7 +50,7 @@ fn ce(e: ComputeError) -> ApiError {
     }
 }
 
-async fn read(
+pub(crate) async fn read(
     svc: &Arc<Service>,
     req: http::Request<hyper::body::Incoming>,
     segs: Vec<String>,
@@ -288,7 +288,7 @@ fn node_view(svc: &Service, id: &str, d: &NodeDoc, now: u64) -> Value {
 // Image data for agents.
 
 /// A URL the agent can fetch an image's bytes from for a while.
-fn image_url(svc: &Service, image_id: &str) -> Result<String, ApiError> {
+pub(crate) fn image_url(svc: &Service, image_id: &str) -> Result<String, ApiError> {
     let now = now_secs();
     let claims = Claims {
         methods: 0,
@@ -465,6 +465,12 @@ async fn route_inner(
         (["servers", id, "action"], &Method::POST) => {
             return action(svc, ctx, id.to_string(), req.json()?).await;
         }
+        (["servers", id, "os-volume_attachments"], &Method::POST) => {
+            return super::volume::attach(svc, ctx, id.to_string(), req.json()?).await;
+        }
+        (["servers", id, "os-volume_attachments", vid], &Method::DELETE) => {
+            return super::volume::detach(svc, ctx, id.to_string(), vid.to_string()).await;
+        }
         _ => {}
     }
     let req = Arc::new(req);
@@ -480,7 +486,11 @@ fn owned(ctx: &Ctx, d: &ServerDoc) -> bool {
     ctx.is_admin() || ctx.project_id.as_deref() == Some(d.project_id.as_str())
 }
 
-fn load_server(svc: &Service, ctx: &Ctx, id: &str) -> Result<(Record, ServerDoc), ApiError> {
+pub(crate) fn load_server(
+    svc: &Service,
+    ctx: &Ctx,
+    id: &str,
+) -> Result<(Record, ServerDoc), ApiError> {
     let nf = || ApiError::not_found(format!("Instance {id} could not be found."));
     let r = svc
         .store
@@ -496,7 +506,7 @@ fn load_server(svc: &Service, ctx: &Ctx, id: &str) -> Result<(Record, ServerDoc)
 
 /// Compare-and-swap edit of a server; `f` returns whether it changed anything. `None`
 /// when the server is gone.
-fn update_server(
+pub(crate) fn update_server(
     svc: &Service,
     id: &str,
     mut f: impl FnMut(&mut ServerDoc) -> bool,
@@ -569,6 +579,26 @@ fn nova(svc: &Service, ctx: &Ctx, req: &Request) -> Result<(Response, Option<Str
         (["servers", id], &Method::GET) => {
             let (_, d) = load_server(svc, ctx, id)?;
             ok(json!({"server": server_view(svc, id, &d, true)}))
+        }
+        (["servers", id, "os-volume_attachments"], &Method::GET) => {
+            let (_, d) = load_server(svc, ctx, id)?;
+            let list: Vec<Value> = d
+                .volumes
+                .iter()
+                .map(|v| super::volume::attachment_view(id, v))
+                .collect();
+            ok(json!({"volumeAttachments": list}))
+        }
+        (["servers", id, "os-volume_attachments", vid], &Method::GET) => {
+            let (_, d) = load_server(svc, ctx, id)?;
+            let v = d
+                .volumes
+                .iter()
+                .find(|v| v.volume_id == *vid)
+                .ok_or_else(|| {
+                    ApiError::not_found(format!("Volume {vid} is not attached to instance {id}."))
+                })?;
+            ok(json!({"volumeAttachment": super::volume::attachment_view(id, v)}))
         }
         (["servers", id, "os-interface"], &Method::GET) => {
             let (_, d) = load_server(svc, ctx, id)?;
@@ -1172,7 +1202,9 @@ fn server_view(svc: &Service, id: &str, d: &ServerDoc, detail: bool) -> Value {
     let mut v = json!({
         "id": id, "name": d.name, "status": d.status, "tenant_id": d.project_id,
         "user_id": d.user_id, "metadata": d.metadata, "hostId": host_id.unwrap_or_default(),
-        "image": {"id": d.image_id, "links": link(svc, "images", &d.image_id)},
+        "image": if d.boot_volume().is_some() { json!("") } else {
+            json!({"id": d.image_id, "links": link(svc, "images", &d.image_id)})
+        },
         "flavor": {"id": d.flavor_id, "links": link(svc, "flavors", &d.flavor_id)},
         "created": crate::time::keystone(d.created), "updated": crate::time::keystone(d.updated),
         "addresses": addresses, "accessIPv4": "", "accessIPv6": "",
@@ -1185,7 +1217,8 @@ fn server_view(svc: &Service, id: &str, d: &ServerDoc, detail: bool) -> Value {
         "OS-EXT-SRV-ATTR:instance_name": format!("instance-{}", &id[..8.min(id.len())]),
         "OS-EXT-STS:task_state": d.task_state, "OS-EXT-STS:vm_state": d.vm_state(),
         "OS-EXT-STS:power_state": d.power_state(),
-        "os-extended-volumes:volumes_attached": [],
+        "os-extended-volumes:volumes_attached": d.volumes.iter()
+            .map(|v| json!({"id": v.volume_id})).collect::<Vec<_>>(),
         "security_groups": security_groups_view(d),
     });
     v["host_status"] = json!(host_status(svc, d));
@@ -1263,20 +1296,37 @@ fn create_server(svc: &Service, ctx: &Ctx, req: &Request) -> Result<(Value, Stri
             )));
         }
     }
-    if s.get("block_device_mapping_v2")
-        .is_some_and(|v| v.as_array().is_some_and(|a| !a.is_empty()))
-    {
-        return Err(ApiError::bad_request(
-            "block_device_mapping_v2 (boot from volume) is not supported by this cloud yet",
-        ));
-    }
-    let image_id = s
+    let boot = parse_bdm(s)?;
+    let image_ref = s
         .get("imageRef")
         .and_then(Value::as_str)
         .map(ref_id)
-        .filter(|i| !i.is_empty())
-        .ok_or_else(|| ApiError::bad_request("server.imageRef is required"))?
-        .to_string();
+        .filter(|i| !i.is_empty());
+    let image_id = match &boot {
+        Boot::Image => image_ref
+            .ok_or_else(|| ApiError::bad_request("server.imageRef is required"))?
+            .to_string(),
+        Boot::ImageToVolume { image, .. } => image.clone(),
+        Boot::Volume { id, .. } => {
+            let (_, v) = super::volume::load_volume(svc, ctx, id).map_err(|_| {
+                ApiError::bad_request(format!(
+                    "Block Device Mapping is Invalid: failed to get volume {id}."
+                ))
+            })?;
+            if v.status != "available" {
+                return Err(ApiError::bad_request(format!(
+                    "Block Device Mapping is Invalid: volume {id} is {}, it must be available.",
+                    v.status
+                )));
+            }
+            if !v.image_metadata.contains_key("kernel_id") {
+                return Err(ApiError::bad_request(format!(
+                    "volume {id} cannot boot here: its volume_image_metadata has no kernel_id (make it from an image that names its kernel)"
+                )));
+            }
+            v.image_id.clone().unwrap_or_default()
+        }
+    };
     let flavor_id = s
         .get("flavorRef")
         .and_then(|v| {
@@ -1298,26 +1348,44 @@ fn create_server(svc: &Service, ctx: &Ctx, req: &Request) -> Result<(Value, Stri
             "flavors of more than 32 vCPUs cannot boot here",
         ));
     }
-    let img = image_for(svc, ctx, &image_id)?;
-    let kernel = img.properties.get("kernel_id").ok_or_else(|| {
+    // What the boot needs: the image's (or the boot volume's image metadata's) kernel.
+    let boot_props = match &boot {
+        Boot::Volume { id, .. } => super::volume::load_volume(svc, ctx, id)?.1.image_metadata,
+        _ => {
+            let img = image_for(svc, ctx, &image_id)?;
+            if img.min_ram > flavor.ram {
+                return Err(ApiError::bad_request(format!(
+                    "Flavor's memory is too small for requested image ({} MiB < {} MiB).",
+                    flavor.ram, img.min_ram
+                )));
+            }
+            match &boot {
+                Boot::ImageToVolume { size, .. } => {
+                    let need = super::volume::image_gb(&img);
+                    if *size < need {
+                        return Err(ApiError::bad_request(format!(
+                            "Block Device Mapping is Invalid: volume_size {size} GiB is smaller than image {image_id}'s {need} GiB."
+                        )));
+                    }
+                }
+                _ if flavor.disk > 0 && img.size.unwrap_or(0) > flavor.disk << 30 => {
+                    return Err(ApiError::bad_request(
+                        "Flavor's disk is too small for requested image.",
+                    ));
+                }
+                _ => {}
+            }
+            img.properties.into_iter().collect()
+        }
+    };
+    let kernel = boot_props.get("kernel_id").ok_or_else(|| {
         ApiError::bad_request(format!(
             "image {image_id} has no kernel_id property: boot images need a kernel image (kernel_id) and optionally a ramdisk (ramdisk_id)"
         ))
     })?;
     image_for(svc, ctx, kernel)?;
-    if let Some(rd) = img.properties.get("ramdisk_id") {
+    if let Some(rd) = boot_props.get("ramdisk_id") {
         image_for(svc, ctx, rd)?;
-    }
-    if img.min_ram > flavor.ram {
-        return Err(ApiError::bad_request(format!(
-            "Flavor's memory is too small for requested image ({} MiB < {} MiB).",
-            flavor.ram, img.min_ram
-        )));
-    }
-    if flavor.disk > 0 && img.size.unwrap_or(0) > flavor.disk << 30 {
-        return Err(ApiError::bad_request(
-            "Flavor's disk is too small for requested image.",
-        ));
     }
     let mut networks = Vec::new();
     match s.get("networks") {
@@ -1447,7 +1515,69 @@ fn create_server(svc: &Service, ctx: &Ctx, req: &Request) -> Result<(Value, Stri
         .collect();
     let id = uuid::Uuid::new_v4().to_string();
     let now = now_secs();
-    let (networks, created_ports) = server_ports(svc, ctx, &pid, &id, networks, sg_ids)?;
+    // The boot volume: an existing one taken (available -> in-use), or a new one recorded
+    // with the server and made on the node its build lands on.
+    let mut new_volume = None;
+    let volumes = match &boot {
+        Boot::Image => vec![],
+        Boot::Volume {
+            id: vid,
+            delete_on_termination,
+        } => {
+            super::volume::update_volume(svc, vid, |v| {
+                if v.status != "available" {
+                    return Err(ApiError::bad_request(format!(
+                        "Block Device Mapping is Invalid: volume {vid} is {}, it must be available.",
+                        v.status
+                    )));
+                }
+                v.status = "in-use".into();
+                v.attachment = Some(super::volume::Attachment {
+                    id: uuid::Uuid::new_v4().to_string(),
+                    server_id: id.clone(),
+                    device: "/dev/vda".into(),
+                    attached_at: now,
+                });
+                Ok(true)
+            })?;
+            vec![ServerVolume {
+                volume_id: vid.clone(),
+                device: "/dev/vda".into(),
+                boot: true,
+                delete_on_termination: *delete_on_termination,
+            }]
+        }
+        Boot::ImageToVolume {
+            image,
+            size,
+            delete_on_termination,
+        } => {
+            super::volume::check_quota(svc, &pid, 1, 0, *size as i64)?;
+            let img = image_for(svc, ctx, image)?;
+            let mut v = super::volume::image_volume(ctx, image, &img, *size);
+            v.attachment = Some(super::volume::Attachment {
+                id: uuid::Uuid::new_v4().to_string(),
+                server_id: id.clone(),
+                device: "/dev/vda".into(),
+                attached_at: now,
+            });
+            let vid = uuid::Uuid::new_v4().to_string();
+            new_volume = Some(Record::new(Kind::Volume, &vid, &pid, None, &v));
+            vec![ServerVolume {
+                volume_id: vid,
+                device: "/dev/vda".into(),
+                boot: true,
+                delete_on_termination: *delete_on_termination,
+            }]
+        }
+    };
+    let (networks, created_ports) = match server_ports(svc, ctx, &pid, &id, networks, sg_ids) {
+        Ok(x) => x,
+        Err(e) => {
+            release_boot_volume(svc, &boot);
+            return Err(e);
+        }
+    };
     let doc = ServerDoc {
         name: name.to_string(),
         project_id: pid.clone(),
@@ -1471,15 +1601,22 @@ fn create_server(svc: &Service, ctx: &Ctx, req: &Request) -> Result<(Value, Stri
         ports: vec![],
         created_ports: created_ports.clone(),
         security_groups: sg_names,
+        volumes,
         created: now,
         updated: now,
         launched_at: None,
     };
-    if let Err(e) = svc
-        .store
-        .insert(Record::new(Kind::Server, &id, &pid, None, &doc))
-    {
+    let mut writes = vec![crate::store::Write::Insert(Record::new(
+        Kind::Server,
+        &id,
+        &pid,
+        None,
+        &doc,
+    ))];
+    writes.extend(new_volume.map(crate::store::Write::Insert));
+    if let Err(e) = svc.store.apply(&writes) {
         release_ports(svc, &id, &doc);
+        release_boot_volume(svc, &boot);
         return Err(se(e));
     }
     let mut v = server_view(svc, &id, &doc, false);
@@ -1659,7 +1796,124 @@ fn release_ports(svc: &Service, id: &str, d: &ServerDoc) {
     }
 }
 
-fn image_for(svc: &Service, ctx: &Ctx, id: &str) -> Result<ImageDoc, ApiError> {
+/// How a server boots.
+#[derive(Debug, Clone, PartialEq)]
+enum Boot {
+    /// From its image (a new root volume made by the agent, deleted with the server).
+    Image,
+    /// From an existing volume.
+    Volume {
+        id: String,
+        delete_on_termination: bool,
+    },
+    /// From a new volume made from an image (a Cinder volume of its own).
+    ImageToVolume {
+        image: String,
+        size: u64,
+        delete_on_termination: bool,
+    },
+}
+
+/// Reads `block_device_mapping_v2`: nothing, or one boot volume (`boot_index` 0,
+/// destination `volume`, source `volume` or `image`).
+fn parse_bdm(s: &Value) -> Result<Boot, ApiError> {
+    let list = match s.get("block_device_mapping_v2") {
+        None | Some(Value::Null) => return Ok(Boot::Image),
+        Some(Value::Array(a)) if a.is_empty() => return Ok(Boot::Image),
+        Some(Value::Array(a)) => a,
+        Some(_) => {
+            return Err(ApiError::bad_request(
+                "block_device_mapping_v2 must be a list",
+            ));
+        }
+    };
+    // With both an image and mappings, novaclient adds the image itself as a local boot
+    // mapping: a volume mapping with boot_index 0 overrides it.
+    let list: Vec<&Value> = if list.len() > 1 {
+        list.iter()
+            .filter(|m| {
+                !(m.get("source_type").and_then(Value::as_str) == Some("image")
+                    && m.get("destination_type").and_then(Value::as_str) == Some("local"))
+            })
+            .collect()
+    } else {
+        list.iter().collect()
+    };
+    let [m] = list.as_slice() else {
+        return Err(ApiError::bad_request(
+            "Block Device Mapping is Invalid: this cloud supports one mapping, the boot volume (boot_index 0); attach more volumes with os-volume_attachments",
+        ));
+    };
+    let text = |k: &str| m.get(k).and_then(Value::as_str);
+    let boot_index = m.get("boot_index").and_then(|v| {
+        v.as_i64()
+            .or_else(|| v.as_str().and_then(|x| x.parse().ok()))
+    });
+    if boot_index != Some(0) {
+        return Err(ApiError::bad_request(
+            "Block Device Mapping is Invalid: the one mapping must be the boot volume (boot_index 0)",
+        ));
+    }
+    let dest = text("destination_type").unwrap_or("volume");
+    if dest != "volume" {
+        return Err(ApiError::bad_request(format!(
+            "Block Device Mapping is Invalid: destination_type {dest:?} is not supported (only volume)"
+        )));
+    }
+    let uuid = text("uuid")
+        .filter(|u| !u.is_empty())
+        .ok_or_else(|| ApiError::bad_request("Block Device Mapping is Invalid: uuid is required"))?
+        .to_string();
+    let delete_on_termination = match m.get("delete_on_termination") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b,
+        Some(Value::String(x)) if x.eq_ignore_ascii_case("true") => true,
+        Some(Value::String(x)) if x.eq_ignore_ascii_case("false") => false,
+        Some(_) => {
+            return Err(ApiError::bad_request(
+                "Block Device Mapping is Invalid: delete_on_termination must be a boolean",
+            ));
+        }
+    };
+    match text("source_type") {
+        Some("volume") => Ok(Boot::Volume {
+            id: uuid,
+            delete_on_termination,
+        }),
+        Some("image") => {
+            let size = m
+                .get("volume_size")
+                .and_then(|v| v.as_u64().or_else(|| v.as_str().and_then(|x| x.parse().ok())))
+                .filter(|n| (1..=16384).contains(n))
+                .ok_or_else(|| {
+                    ApiError::bad_request(
+                        "Block Device Mapping is Invalid: volume_size (1 to 16384 GiB) is required for an image source",
+                    )
+                })?;
+            Ok(Boot::ImageToVolume {
+                image: uuid,
+                size,
+                delete_on_termination,
+            })
+        }
+        other => Err(ApiError::bad_request(format!(
+            "Block Device Mapping is Invalid: source_type {other:?} is not supported (volume or image)"
+        ))),
+    }
+}
+
+/// Gives an existing boot volume back (in-use -> available) when its server was not made.
+fn release_boot_volume(svc: &Service, boot: &Boot) {
+    if let Boot::Volume { id: vid, .. } = boot {
+        let _ = super::volume::update_volume(svc, vid, |v| {
+            v.status = "available".into();
+            v.attachment = None;
+            Ok(true)
+        });
+    }
+}
+
+pub(crate) fn image_for(svc: &Service, ctx: &Ctx, id: &str) -> Result<ImageDoc, ApiError> {
     let nf = || ApiError::bad_request(format!("Image {id} could not be found."));
     let r = svc.store.get(Kind::Image, id).map_err(se)?.ok_or_else(nf)?;
     let img: ImageDoc = r.parse().map_err(se)?;
@@ -1706,17 +1960,41 @@ fn schedule(svc: &Service, id: &str) -> Result<Option<(String, String, Value)>, 
         return Ok(None);
     };
     let d: ServerDoc = r.parse().map_err(se)?;
-    let img: ImageDoc = svc
-        .store
-        .get(Kind::Image, &d.image_id)
-        .map_err(se)?
-        .ok_or_else(|| ApiError::bad_request(format!("image {} vanished", d.image_id)))?
-        .parse()
-        .map_err(se)?;
-    let disk_gb = if d.flavor.disk > 0 {
-        d.flavor.disk
-    } else {
-        img.size.unwrap_or(0).div_ceil(1 << 30)
+    // The boot volume, if any: its node (pinned) or none yet (made where the server lands).
+    let boot_volume = match d.boot_volume() {
+        Some(bv) => {
+            let v: super::volume::VolumeDoc = svc
+                .store
+                .get(Kind::Volume, &bv.volume_id)
+                .map_err(se)?
+                .ok_or_else(|| {
+                    ApiError::bad_request(format!("boot volume {} vanished", bv.volume_id))
+                })?
+                .parse()
+                .map_err(se)?;
+            Some((bv.volume_id.clone(), v))
+        }
+        None => None,
+    };
+    let (props, image_size): (std::collections::BTreeMap<String, String>, u64) = match &boot_volume
+    {
+        Some((_, v)) => (v.image_metadata.clone(), 0),
+        None => {
+            let img: ImageDoc = svc
+                .store
+                .get(Kind::Image, &d.image_id)
+                .map_err(se)?
+                .ok_or_else(|| ApiError::bad_request(format!("image {} vanished", d.image_id)))?
+                .parse()
+                .map_err(se)?;
+            (img.properties.into_iter().collect(), img.size.unwrap_or(0))
+        }
+    };
+    let disk_gb = match &boot_volume {
+        Some((_, v)) if v.node_id.is_some() => 0,
+        Some((_, v)) => v.size,
+        None if d.flavor.disk > 0 => d.flavor.disk,
+        None => image_size.div_ceil(1 << 30),
     };
     let request = scheduler::Request {
         server_id: id.to_string(),
@@ -1727,10 +2005,11 @@ fn schedule(svc: &Service, id: &str) -> Result<Option<(String, String, Value)>, 
             disk_gb,
         },
         availability_zone: d.availability_zone.clone(),
-        image_properties: img.properties.clone(),
+        image_properties: props.clone().into_iter().collect(),
         group: None,
         group_id: d.group_id.clone(),
         exclude: d.tried.clone(),
+        only_node: boot_volume.as_ref().and_then(|(_, v)| v.node_id.clone()),
     };
     let node_id = match scheduler::claim(&*svc.store, &request, &settings(svc), now_secs()) {
         Ok(n) => n,
@@ -1759,19 +2038,41 @@ fn schedule(svc: &Service, id: &str) -> Result<Option<(String, String, Value)>, 
         scheduler::release(&*svc.store, &node_id, id, d.group_id.as_deref()).map_err(ce)?;
         return Ok(None);
     }
+    let kernel_id = props
+        .get("kernel_id")
+        .ok_or_else(|| ApiError::bad_request("the boot image has no kernel_id"))?;
     let mut placement = json!({
         "id": id, "name": d.name, "project_id": d.project_id,
         "vcpus": d.flavor.vcpus, "ram_mib": d.flavor.ram,
-        "kernel": {"url": image_url(svc, &img.properties["kernel_id"])?},
-        "root_disk": {"image": {"url": image_url(svc, &d.image_id)?}},
+        "kernel": {"url": image_url(svc, kernel_id)?},
     });
-    if d.flavor.disk > 0 {
-        placement["root_disk"]["size_bytes"] = json!(d.flavor.disk << 30);
+    match &boot_volume {
+        // The agent never deletes a Cinder volume with the server: control does, as
+        // delete_on_termination says.
+        Some((vid, v)) => {
+            if v.node_id.is_none() {
+                // A new volume from the image: its disk claim is the server's.
+                scheduler::move_disk_to_volume(&*svc.store, &node_id, id, vid).map_err(ce)?;
+                super::volume::update_volume(svc, vid, |v| {
+                    v.node_id = Some(node_id.clone());
+                    v.host = Some(node.hostname.clone());
+                    Ok(true)
+                })?;
+            }
+            placement["root_disk"] = json!({"volume_id": v.backend_id.clone().unwrap_or_default(),
+                                            "delete_on_termination": false});
+        }
+        None => {
+            placement["root_disk"] = json!({"image": {"url": image_url(svc, &d.image_id)?}});
+            if d.flavor.disk > 0 {
+                placement["root_disk"]["size_bytes"] = json!(d.flavor.disk << 30);
+            }
+        }
     }
-    if let Some(rd) = img.properties.get("ramdisk_id") {
+    if let Some(rd) = props.get("ramdisk_id") {
         placement["initrd"] = json!({"url": image_url(svc, rd)?});
     }
-    if let Some(cmd) = img.properties.get("os_command_line") {
+    if let Some(cmd) = props.get("os_command_line") {
         placement["cmdline"] = json!(cmd);
     }
     let mut ports: Vec<Value> = Vec::new();
@@ -1832,7 +2133,7 @@ pub async fn build_server(svc: Arc<Service>, id: String) {
     for attempt in 1..=max {
         let id2 = id.clone();
         let scheduled = blocking(svc.clone(), move |svc| schedule(svc, &id2)).await;
-        let (node, url, placement) = match scheduled {
+        let (node, url, mut placement) = match scheduled {
             Ok(Some(x)) => x,
             Ok(None) => return,
             Err(e) => {
@@ -1846,14 +2147,20 @@ pub async fn build_server(svc: Arc<Service>, id: String) {
             }
         };
         tracing::info!(server = %id, node = %node, attempt, "placing server");
-        let outcome = match crate::network::push(&svc, &node, &url).await {
-            Ok(()) => place_and_watch(&svc, &id, &url, &placement).await,
+        // A server booting from a volume stays on the volume's node: no reschedule.
+        let pinned = placement.pointer("/root_disk/volume_id").is_some();
+        let ready = match crate::network::push(&svc, &node, &url).await {
+            Ok(()) => boot_volume_ready(&svc, &id, &url, &mut placement).await,
             Err(e) => Err(format!(
                 "{e}: {}",
                 std::error::Error::source(&e)
                     .map(|s| s.to_string())
                     .unwrap_or_default()
             )),
+        };
+        let outcome = match ready {
+            Ok(()) => place_and_watch(&svc, &id, &url, &placement).await,
+            Err(e) => Err(e),
         };
         match outcome {
             Ok(()) => return,
@@ -1891,6 +2198,21 @@ pub async fn build_server(svc: Arc<Service>, id: String) {
                 if !matches!(gone, Ok(false)) {
                     return;
                 }
+                if pinned {
+                    let id2 = id.clone();
+                    let _ = blocking(svc, move |svc| {
+                        fail(
+                            svc,
+                            &id2,
+                            format!(
+                                "Build of instance {id2} failed on the node of its boot volume (not rescheduled: the volume lives there): {last_error}"
+                            ),
+                        );
+                        Ok(())
+                    })
+                    .await;
+                    return;
+                }
             }
         }
     }
@@ -1906,6 +2228,50 @@ pub async fn build_server(svc: Arc<Service>, id: String) {
         Ok(())
     })
     .await;
+}
+
+/// For a server booting from a new volume: makes the volume from the image on the node
+/// (once) and names it in the placement.
+async fn boot_volume_ready(
+    svc: &Arc<Service>,
+    id: &str,
+    url: &str,
+    placement: &mut Value,
+) -> Result<(), String> {
+    if placement
+        .pointer("/root_disk/volume_id")
+        .is_none_or(|v| v.as_str().is_some_and(|s| !s.is_empty()))
+    {
+        return Ok(());
+    }
+    let id2 = id.to_string();
+    let (vid, size, image) = blocking(svc.clone(), move |svc| {
+        let Some(r) = svc.store.get(Kind::Server, &id2).map_err(se)? else {
+            return Err(ApiError::not_found("the server was deleted"));
+        };
+        let d: ServerDoc = r.parse().map_err(se)?;
+        let bv = d
+            .boot_volume()
+            .ok_or_else(|| ApiError::conflict("no boot volume"))?;
+        let v: super::volume::VolumeDoc = svc
+            .store
+            .get(Kind::Volume, &bv.volume_id)
+            .map_err(se)?
+            .ok_or_else(|| ApiError::conflict("the boot volume vanished"))?
+            .parse()
+            .map_err(se)?;
+        let image = v.image_id.clone().unwrap_or_default();
+        Ok((bv.volume_id.clone(), v.size, image_url(svc, &image)?))
+    })
+    .await
+    .map_err(|e| e.message)?;
+    let body = json!({"name": format!("volume-{vid}"), "size_bytes": size << 30,
+                      "image": {"url": image}});
+    let bid = super::volume::make_volume(svc.clone(), vid, url.to_string(), body)
+        .await
+        .map_err(|e| format!("creating the boot volume failed: {e}"))?;
+    placement["root_disk"]["volume_id"] = json!(bid);
+    Ok(())
 }
 
 /// Sends the placement and polls the agent until the server leaves BUILD. `Err` is a
@@ -2052,20 +2418,21 @@ async fn delete_server(svc: Arc<Service>, ctx: Ctx, id: String) -> Result<Respon
             }
         }
     }
+    let volumes = d.volumes.clone();
+    let id2 = id.clone();
     let r = blocking(svc.clone(), move |svc| {
         if let Some(n) = &d.node_id {
-            scheduler::release(&*svc.store, n, &id, d.group_id.as_deref()).map_err(ce)?;
+            scheduler::release(&*svc.store, n, &id2, d.group_id.as_deref()).map_err(ce)?;
         }
-        svc.store.delete(Kind::Server, &id).map_err(se)?;
-        release_ports(svc, &id, &d);
+        svc.store.delete(Kind::Server, &id2).map_err(se)?;
+        release_ports(svc, &id2, &d);
         crate::network::bump(&*svc.store).map_err(se)?;
         Ok(empty(StatusCode::NO_CONTENT))
     })
-    .await;
-    if r.is_ok() {
-        tokio::spawn(crate::network::push_all(svc));
-    }
-    r
+    .await?;
+    tokio::spawn(crate::network::push_all(svc.clone()));
+    super::volume::release_server_volumes(&svc, &id, &volumes).await;
+    Ok(r)
 }
 
 async fn action(

@@ -20,6 +20,7 @@ pub mod image;
 pub mod network;
 pub mod neutron;
 pub mod telemetry;
+pub mod volume;
 
 /// A response body: whole JSON or a stream of image bytes.
 pub type Body = BoxBody<Bytes, BoxError>;
@@ -266,6 +267,7 @@ pub async fn handle(svc: Arc<Service>, req: http::Request<hyper::body::Incoming>
         }
         Some("network") => 4,
         Some("metrics") if segs.len() == 1 => 5,
+        Some("volume") => 6,
         _ => 0,
     };
     let resp = match api {
@@ -285,6 +287,7 @@ pub async fn handle(svc: Arc<Service>, req: http::Request<hyper::body::Incoming>
             .await
             .unwrap_or_else(|e| e.into_response(Flavor::Keystone)),
         4 => network::route(svc, req, segs[1..].to_vec()).await,
+        6 => volume::route(svc, req, segs[1..].to_vec()).await,
         5 => full(
             StatusCode::OK,
             "text/plain; version=0.0.4",

@@ -102,6 +102,9 @@ pub struct NodeDoc {
     /// Allocations by server id.
     #[serde(default)]
     pub allocations: BTreeMap<String, Allocation>,
+    /// Disk held by volumes (on the node's blockdp), by volume id.
+    #[serde(default)]
+    pub volume_allocations: BTreeMap<String, Allocation>,
     /// Epoch seconds of the registration.
     pub registered_at: u64,
     /// Epoch seconds of the last heartbeat (or registration).
@@ -116,6 +119,7 @@ impl NodeDoc {
     pub fn used(&self) -> Resources {
         self.allocations
             .values()
+            .chain(self.volume_allocations.values())
             .fold(Resources::default(), |a, b| a.add(b.resources))
     }
 
@@ -287,6 +291,10 @@ pub fn register(
                 .as_ref()
                 .map(|(_, d)| d.allocations.clone())
                 .unwrap_or_default(),
+            volume_allocations: existing
+                .as_ref()
+                .map(|(_, d)| d.volume_allocations.clone())
+                .unwrap_or_default(),
             registered_at: existing
                 .as_ref()
                 .map(|(_, d)| d.registered_at)
@@ -383,6 +391,21 @@ pub struct ServerPort {
     pub ip_address: String,
 }
 
+/// A volume a server uses (its boot volume, or one attached later).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ServerVolume {
+    /// control's volume id.
+    pub volume_id: String,
+    /// `/dev/vda` for the boot volume, then `/dev/vdb`...
+    pub device: String,
+    /// The server boots from it.
+    #[serde(default)]
+    pub boot: bool,
+    /// Delete it with the server.
+    #[serde(default)]
+    pub delete_on_termination: bool,
+}
+
 /// A server.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ServerDoc {
@@ -445,6 +468,9 @@ pub struct ServerDoc {
     /// Security group names asked for (the project's `default` when empty).
     #[serde(default)]
     pub security_groups: Vec<String>,
+    /// Volumes it uses, the boot volume first.
+    #[serde(default)]
+    pub volumes: Vec<ServerVolume>,
     /// Epoch seconds.
     pub created: u64,
     /// Epoch seconds.
@@ -455,6 +481,11 @@ pub struct ServerDoc {
 }
 
 impl ServerDoc {
+    /// The volume it boots from, if any.
+    pub fn boot_volume(&self) -> Option<&ServerVolume> {
+        self.volumes.iter().find(|v| v.boot)
+    }
+
     /// Nova's `OS-EXT-STS:vm_state`.
     pub fn vm_state(&self) -> &'static str {
         match self.status.as_str() {

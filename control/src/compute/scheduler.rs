@@ -65,6 +65,8 @@ pub struct Request {
     pub group_id: Option<String>,
     /// Nodes already tried for this build (reschedules).
     pub exclude: Vec<String>,
+    /// The only node allowed (where the server's boot volume lives).
+    pub only_node: Option<String>,
 }
 
 /// Scheduling settings.
@@ -91,6 +93,8 @@ pub enum Refusal {
     Capacity,
     /// Server group policy.
     Group,
+    /// Not the node holding the boot volume.
+    Volume,
 }
 
 impl Refusal {
@@ -102,6 +106,7 @@ impl Refusal {
             Refusal::ImageProperties => "ImagePropertiesFilter",
             Refusal::Capacity => "ResourceFilter",
             Refusal::Group => "ServerGroupFilter",
+            Refusal::Volume => "VolumeLocalityFilter",
         }
     }
 }
@@ -113,6 +118,9 @@ pub fn filter(id: &str, node: &NodeDoc, req: &Request, s: &Settings, now: u64) -
     }
     if req.exclude.iter().any(|x| x == id) {
         return Some(Refusal::Tried);
+    }
+    if req.only_node.as_deref().is_some_and(|n| n != id) {
+        return Some(Refusal::Volume);
     }
     if let Some(az) = &req.availability_zone
         && *az != node.availability_zone
@@ -309,6 +317,179 @@ pub fn release(
     Err(ComputeError::Contended(node_id.to_string()))
 }
 
+/// Edits one node's record by compare-and-swap; `f` returns whether it changed anything,
+/// or an error that aborts. Retries lost races.
+fn edit_node(
+    store: &dyn Store,
+    node_id: &str,
+    mut f: impl FnMut(&mut NodeDoc) -> Result<bool, ComputeError>,
+) -> Result<(), ComputeError> {
+    for _ in 0..64 {
+        let Some((record, mut doc)) = load_node(store, node_id)? else {
+            return Err(ComputeError::NoValidHost(format!(
+                "node {node_id} is not registered"
+            )));
+        };
+        if !f(&mut doc)? {
+            return Ok(());
+        }
+        match store.update(record.with_doc(None, &doc)) {
+            Ok(()) => return Ok(()),
+            Err(StoreError::Stale { .. }) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(ComputeError::Contended(node_id.to_string()))
+}
+
+/// Claims `gb` of disk for a volume: on `node` when given (a snapshot's or a server's
+/// node), else on the up and enabled node with the most free disk. Returns the node.
+pub fn claim_volume(
+    store: &dyn Store,
+    node: Option<&str>,
+    volume_id: &str,
+    project_id: &str,
+    gb: u64,
+    s: &Settings,
+    now: u64,
+) -> Result<String, ComputeError> {
+    let alloc = Allocation {
+        project_id: project_id.to_string(),
+        resources: Resources {
+            disk_gb: gb,
+            ..Resources::default()
+        },
+    };
+    for _ in 0..64 {
+        let target = match node {
+            Some(n) => n.to_string(),
+            None => {
+                let mut best: Option<(u64, String)> = None;
+                let mut seen = 0;
+                for (r, d) in list_nodes(store)? {
+                    seen += 1;
+                    if d.disabled || !d.is_up(now, s.down_after) {
+                        continue;
+                    }
+                    let free = d.free().disk_gb;
+                    if free >= gb && best.as_ref().is_none_or(|b| free > b.0) {
+                        best = Some((free, r.id.clone()));
+                    }
+                }
+                match best {
+                    Some((_, id)) => id,
+                    None => {
+                        return Err(ComputeError::NoValidHost(format!(
+                            "no up node of {seen} has {gb} GiB of free disk"
+                        )));
+                    }
+                }
+            }
+        };
+        let mut lost = false;
+        let r = edit_node(store, &target, |d| {
+            if d.volume_allocations.contains_key(volume_id) {
+                return Ok(false);
+            }
+            if d.free().disk_gb < gb {
+                if node.is_none() {
+                    lost = true;
+                    return Ok(false);
+                }
+                return Err(ComputeError::NoValidHost(format!(
+                    "node {target} has {} GiB of free disk, {gb} GiB needed",
+                    d.free().disk_gb
+                )));
+            }
+            d.volume_allocations
+                .insert(volume_id.to_string(), alloc.clone());
+            Ok(true)
+        });
+        match r {
+            Ok(()) if lost => continue,
+            Ok(()) => return Ok(target),
+            Err(e) => return Err(e),
+        }
+    }
+    Err(ComputeError::Contended(volume_id.to_string()))
+}
+
+/// Grows a volume's claim on its node to `gb`, if the node has room.
+pub fn resize_volume(
+    store: &dyn Store,
+    node_id: &str,
+    volume_id: &str,
+    project_id: &str,
+    gb: u64,
+) -> Result<(), ComputeError> {
+    edit_node(store, node_id, |d| {
+        let current = d
+            .volume_allocations
+            .get(volume_id)
+            .map_or(0, |a| a.resources.disk_gb);
+        let free = d.free().disk_gb;
+        if gb > current && free < gb - current {
+            return Err(ComputeError::NoValidHost(format!(
+                "node {node_id} has {free} GiB of free disk, {} GiB more needed",
+                gb - current
+            )));
+        }
+        d.volume_allocations.insert(
+            volume_id.to_string(),
+            Allocation {
+                project_id: project_id.to_string(),
+                resources: Resources {
+                    disk_gb: gb,
+                    ..Resources::default()
+                },
+            },
+        );
+        Ok(true)
+    })
+}
+
+/// Removes a volume's claim (no-op if absent or the node is gone).
+pub fn release_volume(
+    store: &dyn Store,
+    node_id: &str,
+    volume_id: &str,
+) -> Result<(), ComputeError> {
+    match edit_node(store, node_id, |d| {
+        Ok(d.volume_allocations.remove(volume_id).is_some())
+    }) {
+        Err(ComputeError::NoValidHost(_)) => Ok(()),
+        r => r,
+    }
+}
+
+/// Moves a server's root disk claim to a volume made for it on the same node (boot from
+/// a new volume): the server keeps its vCPUs and memory, the volume holds the disk.
+pub fn move_disk_to_volume(
+    store: &dyn Store,
+    node_id: &str,
+    server_id: &str,
+    volume_id: &str,
+) -> Result<(), ComputeError> {
+    edit_node(store, node_id, |d| {
+        let Some(a) = d.allocations.get_mut(server_id) else {
+            return Ok(false);
+        };
+        let gb = std::mem::take(&mut a.resources.disk_gb);
+        let project_id = a.project_id.clone();
+        d.volume_allocations.insert(
+            volume_id.to_string(),
+            Allocation {
+                project_id,
+                resources: Resources {
+                    disk_gb: gb,
+                    ..Resources::default()
+                },
+            },
+        );
+        Ok(true)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -335,6 +516,7 @@ mod tests {
             },
             properties,
             allocations: BTreeMap::new(),
+            volume_allocations: BTreeMap::new(),
             registered_at: 0,
             last_heartbeat: hb,
             disabled: false,
@@ -448,6 +630,41 @@ mod tests {
             rank(&[], &req(1, 1), &S, 0).unwrap_err(),
             "There are no compute nodes."
         );
+    }
+
+    #[test]
+    fn volume_claims_take_the_roomiest_node_and_never_overbook() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("s.db")).unwrap();
+        let mut small = node(4, 4096, 100);
+        small.inventory.disk_gb = 10;
+        put(&store, "small", &small);
+        put(&store, "big", &node(4, 4096, 100)); // 100 GiB
+        let n = claim_volume(&store, None, "v1", "p", 60, &S, 110).unwrap();
+        assert_eq!(n, "big");
+        // 40 GiB left on big, 10 on small: 30 goes to big, then 20 fits nowhere.
+        assert_eq!(
+            claim_volume(&store, None, "v2", "p", 30, &S, 110).unwrap(),
+            "big"
+        );
+        let e = claim_volume(&store, None, "v3", "p", 20, &S, 110).unwrap_err();
+        assert!(matches!(e, ComputeError::NoValidHost(_)), "{e}");
+        // Pinned to a node (a snapshot's): refused there when full, never moved.
+        let e = claim_volume(&store, Some("small"), "v4", "p", 11, &S, 110).unwrap_err();
+        assert!(e.to_string().contains("small"), "{e}");
+        assert_eq!(
+            claim_volume(&store, Some("small"), "v4", "p", 10, &S, 110).unwrap(),
+            "small"
+        );
+        // Growing needs room; releasing gives it back.
+        assert!(resize_volume(&store, "big", "v2", "p", 41).is_err());
+        resize_volume(&store, "big", "v2", "p", 40).unwrap();
+        release_volume(&store, "big", "v1").unwrap();
+        let (_, d) = load_node(&store, "big").unwrap().unwrap();
+        assert_eq!(d.used().disk_gb, 40);
+        assert_eq!(d.volume_allocations.len(), 1);
+        // Down nodes get no volume.
+        assert!(claim_volume(&store, None, "v5", "p", 1, &S, 1000).is_err());
     }
 
     fn put(store: &dyn Store, id: &str, n: &NodeDoc) {

@@ -1,6 +1,6 @@
 //! `control bootstrap`: the default domain, the admin/member/reader roles (admin implies
 //! member implies reader), the admin project and user, the service project and its image
-//! service user, and catalog entries for identity, image, compute, network and object-store. Running it
+//! service user, and catalog entries for identity, image, compute, network, volume and object-store. Running it
 //! again updates the admin password and the endpoints and keeps everything else.
 
 use serde_json::Map;
@@ -261,6 +261,17 @@ pub fn run(store: &dyn Store, b: &Bootstrap) -> Result<Bootstrapped, ServiceErro
         &format!("{base}/network"),
         &b.region,
     )?;
+    // Cinder v3: the stock clients look for `volumev3` (cinderclient) and `block-storage`
+    // (openstacksdk).
+    for (kind, name) in [("volumev3", "cinderv3"), ("block-storage", "cinder")] {
+        service_with_endpoint(
+            store,
+            kind,
+            name,
+            &format!("{base}/volume/v3/$(project_id)s"),
+            &b.region,
+        )?;
+    }
     if let Some(o) = &b.object_store_url {
         let url = format!("{}/v1/AUTH_$(project_id)s", o.trim_end_matches('/'));
         service_with_endpoint(store, "object-store", "swift", &url, &b.region)?;

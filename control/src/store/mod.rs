@@ -125,11 +125,17 @@ pub enum Kind {
     Event,
     /// Telemetry alarms (scope: project id).
     Alarm,
+    /// Cinder volumes (scope: project id).
+    Volume,
+    /// Cinder volume snapshots (scope: project id).
+    VolumeSnapshot,
+    /// Per-project block-storage quotas (id: project id).
+    VolumeQuota,
 }
 
 impl Kind {
     /// Every kind.
-    pub const ALL: [Kind; 31] = [
+    pub const ALL: [Kind; 34] = [
         Kind::Domain,
         Kind::Project,
         Kind::User,
@@ -161,6 +167,9 @@ impl Kind {
         Kind::IpAllocation,
         Kind::Event,
         Kind::Alarm,
+        Kind::Volume,
+        Kind::VolumeSnapshot,
+        Kind::VolumeQuota,
     ];
 
     /// The name stored in the `kind` column.
@@ -197,6 +206,9 @@ impl Kind {
             Kind::IpAllocation => "ip_allocation",
             Kind::Event => "event",
             Kind::Alarm => "alarm",
+            Kind::Volume => "volume",
+            Kind::VolumeSnapshot => "volume_snapshot",
+            Kind::VolumeQuota => "volume_quota",
         }
     }
 }

@@ -7,13 +7,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 /// The APIs requests are counted under.
-pub const APIS: [&str; 6] = [
+pub const APIS: [&str; 7] = [
     "identity",
     "image",
     "telemetry",
     "compute",
     "network",
     "other",
+    "volume",
 ];
 const METHODS: [&str; 6] = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"];
 const METHOD_OTHER: usize = METHODS.len();

@@ -1,5 +1,6 @@
 //! A "server" guest for the node agent's tests: it finds its virtio-mmio devices by probing
-//! the slots, reads its whole root disk (up to 1 MiB) and reports the FNV-1a of the bytes,
+//! the slots, reads each disk (up to 1 MiB of each, up to 4 disks) and reports the FNV-1a of
+//! the bytes (`disk_fnv=` for the first, the root disk; `disk1_fnv=`, ... for the others),
 //! and, when it has a network card and the command line carries `ip=<addr>:...` (Linux's
 //! syntax) and `probe=<addr>`, it asks for `probe`'s MAC with ARP, then pings it, and
 //! reports both answers.
@@ -66,7 +67,8 @@ const EMPTY: Rings = Rings {
     used_event: 0,
 };
 
-static mut BLK_RING: Rings = EMPTY;
+const MAX_DISKS: usize = 4;
+static mut BLK_RINGS: [Rings; MAX_DISKS] = [EMPTY, EMPTY, EMPTY, EMPTY];
 static mut SCAN_RING: Rings = EMPTY;
 static mut RX: Rings = EMPTY;
 static mut TX: Rings = EMPTY;
@@ -160,7 +162,7 @@ fn find_nth(device_id: u32, n: usize) -> Option<Dev> {
         .nth(n)
 }
 
-/// Reads one 4 KiB block at `sector` into DISK_BUF through the queue at `r`; returns the
+/// Reads one 4 KiB block at `sector` into DISK_BUF through the rings `r`; returns the
 /// status byte.
 fn read_block(dev: Dev, r: *mut Rings, sector: u64) -> u8 {
     // SAFETY: single-threaded guest; the device touches these only while the request is in
@@ -185,22 +187,40 @@ fn read_block(dev: Dev, r: *mut Rings, sector: u64) -> u8 {
     }
 }
 
-/// Reads the disk from sector 0 (whole 4 KiB blocks, up to 1 MiB) and reports its checksum.
-fn report_disk(dev: Dev) {
-    if !dev.negotiate(0) || !dev.queue(0, addr_of_mut!(BLK_RING)) {
+/// Writes `disk<n>_<key>=` (`disk_<key>=` for disk 0).
+fn disk_key(n: usize, key: &str) {
+    kit::print("disk");
+    if n > 0 {
+        kit::print_dec(n as u64);
+    }
+    kit::print("_");
+    kit::print(key);
+    kit::print("=");
+}
+
+/// Reads disk `n` from sector 0 (whole 4 KiB blocks, up to 1 MiB) and reports its checksum;
+/// each disk has its own rings.
+fn report_disk(dev: Dev, n: usize) {
+    // SAFETY: only the address is taken; n < MAX_DISKS.
+    let rings = unsafe { addr_of_mut!(BLK_RINGS[n]) };
+    if !dev.negotiate(0) || !dev.queue(0, rings) {
         kit::print("virtio-blk setup failed\n");
         return;
     }
     dev.driver_ok();
     let capacity = u64::from(dev.reg(0x100)) | (u64::from(dev.reg(0x104)) << 32);
-    kit::report_dec("disk_capacity", capacity);
+    disk_key(n, "capacity");
+    kit::print_dec(capacity);
+    kit::print("\n");
     let sectors = (capacity & !7).min(MAX_DISK_SECTORS);
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     let mut sector = 0;
     while sector < sectors {
-        let status = read_block(dev, addr_of_mut!(BLK_RING), sector);
+        let status = read_block(dev, rings, sector);
         if status != 0 {
-            kit::report_dec("disk_read_error", u64::from(status));
+            disk_key(n, "read_error");
+            kit::print_dec(u64::from(status));
+            kit::print("\n");
             return;
         }
         // SAFETY: no request in flight.
@@ -210,8 +230,12 @@ fn report_disk(dev: Dev) {
         }
         sector += 8;
     }
-    kit::report_dec("disk_read_sectors", sectors);
-    kit::report_hex("disk_fnv", h);
+    disk_key(n, "read_sectors");
+    kit::print_dec(sectors);
+    kit::print("\n");
+    disk_key(n, "fnv");
+    kit::print_hex(h);
+    kit::print("\n");
 }
 
 /// Whether `hay` contains `needle`.
@@ -222,7 +246,7 @@ fn contains(hay: &[u8], needle: &[u8]) -> bool {
 /// Scans a further disk as a config drive: its label, the first line with an SSH key and
 /// the first with the user-data marker. Text runs end at any byte that is not printable
 /// ASCII, and at `"` (JSON strings), so a key inside `meta_data.json` is a run of its own.
-fn scan_config_drive(dev: Dev, index: usize) {
+fn scan_config_drive(dev: Dev) {
     // SAFETY: no request is in flight on the ring (a previous disk, if any, was reset).
     unsafe { write_volatile(addr_of_mut!(SCAN_RING), EMPTY) };
     if !dev.negotiate(0) || !dev.queue(0, addr_of_mut!(SCAN_RING)) {
@@ -231,9 +255,6 @@ fn scan_config_drive(dev: Dev, index: usize) {
     }
     dev.driver_ok();
     let capacity = u64::from(dev.reg(0x100)) | (u64::from(dev.reg(0x104)) << 32);
-    kit::print("disk");
-    kit::print_dec(index as u64);
-    kit::report_dec("_capacity", capacity);
     let sectors = (capacity & !7).min(MAX_SCAN_SECTORS);
     let mut line = [0u8; LINE];
     let mut len = 0;
@@ -596,13 +617,19 @@ fn net_probe(dev: Dev, mac: [u8; 6], ip: [u8; 4], probe: [u8; 4], seen: &mut u16
 extern "C" fn guest_main(zero_page: u64) -> ! {
     kit::boot_done();
     kit::print("server guest up\n");
-    match find(2) {
-        Some(dev) => report_disk(dev),
-        None => kit::print("no disk\n"),
+    let mut disks = 0;
+    for dev in (0..SLOTS).map(|i| Dev(FIRST_SLOT + i * 0x1000)) {
+        if disks < MAX_DISKS && dev.reg(0) == 0x7472_6976 && dev.reg(4) == 2 && dev.reg(8) == 2 {
+            report_disk(dev, disks);
+            disks += 1;
+        }
+    }
+    if disks == 0 {
+        kit::print("no disk\n");
     }
     let mut n = 1;
     while let Some(dev) = find_nth(2, n) {
-        scan_config_drive(dev, n);
+        scan_config_drive(dev);
         n += 1;
     }
     let cmdline = kit::ZeroPage(zero_page).cmdline();

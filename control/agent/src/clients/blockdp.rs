@@ -1,5 +1,6 @@
 //! blockdp's API: `POST /volumes`, `GET|DELETE /volumes/{id}`, `PUT|DELETE
-//! /volumes/{id}/export`.
+//! /volumes/{id}/export`, `POST /volumes/{id}/extend`, `POST /volumes/{id}/snapshots`,
+//! `GET|DELETE /snapshots/{id}`.
 
 use std::path::PathBuf;
 
@@ -42,6 +43,27 @@ pub enum Source {
     Path(PathBuf),
     /// A raw image at an `http://` URL.
     Url(String),
+    /// A snapshot on this blockdp (a clone).
+    SnapshotId(String),
+}
+
+/// A snapshot as blockdp reports it.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+pub struct Snapshot {
+    /// Id.
+    pub id: String,
+    /// Display name.
+    pub name: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// The volume it was taken of.
+    #[serde(default)]
+    pub source_id: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct OneSnapshot {
+    snapshot: Snapshot,
 }
 
 /// Body of `POST /volumes`.
@@ -133,6 +155,47 @@ impl Blockdp {
             .json(Method::DELETE, &format!("/volumes/{id}/export"), NO_BODY)
             .await?;
         Ok(one.volume)
+    }
+
+    /// Grows a volume to `size` bytes (it must not be exported).
+    pub async fn extend(&self, id: &str, size: u64) -> Result<Volume, HttpError> {
+        let body = serde_json::json!({ "size": size });
+        let one: One = self
+            .0
+            .json(Method::POST, &format!("/volumes/{id}/extend"), Some(&body))
+            .await?;
+        Ok(one.volume)
+    }
+
+    /// Takes a snapshot of a volume.
+    pub async fn snapshot(&self, id: &str, name: &str) -> Result<Snapshot, HttpError> {
+        let body = serde_json::json!({ "name": name });
+        let one: OneSnapshot = self
+            .0
+            .json(
+                Method::POST,
+                &format!("/volumes/{id}/snapshots"),
+                Some(&body),
+            )
+            .await?;
+        Ok(one.snapshot)
+    }
+
+    /// One snapshot.
+    pub async fn get_snapshot(&self, id: &str) -> Result<Snapshot, HttpError> {
+        let one: OneSnapshot = self
+            .0
+            .json(Method::GET, &format!("/snapshots/{id}"), NO_BODY)
+            .await?;
+        Ok(one.snapshot)
+    }
+
+    /// Deletes a snapshot.
+    pub async fn delete_snapshot(&self, id: &str) -> Result<(), HttpError> {
+        self.0
+            .call(Method::DELETE, &format!("/snapshots/{id}"), NO_BODY)
+            .await
+            .map(drop)
     }
 
     /// Deletes a volume (it must not be exported).
