@@ -16,6 +16,7 @@ use token::{Claims, Scope, method, now_secs};
 
 pub mod bootstrap;
 pub mod cache;
+pub mod ec2;
 pub mod password;
 pub mod token;
 
@@ -402,7 +403,7 @@ impl Service {
 
     /// The context of verified claims.
     pub fn context_for(&self, claims: Claims) -> Result<Ctx, ServiceError> {
-        let generation = self.versioned.generation();
+        let generation = self.versioned.generation_of(crate::service::SNAPSHOT_KINDS);
         let key = cache_key(&claims);
         if let Some(s) = self.cache.scope(&key, generation) {
             return Ok(Ctx {
@@ -532,7 +533,7 @@ impl Service {
 
     /// The `{"token": ...}` body for claims.
     pub fn token_body(&self, ctx: &Ctx, with_catalog: bool) -> Result<Value, ServiceError> {
-        let generation = self.versioned.generation();
+        let generation = self.versioned.generation_of(crate::service::SNAPSHOT_KINDS);
         let key = cache_key(&ctx.claims);
         let mut body = match self.cache.body(&key, with_catalog, generation) {
             Some(b) => b,
