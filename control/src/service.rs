@@ -99,7 +99,9 @@ impl Service {
     /// [`crate::identity::cache::CACHE_TTL`].
     pub fn all_images(&self) -> Result<Arc<ImageIndex>, ServiceError> {
         let generation = self.versioned.generation_of(&[Kind::Image]);
-        if let Some((g, at, list)) = self.image_list.lock().expect("image list").as_ref()
+        // Held while reading, so concurrent misses wait for one read.
+        let mut held = self.image_list.lock().expect("image list");
+        if let Some((g, at, list)) = held.as_ref()
             && *g == generation
             && at.elapsed() < crate::identity::cache::CACHE_TTL
         {
@@ -116,8 +118,7 @@ impl Service {
             .map(|(id, d)| d.view(id).to_string())
             .collect();
         let list = Arc::new(ImageIndex { images, views });
-        *self.image_list.lock().expect("image list") =
-            Some((generation, std::time::Instant::now(), list.clone()));
+        *held = Some((generation, std::time::Instant::now(), list.clone()));
         Ok(list)
     }
 

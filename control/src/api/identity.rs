@@ -165,7 +165,11 @@ fn tokens(svc: &Service, req: &Request) -> Res {
             let claims = svc.authenticate(&auth, req.header("x-auth-token"))?;
             let token = svc.keys.seal(&claims)?;
             let ctx = svc.context_for(claims)?;
-            let mut r = json_resp(StatusCode::CREATED, &svc.token_body(&ctx, with_catalog)?);
+            let mut r = super::full(
+                StatusCode::CREATED,
+                "application/json",
+                svc.token_body(&ctx, with_catalog)?,
+            );
             r.headers_mut().insert(
                 "x-subject-token",
                 HeaderValue::from_str(&token).expect("base64 is a valid header"),
@@ -191,7 +195,11 @@ fn tokens(svc: &Service, req: &Request) -> Res {
                     let sctx = svc.context_for(claims).map_err(|_| {
                         ApiError::not_found("Could not find token: the subject token is not valid.")
                     })?;
-                    let mut r = json_resp(StatusCode::OK, &svc.token_body(&sctx, with_catalog)?);
+                    let mut r = super::full(
+                        StatusCode::OK,
+                        "application/json",
+                        svc.token_body(&sctx, with_catalog)?,
+                    );
                     r.headers_mut().insert(
                         "x-subject-token",
                         HeaderValue::from_str(subject)

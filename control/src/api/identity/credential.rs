@@ -304,7 +304,11 @@ pub(super) fn s3tokens(svc: &Service, req: &Request) -> Res {
     let claims = svc.s3_token(&c.access, &sts, &c.signature)?;
     let token = svc.keys.seal(&claims)?;
     let ctx = svc.context_for(claims)?;
-    let mut r = json_resp(StatusCode::OK, &svc.token_body(&ctx, true)?);
+    let mut r = crate::api::full(
+        StatusCode::OK,
+        "application/json",
+        svc.token_body(&ctx, true)?,
+    );
     r.headers_mut().insert(
         "x-subject-token",
         HeaderValue::from_str(&token).expect("base64 is a valid header"),
