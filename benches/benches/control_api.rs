@@ -9,7 +9,8 @@
 //! temp dir; its runtime and the clients' runtime each get 2 worker threads.
 //!
 //! Knobs: `CONTROL_BENCH_SECS` (seconds per row, default 3), `CONTROL_BENCH_CLIENTS`
-//! (default 64).
+//! (default 64), `CONTROL_BENCH_ONLY` (run the static row and the rows whose name contains
+//! this text, e.g. under `perf record`).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -262,8 +263,12 @@ fn main() {
         ),
     ];
     println!("control API, {clients} keep-alive clients, {secs} s per row");
+    let only = std::env::var("CONTROL_BENCH_ONLY").unwrap_or_default();
     let mut limit = 0.0;
     for (name, p, req) in rows {
+        if p != static_port && !name.contains(only.as_str()) {
+            continue;
+        }
         let (rate, s) = client_rt.block_on(load(p, clients, secs, req));
         if limit == 0.0 {
             limit = rate;

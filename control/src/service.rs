@@ -9,7 +9,7 @@ use crate::identity::cache::IdentityCache;
 use crate::identity::password::PasswordError;
 use crate::identity::token::{KeyRing, Revocations, TokenError};
 use crate::objectstore::{ObjectStore, ObjectStoreError};
-use crate::store::{SharedStore, StoreError, Versioned};
+use crate::store::{Kind, SharedStore, StoreError, Versioned};
 
 /// Errors below the API layer.
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +43,24 @@ impl std::fmt::Display for ApiError {
     }
 }
 
+/// The kinds read on every authenticated request (token scope, roles, catalog, image
+/// memberships), served from in-memory snapshots of the store.
+pub const SNAPSHOT_KINDS: &[Kind] = &[
+    Kind::ImageMember,
+    Kind::Role,
+    Kind::Assignment,
+    Kind::Membership,
+    Kind::User,
+    Kind::Group,
+    Kind::Project,
+    Kind::Domain,
+    Kind::AppCredential,
+    Kind::Credential,
+    Kind::Service,
+    Kind::Endpoint,
+    Kind::Region,
+];
+
 /// Shared state of the daemon.
 pub struct Service {
     /// Validated configuration.
@@ -66,32 +84,43 @@ pub struct Service {
 }
 
 /// A parsed snapshot of all images at a store generation.
-pub type ImageList = (
-    u64,
-    std::time::Instant,
-    Arc<Vec<(String, crate::image::ImageDoc)>>,
-);
+pub type ImageList = (u64, std::time::Instant, Arc<ImageIndex>);
+
+/// Every image, parsed, with its API view already serialized (a list answers by joining
+/// views instead of building and serializing each image's JSON again).
+#[derive(Debug, Default)]
+pub struct ImageIndex {
+    /// (id, document) pairs, ordered by id.
+    pub images: Vec<(String, crate::image::ImageDoc)>,
+    /// `images[i]`'s view as JSON text.
+    pub views: Vec<String>,
+}
 
 impl Service {
-    /// All images, parsed; reused while the store generation is unchanged and for at most
+    /// All images, parsed and rendered; reused while no image changed and for at most
     /// [`crate::identity::cache::CACHE_TTL`].
-    pub fn all_images(&self) -> Result<Arc<Vec<(String, crate::image::ImageDoc)>>, ServiceError> {
-        let generation = self.versioned.generation();
-        if let Some((g, at, list)) = self.image_list.lock().expect("image list").as_ref()
+    pub fn all_images(&self) -> Result<Arc<ImageIndex>, ServiceError> {
+        let generation = self.versioned.generation_of(&[Kind::Image]);
+        // Held while reading, so concurrent misses wait for one read.
+        let mut held = self.image_list.lock().expect("image list");
+        if let Some((g, at, list)) = held.as_ref()
             && *g == generation
             && at.elapsed() < crate::identity::cache::CACHE_TTL
         {
             return Ok(list.clone());
         }
-        let list: Vec<(String, crate::image::ImageDoc)> = self
+        let images: Vec<(String, crate::image::ImageDoc)> = self
             .store
-            .list(crate::store::Kind::Image, None)?
+            .list(Kind::Image, None)?
             .iter()
             .map(|r| Ok((r.id.clone(), r.parse()?)))
             .collect::<Result<_, ServiceError>>()?;
-        let list = Arc::new(list);
-        *self.image_list.lock().expect("image list") =
-            Some((generation, std::time::Instant::now(), list.clone()));
+        let views = images
+            .iter()
+            .map(|(id, d)| d.view(id).to_string())
+            .collect();
+        let list = Arc::new(ImageIndex { images, views });
+        *held = Some((generation, std::time::Instant::now(), list.clone()));
         Ok(list)
     }
 
@@ -99,7 +128,7 @@ impl Service {
     pub fn new(config: Validated, store: SharedStore) -> Result<Arc<Service>, ServiceError> {
         let keys = KeyRing::open(&config.raw.tokens.key_dir, config.raw.tokens.max_keys)?;
         let objects = ObjectStore::new(&config.raw.images)?;
-        let versioned = Arc::new(Versioned::new(store));
+        let versioned = Arc::new(Versioned::with_snapshots(store, SNAPSHOT_KINDS));
         let svc = Arc::new(Service {
             config,
             store: versioned.clone(),

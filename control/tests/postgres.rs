@@ -220,3 +220,60 @@ fn two_controllers_on_postgres_never_overbook() {
         assert_eq!(alloc[s], vec![n.clone()]);
     }
 }
+
+#[test]
+fn the_connection_pool_is_bounded_shared_and_survives_killed_backends() {
+    let Some(pg) = Pg::start() else { return };
+    pg.create_db("pool");
+    let store = std::sync::Arc::new(
+        control::store::postgres::PostgresStore::open_pooled(&pg.url("pool"), 3).unwrap(),
+    );
+    use control::store::{Kind, Record};
+    for i in 0..20 {
+        store
+            .insert(Record::new(
+                Kind::Project,
+                &format!("p{i:02}"),
+                "d",
+                None,
+                &i,
+            ))
+            .unwrap();
+    }
+    // Eight threads share at most three connections and all read the same rows.
+    let threads: Vec<_> = (0..8)
+        .map(|_| {
+            let s = store.clone();
+            std::thread::spawn(move || {
+                for _ in 0..25 {
+                    assert_eq!(s.list(Kind::Project, Some("d")).unwrap().len(), 20);
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let open = store.connections();
+    assert!((1..=3).contains(&open), "{open} connections");
+    // The server drops every connection: the next calls reconnect.
+    let mut admin = postgres::Client::connect(&pg.url("postgres"), postgres::NoTls).unwrap();
+    let killed: i64 = admin
+        .query_one(
+            "SELECT COUNT(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = 'pool'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(killed as usize, open);
+    let mut answered = 0;
+    for _ in 0..(open + 2) {
+        // A connection killed while idle fails once, when it is next used; then the pool
+        // drops it and opens a new one.
+        if store.get(Kind::Project, "p07").is_ok_and(|r| r.is_some()) {
+            answered += 1;
+        }
+    }
+    assert!(answered >= 2, "{answered}");
+    assert!(store.connections() <= 3);
+}

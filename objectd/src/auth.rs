@@ -1,10 +1,17 @@
-//! Authentication: TempAuth tokens for Swift, access keys for S3, both from config.
+//! Authentication: TempAuth tokens for Swift, access keys for S3, both from config; and
+//! S3 requests signed with Keystone EC2 credentials, checked by Keystone
+//! ([`crate::keystone`]).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use http::StatusCode;
+
+use crate::api::ApiError;
+use crate::api::s3::sigv4::{self, SigError, Verified};
 use crate::config::User;
+use crate::keystone::{Keystone, S3Verdict};
 
 /// Users, their tokens, and S3 keys.
 pub struct Auth {
@@ -68,6 +75,54 @@ impl Auth {
     /// The account of an S3 access key.
     pub fn s3_account(&self, access_key: &str) -> Option<String> {
         self.by_key(access_key).map(User::storage_account)
+    }
+
+    /// Checks an S3 request's SigV4 signature: with the configured keys first, then, when
+    /// a Keystone is configured, as a Keystone EC2 credential. The verified request and
+    /// the account it uses.
+    pub async fn verify_s3(
+        &self,
+        keystone: Option<&Keystone>,
+        parts: &http::request::Parts,
+        now: i64,
+    ) -> Result<(Verified, String), ApiError> {
+        let p = sigv4::prepare(parts.method.as_str(), &parts.uri, &parts.headers, now)?;
+        if let (Some(secret), Some(account)) = (
+            self.s3_secret(&p.access_key),
+            self.s3_account(&p.access_key),
+        ) {
+            return Ok((p.check(&secret)?, account));
+        }
+        let Some(ks) = keystone else {
+            return Err(SigError::UnknownKey.into());
+        };
+        if p.payload_hash
+            .starts_with("STREAMING-AWS4-HMAC-SHA256-PAYLOAD")
+        {
+            // Each chunk is signed with the secret's signing key, which Keystone keeps.
+            return Err(ApiError::new(
+                StatusCode::NOT_IMPLEMENTED,
+                "NotImplemented",
+                "signed aws-chunked bodies are not supported with Keystone EC2 credentials; \
+                 send UNSIGNED-PAYLOAD, STREAMING-UNSIGNED-PAYLOAD-TRAILER or the body's SHA-256",
+            ));
+        }
+        let verdict = ks
+            .check_s3(&p.access_key, &p.string_to_sign, p.signature())
+            .await
+            .map_err(|e| {
+                tracing::warn!(error = %e, source = ?std::error::Error::source(&e), "keystone s3 check failed");
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "ServiceUnavailable",
+                    "The signature could not be checked: the identity service is unavailable.",
+                )
+            })?;
+        match verdict {
+            S3Verdict::Account(account) => Ok((p.accept_checked_elsewhere(), account)),
+            S3Verdict::UnknownKey => Err(SigError::UnknownKey.into()),
+            S3Verdict::Mismatch => Err(SigError::Mismatch.into()),
+        }
     }
 }
 

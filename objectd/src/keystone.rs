@@ -3,13 +3,19 @@
 //! validating itself, which Keystone's default policy allows its subject to do). The
 //! token's project owns the account `AUTH_<project id>`, as with Swift's keystoneauth.
 //! Answers are cached until the token expires or `cache-secs` pass, whichever is first.
+//!
+//! S3 requests signed with a Keystone EC2 credential are checked by Keystone too
+//! (`POST /v3/s3tokens`, as Swift's s3token middleware does it): objectd sends the access
+//! key, the string to sign and the signature; Keystone, which holds the secret, answers a
+//! token for the credential's project, whose account the request then uses.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use base64::Engine;
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty};
+use http_body_util::{BodyExt, Empty, Full};
 use hyper_util::rt::TokioIo;
 
 /// Errors talking to Keystone.
@@ -30,6 +36,17 @@ pub enum KeystoneError {
     /// The request to Keystone could not be built.
     #[error("cannot build the keystone request")]
     Request(#[source] http::Error),
+}
+
+/// What Keystone says of an S3 signature.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum S3Verdict {
+    /// Good: the request uses this account.
+    Account(String),
+    /// Keystone has no EC2 credential with that access key.
+    UnknownKey,
+    /// The signature does not match (or the credential's user or project is disabled).
+    Mismatch,
 }
 
 /// A Keystone token validator with a cache.
@@ -72,10 +89,53 @@ impl Keystone {
         Ok(account)
     }
 
-    async fn validate(
+    /// Asks Keystone whether `signature` is the signature of `string_to_sign` with the
+    /// secret of the EC2 credential `access`.
+    pub async fn check_s3(
         &self,
-        token: &str,
-    ) -> Result<(Option<String>, Option<Duration>), KeystoneError> {
+        access: &str,
+        string_to_sign: &str,
+        signature: &str,
+    ) -> Result<S3Verdict, KeystoneError> {
+        let body = serde_json::json!({"credentials": {
+            "access": access,
+            "token": base64::engine::general_purpose::STANDARD.encode(string_to_sign),
+            "signature": signature,
+        }});
+        let req = http::Request::post(format!("{}/v3/s3tokens", self.prefix))
+            .header("host", &self.authority)
+            .header("content-type", "application/json")
+            .header("accept", "application/json")
+            .body(Full::new(Bytes::from(body.to_string())))
+            .map_err(KeystoneError::Request)?;
+        let (status, body) = self.exchange(req).await?;
+        if status == http::StatusCode::UNAUTHORIZED {
+            let unknown = String::from_utf8_lossy(&body).contains("access key not found");
+            return Ok(if unknown {
+                S3Verdict::UnknownKey
+            } else {
+                S3Verdict::Mismatch
+            });
+        }
+        if !status.is_success() {
+            return Err(KeystoneError::Malformed);
+        }
+        match parse_token(&body)?.0 {
+            Some(account) => Ok(S3Verdict::Account(account)),
+            None => Err(KeystoneError::Malformed),
+        }
+    }
+
+    /// One request on a new connection: the status and the whole body.
+    async fn exchange<B>(
+        &self,
+        req: http::Request<B>,
+    ) -> Result<(http::StatusCode, Bytes), KeystoneError>
+    where
+        B: hyper::body::Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
         let stream = tokio::net::TcpStream::connect(&self.authority)
             .await
             .map_err(KeystoneError::Connect)?;
@@ -83,13 +143,6 @@ impl Keystone {
             .await
             .map_err(KeystoneError::Http)?;
         tokio::spawn(conn);
-        let req = http::Request::get(format!("{}/v3/auth/tokens", self.prefix))
-            .header("host", &self.authority)
-            .header("x-auth-token", token)
-            .header("x-subject-token", token)
-            .header("accept", "application/json")
-            .body(Empty::<Bytes>::new())
-            .map_err(KeystoneError::Request)?;
         let resp = sender
             .send_request(req)
             .await
@@ -101,6 +154,21 @@ impl Keystone {
             .await
             .map_err(KeystoneError::Http)?
             .to_bytes();
+        Ok((status, body))
+    }
+
+    async fn validate(
+        &self,
+        token: &str,
+    ) -> Result<(Option<String>, Option<Duration>), KeystoneError> {
+        let req = http::Request::get(format!("{}/v3/auth/tokens", self.prefix))
+            .header("host", &self.authority)
+            .header("x-auth-token", token)
+            .header("x-subject-token", token)
+            .header("accept", "application/json")
+            .body(Empty::<Bytes>::new())
+            .map_err(KeystoneError::Request)?;
+        let (status, body) = self.exchange(req).await?;
         if status == http::StatusCode::UNAUTHORIZED || status == http::StatusCode::NOT_FOUND {
             return Ok((None, None));
         }

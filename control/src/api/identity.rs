@@ -15,6 +15,8 @@ use crate::identity::{
 use crate::service::{Service, ServiceError};
 use crate::store::{Kind, Record, StoreError, Write};
 
+mod credential;
+
 type Res = Result<Response, ServiceError>;
 
 const MAX_NAME: usize = 255;
@@ -39,6 +41,7 @@ fn route(svc: &Service, req: &Request) -> Res {
         )),
         ["v3"] if get => Ok(json_resp(StatusCode::OK, &json!({"version": version(svc)}))),
         ["v3", "auth", "tokens"] => tokens(svc, req),
+        ["v3", "s3tokens"] => credential::s3tokens(svc, req),
         ["v3", rest @ ..] => {
             let ctx = caller(svc, req)?;
             resources(svc, req, &ctx, rest)
@@ -162,7 +165,11 @@ fn tokens(svc: &Service, req: &Request) -> Res {
             let claims = svc.authenticate(&auth, req.header("x-auth-token"))?;
             let token = svc.keys.seal(&claims)?;
             let ctx = svc.context_for(claims)?;
-            let mut r = json_resp(StatusCode::CREATED, &svc.token_body(&ctx, with_catalog)?);
+            let mut r = super::full(
+                StatusCode::CREATED,
+                "application/json",
+                svc.token_body(&ctx, with_catalog)?,
+            );
             r.headers_mut().insert(
                 "x-subject-token",
                 HeaderValue::from_str(&token).expect("base64 is a valid header"),
@@ -188,7 +195,11 @@ fn tokens(svc: &Service, req: &Request) -> Res {
                     let sctx = svc.context_for(claims).map_err(|_| {
                         ApiError::not_found("Could not find token: the subject token is not valid.")
                     })?;
-                    let mut r = json_resp(StatusCode::OK, &svc.token_body(&sctx, with_catalog)?);
+                    let mut r = super::full(
+                        StatusCode::OK,
+                        "application/json",
+                        svc.token_body(&sctx, with_catalog)?,
+                    );
                     r.headers_mut().insert(
                         "x-subject-token",
                         HeaderValue::from_str(subject)
@@ -211,6 +222,19 @@ fn subject_claims(svc: &Service, subject: &str) -> Result<Claims, ServiceError> 
 // ---------------------------------------------------------------- dispatch
 
 fn resources(svc: &Service, req: &Request, ctx: &Ctx, s: &[&str]) -> Res {
+    let crud = match s.first() {
+        Some(&"domains") => crud::<Domains>,
+        Some(&"projects") => crud::<Projects>,
+        Some(&"users") => crud::<Users>,
+        Some(&"groups") => crud::<Groups>,
+        Some(&"roles") => crud::<Roles>,
+        Some(&"services") => crud::<Services>,
+        Some(&"endpoints") => crud::<Endpoints>,
+        _ => |_: &Service, _: &Request, _: &Ctx, _: &[&str]| None,
+    };
+    if let Some(answer) = crud(svc, req, ctx, &s[1..]) {
+        return answer;
+    }
     let m = req.method.clone();
     let get = m == Method::GET || m == Method::HEAD;
     match (s, m) {
@@ -237,15 +261,6 @@ fn resources(svc: &Service, req: &Request, ctx: &Ctx, s: &[&str]) -> Res {
             }
             Ok(collection(svc, "domains", "auth/domains", items))
         }
-        (["domains"], Method::POST) => create_domain(svc, req, ctx),
-        (["domains"], _) if get => list_simple(svc, req, ctx, Kind::Domain, "domains", domain_view),
-        (["domains", id], m) => one_domain(svc, req, ctx, id, m),
-        (["projects"], Method::POST) => create_project(svc, req, ctx),
-        (["projects"], _) if get => list_projects(svc, req, ctx),
-        (["projects", id], m) => one_project(svc, req, ctx, id, m),
-        (["users"], Method::POST) => create_user(svc, req, ctx),
-        (["users"], _) if get => list_users(svc, req, ctx),
-        (["users", id], m) => one_user(svc, req, ctx, id, m),
         (["users", id, "projects"], _) if get => {
             if !ctx.is_admin() && *id != ctx.user_id() {
                 return Err(denied("list_user_projects"));
@@ -277,6 +292,10 @@ fn resources(svc: &Service, req: &Request, ctx: &Ctx, s: &[&str]) -> Res {
             ))
         }
         (["users", id, "password"], Method::POST) => change_password(svc, req, ctx, id),
+        (["users", uid, "credentials", "OS-EC2", rest @ ..], _) => {
+            credential::os_ec2(svc, req, ctx, uid, rest)
+        }
+        (["credentials", rest @ ..], _) => credential::credentials(svc, req, ctx, rest),
         (["users", uid, "application_credentials"], Method::POST) => {
             create_app_cred(svc, req, ctx, uid)
         }
@@ -317,12 +336,6 @@ fn resources(svc: &Service, req: &Request, ctx: &Ctx, s: &[&str]) -> Res {
                 _ => Err(method_not_allowed()),
             }
         }
-        (["roles"], Method::POST) => create_role(svc, req, ctx),
-        (["roles"], _) if get => list_simple(svc, req, ctx, Kind::Role, "roles", role_view),
-        (["roles", id], m) => one_role(svc, req, ctx, id, m),
-        (["groups"], Method::POST) => create_group(svc, req, ctx),
-        (["groups"], _) if get => list_simple(svc, req, ctx, Kind::Group, "groups", group_view),
-        (["groups", id], m) => one_group(svc, req, ctx, id, m),
         (["groups", gid, "users"], _) if get => {
             admin(ctx, "list_users_in_group")?;
             svc.store
@@ -367,12 +380,6 @@ fn resources(svc: &Service, req: &Request, ctx: &Ctx, s: &[&str]) -> Res {
             m,
         ) => grant(svc, ctx, t, tid, a, aid, rid, m),
         (["role_assignments"], _) if get => role_assignments(svc, req, ctx),
-        (["services"], Method::POST) => create_service(svc, req, ctx),
-        (["services"], _) if get => list_services(svc, req, ctx),
-        (["services", id], m) => one_service(svc, req, ctx, id, m),
-        (["endpoints"], Method::POST) => create_endpoint(svc, req, ctx),
-        (["endpoints"], _) if get => list_endpoints(svc, req, ctx),
-        (["endpoints", id], m) => one_endpoint(svc, req, ctx, id, m),
         (["regions"], _) if get => {
             let items = svc
                 .store
@@ -412,25 +419,6 @@ fn own_user(ctx: &Ctx, uid: &str, action: &str) -> Result<(), ServiceError> {
     }
 }
 
-type View = fn(&Service, &Record) -> Result<Value, ServiceError>;
-
-fn list_simple(svc: &Service, req: &Request, ctx: &Ctx, kind: Kind, key: &str, view: View) -> Res {
-    admin(ctx, &format!("list_{key}"))?;
-    let mut items = Vec::new();
-    for r in svc.store.list(kind, None)? {
-        if req.q("name").is_some_and(|n| r.name.as_deref() != Some(n)) {
-            continue;
-        }
-        if let Some(d) = req.q("domain_id")
-            && r.scope != d
-        {
-            continue;
-        }
-        items.push(view(svc, &r)?);
-    }
-    Ok(collection(svc, key, key, items))
-}
-
 fn merge(mut base: Value, extra: &Map<String, Value>) -> Value {
     if let Value::Object(o) = &mut base {
         for (k, v) in extra {
@@ -438,6 +426,238 @@ fn merge(mut base: Value, extra: &Map<String, Value>) -> Value {
         }
     }
     base
+}
+
+// ---------------------------------------------------------------- generic CRUD
+
+/// A Keystone resource kind served by the generic handlers [`create`], [`list`] and
+/// [`one`]: how its request body becomes a stored document, what may read it, how a list
+/// is filtered, and what a delete takes with it.
+trait Resource {
+    /// The store kind.
+    const KIND: Kind;
+    /// The body key and the word in messages (`domain`).
+    const KEY: &'static str;
+    /// The collection (`domains`), also the path and the policy suffix of a list.
+    const COLLECTION: &'static str;
+    /// The stored document.
+    type Doc: serde::Serialize + serde::de::DeserializeOwned;
+    /// The request body of a create or an update.
+    type In: serde::de::DeserializeOwned;
+
+    /// The API view of a record.
+    fn view(svc: &Service, r: &Record) -> Result<Value, ServiceError>;
+    /// The scope the store files the record under, and its name unique there, if any.
+    fn filing(doc: &Self::Doc) -> (String, Option<String>);
+    /// A checked new document from a create body.
+    fn new_doc(svc: &Service, ctx: &Ctx, input: Self::In) -> Result<Self::Doc, ServiceError>;
+    /// Applies an update body; `true` if the owner's tokens must be revoked.
+    fn patch(doc: &mut Self::Doc, input: Self::In) -> Result<bool, ServiceError>;
+
+    /// Who may read one record.
+    fn may_read(ctx: &Ctx, _id: &str) -> Result<(), ServiceError> {
+        admin(ctx, &format!("get_{}", Self::KEY))
+    }
+    /// The scope a list reads (`None`: all).
+    fn list_scope(_req: &Request) -> Option<&str> {
+        None
+    }
+    /// Whether a record passes a list's filters (by default `name` and `domain_id`).
+    fn keep(req: &Request, r: &Record, _doc: &Self::Doc) -> bool {
+        req.q("name").is_none_or(|n| r.name.as_deref() == Some(n))
+            && req.q("domain_id").is_none_or(|d| r.scope == d)
+    }
+    /// What else a delete removes or changes; may refuse the delete.
+    fn on_delete(
+        _svc: &Service,
+        _r: &Record,
+        _doc: &Self::Doc,
+    ) -> Result<Vec<Write>, ServiceError> {
+        Ok(Vec::new())
+    }
+    /// Runs after a delete was stored.
+    fn after_delete(_svc: &Service, _id: &str) -> Result<(), ServiceError> {
+        Ok(())
+    }
+}
+
+/// Declares a [`Resource`]: its type, kind, body key, collection, document and body types,
+/// view, and filing (`|doc| (scope, name)`), then the rest of its methods.
+macro_rules! resource {
+    ($ty:ident: $kind:expr, $key:literal, $coll:literal, $doc:ty, $in:ty, $view:path,
+     |$d:ident| $filing:expr; $($rest:tt)*) => {
+        struct $ty;
+
+        impl Resource for $ty {
+            const KIND: Kind = $kind;
+            const KEY: &'static str = $key;
+            const COLLECTION: &'static str = $coll;
+            type Doc = $doc;
+            type In = $in;
+
+            fn view(svc: &Service, r: &Record) -> Result<Value, ServiceError> {
+                $view(svc, r)
+            }
+            fn filing($d: &$doc) -> (String, Option<String>) {
+                $filing
+            }
+            $($rest)*
+        }
+    };
+}
+
+fn one_view<R: Resource>(svc: &Service, status: StatusCode, r: &Record) -> Res {
+    Ok(json_resp(status, &json!({ R::KEY: R::view(svc, r)? })))
+}
+
+/// The generic routes of a collection (`rest`: the path after its name), if one matches.
+fn crud<R: Resource>(svc: &Service, req: &Request, ctx: &Ctx, rest: &[&str]) -> Option<Res> {
+    let get = req.method == Method::GET || req.method == Method::HEAD;
+    match rest {
+        [] if req.method == Method::POST => Some(create::<R>(svc, req, ctx)),
+        [] if get => Some(list::<R>(svc, req, ctx)),
+        [id] => Some(one::<R>(svc, req, ctx, id, req.method.clone())),
+        _ => None,
+    }
+}
+
+/// `POST /v3/<collection>`.
+fn create<R: Resource>(svc: &Service, req: &Request, ctx: &Ctx) -> Res {
+    admin(ctx, &format!("create_{}", R::KEY))?;
+    let input: R::In = wrapped(req, R::KEY)?;
+    let doc = R::new_doc(svc, ctx, input)?;
+    let (scope, name) = R::filing(&doc);
+    let rec = Record::new(R::KIND, &new_id(), &scope, name.as_deref(), &doc);
+    svc.store
+        .insert(rec.clone())
+        .map_err(|e| conflict(e, R::KEY))?;
+    one_view::<R>(svc, StatusCode::CREATED, &rec)
+}
+
+/// `GET /v3/<collection>`.
+fn list<R: Resource>(svc: &Service, req: &Request, ctx: &Ctx) -> Res {
+    admin(ctx, &format!("list_{}", R::COLLECTION))?;
+    let mut items = Vec::new();
+    for r in svc.store.list(R::KIND, R::list_scope(req))? {
+        if R::keep(req, &r, &r.parse()?) {
+            items.push(R::view(svc, &r)?);
+        }
+    }
+    Ok(collection(svc, R::COLLECTION, R::COLLECTION, items))
+}
+
+/// `GET/HEAD/PATCH/DELETE /v3/<collection>/<id>`.
+fn one<R: Resource>(svc: &Service, req: &Request, ctx: &Ctx, id: &str, m: Method) -> Res {
+    let rec = svc.store.get(R::KIND, id)?;
+    match m {
+        Method::GET | Method::HEAD => {
+            R::may_read(ctx, id)?;
+            let rec = rec.ok_or_else(|| not_found(R::KEY, id))?;
+            one_view::<R>(svc, StatusCode::OK, &rec)
+        }
+        Method::PATCH => {
+            admin(ctx, &format!("update_{}", R::KEY))?;
+            let rec = rec.ok_or_else(|| not_found(R::KEY, id))?;
+            let input: R::In = wrapped(req, R::KEY)?;
+            let mut doc: R::Doc = rec.parse()?;
+            let revoke = R::patch(&mut doc, input)?;
+            let (scope, name) = R::filing(&doc);
+            let mut next = rec.with_doc(name.as_deref(), &doc);
+            next.scope = scope;
+            svc.store
+                .update(next.clone())
+                .map_err(|e| conflict(e, R::KEY))?;
+            if revoke {
+                svc.revoke_user(id)?;
+            }
+            one_view::<R>(svc, StatusCode::OK, &next)
+        }
+        Method::DELETE => {
+            admin(ctx, &format!("delete_{}", R::KEY))?;
+            let rec = rec.ok_or_else(|| not_found(R::KEY, id))?;
+            let mut writes = vec![Write::Delete(R::KIND, id.into())];
+            writes.extend(R::on_delete(svc, &rec, &rec.parse()?)?);
+            svc.store.apply(&writes).map_err(|e| conflict(e, R::KEY))?;
+            R::after_delete(svc, id)?;
+            Ok(empty(StatusCode::NO_CONTENT))
+        }
+        _ => Err(method_not_allowed()),
+    }
+}
+
+/// A required property of a body.
+fn required(v: Option<String>, key: &str) -> Result<String, ServiceError> {
+    v.ok_or_else(|| ApiError::bad_request(format!("'{key}' is a required property")).into())
+}
+
+/// A required, checked name.
+fn required_name(v: Option<String>) -> Result<String, ServiceError> {
+    let name = required(v, "name")?;
+    check_name(&name)?;
+    Ok(name)
+}
+
+fn domain_exists(svc: &Service, domain_id: &str) -> Result<(), ServiceError> {
+    if svc.store.get(Kind::Domain, domain_id)?.is_none() {
+        return Err(ApiError::bad_request(format!("domain {domain_id} does not exist")).into());
+    }
+    Ok(())
+}
+
+/// A required, checked name, and an existing domain (the caller's when none is given).
+fn name_in_domain(
+    svc: &Service,
+    ctx: &Ctx,
+    name: Option<String>,
+    domain_id: Option<String>,
+) -> Result<(String, String), ServiceError> {
+    let name = required_name(name)?;
+    let domain_id = domain_id.unwrap_or_else(|| ctx.user_domain_id.clone());
+    domain_exists(svc, &domain_id)?;
+    Ok((name, domain_id))
+}
+
+/// Sets `field` from `value` when the body has it.
+fn set<T>(field: &mut T, value: Option<T>) {
+    if let Some(v) = value {
+        *field = v;
+    }
+}
+
+/// Sets a name from the body, checked.
+fn set_name(field: &mut String, value: Option<String>) -> Result<(), ServiceError> {
+    if let Some(n) = value {
+        check_name(&n)?;
+        *field = n;
+    }
+    Ok(())
+}
+
+/// Sets a name and a description from the body; no tokens to revoke.
+fn rename(
+    name: &mut String,
+    description: &mut String,
+    new_name: Option<String>,
+    new_description: Option<String>,
+) -> Result<bool, ServiceError> {
+    set_name(name, new_name)?;
+    set(description, new_description);
+    Ok(false)
+}
+
+/// Removals of the assignments matching `pred`, from `scope` (`None`: all).
+fn assignments_where(
+    svc: &Service,
+    scope: Option<&str>,
+    pred: impl Fn(&AssignmentDoc) -> bool,
+) -> Result<Vec<Write>, ServiceError> {
+    let mut out = Vec::new();
+    for a in svc.store.list(Kind::Assignment, scope)? {
+        if pred(&a.parse()?) {
+            out.push(Write::Delete(Kind::Assignment, a.id));
+        }
+    }
+    Ok(out)
 }
 
 // ---------------------------------------------------------------- domains
@@ -462,99 +682,51 @@ fn domain_view(svc: &Service, r: &Record) -> Result<Value, ServiceError> {
     ))
 }
 
-fn create_domain(svc: &Service, req: &Request, ctx: &Ctx) -> Res {
-    admin(ctx, "create_domain")?;
-    let d: DomainIn = wrapped(req, "domain")?;
-    let _ = d.tags;
-    let name = d
-        .name
-        .ok_or_else(|| ApiError::bad_request("'name' is a required property"))?;
-    check_name(&name)?;
-    reserved_extra(&d.extra, &["id", "links"])?;
-    let id = new_id();
-    let doc = DomainDoc {
-        name: name.clone(),
-        description: d.description.unwrap_or_default(),
-        enabled: d.enabled.unwrap_or(true),
-        extra: d.extra,
-    };
-    let rec = Record::new(Kind::Domain, &id, "", Some(&name), &doc);
-    svc.store
-        .insert(rec.clone())
-        .map_err(|e| conflict(e, "domain"))?;
-    Ok(json_resp(
-        StatusCode::CREATED,
-        &json!({"domain": domain_view(svc, &rec)?}),
-    ))
-}
+resource! {
+    Domains: Kind::Domain, "domain", "domains", DomainDoc, DomainIn, domain_view,
+    |d| (String::new(), Some(d.name.clone()));
 
-fn one_domain(svc: &Service, req: &Request, ctx: &Ctx, id: &str, m: Method) -> Res {
-    let rec = svc.store.get(Kind::Domain, id)?;
-    match m {
-        Method::GET | Method::HEAD => {
-            if !ctx.is_admin() && ctx.domain_id.as_deref() != Some(id) && ctx.user_domain_id != id {
-                return Err(denied("get_domain"));
-            }
-            let rec = rec.ok_or_else(|| not_found("domain", id))?;
-            Ok(json_resp(
-                StatusCode::OK,
-                &json!({"domain": domain_view(svc, &rec)?}),
-            ))
+    fn new_doc(_: &Service, _: &Ctx, d: DomainIn) -> Result<DomainDoc, ServiceError> {
+        let _ = d.tags;
+        let name = required_name(d.name)?;
+        reserved_extra(&d.extra, &["id", "links"])?;
+        Ok(DomainDoc {
+            name,
+            description: d.description.unwrap_or_default(),
+            enabled: d.enabled.unwrap_or(true),
+            extra: d.extra,
+        })
+    }
+    fn patch(d: &mut DomainDoc, p: DomainIn) -> Result<bool, ServiceError> {
+        reserved_extra(&p.extra, &["id", "links"])?;
+        set_name(&mut d.name, p.name)?;
+        set(&mut d.description, p.description);
+        set(&mut d.enabled, p.enabled);
+        d.extra.extend(p.extra);
+        Ok(false)
+    }
+    fn may_read(ctx: &Ctx, id: &str) -> Result<(), ServiceError> {
+        if !ctx.is_admin() && ctx.domain_id.as_deref() != Some(id) && ctx.user_domain_id != id {
+            return Err(denied("get_domain"));
         }
-        Method::PATCH => {
-            admin(ctx, "update_domain")?;
-            let rec = rec.ok_or_else(|| not_found("domain", id))?;
-            let p: DomainIn = wrapped(req, "domain")?;
-            reserved_extra(&p.extra, &["id", "links"])?;
-            let mut d: DomainDoc = rec.parse()?;
-            if let Some(n) = p.name {
-                check_name(&n)?;
-                d.name = n;
-            }
-            if let Some(x) = p.description {
-                d.description = x;
-            }
-            if let Some(e) = p.enabled {
-                d.enabled = e;
-            }
-            d.extra.extend(p.extra);
-            let next = rec.with_doc(Some(&d.name.clone()), &d);
-            svc.store
-                .update(next.clone())
-                .map_err(|e| conflict(e, "domain"))?;
-            Ok(json_resp(
-                StatusCode::OK,
-                &json!({"domain": domain_view(svc, &next)?}),
-            ))
+        Ok(())
+    }
+    fn on_delete(svc: &Service, r: &Record, d: &DomainDoc) -> Result<Vec<Write>, ServiceError> {
+        if d.enabled {
+            return Err(ApiError::forbidden(
+                "Cannot delete a domain that is enabled, please disable it first.",
+            )
+            .into());
         }
-        Method::DELETE => {
-            admin(ctx, "delete_domain")?;
-            let rec = rec.ok_or_else(|| not_found("domain", id))?;
-            if rec.parse::<DomainDoc>()?.enabled {
-                return Err(ApiError::forbidden(
-                    "Cannot delete a domain that is enabled, please disable it first.",
+        for k in [Kind::Project, Kind::User, Kind::Group] {
+            if !svc.store.list(k, Some(&r.id))?.is_empty() {
+                return Err(ApiError::conflict(
+                    "the domain still owns projects, users or groups; delete them first",
                 )
                 .into());
             }
-            for k in [Kind::Project, Kind::User, Kind::Group] {
-                if !svc.store.list(k, Some(id))?.is_empty() {
-                    return Err(ApiError::conflict(
-                        "the domain still owns projects, users or groups; delete them first",
-                    )
-                    .into());
-                }
-            }
-            let mut writes = vec![Write::Delete(Kind::Domain, id.into())];
-            for a in svc
-                .store
-                .list(Kind::Assignment, Some(&format!("domain:{id}")))?
-            {
-                writes.push(Write::Delete(Kind::Assignment, a.id));
-            }
-            svc.store.apply(&writes)?;
-            Ok(empty(StatusCode::NO_CONTENT))
         }
-        _ => Err(method_not_allowed()),
+        assignments_where(svc, Some(&format!("domain:{}", r.id)), |_| true)
     }
 }
 
@@ -584,65 +756,69 @@ fn project_view(svc: &Service, r: &Record) -> Result<Value, ServiceError> {
     ))
 }
 
-fn create_project(svc: &Service, req: &Request, ctx: &Ctx) -> Res {
-    admin(ctx, "create_project")?;
-    let p: ProjectIn = wrapped(req, "project")?;
-    let _ = p.options;
-    if p.is_domain == Some(true) {
-        return Err(ApiError::bad_request("projects acting as domains are not supported").into());
-    }
-    reserved_extra(&p.extra, &["id", "links"])?;
-    let name = p
-        .name
-        .ok_or_else(|| ApiError::bad_request("'name' is a required property"))?;
-    check_name(&name)?;
-    let mut domain_id = p.domain_id.unwrap_or_else(|| ctx.user_domain_id.clone());
-    let mut parent_id = domain_id.clone();
-    if let Some(parent) = p.parent_id.filter(|x| *x != domain_id) {
-        let pr = svc.store.get(Kind::Project, &parent)?.ok_or_else(|| {
-            ApiError::bad_request(format!("parent project {parent} does not exist"))
-        })?;
-        domain_id = pr.scope.clone();
-        parent_id = parent;
-    }
-    if svc.store.get(Kind::Domain, &domain_id)?.is_none() {
-        return Err(ApiError::bad_request(format!("domain {domain_id} does not exist")).into());
-    }
-    let id = new_id();
-    let doc = ProjectDoc {
-        name: name.clone(),
-        domain_id: domain_id.clone(),
-        description: p.description.unwrap_or_default(),
-        enabled: p.enabled.unwrap_or(true),
-        parent_id,
-        tags: p.tags.unwrap_or_default(),
-        extra: p.extra,
-    };
-    let rec = Record::new(Kind::Project, &id, &domain_id, Some(&name), &doc);
-    svc.store
-        .insert(rec.clone())
-        .map_err(|e| conflict(e, "project"))?;
-    Ok(json_resp(
-        StatusCode::CREATED,
-        &json!({"project": project_view(svc, &rec)?}),
-    ))
-}
+resource! {
+    Projects: Kind::Project, "project", "projects", ProjectDoc, ProjectIn, project_view,
+    |d| (d.domain_id.clone(), Some(d.name.clone()));
 
-fn list_projects(svc: &Service, req: &Request, ctx: &Ctx) -> Res {
-    // Domain-scoped admins of a domain and cloud admins list; others use /auth/projects.
-    admin(ctx, "list_projects")?;
-    let mut items = Vec::new();
-    for r in svc.store.list(Kind::Project, req.q("domain_id"))? {
-        let p: ProjectDoc = r.parse()?;
-        if req.q("name").is_some_and(|n| p.name != n)
-            || req.q("parent_id").is_some_and(|x| p.parent_id != x)
-            || bool_filter(req, "enabled").is_some_and(|e| p.enabled != e)
-        {
-            continue;
+    fn new_doc(svc: &Service, ctx: &Ctx, p: ProjectIn) -> Result<ProjectDoc, ServiceError> {
+        let _ = p.options;
+        if p.is_domain == Some(true) {
+            return Err(
+                ApiError::bad_request("projects acting as domains are not supported").into(),
+            );
         }
-        items.push(project_view(svc, &r)?);
+        reserved_extra(&p.extra, &["id", "links"])?;
+        let name = required_name(p.name)?;
+        let mut domain_id = p.domain_id.unwrap_or_else(|| ctx.user_domain_id.clone());
+        let mut parent_id = domain_id.clone();
+        if let Some(parent) = p.parent_id.filter(|x| *x != domain_id) {
+            let pr = svc.store.get(Kind::Project, &parent)?.ok_or_else(|| {
+                ApiError::bad_request(format!("parent project {parent} does not exist"))
+            })?;
+            domain_id = pr.scope.clone();
+            parent_id = parent;
+        }
+        domain_exists(svc, &domain_id)?;
+        Ok(ProjectDoc {
+            name,
+            domain_id,
+            description: p.description.unwrap_or_default(),
+            enabled: p.enabled.unwrap_or(true),
+            parent_id,
+            tags: p.tags.unwrap_or_default(),
+            extra: p.extra,
+        })
     }
-    Ok(collection(svc, "projects", "projects", items))
+    fn patch(d: &mut ProjectDoc, p: ProjectIn) -> Result<bool, ServiceError> {
+        reserved_extra(&p.extra, &["id", "links"])?;
+        if p.domain_id.as_ref().is_some_and(|x| *x != d.domain_id) {
+            return Err(ApiError::bad_request("a project cannot move to another domain").into());
+        }
+        set_name(&mut d.name, p.name)?;
+        set(&mut d.description, p.description);
+        set(&mut d.enabled, p.enabled);
+        set(&mut d.tags, p.tags);
+        d.extra.extend(p.extra);
+        Ok(false)
+    }
+    fn may_read(ctx: &Ctx, id: &str) -> Result<(), ServiceError> {
+        // Others see their own project; cloud admins any.
+        if !ctx.is_admin() && ctx.project_id.as_deref() != Some(id) {
+            return Err(denied("get_project"));
+        }
+        Ok(())
+    }
+    fn list_scope(req: &Request) -> Option<&str> {
+        req.q("domain_id")
+    }
+    fn keep(req: &Request, _: &Record, p: &ProjectDoc) -> bool {
+        req.q("name").is_none_or(|n| p.name == n)
+            && req.q("parent_id").is_none_or(|x| p.parent_id == x)
+            && bool_filter(req, "enabled").is_none_or(|e| p.enabled == e)
+    }
+    fn on_delete(svc: &Service, r: &Record, _: &ProjectDoc) -> Result<Vec<Write>, ServiceError> {
+        assignments_where(svc, Some(&format!("project:{}", r.id)), |_| true)
+    }
 }
 
 fn user_projects(svc: &Service, uid: &str) -> Result<Vec<Value>, ServiceError> {
@@ -653,70 +829,6 @@ fn user_projects(svc: &Service, uid: &str) -> Result<Vec<Value>, ServiceError> {
         }
     }
     Ok(out)
-}
-
-fn one_project(svc: &Service, req: &Request, ctx: &Ctx, id: &str, m: Method) -> Res {
-    let rec = svc.store.get(Kind::Project, id)?;
-    match m {
-        Method::GET | Method::HEAD => {
-            if !ctx.is_admin() && ctx.project_id.as_deref() != Some(id) {
-                return Err(denied("get_project"));
-            }
-            let rec = rec.ok_or_else(|| not_found("project", id))?;
-            Ok(json_resp(
-                StatusCode::OK,
-                &json!({"project": project_view(svc, &rec)?}),
-            ))
-        }
-        Method::PATCH => {
-            admin(ctx, "update_project")?;
-            let rec = rec.ok_or_else(|| not_found("project", id))?;
-            let p: ProjectIn = wrapped(req, "project")?;
-            reserved_extra(&p.extra, &["id", "links"])?;
-            let mut d: ProjectDoc = rec.parse()?;
-            if p.domain_id.as_ref().is_some_and(|x| *x != d.domain_id) {
-                return Err(
-                    ApiError::bad_request("a project cannot move to another domain").into(),
-                );
-            }
-            if let Some(n) = p.name {
-                check_name(&n)?;
-                d.name = n;
-            }
-            if let Some(x) = p.description {
-                d.description = x;
-            }
-            if let Some(e) = p.enabled {
-                d.enabled = e;
-            }
-            if let Some(t) = p.tags {
-                d.tags = t;
-            }
-            d.extra.extend(p.extra);
-            let next = rec.with_doc(Some(&d.name.clone()), &d);
-            svc.store
-                .update(next.clone())
-                .map_err(|e| conflict(e, "project"))?;
-            Ok(json_resp(
-                StatusCode::OK,
-                &json!({"project": project_view(svc, &next)?}),
-            ))
-        }
-        Method::DELETE => {
-            admin(ctx, "delete_project")?;
-            rec.ok_or_else(|| not_found("project", id))?;
-            let mut writes = vec![Write::Delete(Kind::Project, id.into())];
-            for a in svc
-                .store
-                .list(Kind::Assignment, Some(&format!("project:{id}")))?
-            {
-                writes.push(Write::Delete(Kind::Assignment, a.id));
-            }
-            svc.store.apply(&writes)?;
-            Ok(empty(StatusCode::NO_CONTENT))
-        }
-        _ => Err(method_not_allowed()),
-    }
 }
 
 // ---------------------------------------------------------------- users
@@ -747,125 +859,69 @@ fn user_view(svc: &Service, r: &Record) -> Result<Value, ServiceError> {
     Ok(merge(v, &u.extra))
 }
 
-fn create_user(svc: &Service, req: &Request, ctx: &Ctx) -> Res {
-    admin(ctx, "create_user")?;
-    let u: UserIn = wrapped(req, "user")?;
-    let _ = u.options;
-    reserved_extra(&u.extra, &["id", "links", "password_hash"])?;
-    let name = u
-        .name
-        .ok_or_else(|| ApiError::bad_request("'name' is a required property"))?;
-    check_name(&name)?;
-    let domain_id = u.domain_id.unwrap_or_else(|| ctx.user_domain_id.clone());
-    if svc.store.get(Kind::Domain, &domain_id)?.is_none() {
-        return Err(ApiError::bad_request(format!("domain {domain_id} does not exist")).into());
-    }
-    let password_hash = u.password.as_deref().map(password::hash).transpose()?;
-    let id = new_id();
-    let doc = UserDoc {
-        name: name.clone(),
-        domain_id: domain_id.clone(),
-        enabled: u.enabled.unwrap_or(true),
-        password_hash,
-        default_project_id: u.default_project_id,
-        description: u.description.unwrap_or_default(),
-        extra: u.extra,
-    };
-    let rec = Record::new(Kind::User, &id, &domain_id, Some(&name), &doc);
-    svc.store
-        .insert(rec.clone())
-        .map_err(|e| conflict(e, "user"))?;
-    Ok(json_resp(
-        StatusCode::CREATED,
-        &json!({"user": user_view(svc, &rec)?}),
-    ))
-}
+resource! {
+    Users: Kind::User, "user", "users", UserDoc, UserIn, user_view,
+    |d| (d.domain_id.clone(), Some(d.name.clone()));
 
-fn list_users(svc: &Service, req: &Request, ctx: &Ctx) -> Res {
-    admin(ctx, "list_users")?;
-    let mut items = Vec::new();
-    for r in svc.store.list(Kind::User, req.q("domain_id"))? {
-        let u: UserDoc = r.parse()?;
-        if req.q("name").is_some_and(|n| u.name != n)
-            || bool_filter(req, "enabled").is_some_and(|e| u.enabled != e)
-        {
-            continue;
-        }
-        items.push(user_view(svc, &r)?);
+    fn new_doc(svc: &Service, ctx: &Ctx, u: UserIn) -> Result<UserDoc, ServiceError> {
+        let _ = u.options;
+        reserved_extra(&u.extra, &["id", "links", "password_hash"])?;
+        let (name, domain_id) = name_in_domain(svc, ctx, u.name, u.domain_id)?;
+        Ok(UserDoc {
+            name,
+            domain_id,
+            enabled: u.enabled.unwrap_or(true),
+            password_hash: u.password.as_deref().map(password::hash).transpose()?,
+            default_project_id: u.default_project_id,
+            description: u.description.unwrap_or_default(),
+            extra: u.extra,
+        })
     }
-    Ok(collection(svc, "users", "users", items))
-}
-
-fn one_user(svc: &Service, req: &Request, ctx: &Ctx, id: &str, m: Method) -> Res {
-    let rec = svc.store.get(Kind::User, id)?;
-    match m {
-        Method::GET | Method::HEAD => {
-            own_user(ctx, id, "get_user")?;
-            let rec = rec.ok_or_else(|| not_found("user", id))?;
-            Ok(json_resp(
-                StatusCode::OK,
-                &json!({"user": user_view(svc, &rec)?}),
-            ))
+    fn patch(u: &mut UserDoc, p: UserIn) -> Result<bool, ServiceError> {
+        reserved_extra(&p.extra, &["id", "links", "password_hash"])?;
+        let mut revoke = false;
+        set_name(&mut u.name, p.name)?;
+        if let Some(e) = p.enabled {
+            revoke |= !e && u.enabled;
+            u.enabled = e;
         }
-        Method::PATCH => {
-            admin(ctx, "update_user")?;
-            let rec = rec.ok_or_else(|| not_found("user", id))?;
-            let p: UserIn = wrapped(req, "user")?;
-            reserved_extra(&p.extra, &["id", "links", "password_hash"])?;
-            let mut u: UserDoc = rec.parse()?;
-            let mut revoke = false;
-            if let Some(n) = p.name {
-                check_name(&n)?;
-                u.name = n;
-            }
-            if let Some(e) = p.enabled {
-                revoke |= !e && u.enabled;
-                u.enabled = e;
-            }
-            if let Some(pw) = p.password {
-                u.password_hash = Some(password::hash(&pw)?);
-                revoke = true;
-            }
-            if let Some(dp) = p.default_project_id {
-                u.default_project_id = Some(dp);
-            }
-            if let Some(x) = p.description {
-                u.description = x;
-            }
-            u.extra.extend(p.extra);
-            let next = rec.with_doc(Some(&u.name.clone()), &u);
-            svc.store
-                .update(next.clone())
-                .map_err(|e| conflict(e, "user"))?;
-            if revoke {
-                svc.revoke_user(id)?;
-            }
-            Ok(json_resp(
-                StatusCode::OK,
-                &json!({"user": user_view(svc, &next)?}),
-            ))
+        if let Some(pw) = p.password {
+            u.password_hash = Some(password::hash(&pw)?);
+            revoke = true;
         }
-        Method::DELETE => {
-            admin(ctx, "delete_user")?;
-            rec.ok_or_else(|| not_found("user", id))?;
-            let mut writes = vec![Write::Delete(Kind::User, id.into())];
-            for a in svc.store.list(Kind::Assignment, None)? {
-                let d: AssignmentDoc = a.parse()?;
-                if d.actor_type == "user" && d.actor_id == id {
-                    writes.push(Write::Delete(Kind::Assignment, a.id));
-                }
-            }
-            for m in svc.store.list(Kind::Membership, Some(id))? {
-                writes.push(Write::Delete(Kind::Membership, m.id));
-            }
-            for c in svc.store.list(Kind::AppCredential, Some(id))? {
-                writes.push(Write::Delete(Kind::AppCredential, c.id));
-            }
-            svc.store.apply(&writes)?;
-            svc.revoke_user(id)?;
-            Ok(empty(StatusCode::NO_CONTENT))
+        if let Some(dp) = p.default_project_id {
+            u.default_project_id = Some(dp);
         }
-        _ => Err(method_not_allowed()),
+        set(&mut u.description, p.description);
+        u.extra.extend(p.extra);
+        Ok(revoke)
+    }
+    fn may_read(ctx: &Ctx, id: &str) -> Result<(), ServiceError> {
+        own_user(ctx, id, "get_user")
+    }
+    fn list_scope(req: &Request) -> Option<&str> {
+        req.q("domain_id")
+    }
+    fn keep(req: &Request, _: &Record, u: &UserDoc) -> bool {
+        req.q("name").is_none_or(|n| u.name == n)
+            && bool_filter(req, "enabled").is_none_or(|e| u.enabled == e)
+    }
+    fn on_delete(svc: &Service, r: &Record, _: &UserDoc) -> Result<Vec<Write>, ServiceError> {
+        let id = r.id.as_str();
+        let mut writes =
+            assignments_where(svc, None, |d| d.actor_type == "user" && d.actor_id == id)?;
+        for m in svc.store.list(Kind::Membership, Some(id))? {
+            writes.push(Write::Delete(Kind::Membership, m.id));
+        }
+        for k in [Kind::AppCredential, Kind::Credential] {
+            for c in svc.store.list(k, Some(id))? {
+                writes.push(Write::Delete(k, c.id));
+            }
+        }
+        Ok(writes)
+    }
+    fn after_delete(svc: &Service, id: &str) -> Result<(), ServiceError> {
+        svc.revoke_user(id)
     }
 }
 
@@ -1036,90 +1092,35 @@ fn role_view(svc: &Service, r: &Record) -> Result<Value, ServiceError> {
     )
 }
 
-fn create_role(svc: &Service, req: &Request, ctx: &Ctx) -> Res {
-    admin(ctx, "create_role")?;
-    let r: RoleIn = wrapped(req, "role")?;
-    let _ = r.options;
-    if r.domain_id.is_some_and(|d| !d.is_null()) {
-        return Err(ApiError::bad_request("domain-specific roles are not supported").into());
-    }
-    let name = r
-        .name
-        .ok_or_else(|| ApiError::bad_request("'name' is a required property"))?;
-    check_name(&name)?;
-    let id = new_id();
-    let rec = Record::new(
-        Kind::Role,
-        &id,
-        "",
-        Some(&name),
-        &RoleDoc {
-            name: name.clone(),
+resource! {
+    Roles: Kind::Role, "role", "roles", RoleDoc, RoleIn, role_view,
+    |d| (String::new(), Some(d.name.clone()));
+
+    fn new_doc(_: &Service, _: &Ctx, r: RoleIn) -> Result<RoleDoc, ServiceError> {
+        let _ = r.options;
+        if r.domain_id.is_some_and(|d| !d.is_null()) {
+            return Err(ApiError::bad_request("domain-specific roles are not supported").into());
+        }
+        Ok(RoleDoc {
+            name: required_name(r.name)?,
             description: r.description.unwrap_or_default(),
             implies: vec![],
-        },
-    );
-    svc.store
-        .insert(rec.clone())
-        .map_err(|e| conflict(e, "role"))?;
-    Ok(json_resp(
-        StatusCode::CREATED,
-        &json!({"role": role_view(svc, &rec)?}),
-    ))
-}
-
-fn one_role(svc: &Service, req: &Request, ctx: &Ctx, id: &str, m: Method) -> Res {
-    let rec = svc.store.get(Kind::Role, id)?;
-    match m {
-        Method::GET | Method::HEAD => {
-            admin(ctx, "get_role")?;
-            let rec = rec.ok_or_else(|| not_found("role", id))?;
-            Ok(json_resp(
-                StatusCode::OK,
-                &json!({"role": role_view(svc, &rec)?}),
-            ))
+        })
+    }
+    fn patch(d: &mut RoleDoc, p: RoleIn) -> Result<bool, ServiceError> {
+        rename(&mut d.name, &mut d.description, p.name, p.description)
+    }
+    fn on_delete(svc: &Service, r: &Record, _: &RoleDoc) -> Result<Vec<Write>, ServiceError> {
+        let id = r.id.as_str();
+        let mut writes = assignments_where(svc, None, |d| d.role_id == id)?;
+        for r in svc.store.list(Kind::Role, None)? {
+            let mut d: RoleDoc = r.parse()?;
+            if d.implies.iter().any(|x| x == id) {
+                d.implies.retain(|x| x != id);
+                writes.push(Write::Update(r.with_doc(r.name.as_deref(), &d)));
+            }
         }
-        Method::PATCH => {
-            admin(ctx, "update_role")?;
-            let rec = rec.ok_or_else(|| not_found("role", id))?;
-            let p: RoleIn = wrapped(req, "role")?;
-            let mut d: RoleDoc = rec.parse()?;
-            if let Some(n) = p.name {
-                check_name(&n)?;
-                d.name = n;
-            }
-            if let Some(x) = p.description {
-                d.description = x;
-            }
-            let next = rec.with_doc(Some(&d.name.clone()), &d);
-            svc.store
-                .update(next.clone())
-                .map_err(|e| conflict(e, "role"))?;
-            Ok(json_resp(
-                StatusCode::OK,
-                &json!({"role": role_view(svc, &next)?}),
-            ))
-        }
-        Method::DELETE => {
-            admin(ctx, "delete_role")?;
-            rec.ok_or_else(|| not_found("role", id))?;
-            let mut writes = vec![Write::Delete(Kind::Role, id.into())];
-            for a in svc.store.list(Kind::Assignment, None)? {
-                if a.parse::<AssignmentDoc>()?.role_id == id {
-                    writes.push(Write::Delete(Kind::Assignment, a.id));
-                }
-            }
-            for r in svc.store.list(Kind::Role, None)? {
-                let mut d: RoleDoc = r.parse()?;
-                if d.implies.iter().any(|x| x == id) {
-                    d.implies.retain(|x| x != id);
-                    writes.push(Write::Update(r.with_doc(r.name.as_deref(), &d)));
-                }
-            }
-            svc.store.apply(&writes).map_err(|e| conflict(e, "role"))?;
-            Ok(empty(StatusCode::NO_CONTENT))
-        }
-        _ => Err(method_not_allowed()),
+        Ok(writes)
     }
 }
 
@@ -1141,89 +1142,31 @@ fn group_view(svc: &Service, r: &Record) -> Result<Value, ServiceError> {
     )
 }
 
-fn create_group(svc: &Service, req: &Request, ctx: &Ctx) -> Res {
-    admin(ctx, "create_group")?;
-    let g: GroupIn = wrapped(req, "group")?;
-    let name = g
-        .name
-        .ok_or_else(|| ApiError::bad_request("'name' is a required property"))?;
-    check_name(&name)?;
-    let domain_id = g.domain_id.unwrap_or_else(|| ctx.user_domain_id.clone());
-    if svc.store.get(Kind::Domain, &domain_id)?.is_none() {
-        return Err(ApiError::bad_request(format!("domain {domain_id} does not exist")).into());
-    }
-    let id = new_id();
-    let rec = Record::new(
-        Kind::Group,
-        &id,
-        &domain_id,
-        Some(&name),
-        &GroupDoc {
-            name: name.clone(),
-            domain_id: domain_id.clone(),
-            description: g.description.unwrap_or_default(),
-        },
-    );
-    svc.store
-        .insert(rec.clone())
-        .map_err(|e| conflict(e, "group"))?;
-    Ok(json_resp(
-        StatusCode::CREATED,
-        &json!({"group": group_view(svc, &rec)?}),
-    ))
-}
+resource! {
+    Groups: Kind::Group, "group", "groups", GroupDoc, GroupIn, group_view,
+    |d| (d.domain_id.clone(), Some(d.name.clone()));
 
-fn one_group(svc: &Service, req: &Request, ctx: &Ctx, id: &str, m: Method) -> Res {
-    let rec = svc.store.get(Kind::Group, id)?;
-    match m {
-        Method::GET | Method::HEAD => {
-            admin(ctx, "get_group")?;
-            let rec = rec.ok_or_else(|| not_found("group", id))?;
-            Ok(json_resp(
-                StatusCode::OK,
-                &json!({"group": group_view(svc, &rec)?}),
-            ))
+    fn new_doc(svc: &Service, ctx: &Ctx, g: GroupIn) -> Result<GroupDoc, ServiceError> {
+        let (name, domain_id) = name_in_domain(svc, ctx, g.name, g.domain_id)?;
+        Ok(GroupDoc {
+            name,
+            domain_id,
+            description: g.description.unwrap_or_default(),
+        })
+    }
+    fn patch(d: &mut GroupDoc, p: GroupIn) -> Result<bool, ServiceError> {
+        rename(&mut d.name, &mut d.description, p.name, p.description)
+    }
+    fn on_delete(svc: &Service, r: &Record, _: &GroupDoc) -> Result<Vec<Write>, ServiceError> {
+        let id = r.id.as_str();
+        let mut writes =
+            assignments_where(svc, None, |d| d.actor_type == "group" && d.actor_id == id)?;
+        for m in svc.store.list(Kind::Membership, None)? {
+            if m.parse::<MembershipDoc>()?.group_id == id {
+                writes.push(Write::Delete(Kind::Membership, m.id));
+            }
         }
-        Method::PATCH => {
-            admin(ctx, "update_group")?;
-            let rec = rec.ok_or_else(|| not_found("group", id))?;
-            let p: GroupIn = wrapped(req, "group")?;
-            let mut d: GroupDoc = rec.parse()?;
-            if let Some(n) = p.name {
-                check_name(&n)?;
-                d.name = n;
-            }
-            if let Some(x) = p.description {
-                d.description = x;
-            }
-            let next = rec.with_doc(Some(&d.name.clone()), &d);
-            svc.store
-                .update(next.clone())
-                .map_err(|e| conflict(e, "group"))?;
-            Ok(json_resp(
-                StatusCode::OK,
-                &json!({"group": group_view(svc, &next)?}),
-            ))
-        }
-        Method::DELETE => {
-            admin(ctx, "delete_group")?;
-            rec.ok_or_else(|| not_found("group", id))?;
-            let mut writes = vec![Write::Delete(Kind::Group, id.into())];
-            for a in svc.store.list(Kind::Assignment, None)? {
-                let d: AssignmentDoc = a.parse()?;
-                if d.actor_type == "group" && d.actor_id == id {
-                    writes.push(Write::Delete(Kind::Assignment, a.id));
-                }
-            }
-            for m in svc.store.list(Kind::Membership, None)? {
-                if m.parse::<MembershipDoc>()?.group_id == id {
-                    writes.push(Write::Delete(Kind::Membership, m.id));
-                }
-            }
-            svc.store.apply(&writes)?;
-            Ok(empty(StatusCode::NO_CONTENT))
-        }
-        _ => Err(method_not_allowed()),
+        Ok(writes)
     }
 }
 
@@ -1521,99 +1464,37 @@ fn service_view(svc: &Service, r: &Record) -> Result<Value, ServiceError> {
     )
 }
 
-fn create_service(svc: &Service, req: &Request, ctx: &Ctx) -> Res {
-    admin(ctx, "create_service")?;
-    let s: ServiceIn = wrapped(req, "service")?;
-    let kind = s
-        .kind
-        .ok_or_else(|| ApiError::bad_request("'type' is a required property"))?;
-    check_name(&kind)?;
-    let name = s.name.unwrap_or_default();
-    let id = new_id();
-    let rec = Record::new(
-        Kind::Service,
-        &id,
-        "",
-        (!name.is_empty()).then_some(name.as_str()),
-        &ServiceDoc {
+resource! {
+    Services: Kind::Service, "service", "services", ServiceDoc, ServiceIn, service_view,
+    |d| (String::new(), (!d.name.is_empty()).then(|| d.name.clone()));
+
+    fn new_doc(_: &Service, _: &Ctx, s: ServiceIn) -> Result<ServiceDoc, ServiceError> {
+        let kind = required(s.kind, "type")?;
+        check_name(&kind)?;
+        Ok(ServiceDoc {
             kind,
-            name: name.clone(),
+            name: s.name.unwrap_or_default(),
             description: s.description.unwrap_or_default(),
             enabled: s.enabled.unwrap_or(true),
-        },
-    );
-    svc.store
-        .insert(rec.clone())
-        .map_err(|e| conflict(e, "service"))?;
-    Ok(json_resp(
-        StatusCode::CREATED,
-        &json!({"service": service_view(svc, &rec)?}),
-    ))
-}
-
-fn list_services(svc: &Service, req: &Request, ctx: &Ctx) -> Res {
-    admin(ctx, "list_services")?;
-    let mut items = Vec::new();
-    for r in svc.store.list(Kind::Service, None)? {
-        let d: ServiceDoc = r.parse()?;
-        if req.q("type").is_some_and(|t| d.kind != t) || req.q("name").is_some_and(|n| d.name != n)
-        {
-            continue;
-        }
-        items.push(service_view(svc, &r)?);
+        })
     }
-    Ok(collection(svc, "services", "services", items))
-}
-
-fn one_service(svc: &Service, req: &Request, ctx: &Ctx, id: &str, m: Method) -> Res {
-    let rec = svc.store.get(Kind::Service, id)?;
-    match m {
-        Method::GET | Method::HEAD => {
-            admin(ctx, "get_service")?;
-            let rec = rec.ok_or_else(|| not_found("service", id))?;
-            Ok(json_resp(
-                StatusCode::OK,
-                &json!({"service": service_view(svc, &rec)?}),
-            ))
-        }
-        Method::PATCH => {
-            admin(ctx, "update_service")?;
-            let rec = rec.ok_or_else(|| not_found("service", id))?;
-            let p: ServiceIn = wrapped(req, "service")?;
-            let mut d: ServiceDoc = rec.parse()?;
-            if let Some(k) = p.kind {
-                d.kind = k;
-            }
-            if let Some(n) = p.name {
-                d.name = n;
-            }
-            if let Some(x) = p.description {
-                d.description = x;
-            }
-            if let Some(e) = p.enabled {
-                d.enabled = e;
-            }
-            let name = (!d.name.is_empty()).then(|| d.name.clone());
-            let next = rec.with_doc(name.as_deref(), &d);
-            svc.store
-                .update(next.clone())
-                .map_err(|e| conflict(e, "service"))?;
-            Ok(json_resp(
-                StatusCode::OK,
-                &json!({"service": service_view(svc, &next)?}),
-            ))
-        }
-        Method::DELETE => {
-            admin(ctx, "delete_service")?;
-            rec.ok_or_else(|| not_found("service", id))?;
-            let mut writes = vec![Write::Delete(Kind::Service, id.into())];
-            for e in svc.store.list(Kind::Endpoint, Some(id))? {
-                writes.push(Write::Delete(Kind::Endpoint, e.id));
-            }
-            svc.store.apply(&writes)?;
-            Ok(empty(StatusCode::NO_CONTENT))
-        }
-        _ => Err(method_not_allowed()),
+    fn patch(d: &mut ServiceDoc, p: ServiceIn) -> Result<bool, ServiceError> {
+        set(&mut d.kind, p.kind);
+        set(&mut d.name, p.name);
+        set(&mut d.description, p.description);
+        set(&mut d.enabled, p.enabled);
+        Ok(false)
+    }
+    fn keep(req: &Request, _: &Record, d: &ServiceDoc) -> bool {
+        req.q("type").is_none_or(|t| d.kind == t) && req.q("name").is_none_or(|n| d.name == n)
+    }
+    fn on_delete(svc: &Service, r: &Record, _: &ServiceDoc) -> Result<Vec<Write>, ServiceError> {
+        Ok(svc
+            .store
+            .list(Kind::Endpoint, Some(&r.id))?
+            .into_iter()
+            .map(|e| Write::Delete(Kind::Endpoint, e.id))
+            .collect())
     }
 }
 
@@ -1648,133 +1529,63 @@ fn check_interface(i: &str) -> Result<(), ServiceError> {
     }
 }
 
-fn create_endpoint(svc: &Service, req: &Request, ctx: &Ctx) -> Res {
-    admin(ctx, "create_endpoint")?;
-    let e: EndpointIn = wrapped(req, "endpoint")?;
-    let service_id = e
-        .service_id
-        .ok_or_else(|| ApiError::bad_request("'service_id' is a required property"))?;
-    let interface = e
-        .interface
-        .ok_or_else(|| ApiError::bad_request("'interface' is a required property"))?;
-    let url = e
-        .url
-        .ok_or_else(|| ApiError::bad_request("'url' is a required property"))?;
-    check_interface(&interface)?;
-    if svc.store.get(Kind::Service, &service_id)?.is_none() {
-        return Err(ApiError::bad_request(format!("service {service_id} does not exist")).into());
-    }
-    let region = e.region_id.or(e.region);
-    if let Some(r) = &region
-        && svc.store.get(Kind::Region, r)?.is_none()
-    {
-        svc.store
-            .insert(Record::new(
-                Kind::Region,
-                r,
-                "",
-                None,
-                &RegionDoc {
-                    description: String::new(),
-                    parent_region_id: None,
-                },
-            ))
-            .or_else(|e| {
-                if matches!(e, StoreError::Conflict { .. }) {
-                    Ok(())
-                } else {
-                    Err(e)
-                }
-            })?;
-    }
-    let id = new_id();
-    let rec = Record::new(
-        Kind::Endpoint,
-        &id,
-        &service_id,
-        None,
-        &EndpointDoc {
-            service_id: service_id.clone(),
+resource! {
+    Endpoints: Kind::Endpoint, "endpoint", "endpoints", EndpointDoc, EndpointIn, endpoint_view,
+    |d| (d.service_id.clone(), None);
+
+    fn new_doc(svc: &Service, _: &Ctx, e: EndpointIn) -> Result<EndpointDoc, ServiceError> {
+        let service_id = required(e.service_id, "service_id")?;
+        let interface = required(e.interface, "interface")?;
+        let url = required(e.url, "url")?;
+        check_interface(&interface)?;
+        if svc.store.get(Kind::Service, &service_id)?.is_none() {
+            return Err(
+                ApiError::bad_request(format!("service {service_id} does not exist")).into(),
+            );
+        }
+        let region = e.region_id.or(e.region);
+        if let Some(r) = &region
+            && svc.store.get(Kind::Region, r)?.is_none()
+        {
+            let doc = RegionDoc {
+                description: String::new(),
+                parent_region_id: None,
+            };
+            match svc
+                .store
+                .insert(Record::new(Kind::Region, r, "", None, &doc))
+            {
+                Ok(()) | Err(StoreError::Conflict { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(EndpointDoc {
+            service_id,
             interface,
             url,
             region_id: region,
             enabled: e.enabled.unwrap_or(true),
-        },
-    );
-    svc.store.insert(rec.clone())?;
-    Ok(json_resp(
-        StatusCode::CREATED,
-        &json!({"endpoint": endpoint_view(svc, &rec)?}),
-    ))
-}
-
-fn list_endpoints(svc: &Service, req: &Request, ctx: &Ctx) -> Res {
-    admin(ctx, "list_endpoints")?;
-    let mut items = Vec::new();
-    for r in svc.store.list(Kind::Endpoint, None)? {
-        let d: EndpointDoc = r.parse()?;
-        if req.q("service_id").is_some_and(|s| d.service_id != s)
-            || req.q("interface").is_some_and(|i| d.interface != i)
-            || req
-                .q("region_id")
-                .is_some_and(|x| d.region_id.as_deref() != Some(x))
-        {
-            continue;
-        }
-        items.push(endpoint_view(svc, &r)?);
+        })
     }
-    Ok(collection(svc, "endpoints", "endpoints", items))
-}
-
-fn one_endpoint(svc: &Service, req: &Request, ctx: &Ctx, id: &str, m: Method) -> Res {
-    let rec = svc.store.get(Kind::Endpoint, id)?;
-    match m {
-        Method::GET | Method::HEAD => {
-            admin(ctx, "get_endpoint")?;
-            let rec = rec.ok_or_else(|| not_found("endpoint", id))?;
-            Ok(json_resp(
-                StatusCode::OK,
-                &json!({"endpoint": endpoint_view(svc, &rec)?}),
-            ))
+    fn patch(d: &mut EndpointDoc, p: EndpointIn) -> Result<bool, ServiceError> {
+        if let Some(i) = p.interface {
+            check_interface(&i)?;
+            d.interface = i;
         }
-        Method::PATCH => {
-            admin(ctx, "update_endpoint")?;
-            let rec = rec.ok_or_else(|| not_found("endpoint", id))?;
-            let p: EndpointIn = wrapped(req, "endpoint")?;
-            let mut d: EndpointDoc = rec.parse()?;
-            if let Some(i) = p.interface {
-                check_interface(&i)?;
-                d.interface = i;
-            }
-            if let Some(u) = p.url {
-                d.url = u;
-            }
-            if let Some(r) = p.region_id.or(p.region) {
-                d.region_id = Some(r);
-            }
-            if let Some(e) = p.enabled {
-                d.enabled = e;
-            }
-            if let Some(s) = p.service_id {
-                d.service_id = s;
-            }
-            let mut next = rec.with_doc(None, &d);
-            next.scope = d.service_id.clone();
-            svc.store
-                .update(next.clone())
-                .map_err(|e| conflict(e, "endpoint"))?;
-            Ok(json_resp(
-                StatusCode::OK,
-                &json!({"endpoint": endpoint_view(svc, &next)?}),
-            ))
+        set(&mut d.url, p.url);
+        if let Some(r) = p.region_id.or(p.region) {
+            d.region_id = Some(r);
         }
-        Method::DELETE => {
-            admin(ctx, "delete_endpoint")?;
-            rec.ok_or_else(|| not_found("endpoint", id))?;
-            svc.store.delete(Kind::Endpoint, id)?;
-            Ok(empty(StatusCode::NO_CONTENT))
-        }
-        _ => Err(method_not_allowed()),
+        set(&mut d.enabled, p.enabled);
+        set(&mut d.service_id, p.service_id);
+        Ok(false)
+    }
+    fn keep(req: &Request, _: &Record, d: &EndpointDoc) -> bool {
+        req.q("service_id").is_none_or(|s| d.service_id == s)
+            && req.q("interface").is_none_or(|i| d.interface == i)
+            && req
+                .q("region_id")
+                .is_none_or(|x| d.region_id.as_deref() == Some(x))
     }
 }
 

@@ -83,7 +83,7 @@ pub async fn route(
         (true, [v, i, id]) if v == "v2" && i == "images" => Some(id.clone()),
         _ => None,
     };
-    let mut resp = blocking(svc.clone(), move |svc| {
+    let mut resp = super::cached_or_blocking(svc.clone(), move |svc| {
         handle(svc, &request).map_err(ApiError::from)
     })
     .await?;
@@ -542,7 +542,9 @@ fn list(svc: &Service, req: &Request, ctx: &Ctx) -> Result<Response, ServiceErro
     }
     sort.push(("id".into(), false));
     let project = ctx.project_id.as_deref();
-    let mut images: Vec<(String, ImageDoc)> = Vec::new();
+    let index = svc.all_images()?;
+    // Positions in the index of the images to show.
+    let mut images: Vec<usize> = Vec::new();
     let tags: Vec<&str> = req
         .query
         .iter()
@@ -600,7 +602,7 @@ fn list(svc: &Service, req: &Request, ctx: &Ctx) -> Result<Response, ServiceErro
             }
         }
     }
-    for (rid, d) in svc.all_images()?.iter() {
+    for (i, (rid, d)) in index.images.iter().enumerate() {
         let ms = memberships.get(rid).cloned();
         if access(ctx, d, ms.as_deref()) == Access::None {
             continue;
@@ -648,12 +650,12 @@ fn list(svc: &Service, req: &Request, ctx: &Ctx) -> Result<Response, ServiceErro
                 .filter(|(k, _)| !known.contains(&k.as_str()))
                 .all(|(k, v)| d.properties.get(k) == Some(v));
         if keep {
-            images.push((rid.clone(), d.clone()));
+            images.push(i);
         }
     }
-    images.sort_by(|a, b| {
+    images.sort_by(|&a, &b| {
         for (k, asc) in &sort {
-            let o = compare(a, b, k);
+            let o = compare(&index.images[a], &index.images[b], k);
             let o = if *asc { o } else { o.reverse() };
             if o != std::cmp::Ordering::Equal {
                 return o;
@@ -664,19 +666,23 @@ fn list(svc: &Service, req: &Request, ctx: &Ctx) -> Result<Response, ServiceErro
     let start = match req.q("marker") {
         Some(m) => images
             .iter()
-            .position(|(id, _)| id == m)
+            .position(|&i| index.images[i].0 == m)
             .map(|p| p + 1)
             .ok_or_else(|| ApiError::bad_request(format!("marker {m} could not be found")))?,
         None => 0,
     };
-    let page: Vec<&(String, ImageDoc)> = images.iter().skip(start).take(limit).collect();
-    let mut body = json!({
-        "images": page.iter().map(|(id, d)| d.view(id)).collect::<Vec<_>>(),
-        "first": "/v2/images", "schema": "/v2/schemas/images",
-    });
+    let page: Vec<usize> = images.iter().skip(start).take(limit).copied().collect();
+    let mut body = String::from("{\"images\":[");
+    for (n, &i) in page.iter().enumerate() {
+        if n > 0 {
+            body.push(',');
+        }
+        body.push_str(&index.views[i]);
+    }
+    body.push_str("],\"first\":\"/v2/images\",\"schema\":\"/v2/schemas/images\"");
     if page.len() == limit
         && start + limit < images.len()
-        && let Some((last, _)) = page.last()
+        && let Some(&last) = page.last()
     {
         let mut q: Vec<(String, String)> = req
             .query
@@ -684,16 +690,18 @@ fn list(svc: &Service, req: &Request, ctx: &Ctx) -> Result<Response, ServiceErro
             .filter(|(k, _)| k != "marker")
             .cloned()
             .collect();
-        q.push(("marker".into(), last.clone()));
+        q.push(("marker".into(), index.images[last].0.clone()));
         if req.q("limit").is_none() {
             q.push(("limit".into(), limit.to_string()));
         }
         let qs = form_urlencoded::Serializer::new(String::new())
             .extend_pairs(q)
             .finish();
-        body["next"] = json!(format!("/v2/images?{qs}"));
+        body.push_str(",\"next\":");
+        body.push_str(&Value::String(format!("/v2/images?{qs}")).to_string());
     }
-    Ok(json_resp(StatusCode::OK, &body))
+    body.push('}');
+    Ok(super::full(StatusCode::OK, "application/json", body))
 }
 
 /// A session with objectd for the image container (made or reused).

@@ -117,6 +117,11 @@ impl From<ServiceError> for ApiError {
     fn from(e: ServiceError) -> ApiError {
         match e {
             ServiceError::Api(a) => a,
+            // Only made up in cached-only mode, whose answer is thrown away.
+            ServiceError::Store(crate::store::StoreError::WouldBlock)
+            | ServiceError::Password(crate::identity::password::PasswordError::WouldBlock) => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "retry")
+            }
             other => {
                 tracing::error!(error = %other, source = ?std::error::Error::source(&other), "internal error");
                 ApiError::new(
@@ -276,11 +281,10 @@ pub async fn handle(svc: Arc<Service>, req: http::Request<hyper::body::Incoming>
             .unwrap_or_else(|e| e.into_response(flavor)),
         2 => {
             let segs = segs[1..].to_vec();
-            json_route(svc, req, segs, |svc, r| {
-                telemetry::handle(svc, r).map_err(ApiError::from)
-            })
-            .await
-            .unwrap_or_else(|e| e.into_response(flavor))
+            let handler: Handler = |svc, r| telemetry::handle(svc, r).map_err(ApiError::from);
+            json_route(svc, req, segs, handler, false)
+                .await
+                .unwrap_or_else(|e| e.into_response(flavor))
         }
         3 if first == Some("compute") => compute::route(svc, req, segs[1..].to_vec()).await,
         3 => compute::route_v1(svc, req, segs[1..].to_vec())
@@ -293,7 +297,7 @@ pub async fn handle(svc: Arc<Service>, req: http::Request<hyper::body::Incoming>
             "text/plain; version=0.0.4",
             crate::telemetry::metrics::METRICS.render(),
         ),
-        _ => json_route(svc, req, segs, identity::handle)
+        _ => json_route(svc, req, segs, identity::handle, true)
             .await
             .unwrap_or_else(|e| e.into_response(flavor)),
     };
@@ -306,11 +310,16 @@ pub async fn handle(svc: Arc<Service>, req: http::Request<hyper::body::Incoming>
     resp
 }
 
+type Handler = fn(&Service, &Request) -> Result<Response, ApiError>;
+
+/// A JSON route: the body read whole, then the handler run on the async worker when
+/// `inline` and all it reads is cached, else on the blocking pool.
 async fn json_route(
     svc: Arc<Service>,
     req: http::Request<hyper::body::Incoming>,
     segs: Vec<String>,
-    handler: fn(&Service, &Request) -> Result<Response, ApiError>,
+    handler: Handler,
+    inline: bool,
 ) -> Result<Response, ApiError> {
     let (parts, body) = req.into_parts();
     if let Some(len) = parts
@@ -341,7 +350,11 @@ async fn json_route(
         body,
     };
     let head = request.method == Method::HEAD;
-    let mut resp = blocking(svc, move |svc| handler(svc, &request)).await?;
+    let mut resp = if inline {
+        cached_or_blocking(svc, move |svc| handler(svc, &request)).await?
+    } else {
+        blocking(svc, move |svc| handler(svc, &request)).await?
+    };
     if head {
         // HEAD answers carry no body (hyper strips it; keep the length honest).
         *resp.body_mut() = Full::new(Bytes::new())
@@ -351,11 +364,26 @@ async fn json_route(
     Ok(resp)
 }
 
-/// Runs blocking work (store, hashing) on the blocking pool.
+/// How many handlers may block at once: a few per core, so a burst of requests queues
+/// (fairly, in arrival order) instead of starting a thread each and sharing the cores
+/// between all of them.
+fn blocking_slots() -> &'static tokio::sync::Semaphore {
+    static SLOTS: std::sync::OnceLock<tokio::sync::Semaphore> = std::sync::OnceLock::new();
+    SLOTS.get_or_init(|| {
+        let cores = std::thread::available_parallelism().map_or(2, usize::from);
+        tokio::sync::Semaphore::new((4 * cores).max(8))
+    })
+}
+
+/// Runs blocking work (store, hashing) on the blocking pool, a bounded number at a time.
 pub async fn blocking<T: Send + 'static>(
     svc: Arc<Service>,
     f: impl FnOnce(&Service) -> Result<T, ApiError> + Send + 'static,
 ) -> Result<T, ApiError> {
+    let _slot = blocking_slots()
+        .acquire()
+        .await
+        .expect("the slots are never closed");
     tokio::task::spawn_blocking(move || f(&svc))
         .await
         .map_err(|e| {
@@ -364,6 +392,18 @@ pub async fn blocking<T: Send + 'static>(
                 format!("handler failed: {e}"),
             )
         })?
+}
+
+/// Runs `f` right here on the async worker if everything it needs is in memory (see
+/// [`crate::store::snapshot::cached_only`]), else on the blocking pool.
+pub async fn cached_or_blocking<T: Send + 'static>(
+    svc: Arc<Service>,
+    f: impl Fn(&Service) -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    if let Some(done) = crate::store::snapshot::cached_only(|| f(&svc)) {
+        return done;
+    }
+    blocking(svc, f).await
 }
 
 #[cfg(test)]

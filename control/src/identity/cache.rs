@@ -6,10 +6,8 @@
 //! on every request before the cache.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-
-use serde_json::Value;
 
 /// How long an entry may be used without a local write.
 pub const CACHE_TTL: Duration = Duration::from_secs(2);
@@ -28,7 +26,7 @@ pub struct ScopeInfo {
     pub roles: Vec<(String, String)>,
 }
 
-type Bodies = HashMap<(String, bool), (u64, Instant, Value)>;
+type Bodies = HashMap<(String, bool), (u64, Instant, Arc<str>)>;
 
 /// The cache.
 #[derive(Debug, Default)]
@@ -62,8 +60,9 @@ impl IdentityCache {
         map.insert(key, (generation, Instant::now(), info));
     }
 
-    /// A cached token body template.
-    pub fn body(&self, key: &str, catalog: bool, generation: u64) -> Option<Value> {
+    /// A cached token body template (the token object's fields other than methods, audit
+    /// ids and times, as JSON text without the braces).
+    pub fn body(&self, key: &str, catalog: bool, generation: u64) -> Option<Arc<str>> {
         let map = self.bodies.lock().expect("cache");
         map.get(&(key.to_string(), catalog))
             .filter(|(g, at, _)| fresh(*g, *at, generation))
@@ -71,7 +70,7 @@ impl IdentityCache {
     }
 
     /// Remembers a token body template.
-    pub fn put_body(&self, key: String, catalog: bool, generation: u64, body: Value) {
+    pub fn put_body(&self, key: String, catalog: bool, generation: u64, body: Arc<str>) {
         let mut map = self.bodies.lock().expect("cache");
         if map.len() >= MAX_ENTRIES {
             map.clear();
@@ -97,8 +96,8 @@ mod tests {
         assert!(c.scope("k", 5).is_some());
         assert!(c.scope("k", 6).is_none(), "a write invalidates");
         assert!(c.scope("other", 5).is_none());
-        c.put_body("k".into(), true, 5, serde_json::json!({"a": 1}));
-        assert_eq!(c.body("k", true, 5).unwrap()["a"], 1);
+        c.put_body("k".into(), true, 5, "\"a\":1".into());
+        assert_eq!(&*c.body("k", true, 5).unwrap(), "\"a\":1");
         assert!(c.body("k", false, 5).is_none());
         assert!(c.body("k", true, 7).is_none());
     }

@@ -16,6 +16,7 @@ use token::{Claims, Scope, method, now_secs};
 
 pub mod bootstrap;
 pub mod cache;
+pub mod ec2;
 pub mod password;
 pub mod token;
 
@@ -402,7 +403,7 @@ impl Service {
 
     /// The context of verified claims.
     pub fn context_for(&self, claims: Claims) -> Result<Ctx, ServiceError> {
-        let generation = self.versioned.generation();
+        let generation = self.versioned.generation_of(crate::service::SNAPSHOT_KINDS);
         let key = cache_key(&claims);
         if let Some(s) = self.cache.scope(&key, generation) {
             return Ok(Ctx {
@@ -530,26 +531,38 @@ impl Service {
         Ok(json!({"id": id, "name": name}))
     }
 
-    /// The `{"token": ...}` body for claims.
-    pub fn token_body(&self, ctx: &Ctx, with_catalog: bool) -> Result<Value, ServiceError> {
-        let generation = self.versioned.generation();
+    /// The `{"token": ...}` body for claims, as JSON text. The part that does not change
+    /// from token to token (user, scope, roles, catalog) is rendered once and cached.
+    pub fn token_body(&self, ctx: &Ctx, with_catalog: bool) -> Result<String, ServiceError> {
+        let generation = self.versioned.generation_of(crate::service::SNAPSHOT_KINDS);
         let key = cache_key(&ctx.claims);
-        let mut body = match self.cache.body(&key, with_catalog, generation) {
+        let rest = match self.cache.body(&key, with_catalog, generation) {
             Some(b) => b,
             None => {
-                let b = self.token_template(ctx, with_catalog)?;
+                let mut template = self.token_template(ctx, with_catalog)?;
+                let Value::Object(t) = &mut template["token"] else {
+                    unreachable!("the template is an object")
+                };
+                for k in ["methods", "audit_ids", "issued_at", "expires_at"] {
+                    t.remove(k);
+                }
+                let text = Value::Object(std::mem::take(t)).to_string();
+                let rest: std::sync::Arc<str> = text[1..text.len() - 1].into();
                 self.cache
-                    .put_body(key, with_catalog, generation, b.clone());
-                b
+                    .put_body(key, with_catalog, generation, rest.clone());
+                rest
             }
         };
         let c = &ctx.claims;
-        let t = &mut body["token"];
-        t["methods"] = json!(c.method_names());
-        t["audit_ids"] = json!(c.audit_ids());
-        t["issued_at"] = json!(crate::time::keystone_ms(c.issued_at_ms));
-        t["expires_at"] = json!(crate::time::keystone(c.expires_at));
-        Ok(body)
+        Ok(format!(
+            "{{\"token\":{{\"methods\":{},\"audit_ids\":{},\"issued_at\":{},\"expires_at\":{}{}{}}}}}",
+            json!(c.method_names()),
+            json!(c.audit_ids()),
+            json!(crate::time::keystone_ms(c.issued_at_ms)),
+            json!(crate::time::keystone(c.expires_at)),
+            if rest.is_empty() { "" } else { "," },
+            rest
+        ))
     }
 
     /// The token body without its per-token fields (methods, audit ids, times).

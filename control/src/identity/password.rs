@@ -14,10 +14,16 @@ pub enum PasswordError {
     /// The hasher refused the input.
     #[error("hash password: {0}")]
     Hash(String),
+    /// Hashing blocks and the caller runs in cached-only mode (never seen outside it).
+    #[error("password hashing would block")]
+    WouldBlock,
 }
 
 /// Hashes a password into a PHC string (`$argon2id$v=19$m=...`).
 pub fn hash(password: &str) -> Result<String, PasswordError> {
+    if crate::store::snapshot::must_block() {
+        return Err(PasswordError::WouldBlock);
+    }
     let mut salt = [0u8; 16];
     getrandom::fill(&mut salt).map_err(|_| PasswordError::Random)?;
     Argon2::default()
@@ -28,7 +34,12 @@ pub fn hash(password: &str) -> Result<String, PasswordError> {
 
 /// Whether `password` matches `stored`. With `stored = None` (no such user, or no
 /// password), a dummy hash is checked so the answer takes as long as for a real user.
+/// In cached-only mode nothing is checked and the answer is `false` (the caller's result
+/// is thrown away; see [`crate::store::snapshot::cached_only`]).
 pub fn verify(password: &str, stored: Option<&str>) -> bool {
+    if crate::store::snapshot::must_block() {
+        return false;
+    }
     static DUMMY: OnceLock<String> = OnceLock::new();
     let dummy = DUMMY.get_or_init(|| hash("ferrostack-dummy-password").unwrap_or_default());
     match stored {

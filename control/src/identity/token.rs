@@ -57,6 +57,8 @@ pub mod method {
     pub const TOKEN: u8 = 2;
     /// `application_credential`.
     pub const APP_CREDENTIAL: u8 = 4;
+    /// `ec2credential` (an S3 or EC2 request signed with an EC2 credential).
+    pub const EC2_CREDENTIAL: u8 = 8;
 }
 
 /// What a token is scoped to.
@@ -104,6 +106,9 @@ impl Claims {
         }
         if self.methods & method::APP_CREDENTIAL != 0 {
             v.push("application_credential");
+        }
+        if self.methods & method::EC2_CREDENTIAL != 0 {
+            v.push("ec2credential");
         }
         v
     }

@@ -7,7 +7,9 @@
 //! controllers sharing a database never overwrite each other's changes unseen. The typed
 //! layers above (identity, images) own the document shapes.
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use serde::{Serialize, de::DeserializeOwned};
 
@@ -15,7 +17,10 @@ pub use crate::telemetry::{SampleFilter, SampleRow};
 
 pub mod conformance;
 pub mod postgres;
+pub mod snapshot;
 pub mod sqlite;
+
+use snapshot::{SNAPSHOT_TTL, Snapshot, must_block};
 
 /// Errors from the store.
 #[derive(Debug, thiserror::Error)]
@@ -57,6 +62,10 @@ pub enum StoreError {
     /// The database has a schema newer than this program knows.
     #[error("database schema version {0} is newer than this control ({1})")]
     TooNew(u32, u32),
+    /// The access would block and the caller asked for cached data only (see
+    /// [`snapshot::cached_only`]); never seen outside that mode.
+    #[error("the store would block in cached-only mode")]
+    WouldBlock,
 }
 
 /// The kinds of record control keeps.
@@ -131,11 +140,14 @@ pub enum Kind {
     VolumeSnapshot,
     /// Per-project block-storage quotas (id: project id).
     VolumeQuota,
+    /// Keystone credentials (scope: user id; `ec2` ones have the SHA-256 of their access
+    /// key as id).
+    Credential,
 }
 
 impl Kind {
     /// Every kind.
-    pub const ALL: [Kind; 34] = [
+    pub const ALL: [Kind; 35] = [
         Kind::Domain,
         Kind::Project,
         Kind::User,
@@ -170,6 +182,7 @@ impl Kind {
         Kind::Volume,
         Kind::VolumeSnapshot,
         Kind::VolumeQuota,
+        Kind::Credential,
     ];
 
     /// The name stored in the `kind` column.
@@ -209,6 +222,7 @@ impl Kind {
             Kind::Volume => "volume",
             Kind::VolumeSnapshot => "volume_snapshot",
             Kind::VolumeQuota => "volume_quota",
+            Kind::Credential => "credential",
         }
     }
 }
@@ -330,24 +344,90 @@ pub trait Store: Send + Sync {
 pub type SharedStore = Arc<dyn Store>;
 
 /// A store that counts the batches written through it, so caches of derived data (roles,
-/// token bodies) know when this controller changed something.
+/// token bodies) know when this controller changed something, and that serves the kinds
+/// it is told to from in-memory [`Snapshot`]s (see [`snapshot`]).
 pub struct Versioned {
     inner: SharedStore,
-    generation: std::sync::atomic::AtomicU64,
+    generation: AtomicU64,
+    /// Batches that wrote each kind, by position in [`Kind::ALL`].
+    kind_generations: Vec<AtomicU64>,
+    /// Per kind: `None` if not snapshotted, else the current snapshot if any.
+    snapshots: Vec<Option<Mutex<Option<Held>>>>,
+}
+
+/// A snapshot with the kind generation it was read at and when.
+type Held = (u64, Instant, Arc<Snapshot>);
+
+fn kind_index(kind: Kind) -> usize {
+    Kind::ALL
+        .iter()
+        .position(|k| *k == kind)
+        .expect("every kind is listed in Kind::ALL")
 }
 
 impl Versioned {
     /// Wraps a store.
     pub fn new(inner: SharedStore) -> Versioned {
+        Versioned::with_snapshots(inner, &[])
+    }
+
+    /// Wraps a store, serving reads of `kinds` from snapshots.
+    pub fn with_snapshots(inner: SharedStore, kinds: &[Kind]) -> Versioned {
         Versioned {
             inner,
-            generation: std::sync::atomic::AtomicU64::new(0),
+            generation: AtomicU64::new(0),
+            kind_generations: Kind::ALL.iter().map(|_| AtomicU64::new(0)).collect(),
+            snapshots: Kind::ALL
+                .iter()
+                .map(|k| kinds.contains(k).then(|| Mutex::new(None)))
+                .collect(),
         }
     }
 
     /// Batches applied so far.
     pub fn generation(&self) -> u64 {
-        self.generation.load(std::sync::atomic::Ordering::Acquire)
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// A number that changes whenever a batch writing any of `kinds` is applied.
+    pub fn generation_of(&self, kinds: &[Kind]) -> u64 {
+        kinds
+            .iter()
+            .map(|k| self.kind_generations[kind_index(*k)].load(Ordering::Acquire))
+            .sum()
+    }
+
+    /// The fresh snapshot of a snapshotted kind (read from the engine if needed), or
+    /// `None` for other kinds.
+    fn snapshot(&self, kind: Kind) -> Result<Option<Arc<Snapshot>>, StoreError> {
+        let i = kind_index(kind);
+        let Some(slot) = &self.snapshots[i] else {
+            return Ok(None);
+        };
+        // Held while reading, so concurrent misses wait for one read instead of each
+        // reading the whole kind.
+        let mut held = slot.lock().expect("snapshot lock");
+        let generation = self.kind_generations[i].load(Ordering::Acquire);
+        if let Some((g, at, snap)) = held.as_ref()
+            && *g == generation
+            && at.elapsed() < SNAPSHOT_TTL
+        {
+            return Ok(Some(snap.clone()));
+        }
+        if must_block() {
+            return Err(StoreError::WouldBlock);
+        }
+        let snap = Arc::new(Snapshot::build(self.inner.list(kind, None)?));
+        *held = Some((generation, Instant::now(), snap.clone()));
+        Ok(Some(snap))
+    }
+
+    /// Fails fast in cached-only mode.
+    fn engine_access(&self) -> Result<&SharedStore, StoreError> {
+        if must_block() {
+            return Err(StoreError::WouldBlock);
+        }
+        Ok(&self.inner)
     }
 }
 
@@ -356,7 +436,10 @@ impl Store for Versioned {
         self.inner.engine()
     }
     fn get(&self, kind: Kind, id: &str) -> Result<Option<Record>, StoreError> {
-        self.inner.get(kind, id)
+        match self.snapshot(kind)? {
+            Some(s) => Ok(s.get(id).cloned()),
+            None => self.engine_access()?.get(kind, id),
+        }
     }
     fn get_by_name(
         &self,
@@ -364,28 +447,40 @@ impl Store for Versioned {
         scope: &str,
         name: &str,
     ) -> Result<Option<Record>, StoreError> {
-        self.inner.get_by_name(kind, scope, name)
+        match self.snapshot(kind)? {
+            Some(s) => Ok(s.get_by_name(scope, name).cloned()),
+            None => self.engine_access()?.get_by_name(kind, scope, name),
+        }
     }
     fn list(&self, kind: Kind, scope: Option<&str>) -> Result<Vec<Record>, StoreError> {
-        self.inner.list(kind, scope)
+        match self.snapshot(kind)? {
+            Some(s) => Ok(s.list(scope)),
+            None => self.engine_access()?.list(kind, scope),
+        }
     }
     fn apply(&self, writes: &[Write]) -> Result<(), StoreError> {
-        let r = self.inner.apply(writes);
+        let r = self.engine_access()?.apply(writes);
         // Bump even on failure: part of a failed batch never lands, but bumping is cheap
         // and keeps the rule simple.
-        self.generation
-            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        for w in writes {
+            let kind = match w {
+                Write::Insert(r) | Write::Update(r) => r.kind,
+                Write::Delete(k, _) => *k,
+            };
+            self.kind_generations[kind_index(kind)].fetch_add(1, Ordering::AcqRel);
+        }
+        self.generation.fetch_add(1, Ordering::AcqRel);
         r
     }
     fn schema_version(&self) -> Result<u32, StoreError> {
-        self.inner.schema_version()
+        self.engine_access()?.schema_version()
     }
     // Meter rows are not records: no generation bump.
     fn append_samples(&self, rows: &[SampleRow]) -> Result<(), StoreError> {
-        self.inner.append_samples(rows)
+        self.engine_access()?.append_samples(rows)
     }
     fn query_samples(&self, filter: &SampleFilter) -> Result<Vec<SampleRow>, StoreError> {
-        self.inner.query_samples(filter)
+        self.engine_access()?.query_samples(filter)
     }
     fn replace_samples(
         &self,
@@ -393,7 +488,8 @@ impl Store for Versioned {
         before_ms: i64,
         rows: &[SampleRow],
     ) -> Result<(), StoreError> {
-        self.inner.replace_samples(granularity, before_ms, rows)
+        self.engine_access()?
+            .replace_samples(granularity, before_ms, rows)
     }
 }
 

@@ -1,9 +1,10 @@
-//! The PostgreSQL backend, for several controllers sharing state. One connection per
-//! store, reconnected when it drops; batches run in one transaction, compare-and-swap
-//! updates rely on row locks (a concurrent update waits, then finds a new version).
+//! The PostgreSQL backend, for several controllers sharing state. A pool of up to
+//! [`POOL_SIZE`] connections, opened on demand and dropped when they close; batches run
+//! in one transaction, compare-and-swap updates rely on row locks (a concurrent update
+//! waits, then finds a new version).
 //! Migrations take an advisory lock so controllers starting together migrate once.
 
-use std::sync::Mutex;
+use std::sync::{Condvar, Mutex};
 
 use postgres::{Client, NoTls, error::SqlState};
 
@@ -15,10 +16,50 @@ use super::{
 /// Advisory lock key for migrations ("ferrostk" in ASCII).
 const MIGRATION_LOCK: i64 = 0x6665_7272_6f73_746b;
 
+/// Connections a store opens at most (each request that reaches the database holds one
+/// for its queries; the API's blocking pool is about this size).
+pub const POOL_SIZE: usize = 8;
+
 /// A PostgreSQL database.
 pub struct PostgresStore {
     url: String,
-    client: Mutex<Client>,
+    max: usize,
+    /// Idle connections, and how many are open in all.
+    pool: Mutex<(Vec<Client>, usize)>,
+    /// Signalled when a connection goes back or is dropped.
+    returned: Condvar,
+}
+
+/// A pooled connection; back to the pool on drop unless it closed.
+struct Conn<'a> {
+    store: &'a PostgresStore,
+    client: Option<Client>,
+}
+
+impl std::ops::Deref for Conn<'_> {
+    type Target = Client;
+    fn deref(&self) -> &Client {
+        self.client.as_ref().expect("held until drop")
+    }
+}
+
+impl std::ops::DerefMut for Conn<'_> {
+    fn deref_mut(&mut self) -> &mut Client {
+        self.client.as_mut().expect("held until drop")
+    }
+}
+
+impl Drop for Conn<'_> {
+    fn drop(&mut self) {
+        let client = self.client.take().expect("held until drop");
+        let mut pool = self.store.pool.lock().expect("pool lock");
+        if client.is_closed() {
+            pool.1 -= 1;
+        } else {
+            pool.0.push(client);
+        }
+        self.store.returned.notify_one();
+    }
 }
 
 fn pg(e: postgres::Error) -> StoreError {
@@ -51,21 +92,59 @@ impl PostgresStore {
     /// Connects to `url` (`postgresql://user@host:port/db` or key=value form) and
     /// migrates the schema.
     pub fn open(url: &str) -> Result<PostgresStore, StoreError> {
+        PostgresStore::open_pooled(url, POOL_SIZE)
+    }
+
+    /// As [`PostgresStore::open`], with at most `max` connections (at least 1).
+    pub fn open_pooled(url: &str, max: usize) -> Result<PostgresStore, StoreError> {
         let client = Client::connect(url, NoTls).map_err(pg)?;
         let store = PostgresStore {
             url: url.to_string(),
-            client: Mutex::new(client),
+            max: max.max(1),
+            pool: Mutex::new((vec![client], 1)),
+            returned: Condvar::new(),
         };
         store.migrate()?;
         Ok(store)
     }
 
-    fn client(&self) -> Result<std::sync::MutexGuard<'_, Client>, StoreError> {
-        let mut c = self.client.lock().expect("store lock");
-        if c.is_closed() {
-            *c = Client::connect(&self.url, NoTls).map_err(pg)?;
+    /// An idle connection, a new one while fewer than `max` are open, or the next one
+    /// given back.
+    fn client(&self) -> Result<Conn<'_>, StoreError> {
+        let mut pool = self.pool.lock().expect("pool lock");
+        loop {
+            if let Some(c) = pool.0.pop() {
+                if c.is_closed() {
+                    pool.1 -= 1;
+                    continue;
+                }
+                return Ok(Conn {
+                    store: self,
+                    client: Some(c),
+                });
+            }
+            if pool.1 < self.max {
+                pool.1 += 1;
+                drop(pool);
+                return match Client::connect(&self.url, NoTls) {
+                    Ok(c) => Ok(Conn {
+                        store: self,
+                        client: Some(c),
+                    }),
+                    Err(e) => {
+                        self.pool.lock().expect("pool lock").1 -= 1;
+                        self.returned.notify_one();
+                        Err(pg(e))
+                    }
+                };
+            }
+            pool = self.returned.wait(pool).expect("pool lock");
         }
-        Ok(c)
+    }
+
+    /// Connections open now (idle or in use).
+    pub fn connections(&self) -> usize {
+        self.pool.lock().expect("pool lock").1
     }
 
     fn migrate(&self) -> Result<(), StoreError> {

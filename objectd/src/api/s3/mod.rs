@@ -109,17 +109,10 @@ pub async fn handle(state: &State, req: Request) -> Result<Response, ApiError> {
             "signature version 2 is not supported; use AWS4-HMAC-SHA256",
         ));
     }
-    let verified = sigv4::verify(
-        parts.method.as_str(),
-        &parts.uri,
-        &parts.headers,
-        now_ms() / 1000,
-        |k| state.auth.s3_secret(k),
-    )?;
-    let account = state
+    let (verified, account) = state
         .auth
-        .s3_account(&verified.access_key)
-        .ok_or(sigv4::SigError::UnknownKey)?;
+        .verify_s3(state.keystone.as_ref(), &parts, now_ms() / 1000)
+        .await?;
     let (bucket, key) = split_path(parts.uri.path())?;
     let q = query_pairs(parts.uri.query());
     let has = |k: &str| q.iter().any(|(n, _)| n == k);

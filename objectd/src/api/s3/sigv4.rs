@@ -282,6 +282,57 @@ pub struct Verified {
     pub payload_hash: String,
 }
 
+/// A header- or query-signed request checked for form and time, whose signature is still
+/// to be checked by whoever holds the access key's secret.
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    /// The access key used.
+    pub access_key: String,
+    creds: Credentials,
+    amz_date: String,
+    scope: String,
+    /// The payload hash the client declared (`x-amz-content-sha256`).
+    pub payload_hash: String,
+    /// The string the client signed.
+    pub string_to_sign: String,
+}
+
+impl Prepared {
+    /// The client's signature (lowercase hex).
+    pub fn signature(&self) -> &str {
+        &self.creds.signature
+    }
+
+    /// Checks the signature with the access key's secret.
+    pub fn check(self, secret: &str) -> Result<Verified, SigError> {
+        let c = &self.creds;
+        let key = signing_key(secret, &c.date, &c.region, &c.service);
+        if !constant_time_eq(&sign(&key, &self.string_to_sign), &c.signature) {
+            tracing::debug!(string_to_sign = %self.string_to_sign, "signature mismatch");
+            return Err(SigError::Mismatch);
+        }
+        Ok(self.verified(key))
+    }
+
+    /// A request whose signature the holder of the secret (Keystone) checked. The signing
+    /// key stays unknown here, so signed `aws-chunked` bodies cannot be checked: callers
+    /// refuse them before accepting.
+    pub fn accept_checked_elsewhere(self) -> Verified {
+        self.verified([0; 32])
+    }
+
+    fn verified(self, key: [u8; 32]) -> Verified {
+        Verified {
+            access_key: self.access_key,
+            key,
+            amz_date: self.amz_date,
+            scope: self.scope,
+            signature: self.creds.signature,
+            payload_hash: self.payload_hash,
+        }
+    }
+}
+
 /// Verifies a header- or query-signed request; `secret_of` maps an access key to its secret.
 pub fn verify(
     method: &str,
@@ -290,6 +341,19 @@ pub fn verify(
     now: i64,
     secret_of: impl Fn(&str) -> Option<String>,
 ) -> Result<Verified, SigError> {
+    let p = prepare(method, uri, headers, now)?;
+    let secret = secret_of(&p.access_key).ok_or(SigError::UnknownKey)?;
+    p.check(&secret)
+}
+
+/// Parses a header- or query-signed request and checks its form and time; the signature
+/// is checked by [`Prepared::check`].
+pub fn prepare(
+    method: &str,
+    uri: &http::Uri,
+    headers: &http::HeaderMap,
+    now: i64,
+) -> Result<Prepared, SigError> {
     let query = uri.query();
     let presigned = query.is_some_and(|q| q.contains("X-Amz-Signature="));
     let (creds, amz_date, payload_hash) = if presigned {
@@ -360,7 +424,6 @@ pub fn verify(
             "credential date does not match X-Amz-Date",
         ));
     }
-    let secret = secret_of(&creds.access_key).ok_or(SigError::UnknownKey)?;
     let canonical = canonical_request(
         method,
         uri.path(),
@@ -370,18 +433,12 @@ pub fn verify(
         &payload_hash,
     )?;
     let scope = creds.scope();
-    let key = signing_key(&secret, &creds.date, &creds.region, &creds.service);
-    let expected = sign(&key, &string_to_sign(&amz_date, &scope, &canonical));
-    if !constant_time_eq(&expected, &creds.signature) {
-        tracing::debug!(%canonical, "signature mismatch");
-        return Err(SigError::Mismatch);
-    }
-    Ok(Verified {
-        access_key: creds.access_key,
-        key,
+    Ok(Prepared {
+        access_key: creds.access_key.clone(),
+        string_to_sign: string_to_sign(&amz_date, &scope, &canonical),
+        creds,
         amz_date,
         scope,
-        signature: creds.signature,
         payload_hash,
     })
 }
