@@ -290,6 +290,89 @@ fn memory_added_while_the_worker_polls_is_used() {
     assert_eq!(rig.status(STATUS + 16), 0);
 }
 
+/// A call eventfd on the rig's vring; `notifications` reads (and resets) its counter.
+fn watch_calls(rig: &Rig) -> vmm_sys_util::eventfd::EventFd {
+    use std::os::fd::{FromRawFd, IntoRawFd};
+    let efd = vmm_sys_util::eventfd::EventFd::new(libc::EFD_NONBLOCK).unwrap();
+    let fd = efd.try_clone().unwrap().into_raw_fd();
+    // SAFETY: `fd` is a fresh duplicate that nothing else owns.
+    rig.vring
+        .set_call(Some(unsafe { std::fs::File::from_raw_fd(fd) }));
+    efd
+}
+
+fn notifications(efd: &vmm_sys_util::eventfd::EventFd) -> u64 {
+    match efd.read() {
+        Ok(n) => n,
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => 0,
+        Err(e) => panic!("reading the call eventfd: {e}"),
+    }
+}
+
+/// Pushes `n` GET_ID requests (answered on the spot, so they finish in one batch).
+fn push_get_ids(rig: &Rig, first: u64, n: u64) {
+    for i in first..first + n {
+        let hdr = HDR + 0x100 * i;
+        rig.header(hdr, 8, 0);
+        rig.push(&[
+            (hdr, 16, 0),
+            (DATA + 0x100 * i, 20, F_WRITE),
+            (STATUS + 16 * i, 1, F_WRITE),
+        ]);
+    }
+}
+
+#[test]
+fn a_batch_of_completions_sends_one_notification() {
+    if !ready() {
+        return;
+    }
+    let rig = Rig::new(false);
+    let calls = watch_calls(&rig);
+    push_get_ids(&rig, 0, 8);
+    rig.run().unwrap();
+    assert_eq!(rig.used_idx(), 8);
+    assert_eq!((0..8).map(|i| rig.status(STATUS + 16 * i)).max(), Some(0));
+    assert_eq!(notifications(&calls), 1, "one notification for the batch");
+}
+
+#[test]
+fn with_event_idx_the_driver_is_notified_only_past_used_event() {
+    if !ready() {
+        return;
+    }
+    let rig = Rig::new(false);
+    rig.vring.set_queue_event_idx(true);
+    let calls = watch_calls(&rig);
+    // used_event (after the avail ring): "interrupt me once used idx goes past 5".
+    rig.mem
+        .write_obj(5u16, rig.avail_base.unchecked_add(4 + 2 * u64::from(QSIZE)))
+        .unwrap();
+    push_get_ids(&rig, 0, 3);
+    rig.run().unwrap();
+    assert_eq!(rig.used_idx(), 3);
+    assert_eq!(
+        notifications(&calls),
+        0,
+        "used idx 3 has not passed used_event 5"
+    );
+    push_get_ids(&rig, 3, 3);
+    rig.run().unwrap();
+    assert_eq!(rig.used_idx(), 6);
+    assert_eq!(notifications(&calls), 1, "used idx 6 passed used_event 5");
+    // A driver that moved used_event ahead again is left alone.
+    rig.mem
+        .write_obj(
+            20u16,
+            rig.avail_base.unchecked_add(4 + 2 * u64::from(QSIZE)),
+        )
+        .unwrap();
+    push_get_ids(&rig, 6, 2);
+    rig.run().unwrap();
+    assert_eq!(rig.used_idx(), 8);
+    assert_eq!(notifications(&calls), 0);
+}
+
 fn any_desc() -> impl Strategy<Value = (u64, u32, u16)> {
     let addr = prop_oneof![
         0x10_0000u64..0x3f_0000, // inside guest memory

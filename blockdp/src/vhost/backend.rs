@@ -6,9 +6,12 @@
 //! so queues run in parallel. A worker takes every available request off its queue, turns
 //! reads and writes into io_uring operations pointing straight at guest memory (no copy),
 //! submits them in one system call, and completes them as the kernel finishes them, while
-//! taking newly arrived requests. When the queue runs dry it polls it for a short while
-//! before re-enabling notifications, which saves a kick/wake-up round trip at low queue
-//! depth.
+//! taking newly arrived requests. Finished requests go to the used ring in batches, under one
+//! lock of the vring, with at most one notification per batch (none while the driver's
+//! EVENT_IDX `used_event` says it does not want one). The request path reuses per-worker
+//! buffers (chain segments, iovecs per slot, completions, used entries) and allocates
+//! nothing once warm. When the queue runs dry it polls it for a short while before
+//! re-enabling notifications, which saves a kick/wake-up round trip at low queue depth.
 
 use std::fs::File;
 use std::io;
@@ -223,19 +226,34 @@ struct Inflight {
     bytes: u64,
     /// When it was taken off the queue (`None` when counting is off).
     started: Option<Instant>,
-    /// The iovecs io_uring reads; heap-allocated, so stable while the slot moves.
-    iovecs: Vec<libc::iovec>,
 }
 
 /// Per-queue state: its ring and its in-flight requests, indexed by `user_data`.
+///
+/// Every buffer a request needs is kept here and reused, so the request path allocates
+/// nothing once the queue has warmed up.
 struct Worker {
     ring: IoUring,
     slots: Vec<Option<Inflight>>,
+    /// The iovecs io_uring reads for the request in the slot of the same index. A slot's
+    /// vector is only cleared and refilled while the slot is free, so its heap buffer stays
+    /// put while the kernel may read it.
+    iovecs: Vec<Vec<libc::iovec>>,
     free: Vec<usize>,
     inflight: usize,
+    /// Entries pushed to the submission queue and not yet submitted.
+    queued: u32,
+    /// The descriptor chain being parsed, then its data segments.
+    chain: Vec<Segment>,
+    /// Completions taken off the completion queue.
+    cqes: Vec<(u64, i32)>,
+    /// Used-ring entries (head, length) not yet published to the driver.
+    used: Vec<(u16, u32)>,
+    /// The discard / write-zeroes ranges of the request being prepared.
+    ranges: Vec<u8>,
 }
 
-// SAFETY: the raw pointers inside `Inflight::iovecs` point into guest memory that the worker
+// SAFETY: the raw pointers inside `Worker::iovecs` point into guest memory that the worker
 // only touches while holding the memory guard of the `serve` call that created them, and
 // every request is completed before `serve` returns; moving the worker between threads
 // carries no live borrow.
@@ -244,11 +262,18 @@ unsafe impl Send for Worker {}
 impl Worker {
     fn new() -> io::Result<Self> {
         let ring = IoUring::new(RING_ENTRIES)?;
+        let slots = RING_ENTRIES as usize;
         Ok(Worker {
             ring,
-            slots: (0..RING_ENTRIES).map(|_| None).collect(),
-            free: (0..RING_ENTRIES as usize).rev().collect(),
+            slots: (0..slots).map(|_| None).collect(),
+            iovecs: (0..slots).map(|_| Vec::new()).collect(),
+            free: (0..slots).rev().collect(),
             inflight: 0,
+            queued: 0,
+            chain: Vec::new(),
+            cqes: Vec::with_capacity(slots),
+            used: Vec::with_capacity(MAX_QUEUE_SIZE),
+            ranges: Vec::new(),
         })
     }
 
@@ -270,15 +295,15 @@ impl Worker {
         vring.disable_notification().map_err(queue_err)?;
         loop {
             view.refresh(self.inflight);
-            let mut completed = self.take_requests(vring, &mut view, io, limits, stats)?;
+            self.take_requests(vring, &mut view, io, limits, stats)?;
             let mem: &GuestMemoryMmap = &view.current;
+            // Requests answered on the spot (errors, GET_ID) need not wait for the I/O.
+            self.publish(vring, mem)?;
             if self.inflight > 0 {
                 self.wait_for_progress(vring, mem, io.poll)?;
             }
-            completed |= self.reap(vring, mem, stats)?;
-            if completed && vring.needs_notification().map_err(queue_err)? {
-                vring.signal_used_queue()?;
-            }
+            self.reap(mem, stats);
+            self.publish(vring, mem)?;
             if self.inflight > 0 {
                 idle_since = None;
                 continue;
@@ -299,6 +324,25 @@ impl Worker {
             vring.disable_notification().map_err(queue_err)?;
             idle_since = None;
         }
+    }
+
+    /// Puts the finished requests in the used ring under one lock of the vring, then
+    /// notifies the driver once if it asked to be (with EVENT_IDX, only when the used index
+    /// passed its `used_event`).
+    fn publish(&mut self, vring: &VringMutex, mem: &GuestMemoryMmap) -> io::Result<()> {
+        if self.used.is_empty() {
+            return Ok(());
+        }
+        let mut state = vring.get_mut();
+        let queue = state.get_queue_mut();
+        for &(head, len) in &self.used {
+            queue.add_used(mem, head, len).map_err(queue_err)?;
+        }
+        self.used.clear();
+        if queue.needs_notification(mem).map_err(queue_err)? {
+            state.signal_used_queue()?;
+        }
+        Ok(())
     }
 
     /// Waits until a completion is ready or (with a free slot) a new request is available:
@@ -337,11 +381,12 @@ impl Worker {
             }
         }
         self.ring.submit_and_wait(1)?;
+        self.queued = 0;
         Ok(())
     }
 
-    /// Takes every available request (while slots are free); returns whether any was
-    /// completed on the spot.
+    /// Takes every available request (while slots are free), queues their I/O and submits
+    /// it with one system call; requests answered on the spot go to `self.used`.
     fn take_requests(
         &mut self,
         vring: &VringMutex,
@@ -349,98 +394,101 @@ impl Worker {
         io: &VolumeIo,
         limits: &Limits,
         stats: &crate::metrics::QueueStats,
-    ) -> io::Result<bool> {
-        let mut completed = false;
+    ) -> io::Result<()> {
+        // The chain buffer is moved out while `prepare` borrows the worker, and put back.
+        let mut chain = std::mem::take(&mut self.chain);
         while let Some(slot) = self.free.last().copied() {
-            let popped = {
+            chain.clear();
+            let head = {
                 let mut state = vring.get_mut();
-                state
-                    .get_queue_mut()
-                    .pop_descriptor_chain(&*view.current)
-                    .map(|chain| {
-                        let head = chain.head_index();
-                        let segments: Vec<Segment> = chain
-                            .map(|d| Segment {
-                                addr: d.addr().0,
-                                len: d.len(),
-                                device_writable: d.is_write_only(),
-                            })
-                            .collect();
-                        (head, segments)
-                    })
-            };
-            let Some((head, segments)) = popped else {
-                break;
+                match state.get_queue_mut().pop_descriptor_chain(&*view.current) {
+                    Some(c) => {
+                        let head = c.head_index();
+                        chain.extend(c.map(|d| Segment {
+                            addr: d.addr().0,
+                            len: d.len(),
+                            device_writable: d.is_write_only(),
+                        }));
+                        head
+                    }
+                    None => break,
+                }
             };
             // The request may use memory the frontend added after our last look (it waits
             // for our ack of ADD_MEM_REG before using it): look again now that we have it.
             view.refresh(self.inflight);
             let mem: &GuestMemoryMmap = &view.current;
             let started = crate::metrics::clock();
-            let split = match request::split(&segments) {
-                Ok(s) => s,
+            let last = chain.last().copied();
+            let ends = match request::split_in_place(&mut chain) {
+                Ok(e) => e,
                 Err(_) => {
                     // No trustworthy status byte: answer with an empty used entry.
-                    if let Some(last) = segments.last().filter(|s| s.device_writable && s.len > 0) {
+                    if let Some(last) = last.filter(|s| s.device_writable && s.len > 0) {
                         let _ = mem.write_obj(
                             Status::IoErr as u8,
                             GuestAddress(last.addr + u64::from(last.len) - 1),
                         );
                     }
-                    vring.add_used(head, 0).map_err(queue_err)?;
+                    self.used.push((head, 0));
                     stats.record(IoKind::Other, 0, false, started);
-                    completed = true;
                     continue;
                 }
             };
             let mut req = Inflight {
                 head,
-                status: split.status,
+                status: ends.status,
                 used_len: 1,
                 pending: 0,
                 failed: false,
                 kind: IoKind::Other,
                 bytes: 0,
                 started,
-                iovecs: Vec::new(),
             };
-            let header = match mem.read_obj::<[u8; HEADER_LEN]>(GuestAddress(split.header)) {
+            let header = match mem.read_obj::<[u8; HEADER_LEN]>(GuestAddress(ends.header)) {
                 Ok(b) => Header::from_bytes(b),
                 Err(_) => {
-                    self.finish(vring, mem, req, Status::IoErr, stats)?;
-                    completed = true;
+                    self.finish(mem, req, Status::IoErr, stats);
                     continue;
                 }
             };
-            let op = match request::validate(header, &split.data, limits) {
+            let op = match request::validate(header, &chain, limits) {
                 Ok(op) => op,
                 Err(status) => {
-                    self.finish(vring, mem, req, status, stats)?;
-                    completed = true;
+                    self.finish(mem, req, status, stats);
                     continue;
                 }
             };
-            match self.prepare(op, &split.data, mem, io, limits, &mut req, slot) {
-                Ok(0) => {
-                    self.finish(vring, mem, req, Status::Ok, stats)?;
-                    completed = true;
-                }
+            match self.prepare(op, &chain, mem, io, limits, &mut req, slot) {
+                Ok(0) => self.finish(mem, req, Status::Ok, stats),
                 Ok(_) => {
                     self.free.pop();
                     self.inflight += 1;
                     self.slots[slot] = Some(req);
                 }
-                Err(status) => {
-                    self.finish(vring, mem, req, status, stats)?;
-                    completed = true;
-                }
+                Err(status) => self.finish(mem, req, status, stats),
             }
         }
-        if self.inflight > 0 {
-            // Submit what was queued; `serve` waits for completions next.
+        self.chain = chain;
+        if self.queued > 0 {
+            // One system call for everything queued; `serve` waits for completions next.
             self.ring.submit()?;
+            self.queued = 0;
         }
-        Ok(completed)
+        Ok(())
+    }
+
+    /// Queues one submission entry, submitting what is queued first if the ring is full.
+    fn push(&mut self, e: &squeue::Entry) -> Result<(), Status> {
+        // SAFETY: the entry points at `self.iovecs[slot]` (left alone until the request
+        // completes) or at guest memory held by the caller's memory guard, which outlives
+        // the request because `serve` completes every request before returning.
+        while unsafe { self.ring.submission().push(e) }.is_err() {
+            self.ring.submit().map_err(|_| Status::IoErr)?;
+            self.queued = 0;
+        }
+        self.queued += 1;
+        Ok(())
     }
 
     /// Turns a validated request into io_uring operations; returns how many were queued
@@ -457,7 +505,7 @@ impl Worker {
         slot: usize,
     ) -> Result<u32, Status> {
         let user_data = slot as u64;
-        let entries: Vec<squeue::Entry> = match op {
+        let count = match op {
             Op::Read { offset, len } | Op::Write { offset, len } => {
                 let is_read = matches!(op, Op::Read { .. });
                 req.kind = if is_read { IoKind::Read } else { IoKind::Write };
@@ -465,8 +513,9 @@ impl Worker {
                 if is_read {
                     req.used_len = u32::try_from(len + 1).map_err(|_| Status::IoErr)?;
                 }
-                req.iovecs = iovecs(mem, data)?;
-                let aligned = req.iovecs.iter().all(|v| {
+                let iov = &mut self.iovecs[slot];
+                iovecs(mem, data, iov)?;
+                let aligned = iov.iter().all(|v| {
                     (v.iov_base as usize).is_multiple_of(512) && v.iov_len.is_multiple_of(512)
                 });
                 let fd = match (&io.direct, aligned) {
@@ -477,7 +526,7 @@ impl Worker {
                 if !wait.is_zero() {
                     std::thread::sleep(wait);
                 }
-                let n = req.iovecs.len() as u32;
+                let n = iov.len() as u32;
                 // Write-through mode: each write is durable when it completes.
                 let sync = if io.writeback.load(Ordering::Relaxed) {
                     0
@@ -485,30 +534,31 @@ impl Worker {
                     libc::RWF_DSYNC
                 };
                 let e = match (is_read, n) {
-                    (true, 1) => opcode::Read::new(fd, req.iovecs[0].iov_base.cast(), len as u32)
+                    (true, 1) => opcode::Read::new(fd, iov[0].iov_base.cast(), len as u32)
                         .offset(offset)
                         .build(),
-                    (false, 1) => opcode::Write::new(fd, req.iovecs[0].iov_base.cast(), len as u32)
+                    (false, 1) => opcode::Write::new(fd, iov[0].iov_base.cast(), len as u32)
                         .offset(offset)
                         .rw_flags(sync)
                         .build(),
-                    (true, _) => opcode::Readv::new(fd, req.iovecs.as_ptr(), n)
+                    (true, _) => opcode::Readv::new(fd, iov.as_ptr(), n)
                         .offset(offset)
                         .build(),
-                    (false, _) => opcode::Writev::new(fd, req.iovecs.as_ptr(), n)
+                    (false, _) => opcode::Writev::new(fd, iov.as_ptr(), n)
                         .offset(offset)
                         .rw_flags(sync)
                         .build(),
                 };
-                vec![e]
+                self.push(&e.user_data(user_data))?;
+                1
             }
             Op::Flush => {
                 req.kind = IoKind::Flush;
-                vec![
-                    opcode::Fsync::new(types::Fd(io.buffered.as_raw_fd()))
-                        .flags(types::FsyncFlags::DATASYNC)
-                        .build(),
-                ]
+                let e = opcode::Fsync::new(types::Fd(io.buffered.as_raw_fd()))
+                    .flags(types::FsyncFlags::DATASYNC)
+                    .build();
+                self.push(&e.user_data(user_data))?;
+                1
             }
             Op::GetId => {
                 let mut id = [0u8; ID_BYTES];
@@ -529,64 +579,62 @@ impl Worker {
             }
             Op::Discard | Op::WriteZeroes => {
                 req.kind = IoKind::Discard;
-                let mut raw = Vec::with_capacity(data.iter().map(|s| s.len as usize).sum());
+                // `validate` capped the total at `max_ranges` ranges.
+                let mut raw = std::mem::take(&mut self.ranges);
+                let total: usize = data.iter().map(|s| s.len as usize).sum();
+                raw.clear();
+                raw.resize(total, 0);
+                let mut at = 0;
+                let mut read = Ok(());
                 for seg in data {
-                    let mut buf = vec![0u8; seg.len as usize];
-                    mem.read_slice(&mut buf, GuestAddress(seg.addr))
-                        .map_err(|_| Status::IoErr)?;
-                    raw.extend_from_slice(&buf);
-                }
-                let mut entries = Vec::new();
-                for chunk in raw.chunks_exact(RANGE_LEN) {
-                    let mut b = [0u8; RANGE_LEN];
-                    b.copy_from_slice(chunk);
-                    let range = request::parse_range(b, limits)?;
-                    if range.len == 0 {
-                        continue;
+                    let end = at + seg.len as usize;
+                    if mem
+                        .read_slice(&mut raw[at..end], GuestAddress(seg.addr))
+                        .is_err()
+                    {
+                        read = Err(Status::IoErr);
+                        break;
                     }
-                    let mode = if matches!(op, Op::Discard) || range.unmap {
-                        FALLOC_PUNCH_HOLE | FALLOC_KEEP_SIZE
-                    } else {
-                        FALLOC_ZERO_RANGE | FALLOC_KEEP_SIZE
-                    };
-                    entries.push(
-                        opcode::Fallocate::new(types::Fd(io.buffered.as_raw_fd()), range.len)
-                            .offset(range.offset)
-                            .mode(mode)
-                            .build(),
-                    );
+                    at = end;
                 }
-                entries
+                let queued = read.and_then(|()| {
+                    let mut count = 0;
+                    for chunk in raw.chunks_exact(RANGE_LEN) {
+                        let mut b = [0u8; RANGE_LEN];
+                        b.copy_from_slice(chunk);
+                        let range = request::parse_range(b, limits)?;
+                        if range.len == 0 {
+                            continue;
+                        }
+                        let mode = if matches!(op, Op::Discard) || range.unmap {
+                            FALLOC_PUNCH_HOLE | FALLOC_KEEP_SIZE
+                        } else {
+                            FALLOC_ZERO_RANGE | FALLOC_KEEP_SIZE
+                        };
+                        let e =
+                            opcode::Fallocate::new(types::Fd(io.buffered.as_raw_fd()), range.len)
+                                .offset(range.offset)
+                                .mode(mode)
+                                .build();
+                        self.push(&e.user_data(user_data))?;
+                        count += 1;
+                    }
+                    Ok(count)
+                });
+                self.ranges = raw;
+                queued?
             }
         };
-        let count = entries.len() as u32;
-        for e in entries {
-            let e = e.user_data(user_data);
-            // SAFETY: the entry points at `req.iovecs` (kept in the slot until completion)
-            // or at guest memory held by the caller's memory guard, which outlives the
-            // request because `serve` completes every request before returning.
-            while unsafe { self.ring.submission().push(&e) }.is_err() {
-                self.ring.submit().map_err(|_| Status::IoErr)?;
-            }
-        }
         req.pending = count;
         Ok(count)
     }
 
-    /// Completes everything the kernel has finished; returns whether anything completed.
-    fn reap(
-        &mut self,
-        vring: &VringMutex,
-        mem: &GuestMemoryMmap,
-        stats: &crate::metrics::QueueStats,
-    ) -> io::Result<bool> {
-        let mut completed = false;
-        let cqes: Vec<(u64, i32)> = self
-            .ring
-            .completion()
-            .map(|c| (c.user_data(), c.result()))
-            .collect();
-        for (user_data, res) in cqes {
+    /// Completes everything the kernel has finished, into `self.used`.
+    fn reap(&mut self, mem: &GuestMemoryMmap, stats: &crate::metrics::QueueStats) {
+        let mut cqes = std::mem::take(&mut self.cqes);
+        cqes.clear();
+        cqes.extend(self.ring.completion().map(|c| (c.user_data(), c.result())));
+        for &(user_data, res) in &cqes {
             let slot = user_data as usize;
             let Some(req) = self.slots.get_mut(slot).and_then(Option::as_mut) else {
                 warn!(slot, "completion for an empty slot");
@@ -607,33 +655,31 @@ impl Worker {
                 } else {
                     Status::Ok
                 };
-                self.finish(vring, mem, req, status, stats)?;
-                completed = true;
+                self.finish(mem, req, status, stats);
             }
         }
-        Ok(completed)
+        self.cqes = cqes;
     }
 
+    /// Writes the status byte and queues the used entry (see [`Worker::publish`]).
     fn finish(
         &mut self,
-        vring: &VringMutex,
         mem: &GuestMemoryMmap,
         req: Inflight,
         status: Status,
         stats: &crate::metrics::QueueStats,
-    ) -> io::Result<()> {
+    ) {
         let ok = status == Status::Ok;
         let used_len = if ok { req.used_len } else { 1 };
         if mem
             .write_obj(status as u8, GuestAddress(req.status))
             .is_err()
         {
-            vring.add_used(req.head, 0).map_err(queue_err)?;
+            self.used.push((req.head, 0));
         } else {
-            vring.add_used(req.head, used_len).map_err(queue_err)?;
+            self.used.push((req.head, used_len));
         }
         stats.record(req.kind, if ok { req.bytes } else { 0 }, ok, req.started);
-        Ok(())
     }
 }
 
@@ -673,9 +719,14 @@ impl<'a> MemView<'a> {
     }
 }
 
-/// Host iovecs for the data segments (a segment crossing memory regions gives several).
-fn iovecs(mem: &GuestMemoryMmap, data: &[Segment]) -> Result<Vec<libc::iovec>, Status> {
-    let mut out = Vec::with_capacity(data.len());
+/// Fills `out` with the host iovecs for the data segments (a segment crossing memory
+/// regions gives several).
+fn iovecs(
+    mem: &GuestMemoryMmap,
+    data: &[Segment],
+    out: &mut Vec<libc::iovec>,
+) -> Result<(), Status> {
+    out.clear();
     for seg in data {
         for slice in mem.get_slices(GuestAddress(seg.addr), seg.len as usize) {
             let slice = slice.map_err(|_| Status::IoErr)?;
@@ -685,7 +736,7 @@ fn iovecs(mem: &GuestMemoryMmap, data: &[Segment]) -> Result<Vec<libc::iovec>, S
             });
         }
     }
-    Ok(out)
+    Ok(())
 }
 
 /// Whether the driver has made requests available that we have not taken yet.

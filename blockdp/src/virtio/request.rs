@@ -125,6 +125,60 @@ pub fn split(chain: &[Segment]) -> Result<Split, ChainError> {
     })
 }
 
+/// Where the header and the status byte of a chain are (see [`split_in_place`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ends {
+    /// Guest address of the 16-byte header.
+    pub header: u64,
+    /// Guest address of the status byte.
+    pub status: u64,
+}
+
+/// [`split`] without allocating: checks `chain` the same way and cuts it down, in place, to
+/// the data segments, so a worker can reuse one buffer for every request.
+pub fn split_in_place(chain: &mut Vec<Segment>) -> Result<Ends, ChainError> {
+    let (first, last) = match chain.as_slice() {
+        [] => return Err(ChainError::Empty),
+        [first, .., last] => (*first, *last),
+        [only] => (*only, *only),
+    };
+    if first.device_writable || (first.len as usize) < HEADER_LEN {
+        return Err(ChainError::BadHeader);
+    }
+    if !last.device_writable || last.len == 0 {
+        return Err(ChainError::NoStatus);
+    }
+    for s in chain.iter() {
+        s.addr
+            .checked_add(u64::from(s.len))
+            .ok_or(ChainError::Overflow)?;
+    }
+    if chain.len() == 1 {
+        return Err(ChainError::NoStatus);
+    }
+    let ends = Ends {
+        header: first.addr,
+        status: last.addr + u64::from(last.len) - 1,
+    };
+    // The tail first: the chain has at least two entries, so head and tail are distinct.
+    if last.len > 1 {
+        let n = chain.len();
+        chain[n - 1].len = last.len - 1;
+    } else {
+        chain.pop();
+    }
+    if first.len as usize > HEADER_LEN {
+        chain[0] = Segment {
+            addr: first.addr + HEADER_LEN as u64,
+            len: first.len - HEADER_LEN as u32,
+            device_writable: false,
+        };
+    } else {
+        chain.remove(0);
+    }
+    Ok(ends)
+}
+
 /// The decoded request header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Header {
@@ -467,6 +521,19 @@ mod tests {
                 let last = chain[chain.len() - 1];
                 prop_assert!(s.status >= last.addr && s.status < last.addr + u64::from(last.len));
                 prop_assert!(s.data.iter().all(|d| d.len > 0));
+            }
+        }
+
+        #[test]
+        fn split_in_place_agrees_with_split(chain in prop::collection::vec(any_segment(), 0..8)) {
+            let mut buf = chain.clone();
+            match (split(&chain), split_in_place(&mut buf)) {
+                (Ok(s), Ok(ends)) => {
+                    prop_assert_eq!(ends, Ends { header: s.header, status: s.status });
+                    prop_assert_eq!(buf, s.data);
+                }
+                (Err(a), Err(b)) => prop_assert_eq!(a, b),
+                (a, b) => prop_assert!(false, "split {:?} but split_in_place {:?}", a, b),
             }
         }
 
