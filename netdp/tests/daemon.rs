@@ -38,6 +38,16 @@ fn start(node: &Netns, dir: &Path, pins: &Path) -> Daemon {
 }
 
 fn start_with(node: &Netns, dir: &Path, pins: &Path, extra: &[&str]) -> Daemon {
+    start_env(node, dir, pins, extra, &[])
+}
+
+fn start_env(
+    node: &Netns,
+    dir: &Path,
+    pins: &Path,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> Daemon {
     let sock = dir.join("netdp.sock");
     let _ = std::fs::remove_file(&sock);
     // nsenter, not `ip netns exec`: the latter remounts /sys, hiding bpffs.
@@ -52,6 +62,7 @@ fn start_with(node: &Netns, dir: &Path, pins: &Path, extra: &[&str]) -> Daemon {
         .arg(pins)
         .args(extra)
         .env("RUST_LOG", "warn")
+        .envs(env.iter().copied())
         .spawn()
         .expect("start netdp");
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -828,4 +839,45 @@ fn a_bad_config_file_stops_the_daemon_with_a_clear_error() {
             "nothing was started"
         );
     }
+}
+
+#[test]
+fn systemd_is_told_when_the_api_listens() {
+    if !privileged() {
+        return;
+    }
+    // The unit file says Type=notify: READY=1 must reach $NOTIFY_SOCKET, and only once the
+    // API socket accepts connections.
+    let unit = include_str!("../etc/netdp.service");
+    assert!(unit.contains("Type=notify"), "{unit}");
+    let dir = tempfile::tempdir().unwrap();
+    let pins = PathBuf::from(format!(
+        "/sys/fs/bpf/ferrostack-test-netdp-notify-{}",
+        std::process::id()
+    ));
+    struct Unpin(PathBuf);
+    impl Drop for Unpin {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let _unpin = Unpin(pins.clone());
+    let notify = dir.path().join("notify.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&notify).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let node = Netns::new("netdpn-node").unwrap();
+    let d = start_env(
+        &node,
+        dir.path(),
+        &pins,
+        &[],
+        &[("NOTIFY_SOCKET", notify.to_str().unwrap())],
+    );
+    let mut buf = [0u8; 64];
+    let n = sock.recv(&mut buf).expect("READY=1 within 10 s");
+    assert_eq!(&buf[..n], b"READY=1");
+    let (status, body) = call(dir.path(), "GET", "/v2.0/networks", None);
+    assert_eq!(status, 200, "{body}");
+    stop(d);
 }

@@ -983,6 +983,8 @@ fn systemd_is_told_when_the_daemon_is_ready() {
     let sock = UnixDatagram::bind(&path).unwrap();
     sock.set_read_timeout(Some(Duration::from_secs(20)))
         .unwrap();
+    let unit = include_str!("../etc/objectd.service");
+    assert!(unit.contains("Type=notify"), "{unit}");
     let d = Daemon::start_env(&[("NOTIFY_SOCKET", path.to_str().unwrap())]);
     let mut buf = [0u8; 64];
     let n = sock.recv(&mut buf).expect("a READY notification");

@@ -81,7 +81,18 @@ pub fn chain(e: &dyn std::error::Error) -> String {
     s
 }
 
-/// Serves the API on `socket` until `shutdown` resolves.
+/// Tells systemd (`Type=notify`, see etc/netdp.service) that the API listens, when started
+/// by it: `READY=1` to `$NOTIFY_SOCKET`.
+fn notify_ready() {
+    if let Some(path) = std::env::var_os("NOTIFY_SOCKET")
+        && let Ok(sock) = std::os::unix::net::UnixDatagram::unbound()
+        && let Err(e) = sock.send_to(b"READY=1", std::path::PathBuf::from(path))
+    {
+        tracing::warn!(error = %e, "could not tell systemd the daemon is ready");
+    }
+}
+
+/// Serves the API on `socket` until `shutdown` resolves (telling systemd once it listens).
 pub async fn serve(
     ctl: Shared,
     socket: &Path,
@@ -89,6 +100,7 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let _ = std::fs::remove_file(socket);
     let listener = tokio::net::UnixListener::bind(socket)?;
+    notify_ready();
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
