@@ -30,7 +30,8 @@ fn se(e: StoreError) -> ApiError {
     }
 }
 
-fn visible(ctx: &Ctx, project: &str) -> bool {
+/// Whether the caller may see what `project` owns (its own, or any as admin).
+pub(super) fn visible(ctx: &Ctx, project: &str) -> bool {
     ctx.is_admin() || ctx.project_id.as_deref() == Some(project)
 }
 

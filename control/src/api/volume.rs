@@ -21,6 +21,7 @@ use http::{HeaderValue, Method, StatusCode};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
+use super::neutron::visible;
 use super::{ApiError, Flavor, Request, Response, blocking, empty, json as json_resp};
 use crate::compute::agent::{self, AgentError};
 use crate::compute::scheduler::{self, Settings};
@@ -305,37 +306,41 @@ async fn route_inner(
     }
 }
 
-fn visible(ctx: &Ctx, project: &str) -> bool {
-    ctx.is_admin() || ctx.project_id.as_deref() == Some(project)
+/// A `kind` record by id, parsed, when the caller may see the project `owner` names;
+/// otherwise 404 "`what` `id` could not be found." (as Cinder hides other projects').
+fn load_visible<T: serde::de::DeserializeOwned>(
+    svc: &Service,
+    ctx: &Ctx,
+    kind: Kind,
+    id: &str,
+    what: &str,
+    owner: impl Fn(&T) -> &str,
+) -> Result<(Record, T), ApiError> {
+    let nf = || ApiError::not_found(format!("{what} {id} could not be found."));
+    let r = svc.store.get(kind, id).map_err(se)?.ok_or_else(nf)?;
+    let d: T = r.parse().map_err(se)?;
+    if !visible(ctx, owner(&d)) {
+        return Err(nf());
+    }
+    Ok((r, d))
 }
 
 /// A volume by id, visible to the caller.
 pub fn load_volume(svc: &Service, ctx: &Ctx, id: &str) -> Result<(Record, VolumeDoc), ApiError> {
-    let nf = || ApiError::not_found(format!("Volume {id} could not be found."));
-    let r = svc
-        .store
-        .get(Kind::Volume, id)
-        .map_err(se)?
-        .ok_or_else(nf)?;
-    let d: VolumeDoc = r.parse().map_err(se)?;
-    if !visible(ctx, &d.project_id) {
-        return Err(nf());
-    }
-    Ok((r, d))
+    load_visible(svc, ctx, Kind::Volume, id, "Volume", |d: &VolumeDoc| {
+        &d.project_id
+    })
 }
 
 fn load_snapshot(svc: &Service, ctx: &Ctx, id: &str) -> Result<(Record, SnapshotDoc), ApiError> {
-    let nf = || ApiError::not_found(format!("Snapshot {id} could not be found."));
-    let r = svc
-        .store
-        .get(Kind::VolumeSnapshot, id)
-        .map_err(se)?
-        .ok_or_else(nf)?;
-    let d: SnapshotDoc = r.parse().map_err(se)?;
-    if !visible(ctx, &d.project_id) {
-        return Err(nf());
-    }
-    Ok((r, d))
+    load_visible(
+        svc,
+        ctx,
+        Kind::VolumeSnapshot,
+        id,
+        "Snapshot",
+        |d: &SnapshotDoc| &d.project_id,
+    )
 }
 
 /// Compare-and-swap edit of a volume; `f` returns whether it changed anything, or an error
