@@ -424,3 +424,193 @@ fn expect_100_continue_is_answered_before_the_body_is_sent() {
     assert_eq!(&resp, b"HTTP/1.1 204");
     assert_eq!(get(&vmm, "/machine-config")["vcpu_count"], 2);
 }
+
+/// The keys of a JSON object, sorted.
+fn keys(v: &Value) -> Vec<&str> {
+    let mut k: Vec<&str> = v
+        .as_object()
+        .unwrap_or_else(|| panic!("not an object: {v}"))
+        .keys()
+        .map(String::as_str)
+        .collect();
+    k.sort_unstable();
+    k
+}
+
+/// A PUT or PATCH that Firecracker answers 204 with no body.
+fn no_content(vmm: &Vmm, method: &str, path: &str, body: Value) {
+    let (status, resp) = vmm.api(method, path, Some(&body.to_string()));
+    assert_eq!((status, resp.as_str()), (204, ""), "{method} {path} {body}");
+}
+
+/// A request Firecracker refuses: 400 with a body that is exactly `{"fault_message": "..."}`.
+fn error_body(vmm: &Vmm, method: &str, path: &str, body: &str) {
+    let (status, resp) = vmm.api(method, path, Some(body));
+    assert_eq!(status, 400, "{method} {path} {body}: {resp}");
+    let v: Value = serde_json::from_str(&resp).expect("a JSON error body");
+    assert_eq!(keys(&v), ["fault_message"], "{resp}");
+    assert!(!v["fault_message"].as_str().unwrap().is_empty(), "{resp}");
+}
+
+/// Every endpoint the issue lists, in the order a Firecracker client uses them: each success
+/// is Firecracker's status (204 with no body for PUT/PATCH, 200 with JSON for GET) and each GET
+/// carries Firecracker's field names; each error is a 400 whose body is exactly
+/// `{"fault_message": "..."}`.
+#[test]
+fn every_listed_endpoint_answers_with_firecrackers_status_codes_and_field_names() {
+    if !kvm_available() {
+        return;
+    }
+    let kernel = guest("waiter");
+    let mut vmm = Vmm::with_api();
+    let disk = vmm.dir.path().join("disk.img");
+    std::fs::write(&disk, vec![0u8; 8192]).unwrap();
+    let log = vmm.dir.path().join("fc.log");
+    let metrics = vmm.dir.path().join("fc.metrics");
+    // GET / (InstanceInfo) and GET /version.
+    let info = get(&vmm, "/");
+    assert_eq!(keys(&info), ["app_name", "id", "state", "vmm_version"]);
+    assert_eq!(info["state"], "Not started");
+    assert!(info["vmm_version"].is_string() && info["id"].is_string());
+    let version = get(&vmm, "/version");
+    assert_eq!(keys(&version), ["firecracker_version"]);
+
+    // GET /machine-config before any PUT: Firecracker's defaults and field names.
+    let mc = get(&vmm, "/machine-config");
+    for field in ["vcpu_count", "mem_size_mib", "smt", "track_dirty_pages"] {
+        assert!(mc.get(field).is_some(), "no {field} in {mc}");
+    }
+    assert_eq!(
+        (&mc["vcpu_count"], &mc["mem_size_mib"], &mc["smt"]),
+        (&json!(1), &json!(128), &json!(false))
+    );
+
+    no_content(
+        &vmm,
+        "PUT",
+        "/logger",
+        json!({"log_path": log, "level": "Warning", "show_level": true, "show_log_origin": false}),
+    );
+    no_content(&vmm, "PUT", "/metrics", json!({"metrics_path": metrics}));
+    no_content(
+        &vmm,
+        "PUT",
+        "/boot-source",
+        json!({"kernel_image_path": kernel, "boot_args": "console=ttyS0 reboot=k"}),
+    );
+    no_content(
+        &vmm,
+        "PUT",
+        "/machine-config",
+        json!({"vcpu_count": 2, "mem_size_mib": 64, "smt": false, "track_dirty_pages": false}),
+    );
+    no_content(&vmm, "PATCH", "/machine-config", json!({"vcpu_count": 1}));
+    no_content(
+        &vmm,
+        "PUT",
+        "/drives/rootfs",
+        json!({
+            "drive_id": "rootfs", "path_on_host": disk, "is_root_device": true,
+            "is_read_only": false,
+            "rate_limiter": {"bandwidth": {"size": 1_048_576, "one_time_burst": 4096, "refill_time": 100}},
+        }),
+    );
+    // A second PUT of the same id replaces the drive, as in Firecracker.
+    no_content(
+        &vmm,
+        "PUT",
+        "/drives/rootfs",
+        json!({"drive_id": "rootfs", "path_on_host": disk, "is_root_device": true, "is_read_only": true}),
+    );
+    error_body(&vmm, "PUT", "/drives/rootfs", r#"{"drive_id": "rootfs"}"#);
+    error_body(&vmm, "PATCH", "/machine-config", r#"{"vcpu_count": 0}"#);
+    error_body(&vmm, "PATCH", "/vm", r#"{"state": "Resumed"}"#);
+    error_body(
+        &vmm,
+        "PUT",
+        "/actions",
+        r#"{"action_type": "SendCtrlAltDel"}"#,
+    );
+    error_body(&vmm, "PUT", "/mmds", "{}");
+
+    // GET /vm/config: the whole document under Firecracker's section names.
+    let cfg = get(&vmm, "/vm/config");
+    for section in [
+        "boot-source",
+        "machine-config",
+        "drives",
+        "network-interfaces",
+        "logger",
+        "metrics",
+    ] {
+        assert!(cfg.get(section).is_some(), "no {section} in {cfg}");
+    }
+    assert_eq!(cfg["boot-source"]["boot_args"], "console=ttyS0 reboot=k");
+    assert_eq!(cfg["machine-config"]["vcpu_count"], 1);
+    assert_eq!(cfg["machine-config"]["mem_size_mib"], 64);
+    assert_eq!(cfg["drives"].as_array().unwrap().len(), 1, "{cfg}");
+    assert_eq!(cfg["drives"][0]["drive_id"], "rootfs");
+    assert_eq!(cfg["drives"][0]["is_read_only"], true);
+    assert_eq!(cfg["network-interfaces"], json!([]));
+    assert_eq!(cfg["metrics"]["metrics_path"], json!(metrics));
+    assert_eq!(cfg["logger"]["level"], "Warning");
+
+    no_content(
+        &vmm,
+        "PUT",
+        "/actions",
+        json!({"action_type": "InstanceStart"}),
+    );
+    vmm.wait_serial("ready\n", Duration::from_secs(20));
+    assert_eq!(get(&vmm, "/")["state"], "Running");
+    no_content(&vmm, "PATCH", "/vm", json!({"state": "Paused"}));
+    assert_eq!(get(&vmm, "/")["state"], "Paused");
+    no_content(&vmm, "PATCH", "/vm", json!({"state": "Resumed"}));
+    assert_eq!(get(&vmm, "/")["state"], "Running");
+    no_content(
+        &vmm,
+        "PATCH",
+        "/drives/rootfs",
+        json!({"drive_id": "rootfs", "rate_limiter": {"ops": {"size": 10, "refill_time": 10}}}),
+    );
+    no_content(
+        &vmm,
+        "PUT",
+        "/actions",
+        json!({"action_type": "FlushMetrics"}),
+    );
+    let flushed = std::fs::read_to_string(&metrics).unwrap();
+    assert!(
+        serde_json::from_str::<Value>(flushed.lines().last().unwrap()).is_ok(),
+        "{flushed}"
+    );
+    // What may only happen before the start is refused after it, with a fault message.
+    error_body(
+        &vmm,
+        "PUT",
+        "/boot-source",
+        &json!({"kernel_image_path": kernel}).to_string(),
+    );
+    error_body(
+        &vmm,
+        "PUT",
+        "/drives/data",
+        &json!({"drive_id": "data", "path_on_host": disk, "is_root_device": false}).to_string(),
+    );
+    error_body(&vmm, "PATCH", "/vm", r#"{"state": "Frozen"}"#);
+    error_body(
+        &vmm,
+        "PUT",
+        "/actions",
+        r#"{"action_type": "InstanceStart"}"#,
+    );
+    assert_eq!(get(&vmm, "/")["state"], "Running");
+
+    no_content(
+        &vmm,
+        "PUT",
+        "/actions",
+        json!({"action_type": "SendCtrlAltDel"}),
+    );
+    assert_eq!(vmm.wait_exit(Duration::from_secs(20)).code(), Some(0));
+}

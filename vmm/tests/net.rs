@@ -245,3 +245,103 @@ fn a_multi_queue_interface_carries_frames_on_both_queue_pairs() {
         "{serial}"
     );
 }
+
+/// `PUT /network-interfaces` then, on the running VM, `PATCH /network-interfaces` with new rate
+/// limiters: 204, `GET /vm/config` shows them, and the new receive limiter holds a frame back
+/// (one frame per 2 s: the first passes on the full bucket, the second waits for a refill).
+#[test]
+fn a_running_interface_gets_new_rate_limiters_through_patch_and_they_throttle() {
+    if !kvm_available() {
+        return;
+    }
+    let tap = TapGuard::create_with("fspa", &[]);
+    let sock = PacketSocket::open(&tap.0);
+    let guest_mac = [0x06, 0x00, 0xac, 0x10, 0x00, 0x04];
+    let mut vmm = Vmm::with_api();
+    let call = |vmm: &Vmm, method: &str, path: &str, body: serde_json::Value| {
+        let (status, resp) = vmm.api(method, path, Some(&body.to_string()));
+        (status, resp)
+    };
+    let put = |vmm: &Vmm, path: &str, body: serde_json::Value| {
+        let (status, resp) = call(vmm, "PUT", path, body);
+        assert_eq!(status, 204, "PUT {path}: {resp}");
+    };
+    put(
+        &vmm,
+        "/machine-config",
+        json!({"vcpu_count": 1, "mem_size_mib": 32}),
+    );
+    put(
+        &vmm,
+        "/boot-source",
+        json!({"kernel_image_path": guest("net")}),
+    );
+    put(
+        &vmm,
+        "/network-interfaces/eth0",
+        json!({"iface_id": "eth0", "host_dev_name": tap.0, "guest_mac": "06:00:ac:10:00:04"}),
+    );
+    put(&vmm, "/actions", json!({"action_type": "InstanceStart"}));
+    vmm.wait_serial("sent\n", Duration::from_secs(30));
+    sock.recv(Duration::from_secs(10))
+        .expect("the guest's frame on the tap");
+
+    let limiters = json!({
+        "iface_id": "eth0",
+        "rx_rate_limiter": {"ops": {"size": 1, "refill_time": 2000}},
+        "tx_rate_limiter": {"bandwidth": {"size": 1_000_000, "refill_time": 1000}},
+    });
+    let (status, resp) = call(&vmm, "PATCH", "/network-interfaces/eth0", limiters);
+    assert_eq!(status, 204, "PATCH: {resp}");
+    let (status, cfg) = vmm.api("GET", "/vm/config", None);
+    assert_eq!(status, 200, "{cfg}");
+    let cfg: serde_json::Value = serde_json::from_str(&cfg).unwrap();
+    let iface = &cfg["network-interfaces"][0];
+    assert_eq!(iface["iface_id"], "eth0");
+    assert_eq!(iface["rx_rate_limiter"]["ops"]["refill_time"], 2000);
+    assert_eq!(
+        iface["tx_rate_limiter"]["bandwidth"]["size"], 1_000_000,
+        "{cfg}"
+    );
+    // Firecracker's PATCH takes only the id and the limiters; the MAC is fixed once set.
+    let (status, resp) = vmm.api(
+        "PATCH",
+        "/network-interfaces/eth0",
+        Some(r#"{"iface_id": "eth0", "guest_mac": "06:00:00:00:00:01"}"#),
+    );
+    assert_eq!(status, 400, "{resp}");
+    assert!(
+        resp.contains("fault_message") && resp.contains("unknown field"),
+        "{resp}"
+    );
+    let (status, resp) = vmm.api(
+        "PATCH",
+        "/network-interfaces/eth0",
+        Some(r#"{"iface_id": "eth1"}"#),
+    );
+    assert_eq!(status, 400, "{resp}");
+    assert!(resp.contains("fault_message"), "{resp}");
+
+    // A frame the guest ignores takes the one token; the reply after it waits for the refill.
+    let frame = |ethertype: u16, payload: &[u8]| {
+        let mut f = Vec::new();
+        f.extend_from_slice(&guest_mac);
+        f.extend_from_slice(&[0x02, 0, 0, 0, 0, 0x01]);
+        f.extend_from_slice(&ethertype.to_be_bytes());
+        f.extend_from_slice(payload);
+        f.resize(60, 0);
+        f
+    };
+    let sent = Instant::now();
+    sock.send(&frame(ETHERTYPE + 1, b"ignored"));
+    sock.send(&frame(ETHERTYPE, b"after the refill"));
+    let status = vmm.wait_exit(Duration::from_secs(30));
+    let waited = sent.elapsed();
+    let serial = vmm.serial();
+    assert_eq!(status.code(), Some(0), "{serial}\n{}", vmm.log());
+    assert!(serial.contains("rx_payload=after the refill\n"), "{serial}");
+    assert!(
+        waited >= Duration::from_millis(1500),
+        "the reply arrived {waited:?} after the first frame: the limiter did not hold it"
+    );
+}
