@@ -145,6 +145,23 @@ impl Drop for PacketSocket {
     }
 }
 
+/// The tap's offload features as `ethtool -k` shows them: (tx-checksumming, tx-tcp-segmentation).
+/// The tap's "tx" is what it hands to the guest, so these follow the offloads the VMM set from
+/// what the guest's driver acknowledged (GUEST_CSUM, GUEST_TSO4).
+fn tap_offloads(tap: &str) -> (bool, bool) {
+    let out = Command::new("ethtool").args(["-k", tap]).output().unwrap();
+    assert!(out.status.success(), "ethtool -k {tap}");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let on = |feature: &str| {
+        text.lines()
+            .find_map(|l| l.trim().strip_prefix(feature))
+            .unwrap_or_else(|| panic!("no {feature} in {text}"))
+            .trim_start()
+            .starts_with("on")
+    };
+    (on("tx-checksumming:"), on("tx-tcp-segmentation:"))
+}
+
 #[test]
 fn guest_sends_and_receives_frames_through_a_tap() {
     if !kvm_available() {
@@ -153,6 +170,7 @@ fn guest_sends_and_receives_frames_through_a_tap() {
     let tap = TapGuard::create();
     let sock = PacketSocket::open(&tap.0);
     let guest_mac = [0x06, 0x00, 0xac, 0x10, 0x00, 0x02];
+    assert_eq!(tap_offloads(&tap.0), (false, false), "a fresh tap");
     let mut vmm = Vmm::from_config(&json!({
         "boot-source": {"kernel_image_path": guest("net")},
         "machine-config": {"vcpu_count": 1, "mem_size_mib": 32},
@@ -163,6 +181,13 @@ fn guest_sends_and_receives_frames_through_a_tap() {
         vmm.serial().contains("mac=06:00:ac:10:00:02\n"),
         "{}",
         vmm.serial()
+    );
+    // tests/guests/net.rs acknowledges GUEST_CSUM and GUEST_TSO4: the VMM turned the tap's
+    // checksum and TCPv4 segmentation offloads on (the vnet header carries their metadata).
+    assert_eq!(
+        tap_offloads(&tap.0),
+        (true, true),
+        "offloads after negotiation"
     );
 
     let frame = sock
@@ -213,6 +238,12 @@ fn a_multi_queue_interface_carries_frames_on_both_queue_pairs() {
     vmm.wait_serial("sent\n", Duration::from_secs(30));
     let serial = vmm.serial();
     assert!(serial.contains("max_pairs=2\n"), "{serial}");
+    // This driver acknowledges no offload: the tap keeps them off.
+    assert_eq!(
+        tap_offloads(&tap.0),
+        (false, false),
+        "no offloads acknowledged"
+    );
     assert!(serial.contains("ctrl_ack=0\n"), "{serial}");
 
     let mut payloads = Vec::new();
