@@ -283,6 +283,227 @@ pub fn fnv1a(data: &[u8]) -> u64 {
     h
 }
 
+/// Writes a byte as two lowercase hex digits.
+pub fn hex_byte(b: u8) -> [u8; 2] {
+    let h = b"0123456789abcdef";
+    [h[usize::from(b >> 4)], h[usize::from(b & 0xf)]]
+}
+
+/// Writes a MAC address as `xx:xx:xx:xx:xx:xx`.
+pub fn print_mac(mac: &[u8]) {
+    for (i, b) in mac.iter().enumerate() {
+        if i > 0 {
+            print(":");
+        }
+        print_bytes(&hex_byte(*b));
+    }
+}
+
+/// The guests' own minimal virtio-mmio driver: probing the slots, feature negotiation, queue
+/// set-up and polled split rings of [`QSIZE`] descriptors, shared by the block and network
+/// guests. Rings live in the guests' statics and are passed as raw pointers, since the device
+/// writes them behind the compiler's back; every access is volatile.
+pub mod virtio {
+    use core::ptr::{addr_of, addr_of_mut, read_volatile, write_volatile};
+    use core::sync::atomic::{fence, Ordering};
+
+    /// The first virtio-mmio slot the VMM places devices in, and how many slots there are.
+    pub const FIRST_SLOT: u64 = 0xd000_1000;
+    pub const SLOTS: u64 = 8;
+    /// Device IDs.
+    pub const NET: u32 = 1;
+    pub const BLOCK: u32 = 2;
+    /// Descriptors per queue.
+    pub const QSIZE: usize = 8;
+    /// Descriptor flags.
+    pub const F_NEXT: u16 = 1;
+    pub const F_WRITE: u16 = 2;
+
+    /// One split-ring descriptor.
+    #[repr(C)]
+    #[derive(Clone, Copy)]
+    pub struct Desc {
+        pub addr: u64,
+        pub len: u32,
+        pub flags: u16,
+        pub next: u16,
+    }
+
+    /// A queue's descriptor table and available ring, then its used ring on the next page.
+    #[repr(C, align(4096))]
+    pub struct Rings {
+        pub desc: [Desc; QSIZE],
+        pub avail_flags: u16,
+        pub avail_idx: u16,
+        pub avail_ring: [u16; QSIZE],
+        pub avail_event: u16,
+        _pad: [u8; 4096 - 16 * QSIZE - 6 - 2 * QSIZE],
+        pub used_flags: u16,
+        pub used_idx: u16,
+        pub used_ring: [[u32; 2]; QSIZE],
+        pub used_event: u16,
+    }
+
+    /// Rings with nothing in them, to initialise statics.
+    pub const EMPTY: Rings = Rings {
+        desc: [Desc { addr: 0, len: 0, flags: 0, next: 0 }; QSIZE],
+        avail_flags: 0,
+        avail_idx: 0,
+        avail_ring: [0; QSIZE],
+        avail_event: 0,
+        _pad: [0; 4096 - 16 * QSIZE - 6 - 2 * QSIZE],
+        used_flags: 0,
+        used_idx: 0,
+        used_ring: [[0; 2]; QSIZE],
+        used_event: 0,
+    };
+
+    /// A virtio-mmio device at a slot's base address.
+    #[derive(Clone, Copy)]
+    pub struct Dev(pub u64);
+
+    impl Dev {
+        /// Reads a register.
+        pub fn reg(self, off: u64) -> u32 {
+            super::mmio_read32(self.0 + off)
+        }
+
+        /// Writes a register.
+        pub fn set(self, off: u64, v: u32) {
+            super::mmio_write32(self.0 + off, v)
+        }
+
+        /// Whether a version-2 (modern) device of `device_id` sits here.
+        pub fn is(self, device_id: u32) -> bool {
+            self.reg(0) == 0x7472_6976 && self.reg(4) == 2 && self.reg(8) == device_id
+        }
+
+        /// Resets the device and negotiates the offered subset of `features` (low word) plus
+        /// VERSION_1, up to FEATURES_OK. The features acknowledged, or None if the device
+        /// offers no VERSION_1 or refuses the set.
+        pub fn negotiate(self, features: u32) -> Option<u32> {
+            self.set(0x70, 0);
+            self.set(0x70, 1 | 2); // ACKNOWLEDGE | DRIVER
+            self.set(0x14, 1);
+            if self.reg(0x10) & 1 == 0 {
+                return None;
+            }
+            self.set(0x14, 0);
+            let acked = self.reg(0x10) & features;
+            self.set(0x24, 0);
+            self.set(0x20, acked);
+            self.set(0x24, 1);
+            self.set(0x20, 1); // VERSION_1
+            self.set(0x70, 1 | 2 | 8); // FEATURES_OK
+            (self.reg(0x70) & 8 != 0).then_some(acked)
+        }
+
+        /// Sets up queue `index` on `rings` ([`QSIZE`] entries); false if it is smaller.
+        pub fn queue(self, index: u32, rings: *mut Rings) -> bool {
+            self.set(0x30, index);
+            if (self.reg(0x34) as usize) < QSIZE {
+                return false;
+            }
+            self.set(0x38, QSIZE as u32);
+            // SAFETY: only addresses are taken.
+            let (d, a, u) = unsafe {
+                (
+                    addr_of!((*rings).desc) as u64,
+                    addr_of!((*rings).avail_flags) as u64,
+                    addr_of!((*rings).used_flags) as u64,
+                )
+            };
+            self.set(0x80, d as u32);
+            self.set(0x84, (d >> 32) as u32);
+            self.set(0x90, a as u32);
+            self.set(0x94, (a >> 32) as u32);
+            self.set(0xa0, u as u32);
+            self.set(0xa4, (u >> 32) as u32);
+            self.set(0x44, 1);
+            true
+        }
+
+        /// DRIVER_OK: the device may use the queues.
+        pub fn driver_ok(self) {
+            self.set(0x70, 1 | 2 | 8 | 4);
+        }
+
+        /// Tells the device queue `index` has new buffers.
+        pub fn notify(self, index: u32) {
+            self.set(0x50, index);
+        }
+
+        /// A 32-bit word of the device's configuration space.
+        pub fn config32(self, off: u64) -> u32 {
+            self.reg(0x100 + off)
+        }
+
+        /// A 64-bit value of the configuration space (a block device's capacity at 0).
+        pub fn config64(self, off: u64) -> u64 {
+            u64::from(self.config32(off)) | (u64::from(self.config32(off + 4)) << 32)
+        }
+
+        /// A network device's MAC address (configuration offset 0).
+        pub fn mac(self) -> [u8; 6] {
+            let lo = self.config32(0).to_le_bytes();
+            let hi = self.config32(4).to_le_bytes();
+            [lo[0], lo[1], lo[2], lo[3], hi[0], hi[1]]
+        }
+    }
+
+    /// The `n`th (from 0) device of `device_id` in slot order.
+    pub fn find(device_id: u32, n: usize) -> Option<Dev> {
+        (0..SLOTS)
+            .map(|i| Dev(FIRST_SLOT + i * 0x1000))
+            .filter(|d| d.is(device_id))
+            .nth(n)
+    }
+
+    /// Writes descriptor `i` of `rings`.
+    pub fn set_desc(rings: *mut Rings, i: usize, desc: Desc) {
+        // SAFETY: the descriptor is the driver's until it is published.
+        unsafe { write_volatile(addr_of_mut!((*rings).desc[i % QSIZE]), desc) };
+    }
+
+    /// Publishes the chain starting at descriptor `head` in the available ring (the caller
+    /// notifies); returns the new available index.
+    pub fn publish(rings: *mut Rings, head: u16) -> u16 {
+        // SAFETY: single-threaded guest; the device reads the entry after the index update.
+        unsafe {
+            let idx = read_volatile(addr_of!((*rings).avail_idx));
+            write_volatile(addr_of_mut!((*rings).avail_ring[usize::from(idx) % QSIZE]), head);
+            fence(Ordering::SeqCst);
+            let next = idx.wrapping_add(1);
+            write_volatile(addr_of_mut!((*rings).avail_idx), next);
+            fence(Ordering::SeqCst);
+            next
+        }
+    }
+
+    /// The device's used index.
+    pub fn used_idx(rings: *mut Rings) -> u16 {
+        // SAFETY: reading the device-written index.
+        unsafe { read_volatile(addr_of!((*rings).used_idx)) }
+    }
+
+    /// Polls until the used index reaches `n`.
+    pub fn wait_used(rings: *mut Rings, n: u16) {
+        while used_idx(rings) != n {
+            core::hint::spin_loop();
+        }
+        fence(Ordering::SeqCst);
+    }
+
+    /// Used entry number `n` (counting from the start): (descriptor head, bytes written).
+    /// Only valid once the used index has passed `n`.
+    pub fn used(rings: *mut Rings, n: u16) -> (usize, usize) {
+        fence(Ordering::SeqCst);
+        // SAFETY: the device completed this entry before moving the used index past it.
+        let e = unsafe { read_volatile(addr_of!((*rings).used_ring[usize::from(n) % QSIZE])) };
+        (e[0] as usize, e[1] as usize)
+    }
+}
+
 #[panic_handler]
 fn panic(_info: &core::panic::PanicInfo) -> ! {
     print("guest panic\n");

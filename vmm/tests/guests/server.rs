@@ -17,55 +17,15 @@
 
 mod kit;
 
-use core::ptr::{addr_of, addr_of_mut, read_volatile, write_volatile};
-use core::sync::atomic::{fence, Ordering};
+use core::ptr::{addr_of, addr_of_mut, write_volatile};
 
-const SLOTS: u64 = 8;
-const FIRST_SLOT: u64 = 0xd000_1000;
-const QSIZE: usize = 8;
-const F_NEXT: u16 = 1;
-const F_WRITE: u16 = 2;
+use kit::virtio::{self, Desc, Dev, Rings, EMPTY, F_NEXT, F_WRITE, QSIZE};
+
 const NET_BUF: usize = 2048;
 const NET_HDR: usize = 12;
 const MAX_DISK_SECTORS: u64 = 2048;
 const MAX_SCAN_SECTORS: u64 = 8192;
 const LINE: usize = 200;
-
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct Desc {
-    addr: u64,
-    len: u32,
-    flags: u16,
-    next: u16,
-}
-
-#[repr(C, align(4096))]
-struct Rings {
-    desc: [Desc; QSIZE],
-    avail_flags: u16,
-    avail_idx: u16,
-    avail_ring: [u16; QSIZE],
-    avail_event: u16,
-    _pad: [u8; 4096 - 16 * QSIZE - 6 - 2 * QSIZE],
-    used_flags: u16,
-    used_idx: u16,
-    used_ring: [[u32; 2]; QSIZE],
-    used_event: u16,
-}
-
-const EMPTY: Rings = Rings {
-    desc: [Desc { addr: 0, len: 0, flags: 0, next: 0 }; QSIZE],
-    avail_flags: 0,
-    avail_idx: 0,
-    avail_ring: [0; QSIZE],
-    avail_event: 0,
-    _pad: [0; 4096 - 16 * QSIZE - 6 - 2 * QSIZE],
-    used_flags: 0,
-    used_idx: 0,
-    used_ring: [[0; 2]; QSIZE],
-    used_event: 0,
-};
 
 const MAX_DISKS: usize = 4;
 static mut BLK_RINGS: [Rings; MAX_DISKS] = [EMPTY, EMPTY, EMPTY, EMPTY];
@@ -90,78 +50,6 @@ static mut DISK_BUF: Buf = Buf([0; 4096]);
 struct NetBufs([[u8; NET_BUF]; QSIZE + 1]);
 static mut NET_BUFS: NetBufs = NetBufs([[0; NET_BUF]; QSIZE + 1]);
 
-#[derive(Clone, Copy)]
-struct Dev(u64);
-
-impl Dev {
-    fn reg(self, off: u64) -> u32 {
-        kit::mmio_read32(self.0 + off)
-    }
-
-    fn set(self, off: u64, v: u32) {
-        kit::mmio_write32(self.0 + off, v)
-    }
-
-    /// Resets and negotiates `features` (low word) plus VERSION_1; false if refused.
-    fn negotiate(self, features: u32) -> bool {
-        self.set(0x70, 0);
-        self.set(0x70, 1 | 2);
-        self.set(0x14, 0);
-        let acked = self.reg(0x10) & features;
-        self.set(0x24, 0);
-        self.set(0x20, acked);
-        self.set(0x14, 1);
-        if self.reg(0x10) & 1 == 0 {
-            return false;
-        }
-        self.set(0x24, 1);
-        self.set(0x20, 1);
-        self.set(0x70, 1 | 2 | 8);
-        self.reg(0x70) & 8 != 0
-    }
-
-    fn queue(self, index: u32, rings: *mut Rings) -> bool {
-        self.set(0x30, index);
-        if (self.reg(0x34) as usize) < QSIZE {
-            return false;
-        }
-        self.set(0x38, QSIZE as u32);
-        // SAFETY: only addresses are taken.
-        let (d, a, u) = unsafe {
-            (
-                addr_of!((*rings).desc) as u64,
-                addr_of!((*rings).avail_flags) as u64,
-                addr_of!((*rings).used_flags) as u64,
-            )
-        };
-        self.set(0x80, d as u32);
-        self.set(0x84, (d >> 32) as u32);
-        self.set(0x90, a as u32);
-        self.set(0x94, (a >> 32) as u32);
-        self.set(0xa0, u as u32);
-        self.set(0xa4, (u >> 32) as u32);
-        self.set(0x44, 1);
-        true
-    }
-
-    fn driver_ok(self) {
-        self.set(0x70, 1 | 2 | 8 | 4);
-    }
-}
-
-/// The first virtio-mmio device of `device_id` (2 block, 1 net).
-fn find(device_id: u32) -> Option<Dev> {
-    find_nth(device_id, 0)
-}
-
-/// The `n`th (from 0) virtio-mmio device of `device_id`.
-fn find_nth(device_id: u32, n: usize) -> Option<Dev> {
-    (0..SLOTS)
-        .map(|i| Dev(FIRST_SLOT + i * 0x1000))
-        .filter(|d| d.reg(0) == 0x7472_6976 && d.reg(4) == 2 && d.reg(8) == device_id)
-        .nth(n)
-}
-
 /// Reads one 4 KiB block at `sector` into DISK_BUF through the rings `r`; returns the
 /// status byte.
 fn read_block(dev: Dev, r: *mut Rings, sector: u64) -> u8 {
@@ -170,21 +58,15 @@ fn read_block(dev: Dev, r: *mut Rings, sector: u64) -> u8 {
     unsafe {
         write_volatile(addr_of_mut!(HEADER), Header { kind: 0, reserved: 0, sector });
         write_volatile(addr_of_mut!(STATUS), 0xff);
-        write_volatile(addr_of_mut!((*r).desc[0]), Desc { addr: addr_of!(HEADER) as u64, len: 16, flags: F_NEXT, next: 1 });
-        write_volatile(addr_of_mut!((*r).desc[1]), Desc { addr: addr_of!(DISK_BUF) as u64, len: 4096, flags: F_NEXT | F_WRITE, next: 2 });
-        write_volatile(addr_of_mut!((*r).desc[2]), Desc { addr: addr_of!(STATUS) as u64, len: 1, flags: F_WRITE, next: 0 });
-        let idx = read_volatile(addr_of!((*r).avail_idx));
-        write_volatile(addr_of_mut!((*r).avail_ring[usize::from(idx) % QSIZE]), 0);
-        fence(Ordering::SeqCst);
-        write_volatile(addr_of_mut!((*r).avail_idx), idx.wrapping_add(1));
-        fence(Ordering::SeqCst);
-        dev.set(0x50, 0);
-        while read_volatile(addr_of!((*r).used_idx)) != idx.wrapping_add(1) {
-            core::hint::spin_loop();
-        }
-        fence(Ordering::SeqCst);
-        read_volatile(addr_of!(STATUS))
     }
+    virtio::set_desc(r, 0, Desc { addr: addr_of!(HEADER) as u64, len: 16, flags: F_NEXT, next: 1 });
+    virtio::set_desc(r, 1, Desc { addr: addr_of!(DISK_BUF) as u64, len: 4096, flags: F_NEXT | F_WRITE, next: 2 });
+    virtio::set_desc(r, 2, Desc { addr: addr_of!(STATUS) as u64, len: 1, flags: F_WRITE, next: 0 });
+    let done = virtio::publish(r, 0);
+    dev.notify(0);
+    virtio::wait_used(r, done);
+    // SAFETY: the request completed; the status byte is ours again.
+    unsafe { core::ptr::read_volatile(addr_of!(STATUS)) }
 }
 
 /// Writes `disk<n>_<key>=` (`disk_<key>=` for disk 0).
@@ -203,12 +85,12 @@ fn disk_key(n: usize, key: &str) {
 fn report_disk(dev: Dev, n: usize) {
     // SAFETY: only the address is taken; n < MAX_DISKS.
     let rings = unsafe { addr_of_mut!(BLK_RINGS[n]) };
-    if !dev.negotiate(0) || !dev.queue(0, rings) {
+    if dev.negotiate(0).is_none() || !dev.queue(0, rings) {
         kit::print("virtio-blk setup failed\n");
         return;
     }
     dev.driver_ok();
-    let capacity = u64::from(dev.reg(0x100)) | (u64::from(dev.reg(0x104)) << 32);
+    let capacity = dev.config64(0);
     disk_key(n, "capacity");
     kit::print_dec(capacity);
     kit::print("\n");
@@ -249,12 +131,12 @@ fn contains(hay: &[u8], needle: &[u8]) -> bool {
 fn scan_config_drive(dev: Dev) {
     // SAFETY: no request is in flight on the ring (a previous disk, if any, was reset).
     unsafe { write_volatile(addr_of_mut!(SCAN_RING), EMPTY) };
-    if !dev.negotiate(0) || !dev.queue(0, addr_of_mut!(SCAN_RING)) {
+    if dev.negotiate(0).is_none() || !dev.queue(0, addr_of_mut!(SCAN_RING)) {
         kit::print("virtio-blk setup failed\n");
         return;
     }
     dev.driver_ok();
-    let capacity = u64::from(dev.reg(0x100)) | (u64::from(dev.reg(0x104)) << 32);
+    let capacity = dev.config64(0);
     let sectors = (capacity & !7).min(MAX_SCAN_SECTORS);
     let mut line = [0u8; LINE];
     let mut len = 0;
@@ -304,16 +186,10 @@ fn net_buf(i: usize) -> *mut u8 {
     unsafe { addr_of_mut!(NET_BUFS.0[i]) as *mut u8 }
 }
 
+/// Makes network buffer `i` available to the device through descriptor `i` of `rings`.
 fn post(rings: *mut Rings, i: usize, len: u32, flags: u16) {
-    // SAFETY: single-threaded guest; the device reads these only after the index update.
-    unsafe {
-        write_volatile(addr_of_mut!((*rings).desc[i]), Desc { addr: net_buf(i) as u64, len, flags, next: 0 });
-        let idx = read_volatile(addr_of!((*rings).avail_idx));
-        write_volatile(addr_of_mut!((*rings).avail_ring[usize::from(idx) % QSIZE]), i as u16);
-        fence(Ordering::SeqCst);
-        write_volatile(addr_of_mut!((*rings).avail_idx), idx.wrapping_add(1));
-        fence(Ordering::SeqCst);
-    }
+    virtio::set_desc(rings, i, Desc { addr: net_buf(i) as u64, len, flags, next: 0 });
+    virtio::publish(rings, i as u16);
 }
 
 /// The value of `key=` in the command line, if present.
@@ -354,37 +230,14 @@ fn parse_ip(s: &[u8]) -> Option<[u8; 4]> {
     Some(out)
 }
 
-fn hex(b: u8) -> [u8; 2] {
-    let h = b"0123456789abcdef";
-    [h[usize::from(b >> 4)], h[usize::from(b & 0xf)]]
-}
-
-fn print_mac(mac: &[u8]) {
-    for (i, b) in mac.iter().enumerate() {
-        kit::print_bytes(&hex(*b));
-        if i < 5 {
-            kit::print(":");
-        }
-    }
-}
-
 /// Transmits `len` bytes of frame (after the vnet header) from buffer QSIZE and waits for
 /// the device to take them.
 fn transmit(dev: Dev, len: usize, sent: &mut u16) {
     let tx = addr_of_mut!(TX);
-    // SAFETY: buffer QSIZE is ours: the previous transmission has completed.
-    unsafe {
-        write_volatile(addr_of_mut!((*tx).desc[0]), Desc { addr: net_buf(QSIZE) as u64, len: (NET_HDR + len) as u32, flags: 0, next: 0 });
-        write_volatile(addr_of_mut!((*tx).avail_ring[usize::from(*sent) % QSIZE]), 0);
-        fence(Ordering::SeqCst);
-        *sent = sent.wrapping_add(1);
-        write_volatile(addr_of_mut!((*tx).avail_idx), *sent);
-        fence(Ordering::SeqCst);
-        dev.set(0x50, 1);
-        while read_volatile(addr_of!((*tx).used_idx)) != *sent {
-            core::hint::spin_loop();
-        }
-    }
+    virtio::set_desc(tx, 0, Desc { addr: net_buf(QSIZE) as u64, len: (NET_HDR + len) as u32, flags: 0, next: 0 });
+    *sent = virtio::publish(tx, 0);
+    dev.notify(1);
+    virtio::wait_used(tx, *sent);
 }
 
 /// The frame being built in buffer QSIZE (after the vnet header), zeroed.
@@ -465,19 +318,15 @@ fn exchange<T>(dev: Dev, seen: &mut u16, sent: &mut u16, attempts: u32, frame: &
         // per attempt).
         for _ in 0..20_000 {
             check_keyboard();
-            // SAFETY: reading device-written ring entries after the used index covers them.
-            while unsafe { read_volatile(addr_of!((*rx).used_idx)) } != *seen {
-                let (id, len) = unsafe {
-                    fence(Ordering::SeqCst);
-                    let e = read_volatile(addr_of!((*rx).used_ring[usize::from(*seen) % QSIZE]));
-                    (e[0] as usize % QSIZE, e[1] as usize)
-                };
+            while virtio::used_idx(rx) != *seen {
+                let (id, len) = virtio::used(rx, *seen);
+                let id = id % QSIZE;
                 *seen = seen.wrapping_add(1);
                 // SAFETY: the device wrote `len` bytes into buffer `id`, back in our hands.
                 let f = unsafe { core::slice::from_raw_parts(net_buf(id), len.min(NET_BUF)) };
                 let found = if f.len() > NET_HDR { matches(&f[NET_HDR..]) } else { None };
                 post(rx, id, NET_BUF as u32, F_WRITE);
-                dev.set(0x50, 0);
+                dev.notify(0);
                 if found.is_some() {
                     return found;
                 }
@@ -490,22 +339,20 @@ fn exchange<T>(dev: Dev, seen: &mut u16, sent: &mut u16, attempts: u32, frame: &
 /// Sets the network card up (MAC only: the frames here are small and complete), with
 /// every receive buffer posted; returns its MAC.
 fn net_setup(dev: Dev) -> Option<[u8; 6]> {
-    if !dev.negotiate(1 << 5) || !dev.queue(0, addr_of_mut!(RX)) || !dev.queue(1, addr_of_mut!(TX)) {
+    if dev.negotiate(1 << 5).is_none() || !dev.queue(0, addr_of_mut!(RX)) || !dev.queue(1, addr_of_mut!(TX)) {
         kit::print("virtio-net setup failed\n");
         return None;
     }
     dev.driver_ok();
-    let lo = dev.reg(0x100).to_le_bytes();
-    let hi = dev.reg(0x104).to_le_bytes();
-    let mac = [lo[0], lo[1], lo[2], lo[3], hi[0], hi[1]];
+    let mac = dev.mac();
     kit::print("net_mac=");
-    print_mac(&mac);
+    kit::print_mac(&mac);
     kit::print("\n");
     let rx = addr_of_mut!(RX);
     for i in 0..QSIZE {
         post(rx, i, NET_BUF as u32, F_WRITE);
     }
-    dev.set(0x50, 0);
+    dev.notify(0);
     Some(mac)
 }
 
@@ -554,13 +401,9 @@ fn serve(dev: Dev, mac: [u8; 6], ip: [u8; 4], seen: &mut u16, sent: &mut u16) ->
     let mut echoes = 0u64;
     loop {
         check_keyboard();
-        // SAFETY: reading device-written ring entries after the used index covers them.
-        while unsafe { read_volatile(addr_of!((*rx).used_idx)) } != *seen {
-            let (id, len) = unsafe {
-                fence(Ordering::SeqCst);
-                let e = read_volatile(addr_of!((*rx).used_ring[usize::from(*seen) % QSIZE]));
-                (e[0] as usize % QSIZE, e[1] as usize)
-            };
+        while virtio::used_idx(rx) != *seen {
+            let (id, len) = virtio::used(rx, *seen);
+            let id = id % QSIZE;
             *seen = seen.wrapping_add(1);
             // SAFETY: the device wrote `len` bytes into buffer `id`, back in our hands until
             // it is posted again (after the answer is built from it).
@@ -568,7 +411,7 @@ fn serve(dev: Dev, mac: [u8; 6], ip: [u8; 4], seen: &mut u16, sent: &mut u16) ->
             let reply = if f.len() > NET_HDR { answer(&f[NET_HDR..], &mac, ip) } else { None };
             let echo = reply.is_some() && f.len() > NET_HDR + 14 && f[NET_HDR + 12..NET_HDR + 14] == [0x08, 0x00];
             post(rx, id, NET_BUF as u32, F_WRITE);
-            dev.set(0x50, 0);
+            dev.notify(0);
             if let Some(n) = reply {
                 transmit(dev, n, sent);
                 if echo {
@@ -597,7 +440,7 @@ fn net_probe(dev: Dev, mac: [u8; 6], ip: [u8; 4], probe: [u8; 4], seen: &mut u16
         return;
     };
     kit::print("arp_reply=");
-    print_mac(&peer);
+    kit::print_mac(&peer);
     kit::print("\n");
     let seq = core::cell::Cell::new(0u16);
     let pong = exchange(dev, seen, sent, 100, &|| {
@@ -618,8 +461,8 @@ extern "C" fn guest_main(zero_page: u64) -> ! {
     kit::boot_done();
     kit::print("server guest up\n");
     let mut disks = 0;
-    for dev in (0..SLOTS).map(|i| Dev(FIRST_SLOT + i * 0x1000)) {
-        if disks < MAX_DISKS && dev.reg(0) == 0x7472_6976 && dev.reg(4) == 2 && dev.reg(8) == 2 {
+    for dev in (0..virtio::SLOTS).map(|i| Dev(virtio::FIRST_SLOT + i * 0x1000)) {
+        if disks < MAX_DISKS && dev.is(virtio::BLOCK) {
             report_disk(dev, disks);
             disks += 1;
         }
@@ -628,14 +471,14 @@ extern "C" fn guest_main(zero_page: u64) -> ! {
         kit::print("no disk\n");
     }
     let mut n = 1;
-    while let Some(dev) = find_nth(2, n) {
+    while let Some(dev) = virtio::find(virtio::BLOCK, n) {
         scan_config_drive(dev);
         n += 1;
     }
     let cmdline = kit::ZeroPage(zero_page).cmdline();
     let ip = cmdline_value(cmdline, b"ip").and_then(parse_ip);
     let probe = cmdline_value(cmdline, b"probe").and_then(parse_ip);
-    if let (Some(dev), Some(ip)) = (find(1), ip) {
+    if let (Some(dev), Some(ip)) = (virtio::find(virtio::NET, 0), ip) {
         if let Some(mac) = net_setup(dev) {
             let (mut seen, mut sent) = (0u16, 0u16);
             if let Some(probe) = probe {
