@@ -213,3 +213,44 @@ fn the_guest_sees_its_filtered_cpuid_and_the_boot_msrs_under_both_templates() {
         );
     }
 }
+
+/// Without `--serial-out` the guest's console is the VMM's stdout, as in Firecracker.
+#[test]
+fn without_serial_out_the_console_is_stdout() {
+    if !kvm_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("vm.json");
+    let config = json!({
+        "boot-source": {"kernel_image_path": guest("boot_info"), "boot_args": "to=stdout"},
+        "machine-config": {"vcpu_count": 1, "mem_size_mib": 32},
+    });
+    std::fs::write(&path, config.to_string()).unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_vmm"))
+        .arg("--config-file")
+        .arg(&path)
+        .arg("--no-api")
+        .arg("--api-sock")
+        .arg(dir.path().join("api.sock"))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut out = String::new();
+        let _ = std::io::Read::read_to_string(&mut stdout, &mut out);
+        let _ = tx.send(out);
+    });
+    let Ok(out) = rx.recv_timeout(Duration::from_secs(30)) else {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("the vmm did not finish within 30 s");
+    };
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(0), "{out}");
+    assert!(out.contains("cmdline=to=stdout\n"), "{out:?}");
+}
