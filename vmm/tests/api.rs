@@ -523,6 +523,15 @@ fn every_listed_endpoint_answers_with_firecrackers_status_codes_and_field_names(
         json!({"drive_id": "rootfs", "path_on_host": disk, "is_root_device": true, "is_read_only": true}),
     );
     error_body(&vmm, "PUT", "/drives/rootfs", r#"{"drive_id": "rootfs"}"#);
+    // Missing files and sockets are refused when configured, not at start.
+    for bad in [
+        json!({"drive_id": "data", "path_on_host": "/nonexistent/disk", "is_root_device": false}),
+        json!({"drive_id": "data", "socket": disk, "is_root_device": false}),
+        json!({"drive_id": "data", "path_on_host": disk, "socket": disk, "is_root_device": false}),
+        json!({"drive_id": "data", "path_on_host": disk, "is_root_device": false, "io_engine": "Turbo"}),
+    ] {
+        error_body(&vmm, "PUT", "/drives/data", &bad.to_string());
+    }
     error_body(&vmm, "PATCH", "/machine-config", r#"{"vcpu_count": 0}"#);
     error_body(&vmm, "PATCH", "/vm", r#"{"state": "Resumed"}"#);
     error_body(
