@@ -147,14 +147,18 @@ pub(crate) trait Owned {
 
     /// The owning project.
     fn owner(d: &Self::Doc) -> &str;
-    /// The 404 for a record that is there but not the caller's.
-    fn hidden(id: &str) -> ApiError {
+    /// The 404 for a record that is not there: "`WHAT` `id` could not be found."
+    fn missing(id: &str) -> ApiError {
         ApiError::not_found(format!("{} {id} could not be found.", Self::WHAT))
+    }
+    /// The 404 for a record that is there but not the caller's (by default as if missing).
+    fn hidden(id: &str) -> ApiError {
+        Self::missing(id)
     }
 }
 
-/// An [`Owned`] record by id, parsed, if the caller may see it; otherwise 404
-/// "`WHAT` `id` could not be found." (or [`Owned::hidden`] when it is another's).
+/// An [`Owned`] record by id, parsed, if the caller may see it; otherwise its 404
+/// ([`Owned::missing`], or [`Owned::hidden`] when it is another's).
 pub(crate) fn load<R: Owned>(
     svc: &Service,
     ctx: &Ctx,
@@ -164,7 +168,7 @@ pub(crate) fn load<R: Owned>(
         .store
         .get(R::KIND, id)
         .map_err(se)?
-        .ok_or_else(|| ApiError::not_found(format!("{} {id} could not be found.", R::WHAT)))?;
+        .ok_or_else(|| R::missing(id))?;
     let d: R::Doc = r.parse().map_err(se)?;
     if !visible(ctx, R::owner(&d)) {
         return Err(R::hidden(id));

@@ -313,6 +313,27 @@ pub fn update_volume(
     edit(svc, Kind::Volume, id, "volume", f)
 }
 
+/// Moves a volume from status `from` to `to`; 400 "Invalid volume: volume ID `is` STATUS"
+/// when it is in another. `None` when the volume is gone.
+fn transition(
+    svc: &Service,
+    id: &str,
+    from: &str,
+    to: &str,
+    is: &str,
+) -> Result<Option<VolumeDoc>, ApiError> {
+    update_volume(svc, id, |d| {
+        if d.status != from {
+            return Err(ApiError::bad_request(format!(
+                "Invalid volume: volume {id} {is} {}",
+                d.status
+            )));
+        }
+        d.status = to.into();
+        Ok(true)
+    })
+}
+
 fn update_snapshot(
     svc: &Service,
     id: &str,
@@ -504,7 +525,7 @@ fn collection<R: Collection>(
                 R::apply(d, &c);
                 Ok(true)
             })?
-            .ok_or_else(|| ApiError::not_found(format!("{} {id} could not be found.", R::WHAT)))?;
+            .ok_or_else(|| R::missing(id))?;
             one(id, &d)
         }
         _ => Err(ApiError::not_found("The resource could not be found.")),
@@ -1028,7 +1049,7 @@ async fn delete_volume(svc: Arc<Service>, ctx: Ctx, id: String) -> Result<Respon
             d.status = "deleting".into();
             Ok(true)
         })?
-        .ok_or_else(|| ApiError::not_found(format!("Volume {id2} could not be found.")))?;
+        .ok_or_else(|| Volume::missing(&id2))?;
         let url = match &d.node_id {
             Some(n) => Some(agent_url(svc, n)?),
             None => None,
@@ -1113,17 +1134,8 @@ async fn volume_action(
             .ok_or_else(|| ApiError::conflict("the volume is on no node"))?;
         scheduler::resize_volume(&*svc.store, &node, &id2, &d.project_id, new_size)
             .map_err(ce)?;
-        let d = update_volume(svc, &id2, |d| {
-            if d.status != "available" {
-                return Err(ApiError::bad_request(format!(
-                    "Invalid volume: volume {id2} is now {}",
-                    d.status
-                )));
-            }
-            d.status = "extending".into();
-            Ok(true)
-        })?
-        .ok_or_else(|| ApiError::not_found(format!("Volume {id2} could not be found.")))?;
+        let d = transition(svc, &id2, "available", "extending", "is now")?
+            .ok_or_else(|| Volume::missing(&id2))?;
         Ok((d, agent_url(svc, &node)?))
     })
     .await?;
@@ -1286,7 +1298,7 @@ async fn delete_snapshot(svc: Arc<Service>, ctx: Ctx, id: String) -> Result<Resp
                 false
             }
         })?
-        .ok_or_else(|| ApiError::not_found(format!("Snapshot {id2} could not be found.")))?;
+        .ok_or_else(|| Snapshot::missing(&id2))?;
         if d.status != "deleting" {
             return Err(ApiError::bad_request(format!(
                 "Invalid snapshot: Snapshot status must be available or error, but is {}",
@@ -1415,16 +1427,7 @@ pub async fn attach(
         }
         stopped(&sid, &s, "attach_volume")?;
         let device = pick_device(&s, requested.as_deref())?;
-        update_volume(svc, &vid2, |d| {
-            if d.status != "available" {
-                return Err(ApiError::bad_request(format!(
-                    "Invalid volume: volume {vid2} is now {}",
-                    d.status
-                )));
-            }
-            d.status = "attaching".into();
-            Ok(true)
-        })?;
+        transition(svc, &vid2, "available", "attaching", "is now")?;
         Ok((
             agent_url(svc, &server_node)?,
             v.backend_id.unwrap_or_default(),
@@ -1519,17 +1522,8 @@ pub async fn detach(
             )));
         }
         stopped(&sid, &s, "detach_volume")?;
-        let v = update_volume(svc, &vid2, |d| {
-            if d.status != "in-use" {
-                return Err(ApiError::bad_request(format!(
-                    "Invalid volume: volume {vid2} is {}",
-                    d.status
-                )));
-            }
-            d.status = "detaching".into();
-            Ok(true)
-        })?
-        .ok_or_else(|| ApiError::not_found(format!("Volume {vid2} could not be found.")))?;
+        let v = transition(svc, &vid2, "in-use", "detaching", "is")?
+            .ok_or_else(|| Volume::missing(&vid2))?;
         let node = s.node_id.clone().unwrap_or_default();
         Ok((agent_url(svc, &node)?, v.backend_id.unwrap_or_default()))
     })
