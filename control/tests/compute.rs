@@ -6,127 +6,34 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{Cloud, free_port, ok, ok_json};
+use common::node::{AgentDirs, Procs, binaries, spawn_agent, wait_for};
+use common::{Cloud, ok, ok_json};
 use serde_json::{Value, json};
 
 const NODE_TOKEN: &str = "node-secret-for-tests";
 
-/// The agent binary in this test's profile directory, built with the same cargo if
-/// missing or older than the agent's sources.
-fn agent_binary() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().unwrap().parent().unwrap().to_path_buf(); // target/<profile>
-    let bin = dir.join("ferrostack-agent");
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("agent/src");
-    let newest = std::fs::read_dir(&src)
-        .unwrap()
-        .flatten()
-        .filter_map(|e| e.metadata().ok()?.modified().ok())
-        .max();
-    let built = std::fs::metadata(&bin).and_then(|m| m.modified()).ok();
-    if built.is_none() || newest > built {
-        let profile = match dir.file_name().and_then(|n| n.to_str()) {
-            Some("debug") | None => "dev".to_string(),
-            Some(p) => p.to_string(),
-        };
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| env!("CARGO").into());
-        let out = Command::new(cargo)
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .args([
-                "build",
-                "--locked",
-                "--bin",
-                "ferrostack-agent",
-                "-p",
-                "ferrostack-agent",
-            ])
-            .arg("--profile")
-            .arg(&profile)
-            .arg("--target-dir")
-            .arg(dir.parent().unwrap())
-            .stdout(Stdio::null())
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "building the agent failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    bin
-}
-
-struct Agent {
-    child: Option<Child>,
-    _dir: tempfile::TempDir,
-}
-
-impl Agent {
-    fn start(control: &str) -> Agent {
-        let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
-        let d = dir.path();
-        let child = Command::new(agent_binary())
-            .arg("--state-dir")
-            .arg(d)
-            .arg("--socket")
-            .arg(d.join("agent.sock"))
-            .arg("--blockdp-socket")
-            .arg(d.join("no-blockdp.sock"))
-            .arg("--netdp-socket")
-            .arg(d.join("no-netdp.sock"))
-            .arg("--disk-path")
-            .arg(d)
-            .arg("--listen")
-            .arg(format!("127.0.0.1:{port}"))
-            .arg("--agent-url")
-            .arg(format!("http://127.0.0.1:{port}"))
-            .arg("--control-url")
-            .arg(control)
-            .arg("--control-token")
-            .arg(NODE_TOKEN)
-            .args(["--heartbeat-interval-secs", "1"])
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        Agent {
-            child: Some(child),
-            _dir: dir,
-        }
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        self.stop();
-    }
+/// An agent with no data planes in a temp dir of its own (killed on drop).
+fn agent(bins: &Path, control: &str) -> (Procs, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let dirs = AgentDirs {
+        state: d,
+        blockdp_socket: &d.join("no-blockdp.sock"),
+        disk: d,
+    };
+    (
+        Procs(vec![spawn_agent(bins, &dirs, control, NODE_TOKEN)]),
+        dir,
+    )
 }
 
 fn nodes(cloud: &Cloud) -> Vec<Value> {
     let r = cloud.req("GET", "/v1/nodes", Some(NODE_TOKEN), &[], b"");
     assert_eq!(r.status, 200, "{}", r.text());
     r.json()["nodes"].as_array().unwrap().clone()
-}
-
-fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(250));
-    }
 }
 
 fn wait_server(env: &[(String, String)], name: &str, status: &str) -> Value {
@@ -183,8 +90,9 @@ fn nodes_flavors_servers_reschedule_and_down_nodes() {
     let r = cloud.req("GET", "/v1/image-data/abc/not-a-token", None, &[], b"");
     assert_eq!(r.status, 401, "{}", r.text());
 
-    let mut a = Agent::start(&cloud.url());
-    let mut b = Agent::start(&cloud.url());
+    let bins = binaries(&["ferrostack-agent"]);
+    let (mut a, _a_dir) = agent(&bins, &cloud.url());
+    let (mut b, _b_dir) = agent(&bins, &cloud.url());
     wait_for("two nodes up", Duration::from_secs(60), || {
         let n = nodes(&cloud);
         n.len() == 2 && n.iter().all(|n| n["state"] == "up")
@@ -232,41 +140,7 @@ fn nodes_flavors_servers_reschedule_and_down_nodes() {
 
     // Images: a kernel and a disk that names it.
     let dir = tempfile::tempdir().unwrap();
-    let kernel = common::random_file(dir.path(), "kernel", 4096);
-    let disk = common::random_file(dir.path(), "disk", 8192);
-    let k = ok_json(
-        &admin,
-        &[
-            "image",
-            "create",
-            "--file",
-            kernel.to_str().unwrap(),
-            "--disk-format",
-            "raw",
-            "--container-format",
-            "bare",
-            "kernel",
-            "-f",
-            "json",
-        ],
-    );
-    let kid = k["id"].as_str().unwrap().to_string();
-    ok(
-        &admin,
-        &[
-            "image",
-            "create",
-            "--file",
-            disk.to_str().unwrap(),
-            "--disk-format",
-            "raw",
-            "--container-format",
-            "bare",
-            "--property",
-            &format!("kernel_id={kid}"),
-            "disk",
-        ],
-    );
+    common::boot_images(&admin, dir.path());
     let nokernel = common::fails(
         &admin,
         &[
@@ -279,18 +153,7 @@ fn nodes_flavors_servers_reschedule_and_down_nodes() {
     let net = ok_json(&admin, &["network", "create", "blue"]);
     assert_eq!(net["name"], "blue");
     assert_eq!(net["status"], "ACTIVE");
-    let sub = ok_json(
-        &admin,
-        &[
-            "subnet",
-            "create",
-            "--network",
-            "blue",
-            "--subnet-range",
-            "10.9.0.0/24",
-            "blue-v4",
-        ],
-    );
+    let sub = common::subnet(&admin, "blue", "10.9.0.0/24", "blue-v4", &[]);
     assert_eq!(sub["cidr"], "10.9.0.0/24");
     assert_eq!(sub["gateway_ip"], "10.9.0.1");
     assert_eq!(sub["network_id"], net["id"]);

@@ -22,32 +22,15 @@ fn routers_groups_floating_ips_and_ports_with_the_openstack_cli() {
     // An external network and a tenant network, each with a subnet.
     let ext = ok_json(&admin, &["network", "create", "--external", "public"]);
     assert_eq!(ext["router:external"], true, "{ext}");
-    ok(
+    subnet(
         &admin,
-        &[
-            "subnet",
-            "create",
-            "--network",
-            "public",
-            "--subnet-range",
-            "172.24.4.0/24",
-            "--no-dhcp",
-            "public-v4",
-        ],
+        "public",
+        "172.24.4.0/24",
+        "public-v4",
+        &["--no-dhcp"],
     );
     ok(&admin, &["network", "create", "blue"]);
-    let blue_sub = ok_json(
-        &admin,
-        &[
-            "subnet",
-            "create",
-            "--network",
-            "blue",
-            "--subnet-range",
-            "10.9.0.0/24",
-            "blue-v4",
-        ],
-    );
+    let blue_sub = subnet(&admin, "blue", "10.9.0.0/24", "blue-v4", &[]);
     let externals = ok(
         &admin,
         &["network", "list", "--external", "-f", "value", "-c", "Name"],
@@ -119,20 +102,18 @@ fn routers_groups_floating_ips_and_ports_with_the_openstack_cli() {
     );
     assert_eq!(icmp["protocol"], "icmp");
     assert_eq!(icmp["direction"], "ingress");
-    let ssh = ok_json(
-        &admin,
-        &[
-            "security",
-            "group",
-            "rule",
-            "create",
-            "--protocol",
-            "tcp",
-            "--dst-port",
-            "22",
-            "web",
-        ],
-    );
+    let ssh_rule = [
+        "security",
+        "group",
+        "rule",
+        "create",
+        "--protocol",
+        "tcp",
+        "--dst-port",
+        "22",
+        "web",
+    ];
+    let ssh = ok_json(&admin, &ssh_rule);
     assert_eq!(
         (
             ssh["port_range_min"].as_u64(),
@@ -140,20 +121,7 @@ fn routers_groups_floating_ips_and_ports_with_the_openstack_cli() {
         ),
         (Some(22), Some(22))
     );
-    let dup = fails(
-        &admin,
-        &[
-            "security",
-            "group",
-            "rule",
-            "create",
-            "--protocol",
-            "tcp",
-            "--dst-port",
-            "22",
-            "web",
-        ],
-    );
+    let dup = fails(&admin, &ssh_rule);
     assert!(dup.contains("already exists"), "{dup}");
     let shown = ok_json(&admin, &["security", "group", "show", "web"]);
     assert_eq!(shown["rules"].as_array().map(Vec::len), Some(4), "{shown}");
@@ -479,52 +447,9 @@ fn servers_take_ports_and_security_groups_from_neutron() {
         ],
     );
     let dir = tempfile::tempdir().unwrap();
-    let kernel = random_file(dir.path(), "kernel", 4096);
-    let disk = random_file(dir.path(), "disk", 8192);
-    let k = ok_json(
-        &admin,
-        &[
-            "image",
-            "create",
-            "--file",
-            kernel.to_str().unwrap(),
-            "--disk-format",
-            "raw",
-            "--container-format",
-            "bare",
-            "kernel",
-        ],
-    );
-    let kid = format!("kernel_id={}", k["id"].as_str().unwrap());
-    ok(
-        &admin,
-        &[
-            "image",
-            "create",
-            "--file",
-            disk.to_str().unwrap(),
-            "--disk-format",
-            "raw",
-            "--container-format",
-            "bare",
-            "--property",
-            &kid,
-            "disk",
-        ],
-    );
+    boot_images(&admin, dir.path());
     ok(&admin, &["network", "create", "blue"]);
-    ok(
-        &admin,
-        &[
-            "subnet",
-            "create",
-            "--network",
-            "blue",
-            "--subnet-range",
-            "10.9.0.0/24",
-            "blue-v4",
-        ],
-    );
+    subnet(&admin, "blue", "10.9.0.0/24", "blue-v4", &[]);
     let web = ok_json(&admin, &["security", "group", "create", "web"]);
 
     // `--port`: the server takes the port (no node here: the build ends in ERROR, the
@@ -816,21 +741,7 @@ fn projects_see_only_their_own_neutron_resources() {
     }
     let cloud = Cloud::start();
     let admin = cloud.admin();
-    ok(&admin, &["project", "create", "demo"]);
-    ok(&admin, &["user", "create", "--password", "bob-pw", "bob"]);
-    ok(
-        &admin,
-        &[
-            "role",
-            "add",
-            "--project",
-            "demo",
-            "--user",
-            "bob",
-            "member",
-        ],
-    );
-    let bob = cloud.env("bob", "bob-pw", "demo");
+    let bob = cloud.member("demo", "bob", "bob-pw");
     ok(&admin, &["router", "create", "admins-router"]);
     let admin_sg = ok_json(&admin, &["security", "group", "create", "admins-group"]);
 

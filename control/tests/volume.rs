@@ -7,65 +7,15 @@ mod common;
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Cloud, fails, free_port, ok, ok_json};
+use common::node::{AgentDirs, Procs, binaries, spawn_agent, wait_for};
+use common::{Cloud, fails, ok, ok_json};
 use serde_json::{Value, json};
 
 const NODE_TOKEN: &str = "cinder-node-token";
-
-/// blockdp and ferrostack-agent in this test's profile directory (built with the same
-/// cargo and profile; a no-op when up to date).
-fn binaries() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().unwrap().parent().unwrap().to_path_buf();
-    let profile = match dir.file_name().and_then(|n| n.to_str()) {
-        Some("debug") | None => "dev".to_string(),
-        Some(p) => p.to_string(),
-    };
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| env!("CARGO").into());
-    let out = Command::new(cargo)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .args(["build", "--locked", "--bins", "-p", "blockdp"])
-        .args([
-            "-p",
-            "ferrostack-agent",
-            "--profile",
-            &profile,
-            "--target-dir",
-        ])
-        .arg(dir.parent().unwrap())
-        .stdout(Stdio::null())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "building the daemons failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    dir
-}
-
-struct Procs(Vec<Child>);
-
-impl Drop for Procs {
-    fn drop(&mut self) {
-        for c in self.0.iter_mut().rev() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(250));
-    }
-}
 
 /// `GET path` on blockdp's API socket: the JSON body.
 fn blockdp_get(sock: &Path, path: &str) -> Value {
@@ -129,7 +79,7 @@ fn cinder_volumes_snapshots_and_quotas_through_the_cli() {
     if !common::have_cli() {
         return;
     }
-    let bins = binaries();
+    let bins = binaries(&["blockdp", "ferrostack-agent"]);
     let cloud = Cloud::start_with(
         &format!(
             "[compute]\nheartbeat-interval-secs = 1\nmissed-heartbeats = 3\n\
@@ -157,34 +107,15 @@ fn cinder_volumes_snapshots_and_quotas_through_the_cli() {
     wait_for("blockdp", Duration::from_secs(30), || {
         UnixStream::connect(&bsock).is_ok()
     });
-    let port = free_port();
     std::fs::create_dir_all(d.join("agent")).unwrap();
-    procs.0.push(
-        Command::new(bins.join("ferrostack-agent"))
-            .arg("--state-dir")
-            .arg(d.join("agent"))
-            .arg("--socket")
-            .arg(d.join("agent/agent.sock"))
-            .arg("--blockdp-socket")
-            .arg(&bsock)
-            .arg("--netdp-socket")
-            .arg(d.join("no-netdp.sock"))
-            .arg("--disk-path")
-            .arg(d.join("blockdp"))
-            .arg("--listen")
-            .arg(format!("127.0.0.1:{port}"))
-            .arg("--agent-url")
-            .arg(format!("http://127.0.0.1:{port}"))
-            .arg("--control-url")
-            .arg(cloud.url())
-            .arg("--control-token")
-            .arg(NODE_TOKEN)
-            .args(["--heartbeat-interval-secs", "1"])
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let dirs = AgentDirs {
+        state: &d.join("agent"),
+        blockdp_socket: &bsock,
+        disk: &d.join("blockdp"),
+    };
+    procs
+        .0
+        .push(spawn_agent(&bins, &dirs, &cloud.url(), NODE_TOKEN));
     let env = cloud.admin();
     wait_for("the node", Duration::from_secs(60), || {
         ok(&env, &["hypervisor", "list", "-f", "value"]).contains("up")
@@ -362,22 +293,8 @@ fn cinder_volumes_snapshots_and_quotas_through_the_cli() {
     // A bootable volume from an image: the image's bytes, then zeros.
     let image: Vec<u8> = (0..200 * 1024u32).map(|i| (i ^ (i >> 8)) as u8).collect();
     std::fs::write(d.join("disk.img"), &image).unwrap();
-    ok(
-        &env,
-        &[
-            "image",
-            "create",
-            "--file",
-            d.join("disk.img").to_str().unwrap(),
-            "--disk-format",
-            "raw",
-            "--container-format",
-            "bare",
-            "--property",
-            "kernel_id=11111111-2222-3333-4444-555555555555",
-            "img",
-        ],
-    );
+    let kernel_id = "kernel_id=11111111-2222-3333-4444-555555555555";
+    common::image(&env, &d.join("disk.img"), "img", &["--property", kernel_id]);
     let v3 = ok_json(
         &env,
         &["volume", "create", "--image", "img", "--size", "1", "v3"],
@@ -491,18 +408,7 @@ fn cinder_volumes_snapshots_and_quotas_through_the_cli() {
         ],
     );
     ok(&env, &["network", "create", "blue"]);
-    ok(
-        &env,
-        &[
-            "subnet",
-            "create",
-            "--network",
-            "blue",
-            "--subnet-range",
-            "10.9.0.0/24",
-            "blue-v4",
-        ],
-    );
+    common::subnet(&env, "blue", "10.9.0.0/24", "blue-v4", &[]);
     ok(
         &env,
         &[

@@ -12,14 +12,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use http::{HeaderValue, Method, StatusCode};
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
 
-use super::{
-    ApiError, Flavor, Request, Response, blocking, empty, json as json_resp, read_limited,
-};
+use super::openstack::{Stamped, Version, caller, edit, load, owned};
+use super::{ApiError, Request, Response, blocking, empty, json as json_resp, read_limited};
 use crate::compute::agent::{self, AgentError};
 use crate::compute::scheduler::{self, GroupPolicy, Settings};
 use crate::compute::{
@@ -375,32 +373,22 @@ async fn image_data(
 // ---------------------------------------------------------------------------------------
 // Nova.
 
-fn nova_headers(mut r: Response) -> Response {
-    let h = r.headers_mut();
-    h.insert(
-        "openstack-api-version",
-        HeaderValue::from_static("compute 2.1"),
-    );
-    h.insert(
-        "x-openstack-nova-api-version",
-        HeaderValue::from_static("2.1"),
-    );
-    h.insert(
-        "vary",
-        HeaderValue::from_static("OpenStack-API-Version, X-OpenStack-Nova-API-Version"),
-    );
-    r
-}
-
-fn version_doc(svc: &Service) -> Value {
-    json!({
-        "id": "v2.1", "status": "CURRENT", "version": "2.1", "min_version": "2.1",
-        "updated": "2013-07-23T11:33:21Z",
-        "links": [{"rel": "self", "href": format!("{}/compute/v2.1/", svc.config.public_url)}],
-        "media-types": [{"base": "application/json",
-                         "type": "application/vnd.openstack.compute+json;version=2.1"}],
-    })
-}
+/// Nova 2.1, the only version.
+const NOVA: Version = Version {
+    root: "compute/v2.1",
+    id: "v2.1",
+    version: "2.1",
+    updated: "2013-07-23T11:33:21Z",
+    media_type: "application/vnd.openstack.compute+json;version=2.1",
+    headers: &[
+        ("openstack-api-version", "compute 2.1"),
+        ("x-openstack-nova-api-version", "2.1"),
+        (
+            "vary",
+            "OpenStack-API-Version, X-OpenStack-Nova-API-Version",
+        ),
+    ],
+};
 
 /// Routes `/compute/...` (segments after `compute`).
 pub async fn route(
@@ -408,10 +396,7 @@ pub async fn route(
     req: http::Request<hyper::body::Incoming>,
     segs: Vec<String>,
 ) -> Response {
-    nova_headers(match route_inner(svc, req, segs).await {
-        Ok(r) => r,
-        Err(e) => e.into_response(Flavor::Nova),
-    })
+    NOVA.serve(route_inner(svc, req, segs)).await
 }
 
 async fn route_inner(
@@ -421,18 +406,8 @@ async fn route_inner(
 ) -> Result<Response, ApiError> {
     let s: Vec<&str> = segs.iter().map(String::as_str).collect();
     match s.as_slice() {
-        [] => {
-            return Ok(json_resp(
-                StatusCode::OK,
-                &json!({"versions": [version_doc(&svc)]}),
-            ));
-        }
-        ["v2.1"] => {
-            return Ok(json_resp(
-                StatusCode::OK,
-                &json!({"version": version_doc(&svc)}),
-            ));
-        }
+        [] => return Ok(NOVA.versions(&svc, StatusCode::OK)),
+        ["v2.1"] => return Ok(NOVA.current(&svc)),
         ["v2.1", ..] => {}
         _ => return Err(ApiError::not_found("no such compute API version")),
     }
@@ -442,17 +417,7 @@ async fn route_inner(
         rest.remove(0);
     }
     let req = read(&svc, req, rest).await?;
-    let r2 = Request {
-        method: req.method.clone(),
-        segs: vec![],
-        query: vec![],
-        headers: req.headers.clone(),
-        body: Bytes::new(),
-    };
-    let ctx = blocking(svc.clone(), move |svc| {
-        super::identity::caller(svc, &r2).map_err(ApiError::from)
-    })
-    .await?;
+    let ctx = caller(&svc, &req).await?;
     if ctx.project_id.is_none() {
         return Err(ApiError::forbidden("compute needs a project-scoped token"));
     }
@@ -482,8 +447,15 @@ async fn route_inner(
     Ok(resp)
 }
 
-fn owned(ctx: &Ctx, d: &ServerDoc) -> bool {
-    ctx.is_admin() || ctx.project_id.as_deref() == Some(d.project_id.as_str())
+owned!(
+    /// Servers: their project's.
+    Server: Kind::Server, "Instance", ServerDoc
+);
+
+impl Stamped for ServerDoc {
+    fn stamp(&mut self, now: u64) {
+        self.updated = now;
+    }
 }
 
 pub(crate) fn load_server(
@@ -491,17 +463,7 @@ pub(crate) fn load_server(
     ctx: &Ctx,
     id: &str,
 ) -> Result<(Record, ServerDoc), ApiError> {
-    let nf = || ApiError::not_found(format!("Instance {id} could not be found."));
-    let r = svc
-        .store
-        .get(Kind::Server, id)
-        .map_err(se)?
-        .ok_or_else(nf)?;
-    let d: ServerDoc = r.parse().map_err(se)?;
-    if !owned(ctx, &d) {
-        return Err(nf());
-    }
-    Ok((r, d))
+    load::<Server>(svc, ctx, id)
 }
 
 /// Compare-and-swap edit of a server; `f` returns whether it changed anything. `None`
@@ -511,24 +473,7 @@ pub(crate) fn update_server(
     id: &str,
     mut f: impl FnMut(&mut ServerDoc) -> bool,
 ) -> Result<Option<ServerDoc>, ApiError> {
-    for _ in 0..32 {
-        let Some(r) = svc.store.get(Kind::Server, id).map_err(se)? else {
-            return Ok(None);
-        };
-        let mut d: ServerDoc = r.parse().map_err(se)?;
-        if !f(&mut d) {
-            return Ok(Some(d));
-        }
-        d.updated = now_secs();
-        match svc.store.update(r.with_doc(None, &d)) {
-            Ok(()) => return Ok(Some(d)),
-            Err(StoreError::Stale { .. }) => continue,
-            Err(e) => return Err(se(e)),
-        }
-    }
-    Err(ApiError::conflict(format!(
-        "server {id} is changing too often; try again"
-    )))
+    edit(svc, Kind::Server, id, "server", |d| Ok(f(d)))
 }
 
 fn nova(svc: &Service, ctx: &Ctx, req: &Request) -> Result<(Response, Option<String>), ApiError> {

@@ -19,6 +19,7 @@ pub mod identity;
 pub mod image;
 pub mod network;
 pub mod neutron;
+mod openstack;
 pub mod telemetry;
 pub mod volume;
 

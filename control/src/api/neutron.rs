@@ -10,6 +10,7 @@ use http::{Method, StatusCode};
 use serde_json::{Map, Value, json};
 
 use super::network::{NetworkDoc, SubnetDoc, network, subnet_of};
+use super::openstack::{Owned, load as load_visible, owned, visible};
 use super::{ApiError, Request, Response, empty, json as json_resp};
 use crate::identity::Ctx;
 use crate::identity::token::now_secs;
@@ -28,11 +29,6 @@ fn se(e: StoreError) -> ApiError {
         StoreError::Stale { .. } => ApiError::conflict("the resource changed meanwhile; retry"),
         e => ServiceError::from(e).into(),
     }
-}
-
-/// Whether the caller may see what `project` owns (its own, or any as admin).
-pub(super) fn visible(ctx: &Ctx, project: &str) -> bool {
-    ctx.is_admin() || ctx.project_id.as_deref() == Some(project)
 }
 
 fn t(secs: u64) -> String {
@@ -99,93 +95,110 @@ fn filtered(list: Vec<Value>, req: &Request) -> Vec<Value> {
         .collect()
 }
 
-/// Handles the resources of this module; `None` when the path is not one of them.
-pub fn handle(svc: &Service, ctx: &Ctx, req: &Request) -> Option<Result<Response, ApiError>> {
-    let s: Vec<&str> = req.segs.iter().map(String::as_str).collect();
-    let ok = |key: &str, v: Value| Ok(json_resp(StatusCode::OK, &json!({ key: v })));
-    let created = |key: &str, v: Value| Ok(json_resp(StatusCode::CREATED, &json!({ key: v })));
-    let r = match (s.as_slice(), &req.method) {
-        (["ports"], &Method::GET) => {
-            ports(svc, ctx).map(|l| json_resp(StatusCode::OK, &json!({"ports": filtered(l, req)})))
+/// A create: the body's object; the new record's view.
+type Create = fn(&Service, &Ctx, &Map<String, Value>) -> Result<Value, ApiError>;
+/// An update: the record and its document as loaded (visible to the caller), the body's
+/// object; the new view.
+type Update<D> =
+    fn(&Service, &Ctx, &str, Record, D, &Map<String, Value>) -> Result<Value, ApiError>;
+/// A delete of a record the caller may see, as loaded.
+type Delete<D> = fn(&Service, &Ctx, &str, D) -> Result<(), ApiError>;
+
+/// One of this module's collections, served by [`crud`]: each declares its names, its
+/// view, and what a create, an update and a delete do.
+trait Collection: Owned {
+    /// The body key of one (`security_group`).
+    const KEY: &'static str;
+    /// Its path (`security-groups`).
+    const PATH: &'static str;
+    /// The body key of a list (`security_groups`).
+    const LIST: &'static str;
+    /// Makes one.
+    const CREATE: Create;
+    /// Changes one; `None`: it cannot be changed (no such route).
+    const UPDATE: Option<Update<Self::Doc>>;
+    /// Deletes one.
+    const DELETE: Delete<Self::Doc>;
+
+    /// Neutron's view.
+    fn view(svc: &Service, id: &str, d: &Self::Doc) -> Result<Value, ApiError>;
+    /// Runs before a list.
+    fn before_list(_svc: &Service, _ctx: &Ctx) -> Result<(), ApiError> {
+        Ok(())
+    }
+}
+
+/// The views of all the records of a collection the caller may see.
+fn list<R: Collection>(svc: &Service, ctx: &Ctx) -> Result<Vec<Value>, ApiError> {
+    R::before_list(svc, ctx)?;
+    let mut out = vec![];
+    for (id, d) in all::<R::Doc>(&*svc.store, R::KIND, None).map_err(se)? {
+        if visible(ctx, R::owner(&d)) {
+            out.push(R::view(svc, &id, &d)?);
         }
-        (["ports"], &Method::POST) => create_port(svc, ctx, req).and_then(|v| created("port", v)),
-        (["ports", id], &Method::GET) => {
-            port(svc, ctx, id).and_then(|(_, d)| ok("port", port_view(id, &d)))
+    }
+    Ok(out)
+}
+
+/// The routes of a collection (`rest`: the path after its name), if one matches.
+fn crud<R: Collection>(
+    svc: &Service,
+    ctx: &Ctx,
+    req: &Request,
+    rest: &[&str],
+) -> Option<Result<Response, ApiError>> {
+    let one = |status: StatusCode, v: Value| json_resp(status, &json!({ R::KEY: v }));
+    let r = match (rest, &req.method) {
+        ([], &Method::GET) => list::<R>(svc, ctx)
+            .map(|l| json_resp(StatusCode::OK, &json!({ R::LIST: filtered(l, req) }))),
+        ([], &Method::POST) => req
+            .json()
+            .and_then(|b: Value| (R::CREATE)(svc, ctx, body(&b, R::KEY)?))
+            .map(|v| one(StatusCode::CREATED, v)),
+        ([id], &Method::GET) => load_visible::<R>(svc, ctx, id)
+            .and_then(|(_, d)| R::view(svc, id, &d))
+            .map(|v| one(StatusCode::OK, v)),
+        ([id], &Method::PUT) => {
+            let update = R::UPDATE?;
+            req.json()
+                .and_then(|b: Value| {
+                    let o = body(&b, R::KEY)?;
+                    let (r, d) = load_visible::<R>(svc, ctx, id)?;
+                    update(svc, ctx, id, r, d, o)
+                })
+                .map(|v| one(StatusCode::OK, v))
         }
-        (["ports", id], &Method::PUT) => update_port(svc, ctx, id, req).and_then(|v| ok("port", v)),
-        (["ports", id], &Method::DELETE) => {
-            delete_port(svc, ctx, id).map(|()| empty(StatusCode::NO_CONTENT))
-        }
-        (["routers"], &Method::GET) => routers(svc, ctx)
-            .map(|l| json_resp(StatusCode::OK, &json!({"routers": filtered(l, req)}))),
-        (["routers"], &Method::POST) => {
-            create_router(svc, ctx, req).and_then(|v| created("router", v))
-        }
-        (["routers", id], &Method::GET) => {
-            router(svc, ctx, id).and_then(|(_, d)| ok("router", router_view(id, &d)))
-        }
-        (["routers", id], &Method::PUT) => {
-            update_router(svc, ctx, id, req).and_then(|v| ok("router", v))
-        }
-        (["routers", id], &Method::DELETE) => {
-            delete_router(svc, ctx, id).map(|()| empty(StatusCode::NO_CONTENT))
-        }
-        (["routers", id, "add_router_interface"], &Method::PUT) => {
-            add_interface(svc, ctx, id, req).map(|v| json_resp(StatusCode::OK, &v))
-        }
-        (["routers", id, "remove_router_interface"], &Method::PUT) => {
-            remove_interface(svc, ctx, id, req).map(|v| json_resp(StatusCode::OK, &v))
-        }
-        (["security-groups"], &Method::GET) => groups(svc, ctx).map(|l| {
-            json_resp(
-                StatusCode::OK,
-                &json!({"security_groups": filtered(l, req)}),
-            )
-        }),
-        (["security-groups"], &Method::POST) => {
-            create_group(svc, ctx, req).and_then(|v| created("security_group", v))
-        }
-        (["security-groups", id], &Method::GET) => group(svc, ctx, id)
-            .and_then(|(_, d)| group_view(svc, id, &d))
-            .and_then(|v| ok("security_group", v)),
-        (["security-groups", id], &Method::PUT) => {
-            update_group(svc, ctx, id, req).and_then(|v| ok("security_group", v))
-        }
-        (["security-groups", id], &Method::DELETE) => {
-            delete_group(svc, ctx, id).map(|()| empty(StatusCode::NO_CONTENT))
-        }
-        (["security-group-rules"], &Method::GET) => rules(svc, ctx).map(|l| {
-            json_resp(
-                StatusCode::OK,
-                &json!({"security_group_rules": filtered(l, req)}),
-            )
-        }),
-        (["security-group-rules"], &Method::POST) => {
-            create_rule(svc, ctx, req).and_then(|v| created("security_group_rule", v))
-        }
-        (["security-group-rules", id], &Method::GET) => {
-            rule(svc, ctx, id).and_then(|d| ok("security_group_rule", rule_view(id, &d)))
-        }
-        (["security-group-rules", id], &Method::DELETE) => {
-            delete_rule(svc, ctx, id).map(|()| empty(StatusCode::NO_CONTENT))
-        }
-        (["floatingips"], &Method::GET) => fips(svc, ctx)
-            .map(|l| json_resp(StatusCode::OK, &json!({"floatingips": filtered(l, req)}))),
-        (["floatingips"], &Method::POST) => {
-            create_fip(svc, ctx, req).and_then(|v| created("floatingip", v))
-        }
-        (["floatingips", id], &Method::GET) => {
-            fip(svc, ctx, id).and_then(|(_, d)| ok("floatingip", fip_view(id, &d)))
-        }
-        (["floatingips", id], &Method::PUT) => {
-            update_fip(svc, ctx, id, req).and_then(|v| ok("floatingip", v))
-        }
-        (["floatingips", id], &Method::DELETE) => {
-            delete_fip(svc, ctx, id).map(|()| empty(StatusCode::NO_CONTENT))
-        }
+        ([id], &Method::DELETE) => load_visible::<R>(svc, ctx, id)
+            .and_then(|(_, d)| (R::DELETE)(svc, ctx, id, d))
+            .map(|()| empty(StatusCode::NO_CONTENT)),
         _ => return None,
     };
     Some(r)
+}
+
+/// Handles the resources of this module; `None` when the path is not one of them.
+pub fn handle(svc: &Service, ctx: &Ctx, req: &Request) -> Option<Result<Response, ApiError>> {
+    let s: Vec<&str> = req.segs.iter().map(String::as_str).collect();
+    match (s.as_slice(), &req.method) {
+        (["routers", id, "add_router_interface"], &Method::PUT) => {
+            return Some(add_interface(svc, ctx, id, req).map(|v| json_resp(StatusCode::OK, &v)));
+        }
+        (["routers", id, "remove_router_interface"], &Method::PUT) => {
+            return Some(
+                remove_interface(svc, ctx, id, req).map(|v| json_resp(StatusCode::OK, &v)),
+            );
+        }
+        _ => {}
+    }
+    let (first, rest) = s.split_first()?;
+    match *first {
+        p if p == Port::PATH => crud::<Port>(svc, ctx, req, rest),
+        p if p == Router::PATH => crud::<Router>(svc, ctx, req, rest),
+        p if p == Group::PATH => crud::<Group>(svc, ctx, req, rest),
+        p if p == Rule::PATH => crud::<Rule>(svc, ctx, req, rest),
+        p if p == Fip::PATH => crud::<Fip>(svc, ctx, req, rest),
+        _ => None,
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -211,24 +224,27 @@ pub fn port_view(id: &str, d: &PortDoc) -> Value {
         "created_at": t(d.created), "updated_at": t(d.updated), "revision_number": 1})
 }
 
-fn ports(svc: &Service, ctx: &Ctx) -> Result<Vec<Value>, ApiError> {
-    Ok(all::<PortDoc>(&*svc.store, Kind::Port, None)
-        .map_err(se)?
-        .iter()
-        .filter(|(_, d)| visible(ctx, &d.project_id))
-        .map(|(id, d)| port_view(id, d))
-        .collect())
+owned!(
+    /// Ports: their project's (a router's gateway port is nobody's: admins only).
+    Port: Kind::Port, "Port", PortDoc
+);
+
+impl Collection for Port {
+    const KEY: &'static str = "port";
+    const PATH: &'static str = "ports";
+    const LIST: &'static str = "ports";
+    const CREATE: Create = create_port;
+    const UPDATE: Option<Update<PortDoc>> = Some(update_port);
+    const DELETE: Delete<PortDoc> = delete_port;
+
+    fn view(_svc: &Service, id: &str, d: &PortDoc) -> Result<Value, ApiError> {
+        Ok(port_view(id, d))
+    }
 }
 
 /// A port visible to the caller.
 pub fn port(svc: &Service, ctx: &Ctx, id: &str) -> Result<(Record, PortDoc), ApiError> {
-    let (r, d): (Record, PortDoc) = load(svc, Kind::Port, id, "Port")?;
-    if !visible(ctx, &d.project_id) {
-        return Err(ApiError::not_found(format!(
-            "Port {id} could not be found."
-        )));
-    }
-    Ok((r, d))
+    load_visible::<Port>(svc, ctx, id)
 }
 
 /// Resolves security groups given by id (or, for Nova's `--security-group`, by name) in
@@ -450,9 +466,7 @@ fn groups_field(o: &Map<String, Value>) -> Result<Option<Vec<String>>, ApiError>
     }
 }
 
-fn create_port(svc: &Service, ctx: &Ctx, req: &Request) -> Result<Value, ApiError> {
-    let b: Value = req.json()?;
-    let o = body(&b, "port")?;
+fn create_port(svc: &Service, ctx: &Ctx, o: &Map<String, Value>) -> Result<Value, ApiError> {
     let network_id = opt_str(o, "network_id")?.ok_or_else(|| {
         ApiError::bad_request(
             "Failed to parse request. Required attribute 'network_id' not specified",
@@ -518,10 +532,14 @@ fn create_port(svc: &Service, ctx: &Ctx, req: &Request) -> Result<Value, ApiErro
     Ok(port_view(&id, &d))
 }
 
-fn update_port(svc: &Service, ctx: &Ctx, id: &str, req: &Request) -> Result<Value, ApiError> {
-    let b: Value = req.json()?;
-    let o = body(&b, "port")?;
-    let (r, mut d) = port(svc, ctx, id)?;
+fn update_port(
+    svc: &Service,
+    ctx: &Ctx,
+    id: &str,
+    r: Record,
+    mut d: PortDoc,
+    o: &Map<String, Value>,
+) -> Result<Value, ApiError> {
     for k in ["fixed_ips", "mac_address", "network_id"] {
         if o.get(k).is_some() {
             return Err(ApiError::bad_request(format!(
@@ -587,8 +605,7 @@ pub fn remove_port(svc: &Service, id: &str, d: &PortDoc) -> Result<(), ApiError>
     svc.store.apply(&writes).map_err(se)
 }
 
-fn delete_port(svc: &Service, ctx: &Ctx, id: &str) -> Result<(), ApiError> {
-    let (_, d) = port(svc, ctx, id)?;
+fn delete_port(svc: &Service, _ctx: &Ctx, id: &str, d: PortDoc) -> Result<(), ApiError> {
     if d.device_owner.starts_with("network:") {
         return Err(ApiError::conflict(format!(
             "Port {id} cannot be deleted directly via the port API: has device owner {}.",
@@ -627,23 +644,22 @@ fn router_view(id: &str, d: &RouterDoc) -> Value {
         "updated_at": t(d.updated), "revision_number": 1})
 }
 
-fn routers(svc: &Service, ctx: &Ctx) -> Result<Vec<Value>, ApiError> {
-    Ok(all::<RouterDoc>(&*svc.store, Kind::Router, None)
-        .map_err(se)?
-        .iter()
-        .filter(|(_, d)| visible(ctx, &d.project_id))
-        .map(|(id, d)| router_view(id, d))
-        .collect())
-}
+owned!(
+    /// Routers: their project's.
+    Router: Kind::Router, "Router", RouterDoc
+);
 
-fn router(svc: &Service, ctx: &Ctx, id: &str) -> Result<(Record, RouterDoc), ApiError> {
-    let (r, d): (Record, RouterDoc) = load(svc, Kind::Router, id, "Router")?;
-    if !visible(ctx, &d.project_id) {
-        return Err(ApiError::not_found(format!(
-            "Router {id} could not be found."
-        )));
+impl Collection for Router {
+    const KEY: &'static str = "router";
+    const PATH: &'static str = "routers";
+    const LIST: &'static str = "routers";
+    const CREATE: Create = create_router;
+    const UPDATE: Option<Update<RouterDoc>> = Some(update_router);
+    const DELETE: Delete<RouterDoc> = delete_router;
+
+    fn view(_svc: &Service, id: &str, d: &RouterDoc) -> Result<Value, ApiError> {
+        Ok(router_view(id, d))
     }
-    Ok((r, d))
 }
 
 /// Makes the gateway port for `router` on external network `info.network_id`; returns
@@ -724,9 +740,7 @@ fn gateway_info(o: &Map<String, Value>) -> Result<Option<Option<&Map<String, Val
     }
 }
 
-fn create_router(svc: &Service, ctx: &Ctx, req: &Request) -> Result<Value, ApiError> {
-    let b: Value = req.json()?;
-    let o = body(&b, "router")?;
+fn create_router(svc: &Service, ctx: &Ctx, o: &Map<String, Value>) -> Result<Value, ApiError> {
     let project = ctx.project_id.clone().unwrap_or_default();
     let id = uuid::Uuid::new_v4().to_string();
     let now = now_secs();
@@ -785,10 +799,14 @@ fn clear_gateway_writes(
     ])
 }
 
-fn update_router(svc: &Service, ctx: &Ctx, id: &str, req: &Request) -> Result<Value, ApiError> {
-    let b: Value = req.json()?;
-    let o = body(&b, "router")?;
-    let (r, mut d) = router(svc, ctx, id)?;
+fn update_router(
+    svc: &Service,
+    ctx: &Ctx,
+    id: &str,
+    r: Record,
+    mut d: RouterDoc,
+    o: &Map<String, Value>,
+) -> Result<Value, ApiError> {
     if let Some(n) = name_of(o)? {
         d.name = n;
     }
@@ -841,8 +859,7 @@ fn interfaces(svc: &Service, router: &str) -> Result<Vec<(String, PortDoc)>, Api
         .collect())
 }
 
-fn delete_router(svc: &Service, ctx: &Ctx, id: &str) -> Result<(), ApiError> {
-    let (_, d) = router(svc, ctx, id)?;
+fn delete_router(svc: &Service, _ctx: &Ctx, id: &str, d: RouterDoc) -> Result<(), ApiError> {
     let ifaces = interfaces(svc, id)?;
     if !ifaces.is_empty() {
         return Err(ApiError::conflict(format!(
@@ -882,7 +899,7 @@ fn add_interface(svc: &Service, ctx: &Ctx, id: &str, req: &Request) -> Result<Va
     let o = b
         .as_object()
         .ok_or_else(|| ApiError::bad_request("the body must be a JSON object"))?;
-    let (r, d) = router(svc, ctx, id)?;
+    let (r, d) = load_visible::<Router>(svc, ctx, id)?;
     let (sub_id, port_id) = interface_body(o)?;
     let Some(sub_id) = sub_id else {
         return Err(ApiError::bad_request(format!(
@@ -969,7 +986,7 @@ fn remove_interface(svc: &Service, ctx: &Ctx, id: &str, req: &Request) -> Result
     let o = b
         .as_object()
         .ok_or_else(|| ApiError::bad_request("the body must be a JSON object"))?;
-    let (r, d) = router(svc, ctx, id)?;
+    let (r, d) = load_visible::<Router>(svc, ctx, id)?;
     let (sub_id, port_id) = interface_body(o)?;
     let (pid, port) = interfaces(svc, id)?
         .into_iter()
@@ -1044,27 +1061,31 @@ fn group_view(svc: &Service, id: &str, d: &SecurityGroupDoc) -> Result<Value, Ap
     )
 }
 
-fn groups(svc: &Service, ctx: &Ctx) -> Result<Vec<Value>, ApiError> {
-    if let Some(p) = &ctx.project_id {
-        default_group(&*svc.store, p)?;
+owned!(
+    /// Security groups: their project's; listing makes the caller's project's default one.
+    Group: Kind::SecurityGroup, "Security group", SecurityGroupDoc;
+    fn hidden(id: &str) -> ApiError {
+        ApiError::not_found(format!("Security group {id} does not exist"))
     }
-    let mut out = vec![];
-    for (id, d) in all::<SecurityGroupDoc>(&*svc.store, Kind::SecurityGroup, None).map_err(se)? {
-        if visible(ctx, &d.project_id) {
-            out.push(group_view(svc, &id, &d)?);
-        }
-    }
-    Ok(out)
-}
+);
 
-fn group(svc: &Service, ctx: &Ctx, id: &str) -> Result<(Record, SecurityGroupDoc), ApiError> {
-    let (r, d): (Record, SecurityGroupDoc) = load(svc, Kind::SecurityGroup, id, "Security group")?;
-    if !visible(ctx, &d.project_id) {
-        return Err(ApiError::not_found(format!(
-            "Security group {id} does not exist"
-        )));
+impl Collection for Group {
+    const KEY: &'static str = "security_group";
+    const PATH: &'static str = "security-groups";
+    const LIST: &'static str = "security_groups";
+    const CREATE: Create = create_group;
+    const UPDATE: Option<Update<SecurityGroupDoc>> = Some(update_group);
+    const DELETE: Delete<SecurityGroupDoc> = delete_group;
+
+    fn view(svc: &Service, id: &str, d: &SecurityGroupDoc) -> Result<Value, ApiError> {
+        group_view(svc, id, d)
     }
-    Ok((r, d))
+    fn before_list(svc: &Service, ctx: &Ctx) -> Result<(), ApiError> {
+        if let Some(p) = &ctx.project_id {
+            default_group(&*svc.store, p)?;
+        }
+        Ok(())
+    }
 }
 
 fn new_rule(group: &str, project: &str, direction: &str, ethertype: &str) -> RuleDoc {
@@ -1083,9 +1104,7 @@ fn new_rule(group: &str, project: &str, direction: &str, ethertype: &str) -> Rul
     }
 }
 
-fn create_group(svc: &Service, ctx: &Ctx, req: &Request) -> Result<Value, ApiError> {
-    let b: Value = req.json()?;
-    let o = body(&b, "security_group")?;
+fn create_group(svc: &Service, ctx: &Ctx, o: &Map<String, Value>) -> Result<Value, ApiError> {
     let name = name_of(o)?.unwrap_or_default();
     let project = ctx.project_id.clone().unwrap_or_default();
     if name == "default" {
@@ -1122,10 +1141,14 @@ fn create_group(svc: &Service, ctx: &Ctx, req: &Request) -> Result<Value, ApiErr
     group_view(svc, &id, &d)
 }
 
-fn update_group(svc: &Service, ctx: &Ctx, id: &str, req: &Request) -> Result<Value, ApiError> {
-    let b: Value = req.json()?;
-    let o = body(&b, "security_group")?;
-    let (r, mut d) = group(svc, ctx, id)?;
+fn update_group(
+    svc: &Service,
+    _ctx: &Ctx,
+    id: &str,
+    r: Record,
+    mut d: SecurityGroupDoc,
+    o: &Map<String, Value>,
+) -> Result<Value, ApiError> {
     if let Some(n) = name_of(o)? {
         if d.name == "default" && n != "default" {
             return Err(ApiError::conflict(
@@ -1146,8 +1169,7 @@ fn update_group(svc: &Service, ctx: &Ctx, id: &str, req: &Request) -> Result<Val
     group_view(svc, id, &d)
 }
 
-fn delete_group(svc: &Service, ctx: &Ctx, id: &str) -> Result<(), ApiError> {
-    let (_, d) = group(svc, ctx, id)?;
+fn delete_group(svc: &Service, ctx: &Ctx, id: &str, d: SecurityGroupDoc) -> Result<(), ApiError> {
     if d.name == "default" && !ctx.is_admin() {
         return Err(ApiError::conflict(
             "Insufficient rights for removing default security group.",
@@ -1175,23 +1197,22 @@ fn delete_group(svc: &Service, ctx: &Ctx, id: &str) -> Result<(), ApiError> {
     svc.store.apply(&writes).map_err(se)
 }
 
-fn rules(svc: &Service, ctx: &Ctx) -> Result<Vec<Value>, ApiError> {
-    Ok(all::<RuleDoc>(&*svc.store, Kind::SecurityGroupRule, None)
-        .map_err(se)?
-        .iter()
-        .filter(|(_, r)| visible(ctx, &r.project_id))
-        .map(|(id, r)| rule_view(id, r))
-        .collect())
-}
+owned!(
+    /// Security group rules: their group's project's; never changed, only replaced.
+    Rule: Kind::SecurityGroupRule, "Security group rule", RuleDoc
+);
 
-fn rule(svc: &Service, ctx: &Ctx, id: &str) -> Result<RuleDoc, ApiError> {
-    let (_, d): (Record, RuleDoc) = load(svc, Kind::SecurityGroupRule, id, "Security group rule")?;
-    if !visible(ctx, &d.project_id) {
-        return Err(ApiError::not_found(format!(
-            "Security group rule {id} could not be found."
-        )));
+impl Collection for Rule {
+    const KEY: &'static str = "security_group_rule";
+    const PATH: &'static str = "security-group-rules";
+    const LIST: &'static str = "security_group_rules";
+    const CREATE: Create = create_rule;
+    const UPDATE: Option<Update<RuleDoc>> = None;
+    const DELETE: Delete<RuleDoc> = delete_rule;
+
+    fn view(_svc: &Service, id: &str, d: &RuleDoc) -> Result<Value, ApiError> {
+        Ok(rule_view(id, d))
     }
-    Ok(d)
 }
 
 /// Parses an IPv4 prefix of any length (`0.0.0.0/0` to `/32`, a bare address is a /32),
@@ -1225,15 +1246,13 @@ fn port_number(o: &Map<String, Value>, key: &str) -> Result<Option<u16>, ApiErro
     }
 }
 
-fn create_rule(svc: &Service, ctx: &Ctx, req: &Request) -> Result<Value, ApiError> {
-    let b: Value = req.json()?;
-    let o = body(&b, "security_group_rule")?;
+fn create_rule(svc: &Service, ctx: &Ctx, o: &Map<String, Value>) -> Result<Value, ApiError> {
     let gid = opt_str(o, "security_group_id")?.ok_or_else(|| {
         ApiError::bad_request(
             "Failed to parse request. Required attribute 'security_group_id' not specified",
         )
     })?;
-    let (_, g) = group(svc, ctx, &gid)?;
+    let (_, g) = load_visible::<Group>(svc, ctx, &gid)?;
     let direction = opt_str(o, "direction")?.unwrap_or_default();
     if direction != "ingress" && direction != "egress" {
         return Err(ApiError::bad_request(format!(
@@ -1316,7 +1335,7 @@ fn create_rule(svc: &Service, ctx: &Ctx, req: &Request) -> Result<Value, ApiErro
         ));
     }
     if let Some(rg) = &remote_group_id {
-        group(svc, ctx, rg)?;
+        load_visible::<Group>(svc, ctx, rg)?;
     }
     let d = RuleDoc {
         security_group_id: gid.clone(),
@@ -1351,8 +1370,7 @@ fn create_rule(svc: &Service, ctx: &Ctx, req: &Request) -> Result<Value, ApiErro
     Ok(rule_view(&id, &d))
 }
 
-fn delete_rule(svc: &Service, ctx: &Ctx, id: &str) -> Result<(), ApiError> {
-    rule(svc, ctx, id)?;
+fn delete_rule(svc: &Service, _ctx: &Ctx, id: &str, _d: RuleDoc) -> Result<(), ApiError> {
     svc.store.delete(Kind::SecurityGroupRule, id).map_err(se)
 }
 
@@ -1370,23 +1388,22 @@ fn fip_view(id: &str, f: &FloatingIpDoc) -> Value {
         "updated_at": t(f.updated), "revision_number": 1})
 }
 
-fn fips(svc: &Service, ctx: &Ctx) -> Result<Vec<Value>, ApiError> {
-    Ok(all::<FloatingIpDoc>(&*svc.store, Kind::FloatingIp, None)
-        .map_err(se)?
-        .iter()
-        .filter(|(_, f)| visible(ctx, &f.project_id))
-        .map(|(id, f)| fip_view(id, f))
-        .collect())
-}
+owned!(
+    /// Floating IPs: their project's.
+    Fip: Kind::FloatingIp, "Floating IP", FloatingIpDoc
+);
 
-fn fip(svc: &Service, ctx: &Ctx, id: &str) -> Result<(Record, FloatingIpDoc), ApiError> {
-    let (r, d): (Record, FloatingIpDoc) = load(svc, Kind::FloatingIp, id, "Floating IP")?;
-    if !visible(ctx, &d.project_id) {
-        return Err(ApiError::not_found(format!(
-            "Floating IP {id} could not be found."
-        )));
+impl Collection for Fip {
+    const KEY: &'static str = "floatingip";
+    const PATH: &'static str = "floatingips";
+    const LIST: &'static str = "floatingips";
+    const CREATE: Create = create_fip;
+    const UPDATE: Option<Update<FloatingIpDoc>> = Some(update_fip);
+    const DELETE: Delete<FloatingIpDoc> = delete_fip;
+
+    fn view(_svc: &Service, id: &str, d: &FloatingIpDoc) -> Result<Value, ApiError> {
+        Ok(fip_view(id, d))
     }
-    Ok((r, d))
 }
 
 /// Points `f` at `port_id` (through the router joining the port's subnet to the floating
@@ -1468,9 +1485,7 @@ fn port_field(o: &Map<String, Value>) -> Result<Option<Option<String>>, ApiError
     }
 }
 
-fn create_fip(svc: &Service, ctx: &Ctx, req: &Request) -> Result<Value, ApiError> {
-    let b: Value = req.json()?;
-    let o = body(&b, "floatingip")?;
+fn create_fip(svc: &Service, ctx: &Ctx, o: &Map<String, Value>) -> Result<Value, ApiError> {
     let net_id = opt_str(o, "floating_network_id")?.ok_or_else(|| {
         ApiError::bad_request(
             "Failed to parse request. Required attribute 'floating_network_id' not specified",
@@ -1532,10 +1547,14 @@ fn create_fip(svc: &Service, ctx: &Ctx, req: &Request) -> Result<Value, ApiError
     Err(ApiError::conflict("no address could be reserved; retry"))
 }
 
-fn update_fip(svc: &Service, ctx: &Ctx, id: &str, req: &Request) -> Result<Value, ApiError> {
-    let b: Value = req.json()?;
-    let o = body(&b, "floatingip")?;
-    let (r, mut f) = fip(svc, ctx, id)?;
+fn update_fip(
+    svc: &Service,
+    ctx: &Ctx,
+    id: &str,
+    r: Record,
+    mut f: FloatingIpDoc,
+    o: &Map<String, Value>,
+) -> Result<Value, ApiError> {
     if let Some(v) = opt_str(o, "description")? {
         f.description = v;
     }
@@ -1547,8 +1566,7 @@ fn update_fip(svc: &Service, ctx: &Ctx, id: &str, req: &Request) -> Result<Value
     Ok(fip_view(id, &f))
 }
 
-fn delete_fip(svc: &Service, ctx: &Ctx, id: &str) -> Result<(), ApiError> {
-    let (_, f) = fip(svc, ctx, id)?;
+fn delete_fip(svc: &Service, _ctx: &Ctx, id: &str, f: FloatingIpDoc) -> Result<(), ApiError> {
     svc.store
         .apply(&[
             Write::Delete(Kind::FloatingIp, id.to_string()),

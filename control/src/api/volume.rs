@@ -16,13 +16,12 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use http::{HeaderValue, Method, StatusCode};
+use http::{Method, StatusCode};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use super::neutron::visible;
-use super::{ApiError, Flavor, Request, Response, blocking, empty, json as json_resp};
+use super::openstack::{Owned, Stamped, Version, caller, edit, load, owned, visible};
+use super::{ApiError, Request, Response, blocking, empty, json as json_resp};
 use crate::compute::agent::{self, AgentError};
 use crate::compute::scheduler::{self, Settings};
 use crate::compute::{ComputeError, ServerDoc, ServerVolume, load_node};
@@ -206,25 +205,18 @@ fn settings(svc: &Service) -> Settings {
     }
 }
 
-fn cinder_headers(mut r: Response) -> Response {
-    let h = r.headers_mut();
-    h.insert(
-        "openstack-api-version",
-        HeaderValue::from_static("volume 3.0"),
-    );
-    h.insert("vary", HeaderValue::from_static("OpenStack-API-Version"));
-    r
-}
-
-fn version_doc(svc: &Service) -> Value {
-    json!({
-        "id": "v3.0", "status": "CURRENT", "version": "3.0", "min_version": "3.0",
-        "updated": "2016-02-08T12:20:21Z",
-        "links": [{"rel": "self", "href": format!("{}/volume/v3/", svc.config.public_url)}],
-        "media-types": [{"base": "application/json",
-                         "type": "application/vnd.openstack.volume+json;version=3"}],
-    })
-}
+/// Cinder 3.0, the only version.
+const CINDER: Version = Version {
+    root: "volume/v3",
+    id: "v3.0",
+    version: "3.0",
+    updated: "2016-02-08T12:20:21Z",
+    media_type: "application/vnd.openstack.volume+json;version=3",
+    headers: &[
+        ("openstack-api-version", "volume 3.0"),
+        ("vary", "OpenStack-API-Version"),
+    ],
+};
 
 /// Routes `/volume/...` (segments after `volume`).
 pub async fn route(
@@ -232,10 +224,7 @@ pub async fn route(
     req: http::Request<hyper::body::Incoming>,
     segs: Vec<String>,
 ) -> Response {
-    cinder_headers(match route_inner(svc, req, segs).await {
-        Ok(r) => r,
-        Err(e) => e.into_response(Flavor::Nova),
-    })
+    CINDER.serve(route_inner(svc, req, segs)).await
 }
 
 async fn route_inner(
@@ -245,34 +234,14 @@ async fn route_inner(
 ) -> Result<Response, ApiError> {
     let s: Vec<&str> = segs.iter().map(String::as_str).collect();
     match s.as_slice() {
-        [] => {
-            return Ok(json_resp(
-                StatusCode::MULTIPLE_CHOICES,
-                &json!({"versions": [version_doc(&svc)]}),
-            ));
-        }
-        ["v3"] => {
-            return Ok(json_resp(
-                StatusCode::OK,
-                &json!({"versions": [version_doc(&svc)]}),
-            ));
-        }
+        [] => return Ok(CINDER.versions(&svc, StatusCode::MULTIPLE_CHOICES)),
+        ["v3"] => return Ok(CINDER.versions(&svc, StatusCode::OK)),
         ["v3", ..] => {}
         _ => return Err(ApiError::not_found("no such volume API version")),
     }
     let rest: Vec<String> = segs[1..].to_vec();
     let req = super::compute::read(&svc, req, rest).await?;
-    let r2 = Request {
-        method: req.method.clone(),
-        segs: vec![],
-        query: vec![],
-        headers: req.headers.clone(),
-        body: Bytes::new(),
-    };
-    let ctx = blocking(svc.clone(), move |svc| {
-        super::identity::caller(svc, &r2).map_err(ApiError::from)
-    })
-    .await?;
+    let ctx = caller(&svc, &req).await?;
     let Some(own) = ctx.project_id.clone() else {
         return Err(ApiError::forbidden(
             "the volume API needs a project-scoped token",
@@ -288,10 +257,7 @@ async fn route_inner(
     }
     let rest: Vec<&str> = rest.iter().map(String::as_str).collect();
     match (rest.as_slice(), &req.method) {
-        ([], &Method::GET) => Ok(json_resp(
-            StatusCode::OK,
-            &json!({"version": version_doc(&svc)}),
-        )),
+        ([], &Method::GET) => Ok(CINDER.current(&svc)),
         (["volumes"], &Method::POST) => create_volume(svc, ctx, req.json()?).await,
         (["volumes", id], &Method::DELETE) => delete_volume(svc, ctx, id.to_string()).await,
         (["volumes", id, "action"], &Method::POST) => {
@@ -306,41 +272,35 @@ async fn route_inner(
     }
 }
 
-/// A `kind` record by id, parsed, when the caller may see the project `owner` names;
-/// otherwise 404 "`what` `id` could not be found." (as Cinder hides other projects').
-fn load_visible<T: serde::de::DeserializeOwned>(
-    svc: &Service,
-    ctx: &Ctx,
-    kind: Kind,
-    id: &str,
-    what: &str,
-    owner: impl Fn(&T) -> &str,
-) -> Result<(Record, T), ApiError> {
-    let nf = || ApiError::not_found(format!("{what} {id} could not be found."));
-    let r = svc.store.get(kind, id).map_err(se)?.ok_or_else(nf)?;
-    let d: T = r.parse().map_err(se)?;
-    if !visible(ctx, owner(&d)) {
-        return Err(nf());
+owned!(
+    /// Volumes: their project's.
+    Volume: Kind::Volume, "Volume", VolumeDoc
+);
+
+impl Stamped for VolumeDoc {
+    fn stamp(&mut self, now: u64) {
+        self.updated = now;
     }
-    Ok((r, d))
+}
+
+owned!(
+    /// Snapshots: their volume's project's.
+    Snapshot: Kind::VolumeSnapshot, "Snapshot", SnapshotDoc
+);
+
+impl Stamped for SnapshotDoc {
+    fn stamp(&mut self, now: u64) {
+        self.updated = now;
+    }
 }
 
 /// A volume by id, visible to the caller.
 pub fn load_volume(svc: &Service, ctx: &Ctx, id: &str) -> Result<(Record, VolumeDoc), ApiError> {
-    load_visible(svc, ctx, Kind::Volume, id, "Volume", |d: &VolumeDoc| {
-        &d.project_id
-    })
+    load::<Volume>(svc, ctx, id)
 }
 
 fn load_snapshot(svc: &Service, ctx: &Ctx, id: &str) -> Result<(Record, SnapshotDoc), ApiError> {
-    load_visible(
-        svc,
-        ctx,
-        Kind::VolumeSnapshot,
-        id,
-        "Snapshot",
-        |d: &SnapshotDoc| &d.project_id,
-    )
+    load::<Snapshot>(svc, ctx, id)
 }
 
 /// Compare-and-swap edit of a volume; `f` returns whether it changed anything, or an error
@@ -348,26 +308,30 @@ fn load_snapshot(svc: &Service, ctx: &Ctx, id: &str) -> Result<(Record, Snapshot
 pub fn update_volume(
     svc: &Service,
     id: &str,
-    mut f: impl FnMut(&mut VolumeDoc) -> Result<bool, ApiError>,
+    f: impl FnMut(&mut VolumeDoc) -> Result<bool, ApiError>,
 ) -> Result<Option<VolumeDoc>, ApiError> {
-    for _ in 0..32 {
-        let Some(r) = svc.store.get(Kind::Volume, id).map_err(se)? else {
-            return Ok(None);
-        };
-        let mut d: VolumeDoc = r.parse().map_err(se)?;
-        if !f(&mut d)? {
-            return Ok(Some(d));
+    edit(svc, Kind::Volume, id, "volume", f)
+}
+
+/// Moves a volume from status `from` to `to`; 400 "Invalid volume: volume ID `is` STATUS"
+/// when it is in another. `None` when the volume is gone.
+fn transition(
+    svc: &Service,
+    id: &str,
+    from: &str,
+    to: &str,
+    is: &str,
+) -> Result<Option<VolumeDoc>, ApiError> {
+    update_volume(svc, id, |d| {
+        if d.status != from {
+            return Err(ApiError::bad_request(format!(
+                "Invalid volume: volume {id} {is} {}",
+                d.status
+            )));
         }
-        d.updated = now_secs();
-        match svc.store.update(r.with_doc(None, &d)) {
-            Ok(()) => return Ok(Some(d)),
-            Err(StoreError::Stale { .. }) => continue,
-            Err(e) => return Err(se(e)),
-        }
-    }
-    Err(ApiError::conflict(format!(
-        "volume {id} is changing too often; try again"
-    )))
+        d.status = to.into();
+        Ok(true)
+    })
 }
 
 fn update_snapshot(
@@ -375,24 +339,7 @@ fn update_snapshot(
     id: &str,
     mut f: impl FnMut(&mut SnapshotDoc) -> bool,
 ) -> Result<Option<SnapshotDoc>, ApiError> {
-    for _ in 0..32 {
-        let Some(r) = svc.store.get(Kind::VolumeSnapshot, id).map_err(se)? else {
-            return Ok(None);
-        };
-        let mut d: SnapshotDoc = r.parse().map_err(se)?;
-        if !f(&mut d) {
-            return Ok(Some(d));
-        }
-        d.updated = now_secs();
-        match svc.store.update(r.with_doc(None, &d)) {
-            Ok(()) => return Ok(Some(d)),
-            Err(StoreError::Stale { .. }) => continue,
-            Err(e) => return Err(se(e)),
-        }
-    }
-    Err(ApiError::conflict(format!(
-        "snapshot {id} is changing too often; try again"
-    )))
+    edit(svc, Kind::VolumeSnapshot, id, "snapshot", |d| Ok(f(d)))
 }
 
 fn link(svc: &Service, pid: &str, what: &str, id: &str) -> Value {
@@ -459,99 +406,139 @@ fn scope<'a>(ctx: &'a Ctx, req: &Request) -> Option<&'a str> {
     if all { None } else { ctx.project_id.as_deref() }
 }
 
+/// What an update of a volume or a snapshot may change.
+struct Changes {
+    name: Option<String>,
+    description: Option<String>,
+    metadata: Option<BTreeMap<String, String>>,
+}
+
+/// Volumes and snapshots alike: listed (newest first, filtered by `name`, `status`,
+/// `volume_id`, `bootable`, in the caller's project or with `all_tenants` an admin's
+/// view of all), shown, and renamed.
+trait Collection: Owned<Doc: Stamped> {
+    /// The body key of one (`volume`).
+    const KEY: &'static str;
+    /// The path and the body key of a list (`volumes`).
+    const LIST: &'static str;
+    /// Whether an update may set its metadata.
+    const METADATA: bool;
+
+    /// When it was made (epoch seconds).
+    fn created(d: &Self::Doc) -> u64;
+    /// Cinder's view; `detail` as in `/detail` lists.
+    fn view(svc: &Service, id: &str, d: &Self::Doc, detail: bool) -> Value;
+    /// Applies an update's changes.
+    fn apply(d: &mut Self::Doc, c: &Changes);
+}
+
+impl Collection for Volume {
+    const KEY: &'static str = "volume";
+    const LIST: &'static str = "volumes";
+    const METADATA: bool = true;
+
+    fn created(d: &VolumeDoc) -> u64 {
+        d.created
+    }
+    fn view(svc: &Service, id: &str, d: &VolumeDoc, detail: bool) -> Value {
+        volume_view(svc, id, d, detail)
+    }
+    fn apply(d: &mut VolumeDoc, c: &Changes) {
+        if let Some(n) = &c.name {
+            d.name = n.clone();
+        }
+        if let Some(x) = &c.description {
+            d.description = Some(x.clone());
+        }
+        if let Some(m) = &c.metadata {
+            d.metadata = m.clone();
+        }
+    }
+}
+
+impl Collection for Snapshot {
+    const KEY: &'static str = "snapshot";
+    const LIST: &'static str = "snapshots";
+    const METADATA: bool = false;
+
+    fn created(d: &SnapshotDoc) -> u64 {
+        d.created
+    }
+    fn view(_svc: &Service, id: &str, d: &SnapshotDoc, _detail: bool) -> Value {
+        snapshot_view(id, d)
+    }
+    fn apply(d: &mut SnapshotDoc, c: &Changes) {
+        if let Some(n) = &c.name {
+            d.name = n.clone();
+        }
+        if let Some(x) = &c.description {
+            d.description = Some(x.clone());
+        }
+    }
+}
+
+/// The synchronous routes of a collection (`rest`: the path after its name).
+fn collection<R: Collection>(
+    svc: &Service,
+    ctx: &Ctx,
+    req: &Request,
+    rest: &[&str],
+) -> Result<Response, ApiError> {
+    let one = |id: &str, d: &R::Doc| {
+        let v = json!({ R::KEY: R::view(svc, id, d, true) });
+        Ok(json_resp(StatusCode::OK, &v))
+    };
+    match (rest, &req.method) {
+        ([] | ["detail"], &Method::GET) => {
+            let detail = !rest.is_empty();
+            let mut list = Vec::new();
+            for r in svc.store.list(R::KIND, scope(ctx, req)).map_err(se)? {
+                let d: R::Doc = r.parse().map_err(se)?;
+                let full = R::view(svc, &r.id, &d, true);
+                if matches(&req.query, &full) {
+                    list.push((R::created(&d), R::view(svc, &r.id, &d, detail)));
+                }
+            }
+            list.sort_by_key(|a| std::cmp::Reverse(a.0));
+            let list: Vec<Value> = list.into_iter().map(|x| x.1).collect();
+            Ok(json_resp(StatusCode::OK, &json!({ R::LIST: list })))
+        }
+        ([id], &Method::GET) => {
+            let (_, d) = load::<R>(svc, ctx, id)?;
+            one(id, &d)
+        }
+        ([id], &Method::PUT) => {
+            load::<R>(svc, ctx, id)?;
+            let b: Value = req.json()?;
+            let v = b.get(R::KEY).and_then(Value::as_object).ok_or_else(|| {
+                ApiError::bad_request(format!("the body needs a \"{}\" object", R::KEY))
+            })?;
+            let c = Changes {
+                name: opt_string(v, "name")?,
+                description: opt_string(v, "description")?,
+                metadata: match v.get("metadata") {
+                    Some(m) if R::METADATA => Some(string_map(m, &format!("{}.metadata", R::KEY))?),
+                    _ => None,
+                },
+            };
+            let d = edit(svc, R::KIND, id, R::KEY, |d: &mut R::Doc| {
+                R::apply(d, &c);
+                Ok(true)
+            })?
+            .ok_or_else(|| R::missing(id))?;
+            one(id, &d)
+        }
+        _ => Err(ApiError::not_found("The resource could not be found.")),
+    }
+}
+
 fn handle(svc: &Service, ctx: &Ctx, req: &Request) -> Result<Response, ApiError> {
     let s: Vec<&str> = req.segs.iter().map(String::as_str).collect();
     let rest = &s[1..];
     let ok = |v: Value| Ok(json_resp(StatusCode::OK, &v));
     match (rest, &req.method) {
-        (["volumes"] | ["volumes", "detail"], &Method::GET) => {
-            let detail = rest.len() == 2;
-            let mut list = Vec::new();
-            for r in svc.store.list(Kind::Volume, scope(ctx, req)).map_err(se)? {
-                let d: VolumeDoc = r.parse().map_err(se)?;
-                let full = volume_view(svc, &r.id, &d, true);
-                if matches(&req.query, &full) {
-                    list.push((d.created, volume_view(svc, &r.id, &d, detail)));
-                }
-            }
-            list.sort_by_key(|a| std::cmp::Reverse(a.0));
-            let list: Vec<Value> = list.into_iter().map(|x| x.1).collect();
-            ok(json!({"volumes": list}))
-        }
-        (["volumes", id], &Method::GET) => {
-            let (_, d) = load_volume(svc, ctx, id)?;
-            ok(json!({"volume": volume_view(svc, id, &d, true)}))
-        }
-        (["volumes", id], &Method::PUT) => {
-            load_volume(svc, ctx, id)?;
-            let b: Value = req.json()?;
-            let v = b
-                .get("volume")
-                .and_then(Value::as_object)
-                .ok_or_else(|| ApiError::bad_request("the body needs a \"volume\" object"))?;
-            let name = opt_string(v, "name")?;
-            let description = opt_string(v, "description")?;
-            let metadata = match v.get("metadata") {
-                None => None,
-                Some(m) => Some(string_map(m, "volume.metadata")?),
-            };
-            let d = update_volume(svc, id, |d| {
-                if let Some(n) = &name {
-                    d.name = n.clone();
-                }
-                if let Some(x) = &description {
-                    d.description = Some(x.clone());
-                }
-                if let Some(m) = &metadata {
-                    d.metadata = m.clone();
-                }
-                Ok(true)
-            })?
-            .ok_or_else(|| ApiError::not_found(format!("Volume {id} could not be found.")))?;
-            ok(json!({"volume": volume_view(svc, id, &d, true)}))
-        }
-        (["snapshots"] | ["snapshots", "detail"], &Method::GET) => {
-            let mut list = Vec::new();
-            for r in svc
-                .store
-                .list(Kind::VolumeSnapshot, scope(ctx, req))
-                .map_err(se)?
-            {
-                let d: SnapshotDoc = r.parse().map_err(se)?;
-                let v = snapshot_view(&r.id, &d);
-                if matches(&req.query, &v) {
-                    list.push((d.created, v));
-                }
-            }
-            list.sort_by_key(|a| std::cmp::Reverse(a.0));
-            let list: Vec<Value> = list.into_iter().map(|x| x.1).collect();
-            ok(json!({"snapshots": list}))
-        }
-        (["snapshots", id], &Method::GET) => {
-            let (_, d) = load_snapshot(svc, ctx, id)?;
-            ok(json!({"snapshot": snapshot_view(id, &d)}))
-        }
-        (["snapshots", id], &Method::PUT) => {
-            load_snapshot(svc, ctx, id)?;
-            let b: Value = req.json()?;
-            let v = b
-                .get("snapshot")
-                .and_then(Value::as_object)
-                .ok_or_else(|| ApiError::bad_request("the body needs a \"snapshot\" object"))?;
-            let name = opt_string(v, "name")?;
-            let description = opt_string(v, "description")?;
-            let d = update_snapshot(svc, id, |d| {
-                if let Some(n) = &name {
-                    d.name = n.clone();
-                }
-                if let Some(x) = &description {
-                    d.description = Some(x.clone());
-                }
-                true
-            })?
-            .ok_or_else(|| ApiError::not_found(format!("Snapshot {id} could not be found.")))?;
-            ok(json!({"snapshot": snapshot_view(id, &d)}))
-        }
+        ([c, more @ ..], _) if *c == Volume::LIST => collection::<Volume>(svc, ctx, req, more),
+        ([c, more @ ..], _) if *c == Snapshot::LIST => collection::<Snapshot>(svc, ctx, req, more),
         (["types"], &Method::GET) => ok(json!({"volume_types": [default_type()]})),
         (["types", "default"] | ["types", "__DEFAULT__"], &Method::GET) => {
             ok(json!({"volume_type": default_type()}))
@@ -1062,7 +1049,7 @@ async fn delete_volume(svc: Arc<Service>, ctx: Ctx, id: String) -> Result<Respon
             d.status = "deleting".into();
             Ok(true)
         })?
-        .ok_or_else(|| ApiError::not_found(format!("Volume {id2} could not be found.")))?;
+        .ok_or_else(|| Volume::missing(&id2))?;
         let url = match &d.node_id {
             Some(n) => Some(agent_url(svc, n)?),
             None => None,
@@ -1147,17 +1134,8 @@ async fn volume_action(
             .ok_or_else(|| ApiError::conflict("the volume is on no node"))?;
         scheduler::resize_volume(&*svc.store, &node, &id2, &d.project_id, new_size)
             .map_err(ce)?;
-        let d = update_volume(svc, &id2, |d| {
-            if d.status != "available" {
-                return Err(ApiError::bad_request(format!(
-                    "Invalid volume: volume {id2} is now {}",
-                    d.status
-                )));
-            }
-            d.status = "extending".into();
-            Ok(true)
-        })?
-        .ok_or_else(|| ApiError::not_found(format!("Volume {id2} could not be found.")))?;
+        let d = transition(svc, &id2, "available", "extending", "is now")?
+            .ok_or_else(|| Volume::missing(&id2))?;
         Ok((d, agent_url(svc, &node)?))
     })
     .await?;
@@ -1320,7 +1298,7 @@ async fn delete_snapshot(svc: Arc<Service>, ctx: Ctx, id: String) -> Result<Resp
                 false
             }
         })?
-        .ok_or_else(|| ApiError::not_found(format!("Snapshot {id2} could not be found.")))?;
+        .ok_or_else(|| Snapshot::missing(&id2))?;
         if d.status != "deleting" {
             return Err(ApiError::bad_request(format!(
                 "Invalid snapshot: Snapshot status must be available or error, but is {}",
@@ -1449,16 +1427,7 @@ pub async fn attach(
         }
         stopped(&sid, &s, "attach_volume")?;
         let device = pick_device(&s, requested.as_deref())?;
-        update_volume(svc, &vid2, |d| {
-            if d.status != "available" {
-                return Err(ApiError::bad_request(format!(
-                    "Invalid volume: volume {vid2} is now {}",
-                    d.status
-                )));
-            }
-            d.status = "attaching".into();
-            Ok(true)
-        })?;
+        transition(svc, &vid2, "available", "attaching", "is now")?;
         Ok((
             agent_url(svc, &server_node)?,
             v.backend_id.unwrap_or_default(),
@@ -1553,17 +1522,8 @@ pub async fn detach(
             )));
         }
         stopped(&sid, &s, "detach_volume")?;
-        let v = update_volume(svc, &vid2, |d| {
-            if d.status != "in-use" {
-                return Err(ApiError::bad_request(format!(
-                    "Invalid volume: volume {vid2} is {}",
-                    d.status
-                )));
-            }
-            d.status = "detaching".into();
-            Ok(true)
-        })?
-        .ok_or_else(|| ApiError::not_found(format!("Volume {vid2} could not be found.")))?;
+        let v = transition(svc, &vid2, "in-use", "detaching", "is")?
+            .ok_or_else(|| Volume::missing(&vid2))?;
         let node = s.node_id.clone().unwrap_or_default();
         Ok((agent_url(svc, &node)?, v.backend_id.unwrap_or_default()))
     })

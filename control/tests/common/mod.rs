@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+pub mod node;
 pub mod pg;
 pub mod sim;
 
@@ -241,6 +242,25 @@ impl Cloud {
         self.env("admin", ADMIN_PASSWORD, "admin")
     }
 
+    /// Makes (as admin) `project` and `user` with `password`, a member of it; returns
+    /// the user's CLI environment.
+    pub fn member(&self, project: &str, user: &str, password: &str) -> Vec<(String, String)> {
+        let admin = self.admin();
+        ok(&admin, &["project", "create", project]);
+        ok(&admin, &["user", "create", "--password", password, user]);
+        let role = [
+            "role",
+            "add",
+            "--project",
+            project,
+            "--user",
+            user,
+            "member",
+        ];
+        ok(&admin, &role);
+        self.env(user, password, project)
+    }
+
     /// Gets a token by password over raw HTTP: (token, body).
     pub fn token(&self, user: &str, password: &str, project: &str) -> (String, serde_json::Value) {
         let body = serde_json::json!({"auth": {"identity": {"methods": ["password"],
@@ -348,6 +368,51 @@ pub fn fails(env: &[(String, String)], args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stdout)
     );
     String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// `subnet create --network NETWORK --subnet-range CIDR [EXTRA] NAME`: the subnet.
+pub fn subnet(
+    env: &[(String, String)],
+    network: &str,
+    cidr: &str,
+    name: &str,
+    extra: &[&str],
+) -> serde_json::Value {
+    let mut args = vec![
+        "subnet",
+        "create",
+        "--network",
+        network,
+        "--subnet-range",
+        cidr,
+    ];
+    args.extend(extra);
+    args.push(name);
+    ok_json(env, &args)
+}
+
+/// `image create --file FILE` of a raw, bare image `[EXTRA] NAME`: the image.
+pub fn image(
+    env: &[(String, String)],
+    file: &Path,
+    name: &str,
+    extra: &[&str],
+) -> serde_json::Value {
+    let mut args = vec!["image", "create", "--file", file.to_str().unwrap()];
+    args.extend(["--disk-format", "raw", "--container-format", "bare"]);
+    args.extend(extra);
+    args.push(name);
+    ok_json(env, &args)
+}
+
+/// A bootable pair of images made of random bytes in `dir`: `kernel`, and `disk` whose
+/// `kernel_id` names it. Returns the kernel image.
+pub fn boot_images(env: &[(String, String)], dir: &Path) -> serde_json::Value {
+    let kernel = image(env, &random_file(dir, "kernel", 4096), "kernel", &[]);
+    let kid = format!("kernel_id={}", kernel["id"].as_str().unwrap());
+    let disk = random_file(dir, "disk", 8192);
+    image(env, &disk, "disk", &["--property", &kid]);
+    kernel
 }
 
 /// A raw HTTP answer.
