@@ -322,6 +322,10 @@ impl Worker {
                 // completion, so they reach the kernel together.
                 self.ring.submit_and_wait(1)?;
                 self.queued = 0;
+            } else if self.queued > 0 {
+                // Entries of a request that failed while being prepared.
+                self.ring.submit()?;
+                self.queued = 0;
             }
             self.reap(mem, stats);
             self.publish(vring, mem)?;
@@ -391,8 +395,8 @@ impl Worker {
         Ok(())
     }
 
-    /// Takes every available request (while slots are free), queues their I/O and submits
-    /// it with one system call; requests answered on the spot go to `self.used`.
+    /// Takes every available request (while slots are free) and queues their I/O, which
+    /// `serve` submits with its wait; requests answered on the spot go to `self.used`.
     fn take_requests(
         &mut self,
         vring: &VringMutex,
@@ -476,11 +480,7 @@ impl Worker {
             }
         }
         self.chain = chain;
-        if self.queued > 0 {
-            // One system call for everything queued; `serve` waits for completions next.
-            self.ring.submit()?;
-            self.queued = 0;
-        }
+        // What is queued goes to the kernel with `serve`'s wait, in the same system call.
         Ok(())
     }
 
