@@ -7,7 +7,7 @@
 //! All three are driven by libblkio's Rust core (`blockdp::client`). Cells run in
 //! rotation, several rounds, and the median round is reported, with ratios.
 //!
-//! `BENCH_SECS` (default 2) sets the length of one cell, `BENCH_ROUNDS` (default 3) the
+//! `BENCH_SECS` (default 2) sets the length of one cell, `BENCH_ROUNDS` (default 5) the
 //! rounds, `BENCH_DIR` where the 1 GiB file lives (default `target/bench-data`);
 //! `BENCH_POLL_US` blockdp's poll time (default 200, as the daemon's);
 //! `BENCH_ONLY` and `BENCH_WORKLOAD` (e.g. `randread qd32`) narrow the run for profiling.
@@ -62,7 +62,7 @@ fn main() {
     } else {
         env_u64("BENCH_SECS", 2) as f64
     };
-    let rounds = if quick { 1 } else { env_u64("BENCH_ROUNDS", 3) };
+    let rounds = if quick { 1 } else { env_u64("BENCH_ROUNDS", 5) };
     let dir = std::env::var_os("BENCH_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench-data"));

@@ -19,7 +19,8 @@ use tracing::{error, info};
 #[command(
     name = "blockdp",
     version,
-    about = "Ferrostack volume service: io_uring volumes over vhost-user-blk"
+    about = "Ferrostack volume service: io_uring volumes over vhost-user-blk",
+    args_override_self = true
 )]
 struct Args {
     /// TOML configuration file.

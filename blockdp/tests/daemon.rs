@@ -6,6 +6,7 @@ mod common;
 use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::os::unix::fs::FileExt;
+use std::time::Duration;
 
 use blockdp::client::{Client, Options, Target};
 use common::{Daemon, pattern, real_tempdir};
@@ -429,4 +430,66 @@ fn metrics_count_exactly_the_io_done() {
     assert!(delta("ferrostack_blockdp_io_latency_seconds_sum", None) > 0.0);
     assert_eq!(after.get("ferrostack_blockdp_exports", &[]), 1.0);
     assert_eq!(after.get("ferrostack_blockdp_volumes", &[]), 1.0);
+}
+
+/// A daemon polling up to 10 ms, a 2-queue export with a connected client that has done I/O
+/// on both queues.
+fn polling_daemon_with_a_client() -> (tempfile::TempDir, Daemon, Client) {
+    let dir = real_tempdir();
+    let d = Daemon::start_with(dir.path(), &["--poll-us", "10000"]);
+    let vol = create(&d, r#"{"name": "idle", "size": 16777216}"#);
+    let sock = export(&d, vol["id"].as_str().unwrap(), 2);
+    let opts = Options {
+        queues: 2,
+        ..Options::default()
+    };
+    let mut c = Client::connect(&Target::VhostUser(sock), &opts).expect("connect");
+    for q in 0..2 {
+        for i in 0..20u64 {
+            c.write(q, i * 4096, &pattern(i as u8, 4096)).unwrap();
+            c.read(q, i * 4096, 4096).unwrap();
+        }
+    }
+    (dir, d, c)
+}
+
+#[test]
+fn idle_queues_sleep_in_the_kernel() {
+    if !ready() {
+        return;
+    }
+    let (_dir, d, c) = polling_daemon_with_a_client();
+    // Let the workers' last poll windows (at most 10 ms) run out.
+    std::thread::sleep(Duration::from_millis(100));
+    let before = d.cpu_time();
+    std::thread::sleep(Duration::from_secs(1));
+    let used = d.cpu_time() - before;
+    // One spinning worker would burn the whole second.
+    assert!(
+        used < Duration::from_millis(50),
+        "an idle export used {used:?} of CPU in one second"
+    );
+    drop(c);
+}
+
+#[test]
+fn sparse_requests_stop_the_idle_poll() {
+    if !ready() {
+        return;
+    }
+    let (_dir, d, mut c) = polling_daemon_with_a_client();
+    std::thread::sleep(Duration::from_millis(100));
+    // A request every 50 ms, further apart than the 10 ms poll window: after the first
+    // wasted poll the worker must sleep right away instead of polling 10 ms each time
+    // (20 requests: 200 ms of CPU with a fixed poll).
+    let before = d.cpu_time();
+    for i in 0..20u64 {
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(c.read(0, i * 4096, 4096).unwrap(), pattern(i as u8, 4096));
+    }
+    let used = d.cpu_time() - before;
+    assert!(
+        used < Duration::from_millis(80),
+        "20 sparse requests cost {used:?} of CPU"
+    );
 }

@@ -10,8 +10,10 @@
 //! lock of the vring, with at most one notification per batch (none while the driver's
 //! EVENT_IDX `used_event` says it does not want one). The request path reuses per-worker
 //! buffers (chain segments, iovecs per slot, completions, used entries) and allocates
-//! nothing once warm. When the queue runs dry it polls it for a short while before
-//! re-enabling notifications, which saves a kick/wake-up round trip at low queue depth.
+//! nothing once warm. While requests are in flight the worker sleeps in `io_uring_enter`;
+//! when the queue runs dry it polls it for an adaptive window (none while requests come
+//! back slower than the configured poll time) before re-enabling notifications, which saves
+//! a kick/wake-up round trip at low queue depth without burning a core on an idle queue.
 
 use std::fs::File;
 use std::io;
@@ -48,8 +50,8 @@ pub type Memory = GuestMemoryAtomic<GuestMemoryMmap>;
 pub const MAX_QUEUE_SIZE: usize = 1024;
 /// In-flight requests per queue (and io_uring submission slots).
 const RING_ENTRIES: u32 = 256;
-/// Above this many requests in flight, new requests are taken with the next completions.
-const BATCH_INFLIGHT: usize = 4;
+/// Smallest idle poll window once polling pays off (QEMU's adaptive polling starts at 4 us).
+const MIN_POLL: Duration = Duration::from_micros(4);
 /// `FALLOC_FL_KEEP_SIZE`.
 const FALLOC_KEEP_SIZE: i32 = 0x01;
 /// `FALLOC_FL_PUNCH_HOLE`.
@@ -106,7 +108,7 @@ impl BlockBackend {
     pub fn new(io: Arc<VolumeIo>) -> io::Result<Self> {
         let n = usize::from(io.config.num_queues.max(1));
         let workers = (0..n)
-            .map(|_| Worker::new().map(Mutex::new))
+            .map(|_| Worker::new(io.poll).map(Mutex::new))
             .collect::<io::Result<_>>()?;
         Ok(BlockBackend {
             limits: io.limits(),
@@ -251,6 +253,11 @@ struct Worker {
     used: Vec<(u16, u32)>,
     /// The discard / write-zeroes ranges of the request being prepared.
     ranges: Vec<u8>,
+    /// How long an idle queue is polled before sleeping (adapted between zero and the
+    /// volume's `poll`).
+    poll_for: Duration,
+    /// When the worker last went to sleep on an idle queue.
+    slept_at: Option<Instant>,
 }
 
 // SAFETY: the raw pointers inside `Worker::iovecs` point into guest memory that the worker
@@ -260,7 +267,7 @@ struct Worker {
 unsafe impl Send for Worker {}
 
 impl Worker {
-    fn new() -> io::Result<Self> {
+    fn new(poll: Duration) -> io::Result<Self> {
         let ring = IoUring::new(RING_ENTRIES)?;
         let slots = RING_ENTRIES as usize;
         Ok(Worker {
@@ -274,10 +281,18 @@ impl Worker {
             cqes: Vec::with_capacity(slots),
             used: Vec::with_capacity(MAX_QUEUE_SIZE),
             ranges: Vec::new(),
+            poll_for: poll,
+            slept_at: None,
         })
     }
 
     /// Serves the queue until it is empty, nothing is in flight and notifications are back on.
+    ///
+    /// While requests are in flight the worker sleeps in the kernel (`io_uring_enter` waiting
+    /// for one completion, which also submits what was queued): it never spins on the
+    /// completion queue. Once the queue is idle it polls the avail ring for at most
+    /// [`Worker::poll_for`], a window adapted to how soon requests have been coming back
+    /// (see [`Worker::adapt_poll`]), then re-enables notifications and returns to epoll.
     ///
     /// The frontend may change the memory table while we serve (libblkio maps its buffers
     /// after starting the queues; a VM may hot-plug memory): see [`MemView`].
@@ -290,7 +305,9 @@ impl Worker {
         q: usize,
     ) -> io::Result<()> {
         let stats = &io.stats.queues[q.min(io.stats.queues.len() - 1)];
-        let mut idle_since: Option<Instant> = None;
+        if let Some(slept) = self.slept_at.take() {
+            self.adapt_poll(slept.elapsed(), io.poll);
+        }
         let mut view = MemView::new(atomic);
         vring.disable_notification().map_err(queue_err)?;
         loop {
@@ -300,29 +317,62 @@ impl Worker {
             // Requests answered on the spot (errors, GET_ID) need not wait for the I/O.
             self.publish(vring, mem)?;
             if self.inflight > 0 {
-                self.wait_for_progress(vring, mem, io.poll)?;
+                // Submit what is queued and sleep until something completes, in one system
+                // call. Requests the driver adds meanwhile are taken with the next
+                // completion, so they reach the kernel together.
+                self.ring.submit_and_wait(1)?;
+                self.queued = 0;
+            } else if self.queued > 0 {
+                // Entries of a request that failed while being prepared.
+                self.ring.submit()?;
+                self.queued = 0;
             }
             self.reap(mem, stats);
             self.publish(vring, mem)?;
-            if self.inflight > 0 {
-                idle_since = None;
+            if self.inflight > 0 || has_avail(vring, mem) {
                 continue;
             }
-            if has_avail(vring, mem) {
-                idle_since = None;
-                continue;
-            }
-            let since = *idle_since.get_or_insert_with(Instant::now);
-            if since.elapsed() < io.poll {
-                std::hint::spin_loop();
+            if self.poll_avail(vring, mem) {
                 continue;
             }
             // Sleep: re-enable notifications, and go on if a request slipped in meanwhile.
             if !vring.enable_notification().map_err(queue_err)? {
+                self.slept_at = Some(Instant::now());
                 return Ok(());
             }
             vring.disable_notification().map_err(queue_err)?;
-            idle_since = None;
+        }
+    }
+
+    /// Adapts the idle poll window to the last sleep, which lasted `slept` (from giving up
+    /// polling to the kick that woke us), as QEMU's adaptive polling does: a sleep longer
+    /// than `max` means polling could not have caught the request, so stop polling; a
+    /// shorter one means a longer poll would have, so double the window (up to `max`).
+    fn adapt_poll(&mut self, slept: Duration, max: Duration) {
+        self.poll_for = if slept > max {
+            Duration::ZERO
+        } else {
+            (self.poll_for * 2).clamp(MIN_POLL.min(max), max)
+        };
+    }
+
+    /// Polls the avail ring of an idle queue for up to [`Worker::poll_for`]; returns whether
+    /// a request arrived.
+    fn poll_avail(&self, vring: &VringMutex, mem: &GuestMemoryMmap) -> bool {
+        if self.poll_for.is_zero() {
+            return false;
+        }
+        let start = Instant::now();
+        loop {
+            for _ in 0..16 {
+                if has_avail(vring, mem) {
+                    return true;
+                }
+                std::hint::spin_loop();
+            }
+            if start.elapsed() >= self.poll_for {
+                return false;
+            }
         }
     }
 
@@ -345,48 +395,8 @@ impl Worker {
         Ok(())
     }
 
-    /// Waits until a completion is ready or (with a free slot) a new request is available:
-    /// spinning for up to `spin`, which spares the sleep and wake-up of a blocking wait at
-    /// the price of a busy core, then blocking in the kernel.
-    fn wait_for_progress(
-        &mut self,
-        vring: &VringMutex,
-        mem: &GuestMemoryMmap,
-        spin: Duration,
-    ) -> io::Result<()> {
-        if !spin.is_zero() {
-            let start = Instant::now();
-            let mut n = 0u32;
-            loop {
-                if !self.ring.completion().is_empty() {
-                    return Ok(());
-                }
-                n = n.wrapping_add(1);
-                // Look at the clock and the avail ring only every few iterations. With many
-                // requests in flight, new ones wait for the next completion so they go to
-                // the kernel together: every io_uring_enter that submits costs a doorbell
-                // on the disk, a VM exit when the disk is virtual.
-                if n.is_multiple_of(16) {
-                    if self.inflight < BATCH_INFLIGHT
-                        && !self.free.is_empty()
-                        && has_avail(vring, mem)
-                    {
-                        return Ok(());
-                    }
-                    if start.elapsed() >= spin {
-                        break;
-                    }
-                }
-                std::hint::spin_loop();
-            }
-        }
-        self.ring.submit_and_wait(1)?;
-        self.queued = 0;
-        Ok(())
-    }
-
-    /// Takes every available request (while slots are free), queues their I/O and submits
-    /// it with one system call; requests answered on the spot go to `self.used`.
+    /// Takes every available request (while slots are free) and queues their I/O, which
+    /// `serve` submits with its wait; requests answered on the spot go to `self.used`.
     fn take_requests(
         &mut self,
         vring: &VringMutex,
@@ -470,11 +480,7 @@ impl Worker {
             }
         }
         self.chain = chain;
-        if self.queued > 0 {
-            // One system call for everything queued; `serve` waits for completions next.
-            self.ring.submit()?;
-            self.queued = 0;
-        }
+        // What is queued goes to the kernel with `serve`'s wait, in the same system call.
         Ok(())
     }
 
