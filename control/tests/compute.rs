@@ -178,17 +178,7 @@ fn nodes_flavors_servers_reschedule_and_down_nodes() {
     ok(&admin, &["network", "create", "red"]);
     let nosub = common::fails(
         &admin,
-        &[
-            "server",
-            "create",
-            "--image",
-            "disk",
-            "--flavor",
-            "tiny",
-            "--network",
-            "red",
-            "x",
-        ],
+        &common::server_create("disk", "tiny", &["--network", "red"], "x"),
     );
     assert!(nosub.contains("requires a subnet"), "{nosub}");
     ok(&admin, &["network", "delete", "red"]);
@@ -197,17 +187,7 @@ fn nodes_flavors_servers_reschedule_and_down_nodes() {
     // nodes and ends in ERROR with a fault; allocations are released.
     let s = ok_json(
         &admin,
-        &[
-            "server",
-            "create",
-            "--image",
-            "disk",
-            "--flavor",
-            "tiny",
-            "--network",
-            "blue",
-            "vm1",
-        ],
+        &common::server_create("disk", "tiny", &["--network", "blue"], "vm1"),
     );
     assert_eq!(s["name"], "vm1");
     let shown = wait_server(&admin, "vm1", "ERROR");

@@ -477,19 +477,12 @@ fn servers_take_ports_and_security_groups_from_neutron() {
     // `--network` with `--security-group`: control makes the port, with that group.
     let s3 = ok_json(
         &admin,
-        &[
-            "server",
-            "create",
-            "--image",
+        &server_create(
             "disk",
-            "--flavor",
             "tiny",
-            "--network",
-            "blue",
-            "--security-group",
-            "web",
+            &["--network", "blue", "--security-group", "web"],
             "vm3",
-        ],
+        ),
     );
     let ports = ok_json(&admin, &["port", "list", "--server", "vm3", "--long"]);
     assert_eq!(ports.as_array().unwrap().len(), 1, "{ports}");
@@ -505,19 +498,12 @@ fn servers_take_ports_and_security_groups_from_neutron() {
     // An unknown group is refused before anything is made.
     let nogroup = fails(
         &admin,
-        &[
-            "server",
-            "create",
-            "--image",
+        &server_create(
             "disk",
-            "--flavor",
             "tiny",
-            "--network",
-            "blue",
-            "--security-group",
-            "nope",
+            &["--network", "blue", "--security-group", "nope"],
             "vm4",
-        ],
+        ),
     );
     assert!(nogroup.contains("nope"), "{nogroup}");
 

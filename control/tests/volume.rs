@@ -411,17 +411,7 @@ fn cinder_volumes_snapshots_and_quotas_through_the_cli() {
     common::subnet(&env, "blue", "10.9.0.0/24", "blue-v4", &[]);
     ok(
         &env,
-        &[
-            "server",
-            "create",
-            "--image",
-            "img",
-            "--flavor",
-            "f1",
-            "--network",
-            "blue",
-            "vm",
-        ],
+        &common::server_create("img", "f1", &["--network", "blue"], "vm"),
     );
     wait_for("vm in ERROR", Duration::from_secs(90), || {
         ok_json(&env, &["server", "show", "vm"])["status"] == "ERROR"

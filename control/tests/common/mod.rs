@@ -391,6 +391,19 @@ pub fn subnet(
     ok_json(env, &args)
 }
 
+/// The arguments of `server create --image IMAGE --flavor FLAVOR [EXTRA] NAME`.
+pub fn server_create<'a>(
+    image: &'a str,
+    flavor: &'a str,
+    extra: &[&'a str],
+    name: &'a str,
+) -> Vec<&'a str> {
+    let mut args = vec!["server", "create", "--image", image, "--flavor", flavor];
+    args.extend(extra);
+    args.push(name);
+    args
+}
+
 /// `image create --file FILE` of a raw, bare image `[EXTRA] NAME`: the image.
 pub fn image(
     env: &[(String, String)],
