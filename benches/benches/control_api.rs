@@ -4,18 +4,25 @@
 //! Rows: a static 200 (hyper's http1 server with a fixed body: the limit), token
 //! validation (`GET /v3/auth/tokens` with a catalog, as objectd and other services do it),
 //! token issue by the token method (rescoping: signing and the body, no Argon2), token
-//! issue by password (Argon2id per request, so it is bounded by the hash), and
-//! `GET /image/v2/images` with 20 images. control runs in-process on a SQLite store in a
-//! temp dir; its runtime and the clients' runtime each get 2 worker threads.
+//! issue by password (Argon2id per request, so it is bounded by the hash: the row prints
+//! the floor that the hashing pool's size and one hash's time put under its p99), and
+//! `GET /image/v2/images` with 20 images. Then mixed rows: 64 clients validating while
+//! N more clients log in by password, both p99s printed, against validation alone.
+//! First, one Argon2id hash's time for each of OWASP's equivalent minimum parameter sets
+//! (control uses 19 MiB, t=2, p=1). control runs in-process on a SQLite store in a temp
+//! dir; its runtime and the clients' runtime each get 2 worker threads; its hashing pool
+//! one thread per core at nice 10.
 //!
 //! Knobs: `CONTROL_BENCH_SECS` (seconds per row, default 3), `CONTROL_BENCH_CLIENTS`
 //! (default 64), `CONTROL_BENCH_ONLY` (run the static row and the rows whose name contains
-//! this text, e.g. under `perf record`).
+//! this text, e.g. under `perf record`), `CONTROL_BENCH_LOGINS` (the mixed rows' login
+//! clients, default `2,8`).
 
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use argon2::PasswordHasher;
 use benches::{Summary, ratio};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -109,6 +116,29 @@ fn static_server(rt: &tokio::runtime::Runtime) -> u16 {
         }
     });
     port
+}
+
+/// One Argon2id hash's time (median of 5) with `m` KiB and `t` passes, on this thread.
+fn argon2_time(m: u32, t: u32) -> Duration {
+    let a = argon2::Argon2::new(
+        argon2::Algorithm::Argon2id,
+        argon2::Version::V0x13,
+        argon2::Params::new(m, t, 1, None).unwrap(),
+    );
+    let mut times: Vec<Duration> = (0..5)
+        .map(|_| {
+            let t0 = Instant::now();
+            a.hash_password_with_salt(b"bench password", b"0123456789abcdef")
+                .unwrap();
+            t0.elapsed()
+        })
+        .collect();
+    times.sort();
+    times[2]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
 }
 
 fn main() {
@@ -262,16 +292,47 @@ fn main() {
             },
         ),
     ];
-    println!("control API, {clients} keep-alive clients, {secs} s per row");
     let only = std::env::var("CONTROL_BENCH_ONLY").unwrap_or_default();
+    let cores = std::thread::available_parallelism().map_or(2, usize::from);
+    let mut hash_time = Duration::ZERO;
+    if only.is_empty() || "argon2".contains(only.as_str()) {
+        println!("Argon2id, one hash on one thread (median of 5), OWASP's equivalent minimums:");
+        for (m, t) in [
+            (46 * 1024, 1),
+            (19 * 1024, 2),
+            (12 * 1024, 3),
+            (9 * 1024, 4),
+            (7 * 1024, 5),
+        ] {
+            let d = argon2_time(m, t);
+            if (m, t) == (19 * 1024, 2) {
+                hash_time = d;
+            }
+            println!(
+                "  m={:>2} MiB t={t} p=1  {:>7.1} ms{}",
+                m / 1024,
+                ms(d),
+                if (m, t) == (19 * 1024, 2) {
+                    "  <- control"
+                } else {
+                    ""
+                }
+            );
+        }
+    }
+    println!("control API, {clients} keep-alive clients, {secs} s per row");
     let mut limit = 0.0;
-    for (name, p, req) in rows {
+    let mut validate_alone = None;
+    for (name, p, req) in rows.iter().cloned() {
         if p != static_port && !name.contains(only.as_str()) {
             continue;
         }
         let (rate, s) = client_rt.block_on(load(p, clients, secs, req));
         if limit == 0.0 {
             limit = rate;
+        }
+        if name == "token validate" {
+            validate_alone = Some(s.p99);
         }
         println!(
             "{name:<28} {rate:>9.0} req/s ({:.2}x the static limit)  {s}{}",
@@ -281,6 +342,48 @@ fn main() {
             } else {
                 ""
             }
+        );
+        if name == "token issue (password)" && hash_time > Duration::ZERO {
+            // 64 logins share `cores` hashing threads: the last waits for 64/cores hashes.
+            let floor = hash_time.mul_f64(clients as f64 / cores as f64);
+            println!(
+                "{:<28} p99 floor for {clients} logins on {cores} hashing threads: \
+                 {clients}/{cores} x {:.1} ms = {:.0} ms (measured p99 {:.2}x that)",
+                "",
+                ms(hash_time),
+                ms(floor),
+                s.p99.as_secs_f64() / floor.as_secs_f64()
+            );
+        }
+    }
+    if !only.is_empty() && !"mixed".contains(only.as_str()) {
+        return;
+    }
+    let validate = rows[1].2.clone();
+    let login = rows[3].2.clone();
+    let logins: Vec<usize> = std::env::var("CONTROL_BENCH_LOGINS")
+        .unwrap_or_else(|_| "2,8".into())
+        .split(',')
+        .filter_map(|v| v.trim().parse().ok())
+        .collect();
+    for n in logins {
+        let ((vrate, vs), (lrate, ls)) = client_rt.block_on(async {
+            tokio::join!(
+                load(port, clients, secs, validate.clone()),
+                load(port, n, secs, login.clone())
+            )
+        });
+        println!(
+            "mixed: {clients} validating + {n} logging in: validate {vrate:.0} req/s \
+             ({:.2}x the static limit) p99 {:.1} ms{}; login {lrate:.1}/s p50 {:.0} ms p99 {:.0} ms",
+            ratio(vrate, limit),
+            ms(vs.p99),
+            validate_alone.map_or(String::new(), |a| format!(
+                " ({:.2}x validation alone)",
+                vs.p99.as_secs_f64() / a.as_secs_f64()
+            )),
+            ms(ls.p50),
+            ms(ls.p99),
         );
     }
 }

@@ -170,6 +170,112 @@ fn unknown_user_and_wrong_password_look_the_same() {
     assert_eq!(b.status, 401);
     assert_eq!(a.body, b.body);
     assert!(a.header("x-subject-token").is_none());
+
+    // Nor in time: both check an Argon2id hash with the same parameters (an unknown user
+    // checks a dummy). Without the dummy an unknown user would answer in about a
+    // millisecond against tens for a wrong password. Rounds interleave the two so load
+    // from other tests hits both alike; medians of 9.
+    let time = |user: &str| {
+        let t = std::time::Instant::now();
+        let r = cloud.json("POST", "/v3/auth/tokens", None, &auth_body(user, "wrong"));
+        assert_eq!(r.status, 401);
+        t.elapsed()
+    };
+    let (mut known, mut unknown) = (Vec::new(), Vec::new());
+    for _ in 0..9 {
+        known.push(time("admin"));
+        unknown.push(time("nobody"));
+    }
+    known.sort();
+    unknown.sort();
+    let ratio = unknown[4].as_secs_f64() / known[4].as_secs_f64();
+    assert!(
+        (0.4..2.5).contains(&ratio),
+        "unknown user {:?} vs wrong password {:?} (median)",
+        unknown[4],
+        known[4]
+    );
+}
+
+#[test]
+fn a_login_rehashes_a_password_stored_with_old_parameters() {
+    use argon2::PasswordHasher;
+    let cloud = Cloud::start();
+    let (admin, _) = cloud.token("admin", ADMIN_PASSWORD, "admin");
+    let r = cloud.json(
+        "POST",
+        "/v3/users",
+        Some(&admin),
+        &json!({"user": {"name": "olduser", "password": "old-pw"}}),
+    );
+    assert_eq!(r.status, 201, "{}", r.text());
+    let uid = r.json()["user"]["id"].as_str().unwrap().to_string();
+
+    // Store a hash as an older release would have (Argon2id, 8 MiB, t=1), behind the
+    // daemon's back, as a second controller on the same store would.
+    let text = std::fs::read_to_string(cloud.dir.path().join("control.toml")).unwrap();
+    let config = control::config::Config::from_toml(&text)
+        .unwrap()
+        .validate()
+        .unwrap();
+    let store = control::store::open(&config.raw.store).unwrap();
+    let weak = argon2::Argon2::new(
+        argon2::Algorithm::Argon2id,
+        argon2::Version::V0x13,
+        argon2::Params::new(8 * 1024, 1, 1, None).unwrap(),
+    )
+    .hash_password_with_salt(b"old-pw", b"fixed-salt-16byt")
+    .unwrap()
+    .to_string();
+    let stored = |store: &control::store::SharedStore| -> String {
+        let rec = store
+            .get(control::store::Kind::User, &uid)
+            .unwrap()
+            .unwrap();
+        let doc: serde_json::Value = rec.parse().unwrap();
+        doc["password_hash"].as_str().unwrap().to_string()
+    };
+    let rec = store
+        .get(control::store::Kind::User, &uid)
+        .unwrap()
+        .unwrap();
+    let mut doc: serde_json::Value = rec.parse().unwrap();
+    doc["password_hash"] = json!(weak);
+    store
+        .update(rec.with_doc(rec.name.as_deref(), &doc))
+        .unwrap();
+    // The daemon sees other controllers' writes within 2 s.
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+
+    // A wrong password changes nothing.
+    let r = cloud.json(
+        "POST",
+        "/v3/auth/tokens",
+        None,
+        &auth_body("olduser", "nope"),
+    );
+    assert_eq!(r.status, 401);
+    assert_eq!(stored(&store), weak);
+    // The right one logs in and leaves a hash with today's parameters behind.
+    let body = json!({"auth": {"identity": {"methods": ["password"],
+        "password": {"user": {"id": uid, "password": "old-pw"}}}}});
+    let r = cloud.json("POST", "/v3/auth/tokens", None, &body);
+    assert_eq!(r.status, 201, "{}", r.text());
+    let now = stored(&store);
+    assert!(
+        now.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"),
+        "rehashed: {now}"
+    );
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    let r = cloud.json("POST", "/v3/auth/tokens", None, &body);
+    assert_eq!(r.status, 201, "the new hash verifies: {}", r.text());
+    assert_eq!(stored(&store), now, "rehashed once");
+    let mut wrong = body.clone();
+    wrong["auth"]["identity"]["password"]["user"]["password"] = json!("old-pw ");
+    assert_eq!(
+        cloud.json("POST", "/v3/auth/tokens", None, &wrong).status,
+        401
+    );
 }
 
 #[test]

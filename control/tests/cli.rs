@@ -453,3 +453,100 @@ fn image_import_converts_qcow2_to_raw() {
         "glance-direct"
     );
 }
+
+/// The CLI environment of `user` scoped to the system (`--os-system-scope all`).
+fn system_env(cloud: &Cloud, user: &str, password: &str) -> Vec<(String, String)> {
+    let mut env: Vec<(String, String)> = cloud
+        .env(user, password, "")
+        .into_iter()
+        .filter(|(k, _)| !k.starts_with("OS_PROJECT_"))
+        .collect();
+    env.push(("OS_SYSTEM_SCOPE".into(), "all".into()));
+    env
+}
+
+#[test]
+fn system_scope_with_the_openstack_cli() {
+    if !have_cli() {
+        return;
+    }
+    let cloud = Cloud::start();
+    let admin = cloud.admin();
+    // bootstrap made the admin an admin of the system too, as Keystone's does.
+    let sys_admin = system_env(&cloud, "admin", ADMIN_PASSWORD);
+    let t = ok_json(&sys_admin, &["token", "issue"]);
+    assert!(t.get("project_id").is_none_or(|p| p.is_null()), "{t}");
+    ok(&sys_admin, &["project", "create", "from-system"]);
+    let ra = ok_json(
+        &sys_admin,
+        &["role", "assignment", "list", "--system", "all", "--names"],
+    );
+    assert_eq!(ra.as_array().unwrap().len(), 1, "{ra}");
+    assert_eq!(ra[0]["Role"], "admin");
+    assert_eq!(ra[0]["User"], "admin@Default");
+    assert_eq!(ra[0]["System"], "all");
+
+    // A reader of the system: may issue a system token, may not change anything.
+    ok(
+        &admin,
+        &["user", "create", "--password", "carol-pw", "carol"],
+    );
+    let carol = system_env(&cloud, "carol", "carol-pw");
+    let e = fails(&carol, &["token", "issue"]);
+    assert!(e.contains("401"), "no role on the system yet: {e}");
+    ok(
+        &admin,
+        &[
+            "role", "add", "--system", "all", "--user", "carol", "reader",
+        ],
+    );
+    ok_json(&carol, &["token", "issue"]);
+    let e = fails(&carol, &["project", "create", "nope"]);
+    assert!(e.contains("403") || e.contains("not authorized"), "{e}");
+    let ra = ok_json(
+        &admin,
+        &[
+            "role",
+            "assignment",
+            "list",
+            "--system",
+            "all",
+            "--user",
+            "carol",
+            "--names",
+        ],
+    );
+    assert_eq!(ra[0]["Role"], "reader", "{ra}");
+
+    // Over HTTP: the token says system all, with the roles (reader only for carol).
+    let body = serde_json::json!({"auth": {"identity": {"methods": ["password"],
+        "password": {"user": {"name": "carol", "domain": {"id": "default"}, "password": "carol-pw"}}},
+        "scope": {"system": {"all": true}}}});
+    let r = cloud.json("POST", "/v3/auth/tokens", None, &body);
+    assert_eq!(r.status, 201, "{}", r.text());
+    let tok = r.json();
+    assert_eq!(tok["token"]["system"], serde_json::json!({"all": true}));
+    let roles: Vec<&str> = tok["token"]["roles"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(roles, ["reader"]);
+    assert!(tok["token"].get("project").is_none());
+    let mut bad = body.clone();
+    bad["auth"]["scope"]["system"] = serde_json::json!({"all": false});
+    assert_eq!(
+        cloud.json("POST", "/v3/auth/tokens", None, &bad).status,
+        400
+    );
+
+    // Removing the role ends it (and revokes carol's tokens).
+    ok(
+        &admin,
+        &[
+            "role", "remove", "--system", "all", "--user", "carol", "reader",
+        ],
+    );
+    assert!(fails(&carol, &["token", "issue"]).contains("401"));
+}

@@ -1,6 +1,9 @@
 //! Keystone v3 over HTTP: version discovery, tokens, domains, projects, users, groups,
 //! roles and assignments, the catalog (services, endpoints, regions) and application
-//! credentials. Handlers run on the blocking pool (store and Argon2 block).
+//! credentials. Handlers run on the async worker when all they read is in memory, else on
+//! the blocking pool; password and secret checks run on the hashing pool before them.
+
+use std::sync::Arc;
 
 use http::{HeaderValue, Method, StatusCode};
 use serde::Deserialize;
@@ -10,7 +13,7 @@ use super::{ApiError, Request, Response, empty, json as json_resp};
 use crate::identity::token::{Claims, now_secs};
 use crate::identity::{
     AppCredDoc, AssignmentDoc, AuthBody, Ctx, DomainDoc, EndpointDoc, GroupDoc, MembershipDoc,
-    ProjectDoc, RegionDoc, RoleDoc, ServiceDoc, UserDoc, new_id, password,
+    ProjectDoc, RegionDoc, RoleDoc, SYSTEM_ALL, ServiceDoc, UserDoc, new_id, password,
 };
 use crate::service::{Service, ServiceError};
 use crate::store::{Kind, Record, StoreError, Write};
@@ -23,14 +26,56 @@ const MAX_NAME: usize = 255;
 
 /// Answers one Keystone request.
 pub fn handle(svc: &Service, req: &Request) -> Result<Response, ApiError> {
-    route(svc, req).map_err(ApiError::from)
+    route(svc, req, None).map_err(ApiError::from)
+}
+
+/// Answers a Keystone request. A password or application-credential login has its secret
+/// checked on the hashing pool first (awaited, so neither this worker nor a blocking
+/// thread waits for Argon2); the rest runs as every other Keystone request does.
+pub async fn route_async(
+    svc: Arc<Service>,
+    req: http::Request<hyper::body::Incoming>,
+    segs: Vec<String>,
+) -> Result<Response, ApiError> {
+    let request = Arc::new(super::read_request(&svc, req, segs).await?);
+    let checked = match login_secret(&svc, &request).await {
+        Some((secret, stored)) => Some(
+            password::check(secret, stored)
+                .await
+                .map_err(|e| ApiError::from(ServiceError::from(e)))?,
+        ),
+        None => None,
+    };
+    let head = request.method == Method::HEAD;
+    let resp = super::cached_or_blocking(svc, move |svc| {
+        route(svc, &request, checked.as_ref()).map_err(ApiError::from)
+    })
+    .await?;
+    Ok(super::head_answer(head, resp))
+}
+
+/// For `POST /v3/auth/tokens` with a password or application credential: the secret and
+/// the stored hash to check it against. `None` when there is nothing to check, or when
+/// the request is refused anyway (the handler then answers why).
+async fn login_secret(svc: &Arc<Service>, req: &Arc<Request>) -> Option<(String, Option<String>)> {
+    if req.method != Method::POST || segs(req).as_slice() != ["v3", "auth", "tokens"] {
+        return None;
+    }
+    let req = req.clone();
+    super::cached_or_blocking(svc.clone(), move |svc| {
+        let auth: AuthBody = req.json()?;
+        svc.login_secret(&auth).map_err(ApiError::from)
+    })
+    .await
+    .ok()
+    .flatten()
 }
 
 fn segs(req: &Request) -> Vec<&str> {
     req.segs.iter().map(String::as_str).collect()
 }
 
-fn route(svc: &Service, req: &Request) -> Res {
+fn route(svc: &Service, req: &Request, checked: Option<&password::Checked>) -> Res {
     let s = segs(req);
     let m = &req.method;
     let get = m == Method::GET || m == Method::HEAD;
@@ -40,7 +85,7 @@ fn route(svc: &Service, req: &Request) -> Res {
             &json!({"versions": {"values": [version(svc)]}}),
         )),
         ["v3"] if get => Ok(json_resp(StatusCode::OK, &json!({"version": version(svc)}))),
-        ["v3", "auth", "tokens"] => tokens(svc, req),
+        ["v3", "auth", "tokens"] => tokens(svc, req, checked),
         ["v3", "s3tokens"] => credential::s3tokens(svc, req),
         ["v3", rest @ ..] => {
             let ctx = caller(svc, req)?;
@@ -157,12 +202,12 @@ fn bool_filter(req: &Request, key: &str) -> Option<bool> {
 
 // ---------------------------------------------------------------- tokens
 
-fn tokens(svc: &Service, req: &Request) -> Res {
+fn tokens(svc: &Service, req: &Request, checked: Option<&password::Checked>) -> Res {
     let with_catalog = req.q("nocatalog").is_none();
     match req.method {
         Method::POST => {
             let auth: AuthBody = req.json()?;
-            let claims = svc.authenticate(&auth, req.header("x-auth-token"))?;
+            let claims = svc.authenticate(&auth, req.header("x-auth-token"), checked)?;
             let token = svc.keys.seal(&claims)?;
             let ctx = svc.context_for(claims)?;
             let mut r = super::full(
@@ -379,6 +424,12 @@ fn resources(svc: &Service, req: &Request, ctx: &Ctx, s: &[&str]) -> Res {
             ],
             m,
         ) => grant(svc, ctx, t, tid, a, aid, rid, m),
+        (["system", a @ ("users" | "groups"), aid, "roles"], _) if get => {
+            list_target_roles(svc, ctx, "system", SYSTEM_ALL, a, aid)
+        }
+        (["system", a @ ("users" | "groups"), aid, "roles", rid], m) => {
+            grant(svc, ctx, "system", SYSTEM_ALL, a, aid, rid, m)
+        }
         (["role_assignments"], _) if get => role_assignments(svc, req, ctx),
         (["regions"], _) if get => {
             let items = svc
@@ -1225,11 +1276,15 @@ fn singular(plural: &str) -> &'static str {
         "projects" => "project",
         "domains" => "domain",
         "users" => "user",
+        "system" => "system",
         _ => "group",
     }
 }
 
 fn check_exists(svc: &Service, kind_plural: &str, id: &str) -> Result<(), ServiceError> {
+    if kind_plural == "system" {
+        return Ok(());
+    }
     let kind = match kind_plural {
         "projects" => Kind::Project,
         "domains" => Kind::Domain,
@@ -1401,7 +1456,10 @@ fn role_assignments(svc: &Service, req: &Request, ctx: &Ctx) -> Res {
             && project_filter.is_none_or(|p| d.target_type == "project" && d.target_id == p)
             && req
                 .q("scope.domain.id")
-                .is_none_or(|p| d.target_type == "domain" && d.target_id == p);
+                .is_none_or(|p| d.target_type == "domain" && d.target_id == p)
+            && req
+                .q("scope.system")
+                .is_none_or(|p| d.target_type == "system" && d.target_id == p);
         if !keep {
             continue;
         }
@@ -1416,9 +1474,14 @@ fn role_assignments(svc: &Service, req: &Request, ctx: &Ctx) -> Res {
             }
             Ok(v)
         };
+        let target = if d.target_type == "system" {
+            "system".to_string()
+        } else {
+            format!("{}s/{}", d.target_type, d.target_id)
+        };
         let mut v = json!({
             "role": named(Kind::Role, &d.role_id)?,
-            "links": {"assignment": format!("{}/v3/{}s/{}/{}s/{}/roles/{}", svc.config.public_url, d.target_type, d.target_id, d.actor_type, d.actor_id, d.role_id)},
+            "links": {"assignment": format!("{}/v3/{target}/{}s/{}/roles/{}", svc.config.public_url, d.actor_type, d.actor_id, d.role_id)},
         });
         let (akind, tkind) = (
             if d.actor_type == "user" {
@@ -1433,7 +1496,11 @@ fn role_assignments(svc: &Service, req: &Request, ctx: &Ctx) -> Res {
             },
         );
         v[d.actor_type.as_str()] = named(akind, &d.actor_id)?;
-        v["scope"] = json!({ d.target_type.clone(): named(tkind, &d.target_id)? });
+        v["scope"] = if d.target_type == "system" {
+            json!({"system": {"all": true}})
+        } else {
+            json!({ d.target_type.clone(): named(tkind, &d.target_id)? })
+        };
         items.push(v);
     }
     Ok(collection(

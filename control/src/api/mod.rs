@@ -2,7 +2,8 @@
 //!
 //! `/` and `/v3/...` are Keystone v3 ([`identity`]), `/image/...` is Glance v2 ([`image`]).
 //! JSON requests are read whole up to `max-request-body` (413 beyond) and handled on the
-//! blocking pool, since the store and password hashing block; image data is streamed.
+//! async worker when all they read is in memory, else on the blocking pool; password
+//! checks run on the hashing pool ([`crate::identity::password`]); image data is streamed.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -298,7 +299,7 @@ pub async fn handle(svc: Arc<Service>, req: http::Request<hyper::body::Incoming>
             "text/plain; version=0.0.4",
             crate::telemetry::metrics::METRICS.render(),
         ),
-        _ => json_route(svc, req, segs, identity::handle, true)
+        _ => identity::route_async(svc, req, segs)
             .await
             .unwrap_or_else(|e| e.into_response(flavor)),
     };
@@ -322,6 +323,32 @@ async fn json_route(
     handler: Handler,
     inline: bool,
 ) -> Result<Response, ApiError> {
+    let request = read_request(&svc, req, segs).await?;
+    let head = request.method == Method::HEAD;
+    let resp = if inline {
+        cached_or_blocking(svc, move |svc| handler(svc, &request)).await?
+    } else {
+        blocking(svc, move |svc| handler(svc, &request)).await?
+    };
+    Ok(head_answer(head, resp))
+}
+
+/// Drops the body of an answer to HEAD (hyper strips it; keep the length honest).
+pub fn head_answer(head: bool, mut resp: Response) -> Response {
+    if head {
+        *resp.body_mut() = Full::new(Bytes::new())
+            .map_err(|never: Infallible| match never {})
+            .boxed();
+    }
+    resp
+}
+
+/// A request with its body read whole, up to `max-request-body` (413 beyond).
+pub async fn read_request(
+    svc: &Service,
+    req: http::Request<hyper::body::Incoming>,
+    segs: Vec<String>,
+) -> Result<Request, ApiError> {
     let (parts, body) = req.into_parts();
     if let Some(len) = parts
         .headers
@@ -350,19 +377,7 @@ async fn json_route(
         headers: parts.headers,
         body,
     };
-    let head = request.method == Method::HEAD;
-    let mut resp = if inline {
-        cached_or_blocking(svc, move |svc| handler(svc, &request)).await?
-    } else {
-        blocking(svc, move |svc| handler(svc, &request)).await?
-    };
-    if head {
-        // HEAD answers carry no body (hyper strips it; keep the length honest).
-        *resp.body_mut() = Full::new(Bytes::new())
-            .map_err(|never: Infallible| match never {})
-            .boxed();
-    }
-    Ok(resp)
+    Ok(request)
 }
 
 /// How many handlers may block at once: a few per core, so a burst of requests queues

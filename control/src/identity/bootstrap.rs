@@ -62,19 +62,31 @@ fn ensure<T: serde::Serialize>(
 }
 
 fn assign(store: &dyn Store, user: &str, project: &str, role: &str) -> Result<(), ServiceError> {
-    let id = format!("user:{user}:project:{project}:{role}");
+    assign_on(store, user, "project", project, role)
+}
+
+/// Grants `role` to `user` on a project, or on the system (`target_type = "system"`,
+/// `target_id = "all"`).
+fn assign_on(
+    store: &dyn Store,
+    user: &str,
+    target_type: &str,
+    target_id: &str,
+    role: &str,
+) -> Result<(), ServiceError> {
+    let id = format!("user:{user}:{target_type}:{target_id}:{role}");
     if store.get(Kind::Assignment, &id)?.is_none() {
         let doc = AssignmentDoc {
             actor_type: "user".into(),
             actor_id: user.into(),
-            target_type: "project".into(),
-            target_id: project.into(),
+            target_type: target_type.into(),
+            target_id: target_id.into(),
             role_id: role.into(),
         };
         store.insert(Record::new(
             Kind::Assignment,
             &id,
-            &format!("project:{project}"),
+            &format!("{target_type}:{target_id}"),
             None,
             &doc,
         ))?;
@@ -208,6 +220,8 @@ pub fn run(store: &dyn Store, b: &Bootstrap) -> Result<Bootstrapped, ServiceErro
         }
     };
     assign(store, &admin_user, &admin_project, &admin)?;
+    // As Keystone's bootstrap: the admin is also admin of the system.
+    assign_on(store, &admin_user, "system", super::SYSTEM_ALL, &admin)?;
     let glance = ensure(store, Kind::User, &domain, IMAGE_SERVICE_USER, None, || {
         UserDoc {
             name: IMAGE_SERVICE_USER.into(),

@@ -22,6 +22,9 @@ pub mod token;
 
 /// The id of the default domain.
 pub const DEFAULT_DOMAIN: &str = "default";
+/// The target id of role assignments on the system (Keystone's `system: {"all": true}`;
+/// assignments store target type `system`).
+pub const SYSTEM_ALL: &str = "all";
 
 /// A domain.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -467,6 +470,11 @@ impl Service {
                 let roles = self.effective_roles(&claims.user_id, "domain", d)?;
                 (None, Some(d.clone()), roles)
             }
+            Scope::System => (
+                None,
+                None,
+                self.effective_roles(&claims.user_id, "system", SYSTEM_ALL)?,
+            ),
         };
         if claims.scope != Scope::Unscoped && roles.is_empty() {
             return Err(unauthorized().into());
@@ -591,6 +599,9 @@ impl Service {
         if let Some(d) = &ctx.domain_id {
             t["domain"] = self.named_ref(Kind::Domain, d)?;
         }
+        if c.scope == Scope::System {
+            t["system"] = json!({"all": true});
+        }
         if c.scope != Scope::Unscoped {
             t["roles"] = ctx
                 .roles
@@ -611,12 +622,118 @@ impl Service {
         Ok(json!({ "token": t }))
     }
 
-    /// Authenticates an `{"auth": ...}` request into signed claims.
+    /// The secret a password or application-credential login presents, and the stored
+    /// hash it is to be checked against (`None`: no such user or credential, or no
+    /// password). `None` for other methods and for requests [`Service::authenticate`]
+    /// refuses before checking any secret.
+    pub fn login_secret(
+        &self,
+        auth: &AuthBody,
+    ) -> Result<Option<(String, Option<String>)>, ServiceError> {
+        let id = &auth.auth.identity;
+        if id.methods.len() != 1 {
+            return Ok(None);
+        }
+        Ok(match id.methods[0].as_str() {
+            "password" => match &id.password {
+                Some(p) => {
+                    let user = self.find_user(&p.user)?;
+                    let stored = user.and_then(|(_, u)| u.password_hash);
+                    Some((p.user.password.clone(), stored))
+                }
+                None => None,
+            },
+            "application_credential" => match &id.application_credential {
+                Some(a) => {
+                    let stored = self.find_app_cred(a)?.map(|(_, d)| d.secret_hash);
+                    Some((a.secret.clone(), stored))
+                }
+                None => None,
+            },
+            _ => None,
+        })
+    }
+
+    fn find_app_cred(&self, a: &AppCredAuth) -> Result<Option<(Record, AppCredDoc)>, ServiceError> {
+        let rec = match (&a.id, &a.name, &a.user) {
+            (Some(id), _, _) => self.store.get(Kind::AppCredential, id)?,
+            (None, Some(name), Some(u)) => match self.find_user(&UserRef {
+                id: u.id.clone(),
+                name: u.name.clone(),
+                domain: u.domain.clone(),
+                password: String::new(),
+            })? {
+                Some((uid, _)) => self.store.get_by_name(Kind::AppCredential, &uid, name)?,
+                None => None,
+            },
+            _ => {
+                return Err(ApiError::bad_request(
+                    "application_credential needs an id, or a name and a user",
+                )
+                .into());
+            }
+        };
+        match rec {
+            Some(rec) => {
+                let doc: AppCredDoc = rec.parse()?;
+                Ok(Some((rec, doc)))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Replaces a secret hash made with old parameters by `new` (made on login), unless
+    /// the record changed since. Failures other than "would block" only cost the rehash.
+    fn store_rehash(
+        &self,
+        kind: Kind,
+        id: &str,
+        old: &str,
+        new: &str,
+        swap: impl Fn(&mut Value) -> bool,
+    ) -> Result<(), ServiceError> {
+        let result = (|| -> Result<(), ServiceError> {
+            let Some(rec) = self.store.get(kind, id)? else {
+                return Ok(());
+            };
+            let mut doc: Value = rec.parse()?;
+            if !swap(&mut doc) {
+                return Ok(());
+            }
+            self.store.update(rec.with_doc(rec.name.as_deref(), &doc))?;
+            Ok(())
+        })();
+        match result {
+            Err(ServiceError::Store(crate::store::StoreError::WouldBlock)) => {
+                Err(ServiceError::Store(crate::store::StoreError::WouldBlock))
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, %id, "rehashing a secret with current parameters failed");
+                Ok(())
+            }
+            Ok(()) => {
+                tracing::info!(%id, old_params = %old.split('$').nth(3).unwrap_or(""), new_params = %new.split('$').nth(3).unwrap_or(""), "rehashed a secret with current parameters");
+                Ok(())
+            }
+        }
+    }
+
+    /// Authenticates an `{"auth": ...}` request into signed claims. `checked` is the
+    /// outcome of checking the request's secret (see [`Service::login_secret`]) on the
+    /// hashing pool beforehand; without it, or if the stored hash changed since, the
+    /// secret is checked here.
     pub fn authenticate(
         &self,
         auth: &AuthBody,
         header_token: Option<&str>,
+        checked: Option<&password::Checked>,
     ) -> Result<Claims, ServiceError> {
+        let secret_ok = |secret: &str, stored: Option<&str>| -> (bool, Option<String>) {
+            match checked.and_then(|c| c.for_stored(stored).map(|ok| (ok, c.rehash.clone()))) {
+                Some(outcome) => outcome,
+                None => (password::verify(secret, stored), None),
+            }
+        };
         let id = &auth.auth.identity;
         let now = now_secs();
         let mut expires_at = now + self.config.token_expiry.as_secs();
@@ -637,9 +754,20 @@ impl Service {
                     .ok_or_else(|| ApiError::bad_request("'password' is missing from identity"))?;
                 let user = self.find_user(&p.user)?;
                 let stored = user.as_ref().and_then(|(_, u)| u.password_hash.clone());
-                let ok = crate::identity::password::verify(&p.user.password, stored.as_deref());
-                match user {
-                    Some((id, u)) if ok && u.enabled => (id, method::PASSWORD),
+                let (ok, rehash) = secret_ok(&p.user.password, stored.as_deref());
+                match (user, stored) {
+                    (Some((id, u)), Some(old)) if ok && u.enabled => {
+                        if let Some(new) = rehash {
+                            self.store_rehash(Kind::User, &id, &old, &new, |d| {
+                                if d["password_hash"] != old.as_str() {
+                                    return false;
+                                }
+                                d["password_hash"] = Value::String(new.clone());
+                                true
+                            })?;
+                        }
+                        (id, method::PASSWORD)
+                    }
                     _ => return Err(unauthorized().into()),
                 }
             }
@@ -665,34 +793,22 @@ impl Service {
                 let a = id.application_credential.as_ref().ok_or_else(|| {
                     ApiError::bad_request("'application_credential' is missing from identity")
                 })?;
-                let rec = match (&a.id, &a.name, &a.user) {
-                    (Some(id), _, _) => self.store.get(Kind::AppCredential, id)?,
-                    (None, Some(name), Some(u)) => match self.find_user(&UserRef {
-                        id: u.id.clone(),
-                        name: u.name.clone(),
-                        domain: u.domain.clone(),
-                        password: String::new(),
-                    })? {
-                        Some((uid, _)) => {
-                            self.store.get_by_name(Kind::AppCredential, &uid, name)?
-                        }
-                        None => None,
-                    },
-                    _ => {
-                        return Err(ApiError::bad_request(
-                            "application_credential needs an id, or a name and a user",
-                        )
-                        .into());
-                    }
-                };
-                let doc = rec.as_ref().map(|r| r.parse::<AppCredDoc>()).transpose()?;
-                let ok = crate::identity::password::verify(
-                    &a.secret,
-                    doc.as_ref().map(|d| d.secret_hash.as_str()),
-                );
-                let (Some(rec), Some(doc), true) = (rec, doc, ok) else {
+                let found = self.find_app_cred(a)?;
+                let stored = found.as_ref().map(|(_, d)| d.secret_hash.clone());
+                let (ok, rehash) = secret_ok(&a.secret, stored.as_deref());
+                let (Some((rec, doc)), true) = (found, ok) else {
                     return Err(unauthorized().into());
                 };
+                if let Some(new) = rehash {
+                    let old = doc.secret_hash.clone();
+                    self.store_rehash(Kind::AppCredential, &rec.id, &old, &new, |d| {
+                        if d["secret_hash"] != old.as_str() {
+                            return false;
+                        }
+                        d["secret_hash"] = Value::String(new.clone());
+                        true
+                    })?;
+                }
                 if doc.expires_at.is_some_and(|e| e <= now) {
                     return Err(unauthorized().into());
                 }
@@ -829,23 +945,29 @@ impl Service {
                 system: None,
             }) => Scope::Domain(self.find_domain(d)?.ok_or_else(denied)?),
             Some(ScopeBody {
-                system: Some(_), ..
+                system: Some(sys),
+                project: None,
+                domain: None,
             }) => {
-                return Err(ApiError::unauthorized(
-                    "system scope is not supported; scope to a project",
-                )
-                .into());
+                if *sys != json!({"all": true}) {
+                    return Err(
+                        ApiError::bad_request("the only system scope is {\"all\": true}").into(),
+                    );
+                }
+                Scope::System
             }
             Some(_) => {
-                return Err(
-                    ApiError::bad_request("scope names exactly one of project or domain").into(),
-                );
+                return Err(ApiError::bad_request(
+                    "scope names exactly one of project, domain or system",
+                )
+                .into());
             }
         };
         let roles = match &scope {
             Scope::Unscoped => return Ok(scope),
             Scope::Project(p) => self.effective_roles(user_id, "project", p)?,
             Scope::Domain(d) => self.effective_roles(user_id, "domain", d)?,
+            Scope::System => self.effective_roles(user_id, "system", SYSTEM_ALL)?,
         };
         if roles.is_empty() {
             return Err(denied().into());
@@ -964,7 +1086,7 @@ pub struct ScopeBody {
     pub project: Option<ProjectRef>,
     /// A domain.
     pub domain: Option<DomainRef>,
-    /// System scope (refused).
+    /// System scope: `{"all": true}`.
     pub system: Option<Value>,
 }
 

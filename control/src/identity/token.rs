@@ -70,6 +70,8 @@ pub enum Scope {
     Project(String),
     /// A domain.
     Domain(String),
+    /// The whole deployment (Keystone's system scope, `system: {"all": true}`).
+    System,
 }
 
 /// The contents of a token.
@@ -213,6 +215,7 @@ fn encode_claims(c: &Claims) -> Result<Vec<u8>, TokenError> {
             out.push(2);
             put_str(&mut out, id)?;
         }
+        Scope::System => out.push(3),
     }
     out.extend_from_slice(&c.issued_at_ms.to_be_bytes());
     out.extend_from_slice(&c.expires_at.to_be_bytes());
@@ -236,6 +239,7 @@ fn decode_claims(b: &[u8]) -> Result<Claims, TokenError> {
         0 => Scope::Unscoped,
         1 => Scope::Project(r.str()?),
         2 => Scope::Domain(r.str()?),
+        3 => Scope::System,
         _ => return Err(TokenError::Invalid),
     };
     let issued_at_ms = r.u64()?;
@@ -468,6 +472,7 @@ mod tests {
             Scope::Unscoped,
             Scope::Domain("default".into()),
             Scope::Project("p".into()),
+            Scope::System,
         ] {
             c.scope = scope;
             c.parent_audit_id = Some([7; 16]);
