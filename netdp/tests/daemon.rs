@@ -881,3 +881,133 @@ fn systemd_is_told_when_the_api_listens() {
     assert_eq!(status, 200, "{body}");
     stop(d);
 }
+
+/// A metric's value in `/metrics` text (unlabelled series only).
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("{name} missing from /metrics"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// CLOCK_MONOTONIC in ns (the clock of `Instant`, comparable across the test's threads).
+fn mono_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid timespec to write into.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+#[test]
+fn the_api_answers_while_the_conntrack_gc_walks_a_large_table() {
+    use netdp::datapath::abi::{CtKey, CtVal};
+    if !privileged() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let pins = PathBuf::from(format!(
+        "/sys/fs/bpf/ferrostack-test-netdp3-gc-{}",
+        std::process::id()
+    ));
+    struct Unpin(PathBuf);
+    impl Drop for Unpin {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let _unpin = Unpin(pins.clone());
+    let node = Netns::new("ndp3gc-node").unwrap();
+    // A first run pins the maps; then, with the daemon down, the conntrack table fills
+    // with long-idle connections, which the next daemon's GC removes.
+    stop(start(&node, dir.path(), &pins));
+    const N: u32 = 100_000;
+    {
+        let data = aya::maps::MapData::from_pin(pins.join("conntrack")).expect("pinned conntrack");
+        let mut map = aya::maps::Map::LruHashMap(data);
+        let mut ct: aya::maps::HashMap<_, CtKey, CtVal> =
+            aya::maps::HashMap::try_from(&mut map).unwrap();
+        for i in 0..N {
+            let key = CtKey {
+                ifindex: 1 + i / 60_000,
+                saddr: u32::from_ne_bytes([10, 9, 0, 1]),
+                daddr: u32::from_ne_bytes([10, 9, 0, 2]),
+                sport: (i % 60_000) as u16,
+                dport: 53u16.to_be(),
+                proto: 17,
+                ..Default::default()
+            };
+            let val = CtVal {
+                last_seen: 1, // idle since boot: past every timeout
+                ..Default::default()
+            };
+            ct.insert(key, val, 0).unwrap();
+        }
+    }
+    let conf = dir.path().join("gc.toml");
+    std::fs::write(&conf, "[conntrack]\ngc-interval = \"1s\"\n").unwrap();
+    let d = start_with(
+        &node,
+        dir.path(),
+        &pins,
+        &["--config", conf.to_str().unwrap()],
+    );
+    // Ask the API over and over (each /metrics answer needs the controller's lock) until
+    // the GC's removals show; keep each request's start and end.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut answered: Vec<(u64, u64)> = Vec::new();
+    let last = loop {
+        assert!(Instant::now() < deadline, "the GC never removed the table");
+        let t0 = mono_ns();
+        let (status, body) = call(dir.path(), "GET", "/metrics", None);
+        let t1 = mono_ns();
+        assert_eq!(status, 200, "{body}");
+        let (s2, b2) = call(dir.path(), "GET", "/v2.0/networks", None);
+        assert_eq!(s2, 200, "{b2}");
+        let gone = metric(&body, "ferrostack_netdp_conntrack_expired_total");
+        if gone > 0.0 {
+            // (An LRU table may have evicted a few entries while it filled.)
+            assert!(
+                gone <= f64::from(N) && gone >= f64::from(N / 2),
+                "removed {gone}"
+            );
+            break (
+                t0,
+                t1,
+                metric(&body, "ferrostack_netdp_conntrack_gc_last_run_seconds"),
+            );
+        }
+        answered.push((t0, t1));
+    };
+    stop(d);
+    // The run that removed the table ended between the start of the last answer that did
+    // not show it and the end of the first that did; so [end of that one - run time,
+    // start of the last that did not] lies within the run.
+    let (seen_start, seen_end, run_secs) = last;
+    let run_ns = (run_secs * 1e9) as u64;
+    let prev_start = answered.last().map(|a| a.0).unwrap_or(seen_start);
+    let window = (seen_end.saturating_sub(run_ns), prev_start);
+    assert!(
+        run_ns >= 200_000_000,
+        "a GC over {N} entries should take a while: {run_secs} s"
+    );
+    let inside: Vec<&(u64, u64)> = answered
+        .iter()
+        .filter(|(a, b)| *a >= window.0 && *b <= window.1)
+        .collect();
+    let span = window.1.saturating_sub(window.0);
+    assert!(
+        span >= run_ns / 2,
+        "window {span} ns of a {run_ns} ns run: the answers around it were slow"
+    );
+    // Held under the controller's lock, the run would let no answer through until its end.
+    assert!(
+        inside.len() >= 3,
+        "only {} API answers during a {run_secs} s GC run (window {span} ns)",
+        inside.len()
+    );
+}

@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::datapath::{
-    Datapath, DatapathError, Direction, DropReason, Expired, PortSpec, RuleSpec,
+    Datapath, DatapathError, Direction, DropReason, Expired, Gc, PortSpec, RuleSpec,
 };
 use crate::dhcp::{Lease, Leases, Stats as DhcpStats};
 use model::*;
@@ -155,8 +155,48 @@ pub struct Controller {
     router_ifaces: HashSet<RouterIface>,
     /// Routers doing gateway SNAT in the datapath, with their gateway address.
     snat: HashMap<u32, Ipv4Addr>,
-    /// Entries the conntrack GC removed so far.
-    expired: Expired,
+    /// Entries the conntrack GC removed so far (added to by [`GcTask`]s without the lock).
+    expired: Arc<ExpiredTotals>,
+}
+
+/// Running totals of what the conntrack GC removed.
+#[derive(Debug, Default)]
+struct ExpiredTotals {
+    connections: std::sync::atomic::AtomicU64,
+    translations: std::sync::atomic::AtomicU64,
+    /// GC runs finished.
+    runs: std::sync::atomic::AtomicU64,
+    /// How long the last run took, in ns.
+    last_run_ns: std::sync::atomic::AtomicU64,
+}
+
+/// The conntrack GC, detached from the controller ([`Controller::gc_task`]): it walks the
+/// conntrack and SNAT maps on its own descriptors, so a GC over a large table never holds
+/// the controller's lock, and adds what it removed to the controller's `/metrics`.
+#[derive(Debug)]
+pub struct GcTask {
+    gc: Gc,
+    totals: Arc<ExpiredTotals>,
+}
+
+impl GcTask {
+    /// Removes tracked connections and gateway SNAT translations idle past their timeouts
+    /// (see [`Gc::expire`]); returns what went.
+    pub fn run(&mut self) -> Result<Expired, ApiError> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let t = std::time::Instant::now();
+        let e = self.gc.expire().map_err(ApiError::Datapath)?;
+        let took = u64::try_from(t.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.totals
+            .connections
+            .fetch_add(e.connections as u64, Relaxed);
+        self.totals
+            .translations
+            .fetch_add(e.translations as u64, Relaxed);
+        self.totals.last_run_ns.store(took, Relaxed);
+        self.totals.runs.fetch_add(1, Relaxed);
+        Ok(e)
+    }
 }
 
 /// A router interface as programmed: (router, network, MAC, address, subnet, and for a
@@ -200,7 +240,7 @@ impl Controller {
             dhcp_stats: None,
             router_ifaces: HashSet::new(),
             snat: HashMap::new(),
-            expired: Expired::default(),
+            expired: Arc::default(),
         };
         c.sync()?;
         c.remove_stale_ports()?;
@@ -296,13 +336,22 @@ impl Controller {
     /// The conntrack GC: removes tracked connections and gateway SNAT translations idle
     /// past their timeouts (see [`Datapath::expire`]); returns what went.
     pub fn expire(&mut self) -> Result<Expired, ApiError> {
-        let Some(dp) = self.dp.as_mut() else {
-            return Ok(Expired::default());
+        match self.gc_task()? {
+            Some(mut gc) => gc.run(),
+            None => Ok(Expired::default()),
+        }
+    }
+
+    /// The conntrack GC as a task of its own that runs without this controller (and its
+    /// lock); `None` without a datapath.
+    pub fn gc_task(&self) -> Result<Option<GcTask>, ApiError> {
+        let Some(dp) = self.dp.as_ref() else {
+            return Ok(None);
         };
-        let e = dp.expire().map_err(ApiError::Datapath)?;
-        self.expired.connections += e.connections;
-        self.expired.translations += e.translations;
-        Ok(e)
+        Ok(Some(GcTask {
+            gc: dp.gc().map_err(ApiError::Datapath)?,
+            totals: self.expired.clone(),
+        }))
     }
 
     /// The current state.
@@ -1559,8 +1608,13 @@ impl Controller {
         };
         out.push_str(&format!(
             "# HELP ferrostack_netdp_conntrack_expired_total Tracked connections the GC removed after their idle timeout (one per port that tracked them).\n# TYPE ferrostack_netdp_conntrack_expired_total counter\nferrostack_netdp_conntrack_expired_total {}\n\
-             # HELP ferrostack_netdp_snat_expired_total Gateway SNAT translations the GC removed after their idle timeout.\n# TYPE ferrostack_netdp_snat_expired_total counter\nferrostack_netdp_snat_expired_total {}\n",
-            self.expired.connections, self.expired.translations
+             # HELP ferrostack_netdp_snat_expired_total Gateway SNAT translations the GC removed after their idle timeout.\n# TYPE ferrostack_netdp_snat_expired_total counter\nferrostack_netdp_snat_expired_total {}\n\
+             # HELP ferrostack_netdp_conntrack_gc_runs_total Runs of the conntrack GC.\n# TYPE ferrostack_netdp_conntrack_gc_runs_total counter\nferrostack_netdp_conntrack_gc_runs_total {}\n\
+             # HELP ferrostack_netdp_conntrack_gc_last_run_seconds How long the last run of the conntrack GC took.\n# TYPE ferrostack_netdp_conntrack_gc_last_run_seconds gauge\nferrostack_netdp_conntrack_gc_last_run_seconds {}\n",
+            self.expired.connections.load(std::sync::atomic::Ordering::Relaxed),
+            self.expired.translations.load(std::sync::atomic::Ordering::Relaxed),
+            self.expired.runs.load(std::sync::atomic::Ordering::Relaxed),
+            self.expired.last_run_ns.load(std::sync::atomic::Ordering::Relaxed) as f64 / 1e9
         ));
         let mut ports: Vec<_> = self.programmed.iter().collect();
         ports.sort();

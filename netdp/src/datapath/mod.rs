@@ -361,6 +361,104 @@ pub struct Expired {
     pub translations: usize,
 }
 
+/// The conntrack GC's own handle on the conntrack and SNAT maps ([`Datapath::gc`]).
+pub struct Gc {
+    conntrack: aya::maps::Map,
+    snat_in: aya::maps::Map,
+    snat_out: aya::maps::Map,
+    timeouts: Timeouts,
+}
+
+impl std::fmt::Debug for Gc {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gc")
+            .field("timeouts", &self.timeouts)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Gc {
+    /// Removes tracked connections and gateway SNAT translations idle past their timeouts
+    /// (the program already ignores them, this gives their room back); SNAT outbound
+    /// halves go with their inbound halves. Walks a snapshot of the keys, then looks at
+    /// each stale one again before removing it: the program may have renewed it.
+    pub fn expire(&mut self) -> Result<Expired, DatapathError> {
+        let now = monotonic_coarse_ns();
+        let t = self.timeouts;
+        let stale = move |last: u64, proto: u8, replied: u8, tcp: u8| {
+            now > last && u128::from(now - last) > t.of(proto, replied != 0, tcp).as_nanos()
+        };
+        let mut expired = Expired::default();
+        {
+            let mut ct: BpfHashMap<&mut MapData, CtKey, CtVal> =
+                BpfHashMap::try_from(&mut self.conntrack)
+                    .map_err(|e| DatapathError::Map("conntrack", e))?;
+            let old: Vec<CtKey> = ct
+                .iter()
+                .filter_map(Result::ok)
+                .filter(|(k, v)| stale(v.last_seen, k.proto, v.replied, v.tcp))
+                .map(|(k, _)| k)
+                .collect();
+            for k in old {
+                if ct
+                    .get(&k, 0)
+                    .is_ok_and(|v| stale(v.last_seen, k.proto, v.replied, v.tcp))
+                    && ct.remove(&k).is_ok()
+                {
+                    expired.connections += 1;
+                }
+            }
+        }
+        {
+            let mut inbound: BpfHashMap<&mut MapData, abi::SnatKey, abi::SnatVal> =
+                BpfHashMap::try_from(&mut self.snat_in)
+                    .map_err(|e| DatapathError::Map("snat_in", e))?;
+            let old: Vec<abi::SnatKey> = inbound
+                .iter()
+                .filter_map(Result::ok)
+                .filter(|(k, v)| stale(v.last_seen, k.proto, v.replied, v.tcp))
+                .map(|(k, _)| k)
+                .collect();
+            for k in old {
+                if inbound
+                    .get(&k, 0)
+                    .is_ok_and(|v| stale(v.last_seen, k.proto, v.replied, v.tcp))
+                    && inbound.remove(&k).is_ok()
+                {
+                    expired.translations += 1;
+                }
+            }
+        }
+        let live: HashSet<abi::SnatKey> = {
+            let inbound: BpfHashMap<&MapData, abi::SnatKey, abi::SnatVal> =
+                BpfHashMap::try_from(&self.snat_in)
+                    .map_err(|e| DatapathError::Map("snat_in", e))?;
+            inbound
+                .iter()
+                .filter_map(Result::ok)
+                .map(|(k, v)| abi::SnatKey {
+                    local_ip: v.ip,
+                    local_port: v.port,
+                    ..k
+                })
+                .collect()
+        };
+        let mut outbound: BpfHashMap<&mut MapData, abi::SnatKey, abi::SnatVal> =
+            BpfHashMap::try_from(&mut self.snat_out)
+                .map_err(|e| DatapathError::Map("snat_out", e))?;
+        let orphans: Vec<abi::SnatKey> = outbound
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(k, v)| v.last_seen < now && !live.contains(k))
+            .map(|(k, _)| k)
+            .collect();
+        for k in orphans {
+            let _ = outbound.remove(&k);
+        }
+        Ok(expired)
+    }
+}
+
 /// `bpf_ktime_get_coarse_ns`'s clock, seen from userspace.
 fn monotonic_coarse_ns() -> u64 {
     let mut ts = libc::timespec {
@@ -1441,78 +1539,48 @@ impl Datapath {
 
     /// Removes tracked connections and gateway SNAT translations idle past their timeouts
     /// (the program already ignores them, this gives their room back); SNAT outbound
-    /// halves go with their inbound halves.
+    /// halves go with their inbound halves. The same as [`Gc::expire`] on [`Self::gc`].
     pub fn expire(&mut self) -> Result<Expired, DatapathError> {
-        let now = monotonic_coarse_ns();
-        let t = self.timeouts;
-        let stale = move |last: u64, proto: u8, replied: u8, tcp: u8| {
-            now > last && u128::from(now - last) > t.of(proto, replied != 0, tcp).as_nanos()
+        self.gc()?.expire()
+    }
+
+    /// A handle on the conntrack and SNAT maps for the GC, on duplicates of their
+    /// descriptors: it needs neither this instance nor its owner's lock, so the daemon's
+    /// GC walks large tables while the API keeps answering.
+    pub fn gc(&self) -> Result<Gc, DatapathError> {
+        Ok(Gc {
+            conntrack: self.dup_map("conntrack")?,
+            snat_in: self.dup_map("snat_in")?,
+            snat_out: self.dup_map("snat_out")?,
+            timeouts: self.timeouts,
+        })
+    }
+
+    /// One of the (hash) maps, opened again on a duplicate of its descriptor (it outlives
+    /// this instance).
+    fn dup_map(&self, name: &'static str) -> Result<aya::maps::Map, DatapathError> {
+        use aya::maps::Map;
+        let invalid =
+            || DatapathError::Map(name, aya::maps::MapError::InvalidName { name: name.into() });
+        let dup = |data: &MapData| {
+            let fd = std::os::fd::AsFd::as_fd(data.fd())
+                .try_clone_to_owned()
+                .map_err(|e| {
+                    DatapathError::Map(
+                        name,
+                        aya::maps::MapError::SyscallError(aya::sys::SyscallError {
+                            call: "dup",
+                            io_error: e,
+                        }),
+                    )
+                })?;
+            MapData::from_fd(fd).map_err(|e| DatapathError::Map(name, e))
         };
-        let mut expired = Expired::default();
-        {
-            let name = "conntrack";
-            let map = self.ebpf.map_mut(name).ok_or(DatapathError::Map(
-                name,
-                aya::maps::MapError::InvalidName { name: name.into() },
-            ))?;
-            let mut ct: BpfHashMap<&mut MapData, CtKey, CtVal> =
-                BpfHashMap::try_from(map).map_err(|e| DatapathError::Map(name, e))?;
-            let old: Vec<CtKey> = ct
-                .iter()
-                .filter_map(Result::ok)
-                .filter(|(k, v)| stale(v.last_seen, k.proto, v.replied, v.tcp))
-                .map(|(k, _)| k)
-                .collect();
-            for k in old {
-                // Looked at again: the program may have replaced it with a new connection.
-                if ct
-                    .get(&k, 0)
-                    .is_ok_and(|v| stale(v.last_seen, k.proto, v.replied, v.tcp))
-                    && ct.remove(&k).is_ok()
-                {
-                    expired.connections += 1;
-                }
-            }
+        match self.ebpf.map(name).ok_or_else(invalid)? {
+            Map::HashMap(m) => Ok(Map::HashMap(dup(m)?)),
+            Map::LruHashMap(m) => Ok(Map::LruHashMap(dup(m)?)),
+            _ => Err(invalid()),
         }
-        {
-            let mut inbound = self.hash::<abi::SnatKey, abi::SnatVal>("snat_in")?;
-            let old: Vec<abi::SnatKey> = inbound
-                .iter()
-                .filter_map(Result::ok)
-                .filter(|(k, v)| stale(v.last_seen, k.proto, v.replied, v.tcp))
-                .map(|(k, _)| k)
-                .collect();
-            for k in old {
-                if inbound
-                    .get(&k, 0)
-                    .is_ok_and(|v| stale(v.last_seen, k.proto, v.replied, v.tcp))
-                    && inbound.remove(&k).is_ok()
-                {
-                    expired.translations += 1;
-                }
-            }
-        }
-        let live: HashSet<abi::SnatKey> = self
-            .hash_ro::<abi::SnatKey, abi::SnatVal>("snat_in")?
-            .iter()
-            .filter_map(Result::ok)
-            .map(|(k, v)| abi::SnatKey {
-                local_ip: v.ip,
-                local_port: v.port,
-                ..k
-            })
-            .collect();
-        let mut outbound = self.hash::<abi::SnatKey, abi::SnatVal>("snat_out")?;
-        let orphans: Vec<abi::SnatKey> = outbound
-            .iter()
-            .filter_map(Result::ok)
-            .filter(|(k, v)| v.last_seen < now && !live.contains(k))
-            .map(|(k, _)| k)
-            .collect();
-        for k in orphans {
-            let _ = outbound.remove(&k);
-        }
-        Ok(expired)
     }
 
     /// Number of tracked connections.
