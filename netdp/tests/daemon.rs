@@ -1011,3 +1011,128 @@ fn the_api_answers_while_the_conntrack_gc_walks_a_large_table() {
         inside.len()
     );
 }
+
+#[test]
+fn overlapping_tenant_subnets_stay_separate_and_remote_group_rules_follow_membership() {
+    if !privileged() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let pins = PathBuf::from(format!(
+        "/sys/fs/bpf/ferrostack-test-netdp3-overlap-{}",
+        std::process::id()
+    ));
+    struct Unpin(PathBuf);
+    impl Drop for Unpin {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let _unpin = Unpin(pins.clone());
+    let node = Netns::new("ndp3ov-node").unwrap();
+    let d = start(&node, dir.path(), &pins);
+    let p = dir.path();
+    let id = |v: &Value, kind: &str| v[kind]["id"].as_str().unwrap().to_string();
+    // Two tenants, one subnet each, the same CIDR.
+    let mut nets = vec![];
+    for tenant in ["t1", "t2"] {
+        let net = post(
+            p,
+            "/v2.0/networks",
+            json!({"network": {"name": "n", "project_id": tenant}}),
+        );
+        let net_id = id(&net, "network");
+        let sub = post(
+            p,
+            "/v2.0/subnets",
+            json!({"subnet": {"network_id": net_id, "ip_version": 4, "cidr": "10.7.0.0/24", "project_id": tenant}}),
+        );
+        nets.push((net_id, id(&sub, "subnet")));
+    }
+    // Tenant 1: "db" takes ICMP in from members of "web" only; B1 is in db, A1 starts in
+    // the default group. Tenant 2: A2 and B2 in its default group (members admit members).
+    let web = post(
+        p,
+        "/v2.0/security-groups",
+        json!({"security_group": {"name": "web", "project_id": "t1"}}),
+    );
+    let web_id = id(&web, "security_group");
+    let db = post(
+        p,
+        "/v2.0/security-groups",
+        json!({"security_group": {"name": "db", "project_id": "t1"}}),
+    );
+    let db_id = id(&db, "security_group");
+    post(
+        p,
+        "/v2.0/security-group-rules",
+        json!({"security_group_rule": {"security_group_id": db_id, "direction": "ingress",
+            "protocol": "icmp", "remote_group_id": web_id}}),
+    );
+    let port = |net: &(String, String), tenant: &str, groups: Option<Vec<&str>>, ip: &str| {
+        let mut body = json!({"port": {"network_id": net.0, "project_id": tenant,
+            "fixed_ips": [{"subnet_id": net.1, "ip_address": ip}]}});
+        if let Some(g) = groups {
+            body["port"]["security_groups"] = json!(g);
+        }
+        post(p, "/v2.0/ports", body)
+    };
+    let a1 = port(&nets[0], "t1", None, "10.7.0.10");
+    let b1 = port(&nets[0], "t1", Some(vec![&db_id]), "10.7.0.20");
+    let a2 = port(&nets[1], "t2", None, "10.7.0.10");
+    let b2 = port(&nets[1], "t2", None, "10.7.0.20");
+    let ip_of = |v: &Value| {
+        v["port"]["fixed_ips"][0]["ip_address"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let mac_of = |v: &Value| v["port"]["mac_address"].as_str().unwrap().to_string();
+    assert_eq!(
+        ip_of(&b1),
+        ip_of(&b2),
+        "the tenants' B ports share an address"
+    );
+    let vm_a1 = plug(&node, "ndp3ov-a1", &a1, 24, "10.7.0.1");
+    let _vm_b1 = plug(&node, "ndp3ov-b1", &b1, 24, "10.7.0.1");
+    let vm_a2 = plug(&node, "ndp3ov-a2", &a2, 24, "10.7.0.1");
+    let _vm_b2 = plug(&node, "ndp3ov-b2", &b2, 24, "10.7.0.1");
+    let target = ip_of(&b1);
+    let neigh = |vm: &Netns| {
+        String::from_utf8_lossy(&vm.exec(&["ip", "neigh", "show", &target]).unwrap().stdout)
+            .to_lowercase()
+    };
+
+    // Tenant 2's A reaches its own B, and the answer is B2's (its MAC), never B1's.
+    assert!(ping_soon(&vm_a2, &target, 5), "A2 reaches B2");
+    let n = neigh(&vm_a2);
+    assert!(n.contains(&mac_of(&b2)), "{n}");
+    assert!(!n.contains(&mac_of(&b1)), "{n}");
+    // Tenant 1's A is not in "web": B1 refuses it, whatever tenant 2 allows.
+    assert!(!ping(&vm_a1, &target), "A1 is not in web yet");
+    let n = neigh(&vm_a1);
+    assert!(!n.contains(&mac_of(&b2)), "A1 never sees B2: {n}");
+    // Joining "web" opens B1 to A1 (the rule's remote group now holds A1's address).
+    let a1_id = id(&a1, "port");
+    let (st, body) = call(
+        p,
+        "PUT",
+        &format!("/v2.0/ports/{a1_id}"),
+        Some(json!({"port": {"security_groups": [web_id]}})),
+    );
+    assert_eq!(st, 200, "{body}");
+    assert!(ping_soon(&vm_a1, &target, 5), "A1 in web reaches B1");
+    let n = neigh(&vm_a1);
+    assert!(n.contains(&mac_of(&b1)), "{n}");
+    // Leaving it closes B1 again.
+    let (st, body) = call(
+        p,
+        "PUT",
+        &format!("/v2.0/ports/{a1_id}"),
+        Some(json!({"port": {"security_groups": []}})),
+    );
+    assert_eq!(st, 200, "{body}");
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(!ping(&vm_a1, &target), "A1 out of web is refused again");
+    stop(d);
+}
