@@ -791,8 +791,8 @@ impl Controller {
                     .map(|s| s.id.clone()),
             };
             if let Some(subnet_id) = subnet {
-                fixed_ips = Some(vec![FixedIp {
-                    subnet_id,
+                fixed_ips = Some(vec![FixedIpRequest {
+                    subnet_id: Some(subnet_id),
                     ip_address: ip,
                 }]);
             } else if ip.is_some() {
@@ -1018,11 +1018,17 @@ impl Controller {
         also: &HashSet<Ipv4Addr>,
     ) -> Result<Ipv4Addr, ApiError> {
         let (base, len) = parse_cidr(&subnet.cidr).expect("validated at creation");
+        // Addresses on this subnet only: another network's overlapping subnet is its own.
         let used: HashSet<Ipv4Addr> = self
             .state
             .ports
             .values()
-            .flat_map(|p| p.fixed_ips.iter().filter_map(|f| f.ip_address))
+            .flat_map(|p| {
+                p.fixed_ips
+                    .iter()
+                    .filter(|f| f.subnet_id == subnet.id)
+                    .filter_map(|f| f.ip_address)
+            })
             .chain(subnet.gateway_ip)
             .chain(also.iter().copied())
             .collect();
@@ -1054,30 +1060,70 @@ impl Controller {
                 .subnets
                 .first()
                 .map(|s| {
-                    vec![FixedIp {
-                        subnet_id: s.clone(),
+                    vec![FixedIpRequest {
+                        subnet_id: Some(s.clone()),
                         ip_address: None,
                     }]
                 })
                 .unwrap_or_default(),
         };
-        let mut fixed_ips = vec![];
+        let holds = |s: &Subnet, ip: Ipv4Addr| {
+            parse_cidr(&s.cidr)
+                .is_some_and(|(b, l)| u32::from(ip) & mask(l) == u32::from(b) & mask(l))
+        };
+        let mut fixed_ips: Vec<FixedIp> = vec![];
         for f in wanted {
+            // Neutron's rules: a subnet of this network, given or found from the address.
+            let subnet_id = match (f.subnet_id, f.ip_address) {
+                (Some(id), _) => id,
+                (None, Some(ip)) => net
+                    .subnets
+                    .iter()
+                    .filter_map(|id| self.state.subnets.get(id))
+                    .find(|s| holds(s, ip))
+                    .map(|s| s.id.clone())
+                    .ok_or_else(|| {
+                        ApiError::BadRequest(format!("no subnet of {network_id} holds {ip}"))
+                    })?,
+                (None, None) => {
+                    return Err(ApiError::BadRequest(
+                        "a fixed IP needs a subnet_id or an ip_address".into(),
+                    ));
+                }
+            };
             let subnet = self
                 .state
                 .subnets
-                .get(&f.subnet_id)
+                .get(&subnet_id)
                 .filter(|s| s.network_id == network_id)
-                .ok_or_else(|| {
-                    ApiError::BadRequest(format!("subnet {} not on network", f.subnet_id))
-                })?
+                .ok_or_else(|| ApiError::BadRequest(format!("subnet {subnet_id} not on network")))?
                 .clone();
             let ip = match f.ip_address {
-                Some(ip) => ip,
+                Some(ip) => {
+                    if !holds(&subnet, ip) {
+                        return Err(ApiError::BadRequest(format!(
+                            "{ip} is not in subnet {} ({})",
+                            subnet.id, subnet.cidr
+                        )));
+                    }
+                    // Taken on this subnet (another tenant's overlapping subnet is its own).
+                    let taken = self.state.ports.values().any(|p| {
+                        p.fixed_ips
+                            .iter()
+                            .any(|x| x.subnet_id == subnet.id && x.ip_address == Some(ip))
+                    }) || fixed_ips.iter().any(|x| x.ip_address == Some(ip));
+                    if taken {
+                        return Err(ApiError::Conflict(format!(
+                            "IP address {ip} already allocated in subnet {}",
+                            subnet.id
+                        )));
+                    }
+                    ip
+                }
                 None => self.allocate_ip(&subnet)?,
             };
             fixed_ips.push(FixedIp {
-                subnet_id: f.subnet_id,
+                subnet_id,
                 ip_address: Some(ip),
             });
         }
@@ -1249,8 +1295,8 @@ impl Controller {
             None => {
                 self.new_port(PortCreate {
                     network_id: Some(subnet.network_id.clone()),
-                    fixed_ips: Some(vec![FixedIp {
-                        subnet_id: subnet.id.clone(),
+                    fixed_ips: Some(vec![FixedIpRequest {
+                        subnet_id: Some(subnet.id.clone()),
                         ip_address: subnet.gateway_ip,
                     }]),
                     security_groups: Some(vec![]),
