@@ -914,7 +914,6 @@ static __always_inline int netdp_forward(CTX *ctx)
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
 	__u32 in_port = hook_in_port(ctx);
-	__u64 len = hook_len(ctx);
 
 	struct port *inp = port_of(in_port);
 	if (!inp)
@@ -930,7 +929,7 @@ static __always_inline int netdp_forward(CTX *ctx)
 	struct port_stats *st = stats_of(inp);
 	if (st) {
 		st->rx_packets += 1;
-		st->rx_bytes += len;
+		st->rx_bytes += hook_len(ctx);
 	}
 
 	struct ethhdr *eth = data;
@@ -1006,7 +1005,7 @@ static __always_inline int netdp_forward(CTX *ctx)
 	if (eth->h_proto != ETH_P_IP_BE) {
 		if (router_id)
 			return drop(port_of(in_port), DROP_ETHERTYPE);
-		count_tx(port_of(out_port), len);
+		count_tx(port_of(out_port), hook_len(ctx));
 		return hook_redirect(ctx, out_port, in_port);
 	}
 
@@ -1193,7 +1192,9 @@ static __always_inline int netdp_forward(CTX *ctx)
 		if (out_f.dport != f.dport)
 			hook_l4_csum_port(ctx, l4_off, f.dport, out_f.dport, udp);
 	}
-	count_tx(dst, len);
+	// The length read again rather than kept: one register less across the helper calls
+	// (no packet-changing helper ran since: the L4 checksum fix-ups keep the length).
+	count_tx(dst, hook_len(ctx));
 	return hook_deliver(ctx, out_port, in_port, dst ? dst->flags : 0);
 }
 

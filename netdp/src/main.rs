@@ -111,24 +111,24 @@ fn main() -> anyhow::Result<()> {
         .build()?;
     tracing::info!(socket = %cfg.socket.display(), dhcp = cfg.dhcp.enabled, "netdp serving");
     // Re-sync now and then: taps created after their port show up without an API call.
-    // And remove tracked connections and SNAT translations idle past their timeouts.
     let resync = ctl.clone();
     let interval = cfg.resync_interval;
-    let gc_interval = cfg.conntrack.gc_interval;
-    rt.block_on(async move {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        let ticker = tokio::spawn(async move {
-            let mut t = tokio::time::interval(interval);
-            let mut last_gc = tokio::time::Instant::now();
-            loop {
-                t.tick().await;
-                let mut c = resync.lock().unwrap_or_else(|e| e.into_inner());
-                if let Err(e) = c.sync() {
-                    tracing::warn!(error = %http::chain(&e), "resync failed");
-                }
-                if last_gc.elapsed() >= gc_interval {
-                    last_gc = tokio::time::Instant::now();
-                    match c.expire() {
+    // Remove tracked connections and SNAT translations idle past their timeouts: on a
+    // thread of its own with its own map descriptors, never under the controller's lock
+    // nor on the runtime's thread, so the API answers while it walks a large table.
+    let gc = ctl
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .gc_task()
+        .context("open the conntrack maps for the GC")?;
+    if let Some(mut gc) = gc {
+        let gc_interval = cfg.conntrack.gc_interval;
+        std::thread::Builder::new()
+            .name("conntrack-gc".into())
+            .spawn(move || {
+                loop {
+                    std::thread::sleep(gc_interval);
+                    match gc.run() {
                         Ok(e) => tracing::debug!(
                             connections = e.connections,
                             translations = e.translations,
@@ -136,6 +136,19 @@ fn main() -> anyhow::Result<()> {
                         ),
                         Err(e) => tracing::warn!(error = %http::chain(&e), "conntrack GC failed"),
                     }
+                }
+            })
+            .context("start the conntrack GC")?;
+    }
+    rt.block_on(async move {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        let ticker = tokio::spawn(async move {
+            let mut t = tokio::time::interval(interval);
+            loop {
+                t.tick().await;
+                let mut c = resync.lock().unwrap_or_else(|e| e.into_inner());
+                if let Err(e) = c.sync() {
+                    tracing::warn!(error = %http::chain(&e), "resync failed");
                 }
             }
         });

@@ -467,3 +467,74 @@ fn resources_take_the_ids_and_gateway_address_control_gives() {
         "{f}"
     );
 }
+
+#[test]
+fn fixed_ips_follow_neutron_per_subnet_even_when_tenants_overlap() {
+    let mut c = Controller::open(None, None).unwrap();
+    let mut subnets = vec![];
+    for tenant in ["t1", "t2"] {
+        let (s, net) = call(
+            &mut c,
+            "POST",
+            "/v2.0/networks",
+            json!({"network": {"name": "n", "project_id": tenant}}),
+        );
+        assert_eq!(s, 201);
+        let net_id = net["network"]["id"].as_str().unwrap().to_string();
+        let (s, sub) = call(
+            &mut c,
+            "POST",
+            "/v2.0/subnets",
+            json!({"subnet": {"network_id": net_id, "ip_version": 4, "cidr": "10.7.0.0/24"}}),
+        );
+        assert_eq!(s, 201);
+        subnets.push((net_id, sub["subnet"]["id"].as_str().unwrap().to_string()));
+    }
+    let port = |c: &mut Controller, net: &str, fixed: Value| {
+        call(
+            c,
+            "POST",
+            "/v2.0/ports",
+            json!({"port": {"network_id": net, "fixed_ips": fixed}}),
+        )
+    };
+    // An address alone: the subnet is the network's that holds it.
+    let (s, p) = port(&mut c, &subnets[0].0, json!([{"ip_address": "10.7.0.20"}]));
+    assert_eq!(s, 201, "{p}");
+    assert_eq!(
+        p["port"]["fixed_ips"][0]["subnet_id"],
+        subnets[0].1.as_str()
+    );
+    // The same address again on that subnet: 409; outside it, or on no subnet: 400.
+    let (s, e) = port(&mut c, &subnets[0].0, json!([{"ip_address": "10.7.0.20"}]));
+    assert_eq!(s, 409, "{e}");
+    assert!(e.to_string().contains("already allocated"), "{e}");
+    let (s, e) = port(
+        &mut c,
+        &subnets[0].0,
+        json!([{"subnet_id": subnets[0].1, "ip_address": "10.8.0.5"}]),
+    );
+    assert_eq!(s, 400, "{e}");
+    let (s, e) = port(&mut c, &subnets[0].0, json!([{"ip_address": "10.9.0.5"}]));
+    assert_eq!(s, 400, "{e}");
+    let (s, e) = port(&mut c, &subnets[0].0, json!([{}]));
+    assert_eq!(s, 400, "{e}");
+    // The other tenant's overlapping subnet is its own: the same address is free there,
+    // and allocation starts at its own first address.
+    let (s, p) = port(&mut c, &subnets[1].0, json!([{"ip_address": "10.7.0.20"}]));
+    assert_eq!(s, 201, "{p}");
+    assert_eq!(
+        p["port"]["fixed_ips"][0]["subnet_id"],
+        subnets[1].1.as_str()
+    );
+    for (net, _) in &subnets {
+        let (s, p) = call(
+            &mut c,
+            "POST",
+            "/v2.0/ports",
+            json!({"port": {"network_id": net}}),
+        );
+        assert_eq!(s, 201, "{p}");
+        assert_eq!(p["port"]["fixed_ips"][0]["ip_address"], "10.7.0.2");
+    }
+}

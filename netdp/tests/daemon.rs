@@ -881,3 +881,258 @@ fn systemd_is_told_when_the_api_listens() {
     assert_eq!(status, 200, "{body}");
     stop(d);
 }
+
+/// A metric's value in `/metrics` text (unlabelled series only).
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("{name} missing from /metrics"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// CLOCK_MONOTONIC in ns (the clock of `Instant`, comparable across the test's threads).
+fn mono_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid timespec to write into.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+#[test]
+fn the_api_answers_while_the_conntrack_gc_walks_a_large_table() {
+    use netdp::datapath::abi::{CtKey, CtVal};
+    if !privileged() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let pins = PathBuf::from(format!(
+        "/sys/fs/bpf/ferrostack-test-netdp3-gc-{}",
+        std::process::id()
+    ));
+    struct Unpin(PathBuf);
+    impl Drop for Unpin {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let _unpin = Unpin(pins.clone());
+    let node = Netns::new("ndp3gc-node").unwrap();
+    // A first run pins the maps; then, with the daemon down, the conntrack table fills
+    // with long-idle connections, which the next daemon's GC removes.
+    stop(start(&node, dir.path(), &pins));
+    const N: u32 = 100_000;
+    {
+        let data = aya::maps::MapData::from_pin(pins.join("conntrack")).expect("pinned conntrack");
+        let mut map = aya::maps::Map::LruHashMap(data);
+        let mut ct: aya::maps::HashMap<_, CtKey, CtVal> =
+            aya::maps::HashMap::try_from(&mut map).unwrap();
+        for i in 0..N {
+            let key = CtKey {
+                ifindex: 1 + i / 60_000,
+                saddr: u32::from_ne_bytes([10, 9, 0, 1]),
+                daddr: u32::from_ne_bytes([10, 9, 0, 2]),
+                sport: (i % 60_000) as u16,
+                dport: 53u16.to_be(),
+                proto: 17,
+                ..Default::default()
+            };
+            let val = CtVal {
+                last_seen: 1, // idle since boot: past every timeout
+                ..Default::default()
+            };
+            ct.insert(key, val, 0).unwrap();
+        }
+    }
+    let conf = dir.path().join("gc.toml");
+    std::fs::write(&conf, "[conntrack]\ngc-interval = \"1s\"\n").unwrap();
+    let d = start_with(
+        &node,
+        dir.path(),
+        &pins,
+        &["--config", conf.to_str().unwrap()],
+    );
+    // Ask the API over and over (each /metrics answer needs the controller's lock) until
+    // the GC's removals show; keep each request's start and end.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut answered: Vec<(u64, u64)> = Vec::new();
+    let last = loop {
+        assert!(Instant::now() < deadline, "the GC never removed the table");
+        let t0 = mono_ns();
+        let (status, body) = call(dir.path(), "GET", "/metrics", None);
+        let t1 = mono_ns();
+        assert_eq!(status, 200, "{body}");
+        let (s2, b2) = call(dir.path(), "GET", "/v2.0/networks", None);
+        assert_eq!(s2, 200, "{b2}");
+        let gone = metric(&body, "ferrostack_netdp_conntrack_expired_total");
+        if gone > 0.0 {
+            // (An LRU table may have evicted a few entries while it filled.)
+            assert!(
+                gone <= f64::from(N) && gone >= f64::from(N / 2),
+                "removed {gone}"
+            );
+            break (
+                t0,
+                t1,
+                metric(&body, "ferrostack_netdp_conntrack_gc_last_run_seconds"),
+            );
+        }
+        answered.push((t0, t1));
+    };
+    stop(d);
+    // The run that removed the table ended between the start of the last answer that did
+    // not show it and the end of the first that did; so [end of that one - run time,
+    // start of the last that did not] lies within the run.
+    let (seen_start, seen_end, run_secs) = last;
+    let run_ns = (run_secs * 1e9) as u64;
+    let prev_start = answered.last().map(|a| a.0).unwrap_or(seen_start);
+    let window = (seen_end.saturating_sub(run_ns), prev_start);
+    assert!(
+        run_ns >= 200_000_000,
+        "a GC over {N} entries should take a while: {run_secs} s"
+    );
+    let inside: Vec<&(u64, u64)> = answered
+        .iter()
+        .filter(|(a, b)| *a >= window.0 && *b <= window.1)
+        .collect();
+    let span = window.1.saturating_sub(window.0);
+    assert!(
+        span >= run_ns / 2,
+        "window {span} ns of a {run_ns} ns run: the answers around it were slow"
+    );
+    // Held under the controller's lock, the run would let no answer through until its end.
+    assert!(
+        inside.len() >= 3,
+        "only {} API answers during a {run_secs} s GC run (window {span} ns)",
+        inside.len()
+    );
+}
+
+#[test]
+fn overlapping_tenant_subnets_stay_separate_and_remote_group_rules_follow_membership() {
+    if !privileged() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let pins = PathBuf::from(format!(
+        "/sys/fs/bpf/ferrostack-test-netdp3-overlap-{}",
+        std::process::id()
+    ));
+    struct Unpin(PathBuf);
+    impl Drop for Unpin {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let _unpin = Unpin(pins.clone());
+    let node = Netns::new("ndp3ov-node").unwrap();
+    let d = start(&node, dir.path(), &pins);
+    let p = dir.path();
+    let id = |v: &Value, kind: &str| v[kind]["id"].as_str().unwrap().to_string();
+    // Two tenants, one subnet each, the same CIDR.
+    let mut nets = vec![];
+    for tenant in ["t1", "t2"] {
+        let net = post(
+            p,
+            "/v2.0/networks",
+            json!({"network": {"name": "n", "project_id": tenant}}),
+        );
+        let net_id = id(&net, "network");
+        let sub = post(
+            p,
+            "/v2.0/subnets",
+            json!({"subnet": {"network_id": net_id, "ip_version": 4, "cidr": "10.7.0.0/24", "project_id": tenant}}),
+        );
+        nets.push((net_id, id(&sub, "subnet")));
+    }
+    // Tenant 1: "db" takes ICMP in from members of "web" only; B1 is in db, A1 starts in
+    // the default group. Tenant 2: A2 and B2 in its default group (members admit members).
+    let web = post(
+        p,
+        "/v2.0/security-groups",
+        json!({"security_group": {"name": "web", "project_id": "t1"}}),
+    );
+    let web_id = id(&web, "security_group");
+    let db = post(
+        p,
+        "/v2.0/security-groups",
+        json!({"security_group": {"name": "db", "project_id": "t1"}}),
+    );
+    let db_id = id(&db, "security_group");
+    post(
+        p,
+        "/v2.0/security-group-rules",
+        json!({"security_group_rule": {"security_group_id": db_id, "direction": "ingress",
+            "protocol": "icmp", "remote_group_id": web_id}}),
+    );
+    let port = |net: &(String, String), tenant: &str, groups: Option<Vec<&str>>, ip: &str| {
+        let mut body = json!({"port": {"network_id": net.0, "project_id": tenant,
+            "fixed_ips": [{"subnet_id": net.1, "ip_address": ip}]}});
+        if let Some(g) = groups {
+            body["port"]["security_groups"] = json!(g);
+        }
+        post(p, "/v2.0/ports", body)
+    };
+    let a1 = port(&nets[0], "t1", None, "10.7.0.10");
+    let b1 = port(&nets[0], "t1", Some(vec![&db_id]), "10.7.0.20");
+    let a2 = port(&nets[1], "t2", None, "10.7.0.10");
+    let b2 = port(&nets[1], "t2", None, "10.7.0.20");
+    let ip_of = |v: &Value| {
+        v["port"]["fixed_ips"][0]["ip_address"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let mac_of = |v: &Value| v["port"]["mac_address"].as_str().unwrap().to_string();
+    assert_eq!(
+        ip_of(&b1),
+        ip_of(&b2),
+        "the tenants' B ports share an address"
+    );
+    let vm_a1 = plug(&node, "ndp3ov-a1", &a1, 24, "10.7.0.1");
+    let _vm_b1 = plug(&node, "ndp3ov-b1", &b1, 24, "10.7.0.1");
+    let vm_a2 = plug(&node, "ndp3ov-a2", &a2, 24, "10.7.0.1");
+    let _vm_b2 = plug(&node, "ndp3ov-b2", &b2, 24, "10.7.0.1");
+    let target = ip_of(&b1);
+    let neigh = |vm: &Netns| {
+        String::from_utf8_lossy(&vm.exec(&["ip", "neigh", "show", &target]).unwrap().stdout)
+            .to_lowercase()
+    };
+
+    // Tenant 2's A reaches its own B, and the answer is B2's (its MAC), never B1's.
+    assert!(ping_soon(&vm_a2, &target, 5), "A2 reaches B2");
+    let n = neigh(&vm_a2);
+    assert!(n.contains(&mac_of(&b2)), "{n}");
+    assert!(!n.contains(&mac_of(&b1)), "{n}");
+    // Tenant 1's A is not in "web": B1 refuses it, whatever tenant 2 allows.
+    assert!(!ping(&vm_a1, &target), "A1 is not in web yet");
+    let n = neigh(&vm_a1);
+    assert!(!n.contains(&mac_of(&b2)), "A1 never sees B2: {n}");
+    // Joining "web" opens B1 to A1 (the rule's remote group now holds A1's address).
+    let a1_id = id(&a1, "port");
+    let (st, body) = call(
+        p,
+        "PUT",
+        &format!("/v2.0/ports/{a1_id}"),
+        Some(json!({"port": {"security_groups": [web_id]}})),
+    );
+    assert_eq!(st, 200, "{body}");
+    assert!(ping_soon(&vm_a1, &target, 5), "A1 in web reaches B1");
+    let n = neigh(&vm_a1);
+    assert!(n.contains(&mac_of(&b1)), "{n}");
+    // Leaving it closes B1 again.
+    let (st, body) = call(
+        p,
+        "PUT",
+        &format!("/v2.0/ports/{a1_id}"),
+        Some(json!({"port": {"security_groups": []}})),
+    );
+    assert_eq!(st, 200, "{body}");
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(!ping(&vm_a1, &target), "A1 out of web is refused again");
+    stop(d);
+}

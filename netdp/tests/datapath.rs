@@ -888,6 +888,134 @@ fn pinned_maps_of_an_older_layout_are_replaced_and_the_rest_kept() {
     );
 }
 
+/// Replaces the pinned map `name` in `dir` by one of another layout (an older build's:
+/// `value` bytes a value, `entries` of them), holding the same entries cut to that size.
+fn repin_older(dir: &std::path::Path, name: &str, value: usize, entries: u32) -> usize {
+    let path = dir.join(name);
+    let current: Vec<([u8; 20], [u8; 16])> = {
+        let data = aya::maps::MapData::from_pin(&path).unwrap();
+        let mut map = aya::maps::Map::LruHashMap(data);
+        let m: aya::maps::HashMap<_, [u8; 20], [u8; 16]> =
+            aya::maps::HashMap::try_from(&mut map).unwrap();
+        m.iter().map(Result::unwrap).collect()
+    };
+    std::fs::remove_file(&path).unwrap();
+    let out = std::process::Command::new("bpftool")
+        .args(["map", "create"])
+        .arg(&path)
+        .args(["type", "lru_hash", "key", "20", "value"])
+        .arg(value.to_string())
+        .arg("entries")
+        .arg(entries.to_string())
+        .args(["name", name])
+        .output()
+        .expect("bpftool (scripts/setup installs it)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let data = aya::maps::MapData::from_pin(&path).unwrap();
+    let mut map = aya::maps::Map::LruHashMap(data);
+    for (k, v) in &current {
+        match value {
+            8 => {
+                let mut m: aya::maps::HashMap<_, [u8; 20], [u8; 8]> =
+                    aya::maps::HashMap::try_from(&mut map).unwrap();
+                let mut old = [0u8; 8];
+                old[..6].copy_from_slice(&v[..6]); // address and port; then padding
+                m.insert(k, old, 0).unwrap();
+            }
+            16 => {
+                let mut m: aya::maps::HashMap<_, [u8; 20], [u8; 16]> =
+                    aya::maps::HashMap::try_from(&mut map).unwrap();
+                m.insert(k, v, 0).unwrap();
+            }
+            _ => unreachable!(),
+        }
+    }
+    current.len()
+}
+
+#[test]
+fn tracked_connections_and_snat_translations_survive_an_upgrade_that_changes_their_maps() {
+    if !privileged() {
+        return;
+    }
+    let dir = std::path::PathBuf::from(format!(
+        "/sys/fs/bpf/ferrostack-test-netdp3-migrate-{}",
+        std::process::id()
+    ));
+    struct Cleanup(std::path::PathBuf);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let _cleanup = Cleanup(dir.clone());
+    const X: u32 = 30;
+    let mac_x = [0x02, 0, 0, 0, 0, 0x1e];
+    let mac_rx = [0x02, 0, 0, 0, 0x01, 0x03];
+    let ip_x = Ipv4Addr::new(172, 24, 4, 100);
+    let gw_x = Ipv4Addr::new(172, 24, 4, 1);
+    // What the control plane programs at every start: A behind router 1, whose gateway
+    // SNATs; A may send anything and take nothing in but replies.
+    let program = |dp: &mut Datapath| {
+        dp.set_port(&port(A, 1, MAC_A, IP_A)).unwrap();
+        let mut x = port(X, 3, mac_x, ip_x);
+        x.port_security = false;
+        dp.set_port(&x).unwrap();
+        dp.add_router_interface(1, 1, MAC_R1, GW1, (Ipv4Addr::new(10, 0, 0, 0), 24))
+            .unwrap();
+        dp.set_router_gateway(1, 3, mac_rx, gw_x, (Ipv4Addr::new(172, 24, 4, 0), 24), None)
+            .unwrap();
+        dp.set_gateway_snat(1, Some(gw_x)).unwrap();
+        dp.set_port_rules(A, &[allow_all(1, Direction::Egress)])
+            .unwrap();
+    };
+    let out = pad(ipv4(MAC_R1, MAC_A, IP_A, ip_x, UDP, 64, &udp(5000, 53)));
+    let reply_to =
+        |nat_port: u16| pad(ipv4(mac_rx, mac_x, ip_x, gw_x, UDP, 64, &udp(53, nat_port)));
+    let nat_port = {
+        let mut dp = Datapath::load_pinned(Hook::Tc, &dir).unwrap();
+        program(&mut dp);
+        let (verdict, sent) = dp.test_run(&out, A).unwrap();
+        assert_eq!(verdict, TC_ACT_REDIRECT);
+        assert_eq!(&sent[26..30], &gw_x.octets(), "translated");
+        let nat_port = u16::from_be_bytes([sent[34], sent[35]]);
+        let (verdict, back) = dp.test_run(&reply_to(nat_port), X).unwrap();
+        assert_eq!(verdict, TC_ACT_REDIRECT);
+        assert_eq!(&back[30..34], &IP_A.octets());
+        nat_port
+    };
+    // The pins now look like an older build's: SNAT values without state and clock (8
+    // bytes), a smaller conntrack table.
+    assert_eq!(repin_older(&dir, "snat_in", 8, 65536), 1);
+    assert_eq!(repin_older(&dir, "snat_out", 8, 65536), 1);
+    assert!(repin_older(&dir, "conntrack", 16, 1024) >= 1);
+
+    let mut dp = Datapath::load_pinned(Hook::Tc, &dir).expect("load over older pins");
+    program(&mut dp);
+    assert_eq!(
+        dp.snat_len().unwrap(),
+        1,
+        "the translation was carried over"
+    );
+    // The reply of the live connection still comes in: its translation (snat_in) and A's
+    // tracked connection (A takes nothing else in) both survived the upgrade.
+    let (verdict, back) = dp.test_run(&reply_to(nat_port), X).unwrap();
+    assert_eq!(verdict, TC_ACT_REDIRECT, "reply of a live connection");
+    assert_eq!(&back[30..34], &IP_A.octets(), "translated back to A");
+    // And A's next packet reuses the same translation (snat_out).
+    let (verdict, sent) = dp.test_run(&out, A).unwrap();
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    assert_eq!(u16::from_be_bytes([sent[34], sent[35]]), nat_port);
+    // A migrated translation counts as answered and idle since the upgrade: the GC keeps
+    // it.
+    assert_eq!(dp.expire().unwrap(), Default::default());
+    assert_eq!(dp.snat_len().unwrap(), 1);
+}
+
 #[test]
 fn a_restarted_controller_removes_ports_its_state_no_longer_has() {
     if !privileged() {

@@ -693,3 +693,140 @@ fn only_dhcp_requests_of_dhcp_ports_reach_userspace() {
     drop(ring);
     drop(w);
 }
+
+/// A dhclient in `vm`'s namespace, killed on drop with its files (its resolv.conf is the
+/// namespace's own, `/etc/netns/<ns>/resolv.conf`, bind-mounted by `ip netns exec`).
+struct Dhclient {
+    child: std::process::Child,
+    etc: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Dhclient {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.etc);
+        let _ = std::fs::remove_dir("/etc/netns"); // only when empty
+    }
+}
+
+fn dhclient(vm: &Netns) -> Dhclient {
+    let dir = tempfile::tempdir().unwrap();
+    let etc = std::path::PathBuf::from(format!("/etc/netns/{}", vm.name()));
+    std::fs::create_dir_all(&etc).unwrap();
+    // Without this file dhclient-script would rewrite the host's resolv.conf.
+    std::fs::write(etc.join("resolv.conf"), "").unwrap();
+    let conf = dir.path().join("dhclient.conf");
+    std::fs::write(
+        &conf,
+        "timeout 60;\nretry 1;\n\
+         request subnet-mask, broadcast-address, routers, domain-name-servers, interface-mtu;\n",
+    )
+    .unwrap();
+    let child = std::process::Command::new("ip")
+        .args(["netns", "exec", vm.name(), "dhclient", "-d", "-1", "-v"])
+        .arg("-cf")
+        .arg(&conf)
+        .arg("-lf")
+        .arg(dir.path().join("leases"))
+        .arg("-pf")
+        .arg(dir.path().join("pid"))
+        .arg("eth0")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("run dhclient (isc-dhcp-client; ./scripts/setup installs it)");
+    Dhclient {
+        child,
+        etc,
+        _dir: dir,
+    }
+}
+
+#[test]
+fn a_guest_on_an_xdp_port_gets_its_lease_from_a_real_dhclient() {
+    if !privileged() {
+        return;
+    }
+    // One VM on a port served by the XDP build (native XDP on the node's veth), its address
+    // and routes removed: all it has it must get by DHCP.
+    let node = Netns::new("ndp3x-node").expect("create node netns");
+    let a = vm(&node, "ndp3x-a", "tap-x", MAC_A, "10.0.0.10/24", "10.0.0.1");
+    let n = a.ns.name().to_string();
+    tests::netns::ip(&["-n", &n, "addr", "flush", "dev", "eth0"]).unwrap();
+    let mut dp = Datapath::load(Hook::Xdp).unwrap();
+    let mut port = spec(&a, 1, MAC_A, [10, 0, 0, 10]);
+    port.dhcp = true;
+    port.peer = false;
+    dp.set_port(&port).unwrap();
+    dp.set_port_rules(a.ifindex, &[egress_all(1)]).unwrap();
+    let ring = dp.dhcp_ring().expect("open the ring");
+    let leases = netdp::dhcp::Leases::default();
+    leases.replace(
+        [(
+            a.ifindex,
+            netdp::dhcp::Lease {
+                mac: mac(MAC_A),
+                ip: Ipv4Addr::new(10, 0, 0, 10),
+                prefix_len: 24,
+                gateway: Some(Ipv4Addr::new(10, 0, 0, 1)),
+                dns: vec![Ipv4Addr::new(10, 0, 0, 53)],
+                mtu: 1450,
+                lease_secs: 3600,
+                server_ip: Ipv4Addr::new(10, 0, 0, 2),
+                server_mac: MAC_R1,
+            },
+        )]
+        .into(),
+    );
+    let tap = a.tap.clone();
+    let (dp, server) = in_netns(node.name(), move || {
+        dp.attach_xdp(&tap).expect("attach xdp");
+        // Replies leave through a packet socket of the node's namespace.
+        let server = netdp::dhcp::Server::start(leases, ring).expect("start the DHCP server");
+        (dp, server)
+    });
+    let client = dhclient(&a.ns);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let show =
+        |argv: &[&str]| String::from_utf8_lossy(&a.ns.exec(argv).unwrap().stdout).to_string();
+    loop {
+        let addr = show(&["ip", "-4", "addr", "show", "dev", "eth0"]);
+        if addr.contains("10.0.0.10/24") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no lease within 60 s: {addr}; server {:?}, port {:?}",
+            server.stats(),
+            dp.port_counters(a.ifindex)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let (mut routes, mut link) = (String::new(), String::new());
+    while std::time::Instant::now() < deadline {
+        routes = show(&["ip", "-4", "route"]);
+        link = show(&["ip", "link", "show", "dev", "eth0"]);
+        if routes.contains("default via 10.0.0.1") && link.contains("mtu 1450") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(routes.contains("default via 10.0.0.1"), "{routes}");
+    assert!(link.contains("mtu 1450"), "{link}");
+    use std::sync::atomic::Ordering::Relaxed;
+    let stats = server.stats();
+    assert!(
+        stats.requests.load(Relaxed) >= 2 && stats.replies.load(Relaxed) >= 2,
+        "DISCOVER and REQUEST answered: {stats:?}"
+    );
+    // The requests went to the slow path, not dropped nor flooded.
+    let c = dp.port_counters(a.ifindex).unwrap();
+    assert_eq!(c.total_drops(), 0, "{c:?}");
+    drop(client);
+    drop(server);
+    drop(dp);
+    drop((a, node));
+}

@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::datapath::{
-    Datapath, DatapathError, Direction, DropReason, Expired, PortSpec, RuleSpec,
+    Datapath, DatapathError, Direction, DropReason, Expired, Gc, PortSpec, RuleSpec,
 };
 use crate::dhcp::{Lease, Leases, Stats as DhcpStats};
 use model::*;
@@ -155,8 +155,48 @@ pub struct Controller {
     router_ifaces: HashSet<RouterIface>,
     /// Routers doing gateway SNAT in the datapath, with their gateway address.
     snat: HashMap<u32, Ipv4Addr>,
-    /// Entries the conntrack GC removed so far.
-    expired: Expired,
+    /// Entries the conntrack GC removed so far (added to by [`GcTask`]s without the lock).
+    expired: Arc<ExpiredTotals>,
+}
+
+/// Running totals of what the conntrack GC removed.
+#[derive(Debug, Default)]
+struct ExpiredTotals {
+    connections: std::sync::atomic::AtomicU64,
+    translations: std::sync::atomic::AtomicU64,
+    /// GC runs finished.
+    runs: std::sync::atomic::AtomicU64,
+    /// How long the last run took, in ns.
+    last_run_ns: std::sync::atomic::AtomicU64,
+}
+
+/// The conntrack GC, detached from the controller ([`Controller::gc_task`]): it walks the
+/// conntrack and SNAT maps on its own descriptors, so a GC over a large table never holds
+/// the controller's lock, and adds what it removed to the controller's `/metrics`.
+#[derive(Debug)]
+pub struct GcTask {
+    gc: Gc,
+    totals: Arc<ExpiredTotals>,
+}
+
+impl GcTask {
+    /// Removes tracked connections and gateway SNAT translations idle past their timeouts
+    /// (see [`Gc::expire`]); returns what went.
+    pub fn run(&mut self) -> Result<Expired, ApiError> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let t = std::time::Instant::now();
+        let e = self.gc.expire().map_err(ApiError::Datapath)?;
+        let took = u64::try_from(t.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.totals
+            .connections
+            .fetch_add(e.connections as u64, Relaxed);
+        self.totals
+            .translations
+            .fetch_add(e.translations as u64, Relaxed);
+        self.totals.last_run_ns.store(took, Relaxed);
+        self.totals.runs.fetch_add(1, Relaxed);
+        Ok(e)
+    }
 }
 
 /// A router interface as programmed: (router, network, MAC, address, subnet, and for a
@@ -200,7 +240,7 @@ impl Controller {
             dhcp_stats: None,
             router_ifaces: HashSet::new(),
             snat: HashMap::new(),
-            expired: Expired::default(),
+            expired: Arc::default(),
         };
         c.sync()?;
         c.remove_stale_ports()?;
@@ -296,13 +336,22 @@ impl Controller {
     /// The conntrack GC: removes tracked connections and gateway SNAT translations idle
     /// past their timeouts (see [`Datapath::expire`]); returns what went.
     pub fn expire(&mut self) -> Result<Expired, ApiError> {
-        let Some(dp) = self.dp.as_mut() else {
-            return Ok(Expired::default());
+        match self.gc_task()? {
+            Some(mut gc) => gc.run(),
+            None => Ok(Expired::default()),
+        }
+    }
+
+    /// The conntrack GC as a task of its own that runs without this controller (and its
+    /// lock); `None` without a datapath.
+    pub fn gc_task(&self) -> Result<Option<GcTask>, ApiError> {
+        let Some(dp) = self.dp.as_ref() else {
+            return Ok(None);
         };
-        let e = dp.expire().map_err(ApiError::Datapath)?;
-        self.expired.connections += e.connections;
-        self.expired.translations += e.translations;
-        Ok(e)
+        Ok(Some(GcTask {
+            gc: dp.gc().map_err(ApiError::Datapath)?,
+            totals: self.expired.clone(),
+        }))
     }
 
     /// The current state.
@@ -742,8 +791,8 @@ impl Controller {
                     .map(|s| s.id.clone()),
             };
             if let Some(subnet_id) = subnet {
-                fixed_ips = Some(vec![FixedIp {
-                    subnet_id,
+                fixed_ips = Some(vec![FixedIpRequest {
+                    subnet_id: Some(subnet_id),
                     ip_address: ip,
                 }]);
             } else if ip.is_some() {
@@ -969,11 +1018,17 @@ impl Controller {
         also: &HashSet<Ipv4Addr>,
     ) -> Result<Ipv4Addr, ApiError> {
         let (base, len) = parse_cidr(&subnet.cidr).expect("validated at creation");
+        // Addresses on this subnet only: another network's overlapping subnet is its own.
         let used: HashSet<Ipv4Addr> = self
             .state
             .ports
             .values()
-            .flat_map(|p| p.fixed_ips.iter().filter_map(|f| f.ip_address))
+            .flat_map(|p| {
+                p.fixed_ips
+                    .iter()
+                    .filter(|f| f.subnet_id == subnet.id)
+                    .filter_map(|f| f.ip_address)
+            })
             .chain(subnet.gateway_ip)
             .chain(also.iter().copied())
             .collect();
@@ -1005,30 +1060,70 @@ impl Controller {
                 .subnets
                 .first()
                 .map(|s| {
-                    vec![FixedIp {
-                        subnet_id: s.clone(),
+                    vec![FixedIpRequest {
+                        subnet_id: Some(s.clone()),
                         ip_address: None,
                     }]
                 })
                 .unwrap_or_default(),
         };
-        let mut fixed_ips = vec![];
+        let holds = |s: &Subnet, ip: Ipv4Addr| {
+            parse_cidr(&s.cidr)
+                .is_some_and(|(b, l)| u32::from(ip) & mask(l) == u32::from(b) & mask(l))
+        };
+        let mut fixed_ips: Vec<FixedIp> = vec![];
         for f in wanted {
+            // Neutron's rules: a subnet of this network, given or found from the address.
+            let subnet_id = match (f.subnet_id, f.ip_address) {
+                (Some(id), _) => id,
+                (None, Some(ip)) => net
+                    .subnets
+                    .iter()
+                    .filter_map(|id| self.state.subnets.get(id))
+                    .find(|s| holds(s, ip))
+                    .map(|s| s.id.clone())
+                    .ok_or_else(|| {
+                        ApiError::BadRequest(format!("no subnet of {network_id} holds {ip}"))
+                    })?,
+                (None, None) => {
+                    return Err(ApiError::BadRequest(
+                        "a fixed IP needs a subnet_id or an ip_address".into(),
+                    ));
+                }
+            };
             let subnet = self
                 .state
                 .subnets
-                .get(&f.subnet_id)
+                .get(&subnet_id)
                 .filter(|s| s.network_id == network_id)
-                .ok_or_else(|| {
-                    ApiError::BadRequest(format!("subnet {} not on network", f.subnet_id))
-                })?
+                .ok_or_else(|| ApiError::BadRequest(format!("subnet {subnet_id} not on network")))?
                 .clone();
             let ip = match f.ip_address {
-                Some(ip) => ip,
+                Some(ip) => {
+                    if !holds(&subnet, ip) {
+                        return Err(ApiError::BadRequest(format!(
+                            "{ip} is not in subnet {} ({})",
+                            subnet.id, subnet.cidr
+                        )));
+                    }
+                    // Taken on this subnet (another tenant's overlapping subnet is its own).
+                    let taken = self.state.ports.values().any(|p| {
+                        p.fixed_ips
+                            .iter()
+                            .any(|x| x.subnet_id == subnet.id && x.ip_address == Some(ip))
+                    }) || fixed_ips.iter().any(|x| x.ip_address == Some(ip));
+                    if taken {
+                        return Err(ApiError::Conflict(format!(
+                            "IP address {ip} already allocated in subnet {}",
+                            subnet.id
+                        )));
+                    }
+                    ip
+                }
                 None => self.allocate_ip(&subnet)?,
             };
             fixed_ips.push(FixedIp {
-                subnet_id: f.subnet_id,
+                subnet_id,
                 ip_address: Some(ip),
             });
         }
@@ -1200,8 +1295,8 @@ impl Controller {
             None => {
                 self.new_port(PortCreate {
                     network_id: Some(subnet.network_id.clone()),
-                    fixed_ips: Some(vec![FixedIp {
-                        subnet_id: subnet.id.clone(),
+                    fixed_ips: Some(vec![FixedIpRequest {
+                        subnet_id: Some(subnet.id.clone()),
                         ip_address: subnet.gateway_ip,
                     }]),
                     security_groups: Some(vec![]),
@@ -1559,8 +1654,13 @@ impl Controller {
         };
         out.push_str(&format!(
             "# HELP ferrostack_netdp_conntrack_expired_total Tracked connections the GC removed after their idle timeout (one per port that tracked them).\n# TYPE ferrostack_netdp_conntrack_expired_total counter\nferrostack_netdp_conntrack_expired_total {}\n\
-             # HELP ferrostack_netdp_snat_expired_total Gateway SNAT translations the GC removed after their idle timeout.\n# TYPE ferrostack_netdp_snat_expired_total counter\nferrostack_netdp_snat_expired_total {}\n",
-            self.expired.connections, self.expired.translations
+             # HELP ferrostack_netdp_snat_expired_total Gateway SNAT translations the GC removed after their idle timeout.\n# TYPE ferrostack_netdp_snat_expired_total counter\nferrostack_netdp_snat_expired_total {}\n\
+             # HELP ferrostack_netdp_conntrack_gc_runs_total Runs of the conntrack GC.\n# TYPE ferrostack_netdp_conntrack_gc_runs_total counter\nferrostack_netdp_conntrack_gc_runs_total {}\n\
+             # HELP ferrostack_netdp_conntrack_gc_last_run_seconds How long the last run of the conntrack GC took.\n# TYPE ferrostack_netdp_conntrack_gc_last_run_seconds gauge\nferrostack_netdp_conntrack_gc_last_run_seconds {}\n",
+            self.expired.connections.load(std::sync::atomic::Ordering::Relaxed),
+            self.expired.translations.load(std::sync::atomic::Ordering::Relaxed),
+            self.expired.runs.load(std::sync::atomic::Ordering::Relaxed),
+            self.expired.last_run_ns.load(std::sync::atomic::Ordering::Relaxed) as f64 / 1e9
         ));
         let mut ports: Vec<_> = self.programmed.iter().collect();
         ports.sort();

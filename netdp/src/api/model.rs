@@ -118,6 +118,17 @@ pub struct FixedIp {
     pub ip_address: Option<Ipv4Addr>,
 }
 
+/// One fixed IP a port asks for, as Neutron takes it: a subnet (an address is allocated
+/// from it), an address (on the subnet of the network that holds it), or both.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct FixedIpRequest {
+    /// The subnet.
+    pub subnet_id: Option<String>,
+    /// The address.
+    pub ip_address: Option<Ipv4Addr>,
+}
+
 /// An allowed address pair.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -189,7 +200,7 @@ pub struct PortCreate {
     /// The MAC (generated in `fa:16:3e` when absent).
     pub mac_address: Option<String>,
     /// Addresses (one allocated from the first subnet when absent).
-    pub fixed_ips: Option<Vec<FixedIp>>,
+    pub fixed_ips: Option<Vec<FixedIpRequest>>,
     /// Security groups (the project's `default` group when absent).
     pub security_groups: Option<Vec<String>>,
     /// Default true.

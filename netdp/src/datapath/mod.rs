@@ -53,6 +53,67 @@ pub const MAPS: &[&str] = &[
     "dhcp_punt",
 ];
 
+/// Pinned maps whose entries are live state the control plane cannot write again
+/// (tracked connections, gateway SNAT translations): when an upgrade changes their layout,
+/// their entries are copied into the new maps instead of being lost.
+pub const MIGRATED: &[&str] = &["conntrack", "snat_out", "snat_in"];
+
+/// Raw map element calls, for maps whose key and value sizes are known only at run time
+/// (an older build's).
+mod sys {
+    use std::os::fd::RawFd;
+
+    #[repr(C)]
+    struct ElemAttr {
+        map_fd: u32,
+        pad: u32,
+        key: u64,
+        value: u64,
+        flags: u64,
+    }
+
+    fn call(cmd: libc::c_int, fd: RawFd, key: *const u8, value: *const u8) -> bool {
+        let attr = ElemAttr {
+            map_fd: fd as u32,
+            pad: 0,
+            key: key as u64,
+            value: value as u64,
+            flags: 0, // BPF_ANY
+        };
+        // SAFETY: `attr` is a valid bpf_attr prefix for the element commands; the key and
+        // value buffers it points to are sized by the caller to the map's key and value
+        // sizes and live across the call.
+        unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                cmd,
+                &attr as *const ElemAttr,
+                std::mem::size_of::<ElemAttr>() as u32,
+            ) == 0
+        }
+    }
+
+    /// BPF_MAP_GET_NEXT_KEY: the key after `key` (the first with `None`) into `next`.
+    pub fn next_key(fd: RawFd, key: Option<&[u8]>, next: &mut [u8]) -> bool {
+        call(
+            4,
+            fd,
+            key.map_or(std::ptr::null(), <[u8]>::as_ptr),
+            next.as_mut_ptr(),
+        )
+    }
+
+    /// BPF_MAP_LOOKUP_ELEM into `value`.
+    pub fn lookup(fd: RawFd, key: &[u8], value: &mut [u8]) -> bool {
+        call(1, fd, key.as_ptr(), value.as_mut_ptr())
+    }
+
+    /// BPF_MAP_UPDATE_ELEM (create or replace).
+    pub fn update(fd: RawFd, key: &[u8], value: &[u8]) -> bool {
+        call(2, fd, key.as_ptr(), value.as_ptr())
+    }
+}
+
 /// Where the daemon pins its maps and links by default.
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/ferrostack/netdp";
 
@@ -361,6 +422,104 @@ pub struct Expired {
     pub translations: usize,
 }
 
+/// The conntrack GC's own handle on the conntrack and SNAT maps ([`Datapath::gc`]).
+pub struct Gc {
+    conntrack: aya::maps::Map,
+    snat_in: aya::maps::Map,
+    snat_out: aya::maps::Map,
+    timeouts: Timeouts,
+}
+
+impl std::fmt::Debug for Gc {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gc")
+            .field("timeouts", &self.timeouts)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Gc {
+    /// Removes tracked connections and gateway SNAT translations idle past their timeouts
+    /// (the program already ignores them, this gives their room back); SNAT outbound
+    /// halves go with their inbound halves. Walks a snapshot of the keys, then looks at
+    /// each stale one again before removing it: the program may have renewed it.
+    pub fn expire(&mut self) -> Result<Expired, DatapathError> {
+        let now = monotonic_coarse_ns();
+        let t = self.timeouts;
+        let stale = move |last: u64, proto: u8, replied: u8, tcp: u8| {
+            now > last && u128::from(now - last) > t.of(proto, replied != 0, tcp).as_nanos()
+        };
+        let mut expired = Expired::default();
+        {
+            let mut ct: BpfHashMap<&mut MapData, CtKey, CtVal> =
+                BpfHashMap::try_from(&mut self.conntrack)
+                    .map_err(|e| DatapathError::Map("conntrack", e))?;
+            let old: Vec<CtKey> = ct
+                .iter()
+                .filter_map(Result::ok)
+                .filter(|(k, v)| stale(v.last_seen, k.proto, v.replied, v.tcp))
+                .map(|(k, _)| k)
+                .collect();
+            for k in old {
+                if ct
+                    .get(&k, 0)
+                    .is_ok_and(|v| stale(v.last_seen, k.proto, v.replied, v.tcp))
+                    && ct.remove(&k).is_ok()
+                {
+                    expired.connections += 1;
+                }
+            }
+        }
+        {
+            let mut inbound: BpfHashMap<&mut MapData, abi::SnatKey, abi::SnatVal> =
+                BpfHashMap::try_from(&mut self.snat_in)
+                    .map_err(|e| DatapathError::Map("snat_in", e))?;
+            let old: Vec<abi::SnatKey> = inbound
+                .iter()
+                .filter_map(Result::ok)
+                .filter(|(k, v)| stale(v.last_seen, k.proto, v.replied, v.tcp))
+                .map(|(k, _)| k)
+                .collect();
+            for k in old {
+                if inbound
+                    .get(&k, 0)
+                    .is_ok_and(|v| stale(v.last_seen, k.proto, v.replied, v.tcp))
+                    && inbound.remove(&k).is_ok()
+                {
+                    expired.translations += 1;
+                }
+            }
+        }
+        let live: HashSet<abi::SnatKey> = {
+            let inbound: BpfHashMap<&MapData, abi::SnatKey, abi::SnatVal> =
+                BpfHashMap::try_from(&self.snat_in)
+                    .map_err(|e| DatapathError::Map("snat_in", e))?;
+            inbound
+                .iter()
+                .filter_map(Result::ok)
+                .map(|(k, v)| abi::SnatKey {
+                    local_ip: v.ip,
+                    local_port: v.port,
+                    ..k
+                })
+                .collect()
+        };
+        let mut outbound: BpfHashMap<&mut MapData, abi::SnatKey, abi::SnatVal> =
+            BpfHashMap::try_from(&mut self.snat_out)
+                .map_err(|e| DatapathError::Map("snat_out", e))?;
+        let orphans: Vec<abi::SnatKey> = outbound
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(k, v)| v.last_seen < now && !live.contains(k))
+            .map(|(k, _)| k)
+            .collect();
+        for k in orphans {
+            let _ = outbound.remove(&k);
+        }
+        Ok(expired)
+    }
+}
+
 /// `bpf_ktime_get_coarse_ns`'s clock, seen from userspace.
 fn monotonic_coarse_ns() -> u64 {
     let mut ts = libc::timespec {
@@ -431,7 +590,16 @@ impl Datapath {
     ) -> Result<Self, DatapathError> {
         if let Some(dir) = dir {
             std::fs::create_dir_all(dir).map_err(|e| DatapathError::PinDir(dir.into(), e))?;
-            Self::drop_incompatible_pins(hook, dir)?;
+            let old = Self::drop_incompatible_pins(hook, dir)?;
+            let object = match hook {
+                Hook::Tc => TC_OBJECT,
+                Hook::Xdp => XDP_OBJECT,
+            };
+            let dp = Self::load_object(hook, object, Some(dir), timeouts)?;
+            for (name, data, info) in old {
+                dp.migrate(name, &data, &info);
+            }
+            return Ok(dp);
         }
         let object = match hook {
             Hook::Tc => TC_OBJECT,
@@ -455,17 +623,25 @@ impl Datapath {
         Self::load_configured(hook, Some(dir), Timeouts::default())
     }
 
-    /// Removes pinned maps whose type, key or value size or capacity differ from this
-    /// build's (left by an older build whose structs were smaller): the program could not
-    /// load against them. Their entries are lost; the control plane re-syncs the maps from
-    /// its state, tracked connections start over.
-    fn drop_incompatible_pins(hook: Hook, dir: &Path) -> Result<(), DatapathError> {
+    /// Unpins pinned maps whose type, key or value size or capacity differ from this
+    /// build's (left by an older build): the program could not load against them, so it
+    /// gets new ones. Most maps are configuration the control plane writes again from its
+    /// state at start-up (ports, FDB, routes, rules...); their counters (ports', rules')
+    /// start over. The live state it cannot rebuild, tracked connections and gateway SNAT
+    /// translations ([`MIGRATED`]), is returned still open, for [`Self::migrate`] to copy
+    /// into the new maps.
+    #[allow(clippy::type_complexity)]
+    fn drop_incompatible_pins(
+        hook: Hook,
+        dir: &Path,
+    ) -> Result<Vec<(&'static str, MapData, aya::maps::MapInfo)>, DatapathError> {
         let object = match hook {
             Hook::Tc => TC_OBJECT,
             Hook::Xdp => XDP_OBJECT,
         };
+        let mut migrate = Vec::new();
         if !MAPS.iter().any(|n| dir.join(n).exists()) {
-            return Ok(()); // nothing pinned yet
+            return Ok(migrate); // nothing pinned yet
         }
         // Maps only: the program is not loaded (nor verified) here.
         let fresh = EbpfLoader::new()
@@ -484,14 +660,98 @@ impl Datapath {
                 && old.max_entries() == new.max_entries()
                 && old.map_type().ok() == new.map_type().ok();
             if !same {
-                tracing::warn!(
-                    map = name,
-                    "pinned map has another layout (an older build): replaced, its entries are lost"
-                );
+                if MIGRATED.contains(name) {
+                    match MapData::from_pin(&path) {
+                        Ok(data) => {
+                            tracing::warn!(
+                                map = name,
+                                "pinned map has another layout (an older build): replaced, its entries migrated"
+                            );
+                            migrate.push((*name, data, old));
+                        }
+                        Err(e) => tracing::warn!(
+                            map = name,
+                            error = %e,
+                            "pinned map has another layout and cannot be opened: replaced, its entries are lost"
+                        ),
+                    }
+                } else {
+                    tracing::warn!(
+                        map = name,
+                        "pinned map has another layout (an older build): replaced; the control plane writes it again"
+                    );
+                }
                 std::fs::remove_file(&path).map_err(|e| DatapathError::PinDir(path, e))?;
             }
         }
-        Ok(())
+        Ok(migrate)
+    }
+
+    /// Copies the entries of `old` (an older build's `name` map, [`MIGRATED`]) into this
+    /// instance's: keys as they are (a map whose key size changed is not migrated), values
+    /// cut or zero-extended to the new size. Gateway SNAT values from before idle timeouts
+    /// (8 bytes: no state, no clock) become answered translations idle since now, so a
+    /// live translation keeps its timeout. Entries the old program creates between this
+    /// copy and the switch of the links to the new program are not carried over. Returns
+    /// the entries copied.
+    fn migrate(&self, name: &'static str, old: &MapData, info: &aya::maps::MapInfo) -> usize {
+        use std::os::fd::{AsFd, AsRawFd};
+        let Some(new) = self.ebpf.map(name).and_then(map_info) else {
+            return 0;
+        };
+        let Some(new_data) = self.ebpf.map(name).and_then(|m| match m {
+            aya::maps::Map::HashMap(d) | aya::maps::Map::LruHashMap(d) => Some(d),
+            _ => None,
+        }) else {
+            return 0;
+        };
+        let per_cpu = matches!(
+            info.map_type(),
+            Ok(aya::maps::MapType::PerCpuHash
+                | aya::maps::MapType::LruPerCpuHash
+                | aya::maps::MapType::PerCpuArray)
+        );
+        if info.key_size() != new.key_size() || per_cpu {
+            tracing::warn!(map = name, "older map's keys differ: its entries are lost");
+            return 0;
+        }
+        let (old_fd, new_fd) = (
+            old.fd().as_fd().as_raw_fd(),
+            new_data.fd().as_fd().as_raw_fd(),
+        );
+        let (ks, old_vs, new_vs) = (
+            info.key_size() as usize,
+            info.value_size() as usize,
+            new.value_size() as usize,
+        );
+        let now = monotonic_coarse_ns();
+        let mut key = vec![0u8; ks];
+        let mut next = vec![0u8; ks];
+        let mut value = vec![0u8; old_vs.max(new_vs)];
+        let mut first = true;
+        let mut copied = 0;
+        while sys::next_key(old_fd, (!first).then_some(&key[..]), &mut next) {
+            first = false;
+            std::mem::swap(&mut key, &mut next);
+            value.fill(0);
+            if !sys::lookup(old_fd, &key, &mut value[..old_vs]) {
+                continue; // gone meanwhile
+            }
+            if name.starts_with("snat_") && old_vs < 16 && new_vs >= 16 {
+                value[6] = 1; // replied
+                value[7] = 0; // no TCP teardown seen
+                value[8..16].copy_from_slice(&now.to_ne_bytes());
+            }
+            if sys::update(new_fd, &key, &value[..new_vs]) {
+                copied += 1;
+            }
+        }
+        tracing::info!(
+            map = name,
+            entries = copied,
+            "migrated from an older layout"
+        );
+        copied
     }
 
     fn load_object(
@@ -1441,78 +1701,48 @@ impl Datapath {
 
     /// Removes tracked connections and gateway SNAT translations idle past their timeouts
     /// (the program already ignores them, this gives their room back); SNAT outbound
-    /// halves go with their inbound halves.
+    /// halves go with their inbound halves. The same as [`Gc::expire`] on [`Self::gc`].
     pub fn expire(&mut self) -> Result<Expired, DatapathError> {
-        let now = monotonic_coarse_ns();
-        let t = self.timeouts;
-        let stale = move |last: u64, proto: u8, replied: u8, tcp: u8| {
-            now > last && u128::from(now - last) > t.of(proto, replied != 0, tcp).as_nanos()
+        self.gc()?.expire()
+    }
+
+    /// A handle on the conntrack and SNAT maps for the GC, on duplicates of their
+    /// descriptors: it needs neither this instance nor its owner's lock, so the daemon's
+    /// GC walks large tables while the API keeps answering.
+    pub fn gc(&self) -> Result<Gc, DatapathError> {
+        Ok(Gc {
+            conntrack: self.dup_map("conntrack")?,
+            snat_in: self.dup_map("snat_in")?,
+            snat_out: self.dup_map("snat_out")?,
+            timeouts: self.timeouts,
+        })
+    }
+
+    /// One of the (hash) maps, opened again on a duplicate of its descriptor (it outlives
+    /// this instance).
+    fn dup_map(&self, name: &'static str) -> Result<aya::maps::Map, DatapathError> {
+        use aya::maps::Map;
+        let invalid =
+            || DatapathError::Map(name, aya::maps::MapError::InvalidName { name: name.into() });
+        let dup = |data: &MapData| {
+            let fd = std::os::fd::AsFd::as_fd(data.fd())
+                .try_clone_to_owned()
+                .map_err(|e| {
+                    DatapathError::Map(
+                        name,
+                        aya::maps::MapError::SyscallError(aya::sys::SyscallError {
+                            call: "dup",
+                            io_error: e,
+                        }),
+                    )
+                })?;
+            MapData::from_fd(fd).map_err(|e| DatapathError::Map(name, e))
         };
-        let mut expired = Expired::default();
-        {
-            let name = "conntrack";
-            let map = self.ebpf.map_mut(name).ok_or(DatapathError::Map(
-                name,
-                aya::maps::MapError::InvalidName { name: name.into() },
-            ))?;
-            let mut ct: BpfHashMap<&mut MapData, CtKey, CtVal> =
-                BpfHashMap::try_from(map).map_err(|e| DatapathError::Map(name, e))?;
-            let old: Vec<CtKey> = ct
-                .iter()
-                .filter_map(Result::ok)
-                .filter(|(k, v)| stale(v.last_seen, k.proto, v.replied, v.tcp))
-                .map(|(k, _)| k)
-                .collect();
-            for k in old {
-                // Looked at again: the program may have replaced it with a new connection.
-                if ct
-                    .get(&k, 0)
-                    .is_ok_and(|v| stale(v.last_seen, k.proto, v.replied, v.tcp))
-                    && ct.remove(&k).is_ok()
-                {
-                    expired.connections += 1;
-                }
-            }
+        match self.ebpf.map(name).ok_or_else(invalid)? {
+            Map::HashMap(m) => Ok(Map::HashMap(dup(m)?)),
+            Map::LruHashMap(m) => Ok(Map::LruHashMap(dup(m)?)),
+            _ => Err(invalid()),
         }
-        {
-            let mut inbound = self.hash::<abi::SnatKey, abi::SnatVal>("snat_in")?;
-            let old: Vec<abi::SnatKey> = inbound
-                .iter()
-                .filter_map(Result::ok)
-                .filter(|(k, v)| stale(v.last_seen, k.proto, v.replied, v.tcp))
-                .map(|(k, _)| k)
-                .collect();
-            for k in old {
-                if inbound
-                    .get(&k, 0)
-                    .is_ok_and(|v| stale(v.last_seen, k.proto, v.replied, v.tcp))
-                    && inbound.remove(&k).is_ok()
-                {
-                    expired.translations += 1;
-                }
-            }
-        }
-        let live: HashSet<abi::SnatKey> = self
-            .hash_ro::<abi::SnatKey, abi::SnatVal>("snat_in")?
-            .iter()
-            .filter_map(Result::ok)
-            .map(|(k, v)| abi::SnatKey {
-                local_ip: v.ip,
-                local_port: v.port,
-                ..k
-            })
-            .collect();
-        let mut outbound = self.hash::<abi::SnatKey, abi::SnatVal>("snat_out")?;
-        let orphans: Vec<abi::SnatKey> = outbound
-            .iter()
-            .filter_map(Result::ok)
-            .filter(|(k, v)| v.last_seen < now && !live.contains(k))
-            .map(|(k, _)| k)
-            .collect();
-        for k in orphans {
-            let _ = outbound.remove(&k);
-        }
-        Ok(expired)
     }
 
     /// Number of tracked connections.
