@@ -5,12 +5,14 @@
 //! (b) process start to API socket ready, API `InstanceStart` to the guest's first serial
 //!     byte, and process start to first serial byte, vs QEMU `-M microvm` booting the same
 //!     test guest through its PVH note (QMP ready; QMP `cont` of a VM made with `-S`, whose
-//!     kernel is already loaded; process start to first byte);
+//!     kernel is already loaded; process start to first byte), with `qemu-system-x86_64` and,
+//!     when it sits beside it, Debian's microvm-only build `qemu-system-x86_64-microvm`;
 //! (c) VMM RSS excluding guest memory (guest RAM is a memfd, so it shows up as RssShmem), of
 //!     the deployed build (`--profile vmm`, glibc static; (b) uses it too) and of the plain
 //!     release build.
 //!
-//! Run: `cargo bench -p benches --bench vmm` (as root, with /dev/kvm; QEMU optional).
+//! Run: `cargo bench -p benches --bench vmm` (as root, with /dev/kvm; QEMU optional: the one
+//! `scripts/setup` installs, or `$FERROSTACK_QEMU`).
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
@@ -271,8 +273,81 @@ fn vmm_cold_boot(bin: &Path, kernel: &Path, dir: &Path) -> Duration {
     wait_byte(&mut child.0, b'X') - start
 }
 
-fn qemu_args(kernel: &Path) -> Vec<String> {
-    [
+/// Where `scripts/setup` unpacks QEMU when the system's packages cannot hold it (README).
+const QEMU_PREFIX: &str = "/opt/ferrostack/qemu";
+
+/// The QEMU binary (b) compares against, and the data directory to pass it with `-L` (where
+/// its firmware, qboot's `bios-microvm.bin`, lives) when that is not its built-in one:
+/// `$FERROSTACK_QEMU`, else `qemu-system-x86_64` on PATH, else the private prefix
+/// `scripts/setup` installs. None when none of them runs.
+struct Qemu {
+    bin: PathBuf,
+    data_dir: Option<PathBuf>,
+    version: String,
+    /// Whether it has `isa-debug-exit` (the microvm-only build has no ISA debug devices).
+    debug_exit: bool,
+}
+
+impl Qemu {
+    fn find() -> Option<Qemu> {
+        let path_bin = std::env::var_os("PATH").and_then(|paths| {
+            std::env::split_paths(&paths)
+                .map(|d| d.join("qemu-system-x86_64"))
+                .find(|p| p.is_file())
+        });
+        std::env::var_os("FERROSTACK_QEMU")
+            .map(PathBuf::from)
+            .into_iter()
+            .chain(path_bin)
+            .chain([Path::new(QEMU_PREFIX).join("usr/bin/qemu-system-x86_64")])
+            .find_map(|bin| Qemu::probe(bin, true))
+    }
+
+    /// Debian's microvm-only build (`qemu-system-x86_64-microvm`, smaller and quicker to
+    /// start) next to `self`, if there is one.
+    fn microvm_build(&self) -> Option<Qemu> {
+        let bin = self.bin.with_file_name("qemu-system-x86_64-microvm");
+        bin.is_file().then(|| Qemu::probe(bin, false)).flatten()
+    }
+
+    fn probe(bin: PathBuf, debug_exit: bool) -> Option<Qemu> {
+        // A binary unpacked under <prefix>/usr/bin reads its data from <prefix>/usr/share/qemu.
+        let data_dir = bin
+            .parent()
+            .and_then(Path::parent)
+            .filter(|usr| usr.ends_with("usr") && *usr != Path::new("/usr"))
+            .map(|usr| usr.join("share/qemu"))
+            .filter(|d| d.join("bios-microvm.bin").exists());
+        let out = Command::new(&bin).arg("--version").output().ok()?;
+        if !out.status.success() {
+            return None;
+        }
+        let version = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .next()
+            .unwrap_or("")
+            .to_string();
+        Some(Qemu {
+            bin,
+            data_dir,
+            version,
+            debug_exit,
+        })
+    }
+
+    fn command(&self) -> Command {
+        let mut cmd = Command::new(&self.bin);
+        if let Some(d) = &self.data_dir {
+            cmd.arg("-L").arg(d);
+        }
+        cmd
+    }
+}
+
+/// QEMU's arguments for `kernel`: the smallest microvm (no option ROMs, RTC, PIT; the ISA
+/// serial port the guest writes to), stopped with `-S` when `stopped`.
+fn qemu_args(qemu: &Qemu, kernel: &Path) -> Vec<String> {
+    let mut args: Vec<String> = [
         "-M",
         "microvm,x-option-roms=off,rtc=off,pit=off,isa-serial=on",
         "-enable-kvm",
@@ -283,22 +358,23 @@ fn qemu_args(kernel: &Path) -> Vec<String> {
         "-nographic",
         "-serial",
         "stdio",
-        "-device",
-        "isa-debug-exit,iobase=0xf4",
-        "-kernel",
     ]
     .iter()
     .map(|s| s.to_string())
-    .chain([kernel.display().to_string()])
-    .collect()
+    .collect();
+    if qemu.debug_exit {
+        args.extend(["-device".into(), "isa-debug-exit,iobase=0xf4".into()]);
+    }
+    args.extend(["-kernel".into(), kernel.display().to_string()]);
+    args
 }
 
 /// Process start -> first guest byte, QEMU microvm booting the same guest through PVH.
-fn qemu_cold_boot(kernel: &Path) -> Duration {
+fn qemu_cold_boot(qemu: &Qemu, kernel: &Path) -> Duration {
     let start = Instant::now();
     let mut child = Killed(
-        Command::new("qemu-system-x86_64")
-            .args(qemu_args(kernel))
+        qemu.command()
+            .args(qemu_args(qemu, kernel))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -310,13 +386,13 @@ fn qemu_cold_boot(kernel: &Path) -> Duration {
 
 /// QEMU's side of the API figures: process start -> QMP socket accepting, and QMP `cont` (of
 /// a VM created stopped with `-S`, kernel already loaded) -> the guest's first serial byte.
-fn qemu_api_boot(kernel: &Path, dir: &Path) -> (Duration, Duration) {
+fn qemu_api_boot(qemu: &Qemu, kernel: &Path, dir: &Path) -> (Duration, Duration) {
     use std::io::{BufRead, BufReader};
     let sock = dir.join("qmp.sock");
     let start = Instant::now();
     let mut child = Killed(
-        Command::new("qemu-system-x86_64")
-            .args(qemu_args(kernel))
+        qemu.command()
+            .args(qemu_args(qemu, kernel))
             .args(["-S", "-qmp"])
             .arg(format!("unix:{},server=on,wait=off", sock.display()))
             .stdin(Stdio::null())
@@ -444,32 +520,49 @@ fn main() {
     println!("  vmm process start -> API ready:            {ready}");
     println!("  vmm InstanceStart -> guest first output:    {start_to_out}");
     println!("  vmm process start -> guest first output:    {cold}");
-    let have_qemu = Command::new("qemu-system-x86_64")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if have_qemu {
+    let qemus: Vec<(&str, Qemu)> = match Qemu::find() {
+        Some(q) => {
+            let microvm = q.microvm_build();
+            std::iter::once(("qemu-system-x86_64", q))
+                .chain(microvm.map(|m| ("qemu-system-x86_64-microvm", m)))
+                .collect()
+        }
+        None => vec![],
+    };
+    if qemus.is_empty() {
+        println!(
+            "  no runnable qemu-system-x86_64 ($FERROSTACK_QEMU, PATH, {QEMU_PREFIX}): \
+             no QEMU comparison; scripts/setup installs one"
+        );
+    }
+    for (name, qemu) in &qemus {
+        println!(
+            "  {name}: {} ({}{})",
+            qemu.bin.display(),
+            qemu.version,
+            qemu.data_dir
+                .as_ref()
+                .map(|d| format!(", -L {}", d.display()))
+                .unwrap_or_default()
+        );
         let (mut q_ready, mut q_cont, mut q_cold) = (vec![], vec![], vec![]);
         for _ in 0..ROUNDS {
-            let (r, c) = qemu_api_boot(&first, dir.path());
+            let (r, c) = qemu_api_boot(qemu, &first, dir.path());
             q_ready.push(r);
             q_cont.push(c);
-            q_cold.push(qemu_cold_boot(&first));
+            q_cold.push(qemu_cold_boot(qemu, &first));
         }
         let (q_ready, q_cont, q_cold) = (summary(q_ready), summary(q_cont), summary(q_cold));
-        println!("  qemu microvm start -> QMP ready:           {q_ready}");
-        println!("  qemu QMP cont (-S, loaded) -> first output: {q_cont}");
-        println!("  qemu microvm start -> guest first output:  {q_cold}");
+        println!("    start -> QMP ready:                      {q_ready}");
+        println!("    QMP cont (-S, loaded) -> first output:   {q_cont}");
+        println!("    start -> guest first output:             {q_cold}");
         println!(
-            "  qemu / vmm: API ready {:.1}x, start -> first output {:.1}x, \
+            "    {name} / vmm at p50: API ready {:.1}x, process start -> first output {:.1}x, \
              InstanceStart vs cont -> first output {:.1}x (target >= 2x)",
             us(q_ready.p50) / us(ready.p50),
             us(q_cold.p50) / us(cold.p50),
             us(q_cont.p50) / us(start_to_out.p50)
         );
-    } else {
-        println!("  qemu-system-x86_64 not installed: no QEMU comparison");
     }
     rss.sort_unstable();
     let mut release_rss: Vec<u64> = (0..ROUNDS)
