@@ -252,7 +252,7 @@ pub async fn copy_pieces(store: &Store, pieces: Vec<Piece>) -> Result<Blob, ApiE
             if data.len() as u64 != end - off {
                 return Err(ApiError::internal("source blob shorter than its record"));
             }
-            w.write(&data).await?;
+            w.write_bytes(data).await?;
             off = end;
         }
     }
@@ -428,7 +428,7 @@ impl Source {
                     format!("the body holds more than the {n} bytes announced"),
                 ));
             }
-            w.write(&b).await?;
+            w.write_bytes(b).await?;
         }
         let size = w.size();
         if let Some(n) = expected_len
