@@ -186,6 +186,9 @@ fn the_agent_samples_a_running_server_and_reports_its_lifecycle() {
         "root_disk": {"image": {"path": image_path}},
         "ports": [{"network": {"name": "green", "subnet": {"cidr": "10.8.0.0/24"}},
                    "fixed_ip": "10.8.0.10"}],
+        // A key and user data on the config drive: the guest stops scanning it once it
+        // has found both (a full scan takes long on a loaded machine).
+        "metadata": {"key_name": "tlm", "public_key": "ssh-ed25519 AAAAtlm tlm@ferrostack", "user_data": "IyBmZXJyb3N0YWNrLXVzZXItZGF0YSB0bG0K"},
     }});
     let (s, v) = agent.api("POST", "/v1/servers", Some(&placement.to_string()));
     assert_eq!(s, 202, "{v}");
