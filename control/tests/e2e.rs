@@ -151,7 +151,8 @@ fn wait_console(env: &[(String, String)], name: &str, needle: &str, count: usize
 }
 
 /// A one-node cloud: objectd and control on the host, blockdp on the host, netdp and the
-/// agent in a node namespace; a flavor `m1.tiny`, the `server` guest as `server-kernel`, a
+/// agent in a node namespace (meters sampled every second, alarms evaluated every second);
+/// a flavor `m1.tiny`, the `server` guest as `server-kernel`, a
 /// 256 KiB disk image `server-disk` naming it, a network `blue` with a subnet. `salt` keeps
 /// the interface names and addresses of tests in one process apart.
 struct OneNode {
@@ -220,6 +221,7 @@ fn one_node_cloud(salt: u32) -> OneNode {
     let config = format!(
         "listen = \"{host_ip}:{port}\"\npublic-url = \"{url}\"\n\
          [compute]\nheartbeat-interval-secs = 1\nnode-token = \"{NODE_TOKEN}\"\n\
+         [telemetry]\nevaluation-interval = \"1s\"\n\
          [store]\nlocation = \"{}\"\n[tokens]\nkey-dir = \"{}\"\n\
          [images]\nstore-url = \"http://127.0.0.1:{objectd_port}\"\nstaging-dir = \"{}\"\n",
         d.join("control.db").display(),
@@ -307,6 +309,8 @@ fn one_node_cloud(salt: u32) -> OneNode {
             .arg(NODE_TOKEN)
             .args([
                 "--heartbeat-interval-secs",
+                "1",
+                "--sample-interval-secs",
                 "1",
                 "--shutdown-timeout-secs",
                 "20",
@@ -954,5 +958,527 @@ fn openstack_cli_boots_from_volumes_and_attaches_one_to_a_stopped_server() {
         "{state}"
     );
     drop(procs);
+    drop(ns);
+}
+
+/// `METHOD url` with a token and an optional JSON body (by curl: control listens on the
+/// veth address, not loopback): the status and the JSON answer.
+fn curl(method: &str, url: &str, token: &str, body: Option<&Value>) -> (u16, Value) {
+    let mut c = Command::new("curl");
+    c.args(["-sS", "-X", method, "-w", "\n%{http_code}", "-H"])
+        .arg(format!("X-Auth-Token: {token}"));
+    if let Some(b) = body {
+        c.args(["-H", "Content-Type: application/json", "--data-binary"])
+            .arg(b.to_string());
+    }
+    let out = c.arg(url).output().unwrap();
+    assert!(out.status.success(), "curl {url}: {out:?}");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let (body, code) = text.rsplit_once('\n').unwrap();
+    (
+        code.trim().parse().unwrap(),
+        serde_json::from_str(body).unwrap_or(Value::Null),
+    )
+}
+
+/// A webhook receiver on loopback: each request's JSON body goes to the channel.
+fn hook_listener() -> (String, std::sync::mpsc::Receiver<Value>) {
+    use std::io::{Read, Write};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/hook", l.local_addr().unwrap());
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for conn in l.incoming() {
+            let Ok(mut c) = conn else { continue };
+            let _ = c.set_read_timeout(Some(Duration::from_secs(10)));
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 4096];
+            let body = loop {
+                let n = match c.read(&mut chunk) {
+                    Ok(0) | Err(_) => break None,
+                    Ok(n) => n,
+                };
+                buf.extend_from_slice(&chunk[..n]);
+                if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                    let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+                    let len = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .and_then(|v| v.trim().parse::<usize>().ok())
+                        .unwrap_or(0);
+                    if buf.len() >= end + 4 + len {
+                        break Some(buf[end + 4..end + 4 + len].to_vec());
+                    }
+                }
+            };
+            let _ =
+                c.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+            if let Some(v) = body.and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+                && tx.send(v).is_err()
+            {
+                return;
+            }
+        }
+    });
+    (url, rx)
+}
+
+fn wait_until<T>(what: &str, secs: u64, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// Telemetry end to end (issue 9): with the agent sampling every second, control's query
+/// API has the running guest's meters: vCPU time rising, its flavor's memory, the exact
+/// bytes it read from its volume (under the server and under the volume), and its port's
+/// packets and bytes grown by at least the pings the test sent it from a namespace on its
+/// network. A user of another project gets 404 for them and sees no events. Two alarms
+/// (one on the port, one on all of the project's resources) on the port's incoming packet
+/// rate call their webhooks at `ok`, then at `alarm` during a ping flood, then at `ok`
+/// again. The lifecycle events are exactly create, BUILD→ACTIVE, ACTIVE→SHUTOFF,
+/// SHUTOFF→ACTIVE and delete, in order.
+#[test]
+fn a_running_guest_is_metered_scoped_to_its_project_and_alarmed_on() {
+    if !privileged() || !common::have_cli() {
+        return;
+    }
+    let OneNode {
+        procs,
+        ns,
+        env,
+        image,
+        d,
+        netdp_sock,
+        _dir: _dir_kept,
+        ..
+    } = one_node_cloud(11);
+    let t0 = Instant::now();
+    let step = |what: &str| eprintln!("[{:>6.1?}] {what}", t0.elapsed());
+    step("cloud up");
+    let d = d.as_path();
+    let url = env
+        .iter()
+        .find(|(k, _)| k == "OS_AUTH_URL")
+        .unwrap()
+        .1
+        .trim_end_matches("/v3")
+        .to_string();
+    let token = |env: &[(String, String)]| {
+        ok(env, &["token", "issue", "-f", "value", "-c", "id"])
+            .trim()
+            .to_string()
+    };
+    let admin = token(&env);
+    ok(&env, &["project", "create", "other"]);
+    ok(
+        &env,
+        &[
+            "user",
+            "create",
+            "--project",
+            "other",
+            "--password",
+            "pw",
+            "other-user",
+        ],
+    );
+    ok(
+        &env,
+        &[
+            "role",
+            "add",
+            "--project",
+            "other",
+            "--user",
+            "other-user",
+            "member",
+        ],
+    );
+    let other_env: Vec<(String, String)> = env
+        .iter()
+        .map(|(k, v)| {
+            let v = match k.as_str() {
+                "OS_USERNAME" => "other-user".to_string(),
+                "OS_PASSWORD" => "pw".to_string(),
+                "OS_PROJECT_NAME" => "other".to_string(),
+                _ => v.clone(),
+            };
+            (k.clone(), v)
+        })
+        .collect();
+    let other = token(&other_env);
+
+    ok(
+        &env,
+        &[
+            "security",
+            "group",
+            "rule",
+            "create",
+            "--protocol",
+            "icmp",
+            "pingable",
+        ],
+    );
+    step("creating the server");
+    // A key and user data: the guest stops scanning its config drive once it has found
+    // both (a whole scan takes long on a loaded machine).
+    std::fs::write(d.join("key.pub"), format!("{KEY}\n")).unwrap();
+    ok(
+        &env,
+        &[
+            "keypair",
+            "create",
+            "--public-key",
+            d.join("key.pub").to_str().unwrap(),
+            "tlm-key",
+        ],
+    );
+    std::fs::write(d.join("user-data"), "# ferrostack-user-data tlm\n").unwrap();
+    let created = ok_json(
+        &env,
+        &[
+            "server",
+            "create",
+            "--image",
+            "server-disk",
+            "--flavor",
+            "m1.tiny",
+            "--network",
+            "blue",
+            "--security-group",
+            "pingable",
+            "--key-name",
+            "tlm-key",
+            "--user-data",
+            d.join("user-data").to_str().unwrap(),
+            "--wait",
+            "metered",
+        ],
+    );
+    assert_eq!(created["status"], "ACTIVE", "{created}");
+    let id = created["id"].as_str().unwrap().to_string();
+    let mut first_mib = image.clone();
+    first_mib.resize(1 << 20, 0);
+    wait_console(
+        &env,
+        "metered",
+        &format!("disk_fnv={:016x}", fnv1a(&first_mib)),
+        1,
+    );
+    wait_console(&env, "metered", "ready\n", 1);
+    let ports = ok_json(&env, &["port", "list", "--server", "metered"]);
+    let port_id = ports[0]["ID"].as_str().unwrap().to_string();
+    let fixed = ports[0].to_string();
+    let at = fixed.find("10.9.0.").expect("the guest's address");
+    let guest_ip: String = fixed[at..]
+        .chars()
+        .take_while(|c| c.is_ascii_digit() || *c == '.')
+        .collect();
+    let (_, srv) = api_get(&d.join("agent/agent.sock"), &format!("/v1/servers/{id}"));
+    let volume_id = srv["server"]["volume"]["id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("the agent's volume: {srv}"))
+        .to_string();
+
+    step("server ACTIVE and ready");
+    // Meters through control's query API (the admin's project owns the server).
+    let query = |token: &str, what: &str, meter: &str, res: &str| {
+        curl(
+            "GET",
+            &format!("{url}/telemetry/v1/{what}?meter={meter}&resource_id={res}"),
+            token,
+            None,
+        )
+    };
+    let latest = |meter: &str, res: &str| -> Option<Value> {
+        let (s, v) = query(&admin, "samples", meter, res);
+        assert!(s == 200 || s == 404, "{meter}: {s} {v}");
+        v["samples"]
+            .as_array()?
+            .iter()
+            .max_by_key(|x| x["timestamp"].as_str().unwrap_or("").to_string())
+            .cloned()
+    };
+    let value = |s: &Value| s["volume"].as_f64().unwrap();
+    let cpu1 = wait_until("a cpu sample", 60, || {
+        latest("cpu", &id).filter(|s| value(s) > 0.0)
+    });
+    assert_eq!(cpu1["unit"], "ns", "{cpu1}");
+    assert_eq!(cpu1["type"], "cumulative", "{cpu1}");
+    let cpu2 = wait_until("vCPU time rising", 30, || {
+        latest("cpu", &id).filter(|s| value(s) > value(&cpu1))
+    });
+    eprintln!("cpu: {} ns then {} ns", value(&cpu1), value(&cpu2));
+    assert_eq!(value(&latest("vcpus", &id).unwrap()), 1.0);
+    let mem = latest("memory", &id).unwrap();
+    assert_eq!((value(&mem), mem["unit"].as_str()), (32.0, Some("MiB")));
+    let rss = latest("memory.resident", &id).unwrap();
+    assert!(value(&rss) > 0.0, "{rss}");
+    // The guest read its volume's first MiB, once, and wrote nothing.
+    let read = wait_until("disk.read.bytes of 1 MiB", 30, || {
+        latest("disk.read.bytes", &id).filter(|s| value(s) >= (1 << 20) as f64)
+    });
+    assert_eq!(value(&read), (1 << 20) as f64, "{read}");
+    assert_eq!(read["unit"], "B");
+    let dev = latest("disk.device.read.bytes", &volume_id).unwrap();
+    assert_eq!(value(&dev), (1 << 20) as f64, "{dev}");
+    assert_eq!(value(&latest("disk.write.bytes", &id).unwrap()), 0.0);
+    assert!(value(&latest("disk.read.requests", &id).unwrap()) >= 1.0);
+    let (s, agg) = curl(
+        "GET",
+        &format!(
+            "{url}/telemetry/v1/aggregates?meter=disk.read.bytes&resource_id={id}&aggregation=max&granularity=3600"
+        ),
+        &admin,
+        None,
+    );
+    assert_eq!(s, 200, "{agg}");
+    let measures = agg["measures"].as_array().unwrap();
+    assert_eq!(
+        measures.last().unwrap()[2].as_f64(),
+        Some((1 << 20) as f64),
+        "{agg}"
+    );
+
+    step("meters checked");
+    // Another project: 404 for the server's, volume's and port's meters, nothing listed.
+    for (what, meter, res) in [
+        ("samples", "cpu", id.as_str()),
+        ("aggregates", "cpu", id.as_str()),
+        ("samples", "disk.device.read.bytes", volume_id.as_str()),
+        ("samples", "network.outgoing.packets", port_id.as_str()),
+    ] {
+        let (s, v) = query(&other, what, meter, res);
+        assert_eq!(s, 404, "{what} {meter}: {v}");
+    }
+    let (s, v) = curl("GET", &format!("{url}/telemetry/v1/samples"), &other, None);
+    assert_eq!((s, &v["samples"]), (200, &serde_json::json!([])), "{v}");
+
+    step("scope checked");
+    // A namespace on the guest's network: a port bound to the node whose tap is a veth.
+    let hv = ok_json(&env, &["hypervisor", "list"]);
+    let host = hv[0]["Hypervisor Hostname"].as_str().unwrap().to_string();
+    let probe = ok_json(
+        &env,
+        &[
+            "port",
+            "create",
+            "--network",
+            "blue",
+            "--host",
+            &host,
+            "--disable-port-security",
+            "--no-security-group",
+            "--fixed-ip",
+            "subnet=blue-v4,ip-address=10.9.0.200",
+            "probe",
+        ],
+    );
+    let probe_id = probe["id"].as_str().unwrap().to_string();
+    let probe_mac = probe["mac_address"].as_str().unwrap().to_string();
+    let outside = tests::netns::Netns::new("ctl-tlm").unwrap();
+    let on = outside.name().to_string();
+    let probe_tap = format!("tap{}", &probe_id[..11]);
+    tests::netns::ip(&[
+        "-n",
+        ns.name(),
+        "link",
+        "add",
+        &probe_tap,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "eth0",
+        "netns",
+        &on,
+    ])
+    .unwrap();
+    tests::netns::ip(&["-n", &on, "link", "set", "eth0", "address", &probe_mac]).unwrap();
+    tests::netns::ip(&["-n", &on, "addr", "add", "10.9.0.200/24", "dev", "eth0"]).unwrap();
+    tests::netns::ip(&["-n", &on, "link", "set", "eth0", "up"]).unwrap();
+    tests::netns::ip(&["-n", ns.name(), "link", "set", &probe_tap, "up"]).unwrap();
+    wait_until("netdp's probe port ACTIVE", 60, || {
+        let (s, p) = api_get(&netdp_sock, &format!("/v2.0/ports/{probe_id}"));
+        (s == 200 && p["port"]["status"] == "ACTIVE").then_some(())
+    });
+    let ping = |args: &[&str]| {
+        let mut a = vec!["ping"];
+        a.extend_from_slice(args);
+        a.push(&guest_ip);
+        outside.exec(&a).unwrap()
+    };
+    wait_until("the guest answering pings", 60, || {
+        ping(&["-c", "1", "-W", "1"]).status.success().then_some(())
+    });
+    step("guest answers pings");
+    // Counters before and after 10 pings (each 98-byte frame in and out).
+    let figure = |meter: &str| latest(meter, &port_id).map(|s| value(&s)).unwrap_or(0.0);
+    std::thread::sleep(Duration::from_secs(2));
+    let before: Vec<f64> = [
+        "network.incoming.packets",
+        "network.outgoing.packets",
+        "network.incoming.bytes",
+        "network.outgoing.bytes",
+    ]
+    .iter()
+    .map(|m| figure(m))
+    .collect();
+    let o = ping(&["-c", "10", "-i", "0.2", "-W", "2"]);
+    let text = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(text.contains("10 received"), "{text}");
+    let after = wait_until("port meters grown by the pings", 30, || {
+        let now: Vec<f64> = [
+            "network.incoming.packets",
+            "network.outgoing.packets",
+            "network.incoming.bytes",
+            "network.outgoing.bytes",
+        ]
+        .iter()
+        .map(|m| figure(m))
+        .collect();
+        (now[0] >= before[0] + 10.0
+            && now[1] >= before[1] + 10.0
+            && now[2] >= before[2] + 980.0
+            && now[3] >= before[3] + 980.0)
+            .then_some(now)
+    });
+    eprintln!("port meters before {before:?} after {after:?} (10 pings)");
+    let drops = latest("network.outgoing.packets.drop", &port_id).unwrap();
+    assert_eq!(drops["unit"], "packet", "{drops}");
+
+    step("port meters checked");
+    // Alarms on the port's incoming packet rate: one on the port, one on all the project's.
+    let (hook, hooks) = hook_listener();
+    let mut alarm_ids = Vec::new();
+    for (name, res) in [("port-flood", Some(port_id.as_str())), ("any-flood", None)] {
+        let mut rule = serde_json::json!({"meter_name": "network.incoming.packets",
+            "comparison_operator": "gt", "threshold": 20.0, "aggregation_method": "rate",
+            "period": 3, "evaluation_periods": 1});
+        if let Some(r) = res {
+            rule["resource_id"] = r.into();
+        }
+        let body = serde_json::json!({"alarm": {"name": name, "threshold_rule": rule,
+            "alarm_actions": [format!("{hook}/{name}")], "ok_actions": [format!("{hook}/{name}")]}});
+        let (s, a) = curl(
+            "POST",
+            &format!("{url}/telemetry/v1/alarms"),
+            &admin,
+            Some(&body),
+        );
+        assert_eq!(s, 201, "{a}");
+        alarm_ids.push(a["alarm"]["alarm_id"].as_str().unwrap().to_string());
+    }
+    let (s, _) = curl(
+        "GET",
+        &format!("{url}/telemetry/v1/alarms/{}", alarm_ids[0]),
+        &other,
+        None,
+    );
+    assert_eq!(s, 404, "another project sees the alarm");
+    let mut heard: Vec<(String, String, String)> = Vec::new();
+    let mut wait_hooks = |current: &str, previous: Option<&str>| {
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            let done = ["port-flood", "any-flood"].iter().all(|n| {
+                heard.iter().any(|(name, prev, cur)| {
+                    name == n && cur == current && previous.is_none_or(|p| p == prev)
+                })
+            });
+            if done {
+                return;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(!left.is_zero(), "no {current} webhooks: {heard:?}");
+            if let Ok(v) = hooks.recv_timeout(left.min(Duration::from_secs(1))) {
+                heard.push((
+                    v["alarm_name"].as_str().unwrap_or("").to_string(),
+                    v["previous"].as_str().unwrap_or("").to_string(),
+                    v["current"].as_str().unwrap_or("").to_string(),
+                ));
+            }
+        }
+    };
+    step("alarms created");
+    // Quiet port: ok. Then a flood (100 packets a second): alarm. Then quiet: ok again.
+    wait_hooks("ok", None);
+    let flood = std::thread::scope(|sc| {
+        let f = sc.spawn(|| ping(&["-c", "1500", "-i", "0.01", "-W", "1", "-q"]));
+        wait_hooks("alarm", Some("ok"));
+        f.join().unwrap()
+    });
+    eprintln!("flood: {}", String::from_utf8_lossy(&flood.stdout));
+    wait_hooks("ok", Some("alarm"));
+    for a in &alarm_ids {
+        let (s, v) = curl(
+            "GET",
+            &format!("{url}/telemetry/v1/alarms/{a}"),
+            &admin,
+            None,
+        );
+        assert_eq!((s, v["alarm"]["state"].as_str()), (200, Some("ok")), "{v}");
+    }
+    eprintln!("webhooks heard: {heard:?}");
+
+    step("alarms fired and recovered");
+    // Lifecycle: stop, start, delete; the events in order, none for the other project.
+    ok(&env, &["server", "stop", "metered"]);
+    wait_status(&env, "metered", "SHUTOFF");
+    ok(&env, &["server", "start", "metered"]);
+    wait_status(&env, "metered", "ACTIVE");
+    ok(&env, &["server", "delete", "--wait", "metered"]);
+    let events = wait_until("the delete event", 30, || {
+        let (s, v) = curl(
+            "GET",
+            &format!("{url}/telemetry/v1/events?resource_id={id}"),
+            &admin,
+            None,
+        );
+        assert_eq!(s, 200, "{v}");
+        let list = v["events"].as_array().cloned().unwrap_or_default();
+        list.iter()
+            .any(|e| e["event_type"] == "compute.instance.delete")
+            .then_some(list)
+    });
+    let got: Vec<(String, String, String)> = events
+        .iter()
+        .map(|e| {
+            let t = |k: &str| e["traits"][k].as_str().unwrap_or("").to_string();
+            (
+                e["event_type"].as_str().unwrap().to_string(),
+                t("old_state"),
+                t("state"),
+            )
+        })
+        .collect();
+    let want: Vec<(String, String, String)> = [
+        ("compute.instance.create", "", "BUILD"),
+        ("compute.instance.update", "BUILD", "ACTIVE"),
+        ("compute.instance.update", "ACTIVE", "SHUTOFF"),
+        ("compute.instance.update", "SHUTOFF", "ACTIVE"),
+        ("compute.instance.delete", "ACTIVE", "DELETED"),
+    ]
+    .iter()
+    .map(|(a, b, c)| (a.to_string(), b.to_string(), c.to_string()))
+    .collect();
+    assert_eq!(got, want, "{events:?}");
+    let (s, v) = curl(
+        "GET",
+        &format!("{url}/telemetry/v1/events?resource_id={id}"),
+        &other,
+        None,
+    );
+    assert_eq!((s, &v["events"]), (200, &serde_json::json!([])), "{v}");
+
+    ok(&env, &["port", "delete", "probe"]);
+    drop(procs);
+    drop(outside);
     drop(ns);
 }

@@ -409,3 +409,131 @@ fn an_alarm_fires_its_webhook_and_recovers() {
     assert_eq!(cloud.req("DELETE", &path, Some(&bob), &[], b"").status, 204);
     assert_eq!(cloud.req("GET", &path, Some(&bob), &[], b"").status, 404);
 }
+
+/// The retention pass of a running control (every second here): raw samples older than
+/// `raw-retention` become per-minute rows, those older than `minute-retention` per-hour
+/// rows, and per-hour rows past `hour-retention` go; the raw listing then shows only the
+/// recent sample, while aggregates over the rolled rows give the figures of the raw ones.
+#[test]
+fn retention_rolls_samples_up_and_aggregates_keep_their_answer() {
+    let cloud = Cloud::start_with(
+        "[telemetry]\nraw-retention = \"1h\"\nminute-retention = \"3h\"\n\
+         hour-retention = \"48h\"\nretention-interval = \"1s\"",
+        "",
+        "",
+    );
+    let (admin, _) = cloud.token("admin", ADMIN_PASSWORD, "admin");
+    let p = "proj-ret";
+    let t = now().floor();
+    let hour_base = ((t - 10.0 * 3600.0) / 3600.0).floor() * 3600.0;
+    let minute_base = ((t - 2.0 * 3600.0) / 60.0).floor() * 60.0;
+    let mut samples: Vec<Value> = (0..60)
+        .map(|i| sample("m", "r1", p, i as f64, hour_base + 60.0 * i as f64))
+        .collect();
+    samples.extend(
+        (0..6).map(|i| sample("m", "r1", p, 10.0 * i as f64, minute_base + 10.0 * i as f64)),
+    );
+    samples.push(sample("m", "r1", p, 7.0, t - 100.0 * 3600.0));
+    samples.push(sample("m", "r1", p, 5.0, t - 60.0));
+    let r = post(
+        &cloud,
+        &admin,
+        &json!({"node_id": "n1", "samples": samples}),
+    );
+    assert_eq!(r.status, 202, "{}", r.text());
+
+    let raw = || {
+        let r = cloud.req(
+            "GET",
+            "/telemetry/v1/samples?meter=m&resource_id=r1",
+            Some(&admin),
+            &[],
+            b"",
+        );
+        assert_eq!(r.status, 200, "{}", r.text());
+        r.json()["samples"].as_array().unwrap().clone()
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while raw().len() != 1 {
+        assert!(Instant::now() < deadline, "never rolled up: {:?}", raw());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(raw()[0]["volume"], 5.0);
+    let measures = |agg: &str, gran: u32, start: f64, end: f64| -> Value {
+        let r = cloud.req(
+            "GET",
+            &format!(
+                "/telemetry/v1/aggregates?meter=m&resource_id=r1&aggregation={agg}&granularity={gran}&start={start}&end={end}"
+            ),
+            Some(&admin),
+            &[],
+            b"",
+        );
+        assert_eq!(r.status, 200, "{}", r.text());
+        r.json()["measures"].clone()
+    };
+    // The hour 10 h ago: one per-hour row standing for 60 raw samples 0..59.
+    let h = |agg| measures(agg, 3600, hour_base, hour_base + 3600.0)[0][2].clone();
+    assert_eq!(
+        (h("mean"), h("max"), h("min"), h("sum"), h("count")),
+        (
+            json!(29.5),
+            json!(59.0),
+            json!(0.0),
+            json!(1770.0),
+            json!(60.0)
+        )
+    );
+    // The minute 2 h ago: a per-minute row for 0, 10, ... 50.
+    let m = |agg| measures(agg, 60, minute_base, minute_base + 60.0)[0][2].clone();
+    assert_eq!(
+        (m("mean"), m("max"), m("count")),
+        (json!(25.0), json!(50.0), json!(6.0))
+    );
+    // 100 h ago: past hour retention, gone.
+    assert_eq!(
+        measures("count", 3600, t - 101.0 * 3600.0, t - 99.0 * 3600.0),
+        json!([])
+    );
+    let m = scrape(&cloud);
+    assert!(
+        m.get("ferrostack_control_meter_rows_compacted_total", &[]) >= 67.0,
+        "{}",
+        m.get("ferrostack_control_meter_rows_compacted_total", &[])
+    );
+}
+
+/// An event resent with the same `message_id` by the same node is stored once (an agent
+/// resends what it had no answer for); another node's use of the id is refused.
+#[test]
+fn a_resent_event_is_stored_once() {
+    let cloud = Cloud::start();
+    let (admin, _) = cloud.token("admin", ADMIN_PASSWORD, "admin");
+    let ev = json!({"message_id": "0f3a-ev-1", "event_type": "compute.instance.update",
+        "resource_id": "srv-e", "project_id": "proj-e", "generated": now(),
+        "traits": {"old_state": "ACTIVE", "state": "SHUTOFF"}});
+    let body = |node: &str, evs: Value| json!({"node_id": node, "samples": [], "events": evs});
+    let r = post(&cloud, &admin, &body("n1", json!([ev, ev])));
+    assert_eq!(r.status, 202, "{}", r.text());
+    assert_eq!(r.json()["events"], 1);
+    let r = post(&cloud, &admin, &body("n1", json!([ev])));
+    assert_eq!((r.status, r.json()["events"].clone()), (202, json!(0)));
+    let r = post(&cloud, &admin, &body("n2", json!([ev])));
+    assert_eq!(r.status, 409, "{}", r.text());
+    let mut bad = ev.clone();
+    bad["message_id"] = json!("a b");
+    let r = post(&cloud, &admin, &body("n1", json!([bad])));
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(r.text().contains("message_id"), "{}", r.text());
+    let r = cloud.req(
+        "GET",
+        "/telemetry/v1/events?resource_id=srv-e",
+        Some(&admin),
+        &[],
+        b"",
+    );
+    let evs = r.json()["events"].as_array().unwrap().clone();
+    assert_eq!(evs.len(), 1, "{evs:?}");
+    assert_eq!(evs[0]["message_id"], "0f3a-ev-1");
+    assert_eq!(evs[0]["node_id"], "n1");
+}

@@ -56,6 +56,8 @@ pub struct AgentConfig {
     pub image_timeout: Duration,
     /// Where the node's disk capacity is measured (blockdp's data directory).
     pub disk_path: PathBuf,
+    /// Record lifecycle events in the outbox for [`crate::sampler`] (when it runs).
+    pub record_events: bool,
 }
 
 /// Errors of agent operations, mapped to HTTP statuses in [`crate::api`].
@@ -262,6 +264,8 @@ pub struct Agent {
     pub(crate) netdp: Netdp,
     /// Counters for `/metrics`.
     pub counters: Mutex<Counters>,
+    /// Woken when a save recorded lifecycle events.
+    pub(crate) events_ready: tokio::sync::Notify,
 }
 
 impl std::fmt::Debug for Agent {
@@ -281,7 +285,12 @@ impl Agent {
     pub fn open(cfg: AgentConfig) -> Result<Arc<Agent>, AgentError> {
         let dir_err = |e| AgentError::Step(StepError::Dir(cfg.state_dir.clone(), e));
         std::fs::create_dir_all(cfg.state_dir.join("servers")).map_err(dir_err)?;
-        let state = store::load(&cfg.state_dir.join("state.json")).map_err(AgentError::Store)?;
+        let mut state =
+            store::load(&cfg.state_dir.join("state.json")).map_err(AgentError::Store)?;
+        if state.events.seen.is_none() {
+            // A state file from before events were saved: its servers are the baseline.
+            state.events.seen = Some(crate::sampler::snapshot(&state.servers));
+        }
         let long = Duration::from_secs(10);
         let agent = Agent {
             blockdp: Blockdp(Client::unix(
@@ -295,6 +304,7 @@ impl Agent {
             locks: Mutex::new(HashMap::new()),
             net_lock: tokio::sync::Mutex::new(()),
             counters: Mutex::new(Counters::default()),
+            events_ready: tokio::sync::Notify::new(),
         };
         agent.adopt()?;
         for s in agent.list() {
@@ -318,8 +328,24 @@ impl Agent {
         lock(&self.state).node_id.clone()
     }
 
-    pub(crate) fn save(&self, state: &State) -> Result<(), StoreError> {
-        store::save(&self.cfg.state_dir.join("state.json"), state)
+    /// Saves the state, with the lifecycle events of what changed since the last save in
+    /// the same write (see [`crate::sampler`]).
+    pub(crate) fn save(&self, state: &mut State) -> Result<(), StoreError> {
+        let undo = crate::sampler::record(state, self.cfg.record_events);
+        match store::save(&self.cfg.state_dir.join("state.json"), state) {
+            Ok(()) => {
+                if undo.is_some() {
+                    self.events_ready.notify_one();
+                }
+                Ok(())
+            }
+            Err(e) => {
+                if let Some(u) = undo {
+                    u.restore(state);
+                }
+                Err(e)
+            }
+        }
     }
 
     /// After a restart: servers whose VMM still runs stay as they were; an operation cut
@@ -348,7 +374,7 @@ impl Agent {
             }
             s.updated = now();
         }
-        self.save(&st).map_err(AgentError::Store)
+        self.save(&mut st).map_err(AgentError::Store)
     }
 
     /// After [`Agent::open`]: asks each re-adopted VMM whether it runs or is paused (a pause
@@ -414,7 +440,7 @@ impl Agent {
         f(s);
         s.updated = now();
         let s = s.clone();
-        self.save(&st).map_err(StepError::Store)?;
+        self.save(&mut st).map_err(StepError::Store)?;
         Ok(s)
     }
 
@@ -445,7 +471,7 @@ impl Agent {
                 updated: t,
             };
             st.servers.insert(id.clone(), s.clone());
-            if let Err(e) = self.save(&st) {
+            if let Err(e) = self.save(&mut st) {
                 st.servers.remove(&id);
                 return Err(AgentError::Store(e));
             }
@@ -1103,7 +1129,7 @@ impl Agent {
             s.task_state = Some(action.task().into());
             s.updated = now();
             let s = s.clone();
-            self.save(&st).map_err(AgentError::Store)?;
+            self.save(&mut st).map_err(AgentError::Store)?;
             s
         };
         let agent = self.clone();
@@ -1153,7 +1179,7 @@ impl Agent {
                 .ok_or_else(|| AgentError::NotFound(id.to_string()))?;
             s.task_state = Some("deleting".into());
             s.updated = now();
-            self.save(&st).map_err(AgentError::Store)?;
+            self.save(&mut st).map_err(AgentError::Store)?;
         }
         let op = self.op_lock(id);
         let _guard = op.lock().await;
@@ -1162,7 +1188,7 @@ impl Agent {
             Ok(()) => {
                 let mut st = lock(&self.state);
                 st.servers.remove(id);
-                self.save(&st).map_err(AgentError::Store)?;
+                self.save(&mut st).map_err(AgentError::Store)?;
                 drop(st);
                 lock(&self.locks).remove(id);
                 let _ = std::fs::remove_dir_all(self.server_dir(id));

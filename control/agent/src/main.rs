@@ -185,6 +185,7 @@ async fn serve(cfg: Config, agent_exe: PathBuf, vmm_binary: PathBuf) -> anyhow::
         port_timeout: Duration::from_secs(cfg.port_timeout_secs),
         image_timeout: Duration::from_secs(cfg.image_timeout_secs),
         disk_path: cfg.disk_path.clone(),
+        record_events: !cfg.control_url.is_empty(),
     })
     .context("open the agent state")?;
     agent.reconcile().await;
@@ -204,19 +205,18 @@ async fn serve(cfg: Config, agent_exe: PathBuf, vmm_binary: PathBuf) -> anyhow::
             interval: Duration::from_secs(cfg.heartbeat_interval_secs),
             agent_url: (!cfg.agent_url.is_empty()).then(|| cfg.agent_url.clone()),
         };
-        if cfg.sample_interval_secs > 0 {
-            let sc = ferrostack_agent::sampler::SamplerConfig {
-                url: cfg.control_url.clone(),
-                token: c.token.clone(),
-                interval: Duration::from_secs(cfg.sample_interval_secs),
-            };
-            let a = agent.clone();
-            tokio::spawn(async move {
-                if let Err(e) = ferrostack_agent::sampler::run(a, sc).await {
-                    tracing::error!(error = %ferrostack_agent::agent::error_chain(&e), "telemetry sampling stopped");
-                }
-            });
-        }
+        // Lifecycle events always; samples unless the interval is 0.
+        let sc = ferrostack_agent::sampler::SamplerConfig {
+            url: cfg.control_url.clone(),
+            token: c.token.clone(),
+            interval: Duration::from_secs(cfg.sample_interval_secs),
+        };
+        let a = agent.clone();
+        tokio::spawn(async move {
+            if let Err(e) = ferrostack_agent::sampler::run(a, sc).await {
+                tracing::error!(error = %ferrostack_agent::agent::error_chain(&e), "telemetry sampling stopped");
+            }
+        });
         let a = agent.clone();
         tokio::spawn(async move {
             if let Err(e) = control::run(a, c).await {

@@ -272,7 +272,7 @@ impl Agent {
         {
             let mut st = lock(&self.state);
             st.network = applied.clone();
-            self.save(&st).map_err(AgentError::Store)?;
+            self.save(&mut st).map_err(AgentError::Store)?;
         }
         Ok(json!({"generation": applied.generation, "errors": pass.errors}))
     }

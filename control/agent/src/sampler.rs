@@ -8,8 +8,8 @@
 //! `POST {control}/telemetry/v1/samples` with `X-Auth-Token` (admin or service role) and
 //! `{"node_id", "samples": [{"meter", "type", "unit", "volume", "resource_id",
 //! "project_id", "timestamp" (epoch seconds)}], "events": [...]}`; control answers 202.
-//! A failed batch is logged and dropped (cumulative meters carry the totals, so the next
-//! batch loses nothing but the points in between).
+//! A failed batch's samples are logged and dropped (cumulative meters carry the totals, so
+//! the next batch loses nothing but the points in between); its events are kept.
 //!
 //! Meters (Ceilometer's names):
 //! - per server (resource = server id): `cpu` (cumulative ns of vCPU thread time),
@@ -22,21 +22,30 @@
 //!   `network.incoming.bytes` (delivered to the guest), `network.outgoing.packets`,
 //!   `network.outgoing.bytes` (sent by the guest), `network.outgoing.packets.drop`.
 //!
-//! Events (checked every second, sent at once): `compute.instance.create` when a server
-//! appears, `compute.instance.delete` when it goes, `compute.instance.update` with traits
-//! `old_state`/`state` when its status changes. The servers present when the agent starts
-//! are the baseline (no events for them).
+//! Events: `compute.instance.create` when a server appears, `compute.instance.delete` when
+//! it goes, `compute.instance.update` with traits `old_state`/`state` when its status
+//! changes. They are made at the moment of the change: every change to the agent's state
+//! goes through [`crate::agent::Agent`]'s save, which compares the servers with those of
+//! the last save and appends the events to an outbox ([`Outbox`]) held in the same state
+//! file, so the change and its events are written by one atomic rename (a crash keeps
+//! both or neither). The sender is woken at once, posts the outbox (each event carries its
+//! `message_id`, so control drops a repeat), and removes what control accepted; failures
+//! are retried with backoff (1 s doubling to 30 s), and an agent restart resumes from the
+//! saved outbox. Event times are strictly increasing milliseconds, so two quick changes
+//! keep their order. At most [`MAX_PENDING`] events wait (the oldest are dropped).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use hyper::Method;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use crate::agent::{Agent, error_chain};
+use crate::agent::{Agent, error_chain, lock};
 use crate::http::{Client, HttpError, parse_http_url};
 use crate::model::{Server, Status};
+use crate::store::{State, StoreError};
 
 /// Where and how often to send samples.
 #[derive(Debug, Clone)]
@@ -326,7 +335,7 @@ async fn server_samples(
 }
 
 /// What the event tracker remembers of a server.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Seen {
     /// Owner project.
     pub project_id: String,
@@ -337,12 +346,12 @@ pub struct Seen {
 }
 
 /// The servers now, for [`events`].
-pub fn snapshot(servers: &[Server]) -> BTreeMap<String, Seen> {
+pub fn snapshot(servers: &BTreeMap<String, Server>) -> BTreeMap<String, Seen> {
     servers
         .iter()
-        .map(|s| {
+        .map(|(id, s)| {
             (
-                s.placement.id.clone(),
+                id.clone(),
                 Seen {
                     project_id: s.placement.project_id.clone(),
                     name: s.placement.name.clone(),
@@ -353,45 +362,171 @@ pub fn snapshot(servers: &[Server]) -> BTreeMap<String, Seen> {
         .collect()
 }
 
-/// Lifecycle events between two snapshots.
+/// A lifecycle event, as control's `POST /telemetry/v1/samples` takes it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    /// Unique id: control stores an event once however often it is sent.
+    pub message_id: String,
+    /// `compute.instance.{create,update,delete}`.
+    pub event_type: String,
+    /// The server.
+    pub resource_id: String,
+    /// Its project.
+    pub project_id: String,
+    /// When, epoch seconds (whole milliseconds).
+    pub generated: f64,
+    /// `name`, `state`, `old_state`.
+    pub traits: Value,
+}
+
+/// At most this many events wait to be sent; beyond, the oldest are dropped.
+pub const MAX_PENDING: usize = 10_000;
+
+/// The events part of the agent's saved state.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Outbox {
+    /// The servers as of the last save (`None` in a state file from before events were
+    /// saved: the servers then are the baseline).
+    #[serde(default)]
+    pub seen: Option<BTreeMap<String, Seen>>,
+    /// Events control has not accepted yet, oldest first.
+    #[serde(default)]
+    pub pending: Vec<Event>,
+    /// The last event's time, ms (times are strictly increasing).
+    #[serde(default)]
+    pub last_ms: i64,
+}
+
+/// Lifecycle events between two snapshots, times from `ts_ms` (which it advances).
 pub fn events(
     before: &BTreeMap<String, Seen>,
     now: &BTreeMap<String, Seen>,
-    ts: f64,
-) -> Vec<Value> {
+    ts_ms: &mut i64,
+) -> Vec<Event> {
     let mut out = Vec::new();
-    let ev = |t: &str, id: &str, s: &Seen, traits: Value| {
-        json!({"event_type": t, "resource_id": id, "project_id": s.project_id,
-            "generated": ts, "traits": traits})
+    let mut ev = |t: &str, id: &str, s: &Seen, traits: Value| {
+        *ts_ms += 1;
+        out.push(Event {
+            message_id: uuid::Uuid::new_v4().simple().to_string(),
+            event_type: t.to_string(),
+            resource_id: id.to_string(),
+            project_id: s.project_id.clone(),
+            generated: *ts_ms as f64 / 1000.0,
+            traits,
+        });
     };
     for (id, s) in now {
         match before.get(id) {
-            None => out.push(ev(
+            None => ev(
                 "compute.instance.create",
                 id,
                 s,
                 json!({"name": s.name, "state": s.status.as_str()}),
-            )),
-            Some(b) if b.status != s.status => out.push(ev(
+            ),
+            Some(b) if b.status != s.status => ev(
                 "compute.instance.update",
                 id,
                 s,
                 json!({"name": s.name, "old_state": b.status.as_str(), "state": s.status.as_str()}),
-            )),
+            ),
             Some(_) => {}
         }
     }
     for (id, b) in before {
         if !now.contains_key(id) {
-            out.push(ev(
+            ev(
                 "compute.instance.delete",
                 id,
                 b,
                 json!({"name": b.name, "state": "DELETED", "old_state": b.status.as_str()}),
-            ));
+            );
         }
     }
     out
+}
+
+/// What [`record`] changed, to take back if the state cannot be saved.
+#[derive(Debug)]
+pub struct Undo {
+    seen: Option<BTreeMap<String, Seen>>,
+    pending: Vec<Event>,
+    last_ms: i64,
+}
+
+impl Undo {
+    /// Puts the outbox back as it was.
+    pub fn restore(self, st: &mut State) {
+        st.events.seen = self.seen;
+        st.events.pending = self.pending;
+        st.events.last_ms = self.last_ms;
+    }
+}
+
+fn now_ms() -> i64 {
+    (now_secs() * 1000.0) as i64
+}
+
+/// Called before every save of the state: appends the events of the changes since the
+/// last save to the outbox (when `enabled`). `None` when nothing changed.
+pub fn record(st: &mut State, enabled: bool) -> Option<Undo> {
+    let now = snapshot(&st.servers);
+    let Some(before) = &st.events.seen else {
+        st.events.seen = Some(now);
+        return None;
+    };
+    if *before == now {
+        return None;
+    }
+    if !enabled {
+        st.events.seen = Some(now);
+        return None;
+    }
+    let mut ts = st.events.last_ms.max(now_ms() - 1);
+    let new = events(before, &now, &mut ts);
+    let undo = Undo {
+        seen: st.events.seen.replace(now),
+        pending: st.events.pending.clone(),
+        last_ms: st.events.last_ms,
+    };
+    if new.is_empty() {
+        return Some(undo);
+    }
+    st.events.last_ms = ts;
+    st.events.pending.extend(new);
+    let over = st.events.pending.len().saturating_sub(MAX_PENDING);
+    if over > 0 {
+        tracing::warn!(
+            dropped = over,
+            "telemetry outbox full: oldest events dropped"
+        );
+        st.events.pending.drain(..over);
+    }
+    Some(undo)
+}
+
+impl Agent {
+    /// Up to `max` events waiting for control, oldest first.
+    pub fn pending_events(&self, max: usize) -> Vec<Event> {
+        let st = lock(&self.state);
+        st.events.pending.iter().take(max).cloned().collect()
+    }
+
+    /// Removes the events control accepted and saves.
+    pub fn ack_events(&self, ids: &[String]) -> Result<(), StoreError> {
+        let mut st = lock(&self.state);
+        let before = st.events.pending.len();
+        st.events.pending.retain(|e| !ids.contains(&e.message_id));
+        if st.events.pending.len() == before {
+            return Ok(());
+        }
+        self.save(&mut st)
+    }
+
+    /// Waits until a save recorded new events (returns at once if one did since the last
+    /// wait).
+    pub async fn events_recorded(&self) {
+        self.events_ready.notified().await;
+    }
 }
 
 async fn send(
@@ -399,24 +534,28 @@ async fn send(
     path: &str,
     node: &str,
     samples: Vec<Value>,
-    events: Vec<Value>,
-) -> bool {
+    events: &[Event],
+) -> Result<(), HttpError> {
     let n = (samples.len(), events.len());
     let body = json!({"node_id": node, "samples": samples, "events": events});
     match client.call(Method::POST, path, Some(&body)).await {
         Ok(_) => {
             tracing::debug!(samples = n.0, events = n.1, "telemetry sent");
-            true
+            Ok(())
         }
         Err(e) => {
             tracing::warn!(error = %error_chain(&e), samples = n.0, events = n.1, "sending telemetry failed");
-            false
+            Err(e)
         }
     }
 }
 
-/// Samples and reports events forever.
+/// Events sent in one batch at most.
+const EVENTS_PER_BATCH: usize = 200;
+
+/// Samples every interval and sends events as they are recorded, forever.
 pub async fn run(agent: Arc<Agent>, cfg: SamplerConfig) -> Result<(), HttpError> {
+    use tokio::time::Instant;
     let (endpoint, prefix) = parse_http_url(&cfg.url)?;
     let mut client = Client::new(endpoint, Duration::from_secs(10));
     if let Some(t) = &cfg.token {
@@ -424,30 +563,68 @@ pub async fn run(agent: Arc<Agent>, cfg: SamplerConfig) -> Result<(), HttpError>
     }
     let path = format!("{}/telemetry/v1/samples", prefix.trim_end_matches('/'));
     let node = agent.node_id();
-    let mut seen = snapshot(&agent.list());
-    let mut pending: Vec<Value> = Vec::new();
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut next_sample = tokio::time::Instant::now();
+    let sampling = !cfg.interval.is_zero();
+    let far = Duration::from_secs(86_400 * 365);
+    let mut next_sample = Instant::now();
+    let mut backoff = Duration::from_secs(1);
+    let mut retry_at: Option<Instant> = None;
     loop {
-        tick.tick().await;
-        let now = snapshot(&agent.list());
-        pending.extend(events(&seen, &now, now_secs()));
-        seen = now;
-        let due = tokio::time::Instant::now() >= next_sample;
-        if !due && pending.is_empty() {
+        let now = Instant::now();
+        let pending = agent.pending_events(EVENTS_PER_BATCH);
+        let events_due = !pending.is_empty() && retry_at.is_none_or(|r| now >= r);
+        let samples_due = sampling && now >= next_sample;
+        if !events_due && !samples_due {
+            let mut wake = if sampling { next_sample } else { now + far };
+            if let Some(r) = retry_at.filter(|_| !pending.is_empty()) {
+                wake = wake.min(r);
+            }
+            tokio::select! {
+                () = agent.events_recorded() => {}
+                () = tokio::time::sleep_until(wake) => {}
+            }
             continue;
         }
-        let samples = if due {
-            next_sample = tokio::time::Instant::now() + cfg.interval;
+        let samples = if samples_due {
+            next_sample = now + cfg.interval;
             collect(&agent).await
         } else {
             Vec::new()
         };
-        let events = std::mem::take(&mut pending);
-        if !send(&client, &path, &node, samples, events.clone()).await && events.len() < 10_000 {
-            // Events are not cumulative: keep them for the next try.
-            pending = events;
+        let events = if events_due { pending } else { Vec::new() };
+        match send(&client, &path, &node, samples, &events).await {
+            Ok(()) => {
+                backoff = Duration::from_secs(1);
+                retry_at = None;
+                let ids: Vec<String> = events.into_iter().map(|e| e.message_id).collect();
+                if let Err(e) = agent.ack_events(&ids) {
+                    // They stay in the outbox and are sent again; control drops repeats.
+                    tracing::warn!(error = %error_chain(&e), "cannot save the telemetry outbox");
+                }
+            }
+            Err(HttpError::Status { status, .. })
+                if (400..500).contains(&status)
+                    && ![401, 403, 408, 429].contains(&status)
+                    && !events.is_empty() =>
+            {
+                if samples_due {
+                    // Maybe the samples were refused: send the events alone next.
+                    retry_at = Some(Instant::now());
+                } else {
+                    tracing::error!(
+                        status,
+                        events = events.len(),
+                        "control refused these events: dropped"
+                    );
+                    let ids: Vec<String> = events.into_iter().map(|e| e.message_id).collect();
+                    let _ = agent.ack_events(&ids);
+                }
+            }
+            Err(_) => {
+                if !events.is_empty() {
+                    retry_at = Some(Instant::now() + backoff);
+                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                }
+            }
         }
     }
 }
@@ -482,26 +659,97 @@ mod tests {
             ("a".to_string(), seen(Status::Active)),
             ("c".to_string(), seen(Status::Build)),
         ]);
-        let e = events(&before, &now, 5.0);
+        let mut ts = 5000;
+        let e = events(&before, &now, &mut ts);
         let kinds: Vec<_> = e
             .iter()
-            .map(|e| {
-                (
-                    e["event_type"].as_str().unwrap(),
-                    e["resource_id"].as_str().unwrap(),
-                )
-            })
+            .map(|e| (e.event_type.as_str(), e.resource_id.as_str(), e.generated))
             .collect();
         assert_eq!(
             kinds,
             [
-                ("compute.instance.update", "a"),
-                ("compute.instance.create", "c"),
-                ("compute.instance.delete", "b")
+                ("compute.instance.update", "a", 5.001),
+                ("compute.instance.create", "c", 5.002),
+                ("compute.instance.delete", "b", 5.003)
             ]
         );
-        assert_eq!(e[0]["traits"]["old_state"], "BUILD");
-        assert_eq!(e[0]["traits"]["state"], "ACTIVE");
-        assert!(events(&now, &now, 6.0).is_empty());
+        assert_eq!(ts, 5003);
+        assert_eq!(e[0].traits["old_state"], "BUILD");
+        assert_eq!(e[0].traits["state"], "ACTIVE");
+        assert_ne!(e[0].message_id, e[1].message_id);
+        assert!(events(&now, &now, &mut ts).is_empty());
+    }
+
+    fn server(id: &str, status: Status) -> Server {
+        let mut s: Server = serde_json::from_value(json!({
+            "placement": {"id": id, "name": "vm", "project_id": "p", "vcpus": 1, "ram_mib": 64,
+                "kernel": {"path": "/k"}, "root_disk": {}},
+            "status": "BUILD", "created": 0, "updated": 0
+        }))
+        .unwrap();
+        s.status = status;
+        s
+    }
+
+    /// Every state change recorded before its save becomes its own event, in order, with
+    /// strictly increasing times, even when the changes come within one millisecond; a
+    /// failed save takes its events back; the outbox survives a reload of the state file.
+    #[test]
+    fn each_saved_change_is_one_event_and_the_outbox_is_saved_with_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        let mut st = crate::store::load(&path).unwrap();
+        let save = |st: &mut State| {
+            record(st, true);
+            crate::store::save(&path, st).unwrap();
+        };
+        st.servers.insert("a".into(), server("a", Status::Build));
+        save(&mut st);
+        for status in [Status::Active, Status::Shutoff, Status::Active] {
+            st.servers.get_mut("a").unwrap().status = status;
+            save(&mut st);
+        }
+        st.servers.remove("a");
+        save(&mut st);
+        let st = crate::store::load(&path).unwrap();
+        let got: Vec<_> = st
+            .events
+            .pending
+            .iter()
+            .map(|e| {
+                (
+                    e.event_type.as_str(),
+                    e.traits["old_state"].as_str().unwrap_or(""),
+                    e.traits["state"].as_str().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("compute.instance.create", "", "BUILD"),
+                ("compute.instance.update", "BUILD", "ACTIVE"),
+                ("compute.instance.update", "ACTIVE", "SHUTOFF"),
+                ("compute.instance.update", "SHUTOFF", "ACTIVE"),
+                ("compute.instance.delete", "ACTIVE", "DELETED"),
+            ]
+        );
+        let times: Vec<f64> = st.events.pending.iter().map(|e| e.generated).collect();
+        assert!(times.windows(2).all(|w| w[0] < w[1]), "{times:?}");
+
+        // A save that fails is undone: no event, and the next save reports the change.
+        let mut st = st;
+        st.servers.insert("b".into(), server("b", Status::Build));
+        let undo = record(&mut st, true).expect("a change");
+        assert_eq!(st.events.pending.len(), 6);
+        undo.restore(&mut st);
+        assert_eq!(st.events.pending.len(), 5);
+        assert!(record(&mut st, true).is_some());
+        assert_eq!(st.events.pending.len(), 6);
+        // Disabled: the baseline moves, nothing is queued.
+        st.servers.remove("b");
+        assert!(record(&mut st, false).is_none());
+        assert_eq!(st.events.pending.len(), 6);
+        assert!(record(&mut st, true).is_none(), "nothing new since");
     }
 }

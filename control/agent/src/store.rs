@@ -45,6 +45,9 @@ pub struct State {
     /// The network state control pushed last (see [`crate::netsync`]).
     #[serde(default)]
     pub network: crate::netsync::Applied,
+    /// Lifecycle events not yet accepted by control (see [`crate::sampler`]).
+    #[serde(default)]
+    pub events: crate::sampler::Outbox,
 }
 
 /// Writes `bytes` to `path` atomically and durably.
@@ -79,6 +82,10 @@ pub fn load(path: &Path) -> Result<State, StoreError> {
             node_id: uuid::Uuid::new_v4().to_string(),
             servers: BTreeMap::new(),
             network: Default::default(),
+            events: crate::sampler::Outbox {
+                seen: Some(BTreeMap::new()),
+                ..Default::default()
+            },
         }),
         Err(source) => Err(StoreError::Io {
             what: "read",

@@ -105,6 +105,7 @@ async fn pushed_network_state_is_applied_updated_and_withdrawn() {
         port_timeout: Duration::from_secs(1),
         image_timeout: Duration::from_secs(1),
         disk_path: dir.path().to_path_buf(),
+        record_events: false,
     })
     .unwrap();
 

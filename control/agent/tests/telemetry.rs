@@ -2,11 +2,16 @@
 //! 256 KiB disk; the agent's telemetry batches (received by a peer playing control's
 //! `POST /telemetry/v1/samples`, reached over a veth into the node namespace) carry the
 //! server's vCPU time, memory, the disk bytes the guest read, the volume's and the port's
-//! counters, and the lifecycle events (create, BUILD→ACTIVE, delete).
+//! counters, and the lifecycle events (create, BUILD→ACTIVE, delete). A stop then a start
+//! made the moment the stop ends still give both updates, in order; an update recorded
+//! while control refuses batches survives a kill of the agent and is delivered by the
+//! next agent.
 
 mod support;
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
@@ -129,7 +134,34 @@ fn the_agent_samples_a_running_server_and_reports_its_lifecycle() {
         let o = node.netns.exec(&args).unwrap();
         assert!(o.status.success(), "{o:?}");
     }
-    let peer = HttpPeer::start_on(&format!("{host_ip}:0"), |_| (202, b"{}".to_vec()));
+    // The peer refuses batches while `refuse` is set; it keeps the events it accepted.
+    let refuse = Arc::new(AtomicBool::new(false));
+    let accepted: Arc<Mutex<Vec<Value>>> = Arc::default();
+    let (r, a) = (refuse.clone(), accepted.clone());
+    let peer = HttpPeer::start_on(&format!("{host_ip}:0"), move |req| {
+        if r.load(Ordering::SeqCst) {
+            return (503, b"{}".to_vec());
+        }
+        if let Ok(b) = serde_json::from_slice::<Value>(&req.body) {
+            let evs = b["events"].as_array().cloned().unwrap_or_default();
+            a.lock().unwrap().extend(evs);
+        }
+        (202, b"{}".to_vec())
+    });
+    let updates = |id: &str| -> Vec<(String, String)> {
+        accepted
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|e| e["resource_id"] == id && e["event_type"] == "compute.instance.update")
+            .map(|e| {
+                (
+                    e["traits"]["old_state"].as_str().unwrap().to_string(),
+                    e["traits"]["state"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect()
+    };
     let url = format!("{}/ctl", peer.url);
 
     let mut setup = node.agent_setup();
@@ -142,7 +174,7 @@ fn the_agent_samples_a_running_server_and_reports_its_lifecycle() {
         "1",
     ];
     setup.extra = &extra;
-    let agent = AgentProc::start(&setup);
+    let mut agent = AgentProc::start(&setup);
     let (_, n) = agent.api("GET", "/v1/node", None);
     let node_id = n["node"]["id"].as_str().unwrap().to_string();
 
@@ -154,6 +186,9 @@ fn the_agent_samples_a_running_server_and_reports_its_lifecycle() {
         "root_disk": {"image": {"path": image_path}},
         "ports": [{"network": {"name": "green", "subnet": {"cidr": "10.8.0.0/24"}},
                    "fixed_ip": "10.8.0.10"}],
+        // A key and user data on the config drive: the guest stops scanning it once it
+        // has found both (a full scan takes long on a loaded machine).
+        "metadata": {"key_name": "tlm", "public_key": "ssh-ed25519 AAAAtlm tlm@ferrostack", "user_data": "IyBmZXJyb3N0YWNrLXVzZXItZGF0YSB0bG0K"},
     }});
     let (s, v) = agent.api("POST", "/v1/servers", Some(&placement.to_string()));
     assert_eq!(s, 202, "{v}");
@@ -203,7 +238,67 @@ fn the_agent_samples_a_running_server_and_reports_its_lifecycle() {
     let rss = latest(&peer, "memory.resident", id).unwrap();
     assert!(rss["volume"].as_f64().unwrap() > 0.0, "{rss}");
 
+    // A stop, and a start the moment the stop is done: both updates, in order (the
+    // server is SHUTOFF for well under a second).
+    let act = |agent: &AgentProc, body: &str| {
+        let (s, v) = agent.api("POST", &format!("/v1/servers/{id}/action"), Some(body));
+        assert_eq!(s, 202, "{v}");
+    };
+    act(&agent, r#"{"os-stop": null}"#);
+    let stopped_at = loop {
+        let s = agent.server(id);
+        if s["status"] == "SHUTOFF" && s["task_state"].is_null() {
+            break Instant::now();
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    };
+    act(&agent, r#"{"os-start": null}"#);
+    agent.wait_status(id, "ACTIVE", Duration::from_secs(60));
+    eprintln!("SHUTOFF for {:?}", stopped_at.elapsed());
+    let pair = |a: &str, b: &str| (a.to_string(), b.to_string());
+    let want = vec![
+        pair("BUILD", "ACTIVE"),
+        pair("ACTIVE", "SHUTOFF"),
+        pair("SHUTOFF", "ACTIVE"),
+    ];
+    wait_for("the stop and start events", || {
+        (updates(id).len() >= 3).then_some(())
+    });
+    assert_eq!(updates(id), want);
+
+    // control refuses batches; a stop's event waits in the saved outbox; the agent is
+    // killed; the next agent sends it once control accepts again.
+    refuse.store(true, Ordering::SeqCst);
+    act(&agent, r#"{"os-stop": null}"#);
+    agent.wait_status(id, "SHUTOFF", Duration::from_secs(60));
+    wait_for("the stop event in the saved outbox", || {
+        let st: Value =
+            serde_json::from_slice(&std::fs::read(root.join("agent/state.json")).ok()?).ok()?;
+        st["events"]["pending"]
+            .as_array()?
+            .iter()
+            .any(|e| e["traits"]["state"] == "SHUTOFF")
+            .then_some(())
+    });
+    agent.proc.kill();
+    agent = AgentProc::start(&setup);
+    refuse.store(false, Ordering::SeqCst);
+    wait_for("the stop event from the next agent", || {
+        (updates(id).len() >= 4).then_some(())
+    });
+    let mut want = want;
+    want.push(pair("ACTIVE", "SHUTOFF"));
+    assert_eq!(updates(id), want, "delivered once, in order");
+
     // The port: the guest's ARP for its probe left through it.
+    eprintln!(
+        "console: {}\nport {port} samples so far: {:?}",
+        agent.console(id),
+        batches(&peer)
+            .iter()
+            .flat_map(|b| b["samples"].as_array().cloned().unwrap_or_default())
+            .rfind(|s| s["resource_id"] == port.as_str())
+    );
     let out = wait_for("network.outgoing.packets >= 1", || {
         latest(&peer, "network.outgoing.packets", &port)
             .filter(|s| s["volume"].as_f64().unwrap() >= 1.0)
@@ -222,34 +317,52 @@ fn the_agent_samples_a_running_server_and_reports_its_lifecycle() {
     let (s, _) = agent.api("DELETE", &format!("/v1/servers/{id}"), None);
     assert_eq!(s, 204);
     let events = wait_for("the delete event", || {
-        let evs: Vec<Value> = batches(&peer)
+        let evs: Vec<Value> = accepted
+            .lock()
+            .unwrap()
             .iter()
-            .flat_map(|b| b["events"].as_array().cloned().unwrap_or_default())
             .filter(|e| e["resource_id"] == id)
+            .cloned()
             .collect();
         evs.iter()
             .any(|e| e["event_type"] == "compute.instance.delete")
             .then_some(evs)
     });
-    let kinds: Vec<&str> = events
+    let kinds: Vec<(&str, &str, &str)> = events
         .iter()
-        .map(|e| e["event_type"].as_str().unwrap())
+        .map(|e| {
+            (
+                e["event_type"].as_str().unwrap(),
+                e["traits"]["old_state"].as_str().unwrap_or(""),
+                e["traits"]["state"].as_str().unwrap(),
+            )
+        })
         .collect();
+    // Recorded at each change, delivered once each, in order.
     assert_eq!(
-        kinds.first(),
-        Some(&"compute.instance.create"),
+        kinds,
+        [
+            ("compute.instance.create", "", "BUILD"),
+            ("compute.instance.update", "BUILD", "ACTIVE"),
+            ("compute.instance.update", "ACTIVE", "SHUTOFF"),
+            ("compute.instance.update", "SHUTOFF", "ACTIVE"),
+            ("compute.instance.update", "ACTIVE", "SHUTOFF"),
+            ("compute.instance.delete", "SHUTOFF", "DELETED"),
+        ],
         "{events:?}"
     );
-    assert_eq!(kinds.last(), Some(&"compute.instance.delete"), "{events:?}");
-    // The build may finish within one tick: then the create already says ACTIVE,
-    // otherwise an update BUILD -> ACTIVE follows.
-    assert!(
-        events.iter().any(|e| e["traits"]["state"] == "ACTIVE"
-            && (e["event_type"] == "compute.instance.create"
-                || (e["event_type"] == "compute.instance.update"
-                    && e["traits"]["old_state"] == "BUILD"))),
-        "{events:?}"
-    );
+    let mut ids: Vec<&str> = events
+        .iter()
+        .map(|e| e["message_id"].as_str().unwrap())
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), events.len(), "{events:?}");
+    let times: Vec<f64> = events
+        .iter()
+        .map(|e| e["generated"].as_f64().unwrap())
+        .collect();
+    assert!(times.windows(2).all(|w| w[0] < w[1]), "{times:?}");
     assert!(events.iter().all(|e| e["project_id"] == "proj-m"));
     for b in batches(&peer) {
         assert_eq!(b["node_id"], node_id.as_str());

@@ -6,7 +6,8 @@
 //! - `POST /telemetry/v1/samples` `{"node_id": "...", "samples": [{"meter", "type"
 //!   (cumulative|gauge|delta), "unit", "volume", "resource_id", "project_id", "user_id"?,
 //!   "timestamp" (epoch seconds or ISO 8601)}], "events": [{"event_type", "resource_id",
-//!   "project_id", "generated", "traits"?}]}` → 202 `{"samples": n, "events": m}`. The batch
+//!   "project_id", "generated", "traits"?, "message_id"?}]}` → 202 `{"samples": n, "events":
+//!   m}` (an event whose `message_id` this node sent before is skipped, not counted). The batch
 //!   is all or nothing: one invalid sample → 400 naming it, nothing stored.
 //!
 //! Queries (project scope: non-admins only see their token's project; admins see all and
@@ -177,6 +178,26 @@ fn ingest(svc: &Service, req: &Request) -> Result<Response, ServiceError> {
         let doc = e
             .into_doc(&batch.node_id)
             .map_err(|e| ApiError::bad_request(format!("events[{i}]: {e}")))?;
+        // An agent resends what it has no answer for: a repeat is stored once.
+        if let Some(old) = svc.store.get(Kind::Event, &doc.message_id)? {
+            if old.parse::<EventDoc>()?.node_id == doc.node_id {
+                continue;
+            }
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                format!(
+                    "events[{i}]: message_id {} is another node's",
+                    doc.message_id
+                ),
+            )
+            .into());
+        }
+        if writes
+            .iter()
+            .any(|w| matches!(w, Write::Insert(r) if r.id == doc.message_id))
+        {
+            continue;
+        }
         writes.push(Write::Insert(Record::new(
             Kind::Event,
             &doc.message_id,

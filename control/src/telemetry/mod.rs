@@ -491,6 +491,10 @@ pub fn retention_pass(
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct EventIn {
+    /// The sender's id for it (a repeat with the same id from the same node is stored
+    /// once); control makes one when absent.
+    #[serde(default)]
+    pub message_id: Option<String>,
     /// `compute.instance.create`, `compute.instance.delete`, `compute.instance.update`.
     pub event_type: String,
     /// The resource it is about.
@@ -532,8 +536,22 @@ impl EventIn {
         if self.traits.len() > 32 {
             return Err(invalid("an event has at most 32 traits"));
         }
+        let message_id = match self.message_id {
+            Some(id) => {
+                if id.is_empty()
+                    || id.len() > 64
+                    || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                {
+                    return Err(invalid(
+                        "message_id must be 1 to 64 letters, digits or dashes",
+                    ));
+                }
+                id
+            }
+            None => crate::identity::new_id(),
+        };
         Ok(EventDoc {
-            message_id: crate::identity::new_id(),
+            message_id,
             event_type: self.event_type,
             resource_id: self.resource_id,
             project_id: self.project_id,

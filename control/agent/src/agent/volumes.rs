@@ -243,7 +243,7 @@ impl Agent {
                 v.socket = None;
             }
         }
-        let _ = self.save(&st);
+        let _ = self.save(&mut st);
     }
 
     fn check_stopped(s: &Server, what: &str) -> Result<(), AgentError> {
