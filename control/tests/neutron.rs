@@ -773,10 +773,13 @@ fn networks_and_subnets_answer_with_their_own_statuses_and_messages() {
         );
     };
     let post = |path: &str, body: Value| cloud.json("POST", path, t, &body);
+    let call = |method: &str, token: Option<&str>, path: &str| {
+        cloud.req(method, &format!("/network/v2.0/{path}"), token, &[], b"")
+    };
 
     for (kind, what) in [("networks", "Network"), ("subnets", "Subnet")] {
         for method in ["GET", "DELETE"] {
-            let r = cloud.req(method, &format!("/network/v2.0/{kind}/nope"), t, &[], b"");
+            let r = call(method, t, &format!("{kind}/nope"));
             answer(&r, 404, &format!("{what} nope could not be found."));
         }
     }
@@ -823,18 +826,12 @@ fn networks_and_subnets_answer_with_their_own_statuses_and_messages() {
         409,
         "this cloud supports one subnet per network; the network already has one",
     );
-    let r = cloud.req("GET", "/network/v2.0/networks?name=n", t, &[], b"");
+    let r = call("GET", t, "networks?name=n");
     assert_eq!(r.status, 200, "{}", r.text());
     let list = r.json()["networks"].clone();
     assert_eq!(list.as_array().map(Vec::len), Some(1), "{list}");
     assert_eq!(list[0]["subnets"], json!([sub_id]), "{list}");
-    let r = cloud.req(
-        "GET",
-        &format!("/network/v2.0/subnets/{sub_id}"),
-        t,
-        &[],
-        b"",
-    );
+    let r = call("GET", t, &format!("subnets/{sub_id}"));
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json()["subnet"]["cidr"], "10.3.0.0/24");
 
@@ -845,13 +842,7 @@ fn networks_and_subnets_answer_with_their_own_statuses_and_messages() {
     );
     assert_eq!(port.status, 201, "{}", port.text());
     let port_id = id(&port.json()["port"]);
-    let r = cloud.req(
-        "DELETE",
-        &format!("/network/v2.0/subnets/{sub_id}"),
-        t,
-        &[],
-        b"",
-    );
+    let r = call("DELETE", t, &format!("subnets/{sub_id}"));
     answer(
         &r,
         409,
@@ -859,13 +850,7 @@ fn networks_and_subnets_answer_with_their_own_statuses_and_messages() {
             "Unable to complete operation on subnet {sub_id}: one or more ports have an IP allocation from this subnet."
         ),
     );
-    let r = cloud.req(
-        "DELETE",
-        &format!("/network/v2.0/networks/{net_id}"),
-        t,
-        &[],
-        b"",
-    );
+    let r = call("DELETE", t, &format!("networks/{net_id}"));
     answer(
         &r,
         409,
@@ -873,30 +858,12 @@ fn networks_and_subnets_answer_with_their_own_statuses_and_messages() {
             "Unable to complete operation on network {net_id}. There are one or more ports still in use on the network."
         ),
     );
-    let r = cloud.req(
-        "DELETE",
-        &format!("/network/v2.0/ports/{port_id}"),
-        t,
-        &[],
-        b"",
-    );
+    let r = call("DELETE", t, &format!("ports/{port_id}"));
     assert_eq!(r.status, 204, "{}", r.text());
-    let r = cloud.req(
-        "DELETE",
-        &format!("/network/v2.0/networks/{net_id}"),
-        t,
-        &[],
-        b"",
-    );
+    let r = call("DELETE", t, &format!("networks/{net_id}"));
     assert_eq!(r.status, 204, "{}", r.text());
     assert!(r.body.is_empty());
-    let r = cloud.req(
-        "GET",
-        &format!("/network/v2.0/subnets/{sub_id}"),
-        t,
-        &[],
-        b"",
-    );
+    let r = call("GET", t, &format!("subnets/{sub_id}"));
     answer(&r, 404, &format!("Subnet {sub_id} could not be found."));
 
     // Another project sees a shared network but not its subnet, and neither deletes it
@@ -919,38 +886,20 @@ fn networks_and_subnets_answer_with_their_own_statuses_and_messages() {
     );
     assert_eq!(sub.status, 201, "{}", sub.text());
     let sub_id = id(&sub.json()["subnet"]);
-    let r = cloud.req(
-        "GET",
-        &format!("/network/v2.0/networks/{shared_id}"),
-        b,
-        &[],
-        b"",
-    );
+    let r = call("GET", b, &format!("networks/{shared_id}"));
     assert_eq!(r.status, 200, "{}", r.text());
-    let r = cloud.req("GET", "/network/v2.0/networks", b, &[], b"");
+    let r = call("GET", b, "networks");
     assert_eq!(
         r.json()["networks"][0]["id"],
         shared_id.as_str(),
         "{}",
         r.text()
     );
-    let r = cloud.req(
-        "GET",
-        &format!("/network/v2.0/subnets/{sub_id}"),
-        b,
-        &[],
-        b"",
-    );
+    let r = call("GET", b, &format!("subnets/{sub_id}"));
     answer(&r, 404, &format!("Subnet {sub_id} could not be found."));
-    let r = cloud.req("GET", "/network/v2.0/subnets", b, &[], b"");
+    let r = call("GET", b, "subnets");
     assert_eq!(r.json(), json!({"subnets": []}));
-    let r = cloud.req(
-        "DELETE",
-        &format!("/network/v2.0/networks/{shared_id}"),
-        b,
-        &[],
-        b"",
-    );
+    let r = call("DELETE", b, &format!("networks/{shared_id}"));
     answer(&r, 403, "only the owner deletes a network");
     let r = cloud.json(
         "POST",
