@@ -10,10 +10,11 @@ mod common;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use base64::Engine;
-use common::{Cloud, fails, ok, ok_json};
+use common::node::wait_for;
+use common::{Cloud, fails, ok, ok_json, server_create};
 use serde_json::{Value, json};
 
 const NODE_TOKEN: &str = "metadata-node-token";
@@ -139,38 +140,7 @@ fn keypairs_properties_and_user_data_reach_the_placement() {
     assert!(bad.contains("OpenSSH"), "{bad}");
 
     // A kernel and a disk image naming it, a flavor.
-    let kernel = common::random_file(d, "kernel", 4096);
-    let disk = common::random_file(d, "disk", 8192);
-    let k = ok_json(
-        &env,
-        &[
-            "image",
-            "create",
-            "--file",
-            kernel.to_str().unwrap(),
-            "--disk-format",
-            "aki",
-            "--container-format",
-            "aki",
-            "kernel",
-        ],
-    );
-    ok(
-        &env,
-        &[
-            "image",
-            "create",
-            "--file",
-            disk.to_str().unwrap(),
-            "--disk-format",
-            "raw",
-            "--container-format",
-            "bare",
-            "--property",
-            &format!("kernel_id={}", k["id"].as_str().unwrap()),
-            "disk",
-        ],
-    );
+    common::boot_images(&env, d);
     ok(
         &env,
         &[
@@ -181,33 +151,19 @@ fn keypairs_properties_and_user_data_reach_the_placement() {
     // Unknown key names and oversized user data are refused before anything is scheduled.
     let nokey = fails(
         &env,
-        &[
-            "server",
-            "create",
-            "--image",
-            "disk",
-            "--flavor",
-            "tiny",
-            "--key-name",
-            "nope",
-            "x",
-        ],
+        &server_create("disk", "tiny", &["--key-name", "nope"], "x"),
     );
     assert!(nokey.contains("Invalid key_name"), "{nokey}");
     std::fs::write(d.join("big"), vec![b'x'; 50_000]).unwrap();
+    let big_file = d.join("big");
     let big = fails(
         &env,
-        &[
-            "server",
-            "create",
-            "--image",
+        &server_create(
             "disk",
-            "--flavor",
             "tiny",
-            "--user-data",
-            d.join("big").to_str().unwrap(),
+            &["--user-data", big_file.to_str().unwrap()],
             "x",
-        ],
+        ),
     );
     assert!(big.contains("user_data"), "{big}");
     assert!(received.lock().unwrap().is_empty());
@@ -218,35 +174,33 @@ fn keypairs_properties_and_user_data_reach_the_placement() {
         .as_bytes()
         .to_vec();
     std::fs::write(d.join("user-data"), &user_data).unwrap();
+    let user_data_file = d.join("user-data");
     let created = ok_json(
         &env,
-        &[
-            "server",
-            "create",
-            "--image",
+        &server_create(
             "disk",
-            "--flavor",
             "tiny",
-            "--key-name",
-            "k1",
-            "--property",
-            "role=web",
-            "--property",
-            "tier=front",
-            "--user-data",
-            d.join("user-data").to_str().unwrap(),
+            &[
+                "--key-name",
+                "k1",
+                "--property",
+                "role=web",
+                "--property",
+                "tier=front",
+                "--user-data",
+                user_data_file.to_str().unwrap(),
+            ],
             "Web Server_1",
-        ],
+        ),
     );
     let id = created["id"].as_str().unwrap().to_string();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let placement = loop {
+    let mut placement = Value::Null;
+    wait_for("a placement", Duration::from_secs(60), || {
         if let Some(p) = received.lock().unwrap().first() {
-            break p["server"].clone();
+            placement = p["server"].clone();
         }
-        assert!(Instant::now() < deadline, "no placement arrived");
-        std::thread::sleep(Duration::from_millis(100));
-    };
+        !placement.is_null()
+    });
     assert_eq!(placement["id"], id.as_str(), "{placement}");
     assert_eq!(placement["name"], "Web Server_1", "{placement}");
     let m = &placement["metadata"];
@@ -265,15 +219,15 @@ fn keypairs_properties_and_user_data_reach_the_placement() {
     assert_eq!(decoded, user_data);
 
     // Nova's view of it: the key name, the properties, a config drive.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let shown = loop {
-        let v = ok_json(&env, &["server", "show", &id]);
-        if v["status"] == "ERROR" {
-            break v;
-        }
-        assert!(Instant::now() < deadline, "never ERROR: {v}");
-        std::thread::sleep(Duration::from_millis(250));
-    };
+    let mut shown = Value::Null;
+    wait_for(
+        "the failed build to show ERROR",
+        Duration::from_secs(60),
+        || {
+            shown = ok_json(&env, &["server", "show", &id]);
+            shown["status"] == "ERROR"
+        },
+    );
     assert_eq!(shown["key_name"], "k1", "{shown}");
     assert_eq!(shown["config_drive"], "True", "{shown}");
     let props = shown["properties"].to_string();

@@ -759,3 +759,153 @@ fn projects_see_only_their_own_neutron_resources() {
     let kept = fails(&bob, &["security", "group", "delete", "default"]);
     assert!(kept.contains("default security group"), "{kept}");
 }
+
+#[test]
+fn networks_and_subnets_answer_with_their_own_statuses_and_messages() {
+    let cloud = Cloud::start();
+    let (token, _) = cloud.token("admin", ADMIN_PASSWORD, "admin");
+    let t = Some(token.as_str());
+    let answer = |r: &Answer, status: u16, message: &str| {
+        assert_eq!(r.status, status, "{}", r.text());
+        assert_eq!(
+            r.json(),
+            json!({"NeutronError": {"type": "HTTPError", "message": message, "detail": ""}}),
+        );
+    };
+    let post = |path: &str, body: Value| cloud.json("POST", path, t, &body);
+    let call = |method: &str, token: Option<&str>, path: &str| {
+        cloud.req(method, &format!("/network/v2.0/{path}"), token, &[], b"")
+    };
+
+    for (kind, what) in [("networks", "Network"), ("subnets", "Subnet")] {
+        for method in ["GET", "DELETE"] {
+            let r = call(method, t, &format!("{kind}/nope"));
+            answer(&r, 404, &format!("{what} nope could not be found."));
+        }
+    }
+    let r = post("/network/v2.0/networks", json!({"net": {}}));
+    answer(&r, 400, "the body needs a \"network\" object");
+    let r = post("/network/v2.0/subnets", json!({"subnet": []}));
+    answer(&r, 400, "the body needs a \"subnet\" object");
+    let r = post("/network/v2.0/networks", json!({"network": {"mtu": 100}}));
+    answer(&r, 400, "mtu must be 576 to 9000");
+    let r = post("/network/v2.0/subnets", json!({"subnet": {}}));
+    answer(&r, 400, "subnet.network_id is required");
+
+    let net = post("/network/v2.0/networks", json!({"network": {"name": "n"}}));
+    assert_eq!(net.status, 201, "{}", net.text());
+    let net_id = id(&net.json()["network"]);
+    assert_eq!(net.json()["network"]["subnets"], json!([]));
+    // No updates of networks or subnets: no such route.
+    let r = cloud.json(
+        "PUT",
+        &format!("/network/v2.0/networks/{net_id}"),
+        t,
+        &json!({"network": {"name": "m"}}),
+    );
+    answer(&r, 404, "The resource could not be found.");
+    let r = post(
+        "/network/v2.0/subnets",
+        json!({"subnet": {"network_id": net_id, "cidr": "10.3.0.0/24",
+                          "gateway_ip": "10.4.0.1"}}),
+    );
+    answer(&r, 400, "gateway_ip 10.4.0.1 is outside 10.3.0.0/24");
+    let sub = post(
+        "/network/v2.0/subnets",
+        json!({"subnet": {"network_id": net_id, "cidr": "10.3.0.0/24"}}),
+    );
+    assert_eq!(sub.status, 201, "{}", sub.text());
+    let sub_id = id(&sub.json()["subnet"]);
+    assert_eq!(sub.json()["subnet"]["gateway_ip"], "10.3.0.1");
+    let r = post(
+        "/network/v2.0/subnets",
+        json!({"subnet": {"network_id": net_id, "cidr": "10.5.0.0/24"}}),
+    );
+    answer(
+        &r,
+        409,
+        "this cloud supports one subnet per network; the network already has one",
+    );
+    let r = call("GET", t, "networks?name=n");
+    assert_eq!(r.status, 200, "{}", r.text());
+    let list = r.json()["networks"].clone();
+    assert_eq!(list.as_array().map(Vec::len), Some(1), "{list}");
+    assert_eq!(list[0]["subnets"], json!([sub_id]), "{list}");
+    let r = call("GET", t, &format!("subnets/{sub_id}"));
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["subnet"]["cidr"], "10.3.0.0/24");
+
+    // A port keeps both; once it is gone, the network goes with its subnet.
+    let port = post(
+        "/network/v2.0/ports",
+        json!({"port": {"network_id": net_id}}),
+    );
+    assert_eq!(port.status, 201, "{}", port.text());
+    let port_id = id(&port.json()["port"]);
+    let r = call("DELETE", t, &format!("subnets/{sub_id}"));
+    answer(
+        &r,
+        409,
+        &format!(
+            "Unable to complete operation on subnet {sub_id}: one or more ports have an IP allocation from this subnet."
+        ),
+    );
+    let r = call("DELETE", t, &format!("networks/{net_id}"));
+    answer(
+        &r,
+        409,
+        &format!(
+            "Unable to complete operation on network {net_id}. There are one or more ports still in use on the network."
+        ),
+    );
+    let r = call("DELETE", t, &format!("ports/{port_id}"));
+    assert_eq!(r.status, 204, "{}", r.text());
+    let r = call("DELETE", t, &format!("networks/{net_id}"));
+    assert_eq!(r.status, 204, "{}", r.text());
+    assert!(r.body.is_empty());
+    let r = call("GET", t, &format!("subnets/{sub_id}"));
+    answer(&r, 404, &format!("Subnet {sub_id} could not be found."));
+
+    // Another project sees a shared network but not its subnet, and neither deletes it
+    // nor adds one.
+    if !have_cli() {
+        return;
+    }
+    cloud.member("demo", "bob", "bob-pw");
+    let (bob, _) = cloud.token("bob", "bob-pw", "demo");
+    let b = Some(bob.as_str());
+    let shared = post(
+        "/network/v2.0/networks",
+        json!({"network": {"name": "everyone", "shared": true}}),
+    );
+    assert_eq!(shared.status, 201, "{}", shared.text());
+    let shared_id = id(&shared.json()["network"]);
+    let sub = post(
+        "/network/v2.0/subnets",
+        json!({"subnet": {"network_id": shared_id, "cidr": "10.6.0.0/24"}}),
+    );
+    assert_eq!(sub.status, 201, "{}", sub.text());
+    let sub_id = id(&sub.json()["subnet"]);
+    let r = call("GET", b, &format!("networks/{shared_id}"));
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = call("GET", b, "networks");
+    assert_eq!(
+        r.json()["networks"][0]["id"],
+        shared_id.as_str(),
+        "{}",
+        r.text()
+    );
+    let r = call("GET", b, &format!("subnets/{sub_id}"));
+    answer(&r, 404, &format!("Subnet {sub_id} could not be found."));
+    let r = call("GET", b, "subnets");
+    assert_eq!(r.json(), json!({"subnets": []}));
+    let r = call("DELETE", b, &format!("networks/{shared_id}"));
+    answer(&r, 403, "only the owner deletes a network");
+    let r = cloud.json(
+        "POST",
+        "/network/v2.0/subnets",
+        b,
+        &json!({"subnet": {"network_id": shared_id, "cidr": "10.7.0.0/24"}}),
+    );
+    answer(&r, 403, "only the network's owner adds subnets");
+}

@@ -12,9 +12,11 @@ use std::sync::Arc;
 
 use http::{Method, StatusCode};
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
 
-use super::{ApiError, Request, Response, blocking, empty, json as json_resp, read_limited};
+use super::neutron::{Collection, Create, Delete, Update};
+use super::openstack::{load, owned, visible};
+use super::{ApiError, Request, Response, blocking, json as json_resp, read_limited};
 use crate::identity::Ctx;
 use crate::identity::token::now_secs;
 use crate::service::{Service, ServiceError};
@@ -146,10 +148,6 @@ pub async fn route(
     })
 }
 
-fn visible(ctx: &Ctx, project: &str, shared: bool) -> bool {
-    shared || ctx.is_admin() || ctx.project_id.as_deref() == Some(project)
-}
-
 /// Whether a resource view passes Neutron's list filters (`?name=x&router:external=True`).
 pub fn matches(q: &[(String, String)], v: &Value) -> bool {
     q.iter().all(|(k, want)| {
@@ -167,264 +165,250 @@ pub fn matches(q: &[(String, String)], v: &Value) -> bool {
 
 fn handle(svc: &Service, ctx: &Ctx, req: &Request) -> Result<Response, ApiError> {
     let s: Vec<&str> = req.segs.iter().map(String::as_str).collect();
-    let pid = ctx.project_id.clone().unwrap_or_default();
-    match (s.as_slice(), &req.method) {
-        (["networks"], &Method::GET) => {
-            let list: Vec<Value> = networks(svc, ctx)?
-                .into_iter()
-                .filter(|v| matches(&req.query, v))
-                .collect();
-            Ok(json_resp(StatusCode::OK, &json!({"networks": list})))
-        }
-        (["networks"], &Method::POST) => {
-            let b: Value = req.json()?;
-            let n = b
-                .get("network")
-                .filter(|n| n.is_object())
-                .ok_or_else(|| ApiError::bad_request("the body needs a \"network\" object"))?;
-            let name = n
-                .get("name")
-                .and_then(Value::as_str)
-                .unwrap_or("")
-                .to_string();
-            if name.len() > 255 {
-                return Err(ApiError::bad_request("name is longer than 255 characters"));
-            }
-            let mtu = match n.get("mtu") {
-                None | Some(Value::Null) => 1500,
-                Some(v) => v
-                    .as_u64()
-                    .filter(|m| (576..=9000).contains(m))
-                    .ok_or_else(|| ApiError::bad_request("mtu must be 576 to 9000"))?
-                    as u32,
-            };
-            let external = match n.get("router:external") {
-                None | Some(Value::Null) => false,
-                Some(Value::Bool(b)) => *b,
-                Some(_) => {
-                    return Err(ApiError::bad_request(
-                        "Invalid input for router:external: a boolean",
-                    ));
-                }
-            };
-            if external && !ctx.is_admin() {
-                return Err(ApiError::forbidden(
-                    "creating an external network needs the admin role",
-                ));
-            }
-            let doc = NetworkDoc {
-                external,
-                name,
-                project_id: pid.clone(),
-                admin_state_up: n
-                    .get("admin_state_up")
-                    .and_then(Value::as_bool)
-                    .unwrap_or(true),
-                shared: n.get("shared").and_then(Value::as_bool).unwrap_or(false),
-                mtu,
-                created: now_secs(),
-            };
-            if doc.shared && !ctx.is_admin() {
-                return Err(ApiError::forbidden("shared networks need the admin role"));
-            }
-            let id = uuid::Uuid::new_v4().to_string();
-            svc.store
-                .insert(Record::new(Kind::Network, &id, &pid, None, &doc))
-                .map_err(se)?;
-            Ok(json_resp(
-                StatusCode::CREATED,
-                &json!({"network": network_view(svc, &id, &doc)?}),
-            ))
-        }
-        (["networks", id], &Method::GET) => {
-            let (_, d) = network(svc, ctx, id)?;
-            Ok(json_resp(
-                StatusCode::OK,
-                &json!({"network": network_view(svc, id, &d)?}),
-            ))
-        }
-        (["networks", id], &Method::DELETE) => {
-            let (_, d) = network(svc, ctx, id)?;
-            if !ctx.is_admin() && ctx.project_id.as_deref() != Some(d.project_id.as_str()) {
-                return Err(ApiError::forbidden("only the owner deletes a network"));
-            }
-            if !svc.store.list(Kind::Port, Some(id)).map_err(se)?.is_empty()
-                || svc
-                    .store
-                    .list(Kind::FloatingIp, None)
-                    .map_err(se)?
-                    .iter()
-                    .filter_map(|r| r.parse::<crate::network::FloatingIpDoc>().ok())
-                    .any(|f| f.floating_network_id == *id)
-            {
-                return Err(ApiError::conflict(format!(
-                    "Unable to complete operation on network {id}. There are one or more ports still in use on the network."
-                )));
-            }
-            for sub in svc.store.list(Kind::Subnet, Some(id)).map_err(se)? {
-                svc.store.delete(Kind::Subnet, &sub.id).map_err(se)?;
-            }
-            svc.store.delete(Kind::Network, id).map_err(se)?;
-            Ok(empty(StatusCode::NO_CONTENT))
-        }
-        (["subnets"], &Method::GET) => {
-            let mut list = Vec::new();
-            for (id, d) in subnets(svc)? {
-                let v = subnet_view(&id, &d);
-                if visible(ctx, &d.project_id, false) && matches(&req.query, &v) {
-                    list.push(v);
-                }
-            }
-            Ok(json_resp(StatusCode::OK, &json!({"subnets": list})))
-        }
-        (["subnets"], &Method::POST) => {
-            let b: Value = req.json()?;
-            let n = b
-                .get("subnet")
-                .filter(|n| n.is_object())
-                .ok_or_else(|| ApiError::bad_request("the body needs a \"subnet\" object"))?;
-            let net_id = n
-                .get("network_id")
-                .and_then(Value::as_str)
-                .ok_or_else(|| ApiError::bad_request("subnet.network_id is required"))?;
-            let (_, net) = network(svc, ctx, net_id)?;
-            if !ctx.is_admin() && ctx.project_id.as_deref() != Some(net.project_id.as_str()) {
-                return Err(ApiError::forbidden("only the network's owner adds subnets"));
-            }
-            if n.get("ip_version")
-                .and_then(Value::as_u64)
-                .is_some_and(|v| v != 4)
-            {
-                return Err(ApiError::bad_request("only IPv4 subnets are supported"));
-            }
-            let cidr = n
-                .get("cidr")
-                .and_then(Value::as_str)
-                .ok_or_else(|| ApiError::bad_request("subnet.cidr is required"))?;
-            let (base, len) = parse_cidr(cidr)?;
-            if !svc
-                .store
-                .list(Kind::Subnet, Some(net_id))
-                .map_err(se)?
-                .is_empty()
-            {
-                return Err(ApiError::conflict(
-                    "this cloud supports one subnet per network; the network already has one",
-                ));
-            }
-            let gateway_ip = match n.get("gateway_ip") {
-                None => Some(Ipv4Addr::from(u32::from(base) + 1).to_string()),
-                Some(Value::Null) => None,
-                Some(Value::String(g)) => {
-                    let ip: Ipv4Addr = g.parse().map_err(|_| {
-                        ApiError::bad_request(format!("gateway_ip {g:?} is not IPv4"))
-                    })?;
-                    let mask = u32::MAX << (32 - len);
-                    if u32::from(ip) & mask != u32::from(base) {
-                        return Err(ApiError::bad_request(format!(
-                            "gateway_ip {g} is outside {cidr}"
-                        )));
-                    }
-                    Some(g.clone())
-                }
-                Some(_) => return Err(ApiError::bad_request("gateway_ip must be a string")),
-            };
-            let doc = SubnetDoc {
-                name: n
-                    .get("name")
-                    .and_then(Value::as_str)
-                    .unwrap_or("")
-                    .to_string(),
-                network_id: net_id.to_string(),
-                project_id: net.project_id.clone(),
-                cidr: cidr.to_string(),
-                gateway_ip,
-                enable_dhcp: n
-                    .get("enable_dhcp")
-                    .and_then(Value::as_bool)
-                    .unwrap_or(true),
-                created: now_secs(),
-            };
-            let id = uuid::Uuid::new_v4().to_string();
-            svc.store
-                .insert(Record::new(Kind::Subnet, &id, net_id, None, &doc))
-                .map_err(se)?;
-            Ok(json_resp(
-                StatusCode::CREATED,
-                &json!({"subnet": subnet_view(&id, &doc)}),
-            ))
-        }
-        (["subnets", id], &Method::GET | &Method::DELETE) => {
-            let r = svc
-                .store
-                .get(Kind::Subnet, id)
-                .map_err(se)?
-                .ok_or_else(|| ApiError::not_found(format!("Subnet {id} could not be found.")))?;
-            let d: SubnetDoc = r.parse().map_err(se)?;
-            if !visible(ctx, &d.project_id, false) {
-                return Err(ApiError::not_found(format!(
-                    "Subnet {id} could not be found."
-                )));
-            }
-            if req.method == Method::DELETE {
-                if !svc
-                    .store
-                    .list(Kind::IpAllocation, Some(id))
-                    .map_err(se)?
-                    .is_empty()
-                {
-                    return Err(ApiError::conflict(format!(
-                        "Unable to complete operation on subnet {id}: one or more ports have an IP allocation from this subnet."
-                    )));
-                }
-                svc.store.delete(Kind::Subnet, id).map_err(se)?;
-                return Ok(empty(StatusCode::NO_CONTENT));
-            }
-            Ok(json_resp(
-                StatusCode::OK,
-                &json!({"subnet": subnet_view(id, &d)}),
-            ))
-        }
-        (["extensions"], &Method::GET) => {
-            let ext: Vec<Value> = [
-                ("router", "Neutron L3 Router"),
-                ("external-net", "Neutron external network"),
-                (
-                    "ext-gw-mode",
-                    "Neutron L3 Configurable external gateway mode",
-                ),
-                ("security-group", "security-group"),
-                ("port-security", "Port Security"),
-                ("binding", "Port Binding"),
-            ]
-            .iter()
-            .map(|(alias, name)| {
-                json!({"alias": alias, "name": name, "description": name,
-                       "updated": "2013-01-01T00:00:00-00:00", "links": []})
-            })
-            .collect();
-            Ok(json_resp(StatusCode::OK, &json!({"extensions": ext})))
-        }
-        _ => match super::neutron::handle(svc, ctx, req) {
-            Some(r) => r,
-            None => Err(ApiError::not_found("The resource could not be found.")),
-        },
+    if s == ["extensions"] && req.method == Method::GET {
+        return Ok(extensions());
+    }
+    super::neutron::handle(svc, ctx, req)
+        .unwrap_or_else(|| Err(ApiError::not_found("The resource could not be found.")))
+}
+
+fn extensions() -> Response {
+    let ext: Vec<Value> = [
+        ("router", "Neutron L3 Router"),
+        ("external-net", "Neutron external network"),
+        (
+            "ext-gw-mode",
+            "Neutron L3 Configurable external gateway mode",
+        ),
+        ("security-group", "security-group"),
+        ("port-security", "Port Security"),
+        ("binding", "Port Binding"),
+    ]
+    .iter()
+    .map(|(alias, name)| {
+        json!({"alias": alias, "name": name, "description": name,
+               "updated": "2013-01-01T00:00:00-00:00", "links": []})
+    })
+    .collect();
+    json_resp(StatusCode::OK, &json!({"extensions": ext}))
+}
+
+// ---------------------------------------------------------------------------------------
+// Networks.
+
+owned!(
+    /// Networks: their project's, and every project's when shared.
+    pub(super) Net: Kind::Network, "Network", NetworkDoc;
+
+    fn sees(ctx: &Ctx, d: &NetworkDoc) -> bool {
+        d.shared || visible(ctx, &d.project_id)
+    }
+);
+
+impl Collection for Net {
+    const KEY: &'static str = "network";
+    const PATH: &'static str = "networks";
+    const LIST: &'static str = "networks";
+    const CREATE: Create = create_network;
+    const UPDATE: Option<Update<NetworkDoc>> = None;
+    const DELETE: Delete<NetworkDoc> = delete_network;
+
+    fn view(svc: &Service, id: &str, d: &NetworkDoc) -> Result<Value, ApiError> {
+        network_view(svc, id, d)
+    }
+    fn no_body() -> ApiError {
+        ApiError::bad_request("the body needs a \"network\" object")
     }
 }
 
 /// A network by id, visible to the caller.
 pub fn network(svc: &Service, ctx: &Ctx, id: &str) -> Result<(Record, NetworkDoc), ApiError> {
-    let nf = || ApiError::not_found(format!("Network {id} could not be found."));
-    let r = svc
-        .store
-        .get(Kind::Network, id)
-        .map_err(se)?
-        .ok_or_else(nf)?;
-    let d: NetworkDoc = r.parse().map_err(se)?;
-    if !visible(ctx, &d.project_id, d.shared) {
-        return Err(nf());
+    load::<Net>(svc, ctx, id)
+}
+
+fn create_network(svc: &Service, ctx: &Ctx, n: &Map<String, Value>) -> Result<Value, ApiError> {
+    let pid = ctx.project_id.clone().unwrap_or_default();
+    let name = n
+        .get("name")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
+    if name.len() > 255 {
+        return Err(ApiError::bad_request("name is longer than 255 characters"));
     }
-    Ok((r, d))
+    let mtu = match n.get("mtu") {
+        None | Some(Value::Null) => 1500,
+        Some(v) => {
+            v.as_u64()
+                .filter(|m| (576..=9000).contains(m))
+                .ok_or_else(|| ApiError::bad_request("mtu must be 576 to 9000"))? as u32
+        }
+    };
+    let external = match n.get("router:external") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b,
+        Some(_) => {
+            return Err(ApiError::bad_request(
+                "Invalid input for router:external: a boolean",
+            ));
+        }
+    };
+    if external && !ctx.is_admin() {
+        return Err(ApiError::forbidden(
+            "creating an external network needs the admin role",
+        ));
+    }
+    let doc = NetworkDoc {
+        external,
+        name,
+        project_id: pid.clone(),
+        admin_state_up: n
+            .get("admin_state_up")
+            .and_then(Value::as_bool)
+            .unwrap_or(true),
+        shared: n.get("shared").and_then(Value::as_bool).unwrap_or(false),
+        mtu,
+        created: now_secs(),
+    };
+    if doc.shared && !ctx.is_admin() {
+        return Err(ApiError::forbidden("shared networks need the admin role"));
+    }
+    let id = uuid::Uuid::new_v4().to_string();
+    svc.store
+        .insert(Record::new(Kind::Network, &id, &pid, None, &doc))
+        .map_err(se)?;
+    network_view(svc, &id, &doc)
+}
+
+fn delete_network(svc: &Service, ctx: &Ctx, id: &str, d: NetworkDoc) -> Result<(), ApiError> {
+    if !visible(ctx, &d.project_id) {
+        return Err(ApiError::forbidden("only the owner deletes a network"));
+    }
+    if !svc.store.list(Kind::Port, Some(id)).map_err(se)?.is_empty()
+        || svc
+            .store
+            .list(Kind::FloatingIp, None)
+            .map_err(se)?
+            .iter()
+            .filter_map(|r| r.parse::<crate::network::FloatingIpDoc>().ok())
+            .any(|f| f.floating_network_id == id)
+    {
+        return Err(ApiError::conflict(format!(
+            "Unable to complete operation on network {id}. There are one or more ports still in use on the network."
+        )));
+    }
+    for sub in svc.store.list(Kind::Subnet, Some(id)).map_err(se)? {
+        svc.store.delete(Kind::Subnet, &sub.id).map_err(se)?;
+    }
+    svc.store.delete(Kind::Network, id).map_err(se)
+}
+
+// ---------------------------------------------------------------------------------------
+// Subnets.
+
+owned!(
+    /// Subnets: their network's project's (not shared with the network).
+    pub(super) Subnet: Kind::Subnet, "Subnet", SubnetDoc
+);
+
+impl Collection for Subnet {
+    const KEY: &'static str = "subnet";
+    const PATH: &'static str = "subnets";
+    const LIST: &'static str = "subnets";
+    const CREATE: Create = create_subnet;
+    const UPDATE: Option<Update<SubnetDoc>> = None;
+    const DELETE: Delete<SubnetDoc> = delete_subnet;
+
+    fn view(_svc: &Service, id: &str, d: &SubnetDoc) -> Result<Value, ApiError> {
+        Ok(subnet_view(id, d))
+    }
+    fn no_body() -> ApiError {
+        ApiError::bad_request("the body needs a \"subnet\" object")
+    }
+}
+
+fn create_subnet(svc: &Service, ctx: &Ctx, n: &Map<String, Value>) -> Result<Value, ApiError> {
+    let net_id = n
+        .get("network_id")
+        .and_then(Value::as_str)
+        .ok_or_else(|| ApiError::bad_request("subnet.network_id is required"))?;
+    let (_, net) = network(svc, ctx, net_id)?;
+    if !visible(ctx, &net.project_id) {
+        return Err(ApiError::forbidden("only the network's owner adds subnets"));
+    }
+    if n.get("ip_version")
+        .and_then(Value::as_u64)
+        .is_some_and(|v| v != 4)
+    {
+        return Err(ApiError::bad_request("only IPv4 subnets are supported"));
+    }
+    let cidr = n
+        .get("cidr")
+        .and_then(Value::as_str)
+        .ok_or_else(|| ApiError::bad_request("subnet.cidr is required"))?;
+    let (base, len) = parse_cidr(cidr)?;
+    if !svc
+        .store
+        .list(Kind::Subnet, Some(net_id))
+        .map_err(se)?
+        .is_empty()
+    {
+        return Err(ApiError::conflict(
+            "this cloud supports one subnet per network; the network already has one",
+        ));
+    }
+    let gateway_ip = match n.get("gateway_ip") {
+        None => Some(Ipv4Addr::from(u32::from(base) + 1).to_string()),
+        Some(Value::Null) => None,
+        Some(Value::String(g)) => {
+            let ip: Ipv4Addr = g
+                .parse()
+                .map_err(|_| ApiError::bad_request(format!("gateway_ip {g:?} is not IPv4")))?;
+            let mask = u32::MAX << (32 - len);
+            if u32::from(ip) & mask != u32::from(base) {
+                return Err(ApiError::bad_request(format!(
+                    "gateway_ip {g} is outside {cidr}"
+                )));
+            }
+            Some(g.clone())
+        }
+        Some(_) => return Err(ApiError::bad_request("gateway_ip must be a string")),
+    };
+    let doc = SubnetDoc {
+        name: n
+            .get("name")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string(),
+        network_id: net_id.to_string(),
+        project_id: net.project_id.clone(),
+        cidr: cidr.to_string(),
+        gateway_ip,
+        enable_dhcp: n
+            .get("enable_dhcp")
+            .and_then(Value::as_bool)
+            .unwrap_or(true),
+        created: now_secs(),
+    };
+    let id = uuid::Uuid::new_v4().to_string();
+    svc.store
+        .insert(Record::new(Kind::Subnet, &id, net_id, None, &doc))
+        .map_err(se)?;
+    Ok(subnet_view(&id, &doc))
+}
+
+fn delete_subnet(svc: &Service, _ctx: &Ctx, id: &str, _d: SubnetDoc) -> Result<(), ApiError> {
+    if !svc
+        .store
+        .list(Kind::IpAllocation, Some(id))
+        .map_err(se)?
+        .is_empty()
+    {
+        return Err(ApiError::conflict(format!(
+            "Unable to complete operation on subnet {id}: one or more ports have an IP allocation from this subnet."
+        )));
+    }
+    svc.store.delete(Kind::Subnet, id).map_err(se)
 }
 
 /// The one subnet of a network, if any.
@@ -439,26 +423,6 @@ pub fn subnet_of(svc: &Service, net_id: &str) -> Result<Option<(String, SubnetDo
         Some(r) => Ok(Some((r.id.clone(), r.parse().map_err(se)?))),
         None => Ok(None),
     }
-}
-
-fn networks(svc: &Service, ctx: &Ctx) -> Result<Vec<Value>, ApiError> {
-    let mut out = Vec::new();
-    for r in svc.store.list(Kind::Network, None).map_err(se)? {
-        let d: NetworkDoc = r.parse().map_err(se)?;
-        if visible(ctx, &d.project_id, d.shared) {
-            out.push(network_view(svc, &r.id, &d)?);
-        }
-    }
-    Ok(out)
-}
-
-fn subnets(svc: &Service) -> Result<Vec<(String, SubnetDoc)>, ApiError> {
-    svc.store
-        .list(Kind::Subnet, None)
-        .map_err(se)?
-        .into_iter()
-        .map(|r| Ok((r.id.clone(), r.parse().map_err(se)?)))
-        .collect()
 }
 
 fn network_view(svc: &Service, id: &str, d: &NetworkDoc) -> Result<Value, ApiError> {

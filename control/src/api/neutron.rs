@@ -1,4 +1,5 @@
-//! Neutron v2.0 beyond networks and subnets: ports, routers (gateways and interfaces),
+//! Neutron v2.0's collections, served by one [`crud`] over a [`Collection`] each: networks
+//! and subnets (declared in [`super::network`]), ports, routers (gateways and interfaces),
 //! security groups and their rules, floating IPs. Stored in control (see [`crate::network`]
 //! for the design and how nodes get them); errors in Neutron's statuses (404 for what does
 //! not exist or is not the caller's, 409 for conflicts such as a group in use, 400 for
@@ -9,7 +10,7 @@ use std::net::Ipv4Addr;
 use http::{Method, StatusCode};
 use serde_json::{Map, Value, json};
 
-use super::network::{NetworkDoc, SubnetDoc, network, subnet_of};
+use super::network::{Net, NetworkDoc, Subnet, SubnetDoc, network, subnet_of};
 use super::openstack::{Owned, load as load_visible, owned, visible};
 use super::{ApiError, Request, Response, empty, json as json_resp};
 use crate::identity::Ctx;
@@ -33,13 +34,6 @@ fn se(e: StoreError) -> ApiError {
 
 fn t(secs: u64) -> String {
     crate::time::keystone(secs)
-}
-
-/// The object under `key` in the body, or 400.
-fn body<'a>(v: &'a Value, key: &str) -> Result<&'a Map<String, Value>, ApiError> {
-    v.get(key)
-        .and_then(Value::as_object)
-        .ok_or_else(|| ApiError::bad_request(format!("Resource body required: {key}")))
 }
 
 fn opt_str(o: &Map<String, Value>, key: &str) -> Result<Option<String>, ApiError> {
@@ -96,17 +90,17 @@ fn filtered(list: Vec<Value>, req: &Request) -> Vec<Value> {
 }
 
 /// A create: the body's object; the new record's view.
-type Create = fn(&Service, &Ctx, &Map<String, Value>) -> Result<Value, ApiError>;
+pub(super) type Create = fn(&Service, &Ctx, &Map<String, Value>) -> Result<Value, ApiError>;
 /// An update: the record and its document as loaded (visible to the caller), the body's
 /// object; the new view.
-type Update<D> =
+pub(super) type Update<D> =
     fn(&Service, &Ctx, &str, Record, D, &Map<String, Value>) -> Result<Value, ApiError>;
 /// A delete of a record the caller may see, as loaded.
-type Delete<D> = fn(&Service, &Ctx, &str, D) -> Result<(), ApiError>;
+pub(super) type Delete<D> = fn(&Service, &Ctx, &str, D) -> Result<(), ApiError>;
 
-/// One of this module's collections, served by [`crud`]: each declares its names, its
+/// One of Neutron's collections, served by [`crud`]: each declares its names, its
 /// view, and what a create, an update and a delete do.
-trait Collection: Owned {
+pub(super) trait Collection: Owned {
     /// The body key of one (`security_group`).
     const KEY: &'static str;
     /// Its path (`security-groups`).
@@ -126,6 +120,17 @@ trait Collection: Owned {
     fn before_list(_svc: &Service, _ctx: &Ctx) -> Result<(), ApiError> {
         Ok(())
     }
+    /// The 400 for a create or update whose body has no object under [`Self::KEY`].
+    fn no_body() -> ApiError {
+        ApiError::bad_request(format!("Resource body required: {}", Self::KEY))
+    }
+}
+
+/// The object of one `R` in a request's body, or [`Collection::no_body`].
+fn body<R: Collection>(v: &Value) -> Result<&Map<String, Value>, ApiError> {
+    v.get(R::KEY)
+        .and_then(Value::as_object)
+        .ok_or_else(R::no_body)
 }
 
 /// The views of all the records of a collection the caller may see.
@@ -133,7 +138,7 @@ fn list<R: Collection>(svc: &Service, ctx: &Ctx) -> Result<Vec<Value>, ApiError>
     R::before_list(svc, ctx)?;
     let mut out = vec![];
     for (id, d) in all::<R::Doc>(&*svc.store, R::KIND, None).map_err(se)? {
-        if visible(ctx, R::owner(&d)) {
+        if R::sees(ctx, &d) {
             out.push(R::view(svc, &id, &d)?);
         }
     }
@@ -153,7 +158,7 @@ fn crud<R: Collection>(
             .map(|l| json_resp(StatusCode::OK, &json!({ R::LIST: filtered(l, req) }))),
         ([], &Method::POST) => req
             .json()
-            .and_then(|b: Value| (R::CREATE)(svc, ctx, body(&b, R::KEY)?))
+            .and_then(|b: Value| (R::CREATE)(svc, ctx, body::<R>(&b)?))
             .map(|v| one(StatusCode::CREATED, v)),
         ([id], &Method::GET) => load_visible::<R>(svc, ctx, id)
             .and_then(|(_, d)| R::view(svc, id, &d))
@@ -162,7 +167,7 @@ fn crud<R: Collection>(
             let update = R::UPDATE?;
             req.json()
                 .and_then(|b: Value| {
-                    let o = body(&b, R::KEY)?;
+                    let o = body::<R>(&b)?;
                     let (r, d) = load_visible::<R>(svc, ctx, id)?;
                     update(svc, ctx, id, r, d, o)
                 })
@@ -192,6 +197,8 @@ pub fn handle(svc: &Service, ctx: &Ctx, req: &Request) -> Option<Result<Response
     }
     let (first, rest) = s.split_first()?;
     match *first {
+        p if p == Net::PATH => crud::<Net>(svc, ctx, req, rest),
+        p if p == Subnet::PATH => crud::<Subnet>(svc, ctx, req, rest),
         p if p == Port::PATH => crud::<Port>(svc, ctx, req, rest),
         p if p == Router::PATH => crud::<Router>(svc, ctx, req, rest),
         p if p == Group::PATH => crud::<Group>(svc, ctx, req, rest),

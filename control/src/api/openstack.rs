@@ -136,7 +136,8 @@ pub(crate) fn edit<T: Stamped>(
     )))
 }
 
-/// A kind of record a project owns; other projects (but admins) see it as absent.
+/// A kind of record a project owns; other projects (but admins) see it as absent, unless
+/// [`Owned::sees`] says otherwise (a shared network).
 pub(crate) trait Owned {
     /// The store kind.
     const KIND: Kind;
@@ -147,6 +148,10 @@ pub(crate) trait Owned {
 
     /// The owning project.
     fn owner(d: &Self::Doc) -> &str;
+    /// Whether the caller may see `d` (by default: its owner and admins).
+    fn sees(ctx: &Ctx, d: &Self::Doc) -> bool {
+        visible(ctx, Self::owner(d))
+    }
     /// The 404 for a record that is not there: "`WHAT` `id` could not be found."
     fn missing(id: &str) -> ApiError {
         ApiError::not_found(format!("{} {id} could not be found.", Self::WHAT))
@@ -170,7 +175,7 @@ pub(crate) fn load<R: Owned>(
         .map_err(se)?
         .ok_or_else(|| R::missing(id))?;
     let d: R::Doc = r.parse().map_err(se)?;
-    if !visible(ctx, R::owner(&d)) {
+    if !R::sees(ctx, &d) {
         return Err(R::hidden(id));
     }
     Ok((r, d))
@@ -178,11 +183,11 @@ pub(crate) fn load<R: Owned>(
 
 /// Declares a unit struct `$ty` for the records of `$kind` its project owns (their
 /// `project_id`) as [`Owned`], with any other items of that impl after a `;`:
-/// `owned!(Port: Kind::Port, "Port", PortDoc);`.
+/// `owned!(Port: Kind::Port, "Port", PortDoc);` (a visibility may come before `$ty`).
 macro_rules! owned {
-    ($(#[$m:meta])* $ty:ident: $kind:expr, $what:literal, $doc:ty $(; $($rest:tt)*)?) => {
+    ($(#[$m:meta])* $vis:vis $ty:ident: $kind:expr, $what:literal, $doc:ty $(; $($rest:tt)*)?) => {
         $(#[$m])*
-        struct $ty;
+        $vis struct $ty;
 
         impl $crate::api::openstack::Owned for $ty {
             const KIND: $crate::store::Kind = $kind;
