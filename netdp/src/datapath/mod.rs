@@ -449,47 +449,16 @@ impl Gc {
         let stale = move |last: u64, proto: u8, replied: u8, tcp: u8| {
             now > last && u128::from(now - last) > t.of(proto, replied != 0, tcp).as_nanos()
         };
-        let mut expired = Expired::default();
-        {
-            let mut ct: BpfHashMap<&mut MapData, CtKey, CtVal> =
-                BpfHashMap::try_from(&mut self.conntrack)
-                    .map_err(|e| DatapathError::Map("conntrack", e))?;
-            let old: Vec<CtKey> = ct
-                .iter()
-                .filter_map(Result::ok)
-                .filter(|(k, v)| stale(v.last_seen, k.proto, v.replied, v.tcp))
-                .map(|(k, _)| k)
-                .collect();
-            for k in old {
-                if ct
-                    .get(&k, 0)
-                    .is_ok_and(|v| stale(v.last_seen, k.proto, v.replied, v.tcp))
-                    && ct.remove(&k).is_ok()
-                {
-                    expired.connections += 1;
-                }
-            }
-        }
-        {
-            let mut inbound: BpfHashMap<&mut MapData, abi::SnatKey, abi::SnatVal> =
-                BpfHashMap::try_from(&mut self.snat_in)
-                    .map_err(|e| DatapathError::Map("snat_in", e))?;
-            let old: Vec<abi::SnatKey> = inbound
-                .iter()
-                .filter_map(Result::ok)
-                .filter(|(k, v)| stale(v.last_seen, k.proto, v.replied, v.tcp))
-                .map(|(k, _)| k)
-                .collect();
-            for k in old {
-                if inbound
-                    .get(&k, 0)
-                    .is_ok_and(|v| stale(v.last_seen, k.proto, v.replied, v.tcp))
-                    && inbound.remove(&k).is_ok()
-                {
-                    expired.translations += 1;
-                }
-            }
-        }
+        let expired = Expired {
+            connections: sweep::<CtKey, CtVal>(&mut self.conntrack, "conntrack", |k, v| {
+                stale(v.last_seen, k.proto, v.replied, v.tcp)
+            })?,
+            translations: sweep::<abi::SnatKey, abi::SnatVal>(
+                &mut self.snat_in,
+                "snat_in",
+                |k, v| stale(v.last_seen, k.proto, v.replied, v.tcp),
+            )?,
+        };
         let live: HashSet<abi::SnatKey> = {
             let inbound: BpfHashMap<&MapData, abi::SnatKey, abi::SnatVal> =
                 BpfHashMap::try_from(&self.snat_in)
@@ -518,6 +487,30 @@ impl Gc {
         }
         Ok(expired)
     }
+}
+
+/// Removes the entries of a hash map that `stale` picks, checking each one again just before
+/// removing it (the program may have renewed it since the walk); answers how many went.
+fn sweep<K: aya::Pod, V: aya::Pod>(
+    map: &mut aya::maps::Map,
+    name: &'static str,
+    stale: impl Fn(&K, &V) -> bool,
+) -> Result<usize, DatapathError> {
+    let mut map: BpfHashMap<&mut MapData, K, V> =
+        BpfHashMap::try_from(map).map_err(|e| DatapathError::Map(name, e))?;
+    let old: Vec<K> = map
+        .iter()
+        .filter_map(Result::ok)
+        .filter(|(k, v)| stale(k, v))
+        .map(|(k, _)| k)
+        .collect();
+    let mut removed = 0;
+    for k in old {
+        if map.get(&k, 0).is_ok_and(|v| stale(&k, &v)) && map.remove(&k).is_ok() {
+            removed += 1;
+        }
+    }
+    Ok(removed)
 }
 
 /// `bpf_ktime_get_coarse_ns`'s clock, seen from userspace.
