@@ -23,6 +23,27 @@ fn privileged() -> bool {
     ])
 }
 
+/// Removes a test's bpffs pin directory on drop (the daemon pins its maps there).
+struct Unpin(PathBuf);
+
+impl Drop for Unpin {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A test's state directory and its own pin directory under bpffs (named after `tag` and
+/// this process), unpinned when the guard drops.
+fn scratch(tag: &str) -> (tempfile::TempDir, PathBuf, Unpin) {
+    let dir = tempfile::tempdir().unwrap();
+    let pins = PathBuf::from(format!(
+        "/sys/fs/bpf/ferrostack-test-{tag}-{}",
+        std::process::id()
+    ));
+    let unpin = Unpin(pins.clone());
+    (dir, pins, unpin)
+}
+
 /// The daemon process, killed on drop.
 struct Daemon(Child);
 
@@ -173,18 +194,7 @@ fn the_daemon_connects_neutron_ports_and_survives_a_restart() {
     if !privileged() {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    let pins = PathBuf::from(format!(
-        "/sys/fs/bpf/ferrostack-test-netdp-daemon-{}",
-        std::process::id()
-    ));
-    struct Unpin(PathBuf);
-    impl Drop for Unpin {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-    let _unpin = Unpin(pins.clone());
+    let (dir, pins, _unpin) = scratch("netdp-daemon");
     let node = Netns::new("netdpd-node").unwrap();
     let d = start(&node, dir.path(), &pins);
     let d_path = dir.path();
@@ -468,18 +478,7 @@ fn a_guest_gets_its_fixed_ip_gateway_dns_and_mtu_by_dhcp() {
         eprintln!("SKIP: dhclient is missing (isc-dhcp-client); run ./scripts/setup");
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    let pins = PathBuf::from(format!(
-        "/sys/fs/bpf/ferrostack-test-netdp-dhcp-{}",
-        std::process::id()
-    ));
-    struct Unpin(PathBuf);
-    impl Drop for Unpin {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-    let _unpin = Unpin(pins.clone());
+    let (dir, pins, _unpin) = scratch("netdp-dhcp");
     let node = Netns::new("netdph-node").unwrap();
     // The lease time comes from a config file (flags give the paths).
     let conf = dir.path().join("netdp.toml");
@@ -633,18 +632,7 @@ fn gateway_snat_interface_removal_and_gateway_clearing_through_the_api() {
     if !privileged() {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    let pins = PathBuf::from(format!(
-        "/sys/fs/bpf/ferrostack-test-netdp-snat-{}",
-        std::process::id()
-    ));
-    struct Unpin(PathBuf);
-    impl Drop for Unpin {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-    let _unpin = Unpin(pins.clone());
+    let (dir, pins, _unpin) = scratch("netdp-snat");
     let node = Netns::new("netdps-node").unwrap();
     let d = start(&node, dir.path(), &pins);
     let dp = dir.path();
@@ -850,18 +838,7 @@ fn systemd_is_told_when_the_api_listens() {
     // API socket accepts connections.
     let unit = include_str!("../etc/netdp.service");
     assert!(unit.contains("Type=notify"), "{unit}");
-    let dir = tempfile::tempdir().unwrap();
-    let pins = PathBuf::from(format!(
-        "/sys/fs/bpf/ferrostack-test-netdp-notify-{}",
-        std::process::id()
-    ));
-    struct Unpin(PathBuf);
-    impl Drop for Unpin {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-    let _unpin = Unpin(pins.clone());
+    let (dir, pins, _unpin) = scratch("netdp-notify");
     let notify = dir.path().join("notify.sock");
     let sock = std::os::unix::net::UnixDatagram::bind(&notify).unwrap();
     sock.set_read_timeout(Some(Duration::from_secs(10)))
@@ -909,18 +886,7 @@ fn the_api_answers_while_the_conntrack_gc_walks_a_large_table() {
     if !privileged() {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    let pins = PathBuf::from(format!(
-        "/sys/fs/bpf/ferrostack-test-netdp3-gc-{}",
-        std::process::id()
-    ));
-    struct Unpin(PathBuf);
-    impl Drop for Unpin {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-    let _unpin = Unpin(pins.clone());
+    let (dir, pins, _unpin) = scratch("netdp3-gc");
     let node = Netns::new("ndp3gc-node").unwrap();
     // A first run pins the maps; then, with the daemon down, the conntrack table fills
     // with long-idle connections, which the next daemon's GC removes.
@@ -1017,18 +983,7 @@ fn overlapping_tenant_subnets_stay_separate_and_remote_group_rules_follow_member
     if !privileged() {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    let pins = PathBuf::from(format!(
-        "/sys/fs/bpf/ferrostack-test-netdp3-overlap-{}",
-        std::process::id()
-    ));
-    struct Unpin(PathBuf);
-    impl Drop for Unpin {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-    let _unpin = Unpin(pins.clone());
+    let (dir, pins, _unpin) = scratch("netdp3-overlap");
     let node = Netns::new("ndp3ov-node").unwrap();
     let d = start(&node, dir.path(), &pins);
     let p = dir.path();
