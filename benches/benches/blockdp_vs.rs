@@ -9,7 +9,7 @@
 //!
 //! `BENCH_SECS` (default 2) sets the length of one cell, `BENCH_ROUNDS` (default 5) the
 //! rounds, `BENCH_DIR` where the 1 GiB file lives (default `target/bench-data`);
-//! `BENCH_POLL_US` blockdp's poll time (default 200, as the daemon's);
+//! `BENCH_POLL_US` blockdp's poll time (default: the daemon's default);
 //! `BENCH_ONLY` and `BENCH_WORKLOAD` (e.g. `randread qd32`) narrow the run for profiling.
 
 use std::os::unix::fs::FileExt;
@@ -77,7 +77,7 @@ fn main() {
         .ok()
         .map(|v| v.split(',').filter_map(|p| p.trim().parse().ok()).collect())
         .filter(|v: &Vec<u64>| !v.is_empty())
-        .unwrap_or_else(|| vec![200]);
+        .unwrap_or_else(|| vec![blockdp::config::DEFAULT_POLL_US]);
     let mut exports = Vec::new();
     for (i, poll) in polls.iter().enumerate() {
         let io = VolumeIo::open(&file, "bench", false, 1, Duration::from_micros(*poll))
