@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::node::wait_until;
 use common::{ADMIN_PASSWORD, fails, free_port, ok, ok_json};
 use serde_json::Value;
 
@@ -1023,17 +1024,6 @@ fn hook_listener() -> (String, std::sync::mpsc::Receiver<Value>) {
     (url, rx)
 }
 
-fn wait_until<T>(what: &str, secs: u64, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(500));
-    }
-}
-
 /// Telemetry end to end (issue 9): with the agent sampling every second, control's query
 /// API has the running guest's meters: vCPU time rising, its flavor's memory, the exact
 /// bytes it read from its volume (under the server and under the volume), and its port's
@@ -1207,12 +1197,12 @@ fn a_running_guest_is_metered_scoped_to_its_project_and_alarmed_on() {
             .cloned()
     };
     let value = |s: &Value| s["volume"].as_f64().unwrap();
-    let cpu1 = wait_until("a cpu sample", 60, || {
+    let cpu1 = wait_until("a cpu sample", Duration::from_secs(60), || {
         latest("cpu", &id).filter(|s| value(s) > 0.0)
     });
     assert_eq!(cpu1["unit"], "ns", "{cpu1}");
     assert_eq!(cpu1["type"], "cumulative", "{cpu1}");
-    let cpu2 = wait_until("vCPU time rising", 30, || {
+    let cpu2 = wait_until("vCPU time rising", Duration::from_secs(30), || {
         latest("cpu", &id).filter(|s| value(s) > value(&cpu1))
     });
     eprintln!("cpu: {} ns then {} ns", value(&cpu1), value(&cpu2));
@@ -1222,7 +1212,7 @@ fn a_running_guest_is_metered_scoped_to_its_project_and_alarmed_on() {
     let rss = latest("memory.resident", &id).unwrap();
     assert!(value(&rss) > 0.0, "{rss}");
     // The guest read its volume's first MiB, once, and wrote nothing.
-    let read = wait_until("disk.read.bytes of 1 MiB", 30, || {
+    let read = wait_until("disk.read.bytes of 1 MiB", Duration::from_secs(30), || {
         latest("disk.read.bytes", &id).filter(|s| value(s) >= (1 << 20) as f64)
     });
     assert_eq!(value(&read), (1 << 20) as f64, "{read}");
@@ -1305,7 +1295,7 @@ fn a_running_guest_is_metered_scoped_to_its_project_and_alarmed_on() {
     tests::netns::ip(&["-n", &on, "addr", "add", "10.9.0.200/24", "dev", "eth0"]).unwrap();
     tests::netns::ip(&["-n", &on, "link", "set", "eth0", "up"]).unwrap();
     tests::netns::ip(&["-n", ns.name(), "link", "set", &probe_tap, "up"]).unwrap();
-    wait_until("netdp's probe port ACTIVE", 60, || {
+    wait_until("netdp's probe port ACTIVE", Duration::from_secs(60), || {
         let (s, p) = api_get(&netdp_sock, &format!("/v2.0/ports/{probe_id}"));
         (s == 200 && p["port"]["status"] == "ACTIVE").then_some(())
     });
@@ -1315,7 +1305,7 @@ fn a_running_guest_is_metered_scoped_to_its_project_and_alarmed_on() {
         a.push(&guest_ip);
         outside.exec(&a).unwrap()
     };
-    wait_until("the guest answering pings", 60, || {
+    wait_until("the guest answering pings", Duration::from_secs(60), || {
         ping(&["-c", "1", "-W", "1"]).status.success().then_some(())
     });
     step("guest answers pings");
@@ -1334,22 +1324,26 @@ fn a_running_guest_is_metered_scoped_to_its_project_and_alarmed_on() {
     let o = ping(&["-c", "10", "-i", "0.2", "-W", "2"]);
     let text = String::from_utf8_lossy(&o.stdout).to_string();
     assert!(text.contains("10 received"), "{text}");
-    let after = wait_until("port meters grown by the pings", 30, || {
-        let now: Vec<f64> = [
-            "network.incoming.packets",
-            "network.outgoing.packets",
-            "network.incoming.bytes",
-            "network.outgoing.bytes",
-        ]
-        .iter()
-        .map(|m| figure(m))
-        .collect();
-        (now[0] >= before[0] + 10.0
-            && now[1] >= before[1] + 10.0
-            && now[2] >= before[2] + 980.0
-            && now[3] >= before[3] + 980.0)
-            .then_some(now)
-    });
+    let after = wait_until(
+        "port meters grown by the pings",
+        Duration::from_secs(30),
+        || {
+            let now: Vec<f64> = [
+                "network.incoming.packets",
+                "network.outgoing.packets",
+                "network.incoming.bytes",
+                "network.outgoing.bytes",
+            ]
+            .iter()
+            .map(|m| figure(m))
+            .collect();
+            (now[0] >= before[0] + 10.0
+                && now[1] >= before[1] + 10.0
+                && now[2] >= before[2] + 980.0
+                && now[3] >= before[3] + 980.0)
+                .then_some(now)
+        },
+    );
     eprintln!("port meters before {before:?} after {after:?} (10 pings)");
     let drops = latest("network.outgoing.packets.drop", &port_id).unwrap();
     assert_eq!(drops["unit"], "packet", "{drops}");
@@ -1434,7 +1428,7 @@ fn a_running_guest_is_metered_scoped_to_its_project_and_alarmed_on() {
     ok(&env, &["server", "start", "metered"]);
     wait_status(&env, "metered", "ACTIVE");
     ok(&env, &["server", "delete", "--wait", "metered"]);
-    let events = wait_until("the delete event", 30, || {
+    let events = wait_until("the delete event", Duration::from_secs(30), || {
         let (s, v) = curl(
             "GET",
             &format!("{url}/telemetry/v1/events?resource_id={id}"),

@@ -100,8 +100,17 @@ pub fn spawn_agent(bins: &Path, dirs: &AgentDirs, control: &str, token: &str) ->
 
 /// Polls `f` every 250 ms until it holds; panics naming `what` after `timeout`.
 pub fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    wait_until(what, timeout, || f().then_some(()))
+}
+
+/// Polls `f` every 250 ms until it answers something, and returns that; panics naming
+/// `what` after `timeout`.
+pub fn wait_until<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + timeout;
-    while !f() {
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         std::thread::sleep(Duration::from_millis(250));
     }
