@@ -35,40 +35,6 @@ fn privileged() -> bool {
     ])
 }
 
-/// vmm, blockdp, netdp and ferrostack-agent in this test's profile directory (built with
-/// the same cargo and profile; a no-op when they are up to date).
-fn binaries() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().unwrap().parent().unwrap().to_path_buf();
-    let profile = match dir.file_name().and_then(|n| n.to_str()) {
-        Some("debug") | None => "dev".to_string(),
-        Some(p) => p.to_string(),
-    };
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| env!("CARGO").into());
-    let out = Command::new(cargo)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .args([
-            "build", "--locked", "--bins", "-p", "vmm", "-p", "blockdp", "-p", "netdp",
-        ])
-        .args([
-            "-p",
-            "ferrostack-agent",
-            "--profile",
-            &profile,
-            "--target-dir",
-        ])
-        .arg(dir.parent().unwrap())
-        .stdout(Stdio::null())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "building the daemons failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    dir
-}
-
 /// Child processes killed (and reaped) on drop, VMMs named in the agent's state too.
 struct Procs {
     children: Vec<Child>,
@@ -168,7 +134,7 @@ struct OneNode {
 }
 
 fn one_node_cloud(salt: u32) -> OneNode {
-    let bins = binaries();
+    let bins = common::node::binaries(&["vmm", "blockdp", "netdp", "ferrostack-agent"]);
     let kernel = vmm::testkit::build_guest(
         "server",
         &Path::new(env!("CARGO_TARGET_TMPDIR")).join("guests"),
