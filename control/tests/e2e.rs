@@ -15,7 +15,7 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::node::wait_until;
@@ -37,7 +37,7 @@ fn privileged() -> bool {
 
 /// Child processes killed (and reaped) on drop, VMMs named in the agent's state too.
 struct Procs {
-    children: Vec<Child>,
+    children: common::node::Procs,
     agent_state: PathBuf,
     veth: String,
     pins: PathBuf,
@@ -45,10 +45,7 @@ struct Procs {
 
 impl Drop for Procs {
     fn drop(&mut self) {
-        for c in self.children.iter_mut().rev() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        self.children.stop();
         if let Ok(bytes) = std::fs::read(self.agent_state.join("state.json"))
             && let Ok(v) = serde_json::from_slice::<Value>(&bytes)
             && let Some(servers) = v["servers"].as_object()
@@ -148,7 +145,7 @@ fn one_node_cloud(salt: u32) -> OneNode {
     let tag = (std::process::id() + salt) % 100_000;
     let veth = format!("fsc{tag}");
     let mut procs = Procs {
-        children: vec![],
+        children: common::node::Procs(vec![]),
         agent_state: d.join("agent"),
         veth: veth.clone(),
         pins: PathBuf::from(format!("/sys/fs/bpf/ferrostack-test-control-{}", ns.name())),
@@ -206,7 +203,7 @@ fn one_node_cloud(salt: u32) -> OneNode {
         .output()
         .unwrap();
     assert!(out.status.success(), "bootstrap: {out:?}");
-    procs.children.push(
+    procs.children.0.push(
         Command::new(control_bin)
             .arg("--config")
             .arg(d.join("control.toml"))
@@ -219,7 +216,7 @@ fn one_node_cloud(salt: u32) -> OneNode {
     // blockdp on the host, netdp and the agent in the node namespace.
     let blockdp_sock = d.join("blockdp/api.sock");
     std::fs::create_dir_all(d.join("blockdp")).unwrap();
-    procs.children.push(
+    procs.children.0.push(
         Command::new(bins.join("blockdp"))
             .arg("--data-dir")
             .arg(d.join("blockdp"))
@@ -232,7 +229,7 @@ fn one_node_cloud(salt: u32) -> OneNode {
     );
     wait_socket(&blockdp_sock);
     let netdp_sock = d.join("netdp.sock");
-    procs.children.push(
+    procs.children.0.push(
         Command::new("nsenter")
             .arg(format!("--net=/run/netns/{}", ns.name()))
             .arg(bins.join("netdp"))
@@ -250,7 +247,7 @@ fn one_node_cloud(salt: u32) -> OneNode {
     wait_socket(&netdp_sock);
     std::fs::create_dir_all(d.join("agent")).unwrap();
     let agent_port = free_port();
-    procs.children.push(
+    procs.children.0.push(
         Command::new("nsenter")
             .arg(format!("--net=/run/netns/{}", ns.name()))
             .arg(bins.join("ferrostack-agent"))
