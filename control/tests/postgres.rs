@@ -277,3 +277,149 @@ fn the_connection_pool_is_bounded_shared_and_survives_killed_backends() {
     assert!(answered >= 2, "{answered}");
     assert!(store.connections() <= 3);
 }
+
+/// Concurrent creates through two controllers sharing PostgreSQL never take a project over
+/// its quota: each create rechecks the quota once its record is stored (as Nova does) and
+/// takes the record back if it went over. Servers (instances 3) and volumes (volumes 2):
+/// what was accepted is exactly what is stored, never more than the quota, every refusal
+/// is the service's quota error, and sequential creates afterwards fill the quota exactly
+/// (no refused create left a record behind).
+#[test]
+fn two_controllers_on_postgres_never_exceed_a_quota() {
+    use common::sim::{self, Agents, NODE_TOKEN, Node, Tenant, json_req};
+    use serde_json::{Value, json};
+
+    let Some(pg) = Pg::start() else { return };
+    pg.create_db("quota");
+    let cloud = common::Cloud::start_with_store_and(
+        &format!("[compute]\nheartbeat-interval-secs = 600\nnode-token = \"{NODE_TOKEN}\"\n"),
+        "postgres",
+        &pg.url("quota"),
+    );
+    let second = cloud.another_controller();
+    let ports = [cloud.port, second.port];
+    let agents = Agents::start();
+    let node = Node {
+        id: "q1".into(),
+        az: "nova".into(),
+        arch: "x86_64".into(),
+        vcpus: 64,
+        memory_mib: 65536,
+        disk_gb: 1000,
+    };
+    sim::register(cloud.port, &agents, &node);
+    let t = Tenant::setup(&cloud, &[""], &[("one", 1, 512, 1)]);
+    let (_, body) = cloud.token("admin", common::ADMIN_PASSWORD, "admin");
+    let pid = body["token"]["project"]["id"].as_str().unwrap().to_string();
+    let r = cloud.json(
+        "PUT",
+        &format!("/compute/v2.1/os-quota-sets/{pid}"),
+        Some(&t.token),
+        &json!({"quota_set": {"instances": 3}}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = cloud.json(
+        "PUT",
+        &format!("/volume/v3/{pid}/os-quota-sets/{pid}"),
+        Some(&t.token),
+        &json!({"quota_set": {"volumes": 2}}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+
+    // `count` POSTs of `body` to `path` from as many threads, alternating controllers.
+    let storm = |path: &str, body: &dyn Fn(usize) -> Value, count: usize| {
+        std::thread::scope(|s| {
+            let handles: Vec<_> = (0..count)
+                .map(|i| {
+                    let b = body(i);
+                    let token = &t.token;
+                    s.spawn(move || json_req(ports[i % 2], "POST", path, token, &b))
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap())
+                .collect::<Vec<_>>()
+        })
+    };
+    let server = |i: usize| {
+        json!({"server": {"name": format!("q-{i}"), "imageRef": t.images[""],
+                          "flavorRef": t.flavors["one"], "networks": "none"}})
+    };
+    let answers = storm("/compute/v2.1/servers", &server, 16);
+    let accepted: Vec<String> = answers
+        .iter()
+        .filter(|a| a.status == 202)
+        .map(|a| a.json()["server"]["id"].as_str().unwrap().to_string())
+        .collect();
+    for a in answers.iter().filter(|a| a.status != 202) {
+        assert_eq!(a.status, 403, "{}", a.text());
+        assert!(
+            a.json()["forbidden"]["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("Quota exceeded for instances")),
+            "{}",
+            a.text()
+        );
+    }
+    assert!(accepted.len() <= 3, "{} servers accepted", accepted.len());
+    let listed = |port: u16| -> Vec<String> {
+        let r = json_req(port, "GET", "/compute/v2.1/servers", &t.token, &Value::Null);
+        assert_eq!(r.status, 200, "{}", r.text());
+        let mut ids: Vec<String> = r.json()["servers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["id"].as_str().unwrap().to_string())
+            .collect();
+        ids.sort();
+        ids
+    };
+    let mut want = accepted.clone();
+    want.sort();
+    assert_eq!(listed(second.port), want);
+    // Sequentially, the quota fills to exactly 3.
+    for i in accepted.len()..3 {
+        let r = json_req(
+            cloud.port,
+            "POST",
+            "/compute/v2.1/servers",
+            &t.token,
+            &server(100 + i),
+        );
+        assert_eq!(r.status, 202, "{}", r.text());
+    }
+    let r = json_req(
+        second.port,
+        "POST",
+        "/compute/v2.1/servers",
+        &t.token,
+        &server(200),
+    );
+    assert_eq!(r.status, 403, "{}", r.text());
+    assert_eq!(listed(cloud.port).len(), 3);
+
+    // Volumes, quota 2.
+    let vpath = format!("/volume/v3/{pid}/volumes");
+    let volume = |i: usize| json!({"volume": {"name": format!("qv-{i}"), "size": 1}});
+    let answers = storm(&vpath, &volume, 12);
+    let accepted = answers.iter().filter(|a| a.status == 202).count();
+    for a in answers.iter().filter(|a| a.status != 202) {
+        assert_eq!(a.status, 413, "{}", a.text());
+        assert!(a.text().contains("VolumeLimitExceeded"), "{}", a.text());
+    }
+    assert!(accepted <= 2, "{accepted} volumes accepted");
+    let count_volumes = || {
+        let r = json_req(second.port, "GET", &vpath, &t.token, &Value::Null);
+        assert_eq!(r.status, 200, "{}", r.text());
+        r.json()["volumes"].as_array().unwrap().len()
+    };
+    assert_eq!(count_volumes(), accepted);
+    for i in accepted..2 {
+        let r = json_req(cloud.port, "POST", &vpath, &t.token, &volume(100 + i));
+        assert_eq!(r.status, 202, "{}", r.text());
+    }
+    let r = json_req(second.port, "POST", &vpath, &t.token, &volume(200));
+    assert_eq!(r.status, 413, "{}", r.text());
+    assert_eq!(count_volumes(), 2);
+}

@@ -844,6 +844,35 @@ fn quota_view(pid: &str, q: &QuotaDoc) -> Value {
            "security_groups": -1, "security_group_rules": -1})
 }
 
+/// Refuses (403, Nova's message) a server of `flavor` that would take project `pid` over
+/// its instances, cores or ram quota. With `stored`, the server is already recorded (the
+/// recheck after the insert), so it is left out of the usage it is added to.
+fn check_server_quota(
+    svc: &Service,
+    pid: &str,
+    flavor: &FlavorDoc,
+    stored: bool,
+) -> Result<(), ApiError> {
+    let q = quota(svc, pid)?;
+    let (mut n, mut cores, mut ram) = usage(svc, pid)?;
+    let (vcpus, mib) = (flavor.vcpus as i64, flavor.ram as i64);
+    if stored {
+        (n, cores, ram) = (n - 1, cores - vcpus, ram - mib);
+    }
+    for (what, limit, used, add) in [
+        ("instances", q.instances, n, 1),
+        ("cores", q.cores, cores, vcpus),
+        ("ram", q.ram, ram, mib),
+    ] {
+        if limit >= 0 && used + add > limit {
+            return Err(ApiError::forbidden(format!(
+                "Quota exceeded for {what}: Requested {add}, but already used {used} of {limit} {what}"
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Servers, vCPUs and MiB a project uses.
 fn usage(svc: &Service, pid: &str) -> Result<(i64, i64, i64), ApiError> {
     let mut t = (0, 0, 0);
@@ -1411,20 +1440,7 @@ fn create_server(svc: &Service, ctx: &Ctx, req: &Request) -> Result<(Value, Stri
             .ok_or_else(|| ApiError::bad_request(format!("Invalid server group {g}")))?;
     }
     let pid = ctx.project_id.clone().unwrap_or_default();
-    let q = quota(svc, &pid)?;
-    let (n, cores, ram) = usage(svc, &pid)?;
-    let over = |limit: i64, used: i64, add: i64| limit >= 0 && used + add > limit;
-    for (what, limit, used, add) in [
-        ("instances", q.instances, n, 1),
-        ("cores", q.cores, cores, flavor.vcpus as i64),
-        ("ram", q.ram, ram, flavor.ram as i64),
-    ] {
-        if over(limit, used, add) {
-            return Err(ApiError::forbidden(format!(
-                "Quota exceeded for {what}: Requested {add}, but already used {used} of {limit} {what}"
-            )));
-        }
-    }
+    check_server_quota(svc, &pid, &flavor, false)?;
     // Security groups by name or id (Nova's `security_groups: [{"name": ...}]`).
     let mut sg_names = vec![];
     if let Some(a) = s.get("security_groups").and_then(Value::as_array) {
@@ -1559,10 +1575,34 @@ fn create_server(svc: &Service, ctx: &Ctx, req: &Request) -> Result<(Value, Stri
         &doc,
     ))];
     writes.extend(new_volume.map(crate::store::Write::Insert));
-    if let Err(e) = svc.store.apply(&writes) {
+    let stored = svc.store.apply(&writes).map_err(se);
+    // Nova's quota recheck: a create that raced another past the first check (here or on
+    // another controller sharing the store) is seen now, and removed before it is built.
+    let recheck = stored.and_then(|()| {
+        check_server_quota(svc, &pid, &doc.flavor, true)
+            .and_then(|()| match &boot {
+                Boot::ImageToVolume { size, .. } => {
+                    super::volume::recheck_quota(svc, &pid, 1, 0, *size as i64)
+                }
+                _ => Ok(()),
+            })
+            .inspect_err(|_| {
+                let undo: Vec<_> = writes
+                    .iter()
+                    .filter_map(|w| match w {
+                        crate::store::Write::Insert(r) => {
+                            Some(crate::store::Write::Delete(r.kind, r.id.clone()))
+                        }
+                        _ => None,
+                    })
+                    .collect();
+                let _ = svc.store.apply(&undo);
+            })
+    });
+    if let Err(e) = recheck {
         release_ports(svc, &id, &doc);
         release_boot_volume(svc, &boot);
-        return Err(se(e));
+        return Err(e);
     }
     let mut v = server_view(svc, &id, &doc, false);
     v["OS-DCF:diskConfig"] = json!("MANUAL");

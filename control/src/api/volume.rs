@@ -710,8 +710,35 @@ pub fn check_quota(
     snapshots: i64,
     gb: i64,
 ) -> Result<(), ApiError> {
-    let q = quota(svc, pid)?;
-    let u = usage(svc, pid)?;
+    quota_verdict(&quota(svc, pid)?, &usage(svc, pid)?, volumes, snapshots, gb)
+}
+
+/// [`check_quota`] again once the request's own record is stored (Nova's quota recheck):
+/// two requests that both passed the first check, on one controller or on two sharing a
+/// store, see each other here, so together they never exceed the quota (both may be
+/// refused; the caller removes its record when this fails).
+pub fn recheck_quota(
+    svc: &Service,
+    pid: &str,
+    volumes: i64,
+    snapshots: i64,
+    gb: i64,
+) -> Result<(), ApiError> {
+    let mut others = usage(svc, pid)?;
+    others.volumes -= volumes;
+    others.snapshots -= snapshots;
+    others.gigabytes -= gb;
+    quota_verdict(&quota(svc, pid)?, &others, volumes, snapshots, gb)
+}
+
+/// Whether adding `volumes`, `snapshots` and `gb` to usage `u` stays within quota `q`.
+fn quota_verdict(
+    q: &VolumeQuotaDoc,
+    u: &Usage,
+    volumes: i64,
+    snapshots: i64,
+    gb: i64,
+) -> Result<(), ApiError> {
     let over = |limit: i64, used: i64, add: i64| add > 0 && limit >= 0 && used + add > limit;
     let e = |m: String| ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, m);
     if volumes > 0 && q.per_volume_gigabytes >= 0 && gb > q.per_volume_gigabytes {
@@ -944,6 +971,11 @@ async fn create_volume(svc: Arc<Service>, ctx: Ctx, body: Value) -> Result<Respo
         {
             let _ = scheduler::release_volume(&*svc.store, &node_id, &id2);
             return Err(se(e));
+        }
+        if let Err(e) = recheck_quota(svc, &pid, 1, 0, doc.size as i64) {
+            let _ = svc.store.delete(Kind::Volume, &id2);
+            let _ = scheduler::release_volume(&*svc.store, &node_id, &id2);
+            return Err(e);
         }
         Ok((doc, n.agent_url, agent_body))
     })
@@ -1242,6 +1274,10 @@ async fn create_snapshot(svc: Arc<Service>, ctx: Ctx, body: Value) -> Result<Res
                 &doc,
             ))
             .map_err(se)?;
+        if let Err(e) = recheck_quota(svc, &v.project_id, 0, 1, v.size as i64) {
+            let _ = svc.store.delete(Kind::VolumeSnapshot, &id2);
+            return Err(e);
+        }
         Ok((doc, agent_url(svc, &node)?, v.backend_id.unwrap_or_default()))
     })
     .await?;
