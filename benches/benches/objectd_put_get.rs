@@ -14,7 +14,9 @@
 //!
 //! Knobs (environment): `OBJECTD_BENCH_OPS` (small ops per phase, default 2000),
 //! `OBJECTD_BENCH_CONNS` (default 4), `OBJECTD_BENCH_LARGE_MIB` (default 256),
-//! `OBJECTD_BENCH_LARGE_REPS` (large PUT+GET rounds, median reported; default 3),
+//! `OBJECTD_BENCH_LARGE_REPS` (large PUT+GET rounds, median reported; default 3; as many
+//! rounds of `C` large PUTs at once, the aggregate rate against the disk and against MD5
+//! on as many cores as those streams can use),
 //! `OBJECTD_BENCH_SWIFT=0` (objectd's rows only, e.g. to profile it).
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -257,6 +259,33 @@ fn large(ep: &Endpoint, body: &[u8], reps: usize, scratch: &Path) -> Large {
     }
 }
 
+/// `reps` rounds of `conns` connections each PUTting its own copy of `body` at the same
+/// time; the median aggregate rate (all bytes over the wall time of the round). One
+/// stream's MD5 cannot be split across cores, but several streams can use them all.
+fn large_parallel(ep: &Endpoint, body: &[u8], conns: usize, reps: usize) -> f64 {
+    let mut rates = Vec::new();
+    for i in 0..reps.max(1) {
+        let t = Instant::now();
+        std::thread::scope(|s| {
+            for c in 0..conns {
+                s.spawn(move || {
+                    let mut conn = Conn::open(ep.port);
+                    let path = format!("{}/bench/parallel-{i}-{c}", ep.account_path);
+                    let (st, _, _) = conn.req("PUT", &path, &[("X-Auth-Token", &ep.token)], body);
+                    assert!(st < 300, "{} parallel large PUT: {st}", ep.name);
+                });
+            }
+        });
+        let rate = (conns * body.len()) as f64 / 1e6 / t.elapsed().as_secs_f64();
+        println!(
+            "{:>8}: round {i}: {conns} large PUTs at once: {rate:.1} MB/s together",
+            ep.name
+        );
+        rates.push(rate);
+    }
+    median(&mut rates)
+}
+
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
@@ -266,6 +295,9 @@ struct Results {
     put: Phase,
     get: Phase,
     large: Large,
+    /// Aggregate MB/s of `parallel_conns` large PUTs at once.
+    parallel: f64,
+    parallel_conns: usize,
 }
 
 fn run_all(
@@ -302,7 +334,14 @@ fn run_all(
     let put = small_phase(ep, "PUT", conns, ops, &small);
     let get = small_phase(ep, "GET", conns, ops, &small);
     let large = large(ep, large_body, reps, scratch);
-    Results { put, get, large }
+    let parallel = large_parallel(ep, large_body, conns, reps);
+    Results {
+        put,
+        get,
+        large,
+        parallel,
+        parallel_conns: conns,
+    }
 }
 
 /// Kills (with their forked workers: each runs in its own process group) and reaps its
@@ -526,6 +565,17 @@ fn print(r: &Results, name: &str) {
         "{name:>8}: large PUT {:.2}x the disk's write+fsync rate ({:.1} MB/s) and {:.2}x the MD5 rate ({:.1} MB/s), medians of per-round ratios",
         r.large.put_vs_disk, r.large.disk, r.large.put_vs_md5, r.large.md5
     );
+    // With several streams the MD5 ceiling is one stream's rate times the cores they can use.
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let streams = r.parallel_conns.min(cores) as f64;
+    println!(
+        "{name:>8}: {} large PUTs at once {:.1} MB/s together: {:.2}x the disk's rate, {:.2}x {streams} cores of MD5 ({:.1} MB/s)",
+        r.parallel_conns,
+        r.parallel,
+        ratio(r.parallel, r.large.disk),
+        ratio(r.parallel, r.large.md5 * streams),
+        r.large.md5 * streams
+    );
 }
 
 fn main() {
@@ -565,12 +615,13 @@ fn main() {
     let theirs = run_all(&sw, conns, ops, &large_body, reps, tmp.path());
     print(&theirs, "swift");
     println!(
-        " ratios: 4KiB PUT {:.1}x swift, 4KiB GET {:.1}x swift, large PUT {:.2}x swift, {:.2}x the disk limit and {:.2}x the MD5 rate, large GET {:.2}x swift",
+        " ratios: 4KiB PUT {:.1}x swift, 4KiB GET {:.1}x swift, large PUT {:.2}x swift, {:.2}x the disk limit and {:.2}x the MD5 rate, large GET {:.2}x swift, {conns} large PUTs at once {:.2}x swift",
         ratio(ours.put.ops_per_sec, theirs.put.ops_per_sec),
         ratio(ours.get.ops_per_sec, theirs.get.ops_per_sec),
         ratio(ours.large.put, theirs.large.put),
         ours.large.put_vs_disk,
         ours.large.put_vs_md5,
         ratio(ours.large.get, theirs.large.get),
+        ratio(ours.parallel, theirs.parallel),
     );
 }
