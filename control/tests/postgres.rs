@@ -279,7 +279,7 @@ fn the_connection_pool_is_bounded_shared_and_survives_killed_backends() {
 }
 
 /// Concurrent creates through two controllers sharing PostgreSQL never take a project over
-/// its quota: each create rechecks the quota once its record is stored (as Nova does) and
+/// its quota: each create (servers, volumes, Neutron ports) rechecks the quota once its record is stored (as Nova does) and
 /// takes the record back if it went over. Servers (instances 3) and volumes (volumes 2):
 /// what was accepted is exactly what is stored, never more than the quota, every refusal
 /// is the service's quota error, and sequential creates afterwards fill the quota exactly
@@ -422,4 +422,67 @@ fn two_controllers_on_postgres_never_exceed_a_quota() {
     let r = json_req(second.port, "POST", &vpath, &t.token, &volume(200));
     assert_eq!(r.status, 413, "{}", r.text());
     assert_eq!(count_volumes(), 2);
+
+    // Neutron ports, quota 3 (Neutron's OverQuota 409).
+    let r = json_req(
+        cloud.port,
+        "POST",
+        "/network/v2.0/networks",
+        &t.token,
+        &json!({"network": {"name": "qnet"}}),
+    );
+    assert_eq!(r.status, 201, "{}", r.text());
+    let net = r.json()["network"]["id"].as_str().unwrap().to_string();
+    let r = json_req(
+        second.port,
+        "PUT",
+        &format!("/network/v2.0/quotas/{pid}"),
+        &t.token,
+        &json!({"quota": {"port": 3}}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let port = |i: usize| json!({"port": {"network_id": net, "name": format!("qp-{i}")}});
+    let answers = storm("/network/v2.0/ports", &port, 12);
+    let accepted = answers.iter().filter(|a| a.status == 201).count();
+    for a in answers.iter().filter(|a| a.status != 201) {
+        assert_eq!(a.status, 409, "{}", a.text());
+        assert_eq!(
+            a.json()["NeutronError"]["type"],
+            "OverQuota",
+            "{}",
+            a.text()
+        );
+    }
+    assert!(accepted <= 3, "{accepted} ports accepted");
+    let count_ports = || {
+        let r = json_req(
+            cloud.port,
+            "GET",
+            "/network/v2.0/ports",
+            &t.token,
+            &Value::Null,
+        );
+        assert_eq!(r.status, 200, "{}", r.text());
+        r.json()["ports"].as_array().unwrap().len()
+    };
+    assert_eq!(count_ports(), accepted);
+    for i in accepted..3 {
+        let r = json_req(
+            second.port,
+            "POST",
+            "/network/v2.0/ports",
+            &t.token,
+            &port(100 + i),
+        );
+        assert_eq!(r.status, 201, "{}", r.text());
+    }
+    let r = json_req(
+        cloud.port,
+        "POST",
+        "/network/v2.0/ports",
+        &t.token,
+        &port(200),
+    );
+    assert_eq!(r.status, 409, "{}", r.text());
+    assert_eq!(count_ports(), 3);
 }

@@ -20,6 +20,7 @@ pub mod identity;
 pub mod image;
 pub mod network;
 pub mod neutron;
+mod neutron_quota;
 mod openstack;
 pub mod telemetry;
 pub mod volume;

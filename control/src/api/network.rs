@@ -142,8 +142,12 @@ pub async fn route(
     }
     .await;
     r.unwrap_or_else(|e| {
-        let body =
-            json!({"NeutronError": {"type": "HTTPError", "message": e.message, "detail": ""}});
+        let kind = if e.status == StatusCode::CONFLICT && e.message.starts_with("Quota exceeded") {
+            "OverQuota"
+        } else {
+            "HTTPError"
+        };
+        let body = json!({"NeutronError": {"type": kind, "message": e.message, "detail": ""}});
         json_resp(e.status, &body)
     })
 }

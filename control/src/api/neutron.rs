@@ -158,7 +158,7 @@ fn crud<R: Collection>(
             .map(|l| json_resp(StatusCode::OK, &json!({ R::LIST: filtered(l, req) }))),
         ([], &Method::POST) => req
             .json()
-            .and_then(|b: Value| (R::CREATE)(svc, ctx, body::<R>(&b)?))
+            .and_then(|b: Value| create::<R>(svc, ctx, body::<R>(&b)?))
             .map(|v| one(StatusCode::CREATED, v)),
         ([id], &Method::GET) => load_visible::<R>(svc, ctx, id)
             .and_then(|(_, d)| R::view(svc, id, &d))
@@ -181,6 +181,37 @@ fn crud<R: Collection>(
     Some(r)
 }
 
+/// A create within the project's quota: checked before, and counted again once stored
+/// (see [`super::neutron_quota`]); one that went over is deleted again and refused.
+fn create<R: Collection>(
+    svc: &Service,
+    ctx: &Ctx,
+    o: &Map<String, Value>,
+) -> Result<Value, ApiError> {
+    // Admins may create for another project; the stored record says for sure afterwards.
+    let asked = ["project_id", "tenant_id"]
+        .iter()
+        .find_map(|k| o.get(*k).and_then(Value::as_str))
+        .filter(|_| ctx.is_admin())
+        .map(str::to_string)
+        .or_else(|| ctx.project_id.clone())
+        .unwrap_or_default();
+    super::neutron_quota::check(svc, R::KIND, &asked, false)?;
+    let v = (R::CREATE)(svc, ctx, o)?;
+    let (Some(id), Some(owner)) = (
+        v.get("id").and_then(Value::as_str),
+        v.get("project_id").and_then(Value::as_str),
+    ) else {
+        return Ok(v);
+    };
+    if let Err(e) = super::neutron_quota::check(svc, R::KIND, owner, true) {
+        let (_, d) = load_visible::<R>(svc, ctx, id)?;
+        (R::DELETE)(svc, ctx, id, d)?;
+        return Err(e);
+    }
+    Ok(v)
+}
+
 /// Handles the resources of this module; `None` when the path is not one of them.
 pub fn handle(svc: &Service, ctx: &Ctx, req: &Request) -> Option<Result<Response, ApiError>> {
     let s: Vec<&str> = req.segs.iter().map(String::as_str).collect();
@@ -197,6 +228,7 @@ pub fn handle(svc: &Service, ctx: &Ctx, req: &Request) -> Option<Result<Response
     }
     let (first, rest) = s.split_first()?;
     match *first {
+        "quotas" => super::neutron_quota::handle(svc, ctx, req, rest),
         p if p == Net::PATH => crud::<Net>(svc, ctx, req, rest),
         p if p == Subnet::PATH => crud::<Subnet>(svc, ctx, req, rest),
         p if p == Port::PATH => crud::<Port>(svc, ctx, req, rest),

@@ -140,6 +140,8 @@ pub enum Kind {
     VolumeSnapshot,
     /// Per-project block-storage quotas (id: project id).
     VolumeQuota,
+    /// Per-project Neutron quotas that differ from the defaults (id: project id).
+    NetworkQuota,
     /// Keystone credentials (scope: user id; `ec2` ones have the SHA-256 of their access
     /// key as id).
     Credential,
@@ -147,7 +149,7 @@ pub enum Kind {
 
 impl Kind {
     /// Every kind.
-    pub const ALL: [Kind; 35] = [
+    pub const ALL: [Kind; 36] = [
         Kind::Domain,
         Kind::Project,
         Kind::User,
@@ -182,6 +184,7 @@ impl Kind {
         Kind::Volume,
         Kind::VolumeSnapshot,
         Kind::VolumeQuota,
+        Kind::NetworkQuota,
         Kind::Credential,
     ];
 
@@ -222,6 +225,7 @@ impl Kind {
             Kind::Volume => "volume",
             Kind::VolumeSnapshot => "volume_snapshot",
             Kind::VolumeQuota => "volume_quota",
+            Kind::NetworkQuota => "network_quota",
             Kind::Credential => "credential",
         }
     }
