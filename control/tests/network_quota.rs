@@ -76,6 +76,31 @@ fn network_quotas_are_shown_set_and_enforced_with_the_openstack_cli() {
     let ports = ok_json(&member, &["port", "list", "-f", "json"]);
     assert_eq!(ports.as_array().unwrap().len(), 2, "{ports}");
 
+    // `quota list --detail` reads the details (limit and usage per resource).
+    let usage = ok_json(
+        &admin,
+        &[
+            "quota",
+            "list",
+            "--network",
+            "--detail",
+            "--project",
+            "qproj",
+        ],
+    );
+    let row = |name: &str| {
+        usage
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["Resource"] == name)
+            .map(|r| (r["In Use"].clone(), r["Limit"].clone()))
+            .unwrap_or_else(|| panic!("no {name} in {usage}"))
+    };
+    assert_eq!(row("ports"), (json!(2), json!(2)));
+    assert_eq!(row("networks"), (json!(1), json!(1)));
+    assert_eq!(row("subnets"), (json!(0), json!(100)));
+
     // Details: limits with what is used.
     let r = cloud.req(
         "GET",

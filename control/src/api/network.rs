@@ -187,6 +187,8 @@ fn extensions() -> Response {
         ("security-group", "security-group"),
         ("port-security", "Port Security"),
         ("binding", "Port Binding"),
+        ("quotas", "Quota management support"),
+        ("quota_details", "Quota details management support"),
     ]
     .iter()
     .map(|(alias, name)| {
