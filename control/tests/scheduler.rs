@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use common::Cloud;
 use common::sim::{self, Agents, Heartbeats, NODE_TOKEN, Node, ServerSpec, Tenant, host};
-use serde_json::Value;
+use serde_json::{Value, json};
 
 fn config(weigher: &str, cpu_ratio: f64, heartbeat: u64) -> String {
     format!(
@@ -344,4 +344,133 @@ fn pack_fills_50_of_200_nodes() {
     assert!((50..=57).contains(&used), "{used} nodes used: {d:?}");
     assert!(full >= 43, "only {full} full nodes: {d:?}");
     assert_eq!(d.values().sum::<u64>(), 200, "{d:?}");
+}
+
+/// Nodes as Nova's compute services with the stock CLI: `compute service list` shows each
+/// node agent as `nova-compute` with its zone, status and state; `compute service set
+/// --disable --disable-reason` takes a node out of scheduling (servers go to the other
+/// node; re-registration keeps it disabled) and `--enable` brings it back;
+/// `hypervisor stats show` sums the nodes. Bad input answers Nova's 400/404.
+#[test]
+fn compute_services_are_listed_disabled_and_enabled_with_the_cli() {
+    if !common::have_cli() {
+        return;
+    }
+    let cloud = Cloud::start_with(&config("spread", 1.0, 600), "", "");
+    let port = cloud.port;
+    let agents = Agents::start();
+    let (a, b) = (
+        node("svc-a", "nova", "x86_64", 8, 8192),
+        node("svc-b", "nova", "x86_64", 8, 8192),
+    );
+    sim::register(port, &agents, &a);
+    sim::register(port, &agents, &b);
+    let t = Tenant::setup(&cloud, &[""], &[("one", 1, 512, 1)]);
+    let admin = cloud.admin();
+
+    let list = common::ok_json(&admin, &["compute", "service", "list"]);
+    let row = |list: &Value, host: &str| -> Value {
+        list.as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["Host"] == host)
+            .cloned()
+            .unwrap_or_else(|| panic!("no {host} in {list}"))
+    };
+    for h in ["svc-a", "svc-b"] {
+        let s = row(&list, h);
+        assert_eq!(
+            (&s["Binary"], &s["Zone"], &s["Status"], &s["State"]),
+            (
+                &Value::from("nova-compute"),
+                &Value::from("nova"),
+                &Value::from("enabled"),
+                &Value::from("up")
+            ),
+            "{s}"
+        );
+    }
+
+    common::ok(
+        &admin,
+        &[
+            "compute",
+            "service",
+            "set",
+            "--disable",
+            "--disable-reason",
+            "maintenance",
+            "svc-a",
+            "nova-compute",
+        ],
+    );
+    let list = common::ok_json(&admin, &["compute", "service", "list", "--long"]);
+    let s = row(&list, "svc-a");
+    assert_eq!(s["Status"], "disabled", "{s}");
+    assert_eq!(s["Disabled Reason"], "maintenance", "{s}");
+    assert_eq!(row(&list, "svc-b")["Status"], "enabled");
+    // The agent registering again (a restart) keeps its node disabled.
+    sim::register(port, &agents, &a);
+    let ids = t.create_many(&[port], &ServerSpec::many("svc", "one", 4), 2);
+    let views = t.settle(port, &ids);
+    for v in views.values() {
+        assert_eq!(
+            (v["status"].as_str(), host(v)),
+            (Some("ACTIVE"), "svc-b"),
+            "{v}"
+        );
+    }
+    let stats = common::ok_json(&admin, &["hypervisor", "stats", "show"]);
+    assert_eq!(stats["count"], 2, "{stats}");
+    assert_eq!(stats["vcpus"], 16, "{stats}");
+    assert_eq!(stats["vcpus_used"], 4, "{stats}");
+    assert_eq!(stats["memory_mb_used"], 2048, "{stats}");
+    assert_eq!(stats["running_vms"], 4, "{stats}");
+
+    common::ok(
+        &admin,
+        &[
+            "compute",
+            "service",
+            "set",
+            "--enable",
+            "svc-a",
+            "nova-compute",
+        ],
+    );
+    let list = common::ok_json(&admin, &["compute", "service", "list", "--long"]);
+    let s = row(&list, "svc-a");
+    assert_eq!(
+        (s["Status"].as_str(), &s["Disabled Reason"]),
+        (Some("enabled"), &Value::Null),
+        "{s}"
+    );
+    // Spread now picks the empty node.
+    let id = t.create(port, &ServerSpec::many("back", "one", 1)[0]);
+    let v = t.settle(port, &[id]);
+    assert_eq!(host(v.values().next().unwrap()), "svc-a");
+
+    // Bad input: Nova's statuses, nothing changed.
+    let put = |path: &str, body: Value| cloud.json("PUT", path, Some(&t.token), &body);
+    let r = put(
+        "/compute/v2.1/os-services/disable",
+        json!({"host": "nowhere", "binary": "nova-compute"}),
+    );
+    assert_eq!(r.status, 404, "{}", r.text());
+    let r = put(
+        "/compute/v2.1/os-services/disable",
+        json!({"host": "svc-a"}),
+    );
+    assert_eq!(r.status, 400, "{}", r.text());
+    let r = put(
+        "/compute/v2.1/os-services/disable-log-reason",
+        json!({"host": "svc-a", "binary": "nova-compute", "disabled_reason": ""}),
+    );
+    assert_eq!(r.status, 400, "{}", r.text());
+    let list = common::ok_json(&admin, &["compute", "service", "list"]);
+    assert_eq!(row(&list, "svc-a")["Status"], "enabled");
+    // Not for members.
+    let member = cloud.member("svcproj", "svcuser", "svc-pass-1");
+    let err = common::fails(&member, &["compute", "service", "list"]);
+    assert!(err.contains("403") || err.contains("Policy"), "{err}");
 }

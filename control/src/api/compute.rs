@@ -600,6 +600,78 @@ fn nova(svc: &Service, ctx: &Ctx, req: &Request) -> Result<(Response, Option<Str
                 "node agents do not report their host's uptime",
             ))
         }
+        (["os-hypervisors", "statistics"], &Method::GET) => {
+            admin(ctx)?;
+            ok(json!({"hypervisor_statistics": hypervisor_statistics(svc)?}))
+        }
+        (["os-services"], &Method::GET) => {
+            admin(ctx)?;
+            let now = now_secs();
+            let list: Vec<Value> = list_nodes(&*svc.store)
+                .map_err(se)?
+                .iter()
+                .filter(|(_, d)| req.q("host").is_none_or(|h| h == d.hostname))
+                .filter(|_| req.q("binary").is_none_or(|b| b == COMPUTE_BINARY))
+                .map(|(r, d)| service_view(svc, &r.id, d, now))
+                .collect();
+            ok(json!({"services": list}))
+        }
+        (
+            [
+                "os-services",
+                action @ ("enable" | "disable" | "disable-log-reason"),
+            ],
+            &Method::PUT,
+        ) => {
+            admin(ctx)?;
+            let b: Value = req.json()?;
+            let field = |k: &str| {
+                b.get(k)
+                    .and_then(Value::as_str)
+                    .ok_or_else(|| ApiError::bad_request(format!("'{k}' is a required property")))
+            };
+            let (host, binary) = (field("host")?, field("binary")?);
+            let reason = match *action {
+                "disable-log-reason" => {
+                    let r = field("disabled_reason")?;
+                    if r.is_empty() || r.len() > 255 {
+                        return Err(ApiError::bad_request(
+                            "disabled_reason must be 1 to 255 characters",
+                        ));
+                    }
+                    Some(r.to_string())
+                }
+                _ => None,
+            };
+            let id = service_node(svc, host, binary)?;
+            let d = set_service(svc, &id, *action != "enable", reason)?;
+            let mut v = json!({"host": d.hostname, "binary": COMPUTE_BINARY,
+                               "status": if d.disabled { "disabled" } else { "enabled" }});
+            if *action == "disable-log-reason" {
+                v["disabled_reason"] = json!(d.disabled_reason);
+            }
+            ok(json!({"service": v}))
+        }
+        (["os-services", id], &Method::PUT) => {
+            // Microversion 2.53's form, by id: {"status": "disabled", "disabled_reason": ...}.
+            admin(ctx)?;
+            let b: Value = req.json()?;
+            let disabled = match b.get("status").and_then(Value::as_str) {
+                Some("disabled") => true,
+                Some("enabled") => false,
+                _ => {
+                    return Err(ApiError::bad_request(
+                        "status must be \"enabled\" or \"disabled\"",
+                    ));
+                }
+            };
+            let reason = b
+                .get("disabled_reason")
+                .and_then(Value::as_str)
+                .map(str::to_string);
+            let d = set_service(svc, id, disabled, reason)?;
+            ok(json!({"service": service_view(svc, id, &d, now_secs())}))
+        }
         // No host aggregates here: an empty list, so clients listing them (`openstack
         // hypervisor show` does) carry on.
         (["os-aggregates"], &Method::GET) => {
@@ -1098,6 +1170,70 @@ fn keypair(svc: &Service, ctx: &Ctx, name: &str) -> Result<KeypairDoc, ApiError>
         .map_err(se)
 }
 
+/// The service each node agent is, as Nova lists it.
+const COMPUTE_BINARY: &str = "nova-compute";
+
+/// A node as Nova's `nova-compute` service (`openstack compute service list`).
+fn service_view(svc: &Service, id: &str, d: &NodeDoc, now: u64) -> Value {
+    json!({"id": id, "binary": COMPUTE_BINARY, "host": d.hostname,
+           "zone": d.availability_zone,
+           "status": if d.disabled { "disabled" } else { "enabled" },
+           "state": if d.is_up(now, down_after(svc)) { "up" } else { "down" },
+           "updated_at": crate::time::keystone(d.last_heartbeat),
+           "disabled_reason": d.disabled_reason, "forced_down": false})
+}
+
+/// The node behind service (`host`, `binary`), or Nova's 404.
+fn service_node(svc: &Service, host: &str, binary: &str) -> Result<String, ApiError> {
+    list_nodes(&*svc.store)
+        .map_err(se)?
+        .into_iter()
+        .find(|(_, d)| binary == COMPUTE_BINARY && d.hostname == host)
+        .map(|(r, _)| r.id)
+        .ok_or_else(|| {
+            ApiError::not_found(format!(
+                "Service {binary} on host {host} could not be found."
+            ))
+        })
+}
+
+fn set_service(
+    svc: &Service,
+    id: &str,
+    disabled: bool,
+    reason: Option<String>,
+) -> Result<NodeDoc, ApiError> {
+    crate::compute::set_disabled(&*svc.store, id, disabled, reason)
+        .map_err(ce)?
+        .ok_or_else(|| ApiError::not_found(format!("Service {id} could not be found.")))
+}
+
+/// Sums over every node (`GET /os-hypervisors/statistics`).
+fn hypervisor_statistics(svc: &Service) -> Result<Value, ApiError> {
+    let nodes = list_nodes(&*svc.store).map_err(se)?;
+    let (mut vcpus, mut mem, mut disk) = (0u64, 0u64, 0u64);
+    let (mut vcpus_used, mut mem_used, mut disk_used) = (0u64, 0u64, 0u64);
+    let (mut free_mem, mut free_disk, mut vms) = (0i64, 0i64, 0usize);
+    for (_, d) in &nodes {
+        let (used, cap) = (d.used(), d.capacity());
+        vcpus += d.inventory.vcpus;
+        mem += d.inventory.memory_mib;
+        disk += d.inventory.disk_gb;
+        vcpus_used += used.vcpus;
+        mem_used += used.memory_mib;
+        disk_used += used.disk_gb;
+        free_mem += cap.memory_mib as i64 - used.memory_mib as i64;
+        free_disk += cap.disk_gb as i64 - used.disk_gb as i64;
+        vms += d.allocations.len();
+    }
+    Ok(
+        json!({"count": nodes.len(), "vcpus": vcpus, "memory_mb": mem, "local_gb": disk,
+              "vcpus_used": vcpus_used, "memory_mb_used": mem_used,
+              "local_gb_used": disk_used, "free_ram_mb": free_mem, "free_disk_gb": free_disk,
+              "current_workload": 0, "running_vms": vms, "disk_available_least": free_disk}),
+    )
+}
+
 fn hypervisor_view(svc: &Service, id: &str, d: &NodeDoc, now: u64, detail: bool) -> Value {
     let up = d.is_up(now, down_after(svc));
     let mut v = json!({"id": id, "hypervisor_hostname": d.hostname,
@@ -1115,7 +1251,7 @@ fn hypervisor_view(svc: &Service, id: &str, d: &NodeDoc, now: u64, detail: bool)
             "running_vms": d.allocations.len(), "current_workload": 0,
             "disk_available_least": cap.disk_gb as i64 - used.disk_gb as i64,
             "host_ip": host_of(&d.agent_url), "cpu_info": "{}",
-            "service": {"host": d.hostname, "id": id, "disabled_reason": null}});
+            "service": {"host": d.hostname, "id": id, "disabled_reason": d.disabled_reason}});
         for (k, x) in extra.as_object().expect("object") {
             v[k] = x.clone();
         }

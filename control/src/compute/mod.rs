@@ -112,6 +112,9 @@ pub struct NodeDoc {
     /// Administratively disabled: gets nothing new.
     #[serde(default)]
     pub disabled: bool,
+    /// Why it was disabled (`openstack compute service set --disable-reason`).
+    #[serde(default)]
+    pub disabled_reason: Option<String>,
 }
 
 impl NodeDoc {
@@ -301,6 +304,9 @@ pub fn register(
                 .unwrap_or(now),
             last_heartbeat: now,
             disabled: existing.as_ref().is_some_and(|(_, d)| d.disabled),
+            disabled_reason: existing
+                .as_ref()
+                .and_then(|(_, d)| d.disabled_reason.clone()),
         };
         let res = match existing {
             Some((r, _)) => store.update(r.with_doc(None, &doc)),
@@ -309,6 +315,29 @@ pub fn register(
         match res {
             Ok(()) => return Ok(doc),
             Err(StoreError::Stale { .. } | StoreError::Conflict { .. }) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(ComputeError::Contended(id.to_string()))
+}
+
+/// Disables a node (the scheduler places nothing new on it; what runs there stays) or
+/// enables it again; `None` if the node is unknown.
+pub fn set_disabled(
+    store: &dyn Store,
+    id: &str,
+    disabled: bool,
+    reason: Option<String>,
+) -> Result<Option<NodeDoc>, ComputeError> {
+    for _ in 0..16 {
+        let Some((r, mut doc)) = load_node(store, id)? else {
+            return Ok(None);
+        };
+        doc.disabled = disabled;
+        doc.disabled_reason = if disabled { reason.clone() } else { None };
+        match store.update(r.with_doc(None, &doc)) {
+            Ok(()) => return Ok(Some(doc)),
+            Err(StoreError::Stale { .. }) => continue,
             Err(e) => return Err(e.into()),
         }
     }

@@ -518,6 +518,7 @@ mod tests {
             allocations: BTreeMap::new(),
             volume_allocations: BTreeMap::new(),
             registered_at: 0,
+            disabled_reason: None,
             last_heartbeat: hb,
             disabled: false,
         }
