@@ -474,3 +474,128 @@ fn compute_services_are_listed_disabled_and_enabled_with_the_cli() {
     let err = common::fails(&member, &["compute", "service", "list"]);
     assert!(err.contains("403") || err.contains("Policy"), "{err}");
 }
+
+/// Server actions control carries out itself, with the stock CLI on simulated nodes:
+/// `server add/remove security group` changes every port of the server (and what the
+/// server shows), `server lock` stops non-admins (the owner too) from deleting it until
+/// `server unlock` (an admin's lock only an admin lifts), `server set --state` is the
+/// admin's reset. Refusals carry Nova's statuses and messages.
+#[test]
+fn security_groups_locks_and_state_resets_on_servers_with_the_cli() {
+    if !common::have_cli() {
+        return;
+    }
+    let cloud = Cloud::start_with(&config("spread", 1.0, 600), "", "");
+    let port = cloud.port;
+    let agents = Agents::start();
+    sim::register(port, &agents, &node("act-a", "nova", "x86_64", 8, 8192));
+    let t = Tenant::setup(&cloud, &[""], &[("one", 1, 512, 1)]);
+    let admin = cloud.admin();
+    let (ok, ok_json, fails) = (common::ok, common::ok_json, common::fails);
+
+    // A server with a port on a network, and a second security group.
+    ok(&admin, &["network", "create", "actnet"]);
+    common::subnet(&admin, "actnet", "10.77.0.0/24", "actsub", &[]);
+    let web = ok_json(&admin, &["security", "group", "create", "web"]);
+    let web_id = web["id"].as_str().unwrap().to_string();
+    let args = common::server_create(
+        &t.images[""],
+        &t.flavors["one"],
+        &["--network", "actnet", "--wait"],
+        "srv",
+    );
+    ok(&admin, &args);
+    let port_groups = || -> Vec<String> {
+        let ports = ok_json(&admin, &["port", "list", "--server", "srv", "--long"]);
+        let p = &ports.as_array().unwrap()[0];
+        let mut g: Vec<String> = p["Security Groups"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_str().unwrap().to_string())
+            .collect();
+        g.sort();
+        g
+    };
+    assert_eq!(port_groups().len(), 1, "the default group only");
+    ok(
+        &admin,
+        &["server", "add", "security", "group", "srv", "web"],
+    );
+    assert!(port_groups().contains(&web_id), "{:?}", port_groups());
+    let shown = ok_json(&admin, &["server", "show", "srv"]);
+    assert!(
+        shown["security_groups"].to_string().contains("web"),
+        "{shown}"
+    );
+    let err = fails(
+        &admin,
+        &["server", "add", "security", "group", "srv", "web"],
+    );
+    assert!(err.contains("already associated"), "{err}");
+    let err = fails(
+        &admin,
+        &["server", "add", "security", "group", "srv", "nosuch"],
+    );
+    assert!(err.contains("404"), "{err}");
+    ok(
+        &admin,
+        &["server", "remove", "security", "group", "srv", "web"],
+    );
+    assert!(!port_groups().contains(&web_id), "{:?}", port_groups());
+    let err = fails(
+        &admin,
+        &["server", "remove", "security", "group", "srv", "web"],
+    );
+    assert!(err.contains("not associated"), "{err}");
+
+    // Locks: a member's own server.
+    // The boot image and its kernel, for the member's project too.
+    for image in ok(&admin, &["image", "list", "-f", "value", "-c", "ID"]).lines() {
+        ok(&admin, &["image", "set", "--public", image]);
+    }
+    let member = cloud.member("actproj", "actuser", "act-pass-1");
+    ok(&member, &["network", "create", "mynet"]);
+    common::subnet(&member, "mynet", "10.78.0.0/24", "mysub", &[]);
+    let args = common::server_create(
+        &t.images[""],
+        &t.flavors["one"],
+        &["--network", "mynet", "--wait"],
+        "mine",
+    );
+    ok(&member, &args);
+    ok(&member, &["server", "lock", "mine"]);
+    assert_eq!(
+        ok_json(&member, &["server", "show", "mine"])["locked"],
+        true
+    );
+    let err = fails(&member, &["server", "delete", "mine"]);
+    assert!(err.contains("is locked"), "{err}");
+    ok(&member, &["server", "unlock", "mine"]);
+    let mine = ok_json(&member, &["server", "show", "mine"]);
+    assert_eq!(mine["locked"], false, "{mine}");
+    let mine_id = mine["id"].as_str().unwrap().to_string();
+    ok(&admin, &["server", "lock", &mine_id]);
+    let err = fails(&member, &["server", "unlock", "mine"]);
+    assert!(err.contains("403") || err.contains("Policy"), "{err}");
+    assert_eq!(
+        ok_json(&member, &["server", "show", "mine"])["locked"],
+        true
+    );
+
+    // The admin's reset, and only the admin's.
+    ok(&admin, &["server", "set", "--state", "error", &mine_id]);
+    assert_eq!(
+        ok_json(&member, &["server", "show", "mine"])["status"],
+        "ERROR"
+    );
+    let err = fails(&member, &["server", "set", "--state", "active", "mine"]);
+    assert!(err.contains("403") || err.contains("Policy"), "{err}");
+    ok(&admin, &["server", "set", "--state", "active", &mine_id]);
+    assert_eq!(
+        ok_json(&member, &["server", "show", "mine"])["status"],
+        "ACTIVE"
+    );
+    ok(&admin, &["server", "unlock", &mine_id]);
+    ok(&member, &["server", "delete", "--wait", "mine"]);
+}

@@ -604,6 +604,20 @@ fn nova(svc: &Service, ctx: &Ctx, req: &Request) -> Result<(Response, Option<Str
             admin(ctx)?;
             ok(json!({"hypervisor_statistics": hypervisor_statistics(svc)?}))
         }
+        // Nova's proxy of the project's security groups, which clients still use to find
+        // a group by name before `addSecurityGroup`.
+        (["os-security-groups"] | ["os-security-groups", "detail"], &Method::GET) => {
+            ok(json!({"security_groups": nova_security_groups(svc, ctx, None)?}))
+        }
+        (["os-security-groups", id], &Method::GET) => {
+            let mut found = nova_security_groups(svc, ctx, Some(id))?;
+            if found.is_empty() {
+                return Err(ApiError::not_found(format!(
+                    "Security group {id} not found."
+                )));
+            }
+            ok(json!({"security_group": found.remove(0)}))
+        }
         (["os-services"], &Method::GET) => {
             admin(ctx)?;
             let now = now_secs();
@@ -1326,7 +1340,7 @@ fn server_view(svc: &Service, id: &str, d: &ServerDoc, detail: bool) -> Value {
         "OS-EXT-SRV-ATTR:host": d.host, "OS-EXT-SRV-ATTR:hypervisor_hostname": d.host,
         "OS-EXT-SRV-ATTR:instance_name": format!("instance-{}", &id[..8.min(id.len())]),
         "OS-EXT-STS:task_state": d.task_state, "OS-EXT-STS:vm_state": d.vm_state(),
-        "OS-EXT-STS:power_state": d.power_state(),
+        "OS-EXT-STS:power_state": d.power_state(), "locked": d.locked.is_some(),
         "os-extended-volumes:volumes_attached": d.volumes.iter()
             .map(|v| json!({"id": v.volume_id})).collect::<Vec<_>>(),
         "security_groups": security_groups_view(d),
@@ -1702,6 +1716,7 @@ fn create_server(svc: &Service, ctx: &Ctx, req: &Request) -> Result<(Value, Stri
         created: now,
         updated: now,
         launched_at: None,
+        locked: None,
     };
     let mut writes = vec![crate::store::Write::Insert(Record::new(
         Kind::Server,
@@ -2520,6 +2535,7 @@ async fn node_url(svc: &Arc<Service>, d: &ServerDoc) -> Option<String> {
 async fn delete_server(svc: Arc<Service>, ctx: Ctx, id: String) -> Result<Response, ApiError> {
     let (id2, ctx2) = (id.clone(), ctx.clone());
     let (_, d) = blocking(svc.clone(), move |svc| load_server(svc, &ctx2, &id2)).await?;
+    refuse_if_locked(&ctx, &id, &d)?;
     if let Some(url) = node_url(&svc, &d).await {
         match agent::call(
             &url,
@@ -2569,6 +2585,21 @@ async fn action(
         .filter(|o| o.len() == 1)
         .and_then(|o| o.keys().next().cloned())
         .ok_or_else(|| ApiError::bad_request("an action body has exactly one key"))?;
+    if matches!(
+        name.as_str(),
+        "lock" | "unlock" | "os-resetState" | "addSecurityGroup" | "removeSecurityGroup"
+    ) {
+        let (svc2, id2) = (svc.clone(), id.clone());
+        let pushed = blocking(svc.clone(), move |svc| {
+            local_action(svc, &ctx, &id2, &name, &body)
+        })
+        .await?;
+        if pushed {
+            tokio::spawn(crate::network::push_all(svc2));
+        }
+        return Ok(empty(StatusCode::ACCEPTED));
+    }
+    refuse_if_locked(&ctx, &id, &d)?;
     let (needs, task) = match name.as_str() {
         "os-stop" => (&["ACTIVE", "ERROR"][..], "powering-off"),
         "os-start" => (&["SHUTOFF"][..], "powering-on"),
@@ -2635,6 +2666,199 @@ async fn action(
     }
     tokio::spawn(watch_action(svc, id, url));
     Ok(empty(StatusCode::ACCEPTED))
+}
+
+/// The caller's project's security groups (or the one with id `only`) in Nova's proxy
+/// shape, with their ingress rules.
+fn nova_security_groups(
+    svc: &Service,
+    ctx: &Ctx,
+    only: Option<&str>,
+) -> Result<Vec<Value>, ApiError> {
+    use crate::network::{RuleDoc, SecurityGroupDoc, all};
+    let pid = ctx.project_id.clone().unwrap_or_default();
+    let groups: Vec<(String, SecurityGroupDoc)> =
+        all(&*svc.store, Kind::SecurityGroup, Some(&pid)).map_err(se)?;
+    let names: std::collections::BTreeMap<&str, &str> = groups
+        .iter()
+        .map(|(id, g)| (id.as_str(), g.name.as_str()))
+        .collect();
+    let mut out = vec![];
+    for (id, g) in groups.iter().filter(|(id, _)| only.is_none_or(|o| o == id)) {
+        let rules: Vec<(String, RuleDoc)> =
+            all(&*svc.store, Kind::SecurityGroupRule, Some(id)).map_err(se)?;
+        let rules: Vec<Value> = rules
+            .iter()
+            .filter(|(_, r)| r.direction == "ingress")
+            .map(|(rid, r)| {
+                let port = |p: Option<u16>| p.map_or(-1, i64::from);
+                json!({"id": rid, "parent_group_id": id, "ip_protocol": r.protocol,
+                       "from_port": port(r.port_range_min), "to_port": port(r.port_range_max),
+                       "ip_range": r.remote_ip_prefix.as_ref()
+                           .map_or_else(|| json!({}), |c| json!({"cidr": c})),
+                       "group": r.remote_group_id.as_deref()
+                           .map_or_else(|| json!({}), |g| json!({"name": names.get(g),
+                                                                 "tenant_id": pid}))})
+            })
+            .collect();
+        out.push(
+            json!({"id": id, "name": g.name, "description": g.description,
+                        "tenant_id": g.project_id, "rules": rules}),
+        );
+    }
+    Ok(out)
+}
+
+/// Nova's 409 for an action on a locked server by anyone but an admin.
+fn refuse_if_locked(ctx: &Ctx, id: &str, d: &ServerDoc) -> Result<(), ApiError> {
+    if d.locked.is_some() && !ctx.is_admin() {
+        return Err(ApiError::conflict(format!("Instance {id} is locked")));
+    }
+    Ok(())
+}
+
+/// The actions control carries out itself: lock and unlock, the admin's state reset, and
+/// security groups added to or removed from every port of the server (the nodes then get
+/// the new rules). Returns whether the network changed.
+fn local_action(
+    svc: &Service,
+    ctx: &Ctx,
+    id: &str,
+    name: &str,
+    body: &Value,
+) -> Result<bool, ApiError> {
+    let (_, d) = load_server(svc, ctx, id)?;
+    match name {
+        "lock" => {
+            let by = if ctx.is_admin() { "admin" } else { "owner" };
+            update_server(svc, id, |d| {
+                d.locked = Some(by.to_string());
+                true
+            })?;
+            Ok(false)
+        }
+        "unlock" => {
+            // An admin's lock is the admin's to lift.
+            if d.locked.as_deref() == Some("admin") && !ctx.is_admin() {
+                return Err(ApiError::forbidden(
+                    "Policy doesn't allow os_compute_api:os-lock-server:unlock:unlock_override to be performed.",
+                ));
+            }
+            update_server(svc, id, |d| d.locked.take().is_some())?;
+            Ok(false)
+        }
+        "os-resetState" => {
+            admin(ctx)?;
+            let status = match body.pointer("/os-resetState/state").and_then(Value::as_str) {
+                Some("error") => "ERROR",
+                Some("active") => "ACTIVE",
+                _ => {
+                    return Err(ApiError::bad_request(
+                        "os-resetState.state must be \"error\" or \"active\"",
+                    ));
+                }
+            };
+            update_server(svc, id, |d| {
+                d.status = status.to_string();
+                d.task_state = None;
+                true
+            })?;
+            Ok(false)
+        }
+        _ => {
+            refuse_if_locked(ctx, id, &d)?;
+            let add = name == "addSecurityGroup";
+            let group = body
+                .pointer(&format!("/{name}/name"))
+                .and_then(Value::as_str)
+                .ok_or_else(|| ApiError::bad_request(format!("{name} needs a \"name\"")))?;
+            let gid = super::neutron::resolve_groups(svc, ctx, &d.project_id, &[group.to_string()])
+                .map_err(|e| match e.status {
+                    StatusCode::NOT_FOUND => ApiError::not_found(format!(
+                        "Security group {group} not found for project {}.",
+                        d.project_id
+                    )),
+                    _ => e,
+                })?
+                .remove(0);
+            let gname = svc
+                .store
+                .get(Kind::SecurityGroup, &gid)
+                .map_err(se)?
+                .and_then(|r| r.parse::<crate::network::SecurityGroupDoc>().ok())
+                .map_or_else(|| gid.clone(), |g| g.name);
+            let ports: Vec<(String, crate::network::PortDoc)> =
+                crate::network::all(&*svc.store, Kind::Port, None)
+                    .map_err(se)?
+                    .into_iter()
+                    .filter(|(_, p): &(String, crate::network::PortDoc)| p.device_id == id)
+                    .collect();
+            if ports.is_empty() {
+                return Err(ApiError::bad_request(format!(
+                    "Instance {id} has no ports to take security group {group}"
+                )));
+            }
+            let has = ports.iter().any(|(_, p)| p.security_groups.contains(&gid));
+            if add && has {
+                return Err(ApiError::bad_request(format!(
+                    "Security group {group} is already associated with the instance {id}"
+                )));
+            }
+            if !add && !has {
+                return Err(ApiError::bad_request(format!(
+                    "Security Group {group} not associated with the instance {id}"
+                )));
+            }
+            if add && ports.iter().any(|(_, p)| !p.port_security_enabled) {
+                return Err(ApiError::bad_request(format!(
+                    "Port security must be enabled on every port of instance {id} to add security group {group}"
+                )));
+            }
+            for (pid, _) in &ports {
+                edit_port(svc, pid, |p| {
+                    if add && !p.security_groups.contains(&gid) {
+                        p.security_groups.push(gid.clone());
+                    } else if !add {
+                        p.security_groups.retain(|g| *g != gid);
+                    }
+                })?;
+            }
+            update_server(svc, id, |d| {
+                if add && !d.security_groups.contains(&gname) {
+                    d.security_groups.push(gname.clone());
+                } else if !add {
+                    d.security_groups.retain(|g| *g != gname);
+                }
+                true
+            })?;
+            crate::network::bump(&*svc.store).map_err(se)?;
+            Ok(true)
+        }
+    }
+}
+
+/// Compare-and-swap edit of a Neutron port (its record name kept).
+fn edit_port(
+    svc: &Service,
+    id: &str,
+    mut f: impl FnMut(&mut crate::network::PortDoc),
+) -> Result<(), ApiError> {
+    for _ in 0..32 {
+        let Some(r) = svc.store.get(Kind::Port, id).map_err(se)? else {
+            return Ok(());
+        };
+        let mut p: crate::network::PortDoc = r.parse().map_err(se)?;
+        f(&mut p);
+        p.updated = now_secs();
+        match svc.store.update(r.with_doc(r.name.as_deref(), &p)) {
+            Ok(()) => return Ok(()),
+            Err(StoreError::Stale { .. }) => continue,
+            Err(e) => return Err(se(e)),
+        }
+    }
+    Err(ApiError::conflict(format!(
+        "port {id} is changing too often; try again"
+    )))
 }
 
 /// Polls the agent until the action ends, then records the new status.

@@ -507,6 +507,9 @@ pub struct ServerDoc {
     /// Epoch seconds of the first ACTIVE.
     #[serde(default)]
     pub launched_at: Option<u64>,
+    /// Locked against changes by non-admins: by `"owner"` or by `"admin"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub locked: Option<String>,
 }
 
 impl ServerDoc {
