@@ -4,11 +4,14 @@
 #[path = "support/frames.rs"]
 #[allow(dead_code)]
 mod frames;
+#[path = "support/pins.rs"]
+mod pins;
 
 use std::net::Ipv4Addr;
 
 use frames::*;
 use netdp::datapath::{Datapath, Direction, DropReason, Hook, PortSpec, RuleSpec, Timeouts};
+use pins::PinDir;
 
 const TC_ACT_SHOT: u32 = 2;
 const TC_ACT_OK: u32 = 0;
@@ -491,6 +494,57 @@ fn routing_rewrites_macs_decrements_ttl_and_keeps_the_checksum_valid() {
     dp.set_port_rules(C, &[]).unwrap();
 }
 
+#[test]
+fn extra_routes_go_to_the_next_hops_mac_and_the_longest_prefix_wins() {
+    if !privileged() {
+        return;
+    }
+    let mut dp = topology(Hook::Tc);
+    dp.set_port_rules(
+        C,
+        &[
+            allow_all(1, Direction::Egress),
+            allow_all(2, Direction::Ingress),
+        ],
+    )
+    .unwrap();
+    // 172.16.0.0/16 lives behind C; one host inside network 2's connected /24 does too.
+    let behind = Ipv4Addr::new(172, 16, 5, 9);
+    let host = Ipv4Addr::new(10, 0, 1, 77);
+    dp.add_extra_route(
+        1,
+        (Ipv4Addr::new(172, 16, 0, 0), 16),
+        2,
+        IP_C,
+        MAC_R2,
+        false,
+    )
+    .unwrap();
+    dp.add_extra_route(1, (host, 32), 2, IP_C, MAC_R2, false)
+        .unwrap();
+    for dst in [behind, host] {
+        let frame = ping(MAC_A, MAC_R1, IP_A, dst);
+        let (verdict, out) = dp.test_run(&frame, A).unwrap();
+        assert_eq!(verdict, TC_ACT_REDIRECT, "{dst}");
+        assert_eq!(&out[0..6], &MAC_C, "the next hop's MAC for {dst}");
+        assert_eq!(&out[6..12], &MAC_R2, "from the router's MAC on network 2");
+        assert_eq!(out[22], 63);
+        assert_eq!(checksum(&out[14..34]), 0);
+        assert_eq!(&out[30..34], &dst.octets(), "the destination stays {dst}");
+    }
+    assert_eq!(dp.port_counters(C).unwrap().0.tx_packets, 2);
+    // The rest of the /24 is still connected: no neighbour for .78.
+    let other = ping(MAC_A, MAC_R1, IP_A, Ipv4Addr::new(10, 0, 1, 78));
+    dp.test_run(&other, A).unwrap();
+    assert_eq!(drops(&dp, A, DropReason::NoNeighbor), 1);
+    // Gone with its route.
+    dp.remove_route(1, (Ipv4Addr::new(172, 16, 0, 0), 16))
+        .unwrap();
+    dp.test_run(&ping(MAC_A, MAC_R1, IP_A, behind), A).unwrap();
+    assert_eq!(drops(&dp, A, DropReason::NoRoute), 1);
+    dp.set_port_rules(C, &[]).unwrap();
+}
+
 /// Checks `out` is the ICMP error a Linux router sends back to A about `orig`.
 fn assert_icmp_error(out: &[u8], orig: &[u8], kind: u8, code: u8) {
     assert_eq!(out.len(), 14 + 20 + 8 + 28);
@@ -787,19 +841,10 @@ fn pinned_maps_are_reused_by_a_second_load() {
     if !privileged() {
         return;
     }
-    let dir = std::path::PathBuf::from(format!(
-        "/sys/fs/bpf/ferrostack-test-netdp-{}",
-        std::process::id()
-    ));
-    struct Cleanup(std::path::PathBuf);
-    impl Drop for Cleanup {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-    let _cleanup = Cleanup(dir.clone());
+    let pins = PinDir::new("netdp");
+    let dir = pins.path();
     {
-        let mut dp = Datapath::load_pinned(Hook::Tc, &dir).unwrap();
+        let mut dp = Datapath::load_pinned(Hook::Tc, dir).unwrap();
         dp.set_port(&port(A, 1, MAC_A, IP_A)).unwrap();
         dp.set_port(&port(B, 1, MAC_B, IP_B)).unwrap();
         dp.set_port_rules(A, &[allow_all(1, Direction::Egress)])
@@ -808,7 +853,7 @@ fn pinned_maps_are_reused_by_a_second_load() {
             .unwrap();
     }
     // A "restarted" daemon loads again and finds all state in place.
-    let dp = Datapath::load_pinned(Hook::Tc, &dir).unwrap();
+    let dp = Datapath::load_pinned(Hook::Tc, dir).unwrap();
     assert_eq!(
         dp.test_run(&ping(MAC_A, MAC_B, IP_A, IP_B), A).unwrap().0,
         TC_ACT_REDIRECT
@@ -821,19 +866,10 @@ fn pinned_maps_of_an_older_layout_are_replaced_and_the_rest_kept() {
     if !privileged() {
         return;
     }
-    let dir = std::path::PathBuf::from(format!(
-        "/sys/fs/bpf/ferrostack-test-netdp-old-{}",
-        std::process::id()
-    ));
-    struct Cleanup(std::path::PathBuf);
-    impl Drop for Cleanup {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-    let _cleanup = Cleanup(dir.clone());
+    let pins = PinDir::new("netdp-old");
+    let dir = pins.path();
     {
-        let mut dp = Datapath::load_pinned(Hook::Tc, &dir).unwrap();
+        let mut dp = Datapath::load_pinned(Hook::Tc, dir).unwrap();
         dp.set_port(&port(A, 1, MAC_A, IP_A)).unwrap();
         dp.set_port(&port(B, 1, MAC_B, IP_B)).unwrap();
         dp.set_port_rules(A, &[allow_all(1, Direction::Egress)])
@@ -870,7 +906,7 @@ fn pinned_maps_of_an_older_layout_are_replaced_and_the_rest_kept() {
     );
     // The new build loads anyway: that map is replaced, the others (ports, FDB, rules)
     // are reused.
-    let dp = Datapath::load_pinned(Hook::Tc, &dir).expect("load over an older pin");
+    let dp = Datapath::load_pinned(Hook::Tc, dir).expect("load over an older pin");
     assert_eq!(
         dp.test_run(&ping(MAC_A, MAC_B, IP_A, IP_B), A).unwrap().0,
         TC_ACT_REDIRECT,
@@ -942,17 +978,8 @@ fn tracked_connections_and_snat_translations_survive_an_upgrade_that_changes_the
     if !privileged() {
         return;
     }
-    let dir = std::path::PathBuf::from(format!(
-        "/sys/fs/bpf/ferrostack-test-netdp3-migrate-{}",
-        std::process::id()
-    ));
-    struct Cleanup(std::path::PathBuf);
-    impl Drop for Cleanup {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-    let _cleanup = Cleanup(dir.clone());
+    let pins = PinDir::new("netdp3-migrate");
+    let dir = pins.path();
     const X: u32 = 30;
     let mac_x = [0x02, 0, 0, 0, 0, 0x1e];
     let mac_rx = [0x02, 0, 0, 0, 0x01, 0x03];
@@ -977,7 +1004,7 @@ fn tracked_connections_and_snat_translations_survive_an_upgrade_that_changes_the
     let reply_to =
         |nat_port: u16| pad(ipv4(mac_rx, mac_x, ip_x, gw_x, UDP, 64, &udp(53, nat_port)));
     let nat_port = {
-        let mut dp = Datapath::load_pinned(Hook::Tc, &dir).unwrap();
+        let mut dp = Datapath::load_pinned(Hook::Tc, dir).unwrap();
         program(&mut dp);
         let (verdict, sent) = dp.test_run(&out, A).unwrap();
         assert_eq!(verdict, TC_ACT_REDIRECT);
@@ -990,11 +1017,11 @@ fn tracked_connections_and_snat_translations_survive_an_upgrade_that_changes_the
     };
     // The pins now look like an older build's: SNAT values without state and clock (8
     // bytes), a smaller conntrack table.
-    assert_eq!(repin_older(&dir, "snat_in", 8, 65536), 1);
-    assert_eq!(repin_older(&dir, "snat_out", 8, 65536), 1);
-    assert!(repin_older(&dir, "conntrack", 16, 1024) >= 1);
+    assert_eq!(repin_older(dir, "snat_in", 8, 65536), 1);
+    assert_eq!(repin_older(dir, "snat_out", 8, 65536), 1);
+    assert!(repin_older(dir, "conntrack", 16, 1024) >= 1);
 
-    let mut dp = Datapath::load_pinned(Hook::Tc, &dir).expect("load over older pins");
+    let mut dp = Datapath::load_pinned(Hook::Tc, dir).expect("load over older pins");
     program(&mut dp);
     assert_eq!(
         dp.snat_len().unwrap(),
