@@ -180,6 +180,8 @@ fn extensions() -> Response {
             "ext-gw-mode",
             "Neutron L3 Configurable external gateway mode",
         ),
+        ("extraroute", "Neutron Extra Route"),
+        ("extraroute-atomic", "Atomic Extra Route"),
         ("security-group", "security-group"),
         ("port-security", "Port Security"),
         ("binding", "Port Binding"),
