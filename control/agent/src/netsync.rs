@@ -7,7 +7,8 @@
 //! netdp match: it tears down first (floating IPs, router interfaces and gateways, ports,
 //! rules, groups, subnets, networks that control no longer wants, in that order, so that
 //! netdp never refuses a removal as "in use"), then builds (networks, subnets, groups,
-//! rules, ports, routers with gateways and interfaces, floating IPs). Only what an earlier
+//! rules, ports, routers with gateways, interfaces and then extra routes, floating IPs;
+//! routes no longer wanted go before the interfaces they pin). Only what an earlier
 //! push created is ever deleted (the ids are kept in the agent's state), so ports and
 //! networks made otherwise (a placement's own network, a test's) are left alone. Errors do
 //! not stop the pass: each one is reported, the generation is not recorded, and control
@@ -107,6 +108,32 @@ fn gateway_key(v: &Value) -> Option<(String, String, bool)> {
             .to_string(),
         g["enable_snat"].as_bool().unwrap_or(true),
     ))
+}
+
+/// A router's extra routes, as a set.
+fn routes_of(v: &Value) -> BTreeSet<(String, String)> {
+    v["routes"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|r| {
+                    (
+                        r["destination"].as_str().unwrap_or_default().to_string(),
+                        r["nexthop"].as_str().unwrap_or_default().to_string(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// `{"router": {"routes": [...]}}` for a set of routes.
+fn routes_body(routes: &BTreeSet<(String, String)>) -> Value {
+    let list: Vec<Value> = routes
+        .iter()
+        .map(|(d, n)| json!({"destination": d, "nexthop": n}))
+        .collect();
+    json!({"router": {"routes": list}})
 }
 
 struct Pass<'a> {
@@ -308,6 +335,20 @@ async fn teardown(pass: &mut Pass<'_>, want: &Table, have: &Table) {
             .and_then(|w| w["interfaces"].as_array())
             .map(|a| a.iter().filter_map(Value::as_str).collect())
             .unwrap_or_default();
+        // Routes no longer wanted go before the interfaces they pin.
+        let held = routes_of(r);
+        let kept: BTreeSet<(String, String)> = match w {
+            Some(w) => held.intersection(&routes_of(w)).cloned().collect(),
+            None => BTreeSet::new(),
+        };
+        if kept != held {
+            pass.call(
+                Method::PUT,
+                &format!("/v2.0/routers/{id}"),
+                Some(routes_body(&kept)),
+            )
+            .await;
+        }
         for (_, subnet) in interfaces(have, id) {
             if !keep.contains(subnet.as_str()) {
                 pass.call(
@@ -428,6 +469,10 @@ async fn build(pass: &mut Pass<'_>, want: &Table, have: &Table) {
     }
     for (id, w) in &want["routers"] {
         let mut body = w.clone();
+        // Routes are set once the interfaces they go through exist.
+        if let Some(o) = body.as_object_mut() {
+            o.remove("routes");
+        }
         let wanted_ifaces: Vec<String> = body
             .as_object_mut()
             .and_then(|o| o.remove("interfaces"))
@@ -468,6 +513,16 @@ async fn build(pass: &mut Pass<'_>, want: &Table, have: &Table) {
                 )
                 .await;
             }
+        }
+        let wanted_routes = routes_of(w);
+        let held_routes = have["routers"].get(id).map(routes_of).unwrap_or_default();
+        if wanted_routes != held_routes {
+            pass.call(
+                Method::PUT,
+                &format!("/v2.0/routers/{id}"),
+                Some(routes_body(&wanted_routes)),
+            )
+            .await;
         }
     }
     for (id, w) in &want["floatingips"] {
