@@ -1195,13 +1195,65 @@ fn extra_routes_reach_their_next_hop_and_win_over_connected_routes() {
     let d = start(&node, dp, &pins);
     assert!(ping_soon(&vm_a, "10.99.0.1", 3), "after a restart");
 
-    // Removed: the destination is unreachable again, and the /32 falls back to the /24.
+    // Through the gateway: a route to a network behind an outside router X leaves with
+    // the gateway's SNAT, as the default route would (X has no route back to A).
+    let ext = post(
+        dp,
+        "/v2.0/networks",
+        json!({"network": {"router:external": true, "project_id": "p"}}),
+    );
+    let ext_id = ext["network"]["id"].as_str().unwrap().to_string();
+    let ext_sub = post(
+        dp,
+        "/v2.0/subnets",
+        json!({"subnet": {"network_id": ext_id, "ip_version": 4, "cidr": "172.24.6.0/24"}}),
+    );
+    let (st, body) = put(
+        &rpath,
+        json!({"router": {"external_gateway_info": {"network_id": ext_id}}}),
+    );
+    assert_eq!(st, 200, "{body}");
+    let x = post(
+        dp,
+        "/v2.0/ports",
+        json!({"port": {"network_id": ext_id, "port_security_enabled": false,
+            "fixed_ips": [{"subnet_id": ext_sub["subnet"]["id"], "ip_address": "172.24.6.50"}]}}),
+    );
+    let vm_x = plug(&node, "netdpr-x", &x, 24, "172.24.6.1");
+    ip(&["-n", vm_x.name(), "route", "del", "default"]).unwrap();
+    ip(&["-n", vm_x.name(), "link", "set", "lo", "up"]).unwrap();
+    ip(&[
+        "-n",
+        vm_x.name(),
+        "addr",
+        "add",
+        "203.0.113.1/32",
+        "dev",
+        "lo",
+    ])
+    .unwrap();
+    assert!(!ping(&vm_a, "203.0.113.1"), "no route behind X yet");
+    let (st, body) = put(
+        &format!("{rpath}/add_extraroutes"),
+        json!({"router": {"routes": [{"destination": "203.0.113.0/24", "nexthop": "172.24.6.50"}]}}),
+    );
+    assert_eq!(st, 200, "{body}");
+    assert!(
+        ping_soon(&vm_a, "203.0.113.1", 3),
+        "behind X through the gateway, SNATed"
+    );
+
+    // Removed: the destinations are unreachable again, and the /32 falls back to the /24.
+    // (The gateway goes too, and its default route with it.)
     let (st, body) = put(&rpath, json!({"router": {"routes": []}}));
+    assert_eq!(st, 200, "{body}");
+    assert!(!ping(&vm_a, "203.0.113.1"), "no route behind X");
+    let (st, body) = put(&rpath, json!({"router": {"external_gateway_info": null}}));
     assert_eq!(st, 200, "{body}");
     let text = ping_text(&vm_a, "10.99.0.1");
     assert!(text.contains("Destination Net Unreachable"), "{text}");
     assert!(!ping(&vm_a, "10.32.0.77"), "no host route, no answer");
     assert!(ping(&vm_a, "10.32.0.5"));
     drop(d);
-    drop((vm_a, vm_n, node));
+    drop((vm_a, vm_n, vm_x, node));
 }
