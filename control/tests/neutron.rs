@@ -1051,11 +1051,12 @@ fn extra_routes_and_the_gateway_address_answer_as_neutron_does() {
     let cloud = Cloud::start();
     let (token, _) = cloud.token("admin", ADMIN_PASSWORD, "admin");
     let t = Some(token.as_str());
-    let answer = |r: &Answer, status: u16, message: &str| {
+    // Neutron names each error by its exception's class.
+    let answer = |r: &Answer, status: u16, kind: &str, message: &str| {
         assert_eq!(r.status, status, "{}", r.text());
         assert_eq!(
             r.json(),
-            json!({"NeutronError": {"type": "HTTPError", "message": message, "detail": ""}}),
+            json!({"NeutronError": {"type": kind, "message": message, "detail": ""}}),
         );
     };
     let post = |path: &str, body: Value| cloud.json("POST", path, t, &body);
@@ -1072,7 +1073,12 @@ fn extra_routes_and_the_gateway_address_answer_as_neutron_does() {
         "/network/v2.0/routers",
         json!({"router": {"name": "r", "routes": []}}),
     );
-    answer(&r, 400, "Attribute 'routes' not allowed in POST");
+    answer(
+        &r,
+        400,
+        "HTTPBadRequest",
+        "Attribute 'routes' not allowed in POST",
+    );
     let r = post("/network/v2.0/routers", json!({"router": {"name": "r"}}));
     assert_eq!(r.status, 201, "{}", r.text());
     assert_eq!(r.json()["router"]["routes"], json!([]));
@@ -1085,6 +1091,7 @@ fn extra_routes_and_the_gateway_address_answer_as_neutron_does() {
     answer(
         &r,
         400,
+        "InvalidRoutes",
         "Invalid format for routes: [{'destination': '10.99.0.0/24', 'nexthop': '10.4.0.5'}], the nexthop is not connected with router",
     );
     let r = put(
@@ -1094,6 +1101,7 @@ fn extra_routes_and_the_gateway_address_answer_as_neutron_does() {
     answer(
         &r,
         400,
+        "HTTPBadRequest",
         "Invalid input for routes. Reason: '10.99.0.7/24' isn't a recognized IP subnet cidr, '10.99.0.0/24' is recommended.",
     );
     let r = put(
@@ -1103,6 +1111,7 @@ fn extra_routes_and_the_gateway_address_answer_as_neutron_does() {
     answer(
         &r,
         400,
+        "HTTPBadRequest",
         "Invalid input for routes. Reason: 'x' is not a valid IP address.",
     );
     let r = put(&rpath, json!({"router": {"routes": "10.99.0.0/24"}}));
@@ -1122,6 +1131,7 @@ fn extra_routes_and_the_gateway_address_answer_as_neutron_does() {
     answer(
         &r,
         409,
+        "IpAddressAlreadyAllocated",
         &format!("IP address 10.4.0.1 already allocated in subnet {sub_id}"),
     );
     let r = cloud.req(
@@ -1150,6 +1160,7 @@ fn extra_routes_and_the_gateway_address_answer_as_neutron_does() {
     answer(
         &r,
         400,
+        "InvalidRoutes",
         "Invalid format for routes: [{'destination': '10.99.0.0/24', 'nexthop': '10.4.0.5'}, {'destination': '10.98.0.0/24', 'nexthop': '10.4.0.1'}], the nexthop is used by router",
     );
     let second = json!({"destination": "10.0.0.0/8", "nexthop": "10.4.0.6"});
@@ -1177,6 +1188,7 @@ fn extra_routes_and_the_gateway_address_answer_as_neutron_does() {
     answer(
         &r,
         409,
+        "RouterInterfaceInUseByRoute",
         &format!(
             "Router interface for subnet {sub_id} on router {rid} cannot be deleted, as it is required by one or more routes."
         ),
@@ -1188,6 +1200,7 @@ fn extra_routes_and_the_gateway_address_answer_as_neutron_does() {
     answer(
         &r,
         400,
+        "RoutesExhausted",
         &format!(
             "Unable to complete operation for {rid}. The number of routes exceeds the maximum 30."
         ),

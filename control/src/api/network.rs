@@ -142,8 +142,8 @@ pub async fn route(
     }
     .await;
     r.unwrap_or_else(|e| {
-        let body =
-            json!({"NeutronError": {"type": "HTTPError", "message": e.message, "detail": ""}});
+        let kind = e.kind.unwrap_or("HTTPError");
+        let body = json!({"NeutronError": {"type": kind, "message": e.message, "detail": ""}});
         json_resp(e.status, &body)
     })
 }

@@ -749,9 +749,9 @@ fn gateway_info(o: &Map<String, Value>) -> Result<Option<Option<&Map<String, Val
 
 fn create_router(svc: &Service, ctx: &Ctx, o: &Map<String, Value>) -> Result<Value, ApiError> {
     if o.contains_key("routes") {
-        return Err(ApiError::bad_request(
-            "Attribute 'routes' not allowed in POST",
-        ));
+        return Err(
+            ApiError::bad_request("Attribute 'routes' not allowed in POST").kind("HTTPBadRequest"),
+        );
     }
     let project = ctx.project_id.clone().unwrap_or_default();
     let id = uuid::Uuid::new_v4().to_string();
@@ -883,13 +883,15 @@ fn route_cidr(dest: &str) -> Result<(Ipv4Addr, u8), ApiError> {
         ApiError::bad_request(format!(
             "Invalid input for routes. Reason: '{dest}' is not a valid IP subnet."
         ))
+        .kind("HTTPBadRequest")
     })?;
     let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
     let net = Ipv4Addr::from(u32::from(ip) & mask);
     if net != ip {
         return Err(ApiError::bad_request(format!(
             "Invalid input for routes. Reason: '{dest}' isn't a recognized IP subnet cidr, '{net}/{len}' is recommended."
-        )));
+        ))
+        .kind("HTTPBadRequest"));
     }
     Ok((ip, len))
 }
@@ -902,7 +904,8 @@ fn routes_field(v: Option<&Value>) -> Result<Vec<ExtraRoute>, ApiError> {
         Some(v) => {
             return Err(ApiError::bad_request(format!(
                 "Invalid input for routes. Reason: '{v}' is not a list."
-            )));
+            ))
+            .kind("HTTPBadRequest"));
         }
     };
     let mut out = vec![];
@@ -917,13 +920,15 @@ fn routes_field(v: Option<&Value>) -> Result<Vec<ExtraRoute>, ApiError> {
             ApiError::bad_request(format!(
                 "Invalid input for routes. Reason: '{r}' is not a route: expected the keys destination and nexthop."
             ))
+            .kind("HTTPBadRequest")
         })?;
         route_cidr(&route.destination)?;
         if route.nexthop.parse::<Ipv4Addr>().is_err() {
             return Err(ApiError::bad_request(format!(
                 "Invalid input for routes. Reason: '{}' is not a valid IP address.",
                 route.nexthop
-            )));
+            ))
+            .kind("HTTPBadRequest"));
         }
         out.push(route);
     }
@@ -959,7 +964,8 @@ fn check_routes(
     if routes.len() > MAX_ROUTES {
         return Err(ApiError::bad_request(format!(
             "Unable to complete operation for {id}. The number of routes exceeds the maximum {MAX_ROUTES}."
-        )));
+        ))
+        .kind("RoutesExhausted"));
     }
     let mut fixed: Vec<(String, String)> = interfaces(svc, id)?
         .into_iter()
@@ -985,12 +991,14 @@ fn check_routes(
         if !cidrs.iter().any(|c| in_cidr(nexthop, c)) {
             return Err(ApiError::bad_request(format!(
                 "Invalid format for routes: {shown}, the nexthop is not connected with router"
-            )));
+            ))
+            .kind("InvalidRoutes"));
         }
         if fixed.iter().any(|(_, ip)| ip == &r.nexthop) {
             return Err(ApiError::bad_request(format!(
                 "Invalid format for routes: {shown}, the nexthop is used by router"
-            )));
+            ))
+            .kind("InvalidRoutes"));
         }
     }
     Ok(routes)
@@ -1131,7 +1139,8 @@ fn add_interface(svc: &Service, ctx: &Ctx, id: &str, req: &Request) -> Result<Va
     {
         return Err(ApiError::conflict(format!(
             "IP address {gw_ip} already allocated in subnet {sub_id}"
-        )));
+        ))
+        .kind("IpAddressAlreadyAllocated"));
     }
     let port_id = uuid::Uuid::new_v4().to_string();
     let now = now_secs();
@@ -1214,7 +1223,8 @@ fn remove_interface(svc: &Service, ctx: &Ctx, id: &str, req: &Request) -> Result
         if via {
             return Err(ApiError::conflict(format!(
                 "Router interface for subnet {sub_id} on router {id} cannot be deleted, as it is required by one or more routes."
-            )));
+            ))
+            .kind("RouterInterfaceInUseByRoute"));
         }
     }
     for (fid, f) in router_fips(svc, id)? {
