@@ -607,6 +607,25 @@ impl FakeAgent {
     }
 }
 
+/// The headers a node sends (node token `nt`).
+const NODE: [(&str, &str); 2] = [("x-auth-token", "nt"), ("content-type", "application/json")];
+
+/// Registers node `n1` (host name `n1-host`) with `agent` as its agent; answers the
+/// headers its own requests carry.
+fn register_node(cloud: &Cloud, agent: &FakeAgent) -> [(&'static str, &'static str); 2] {
+    let register = json!({"node": {"hostname": "n1-host", "agent_url": format!("http://127.0.0.1:{}", agent.port),
+                          "inventory": {"vcpus": 4, "memory_mib": 4096, "disk_bytes": 1u64 << 34}}});
+    let r = cloud.req(
+        "PUT",
+        "/v1/nodes/n1",
+        None,
+        &NODE,
+        register.to_string().as_bytes(),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    NODE
+}
+
 #[test]
 fn nodes_get_their_network_state_and_a_node_behind_gets_it_again_at_its_heartbeat() {
     let cloud = Cloud::start_with(
@@ -615,17 +634,7 @@ fn nodes_get_their_network_state_and_a_node_behind_gets_it_again_at_its_heartbea
         "",
     );
     let agent = FakeAgent::start();
-    let node = [("x-auth-token", "nt"), ("content-type", "application/json")];
-    let register = json!({"node": {"hostname": "n1-host", "agent_url": format!("http://127.0.0.1:{}", agent.port),
-                          "inventory": {"vcpus": 4, "memory_mib": 4096, "disk_bytes": 1u64 << 34}}});
-    let r = cloud.req(
-        "PUT",
-        "/v1/nodes/n1",
-        None,
-        &node,
-        register.to_string().as_bytes(),
-    );
-    assert_eq!(r.status, 200, "{}", r.text());
+    let node = register_node(&cloud, &agent);
     let heartbeat = |generation: u64| {
         let b = json!({"heartbeat": {"seq": 1, "servers": [], "network_generation": generation}});
         let r = cloud.req(
@@ -1231,17 +1240,7 @@ fn extra_routes_and_the_gateway_address_answer_as_neutron_does() {
 fn a_node_gets_the_routes_of_its_routers_that_go_through_its_subnets() {
     let cloud = Cloud::start_with("[compute]\nnode-token = \"nt\"", "", "");
     let agent = FakeAgent::start();
-    let node = [("x-auth-token", "nt"), ("content-type", "application/json")];
-    let register = json!({"node": {"hostname": "n1-host", "agent_url": format!("http://127.0.0.1:{}", agent.port),
-                          "inventory": {"vcpus": 4, "memory_mib": 4096, "disk_bytes": 1u64 << 34}}});
-    let r = cloud.req(
-        "PUT",
-        "/v1/nodes/n1",
-        None,
-        &node,
-        register.to_string().as_bytes(),
-    );
-    assert_eq!(r.status, 200, "{}", r.text());
+    register_node(&cloud, &agent);
     let (token, _) = cloud.token("admin", ADMIN_PASSWORD, "admin");
     let t = Some(token.as_str());
     let post = |path: &str, body: Value| {

@@ -85,6 +85,18 @@ fn topology_with(hook: Hook, timeouts: Timeouts) -> Datapath {
     dp
 }
 
+/// Lets everything out of and into `port` (rules 1 and 2).
+fn open_port(dp: &mut Datapath, port: u32) {
+    dp.set_port_rules(
+        port,
+        &[
+            allow_all(1, Direction::Egress),
+            allow_all(2, Direction::Ingress),
+        ],
+    )
+    .unwrap();
+}
+
 fn ping(src_mac: [u8; 6], dst_mac: [u8; 6], src: Ipv4Addr, dst: Ipv4Addr) -> Vec<u8> {
     ipv4(dst_mac, src_mac, src, dst, ICMP, 64, &icmp_echo(8, 7, 1))
 }
@@ -99,14 +111,7 @@ fn l2_unicast_is_redirected_to_the_port_owning_the_mac() {
         return;
     }
     let mut dp = topology(Hook::Tc);
-    dp.set_port_rules(
-        B,
-        &[
-            allow_all(1, Direction::Egress),
-            allow_all(2, Direction::Ingress),
-        ],
-    )
-    .unwrap();
+    open_port(&mut dp, B);
     let frame = ping(MAC_A, MAC_B, IP_A, IP_B);
     let (verdict, out) = dp.test_run(&frame, A).unwrap();
     assert_eq!(verdict, TC_ACT_REDIRECT);
@@ -451,14 +456,7 @@ fn routing_rewrites_macs_decrements_ttl_and_keeps_the_checksum_valid() {
         return;
     }
     let mut dp = topology(Hook::Tc);
-    dp.set_port_rules(
-        C,
-        &[
-            allow_all(1, Direction::Egress),
-            allow_all(2, Direction::Ingress),
-        ],
-    )
-    .unwrap();
+    open_port(&mut dp, C);
     let frame = ping(MAC_A, MAC_R1, IP_A, IP_C);
     let (verdict, out) = dp.test_run(&frame, A).unwrap();
     assert_eq!(verdict, TC_ACT_REDIRECT);
@@ -500,14 +498,7 @@ fn extra_routes_go_to_the_next_hops_mac_and_the_longest_prefix_wins() {
         return;
     }
     let mut dp = topology(Hook::Tc);
-    dp.set_port_rules(
-        C,
-        &[
-            allow_all(1, Direction::Egress),
-            allow_all(2, Direction::Ingress),
-        ],
-    )
-    .unwrap();
+    open_port(&mut dp, C);
     // 172.16.0.0/16 lives behind C; one host inside network 2's connected /24 does too.
     let behind = Ipv4Addr::new(172, 16, 5, 9);
     let host = Ipv4Addr::new(10, 0, 1, 77);
@@ -720,14 +711,7 @@ fn overlapping_subnets_of_two_tenants_stay_separate() {
     dp.add_router_interface(2, 4, mac_r4, GW1, (Ipv4Addr::new(10, 0, 0, 0), 24))
         .unwrap();
     for p in [A, B, d, e] {
-        dp.set_port_rules(
-            p,
-            &[
-                allow_all(1, Direction::Egress),
-                allow_all(2, Direction::Ingress),
-            ],
-        )
-        .unwrap();
+        open_port(&mut dp, p);
     }
     // ARP in each network answers with that network's owner.
     let (_, out) = dp.test_run(&arp_request(MAC_A, IP_A, IP_B), A).unwrap();
@@ -1227,14 +1211,7 @@ fn dhcp_requests_of_dhcp_ports_go_to_the_slow_path_not_the_network() {
     dp.test_run(&other, A).unwrap();
     assert_eq!(dp.port_counters(A).unwrap().0.flooded, 2);
     assert!(ring.next().is_none(), "a flooded broadcast is not punted");
-    dp.set_port_rules(
-        B,
-        &[
-            allow_all(1, Direction::Egress),
-            allow_all(2, Direction::Ingress),
-        ],
-    )
-    .unwrap();
+    open_port(&mut dp, B);
     let to_b = pad(ipv4(MAC_B, MAC_A, IP_A, IP_B, UDP, 64, &udp(68, 67)));
     assert_eq!(
         dp.test_run(&to_b, A).unwrap().0,
@@ -1530,14 +1507,7 @@ fn tracked_connections_expire_after_their_idle_timeout() {
     }
     let mut dp = topology_with(Hook::Tc, short_timeouts());
     // B takes anything in; A takes nothing in but replies.
-    dp.set_port_rules(
-        B,
-        &[
-            allow_all(1, Direction::Egress),
-            allow_all(2, Direction::Ingress),
-        ],
-    )
-    .unwrap();
+    open_port(&mut dp, B);
     let frame = |from: bool, l4: &[u8], proto: u8| {
         let (sm, dm, si, di) = if from {
             (MAC_A, MAC_B, IP_A, IP_B)
@@ -1629,14 +1599,7 @@ fn gateway_snat_translations_expire_after_their_idle_timeout() {
         .unwrap();
     dp.set_gateway_snat(1, Some(gw_x)).unwrap();
     // A's firewall must not be what refuses the late reply: A takes UDP in from anyone.
-    dp.set_port_rules(
-        A,
-        &[
-            allow_all(1, Direction::Egress),
-            allow_all(2, Direction::Ingress),
-        ],
-    )
-    .unwrap();
+    open_port(&mut dp, A);
 
     let out = pad(ipv4(MAC_R1, MAC_A, IP_A, ip_x, UDP, 64, &udp(5000, 53)));
     let (verdict, sent) = dp.test_run(&out, A).unwrap();
@@ -1694,14 +1657,7 @@ fn icmp_errors_a_port_sends_about_translated_traffic_leave_translated() {
     dp.set_gateway_snat(1, Some(gw_x)).unwrap();
     dp.set_floating_ip(1, fip, IP_C, 3, mac_rx).unwrap();
     for p in [A, C] {
-        dp.set_port_rules(
-            p,
-            &[
-                allow_all(1, Direction::Egress),
-                allow_all(2, Direction::Ingress),
-            ],
-        )
-        .unwrap();
+        open_port(&mut dp, p);
     }
     // A port-unreachable from `src` (port `mac`, router MAC `rmac`) quoting `quoted` (an
     // IP packet as it reached the port).

@@ -127,15 +127,6 @@ fn routes_of(v: &Value) -> BTreeSet<(String, String)> {
         .unwrap_or_default()
 }
 
-/// `{"router": {"routes": [...]}}` for a set of routes.
-fn routes_body(routes: &BTreeSet<(String, String)>) -> Value {
-    let list: Vec<Value> = routes
-        .iter()
-        .map(|(d, n)| json!({"destination": d, "nexthop": n}))
-        .collect();
-    json!({"router": {"routes": list}})
-}
-
 struct Pass<'a> {
     agent: &'a Agent,
     errors: Vec<String>,
@@ -217,6 +208,28 @@ impl Pass<'_> {
             t.insert(kind.into(), by_id(&list));
         }
         Some(t)
+    }
+
+    /// Makes router `id`'s routes `to`, unless they are `from` already.
+    async fn set_routes(
+        &mut self,
+        id: &str,
+        from: &BTreeSet<(String, String)>,
+        to: &BTreeSet<(String, String)>,
+    ) {
+        if from == to {
+            return;
+        }
+        let list: Vec<Value> = to
+            .iter()
+            .map(|(d, n)| json!({"destination": d, "nexthop": n}))
+            .collect();
+        self.call(
+            Method::PUT,
+            &format!("/v2.0/routers/{id}"),
+            Some(json!({"router": {"routes": list}})),
+        )
+        .await;
     }
 
     fn managed(&self, kind: &str, id: &str) -> bool {
@@ -341,14 +354,7 @@ async fn teardown(pass: &mut Pass<'_>, want: &Table, have: &Table) {
             Some(w) => held.intersection(&routes_of(w)).cloned().collect(),
             None => BTreeSet::new(),
         };
-        if kept != held {
-            pass.call(
-                Method::PUT,
-                &format!("/v2.0/routers/{id}"),
-                Some(routes_body(&kept)),
-            )
-            .await;
-        }
+        pass.set_routes(id, &held, &kept).await;
         for (_, subnet) in interfaces(have, id) {
             if !keep.contains(subnet.as_str()) {
                 pass.call(
@@ -514,16 +520,8 @@ async fn build(pass: &mut Pass<'_>, want: &Table, have: &Table) {
                 .await;
             }
         }
-        let wanted_routes = routes_of(w);
         let held_routes = have["routers"].get(id).map(routes_of).unwrap_or_default();
-        if wanted_routes != held_routes {
-            pass.call(
-                Method::PUT,
-                &format!("/v2.0/routers/{id}"),
-                Some(routes_body(&wanted_routes)),
-            )
-            .await;
-        }
+        pass.set_routes(id, &held_routes, &routes_of(w)).await;
     }
     for (id, w) in &want["floatingips"] {
         match have["floatingips"].get(id) {
