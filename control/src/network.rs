@@ -120,6 +120,16 @@ pub struct GatewayDoc {
     pub ip_address: String,
 }
 
+/// An extra route of a router (Neutron's `routes`): `destination` (a network's CIDR) via
+/// `nexthop`, an address on one of the router's subnets.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct ExtraRoute {
+    /// The destination, `a.b.c.d/len`.
+    pub destination: String,
+    /// The next hop.
+    pub nexthop: String,
+}
+
 /// A router.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RouterDoc {
@@ -131,6 +141,9 @@ pub struct RouterDoc {
     pub admin_state_up: bool,
     /// The gateway, if set.
     pub gateway: Option<GatewayDoc>,
+    /// Extra routes, sorted.
+    #[serde(default)]
+    pub routes: Vec<ExtraRoute>,
     /// Description.
     #[serde(default)]
     pub description: String,
@@ -450,10 +463,27 @@ pub fn node_state(store: &dyn Store, node: &str) -> Result<Value, StoreError> {
             json!({"network_id": g.network_id, "enable_snat": g.enable_snat,
                    "external_fixed_ips": [{"subnet_id": g.subnet_id, "ip_address": g.ip_address}]})
         });
+        // The routes whose next hop is on a subnet this node's copy of the router has
+        // (netdp refuses the others, as Neutron would).
+        let here: Vec<&str> = ifaces
+            .iter()
+            .map(String::as_str)
+            .chain(d.gateway.as_ref().map(|g| g.subnet_id.as_str()))
+            .filter_map(|s| subnets.get(s).map(|s| s.cidr.as_str()))
+            .collect();
+        let routes: Vec<&ExtraRoute> = d
+            .routes
+            .iter()
+            .filter(|r| {
+                r.nexthop
+                    .parse()
+                    .is_ok_and(|ip| here.iter().any(|c| in_cidr(ip, c)))
+            })
+            .collect();
         router_docs.push(
             json!({"id": rid, "name": d.name, "project_id": d.project_id,
             "admin_state_up": d.admin_state_up, "external_gateway_info": gw,
-            "interfaces": ifaces}),
+            "routes": routes, "interfaces": ifaces}),
         );
     }
     let mut net_docs = vec![];

@@ -584,6 +584,19 @@ impl FakeAgent {
     }
 
     /// Waits for a push after the first `after` that satisfies `f`.
+    /// The number of pushes once none has arrived for 300 ms.
+    fn settled(&self) -> usize {
+        let mut n = self.count();
+        loop {
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            let now = self.count();
+            if now == n {
+                return n;
+            }
+            n = now;
+        }
+    }
+
     fn wait_push(&self, after: usize, f: impl Fn(&Value) -> bool) -> Value {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
         loop {
@@ -607,6 +620,25 @@ impl FakeAgent {
     }
 }
 
+/// The headers a node sends (node token `nt`).
+const NODE: [(&str, &str); 2] = [("x-auth-token", "nt"), ("content-type", "application/json")];
+
+/// Registers node `n1` (host name `n1-host`) with `agent` as its agent; answers the
+/// headers its own requests carry.
+fn register_node(cloud: &Cloud, agent: &FakeAgent) -> [(&'static str, &'static str); 2] {
+    let register = json!({"node": {"hostname": "n1-host", "agent_url": format!("http://127.0.0.1:{}", agent.port),
+                          "inventory": {"vcpus": 4, "memory_mib": 4096, "disk_bytes": 1u64 << 34}}});
+    let r = cloud.req(
+        "PUT",
+        "/v1/nodes/n1",
+        None,
+        &NODE,
+        register.to_string().as_bytes(),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    NODE
+}
+
 #[test]
 fn nodes_get_their_network_state_and_a_node_behind_gets_it_again_at_its_heartbeat() {
     let cloud = Cloud::start_with(
@@ -615,17 +647,7 @@ fn nodes_get_their_network_state_and_a_node_behind_gets_it_again_at_its_heartbea
         "",
     );
     let agent = FakeAgent::start();
-    let node = [("x-auth-token", "nt"), ("content-type", "application/json")];
-    let register = json!({"node": {"hostname": "n1-host", "agent_url": format!("http://127.0.0.1:{}", agent.port),
-                          "inventory": {"vcpus": 4, "memory_mib": 4096, "disk_bytes": 1u64 << 34}}});
-    let r = cloud.req(
-        "PUT",
-        "/v1/nodes/n1",
-        None,
-        &node,
-        register.to_string().as_bytes(),
-    );
-    assert_eq!(r.status, 200, "{}", r.text());
+    let node = register_node(&cloud, &agent);
     let heartbeat = |generation: u64| {
         let b = json!({"heartbeat": {"seq": 1, "servers": [], "network_generation": generation}});
         let r = cloud.req(
@@ -700,8 +722,9 @@ fn nodes_get_their_network_state_and_a_node_behind_gets_it_again_at_its_heartbea
     heartbeat(applied);
     let again = agent.wait_push(before, |v| has_port(v, "b"));
     assert_eq!(again["generation"].as_u64(), Some(latest), "{again}");
-    // Up to date: heartbeats bring nothing more.
-    let before = agent.count();
+    // Up to date: heartbeats bring nothing more (once pushes started before, such as a
+    // retry of the failed one, have landed).
+    let before = agent.settled();
     heartbeat(latest);
     heartbeat(latest);
     std::thread::sleep(std::time::Duration::from_millis(800));
@@ -908,4 +931,392 @@ fn networks_and_subnets_answer_with_their_own_statuses_and_messages() {
         &json!({"subnet": {"network_id": shared_id, "cidr": "10.7.0.0/24"}}),
     );
     answer(&r, 403, "only the network's owner adds subnets");
+}
+
+#[test]
+fn extra_routes_with_the_openstack_cli() {
+    if !have_cli() {
+        return;
+    }
+    let cloud = Cloud::start();
+    let admin = cloud.admin();
+    ok(&admin, &["network", "create", "blue"]);
+    subnet(&admin, "blue", "10.9.0.0/24", "blue-v4", &[]);
+    ok(&admin, &["router", "create", "r1"]);
+    ok(&admin, &["router", "add", "subnet", "r1", "blue-v4"]);
+    let routes = |want: &[(&str, &str)]| {
+        let r = ok_json(&admin, &["router", "show", "r1"]);
+        let mut got: Vec<(String, String)> = r["routes"]
+            .as_array()
+            .unwrap_or_else(|| panic!("routes: {r}"))
+            .iter()
+            .map(|x| {
+                (
+                    x["destination"].as_str().unwrap().to_string(),
+                    x["nexthop"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect();
+        got.sort();
+        let want: Vec<(String, String)> = want
+            .iter()
+            .map(|(d, n)| (d.to_string(), n.to_string()))
+            .collect();
+        assert_eq!(got, want, "{r}");
+    };
+    routes(&[]);
+
+    // router set --route (read, append, PUT), router add/remove route (extraroute-atomic).
+    ok(
+        &admin,
+        &[
+            "router",
+            "set",
+            "--route",
+            "destination=10.99.0.0/24,gateway=10.9.0.5",
+            "r1",
+        ],
+    );
+    routes(&[("10.99.0.0/24", "10.9.0.5")]);
+    ok(
+        &admin,
+        &[
+            "router",
+            "add",
+            "route",
+            "--route",
+            "destination=10.98.0.0/24,gateway=10.9.0.6",
+            "--route",
+            "destination=10.99.0.0/24,gateway=10.9.0.5",
+            "r1",
+        ],
+    );
+    routes(&[("10.98.0.0/24", "10.9.0.6"), ("10.99.0.0/24", "10.9.0.5")]);
+    ok(
+        &admin,
+        &[
+            "router",
+            "remove",
+            "route",
+            "--route",
+            "destination=10.98.0.0/24,gateway=10.9.0.6",
+            "r1",
+        ],
+    );
+    routes(&[("10.99.0.0/24", "10.9.0.5")]);
+
+    // Refusals: a next hop on no subnet of the router; the router's own address; removing
+    // the interface a route goes through.
+    let far = fails(
+        &admin,
+        &[
+            "router",
+            "set",
+            "--route",
+            "destination=10.97.0.0/24,gateway=10.50.0.1",
+            "r1",
+        ],
+    );
+    assert!(
+        far.contains("the nexthop is not connected with router"),
+        "{far}"
+    );
+    let own = fails(
+        &admin,
+        &[
+            "router",
+            "add",
+            "route",
+            "--route",
+            "destination=10.97.0.0/24,gateway=10.9.0.1",
+            "r1",
+        ],
+    );
+    assert!(own.contains("the nexthop is used by router"), "{own}");
+    let pinned = fails(&admin, &["router", "remove", "subnet", "r1", "blue-v4"]);
+    assert!(
+        pinned.contains("required by one or more routes"),
+        "{pinned}"
+    );
+    routes(&[("10.99.0.0/24", "10.9.0.5")]);
+
+    // router unset --route, then the interface can go.
+    ok(
+        &admin,
+        &[
+            "router",
+            "unset",
+            "--route",
+            "destination=10.99.0.0/24,gateway=10.9.0.5",
+            "r1",
+        ],
+    );
+    routes(&[]);
+    ok(
+        &admin,
+        &[
+            "router",
+            "set",
+            "--no-route",
+            "--route",
+            "destination=10.96.0.0/24,gateway=10.9.0.7",
+            "r1",
+        ],
+    );
+    routes(&[("10.96.0.0/24", "10.9.0.7")]);
+    ok(&admin, &["router", "set", "--no-route", "r1"]);
+    routes(&[]);
+    ok(&admin, &["router", "remove", "subnet", "r1", "blue-v4"]);
+}
+
+#[test]
+fn extra_routes_and_the_gateway_address_answer_as_neutron_does() {
+    let cloud = Cloud::start();
+    let (token, _) = cloud.token("admin", ADMIN_PASSWORD, "admin");
+    let t = Some(token.as_str());
+    // Neutron names each error by its exception's class.
+    let answer = |r: &Answer, status: u16, kind: &str, message: &str| {
+        assert_eq!(r.status, status, "{}", r.text());
+        assert_eq!(
+            r.json(),
+            json!({"NeutronError": {"type": kind, "message": message, "detail": ""}}),
+        );
+    };
+    let post = |path: &str, body: Value| cloud.json("POST", path, t, &body);
+    let put = |path: &str, body: Value| cloud.json("PUT", path, t, &body);
+
+    let net = post("/network/v2.0/networks", json!({"network": {"name": "n"}}));
+    let net_id = id(&net.json()["network"]);
+    let sub = post(
+        "/network/v2.0/subnets",
+        json!({"subnet": {"network_id": net_id, "ip_version": 4, "cidr": "10.4.0.0/24"}}),
+    );
+    let sub_id = id(&sub.json()["subnet"]);
+    let r = post(
+        "/network/v2.0/routers",
+        json!({"router": {"name": "r", "routes": []}}),
+    );
+    answer(
+        &r,
+        400,
+        "HTTPBadRequest",
+        "Attribute 'routes' not allowed in POST",
+    );
+    let r = post("/network/v2.0/routers", json!({"router": {"name": "r"}}));
+    assert_eq!(r.status, 201, "{}", r.text());
+    assert_eq!(r.json()["router"]["routes"], json!([]));
+    let rid = id(&r.json()["router"]);
+    let rpath = format!("/network/v2.0/routers/{rid}");
+    let route = json!({"destination": "10.99.0.0/24", "nexthop": "10.4.0.5"});
+
+    // Before the interface: not connected. Malformed routes.
+    let r = put(&rpath, json!({"router": {"routes": [route]}}));
+    answer(
+        &r,
+        400,
+        "InvalidRoutes",
+        "Invalid format for routes: [{'destination': '10.99.0.0/24', 'nexthop': '10.4.0.5'}], the nexthop is not connected with router",
+    );
+    let r = put(
+        &rpath,
+        json!({"router": {"routes": [{"destination": "10.99.0.7/24", "nexthop": "10.4.0.5"}]}}),
+    );
+    answer(
+        &r,
+        400,
+        "HTTPBadRequest",
+        "Invalid input for routes. Reason: '10.99.0.7/24' isn't a recognized IP subnet cidr, '10.99.0.0/24' is recommended.",
+    );
+    let r = put(
+        &rpath,
+        json!({"router": {"routes": [{"destination": "10.99.0.0/24", "nexthop": "x"}]}}),
+    );
+    answer(
+        &r,
+        400,
+        "HTTPBadRequest",
+        "Invalid input for routes. Reason: 'x' is not a valid IP address.",
+    );
+    let r = put(&rpath, json!({"router": {"routes": "10.99.0.0/24"}}));
+    assert_eq!(r.status, 400, "{}", r.text());
+
+    // A port may take the gateway address, as in Neutron; the interface then cannot.
+    let squatter = post(
+        "/network/v2.0/ports",
+        json!({"port": {"network_id": net_id,
+            "fixed_ips": [{"subnet_id": sub_id, "ip_address": "10.4.0.1"}]}}),
+    );
+    assert_eq!(squatter.status, 201, "{}", squatter.text());
+    let r = put(
+        &format!("{rpath}/add_router_interface"),
+        json!({"subnet_id": sub_id}),
+    );
+    answer(
+        &r,
+        409,
+        "IpAddressAlreadyAllocated",
+        &format!("IP address 10.4.0.1 already allocated in subnet {sub_id}"),
+    );
+    let r = cloud.req(
+        "DELETE",
+        &format!("/network/v2.0/ports/{}", id(&squatter.json()["port"])),
+        t,
+        &[],
+        b"",
+    );
+    assert_eq!(r.status, 204, "{}", r.text());
+    let r = put(
+        &format!("{rpath}/add_router_interface"),
+        json!({"subnet_id": sub_id}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+
+    // Routes now: set, merged, removed; the interface they use is pinned.
+    let r = put(&rpath, json!({"router": {"routes": [route]}}));
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["router"]["routes"], json!([route]));
+    let own = json!({"destination": "10.98.0.0/24", "nexthop": "10.4.0.1"});
+    let r = put(
+        &format!("{rpath}/add_extraroutes"),
+        json!({"router": {"routes": [own]}}),
+    );
+    answer(
+        &r,
+        400,
+        "InvalidRoutes",
+        "Invalid format for routes: [{'destination': '10.99.0.0/24', 'nexthop': '10.4.0.5'}, {'destination': '10.98.0.0/24', 'nexthop': '10.4.0.1'}], the nexthop is used by router",
+    );
+    let second = json!({"destination": "10.0.0.0/8", "nexthop": "10.4.0.6"});
+    let r = put(
+        &format!("{rpath}/add_extraroutes"),
+        json!({"router": {"routes": [second, route]}}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["router"]["routes"], json!([second, route]));
+    let r = put(
+        &format!("{rpath}/remove_extraroutes"),
+        json!({"router": {"routes": [route, {"destination": "10.1.0.0/16", "nexthop": "10.4.0.9"}]}}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["router"]["routes"], json!([second]));
+    let r = put(
+        &format!("{rpath}/add_extraroutes"),
+        json!({"router": {"routes": [route], "name": "x"}}),
+    );
+    assert_eq!(r.status, 400, "{}", r.text());
+    let r = put(
+        &format!("{rpath}/remove_router_interface"),
+        json!({"subnet_id": sub_id}),
+    );
+    answer(
+        &r,
+        409,
+        "RouterInterfaceInUseByRoute",
+        &format!(
+            "Router interface for subnet {sub_id} on router {rid} cannot be deleted, as it is required by one or more routes."
+        ),
+    );
+    let too_many: Vec<Value> = (0..31)
+        .map(|i| json!({"destination": format!("10.50.{i}.0/24"), "nexthop": "10.4.0.5"}))
+        .collect();
+    let r = put(&rpath, json!({"router": {"routes": too_many}}));
+    answer(
+        &r,
+        400,
+        "RoutesExhausted",
+        &format!(
+            "Unable to complete operation for {rid}. The number of routes exceeds the maximum 30."
+        ),
+    );
+    let r = cloud.req("GET", &rpath, t, &[], b"");
+    assert_eq!(
+        r.json()["router"]["routes"],
+        json!([second]),
+        "refusals change nothing"
+    );
+    let r = put(&rpath, json!({"router": {"routes": null}}));
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["router"]["routes"], json!([]));
+    let r = put(
+        &format!("{rpath}/remove_router_interface"),
+        json!({"subnet_id": sub_id}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = cloud.req("GET", "/network/v2.0/extensions", t, &[], b"");
+    let aliases = r.text();
+    assert!(
+        aliases.contains("\"extraroute\"") && aliases.contains("\"extraroute-atomic\""),
+        "{aliases}"
+    );
+}
+
+#[test]
+fn a_node_gets_the_routes_of_its_routers_that_go_through_its_subnets() {
+    let cloud = Cloud::start_with("[compute]\nnode-token = \"nt\"", "", "");
+    let agent = FakeAgent::start();
+    register_node(&cloud, &agent);
+    let (token, _) = cloud.token("admin", ADMIN_PASSWORD, "admin");
+    let t = Some(token.as_str());
+    let post = |path: &str, body: Value| {
+        let r = cloud.json("POST", path, t, &body);
+        assert_eq!(r.status, 201, "{}", r.text());
+        r.json()
+    };
+    let put = |path: &str, body: Value| {
+        let r = cloud.json("PUT", path, t, &body);
+        assert_eq!(r.status, 200, "{}", r.text());
+        r.json()
+    };
+    let mut subs = vec![];
+    for cidr in ["10.5.0.0/24", "10.6.0.0/24"] {
+        let net = post("/network/v2.0/networks", json!({"network": {}}));
+        let net_id = id(&net["network"]);
+        let sub = post(
+            "/network/v2.0/subnets",
+            json!({"subnet": {"network_id": net_id, "ip_version": 4, "cidr": cidr}}),
+        );
+        subs.push((net_id, id(&sub["subnet"])));
+    }
+    // Only the first network has a port on the node.
+    post(
+        "/network/v2.0/ports",
+        json!({"port": {"network_id": subs[0].0, "binding:host_id": "n1-host"}}),
+    );
+    let r = post("/network/v2.0/routers", json!({"router": {"name": "r"}}));
+    let rpath = format!("/network/v2.0/routers/{}", id(&r["router"]));
+    for (_, sub) in &subs {
+        put(
+            &format!("{rpath}/add_router_interface"),
+            json!({ "subnet_id": sub }),
+        );
+    }
+    let here = json!({"destination": "10.99.0.0/24", "nexthop": "10.5.0.5"});
+    let there = json!({"destination": "10.98.0.0/24", "nexthop": "10.6.0.5"});
+    let before = agent.count();
+    put(
+        &format!("{rpath}/add_extraroutes"),
+        json!({"router": {"routes": [here, there]}}),
+    );
+    let pushed = agent.wait_push(before, |v| {
+        v["routers"][0]["routes"]
+            .as_array()
+            .is_some_and(|a| !a.is_empty())
+    });
+    assert_eq!(
+        pushed["routers"][0]["routes"],
+        json!([here]),
+        "only the route through a subnet the node has: {pushed}"
+    );
+    assert_eq!(
+        pushed["routers"][0]["interfaces"],
+        json!([subs[0].1]),
+        "{pushed}"
+    );
+    let before = agent.count();
+    put(
+        &format!("{rpath}/remove_extraroutes"),
+        json!({"router": {"routes": [here]}}),
+    );
+    let pushed = agent.wait_push(before, |v| v["routers"][0]["routes"] == json!([]));
+    assert_eq!(pushed["routers"][0]["interfaces"], json!([subs[0].1]));
 }

@@ -538,3 +538,137 @@ fn fixed_ips_follow_neutron_per_subnet_even_when_tenants_overlap() {
         assert_eq!(p["port"]["fixed_ips"][0]["ip_address"], "10.7.0.2");
     }
 }
+
+#[test]
+fn extra_routes_are_checked_merged_and_pin_their_interface_like_neutron() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state.json");
+    let mut c = Controller::open(Some(state.clone()), None).unwrap();
+    let id = |v: &Value, k: &str| v[k]["id"].as_str().unwrap().to_string();
+    let (_, net) = call(&mut c, "POST", "/v2.0/networks", json!({"network": {}}));
+    let (_, sub) = call(
+        &mut c,
+        "POST",
+        "/v2.0/subnets",
+        json!({"subnet": {"network_id": id(&net, "network"), "ip_version": 4, "cidr": "10.7.0.0/24"}}),
+    );
+    let sub_id = id(&sub, "subnet");
+    let (s, r) = call(&mut c, "POST", "/v2.0/routers", json!({"router": {}}));
+    assert_eq!(s, 201);
+    assert_eq!(r["router"]["routes"], json!([]), "{r}");
+    let rp = format!("/v2.0/routers/{}", id(&r, "router"));
+    let route = json!({"destination": "10.99.0.0/24", "nexthop": "10.7.0.5"});
+
+    // Without an interface on 10.7.0.0/24 the next hop is not connected.
+    let (s, body) = call(&mut c, "PUT", &rp, json!({"router": {"routes": [route]}}));
+    assert_eq!(s, 400);
+    assert_eq!(
+        body["error"],
+        "Invalid format for routes: [{'destination': '10.99.0.0/24', 'nexthop': '10.7.0.5'}], the nexthop is not connected with router"
+    );
+    let (s, _) = call(
+        &mut c,
+        "PUT",
+        &format!("{rp}/add_router_interface"),
+        json!({"subnet_id": sub_id}),
+    );
+    assert_eq!(s, 200);
+    let (s, body) = call(&mut c, "PUT", &rp, json!({"router": {"routes": [route]}}));
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(body["router"]["routes"], json!([route]));
+
+    // The router's own address is no next hop; a destination must be a network's CIDR;
+    // a next hop an address; at most 30 routes. Each refusal: 400 and its message.
+    let refused = |c: &mut Controller, routes: Value| -> String {
+        let (s, body) = call(c, "PUT", &rp, json!({"router": {"routes": routes}}));
+        assert_eq!(s, 400, "{body}");
+        body["error"].as_str().unwrap().to_string()
+    };
+    let own = json!({"destination": "10.98.0.0/24", "nexthop": "10.7.0.1"});
+    let e = refused(&mut c, json!([own]));
+    assert!(e.ends_with("the nexthop is used by router"), "{e}");
+    let e = refused(
+        &mut c,
+        json!([{"destination": "10.98.0.1/24", "nexthop": "10.7.0.6"}]),
+    );
+    assert_eq!(
+        e,
+        "Invalid input for routes. Reason: '10.98.0.1/24' isn't a recognized IP subnet cidr, '10.98.0.0/24' is recommended."
+    );
+    let e = refused(
+        &mut c,
+        json!([{"destination": "10.98.0.0/24", "nexthop": "x"}]),
+    );
+    assert!(e.contains("invalid"), "a next hop must be an address: {e}");
+    let too_many: Vec<Value> = (0..31)
+        .map(|i| json!({"destination": format!("10.50.{i}.0/24"), "nexthop": "10.7.0.5"}))
+        .collect();
+    let e = refused(&mut c, json!(too_many));
+    assert!(
+        e.ends_with("The number of routes exceeds the maximum 30."),
+        "{e}"
+    );
+    assert_eq!(
+        c.state().routers[&id(&r, "router")].routes.len(),
+        1,
+        "refused updates change nothing"
+    );
+
+    // extraroute-atomic: duplicates merge, absent routes are ignored on removal.
+    let second = json!({"destination": "10.0.0.0/8", "nexthop": "10.7.0.6"});
+    let (s, body) = call(
+        &mut c,
+        "PUT",
+        &format!("{rp}/add_extraroutes"),
+        json!({"router": {"routes": [route, second]}}),
+    );
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(body["router"]["routes"], json!([second, route]));
+    let (s, _) = call(
+        &mut c,
+        "PUT",
+        &format!("{rp}/add_extraroutes"),
+        json!({"router": {"routes": [own]}}),
+    );
+    assert_eq!(s, 400, "an added route is checked with the rest");
+
+    // An interface a route goes through cannot be removed.
+    let (s, body) = call(
+        &mut c,
+        "PUT",
+        &format!("{rp}/remove_router_interface"),
+        json!({"subnet_id": sub_id}),
+    );
+    assert_eq!(s, 409);
+    assert_eq!(
+        body["error"],
+        format!(
+            "Router interface for subnet {sub_id} on router {} cannot be deleted, as it is required by one or more routes.",
+            id(&r, "router")
+        )
+    );
+
+    // Routes persist.
+    drop(c);
+    let mut c = Controller::open(Some(state), None).unwrap();
+    let (_, shown) = call(&mut c, "GET", &rp, Value::Null);
+    assert_eq!(shown["router"]["routes"], json!([second, route]));
+    let (s, body) = call(
+        &mut c,
+        "PUT",
+        &format!("{rp}/remove_extraroutes"),
+        json!({"router": {"routes": [route, {"destination": "10.1.0.0/16", "nexthop": "10.7.0.9"}]}}),
+    );
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(body["router"]["routes"], json!([second]));
+    let (s, body) = call(&mut c, "PUT", &rp, json!({"router": {"routes": null}}));
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(body["router"]["routes"], json!([]));
+    let (s, body) = call(
+        &mut c,
+        "PUT",
+        &format!("{rp}/remove_router_interface"),
+        json!({"subnet_id": sub_id}),
+    );
+    assert_eq!(s, 200, "without routes the interface goes: {body}");
+}

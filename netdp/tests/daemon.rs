@@ -2,6 +2,8 @@
 //! socket API with Neutron's requests, with VMs (namespaces) plugged into taps named as
 //! Neutron names them; then stopped and restarted while traffic flows.
 
+#[path = "support/pins.rs"]
+mod pins;
 #[path = "support/topo.rs"]
 #[allow(dead_code)]
 mod topo;
@@ -12,6 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
+use pins::PinDir;
 use serde_json::{Value, json};
 use tests::netns::{Netns, ip};
 
@@ -23,25 +26,12 @@ fn privileged() -> bool {
     ])
 }
 
-/// Removes a test's bpffs pin directory on drop (the daemon pins its maps there).
-struct Unpin(PathBuf);
-
-impl Drop for Unpin {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 /// A test's state directory and its own pin directory under bpffs (named after `tag` and
 /// this process), unpinned when the guard drops.
-fn scratch(tag: &str) -> (tempfile::TempDir, PathBuf, Unpin) {
+fn scratch(tag: &str) -> (tempfile::TempDir, PathBuf, PinDir) {
     let dir = tempfile::tempdir().unwrap();
-    let pins = PathBuf::from(format!(
-        "/sys/fs/bpf/ferrostack-test-{tag}-{}",
-        std::process::id()
-    ));
-    let unpin = Unpin(pins.clone());
-    (dir, pins, unpin)
+    let unpin = PinDir::new(tag);
+    (dir, unpin.path().to_path_buf(), unpin)
 }
 
 /// The daemon process, killed on drop.
@@ -1090,4 +1080,180 @@ fn overlapping_tenant_subnets_stay_separate_and_remote_group_rules_follow_member
     std::thread::sleep(Duration::from_secs(1));
     assert!(!ping(&vm_a1, &target), "A1 out of web is refused again");
     stop(d);
+}
+
+/// The body of a ping's output.
+fn ping_text(vm: &Netns, dst: &str) -> String {
+    let out = vm
+        .exec(&["ping", "-c", "1", "-W", "1", dst])
+        .expect("run ping");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn extra_routes_reach_their_next_hop_and_win_over_connected_routes() {
+    if !privileged() {
+        return;
+    }
+    let (dir, pins, _unpin) = scratch("netdp-routes4");
+    let node = Netns::new("netdpr-node").unwrap();
+    let d = start(&node, dir.path(), &pins);
+    let dp = dir.path();
+    let put = |path: &str, body: Value| call(dp, "PUT", path, Some(body));
+    let subnet = |cidr: &str| {
+        let net = post(
+            dp,
+            "/v2.0/networks",
+            json!({"network": {"project_id": "p"}}),
+        );
+        let net_id = net["network"]["id"].as_str().unwrap().to_string();
+        let sub = post(
+            dp,
+            "/v2.0/subnets",
+            json!({"subnet": {"network_id": net_id, "ip_version": 4, "cidr": cidr}}),
+        );
+        (net_id, sub["subnet"]["id"].as_str().unwrap().to_string())
+    };
+    let (net1, sub1) = subnet("10.31.0.0/24");
+    let (net2, sub2) = subnet("10.32.0.0/24");
+    let router = post(dp, "/v2.0/routers", json!({"router": {"name": "r"}}));
+    let rpath = format!("/v2.0/routers/{}", router["router"]["id"].as_str().unwrap());
+    for sub in [&sub1, &sub2] {
+        let (st, body) = put(
+            &format!("{rpath}/add_router_interface"),
+            json!({ "subnet_id": sub }),
+        );
+        assert_eq!(st, 200, "{body}");
+    }
+    // A sends; N is a router VM (port security off, as Neutron needs for one) holding the
+    // extra routes' destinations on its loopback.
+    let a = post(dp, "/v2.0/ports", json!({"port": {"network_id": net1}}));
+    let n = post(
+        dp,
+        "/v2.0/ports",
+        json!({"port": {"network_id": net2, "port_security_enabled": false,
+            "fixed_ips": [{"subnet_id": sub2, "ip_address": "10.32.0.5"}]}}),
+    );
+    let vm_a = plug(&node, "netdpr-a", &a, 24, "10.31.0.1");
+    let vm_n = plug(&node, "netdpr-n", &n, 24, "10.32.0.1");
+    ip(&["-n", vm_n.name(), "link", "set", "lo", "up"]).unwrap();
+    for addr in ["10.99.0.1/32", "10.32.0.77/32"] {
+        ip(&["-n", vm_n.name(), "addr", "add", addr, "dev", "lo"]).unwrap();
+    }
+    assert!(
+        ping_soon(&vm_a, "10.32.0.5", 5),
+        "A reaches N across the router"
+    );
+    // No route yet: the router answers "net unreachable"; 10.32.0.77 is on the connected
+    // subnet, where no port has it.
+    let text = ping_text(&vm_a, "10.99.0.1");
+    assert!(text.contains("Destination Net Unreachable"), "{text}");
+    let text = ping_text(&vm_a, "10.32.0.77");
+    assert!(text.contains("Destination Host Unreachable"), "{text}");
+
+    // The extra routes: a network behind N, and a host route inside the connected /24.
+    let (st, body) = put(
+        &format!("{rpath}/add_extraroutes"),
+        json!({"router": {"routes": [
+            {"destination": "10.99.0.0/24", "nexthop": "10.32.0.5"},
+            {"destination": "10.32.0.77/32", "nexthop": "10.32.0.5"}]}}),
+    );
+    assert_eq!(st, 200, "{body}");
+    assert!(
+        ping_soon(&vm_a, "10.99.0.1", 3),
+        "to the route's destination and back"
+    );
+    assert!(
+        ping(&vm_a, "10.32.0.77"),
+        "the /32 wins over the connected /24"
+    );
+    assert!(
+        ping(&vm_a, "10.32.0.5"),
+        "the rest of the /24 stays connected"
+    );
+    // The frames went to N's MAC: N's neighbour table learnt A from them, and A's
+    // packets for 10.99.0.1 arrived on N's eth0 (its counters moved).
+    let rx = |vm: &Netns| -> u64 {
+        let out = vm
+            .exec(&["cat", "/sys/class/net/eth0/statistics/rx_packets"])
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+    };
+    let before = rx(&vm_n);
+    assert!(ping(&vm_a, "10.99.0.1"));
+    assert!(rx(&vm_n) > before, "the echo reached N's interface");
+
+    // The interface the routes go through is pinned.
+    let (st, body) = put(
+        &format!("{rpath}/remove_router_interface"),
+        json!({ "subnet_id": sub2 }),
+    );
+    assert_eq!(st, 409, "{body}");
+
+    // A restarted daemon keeps the routes (state and pinned maps).
+    stop(d);
+    let d = start(&node, dp, &pins);
+    assert!(ping_soon(&vm_a, "10.99.0.1", 3), "after a restart");
+
+    // Through the gateway: a route to a network behind an outside router X leaves with
+    // the gateway's SNAT, as the default route would (X has no route back to A).
+    let ext = post(
+        dp,
+        "/v2.0/networks",
+        json!({"network": {"router:external": true, "project_id": "p"}}),
+    );
+    let ext_id = ext["network"]["id"].as_str().unwrap().to_string();
+    let ext_sub = post(
+        dp,
+        "/v2.0/subnets",
+        json!({"subnet": {"network_id": ext_id, "ip_version": 4, "cidr": "172.24.6.0/24"}}),
+    );
+    let (st, body) = put(
+        &rpath,
+        json!({"router": {"external_gateway_info": {"network_id": ext_id}}}),
+    );
+    assert_eq!(st, 200, "{body}");
+    let x = post(
+        dp,
+        "/v2.0/ports",
+        json!({"port": {"network_id": ext_id, "port_security_enabled": false,
+            "fixed_ips": [{"subnet_id": ext_sub["subnet"]["id"], "ip_address": "172.24.6.50"}]}}),
+    );
+    let vm_x = plug(&node, "netdpr-x", &x, 24, "172.24.6.1");
+    ip(&["-n", vm_x.name(), "route", "del", "default"]).unwrap();
+    ip(&["-n", vm_x.name(), "link", "set", "lo", "up"]).unwrap();
+    ip(&[
+        "-n",
+        vm_x.name(),
+        "addr",
+        "add",
+        "203.0.113.1/32",
+        "dev",
+        "lo",
+    ])
+    .unwrap();
+    assert!(!ping(&vm_a, "203.0.113.1"), "no route behind X yet");
+    let (st, body) = put(
+        &format!("{rpath}/add_extraroutes"),
+        json!({"router": {"routes": [{"destination": "203.0.113.0/24", "nexthop": "172.24.6.50"}]}}),
+    );
+    assert_eq!(st, 200, "{body}");
+    assert!(
+        ping_soon(&vm_a, "203.0.113.1", 3),
+        "behind X through the gateway, SNATed"
+    );
+
+    // Removed: the destinations are unreachable again, and the /32 falls back to the /24.
+    // (The gateway goes too, and its default route with it.)
+    let (st, body) = put(&rpath, json!({"router": {"routes": []}}));
+    assert_eq!(st, 200, "{body}");
+    assert!(!ping(&vm_a, "203.0.113.1"), "no route behind X");
+    let (st, body) = put(&rpath, json!({"router": {"external_gateway_info": null}}));
+    assert_eq!(st, 200, "{body}");
+    let text = ping_text(&vm_a, "10.99.0.1");
+    assert!(text.contains("Destination Net Unreachable"), "{text}");
+    assert!(!ping(&vm_a, "10.32.0.77"), "no host route, no answer");
+    assert!(ping(&vm_a, "10.32.0.5"));
+    drop(d);
+    drop((vm_a, vm_n, vm_x, node));
 }

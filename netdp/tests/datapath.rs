@@ -4,11 +4,14 @@
 #[path = "support/frames.rs"]
 #[allow(dead_code)]
 mod frames;
+#[path = "support/pins.rs"]
+mod pins;
 
 use std::net::Ipv4Addr;
 
 use frames::*;
 use netdp::datapath::{Datapath, Direction, DropReason, Hook, PortSpec, RuleSpec, Timeouts};
+use pins::PinDir;
 
 const TC_ACT_SHOT: u32 = 2;
 const TC_ACT_OK: u32 = 0;
@@ -82,6 +85,18 @@ fn topology_with(hook: Hook, timeouts: Timeouts) -> Datapath {
     dp
 }
 
+/// Lets everything out of and into `port` (rules 1 and 2).
+fn open_port(dp: &mut Datapath, port: u32) {
+    dp.set_port_rules(
+        port,
+        &[
+            allow_all(1, Direction::Egress),
+            allow_all(2, Direction::Ingress),
+        ],
+    )
+    .unwrap();
+}
+
 fn ping(src_mac: [u8; 6], dst_mac: [u8; 6], src: Ipv4Addr, dst: Ipv4Addr) -> Vec<u8> {
     ipv4(dst_mac, src_mac, src, dst, ICMP, 64, &icmp_echo(8, 7, 1))
 }
@@ -96,14 +111,7 @@ fn l2_unicast_is_redirected_to_the_port_owning_the_mac() {
         return;
     }
     let mut dp = topology(Hook::Tc);
-    dp.set_port_rules(
-        B,
-        &[
-            allow_all(1, Direction::Egress),
-            allow_all(2, Direction::Ingress),
-        ],
-    )
-    .unwrap();
+    open_port(&mut dp, B);
     let frame = ping(MAC_A, MAC_B, IP_A, IP_B);
     let (verdict, out) = dp.test_run(&frame, A).unwrap();
     assert_eq!(verdict, TC_ACT_REDIRECT);
@@ -448,14 +456,7 @@ fn routing_rewrites_macs_decrements_ttl_and_keeps_the_checksum_valid() {
         return;
     }
     let mut dp = topology(Hook::Tc);
-    dp.set_port_rules(
-        C,
-        &[
-            allow_all(1, Direction::Egress),
-            allow_all(2, Direction::Ingress),
-        ],
-    )
-    .unwrap();
+    open_port(&mut dp, C);
     let frame = ping(MAC_A, MAC_R1, IP_A, IP_C);
     let (verdict, out) = dp.test_run(&frame, A).unwrap();
     assert_eq!(verdict, TC_ACT_REDIRECT);
@@ -488,6 +489,50 @@ fn routing_rewrites_macs_decrements_ttl_and_keeps_the_checksum_valid() {
         assert_eq!(drops(&dp, A, reason), 1, "{reason:?}");
     }
     assert_eq!(dp.port_counters(A).unwrap().0.icmp_errors, 3);
+    dp.set_port_rules(C, &[]).unwrap();
+}
+
+#[test]
+fn extra_routes_go_to_the_next_hops_mac_and_the_longest_prefix_wins() {
+    if !privileged() {
+        return;
+    }
+    let mut dp = topology(Hook::Tc);
+    open_port(&mut dp, C);
+    // 172.16.0.0/16 lives behind C; one host inside network 2's connected /24 does too.
+    let behind = Ipv4Addr::new(172, 16, 5, 9);
+    let host = Ipv4Addr::new(10, 0, 1, 77);
+    dp.add_extra_route(
+        1,
+        (Ipv4Addr::new(172, 16, 0, 0), 16),
+        2,
+        IP_C,
+        MAC_R2,
+        false,
+    )
+    .unwrap();
+    dp.add_extra_route(1, (host, 32), 2, IP_C, MAC_R2, false)
+        .unwrap();
+    for dst in [behind, host] {
+        let frame = ping(MAC_A, MAC_R1, IP_A, dst);
+        let (verdict, out) = dp.test_run(&frame, A).unwrap();
+        assert_eq!(verdict, TC_ACT_REDIRECT, "{dst}");
+        assert_eq!(&out[0..6], &MAC_C, "the next hop's MAC for {dst}");
+        assert_eq!(&out[6..12], &MAC_R2, "from the router's MAC on network 2");
+        assert_eq!(out[22], 63);
+        assert_eq!(checksum(&out[14..34]), 0);
+        assert_eq!(&out[30..34], &dst.octets(), "the destination stays {dst}");
+    }
+    assert_eq!(dp.port_counters(C).unwrap().0.tx_packets, 2);
+    // The rest of the /24 is still connected: no neighbour for .78.
+    let other = ping(MAC_A, MAC_R1, IP_A, Ipv4Addr::new(10, 0, 1, 78));
+    dp.test_run(&other, A).unwrap();
+    assert_eq!(drops(&dp, A, DropReason::NoNeighbor), 1);
+    // Gone with its route.
+    dp.remove_route(1, (Ipv4Addr::new(172, 16, 0, 0), 16))
+        .unwrap();
+    dp.test_run(&ping(MAC_A, MAC_R1, IP_A, behind), A).unwrap();
+    assert_eq!(drops(&dp, A, DropReason::NoRoute), 1);
     dp.set_port_rules(C, &[]).unwrap();
 }
 
@@ -666,14 +711,7 @@ fn overlapping_subnets_of_two_tenants_stay_separate() {
     dp.add_router_interface(2, 4, mac_r4, GW1, (Ipv4Addr::new(10, 0, 0, 0), 24))
         .unwrap();
     for p in [A, B, d, e] {
-        dp.set_port_rules(
-            p,
-            &[
-                allow_all(1, Direction::Egress),
-                allow_all(2, Direction::Ingress),
-            ],
-        )
-        .unwrap();
+        open_port(&mut dp, p);
     }
     // ARP in each network answers with that network's owner.
     let (_, out) = dp.test_run(&arp_request(MAC_A, IP_A, IP_B), A).unwrap();
@@ -787,19 +825,10 @@ fn pinned_maps_are_reused_by_a_second_load() {
     if !privileged() {
         return;
     }
-    let dir = std::path::PathBuf::from(format!(
-        "/sys/fs/bpf/ferrostack-test-netdp-{}",
-        std::process::id()
-    ));
-    struct Cleanup(std::path::PathBuf);
-    impl Drop for Cleanup {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-    let _cleanup = Cleanup(dir.clone());
+    let pins = PinDir::new("netdp");
+    let dir = pins.path();
     {
-        let mut dp = Datapath::load_pinned(Hook::Tc, &dir).unwrap();
+        let mut dp = Datapath::load_pinned(Hook::Tc, dir).unwrap();
         dp.set_port(&port(A, 1, MAC_A, IP_A)).unwrap();
         dp.set_port(&port(B, 1, MAC_B, IP_B)).unwrap();
         dp.set_port_rules(A, &[allow_all(1, Direction::Egress)])
@@ -808,7 +837,7 @@ fn pinned_maps_are_reused_by_a_second_load() {
             .unwrap();
     }
     // A "restarted" daemon loads again and finds all state in place.
-    let dp = Datapath::load_pinned(Hook::Tc, &dir).unwrap();
+    let dp = Datapath::load_pinned(Hook::Tc, dir).unwrap();
     assert_eq!(
         dp.test_run(&ping(MAC_A, MAC_B, IP_A, IP_B), A).unwrap().0,
         TC_ACT_REDIRECT
@@ -821,19 +850,10 @@ fn pinned_maps_of_an_older_layout_are_replaced_and_the_rest_kept() {
     if !privileged() {
         return;
     }
-    let dir = std::path::PathBuf::from(format!(
-        "/sys/fs/bpf/ferrostack-test-netdp-old-{}",
-        std::process::id()
-    ));
-    struct Cleanup(std::path::PathBuf);
-    impl Drop for Cleanup {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-    let _cleanup = Cleanup(dir.clone());
+    let pins = PinDir::new("netdp-old");
+    let dir = pins.path();
     {
-        let mut dp = Datapath::load_pinned(Hook::Tc, &dir).unwrap();
+        let mut dp = Datapath::load_pinned(Hook::Tc, dir).unwrap();
         dp.set_port(&port(A, 1, MAC_A, IP_A)).unwrap();
         dp.set_port(&port(B, 1, MAC_B, IP_B)).unwrap();
         dp.set_port_rules(A, &[allow_all(1, Direction::Egress)])
@@ -870,7 +890,7 @@ fn pinned_maps_of_an_older_layout_are_replaced_and_the_rest_kept() {
     );
     // The new build loads anyway: that map is replaced, the others (ports, FDB, rules)
     // are reused.
-    let dp = Datapath::load_pinned(Hook::Tc, &dir).expect("load over an older pin");
+    let dp = Datapath::load_pinned(Hook::Tc, dir).expect("load over an older pin");
     assert_eq!(
         dp.test_run(&ping(MAC_A, MAC_B, IP_A, IP_B), A).unwrap().0,
         TC_ACT_REDIRECT,
@@ -942,17 +962,8 @@ fn tracked_connections_and_snat_translations_survive_an_upgrade_that_changes_the
     if !privileged() {
         return;
     }
-    let dir = std::path::PathBuf::from(format!(
-        "/sys/fs/bpf/ferrostack-test-netdp3-migrate-{}",
-        std::process::id()
-    ));
-    struct Cleanup(std::path::PathBuf);
-    impl Drop for Cleanup {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-    let _cleanup = Cleanup(dir.clone());
+    let pins = PinDir::new("netdp3-migrate");
+    let dir = pins.path();
     const X: u32 = 30;
     let mac_x = [0x02, 0, 0, 0, 0, 0x1e];
     let mac_rx = [0x02, 0, 0, 0, 0x01, 0x03];
@@ -977,7 +988,7 @@ fn tracked_connections_and_snat_translations_survive_an_upgrade_that_changes_the
     let reply_to =
         |nat_port: u16| pad(ipv4(mac_rx, mac_x, ip_x, gw_x, UDP, 64, &udp(53, nat_port)));
     let nat_port = {
-        let mut dp = Datapath::load_pinned(Hook::Tc, &dir).unwrap();
+        let mut dp = Datapath::load_pinned(Hook::Tc, dir).unwrap();
         program(&mut dp);
         let (verdict, sent) = dp.test_run(&out, A).unwrap();
         assert_eq!(verdict, TC_ACT_REDIRECT);
@@ -990,11 +1001,11 @@ fn tracked_connections_and_snat_translations_survive_an_upgrade_that_changes_the
     };
     // The pins now look like an older build's: SNAT values without state and clock (8
     // bytes), a smaller conntrack table.
-    assert_eq!(repin_older(&dir, "snat_in", 8, 65536), 1);
-    assert_eq!(repin_older(&dir, "snat_out", 8, 65536), 1);
-    assert!(repin_older(&dir, "conntrack", 16, 1024) >= 1);
+    assert_eq!(repin_older(dir, "snat_in", 8, 65536), 1);
+    assert_eq!(repin_older(dir, "snat_out", 8, 65536), 1);
+    assert!(repin_older(dir, "conntrack", 16, 1024) >= 1);
 
-    let mut dp = Datapath::load_pinned(Hook::Tc, &dir).expect("load over older pins");
+    let mut dp = Datapath::load_pinned(Hook::Tc, dir).expect("load over older pins");
     program(&mut dp);
     assert_eq!(
         dp.snat_len().unwrap(),
@@ -1200,14 +1211,7 @@ fn dhcp_requests_of_dhcp_ports_go_to_the_slow_path_not_the_network() {
     dp.test_run(&other, A).unwrap();
     assert_eq!(dp.port_counters(A).unwrap().0.flooded, 2);
     assert!(ring.next().is_none(), "a flooded broadcast is not punted");
-    dp.set_port_rules(
-        B,
-        &[
-            allow_all(1, Direction::Egress),
-            allow_all(2, Direction::Ingress),
-        ],
-    )
-    .unwrap();
+    open_port(&mut dp, B);
     let to_b = pad(ipv4(MAC_B, MAC_A, IP_A, IP_B, UDP, 64, &udp(68, 67)));
     assert_eq!(
         dp.test_run(&to_b, A).unwrap().0,
@@ -1503,14 +1507,7 @@ fn tracked_connections_expire_after_their_idle_timeout() {
     }
     let mut dp = topology_with(Hook::Tc, short_timeouts());
     // B takes anything in; A takes nothing in but replies.
-    dp.set_port_rules(
-        B,
-        &[
-            allow_all(1, Direction::Egress),
-            allow_all(2, Direction::Ingress),
-        ],
-    )
-    .unwrap();
+    open_port(&mut dp, B);
     let frame = |from: bool, l4: &[u8], proto: u8| {
         let (sm, dm, si, di) = if from {
             (MAC_A, MAC_B, IP_A, IP_B)
@@ -1602,14 +1599,7 @@ fn gateway_snat_translations_expire_after_their_idle_timeout() {
         .unwrap();
     dp.set_gateway_snat(1, Some(gw_x)).unwrap();
     // A's firewall must not be what refuses the late reply: A takes UDP in from anyone.
-    dp.set_port_rules(
-        A,
-        &[
-            allow_all(1, Direction::Egress),
-            allow_all(2, Direction::Ingress),
-        ],
-    )
-    .unwrap();
+    open_port(&mut dp, A);
 
     let out = pad(ipv4(MAC_R1, MAC_A, IP_A, ip_x, UDP, 64, &udp(5000, 53)));
     let (verdict, sent) = dp.test_run(&out, A).unwrap();
@@ -1667,14 +1657,7 @@ fn icmp_errors_a_port_sends_about_translated_traffic_leave_translated() {
     dp.set_gateway_snat(1, Some(gw_x)).unwrap();
     dp.set_floating_ip(1, fip, IP_C, 3, mac_rx).unwrap();
     for p in [A, C] {
-        dp.set_port_rules(
-            p,
-            &[
-                allow_all(1, Direction::Egress),
-                allow_all(2, Direction::Ingress),
-            ],
-        )
-        .unwrap();
+        open_port(&mut dp, p);
     }
     // A port-unreachable from `src` (port `mac`, router MAC `rmac`) quoting `quoted` (an
     // IP packet as it reached the port).

@@ -2,12 +2,16 @@
 //! (namespaces) on one network exchange exactly known frames, and the per-port counters
 //! move by exactly those frames and bytes; spoofed frames count as drops by reason.
 
+#[path = "support/pins.rs"]
+mod pins;
+
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
+use pins::PinDir;
 use serde_json::{Value, json};
 use tests::netns::{Netns, ip};
 
@@ -29,15 +33,6 @@ impl Drop for Daemon {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
-    }
-}
-
-/// Removes the pin directory on drop.
-struct Unpin(PathBuf);
-
-impl Drop for Unpin {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 
@@ -152,11 +147,8 @@ fn port_counters_move_by_exactly_the_frames_sent() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let pins = PathBuf::from(format!(
-        "/sys/fs/bpf/ferrostack-test-netdp-metrics-{}",
-        std::process::id()
-    ));
-    let _unpin = Unpin(pins.clone());
+    let unpin = PinDir::new("netdp-metrics");
+    let pins = unpin.path().to_path_buf();
     let node = Netns::new("netdpm-node").unwrap();
     sysctl(&node, "net.ipv6.conf.all.disable_ipv6=1");
     sysctl(&node, "net.ipv6.conf.default.disable_ipv6=1");

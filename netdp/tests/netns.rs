@@ -2,6 +2,8 @@
 //! namespaces, their host-side interfaces live in a "node" namespace where the tc build of
 //! the datapath is attached (tcx ingress).
 
+#[path = "support/pins.rs"]
+mod pins;
 #[path = "support/topo.rs"]
 #[allow(dead_code)]
 mod topo;
@@ -11,12 +13,14 @@ use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::time::Duration;
 
 use netdp::datapath::{Datapath, Direction, DropReason, Hook, PortSpec, RuleSpec};
-use tests::netns::Netns;
+use pins::PinDir;
+use tests::netns::{Netns, ip};
 use topo::{Vm, in_netns, mac, ping, vm};
 
 const MAC_A: &str = "02:00:00:00:00:0a";
 const MAC_B: &str = "02:00:00:00:00:0b";
 const MAC_C: &str = "02:00:00:00:00:14";
+const MAC_D: &str = "02:00:00:00:00:0d";
 const MAC_R1: [u8; 6] = [0x02, 0, 0, 0, 0x01, 0x01];
 const MAC_R2: [u8; 6] = [0x02, 0, 0, 0, 0x01, 0x02];
 
@@ -287,23 +291,102 @@ fn traffic_is_routed_between_subnets() {
     drop(w);
 }
 
+/// A UDP socket on `port` in namespace `ns`, bound before this returns; the thread answers
+/// the first datagram it gets within `secs`, or `None`.
+fn udp_listener(ns: &str, port: u16, secs: u64) -> std::thread::JoinHandle<Option<Vec<u8>>> {
+    let (ready, bound) = std::sync::mpsc::channel();
+    let ns = ns.to_string();
+    let h = std::thread::spawn(move || {
+        topo::enter(&ns);
+        let u = UdpSocket::bind(("0.0.0.0", port)).expect("bind listener");
+        u.set_read_timeout(Some(Duration::from_secs(secs))).unwrap();
+        ready.send(()).unwrap();
+        let mut buf = [0u8; 64];
+        u.recv(&mut buf).ok().map(|n| buf[..n].to_vec())
+    });
+    bound.recv().expect("listener bound");
+    h
+}
+
+#[test]
+fn broadcasts_reach_every_other_port_of_their_network_and_no_other() {
+    if !privileged() {
+        return;
+    }
+    let mut w = world(Datapath::load(Hook::Tc).expect("load"));
+    // A third VM on network 1, so that a flood has two ports to reach there.
+    let d = vm(
+        &w.node,
+        "netdp-d",
+        "tap-d",
+        MAC_D,
+        "10.0.0.12/24",
+        "10.0.0.1",
+    );
+    w.dp.set_port(&spec(&d, 1, MAC_D, [10, 0, 0, 12])).unwrap();
+    // Every receiver admits UDP, C too: only the flood's scope keeps it from C.
+    let udp_in = rule(7, Direction::Ingress, Some(17), None);
+    for (i, v) in [&w.b, &w.c, &d].into_iter().enumerate() {
+        w.dp.set_port_rules(v.ifindex, &[egress_all(200 + i as u32), udp_in])
+            .unwrap();
+    }
+    let dp = &mut w.dp;
+    in_netns(w.node.name(), || dp.attach_tc("tap-d").expect("attach tc"));
+
+    // A UDP broadcast from A.
+    let port = 40200;
+    let listeners: Vec<_> = [&w.b, &d, &w.c]
+        .iter()
+        .map(|v| udp_listener(v.ns.name(), port, 2))
+        .collect();
+    let flooded = w.dp.port_counters(w.a.ifindex).unwrap().0.flooded;
+    in_netns(w.a.ns.name(), || {
+        let s = UdpSocket::bind("10.0.0.10:40201").unwrap();
+        s.set_broadcast(true).unwrap();
+        s.send_to(b"to all of network 1", ("255.255.255.255", port))
+            .expect("send the broadcast");
+    });
+    let got: Vec<Option<Vec<u8>>> = listeners.into_iter().map(|h| h.join().unwrap()).collect();
+    let want = Some(b"to all of network 1".to_vec());
+    assert_eq!(got[0], want, "B got the broadcast");
+    assert_eq!(got[1], want, "D got the broadcast");
+    assert_eq!(got[2], None, "C, on network 2, did not");
+    assert_eq!(
+        w.dp.port_counters(w.a.ifindex).unwrap().0.flooded,
+        flooded + 1
+    );
+
+    // An ARP request for an address no port has is flooded too: D, which holds the
+    // address on its interface (but not in netdp), answers it, so it learnt A from it.
+    ip(&[
+        "-n",
+        d.ns.name(),
+        "addr",
+        "add",
+        "10.0.0.99/24",
+        "dev",
+        "eth0",
+    ])
+    .unwrap();
+    let _ = w.a.ns.exec(&["ping", "-c", "1", "-W", "1", "10.0.0.99"]);
+    let neigh = d.ns.exec(&["ip", "neigh", "show", "dev", "eth0"]).unwrap();
+    let neigh = String::from_utf8_lossy(&neigh.stdout).into_owned();
+    assert!(
+        neigh.contains("10.0.0.10") && neigh.contains(MAC_A),
+        "D saw A's ARP request: {neigh}"
+    );
+    drop(d);
+    drop(w);
+}
+
 #[test]
 fn traffic_keeps_flowing_across_a_daemon_restart() {
     if !privileged() {
         return;
     }
-    let dir = std::path::PathBuf::from(format!(
-        "/sys/fs/bpf/ferrostack-test-netdp-restart-{}",
-        std::process::id()
-    ));
-    struct Cleanup(std::path::PathBuf);
-    impl Drop for Cleanup {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-    let _cleanup = Cleanup(dir.clone());
-    let w = world(Datapath::load_pinned(Hook::Tc, &dir).expect("load pinned"));
+    let pins = PinDir::new("netdp-restart");
+    let dir = pins.path();
+    let w = world(Datapath::load_pinned(Hook::Tc, dir).expect("load pinned"));
     let World {
         node,
         a,
@@ -322,7 +405,7 @@ fn traffic_keeps_flowing_across_a_daemon_restart() {
         "traffic flows while the daemon is down"
     );
     // It comes back, reuses the maps and re-takes the links.
-    let dp = Datapath::load_pinned(Hook::Tc, &dir).expect("reload");
+    let dp = Datapath::load_pinned(Hook::Tc, dir).expect("reload");
     let tap = b.tap.clone();
     let dp = in_netns(node.name(), move || {
         let mut dp = dp;
@@ -497,20 +580,11 @@ fn the_xdp_build_on_an_uplink_shares_maps_with_tc_and_forwards_live() {
     if !privileged() {
         return;
     }
-    let dir = std::path::PathBuf::from(format!(
-        "/sys/fs/bpf/ferrostack-test-netdp-xdp-{}",
-        std::process::id()
-    ));
-    struct Cleanup(std::path::PathBuf);
-    impl Drop for Cleanup {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-    let _cleanup = Cleanup(dir.clone());
+    let pins = PinDir::new("netdp-xdp");
+    let dir = pins.path();
     // VM ports on tc, as always; the uplink (the external network's port) on XDP, with the
     // same pinned maps.
-    let mut w = world(Datapath::load_pinned(Hook::Tc, &dir).expect("load tc"));
+    let mut w = world(Datapath::load_pinned(Hook::Tc, dir).expect("load tc"));
     let ext = vm(
         &w.node,
         "netdp-xdp-ext",
@@ -555,7 +629,7 @@ fn the_xdp_build_on_an_uplink_shares_maps_with_tc_and_forwards_live() {
         g.attach("eth0").expect("attach guard");
         g
     });
-    let xdp = Datapath::load_pinned(Hook::Xdp, &dir).expect("load xdp on the same maps");
+    let xdp = Datapath::load_pinned(Hook::Xdp, dir).expect("load xdp on the same maps");
     let xdp = in_netns(w.node.name(), move || {
         let mut xdp = xdp;
         xdp.attach_xdp("tap-up").expect("attach xdp to the uplink");

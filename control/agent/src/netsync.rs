@@ -7,7 +7,8 @@
 //! netdp match: it tears down first (floating IPs, router interfaces and gateways, ports,
 //! rules, groups, subnets, networks that control no longer wants, in that order, so that
 //! netdp never refuses a removal as "in use"), then builds (networks, subnets, groups,
-//! rules, ports, routers with gateways and interfaces, floating IPs). Only what an earlier
+//! rules, ports, routers with gateways, interfaces and then extra routes, floating IPs;
+//! routes no longer wanted go before the interfaces they pin). Only what an earlier
 //! push created is ever deleted (the ids are kept in the agent's state), so ports and
 //! networks made otherwise (a placement's own network, a test's) are left alone. Errors do
 //! not stop the pass: each one is reported, the generation is not recorded, and control
@@ -109,6 +110,23 @@ fn gateway_key(v: &Value) -> Option<(String, String, bool)> {
     ))
 }
 
+/// A router's extra routes, as a set.
+fn routes_of(v: &Value) -> BTreeSet<(String, String)> {
+    v["routes"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|r| {
+                    (
+                        r["destination"].as_str().unwrap_or_default().to_string(),
+                        r["nexthop"].as_str().unwrap_or_default().to_string(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 struct Pass<'a> {
     agent: &'a Agent,
     errors: Vec<String>,
@@ -190,6 +208,28 @@ impl Pass<'_> {
             t.insert(kind.into(), by_id(&list));
         }
         Some(t)
+    }
+
+    /// Makes router `id`'s routes `to`, unless they are `from` already.
+    async fn set_routes(
+        &mut self,
+        id: &str,
+        from: &BTreeSet<(String, String)>,
+        to: &BTreeSet<(String, String)>,
+    ) {
+        if from == to {
+            return;
+        }
+        let list: Vec<Value> = to
+            .iter()
+            .map(|(d, n)| json!({"destination": d, "nexthop": n}))
+            .collect();
+        self.call(
+            Method::PUT,
+            &format!("/v2.0/routers/{id}"),
+            Some(json!({"router": {"routes": list}})),
+        )
+        .await;
     }
 
     fn managed(&self, kind: &str, id: &str) -> bool {
@@ -308,6 +348,13 @@ async fn teardown(pass: &mut Pass<'_>, want: &Table, have: &Table) {
             .and_then(|w| w["interfaces"].as_array())
             .map(|a| a.iter().filter_map(Value::as_str).collect())
             .unwrap_or_default();
+        // Routes no longer wanted go before the interfaces they pin.
+        let held = routes_of(r);
+        let kept: BTreeSet<(String, String)> = match w {
+            Some(w) => held.intersection(&routes_of(w)).cloned().collect(),
+            None => BTreeSet::new(),
+        };
+        pass.set_routes(id, &held, &kept).await;
         for (_, subnet) in interfaces(have, id) {
             if !keep.contains(subnet.as_str()) {
                 pass.call(
@@ -428,6 +475,10 @@ async fn build(pass: &mut Pass<'_>, want: &Table, have: &Table) {
     }
     for (id, w) in &want["routers"] {
         let mut body = w.clone();
+        // Routes are set once the interfaces they go through exist.
+        if let Some(o) = body.as_object_mut() {
+            o.remove("routes");
+        }
         let wanted_ifaces: Vec<String> = body
             .as_object_mut()
             .and_then(|o| o.remove("interfaces"))
@@ -469,6 +520,8 @@ async fn build(pass: &mut Pass<'_>, want: &Table, have: &Table) {
                 .await;
             }
         }
+        let held_routes = have["routers"].get(id).map(routes_of).unwrap_or_default();
+        pass.set_routes(id, &held_routes, &routes_of(w)).await;
     }
     for (id, w) in &want["floatingips"] {
         match have["floatingips"].get(id) {

@@ -68,10 +68,17 @@ fn full_state(generation: u64) -> Value {
     })
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pushed_network_state_is_applied_updated_and_withdrawn() {
-    let dir = tempfile::tempdir().unwrap();
-    let sock = dir.path().join("netdp.sock");
+type Server = tokio::task::JoinHandle<std::io::Result<()>>;
+
+/// netdp's API (in process, no datapath) on `dir/netdp.sock`; stopped by the sender.
+async fn netdp_api(
+    dir: &std::path::Path,
+) -> (
+    Arc<Mutex<Controller>>,
+    tokio::sync::oneshot::Sender<()>,
+    Server,
+) {
+    let sock = dir.join("netdp.sock");
     let ctl = Arc::new(Mutex::new(Controller::open(None, None).unwrap()));
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let (ctl2, sock2) = (ctl.clone(), sock.clone());
@@ -84,6 +91,30 @@ async fn pushed_network_state_is_applied_updated_and_withdrawn() {
     while !sock.exists() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    (ctl, stop, server)
+}
+
+/// An agent whose netdp is the one [`netdp_api`] serves in `dir`.
+fn agent_for(dir: &std::path::Path) -> Arc<Agent> {
+    Agent::open(AgentConfig {
+        state_dir: dir.join("agent"),
+        blockdp_socket: dir.join("no-blockdp.sock"),
+        netdp_socket: dir.join("netdp.sock"),
+        vmm_binary: "/bin/false".into(),
+        agent_exe: "/bin/false".into(),
+        shutdown_timeout: Duration::from_secs(1),
+        port_timeout: Duration::from_secs(1),
+        image_timeout: Duration::from_secs(1),
+        disk_path: dir.to_path_buf(),
+        record_events: false,
+    })
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pushed_network_state_is_applied_updated_and_withdrawn() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ctl, stop, server) = netdp_api(dir.path()).await;
     // A network that no push made (a placement's own): pushes leave it alone.
     let (s, _) = ctl
         .lock()
@@ -95,19 +126,7 @@ async fn pushed_network_state_is_applied_updated_and_withdrawn() {
         )
         .unwrap();
     assert_eq!(s, 201);
-    let agent = Agent::open(AgentConfig {
-        state_dir: dir.path().join("agent"),
-        blockdp_socket: dir.path().join("no-blockdp.sock"),
-        netdp_socket: sock.clone(),
-        vmm_binary: "/bin/false".into(),
-        agent_exe: "/bin/false".into(),
-        shutdown_timeout: Duration::from_secs(1),
-        port_timeout: Duration::from_secs(1),
-        image_timeout: Duration::from_secs(1),
-        disk_path: dir.path().to_path_buf(),
-        record_events: false,
-    })
-    .unwrap();
+    let agent = agent_for(dir.path());
 
     let report = agent.apply_network(desired(full_state(1))).await.unwrap();
     assert_eq!(report["errors"], json!([]), "{report}");
@@ -236,6 +255,69 @@ async fn pushed_network_state_is_applied_updated_and_withdrawn() {
         serde_json::from_slice(&std::fs::read(dir.path().join("agent/state.json")).unwrap())
             .unwrap();
     assert_eq!(saved["network"]["generation"], 6, "{saved}");
+    let _ = stop.send(());
+    server.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pushed_extra_routes_follow_their_interfaces_in() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ctl, stop, server) = netdp_api(dir.path()).await;
+    let agent = agent_for(dir.path());
+    let routes_in_netdp = || {
+        ctl.lock().unwrap().state().routers["router-1"]
+            .routes
+            .clone()
+    };
+    let via_blue = json!({"destination": "10.99.0.0/24", "nexthop": "10.9.0.5"});
+    let via_gw = json!({"destination": "192.0.2.0/24", "nexthop": "172.24.4.254"});
+
+    // A new router with routes through its interface and through its gateway's subnet:
+    // netdp only takes them once the interface exists.
+    let mut v = full_state(1);
+    v["routers"][0]["routes"] = json!([via_blue, via_gw]);
+    let report = agent.apply_network(desired(v)).await.unwrap();
+    assert_eq!(report["errors"], json!([]), "{report}");
+    let got = routes_in_netdp();
+    assert_eq!(got.len(), 2, "{got:?}");
+    assert_eq!(
+        serde_json::to_value(&got).unwrap(),
+        json!([via_blue, via_gw])
+    );
+
+    // One route dropped, the other kept: the same router, one route.
+    let mut v = full_state(2);
+    v["routers"][0]["routes"] = json!([via_gw]);
+    let report = agent.apply_network(desired(v)).await.unwrap();
+    assert_eq!(report["errors"], json!([]), "{report}");
+    assert_eq!(
+        serde_json::to_value(routes_in_netdp()).unwrap(),
+        json!([via_gw])
+    );
+
+    // The interface goes while a route through it is wanted no more: the route goes first,
+    // so netdp does not refuse the interface's removal.
+    let mut v = full_state(3);
+    v["routers"][0]["routes"] = json!([via_blue]);
+    let report = agent.apply_network(desired(v)).await.unwrap();
+    assert_eq!(report["errors"], json!([]), "{report}");
+    let mut v = full_state(4);
+    v["routers"][0]["interfaces"] = json!([]);
+    v["routers"][0]["routes"] = json!([]);
+    v["floatingips"] = json!([]);
+    let report = agent.apply_network(desired(v)).await.unwrap();
+    assert_eq!(report["errors"], json!([]), "{report}");
+    {
+        let c = ctl.lock().unwrap();
+        let st = c.state();
+        assert!(st.routers["router-1"].routes.is_empty());
+        assert!(
+            !st.ports
+                .values()
+                .any(|p| p.device_owner == "network:router_interface"),
+            "the interface is gone"
+        );
+    }
     let _ = stop.send(());
     server.await.unwrap().unwrap();
 }

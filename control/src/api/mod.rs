@@ -50,6 +50,9 @@ pub struct ApiError {
     pub status: StatusCode,
     /// Human-readable reason.
     pub message: String,
+    /// The service's name for the error, where its shape carries one (Neutron's `type`,
+    /// such as `InvalidRoutes`); none: the shape's generic one.
+    pub kind: Option<&'static str>,
 }
 
 impl ApiError {
@@ -58,7 +61,13 @@ impl ApiError {
         ApiError {
             status,
             message: message.into(),
+            kind: None,
         }
+    }
+    /// The same error, named `kind` where the service's shape names errors.
+    pub fn kind(mut self, kind: &'static str) -> ApiError {
+        self.kind = Some(kind);
+        self
     }
     /// 400.
     pub fn bad_request(message: impl Into<String>) -> ApiError {

@@ -142,11 +142,7 @@ pub async fn route(
     }
     .await;
     r.unwrap_or_else(|e| {
-        let kind = if e.status == StatusCode::CONFLICT && e.message.starts_with("Quota exceeded") {
-            "OverQuota"
-        } else {
-            "HTTPError"
-        };
+        let kind = e.kind.unwrap_or("HTTPError");
         let body = json!({"NeutronError": {"type": kind, "message": e.message, "detail": ""}});
         json_resp(e.status, &body)
     })
@@ -184,6 +180,8 @@ fn extensions() -> Response {
             "ext-gw-mode",
             "Neutron L3 Configurable external gateway mode",
         ),
+        ("extraroute", "Neutron Extra Route"),
+        ("extraroute-atomic", "Atomic Extra Route"),
         ("security-group", "security-group"),
         ("port-security", "Port Security"),
         ("binding", "Port Binding"),

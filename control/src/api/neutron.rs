@@ -10,14 +10,15 @@ use std::net::Ipv4Addr;
 use http::{Method, StatusCode};
 use serde_json::{Map, Value, json};
 
-use super::network::{Net, NetworkDoc, Subnet, SubnetDoc, network, subnet_of};
-use super::openstack::{Owned, load as load_visible, owned, visible};
+use super::network::{Net, Subnet, SubnetDoc, network, subnet_of};
+use super::openstack::{Owned, get, load as load_visible, owned, visible};
 use super::{ApiError, Request, Response, empty, json as json_resp};
 use crate::identity::Ctx;
 use crate::identity::token::now_secs;
 use crate::network::{
-    FixedIp, FloatingIpDoc, GatewayDoc, OWNER_GATEWAY, OWNER_INTERFACE, PortDoc, RouterDoc,
-    RuleDoc, SecurityGroupDoc, all, default_group, new_mac, pick_address, release, reserve,
+    ExtraRoute, FixedIp, FloatingIpDoc, GatewayDoc, OWNER_GATEWAY, OWNER_INTERFACE, PortDoc,
+    RouterDoc, RuleDoc, SecurityGroupDoc, all, allocation_id, default_group, in_cidr, new_mac,
+    pick_address, release, reserve,
 };
 use crate::service::{Service, ServiceError};
 use crate::store::{Kind, Record, StoreError, Write};
@@ -66,21 +67,6 @@ fn name_of(o: &Map<String, Value>) -> Result<Option<String>, ApiError> {
         ));
     }
     Ok(n)
-}
-
-fn load<T: serde::de::DeserializeOwned>(
-    svc: &Service,
-    kind: Kind,
-    id: &str,
-    what: &str,
-) -> Result<(Record, T), ApiError> {
-    let r = svc
-        .store
-        .get(kind, id)
-        .map_err(se)?
-        .ok_or_else(|| ApiError::not_found(format!("{what} {id} could not be found.")))?;
-    let d = r.parse().map_err(se)?;
-    Ok((r, d))
 }
 
 fn filtered(list: Vec<Value>, req: &Request) -> Vec<Value> {
@@ -222,6 +208,20 @@ pub fn handle(svc: &Service, ctx: &Ctx, req: &Request) -> Option<Result<Response
         (["routers", id, "remove_router_interface"], &Method::PUT) => {
             return Some(
                 remove_interface(svc, ctx, id, req).map(|v| json_resp(StatusCode::OK, &v)),
+            );
+        }
+        (
+            [
+                "routers",
+                id,
+                action @ ("add_extraroutes" | "remove_extraroutes"),
+            ],
+            &Method::PUT,
+        ) => {
+            let add = *action == "add_extraroutes";
+            return Some(
+                change_routes(svc, ctx, id, req, add)
+                    .map(|v| json_resp(StatusCode::OK, &json!({ "router": v }))),
             );
         }
         _ => {}
@@ -677,7 +677,7 @@ fn router_view(id: &str, d: &RouterDoc) -> Value {
     });
     json!({"id": id, "name": d.name, "tenant_id": d.project_id, "project_id": d.project_id,
         "admin_state_up": d.admin_state_up, "status": "ACTIVE", "external_gateway_info": gw,
-        "routes": [], "distributed": true, "ha": false, "flavor_id": null,
+        "routes": d.routes, "distributed": true, "ha": false, "flavor_id": null,
         "availability_zones": ["nova"], "availability_zone_hints": [],
         "description": d.description, "tags": [], "created_at": t(d.created),
         "updated_at": t(d.updated), "revision_number": 1})
@@ -780,6 +780,11 @@ fn gateway_info(o: &Map<String, Value>) -> Result<Option<Option<&Map<String, Val
 }
 
 fn create_router(svc: &Service, ctx: &Ctx, o: &Map<String, Value>) -> Result<Value, ApiError> {
+    if o.contains_key("routes") {
+        return Err(
+            ApiError::bad_request("Attribute 'routes' not allowed in POST").kind("HTTPBadRequest"),
+        );
+    }
     let project = ctx.project_id.clone().unwrap_or_default();
     let id = uuid::Uuid::new_v4().to_string();
     let now = now_secs();
@@ -797,6 +802,7 @@ fn create_router(svc: &Service, ctx: &Ctx, o: &Map<String, Value>) -> Result<Val
         project_id: project.clone(),
         admin_state_up: opt_bool(o, "admin_state_up")?.unwrap_or(true),
         gateway,
+        routes: vec![],
         description: opt_str(o, "description")?.unwrap_or_default(),
         created: now,
         updated: now,
@@ -855,6 +861,12 @@ fn update_router(
     if let Some(v) = opt_bool(o, "admin_state_up")? {
         d.admin_state_up = v;
     }
+    // Routes are checked against the router's ports as they are before any gateway
+    // change in the same request, as Neutron does.
+    if o.contains_key("routes") {
+        let routes = routes_field(o.get("routes"))?;
+        d.routes = check_routes(svc, id, &d, routes)?;
+    }
     let mut writes = vec![];
     match gateway_info(o)? {
         None => {}
@@ -886,6 +898,177 @@ fn update_router(
     d.updated = now_secs();
     writes.push(Write::Update(r.with_doc(None, &d)));
     svc.store.apply(&writes).map_err(se)?;
+    Ok(router_view(id, &d))
+}
+
+/// How many extra routes a router may have (Neutron's `max_routes` default).
+const MAX_ROUTES: usize = 30;
+
+/// A route's destination as a network CIDR (any prefix length; host bits must be clear).
+fn route_cidr(dest: &str) -> Result<(Ipv4Addr, u8), ApiError> {
+    let parsed = dest.split_once('/').and_then(|(ip, len)| {
+        let ip: Ipv4Addr = ip.parse().ok()?;
+        let len: u8 = len.parse().ok().filter(|l| *l <= 32)?;
+        Some((ip, len))
+    });
+    let (ip, len) = parsed.ok_or_else(|| {
+        ApiError::bad_request(format!(
+            "Invalid input for routes. Reason: '{dest}' is not a valid IP subnet."
+        ))
+        .kind("HTTPBadRequest")
+    })?;
+    let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
+    let net = Ipv4Addr::from(u32::from(ip) & mask);
+    if net != ip {
+        return Err(ApiError::bad_request(format!(
+            "Invalid input for routes. Reason: '{dest}' isn't a recognized IP subnet cidr, '{net}/{len}' is recommended."
+        ))
+        .kind("HTTPBadRequest"));
+    }
+    Ok((ip, len))
+}
+
+/// The `routes` of a request: a list of `{"destination", "nexthop"}` (null: none).
+fn routes_field(v: Option<&Value>) -> Result<Vec<ExtraRoute>, ApiError> {
+    let list = match v {
+        None | Some(Value::Null) => return Ok(vec![]),
+        Some(Value::Array(a)) => a,
+        Some(v) => {
+            return Err(ApiError::bad_request(format!(
+                "Invalid input for routes. Reason: '{v}' is not a list."
+            ))
+            .kind("HTTPBadRequest"));
+        }
+    };
+    let mut out = vec![];
+    for r in list {
+        let route = r.as_object().filter(|o| o.len() == 2).and_then(|o| {
+            Some(ExtraRoute {
+                destination: o.get("destination")?.as_str()?.to_string(),
+                nexthop: o.get("nexthop")?.as_str()?.to_string(),
+            })
+        });
+        let route = route.ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "Invalid input for routes. Reason: '{r}' is not a route: expected the keys destination and nexthop."
+            ))
+            .kind("HTTPBadRequest")
+        })?;
+        route_cidr(&route.destination)?;
+        if route.nexthop.parse::<Ipv4Addr>().is_err() {
+            return Err(ApiError::bad_request(format!(
+                "Invalid input for routes. Reason: '{}' is not a valid IP address.",
+                route.nexthop
+            ))
+            .kind("HTTPBadRequest"));
+        }
+        out.push(route);
+    }
+    Ok(out)
+}
+
+/// Routes as Neutron's messages show them (a Python list of dicts).
+fn routes_repr(routes: &[ExtraRoute]) -> String {
+    let items: Vec<String> = routes
+        .iter()
+        .map(|r| {
+            format!(
+                "{{'destination': '{}', 'nexthop': '{}'}}",
+                r.destination, r.nexthop
+            )
+        })
+        .collect();
+    format!("[{}]", items.join(", "))
+}
+
+/// Checks a router's whole new set of routes as Neutron does: each next hop is on the
+/// subnet of one of the router's ports (interfaces and gateway) and is not one of their
+/// addresses, at most [`MAX_ROUTES`]; returns them sorted, without duplicates.
+fn check_routes(
+    svc: &Service,
+    id: &str,
+    d: &RouterDoc,
+    mut routes: Vec<ExtraRoute>,
+) -> Result<Vec<ExtraRoute>, ApiError> {
+    let shown = routes_repr(&routes);
+    routes.sort();
+    routes.dedup();
+    if routes.len() > MAX_ROUTES {
+        return Err(ApiError::bad_request(format!(
+            "Unable to complete operation for {id}. The number of routes exceeds the maximum {MAX_ROUTES}."
+        ))
+        .kind("RoutesExhausted"));
+    }
+    let mut fixed: Vec<(String, String)> = interfaces(svc, id)?
+        .into_iter()
+        .flat_map(|(_, p)| p.fixed_ips)
+        .map(|f| (f.subnet_id, f.ip_address))
+        .collect();
+    if let Some(g) = &d.gateway {
+        fixed.push((g.subnet_id.clone(), g.ip_address.clone()));
+    }
+    let mut cidrs = vec![];
+    for (sub, _) in &fixed {
+        if let Some(r) = svc.store.get(Kind::Subnet, sub).map_err(se)? {
+            cidrs.push(r.parse::<SubnetDoc>().map_err(se)?.cidr);
+        }
+    }
+    for r in &routes {
+        let nexthop: Ipv4Addr = r.nexthop.parse().map_err(|_| {
+            ApiError::bad_request(format!(
+                "Invalid input for routes. Reason: '{}' is not a valid IP address.",
+                r.nexthop
+            ))
+        })?;
+        if !cidrs.iter().any(|c| in_cidr(nexthop, c)) {
+            return Err(ApiError::bad_request(format!(
+                "Invalid format for routes: {shown}, the nexthop is not connected with router"
+            ))
+            .kind("InvalidRoutes"));
+        }
+        if fixed.iter().any(|(_, ip)| ip == &r.nexthop) {
+            return Err(ApiError::bad_request(format!(
+                "Invalid format for routes: {shown}, the nexthop is used by router"
+            ))
+            .kind("InvalidRoutes"));
+        }
+    }
+    Ok(routes)
+}
+
+/// `add_extraroutes` (`add`) and `remove_extraroutes` (extraroute-atomic): the router's
+/// routes with the body's added (duplicates merged) or removed (absent ones ignored),
+/// checked as a whole as an update's are; answers the router.
+fn change_routes(
+    svc: &Service,
+    ctx: &Ctx,
+    id: &str,
+    req: &Request,
+    add: bool,
+) -> Result<Value, ApiError> {
+    let b: Value = req.json()?;
+    let o = body::<Router>(&b)?;
+    let (r, mut d) = load_visible::<Router>(svc, ctx, id)?;
+    if !o.contains_key("routes") || o.len() != 1 {
+        return Err(ApiError::bad_request(
+            "Bad router request: the body must be {\"router\": {\"routes\": [...]}}.",
+        ));
+    }
+    let given = routes_field(o.get("routes"))?;
+    let routes: Vec<ExtraRoute> = if add {
+        d.routes.iter().chain(&given).cloned().collect()
+    } else {
+        d.routes
+            .iter()
+            .filter(|x| !given.contains(x))
+            .cloned()
+            .collect()
+    };
+    d.routes = check_routes(svc, id, &d, routes)?;
+    d.updated = now_secs();
+    svc.store
+        .apply(&[Write::Update(r.with_doc(None, &d))])
+        .map_err(se)?;
     Ok(router_view(id, &d))
 }
 
@@ -946,8 +1129,9 @@ fn add_interface(svc: &Service, ctx: &Ctx, id: &str, req: &Request) -> Result<Va
             port_id.unwrap_or_default()
         )));
     };
-    let (_, sub): (Record, SubnetDoc) = load(svc, Kind::Subnet, &sub_id, "Subnet")?;
-    let (_, net): (Record, NetworkDoc) = load(svc, Kind::Network, &sub.network_id, "Network")?;
+    // Visibility is decided below: a subnet of a shared network may be another's.
+    let (_, sub) = get::<Subnet>(svc, &sub_id)?;
+    let (_, net) = get::<Net>(svc, &sub.network_id)?;
     if !visible(ctx, &sub.project_id) && !net.shared {
         return Err(ApiError::not_found(format!(
             "Subnet {sub_id} could not be found."
@@ -976,6 +1160,19 @@ fn add_interface(svc: &Service, ctx: &Ctx, id: &str, req: &Request) -> Result<Va
                 ))
             });
         }
+    }
+    // A port may hold the gateway address (Neutron allows it); the interface then cannot
+    // have it, with Neutron's IpAddressAlreadyAllocated.
+    if svc
+        .store
+        .get(Kind::IpAllocation, &allocation_id(&sub_id, &gw_ip))
+        .map_err(se)?
+        .is_some()
+    {
+        return Err(ApiError::conflict(format!(
+            "IP address {gw_ip} already allocated in subnet {sub_id}"
+        ))
+        .kind("IpAddressAlreadyAllocated"));
     }
     let port_id = uuid::Uuid::new_v4().to_string();
     let now = now_secs();
@@ -1045,6 +1242,23 @@ fn remove_interface(svc: &Service, ctx: &Ctx, id: &str, req: &Request) -> Result
             )),
         })?;
     let subnets: Vec<String> = port.fixed_ips.iter().map(|f| f.subnet_id.clone()).collect();
+    for sub_id in &subnets {
+        let Some(rec) = svc.store.get(Kind::Subnet, sub_id).map_err(se)? else {
+            continue;
+        };
+        let sub: SubnetDoc = rec.parse().map_err(se)?;
+        let via = d.routes.iter().any(|r| {
+            r.nexthop
+                .parse()
+                .is_ok_and(|ip: Ipv4Addr| in_cidr(ip, &sub.cidr))
+        });
+        if via {
+            return Err(ApiError::conflict(format!(
+                "Router interface for subnet {sub_id} on router {id} cannot be deleted, as it is required by one or more routes."
+            ))
+            .kind("RouterInterfaceInUseByRoute"));
+        }
+    }
     for (fid, f) in router_fips(svc, id)? {
         let on_subnet = f
             .port_id

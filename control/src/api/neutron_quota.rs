@@ -244,7 +244,7 @@ fn reset(svc: &Service, ctx: &Ctx, pid: &str) -> Result<(), ApiError> {
 
 /// The 409 Neutron answers a create over quota with.
 pub(crate) fn over_quota(resource: &str) -> ApiError {
-    ApiError::conflict(format!("Quota exceeded for resources: ['{resource}']."))
+    ApiError::conflict(format!("Quota exceeded for resources: ['{resource}'].")).kind("OverQuota")
 }
 
 /// Refuses a create of `kind` for project `pid` that the quota does not allow. With

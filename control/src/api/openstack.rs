@@ -169,15 +169,22 @@ pub(crate) fn load<R: Owned>(
     ctx: &Ctx,
     id: &str,
 ) -> Result<(Record, R::Doc), ApiError> {
+    let (r, d) = get::<R>(svc, id)?;
+    if !R::sees(ctx, &d) {
+        return Err(R::hidden(id));
+    }
+    Ok((r, d))
+}
+
+/// An [`Owned`] record by id, parsed, whoever owns it (for callers that decide visibility
+/// themselves); [`Owned::missing`] when there is none.
+pub(crate) fn get<R: Owned>(svc: &Service, id: &str) -> Result<(Record, R::Doc), ApiError> {
     let r = svc
         .store
         .get(R::KIND, id)
         .map_err(se)?
         .ok_or_else(|| R::missing(id))?;
     let d: R::Doc = r.parse().map_err(se)?;
-    if !R::sees(ctx, &d) {
-        return Err(R::hidden(id));
-    }
     Ok((r, d))
 }
 

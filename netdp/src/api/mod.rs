@@ -155,6 +155,8 @@ pub struct Controller {
     router_ifaces: HashSet<RouterIface>,
     /// Routers doing gateway SNAT in the datapath, with their gateway address.
     snat: HashMap<u32, Ipv4Addr>,
+    /// Extra routes in the datapath.
+    extra_routes: HashMap<RouteKey, ExtraHop>,
     /// Entries the conntrack GC removed so far (added to by [`GcTask`]s without the lock).
     expired: Arc<ExpiredTotals>,
 }
@@ -210,6 +212,27 @@ type RouterIface = (
     Option<Option<Ipv4Addr>>,
 );
 
+/// A route's key in the datapath: (router, destination network, prefix length).
+type RouteKey = (u32, Ipv4Addr, u8);
+
+/// Where an extra route leads: (network, next hop, the router's MAC there, whether that
+/// network is the router's gateway's).
+type ExtraHop = (u32, Ipv4Addr, [u8; 6], bool);
+
+/// The keys of the routes router interfaces and gateways install: their subnets, and the
+/// default route of a gateway with an upstream.
+fn connected_routes(ifaces: &HashSet<RouterIface>) -> HashSet<RouteKey> {
+    let mut routes = HashSet::new();
+    for (r, _, _, _, (addr, len), gateway) in ifaces {
+        let masked = Ipv4Addr::from(u32::from(*addr) & mask(*len));
+        routes.insert((*r, masked, *len));
+        if let Some(Some(_)) = gateway {
+            routes.insert((*r, Ipv4Addr::UNSPECIFIED, 0));
+        }
+    }
+    routes
+}
+
 impl std::fmt::Debug for Controller {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Controller")
@@ -240,6 +263,7 @@ impl Controller {
             dhcp_stats: None,
             router_ifaces: HashSet::new(),
             snat: HashMap::new(),
+            extra_routes: HashMap::new(),
             expired: Arc::default(),
         };
         c.sync()?;
@@ -319,14 +343,8 @@ impl Controller {
             .iter()
             .map(|(r, net, mac, ..)| (*r, *net, *mac))
             .collect();
-        let mut routes = HashSet::new();
-        for (r, _, _, _, (addr, len), gateway) in &self.router_ifaces {
-            let masked = Ipv4Addr::from(u32::from(*addr) & mask(*len));
-            routes.insert((*r, masked, *len));
-            if let Some(Some(_)) = gateway {
-                routes.insert((*r, Ipv4Addr::UNSPECIFIED, 0));
-            }
-        }
+        let mut routes = connected_routes(&self.router_ifaces);
+        routes.extend(self.extra_routes.keys().copied());
         let snat = self.snat.keys().copied().collect();
         dp.prune_routers(&ifaces, &routes, &snat)
             .map_err(ApiError::Datapath)?;
@@ -399,6 +417,12 @@ impl Controller {
             }
             ("PUT", ["v2.0", "routers", id, "remove_router_interface"]) => {
                 (200, self.remove_router_interface(id, body)?, true)
+            }
+            ("PUT", ["v2.0", "routers", id, "add_extraroutes"]) => {
+                (200, self.change_routes(id, body, true)?, true)
+            }
+            ("PUT", ["v2.0", "routers", id, "remove_extraroutes"]) => {
+                (200, self.change_routes(id, body, false)?, true)
             }
             ("DELETE", ["v2.0", coll, id]) => {
                 self.delete(coll, id)?;
@@ -540,11 +564,16 @@ impl Controller {
                     admin_state_up: req.admin_state_up.unwrap_or(true),
                     external_gateway_info: None,
                     status: "ACTIVE".into(),
+                    routes: vec![],
                 };
                 self.state.number(&r.id);
                 self.state.routers.insert(r.id.clone(), r.clone());
                 if let Some(info) = req.external_gateway_info {
                     self.set_gateway(&r.id, info)?;
+                }
+                if let Some(routes) = req.routes {
+                    let routes = self.check_routes(&r.id, routes)?;
+                    self.state.routers.get_mut(&r.id).expect("inserted").routes = routes;
                 }
                 Ok(json!({ "router": self.state.routers[&r.id] }))
             }
@@ -617,8 +646,17 @@ impl Controller {
         if !self.state.routers.contains_key(id) {
             return Err(ApiError::NotFound("router", id.into()));
         }
+        // Routes are checked against the router's ports before any gateway change, as
+        // Neutron does.
+        let routes = match req.routes {
+            Some(r) => Some(self.check_routes(id, r.unwrap_or_default())?),
+            None => None,
+        };
         if let Some(name) = req.name {
             self.state.routers.get_mut(id).expect("checked").name = name;
+        }
+        if let Some(routes) = routes {
+            self.state.routers.get_mut(id).expect("checked").routes = routes;
         }
         match req.external_gateway_info {
             None => {}
@@ -629,6 +667,97 @@ impl Controller {
             Some(Some(info)) => self.set_gateway(id, info)?,
         }
         Ok(json!({ "router": self.state.routers[id] }))
+    }
+
+    /// Neutron's `add_extraroutes` (`add`) and `remove_extraroutes`: the router's routes
+    /// with `body`'s added (duplicates merged) or removed (absent ones ignored), checked as
+    /// a whole as an update's are.
+    fn change_routes(&mut self, id: &str, body: &[u8], add: bool) -> Result<Value, ApiError> {
+        let req: RoutesChange = unwrap_body(body, "router")?;
+        let r = self
+            .state
+            .routers
+            .get(id)
+            .ok_or_else(|| ApiError::NotFound("router", id.into()))?;
+        let routes: Vec<ExtraRoute> = if add {
+            r.routes.iter().chain(&req.routes).cloned().collect()
+        } else {
+            r.routes
+                .iter()
+                .filter(|x| !req.routes.contains(x))
+                .cloned()
+                .collect()
+        };
+        let routes = self.check_routes(id, routes)?;
+        self.state.routers.get_mut(id).expect("checked").routes = routes;
+        Ok(json!({ "router": self.state.routers[id] }))
+    }
+
+    /// Checks a router's whole new set of routes as Neutron does (destinations are
+    /// network CIDRs; each next hop is on a subnet of one of the router's ports and is not
+    /// the router's own address; at most [`MAX_ROUTES`]); returns them sorted, without
+    /// duplicates.
+    fn check_routes(
+        &self,
+        router_id: &str,
+        mut routes: Vec<ExtraRoute>,
+    ) -> Result<Vec<ExtraRoute>, ApiError> {
+        for r in &routes {
+            let (addr, len) = parse_cidr(&r.destination).ok_or_else(|| {
+                ApiError::BadRequest(format!(
+                    "Invalid input for routes. Reason: '{}' is not a valid IP subnet.",
+                    r.destination
+                ))
+            })?;
+            let net = Ipv4Addr::from(u32::from(addr) & mask(len));
+            if net != addr {
+                return Err(ApiError::BadRequest(format!(
+                    "Invalid input for routes. Reason: '{}' isn't a recognized IP subnet cidr, '{net}/{len}' is recommended.",
+                    r.destination
+                )));
+            }
+        }
+        let shown = routes_repr(&routes);
+        routes.sort();
+        routes.dedup();
+        if routes.len() > MAX_ROUTES {
+            return Err(ApiError::BadRequest(format!(
+                "Unable to complete operation for {router_id}. The number of routes exceeds the maximum {MAX_ROUTES}."
+            )));
+        }
+        let mut cidrs = vec![];
+        let mut own = vec![];
+        for p in self
+            .state
+            .ports
+            .values()
+            .filter(|p| p.device_id == router_id)
+        {
+            for f in &p.fixed_ips {
+                if let Some(c) = self
+                    .state
+                    .subnets
+                    .get(&f.subnet_id)
+                    .and_then(|s| parse_cidr(&s.cidr))
+                {
+                    cidrs.push(c);
+                }
+                own.extend(f.ip_address);
+            }
+        }
+        for r in &routes {
+            if !cidrs.iter().any(|c| in_cidr(r.nexthop, *c)) {
+                return Err(ApiError::BadRequest(format!(
+                    "Invalid format for routes: {shown}, the nexthop is not connected with router"
+                )));
+            }
+            if own.contains(&r.nexthop) {
+                return Err(ApiError::BadRequest(format!(
+                    "Invalid format for routes: {shown}, the nexthop is used by router"
+                )));
+            }
+        }
+        Ok(routes)
     }
 
     /// Removes a router's gateway port; refused while floating IPs go through the router.
@@ -688,6 +817,18 @@ impl Controller {
                 )
             })?;
         let subnets: Vec<String> = port.fixed_ips.iter().map(|f| f.subnet_id.clone()).collect();
+        let routes = &self.state.routers[router_id].routes;
+        for sub in subnets.iter().filter_map(|s| self.state.subnets.get(s)) {
+            let Some(cidr) = parse_cidr(&sub.cidr) else {
+                continue;
+            };
+            if routes.iter().any(|r| in_cidr(r.nexthop, cidr)) {
+                return Err(ApiError::Conflict(format!(
+                    "Router interface for subnet {} on router {router_id} cannot be deleted, as it is required by one or more routes.",
+                    sub.id
+                )));
+            }
+        }
         let in_use = self.state.floatingips.values().any(|f| {
             f.router_id.as_deref() == Some(router_id)
                 && f.port_id
@@ -1553,6 +1694,32 @@ impl Controller {
                 fips.insert(key, gw_mac);
             }
         }
+        // Extra routes whose next hop is on one of the router's interface or gateway subnets.
+        // A route to a destination that a connected (or the gateway's default) route already
+        // covers exactly is left out: the router's own route wins, as the kernel's would
+        // in Neutron's router namespace. Of several next hops for one destination (Neutron
+        // allows them), the lowest address is used.
+        let connected = connected_routes(&ifaces);
+        let mut extra: HashMap<RouteKey, ExtraHop> = HashMap::new();
+        let routers: Vec<Router> = self.state.routers.values().cloned().collect();
+        for r in &routers {
+            let router = self.state.number(&r.id);
+            for route in &r.routes {
+                let Some((addr, len)) = parse_cidr(&route.destination) else {
+                    continue;
+                };
+                let key = (router, Ipv4Addr::from(u32::from(addr) & mask(len)), len);
+                if connected.contains(&key) || extra.contains_key(&key) {
+                    continue;
+                }
+                let via = ifaces
+                    .iter()
+                    .find(|i| i.0 == router && in_cidr(route.nexthop, i.4));
+                if let Some((_, net, mac, _, _, gateway)) = via {
+                    extra.insert(key, (*net, route.nexthop, *mac, gateway.is_some()));
+                }
+            }
+        }
         let dp = self.dp.as_mut().expect("checked above");
         // Interfaces and gateways gone from the state leave the datapath first (a new one
         // may reuse their subnet's route).
@@ -1602,6 +1769,19 @@ impl Controller {
             }
         }
         self.programmed = live;
+        // Extra routes after the interfaces they go through; a stale one goes unless a
+        // connected or new extra route now has its key.
+        for key in self.extra_routes.keys() {
+            if !extra.contains_key(key) && !connected.contains(key) {
+                dp.remove_route(key.0, (key.1, key.2))
+                    .map_err(ApiError::Datapath)?;
+            }
+        }
+        for ((router, dest, len), (net, nexthop, mac, external)) in &extra {
+            dp.add_extra_route(*router, (*dest, *len), *net, *nexthop, *mac, *external)
+                .map_err(ApiError::Datapath)?;
+        }
+        self.extra_routes = extra;
         for (key, gw_mac) in &fips {
             let (router, fip, fixed, net) = *key;
             dp.set_floating_ip(router, fip, fixed, net, *gw_mac)
@@ -1741,6 +1921,28 @@ impl Controller {
 
 /// The MAC DHCP replies come from on subnets without a router interface.
 const DHCP_SERVER_MAC: [u8; 6] = [0x02, 0xfd, 0, 0, 0, 0x01];
+
+/// Whether `ip` is in the network `cidr`.
+fn in_cidr(ip: Ipv4Addr, cidr: (Ipv4Addr, u8)) -> bool {
+    u32::from(ip) & mask(cidr.1) == u32::from(cidr.0) & mask(cidr.1)
+}
+
+/// How many extra routes a router may have (Neutron's `max_routes` default).
+pub const MAX_ROUTES: usize = 30;
+
+/// Routes as Neutron's messages show them (a Python list of dicts).
+fn routes_repr(routes: &[ExtraRoute]) -> String {
+    let items: Vec<String> = routes
+        .iter()
+        .map(|r| {
+            format!(
+                "{{'destination': '{}', 'nexthop': '{}'}}",
+                r.destination, r.nexthop
+            )
+        })
+        .collect();
+    format!("[{}]", items.join(", "))
+}
 
 fn mask(len: u8) -> u32 {
     if len == 0 {

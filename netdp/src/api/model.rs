@@ -231,6 +231,29 @@ pub struct Router {
     pub external_gateway_info: Option<serde_json::Value>,
     /// `ACTIVE`.
     pub status: String,
+    /// Extra routes (Neutron's `extraroute`): each next hop is on one of the router's
+    /// interface or gateway subnets.
+    #[serde(default)]
+    pub routes: Vec<ExtraRoute>,
+}
+
+/// An extra route of a router: traffic to `destination` (a CIDR) goes to `nexthop`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[serde(deny_unknown_fields)]
+pub struct ExtraRoute {
+    /// The destination network, `a.b.c.d/len`.
+    pub destination: String,
+    /// The next hop: an address on one of the router's subnets.
+    pub nexthop: Ipv4Addr,
+}
+
+/// Body of `PUT /v2.0/routers/{id}/add_extraroutes` and `remove_extraroutes`
+/// (`{"router": {"routes": [...]}}`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoutesChange {
+    /// The routes to add or remove.
+    pub routes: Vec<ExtraRoute>,
 }
 
 /// Body of `POST /v2.0/routers`.
@@ -251,6 +274,10 @@ pub struct RouterCreate {
     pub admin_state_up: Option<bool>,
     /// External gateway.
     pub external_gateway_info: Option<serde_json::Value>,
+    /// Extra routes (checked once the router has its interfaces, so only routes via the
+    /// gateway's subnet can be given at creation).
+    #[serde(default)]
+    pub routes: Option<Vec<ExtraRoute>>,
 }
 
 /// Body of `PUT /v2.0/routers/{id}`.
@@ -263,6 +290,9 @@ pub struct RouterUpdate {
     /// clear (clearing is refused while floating IPs use it).
     #[serde(default, with = "double_option")]
     pub external_gateway_info: Option<Option<serde_json::Value>>,
+    /// Replaces the extra routes (null clears them, as `[]` does).
+    #[serde(default, with = "double_option")]
+    pub routes: Option<Option<Vec<ExtraRoute>>>,
 }
 
 /// A floating IP (`floatingip`).

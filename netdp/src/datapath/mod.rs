@@ -1579,6 +1579,32 @@ impl Datapath {
         }
     }
 
+    /// Adds (or replaces) an extra route of `router_id`: `dest` via `nexthop` on `net_id`,
+    /// where the router's MAC is `mac`. Frames leave for the next hop's MAC (its neighbour
+    /// entry on `net_id`); `external` marks a next hop on the gateway's network, whose
+    /// traffic gets the gateway's floating-IP and SNAT treatment like the default route's.
+    pub fn add_extra_route(
+        &mut self,
+        router_id: u32,
+        dest: (Ipv4Addr, u8),
+        net_id: u32,
+        nexthop: Ipv4Addr,
+        mac: [u8; 6],
+        external: bool,
+    ) -> Result<(), DatapathError> {
+        let flags = if external { abi::ROUTE_EXTERNAL } else { 0 };
+        self.add_route(
+            router_id,
+            dest,
+            Route {
+                net_id,
+                nexthop: ip_be(nexthop),
+                mac,
+                flags,
+            },
+        )
+    }
+
     /// Adds (or replaces) a route of `router_id` to `dest`.
     pub fn add_route(
         &mut self,
