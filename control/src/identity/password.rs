@@ -60,6 +60,9 @@ pub enum PasswordError {
     /// The hashing pool's threads are gone (never seen unless they panicked).
     #[error("the password hashing pool stopped")]
     PoolGone,
+    /// Too many checks are already queued or running (see [`super::login`]).
+    #[error("too many password checks are waiting")]
+    Busy,
 }
 
 type Job = Box<dyn FnOnce() + Send>;
@@ -217,18 +220,29 @@ impl Checked {
     }
 }
 
+fn check_here(password: &str, stored: Option<String>) -> Checked {
+    let ok = verify_here(password, stored.as_deref());
+    let rehash = match &stored {
+        Some(s) if ok && needs_rehash(s) => hash_here(password).ok(),
+        _ => None,
+    };
+    Checked { stored, ok, rehash }
+}
+
 /// Checks `password` against `stored` on the hashing pool without holding the calling
 /// task's thread, and rehashes it when it matches a hash made with old parameters.
 pub async fn check(password: String, stored: Option<String>) -> Result<Checked, PasswordError> {
-    on_pool_async(move || {
-        let ok = verify_here(&password, stored.as_deref());
-        let rehash = match &stored {
-            Some(s) if ok && needs_rehash(s) => hash_here(&password).ok(),
-            _ => None,
-        };
-        Checked { stored, ok, rehash }
-    })
-    .await
+    on_pool_async(move || check_here(&password, stored)).await
+}
+
+/// Queues the same check as [`check`] on the hashing pool and hands its outcome to `done`
+/// on the hashing thread, whether or not anyone still waits for it.
+pub fn check_then(
+    password: String,
+    stored: Option<String>,
+    done: impl FnOnce(Checked) + Send + 'static,
+) -> Result<(), PasswordError> {
+    submit(move || check_here(&password, stored), done)
 }
 
 #[cfg(test)]
