@@ -100,6 +100,30 @@ impl State {
     }
 }
 
+/// A check in progress. If its job is dropped without running (the pool is gone, or the
+/// check panicked), dropping this ends the flight, so its waiters get an error instead of
+/// waiting forever.
+struct Flight {
+    state: Arc<Mutex<State>>,
+    digest: Digest,
+    armed: bool,
+}
+
+impl Flight {
+    /// The flight ended normally (its entry was taken under the lock).
+    fn disarm(&mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for Flight {
+    fn drop(&mut self) {
+        if self.armed {
+            lock(&self.state).flights.remove(&self.digest);
+        }
+    }
+}
+
 /// How [`Logins::admit`] answers.
 enum Admit {
     Cached,
@@ -200,22 +224,25 @@ impl Logins {
                     .is_some_and(|s| !password::needs_rehash(s))
             })
             .map(str::to_string);
-        let queued = password::check_then(secret, stored, move |outcome| {
+        let mut flight = Flight {
+            state,
+            digest,
+            armed: true,
+        };
+        password::check_then(secret, stored, move |outcome| {
             let waiting = {
+                let state = flight.state.clone();
                 let mut st = lock(&state);
                 if let (true, Some(user)) = (outcome.ok, remember) {
                     st.remember(user, digest, limits.cache_entries);
                 }
+                flight.disarm();
                 st.flights.remove(&digest).unwrap_or_default()
             };
             for w in waiting {
                 let _ = w.send(outcome.clone());
             }
-        });
-        if let Err(e) = queued {
-            lock(&self.state).flights.remove(&digest);
-            return Err(e);
-        }
+        })?;
         rx.await.map_err(|_| PasswordError::PoolGone)
     }
 
