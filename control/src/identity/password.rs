@@ -10,7 +10,9 @@
 //! those threads instead of taking the async workers or the blocking pool that other
 //! requests need, and while the machine is busy the other requests get the cores first.
 //! A check costs the same whether or not the user exists (a dummy hash with the same
-//! parameters is checked).
+//! parameters is checked). Logins reach the pool through [`super::login`], which answers
+//! remembered verified passwords without it, shares one check between identical
+//! concurrent logins and bounds how many checks may wait.
 
 use std::sync::mpsc::{Receiver, Sender, channel};
 use std::sync::{Arc, Mutex, OnceLock};
