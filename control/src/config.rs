@@ -30,6 +30,12 @@ pub const DEFAULT_IMAGE_CONTAINER: &str = "images";
 pub const DEFAULT_STAGING_DIR: &str = "/var/lib/ferrostack/control/staging";
 /// Default largest image, in bytes.
 pub const DEFAULT_MAX_IMAGE_SIZE: u64 = 1 << 40;
+/// Default time a verified password is remembered (see [`IdentityConfig`]).
+pub const DEFAULT_PASSWORD_CACHE_TTL: &str = "300s";
+/// Default number of users whose verified password is remembered.
+pub const DEFAULT_PASSWORD_CACHE_ENTRIES: usize = 10_000;
+/// Default number of password checks that may be queued or running at once.
+pub const DEFAULT_MAX_PASSWORD_CHECKS: usize = 256;
 
 /// Errors reading or validating the configuration.
 #[derive(Debug, thiserror::Error)]
@@ -67,6 +73,9 @@ pub enum ConfigError {
     /// The container name is empty or has a slash.
     #[error("images.container must be a non-empty name without '/'")]
     Container,
+    /// No password check could ever run.
+    #[error("identity.max-password-checks must be at least 1")]
+    NoPasswordChecks,
 }
 
 /// Which store backs control's state.
@@ -119,6 +128,40 @@ impl Default for TokenConfig {
             key_dir: DEFAULT_KEY_DIR.into(),
             key_rotation: DEFAULT_KEY_ROTATION.into(),
             max_keys: DEFAULT_MAX_KEYS,
+        }
+    }
+}
+
+/// The `[identity]` table: password logins.
+///
+/// After a password matched its Argon2id hash, control remembers, per user, an
+/// HMAC-SHA256 of (the stored hash string, the password) under a random key made at
+/// start-up and never written anywhere. A later login whose HMAC matches skips Argon2 (the
+/// stock `openstack` CLI logs in with the password on every command). Only matches are
+/// remembered, so a wrong password always costs a full check; a changed password changes
+/// the stored hash and so misses by itself, also when another controller changed it; an
+/// entry is dropped when its user is disabled, deleted or changes password, and a disabled
+/// user is refused before the cache is looked at. The trade-off: whoever can read this
+/// process's memory could test guesses against a remembered entry at HMAC speed instead of
+/// Argon2 speed, but such a reader already holds the token signing keys.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
+pub struct IdentityConfig {
+    /// How long a verified password is remembered, with a unit; `"0s"` turns the cache off.
+    pub password_cache_ttl: String,
+    /// Most users remembered at once (the oldest entry goes first); 0 turns the cache off.
+    pub password_cache_entries: usize,
+    /// Most password checks queued or running on the hashing pool at once; a login that
+    /// needs one more is answered 503 with `Retry-After`.
+    pub max_password_checks: usize,
+}
+
+impl Default for IdentityConfig {
+    fn default() -> Self {
+        IdentityConfig {
+            password_cache_ttl: DEFAULT_PASSWORD_CACHE_TTL.into(),
+            password_cache_entries: DEFAULT_PASSWORD_CACHE_ENTRIES,
+            max_password_checks: DEFAULT_MAX_PASSWORD_CHECKS,
         }
     }
 }
@@ -228,6 +271,8 @@ pub struct Config {
     pub store: StoreConfig,
     /// Token settings.
     pub tokens: TokenConfig,
+    /// Password login settings.
+    pub identity: IdentityConfig,
     /// Compute (nodes, scheduling).
     pub compute: ComputeConfig,
     /// Image service settings.
@@ -310,6 +355,7 @@ impl Default for Config {
             max_request_body: DEFAULT_MAX_REQUEST_BODY,
             store: StoreConfig::default(),
             tokens: TokenConfig::default(),
+            identity: IdentityConfig::default(),
             compute: ComputeConfig::default(),
             images: ImageConfig::default(),
             telemetry: TelemetryConfig::default(),
@@ -326,6 +372,8 @@ pub struct Validated {
     pub token_expiry: Duration,
     /// Age at which the primary signing key is replaced.
     pub key_rotation: Duration,
+    /// How long a verified password is remembered (zero: not at all).
+    pub password_cache_ttl: Duration,
     /// URL published in the catalog for this API, without a trailing slash.
     pub public_url: String,
     /// Telemetry settings.
@@ -384,8 +432,13 @@ impl Config {
             ));
         }
         let telemetry = self.telemetry.settings()?;
+        let password_cache_ttl = parse_duration(&self.identity.password_cache_ttl)?;
+        if self.identity.max_password_checks == 0 {
+            return Err(ConfigError::NoPasswordChecks);
+        }
         Ok(Validated {
             telemetry,
+            password_cache_ttl,
             listen,
             token_expiry,
             key_rotation,
@@ -437,6 +490,15 @@ mod tests {
         assert_eq!(parsed.raw.region, DEFAULT_REGION);
         assert_eq!(parsed.raw.store.kind, StoreKind::Sqlite);
         assert_eq!(parsed.raw.store.location, DEFAULT_SQLITE_PATH);
+        assert_eq!(parsed.password_cache_ttl, Duration::from_secs(300));
+        assert_eq!(
+            parsed.raw.identity.password_cache_entries,
+            DEFAULT_PASSWORD_CACHE_ENTRIES
+        );
+        assert_eq!(
+            parsed.raw.identity.max_password_checks,
+            DEFAULT_MAX_PASSWORD_CHECKS
+        );
     }
 
     #[test]
@@ -462,6 +524,12 @@ mod tests {
             cfg.validate(),
             Err(ConfigError::EmptyStoreLocation)
         ));
+        let cfg = Config::from_toml("[identity]\nmax-password-checks = 0").unwrap();
+        assert!(matches!(cfg.validate(), Err(ConfigError::NoPasswordChecks)));
+        let cfg = Config::from_toml("[identity]\npassword-cache-ttl = \"5\"").unwrap();
+        assert!(matches!(cfg.validate(), Err(ConfigError::Duration(_))));
+        let cfg = Config::from_toml("[identity]\npassword-cache-ttl = \"0s\"").unwrap();
+        assert!(cfg.validate().unwrap().password_cache_ttl.is_zero());
     }
 
     #[test]

@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use crate::api::ApiError;
 use crate::config::Validated;
 use crate::identity::cache::IdentityCache;
+use crate::identity::login::{LoginLimits, Logins};
 use crate::identity::password::PasswordError;
 use crate::identity::token::{KeyRing, Revocations, TokenError};
 use crate::objectstore::{ObjectStore, ObjectStoreError};
@@ -71,6 +72,8 @@ pub struct Service {
     pub versioned: Arc<Versioned>,
     /// Derived identity data (roles, token bodies), valid for a generation and a moment.
     pub cache: IdentityCache,
+    /// Password logins: verified-credential cache, single-flight checks, their bound.
+    pub logins: Logins,
     /// Token signing keys.
     pub keys: KeyRing,
     /// Revoked tokens (mirrored in the store).
@@ -129,11 +132,17 @@ impl Service {
         let keys = KeyRing::open(&config.raw.tokens.key_dir, config.raw.tokens.max_keys)?;
         let objects = ObjectStore::new(&config.raw.images)?;
         let versioned = Arc::new(Versioned::with_snapshots(store, SNAPSHOT_KINDS));
+        let logins = Logins::new(LoginLimits {
+            cache_ttl: config.password_cache_ttl,
+            cache_entries: config.raw.identity.password_cache_entries,
+            max_checks: config.raw.identity.max_password_checks,
+        })?;
         let svc = Arc::new(Service {
             config,
             store: versioned.clone(),
             versioned,
             cache: IdentityCache::default(),
+            logins,
             keys,
             revocations: RwLock::new(Revocations::default()),
             objects,

@@ -1104,3 +1104,302 @@ fn the_daemon_tells_systemd_it_is_ready() {
     assert_eq!(&buf[..n], b"READY=1");
     assert!(listening, "ready was sent before the port listened");
 }
+
+/// An unscoped password login of a user of the default domain.
+fn login(cloud: &Cloud, user: &str, password: &str) -> Answer {
+    let body = json!({"auth": {"identity": {"methods": ["password"],
+        "password": {"user": {"name": user, "domain": {"id": "default"}, "password": password}}}}});
+    cloud.json("POST", "/v3/auth/tokens", None, &body)
+}
+
+/// `ferrostack_control_password_checks_total` by outcome, from `/metrics`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+struct Checks {
+    hashed: u64,
+    cached: u64,
+    joined: u64,
+    refused: u64,
+}
+
+impl Checks {
+    fn of(cloud: &Cloud) -> Checks {
+        let text = cloud.req("GET", "/metrics", None, &[], b"").text();
+        let get = |what: &str| -> u64 {
+            let prefix = format!("ferrostack_control_password_checks_total{{outcome=\"{what}\"}} ");
+            text.lines()
+                .find_map(|l| l.strip_prefix(prefix.as_str()))
+                .unwrap_or_else(|| panic!("no {prefix} in /metrics"))
+                .parse()
+                .unwrap()
+        };
+        Checks {
+            hashed: get("hashed"),
+            cached: get("cached"),
+            joined: get("joined"),
+            refused: get("refused"),
+        }
+    }
+
+    /// What happened since `before`.
+    fn since(cloud: &Cloud, before: Checks) -> Checks {
+        let now = Checks::of(cloud);
+        Checks {
+            hashed: now.hashed - before.hashed,
+            cached: now.cached - before.cached,
+            joined: now.joined - before.joined,
+            refused: now.refused - before.refused,
+        }
+    }
+}
+
+fn new_user(cloud: &Cloud, admin: &str, name: &str, password: &str) -> String {
+    let r = cloud.json(
+        "POST",
+        "/v3/users",
+        Some(admin),
+        &json!({"user": {"name": name, "password": password}}),
+    );
+    assert_eq!(r.status, 201, "{}", r.text());
+    r.json()["user"]["id"].as_str().unwrap().to_string()
+}
+
+/// Rewrites a user's record behind the daemon's back (as another controller sharing the
+/// store would), then waits until the daemon sees it.
+fn edit_user_in_store(cloud: &Cloud, uid: &str, edit: impl FnOnce(&mut serde_json::Value)) {
+    let text = std::fs::read_to_string(cloud.dir.path().join("control.toml")).unwrap();
+    let config = control::config::Config::from_toml(&text)
+        .unwrap()
+        .validate()
+        .unwrap();
+    let store = control::store::open(&config.raw.store).unwrap();
+    let rec = store.get(control::store::Kind::User, uid).unwrap().unwrap();
+    let mut doc: serde_json::Value = rec.parse().unwrap();
+    edit(&mut doc);
+    store
+        .update(rec.with_doc(rec.name.as_deref(), &doc))
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+}
+
+#[test]
+fn verified_passwords_are_remembered_only_while_they_stay_right() {
+    let cloud = Cloud::start();
+    let (admin, _) = cloud.token("admin", ADMIN_PASSWORD, "admin");
+    let dave = new_user(&cloud, &admin, "dave", "d1");
+
+    // The first login checks Argon2; the next ones use the remembered match.
+    let before = Checks::of(&cloud);
+    for _ in 0..4 {
+        let r = login(&cloud, "dave", "d1");
+        assert_eq!(r.status, 201, "{}", r.text());
+        assert!(r.header("x-subject-token").is_some());
+        assert_eq!(r.json()["token"]["user"]["id"], dave.as_str());
+    }
+    let d = Checks::since(&cloud, before);
+    assert_eq!((d.hashed, d.cached), (1, 3), "{d:?}");
+
+    // A wrong password after a remembered success: a full check, and 401 as ever (the
+    // same answer as an unknown user's).
+    let before = Checks::of(&cloud);
+    let wrong = login(&cloud, "dave", "d1x");
+    assert_eq!(wrong.status, 401);
+    assert!(wrong.header("x-subject-token").is_none());
+    assert_eq!(wrong.body, login(&cloud, "nobody", "d1x").body);
+    let d = Checks::since(&cloud, before);
+    assert_eq!((d.hashed, d.cached), (2, 0), "{d:?}");
+    assert_eq!(login(&cloud, "dave", "d1").status, 201);
+
+    // Concurrent first logins of one user share one check.
+    new_user(&cloud, &admin, "erin", "e1");
+    let before = Checks::of(&cloud);
+    let gate = std::sync::Barrier::new(8);
+    let statuses: Vec<u16> = std::thread::scope(|s| {
+        let threads: Vec<_> = (0..8)
+            .map(|_| {
+                s.spawn(|| {
+                    gate.wait();
+                    login(&cloud, "erin", "e1").status
+                })
+            })
+            .collect();
+        threads.into_iter().map(|t| t.join().unwrap()).collect()
+    });
+    assert_eq!(statuses, [201; 8]);
+    let d = Checks::since(&cloud, before);
+    assert_eq!(d.hashed, 1, "one Argon2 check for 8 logins: {d:?}");
+    assert_eq!(d.cached + d.joined, 7, "{d:?}");
+
+    // A password change through the API: the old password fails at once, the new works.
+    let (dave_token, _) = {
+        let r = login(&cloud, "dave", "d1");
+        (r.header("x-subject-token").unwrap().to_string(), r)
+    };
+    let r = cloud.json(
+        "POST",
+        &format!("/v3/users/{dave}/password"),
+        Some(&dave_token),
+        &json!({"user": {"password": "d2", "original_password": "d1"}}),
+    );
+    assert_eq!(r.status, 204, "{}", r.text());
+    assert_eq!(login(&cloud, "dave", "d1").status, 401);
+    assert_eq!(login(&cloud, "dave", "d2").status, 201);
+    // And by an admin.
+    let erin = cloud
+        .req("GET", "/v3/users?name=erin", Some(&admin), &[], b"")
+        .json()["users"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let r = cloud.json(
+        "PATCH",
+        &format!("/v3/users/{erin}"),
+        Some(&admin),
+        &json!({"user": {"password": "e2"}}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(login(&cloud, "erin", "e1").status, 401);
+    assert_eq!(login(&cloud, "erin", "e2").status, 201);
+
+    // A password changed by another controller (the stored hash changes under us): the
+    // remembered match no longer applies.
+    assert_eq!(login(&cloud, "dave", "d2").status, 201);
+    let before = Checks::of(&cloud);
+    assert_eq!(login(&cloud, "dave", "d2").status, 201);
+    assert_eq!(Checks::since(&cloud, before).cached, 1, "remembered");
+    let other_hash = {
+        use argon2::PasswordHasher;
+        argon2::Argon2::default()
+            .hash_password_with_salt(b"d3", b"another-salt-16b")
+            .unwrap()
+            .to_string()
+    };
+    edit_user_in_store(&cloud, &dave, |d| d["password_hash"] = json!(other_hash));
+    let before = Checks::of(&cloud);
+    assert_eq!(login(&cloud, "dave", "d2").status, 401);
+    assert_eq!(login(&cloud, "dave", "d3").status, 201);
+    let d = Checks::since(&cloud, before);
+    assert_eq!((d.hashed, d.cached), (2, 0), "{d:?}");
+
+    // Disabled through the API: refused, and the entry is gone when re-enabled.
+    assert_eq!(login(&cloud, "dave", "d3").status, 201);
+    let enable = |on: bool| {
+        let r = cloud.json(
+            "PATCH",
+            &format!("/v3/users/{dave}"),
+            Some(&admin),
+            &json!({"user": {"enabled": on}}),
+        );
+        assert_eq!(r.status, 200, "{}", r.text());
+    };
+    enable(false);
+    let r = login(&cloud, "dave", "d3");
+    assert_eq!(r.status, 401);
+    assert_eq!(r.body, wrong.body, "as a wrong password");
+    enable(true);
+    let before = Checks::of(&cloud);
+    assert_eq!(login(&cloud, "dave", "d3").status, 201);
+    let d = Checks::since(&cloud, before);
+    assert_eq!((d.hashed, d.cached), (1, 0), "forgotten on disable: {d:?}");
+
+    // Disabled by another controller, so nothing here forgot the entry: the user is
+    // still refused, without the cache being consulted; re-enabled, the entry serves.
+    assert_eq!(login(&cloud, "dave", "d3").status, 201);
+    edit_user_in_store(&cloud, &dave, |d| d["enabled"] = json!(false));
+    let before = Checks::of(&cloud);
+    let r = login(&cloud, "dave", "d3");
+    assert_eq!(r.status, 401);
+    assert!(r.header("x-subject-token").is_none());
+    let d = Checks::since(&cloud, before);
+    assert_eq!((d.hashed, d.cached), (1, 0), "{d:?}");
+    edit_user_in_store(&cloud, &dave, |d| d["enabled"] = json!(true));
+    let before = Checks::of(&cloud);
+    assert_eq!(login(&cloud, "dave", "d3").status, 201);
+    assert_eq!(Checks::since(&cloud, before).cached, 1);
+
+    // Deleted: refused.
+    let r = cloud.req(
+        "DELETE",
+        &format!("/v3/users/{dave}"),
+        Some(&admin),
+        &[],
+        b"",
+    );
+    assert_eq!(r.status, 204);
+    assert_eq!(login(&cloud, "dave", "d3").status, 401);
+}
+
+#[test]
+fn a_zero_password_cache_ttl_checks_every_login() {
+    let cloud = Cloud::start_with("[identity]\npassword-cache-ttl = \"0s\"", "", "");
+    let before = Checks::of(&cloud);
+    for _ in 0..3 {
+        cloud.token("admin", ADMIN_PASSWORD, "admin");
+    }
+    let d = Checks::since(&cloud, before);
+    assert_eq!((d.hashed, d.cached), (3, 0), "{d:?}");
+    assert_eq!(login(&cloud, "admin", "wrong").status, 401);
+}
+
+#[test]
+fn a_full_hashing_queue_answers_503_and_changes_nothing() {
+    let cloud = Cloud::start_with("[identity]\nmax-password-checks = 1", "", "");
+    let before = Checks::of(&cloud);
+    // 16 logins at once, each needing its own check (distinct wrong passwords) or sharing
+    // one (the right one); one check may be queued or running at a time.
+    let gate = std::sync::Barrier::new(16);
+    let answers: Vec<(bool, Answer)> = std::thread::scope(|s| {
+        let threads: Vec<_> = (0..16)
+            .map(|i| {
+                let gate = &gate;
+                let cloud = &cloud;
+                s.spawn(move || {
+                    let right = i % 4 == 0;
+                    let pw = if right {
+                        ADMIN_PASSWORD.to_string()
+                    } else {
+                        format!("wrong-{i}")
+                    };
+                    gate.wait();
+                    (right, login(cloud, "admin", &pw))
+                })
+            })
+            .collect();
+        threads.into_iter().map(|t| t.join().unwrap()).collect()
+    });
+    let mut refused = 0;
+    for (right, a) in &answers {
+        match a.status {
+            503 => {
+                refused += 1;
+                let j = a.json();
+                assert_eq!(j["error"]["code"], 503, "{j}");
+                assert_eq!(j["error"]["title"], "Service Unavailable");
+                assert!(
+                    j["error"]["message"]
+                        .as_str()
+                        .unwrap()
+                        .contains("Too many logins"),
+                    "{j}"
+                );
+                assert_eq!(a.header("retry-after"), Some("1"));
+                assert_eq!(a.header("content-type"), Some("application/json"));
+                assert!(a.header("x-subject-token").is_none());
+            }
+            201 => assert!(right, "a wrong password got a token"),
+            401 => assert!(!right, "the right password was refused"),
+            s => panic!("status {s}: {}", a.text()),
+        }
+    }
+    assert!(
+        refused > 0,
+        "16 logins at once, one check at a time: none refused"
+    );
+    assert_eq!(Checks::since(&cloud, before).refused, refused);
+    // Once the burst is over, logins work again.
+    let (token, _) = cloud.token("admin", ADMIN_PASSWORD, "admin");
+    assert_eq!(
+        cloud.req("GET", "/v3/users", Some(&token), &[], b"").status,
+        200
+    );
+    assert_eq!(login(&cloud, "admin", "wrong").status, 401);
+}

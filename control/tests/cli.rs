@@ -56,6 +56,20 @@ fn identity_with_the_openstack_cli() {
     );
     let dup = fails(&admin, &["project", "create", "demo"]);
     assert!(dup.contains("409") || dup.contains("Conflict"), "{dup}");
+    // Each of those nine commands logged in with the password again; only the first
+    // login was an Argon2 check, the others matched the remembered verified password.
+    let metrics = cloud.req("GET", "/metrics", None, &[], b"").text();
+    let checks = |what: &str| -> u64 {
+        let prefix = format!("ferrostack_control_password_checks_total{{outcome=\"{what}\"}} ");
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(prefix.as_str()))
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    assert_eq!(checks("hashed"), 1, "{metrics}");
+    assert!(checks("cached") >= 8, "{metrics}");
 
     let alice = ok_json(
         &admin,

@@ -12,8 +12,9 @@ use serde_json::{Map, Value, json};
 use super::{ApiError, Request, Response, empty, json as json_resp};
 use crate::identity::token::{Claims, now_secs};
 use crate::identity::{
-    AppCredDoc, AssignmentDoc, AuthBody, Ctx, DomainDoc, EndpointDoc, GroupDoc, MembershipDoc,
-    ProjectDoc, RegionDoc, RoleDoc, SYSTEM_ALL, ServiceDoc, UserDoc, new_id, password,
+    AppCredDoc, AssignmentDoc, AuthBody, Ctx, DomainDoc, EndpointDoc, GroupDoc, LoginSecret,
+    MembershipDoc, ProjectDoc, RegionDoc, RoleDoc, SYSTEM_ALL, ServiceDoc, UserDoc, new_id,
+    password,
 };
 use crate::service::{Service, ServiceError};
 use crate::store::{Kind, Record, StoreError, Write};
@@ -29,9 +30,15 @@ pub fn handle(svc: &Service, req: &Request) -> Result<Response, ApiError> {
     route(svc, req, None).map_err(ApiError::from)
 }
 
+/// Seconds a login refused for a full hashing queue is told to wait (`Retry-After`).
+pub const RETRY_AFTER_SECS: u32 = 1;
+
 /// Answers a Keystone request. A password or application-credential login has its secret
-/// checked on the hashing pool first (awaited, so neither this worker nor a blocking
-/// thread waits for Argon2); the rest runs as every other Keystone request does.
+/// checked first (see [`crate::identity::login`]: a remembered verified password, a check
+/// already running for the same secret, or a new one awaited on the hashing pool, so
+/// neither this worker nor a blocking thread waits for Argon2); the rest runs as every
+/// other Keystone request does. When too many checks wait already, the answer is 503
+/// with `Retry-After` and nothing else happens.
 pub async fn route_async(
     svc: Arc<Service>,
     req: http::Request<hyper::body::Incoming>,
@@ -39,11 +46,15 @@ pub async fn route_async(
 ) -> Result<Response, ApiError> {
     let request = Arc::new(super::read_request(&svc, req, segs).await?);
     let checked = match login_secret(&svc, &request).await {
-        Some((secret, stored)) => Some(
-            password::check(secret, stored)
-                .await
-                .map_err(|e| ApiError::from(ServiceError::from(e)))?,
-        ),
+        Some(l) => match svc
+            .logins
+            .check(l.cache_as.as_deref(), l.secret, l.stored)
+            .await
+        {
+            Ok(c) => Some(c),
+            Err(password::PasswordError::Busy) => return Ok(busy()),
+            Err(e) => return Err(ApiError::from(ServiceError::from(e))),
+        },
         None => None,
     };
     let head = request.method == Method::HEAD;
@@ -54,10 +65,22 @@ pub async fn route_async(
     Ok(super::head_answer(head, resp))
 }
 
+/// 503 in Keystone's shape with `Retry-After`: the hashing queue is full.
+fn busy() -> Response {
+    let mut r = ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        format!("Too many logins are waiting for a password check; retry in {RETRY_AFTER_SECS} s."),
+    )
+    .into_response(super::Flavor::Keystone);
+    r.headers_mut()
+        .insert("retry-after", HeaderValue::from(RETRY_AFTER_SECS));
+    r
+}
+
 /// For `POST /v3/auth/tokens` with a password or application credential: the secret and
 /// the stored hash to check it against. `None` when there is nothing to check, or when
 /// the request is refused anyway (the handler then answers why).
-async fn login_secret(svc: &Arc<Service>, req: &Arc<Request>) -> Option<(String, Option<String>)> {
+async fn login_secret(svc: &Arc<Service>, req: &Arc<Request>) -> Option<LoginSecret> {
     if req.method != Method::POST || segs(req).as_slice() != ["v3", "auth", "tokens"] {
         return None;
     }

@@ -17,6 +17,7 @@ use token::{Claims, Scope, method, now_secs};
 pub mod bootstrap;
 pub mod cache;
 pub mod ec2;
+pub mod login;
 pub mod password;
 pub mod token;
 
@@ -305,6 +306,8 @@ impl Service {
 
     /// Revokes every token a user holds now (password change, disable, delete).
     pub fn revoke_user(&self, user_id: &str) -> Result<(), ServiceError> {
+        // Disabled, deleted, password changed: its verified password is no longer good.
+        self.logins.forget(user_id);
         let now = now_secs();
         let now_ms = token::now_ms();
         let doc = RevocationDoc {
@@ -626,10 +629,7 @@ impl Service {
     /// hash it is to be checked against (`None`: no such user or credential, or no
     /// password). `None` for other methods and for requests [`Service::authenticate`]
     /// refuses before checking any secret.
-    pub fn login_secret(
-        &self,
-        auth: &AuthBody,
-    ) -> Result<Option<(String, Option<String>)>, ServiceError> {
+    pub fn login_secret(&self, auth: &AuthBody) -> Result<Option<LoginSecret>, ServiceError> {
         let id = &auth.auth.identity;
         if id.methods.len() != 1 {
             return Ok(None);
@@ -638,15 +638,27 @@ impl Service {
             "password" => match &id.password {
                 Some(p) => {
                     let user = self.find_user(&p.user)?;
+                    let cache_as = user
+                        .as_ref()
+                        .filter(|(_, u)| u.enabled)
+                        .map(|(id, _)| id.clone());
                     let stored = user.and_then(|(_, u)| u.password_hash);
-                    Some((p.user.password.clone(), stored))
+                    Some(LoginSecret {
+                        secret: p.user.password.clone(),
+                        stored,
+                        cache_as,
+                    })
                 }
                 None => None,
             },
             "application_credential" => match &id.application_credential {
                 Some(a) => {
                     let stored = self.find_app_cred(a)?.map(|(_, d)| d.secret_hash);
-                    Some((a.secret.clone(), stored))
+                    Some(LoginSecret {
+                        secret: a.secret.clone(),
+                        stored,
+                        cache_as: None,
+                    })
                 }
                 None => None,
             },
@@ -978,6 +990,18 @@ impl Service {
 
 fn cache_key(c: &Claims) -> String {
     format!("{}|{:?}|{:?}", c.user_id, c.scope, c.app_cred_id)
+}
+
+/// What a login by secret is checked with (see [`Service::login_secret`]).
+#[derive(Debug)]
+pub struct LoginSecret {
+    /// The password or application-credential secret presented.
+    pub secret: String,
+    /// The stored hash (`None`: no such user or credential, or no password).
+    pub stored: Option<String>,
+    /// The user's id when this is a password login of a user found enabled: only then may
+    /// a remembered verified password answer (see [`login`]).
+    pub cache_as: Option<String>,
 }
 
 /// `{"auth": {...}}`.

@@ -10,7 +10,9 @@
 //! those threads instead of taking the async workers or the blocking pool that other
 //! requests need, and while the machine is busy the other requests get the cores first.
 //! A check costs the same whether or not the user exists (a dummy hash with the same
-//! parameters is checked).
+//! parameters is checked). Logins reach the pool through [`super::login`], which answers
+//! remembered verified passwords without it, shares one check between identical
+//! concurrent logins and bounds how many checks may wait.
 
 use std::sync::mpsc::{Receiver, Sender, channel};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -60,6 +62,9 @@ pub enum PasswordError {
     /// The hashing pool's threads are gone (never seen unless they panicked).
     #[error("the password hashing pool stopped")]
     PoolGone,
+    /// Too many checks are already queued or running (see [`super::login`]).
+    #[error("too many password checks are waiting")]
+    Busy,
 }
 
 type Job = Box<dyn FnOnce() + Send>;
@@ -217,18 +222,29 @@ impl Checked {
     }
 }
 
+fn check_here(password: &str, stored: Option<String>) -> Checked {
+    let ok = verify_here(password, stored.as_deref());
+    let rehash = match &stored {
+        Some(s) if ok && needs_rehash(s) => hash_here(password).ok(),
+        _ => None,
+    };
+    Checked { stored, ok, rehash }
+}
+
 /// Checks `password` against `stored` on the hashing pool without holding the calling
 /// task's thread, and rehashes it when it matches a hash made with old parameters.
 pub async fn check(password: String, stored: Option<String>) -> Result<Checked, PasswordError> {
-    on_pool_async(move || {
-        let ok = verify_here(&password, stored.as_deref());
-        let rehash = match &stored {
-            Some(s) if ok && needs_rehash(s) => hash_here(&password).ok(),
-            _ => None,
-        };
-        Checked { stored, ok, rehash }
-    })
-    .await
+    on_pool_async(move || check_here(&password, stored)).await
+}
+
+/// Queues the same check as [`check`] on the hashing pool and hands its outcome to `done`
+/// on the hashing thread, whether or not anyone still waits for it.
+pub fn check_then(
+    password: String,
+    stored: Option<String>,
+    done: impl FnOnce(Checked) + Send + 'static,
+) -> Result<(), PasswordError> {
+    submit(move || check_here(&password, stored), done)
 }
 
 #[cfg(test)]

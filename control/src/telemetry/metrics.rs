@@ -30,6 +30,21 @@ struct Latency {
     sum_us: AtomicU64,
 }
 
+/// What became of one password check (see [`crate::identity::login`]).
+#[derive(Debug, Clone, Copy)]
+pub enum PasswordCheck {
+    /// Checked with Argon2 on the hashing pool.
+    Hashed,
+    /// Matched a remembered verified secret.
+    Cached,
+    /// Waited for the same check already running.
+    Joined,
+    /// Refused: too many checks queued or running.
+    Refused,
+}
+
+const PASSWORD_CHECKS: [&str; 4] = ["hashed", "cached", "joined", "refused"];
+
 /// The counters.
 pub struct Metrics {
     requests: [[[AtomicU64; STATUS.len()]; METHODS.len() + 1]; APIS.len()],
@@ -50,6 +65,8 @@ pub struct Metrics {
     pub webhook_failures: AtomicU64,
     /// Webhook calls answered 2xx.
     pub webhook_calls: AtomicU64,
+    /// Password checks, by [`PasswordCheck`].
+    password_checks: [AtomicU64; PASSWORD_CHECKS.len()],
 }
 
 /// The process-wide counters.
@@ -81,7 +98,13 @@ impl Metrics {
             alarm_transitions: [Z; 3],
             webhook_failures: Z,
             webhook_calls: Z,
+            password_checks: [Z; PASSWORD_CHECKS.len()],
         }
+    }
+
+    /// Counts one password check.
+    pub fn password_check(&self, what: PasswordCheck) {
+        self.password_checks[what as usize].fetch_add(1, Ordering::Relaxed);
     }
 
     /// Counts one answered request.
@@ -206,6 +229,21 @@ impl Metrics {
                 o,
                 "ferrostack_control_alarm_transitions_total{{state=\"{st}\"}} {}",
                 self.alarm_transitions[i].load(r)
+            );
+        }
+        fam(
+            &mut o,
+            "ferrostack_control_password_checks_total",
+            "counter",
+            "Password and application-credential secret checks, by outcome: hashed \
+             (Argon2 on the hashing pool), cached (a remembered verified secret), joined \
+             (shared a check already running), refused (too many checks waiting: 503).",
+        );
+        for (i, what) in PASSWORD_CHECKS.iter().enumerate() {
+            let _ = writeln!(
+                o,
+                "ferrostack_control_password_checks_total{{outcome=\"{what}\"}} {}",
+                self.password_checks[i].load(r)
             );
         }
         o
