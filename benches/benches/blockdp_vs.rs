@@ -10,6 +10,11 @@
 //! `BENCH_SECS` (default 2) sets the length of one cell, `BENCH_ROUNDS` (default 5) the
 //! rounds, `BENCH_DIR` where the 1 GiB file lives (default `target/bench-data`);
 //! `BENCH_POLL_US` blockdp's poll time (default: the daemon's default);
+//! `BENCH_VARIANTS` adds blockdp exports with other settings as extra rows, for A/B runs
+//! inside one run: a comma-separated list of variants, each `+`-joined `key=value`s among
+//! `poll` (us), `ring` (`plain`, `coop`, `defer`) and `fixed` (`0`/`1`, registered files),
+//! e.g. `BENCH_VARIANTS="ring=plain+fixed=0"`; each row gets its IOPS and p99 ratio to the
+//! default blockdp;
 //! `BENCH_ONLY` and `BENCH_WORKLOAD` (e.g. `randread qd32`) narrow the run for profiling.
 
 use std::os::unix::fs::FileExt;
@@ -20,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use benches::{Summary, ratio};
 use blockdp::client::{Client, Options, Target};
-use blockdp::vhost::backend::{BlockBackend, VolumeIo};
+use blockdp::vhost::backend::{BlockBackend, RingSetup, Tuning, VolumeIo};
 use blockdp::vhost::export::Export;
 
 const FILE_SIZE: u64 = 1 << 30;
@@ -78,10 +83,32 @@ fn main() {
         .map(|v| v.split(',').filter_map(|p| p.trim().parse().ok()).collect())
         .filter(|v: &Vec<u64>| !v.is_empty())
         .unwrap_or_else(|| vec![blockdp::config::DEFAULT_POLL_US]);
+    let mut settings: Vec<(String, u64, Tuning)> = polls
+        .iter()
+        .enumerate()
+        .map(|(i, &p)| {
+            let name = if i == 0 {
+                "blockdp (vhost-user)".to_string()
+            } else {
+                format!("blockdp poll={p}us")
+            };
+            (name, p, Tuning::default())
+        })
+        .collect();
+    let default_poll = polls[0];
+    for v in std::env::var("BENCH_VARIANTS")
+        .unwrap_or_default()
+        .split(',')
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+    {
+        settings.push(variant(v, default_poll));
+    }
     let mut exports = Vec::new();
-    for (i, poll) in polls.iter().enumerate() {
-        let io = VolumeIo::open(&file, "bench", false, 1, Duration::from_micros(*poll))
+    for (i, (_, poll, ring)) in settings.iter().enumerate() {
+        let mut io = VolumeIo::open(&file, "bench", false, 1, Duration::from_micros(*poll))
             .expect("open volume");
+        io.tuning = *ring;
         let sock = dir.join(format!("blockdp-{i}.sock"));
         let backend = Arc::new(BlockBackend::new(Arc::new(io)).expect("backend"));
         exports.push((
@@ -103,15 +130,16 @@ fn main() {
                 direct: true,
             },
         ),
-        ("blockdp (vhost-user)".into(), vhost(&exports[0].1)),
+        (settings[0].0.clone(), vhost(&exports[0].1)),
     ];
     if qsd.is_some() {
         targets.push(("qemu-storage-daemon".into(), vhost(&qsd_sock)));
     } else {
         eprintln!("qemu-storage-daemon not available: comparing with the file only");
     }
-    for (poll, (_, sock)) in polls.iter().zip(&exports).skip(1) {
-        targets.push((format!("blockdp poll={poll}us"), vhost(sock)));
+    let first_extra = targets.len();
+    for ((name, _, _), (_, sock)) in settings.iter().zip(&exports).skip(1) {
+        targets.push((name.clone(), vhost(sock)));
     }
     let has_qsd = qsd.is_some();
 
@@ -174,12 +202,39 @@ fn main() {
             );
         }
         println!("{line}");
+        for ((name, _), c) in targets.iter().zip(&med).skip(first_extra) {
+            println!(
+                "{:<14} {name} / blockdp {:.3}x IOPS, p99 {:.2}x",
+                w.name(),
+                ratio(c.iops, med[1].iops),
+                c.lat.p99.as_secs_f64() / med[1].lat.p99.as_secs_f64()
+            );
+        }
     }
 
     drop(qsd);
     for (e, _) in exports {
         e.stop();
     }
+}
+
+/// Parses one `BENCH_VARIANTS` entry (see the module docs) into a row name and settings.
+fn variant(spec: &str, default_poll: u64) -> (String, u64, Tuning) {
+    let mut poll = default_poll;
+    let mut ring = Tuning::default();
+    for kv in spec.split('+') {
+        match kv.split_once('=') {
+            Some(("poll", v)) => poll = v.parse().expect("BENCH_VARIANTS poll=<us>"),
+            Some(("ring", "plain")) => ring.setup = RingSetup::Plain,
+            Some(("ring", "coop")) => ring.setup = RingSetup::CoopTaskrun,
+            Some(("ring", "defer")) => ring.setup = RingSetup::DeferTaskrun,
+            Some(("fixed", v)) => ring.fixed_files = v != "0",
+            _ => panic!(
+                "BENCH_VARIANTS: cannot parse {kv:?} (poll=N, ring=plain|coop|defer, fixed=0|1)"
+            ),
+        }
+    }
+    (format!("blockdp {spec}"), poll, ring)
 }
 
 /// Writes the 1 GiB file with non-zero data once (holes would read faster than a disk).

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use blockdp::client::{Client, ClientError, Options, Target};
 use blockdp::qos::QosLimits;
-use blockdp::vhost::backend::{BlockBackend, VolumeIo};
+use blockdp::vhost::backend::{BlockBackend, RingSetup, Tuning, VolumeIo};
 use blockdp::vhost::export::Export;
 
 const SIZE: u64 = 64 << 20;
@@ -25,15 +25,20 @@ impl Fixture {
     }
 
     fn with_poll(queues: u16, read_only: bool, poll: Duration) -> Fixture {
+        Self::with_tuning(queues, read_only, poll, Tuning::default())
+    }
+
+    fn with_tuning(queues: u16, read_only: bool, poll: Duration, tuning: Tuning) -> Fixture {
         let dir = tempfile::tempdir_in(env_dir()).unwrap();
         let image = dir.path().join("vol.img");
         let f = std::fs::File::create(&image).unwrap();
         f.set_len(SIZE).unwrap();
         f.write_all_at(b"preexisting bytes", 1 << 20).unwrap();
         drop(f);
-        let io = Arc::new(
-            VolumeIo::open(&image, "vol-0123456789abcdef-xyz", read_only, queues, poll).unwrap(),
-        );
+        let mut io =
+            VolumeIo::open(&image, "vol-0123456789abcdef-xyz", read_only, queues, poll).unwrap();
+        io.tuning = tuning;
+        let io = Arc::new(io);
         let backend = Arc::new(BlockBackend::new(io.clone()).unwrap());
         let export = Export::start("test", &dir.path().join("vhost.sock"), backend).unwrap();
         Fixture {
@@ -258,6 +263,47 @@ fn a_second_connection_works_after_the_first_disconnects() {
         c.write(0, 4096, &pattern(round, 512)).unwrap();
     }
     assert_eq!(fx.on_disk(4096, 512), pattern(2, 512));
+}
+
+/// Every ring setup, with and without registered files: each connection's new worker
+/// threads recreate their rings where needed (a `SINGLE_ISSUER` ring refuses submissions
+/// from other threads) and serve both queues, with every byte landing and reading back.
+#[test]
+fn every_ring_setup_serves_across_reconnects_on_new_threads() {
+    if !ready() {
+        return;
+    }
+    for setup in [
+        RingSetup::Plain,
+        RingSetup::CoopTaskrun,
+        RingSetup::DeferTaskrun,
+    ] {
+        for fixed_files in [false, true] {
+            let tuning = Tuning { setup, fixed_files };
+            let fx = Fixture::with_tuning(2, false, Duration::ZERO, tuning);
+            for round in 0..3u8 {
+                let mut c = fx.client(2);
+                for q in 0..2usize {
+                    let offset = (usize::from(round) * 2 + q) as u64 * 8192;
+                    let data = pattern(round * 2 + q as u8, 8192);
+                    c.write(q, offset, &data).unwrap();
+                    assert_eq!(
+                        c.read(q, offset, 8192).unwrap(),
+                        data,
+                        "{tuning:?} round {round} queue {q}"
+                    );
+                    c.flush(q).unwrap();
+                }
+            }
+            for n in 0..6u8 {
+                assert_eq!(
+                    fx.on_disk(u64::from(n) * 8192, 8192),
+                    pattern(n, 8192),
+                    "{tuning:?} block {n}"
+                );
+            }
+        }
+    }
 }
 
 #[test]
