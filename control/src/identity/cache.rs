@@ -1,5 +1,7 @@
-//! A short-lived cache of what validating a token derives from the store: the caller's
-//! domain, scope and effective roles, and the token body without its per-token fields.
+//! A short-lived cache of what validating or issuing a token derives from the store: the
+//! caller's domain, scope and effective roles (also per user and target, which a project
+//! with many members would otherwise scan for on every token issued), and the token body
+//! without its per-token fields.
 //! An entry is used only while the store's write generation is unchanged (any local
 //! write clears it) and for at most [`CACHE_TTL`] (writes by other controllers sharing
 //! the store are seen within that time). Revocations are never cached: they are checked
@@ -27,12 +29,14 @@ pub struct ScopeInfo {
 }
 
 type Bodies = HashMap<(String, bool), (u64, Instant, Arc<str>)>;
+type Roles = HashMap<String, (u64, Instant, Vec<(String, String)>)>;
 
 /// The cache.
 #[derive(Debug, Default)]
 pub struct IdentityCache {
     scopes: Mutex<HashMap<String, (u64, Instant, ScopeInfo)>>,
     bodies: Mutex<Bodies>,
+    roles: Mutex<Roles>,
 }
 
 fn fresh(entry_gen: u64, at: Instant, generation: u64) -> bool {
@@ -58,6 +62,26 @@ impl IdentityCache {
             }
         }
         map.insert(key, (generation, Instant::now(), info));
+    }
+
+    /// A user's cached effective roles on a target (`user|type:id`), if still valid.
+    pub fn roles(&self, key: &str, generation: u64) -> Option<Vec<(String, String)>> {
+        let map = self.roles.lock().expect("cache");
+        map.get(key)
+            .filter(|(g, at, _)| fresh(*g, *at, generation))
+            .map(|(_, _, r)| r.clone())
+    }
+
+    /// Remembers effective roles computed at `generation`.
+    pub fn put_roles(&self, key: String, generation: u64, roles: Vec<(String, String)>) {
+        let mut map = self.roles.lock().expect("cache");
+        if map.len() >= MAX_ENTRIES {
+            map.retain(|_, (g, at, _)| fresh(*g, *at, generation));
+            if map.len() >= MAX_ENTRIES {
+                map.clear();
+            }
+        }
+        map.insert(key, (generation, Instant::now(), roles));
     }
 
     /// A cached token body template (the token object's fields other than methods, audit

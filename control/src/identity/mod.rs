@@ -359,6 +359,11 @@ impl Service {
         target_type: &str,
         target_id: &str,
     ) -> Result<Vec<(String, String)>, ServiceError> {
+        let generation = self.versioned.generation_of(crate::service::SNAPSHOT_KINDS);
+        let key = format!("{user_id}|{target_type}:{target_id}");
+        if let Some(r) = self.cache.roles(&key, generation) {
+            return Ok(r);
+        }
         let groups = group_ids(self, user_id)?;
         let mut direct = Vec::new();
         for r in self.store.list(
@@ -372,7 +377,9 @@ impl Service {
                 direct.push(a.role_id);
             }
         }
-        self.expand_roles(direct)
+        let roles = self.expand_roles(direct)?;
+        self.cache.put_roles(key, generation, roles.clone());
+        Ok(roles)
     }
 
     /// Adds implied roles and resolves names.
