@@ -342,86 +342,60 @@ fn two_controllers_on_postgres_never_exceed_a_quota() {
                 .collect::<Vec<_>>()
         })
     };
+    // `tries` creates of `body(i)` POSTed to `path` at once: at most `limit` answer `ok`,
+    // the rest `refused` saying `says`; the listing under `key` holds exactly the accepted
+    // ones; one by one the quota then fills to `limit` exactly, and one more is refused.
+    let race = |path: &str,
+                key: &str,
+                body: &dyn Fn(usize) -> Value,
+                tries: usize,
+                limit: usize,
+                (ok, refused, says): (u16, u16, &str)| {
+        let answers = storm(path, body, tries);
+        let accepted = answers.iter().filter(|a| a.status == ok).count();
+        for a in answers.iter().filter(|a| a.status != ok) {
+            assert_eq!(a.status, refused, "{}", a.text());
+            assert!(a.text().contains(says), "{}", a.text());
+        }
+        assert!(accepted <= limit, "{accepted} accepted at {path}");
+        let count = |port: u16| {
+            let r = json_req(port, "GET", path, &t.token, &Value::Null);
+            assert_eq!(r.status, 200, "{}", r.text());
+            r.json()[key].as_array().unwrap().len()
+        };
+        assert_eq!(count(second.port), accepted);
+        for i in accepted..limit {
+            let r = json_req(ports[i % 2], "POST", path, &t.token, &body(100 + i));
+            assert_eq!(r.status, ok, "{}", r.text());
+        }
+        let r = json_req(second.port, "POST", path, &t.token, &body(200));
+        assert_eq!(r.status, refused, "{}", r.text());
+        assert_eq!(count(cloud.port), limit);
+    };
     let server = |i: usize| {
         json!({"server": {"name": format!("q-{i}"), "imageRef": t.images[""],
                           "flavorRef": t.flavors["one"], "networks": "none"}})
     };
-    let answers = storm("/compute/v2.1/servers", &server, 16);
-    let accepted: Vec<String> = answers
-        .iter()
-        .filter(|a| a.status == 202)
-        .map(|a| a.json()["server"]["id"].as_str().unwrap().to_string())
-        .collect();
-    for a in answers.iter().filter(|a| a.status != 202) {
-        assert_eq!(a.status, 403, "{}", a.text());
-        assert!(
-            a.json()["forbidden"]["message"]
-                .as_str()
-                .is_some_and(|m| m.starts_with("Quota exceeded for instances")),
-            "{}",
-            a.text()
-        );
-    }
-    assert!(accepted.len() <= 3, "{} servers accepted", accepted.len());
-    let listed = |port: u16| -> Vec<String> {
-        let r = json_req(port, "GET", "/compute/v2.1/servers", &t.token, &Value::Null);
-        assert_eq!(r.status, 200, "{}", r.text());
-        let mut ids: Vec<String> = r.json()["servers"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|s| s["id"].as_str().unwrap().to_string())
-            .collect();
-        ids.sort();
-        ids
-    };
-    let mut want = accepted.clone();
-    want.sort();
-    assert_eq!(listed(second.port), want);
-    // Sequentially, the quota fills to exactly 3.
-    for i in accepted.len()..3 {
-        let r = json_req(
-            cloud.port,
-            "POST",
-            "/compute/v2.1/servers",
-            &t.token,
-            &server(100 + i),
-        );
-        assert_eq!(r.status, 202, "{}", r.text());
-    }
-    let r = json_req(
-        second.port,
-        "POST",
+    race(
         "/compute/v2.1/servers",
-        &t.token,
-        &server(200),
+        "servers",
+        &server,
+        16,
+        3,
+        (202, 403, "Quota exceeded for instances"),
     );
-    assert_eq!(r.status, 403, "{}", r.text());
-    assert_eq!(listed(cloud.port).len(), 3);
 
     // Volumes, quota 2.
     let vpath = format!("/volume/v3/{pid}/volumes");
     let volume = |i: usize| json!({"volume": {"name": format!("qv-{i}"), "size": 1}});
-    let answers = storm(&vpath, &volume, 12);
-    let accepted = answers.iter().filter(|a| a.status == 202).count();
-    for a in answers.iter().filter(|a| a.status != 202) {
-        assert_eq!(a.status, 413, "{}", a.text());
-        assert!(a.text().contains("VolumeLimitExceeded"), "{}", a.text());
-    }
-    assert!(accepted <= 2, "{accepted} volumes accepted");
-    let count_volumes = || {
-        let r = json_req(second.port, "GET", &vpath, &t.token, &Value::Null);
-        assert_eq!(r.status, 200, "{}", r.text());
-        r.json()["volumes"].as_array().unwrap().len()
-    };
-    assert_eq!(count_volumes(), accepted);
-    for i in accepted..2 {
-        let r = json_req(cloud.port, "POST", &vpath, &t.token, &volume(100 + i));
-        assert_eq!(r.status, 202, "{}", r.text());
-    }
-    let r = json_req(second.port, "POST", &vpath, &t.token, &volume(200));
-    assert_eq!(r.status, 413, "{}", r.text());
-    assert_eq!(count_volumes(), 2);
+    race(
+        &vpath,
+        "volumes",
+        &volume,
+        12,
+        2,
+        (202, 413, "VolumeLimitExceeded"),
+    );
 
     // Neutron ports, quota 3 (Neutron's OverQuota 409).
     let r = json_req(
@@ -442,47 +416,12 @@ fn two_controllers_on_postgres_never_exceed_a_quota() {
     );
     assert_eq!(r.status, 200, "{}", r.text());
     let port = |i: usize| json!({"port": {"network_id": net, "name": format!("qp-{i}")}});
-    let answers = storm("/network/v2.0/ports", &port, 12);
-    let accepted = answers.iter().filter(|a| a.status == 201).count();
-    for a in answers.iter().filter(|a| a.status != 201) {
-        assert_eq!(a.status, 409, "{}", a.text());
-        assert_eq!(
-            a.json()["NeutronError"]["type"],
-            "OverQuota",
-            "{}",
-            a.text()
-        );
-    }
-    assert!(accepted <= 3, "{accepted} ports accepted");
-    let count_ports = || {
-        let r = json_req(
-            cloud.port,
-            "GET",
-            "/network/v2.0/ports",
-            &t.token,
-            &Value::Null,
-        );
-        assert_eq!(r.status, 200, "{}", r.text());
-        r.json()["ports"].as_array().unwrap().len()
-    };
-    assert_eq!(count_ports(), accepted);
-    for i in accepted..3 {
-        let r = json_req(
-            second.port,
-            "POST",
-            "/network/v2.0/ports",
-            &t.token,
-            &port(100 + i),
-        );
-        assert_eq!(r.status, 201, "{}", r.text());
-    }
-    let r = json_req(
-        cloud.port,
-        "POST",
+    race(
         "/network/v2.0/ports",
-        &t.token,
-        &port(200),
+        "ports",
+        &port,
+        12,
+        3,
+        (201, 409, "OverQuota"),
     );
-    assert_eq!(r.status, 409, "{}", r.text());
-    assert_eq!(count_ports(), 3);
 }
