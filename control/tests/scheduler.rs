@@ -368,6 +368,14 @@ fn compute_services_are_listed_disabled_and_enabled_with_the_cli() {
     let t = Tenant::setup(&cloud, &[""], &[("one", 1, 512, 1)]);
     let admin = cloud.admin();
 
+    let row_by = |list: &Value, key: &str, want: &str| -> Value {
+        list.as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s[key] == want)
+            .cloned()
+            .unwrap_or_else(|| panic!("no {key} {want} in {list}"))
+    };
     let list = common::ok_json(&admin, &["compute", "service", "list"]);
     let row = |list: &Value, host: &str| -> Value {
         list.as_array()
@@ -390,6 +398,39 @@ fn compute_services_are_listed_disabled_and_enabled_with_the_cli() {
             "{s}"
         );
     }
+
+    // The same agents as Cinder's volume services (their blockdp) and Neutron's agents.
+    let vs = common::ok_json(&admin, &["volume", "service", "list"]);
+    for h in ["svc-a", "svc-b"] {
+        let host = format!("{h}@blockdp");
+        let s = row_by(&vs, "Host", &host);
+        assert_eq!(
+            (&s["Binary"], &s["Zone"], &s["Status"], &s["State"]),
+            (
+                &Value::from("cinder-volume"),
+                &Value::from("nova"),
+                &Value::from("enabled"),
+                &Value::from("up")
+            ),
+            "{s}"
+        );
+    }
+    let net_agents = common::ok_json(&admin, &["network", "agent", "list"]);
+    let ag = row_by(&net_agents, "Host", "svc-a");
+    assert_eq!(
+        (&ag["Alive"], &ag["State"]),
+        (&json!(true), &json!(true)),
+        "{ag}"
+    );
+    assert_eq!(ag["Binary"], "ferrostack-agent", "{ag}");
+    let id = ag["ID"].as_str().unwrap();
+    let shown = common::ok_json(&admin, &["network", "agent", "show", id]);
+    assert_eq!(shown["host"], "svc-a", "{shown}");
+    let err = common::fails(&admin, &["network", "agent", "show", "no-such-agent"]);
+    assert!(
+        err.contains("404") || err.contains("could not be found"),
+        "{err}"
+    );
 
     common::ok(
         &admin,
@@ -471,8 +512,15 @@ fn compute_services_are_listed_disabled_and_enabled_with_the_cli() {
     assert_eq!(row(&list, "svc-a")["Status"], "enabled");
     // Not for members.
     let member = cloud.member("svcproj", "svcuser", "svc-pass-1");
-    let err = common::fails(&member, &["compute", "service", "list"]);
-    assert!(err.contains("403") || err.contains("Policy"), "{err}");
+    for what in ["compute", "volume"] {
+        let err = common::fails(&member, &[what, "service", "list"]);
+        assert!(
+            err.contains("403") || err.contains("Policy"),
+            "{what}: {err}"
+        );
+    }
+    let err = common::fails(&member, &["network", "agent", "list"]);
+    assert!(err.contains("403") || err.contains("policy"), "{err}");
 }
 
 /// Server actions control carries out itself, with the stock CLI on simulated nodes:

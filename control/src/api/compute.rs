@@ -68,6 +68,20 @@ pub(crate) async fn read(
     })
 }
 
+/// Every node with whether it is up (heartbeating), for the service and agent lists of
+/// Nova, Cinder and Neutron (each node agent is all three).
+pub(crate) fn nodes_with_state(svc: &Service) -> Result<Vec<(String, NodeDoc, bool)>, ApiError> {
+    let now = now_secs();
+    Ok(list_nodes(&*svc.store)
+        .map_err(se)?
+        .into_iter()
+        .map(|(r, d)| {
+            let up = d.is_up(now, down_after(svc));
+            (r.id, d, up)
+        })
+        .collect())
+}
+
 fn down_after(svc: &Service) -> u64 {
     let c = &svc.config.raw.compute;
     c.heartbeat_interval_secs * c.missed_heartbeats

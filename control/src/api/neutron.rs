@@ -198,6 +198,39 @@ fn create<R: Collection>(
     Ok(v)
 }
 
+/// Each node agent, which reconciles netdp on its node, as a Neutron agent (`openstack
+/// network agent list/show`), alive while it heartbeats. Admins only, as in Neutron.
+fn agents(svc: &Service, ctx: &Ctx, rest: &[&str]) -> Result<Response, ApiError> {
+    if !ctx.is_admin() {
+        return Err(
+            ApiError::forbidden("rule:get_agent is disallowed by policy")
+                .kind("PolicyNotAuthorized"),
+        );
+    }
+    let view = |id: &str, d: &crate::compute::NodeDoc, up: bool| {
+        let t = crate::time::keystone(d.last_heartbeat);
+        json!({"id": id, "agent_type": "netdp agent", "binary": "ferrostack-agent",
+               "host": d.hostname, "availability_zone": d.availability_zone,
+               "alive": up, "admin_state_up": true, "topic": "N/A",
+               "configurations": {}, "description": null,
+               "created_at": crate::time::keystone(d.registered_at),
+               "started_at": t, "heartbeat_timestamp": t})
+    };
+    let nodes = super::compute::nodes_with_state(svc)?;
+    match rest {
+        [] => {
+            let list: Vec<Value> = nodes.iter().map(|(id, d, up)| view(id, d, *up)).collect();
+            Ok(json_resp(StatusCode::OK, &json!({"agents": list})))
+        }
+        [id] => nodes
+            .iter()
+            .find(|(n, _, _)| n == id)
+            .map(|(id, d, up)| json_resp(StatusCode::OK, &json!({"agent": view(id, d, *up)})))
+            .ok_or_else(|| ApiError::not_found(format!("Agent {id} could not be found."))),
+        _ => Err(ApiError::not_found("The resource could not be found.")),
+    }
+}
+
 /// Handles the resources of this module; `None` when the path is not one of them.
 pub fn handle(svc: &Service, ctx: &Ctx, req: &Request) -> Option<Result<Response, ApiError>> {
     let s: Vec<&str> = req.segs.iter().map(String::as_str).collect();
@@ -229,6 +262,7 @@ pub fn handle(svc: &Service, ctx: &Ctx, req: &Request) -> Option<Result<Response
     let (first, rest) = s.split_first()?;
     match *first {
         "quotas" => super::neutron_quota::handle(svc, ctx, req, rest),
+        "agents" if req.method == Method::GET => Some(agents(svc, ctx, rest)),
         p if p == Net::PATH => crud::<Net>(svc, ctx, req, rest),
         p if p == Subnet::PATH => crud::<Subnet>(svc, ctx, req, rest),
         p if p == Port::PATH => crud::<Port>(svc, ctx, req, rest),

@@ -540,6 +540,30 @@ fn handle(svc: &Service, ctx: &Ctx, req: &Request) -> Result<Response, ApiError>
         ([c, more @ ..], _) if *c == Volume::LIST => collection::<Volume>(svc, ctx, req, more),
         ([c, more @ ..], _) if *c == Snapshot::LIST => collection::<Snapshot>(svc, ctx, req, more),
         (["types"], &Method::GET) => ok(json!({"volume_types": [default_type()]})),
+        // Each node's blockdp, as Cinder's volume services (`openstack volume service list`).
+        (["os-services"], &Method::GET) => {
+            if !ctx.is_admin() {
+                return Err(ApiError::forbidden(
+                    "Policy doesn't allow volume_extension:services:index to be performed.",
+                ));
+            }
+            let list: Vec<Value> = super::compute::nodes_with_state(svc)?
+                .into_iter()
+                .filter(|(_, d, _)| {
+                    req.q("host")
+                        .is_none_or(|h| h == format!("{}@blockdp", d.hostname))
+                })
+                .filter(|_| req.q("binary").is_none_or(|b| b == "cinder-volume"))
+                .map(|(_, d, up)| {
+                    json!({"binary": "cinder-volume", "host": format!("{}@blockdp", d.hostname),
+                           "zone": d.availability_zone, "status": "enabled",
+                           "state": if up { "up" } else { "down" },
+                           "updated_at": crate::time::keystone(d.last_heartbeat),
+                           "disabled_reason": null})
+                })
+                .collect();
+            ok(json!({"services": list}))
+        }
         (["types", "default"] | ["types", "__DEFAULT__"], &Method::GET) => {
             ok(json!({"volume_type": default_type()}))
         }
