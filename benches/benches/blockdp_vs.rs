@@ -17,6 +17,12 @@
 //! e.g. `BENCH_VARIANTS="ring=plain+fixed=0"`; each row gets its IOPS and p99 ratio to the
 //! default blockdp;
 //! `BENCH_ONLY` and `BENCH_WORKLOAD` (e.g. `randread qd32`) narrow the run for profiling.
+//!
+//! At queue depth 1 every vhost-user backend pays what the file does not: the driver's kick
+//! wakes the backend's thread and the backend's notification wakes the driver's. The run
+//! ends by measuring that floor on this machine (two threads passing a token through two
+//! eventfds, the way a kick and a call travel), both threads left to the scheduler and both
+//! on one CPU, and prints the best QD1 ratio to the file that any such backend could reach.
 
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -163,6 +169,7 @@ fn main() {
         "{:<14} {:<27} {:>9} {:>10} {:>10}",
         "workload", "target", "IOPS", "p50 us", "p99 us"
     );
+    let mut qd1_file = Vec::new();
     for w in workloads {
         let mut cells: Vec<Vec<Cell>> = targets.iter().map(|_| Vec::new()).collect();
         // Each round starts one target later, so that no target always runs in the same
@@ -181,6 +188,9 @@ fn main() {
                 v.swap_remove(v.len() / 2)
             })
             .collect();
+        if w.depth == 1 && targets[0].0.starts_with("file") {
+            qd1_file.push((w.name(), med[0].lat.p50));
+        }
         for ((name, _), c) in targets.iter().zip(&med) {
             println!(
                 "{:<14} {:<27} {:>9.0} {:>10.1} {:>10.1}",
@@ -221,6 +231,89 @@ fn main() {
     for (e, _) in exports {
         e.stop();
     }
+    if only.is_none() && !qd1_file.is_empty() {
+        wake_up_floor(&qd1_file);
+    }
+}
+
+/// Measures an eventfd round trip between two threads (a kick one way, a call back: the
+/// minimum a vhost-user request adds at queue depth 1, before any syscall of the backend's
+/// own), and prints the QD1 ratio to the file that it alone allows.
+fn wake_up_floor(qd1_file: &[(String, Duration)]) {
+    let unpinned = eventfd_round_trip(None);
+    let cpu = eventfd_round_trip(Some(0));
+    println!(
+        "wake-up floor: eventfd round trip between two threads p50 {:.1} us (scheduler's \
+         choice of CPUs), {:.1} us (both on CPU 0)",
+        unpinned.as_secs_f64() * 1e6,
+        cpu.as_secs_f64() * 1e6
+    );
+    let best = unpinned.min(cpu);
+    for (w, file) in qd1_file {
+        let f = file.as_secs_f64();
+        println!(
+            "{w:<14} file p50 {:.1} us + the cheaper round trip: any vhost-user backend \
+             reaches at most {:.2}x of the file",
+            f * 1e6,
+            f / (f + best.as_secs_f64())
+        );
+    }
+}
+
+/// Median time of 20000 eventfd ping-pongs between this thread and a peer; with `cpu`,
+/// both threads are pinned to that CPU.
+fn eventfd_round_trip(cpu: Option<usize>) -> Duration {
+    const N: usize = 20_000;
+    fn pin(cpu: Option<usize>) {
+        if let Some(c) = cpu {
+            // SAFETY: a zeroed cpu_set_t is an empty set; CPU_SET and sched_setaffinity
+            // only read and write the set we own.
+            unsafe {
+                let mut set: libc::cpu_set_t = std::mem::zeroed();
+                libc::CPU_SET(c, &mut set);
+                libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set);
+            }
+        }
+    }
+    fn efd() -> std::fs::File {
+        // SAFETY: eventfd returns a new descriptor that we own, or -1.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
+        assert!(fd >= 0, "eventfd: {}", std::io::Error::last_os_error());
+        // SAFETY: fd is a fresh descriptor owned by nobody else.
+        unsafe { std::os::fd::FromRawFd::from_raw_fd(fd) }
+    }
+    fn pass(to: &std::fs::File, from: &std::fs::File) {
+        use std::io::{Read, Write};
+        (&*to)
+            .write_all(&1u64.to_ne_bytes())
+            .expect("eventfd write");
+        let mut b = [0u8; 8];
+        (&*from).read_exact(&mut b).expect("eventfd read");
+    }
+    let (kick, call) = (Arc::new(efd()), Arc::new(efd()));
+    let (k, c) = (kick.clone(), call.clone());
+    let peer = std::thread::spawn(move || {
+        pin(cpu);
+        let mut b = [0u8; 8];
+        for _ in 0..N {
+            std::io::Read::read_exact(&mut &*k, &mut b).expect("eventfd read");
+            std::io::Write::write_all(&mut &*c, &1u64.to_ne_bytes()).expect("eventfd write");
+        }
+    });
+    let mut samples = Vec::with_capacity(N);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            pin(cpu);
+            for _ in 0..N {
+                let t = Instant::now();
+                pass(&kick, &call);
+                samples.push(t.elapsed());
+            }
+        });
+    });
+    peer.join().expect("peer thread");
+    samples.sort();
+    samples[N / 2]
 }
 
 /// Parses one `BENCH_VARIANTS` entry (see the module docs) into a row name and settings.
