@@ -424,6 +424,75 @@ fn compute_services_are_listed_disabled_and_enabled_with_the_cli() {
             "{s}"
         );
     }
+    // Cinder's disable of one node's volume service, with a reason, and back.
+    common::ok(
+        &admin,
+        &[
+            "volume",
+            "service",
+            "set",
+            "--disable",
+            "--disable-reason",
+            "disk swap",
+            "svc-b@blockdp",
+            "cinder-volume",
+        ],
+    );
+    let vs = common::ok_json(&admin, &["volume", "service", "list", "--long"]);
+    let s = row_by(&vs, "Host", "svc-b@blockdp");
+    assert_eq!(
+        (&s["Status"], &s["Disabled Reason"]),
+        (&json!("disabled"), &json!("disk swap")),
+        "{s}"
+    );
+    assert_eq!(row_by(&vs, "Host", "svc-a@blockdp")["Status"], "enabled");
+    // Nova's view of that node is untouched.
+    let list = common::ok_json(&admin, &["compute", "service", "list"]);
+    assert_eq!(row(&list, "svc-b")["Status"], "enabled");
+    let put = |path: &str, body: Value| cloud.json("PUT", path, Some(&t.token), &body);
+    let pid = common::ok_json(&admin, &["token", "issue"])["project_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let vpath = format!("/volume/v3/{pid}/os-services/disable");
+    for (body, status, kind) in [
+        (
+            json!({"host": "nowhere@blockdp", "binary": "cinder-volume"}),
+            404,
+            "itemNotFound",
+        ),
+        (
+            json!({"host": "svc-a@blockdp", "binary": "cinder-backup"}),
+            400,
+            "badRequest",
+        ),
+        (json!({"binary": "cinder-volume"}), 400, "badRequest"),
+    ] {
+        let r = put(&vpath, body.clone());
+        assert_eq!(r.status, status, "{body}: {}", r.text());
+        assert!(r.json()[kind]["message"].is_string(), "{}", r.text());
+    }
+    let vs = common::ok_json(&admin, &["volume", "service", "list"]);
+    assert_eq!(row_by(&vs, "Host", "svc-a@blockdp")["Status"], "enabled");
+    common::ok(
+        &admin,
+        &[
+            "volume",
+            "service",
+            "set",
+            "--enable",
+            "svc-b@blockdp",
+            "cinder-volume",
+        ],
+    );
+    let vs = common::ok_json(&admin, &["volume", "service", "list", "--long"]);
+    let s = row_by(&vs, "Host", "svc-b@blockdp");
+    assert_eq!(
+        (&s["Status"], &s["Disabled Reason"]),
+        (&json!("enabled"), &Value::Null),
+        "{s}"
+    );
+
     let net_agents = common::ok_json(&admin, &["network", "agent", "list"]);
     let ag = row_by(&net_agents, "Host", "svc-a");
     assert_eq!(
@@ -501,7 +570,6 @@ fn compute_services_are_listed_disabled_and_enabled_with_the_cli() {
     assert_eq!(host(v.values().next().unwrap()), "svc-a");
 
     // Bad input: Nova's statuses, nothing changed.
-    let put = |path: &str, body: Value| cloud.json("PUT", path, Some(&t.token), &body);
     let r = put(
         "/compute/v2.1/os-services/disable",
         json!({"host": "nowhere", "binary": "nova-compute"}),

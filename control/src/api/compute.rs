@@ -21,8 +21,9 @@ use super::{ApiError, Request, Response, blocking, empty, json as json_resp, rea
 use crate::compute::agent::{self, AgentError};
 use crate::compute::scheduler::{self, GroupPolicy, Settings};
 use crate::compute::{
-    ComputeError, Fault, FlavorDoc, KeypairDoc, NodeDoc, QuotaDoc, Ratios, Registration, Resources,
-    ServerDoc, ServerGroupDoc, ServerPort, ServerVolume, list_nodes, load_node,
+    ComputeError, Fault, FlavorDoc, KeypairDoc, NodeDoc, NodeService, QuotaDoc, Ratios,
+    Registration, Resources, ServerDoc, ServerGroupDoc, ServerPort, ServerVolume, list_nodes,
+    load_node,
 };
 use crate::identity::Ctx;
 use crate::identity::token::{Claims, Scope, now_secs, random_audit_id};
@@ -672,7 +673,7 @@ fn nova(svc: &Service, ctx: &Ctx, req: &Request) -> Result<(Response, Option<Str
                 _ => None,
             };
             let id = service_node(svc, host, binary)?;
-            let d = set_service(svc, &id, *action != "enable", reason)?;
+            let d = set_service(svc, &id, NodeService::Compute, *action != "enable", reason)?;
             let mut v = json!({"host": d.hostname, "binary": COMPUTE_BINARY,
                                "status": if d.disabled { "disabled" } else { "enabled" }});
             if *action == "disable-log-reason" {
@@ -697,7 +698,7 @@ fn nova(svc: &Service, ctx: &Ctx, req: &Request) -> Result<(Response, Option<Str
                 .get("disabled_reason")
                 .and_then(Value::as_str)
                 .map(str::to_string);
-            let d = set_service(svc, id, disabled, reason)?;
+            let d = set_service(svc, id, NodeService::Compute, disabled, reason)?;
             ok(json!({"service": service_view(svc, id, &d, now_secs())}))
         }
         // No host aggregates here: an empty list, so clients listing them (`openstack
@@ -1225,13 +1226,15 @@ fn service_node(svc: &Service, host: &str, binary: &str) -> Result<String, ApiEr
         })
 }
 
-fn set_service(
+/// Disables or enables one service of the node `id`, or answers 404.
+pub(crate) fn set_service(
     svc: &Service,
     id: &str,
+    service: crate::compute::NodeService,
     disabled: bool,
     reason: Option<String>,
 ) -> Result<NodeDoc, ApiError> {
-    crate::compute::set_disabled(&*svc.store, id, disabled, reason)
+    crate::compute::set_disabled(&*svc.store, id, service, disabled, reason)
         .map_err(ce)?
         .ok_or_else(|| ApiError::not_found(format!("Service {id} could not be found.")))
 }

@@ -540,29 +540,76 @@ fn handle(svc: &Service, ctx: &Ctx, req: &Request) -> Result<Response, ApiError>
         ([c, more @ ..], _) if *c == Volume::LIST => collection::<Volume>(svc, ctx, req, more),
         ([c, more @ ..], _) if *c == Snapshot::LIST => collection::<Snapshot>(svc, ctx, req, more),
         (["types"], &Method::GET) => ok(json!({"volume_types": [default_type()]})),
-        // Each node's blockdp, as Cinder's volume services (`openstack volume service list`).
+        // Each node's blockdp, as Cinder's volume services (`openstack volume service list`),
+        // and their disable/enable (`openstack volume service set`): a disabled one gets no
+        // new volume.
         (["os-services"], &Method::GET) => {
-            if !ctx.is_admin() {
-                return Err(ApiError::forbidden(
-                    "Policy doesn't allow volume_extension:services:index to be performed.",
-                ));
-            }
+            services_admin(ctx)?;
             let list: Vec<Value> = super::compute::nodes_with_state(svc)?
                 .into_iter()
-                .filter(|(_, d, _)| {
-                    req.q("host")
-                        .is_none_or(|h| h == format!("{}@blockdp", d.hostname))
-                })
-                .filter(|_| req.q("binary").is_none_or(|b| b == "cinder-volume"))
+                .filter(|(_, d, _)| req.q("host").is_none_or(|h| h == service_host(d)))
+                .filter(|_| req.q("binary").is_none_or(|b| b == VOLUME_BINARY))
                 .map(|(_, d, up)| {
-                    json!({"binary": "cinder-volume", "host": format!("{}@blockdp", d.hostname),
-                           "zone": d.availability_zone, "status": "enabled",
+                    json!({"binary": VOLUME_BINARY, "host": service_host(&d),
+                           "zone": d.availability_zone,
+                           "status": if d.volume_disabled { "disabled" } else { "enabled" },
                            "state": if up { "up" } else { "down" },
                            "updated_at": crate::time::keystone(d.last_heartbeat),
-                           "disabled_reason": null})
+                           "disabled_reason": d.volume_disabled_reason})
                 })
                 .collect();
             ok(json!({"services": list}))
+        }
+        (
+            [
+                "os-services",
+                action @ ("enable" | "disable" | "disable-log-reason"),
+            ],
+            &Method::PUT,
+        ) => {
+            services_admin(ctx)?;
+            let b: Value = req.json()?;
+            let field = |k: &str| {
+                b.get(k).and_then(Value::as_str).ok_or_else(|| {
+                    ApiError::bad_request(format!(
+                        "Missing required element '{k}' in request body."
+                    ))
+                })
+            };
+            let (host, binary) = (field("host")?, field("binary")?);
+            if binary != VOLUME_BINARY {
+                return Err(ApiError::bad_request(format!(
+                    "Invalid service {binary}: this cloud's only volume service is {VOLUME_BINARY}."
+                )));
+            }
+            let reason = match *action {
+                "disable-log-reason" => {
+                    let r = field("disabled_reason")?.trim();
+                    if r.is_empty() || r.len() > 255 {
+                        return Err(ApiError::bad_request(
+                            "Disabled reason contains invalid characters or is too long",
+                        ));
+                    }
+                    Some(r.to_string())
+                }
+                _ => None,
+            };
+            let node = super::compute::nodes_with_state(svc)?
+                .into_iter()
+                .find(|(_, d, _)| service_host(d) == host || d.hostname == host)
+                .map(|(id, _, _)| id)
+                .ok_or_else(|| ApiError::not_found(format!("Host {host} could not be found.")))?;
+            let d = super::compute::set_service(
+                svc,
+                &node,
+                crate::compute::NodeService::Volume,
+                *action != "enable",
+                reason,
+            )?;
+            ok(json!({"host": service_host(&d), "binary": VOLUME_BINARY,
+                      "status": if d.volume_disabled { "disabled" } else { "enabled" },
+                      "disabled": d.volume_disabled,
+                      "disabled_reason": d.volume_disabled_reason}))
         }
         (["types", "default"] | ["types", "__DEFAULT__"], &Method::GET) => {
             ok(json!({"volume_type": default_type()}))
@@ -1692,5 +1739,24 @@ pub async fn release_server_volumes(svc: &Arc<Service>, server_id: &str, volumes
             Ok(())
         })
         .await;
+    }
+}
+
+/// The binary each node's blockdp stands for in Cinder's service list.
+const VOLUME_BINARY: &str = "cinder-volume";
+
+/// A node's volume service host, as Cinder names a backend: `<host>@<backend>`.
+fn service_host(d: &crate::compute::NodeDoc) -> String {
+    format!("{}@blockdp", d.hostname)
+}
+
+/// Cinder's services API is for administrators only.
+fn services_admin(ctx: &Ctx) -> Result<(), ApiError> {
+    if ctx.is_admin() {
+        Ok(())
+    } else {
+        Err(ApiError::forbidden(
+            "Policy doesn't allow volume_extension:services:index to be performed.",
+        ))
     }
 }

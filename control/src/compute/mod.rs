@@ -115,6 +115,13 @@ pub struct NodeDoc {
     /// Why it was disabled (`openstack compute service set --disable-reason`).
     #[serde(default)]
     pub disabled_reason: Option<String>,
+    /// The node's volume service disabled (`openstack volume service set --disable`): no
+    /// new volume is placed here (servers still are, as `disabled` is Nova's alone).
+    #[serde(default)]
+    pub volume_disabled: bool,
+    /// Why its volume service was disabled.
+    #[serde(default)]
+    pub volume_disabled_reason: Option<String>,
 }
 
 impl NodeDoc {
@@ -307,6 +314,10 @@ pub fn register(
             disabled_reason: existing
                 .as_ref()
                 .and_then(|(_, d)| d.disabled_reason.clone()),
+            volume_disabled: existing.as_ref().is_some_and(|(_, d)| d.volume_disabled),
+            volume_disabled_reason: existing
+                .as_ref()
+                .and_then(|(_, d)| d.volume_disabled_reason.clone()),
         };
         let res = match existing {
             Some((r, _)) => store.update(r.with_doc(None, &doc)),
@@ -321,11 +332,21 @@ pub fn register(
     Err(ComputeError::Contended(id.to_string()))
 }
 
-/// Disables a node (the scheduler places nothing new on it; what runs there stays) or
-/// enables it again; `None` if the node is unknown.
+/// Which of a node's services an administrator disables or enables.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NodeService {
+    /// Nova's `nova-compute`: no new servers.
+    Compute,
+    /// Cinder's `cinder-volume`: no new volumes.
+    Volume,
+}
+
+/// Disables one service of a node (nothing new of its kind is placed there; what is there
+/// stays) or enables it again; `None` if the node is unknown.
 pub fn set_disabled(
     store: &dyn Store,
     id: &str,
+    service: NodeService,
     disabled: bool,
     reason: Option<String>,
 ) -> Result<Option<NodeDoc>, ComputeError> {
@@ -333,8 +354,13 @@ pub fn set_disabled(
         let Some((r, mut doc)) = load_node(store, id)? else {
             return Ok(None);
         };
-        doc.disabled = disabled;
-        doc.disabled_reason = if disabled { reason.clone() } else { None };
+        let reason = if disabled { reason.clone() } else { None };
+        match service {
+            NodeService::Compute => (doc.disabled, doc.disabled_reason) = (disabled, reason),
+            NodeService::Volume => {
+                (doc.volume_disabled, doc.volume_disabled_reason) = (disabled, reason)
+            }
+        }
         match store.update(r.with_doc(None, &doc)) {
             Ok(()) => return Ok(Some(doc)),
             Err(StoreError::Stale { .. }) => continue,

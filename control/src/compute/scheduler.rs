@@ -368,7 +368,7 @@ pub fn claim_volume(
                 let mut seen = 0;
                 for (r, d) in list_nodes(store)? {
                     seen += 1;
-                    if d.disabled || !d.is_up(now, s.down_after) {
+                    if d.volume_disabled || !d.is_up(now, s.down_after) {
                         continue;
                     }
                     let free = d.free().disk_gb;
@@ -521,6 +521,8 @@ mod tests {
             disabled_reason: None,
             last_heartbeat: hb,
             disabled: false,
+            volume_disabled: false,
+            volume_disabled_reason: None,
         }
     }
 
@@ -666,6 +668,35 @@ mod tests {
         assert_eq!(d.volume_allocations.len(), 1);
         // Down nodes get no volume.
         assert!(claim_volume(&store, None, "v5", "p", 1, &S, 1000).is_err());
+        // Cinder's disable keeps new volumes off a node; Nova's does not.
+        let mut roomy = node(4, 4096, 100);
+        roomy.inventory.disk_gb = 1000;
+        roomy.volume_disabled = true;
+        put(&store, "roomy", &roomy);
+        assert_eq!(
+            claim_volume(&store, None, "v6", "p", 1, &S, 110).unwrap(),
+            "big"
+        );
+        crate::compute::set_disabled(
+            &store,
+            "roomy",
+            crate::compute::NodeService::Volume,
+            false,
+            None,
+        )
+        .unwrap();
+        crate::compute::set_disabled(
+            &store,
+            "roomy",
+            crate::compute::NodeService::Compute,
+            true,
+            None,
+        )
+        .unwrap();
+        assert_eq!(
+            claim_volume(&store, None, "v7", "p", 1, &S, 110).unwrap(),
+            "roomy"
+        );
     }
 
     fn put(store: &dyn Store, id: &str, n: &NodeDoc) {
