@@ -617,3 +617,28 @@ fn subnet_view(id: &str, d: &SubnetDoc) -> Value {
         "description": "", "tags": [], "service_types": [], "created_at": t, "updated_at": t,
         "revision_number": 1})
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pools(gateway: Option<&str>) -> Vec<String> {
+        default_pools(Ipv4Addr::new(10, 0, 0, 0), 29, gateway)
+            .iter()
+            .map(|p| format!("{p}/{}", p.size()))
+            .collect()
+    }
+
+    #[test]
+    fn default_pools_leave_out_the_gateway_the_network_and_broadcast_addresses() {
+        assert_eq!(pools(None), ["10.0.0.1-10.0.0.6/6"]);
+        assert_eq!(pools(Some("10.0.0.1")), ["10.0.0.2-10.0.0.6/5"]);
+        assert_eq!(pools(Some("10.0.0.6")), ["10.0.0.1-10.0.0.5/5"]);
+        assert_eq!(
+            pools(Some("10.0.0.3")),
+            ["10.0.0.1-10.0.0.2/2", "10.0.0.4-10.0.0.6/3"]
+        );
+        // A gateway that is not a host address of the subnet takes nothing.
+        assert_eq!(pools(Some("10.0.0.7")), ["10.0.0.1-10.0.0.6/6"]);
+    }
+}
