@@ -39,7 +39,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::api::ApiError;
-use crate::api::network::{NetworkDoc, SubnetDoc, parse_cidr};
+use crate::api::network::{NetworkDoc, SubnetDoc, host_range, parse_cidr};
 use crate::compute::agent::{self, AgentError};
 use crate::service::{Service, ServiceError};
 use crate::store::{Kind, Record, Store, StoreError, Write};
@@ -274,7 +274,8 @@ pub fn release(subnet: &str, ip: &str) -> Write {
 }
 
 /// An address for a new port, floating IP or gateway on `subnet`: `want` if given (400 if
-/// outside the subnet, 409 if taken), else the lowest free one, skipping the gateway.
+/// it is not one of the subnet's host addresses, 409 if taken; it may lie outside the
+/// allocation pools, as in Neutron), else the lowest free one of the allocation pools.
 pub fn pick_address(
     store: &dyn Store,
     subnet_id: &str,
@@ -292,7 +293,8 @@ pub fn pick_address(
         let ip: Ipv4Addr = w.parse().map_err(|_| {
             ApiError::bad_request(format!("Invalid input: '{w}' is not a valid IP address."))
         })?;
-        if !in_cidr(ip, &subnet.cidr) {
+        let (first, last) = host_range(base, len);
+        if !(first..=last).contains(&u32::from(ip)) {
             return Err(ApiError::bad_request(format!(
                 "IP address {w} is not a valid IP for the specified subnet."
             )));
@@ -304,9 +306,10 @@ pub fn pick_address(
         }
         return Ok(ip.to_string());
     }
-    let first = u32::from(base) + 1;
-    let last = u32::from(base) | !mask(len);
-    (first..last)
+    subnet
+        .pools()
+        .iter()
+        .flat_map(|p| u32::from(p.start)..=u32::from(p.end))
         .map(|i| Ipv4Addr::from(i).to_string())
         .find(|ip| !used.contains(ip) && subnet.gateway_ip.as_deref() != Some(ip.as_str()))
         .ok_or_else(|| {

@@ -454,6 +454,9 @@ fn resources(svc: &Service, req: &Request, ctx: &Ctx, s: &[&str]) -> Res {
             grant(svc, ctx, "system", SYSTEM_ALL, a, aid, rid, m)
         }
         (["role_assignments"], _) if get => role_assignments(svc, req, ctx),
+        (["role_inferences"], _) if get => role_inferences(svc, ctx),
+        (["roles", prior, "implies"], _) if get => implied_roles(svc, ctx, prior),
+        (["roles", prior, "implies", implied], m) => implied_role(svc, ctx, prior, implied, m),
         (["regions"], _) if get => {
             let items = svc
                 .store
@@ -1196,6 +1199,134 @@ resource! {
         }
         Ok(writes)
     }
+}
+
+// ---------------------------------------------------------------- implied roles
+
+/// A role as the implied-role API shows it: id, name and link.
+fn role_ref(svc: &Service, id: &str, name: &str) -> Value {
+    json!({"id": id, "name": name, "links": link(svc, &format!("roles/{id}"))})
+}
+
+/// A role by id and its document, or Keystone's 404.
+fn role_doc(svc: &Service, id: &str) -> Result<(Record, RoleDoc), ServiceError> {
+    let r = svc
+        .store
+        .get(Kind::Role, id)?
+        .ok_or_else(|| not_found("role", id))?;
+    let d = r.parse()?;
+    Ok((r, d))
+}
+
+/// `GET /v3/role_inferences`: every rule, one entry per prior role with what it implies.
+fn role_inferences(svc: &Service, ctx: &Ctx) -> Res {
+    admin(ctx, "list_role_inference_rules")?;
+    let roles: Vec<(String, RoleDoc)> = svc
+        .store
+        .list(Kind::Role, None)?
+        .iter()
+        .map(|r| Ok((r.id.clone(), r.parse()?)))
+        .collect::<Result<_, ServiceError>>()?;
+    let name = |id: &str| {
+        roles
+            .iter()
+            .find(|(r, _)| r == id)
+            .map(|(_, d)| d.name.as_str())
+    };
+    let mut items = Vec::new();
+    for (id, d) in &roles {
+        // A rule whose implied role is gone is not shown (deleting a role removes its
+        // rules; this only guards against a half-applied older store).
+        let implies: Vec<Value> = d
+            .implies
+            .iter()
+            .filter_map(|i| name(i).map(|n| role_ref(svc, i, n)))
+            .collect();
+        if !implies.is_empty() {
+            items.push(json!({"prior_role": role_ref(svc, id, &d.name), "implies": implies}));
+        }
+    }
+    Ok(collection(svc, "role_inferences", "role_inferences", items))
+}
+
+/// `GET /v3/roles/{prior}/implies`: what one role implies.
+fn implied_roles(svc: &Service, ctx: &Ctx, prior: &str) -> Res {
+    admin(ctx, "list_implied_roles")?;
+    let (_, d) = role_doc(svc, prior)?;
+    let mut implies = Vec::new();
+    for i in &d.implies {
+        if let Some(r) = svc.store.get(Kind::Role, i)? {
+            implies.push(role_ref(svc, i, &r.parse::<RoleDoc>()?.name));
+        }
+    }
+    Ok(json_resp(
+        StatusCode::OK,
+        &json!({"role_inference": {"prior_role": role_ref(svc, prior, &d.name),
+                                   "implies": implies},
+                "links": link(svc, &format!("roles/{prior}/implies"))}),
+    ))
+}
+
+/// `PUT`, `GET`, `HEAD` and `DELETE /v3/roles/{prior}/implies/{implied}`: one rule.
+/// Keystone refuses to make `admin` an implied role (its `prohibited_implied_role`).
+fn implied_role(svc: &Service, ctx: &Ctx, prior: &str, implied: &str, m: Method) -> Res {
+    let action = match m {
+        Method::PUT => "create_implied_role",
+        Method::GET => "get_implied_role",
+        Method::HEAD => "check_implied_role",
+        Method::DELETE => "delete_implied_role",
+        _ => return Err(method_not_allowed()),
+    };
+    admin(ctx, action)?;
+    let (rec, mut d) = role_doc(svc, prior)?;
+    let (_, imp) = role_doc(svc, implied)?;
+    let absent = || -> ServiceError {
+        ApiError::not_found(format!("{prior} does not imply {implied}.")).into()
+    };
+    let has = d.implies.iter().any(|x| x == implied);
+    match m {
+        Method::PUT => {
+            if imp.name == "admin" {
+                return Err(
+                    ApiError::forbidden(format!("{implied} cannot be an implied roles.")).into(),
+                );
+            }
+            if has {
+                return Err(ApiError::conflict(
+                    "Conflict occurred attempting to store implied_role - Duplicate entry.",
+                )
+                .into());
+            }
+            d.implies.push(implied.to_string());
+            svc.store
+                .update(rec.with_doc(rec.name.as_deref(), &d))
+                .map_err(|e| conflict(e, "implied_role"))?;
+        }
+        Method::DELETE => {
+            if !has {
+                return Err(absent());
+            }
+            d.implies.retain(|x| x != implied);
+            svc.store
+                .update(rec.with_doc(rec.name.as_deref(), &d))
+                .map_err(|e| conflict(e, "implied_role"))?;
+            return Ok(empty(StatusCode::NO_CONTENT));
+        }
+        _ if !has => return Err(absent()),
+        Method::HEAD => return Ok(empty(StatusCode::NO_CONTENT)),
+        _ => {}
+    }
+    let status = if m == Method::PUT {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok(json_resp(
+        status,
+        &json!({"role_inference": {"prior_role": role_ref(svc, prior, &d.name),
+                                   "implies": role_ref(svc, implied, &imp.name)},
+                "links": link(svc, &format!("roles/{prior}/implies/{implied}"))}),
+    ))
 }
 
 // ---------------------------------------------------------------- groups

@@ -18,6 +18,7 @@ use crate::service::{Service, ServiceError};
 pub mod compute;
 pub mod identity;
 pub mod image;
+mod ip_availability;
 pub mod network;
 pub mod neutron;
 mod neutron_quota;

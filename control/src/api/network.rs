@@ -57,8 +57,163 @@ pub struct SubnetDoc {
     pub gateway_ip: Option<String>,
     /// DHCP on.
     pub enable_dhcp: bool,
+    /// The ranges ports get their addresses from when none is asked for; `None` in records
+    /// stored before pools were kept, which have Neutron's default ([`default_pools`]).
+    #[serde(default)]
+    pub allocation_pools: Option<Vec<Pool>>,
     /// Epoch seconds.
     pub created: u64,
+}
+
+impl SubnetDoc {
+    /// The subnet's allocation pools.
+    pub fn pools(&self) -> Vec<Pool> {
+        match &self.allocation_pools {
+            Some(p) => p.clone(),
+            None => parse_cidr(&self.cidr)
+                .map(|(base, len)| default_pools(base, len, self.gateway_ip.as_deref()))
+                .unwrap_or_default(),
+        }
+    }
+}
+
+/// An allocation pool: the addresses `start` to `end`, both included.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Pool {
+    /// First address.
+    pub start: Ipv4Addr,
+    /// Last address.
+    pub end: Ipv4Addr,
+}
+
+impl Pool {
+    /// How many addresses it holds.
+    pub fn size(&self) -> u64 {
+        u64::from(u32::from(self.end)) + 1 - u64::from(u32::from(self.start))
+    }
+    /// Whether `ip` is in it.
+    pub fn contains(&self, ip: Ipv4Addr) -> bool {
+        self.start <= ip && ip <= self.end
+    }
+}
+
+impl std::fmt::Display for Pool {
+    /// As Neutron names a pool in messages (`10.0.0.2-10.0.0.254`).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}-{}", self.start, self.end)
+    }
+}
+
+/// The first and last address a port may have in a subnet (not the network's own address,
+/// not the broadcast address).
+pub fn host_range(base: Ipv4Addr, len: u8) -> (u32, u32) {
+    let first = u32::from(base) + 1;
+    let last = (u32::from(base) | !(u32::MAX << (32 - len))) - 1;
+    (first, last)
+}
+
+/// Neutron's default pools: every host address of the subnet but the gateway's (which
+/// splits the range in two when it is in the middle).
+pub fn default_pools(base: Ipv4Addr, len: u8, gateway: Option<&str>) -> Vec<Pool> {
+    let (first, last) = host_range(base, len);
+    let gw = gateway
+        .and_then(|g| g.parse::<Ipv4Addr>().ok())
+        .map(u32::from)
+        .filter(|g| (first..=last).contains(g));
+    let ranges = match gw {
+        None => vec![(first, last)],
+        Some(g) => [(first, g.wrapping_sub(1)), (g + 1, last)]
+            .into_iter()
+            .filter(|(a, b)| a <= b && *a >= first && *b <= last)
+            .collect(),
+    };
+    ranges
+        .into_iter()
+        .map(|(a, b)| Pool {
+            start: Ipv4Addr::from(a),
+            end: Ipv4Addr::from(b),
+        })
+        .collect()
+}
+
+/// The `allocation_pools` of a subnet create, checked as Neutron checks them: valid
+/// addresses, start before end, inside the subnet's host addresses, not overlapping,
+/// not holding the gateway. `None` when the body has none (the default pools apply).
+fn pools_field(
+    n: &Map<String, Value>,
+    cidr: &str,
+    base: Ipv4Addr,
+    len: u8,
+    gateway: Option<&str>,
+) -> Result<Option<Vec<Pool>>, ApiError> {
+    let list = match n.get("allocation_pools") {
+        None | Some(Value::Null) => return Ok(None),
+        Some(Value::Array(a)) => a,
+        Some(v) => {
+            return Err(ApiError::bad_request(format!(
+                "Invalid input for allocation_pools. Reason: Invalid data format for IP pool: '{v}'."
+            )));
+        }
+    };
+    let mut pools = vec![];
+    for p in list {
+        let (start, end) = match p.as_object().map(|o| (o.get("start"), o.get("end"))) {
+            Some((Some(Value::String(s)), Some(Value::String(e))))
+                if p.as_object().is_some_and(|o| o.len() == 2) =>
+            {
+                (s, e)
+            }
+            _ => {
+                return Err(ApiError::bad_request(format!(
+                    "Invalid input for allocation_pools. Reason: Invalid data format for IP pool: '{p}'."
+                )));
+            }
+        };
+        let ip = |s: &str| {
+            s.parse::<Ipv4Addr>().map_err(|_| {
+                ApiError::bad_request(format!(
+                    "Invalid input for allocation_pools. Reason: '{s}' is not a valid IP address."
+                ))
+            })
+        };
+        let pool = Pool {
+            start: ip(start)?,
+            end: ip(end)?,
+        };
+        if pool.start > pool.end {
+            return Err(ApiError::bad_request(format!(
+                "The allocation pool {{'start': '{start}', 'end': '{end}'}} is not valid."
+            ))
+            .kind("InvalidAllocationPool"));
+        }
+        let (first, last) = host_range(base, len);
+        if u32::from(pool.start) < first || u32::from(pool.end) > last {
+            return Err(ApiError::bad_request(format!(
+                "The allocation pool {pool} spans beyond the subnet cidr {cidr}."
+            ))
+            .kind("OutOfBoundsAllocationPool"));
+        }
+        pools.push(pool);
+    }
+    for (i, a) in pools.iter().enumerate() {
+        for b in &pools[i + 1..] {
+            if a.start <= b.end && b.start <= a.end {
+                return Err(ApiError::conflict(format!(
+                    "Found overlapping allocation pools: {a} {b} for subnet {cidr}."
+                ))
+                .kind("OverlappingAllocationPools"));
+            }
+        }
+    }
+    if let Some(gw) = gateway.and_then(|g| g.parse::<Ipv4Addr>().ok())
+        && let Some(p) = pools.iter().find(|p| p.contains(gw))
+    {
+        return Err(ApiError::conflict(format!(
+            "Gateway ip {gw} conflicts with allocation pool {p}."
+        ))
+        .kind("GatewayConflictWithAllocationPools"));
+    }
+    Ok(Some(pools))
 }
 
 fn se(e: StoreError) -> ApiError {
@@ -186,6 +341,7 @@ fn extensions() -> Response {
         ("port-security", "Port Security"),
         ("binding", "Port Binding"),
         ("quotas", "Quota management support"),
+        ("network-ip-availability", "Network IP Availability"),
         ("quota_details", "Quota details management support"),
     ]
     .iter()
@@ -378,6 +534,8 @@ fn create_subnet(svc: &Service, ctx: &Ctx, n: &Map<String, Value>) -> Result<Val
         }
         Some(_) => return Err(ApiError::bad_request("gateway_ip must be a string")),
     };
+    let pools = pools_field(n, cidr, base, len, gateway_ip.as_deref())?
+        .unwrap_or_else(|| default_pools(base, len, gateway_ip.as_deref()));
     let doc = SubnetDoc {
         name: n
             .get("name")
@@ -392,6 +550,7 @@ fn create_subnet(svc: &Service, ctx: &Ctx, n: &Map<String, Value>) -> Result<Val
             .get("enable_dhcp")
             .and_then(Value::as_bool)
             .unwrap_or(true),
+        allocation_pools: Some(pools),
         created: now_secs(),
     };
     let id = uuid::Uuid::new_v4().to_string();
@@ -449,16 +608,37 @@ fn network_view(svc: &Service, id: &str, d: &NetworkDoc) -> Result<Value, ApiErr
 }
 
 fn subnet_view(id: &str, d: &SubnetDoc) -> Value {
-    let (base, len) = parse_cidr(&d.cidr).unwrap_or((Ipv4Addr::UNSPECIFIED, 24));
-    let first = u32::from(base) + 2;
-    let last = (u32::from(base) | !(u32::MAX << (32 - len))) - 1;
     let t = crate::time::keystone(d.created);
     json!({"id": id, "name": d.name, "network_id": d.network_id, "tenant_id": d.project_id,
         "project_id": d.project_id, "cidr": d.cidr, "ip_version": 4, "gateway_ip": d.gateway_ip,
         "enable_dhcp": d.enable_dhcp, "dns_nameservers": [], "host_routes": [],
-        "allocation_pools": [{"start": Ipv4Addr::from(first).to_string(),
-                              "end": Ipv4Addr::from(last).to_string()}],
+        "allocation_pools": d.pools(),
         "ipv6_ra_mode": null, "ipv6_address_mode": null, "subnetpool_id": null,
         "description": "", "tags": [], "service_types": [], "created_at": t, "updated_at": t,
         "revision_number": 1})
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pools(gateway: Option<&str>) -> Vec<String> {
+        default_pools(Ipv4Addr::new(10, 0, 0, 0), 29, gateway)
+            .iter()
+            .map(|p| format!("{p}/{}", p.size()))
+            .collect()
+    }
+
+    #[test]
+    fn default_pools_leave_out_the_gateway_the_network_and_broadcast_addresses() {
+        assert_eq!(pools(None), ["10.0.0.1-10.0.0.6/6"]);
+        assert_eq!(pools(Some("10.0.0.1")), ["10.0.0.2-10.0.0.6/5"]);
+        assert_eq!(pools(Some("10.0.0.6")), ["10.0.0.1-10.0.0.5/5"]);
+        assert_eq!(
+            pools(Some("10.0.0.3")),
+            ["10.0.0.1-10.0.0.2/2", "10.0.0.4-10.0.0.6/3"]
+        );
+        // A gateway that is not a host address of the subnet takes nothing.
+        assert_eq!(pools(Some("10.0.0.7")), ["10.0.0.1-10.0.0.6/6"]);
+    }
 }

@@ -263,6 +263,7 @@ pub fn handle(svc: &Service, ctx: &Ctx, req: &Request) -> Option<Result<Response
     match *first {
         "quotas" => super::neutron_quota::handle(svc, ctx, req, rest),
         "agents" if req.method == Method::GET => Some(agents(svc, ctx, rest)),
+        "network-ip-availabilities" => Some(super::ip_availability::handle(svc, ctx, req, rest)),
         p if p == Net::PATH => crud::<Net>(svc, ctx, req, rest),
         p if p == Subnet::PATH => crud::<Subnet>(svc, ctx, req, rest),
         p if p == Port::PATH => crud::<Port>(svc, ctx, req, rest),
