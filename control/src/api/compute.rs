@@ -525,6 +525,10 @@ fn nova(svc: &Service, ctx: &Ctx, req: &Request) -> Result<(Response, Option<Str
             Ok((empty(StatusCode::ACCEPTED), None))
         }
         (["flavors", _, "os-extra_specs"], &Method::GET) => ok(json!({"extra_specs": {}})),
+        (["os-simple-tenant-usage"], &Method::GET) => ok(super::usage::list(svc, ctx, req)?),
+        (["os-simple-tenant-usage", pid], &Method::GET) => {
+            ok(super::usage::show(svc, ctx, req, pid)?)
+        }
         (["servers"], &Method::GET) => ok(json!({"servers": servers(svc, ctx, req, false)?})),
         (["servers", "detail"], &Method::GET) => {
             ok(json!({"servers": servers(svc, ctx, req, true)?}))
@@ -2578,7 +2582,7 @@ async fn delete_server(svc: Arc<Service>, ctx: Ctx, id: String) -> Result<Respon
         if let Some(n) = &d.node_id {
             scheduler::release(&*svc.store, n, &id2, d.group_id.as_deref()).map_err(ce)?;
         }
-        svc.store.delete(Kind::Server, &id2).map_err(se)?;
+        super::usage::delete_server_record(svc, &id2)?;
         release_ports(svc, &id2, &d);
         crate::network::bump(&*svc.store).map_err(se)?;
         Ok(empty(StatusCode::NO_CONTENT))

@@ -24,6 +24,7 @@ pub mod neutron;
 mod neutron_quota;
 mod openstack;
 pub mod telemetry;
+mod usage;
 pub mod volume;
 
 /// A response body: whole JSON or a stream of image bytes.

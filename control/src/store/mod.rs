@@ -145,11 +145,13 @@ pub enum Kind {
     /// Keystone credentials (scope: user id; `ec2` ones have the SHA-256 of their access
     /// key as id).
     Credential,
+    /// Deleted servers as usage reports need them (scope: project id).
+    TerminatedServer,
 }
 
 impl Kind {
     /// Every kind.
-    pub const ALL: [Kind; 36] = [
+    pub const ALL: [Kind; 37] = [
         Kind::Domain,
         Kind::Project,
         Kind::User,
@@ -186,6 +188,7 @@ impl Kind {
         Kind::VolumeQuota,
         Kind::NetworkQuota,
         Kind::Credential,
+        Kind::TerminatedServer,
     ];
 
     /// The name stored in the `kind` column.
@@ -227,6 +230,7 @@ impl Kind {
             Kind::VolumeQuota => "volume_quota",
             Kind::NetworkQuota => "network_quota",
             Kind::Credential => "credential",
+            Kind::TerminatedServer => "terminated_server",
         }
     }
 }
