@@ -724,3 +724,174 @@ fn security_groups_locks_and_state_resets_on_servers_with_the_cli() {
     ok(&admin, &["server", "unlock", &mine_id]);
     ok(&member, &["server", "delete", "--wait", "mine"]);
 }
+
+/// Renaming servers and their metadata, with the stock CLI and over HTTP: `server set
+/// --name`, `server set/unset --property`, `server create --property`; the metadata paths
+/// merge, replace, set and delete items; Nova's 400s for bad bodies, 403 over the
+/// `metadata_items` quota, 404 for a missing item, 409 on a locked server for its owner.
+/// Refusals change nothing.
+#[test]
+fn servers_are_renamed_and_their_metadata_changed_with_the_cli() {
+    if !common::have_cli() {
+        return;
+    }
+    let cloud = Cloud::start_with(&config("spread", 1.0, 600), "", "");
+    let port = cloud.port;
+    let agents = Agents::start();
+    sim::register(port, &agents, &node("meta-a", "nova", "x86_64", 8, 8192));
+    let t = Tenant::setup(&cloud, &[""], &[("one", 1, 512, 1)]);
+    let admin = cloud.admin();
+    let (ok, ok_json, fails) = (common::ok, common::ok_json, common::fails);
+
+    let mut args = common::server_create(&t.images[""], &t.flavors["one"], &["--wait"], "msrv");
+    args.extend(["--property", "a=1"]);
+    ok(&admin, &args);
+    let id = ok_json(&admin, &["server", "show", "msrv"])["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let path = format!("/compute/v2.1/servers/{id}/metadata");
+    let req = |m: &str, p: &str, body: Value| cloud.json(m, p, Some(&t.token), &body);
+    let meta = || req("GET", &path, Value::Null).json()["metadata"].clone();
+    assert_eq!(meta(), json!({"a": "1"}));
+
+    ok(
+        &admin,
+        &[
+            "server",
+            "set",
+            "--property",
+            "b=2",
+            "--property",
+            "c=3",
+            "msrv",
+        ],
+    );
+    assert_eq!(meta(), json!({"a": "1", "b": "2", "c": "3"}));
+    let shown = ok_json(&admin, &["server", "show", "msrv"]);
+    assert!(shown["properties"].to_string().contains("c"), "{shown}");
+    ok(&admin, &["server", "unset", "--property", "a", "msrv"]);
+    assert_eq!(meta(), json!({"b": "2", "c": "3"}));
+    ok(&admin, &["server", "set", "--name", "renamed", "msrv"]);
+    let shown = ok_json(&admin, &["server", "show", "renamed"]);
+    assert_eq!(
+        (&shown["id"], &shown["name"]),
+        (&json!(id), &json!("renamed"))
+    );
+    let err = fails(&admin, &["server", "show", "msrv"]);
+    assert!(
+        err.contains("No Server found") || err.contains("No server with a name or ID"),
+        "{err}"
+    );
+
+    // One item at a time.
+    let item = format!("{path}/b");
+    let r = req("GET", &item, Value::Null);
+    assert_eq!((r.status, r.json()), (200, json!({"meta": {"b": "2"}})));
+    let r = req("PUT", &item, json!({"meta": {"b": "two"}}));
+    assert_eq!((r.status, r.json()), (200, json!({"meta": {"b": "two"}})));
+    let r = req("DELETE", &item, Value::Null);
+    assert_eq!(r.status, 204, "{}", r.text());
+    let r = req("GET", &item, Value::Null);
+    assert_eq!(r.status, 404, "{}", r.text());
+    assert_eq!(
+        r.json()["itemNotFound"]["message"],
+        "Metadata item was not found"
+    );
+    // Replace all.
+    let r = req("PUT", &path, json!({"metadata": {"x": "9"}}));
+    assert_eq!((r.status, r.json()), (200, json!({"metadata": {"x": "9"}})));
+    assert_eq!(meta(), json!({"x": "9"}));
+
+    // Bad input: each refused with Nova's status, nothing changed.
+    let too_many: serde_json::Map<String, Value> =
+        (0..129).map(|i| (format!("k{i}"), json!("v"))).collect();
+    let long = "v".repeat(256);
+    for (m, p, body, status, needle) in [
+        (
+            "PUT",
+            item.clone(),
+            json!({"meta": {"c": "1"}}),
+            400,
+            "mismatch",
+        ),
+        (
+            "PUT",
+            item.clone(),
+            json!({"meta": {"b": "1", "c": "2"}}),
+            400,
+            "too many",
+        ),
+        (
+            "POST",
+            path.clone(),
+            json!({"metadata": {"y": long}}),
+            400,
+            "255",
+        ),
+        (
+            "POST",
+            path.clone(),
+            json!({"metadata": {"y": 5}}),
+            400,
+            "string",
+        ),
+        ("POST", path.clone(), json!({"meta": {}}), 400, "metadata"),
+        (
+            "POST",
+            path.clone(),
+            json!({"metadata": too_many}),
+            403,
+            "metadata_items",
+        ),
+        (
+            "DELETE",
+            format!("{path}/nosuch"),
+            Value::Null,
+            404,
+            "not found",
+        ),
+        (
+            "PUT",
+            format!("/compute/v2.1/servers/{id}"),
+            json!({"server": {"name": " padded"}}),
+            400,
+            "whitespace",
+        ),
+        (
+            "PUT",
+            format!("/compute/v2.1/servers/{id}"),
+            json!({"server": {"name": "n", "flavorRef": "1"}}),
+            400,
+            "flavorRef",
+        ),
+    ] {
+        let r = req(m, &p, body.clone());
+        assert_eq!(r.status, status, "{m} {p} {body}: {}", r.text());
+        assert!(r.text().contains(needle), "{m} {p}: {}", r.text());
+    }
+    assert_eq!(meta(), json!({"x": "9"}));
+    assert_eq!(ok_json(&admin, &["server", "show", &id])["name"], "renamed");
+
+    // A locked server: its owner (a member) cannot change its metadata until unlocked.
+    for image in ok(&admin, &["image", "list", "-f", "value", "-c", "ID"]).lines() {
+        ok(&admin, &["image", "set", "--public", image]);
+    }
+    let member = cloud.member("metaproj", "metauser", "meta-pass-1");
+    let args = common::server_create(&t.images[""], &t.flavors["one"], &["--wait"], "mine");
+    ok(&member, &args);
+    ok(&member, &["server", "lock", "mine"]);
+    let err = fails(&member, &["server", "set", "--property", "k=v", "mine"]);
+    assert!(err.contains("is locked"), "{err}");
+    ok(&member, &["server", "unlock", "mine"]);
+    ok(&member, &["server", "set", "--property", "k=v", "mine"]);
+    let shown = ok_json(&member, &["server", "show", "mine"]);
+    assert!(shown["properties"].to_string().contains("k"), "{shown}");
+    // Another project's server is not there for the member.
+    let err = fails(&member, &["server", "set", "--property", "k=v", &id]);
+    assert!(
+        err.contains("No server with a name or ID") || err.contains("404"),
+        "{err}"
+    );
+    assert_eq!(meta(), json!({"x": "9"}));
+}

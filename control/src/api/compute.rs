@@ -494,6 +494,9 @@ pub(crate) fn update_server(
 fn nova(svc: &Service, ctx: &Ctx, req: &Request) -> Result<(Response, Option<String>), ApiError> {
     let s: Vec<&str> = req.segs.iter().map(String::as_str).collect();
     let ok = |v: Value| Ok((json_resp(StatusCode::OK, &v), None));
+    if let Some(r) = super::server_meta::handle(svc, ctx, req, &s) {
+        return r.map(|r| (r, None));
+    }
     match (s.as_slice(), &req.method) {
         (["flavors"], &Method::GET) => ok(json!({"flavors": flavors(svc, ctx, false)?})),
         (["flavors", "detail"], &Method::GET) => ok(json!({"flavors": flavors(svc, ctx, true)?})),
@@ -1302,7 +1305,7 @@ fn host_of(url: &str) -> String {
         .to_string()
 }
 
-fn server_view(svc: &Service, id: &str, d: &ServerDoc, detail: bool) -> Value {
+pub(crate) fn server_view(svc: &Service, id: &str, d: &ServerDoc, detail: bool) -> Value {
     if !detail {
         return json!({"id": id, "name": d.name, "links": link(svc, "servers", id)});
     }
@@ -1786,7 +1789,7 @@ fn create_server(svc: &Service, ctx: &Ctx, req: &Request) -> Result<(Value, Stri
 /// The longest public key accepted (the agent's limit).
 const MAX_PUBLIC_KEY: usize = 16 * 1024;
 /// Nova's default `metadata_items` quota.
-const MAX_METADATA_ITEMS: usize = 128;
+pub(crate) const MAX_METADATA_ITEMS: usize = 128;
 /// Nova's limit on `user_data`: 65535 bytes of base64.
 const MAX_USER_DATA: usize = 65535;
 
@@ -2731,7 +2734,7 @@ fn nova_security_groups(
 }
 
 /// Nova's 409 for an action on a locked server by anyone but an admin.
-fn refuse_if_locked(ctx: &Ctx, id: &str, d: &ServerDoc) -> Result<(), ApiError> {
+pub(crate) fn refuse_if_locked(ctx: &Ctx, id: &str, d: &ServerDoc) -> Result<(), ApiError> {
     if d.locked.is_some() && !ctx.is_admin() {
         return Err(ApiError::conflict(format!("Instance {id} is locked")));
     }

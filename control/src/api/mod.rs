@@ -23,6 +23,7 @@ pub mod network;
 pub mod neutron;
 mod neutron_quota;
 mod openstack;
+mod server_meta;
 pub mod telemetry;
 mod usage;
 pub mod volume;
