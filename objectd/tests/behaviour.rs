@@ -1882,3 +1882,251 @@ fn kill_9_mid_overwrite_of_a_versioned_object_keeps_the_old_version_current() {
     assert_eq!((r.status, r.body == first), (200, true));
     assert!(files_under(&d.data().join("tmp")).is_empty());
 }
+
+fn tagging_doc(tags: &[(&str, &str)]) -> String {
+    let tags: String = tags
+        .iter()
+        .map(|(k, v)| format!("<Tag><Key>{k}</Key><Value>{v}</Value></Tag>"))
+        .collect();
+    format!(
+        "<Tagging xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\"><TagSet>{tags}</TagSet></Tagging>"
+    )
+}
+
+/// The `<Code>` of an S3 error body.
+fn s3_code(r: &Resp) -> String {
+    let t = r.text();
+    t.split_once("<Code>")
+        .and_then(|(_, rest)| rest.split_once("</Code>"))
+        .map(|(c, _)| c.to_owned())
+        .unwrap_or_else(|| panic!("no error code in {t:?}"))
+}
+
+#[test]
+fn s3_object_tags_are_stored_checked_and_survive_a_restart() {
+    let mut d = Daemon::start();
+    assert_eq!(s3(&d, "PUT", "/tags", &[], b"", SECRET_KEY).status, 200);
+    // PutObject with x-amz-tagging (URL query form).
+    let r = s3(
+        &d,
+        "PUT",
+        "/tags/k",
+        &[("x-amz-tagging", "project=blue&note=two%20words&flag")],
+        b"content",
+        SECRET_KEY,
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let etag = r.header("etag").unwrap().to_owned();
+    let head = s3(&d, "HEAD", "/tags/k", &[], b"", SECRET_KEY);
+    assert_eq!(head.header("x-amz-tagging-count"), Some("3"));
+    let r = s3(&d, "GET", "/tags/k?tagging", &[], b"", SECRET_KEY);
+    assert_eq!(r.status, 200);
+    assert!(
+        r.text().ends_with(
+            "<TagSet><Tag><Key>project</Key><Value>blue</Value></Tag><Tag><Key>note</Key><Value>two words</Value></Tag><Tag><Key>flag</Key><Value></Value></Tag></TagSet></Tagging>"
+        ),
+        "{}",
+        r.text()
+    );
+    // PutObjectTagging replaces the set, and leaves the content, ETag and time alone.
+    let before = s3(&d, "GET", "/tags/k", &[], b"", SECRET_KEY);
+    let doc = tagging_doc(&[("colour", "red"), ("size", "")]);
+    let r = s3(
+        &d,
+        "PUT",
+        "/tags/k?tagging",
+        &[],
+        doc.as_bytes(),
+        SECRET_KEY,
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let after = s3(&d, "GET", "/tags/k", &[], b"", SECRET_KEY);
+    assert_eq!(after.body, b"content");
+    assert_eq!(after.header("etag"), Some(etag.as_str()));
+    assert_eq!(
+        after.header("last-modified"),
+        before.header("last-modified")
+    );
+    assert_eq!(after.header("x-amz-tagging-count"), Some("2"));
+    // Swift never shows them.
+    let token = d.token();
+    let sw = http(
+        d.port,
+        "HEAD",
+        "/v1/AUTH_test/tags/k",
+        &[("X-Auth-Token", &token)],
+        b"",
+    );
+    assert_eq!(sw.status, 200);
+    assert!(
+        !sw.headers
+            .iter()
+            .any(|(k, _)| k.contains("sysmeta") || k.contains("tagging")),
+        "{:?}",
+        sw.headers
+    );
+
+    // Bad tag sets are refused with S3's codes, and the stored set is unchanged.
+    let eleven: Vec<(String, String)> = (0..11).map(|i| (format!("k{i}"), "v".into())).collect();
+    let eleven: Vec<(&str, &str)> = eleven
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let long_key = "k".repeat(129);
+    let long_value = "v".repeat(257);
+    for (doc, status, code) in [
+        (tagging_doc(&eleven), 400, "BadRequest"),
+        (tagging_doc(&[("a", "1"), ("a", "2")]), 400, "InvalidTag"),
+        (tagging_doc(&[(&long_key, "v")]), 400, "InvalidTag"),
+        (tagging_doc(&[("k", &long_value)]), 400, "InvalidTag"),
+        (tagging_doc(&[("", "v")]), 400, "InvalidTag"),
+        (tagging_doc(&[("aws:reserved", "v")]), 400, "InvalidTag"),
+        (tagging_doc(&[("bad?key", "v")]), 400, "InvalidTag"),
+        (
+            "<Tagging><TagSet><Tag><Key>k</Key>".into(),
+            400,
+            "MalformedXML",
+        ),
+        (
+            "<Tagging><TagSet><Tag><Key>k</Key></Tag></TagSet></Tagging>".into(),
+            400,
+            "MalformedXML",
+        ),
+        ("<Tagging/>".into(), 400, "MalformedXML"),
+    ] {
+        let r = s3(
+            &d,
+            "PUT",
+            "/tags/k?tagging",
+            &[],
+            doc.as_bytes(),
+            SECRET_KEY,
+        );
+        assert_eq!((r.status, s3_code(&r).as_str()), (status, code), "{doc}");
+    }
+    let ok = tagging_doc(&[(&"k".repeat(128), &"v".repeat(256))]);
+    let r = s3(
+        &d,
+        "PUT",
+        "/tags/k?tagging",
+        &[("content-md5", "AAAAAAAAAAAAAAAAAAAAAA==")],
+        ok.as_bytes(),
+        SECRET_KEY,
+    );
+    assert_eq!((r.status, s3_code(&r).as_str()), (400, "BadDigest"));
+    let r = s3(&d, "GET", "/tags/k?tagging", &[], b"", SECRET_KEY);
+    assert!(
+        r.text().contains("<Key>colour</Key><Value>red</Value>"),
+        "{}",
+        r.text()
+    );
+    // Unknown object or bucket.
+    let doc = tagging_doc(&[("a", "1")]);
+    let r = s3(
+        &d,
+        "PUT",
+        "/tags/nope?tagging",
+        &[],
+        doc.as_bytes(),
+        SECRET_KEY,
+    );
+    assert_eq!((r.status, s3_code(&r).as_str()), (404, "NoSuchKey"));
+    let r = s3(&d, "GET", "/tags/nope?tagging", &[], b"", SECRET_KEY);
+    assert_eq!((r.status, s3_code(&r).as_str()), (404, "NoSuchKey"));
+    let r = s3(&d, "DELETE", "/tags/nope?tagging", &[], b"", SECRET_KEY);
+    assert_eq!((r.status, s3_code(&r).as_str()), (404, "NoSuchKey"));
+    let r = s3(&d, "GET", "/nobucket/k?tagging", &[], b"", SECRET_KEY);
+    assert_eq!((r.status, s3_code(&r).as_str()), (404, "NoSuchBucket"));
+    assert_eq!(
+        s3(&d, "HEAD", "/tags/nope", &[], b"", SECRET_KEY).status,
+        404
+    );
+    // A bad x-amz-tagging header refuses the whole PutObject: nothing is stored.
+    for (tagging, code) in [
+        ("a=1&a=2", "InvalidArgument"),
+        ("=v", "InvalidArgument"),
+        ("a=%zz", "InvalidArgument"),
+        ("a%3F=1", "InvalidTag"),
+    ] {
+        let r = s3(
+            &d,
+            "PUT",
+            "/tags/h",
+            &[("x-amz-tagging", tagging)],
+            b"x",
+            SECRET_KEY,
+        );
+        assert_eq!((r.status, s3_code(&r).as_str()), (400, code), "{tagging}");
+        assert_eq!(s3(&d, "HEAD", "/tags/h", &[], b"", SECRET_KEY).status, 404);
+    }
+    let r = s3(
+        &d,
+        "PUT",
+        "/tags/copy",
+        &[
+            ("x-amz-copy-source", "/tags/k"),
+            ("x-amz-tagging-directive", "MERGE"),
+        ],
+        b"",
+        SECRET_KEY,
+    );
+    assert_eq!((r.status, s3_code(&r).as_str()), (400, "InvalidArgument"));
+
+    // Tags are in the index with the object: they survive a kill -9 and a restart.
+    d.restart();
+    let r = s3(&d, "GET", "/tags/k?tagging", &[], b"", SECRET_KEY);
+    assert!(
+        r.text().contains("<Tag><Key>colour</Key><Value>red</Value></Tag><Tag><Key>size</Key><Value></Value></Tag></TagSet>"),
+        "{}",
+        r.text()
+    );
+    // DeleteObjectTagging empties the set; an overwrite or a delete drops tags.
+    let r = s3(&d, "DELETE", "/tags/k?tagging", &[], b"", SECRET_KEY);
+    assert_eq!(r.status, 204);
+    let r = s3(&d, "GET", "/tags/k?tagging", &[], b"", SECRET_KEY);
+    assert!(r.text().contains("<TagSet></TagSet>"), "{}", r.text());
+    assert_eq!(
+        s3(&d, "GET", "/tags/k", &[], b"", SECRET_KEY).header("x-amz-tagging-count"),
+        None
+    );
+    assert_eq!(
+        s3(
+            &d,
+            "PUT",
+            "/tags/k?tagging",
+            &[],
+            doc.as_bytes(),
+            SECRET_KEY
+        )
+        .status,
+        200
+    );
+    assert_eq!(
+        s3(&d, "PUT", "/tags/k", &[], b"new", SECRET_KEY).status,
+        200
+    );
+    let r = s3(&d, "GET", "/tags/k?tagging", &[], b"", SECRET_KEY);
+    assert!(r.text().contains("<TagSet></TagSet>"), "{}", r.text());
+    assert_eq!(
+        s3(
+            &d,
+            "PUT",
+            "/tags/k?tagging",
+            &[],
+            doc.as_bytes(),
+            SECRET_KEY
+        )
+        .status,
+        200
+    );
+    assert_eq!(
+        s3(&d, "DELETE", "/tags/k", &[], b"", SECRET_KEY).status,
+        204
+    );
+    assert_eq!(
+        s3(&d, "PUT", "/tags/k", &[], b"again", SECRET_KEY).status,
+        200
+    );
+    let r = s3(&d, "GET", "/tags/k?tagging", &[], b"", SECRET_KEY);
+    assert!(r.text().contains("<TagSet></TagSet>"), "{}", r.text());
+}
