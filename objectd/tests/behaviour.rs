@@ -2130,3 +2130,91 @@ fn s3_object_tags_are_stored_checked_and_survive_a_restart() {
     let r = s3(&d, "GET", "/tags/k?tagging", &[], b"", SECRET_KEY);
     assert!(r.text().contains("<TagSet></TagSet>"), "{}", r.text());
 }
+
+#[test]
+fn s3_versioning_is_reported_honestly_and_unknown_sub_resources_touch_nothing() {
+    let d = Daemon::start();
+    assert_eq!(s3(&d, "PUT", "/ver", &[], b"", SECRET_KEY).status, 200);
+    assert_eq!(
+        s3(&d, "PUT", "/ver/k", &[], b"data", SECRET_KEY).status,
+        200
+    );
+    let r = s3(&d, "GET", "/ver?versioning", &[], b"", SECRET_KEY);
+    assert_eq!(r.status, 200);
+    assert!(
+        r.text().ends_with(
+            "<VersioningConfiguration xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\"/>"
+        ),
+        "{}",
+        r.text()
+    );
+    let cfg = |s: &str| {
+        format!(
+            "<VersioningConfiguration xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\"><Status>{s}</Status></VersioningConfiguration>"
+        )
+    };
+    let r = s3(
+        &d,
+        "PUT",
+        "/ver?versioning",
+        &[],
+        cfg("Enabled").as_bytes(),
+        SECRET_KEY,
+    );
+    assert_eq!((r.status, s3_code(&r).as_str()), (501, "NotImplemented"));
+    assert!(
+        r.text().contains("versioning is not implemented"),
+        "{}",
+        r.text()
+    );
+    let r = s3(
+        &d,
+        "PUT",
+        "/ver?versioning",
+        &[],
+        cfg("Sometimes").as_bytes(),
+        SECRET_KEY,
+    );
+    assert_eq!((r.status, s3_code(&r).as_str()), (400, "MalformedXML"));
+    let r = s3(&d, "GET", "/ver?versioning", &[], b"", SECRET_KEY);
+    assert!(!r.text().contains("Status"), "{}", r.text());
+    // Suspended is accepted (as S3 accepts it on any bucket) and reported from then on.
+    let r = s3(
+        &d,
+        "PUT",
+        "/ver?versioning",
+        &[],
+        cfg("Suspended").as_bytes(),
+        SECRET_KEY,
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = s3(&d, "GET", "/ver?versioning", &[], b"", SECRET_KEY);
+    assert!(
+        r.text().contains("<Status>Suspended</Status>"),
+        "{}",
+        r.text()
+    );
+    let r = s3(&d, "GET", "/none?versioning", &[], b"", SECRET_KEY);
+    assert_eq!((r.status, s3_code(&r).as_str()), (404, "NoSuchBucket"));
+    // Sub-resources objectd does not implement answer 501 for every method and leave the
+    // bucket and its objects alone (a DELETE ?policy once deleted an empty bucket, a
+    // PUT ?tagging on an object once overwrote it).
+    for (method, path) in [
+        ("DELETE", "/ver?policy"),
+        ("DELETE", "/ver?cors"),
+        ("PUT", "/ver?lifecycle"),
+        ("GET", "/ver?tagging"),
+        ("GET", "/ver?versions"),
+        ("PUT", "/ver/k?retention"),
+    ] {
+        let r = s3(&d, method, path, &[], b"<x/>", SECRET_KEY);
+        assert_eq!(
+            (r.status, s3_code(&r).as_str()),
+            (501, "NotImplemented"),
+            "{method} {path}"
+        );
+    }
+    let r = s3(&d, "DELETE", "/ver?versioning", &[], b"", SECRET_KEY);
+    assert_eq!(r.status, 405);
+    assert_eq!(s3(&d, "GET", "/ver/k", &[], b"", SECRET_KEY).body, b"data");
+}

@@ -5,7 +5,8 @@
 //! `aws-chunked` (signed chunks, or unsigned with a trailing checksum).
 //!
 //! Sub-resources are routed before the bucket and object themselves: object tags
-//! ([`tagging`]); every other sub-resource S3 defines answers 501, whatever the method.
+//! ([`tagging`]) and bucket versioning (reported, never enabled); every other
+//! sub-resource S3 defines answers 501, whatever the method.
 
 pub mod chunked;
 pub mod sigv4;
@@ -145,6 +146,18 @@ pub async fn handle(state: &State, req: Request) -> Result<Response, ApiError> {
                 "NotImplemented",
                 format!("the bucket sub-resource ?{sub} is not implemented"),
             ));
+        }
+        if has("versioning") {
+            return match *m {
+                Method::GET => get_versioning(state, &account, &bucket).await,
+                Method::PUT => {
+                    let (mut src, _) = source()?;
+                    let doc = src.read_all(64 * 1024).await?;
+                    check_body_digests(h, &doc)?;
+                    put_versioning(state, &account, &bucket, &doc).await
+                }
+                _ => Err(method_not_allowed()),
+            };
         }
         return match *m {
             Method::PUT => {
@@ -410,8 +423,7 @@ pub async fn handle(state: &State, req: Request) -> Result<Response, ApiError> {
 }
 
 /// Bucket sub-resources S3 has and objectd does not implement.
-const BUCKET_UNIMPLEMENTED: [&str; 24] = [
-    "versioning",
+const BUCKET_UNIMPLEMENTED: [&str; 23] = [
     "acl",
     "policy",
     "policyStatus",
@@ -454,6 +466,73 @@ fn method_not_allowed() -> ApiError {
         "MethodNotAllowed",
         "the specified method is not allowed against this resource",
     )
+}
+
+/// Where S3 keeps a bucket's versioning state in its container metadata: only
+/// `Suspended` is ever stored (see [`put_versioning`]).
+const VERSIONING_META: &str = "x-container-sysmeta-s3-versioning";
+
+/// GetBucketVersioning: S3's empty configuration for a bucket whose versioning was never
+/// set, `Suspended` once a client suspended it.
+async fn get_versioning(state: &State, account: &str, bucket: &str) -> Result<Response, ApiError> {
+    let meta = container_meta(state, account, bucket).await?;
+    let body = match meta.get(VERSIONING_META).map(String::as_str) {
+        Some("Suspended") => format!(
+            "{XML_HEAD}<VersioningConfiguration xmlns=\"{NS}\"><Status>Suspended</Status></VersioningConfiguration>"
+        ),
+        _ => format!("{XML_HEAD}<VersioningConfiguration xmlns=\"{NS}\"/>"),
+    };
+    Ok(xml_response(StatusCode::OK, body))
+}
+
+/// PutBucketVersioning. objectd keeps one version of each S3 object, so `Enabled` is
+/// refused with 501. `Suspended` is accepted, as S3 accepts it on any bucket: a suspended
+/// bucket writes every object as its single "null" version, which is what objectd does,
+/// and GetBucketVersioning reports the state from then on, as S3 does.
+async fn put_versioning(
+    state: &State,
+    account: &str,
+    bucket: &str,
+    doc: &[u8],
+) -> Result<Response, ApiError> {
+    container_meta(state, account, bucket).await?;
+    let (_, top) = xml::records(doc, "VersioningConfiguration", "-")?;
+    if xml::field(&top, "MfaDelete") == Some("Enabled") {
+        return Err(ApiError::new(
+            StatusCode::NOT_IMPLEMENTED,
+            "NotImplemented",
+            "MFA delete is not implemented",
+        ));
+    }
+    match xml::field(&top, "Status") {
+        Some("Suspended") => {
+            let meta = BTreeMap::from([(VERSIONING_META.to_owned(), "Suspended".to_owned())]);
+            state.store.post_container(account, bucket, meta).await?;
+            Ok(response(StatusCode::OK, ""))
+        }
+        Some("Enabled") => Err(ApiError::new(
+            StatusCode::NOT_IMPLEMENTED,
+            "NotImplemented",
+            "S3 versioning is not implemented: objectd keeps one version of each object (the Swift API's X-Versions-Location keeps older versions)",
+        )),
+        _ => Err(ApiError::bad_request(
+            "MalformedXML",
+            "the XML you provided was not well-formed or did not validate: Status must be Enabled or Suspended",
+        )),
+    }
+}
+
+/// A bucket's container metadata; NoSuchBucket if it does not exist.
+async fn container_meta(
+    state: &State,
+    account: &str,
+    bucket: &str,
+) -> Result<BTreeMap<String, String>, ApiError> {
+    state
+        .store
+        .container_meta(account, bucket)
+        .await?
+        .ok_or_else(no_such_bucket)
 }
 
 /// The tags of an object write's `x-amz-tagging` header (none without it).

@@ -1,5 +1,5 @@
 //! The little XML S3 needs: escaping for responses, and reading request documents
-//! (CompleteMultipartUpload, Delete, Tagging) into flat records.
+//! (CompleteMultipartUpload, Delete, Tagging, VersioningConfiguration) into flat records.
 
 use quick_xml::Reader;
 use quick_xml::events::Event;
