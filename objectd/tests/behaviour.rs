@@ -2218,3 +2218,166 @@ fn s3_versioning_is_reported_honestly_and_unknown_sub_resources_touch_nothing() 
     assert_eq!(r.status, 405);
     assert_eq!(s3(&d, "GET", "/ver/k", &[], b"", SECRET_KEY).body, b"data");
 }
+
+#[test]
+fn s3_canned_acls_map_onto_the_swift_read_acl() {
+    let d = Daemon::start();
+    assert_eq!(s3(&d, "PUT", "/pub", &[], b"", SECRET_KEY).status, 200);
+    assert_eq!(
+        s3(&d, "PUT", "/pub/o", &[], b"public bytes", SECRET_KEY).status,
+        200
+    );
+    let anonymous_swift = || http(d.port, "GET", "/v1/AUTH_test/pub/o", &[], b"");
+    let r = s3(&d, "GET", "/pub?acl", &[], b"", SECRET_KEY);
+    assert_eq!(r.status, 200);
+    assert!(r.text().contains("<ID>AUTH_test</ID>"), "{}", r.text());
+    assert!(r.text().contains("<Permission>FULL_CONTROL</Permission>"));
+    assert!(!r.text().contains("AllUsers"), "{}", r.text());
+    assert_eq!(anonymous_swift().status, 401);
+
+    let r = s3(
+        &d,
+        "PUT",
+        "/pub?acl",
+        &[("x-amz-acl", "public-read")],
+        b"",
+        SECRET_KEY,
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    for path in ["/pub?acl", "/pub/o?acl"] {
+        let r = s3(&d, "GET", path, &[], b"", SECRET_KEY);
+        assert!(
+            r.text().contains("<URI>http://acs.amazonaws.com/groups/global/AllUsers</URI></Grantee><Permission>READ</Permission>"),
+            "{path}: {}",
+            r.text()
+        );
+    }
+    let token = d.token();
+    let stat = http(
+        d.port,
+        "HEAD",
+        "/v1/AUTH_test/pub",
+        &[("X-Auth-Token", &token)],
+        b"",
+    );
+    assert_eq!(stat.header("x-container-read"), Some(".r:*,.rlistings"));
+    let r = anonymous_swift();
+    assert_eq!((r.status, r.body.as_slice()), (200, &b"public bytes"[..]));
+    assert_eq!(
+        http(d.port, "GET", "/v1/AUTH_test/pub", &[], b"").status,
+        200
+    );
+    // objectd has no anonymous S3 access (an S3 path names no account): refused.
+    let r = http(d.port, "GET", "/pub/o", &[], b"");
+    assert_eq!((r.status, s3_code(&r).as_str()), (403, "AccessDenied"));
+
+    // Unsupported forms are refused and change nothing.
+    for (hs, body, status, code) in [
+        (
+            vec![("x-amz-acl", "public-read-write")],
+            &b""[..],
+            501,
+            "NotImplemented",
+        ),
+        (
+            vec![(
+                "x-amz-grant-read",
+                "uri=\"http://acs.amazonaws.com/groups/global/AllUsers\"",
+            )],
+            b"",
+            501,
+            "NotImplemented",
+        ),
+        (vec![], b"<AccessControlPolicy/>", 501, "NotImplemented"),
+        (vec![], b"", 400, "MissingSecurityHeader"),
+        (vec![("x-amz-acl", "everyone")], b"", 400, "InvalidArgument"),
+    ] {
+        let r = s3(&d, "PUT", "/pub?acl", &hs, body, SECRET_KEY);
+        assert_eq!((r.status, s3_code(&r).as_str()), (status, code), "{hs:?}");
+    }
+    assert_eq!(anonymous_swift().status, 200);
+    // A private object ACL cannot hold in a public bucket.
+    let r = s3(
+        &d,
+        "PUT",
+        "/pub/o?acl",
+        &[("x-amz-acl", "private")],
+        b"",
+        SECRET_KEY,
+    );
+    assert_eq!((r.status, s3_code(&r).as_str()), (501, "NotImplemented"));
+
+    let r = s3(
+        &d,
+        "PUT",
+        "/pub?acl",
+        &[("x-amz-acl", "private")],
+        b"",
+        SECRET_KEY,
+    );
+    assert_eq!(r.status, 200);
+    assert_eq!(anonymous_swift().status, 401);
+    let r = s3(&d, "GET", "/pub/o?acl", &[], b"", SECRET_KEY);
+    assert!(!r.text().contains("AllUsers"), "{}", r.text());
+    let r = s3(
+        &d,
+        "PUT",
+        "/pub/o?acl",
+        &[("x-amz-acl", "private")],
+        b"",
+        SECRET_KEY,
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = s3(&d, "GET", "/pub/none?acl", &[], b"", SECRET_KEY);
+    assert_eq!((r.status, s3_code(&r).as_str()), (404, "NoSuchKey"));
+
+    // Object writes accept x-amz-acl: private only.
+    let r = s3(
+        &d,
+        "PUT",
+        "/pub/p",
+        &[("x-amz-acl", "private")],
+        b"x",
+        SECRET_KEY,
+    );
+    assert_eq!(r.status, 200);
+    let r = s3(
+        &d,
+        "PUT",
+        "/pub/q",
+        &[("x-amz-acl", "public-read")],
+        b"x",
+        SECRET_KEY,
+    );
+    assert_eq!((r.status, s3_code(&r).as_str()), (501, "NotImplemented"));
+    assert_eq!(s3(&d, "HEAD", "/pub/q", &[], b"", SECRET_KEY).status, 404);
+
+    // CreateBucket's x-amz-acl.
+    let r = s3(
+        &d,
+        "PUT",
+        "/born-public",
+        &[("x-amz-acl", "public-read")],
+        b"",
+        SECRET_KEY,
+    );
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        s3(&d, "PUT", "/born-public/o", &[], b"hi", SECRET_KEY).status,
+        200
+    );
+    assert_eq!(
+        http(d.port, "GET", "/v1/AUTH_test/born-public/o", &[], b"").body,
+        b"hi"
+    );
+    let r = s3(
+        &d,
+        "PUT",
+        "/never",
+        &[("x-amz-acl", "authenticated-read")],
+        b"",
+        SECRET_KEY,
+    );
+    assert_eq!(r.status, 501);
+    assert_eq!(s3(&d, "HEAD", "/never", &[], b"", SECRET_KEY).status, 404);
+}

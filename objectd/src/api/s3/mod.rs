@@ -5,9 +5,10 @@
 //! `aws-chunked` (signed chunks, or unsigned with a trailing checksum).
 //!
 //! Sub-resources are routed before the bucket and object themselves: object tags
-//! ([`tagging`]) and bucket versioning (reported, never enabled); every other
-//! sub-resource S3 defines answers 501, whatever the method.
+//! ([`tagging`]), bucket versioning (reported, never enabled) and canned ACLs ([`acl`]);
+//! every other sub-resource S3 defines answers 501, whatever the method.
 
+pub mod acl;
 pub mod chunked;
 pub mod sigv4;
 pub mod tagging;
@@ -159,6 +160,28 @@ pub async fn handle(state: &State, req: Request) -> Result<Response, ApiError> {
                 _ => Err(method_not_allowed()),
             };
         }
+        if has("acl") {
+            return match *m {
+                Method::GET => {
+                    let meta = container_meta(state, &account, &bucket).await?;
+                    let (_, list) = acl::anonymous_access(&meta);
+                    Ok(xml_response(StatusCode::OK, acl::policy(&account, list)))
+                }
+                Method::PUT => {
+                    let given = acl::canned(h)?;
+                    let (mut src, _) = source()?;
+                    let doc = src.read_all(64 * 1024).await?;
+                    let c = acl::check_put_body(&doc, given)?;
+                    container_meta(state, &account, &bucket).await?;
+                    state
+                        .store
+                        .post_container(&account, &bucket, acl::bucket_meta(c))
+                        .await?;
+                    Ok(response(StatusCode::OK, ""))
+                }
+                _ => Err(method_not_allowed()),
+            };
+        }
         return match *m {
             Method::PUT => {
                 if !valid_bucket_name(&bucket) {
@@ -167,13 +190,14 @@ pub async fn handle(state: &State, req: Request) -> Result<Response, ApiError> {
                         "the specified bucket is not valid",
                     ));
                 }
+                let canned = acl::canned(h)?;
                 // A CreateBucketConfiguration body is accepted and ignored.
                 let (mut src, _) = source()?;
                 src.read_all(64 * 1024).await?;
-                state
-                    .store
-                    .put_container(&account, &bucket, BTreeMap::new())
-                    .await?;
+                // x-amz-acl, when given, sets the bucket's read ACL (also on a bucket that
+                // already exists); without it an existing bucket keeps its ACL.
+                let meta = canned.map(acl::bucket_meta).unwrap_or_default();
+                state.store.put_container(&account, &bucket, meta).await?;
                 let mut r = response(StatusCode::OK, "");
                 set_header(&mut r, "location", &format!("/{bucket}"));
                 Ok(r)
@@ -266,6 +290,43 @@ pub async fn handle(state: &State, req: Request) -> Result<Response, ApiError> {
             _ => Err(method_not_allowed()),
         };
     }
+    if has("acl") {
+        let meta = container_meta(state, &account, &bucket).await?;
+        return match *m {
+            Method::GET => {
+                state
+                    .store
+                    .get_object(&account, &bucket, &key)
+                    .await?
+                    .ok_or_else(no_such_key)?;
+                let (read, _) = acl::anonymous_access(&meta);
+                Ok(xml_response(StatusCode::OK, acl::policy(&account, read)))
+            }
+            Method::PUT => {
+                // An object has no ACL of its own: only `private` is accepted, and only
+                // where it holds (the bucket is not readable by anyone).
+                acl::check_object(h)?;
+                let given = acl::canned(h)?;
+                let (mut src, _) = source()?;
+                let doc = src.read_all(64 * 1024).await?;
+                acl::check_put_body(&doc, given)?;
+                state
+                    .store
+                    .get_object(&account, &bucket, &key)
+                    .await?
+                    .ok_or_else(no_such_key)?;
+                if acl::anonymous_access(&meta).0 {
+                    return Err(ApiError::new(
+                        StatusCode::NOT_IMPLEMENTED,
+                        "NotImplemented",
+                        "this bucket is public-read, so its objects are readable by anyone; a private ACL for one object is not implemented",
+                    ));
+                }
+                Ok(response(StatusCode::OK, ""))
+            }
+            _ => Err(method_not_allowed()),
+        };
+    }
     match *m {
         Method::PUT if has("uploadId") => {
             let upload_id = get("uploadId").unwrap_or_default().to_owned();
@@ -330,6 +391,7 @@ pub async fn handle(state: &State, req: Request) -> Result<Response, ApiError> {
             copy_object(state, &account, &bucket, &key, h).await
         }
         Method::PUT => {
+            acl::check_object(h)?;
             let tags = header_tags(h)?;
             bucket_exists(state, &account, &bucket).await?;
             let (src, expected) = source()?;
@@ -377,6 +439,7 @@ pub async fn handle(state: &State, req: Request) -> Result<Response, ApiError> {
             Ok(response(StatusCode::NO_CONTENT, ""))
         }
         Method::POST if has("uploads") => {
+            acl::check_object(h)?;
             let tags = header_tags(h)?;
             bucket_exists(state, &account, &bucket).await?;
             let id = random_hex(16);
@@ -423,8 +486,7 @@ pub async fn handle(state: &State, req: Request) -> Result<Response, ApiError> {
 }
 
 /// Bucket sub-resources S3 has and objectd does not implement.
-const BUCKET_UNIMPLEMENTED: [&str; 23] = [
-    "acl",
+const BUCKET_UNIMPLEMENTED: [&str; 22] = [
     "policy",
     "policyStatus",
     "cors",
@@ -450,8 +512,7 @@ const BUCKET_UNIMPLEMENTED: [&str; 23] = [
 ];
 
 /// Object sub-resources S3 has and objectd does not implement.
-const OBJECT_UNIMPLEMENTED: [&str; 7] = [
-    "acl",
+const OBJECT_UNIMPLEMENTED: [&str; 6] = [
     "retention",
     "legal-hold",
     "torrent",
@@ -1106,6 +1167,7 @@ async fn copy_object(
     key: &str,
     h: &http::HeaderMap,
 ) -> Result<Response, ApiError> {
+    acl::check_object(h)?;
     let replace_tags = match header(h, "x-amz-tagging-directive") {
         None | Some("COPY") => false,
         Some("REPLACE") => true,
