@@ -345,6 +345,28 @@ fn s3cmd_put_get_ls() {
     assert_eq!(std::fs::read(w.join("small.back")).unwrap(), small);
     let buckets = run(s3cmd().args(["ls"]));
     assert!(buckets.contains("s3://cmdbucket"), "{buckets}");
+    // `s3cmd info` reads the ACLs and tolerates the 501 sub-resources (policy, CORS, ...);
+    // `setacl` sends an XML ACL, which is refused honestly.
+    let info = run(s3cmd().args(["info", "s3://cmdbucket/small"]));
+    assert!(
+        info.contains("ACL:       AUTH_test: FULL_CONTROL"),
+        "{info}"
+    );
+    let info = run(s3cmd().args(["info", "s3://cmdbucket"]));
+    assert!(
+        info.contains("ACL:       AUTH_test: FULL_CONTROL"),
+        "{info}"
+    );
+    let out = s3cmd()
+        .args(["setacl", "--acl-public", "s3://cmdbucket"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("501 (NotImplemented)"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// `swift` as the second TempAuth user (`other:bob`), aimed at the first user's account.
