@@ -1006,7 +1006,9 @@ impl Store {
         }
     }
 
-    /// Replaces an object's metadata (Swift POST); false if the object is absent.
+    /// Replaces an object's user metadata (Swift POST); false if the object is absent.
+    /// Read and write are one transaction, so a concurrent change to the record (an
+    /// overwrite, S3 tags) is never undone by a stale copy.
     pub async fn post_object(
         &self,
         account: &str,
@@ -1016,31 +1018,75 @@ impl Store {
         content_type: Option<String>,
         delete_at: Option<Option<i64>>,
     ) -> Result<bool, StoreError> {
-        let Some(mut rec) = self.get_object(account, container, name).await? else {
-            return Ok(false);
-        };
-        rec.meta.retain(|k, _| !k.starts_with("x-object-meta-"));
-        rec.meta.extend(meta);
-        if let Some(ct) = content_type {
-            rec.content_type = ct;
-        }
-        if let Some(d) = delete_at {
-            rec.delete_at = d;
-        }
-        let (account, container) = (account.to_owned(), container.to_owned());
+        let (account, container, name) =
+            (account.to_owned(), container.to_owned(), name.to_owned());
         self.with_db(move |db| {
-            db.execute(
+            let tx = db.transaction()?;
+            let Some((mut current, mut ct, mut expiry)) =
+                live_meta(&tx, &account, &container, &name)?
+            else {
+                return Ok(false);
+            };
+            current.retain(|k, _| !k.starts_with("x-object-meta-"));
+            current.extend(meta);
+            if let Some(c) = content_type {
+                ct = c;
+            }
+            if let Some(d) = delete_at {
+                expiry = d;
+            }
+            tx.execute(
                 "UPDATE objects SET meta = ?4, content_type = ?5, delete_at = ?6
                  WHERE account = ?1 AND container = ?2 AND name = ?3",
                 params![
                     account,
                     container,
-                    rec.name,
-                    serde_json::to_string(&rec.meta)?,
-                    rec.content_type,
-                    rec.delete_at
+                    name,
+                    serde_json::to_string(&current)?,
+                    ct,
+                    expiry
                 ],
             )?;
+            tx.commit()?;
+            Ok(true)
+        })
+        .await
+    }
+
+    /// Sets (`Some`) or removes (`None`) one metadata entry of a live object, in one
+    /// transaction, leaving its content, ETag and modification time alone (S3 object
+    /// tags); false if the object is absent.
+    pub async fn set_object_meta_entry(
+        &self,
+        account: &str,
+        container: &str,
+        name: &str,
+        key: &str,
+        value: Option<String>,
+    ) -> Result<bool, StoreError> {
+        let (account, container, name, key) = (
+            account.to_owned(),
+            container.to_owned(),
+            name.to_owned(),
+            key.to_owned(),
+        );
+        self.with_db(move |db| {
+            let tx = db.transaction()?;
+            let Some((mut meta, _, _)) = live_meta(&tx, &account, &container, &name)? else {
+                return Ok(false);
+            };
+            let changed = match value {
+                Some(v) => meta.insert(key, v.clone()).as_ref() != Some(&v),
+                None => meta.remove(&key).is_some(),
+            };
+            if changed {
+                tx.execute(
+                    "UPDATE objects SET meta = ?4
+                     WHERE account = ?1 AND container = ?2 AND name = ?3",
+                    params![account, container, name, serde_json::to_string(&meta)?],
+                )?;
+                tx.commit()?;
+            }
             Ok(true)
         })
         .await
@@ -1492,6 +1538,31 @@ fn take_blobs(
     })
 }
 
+/// The metadata, content type and expiry of a live (not expired) object, read in the
+/// caller's transaction.
+type LiveMeta = (BTreeMap<String, String>, String, Option<i64>);
+
+fn live_meta(
+    tx: &Connection,
+    account: &str,
+    container: &str,
+    name: &str,
+) -> Result<Option<LiveMeta>, StoreError> {
+    let row: Option<(String, String, Option<i64>)> = tx
+        .query_row(
+            "SELECT meta, content_type, delete_at FROM objects
+             WHERE account = ?1 AND container = ?2 AND name = ?3",
+            params![account, container, name],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .optional()?;
+    match row {
+        Some((_, _, Some(t))) if t <= now_ms() / 1000 => Ok(None),
+        Some((meta, ct, delete_at)) => Ok(Some((serde_json::from_str(&meta)?, ct, delete_at))),
+        None => Ok(None),
+    }
+}
+
 /// Stores the content of new inline blobs, in the caller's transaction.
 fn insert_inline(tx: &Connection, blobs: &[Blob]) -> Result<(), StoreError> {
     for b in blobs {
@@ -1932,6 +2003,93 @@ mod tests {
             blobs: vec![blob],
             kind: Kind::Plain,
         }
+    }
+
+    async fn small_blob(store: &Store, body: &[u8]) -> Blob {
+        let mut w = store.blob_writer().await.unwrap();
+        w.write(body).await.unwrap();
+        w.finish().await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_metadata_entry_is_set_in_place_kept_by_swift_posts_and_dropped_by_overwrites() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store
+            .put_container("A", "c", BTreeMap::new())
+            .await
+            .unwrap();
+        let first = rec("o", small_blob(&store, b"one").await);
+        let written = first.last_modified_ms;
+        store.put_object("A", "c", first).await.unwrap();
+        let key = "x-object-sysmeta-test";
+        assert!(
+            store
+                .set_object_meta_entry("A", "c", "o", key, Some("v1".into()))
+                .await
+                .unwrap()
+        );
+        assert!(
+            !store
+                .set_object_meta_entry("A", "c", "missing", key, Some("v".into()))
+                .await
+                .unwrap()
+        );
+        // A Swift POST replaces user metadata only.
+        let user = BTreeMap::from([("x-object-meta-a".to_owned(), "b".to_owned())]);
+        assert!(
+            store
+                .post_object("A", "c", "o", user, None, None)
+                .await
+                .unwrap()
+        );
+        // The entry survives a reopen of the index; content and time are untouched.
+        drop(store);
+        let store = Store::open(dir.path()).unwrap();
+        let got = store.get_object("A", "c", "o").await.unwrap().unwrap();
+        assert_eq!(got.meta.get(key).map(String::as_str), Some("v1"));
+        assert_eq!(
+            got.meta.get("x-object-meta-a").map(String::as_str),
+            Some("b")
+        );
+        assert_eq!(got.last_modified_ms, written);
+        assert_eq!(got.etag, hex::encode(Md5::digest(b"one")));
+        assert!(
+            store
+                .set_object_meta_entry("A", "c", "o", key, None)
+                .await
+                .unwrap()
+        );
+        assert!(
+            !store
+                .get_object("A", "c", "o")
+                .await
+                .unwrap()
+                .unwrap()
+                .meta
+                .contains_key(key)
+        );
+        // An overwrite brings its own metadata: the old entry is gone.
+        store
+            .set_object_meta_entry("A", "c", "o", key, Some("v2".into()))
+            .await
+            .unwrap();
+        store
+            .put_object("A", "c", rec("o", small_blob(&store, b"two").await))
+            .await
+            .unwrap();
+        let got = store.get_object("A", "c", "o").await.unwrap().unwrap();
+        assert!(got.meta.is_empty(), "{:?}", got.meta);
+        // An expired object is absent here too.
+        let mut expired = rec("gone", small_blob(&store, b"x").await);
+        expired.delete_at = Some(now_ms() / 1000 - 1);
+        store.put_object("A", "c", expired).await.unwrap();
+        assert!(
+            !store
+                .set_object_meta_entry("A", "c", "gone", key, Some("v".into()))
+                .await
+                .unwrap()
+        );
     }
 
     #[tokio::test]

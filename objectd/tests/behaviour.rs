@@ -1882,3 +1882,502 @@ fn kill_9_mid_overwrite_of_a_versioned_object_keeps_the_old_version_current() {
     assert_eq!((r.status, r.body == first), (200, true));
     assert!(files_under(&d.data().join("tmp")).is_empty());
 }
+
+fn tagging_doc(tags: &[(&str, &str)]) -> String {
+    let tags: String = tags
+        .iter()
+        .map(|(k, v)| format!("<Tag><Key>{k}</Key><Value>{v}</Value></Tag>"))
+        .collect();
+    format!(
+        "<Tagging xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\"><TagSet>{tags}</TagSet></Tagging>"
+    )
+}
+
+/// The `<Code>` of an S3 error body.
+fn s3_code(r: &Resp) -> String {
+    let t = r.text();
+    t.split_once("<Code>")
+        .and_then(|(_, rest)| rest.split_once("</Code>"))
+        .map(|(c, _)| c.to_owned())
+        .unwrap_or_else(|| panic!("no error code in {t:?}"))
+}
+
+#[test]
+fn s3_object_tags_are_stored_checked_and_survive_a_restart() {
+    let mut d = Daemon::start();
+    assert_eq!(s3(&d, "PUT", "/tags", &[], b"", SECRET_KEY).status, 200);
+    // PutObject with x-amz-tagging (URL query form).
+    let r = s3(
+        &d,
+        "PUT",
+        "/tags/k",
+        &[("x-amz-tagging", "project=blue&note=two%20words&flag")],
+        b"content",
+        SECRET_KEY,
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let etag = r.header("etag").unwrap().to_owned();
+    let head = s3(&d, "HEAD", "/tags/k", &[], b"", SECRET_KEY);
+    assert_eq!(head.header("x-amz-tagging-count"), Some("3"));
+    let r = s3(&d, "GET", "/tags/k?tagging", &[], b"", SECRET_KEY);
+    assert_eq!(r.status, 200);
+    assert!(
+        r.text().ends_with(
+            "<TagSet><Tag><Key>project</Key><Value>blue</Value></Tag><Tag><Key>note</Key><Value>two words</Value></Tag><Tag><Key>flag</Key><Value></Value></Tag></TagSet></Tagging>"
+        ),
+        "{}",
+        r.text()
+    );
+    // PutObjectTagging replaces the set, and leaves the content, ETag and time alone.
+    let before = s3(&d, "GET", "/tags/k", &[], b"", SECRET_KEY);
+    let doc = tagging_doc(&[("colour", "red"), ("size", "")]);
+    let r = s3(
+        &d,
+        "PUT",
+        "/tags/k?tagging",
+        &[],
+        doc.as_bytes(),
+        SECRET_KEY,
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let after = s3(&d, "GET", "/tags/k", &[], b"", SECRET_KEY);
+    assert_eq!(after.body, b"content");
+    assert_eq!(after.header("etag"), Some(etag.as_str()));
+    assert_eq!(
+        after.header("last-modified"),
+        before.header("last-modified")
+    );
+    assert_eq!(after.header("x-amz-tagging-count"), Some("2"));
+    // Swift never shows them.
+    let token = d.token();
+    let sw = http(
+        d.port,
+        "HEAD",
+        "/v1/AUTH_test/tags/k",
+        &[("X-Auth-Token", &token)],
+        b"",
+    );
+    assert_eq!(sw.status, 200);
+    assert!(
+        !sw.headers
+            .iter()
+            .any(|(k, _)| k.contains("sysmeta") || k.contains("tagging")),
+        "{:?}",
+        sw.headers
+    );
+
+    // Bad tag sets are refused with S3's codes, and the stored set is unchanged.
+    let eleven: Vec<(String, String)> = (0..11).map(|i| (format!("k{i}"), "v".into())).collect();
+    let eleven: Vec<(&str, &str)> = eleven
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let long_key = "k".repeat(129);
+    let long_value = "v".repeat(257);
+    for (doc, status, code) in [
+        (tagging_doc(&eleven), 400, "BadRequest"),
+        (tagging_doc(&[("a", "1"), ("a", "2")]), 400, "InvalidTag"),
+        (tagging_doc(&[(&long_key, "v")]), 400, "InvalidTag"),
+        (tagging_doc(&[("k", &long_value)]), 400, "InvalidTag"),
+        (tagging_doc(&[("", "v")]), 400, "InvalidTag"),
+        (tagging_doc(&[("aws:reserved", "v")]), 400, "InvalidTag"),
+        (tagging_doc(&[("bad?key", "v")]), 400, "InvalidTag"),
+        (
+            "<Tagging><TagSet><Tag><Key>k</Key>".into(),
+            400,
+            "MalformedXML",
+        ),
+        (
+            "<Tagging><TagSet><Tag><Key>k</Key></Tag></TagSet></Tagging>".into(),
+            400,
+            "MalformedXML",
+        ),
+        ("<Tagging/>".into(), 400, "MalformedXML"),
+    ] {
+        let r = s3(
+            &d,
+            "PUT",
+            "/tags/k?tagging",
+            &[],
+            doc.as_bytes(),
+            SECRET_KEY,
+        );
+        assert_eq!((r.status, s3_code(&r).as_str()), (status, code), "{doc}");
+    }
+    let ok = tagging_doc(&[(&"k".repeat(128), &"v".repeat(256))]);
+    let r = s3(
+        &d,
+        "PUT",
+        "/tags/k?tagging",
+        &[("content-md5", "AAAAAAAAAAAAAAAAAAAAAA==")],
+        ok.as_bytes(),
+        SECRET_KEY,
+    );
+    assert_eq!((r.status, s3_code(&r).as_str()), (400, "BadDigest"));
+    let r = s3(&d, "GET", "/tags/k?tagging", &[], b"", SECRET_KEY);
+    assert!(
+        r.text().contains("<Key>colour</Key><Value>red</Value>"),
+        "{}",
+        r.text()
+    );
+    // Unknown object or bucket.
+    let doc = tagging_doc(&[("a", "1")]);
+    let r = s3(
+        &d,
+        "PUT",
+        "/tags/nope?tagging",
+        &[],
+        doc.as_bytes(),
+        SECRET_KEY,
+    );
+    assert_eq!((r.status, s3_code(&r).as_str()), (404, "NoSuchKey"));
+    let r = s3(&d, "GET", "/tags/nope?tagging", &[], b"", SECRET_KEY);
+    assert_eq!((r.status, s3_code(&r).as_str()), (404, "NoSuchKey"));
+    let r = s3(&d, "DELETE", "/tags/nope?tagging", &[], b"", SECRET_KEY);
+    assert_eq!((r.status, s3_code(&r).as_str()), (404, "NoSuchKey"));
+    let r = s3(&d, "GET", "/nobucket/k?tagging", &[], b"", SECRET_KEY);
+    assert_eq!((r.status, s3_code(&r).as_str()), (404, "NoSuchBucket"));
+    assert_eq!(
+        s3(&d, "HEAD", "/tags/nope", &[], b"", SECRET_KEY).status,
+        404
+    );
+    // A bad x-amz-tagging header refuses the whole PutObject: nothing is stored.
+    for (tagging, code) in [
+        ("a=1&a=2", "InvalidArgument"),
+        ("=v", "InvalidArgument"),
+        ("a=%zz", "InvalidArgument"),
+        ("a%3F=1", "InvalidTag"),
+    ] {
+        let r = s3(
+            &d,
+            "PUT",
+            "/tags/h",
+            &[("x-amz-tagging", tagging)],
+            b"x",
+            SECRET_KEY,
+        );
+        assert_eq!((r.status, s3_code(&r).as_str()), (400, code), "{tagging}");
+        assert_eq!(s3(&d, "HEAD", "/tags/h", &[], b"", SECRET_KEY).status, 404);
+    }
+    let r = s3(
+        &d,
+        "PUT",
+        "/tags/copy",
+        &[
+            ("x-amz-copy-source", "/tags/k"),
+            ("x-amz-tagging-directive", "MERGE"),
+        ],
+        b"",
+        SECRET_KEY,
+    );
+    assert_eq!((r.status, s3_code(&r).as_str()), (400, "InvalidArgument"));
+
+    // Tags are in the index with the object: they survive a kill -9 and a restart.
+    d.restart();
+    let r = s3(&d, "GET", "/tags/k?tagging", &[], b"", SECRET_KEY);
+    assert!(
+        r.text().contains("<Tag><Key>colour</Key><Value>red</Value></Tag><Tag><Key>size</Key><Value></Value></Tag></TagSet>"),
+        "{}",
+        r.text()
+    );
+    // DeleteObjectTagging empties the set; an overwrite or a delete drops tags.
+    let r = s3(&d, "DELETE", "/tags/k?tagging", &[], b"", SECRET_KEY);
+    assert_eq!(r.status, 204);
+    let r = s3(&d, "GET", "/tags/k?tagging", &[], b"", SECRET_KEY);
+    assert!(r.text().contains("<TagSet></TagSet>"), "{}", r.text());
+    assert_eq!(
+        s3(&d, "GET", "/tags/k", &[], b"", SECRET_KEY).header("x-amz-tagging-count"),
+        None
+    );
+    assert_eq!(
+        s3(
+            &d,
+            "PUT",
+            "/tags/k?tagging",
+            &[],
+            doc.as_bytes(),
+            SECRET_KEY
+        )
+        .status,
+        200
+    );
+    assert_eq!(
+        s3(&d, "PUT", "/tags/k", &[], b"new", SECRET_KEY).status,
+        200
+    );
+    let r = s3(&d, "GET", "/tags/k?tagging", &[], b"", SECRET_KEY);
+    assert!(r.text().contains("<TagSet></TagSet>"), "{}", r.text());
+    assert_eq!(
+        s3(
+            &d,
+            "PUT",
+            "/tags/k?tagging",
+            &[],
+            doc.as_bytes(),
+            SECRET_KEY
+        )
+        .status,
+        200
+    );
+    assert_eq!(
+        s3(&d, "DELETE", "/tags/k", &[], b"", SECRET_KEY).status,
+        204
+    );
+    assert_eq!(
+        s3(&d, "PUT", "/tags/k", &[], b"again", SECRET_KEY).status,
+        200
+    );
+    let r = s3(&d, "GET", "/tags/k?tagging", &[], b"", SECRET_KEY);
+    assert!(r.text().contains("<TagSet></TagSet>"), "{}", r.text());
+}
+
+#[test]
+fn s3_versioning_is_reported_honestly_and_unknown_sub_resources_touch_nothing() {
+    let d = Daemon::start();
+    assert_eq!(s3(&d, "PUT", "/ver", &[], b"", SECRET_KEY).status, 200);
+    assert_eq!(
+        s3(&d, "PUT", "/ver/k", &[], b"data", SECRET_KEY).status,
+        200
+    );
+    let r = s3(&d, "GET", "/ver?versioning", &[], b"", SECRET_KEY);
+    assert_eq!(r.status, 200);
+    assert!(
+        r.text().ends_with(
+            "<VersioningConfiguration xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\"/>"
+        ),
+        "{}",
+        r.text()
+    );
+    let cfg = |s: &str| {
+        format!(
+            "<VersioningConfiguration xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\"><Status>{s}</Status></VersioningConfiguration>"
+        )
+    };
+    let r = s3(
+        &d,
+        "PUT",
+        "/ver?versioning",
+        &[],
+        cfg("Enabled").as_bytes(),
+        SECRET_KEY,
+    );
+    assert_eq!((r.status, s3_code(&r).as_str()), (501, "NotImplemented"));
+    assert!(
+        r.text().contains("versioning is not implemented"),
+        "{}",
+        r.text()
+    );
+    let r = s3(
+        &d,
+        "PUT",
+        "/ver?versioning",
+        &[],
+        cfg("Sometimes").as_bytes(),
+        SECRET_KEY,
+    );
+    assert_eq!((r.status, s3_code(&r).as_str()), (400, "MalformedXML"));
+    let r = s3(&d, "GET", "/ver?versioning", &[], b"", SECRET_KEY);
+    assert!(!r.text().contains("Status"), "{}", r.text());
+    // Suspended is accepted (as S3 accepts it on any bucket) and reported from then on.
+    let r = s3(
+        &d,
+        "PUT",
+        "/ver?versioning",
+        &[],
+        cfg("Suspended").as_bytes(),
+        SECRET_KEY,
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = s3(&d, "GET", "/ver?versioning", &[], b"", SECRET_KEY);
+    assert!(
+        r.text().contains("<Status>Suspended</Status>"),
+        "{}",
+        r.text()
+    );
+    let r = s3(&d, "GET", "/none?versioning", &[], b"", SECRET_KEY);
+    assert_eq!((r.status, s3_code(&r).as_str()), (404, "NoSuchBucket"));
+    // Sub-resources objectd does not implement answer 501 for every method and leave the
+    // bucket and its objects alone (a DELETE ?policy once deleted an empty bucket, a
+    // PUT ?tagging on an object once overwrote it).
+    for (method, path) in [
+        ("DELETE", "/ver?policy"),
+        ("DELETE", "/ver?cors"),
+        ("PUT", "/ver?lifecycle"),
+        ("GET", "/ver?tagging"),
+        ("GET", "/ver?versions"),
+        ("PUT", "/ver/k?retention"),
+    ] {
+        let r = s3(&d, method, path, &[], b"<x/>", SECRET_KEY);
+        assert_eq!(
+            (r.status, s3_code(&r).as_str()),
+            (501, "NotImplemented"),
+            "{method} {path}"
+        );
+    }
+    let r = s3(&d, "DELETE", "/ver?versioning", &[], b"", SECRET_KEY);
+    assert_eq!(r.status, 405);
+    assert_eq!(s3(&d, "GET", "/ver/k", &[], b"", SECRET_KEY).body, b"data");
+}
+
+#[test]
+fn s3_canned_acls_map_onto_the_swift_read_acl() {
+    let d = Daemon::start();
+    assert_eq!(s3(&d, "PUT", "/pub", &[], b"", SECRET_KEY).status, 200);
+    assert_eq!(
+        s3(&d, "PUT", "/pub/o", &[], b"public bytes", SECRET_KEY).status,
+        200
+    );
+    let anonymous_swift = || http(d.port, "GET", "/v1/AUTH_test/pub/o", &[], b"");
+    let r = s3(&d, "GET", "/pub?acl", &[], b"", SECRET_KEY);
+    assert_eq!(r.status, 200);
+    assert!(r.text().contains("<ID>AUTH_test</ID>"), "{}", r.text());
+    assert!(r.text().contains("<Permission>FULL_CONTROL</Permission>"));
+    assert!(!r.text().contains("AllUsers"), "{}", r.text());
+    assert_eq!(anonymous_swift().status, 401);
+
+    let r = s3(
+        &d,
+        "PUT",
+        "/pub?acl",
+        &[("x-amz-acl", "public-read")],
+        b"",
+        SECRET_KEY,
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    for path in ["/pub?acl", "/pub/o?acl"] {
+        let r = s3(&d, "GET", path, &[], b"", SECRET_KEY);
+        assert!(
+            r.text().contains("<URI>http://acs.amazonaws.com/groups/global/AllUsers</URI></Grantee><Permission>READ</Permission>"),
+            "{path}: {}",
+            r.text()
+        );
+    }
+    let token = d.token();
+    let stat = http(
+        d.port,
+        "HEAD",
+        "/v1/AUTH_test/pub",
+        &[("X-Auth-Token", &token)],
+        b"",
+    );
+    assert_eq!(stat.header("x-container-read"), Some(".r:*,.rlistings"));
+    let r = anonymous_swift();
+    assert_eq!((r.status, r.body.as_slice()), (200, &b"public bytes"[..]));
+    assert_eq!(
+        http(d.port, "GET", "/v1/AUTH_test/pub", &[], b"").status,
+        200
+    );
+    // objectd has no anonymous S3 access (an S3 path names no account): refused.
+    let r = http(d.port, "GET", "/pub/o", &[], b"");
+    assert_eq!((r.status, s3_code(&r).as_str()), (403, "AccessDenied"));
+
+    // Unsupported forms are refused and change nothing.
+    for (hs, body, status, code) in [
+        (
+            vec![("x-amz-acl", "public-read-write")],
+            &b""[..],
+            501,
+            "NotImplemented",
+        ),
+        (
+            vec![(
+                "x-amz-grant-read",
+                "uri=\"http://acs.amazonaws.com/groups/global/AllUsers\"",
+            )],
+            b"",
+            501,
+            "NotImplemented",
+        ),
+        (vec![], b"<AccessControlPolicy/>", 501, "NotImplemented"),
+        (vec![], b"", 400, "MissingSecurityHeader"),
+        (vec![("x-amz-acl", "everyone")], b"", 400, "InvalidArgument"),
+    ] {
+        let r = s3(&d, "PUT", "/pub?acl", &hs, body, SECRET_KEY);
+        assert_eq!((r.status, s3_code(&r).as_str()), (status, code), "{hs:?}");
+    }
+    assert_eq!(anonymous_swift().status, 200);
+    // A private object ACL cannot hold in a public bucket.
+    let r = s3(
+        &d,
+        "PUT",
+        "/pub/o?acl",
+        &[("x-amz-acl", "private")],
+        b"",
+        SECRET_KEY,
+    );
+    assert_eq!((r.status, s3_code(&r).as_str()), (501, "NotImplemented"));
+
+    let r = s3(
+        &d,
+        "PUT",
+        "/pub?acl",
+        &[("x-amz-acl", "private")],
+        b"",
+        SECRET_KEY,
+    );
+    assert_eq!(r.status, 200);
+    assert_eq!(anonymous_swift().status, 401);
+    let r = s3(&d, "GET", "/pub/o?acl", &[], b"", SECRET_KEY);
+    assert!(!r.text().contains("AllUsers"), "{}", r.text());
+    let r = s3(
+        &d,
+        "PUT",
+        "/pub/o?acl",
+        &[("x-amz-acl", "private")],
+        b"",
+        SECRET_KEY,
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = s3(&d, "GET", "/pub/none?acl", &[], b"", SECRET_KEY);
+    assert_eq!((r.status, s3_code(&r).as_str()), (404, "NoSuchKey"));
+
+    // Object writes accept x-amz-acl: private only.
+    let r = s3(
+        &d,
+        "PUT",
+        "/pub/p",
+        &[("x-amz-acl", "private")],
+        b"x",
+        SECRET_KEY,
+    );
+    assert_eq!(r.status, 200);
+    let r = s3(
+        &d,
+        "PUT",
+        "/pub/q",
+        &[("x-amz-acl", "public-read")],
+        b"x",
+        SECRET_KEY,
+    );
+    assert_eq!((r.status, s3_code(&r).as_str()), (501, "NotImplemented"));
+    assert_eq!(s3(&d, "HEAD", "/pub/q", &[], b"", SECRET_KEY).status, 404);
+
+    // CreateBucket's x-amz-acl.
+    let r = s3(
+        &d,
+        "PUT",
+        "/born-public",
+        &[("x-amz-acl", "public-read")],
+        b"",
+        SECRET_KEY,
+    );
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        s3(&d, "PUT", "/born-public/o", &[], b"hi", SECRET_KEY).status,
+        200
+    );
+    assert_eq!(
+        http(d.port, "GET", "/v1/AUTH_test/born-public/o", &[], b"").body,
+        b"hi"
+    );
+    let r = s3(
+        &d,
+        "PUT",
+        "/never",
+        &[("x-amz-acl", "authenticated-read")],
+        b"",
+        SECRET_KEY,
+    );
+    assert_eq!(r.status, 501);
+    assert_eq!(s3(&d, "HEAD", "/never", &[], b"", SECRET_KEY).status, 404);
+}

@@ -345,6 +345,28 @@ fn s3cmd_put_get_ls() {
     assert_eq!(std::fs::read(w.join("small.back")).unwrap(), small);
     let buckets = run(s3cmd().args(["ls"]));
     assert!(buckets.contains("s3://cmdbucket"), "{buckets}");
+    // `s3cmd info` reads the ACLs and tolerates the 501 sub-resources (policy, CORS, ...);
+    // `setacl` sends an XML ACL, which is refused honestly.
+    let info = run(s3cmd().args(["info", "s3://cmdbucket/small"]));
+    assert!(
+        info.contains("ACL:       AUTH_test: FULL_CONTROL"),
+        "{info}"
+    );
+    let info = run(s3cmd().args(["info", "s3://cmdbucket"]));
+    assert!(
+        info.contains("ACL:       AUTH_test: FULL_CONTROL"),
+        "{info}"
+    );
+    let out = s3cmd()
+        .args(["setacl", "--acl-public", "s3://cmdbucket"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("501 (NotImplemented)"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// `swift` as the second TempAuth user (`other:bob`), aimed at the first user's account.
@@ -455,4 +477,291 @@ fn swift_cli_container_acls_grant_another_account_and_public_reads() {
     // not listings: bob's listing is refused again.
     let err = run_fails(swift_bob_on_test(&d).args(["list", "c"]));
     assert!(err.contains("403"), "{err}");
+}
+
+/// Debian's Python, whose boto3 is the one `scripts/setup` installs (the `python3` on
+/// PATH may be another).
+const SYSTEM_PYTHON: &str = "/usr/bin/python3";
+
+/// Whether Debian's Python has a module (missing: `SKIP:`, or a failure under CI).
+fn require_system_python_module(module: &str) -> bool {
+    let ok = Command::new(SYSTEM_PYTHON)
+        .args(["-c", &format!("import {module}")])
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok && caps::is_ci() {
+        panic!("{SYSTEM_PYTHON} cannot import {module} under CI=true");
+    }
+    if !ok {
+        println!("SKIP: {SYSTEM_PYTHON} cannot import {module}");
+    }
+    ok
+}
+
+const BOTO3_SUBRESOURCES: &str = r#"
+import sys, urllib.request, urllib.error
+import boto3
+from botocore.config import Config
+from botocore.exceptions import ClientError
+endpoint, phase = sys.argv[1], sys.argv[2]
+s3 = boto3.client("s3", endpoint_url=endpoint, aws_access_key_id="AKIDFERROSTACKTEST",
+                  aws_secret_access_key="ferrostack-test-secret-key", region_name="us-east-1",
+                  config=Config(signature_version="s3v4", s3={"addressing_style": "path"}))
+def tags(key):
+    return {t["Key"]: t["Value"] for t in s3.get_object_tagging(Bucket="tagged", Key=key)["TagSet"]}
+def error(fn, **kw):
+    try:
+        fn(**kw)
+    except ClientError as e:
+        return e.response["ResponseMetadata"]["HTTPStatusCode"], e.response["Error"]["Code"]
+    raise SystemExit("%s succeeded: %r" % (fn.__name__, kw))
+def anonymous(path):
+    try:
+        return 200, urllib.request.urlopen(endpoint + path).read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+def head_tag_count(key):
+    return s3.head_object(Bucket="tagged", Key=key)["ResponseMetadata"]["HTTPHeaders"].get("x-amz-tagging-count")
+if phase == "setup":
+    s3.create_bucket(Bucket="tagged")
+    s3.put_object(Bucket="tagged", Key="a", Body=b"alpha", Tagging="project=blue&owner=ops%20team")
+    assert tags("a") == {"project": "blue", "owner": "ops team"}, tags("a")
+    assert head_tag_count("a") == "2"
+    assert s3.get_object(Bucket="tagged", Key="a")["TagCount"] == 2
+    s3.put_object_tagging(Bucket="tagged", Key="a", Tagging={"TagSet": [{"Key": "stage", "Value": "prod"}]})
+    assert tags("a") == {"stage": "prod"}, tags("a")
+    assert s3.get_object(Bucket="tagged", Key="a")["Body"].read() == b"alpha"
+    # CopyObject: the default directive (COPY) keeps the source's tags, REPLACE takes the request's.
+    s3.copy_object(Bucket="tagged", Key="copied", CopySource={"Bucket": "tagged", "Key": "a"})
+    assert tags("copied") == {"stage": "prod"}
+    s3.copy_object(Bucket="tagged", Key="replaced", CopySource={"Bucket": "tagged", "Key": "a"},
+                   TaggingDirective="REPLACE", Tagging="fresh=yes")
+    assert tags("replaced") == {"fresh": "yes"}
+    s3.copy_object(Bucket="tagged", Key="untagged", CopySource={"Bucket": "tagged", "Key": "a"},
+                   TaggingDirective="REPLACE")
+    assert tags("untagged") == {} and head_tag_count("untagged") is None
+    # CreateMultipartUpload's tags are the object's once it completes.
+    up = s3.create_multipart_upload(Bucket="tagged", Key="mp", Tagging="via=multipart")
+    p = s3.upload_part(Bucket="tagged", Key="mp", PartNumber=1, UploadId=up["UploadId"], Body=b"x" * 100)
+    s3.complete_multipart_upload(Bucket="tagged", Key="mp", UploadId=up["UploadId"],
+                                 MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": p["ETag"]}]})
+    assert tags("mp") == {"via": "multipart"}
+    # Bad tag sets: S3's status and code, nothing changed.
+    eleven = [{"Key": "k%d" % i, "Value": "v"} for i in range(11)]
+    assert error(s3.put_object_tagging, Bucket="tagged", Key="a", Tagging={"TagSet": eleven}) == (400, "BadRequest")
+    dup = [{"Key": "d", "Value": "1"}, {"Key": "d", "Value": "2"}]
+    assert error(s3.put_object_tagging, Bucket="tagged", Key="a", Tagging={"TagSet": dup}) == (400, "InvalidTag")
+    long = [{"Key": "k" * 129, "Value": "v"}]
+    assert error(s3.put_object_tagging, Bucket="tagged", Key="a", Tagging={"TagSet": long}) == (400, "InvalidTag")
+    assert error(s3.put_object_tagging, Bucket="tagged", Key="missing", Tagging={"TagSet": []}) == (404, "NoSuchKey")
+    assert error(s3.get_object_tagging, Bucket="tagged", Key="missing") == (404, "NoSuchKey")
+    assert error(s3.put_object, Bucket="tagged", Key="bad", Body=b"x", Tagging="a=1&a=2") == (400, "InvalidArgument")
+    assert error(s3.head_object, Bucket="tagged", Key="bad") == (404, "404")
+    assert tags("a") == {"stage": "prod"}
+    s3.delete_object_tagging(Bucket="tagged", Key="copied")
+    assert tags("copied") == {}
+    # Versioning: never enabled, and enabling it is refused honestly.
+    v = s3.get_bucket_versioning(Bucket="tagged")
+    assert "Status" not in v, v
+    assert error(s3.put_bucket_versioning, Bucket="tagged",
+                 VersioningConfiguration={"Status": "Enabled"}) == (501, "NotImplemented")
+    assert "Status" not in s3.get_bucket_versioning(Bucket="tagged")
+    # Canned ACLs.
+    acl = s3.get_bucket_acl(Bucket="tagged")
+    assert acl["Owner"]["ID"] == "AUTH_test", acl
+    assert [(g["Grantee"]["Type"], g["Permission"]) for g in acl["Grants"]] == [("CanonicalUser", "FULL_CONTROL")], acl
+    assert anonymous("/v1/AUTH_test/tagged/a")[0] == 401
+    s3.put_bucket_acl(Bucket="tagged", ACL="public-read")
+    acl = s3.get_bucket_acl(Bucket="tagged")
+    assert [(g["Grantee"].get("URI"), g["Permission"]) for g in acl["Grants"]] == [
+        (None, "FULL_CONTROL"), ("http://acs.amazonaws.com/groups/global/AllUsers", "READ")], acl
+    oacl = s3.get_object_acl(Bucket="tagged", Key="a")
+    assert ("http://acs.amazonaws.com/groups/global/AllUsers", "READ") in [
+        (g["Grantee"].get("URI"), g["Permission"]) for g in oacl["Grants"]], oacl
+    # An unsigned GET through the Swift path reads the object; objectd has no anonymous
+    # S3 access (an S3 path names no account), so the S3 path refuses it.
+    assert anonymous("/v1/AUTH_test/tagged/a") == (200, b"alpha")
+    status, body = anonymous("/tagged/a")
+    assert status == 403 and b"AccessDenied" in body, (status, body)
+    assert error(s3.put_bucket_acl, Bucket="tagged", ACL="public-read-write") == (501, "NotImplemented")
+    s3.put_bucket_acl(Bucket="tagged", ACL="private")
+    assert anonymous("/v1/AUTH_test/tagged/a")[0] == 401
+    s3.put_object(Bucket="tagged", Key="private-acl", Body=b"p", ACL="private")
+    assert error(s3.put_object, Bucket="tagged", Key="public-acl", Body=b"p", ACL="public-read") == (501, "NotImplemented")
+    print("SETUP OK")
+else:
+    assert tags("a") == {"stage": "prod"}, tags("a")
+    assert tags("mp") == {"via": "multipart"}
+    assert tags("replaced") == {"fresh": "yes"}
+    assert tags("copied") == {}
+    assert s3.get_object(Bucket="tagged", Key="a")["TagCount"] == 1
+    s3.put_object(Bucket="tagged", Key="a", Body=b"overwritten")
+    assert tags("a") == {} and head_tag_count("a") is None
+    s3.delete_object(Bucket="tagged", Key="mp")
+    s3.put_object(Bucket="tagged", Key="mp", Body=b"new")
+    assert tags("mp") == {}
+    print("RESTART OK")
+"#;
+
+#[test]
+fn boto3_object_tagging_versioning_and_canned_acls_survive_a_restart() {
+    if !require_system_python_module("boto3") {
+        return;
+    }
+    let mut d = Daemon::start();
+    let work = tempfile::tempdir().unwrap();
+    let script = work.path().join("sub.py");
+    std::fs::write(&script, BOTO3_SUBRESOURCES).unwrap();
+    let out = run(Command::new(SYSTEM_PYTHON)
+        .arg(&script)
+        .arg(d.url())
+        .arg("setup"));
+    assert!(out.contains("SETUP OK"), "{out}");
+    d.restart();
+    let out = run(Command::new(SYSTEM_PYTHON)
+        .arg(&script)
+        .arg(d.url())
+        .arg("after-restart"));
+    assert!(out.contains("RESTART OK"), "{out}");
+}
+
+#[test]
+fn aws_cli_object_tagging_versioning_and_acls() {
+    if !require_program(aws_program()) {
+        return;
+    }
+    let d = Daemon::start();
+    let work = tempfile::tempdir().unwrap();
+    let w = work.path();
+    std::fs::write(w.join("f"), b"file body").unwrap();
+    run(aws(&d).args(["s3", "mb", "s3://clibucket"]));
+    run(aws(&d)
+        .current_dir(w)
+        .args(["s3", "cp", "f", "s3://clibucket/f", "--acl", "private"]));
+    run(aws(&d).args([
+        "s3api",
+        "put-object-tagging",
+        "--bucket",
+        "clibucket",
+        "--key",
+        "f",
+        "--tagging",
+        "TagSet=[{Key=team,Value=storage},{Key=tier,Value=gold}]",
+    ]));
+    let got: serde_json::Value = serde_json::from_str(&run(aws(&d).args([
+        "s3api",
+        "get-object-tagging",
+        "--bucket",
+        "clibucket",
+        "--key",
+        "f",
+    ])))
+    .unwrap();
+    assert_eq!(
+        got["TagSet"],
+        serde_json::json!([{"Key": "team", "Value": "storage"}, {"Key": "tier", "Value": "gold"}])
+    );
+    let head: serde_json::Value = serde_json::from_str(&run(aws(&d).args([
+        "s3api",
+        "get-object",
+        "--bucket",
+        "clibucket",
+        "--key",
+        "f",
+        &w.join("back").display().to_string(),
+    ])))
+    .unwrap();
+    assert_eq!(head["TagCount"], 2, "{head}");
+    assert_eq!(std::fs::read(w.join("back")).unwrap(), b"file body");
+    let err = String::from_utf8_lossy(
+        &aws(&d)
+            .args([
+                "s3api",
+                "put-object-tagging",
+                "--bucket",
+                "clibucket",
+                "--key",
+                "f",
+                "--tagging",
+                "TagSet=[{Key=aws:mine,Value=x}]",
+            ])
+            .output()
+            .unwrap()
+            .stderr,
+    )
+    .into_owned();
+    assert!(err.contains("InvalidTag"), "{err}");
+    run(aws(&d).args([
+        "s3api",
+        "delete-object-tagging",
+        "--bucket",
+        "clibucket",
+        "--key",
+        "f",
+    ]));
+    let got: serde_json::Value = serde_json::from_str(&run(aws(&d).args([
+        "s3api",
+        "get-object-tagging",
+        "--bucket",
+        "clibucket",
+        "--key",
+        "f",
+    ])))
+    .unwrap();
+    assert_eq!(got["TagSet"], serde_json::json!([]));
+
+    // A never-versioned bucket: the CLI prints nothing (S3's empty configuration).
+    let v = run(aws(&d).args(["s3api", "get-bucket-versioning", "--bucket", "clibucket"]));
+    assert_eq!(v.trim(), "");
+    let err = String::from_utf8_lossy(
+        &aws(&d)
+            .args([
+                "s3api",
+                "put-bucket-versioning",
+                "--bucket",
+                "clibucket",
+                "--versioning-configuration",
+                "Status=Enabled",
+            ])
+            .output()
+            .unwrap()
+            .stderr,
+    )
+    .into_owned();
+    assert!(err.contains("NotImplemented"), "{err}");
+
+    run(aws(&d).args([
+        "s3api",
+        "put-bucket-acl",
+        "--bucket",
+        "clibucket",
+        "--acl",
+        "public-read",
+    ]));
+    let acl: serde_json::Value = serde_json::from_str(&run(aws(&d).args([
+        "s3api",
+        "get-bucket-acl",
+        "--bucket",
+        "clibucket",
+    ])))
+    .unwrap();
+    assert_eq!(
+        acl["Grants"][1]["Grantee"]["URI"], "http://acs.amazonaws.com/groups/global/AllUsers",
+        "{acl}"
+    );
+    let r = http(d.port, "GET", "/v1/AUTH_test/clibucket/f", &[], b"");
+    assert_eq!((r.status, r.body.as_slice()), (200, &b"file body"[..]));
+    run(aws(&d).args([
+        "s3api",
+        "put-bucket-acl",
+        "--bucket",
+        "clibucket",
+        "--acl",
+        "private",
+    ]));
+    assert_eq!(
+        http(d.port, "GET", "/v1/AUTH_test/clibucket/f", &[], b"").status,
+        401
+    );
 }

@@ -3,9 +3,15 @@
 //! Path-style addressing (`/bucket/key`). Every request is SigV4-signed (header or
 //! presigned URL); bodies may be plain (signed SHA-256 or `UNSIGNED-PAYLOAD`) or
 //! `aws-chunked` (signed chunks, or unsigned with a trailing checksum).
+//!
+//! Sub-resources are routed before the bucket and object themselves: object tags
+//! ([`tagging`]), bucket versioning (reported, never enabled) and canned ACLs ([`acl`]);
+//! every other sub-resource S3 defines answers 501, whatever the method.
 
+pub mod acl;
 pub mod chunked;
 pub mod sigv4;
+pub mod tagging;
 pub mod xml;
 
 use std::collections::BTreeMap;
@@ -133,6 +139,49 @@ pub async fn handle(state: &State, req: Request) -> Result<Response, ApiError> {
         };
     }
     if key.is_empty() {
+        // A request naming a sub-resource is about that sub-resource, never the bucket
+        // itself (a DELETE ?policy must not delete the bucket).
+        if let Some(sub) = BUCKET_UNIMPLEMENTED.iter().find(|s| has(s)) {
+            return Err(ApiError::new(
+                StatusCode::NOT_IMPLEMENTED,
+                "NotImplemented",
+                format!("the bucket sub-resource ?{sub} is not implemented"),
+            ));
+        }
+        if has("versioning") {
+            return match *m {
+                Method::GET => get_versioning(state, &account, &bucket).await,
+                Method::PUT => {
+                    let (mut src, _) = source()?;
+                    let doc = src.read_all(64 * 1024).await?;
+                    check_body_digests(h, &doc)?;
+                    put_versioning(state, &account, &bucket, &doc).await
+                }
+                _ => Err(method_not_allowed()),
+            };
+        }
+        if has("acl") {
+            return match *m {
+                Method::GET => {
+                    let meta = container_meta(state, &account, &bucket).await?;
+                    let (_, list) = acl::anonymous_access(&meta);
+                    Ok(xml_response(StatusCode::OK, acl::policy(&account, list)))
+                }
+                Method::PUT => {
+                    let given = acl::canned(h)?;
+                    let (mut src, _) = source()?;
+                    let doc = src.read_all(64 * 1024).await?;
+                    let c = acl::check_put_body(&doc, given)?;
+                    container_meta(state, &account, &bucket).await?;
+                    state
+                        .store
+                        .post_container(&account, &bucket, acl::bucket_meta(c))
+                        .await?;
+                    Ok(response(StatusCode::OK, ""))
+                }
+                _ => Err(method_not_allowed()),
+            };
+        }
         return match *m {
             Method::PUT => {
                 if !valid_bucket_name(&bucket) {
@@ -141,13 +190,14 @@ pub async fn handle(state: &State, req: Request) -> Result<Response, ApiError> {
                         "the specified bucket is not valid",
                     ));
                 }
+                let canned = acl::canned(h)?;
                 // A CreateBucketConfiguration body is accepted and ignored.
                 let (mut src, _) = source()?;
                 src.read_all(64 * 1024).await?;
-                state
-                    .store
-                    .put_container(&account, &bucket, BTreeMap::new())
-                    .await?;
+                // x-amz-acl, when given, sets the bucket's read ACL (also on a bucket that
+                // already exists); without it an existing bucket keeps its ACL.
+                let meta = canned.map(acl::bucket_meta).unwrap_or_default();
+                state.store.put_container(&account, &bucket, meta).await?;
                 let mut r = response(StatusCode::OK, "");
                 set_header(&mut r, "location", &format!("/{bucket}"));
                 Ok(r)
@@ -191,41 +241,90 @@ pub async fn handle(state: &State, req: Request) -> Result<Response, ApiError> {
                 body.push_str("</ListMultipartUploadsResult>");
                 Ok(xml_response(StatusCode::OK, body))
             }
-            Method::GET
-                if [
-                    "versioning",
-                    "acl",
-                    "policy",
-                    "cors",
-                    "lifecycle",
-                    "tagging",
-                    "encryption",
-                ]
-                .iter()
-                .any(|s| has(s)) =>
-            {
-                Err(ApiError::new(
-                    StatusCode::NOT_IMPLEMENTED,
-                    "NotImplemented",
-                    "this bucket sub-resource is not implemented",
-                ))
-            }
             Method::GET => list_objects(state, &account, &bucket, &q).await,
             Method::POST if has("delete") => {
                 let (mut src, _) = source()?;
                 let doc = src.read_all(2 * 1024 * 1024).await?;
-                if let Some(md5) = header(h, "content-md5")
-                    && B64.encode(Md5::digest(&doc)) != md5.trim()
-                {
-                    return Err(bad_digest());
-                }
+                check_body_digests(h, &doc)?;
                 delete_objects(state, &account, &bucket, &doc).await
             }
-            _ => Err(ApiError::new(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "MethodNotAllowed",
-                "the specified method is not allowed against this resource",
-            )),
+            _ => Err(method_not_allowed()),
+        };
+    }
+    if let Some(sub) = OBJECT_UNIMPLEMENTED.iter().find(|s| has(s)) {
+        return Err(ApiError::new(
+            StatusCode::NOT_IMPLEMENTED,
+            "NotImplemented",
+            format!("the object sub-resource ?{sub} is not implemented"),
+        ));
+    }
+    if has("tagging") {
+        bucket_exists(state, &account, &bucket).await?;
+        return match *m {
+            Method::GET => {
+                let rec = state
+                    .store
+                    .get_object(&account, &bucket, &key)
+                    .await?
+                    .ok_or_else(no_such_key)?;
+                Ok(xml_response(
+                    StatusCode::OK,
+                    format!(
+                        "{XML_HEAD}<Tagging xmlns=\"{NS}\">{}</Tagging>",
+                        tagging::document(&tagging::stored(&rec.meta))
+                    ),
+                ))
+            }
+            Method::PUT => {
+                let (mut src, _) = source()?;
+                let doc = src.read_all(64 * 1024).await?;
+                check_body_digests(h, &doc)?;
+                let tags = tagging::parse_document(&doc)?;
+                set_tags(state, &account, &bucket, &key, &tags).await?;
+                Ok(response(StatusCode::OK, ""))
+            }
+            Method::DELETE => {
+                set_tags(state, &account, &bucket, &key, &Vec::new()).await?;
+                Ok(response(StatusCode::NO_CONTENT, ""))
+            }
+            _ => Err(method_not_allowed()),
+        };
+    }
+    if has("acl") {
+        let meta = container_meta(state, &account, &bucket).await?;
+        return match *m {
+            Method::GET => {
+                state
+                    .store
+                    .get_object(&account, &bucket, &key)
+                    .await?
+                    .ok_or_else(no_such_key)?;
+                let (read, _) = acl::anonymous_access(&meta);
+                Ok(xml_response(StatusCode::OK, acl::policy(&account, read)))
+            }
+            Method::PUT => {
+                // An object has no ACL of its own: only `private` is accepted, and only
+                // where it holds (the bucket is not readable by anyone).
+                acl::check_object(h)?;
+                let given = acl::canned(h)?;
+                let (mut src, _) = source()?;
+                let doc = src.read_all(64 * 1024).await?;
+                acl::check_put_body(&doc, given)?;
+                state
+                    .store
+                    .get_object(&account, &bucket, &key)
+                    .await?
+                    .ok_or_else(no_such_key)?;
+                if acl::anonymous_access(&meta).0 {
+                    return Err(ApiError::new(
+                        StatusCode::NOT_IMPLEMENTED,
+                        "NotImplemented",
+                        "this bucket is public-read, so its objects are readable by anyone; a private ACL for one object is not implemented",
+                    ));
+                }
+                Ok(response(StatusCode::OK, ""))
+            }
+            _ => Err(method_not_allowed()),
         };
     }
     match *m {
@@ -292,16 +391,20 @@ pub async fn handle(state: &State, req: Request) -> Result<Response, ApiError> {
             copy_object(state, &account, &bucket, &key, h).await
         }
         Method::PUT => {
+            acl::check_object(h)?;
+            let tags = header_tags(h)?;
             bucket_exists(state, &account, &bucket).await?;
             let (src, expected) = source()?;
             let blob = receive(state, src, expected, h).await?;
+            let mut meta = user_meta(h);
+            tagging::store_into(&mut meta, &tags);
             let rec = ObjectRecord {
                 name: key.clone(),
                 size: blob.size,
                 etag: blob.md5.clone(),
                 content_type: content_type(h),
                 last_modified_ms: now_ms(),
-                meta: user_meta(h),
+                meta,
                 delete_at: None,
                 blobs: vec![blob],
                 kind: Kind::Plain,
@@ -318,38 +421,6 @@ pub async fn handle(state: &State, req: Request) -> Result<Response, ApiError> {
             let mut r = response(StatusCode::OK, "");
             set_header(&mut r, "etag", &format!("\"{etag}\""));
             Ok(r)
-        }
-        Method::GET if has("tagging") => {
-            // No object tags are stored: an existing object has an empty tag set.
-            bucket_exists(state, &account, &bucket).await?;
-            state
-                .store
-                .get_object(&account, &bucket, &key)
-                .await?
-                .ok_or_else(no_such_key)?;
-            Ok(xml_response(
-                StatusCode::OK,
-                format!("{XML_HEAD}<Tagging xmlns=\"{NS}\"><TagSet></TagSet></Tagging>"),
-            ))
-        }
-        _ if [
-            "tagging",
-            "acl",
-            "retention",
-            "legal-hold",
-            "torrent",
-            "attributes",
-            "restore",
-            "select",
-        ]
-        .iter()
-        .any(|s| has(s)) =>
-        {
-            Err(ApiError::new(
-                StatusCode::NOT_IMPLEMENTED,
-                "NotImplemented",
-                "this object sub-resource is not implemented",
-            ))
         }
         Method::GET | Method::HEAD => {
             get_object(state, &account, &bucket, &key, h, *m == Method::HEAD).await
@@ -368,8 +439,13 @@ pub async fn handle(state: &State, req: Request) -> Result<Response, ApiError> {
             Ok(response(StatusCode::NO_CONTENT, ""))
         }
         Method::POST if has("uploads") => {
+            acl::check_object(h)?;
+            let tags = header_tags(h)?;
             bucket_exists(state, &account, &bucket).await?;
             let id = random_hex(16);
+            // The tags ride in the upload's metadata and become the object's on complete.
+            let mut meta = user_meta(h);
+            tagging::store_into(&mut meta, &tags);
             state
                 .store
                 .create_upload(
@@ -379,7 +455,7 @@ pub async fn handle(state: &State, req: Request) -> Result<Response, ApiError> {
                         container: bucket.clone(),
                         name: key.clone(),
                         content_type: content_type(h),
-                        meta: user_meta(h),
+                        meta,
                     },
                 )
                 .await?;
@@ -405,12 +481,191 @@ pub async fn handle(state: &State, req: Request) -> Result<Response, ApiError> {
             )
             .await
         }
-        _ => Err(ApiError::new(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "MethodNotAllowed",
-            "the specified method is not allowed against this resource",
+        _ => Err(method_not_allowed()),
+    }
+}
+
+/// Bucket sub-resources S3 has and objectd does not implement.
+const BUCKET_UNIMPLEMENTED: [&str; 22] = [
+    "policy",
+    "policyStatus",
+    "cors",
+    "lifecycle",
+    "tagging",
+    "encryption",
+    "website",
+    "logging",
+    "notification",
+    "replication",
+    "ownershipControls",
+    "publicAccessBlock",
+    "object-lock",
+    "accelerate",
+    "requestPayment",
+    "analytics",
+    "metrics",
+    "inventory",
+    "intelligent-tiering",
+    "versions",
+    "metadataTable",
+    "session",
+];
+
+/// Object sub-resources S3 has and objectd does not implement.
+const OBJECT_UNIMPLEMENTED: [&str; 6] = [
+    "retention",
+    "legal-hold",
+    "torrent",
+    "attributes",
+    "restore",
+    "select",
+];
+
+fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "MethodNotAllowed",
+        "the specified method is not allowed against this resource",
+    )
+}
+
+/// Where S3 keeps a bucket's versioning state in its container metadata: only
+/// `Suspended` is ever stored (see [`put_versioning`]).
+const VERSIONING_META: &str = "x-container-sysmeta-s3-versioning";
+
+/// GetBucketVersioning: S3's empty configuration for a bucket whose versioning was never
+/// set, `Suspended` once a client suspended it.
+async fn get_versioning(state: &State, account: &str, bucket: &str) -> Result<Response, ApiError> {
+    let meta = container_meta(state, account, bucket).await?;
+    let body = match meta.get(VERSIONING_META).map(String::as_str) {
+        Some("Suspended") => format!(
+            "{XML_HEAD}<VersioningConfiguration xmlns=\"{NS}\"><Status>Suspended</Status></VersioningConfiguration>"
+        ),
+        _ => format!("{XML_HEAD}<VersioningConfiguration xmlns=\"{NS}\"/>"),
+    };
+    Ok(xml_response(StatusCode::OK, body))
+}
+
+/// PutBucketVersioning. objectd keeps one version of each S3 object, so `Enabled` is
+/// refused with 501. `Suspended` is accepted, as S3 accepts it on any bucket: a suspended
+/// bucket writes every object as its single "null" version, which is what objectd does,
+/// and GetBucketVersioning reports the state from then on, as S3 does.
+async fn put_versioning(
+    state: &State,
+    account: &str,
+    bucket: &str,
+    doc: &[u8],
+) -> Result<Response, ApiError> {
+    container_meta(state, account, bucket).await?;
+    let (_, top) = xml::records(doc, "VersioningConfiguration", "-")?;
+    if xml::field(&top, "MfaDelete") == Some("Enabled") {
+        return Err(ApiError::new(
+            StatusCode::NOT_IMPLEMENTED,
+            "NotImplemented",
+            "MFA delete is not implemented",
+        ));
+    }
+    match xml::field(&top, "Status") {
+        Some("Suspended") => {
+            let meta = BTreeMap::from([(VERSIONING_META.to_owned(), "Suspended".to_owned())]);
+            state.store.post_container(account, bucket, meta).await?;
+            Ok(response(StatusCode::OK, ""))
+        }
+        Some("Enabled") => Err(ApiError::new(
+            StatusCode::NOT_IMPLEMENTED,
+            "NotImplemented",
+            "S3 versioning is not implemented: objectd keeps one version of each object (the Swift API's X-Versions-Location keeps older versions)",
+        )),
+        _ => Err(ApiError::bad_request(
+            "MalformedXML",
+            "the XML you provided was not well-formed or did not validate: Status must be Enabled or Suspended",
         )),
     }
+}
+
+/// A bucket's container metadata; NoSuchBucket if it does not exist.
+async fn container_meta(
+    state: &State,
+    account: &str,
+    bucket: &str,
+) -> Result<BTreeMap<String, String>, ApiError> {
+    state
+        .store
+        .container_meta(account, bucket)
+        .await?
+        .ok_or_else(no_such_bucket)
+}
+
+/// The tags of an object write's `x-amz-tagging` header (none without it).
+fn header_tags(h: &http::HeaderMap) -> Result<tagging::TagSet, ApiError> {
+    match h.get("x-amz-tagging") {
+        None => Ok(Vec::new()),
+        Some(v) => {
+            let s = v.to_str().map_err(|_| {
+                ApiError::bad_request(
+                    "InvalidArgument",
+                    "the header 'x-amz-tagging' shall be encoded as UTF-8 then URLEncoded URL query parameters",
+                )
+            })?;
+            tagging::parse_header(s)
+        }
+    }
+}
+
+/// Replaces an object's tags (an empty set removes them); NoSuchKey if it is absent.
+async fn set_tags(
+    state: &State,
+    account: &str,
+    bucket: &str,
+    key: &str,
+    tags: &tagging::TagSet,
+) -> Result<(), ApiError> {
+    let found = state
+        .store
+        .set_object_meta_entry(
+            account,
+            bucket,
+            key,
+            tagging::META_KEY,
+            tagging::encode(tags),
+        )
+        .await?;
+    if found { Ok(()) } else { Err(no_such_key()) }
+}
+
+/// Checks a small request document against the digests the client sent with it
+/// (`Content-MD5`, `x-amz-checksum-*`).
+fn check_body_digests(h: &http::HeaderMap, doc: &[u8]) -> Result<(), ApiError> {
+    if let Some(md5) = header(h, "content-md5")
+        && B64.encode(Md5::digest(doc)) != md5.trim()
+    {
+        return Err(bad_digest());
+    }
+    type Digest = fn(&[u8]) -> Vec<u8>;
+    let checks: [(&str, Digest); 4] = [
+        ("x-amz-checksum-crc32", |d| {
+            crc32fast::hash(d).to_be_bytes().to_vec()
+        }),
+        ("x-amz-checksum-crc32c", |d| {
+            crc32c::crc32c(d).to_be_bytes().to_vec()
+        }),
+        ("x-amz-checksum-crc64nvme", |d| {
+            let mut c = crc64fast_nvme::Digest::new();
+            c.write(d);
+            c.sum64().to_be_bytes().to_vec()
+        }),
+        ("x-amz-checksum-sha256", |d| {
+            sha2::Digest::finalize(<sha2::Sha256 as sha2::Digest>::new_with_prefix(d)).to_vec()
+        }),
+    ];
+    for (name, digest) in checks {
+        if let Some(want) = header(h, name)
+            && want.trim() != B64.encode(digest(doc))
+        {
+            return Err(bad_digest());
+        }
+    }
+    Ok(())
 }
 
 fn bad_digest() -> ApiError {
@@ -912,6 +1167,22 @@ async fn copy_object(
     key: &str,
     h: &http::HeaderMap,
 ) -> Result<Response, ApiError> {
+    acl::check_object(h)?;
+    let replace_tags = match header(h, "x-amz-tagging-directive") {
+        None | Some("COPY") => false,
+        Some("REPLACE") => true,
+        Some(_) => {
+            return Err(ApiError::bad_request(
+                "InvalidArgument",
+                "unknown tagging directive: x-amz-tagging-directive must be COPY or REPLACE",
+            ));
+        }
+    };
+    let new_tags = if replace_tags {
+        Some(header_tags(h)?)
+    } else {
+        None
+    };
     bucket_exists(state, account, bucket).await?;
     let src = header(h, "x-amz-copy-source").unwrap_or("");
     let src = src.split('?').next().unwrap_or("");
@@ -924,6 +1195,14 @@ async fn copy_object(
     let (blobs, _, _) = crate::api::swift::resolve(state, account, &rec, None).await?;
     let blob = super::body::copy_into_blob(&state.store, &blobs).await?;
     let replace = header(h, "x-amz-metadata-directive") == Some("REPLACE");
+    let mut meta = if replace {
+        user_meta(h)
+    } else {
+        rec.meta.clone()
+    };
+    // COPY (the default) keeps the source's tags, REPLACE takes the request's.
+    let tags = new_tags.unwrap_or_else(|| tagging::stored(&rec.meta));
+    tagging::store_into(&mut meta, &tags);
     let new = ObjectRecord {
         name: key.to_owned(),
         size: blob.size,
@@ -934,11 +1213,7 @@ async fn copy_object(
             rec.content_type.clone()
         },
         last_modified_ms: now_ms(),
-        meta: if replace {
-            user_meta(h)
-        } else {
-            rec.meta.clone()
-        },
+        meta,
         delete_at: None,
         blobs: vec![blob],
         kind: Kind::Plain,
@@ -1027,6 +1302,10 @@ async fn get_object(
         if let Some(name) = k.strip_prefix("x-object-meta-") {
             set_header(&mut r, &format!("x-amz-meta-{name}"), v);
         }
+    }
+    let tags = tagging::stored(&rec.meta).len();
+    if tags > 0 {
+        set_header(&mut r, "x-amz-tagging-count", &tags.to_string());
     }
     Ok(r)
 }

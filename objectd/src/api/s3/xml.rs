@@ -1,5 +1,5 @@
 //! The little XML S3 needs: escaping for responses, and reading request documents
-//! (CompleteMultipartUpload, Delete) into flat records.
+//! (CompleteMultipartUpload, Delete, Tagging, VersioningConfiguration) into flat records.
 
 use quick_xml::Reader;
 use quick_xml::events::Event;
@@ -28,12 +28,24 @@ pub type Record = Vec<(String, String)>;
 /// Reads `doc`, checking its root element is `root`, and returns the children of each
 /// `record` element plus the root's own simple children (e.g. `Quiet`).
 pub fn records(doc: &[u8], root: &str, record: &str) -> Result<(Vec<Record>, Record), ApiError> {
+    records_under(doc, &[root], record)
+}
+
+/// [`records`] for `record` elements nested deeper: `path` names the root and the
+/// elements down to the records' parent (`["Tagging", "TagSet"]` for `Tag`). The root's
+/// own children (including that parent, if it appears) are returned as the second value.
+pub fn records_under(
+    doc: &[u8],
+    path: &[&str],
+    record: &str,
+) -> Result<(Vec<Record>, Record), ApiError> {
     let malformed = |why: String| {
         ApiError::bad_request(
             "MalformedXML",
             format!("the XML you provided was not well-formed or did not validate: {why}"),
         )
     };
+    let root = path.first().copied().unwrap_or_default();
     let mut reader = Reader::from_reader(doc);
     // No trimming: keys may begin or end with spaces, and text around entity references
     // must be kept whole. Whitespace between elements is dropped at each start tag.
@@ -43,6 +55,9 @@ pub fn records(doc: &[u8], root: &str, record: &str) -> Result<(Vec<Record>, Rec
     let mut top = Vec::new();
     let mut text = String::new();
     let mut seen_root = false;
+    let at_parent =
+        |stack: &[String]| stack.len() == path.len() && stack.iter().zip(path).all(|(a, b)| a == b);
+    let depth = path.len();
     loop {
         match reader.read_event() {
             Err(e) => return Err(malformed(e.to_string())),
@@ -59,23 +74,31 @@ pub fn records(doc: &[u8], root: &str, record: &str) -> Result<(Vec<Record>, Rec
                     }
                     seen_root = true;
                 }
-                if stack.len() == 1 && name == record {
+                if name == record && at_parent(&stack) {
                     current = Some(Vec::new());
                 }
                 stack.push(name);
                 text.clear();
             }
             Ok(Event::Empty(e)) => {
-                if stack.is_empty() {
-                    return Err(malformed(format!("root element must be {root}")));
-                }
                 let name = {
                     let ln = e.local_name();
                     let n: &str = ln.as_ref();
                     n.to_owned()
                 };
-                if let Some(c) = current.as_mut() {
-                    c.push((name, String::new()));
+                if stack.is_empty() {
+                    return Err(malformed(format!(
+                        "root element must be {root} and not empty"
+                    )));
+                }
+                if name == record && at_parent(&stack) {
+                    out.push(Vec::new());
+                } else if stack.len() == depth + 1 {
+                    if let Some(c) = current.as_mut() {
+                        c.push((name, String::new()));
+                    }
+                } else if stack.len() == 1 {
+                    top.push((name, String::new()));
                 }
             }
             Ok(Event::Text(t)) => {
@@ -113,19 +136,16 @@ pub fn records(doc: &[u8], root: &str, record: &str) -> Result<(Vec<Record>, Rec
             }
             Ok(Event::End(_)) => {
                 let name = stack.pop().ok_or_else(|| malformed("unbalanced".into()))?;
-                match stack.len() {
-                    1 if name == record => {
-                        if let Some(c) = current.take() {
-                            out.push(c);
-                        }
+                if name == record && at_parent(&stack) {
+                    if let Some(c) = current.take() {
+                        out.push(c);
                     }
-                    1 => top.push((name, std::mem::take(&mut text).trim().to_owned())),
-                    2 => {
-                        if let Some(c) = current.as_mut() {
-                            c.push((name, std::mem::take(&mut text)));
-                        }
+                } else if stack.len() == depth + 1 && at_parent(&stack[..depth]) {
+                    if let Some(c) = current.as_mut() {
+                        c.push((name, std::mem::take(&mut text)));
                     }
-                    _ => {}
+                } else if stack.len() == 1 {
+                    top.push((name, std::mem::take(&mut text).trim().to_owned()));
                 }
                 text.clear();
             }

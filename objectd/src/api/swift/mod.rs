@@ -407,9 +407,13 @@ fn listing_response(format: Format, body: String, empty: bool) -> Response {
     r
 }
 
+/// Sets the stored metadata headers, except system metadata (`x-*-sysmeta-*`: S3 tags
+/// and state kept by the S3 API), which Swift never shows its clients.
 fn add_meta_headers(r: &mut Response, meta: &BTreeMap<String, String>) {
     for (k, v) in meta {
-        set_header(r, k, v);
+        if !k.contains("-sysmeta-") {
+            set_header(r, k, v);
+        }
     }
 }
 
