@@ -8,7 +8,8 @@
 //! disk's own sequential write+fsync rate (a new file on the same filesystem, renamed
 //! into place: what a PUT does; the better of buffered and `O_DIRECT`) is measured as
 //! the limit, and the rate of MD5 over the
-//! same body on one core as the ceiling of any PUT that answers with its MD5 ETag; the
+//! same body on one core as the ceiling of any PUT that answers with its MD5 ETag; that
+//! file read back from the device (cached pages dropped) is the limit of a large GET; the
 //! ratios printed are medians of the per-round ratios, so all three see the same load. Without
 //! the Swift packages the Swift rows are skipped and said so.
 //!
@@ -210,6 +211,9 @@ struct Large {
     md5: f64,
     put_vs_disk: f64,
     put_vs_md5: f64,
+    /// The disk's cold sequential read rate, the limit of a large GET.
+    read: f64,
+    get_vs_read: f64,
 }
 
 /// `reps` rounds of: the disk's write+fsync rate and the MD5 rate over `body` (both
@@ -220,8 +224,9 @@ fn large(ep: &Endpoint, body: &[u8], reps: usize, scratch: &Path) -> Large {
     let (mut puts, mut gets, mut disks, mut md5s) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let (mut vs_disk, mut vs_md5) = (Vec::new(), Vec::new());
+    let (mut reads, mut vs_read) = (Vec::new(), Vec::new());
     for i in 0..reps.max(1) {
-        let (buffered, direct) = disk_limit(scratch, body);
+        let (buffered, direct, read) = disk_limit(scratch, body);
         let disk = buffered.max(direct);
         let md5 = md5_rate(body);
         let path = format!("{}/bench/large-{i}", ep.account_path);
@@ -236,13 +241,17 @@ fn large(ep: &Endpoint, body: &[u8], reps: usize, scratch: &Path) -> Large {
             "{} large GET: {s}",
             ep.name
         );
-        gets.push(body.len() as f64 / 1e6 / t.elapsed().as_secs_f64());
+        let get = body.len() as f64 / 1e6 / t.elapsed().as_secs_f64();
+        gets.push(get);
         println!(
-            "{:>8}: round {i}: disk {buffered:.1} MB/s buffered, {direct:.1} MB/s O_DIRECT; md5 {md5:.1} MB/s; PUT {put:.1} MB/s ({:.2}x disk, {:.2}x md5)",
+            "{:>8}: round {i}: disk {buffered:.1} MB/s buffered, {direct:.1} MB/s O_DIRECT, cold read {read:.1} MB/s; md5 {md5:.1} MB/s; PUT {put:.1} MB/s ({:.2}x disk, {:.2}x md5); GET {get:.1} MB/s ({:.2}x the read)",
             ep.name,
             ratio(put, disk),
-            ratio(put, md5)
+            ratio(put, md5),
+            ratio(get, read)
         );
+        reads.push(read);
+        vs_read.push(ratio(get, read));
         vs_disk.push(ratio(put, disk));
         vs_md5.push(ratio(put, md5));
         puts.push(put);
@@ -256,6 +265,8 @@ fn large(ep: &Endpoint, body: &[u8], reps: usize, scratch: &Path) -> Large {
         md5: median(&mut md5s),
         put_vs_disk: median(&mut vs_disk),
         put_vs_md5: median(&mut vs_md5),
+        read: median(&mut reads),
+        get_vs_read: median(&mut vs_read),
     }
 }
 
@@ -500,11 +511,13 @@ fn start_objectd(dir: &Path) -> u16 {
     port
 }
 
-/// The disk's own rate (MB/s) for what a PUT does: a new file written sequentially,
-/// fsync'd and renamed into place, the directory fsync'd. Measured both through the page
-/// cache (1 MiB writes) and with `O_DIRECT` (4 MiB aligned writes, as objectd does);
-/// the higher is the limit.
-fn disk_limit(dir: &Path, body: &[u8]) -> (f64, f64) {
+/// The disk's own rates (MB/s): for what a PUT does, a new file written sequentially,
+/// fsync'd and renamed into place, the directory fsync'd, measured both through the page
+/// cache (1 MiB writes) and with `O_DIRECT` (4 MiB aligned writes, as objectd does), the
+/// higher being the limit; and for what a large GET does, that file read back from the
+/// device (its cached pages dropped first) in 256 KiB reads, objectd's read size, through
+/// the page cache with its read-ahead.
+fn disk_limit(dir: &Path, body: &[u8]) -> (f64, f64, f64) {
     use std::os::unix::fs::OpenOptionsExt;
     let tmp: PathBuf = dir.join("disk.tmp");
     let mut rates = [0.0; 2];
@@ -533,9 +546,33 @@ fn disk_limit(dir: &Path, body: &[u8]) -> (f64, f64) {
         std::fs::rename(&tmp, dir.join("disk.bin")).unwrap();
         std::fs::File::open(dir).unwrap().sync_all().unwrap();
         *rate = body.len() as f64 / 1e6 / t.elapsed().as_secs_f64();
-        let _ = std::fs::remove_file(dir.join("disk.bin"));
     }
-    (rates[0], rates[1])
+    let read = cold_read(&dir.join("disk.bin"), body.len());
+    let _ = std::fs::remove_file(dir.join("disk.bin"));
+    (rates[0], rates[1], read)
+}
+
+/// Reads `len` bytes of the synced file at `path` from the device: its cached pages are
+/// dropped first (`POSIX_FADV_DONTNEED` on clean pages), then it is read sequentially.
+fn cold_read(path: &Path, len: usize) -> f64 {
+    use std::io::Read;
+    use std::os::fd::AsRawFd;
+    let mut f = std::fs::File::open(path).unwrap();
+    // SAFETY: advice on a descriptor we own; no memory is passed.
+    let rc = unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+    assert_eq!(rc, 0, "posix_fadvise");
+    let mut buf = vec![0u8; 256 << 10];
+    let t = Instant::now();
+    let mut n = 0;
+    loop {
+        let k = f.read(&mut buf).unwrap();
+        if k == 0 {
+            break;
+        }
+        n += k;
+    }
+    assert_eq!(n, len, "short read of {}", path.display());
+    n as f64 / 1e6 / t.elapsed().as_secs_f64()
 }
 
 /// MD5 of `body` in 1 MiB updates on this thread, with the implementation objectd hashes
@@ -564,6 +601,10 @@ fn print(r: &Results, name: &str) {
     println!(
         "{name:>8}: large PUT {:.2}x the disk's write+fsync rate ({:.1} MB/s) and {:.2}x the MD5 rate ({:.1} MB/s), medians of per-round ratios",
         r.large.put_vs_disk, r.large.disk, r.large.put_vs_md5, r.large.md5
+    );
+    println!(
+        "{name:>8}: large GET {:.2}x the disk's cold read rate ({:.1} MB/s), median of per-round ratios",
+        r.large.get_vs_read, r.large.read
     );
     // With several streams the MD5 ceiling is one stream's rate times the cores they can use.
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -615,13 +656,14 @@ fn main() {
     let theirs = run_all(&sw, conns, ops, &large_body, reps, tmp.path());
     print(&theirs, "swift");
     println!(
-        " ratios: 4KiB PUT {:.1}x swift, 4KiB GET {:.1}x swift, large PUT {:.2}x swift, {:.2}x the disk limit and {:.2}x the MD5 rate, large GET {:.2}x swift, {conns} large PUTs at once {:.2}x swift",
+        " ratios: 4KiB PUT {:.1}x swift, 4KiB GET {:.1}x swift, large PUT {:.2}x swift, {:.2}x the disk limit and {:.2}x the MD5 rate, large GET {:.2}x swift and {:.2}x the disk's read rate, {conns} large PUTs at once {:.2}x swift",
         ratio(ours.put.ops_per_sec, theirs.put.ops_per_sec),
         ratio(ours.get.ops_per_sec, theirs.get.ops_per_sec),
         ratio(ours.large.put, theirs.large.put),
         ours.large.put_vs_disk,
         ours.large.put_vs_md5,
         ratio(ours.large.get, theirs.large.get),
+        ours.large.get_vs_read,
         ratio(ours.parallel, theirs.parallel),
     );
 }
