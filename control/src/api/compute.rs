@@ -660,26 +660,8 @@ fn nova(svc: &Service, ctx: &Ctx, req: &Request) -> Result<(Response, Option<Str
             &Method::PUT,
         ) => {
             admin(ctx)?;
-            let b: Value = req.json()?;
-            let field = |k: &str| {
-                b.get(k)
-                    .and_then(Value::as_str)
-                    .ok_or_else(|| ApiError::bad_request(format!("'{k}' is a required property")))
-            };
-            let (host, binary) = (field("host")?, field("binary")?);
-            let reason = match *action {
-                "disable-log-reason" => {
-                    let r = field("disabled_reason")?;
-                    if r.is_empty() || r.len() > 255 {
-                        return Err(ApiError::bad_request(
-                            "disabled_reason must be 1 to 255 characters",
-                        ));
-                    }
-                    Some(r.to_string())
-                }
-                _ => None,
-            };
-            let id = service_node(svc, host, binary)?;
+            let (host, binary, reason) = service_change(req, action)?;
+            let id = service_node(svc, &host, &binary)?;
             let d = set_service(svc, &id, NodeService::Compute, *action != "enable", reason)?;
             let mut v = json!({"host": d.hostname, "binary": COMPUTE_BINARY,
                                "status": if d.disabled { "disabled" } else { "enabled" }});
@@ -1217,6 +1199,35 @@ fn service_view(svc: &Service, id: &str, d: &NodeDoc, now: u64) -> Value {
            "state": if d.is_up(now, down_after(svc)) { "up" } else { "down" },
            "updated_at": crate::time::keystone(d.last_heartbeat),
            "disabled_reason": d.disabled_reason, "forced_down": false})
+}
+
+/// The body of a service `enable`, `disable` or `disable-log-reason` (Nova's and Cinder's
+/// share it): host, binary and, for the last, a reason of 1 to 255 characters.
+pub(crate) fn service_change(
+    req: &Request,
+    action: &str,
+) -> Result<(String, String, Option<String>), ApiError> {
+    let b: Value = req.json()?;
+    let field = |k: &str| {
+        b.get(k)
+            .and_then(Value::as_str)
+            .map(str::trim)
+            .ok_or_else(|| ApiError::bad_request(format!("'{k}' is a required property")))
+    };
+    let (host, binary) = (field("host")?, field("binary")?);
+    let reason = match action {
+        "disable-log-reason" => {
+            let r = field("disabled_reason")?;
+            if r.is_empty() || r.chars().count() > 255 {
+                return Err(ApiError::bad_request(
+                    "disabled_reason must be 1 to 255 characters",
+                ));
+            }
+            Some(r.to_string())
+        }
+        _ => None,
+    };
+    Ok((host.to_string(), binary.to_string(), reason))
 }
 
 /// The node behind service (`host`, `binary`), or Nova's 404.
@@ -2644,14 +2655,7 @@ async fn action(
         }
     }
     if !needs.contains(&d.status.as_str()) || d.task_state.is_some() {
-        return Err(ApiError::conflict(format!(
-            "Cannot '{name}' instance {id} while it is in vm_state {}{}",
-            d.vm_state(),
-            d.task_state
-                .as_ref()
-                .map(|t| format!(", task_state {t}"))
-                .unwrap_or_default()
-        )));
+        return Err(wrong_state(&name, &id, &d, ""));
     }
     let url = node_url(&svc, &d)
         .await
@@ -2731,6 +2735,19 @@ fn nova_security_groups(
         );
     }
     Ok(out)
+}
+
+/// Nova's 409 for `what` (an action) on server `id` in a state that does not allow it;
+/// `why` is added to the message.
+pub(crate) fn wrong_state(what: &str, id: &str, d: &ServerDoc, why: &str) -> ApiError {
+    ApiError::conflict(format!(
+        "Cannot '{what}' instance {id} while it is in vm_state {}{}{why}",
+        d.vm_state(),
+        d.task_state
+            .as_ref()
+            .map(|t| format!(", task_state {t}"))
+            .unwrap_or_default()
+    ))
 }
 
 /// Nova's 409 for an action on a locked server by anyone but an admin.

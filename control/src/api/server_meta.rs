@@ -14,7 +14,7 @@ use http::{Method, StatusCode};
 use serde_json::{Map, Value, json};
 
 use super::compute::{
-    MAX_METADATA_ITEMS, load_server, refuse_if_locked, server_view, update_server,
+    MAX_METADATA_ITEMS, load_server, refuse_if_locked, server_view, update_server, wrong_state,
 };
 use super::{ApiError, Request, Response, empty, json as json_resp};
 use crate::compute::ServerDoc;
@@ -98,14 +98,7 @@ fn gone(id: &str) -> ApiError {
 /// Nova's 409 while the server is building or busy with a task.
 fn refuse_if_busy(id: &str, d: &ServerDoc, what: &str) -> Result<(), ApiError> {
     if d.status == "BUILD" || d.task_state.is_some() {
-        return Err(ApiError::conflict(format!(
-            "Cannot '{what}' instance {id} while it is in vm_state {}{}",
-            d.vm_state(),
-            d.task_state
-                .as_ref()
-                .map(|t| format!(", task_state {t}"))
-                .unwrap_or_default()
-        )));
+        return Err(wrong_state(what, id, d, ""));
     }
     Ok(())
 }

@@ -568,32 +568,12 @@ fn handle(svc: &Service, ctx: &Ctx, req: &Request) -> Result<Response, ApiError>
             &Method::PUT,
         ) => {
             services_admin(ctx)?;
-            let b: Value = req.json()?;
-            let field = |k: &str| {
-                b.get(k).and_then(Value::as_str).ok_or_else(|| {
-                    ApiError::bad_request(format!(
-                        "Missing required element '{k}' in request body."
-                    ))
-                })
-            };
-            let (host, binary) = (field("host")?, field("binary")?);
+            let (host, binary, reason) = super::compute::service_change(req, action)?;
             if binary != VOLUME_BINARY {
                 return Err(ApiError::bad_request(format!(
                     "Invalid service {binary}: this cloud's only volume service is {VOLUME_BINARY}."
                 )));
             }
-            let reason = match *action {
-                "disable-log-reason" => {
-                    let r = field("disabled_reason")?.trim();
-                    if r.is_empty() || r.len() > 255 {
-                        return Err(ApiError::bad_request(
-                            "Disabled reason contains invalid characters or is too long",
-                        ));
-                    }
-                    Some(r.to_string())
-                }
-                _ => None,
-            };
             let node = super::compute::nodes_with_state(svc)?
                 .into_iter()
                 .find(|(_, d, _)| service_host(d) == host || d.hostname == host)
@@ -1482,14 +1462,12 @@ fn pick_device(d: &ServerDoc, requested: Option<&str>) -> Result<String, ApiErro
 
 fn stopped(id: &str, d: &ServerDoc, what: &str) -> Result<(), ApiError> {
     if d.status != "SHUTOFF" || d.task_state.is_some() {
-        return Err(ApiError::conflict(format!(
-            "Cannot '{what}' instance {id} while it is in vm_state {}{}: this cloud's VMM has no drive hot-plug, so volumes are attached and detached only while the server is SHUTOFF (stop it first)",
-            d.vm_state(),
-            d.task_state
-                .as_ref()
-                .map(|t| format!(", task_state {t}"))
-                .unwrap_or_default()
-        )));
+        return Err(super::compute::wrong_state(
+            what,
+            id,
+            d,
+            ": this cloud's VMM has no drive hot-plug, so volumes are attached and detached only while the server is SHUTOFF (stop it first)",
+        ));
     }
     Ok(())
 }
