@@ -458,7 +458,23 @@ fn server_events_are_listed_and_shown_with_the_cli() {
         "{err}"
     );
 
-    // Deleted: the delete's request id answered, then the server and its actions gone.
+    // Deleted: the delete's request id answered, then the server and its actions gone,
+    // from the API and from the store.
+    let db = rusqlite::Connection::open_with_flags(
+        cloud.dir.path().join("control.db"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .unwrap();
+    let stored = |server: &str| -> i64 {
+        db.query_row(
+            "SELECT count(*) FROM records WHERE kind = 'instance_action' AND scope = ?1",
+            [server],
+            |row| row.get(0),
+        )
+        .unwrap()
+    };
+    // create, stop, start, lock, unlock, reboot, stop, attach_volume, detach_volume
+    assert_eq!(stored(&id), 9);
     let r = req(
         "DELETE",
         &format!("/compute/v2.1/servers/{id}"),
@@ -468,4 +484,6 @@ fn server_events_are_listed_and_shown_with_the_cli() {
     request_id(&r);
     let r = json_req(port, "GET", &path, &t.token, &Value::Null);
     assert_eq!(r.status, 404, "{}", r.text());
+    assert_eq!(stored(&id), 0, "a deleted server's actions go with it");
+    assert_eq!(stored(&big), 1, "the other server keeps its own");
 }
