@@ -411,13 +411,22 @@ pub async fn route(
     req: http::Request<hyper::body::Incoming>,
     segs: Vec<String>,
 ) -> Response {
-    NOVA.serve(route_inner(svc, req, segs)).await
+    // Nova's request id: one per request, on every answer, and the id of any instance
+    // action the request records.
+    let rid = super::instance_actions::new_request_id();
+    let mut r = NOVA.serve(route_inner(svc, req, segs, rid.clone())).await;
+    if let Ok(v) = HeaderValue::from_str(&rid) {
+        r.headers_mut().insert("x-openstack-request-id", v.clone());
+        r.headers_mut().insert("x-compute-request-id", v);
+    }
+    r
 }
 
 async fn route_inner(
     svc: Arc<Service>,
     req: http::Request<hyper::body::Incoming>,
     segs: Vec<String>,
+    rid: String,
 ) -> Result<Response, ApiError> {
     let s: Vec<&str> = segs.iter().map(String::as_str).collect();
     match s.as_slice() {
@@ -440,22 +449,22 @@ async fn route_inner(
     // Async routes: those that talk to agents.
     match (segs.as_slice(), &req.method) {
         (["servers", id], &Method::DELETE) => {
-            return delete_server(svc, ctx, id.to_string()).await;
+            return delete_server(svc, ctx, id.to_string(), rid).await;
         }
         (["servers", id, "action"], &Method::POST) => {
-            return action(svc, ctx, id.to_string(), req.json()?).await;
+            return action(svc, ctx, id.to_string(), req.json()?, rid).await;
         }
         (["servers", id, "os-volume_attachments"], &Method::POST) => {
-            return super::volume::attach(svc, ctx, id.to_string(), req.json()?).await;
+            return super::volume::attach(svc, ctx, id.to_string(), req.json()?, rid).await;
         }
         (["servers", id, "os-volume_attachments", vid], &Method::DELETE) => {
-            return super::volume::detach(svc, ctx, id.to_string(), vid.to_string()).await;
+            return super::volume::detach(svc, ctx, id.to_string(), vid.to_string(), rid).await;
         }
         _ => {}
     }
     let req = Arc::new(req);
     let r2 = req.clone();
-    let (resp, build) = blocking(svc.clone(), move |svc| nova(svc, &ctx, &r2)).await?;
+    let (resp, build) = blocking(svc.clone(), move |svc| nova(svc, &ctx, &r2, &rid)).await?;
     if let Some(id) = build {
         tokio::spawn(build_server(svc, id));
     }
@@ -491,10 +500,18 @@ pub(crate) fn update_server(
     edit(svc, Kind::Server, id, "server", |d| Ok(f(d)))
 }
 
-fn nova(svc: &Service, ctx: &Ctx, req: &Request) -> Result<(Response, Option<String>), ApiError> {
+fn nova(
+    svc: &Service,
+    ctx: &Ctx,
+    req: &Request,
+    rid: &str,
+) -> Result<(Response, Option<String>), ApiError> {
     let s: Vec<&str> = req.segs.iter().map(String::as_str).collect();
     let ok = |v: Value| Ok((json_resp(StatusCode::OK, &v), None));
     if let Some(r) = super::server_meta::handle(svc, ctx, req, &s) {
+        return r.map(|r| (r, None));
+    }
+    if let Some(r) = super::instance_actions::handle(svc, ctx, req, &s) {
         return r.map(|r| (r, None));
     }
     match (s.as_slice(), &req.method) {
@@ -537,7 +554,7 @@ fn nova(svc: &Service, ctx: &Ctx, req: &Request) -> Result<(Response, Option<Str
             ok(json!({"servers": servers(svc, ctx, req, true)?}))
         }
         (["servers"], &Method::POST) => {
-            let (v, id) = create_server(svc, ctx, req)?;
+            let (v, id) = create_server(svc, ctx, req, rid)?;
             Ok((
                 json_resp(StatusCode::ACCEPTED, &json!({"server": v})),
                 Some(id),
@@ -1432,7 +1449,12 @@ fn ref_id(v: &str) -> &str {
     v.trim_end_matches('/').rsplit('/').next().unwrap_or(v)
 }
 
-fn create_server(svc: &Service, ctx: &Ctx, req: &Request) -> Result<(Value, String), ApiError> {
+fn create_server(
+    svc: &Service,
+    ctx: &Ctx,
+    req: &Request,
+    rid: &str,
+) -> Result<(Value, String), ApiError> {
     let b: Value = req.json()?;
     let s = b
         .get("server")
@@ -1761,6 +1783,15 @@ fn create_server(svc: &Service, ctx: &Ctx, req: &Request) -> Result<(Value, Stri
         &doc,
     ))];
     writes.extend(new_volume.map(crate::store::Write::Insert));
+    writes.push(crate::store::Write::Insert(
+        super::instance_actions::record(
+            ctx,
+            &id,
+            rid,
+            super::instance_actions::CREATE,
+            Some(super::instance_actions::SCHEDULE_EVENT),
+        ),
+    ));
     let stored = svc.store.apply(&writes).map_err(se);
     // Nova's quota recheck: a create that raced another past the first check (here or on
     // another controller sharing the store) is seen now, and removed before it is built.
@@ -2113,6 +2144,9 @@ pub(crate) fn image_for(svc: &Service, ctx: &Ctx, id: &str) -> Result<ImageDoc, 
 
 fn fail(svc: &Service, id: &str, message: String) {
     tracing::warn!(server = id, %message, "build failed");
+    if let Some(rid) = super::instance_actions::create_request(svc, id) {
+        super::instance_actions::finish(svc, id, &rid, None, Err(&message));
+    }
     let _ = update_server(svc, id, |d| {
         d.status = "ERROR".into();
         d.task_state = None;
@@ -2299,13 +2333,34 @@ fn schedule(svc: &Service, id: &str) -> Result<Option<(String, String, Value)>, 
 
 /// Drives a build: schedule, place, watch, reschedule on failure.
 pub async fn build_server(svc: Arc<Service>, id: String) {
+    use super::instance_actions::{self as actions, BUILD_EVENT, SCHEDULE_EVENT};
     let max = svc.config.raw.compute.max_build_attempts.max(1);
     let mut last_error = String::new();
+    let id2 = id.clone();
+    let rid = blocking(svc.clone(), move |svc| {
+        Ok(actions::create_request(svc, &id2))
+    })
+    .await
+    .ok()
+    .flatten();
     for attempt in 1..=max {
+        if attempt > 1 {
+            actions::phase(&svc, &id, rid.as_deref(), |svc, id, rid| {
+                actions::start_event(svc, id, rid, SCHEDULE_EVENT)
+            })
+            .await;
+        }
         let id2 = id.clone();
         let scheduled = blocking(svc.clone(), move |svc| schedule(svc, &id2)).await;
         let (node, url, mut placement) = match scheduled {
-            Ok(Some(x)) => x,
+            Ok(Some(x)) => {
+                actions::phase(&svc, &id, rid.as_deref(), |svc, id, rid| {
+                    actions::finish(svc, id, rid, Some(SCHEDULE_EVENT), Ok(()));
+                    actions::start_event(svc, id, rid, BUILD_EVENT);
+                })
+                .await;
+                x
+            }
             Ok(None) => return,
             Err(e) => {
                 let id2 = id.clone();
@@ -2333,6 +2388,12 @@ pub async fn build_server(svc: Arc<Service>, id: String) {
             Ok(()) => place_and_watch(&svc, &id, &url, &placement).await,
             Err(e) => Err(e),
         };
+        let result = outcome.clone();
+        actions::phase(&svc, &id, rid.as_deref(), move |svc, id, rid| {
+            let result = result.as_ref().map(|_| ()).map_err(String::as_str);
+            actions::finish(svc, id, rid, Some(BUILD_EVENT), result);
+        })
+        .await;
         match outcome {
             Ok(()) => return,
             Err(msg) => {
@@ -2567,10 +2628,22 @@ async fn node_url(svc: &Arc<Service>, d: &ServerDoc) -> Option<String> {
     .flatten()
 }
 
-async fn delete_server(svc: Arc<Service>, ctx: Ctx, id: String) -> Result<Response, ApiError> {
-    let (id2, ctx2) = (id.clone(), ctx.clone());
-    let (_, d) = blocking(svc.clone(), move |svc| load_server(svc, &ctx2, &id2)).await?;
-    refuse_if_locked(&ctx, &id, &d)?;
+async fn delete_server(
+    svc: Arc<Service>,
+    ctx: Ctx,
+    id: String,
+    rid: String,
+) -> Result<Response, ApiError> {
+    use super::instance_actions as actions;
+    const EVENT: &str = "compute_terminate_instance";
+    let (id2, ctx2, rid2) = (id.clone(), ctx.clone(), rid.clone());
+    let (_, d) = blocking(svc.clone(), move |svc| {
+        let (r, d) = load_server(svc, &ctx2, &id2)?;
+        refuse_if_locked(&ctx2, &id2, &d)?;
+        actions::start(svc, &ctx2, &id2, &rid2, "delete", Some(EVENT))?;
+        Ok((r, d))
+    })
+    .await?;
     if let Some(url) = node_url(&svc, &d).await {
         match agent::call(
             &url,
@@ -2583,10 +2656,14 @@ async fn delete_server(svc: Arc<Service>, ctx: Ctx, id: String) -> Result<Respon
         {
             Ok(_) | Err(AgentError::Status(StatusCode::NOT_FOUND, _)) => {}
             Err(e) => {
-                return Err(ApiError::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    format!("deleting the server on its node failed: {e}"),
-                ));
+                let message = format!("deleting the server on its node failed: {e}");
+                let (id2, m2) = (id.clone(), message.clone());
+                let _ = blocking(svc.clone(), move |svc| {
+                    actions::finish(svc, &id2, &rid, Some(EVENT), Err(&m2));
+                    Ok(())
+                })
+                .await;
+                return Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, message));
             }
         }
     }
@@ -2612,7 +2689,9 @@ async fn action(
     ctx: Ctx,
     id: String,
     body: Value,
+    rid: String,
 ) -> Result<Response, ApiError> {
+    use super::instance_actions as actions;
     let (id2, ctx2) = (id.clone(), ctx.clone());
     let (_, d) = blocking(svc.clone(), move |svc| load_server(svc, &ctx2, &id2)).await?;
     let name = body
@@ -2626,7 +2705,18 @@ async fn action(
     ) {
         let (svc2, id2) = (svc.clone(), id.clone());
         let pushed = blocking(svc.clone(), move |svc| {
-            local_action(svc, &ctx, &id2, &name, &body)
+            let pushed = local_action(svc, &ctx, &id2, &name, &body)?;
+            // Nova records lock, unlock and resetState (no events: nothing else runs them),
+            // not security group changes.
+            let recorded = match name.as_str() {
+                "lock" | "unlock" => Some(name.as_str()),
+                "os-resetState" => Some("resetState"),
+                _ => None,
+            };
+            if let Some(a) = recorded {
+                actions::start(svc, &ctx, &id2, &rid, a, None)?;
+            }
+            Ok(pushed)
         })
         .await?;
         if pushed {
@@ -2667,9 +2757,17 @@ async fn action(
             .map_err(|e| ApiError::new(StatusCode::CONFLICT, e.to_string()))?;
         return Ok(json_resp(StatusCode::OK, &json!({"output": v["output"]})));
     }
-    let id2 = id.clone();
+    let (recorded, event) = match name.as_str() {
+        "os-stop" => ("stop", "compute_stop_instance"),
+        "os-start" => ("start", "compute_start_instance"),
+        "reboot" => ("reboot", "compute_reboot_instance"),
+        "pause" => ("pause", "compute_pause_instance"),
+        _ => ("unpause", "compute_unpause_instance"),
+    };
+    let (id2, rid2) = (id.clone(), rid.clone());
     let task2 = task.to_string();
     blocking(svc.clone(), move |svc| {
+        actions::start(svc, &ctx, &id2, &rid2, recorded, Some(event))?;
         update_server(svc, &id2, |d| {
             d.task_state = Some(task2.clone());
             true
@@ -2678,7 +2776,9 @@ async fn action(
     .await?;
     if let Err(e) = agent::call(&url, Method::POST, &path, Some(&body), AGENT_CALL).await {
         let id2 = id.clone();
+        let fault = e.to_string();
         let _ = blocking(svc.clone(), move |svc| {
+            actions::finish(svc, &id2, &rid, Some(event), Err(&fault));
             update_server(svc, &id2, |d| {
                 d.task_state = None;
                 true
@@ -2692,7 +2792,7 @@ async fn action(
             e => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
         });
     }
-    tokio::spawn(watch_action(svc, id, url));
+    tokio::spawn(watch_action(svc, id, url, rid, event));
     Ok(empty(StatusCode::ACCEPTED))
 }
 
@@ -2903,7 +3003,13 @@ fn edit_port(
 }
 
 /// Polls the agent until the action ends, then records the new status.
-async fn watch_action(svc: Arc<Service>, id: String, url: String) {
+async fn watch_action(
+    svc: Arc<Service>,
+    id: String,
+    url: String,
+    rid: String,
+    event: &'static str,
+) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(300);
     loop {
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -2937,6 +3043,11 @@ async fn watch_action(svc: Arc<Service>, id: String, url: String) {
             .map(str::to_string);
         let ports = agent_ports(&v);
         let _ = blocking(svc, move |svc| {
+            let outcome = match (status.as_str(), &fault) {
+                ("ERROR", f) => Err(f.as_deref().unwrap_or("the action failed")),
+                _ => Ok(()),
+            };
+            super::instance_actions::finish(svc, &id, &rid, Some(event), outcome);
             update_server(svc, &id, |d| {
                 d.status = status.clone();
                 d.task_state = None;

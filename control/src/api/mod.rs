@@ -18,6 +18,7 @@ use crate::service::{Service, ServiceError};
 pub mod compute;
 pub mod identity;
 pub mod image;
+mod instance_actions;
 mod ip_availability;
 pub mod network;
 pub mod neutron;

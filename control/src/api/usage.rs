@@ -44,15 +44,18 @@ fn se(e: StoreError) -> ApiError {
     ServiceError::from(e).into()
 }
 
-/// Deletes server `id`'s record; if it ever ran, records it as terminated now in the same
-/// batch. A server deleted meanwhile by another request is left alone.
+/// Deletes server `id`'s record and its instance actions; if it ever ran, records it as
+/// terminated now in the same batch. A server deleted meanwhile by another request is left alone.
 pub(crate) fn delete_server_record(svc: &Service, id: &str) -> Result<(), ApiError> {
     let Some(r) = svc.store.get(Kind::Server, id).map_err(se)? else {
         return Ok(());
     };
     let d: ServerDoc = r.parse().map_err(se)?;
+    // Its instance actions go with it (at 2.1 a deleted server's cannot be listed).
+    let mut writes = super::instance_actions::deletes(svc, id)?;
+    writes.push(Write::Delete(Kind::Server, id.to_string()));
     let Some(launched_at) = d.launched_at else {
-        return svc.store.delete(Kind::Server, id).map_err(se);
+        return svc.store.apply(&writes).map_err(se);
     };
     let doc = TerminatedServerDoc {
         name: d.name,
@@ -61,16 +64,13 @@ pub(crate) fn delete_server_record(svc: &Service, id: &str) -> Result<(), ApiErr
         launched_at,
         terminated_at: now_secs(),
     };
-    let writes = [
-        Write::Delete(Kind::Server, id.to_string()),
-        Write::Insert(Record::new(
-            Kind::TerminatedServer,
-            id,
-            &doc.project_id,
-            None,
-            &doc,
-        )),
-    ];
+    writes.push(Write::Insert(Record::new(
+        Kind::TerminatedServer,
+        id,
+        &doc.project_id,
+        None,
+        &doc,
+    )));
     match svc.store.apply(&writes) {
         // A concurrent delete of the same server recorded it first.
         Ok(()) | Err(StoreError::Conflict { .. }) => Ok(()),

@@ -1478,7 +1478,10 @@ pub async fn attach(
     ctx: Ctx,
     server_id: String,
     body: Value,
+    rid: String,
 ) -> Result<Response, ApiError> {
+    use super::instance_actions as actions;
+    const EVENT: &str = "compute_attach_volume";
     let a = body
         .get("volumeAttachment")
         .and_then(Value::as_object)
@@ -1490,7 +1493,7 @@ pub async fn attach(
         .ok_or_else(|| ApiError::bad_request("volumeAttachment.volumeId is required"))?
         .to_string();
     let requested = a.get("device").and_then(Value::as_str).map(str::to_string);
-    let (sid, vid2) = (server_id.clone(), vid.clone());
+    let (sid, vid2, rid2) = (server_id.clone(), vid.clone(), rid.clone());
     let (url, bid, device) = blocking(svc.clone(), move |svc| {
         let (_, s) = super::compute::load_server(svc, &ctx, &sid)?;
         let (_, v) = load_volume(svc, &ctx, &vid2)
@@ -1513,6 +1516,7 @@ pub async fn attach(
         stopped(&sid, &s, "attach_volume")?;
         let device = pick_device(&s, requested.as_deref())?;
         transition(svc, &vid2, "available", "attaching", "is now")?;
+        actions::start(svc, &ctx, &sid, &rid2, "attach_volume", Some(EVENT))?;
         Ok((
             agent_url(svc, &server_node)?,
             v.backend_id.unwrap_or_default(),
@@ -1529,8 +1533,11 @@ pub async fn attach(
     )
     .await;
     let ok = r.is_ok();
+    let fault = r.as_ref().err().map(ToString::to_string);
     let (sid, vid2, dev) = (server_id.clone(), vid.clone(), device.clone());
     blocking(svc, move |svc| {
+        let outcome = fault.as_deref().map_or(Ok(()), Err);
+        actions::finish(svc, &sid, &rid, Some(EVENT), outcome);
         update_volume(svc, &vid2, |d| {
             if ok {
                 d.status = "in-use".into();
@@ -1588,8 +1595,11 @@ pub async fn detach(
     ctx: Ctx,
     server_id: String,
     vid: String,
+    rid: String,
 ) -> Result<Response, ApiError> {
-    let (sid, vid2) = (server_id.clone(), vid.clone());
+    use super::instance_actions as actions;
+    const EVENT: &str = "compute_detach_volume";
+    let (sid, vid2, rid2) = (server_id.clone(), vid.clone(), rid.clone());
     let (url, bid) = blocking(svc.clone(), move |svc| {
         let (_, s) = super::compute::load_server(svc, &ctx, &sid)?;
         let att = s
@@ -1609,6 +1619,7 @@ pub async fn detach(
         stopped(&sid, &s, "detach_volume")?;
         let v = transition(svc, &vid2, "in-use", "detaching", "is")?
             .ok_or_else(|| Volume::missing(&vid2))?;
+        actions::start(svc, &ctx, &sid, &rid2, "detach_volume", Some(EVENT))?;
         let node = s.node_id.clone().unwrap_or_default();
         Ok((agent_url(svc, &node)?, v.backend_id.unwrap_or_default()))
     })
@@ -1622,8 +1633,16 @@ pub async fn detach(
     )
     .await;
     let gone = matches!(r, Ok(_) | Err(AgentError::Status(StatusCode::NOT_FOUND, _)));
+    let fault = (!gone).then(|| {
+        r.as_ref()
+            .err()
+            .map(ToString::to_string)
+            .unwrap_or_default()
+    });
     let (sid, vid2) = (server_id.clone(), vid.clone());
     blocking(svc, move |svc| {
+        let outcome = fault.as_deref().map_or(Ok(()), Err);
+        actions::finish(svc, &sid, &rid, Some(EVENT), outcome);
         update_volume(svc, &vid2, |d| {
             d.status = if gone { "available" } else { "in-use" }.into();
             if gone {

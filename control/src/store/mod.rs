@@ -147,11 +147,13 @@ pub enum Kind {
     Credential,
     /// Deleted servers as usage reports need them (scope: project id).
     TerminatedServer,
+    /// Nova instance actions (scope: server id; id: `<server id>:<request id>`).
+    InstanceAction,
 }
 
 impl Kind {
     /// Every kind.
-    pub const ALL: [Kind; 37] = [
+    pub const ALL: [Kind; 38] = [
         Kind::Domain,
         Kind::Project,
         Kind::User,
@@ -189,6 +191,7 @@ impl Kind {
         Kind::NetworkQuota,
         Kind::Credential,
         Kind::TerminatedServer,
+        Kind::InstanceAction,
     ];
 
     /// The name stored in the `kind` column.
@@ -231,6 +234,7 @@ impl Kind {
             Kind::NetworkQuota => "network_quota",
             Kind::Credential => "credential",
             Kind::TerminatedServer => "terminated_server",
+            Kind::InstanceAction => "instance_action",
         }
     }
 }
