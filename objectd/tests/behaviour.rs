@@ -2204,7 +2204,7 @@ fn s3_versioning_is_reported_honestly_and_unknown_sub_resources_touch_nothing() 
         ("DELETE", "/ver?cors"),
         ("PUT", "/ver?lifecycle"),
         ("GET", "/ver?tagging"),
-        ("GET", "/ver?versions"),
+        ("GET", "/ver?logging"),
         ("PUT", "/ver/k?retention"),
     ] {
         let r = s3(&d, method, path, &[], b"<x/>", SECRET_KEY);
@@ -2380,4 +2380,402 @@ fn s3_canned_acls_map_onto_the_swift_read_acl() {
     );
     assert_eq!(r.status, 501);
     assert_eq!(s3(&d, "HEAD", "/never", &[], b"", SECRET_KEY).status, 404);
+}
+
+/// The contents of each `<name>...</name>` element in `text`, in order.
+fn elements(text: &str, name: &str) -> Vec<String> {
+    let (open, close) = (format!("<{name}>"), format!("</{name}>"));
+    let mut out = Vec::new();
+    let mut rest = text;
+    while let Some(start) = rest.find(&open) {
+        let after = &rest[start + open.len()..];
+        let end = after.find(&close).expect("a closed element");
+        out.push(after[..end].to_owned());
+        rest = &after[end + close.len()..];
+    }
+    out
+}
+
+/// The contents of the first `<name>` element, if any.
+fn element(text: &str, name: &str) -> Option<String> {
+    elements(text, name).into_iter().next()
+}
+
+/// A ListObjectVersions page: (key of each Version, each CommonPrefix, NextKeyMarker,
+/// NextVersionIdMarker, IsTruncated).
+type VersionsPage = (
+    Vec<String>,
+    Vec<String>,
+    Option<String>,
+    Option<String>,
+    bool,
+);
+
+fn versions_page(d: &Daemon, bucket: &str, query: &str) -> VersionsPage {
+    let r = s3(
+        d,
+        "GET",
+        &format!("/{bucket}?versions{query}"),
+        &[],
+        b"",
+        SECRET_KEY,
+    );
+    assert_eq!(r.status, 200, "{query}: {}", r.text());
+    let t = r.text();
+    assert!(t.contains("<ListVersionsResult xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\">"));
+    assert!(!t.contains("<DeleteMarker>"), "{t}");
+    let versions = elements(&t, "Version");
+    for v in &versions {
+        assert_eq!(element(v, "VersionId").as_deref(), Some("null"), "{v}");
+        assert_eq!(element(v, "IsLatest").as_deref(), Some("true"), "{v}");
+        assert_eq!(
+            element(v, "StorageClass").as_deref(),
+            Some("STANDARD"),
+            "{v}"
+        );
+        assert!(
+            v.contains("<Owner><ID>AUTH_test</ID><DisplayName>AUTH_test</DisplayName></Owner>"),
+            "{v}"
+        );
+    }
+    let prefixes = elements(&t, "CommonPrefixes")
+        .iter()
+        .map(|p| element(p, "Prefix").unwrap())
+        .collect();
+    (
+        versions
+            .iter()
+            .map(|v| element(v, "Key").unwrap())
+            .collect(),
+        prefixes,
+        element(&t, "NextKeyMarker"),
+        element(&t, "NextVersionIdMarker"),
+        element(&t, "IsTruncated").unwrap() == "true",
+    )
+}
+
+#[test]
+fn s3_object_versions_are_each_object_as_its_null_version() {
+    let d = Daemon::start();
+    assert_eq!(s3(&d, "PUT", "/vers", &[], b"", SECRET_KEY).status, 200);
+    let keys = ["a", "b/1", "b/2", "c", "d e&f", "z"];
+    for k in keys {
+        let path = format!("/vers/{}", sigv4::uri_encode(k, false));
+        assert_eq!(
+            s3(&d, "PUT", &path, &[], k.as_bytes(), SECRET_KEY).status,
+            200
+        );
+    }
+    // Everything, with each Version's fields.
+    let r = s3(&d, "GET", "/vers?versions", &[], b"", SECRET_KEY);
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("content-type"), Some("application/xml"));
+    let t = r.text();
+    for marker in [
+        "<KeyMarker></KeyMarker>",
+        "<VersionIdMarker></VersionIdMarker>",
+        "<MaxKeys>1000</MaxKeys>",
+        "<IsTruncated>false</IsTruncated>",
+        "<Name>vers</Name>",
+    ] {
+        assert!(t.contains(marker), "{marker}: {t}");
+    }
+    let first = &elements(&t, "Version")[0];
+    assert_eq!(element(first, "Key").as_deref(), Some("a"));
+    assert_eq!(element(first, "Size").as_deref(), Some("1"));
+    assert_eq!(
+        element(first, "ETag"),
+        Some(format!("&quot;{:032x}&quot;", md5_of(b"a")))
+    );
+    assert!(element(first, "LastModified").unwrap().ends_with('Z'));
+    let (listed, prefixes, next, next_version, truncated) = versions_page(&d, "vers", "");
+    assert_eq!(listed, ["a", "b/1", "b/2", "c", "d e&amp;f", "z"]);
+    assert!(prefixes.is_empty());
+    assert_eq!((next, next_version, truncated), (None, None, false));
+
+    // Prefix, delimiter and url encoding.
+    let (listed, prefixes, ..) = versions_page(&d, "vers", "&delimiter=%2F");
+    assert_eq!(listed, ["a", "c", "d e&amp;f", "z"]);
+    assert_eq!(prefixes, ["b/"]);
+    let (listed, ..) = versions_page(&d, "vers", "&prefix=b%2F");
+    assert_eq!(listed, ["b/1", "b/2"]);
+    let r = s3(
+        &d,
+        "GET",
+        "/vers?versions&encoding-type=url&prefix=d%20",
+        &[],
+        b"",
+        SECRET_KEY,
+    );
+    let t = r.text();
+    assert!(t.contains("<Key>d%20e%26f</Key>"), "{t}");
+    assert!(t.contains("<Prefix>d%20</Prefix>"), "{t}");
+    assert!(t.contains("<EncodingType>url</EncodingType>"), "{t}");
+
+    // Paging two at a time with a delimiter: every entry once, in order; a page that ends
+    // on a common prefix resumes after it and names no version.
+    let mut seen = Vec::new();
+    let mut query = String::new();
+    let mut pages = 0;
+    loop {
+        let (listed, prefixes, next, next_version, truncated) =
+            versions_page(&d, "vers", &format!("&delimiter=%2F&max-keys=2{query}"));
+        pages += 1;
+        assert!(listed.len() + prefixes.len() <= 2);
+        seen.extend(listed.iter().cloned());
+        seen.extend(prefixes.iter().cloned());
+        if !truncated {
+            assert_eq!((next, next_version), (None, None));
+            break;
+        }
+        let next = next.expect("a truncated page names the next key marker");
+        if prefixes.last() == Some(&next) {
+            assert_eq!(next_version, None);
+            query = format!("&key-marker={}", sigv4::uri_encode(&next, true));
+        } else {
+            assert_eq!(next_version.as_deref(), Some("null"));
+            let key = next.replace("&amp;", "&");
+            query = format!(
+                "&key-marker={}&version-id-marker=null",
+                sigv4::uri_encode(&key, true)
+            );
+        }
+    }
+    seen.sort();
+    assert_eq!(seen, ["a", "b/", "c", "d e&amp;f", "z"]);
+    assert_eq!(pages, 3);
+    let (listed, ..) = versions_page(&d, "vers", "&key-marker=c");
+    assert_eq!(listed, ["d e&amp;f", "z"]);
+    let (listed, ..) = versions_page(&d, "vers", "&key-marker=c&version-id-marker=null");
+    assert_eq!(listed, ["d e&amp;f", "z"]);
+    let (listed, _, next, _, truncated) = versions_page(&d, "vers", "&max-keys=0");
+    assert_eq!((listed.len(), next, truncated), (0, None, true));
+    let (listed, ..) = versions_page(&d, "vers", "&max-keys=5000");
+    assert_eq!(listed.len(), 6);
+
+    // Bad parameters, S3's answers.
+    for (query, code) in [
+        ("&version-id-marker=null", "InvalidArgument"),
+        ("&key-marker=a&version-id-marker=bogus", "InvalidArgument"),
+        ("&encoding-type=base64", "InvalidArgument"),
+        ("&max-keys=-1", "InvalidArgument"),
+        ("&max-keys=many", "InvalidArgument"),
+    ] {
+        let r = s3(
+            &d,
+            "GET",
+            &format!("/vers?versions{query}"),
+            &[],
+            b"",
+            SECRET_KEY,
+        );
+        assert_eq!((r.status, s3_code(&r).as_str()), (400, code), "{query}");
+    }
+    let r = s3(&d, "GET", "/nobucket?versions", &[], b"", SECRET_KEY);
+    assert_eq!((r.status, s3_code(&r).as_str()), (404, "NoSuchBucket"));
+    // Other methods on ?versions are refused and leave the bucket alone.
+    for method in ["PUT", "DELETE", "POST"] {
+        let r = s3(&d, method, "/vers?versions", &[], b"", SECRET_KEY);
+        assert_eq!(r.status, 405, "{method}");
+    }
+    assert_eq!(s3(&d, "HEAD", "/vers", &[], b"", SECRET_KEY).status, 200);
+
+    // versionId=null is the object itself; an S3-shaped id a version that does not exist;
+    // anything else is refused.
+    let s3_id = "KC0WuaPTHv7At3olS.BPuH.weAJqMkKJ";
+    let r = s3(&d, "GET", "/vers/a?versionId=null", &[], b"", SECRET_KEY);
+    assert_eq!((r.status, r.body.as_slice()), (200, &b"a"[..]));
+    assert_eq!(r.header("x-amz-version-id"), Some("null"));
+    let r = s3(&d, "HEAD", "/vers/a?versionId=null", &[], b"", SECRET_KEY);
+    assert_eq!((r.status, r.header("content-length")), (200, Some("1")));
+    let r = s3(
+        &d,
+        "GET",
+        &format!("/vers/a?versionId={s3_id}"),
+        &[],
+        b"",
+        SECRET_KEY,
+    );
+    assert_eq!((r.status, s3_code(&r).as_str()), (404, "NoSuchVersion"));
+    assert_eq!(
+        s3(
+            &d,
+            "HEAD",
+            &format!("/vers/a?versionId={s3_id}"),
+            &[],
+            b"",
+            SECRET_KEY
+        )
+        .status,
+        404
+    );
+    for bad in ["bogus", "", "NULL"] {
+        let r = s3(
+            &d,
+            "GET",
+            &format!("/vers/a?versionId={bad}"),
+            &[],
+            b"",
+            SECRET_KEY,
+        );
+        assert_eq!(
+            (r.status, s3_code(&r).as_str()),
+            (400, "InvalidArgument"),
+            "{bad:?}"
+        );
+    }
+    let r = s3(
+        &d,
+        "GET",
+        "/vers/missing?versionId=null",
+        &[],
+        b"",
+        SECRET_KEY,
+    );
+    assert_eq!((r.status, s3_code(&r).as_str()), (404, "NoSuchVersion"));
+    let r = s3(&d, "GET", "/vers/missing", &[], b"", SECRET_KEY);
+    assert_eq!((r.status, s3_code(&r).as_str()), (404, "NoSuchKey"));
+    let r = s3(
+        &d,
+        "GET",
+        "/nobucket/a?versionId=null",
+        &[],
+        b"",
+        SECRET_KEY,
+    );
+    assert_eq!((r.status, s3_code(&r).as_str()), (404, "NoSuchBucket"));
+
+    // Deleting a version that does not exist deletes nothing; a bad id deletes nothing;
+    // deleting the null version deletes the object.
+    let r = s3(
+        &d,
+        "DELETE",
+        &format!("/vers/a?versionId={s3_id}"),
+        &[],
+        b"",
+        SECRET_KEY,
+    );
+    assert_eq!((r.status, r.header("x-amz-version-id")), (204, Some(s3_id)));
+    let r = s3(
+        &d,
+        "DELETE",
+        "/vers/a?versionId=bogus",
+        &[],
+        b"",
+        SECRET_KEY,
+    );
+    assert_eq!((r.status, s3_code(&r).as_str()), (400, "InvalidArgument"));
+    assert_eq!(s3(&d, "GET", "/vers/a", &[], b"", SECRET_KEY).body, b"a");
+    let r = s3(&d, "DELETE", "/vers/a?versionId=null", &[], b"", SECRET_KEY);
+    assert_eq!(
+        (r.status, r.header("x-amz-version-id")),
+        (204, Some("null"))
+    );
+    let r = s3(&d, "GET", "/vers/a?versionId=null", &[], b"", SECRET_KEY);
+    assert_eq!((r.status, s3_code(&r).as_str()), (404, "NoSuchVersion"));
+    assert_eq!(
+        s3(&d, "DELETE", "/vers/a?versionId=null", &[], b"", SECRET_KEY).status,
+        204
+    );
+    assert_eq!(versions_page(&d, "vers", "").0[0], "b/1");
+
+    // Tags and copies take versionId=null too.
+    let doc = tagging_doc(&[("k", "v")]);
+    let r = s3(
+        &d,
+        "PUT",
+        "/vers/c?tagging&versionId=null",
+        &[],
+        doc.as_bytes(),
+        SECRET_KEY,
+    );
+    assert_eq!(
+        (r.status, r.header("x-amz-version-id")),
+        (200, Some("null")),
+        "{}",
+        r.text()
+    );
+    let r = s3(
+        &d,
+        "GET",
+        "/vers/c?tagging&versionId=null",
+        &[],
+        b"",
+        SECRET_KEY,
+    );
+    assert!(
+        r.text().contains("<Key>k</Key><Value>v</Value>"),
+        "{}",
+        r.text()
+    );
+    let r = s3(
+        &d,
+        "GET",
+        &format!("/vers/c?tagging&versionId={s3_id}"),
+        &[],
+        b"",
+        SECRET_KEY,
+    );
+    assert_eq!((r.status, s3_code(&r).as_str()), (404, "NoSuchVersion"));
+    let r = s3(
+        &d,
+        "PUT",
+        "/vers/c2",
+        &[("x-amz-copy-source", "/vers/c?versionId=null")],
+        b"",
+        SECRET_KEY,
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(s3(&d, "GET", "/vers/c2", &[], b"", SECRET_KEY).body, b"c");
+    let src = format!("/vers/c?versionId={s3_id}");
+    let r = s3(
+        &d,
+        "PUT",
+        "/vers/c3",
+        &[("x-amz-copy-source", &src)],
+        b"",
+        SECRET_KEY,
+    );
+    assert_eq!((r.status, s3_code(&r).as_str()), (404, "NoSuchVersion"));
+    assert_eq!(s3(&d, "HEAD", "/vers/c3", &[], b"", SECRET_KEY).status, 404);
+
+    // DeleteObjects: a VersionId works as a DELETE's versionId, per key.
+    let doc = format!(
+        "<Delete><Object><Key>c</Key><VersionId>null</VersionId></Object><Object><Key>z</Key><VersionId>{s3_id}</VersionId></Object><Object><Key>b/1</Key><VersionId>bogus</VersionId></Object></Delete>"
+    );
+    let r = s3(&d, "POST", "/vers?delete", &[], doc.as_bytes(), SECRET_KEY);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let t = r.text();
+    assert!(
+        t.contains("<Deleted><Key>c</Key><VersionId>null</VersionId></Deleted>"),
+        "{t}"
+    );
+    assert!(
+        t.contains(&format!(
+            "<Deleted><Key>z</Key><VersionId>{s3_id}</VersionId></Deleted>"
+        )),
+        "{t}"
+    );
+    assert!(
+        t.contains("<Error><Key>b/1</Key><VersionId>bogus</VersionId><Code>InvalidArgument</Code>"),
+        "{t}"
+    );
+    let (listed, ..) = versions_page(&d, "vers", "");
+    assert_eq!(listed, ["b/1", "b/2", "c2", "d e&amp;f", "z"]);
+
+    // A suspended bucket lists the same way.
+    let cfg = "<VersioningConfiguration><Status>Suspended</Status></VersioningConfiguration>";
+    assert_eq!(
+        s3(
+            &d,
+            "PUT",
+            "/vers?versioning",
+            &[],
+            cfg.as_bytes(),
+            SECRET_KEY
+        )
+        .status,
+        200
+    );
+    assert_eq!(versions_page(&d, "vers", "").0, listed);
 }
