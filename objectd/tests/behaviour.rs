@@ -2203,7 +2203,7 @@ fn s3_versioning_is_reported_honestly_and_unknown_sub_resources_touch_nothing() 
         ("DELETE", "/ver?policy"),
         ("DELETE", "/ver?cors"),
         ("PUT", "/ver?lifecycle"),
-        ("GET", "/ver?tagging"),
+        ("GET", "/ver?website"),
         ("GET", "/ver?logging"),
         ("PUT", "/ver/k?retention"),
     ] {
@@ -2778,4 +2778,239 @@ fn s3_object_versions_are_each_object_as_its_null_version() {
         200
     );
     assert_eq!(versions_page(&d, "vers", "").0, listed);
+}
+
+#[test]
+fn s3_bucket_tags_are_checked_kept_with_the_bucket_and_survive_a_restart() {
+    let mut d = Daemon::start();
+    assert_eq!(s3(&d, "PUT", "/btag", &[], b"", SECRET_KEY).status, 200);
+    assert_eq!(
+        s3(&d, "PUT", "/btag/o", &[], b"obj", SECRET_KEY).status,
+        200
+    );
+    let r = s3(&d, "GET", "/btag?tagging", &[], b"", SECRET_KEY);
+    assert_eq!((r.status, s3_code(&r).as_str()), (404, "NoSuchTagSet"));
+    assert!(
+        r.text().contains("The TagSet does not exist"),
+        "{}",
+        r.text()
+    );
+
+    // Fifty tags, the longest key and value, with Content-MD5: stored as given.
+    let keys: Vec<String> = (0..49).map(|i| format!("k{i:02}")).collect();
+    let long_key = "K".repeat(128);
+    let long_value = "v".repeat(256);
+    let mut tags: Vec<(&str, &str)> = keys.iter().map(|k| (k.as_str(), "x y")).collect();
+    tags.push((&long_key, &long_value));
+    let doc = tagging_doc(&tags);
+    let digest = {
+        use md5::{Digest, Md5};
+        base64_bytes(&Md5::digest(doc.as_bytes()))
+    };
+    let r = s3(
+        &d,
+        "PUT",
+        "/btag?tagging",
+        &[("content-md5", &digest)],
+        doc.as_bytes(),
+        SECRET_KEY,
+    );
+    assert_eq!(r.status, 204, "{}", r.text());
+    let r = s3(&d, "GET", "/btag?tagging", &[], b"", SECRET_KEY);
+    assert_eq!(r.status, 200);
+    let t = r.text();
+    assert!(t.starts_with("<?xml"), "{t}");
+    assert_eq!(elements(&t, "Tag").len(), 50, "{t}");
+    assert!(
+        t.contains("<Tag><Key>k00</Key><Value>x y</Value></Tag>"),
+        "{t}"
+    );
+    assert!(t.contains(&format!(
+        "<Tag><Key>{long_key}</Key><Value>{long_value}</Value></Tag>"
+    )));
+    // The bucket's objects and its listing are untouched; Swift never shows the tags.
+    assert_eq!(s3(&d, "GET", "/btag/o", &[], b"", SECRET_KEY).body, b"obj");
+    let r = s3(&d, "GET", "/btag/o?tagging", &[], b"", SECRET_KEY);
+    assert!(r.text().contains("<TagSet></TagSet>"), "{}", r.text());
+    let token = d.token();
+    let sw = http(
+        d.port,
+        "HEAD",
+        "/v1/AUTH_test/btag",
+        &[("X-Auth-Token", &token)],
+        b"",
+    );
+    assert_eq!(sw.status, 204);
+    assert!(
+        !sw.headers
+            .iter()
+            .any(|(k, _)| k.contains("sysmeta") || k.contains("tagging")),
+        "{:?}",
+        sw.headers
+    );
+    // A Swift POST of container metadata keeps them.
+    let r = http(
+        d.port,
+        "POST",
+        "/v1/AUTH_test/btag",
+        &[
+            ("X-Auth-Token", &token),
+            ("X-Container-Meta-Colour", "blue"),
+        ],
+        b"",
+    );
+    assert_eq!(r.status, 204);
+
+    // Bad tag sets are refused with S3's codes and leave the stored set alone.
+    let fifty_one: Vec<String> = (0..51).map(|i| format!("t{i}")).collect();
+    let fifty_one: Vec<(&str, &str)> = fifty_one.iter().map(|k| (k.as_str(), "v")).collect();
+    let too_long_key = "k".repeat(129);
+    let too_long_value = "v".repeat(257);
+    for (doc, code) in [
+        (tagging_doc(&fifty_one), "BadRequest"),
+        (tagging_doc(&[("a", "1"), ("a", "2")]), "InvalidTag"),
+        (tagging_doc(&[(&too_long_key, "v")]), "InvalidTag"),
+        (tagging_doc(&[("k", &too_long_value)]), "InvalidTag"),
+        (tagging_doc(&[("", "v")]), "InvalidTag"),
+        (tagging_doc(&[("aws:cloudformation", "v")]), "InvalidTag"),
+        (
+            "<Tagging><TagSet><Tag><Key>k</Key></Tag></TagSet></Tagging>".into(),
+            "MalformedXML",
+        ),
+        ("<Tagging/>".into(), "MalformedXML"),
+        ("<Tagging><TagSet>".into(), "MalformedXML"),
+        ("not xml".into(), "MalformedXML"),
+    ] {
+        let r = s3(&d, "PUT", "/btag?tagging", &[], doc.as_bytes(), SECRET_KEY);
+        assert_eq!((r.status, s3_code(&r).as_str()), (400, code), "{doc}");
+    }
+    let r = s3(
+        &d,
+        "PUT",
+        "/btag?tagging",
+        &[("content-md5", "AAAAAAAAAAAAAAAAAAAAAA==")],
+        tagging_doc(&[("a", "1")]).as_bytes(),
+        SECRET_KEY,
+    );
+    assert_eq!((r.status, s3_code(&r).as_str()), (400, "BadDigest"));
+    assert_eq!(
+        elements(
+            &s3(&d, "GET", "/btag?tagging", &[], b"", SECRET_KEY).text(),
+            "Tag"
+        )
+        .len(),
+        50
+    );
+    // Unknown buckets; methods that are not tagging's.
+    let doc = tagging_doc(&[("a", "1")]);
+    for (method, body) in [("GET", ""), ("PUT", doc.as_str()), ("DELETE", "")] {
+        let r = s3(
+            &d,
+            method,
+            "/nobucket?tagging",
+            &[],
+            body.as_bytes(),
+            SECRET_KEY,
+        );
+        assert_eq!(
+            (r.status, s3_code(&r).as_str()),
+            (404, "NoSuchBucket"),
+            "{method}"
+        );
+    }
+    assert_eq!(
+        s3(&d, "HEAD", "/nobucket", &[], b"", SECRET_KEY).status,
+        404
+    );
+    assert_eq!(
+        s3(&d, "POST", "/btag?tagging", &[], b"", SECRET_KEY).status,
+        405
+    );
+
+    // Kept in the index with the bucket: a kill -9 and a restart lose nothing.
+    d.restart();
+    let r = s3(&d, "GET", "/btag?tagging", &[], b"", SECRET_KEY);
+    assert_eq!(elements(&r.text(), "Tag").len(), 50, "{}", r.text());
+    let token = d.token();
+    let sw = http(
+        d.port,
+        "HEAD",
+        "/v1/AUTH_test/btag",
+        &[("X-Auth-Token", &token)],
+        b"",
+    );
+    assert_eq!(sw.header("x-container-meta-colour"), Some("blue"));
+    // A PUT replaces the whole set; DELETE removes it (twice is fine).
+    let r = s3(
+        &d,
+        "PUT",
+        "/btag?tagging",
+        &[],
+        tagging_doc(&[("only", "one")]).as_bytes(),
+        SECRET_KEY,
+    );
+    assert_eq!(r.status, 204);
+    let r = s3(&d, "GET", "/btag?tagging", &[], b"", SECRET_KEY);
+    assert!(
+        r.text()
+            .contains("<TagSet><Tag><Key>only</Key><Value>one</Value></Tag></TagSet>"),
+        "{}",
+        r.text()
+    );
+    for _ in 0..2 {
+        assert_eq!(
+            s3(&d, "DELETE", "/btag?tagging", &[], b"", SECRET_KEY).status,
+            204
+        );
+        let r = s3(&d, "GET", "/btag?tagging", &[], b"", SECRET_KEY);
+        assert_eq!((r.status, s3_code(&r).as_str()), (404, "NoSuchTagSet"));
+    }
+    // An empty TagSet leaves none.
+    assert_eq!(
+        s3(&d, "PUT", "/btag?tagging", &[], doc.as_bytes(), SECRET_KEY).status,
+        204
+    );
+    let r = s3(
+        &d,
+        "PUT",
+        "/btag?tagging",
+        &[],
+        tagging_doc(&[]).as_bytes(),
+        SECRET_KEY,
+    );
+    assert_eq!(r.status, 204);
+    let r = s3(&d, "GET", "/btag?tagging", &[], b"", SECRET_KEY);
+    assert_eq!(s3_code(&r), "NoSuchTagSet");
+    // A DELETE ?tagging never deletes the bucket, even an empty one.
+    assert_eq!(
+        s3(&d, "DELETE", "/btag/o", &[], b"", SECRET_KEY).status,
+        204
+    );
+    assert_eq!(
+        s3(&d, "DELETE", "/btag?tagging", &[], b"", SECRET_KEY).status,
+        204
+    );
+    assert_eq!(s3(&d, "HEAD", "/btag", &[], b"", SECRET_KEY).status, 200);
+
+    // Gone with the bucket: a bucket made again under the name starts without tags.
+    assert_eq!(
+        s3(&d, "PUT", "/btag?tagging", &[], doc.as_bytes(), SECRET_KEY).status,
+        204
+    );
+    assert_eq!(s3(&d, "DELETE", "/btag", &[], b"", SECRET_KEY).status, 204);
+    let r = s3(&d, "GET", "/btag?tagging", &[], b"", SECRET_KEY);
+    assert_eq!(s3_code(&r), "NoSuchBucket");
+    assert_eq!(s3(&d, "PUT", "/btag", &[], b"", SECRET_KEY).status, 200);
+    let r = s3(&d, "GET", "/btag?tagging", &[], b"", SECRET_KEY);
+    assert_eq!((r.status, s3_code(&r).as_str()), (404, "NoSuchTagSet"));
+    // Re-creating an existing bucket keeps its tags.
+    assert_eq!(
+        s3(&d, "PUT", "/btag?tagging", &[], doc.as_bytes(), SECRET_KEY).status,
+        204
+    );
+    assert_eq!(s3(&d, "PUT", "/btag", &[], b"", SECRET_KEY).status, 200);
+    assert_eq!(
+        s3(&d, "GET", "/btag?tagging", &[], b"", SECRET_KEY).status,
+        200
+    );
 }

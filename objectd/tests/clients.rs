@@ -926,3 +926,80 @@ fn aws_cli_lists_object_versions() {
     assert_eq!(got["VersionId"], "null", "{got}");
     assert_eq!(std::fs::read(w.join("back")).unwrap(), b"one");
 }
+
+const BOTO3_BUCKET_TAGGING: &str = r#"
+import sys
+import boto3
+from botocore.config import Config
+from botocore.exceptions import ClientError
+endpoint, phase = sys.argv[1], sys.argv[2]
+s3 = boto3.client("s3", endpoint_url=endpoint, aws_access_key_id="AKIDFERROSTACKTEST",
+                  aws_secret_access_key="ferrostack-test-secret-key", region_name="us-east-1",
+                  config=Config(signature_version="s3v4", s3={"addressing_style": "path"}))
+def error(fn, **kw):
+    try:
+        fn(**kw)
+    except ClientError as e:
+        return e.response["ResponseMetadata"]["HTTPStatusCode"], e.response["Error"]["Code"]
+    raise SystemExit("%s succeeded: %r" % (fn.__name__, kw))
+def tags(bucket):
+    return {t["Key"]: t["Value"] for t in s3.get_bucket_tagging(Bucket=bucket)["TagSet"]}
+if phase == "setup":
+    s3.create_bucket(Bucket="btags")
+    s3.create_bucket(Bucket="gone")
+    assert error(s3.get_bucket_tagging, Bucket="btags") == (404, "NoSuchTagSet")
+    fifty = [{"Key": "key-%02d" % i, "Value": "value %d" % i} for i in range(50)]
+    r = s3.put_bucket_tagging(Bucket="btags", Tagging={"TagSet": fifty})
+    assert r["ResponseMetadata"]["HTTPStatusCode"] == 204, r
+    assert tags("btags") == {t["Key"]: t["Value"] for t in fifty}
+    s3.put_bucket_tagging(Bucket="btags", Tagging={"TagSet": [{"Key": "team", "Value": "storage"},
+                                                             {"Key": "cost-centre", "Value": ""}]})
+    assert tags("btags") == {"team": "storage", "cost-centre": ""}, tags("btags")
+    over = fifty + [{"Key": "one-more", "Value": "x"}]
+    assert error(s3.put_bucket_tagging, Bucket="btags", Tagging={"TagSet": over}) == (400, "BadRequest")
+    dup = [{"Key": "d", "Value": "1"}, {"Key": "d", "Value": "2"}]
+    assert error(s3.put_bucket_tagging, Bucket="btags", Tagging={"TagSet": dup}) == (400, "InvalidTag")
+    assert error(s3.put_bucket_tagging, Bucket="btags", Tagging={"TagSet": [{"Key": "k" * 129, "Value": ""}]}) == (400, "InvalidTag")
+    assert error(s3.put_bucket_tagging, Bucket="btags", Tagging={"TagSet": [{"Key": "k", "Value": "v" * 257}]}) == (400, "InvalidTag")
+    assert error(s3.put_bucket_tagging, Bucket="missing", Tagging={"TagSet": dup[:1]}) == (404, "NoSuchBucket")
+    assert tags("btags") == {"team": "storage", "cost-centre": ""}
+    # Object tags and bucket tags are separate.
+    s3.put_object(Bucket="btags", Key="o", Body=b"x", Tagging="object=tag")
+    assert s3.get_object_tagging(Bucket="btags", Key="o")["TagSet"] == [{"Key": "object", "Value": "tag"}]
+    s3.put_bucket_tagging(Bucket="gone", Tagging={"TagSet": [{"Key": "short", "Value": "lived"}]})
+    print("SETUP OK")
+else:
+    assert tags("btags") == {"team": "storage", "cost-centre": ""}, tags("btags")
+    assert tags("gone") == {"short": "lived"}
+    s3.delete_bucket(Bucket="gone")
+    assert error(s3.get_bucket_tagging, Bucket="gone") == (404, "NoSuchBucket")
+    s3.create_bucket(Bucket="gone")
+    assert error(s3.get_bucket_tagging, Bucket="gone") == (404, "NoSuchTagSet")
+    r = s3.delete_bucket_tagging(Bucket="btags")
+    assert r["ResponseMetadata"]["HTTPStatusCode"] == 204, r
+    assert error(s3.get_bucket_tagging, Bucket="btags") == (404, "NoSuchTagSet")
+    assert s3.get_object(Bucket="btags", Key="o")["Body"].read() == b"x"
+    print("RESTART OK")
+"#;
+
+#[test]
+fn boto3_bucket_tagging_survives_a_restart_and_goes_with_the_bucket() {
+    if !require_system_python_module("boto3") {
+        return;
+    }
+    let mut d = Daemon::start();
+    let work = tempfile::tempdir().unwrap();
+    let script = work.path().join("btags.py");
+    std::fs::write(&script, BOTO3_BUCKET_TAGGING).unwrap();
+    let out = run(Command::new(SYSTEM_PYTHON)
+        .arg(&script)
+        .arg(d.url())
+        .arg("setup"));
+    assert!(out.contains("SETUP OK"), "{out}");
+    d.restart();
+    let out = run(Command::new(SYSTEM_PYTHON)
+        .arg(&script)
+        .arg(d.url())
+        .arg("after-restart"));
+    assert!(out.contains("RESTART OK"), "{out}");
+}

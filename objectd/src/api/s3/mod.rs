@@ -4,8 +4,8 @@
 //! presigned URL); bodies may be plain (signed SHA-256 or `UNSIGNED-PAYLOAD`) or
 //! `aws-chunked` (signed chunks, or unsigned with a trailing checksum).
 //!
-//! Sub-resources are routed before the bucket and object themselves: object tags
-//! ([`tagging`]), bucket versioning (reported, never enabled), the versions listing and
+//! Sub-resources are routed before the bucket and object themselves: object and bucket
+//! tags ([`tagging`]), bucket versioning (reported, never enabled), the versions listing and
 //! `versionId` (every object is its single `null` version: [`versions`]) and canned ACLs
 //! ([`acl`]); every other sub-resource S3 defines answers 501, whatever the method.
 
@@ -158,6 +158,41 @@ pub async fn handle(state: &State, req: Request) -> Result<Response, ApiError> {
                     let doc = src.read_all(64 * 1024).await?;
                     check_body_digests(h, &doc)?;
                     put_versioning(state, &account, &bucket, &doc).await
+                }
+                _ => Err(method_not_allowed()),
+            };
+        }
+        if has("tagging") {
+            return match *m {
+                Method::GET => {
+                    let meta = container_meta(state, &account, &bucket).await?;
+                    let tags = tagging::bucket_stored(&meta).ok_or_else(|| {
+                        ApiError::new(
+                            StatusCode::NOT_FOUND,
+                            "NoSuchTagSet",
+                            "The TagSet does not exist",
+                        )
+                    })?;
+                    Ok(xml_response(
+                        StatusCode::OK,
+                        format!(
+                            "{XML_HEAD}<Tagging xmlns=\"{NS}\">{}</Tagging>",
+                            tagging::document(&tags)
+                        ),
+                    ))
+                }
+                Method::PUT => {
+                    container_meta(state, &account, &bucket).await?;
+                    let (mut src, _) = source()?;
+                    let doc = src.read_all(64 * 1024).await?;
+                    check_body_digests(h, &doc)?;
+                    let tags = tagging::parse_bucket_document(&doc)?;
+                    set_bucket_tags(state, &account, &bucket, &tags).await?;
+                    Ok(response(StatusCode::NO_CONTENT, ""))
+                }
+                Method::DELETE => {
+                    set_bucket_tags(state, &account, &bucket, &Vec::new()).await?;
+                    Ok(response(StatusCode::NO_CONTENT, ""))
                 }
                 _ => Err(method_not_allowed()),
             };
@@ -542,12 +577,11 @@ async fn object_request(
 }
 
 /// Bucket sub-resources S3 has and objectd does not implement.
-const BUCKET_UNIMPLEMENTED: [&str; 21] = [
+const BUCKET_UNIMPLEMENTED: [&str; 20] = [
     "policy",
     "policyStatus",
     "cors",
     "lifecycle",
-    "tagging",
     "encryption",
     "website",
     "logging",
@@ -665,6 +699,19 @@ fn header_tags(h: &http::HeaderMap) -> Result<tagging::TagSet, ApiError> {
             tagging::parse_header(s)
         }
     }
+}
+
+/// Replaces a bucket's tags (an empty set removes them), in its container metadata with
+/// one index transaction; NoSuchBucket if it is absent.
+async fn set_bucket_tags(
+    state: &State,
+    account: &str,
+    bucket: &str,
+    tags: &tagging::TagSet,
+) -> Result<(), ApiError> {
+    let value = tagging::encode(tags).unwrap_or_default();
+    let update = BTreeMap::from([(tagging::BUCKET_META_KEY.to_owned(), value)]);
+    Ok(state.store.post_container(account, bucket, update).await?)
 }
 
 /// Replaces an object's tags (an empty set removes them); NoSuchKey if it is absent.
