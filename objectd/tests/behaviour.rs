@@ -3014,3 +3014,102 @@ fn s3_bucket_tags_are_checked_kept_with_the_bucket_and_survive_a_restart() {
         200
     );
 }
+
+#[test]
+fn s3_bucket_owner_full_control_is_accepted_where_private_is() {
+    let d = Daemon::start();
+    let owner = ("x-amz-acl", "bucket-owner-full-control");
+    let anonymous = |path: &str| http(d.port, "GET", path, &[], b"").status;
+    // CreateBucket ignores it, as S3 does: the bucket is private.
+    assert_eq!(
+        s3(&d, "PUT", "/bofc", &[owner], b"", SECRET_KEY).status,
+        200
+    );
+    // PutObject, CopyObject and CreateMultipartUpload accept it.
+    let r = s3(&d, "PUT", "/bofc/put", &[owner], b"put body", SECRET_KEY);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(anonymous("/v1/AUTH_test/bofc/put"), 401);
+    let r = s3(
+        &d,
+        "PUT",
+        "/bofc/copy",
+        &[owner, ("x-amz-copy-source", "/bofc/put")],
+        b"",
+        SECRET_KEY,
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        s3(&d, "GET", "/bofc/copy", &[], b"", SECRET_KEY).body,
+        b"put body"
+    );
+    let r = s3(&d, "POST", "/bofc/mp?uploads", &[owner], b"", SECRET_KEY);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let upload = element(&r.text(), "UploadId").unwrap();
+    let r = s3(
+        &d,
+        "PUT",
+        &format!("/bofc/mp?partNumber=1&uploadId={upload}"),
+        &[],
+        b"part",
+        SECRET_KEY,
+    );
+    let etag = r.header("etag").unwrap().to_owned();
+    let doc = format!(
+        "<CompleteMultipartUpload><Part><PartNumber>1</PartNumber><ETag>{etag}</ETag></Part></CompleteMultipartUpload>"
+    );
+    let r = s3(
+        &d,
+        "POST",
+        &format!("/bofc/mp?uploadId={upload}"),
+        &[],
+        doc.as_bytes(),
+        SECRET_KEY,
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        s3(&d, "GET", "/bofc/mp", &[], b"", SECRET_KEY).body,
+        b"part"
+    );
+    // The object's ACL is its owner's full control, which is the bucket owner's.
+    let r = s3(&d, "GET", "/bofc/put?acl", &[], b"", SECRET_KEY);
+    assert!(
+        r.text().contains("<Permission>FULL_CONTROL</Permission>"),
+        "{}",
+        r.text()
+    );
+    assert_eq!(elements(&r.text(), "Grant").len(), 1, "{}", r.text());
+    // PutObjectAcl takes it as it takes private.
+    let r = s3(&d, "PUT", "/bofc/put?acl", &[owner], b"", SECRET_KEY);
+    assert_eq!(r.status, 200, "{}", r.text());
+    // As a bucket's ACL it leaves only the owner: a public bucket becomes private.
+    let r = s3(
+        &d,
+        "PUT",
+        "/bofc?acl",
+        &[("x-amz-acl", "public-read")],
+        b"",
+        SECRET_KEY,
+    );
+    assert_eq!(r.status, 200);
+    assert_eq!(anonymous("/v1/AUTH_test/bofc/put"), 200);
+    // (an object cannot be private in a public bucket)
+    let r = s3(&d, "PUT", "/bofc/put?acl", &[owner], b"", SECRET_KEY);
+    assert_eq!((r.status, s3_code(&r).as_str()), (501, "NotImplemented"));
+    let r = s3(&d, "PUT", "/bofc?acl", &[owner], b"", SECRET_KEY);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(anonymous("/v1/AUTH_test/bofc/put"), 401);
+    // Other canned ACLs are still refused and store nothing.
+    let r = s3(
+        &d,
+        "PUT",
+        "/bofc/refused",
+        &[("x-amz-acl", "bucket-owner-read")],
+        b"x",
+        SECRET_KEY,
+    );
+    assert_eq!((r.status, s3_code(&r).as_str()), (501, "NotImplemented"));
+    assert_eq!(
+        s3(&d, "HEAD", "/bofc/refused", &[], b"", SECRET_KEY).status,
+        404
+    );
+}

@@ -238,8 +238,12 @@ pub async fn handle(state: &State, req: Request) -> Result<Response, ApiError> {
                 let (mut src, _) = source()?;
                 src.read_all(64 * 1024).await?;
                 // x-amz-acl, when given, sets the bucket's read ACL (also on a bucket that
-                // already exists); without it an existing bucket keeps its ACL.
-                let meta = canned.map(acl::bucket_meta).unwrap_or_default();
+                // already exists); without it an existing bucket keeps its ACL. S3 ignores
+                // bucket-owner-full-control when creating a bucket.
+                let meta = canned
+                    .filter(|c| *c != acl::Canned::BucketOwnerFullControl)
+                    .map(acl::bucket_meta)
+                    .unwrap_or_default();
                 state.store.put_container(&account, &bucket, meta).await?;
                 let mut r = response(StatusCode::OK, "");
                 set_header(&mut r, "location", &format!("/{bucket}"));
