@@ -2624,6 +2624,16 @@ fn s3_object_versions_are_each_object_as_its_null_version() {
             "{bad:?}"
         );
     }
+    // A sub-resource objectd does not implement answers 501 whatever version it names.
+    let r = s3(
+        &d,
+        "GET",
+        "/vers/a?retention&versionId=bogus",
+        &[],
+        b"",
+        SECRET_KEY,
+    );
+    assert_eq!((r.status, s3_code(&r).as_str()), (501, "NotImplemented"));
     let r = s3(
         &d,
         "GET",

@@ -298,6 +298,13 @@ pub async fn handle(state: &State, req: Request) -> Result<Response, ApiError> {
             _ => Err(method_not_allowed()),
         };
     }
+    if let Some(sub) = OBJECT_UNIMPLEMENTED.iter().find(|s| has(s)) {
+        return Err(ApiError::new(
+            StatusCode::NOT_IMPLEMENTED,
+            "NotImplemented",
+            format!("the object sub-resource ?{sub} is not implemented"),
+        ));
+    }
     // A `versionId` names a version of the object: `null` is the object itself (its only
     // version), any other id one that does not exist here.
     let about_versions = has("tagging")
@@ -346,13 +353,6 @@ async fn object_request(
 ) -> Result<Response, ApiError> {
     let has = |k: &str| q.iter().any(|(n, _)| n == k);
     let get = |k: &str| q.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
-    if let Some(sub) = OBJECT_UNIMPLEMENTED.iter().find(|s| has(s)) {
-        return Err(ApiError::new(
-            StatusCode::NOT_IMPLEMENTED,
-            "NotImplemented",
-            format!("the object sub-resource ?{sub} is not implemented"),
-        ));
-    }
     if has("tagging") {
         bucket_exists(state, &account, &bucket).await?;
         return match *m {
