@@ -8,7 +8,7 @@
 //!   auditor tasks.
 //! - [`api`]: request routing and error rendering; [`api::swift`] (TempAuth, accounts,
 //!   containers, objects, SLO/DLO), [`api::s3`] (SigV4, buckets, objects, multipart,
-//!   aws-chunked), [`api::body`] (streaming bodies to and from disk), [`api::http`]
+//!   aws-chunked, object and bucket tags, version listings, canned ACLs), [`api::body`] (streaming bodies to and from disk), [`api::http`]
 //!   (ranges, conditional requests, dates).
 //! - [`store`]: bodies up to 64 KiB inline in the SQLite index, larger ones as blob files
 //!   written tmp → fsync → rename → fsync dir before the index learns of them; object

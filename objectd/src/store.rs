@@ -798,17 +798,38 @@ impl Store {
         .await
     }
 
-    /// Merges metadata into an existing container.
+    /// Merges metadata into an existing container (empty values remove keys), reading and
+    /// writing in one transaction: a container deleted meanwhile is not brought back, and
+    /// concurrent updates of other keys are kept. Errs with `NoContainer` if it is absent.
     pub async fn post_container(
         &self,
         account: &str,
         name: &str,
         meta: BTreeMap<String, String>,
     ) -> Result<(), StoreError> {
-        if self.get_container(account, name).await?.is_none() {
-            return Err(StoreError::NoContainer);
-        }
-        self.put_container(account, name, meta).await.map(|_| ())
+        let (account, name) = (account.to_owned(), name.to_owned());
+        self.with_db(move |db| {
+            let tx = db.transaction()?;
+            let existing: Option<String> = tx
+                .query_row(
+                    "SELECT meta FROM containers WHERE account = ?1 AND name = ?2",
+                    params![account, name],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            let Some(existing) = existing else {
+                return Err(StoreError::NoContainer);
+            };
+            let mut current: BTreeMap<String, String> = serde_json::from_str(&existing)?;
+            merge_meta(&mut current, meta);
+            tx.execute(
+                "UPDATE containers SET meta = ?3 WHERE account = ?1 AND name = ?2",
+                params![account, name, serde_json::to_string(&current)?],
+            )?;
+            tx.commit()?;
+            Ok(())
+        })
+        .await
     }
 
     /// A container's metadata (no statistics: one index lookup), if it exists.
@@ -2009,6 +2030,52 @@ mod tests {
         let mut w = store.blob_writer().await.unwrap();
         w.write(body).await.unwrap();
         w.finish().await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn container_posts_merge_into_existing_containers_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let one = |k: &str, v: &str| BTreeMap::from([(k.to_owned(), v.to_owned())]);
+        assert!(matches!(
+            store.post_container("A", "c", one("x-a", "1")).await,
+            Err(StoreError::NoContainer)
+        ));
+        assert_eq!(store.container_meta("A", "c").await.unwrap(), None);
+        store
+            .put_container("A", "c", one("x-a", "1"))
+            .await
+            .unwrap();
+        store
+            .post_container("A", "c", one("x-b", "2"))
+            .await
+            .unwrap();
+        assert_eq!(
+            store.container_meta("A", "c").await.unwrap().unwrap(),
+            BTreeMap::from([("x-a".into(), "1".into()), ("x-b".into(), "2".into())])
+        );
+        store
+            .post_container("A", "c", one("x-a", ""))
+            .await
+            .unwrap();
+        assert_eq!(
+            store.container_meta("A", "c").await.unwrap().unwrap(),
+            one("x-b", "2")
+        );
+        // Gone with the container: a new one of the same name starts empty.
+        assert!(store.delete_container("A", "c").await.unwrap());
+        store
+            .put_container("A", "c", BTreeMap::new())
+            .await
+            .unwrap();
+        assert!(
+            store
+                .container_meta("A", "c")
+                .await
+                .unwrap()
+                .unwrap()
+                .is_empty()
+        );
     }
 
     #[tokio::test]

@@ -2203,8 +2203,8 @@ fn s3_versioning_is_reported_honestly_and_unknown_sub_resources_touch_nothing() 
         ("DELETE", "/ver?policy"),
         ("DELETE", "/ver?cors"),
         ("PUT", "/ver?lifecycle"),
-        ("GET", "/ver?tagging"),
-        ("GET", "/ver?versions"),
+        ("GET", "/ver?website"),
+        ("GET", "/ver?logging"),
         ("PUT", "/ver/k?retention"),
     ] {
         let r = s3(&d, method, path, &[], b"<x/>", SECRET_KEY);
@@ -2380,4 +2380,746 @@ fn s3_canned_acls_map_onto_the_swift_read_acl() {
     );
     assert_eq!(r.status, 501);
     assert_eq!(s3(&d, "HEAD", "/never", &[], b"", SECRET_KEY).status, 404);
+}
+
+/// The contents of each `<name>...</name>` element in `text`, in order.
+fn elements(text: &str, name: &str) -> Vec<String> {
+    let (open, close) = (format!("<{name}>"), format!("</{name}>"));
+    let mut out = Vec::new();
+    let mut rest = text;
+    while let Some(start) = rest.find(&open) {
+        let after = &rest[start + open.len()..];
+        let end = after.find(&close).expect("a closed element");
+        out.push(after[..end].to_owned());
+        rest = &after[end + close.len()..];
+    }
+    out
+}
+
+/// The contents of the first `<name>` element, if any.
+fn element(text: &str, name: &str) -> Option<String> {
+    elements(text, name).into_iter().next()
+}
+
+/// A ListObjectVersions page: (key of each Version, each CommonPrefix, NextKeyMarker,
+/// NextVersionIdMarker, IsTruncated).
+type VersionsPage = (
+    Vec<String>,
+    Vec<String>,
+    Option<String>,
+    Option<String>,
+    bool,
+);
+
+fn versions_page(d: &Daemon, bucket: &str, query: &str) -> VersionsPage {
+    let r = s3(
+        d,
+        "GET",
+        &format!("/{bucket}?versions{query}"),
+        &[],
+        b"",
+        SECRET_KEY,
+    );
+    assert_eq!(r.status, 200, "{query}: {}", r.text());
+    let t = r.text();
+    assert!(t.contains("<ListVersionsResult xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\">"));
+    assert!(!t.contains("<DeleteMarker>"), "{t}");
+    let versions = elements(&t, "Version");
+    for v in &versions {
+        assert_eq!(element(v, "VersionId").as_deref(), Some("null"), "{v}");
+        assert_eq!(element(v, "IsLatest").as_deref(), Some("true"), "{v}");
+        assert_eq!(
+            element(v, "StorageClass").as_deref(),
+            Some("STANDARD"),
+            "{v}"
+        );
+        assert!(
+            v.contains("<Owner><ID>AUTH_test</ID><DisplayName>AUTH_test</DisplayName></Owner>"),
+            "{v}"
+        );
+    }
+    let prefixes = elements(&t, "CommonPrefixes")
+        .iter()
+        .map(|p| element(p, "Prefix").unwrap())
+        .collect();
+    (
+        versions
+            .iter()
+            .map(|v| element(v, "Key").unwrap())
+            .collect(),
+        prefixes,
+        element(&t, "NextKeyMarker"),
+        element(&t, "NextVersionIdMarker"),
+        element(&t, "IsTruncated").unwrap() == "true",
+    )
+}
+
+#[test]
+fn s3_object_versions_are_each_object_as_its_null_version() {
+    let d = Daemon::start();
+    assert_eq!(s3(&d, "PUT", "/vers", &[], b"", SECRET_KEY).status, 200);
+    let keys = ["a", "b/1", "b/2", "c", "d e&f", "z"];
+    for k in keys {
+        let path = format!("/vers/{}", sigv4::uri_encode(k, false));
+        assert_eq!(
+            s3(&d, "PUT", &path, &[], k.as_bytes(), SECRET_KEY).status,
+            200
+        );
+    }
+    // Everything, with each Version's fields.
+    let r = s3(&d, "GET", "/vers?versions", &[], b"", SECRET_KEY);
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("content-type"), Some("application/xml"));
+    let t = r.text();
+    for marker in [
+        "<KeyMarker></KeyMarker>",
+        "<VersionIdMarker></VersionIdMarker>",
+        "<MaxKeys>1000</MaxKeys>",
+        "<IsTruncated>false</IsTruncated>",
+        "<Name>vers</Name>",
+    ] {
+        assert!(t.contains(marker), "{marker}: {t}");
+    }
+    let first = &elements(&t, "Version")[0];
+    assert_eq!(element(first, "Key").as_deref(), Some("a"));
+    assert_eq!(element(first, "Size").as_deref(), Some("1"));
+    assert_eq!(
+        element(first, "ETag"),
+        Some(format!("&quot;{:032x}&quot;", md5_of(b"a")))
+    );
+    assert!(element(first, "LastModified").unwrap().ends_with('Z'));
+    let (listed, prefixes, next, next_version, truncated) = versions_page(&d, "vers", "");
+    assert_eq!(listed, ["a", "b/1", "b/2", "c", "d e&amp;f", "z"]);
+    assert!(prefixes.is_empty());
+    assert_eq!((next, next_version, truncated), (None, None, false));
+
+    // Prefix, delimiter and url encoding.
+    let (listed, prefixes, ..) = versions_page(&d, "vers", "&delimiter=%2F");
+    assert_eq!(listed, ["a", "c", "d e&amp;f", "z"]);
+    assert_eq!(prefixes, ["b/"]);
+    let (listed, ..) = versions_page(&d, "vers", "&prefix=b%2F");
+    assert_eq!(listed, ["b/1", "b/2"]);
+    let r = s3(
+        &d,
+        "GET",
+        "/vers?versions&encoding-type=url&prefix=d%20",
+        &[],
+        b"",
+        SECRET_KEY,
+    );
+    let t = r.text();
+    assert!(t.contains("<Key>d%20e%26f</Key>"), "{t}");
+    assert!(t.contains("<Prefix>d%20</Prefix>"), "{t}");
+    assert!(t.contains("<EncodingType>url</EncodingType>"), "{t}");
+
+    // Paging two at a time with a delimiter: every entry once, in order; a page that ends
+    // on a common prefix resumes after it and names no version.
+    let mut seen = Vec::new();
+    let mut query = String::new();
+    let mut pages = 0;
+    loop {
+        let (listed, prefixes, next, next_version, truncated) =
+            versions_page(&d, "vers", &format!("&delimiter=%2F&max-keys=2{query}"));
+        pages += 1;
+        assert!(listed.len() + prefixes.len() <= 2);
+        seen.extend(listed.iter().cloned());
+        seen.extend(prefixes.iter().cloned());
+        if !truncated {
+            assert_eq!((next, next_version), (None, None));
+            break;
+        }
+        let next = next.expect("a truncated page names the next key marker");
+        if prefixes.last() == Some(&next) {
+            assert_eq!(next_version, None);
+            query = format!("&key-marker={}", sigv4::uri_encode(&next, true));
+        } else {
+            assert_eq!(next_version.as_deref(), Some("null"));
+            let key = next.replace("&amp;", "&");
+            query = format!(
+                "&key-marker={}&version-id-marker=null",
+                sigv4::uri_encode(&key, true)
+            );
+        }
+    }
+    seen.sort();
+    assert_eq!(seen, ["a", "b/", "c", "d e&amp;f", "z"]);
+    assert_eq!(pages, 3);
+    let (listed, ..) = versions_page(&d, "vers", "&key-marker=c");
+    assert_eq!(listed, ["d e&amp;f", "z"]);
+    let (listed, ..) = versions_page(&d, "vers", "&key-marker=c&version-id-marker=null");
+    assert_eq!(listed, ["d e&amp;f", "z"]);
+    let (listed, _, next, _, truncated) = versions_page(&d, "vers", "&max-keys=0");
+    assert_eq!((listed.len(), next, truncated), (0, None, true));
+    let (listed, ..) = versions_page(&d, "vers", "&max-keys=5000");
+    assert_eq!(listed.len(), 6);
+
+    // Bad parameters, S3's answers.
+    for (query, code) in [
+        ("&version-id-marker=null", "InvalidArgument"),
+        ("&key-marker=a&version-id-marker=bogus", "InvalidArgument"),
+        ("&encoding-type=base64", "InvalidArgument"),
+        ("&max-keys=-1", "InvalidArgument"),
+        ("&max-keys=many", "InvalidArgument"),
+    ] {
+        let r = s3(
+            &d,
+            "GET",
+            &format!("/vers?versions{query}"),
+            &[],
+            b"",
+            SECRET_KEY,
+        );
+        assert_eq!((r.status, s3_code(&r).as_str()), (400, code), "{query}");
+    }
+    let r = s3(&d, "GET", "/nobucket?versions", &[], b"", SECRET_KEY);
+    assert_eq!((r.status, s3_code(&r).as_str()), (404, "NoSuchBucket"));
+    // Other methods on ?versions are refused and leave the bucket alone.
+    for method in ["PUT", "DELETE", "POST"] {
+        let r = s3(&d, method, "/vers?versions", &[], b"", SECRET_KEY);
+        assert_eq!(r.status, 405, "{method}");
+    }
+    assert_eq!(s3(&d, "HEAD", "/vers", &[], b"", SECRET_KEY).status, 200);
+
+    // versionId=null is the object itself; an S3-shaped id a version that does not exist;
+    // anything else is refused.
+    let s3_id = "KC0WuaPTHv7At3olS.BPuH.weAJqMkKJ";
+    let r = s3(&d, "GET", "/vers/a?versionId=null", &[], b"", SECRET_KEY);
+    assert_eq!((r.status, r.body.as_slice()), (200, &b"a"[..]));
+    assert_eq!(r.header("x-amz-version-id"), Some("null"));
+    let r = s3(&d, "HEAD", "/vers/a?versionId=null", &[], b"", SECRET_KEY);
+    assert_eq!((r.status, r.header("content-length")), (200, Some("1")));
+    let r = s3(
+        &d,
+        "GET",
+        &format!("/vers/a?versionId={s3_id}"),
+        &[],
+        b"",
+        SECRET_KEY,
+    );
+    assert_eq!((r.status, s3_code(&r).as_str()), (404, "NoSuchVersion"));
+    assert_eq!(
+        s3(
+            &d,
+            "HEAD",
+            &format!("/vers/a?versionId={s3_id}"),
+            &[],
+            b"",
+            SECRET_KEY
+        )
+        .status,
+        404
+    );
+    for bad in ["bogus", "", "NULL"] {
+        let r = s3(
+            &d,
+            "GET",
+            &format!("/vers/a?versionId={bad}"),
+            &[],
+            b"",
+            SECRET_KEY,
+        );
+        assert_eq!(
+            (r.status, s3_code(&r).as_str()),
+            (400, "InvalidArgument"),
+            "{bad:?}"
+        );
+    }
+    // A sub-resource objectd does not implement answers 501 whatever version it names.
+    let r = s3(
+        &d,
+        "GET",
+        "/vers/a?retention&versionId=bogus",
+        &[],
+        b"",
+        SECRET_KEY,
+    );
+    assert_eq!((r.status, s3_code(&r).as_str()), (501, "NotImplemented"));
+    let r = s3(
+        &d,
+        "GET",
+        "/vers/missing?versionId=null",
+        &[],
+        b"",
+        SECRET_KEY,
+    );
+    assert_eq!((r.status, s3_code(&r).as_str()), (404, "NoSuchVersion"));
+    let r = s3(&d, "GET", "/vers/missing", &[], b"", SECRET_KEY);
+    assert_eq!((r.status, s3_code(&r).as_str()), (404, "NoSuchKey"));
+    let r = s3(
+        &d,
+        "GET",
+        "/nobucket/a?versionId=null",
+        &[],
+        b"",
+        SECRET_KEY,
+    );
+    assert_eq!((r.status, s3_code(&r).as_str()), (404, "NoSuchBucket"));
+
+    // Deleting a version that does not exist deletes nothing; a bad id deletes nothing;
+    // deleting the null version deletes the object.
+    let r = s3(
+        &d,
+        "DELETE",
+        &format!("/vers/a?versionId={s3_id}"),
+        &[],
+        b"",
+        SECRET_KEY,
+    );
+    assert_eq!((r.status, r.header("x-amz-version-id")), (204, Some(s3_id)));
+    let r = s3(
+        &d,
+        "DELETE",
+        "/vers/a?versionId=bogus",
+        &[],
+        b"",
+        SECRET_KEY,
+    );
+    assert_eq!((r.status, s3_code(&r).as_str()), (400, "InvalidArgument"));
+    assert_eq!(s3(&d, "GET", "/vers/a", &[], b"", SECRET_KEY).body, b"a");
+    let r = s3(&d, "DELETE", "/vers/a?versionId=null", &[], b"", SECRET_KEY);
+    assert_eq!(
+        (r.status, r.header("x-amz-version-id")),
+        (204, Some("null"))
+    );
+    let r = s3(&d, "GET", "/vers/a?versionId=null", &[], b"", SECRET_KEY);
+    assert_eq!((r.status, s3_code(&r).as_str()), (404, "NoSuchVersion"));
+    assert_eq!(
+        s3(&d, "DELETE", "/vers/a?versionId=null", &[], b"", SECRET_KEY).status,
+        204
+    );
+    assert_eq!(versions_page(&d, "vers", "").0[0], "b/1");
+
+    // Tags and copies take versionId=null too.
+    let doc = tagging_doc(&[("k", "v")]);
+    let r = s3(
+        &d,
+        "PUT",
+        "/vers/c?tagging&versionId=null",
+        &[],
+        doc.as_bytes(),
+        SECRET_KEY,
+    );
+    assert_eq!(
+        (r.status, r.header("x-amz-version-id")),
+        (200, Some("null")),
+        "{}",
+        r.text()
+    );
+    let r = s3(
+        &d,
+        "GET",
+        "/vers/c?tagging&versionId=null",
+        &[],
+        b"",
+        SECRET_KEY,
+    );
+    assert!(
+        r.text().contains("<Key>k</Key><Value>v</Value>"),
+        "{}",
+        r.text()
+    );
+    let r = s3(
+        &d,
+        "GET",
+        &format!("/vers/c?tagging&versionId={s3_id}"),
+        &[],
+        b"",
+        SECRET_KEY,
+    );
+    assert_eq!((r.status, s3_code(&r).as_str()), (404, "NoSuchVersion"));
+    let r = s3(
+        &d,
+        "PUT",
+        "/vers/c2",
+        &[("x-amz-copy-source", "/vers/c?versionId=null")],
+        b"",
+        SECRET_KEY,
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(s3(&d, "GET", "/vers/c2", &[], b"", SECRET_KEY).body, b"c");
+    let src = format!("/vers/c?versionId={s3_id}");
+    let r = s3(
+        &d,
+        "PUT",
+        "/vers/c3",
+        &[("x-amz-copy-source", &src)],
+        b"",
+        SECRET_KEY,
+    );
+    assert_eq!((r.status, s3_code(&r).as_str()), (404, "NoSuchVersion"));
+    assert_eq!(s3(&d, "HEAD", "/vers/c3", &[], b"", SECRET_KEY).status, 404);
+
+    // DeleteObjects: a VersionId works as a DELETE's versionId, per key.
+    let doc = format!(
+        "<Delete><Object><Key>c</Key><VersionId>null</VersionId></Object><Object><Key>z</Key><VersionId>{s3_id}</VersionId></Object><Object><Key>b/1</Key><VersionId>bogus</VersionId></Object></Delete>"
+    );
+    let r = s3(&d, "POST", "/vers?delete", &[], doc.as_bytes(), SECRET_KEY);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let t = r.text();
+    assert!(
+        t.contains("<Deleted><Key>c</Key><VersionId>null</VersionId></Deleted>"),
+        "{t}"
+    );
+    assert!(
+        t.contains(&format!(
+            "<Deleted><Key>z</Key><VersionId>{s3_id}</VersionId></Deleted>"
+        )),
+        "{t}"
+    );
+    assert!(
+        t.contains("<Error><Key>b/1</Key><VersionId>bogus</VersionId><Code>InvalidArgument</Code>"),
+        "{t}"
+    );
+    let (listed, ..) = versions_page(&d, "vers", "");
+    assert_eq!(listed, ["b/1", "b/2", "c2", "d e&amp;f", "z"]);
+
+    // A suspended bucket lists the same way.
+    let cfg = "<VersioningConfiguration><Status>Suspended</Status></VersioningConfiguration>";
+    assert_eq!(
+        s3(
+            &d,
+            "PUT",
+            "/vers?versioning",
+            &[],
+            cfg.as_bytes(),
+            SECRET_KEY
+        )
+        .status,
+        200
+    );
+    assert_eq!(versions_page(&d, "vers", "").0, listed);
+}
+
+#[test]
+fn s3_bucket_tags_are_checked_kept_with_the_bucket_and_survive_a_restart() {
+    let mut d = Daemon::start();
+    assert_eq!(s3(&d, "PUT", "/btag", &[], b"", SECRET_KEY).status, 200);
+    assert_eq!(
+        s3(&d, "PUT", "/btag/o", &[], b"obj", SECRET_KEY).status,
+        200
+    );
+    let r = s3(&d, "GET", "/btag?tagging", &[], b"", SECRET_KEY);
+    assert_eq!((r.status, s3_code(&r).as_str()), (404, "NoSuchTagSet"));
+    assert!(
+        r.text().contains("The TagSet does not exist"),
+        "{}",
+        r.text()
+    );
+
+    // Fifty tags, the longest key and value, with Content-MD5: stored as given.
+    let keys: Vec<String> = (0..49).map(|i| format!("k{i:02}")).collect();
+    let long_key = "K".repeat(128);
+    let long_value = "v".repeat(256);
+    let mut tags: Vec<(&str, &str)> = keys.iter().map(|k| (k.as_str(), "x y")).collect();
+    tags.push((&long_key, &long_value));
+    let doc = tagging_doc(&tags);
+    let digest = {
+        use md5::{Digest, Md5};
+        base64_bytes(&Md5::digest(doc.as_bytes()))
+    };
+    let r = s3(
+        &d,
+        "PUT",
+        "/btag?tagging",
+        &[("content-md5", &digest)],
+        doc.as_bytes(),
+        SECRET_KEY,
+    );
+    assert_eq!(r.status, 204, "{}", r.text());
+    let r = s3(&d, "GET", "/btag?tagging", &[], b"", SECRET_KEY);
+    assert_eq!(r.status, 200);
+    let t = r.text();
+    assert!(t.starts_with("<?xml"), "{t}");
+    assert_eq!(elements(&t, "Tag").len(), 50, "{t}");
+    assert!(
+        t.contains("<Tag><Key>k00</Key><Value>x y</Value></Tag>"),
+        "{t}"
+    );
+    assert!(t.contains(&format!(
+        "<Tag><Key>{long_key}</Key><Value>{long_value}</Value></Tag>"
+    )));
+    // The bucket's objects and its listing are untouched; Swift never shows the tags.
+    assert_eq!(s3(&d, "GET", "/btag/o", &[], b"", SECRET_KEY).body, b"obj");
+    let r = s3(&d, "GET", "/btag/o?tagging", &[], b"", SECRET_KEY);
+    assert!(r.text().contains("<TagSet></TagSet>"), "{}", r.text());
+    let token = d.token();
+    let sw = http(
+        d.port,
+        "HEAD",
+        "/v1/AUTH_test/btag",
+        &[("X-Auth-Token", &token)],
+        b"",
+    );
+    assert_eq!(sw.status, 204);
+    assert!(
+        !sw.headers
+            .iter()
+            .any(|(k, _)| k.contains("sysmeta") || k.contains("tagging")),
+        "{:?}",
+        sw.headers
+    );
+    // A Swift POST of container metadata keeps them.
+    let r = http(
+        d.port,
+        "POST",
+        "/v1/AUTH_test/btag",
+        &[
+            ("X-Auth-Token", &token),
+            ("X-Container-Meta-Colour", "blue"),
+        ],
+        b"",
+    );
+    assert_eq!(r.status, 204);
+
+    // Bad tag sets are refused with S3's codes and leave the stored set alone.
+    let fifty_one: Vec<String> = (0..51).map(|i| format!("t{i}")).collect();
+    let fifty_one: Vec<(&str, &str)> = fifty_one.iter().map(|k| (k.as_str(), "v")).collect();
+    let too_long_key = "k".repeat(129);
+    let too_long_value = "v".repeat(257);
+    for (doc, code) in [
+        (tagging_doc(&fifty_one), "BadRequest"),
+        (tagging_doc(&[("a", "1"), ("a", "2")]), "InvalidTag"),
+        (tagging_doc(&[(&too_long_key, "v")]), "InvalidTag"),
+        (tagging_doc(&[("k", &too_long_value)]), "InvalidTag"),
+        (tagging_doc(&[("", "v")]), "InvalidTag"),
+        (tagging_doc(&[("aws:cloudformation", "v")]), "InvalidTag"),
+        (
+            "<Tagging><TagSet><Tag><Key>k</Key></Tag></TagSet></Tagging>".into(),
+            "MalformedXML",
+        ),
+        ("<Tagging/>".into(), "MalformedXML"),
+        ("<Tagging><TagSet>".into(), "MalformedXML"),
+        ("not xml".into(), "MalformedXML"),
+    ] {
+        let r = s3(&d, "PUT", "/btag?tagging", &[], doc.as_bytes(), SECRET_KEY);
+        assert_eq!((r.status, s3_code(&r).as_str()), (400, code), "{doc}");
+    }
+    let r = s3(
+        &d,
+        "PUT",
+        "/btag?tagging",
+        &[("content-md5", "AAAAAAAAAAAAAAAAAAAAAA==")],
+        tagging_doc(&[("a", "1")]).as_bytes(),
+        SECRET_KEY,
+    );
+    assert_eq!((r.status, s3_code(&r).as_str()), (400, "BadDigest"));
+    assert_eq!(
+        elements(
+            &s3(&d, "GET", "/btag?tagging", &[], b"", SECRET_KEY).text(),
+            "Tag"
+        )
+        .len(),
+        50
+    );
+    // Unknown buckets; methods that are not tagging's.
+    let doc = tagging_doc(&[("a", "1")]);
+    for (method, body) in [("GET", ""), ("PUT", doc.as_str()), ("DELETE", "")] {
+        let r = s3(
+            &d,
+            method,
+            "/nobucket?tagging",
+            &[],
+            body.as_bytes(),
+            SECRET_KEY,
+        );
+        assert_eq!(
+            (r.status, s3_code(&r).as_str()),
+            (404, "NoSuchBucket"),
+            "{method}"
+        );
+    }
+    assert_eq!(
+        s3(&d, "HEAD", "/nobucket", &[], b"", SECRET_KEY).status,
+        404
+    );
+    assert_eq!(
+        s3(&d, "POST", "/btag?tagging", &[], b"", SECRET_KEY).status,
+        405
+    );
+
+    // Kept in the index with the bucket: a kill -9 and a restart lose nothing.
+    d.restart();
+    let r = s3(&d, "GET", "/btag?tagging", &[], b"", SECRET_KEY);
+    assert_eq!(elements(&r.text(), "Tag").len(), 50, "{}", r.text());
+    let token = d.token();
+    let sw = http(
+        d.port,
+        "HEAD",
+        "/v1/AUTH_test/btag",
+        &[("X-Auth-Token", &token)],
+        b"",
+    );
+    assert_eq!(sw.header("x-container-meta-colour"), Some("blue"));
+    // A PUT replaces the whole set; DELETE removes it (twice is fine).
+    let r = s3(
+        &d,
+        "PUT",
+        "/btag?tagging",
+        &[],
+        tagging_doc(&[("only", "one")]).as_bytes(),
+        SECRET_KEY,
+    );
+    assert_eq!(r.status, 204);
+    let r = s3(&d, "GET", "/btag?tagging", &[], b"", SECRET_KEY);
+    assert!(
+        r.text()
+            .contains("<TagSet><Tag><Key>only</Key><Value>one</Value></Tag></TagSet>"),
+        "{}",
+        r.text()
+    );
+    for _ in 0..2 {
+        assert_eq!(
+            s3(&d, "DELETE", "/btag?tagging", &[], b"", SECRET_KEY).status,
+            204
+        );
+        let r = s3(&d, "GET", "/btag?tagging", &[], b"", SECRET_KEY);
+        assert_eq!((r.status, s3_code(&r).as_str()), (404, "NoSuchTagSet"));
+    }
+    // An empty TagSet leaves none.
+    assert_eq!(
+        s3(&d, "PUT", "/btag?tagging", &[], doc.as_bytes(), SECRET_KEY).status,
+        204
+    );
+    let r = s3(
+        &d,
+        "PUT",
+        "/btag?tagging",
+        &[],
+        tagging_doc(&[]).as_bytes(),
+        SECRET_KEY,
+    );
+    assert_eq!(r.status, 204);
+    let r = s3(&d, "GET", "/btag?tagging", &[], b"", SECRET_KEY);
+    assert_eq!(s3_code(&r), "NoSuchTagSet");
+    // A DELETE ?tagging never deletes the bucket, even an empty one.
+    assert_eq!(
+        s3(&d, "DELETE", "/btag/o", &[], b"", SECRET_KEY).status,
+        204
+    );
+    assert_eq!(
+        s3(&d, "DELETE", "/btag?tagging", &[], b"", SECRET_KEY).status,
+        204
+    );
+    assert_eq!(s3(&d, "HEAD", "/btag", &[], b"", SECRET_KEY).status, 200);
+
+    // Gone with the bucket: a bucket made again under the name starts without tags.
+    assert_eq!(
+        s3(&d, "PUT", "/btag?tagging", &[], doc.as_bytes(), SECRET_KEY).status,
+        204
+    );
+    assert_eq!(s3(&d, "DELETE", "/btag", &[], b"", SECRET_KEY).status, 204);
+    let r = s3(&d, "GET", "/btag?tagging", &[], b"", SECRET_KEY);
+    assert_eq!(s3_code(&r), "NoSuchBucket");
+    assert_eq!(s3(&d, "PUT", "/btag", &[], b"", SECRET_KEY).status, 200);
+    let r = s3(&d, "GET", "/btag?tagging", &[], b"", SECRET_KEY);
+    assert_eq!((r.status, s3_code(&r).as_str()), (404, "NoSuchTagSet"));
+    // Re-creating an existing bucket keeps its tags.
+    assert_eq!(
+        s3(&d, "PUT", "/btag?tagging", &[], doc.as_bytes(), SECRET_KEY).status,
+        204
+    );
+    assert_eq!(s3(&d, "PUT", "/btag", &[], b"", SECRET_KEY).status, 200);
+    assert_eq!(
+        s3(&d, "GET", "/btag?tagging", &[], b"", SECRET_KEY).status,
+        200
+    );
+}
+
+#[test]
+fn s3_bucket_owner_full_control_is_accepted_where_private_is() {
+    let d = Daemon::start();
+    let owner = ("x-amz-acl", "bucket-owner-full-control");
+    let anonymous = |path: &str| http(d.port, "GET", path, &[], b"").status;
+    // CreateBucket ignores it, as S3 does: the bucket is private.
+    assert_eq!(
+        s3(&d, "PUT", "/bofc", &[owner], b"", SECRET_KEY).status,
+        200
+    );
+    // PutObject, CopyObject and CreateMultipartUpload accept it.
+    let r = s3(&d, "PUT", "/bofc/put", &[owner], b"put body", SECRET_KEY);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(anonymous("/v1/AUTH_test/bofc/put"), 401);
+    let r = s3(
+        &d,
+        "PUT",
+        "/bofc/copy",
+        &[owner, ("x-amz-copy-source", "/bofc/put")],
+        b"",
+        SECRET_KEY,
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        s3(&d, "GET", "/bofc/copy", &[], b"", SECRET_KEY).body,
+        b"put body"
+    );
+    let r = s3(&d, "POST", "/bofc/mp?uploads", &[owner], b"", SECRET_KEY);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let upload = element(&r.text(), "UploadId").unwrap();
+    let r = s3(
+        &d,
+        "PUT",
+        &format!("/bofc/mp?partNumber=1&uploadId={upload}"),
+        &[],
+        b"part",
+        SECRET_KEY,
+    );
+    let etag = r.header("etag").unwrap().to_owned();
+    let doc = format!(
+        "<CompleteMultipartUpload><Part><PartNumber>1</PartNumber><ETag>{etag}</ETag></Part></CompleteMultipartUpload>"
+    );
+    let r = s3(
+        &d,
+        "POST",
+        &format!("/bofc/mp?uploadId={upload}"),
+        &[],
+        doc.as_bytes(),
+        SECRET_KEY,
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        s3(&d, "GET", "/bofc/mp", &[], b"", SECRET_KEY).body,
+        b"part"
+    );
+    // The object's ACL is its owner's full control, which is the bucket owner's.
+    let r = s3(&d, "GET", "/bofc/put?acl", &[], b"", SECRET_KEY);
+    assert!(
+        r.text().contains("<Permission>FULL_CONTROL</Permission>"),
+        "{}",
+        r.text()
+    );
+    assert_eq!(elements(&r.text(), "Grant").len(), 1, "{}", r.text());
+    // PutObjectAcl takes it as it takes private.
+    let r = s3(&d, "PUT", "/bofc/put?acl", &[owner], b"", SECRET_KEY);
+    assert_eq!(r.status, 200, "{}", r.text());
+    // As a bucket's ACL it leaves only the owner: a public bucket becomes private.
+    let r = s3(
+        &d,
+        "PUT",
+        "/bofc?acl",
+        &[("x-amz-acl", "public-read")],
+        b"",
+        SECRET_KEY,
+    );
+    assert_eq!(r.status, 200);
+    assert_eq!(anonymous("/v1/AUTH_test/bofc/put"), 200);
+    // (an object cannot be private in a public bucket)
+    let r = s3(&d, "PUT", "/bofc/put?acl", &[owner], b"", SECRET_KEY);
+    assert_eq!((r.status, s3_code(&r).as_str()), (501, "NotImplemented"));
+    let r = s3(&d, "PUT", "/bofc?acl", &[owner], b"", SECRET_KEY);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(anonymous("/v1/AUTH_test/bofc/put"), 401);
+    // Other canned ACLs are still refused and store nothing.
+    let r = s3(
+        &d,
+        "PUT",
+        "/bofc/refused",
+        &[("x-amz-acl", "bucket-owner-read")],
+        b"x",
+        SECRET_KEY,
+    );
+    assert_eq!((r.status, s3_code(&r).as_str()), (501, "NotImplemented"));
+    assert_eq!(
+        s3(&d, "HEAD", "/bofc/refused", &[], b"", SECRET_KEY).status,
+        404
+    );
 }

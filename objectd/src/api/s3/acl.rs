@@ -2,7 +2,10 @@
 //! enforces: `public-read` on a bucket is `X-Container-Read: .r:*,.rlistings` (anyone may
 //! list it and read its objects, through the Swift path), `private` removes the read
 //! ACL. Objects have no ACL of their own: they are readable by whoever may read their
-//! bucket. Other canned ACLs, grant headers and XML ACL bodies are not implemented.
+//! bucket. `bucket-owner-full-control` (which clients send on writes into buckets of
+//! other accounts) is accepted wherever `private` is: an object's writer and its bucket's
+//! owner are the same account here, so it grants nothing more. Other canned ACLs, grant
+//! headers and XML ACL bodies are not implemented.
 
 use std::collections::BTreeMap;
 
@@ -22,15 +25,18 @@ pub enum Canned {
     Private,
     /// Anyone may read (a bucket: list it and read its objects).
     PublicRead,
+    /// The object's owner and the bucket's owner get full control. Both are the
+    /// requesting account here, so on an object it is `private`; on a bucket S3 ignores it
+    /// at creation, and as a bucket's ACL it too leaves only the owner.
+    BucketOwnerFullControl,
 }
 
 /// Canned ACLs S3 defines that objectd does not implement.
-const UNIMPLEMENTED: [&str; 6] = [
+const UNIMPLEMENTED: [&str; 5] = [
     "public-read-write",
     "authenticated-read",
     "aws-exec-read",
     "bucket-owner-read",
-    "bucket-owner-full-control",
     "log-delivery-write",
 ];
 
@@ -50,8 +56,9 @@ pub fn canned(h: &http::HeaderMap) -> Result<Option<Canned>, ApiError> {
         None | Some("") => Ok(None),
         Some("private") => Ok(Some(Canned::Private)),
         Some("public-read") => Ok(Some(Canned::PublicRead)),
+        Some("bucket-owner-full-control") => Ok(Some(Canned::BucketOwnerFullControl)),
         Some(other) if UNIMPLEMENTED.contains(&other) => Err(not_implemented(format!(
-            "the canned ACL {other} is not implemented; use private or public-read"
+            "the canned ACL {other} is not implemented; use private, public-read or bucket-owner-full-control"
         ))),
         Some(other) => Err(ApiError::bad_request(
             "InvalidArgument",
@@ -61,11 +68,12 @@ pub fn canned(h: &http::HeaderMap) -> Result<Option<Canned>, ApiError> {
 }
 
 /// Checks the ACL headers of an object write (PutObject, CopyObject,
-/// CreateMultipartUpload, PutObjectAcl): only `private` (what clients such as `aws s3 cp`
-/// may send) is accepted, since an object has no ACL apart from its bucket's.
+/// CreateMultipartUpload, PutObjectAcl): only `private` and `bucket-owner-full-control`
+/// (what clients such as `aws s3 cp --acl` send) are accepted, since an object has no ACL
+/// apart from its bucket's and both leave it to its owner.
 pub fn check_object(h: &http::HeaderMap) -> Result<(), ApiError> {
     match canned(h)? {
-        None | Some(Canned::Private) => Ok(()),
+        None | Some(Canned::Private) | Some(Canned::BucketOwnerFullControl) => Ok(()),
         Some(Canned::PublicRead) => Err(not_implemented(
             "object ACLs other than private are not implemented: an object is readable by whoever may read its bucket (make the bucket public-read)",
         )),
@@ -76,7 +84,7 @@ pub fn check_object(h: &http::HeaderMap) -> Result<(), ApiError> {
 /// read ACL).
 pub fn bucket_meta(c: Canned) -> BTreeMap<String, String> {
     let value = match c {
-        Canned::Private => String::new(),
+        Canned::Private | Canned::BucketOwnerFullControl => String::new(),
         Canned::PublicRead => PUBLIC_READ_ACL.to_owned(),
     };
     BTreeMap::from([("x-container-read".to_owned(), value)])
@@ -154,6 +162,18 @@ mod tests {
         let e = canned(&headers(&[("x-amz-acl", "everyone")])).unwrap_err();
         assert_eq!((e.status.as_u16(), e.code), (400, "InvalidArgument"));
         assert!(check_object(&headers(&[("x-amz-acl", "private")])).is_ok());
+        let owner = headers(&[("x-amz-acl", "bucket-owner-full-control")]);
+        assert_eq!(
+            canned(&owner).unwrap(),
+            Some(Canned::BucketOwnerFullControl)
+        );
+        assert!(check_object(&owner).is_ok());
+        assert_eq!(
+            bucket_meta(Canned::BucketOwnerFullControl)["x-container-read"],
+            ""
+        );
+        let e = canned(&headers(&[("x-amz-acl", "bucket-owner-read")])).unwrap_err();
+        assert_eq!(e.status.as_u16(), 501);
         assert_eq!(
             check_object(&headers(&[("x-amz-acl", "public-read")]))
                 .unwrap_err()

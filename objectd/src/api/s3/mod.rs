@@ -4,14 +4,16 @@
 //! presigned URL); bodies may be plain (signed SHA-256 or `UNSIGNED-PAYLOAD`) or
 //! `aws-chunked` (signed chunks, or unsigned with a trailing checksum).
 //!
-//! Sub-resources are routed before the bucket and object themselves: object tags
-//! ([`tagging`]), bucket versioning (reported, never enabled) and canned ACLs ([`acl`]);
-//! every other sub-resource S3 defines answers 501, whatever the method.
+//! Sub-resources are routed before the bucket and object themselves: object and bucket
+//! tags ([`tagging`]), bucket versioning (reported, never enabled), the versions listing and
+//! `versionId` (every object is its single `null` version: [`versions`]) and canned ACLs
+//! ([`acl`]); every other sub-resource S3 defines answers 501, whatever the method.
 
 pub mod acl;
 pub mod chunked;
 pub mod sigv4;
 pub mod tagging;
+pub mod versions;
 pub mod xml;
 
 use std::collections::BTreeMap;
@@ -160,6 +162,47 @@ pub async fn handle(state: &State, req: Request) -> Result<Response, ApiError> {
                 _ => Err(method_not_allowed()),
             };
         }
+        if has("tagging") {
+            return match *m {
+                Method::GET => {
+                    let meta = container_meta(state, &account, &bucket).await?;
+                    let tags = tagging::bucket_stored(&meta).ok_or_else(|| {
+                        ApiError::new(
+                            StatusCode::NOT_FOUND,
+                            "NoSuchTagSet",
+                            "The TagSet does not exist",
+                        )
+                    })?;
+                    Ok(xml_response(
+                        StatusCode::OK,
+                        format!(
+                            "{XML_HEAD}<Tagging xmlns=\"{NS}\">{}</Tagging>",
+                            tagging::document(&tags)
+                        ),
+                    ))
+                }
+                Method::PUT => {
+                    container_meta(state, &account, &bucket).await?;
+                    let (mut src, _) = source()?;
+                    let doc = src.read_all(64 * 1024).await?;
+                    check_body_digests(h, &doc)?;
+                    let tags = tagging::parse_bucket_document(&doc)?;
+                    set_bucket_tags(state, &account, &bucket, &tags).await?;
+                    Ok(response(StatusCode::NO_CONTENT, ""))
+                }
+                Method::DELETE => {
+                    set_bucket_tags(state, &account, &bucket, &Vec::new()).await?;
+                    Ok(response(StatusCode::NO_CONTENT, ""))
+                }
+                _ => Err(method_not_allowed()),
+            };
+        }
+        if has("versions") {
+            return match *m {
+                Method::GET => versions::list(state, &account, &bucket, &q).await,
+                _ => Err(method_not_allowed()),
+            };
+        }
         if has("acl") {
             return match *m {
                 Method::GET => {
@@ -195,8 +238,12 @@ pub async fn handle(state: &State, req: Request) -> Result<Response, ApiError> {
                 let (mut src, _) = source()?;
                 src.read_all(64 * 1024).await?;
                 // x-amz-acl, when given, sets the bucket's read ACL (also on a bucket that
-                // already exists); without it an existing bucket keeps its ACL.
-                let meta = canned.map(acl::bucket_meta).unwrap_or_default();
+                // already exists); without it an existing bucket keeps its ACL. S3 ignores
+                // bucket-owner-full-control when creating a bucket.
+                let meta = canned
+                    .filter(|c| *c != acl::Canned::BucketOwnerFullControl)
+                    .map(acl::bucket_meta)
+                    .unwrap_or_default();
                 state.store.put_container(&account, &bucket, meta).await?;
                 let mut r = response(StatusCode::OK, "");
                 set_header(&mut r, "location", &format!("/{bucket}"));
@@ -258,6 +305,54 @@ pub async fn handle(state: &State, req: Request) -> Result<Response, ApiError> {
             format!("the object sub-resource ?{sub} is not implemented"),
         ));
     }
+    // A `versionId` names a version of the object: `null` is the object itself (its only
+    // version), any other id one that does not exist here.
+    let about_versions = has("tagging")
+        || has("acl")
+        || (matches!(*m, Method::GET | Method::HEAD | Method::DELETE) && !has("uploadId"));
+    let named = if about_versions {
+        versions::named(get("versionId"))?
+    } else {
+        None
+    };
+    match named {
+        None => object_request(state, account, bucket, key, m, h, &q, source).await,
+        Some(versions::Named::Null) => {
+            let mut r = object_request(state, account, bucket, key, m, h, &q, source)
+                .await
+                .map_err(versions::missing_as_version)?;
+            set_header(&mut r, "x-amz-version-id", versions::NULL);
+            Ok(r)
+        }
+        Some(versions::Named::Absent(id)) => {
+            bucket_exists(state, &account, &bucket).await?;
+            if *m == Method::DELETE && !has("tagging") && !has("acl") {
+                // As in S3, deleting a version that does not exist succeeds and deletes
+                // nothing (the object, if any, is another version).
+                let mut r = response(StatusCode::NO_CONTENT, "");
+                set_header(&mut r, "x-amz-version-id", &id);
+                Ok(r)
+            } else {
+                Err(versions::no_such_version())
+            }
+        }
+    }
+}
+
+/// The object half of [`handle`]: sub-resources, then the object itself.
+#[allow(clippy::too_many_arguments)]
+async fn object_request(
+    state: &State,
+    account: String,
+    bucket: String,
+    key: String,
+    m: &Method,
+    h: &http::HeaderMap,
+    q: &[(String, String)],
+    source: impl FnOnce() -> Result<(Source, Option<u64>), ApiError>,
+) -> Result<Response, ApiError> {
+    let has = |k: &str| q.iter().any(|(n, _)| n == k);
+    let get = |k: &str| q.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
     if has("tagging") {
         bucket_exists(state, &account, &bucket).await?;
         return match *m {
@@ -486,12 +581,11 @@ pub async fn handle(state: &State, req: Request) -> Result<Response, ApiError> {
 }
 
 /// Bucket sub-resources S3 has and objectd does not implement.
-const BUCKET_UNIMPLEMENTED: [&str; 22] = [
+const BUCKET_UNIMPLEMENTED: [&str; 20] = [
     "policy",
     "policyStatus",
     "cors",
     "lifecycle",
-    "tagging",
     "encryption",
     "website",
     "logging",
@@ -506,7 +600,6 @@ const BUCKET_UNIMPLEMENTED: [&str; 22] = [
     "metrics",
     "inventory",
     "intelligent-tiering",
-    "versions",
     "metadataTable",
     "session",
 ];
@@ -610,6 +703,19 @@ fn header_tags(h: &http::HeaderMap) -> Result<tagging::TagSet, ApiError> {
             tagging::parse_header(s)
         }
     }
+}
+
+/// Replaces a bucket's tags (an empty set removes them), in its container metadata with
+/// one index transaction; NoSuchBucket if it is absent.
+async fn set_bucket_tags(
+    state: &State,
+    account: &str,
+    bucket: &str,
+    tags: &tagging::TagSet,
+) -> Result<(), ApiError> {
+    let value = tagging::encode(tags).unwrap_or_default();
+    let update = BTreeMap::from([(tagging::BUCKET_META_KEY.to_owned(), value)]);
+    Ok(state.store.post_container(account, bucket, update).await?)
 }
 
 /// Replaces an object's tags (an empty set removes them); NoSuchKey if it is absent.
@@ -1027,7 +1133,8 @@ async fn delete_objects(
         ));
     }
     let quiet = xml::field(&top, "Quiet") == Some("true");
-    let mut body = format!("{XML_HEAD}<DeleteResult xmlns=\"{NS}\">");
+    // Every Object is checked before anything is deleted.
+    let mut keys = Vec::with_capacity(objs.len());
     for o in &objs {
         let Some(key) = xml::field(o, "Key") else {
             return Err(ApiError::bad_request(
@@ -1035,9 +1142,36 @@ async fn delete_objects(
                 "an Object has no Key",
             ));
         };
-        state.store.delete_object(account, bucket, key).await?;
+        keys.push((key, xml::field(o, "VersionId")));
+    }
+    let mut body = format!("{XML_HEAD}<DeleteResult xmlns=\"{NS}\">");
+    for (key, version) in keys {
+        // A VersionId names a version as a DELETE's versionId does: `null` is the object,
+        // another well-formed id a version that does not exist (deleting it deletes
+        // nothing and succeeds, as in S3), anything else is refused for that key.
+        let named = match versions::named(version) {
+            Ok(n) => n,
+            Err(e) => {
+                let _ = write!(
+                    body,
+                    "<Error><Key>{}</Key><VersionId>{}</VersionId><Code>{}</Code><Message>{}</Message></Error>",
+                    xml::escape(key),
+                    xml::escape(version.unwrap_or_default()),
+                    e.code,
+                    xml::escape(&e.message)
+                );
+                continue;
+            }
+        };
+        if !matches!(named, Some(versions::Named::Absent(_))) {
+            state.store.delete_object(account, bucket, key).await?;
+        }
         if !quiet {
-            let _ = write!(body, "<Deleted><Key>{}</Key></Deleted>", xml::escape(key));
+            let _ = write!(body, "<Deleted><Key>{}</Key>", xml::escape(key));
+            if let Some(v) = version {
+                let _ = write!(body, "<VersionId>{}</VersionId>", xml::escape(v));
+            }
+            body.push_str("</Deleted>");
         }
     }
     body.push_str("</DeleteResult>");
@@ -1131,19 +1265,43 @@ async fn complete_upload(
     ))
 }
 
+/// The object `x-amz-copy-source` names (`/bucket/key`, optionally `?versionId=`: `null`
+/// is the object itself, as for a GET).
+async fn copy_source(
+    state: &State,
+    account: &str,
+    h: &http::HeaderMap,
+) -> Result<ObjectRecord, ApiError> {
+    let src = header(h, "x-amz-copy-source").unwrap_or("");
+    let (path, query) = src.split_once('?').unwrap_or((src, ""));
+    let (sb, sk) = split_path(path)?;
+    let q = query_pairs(Some(query));
+    let version = q
+        .iter()
+        .find(|(n, _)| n == "versionId")
+        .map(|(_, v)| v.as_str());
+    match versions::named(version)? {
+        None => state
+            .store
+            .get_object(account, &sb, &sk)
+            .await?
+            .ok_or_else(no_such_key),
+        Some(versions::Named::Null) => state
+            .store
+            .get_object(account, &sb, &sk)
+            .await?
+            .ok_or_else(versions::no_such_version),
+        Some(versions::Named::Absent(_)) => Err(versions::no_such_version()),
+    }
+}
+
 /// The blob of an UploadPartCopy: `x-amz-copy-source`, optionally ranged.
 async fn upload_part_copy(
     state: &State,
     account: &str,
     h: &http::HeaderMap,
 ) -> Result<Blob, ApiError> {
-    let src = header(h, "x-amz-copy-source").unwrap_or("");
-    let (sb, sk) = split_path(src.split('?').next().unwrap_or(""))?;
-    let rec = state
-        .store
-        .get_object(account, &sb, &sk)
-        .await?
-        .ok_or_else(no_such_key)?;
+    let rec = copy_source(state, account, h).await?;
     let (blobs, size, _) = crate::api::swift::resolve(state, account, &rec, None).await?;
     let (start, end) = match header(h, "x-amz-copy-source-range") {
         Some(r) => match parse_range(r, size) {
@@ -1184,14 +1342,7 @@ async fn copy_object(
         None
     };
     bucket_exists(state, account, bucket).await?;
-    let src = header(h, "x-amz-copy-source").unwrap_or("");
-    let src = src.split('?').next().unwrap_or("");
-    let (sb, sk) = split_path(src)?;
-    let rec = state
-        .store
-        .get_object(account, &sb, &sk)
-        .await?
-        .ok_or_else(no_such_key)?;
+    let rec = copy_source(state, account, h).await?;
     let (blobs, _, _) = crate::api::swift::resolve(state, account, &rec, None).await?;
     let blob = super::body::copy_into_blob(&state.store, &blobs).await?;
     let replace = header(h, "x-amz-metadata-directive") == Some("REPLACE");

@@ -1,7 +1,9 @@
-//! Object tags: parsed from a `Tagging` document (PutObjectTagging) or the
-//! `x-amz-tagging` header (PutObject, CreateMultipartUpload, CopyObject), checked
-//! against S3's limits, and kept in the object's metadata in the index under
-//! [`META_KEY`], so they are written, copied, archived and dropped with the record.
+//! Object and bucket tags: parsed from a `Tagging` document (PutObjectTagging,
+//! PutBucketTagging) or the `x-amz-tagging` header (PutObject, CreateMultipartUpload,
+//! CopyObject), checked against S3's limits. An object's tags are kept in its metadata in
+//! the index under [`META_KEY`], so they are written, copied, archived and dropped with the
+//! record; a bucket's in its container's metadata under [`BUCKET_META_KEY`], so they are
+//! dropped with the bucket.
 
 use std::fmt::Write as _;
 
@@ -10,6 +12,8 @@ use crate::api::ApiError;
 
 /// Most tags on one object.
 pub const MAX_TAGS: usize = 10;
+/// Most tags on one bucket.
+pub const MAX_BUCKET_TAGS: usize = 50;
 /// Longest tag key, in characters.
 pub const MAX_KEY_CHARS: usize = 128;
 /// Longest tag value, in characters.
@@ -17,6 +21,8 @@ pub const MAX_VALUE_CHARS: usize = 256;
 /// Where an object's tags live in its metadata (hidden from Swift responses, as Swift
 /// hides its system metadata).
 pub const META_KEY: &str = "x-object-sysmeta-s3-tagging";
+/// Where a bucket's tags live in its container metadata (hidden from Swift too).
+pub const BUCKET_META_KEY: &str = "x-container-sysmeta-s3-tagging";
 
 /// An object's tags, in the order they were given.
 pub type TagSet = Vec<(String, String)>;
@@ -82,8 +88,21 @@ fn too_many() -> ApiError {
     ApiError::bad_request("BadRequest", "object tags cannot be greater than 10")
 }
 
+fn too_many_on_bucket() -> ApiError {
+    ApiError::bad_request("BadRequest", "Bucket tag count cannot be greater than 50")
+}
+
 /// Reads a PutObjectTagging body: `<Tagging><TagSet><Tag><Key/><Value/></Tag>...`.
 pub fn parse_document(doc: &[u8]) -> Result<TagSet, ApiError> {
+    parse(doc, MAX_TAGS, too_many)
+}
+
+/// Reads a PutBucketTagging body (the same document; up to 50 tags).
+pub fn parse_bucket_document(doc: &[u8]) -> Result<TagSet, ApiError> {
+    parse(doc, MAX_BUCKET_TAGS, too_many_on_bucket)
+}
+
+fn parse(doc: &[u8], max: usize, too_many: fn() -> ApiError) -> Result<TagSet, ApiError> {
     let (tags, top) = xml::records_under(doc, &["Tagging", "TagSet"], "Tag")?;
     let malformed = |why: &str| {
         ApiError::bad_request(
@@ -94,7 +113,7 @@ pub fn parse_document(doc: &[u8]) -> Result<TagSet, ApiError> {
     if xml::field(&top, "TagSet").is_none() {
         return Err(malformed("Tagging has no TagSet"));
     }
-    if tags.len() > MAX_TAGS {
+    if tags.len() > max {
         return Err(too_many());
     }
     let mut out = TagSet::new();
@@ -188,6 +207,14 @@ pub fn stored(meta: &std::collections::BTreeMap<String, String>) -> TagSet {
         .unwrap_or_default()
 }
 
+/// A bucket's tags, from its container metadata; `None` if it has none (S3 then
+/// answers GetBucketTagging with `NoSuchTagSet`).
+pub fn bucket_stored(meta: &std::collections::BTreeMap<String, String>) -> Option<TagSet> {
+    meta.get(BUCKET_META_KEY)
+        .and_then(|v| serde_json::from_str::<TagSet>(v).ok())
+        .filter(|t| !t.is_empty())
+}
+
 /// The metadata value that keeps `tags`; `None` for an empty set (the entry is dropped).
 pub fn encode(tags: &TagSet) -> Option<String> {
     (!tags.is_empty()).then(|| serde_json::to_string(tags).expect("strings serialize"))
@@ -252,6 +279,37 @@ mod tests {
         assert_eq!(code("<Tagging></Tagging>"), "MalformedXML");
         assert_eq!(code("<Tagging><TagSet>"), "MalformedXML");
         assert_eq!(code("<Other><TagSet/></Other>"), "MalformedXML");
+    }
+
+    #[test]
+    fn bucket_documents_take_fifty_tags() {
+        let tag = |i: usize| format!("<Tag><Key>k{i}</Key><Value>v</Value></Tag>");
+        let doc = |n: usize| {
+            format!(
+                "<Tagging><TagSet>{}</TagSet></Tagging>",
+                (0..n).map(tag).collect::<String>()
+            )
+        };
+        assert_eq!(parse_bucket_document(doc(50).as_bytes()).unwrap().len(), 50);
+        let e = parse_bucket_document(doc(51).as_bytes()).unwrap_err();
+        assert_eq!(
+            (e.code, e.message.as_str()),
+            ("BadRequest", "Bucket tag count cannot be greater than 50")
+        );
+        assert_eq!(
+            parse_document(doc(11).as_bytes()).unwrap_err().code,
+            "BadRequest"
+        );
+        let dup = "<Tagging><TagSet><Tag><Key>a</Key><Value>1</Value></Tag><Tag><Key>a</Key><Value>2</Value></Tag></TagSet></Tagging>";
+        assert_eq!(
+            parse_bucket_document(dup.as_bytes()).unwrap_err().code,
+            "InvalidTag"
+        );
+        let mut meta = std::collections::BTreeMap::new();
+        assert_eq!(bucket_stored(&meta), None);
+        let tags = vec![("k".to_owned(), "v".to_owned())];
+        meta.insert(BUCKET_META_KEY.to_owned(), encode(&tags).unwrap());
+        assert_eq!(bucket_stored(&meta), Some(tags));
     }
 
     #[test]
