@@ -20,6 +20,21 @@ fn bad_requests_are_refused_and_change_nothing() {
     // Version discovery.
     let r = cloud.req("GET", "/", None, &[], b"");
     assert_eq!(r.status, 300);
+    // Every answer carries its own request id, as OpenStack services send one.
+    let ids: Vec<String> = ["/", "/v3", "/image", "/network", "/volume", "/compute"]
+        .iter()
+        .map(|p| {
+            let r = cloud.req("GET", p, None, &[], b"");
+            let id = r.header("x-openstack-request-id").unwrap_or_default();
+            assert!(
+                id.len() == 40 && id.starts_with("req-"),
+                "{p}: request id {id:?}"
+            );
+            id.to_string()
+        })
+        .collect();
+    let distinct: std::collections::BTreeSet<&String> = ids.iter().collect();
+    assert_eq!(distinct.len(), ids.len(), "{ids:?}");
     assert_eq!(r.json()["versions"]["values"][0]["id"], "v3.14");
     assert_eq!(
         cloud.req("GET", "/v3", None, &[], b"").json()["version"]["status"],

@@ -317,6 +317,14 @@ pub async fn handle(svc: Arc<Service>, req: http::Request<hyper::body::Incoming>
             .await
             .unwrap_or_else(|e| e.into_response(flavor)),
     };
+    let mut resp = resp;
+    // Every OpenStack service answers with a request id (clients log it; Nova's own, set
+    // above, is also the id of the instance actions the request records).
+    if !resp.headers().contains_key("x-openstack-request-id")
+        && let Ok(v) = HeaderValue::from_str(&instance_actions::new_request_id())
+    {
+        resp.headers_mut().insert("x-openstack-request-id", v);
+    }
     crate::telemetry::metrics::METRICS.request(
         api,
         &method,
