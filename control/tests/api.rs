@@ -4,7 +4,7 @@
 mod common;
 
 use common::*;
-use serde_json::json;
+use serde_json::{Value, json};
 
 fn auth_body(user: &str, password: &str) -> serde_json::Value {
     json!({"auth": {"identity": {"methods": ["password"],
@@ -1417,4 +1417,103 @@ fn a_full_hashing_queue_answers_503_and_changes_nothing() {
         200
     );
     assert_eq!(login(&cloud, "admin", "wrong").status, 401);
+}
+
+/// Keystone's default roles on the Nova, Neutron and Cinder APIs: a project's `reader`
+/// lists what the project has but every change is refused with 403 (and nothing is
+/// made); a `member` of the same project makes the same changes.
+#[test]
+fn readers_look_and_members_change_on_compute_network_and_volume() {
+    if !have_cli() {
+        return;
+    }
+    let cloud = Cloud::start_with("", "", "");
+    let admin = cloud.admin();
+    let member = cloud.member("rproj", "ruser-member", "r-pass-member");
+    ok(
+        &admin,
+        &[
+            "user",
+            "create",
+            "--password",
+            "r-pass-reader",
+            "ruser-reader",
+        ],
+    );
+    ok(
+        &admin,
+        &[
+            "role",
+            "add",
+            "--project",
+            "rproj",
+            "--user",
+            "ruser-reader",
+            "reader",
+        ],
+    );
+    let (reader, body) = cloud.token("ruser-reader", "r-pass-reader", "rproj");
+    let roles: Vec<&str> = body["token"]["roles"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(roles, ["reader"], "{body}");
+    let pid = body["token"]["project"]["id"].as_str().unwrap().to_string();
+    let (mtoken, _) = cloud.token("ruser-member", "r-pass-member", "rproj");
+    let vols = format!("/volume/v3/{pid}/volumes");
+    let writes = [
+        (
+            "/network/v2.0/networks",
+            json!({"network": {"name": "rnet"}}),
+            "networks",
+        ),
+        (
+            vols.as_str(),
+            json!({"volume": {"size": 1, "name": "rvol"}}),
+            "volumes",
+        ),
+        (
+            "/compute/v2.1/os-keypairs",
+            json!({"keypair": {"name": "rkey"}}),
+            "keypairs",
+        ),
+    ];
+    for (path, body, _) in &writes {
+        let r = cloud.json("POST", path, Some(&reader), body);
+        assert_eq!(r.status, 403, "{path}: {}", r.text());
+        assert!(r.text().contains("member role"), "{path}: {}", r.text());
+    }
+    // Reading is allowed, and shows that nothing was made.
+    for (path, _, key) in [
+        ("/network/v2.0/networks", (), "networks"),
+        (vols.as_str(), (), "volumes"),
+        ("/compute/v2.1/os-keypairs", (), "keypairs"),
+        ("/compute/v2.1/servers", (), "servers"),
+    ] {
+        let r = cloud.json("GET", path, Some(&reader), &Value::Null);
+        assert_eq!(r.status, 200, "{path}: {}", r.text());
+        let names: Vec<String> = r.json()[key]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.to_string())
+            .collect();
+        assert!(
+            names
+                .iter()
+                .all(|n| !n.contains("rnet") && !n.contains("rkey")),
+            "{path}: {names:?}"
+        );
+    }
+    // The stock CLI as the reader: a list works, a create is refused.
+    let reader_env = cloud.env("ruser-reader", "r-pass-reader", "rproj");
+    ok_json(&reader_env, &["network", "list"]);
+    let err = fails(&reader_env, &["network", "create", "rnet2"]);
+    assert!(err.contains("403") || err.contains("member role"), "{err}");
+    // A member of the same project may.
+    let r = cloud.json("POST", writes[0].0, Some(&mtoken), &writes[0].1);
+    assert_eq!(r.status, 201, "{}", r.text());
+    ok(&member, &["network", "show", "rnet"]);
 }

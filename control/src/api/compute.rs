@@ -445,6 +445,7 @@ async fn route_inner(
     if ctx.project_id.is_none() {
         return Err(ApiError::forbidden("compute needs a project-scoped token"));
     }
+    super::openstack::writer(&ctx, &req.method)?;
     let segs: Vec<&str> = req.segs.iter().map(String::as_str).collect();
     // Async routes: those that talk to agents.
     match (segs.as_slice(), &req.method) {

@@ -282,6 +282,7 @@ pub async fn route(
         let changes = request.method != Method::GET;
         let r = blocking(svc.clone(), move |svc| {
             let ctx = super::identity::caller(svc, &request).map_err(ApiError::from)?;
+            super::openstack::writer(&ctx, &request.method)?;
             let r = handle(svc, &ctx, &request)?;
             if changes && r.status().is_success() {
                 crate::network::bump(&*svc.store)

@@ -209,3 +209,16 @@ macro_rules! owned {
     };
 }
 pub(crate) use owned;
+
+/// Keystone's default roles on the Nova, Neutron and Cinder APIs: a `reader` of a project
+/// may look (GET, HEAD), only a `member` (or an admin) may change anything.
+pub(crate) fn writer(ctx: &Ctx, method: &http::Method) -> Result<(), ApiError> {
+    let safe = matches!(*method, http::Method::GET | http::Method::HEAD);
+    if safe || ctx.is_admin() || ctx.has_role("member") {
+        return Ok(());
+    }
+    Err(ApiError::forbidden(
+        "Policy doesn't allow this request to be performed: changes need the member role on the project (reader is read-only)",
+    )
+    .kind("PolicyNotAuthorized"))
+}

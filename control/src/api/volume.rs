@@ -242,6 +242,7 @@ async fn route_inner(
     let rest: Vec<String> = segs[1..].to_vec();
     let req = super::compute::read(&svc, req, rest).await?;
     let ctx = caller(&svc, &req).await?;
+    super::openstack::writer(&ctx, &req.method)?;
     let Some(own) = ctx.project_id.clone() else {
         return Err(ApiError::forbidden(
             "the volume API needs a project-scoped token",
