@@ -49,12 +49,24 @@ pub enum S3Verdict {
     Mismatch,
 }
 
+/// What a valid project-scoped token may do: use this account, read-only unless its roles
+/// on the project include `member` or `admin` (Keystone's default role meaning: a `reader`
+/// may look; Swift's keystoneauth likewise lets only operator roles write). A token that
+/// lists no roles at all is not restricted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Grant {
+    /// The storage account (`AUTH_<project id>`).
+    pub account: String,
+    /// Only GET and HEAD are allowed.
+    pub read_only: bool,
+}
+
 /// A Keystone token validator with a cache.
 pub struct Keystone {
     authority: String,
     prefix: String,
     cache_for: Duration,
-    cache: Mutex<HashMap<String, (Option<String>, Instant)>>,
+    cache: Mutex<HashMap<String, (Option<Grant>, Instant)>>,
 }
 
 impl Keystone {
@@ -73,8 +85,8 @@ impl Keystone {
         })
     }
 
-    /// The account a token may use, or `None` if Keystone does not accept the token.
-    pub async fn account_for_token(&self, token: &str) -> Result<Option<String>, KeystoneError> {
+    /// The account a token may use and how, or `None` if Keystone does not accept it.
+    pub async fn account_for_token(&self, token: &str) -> Result<Option<Grant>, KeystoneError> {
         let now = Instant::now();
         if let Some((account, until)) = self.cache.lock().expect("cache lock").get(token)
             && *until > now
@@ -121,7 +133,7 @@ impl Keystone {
             return Err(KeystoneError::Malformed);
         }
         match parse_token(&body)?.0 {
-            Some(account) => Ok(S3Verdict::Account(account)),
+            Some(grant) => Ok(S3Verdict::Account(grant.account)),
             None => Err(KeystoneError::Malformed),
         }
     }
@@ -160,7 +172,7 @@ impl Keystone {
     async fn validate(
         &self,
         token: &str,
-    ) -> Result<(Option<String>, Option<Duration>), KeystoneError> {
+    ) -> Result<(Option<Grant>, Option<Duration>), KeystoneError> {
         let req = http::Request::get(format!("{}/v3/auth/tokens", self.prefix))
             .header("host", &self.authority)
             .header("x-auth-token", token)
@@ -179,8 +191,8 @@ impl Keystone {
     }
 }
 
-/// The account and remaining lifetime in a Keystone v3 token document.
-pub fn parse_token(body: &[u8]) -> Result<(Option<String>, Option<Duration>), KeystoneError> {
+/// The grant and remaining lifetime in a Keystone v3 token document.
+pub fn parse_token(body: &[u8]) -> Result<(Option<Grant>, Option<Duration>), KeystoneError> {
     let v: serde_json::Value =
         serde_json::from_slice(body).map_err(|_| KeystoneError::Malformed)?;
     let token = v.get("token").ok_or(KeystoneError::Malformed)?;
@@ -203,7 +215,24 @@ pub fn parse_token(body: &[u8]) -> Result<(Option<String>, Option<Duration>), Ke
             let now = crate::store::now_ms() / 1000;
             Duration::from_secs(exp.saturating_sub(now).max(0) as u64)
         });
-    Ok((Some(format!("AUTH_{project}")), ttl))
+    let roles: Vec<&str> = token
+        .get("roles")
+        .and_then(|r| r.as_array())
+        .map(|r| {
+            r.iter()
+                .filter_map(|x| x.get("name").and_then(|n| n.as_str()))
+                .collect()
+        })
+        .unwrap_or_default();
+    let read_only = !roles.is_empty()
+        && !roles
+            .iter()
+            .any(|r| r.eq_ignore_ascii_case("member") || r.eq_ignore_ascii_case("admin"));
+    let grant = Grant {
+        account: format!("AUTH_{project}"),
+        read_only,
+    };
+    Ok((Some(grant), ttl))
 }
 
 /// Parses `2026-11-22T04:30:00[.ffffff]Z` into seconds since the epoch.
@@ -224,8 +253,24 @@ mod tests {
     #[test]
     fn token_documents() {
         let doc = br#"{"token": {"project": {"id": "p1", "name": "demo"}, "expires_at": "2999-01-01T00:00:00.000000Z"}}"#;
-        let (account, ttl) = parse_token(doc).unwrap();
-        assert_eq!(account.as_deref(), Some("AUTH_p1"));
+        let (grant, ttl) = parse_token(doc).unwrap();
+        let grant = grant.unwrap();
+        assert_eq!(
+            (grant.account.as_str(), grant.read_only),
+            ("AUTH_p1", false)
+        );
+        // Roles: only `reader` makes the token read-only.
+        for (roles, read_only) in [
+            (r#"[{"name": "reader"}]"#, true),
+            (r#"[{"name": "reader"}, {"name": "member"}]"#, false),
+            (r#"[{"name": "admin"}]"#, false),
+            (r#"[{"name": "Member"}]"#, false),
+            (r#"[]"#, false),
+        ] {
+            let doc = format!(r#"{{"token": {{"project": {{"id": "p1"}}, "roles": {roles}}}}}"#);
+            let g = parse_token(doc.as_bytes()).unwrap().0.unwrap();
+            assert_eq!(g.read_only, read_only, "{roles}");
+        }
         assert!(ttl.unwrap() > Duration::from_secs(86_400));
         let unscoped = br#"{"token": {"user": {"id": "u"}}}"#;
         assert_eq!(parse_token(unscoped).unwrap().0, None);

@@ -992,14 +992,15 @@ fn systemd_is_told_when_the_daemon_is_ready() {
     drop(d);
 }
 
-/// A stand-in Keystone: `good-token` is scoped to project `p1`; anything else is unknown.
+/// A stand-in Keystone: `good-token` (member) and `reader-token` (reader only) are scoped
+/// to project `p1`; anything else is unknown.
 fn fake_keystone() -> (u16, std::thread::JoinHandle<()>) {
     use std::io::{BufRead, BufReader};
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     let handle = std::thread::spawn(move || {
         // Serve a few validations, then stop (the daemon caches answers).
-        for stream in listener.incoming().take(2) {
+        for stream in listener.incoming().take(3) {
             let mut stream = stream.unwrap();
             let mut reader = BufReader::new(stream.try_clone().unwrap());
             let mut subject = String::new();
@@ -1019,7 +1020,12 @@ fn fake_keystone() -> (u16, std::thread::JoinHandle<()>) {
             let (status, body) = if path == "/v3/auth/tokens" && subject == "good-token" {
                 (
                     "200 OK",
-                    r#"{"token": {"project": {"id": "p1"}, "expires_at": "2999-01-01T00:00:00.000000Z"}}"#,
+                    r#"{"token": {"project": {"id": "p1"}, "roles": [{"name": "member"}, {"name": "reader"}], "expires_at": "2999-01-01T00:00:00.000000Z"}}"#,
+                )
+            } else if path == "/v3/auth/tokens" && subject == "reader-token" {
+                (
+                    "200 OK",
+                    r#"{"token": {"project": {"id": "p1"}, "roles": [{"name": "reader"}], "expires_at": "2999-01-01T00:00:00.000000Z"}}"#,
                 )
             } else {
                 ("404 Not Found", r#"{"error": {"code": 404}}"#)
@@ -1058,6 +1064,29 @@ fn keystone_tokens_are_validated_and_scoped_to_their_project() {
     );
     let bad = [("X-Auth-Token", "bad-token")];
     assert_eq!(http(d.port, "GET", "/v1/AUTH_p1/c", &bad, b"").status, 401);
+    // A reader of the project reads its account but changes nothing.
+    let reader = [("X-Auth-Token", "reader-token")];
+    assert_eq!(
+        http(d.port, "GET", "/v1/AUTH_p1/c/o", &reader, b"").body,
+        b"ks"
+    );
+    for (m, path) in [
+        ("PUT", "/v1/AUTH_p1/c/o"),
+        ("PUT", "/v1/AUTH_p1/c2"),
+        ("POST", "/v1/AUTH_p1/c"),
+        ("DELETE", "/v1/AUTH_p1/c/o"),
+    ] {
+        let r = http(d.port, m, path, &reader, b"changed");
+        assert_eq!(r.status, 403, "{m} {path}");
+    }
+    assert_eq!(
+        http(d.port, "GET", "/v1/AUTH_p1/c/o", &good, b"").body,
+        b"ks"
+    );
+    assert_eq!(
+        http(d.port, "HEAD", "/v1/AUTH_p1/c2", &good, b"").status,
+        404
+    );
     ks.join().unwrap();
     // TempAuth still works next to Keystone.
     let t = d.token();

@@ -65,6 +65,7 @@ pub async fn handle(state: &State, req: Request) -> Result<Response, ApiError> {
             let groups = acl::tempauth_groups(&account, &user);
             (account, groups)
         });
+    let mut read_only = false;
     if identity.is_none()
         && let (Some(t), Some(ks)) = (token, &state.keystone)
     {
@@ -79,9 +80,13 @@ pub async fn handle(state: &State, req: Request) -> Result<Response, ApiError> {
                     "The token could not be validated: the identity service is unavailable.",
                 )
             })?
-            .map(|account| {
-                let groups = acl::keystone_groups(&account);
-                (account, groups)
+            .map(|grant| {
+                // A reader of the project may look at its account, not change it.
+                if grant.read_only && !matches!(*req.method(), Method::GET | Method::HEAD) {
+                    read_only = true;
+                }
+                let groups = acl::keystone_groups(&grant.account);
+                (grant.account, groups)
             });
     }
     let account = match &target {
@@ -92,6 +97,13 @@ pub async fn handle(state: &State, req: Request) -> Result<Response, ApiError> {
     // Anyone but the owner goes through the container's ACLs (a missing or invalid token
     // makes an anonymous request, which only referrer grants can let in).
     let who = match identity {
+        Some((owner, _)) if owner == *account && read_only => {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "Forbidden",
+                "The token's only role on the project is reader: it may read, not change.",
+            ));
+        }
         Some((owner, _)) if owner == *account => None,
         other => {
             let who = Requester {
