@@ -211,6 +211,85 @@ fn ec2_credentials_from_the_cli_sign_s3_requests_to_objectd() {
     assert_eq!(swift.status, 200, "{}", swift.text());
     assert_eq!(swift.text(), "bytes signed with a keystone ec2 credential");
 
+    // A reader of the project: its EC2 credential and its token read the account but
+    // change nothing (Keystone's reader; Swift's keystoneauth lets only operators write).
+    let admin_env = cloud.admin();
+    ok(
+        &admin_env,
+        &[
+            "user",
+            "create",
+            "--password",
+            "pw-of-reader",
+            "keys-reader",
+        ],
+    );
+    ok(
+        &admin_env,
+        &[
+            "role",
+            "add",
+            "--project",
+            "keys",
+            "--user",
+            "keys-reader",
+            "reader",
+        ],
+    );
+    let reader_env = cloud.env("keys-reader", "pw-of-reader", "keys");
+    let rcred = ok_json(&reader_env, &["ec2", "credentials", "create"]);
+    let (raccess, rsecret) = (
+        rcred["access"].as_str().unwrap().to_string(),
+        rcred["secret"].as_str().unwrap().to_string(),
+    );
+    let answers = boto(
+        &cloud,
+        (&raccess, &rsecret),
+        (&other_access, &other_secret),
+        "get,put",
+    );
+    assert_eq!(
+        step(&answers, "get")["value"],
+        "bytes signed with a keystone ec2 credential",
+        "{answers:?}"
+    );
+    let put = step(&answers, "put");
+    assert_eq!(
+        (
+            put["ok"].clone(),
+            put["status"].clone(),
+            put["code"].clone()
+        ),
+        (json!(false), json!(403), json!("AccessDenied")),
+        "{answers:?}"
+    );
+    let (reader_token, _) = cloud.token("keys-reader", "pw-of-reader", "keys");
+    let obj = format!("/v1/AUTH_{pid}/keys-bucket/dir/obj.txt");
+    let r = http(
+        cloud.objectd_port,
+        "GET",
+        &obj,
+        &[("x-auth-token", &reader_token)],
+        b"",
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = http(
+        cloud.objectd_port,
+        "PUT",
+        &obj,
+        &[("x-auth-token", &reader_token)],
+        b"no",
+    );
+    assert_eq!(r.status, 403, "{}", r.text());
+    let r = http(
+        cloud.objectd_port,
+        "GET",
+        &obj,
+        &[("x-auth-token", &project_token)],
+        b"",
+    );
+    assert_eq!(r.text(), "bytes signed with a keystone ec2 credential");
+
     // Someone else's credential cannot be seen or deleted; a deleted one stops working.
     let r = cloud.req(
         "DELETE",

@@ -119,7 +119,19 @@ impl Auth {
                 )
             })?;
         match verdict {
-            S3Verdict::Account(account) => Ok((p.accept_checked_elsewhere(), account)),
+            S3Verdict::Account(grant) => {
+                // A reader's credential may look, not change (as on the Swift path).
+                if grant.read_only
+                    && !matches!(parts.method, http::Method::GET | http::Method::HEAD)
+                {
+                    return Err(ApiError::new(
+                        StatusCode::FORBIDDEN,
+                        "AccessDenied",
+                        "The credential's only role on the project is reader: it may read, not change.",
+                    ));
+                }
+                Ok((p.accept_checked_elsewhere(), grant.account))
+            }
             S3Verdict::UnknownKey => Err(SigError::UnknownKey.into()),
             S3Verdict::Mismatch => Err(SigError::Mismatch.into()),
         }

@@ -41,8 +41,8 @@ pub enum KeystoneError {
 /// What Keystone says of an S3 signature.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum S3Verdict {
-    /// Good: the request uses this account.
-    Account(String),
+    /// Good: the request uses this account (read-only for a reader's credential).
+    Account(Grant),
     /// Keystone has no EC2 credential with that access key.
     UnknownKey,
     /// The signature does not match (or the credential's user or project is disabled).
@@ -133,7 +133,7 @@ impl Keystone {
             return Err(KeystoneError::Malformed);
         }
         match parse_token(&body)?.0 {
-            Some(grant) => Ok(S3Verdict::Account(grant.account)),
+            Some(grant) => Ok(S3Verdict::Account(grant)),
             None => Err(KeystoneError::Malformed),
         }
     }
