@@ -774,18 +774,9 @@ impl Store {
         let (account, name) = (account.to_owned(), name.to_owned());
         self.with_db(move |db| {
             let tx = db.transaction()?;
-            let existing: Option<String> = tx
-                .query_row(
-                    "SELECT meta FROM containers WHERE account = ?1 AND name = ?2",
-                    params![account, name],
-                    |r| r.get(0),
-                )
-                .optional()?;
+            let existing = read_container_meta(&tx, &account, &name)?;
             let created = existing.is_none();
-            let mut current: BTreeMap<String, String> = match existing {
-                Some(m) => serde_json::from_str(&m)?,
-                None => BTreeMap::new(),
-            };
+            let mut current = existing.unwrap_or_default();
             merge_meta(&mut current, meta);
             tx.execute(
                 "INSERT INTO containers (account, name, meta, created_ms) VALUES (?1, ?2, ?3, ?4)
@@ -810,17 +801,9 @@ impl Store {
         let (account, name) = (account.to_owned(), name.to_owned());
         self.with_db(move |db| {
             let tx = db.transaction()?;
-            let existing: Option<String> = tx
-                .query_row(
-                    "SELECT meta FROM containers WHERE account = ?1 AND name = ?2",
-                    params![account, name],
-                    |r| r.get(0),
-                )
-                .optional()?;
-            let Some(existing) = existing else {
+            let Some(mut current) = read_container_meta(&tx, &account, &name)? else {
                 return Err(StoreError::NoContainer);
             };
-            let mut current: BTreeMap<String, String> = serde_json::from_str(&existing)?;
             merge_meta(&mut current, meta);
             tx.execute(
                 "UPDATE containers SET meta = ?3 WHERE account = ?1 AND name = ?2",
@@ -839,17 +822,8 @@ impl Store {
         name: &str,
     ) -> Result<Option<BTreeMap<String, String>>, StoreError> {
         let (account, name) = (account.to_owned(), name.to_owned());
-        self.with_read_db(move |db| {
-            let meta: Option<String> = db
-                .query_row(
-                    "SELECT meta FROM containers WHERE account = ?1 AND name = ?2",
-                    params![account, name],
-                    |r| r.get(0),
-                )
-                .optional()?;
-            Ok(meta.map(|m| serde_json::from_str(&m)).transpose()?)
-        })
-        .await
+        self.with_read_db(move |db| read_container_meta(db, &account, &name))
+            .await
     }
 
     /// A container with its statistics, if it exists.
@@ -1562,6 +1536,22 @@ fn take_blobs(
 /// The metadata, content type and expiry of a live (not expired) object, read in the
 /// caller's transaction.
 type LiveMeta = (BTreeMap<String, String>, String, Option<i64>);
+
+/// A container's metadata as the index holds it, if the container exists.
+fn read_container_meta(
+    db: &Connection,
+    account: &str,
+    name: &str,
+) -> Result<Option<BTreeMap<String, String>>, StoreError> {
+    let meta: Option<String> = db
+        .query_row(
+            "SELECT meta FROM containers WHERE account = ?1 AND name = ?2",
+            params![account, name],
+            |r| r.get(0),
+        )
+        .optional()?;
+    Ok(meta.map(|m| serde_json::from_str(&m)).transpose()?)
+}
 
 fn live_meta(
     tx: &Connection,
