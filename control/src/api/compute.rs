@@ -410,13 +410,12 @@ pub async fn route(
     svc: Arc<Service>,
     req: http::Request<hyper::body::Incoming>,
     segs: Vec<String>,
+    rid: String,
 ) -> Response {
-    // Nova's request id: one per request, on every answer, and the id of any instance
-    // action the request records.
-    let rid = super::instance_actions::new_request_id();
+    // The request's id (which `api::handle` also sends as `x-openstack-request-id`) is
+    // the id of any instance action the request records; Nova sends it twice.
     let mut r = NOVA.serve(route_inner(svc, req, segs, rid.clone())).await;
     if let Ok(v) = HeaderValue::from_str(&rid) {
-        r.headers_mut().insert("x-openstack-request-id", v.clone());
         r.headers_mut().insert("x-compute-request-id", v);
     }
     r

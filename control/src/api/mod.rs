@@ -272,6 +272,7 @@ pub async fn handle(svc: Arc<Service>, req: http::Request<hyper::body::Incoming>
         Flavor::Keystone
     };
     let started = std::time::Instant::now();
+    let rid = instance_actions::new_request_id();
     let method = req.method().clone();
     let first = segs.first().map(String::as_str);
     let api = match first {
@@ -302,7 +303,9 @@ pub async fn handle(svc: Arc<Service>, req: http::Request<hyper::body::Incoming>
                 .await
                 .unwrap_or_else(|e| e.into_response(flavor))
         }
-        3 if first == Some("compute") => compute::route(svc, req, segs[1..].to_vec()).await,
+        3 if first == Some("compute") => {
+            compute::route(svc, req, segs[1..].to_vec(), rid.clone()).await
+        }
         3 => compute::route_v1(svc, req, segs[1..].to_vec())
             .await
             .unwrap_or_else(|e| e.into_response(Flavor::Keystone)),
@@ -318,11 +321,9 @@ pub async fn handle(svc: Arc<Service>, req: http::Request<hyper::body::Incoming>
             .unwrap_or_else(|e| e.into_response(flavor)),
     };
     let mut resp = resp;
-    // Every OpenStack service answers with a request id (clients log it; Nova's own, set
-    // above, is also the id of the instance actions the request records).
-    if !resp.headers().contains_key("x-openstack-request-id")
-        && let Ok(v) = HeaderValue::from_str(&instance_actions::new_request_id())
-    {
+    // Every OpenStack service answers with a request id (clients log it; for Nova it is
+    // also the id of the instance actions the request records).
+    if let Ok(v) = HeaderValue::from_str(&rid) {
         resp.headers_mut().insert("x-openstack-request-id", v);
     }
     crate::telemetry::metrics::METRICS.request(
