@@ -22,9 +22,14 @@ pub fn glance(secs: u64) -> String {
 }
 
 fn civil(secs: u64) -> (i64, u32, u32, u64, u64, u64) {
-    let days = (secs / 86_400) as i64;
+    let (y, m, d) = civil_from_days((secs / 86_400) as i64);
     let rem = secs % 86_400;
-    // Howard Hinnant's days-to-civil.
+    (y, m, d, rem / 3600, rem % 3600 / 60, rem % 60)
+}
+
+/// The proleptic Gregorian (year, month, day) of a day count since 1970-01-01, negative
+/// ones included (Howard Hinnant's days-to-civil).
+pub fn civil_from_days(days: i64) -> (i64, u32, u32) {
     let z = days + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z.rem_euclid(146_097);
@@ -33,8 +38,18 @@ fn civil(secs: u64) -> (i64, u32, u32, u64, u64, u64) {
     let mp = (5 * doy + 2) / 153;
     let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
     let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d, rem / 3600, rem % 3600 / 60, rem % 60)
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's civil-to-days).
+pub fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y.rem_euclid(400);
+    let mp = if m > 2 { m - 3 } else { m + 9 };
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
 }
 
 /// Parses `YYYY-MM-DDTHH:MM:SS[.ffffff][Z]` (UTC) into seconds since the epoch.
@@ -57,14 +72,7 @@ pub fn parse(s: &str) -> Option<u64> {
     if !(rest.is_empty() || rest == "Z" || rest == "+00:00") {
         return None;
     }
-    let y2 = if m <= 2 { y - 1 } else { y };
-    let era = y2.div_euclid(400);
-    let yoe = y2.rem_euclid(400);
-    let mp = if m > 2 { m - 3 } else { m + 9 };
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    let t = days * 86_400 + hh * 3600 + mm * 60 + ss;
+    let t = days_from_civil(y, m, d) * 86_400 + hh * 3600 + mm * 60 + ss;
     u64::try_from(t).ok()
 }
 
