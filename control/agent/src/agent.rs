@@ -483,15 +483,18 @@ impl Agent {
             let _guard = op.lock().await;
             let started = Instant::now();
             let result = agent.build(&id).await;
-            let ok = result.is_ok();
-            agent.finish(&id, result, Status::Active);
-            let mut c = lock(&agent.counters);
-            if ok {
-                c.builds_ok += 1;
-            } else {
-                c.builds_failed += 1;
+            // Counted before the status changes, so that anyone who sees the outcome
+            // also sees it counted.
+            {
+                let mut c = lock(&agent.counters);
+                if result.is_ok() {
+                    c.builds_ok += 1;
+                } else {
+                    c.builds_failed += 1;
+                }
+                c.build_seconds += started.elapsed().as_secs_f64();
             }
-            c.build_seconds += started.elapsed().as_secs_f64();
+            agent.finish(&id, result, Status::Active);
         });
         Ok(server)
     }
