@@ -127,7 +127,7 @@ impl Auth {
                     return Err(ApiError::new(
                         StatusCode::FORBIDDEN,
                         "AccessDenied",
-                        "The credential's only role on the project is reader: it may read, not change.",
+                        "The credential has neither the member nor the admin role on the project: it may read, not change.",
                     ));
                 }
                 Ok((p.accept_checked_elsewhere(), grant.account))

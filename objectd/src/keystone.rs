@@ -52,7 +52,8 @@ pub enum S3Verdict {
 /// What a valid project-scoped token may do: use this account, read-only unless its roles
 /// on the project include `member` or `admin` (Keystone's default role meaning: a `reader`
 /// may look; Swift's keystoneauth likewise lets only operator roles write). A token that
-/// lists no roles at all is not restricted.
+/// lists no roles at all may only look too: Keystone never issues a project-scoped token
+/// without a role on the project, so such a document is not trusted with changes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Grant {
     /// The storage account (`AUTH_<project id>`).
@@ -224,10 +225,9 @@ pub fn parse_token(body: &[u8]) -> Result<(Option<Grant>, Option<Duration>), Key
                 .collect()
         })
         .unwrap_or_default();
-    let read_only = !roles.is_empty()
-        && !roles
-            .iter()
-            .any(|r| r.eq_ignore_ascii_case("member") || r.eq_ignore_ascii_case("admin"));
+    let read_only = !roles
+        .iter()
+        .any(|r| r.eq_ignore_ascii_case("member") || r.eq_ignore_ascii_case("admin"));
     let grant = Grant {
         account: format!("AUTH_{project}"),
         read_only,
@@ -252,25 +252,29 @@ mod tests {
 
     #[test]
     fn token_documents() {
-        let doc = br#"{"token": {"project": {"id": "p1", "name": "demo"}, "expires_at": "2999-01-01T00:00:00.000000Z"}}"#;
+        let doc = br#"{"token": {"project": {"id": "p1", "name": "demo"}, "roles": [{"name": "member"}], "expires_at": "2999-01-01T00:00:00.000000Z"}}"#;
         let (grant, ttl) = parse_token(doc).unwrap();
         let grant = grant.unwrap();
         assert_eq!(
             (grant.account.as_str(), grant.read_only),
             ("AUTH_p1", false)
         );
-        // Roles: only `reader` makes the token read-only.
+        // Roles: without `member` or `admin` (only `reader`, or none listed at all) the
+        // token is read-only.
         for (roles, read_only) in [
             (r#"[{"name": "reader"}]"#, true),
             (r#"[{"name": "reader"}, {"name": "member"}]"#, false),
             (r#"[{"name": "admin"}]"#, false),
             (r#"[{"name": "Member"}]"#, false),
-            (r#"[]"#, false),
+            (r#"[]"#, true),
+            (r#"[{"id": "r1"}]"#, true),
         ] {
             let doc = format!(r#"{{"token": {{"project": {{"id": "p1"}}, "roles": {roles}}}}}"#);
             let g = parse_token(doc.as_bytes()).unwrap().0.unwrap();
             assert_eq!(g.read_only, read_only, "{roles}");
         }
+        let no_roles_key = br#"{"token": {"project": {"id": "p1"}}}"#;
+        assert!(parse_token(no_roles_key).unwrap().0.unwrap().read_only);
         assert!(ttl.unwrap() > Duration::from_secs(86_400));
         let unscoped = br#"{"token": {"user": {"id": "u"}}}"#;
         assert_eq!(parse_token(unscoped).unwrap().0, None);

@@ -101,7 +101,7 @@ pub async fn handle(state: &State, req: Request) -> Result<Response, ApiError> {
             return Err(ApiError::new(
                 StatusCode::FORBIDDEN,
                 "Forbidden",
-                "The token's only role on the project is reader: it may read, not change.",
+                "The token has neither the member nor the admin role on the project: it may read, not change.",
             ));
         }
         Some((owner, _)) if owner == *account => None,
