@@ -1517,3 +1517,91 @@ fn readers_look_and_members_change_on_compute_network_and_volume() {
     assert_eq!(r.status, 201, "{}", r.text());
     ok(&member, &["network", "show", "rnet"]);
 }
+
+#[test]
+fn the_log_names_each_request_by_the_id_its_client_was_given() {
+    let cloud = Cloud::start();
+    let (admin, _) = cloud.token("admin", ADMIN_PASSWORD, "admin");
+    let log = cloud.dir.path().join("second.log");
+    let c = cloud.controller_with_log("control=debug", Some(&log));
+    let call = |method: &str, path: &str, ctype: &str, body: &[u8]| {
+        let r = common::http(
+            c.port,
+            method,
+            path,
+            &[("x-auth-token", admin.as_str()), ("content-type", ctype)],
+            body,
+        );
+        let id = r.header("x-openstack-request-id").unwrap().to_string();
+        (r, id)
+    };
+    let log_lines = |what: &str| -> Vec<String> {
+        std::fs::read_to_string(&log)
+            .unwrap()
+            .lines()
+            .filter(|l| l.contains(what))
+            .map(str::to_string)
+            .collect()
+    };
+
+    // Each answer is logged under its id, with what was asked and the status.
+    let (r, listed) = call("GET", "/v3/projects", "application/json", b"");
+    assert_eq!(r.status, 200);
+    let (r, missing) = call("GET", "/image/v2/images/nope", "application/json", b"");
+    assert_eq!(r.status, 404);
+    for (id, path, status) in [
+        (&listed, "/v3/projects", 200),
+        (&missing, "/image/v2/images/nope", 404),
+    ] {
+        let lines = log_lines(id);
+        assert_eq!(lines.len(), 1, "{id}: {lines:?}");
+        assert!(
+            lines[0].contains("answered")
+                && lines[0].contains(path)
+                && lines[0].contains(&format!("status={status}")),
+            "{}",
+            lines[0]
+        );
+    }
+
+    // Work a request leaves running carries its id too: an import of data that is not
+    // what the image claims fails after the 202, and the warning names the import.
+    let (r, _) = call(
+        "POST",
+        "/image/v2/images",
+        "application/json",
+        br#"{"name": "liar", "disk_format": "qcow2", "container_format": "bare"}"#,
+    );
+    assert_eq!(r.status, 201, "{}", r.text());
+    let image = r.json()["id"].as_str().unwrap().to_string();
+    let (r, _) = call(
+        "PUT",
+        &format!("/image/v2/images/{image}/stage"),
+        "application/octet-stream",
+        &[0x5a; 65536],
+    );
+    assert_eq!(r.status, 204, "{}", r.text());
+    let (r, import) = call(
+        "POST",
+        &format!("/image/v2/images/{image}/import"),
+        "application/json",
+        br#"{"method": {"name": "glance-direct"}}"#,
+    );
+    assert_eq!(r.status, 202, "{}", r.text());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let failed = loop {
+        let lines = log_lines("image import failed");
+        if !lines.is_empty() || std::time::Instant::now() > deadline {
+            break lines;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    // A log that is not a terminal gets no colour codes.
+    assert!(!std::fs::read_to_string(&log).unwrap().contains('\x1b'));
+    assert!(
+        failed[0].contains(&import) && failed[0].contains(&image),
+        "the warning does not name the import request {import}: {}",
+        failed[0]
+    );
+}

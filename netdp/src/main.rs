@@ -78,7 +78,11 @@ fn main() -> anyhow::Result<()> {
             .with_env_filter(filter)
             .init();
     } else {
-        tracing_subscriber::fmt().with_env_filter(filter).init();
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            // Colours only on a terminal, never in a file or the journal.
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
+            .init();
     }
     for p in [&cfg.socket, &cfg.state] {
         if let Some(dir) = p.parent() {

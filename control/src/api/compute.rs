@@ -15,6 +15,7 @@ use std::time::Duration;
 use http::{HeaderValue, Method, StatusCode};
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
+use tracing::Instrument;
 
 use super::openstack::{Stamped, Version, caller, edit, load, owned};
 use super::{ApiError, Request, Response, blocking, empty, json as json_resp, read_limited};
@@ -466,7 +467,7 @@ async fn route_inner(
     let r2 = req.clone();
     let (resp, build) = blocking(svc.clone(), move |svc| nova(svc, &ctx, &r2, &rid)).await?;
     if let Some(id) = build {
-        tokio::spawn(build_server(svc, id));
+        tokio::spawn(build_server(svc, id).in_current_span());
     }
     Ok(resp)
 }
@@ -2792,7 +2793,7 @@ async fn action(
             e => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
         });
     }
-    tokio::spawn(watch_action(svc, id, url, rid, event));
+    tokio::spawn(watch_action(svc, id, url, rid, event).in_current_span());
     Ok(empty(StatusCode::ACCEPTED))
 }
 

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use http::{HeaderValue, Method, StatusCode};
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
+use tracing::Instrument;
 
 use super::{ApiError, Request, Response, blocking, empty, json as json_resp, read_limited};
 use crate::config::StoreAuth;
@@ -1118,15 +1119,18 @@ async fn import(
     }
     let doc = transition(&svc, parts.headers, &id, "uploading", "importing").await?;
     let svc2 = svc.clone();
-    tokio::spawn(async move {
-        if let Err(e) = run_import(&svc2, &id, doc.disk_format.clone()).await {
-            tracing::warn!(image = %id, error = %e.message, "image import failed");
-            requeue(&svc2, &id, true).await;
+    tokio::spawn(
+        async move {
+            if let Err(e) = run_import(&svc2, &id, doc.disk_format.clone()).await {
+                tracing::warn!(image = %id, error = %e.message, "image import failed");
+                requeue(&svc2, &id, true).await;
+            }
+            let staged = staged_path(&svc2, &id);
+            let _ = tokio::fs::remove_file(staged.with_extension("raw")).await;
+            let _ = tokio::fs::remove_file(&staged).await;
         }
-        let staged = staged_path(&svc2, &id);
-        let _ = tokio::fs::remove_file(staged.with_extension("raw")).await;
-        let _ = tokio::fs::remove_file(&staged).await;
-    });
+        .in_current_span(),
+    );
     Ok(empty(StatusCode::ACCEPTED))
 }
 

@@ -12,6 +12,7 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, StatusCode};
 use http_body_util::{BodyExt, Full, combinators::BoxBody};
 use serde_json::Value;
+use tracing::Instrument;
 
 use crate::service::{Service, ServiceError};
 
@@ -292,45 +293,56 @@ pub async fn handle(svc: Arc<Service>, req: http::Request<hyper::body::Incoming>
         Some("volume") => 6,
         _ => 0,
     };
-    let resp = match api {
-        1 => image::route(svc, req, segs[1..].to_vec())
-            .await
-            .unwrap_or_else(|e| e.into_response(flavor)),
-        2 => {
-            let segs = segs[1..].to_vec();
-            let handler: Handler = |svc, r| telemetry::handle(svc, r).map_err(ApiError::from);
-            json_route(svc, req, segs, handler, false)
+    // Everything logged while answering (on this task, on the blocking pool, in tasks the
+    // request starts) carries the id the client is given.
+    let span = tracing::info_span!("request", id = %rid);
+    let compute = first == Some("compute");
+    let nova_rid = rid.clone();
+    let resp = async move {
+        match api {
+            1 => image::route(svc, req, segs[1..].to_vec())
                 .await
-                .unwrap_or_else(|e| e.into_response(flavor))
+                .unwrap_or_else(|e| e.into_response(flavor)),
+            2 => {
+                let segs = segs[1..].to_vec();
+                let handler: Handler = |svc, r| telemetry::handle(svc, r).map_err(ApiError::from);
+                json_route(svc, req, segs, handler, false)
+                    .await
+                    .unwrap_or_else(|e| e.into_response(flavor))
+            }
+            3 if compute => compute::route(svc, req, segs[1..].to_vec(), nova_rid).await,
+            3 => compute::route_v1(svc, req, segs[1..].to_vec())
+                .await
+                .unwrap_or_else(|e| e.into_response(Flavor::Keystone)),
+            4 => network::route(svc, req, segs[1..].to_vec()).await,
+            6 => volume::route(svc, req, segs[1..].to_vec()).await,
+            5 => full(
+                StatusCode::OK,
+                "text/plain; version=0.0.4",
+                crate::telemetry::metrics::METRICS.render(),
+            ),
+            _ => identity::route_async(svc, req, segs)
+                .await
+                .unwrap_or_else(|e| e.into_response(flavor)),
         }
-        3 if first == Some("compute") => {
-            compute::route(svc, req, segs[1..].to_vec(), rid.clone()).await
-        }
-        3 => compute::route_v1(svc, req, segs[1..].to_vec())
-            .await
-            .unwrap_or_else(|e| e.into_response(Flavor::Keystone)),
-        4 => network::route(svc, req, segs[1..].to_vec()).await,
-        6 => volume::route(svc, req, segs[1..].to_vec()).await,
-        5 => full(
-            StatusCode::OK,
-            "text/plain; version=0.0.4",
-            crate::telemetry::metrics::METRICS.render(),
-        ),
-        _ => identity::route_async(svc, req, segs)
-            .await
-            .unwrap_or_else(|e| e.into_response(flavor)),
-    };
+    }
+    .instrument(span.clone())
+    .await;
     let mut resp = resp;
     // Every OpenStack service answers with a request id (clients log it; for Nova it is
     // also the id of the instance actions the request records).
     if let Ok(v) = HeaderValue::from_str(&rid) {
         resp.headers_mut().insert("x-openstack-request-id", v);
     }
-    crate::telemetry::metrics::METRICS.request(
-        api,
-        &method,
-        resp.status().as_u16(),
-        started.elapsed(),
+    let took = started.elapsed();
+    crate::telemetry::metrics::METRICS.request(api, &method, resp.status().as_u16(), took);
+    tracing::debug!(
+        parent: &span,
+        %method,
+        path,
+        status = resp.status().as_u16(),
+        micros = took.as_micros() as u64,
+        "answered"
     );
     resp
 }
@@ -423,7 +435,8 @@ pub async fn blocking<T: Send + 'static>(
         .acquire()
         .await
         .expect("the slots are never closed");
-    tokio::task::spawn_blocking(move || f(&svc))
+    let span = tracing::Span::current();
+    tokio::task::spawn_blocking(move || span.in_scope(|| f(&svc)))
         .await
         .map_err(|e| {
             ApiError::new(

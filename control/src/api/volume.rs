@@ -19,6 +19,7 @@ use std::time::Duration;
 use http::{Method, StatusCode};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
+use tracing::Instrument;
 
 use super::openstack::{Owned, Stamped, Version, caller, edit, load, owned, visible};
 use super::{ApiError, Request, Response, blocking, empty, json as json_resp};
@@ -1032,7 +1033,7 @@ async fn create_volume(svc: Arc<Service>, ctx: Ctx, body: Value) -> Result<Respo
         Ok((doc, n.agent_url, agent_body))
     })
     .await?;
-    tokio::spawn(make_volume(svc.clone(), id.clone(), url, agent_body));
+    tokio::spawn(make_volume(svc.clone(), id.clone(), url, agent_body).in_current_span());
     Ok(json_resp(
         StatusCode::ACCEPTED,
         &json!({"volume": volume_view(&svc, &id, &doc, true)}),
@@ -1334,40 +1335,43 @@ async fn create_snapshot(svc: Arc<Service>, ctx: Ctx, body: Value) -> Result<Res
     })
     .await?;
     let (svc2, id3) = (svc.clone(), id.clone());
-    tokio::spawn(async move {
-        let r = agent::call(
-            &url,
-            Method::POST,
-            &format!("/v1/volumes/{bid}/snapshots"),
-            Some(&json!({"name": format!("snapshot-{id3}")})),
-            AGENT_COPY,
-        )
-        .await;
-        let outcome = match r {
-            Ok((_, v)) => v
-                .pointer("/snapshot/id")
-                .and_then(Value::as_str)
-                .map(str::to_string)
-                .ok_or_else(|| format!("the agent answered without a snapshot id: {v}")),
-            Err(e) => Err(e.to_string()),
-        };
-        let _ = blocking(svc2, move |svc| {
-            update_snapshot(svc, &id3, |d| {
-                match &outcome {
-                    Ok(b) => {
-                        d.backend_id = Some(b.clone());
-                        d.status = "available".into();
+    tokio::spawn(
+        async move {
+            let r = agent::call(
+                &url,
+                Method::POST,
+                &format!("/v1/volumes/{bid}/snapshots"),
+                Some(&json!({"name": format!("snapshot-{id3}")})),
+                AGENT_COPY,
+            )
+            .await;
+            let outcome = match r {
+                Ok((_, v)) => v
+                    .pointer("/snapshot/id")
+                    .and_then(Value::as_str)
+                    .map(str::to_string)
+                    .ok_or_else(|| format!("the agent answered without a snapshot id: {v}")),
+                Err(e) => Err(e.to_string()),
+            };
+            let _ = blocking(svc2, move |svc| {
+                update_snapshot(svc, &id3, |d| {
+                    match &outcome {
+                        Ok(b) => {
+                            d.backend_id = Some(b.clone());
+                            d.status = "available".into();
+                        }
+                        Err(m) => {
+                            d.status = "error".into();
+                            d.fault = Some(m.clone());
+                        }
                     }
-                    Err(m) => {
-                        d.status = "error".into();
-                        d.fault = Some(m.clone());
-                    }
-                }
-                true
+                    true
+                })
             })
-        })
-        .await;
-    });
+            .await;
+        }
+        .in_current_span(),
+    );
     Ok(json_resp(
         StatusCode::ACCEPTED,
         &json!({"snapshot": snapshot_view(&id, &doc)}),

@@ -141,6 +141,12 @@ impl Cloud {
     /// Starts another control process on the same config (store, token keys), listening
     /// on its own port: a second controller.
     pub fn another_controller(&self) -> Controller {
+        self.controller_with_log("warn", None)
+    }
+
+    /// Another controller whose log (`RUST_LOG=filter`) goes to `log` instead of the test's
+    /// stderr.
+    pub fn controller_with_log(&self, filter: &str, log: Option<&Path>) -> Controller {
         let port = free_port();
         let text = std::fs::read_to_string(self.dir.path().join("control.toml")).unwrap();
         let text = text.replace(
@@ -149,12 +155,16 @@ impl Cloud {
         );
         let path = self.dir.path().join(format!("control-{port}.toml"));
         std::fs::write(&path, text).unwrap();
+        let stderr = match log {
+            Some(l) => Stdio::from(std::fs::File::create(l).unwrap()),
+            None => Stdio::inherit(),
+        };
         let child = Command::new(env!("CARGO_BIN_EXE_control"))
             .arg("--config")
             .arg(&path)
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", filter)
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .unwrap();
         wait_listening(port, "the second control");
