@@ -18,12 +18,15 @@
 //! First, one Argon2id hash's time for each of OWASP's equivalent minimum parameter sets
 //! (control uses 19 MiB, t=2, p=1). control runs in-process on a SQLite store in a temp
 //! dir with its default `[identity]` settings; its runtime and the clients' runtime each
-//! get 2 worker threads; its hashing pool one thread per core at nice 10.
+//! get 2 worker threads; its hashing pool one thread per core at nice 10. Logging is set
+//! up as the daemon's default (info to stderr), so the per-request span is measured.
 //!
 //! Knobs: `CONTROL_BENCH_SECS` (seconds per row, default 3), `CONTROL_BENCH_CLIENTS`
 //! (default 64), `CONTROL_BENCH_ONLY` (run the static row and the rows whose name contains
 //! this text, e.g. under `perf record`), `CONTROL_BENCH_LOGINS` (the mixed rows' login
-//! clients, default `2,8`), `CONTROL_BENCH_COLD_ROUNDS` (cold rounds, default 3).
+//! clients, default `2,8`), `CONTROL_BENCH_COLD_ROUNDS` (cold rounds, default 3),
+//! `CONTROL_BENCH_LOG` (control's log filter, default `info` as the daemon's; `off` shows
+//! what logging costs).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -190,6 +193,15 @@ fn ms(d: Duration) -> f64 {
 }
 
 fn main() {
+    // Logging as the daemon sets it up by default (info, to stderr, no colours): every
+    // request opens a span with its request id, and that is part of what is measured.
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(
+            std::env::var("CONTROL_BENCH_LOG").unwrap_or_else(|_| "info".into()),
+        ))
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .init();
     let secs = env_or("CONTROL_BENCH_SECS", 3);
     let clients = env_or("CONTROL_BENCH_CLIENTS", 64) as usize;
     let dir = tempfile::tempdir().unwrap();
