@@ -26,6 +26,7 @@ pub mod neutron;
 mod neutron_quota;
 mod openstack;
 mod server_meta;
+mod subnet_pool;
 pub mod telemetry;
 mod usage;
 pub mod volume;

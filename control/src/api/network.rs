@@ -1,5 +1,6 @@
 //! Neutron v2.0 under `/network`: networks (`router:external` for gateways and floating
-//! IPs) and subnets here; ports, routers, security groups and rules, floating IPs in
+//! IPs) and subnets here (a subnet's CIDR given, or taken from a subnet pool of
+//! [`super::subnet_pool`]); ports, routers, security groups and rules, floating IPs in
 //! [`super::neutron`].
 //!
 //! Design (see [`crate::network`]): control is the source of truth for every resource and
@@ -20,7 +21,7 @@ use super::{ApiError, Request, Response, blocking, json as json_resp, read_limit
 use crate::identity::Ctx;
 use crate::identity::token::now_secs;
 use crate::service::{Service, ServiceError};
-use crate::store::{Kind, Record, StoreError};
+use crate::store::{Kind, Record, StoreError, Write};
 
 /// A network.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -61,6 +62,9 @@ pub struct SubnetDoc {
     /// stored before pools were kept, which have Neutron's default ([`default_pools`]).
     #[serde(default)]
     pub allocation_pools: Option<Vec<Pool>>,
+    /// The subnet pool its CIDR was taken from, if any.
+    #[serde(default)]
+    pub subnetpool_id: Option<String>,
     /// Epoch seconds.
     pub created: u64,
 }
@@ -344,6 +348,8 @@ fn extensions() -> Response {
         ("quotas", "Quota management support"),
         ("network-ip-availability", "Network IP Availability"),
         ("quota_details", "Quota details management support"),
+        ("subnet_allocation", "Subnet Allocation"),
+        ("default-subnetpools", "Default Subnetpools"),
     ]
     .iter()
     .map(|(alias, name)| {
@@ -503,11 +509,6 @@ fn create_subnet(svc: &Service, ctx: &Ctx, n: &Map<String, Value>) -> Result<Val
     {
         return Err(ApiError::bad_request("only IPv4 subnets are supported"));
     }
-    let cidr = n
-        .get("cidr")
-        .and_then(Value::as_str)
-        .ok_or_else(|| ApiError::bad_request("subnet.cidr is required"))?;
-    let (base, len) = parse_cidr(cidr)?;
     if !svc
         .store
         .list(Kind::Subnet, Some(net_id))
@@ -518,6 +519,45 @@ fn create_subnet(svc: &Service, ctx: &Ctx, n: &Map<String, Value>) -> Result<Val
             "this cloud supports one subnet per network; the network already has one",
         ));
     }
+    let pool = super::subnet_pool::requested(svc, ctx, n)?;
+    let Some(pool_id) = pool else {
+        let cidr = n
+            .get("cidr")
+            .and_then(Value::as_str)
+            .ok_or_else(|| ApiError::bad_request("subnet.cidr is required"))?;
+        let (id, doc) = subnet_doc(n, cidr, net_id, &net.project_id, None)?;
+        svc.store
+            .insert(Record::new(Kind::Subnet, &id, net_id, None, &doc))
+            .map_err(se)?;
+        return Ok(subnet_view(&id, &doc));
+    };
+    // From a pool: the pool's record is compared-and-swapped in the subnet's batch, so a
+    // concurrent allocation from the same pool makes this one compute again.
+    for _ in 0..16 {
+        let (cidr, guard) = super::subnet_pool::allocate(svc, &pool_id, &net.project_id, n)?;
+        let (id, doc) = subnet_doc(n, &cidr, net_id, &net.project_id, Some(&pool_id))?;
+        let insert = Write::Insert(Record::new(Kind::Subnet, &id, net_id, None, &doc));
+        match svc.store.apply(&[guard, insert]) {
+            Ok(()) => return Ok(subnet_view(&id, &doc)),
+            Err(StoreError::Stale { .. }) => continue,
+            Err(e) => return Err(se(e)),
+        }
+    }
+    Err(ApiError::conflict(format!(
+        "Subnet pool {pool_id} is changing too often; try again"
+    )))
+}
+
+/// A new subnet's id and document for `cidr` (given, or taken from a pool), with the
+/// body's gateway and allocation pools checked against it.
+fn subnet_doc(
+    n: &Map<String, Value>,
+    cidr: &str,
+    net_id: &str,
+    project_id: &str,
+    subnetpool_id: Option<&str>,
+) -> Result<(String, SubnetDoc), ApiError> {
+    let (base, len) = parse_cidr(cidr)?;
     let gateway_ip = match n.get("gateway_ip") {
         None => Some(Ipv4Addr::from(u32::from(base) + 1).to_string()),
         Some(Value::Null) => None,
@@ -544,7 +584,7 @@ fn create_subnet(svc: &Service, ctx: &Ctx, n: &Map<String, Value>) -> Result<Val
             .unwrap_or("")
             .to_string(),
         network_id: net_id.to_string(),
-        project_id: net.project_id.clone(),
+        project_id: project_id.to_string(),
         cidr: cidr.to_string(),
         gateway_ip,
         enable_dhcp: n
@@ -552,13 +592,10 @@ fn create_subnet(svc: &Service, ctx: &Ctx, n: &Map<String, Value>) -> Result<Val
             .and_then(Value::as_bool)
             .unwrap_or(true),
         allocation_pools: Some(pools),
+        subnetpool_id: subnetpool_id.map(str::to_string),
         created: now_secs(),
     };
-    let id = uuid::Uuid::new_v4().to_string();
-    svc.store
-        .insert(Record::new(Kind::Subnet, &id, net_id, None, &doc))
-        .map_err(se)?;
-    Ok(subnet_view(&id, &doc))
+    Ok((uuid::Uuid::new_v4().to_string(), doc))
 }
 
 fn delete_subnet(svc: &Service, _ctx: &Ctx, id: &str, _d: SubnetDoc) -> Result<(), ApiError> {
@@ -614,7 +651,7 @@ fn subnet_view(id: &str, d: &SubnetDoc) -> Value {
         "project_id": d.project_id, "cidr": d.cidr, "ip_version": 4, "gateway_ip": d.gateway_ip,
         "enable_dhcp": d.enable_dhcp, "dns_nameservers": [], "host_routes": [],
         "allocation_pools": d.pools(),
-        "ipv6_ra_mode": null, "ipv6_address_mode": null, "subnetpool_id": null,
+        "ipv6_ra_mode": null, "ipv6_address_mode": null, "subnetpool_id": d.subnetpool_id,
         "description": "", "tags": [], "service_types": [], "created_at": t, "updated_at": t,
         "revision_number": 1})
 }

@@ -1,6 +1,7 @@
 //! Neutron v2.0's collections, served by one [`crud`] over a [`Collection`] each: networks
 //! and subnets (declared in [`super::network`]), ports, routers (gateways and interfaces),
-//! security groups and their rules, floating IPs. Stored in control (see [`crate::network`]
+//! security groups and their rules, floating IPs, subnet pools (declared in
+//! [`super::subnet_pool`]). Stored in control (see [`crate::network`]
 //! for the design and how nodes get them); errors in Neutron's statuses (404 for what does
 //! not exist or is not the caller's, 409 for conflicts such as a group in use, 400 for
 //! malformed requests).
@@ -12,6 +13,7 @@ use serde_json::{Map, Value, json};
 
 use super::network::{Net, Subnet, SubnetDoc, network, subnet_of};
 use super::openstack::{Owned, get, load as load_visible, owned, visible};
+use super::subnet_pool::Pool;
 use super::{ApiError, Request, Response, empty, json as json_resp};
 use crate::identity::Ctx;
 use crate::identity::token::now_secs;
@@ -37,7 +39,7 @@ fn t(secs: u64) -> String {
     crate::time::keystone(secs)
 }
 
-fn opt_str(o: &Map<String, Value>, key: &str) -> Result<Option<String>, ApiError> {
+pub(super) fn opt_str(o: &Map<String, Value>, key: &str) -> Result<Option<String>, ApiError> {
     match o.get(key) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => Ok(Some(s.clone())),
@@ -47,7 +49,7 @@ fn opt_str(o: &Map<String, Value>, key: &str) -> Result<Option<String>, ApiError
     }
 }
 
-fn opt_bool(o: &Map<String, Value>, key: &str) -> Result<Option<bool>, ApiError> {
+pub(super) fn opt_bool(o: &Map<String, Value>, key: &str) -> Result<Option<bool>, ApiError> {
     match o.get(key) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::Bool(b)) => Ok(Some(*b)),
@@ -59,7 +61,7 @@ fn opt_bool(o: &Map<String, Value>, key: &str) -> Result<Option<bool>, ApiError>
     }
 }
 
-fn name_of(o: &Map<String, Value>) -> Result<Option<String>, ApiError> {
+pub(super) fn name_of(o: &Map<String, Value>) -> Result<Option<String>, ApiError> {
     let n = opt_str(o, "name")?;
     if n.as_ref().is_some_and(|n| n.len() > 255) {
         return Err(ApiError::bad_request(
@@ -271,6 +273,7 @@ pub fn handle(svc: &Service, ctx: &Ctx, req: &Request) -> Option<Result<Response
         p if p == Group::PATH => crud::<Group>(svc, ctx, req, rest),
         p if p == Rule::PATH => crud::<Rule>(svc, ctx, req, rest),
         p if p == Fip::PATH => crud::<Fip>(svc, ctx, req, rest),
+        p if p == Pool::PATH => crud::<Pool>(svc, ctx, req, rest),
         _ => None,
     }
 }

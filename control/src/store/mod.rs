@@ -127,6 +127,9 @@ pub enum Kind {
     SecurityGroupRule,
     /// Neutron floating IPs (scope: project id).
     FloatingIp,
+    /// Neutron subnet pools (scope: `""`; a default pool is named `default-ipv4` or
+    /// `default-ipv6`, so there is at most one of each).
+    SubnetPool,
     /// IP addresses in use (scope: subnet id, name: the address), so that two
     /// controllers never hand out one address twice.
     IpAllocation,
@@ -153,7 +156,7 @@ pub enum Kind {
 
 impl Kind {
     /// Every kind.
-    pub const ALL: [Kind; 38] = [
+    pub const ALL: [Kind; 39] = [
         Kind::Domain,
         Kind::Project,
         Kind::User,
@@ -182,6 +185,7 @@ impl Kind {
         Kind::SecurityGroup,
         Kind::SecurityGroupRule,
         Kind::FloatingIp,
+        Kind::SubnetPool,
         Kind::IpAllocation,
         Kind::Event,
         Kind::Alarm,
@@ -225,6 +229,7 @@ impl Kind {
             Kind::SecurityGroup => "security_group",
             Kind::SecurityGroupRule => "security_group_rule",
             Kind::FloatingIp => "floatingip",
+            Kind::SubnetPool => "subnetpool",
             Kind::IpAllocation => "ip_allocation",
             Kind::Event => "event",
             Kind::Alarm => "alarm",
