@@ -20,7 +20,7 @@ fn network_quotas_are_shown_set_and_enforced_with_the_openstack_cli() {
     let (admin_token, _) = cloud.token("admin", ADMIN_PASSWORD, "admin");
 
     // Every quota the CLI shows answers, with Neutron's defaults for the network ones.
-    let q = ok_json(&admin, &["quota", "show", "qproj"]);
+    let q = quota_show(&admin, "qproj");
     for (k, v) in [
         ("networks", 100),
         ("subnets", 100),
@@ -38,7 +38,7 @@ fn network_quotas_are_shown_set_and_enforced_with_the_openstack_cli() {
     );
     // A member names the project by id (listing projects by name needs the admin role,
     // as in Keystone).
-    let q = ok_json(&member, &["quota", "show", &pid]);
+    let q = quota_show(&member, &pid);
     assert_eq!(
         (q["networks"].clone(), q["ports"].clone()),
         (json!(1), json!(2))
@@ -76,18 +76,23 @@ fn network_quotas_are_shown_set_and_enforced_with_the_openstack_cli() {
     let ports = ok_json(&member, &["port", "list", "-f", "json"]);
     assert_eq!(ports.as_array().unwrap().len(), 2, "{ports}");
 
-    // `quota list --detail` reads the details (limit and usage per resource).
-    let usage = ok_json(
-        &admin,
-        &[
-            "quota",
-            "list",
-            "--network",
-            "--detail",
-            "--project",
-            "qproj",
-        ],
-    );
+    // `quota list --detail` reads the details (limit and usage per resource); newer
+    // clients moved it to `quota show --usage`.
+    let usage = if cli_has_flag(&["quota", "list"], "--detail") {
+        ok_json(
+            &admin,
+            &[
+                "quota",
+                "list",
+                "--network",
+                "--detail",
+                "--project",
+                "qproj",
+            ],
+        )
+    } else {
+        ok_json(&admin, &["quota", "show", "--usage", "--network", "qproj"])
+    };
     let row = |name: &str| {
         usage
             .as_array()
@@ -168,7 +173,7 @@ fn network_quotas_are_shown_set_and_enforced_with_the_openstack_cli() {
             r.text()
         );
     }
-    let q = ok_json(&admin, &["quota", "show", "qproj"]);
+    let q = quota_show(&admin, "qproj");
     assert_eq!(q["ports"], 2, "{q}");
 
     let r = put(&admin_token, json!({"quota": {"port": 4}}));
@@ -195,7 +200,7 @@ fn network_quotas_are_shown_set_and_enforced_with_the_openstack_cli() {
         b"",
     );
     assert_eq!(r.status, 204, "{}", r.text());
-    let q = ok_json(&admin, &["quota", "show", "qproj"]);
+    let q = quota_show(&admin, "qproj");
     assert_eq!(
         (q["networks"].clone(), q["ports"].clone()),
         (json!(100), json!(500))

@@ -296,7 +296,8 @@ fn filters_on_300_nodes() {
         assert_eq!(hv["running_vms"], 1, "{hv}");
         let missing = common::fails(&admin, &["hypervisor", "show", "no-such-node"]);
         assert!(
-            missing.contains("No hypervisor with a name or ID"),
+            missing.contains("No hypervisor with a name or ID")
+                || missing.contains("No Hypervisor found"),
             "{missing}"
         );
         let shown = common::ok_json(&admin, &["server", "show", &lost_id]);
@@ -708,15 +709,29 @@ fn security_groups_locks_and_state_resets_on_servers_with_the_cli() {
         true
     );
 
-    // The admin's reset, and only the admin's.
-    ok(&admin, &["server", "set", "--state", "error", &mine_id]);
+    // The admin's reset, and only the admin's (newer clients ask for a confirmation
+    // unless told not to).
+    let reset = |state: &'static str, server: &str| -> Vec<String> {
+        let mut a: Vec<String> = ["server", "set", "--state", state, server]
+            .iter()
+            .map(|x| x.to_string())
+            .collect();
+        if common::cli_has_flag(&["server", "set"], "--auto-approve") {
+            a.insert(2, "--auto-approve".into());
+        }
+        a
+    };
+    fn strs(v: &[String]) -> Vec<&str> {
+        v.iter().map(String::as_str).collect()
+    }
+    ok(&admin, &strs(&reset("error", &mine_id)));
     assert_eq!(
         ok_json(&member, &["server", "show", "mine"])["status"],
         "ERROR"
     );
-    let err = fails(&member, &["server", "set", "--state", "active", "mine"]);
+    let err = fails(&member, &strs(&reset("active", "mine")));
     assert!(err.contains("403") || err.contains("Policy"), "{err}");
-    ok(&admin, &["server", "set", "--state", "active", &mine_id]);
+    ok(&admin, &strs(&reset("active", &mine_id)));
     assert_eq!(
         ok_json(&member, &["server", "show", "mine"])["status"],
         "ACTIVE"
@@ -890,8 +905,48 @@ fn servers_are_renamed_and_their_metadata_changed_with_the_cli() {
     // Another project's server is not there for the member.
     let err = fails(&member, &["server", "set", "--property", "k=v", &id]);
     assert!(
-        err.contains("No server with a name or ID") || err.contains("404"),
+        err.contains("No server with a name or ID")
+            || err.contains("No Server found")
+            || err.contains("404"),
         "{err}"
     );
     assert_eq!(meta(), json!({"x": "9"}));
+
+    // Newer clients send `--image` as the image's own local boot mapping too: the server
+    // boots from that image, with or without imageRef; a mapping naming another image
+    // than imageRef is refused.
+    let image = t.images[""].as_str();
+    let local = json!([{"uuid": image, "boot_index": 0, "source_type": "image",
+        "destination_type": "local", "delete_on_termination": true}]);
+    for (name, image_ref) in [("bdm-and-ref", Some(image)), ("bdm-only", None)] {
+        let mut server = json!({"name": name, "flavorRef": t.flavors["one"],
+            "networks": "none", "block_device_mapping_v2": local});
+        if let Some(r) = image_ref {
+            server["imageRef"] = json!(r);
+        }
+        let r = req("POST", "/compute/v2.1/servers", json!({"server": server}));
+        assert_eq!(r.status, 202, "{name}: {}", r.text());
+        let sid = r.json()["server"]["id"].as_str().unwrap().to_string();
+        let mut shown = Value::Null;
+        wait_for(&format!("{name} active"), || {
+            shown = req("GET", &format!("/compute/v2.1/servers/{sid}"), Value::Null).json();
+            shown["server"]["status"] == "ACTIVE"
+        });
+        assert_eq!(shown["server"]["image"]["id"], image, "{shown}");
+    }
+    let r = req(
+        "POST",
+        "/compute/v2.1/servers",
+        json!({"server": {"name": "mismatch", "flavorRef": t.flavors["one"],
+            "networks": "none", "imageRef": t.flavors["one"],
+            "block_device_mapping_v2": local}}),
+    );
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(
+        r.json()["badRequest"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("is not imageRef")),
+        "{}",
+        r.text()
+    );
 }

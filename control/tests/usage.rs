@@ -323,6 +323,21 @@ fn usage_counts_each_server_for_its_life_within_the_period() {
         .clone();
     assert_eq!(l[0]["server_usages"].as_array().unwrap().len(), 2, "{l}");
     assert_totals(&l[0]);
+    // Newer SDKs send the flag as a boolean's text; `detailed=0` is not detailed.
+    for (flag, detailed) in [
+        ("True", true),
+        ("true", true),
+        ("0", false),
+        ("False", false),
+    ] {
+        let l = get_ok(
+            &cloud,
+            tok,
+            &format!("os-simple-tenant-usage?{long}&detailed={flag}"),
+        )["tenant_usages"]
+            .clone();
+        assert_eq!(l[0].get("server_usages").is_some(), detailed, "{flag}: {l}");
+    }
 
     // With both deleted the numbers stop moving: the CLI must show exactly them.
     delete(&cloud, tok, &kept);

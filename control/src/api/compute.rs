@@ -1478,16 +1478,22 @@ fn create_server(
             )));
         }
     }
-    let boot = parse_bdm(s)?;
+    let (boot, local_image) = parse_bdm(s)?;
     let image_ref = s
         .get("imageRef")
         .and_then(Value::as_str)
         .map(ref_id)
         .filter(|i| !i.is_empty());
     let image_id = match &boot {
-        Boot::Image => image_ref
-            .ok_or_else(|| ApiError::bad_request("server.imageRef is required"))?
-            .to_string(),
+        Boot::Image => match (image_ref, local_image.as_deref()) {
+            (Some(r), Some(m)) if r != m => {
+                return Err(ApiError::bad_request(format!(
+                    "Block Device Mapping is Invalid: the boot mapping's image {m} is not imageRef {r}"
+                )));
+            }
+            (Some(i), _) | (None, Some(i)) => i.to_string(),
+            (None, None) => return Err(ApiError::bad_request("server.imageRef is required")),
+        },
         Boot::ImageToVolume { image, .. } => image.clone(),
         Boot::Volume { id, .. } => {
             let (_, v) = super::volume::load_volume(svc, ctx, id).map_err(|_| {
@@ -2017,12 +2023,14 @@ enum Boot {
     },
 }
 
-/// Reads `block_device_mapping_v2`: nothing, or one boot volume (`boot_index` 0,
+/// Reads `block_device_mapping_v2`: nothing, the image itself as the local boot disk
+/// (`boot_index` 0, source `image`, destination `local`: what newer clients send for
+/// `--image`; the image it names comes back too), or one boot volume (`boot_index` 0,
 /// destination `volume`, source `volume` or `image`).
-fn parse_bdm(s: &Value) -> Result<Boot, ApiError> {
+fn parse_bdm(s: &Value) -> Result<(Boot, Option<String>), ApiError> {
     let list = match s.get("block_device_mapping_v2") {
-        None | Some(Value::Null) => return Ok(Boot::Image),
-        Some(Value::Array(a)) if a.is_empty() => return Ok(Boot::Image),
+        None | Some(Value::Null) => return Ok((Boot::Image, None)),
+        Some(Value::Array(a)) if a.is_empty() => return Ok((Boot::Image, None)),
         Some(Value::Array(a)) => a,
         Some(_) => {
             return Err(ApiError::bad_request(
@@ -2058,6 +2066,10 @@ fn parse_bdm(s: &Value) -> Result<Boot, ApiError> {
         ));
     }
     let dest = text("destination_type").unwrap_or("volume");
+    if dest == "local" && text("source_type") == Some("image") {
+        let image = text("uuid").filter(|u| !u.is_empty()).map(str::to_string);
+        return Ok((Boot::Image, image));
+    }
     if dest != "volume" {
         return Err(ApiError::bad_request(format!(
             "Block Device Mapping is Invalid: destination_type {dest:?} is not supported (only volume)"
@@ -2078,11 +2090,11 @@ fn parse_bdm(s: &Value) -> Result<Boot, ApiError> {
             ));
         }
     };
-    match text("source_type") {
-        Some("volume") => Ok(Boot::Volume {
+    let boot = match text("source_type") {
+        Some("volume") => Boot::Volume {
             id: uuid,
             delete_on_termination,
-        }),
+        },
         Some("image") => {
             let size = m
                 .get("volume_size")
@@ -2093,16 +2105,19 @@ fn parse_bdm(s: &Value) -> Result<Boot, ApiError> {
                         "Block Device Mapping is Invalid: volume_size (1 to 16384 GiB) is required for an image source",
                     )
                 })?;
-            Ok(Boot::ImageToVolume {
+            Boot::ImageToVolume {
                 image: uuid,
                 size,
                 delete_on_termination,
-            })
+            }
         }
-        other => Err(ApiError::bad_request(format!(
-            "Block Device Mapping is Invalid: source_type {other:?} is not supported (volume or image)"
-        ))),
-    }
+        other => {
+            return Err(ApiError::bad_request(format!(
+                "Block Device Mapping is Invalid: source_type {other:?} is not supported (volume or image)"
+            )));
+        }
+    };
+    Ok((boot, None))
 }
 
 /// Gives an existing boot volume back (in-use -> available) when its server was not made.

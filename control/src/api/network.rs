@@ -509,6 +509,11 @@ fn create_subnet(svc: &Service, ctx: &Ctx, n: &Map<String, Value>) -> Result<Val
     {
         return Err(ApiError::bad_request("only IPv4 subnets are supported"));
     }
+    // A malformed body is a 400 whatever the network holds, as Neutron validates
+    // attributes before looking at anything.
+    if let Some(c) = n.get("cidr").and_then(Value::as_str) {
+        parse_cidr(c)?;
+    }
     if !svc
         .store
         .list(Kind::Subnet, Some(net_id))

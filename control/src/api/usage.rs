@@ -84,7 +84,12 @@ pub(crate) fn list(svc: &Service, ctx: &Ctx, req: &Request) -> Result<Value, Api
         return Err(policy("list"));
     }
     let period = Period::from_query(req, now_micros())?;
-    let detailed = first(req, "detailed") == Some("1");
+    // Nova's own clients send `1`; newer SDKs send a boolean's text (`True`).
+    let detailed = first(req, "detailed").is_some_and(|d| {
+        ["1", "true", "yes", "on"]
+            .iter()
+            .any(|t| d.eq_ignore_ascii_case(t))
+    });
     let servers = load(svc, None)?;
     Ok(json!({"tenant_usages": report(&servers, &period, detailed)}))
 }

@@ -369,6 +369,40 @@ pub fn ok_json(env: &[(String, String)], args: &[&str]) -> serde_json::Value {
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("{args:?}: {e}: {text}"))
 }
 
+/// `openstack quota show PROJECT` as one object keyed by the older client's names
+/// (`networks`, `floating-ips`, `secgroups`, ...): Debian's client prints an object, newer
+/// ones a list of `{"Resource", "Limit"}` rows with Neutron's own names.
+pub fn quota_show(env: &[(String, String)], project: &str) -> serde_json::Value {
+    let v = ok_json(env, &["quota", "show", project]);
+    let Some(rows) = v.as_array() else {
+        return v;
+    };
+    let mut map = serde_json::Map::new();
+    for r in rows {
+        let Some(name) = r["Resource"].as_str() else {
+            continue;
+        };
+        let name = match name {
+            "floating_ips" => "floating-ips",
+            "security_groups" => "secgroups",
+            "security_group_rules" => "secgroup-rules",
+            other => other,
+        };
+        map.insert(name.to_string(), r["Limit"].clone());
+    }
+    serde_json::Value::Object(map)
+}
+
+/// Whether the CLI's help for `args` mentions `flag` (options newer clients added).
+pub fn cli_has_flag(args: &[&str], flag: &str) -> bool {
+    let mut a = args.to_vec();
+    a.push("--help");
+    Command::new(cli())
+        .args(&a)
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(flag))
+}
+
 /// Runs `openstack ARGS`, asserting failure; returns stderr.
 pub fn fails(env: &[(String, String)], args: &[&str]) -> String {
     let out = openstack(env, args);
