@@ -50,6 +50,13 @@ enum Command {
     },
     /// Make a new primary token signing key now.
     RotateKeys,
+    /// Forget the deleted servers terminated before a time (UTC), as `nova-manage db purge
+    /// --before` does: usage reports stop counting them.
+    PurgeDeleted {
+        /// `YYYY-MM-DD` (midnight UTC) or `YYYY-MM-DDTHH:MM:SS`.
+        #[arg(long)]
+        before: String,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -117,6 +124,20 @@ fn main() -> anyhow::Result<()> {
                 config.raw.tokens.max_keys,
             )?;
             println!("new primary key {}", ring.rotate()?);
+        }
+        Command::PurgeDeleted { before } => {
+            let text = if before.len() == 10 {
+                format!("{before}T00:00:00")
+            } else {
+                before.clone()
+            };
+            let Some(at) = control::time::parse(&text) else {
+                anyhow::bail!(
+                    "--before {before:?}: expected YYYY-MM-DD or YYYY-MM-DDTHH:MM:SS (UTC)"
+                );
+            };
+            let n = control::api::usage::purge_terminated(store.as_ref(), at)?;
+            println!("purged {n} deleted servers terminated before {text}Z");
         }
     }
     Ok(())

@@ -556,3 +556,73 @@ fn members_see_their_own_usage_and_bad_periods_are_refused() {
     let err = common::fails(&member_env, &["usage", "show", "--project", &admin_pid]);
     assert!(err.contains("403"), "{err}");
 }
+
+/// `control purge-deleted --before` forgets deleted servers terminated before then, and
+/// only those: the usage report stops counting them; live servers are untouched.
+#[test]
+fn purged_deleted_servers_stop_counting() {
+    let (cloud, _agents) = cloud_with_node();
+    let t = Tenant::setup(&cloud, &[""], &[("one", 1, 512, 1)]);
+    let tok = t.token.as_str();
+    let (_, body) = cloud.token("admin", common::ADMIN_PASSWORD, "admin");
+    let pid = body["token"]["project"]["id"].as_str().unwrap().to_string();
+    let gone = create(&cloud, &t, tok, "gone", "one");
+    let kept = create(&cloud, &t, tok, "kept", "one");
+    wait_active(&cloud, tok, &gone);
+    wait_active(&cloud, tok, &kept);
+    delete(&cloud, tok, &gone);
+    let period = format!(
+        "start={}&end={}",
+        iso(now_secs() - 86_400),
+        iso(now_secs() + 86_400)
+    );
+    let counted = || -> Vec<String> {
+        let u = get_ok(
+            &cloud,
+            tok,
+            &format!("os-simple-tenant-usage/{pid}?{period}"),
+        );
+        u["tenant_usage"]["server_usages"]
+            .as_array()
+            .map(|l| {
+                l.iter()
+                    .map(|s| s["instance_id"].as_str().unwrap().to_string())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let mut both = vec![gone.clone(), kept.clone()];
+    both.sort();
+    let mut now = counted();
+    now.sort();
+    assert_eq!(now, both);
+
+    let purge = |before: &str| cloud.control(&["purge-deleted", "--before", before]);
+    // A bad time: an exit code and what was expected; nothing forgotten.
+    let out = purge("yesterday");
+    assert!(!out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("expected YYYY-MM-DD"),
+        "{out:?}"
+    );
+    // Before the delete: nothing to forget.
+    let out = purge("2000-01-01");
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("purged 0 "),
+        "{out:?}"
+    );
+    let mut now = counted();
+    now.sort();
+    assert_eq!(now, both);
+    // After it: the deleted server is forgotten, the live one still counts.
+    let tomorrow = &iso(now_secs() + 86_400)[..10];
+    let out = purge(tomorrow);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("purged 1 "),
+        "{out:?}"
+    );
+    assert_eq!(counted(), vec![kept.clone()]);
+    assert_eq!(server_view(&cloud, tok, &kept)["status"], "ACTIVE");
+}

@@ -28,7 +28,7 @@ mod openstack;
 mod server_meta;
 mod subnet_pool;
 pub mod telemetry;
-mod usage;
+pub mod usage;
 pub mod volume;
 
 /// A response body: whole JSON or a stream of image bytes.

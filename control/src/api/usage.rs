@@ -23,7 +23,7 @@ use crate::compute::{FlavorDoc, ServerDoc};
 use crate::identity::Ctx;
 use crate::identity::token::now_secs;
 use crate::service::{Service, ServiceError};
-use crate::store::{Kind, Record, StoreError, Write};
+use crate::store::{Kind, Record, Store, StoreError, Write};
 
 /// What usage reports keep of a deleted server.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -38,6 +38,23 @@ pub struct TerminatedServerDoc {
     pub launched_at: u64,
     /// Epoch seconds of the delete.
     pub terminated_at: u64,
+}
+
+/// Forgets the deleted servers terminated before `before` (epoch seconds), as Nova's
+/// `nova-manage db purge --before` drops its soft-deleted rows: usage reports of periods
+/// reaching back before then stop counting them. One atomic batch; returns how many.
+pub fn purge_terminated(store: &dyn Store, before: u64) -> Result<usize, StoreError> {
+    let mut writes = Vec::new();
+    for r in store.list(Kind::TerminatedServer, None)? {
+        let d: TerminatedServerDoc = r.parse()?;
+        if d.terminated_at < before {
+            writes.push(Write::Delete(Kind::TerminatedServer, r.id));
+        }
+    }
+    if !writes.is_empty() {
+        store.apply(&writes)?;
+    }
+    Ok(writes.len())
 }
 
 fn se(e: StoreError) -> ApiError {
