@@ -1,7 +1,8 @@
 //! Keystone v3 over HTTP: version discovery, tokens, domains, projects, users, groups,
-//! roles and assignments, the catalog (services, endpoints, regions) and application
-//! credentials. Handlers run on the async worker when all they read is in memory, else on
-//! the blocking pool; password and secret checks run on the hashing pool before them.
+//! roles and assignments, the catalog (services, endpoints, regions), application
+//! credentials, credentials and unified limits (`limit`). Handlers run on the async worker
+//! when all they read is in memory, else on the blocking pool; password and secret checks
+//! run on the hashing pool before them.
 
 use std::sync::Arc;
 
@@ -20,6 +21,7 @@ use crate::service::{Service, ServiceError};
 use crate::store::{Kind, Record, StoreError, Write};
 
 mod credential;
+mod limit;
 
 type Res = Result<Response, ServiceError>;
 
@@ -364,6 +366,8 @@ fn resources(svc: &Service, req: &Request, ctx: &Ctx, s: &[&str]) -> Res {
             credential::os_ec2(svc, req, ctx, uid, rest)
         }
         (["credentials", rest @ ..], _) => credential::credentials(svc, req, ctx, rest),
+        (["registered_limits", rest @ ..], _) => limit::registered_limits(svc, req, ctx, rest),
+        (["limits", rest @ ..], _) => limit::limits(svc, req, ctx, rest),
         (["users", uid, "application_credentials"], Method::POST) => {
             create_app_cred(svc, req, ctx, uid)
         }
@@ -894,7 +898,10 @@ resource! {
             && bool_filter(req, "enabled").is_none_or(|e| p.enabled == e)
     }
     fn on_delete(svc: &Service, r: &Record, _: &ProjectDoc) -> Result<Vec<Write>, ServiceError> {
-        assignments_where(svc, Some(&format!("project:{}", r.id)), |_| true)
+        // As Keystone: the project's role assignments and limits go with it.
+        let mut writes = assignments_where(svc, Some(&format!("project:{}", r.id)), |_| true)?;
+        writes.extend(limit::of_project(svc, &r.id)?);
+        Ok(writes)
     }
 }
 

@@ -152,11 +152,15 @@ pub enum Kind {
     TerminatedServer,
     /// Nova instance actions (scope: server id; id: `<server id>:<request id>`).
     InstanceAction,
+    /// Keystone registered limits (name: service, region and resource, so unique).
+    RegisteredLimit,
+    /// Keystone project limits (scope: project id; name as a registered limit's).
+    Limit,
 }
 
 impl Kind {
     /// Every kind.
-    pub const ALL: [Kind; 39] = [
+    pub const ALL: [Kind; 41] = [
         Kind::Domain,
         Kind::Project,
         Kind::User,
@@ -196,6 +200,8 @@ impl Kind {
         Kind::Credential,
         Kind::TerminatedServer,
         Kind::InstanceAction,
+        Kind::RegisteredLimit,
+        Kind::Limit,
     ];
 
     /// The name stored in the `kind` column.
@@ -240,6 +246,8 @@ impl Kind {
             Kind::Credential => "credential",
             Kind::TerminatedServer => "terminated_server",
             Kind::InstanceAction => "instance_action",
+            Kind::RegisteredLimit => "registered_limit",
+            Kind::Limit => "limit",
         }
     }
 }
