@@ -181,8 +181,8 @@ fn collection(svc: &Service, key: &str, path: &str, items: Vec<Value>) -> Respon
     )
 }
 
-/// Parses `{"<key>": {...}}` into T, rejecting other top-level keys.
-fn wrapped<T: serde::de::DeserializeOwned>(req: &Request, key: &str) -> Result<T, ServiceError> {
+/// The value under `key` of a body `{"<key>": ...}`, rejecting other top-level keys.
+fn envelope(req: &Request, key: &str) -> Result<Value, ServiceError> {
     let v: Value = req.json()?;
     let Value::Object(mut o) = v else {
         return Err(ApiError::bad_request("the body must be a JSON object").into());
@@ -196,6 +196,12 @@ fn wrapped<T: serde::de::DeserializeOwned>(req: &Request, key: &str) -> Result<T
         ))
         .into());
     }
+    Ok(inner)
+}
+
+/// Parses `{"<key>": {...}}` into T, rejecting other top-level keys.
+fn wrapped<T: serde::de::DeserializeOwned>(req: &Request, key: &str) -> Result<T, ServiceError> {
+    let inner = envelope(req, key)?;
     serde_json::from_value(inner)
         .map_err(|e| ApiError::bad_request(format!("invalid '{key}': {e}")).into())
 }

@@ -15,7 +15,7 @@ use http::{Method, StatusCode};
 use serde::{Deserialize, Deserializer, Serialize, de::DeserializeOwned};
 use serde_json::{Value, json};
 
-use super::{Res, admin, collection, conflict, link, wrapped};
+use super::{Res, admin, collection, conflict, envelope, link, wrapped};
 use crate::api::{ApiError, Request, empty, json as json_resp};
 use crate::identity::{Ctx, new_id};
 use crate::service::{Service, ServiceError};
@@ -111,20 +111,7 @@ fn missing(attribute: &str, target: &str) -> ServiceError {
 
 /// Parses `{"<key>": [ {...}, ... ]}` (at least one item) into Ts.
 fn batch<T: DeserializeOwned>(req: &Request, key: &str) -> Result<Vec<T>, ServiceError> {
-    let v: Value = req.json()?;
-    let Value::Object(mut o) = v else {
-        return Err(ApiError::bad_request("the body must be a JSON object").into());
-    };
-    let items = o
-        .remove(key)
-        .ok_or_else(|| ApiError::bad_request(format!("'{key}' is a required property")))?;
-    if let Some(k) = o.keys().next() {
-        return Err(ApiError::bad_request(format!(
-            "Additional properties are not allowed ('{k}' was unexpected)"
-        ))
-        .into());
-    }
-    let Value::Array(items) = items else {
+    let Value::Array(items) = envelope(req, key)? else {
         return Err(ApiError::bad_request(format!("'{key}' must be a list")).into());
     };
     if items.is_empty() {
