@@ -404,7 +404,15 @@ fn an_alarm_fires_its_webhook_and_recovers() {
         ),
         1.0
     );
-    assert!(m.get("ferrostack_control_alarm_webhook_calls_total", &[]) >= 2.0);
+    // control counts a call once the receiver's answer is read, which can be just after
+    // the receiver above has the body: wait for the count rather than race it.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut calls = m.get("ferrostack_control_alarm_webhook_calls_total", &[]);
+    while calls < 2.0 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        calls = scrape(&cloud).get("ferrostack_control_alarm_webhook_calls_total", &[]);
+    }
+    assert!(calls >= 2.0, "{calls} webhook calls counted");
 
     assert_eq!(cloud.req("DELETE", &path, Some(&bob), &[], b"").status, 204);
     assert_eq!(cloud.req("GET", &path, Some(&bob), &[], b"").status, 404);
