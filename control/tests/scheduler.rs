@@ -711,12 +711,13 @@ fn security_groups_locks_and_state_resets_on_servers_with_the_cli() {
 
     // The admin's reset, and only the admin's (newer clients ask for a confirmation
     // unless told not to).
+    let auto_approve = common::cli_has_flag(&["server", "set"], "--auto-approve");
     let reset = |state: &'static str, server: &str| -> Vec<String> {
         let mut a: Vec<String> = ["server", "set", "--state", state, server]
             .iter()
             .map(|x| x.to_string())
             .collect();
-        if common::cli_has_flag(&["server", "set"], "--auto-approve") {
+        if auto_approve {
             a.insert(2, "--auto-approve".into());
         }
         a
