@@ -1605,3 +1605,47 @@ fn the_log_names_each_request_by_the_id_its_client_was_given() {
         failed[0]
     );
 }
+
+#[test]
+fn an_error_answered_before_the_body_closes_the_connection_and_says_so() {
+    use std::io::{Read, Write};
+    let cloud = Cloud::start();
+    let (admin, _) = cloud.token("admin", ADMIN_PASSWORD, "admin");
+    let exchange = |text: &str| {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", cloud.port)).unwrap();
+        s.set_read_timeout(Some(std::time::Duration::from_secs(30)))
+            .unwrap();
+        s.write_all(text.as_bytes()).unwrap();
+        let mut raw = Vec::new();
+        let _ = s.read_to_end(&mut raw);
+        String::from_utf8_lossy(&raw).into_owned()
+    };
+    // An upload to an image that does not exist, its body held back behind `Expect:
+    // 100-continue`: answered 404 without the body, and the answer says the connection
+    // ends, so the client does not send its next request on it.
+    let missing = "/image/v2/images/7d4a1f0e-0000-4000-8000-000000000000/file";
+    let text = exchange(&format!(
+        "PUT {missing} HTTP/1.1\r\nhost: x\r\nx-auth-token: {admin}\r\n\
+         content-type: application/octet-stream\r\nexpect: 100-continue\r\n\
+         content-length: 1000000\r\n\r\n"
+    ));
+    assert!(text.starts_with("HTTP/1.1 404"), "{text}");
+    assert!(
+        text.to_ascii_lowercase()
+            .contains("\r\nconnection: close\r\n"),
+        "{text}"
+    );
+    // Requests that succeed keep the connection, and so does an error to a request
+    // without a body: three answers on one connection.
+    let text = exchange(&format!(
+        "GET /v3 HTTP/1.1\r\nhost: x\r\n\r\n\
+         GET {missing} HTTP/1.1\r\nhost: x\r\nx-auth-token: {admin}\r\n\r\n\
+         GET /v3/auth/tokens HTTP/1.1\r\nhost: x\r\nx-auth-token: {admin}\r\n\
+         x-subject-token: {admin}\r\nconnection: close\r\n\r\n"
+    ));
+    let statuses: Vec<&str> = text
+        .match_indices("HTTP/1.1 ")
+        .map(|(i, _)| &text[i + 9..i + 12])
+        .collect();
+    assert_eq!(statuses, ["200", "404", "200"], "{text}");
+}

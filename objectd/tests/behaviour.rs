@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -3151,4 +3151,60 @@ fn s3_bucket_owner_full_control_is_accepted_where_private_is() {
         s3(&d, "HEAD", "/bofc/refused", &[], b"", SECRET_KEY).status,
         404
     );
+}
+
+/// Sends a request head on a kept-alive connection and reads its answer to EOF.
+fn send_head_only(d: &Daemon, head: &str) -> Resp {
+    let mut s = TcpStream::connect(("127.0.0.1", d.port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    s.write_all(head.as_bytes()).unwrap();
+    read_response(&mut s, false)
+}
+
+#[test]
+fn an_error_answered_before_the_body_closes_the_connection_and_says_so() {
+    let d = Daemon::start();
+    let t = d.token();
+    // boto3 and the swift client send `Expect: 100-continue` and hold the body back. An
+    // error answered before it is read ends the connection, and the answer must say so,
+    // or the client reuses the connection and its next request gets no answer.
+    let r = send_head_only(
+        &d,
+        &format!(
+            "PUT /v1/AUTH_test/missing/obj HTTP/1.1\r\nHost: x\r\nX-Auth-Token: {t}\r\n\
+             Expect: 100-continue\r\nContent-Length: 100000\r\n\r\n"
+        ),
+    );
+    assert_eq!(r.status, 404, "{}", r.text());
+    assert_eq!(r.header("connection"), Some("close"), "{:?}", r.headers);
+    // The same without Expect: the body is on its way but not read.
+    let r = send_head_only(
+        &d,
+        "PUT /v1/AUTH_test/missing/obj HTTP/1.1\r\nHost: x\r\nX-Auth-Token: bad\r\n\
+         Content-Length: 100000\r\n\r\n",
+    );
+    assert_eq!(r.status, 401, "{}", r.text());
+    assert_eq!(r.header("connection"), Some("close"), "{:?}", r.headers);
+
+    // A request that succeeds, or an error to a request without a body, keeps the
+    // connection: two answers on one connection.
+    swift_put(&d, &t, "/v1/AUTH_test/kept", b"");
+    let mut s = TcpStream::connect(("127.0.0.1", d.port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    write!(
+        s,
+        "PUT /v1/AUTH_test/kept/o HTTP/1.1\r\nHost: x\r\nX-Auth-Token: {t}\r\nContent-Length: 3\r\n\r\nabc\
+         GET /v1/AUTH_test/kept/nothing HTTP/1.1\r\nHost: x\r\nX-Auth-Token: {t}\r\n\r\n\
+         GET /v1/AUTH_test/kept/o HTTP/1.1\r\nHost: x\r\nX-Auth-Token: {t}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut raw = Vec::new();
+    let _ = s.read_to_end(&mut raw);
+    let text = String::from_utf8_lossy(&raw);
+    let statuses: Vec<&str> = text
+        .match_indices("HTTP/1.1 ")
+        .map(|(i, _)| &text[i + 9..i + 12])
+        .collect();
+    assert_eq!(statuses, ["201", "404", "200"], "{text}");
+    assert!(text.ends_with("abc"), "{text}");
 }

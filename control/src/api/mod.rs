@@ -276,6 +276,15 @@ pub async fn handle(svc: Arc<Service>, req: http::Request<hyper::body::Incoming>
     let started = std::time::Instant::now();
     let rid = instance_actions::new_request_id();
     let method = req.method().clone();
+    // An error can be answered before the request's body is read (or, with `Expect:
+    // 100-continue`, before it is sent); hyper then ends the connection after the answer,
+    // and the answer must say so, or the client sends its next request on a closed
+    // connection.
+    let declares_body = req.headers().contains_key(http::header::TRANSFER_ENCODING)
+        || req
+            .headers()
+            .get(http::header::CONTENT_LENGTH)
+            .is_some_and(|v| v.as_bytes() != b"0");
     let first = segs.first().map(String::as_str);
     let api = match first {
         Some("image") => 1,
@@ -330,6 +339,10 @@ pub async fn handle(svc: Arc<Service>, req: http::Request<hyper::body::Incoming>
     .instrument(span.clone())
     .await;
     let mut resp = resp;
+    if declares_body && !resp.status().is_success() {
+        resp.headers_mut()
+            .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+    }
     // Every OpenStack service answers with a request id (clients log it; for Nova it is
     // also the id of the instance actions the request records).
     if let Ok(v) = HeaderValue::from_str(&rid) {

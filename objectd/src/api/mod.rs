@@ -202,17 +202,21 @@ pub async fn handle(state: Arc<State>, req: Request) -> Result<Response, Infalli
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok())
         .unwrap_or(0);
+    let declares_body = declares_body(req.headers());
     let result = match api {
         Api::Internal => Ok(metrics_response(&state)),
         Api::Swift => swift::handle(&state, req).await,
         Api::S3 => s3::handle(&state, req).await,
     };
-    let resp = result.unwrap_or_else(|e| {
+    let mut resp = result.unwrap_or_else(|e| {
         if e.status.is_server_error() {
             tracing::warn!(api = api.label(), code = e.code, message = %e.message, "request failed");
         }
         e.render(api)
     });
+    if declares_body && !resp.status().is_success() {
+        close_after(&mut resp);
+    }
     let bytes_out = resp
         .headers()
         .get("content-length")
@@ -232,6 +236,23 @@ pub async fn handle(state: Arc<State>, req: Request) -> Result<Response, Infalli
         },
     );
     Ok(resp)
+}
+
+/// Whether a request says a body follows it.
+fn declares_body(headers: &::http::HeaderMap) -> bool {
+    headers.contains_key(::http::header::TRANSFER_ENCODING)
+        || header(headers, "content-length").is_some_and(|v| v.trim() != "0")
+}
+
+/// Marks an answer as the connection's last. An error can be answered before the request's
+/// body is read (or, with `Expect: 100-continue`, before it is sent); hyper then closes the
+/// connection after the answer, and a client that was not told so may send its next
+/// request on it and get no answer.
+fn close_after(resp: &mut Response) {
+    resp.headers_mut().insert(
+        ::http::header::CONNECTION,
+        ::http::HeaderValue::from_static("close"),
+    );
 }
 
 fn metrics_response(state: &State) -> Response {
