@@ -313,6 +313,7 @@ pub(crate) fn image_url(svc: &Service, image_id: &str) -> Result<String, ApiErro
         audit_id: random_audit_id().map_err(|e| ApiError::from(ServiceError::from(e)))?,
         parent_audit_id: None,
         app_cred_id: None,
+        trust_id: None,
     };
     let token = svc
         .keys

@@ -1,6 +1,6 @@
 //! Keystone v3 over HTTP: version discovery, tokens, domains, projects, users, groups,
 //! roles and assignments, the catalog (services, endpoints, regions), application
-//! credentials, credentials and unified limits (`limit`). Handlers run on the async worker
+//! credentials, credentials, unified limits (`limit`) and trusts (`trust`). Handlers run on the async worker
 //! when all they read is in memory, else on the blocking pool; password and secret checks
 //! run on the hashing pool before them.
 
@@ -22,6 +22,7 @@ use crate::store::{Kind, Record, StoreError, Write};
 
 mod credential;
 mod limit;
+mod trust;
 
 type Res = Result<Response, ServiceError>;
 
@@ -374,6 +375,7 @@ fn resources(svc: &Service, req: &Request, ctx: &Ctx, s: &[&str]) -> Res {
         (["credentials", rest @ ..], _) => credential::credentials(svc, req, ctx, rest),
         (["registered_limits", rest @ ..], _) => limit::registered_limits(svc, req, ctx, rest),
         (["limits", rest @ ..], _) => limit::limits(svc, req, ctx, rest),
+        (["OS-TRUST", "trusts", rest @ ..], _) => trust::trusts(svc, req, ctx, rest),
         (["users", uid, "application_credentials"], Method::POST) => {
             create_app_cred(svc, req, ctx, uid)
         }
@@ -904,9 +906,10 @@ resource! {
             && bool_filter(req, "enabled").is_none_or(|e| p.enabled == e)
     }
     fn on_delete(svc: &Service, r: &Record, _: &ProjectDoc) -> Result<Vec<Write>, ServiceError> {
-        // As Keystone: the project's role assignments and limits go with it.
+        // As Keystone: the project's role assignments, limits and trusts go with it.
         let mut writes = assignments_where(svc, Some(&format!("project:{}", r.id)), |_| true)?;
         writes.extend(limit::of_project(svc, &r.id)?);
+        writes.extend(trust::of_project(svc, &r.id)?);
         Ok(writes)
     }
 }
@@ -1008,6 +1011,7 @@ resource! {
                 writes.push(Write::Delete(k, c.id));
             }
         }
+        writes.extend(trust::of_user(svc, id)?);
         Ok(writes)
     }
     fn after_delete(svc: &Service, id: &str) -> Result<(), ServiceError> {

@@ -749,6 +749,7 @@ fn service_token(svc: &Service) -> Result<Session, ServiceError> {
         audit_id: random_audit_id()?,
         parent_audit_id: None,
         app_cred_id: None,
+        trust_id: None,
     };
     let token = svc.keys.seal(&claims)?;
     let renew = expiry

@@ -157,6 +157,7 @@ impl Service {
             audit_id: token::random_audit_id()?,
             parent_audit_id: None,
             app_cred_id: None,
+            trust_id: None,
         })
     }
 }

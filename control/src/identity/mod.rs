@@ -197,6 +197,26 @@ pub struct AppCredDoc {
     pub unrestricted: bool,
 }
 
+/// A trust (scope: the trustor's user id): the trustor delegates some of its roles on a
+/// project to the trustee, who gets tokens carrying them through the trust.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TrustDoc {
+    /// Who delegates.
+    pub trustor_user_id: String,
+    /// Who may use the trust.
+    pub trustee_user_id: String,
+    /// The project the roles are on.
+    pub project_id: String,
+    /// The role ids delegated (the trustor must keep holding each of them).
+    pub roles: Vec<String>,
+    /// Tokens through the trust name the trustor as their user, not the trustee.
+    pub impersonation: bool,
+    /// Seconds since the epoch, if it expires.
+    pub expires_at: Option<u64>,
+    /// Tokens that may still be issued through it (`None`: any number).
+    pub remaining_uses: Option<u64>,
+}
+
 /// A revocation record.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RevocationDoc {
@@ -458,7 +478,10 @@ impl Service {
                 if !doc.enabled || !self.domain_enabled(&doc.domain_id)? {
                     return Err(unauthorized().into());
                 }
-                let mut roles = self.effective_roles(&claims.user_id, "project", p)?;
+                let mut roles = match &claims.trust_id {
+                    Some(t) => self.trust_roles(t, &claims.user_id, p)?,
+                    None => self.effective_roles(&claims.user_id, "project", p)?,
+                };
                 if let Some(ac) = &claims.app_cred_id {
                     let rec = self
                         .store
@@ -496,6 +519,57 @@ impl Service {
             domain_id,
             roles,
         })
+    }
+
+    /// The roles a token made through trust `id` for `user_id` carries on `project`: the
+    /// trust's (implied roles added), while the trust lasts, its trustor and trustee are
+    /// enabled and the trustor still holds every role it delegated. Else 401.
+    fn trust_roles(
+        &self,
+        id: &str,
+        user_id: &str,
+        project: &str,
+    ) -> Result<Vec<(String, String)>, ServiceError> {
+        let t: TrustDoc = self
+            .store
+            .get(Kind::Trust, id)?
+            .ok_or_else(unauthorized)?
+            .parse()?;
+        let user = if t.impersonation {
+            &t.trustor_user_id
+        } else {
+            &t.trustee_user_id
+        };
+        if user != user_id
+            || t.project_id != project
+            || t.expires_at.is_some_and(|e| e <= now_secs())
+        {
+            return Err(unauthorized().into());
+        }
+        let roles = self.delegable_roles(&t)?.ok_or_else(unauthorized)?;
+        for other in [&t.trustor_user_id, &t.trustee_user_id] {
+            let enabled = match self.store.get(Kind::User, other)? {
+                Some(r) => r.parse::<UserDoc>()?.enabled,
+                None => false,
+            };
+            if !enabled {
+                return Err(unauthorized().into());
+            }
+        }
+        Ok(roles)
+    }
+
+    /// A trust's roles with the roles they imply, if its trustor still holds every role
+    /// it delegated on its project; `None` if not.
+    pub fn delegable_roles(
+        &self,
+        t: &TrustDoc,
+    ) -> Result<Option<Vec<(String, String)>>, ServiceError> {
+        let held = self.effective_roles(&t.trustor_user_id, "project", &t.project_id)?;
+        if !t.roles.iter().all(|r| held.iter().any(|(id, _)| id == r)) {
+            return Ok(None);
+        }
+        Ok(Some(self.expand_roles(t.roles.clone())?))
     }
 
     fn domain_enabled(&self, id: &str) -> Result<bool, ServiceError> {
@@ -628,6 +702,14 @@ impl Service {
             let d: AppCredDoc = r.parse()?;
             t["application_credential"] =
                 json!({"id": ac, "name": d.name, "restricted": !d.unrestricted});
+        }
+        if let Some(id) = &c.trust_id
+            && let Some(r) = self.store.get(Kind::Trust, id)?
+        {
+            let d: TrustDoc = r.parse()?;
+            t["OS-TRUST:trust"] = json!({"id": id, "impersonation": d.impersonation,
+                "trustor_user": {"id": d.trustor_user_id},
+                "trustee_user": {"id": d.trustee_user_id}});
         }
         Ok(json!({ "token": t }))
     }
@@ -804,6 +886,12 @@ impl Service {
                     )
                     .into());
                 }
+                if old.trust_id.is_some() {
+                    return Err(ApiError::forbidden(
+                        "tokens made through a trust cannot be rescoped",
+                    )
+                    .into());
+                }
                 expires_at = old.expires_at;
                 parent = Some(old.audit_id);
                 (old.user_id, method::TOKEN | old.methods)
@@ -852,9 +940,29 @@ impl Service {
             }
             None => return Err(ApiError::bad_request("identity.methods is empty").into()),
         };
-        let scope = match fixed_scope {
-            Some(s) => s,
-            None => self.resolve_scope(auth.auth.scope.as_ref(), &user_id)?,
+        let mut trust_id = None;
+        let (user_id, scope) = match (fixed_scope, auth.auth.scope.as_ref()) {
+            (Some(s), _) => (user_id, s),
+            (
+                None,
+                Some(ScopeBody {
+                    trust: Some(t),
+                    project: None,
+                    domain: None,
+                    system: None,
+                }),
+            ) => {
+                let (user, project, until) = self.use_trust(&t.id, &user_id)?;
+                if let Some(e) = until {
+                    expires_at = expires_at.min(e);
+                }
+                trust_id = Some(t.id.clone());
+                (user, Scope::Project(project))
+            }
+            (None, scope) => {
+                let s = self.resolve_scope(scope, &user_id)?;
+                (user_id, s)
+            }
         };
         let claims = Claims {
             methods,
@@ -865,8 +973,64 @@ impl Service {
             audit_id: token::random_audit_id()?,
             parent_audit_id: parent,
             app_cred_id,
+            trust_id,
         };
         Ok(claims)
+    }
+
+    /// Checks that `trustee` may get a token through trust `id` now and counts the use.
+    /// Returns the token's user (the trustor when the trust impersonates), its project and
+    /// the trust's expiry.
+    fn use_trust(
+        &self,
+        id: &str,
+        trustee: &str,
+    ) -> Result<(String, String, Option<u64>), ServiceError> {
+        for _ in 0..8 {
+            let rec = self
+                .store
+                .get(Kind::Trust, id)?
+                .ok_or_else(|| ApiError::not_found(format!("Could not find trust: {id}.")))?;
+            let mut t: TrustDoc = rec.parse()?;
+            if t.trustee_user_id != trustee {
+                return Err(ApiError::forbidden(
+                    "The authenticated user is not the trustee of this trust.",
+                )
+                .into());
+            }
+            if t.expires_at.is_some_and(|e| e <= now_secs()) {
+                return Err(ApiError::forbidden("The trust has expired.").into());
+            }
+            if self.delegable_roles(&t)?.is_none() {
+                return Err(ApiError::forbidden(
+                    "The trustor no longer holds every role the trust delegates.",
+                )
+                .into());
+            }
+            let user = if t.impersonation {
+                t.trustor_user_id.clone()
+            } else {
+                t.trustee_user_id.clone()
+            };
+            match t.remaining_uses {
+                None => return Ok((user, t.project_id, t.expires_at)),
+                Some(0) => {
+                    return Err(
+                        ApiError::forbidden("The trust has no uses left for tokens.").into(),
+                    );
+                }
+                Some(n) => {
+                    t.remaining_uses = Some(n - 1);
+                    match self.store.update(rec.with_doc(rec.name.as_deref(), &t)) {
+                        Ok(()) => return Ok((user, t.project_id, t.expires_at)),
+                        // Another login used it meanwhile: count again.
+                        Err(crate::store::StoreError::Stale { .. }) => continue,
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+            }
+        }
+        Err(ApiError::conflict("The trust is being used by other logins; retry.").into())
     }
 
     fn find_domain(&self, d: &DomainRef) -> Result<Option<String>, ServiceError> {
@@ -933,6 +1097,7 @@ impl Service {
                 project: Some(p),
                 domain: None,
                 system: None,
+                trust: None,
             }) => {
                 let rec = match (&p.id, &p.name) {
                     (Some(id), _) => self.store.get(Kind::Project, id)?,
@@ -962,11 +1127,13 @@ impl Service {
                 domain: Some(d),
                 project: None,
                 system: None,
+                trust: None,
             }) => Scope::Domain(self.find_domain(d)?.ok_or_else(denied)?),
             Some(ScopeBody {
                 system: Some(sys),
                 project: None,
                 domain: None,
+                trust: None,
             }) => {
                 if *sys != json!({"all": true}) {
                     return Err(
@@ -977,7 +1144,7 @@ impl Service {
             }
             Some(_) => {
                 return Err(ApiError::bad_request(
-                    "scope names exactly one of project, domain or system",
+                    "scope names exactly one of project, domain, system or OS-TRUST:trust",
                 )
                 .into());
             }
@@ -996,7 +1163,10 @@ impl Service {
 }
 
 fn cache_key(c: &Claims) -> String {
-    format!("{}|{:?}|{:?}", c.user_id, c.scope, c.app_cred_id)
+    format!(
+        "{}|{:?}|{:?}|{:?}",
+        c.user_id, c.scope, c.app_cred_id, c.trust_id
+    )
 }
 
 /// What a login by secret is checked with (see [`Service::login_secret`]).
@@ -1119,6 +1289,17 @@ pub struct ScopeBody {
     pub domain: Option<DomainRef>,
     /// System scope: `{"all": true}`.
     pub system: Option<Value>,
+    /// A trust the authenticated user is the trustee of.
+    #[serde(rename = "OS-TRUST:trust")]
+    pub trust: Option<TrustRef>,
+}
+
+/// A trust by id.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrustRef {
+    /// Id.
+    pub id: String,
 }
 
 /// A project by id or name and domain.

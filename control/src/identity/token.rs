@@ -7,7 +7,9 @@
 //! `key id (u32 BE) | version (1) | payload | HMAC-SHA256(key, everything before)`.
 //! Payload: methods bitmask (u8), user id, scope kind (u8) and id, issued and expires
 //! (u64 BE seconds), audit id (16 bytes), parent audit id flag (u8) and 16 bytes,
-//! application credential id; strings are a u8 length and UTF-8 bytes.
+//! application credential id, and then, only in a token made through a trust, the trust id
+//! (so tokens written before trusts existed still read); strings are a u8 length and UTF-8
+//! bytes.
 //!
 //! Keys: files named by decimal id in the key directory, each 32 random bytes in hex. The
 //! highest id signs; all kept keys validate. Rotation writes id+1 (temp file, fsync,
@@ -94,6 +96,8 @@ pub struct Claims {
     pub parent_audit_id: Option<[u8; 16]>,
     /// The application credential used, if any.
     pub app_cred_id: Option<String>,
+    /// The trust the token was issued through, if any (Keystone's `OS-TRUST:trust`).
+    pub trust_id: Option<String>,
 }
 
 impl Claims {
@@ -228,6 +232,9 @@ fn encode_claims(c: &Claims) -> Result<Vec<u8>, TokenError> {
         None => out.push(0),
     }
     put_str(&mut out, c.app_cred_id.as_deref().unwrap_or(""))?;
+    if let Some(t) = c.trust_id.as_deref().filter(|t| !t.is_empty()) {
+        put_str(&mut out, t)?;
+    }
     Ok(out)
 }
 
@@ -251,6 +258,11 @@ fn decode_claims(b: &[u8]) -> Result<Claims, TokenError> {
         _ => return Err(TokenError::Invalid),
     };
     let app = r.str()?;
+    let trust_id = if r.0.is_empty() {
+        None
+    } else {
+        Some(r.str()?).filter(|t| !t.is_empty())
+    };
     if !r.0.is_empty() {
         return Err(TokenError::Invalid);
     }
@@ -263,6 +275,7 @@ fn decode_claims(b: &[u8]) -> Result<Claims, TokenError> {
         audit_id,
         parent_audit_id,
         app_cred_id: (!app.is_empty()).then_some(app),
+        trust_id,
     })
 }
 
@@ -459,6 +472,7 @@ mod tests {
             audit_id: random_audit_id().unwrap(),
             parent_audit_id: None,
             app_cred_id: None,
+            trust_id: None,
         }
     }
 
@@ -483,6 +497,15 @@ mod tests {
             assert_eq!(ring.open_token(&t, now).unwrap(), c);
         }
         assert_eq!(c.method_names(), ["token", "application_credential"]);
+        // A token made through a trust carries the trust's id after everything else; one
+        // without it (as every token before trusts) ends at the credential id.
+        let plain = ring.seal(&c).unwrap();
+        c.trust_id = Some("00112233445566778899aabbccddeeff".into());
+        let trusted = ring.seal(&c).unwrap();
+        assert_eq!(ring.open_token(&trusted, now).unwrap(), c);
+        assert!(trusted.len() > plain.len() && trusted.len() < 200);
+        assert_eq!(ring.open_token(&plain, now).unwrap().trust_id, None);
+        c.trust_id = None;
         // Ids that are not 32 lowercase hex digits are kept as they are.
         for odd in [
             "ABCDEF0123456789ABCDEF0123456789",

@@ -156,11 +156,13 @@ pub enum Kind {
     RegisteredLimit,
     /// Keystone project limits (scope: project id; name as a registered limit's).
     Limit,
+    /// Keystone trusts (scope: the trustor's user id).
+    Trust,
 }
 
 impl Kind {
     /// Every kind.
-    pub const ALL: [Kind; 41] = [
+    pub const ALL: [Kind; 42] = [
         Kind::Domain,
         Kind::Project,
         Kind::User,
@@ -202,6 +204,7 @@ impl Kind {
         Kind::InstanceAction,
         Kind::RegisteredLimit,
         Kind::Limit,
+        Kind::Trust,
     ];
 
     /// The name stored in the `kind` column.
@@ -248,6 +251,7 @@ impl Kind {
             Kind::InstanceAction => "instance_action",
             Kind::RegisteredLimit => "registered_limit",
             Kind::Limit => "limit",
+            Kind::Trust => "trust",
         }
     }
 }
