@@ -56,6 +56,7 @@ pub const SNAPSHOT_KINDS: &[Kind] = &[
     Kind::Project,
     Kind::Domain,
     Kind::AppCredential,
+    Kind::AccessRule,
     Kind::Trust,
     Kind::Credential,
     Kind::Service,

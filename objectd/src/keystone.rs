@@ -60,6 +60,105 @@ pub struct Grant {
     pub account: String,
     /// Only GET and HEAD are allowed.
     pub read_only: bool,
+    /// The token comes from an application credential restricted to these requests
+    /// (`object-store` ones are the ones that count here); `None`: no such limit.
+    pub access_rules: Option<Vec<AccessRule>>,
+}
+
+/// One request an application credential's tokens may make (Keystone's access rule).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+pub struct AccessRule {
+    /// Catalog service type.
+    pub service: String,
+    /// HTTP method.
+    pub method: String,
+    /// Path pattern (see [`path_matches`]).
+    pub path: String,
+}
+
+impl Grant {
+    /// Whether the grant's access rules, if any, let `method path` through to an
+    /// object-store service.
+    pub fn permits(&self, method: &str, path: &str) -> bool {
+        self.access_rules.as_ref().is_none_or(|rules| {
+            rules.iter().any(|r| {
+                r.service == "object-store" && r.method == method && path_matches(&r.path, path)
+            })
+        })
+    }
+}
+
+/// Whether `path` matches an access rule's `pattern`, as keystonemiddleware reads one:
+/// `*` and `{name}` match one or more characters other than `/`, `**` any characters.
+pub fn path_matches(pattern: &str, path: &str) -> bool {
+    enum Tok<'a> {
+        Lit(&'a str),
+        One,
+        Any,
+    }
+    let mut toks = Vec::new();
+    let mut rest = pattern;
+    while !rest.is_empty() {
+        if let Some(r) = rest.strip_prefix("**") {
+            toks.push(Tok::Any);
+            rest = r;
+        } else if let Some(r) = rest.strip_prefix('*') {
+            toks.push(Tok::One);
+            rest = r;
+        } else if rest.starts_with('{')
+            && let Some(end) = rest.find('}')
+        {
+            toks.push(Tok::One);
+            rest = &rest[end + 1..];
+        } else {
+            let end = rest
+                .char_indices()
+                .skip(1)
+                .find(|(_, c)| matches!(c, '*' | '{'))
+                .map_or(rest.len(), |(i, _)| i);
+            toks.push(Tok::Lit(&rest[..end]));
+            rest = &rest[end..];
+        }
+    }
+    // Row by row from the last token: `next[j]` says whether the tokens after this one
+    // match `path[j..]`. Linear in the path per token, whatever the pattern (no
+    // backtracking for a crafted one to blow up).
+    let n = path.len();
+    let boundary: Vec<bool> = (0..=n).map(|j| path.is_char_boundary(j)).collect();
+    let mut next: Vec<bool> = (0..=n).map(|j| j == n).collect();
+    for tok in toks.iter().rev() {
+        // How many positions at or after j match the tokens after this one.
+        let mut after = vec![0usize; n + 2];
+        for j in (0..=n).rev() {
+            after[j] = after[j + 1] + usize::from(next[j] && boundary[j]);
+        }
+        let row: Vec<bool> = match tok {
+            Tok::Lit(l) => (0..=n)
+                .map(|j| path.as_bytes()[j..].starts_with(l.as_bytes()) && next[j + l.len()])
+                .collect(),
+            Tok::Any => (0..=n).map(|j| after[j] > 0).collect(),
+            Tok::One => {
+                // The end of the segment each position is in.
+                let mut seg_end = vec![n; n + 1];
+                for j in (0..n).rev() {
+                    seg_end[j] = if path.as_bytes()[j] == b'/' {
+                        j
+                    } else {
+                        seg_end[j + 1]
+                    };
+                }
+                (0..=n)
+                    .map(|j| j < seg_end[j] && after[j + 1] > after[seg_end[j] + 1])
+                    .collect()
+            }
+        };
+        next = row
+            .into_iter()
+            .zip(&boundary)
+            .map(|(m, b)| m && *b)
+            .collect();
+    }
+    next[0]
 }
 
 /// A Keystone token validator with a cache.
@@ -228,9 +327,17 @@ pub fn parse_token(body: &[u8]) -> Result<(Option<Grant>, Option<Duration>), Key
     let read_only = !roles
         .iter()
         .any(|r| r.eq_ignore_ascii_case("member") || r.eq_ignore_ascii_case("admin"));
+    // An application credential's access rules, when it has some: a list that does not
+    // parse is taken as one that permits nothing.
+    let access_rules = token
+        .get("application_credential")
+        .and_then(|a| a.get("access_rules"))
+        .filter(|r| r.as_array().is_some_and(|a| !a.is_empty()))
+        .map(|r| serde_json::from_value::<Vec<AccessRule>>(r.clone()).unwrap_or_default());
     let grant = Grant {
         account: format!("AUTH_{project}"),
         read_only,
+        access_rules,
     };
     Ok((Some(grant), ttl))
 }
@@ -249,6 +356,47 @@ fn parse_iso8601(s: &str) -> Option<i64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn access_rule_paths_match_as_keystonemiddleware_reads_them() {
+        let cases = [
+            ("/v2.1/servers", "/v2.1/servers", true),
+            ("/v2.1/servers", "/v2.1/servers/x", false),
+            ("/v2.1/servers/*", "/v2.1/servers/abc", true),
+            ("/v2.1/servers/*", "/v2.1/servers/", false),
+            ("/v2.1/servers/*", "/v2.1/servers/abc/action", false),
+            ("/v2.1/servers/**", "/v2.1/servers/abc/action", true),
+            ("/v2.1/servers/**", "/v2.1/servers/", true),
+            ("/v2.1/servers/**", "/v2.1/serversx", false),
+            (
+                "/v2.1/servers/{id}/action",
+                "/v2.1/servers/abc/action",
+                true,
+            ),
+            (
+                "/v2.1/servers/{id}/action",
+                "/v2.1/servers/a/b/action",
+                false,
+            ),
+            ("/v1/*/c/**", "/v1/AUTH_p/c/dir/obj", true),
+            ("/v1/*/c/**", "/v1/AUTH_p/d/obj", false),
+            ("/v2/images/*/file", "/v2/images/é/file", true),
+            ("**", "/anything/at/all", true),
+            ("/a*", "/abc", true),
+            ("/a*c", "/abbc", true),
+            ("/a*c", "/ac", false),
+        ];
+        for (pattern, path, want) in cases {
+            assert_eq!(path_matches(pattern, path), want, "{pattern} vs {path}");
+        }
+        // A pattern made to backtrack takes no time.
+        let pattern = "/**a".repeat(60) + "b";
+        let path = "/a".repeat(4000);
+        let started = std::time::Instant::now();
+        assert!(!path_matches(&pattern, &path));
+        assert!(path_matches(&pattern, &(path.clone() + "b")));
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    }
 
     #[test]
     fn token_documents() {
@@ -275,6 +423,31 @@ mod tests {
         }
         let no_roles_key = br#"{"token": {"project": {"id": "p1"}}}"#;
         assert!(parse_token(no_roles_key).unwrap().0.unwrap().read_only);
+        // An application credential's access rules: only object-store ones count.
+        let doc = br#"{"token": {"project": {"id": "p1"}, "roles": [{"name": "member"}],
+            "application_credential": {"id": "a", "access_rules": [
+                {"id": "r1", "service": "object-store", "method": "GET", "path": "/v1/*/c/**"},
+                {"id": "r2", "service": "image", "method": "PUT", "path": "/v1/*/c/**"}]}}}"#;
+        let g = parse_token(doc).unwrap().0.unwrap();
+        assert!(g.permits("GET", "/v1/AUTH_p1/c/dir/o"));
+        assert!(!g.permits("PUT", "/v1/AUTH_p1/c/dir/o"));
+        assert!(!g.permits("GET", "/v1/AUTH_p1/d/o"));
+        assert!(
+            parse_token(no_roles_key)
+                .unwrap()
+                .0
+                .unwrap()
+                .permits("PUT", "/v1/x")
+        );
+        let bad = br#"{"token": {"project": {"id": "p1"},
+            "application_credential": {"access_rules": [{"path": 1}]}}}"#;
+        assert!(
+            !parse_token(bad)
+                .unwrap()
+                .0
+                .unwrap()
+                .permits("GET", "/v1/AUTH_p1")
+        );
         assert!(ttl.unwrap() > Duration::from_secs(86_400));
         let unscoped = br#"{"token": {"user": {"id": "u"}}}"#;
         assert_eq!(parse_token(unscoped).unwrap().0, None);

@@ -394,6 +394,60 @@ fn resources(svc: &Service, req: &Request, ctx: &Ctx, s: &[&str]) -> Res {
                 items,
             ))
         }
+        (["users", uid, "access_rules"], _) if get => {
+            own_user(ctx, uid, "list_access_rules")?;
+            let mut items = Vec::new();
+            for r in svc.store.list(Kind::AccessRule, Some(uid))? {
+                let d: crate::identity::AccessRuleDoc = r.parse()?;
+                let keep = req.q("service").is_none_or(|x| d.service == x)
+                    && req.q("method").is_none_or(|x| d.method == x)
+                    && req.q("path").is_none_or(|x| d.path == x);
+                if keep {
+                    items.push(access_rule_view(svc, &r)?);
+                }
+            }
+            Ok(collection(
+                svc,
+                "access_rules",
+                &format!("users/{uid}/access_rules"),
+                items,
+            ))
+        }
+        (["users", uid, "access_rules", rid], m) => {
+            own_user(ctx, uid, "get_access_rule")?;
+            let rec = svc
+                .store
+                .get(Kind::AccessRule, rid)?
+                .filter(|r| r.scope == *uid)
+                .ok_or_else(|| not_found("access rule", rid))?;
+            match m {
+                Method::GET | Method::HEAD => Ok(json_resp(
+                    StatusCode::OK,
+                    &json!({"access_rule": access_rule_view(svc, &rec)?}),
+                )),
+                Method::DELETE => {
+                    if ctx.claims.app_cred_id.is_some() {
+                        return Err(denied("delete_access_rule"));
+                    }
+                    for c in svc.store.list(Kind::AppCredential, Some(uid))? {
+                        if c.parse::<AppCredDoc>()?
+                            .access_rules
+                            .iter()
+                            .any(|r| r == rid)
+                        {
+                            return Err(ApiError::forbidden(format!(
+                                "Access rule {rid} is in use by application credential {}.",
+                                c.id
+                            ))
+                            .into());
+                        }
+                    }
+                    svc.store.delete(Kind::AccessRule, rid)?;
+                    Ok(empty(StatusCode::NO_CONTENT))
+                }
+                _ => Err(method_not_allowed()),
+            }
+        }
         (["users", uid, "application_credentials", cid], m) => {
             own_user(ctx, uid, "get_application_credential")?;
             let rec = svc
@@ -1006,7 +1060,7 @@ resource! {
         for m in svc.store.list(Kind::Membership, Some(id))? {
             writes.push(Write::Delete(Kind::Membership, m.id));
         }
-        for k in [Kind::AppCredential, Kind::Credential] {
+        for k in [Kind::AppCredential, Kind::Credential, Kind::AccessRule] {
             for c in svc.store.list(k, Some(id))? {
                 writes.push(Write::Delete(k, c.id));
             }
@@ -1059,7 +1113,112 @@ struct AppCredIn {
     roles: Option<Vec<RoleRefIn>>,
     #[serde(default)]
     unrestricted: bool,
-    access_rules: Option<Vec<Value>>,
+    access_rules: Option<Vec<AccessRuleIn>>,
+}
+
+/// An access rule in a credential's body: an existing one of the user's by id, or a new
+/// one (found again if the user has it already).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AccessRuleIn {
+    id: Option<String>,
+    service: Option<String>,
+    method: Option<String>,
+    path: Option<String>,
+}
+
+const RULE_METHODS: [&str; 6] = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"];
+
+/// The ids of a new credential's access rules, and the writes making the new ones.
+fn access_rules(
+    svc: &Service,
+    uid: &str,
+    rules: Vec<AccessRuleIn>,
+) -> Result<(Vec<String>, Vec<Write>), ServiceError> {
+    let mut ids: Vec<String> = Vec::new();
+    let mut writes = Vec::new();
+    let mut made: Vec<(String, String)> = Vec::new();
+    for r in rules {
+        let id = match r {
+            AccessRuleIn {
+                id: Some(id),
+                service: None,
+                method: None,
+                path: None,
+            } => {
+                svc.store
+                    .get(Kind::AccessRule, &id)?
+                    .filter(|rec| rec.scope == uid)
+                    .ok_or_else(|| not_found("access rule", &id))?;
+                id
+            }
+            AccessRuleIn {
+                id: None,
+                service: Some(service),
+                method: Some(method),
+                path: Some(path),
+            } => {
+                if !RULE_METHODS.contains(&method.as_str()) {
+                    return Err(ApiError::bad_request(format!(
+                        "access rule method {method:?} is not one of {RULE_METHODS:?}"
+                    ))
+                    .into());
+                }
+                if !path.starts_with('/') || path.len() > 255 {
+                    return Err(ApiError::bad_request(format!(
+                        "access rule path {path:?} must start with / and be at most 255 characters"
+                    ))
+                    .into());
+                }
+                if service.is_empty() || service.len() > 64 || service.contains(' ') {
+                    return Err(ApiError::bad_request(format!(
+                        "access rule service {service:?} is not a service type"
+                    ))
+                    .into());
+                }
+                let key = format!("{service} {method} {path}");
+                if let Some(rec) = svc.store.get_by_name(Kind::AccessRule, uid, &key)? {
+                    rec.id
+                } else if let Some((_, id)) = made.iter().find(|(k, _)| *k == key) {
+                    id.clone()
+                } else {
+                    let id = new_id();
+                    let doc = crate::identity::AccessRuleDoc {
+                        service,
+                        method,
+                        path,
+                    };
+                    writes.push(Write::Insert(Record::new(
+                        Kind::AccessRule,
+                        &id,
+                        uid,
+                        Some(&key),
+                        &doc,
+                    )));
+                    made.push((key, id.clone()));
+                    id
+                }
+            }
+            _ => {
+                return Err(ApiError::bad_request(
+                    "an access rule is an id, or a service, a method and a path",
+                )
+                .into());
+            }
+        };
+        if !ids.contains(&id) {
+            ids.push(id);
+        }
+    }
+    Ok((ids, writes))
+}
+
+fn access_rule_view(svc: &Service, r: &Record) -> Result<Value, ServiceError> {
+    let d: crate::identity::AccessRuleDoc = r.parse()?;
+    Ok(
+        json!({"id": r.id, "service": d.service, "method": d.method, "path": d.path,
+              "links": link(svc, &format!("users/{}/access_rules/{}", r.scope, r.id))}),
+    )
 }
 
 #[derive(Deserialize)]
@@ -1080,7 +1239,8 @@ fn app_cred_view(svc: &Service, r: &Record) -> Result<Value, ServiceError> {
     Ok(
         json!({"id": r.id, "name": d.name, "description": d.description, "user_id": d.user_id,
         "project_id": d.project_id, "roles": roles, "unrestricted": d.unrestricted,
-        "expires_at": d.expires_at.map(crate::time::keystone), "access_rules": [],
+        "expires_at": d.expires_at.map(crate::time::keystone),
+        "access_rules": svc.access_rules_view(&d.access_rules)?,
         "links": link(svc, &format!("users/{}/application_credentials/{}", d.user_id, r.id))}),
     )
 }
@@ -1096,10 +1256,8 @@ fn create_app_cred(svc: &Service, req: &Request, ctx: &Ctx, uid: &str) -> Res {
         ApiError::bad_request("application credentials need a project-scoped token")
     })?;
     let a: AppCredIn = wrapped(req, "application_credential")?;
-    if a.access_rules.is_some_and(|r| !r.is_empty()) {
-        return Err(ApiError::bad_request("access rules are not supported").into());
-    }
     check_name(&a.name)?;
+    let (rule_ids, mut writes) = access_rules(svc, uid, a.access_rules.unwrap_or_default())?;
     let expires_at = a
         .expires_at
         .as_deref()
@@ -1153,11 +1311,13 @@ fn create_app_cred(svc: &Service, req: &Request, ctx: &Ctx, uid: &str) -> Res {
         roles,
         expires_at,
         unrestricted: a.unrestricted,
+        access_rules: rule_ids,
     };
     let id = new_id();
     let rec = Record::new(Kind::AppCredential, &id, uid, Some(&a.name), &doc);
+    writes.push(Write::Insert(rec.clone()));
     svc.store
-        .insert(rec.clone())
+        .apply(&writes)
         .map_err(|e| conflict(e, "application credential"))?;
     let mut v = app_cred_view(svc, &rec)?;
     v["secret"] = json!(secret);

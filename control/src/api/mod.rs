@@ -308,7 +308,32 @@ pub async fn handle(svc: Arc<Service>, req: http::Request<hyper::body::Incoming>
     let span = tracing::info_span!("request", id = %rid);
     let compute = first == Some("compute");
     let nova_rid = rid.clone();
+    // An application credential with access rules may make only the requests they list.
+    let refused = match req
+        .headers()
+        .get("x-auth-token")
+        .and_then(|v| v.to_str().ok())
+        .filter(|t| {
+            crate::identity::token::methods_hint(t)
+                .is_some_and(|m| m & crate::identity::token::method::APP_CREDENTIAL != 0)
+        })
+        .and_then(|t| Some((t.to_string(), rule_target(&path, &method)?)))
+    {
+        Some((token, (services, rel))) => {
+            let m = method.to_string();
+            cached_or_blocking(svc.clone(), move |svc| {
+                svc.access_allowed(&token, services, &m, &rel)
+                    .map_err(ApiError::from)
+            })
+            .await
+            .err()
+        }
+        None => None,
+    };
     let resp = async move {
+        if let Some(e) = refused {
+            return e.into_response(flavor);
+        }
         match api {
             1 => image::route(svc, req, segs[1..].to_vec())
                 .await
@@ -359,6 +384,33 @@ pub async fn handle(svc: Arc<Service>, req: http::Request<hyper::body::Incoming>
         "answered"
     );
     resp
+}
+
+/// What access rules see of a request: the catalog service types it goes to (none for
+/// paths no catalog service has) and its path under their endpoint, as keystonemiddleware
+/// sees it behind each service. `None` for what no rule governs: logins and token checks,
+/// and version documents.
+fn rule_target(path: &str, method: &Method) -> Option<(&'static [&'static str], String)> {
+    let trimmed = path.trim_start_matches('/');
+    let first = trimmed.split('/').next().unwrap_or("");
+    let (services, rel): (&'static [&'static str], String) = match first {
+        "v3" => (&["identity"], format!("/{trimmed}")),
+        "image" => (&["image"], trimmed[first.len()..].to_string()),
+        "compute" => (&["compute"], trimmed[first.len()..].to_string()),
+        "network" => (&["network"], trimmed[first.len()..].to_string()),
+        "volume" => (
+            &["volumev3", "block-storage"],
+            trimmed[first.len()..].to_string(),
+        ),
+        _ => (&[], format!("/{trimmed}")),
+    };
+    let depth = rel.split('/').filter(|s| !s.is_empty()).count();
+    let login = first == "v3" && trimmed.split('/').nth(1) == Some("auth");
+    let version_document = depth <= 1 && (*method == Method::GET || *method == Method::HEAD);
+    if login || version_document || first.is_empty() {
+        return None;
+    }
+    Some((services, rel))
 }
 
 type Handler = fn(&Service, &Request) -> Result<Response, ApiError>;
@@ -475,6 +527,41 @@ pub async fn cached_or_blocking<T: Send + 'static>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn access_rules_see_the_path_under_the_service() {
+        let get = Method::GET;
+        let t = |p: &str, m: &Method| rule_target(p, m).map(|(s, r)| (s.to_vec(), r));
+        assert_eq!(
+            t("/compute/v2.1/servers/x", &get),
+            Some((vec!["compute"], "/v2.1/servers/x".into()))
+        );
+        assert_eq!(
+            t("/image/v2/images", &get),
+            Some((vec!["image"], "/v2/images".into()))
+        );
+        assert_eq!(
+            t("/v3/users/u", &Method::DELETE),
+            Some((vec!["identity"], "/v3/users/u".into()))
+        );
+        assert_eq!(
+            t("/volume/v3/p/volumes", &get),
+            Some((vec!["volumev3", "block-storage"], "/v3/p/volumes".into()))
+        );
+        assert_eq!(t("/v1/nodes/n", &get), Some((vec![], "/v1/nodes/n".into())));
+        for free in [
+            "/",
+            "/v3",
+            "/v3/auth/tokens",
+            "/image",
+            "/image/versions",
+            "/compute/v2.1/",
+        ] {
+            assert_eq!(t(free, &get), None, "{free}");
+        }
+        assert_eq!(t("/v3/auth/tokens", &Method::POST), None);
+        assert!(t("/v3", &Method::POST).is_some());
+    }
 
     #[test]
     fn segments_decode() {

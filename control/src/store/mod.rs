@@ -158,11 +158,13 @@ pub enum Kind {
     Limit,
     /// Keystone trusts (scope: the trustor's user id).
     Trust,
+    /// Application-credential access rules (scope: user id; name: `service method path`).
+    AccessRule,
 }
 
 impl Kind {
     /// Every kind.
-    pub const ALL: [Kind; 42] = [
+    pub const ALL: [Kind; 43] = [
         Kind::Domain,
         Kind::Project,
         Kind::User,
@@ -205,6 +207,7 @@ impl Kind {
         Kind::RegisteredLimit,
         Kind::Limit,
         Kind::Trust,
+        Kind::AccessRule,
     ];
 
     /// The name stored in the `kind` column.
@@ -252,6 +255,7 @@ impl Kind {
             Kind::RegisteredLimit => "registered_limit",
             Kind::Limit => "limit",
             Kind::Trust => "trust",
+            Kind::AccessRule => "access_rule",
         }
     }
 }

@@ -69,7 +69,7 @@ pub async fn handle(state: &State, req: Request) -> Result<Response, ApiError> {
     if identity.is_none()
         && let (Some(t), Some(ks)) = (token, &state.keystone)
     {
-        identity = ks
+        let grant = ks
             .account_for_token(t)
             .await
             .map_err(|e| {
@@ -79,15 +79,25 @@ pub async fn handle(state: &State, req: Request) -> Result<Response, ApiError> {
                     "ServiceUnavailable",
                     "The token could not be validated: the identity service is unavailable.",
                 )
-            })?
-            .map(|grant| {
-                // A reader of the project may look at its account, not change it.
-                if grant.read_only && !matches!(*req.method(), Method::GET | Method::HEAD) {
-                    read_only = true;
-                }
-                let groups = acl::keystone_groups(&grant.account);
-                (grant.account, groups)
-            });
+            })?;
+        // An application credential with access rules makes only the requests they list.
+        if let Some(g) = &grant
+            && !g.permits(req.method().as_str(), &path)
+        {
+            return Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "Unauthorized",
+                "The access rules of the token's application credential do not permit this request.",
+            ));
+        }
+        identity = grant.map(|grant| {
+            // A reader of the project may look at its account, not change it.
+            if grant.read_only && !matches!(*req.method(), Method::GET | Method::HEAD) {
+                read_only = true;
+            }
+            let groups = acl::keystone_groups(&grant.account);
+            (grant.account, groups)
+        });
     }
     let account = match &target {
         Target::Account { account } => account,
