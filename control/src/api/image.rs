@@ -238,6 +238,30 @@ fn handle(svc: &Service, req: &Request) -> Result<Response, ServiceError> {
             svc.store.update(rec.with_doc(None, &doc)).map_err(stale)?;
             Ok(empty(StatusCode::NO_CONTENT))
         }
+        (["v2", "images", id, "actions", action], &Method::POST) => {
+            // Glance's deactivation: an active image's data stops being handed out (to
+            // anyone but admins) and nothing boots from it, until it is reactivated.
+            let next = match *action {
+                "deactivate" => "deactivated",
+                "reactivate" => "active",
+                _ => return Err(ApiError::not_found(format!("no image action {action:?}")).into()),
+            };
+            let (rec, mut doc, a) = load(svc, &ctx, id)?;
+            writable(a)?;
+            if !matches!(doc.status.as_str(), "active" | "deactivated") {
+                return Err(ApiError::bad_request(format!(
+                    "Not allowed to {action} image in status '{}'",
+                    doc.status
+                ))
+                .into());
+            }
+            if doc.status != next {
+                doc.status = next.into();
+                doc.updated_at = now_secs();
+                svc.store.update(rec.with_doc(None, &doc)).map_err(stale)?;
+            }
+            Ok(empty(StatusCode::NO_CONTENT))
+        }
         (["v2", "images", id, "members"], &Method::GET) => {
             let (_, doc, _) = load(svc, &ctx, id)?;
             let mut items = Vec::new();
@@ -927,8 +951,20 @@ async fn download(
     req: http::Request<hyper::body::Incoming>,
     id: String,
 ) -> Result<Response, ApiError> {
-    let (_, doc, _) = load_async(&svc, req.headers().clone(), id.clone()).await?;
-    if doc.status != "active" || doc.size.is_none() {
+    let headers = req.headers().clone();
+    let id2 = id.clone();
+    let (doc, admin) = blocking(svc.clone(), move |svc| {
+        let ctx = ctx_of(svc, &headers)?;
+        let (_, doc, _) = load(svc, &ctx, &id2)?;
+        Ok((doc, ctx.is_admin()))
+    })
+    .await?;
+    if doc.status == "deactivated" && !admin {
+        return Err(ApiError::forbidden(
+            "The requested image has been deactivated. Image data download is forbidden.",
+        ));
+    }
+    if !matches!(doc.status.as_str(), "active" | "deactivated") || doc.size.is_none() {
         if doc.status == "queued" {
             return Ok(empty(StatusCode::NO_CONTENT));
         }
