@@ -135,13 +135,7 @@ fn implied_roles_with_the_openstack_cli_and_over_http() {
         ],
     );
     let (member_token, body) = cloud.token("iuser", "ipass-1234", "iproj");
-    let mut roles: Vec<&str> = body["token"]["roles"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["name"].as_str().unwrap())
-        .collect();
-    roles.sort();
+    let roles = role_names(&body);
     assert_eq!(roles, vec!["auditor", "member", "observer", "reader"]);
 
     // Keystone's answers: a duplicate is a 409, admin cannot be implied (403), what does

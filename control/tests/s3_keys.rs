@@ -97,23 +97,12 @@ fn have_boto3() -> bool {
 
 /// A project with a member user; (project id, user id).
 fn project_with_member(cloud: &Cloud, admin: &str, name: &str) -> (String, String) {
-    let p = cloud.json(
-        "POST",
-        "/v3/projects",
-        Some(admin),
-        &json!({"project": {"name": name}}),
+    let pid = cloud.new_project(admin, name);
+    let uid = cloud.new_user(
+        admin,
+        json!({"name": format!("{name}-user"), "password": "pw-of-user",
+               "default_project_id": pid}),
     );
-    assert_eq!(p.status, 201, "{}", p.text());
-    let pid = p.json()["project"]["id"].as_str().unwrap().to_string();
-    let u = cloud.json(
-        "POST",
-        "/v3/users",
-        Some(admin),
-        &json!({"user": {"name": format!("{name}-user"), "password": "pw-of-user",
-                         "default_project_id": pid}}),
-    );
-    assert_eq!(u.status, 201, "{}", u.text());
-    let uid = u.json()["user"]["id"].as_str().unwrap().to_string();
     let roles = cloud.req("GET", "/v3/roles?name=member", Some(admin), &[], b"");
     let rid = roles.json()["roles"][0]["id"].as_str().unwrap().to_string();
     let g = cloud.req(

@@ -11,28 +11,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use common::*;
 use serde_json::{Value, json};
 
-/// A project made by the admin; its id.
-fn project(cloud: &Cloud, admin: &str, name: &str) -> String {
-    let p = cloud.json(
-        "POST",
-        "/v3/projects",
-        Some(admin),
-        &json!({"project": {"name": name}}),
-    );
-    assert_eq!(p.status, 201, "{}", p.text());
-    p.json()["project"]["id"].as_str().unwrap().to_string()
-}
-
 /// A user with password `pw`; its id.
 fn user(cloud: &Cloud, admin: &str, name: &str) -> String {
-    let u = cloud.json(
-        "POST",
-        "/v3/users",
-        Some(admin),
-        &json!({"user": {"name": name, "password": "pw"}}),
-    );
-    assert_eq!(u.status, 201, "{}", u.text());
-    u.json()["user"]["id"].as_str().unwrap().to_string()
+    cloud.new_user(admin, json!({"name": name, "password": "pw"}))
 }
 
 fn role_id(cloud: &Cloud, admin: &str, name: &str) -> String {
@@ -112,8 +93,8 @@ fn a_trustee_works_in_the_trustors_project_with_the_openstack_cli() {
     }
     let cloud = Cloud::start();
     let (admin, _) = cloud.token("admin", ADMIN_PASSWORD, "admin");
-    let pid = project(&cloud, &admin, "delegated");
-    let other_pid = project(&cloud, &admin, "elsewhere");
+    let pid = cloud.new_project(&admin, "delegated");
+    let other_pid = cloud.new_project(&admin, "elsewhere");
     let trustor = user(&cloud, &admin, "trustor");
     let trustee = user(&cloud, &admin, "trustee");
     let stranger = user(&cloud, &admin, "stranger");
@@ -173,13 +154,7 @@ fn a_trustee_works_in_the_trustors_project_with_the_openstack_cli() {
     );
     assert_eq!(t["user"]["id"], trustee.as_str());
     assert_eq!(t["project"]["id"], pid.as_str());
-    let mut roles: Vec<&str> = t["roles"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["name"].as_str().unwrap())
-        .collect();
-    roles.sort();
+    let roles = role_names(&shown.json());
     assert_eq!(roles, ["member", "reader"], "member implies reader: {t}");
 
     // Through the trust the trustee uploads an image; it belongs to the project, and the
@@ -223,7 +198,7 @@ fn a_trustee_works_in_the_trustors_project_with_the_openstack_cli() {
 fn trusts_over_http_impersonate_count_uses_expire_and_follow_the_trustors_roles() {
     let cloud = Cloud::start();
     let (admin, _) = cloud.token("admin", ADMIN_PASSWORD, "admin");
-    let pid = project(&cloud, &admin, "tp");
+    let pid = cloud.new_project(&admin, "tp");
     let trustor = user(&cloud, &admin, "alice");
     let trustee = user(&cloud, &admin, "bob");
     let member = role_id(&cloud, &admin, "member");

@@ -271,6 +271,31 @@ impl Cloud {
         self.env(user, password, project)
     }
 
+    /// Makes a project over raw HTTP with an admin token; its id.
+    pub fn new_project(&self, admin: &str, name: &str) -> String {
+        let p = self.json(
+            "POST",
+            "/v3/projects",
+            Some(admin),
+            &serde_json::json!({"project": {"name": name}}),
+        );
+        assert_eq!(p.status, 201, "{}", p.text());
+        p.json()["project"]["id"].as_str().unwrap().to_string()
+    }
+
+    /// Makes a user over raw HTTP with an admin token (`user` holds its fields: name,
+    /// password, ...); its id.
+    pub fn new_user(&self, admin: &str, user: serde_json::Value) -> String {
+        let u = self.json(
+            "POST",
+            "/v3/users",
+            Some(admin),
+            &serde_json::json!({ "user": user }),
+        );
+        assert_eq!(u.status, 201, "{}", u.text());
+        u.json()["user"]["id"].as_str().unwrap().to_string()
+    }
+
     /// Gets a token by password over raw HTTP: (token, body).
     pub fn token(&self, user: &str, password: &str, project: &str) -> (String, serde_json::Value) {
         let body = serde_json::json!({"auth": {"identity": {"methods": ["password"],
@@ -586,4 +611,18 @@ pub fn random_file(dir: &Path, name: &str, len: usize) -> PathBuf {
     let p = dir.join(name);
     std::fs::write(&p, data).unwrap();
     p
+}
+
+/// The names of the roles in a token body, sorted.
+pub fn role_names(token_body: &serde_json::Value) -> Vec<String> {
+    let mut names: Vec<String> = token_body["token"]["roles"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|r| r["name"].as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
 }
