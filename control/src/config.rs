@@ -197,6 +197,8 @@ pub struct ImageConfig {
     pub staging_dir: PathBuf,
     /// Disk format images are converted to on import (`"raw"`), or `""` to keep them.
     pub import_convert_to: String,
+    /// Ports `web-download` imports may fetch from (none: no `web-download`).
+    pub web_download_ports: Vec<u16>,
 }
 
 impl Default for ImageConfig {
@@ -210,6 +212,7 @@ impl Default for ImageConfig {
             max_image_size: DEFAULT_MAX_IMAGE_SIZE,
             staging_dir: DEFAULT_STAGING_DIR.into(),
             import_convert_to: "raw".into(),
+            web_download_ports: vec![80, 443],
         }
     }
 }

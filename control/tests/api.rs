@@ -48,6 +48,10 @@ fn bad_requests_are_refused_and_change_nothing() {
             .unwrap()
             .ends_with("/image/v2/")
     );
+    // As Glance: the same list at /versions, but 200 (glanceclient asks there first).
+    let v = cloud.req("GET", "/image/versions", None, &[], b"");
+    assert_eq!(v.status, 200);
+    assert_eq!(v.json(), r.json());
 
     // Malformed JSON, unknown fields, wrong shapes: 400 with a reason.
     let r = cloud.req(

@@ -485,19 +485,13 @@ fn count_files(dir: &std::path::Path) -> u64 {
     total
 }
 
-#[test]
-fn image_import_converts_qcow2_to_raw() {
-    if !have_cli() {
-        return;
-    }
-    let cloud = Cloud::start();
-    let admin = cloud.admin();
-    let raw = random_file(cloud.dir.path(), "src.raw", 1024 * 1024);
-    // Make the disk larger than its data so the qcow2 is sparse.
+/// A 3 MiB raw disk holding 1 MiB of random data, and the same as a (sparse) qcow2.
+fn sparse_qcow2(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    let raw = random_file(dir, "src.raw", 1024 * 1024);
     let f = std::fs::OpenOptions::new().write(true).open(&raw).unwrap();
     f.set_len(3 * 1024 * 1024).unwrap();
     drop(f);
-    let qcow = cloud.dir.path().join("src.qcow2");
+    let qcow = dir.join("src.qcow2");
     let st = std::process::Command::new("qemu-img")
         .args(["convert", "-f", "raw", "-O", "qcow2"])
         .arg(&raw)
@@ -505,6 +499,194 @@ fn image_import_converts_qcow2_to_raw() {
         .status()
         .expect("qemu-img (scripts/setup installs qemu-utils)");
     assert!(st.success());
+    (raw, qcow)
+}
+
+/// `openstack image show` until `done` says so (or a minute passed); the last answer.
+fn image_until(
+    env: &[(String, String)],
+    image: &str,
+    done: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let s = ok_json(env, &["image", "show", image]);
+        if done(&s) || std::time::Instant::now() > deadline {
+            return s;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+}
+
+/// Serves `files` (path, bytes) over HTTP/1.1 on loopback for the rest of the test (404
+/// for other paths); its port.
+fn serve_files(files: Vec<(&'static str, Vec<u8>)>) -> u16 {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut c) = conn else { continue };
+            let mut head = Vec::new();
+            let mut b = [0u8; 1024];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                match c.read(&mut b) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => head.extend_from_slice(&b[..n]),
+                }
+            }
+            let text = String::from_utf8_lossy(&head);
+            let path = text.split_whitespace().nth(1).unwrap_or("").to_string();
+            let _ = match files.iter().find(|(p, _)| *p == path) {
+                Some((_, data)) => write!(
+                    c,
+                    "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                    data.len()
+                )
+                .and_then(|()| c.write_all(data)),
+                None => c.write_all(
+                    b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+                ),
+            };
+        }
+    });
+    port
+}
+
+#[test]
+fn images_are_imported_from_a_url_with_the_stock_clients() {
+    if !have_cli() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (raw, qcow) = sparse_qcow2(dir.path());
+    let port = serve_files(vec![("/disk.qcow2", std::fs::read(&qcow).unwrap())]);
+    let cloud = Cloud::start_with("", "", &format!("web-download-ports = [{port}]"));
+    let member = cloud.member("web", "webber", "web-pw");
+    let url = format!("http://127.0.0.1:{port}/disk.qcow2");
+
+    // Into a queued image: with the newest openstack client, or, as Debian's has no such
+    // command, with its glance client.
+    let (token, _) = cloud.token("webber", "web-pw", "web");
+    let made = cloud.json(
+        "POST",
+        "/image/v2/images",
+        Some(&token),
+        &serde_json::json!({"name": "fetched", "disk_format": "qcow2",
+                            "container_format": "bare"}),
+    );
+    assert_eq!(made.status, 201, "{}", made.text());
+    let fetched = made.json()["id"].as_str().unwrap().to_string();
+    if cli_has_flag(&["image", "import"], "--uri") {
+        let args = [
+            "image",
+            "import",
+            "--method",
+            "web-download",
+            "--uri",
+            &url,
+            &fetched,
+        ];
+        ok(&member, &args);
+    } else {
+        let mut cmd = std::process::Command::new("glance");
+        for (k, _) in std::env::vars() {
+            if k.starts_with("OS_") {
+                cmd.env_remove(k);
+            }
+        }
+        let out = cmd
+            .args([
+                "image-import",
+                "--import-method",
+                "web-download",
+                "--uri",
+                &url,
+                &fetched,
+            ])
+            .envs(member.iter().map(|(k, v)| (k, v)))
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("glance (python3-glanceclient comes with the openstack client)");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let shown = image_until(&member, "fetched", |s| s["status"] == "active");
+    assert_eq!(shown["status"], "active", "{shown}");
+    assert_eq!(
+        shown["disk_format"], "raw",
+        "converted as on any import: {shown}"
+    );
+    assert_eq!(shown["size"], 3 * 1024 * 1024);
+    let out = cloud.dir.path().join("fetched.raw");
+    ok(
+        &member,
+        &["image", "save", "--file", out.to_str().unwrap(), "fetched"],
+    );
+    assert_eq!(std::fs::read(&out).unwrap(), std::fs::read(&raw).unwrap());
+
+    // Over HTTP: what is refused at once, and a download that fails later.
+    let queued = cloud.json(
+        "POST",
+        "/image/v2/images",
+        Some(&token),
+        &serde_json::json!({"name": "missing", "disk_format": "qcow2", "container_format": "bare"}),
+    );
+    let id = queued.json()["id"].as_str().unwrap().to_string();
+    let import = |uri: &str| {
+        cloud.json(
+            "POST",
+            &format!("/image/v2/images/{id}/import"),
+            Some(&token),
+            &serde_json::json!({"method": {"name": "web-download", "uri": uri}}),
+        )
+    };
+    for (uri, words) in [
+        (
+            format!("https://127.0.0.1:{port}/disk.qcow2"),
+            "http URIs only",
+        ),
+        (
+            "http://127.0.0.1:1/disk.qcow2".to_string(),
+            "port 1 is not allowed",
+        ),
+        ("ftp://127.0.0.1/x".to_string(), "not an http URI"),
+    ] {
+        let r = import(&uri);
+        assert_eq!(r.status, 400, "{uri}: {}", r.text());
+        assert!(r.text().contains(words), "{uri}: {}", r.text());
+    }
+    let r = import(&format!("http://127.0.0.1:{port}/nothing-here"));
+    assert_eq!(r.status, 202, "{}", r.text());
+    let shown = image_until(&member, &id, |s| {
+        s["properties"].get("os_glance_failed_import").is_some()
+    });
+    assert_eq!(shown["status"], "queued", "{shown}");
+    assert_eq!(
+        shown["properties"]["os_glance_failed_import"],
+        "web-download"
+    );
+    // An active image imports nothing more.
+    let r = cloud.json(
+        "POST",
+        &format!("/image/v2/images/{fetched}/import"),
+        Some(&token),
+        &serde_json::json!({"method": {"name": "web-download", "uri": url}}),
+    );
+    assert_eq!(r.status, 409, "{}", r.text());
+}
+
+#[test]
+fn image_import_converts_qcow2_to_raw() {
+    if !have_cli() {
+        return;
+    }
+    let cloud = Cloud::start();
+    let admin = cloud.admin();
+    let (raw, qcow) = sparse_qcow2(cloud.dir.path());
     ok(
         &admin,
         &[
@@ -520,14 +702,7 @@ fn image_import_converts_qcow2_to_raw() {
             "imported",
         ],
     );
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    let shown = loop {
-        let s = ok_json(&admin, &["image", "show", "imported"]);
-        if s["status"] == "active" || std::time::Instant::now() > deadline {
-            break s;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(300));
-    };
+    let shown = image_until(&admin, "imported", |s| s["status"] == "active");
     assert_eq!(shown["status"], "active", "{shown}");
     assert_eq!(shown["disk_format"], "raw");
     assert_eq!(shown["size"], 3 * 1024 * 1024);
@@ -555,16 +730,9 @@ fn image_import_converts_qcow2_to_raw() {
             "liar",
         ],
     );
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    let shown = loop {
-        let s = ok_json(&admin, &["image", "show", "liar"]);
-        if s["properties"].get("os_glance_failed_import").is_some()
-            || std::time::Instant::now() > deadline
-        {
-            break s;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(300));
-    };
+    let shown = image_until(&admin, "liar", |s| {
+        s["properties"].get("os_glance_failed_import").is_some()
+    });
     assert_eq!(shown["status"], "queued", "{shown}");
     assert_eq!(
         shown["properties"]["os_glance_failed_import"],

@@ -33,8 +33,12 @@ pub async fn route(
     let s: Vec<&str> = segs.iter().map(String::as_str).collect();
     let m = req.method().clone();
     match (s.as_slice(), &m) {
-        ([] | ["versions"] | ["v2"], &Method::GET) => {
+        ([] | ["v2"], &Method::GET) => {
             return Ok(json_resp(StatusCode::MULTIPLE_CHOICES, &versions(&svc)));
+        }
+        // Glance answers the same list at /versions with 200 (glanceclient asks there).
+        (["versions"], &Method::GET) => {
+            return Ok(json_resp(StatusCode::OK, &versions(&svc)));
         }
         (["v2", "images", id, "file"], &Method::PUT) => {
             let id = id.to_string();
@@ -202,7 +206,7 @@ fn handle(svc: &Service, req: &Request) -> Result<Response, ServiceError> {
         (["v2", "info", "import"], &Method::GET) => {
             return Ok(json_resp(
                 StatusCode::OK,
-                &json!({"import-methods": {"description": "Import methods available.", "type": "array", "value": ["glance-direct"]}}),
+                &json!({"import-methods": {"description": "Import methods available.", "type": "array", "value": import_methods(svc)}}),
             ));
         }
         _ => {}
@@ -1045,16 +1049,17 @@ async fn transition(
     .await
 }
 
-/// Puts an image back to queued after a failed stage or import, noting why.
-async fn requeue(svc: &Arc<Service>, id: &str, failed_import: bool) {
+/// Puts an image back to `queued` after a failed stage or import, noting the import
+/// method that failed, if one did.
+async fn requeue(svc: &Arc<Service>, id: &str, failed_import: Option<&'static str>) {
     let id = id.to_string();
     let _ = blocking(svc.clone(), move |svc| {
         if let Some(rec) = svc.store.get(Kind::Image, &id).map_err(se)? {
             let mut doc: ImageDoc = rec.parse().map_err(se)?;
             doc.status = "queued".into();
-            if failed_import {
+            if let Some(method) = failed_import {
                 doc.properties
-                    .insert("os_glance_failed_import".into(), "glance-direct".into());
+                    .insert("os_glance_failed_import".into(), method.into());
             }
             let _ = svc.store.update(rec.with_doc(None, &doc));
         }
@@ -1069,11 +1074,26 @@ async fn stage(
     req: http::Request<hyper::body::Incoming>,
     id: String,
 ) -> Result<Response, ApiError> {
-    use tokio::io::AsyncWriteExt;
     let (parts, mut body) = req.into_parts();
-    let max = svc.config.raw.images.max_image_size;
     transition(&svc, parts.headers, &id, "queued", "uploading").await?;
-    let path = staged_path(&svc, &id);
+    let result = write_staged(&svc, &id, &mut body).await;
+    if let Err(e) = result {
+        requeue(&svc, &id, None).await;
+        return Err(e);
+    }
+    Ok(empty(StatusCode::NO_CONTENT))
+}
+
+/// Writes an image's data to its staging file: to a `.part` file, synced, then renamed,
+/// refusing more than the largest image. Nothing is left behind on failure.
+async fn write_staged(
+    svc: &Arc<Service>,
+    id: &str,
+    body: &mut hyper::body::Incoming,
+) -> Result<(), ApiError> {
+    use tokio::io::AsyncWriteExt;
+    let max = svc.config.raw.images.max_image_size;
+    let path = staged_path(svc, id);
     let part = path.with_extension("part");
     let result: Result<(), ApiError> = async {
         let io = |e: std::io::Error| {
@@ -1107,16 +1127,97 @@ async fn stage(
         Ok(())
     }
     .await;
-    if let Err(e) = result {
+    if result.is_err() {
         let _ = tokio::fs::remove_file(&part).await;
-        requeue(&svc, &id, false).await;
-        return Err(e);
     }
-    Ok(empty(StatusCode::NO_CONTENT))
+    result
 }
 
-/// `POST /v2/images/{id}/import` with `glance-direct`: 202, then inspect, convert and
-/// store in the background.
+/// The import methods on offer: `glance-direct`, and `web-download` unless no port is
+/// allowed for it.
+fn import_methods(svc: &Service) -> Vec<&'static str> {
+    let mut m = vec!["glance-direct"];
+    if !svc.config.raw.images.web_download_ports.is_empty() {
+        m.push("web-download");
+    }
+    m
+}
+
+/// A `web-download` URI control may fetch: `http://host[:port]/...` with a port of
+/// `images.web-download-ports`. (control speaks no TLS, so `https` is refused.)
+fn web_download_uri(svc: &Service, text: &str) -> Result<http::Uri, ApiError> {
+    let uri: http::Uri = text
+        .parse()
+        .map_err(|_| ApiError::bad_request(format!("{text:?} is not a URI")))?;
+    match uri.scheme_str() {
+        Some("http") => {}
+        Some("https") => {
+            return Err(ApiError::bad_request(
+                "web-download takes http URIs only (control has no TLS client)",
+            ));
+        }
+        _ => {
+            return Err(ApiError::bad_request(format!(
+                "{text:?} is not an http URI"
+            )));
+        }
+    }
+    if uri.host().is_none_or(str::is_empty) {
+        return Err(ApiError::bad_request(format!("{text:?} names no host")));
+    }
+    let port = uri.port_u16().unwrap_or(80);
+    let allowed = &svc.config.raw.images.web_download_ports;
+    if !allowed.contains(&port) {
+        return Err(ApiError::bad_request(format!(
+            "web-download from port {port} is not allowed (images.web-download-ports: {allowed:?})"
+        )));
+    }
+    Ok(uri)
+}
+
+/// Fetches a web-download URI into the image's staging file. Anything but a 200 fails the
+/// import (redirects are not followed).
+async fn fetch(svc: &Arc<Service>, id: &str, uri: &http::Uri) -> Result<(), ApiError> {
+    let host = uri
+        .host()
+        .unwrap_or_default()
+        .trim_matches(|c| c == '[' || c == ']');
+    let port = uri.port_u16().unwrap_or(80);
+    let failed = |what: String| ApiError::bad_request(format!("web-download of {uri}: {what}"));
+    let stream = tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        tokio::net::TcpStream::connect((host, port)),
+    )
+    .await
+    .map_err(|_| failed("connecting timed out".into()))?
+    .map_err(|e| failed(format!("cannot connect: {e}")))?;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .map_err(|e| failed(e.to_string()))?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let authority = uri.authority().map(|a| a.as_str()).unwrap_or(host);
+    let req = http::Request::get(uri.path_and_query().map_or("/", |p| p.as_str()))
+        .header("host", authority)
+        .header("user-agent", "ferrostack-control web-download")
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .map_err(|e| failed(e.to_string()))?;
+    let resp = sender
+        .send_request(req)
+        .await
+        .map_err(|e| failed(e.to_string()))?;
+    if resp.status() != StatusCode::OK {
+        return Err(failed(format!("the server answered {}", resp.status())));
+    }
+    let mut body = resp.into_body();
+    write_staged(svc, id, &mut body).await
+}
+
+/// `POST /v2/images/{id}/import`: with `glance-direct` the staged data, with
+/// `web-download` data fetched from a URI; 202, then fetch, inspect, convert and store in
+/// the background.
 async fn import(
     svc: Arc<Service>,
     req: http::Request<hyper::body::Incoming>,
@@ -1134,15 +1235,39 @@ async fn import(
     }) {
         return Err(ApiError::bad_request(format!("unexpected key {k:?}")));
     }
-    match o
-        .get("method")
-        .and_then(|m| m.get("name"))
-        .and_then(Value::as_str)
-    {
+    let method = o.get("method");
+    match method.and_then(|m| m.get("name")).and_then(Value::as_str) {
         Some("glance-direct") => {}
+        Some("web-download") if !svc.config.raw.images.web_download_ports.is_empty() => {
+            let uri = method
+                .and_then(|m| m.get("uri"))
+                .and_then(Value::as_str)
+                .ok_or_else(|| ApiError::bad_request("web-download needs method.uri"))?;
+            let uri = web_download_uri(&svc, uri)?;
+            let doc = transition(&svc, parts.headers, &id, "queued", "importing").await?;
+            let svc2 = svc.clone();
+            tokio::spawn(
+                async move {
+                    let fetched = match fetch(&svc2, &id, &uri).await {
+                        Ok(()) => run_import(&svc2, &id, doc.disk_format.clone()).await,
+                        Err(e) => Err(e),
+                    };
+                    if let Err(e) = fetched {
+                        tracing::warn!(image = %id, %uri, error = %e.message, "web-download import failed");
+                        requeue(&svc2, &id, Some("web-download")).await;
+                    }
+                    let staged = staged_path(&svc2, &id);
+                    let _ = tokio::fs::remove_file(staged.with_extension("raw")).await;
+                    let _ = tokio::fs::remove_file(&staged).await;
+                }
+                .in_current_span(),
+            );
+            return Ok(empty(StatusCode::ACCEPTED));
+        }
         Some(other) => {
             return Err(ApiError::bad_request(format!(
-                "Import method {other} is not supported; use glance-direct"
+                "Import method {other} is not supported; use {}",
+                import_methods(&svc).join(" or ")
             )));
         }
         None => return Err(ApiError::bad_request("method.name is required")),
@@ -1160,7 +1285,7 @@ async fn import(
         async move {
             if let Err(e) = run_import(&svc2, &id, doc.disk_format.clone()).await {
                 tracing::warn!(image = %id, error = %e.message, "image import failed");
-                requeue(&svc2, &id, true).await;
+                requeue(&svc2, &id, Some("glance-direct")).await;
             }
             let staged = staged_path(&svc2, &id);
             let _ = tokio::fs::remove_file(staged.with_extension("raw")).await;
