@@ -1085,7 +1085,8 @@ async fn stage(
 }
 
 /// Writes an image's data to its staging file: to a `.part` file, synced, then renamed,
-/// refusing more than the largest image. Nothing is left behind on failure.
+/// refusing more than the largest image and a sender idle for two minutes. Nothing is
+/// left behind on failure.
 async fn write_staged(
     svc: &Arc<Service>,
     id: &str,
@@ -1107,7 +1108,13 @@ async fn write_staged(
             .map_err(io)?;
         let mut f = tokio::fs::File::create(&part).await.map_err(io)?;
         let mut size = 0u64;
-        while let Some(frame) = body.frame().await {
+        // A sender that stops sending for this long (a stalled upload or web-download
+        // server) fails the transfer instead of holding the image forever.
+        let idle = std::time::Duration::from_secs(120);
+        while let Some(frame) = tokio::time::timeout(idle, body.frame())
+            .await
+            .map_err(|_| ApiError::bad_request("the image data stopped coming for 120 s"))?
+        {
             let frame = frame.map_err(|_| {
                 ApiError::bad_request("the image data could not be read to its end")
             })?;
