@@ -1,4 +1,6 @@
-//! Application-credential access rules through control and objectd: made with the stock
+//! What limits an application credential. A restricted one (the default) cannot make or
+//! delete credentials or trusts; an unrestricted one can. Access rules work through
+//! control and objectd: made with the stock
 //! `openstack application credential create --access-rules`, listed, shown and deleted
 //! with `openstack access rule ...`, and enforced on every service: a token from such a
 //! credential makes the requests its rules list (images through control, containers
@@ -225,4 +227,87 @@ fn access_rules_over_http() {
         "{}",
         one.text()
     );
+}
+
+#[test]
+fn restricted_credentials_make_no_credentials_or_trusts_and_unrestricted_ones_do() {
+    let cloud = Cloud::start();
+    let (admin, body) = cloud.token("admin", ADMIN_PASSWORD, "admin");
+    let uid = body["token"]["user"]["id"].as_str().unwrap().to_string();
+    let pid = body["token"]["project"]["id"].as_str().unwrap().to_string();
+    let trustee = cloud.new_user(&admin, json!({"name": "delegate", "password": "pw"}));
+    let creds = format!("/v3/users/{uid}/application_credentials");
+    let create = |token: &str, name: &str, unrestricted: bool| {
+        cloud.json(
+            "POST",
+            &creds,
+            Some(token),
+            &json!({"application_credential": {"name": name, "unrestricted": unrestricted}}),
+        )
+    };
+    let login = |cred: &Value| {
+        let body = json!({"auth": {"identity": {"methods": ["application_credential"],
+            "application_credential": {"id": cred["id"], "secret": cred["secret"]}}}});
+        let t = cloud.json("POST", "/v3/auth/tokens", None, &body);
+        assert_eq!(t.status, 201, "{}", t.text());
+        t.header("x-subject-token").unwrap().to_string()
+    };
+    let trust = |token: &str| {
+        cloud.json(
+            "POST",
+            "/v3/OS-TRUST/trusts",
+            Some(token),
+            &json!({"trust": {"trustor_user_id": uid, "trustee_user_id": trustee,
+                              "project_id": pid, "impersonation": false,
+                              "roles": [{"name": "member"}]}}),
+        )
+    };
+    let made = create(&admin, "restricted", false);
+    assert_eq!(made.status, 201, "{}", made.text());
+    let restricted = login(&made.json()["application_credential"]);
+    let made = create(&admin, "unrestricted", true);
+    assert_eq!(made.status, 201, "{}", made.text());
+    let unrestricted_id = made.json()["application_credential"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let unrestricted = login(&made.json()["application_credential"]);
+
+    let r = create(&restricted, "child", false);
+    assert_eq!(r.status, 403, "{}", r.text());
+    let r = cloud.req(
+        "DELETE",
+        &format!("{creds}/{unrestricted_id}"),
+        Some(&restricted),
+        &[],
+        b"",
+    );
+    assert_eq!(r.status, 403, "{}", r.text());
+    let r = trust(&restricted);
+    assert_eq!(r.status, 403, "{}", r.text());
+    let listed = cloud.req("GET", &creds, Some(&admin), &[], b"");
+    assert_eq!(
+        listed.json()["application_credentials"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+
+    let child = create(&unrestricted, "child", false);
+    assert_eq!(child.status, 201, "{}", child.text());
+    let child_id = child.json()["application_credential"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let r = cloud.req(
+        "DELETE",
+        &format!("{creds}/{child_id}"),
+        Some(&unrestricted),
+        &[],
+        b"",
+    );
+    assert_eq!(r.status, 204, "{}", r.text());
+    let r = trust(&unrestricted);
+    assert_eq!(r.status, 201, "{}", r.text());
 }

@@ -426,7 +426,7 @@ fn resources(svc: &Service, req: &Request, ctx: &Ctx, s: &[&str]) -> Res {
                     &json!({"access_rule": access_rule_view(svc, &rec)?}),
                 )),
                 Method::DELETE => {
-                    if ctx.claims.app_cred_id.is_some() {
+                    if svc.restricted_app_cred(ctx)? {
                         return Err(denied("delete_access_rule"));
                     }
                     for c in svc.store.list(Kind::AppCredential, Some(uid))? {
@@ -461,7 +461,7 @@ fn resources(svc: &Service, req: &Request, ctx: &Ctx, s: &[&str]) -> Res {
                     &json!({"application_credential": app_cred_view(svc, &rec)?}),
                 )),
                 Method::DELETE => {
-                    if ctx.claims.app_cred_id.is_some() {
+                    if svc.restricted_app_cred(ctx)? {
                         return Err(denied("delete_application_credential"));
                     }
                     svc.store.delete(Kind::AppCredential, cid)?;
@@ -1249,8 +1249,11 @@ fn create_app_cred(svc: &Service, req: &Request, ctx: &Ctx, uid: &str) -> Res {
     if uid != ctx.user_id() {
         return Err(denied("create_application_credential"));
     }
-    if ctx.claims.app_cred_id.is_some() {
-        return Err(ApiError::forbidden("an application credential cannot create another").into());
+    if svc.restricted_app_cred(ctx)? {
+        return Err(ApiError::forbidden(
+            "A restricted application credential cannot create another (make it with --unrestricted).",
+        )
+        .into());
     }
     let project = ctx.project_id.clone().ok_or_else(|| {
         ApiError::bad_request("application credentials need a project-scoped token")

@@ -630,6 +630,19 @@ impl Service {
         .into())
     }
 
+    /// Whether the caller's token comes from a restricted application credential (the
+    /// default kind), which may not make or delete application credentials, access rules
+    /// or trusts: a leaked one cannot mint credentials that outlive it.
+    pub fn restricted_app_cred(&self, ctx: &Ctx) -> Result<bool, ServiceError> {
+        let Some(ac) = &ctx.claims.app_cred_id else {
+            return Ok(false);
+        };
+        Ok(match self.store.get(Kind::AppCredential, ac)? {
+            Some(r) => !r.parse::<AppCredDoc>()?.unrestricted,
+            None => true,
+        })
+    }
+
     /// An application credential's access rules as Keystone shows them.
     pub fn access_rules_view(&self, ids: &[String]) -> Result<Vec<Value>, ServiceError> {
         let mut out = Vec::new();

@@ -5,8 +5,8 @@
 //! its trustor still holds them).
 //!
 //! Policy as Keystone's defaults, except that another user's trust is a 404, not a 403:
-//! the trustor creates (with a token that is neither from a trust nor from an application
-//! credential) and deletes; the trustor and the trustee read; admins read and delete any.
+//! the trustor creates (with a token that is neither from a trust nor from a restricted
+//! application credential) and deletes; the trustor and the trustee read; admins read and delete any.
 //! A list without filters shows a non-admin the trusts it is trustor or trustee of.
 //! Redelegation (`allow_redelegation`) is not supported.
 
@@ -164,9 +164,9 @@ fn create(svc: &Service, req: &Request, ctx: &Ctx) -> Res {
         )
         .into());
     }
-    if ctx.claims.app_cred_id.is_some() {
+    if svc.restricted_app_cred(ctx)? {
         return Err(ApiError::forbidden(
-            "A token from an application credential cannot create trusts.",
+            "A token from a restricted application credential cannot create trusts.",
         )
         .into());
     }
