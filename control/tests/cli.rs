@@ -677,6 +677,83 @@ fn images_are_imported_from_a_url_with_the_stock_clients() {
         &serde_json::json!({"method": {"name": "web-download", "uri": url}}),
     );
     assert_eq!(r.status, 409, "{}", r.text());
+
+    // Each import is a Glance task: the image's own for its project's members, all of
+    // them for admins.
+    let tasks_of = |image: &str| {
+        let r = cloud.req(
+            "GET",
+            &format!("/image/v2/images/{image}/tasks"),
+            Some(&token),
+            &[],
+            b"",
+        );
+        assert_eq!(r.status, 200, "{}", r.text());
+        r.json()["tasks"].as_array().unwrap().clone()
+    };
+    let done = tasks_of(&fetched);
+    assert_eq!(done.len(), 1, "{done:?}");
+    assert_eq!(done[0]["status"], "success", "{done:?}");
+    assert_eq!(done[0]["type"], "api_image_import");
+    assert_eq!(done[0]["result"]["image_id"], fetched.as_str());
+    assert_eq!(
+        done[0]["input"]["import_req"]["method"]["uri"],
+        url.as_str()
+    );
+    assert!(done[0]["request_id"].as_str().unwrap().starts_with("req-"));
+    let failed = tasks_of(&id);
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    assert_eq!(failed[0]["status"], "failure", "{failed:?}");
+    assert!(
+        failed[0]["message"].as_str().unwrap().contains("404"),
+        "{failed:?}"
+    );
+    let r = cloud.req("GET", "/image/v2/tasks", Some(&token), &[], b"");
+    assert_eq!(r.status, 403, "{}", r.text());
+    let admin = cloud.admin();
+    let failed_id = failed[0]["id"].as_str().unwrap().to_string();
+    if cli_has_flag(&["image", "task", "list"], "--status") {
+        let listed = ok_json(&admin, &["image", "task", "list", "--status", "failure"]);
+        assert_eq!(listed.as_array().unwrap().len(), 1, "{listed}");
+        assert_eq!(listed[0]["ID"], failed_id.as_str(), "{listed}");
+        let shown = ok_json(&admin, &["image", "task", "show", &failed_id]);
+        assert_eq!(shown["status"], "failure", "{shown}");
+        assert!(
+            shown["message"].as_str().unwrap().contains("404"),
+            "{shown}"
+        );
+    } else {
+        let mut cmd = std::process::Command::new("glance");
+        for (k, _) in std::env::vars() {
+            if k.starts_with("OS_") {
+                cmd.env_remove(k);
+            }
+        }
+        let out = cmd
+            .args(["task-list", "--status", "failure"])
+            .envs(admin.iter().map(|(k, v)| (k, v)))
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(text.contains(&failed_id), "{text}");
+        assert!(!text.contains(done[0]["id"].as_str().unwrap()), "{text}");
+    }
+    // An image's tasks go with it.
+    ok(&member, &["image", "delete", &id]);
+    let (admin_token, _) = cloud.token("admin", ADMIN_PASSWORD, "admin");
+    let r = cloud.req(
+        "GET",
+        &format!("/image/v2/tasks/{failed_id}"),
+        Some(&admin_token),
+        &[],
+        b"",
+    );
+    assert_eq!(r.status, 404, "{}", r.text());
 }
 
 #[test]

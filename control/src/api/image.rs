@@ -171,6 +171,15 @@ fn load(svc: &Service, ctx: &Ctx, id: &str) -> Result<(Record, ImageDoc, Access)
     Ok((rec, doc, a))
 }
 
+/// Glance's `tasks_api_access`: the tasks API is for admins.
+fn tasks_admin(ctx: &Ctx) -> Result<(), ServiceError> {
+    if ctx.is_admin() {
+        Ok(())
+    } else {
+        Err(ApiError::forbidden("You are not authorized to access the tasks API.").into())
+    }
+}
+
 fn writable(a: Access) -> Result<(), ServiceError> {
     if a == Access::Write {
         Ok(())
@@ -202,6 +211,12 @@ fn handle(svc: &Service, req: &Request) -> Result<Response, ServiceError> {
                 StatusCode::OK,
                 &json!({"name": "images", "properties": {"images": {"type": "array", "items": image_schema()}}, "links": []}),
             ));
+        }
+        (["v2", "schemas", "task"], &Method::GET) => {
+            return Ok(json_resp(StatusCode::OK, &super::image_task::schema()));
+        }
+        (["v2", "schemas", "tasks"], &Method::GET) => {
+            return Ok(json_resp(StatusCode::OK, &super::image_task::list_schema()));
         }
         (["v2", "info", "import"], &Method::GET) => {
             return Ok(json_resp(
@@ -265,6 +280,29 @@ fn handle(svc: &Service, req: &Request) -> Result<Response, ServiceError> {
                 svc.store.update(rec.with_doc(None, &doc)).map_err(stale)?;
             }
             Ok(empty(StatusCode::NO_CONTENT))
+        }
+        (["v2", "tasks"], &Method::GET) => {
+            tasks_admin(&ctx)?;
+            let q = |k: &str| req.q(k).map(str::to_string);
+            Ok(json_resp(
+                StatusCode::OK,
+                &super::image_task::list(svc, &q)?,
+            ))
+        }
+        (["v2", "tasks", task], &Method::GET) => {
+            tasks_admin(&ctx)?;
+            Ok(json_resp(
+                StatusCode::OK,
+                &super::image_task::show(svc, task)?,
+            ))
+        }
+        (["v2", "images", id, "tasks"], &Method::GET) => {
+            let (_, _, a) = load(svc, &ctx, id)?;
+            writable(a)?;
+            Ok(json_resp(
+                StatusCode::OK,
+                &super::image_task::of_image_view(svc, id)?,
+            ))
         }
         (["v2", "images", id, "members"], &Method::GET) => {
             let (_, doc, _) = load(svc, &ctx, id)?;
@@ -504,6 +542,7 @@ fn delete_record(svc: &Service, ctx: &Ctx, id: &str) -> Result<Response, Service
     for m in svc.store.list(Kind::ImageMember, Some(id))? {
         writes.push(Write::Delete(Kind::ImageMember, m.id));
     }
+    writes.extend(super::image_task::of_image(svc, id)?);
     svc.store.apply(&writes)?;
     let staged = staged_path(svc, id);
     let _ = std::fs::remove_file(staged.with_extension("part"));
@@ -1243,33 +1282,23 @@ async fn import(
         return Err(ApiError::bad_request(format!("unexpected key {k:?}")));
     }
     let method = o.get("method");
-    match method.and_then(|m| m.get("name")).and_then(Value::as_str) {
-        Some("glance-direct") => {}
+    let (source, from) = match method.and_then(|m| m.get("name")).and_then(Value::as_str) {
+        Some("glance-direct") => {
+            if !staged_path(&svc, &id).exists() {
+                // Check visibility first so others' images stay 404.
+                load_async(&svc, parts.headers.clone(), id.clone()).await?;
+                return Err(ApiError::conflict(
+                    "Image has no staged data; PUT it to /stage first",
+                ));
+            }
+            (None, "uploading")
+        }
         Some("web-download") if !svc.config.raw.images.web_download_ports.is_empty() => {
             let uri = method
                 .and_then(|m| m.get("uri"))
                 .and_then(Value::as_str)
                 .ok_or_else(|| ApiError::bad_request("web-download needs method.uri"))?;
-            let uri = web_download_uri(&svc, uri)?;
-            let doc = transition(&svc, parts.headers, &id, "queued", "importing").await?;
-            let svc2 = svc.clone();
-            tokio::spawn(
-                async move {
-                    let fetched = match fetch(&svc2, &id, &uri).await {
-                        Ok(()) => run_import(&svc2, &id, doc.disk_format.clone()).await,
-                        Err(e) => Err(e),
-                    };
-                    if let Err(e) = fetched {
-                        tracing::warn!(image = %id, %uri, error = %e.message, "web-download import failed");
-                        requeue(&svc2, &id, Some("web-download")).await;
-                    }
-                    let staged = staged_path(&svc2, &id);
-                    let _ = tokio::fs::remove_file(staged.with_extension("raw")).await;
-                    let _ = tokio::fs::remove_file(&staged).await;
-                }
-                .in_current_span(),
-            );
-            return Ok(empty(StatusCode::ACCEPTED));
+            (Some(web_download_uri(&svc, uri)?), "queued")
         }
         Some(other) => {
             return Err(ApiError::bad_request(format!(
@@ -1278,21 +1307,63 @@ async fn import(
             )));
         }
         None => return Err(ApiError::bad_request("method.name is required")),
-    }
-    if !staged_path(&svc, &id).exists() {
-        // Check visibility first so others' images stay 404.
-        load_async(&svc, parts.headers.clone(), id.clone()).await?;
-        return Err(ApiError::conflict(
-            "Image has no staged data; PUT it to /stage first",
-        ));
-    }
-    let doc = transition(&svc, parts.headers, &id, "uploading", "importing").await?;
+    };
+    let method_name = if source.is_some() {
+        "web-download"
+    } else {
+        "glance-direct"
+    };
+    let doc = transition(&svc, parts.headers.clone(), &id, from, "importing").await?;
+    // The import is recorded as a Glance task, finished when the work below ends.
+    let request_id = parts
+        .extensions
+        .get::<super::RequestId>()
+        .map(|r| r.0.clone())
+        .unwrap_or_default();
+    let (headers, id2, owner) = (parts.headers, id.clone(), doc.owner.clone());
+    let import_req = v.clone();
+    let task = blocking(svc.clone(), move |svc| {
+        let ctx = ctx_of(svc, &headers)?;
+        let user = ctx.user_id().to_string();
+        Ok(super::image_task::start(
+            svc,
+            &id2,
+            &owner,
+            &user,
+            &request_id,
+            import_req,
+        )?)
+    })
+    .await;
+    let task = match task {
+        Ok(t) => t,
+        Err(e) => {
+            requeue(&svc, &id, None).await;
+            return Err(e);
+        }
+    };
     let svc2 = svc.clone();
     tokio::spawn(
         async move {
-            if let Err(e) = run_import(&svc2, &id, doc.disk_format.clone()).await {
-                tracing::warn!(image = %id, error = %e.message, "image import failed");
-                requeue(&svc2, &id, Some("glance-direct")).await;
+            let outcome = async {
+                if let Some(uri) = &source {
+                    fetch(&svc2, &id, uri).await?;
+                }
+                run_import(&svc2, &id, doc.disk_format.clone()).await
+            }
+            .await;
+            if let Err(e) = &outcome {
+                tracing::warn!(image = %id, method = method_name, error = %e.message, "image import failed");
+                requeue(&svc2, &id, Some(method_name)).await;
+            }
+            let why = outcome.map_err(|e| e.message);
+            let task2 = task.clone();
+            let recorded = blocking(svc2.clone(), move |svc| {
+                Ok(super::image_task::finish(svc, &task2, why)?)
+            })
+            .await;
+            if let Err(e) = recorded {
+                tracing::warn!(image = %id, %task, error = %e.message, "recording the import task failed");
             }
             let staged = staged_path(&svc2, &id);
             let _ = tokio::fs::remove_file(staged.with_extension("raw")).await;

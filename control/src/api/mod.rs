@@ -19,6 +19,7 @@ use crate::service::{Service, ServiceError};
 pub mod compute;
 pub mod identity;
 pub mod image;
+mod image_task;
 mod instance_actions;
 mod ip_availability;
 pub mod network;
@@ -330,6 +331,8 @@ pub async fn handle(svc: Arc<Service>, req: http::Request<hyper::body::Incoming>
         }
         None => None,
     };
+    let mut req = req;
+    req.extensions_mut().insert(RequestId(rid.clone()));
     let resp = async move {
         if let Some(e) = refused {
             return e.into_response(flavor);
@@ -385,6 +388,11 @@ pub async fn handle(svc: Arc<Service>, req: http::Request<hyper::body::Incoming>
     );
     resp
 }
+
+/// The id a request is answered under (`x-openstack-request-id`), in its extensions for
+/// handlers that record it.
+#[derive(Debug, Clone)]
+pub struct RequestId(pub String);
 
 /// What access rules see of a request: the catalog service types it goes to (none for
 /// paths no catalog service has) and its path under their endpoint, as keystonemiddleware

@@ -160,11 +160,13 @@ pub enum Kind {
     Trust,
     /// Application-credential access rules (scope: user id; name: `service method path`).
     AccessRule,
+    /// Glance tasks: image imports (scope: image id).
+    ImageTask,
 }
 
 impl Kind {
     /// Every kind.
-    pub const ALL: [Kind; 43] = [
+    pub const ALL: [Kind; 44] = [
         Kind::Domain,
         Kind::Project,
         Kind::User,
@@ -208,6 +210,7 @@ impl Kind {
         Kind::Limit,
         Kind::Trust,
         Kind::AccessRule,
+        Kind::ImageTask,
     ];
 
     /// The name stored in the `kind` column.
@@ -256,6 +259,7 @@ impl Kind {
             Kind::Limit => "limit",
             Kind::Trust => "trust",
             Kind::AccessRule => "access_rule",
+            Kind::ImageTask => "image_task",
         }
     }
 }
