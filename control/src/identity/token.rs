@@ -284,7 +284,9 @@ fn decode_claims(b: &[u8]) -> Result<Claims, TokenError> {
 /// rules). The token is checked in full wherever it is used.
 pub fn methods_hint(token: &str) -> Option<u8> {
     // Eight base64 digits are the first six bytes: key id (4), version (1), methods (1).
-    let head = URL_SAFE_NO_PAD.decode(token.get(..8)?).ok()?;
+    // Trimmed as the full check trims it, so no spacing makes the hint miss a token the
+    // check then accepts.
+    let head = URL_SAFE_NO_PAD.decode(token.trim().get(..8)?).ok()?;
     (head.get(4) == Some(&FORMAT_VERSION)).then(|| head[5])
 }
 
@@ -547,6 +549,11 @@ mod tests {
         c.app_cred_id = Some("ac".into());
         assert_eq!(
             methods_hint(&ring.seal(&c).unwrap()),
+            Some(method::TOKEN | method::APP_CREDENTIAL)
+        );
+        let spaced = format!(" \t{} ", ring.seal(&c).unwrap());
+        assert_eq!(
+            methods_hint(&spaced),
             Some(method::TOKEN | method::APP_CREDENTIAL)
         );
         for junk in ["", "short", "!!!!!!!!!!", "AAAAAAAAAAAA"] {
