@@ -518,6 +518,29 @@ fn image_until(
     }
 }
 
+/// Runs Debian's `glance` client (python3-glanceclient comes with the openstack client)
+/// with an environment, asserting success; its stdout.
+fn glance(env: &[(String, String)], args: &[&str]) -> String {
+    let mut cmd = std::process::Command::new("glance");
+    for (k, _) in std::env::vars() {
+        if k.starts_with("OS_") {
+            cmd.env_remove(k);
+        }
+    }
+    let out = cmd
+        .args(args)
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("glance");
+    assert!(
+        out.status.success(),
+        "glance {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// Serves `files` (path, bytes) over HTTP/1.1 on loopback for the rest of the test (404
 /// for other paths); its port.
 fn serve_files(files: Vec<(&'static str, Vec<u8>)>) -> u16 {
@@ -589,29 +612,16 @@ fn images_are_imported_from_a_url_with_the_stock_clients() {
         ];
         ok(&member, &args);
     } else {
-        let mut cmd = std::process::Command::new("glance");
-        for (k, _) in std::env::vars() {
-            if k.starts_with("OS_") {
-                cmd.env_remove(k);
-            }
-        }
-        let out = cmd
-            .args([
+        glance(
+            &member,
+            &[
                 "image-import",
                 "--import-method",
                 "web-download",
                 "--uri",
                 &url,
                 &fetched,
-            ])
-            .envs(member.iter().map(|(k, v)| (k, v)))
-            .stdin(std::process::Stdio::null())
-            .output()
-            .expect("glance (python3-glanceclient comes with the openstack client)");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
+            ],
         );
     }
     let shown = image_until(&member, "fetched", |s| s["status"] == "active");
@@ -723,23 +733,7 @@ fn images_are_imported_from_a_url_with_the_stock_clients() {
             "{shown}"
         );
     } else {
-        let mut cmd = std::process::Command::new("glance");
-        for (k, _) in std::env::vars() {
-            if k.starts_with("OS_") {
-                cmd.env_remove(k);
-            }
-        }
-        let out = cmd
-            .args(["task-list", "--status", "failure"])
-            .envs(admin.iter().map(|(k, v)| (k, v)))
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let text = glance(&admin, &["task-list", "--status", "failure"]);
         assert!(text.contains(&failed_id), "{text}");
         assert!(!text.contains(done[0]["id"].as_str().unwrap()), "{text}");
     }
