@@ -1652,4 +1652,20 @@ fn an_error_answered_before_the_body_closes_the_connection_and_says_so() {
         .map(|(i, _)| &text[i + 9..i + 12])
         .collect();
     assert_eq!(statuses, ["200", "404", "200"], "{text}");
+    // So does an error to a request whose body was read to its end: a wrong password.
+    let login = serde_json::json!({"auth": {"identity": {"methods": ["password"],
+        "password": {"user": {"name": "admin", "domain": {"id": "default"},
+                              "password": "not-it"}}}}})
+    .to_string();
+    let text = exchange(&format!(
+        "POST /v3/auth/tokens HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n\
+         content-length: {}\r\n\r\n{login}\
+         GET /v3 HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
+        login.len()
+    ));
+    let statuses: Vec<&str> = text
+        .match_indices("HTTP/1.1 ")
+        .map(|(i, _)| &text[i + 9..i + 12])
+        .collect();
+    assert_eq!(statuses, ["401", "200"], "{text}");
 }

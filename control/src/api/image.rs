@@ -1168,6 +1168,7 @@ async fn write_staged(
                 f.write_all(d).await.map_err(io)?;
             }
         }
+        super::body_read();
         f.sync_all().await.map_err(io)?;
         tokio::fs::rename(&part, &path).await.map_err(io)?;
         Ok(())

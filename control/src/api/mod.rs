@@ -249,7 +249,10 @@ pub fn segments(path: &str) -> Vec<String> {
 pub async fn read_limited(body: hyper::body::Incoming, limit: usize) -> Result<Bytes, ApiError> {
     let limited = http_body_util::Limited::new(body, limit);
     match limited.collect().await {
-        Ok(c) => Ok(c.to_bytes()),
+        Ok(c) => {
+            body_read();
+            Ok(c.to_bytes())
+        }
         Err(e)
             if e.downcast_ref::<http_body_util::LengthLimitError>()
                 .is_some() =>
@@ -263,6 +266,17 @@ pub async fn read_limited(body: hyper::body::Incoming, limit: usize) -> Result<B
             "reading the body failed: {e}"
         ))),
     }
+}
+
+tokio::task_local! {
+    /// Whether the request being answered on this task has had its body read to the end.
+    static BODY_READ: std::cell::Cell<bool>;
+}
+
+/// Notes that the request being answered has had its body read to the end, so an error
+/// answer may keep the connection (see [`handle`]). Outside a request's task: nothing.
+pub fn body_read() {
+    let _ = BODY_READ.try_with(|f| f.set(true));
 }
 
 /// Answers one request.
@@ -280,7 +294,7 @@ pub async fn handle(svc: Arc<Service>, req: http::Request<hyper::body::Incoming>
     // An error can be answered before the request's body is read (or, with `Expect:
     // 100-continue`, before it is sent); hyper then ends the connection after the answer,
     // and the answer must say so, or the client sends its next request on a closed
-    // connection.
+    // connection. A body read to its end (see `body_read`) keeps the connection.
     let declares_body = req.headers().contains_key(http::header::TRANSFER_ENCODING)
         || req
             .headers()
@@ -333,7 +347,7 @@ pub async fn handle(svc: Arc<Service>, req: http::Request<hyper::body::Incoming>
     };
     let mut req = req;
     req.extensions_mut().insert(RequestId(rid.clone()));
-    let resp = async move {
+    let handled = async move {
         if let Some(e) = refused {
             return e.into_response(flavor);
         }
@@ -364,10 +378,14 @@ pub async fn handle(svc: Arc<Service>, req: http::Request<hyper::body::Incoming>
                 .unwrap_or_else(|e| e.into_response(flavor)),
         }
     }
-    .instrument(span.clone())
-    .await;
-    let mut resp = resp;
-    if declares_body && !resp.status().is_success() {
+    .instrument(span.clone());
+    let (mut resp, read) = BODY_READ
+        .scope(std::cell::Cell::new(false), async move {
+            let resp = handled.await;
+            (resp, BODY_READ.with(|f| f.get()))
+        })
+        .await;
+    if declares_body && !read && !resp.status().is_success() {
         resp.headers_mut()
             .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
     }
