@@ -76,14 +76,24 @@ pub struct AccessRule {
     pub path: String,
 }
 
+impl AccessRule {
+    /// Whether the rule lets `method path` through to a service of one of the catalog
+    /// types `services`.
+    pub fn allows(&self, services: &[&str], method: &str, path: &str) -> bool {
+        self.method == method
+            && services.contains(&self.service.as_str())
+            && path_matches(&self.path, path)
+    }
+}
+
 impl Grant {
     /// Whether the grant's access rules, if any, let `method path` through to an
     /// object-store service.
     pub fn permits(&self, method: &str, path: &str) -> bool {
         self.access_rules.as_ref().is_none_or(|rules| {
-            rules.iter().any(|r| {
-                r.service == "object-store" && r.method == method && path_matches(&r.path, path)
-            })
+            rules
+                .iter()
+                .any(|r| r.allows(&["object-store"], method, path))
         })
     }
 }
@@ -125,6 +135,15 @@ pub fn path_matches(pattern: &str, path: &str) -> bool {
     // backtracking for a crafted one to blow up).
     let n = path.len();
     let boundary: Vec<bool> = (0..=n).map(|j| path.is_char_boundary(j)).collect();
+    // The end of the path segment each position is in.
+    let mut seg_end = vec![n; n + 1];
+    for j in (0..n).rev() {
+        seg_end[j] = if path.as_bytes()[j] == b'/' {
+            j
+        } else {
+            seg_end[j + 1]
+        };
+    }
     let mut next: Vec<bool> = (0..=n).map(|j| j == n).collect();
     for tok in toks.iter().rev() {
         // How many positions at or after j match the tokens after this one.
@@ -137,20 +156,9 @@ pub fn path_matches(pattern: &str, path: &str) -> bool {
                 .map(|j| path.as_bytes()[j..].starts_with(l.as_bytes()) && next[j + l.len()])
                 .collect(),
             Tok::Any => (0..=n).map(|j| after[j] > 0).collect(),
-            Tok::One => {
-                // The end of the segment each position is in.
-                let mut seg_end = vec![n; n + 1];
-                for j in (0..n).rev() {
-                    seg_end[j] = if path.as_bytes()[j] == b'/' {
-                        j
-                    } else {
-                        seg_end[j + 1]
-                    };
-                }
-                (0..=n)
-                    .map(|j| j < seg_end[j] && after[j + 1] > after[seg_end[j] + 1])
-                    .collect()
-            }
+            Tok::One => (0..=n)
+                .map(|j| j < seg_end[j] && after[j + 1] > after[seg_end[j] + 1])
+                .collect(),
         };
         next = row
             .into_iter()

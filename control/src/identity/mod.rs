@@ -616,11 +616,9 @@ impl Service {
             let Some(r) = self.store.get(Kind::AccessRule, id)? else {
                 continue;
             };
-            let rule: AccessRuleDoc = r.parse()?;
-            if rule.method == method
-                && services.contains(&rule.service.as_str())
-                && objectd::keystone::path_matches(&rule.path, path)
-            {
+            // The stored rule read as objectd reads one from a token, so both match alike.
+            let rule: objectd::keystone::AccessRule = r.parse()?;
+            if rule.allows(services, method, path) {
                 return Ok(());
             }
         }
