@@ -295,11 +295,7 @@ pub async fn handle(svc: Arc<Service>, req: http::Request<hyper::body::Incoming>
     // 100-continue`, before it is sent); hyper then ends the connection after the answer,
     // and the answer must say so, or the client sends its next request on a closed
     // connection. A body read to its end (see `body_read`) keeps the connection.
-    let declares_body = req.headers().contains_key(http::header::TRANSFER_ENCODING)
-        || req
-            .headers()
-            .get(http::header::CONTENT_LENGTH)
-            .is_some_and(|v| v.as_bytes() != b"0");
+    let declares_body = objectd::api::declares_body(req.headers());
     let first = segs.first().map(String::as_str);
     let api = match first {
         Some("image") => 1,

@@ -233,6 +233,23 @@ pub struct TrustDoc {
     pub remaining_uses: Option<u64>,
 }
 
+impl TrustDoc {
+    /// The user a token through the trust names: the trustor when it impersonates, else
+    /// the trustee.
+    pub fn token_user(&self) -> &str {
+        if self.impersonation {
+            &self.trustor_user_id
+        } else {
+            &self.trustee_user_id
+        }
+    }
+
+    /// Whether the trust has expired at `now` (seconds since the epoch).
+    pub fn expired(&self, now: u64) -> bool {
+        self.expires_at.is_some_and(|e| e <= now)
+    }
+}
+
 /// A revocation record.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RevocationDoc {
@@ -551,15 +568,7 @@ impl Service {
             .get(Kind::Trust, id)?
             .ok_or_else(unauthorized)?
             .parse()?;
-        let user = if t.impersonation {
-            &t.trustor_user_id
-        } else {
-            &t.trustee_user_id
-        };
-        if user != user_id
-            || t.project_id != project
-            || t.expires_at.is_some_and(|e| e <= now_secs())
-        {
+        if t.token_user() != user_id || t.project_id != project || t.expired(now_secs()) {
             return Err(unauthorized().into());
         }
         let roles = self.delegable_roles(&t)?.ok_or_else(unauthorized)?;
@@ -1084,7 +1093,7 @@ impl Service {
                 )
                 .into());
             }
-            if t.expires_at.is_some_and(|e| e <= now_secs()) {
+            if t.expired(now_secs()) {
                 return Err(ApiError::forbidden("The trust has expired.").into());
             }
             if self.delegable_roles(&t)?.is_none() {
@@ -1093,11 +1102,7 @@ impl Service {
                 )
                 .into());
             }
-            let user = if t.impersonation {
-                t.trustor_user_id.clone()
-            } else {
-                t.trustee_user_id.clone()
-            };
+            let user = t.token_user().to_string();
             match t.remaining_uses {
                 None => return Ok((user, t.project_id, t.expires_at)),
                 Some(0) => {

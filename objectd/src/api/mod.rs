@@ -238,8 +238,8 @@ pub async fn handle(state: Arc<State>, req: Request) -> Result<Response, Infalli
     Ok(resp)
 }
 
-/// Whether a request says a body follows it.
-fn declares_body(headers: &::http::HeaderMap) -> bool {
+/// Whether a request says a body follows it (control asks the same).
+pub fn declares_body(headers: &::http::HeaderMap) -> bool {
     headers.contains_key(::http::header::TRANSFER_ENCODING)
         || header(headers, "content-length").is_some_and(|v| v.trim() != "0")
 }
