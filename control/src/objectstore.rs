@@ -43,6 +43,48 @@ pub enum ObjectStoreError {
     ServiceToken(String),
 }
 
+/// Why a one-request HTTP exchange (see [`send_once`]) failed.
+#[derive(Debug)]
+pub enum SendError {
+    /// No connection (one that took longer than the timeout has kind `TimedOut`).
+    Connect(std::io::Error),
+    /// The HTTP exchange failed.
+    Http(hyper::Error),
+}
+
+/// Sends one request on a new HTTP/1.1 connection to `addr` (`host:port`), waiting at
+/// most `connect_timeout` for the connection; the connection lives while the answer's
+/// body is read.
+pub async fn send_once<B>(
+    addr: &str,
+    connect_timeout: Option<Duration>,
+    req: http::Request<B>,
+) -> Result<http::Response<Incoming>, SendError>
+where
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    let connect = tokio::net::TcpStream::connect(addr);
+    let stream = match connect_timeout {
+        Some(t) => tokio::time::timeout(t, connect).await.map_err(|_| {
+            SendError::Connect(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "connecting timed out",
+            ))
+        })?,
+        None => connect.await,
+    }
+    .map_err(SendError::Connect)?;
+    let _ = stream.set_nodelay(true);
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(SendError::Http)?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    sender.send_request(req).await.map_err(SendError::Http)
+}
+
 /// Credentials for one account on objectd.
 #[derive(Debug, Clone)]
 pub struct Session {
@@ -128,20 +170,12 @@ impl ObjectStore {
         B: Body<Data = Bytes> + Send + 'static,
         B::Error: Into<BoxError>,
     {
-        let stream = tokio::net::TcpStream::connect(&self.authority)
+        send_once(&self.authority, None, req)
             .await
-            .map_err(|e| ObjectStoreError::Connect(self.authority.clone(), e))?;
-        let _ = stream.set_nodelay(true);
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(ObjectStoreError::Http)?;
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        sender
-            .send_request(req)
-            .await
-            .map_err(ObjectStoreError::Http)
+            .map_err(|e| match e {
+                SendError::Connect(e) => ObjectStoreError::Connect(self.authority.clone(), e),
+                SendError::Http(e) => ObjectStoreError::Http(e),
+            })
     }
 
     fn builder(&self, method: http::Method, path: &str, token: &str) -> http::request::Builder {

@@ -1225,36 +1225,26 @@ fn web_download_uri(svc: &Service, text: &str) -> Result<http::Uri, ApiError> {
 /// Fetches a web-download URI into the image's staging file. Anything but a 200 fails the
 /// import (redirects are not followed).
 async fn fetch(svc: &Arc<Service>, id: &str, uri: &http::Uri) -> Result<(), ApiError> {
-    let host = uri
-        .host()
-        .unwrap_or_default()
-        .trim_matches(|c| c == '[' || c == ']');
-    let port = uri.port_u16().unwrap_or(80);
+    use crate::objectstore::{SendError, send_once};
     let failed = |what: String| ApiError::bad_request(format!("web-download of {uri}: {what}"));
-    let stream = tokio::time::timeout(
-        std::time::Duration::from_secs(30),
-        tokio::net::TcpStream::connect((host, port)),
-    )
-    .await
-    .map_err(|_| failed("connecting timed out".into()))?
-    .map_err(|e| failed(format!("cannot connect: {e}")))?;
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-            .await
-            .map_err(|e| failed(e.to_string()))?;
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    let authority = uri.authority().map(|a| a.as_str()).unwrap_or(host);
+    // (An IPv6 host keeps its brackets, as `host:port` needs them.)
+    let host = uri.host().unwrap_or_default();
+    let addr = format!("{host}:{}", uri.port_u16().unwrap_or(80));
+    let authority = uri.authority().map_or(host, |a| a.as_str());
     let req = http::Request::get(uri.path_and_query().map_or("/", |p| p.as_str()))
         .header("host", authority)
         .header("user-agent", "ferrostack-control web-download")
         .body(http_body_util::Empty::<bytes::Bytes>::new())
         .map_err(|e| failed(e.to_string()))?;
-    let resp = sender
-        .send_request(req)
+    let resp = send_once(&addr, Some(std::time::Duration::from_secs(30)), req)
         .await
-        .map_err(|e| failed(e.to_string()))?;
+        .map_err(|e| match e {
+            SendError::Connect(e) if e.kind() == std::io::ErrorKind::TimedOut => {
+                failed("connecting timed out".into())
+            }
+            SendError::Connect(e) => failed(format!("cannot connect: {e}")),
+            SendError::Http(e) => failed(e.to_string()),
+        })?;
     if resp.status() != StatusCode::OK {
         return Err(failed(format!("the server answered {}", resp.status())));
     }
