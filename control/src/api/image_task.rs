@@ -186,14 +186,8 @@ pub fn list(svc: &Service, q: &dyn Fn(&str) -> Option<String>) -> Result<Value, 
             .map_err(|_| ApiError::bad_request("limit must be a non-negative integer"))?,
         None => usize::MAX,
     };
-    let now = now_secs();
-    let mut items: Vec<(Record, TaskDoc)> = Vec::new();
-    for r in svc.store.list(Kind::ImageTask, None)? {
-        let d: TaskDoc = r.parse()?;
-        if !d.expired(now) && status.as_ref().is_none_or(|s| *s == d.status) {
-            items.push((r, d));
-        }
-    }
+    let mut items = live(svc, None)?;
+    items.retain(|(_, d)| status.as_ref().is_none_or(|s| *s == d.status));
     items.sort_by(|(ra, a), (rb, b)| {
         let o = match key.as_str() {
             "updated_at" => a.updated_at.cmp(&b.updated_at),
@@ -240,28 +234,31 @@ pub fn list(svc: &Service, q: &dyn Fn(&str) -> Option<String>) -> Result<Value, 
 
 /// `GET /v2/tasks/{id}`.
 pub fn show(svc: &Service, id: &str) -> Result<Value, ServiceError> {
-    let now = now_secs();
-    let rec = svc
-        .store
-        .get(Kind::ImageTask, id)?
+    let found = match svc.store.get(Kind::ImageTask, id)? {
+        Some(rec) => Some((rec.parse::<TaskDoc>()?, rec)).filter(|(d, _)| !d.expired(now_secs())),
+        None => None,
+    };
+    let (d, rec) = found
         .ok_or_else(|| ApiError::not_found(format!("Task with the given ID {id} not found")))?;
-    let d: TaskDoc = rec.parse()?;
-    if d.expired(now) {
-        return Err(ApiError::not_found(format!("Task with the given ID {id} not found")).into());
-    }
     Ok(view(&rec, &d, true))
 }
 
-/// `GET /v2/images/{id}/tasks`: the image's tasks, newest first.
-pub fn of_image_view(svc: &Service, image_id: &str) -> Result<Value, ServiceError> {
+/// The tasks not expired, of one image or of all.
+fn live(svc: &Service, image_id: Option<&str>) -> Result<Vec<(Record, TaskDoc)>, ServiceError> {
     let now = now_secs();
-    let mut items: Vec<(Record, TaskDoc)> = Vec::new();
-    for r in svc.store.list(Kind::ImageTask, Some(image_id))? {
+    let mut items = Vec::new();
+    for r in svc.store.list(Kind::ImageTask, image_id)? {
         let d: TaskDoc = r.parse()?;
         if !d.expired(now) {
             items.push((r, d));
         }
     }
+    Ok(items)
+}
+
+/// `GET /v2/images/{id}/tasks`: the image's tasks, newest first.
+pub fn of_image_view(svc: &Service, image_id: &str) -> Result<Value, ServiceError> {
+    let mut items = live(svc, Some(image_id))?;
     items.sort_by(|(ra, a), (rb, b)| (b.created_at, &rb.id).cmp(&(a.created_at, &ra.id)));
     Ok(json!({"tasks": items.iter().map(|(r, d)| view(r, d, true)).collect::<Vec<_>>()}))
 }
