@@ -244,6 +244,11 @@ impl TrustDoc {
         }
     }
 
+    /// Whether `user` is the trust's trustor or trustee.
+    pub fn involves(&self, user: &str) -> bool {
+        self.trustor_user_id == user || self.trustee_user_id == user
+    }
+
     /// Whether the trust has expired at `now` (seconds since the epoch).
     pub fn expired(&self, now: u64) -> bool {
         self.expires_at.is_some_and(|e| e <= now)

@@ -48,10 +48,10 @@ pub fn trusts(svc: &Service, req: &Request, ctx: &Ctx, rest: &[&str]) -> Res {
         [] if *m == Method::POST => create(svc, req, ctx),
         [] if get => list(svc, req, ctx),
         [id] if get => {
-            let (rec, _) = visible(svc, ctx, id)?;
+            let (rec, t) = visible(svc, ctx, id)?;
             Ok(json_resp(
                 StatusCode::OK,
-                &json!({"trust": view(svc, &rec)?}),
+                &json!({"trust": view(svc, &rec.id, &t)?}),
             ))
         }
         [id] if *m == Method::DELETE => {
@@ -92,8 +92,7 @@ fn visible(svc: &Service, ctx: &Ctx, id: &str) -> Result<(Record, TrustDoc), Ser
         .get(Kind::Trust, id)?
         .ok_or_else(|| not_found("trust", id))?;
     let t: TrustDoc = rec.parse()?;
-    let me = ctx.user_id();
-    if t.trustor_user_id != me && t.trustee_user_id != me && !ctx.is_admin() {
+    if !t.involves(ctx.user_id()) && !ctx.is_admin() {
         return Err(not_found("trust", id));
     }
     Ok((rec, t))
@@ -113,10 +112,9 @@ fn roles_view(svc: &Service, t: &TrustDoc) -> Result<Vec<Value>, ServiceError> {
     Ok(out)
 }
 
-fn view(svc: &Service, r: &Record) -> Result<Value, ServiceError> {
-    let t: TrustDoc = r.parse()?;
+fn view(svc: &Service, id: &str, t: &TrustDoc) -> Result<Value, ServiceError> {
     Ok(json!({
-        "id": r.id,
+        "id": id,
         "trustor_user_id": t.trustor_user_id,
         "trustee_user_id": t.trustee_user_id,
         "project_id": t.project_id,
@@ -127,9 +125,9 @@ fn view(svc: &Service, r: &Record) -> Result<Value, ServiceError> {
         "redelegation_count": 0,
         "redelegated_trust_id": null,
         "deleted_at": null,
-        "roles": roles_view(svc, &t)?,
+        "roles": roles_view(svc, t)?,
         "roles_links": {"self": null, "previous": null, "next": null},
-        "links": link(svc, &format!("OS-TRUST/trusts/{}", r.id)),
+        "links": link(svc, &format!("OS-TRUST/trusts/{id}")),
     }))
 }
 
@@ -149,9 +147,8 @@ fn list(svc: &Service, req: &Request, ctx: &Ctx) -> Res {
     let mut items = Vec::new();
     for r in svc.store.list(Kind::Trust, trustor)? {
         let t: TrustDoc = r.parse()?;
-        let mine = t.trustor_user_id == me || t.trustee_user_id == me;
-        if trustee.is_none_or(|u| t.trustee_user_id == u) && (mine || ctx.is_admin()) {
-            items.push(view(svc, &r)?);
+        if trustee.is_none_or(|u| t.trustee_user_id == u) && (t.involves(me) || ctx.is_admin()) {
+            items.push(view(svc, &r.id, &t)?);
         }
     }
     Ok(collection(svc, "trusts", "OS-TRUST/trusts", items))
@@ -248,19 +245,23 @@ fn create(svc: &Service, req: &Request, ctx: &Ctx) -> Res {
         expires_at,
         remaining_uses,
     };
-    let rec = Record::new(Kind::Trust, &new_id(), &t.trustor_user_id, None, &doc);
-    svc.store.insert(rec.clone())?;
+    let id = new_id();
+    svc.store.insert(Record::new(
+        Kind::Trust,
+        &id,
+        &t.trustor_user_id,
+        None,
+        &doc,
+    ))?;
     Ok(json_resp(
         StatusCode::CREATED,
-        &json!({"trust": view(svc, &rec)?}),
+        &json!({"trust": view(svc, &id, &doc)?}),
     ))
 }
 
 /// Deletes of the trusts a user is trustor or trustee of (the user is being deleted).
 pub fn of_user(svc: &Service, user_id: &str) -> Result<Vec<Write>, ServiceError> {
-    of(svc, |t| {
-        t.trustor_user_id == user_id || t.trustee_user_id == user_id
-    })
+    of(svc, |t| t.involves(user_id))
 }
 
 /// Deletes of the trusts on a project (the project is being deleted).
