@@ -11,41 +11,6 @@ mod common;
 use common::*;
 use serde_json::{Value, json};
 
-/// The CLI environment of an application credential.
-fn app_cred_env(cloud: &Cloud, id: &str, secret: &str) -> Vec<(String, String)> {
-    [
-        ("OS_AUTH_URL", format!("{}/v3", cloud.url())),
-        ("OS_IDENTITY_API_VERSION", "3".into()),
-        ("OS_AUTH_TYPE", "v3applicationcredential".into()),
-        ("OS_APPLICATION_CREDENTIAL_ID", id.into()),
-        ("OS_APPLICATION_CREDENTIAL_SECRET", secret.into()),
-        ("OS_REGION_NAME", "RegionOne".into()),
-        ("OS_INTERFACE", "public".into()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v))
-    .collect()
-}
-
-/// A field as Debian's client (`id`) or newer ones (`ID`) print it.
-fn field<'a>(v: &'a Value, name: &str) -> &'a Value {
-    let cap = name
-        .split('_')
-        .map(|w| {
-            let mut c = w.chars();
-            c.next()
-                .map(|f| f.to_uppercase().chain(c).collect::<String>())
-                .unwrap_or_default()
-        })
-        .collect::<Vec<_>>()
-        .join(" ");
-    let upper = name.to_uppercase();
-    [name, upper.as_str(), cap.as_str()]
-        .iter()
-        .find_map(|k| v.get(*k))
-        .unwrap_or(&Value::Null)
-}
-
 #[test]
 fn access_rules_limit_an_application_credential_with_the_openstack_cli() {
     if !have_cli() {
@@ -79,7 +44,7 @@ fn access_rules_limit_an_application_credential_with_the_openstack_cli() {
     assert_eq!(shown.as_array().map(Vec::len), Some(2), "{made}");
 
     // What the rules list works; anything else is 401, in control and in objectd.
-    let limited = app_cred_env(&cloud, &id, &secret);
+    let limited = cloud.app_cred_env(&id, &secret);
     let names = ok(&limited, &["image", "list", "-f", "value", "-c", "Name"]);
     assert_eq!(names.trim(), "visible");
     let containers = ok(&limited, &["container", "list", "-f", "value"]);

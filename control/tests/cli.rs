@@ -153,30 +153,17 @@ fn identity_with_the_openstack_cli() {
 
     // Application credential: create as alice, authenticate with it.
     let ac = ok_json(&alice_env, &["application", "credential", "create", "ci"]);
-    // Newer clients print "ID"/"Secret", older ones "id"/"secret".
-    let field = |k: &str| -> String {
-        let cap = format!("{}{}", k[..1].to_uppercase(), &k[1..]);
-        ac.get(k)
-            .or(ac.get(cap.as_str()).or(ac.get(k.to_uppercase().as_str())))
-            .and_then(|v| v.as_str())
+    let text = |k: &str| -> String {
+        field(&ac, k)
+            .as_str()
             .unwrap_or_else(|| panic!("{k} missing from {ac}"))
             .to_string()
     };
-    let (ac_id, ac_secret) = (field("id"), field("secret"));
-    let ac_env: Vec<(String, String)> = [
-        ("OS_AUTH_URL", format!("{}/v3", cloud.url())),
-        ("OS_AUTH_TYPE", "v3applicationcredential".into()),
-        ("OS_APPLICATION_CREDENTIAL_ID", ac_id.clone()),
-        ("OS_APPLICATION_CREDENTIAL_SECRET", ac_secret.clone()),
-        ("OS_IDENTITY_API_VERSION", "3".into()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v))
-    .collect();
+    let (ac_id, ac_secret) = (text("id"), text("secret"));
+    let ac_env = cloud.app_cred_env(&ac_id, &ac_secret);
     let t = ok_json(&ac_env, &["token", "issue"]);
     assert_eq!(t["project_id"], demo_id.as_str());
-    let mut bad = ac_env.clone();
-    bad[3].1 = "not-the-secret".into();
+    let bad = cloud.app_cred_env(&ac_id, "not-the-secret");
     assert!(fails(&bad, &["token", "issue"]).contains("401"));
     ok(&alice_env, &["application", "credential", "delete", "ci"]);
     assert!(fails(&ac_env, &["token", "issue"]).contains("401"));

@@ -271,6 +271,22 @@ impl Cloud {
         self.env(user, password, project)
     }
 
+    /// The CLI environment of an application credential.
+    pub fn app_cred_env(&self, id: &str, secret: &str) -> Vec<(String, String)> {
+        [
+            ("OS_AUTH_URL", format!("{}/v3", self.url())),
+            ("OS_IDENTITY_API_VERSION", "3".into()),
+            ("OS_AUTH_TYPE", "v3applicationcredential".into()),
+            ("OS_APPLICATION_CREDENTIAL_ID", id.into()),
+            ("OS_APPLICATION_CREDENTIAL_SECRET", secret.into()),
+            ("OS_REGION_NAME", "RegionOne".into()),
+            ("OS_INTERFACE", "public".into()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect()
+    }
+
     /// Makes a project over raw HTTP with an admin token; its id.
     pub fn new_project(&self, admin: &str, name: &str) -> String {
         let p = self.json(
@@ -625,4 +641,24 @@ pub fn role_names(token_body: &serde_json::Value) -> Vec<String> {
         .unwrap_or_default();
     names.sort();
     names
+}
+
+/// A field of a CLI `show` as Debian's client (`id`, `access_rules`) or newer ones (`ID`,
+/// `Access Rules`) print it; null when absent.
+pub fn field<'a>(v: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    let cap = name
+        .split('_')
+        .map(|w| {
+            let mut c = w.chars();
+            c.next()
+                .map(|f| f.to_uppercase().chain(c).collect::<String>())
+                .unwrap_or_default()
+        })
+        .collect::<Vec<_>>()
+        .join(" ");
+    let upper = name.to_uppercase();
+    [name, upper.as_str(), cap.as_str()]
+        .iter()
+        .find_map(|k| v.get(*k))
+        .unwrap_or(&serde_json::Value::Null)
 }
