@@ -800,13 +800,7 @@ fn image_import_converts_qcow2_to_raw() {
 
 /// The CLI environment of `user` scoped to the system (`--os-system-scope all`).
 fn system_env(cloud: &Cloud, user: &str, password: &str) -> Vec<(String, String)> {
-    let mut env: Vec<(String, String)> = cloud
-        .env(user, password, "")
-        .into_iter()
-        .filter(|(k, _)| !k.starts_with("OS_PROJECT_"))
-        .collect();
-    env.push(("OS_SYSTEM_SCOPE".into(), "all".into()));
-    env
+    cloud.env_scoped_by(user, password, ("OS_SYSTEM_SCOPE", "all"))
 }
 
 #[test]

@@ -77,13 +77,7 @@ fn assert_refused(r: &Answer, status: u16, words: &str) {
 /// A CLI environment of `user` (password `pw`) working through a trust
 /// (`OS_TRUST_ID`, which is `--os-trust-id`), so without a project.
 fn trust_env(cloud: &Cloud, user: &str, trust: &str) -> Vec<(String, String)> {
-    let mut env: Vec<(String, String)> = cloud
-        .env(user, "pw", "")
-        .into_iter()
-        .filter(|(k, _)| !k.starts_with("OS_PROJECT_"))
-        .collect();
-    env.push(("OS_TRUST_ID".into(), trust.into()));
-    env
+    cloud.env_scoped_by(user, "pw", ("OS_TRUST_ID", trust))
 }
 
 #[test]

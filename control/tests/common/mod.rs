@@ -247,6 +247,23 @@ impl Cloud {
         .collect()
     }
 
+    /// The CLI environment of a user scoped by `scope`, an `OS_*` variable and its value
+    /// (`OS_SYSTEM_SCOPE`, `OS_TRUST_ID`), instead of by a project.
+    pub fn env_scoped_by(
+        &self,
+        user: &str,
+        password: &str,
+        scope: (&str, &str),
+    ) -> Vec<(String, String)> {
+        let mut env: Vec<(String, String)> = self
+            .env(user, password, "")
+            .into_iter()
+            .filter(|(k, _)| !k.starts_with("OS_PROJECT_"))
+            .collect();
+        env.push((scope.0.into(), scope.1.into()));
+        env
+    }
+
     /// The admin's CLI environment.
     pub fn admin(&self) -> Vec<(String, String)> {
         self.env("admin", ADMIN_PASSWORD, "admin")
