@@ -1624,6 +1624,12 @@ fn an_error_answered_before_the_body_closes_the_connection_and_says_so() {
         let _ = s.read_to_end(&mut raw);
         String::from_utf8_lossy(&raw).into_owned()
     };
+    // The status of each answer on a connection.
+    let statuses = |text: &str| -> Vec<String> {
+        text.match_indices("HTTP/1.1 ")
+            .map(|(i, _)| text[i + 9..i + 12].to_string())
+            .collect()
+    };
     // An upload to an image that does not exist, its body held back behind `Expect:
     // 100-continue`: answered 404 without the body, and the answer says the connection
     // ends, so the client does not send its next request on it.
@@ -1647,11 +1653,7 @@ fn an_error_answered_before_the_body_closes_the_connection_and_says_so() {
          GET /v3/auth/tokens HTTP/1.1\r\nhost: x\r\nx-auth-token: {admin}\r\n\
          x-subject-token: {admin}\r\nconnection: close\r\n\r\n"
     ));
-    let statuses: Vec<&str> = text
-        .match_indices("HTTP/1.1 ")
-        .map(|(i, _)| &text[i + 9..i + 12])
-        .collect();
-    assert_eq!(statuses, ["200", "404", "200"], "{text}");
+    assert_eq!(statuses(&text), ["200", "404", "200"], "{text}");
     // So does an error to a request whose body was read to its end: a wrong password.
     let login = serde_json::json!({"auth": {"identity": {"methods": ["password"],
         "password": {"user": {"name": "admin", "domain": {"id": "default"},
@@ -1663,9 +1665,5 @@ fn an_error_answered_before_the_body_closes_the_connection_and_says_so() {
          GET /v3 HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
         login.len()
     ));
-    let statuses: Vec<&str> = text
-        .match_indices("HTTP/1.1 ")
-        .map(|(i, _)| &text[i + 9..i + 12])
-        .collect();
-    assert_eq!(statuses, ["401", "200"], "{text}");
+    assert_eq!(statuses(&text), ["401", "200"], "{text}");
 }
