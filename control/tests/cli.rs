@@ -508,18 +508,7 @@ fn image_until(
 /// Runs Debian's `glance` client (python3-glanceclient comes with the openstack client)
 /// with an environment, asserting success; its stdout.
 fn glance(env: &[(String, String)], args: &[&str]) -> String {
-    let mut cmd = std::process::Command::new("glance");
-    for (k, _) in std::env::vars() {
-        if k.starts_with("OS_") {
-            cmd.env_remove(k);
-        }
-    }
-    let out = cmd
-        .args(args)
-        .envs(env.iter().map(|(k, v)| (k, v)))
-        .stdin(std::process::Stdio::null())
-        .output()
-        .expect("glance");
+    let out = client("glance", env, args);
     assert!(
         out.status.success(),
         "glance {args:?}: {}",

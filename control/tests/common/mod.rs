@@ -393,7 +393,13 @@ pub fn have_cli() -> bool {
 
 /// Runs `openstack ARGS` with an environment; returns the output.
 pub fn openstack(env: &[(String, String)], args: &[&str]) -> Output {
-    let mut cmd = Command::new(cli());
+    client(&cli(), env, args)
+}
+
+/// Runs an OpenStack client program with `env` and none of the caller's own `OS_*`
+/// variables; returns the output.
+pub fn client(program: &str, env: &[(String, String)], args: &[&str]) -> Output {
+    let mut cmd = Command::new(program);
     for (k, _) in std::env::vars() {
         if k.starts_with("OS_") {
             cmd.env_remove(k);
